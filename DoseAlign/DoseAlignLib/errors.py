@@ -1,0 +1,59 @@
+"""Exceptions of the engine: each names the file, the DICOM tag and what to do about it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class DoseAlignError(Exception):
+    """Base class of every error the engine raises on purpose.
+
+    ``path`` is the offending file (or folder), ``tag`` the DICOM attribute at fault, e.g.
+    ``"(3004,000C) GridFrameOffsetVector"``, and ``hint`` what the user can do.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Optional[str] = None,
+        tag: Optional[str] = None,
+        hint: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = None if path is None else str(path)
+        self.tag = tag
+        self.hint = hint
+
+    def __str__(self) -> str:
+        parts = []
+        if self.path:
+            parts.append(f"{self.path}:")
+        if self.tag:
+            parts.append(f"{self.tag}:")
+        parts.append(self.message)
+        text = " ".join(parts)
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class InputError(DoseAlignError, ValueError):
+    """A file that cannot be read or lacks what the engine needs."""
+
+
+class GeometryError(DoseAlignError, ValueError):
+    """Position, orientation, spacing or frame offsets that do not describe a usable grid."""
+
+
+class UnitsError(DoseAlignError, ValueError):
+    """Dose values whose unit is not absolute dose (e.g. DoseUnits RELATIVE)."""
+
+
+class LinkError(DoseAlignError, ValueError):
+    """Objects that cannot be paired (a dose without a CT, a frame-of-reference mismatch)."""
+
+
+class Cancelled(DoseAlignError):
+    """Raised by a progress callback to stop the work cleanly."""

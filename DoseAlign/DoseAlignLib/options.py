@@ -1,0 +1,84 @@
+"""The options of one alignment, shared by the CLI, the batch runner and the Slicer module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Optional
+
+
+class ReferenceGrid(str, Enum):
+    """Which grid the outputs share."""
+
+    CT = "ct"  # dose resampled onto the CT grid (default)
+    DOSE = "dose"  # CT resampled onto the dose grid
+    CUSTOM = "custom"  # both resampled onto a grid of chosen spacing and box
+
+
+class Interpolator(str, Enum):
+    """Interpolators, named as Slicer's Resample Scalar/Vector/DWI Volume CLI names them."""
+
+    LINEAR = "linear"
+    NEAREST = "nn"
+    BSPLINE = "bs"
+    WINDOWED_SINC = "ws"
+
+
+class CustomBox(str, Enum):
+    """The box a custom grid covers."""
+
+    DOSE = "dose"  # the dose grid's extent
+    CT = "ct"  # the CT grid's extent
+    CUBE = "cube"  # a fixed size (custom_size voxels) centred on the dose
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    """Everything that changes the arrays one case produces.
+
+    ``custom_spacing`` (i, j, k in mm) and ``custom_box`` apply with ``reference=custom``;
+    ``custom_size`` (voxels along i, j, k) with ``custom_box=cube``. ``ct_fill_hu`` is written
+    where the CT has no data. ``allow_relative`` accepts DoseUnits RELATIVE (values are then not Gy).
+    """
+
+    reference: ReferenceGrid = ReferenceGrid.CT
+    interpolator: Interpolator = Interpolator.LINEAR
+    custom_spacing: Optional[tuple] = None
+    custom_box: CustomBox = CustomBox.DOSE
+    custom_size: tuple = (128, 128, 128)
+    ct_fill_hu: float = -1000.0
+    ct_dtype: str = "int16"
+    allow_relative: bool = False
+    structures: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reference", ReferenceGrid(self.reference))
+        object.__setattr__(self, "interpolator", Interpolator(self.interpolator))
+        object.__setattr__(self, "custom_box", CustomBox(self.custom_box))
+        if self.ct_dtype not in ("int16", "float32"):
+            raise ValueError(f"ct_dtype must be int16 or float32, got {self.ct_dtype!r}")
+        if self.custom_spacing is not None:
+            spacing = tuple(float(s) for s in self.custom_spacing)
+            if len(spacing) == 1:
+                spacing = spacing * 3
+            if len(spacing) != 3 or min(spacing) <= 0:
+                raise ValueError(f"custom spacing needs one or three positive values, got {self.custom_spacing}")
+            object.__setattr__(self, "custom_spacing", spacing)
+        size = tuple(int(s) for s in self.custom_size)
+        if len(size) == 1:
+            size = size * 3
+        if len(size) != 3 or min(size) < 1:
+            raise ValueError(f"custom size needs one or three positive values, got {self.custom_size}")
+        object.__setattr__(self, "custom_size", size)
+        if self.reference is ReferenceGrid.CUSTOM and self.custom_spacing is None:
+            raise ValueError("reference 'custom' needs a spacing (e.g. --spacing 2 or --spacing 1,1,2.5)")
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = (
+                value.value if isinstance(value, Enum) else (list(value) if isinstance(value, tuple) else value)
+            )
+        return out

@@ -1,0 +1,190 @@
+"""One case from DICOM to arrays: read CT and dose(s), choose the reference grid, resample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import __version__
+from .ct import ct_geometry, read_ct, regular_grid
+from .errors import DoseAlignError, LinkError
+from .grid import Volume
+from .link import Case
+from .options import AlignOptions, Interpolator
+from .reference import reference_grid
+from .resample import resample
+from .rtdose import read_rtdose
+
+Progress = Optional[Callable[[float, str], None]]
+
+
+@dataclass
+class CaseResult:
+    """The arrays of one case on one grid, and the metadata that explains them."""
+
+    case_id: str
+    ct: Volume
+    dose: Volume
+    meta: dict
+    native_dose: Optional[Volume] = None  # the dose (sum) on its own grid, when one grid holds it
+    extra_arrays: dict = field(default_factory=dict)  # further arrays for pair.npz (masks, DVHs)
+
+
+def run_case(case: Case, options: AlignOptions, progress: Progress = None) -> CaseResult:
+    """Read, check and resample one case. Raises :class:`DoseAlignError` naming file and reason."""
+    if case.error:
+        raise LinkError(case.error)
+    if case.ct is None:
+        raise LinkError("no CT for this dose", path=case.doses[0].path)
+    report = _reporter(progress)
+    report(0.0, "reading CT")
+    geometry = ct_geometry(case.ct)
+    ct = read_ct(case.ct, geometry, options.ct_dtype)
+
+    report(0.4, "reading dose")
+    doses, dose_meta = _read_doses(case, options)
+    native = _native_sum(doses)
+
+    ct_grid = geometry.grid
+    ct_note = None
+    if geometry.needs_regularization:
+        reasons = []
+        if not geometry.uniform:
+            reasons.append("uneven slice spacing" + (" (missing slices)" if geometry.missing_slices else ""))
+        if geometry.tilt_degrees:
+            reasons.append(f"gantry tilt {geometry.tilt_degrees:.2f} deg")
+        ct_grid = regular_grid(geometry)
+        ct_note = f"resampled onto a regular orthogonal grid covering it because of {' and '.join(reasons)}"
+    dose_grid = native.grid if native is not None else doses[0][0].grid
+    target, how = reference_grid(ct_grid, dose_grid, options)
+
+    report(0.6, "resampling")
+    if target.equal(ct.grid):
+        ct_out = ct.array
+    else:
+        values = resample(ct, target, options.interpolator, fill=options.ct_fill_hu)
+        ct_out = np.rint(values).astype(np.int16) if options.ct_dtype == "int16" else values
+    if native is not None:
+        dose_out = _resample_dose(native, target, options.interpolator)
+    else:
+        dose_out = np.zeros(target.shape, dtype=np.float32)
+        for volume, _geometry, _info in doses:
+            dose_out += _resample_dose(volume, target, options.interpolator)
+    ct_volume = Volume(ct_out, target, "HU", "CT")
+    dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
+
+    meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native)
+    report(1.0, "done")
+    return CaseResult(case.case_id, ct_volume, dose_volume, meta, native)
+
+
+def _reporter(progress: Progress) -> Callable[[float, str], None]:
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(fraction, message)
+
+    return report
+
+
+def _read_doses(case: Case, options: AlignOptions) -> tuple:
+    doses = []
+    for obj in case.doses:
+        volume, geometry, info = read_rtdose(obj.path, allow_relative=options.allow_relative)
+        if case.ct.frame_of_reference_uid and volume.grid.frame_of_reference_uid != case.ct.frame_of_reference_uid:
+            raise LinkError(
+                f"frame of reference {volume.grid.frame_of_reference_uid} differs from the CT's "
+                f"{case.ct.frame_of_reference_uid}",
+                path=obj.path,
+                tag="(0020,0052) FrameOfReferenceUID",
+                hint="the dose was computed on another CT or registration; DoseAlign does not register",
+            )
+        doses.append((volume, geometry, info))
+    units = {d[2].units for d in doses}
+    if len(units) > 1:
+        raise DoseAlignError(f"doses to be summed have different units: {sorted(units)}", path=case.doses[0].path)
+    first_info = doses[0][2]
+    dose_meta = {
+        "units": first_info.units,
+        "type": first_info.dose_type,
+        "summation_type": case.summation_type,
+        "summed_files": [obj.rel_path for obj in case.doses] if len(case.doses) > 1 else [],
+        "left_out": [{"file": f, "reason": r} for f, r in case.left_out],
+        "dose_grid_scaling": [d[2].scaling for d in doses],
+        "bits_allocated": [d[2].bits_allocated for d in doses],
+        "native_grids": [{**d[0].grid.to_dict(), **d[1].describe()} for d in doses],
+    }
+    return doses, dose_meta
+
+
+def _native_sum(doses: list) -> Optional[Volume]:
+    """The dose sum on the first dose's grid when all doses share it (the usual per-beam export)."""
+    first = doses[0][0]
+    if any(not d[0].grid.equal(first.grid) for d in doses[1:]):
+        return None
+    if len(doses) == 1:
+        return first
+    total = first.array.copy()
+    for volume, _g, _i in doses[1:]:
+        total += volume.array
+    return first.with_array(total)
+
+
+def _resample_dose(volume: Volume, target, interpolator: Interpolator) -> np.ndarray:
+    values = resample(volume, target, interpolator, fill=0.0)
+    if interpolator in (Interpolator.BSPLINE, Interpolator.WINDOWED_SINC):
+        np.maximum(values, 0.0, out=values)  # these overshoot; dose is never negative
+    return values
+
+
+def _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native) -> dict:
+    grid = ct_volume.grid
+    ct_files = [case.ct.slices[i].rel_path for i in geometry.order]
+    ct_meta = {
+        "checks": geometry.checks,
+        "slice_step_mm": geometry.typical_step_mm,
+        "uniform": geometry.uniform,
+        "tilt_degrees": geometry.tilt_degrees,
+        "missing_slices": [{"after_mm": d, "count": n} for d, n in geometry.missing_slices],
+        "regularized": ct_note is not None,
+        "regularization": ct_note,
+        "native_grid": geometry.grid.to_dict(),
+    }
+    dose_values = dose_volume.array
+    native_max = float(native.array.max()) if native is not None else None
+    return {
+        "dosealign_version": __version__,
+        "case_id": case.case_id,
+        "patient_id": case.patient_id,
+        "shape": list(grid.shape),
+        "axes": ["k (slice)", "j (row)", "i (column)"],
+        "spacing": grid.spacing.tolist(),
+        "ijk_to_lps": grid.affine.tolist(),
+        "ijk_to_ras": grid.ras_affine().tolist(),
+        "frame_of_reference_uid": grid.frame_of_reference_uid,
+        "arrays": {
+            "ct": {"dtype": str(ct_volume.array.dtype), "units": "HU", "outside_value": options.ct_fill_hu},
+            "dose": {"dtype": str(dose_values.dtype), "units": dose_volume.units, "outside_value": 0.0},
+        },
+        "source": {
+            "ct_files": ct_files,
+            "rtdose_files": [d.rel_path for d in case.doses],
+            "rtplan_file": case.plan.rel_path if case.plan is not None else None,
+            "rtstruct_files": [s.rel_path for s in case.structs],
+            "ct_series_uid": case.ct.series_uid,
+            "rtdose_sop_uids": [d.sop_instance_uid for d in case.doses],
+            "frame_of_reference_uid": case.ct.frame_of_reference_uid,
+            "study_uid": case.ct.study_uid,
+        },
+        "dose": {**dose_meta, "max_gy_native": native_max, "max_gy_output": float(dose_values.max())},
+        "resampling": {
+            "reference": options.reference.value,
+            "reference_grid": how,
+            "interpolator": options.interpolator.value,
+        },
+        "geometry": {"ct": ct_meta},
+        "links": list(case.notes),
+        "related_beam_doses": [d.rel_path for d in case.related_beam_doses],
+        "options": options.to_dict(),
+    }

@@ -1,0 +1,260 @@
+"""Scan a folder tree: read DICOM headers only, classify objects and group CT slices into series.
+
+Slices are grouped by SeriesInstanceUID *and* geometry *and* folder, because distinct volumes
+sometimes share one SeriesInstanceUID (the Nelms DVH phantom's 1, 2 and 3 mm CTs do).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from pydicom.dataset import Dataset
+
+from . import dicomio
+from .errors import DoseAlignError
+
+Progress = Optional[Callable[[float, str], None]]
+
+
+@dataclass
+class DicomObject:
+    """One DICOM file as the scanner saw it: what it is, its UIDs and the references it makes."""
+
+    path: Path
+    rel_path: str
+    kind: str
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    patient_id: str
+    info: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"DicomObject({self.kind} {self.rel_path})"
+
+
+@dataclass
+class CtSeries:
+    """CT slices that form one volume: same series, geometry, frame of reference and folder."""
+
+    key: str
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    patient_id: str
+    folder: str
+    slices: list = field(default_factory=list)
+    duplicate_files: list = field(default_factory=list)
+
+    @property
+    def files(self) -> list:
+        return [s.path for s in self.slices]
+
+    @property
+    def sop_instance_uids(self) -> set:
+        return {s.sop_instance_uid for s in self.slices}
+
+    def __repr__(self) -> str:
+        return f"CtSeries({self.folder or '.'}: {len(self.slices)} slices, series {self.series_uid})"
+
+
+@dataclass
+class ScanResult:
+    """Everything found below ``root``."""
+
+    root: Path
+    objects: list = field(default_factory=list)
+    ct_series: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (rel_path, reason)
+    duplicates: list = field(default_factory=list)  # (sop_instance_uid, [rel_paths], what was done)
+
+    def of_kind(self, kind: str) -> list:
+        return [o for o in self.objects if o.kind == kind]
+
+
+def scan_folder(root: Path, progress: Progress = None) -> ScanResult:
+    """Read the headers of every file below ``root`` (recursively, in sorted order).
+
+    Files that are not DICOM or cannot be read are listed in ``skipped`` with the reason.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DoseAlignError("is not a folder", path=root)
+    paths = sorted(_walk(root))
+    result = ScanResult(root=root)
+    for n, path in enumerate(paths):
+        rel = path.relative_to(root).as_posix()
+        if progress is not None and (n % 50 == 0 or n == len(paths) - 1):
+            progress(n / max(len(paths), 1), f"reading headers {n + 1}/{len(paths)}")
+        try:
+            ds = dicomio.read_header(path)
+        except DoseAlignError as error:
+            result.skipped.append((rel, error.message))
+            continue
+        result.objects.append(_record(path, rel, ds))
+    result.ct_series = _group_ct(result)
+    return result
+
+
+def _walk(root: Path):
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith(".") or name in ("DICOMDIR",):
+                continue
+            yield Path(folder) / name
+
+
+def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
+    kind = dicomio.kind_of(ds)
+    obj = DicomObject(
+        path=path,
+        rel_path=rel,
+        kind=kind,
+        sop_instance_uid=dicomio.text(ds, "SOPInstanceUID"),
+        series_uid=dicomio.text(ds, "SeriesInstanceUID"),
+        study_uid=dicomio.text(ds, "StudyInstanceUID"),
+        frame_of_reference_uid=dicomio.text(ds, "FrameOfReferenceUID"),
+        patient_id=dicomio.text(ds, "PatientID"),
+    )
+    info = obj.info
+    info["modality"] = dicomio.text(ds, "Modality")
+    info["patient_name"] = dicomio.text(ds, "PatientName")
+    if kind == "CT":
+        info["image_position"] = _safe_list(ds, "ImagePositionPatient")
+        info["image_orientation"] = _safe_list(ds, "ImageOrientationPatient")
+        info["pixel_spacing"] = _safe_list(ds, "PixelSpacing")
+        info["rows"] = ds.get("Rows")
+        info["columns"] = ds.get("Columns")
+    elif kind == "RTDOSE":
+        info["summation_type"] = dicomio.text(ds, "DoseSummationType").upper()
+        info["dose_units"] = dicomio.text(ds, "DoseUnits").upper()
+        info["dose_type"] = dicomio.text(ds, "DoseType").upper()
+        info["plan_uids"] = [
+            dicomio.text(item, "ReferencedSOPInstanceUID") for item in ds.get("ReferencedRTPlanSequence", [])
+        ]
+        beams = []
+        for plan_item in ds.get("ReferencedRTPlanSequence", []):
+            for group in plan_item.get("ReferencedFractionGroupSequence", []):
+                for beam in group.get("ReferencedBeamSequence", []):
+                    if "ReferencedBeamNumber" in beam:
+                        beams.append(int(beam.ReferencedBeamNumber))
+        info["beam_numbers"] = sorted(beams)
+        info["image_position"] = _safe_list(ds, "ImagePositionPatient")
+    elif kind == "RTPLAN":
+        info["plan_label"] = dicomio.text(ds, "RTPlanLabel") or dicomio.text(ds, "RTPlanName")
+        info["struct_uids"] = [
+            dicomio.text(item, "ReferencedSOPInstanceUID") for item in ds.get("ReferencedStructureSetSequence", [])
+        ]
+        beam_seq = ds.get("BeamSequence", None) or ds.get("IonBeamSequence", [])
+        info["beam_numbers"] = sorted(int(b.BeamNumber) for b in beam_seq if "BeamNumber" in b)
+        prescriptions = []
+        for ref in ds.get("DoseReferenceSequence", []):
+            value = ref.get("TargetPrescriptionDose")
+            if value not in (None, ""):
+                prescriptions.append(float(value))
+        info["prescription_gy"] = max(prescriptions) if prescriptions else None
+        fractions = [g.get("NumberOfFractionsPlanned") for g in ds.get("FractionGroupSequence", [])]
+        info["fractions"] = next((int(f) for f in fractions if f not in (None, "")), None)
+    elif kind == "RTSTRUCT":
+        series, frames = [], []
+        for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
+            frames.append(dicomio.text(frame, "FrameOfReferenceUID"))
+            for study in frame.get("RTReferencedStudySequence", []):
+                for ser in study.get("RTReferencedSeriesSequence", []):
+                    series.append(dicomio.text(ser, "SeriesInstanceUID"))
+        info["ct_series_uids"] = [s for s in series if s]
+        info["frame_uids"] = [f for f in frames if f]
+        images = set()
+        for roi in ds.get("ROIContourSequence", []):
+            for contour in roi.get("ContourSequence", []):
+                for image in contour.get("ContourImageSequence", []):
+                    images.add(dicomio.text(image, "ReferencedSOPInstanceUID"))
+        info["ct_image_uids"] = sorted(u for u in images if u)
+        if not obj.frame_of_reference_uid and info["frame_uids"]:
+            obj.frame_of_reference_uid = info["frame_uids"][0]
+        info["label"] = dicomio.text(ds, "StructureSetLabel")
+    return obj
+
+
+def _safe_list(ds: Dataset, keyword: str) -> Optional[list]:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+
+
+def _geometry_key(obj: DicomObject) -> tuple:
+    info = obj.info
+
+    def rounded(values, digits):
+        return None if values is None else tuple(round(v, digits) for v in values)
+
+    return (
+        rounded(info.get("image_orientation"), 4),
+        rounded(info.get("pixel_spacing"), 4),
+        info.get("rows"),
+        info.get("columns"),
+    )
+
+
+def _group_ct(result: ScanResult) -> list:
+    groups: dict = {}
+    for obj in result.of_kind("CT"):
+        folder = str(Path(obj.rel_path).parent.as_posix())
+        key = (obj.series_uid, obj.frame_of_reference_uid, folder, _geometry_key(obj))
+        groups.setdefault(key, []).append(obj)
+    series_list = []
+    for key, objects in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], str(kv[0][3]))):
+        series_uid, frame_uid, folder, _ = key
+        unique: dict = {}
+        duplicates = []
+        for obj in objects:
+            if obj.sop_instance_uid in unique:
+                duplicates.append(obj)
+            else:
+                unique[obj.sop_instance_uid] = obj
+        name = f"{series_uid}|{folder}|{len(series_list)}"
+        series = CtSeries(
+            key=name,
+            series_uid=series_uid,
+            study_uid=objects[0].study_uid,
+            frame_of_reference_uid=frame_uid,
+            patient_id=objects[0].patient_id,
+            folder=folder,
+            slices=list(unique.values()),
+            duplicate_files=[d.rel_path for d in duplicates],
+        )
+        for dup in duplicates:
+            first = unique[dup.sop_instance_uid]
+            result.duplicates.append(
+                (dup.sop_instance_uid, [first.rel_path, dup.rel_path], "CT slice kept once (first file by path)")
+            )
+        series_list.append(series)
+    _report_cross_duplicates(result)
+    return series_list
+
+
+def _report_cross_duplicates(result: ScanResult) -> None:
+    """Non-CT objects that share a SOPInstanceUID are kept apart, but the user is told."""
+    seen: dict = {}
+    for obj in result.objects:
+        if obj.kind == "CT":
+            continue
+        seen.setdefault(obj.sop_instance_uid, []).append(obj)
+    for uid, objects in sorted(seen.items()):
+        if len(objects) > 1 and uid:
+            result.duplicates.append(
+                (
+                    uid,
+                    [o.rel_path for o in objects],
+                    "distinct files sharing one SOPInstanceUID: each kept as its own object",
+                )
+            )
