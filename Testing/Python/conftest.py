@@ -1,0 +1,40 @@
+"""Shared pytest fixtures: the real DICOM-RT sets in ../shared/data and helpers to read outputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "DoseAlign"))  # the engine, also when not pip-installed
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real DICOM-RT sets; skips the test when this clone has none beside it."""
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.skip(f"real DICOM-RT data not found at {SHARED_DATA} (only present beside the project's own clone)")
+    return SHARED_DATA
+
+
+def load_case(folder: Path) -> tuple:
+    """(arrays dict, meta dict) of one exported case folder."""
+    with np.load(folder / "pair.npz") as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    return arrays, meta
+
+
+def voxel_points(meta: dict) -> np.ndarray:
+    """LPS centre of every output voxel, shape (K, J, I, 3), from meta.json's ijk_to_lps."""
+    k, j, i = meta["shape"]
+    affine = np.array(meta["ijk_to_lps"])
+    kk, jj, ii = np.meshgrid(np.arange(k), np.arange(j), np.arange(i), indexing="ij")
+    ijk = np.stack([ii, jj, kk], axis=-1).astype(np.float64)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
