@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import load_case, voxel_points
-
 from DoseAlignLib.batch import export_folder
 from DoseAlignLib.options import AlignOptions
 from DoseAlignLib.phantom import PhantomSpec, write_phantom
