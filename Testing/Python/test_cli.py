@@ -1,0 +1,108 @@
+"""The dosealign command as a user meets it: scan, export, resume, exit codes, untouched inputs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from DoseAlignLib.cli import main
+from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+
+@pytest.fixture()
+def study(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    write_phantom(folder / "patient1", PhantomSpec(with_structures=False, write_beam_doses=True))
+    write_phantom(
+        folder / "patient2", PhantomSpec(patient_id="DA-2", patient_position="FFS", seed=2, with_structures=False)
+    )
+    (folder / "notes.txt").write_text("not DICOM")
+    return folder
+
+
+def _snapshot(folder: Path) -> dict:
+    return {
+        p.relative_to(folder).as_posix(): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _manifest(out: Path) -> list:
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_scan_lists_cases_and_leftovers(study, capsys):
+    assert main(["scan", str(study)]) == 0
+    text = capsys.readouterr().out
+    # patient1 has a PLAN dose (its BEAM doses are then not summed into another case); patient2 a PLAN dose
+    assert "Cases (2):" in text
+    assert "notes.txt: not a DICOM file" in text
+
+
+def test_export_writes_contract_and_leaves_inputs_alone(study, tmp_path, capsys):
+    before = _snapshot(study)
+    out = tmp_path / "out"
+    assert main(["export", str(study), str(out), "--quiet"]) == 0
+    assert _snapshot(study) == before, "inputs must not change (bytes and mtime)"
+    rows = _manifest(out)
+    assert {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        folder = out / row["case_id"]
+        assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "pair.npz"]
+        with np.load(folder / "pair.npz") as npz:
+            assert npz["ct"].shape == npz["dose"].shape == tuple(int(n) for n in row["shape"].split("x"))
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")], "no temporary files left"
+
+
+def test_resume_skips_complete_cases_and_keeps_the_manifest(study, tmp_path):
+    out = tmp_path / "out"
+    assert main(["export", str(study), str(out), "--quiet"]) == 0
+    first = _manifest(out)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("pair.npz")}
+    victim = out / first[0]["case_id"]
+    for p in victim.iterdir():
+        p.unlink()
+    victim.rmdir()
+    (out / ".tmp-leftover-from-a-killed-run").mkdir()
+    assert main(["export", str(study), str(out), "--resume", "--quiet"]) == 0
+    assert _manifest(out) == first
+    for path, stamp in stamps.items():
+        if victim not in path.parents:
+            assert path.stat().st_mtime_ns == stamp, "complete cases are not written again"
+    assert (victim / "pair.npz").is_file()
+    assert not (out / ".tmp-leftover-from-a-killed-run").exists()
+
+
+def test_bad_case_fails_alone_with_file_and_reason(study, tmp_path):
+    # damage patient2's dose: its case fails, patient1's still export
+    dose = next(p for p in (study / "patient2").rglob("*") if b"RTDOSE" in p.read_bytes()[:2000])
+    data = dose.read_bytes()
+    dose.write_bytes(data[: len(data) - 5000])  # truncated pixel data
+    out = tmp_path / "out"
+    assert main(["export", str(study), str(out), "--quiet"]) == 1
+    rows = {r["patient"]: r for r in _manifest(out)}
+    assert rows["DA-2"]["status"] == "failed"
+    assert dose.name in rows["DA-2"]["reason"] and "PixelData" in rows["DA-2"]["reason"]
+    assert rows["DA-PHANTOM-001"]["status"] == "ok"
+    assert not (out / rows["DA-2"]["case_id"]).exists()
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tmp_path), str(tmp_path / "o"), "--reference", "custom"])
+    assert exit_info.value.code == 2
+
+
+def test_demo_runs(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "demo"), "--quiet"]) == 0
+    rows = _manifest(tmp_path / "demo" / "export")
+    assert rows and all(r["status"] == "ok" for r in rows)
+    assert os.path.isdir(tmp_path / "demo" / "dicom")
