@@ -176,7 +176,7 @@ def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str 
                 path=obj.path,
                 tag="(0020,0037) ImageOrientationPatient",
             )
-        pixels = dicomio.pixel_array(ds, obj.path)
+        pixels = dicomio.single_frame_pixels(ds, obj.path)
         if pixels.shape != shape[1:]:
             raise InputError(
                 f"slice has {pixels.shape} pixels, the series {shape[1:]}", path=obj.path, tag="(0028,0010) Rows"

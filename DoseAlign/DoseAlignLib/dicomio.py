@@ -101,6 +101,38 @@ def number(ds: Dataset, keyword: str, tag: str, path: Optional[Path], default: A
     return result
 
 
+#: Transfer syntaxes whose pixel data are the plain little-endian values.
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def single_frame_pixels(ds: Dataset, path: Path) -> np.ndarray:
+    """The pixels of a one-frame grey image, read straight from the buffer when the syntax allows.
+
+    Uncompressed little-endian 16-bit data whose values already fit BitsStored need no decoding;
+    anything else (compressed, big endian, high bits to mask or sign-extend) goes through pydicom.
+    """
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    if (
+        syntax in NATIVE_LITTLE_ENDIAN
+        and ds.get("BitsAllocated") == 16
+        and ds.get("SamplesPerPixel", 1) == 1
+        and int(ds.get("NumberOfFrames", 1) or 1) == 1
+        and "PixelData" in ds
+    ):
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        signed = ds.get("PixelRepresentation", 0) == 1
+        raw = ds.PixelData
+        if len(raw) >= rows * columns * 2:
+            pixels = np.frombuffer(raw, dtype="<i2" if signed else "<u2", count=rows * columns).reshape(rows, columns)
+            bits = int(ds.get("BitsStored", 16) or 16)
+            if bits == 16:
+                return pixels
+            low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+            if pixels.min() >= low and pixels.max() <= high:
+                return pixels
+    return pixel_array(ds, path)
+
+
 def pixel_array(ds: Dataset, path: Path) -> np.ndarray:
     """Decoded pixel data, with a clear message when the transfer syntax has no decoder."""
     if "PixelData" not in ds:

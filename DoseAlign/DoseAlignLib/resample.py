@@ -34,23 +34,33 @@ def resample(
     fill: float = 0.0,
     dtype: type = np.float32,
 ) -> np.ndarray:
-    """Values of ``volume`` at the voxel centres of ``target``: an array of ``target.shape``."""
+    """Values of ``volume`` at the voxel centres of ``target``: an array of ``target.shape``.
+
+    Integer ``dtype`` outputs are rounded to the nearest integer.
+    """
     interpolator = Interpolator(interpolator)
-    out = np.full(target.shape, fill, dtype=dtype)
+    # np.zeros maps untouched pages lazily: only the source's box ever costs memory (dose covers ~30%)
+    out = np.zeros(target.shape, dtype=dtype) if fill == 0 else np.full(target.shape, fill, dtype=dtype)
     box = source_box(volume.grid, target)
     if box is None:
         return out
     sub = target.crop(*box)
+    dest = out[box]  # a view: every path below writes into it
     if interpolator in (Interpolator.LINEAR, Interpolator.NEAREST):
         permutation = axis_permutation(volume.grid, sub)
         if permutation is not None:
-            values = _separable(volume, sub, permutation, interpolator, fill)
+            _separable(volume, sub, permutation, interpolator, fill, dest)
         else:
-            values = _pointwise(volume, sub, interpolator, fill)
+            _store(dest, _pointwise(volume, sub, interpolator, fill))
     else:
-        values = _simpleitk(volume, sub, interpolator, fill)
-    out[box] = values
+        _store(dest, _simpleitk(volume, sub, interpolator, fill))
     return out
+
+
+def _store(dest: np.ndarray, values: np.ndarray) -> None:
+    if np.issubdtype(dest.dtype, np.integer):
+        values = np.rint(values)
+    dest[...] = values
 
 
 def source_box(source: Grid, target: Grid) -> Optional[tuple]:
@@ -93,39 +103,84 @@ def _inside(index: np.ndarray, n: int) -> np.ndarray:
     return (index >= -0.5 - INSIDE_TOLERANCE) & (index <= n - 0.5 + INSIDE_TOLERANCE)
 
 
-def _separable(volume: Volume, target: Grid, permutation: list, interpolator: Interpolator, fill: float) -> np.ndarray:
-    data = volume.array
+def _separable(
+    volume: Volume, target: Grid, permutation: list, interpolator: Interpolator, fill: float, dest: np.ndarray
+) -> None:
+    """Three 1-D passes; the last one runs slab by slab straight into ``dest`` (no full-size temporaries)."""
     source = volume.grid
-    masks = [None, None, None]
-    # resample the axes that shrink the data first: later passes then work on less
-    order = sorted(range(3), key=lambda t: target.shape[2 - t] / source.shape[2 - permutation[t]])
-    for t in order:
-        a = permutation[t]
-        axis = 2 - a  # array axis of source axis a (arrays are k, j, i)
-        n_source = source.shape[axis]
-        index = _source_indices_along(source, target, t, a)
-        masks[t] = _inside(index, n_source)
-        index = np.clip(index, 0, n_source - 1)
-        if interpolator is Interpolator.NEAREST:
-            data = np.take(data, np.floor(index + 0.5).astype(np.intp), axis=axis)
+    growth = [target.shape[2 - t] / source.shape[2 - permutation[t]] for t in range(3)]
+    # the last pass produces the whole output: give it the axis that grows most, but never i
+    # (slabs across i would be strided); earlier passes shrink the data first
+    last = max((1, 2), key=lambda t: growth[t])
+    first = sorted((t for t in range(3) if t != last), key=lambda t: growth[t])
+    data = volume.array
+    masks: list = [None, None, None]
+    for t in first:
+        axis = 2 - permutation[t]  # array axis of the matched source axis (arrays are k, j, i)
+        index, masks[t] = _axis_map(source, target, t, permutation[t])
+        data = _pass(data, axis, index, interpolator)
+    # into target (k, j, i) layout; the last axis is still at source resolution
+    data = np.ascontiguousarray(np.transpose(data, [2 - permutation[t] for t in (2, 1, 0)]))
+    index, masks[last] = _axis_map(source, target, last, permutation[last])
+    axis = 2 - last
+    t_outer, t_inner = sorted((t for t in range(3) if t != last), reverse=True)  # slab axes in (k, j, i) order
+    inside_rest = masks[t_outer][:, None] & masks[t_inner][None, :]
+    if inside_rest.all():
+        inside_rest = None
+    n_source = data.shape[axis]
+    integer = np.issubdtype(dest.dtype, np.integer)
+    slab = np.empty(np.delete(np.array(dest.shape), axis), dtype=np.float32)
+    for n in range(dest.shape[axis]):
+        out_slab = _slab(dest, axis, n)
+        if not masks[last][n]:
+            out_slab[...] = fill
             continue
-        if n_source == 1:
-            data = np.take(data, np.zeros(index.shape, dtype=np.intp), axis=axis)
-            continue
-        base = np.minimum(np.floor(index).astype(np.intp), n_source - 2)
-        weight_shape = [1, 1, 1]
-        weight_shape[axis] = index.size
-        weight = (index - base).astype(np.float32).reshape(weight_shape)
-        low = np.take(data, base, axis=axis).astype(np.float32, copy=False)
-        high = np.take(data, base + 1, axis=axis).astype(np.float32, copy=False)
-        data = low + (high - low) * weight
-    # array axis 2 - a now runs along target axis t; put them in target (k, j, i) order
-    source_axis_of_target_axis = [2 - permutation[t] for t in (2, 1, 0)]
-    data = np.transpose(data, source_axis_of_target_axis)
-    inside = masks[2][:, None, None] & masks[1][None, :, None] & masks[0][None, None, :]
-    if not inside.all():
-        data = np.where(inside, data, np.float32(fill))
-    return data
+        if interpolator is Interpolator.NEAREST or n_source == 1:
+            np.copyto(slab, _slab(data, axis, int(np.floor(index[n] + 0.5)) if n_source > 1 else 0), casting="unsafe")
+        else:
+            base = min(int(np.floor(index[n])), n_source - 2)
+            weight = np.float32(index[n] - base)
+            low, high = _slab(data, axis, base), _slab(data, axis, base + 1)
+            np.subtract(high, low, out=slab, casting="unsafe")
+            slab *= weight
+            slab += low
+        if inside_rest is not None:
+            slab[~inside_rest] = fill
+        if integer:
+            np.rint(slab, out=slab)
+        out_slab[...] = slab
+
+
+def _slab(array: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """The view ``array[n]`` along ``axis``."""
+    index = [slice(None)] * array.ndim
+    index[axis] = n
+    return array[tuple(index)]
+
+
+def _axis_map(source: Grid, target: Grid, t: int, a: int) -> tuple:
+    """Clipped continuous source indices along source axis ``a`` for target axis ``t``, and the inside mask."""
+    n_source = source.shape[2 - a]
+    index = _source_indices_along(source, target, t, a)
+    return np.clip(index, 0, n_source - 1), _inside(index, n_source)
+
+
+def _pass(data: np.ndarray, axis: int, index: np.ndarray, interpolator: Interpolator) -> np.ndarray:
+    """Resample ``data`` along one array axis at the given (clipped) continuous indices, in float32."""
+    n_source = data.shape[axis]
+    if interpolator is Interpolator.NEAREST or n_source == 1:
+        nearest = np.floor(index + 0.5).astype(np.intp) if n_source > 1 else np.zeros(index.shape, dtype=np.intp)
+        return np.take(data, nearest, axis=axis)
+    base = np.minimum(np.floor(index).astype(np.intp), n_source - 2)
+    weight_shape = [1, 1, 1]
+    weight_shape[axis] = index.size
+    weight = (index - base).astype(np.float32).reshape(weight_shape)
+    low = np.take(data, base, axis=axis).astype(np.float32, copy=False)
+    high = np.take(data, base + 1, axis=axis).astype(np.float32, copy=False)
+    high -= low
+    high *= weight
+    high += low
+    return high
 
 
 def _pointwise(volume: Volume, target: Grid, interpolator: Interpolator, fill: float) -> np.ndarray:
