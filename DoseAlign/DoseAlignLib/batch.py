@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -11,6 +13,7 @@ from typing import Callable, Optional
 from .errors import Cancelled, DoseAlignError
 from .link import form_cases
 from .options import AlignOptions
+from .parallel import in_shard, run_dask, run_pool
 from .pipeline import run_case
 from .scan import scan_folder
 from .writers import case_dir, clean_temp, is_complete, manifest_row, write_case_output, write_manifest
@@ -42,31 +45,74 @@ def export_folder(
     resume: bool = False,
     progress: Progress = None,
     case_filter: Optional[Callable] = None,
+    workers: int = 1,
+    shard: Optional[tuple] = None,
+    scheduler: Optional[str] = None,
 ) -> BatchReport:
     """Scan ``input_root``, form cases, export each into ``out_dir`` and write ``manifest.csv``.
 
     With ``resume``, cases whose outputs are complete are not computed again (their manifest rows
-    are rebuilt from meta.json). Returns the manifest rows; ``exit_code`` is 1 when a case failed.
+    are rebuilt from meta.json). ``workers`` > 1 runs cases in a process pool; ``scheduler``
+    (``tcp://host:port`` or ``local``) on a Dask cluster; ``shard`` ``(K, N)`` exports only the
+    K-th of N deterministic parts and writes ``manifest.shard-K-of-N.csv`` (see :func:`merge_shards`).
+    Returns the manifest rows in case order; ``exit_code`` is 1 when a case failed.
     """
     input_root, out_dir = Path(input_root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean_temp(out_dir)
+    if shard is None:
+        clean_temp(out_dir)  # shards share the folder: another shard's temp files may be live
     scan = scan_folder(input_root, progress=None)
     linked = form_cases(scan)
     report = BatchReport(orphans=linked.orphans, skipped_files=scan.skipped)
-    cases = [c for c in linked.cases if case_filter is None or case_filter(c)]
-    for n, case in enumerate(cases):
+    cases = [c for c in linked.cases if (case_filter is None or case_filter(c)) and in_shard(c.case_id, shard)]
+    manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
+    rows: list = [None] * len(cases)
+    done = [0]
+
+    def record(index: int, row: dict) -> None:
+        rows[index] = row
+        done[0] += 1
+        report.rows = [r for r in rows if r is not None]
+        write_manifest(out_dir, report.rows, manifest_name)
         if progress is not None:
-            progress(n / max(len(cases), 1), f"case {n + 1}/{len(cases)}: {case.case_id}")
-        report.rows.append(export_case(case, out_dir, options, resume=resume))
-        write_manifest(out_dir, report.rows)
+            progress(done[0] / max(len(cases), 1), f"{done[0]}/{len(cases)} cases: {row['case_id']} {row['status']}")
+
+    task = functools.partial(export_case, out_dir=out_dir, options=options, resume=resume)
+    if scheduler:
+        run_dask(task, cases, scheduler, workers, record)
+    elif workers > 1 and len(cases) > 1:
+        run_pool(task, cases, workers, record)
+    else:
+        for index, case in enumerate(cases):
+            record(index, task(case))
+    report.rows = [r for r in rows if r is not None]
     if progress is not None:
         progress(1.0, f"{len(cases)} cases, {len(report.failed)} failed")
-    write_manifest(out_dir, report.rows)
+    write_manifest(out_dir, report.rows, manifest_name)
     return report
 
 
-def export_case(case, out_dir: Path, options: AlignOptions, *, resume: bool = False) -> dict:
+def merge_shards(out_dir: Path) -> Path:
+    """Combine every ``manifest.shard-K-of-N.csv`` in ``out_dir`` into ``manifest.csv`` (sorted by case id)."""
+    out_dir = Path(out_dir)
+    parts = sorted(out_dir.glob("manifest.shard-*-of-*.csv"))
+    if not parts:
+        raise DoseAlignError("no shard manifests (manifest.shard-K-of-N.csv) to merge", path=out_dir)
+    totals = {p.name.rsplit("-of-", 1)[1] for p in parts}
+    if len(totals) != 1:
+        raise DoseAlignError(f"shard manifests of different splits: {sorted(p.name for p in parts)}", path=out_dir)
+    expected = int(totals.pop().split(".")[0])
+    if len(parts) != expected:
+        raise DoseAlignError(f"{len(parts)} of {expected} shard manifests present", path=out_dir)
+    rows = []
+    for part in parts:
+        with open(part, newline="", encoding="utf-8") as handle:
+            rows.extend(csv.DictReader(handle))
+    rows.sort(key=lambda r: r["case_id"])
+    return write_manifest(out_dir, rows)
+
+
+def export_case(case, out_dir: Path, options: AlignOptions, resume: bool = False) -> dict:
     """Export one case; return its manifest row (never raises for a bad case)."""
     if resume and is_complete(out_dir, case.case_id):
         meta = json.loads((case_dir(out_dir, case.case_id) / "meta.json").read_text(encoding="utf-8"))

@@ -34,8 +34,24 @@ def _get_parser() -> argparse.ArgumentParser:
     export.add_argument("output", type=Path, help="output folder (created; see README for the layout)")
     _add_align_options(export)
     export.add_argument("--resume", action="store_true", help="skip cases whose outputs are already complete")
+    scale = export.add_argument_group("scale")
+    scale.add_argument(
+        "--workers", type=int, default=None, help="cases exported in parallel processes (default: one per core)"
+    )
+    scale.add_argument(
+        "--shard", metavar="K/N", help="export only the K-th of N deterministic parts (e.g. a Slurm array task)"
+    )
+    scale.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run cases on a Dask cluster: tcp://host:port, or 'local' for a LocalCluster on this machine",
+    )
     export.add_argument("--quiet", action="store_true", help="no progress output")
     export.set_defaults(func=_cmd_export)
+
+    merge = sub.add_parser("merge", help="combine the shard manifests of OUT into OUT/manifest.csv")
+    merge.add_argument("output", type=Path)
+    merge.set_defaults(func=_cmd_merge)
 
     demo = sub.add_parser("demo", help="write a synthetic DICOM-RT study to OUT/dicom and export it to OUT/export")
     demo.add_argument("output", type=Path)
@@ -165,13 +181,37 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .batch import export_folder
+    from .parallel import default_workers, parse_shard
 
     options = _options(args)
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise ValueError("--workers must be at least 1")
     report = export_folder(
-        args.input, args.output, options, resume=args.resume, progress=_ProgressLine(quiet=args.quiet)
+        args.input,
+        args.output,
+        options,
+        resume=args.resume,
+        progress=_ProgressLine(quiet=args.quiet),
+        workers=workers,
+        shard=parse_shard(args.shard) if args.shard else None,
+        scheduler=args.scheduler,
     )
     _print_summary(report, args.output)
     return report.exit_code
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    import csv
+
+    from .batch import merge_shards
+
+    path = merge_shards(args.output)
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"{len(rows)} cases ({len(failed)} failed) -> {path}")
+    return 1 if failed else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

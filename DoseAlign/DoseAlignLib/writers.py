@@ -88,7 +88,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
-def write_manifest(out_dir: Path, rows: list) -> Path:
+def write_manifest(out_dir: Path, rows: list, name: str = "manifest.csv") -> Path:
     """Write ``manifest.csv`` (rows are dicts keyed by MANIFEST_COLUMNS, extra keys appended)."""
     columns = list(MANIFEST_COLUMNS)
     for row in rows:
@@ -98,7 +98,7 @@ def write_manifest(out_dir: Path, rows: list) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _cell(row.get(k)) for k in columns})
-    path = Path(out_dir) / "manifest.csv"
+    path = Path(out_dir) / name
     write_text_atomic(path, buffer.getvalue())
     return path
 

@@ -1,0 +1,79 @@
+"""Scale: a process pool, deterministic shards and a Dask cluster give the serial run's results."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from DoseAlignLib.batch import export_folder, merge_shards
+from DoseAlignLib.options import AlignOptions
+from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+OPTIONS = AlignOptions(structures=False)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cohort")
+    positions = ["HFS", "FFS", "HFP", "FFP", "HFDL"]
+    for n, position in enumerate(positions):
+        spec = PhantomSpec(
+            patient_id=f"P{n:02d}", patient_position=position, seed=n, ct_size=(48, 48, 24), with_structures=False
+        )
+        write_phantom(root / f"p{n}", spec)
+    return root
+
+
+@pytest.fixture(scope="module")
+def serial(cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("serial")
+    assert export_folder(cohort, out, OPTIONS, workers=1).exit_code == 0
+    return out
+
+
+def _manifest(path: Path) -> list:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    cases = sorted(p.name for p in a.iterdir() if p.is_dir())
+    assert cases == sorted(p.name for p in b.iterdir() if p.is_dir())
+    assert len(cases) == 5
+    for case in cases:
+        assert (a / case / "meta.json").read_bytes() == (b / case / "meta.json").read_bytes()
+        with np.load(a / case / "pair.npz") as x, np.load(b / case / "pair.npz") as y:
+            assert x.files == y.files
+            for key in x.files:
+                np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_process_pool_equals_serial(cohort, serial, tmp_path):
+    report = export_folder(cohort, tmp_path, OPTIONS, workers=2)
+    assert report.exit_code == 0
+    assert _manifest(tmp_path / "manifest.csv") == _manifest(serial / "manifest.csv")
+    _same_outputs(serial, tmp_path)
+
+
+def test_shards_together_equal_the_whole(cohort, serial, tmp_path):
+    sizes = []
+    for k in (1, 2, 3):
+        report = export_folder(cohort, tmp_path, OPTIONS, shard=(k, 3))
+        sizes.append(len(report.rows))
+        assert (tmp_path / f"manifest.shard-{k}-of-3.csv").is_file()
+    assert sum(sizes) == 5 and max(sizes) < 5, f"shard sizes {sizes}"
+    merge_shards(tmp_path)
+    whole = sorted(_manifest(serial / "manifest.csv"), key=lambda r: r["case_id"])
+    assert _manifest(tmp_path / "manifest.csv") == whole
+    _same_outputs(serial, tmp_path)
+
+
+def test_dask_local_cluster_equals_serial(cohort, serial, tmp_path):
+    pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    report = export_folder(cohort, tmp_path, OPTIONS, workers=2, scheduler="local")
+    assert report.exit_code == 0
+    assert _manifest(tmp_path / "manifest.csv") == _manifest(serial / "manifest.csv")
+    _same_outputs(serial, tmp_path)
