@@ -1,0 +1,330 @@
+"""DoseAlign benchmark: one realistic case and a batch, every contender as a whole process, side by
+side in one run, with peak memory, per-stage times and a check that the dose arrays agree.
+
+    python bench/bench.py                 # generate (cached in bench/.cache) and run everything
+    python bench/bench.py --repeats 5 --batch 6 --skip plastimatch
+
+Numbers are medians over --repeats runs, contenders interleaved so background load hits all alike.
+Targets (issue 4) are printed as ratios measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "DoseAlign"))
+PY = sys.executable
+BIN = Path(PY).parent
+
+
+def realistic_spec(seed: int = 0):
+    from DoseAlignLib.phantom import PhantomSpec
+
+    return PhantomSpec(
+        patient_id=f"BENCH{seed:03d}",
+        ct_size=(512, 512, 300),
+        ct_pixel_spacing=(0.977, 0.977),
+        ct_slice_spacing=2.0,
+        dose_size=(200, 160, 120),
+        dose_pixel_spacing=(2.5, 2.5),
+        dose_frame_spacing=2.5,
+        dose_center_offset_lps=(3.1, -7.3, 1.7),
+        seed=seed,
+    )
+
+
+def ensure_case(cache: Path) -> Path:
+    from DoseAlignLib.phantom import write_phantom
+
+    case = cache / "case0"
+    if not (case / ".complete").is_file():
+        shutil.rmtree(case, ignore_errors=True)
+        print(f"generating the realistic case in {case} (once; about a minute)", flush=True)
+        write_phantom(case, realistic_spec(0))
+        (case / ".complete").write_text("")
+    return case
+
+
+def clone_case(source: Path, target: Path, n: int) -> None:
+    """A copy of a case with every instance UID and the patient changed (a distinct patient)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    if (target / ".complete").is_file():
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    mapping: dict = {}
+
+    def remap(ds) -> None:
+        for element in ds:
+            if element.VR == "SQ":
+                for item in element.value:
+                    remap(item)
+            elif element.VR == "UI" and element.value and not str(element.value).startswith("1.2.840.10008"):
+                old = str(element.value)
+                mapping.setdefault(old, generate_uid(entropy_srcs=[old, str(n)]))
+                element.value = mapping[old]
+
+    for path in sorted(source.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        remap(ds)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = f"BENCH{n:03d}"
+        ds.save_as(target / path.name)
+    (target / ".complete").write_text("")
+
+
+def run(command: list, env: dict | None = None) -> tuple:
+    """Wall seconds and peak RSS (MiB) of a whole process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, command))} failed: {process.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024.0
+
+
+def stage_times(case: Path, scratch: Path) -> dict:
+    """Per-stage seconds of dosealign in this process (after a warm-up run)."""
+    from DoseAlignLib.ct import ct_geometry, read_ct
+    from DoseAlignLib.link import form_cases
+    from DoseAlignLib.options import AlignOptions
+    from DoseAlignLib.pipeline import run_case
+    from DoseAlignLib.resample import resample
+    from DoseAlignLib.rtdose import read_rtdose
+    from DoseAlignLib.scan import scan_folder
+    from DoseAlignLib.writers import write_case_output
+
+    times: dict = {}
+
+    def timed(name, call, *call_args):
+        start = time.perf_counter()
+        value = call(*call_args)
+        times[name] = time.perf_counter() - start
+        return value
+
+    for _ in range(2):  # the second pass is reported: warm cache, warm imports
+        scan = timed("scan", scan_folder, case)
+        linked = timed("link", form_cases, scan)
+        one = next(c for c in linked.cases if c.summation_type == "PLAN")
+        geometry = timed("CT geometry", ct_geometry, one.ct)
+        ct = timed("read CT", read_ct, one.ct, geometry)
+        dose = timed("read dose", read_rtdose, one.doses[0].path)[0]
+        timed("resample dose", resample, dose, ct.grid)
+        timed("run_case (no structures)", run_case, one, AlignOptions(structures=False))
+        result = timed("run_case (structures + audit)", run_case, one, AlignOptions())
+        timed("write", write_case_output, result, scratch / "stages")
+    return times
+
+
+def load_dose(folder: Path) -> np.ndarray:
+    if (folder / "dose.npy").is_file():
+        return np.load(folder / "dose.npy")
+    if (folder / "dose.mha").is_file():
+        import SimpleITK as sitk
+
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "dose.mha")))
+    npz = sorted(folder.rglob("pair.npz"))[0]
+    with np.load(npz) as data:
+        return data["dose"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, default=HERE / ".cache")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4, help="cases in the batch measurement")
+    parser.add_argument("--skip", nargs="*", default=[], help="contenders to leave out (e.g. plastimatch)")
+    args = parser.parse_args()
+    cache = args.cache
+    scratch = cache / "runs"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    case = ensure_case(cache)
+    spec = realistic_spec(0)
+    k, j, i = spec.ct_size[2], spec.ct_size[1], spec.ct_size[0]
+    output_bytes = k * j * i * (2 + 4)
+    input_bytes = sum(p.stat().st_size for p in case.glob("*.dcm"))
+    dosealign = str(BIN / "dosealign")
+    plastimatch = shutil.which("plastimatch") or str(BIN / "plastimatch")
+
+    contenders = {
+        "I/O floor (read inputs, np.save outputs)": lambda out: [
+            PY,
+            str(HERE / "io_floor.py"),
+            str(case),
+            out,
+            str(k),
+            str(j),
+            str(i),
+        ],
+        "dosealign export (no structures)": lambda out: [
+            dosealign,
+            "export",
+            str(case),
+            out,
+            "--quiet",
+            "--workers",
+            "1",
+            "--no-structures",
+            "--no-qa-png",
+        ],
+        "dosealign export (structures, audit, qa.png)": lambda out: [
+            dosealign,
+            "export",
+            str(case),
+            out,
+            "--quiet",
+            "--workers",
+            "1",
+        ],
+        "pydicom + SimpleITK script": lambda out: [PY, str(HERE / "naive_pipeline.py"), str(case), out],
+        "SimpleITK only": lambda out: [PY, str(HERE / "sitk_pipeline.py"), str(case), out],
+        "plastimatch convert --resize-dose (.mha)": lambda out: [
+            plastimatch,
+            "convert",
+            "--input",
+            str(case),
+            "--output-img",
+            f"{out}/ct.mha",
+            "--output-dose-img",
+            f"{out}/dose.mha",
+            "--resize-dose",
+        ],
+    }
+    help_text = subprocess.run([dosealign, "export", "-h"], capture_output=True, text=True).stdout
+    for flag in ("--no-structures", "--no-qa-png"):
+        if flag not in help_text:  # older trees: measure what exists
+            contenders["dosealign export (no structures)"] = lambda out: [
+                dosealign,
+                "export",
+                str(case),
+                out,
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+            contenders.pop("dosealign export (structures, audit, qa.png)", None)
+    if "plastimatch" in args.skip or not Path(plastimatch).exists():
+        contenders.pop("plastimatch convert --resize-dose (.mha)")
+    for name in list(contenders):
+        if any(s.lower() in name.lower() for s in args.skip if s != "plastimatch"):
+            contenders.pop(name)
+
+    results: dict = {name: [] for name in contenders}
+    for repeat in range(args.repeats):
+        for n, (name, make) in enumerate(contenders.items()):
+            out = scratch / f"c{n}-r{repeat}"
+            os.makedirs(out, exist_ok=True)
+            results[name].append(run(make(str(out))))
+    rows = []
+    floor = statistics.median(w for w, _ in results["I/O floor (read inputs, np.save outputs)"])
+    for n, (name, values) in enumerate(results.items()):
+        wall = statistics.median(w for w, _ in values)
+        rss = max(r for _, r in values)
+        rows.append((name, wall, wall / floor, rss, scratch / f"c{n}-r0"))
+
+    print(
+        f"\nOne case: CT {i}x{j}x{k} int16, dose {spec.dose_size[0]}x{spec.dose_size[1]}x{spec.dose_size[2]} "
+        f"on an offset grid; inputs {input_bytes / 2**20:.0f} MiB, output arrays {output_bytes / 2**20:.0f} MiB; "
+        f"median of {args.repeats} runs, warm cache, {os.cpu_count()} cores"
+    )
+    print(f"{'contender':48} {'wall s':>8} {'x floor':>8} {'peak RSS MiB':>13} {'dose vs dosealign':>20}")
+    reference = load_dose(rows[1][4])
+    for name, wall, ratio, rss, folder in rows:
+        agreement = ""
+        if "floor" not in name:
+            try:
+                other = load_dose(folder)
+                inside = (reference > 0) & (other > 0)
+                agreement = f"max |diff| {np.abs(other[inside] - reference[inside]).max() / reference.max():.1e} Dmax"
+                if other.shape != reference.shape:
+                    agreement = f"shape {other.shape}"
+            except Exception as error:  # a contender's output we cannot read is reported, not fatal
+                agreement = f"unreadable: {type(error).__name__}"
+        print(f"{name:48} {wall:8.2f} {ratio:8.2f} {rss:13.0f} {agreement:>20}")
+
+    stages = stage_times(case, scratch)
+    print("\ndosealign stages (in-process, warm):")
+    for name, seconds in stages.items():
+        print(f"  {name:32} {seconds:7.3f} s")
+
+    # batch: distinct patients, 1 vs 2 workers
+    batch_root = cache / f"batch{args.batch}"
+    for n in range(args.batch):
+        clone_case(case, batch_root / f"p{n:03d}", n + 1)
+    batch_times = {}
+    floor_batch = []
+    for repeat in range(max(1, args.repeats - 1)):
+        for workers in (1, 2):
+            out = scratch / f"batch-w{workers}-r{repeat}"
+            batch_times.setdefault(workers, []).append(
+                run([dosealign, "export", str(batch_root), str(out), "--quiet", "--workers", str(workers)])
+            )
+        for n in range(args.batch):
+            floor_batch.append(
+                run(
+                    [
+                        PY,
+                        str(HERE / "io_floor.py"),
+                        str(batch_root / f"p{n:03d}"),
+                        str(scratch / "fb"),
+                        str(k),
+                        str(j),
+                        str(i),
+                    ]
+                )[0]
+            )
+    one = statistics.median(w for w, _ in batch_times[1])
+    two = statistics.median(w for w, _ in batch_times[2])
+    per_case_floor = statistics.median(floor_batch)
+    print(f"\nBatch of {args.batch} cases (structures on):")
+    print(f"  1 worker : {one:7.2f} s  ({one / args.batch:.2f} s per case; per-case floor {per_case_floor:.2f} s)")
+    print(f"  2 workers: {two:7.2f} s  ({two / args.batch:.2f} s per case)  throughput x{one / two:.2f}")
+
+    by_name = {name: (wall, rss) for name, wall, _r, rss, _f in rows}
+    lean = by_name["dosealign export (no structures)"]
+    print("\nTargets (issue 4), as measured in this run:")
+    checks = [
+        ("one case <= 2x the I/O floor (no structures)", lean[0] / floor, 2.0, "<="),
+        ("batch per case <= 1.5x the per-case floor", (one / args.batch) / per_case_floor, 1.5, "<="),
+        ("peak RSS <= 1.5x output bytes (no structures)", lean[1] * 2**20 / output_bytes, 1.5, "<="),
+        ("2 workers >= 1.8x throughput of 1", one / two, 1.8, ">="),
+    ]
+    if "SimpleITK only" in by_name:
+        checks.append(("SimpleITK-only / dosealign >= 2", by_name["SimpleITK only"][0] / lean[0], 2.0, ">="))
+    if "plastimatch convert --resize-dose (.mha)" in by_name:
+        checks.append(
+            (
+                "plastimatch / dosealign >= 3",
+                by_name["plastimatch convert --resize-dose (.mha)"][0] / lean[0],
+                3.0,
+                ">=",
+            )
+        )
+    for label, value, limit, sense in checks:
+        ok = value <= limit if sense == "<=" else value >= limit
+        print(f"  {'met ' if ok else 'MISS'} {label:48} {value:6.2f} (target {sense} {limit})")
+    (scratch / "bench.json").write_text(
+        json.dumps({"rows": [r[:4] for r in rows], "stages": stages, "batch": [one, two]}, default=str)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
