@@ -1,0 +1,188 @@
+"""Headless batch export through Slicer: DICOM database + SlicerRT loading + Resample CLI + engine writer.
+
+Usage (the script path must not be the first argument after it; Slicer keeps the rest for the script)::
+
+    Slicer --no-main-window --python-script /path/to/DoseAlignBatch.py --input DICOM_DIR --output OUT_DIR
+        [--backend cli|inprocess|engine] [--reference ct|dose|custom] [--interpolator linear|nn|bs|ws]
+        [--spacing 2 | 1,1,2.5] [--box dose|ct|cube] [--size 128] [--ct-fill -1000] [--ct-dtype int16|float32]
+        [--allow-relative] [--no-structures] [--format npz|npz+nrrd] [--database DB_DIR] [--resume]
+
+Writes ``OUT_DIR/<case>/pair.npz``, ``OUT_DIR/<case>/meta.json`` and ``OUT_DIR/manifest.csv`` (the
+layout of ``dosealign export``). Prints one progress line per step and one result line per case.
+Exit code: 0 every case exported, 1 some case failed, 2 usage or setup error, 3 cancelled or crashed.
+Every path ends in ``sys.exit``: ``--python-script`` does not quit Slicer by itself, and an uncaught
+exception would leave it running.
+
+Slicer registers every ``.py`` file of a scripted-module folder as a module, so this file also
+defines a hidden ``DoseAlignBatch`` module; importing it runs nothing.
+"""
+
+import argparse
+import logging
+import sys
+import time
+import traceback
+
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+
+EXIT_OK = 0
+EXIT_CASES_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+
+
+class DoseAlignBatch(ScriptedLoadableModule):
+    """Hidden module entry so that Slicer's module factory accepts this file."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        parent.title = "DoseAlign Batch"
+        parent.categories = ["Radiotherapy"]
+        parent.dependencies = ["DoseAlign"]
+        parent.contributors = ["DoseAlign developers"]
+        parent.helpText = (
+            "Headless batch export: Slicer --no-main-window --python-script DoseAlignBatch.py "
+            "--input DICOM_DIR --output OUT_DIR [options]"
+        )
+        parent.acknowledgementText = ""
+        parent.hidden = True
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 2 or 1,1,2.5, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers like 128 or 128,128,96, got {text!r}") from None
+
+
+def _get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="DoseAlignBatch.py",
+        description="Export every CT/dose case below a DICOM folder through Slicer (SlicerRT + Resample CLI).",
+    )
+    parser.add_argument("--input", required=True, help="folder with DICOM files (searched recursively; never modified)")
+    parser.add_argument("--output", required=True, help="output folder (created)")
+    parser.add_argument(
+        "--backend",
+        choices=["cli", "inprocess", "engine"],
+        default="cli",
+        help="resampling: Resample Scalar/Vector/DWI Volume CLI (default), in-process VTK (linear), or the engine",
+    )
+    parser.add_argument("--reference", choices=["ct", "dose", "custom"], default="ct", help="grid of the outputs")
+    parser.add_argument("--interpolator", choices=["linear", "nn", "bs", "ws"], default="linear")
+    parser.add_argument("--spacing", type=_floats, help="custom grid spacing in mm: one value or i,j,k")
+    parser.add_argument("--box", choices=["dose", "ct", "cube"], default="dose", help="custom grid extent")
+    parser.add_argument("--size", type=_ints, default=(128, 128, 128), help="voxels of a --box cube")
+    parser.add_argument("--ct-fill", type=float, default=-1000.0, help="HU written outside the CT")
+    parser.add_argument("--ct-dtype", choices=["int16", "float32"], default="int16")
+    parser.add_argument("--allow-relative", action="store_true", help="export DoseUnits RELATIVE doses (not Gy)")
+    parser.add_argument("--no-structures", action="store_true", help="do not rasterize RTSTRUCT ROIs")
+    parser.add_argument("--format", choices=["npz", "npz+nrrd"], default="npz", help="also write NRRD volumes")
+    parser.add_argument("--database", help="use (and add to) this DICOM database folder instead of a temporary one")
+    parser.add_argument("--resume", action="store_true", help="skip cases whose outputs are already complete")
+    return parser
+
+
+class _ProgressPrinter:
+    """Plain progress lines (no carriage returns: Slicer's stdout is usually a log file)."""
+
+    def __init__(self, stream=None, every_seconds: float = 1.0) -> None:
+        self.stream = stream or sys.stdout
+        self.every = every_seconds
+        self.last = 0.0
+        self.last_message = ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or message != self.last_message or now - self.last >= self.every:
+            self.stream.write(f"[{fraction:4.0%}] {message}\n")
+            self.stream.flush()
+            self.last, self.last_message = now, message
+
+
+def _print_row(case_id: str, status: str, reason: str = "", flags: str = "") -> None:
+    line = f"CASE {case_id}: {status}"
+    if reason:
+        line += f" - {reason}"
+    if flags:
+        line += f" [{flags}]"
+    print(line, flush=True)
+
+
+def main(argv) -> int:
+    """Run the batch and return the exit code; only unexpected bugs raise (the ``__main__`` guard catches them)."""
+    parser = _get_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help (0) or a usage error (2): argparse already printed why
+        return int(exit_request.code or 0)
+
+    try:
+        from DICOMLib import DICOMUtils
+        from DoseAlignLib.errors import Cancelled
+        from DoseAlignLib.options import AlignOptions
+
+        import DoseAlign
+
+        options = AlignOptions(
+            reference=args.reference,
+            interpolator=args.interpolator,
+            custom_spacing=args.spacing,
+            custom_box=args.box,
+            custom_size=args.size,
+            ct_fill_hu=args.ct_fill,
+            ct_dtype=args.ct_dtype,
+            allow_relative=args.allow_relative,
+            structures=not args.no_structures,
+        )
+    except (ImportError, ValueError) as error:
+        print(f"DoseAlignBatch: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+    logic = DoseAlign.DoseAlignLogic()
+    logic.logCallback = lambda text: print(text, flush=True)
+    logic.progressCallback = _ProgressPrinter()
+    started = time.monotonic()
+    try:
+        if args.database:
+            if not DICOMUtils.openDatabase(args.database):
+                print(f"DoseAlignBatch: cannot open the DICOM database {args.database}", file=sys.stderr, flush=True)
+                return EXIT_USAGE
+            rows = logic.exportFolder(
+                args.input, args.output, options, args.backend, args.format, args.resume, rowCallback=_print_row
+            )
+        else:
+            with DICOMUtils.TemporaryDICOMDatabase():
+                rows = logic.exportFolder(
+                    args.input, args.output, options, args.backend, args.format, args.resume, rowCallback=_print_row
+                )
+    except Cancelled:
+        print("DoseAlignBatch: cancelled", file=sys.stderr, flush=True)
+        return EXIT_ABORTED
+    except (OSError, ValueError, RuntimeError) as error:  # bad folder, database, missing module: not a case error
+        print(f"DoseAlignBatch: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    failed = [row for row in rows if row["status"] != "ok"]
+    print(
+        f"DoseAlignBatch: {len(rows) - len(failed)} of {len(rows)} cases exported to {args.output} "
+        f"in {time.monotonic() - started:.1f} s; {len(failed)} failed",
+        flush=True,
+    )
+    return EXIT_CASES_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    try:
+        exit_code = main(sys.argv[1:])
+    except BaseException:  # noqa: B036 - Slicer must exit whatever happened
+        traceback.print_exc()
+        logging.error("DoseAlignBatch crashed")
+        exit_code = EXIT_ABORTED
+    sys.exit(exit_code)
