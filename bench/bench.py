@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def clone_case(source: Path, target: Path, n: int) -> None:
     (target / ".complete").write_text("")
 
 
-def run(command: list, env: dict | None = None) -> tuple:
+def run(command: list, env: Optional[dict] = None) -> tuple:
     """Wall seconds and peak RSS (MiB) of a whole process."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -150,7 +151,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4, help="cases in the batch measurement")
     parser.add_argument("--skip", nargs="*", default=[], help="contenders to leave out (e.g. plastimatch)")
+    parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prepare_only:
+        case = ensure_case(args.cache)
+        for n in range(args.batch):
+            clone_case(case, args.cache / f"batch{args.batch}" / f"p{n:03d}", n + 1)
+        return 0
+    # data are made in a child process: a forked child's peak RSS would include this process's pages
+    subprocess.run([PY, __file__, "--prepare-only", "--cache", str(args.cache), "--batch", str(args.batch)], check=True)
     cache = args.cache
     scratch = cache / "runs"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -226,6 +235,7 @@ def main() -> int:
         if any(s.lower() in name.lower() for s in args.skip if s != "plastimatch"):
             contenders.pop(name)
 
+    baseline = run([PY, "-c", "pass"])[1]
     results: dict = {name: [] for name in contenders}
     for repeat in range(args.repeats):
         for n, (name, make) in enumerate(contenders.items()):
@@ -259,6 +269,7 @@ def main() -> int:
                 agreement = f"unreadable: {type(error).__name__}"
         print(f"{name:48} {wall:8.2f} {ratio:8.2f} {rss:13.0f} {agreement:>20}")
 
+    print(f"(a bare Python process peaks at {baseline:.0f} MiB here)")
     stages = stage_times(case, scratch)
     print("\ndosealign stages (in-process, warm):")
     for name, seconds in stages.items():
@@ -266,8 +277,6 @@ def main() -> int:
 
     # batch: distinct patients, 1 vs 2 workers
     batch_root = cache / f"batch{args.batch}"
-    for n in range(args.batch):
-        clone_case(case, batch_root / f"p{n:03d}", n + 1)
     batch_times = {}
     floor_batch = []
     for repeat in range(max(1, args.repeats - 1)):
