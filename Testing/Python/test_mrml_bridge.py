@@ -8,6 +8,8 @@ GridFrameOffsetVector[1] - [0]; origin = ImagePositionPatient; then LPS -> RAS).
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -292,6 +294,7 @@ def test_resample_in_process_refuses_transformed_reference(scene):
 
 def _stub_modules() -> dict:
     import types
+    import unittest
 
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
@@ -311,8 +314,9 @@ def _stub_modules() -> dict:
         def __init__(self, parent=None):
             pass
 
-    class ScriptedLoadableModuleTest:
-        pass
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):  # noqa: N802 - Slicer's name
+            pass
 
     for cls in (
         ScriptedLoadableModule,
@@ -335,7 +339,7 @@ def _stub_modules() -> dict:
 
 
 @pytest.fixture()
-def module(monkeypatch):
+def module(monkeypatch, tmp_path_factory):
     """``DoseAlign.py`` imported against slicer-core, with a fresh scene as ``slicer.mrmlScene``."""
     import sys
     import types
@@ -345,7 +349,11 @@ def module(monkeypatch):
         monkeypatch.setattr(slicer, name.split(".", 1)[1], stub, raising=False)
     monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
     app = types.SimpleNamespace(
-        applicationVersion="slicer-core", revision="0", layoutManager=lambda: None, processEvents=lambda: None
+        applicationVersion="slicer-core",
+        revision="0",
+        layoutManager=lambda: None,
+        processEvents=lambda: None,
+        temporaryPath=str(tmp_path_factory.mktemp("slicer-temp")),
     )
     monkeypatch.setattr(slicer, "app", app, raising=False)
     monkeypatch.delitem(sys.modules, "DoseAlign", raising=False)
@@ -604,3 +612,37 @@ def test_align_case_with_structures_equals_engine_export(module, tmp_path, backe
         # the audit compares Slicer's resampled dose with the native dose exactly as it does the engine's
         engine_diff = engine_meta["audit"]["dose"]["dmax_diff_pct"]
         assert slicer_meta["audit"]["dose"]["dmax_diff_pct"] == pytest.approx(engine_diff, abs=1e-3)
+
+
+def test_module_self_test_compares_with_the_engine(module, monkeypatch, tmp_path):
+    """DoseAlignTest's comparison code, run with Slicer's DICOM loading replaced by what it yields."""
+    import contextlib
+    import sys
+    import types
+
+    from DoseAlignLib.ct import read_ct
+    from DoseAlignLib.link import form_cases
+    from DoseAlignLib.scan import scan_folder
+
+    dicom_lib = types.ModuleType("DICOMLib")
+    dicom_lib.DICOMUtils = types.SimpleNamespace(TemporaryDICOMDatabase=lambda directory=None: contextlib.nullcontext())
+    monkeypatch.setitem(sys.modules, "DICOMLib", dicom_lib)
+    dose_files = {}
+
+    def load_like_slicer(self, file_lists, loadPlans=False):  # noqa: N803
+        (case,) = form_cases(scan_folder(pathlib.Path(file_lists[0][0]).parent)).cases
+        ids = [mrml.volume_node_from_volume(read_ct(case.ct), slicer.mrmlScene, "CT").GetID()]
+        for files in file_lists[1:]:
+            node = gdcm_like_dose_node(files[0], slicer.mrmlScene)
+            node.SetAttribute(module.DoseAlignLogic.DOSE_VOLUME_ATTRIBUTE, "1")
+            dose_files[node.GetID()] = files[0]
+            ids.append(node.GetID())
+        return ids
+
+    monkeypatch.setattr(module.DoseAlignLogic, "loadFileLists", load_like_slicer)
+    monkeypatch.setattr(module.DoseAlignLogic, "importFolderToDatabase", lambda self, folder, database=None: [])
+    monkeypatch.setattr(module.DoseAlignLogic, "doseFileForNode", lambda self, node: dose_files[node.GetID()])
+    monkeypatch.setattr(slicer.util, "tempDirectory", lambda key, **kwargs: str(tmp_path / key))  # needs Qt
+    tester = module.DoseAlignTest()
+    tester._compareWithEngine("inprocess")
+    assert (tmp_path / "DoseAlignTest-inprocess" / "slicer" / "manifest.csv").is_file()
