@@ -695,7 +695,7 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(doseNode))
         candidates = []
         for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node is doseNode or self.isDoseVolumeNode(node) or node.IsA("vtkMRMLLabelMapVolumeNode"):
+            if node.GetID() == doseNode.GetID() or self.isDoseVolumeNode(node) or node.IsA("vtkMRMLLabelMapVolumeNode"):
                 continue
             item = shNode.GetItemByDataNode(node)
             if item and shNode.GetItemUID(item, "DICOM"):
@@ -755,7 +755,7 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             referenced = slicer.vtkSlicerDicomRtImportExportModuleLogic.GetReferencedVolumeByDicomForSegmentation(
                 segmentationNode
             )
-            if referenced is ctNode:
+            if referenced is not None and referenced.GetID() == ctNode.GetID():
                 return segmentationNode
         return None
 
