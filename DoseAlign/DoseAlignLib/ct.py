@@ -23,6 +23,12 @@ SAME_POSITION_MM = 0.01
 UNIFORM_STEP_FRACTION = 0.01
 #: In-plane drift of slice origins (mm) above which the series is tilted or sheared.
 TILT_TOLERANCE_MM = 0.01
+#: A step between neighbouring slices longer than this many typical steps is not a few missing
+#: slices but a slice from elsewhere (or a damaged position): the series is refused.
+MAX_GAP_STEPS = 10
+TAG_IOP = "(0020,0037) ImageOrientationPatient"
+TAG_IPP = "(0020,0032) ImagePositionPatient"
+TAG_SPACING = "(0028,0030) PixelSpacing"
 
 
 @dataclass
@@ -46,25 +52,19 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     """Derive the grid of a CT series from each slice's ImagePositionPatient and orientation."""
     if not series.slices:
         raise InputError("CT series has no slices", path=series.folder)
-    first = series.slices[0]
-    tag_iop = "(0020,0037) ImageOrientationPatient"
-    tag_ipp = "(0020,0032) ImagePositionPatient"
+    first = _reference_slice(series)  # every slice checked; the geometry all slices share
+    tag_iop, tag_ipp = TAG_IOP, TAG_IPP
     checks = []
     iop = first.info.get("image_orientation")
-    if iop is None:
-        raise GeometryError("ImageOrientationPatient is missing", path=first.path, tag=tag_iop)
     row_dir, col_dir = _orientation(iop, first.path)
     normal = np.cross(row_dir, col_dir)
     spacing = first.info.get("pixel_spacing")
-    if spacing is None or len(spacing) != 2 or min(spacing) <= 0:
-        raise GeometryError(
-            f"PixelSpacing is missing or not positive: {spacing}", path=first.path, tag="(0028,0030) PixelSpacing"
-        )
     positions = []
     for obj in series.slices:
         ipp = obj.info.get("image_position")
         if ipp is None or len(ipp) != 3 or not np.all(np.isfinite(ipp)):
             raise GeometryError(f"ImagePositionPatient is missing or invalid: {ipp}", path=obj.path, tag=tag_ipp)
+        dicomio.check_range(np.asarray(ipp), "ImagePositionPatient", tag_ipp, obj.path, dicomio.MAX_COORDINATE_MM)
         positions.append(ipp)
     positions = np.array(positions, dtype=np.float64)
     distance = positions @ normal
@@ -89,6 +89,18 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     uniform = bool(
         steps.size == 0 or np.all(np.abs(steps - typical) <= max(SAME_POSITION_MM, UNIFORM_STEP_FRACTION * typical))
     )
+    if steps.size and steps.max() > MAX_GAP_STEPS * typical:
+        n = int(np.argmax(steps))
+        a, b = series.slices[order[n]], series.slices[order[n + 1]]
+        median = float(np.median(distance))
+        stray = a if abs(distance[n] - median) > abs(distance[n + 1] - median) else b
+        raise GeometryError(
+            f"{b.rel_path} lies {steps[n]:.4g} mm after {a.rel_path} along the slice normal, "
+            f"{steps[n] / typical:.0f} typical steps of {typical:.4g} mm: not a few missing slices",
+            path=stray.path,
+            tag=tag_ipp,
+            hint="a slice of another scan or a damaged position; remove it or fix the series",
+        )
     missing = []
     if not uniform:
         for n, step in enumerate(steps):
@@ -117,10 +129,14 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     affine_k = normal * typical
     if distance.size > 1 and np.max(np.linalg.norm(drift, axis=1)) > TILT_TOLERANCE_MM:
         shear = drift[-1] / offsets[-1]
-        if np.max(np.linalg.norm(drift - np.outer(offsets, shear), axis=1)) > 10 * TILT_TOLERANCE_MM:
+        residual = np.linalg.norm(drift - np.outer(offsets, shear), axis=1)
+        if np.max(residual) > 10 * TILT_TOLERANCE_MM:
+            # name the slice farthest off the line through the others
+            worst = int(np.argmax(np.linalg.norm(drift - np.median(drift, axis=0), axis=1)))
             raise GeometryError(
-                "slice origins do not lie on one line (neither a stack nor a tilted stack)",
-                path=first.path,
+                "slice origins do not lie on one line (neither a stack nor a tilted stack); "
+                f"{series.slices[order[worst]].rel_path} is {residual[worst]:.3g} mm off",
+                path=series.slices[order[worst]].path,
                 tag=tag_ipp,
             )
         tilt = float(np.degrees(np.arctan(np.linalg.norm(shear))))
@@ -166,8 +182,11 @@ def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str 
     shape = geometry.grid.shape
     out = np.empty(shape, dtype=np.int16 if dtype == "int16" else np.float32)
     reference_iop = np.array(series.slices[geometry.order[0]].info["image_orientation"])
+    buffers: dict = {}
     for k, index in enumerate(geometry.order):
         obj = series.slices[index]
+        if _read_in_place(obj, out[k], dtype, buffers):
+            continue
         ds = dicomio.read_header(obj.path, stop_before_pixels=False)
         iop = obj.info.get("image_orientation")
         if iop is None or not np.allclose(iop, reference_iop, atol=1e-4):
@@ -176,6 +195,8 @@ def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str 
                 path=obj.path,
                 tag="(0020,0037) ImageOrientationPatient",
             )
+        if dicomio.pixel_module(ds, obj.path, max_frames=1)["frames"] != 1:
+            raise InputError("a CT image slice has one frame", path=obj.path, tag="(0028,0008) NumberOfFrames")
         pixels = dicomio.single_frame_pixels(ds, obj.path)
         if pixels.shape != shape[1:]:
             raise InputError(
@@ -183,6 +204,7 @@ def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str 
             )
         slope = dicomio.number(ds, "RescaleSlope", "(0028,1053) RescaleSlope", obj.path, 1.0)
         intercept = dicomio.number(ds, "RescaleIntercept", "(0028,1052) RescaleIntercept", obj.path, 0.0)
+        _check_rescale(pixels, slope, intercept, dtype, obj.path)
         if slope == 1.0 and float(intercept).is_integer() and dtype == "int16":
             # exact integer path: no float round trip
             np.add(pixels, np.int32(intercept), out=out[k], casting="unsafe")
@@ -190,6 +212,39 @@ def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str 
             hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
             out[k] = np.rint(hu) if dtype == "int16" else hu
     return Volume(out, geometry.grid, units="HU", description=f"CT series {series.series_uid}")
+
+
+def _read_in_place(obj, out_slice: np.ndarray, dtype: str, buffers: dict) -> bool:
+    """Plain 16-bit slices: stored values read from the file straight into the output, then rescaled.
+
+    Returns False when the slice needs pydicom's decoding (compressed, big endian, odd bits...).
+    """
+    position = obj.info.get("pixel_position")
+    rows, columns = obj.info.get("rows"), obj.info.get("columns")
+    if position is None or (rows, columns) != out_slice.shape:
+        return False
+    try:
+        slope = float(obj.info["rescale"][0] if obj.info["rescale"][0] not in (None, "") else 1.0)
+        intercept = float(obj.info["rescale"][1] if obj.info["rescale"][1] not in (None, "") else 0.0)
+    except (TypeError, ValueError):
+        return False  # let the general path report the bad tag
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        return False  # let the general path report the bad tag
+    stored = np.dtype("<i2" if position["signed"] else "<u2")
+    if dtype == "int16" and stored == np.int16 and slope == 1.0 and intercept == 0.0:
+        return dicomio.read_pixels_into(obj.path, position, out_slice)
+    buffer = buffers.get(stored)
+    if buffer is None:
+        buffer = buffers[stored] = np.empty(out_slice.shape, dtype=stored)
+    if not dicomio.read_pixels_into(obj.path, position, buffer):
+        return False
+    _check_rescale(buffer, slope, intercept, dtype, obj.path)
+    if dtype == "int16" and slope == 1.0 and intercept.is_integer():
+        np.add(buffer, np.int32(intercept), out=out_slice, casting="unsafe")
+    else:
+        hu = buffer.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        out_slice[...] = np.rint(hu) if dtype == "int16" else hu
+    return True
 
 
 def regular_grid(geometry: CtGeometry) -> Grid:
@@ -209,6 +264,100 @@ def regular_grid(geometry: CtGeometry) -> Grid:
     counts = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
     origin = grid.origin + axes @ lo
     return Grid.from_spacing((counts[2], counts[1], counts[0]), spacing, origin, axes, grid.frame_of_reference_uid)
+
+
+#: Rescaled CT values must fit the output array: int16 (the default) or float32.
+HU_RANGE = {"int16": (-32768.0, 32767.0), "float32": (-3.0e38, 3.0e38)}
+
+
+def _check_rescale(pixels: np.ndarray, slope: float, intercept: float, dtype: str, path) -> None:
+    """RescaleSlope/Intercept must turn the stored values into numbers the CT array can hold."""
+    if slope == 0:
+        raise InputError(
+            "RescaleSlope is 0: every pixel would get the same HU", path=path, tag="(0028,1053) RescaleSlope"
+        )
+    if pixels.size == 0:
+        return
+    ends = np.array([float(pixels.min()), float(pixels.max())]) * slope + intercept
+    low, high = HU_RANGE.get(dtype, HU_RANGE["float32"])
+    if not np.all(np.isfinite(ends)) or ends.min() < low or ends.max() > high:
+        raise InputError(
+            f"RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give values {ends.min():.4g}..{ends.max():.4g}, "
+            f"beyond the {dtype} CT array ({low:g}..{high:g})",
+            path=path,
+            tag="(0028,1052) RescaleIntercept",
+            hint="the rescale tags are damaged" + (" (or pass --ct-dtype float32)" if dtype == "int16" else ""),
+        )
+
+
+def _slice_key(obj) -> tuple:
+    """What every slice of one volume shares: orientation, pixel spacing, rows and columns."""
+    info = obj.info
+
+    def rounded(values):
+        if values is None:
+            return None
+        return tuple(round(float(v), 4) if np.isfinite(v) else str(v) for v in values)
+
+    return (
+        rounded(info.get("image_orientation")),
+        rounded(info.get("pixel_spacing")),
+        info.get("rows"),
+        info.get("columns"),
+    )
+
+
+def _check_slice(obj) -> None:
+    """The geometry tags of one slice are present, numeric, in range and self-consistent."""
+    info = obj.info
+    iop = info.get("image_orientation")
+    if iop is None:
+        raise GeometryError("ImageOrientationPatient is missing or not numeric", path=obj.path, tag=TAG_IOP)
+    _orientation(iop, obj.path)
+    spacing = info.get("pixel_spacing")
+    if spacing is None or len(spacing) != 2 or not np.all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise GeometryError(
+            f"PixelSpacing must be two positive numbers, got {spacing if spacing is not None else 'none (missing or not numeric)'}",
+            path=obj.path,
+            tag=TAG_SPACING,
+        )
+    dicomio.check_range(np.asarray(spacing), "PixelSpacing", TAG_SPACING, obj.path, dicomio.MAX_SPACING_MM)
+    for keyword, tag in (("rows", "(0028,0010) Rows"), ("columns", "(0028,0011) Columns")):
+        value = info.get(keyword)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+            name = keyword.capitalize()
+            raise InputError(f"{name} must be a whole number 1..65535, got {value!r}", path=obj.path, tag=tag)
+
+
+def _reference_slice(series: CtSeries):
+    """Check every slice; return one with the geometry most slices share, naming any slice that differs."""
+    keys = [_slice_key(obj) for obj in series.slices]
+    counts: dict = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    best = max(counts, key=lambda k: (counts[k], -keys.index(k)))  # ties: the first in path order
+    reference = series.slices[keys.index(best)]
+    _check_slice(reference)
+    names = (
+        ("ImageOrientationPatient", TAG_IOP),
+        ("PixelSpacing", TAG_SPACING),
+        ("Rows", "(0028,0010) Rows"),
+        ("Columns", "(0028,0011) Columns"),
+    )
+    for obj, key in zip(series.slices, keys):
+        if key == best:
+            continue
+        _check_slice(obj)
+        for n, (keyword, tag) in enumerate(names):
+            if key[n] != best[n]:
+                raise GeometryError(
+                    f"{keyword} {list(key[n]) if isinstance(key[n], tuple) else key[n]} differs from the "
+                    f"{counts[best]} other slices of the series ({list(best[n]) if isinstance(best[n], tuple) else best[n]})",
+                    path=obj.path,
+                    tag=tag,
+                    hint="a damaged slice or one from another volume; remove it or fix the series",
+                )
+    return reference
 
 
 def _orientation(iop, path) -> tuple:

@@ -25,19 +25,27 @@ SOP_CLASS_KIND = {
 }
 
 
-def read_header(path: Path, *, stop_before_pixels: bool = True) -> Dataset:
+#: Values at least this large are not read by :func:`read_header` with ``defer_large``: they are
+#: skipped and their file position kept (pixel data read later straight into place).
+DEFER_BYTES = 64 * 1024
+
+
+def read_header(path: Path, *, stop_before_pixels: bool = True, defer_large: bool = False) -> Dataset:
     """Read a DICOM file's data set (without pixel data by default).
 
+    With ``defer_large``, large values (pixel data) are skipped rather than the reading stopped,
+    so that their file position is known (see :func:`pixel_data_position`).
     Files without the 128-byte preamble and file meta (allowed for older exports) are read too,
     but only kept when they look like DICOM (carry a SOPClassUID or Modality).
     """
+    options = {"defer_size": DEFER_BYTES} if defer_large else {"stop_before_pixels": stop_before_pixels}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+                return pydicom.dcmread(str(path), **options)
             except InvalidDicomError:
-                ds = pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, force=True)
+                ds = pydicom.dcmread(str(path), force=True, **options)
                 if "SOPClassUID" not in ds and "Modality" not in ds:
                     raise InputError("not a DICOM file", path=path) from None
                 return ds
@@ -92,8 +100,14 @@ def number(ds: Dataset, keyword: str, tag: str, path: Optional[Path], default: A
     value = ds.get(keyword)
     if value is None or value == "":
         return default
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if len(value) == 0:
+            return default
+        if len(value) > 1:
+            raise InputError(f"{keyword} holds {len(value)} values, one expected: {list(value)}", path=path, tag=tag)
+        value = value[0]
     try:
-        result = float(value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value)
+        result = float(value)
     except (TypeError, ValueError, IndexError):
         raise InputError(f"{keyword} is not a number: {value!r}", path=path, tag=tag) from None
     if not np.isfinite(result):
@@ -103,6 +117,54 @@ def number(ds: Dataset, keyword: str, tag: str, path: Optional[Path], default: A
 
 #: Transfer syntaxes whose pixel data are the plain little-endian values.
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def pixel_data_position(ds: Dataset) -> Optional[dict]:
+    """Where a plain 16-bit grey image's pixels sit in its file, or None when they must be decoded.
+
+    Only for uncompressed little-endian, one frame, one sample, 16 bits allocated and stored
+    (so no high bits to mask or sign-extend), pixel data read with ``defer_large``.
+    """
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    if (
+        syntax not in NATIVE_LITTLE_ENDIAN
+        or ds.get("BitsAllocated") != 16
+        or ds.get("BitsStored") != 16
+        or ds.get("SamplesPerPixel", 1) != 1
+        or str(ds.get("NumberOfFrames", 1) or 1).strip() != "1"
+        or "PixelData" not in ds
+    ):
+        return None
+    offset = getattr(ds.get_item("PixelData"), "file_tell", None)
+    if offset is None:
+        return None  # a pydicom that does not say where values are: decode normally
+    return {"offset": int(offset), "signed": ds.get("PixelRepresentation", 0) == 1}
+
+
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"
+
+
+def read_pixels_into(path: Path, position: dict, out: np.ndarray) -> bool:
+    """Read a slice's stored values from ``position`` straight into ``out`` (rows x columns, 16-bit).
+
+    The element header just before the position is checked first (tag, VR, length); False when it
+    does not describe ``out``'s bytes, and the caller decodes with pydicom instead.
+    """
+    offset = position["offset"]
+    with open(path, "rb") as handle:
+        handle.seek(max(offset - 12, 0))
+        header = handle.read(min(offset, 12))
+        explicit = len(header) == 12 and header[:4] == _PIXEL_TAG and header[4:6] in (b"OW", b"OB")
+        implicit = len(header) >= 8 and header[-8:-4] == _PIXEL_TAG
+        length = int.from_bytes(header[-4:], "little") if (explicit or implicit) else -1
+        if length != out.nbytes:
+            return False
+        count = handle.readinto(memoryview(out).cast("B"))
+    if count != out.nbytes:
+        raise InputError(
+            f"pixel data is truncated ({count} of {out.nbytes} bytes)", path=path, tag="(7FE0,0010) PixelData"
+        )
+    return True
 
 
 def single_frame_pixels(ds: Dataset, path: Path) -> np.ndarray:
@@ -145,12 +207,176 @@ def pixel_array(ds: Dataset, path: Path) -> np.ndarray:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
         name = getattr(syntax, "name", str(syntax))
         raise InputError(
-            f"pixel data cannot be decoded ({name}): {error}",
+            f"pixel data cannot be decoded: TransferSyntaxUID {syntax} ({name}) needs a decoder that is not "
+            f"installed ({type(error).__name__}: {error})",
             path=path,
-            tag="(7FE0,0010) PixelData",
-            hint="install a decoder, e.g. pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-rle",
+            tag=TAG_SYNTAX,
+            hint=decoder_hint(str(syntax)),
         ) from None
     except Exception as error:
         raise InputError(
             f"pixel data is damaged: {type(error).__name__}: {error}", path=path, tag="(7FE0,0010) PixelData"
         ) from None
+
+
+# ---- hardening: header values a damaged or hostile file can hold -----------------------------
+
+TAG_SYNTAX = "(0002,0010) TransferSyntaxUID"
+TAG_PIXEL_DATA = "(7FE0,0010) PixelData"
+#: Positions and offsets (mm) beyond this describe no patient: the header is damaged.
+MAX_COORDINATE_MM = 1.0e5
+#: Pixel spacings and slice steps (mm) beyond this describe no image grid.
+MAX_SPACING_MM = 1.0e3
+#: Frames of one RTDOSE beyond this are a damaged NumberOfFrames.
+MAX_FRAMES = 65536
+#: Transfer syntaxes whose pixel data are stored as plain values (after inflating a deflated file).
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+_DECODERS = (
+    # (transfer syntax UID prefixes, what to install)
+    (("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.20"), "pylibjpeg pylibjpeg-openjpeg"),
+    (("1.2.840.10008.1.2.4.8",), "pylibjpeg pylibjpeg-libjpeg (JPEG-LS)"),
+    (("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"), "pylibjpeg pylibjpeg-libjpeg"),
+    (("1.2.840.10008.1.2.5",), "pylibjpeg pylibjpeg-rle"),
+)
+
+
+def decoder_hint(syntax: str) -> str:
+    """What to install to decode pixel data of ``syntax``."""
+    for prefixes, packages in _DECODERS:
+        if any(syntax.startswith(p) for p in prefixes):
+            return f"install a decoder: pip install {packages}; or export the file uncompressed"
+    return "install a pydicom decoder for this transfer syntax (pylibjpeg and its plugins), or export uncompressed"
+
+
+def integer(
+    ds: Dataset,
+    keyword: str,
+    tag: str,
+    path: Optional[Path],
+    default: Optional[int] = None,
+    minimum: Optional[int] = None,
+    maximum: Optional[int] = None,
+) -> int:
+    """A single whole-number attribute; ``default`` when absent (an error when there is none)."""
+    value = number(ds, keyword, tag, path, None)
+    if value is None:
+        if default is None:
+            raise InputError(f"{keyword} is missing", path=path, tag=tag)
+        return default
+    if not float(value).is_integer():
+        raise InputError(f"{keyword} {value:g} is not a whole number", path=path, tag=tag)
+    result = int(value)
+    if (minimum is not None and result < minimum) or (maximum is not None and result > maximum):
+        low = "" if minimum is None else f"{minimum}"
+        high = "" if maximum is None else f"{maximum}"
+        raise InputError(f"{keyword} {result} is outside {low}..{high}", path=path, tag=tag)
+    return result
+
+
+def check_range(
+    values: np.ndarray, keyword: str, tag: str, path: Optional[Path], limit: float, positive: bool = False
+) -> np.ndarray:
+    """``values`` unchanged, or an error when one is beyond +-``limit`` (or not positive)."""
+    values = np.asarray(values, dtype=np.float64)
+    if positive and np.any(values <= 0):
+        raise InputError(f"{keyword} must be positive, got {values.tolist()}", path=path, tag=tag)
+    if np.any(np.abs(values) > limit):
+        raise InputError(
+            f"{keyword} {values.tolist()} is beyond {limit:g} mm: no patient grid is that large",
+            path=path,
+            tag=tag,
+            hint="the header is damaged; export the file again",
+        )
+    return values
+
+
+def pixel_module(ds: Dataset, path: Path, *, bits_allowed: tuple = (8, 16, 32), max_frames: int = MAX_FRAMES) -> dict:
+    """Check the Image Pixel attributes against each other and against the stored PixelData.
+
+    Rows, Columns, NumberOfFrames, SamplesPerPixel (1), BitsAllocated, BitsStored, PixelRepresentation
+    and PhotometricInterpretation must be whole, in range and consistent; uncompressed PixelData must
+    hold exactly the bytes they call for, and compressed data must be encapsulated. Returns the values.
+    """
+    rows = integer(ds, "Rows", "(0028,0010) Rows", path, None, 1, 65535)
+    columns = integer(ds, "Columns", "(0028,0011) Columns", path, None, 1, 65535)
+    frames = integer(ds, "NumberOfFrames", "(0028,0008) NumberOfFrames", path, 1, 1, max_frames)
+    samples = integer(ds, "SamplesPerPixel", "(0028,0002) SamplesPerPixel", path, 1)
+    if samples != 1:
+        raise InputError(
+            f"SamplesPerPixel {samples}: a dose or CT image has one sample per pixel",
+            path=path,
+            tag="(0028,0002) SamplesPerPixel",
+        )
+    photometric = text(ds, "PhotometricInterpretation").upper()
+    if photometric not in ("", "MONOCHROME1", "MONOCHROME2"):
+        raise InputError(
+            f"PhotometricInterpretation {photometric} contradicts SamplesPerPixel 1 (a grey image is MONOCHROME2)",
+            path=path,
+            tag="(0028,0004) PhotometricInterpretation",
+        )
+    bits = integer(ds, "BitsAllocated", "(0028,0100) BitsAllocated", path, None)
+    if bits not in bits_allowed:
+        raise InputError(
+            f"BitsAllocated {bits} is not {' or '.join(str(b) for b in bits_allowed)}",
+            path=path,
+            tag="(0028,0100) BitsAllocated",
+        )
+    stored = integer(ds, "BitsStored", "(0028,0101) BitsStored", path, bits)
+    if not 1 <= stored <= bits:
+        raise InputError(
+            f"BitsStored {stored} must be 1..BitsAllocated ({bits})", path=path, tag="(0028,0101) BitsStored"
+        )
+    representation = integer(ds, "PixelRepresentation", "(0028,0103) PixelRepresentation", path, 0)
+    if representation not in (0, 1):
+        raise InputError(
+            f"PixelRepresentation {representation} is neither 0 (unsigned) nor 1 (signed)",
+            path=path,
+            tag="(0028,0103) PixelRepresentation",
+        )
+    if "PixelData" not in ds:
+        raise InputError("has no pixel data", path=path, tag=TAG_PIXEL_DATA)
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    encapsulated = bool(getattr(ds["PixelData"], "is_undefined_length", False))
+    if syntax and syntax not in NATIVE_SYNTAXES and not encapsulated:
+        raise InputError(
+            f"TransferSyntaxUID {syntax} is a compressed syntax, but the pixel data are not encapsulated "
+            "(the file meta and the data set contradict each other)",
+            path=path,
+            tag=TAG_SYNTAX,
+        )
+    if not encapsulated:
+        expected = rows * columns * frames * bits // 8
+        actual = len(ds.PixelData)
+        if actual not in (expected, expected + 1 if expected % 2 else expected):
+            raise InputError(
+                f"PixelData holds {actual} bytes, but Rows {rows} x Columns {columns} x NumberOfFrames {frames} "
+                f"x BitsAllocated {bits}/8 = {expected} bytes"
+                + (": the file is truncated" if actual < expected else ": the header and the data disagree"),
+                path=path,
+                tag=TAG_PIXEL_DATA,
+                hint="export the file again" if actual < expected else "one of these tags is wrong",
+            )
+    return {
+        "rows": rows,
+        "columns": columns,
+        "frames": frames,
+        "bits_allocated": bits,
+        "bits_stored": stored,
+        "signed": representation == 1,
+    }
+
+
+def check_bits_stored(pixels: np.ndarray, info: dict, path: Path) -> None:
+    """Stored values must fit BitsStored; larger ones mean the header contradicts the data."""
+    stored, signed = info["bits_stored"], info["signed"]
+    if stored >= info["bits_allocated"] or pixels.size == 0:
+        return
+    low, high = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    lo, hi = int(pixels.min()), int(pixels.max())
+    if lo < low or hi > high:
+        raise InputError(
+            f"stored values {lo}..{hi} do not fit BitsStored {stored} (range {low}..{high})",
+            path=path,
+            tag="(0028,0101) BitsStored",
+            hint="the header contradicts the pixel data",
+        )

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from pydicom.dataset import Dataset
 
 from . import dicomio
-from .errors import DoseAlignError
+from .errors import DoseAlignError, InputError
 
 Progress = Optional[Callable[[float, str], None]]
 
@@ -91,13 +91,49 @@ def scan_folder(root: Path, progress: Progress = None) -> ScanResult:
         if progress is not None and (n % 50 == 0 or n == len(paths) - 1):
             progress(n / max(len(paths), 1), f"reading headers {n + 1}/{len(paths)}")
         try:
-            ds = dicomio.read_header(path)
+            ds = dicomio.read_header(path, defer_large=True)
+            _check_identity(ds, path)
+            obj = _record(path, rel, ds)
         except DoseAlignError as error:
-            result.skipped.append((rel, error.message))
+            result.skipped.append((rel, _reason(error)))
             continue
-        result.objects.append(_record(path, rel, ds))
+        except Exception as error:  # a header value the scanner cannot interpret: the file is unusable
+            result.skipped.append((rel, f"header cannot be interpreted: {type(error).__name__}: {error}"))
+            continue
+        result.objects.append(obj)
     result.ct_series = _group_ct(result)
     return result
+
+
+def _reason(error: DoseAlignError) -> str:
+    """The message of a skipped file, with the tag at fault when there is one."""
+    return f"{error.tag}: {error.message}" if error.tag else error.message
+
+
+def _check_identity(ds: Dataset, path: Path) -> None:
+    """A DICOM object says what it is: SOPClassUID and Modality present and not contradicting each other."""
+    sop_kind = dicomio.SOP_CLASS_KIND.get(str(ds.get("SOPClassUID", "")).strip())
+    modality = dicomio.text(ds, "Modality").upper()
+    if not sop_kind and not modality and not dicomio.text(ds, "SOPClassUID"):
+        meta = getattr(ds, "file_meta", None)
+        claimed = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+        name = getattr(claimed, "name", str(claimed)) if claimed else ""
+        raise InputError(
+            "neither SOPClassUID nor Modality could be read"
+            + (f" (the file meta says {name})" if name else "")
+            + ": the data set is damaged or truncated",
+            path=path,
+            tag="(0008,0016) SOPClassUID",
+            hint="export the file again or remove it",
+        )
+    known = ("CT", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE")
+    if sop_kind and modality in known and modality != sop_kind:
+        raise InputError(
+            f"SOPClassUID says {sop_kind} but (0008,0060) Modality says {modality}: the header contradicts itself",
+            path=path,
+            tag="(0008,0016) SOPClassUID",
+            hint="export the file again or remove it",
+        )
 
 
 def _walk(root: Path):
@@ -130,6 +166,8 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["pixel_spacing"] = _safe_list(ds, "PixelSpacing")
         info["rows"] = ds.get("Rows")
         info["columns"] = ds.get("Columns")
+        info["pixel_position"] = dicomio.pixel_data_position(ds)
+        info["rescale"] = (ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
     elif kind == "RTDOSE":
         info["summation_type"] = dicomio.text(ds, "DoseSummationType").upper()
         info["dose_units"] = dicomio.text(ds, "DoseUnits").upper()
@@ -212,6 +250,7 @@ def _group_ct(result: ScanResult) -> list:
         key = (obj.series_uid, obj.frame_of_reference_uid, folder, _geometry_key(obj))
         groups.setdefault(key, []).append(obj)
     series_list = []
+    _merge_stray_slices(groups)
     for key, objects in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], str(kv[0][3]))):
         series_uid, frame_uid, folder, _ = key
         unique: dict = {}
@@ -240,6 +279,28 @@ def _group_ct(result: ScanResult) -> list:
         series_list.append(series)
     _report_cross_duplicates(result)
     return series_list
+
+
+def _merge_stray_slices(groups: dict) -> None:
+    """A lone slice whose geometry differs from a larger volume of its series, frame and folder joins it.
+
+    Such a slice is damaged (a missing or broken PixelSpacing, orientation, Rows...) far more often
+    than it is a volume of its own; kept apart, it would leave a silent hole in the CT. Joined, the CT
+    checks name it and its case fails. Volumes of two slices or more stay apart (the Nelms phantom's
+    CTs differ in folder anyway).
+    """
+    by_volume: dict = {}
+    for key in groups:
+        by_volume.setdefault(key[:3], []).append(key)
+    for keys in by_volume.values():
+        if len(keys) < 2:
+            continue
+        largest = max(keys, key=lambda k: (len(groups[k]), str(k[3])))
+        if len(groups[largest]) < 2:
+            continue
+        for key in keys:
+            if key != largest and len(groups[key]) == 1:
+                groups[largest].extend(groups.pop(key))
 
 
 def _report_cross_duplicates(result: ScanResult) -> None:

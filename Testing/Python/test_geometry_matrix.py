@@ -260,3 +260,20 @@ def test_relative_dose_refused_unless_allowed(tmp_path):
     assert not (tmp_path / "out" / row["case_id"]).exists(), "a failed case writes nothing"
     report = export_folder(tmp_path / "dicom", tmp_path / "out2", AlignOptions(allow_relative=True, structures=False))
     assert report.rows[0]["status"] == "ok"
+
+
+@pytest.mark.parametrize("rescale", [(1.0, -1024.0), (1.0, 0.0), (0.5, -1000.0)])
+def test_ct_read_in_place_equals_pydicom_decoding(tmp_path, rescale):
+    """Slices read straight from the file give exactly what pydicom's decoder gives."""
+    from DoseAlignLib.ct import read_ct
+    from DoseAlignLib.scan import scan_folder
+
+    spec = PhantomSpec(ct_size=(192, 192, 8), ct_field="linear", ct_rescale=rescale, with_structures=False)
+    write_phantom(tmp_path, spec)  # slices over 64 KiB: their pixels are read in place
+    (series,) = scan_folder(tmp_path).ct_series
+    assert all(s.info["pixel_position"] is not None for s in series.slices), "the fast path must apply here"
+    fast = read_ct(series, dtype="float32").array
+    for obj in series.slices:
+        obj.info["pixel_position"] = None  # force pydicom's decoding
+    slow = read_ct(series, dtype="float32").array
+    np.testing.assert_array_equal(fast, slow)
