@@ -36,6 +36,9 @@ CASE_FILE = "case.h5"
 DATASET_FILE = "dataset.h5"
 CHUNK = (16, 64, 64)
 COMPRESSION_LEVEL = 4
+#: HDF5 1.8 file format or later: attributes are stored densely, so lists of thousands of case ids
+#: and long meta_json strings fit (the earliest format caps an object's attributes at 64 KiB).
+LIBVER = ("v108", "latest")
 LAYOUT = (
     "one group per case; ct, dose (K, J, I) and masks (N, K, J, I), body (K, J, I); axes k (slice), j (row), "
     "i (column); attrs ijk_to_lps/ijk_to_ras map voxel (i, j, k) centres to patient mm; meta_json is meta.json"
@@ -89,7 +92,7 @@ def write_case_group(group, case: CaseData) -> None:
 def write_case_h5(case: CaseData, folder: Path) -> dict:
     """Write ``folder/case.h5``; return what was written."""
     h5py = require("h5py", "h5py", "hdf5")
-    with h5py.File(Path(folder) / CASE_FILE, "w") as handle:
+    with h5py.File(Path(folder) / CASE_FILE, "w", libver=LIBVER) as handle:
         write_case_group(handle, case)
     return {"files": {"case": CASE_FILE}, "dataset_file": f"../{DATASET_FILE}", "group": f"/{case.case_id}"}
 
@@ -105,7 +108,7 @@ def build_dataset(out_dir: Path, case_ids: list, splits: Optional[dict] = None) 
     final = out_dir / DATASET_FILE
     temp = temp_path(final)
     try:
-        with h5py.File(temp, "w") as dst:
+        with h5py.File(temp, "w", libver=LIBVER) as dst:
             attrs = dst.attrs
             attrs["dosealign_version"] = __version__
             attrs["layout"] = LAYOUT

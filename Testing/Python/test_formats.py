@@ -340,6 +340,18 @@ def test_hdf5_dataset_round_trip(study):
     assert training | validation == {r["case_id"] for r in rows} and not training & validation
 
 
+def test_hdf5_attributes_hold_large_datasets(tmp_path, monkeypatch):
+    """Five thousand case ids (80 KiB of references) fit in the root attributes (the earliest HDF5 format caps them at 64 KiB)."""
+    h5py = pytest.importorskip("h5py")
+    from DoseAlignLib import export_hdf5
+
+    ids = [f"PATIENT-{n:05d}_plan-LONG-LABEL_{n:08x}" for n in range(5000)]
+    monkeypatch.setattr(export_hdf5, "copy_case", lambda h5py, source, dst, name: dst.create_group(name))
+    path = export_hdf5.build_dataset(tmp_path, ids, {"training": ids, "validation": []})
+    with h5py.File(path, "r") as handle:
+        assert len(handle.attrs["case_ids"]) == len(handle.attrs["training"]) == len(handle) == 5000
+
+
 def test_hdf5_dataset_survives_a_failed_rebuild(study, monkeypatch):
     """A run that dies while building dataset.h5 leaves the previous file whole and no temporary file."""
     h5py = pytest.importorskip("h5py")
