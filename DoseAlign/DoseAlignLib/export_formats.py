@@ -138,8 +138,13 @@ class ExportFormats:
         return exports
 
     def missing(self, folder: Path) -> list:
-        """The extra formats a finished case folder lacks."""
-        return [f for f in self.extra if not (Path(folder) / SENTINELS[f]).is_file()]
+        """The extra formats a finished case folder lacks (its file, or its entry in meta.json's exports)."""
+        folder = Path(folder)
+        try:
+            exports = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("exports") or {}
+        except (OSError, ValueError):
+            exports = {}
+        return [f for f in self.extra if f not in exports or not (folder / SENTINELS[f]).is_file()]
 
     def add_to_case(self, folder: Path) -> list:
         """Write the formats a finished case folder lacks, from its pair.npz and meta.json.
