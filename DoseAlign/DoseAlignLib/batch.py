@@ -48,6 +48,7 @@ def export_folder(
     workers: int = 1,
     shard: Optional[tuple] = None,
     scheduler: Optional[str] = None,
+    formats=None,
 ) -> BatchReport:
     """Scan ``input_root``, form cases, export each into ``out_dir`` and write ``manifest.csv``.
 
@@ -55,6 +56,8 @@ def export_folder(
     are rebuilt from meta.json). ``workers`` > 1 runs cases in a process pool; ``scheduler``
     (``tcp://host:port`` or ``local``) on a Dask cluster; ``shard`` ``(K, N)`` exports only the
     K-th of N deterministic parts and writes ``manifest.shard-K-of-N.csv`` (see :func:`merge_shards`).
+    ``formats`` (:class:`.export_formats.ExportFormats`) adds NIfTI, NRRD, HDF5 or OpenKBP files per
+    case and, at the end (not per shard), dataset.h5 and dataset.json.
     Returns the manifest rows in case order; ``exit_code`` is 1 when a case failed.
     """
     input_root, out_dir = Path(input_root), Path(out_dir)
@@ -77,7 +80,7 @@ def export_folder(
         if progress is not None:
             progress(done[0] / max(len(cases), 1), f"{done[0]}/{len(cases)} cases: {row['case_id']} {row['status']}")
 
-    task = functools.partial(export_case, out_dir=out_dir, options=options, resume=resume)
+    task = functools.partial(export_case, out_dir=out_dir, options=options, resume=resume, formats=formats)
     if scheduler:
         run_dask(task, cases, scheduler, workers, record)
     elif workers > 1 and len(cases) > 1:
@@ -88,6 +91,8 @@ def export_folder(
     report.rows = [r for r in rows if r is not None]
     if progress is not None:
         progress(1.0, f"{len(cases)} cases, {len(report.failed)} failed")
+    if formats is not None and shard is None:
+        formats.finish(out_dir, report.rows)  # formats of resumed cases, dataset.h5, dataset.json
     write_manifest(out_dir, report.rows, manifest_name)
     return report
 
@@ -112,14 +117,18 @@ def merge_shards(out_dir: Path) -> Path:
     return write_manifest(out_dir, rows)
 
 
-def export_case(case, out_dir: Path, options: AlignOptions, resume: bool = False) -> dict:
-    """Export one case; return its manifest row (never raises for a bad case)."""
+def export_case(case, out_dir: Path, options: AlignOptions, resume: bool = False, formats=None) -> dict:
+    """Export one case; return its manifest row (never raises for a bad case). ``formats``
+    (:class:`.export_formats.ExportFormats`) adds its other formats."""
     if resume and is_complete(out_dir, case.case_id):
         meta = json.loads((case_dir(out_dir, case.case_id) / "meta.json").read_text(encoding="utf-8"))
         return manifest_row(case, "ok", "", meta)
     try:
         result = run_case(case, options)
-        write_case_output(result, out_dir)
+        extra = []
+        if formats is not None and formats.extra:
+            extra.append(formats.case_writer(result))
+        write_case_output(result, out_dir, extra)
         return manifest_row(case, "ok", "", result.meta)
     except Cancelled:
         raise

@@ -18,6 +18,8 @@ from .options import AlignOptions, CustomBox, Interpolator, ReferenceGrid
 
 
 def _get_parser() -> argparse.ArgumentParser:
+    from .export_formats import add_format_arguments
+
     parser = argparse.ArgumentParser(
         prog="dosealign",
         description="Put DICOM CT, RTDOSE and structures on one voxel grid, geometry from the raw tags.",
@@ -33,6 +35,7 @@ def _get_parser() -> argparse.ArgumentParser:
     export.add_argument("input", type=Path, help="folder with DICOM files (searched recursively; never modified)")
     export.add_argument("output", type=Path, help="output folder (created; see README for the layout)")
     _add_align_options(export)
+    add_format_arguments(export)
     export.add_argument("--resume", action="store_true", help="skip cases whose outputs are already complete")
     scale = export.add_argument_group("scale")
     scale.add_argument(
@@ -56,6 +59,7 @@ def _get_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="write a synthetic DICOM-RT study to OUT/dicom and export it to OUT/export")
     demo.add_argument("output", type=Path)
     _add_align_options(demo)
+    add_format_arguments(demo)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -110,6 +114,15 @@ def _options(args: argparse.Namespace) -> AlignOptions:
         ct_dtype=args.ct_dtype,
         allow_relative=args.allow_relative,
     )
+
+
+def _formats(args: argparse.Namespace):
+    """The --format choices, with every package they need checked before any case is computed."""
+    from .export_formats import formats_from_args
+
+    formats = formats_from_args(args)
+    formats.check()
+    return formats
 
 
 class _ProgressLine:
@@ -184,6 +197,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .parallel import default_workers, parse_shard
 
     options = _options(args)
+    formats = _formats(args)
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise ValueError("--workers must be at least 1")
@@ -196,6 +210,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         workers=workers,
         shard=parse_shard(args.shard) if args.shard else None,
         scheduler=args.scheduler,
+        formats=formats,
     )
     _print_summary(report, args.output)
     return report.exit_code
@@ -219,13 +234,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .phantom import PhantomSpec, write_phantom
 
     options = _options(args)
+    formats = _formats(args)
     dicom_dir = args.output / "dicom"
     export_dir = args.output / "export"
     truth = write_phantom(dicom_dir, PhantomSpec(write_beam_doses=True))
     print(
         f"wrote a synthetic DICOM-RT study to {dicom_dir} ({len(truth.ct_files)} CT slices, {len(truth.dose_files)} RTDOSE)"
     )
-    report = export_folder(dicom_dir, export_dir, options, progress=_ProgressLine(quiet=args.quiet))
+    report = export_folder(dicom_dir, export_dir, options, progress=_ProgressLine(quiet=args.quiet), formats=formats)
     _print_summary(report, export_dir)
     return report.exit_code
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -46,11 +46,12 @@ def is_complete(out_dir: Path, case_id: str) -> bool:
     return (folder / "meta.json").is_file() and (folder / "pair.npz").is_file()
 
 
-def write_case_output(result, out_dir: Path) -> Path:
+def write_case_output(result, out_dir: Path, extra_files: Sequence[Callable[[Path], None]] = ()) -> Path:
     """Write ``pair.npz`` and ``meta.json`` of a :class:`CaseResult` into ``out_dir/<case_id>``.
 
     The files go into a temporary folder that is renamed into place at the end; an existing
-    output of the same case is replaced only then.
+    output of the same case is replaced only then. Each of ``extra_files`` is called first with
+    the temporary folder to add its files there (e.g. qa.png); it may still update ``result.meta``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,6 +59,8 @@ def write_case_output(result, out_dir: Path) -> Path:
     temp = out_dir / f"{TEMP_PREFIX}{result.case_id}-{uuid.uuid4().hex[:8]}"
     temp.mkdir()
     try:
+        for write_extra in extra_files:
+            write_extra(temp)
         arrays = {"ct": result.ct.array, "dose": result.dose.array, **result.extra_arrays}
         with open(temp / "pair.npz", "wb") as handle:
             np.savez(handle, **arrays)
