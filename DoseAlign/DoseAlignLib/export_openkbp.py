@@ -271,7 +271,9 @@ def write_openkbp(case: CaseData, folder: Path, settings: Optional[OpenKBPSettin
         "source": case.meta.get("source", {}),
     }
     (out / "geometry.json").write_text(json_text(geometry), encoding="utf-8")  # last: marks the sample complete
-    return {"folder": FOLDER, "files": {"geometry": f"{FOLDER}/geometry.json"}, "structures": structures}
+    names = ("ct", "dose", "possible_dose_mask", "voxel_dimensions", "geometry")
+    files = {n: f"{FOLDER}/{n}.{'json' if n == 'geometry' else 'csv'}" for n in names}
+    return {"files": files, "structures": {n: f"{FOLDER}/{f}" for n, f in structures.items()}}
 
 
 def read_sparse_csv(path: Path, size: int = SIZE) -> np.ndarray:

@@ -533,6 +533,9 @@ def test_openkbp_layout_and_values(study):
                 assert all(float(r[1]) > 0 for r in rows[1:])
             else:
                 assert all(r[1] == "" for r in rows[1:])
+        listed = meta["exports"]["openkbp"]
+        for path in [*listed["files"].values(), *listed["structures"].values()]:
+            assert (folder / path).is_file(), path  # meta.json lists them relative to the case folder
         dims = np.loadtxt(sample / "voxel_dimensions.csv")
         np.testing.assert_allclose(dims, geometry["voxel_dimensions_mm"])
         # geometry.json: index_to_lps over (j, i, k) is ijk_to_lps with the first two indices swapped
