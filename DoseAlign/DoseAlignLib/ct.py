@@ -53,7 +53,7 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     if not series.slices:
         raise InputError("CT series has no slices", path=series.folder)
     first = _reference_slice(series)  # every slice checked; the geometry all slices share
-    tag_iop, tag_ipp = TAG_IOP, TAG_IPP
+    tag_ipp = TAG_IPP
     checks = []
     iop = first.info.get("image_orientation")
     row_dir, col_dir = _orientation(iop, first.path)

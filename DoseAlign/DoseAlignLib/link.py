@@ -66,12 +66,12 @@ def form_cases(scan: ScanResult) -> LinkResult:
             _choose_ct(case, scan, structs_by_uid, structs)
         except DoseAlignError as error:
             case.error = str(error)
-        if case.ct is None and case.error is None:
-            first = case.doses[0]
-            frame = first.frame_of_reference_uid or "(none)"
+        except Exception as error:  # an engine bug must not stop the batch: the case says what happened
             case.error = (
-                f"RTDOSE {first.rel_path}: no CT with frame of reference {frame} in study {first.study_uid or '(none)'}"
+                f"RTDOSE {case.doses[0].rel_path}: internal error ({type(error).__name__}: {error}); please report it"
             )
+        if case.ct is None and case.error is None:
+            case.error = _no_ct_reason(case.doses[0], scan)
         if case.ct is not None:
             used_series.add(case.ct.key)
             case.structs = _structs_for(case, structs)
@@ -235,6 +235,28 @@ def _choose_ct(case: Case, scan: ScanResult, structs_by_uid: dict, structs: list
     case.notes.append(
         f"CT {_describe(case.ct)} chosen {how} among {len(candidates)} candidates: covers {best[5]:.1%} of the dose grid, "
         f"slice step {best[2]:g} mm (dose frames {geometry.grid.spacing[2]:g} mm)"
+    )
+
+
+def _no_ct_reason(dose: DicomObject, scan: ScanResult) -> str:
+    """Why a dose has no CT, and what to add to the input so that it gets one."""
+    tag = "(0020,0052) FrameOfReferenceUID"
+    if not dose.frame_of_reference_uid:
+        return (
+            f"RTDOSE {dose.rel_path}: no CT with frame of reference (none): {tag} is missing and no "
+            "RTPLAN -> RTSTRUCT -> CT chain leads to a CT (the header is damaged, or add the plan and structure set "
+            "it was computed with)"
+        )
+    same_study = [s for s in scan.ct_series if dose.study_uid and s.study_uid == dose.study_uid]
+    if same_study:
+        frames = sorted({s.frame_of_reference_uid or "(none)" for s in same_study})
+        return (
+            f"RTDOSE {dose.rel_path}: no CT with frame of reference {dose.frame_of_reference_uid} ({tag}); the CTs "
+            f"of its study have {', '.join(frames)} (the dose belongs to another CT or registration: add that CT)"
+        )
+    return (
+        f"RTDOSE {dose.rel_path}: no CT with frame of reference {dose.frame_of_reference_uid} in study "
+        f"{dose.study_uid or '(none)'} ({tag}; add the planning CT series to the input folder)"
     )
 
 

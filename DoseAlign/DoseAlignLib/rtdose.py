@@ -23,6 +23,8 @@ TAG_SCALING = "(3004,000E) DoseGridScaling"
 TAG_UNITS = "(3004,0002) DoseUnits"
 #: How close (mm) GFOV[0] must be to the first frame's z to be read as absolute ("option b").
 ABSOLUTE_GFOV_TOLERANCE_MM = 0.01
+#: A dose above this (Gy) anywhere comes from a damaged DoseGridScaling or pixel data.
+MAX_DOSE_GY = 1.0e5
 
 
 @dataclass
@@ -66,19 +68,18 @@ def dose_geometry(ds: Dataset, path: Path) -> DoseGeometry:
     except GeometryError as error:
         raise GeometryError(error.message, path=path, tag=error.tag) from None
     normal = np.cross(row_dir, col_dir)
-    ipp = dicomio.floats(ds, "ImagePositionPatient", "(0020,0032) ImagePositionPatient", path, count=3)
+    tag_ipp = "(0020,0032) ImagePositionPatient"
+    ipp = dicomio.floats(ds, "ImagePositionPatient", tag_ipp, path, count=3)
+    dicomio.check_range(ipp, "ImagePositionPatient", tag_ipp, path, dicomio.MAX_COORDINATE_MM)
     spacing = dicomio.floats(ds, "PixelSpacing", "(0028,0030) PixelSpacing", path, count=2)
     if np.any(spacing <= 0):
         raise GeometryError(
             f"PixelSpacing must be positive, got {spacing.tolist()}", path=path, tag="(0028,0030) PixelSpacing"
         )
-    rows = int(dicomio.number(ds, "Rows", "(0028,0010) Rows", path, 0))
-    columns = int(dicomio.number(ds, "Columns", "(0028,0011) Columns", path, 0))
-    if rows < 1 or columns < 1:
-        raise InputError(f"Rows/Columns must be positive, got {rows}x{columns}", path=path, tag="(0028,0010) Rows")
-    frames = int(dicomio.number(ds, "NumberOfFrames", "(0028,0008) NumberOfFrames", path, 1))
-    if frames < 1:
-        raise InputError(f"NumberOfFrames must be positive, got {frames}", path=path, tag="(0028,0008) NumberOfFrames")
+    dicomio.check_range(spacing, "PixelSpacing", "(0028,0030) PixelSpacing", path, dicomio.MAX_SPACING_MM)
+    rows = dicomio.integer(ds, "Rows", "(0028,0010) Rows", path, None, 1, 65535)
+    columns = dicomio.integer(ds, "Columns", "(0028,0011) Columns", path, None, 1, 65535)
+    frames = dicomio.integer(ds, "NumberOfFrames", "(0028,0008) NumberOfFrames", path, 1, 1, dicomio.MAX_FRAMES)
     warnings = []
     if frames == 1:
         thickness = dicomio.number(ds, "SliceThickness", "(0018,0050) SliceThickness", path, None)
@@ -99,9 +100,13 @@ def dose_geometry(ds: Dataset, path: Path) -> DoseGeometry:
         return DoseGeometry(grid, "single frame", "increasing", True, False, warnings)
 
     gfov = dicomio.floats(ds, "GridFrameOffsetVector", TAG_GFOV, path)
+    dicomio.check_range(gfov, "GridFrameOffsetVector", TAG_GFOV, path, dicomio.MAX_COORDINATE_MM)
     if gfov.size < frames:
         raise GeometryError(
-            f"GridFrameOffsetVector has {gfov.size} values for {frames} frames", path=path, tag=TAG_GFOV
+            f"GridFrameOffsetVector has {gfov.size} values for NumberOfFrames {frames}",
+            path=path,
+            tag=TAG_GFOV,
+            hint="(0028,0008) NumberOfFrames or the offsets are wrong",
         )
     if gfov.size > frames:
         warnings.append(f"{TAG_GFOV} has {gfov.size} values for {frames} frames; the first {frames} are used")
@@ -171,7 +176,7 @@ def dose_info(ds: Dataset, path: Path, *, allow_relative: bool = False) -> DoseI
         )
     if scaling <= 0:
         raise InputError(f"DoseGridScaling must be positive, got {scaling:g}", path=path, tag=TAG_SCALING)
-    bits = int(dicomio.number(ds, "BitsAllocated", "(0028,0100) BitsAllocated", path, 0))
+    bits = dicomio.integer(ds, "BitsAllocated", "(0028,0100) BitsAllocated", path, 0)
     if bits not in (16, 32):
         raise InputError(f"BitsAllocated {bits} is not 16 or 32", path=path, tag="(0028,0100) BitsAllocated")
     return DoseInfo(
@@ -197,6 +202,7 @@ def read_rtdose(path: Path, *, allow_relative: bool = False) -> tuple:
         raise InputError(f"is {dicomio.kind_of(ds)}, not RTDOSE", path=path, tag="(0008,0016) SOPClassUID")
     geometry = dose_geometry(ds, path)
     info = dose_info(ds, path, allow_relative=allow_relative)
+    pixel_info = dicomio.pixel_module(ds, path, bits_allowed=(16, 32))
     pixels = dicomio.pixel_array(ds, path)
     shape = geometry.grid.shape
     if pixels.ndim == 2:
@@ -205,8 +211,18 @@ def read_rtdose(path: Path, *, allow_relative: bool = False) -> tuple:
         raise InputError(
             f"pixel data has shape {pixels.shape}, the header says {shape}", path=path, tag="(7FE0,0010) PixelData"
         )
+    dicomio.check_bits_stored(pixels, pixel_info, path)
     dose = pixels.astype(np.float32)
     dose *= np.float32(info.scaling)
+    peak = float(dose.max()) if dose.size else 0.0
+    if not np.isfinite(peak) or peak > MAX_DOSE_GY:
+        raise InputError(
+            f"DoseGridScaling {info.scaling:g} gives a maximum dose of {float(pixels.max()) * info.scaling:.3g} Gy, "
+            f"beyond {MAX_DOSE_GY:g} Gy",
+            path=path,
+            tag=TAG_SCALING,
+            hint="the scaling or the pixel data are damaged",
+        )
     if geometry.flipped:
         dose = np.ascontiguousarray(dose[::-1])
     if np.any(dose < 0):

@@ -1,0 +1,126 @@
+"""Guards of a batch export against hostile inputs and hostile output folders.
+
+* :func:`damaged_file_rows`: a file that is DICOM (preamble ``DICM`` or a ``.dcm`` name) but cannot
+  be read or says nothing usable about itself gets a failed manifest row naming the file and the
+  tag, so that a truncated dose never just disappears from the batch.
+* :func:`check_output_folder`: the output folder can be created and written, or the command stops
+  at once with the reason (exit code 2), instead of failing every case one by one.
+* :func:`check_overlap`: a dose grid that lies wholly outside its CT is refused (its output would
+  be all zero), naming the dose file and ImagePositionPatient.
+* :func:`save_npz`: ``pair.npz`` written byte-for-byte reproducibly (fixed zip timestamps), so a
+  resumed or repeated export equals an uninterrupted one file for file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Optional
+
+import numpy as np
+
+from .errors import DoseAlignError, GeometryError
+
+DAMAGED_PREFIX = "damaged-file"
+#: File names that are DICOM even without the 128-byte preamble.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: The zip timestamp of every member of pair.npz (the earliest a zip file can hold).
+NPZ_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """A DICOM Part 10 preamble, or a DICOM file name."""
+    path = Path(path)
+    if path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def damaged_file_rows(scan) -> list:
+    """Failed manifest rows for the DICOM files of a scan that could not be used.
+
+    Files that are not DICOM at all (notes, pictures) are left out: ``dosealign scan`` lists them.
+    """
+    rows = []
+    for rel, reason in scan.skipped:
+        if not looks_like_dicom(Path(scan.root) / rel):
+            continue
+        stem = PurePosixPath(rel).stem
+        digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:8]
+        safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-.")[:40] or "file"
+        rows.append(
+            {
+                "case_id": f"{DAMAGED_PREFIX}_{safe}_{digest}",
+                "status": "failed",
+                "reason": f"{rel}: {reason} (export the file again, or remove it from the input folder)",
+                "patient": "",
+                "summation_type": "",
+                "files": rel,
+                "ct_folder": "",
+            }
+        )
+    return rows
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed and prove it writable; raise a :class:`DoseAlignError` otherwise."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DoseAlignError(
+            f"cannot create the output folder: {error.strerror or error}",
+            path=out_dir,
+            hint="choose a folder you can write to",
+        ) from None
+    if not out_dir.is_dir():
+        raise DoseAlignError("the output path exists and is not a folder", path=out_dir)
+    probe = out_dir / f".tmp-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"dosealign")
+        probe.unlink()
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        raise DoseAlignError(
+            f"cannot write to the output folder: {error.strerror or error}",
+            path=out_dir,
+            hint="make it writable or choose another folder; nothing was exported",
+        ) from None
+
+
+def check_overlap(ct_grid, dose_grid, dose_path: Optional[Path]) -> None:
+    """The dose grid must reach the CT: a dose wholly outside it would export as zeros."""
+    extent = dose_grid.extent_in(ct_grid)  # rows i, j, k: (lo, hi) in CT index space
+    sizes = np.array([ct_grid.shape[2], ct_grid.shape[1], ct_grid.shape[0]], dtype=float)
+    lo = np.maximum(extent[:, 0], -0.5)
+    hi = np.minimum(extent[:, 1], sizes - 0.5)
+    if not np.all(np.isfinite(extent)) or np.any(hi <= lo):
+        raise GeometryError(
+            "the dose grid lies wholly outside the CT: its dose would be exported as zeros",
+            path=dose_path,
+            tag="(0020,0032) ImagePositionPatient",
+            hint="the dose belongs to another CT, or its position is damaged",
+        )
+
+
+def save_npz(path: Path, arrays: dict) -> None:
+    """Like ``numpy.savez`` (uncompressed, loads with ``numpy.load``), with reproducible bytes."""
+    from numpy.lib import format as npy_format
+
+    path = Path(path)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=NPZ_DATE_TIME)
+            info.external_attr = 0o600 << 16
+            with archive.open(info, "w", force_zip64=True) as handle:
+                npy_format.write_array(handle, np.asanyarray(array), allow_pickle=False)
