@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import Cancelled, DoseAlignError
+from .hardening import check_output_folder, damaged_file_rows
 from .link import form_cases
 from .options import AlignOptions
 from .parallel import in_shard, run_dask, run_pool
@@ -49,6 +50,7 @@ def export_folder(
     shard: Optional[tuple] = None,
     scheduler: Optional[str] = None,
     formats=None,
+    pseudonymizer=None,
 ) -> BatchReport:
     """Scan ``input_root``, form cases, export each into ``out_dir`` and write ``manifest.csv``.
 
@@ -61,18 +63,23 @@ def export_folder(
     Returns the manifest rows in case order; ``exit_code`` is 1 when a case failed.
     """
     input_root, out_dir = Path(input_root), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
     if shard is None:
         clean_temp(out_dir)  # shards share the folder: another shard's temp files may be live
     scan = scan_folder(input_root, progress=None)
     linked = form_cases(scan)
     report = BatchReport(orphans=linked.orphans, skipped_files=scan.skipped)
     cases = [c for c in linked.cases if (case_filter is None or case_filter(c)) and in_shard(c.case_id, shard)]
+    extra_rows = damaged_file_rows(scan) if shard is None or shard[0] == 1 else []  # unreadable DICOM files
+    if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
+        extra_rows = pseudonymizer.prepare(scan, cases, extra_rows)
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     rows: list = [None] * len(cases)
     done = [0]
 
     def record(index: int, row: dict) -> None:
+        if pseudonymizer is not None:
+            row = pseudonymizer.row(row)
         rows[index] = row
         done[0] += 1
         report.rows = [r for r in rows if r is not None]
@@ -80,7 +87,9 @@ def export_folder(
         if progress is not None:
             progress(done[0] / max(len(cases), 1), f"{done[0]}/{len(cases)} cases: {row['case_id']} {row['status']}")
 
-    task = functools.partial(export_case, out_dir=out_dir, options=options, resume=resume, formats=formats)
+    task = functools.partial(
+        export_case, out_dir=out_dir, options=options, resume=resume, formats=formats, pseudonymizer=pseudonymizer
+    )
     if scheduler:
         run_dask(task, cases, scheduler, workers, record)
     elif workers > 1 and len(cases) > 1:
@@ -89,6 +98,7 @@ def export_folder(
         for index, case in enumerate(cases):
             record(index, task(case))
     report.rows = [r for r in rows if r is not None]
+    report.rows.extend(extra_rows)
     if progress is not None:
         progress(1.0, f"{len(cases)} cases, {len(report.failed)} failed")
     if formats is not None and shard is None:
@@ -117,7 +127,9 @@ def merge_shards(out_dir: Path) -> Path:
     return write_manifest(out_dir, rows)
 
 
-def export_case(case, out_dir: Path, options: AlignOptions, resume: bool = False, formats=None) -> dict:
+def export_case(
+    case, out_dir: Path, options: AlignOptions, resume: bool = False, formats=None, pseudonymizer=None
+) -> dict:
     """Export one case; return its manifest row (never raises for a bad case). ``formats``
     (:class:`.export_formats.ExportFormats`) adds its other formats."""
     if resume and is_complete(out_dir, case.case_id):
@@ -125,6 +137,8 @@ def export_case(case, out_dir: Path, options: AlignOptions, resume: bool = False
         return manifest_row(case, "ok", "", meta)
     try:
         result = run_case(case, options)
+        if pseudonymizer is not None:
+            pseudonymizer.result(result)  # before any writer sees it: meta, case id, text arrays
         extra = []
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result))

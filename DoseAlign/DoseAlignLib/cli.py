@@ -37,6 +37,7 @@ def _get_parser() -> argparse.ArgumentParser:
     _add_align_options(export)
     add_format_arguments(export)
     export.add_argument("--resume", action="store_true", help="skip cases whose outputs are already complete")
+    _add_pseudonym_options(export)
     scale = export.add_argument_group("scale")
     scale.add_argument(
         "--workers", type=int, default=None, help="cases exported in parallel processes (default: one per core)"
@@ -63,6 +64,46 @@ def _get_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_pseudonym_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pseudonymization (see README)")
+    group.add_argument(
+        "--pseudonymize",
+        action="store_true",
+        help="outputs without PatientID, names, dates, folder names or (unless --keep-uids) UIDs: keyed pseudonyms",
+    )
+    group.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="K",
+        help="secret key of the pseudonyms (created, mode 0600, if absent; default: OUT/../dosealign-pseudonym.key)",
+    )
+    group.add_argument("--keep-uids", action="store_true", help="keep the DICOM UIDs in meta.json (else keyed hashes)")
+    group.add_argument(
+        "--map-file",
+        type=Path,
+        metavar="M",
+        help="local mapping pseudonym -> original (mode 0600; default: OUT/../<OUT name>.pseudonym-map.csv)",
+    )
+
+
+def _pseudonymizer(args: argparse.Namespace):
+    """The export's Pseudonymizer (None without --pseudonymize); says where the key and map are."""
+    if not getattr(args, "pseudonymize", False):
+        if args.key_file or args.keep_uids or args.map_file:
+            raise ValueError("--key-file, --keep-uids and --map-file go with --pseudonymize")
+        return None
+    from .pseudonym import key_is_private, make_pseudonymizer
+
+    pseudonymizer, key_path, map_path, created = make_pseudonymizer(
+        args.output, args.key_file, args.keep_uids, args.map_file
+    )
+    state = "created" if created else "used"
+    print(f"pseudonymized export: key {key_path} ({state}), map {map_path}; keep both out of what you share")
+    if not key_is_private(key_path):
+        print(f"warning: {key_path} is readable by other users (chmod 600 it)", file=sys.stderr)
+    return pseudonymizer
 
 
 def _add_align_options(parser: argparse.ArgumentParser) -> None:
@@ -201,6 +242,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise ValueError("--workers must be at least 1")
+    pseudonymizer = _pseudonymizer(args)
     report = export_folder(
         args.input,
         args.output,
@@ -211,6 +253,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard) if args.shard else None,
         scheduler=args.scheduler,
         formats=formats,
+        pseudonymizer=pseudonymizer,
     )
     _print_summary(report, args.output)
     return report.exit_code

@@ -11,6 +11,7 @@ from . import __version__
 from .ct import ct_geometry, read_ct, regular_grid
 from .errors import DoseAlignError, LinkError
 from .grid import Volume
+from .hardening import check_overlap
 from .link import Case
 from .options import AlignOptions, Interpolator
 from .reference import reference_grid
@@ -58,6 +59,8 @@ def run_case(case: Case, options: AlignOptions, progress: Progress = None) -> Ca
         ct_grid = regular_grid(geometry)
         ct_note = f"resampled onto a regular orthogonal grid covering it because of {' and '.join(reasons)}"
     dose_grid = native.grid if native is not None else doses[0][0].grid
+    for obj, (volume, _geometry, _info) in zip(case.doses, doses):
+        check_overlap(ct_grid, volume.grid, obj.path)  # a dose wholly outside the CT would export as zeros
     target, how = reference_grid(ct_grid, dose_grid, options)
 
     report(0.6, "resampling")

@@ -253,6 +253,7 @@ class Pseudonymizer:
     input_root: str = ""
     identity: Identity = field(default_factory=Identity)
     entries: dict = field(default_factory=dict)  # (kind, pseudonym) -> original
+    map_path: Optional[str] = None  # where :meth:`prepare` writes the mapping file
 
     # -- pseudonyms
     def _digest(self, kind: str, value: str) -> bytes:
@@ -299,8 +300,12 @@ class Pseudonymizer:
         return folders
 
     # -- preparing a batch
-    def prepare(self, scan, cases: Iterable) -> None:
-        """Learn the input's identity and give every case its pseudonymous id and patient."""
+    def prepare(self, scan, cases: Iterable, extra_rows: Iterable = ()) -> list:
+        """Learn the input's identity and give every case its pseudonymous id and patient.
+
+        Returns ``extra_rows`` (rows that are no case, e.g. damaged files) pseudonymized, and writes
+        the mapping file to ``map_path`` before any case is exported, so a killed run has it too.
+        """
         self.input_root = str(scan.root)
         self.identity = identity_of_scan(scan)
         for rel in sorted(self.identity.paths):
@@ -317,6 +322,10 @@ class Pseudonymizer:
             case.case_id = f"{patient}_{label}_{self._digest('case', original).hex()[:8]}"
             case.patient_id = patient
             self.entries[("case", case.case_id)] = original
+        rows = [self.row(r) for r in extra_rows]
+        if self.map_path:
+            self.write_map(Path(self.map_path))
+        return rows
 
     # -- rewriting
     def text(self, value: str) -> str:
@@ -328,6 +337,8 @@ class Pseudonymizer:
         return self._redact(value)
 
     def _uid_in_text(self, candidate: str) -> str:
+        if ("uid", candidate) in self.entries:
+            return candidate  # already a pseudonym
         if candidate in self.identity.uids or (len(candidate) >= 10 and not candidate.startswith(_DICOM_DEFINED_UID)):
             return self.uid(candidate)
         return candidate
@@ -376,7 +387,7 @@ class Pseudonymizer:
         if isinstance(value, str):
             if key in PATH_KEYS and value:
                 return self._path_field(value)
-            if value in self.identity.uids:
+            if value in self.identity.uids and ("uid", value) not in self.entries:
                 return self.uid(value)
             return self.text(value)
         return value
@@ -523,4 +534,5 @@ def make_pseudonymizer(out_dir: Path, key_file: Optional[Path], keep_uids: bool,
     check_outside(key_path, out_dir, "key file")
     check_outside(map_path, out_dir, "pseudonym map")
     key, created = load_or_create_key(key_path)
-    return Pseudonymizer(key=key, keep_uids=keep_uids), key_path, map_path, created
+    pseudonymizer = Pseudonymizer(key=key, keep_uids=keep_uids, map_path=str(map_path))
+    return pseudonymizer, key_path, map_path, created

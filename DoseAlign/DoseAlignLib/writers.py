@@ -18,6 +18,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .hardening import save_npz
+
 MANIFEST_COLUMNS = [
     "case_id",
     "status",
@@ -62,8 +64,7 @@ def write_case_output(result, out_dir: Path, extra_files: Sequence[Callable[[Pat
         for write_extra in extra_files:
             write_extra(temp)
         arrays = {"ct": result.ct.array, "dose": result.dose.array, **result.extra_arrays}
-        with open(temp / "pair.npz", "wb") as handle:
-            np.savez(handle, **arrays)
+        save_npz(temp / "pair.npz", arrays)  # reproducible bytes: a resumed export equals a fresh one
         (temp / "meta.json").write_text(
             json.dumps(result.meta, indent=1, default=_json_default) + "\n", encoding="utf-8"
         )
