@@ -16,6 +16,8 @@ from .link import form_cases
 from .options import AlignOptions
 from .parallel import in_shard, run_dask, run_pool
 from .pipeline import run_case
+from .qa_plot import qa_png_writer
+from .report import write_report
 from .scan import scan_folder
 from .writers import case_dir, clean_temp, is_complete, manifest_row, write_case_output, write_manifest
 
@@ -49,6 +51,8 @@ def export_folder(
     workers: int = 1,
     shard: Optional[tuple] = None,
     scheduler: Optional[str] = None,
+    qa_png: bool = True,
+    report_html: bool = True,
     formats=None,
     pseudonymizer=None,
 ) -> BatchReport:
@@ -58,6 +62,7 @@ def export_folder(
     are rebuilt from meta.json). ``workers`` > 1 runs cases in a process pool; ``scheduler``
     (``tcp://host:port`` or ``local``) on a Dask cluster; ``shard`` ``(K, N)`` exports only the
     K-th of N deterministic parts and writes ``manifest.shard-K-of-N.csv`` (see :func:`merge_shards`).
+    ``qa_png`` adds each case's qa.png, ``report_html`` the batch's report.html (not per shard).
     ``formats`` (:class:`.export_formats.ExportFormats`) adds NIfTI, NRRD, HDF5 or OpenKBP files per
     case and, at the end (not per shard), dataset.h5 and dataset.json.
     Returns the manifest rows in case order; ``exit_code`` is 1 when a case failed.
@@ -88,7 +93,13 @@ def export_folder(
             progress(done[0] / max(len(cases), 1), f"{done[0]}/{len(cases)} cases: {row['case_id']} {row['status']}")
 
     task = functools.partial(
-        export_case, out_dir=out_dir, options=options, resume=resume, formats=formats, pseudonymizer=pseudonymizer
+        export_case,
+        out_dir=out_dir,
+        options=options,
+        resume=resume,
+        qa_png=qa_png,
+        formats=formats,
+        pseudonymizer=pseudonymizer,
     )
     if scheduler:
         run_dask(task, cases, scheduler, workers, record)
@@ -104,6 +115,12 @@ def export_folder(
     if formats is not None and shard is None:
         formats.finish(out_dir, report.rows)  # formats of resumed cases, dataset.h5, dataset.json
     write_manifest(out_dir, report.rows, manifest_name)
+    if report_html and shard is None:
+        write_report(
+            out_dir,
+            report.rows,
+            source="input: (pseudonymized)" if pseudonymizer is not None else f"input: {input_root}",
+        )
     return report
 
 
@@ -124,14 +141,22 @@ def merge_shards(out_dir: Path) -> Path:
         with open(part, newline="", encoding="utf-8") as handle:
             rows.extend(csv.DictReader(handle))
     rows.sort(key=lambda r: r["case_id"])
-    return write_manifest(out_dir, rows)
+    path = write_manifest(out_dir, rows)
+    write_report(out_dir, rows, source="merged shards")
+    return path
 
 
 def export_case(
-    case, out_dir: Path, options: AlignOptions, resume: bool = False, formats=None, pseudonymizer=None
+    case,
+    out_dir: Path,
+    options: AlignOptions,
+    resume: bool = False,
+    qa_png: bool = True,
+    formats=None,
+    pseudonymizer=None,
 ) -> dict:
-    """Export one case; return its manifest row (never raises for a bad case). ``formats``
-    (:class:`.export_formats.ExportFormats`) adds its other formats."""
+    """Export one case; return its manifest row (never raises for a bad case). ``qa_png`` adds its picture,
+    ``formats`` (:class:`.export_formats.ExportFormats`) its other formats."""
     if resume and is_complete(out_dir, case.case_id):
         meta = json.loads((case_dir(out_dir, case.case_id) / "meta.json").read_text(encoding="utf-8"))
         return manifest_row(case, "ok", "", meta)
@@ -139,7 +164,7 @@ def export_case(
         result = run_case(case, options)
         if pseudonymizer is not None:
             pseudonymizer.result(result)  # before any writer sees it: meta, case id, text arrays
-        extra = []
+        extra = [qa_png_writer(result)] if qa_png else []
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result))
         write_case_output(result, out_dir, extra)

@@ -6,6 +6,7 @@ Exit codes: 0 all cases ok, 1 some case failed, 2 usage or input-folder errors.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -128,6 +129,20 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ct-fill", type=float, default=-1000.0, help="HU written outside the CT (default -1000)")
     group.add_argument("--ct-dtype", choices=["int16", "float32"], default="int16")
     group.add_argument("--allow-relative", action="store_true", help="export DoseUnits RELATIVE doses (not Gy)")
+    qa = parser.add_argument_group("structures and audit")
+    qa.add_argument("--no-structures", action="store_true", help="no ROI masks or DVHs (the dose audit still runs)")
+    qa.add_argument(
+        "--roi-map", type=Path, metavar="FILE", help='JSON {"PTV70": ["PTV_70", "ptv70"]}: ROI names to use'
+    )
+    qa.add_argument(
+        "--fractional-masks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also store partial-volume masks from N x N x N sub-samples per voxel (N >= 2)",
+    )
+    qa.add_argument("--audit-thresholds", type=Path, metavar="FILE", help="JSON overriding audit flag thresholds")
+    qa.add_argument("--no-qa-png", action="store_true", help="no qa.png picture per case")
 
 
 def _floats(text: str) -> tuple:
@@ -145,6 +160,8 @@ def _ints(text: str) -> tuple:
 
 
 def _options(args: argparse.Namespace) -> AlignOptions:
+    from .contours import load_roi_map
+
     return AlignOptions(
         reference=args.reference,
         interpolator=args.interpolator,
@@ -154,7 +171,18 @@ def _options(args: argparse.Namespace) -> AlignOptions:
         ct_fill_hu=args.ct_fill,
         ct_dtype=args.ct_dtype,
         allow_relative=args.allow_relative,
+        structures=not args.no_structures,
+        roi_map=load_roi_map(args.roi_map) if args.roi_map else None,
+        fractional_masks=args.fractional_masks,
+        audit_thresholds=_read_json(args.audit_thresholds) if args.audit_thresholds else None,
     )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot be read as JSON ({error})") from None
 
 
 def _formats(args: argparse.Namespace):
@@ -252,6 +280,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         workers=workers,
         shard=parse_shard(args.shard) if args.shard else None,
         scheduler=args.scheduler,
+        qa_png=not args.no_qa_png,
         formats=formats,
         pseudonymizer=pseudonymizer,
     )
@@ -284,7 +313,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"wrote a synthetic DICOM-RT study to {dicom_dir} ({len(truth.ct_files)} CT slices, {len(truth.dose_files)} RTDOSE)"
     )
-    report = export_folder(dicom_dir, export_dir, options, progress=_ProgressLine(quiet=args.quiet), formats=formats)
+    report = export_folder(
+        dicom_dir,
+        export_dir,
+        options,
+        progress=_ProgressLine(quiet=args.quiet),
+        qa_png=not args.no_qa_png,
+        formats=formats,
+    )
     _print_summary(report, export_dir)
     return report.exit_code
 
@@ -297,6 +333,8 @@ def _print_summary(report, out_dir: Path) -> None:
     for row in report.rows:
         mark = "ok " if row["status"] == "ok" else row["status"]
         detail = f"{row.get('shape', '')} dmax {row.get('dmax_gy', '')} Gy" if row["status"] == "ok" else row["reason"]
+        if row.get("audit_flags"):
+            detail += f"  flags: {row['audit_flags']}"
         print(f"  {mark:7} {row['case_id']}: {detail}")
 
 

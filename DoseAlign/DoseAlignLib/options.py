@@ -39,6 +39,10 @@ class AlignOptions:
     ``custom_spacing`` (i, j, k in mm) and ``custom_box`` apply with ``reference=custom``;
     ``custom_size`` (voxels along i, j, k) with ``custom_box=cube``. ``ct_fill_hu`` is written
     where the CT has no data. ``allow_relative`` accepts DoseUnits RELATIVE (values are then not Gy).
+    ``structures`` rasterizes the RTSTRUCT ROIs (masks and DVHs); ``roi_map`` renames ROIs
+    (``{"PTV70": ["PTV_70", "ptv70"]}``, case-insensitive); ``fractional_masks`` F >= 2 adds
+    partial-volume masks from F^3 sub-samples per voxel; ``audit_thresholds`` overrides the
+    audit's flag thresholds by name (see ``audit.DEFAULT_THRESHOLDS``).
     """
 
     reference: ReferenceGrid = ReferenceGrid.CT
@@ -50,6 +54,9 @@ class AlignOptions:
     ct_dtype: str = "int16"
     allow_relative: bool = False
     structures: bool = True
+    roi_map: Optional[dict] = None
+    fractional_masks: int = 0
+    audit_thresholds: Optional[dict] = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,6 +78,15 @@ class AlignOptions:
         if len(size) != 3 or min(size) < 1:
             raise ValueError(f"custom size needs one or three positive values, got {self.custom_size}")
         object.__setattr__(self, "custom_size", size)
+        if not 0 <= int(self.fractional_masks) <= 16:
+            raise ValueError(
+                f"fractional masks need a supersampling factor from 2 to 16 (0: off), got {self.fractional_masks}"
+            )
+        object.__setattr__(self, "fractional_masks", int(self.fractional_masks))
+        if self.audit_thresholds:
+            from .audit import thresholds_with  # raises ValueError on unknown names
+
+            thresholds_with(self.audit_thresholds)
         if self.reference is ReferenceGrid.CUSTOM and self.custom_spacing is None:
             raise ValueError("reference 'custom' needs a spacing (e.g. --spacing 2 or --spacing 1,1,2.5)")
 

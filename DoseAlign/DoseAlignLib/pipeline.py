@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import __version__
+from .case_audit import add_structures_and_audit
 from .ct import ct_geometry, read_ct, regular_grid
 from .errors import DoseAlignError, LinkError
 from .grid import Volume
@@ -79,8 +80,11 @@ def run_case(case: Case, options: AlignOptions, progress: Progress = None) -> Ca
     dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
 
     meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native)
+    result = CaseResult(case.case_id, ct_volume, dose_volume, meta, native)
+    report(0.8, "structures and audit" if options.structures else "audit")
+    add_structures_and_audit(result, case, options, geometry)
     report(1.0, "done")
-    return CaseResult(case.case_id, ct_volume, dose_volume, meta, native)
+    return result
 
 
 def _reporter(progress: Progress) -> Callable[[float, str], None]:

@@ -1,0 +1,141 @@
+"""Structures and the audit of one case: what :func:`.pipeline.run_case` adds after resampling.
+
+With ``options.structures`` the case's RTSTRUCT ROIs become masks on the output grid (stored in
+pair.npz, described in ``meta["structures"]``) and on the native dose grid (for the native DVHs);
+the dose audit runs for every case and goes to ``meta["audit"]``, its summary columns to
+``meta["manifest_extra"]`` and its DVH curves to pair.npz.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from . import audit
+from .contours import harmonise_names, plane_spacing, read_structure_set
+from .errors import DoseAlignError
+from .options import Interpolator
+from .resample import resample
+from .rtdose import read_rtdose
+from .structures import StructureMasks, body_from_ct, rasterize_structures
+
+
+def add_structures_and_audit(result, case, options, ct_geometry) -> None:
+    """Fill ``result`` (a :class:`.pipeline.CaseResult`) with masks, DVHs and the audit, in place.
+
+    Parameters
+    ----------
+    result : CaseResult
+        The resampled case (``ct`` and ``dose`` on the output grid, ``native_dose`` when one grid
+        holds the dose).
+    case : Case
+        Its inputs (structure sets, plan, related BEAM doses).
+    options : AlignOptions
+        ``structures``, ``roi_map``, ``fractional_masks`` and ``audit_thresholds`` are used.
+    ct_geometry : CtGeometry
+        The CT's own geometry: the contour-plane normal and the slab thickness come from it.
+    """
+    thresholds = audit.thresholds_with(getattr(options, "audit_thresholds", None))
+    prescription = case.plan.info.get("prescription_gy") if case.plan is not None else None
+    out_masks = native_masks = None
+    if options.structures:
+        out_masks, native_masks = _structures(result, case, options, ct_geometry)
+        result.meta["structures"] = out_masks.to_meta()
+        result.extra_arrays.update(out_masks.arrays())
+    else:
+        result.meta["structures"] = {"enabled": False, "names": []}
+
+    dose_audit = audit.audit_dose(
+        result.dose,
+        result.native_dose,
+        output_body=out_masks.body if out_masks is not None else None,
+        native_body=native_masks.body if native_masks is not None else None,
+    )
+    entries: list = []
+    if out_masks is not None:
+        entries, arrays = audit.roi_dvhs(result.dose, out_masks, result.native_dose, native_masks, prescription)
+        result.extra_arrays.update(arrays)
+    beam_sum = _beam_sum(case, result.native_dose, options)
+    geometry = audit.geometry_summary(result.meta)
+    reference = prescription or (dose_audit["native"] or dose_audit["output"])["dmax_gy"] or None
+    flags = audit.flags_for(
+        dose_audit, entries, result.meta.get("structures"), beam_sum, geometry, thresholds, reference
+    )
+    report = {
+        "thresholds": thresholds,
+        "prescription_gy": prescription,
+        "reference_dose_gy": reference,
+        "dose": dose_audit,
+        "rois": entries,
+        # over ROIs of at least dvh_min_volume_cc inside the native dose grid (what the flag judges)
+        "worst_dvh_delta": audit.worst_dvh_delta(
+            entries, thresholds["dvh_min_volume_cc"], thresholds["roi_outside_dose_grid_pct"]
+        ),
+        "worst_dvh_delta_all_rois": audit.worst_dvh_delta(entries),
+        "dvh_arrays": (
+            "pair.npz: dvh_dose_gy (B,) Gy; dvh_output and dvh_native (N, B) cm^3 receiving >= each dose, "
+            "ROIs in structures.names order"
+        )
+        if entries
+        else None,
+        "beam_sum": beam_sum,
+        "geometry": geometry,
+        "flags": flags,
+    }
+    result.meta["audit"] = report
+    result.meta.setdefault("manifest_extra", {}).update(audit.manifest_columns(report))
+
+
+def _structures(result, case, options, ct_geometry) -> tuple:
+    """Masks on the output grid and (with a single native grid) on the native dose grid."""
+    native_grid = ct_geometry.grid
+    normal = np.cross(native_grid.direction[:, 0], native_grid.direction[:, 1])
+    rois, problems = [], []
+    for obj in case.structs:
+        try:
+            rois.extend(read_structure_set(obj.path, rel_path=obj.rel_path, plane_normal=normal))
+        except DoseAlignError as error:
+            problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": str(error)})
+    notes = harmonise_names(rois, getattr(options, "roi_map", None))
+    thickness = float(ct_geometry.typical_step_mm or 0.0) or plane_spacing(rois) or float(result.ct.grid.spacing[2])
+    supersampling = int(getattr(options, "fractional_masks", 0) or 0)
+    out_masks = rasterize_structures(rois, result.ct.grid, thickness, supersampling=supersampling, ct=result.ct)
+    out_masks.skipped.extend(problems)
+    out_masks.notes.extend(notes)
+    if getattr(options, "roi_map", None):
+        out_masks.notes.append("ROI names harmonised with the ROI map in options.roi_map")
+    native_masks: Optional[StructureMasks] = None
+    if result.native_dose is not None:
+        native_grid = result.native_dose.grid
+        if native_grid.equal(result.ct.grid):
+            native_masks = out_masks
+        else:
+            native_masks = rasterize_structures(rois, native_grid, thickness)
+            if native_masks.body is None:
+                ct_native = resample(result.ct, native_grid, Interpolator.NEAREST, fill=options.ct_fill_hu)
+                native_masks.body = body_from_ct(ct_native)
+                native_masks.body_source = out_masks.body_source
+    return out_masks, native_masks
+
+
+def _beam_sum(case, native_dose, options) -> Optional[dict]:
+    """The PLAN dose against the sum of the plan's BEAM doses, or what the BEAM_SUM case summed."""
+    if case.summation_type == "BEAM_SUM":
+        return {"mode": "this case's dose is the sum of its BEAM doses", "files": list(case.dose_files)}
+    if case.summation_type != "PLAN" or not case.related_beam_doses or native_dose is None:
+        return None
+    from .link import _beam_doses_to_sum  # the same rule as the BEAM_SUM cases use
+
+    keep, left_out = _beam_doses_to_sum(list(case.related_beam_doses))
+    beams = []
+    for obj in keep:
+        volume, _geometry, _info = read_rtdose(obj.path, allow_relative=options.allow_relative)
+        beams.append((volume, obj.rel_path))
+    check = audit.beam_sum_check(native_dose, beams, left_out)
+    check["mode"] = "PLAN dose compared with the sum of the plan's BEAM doses"
+    if case.plan is not None:
+        planned = set(case.plan.info.get("beam_numbers") or [])
+        covered = {b for obj in keep for b in obj.info.get("beam_numbers", [])}
+        check["plan_beams_without_dose"] = sorted(planned - covered)
+    return check

@@ -1,0 +1,299 @@
+"""The dosimetric audit: DVH points and curves, dose-level comparison, dose outside the output grid,
+the beam sum against the PLAN dose, flags and thresholds; end to end on the engine's phantom, on
+the Nelms phantom (DVH points against the analytic values of its shapes under its exactly linear
+doses) and on the rtkit phantom (7 ROIs, External as body, the beam sum)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from DoseAlignLib import audit, dvh
+from DoseAlignLib.grid import Grid, Volume
+from DoseAlignLib.link import form_cases
+from DoseAlignLib.options import AlignOptions
+from DoseAlignLib.pipeline import run_case
+from DoseAlignLib.resample import resample
+from DoseAlignLib.scan import scan_folder
+from DoseAlignLib.structures import unpack_masks
+
+RNG = np.random.default_rng(7)
+
+
+# ---- DVH arithmetic --------------------------------------------------------------------------
+
+
+def test_dvh_points_follow_the_documented_ranks():
+    doses = RNG.permutation(np.arange(1.0, 101.0))  # 100 voxels of 0.01 cc: 1 .. 100 Gy
+    points = dvh.dvh_points(doses, 0.01, prescription_gy=60.0)
+    assert points["volume_cc"] == pytest.approx(1.0)
+    assert points["dmean_gy"] == pytest.approx(50.5)
+    assert (points["dmin_gy"], points["dmax_gy"]) == (1.0, 100.0)
+    # the n-th hottest voxel (dose 101 - n) stands at volume (n - 0.5) x 0.01 cc; Dx interpolates
+    assert points["d1_gy"] == pytest.approx(99.5) and points["d5_gy"] == pytest.approx(95.5)
+    assert points["d50_gy"] == pytest.approx(50.5) and points["d95_gy"] == pytest.approx(5.5)
+    assert points["d99_gy"] == pytest.approx(1.5)
+    assert points["d0.03cc_gy"] == pytest.approx(97.5)
+    tiny = dvh.dvh_points(np.array([3.0, 4.0]), 0.01)
+    assert tiny["d0.03cc_gy"] is None and tiny["d50_gy"] == pytest.approx(3.5)
+    assert points["v_rx_cc"] == pytest.approx(0.41) and points["v_rx_pct"] == pytest.approx(41.0)
+    weighted = dvh.dvh_points(doses, np.full(100, 0.01), prescription_gy=60.0)
+    for key, value in points.items():
+        assert weighted[key] == pytest.approx(value), key
+
+
+def test_dvh_points_with_uneven_voxel_volumes_and_an_empty_roi():
+    doses = np.array([10.0, 20.0, 30.0])
+    cc = np.array([0.5, 0.3, 0.2])  # the coldest voxel is half the volume
+    points = dvh.dvh_points(doses, cc)
+    assert points["dmean_gy"] == pytest.approx(17.0)
+    # voxels stand at 0.1 (30 Gy), 0.35 (20 Gy) and 0.75 cc (10 Gy) of the ranked volume
+    assert points["d50_gy"] == pytest.approx(20.0 - 10.0 * (0.5 - 0.35) / 0.4)
+    assert points["d95_gy"] == 10.0 and points["d0.03cc_gy"] == 30.0
+    empty = dvh.dvh_points(np.zeros(0), 0.1, 50.0)
+    assert empty["dmean_gy"] is None and empty["v_rx_pct"] is None and empty["volume_cc"] == 0
+
+
+def test_cumulative_dvh_and_bins():
+    bins = dvh.dose_bins(68.3)
+    step = float(bins[1] - bins[0])
+    assert step == pytest.approx(0.1, rel=1e-6) and bins[0] == 0 and bins[-1] > 68.3 and bins.size <= 1000
+    doses = RNG.uniform(0, 68.3, 5000)
+    curve = dvh.cumulative_dvh(doses, 0.002, bins)
+    assert curve[0] == pytest.approx(10.0) and curve[-1] == 0
+    assert np.all(np.diff(curve) <= 0)
+    k = 250
+    assert curve[k] == pytest.approx(np.count_nonzero(doses >= bins[k]) * 0.002, rel=1e-6)
+    weighted = dvh.cumulative_dvh(doses, np.full(5000, 0.002), bins)
+    np.testing.assert_allclose(weighted, curve, rtol=1e-6)
+
+
+# ---- dose-level audit ------------------------------------------------------------------------
+
+
+def test_dose_outside_the_output_grid_and_integral_dose():
+    native = Volume(np.full((10, 10, 10), 2.0, np.float32), Grid.from_spacing((10, 10, 10), (2, 2, 2), (0, 0, 0)), "GY")
+    # output grid: 1 mm voxels over the native grid's extent in y and z, but only x < 10 (half of it)
+    out_grid = Grid.from_spacing((20, 20, 10), (1, 1, 1), (-0.5, -0.5, -0.5))
+    output = Volume(resample(native, out_grid), out_grid, "GY")
+    result = audit.audit_dose(output, native)
+    assert result["native"]["integral_gy_l"] == pytest.approx(2.0 * 8.0 / 1000 * 1000 / 1000)  # 2 Gy x 8 cm^3
+    assert result["outside_integral_pct"] == pytest.approx(50.0)
+    assert result["integral_diff_pct"] == pytest.approx(0.0, abs=1e-6)
+    assert result["dmax_diff_pct"] == pytest.approx(0.0)
+    assert result["edge_dose_pct"] == pytest.approx(100.0)
+    flags = {f["flag"] for f in audit.flags_for(result, [], None, None, {}, audit.DEFAULT_THRESHOLDS, 2.0)}
+    assert flags == {"dose_outside_grid", "dose_grid_edge"}
+
+
+def test_dmax_location_of_a_plateau_is_its_middle():
+    dose = np.zeros((5, 9, 9), np.float32)
+    dose[2, 1:8, 2:7] = 10.0  # a flat top: the first voxel in memory order would be a corner
+    assert audit.dmax_index(dose) == (2, 4, 4)
+    dose[3, 0, 0] = 10.5
+    assert audit.dmax_index(dose) == (3, 0, 0)
+
+
+def test_beam_sum_against_the_plan_dose():
+    grid = Grid.from_spacing((4, 5, 6), (2, 2, 3), (0, 0, 0))
+    a = RNG.uniform(0, 5, grid.shape).astype(np.float32)
+    b = RNG.uniform(0, 5, grid.shape).astype(np.float32)
+    plan = Volume(a + b, grid, "GY")
+    ok = audit.beam_sum_check(plan, [(Volume(a, grid), "a.dcm"), (Volume(b, grid), "b.dcm")])
+    assert ok["max_abs_diff_gy"] == pytest.approx(0.0, abs=1e-5) and ok["resampled"] == []
+    missing = audit.beam_sum_check(plan, [(Volume(a, grid), "a.dcm")])
+    assert missing["max_abs_diff_gy"] == pytest.approx(float(b.max()), rel=1e-6)
+    flags = audit.flags_for({"native": None}, [], None, missing, {}, audit.DEFAULT_THRESHOLDS, None)
+    assert [f["flag"] for f in flags] == ["beam_sum_mismatch"]
+
+
+def test_thresholds_are_configurable_and_checked():
+    merged = audit.thresholds_with({"dmax_diff_pct": 5})
+    assert merged["dmax_diff_pct"] == 5.0 and merged["dvh_delta_pct"] == audit.DEFAULT_THRESHOLDS["dvh_delta_pct"]
+    with pytest.raises(ValueError, match="unknown audit threshold"):
+        AlignOptions(audit_thresholds={"dmax_pct": 1})
+    dose_audit = {
+        "native": {"dmax_gy": 10.0},
+        "output": {"dmax_gy": 9.6},
+        "dmax_diff_pct": -4.0,
+        "outside_integral_pct": 0.0,
+        "integral_diff_pct": 0.0,
+        "edge_dose_pct": 0.0,
+    }
+    assert [f["flag"] for f in audit.flags_for(dose_audit, [], None, None, {}, audit.DEFAULT_THRESHOLDS, 10)] == [
+        "dmax_changed"
+    ]
+    assert audit.flags_for(dose_audit, [], None, None, {}, audit.thresholds_with({"dmax_diff_pct": 5}), 10) == []
+
+
+# ---- end to end on the engine's phantom ------------------------------------------------------
+
+
+def _phantom_case(tmp_path, drop_beam=None, **spec_args):
+    from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+    spec = PhantomSpec(write_beam_doses=True, ct_size=(64, 64, 36), dose_size=(30, 30, 16), seed=11, **spec_args)
+    truth = write_phantom(tmp_path / "in", spec)
+    if drop_beam is not None:
+        truth.dose_files[truth.dose_beam_numbers.index(drop_beam)].unlink()
+    cases = form_cases(scan_folder(tmp_path / "in")).cases
+    plan_case = next(c for c in cases if c.summation_type == "PLAN")
+    return truth, plan_case
+
+
+def test_phantom_audit_dvhs_and_beam_sum(tmp_path):
+    truth, case = _phantom_case(tmp_path)
+    result = run_case(case, AlignOptions())
+    report = result.meta["audit"]
+    names = result.meta["structures"]["names"]
+    assert names == ["External", "PTV", "Cord", "Ring"]
+    # the three BEAM doses add up to the PLAN dose (storage rounding only)
+    beam_sum = report["beam_sum"]
+    assert len(beam_sum["files"]) == 3 and beam_sum["plan_beams_without_dose"] == []
+    assert beam_sum["max_abs_diff_pct"] < 0.1
+    assert "beam_sum_mismatch" not in {f["flag"] for f in report["flags"]}
+    # a sphere in a linear dose: Dmean = D50 = the dose at its centre; Dmax - Dmin = 2 R |grad D|
+    ptv = truth.roi("PTV")
+    entry = next(e for e in report["rois"] if e["name"] == "PTV")
+    centre_dose = float(truth.dose_at(ptv.center_lps))
+    gradient = float(np.linalg.norm(truth.spec.dose_field[:3]))
+    for grid_name in ("output", "native"):
+        points = entry[grid_name]
+        assert points["dmean_gy"] == pytest.approx(centre_dose, abs=0.05), grid_name
+        assert points["d50_gy"] == pytest.approx(centre_dose, abs=0.1), grid_name
+        assert points["dmax_gy"] - points["dmin_gy"] == pytest.approx(2 * ptv.params["radius"] * gradient, rel=0.2)
+    assert entry["output"]["v_rx_pct"] == 0.0  # 60 Gy prescribed, this dose stays below it
+    assert report["prescription_gy"] == 60.0 and report["reference_dose_gy"] == 60.0
+    # the cumulative DVHs: one row per ROI, V(0 Gy) = the ROI's volume, never increasing
+    arrays = result.extra_arrays
+    bins = arrays["dvh_dose_gy"]
+    assert arrays["dvh_output"].shape == (4, bins.size) and arrays["dvh_native"].shape == (4, bins.size)
+    volumes = [e["output"]["volume_cc"] for e in report["rois"]]
+    np.testing.assert_allclose(arrays["dvh_output"][:, 0], volumes, rtol=1e-5)
+    assert np.all(np.diff(arrays["dvh_output"], axis=1) <= 1e-6)
+    extra = result.meta["manifest_extra"]
+    assert float(extra["dmax_native_gy"]) == pytest.approx(report["dose"]["native"]["dmax_gy"], rel=1e-5)
+    assert extra["n_rois"] == "4"
+
+
+def test_phantom_missing_beam_is_flagged(tmp_path):
+    _truth, case = _phantom_case(tmp_path, drop_beam=2)
+    result = run_case(case, AlignOptions(structures=False))
+    report = result.meta["audit"]
+    assert report["beam_sum"]["plan_beams_without_dose"] == [2]
+    assert "beam_sum_mismatch" in {f["flag"] for f in report["flags"]}
+    assert "beam_sum_mismatch" in result.meta["manifest_extra"]["audit_flags"]
+    assert "masks" not in result.extra_arrays and report["rois"] == []
+
+
+def test_on_the_dose_grid_the_dvhs_do_not_change(tmp_path):
+    _truth, case = _phantom_case(tmp_path)
+    result = run_case(case, AlignOptions(reference="dose"))
+    report = result.meta["audit"]
+    for entry in report["rois"]:
+        assert all(v == 0 for k, v in entry["diff"].items() if v is not None), entry["name"]
+    assert report["dose"]["dmax_diff_pct"] == 0 and report["dose"]["integral_diff_pct"] == pytest.approx(0, abs=1e-9)
+    np.testing.assert_array_equal(result.extra_arrays["dvh_output"], result.extra_arrays["dvh_native"])
+
+
+# ---- the Nelms phantom: DVH points against the analytic shapes ---------------------------------
+
+NELMS_CASES = ("Linear_AntPost_1mm", "Linear_SupInf_1mm", "Linear_AntPost_2mm", "Linear_SupInf_2mm")
+POINTS = ("dmean_gy", "dmin_gy", "d99_gy", "d95_gy", "d50_gy", "d5_gy", "d1_gy", "dmax_gy")
+
+
+def test_nelms_dvh_points_against_the_analytic_values(shared_data):
+    from nelms import analytic_dvh, shape_of
+
+    root = shared_data / "nelms-dvh-phantom"
+    cases = {
+        c.doses[0].rel_path.split("/")[-1].replace("_Aligned.dcm", ""): c for c in form_cases(scan_folder(root)).cases
+    }
+    lines = []
+    errors = {"output": [], "native": []}
+    case_of = {"output": [], "native": []}
+    for name in NELMS_CASES:
+        result = run_case(cases[name], AlignOptions())
+        field = "AntPost" if "AntPost" in name else "SupInf"
+        sources = {r["name"]: r["source"] for r in result.meta["structures"]["rois"]}
+        for entry in result.meta["audit"]["rois"]:
+            stem = sources[entry["name"]].split("/")[-1][:-4]
+            shape = shape_of(stem)
+            truth = analytic_dvh(shape["kind"], shape["centre"], field)
+            for grid_name in ("output", "native"):
+                got = entry[grid_name]
+                deltas = [got[p] - truth[p] for p in POINTS]
+                errors[grid_name].append(deltas)
+                case_of[grid_name].append(name)
+                lines.append(
+                    f"{name[7:]:12s} {stem:22s} {grid_name:6s} "
+                    + " ".join(f"{truth[p]:6.2f}/{got[p]:6.2f}" for p in POINTS)
+                )
+    print("\nNelms DVH points, analytic/DoseAlign in Gy (doses 1 Gy/mm; output = CT grid, native = dose grid)")
+    print(f"{'dose':12s} {'structure':22s} {'grid':6s} " + " ".join(f"{p[:-3]:>13s}" for p in POINTS))
+    for line in lines:
+        print(line)
+    print("\n|DoseAlign - analytic| (Gy) per DVH point over the 60 ROIs: median / max, by grid and slice spacing")
+    print(f"{'point':8s} " + " ".join(f"{g + ' ' + sp:>16s}" for g in ("output", "native") for sp in ("1mm", "2mm")))
+    table = {}
+    for grid_name in ("output", "native"):
+        e = np.abs(np.array(errors[grid_name]))
+        spacing = np.array(["1mm" in c for c in case_of[grid_name]])
+        for n, point in enumerate(POINTS):
+            for sp, sel in (("1mm", spacing), ("2mm", ~spacing)):
+                table[(point, grid_name, sp)] = (float(np.median(e[sel, n])), float(e[sel, n].max()))
+    for point in POINTS:
+        cells = [table[(point, g, sp)] for g in ("output", "native") for sp in ("1mm", "2mm")]
+        print(f"{point[:-3]:8s} " + " ".join(f"{m:7.2f} /{x:6.2f}" for m, x in cells))
+    for (point, grid_name, sp), (median, largest) in table.items():
+        step = 1.0 if sp == "1mm" else 2.0  # contour planes and dose voxels: 1 or 2 mm = 1 or 2 Gy
+        if point in ("dmin_gy", "dmax_gy"):
+            # single voxels at the end planes: the slab rule's end caps and tiny apex contours
+            assert largest <= 2 * step, (point, grid_name, sp)
+        else:
+            assert largest <= step + 0.25, (point, grid_name, sp)
+            assert median <= 0.5 * step, (point, grid_name, sp)
+
+
+# ---- the rtkit phantom: 7 ROIs, External as body, the beam sum ---------------------------------
+
+
+def test_rtkit_rois_body_and_beam_sum(shared_data):
+    root = shared_data / "rtkit-phantom"
+    cases = form_cases(scan_folder(root)).cases
+    assert len(cases) == 1
+    case = cases[0]
+    result = run_case(case, AlignOptions())
+    structures = result.meta["structures"]
+    assert structures["names"] == ["External", "Big", "Small", "Circle", "BigH_SmallV", "BigV_SmallH", "Star"]
+    assert structures["skipped"] == []
+    assert structures["body"]["source"].startswith("ROI 'External'")
+    shape = result.ct.grid.shape
+    masks = unpack_masks(result.extra_arrays["masks"], shape)
+    np.testing.assert_array_equal(unpack_masks(result.extra_arrays["body"], shape), masks[0])
+    for roi in structures["rois"]:
+        assert roi["voxel_count"] > 0
+        assert roi["volume_cc"] == pytest.approx(roi["contour_volume_cc"], rel=0.01), roi["name"]
+        assert roi["interpreted_type"] in ("EXTERNAL", "AVOIDANCE") and len(roi["color"]) == 3
+    # the case's dose is the sum of the three single-beam doses; the all-zero 1+2+3 dose is left out
+    audit_sum = result.meta["audit"]["beam_sum"]
+    assert audit_sum["mode"].startswith("this case's dose is the sum")
+    assert len(audit_sum["files"]) == 3
+    assert len(result.meta["dose"]["left_out"]) == 1
+    independent = 0.0
+    for name in audit_sum["files"]:
+        ds = pydicom.dcmread(str(root / name))
+        independent = independent + ds.pixel_array.astype(np.float64) * float(ds.DoseGridScaling)
+    np.testing.assert_allclose(result.native_dose.array, independent, atol=1e-4)
+    report = result.meta["audit"]
+    assert report["dose"]["native"]["dmax_gy"] == pytest.approx(float(independent.max()), abs=1e-4)
+    assert abs(report["dose"]["dmax_diff_pct"]) < 1.0
+    assert result.extra_arrays["dvh_native"].shape[0] == 7
+    print(
+        "\nrtkit: Dmax native {:.3f} Gy, output {:.3f} Gy; worst DVH delta {}; flags {}".format(
+            report["dose"]["native"]["dmax_gy"],
+            report["dose"]["output"]["dmax_gy"],
+            report["worst_dvh_delta"],
+            [f["flag"] for f in report["flags"]],
+        )
+    )
