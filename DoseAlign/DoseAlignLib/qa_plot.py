@@ -226,7 +226,7 @@ def render_qa_png(
         frameon=False,
     )
     if wash is not None:
-        cax = fig.add_axes((0.965, 0.08, 0.01, 0.75))
+        cax = fig.add_axes((0.952, 0.08, 0.01, 0.75))
         bar = fig.colorbar(wash, cax=cax)
         bar.set_label("dose (Gy)", fontsize=8)
         bar.ax.tick_params(labelsize=7)

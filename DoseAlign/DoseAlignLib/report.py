@@ -93,7 +93,7 @@ def report_html(rows: Sequence[dict], out_dir: Path, *, title: str = "DoseAlign 
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>{_cell(title)}</h1>",
         f"<p>{_cell(source)}</p>" if source else "",
-        f'<p id="summary">{len(rows)} cases: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped; '
+        f'<p id="summary">{len(rows)} case{"" if len(rows) == 1 else "s"}: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped; '
         f"{flagged} with audit flags. Written by DoseAlign {_cell(__version__)} on {_cell(time.strftime('%Y-%m-%d %H:%M'))}. "
         'Details per case in <a href="manifest.csv">manifest.csv</a> and each case\'s meta.json.</p>',
         '<table id="cases"><thead><tr>',
