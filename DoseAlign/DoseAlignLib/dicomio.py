@@ -338,11 +338,17 @@ def pixel_module(ds: Dataset, path: Path, *, bits_allowed: tuple = (8, 16, 32), 
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     encapsulated = bool(getattr(ds["PixelData"], "is_undefined_length", False))
     if syntax and syntax not in NATIVE_SYNTAXES and not encapsulated:
+        try:
+            known = pydicom.uid.UID(syntax).is_transfer_syntax
+        except ValueError:  # pydicom 2.4 on a UID it does not know
+            known = False
         raise InputError(
-            f"TransferSyntaxUID {syntax} is a compressed syntax, but the pixel data are not encapsulated "
-            "(the file meta and the data set contradict each other)",
+            f"TransferSyntaxUID {syntax} "
+            + ("is a compressed syntax" if known else "is not a known transfer syntax")
+            + ", but the pixel data are stored uncompressed (the file meta and the data set contradict each other)",
             path=path,
             tag=TAG_SYNTAX,
+            hint="export the file again",
         )
     if not encapsulated:
         expected = rows * columns * frames * bits // 8
@@ -366,10 +372,21 @@ def pixel_module(ds: Dataset, path: Path, *, bits_allowed: tuple = (8, 16, 32), 
     }
 
 
-def check_bits_stored(pixels: np.ndarray, info: dict, path: Path) -> None:
-    """Stored values must fit BitsStored; larger ones mean the header contradicts the data."""
-    stored, signed = info["bits_stored"], info["signed"]
-    if stored >= info["bits_allocated"] or pixels.size == 0:
+def check_bits_stored(ds: Dataset, info: dict, path: Path) -> None:
+    """Stored values must fit BitsStored; larger ones mean the header contradicts the data.
+
+    Checked on the raw values of uncompressed data (a decoder may mask the high bits away, which
+    hides the contradiction); compressed data are not checked.
+    """
+    stored, signed, bits = info["bits_stored"], info["signed"], info["bits_allocated"]
+    if stored >= bits or getattr(ds["PixelData"], "is_undefined_length", False):
+        return
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    order = ">" if syntax == "1.2.840.10008.1.2.2" else "<"
+    kind = "i" if signed else "u"
+    count = info["rows"] * info["columns"] * info["frames"]
+    pixels = np.frombuffer(ds.PixelData, dtype=f"{order}{kind}{bits // 8}", count=count)
+    if pixels.size == 0:
         return
     low, high = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
     lo, hi = int(pixels.min()), int(pixels.max())

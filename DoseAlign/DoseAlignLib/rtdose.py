@@ -203,6 +203,7 @@ def read_rtdose(path: Path, *, allow_relative: bool = False) -> tuple:
     geometry = dose_geometry(ds, path)
     info = dose_info(ds, path, allow_relative=allow_relative)
     pixel_info = dicomio.pixel_module(ds, path, bits_allowed=(16, 32))
+    dicomio.check_bits_stored(ds, pixel_info, path)
     pixels = dicomio.pixel_array(ds, path)
     shape = geometry.grid.shape
     if pixels.ndim == 2:
@@ -211,7 +212,6 @@ def read_rtdose(path: Path, *, allow_relative: bool = False) -> tuple:
         raise InputError(
             f"pixel data has shape {pixels.shape}, the header says {shape}", path=path, tag="(7FE0,0010) PixelData"
         )
-    dicomio.check_bits_stored(pixels, pixel_info, path)
     dose = pixels.astype(np.float32)
     dose *= np.float32(info.scaling)
     peak = float(dose.max()) if dose.size else 0.0

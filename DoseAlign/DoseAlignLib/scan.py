@@ -127,6 +127,13 @@ def _check_identity(ds: Dataset, path: Path) -> None:
             hint="export the file again or remove it",
         )
     known = ("CT", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE")
+    if dicomio.kind_of(ds) == "CT" and not dicomio.text(ds, "SeriesInstanceUID"):
+        raise InputError(
+            "SeriesInstanceUID is missing: the slice belongs to no series (the file is damaged or truncated)",
+            path=path,
+            tag="(0020,000E) SeriesInstanceUID",
+            hint="export the file again or remove it",
+        )
     if sop_kind and modality in known and modality != sop_kind:
         raise InputError(
             f"SOPClassUID says {sop_kind} but (0008,0060) Modality says {modality}: the header contradicts itself",
