@@ -139,6 +139,7 @@ def _make_case(group: tuple, plans: dict) -> Case:
             summation = "BEAM"
     if plan_uid and plan is None:
         notes.append(f"referenced RTPLAN {plan_uid} is not in the input")
+    error = _missing_beams(summation, doses, plan) if summation == SUMMED_BEAMS else None
     label = plan.info.get("plan_label", "") if plan is not None else ""
     if summation == SUMMED_BEAMS:
         name = f"beamsum-{label or 'plan'}"
@@ -159,6 +160,22 @@ def _make_case(group: tuple, plans: dict) -> Case:
         notes=notes,
         left_out=left_out,
         related_beam_doses=sorted(related, key=lambda d: d.rel_path),
+        error=error,
+    )
+
+
+def _missing_beams(summation: str, doses: list, plan: Optional[DicomObject]) -> Optional[str]:
+    """Why a sum of BEAM doses is not the plan's dose: a treated beam of the plan has no dose."""
+    treated = set(plan.info.get("treated_beams") or []) if plan is not None else set()
+    if not treated or any(not d.info.get("beam_numbers") for d in doses):
+        return None
+    missing = sorted(treated - {b for d in doses for b in d.info["beam_numbers"]})
+    if not missing:
+        return None
+    return (
+        f"RTDOSE {doses[0].rel_path}: the BEAM doses of plan {plan.rel_path} cover beams "
+        f"{sorted(treated - set(missing))}, not {missing}: their sum would not be the plan's dose "
+        "((300C,0006) ReferencedBeamNumber; a beam's dose file is missing or damaged: add it or export a PLAN dose)"
     )
 
 

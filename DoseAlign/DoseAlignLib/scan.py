@@ -205,6 +205,7 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["prescription_gy"] = max(prescriptions) if prescriptions else None
         fractions = [g.get("NumberOfFractionsPlanned") for g in ds.get("FractionGroupSequence", [])]
         info["fractions"] = next((int(f) for f in fractions if f not in (None, "")), None)
+        info["treated_beams"] = _treated_beams(ds)
     elif kind == "RTSTRUCT":
         series, frames = [], []
         for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
@@ -224,6 +225,24 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
             obj.frame_of_reference_uid = info["frame_uids"][0]
         info["label"] = dicomio.text(ds, "StructureSetLabel")
     return obj
+
+
+def _treated_beams(ds: Dataset) -> list:
+    """Beams of a plan that deliver dose: in the first fraction group, meterset not 0, not SETUP."""
+    setup = {
+        int(b.BeamNumber)
+        for b in (ds.get("BeamSequence", None) or ds.get("IonBeamSequence", []))
+        if "BeamNumber" in b and dicomio.text(b, "TreatmentDeliveryType").upper() == "SETUP"
+    }
+    beams = []
+    for group in list(ds.get("FractionGroupSequence", []))[:1]:
+        for ref in group.get("ReferencedBeamSequence", []):
+            meterset = ref.get("BeamMeterset")
+            if "ReferencedBeamNumber" not in ref or (meterset not in (None, "") and float(meterset) == 0):
+                continue
+            if int(ref.ReferencedBeamNumber) not in setup:
+                beams.append(int(ref.ReferencedBeamNumber))
+    return sorted(beams)
 
 
 def _safe_list(ds: Dataset, keyword: str) -> Optional[list]:
