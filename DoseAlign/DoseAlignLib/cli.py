@@ -18,6 +18,24 @@ from .errors import DoseAlignError
 from .options import AlignOptions, CustomBox, Interpolator, ReferenceGrid
 
 
+def _demo_spec():
+    from .phantom import PhantomSpec
+
+    # a small head-and-neck-sized study: 2 mm pixels, 3 mm slices, a plan-like dose on an offset
+    # 3 mm grid inside the CT, a PLAN dose and its three BEAM doses
+    return PhantomSpec(
+        ct_size=(128, 128, 48),
+        ct_pixel_spacing=(2.0, 2.0),
+        ct_slice_spacing=3.0,
+        dose_size=(84, 64, 44),
+        dose_pixel_spacing=(3.0, 3.0),
+        dose_frame_spacing=3.0,
+        dose_center_offset_lps=(4.3, -2.8, 1.4),
+        dose_shape="plan",
+        write_beam_doses=True,
+    )
+
+
 def _get_parser() -> argparse.ArgumentParser:
     from .export_formats import add_format_arguments
 
@@ -197,10 +215,10 @@ def _formats(args: argparse.Namespace):
 class _ProgressLine:
     """One updating line on a terminal, occasional plain lines otherwise (logs, CI)."""
 
-    def __init__(self, stream=sys.stderr, quiet: bool = False) -> None:
-        self.stream = stream
+    def __init__(self, stream=None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr  # looked up now: tests and notebooks replace sys.stderr
         self.quiet = quiet
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.last = 0.0
 
     def __call__(self, fraction: float, message: str) -> None:
@@ -303,13 +321,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .batch import export_folder
-    from .phantom import PhantomSpec, write_phantom
+    from .phantom import write_phantom
 
     options = _options(args)
     formats = _formats(args)
     dicom_dir = args.output / "dicom"
     export_dir = args.output / "export"
-    truth = write_phantom(dicom_dir, PhantomSpec(write_beam_doses=True))
+    truth = write_phantom(dicom_dir, _demo_spec())
     print(
         f"wrote a synthetic DICOM-RT study to {dicom_dir} ({len(truth.ct_files)} CT slices, {len(truth.dose_files)} RTDOSE)"
     )

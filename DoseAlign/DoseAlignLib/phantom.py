@@ -89,6 +89,7 @@ class PhantomSpec:
     gfov_mode: str = "relative"
     frame_order: str = "increasing"
     dose_field: tuple = (0.02, -0.03, 0.05, 30.0)
+    dose_shape: str = "linear"
     dose_bits: int = 16
     dose_units: str = "GY"
     dose_summation: str = "PLAN"
@@ -195,9 +196,7 @@ class PhantomTruth:
         (...) array
             Dose in Gy (in DoseUnits, also for RELATIVE), extended linearly outside the grid.
         """
-        a, b, c, d = self.spec.dose_field
-        p = np.asarray(points_lps, dtype=np.float64)
-        dose = a * p[..., 0] + b * p[..., 1] + c * p[..., 2] + d
+        dose = _dose_field(self.spec, self.rois, np.asarray(points_lps, dtype=np.float64))
         if beam_number is not None:
             dose = dose * self.beam_weights[self.beam_numbers.index(beam_number)]
         return dose
@@ -290,6 +289,7 @@ def _check_spec(spec: PhantomSpec) -> None:
     choices = {
         "patient_position": tuple(PATIENT_POSITION_IOP),
         "ct_field": ("anatomy", "linear"),
+        "dose_shape": ("linear", "plan"),
         "gfov_mode": ("relative", "absolute"),
         "frame_order": ("increasing", "decreasing"),
         "dose_bits": (16, 32),
@@ -713,6 +713,22 @@ def _write_dose(
     return scaling
 
 
+def _dose_field(spec: PhantomSpec, rois: list, points: np.ndarray) -> np.ndarray:
+    """The analytic dose (Gy) at LPS points ``(..., 3)``.
+
+    ``dose_shape`` "linear": ``dose_field`` (a, b, c, d) gives a*x + b*y + c*z + d, which trilinear
+    interpolation reproduces exactly (the tests' oracle). "plan": a smooth plan-like dose for the
+    demo, the prescription over the PTV falling off over a few mm to a 3 % bath (not exact).
+    """
+    if spec.dose_shape == "plan":
+        ptv = next(r for r in rois if r.name == "PTV")
+        distance = np.linalg.norm(points - ptv.center_lps, axis=-1)
+        edge = ptv.params["radius"] + 6.0
+        return spec.prescription_gy * (0.03 + 1.0 / (1.0 + np.exp((distance - edge) / 4.0)))
+    a, b, c, d = spec.dose_field
+    return a * points[..., 0] + b * points[..., 1] + c * points[..., 2] + d
+
+
 def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  # noqa: B008
     """Write the phantom study of ``spec`` into ``out_dir`` (created, flat) and return its truth.
 
@@ -770,9 +786,8 @@ def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  
     struct_file = _write_struct(out / name_for("RS"), ct, rois, common, ids) if spec.with_structures else None
     plan_file = _write_plan(out / name_for("RP"), spec, rois, weights, common, ids) if spec.with_plan else None
 
-    a, b, c, d = spec.dose_field
     points = dose.centres()
-    field_gy = a * points[..., 0] + b * points[..., 1] + c * points[..., 2] + d
+    field_gy = _dose_field(spec, rois, points)
     if field_gy.min() < 0:
         raise ValueError(f"dose_field is negative ({field_gy.min():.4g} Gy) inside the dose grid")
     dose_files, scalings = [], []

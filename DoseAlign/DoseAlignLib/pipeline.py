@@ -68,8 +68,8 @@ def run_case(case: Case, options: AlignOptions, progress: Progress = None) -> Ca
     if target.equal(ct.grid):
         ct_out = ct.array
     else:
-        values = resample(ct, target, options.interpolator, fill=options.ct_fill_hu)
-        ct_out = np.rint(values).astype(np.int16) if options.ct_dtype == "int16" else values
+        ct_dtype = np.int16 if options.ct_dtype == "int16" else np.float32
+        ct_out = resample(ct, target, options.interpolator, fill=options.ct_fill_hu, dtype=ct_dtype)
     if native is not None:
         dose_out = _resample_dose(native, target, options.interpolator)
     else:
