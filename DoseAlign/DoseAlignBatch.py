@@ -48,21 +48,9 @@ class DoseAlignBatch(ScriptedLoadableModule):
         parent.hidden = True
 
 
-def _floats(text: str) -> tuple:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 2 or 1,1,2.5, got {text!r}") from None
-
-
-def _ints(text: str) -> tuple:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers like 128 or 128,128,96, got {text!r}") from None
-
-
 def _get_parser() -> argparse.ArgumentParser:
+    from DoseAlignLib.cli import parse_floats, parse_ints  # the dosealign command's own parsers
+
     parser = argparse.ArgumentParser(
         prog="DoseAlignBatch.py",
         description="Export every CT/dose case below a DICOM folder through Slicer (SlicerRT + Resample CLI).",
@@ -77,9 +65,9 @@ def _get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--reference", choices=["ct", "dose", "custom"], default="ct", help="grid of the outputs")
     parser.add_argument("--interpolator", choices=["linear", "nn", "bs", "ws"], default="linear")
-    parser.add_argument("--spacing", type=_floats, help="custom grid spacing in mm: one value or i,j,k")
+    parser.add_argument("--spacing", type=parse_floats, help="custom grid spacing in mm: one value or i,j,k")
     parser.add_argument("--box", choices=["dose", "ct", "cube"], default="dose", help="custom grid extent")
-    parser.add_argument("--size", type=_ints, default=(128, 128, 128), help="voxels of a --box cube")
+    parser.add_argument("--size", type=parse_ints, default=(128, 128, 128), help="voxels of a --box cube")
     parser.add_argument("--ct-fill", type=float, default=-1000.0, help="HU written outside the CT")
     parser.add_argument("--ct-dtype", choices=["int16", "float32"], default="int16")
     parser.add_argument("--allow-relative", action="store_true", help="export DoseUnits RELATIVE doses (not Gy)")

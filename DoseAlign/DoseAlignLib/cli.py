@@ -139,11 +139,13 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
         default="linear",
         help="as in Slicer's Resample CLI: linear (default), nn, bs (B-spline), ws (windowed sinc)",
     )
-    group.add_argument("--spacing", type=_floats, help="custom grid spacing in mm: one value or i,j,k")
+    group.add_argument("--spacing", type=parse_floats, help="custom grid spacing in mm: one value or i,j,k")
     group.add_argument(
         "--box", choices=[b.value for b in CustomBox], default="dose", help="custom grid extent (default: the dose's)"
     )
-    group.add_argument("--size", type=_ints, default=(128, 128, 128), help="voxels of a --box cube: one value or i,j,k")
+    group.add_argument(
+        "--size", type=parse_ints, default=(128, 128, 128), help="voxels of a --box cube: one value or i,j,k"
+    )
     group.add_argument("--ct-fill", type=float, default=-1000.0, help="HU written outside the CT (default -1000)")
     group.add_argument("--ct-dtype", choices=["int16", "float32"], default="int16")
     group.add_argument("--allow-relative", action="store_true", help="export DoseUnits RELATIVE doses (not Gy)")
@@ -163,14 +165,16 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
     qa.add_argument("--no-qa-png", action="store_true", help="no qa.png picture per case")
 
 
-def _floats(text: str) -> tuple:
+def parse_floats(text: str) -> tuple:
+    """argparse type: "2" or "1,1,2.5" -> floats (also used by the Slicer batch script)."""
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 2 or 1,1,2.5, got {text!r}") from None
 
 
-def _ints(text: str) -> tuple:
+def parse_ints(text: str) -> tuple:
+    """argparse type: "128" or "128,128,96" -> ints."""
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
