@@ -47,7 +47,8 @@ def custom_grid(ct_grid: Grid, dose_grid: Grid, options: AlignOptions) -> tuple:
     # the box spans the chosen grid's outer voxel centres, in the CT's axes
     local = (box_of.corner_points(half_voxel=False) - ct_grid.origin) @ axes
     lo, hi = local.min(axis=0), local.max(axis=0)
-    counts = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
+    # enough voxels that the last centre reaches the box's far side: nothing of the box is left out
+    counts = np.ceil((hi - lo) / spacing - 1e-6).astype(int) + 1
     origin = ct_grid.origin + axes @ lo
     grid = Grid.from_spacing((counts[2], counts[1], counts[0]), spacing, origin, axes, ct_grid.frame_of_reference_uid)
     return grid, f"the {options.custom_box.value} extent at {spacing.tolist()} mm"

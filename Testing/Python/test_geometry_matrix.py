@@ -277,3 +277,38 @@ def test_ct_read_in_place_equals_pydicom_decoding(tmp_path, rescale):
         obj.info["pixel_position"] = None  # force pydicom's decoding
     slow = read_ct(series, dtype="float32").array
     np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("box", ["dose", "ct"])
+def test_reference_custom_box(tmp_path, box):
+    options = AlignOptions(reference="custom", custom_spacing=(1.5, 2.0, 3.0), custom_box=box, structures=False)
+    truth, arrays, meta = export_one(tmp_path, PhantomSpec(patient_position="FFS"), options)
+    np.testing.assert_allclose(meta["spacing"], [1.5, 2.0, 3.0])
+    affine = np.array(meta["ijk_to_lps"])
+    # the custom grid lies on the CT's axes
+    np.testing.assert_allclose(affine[:3, 0] / 1.5, truth.ct_row_dir, atol=1e-9)
+    np.testing.assert_allclose(affine[:3, 1] / 2.0, truth.ct_col_dir, atol=1e-9)
+    # and spans the chosen grid's outer voxel centres (to within one output voxel)
+    corners = truth.dose_corners_lps if box == "dose" else _ct_corners(truth)
+    shape = np.array(meta["shape"][::-1])
+    local = lambda p: (np.asarray(p) - affine[:3, 3]) @ affine[:3, :3] / np.array([1.5, 2.0, 3.0]) ** 2  # noqa: E731
+    lo, hi = local(corners).min(axis=0), local(corners).max(axis=0)
+    assert np.all(lo >= -1e-6) and np.all(hi <= shape - 1 + 1e-6)
+    assert np.all(hi > shape - 2 - 1e-6), f"grid {shape} does not reach {hi}"
+    assert_dose_exact(truth, arrays, meta, min_interior=100)
+
+
+def _ct_corners(truth) -> np.ndarray:
+    columns, rows, _ = truth.spec.ct_size
+    row_spacing, column_spacing = truth.ct_pixel_spacing
+    corners = []
+    for c in (0, columns - 1):
+        for r in (0, rows - 1):
+            for offset in (truth.ct_slice_offsets[0], truth.ct_slice_offsets[-1]):
+                corners.append(
+                    truth.ct_origin
+                    + c * column_spacing * truth.ct_row_dir
+                    + r * row_spacing * truth.ct_col_dir
+                    + offset * truth.ct_normal
+                )
+    return np.array(corners)
