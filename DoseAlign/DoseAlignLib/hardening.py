@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import uuid
+import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
 import numpy as np
+from pydicom.datadict import keyword_for_tag
+from pydicom.filereader import read_partial
+from pydicom.tag import Tag
 
 from .errors import DoseAlignError, GeometryError
 
@@ -29,6 +34,7 @@ DAMAGED_PREFIX = "damaged-file"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: The zip timestamp of every member of pair.npz (the earliest a zip file can hold).
 NPZ_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+TAG_PATTERN = re.compile(r"\([0-9A-F]{4},[0-9A-F]{4}\)")
 
 
 def looks_like_dicom(path: Path) -> bool:
@@ -56,6 +62,8 @@ def damaged_file_rows(scan) -> list:
         stem = PurePosixPath(rel).stem
         digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:8]
         safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-.")[:40] or "file"
+        if not TAG_PATTERN.search(reason):
+            reason = f"{reason}; {locate_damage(Path(scan.root) / rel)}"
         rows.append(
             {
                 "case_id": f"{DAMAGED_PREFIX}_{safe}_{digest}",
@@ -68,6 +76,43 @@ def damaged_file_rows(scan) -> list:
             }
         )
     return rows
+
+
+def locate_damage(path: Path) -> str:
+    """Where reading a damaged DICOM file stops, naming the tag."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError as error:
+        return f"it cannot be opened: {error.strerror or error}"
+    if head[128:132] != b"DICM":
+        if size < 132:
+            return (
+                f"the file is {size} bytes long: it ends before the DICOM header and its (0002,0010) TransferSyntaxUID"
+            )
+        return "no 'DICM' preamble at byte 128: no file meta, (0002,0010) TransferSyntaxUID missing"
+    tags: list = []
+
+    def record(tag, _vr, _length) -> bool:
+        tags.append(Tag(tag))
+        return False
+
+    try:
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_partial(handle, stop_when=record, force=True)
+    except Exception as error:
+        where = _tag_name(tags[-1]) if tags else "(0002,0000) FileMetaInformationGroupLength (the file meta)"
+        return f"reading stops at {where}: {type(error).__name__}"
+    if tags:
+        return f"the data set ends after {_tag_name(tags[-1])} (the file is {size} bytes long)"
+    return "the data set is empty after (0002,0000) FileMetaInformationGroupLength (the file meta)"
+
+
+def _tag_name(tag) -> str:
+    return f"({tag.group:04X},{tag.element:04X}) {keyword_for_tag(tag) or 'private tag'}"
 
 
 def check_output_folder(out_dir: Path) -> None:

@@ -212,17 +212,16 @@ def read_rtdose(path: Path, *, allow_relative: bool = False) -> tuple:
         raise InputError(
             f"pixel data has shape {pixels.shape}, the header says {shape}", path=path, tag="(7FE0,0010) PixelData"
         )
-    dose = pixels.astype(np.float32)
-    dose *= np.float32(info.scaling)
-    peak = float(dose.max()) if dose.size else 0.0
-    if not np.isfinite(peak) or peak > MAX_DOSE_GY:
+    peak = float(pixels.max()) * info.scaling if pixels.size else 0.0
+    if not np.isfinite(peak) or peak > MAX_DOSE_GY or info.scaling > MAX_DOSE_GY:
         raise InputError(
-            f"DoseGridScaling {info.scaling:g} gives a maximum dose of {float(pixels.max()) * info.scaling:.3g} Gy, "
-            f"beyond {MAX_DOSE_GY:g} Gy",
+            f"DoseGridScaling {info.scaling:g} gives a maximum dose of {peak:.3g} Gy, beyond {MAX_DOSE_GY:g} Gy",
             path=path,
             tag=TAG_SCALING,
             hint="the scaling or the pixel data are damaged",
         )
+    dose = pixels.astype(np.float32)
+    dose *= np.float32(info.scaling)
     if geometry.flipped:
         dose = np.ascontiguousarray(dose[::-1])
     if np.any(dose < 0):

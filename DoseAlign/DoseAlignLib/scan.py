@@ -317,15 +317,16 @@ def _merge_stray_slices(groups: dict) -> None:
     """
     by_volume: dict = {}
     for key in groups:
-        by_volume.setdefault(key[:3], []).append(key)
+        by_volume.setdefault((key[0], key[2]), []).append(key)  # series and folder
     for keys in by_volume.values():
         if len(keys) < 2:
             continue
-        largest = max(keys, key=lambda k: (len(groups[k]), str(k[3])))
+        largest = max(keys, key=lambda k: (len(groups[k]), bool(k[1]), str(k[3])))
         if len(groups[largest]) < 2:
             continue
         for key in keys:
-            if key != largest and len(groups[key]) == 1:
+            # a lone slice of the same frame of reference, or one whose frame of reference is lost
+            if key != largest and len(groups[key]) == 1 and key[1] in (largest[1], ""):
                 groups[largest].extend(groups.pop(key))
 
 
