@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import Cancelled, DoseAlignError
-from .hardening import check_output_folder, damaged_file_rows
+from .hardening import check_output_folder, damaged_file_rows, relative_reason
 from .link import form_cases
 from .options import AlignOptions
 from .parallel import in_shard, run_dask, run_pool
@@ -83,6 +83,7 @@ def export_folder(
     done = [0]
 
     def record(index: int, row: dict) -> None:
+        row = relative_reason(row, input_root)  # files named relative to the input, as in meta.json
         if pseudonymizer is not None:
             row = pseudonymizer.row(row)
         rows[index] = row

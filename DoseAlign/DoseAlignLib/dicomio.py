@@ -52,7 +52,7 @@ def read_header(path: Path, *, stop_before_pixels: bool = True, defer_large: boo
     except InputError:
         raise
     except Exception as error:  # pydicom raises many types on damaged files
-        raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {error}", path=path) from None
+        raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {one_line(error)}", path=path) from None
 
 
 def kind_of(ds: Dataset) -> str:
@@ -208,14 +208,14 @@ def pixel_array(ds: Dataset, path: Path) -> np.ndarray:
         name = getattr(syntax, "name", str(syntax))
         raise InputError(
             f"pixel data cannot be decoded: TransferSyntaxUID {syntax} ({name}) needs a decoder that is not "
-            f"installed ({type(error).__name__}: {error})",
+            f"installed ({type(error).__name__}: {one_line(error)})",
             path=path,
             tag=TAG_SYNTAX,
             hint=decoder_hint(str(syntax)),
         ) from None
     except Exception as error:
         raise InputError(
-            f"pixel data is damaged: {type(error).__name__}: {error}", path=path, tag="(7FE0,0010) PixelData"
+            f"pixel data is damaged: {type(error).__name__}: {one_line(error)}", path=path, tag="(7FE0,0010) PixelData"
         ) from None
 
 
@@ -238,6 +238,11 @@ _DECODERS = (
     (("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"), "pylibjpeg pylibjpeg-libjpeg"),
     (("1.2.840.10008.1.2.5",), "pylibjpeg pylibjpeg-rle"),
 )
+
+
+def one_line(error) -> str:
+    """A library's error text on one line (it goes into a manifest cell and a terminal line)."""
+    return " ".join(str(error).split())
 
 
 def decoder_hint(syntax: str) -> str:

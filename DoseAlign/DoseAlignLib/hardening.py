@@ -115,9 +115,19 @@ def _tag_name(tag) -> str:
     return f"({tag.group:04X},{tag.element:04X}) {keyword_for_tag(tag) or 'private tag'}"
 
 
+def relative_reason(row: dict, input_root: Path) -> dict:
+    """The row with the input root cut from the paths in its reason: files are named as in meta.json."""
+    reason = str(row.get("reason") or "")
+    for root in {str(Path(input_root)), str(Path(input_root).absolute())}:
+        reason = reason.replace(root.rstrip("/") + "/", "")
+    return {**row, "reason": reason} if reason != row.get("reason") else row
+
+
 def check_output_folder(out_dir: Path) -> None:
     """Create ``out_dir`` if needed and prove it writable; raise a :class:`DoseAlignError` otherwise."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DoseAlignError("the output path exists and is not a folder", path=out_dir, hint="choose a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -126,8 +136,6 @@ def check_output_folder(out_dir: Path) -> None:
             path=out_dir,
             hint="choose a folder you can write to",
         ) from None
-    if not out_dir.is_dir():
-        raise DoseAlignError("the output path exists and is not a folder", path=out_dir)
     probe = out_dir / f".tmp-write-test-{uuid.uuid4().hex[:8]}"
     try:
         with open(probe, "wb") as handle:

@@ -504,6 +504,8 @@ def ct_mutations(draw, facts: FileFacts) -> Mutation:
     if family == "rescale":
         keyword = draw(st.sampled_from(["RescaleSlope", "RescaleIntercept"]))
         values = draw(st.lists(atoms, min_size=1, max_size=2))
+        if len(values) == 1 and not values[0].strip():  # empty: absent, the default (slope 1, intercept 0) applies
+            return Mutation(keyword, "set", values, False, ("RescaleSlope", "RescaleIntercept"))
         number = _parse(values[0]) if len(values) == 1 else None
         if number is None or not math.isfinite(number):
             return Mutation(keyword, "set", values, True, ("RescaleSlope", "RescaleIntercept"))
