@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -43,12 +44,13 @@ def read_header(path: Path, *, stop_before_pixels: bool = True, defer_large: boo
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                return pydicom.dcmread(str(path), **options)
+                ds = pydicom.dcmread(str(path), **options)
             except InvalidDicomError:
                 ds = pydicom.dcmread(str(path), force=True, **options)
                 if "SOPClassUID" not in ds and "Modality" not in ds:
                     raise InputError("not a DICOM file", path=path) from None
-                return ds
+        check_not_truncated(ds, path)
+        return ds
     except InputError:
         raise
     except Exception as error:  # pydicom raises many types on damaged files
@@ -238,6 +240,33 @@ _DECODERS = (
     (("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"), "pylibjpeg pylibjpeg-libjpeg"),
     (("1.2.840.10008.1.2.5",), "pylibjpeg pylibjpeg-rle"),
 )
+
+
+def check_not_truncated(ds: Dataset, path: Path) -> None:
+    """A header element whose value the file ends inside of: pydicom keeps the short value silently.
+
+    Checked on the elements not yet converted (right after reading); the pixel data are left to
+    :func:`pixel_module`, which says how many bytes are missing.
+    """
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return
+    for tag, element in list(getattr(ds, "_dict", {}).items()):
+        if tag == 0x7FE00010 or not getattr(element, "is_raw", False):
+            continue
+        length, value = element.length, element.value
+        if length == 0xFFFFFFFF:
+            continue
+        short = len(value) < length if value is not None else element.value_tell + length > size
+        if short:
+            name = keyword_for_tag(tag) or "private tag"
+            raise InputError(
+                f"the file ends inside this element ({size} bytes): it is truncated",
+                path=path,
+                tag=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {name}",
+                hint="export the file again",
+            )
 
 
 def one_line(error) -> str:

@@ -139,7 +139,9 @@ def _make_case(group: tuple, plans: dict) -> Case:
             summation = "BEAM"
     if plan_uid and plan is None:
         notes.append(f"referenced RTPLAN {plan_uid} is not in the input")
-    error = _missing_beams(summation, doses, plan) if summation == SUMMED_BEAMS else None
+    error = None
+    if group[0] == SUMMED_BEAMS:
+        error = _overlapping_beams(group[1]) or (_missing_beams(summation, doses, plan) if len(doses) > 1 else None)
     label = plan.info.get("plan_label", "") if plan is not None else ""
     if summation == SUMMED_BEAMS:
         name = f"beamsum-{label or 'plan'}"
@@ -162,6 +164,24 @@ def _make_case(group: tuple, plans: dict) -> Case:
         related_beam_doses=sorted(related, key=lambda d: d.rel_path),
         error=error,
     )
+
+
+def _overlapping_beams(doses: list) -> Optional[str]:
+    """A multi-beam dose that shares some, not all, of its beams with single-beam doses.
+
+    Summed, it would count the shared beams twice; left out, it would drop the others: the sum
+    cannot be formed (typically a single-beam dose is missing or damaged).
+    """
+    singles = {d.info["beam_numbers"][0] for d in doses if len(d.info.get("beam_numbers") or []) == 1}
+    for dose in sorted(doses, key=lambda d: d.rel_path):
+        beams = set(dose.info.get("beam_numbers") or [])
+        if len(beams) > 1 and beams & singles and not beams <= singles:
+            return (
+                f"RTDOSE {dose.rel_path}: references beams {sorted(beams)}; beams {sorted(beams & singles)} also have a "
+                f"dose of their own, beams {sorted(beams - singles)} do not: no sum counts every beam once "
+                "((300C,0006) ReferencedBeamNumber; a single-beam dose is missing or damaged: add it or export a PLAN dose)"
+            )
+    return None
 
 
 def _missing_beams(summation: str, doses: list, plan: Optional[DicomObject]) -> Optional[str]:

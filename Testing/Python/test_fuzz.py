@@ -686,6 +686,12 @@ REGRESSIONS = [
     ("v16", 2, Mutation("PixelData", "truncate_at", 0.5, True, ("*",)), "slice dropped: silent hole"),
     ("v16", 2, Mutation("SOPClassUID", "set", "1.2.840.10008.5.1.4.1.1.481.2"), "a CT slice read as a dose"),
     ("v16", 0, Mutation("ImagePositionPatient", "duplicate_at", 3), "(kept working)"),
+    ("v16", 0, Mutation("PixelData", "truncate_at", 0.5625, True, ("*",)), "cut inside a UID: a series of its own"),
+]
+#: The same for the real rtkit files: (dose index among the three single-beam doses, mutation, before).
+REAL_REGRESSIONS = [
+    (0, Mutation("SOPClassUID", "set", "1.2.840.10008.5.1.4.1.1.2"), "the all-zero 1+2+3 dose exported as the sum"),
+    (1, Mutation("PixelData", "truncate", 100, True, ("PixelData",)), "(kept working)"),
 ]
 
 
@@ -699,6 +705,15 @@ def test_regression_recipe(synthetic, recipe):
     victim, target, mutation, _before = recipe
     facts = synthetic.doses[victim][0] if target == "dose" else synthetic.slices[victim][target]
     _run(synthetic, victim, facts, mutation, use_cli=False)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    "recipe", REAL_REGRESSIONS, ids=[f"rtkit-{r[0]}-{r[1].keyword}-{r[1].op}" for r in REAL_REGRESSIONS]
+)
+def test_real_regression_recipe(real, recipe):
+    index, mutation, _before = recipe
+    _run(real, "rtkit", real.doses["rtkit"][index], mutation, use_cli=False)
 
 
 def test_command_survives_every_regression(tmp_path):
