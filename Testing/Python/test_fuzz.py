@@ -116,6 +116,7 @@ class FileFacts:
     raw_max: int
     pixel_bytes: int
     values: dict  # original PixelSpacing, ImageOrientationPatient (floats)
+    position: float  # along the slice normal (mm)
 
 
 @dataclass
@@ -134,16 +135,10 @@ def _facts(path: Path, rel: str, kind: str) -> FileFacts:
     dtype = {16: "<u2", 32: "<u4"}[bits] if int(ds.get("PixelRepresentation", 0)) == 0 else {16: "<i2", 32: "<i4"}[bits]
     raw = np.frombuffer(ds.PixelData, dtype=dtype)
     values = {k: [float(v) for v in ds.get(k, [])] for k in ("PixelSpacing", "ImageOrientationPatient")}
-    return FileFacts(
-        rel,
-        kind,
-        int(ds.get("NumberOfFrames", 1) or 1),
-        bits,
-        int(raw.min()),
-        int(raw.max()),
-        len(ds.PixelData),
-        values,
-    )
+    iop = np.array(values["ImageOrientationPatient"])
+    position = float(np.array([float(v) for v in ds.ImagePositionPatient]) @ np.cross(iop[:3], iop[3:]))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return FileFacts(rel, kind, frames, bits, int(raw.min()), int(raw.max()), len(ds.PixelData), values, position)
 
 
 def _fast_kwargs() -> dict:
@@ -187,7 +182,9 @@ def _make_base(root: Path, victims: dict, extra_victims: tuple = ()) -> Base:
         slices[name] = [_facts(p, p.relative_to(root).as_posix(), "ct") for p in truth.ct_files]
     for name, dose_paths, ct_paths in extra_victims:
         doses[name] = [_facts(p, p.relative_to(root).as_posix(), "dose") for p in dose_paths]
-        slices[name] = [_facts(p, p.relative_to(root).as_posix(), "ct") for p in ct_paths]
+        slices[name] = sorted(  # spatial order along the slice normal, as the phantom's truth lists them
+            (_facts(p, p.relative_to(root).as_posix(), "ct") for p in ct_paths), key=lambda f: f.position
+        )
     out = root.parent / f"{root.name}-baseline"
     rows = _export(root, out, use_cli=False)
     assert all(r["status"] == "ok" for r in rows), rows
