@@ -1,0 +1,298 @@
+"""Pseudonymized export: not one output byte carries who the patient is.
+
+Two phantom patients with distinctive PatientID, PatientName, birth date, study (and every other)
+date and UIDs sit in folders named after them, beside a damaged file whose name holds the patient's
+name. ``dosealign export --pseudonymize`` (with every output format this machine can write) must
+leave none of these values anywhere under OUT: not in file or folder names, manifest.csv,
+meta.json, report.html, qa.png, the other formats, nor inside pair.npz or any compressed member
+(searched decompressed, names case-insensitively, dates in their common spellings). The key and
+the mapping file stay outside OUT with mode 0600; the map links every pseudonym back; the same key
+gives the same pseudonyms, another key other ones; ``--keep-uids`` keeps exactly the UIDs; no voxel
+and no geometry changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import importlib.util
+import io
+import json
+import os
+import re
+import stat
+import zipfile
+from pathlib import Path
+
+import dicom_damage as dd
+import numpy as np
+import pydicom
+import pytest
+from DoseAlignLib.cli import main
+from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+SMALL = {
+    "ct_size": (16, 14, 8),
+    "dose_size": (8, 6, 5),
+    "ct_slice_spacing": 2.5,
+    "dose_pixel_spacing": (2.0, 2.0),
+    "dose_frame_spacing": 2.5,
+    "dose_center_offset_lps": (0.3, -0.2, 0.1),
+}
+PATIENTS = [
+    # folder, PatientID, PatientName, birth date, other dates
+    ("Quixote_Dulcinea_PID-7731-XQ", "PID-7731-XQ", "Quixote^Dulcinea", "19610315", "20230718"),
+    ("Panza^Sancho 0042-ZZ", "0042-ZZ", "Panza^Sancho^Teresa", "19480229", "20221105"),
+]
+
+
+def _formats() -> list:
+    """The extra output formats whose libraries this machine has."""
+    wanted = {"nifti": "nibabel", "nrrd": "nrrd", "hdf5": "h5py", "openkbp": None}
+    return [f for f, module in wanted.items() if module is None or importlib.util.find_spec(module)]
+
+
+def _date_spellings(date: str) -> list:
+    y, m, d = date[:4], date[4:6], date[6:8]
+    return [date, f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict:
+    """The input tree and every identifying value in it."""
+    base = tmp_path_factory.mktemp("pseudo")
+    root = base / "in"
+    identity = {"ids": set(), "names": set(), "dates": set(), "uids": set(), "folders": set()}
+    for n, (folder, pid, name, birth, date) in enumerate(PATIENTS):
+        spec = PhantomSpec(patient_id=pid, patient_name=name, seed=20 + n, write_beam_doses=n == 1, **SMALL)
+        truth = write_phantom(root / folder, spec)
+        for path in sorted((root / folder).iterdir()):
+            ds = dd.read(path)
+            for element in ds.iterall():
+                if element.VR == "DA":
+                    element.value = birth if element.keyword == "PatientBirthDate" else date
+            ds.StudyTime = "101112"
+            dd.save(ds, path)
+        if n == 0:  # a plan label with the name and a date, as planners write them
+            dd.rewrite_tags(truth.plan_file, RTPlanLabel=f"{name.split('^')[1]} {date[6:]}.{date[4:6]}.{date[:4]}")
+        else:  # the CT in a folder named with the date
+            (root / folder / f"CT {date[:4]}-{date[4:6]}-{date[6:]}").mkdir()
+            for path in truth.ct_files:
+                path.rename(path.parent / f"CT {date[:4]}-{date[4:6]}-{date[6:]}" / path.name)
+            truth.ct_files = [p.parent / f"CT {date[:4]}-{date[4:6]}-{date[6:]}" / p.name for p in truth.ct_files]
+        identity["ids"].add(pid)
+        identity["names"].update([name, *name.split("^")])
+        identity["dates"].update([birth, date])
+        identity["folders"].add(folder)
+        for path in [*truth.ct_files, *truth.dose_files, truth.plan_file, truth.struct_file]:
+            for element in dd.read(path).iterall():
+                if element.VR == "UI" and not str(element.value).startswith("1.2.840.10008."):
+                    identity["uids"].add(str(element.value))
+    # a damaged file whose name holds the patient's name: its failed row must not show it
+    first = root / PATIENTS[0][0]
+    damaged = first / "Dulcinea_Quixote_dose.dcm"
+    dose = next(p for p in sorted(first.iterdir()) if dd.read(p, header_only=True).Modality == "RTDOSE")
+    damaged.write_bytes(dose.read_bytes()[:600])
+    return {"root": root, "base": base, "identity": identity, "damaged": damaged.relative_to(root).as_posix()}
+
+
+def _expand(name: str, data: bytes) -> list:
+    """``data`` and everything compressed inside it: zip members (pair.npz), gzip (.nii.gz, NRRD payloads)."""
+    found = [(name, data)]
+    if data[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                found.append((f"{name}:{info.filename}", info.filename.encode()))
+                found.extend(_expand(f"{name}:{info.filename}", archive.read(info)))
+    for match in re.finditer(rb"\x1f\x8b\x08", data):
+        try:
+            found.append((f"{name}@gzip{match.start()}", gzip.decompress(data[match.start() :])))
+        except (OSError, EOFError, zipfile.BadZipFile):
+            continue
+    if data[:8] == b"\x89PNG\r\n\x1a\n":  # text chunks of a picture, zTXt/iTXt decompressed
+        import zlib
+
+        position = 8
+        while position + 8 <= len(data):
+            length = int.from_bytes(data[position : position + 4], "big")
+            kind, body = data[position + 4 : position + 8], data[position + 8 : position + 8 + length]
+            if kind in (b"zTXt", b"iTXt") and b"\x00" in body:
+                with contextlib.suppress(zlib.error):
+                    found.append((f"{name}:{kind.decode()}", zlib.decompress(body.split(b"\x00", 1)[1][1:])))
+            position += 12 + length
+    return found
+
+
+def _hdf5_text(path: Path) -> list:
+    """Every attribute and dataset of an HDF5 file as bytes (compressed chunks come out decompressed)."""
+    import h5py
+
+    found = []
+
+    def visit(name, item):
+        for key, value in item.attrs.items():
+            found.append((f"{path.name}:{name}@{key}", repr(value).encode() + np.asarray(value).tobytes()))
+        if isinstance(item, h5py.Dataset):
+            found.append((f"{path.name}:{name}", repr(item[()]).encode()[:100000] + np.asarray(item[()]).tobytes()))
+
+    with h5py.File(path, "r") as handle:
+        for key, value in handle.attrs.items():
+            found.append((f"{path.name}@{key}", repr(value).encode() + np.asarray(value).tobytes()))
+        handle.visititems(visit)
+    return found
+
+
+def _all_output_bytes(out: Path) -> list:
+    """(where, bytes) for every file under ``out``, its path, and everything decompressed inside it."""
+    found = []
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        found.append((f"name of {rel}", rel.encode()))
+        if path.is_file():
+            found.extend(_expand(rel, path.read_bytes()))
+            if path.suffix == ".h5":
+                found.extend(_hdf5_text(path))
+    return found
+
+
+def _leaks(out: Path, identity: dict, keep_uids: bool = False, extra: tuple = ()) -> list:
+    needles = []
+    for value in identity["ids"] | identity["folders"] | set(extra):
+        needles.append(("id/folder", value.encode(), False))
+    for value in identity["names"]:
+        needles.append(("name", value.encode(), True))
+    for date in identity["dates"]:
+        needles.extend(("date", spelling.encode(), False) for spelling in _date_spellings(date))
+    if not keep_uids:
+        needles.extend(("uid", uid.encode(), False) for uid in identity["uids"])
+    leaks = []
+    for where, data in _all_output_bytes(out):
+        lowered = data.lower()
+        for kind, needle, fold in needles:
+            if (needle.lower() in lowered) if fold else (needle in data):
+                leaks.append(f"{kind} {needle.decode()!r} in {where}")
+    return leaks
+
+
+def _export(study: dict, out: Path, *extra: str, capsys=None) -> int:
+    args = ["export", str(study["root"]), str(out), "--quiet", "--workers", "1", "--pseudonymize"]
+    formats = _formats()
+    if formats:
+        args += ["--format", ",".join(formats)]
+    code = main([*args, *extra])
+    if capsys is not None:
+        capsys.readouterr()
+    return code
+
+
+def _map(path: Path) -> list:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_no_output_byte_identifies_a_patient(study, tmp_path, capsys):
+    out = tmp_path / "share" / "out"
+    assert _export(study, out, capsys=capsys) == 1  # the damaged file fails; both patients export
+    leaks = _leaks(out, study["identity"], extra=(str(study["root"]), "Dulcinea_Quixote_dose"))
+    assert not leaks, "\n".join(leaks[:40])
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 2 and all(re.fullmatch(r"P[0-9a-f]{12}_[a-z]+_[0-9a-f]{8}", r["case_id"]) for r in ok)
+    assert len({r["patient"] for r in ok}) == 2
+    (failed,) = [r for r in rows if r["status"] == "failed"]
+    assert "(0002,0010)" in failed["reason"] or re.search(r"\([0-9A-F]{4},[0-9A-F]{4}\)", failed["reason"])
+
+    # key and map: outside the shared folder, owner-only, and the map links everything back
+    key, mapping = tmp_path / "share" / "dosealign-pseudonym.key", tmp_path / "share" / "out.pseudonym-map.csv"
+    for path in (key, mapping):
+        assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert re.fullmatch(r"[0-9a-f]{64}\n", key.read_text())
+    entries = {(e["kind"], e["pseudonym"]): e["original"] for e in _map(mapping)}
+    for row in ok:
+        assert entries[("patient", row["patient"])] in study["identity"]["ids"]
+        assert ("case", row["case_id"]) in entries
+        meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+        for token in meta["source"]["ct_files"] + meta["source"]["rtdose_files"]:
+            original = entries[("path", token)]
+            assert (study["root"] / original).is_file(), original
+        assert entries[("uid", meta["source"]["ct_series_uid"])] in study["identity"]["uids"]
+    assert entries[("path", failed["files"])] == study["damaged"]
+
+
+def test_same_key_same_pseudonyms_other_key_others(study, tmp_path, capsys):
+    key = tmp_path / "keys" / "site.key"
+    first, second, third = tmp_path / "a" / "out", tmp_path / "b" / "out", tmp_path / "c" / "out"
+    _export(study, first, "--key-file", str(key), capsys=capsys)
+    _export(study, second, "--key-file", str(key), capsys=capsys)
+    _export(study, third, "--key-file", str(tmp_path / "keys" / "other.key"), capsys=capsys)
+    ids = [sorted(p.name for p in out.iterdir() if p.is_dir()) for out in (first, second, third)]
+    assert ids[0] == ids[1] and not set(ids[0]) & set(ids[2])
+    for case_id in ids[0]:
+        for name in ("meta.json", "pair.npz"):
+            assert (first / case_id / name).read_bytes() == (second / case_id / name).read_bytes(), name
+    assert (first / "manifest.csv").read_bytes() == (second / "manifest.csv").read_bytes()
+
+
+def test_keep_uids_keeps_the_uids_only(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    _export(study, out, "--keep-uids", capsys=capsys)
+    assert not _leaks(out, study["identity"], keep_uids=True)
+    metas = [json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*/meta.json")]
+    assert metas and all(m["source"]["ct_series_uid"] in study["identity"]["uids"] for m in metas)
+    assert all(m["frame_of_reference_uid"] in study["identity"]["uids"] for m in metas)
+
+
+def test_pseudonymizing_changes_no_voxel_and_no_geometry(study, tmp_path, capsys):
+    plain, pseudo = tmp_path / "plain", tmp_path / "pseudo"
+    main(["export", str(study["root"]), str(plain), "--quiet", "--workers", "1"])
+    _export(study, pseudo, capsys=capsys)
+    plain_metas = sorted(
+        (json.loads(p.read_text(encoding="utf-8")) for p in plain.glob("*/meta.json")), key=lambda m: m["shape"]
+    )
+    pseudo_metas = sorted(
+        (json.loads(p.read_text(encoding="utf-8")) for p in pseudo.glob("*/meta.json")), key=lambda m: m["shape"]
+    )
+    assert len(plain_metas) == len(pseudo_metas) == 2
+    # the search sees these values where an export without --pseudonymize writes them
+    found = {leak.split(" ")[0] for leak in _leaks(plain, study["identity"])}
+    assert found == {"id/folder", "name", "date", "uid"}, found
+    for a, b in zip(plain_metas, pseudo_metas):
+        for key in ("shape", "spacing", "ijk_to_lps", "ijk_to_ras", "arrays", "resampling", "options"):
+            assert a[key] == b[key], key
+        with np.load(plain / a["case_id"] / "pair.npz") as x, np.load(pseudo / b["case_id"] / "pair.npz") as y:
+            assert sorted(x.files) == sorted(y.files)
+            for name in x.files:
+                np.testing.assert_array_equal(x[name], y[name])
+
+
+def test_key_and_map_never_inside_the_output(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _export(study, out, "--map-file", str(out / "map.csv")) == 2
+    assert "inside the output folder" in capsys.readouterr().err
+    assert _export(study, out, "--key-file", str(out / "k.key")) == 2
+    assert "inside the output folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["export", str(study["root"]), str(out), "--keep-uids"])
+    assert usage.value.code == 2
+    capsys.readouterr()
+
+
+def test_existing_key_is_used_and_a_bad_one_refused(study, tmp_path, capsys):
+    key = tmp_path / "k.key"
+    key.write_text("ab" * 32 + "\n")
+    os.chmod(key, 0o600)
+    out = tmp_path / "out"
+    _export(study, out, "--key-file", str(key), capsys=capsys)
+    assert key.read_text() == "ab" * 32 + "\n", "an existing key is never rewritten"
+    key.write_text("not hex")
+    assert _export(study, tmp_path / "out2", "--key-file", str(key)) == 2
+    assert "cannot read the key" in capsys.readouterr().err
+
+
+def test_inputs_hold_what_the_test_looks_for(study):
+    """The search above is only meaningful if the inputs really carry the values."""
+    ds = pydicom.dcmread(next((study["root"] / PATIENTS[0][0]).glob("*.dcm")))
+    assert ds.PatientID == "PID-7731-XQ" and str(ds.PatientName) == "Quixote^Dulcinea"
+    assert ds.PatientBirthDate == "19610315" and ds.StudyDate == "20230718"
