@@ -44,6 +44,10 @@ KEY_BYTES = 32
 DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
 MAP_COLUMNS = ["kind", "pseudonym", "original"]
 REMOVED = "[removed]"
+#: Shorter PatientIDs, and shorter accession numbers or study IDs, are not removed from free text
+#: (they are replaced wherever they stand alone: case ids, the patient column, meta.json's patient_id).
+MIN_ID_LENGTH = 3
+MIN_OTHER_ID_LENGTH = 5
 #: Dict keys whose string values are input paths (relative to the input root).
 PATH_KEYS = {
     "ct_files",
@@ -151,6 +155,13 @@ class Identity:
     other: set = field(default_factory=set)  # accession numbers, other IDs
     uids: set = field(default_factory=set)
     paths: set = field(default_factory=set)  # relative paths (files and folders, posix)
+
+    @property
+    def identifiers(self) -> set:
+        """IDs worth removing from text: a StudyID "1" identifies nobody, and removing every "1" breaks text."""
+        return {i for i in self.patient_ids if len(i) >= MIN_ID_LENGTH} | {
+            i for i in self.other if len(i) >= MIN_OTHER_ID_LENGTH
+        }
 
     def add_dataset(self, ds) -> None:
         """Collect the identifying values of one header (top level, and PN/DA/DT anywhere in sequences)."""
@@ -364,7 +375,7 @@ class Pseudonymizer:
 
     def _redact(self, value: str) -> str:
         ident = self.identity
-        for item in sorted(ident.patient_ids | ident.other, key=len, reverse=True):
+        for item in sorted(ident.identifiers, key=len, reverse=True):
             if item and item in value:
                 value = re.sub(r"(?<![A-Za-z0-9])" + re.escape(item) + r"(?![A-Za-z0-9])", REMOVED, value)
         lowered = value.lower()
@@ -453,7 +464,7 @@ class Pseudonymizer:
     def find_identity(self, text: str) -> str:
         """The kind of identifying value found in ``text`` ('' when none)."""
         ident = self.identity
-        for item in ident.patient_ids | ident.other:
+        for item in ident.identifiers:
             if item and re.search(r"(?<![A-Za-z0-9])" + re.escape(item) + r"(?![A-Za-z0-9])", text):
                 return "a patient ID"
         for name in ident.names:

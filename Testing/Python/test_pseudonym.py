@@ -246,13 +246,14 @@ def test_keep_uids_keeps_the_uids_only(study, tmp_path, capsys):
 
 def test_pseudonymizing_changes_no_voxel_and_no_geometry(study, tmp_path, capsys):
     plain, pseudo = tmp_path / "plain", tmp_path / "pseudo"
-    main(["export", str(study["root"]), str(plain), "--quiet", "--workers", "1"])
+    formats = ["--format", ",".join(_formats())] if _formats() else []
+    main(["export", str(study["root"]), str(plain), "--quiet", "--workers", "1", *formats])
     _export(study, pseudo, capsys=capsys)
     plain_metas = sorted(
-        (json.loads(p.read_text(encoding="utf-8")) for p in plain.glob("*/meta.json")), key=lambda m: m["shape"]
+        (json.loads(p.read_text(encoding="utf-8")) for p in plain.glob("*/meta.json")), key=_meta_order
     )
     pseudo_metas = sorted(
-        (json.loads(p.read_text(encoding="utf-8")) for p in pseudo.glob("*/meta.json")), key=lambda m: m["shape"]
+        (json.loads(p.read_text(encoding="utf-8")) for p in pseudo.glob("*/meta.json")), key=_meta_order
     )
     assert len(plain_metas) == len(pseudo_metas) == 2
     # the search sees these values where an export without --pseudonymize writes them
@@ -261,10 +262,35 @@ def test_pseudonymizing_changes_no_voxel_and_no_geometry(study, tmp_path, capsys
     for a, b in zip(plain_metas, pseudo_metas):
         for key in ("shape", "spacing", "ijk_to_lps", "ijk_to_ras", "arrays", "resampling", "options"):
             assert a[key] == b[key], key
+        # every other value is the same too, unless it held an identifying value
+        assert set(b) - set(a) == {"pseudonymized"}
+        _same_but_identity(a, b, study["identity"], "meta")
         with np.load(plain / a["case_id"] / "pair.npz") as x, np.load(pseudo / b["case_id"] / "pair.npz") as y:
             assert sorted(x.files) == sorted(y.files)
             for name in x.files:
                 np.testing.assert_array_equal(x[name], y[name])
+
+
+def _meta_order(meta: dict) -> tuple:
+    return (len(meta["related_beam_doses"]), meta["dose"]["max_gy_output"])
+
+
+def _same_but_identity(plain, pseudo, identity: dict, where: str) -> None:
+    """``pseudo`` equals ``plain`` except in strings of ``plain`` that hold an identifying value."""
+    if isinstance(plain, dict):
+        assert set(plain) <= set(pseudo), where
+        for key in plain:
+            _same_but_identity(plain[key], pseudo[key], identity, f"{where}.{key}")
+    elif isinstance(plain, list):
+        assert len(plain) == len(pseudo), where
+        for n, (x, y) in enumerate(zip(plain, pseudo)):
+            _same_but_identity(x, y, identity, f"{where}[{n}]")
+    elif plain != pseudo:
+        needles = identity["ids"] | identity["folders"] | identity["uids"]
+        needles |= {s for d in identity["dates"] for s in _date_spellings(d)}
+        text = str(plain)
+        held = any(n in text for n in needles) or any(n.lower() in text.lower() for n in identity["names"])
+        assert held, f"{where}: {plain!r} became {pseudo!r} though it identifies nobody"
 
 
 def test_key_and_map_never_inside_the_output(study, tmp_path, capsys):
