@@ -40,6 +40,7 @@ Default thresholds (:data:`DEFAULT_THRESHOLDS`; override any of them through
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -86,39 +87,154 @@ def _per_voxel(grid: Grid, shape: tuple) -> np.ndarray:
     return np.asarray(cc, dtype=np.float64)
 
 
-def dmax_index(dose: np.ndarray) -> tuple:
+#: Index tolerance of "inside a grid's extent" (round-off in the affines).
+INSIDE_TOLERANCE = 1e-6
+#: Largest change (index units) of one grid's index along an axis across another grid's extent
+#: for which the two grids still count as axis-parallel (the inside tests become boxes).
+PARALLEL_TOLERANCE = 1e-7
+
+
+@dataclass
+class DoseStats:
+    """Per-slice facts of a dose array, found in a few passes and shared by the audit's steps.
+
+    Attributes
+    ----------
+    slice_max : (K,) array
+        Largest dose of each slice (the dose's dtype).
+    support : tuple of 3 slices or None
+        ``(k, j, i)`` bounding box of the non-zero doses (None when the dose is 0 everywhere):
+        outside it the dose is exactly 0, so ROI doses there need no reading.
+    slice_sum : (K,) float64 array
+        Sum of each slice's doses.
+    """
+
+    slice_max: np.ndarray
+    support: Optional[tuple]
+    slice_sum: np.ndarray
+
+    @property
+    def dmax(self) -> float:
+        return float(self.slice_max.max())
+
+
+def dose_stats(dose: np.ndarray) -> DoseStats:
+    """:class:`DoseStats` of a ``(K, J, I)`` dose: two reductions over the whole array, the rest
+    inside the non-zero box."""
+    k_n = dose.shape[0]
+    slice_max = dose.max(axis=(1, 2))  # (axis=(1, 2): no copy of a non-contiguous dose)
+    slice_min = dose.min(axis=(1, 2))
+    slice_sum = np.zeros(k_n, dtype=np.float64)
+    ks = np.flatnonzero((slice_max != 0) | (slice_min != 0))
+    if ks.size == 0:
+        return DoseStats(slice_max, None, slice_sum)
+    kb = slice(int(ks[0]), int(ks[-1]) + 1)
+    sub = dose[kb]
+    nonzero = sub.max(axis=0) != 0
+    if float(slice_min[kb].min()) < 0:
+        nonzero |= sub.min(axis=0) != 0
+    rows = np.flatnonzero(nonzero.any(axis=1))
+    cols = np.flatnonzero(nonzero.any(axis=0))
+    support = (kb, slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    slice_sum[kb] = dose[support].sum(axis=(1, 2), dtype=np.float64)  # a view: no copy of the box
+    return DoseStats(slice_max, support, slice_sum)
+
+
+def _slice_max(dose: np.ndarray) -> np.ndarray:
+    return dose.max(axis=(1, 2))
+
+
+def _dmax_location(dose: np.ndarray, slice_max: Optional[np.ndarray] = None) -> tuple:
+    """(:func:`dmax_index`, number of voxels within 0.1 % of Dmax); reads only the slices that hold them."""
+    if slice_max is None:
+        slice_max = _slice_max(dose)
+    dmax = float(slice_max.max())
+    if dmax <= 0:
+        return tuple(int(n // 2) for n in dose.shape), int(dose.size)
+    threshold = dmax * (1 - AT_MAX_FRACTION)
+    ks = np.flatnonzero(slice_max >= threshold)  # the same float32 comparison as on the voxels
+    k0 = int(ks[0])
+    at_max = dose[k0 : int(ks[-1]) + 1] >= threshold
+    count = int(np.count_nonzero(at_max))
+    if count > 1_000_000:  # a huge plateau: its centre if tied, else the first maximum
+        sums = [at_max.sum(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+        starts = (k0, 0, 0)
+        centre = tuple(
+            int(round(float(np.arange(starts[axis], starts[axis] + sums[axis].size) @ sums[axis]) / count))
+            for axis in range(3)
+        )
+        inside = 0 <= centre[0] - k0 < at_max.shape[0] and at_max[(centre[0] - k0, centre[1], centre[2])]
+        if inside:
+            return centre, count
+        return tuple(int(v) for v in np.unravel_index(int(np.argmax(dose)), dose.shape)), count
+    tied = np.argwhere(at_max)
+    tied[:, 0] += k0
+    if tied.shape[0] == 1:
+        return tuple(int(v) for v in tied[0]), count
+    centre = tied.mean(axis=0)
+    return tuple(int(v) for v in tied[int(np.argmin(((tied - centre) ** 2).sum(axis=1)))]), count
+
+
+def dmax_index(dose: np.ndarray, slice_max: Optional[np.ndarray] = None) -> tuple:
     """Index ``(k, j, i)`` of the dose maximum; with ties, the one nearest the tied voxels' centroid.
 
     Doses within 0.1 % of Dmax count as tied, so a flat maximum (a plateau, or a whole face of a
     linear field) is located at its middle rather than at its first voxel in memory order.
+    ``slice_max`` (each slice's maximum, e.g. :attr:`DoseStats.slice_max`) saves a pass.
     """
-    dmax = float(dose.max())
-    if dmax <= 0:
-        return tuple(int(n // 2) for n in dose.shape)
-    at_max = dose >= dmax * (1 - AT_MAX_FRACTION)
-    count = int(np.count_nonzero(at_max))
-    if count > 1_000_000:  # a huge plateau: its centre if tied, else the first maximum
-        centre = tuple(
-            int(round(float(np.arange(n) @ at_max.sum(axis=tuple(a for a in range(3) if a != axis)) / count)))
-            for axis, n in enumerate(dose.shape)
-        )
-        return centre if at_max[centre] else tuple(int(v) for v in np.unravel_index(int(np.argmax(dose)), dose.shape))
-    tied = np.argwhere(at_max)
-    if tied.shape[0] == 1:
-        return tuple(int(v) for v in tied[0])
-    centre = tied.mean(axis=0)
-    return tuple(int(v) for v in tied[int(np.argmin(((tied - centre) ** 2).sum(axis=1)))])
+    return _dmax_location(dose, slice_max)[0]
 
 
-def dose_summary(volume: Volume, body: Optional[np.ndarray] = None) -> dict:
+def _region(mask) -> tuple:
+    """``(box, binary)`` of a mask given as a full bool array or as an ROI mask (box + binary)."""
+    if isinstance(mask, np.ndarray):
+        return tuple(slice(0, n) for n in mask.shape), mask
+    return mask.box, mask.binary
+
+
+def _intersect(box: tuple, other: Optional[tuple]) -> Optional[tuple]:
+    """The part of ``box`` inside ``other`` (both (k, j, i) slices), relative to ``box``; None if empty."""
+    if other is None:
+        return None
+    rel = []
+    for a, b in zip(box, other):
+        lo, hi = max(a.start, b.start), min(a.stop, b.stop)
+        if hi <= lo:
+            return None
+        rel.append(slice(lo - a.start, hi - a.start))
+    return tuple(rel)
+
+
+def _masked_slice_sums(dose: np.ndarray, box: tuple, binary: np.ndarray, support: Optional[tuple]) -> np.ndarray:
+    """Per slice of ``box``: the sum (float64) of the doses under ``binary``; only ``support`` is read."""
+    sums = np.zeros(binary.shape[0], dtype=np.float64)
+    rel = _intersect(box, support)
+    if rel is None:
+        return sums
+    kb, jb, ib = box
+    for kk in range(rel[0].start, rel[0].stop):
+        b = binary[kk, rel[1], rel[2]]
+        region = dose[
+            kb.start + kk,
+            jb.start + rel[1].start : jb.start + rel[1].stop,
+            ib.start + rel[2].start : ib.start + rel[2].stop,
+        ]
+        sums[kk] = np.add.reduce(region[b], dtype=np.float64)
+    return sums
+
+
+def dose_summary(volume: Volume, body=None, stats: Optional[DoseStats] = None) -> dict:
     """Dmax (value, LPS location, index), integral dose and mean dose in the body of one dose.
 
     Parameters
     ----------
     volume : Volume
         Dose (Gy) on its grid, ``(K, J, I)``.
-    body : (K, J, I) bool array, optional
-        Body mask on the same grid; gives ``dmean_body_gy``.
+    body : (K, J, I) bool array or RoiMask, optional
+        Body mask on the same grid (a whole array, or a mask held as its bounding box); gives
+        ``dmean_body_gy``.
+    stats : DoseStats, optional
+        :func:`dose_stats` of the dose, when already known.
 
     Returns
     -------
@@ -128,26 +244,66 @@ def dose_summary(volume: Volume, body: Optional[np.ndarray] = None) -> dict:
         voxel volume, Gy.L), ``dmean_body_gy`` and ``body_volume_cc``.
     """
     dose = volume.array
+    stats = stats if stats is not None else dose_stats(dose)
     slice_cc = _per_voxel(volume.grid, dose.shape)
-    index = dmax_index(dose)
-    dmax = float(dose.max())
+    index, at_max = _dmax_location(dose, stats.slice_max)
+    dmax = stats.dmax
     lps = volume.grid.index_to_lps(np.array([index[2], index[1], index[0]], dtype=np.float64))
-    per_slice = dose.reshape(dose.shape[0], -1).sum(axis=1, dtype=np.float64)
     out = {
         "dmax_gy": dmax,
         "dmax_lps": [round(float(v), 3) for v in lps],
         "dmax_index": [int(v) for v in index],
-        "voxels_at_dmax": int(np.count_nonzero(dose >= dmax * (1 - AT_MAX_FRACTION))) if dmax > 0 else int(dose.size),
-        "integral_gy_l": float(per_slice @ slice_cc) / 1000.0,
+        "voxels_at_dmax": at_max,
+        "integral_gy_l": float(stats.slice_sum @ slice_cc) / 1000.0,
         "dmean_body_gy": None,
         "body_volume_cc": None,
     }
-    if body is not None and body.any():
-        body_cc = body.reshape(body.shape[0], -1).sum(axis=1) @ slice_cc
-        body_dose = np.where(body, dose, 0).reshape(dose.shape[0], -1).sum(axis=1, dtype=np.float64) @ slice_cc
-        out["dmean_body_gy"] = float(body_dose / body_cc)
-        out["body_volume_cc"] = float(body_cc)
+    if body is not None:
+        box, binary = _region(body)
+        counts = np.count_nonzero(binary, axis=(1, 2)) if binary.size else np.zeros(0)
+        if counts.any():
+            body_cc = counts @ slice_cc[box[0]]
+            body_dose = _masked_slice_sums(dose, box, binary, stats.support) @ slice_cc[box[0]]
+            out["dmean_body_gy"] = float(body_dose / body_cc)
+            out["body_volume_cc"] = float(body_cc)
     return out
+
+
+def inside_box(source: Grid, target: Grid) -> Optional[tuple]:
+    """The voxel centres of ``source`` inside ``target``'s extent as a box, when the grids' axes are parallel.
+
+    Returns
+    -------
+    tuple of 3 slices ``(k, j, i)`` on ``source`` (empty slices when none is inside), or None
+    when the axes are not parallel (then the centres inside do not form a box).
+    """
+    try:
+        jacobian = np.linalg.inv(target.affine[:3, :3]) @ source.affine[:3, :3]  # target ijk per source ijk
+    except np.linalg.LinAlgError:
+        return None
+    sizes = (source.shape[2], source.shape[1], source.shape[0])
+    partner = []
+    for a in range(3):
+        row = np.abs(jacobian[a])
+        t = int(np.argmax(row))
+        if sum(row[u] * (sizes[u] - 1) for u in range(3) if u != t) > PARALLEL_TOLERANCE:
+            return None
+        partner.append(t)
+    if sorted(partner) != [0, 1, 2]:
+        return None
+    limits = (target.shape[2], target.shape[1], target.shape[0])
+    box: list = [None, None, None]
+    for a, t in enumerate(partner):
+        line = np.zeros((sizes[t], 3))
+        line[:, t] = np.arange(sizes[t])
+        index = target.lps_to_index(source.index_to_lps(line))[:, a]
+        hit = np.flatnonzero((index >= -0.5 - INSIDE_TOLERANCE) & (index <= limits[a] - 0.5 + INSIDE_TOLERANCE))
+        if hit.size == 0:
+            return (slice(0, 0),) * 3
+        if hit[-1] - hit[0] + 1 != hit.size:  # not an interval: leave it to the voxel by voxel test
+            return None
+        box[2 - t] = slice(int(hit[0]), int(hit[-1]) + 1)
+    return tuple(box)
 
 
 def inside_extent(source: Grid, target: Grid) -> np.ndarray:
@@ -157,6 +313,11 @@ def inside_extent(source: Grid, target: Grid) -> np.ndarray:
     -------
     (K, J, I) bool array on ``source``
     """
+    box = inside_box(source, target)
+    if box is not None:
+        out = np.zeros(source.shape, dtype=bool)
+        out[box] = True
+        return out
     k_n, j_n, i_n = source.shape
     out = np.zeros(source.shape, dtype=bool)
     jj, ii = np.meshgrid(np.arange(j_n, dtype=np.float64), np.arange(i_n, dtype=np.float64), indexing="ij")
@@ -164,14 +325,14 @@ def inside_extent(source: Grid, target: Grid) -> np.ndarray:
     for k in range(k_n):
         ijk = np.stack([ii, jj, np.full(ii.shape, float(k))], axis=-1)
         index = target.lps_to_index(source.index_to_lps(ijk))
-        out[k] = np.all((index >= -0.5 - 1e-6) & (index <= limits + 1e-6), axis=-1)
+        out[k] = np.all((index >= -0.5 - INSIDE_TOLERANCE) & (index <= limits + INSIDE_TOLERANCE), axis=-1)
     return out
 
 
-def edge_dose_pct(volume: Volume) -> float:
+def edge_dose_pct(volume: Volume, dmax: Optional[float] = None) -> float:
     """Largest dose on the six outer faces of a dose grid, in % of its Dmax (0 for a zero dose)."""
     d = volume.array
-    dmax = float(d.max())
+    dmax = float(d.max()) if dmax is None else float(dmax)
     if dmax <= 0:
         return 0.0
     faces = [d[0], d[-1], d[:, 0], d[:, -1], d[:, :, 0], d[:, :, -1]]
@@ -195,10 +356,67 @@ def _roi_doses(dose: np.ndarray, grid: Grid, masks: StructureMasks, name: str) -
     return values, weights
 
 
-def outside_pct(mask, grid: Grid, other: Grid) -> float:
-    """Share (% of voxels) of an ROI mask on ``grid`` whose centres lie outside ``other``'s extent."""
-    if mask.binary.size == 0 or not mask.binary.any():
+def _region_chunks(dose: np.ndarray, box: tuple, binary: np.ndarray, rel: Optional[tuple]):
+    """A callable giving the doses under ``binary`` (on ``box``) inside ``rel`` (relative to ``box``), slab by slab.
+
+    ``rel`` None: none (the voxels left out have 0 Gy).
+    """
+    if rel is None:
+        return lambda: ()
+    kb, jb, ib = box
+    rows = slice(jb.start + rel[1].start, jb.start + rel[1].stop)
+    cols = slice(ib.start + rel[2].start, ib.start + rel[2].stop)
+    per_slice = max((rows.stop - rows.start) * (cols.stop - cols.start), 1)
+    step = max(1, dvh.CHUNK_VALUES // per_slice)
+
+    def chunks():
+        for k in range(rel[0].start, rel[0].stop, step):
+            stop = min(k + step, rel[0].stop)
+            yield dose[kb.start + k : kb.start + stop, rows, cols][binary[k:stop, rel[1], rel[2]]]
+
+    return chunks
+
+
+def roi_dvh(
+    volume: Volume,
+    mask,
+    bins: np.ndarray,
+    prescription_gy: Optional[float] = None,
+    support: Optional[tuple] = ...,
+) -> tuple:
+    """DVH points (:func:`.dvh.dvh_points`) and cumulative DVH (:func:`.dvh.cumulative_dvh`) of one ROI mask.
+
+    On grids of equal voxels the doses are streamed from the mask's box (:func:`.dvh.uniform_dvh`),
+    reading only the part of it where the dose is non-zero (``support``, from :func:`dose_stats`;
+    found here when not given); grids with uneven slices gather the doses and their voxel volumes.
+    """
+    cc = voxel_volumes_cc(volume.grid)
+    if mask.binary.size == 0:
+        return dvh.dvh_points(np.zeros(0), 0.0, prescription_gy), np.zeros(np.shape(bins), dtype=np.float32)
+    if np.ndim(cc) != 0:
+        values = volume.array[mask.box][mask.binary]
+        per_slice = np.asarray(cc)[mask.box[0]]
+        weights = np.broadcast_to(per_slice[:, None, None], mask.binary.shape)[mask.binary]
+        return dvh.dvh_points(values, weights, prescription_gy), dvh.cumulative_dvh(values, weights, bins)
+    if support is ...:
+        support = dose_stats(volume.array).support
+    chunks = _region_chunks(volume.array, mask.box, mask.binary, _intersect(mask.box, support))
+    return dvh.uniform_dvh(chunks, float(cc), bins, prescription_gy, count=mask.voxel_count)
+
+
+def outside_pct(mask, grid: Grid, other: Grid, box: Optional[tuple] = ...) -> float:
+    """Share (% of voxels) of an ROI mask on ``grid`` whose centres lie outside ``other``'s extent.
+
+    ``box`` is :func:`inside_box` ``(grid, other)`` when already known.
+    """
+    if mask.binary.size == 0 or not mask.voxel_count:
         return 0.0
+    if box is ...:
+        box = inside_box(grid, other)
+    if box is not None:
+        rel = _intersect(mask.box, box)
+        inside = 0 if rel is None else int(np.count_nonzero(mask.binary[rel]))
+        return 100.0 * (mask.voxel_count - inside) / mask.voxel_count
     kb, jb, ib = mask.box
     limits = np.array([other.shape[2], other.shape[1], other.shape[0]], dtype=np.float64) - 0.5
     outside = 0
@@ -208,7 +426,7 @@ def outside_pct(mask, grid: Grid, other: Grid) -> float:
             continue
         ijk = np.stack([ii + ib.start, jj + jb.start, np.full(jj.shape, kb.start + kk)], axis=-1).astype(np.float64)
         index = other.lps_to_index(grid.index_to_lps(ijk))
-        inside = np.all((index >= -0.5 - 1e-6) & (index <= limits + 1e-6), axis=-1)
+        inside = np.all((index >= -0.5 - INSIDE_TOLERANCE) & (index <= limits + INSIDE_TOLERANCE), axis=-1)
         outside += int(np.count_nonzero(~inside))
     return 100.0 * outside / mask.voxel_count
 
@@ -219,8 +437,14 @@ def roi_dvhs(
     native_dose: Optional[Volume],
     native_masks: Optional[StructureMasks],
     prescription_gy: Optional[float] = None,
+    *,
+    output_stats: Optional[DoseStats] = None,
+    native_stats: Optional[DoseStats] = None,
 ) -> tuple:
     """Per-ROI DVH points on both grids, their differences and the cumulative DVH arrays.
+
+    ``output_stats`` and ``native_stats`` (:func:`dose_stats` of the two doses) are found here
+    when not given.
 
     Returns
     -------
@@ -229,24 +453,29 @@ def roi_dvhs(
         ``dvh_dose_gy`` (B,), ``dvh_output`` (N, B) and, with a native grid, ``dvh_native`` (N, B),
         in cm^3 receiving at least each dose.
     """
-    top = float(output_dose.array.max())
+    compare = native_masks is not None and native_dose is not None
+    output_stats = output_stats if output_stats is not None else dose_stats(output_dose.array)
+    top = output_stats.dmax
     if native_dose is not None:
-        top = max(top, float(native_dose.array.max()))
+        native_stats = native_stats if native_stats is not None else dose_stats(native_dose.array)
+        top = max(top, native_stats.dmax)
     bins = dvh.dose_bins(top)
     names = output_masks.names
     curves_out = np.zeros((len(names), bins.size), dtype=np.float32)
     curves_native = np.zeros((len(names), bins.size), dtype=np.float32) if native_masks is not None else None
+    box = inside_box(output_dose.grid, native_dose.grid) if compare else None
     entries = []
     for n, name in enumerate(names):
-        values, cc = _roi_doses(output_dose.array, output_dose.grid, output_masks, name)
-        entry = {"name": name, "output": dvh.dvh_points(values, cc, prescription_gy), "native": None, "diff": None}
-        curves_out[n] = dvh.cumulative_dvh(values, cc, bins)
-        if native_masks is not None and native_dose is not None:
-            entry["outside_native_grid_pct"] = outside_pct(output_masks.mask(name), output_dose.grid, native_dose.grid)
-            values_n, cc_n = _roi_doses(native_dose.array, native_dose.grid, native_masks, name)
-            entry["native"] = dvh.dvh_points(values_n, cc_n, prescription_gy)
+        mask = output_masks.mask(name)
+        points, curves_out[n] = roi_dvh(output_dose, mask, bins, prescription_gy, output_stats.support)
+        entry = {"name": name, "output": points, "native": None, "diff": None}
+        if compare:
+            entry["outside_native_grid_pct"] = outside_pct(mask, output_dose.grid, native_dose.grid, box)
+            native_mask = native_masks.mask(name)
+            entry["native"], curves_native[n] = roi_dvh(
+                native_dose, native_mask, bins, prescription_gy, native_stats.support
+            )
             entry["diff"] = dvh.compare_points(entry["native"], entry["output"])
-            curves_native[n] = dvh.cumulative_dvh(values_n, cc_n, bins)
         entries.append(entry)
     arrays = {"dvh_dose_gy": bins, "dvh_output": curves_out}
     if curves_native is not None:
@@ -355,10 +584,15 @@ def audit_dose(
     output_dose: Volume,
     native_dose: Optional[Volume],
     *,
-    output_body: Optional[np.ndarray] = None,
-    native_body: Optional[np.ndarray] = None,
+    output_body=None,
+    native_body=None,
+    output_stats: Optional[DoseStats] = None,
+    native_stats: Optional[DoseStats] = None,
 ) -> dict:
     """Dose-level comparison of the native and output doses (see :func:`dose_summary`).
+
+    ``output_body`` and ``native_body`` are bool arrays or ROI masks (box + binary);
+    ``output_stats`` and ``native_stats`` (:func:`dose_stats`) are found here when not given.
 
     Returns
     -------
@@ -367,18 +601,26 @@ def audit_dose(
         ``dmax_diff_pct``, ``dmax_distance_mm``, ``integral_native_inside_gy_l``,
         ``integral_diff_pct``, ``outside_integral_pct``, ``edge_dose_pct``.
     """
-    out = {"output": dose_summary(output_dose, output_body), "native": None}
+    out = {"output": dose_summary(output_dose, output_body, output_stats), "native": None}
     if native_dose is None:
         out["note"] = "the doses are on different grids: no single native grid to compare with"
         return out
-    native = dose_summary(native_dose, native_body)
+    native_stats = native_stats if native_stats is not None else dose_stats(native_dose.array)
+    native = dose_summary(native_dose, native_body, native_stats)
     out["native"] = native
     out["dmax_diff_gy"] = out["output"]["dmax_gy"] - native["dmax_gy"]
     out["dmax_diff_pct"] = 100.0 * out["dmax_diff_gy"] / native["dmax_gy"] if native["dmax_gy"] > 0 else 0.0
     out["dmax_distance_mm"] = float(np.linalg.norm(np.subtract(out["output"]["dmax_lps"], native["dmax_lps"])))
-    inside = inside_extent(native_dose.grid, output_dose.grid)
     slice_cc = _per_voxel(native_dose.grid, native_dose.array.shape)
-    inside_dose = np.where(inside, native_dose.array, 0).reshape(inside.shape[0], -1).sum(axis=1, dtype=np.float64)
+    box = inside_box(native_dose.grid, output_dose.grid)
+    if box is not None:
+        inside_dose = np.zeros(native_dose.array.shape[0], dtype=np.float64)
+        part = native_dose.array[box]
+        if part.size:
+            inside_dose[box[0]] = part.sum(axis=(1, 2), dtype=np.float64)
+    else:
+        inside = inside_extent(native_dose.grid, output_dose.grid)
+        inside_dose = np.where(inside, native_dose.array, 0).reshape(inside.shape[0], -1).sum(axis=1, dtype=np.float64)
     inside_integral = float(inside_dose @ slice_cc) / 1000.0
     out["integral_native_inside_gy_l"] = inside_integral
     total = native["integral_gy_l"]
@@ -386,7 +628,7 @@ def audit_dose(
     out["integral_diff_pct"] = (
         100.0 * (out["output"]["integral_gy_l"] - inside_integral) / inside_integral if inside_integral > 0 else 0.0
     )
-    out["edge_dose_pct"] = edge_dose_pct(native_dose)
+    out["edge_dose_pct"] = edge_dose_pct(native_dose, native_stats.dmax)
     if native["dmean_body_gy"] is not None and out["output"]["dmean_body_gy"] is not None:
         out["dmean_body_diff_gy"] = out["output"]["dmean_body_gy"] - native["dmean_body_gy"]
     return out

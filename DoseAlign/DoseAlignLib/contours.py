@@ -30,6 +30,7 @@ PLANE_TOLERANCE_MM = 0.01
 #: A polygon whose vertices spread more than this (mm) along the normal is not in a contour plane.
 COPLANAR_TOLERANCE_MM = 0.05
 CONTOUR_DATA = 0x30060050
+CONTOUR_GEOMETRIC_TYPE = 0x30060042
 
 
 @dataclass
@@ -94,8 +95,8 @@ class RoiContours:
 
     def plane_areas_mm2(self) -> np.ndarray:
         """(M,) even-odd area of every contour plane (mm^2)."""
-        u, v = plane_basis(self.normal)
-        return np.array([even_odd_area([poly @ np.stack([u, v], axis=1) for poly in p.polygons]) for p in self.planes])
+        uv = np.stack(plane_basis(self.normal), axis=1)
+        return np.array([even_odd_area([poly @ uv for poly in p.polygons]) for p in self.planes])
 
     def contour_volume_cc(self, thickness_mm: float) -> float:
         """Volume from the contours: the sum of plane areas times the slab thickness (cm^3)."""
@@ -183,11 +184,32 @@ def _contour_data(contour: Dataset) -> Optional[np.ndarray]:
         return None
 
 
+def _geometric_type(contour: Dataset) -> str:
+    """ContourGeometricType (upper case; CLOSED_PLANAR when absent), from the raw bytes when not yet converted.
+
+    The same value as ``dicomio.text(...).upper()``; pydicom's element conversion costs more than
+    the rest of a contour's reading.
+    """
+    if CONTOUR_GEOMETRIC_TYPE in contour:
+        value = contour.get_item(CONTOUR_GEOMETRIC_TYPE).value
+        if isinstance(value, (bytes, bytearray)) and b"\\" not in value:
+            try:
+                return value.decode("ascii").strip(" \x00").strip().upper() or "CLOSED_PLANAR"
+            except UnicodeDecodeError:
+                pass
+    return dicomio.text(contour, "ContourGeometricType", "CLOSED_PLANAR").upper()
+
+
+def _repeats_first(points: np.ndarray) -> bool:
+    """``np.allclose(points[0], points[-1])`` (rtol 1e-5, atol 1e-8), without numpy's per-call overhead."""
+    return all(abs(a - b) <= 1e-8 + 1e-5 * abs(b) for a, b in zip(points[0].tolist(), points[-1].tolist()))
+
+
 def _polygons_of(item: Dataset) -> tuple:
     """(closed polygons, counts of other geometric types) of one ROIContourSequence item."""
     closed, others = [], {}
     for contour in item.get("ContourSequence", None) or []:
-        kind = dicomio.text(contour, "ContourGeometricType", "CLOSED_PLANAR").upper()
+        kind = _geometric_type(contour)
         if kind != "CLOSED_PLANAR":
             others[kind] = others.get(kind, 0) + 1
             continue
@@ -199,7 +221,7 @@ def _polygons_of(item: Dataset) -> tuple:
             others["unreadable"] = others.get("unreadable", 0) + 1
             continue
         points = values.reshape(-1, 3)
-        if points.shape[0] > 1 and np.allclose(points[0], points[-1]):
+        if points.shape[0] > 1 and _repeats_first(points):
             points = points[:-1]  # some systems repeat the first vertex at the end
         if points.shape[0] < 3:
             others["degenerate"] = others.get("degenerate", 0) + 1

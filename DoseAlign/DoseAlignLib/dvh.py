@@ -11,11 +11,20 @@ Conventions (stated once, used for the native and the output grid alike):
 * ``V_Rx`` is the volume receiving at least the prescription dose, in cm^3 and in %.
 * The cumulative DVH ``V(d)`` is the volume (cm^3) receiving at least ``d``, sampled at the
   dose-bin values of :func:`dose_bins` (left edges, starting at 0 Gy).
+
+How (uniform voxel volumes, the usual case): :func:`uniform_dvh` streams an ROI's doses in
+cache-sized chunks and never sorts them. One pass counts every value into its dose bin, exactly
+(the same ``>=`` comparisons with the bin values as a sort and a search would make), which is the
+cumulative DVH; the DVH points are exact order statistics: the bin counts say which bin holds
+each wanted rank, and only the values of those few bins are gathered (a second pass) and
+partially sorted. :func:`dvh_points` and :func:`cumulative_dvh` (any voxel volumes) give the
+same numbers from an array of doses; ``Dmean`` may differ from them in the last bits only (its
+sum is accumulated chunk by chunk).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -25,6 +34,10 @@ PERCENT_POINTS = (99.0, 95.0, 50.0, 5.0, 1.0)
 NEAR_MAX_CC = 0.03
 #: The DVH points compared between grids (Dmin and Dmax are single voxels: reported, not compared).
 COMPARED_POINTS = ("dmean_gy", "d99_gy", "d95_gy", "d50_gy", "d5_gy", "d1_gy", "d0.03cc_gy")
+#: Doses handled at once by :func:`uniform_dvh` (a chunk and its temporaries stay in the CPU cache).
+CHUNK_VALUES = 1 << 18
+#: ROIs with at most this many voxels keep their doses from the first pass instead of a second one.
+KEEP_VALUES = 1 << 20
 
 
 def _key(x: float) -> str:
@@ -148,3 +161,246 @@ def compare_points(native: dict, output: dict) -> dict:
         if key in native or key in output:
             diff[key] = None if a is None or b is None else float(b - a)
     return diff
+
+
+# ---- the streaming DVH (uniform voxel volumes) -----------------------------------------------
+
+
+class BinClasses:
+    """The dose bin of every value, exactly: class 0 below ``bins[0]``, class ``b + 1`` for
+    ``bins[b] <= value < bins[b + 1]`` (the last class open-ended), as ``np.searchsorted(bins,
+    value, side="right")`` would say.
+
+    Evenly spaced bins (those of :func:`dose_bins`) take a multiplication, a truncation and two
+    comparisons with the neighbouring bin values (which correct the rounding of the
+    multiplication, so the classes are exact); other bins a binary search. NaN counts as above
+    every bin, as in a sort.
+    """
+
+    def __init__(self, bins: np.ndarray, dtype: np.dtype):
+        bins = np.asarray(bins)
+        exact32 = bins.dtype == np.float32 and np.dtype(dtype) == np.float32
+        self.dtype = np.dtype(np.float32 if exact32 else np.float64)
+        self.bins = bins.astype(self.dtype)  # exact: float32 -> float64 or unchanged
+        self.size = int(self.bins.size)
+        self.scale = None
+        if self.size >= 2:
+            step = (float(self.bins[-1]) - float(self.bins[0])) / (self.size - 1)
+            even = float(self.bins[0]) + np.arange(self.size) * step
+            # within 1 % of a step of an even spacing: the estimate is at most one class off
+            if step > 0 and float(np.max(np.abs(self.bins - even))) <= 0.01 * step:
+                self.first = self.dtype.type(self.bins[0])
+                self.scale = self.dtype.type(1.0 / step)
+        inf = np.array([np.inf], dtype=self.dtype)
+        self.lower = np.concatenate([-inf, self.bins, inf])  # lowest value of each class (+ a guard)
+        self.upper = np.concatenate([self.bins, inf, inf])  # first value above each class (+ a guard)
+
+    def at_least(self, threshold: float):
+        """A scalar ``t`` of the comparison dtype with ``value >= t`` exactly when ``value >= threshold``."""
+        t = self.dtype.type(threshold)
+        if float(t) < float(threshold):
+            t = np.nextafter(t, self.dtype.type(np.inf))
+        return t
+
+    def prepare(self, values: np.ndarray) -> np.ndarray:
+        """``values`` as a 1-D array of the dtype the comparisons are made in."""
+        return np.asarray(values, dtype=self.dtype).ravel()
+
+    def estimate(self, values: np.ndarray, inside: bool = False) -> np.ndarray:
+        """Classes at most one off (evenly spaced bins); ``inside``: all values lie in
+        ``[bins[0], bins[-1])`` (no clipping needed)."""
+        q = values - self.first if self.first != 0 else values * self.scale
+        if self.first != 0:
+            q *= self.scale
+        if not inside:
+            np.fmin(q, float(self.size), out=q)  # NaN too
+            np.fmax(q, -1.0, out=q)
+        c = q.astype(np.intp)  # truncation: (-1, 0) -> 0 like [0, 1)
+        c += 1
+        return c
+
+    def __call__(self, values: np.ndarray, inside: bool = False) -> np.ndarray:
+        if self.scale is None or values.size == 0:
+            return np.searchsorted(self.bins, values, side="right")
+        c = self.estimate(values, inside)
+        c -= values < self.lower.take(c)
+        c += values >= self.upper.take(c)
+        if not inside:
+            np.minimum(c, self.size, out=c)  # NaN: the top class
+        return c
+
+    def holds(self, low, high) -> bool:
+        """Whether values from ``low`` to ``high`` all lie in ``[bins[0], bins[-1])`` (``inside``)."""
+        return self.scale is not None and bool(low >= self.bins[0]) and bool(high < self.bins[-1])
+
+
+def uniform_dvh(
+    chunks: Callable[[], Iterable[np.ndarray]],
+    voxel_cc: float,
+    bins: np.ndarray,
+    prescription_gy: Optional[float] = None,
+    count: Optional[int] = None,
+) -> tuple:
+    """DVH points and cumulative DVH of an ROI of equal voxels whose doses come in chunks.
+
+    The numbers are those of :func:`dvh_points` and :func:`cumulative_dvh` on all the doses
+    at once (see the module docstring for how they are found without a sort).
+
+    Parameters
+    ----------
+    chunks : callable
+        Returns an iterable of 1-D dose arrays (Gy) that together hold the ROI's doses; called
+        once, or twice when the DVH points need a second look at a few dose bins.
+    voxel_cc : float
+        Volume of one voxel (cm^3).
+    bins : (B,) array
+        Dose values of the cumulative DVH, increasing (see :func:`dose_bins`).
+    prescription_gy : float, optional
+        Adds ``v_rx_cc`` and ``v_rx_pct``.
+    count : int, optional
+        Number of voxels of the ROI when the chunks leave some out: those have dose 0 (voxels
+        outside the region where the dose is non-zero). Needs ``bins[0] == 0``.
+
+    Returns
+    -------
+    (dict, (B,) float32 array)
+        The DVH points (as :func:`dvh_points`) and the cumulative DVH (as :func:`cumulative_dvh`).
+    """
+    bins = np.asarray(bins)
+    classes = None
+    hist = np.zeros(bins.size + 1, dtype=np.int64)
+    n = 0
+    total = 0.0
+    top = bottom = None
+    zeros = 0
+    hits = 0
+    kept: Optional[list] = []
+    rx = None
+    for chunk in chunks():
+        if classes is None:
+            classes = BinClasses(bins, np.asarray(chunk).dtype)
+            rx = None if prescription_gy is None else classes.at_least(prescription_gy)
+        values = classes.prepare(chunk)
+        if values.size == 0:
+            continue
+        n += values.size
+        total += float(np.add.reduce(values, dtype=np.float64))
+        high, low = values.max(), values.min()
+        top = high if top is None else max(top, high)
+        bottom = low if bottom is None else min(bottom, low)
+        hist += np.bincount(classes(values, classes.holds(low, high)), minlength=bins.size + 1)
+        if low <= 0 <= high:
+            zeros += int(np.count_nonzero(values == 0))
+        if rx is not None and high >= rx:
+            hits += values.size if low >= rx else int(np.count_nonzero(values >= rx))
+        if kept is not None:
+            kept.append(values)
+            if n > KEEP_VALUES:
+                kept = None
+    if classes is None:
+        classes = BinClasses(bins, np.float32)
+    implicit = 0 if count is None else int(count) - n
+    if implicit < 0:
+        raise ValueError(f"count {count} is smaller than the {n} doses given")
+    if implicit:
+        zero = classes.prepare(np.zeros(1))
+        if bins.size == 0 or float(bins[0]) != 0.0:
+            raise ValueError("doses left out as zeros need bins starting at 0")
+        hist[int(classes(zero)[0])] += implicit
+        top = zero[0] if top is None else max(top, zero[0])
+        bottom = zero[0] if bottom is None else min(bottom, zero[0])
+        zeros += implicit
+        if prescription_gy is not None and prescription_gy <= 0.0:
+            hits += implicit
+        n += implicit
+    cc = float(voxel_cc)
+    below = np.cumsum(hist)  # below[b]: doses under bins[b] (class b and lower)
+    curve = ((n - below[: bins.size]) * cc).astype(np.float32)
+
+    out: dict = {"voxels": int(n)}
+    volume = cc * n
+    out["volume_cc"] = volume
+    keys = ["dmean_gy", "dmax_gy", "dmin_gy", *[_key(x) for x in PERCENT_POINTS], "d0.03cc_gy"]
+    if n == 0 or volume <= 0:
+        out.update({k: None for k in keys})
+        if prescription_gy is not None:
+            out.update({"v_rx_cc": None, "v_rx_pct": None})
+        return out, curve
+    out["dmean_gy"] = total / n
+    out["dmax_gy"] = float(top)
+    out["dmin_gy"] = float(bottom)
+    targets = [x / 100.0 * volume for x in PERCENT_POINTS] + [NEAR_MAX_CC]
+    # as dvh_points: the voxel ranked r (0 = hottest) sits at volume (r + 0.5) v
+    position = np.clip(np.array(targets) / cc - 0.5, 0, n - 1)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, n - 1)
+    wanted = sorted({int(n - 1 - r) for r in np.concatenate([low, high])})  # ascending ranks
+    at = _order_statistics(chunks, kept, classes, hist, zeros, wanted)
+    values = [
+        float(at[n - 1 - lo] + (at[n - 1 - hi] - at[n - 1 - lo]) * (p - lo)) for p, lo, hi in zip(position, low, high)
+    ]
+    if volume < NEAR_MAX_CC:
+        values[-1] = None
+    for key, value in zip([_key(x) for x in PERCENT_POINTS] + ["d0.03cc_gy"], values):
+        out[key] = value
+    if prescription_gy is not None:
+        v_rx = float(hits * cc)
+        out["v_rx_cc"] = v_rx
+        out["v_rx_pct"] = 100.0 * v_rx / volume
+    return out, curve
+
+
+def _order_statistics(chunks, kept, classes: BinClasses, hist: np.ndarray, zeros: int, wanted: list) -> dict:
+    """``{rank: value}`` of the ascending ranks ``wanted`` (np.float64 values), from the bin counts.
+
+    Each rank falls in one class; its value is found among that class's doses only. Zeros (often
+    most of a body's voxels) are not gathered: in the class that starts at 0 they come first.
+    """
+    below = np.cumsum(hist) - hist  # doses in lower classes
+    zero_class = None
+    if zeros and classes.size and float(classes.bins[0]) == 0.0:
+        zero_class = 1  # [0, bins[1]): no dose in it is below 0
+    out: dict = {}
+    need: dict = {}
+    for rank in wanted:
+        c = int(np.searchsorted(below, rank, side="right")) - 1  # the last class starting at or before it
+        local = rank - int(below[c])
+        if c == zero_class:
+            if local < zeros:
+                out[rank] = np.float64(0.0)
+                continue
+            local -= zeros
+        need.setdefault(c, []).append((rank, local))
+    if not need:
+        return out
+    if kept is not None:
+        found = np.concatenate(kept) if kept else np.zeros(0, classes.dtype)
+    else:
+        # a second pass gathers the doses of the wanted classes (their neighbours too: the cheap
+        # class estimate may be one off)
+        select = np.zeros(classes.size + 3, dtype=bool)
+        for c in need:
+            select[max(c - 1, 0) : c + 2] = True
+        parts = []
+        for chunk in chunks():
+            values = classes.prepare(chunk)
+            if values.size:
+                if classes.scale is None:
+                    estimate = classes(values)
+                else:
+                    estimate = classes.estimate(values, classes.holds(values.min(), values.max()))
+                parts.append(values[select.take(estimate)])
+        found = np.concatenate(parts) if parts else np.zeros(0, classes.dtype)
+    exact = classes(found)
+    for c, items in need.items():
+        members = found[exact == c]
+        if c == zero_class:
+            members = members[members != 0]
+        expected = int(hist[c]) - (zeros if c == zero_class else 0)
+        if members.size != expected:  # not the doses the counts were made from (NaN, a changing source)
+            raise ValueError(f"dose class {c}: {members.size} doses found, {expected} counted")
+        kth = sorted({local for _rank, local in items})
+        members = np.partition(members, kth) if members.size > 1 else members
+        for rank, local in items:
+            out[rank] = np.float64(members[local])
+    return out

@@ -13,7 +13,7 @@ A point exactly on a left edge is therefore outside, one exactly on a right edge
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -38,7 +38,8 @@ def polygon_area(polygon: np.ndarray) -> float:
     if p.shape[0] < 3:
         return 0.0
     x, y = p[:, 0], p[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    # np.roll(a, -1), without its per-call overhead
+    return 0.5 * float(np.dot(x, np.concatenate([y[1:], y[:1]])) - np.dot(y, np.concatenate([x[1:], x[:1]])))
 
 
 def even_odd_area(polygons: Sequence[np.ndarray]) -> float:
@@ -63,11 +64,21 @@ def even_odd_area(polygons: Sequence[np.ndarray]) -> float:
     for n, poly in enumerate(polys):
         others = polys[:n] + polys[n + 1 :]
         depth = 0
-        probe = poly[:1]
         for other in others:
-            depth += int(points_in_polygons(probe, [other])[0])
+            depth += int(_point_in_polygon(poly[0], other))
         total += (-1.0) ** depth * abs(polygon_area(poly))
     return max(total, 0.0)
+
+
+def _point_in_polygon(point: np.ndarray, polygon: np.ndarray) -> bool:
+    """:func:`points_in_polygons` for one point and one polygon (the same arithmetic, less overhead)."""
+    edges = _edges([polygon])
+    x, y = float(point[0]), float(point[1])
+    y0, y1 = edges[:, 1], edges[:, 3]
+    crossed = edges[(np.minimum(y0, y1) <= y) & (y < np.maximum(y0, y1))]
+    x0, y0, x1, y1 = crossed[:, 0], crossed[:, 1], crossed[:, 2], crossed[:, 3]
+    x_cross = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+    return bool(np.count_nonzero(x_cross < x) & 1)
 
 
 def _edges(polygons: Sequence[np.ndarray]) -> np.ndarray:
@@ -77,7 +88,7 @@ def _edges(polygons: Sequence[np.ndarray]) -> np.ndarray:
         p = np.asarray(poly, dtype=np.float64)
         if p.shape[0] < 3:
             continue
-        q = np.roll(p, -1, axis=0)
+        q = np.concatenate([p[1:], p[:1]])  # np.roll(p, -1, axis=0)
         parts.append(np.concatenate([p, q], axis=1))
     if not parts:
         return np.zeros((0, 4))
@@ -140,7 +151,7 @@ def points_in_polygons(points: np.ndarray, polygons: Sequence[np.ndarray]) -> np
     return inside
 
 
-def fill_lattice(polygons: Sequence[np.ndarray], window: tuple) -> np.ndarray:
+def fill_lattice(polygons: Sequence[np.ndarray], window: tuple, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Even-odd fill of the polygons at the integer lattice points of a window.
 
     A scanline fill: every edge crossing a row toggles the parity of all lattice points to its
@@ -152,6 +163,8 @@ def fill_lattice(polygons: Sequence[np.ndarray], window: tuple) -> np.ndarray:
         Closed polygons in lattice coordinates ``(x, y)`` = (column, row).
     window : (r0, r1, c0, c1) ints
         Rows ``r0 <= y < r1`` and columns ``c0 <= x < c1`` to fill.
+    out : (r1 - r0, c1 - c0) bool array of zeros, optional
+        Where to write the fill (a new array when not given).
 
     Returns
     -------
@@ -160,18 +173,20 @@ def fill_lattice(polygons: Sequence[np.ndarray], window: tuple) -> np.ndarray:
     """
     r0, r1, c0, c1 = (int(v) for v in window)
     rows, cols = max(r1 - r0, 0), max(c1 - c0, 0)
+    if out is None:
+        out = np.zeros((rows, cols), dtype=bool)
     edges = _edges(polygons)
     if rows == 0 or cols == 0 or edges.shape[0] == 0:
-        return np.zeros((rows, cols), dtype=bool)
+        return out
     x0, y0, x1, y1 = edges[:, 0] - c0, edges[:, 1] - r0, edges[:, 2] - c0, edges[:, 3] - r0
     y_lo, y_hi = np.minimum(y0, y1), np.maximum(y0, y1)
     # rows r with y_lo <= r < y_hi
-    first_row = np.clip(np.ceil(y_lo), 0, rows).astype(np.int64)
-    stop_row = np.clip(np.ceil(y_hi), 0, rows).astype(np.int64)
+    first_row = np.minimum(np.maximum(np.ceil(y_lo), 0), rows).astype(np.int64)
+    stop_row = np.minimum(np.maximum(np.ceil(y_hi), 0), rows).astype(np.int64)
     counts = stop_row - first_row
     keep = counts > 0
     if not np.any(keep):
-        return np.zeros((rows, cols), dtype=bool)
+        return out
     x0, y0, x1, y1, first_row, counts = (a[keep] for a in (x0, y0, x1, y1, first_row, counts))
     edge_of_pair = np.repeat(np.arange(counts.size), counts)
     offset = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -179,7 +194,19 @@ def fill_lattice(polygons: Sequence[np.ndarray], window: tuple) -> np.ndarray:
     ex0, ey0, ex1, ey1 = x0[edge_of_pair], y0[edge_of_pair], x1[edge_of_pair], y1[edge_of_pair]
     x_cross = ex0 + (row - ey0) * (ex1 - ex0) / (ey1 - ey0)
     # the crossing toggles every lattice column x with x_cross < x, i.e. x >= floor(x_cross) + 1
-    first_col = np.clip(np.floor(x_cross) + 1, 0, cols).astype(np.int64)
-    toggles = np.bincount(row * (cols + 1) + first_col, minlength=rows * (cols + 1))
-    parity = np.cumsum(toggles.reshape(rows, cols + 1)[:, :cols], axis=1)
-    return (parity & 1).astype(bool)
+    first_col = np.minimum(np.maximum(np.floor(x_cross) + 1, 0), cols).astype(np.int64)
+    # only the rows and columns the crossings reach: left of the first toggle and from the last one
+    # on (column cols: crossings right of the window) the parity is 0. Closed polygons cross every
+    # row an even number of times, so one running sum over the rows laid end to end gives each
+    # row's parity (back to 0 at every row's end)
+    top, bottom = int(first_row.min()), int(stop_row[keep].max())
+    left, right = int(first_col.min()), int(first_col.max())
+    width = right - left + 1
+    toggles = np.bincount((row - top) * width + (first_col - left), minlength=(bottom - top) * width)
+    running = np.cumsum(toggles).reshape(bottom - top, width)
+    if np.any(running[:, -1] & 1):  # a row crossed an odd number of times (open polygons): row by row
+        running = np.cumsum(toggles.reshape(bottom - top, width), axis=1)
+    parity = running[:, :-1].astype(np.uint8)
+    parity &= 1
+    out[top:bottom, left:right] = parity.view(bool)
+    return out

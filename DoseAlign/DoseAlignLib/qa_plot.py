@@ -85,8 +85,12 @@ def _views(volume: Volume) -> list:
 
 
 def _cut(array: np.ndarray, fixed: int, index: int, vertical: tuple, horizontal: tuple) -> np.ndarray:
-    """The 2-D plane of a (K, J, I) array, oriented for the screen (rows = vertical)."""
-    return _orient(np.take(array, index, axis=fixed), fixed, vertical, horizontal)
+    """The 2-D plane of a (K, J, I) array, oriented for the screen (rows = vertical).
+
+    A view when it can be (basic indexing: np.take would first copy a non-contiguous input whole).
+    """
+    plane = array[(slice(None),) * fixed + (int(index),)]
+    return _orient(plane, fixed, vertical, horizontal)
 
 
 def _orient(plane: np.ndarray, fixed: int, vertical: tuple, horizontal: tuple) -> np.ndarray:
@@ -123,6 +127,7 @@ def render_qa_png(
     flags: Sequence[str] = (),
     reference_dose_gy: Optional[float] = None,
     reference_label: str = "Dmax",
+    dmax_at: Optional[Sequence[int]] = None,
 ) -> Path:
     """Render the three orthogonal views through the output Dmax into a PNG file.
 
@@ -142,6 +147,8 @@ def render_qa_png(
         100 % of the isodose levels; the output Dmax when not given.
     reference_label : str
         What the reference is ("prescription" or "Dmax"), for the legend.
+    dmax_at : (k, j, i) ints, optional
+        :func:`.audit.dmax_index` of the dose when already known (the audit's ``dmax_index``).
 
     Returns
     -------
@@ -155,11 +162,12 @@ def render_qa_png(
 
     path = Path(path)
     dose_array = dose.array
-    dmax = float(dose_array.max())
+    slice_max = dose_array.max(axis=(1, 2))  # one pass; the rest reads a few slices
+    dmax = float(slice_max.max())
     reference = float(reference_dose_gy or dmax or 1.0)
-    index = dmax_index(dose_array)
+    index = tuple(int(v) for v in dmax_at) if dmax_at is not None else dmax_index(dose_array, slice_max)
     spacing_of_axis = {0: float(dose.grid.spacing[2]), 1: float(dose.grid.spacing[1]), 2: float(dose.grid.spacing[0])}
-    box = _crop_box(dose_array, index, WASH_FROM * reference, spacing_of_axis)
+    box = _crop_box(dose_array, index, WASH_FROM * reference, spacing_of_axis, slice_max)
     n_rois = 0 if masks_packed is None else int(masks_packed.shape[0])
     colors = _roi_colors(n_rois, roi_colors, matplotlib.colormaps["tab20"])
 
@@ -235,13 +243,25 @@ def render_qa_png(
     return path
 
 
-def _crop_box(dose: np.ndarray, index: tuple, threshold: float, spacing_of_axis: dict) -> tuple:
-    """Slices ``(k, j, i)`` around the dose above ``threshold`` and Dmax, plus a margin of CROP_MARGIN_MM."""
-    above = dose >= threshold
+def _crop_box(
+    dose: np.ndarray, index: tuple, threshold: float, spacing_of_axis: dict, slice_max: Optional[np.ndarray] = None
+) -> tuple:
+    """Slices ``(k, j, i)`` around the dose above ``threshold`` and Dmax, plus a margin of CROP_MARGIN_MM.
+
+    The rows and columns above the threshold come from the maximum over the slices that reach it
+    (``slice_max``: each slice's maximum), not from a bool copy of the whole dose.
+    """
+    if slice_max is None:
+        slice_max = dose.max(axis=(1, 2))
+    ks = np.flatnonzero(slice_max >= threshold)
+    if ks.size:
+        above = dose[int(ks[0]) : int(ks[-1]) + 1].max(axis=0) >= threshold  # (J, I)
+        hits = [ks, np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))]
+    else:
+        hits = [ks, ks, ks]
     box = []
     for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(above.any(axis=other))
+        hit = hits[axis]
         lo = min(int(hit[0]), index[axis]) if hit.size else 0
         hi = max(int(hit[-1]), index[axis]) if hit.size else dose.shape[axis] - 1
         margin = int(np.ceil(CROP_MARGIN_MM / spacing_of_axis[axis]))
@@ -305,7 +325,10 @@ def render_case(result, path: Path) -> Path:
     flags = [f["flag"] for f in audit.get("flags", [])]
     dose_audit = audit.get("dose") or {}
     native = (dose_audit.get("native") or {}).get("dmax_gy")
-    output = float(result.dose.array.max())
+    output_summary = dose_audit.get("output") or {}
+    output = output_summary.get("dmax_gy")
+    if output is None:
+        output = float(result.dose.array.max())
     prescription = audit.get("prescription_gy")
     subtitle = f"Dmax output {output:.4g} Gy" + (f", native {native:.4g} Gy" if native is not None else "")
     worst = audit.get("worst_dvh_delta")
@@ -325,6 +348,7 @@ def render_case(result, path: Path) -> Path:
         flags=flags,
         reference_dose_gy=prescription,
         reference_label="prescription" if prescription else "Dmax",
+        dmax_at=output_summary.get("dmax_index"),
     )
 
 

@@ -83,6 +83,7 @@ class RoiMask:
     binary: np.ndarray
     fraction: Optional[np.ndarray] = None
     voxel_volume_cc: object = 0.0
+    _count: Optional[int] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -90,11 +91,16 @@ class RoiMask:
 
     @property
     def voxel_count(self) -> int:
-        return int(np.count_nonzero(self.binary))
+        """Voxels of the binary mask (counted once; the mask is not changed after rasterization)."""
+        if self._count is None:
+            self._count = int(np.count_nonzero(self.binary))
+        return self._count
 
     @property
     def volume_cc(self) -> float:
         """Volume of the binary mask (cm^3)."""
+        if np.ndim(self.voxel_volume_cc) == 0:
+            return float(self.voxel_count * float(self.voxel_volume_cc))
         return _weighted_volume(self.binary, self.voxel_volume_cc)
 
     @property
@@ -110,10 +116,36 @@ class RoiMask:
 
 
 def _weighted_volume(values: np.ndarray, voxel_cc: object) -> float:
+    if values.dtype == bool:  # counts: the same numbers as a float64 sum, without converting every voxel
+        if np.ndim(voxel_cc) == 0:
+            return float(np.count_nonzero(values) * float(voxel_cc))
+        per_slice = np.count_nonzero(values, axis=tuple(range(1, values.ndim))).astype(np.float64)
+        return float(per_slice @ np.asarray(voxel_cc, dtype=np.float64))
     if np.ndim(voxel_cc) == 0:
         return float(np.sum(values, dtype=np.float64) * float(voxel_cc))
     per_slice = np.sum(values.reshape(values.shape[0], -1), axis=1, dtype=np.float64)
     return float(per_slice @ np.asarray(voxel_cc, dtype=np.float64))
+
+
+#: Voxels per slab when bit-packing a boxed mask (a small buffer, reused: no fresh memory per mask).
+PACK_SLAB_VOXELS = 1 << 20
+
+
+def _pack_into(out: np.ndarray, box: tuple, binary: np.ndarray, width: int) -> None:
+    """Bit-pack a boxed mask into ``out`` ((K, J, ceil(I/8)) uint8, zeros) as ``np.packbits`` of the full mask would."""
+    if binary.size == 0:
+        return
+    kb, jb, ib = box
+    first = ib.start // 8  # the byte holding the box's first column
+    stop = min((ib.stop + 7) // 8, (width + 7) // 8)
+    lead = ib.start - first * 8
+    nk, nj, ni = binary.shape
+    step = max(1, PACK_SLAB_VOXELS // max(nj * (stop - first) * 8, 1))
+    padded = np.zeros((min(step, nk), nj, (stop - first) * 8), dtype=bool)  # byte-aligned columns
+    for k in range(0, nk, step):
+        n = min(step, nk - k)
+        padded[:n, :, lead : lead + ni] = binary[k : k + n]
+        out[kb.start + k : kb.start + k + n, jb, first:stop] = np.packbits(padded[:n], axis=-1)
 
 
 def voxel_volumes_cc(grid: Grid) -> object:
@@ -276,6 +308,9 @@ def _scanline(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: 
                 continue
             key = (int(m), *np.round(origin @ in_plane.T, 9).tolist())
             filled = cache.get(key)
+            if filled is not None and f == 1:
+                out[kk] = filled  # one origin per slice: the slice is still empty
+                continue
             if filled is None:
                 polys = []
                 for poly in roi.planes[m].polygons:
@@ -283,11 +318,10 @@ def _scanline(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: 
                     x = (ij[:, 0] - ib.start + 0.5) * f - 0.5
                     y = (ij[:, 1] - jb.start + 0.5) * f - 0.5
                     polys.append(np.stack([x, y], axis=1))
-                filled = fill_lattice(polys, window)
+                # binary masks: straight into the (empty) slice, which is then the cached fill
+                filled = fill_lattice(polys, window, out[kk] if f == 1 else None)
                 cache[key] = filled
-            if f == 1:
-                out[kk] |= filled
-            else:
+            if f > 1:
                 out[kk] += filled.reshape(nj, f, ni, f).mean(axis=(1, 3), dtype=np.float32) / f
     return out
 
@@ -350,9 +384,28 @@ class StructureMasks:
     skipped: list = field(default_factory=list)
     thickness_mm: float = 0.0
     supersampling: int = 0
-    body: Optional[np.ndarray] = None
     body_source: str = ""
     notes: list = field(default_factory=list)
+    #: The body when it is an ROI's mask (kept as its box; :attr:`body` makes the whole array on demand).
+    body_mask: Optional[RoiMask] = None
+    _body: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def body(self) -> Optional[np.ndarray]:
+        """The body mask on the whole grid, ``(K, J, I)`` bool, or None."""
+        if self._body is None and self.body_mask is not None:
+            self._body = self.body_mask.full(self.grid.shape)
+        return self._body
+
+    @body.setter
+    def body(self, value: Optional[np.ndarray]) -> None:
+        self._body = value
+        self.body_mask = None
+
+    @property
+    def body_region(self):
+        """The body for the audit: its ROI mask (a box) when it is one, else the whole array, or None."""
+        return self.body_mask if self.body_mask is not None else self._body
 
     @property
     def names(self) -> list:
@@ -367,8 +420,7 @@ class StructureMasks:
         k, j, i = self.grid.shape
         out = np.zeros((len(self.masks), k, j, (i + 7) // 8), dtype=np.uint8)
         for n, m in enumerate(self.masks):
-            if m.binary.size:
-                out[n] = np.packbits(m.full(self.grid.shape), axis=-1)
+            _pack_into(out[n], m.box, m.binary, i)
         return out
 
     def fraction_stack(self) -> Optional[np.ndarray]:
@@ -384,12 +436,31 @@ class StructureMasks:
     def arrays(self) -> dict:
         """The arrays for pair.npz: ``masks``, ``body`` and (fractional) ``masks_fraction``."""
         out = {"masks": self.packed()}
-        if self.body is not None:
-            out["body"] = np.packbits(self.body, axis=-1)
+        if self.body_mask is not None:
+            owner = next((n for n, m in enumerate(self.masks) if m is self.body_mask), None)
+            if owner is not None:  # the body is one of the ROIs: its packed mask, shared
+                out["body"] = out["masks"][owner]
+            else:
+                k, j, i = self.grid.shape
+                out["body"] = np.zeros((k, j, (i + 7) // 8), dtype=np.uint8)
+                _pack_into(out["body"], self.body_mask.box, self.body_mask.binary, i)
+        elif self._body is not None:
+            out["body"] = np.packbits(self._body, axis=-1)
         fraction = self.fraction_stack()
         if fraction is not None:
             out["masks_fraction"] = fraction
         return out
+
+    def _body_meta(self) -> dict:
+        if self.body_mask is not None:
+            m = self.body_mask
+            count, volume = m.voxel_count, m.volume_cc
+        elif self._body is not None:
+            count = int(np.count_nonzero(self._body))
+            volume = _weighted_volume(self._body, voxel_volumes_cc(self.grid))
+        else:
+            return {"source": self.body_source, "voxel_count": None, "volume_cc": None}
+        return {"source": self.body_source, "voxel_count": count, "volume_cc": round(volume, 3)}
 
     def to_meta(self) -> dict:
         """JSON-ready description for meta.json (per-ROI metadata, skipped ROIs, rule, storage)."""
@@ -425,13 +496,7 @@ class StructureMasks:
             "fractional_supersampling": self.supersampling if self.supersampling >= 2 else None,
             "rule": RULE_NOTE,
             "storage": STORAGE_NOTE,
-            "body": {
-                "source": self.body_source,
-                "voxel_count": None if self.body is None else int(np.count_nonzero(self.body)),
-                "volume_cc": None
-                if self.body is None
-                else round(_weighted_volume(self.body, voxel_volumes_cc(self.grid)), 3),
-            },
+            "body": self._body_meta(),
             "notes": list(self.notes),
         }
 
@@ -483,7 +548,7 @@ def rasterize_structures(
     externals = [m for m in result.masks if m.roi.interpreted_type == "EXTERNAL" and m.voxel_count > 0]
     if externals:
         chosen = max(externals, key=lambda m: m.voxel_count)
-        result.body = chosen.full(grid.shape)
+        result.body_mask = chosen
         result.body_source = f"ROI {chosen.name!r} (RTROIInterpretedType EXTERNAL)"
     elif ct is not None:
         result.body = body_from_ct(ct.array, body_threshold_hu)
