@@ -63,16 +63,21 @@ ROOT = Path(__file__).resolve().parents[2]
 LONG_RUN = int(os.environ.get("DOSEALIGN_FUZZ_EXAMPLES", "0") or 0)
 
 
+_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+#: CI: bounded and derandomized (the same examples every run, no example database written).
+settings.register_profile(
+    "dosealign-ci", deadline=None, derandomize=True, database=None, suppress_health_check=_CHECKS, print_blob=True
+)
+#: On demand (DOSEALIGN_FUZZ_EXAMPLES=N): random examples, failures kept in .hypothesis/ and replayed first.
+settings.register_profile(
+    "dosealign-long", deadline=None, derandomize=False, suppress_health_check=_CHECKS, print_blob=True
+)
+PROFILE = settings.get_profile("dosealign-long" if LONG_RUN else "dosealign-ci")
+
+
 def fuzz_settings(ci_examples: int):
-    """Bounded and derandomized in CI; ``DOSEALIGN_FUZZ_EXAMPLES`` random examples on demand."""
-    common = {
-        "deadline": None,
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-        "print_blob": True,
-    }
-    if LONG_RUN:
-        return settings(max_examples=LONG_RUN, derandomize=False, **common)
-    return settings(max_examples=ci_examples, derandomize=True, database=None, **common)
+    """The profile, with ``ci_examples`` examples in CI or ``DOSEALIGN_FUZZ_EXAMPLES`` on demand."""
+    return settings(PROFILE, max_examples=LONG_RUN or ci_examples)
 
 
 # ---- the inputs ------------------------------------------------------------------------------------
@@ -617,7 +622,7 @@ def _run(base: Base, victim: str, facts: FileFacts, mutation: Mutation, use_cli:
 # ---- the properties ----------------------------------------------------------------------------
 
 
-@fuzz_settings(ci_examples=40)
+@fuzz_settings(ci_examples=60)
 @given(data=st.data())
 def test_damaged_dose_header(synthetic, data):
     victim = data.draw(st.sampled_from(sorted(synthetic.doses)), label="victim")
@@ -626,7 +631,7 @@ def test_damaged_dose_header(synthetic, data):
     _run(synthetic, victim, facts, mutation, use_cli=data.draw(st.booleans(), label="cli"))
 
 
-@fuzz_settings(ci_examples=30)
+@fuzz_settings(ci_examples=50)
 @given(data=st.data())
 def test_damaged_ct_slice(synthetic, data):
     victim = data.draw(st.sampled_from(sorted(synthetic.slices)), label="victim")
@@ -636,7 +641,7 @@ def test_damaged_ct_slice(synthetic, data):
 
 
 @pytest.mark.shared_data
-@fuzz_settings(ci_examples=15)
+@fuzz_settings(ci_examples=20)
 @given(data=st.data())
 def test_damaged_real_rtkit_files(real, data):
     if data.draw(st.booleans(), label="dose or slice"):
