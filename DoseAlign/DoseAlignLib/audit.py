@@ -40,7 +40,7 @@ Default thresholds (:data:`DEFAULT_THRESHOLDS`; override any of them through
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -107,11 +107,15 @@ class DoseStats:
         outside it the dose is exactly 0, so ROI doses there need no reading.
     slice_sum : (K,) float64 array
         Sum of each slice's doses.
+    roi_sums : dict
+        ``id(mask) -> (mask, voxels, float64 sum of their doses)`` of the ROI masks whose DVH was
+        streamed from this dose (on grids of equal voxels): the body's mean dose reuses them.
     """
 
     slice_max: np.ndarray
     support: Optional[tuple]
     slice_sum: np.ndarray
+    roi_sums: dict = field(default_factory=dict)
 
     @property
     def dmax(self) -> float:
@@ -122,8 +126,11 @@ def dose_stats(dose: np.ndarray) -> DoseStats:
     """:class:`DoseStats` of a ``(K, J, I)`` dose: two reductions over the whole array, the rest
     inside the non-zero box."""
     k_n = dose.shape[0]
-    slice_max = dose.max(axis=(1, 2))  # (axis=(1, 2): no copy of a non-contiguous dose)
-    slice_min = dose.min(axis=(1, 2))
+    slice_max = np.empty(k_n, dtype=dose.dtype)
+    slice_min = np.empty(k_n, dtype=dose.dtype)
+    for k in range(k_n):  # slice by slice: the second reduction reads the slice from the cache
+        slice_max[k] = dose[k].max()
+        slice_min[k] = dose[k].min()
     slice_sum = np.zeros(k_n, dtype=np.float64)
     ks = np.flatnonzero((slice_max != 0) | (slice_min != 0))
     if ks.size == 0:
@@ -258,7 +265,13 @@ def dose_summary(volume: Volume, body=None, stats: Optional[DoseStats] = None) -
         "dmean_body_gy": None,
         "body_volume_cc": None,
     }
-    if body is not None:
+    known = stats.roi_sums.get(id(body))
+    if known is not None and known[0] is body and known[1] > 0:  # the body's ROI, summed with its DVH
+        cc = float(slice_cc[0])  # equal voxels
+        body_cc = known[1] * cc
+        out["dmean_body_gy"] = float(known[2] * cc / body_cc)
+        out["body_volume_cc"] = float(body_cc)
+    elif body is not None:
         box, binary = _region(body)
         counts = np.count_nonzero(binary, axis=(1, 2)) if binary.size else np.zeros(0)
         if counts.any():
@@ -383,13 +396,17 @@ def roi_dvh(
     bins: np.ndarray,
     prescription_gy: Optional[float] = None,
     support: Optional[tuple] = ...,
+    stats: Optional[DoseStats] = None,
 ) -> tuple:
     """DVH points (:func:`.dvh.dvh_points`) and cumulative DVH (:func:`.dvh.cumulative_dvh`) of one ROI mask.
 
     On grids of equal voxels the doses are streamed from the mask's box (:func:`.dvh.uniform_dvh`),
     reading only the part of it where the dose is non-zero (``support``, from :func:`dose_stats`;
-    found here when not given); grids with uneven slices gather the doses and their voxel volumes.
+    found here when not given; ``stats`` gives it and keeps the ROI's dose sum for the body's
+    mean dose); grids with uneven slices gather the doses and their voxel volumes.
     """
+    if stats is not None:
+        support = stats.support
     cc = voxel_volumes_cc(volume.grid)
     if mask.binary.size == 0:
         return dvh.dvh_points(np.zeros(0), 0.0, prescription_gy), np.zeros(np.shape(bins), dtype=np.float32)
@@ -401,7 +418,11 @@ def roi_dvh(
     if support is ...:
         support = dose_stats(volume.array).support
     chunks = _region_chunks(volume.array, mask.box, mask.binary, _intersect(mask.box, support))
-    return dvh.uniform_dvh(chunks, float(cc), bins, prescription_gy, count=mask.voxel_count)
+    totals: dict = {}
+    points, curve = dvh.uniform_dvh(chunks, float(cc), bins, prescription_gy, count=mask.voxel_count, totals=totals)
+    if stats is not None:
+        stats.roi_sums[id(mask)] = (mask, totals["count"], totals["sum"])
+    return points, curve
 
 
 def outside_pct(mask, grid: Grid, other: Grid, box: Optional[tuple] = ...) -> float:
@@ -467,13 +488,13 @@ def roi_dvhs(
     entries = []
     for n, name in enumerate(names):
         mask = output_masks.mask(name)
-        points, curves_out[n] = roi_dvh(output_dose, mask, bins, prescription_gy, output_stats.support)
+        points, curves_out[n] = roi_dvh(output_dose, mask, bins, prescription_gy, stats=output_stats)
         entry = {"name": name, "output": points, "native": None, "diff": None}
         if compare:
             entry["outside_native_grid_pct"] = outside_pct(mask, output_dose.grid, native_dose.grid, box)
             native_mask = native_masks.mask(name)
             entry["native"], curves_native[n] = roi_dvh(
-                native_dose, native_mask, bins, prescription_gy, native_stats.support
+                native_dose, native_mask, bins, prescription_gy, stats=native_stats
             )
             entry["diff"] = dvh.compare_points(entry["native"], entry["output"])
         entries.append(entry)

@@ -49,16 +49,8 @@ def add_structures_and_audit(result, case, options, ct_geometry) -> None:
     # per-slice maxima and sums and the non-zero box of each dose, found once for every step below
     output_stats = audit.dose_stats(result.dose.array)
     native_stats = audit.dose_stats(result.native_dose.array) if result.native_dose is not None else None
-    dose_audit = audit.audit_dose(
-        result.dose,
-        result.native_dose,
-        output_body=out_masks.body_region if out_masks is not None else None,
-        native_body=native_masks.body_region if native_masks is not None else None,
-        output_stats=output_stats,
-        native_stats=native_stats,
-    )
     entries: list = []
-    if out_masks is not None:
+    if out_masks is not None:  # first: the body's mean dose reuses its ROI's dose sum
         entries, arrays = audit.roi_dvhs(
             result.dose,
             out_masks,
@@ -69,6 +61,14 @@ def add_structures_and_audit(result, case, options, ct_geometry) -> None:
             native_stats=native_stats,
         )
         result.extra_arrays.update(arrays)
+    dose_audit = audit.audit_dose(
+        result.dose,
+        result.native_dose,
+        output_body=out_masks.body_region if out_masks is not None else None,
+        native_body=native_masks.body_region if native_masks is not None else None,
+        output_stats=output_stats,
+        native_stats=native_stats,
+    )
     beam_sum = _beam_sum(case, result.native_dose, options)
     geometry = audit.geometry_summary(result.meta)
     reference = prescription or (dose_audit["native"] or dose_audit["output"])["dmax_gy"] or None

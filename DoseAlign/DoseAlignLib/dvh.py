@@ -24,6 +24,7 @@ sum is accumulated chunk by chunk).
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -166,6 +167,29 @@ def compare_points(native: dict, output: dict) -> dict:
 # ---- the streaming DVH (uniform voxel volumes) -----------------------------------------------
 
 
+class _Scratch(threading.local):
+    def __init__(self):
+        self.arrays: dict = {}
+
+
+_SCRATCH = _Scratch()
+
+
+def scratch(name: str, dtype, size: int) -> np.ndarray:
+    """A 1-D work array of ``size`` elements (contents undefined), kept per thread and reused.
+
+    Chunk loops write their temporaries into these (``out=``) instead of allocating: memory freed
+    and taken again chunk after chunk would be handed back to the system and faulted in anew,
+    which costs more than the arithmetic. They hold a few MB (the largest chunk seen).
+    """
+    key = (name, np.dtype(dtype))
+    array = _SCRATCH.arrays.get(key)
+    if array is None or array.size < size:
+        array = np.empty(max(int(size), CHUNK_VALUES), dtype=dtype)
+        _SCRATCH.arrays[key] = array
+    return array[:size]
+
+
 class BinClasses:
     """The dose bin of every value, exactly: class 0 below ``bins[0]``, class ``b + 1`` for
     ``bins[b] <= value < bins[b + 1]`` (the last class open-ended), as ``np.searchsorted(bins,
@@ -184,13 +208,22 @@ class BinClasses:
         self.bins = bins.astype(self.dtype)  # exact: float32 -> float64 or unchanged
         self.size = int(self.bins.size)
         self.scale = None
+        self.near = None  # the fast exact path of counts(), when the bins allow it
         if self.size >= 2:
             step = (float(self.bins[-1]) - float(self.bins[0])) / (self.size - 1)
             even = float(self.bins[0]) + np.arange(self.size) * step
+            deviation = float(np.max(np.abs(self.bins - even))) / step if step > 0 else np.inf
             # within 1 % of a step of an even spacing: the estimate is at most one class off
-            if step > 0 and float(np.max(np.abs(self.bins - even))) <= 0.01 * step:
+            if deviation <= 0.01:
                 self.first = self.dtype.type(self.bins[0])
                 self.scale = self.dtype.type(1.0 / step)
+                # value / step within `near` of an integer: the truncation may be off by one there,
+                # and only there (bins within `deviation` steps of m x step, and the product value x
+                # (1 / step) rounded twice in the value's precision, at most size x 2^-(mantissa - 1)).
+                rounding = self.size * 2.0 ** -(np.finfo(self.dtype).nmant - 1)
+                near = 2.0 * (deviation + rounding)
+                if self.first == 0 and near < 0.25:
+                    self.near = self.dtype.type(0.5 - near)
         inf = np.array([np.inf], dtype=self.dtype)
         self.lower = np.concatenate([-inf, self.bins, inf])  # lowest value of each class (+ a guard)
         self.upper = np.concatenate([self.bins, inf, inf])  # first value above each class (+ a guard)
@@ -207,27 +240,58 @@ class BinClasses:
         return np.asarray(values, dtype=self.dtype).ravel()
 
     def estimate(self, values: np.ndarray, inside: bool = False) -> np.ndarray:
-        """Classes at most one off (evenly spaced bins); ``inside``: all values lie in
-        ``[bins[0], bins[-1])`` (no clipping needed)."""
-        q = values - self.first if self.first != 0 else values * self.scale
+        """Classes at most one off (evenly spaced bins), in a scratch array; ``inside``: all
+        values lie in ``[bins[0], bins[-1])`` (no clipping needed)."""
+        q = scratch("q", self.dtype, values.size)
         if self.first != 0:
+            np.subtract(values, self.first, out=q)
             q *= self.scale
+        else:
+            np.multiply(values, self.scale, out=q)
         if not inside:
             np.fmin(q, float(self.size), out=q)  # NaN too
             np.fmax(q, -1.0, out=q)
-        c = q.astype(np.intp)  # truncation: (-1, 0) -> 0 like [0, 1)
+        c = scratch("class", np.intp, values.size)
+        np.copyto(c, q, casting="unsafe")  # truncation: (-1, 0) -> 0 like [0, 1)
         c += 1
         return c
 
     def __call__(self, values: np.ndarray, inside: bool = False) -> np.ndarray:
         if self.scale is None or values.size == 0:
             return np.searchsorted(self.bins, values, side="right")
-        c = self.estimate(values, inside)
+        c = self.estimate(values, inside).copy()
         c -= values < self.lower.take(c)
         c += values >= self.upper.take(c)
         if not inside:
             np.minimum(c, self.size, out=c)  # NaN: the top class
         return c
+
+    def counts(self, values: np.ndarray, inside: bool = False) -> np.ndarray:
+        """``np.bincount(self(values), minlength=size + 1)``.
+
+        With bins of :func:`dose_bins` and values inside them (``inside``): the truncated
+        ``value / step`` is the bin unless ``value / step`` lies within ``near`` of an integer
+        (about 0.1 % of the values), which alone are searched for exactly.
+        """
+        if self.near is None or not inside or values.size == 0:
+            return np.bincount(self(values, inside), minlength=self.size + 1)
+        n = values.size
+        q = np.multiply(values, self.scale, out=scratch("q", self.dtype, n))
+        whole = np.floor(q, out=scratch("whole", self.dtype, n))
+        b = scratch("class", np.intp, n)
+        np.copyto(b, whole, casting="unsafe")  # the bin: class - 1
+        frac = np.subtract(q, whole, out=whole)
+        frac -= 0.5
+        np.abs(frac, out=frac)
+        doubt = np.greater(frac, self.near, out=scratch("doubt", bool, n))
+        # below 1 x step the only bin value is 0 = bins[0] <= value: no doubt there (zeros!)
+        doubt &= np.greater(q, 0.5, out=scratch("above", bool, n))
+        doubtful = np.flatnonzero(doubt)
+        if doubtful.size:
+            b[doubtful] = np.searchsorted(self.bins, values[doubtful], side="right") - 1
+        out = np.zeros(self.size + 1, dtype=np.int64)
+        out[1:] = np.bincount(b, minlength=self.size)
+        return out
 
     def holds(self, low, high) -> bool:
         """Whether values from ``low`` to ``high`` all lie in ``[bins[0], bins[-1])`` (``inside``)."""
@@ -240,6 +304,7 @@ def uniform_dvh(
     bins: np.ndarray,
     prescription_gy: Optional[float] = None,
     count: Optional[int] = None,
+    totals: Optional[dict] = None,
 ) -> tuple:
     """DVH points and cumulative DVH of an ROI of equal voxels whose doses come in chunks.
 
@@ -260,6 +325,8 @@ def uniform_dvh(
     count : int, optional
         Number of voxels of the ROI when the chunks leave some out: those have dose 0 (voxels
         outside the region where the dose is non-zero). Needs ``bins[0] == 0``.
+    totals : dict, optional
+        Receives ``count`` (voxels) and ``sum`` (float64 sum of their doses).
 
     Returns
     -------
@@ -288,13 +355,16 @@ def uniform_dvh(
         high, low = values.max(), values.min()
         top = high if top is None else max(top, high)
         bottom = low if bottom is None else min(bottom, low)
-        hist += np.bincount(classes(values, classes.holds(low, high)), minlength=bins.size + 1)
+        hist += classes.counts(values, classes.holds(low, high))
         if low <= 0 <= high:
-            zeros += int(np.count_nonzero(values == 0))
+            zeros += int(np.count_nonzero(np.equal(values, 0, out=scratch("test", bool, values.size))))
         if rx is not None and high >= rx:
-            hits += values.size if low >= rx else int(np.count_nonzero(values >= rx))
+            if low >= rx:
+                hits += values.size
+            else:
+                hits += int(np.count_nonzero(np.greater_equal(values, rx, out=scratch("test", bool, values.size))))
         if kept is not None:
-            kept.append(values)
+            kept.append(values.copy())  # (chunks may be reused buffers)
             if n > KEEP_VALUES:
                 kept = None
     if classes is None:
@@ -313,6 +383,8 @@ def uniform_dvh(
         if prescription_gy is not None and prescription_gy <= 0.0:
             hits += implicit
         n += implicit
+    if totals is not None:
+        totals.update(count=int(n), sum=total)
     cc = float(voxel_cc)
     below = np.cumsum(hist)  # below[b]: doses under bins[b] (class b and lower)
     curve = ((n - below[: bins.size]) * cc).astype(np.float32)
@@ -389,7 +461,8 @@ def _order_statistics(chunks, kept, classes: BinClasses, hist: np.ndarray, zeros
                     estimate = classes(values)
                 else:
                     estimate = classes.estimate(values, classes.holds(values.min(), values.max()))
-                parts.append(values[select.take(estimate)])
+                chosen = select.take(estimate, out=scratch("test", bool, values.size))
+                parts.append(values[chosen])
         found = np.concatenate(parts) if parts else np.zeros(0, classes.dtype)
     exact = classes(found)
     for c, items in need.items():

@@ -37,7 +37,7 @@ import numpy as np
 
 from .contours import RoiContours, plane_basis
 from .grid import Grid, Volume
-from .polygons import fill_lattice, points_in_polygons
+from .polygons import fill_lattice, fill_lattices, points_in_polygons
 
 #: Shifts slice positions by this (mm) before the slab test, so that a centre exactly half way
 #: between two planes goes to the one further along the normal despite round-off.
@@ -187,8 +187,8 @@ def assign_planes(positions: np.ndarray, planes: np.ndarray, thickness_mm: float
     planes = np.asarray(planes, dtype=np.float64)
     if planes.size == 0:
         return np.full(s.shape, -1, dtype=np.int64)
-    upper = np.clip(np.searchsorted(planes, s), 0, planes.size - 1)
-    lower = np.clip(upper - 1, 0, planes.size - 1)
+    upper = np.minimum(np.searchsorted(planes, s), planes.size - 1)  # (np.clip's overhead, per slice)
+    lower = np.maximum(upper - 1, 0)
     choose_upper = np.abs(planes[upper] - s) <= np.abs(s - planes[lower])
     index = np.where(choose_upper, upper, lower)
     d = s - planes[index]
@@ -298,6 +298,8 @@ def _scanline(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: 
     planes = roi.positions
     # fine lattice of the box: point (jj, ii) sits at index (jb.start + (jj + 0.5) / f - 0.5, ...)
     window = (0, nj * f, 0, ni * f)
+    if f == 1:
+        return _scanline_binary(roi, grid, box, thickness_mm, out, in_plane, window)
     cache: dict = {}
     for kk in range(nk):
         k_sub = kb.start + kk + offsets
@@ -308,21 +310,61 @@ def _scanline(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: 
                 continue
             key = (int(m), *np.round(origin @ in_plane.T, 9).tolist())
             filled = cache.get(key)
-            if filled is not None and f == 1:
-                out[kk] = filled  # one origin per slice: the slice is still empty
-                continue
             if filled is None:
-                polys = []
-                for poly in roi.planes[m].polygons:
-                    ij = (poly - origin) @ in_plane.T  # continuous (i, j) of the vertices
-                    x = (ij[:, 0] - ib.start + 0.5) * f - 0.5
-                    y = (ij[:, 1] - jb.start + 0.5) * f - 0.5
-                    polys.append(np.stack([x, y], axis=1))
-                # binary masks: straight into the (empty) slice, which is then the cached fill
-                filled = fill_lattice(polys, window, out[kk] if f == 1 else None)
+                filled = fill_lattice(_lattice_polygons(roi, int(m), origin, in_plane, box, f), window)
                 cache[key] = filled
-            if f > 1:
-                out[kk] += filled.reshape(nj, f, ni, f).mean(axis=(1, 3), dtype=np.float32) / f
+            out[kk] += filled.reshape(nj, f, ni, f).mean(axis=(1, 3), dtype=np.float32) / f
+    return out
+
+
+def _lattice_polygons(roi: RoiContours, m: int, origin: np.ndarray, in_plane: np.ndarray, box: tuple, f: int) -> list:
+    """The polygons of contour plane ``m`` in the lattice coordinates of ``box`` seen from a slice at ``origin``."""
+    _kb, jb, ib = box
+    polys = []
+    for poly in roi.planes[m].polygons:
+        ij = (poly - origin) @ in_plane.T  # continuous (i, j) of the vertices
+        x = (ij[:, 0] - ib.start + 0.5) * f - 0.5
+        y = (ij[:, 1] - jb.start + 0.5) * f - 0.5
+        polys.append(np.stack([x, y], axis=1))
+    return polys
+
+
+def _scanline_binary(
+    roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, out: np.ndarray, in_plane: np.ndarray, window: tuple
+) -> np.ndarray:
+    """:func:`_scanline` for binary masks: every distinct (plane, in-plane origin) filled once, all in one batch."""
+    kb = box[0]
+    planes = roi.positions
+    keys: dict = {}  # (plane, in-plane origin) -> index of its fill
+    sets = []
+    slices_of: list = []
+    for kk in range(out.shape[0]):
+        origins = grid.index_to_lps(np.array([[0.0, 0.0, float(kb.start + kk)]]))  # as _scanline, f = 1
+        m = int(assign_planes(origins @ roi.normal, planes, thickness_mm)[0])
+        origin = origins[0]
+        if m < 0:
+            continue
+        key = (m, *np.round(origin @ in_plane.T, 9).tolist())
+        n = keys.get(key)
+        if n is None:
+            n = keys[key] = len(sets)
+            sets.append(_lattice_polygons(roi, m, origin, in_plane, box, 1))
+            slices_of.append([])
+        slices_of[n].append(kk)
+    if not sets:
+        return out
+    # each fill goes straight into the first slice that takes it; later slices copy it
+    firsts = np.array([kks[0] for kks in slices_of])
+    if np.all(np.diff(firsts) == 1):
+        fills = out[int(firsts[0]) : int(firsts[-1]) + 1]  # a view: written in place
+        fill_lattices(sets, window, fills)
+    else:
+        fills = np.zeros((len(sets), *out.shape[1:]), dtype=bool)
+        fill_lattices(sets, window, fills)
+        out[firsts] = fills
+    for n, kks in enumerate(slices_of):
+        for kk in kks[1:]:
+            out[kk] = fills[n]
     return out
 
 
