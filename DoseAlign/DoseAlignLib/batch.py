@@ -174,7 +174,8 @@ def export_case(
         raise
     except DoseAlignError as error:
         logger.info("case %s failed: %s", case.case_id, error)
-        return manifest_row(case, "failed", str(error))
+        named = error.path or any(f in str(error) for f in case.dose_files)  # else say which dose it was
+        return manifest_row(case, "failed", str(error) if named else f"{';'.join(case.dose_files)}: {error}")
     except MemoryError:
         return manifest_row(case, "failed", "out of memory")
     except Exception as error:  # an engine bug must not stop the batch; the row says what happened

@@ -321,7 +321,7 @@ def _check_slice(obj) -> None:
             path=obj.path,
             tag=TAG_SPACING,
         )
-    dicomio.check_range(np.asarray(spacing), "PixelSpacing", TAG_SPACING, obj.path, dicomio.MAX_SPACING_MM)
+    dicomio.check_range(np.asarray(spacing), "PixelSpacing", TAG_SPACING, obj.path, dicomio.MAX_SPACING_MM, True)
     for keyword, tag in (("rows", "(0028,0010) Rows"), ("columns", "(0028,0011) Columns")):
         value = info.get(keyword)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:

@@ -227,8 +227,9 @@ TAG_SYNTAX = "(0002,0010) TransferSyntaxUID"
 TAG_PIXEL_DATA = "(7FE0,0010) PixelData"
 #: Positions and offsets (mm) beyond this describe no patient: the header is damaged.
 MAX_COORDINATE_MM = 1.0e5
-#: Pixel spacings and slice steps (mm) beyond this describe no image grid.
+#: Pixel spacings and slice steps (mm) beyond this, or below the minimum, describe no image grid.
 MAX_SPACING_MM = 1.0e3
+MIN_SPACING_MM = 1.0e-3
 #: Frames of one RTDOSE beyond this are a damaged NumberOfFrames.
 MAX_FRAMES = 65536
 #: Transfer syntaxes whose pixel data are stored as plain values (after inflating a deflated file).
@@ -314,6 +315,13 @@ def check_range(
     values = np.asarray(values, dtype=np.float64)
     if positive and np.any(values <= 0):
         raise InputError(f"{keyword} must be positive, got {values.tolist()}", path=path, tag=tag)
+    if positive and np.any(values < MIN_SPACING_MM):
+        raise InputError(
+            f"{keyword} {values.tolist()} is below {MIN_SPACING_MM:g} mm: no image grid is that fine",
+            path=path,
+            tag=tag,
+            hint="the header is damaged; export the file again",
+        )
     if np.any(np.abs(values) > limit):
         raise InputError(
             f"{keyword} {values.tolist()} is beyond {limit:g} mm: no patient grid is that large",

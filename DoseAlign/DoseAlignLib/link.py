@@ -64,8 +64,8 @@ def form_cases(scan: ScanResult) -> LinkResult:
         case = _make_case(group, plans)
         try:
             _choose_ct(case, scan, structs_by_uid, structs)
-        except DoseAlignError as error:
-            case.error = str(error)
+        except DoseAlignError as error:  # the error names its file; else the dose it came from
+            case.error = str(error) if error.path else f"RTDOSE {case.doses[0].rel_path}: {error}"
         except Exception as error:  # an engine bug must not stop the batch: the case says what happened
             case.error = (
                 f"RTDOSE {case.doses[0].rel_path}: internal error ({type(error).__name__}: {error}); please report it"

@@ -76,7 +76,7 @@ def dose_geometry(ds: Dataset, path: Path) -> DoseGeometry:
         raise GeometryError(
             f"PixelSpacing must be positive, got {spacing.tolist()}", path=path, tag="(0028,0030) PixelSpacing"
         )
-    dicomio.check_range(spacing, "PixelSpacing", "(0028,0030) PixelSpacing", path, dicomio.MAX_SPACING_MM)
+    dicomio.check_range(spacing, "PixelSpacing", "(0028,0030) PixelSpacing", path, dicomio.MAX_SPACING_MM, True)
     rows = dicomio.integer(ds, "Rows", "(0028,0010) Rows", path, None, 1, 65535)
     columns = dicomio.integer(ds, "Columns", "(0028,0011) Columns", path, None, 1, 65535)
     frames = dicomio.integer(ds, "NumberOfFrames", "(0028,0008) NumberOfFrames", path, 1, 1, dicomio.MAX_FRAMES)
@@ -126,6 +126,13 @@ def dose_geometry(ds: Dataset, path: Path) -> DoseGeometry:
             "(absolute); read as offsets relative to its first value"
         )
     steps = np.diff(offsets)
+    if steps.size and np.min(np.abs(steps)) < dicomio.MIN_SPACING_MM:
+        raise GeometryError(
+            f"GridFrameOffsetVector puts frames {np.min(np.abs(steps)):.3g} mm apart, below {dicomio.MIN_SPACING_MM:g} mm",
+            path=path,
+            tag=TAG_GFOV,
+            hint="the header is damaged; export the file again",
+        )
     if np.all(steps > 0):
         order = "increasing"
     elif np.all(steps < 0):

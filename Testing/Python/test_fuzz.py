@@ -256,7 +256,7 @@ def _valid_vector(keyword: str, values: list, facts: FileFacts) -> bool:
     if any(n is None or not math.isfinite(n) for n in numbers):
         return False
     if keyword == "PixelSpacing":
-        return len(numbers) == 2 and all(0 < n <= 1e3 for n in numbers)
+        return len(numbers) == 2 and all(1e-3 <= n <= 1e3 for n in numbers)
     if keyword == "ImagePositionPatient":
         return len(numbers) == 3 and all(abs(n) <= 1e5 for n in numbers)
     if keyword == "ImageOrientationPatient":
@@ -271,7 +271,7 @@ def _valid_vector(keyword: str, values: list, facts: FileFacts) -> bool:
         if len(numbers) < facts.frames or any(abs(n) > 1e5 for n in numbers):
             return False
         steps = np.diff(numbers[: facts.frames])
-        return bool(np.all(steps > 0) or np.all(steps < 0))
+        return bool((np.all(steps > 0) or np.all(steps < 0)) and np.all(np.abs(steps) >= 1e-3))
     raise AssertionError(keyword)
 
 
@@ -677,6 +677,13 @@ REGRESSIONS = [
     ("v16", "dose", Mutation("TransferSyntaxUID", "transfer_syntax", dd.JPEG2000), "pydicom parser text"),
     ("vbeam", "dose", Mutation("PixelData", "garbage", (0.2, 40), True, ("*",)), "sum of 2 of 3 beams exported"),
     ("v32", "dose", Mutation("GridFrameOffsetVector", "drop_values", 2), "(kept working)"),
+    ("v16", "dose", Mutation("PixelSpacing", "set", ["1.0", "5.794015960712902e-165"]), "spacing 0: no file named"),
+    (
+        "v16",
+        "dose",
+        Mutation("GridFrameOffsetVector", "set", ["0", "1e-200", "2e-200", "3e-200"]),
+        "frames 1e-200 apart",
+    ),
     ("v16", 2, Mutation("Columns", "delete"), "uncaught TypeError: the whole batch crashed"),
     ("v16", 2, Mutation("PixelSpacing", "set", ["nan", "1"]), "slice split off: silent hole"),
     ("v16", 2, Mutation("ImageOrientationPatient", "set", ["1", "0", "0", "1", "0", "0"]), "silent hole"),
