@@ -68,6 +68,163 @@ def test_cumulative_dvh_and_bins():
     np.testing.assert_allclose(weighted, curve, rtol=1e-6)
 
 
+def _reference_dvh(doses: np.ndarray, cc: float, bins: np.ndarray, rx) -> tuple:
+    """The straightforward DVH: all doses at once (a partial sort for the points, a sort for the curve)."""
+    return dvh.dvh_points(doses, cc, rx), dvh.cumulative_dvh(doses, cc, bins)
+
+
+def _assert_same_dvh(got: tuple, want: tuple) -> None:
+    (points, curve), (ref_points, ref_curve) = got, want
+    np.testing.assert_array_equal(curve, ref_curve)
+    assert set(points) == set(ref_points)
+    for key, value in ref_points.items():
+        if key == "dmean_gy" and value is not None:  # summed chunk by chunk: round-off only
+            assert points[key] == pytest.approx(value, rel=1e-12, abs=1e-300), key
+        else:
+            assert points[key] == value, key
+
+
+@pytest.mark.parametrize("chunk", [13, 97, 4096, 1 << 20])
+def test_streamed_dvh_equals_the_sorted_one(chunk, monkeypatch):
+    """uniform_dvh (bin counts, order statistics from a few bins, no sort) gives the numbers of
+    dvh_points and cumulative_dvh exactly (Dmean to round-off), in one pass or two."""
+    monkeypatch.setattr(dvh, "KEEP_VALUES", 500)  # most cases here take the second pass
+    bins = dvh.dose_bins(48.7)
+    edges = np.repeat(bins, 3)
+    neighbours = np.concatenate([bins, np.nextafter(bins, np.float32(0)), np.nextafter(bins, np.float32(99))])
+    classes = dvh.BinClasses(bins, np.float32)
+    misjudged = neighbours[classes.estimate(neighbours) != np.searchsorted(bins, neighbours, side="right")]
+    assert misjudged.size > 10  # doses whose value x (1 / step) rounds into the next bin
+    step = float(bins[1])
+    cases = [
+        RNG.uniform(0, 48.7, 20000).astype(np.float32),
+        # every bin value and its float32 neighbours: where value / step is closest to an integer
+        np.concatenate([edges, np.nextafter(edges, np.float32(0)), np.nextafter(edges, np.float32(99))]),
+        np.repeat(misjudged, 40),  # only those: every DVH point falls in a bin the estimate misses
+        np.where(RNG.random(30000) < 0.7, 0, RNG.uniform(0, 3, 30000)).astype(np.float32),  # mostly zeros
+        # zeros, then doses in (0, step) (the rest of the bin that starts at 0: D50 falls there), then more
+        np.concatenate([np.zeros(4000), RNG.uniform(1e-4, step * 0.99, 2000), RNG.uniform(1, 9, 4000)]).astype(
+            np.float32
+        ),
+        np.full(5000, 2.0, np.float32),  # one plateau
+        RNG.uniform(0, 48.7, 3000),  # float64 doses
+        (RNG.integers(0, 900, 8000) * 0.05).astype(np.float32),  # doses on a 0.05 Gy lattice
+        np.zeros(0, np.float32),
+    ]
+    for doses in cases:
+        doses = RNG.permutation(doses)
+        for rx in (None, 30.000001, 2.0):  # 30.000001 is not a float32: compared exactly
+            got = dvh.uniform_dvh(lambda d=doses: (d[i : i + chunk] for i in range(0, d.size, chunk)), 0.002, bins, rx)
+            _assert_same_dvh(got, _reference_dvh(doses, 0.002, bins, rx))
+    # voxels left out of the chunks count as 0 Gy
+    doses = RNG.uniform(0.1, 40, 7000).astype(np.float32)
+    got = dvh.uniform_dvh(lambda: (doses[i : i + chunk] for i in range(0, doses.size, chunk)), 0.01, bins, 20.0, 12000)
+    _assert_same_dvh(got, _reference_dvh(np.concatenate([doses, np.zeros(5000, np.float32)]), 0.01, bins, 20.0))
+
+
+def test_bin_classes_are_exact_at_the_bin_edges():
+    bins = dvh.dose_bins(73.1)
+    values = np.concatenate(
+        [
+            bins,
+            np.nextafter(bins, np.float32(-1)),
+            np.nextafter(bins, np.float32(1e3)),
+            RNG.uniform(0, 73, 50000).astype(np.float32),
+            np.float32([0.0, -0.0, -1e-30, -5.0, 1e30, np.inf, -np.inf]),
+        ]
+    ).astype(np.float32)
+    classes = dvh.BinClasses(bins, np.float32)
+    assert classes.near is not None  # dose_bins bins take the fast exact path
+    want = np.searchsorted(bins, values, side="right")
+    np.testing.assert_array_equal(classes(values), want)
+    inside = (values >= bins[0]) & (values < bins[-1])
+    counts = classes.counts(values[inside], inside=True)
+    np.testing.assert_array_equal(counts, np.bincount(want[inside], minlength=bins.size + 1))
+    uneven = np.array([0.0, 1.0, 1.5, 4.0, 9.0], np.float32)  # not evenly spaced: a binary search
+    np.testing.assert_array_equal(dvh.BinClasses(uneven, np.float32)(values), np.searchsorted(uneven, values, "right"))
+
+
+def test_roi_dvh_streams_the_mask_box_as_the_gathered_doses():
+    from DoseAlignLib.structures import RoiMask
+
+    grid = Grid.from_spacing((30, 40, 50), (1.0, 1.2, 2.0), (0, 0, 0))
+    dose = np.zeros(grid.shape, np.float32)
+    dose[5:25, 8:30, 3:45] = RNG.uniform(0, 60, (20, 22, 42))  # zero outside a box that cuts the mask
+    binary = RNG.random((26, 30, 36)) < 0.6
+    mask = RoiMask(roi=None, box=(slice(2, 28), slice(6, 36), slice(10, 46)), binary=binary)
+    bins = dvh.dose_bins(60.0)
+    stats = audit.dose_stats(dose)
+    assert stats.support == (slice(5, 25), slice(8, 30), slice(3, 45))
+    volume = Volume(dose, grid, "GY")
+    got = audit.roi_dvh(volume, mask, bins, 40.0, stats=stats)
+    cc = float(np.prod(grid.spacing)) / 1000
+    _assert_same_dvh(got, _reference_dvh(dose[mask.box][binary], cc, bins, 40.0))
+    assert stats.roi_sums[id(mask)][1] == binary.sum()
+    # the body's mean dose from that sum equals the one summed slice by slice
+    from_sum = audit.dose_summary(volume, mask, stats)
+    summed = audit.dose_summary(volume, mask.full(grid.shape))
+    assert from_sum["dmean_body_gy"] == pytest.approx(summed["dmean_body_gy"], rel=1e-12)
+    assert from_sum["body_volume_cc"] == pytest.approx(summed["body_volume_cc"], rel=1e-12)
+    # uneven slices: doses and voxel volumes gathered (the weighted path)
+    uneven = Grid((30, 40, 50), grid.affine, None, np.cumsum(RNG.uniform(1.5, 2.5, 30)))
+    got = audit.roi_dvh(Volume(dose, uneven, "GY"), mask, bins, 40.0)
+    weights = np.broadcast_to(audit.voxel_volumes_cc(uneven)[mask.box[0]][:, None, None], binary.shape)[binary]
+    want = (
+        dvh.dvh_points(dose[mask.box][binary], weights, 40.0),
+        dvh.cumulative_dvh(dose[mask.box][binary], weights, bins),
+    )
+    _assert_same_dvh(got, want)
+
+
+def test_dose_stats_and_dmax_from_slice_maxima():
+    dose = np.zeros((12, 20, 30), np.float32)
+    assert audit.dose_stats(dose).support is None and audit.dmax_index(dose) == (6, 10, 15)
+    dose[3:9, 4:15, 7:20] = RNG.uniform(1, 5, (6, 11, 13))
+    dose[6, 2, 25] = -0.5  # a negative dose widens the non-zero box too
+    stats = audit.dose_stats(dose)
+    assert stats.support == (slice(3, 9), slice(2, 15), slice(7, 26))
+    np.testing.assert_allclose(stats.slice_sum, dose.sum(axis=(1, 2), dtype=np.float64), rtol=1e-12)
+    np.testing.assert_array_equal(stats.slice_max, dose.max(axis=(1, 2)))
+    dose[5, 10, 10] = dose[7, 12, 18] = 9.0  # two tied maxima: the one nearest their centroid (the first)
+    assert audit.dmax_index(dose) == audit.dmax_index(dose, audit.dose_stats(dose).slice_max) == (5, 10, 10)
+
+
+@pytest.mark.parametrize(
+    "direction, offset",
+    [
+        (np.eye(3), (0.3, -0.2, 0.1)),
+        (np.diag([-1.0, 1.0, -1.0]), (1.1, 0.4, -2.0)),  # flipped axes
+        (np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]]), (0.0, 0.0, 0.0)),  # permuted axes
+    ],
+)
+def test_inside_boxes_equal_the_voxel_by_voxel_test(direction, offset):
+    """The ROI share outside the dose grid and the native voxels inside the output grid, found as
+    index boxes for axis-parallel grids, equal the voxel-by-voxel transform they replace."""
+    from DoseAlignLib.structures import RoiMask
+
+    out_grid = Grid.from_spacing((30, 36, 40), (1.0, 1.0, 2.0), (-20, -18, -30))
+    dose_grid = Grid.from_spacing((12, 14, 16), (2.5, 2.5, 3.0), np.array(offset), direction)
+    box = audit.inside_box(out_grid, dose_grid)
+    assert box is not None
+    binary = RNG.random((30, 36, 40)) < 0.5
+    mask = RoiMask(roi=None, box=(slice(0, 30), slice(0, 36), slice(0, 40)), binary=binary)
+    fast = audit.outside_pct(mask, out_grid, dose_grid)
+    voxelwise = audit.outside_pct(mask, out_grid, dose_grid, box=None)  # the per-voxel test
+    assert 0 < fast < 100 and fast == voxelwise
+    inside = audit.inside_extent(dose_grid, out_grid)
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=float) for n in dose_grid.shape), indexing="ij")
+    index = out_grid.lps_to_index(dose_grid.index_to_lps(np.stack([i, j, k], axis=-1)))
+    limits = np.array(out_grid.shape[::-1]) - 0.5
+    np.testing.assert_array_equal(inside, np.all((index >= -0.5 - 1e-6) & (index <= limits + 1e-6), axis=-1))
+    oblique = Grid.from_spacing((12, 14, 16), (2.5, 2.5, 3.0), (0, 0, 0), _rotation_z(10.0))
+    assert audit.inside_box(out_grid, oblique) is None  # not parallel: left to the per-voxel test
+
+
+def _rotation_z(degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
 # ---- dose-level audit ------------------------------------------------------------------------
 
 

@@ -144,6 +144,33 @@ def test_qa_png_marks_dmax_in_every_view(tmp_path):
     assert qa_plot.dmax_index(dose) == (12, 7, 30)
 
 
+def test_qa_crop_box_and_dmax_from_the_audit(tmp_path):
+    """The crop box found from slice maxima equals the one from a bool copy of the whole dose, and
+    passing the audit's Dmax index draws the same picture."""
+    rng = np.random.default_rng(3)
+    grid = Grid.from_spacing((26, 30, 34), (1.5, 1.5, 2.5), (0, 0, 0))
+    dose = np.zeros(grid.shape, np.float32)
+    dose[6:20, 5:25, 9:30] = rng.uniform(0, 40, (14, 20, 21)).astype(np.float32)
+    spacing = {0: 2.5, 1: 1.5, 2: 1.5}
+    for threshold in (0.0, 3.9, 20.0, 39.5, 99.0):
+        index = qa_plot.dmax_index(dose)
+        above = dose >= threshold  # the straightforward way
+        expected = []
+        for axis in range(3):
+            hit = np.flatnonzero(above.any(axis=tuple(a for a in range(3) if a != axis)))
+            lo = min(int(hit[0]), index[axis]) if hit.size else 0
+            hi = max(int(hit[-1]), index[axis]) if hit.size else dose.shape[axis] - 1
+            margin = int(np.ceil(qa_plot.CROP_MARGIN_MM / spacing[axis]))
+            expected.append(slice(max(lo - margin, 0), min(hi + margin, dose.shape[axis] - 1) + 1))
+        assert qa_plot._crop_box(dose, index, threshold, spacing) == tuple(expected), threshold
+    pytest.importorskip("matplotlib")
+    image = pytest.importorskip("matplotlib.image")
+    ct = Volume(np.zeros(grid.shape, np.int16), grid)
+    plain = qa_plot.render_qa_png(tmp_path / "a.png", ct, Volume(dose, grid))
+    hinted = qa_plot.render_qa_png(tmp_path / "b.png", ct, Volume(dose, grid), dmax_at=qa_plot.dmax_index(dose))
+    np.testing.assert_array_equal(image.imread(str(plain)), image.imread(str(hinted)))
+
+
 # ---- the CLI options -------------------------------------------------------------------------
 
 

@@ -294,6 +294,68 @@ def test_packed_masks_round_trip_with_odd_width():
     assert packed.nbytes * 8 < masks.masks[0].full(grid.shape).size * 1.1
 
 
+def test_packing_from_boxes_equals_packing_whole_masks():
+    """Masks are bit-packed from their boxes (any start column, any width) into the bytes np.packbits
+    of the whole mask gives; the body, when it is an ROI, shares that ROI's packed mask."""
+    from DoseAlignLib.structures import RoiMask, StructureMasks
+
+    for width in (83, 64, 9):
+        grid = Grid.from_spacing((7, 11, width), (1.0, 1.0, 1.0), (0, 0, 0))
+        masks = StructureMasks(grid)
+        for _ in range(6):
+            i0 = int(RNG.integers(0, width - 1))
+            i1 = int(RNG.integers(i0 + 1, width + 1))
+            box = (slice(1, 6), slice(2, 9), slice(i0, i1))
+            masks.masks.append(RoiMask(None, box, RNG.random((5, 7, i1 - i0)) < 0.5))
+        masks.body_mask = masks.masks[2]
+        arrays = masks.arrays()
+        for n, m in enumerate(masks.masks):
+            np.testing.assert_array_equal(arrays["masks"][n], np.packbits(m.full(grid.shape), axis=-1))
+        np.testing.assert_array_equal(arrays["body"], np.packbits(masks.masks[2].full(grid.shape), axis=-1))
+        np.testing.assert_array_equal(masks.body, masks.masks[2].full(grid.shape))  # made on demand
+
+
+def test_batched_plane_fills_equal_one_by_one():
+    """fill_lattices (the edge arithmetic of all planes at once) equals fill_lattice plane by plane,
+    and the one-point even-odd test of the contour areas equals points_in_polygons."""
+    from DoseAlignLib.polygons import _point_in_polygon, fill_lattices
+
+    window = (0, 40, 0, 50)
+    sets = []
+    for n in range(12):
+        t = np.sort(RNG.uniform(0, 2 * np.pi, int(RNG.integers(3, 40))))
+        r = RNG.uniform(3, 30, t.size)
+        star = np.stack([25 + r * np.cos(t), 20 + r * np.sin(t)], axis=1)  # often beyond the window
+        sets.append([star, circle(25.3, 20.1, 4.2, 0, n=9)[:, :2]] if n % 3 else [star])
+    sets.append([])  # a plane without polygons
+    out = np.zeros((len(sets), 40, 50), bool)
+    fill_lattices(sets, window, out)
+    for n, polys in enumerate(sets):
+        np.testing.assert_array_equal(out[n], fill_lattice(polys, window), err_msg=f"set {n}")
+        for poly in polys:
+            for point in RNG.uniform(-5, 55, (20, 2)):
+                assert _point_in_polygon(point, poly) == points_in_polygons(point[None], [poly])[0]
+
+
+def test_contour_type_read_from_raw_bytes(tmp_path):
+    """ContourGeometricType read from the file's raw bytes equals pydicom's converted value."""
+    import pydicom
+    from DoseAlignLib import dicomio
+    from DoseAlignLib.contours import _geometric_type
+
+    kinds = ["CLOSED_PLANAR", "OPEN_PLANAR", "POINT", "OPEN_NONPLANAR"]  # POINT: padded to an even length
+    ds = make_rtstruct(
+        [{"number": 1, "name": "A", "contours": [(kind, rect(0, 0, 5, 5, float(n))) for n, kind in enumerate(kinds)]}]
+    )
+    path = save(ds, tmp_path / "rs.dcm")
+    raw = pydicom.dcmread(str(path)).ROIContourSequence[0].ContourSequence
+    converted = pydicom.dcmread(str(path)).ROIContourSequence[0].ContourSequence
+    for item, other in zip(raw, converted):
+        assert isinstance(item.get_item(0x30060042).value, bytes)  # not yet converted: the raw path
+        assert _geometric_type(item) == dicomio.text(other, "ContourGeometricType", "CLOSED_PLANAR").upper()
+    assert [_geometric_type(item) for item in raw] == [k.strip().upper() for k in kinds]
+
+
 def test_body_from_ct_largest_component_with_lungs_filled():
     ct = np.full((12, 60, 60), -1000, np.int16)
     zz, yy, xx = np.mgrid[0:12, 0:60, 0:60]
