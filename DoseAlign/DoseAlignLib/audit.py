@@ -123,15 +123,18 @@ class DoseStats:
 
 
 def dose_stats(dose: np.ndarray) -> DoseStats:
-    """:class:`DoseStats` of a ``(K, J, I)`` dose: two reductions over the whole array, the rest
-    inside the non-zero box."""
+    """:class:`DoseStats` of a ``(K, J, I)`` dose: one pass slice by slice (maximum, minimum, sum),
+    then the rows and columns of the non-zero box from the slices that have doses."""
     k_n = dose.shape[0]
     slice_max = np.empty(k_n, dtype=dose.dtype)
     slice_min = np.empty(k_n, dtype=dose.dtype)
-    for k in range(k_n):  # slice by slice: the second reduction reads the slice from the cache
-        slice_max[k] = dose[k].max()
-        slice_min[k] = dose[k].min()
     slice_sum = np.zeros(k_n, dtype=np.float64)
+    for k in range(k_n):  # slice by slice: the later reductions read the slice from the cache
+        plane = dose[k]
+        slice_max[k] = plane.max()
+        slice_min[k] = plane.min()
+        if slice_max[k] != 0 or slice_min[k] != 0:
+            slice_sum[k] = plane.sum(dtype=np.float64)
     ks = np.flatnonzero((slice_max != 0) | (slice_min != 0))
     if ks.size == 0:
         return DoseStats(slice_max, None, slice_sum)
@@ -143,7 +146,6 @@ def dose_stats(dose: np.ndarray) -> DoseStats:
     rows = np.flatnonzero(nonzero.any(axis=1))
     cols = np.flatnonzero(nonzero.any(axis=0))
     support = (kb, slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-    slice_sum[kb] = dose[support].sum(axis=(1, 2), dtype=np.float64)  # a view: no copy of the box
     return DoseStats(slice_max, support, slice_sum)
 
 
