@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from DoseAlignLib.batch import export_folder, merge_shards
 from DoseAlignLib.options import AlignOptions
 from DoseAlignLib.phantom import PhantomSpec, write_phantom
