@@ -212,7 +212,12 @@ def fill_lattice(polygons: Sequence[np.ndarray], window: tuple, out: Optional[np
     return out
 
 
-def fill_lattices(polygon_sets: Sequence[Sequence[np.ndarray]], window: tuple, out: np.ndarray) -> None:
+def fill_lattices(
+    polygon_sets: Sequence[Sequence[np.ndarray]],
+    window: tuple,
+    out: np.ndarray,
+    targets: Optional[Sequence[int]] = None,
+) -> None:
     """:func:`fill_lattice` of several polygon sets on one window, into ``out[s]`` for set ``s``.
 
     The same arithmetic as :func:`fill_lattice` set by set, with the edge crossings of all sets
@@ -224,8 +229,10 @@ def fill_lattices(polygon_sets: Sequence[Sequence[np.ndarray]], window: tuple, o
         Closed polygons, in lattice coordinates, of each set (e.g. of each contour plane).
     window : (r0, r1, c0, c1) ints
         Rows and columns to fill (as :func:`fill_lattice`).
-    out : (S, r1 - r0, c1 - c0) bool array of zeros
-        Receives the fills.
+    out : (T, r1 - r0, c1 - c0) bool array
+        Receives the fills; ``out[targets[s]]`` (``out[s]`` without ``targets``) must be zeros.
+    targets : sequence of ints, optional
+        Where set ``s`` goes in ``out``.
     """
     r0, r1, c0, c1 = (int(v) for v in window)
     rows, cols = max(r1 - r0, 0), max(c1 - c0, 0)
@@ -274,4 +281,4 @@ def fill_lattices(polygon_sets: Sequence[Sequence[np.ndarray]], window: tuple, o
             running = np.cumsum(toggles.reshape(bottom - top, width), axis=1)
         parity = running[:, :-1].astype(np.uint8)
         parity &= 1
-        out[n, top:bottom, left:right] = parity.view(bool)
+        out[n if targets is None else targets[n], top:bottom, left:right] = parity.view(bool)

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .audit import dmax_index
+from .audit import AT_MAX_FRACTION, dmax_index
 from .grid import Volume
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,11 @@ def render_qa_png(
     slice_max = dose_array.max(axis=(1, 2))  # one pass; the rest reads a few slices
     dmax = float(slice_max.max())
     reference = float(reference_dose_gy or dmax or 1.0)
-    index = tuple(int(v) for v in dmax_at) if dmax_at is not None else dmax_index(dose_array, slice_max)
+    index = tuple(int(v) for v in dmax_at) if dmax_at is not None else None
+    if index is not None and not _holds_dmax(dose_array, index, dmax):  # a stale hint: locate it here
+        index = None
+    if index is None:
+        index = dmax_index(dose_array, slice_max)
     spacing_of_axis = {0: float(dose.grid.spacing[2]), 1: float(dose.grid.spacing[1]), 2: float(dose.grid.spacing[0])}
     box = _crop_box(dose_array, index, WASH_FROM * reference, spacing_of_axis, slice_max)
     n_rois = 0 if masks_packed is None else int(masks_packed.shape[0])
@@ -241,6 +245,13 @@ def render_qa_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", facecolor="white")
     return path
+
+
+def _holds_dmax(dose: np.ndarray, index: tuple, dmax: float) -> bool:
+    """Whether ``index`` is inside ``dose`` and at Dmax (within :data:`.audit.AT_MAX_FRACTION`)."""
+    if len(index) != 3 or any(not 0 <= v < n for v, n in zip(index, dose.shape)):
+        return False
+    return bool(dose[index] >= dmax * (1 - AT_MAX_FRACTION)) if dmax > 0 else True
 
 
 def _crop_box(

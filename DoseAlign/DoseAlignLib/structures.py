@@ -354,17 +354,10 @@ def _scanline_binary(
     if not sets:
         return out
     # each fill goes straight into the first slice that takes it; later slices copy it
-    firsts = np.array([kks[0] for kks in slices_of])
-    if np.all(np.diff(firsts) == 1):
-        fills = out[int(firsts[0]) : int(firsts[-1]) + 1]  # a view: written in place
-        fill_lattices(sets, window, fills)
-    else:
-        fills = np.zeros((len(sets), *out.shape[1:]), dtype=bool)
-        fill_lattices(sets, window, fills)
-        out[firsts] = fills
-    for n, kks in enumerate(slices_of):
+    fill_lattices(sets, window, out, [kks[0] for kks in slices_of])
+    for kks in slices_of:
         for kk in kks[1:]:
-            out[kk] = fills[n]
+            out[kk] = out[kks[0]]
     return out
 
 

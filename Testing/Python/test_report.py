@@ -169,6 +169,8 @@ def test_qa_crop_box_and_dmax_from_the_audit(tmp_path):
     plain = qa_plot.render_qa_png(tmp_path / "a.png", ct, Volume(dose, grid))
     hinted = qa_plot.render_qa_png(tmp_path / "b.png", ct, Volume(dose, grid), dmax_at=qa_plot.dmax_index(dose))
     np.testing.assert_array_equal(image.imread(str(plain)), image.imread(str(hinted)))
+    stale = qa_plot.render_qa_png(tmp_path / "c.png", ct, Volume(dose, grid), dmax_at=(0, 0, 0))  # not at Dmax
+    np.testing.assert_array_equal(image.imread(str(plain)), image.imread(str(stale)))
 
 
 # ---- the CLI options -------------------------------------------------------------------------

@@ -330,8 +330,13 @@ def test_batched_plane_fills_equal_one_by_one():
     sets.append([])  # a plane without polygons
     out = np.zeros((len(sets), 40, 50), bool)
     fill_lattices(sets, window, out)
+    scattered = np.zeros((2 * len(sets), 40, 50), bool)
+    targets = [2 * (len(sets) - 1 - n) + 1 for n in range(len(sets))]  # set n into slice targets[n]
+    fill_lattices(sets, window, scattered, targets)
+    assert not scattered[::2].any()
     for n, polys in enumerate(sets):
         np.testing.assert_array_equal(out[n], fill_lattice(polys, window), err_msg=f"set {n}")
+        np.testing.assert_array_equal(scattered[targets[n]], out[n])
         for poly in polys:
             for point in RNG.uniform(-5, 55, (20, 2)):
                 assert _point_in_polygon(point, poly) == points_in_polygons(point[None], [poly])[0]
