@@ -11,10 +11,10 @@ import DoseAlignLib
 import numpy as np
 import slicer
 import vtk
-from DoseAlignLib import mrml
 from DoseAlignLib.errors import Cancelled, DoseAlignError, GeometryError
 from DoseAlignLib.grid import Volume
 from DoseAlignLib.options import AlignOptions
+from DoseAlignMRML import volumes as mrml
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate

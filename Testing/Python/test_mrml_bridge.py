@@ -1,4 +1,4 @@
-"""The MRML bridge (DoseAlignLib.mrml) against real MRML from PyPI ``slicer-core``.
+"""The MRML bridge (DoseAlignMRML.volumes) against real MRML from PyPI ``slicer-core``.
 
 The oracle for node geometry is written here independently of the engine: it builds IJKToRAS
 the way a Slicer/SlicerRT RTDOSE load does (vtkITK over ITK GDCMImageIO: direction columns =
@@ -18,9 +18,9 @@ pytest.importorskip("slicer.util")
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package has no MRML (install slicer-core)", allow_module_level=True)
 
-from DoseAlignLib import mrml  # noqa: E402
 from DoseAlignLib.errors import GeometryError, InputError  # noqa: E402
 from DoseAlignLib.grid import Grid, Volume  # noqa: E402
+from DoseAlignMRML import volumes as mrml  # noqa: E402
 
 pytestmark = pytest.mark.slicer_core
 

@@ -22,9 +22,8 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-
-from .errors import GeometryError, InputError
-from .grid import GRID_ATOL_MM, Grid, Volume
+from DoseAlignLib.errors import GeometryError, InputError
+from DoseAlignLib.grid import GRID_ATOL_MM, Grid, Volume
 
 #: LPS <-> RAS: negate x and y. The matrix is its own inverse.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
