@@ -198,16 +198,3 @@ def temp_path(path: Path) -> Path:
 def replace_atomic(temp: Path, final: Path) -> None:
     """Move a finished temporary file into place in one step."""
     os.replace(temp, final)
-
-
-def json_text(data) -> str:
-    def default(value):
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        if isinstance(value, Path):
-            return value.as_posix()
-        raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-    return json.dumps(data, indent=1, default=default) + "\n"

@@ -28,7 +28,8 @@ import hashlib
 from pathlib import Path
 
 from . import __version__
-from .export_common import json_text, temp_path
+from .export_common import temp_path
+from .writers import json_text
 
 DATALIST_FILE = "dataset.json"
 

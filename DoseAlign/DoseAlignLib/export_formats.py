@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import DoseAlignError
-from .export_common import TEMP_PREFIX, CaseData, json_text, require, temp_path
+from .export_common import TEMP_PREFIX, CaseData, require, temp_path
 from .export_openkbp import DEFAULT_SPACING, OpenKBPSettings
+from .writers import json_text
 
 logger = logging.getLogger(__name__)
 

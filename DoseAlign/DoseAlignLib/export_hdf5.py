@@ -30,7 +30,8 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
-from .export_common import CaseData, geometry_attributes, json_text, require, temp_path
+from .export_common import CaseData, geometry_attributes, require, temp_path
+from .writers import json_text
 
 CASE_FILE = "case.h5"
 DATASET_FILE = "dataset.h5"

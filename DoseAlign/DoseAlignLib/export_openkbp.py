@@ -38,11 +38,12 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
-from .export_common import CaseData, is_target, json_text, unique_file_names
+from .export_common import CaseData, is_target, unique_file_names
 from .grid import Grid, Volume
 from .options import AlignOptions, CustomBox, Interpolator, ReferenceGrid
 from .reference import custom_grid
 from .resample import resample
+from .writers import json_text
 
 SIZE = 128
 #: Default spacing (mm, along i, j, k): a 512 x 512 x 256 mm box, like OpenKBP's sample patient

@@ -65,9 +65,7 @@ def write_case_output(result, out_dir: Path, extra_files: Sequence[Callable[[Pat
             write_extra(temp)
         arrays = {"ct": result.ct.array, "dose": result.dose.array, **result.extra_arrays}
         save_npz(temp / "pair.npz", arrays)  # reproducible bytes: a resumed export equals a fresh one
-        (temp / "meta.json").write_text(
-            json.dumps(result.meta, indent=1, default=_json_default) + "\n", encoding="utf-8"
-        )
+        (temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
         _replace_dir(temp, final)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
@@ -153,6 +151,11 @@ def _cell(value) -> str:
     if value is None:
         return ""
     return str(value).replace("\n", " ")
+
+
+def json_text(data) -> str:
+    """JSON as every DoseAlign file writes it (numpy scalars and arrays, paths as text), newline-ended."""
+    return json.dumps(data, indent=1, default=_json_default) + "\n"
 
 
 def _json_default(value):
