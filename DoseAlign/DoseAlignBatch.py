@@ -114,22 +114,12 @@ def main(argv) -> int:
 
     try:
         from DICOMLib import DICOMUtils
+        from DoseAlignLib.cli import options_from_args
         from DoseAlignLib.errors import Cancelled
-        from DoseAlignLib.options import AlignOptions
 
         import DoseAlign
 
-        options = AlignOptions(
-            reference=args.reference,
-            interpolator=args.interpolator,
-            custom_spacing=args.spacing,
-            custom_box=args.box,
-            custom_size=args.size,
-            ct_fill_hu=args.ct_fill,
-            ct_dtype=args.ct_dtype,
-            allow_relative=args.allow_relative,
-            structures=not args.no_structures,
-        )
+        options = options_from_args(args)
     except (ImportError, ValueError) as error:
         print(f"DoseAlignBatch: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE

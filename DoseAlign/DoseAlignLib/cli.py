@@ -181,9 +181,12 @@ def parse_ints(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected whole numbers like 128 or 128,128,96, got {text!r}") from None
 
 
-def _options(args: argparse.Namespace) -> AlignOptions:
+def options_from_args(args: argparse.Namespace) -> AlignOptions:
+    """AlignOptions from parsed arguments (the CLI's, or the Slicer batch script's, which lacks some flags)."""
     from .contours import load_roi_map
 
+    roi_map = getattr(args, "roi_map", None)
+    thresholds = getattr(args, "audit_thresholds", None)
     return AlignOptions(
         reference=args.reference,
         interpolator=args.interpolator,
@@ -194,9 +197,9 @@ def _options(args: argparse.Namespace) -> AlignOptions:
         ct_dtype=args.ct_dtype,
         allow_relative=args.allow_relative,
         structures=not args.no_structures,
-        roi_map=load_roi_map(args.roi_map) if args.roi_map else None,
-        fractional_masks=args.fractional_masks,
-        audit_thresholds=_read_json(args.audit_thresholds) if args.audit_thresholds else None,
+        roi_map=load_roi_map(roi_map) if roi_map else None,
+        fractional_masks=getattr(args, "fractional_masks", 0),
+        audit_thresholds=_read_json(thresholds) if thresholds else None,
     )
 
 
@@ -287,7 +290,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .batch import export_folder
     from .parallel import default_workers, parse_shard
 
-    options = _options(args)
+    options = options_from_args(args)
     formats = _formats(args)
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
@@ -327,7 +330,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .batch import export_folder
     from .phantom import write_phantom
 
-    options = _options(args)
+    options = options_from_args(args)
     formats = _formats(args)
     dicom_dir = args.output / "dicom"
     export_dir = args.output / "export"

@@ -38,3 +38,25 @@ def voxel_points(meta: dict) -> np.ndarray:
     kk, jj, ii = np.meshgrid(np.arange(k), np.arange(j), np.arange(i), indexing="ij")
     ijk = np.stack([ii, jj, kk], axis=-1).astype(np.float64)
     return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def interior_mask(truth, points: np.ndarray, margin: float = 1e-6) -> np.ndarray:
+    """Points inside the outermost dose voxel centres (where trilinear interpolation is exact).
+
+    Computed from the phantom's own description of its dose grid, not from the engine.
+    """
+    rel = points - truth.dose_origin
+    row_spacing, column_spacing = truth.dose_pixel_spacing
+    _frames, rows, columns = truth.dose_shape
+    u = rel @ truth.dose_row_dir / column_spacing
+    v = rel @ truth.dose_col_dir / row_spacing
+    w = rel @ truth.dose_normal
+    offsets = np.asarray(truth.dose_frame_offsets)
+    return (
+        (u >= -margin)
+        & (u <= columns - 1 + margin)
+        & (v >= -margin)
+        & (v <= rows - 1 + margin)
+        & (w >= offsets.min() - margin)
+        & (w <= offsets.max() + margin)
+    )

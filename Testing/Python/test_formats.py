@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import ROOT, load_case, voxel_points
+from conftest import ROOT, interior_mask, load_case, voxel_points
 from DoseAlignLib import batch
 from DoseAlignLib.cli import main
 from DoseAlignLib.export_formats import ExportFormats, parse_formats
@@ -123,25 +123,6 @@ def _cases(study):
 # ---- helpers written from the definitions, not from the engine ---------------------------------
 
 
-def _dose_interior(truth, points: np.ndarray, margin: float = 1e-6) -> np.ndarray:
-    """Points inside the outermost dose voxel centres (where trilinear interpolation is exact)."""
-    rel = points - truth.dose_origin
-    row_spacing, column_spacing = truth.dose_pixel_spacing
-    frames, rows, columns = truth.dose_shape
-    u = rel @ truth.dose_row_dir / column_spacing
-    v = rel @ truth.dose_col_dir / row_spacing
-    w = rel @ truth.dose_normal
-    offsets = np.asarray(truth.dose_frame_offsets)
-    return (
-        (u >= -margin)
-        & (u <= columns - 1 + margin)
-        & (v >= -margin)
-        & (v <= rows - 1 + margin)
-        & (w >= offsets.min() - margin)
-        & (w <= offsets.max() + margin)
-    )
-
-
 def _exact_region(truth, meta: dict, points: np.ndarray) -> np.ndarray:
     """Points whose 8 neighbouring output voxels all lie inside the output grid and the dose interior.
 
@@ -156,7 +137,7 @@ def _exact_region(truth, meta: dict, points: np.ndarray) -> np.ndarray:
     for corner in np.ndindex(2, 2, 2):
         neighbour = base + np.array(corner)
         lps = neighbour @ affine[:3, :3].T + affine[:3, 3]
-        ok &= _dose_interior(truth, lps)
+        ok &= interior_mask(truth, lps)
     return ok
 
 
@@ -581,13 +562,13 @@ def test_openkbp_sparse_csv_maps_onto_the_analytic_dose(study):
         points = _openkbp_points(geometry)
         dose = read_sparse_csv(sample / "dose.csv")
         assert dose.shape == (128, 128, 128)
-        interior = _dose_interior(truth, points)
+        interior = interior_mask(truth, points)
         assert interior.sum() > 1000
         expected = truth.dose_at(points)
         dmax = float(expected[interior].max())
         assert np.abs(dose - expected)[interior].max() <= TOLERANCE * dmax
         # far outside the dose grid (beyond a voxel of its faces) the dose is 0
-        far = ~_dose_interior(truth, points, margin=3.5)
+        far = ~interior_mask(truth, points, margin=3.5)
         assert np.all(dose[far] == 0)
         # masks: nearest neighbour of the case's masks, looked up here through the affines
         inverse = np.linalg.inv(np.array(meta["ijk_to_lps"]))

@@ -7,34 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_case, voxel_points
+from conftest import interior_mask, load_case, voxel_points
 from DoseAlignLib.batch import export_folder
 from DoseAlignLib.options import AlignOptions
 from DoseAlignLib.phantom import PhantomSpec, write_phantom
 
 TOLERANCE = 1e-4  # of Dmax
-
-
-def interior_mask(truth, points: np.ndarray, margin: float = 1e-6) -> np.ndarray:
-    """Points inside the outermost dose voxel centres (where trilinear interpolation is exact).
-
-    Computed from the phantom's own description of its dose grid, not from the engine.
-    """
-    rel = points - truth.dose_origin
-    row_spacing, column_spacing = truth.dose_pixel_spacing
-    _frames, rows, columns = truth.dose_shape
-    u = rel @ truth.dose_row_dir / column_spacing
-    v = rel @ truth.dose_col_dir / row_spacing
-    w = rel @ truth.dose_normal
-    offsets = np.asarray(truth.dose_frame_offsets)
-    return (
-        (u >= -margin)
-        & (u <= columns - 1 + margin)
-        & (v >= -margin)
-        & (v <= rows - 1 + margin)
-        & (w >= offsets.min() - margin)
-        & (w <= offsets.max() + margin)
-    )
 
 
 def outside_rim_mask(truth, points: np.ndarray) -> np.ndarray:
