@@ -7,8 +7,6 @@
   at once with the reason (exit code 2), instead of failing every case one by one.
 * :func:`check_overlap`: a dose grid that lies wholly outside its CT is refused (its output would
   be all zero), naming the dose file and ImagePositionPatient.
-* :func:`save_npz`: ``pair.npz`` written byte-for-byte reproducibly (fixed zip timestamps), so a
-  resumed or repeated export equals an uninterrupted one file for file.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import hashlib
 import re
 import uuid
 import warnings
-import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
@@ -32,8 +29,6 @@ from .errors import DoseAlignError, GeometryError
 DAMAGED_PREFIX = "damaged-file"
 #: File names that are DICOM even without the 128-byte preamble.
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-#: The zip timestamp of every member of pair.npz (the earliest a zip file can hold).
-NPZ_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 TAG_PATTERN = re.compile(r"\([0-9A-F]{4},[0-9A-F]{4}\)")
 
 
@@ -164,16 +159,3 @@ def check_overlap(ct_grid, dose_grid, dose_path: Optional[Path]) -> None:
             tag="(0020,0032) ImagePositionPatient",
             hint="the dose belongs to another CT, or its position is damaged",
         )
-
-
-def save_npz(path: Path, arrays: dict) -> None:
-    """Like ``numpy.savez`` (uncompressed, loads with ``numpy.load``), with reproducible bytes."""
-    from numpy.lib import format as npy_format
-
-    path = Path(path)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=NPZ_DATE_TIME)
-            info.external_attr = 0o600 << 16
-            with archive.open(info, "w", force_zip64=True) as handle:
-                npy_format.write_array(handle, np.asanyarray(array), allow_pickle=False)

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .hardening import save_npz
+from .npz import save_npz
 
 MANIFEST_COLUMNS = [
     "case_id",

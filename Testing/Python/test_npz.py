@@ -1,0 +1,65 @@
+"""pair.npz writer: every member holds what numpy.save writes (in C order), zero runs become holes."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from DoseAlignLib.npz import save_npz
+
+
+def _arrays() -> dict:
+    rng = np.random.default_rng(7)
+    dose = np.zeros((24, 256, 256), np.float32)  # 6 MiB, mostly zero: the usual dose on a CT grid
+    dose[8:12, 40:200, 100:120] = rng.random((4, 160, 20), dtype=np.float32)
+    return {
+        "ct": rng.integers(-1000, 3000, (24, 256, 256)).astype(np.int16),
+        "dose": dose,
+        "mask": rng.random((3, 5, 7)) > 0.5,
+        "names": np.array(["PTV", "Lung L"]),
+        "big_endian": np.arange(5, dtype=">f8"),
+        "fortran": np.asfortranarray(rng.random((3, 4))),
+        "empty": np.zeros((0, 3)),
+        "scalar": np.float32(3.5),
+    }
+
+
+def test_members_are_numpy_save_bytes(tmp_path) -> None:
+    arrays = _arrays()
+    save_npz(tmp_path / "pair.npz", arrays)
+    with zipfile.ZipFile(tmp_path / "pair.npz") as archive:
+        assert archive.testzip() is None  # every CRC checks
+        assert archive.namelist() == [f"{name}.npy" for name in arrays]
+        for name, array in arrays.items():
+            expected = io.BytesIO()
+            np.save(expected, np.asarray(array, order="C"))  # always stored in C order
+            assert archive.read(f"{name}.npy") == expected.getvalue(), name
+    with np.load(tmp_path / "pair.npz") as loaded:
+        for name, array in arrays.items():
+            assert loaded[name].dtype == np.asarray(array).dtype
+            assert np.array_equal(loaded[name], array), name
+
+
+def test_bytes_are_reproducible_and_zero_runs_are_holes(tmp_path) -> None:
+    arrays = _arrays()
+    save_npz(tmp_path / "a.npz", arrays)
+    save_npz(tmp_path / "b.npz", arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    stat = os.stat(tmp_path / "a.npz")
+    if stat.st_blocks * 512 >= stat.st_size:
+        probe = tmp_path / "probe"
+        with open(probe, "wb") as handle:
+            handle.seek(1 << 22)
+            handle.write(b"x")
+        if os.stat(probe).st_blocks * 512 >= 1 << 22:
+            pytest.skip("this file system has no holes")
+    # the dose's zeros take no space: of its 6 MiB, the 1 MiB pieces touching non-zero slices are written
+    assert stat.st_blocks * 512 < stat.st_size - 3 * 2**20
+
+
+def test_object_arrays_are_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="object arrays"):
+        save_npz(tmp_path / "x.npz", {"bad": np.array([{"a": 1}], dtype=object)})
