@@ -6,6 +6,7 @@ sometimes share one SeriesInstanceUID (the Nelms DVH phantom's 1, 2 and 3 mm CTs
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,33 +77,72 @@ class ScanResult:
         return [o for o in self.objects if o.kind == kind]
 
 
-def scan_folder(root: Path, progress: Progress = None) -> ScanResult:
+#: Below this many files a folder is read in one process: forking would cost more than it saves.
+MIN_FILES_PER_PROCESS = 64
+
+
+def scan_folder(root: Path, progress: Progress = None, workers: int = 1) -> ScanResult:
     """Read the headers of every file below ``root`` (recursively, in sorted order).
 
     Files that are not DICOM or cannot be read are listed in ``skipped`` with the reason.
+    With ``workers`` > 1 (and enough files) the headers are read in that many forked processes;
+    the result is the same, in the same order.
     """
     root = Path(root)
     if not root.is_dir():
         raise DoseAlignError("is not a folder", path=root)
     paths = sorted(_walk(root))
     result = ScanResult(root=root)
-    for n, path in enumerate(paths):
-        rel = path.relative_to(root).as_posix()
-        if progress is not None and (n % 50 == 0 or n == len(paths) - 1):
-            progress(n / max(len(paths), 1), f"reading headers {n + 1}/{len(paths)}")
-        try:
-            ds = dicomio.read_header(path, defer_large=True)
-            _check_identity(ds, path)
-            obj = _record(path, rel, ds)
-        except DoseAlignError as error:
-            result.skipped.append((rel, _reason(error)))
-            continue
-        except Exception as error:  # a header value the scanner cannot interpret: the file is unusable
-            result.skipped.append((rel, f"header cannot be interpreted: {type(error).__name__}: {error}"))
-            continue
-        result.objects.append(obj)
+    workers = min(workers, len(paths) // MIN_FILES_PER_PROCESS)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        entries = _scan_in_processes(root, paths, workers, progress)
+    else:
+        entries = []
+        for n, path in enumerate(paths):
+            if progress is not None and (n % 50 == 0 or n == len(paths) - 1):
+                progress(n / max(len(paths), 1), f"reading headers {n + 1}/{len(paths)}")
+            entries.append(_scan_file(root, path))
+    for entry in entries:
+        if isinstance(entry, DicomObject):
+            result.objects.append(entry)
+        else:
+            result.skipped.append(entry)
     result.ct_series = _group_ct(result)
     return result
+
+
+def _scan_file(root: Path, path: Path):
+    """A file's :class:`DicomObject`, or ``(rel_path, reason)`` when it is skipped."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        ds = dicomio.read_header(path, defer_large=True)
+        _check_identity(ds, path)
+        return _record(path, rel, ds)
+    except DoseAlignError as error:
+        return (rel, _reason(error))
+    except Exception as error:  # a header value the scanner cannot interpret: the file is unusable
+        return (rel, f"header cannot be interpreted: {type(error).__name__}: {error}")
+
+
+def _scan_files(root: Path, paths: list) -> list:
+    return [_scan_file(root, path) for path in paths]
+
+
+def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress) -> list:
+    """:func:`_scan_file` of every path in ``workers`` forked processes, results in path order."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pieces = 4 * workers  # several pieces per process: one slow stretch of files does not hold up the rest
+    bounds = [len(paths) * n // pieces for n in range(pieces + 1)]
+    chunks = [paths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    context = multiprocessing.get_context("fork")
+    entries: list = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for n, chunk_entries in enumerate(pool.map(_scan_files, [root] * len(chunks), chunks)):
+            entries.extend(chunk_entries)
+            if progress is not None:
+                progress((n + 1) / len(chunks), f"reading headers {len(entries)}/{len(paths)}")
+    return entries
 
 
 def _reason(error: DoseAlignError) -> str:
@@ -112,8 +152,8 @@ def _reason(error: DoseAlignError) -> str:
 
 def _check_identity(ds: Dataset, path: Path) -> None:
     """A DICOM object says what it is: SOPClassUID and Modality present and not contradicting each other."""
-    sop_kind = dicomio.SOP_CLASS_KIND.get(str(ds.get("SOPClassUID", "")).strip())
-    modality = dicomio.text(ds, "Modality").upper()
+    sop_kind = dicomio.SOP_CLASS_KIND.get(dicomio.quick_text(ds, "SOPClassUID"))
+    modality = dicomio.quick_text(ds, "Modality").upper()
     if not sop_kind and not modality and not dicomio.text(ds, "SOPClassUID"):
         meta = getattr(ds, "file_meta", None)
         claimed = meta.get("MediaStorageSOPClassUID") if meta is not None else None
@@ -127,7 +167,7 @@ def _check_identity(ds: Dataset, path: Path) -> None:
             hint="export the file again or remove it",
         )
     known = ("CT", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE")
-    if dicomio.kind_of(ds) == "CT" and not dicomio.text(ds, "SeriesInstanceUID"):
+    if dicomio.kind_of(ds) == "CT" and not dicomio.quick_text(ds, "SeriesInstanceUID"):
         raise InputError(
             "SeriesInstanceUID is missing: the slice belongs to no series (the file is damaged or truncated)",
             path=path,
@@ -158,21 +198,21 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         path=path,
         rel_path=rel,
         kind=kind,
-        sop_instance_uid=dicomio.text(ds, "SOPInstanceUID"),
-        series_uid=dicomio.text(ds, "SeriesInstanceUID"),
-        study_uid=dicomio.text(ds, "StudyInstanceUID"),
-        frame_of_reference_uid=dicomio.text(ds, "FrameOfReferenceUID"),
+        sop_instance_uid=dicomio.quick_text(ds, "SOPInstanceUID"),
+        series_uid=dicomio.quick_text(ds, "SeriesInstanceUID"),
+        study_uid=dicomio.quick_text(ds, "StudyInstanceUID"),
+        frame_of_reference_uid=dicomio.quick_text(ds, "FrameOfReferenceUID"),
         patient_id=dicomio.text(ds, "PatientID"),
     )
     info = obj.info
-    info["modality"] = dicomio.text(ds, "Modality")
+    info["modality"] = dicomio.quick_text(ds, "Modality")
     info["patient_name"] = dicomio.text(ds, "PatientName")
     if kind == "CT":
-        info["image_position"] = _safe_list(ds, "ImagePositionPatient")
-        info["image_orientation"] = _safe_list(ds, "ImageOrientationPatient")
-        info["pixel_spacing"] = _safe_list(ds, "PixelSpacing")
-        info["rows"] = ds.get("Rows")
-        info["columns"] = ds.get("Columns")
+        info["image_position"] = dicomio.quick_floats(ds, "ImagePositionPatient")
+        info["image_orientation"] = dicomio.quick_floats(ds, "ImageOrientationPatient")
+        info["pixel_spacing"] = dicomio.quick_floats(ds, "PixelSpacing")
+        info["rows"] = dicomio.quick_int(ds, "Rows")
+        info["columns"] = dicomio.quick_int(ds, "Columns")
         info["pixel_position"] = dicomio.pixel_data_position(ds)
         info["rescale"] = (ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
     elif kind == "RTDOSE":
@@ -189,7 +229,7 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
                     if "ReferencedBeamNumber" in beam:
                         beams.append(int(beam.ReferencedBeamNumber))
         info["beam_numbers"] = sorted(beams)
-        info["image_position"] = _safe_list(ds, "ImagePositionPatient")
+        info["image_position"] = dicomio.quick_floats(ds, "ImagePositionPatient")
     elif kind == "RTPLAN":
         info["plan_label"] = dicomio.text(ds, "RTPlanLabel") or dicomio.text(ds, "RTPlanName")
         info["struct_uids"] = [
@@ -207,19 +247,21 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["fractions"] = next((int(f) for f in fractions if f not in (None, "")), None)
         info["treated_beams"] = _treated_beams(ds)
     elif kind == "RTSTRUCT":
-        series, frames = [], []
+        series, frames, images = [], [], set()
         for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
             frames.append(dicomio.text(frame, "FrameOfReferenceUID"))
             for study in frame.get("RTReferencedStudySequence", []):
                 for ser in study.get("RTReferencedSeriesSequence", []):
                     series.append(dicomio.text(ser, "SeriesInstanceUID"))
+                    for image in ser.get("ContourImageSequence", []):
+                        images.add(dicomio.text(image, "ReferencedSOPInstanceUID"))
         info["ct_series_uids"] = [s for s in series if s]
         info["frame_uids"] = [f for f in frames if f]
-        images = set()
-        for roi in ds.get("ROIContourSequence", []):
-            for contour in roi.get("ContourSequence", []):
-                for image in contour.get("ContourImageSequence", []):
-                    images.add(dicomio.text(image, "ReferencedSOPInstanceUID"))
+        if not images:  # the referenced series lists no images: the contours' own references, read item by item
+            for roi in ds.get("ROIContourSequence", []):
+                for contour in roi.get("ContourSequence", []):
+                    for image in contour.get("ContourImageSequence", []):
+                        images.add(dicomio.text(image, "ReferencedSOPInstanceUID"))
         info["ct_image_uids"] = sorted(u for u in images if u)
         if not obj.frame_of_reference_uid and info["frame_uids"]:
             obj.frame_of_reference_uid = info["frame_uids"][0]
@@ -243,16 +285,6 @@ def _treated_beams(ds: Dataset) -> list:
             if int(ref.ReferencedBeamNumber) not in setup:
                 beams.append(int(ref.ReferencedBeamNumber))
     return sorted(beams)
-
-
-def _safe_list(ds: Dataset, keyword: str) -> Optional[list]:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    try:
-        return [float(v) for v in value]
-    except (TypeError, ValueError):
-        return None
 
 
 def _geometry_key(obj: DicomObject) -> tuple:
