@@ -71,7 +71,7 @@ def export_folder(
     check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
     if shard is None:
         clean_temp(out_dir)  # shards share the folder: another shard's temp files may be live
-    scan = scan_folder(input_root, progress=None)
+    scan = scan_folder(input_root, workers=1 if scheduler else workers)
     linked = form_cases(scan)
     report = BatchReport(orphans=linked.orphans, skipped_files=scan.skipped)
     cases = [c for c in linked.cases if (case_filter is None or case_filter(c)) and in_shard(c.case_id, shard)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -43,9 +44,36 @@ def run_case(case: Case, options: AlignOptions, progress: Progress = None) -> Ca
     report = _reporter(progress)
     report(0.0, "reading CT")
     geometry = ct_geometry(case.ct)
-    ct = read_ct(case.ct, geometry, options.ct_dtype)
+    # the CT's pixels are read beside the dose's reading and resampling (both mostly outside the GIL);
+    # the resampling needs only the CT's geometry
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dosealign-ct") as reader:
+        ct_reading = reader.submit(read_ct, case.ct, geometry, options.ct_dtype)
+        report(0.2, "reading and resampling dose")
+        try:
+            dose_out, target, how, doses, dose_meta, native, ct_note = _doses_on_target(case, options, geometry)
+        except BaseException:
+            ct_reading.result()  # a CT that cannot be read is reported first, as when read in turn
+            raise
+        ct = ct_reading.result()
 
-    report(0.4, "reading dose")
+    if target.equal(ct.grid):
+        ct_out = ct.array
+    else:
+        ct_dtype = np.int16 if options.ct_dtype == "int16" else np.float32
+        ct_out = resample(ct, target, options.interpolator, fill=options.ct_fill_hu, dtype=ct_dtype)
+    ct_volume = Volume(ct_out, target, "HU", "CT")
+    dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
+
+    meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native)
+    result = CaseResult(case.case_id, ct_volume, dose_volume, meta, native)
+    report(0.8, "structures and audit" if options.structures else "audit")
+    add_structures_and_audit(result, case, options, geometry)
+    report(1.0, "done")
+    return result
+
+
+def _doses_on_target(case: Case, options: AlignOptions, geometry) -> tuple:
+    """Read the dose(s), choose the reference grid and resample the dose (sum) onto it."""
     doses, dose_meta = _read_doses(case, options)
     native = _native_sum(doses)
 
@@ -63,28 +91,13 @@ def run_case(case: Case, options: AlignOptions, progress: Progress = None) -> Ca
     for obj, (volume, _geometry, _info) in zip(case.doses, doses):
         check_overlap(ct_grid, volume.grid, obj.path)  # a dose wholly outside the CT would export as zeros
     target, how = reference_grid(ct_grid, dose_grid, options)
-
-    report(0.6, "resampling")
-    if target.equal(ct.grid):
-        ct_out = ct.array
-    else:
-        ct_dtype = np.int16 if options.ct_dtype == "int16" else np.float32
-        ct_out = resample(ct, target, options.interpolator, fill=options.ct_fill_hu, dtype=ct_dtype)
     if native is not None:
         dose_out = _resample_dose(native, target, options.interpolator)
     else:
         dose_out = np.zeros(target.shape, dtype=np.float32)
         for volume, _geometry, _info in doses:
             dose_out += _resample_dose(volume, target, options.interpolator)
-    ct_volume = Volume(ct_out, target, "HU", "CT")
-    dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
-
-    meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native)
-    result = CaseResult(case.case_id, ct_volume, dose_volume, meta, native)
-    report(0.8, "structures and audit" if options.structures else "audit")
-    add_structures_and_audit(result, case, options, geometry)
-    report(1.0, "done")
-    return result
+    return dose_out, target, how, doses, dose_meta, native, ct_note
 
 
 def _reporter(progress: Progress) -> Callable[[float, str], None]:
