@@ -76,3 +76,28 @@ def test_dask_local_cluster_equals_serial(cohort, serial, tmp_path):
     assert report.exit_code == 0
     assert _manifest(tmp_path / "manifest.csv") == _manifest(serial / "manifest.csv")
     _same_outputs(serial, tmp_path)
+
+
+def _scan_summary(scan) -> tuple:
+    return (
+        scan.objects,
+        scan.skipped,
+        scan.duplicates,
+        [(series.key, series.files, series.duplicate_files) for series in scan.ct_series],
+    )
+
+
+@pytest.mark.parametrize("source", ["cohort", "shared"])
+def test_scan_in_processes_equals_serial(source, cohort, request, monkeypatch):
+    from DoseAlignLib import scan as scan_module
+
+    root = cohort if source == "cohort" else request.getfixturevalue("shared_data")
+    serial = scan_module.scan_folder(root, workers=1)
+    monkeypatch.setattr(scan_module, "MIN_FILES_PER_PROCESS", 1)  # the small sets too
+    calls = []
+    original = scan_module._scan_in_processes
+    monkeypatch.setattr(scan_module, "_scan_in_processes", lambda *a: calls.append(1) or original(*a))
+    parallel = scan_module.scan_folder(root, workers=2)
+    assert calls, "the forked path was not taken"
+    assert len(serial.objects) > 100
+    assert _scan_summary(parallel) == _scan_summary(serial)

@@ -1,0 +1,63 @@
+"""Header values the scanner decodes from their bytes equal what pydicom makes of them."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from DoseAlignLib import dicomio
+from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+TEXT = ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Modality", "SOPClassUID"]
+TEXT += ["DoseSummationType", "DoseUnits", "DoseType"]
+NUMBERS = ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "GridFrameOffsetVector"]
+INTEGERS = ["Rows", "Columns", "BitsAllocated", "BitsStored", "SamplesPerPixel", "PixelRepresentation"]
+
+
+def _pydicom_floats(ds, keyword):
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+
+
+def _files(shared_root: Path, phantom_root: Path) -> list:
+    pydicom_files = Path(pydicom.__file__).parent / "data" / "test_files"  # big endian, implicit VR, odd files
+    roots = [pydicom_files, phantom_root] + ([shared_root] if shared_root is not None else [])
+    return sorted(p for root in roots for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom(root, PhantomSpec(ct_size=(32, 32, 6), patient_position="FFP"))
+    return root
+
+
+def test_quick_values_equal_pydicom(phantom_root):
+    from conftest import SHARED_DATA
+
+    shared = SHARED_DATA if (SHARED_DATA / "README.md").is_file() else None
+    compared = 0
+    for path in _files(shared, phantom_root):
+        try:
+            quick = dicomio.read_header(path, defer_large=True)
+            slow = dicomio.read_header(path, defer_large=True)
+        except Exception:
+            continue  # not DICOM: nothing to compare
+        compared += 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for keyword in TEXT:
+                assert dicomio.quick_text(quick, keyword) == dicomio.text(slow, keyword), (path, keyword)
+            for keyword in NUMBERS:
+                assert dicomio.quick_floats(quick, keyword) == _pydicom_floats(slow, keyword), (path, keyword)
+            for keyword in INTEGERS:
+                fast, reference = dicomio.quick_int(quick, keyword), slow.get(keyword)
+                assert fast == reference and type(fast) is type(reference), (path, keyword)
+    assert compared > 50
