@@ -106,44 +106,66 @@ def _inside(index: np.ndarray, n: int) -> np.ndarray:
 def _separable(
     volume: Volume, target: Grid, permutation: list, interpolator: Interpolator, fill: float, dest: np.ndarray
 ) -> None:
-    """Three 1-D passes; the last one runs slab by slab straight into ``dest`` (no full-size temporaries)."""
+    """Three 1-D passes, streamed: ``dest`` is filled slab by slab along one axis, each slab from the
+    two source planes around it, themselves resampled in-plane (two passes) when first needed.
+
+    Every source plane is resampled once (the slabs advance monotonically) and only two are kept,
+    so no temporary the size of the output is ever made: the dose's resampling touches little
+    memory beyond ``dest`` itself.
+    """
     source = volume.grid
     growth = [target.shape[2 - t] / source.shape[2 - permutation[t]] for t in range(3)]
-    # the last pass produces the whole output: give it the axis that grows most, but never i
-    # (slabs across i would be strided); earlier passes shrink the data first
+    # the slab axis: the one that grows most, but never i (slabs across i would be strided); the
+    # in-plane passes run in order of growth, so the data shrink first
     last = max((1, 2), key=lambda t: growth[t])
     first = sorted((t for t in range(3) if t != last), key=lambda t: growth[t])
-    data = volume.array
-    masks: list = [None, None, None]
+    source_axis = 2 - permutation[last]  # array axis of the source planes
+    plane_axis = {}  # target axis -> axis of a source plane (2-D) it is resampled along
     for t in first:
-        axis = 2 - permutation[t]  # array axis of the matched source axis (arrays are k, j, i)
-        index, masks[t] = _axis_map(source, target, t, permutation[t])
-        data = _pass(data, axis, index, interpolator)
-    # into target (k, j, i) layout; the last axis is still at source resolution
-    data = np.ascontiguousarray(np.transpose(data, [2 - permutation[t] for t in (2, 1, 0)]))
-    index, masks[last] = _axis_map(source, target, last, permutation[last])
-    axis = 2 - last
-    t_outer, t_inner = sorted((t for t in range(3) if t != last), reverse=True)  # slab axes in (k, j, i) order
-    inside_rest = masks[t_outer][:, None] & masks[t_inner][None, :]
+        axis = 2 - permutation[t]
+        plane_axis[t] = axis - (axis > source_axis)
+    passes = [(plane_axis[t], *_axis_map(source, target, t, permutation[t])) for t in first]
+    # a plane's axes, in order, are the target's axes ``order``; the slabs of dest want them in (k, j, i) order
+    order = sorted(first, key=lambda t: plane_axis[t])
+    transpose = order != sorted(first, reverse=True)
+    index, inside_last = _axis_map(source, target, last, permutation[last])
+    t_outer, t_inner = sorted(first, reverse=True)
+    mask = {t: inside for t, (_axis, _index, inside) in zip(first, passes)}
+    inside_rest = mask[t_outer][:, None] & mask[t_inner][None, :]
     if inside_rest.all():
         inside_rest = None
-    n_source = data.shape[axis]
+
+    planes: dict = {}
+
+    def plane(r: int) -> np.ndarray:
+        if r not in planes:
+            data = _slab(volume.array, source_axis, r)
+            for axis, axis_index, _inside in passes:
+                data = _pass(data, axis, axis_index, interpolator)
+            planes[r] = np.ascontiguousarray(data.T if transpose else data, dtype=np.float32)
+        return planes[r]
+
+    n_source = volume.array.shape[source_axis]
     integer = np.issubdtype(dest.dtype, np.integer)
-    slab = np.empty(np.delete(np.array(dest.shape), axis), dtype=np.float32)
-    for n in range(dest.shape[axis]):
-        out_slab = _slab(dest, axis, n)
-        if not masks[last][n]:
+    slab = np.empty(np.delete(np.array(dest.shape), 2 - last), dtype=np.float32)
+    for n in range(dest.shape[2 - last]):
+        out_slab = _slab(dest, 2 - last, n)
+        if not inside_last[n]:
             out_slab[...] = fill
             continue
         if interpolator is Interpolator.NEAREST or n_source == 1:
-            np.copyto(slab, _slab(data, axis, int(np.floor(index[n] + 0.5)) if n_source > 1 else 0), casting="unsafe")
+            needed = (int(np.floor(index[n] + 0.5)) if n_source > 1 else 0,)
+            np.copyto(slab, plane(needed[0]))
         else:
             base = min(int(np.floor(index[n])), n_source - 2)
+            needed = (base, base + 1)
             weight = np.float32(index[n] - base)
-            low, high = _slab(data, axis, base), _slab(data, axis, base + 1)
-            np.subtract(high, low, out=slab, casting="unsafe")
+            low, high = plane(base), plane(base + 1)
+            np.subtract(high, low, out=slab)
             slab *= weight
             slab += low
+        for r in [r for r in planes if r not in needed]:
+            del planes[r]  # the slabs advance monotonically: a plane left behind is not needed again
         if inside_rest is not None:
             slab[~inside_rest] = fill
         if integer:
@@ -172,7 +194,7 @@ def _pass(data: np.ndarray, axis: int, index: np.ndarray, interpolator: Interpol
         nearest = np.floor(index + 0.5).astype(np.intp) if n_source > 1 else np.zeros(index.shape, dtype=np.intp)
         return np.take(data, nearest, axis=axis)
     base = np.minimum(np.floor(index).astype(np.intp), n_source - 2)
-    weight_shape = [1, 1, 1]
+    weight_shape = [1] * data.ndim
     weight_shape[axis] = index.size
     weight = (index - base).astype(np.float32).reshape(weight_shape)
     low = np.take(data, base, axis=axis).astype(np.float32, copy=False)
