@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -53,7 +54,8 @@ def write_case_output(result, out_dir: Path, extra_files: Sequence[Callable[[Pat
 
     The files go into a temporary folder that is renamed into place at the end; an existing
     output of the same case is replaced only then. Each of ``extra_files`` is called first with
-    the temporary folder to add its files there (e.g. qa.png); it may still update ``result.meta``.
+    the temporary folder to add its files there (e.g. qa.png), while pair.npz is written; it may
+    still update ``result.meta`` but must not change the arrays.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,10 +63,16 @@ def write_case_output(result, out_dir: Path, extra_files: Sequence[Callable[[Pat
     temp = out_dir / f"{TEMP_PREFIX}{result.case_id}-{uuid.uuid4().hex[:8]}"
     temp.mkdir()
     try:
-        for write_extra in extra_files:
-            write_extra(temp)
         arrays = {"ct": result.ct.array, "dose": result.dose.array, **result.extra_arrays}
-        save_npz(temp / "pair.npz", arrays)  # reproducible bytes: a resumed export equals a fresh one
+        # pair.npz (mostly I/O and CRCs, outside the GIL) is written beside the extra files (qa.png:
+        # mostly Python); the writers only read the arrays
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dosealign-npz") as writer:
+            npz = writer.submit(save_npz, temp / "pair.npz", arrays)  # reproducible bytes, see npz.py
+            try:
+                for write_extra in extra_files:
+                    write_extra(temp)
+            finally:
+                npz.result()
         (temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
         _replace_dir(temp, final)
     except BaseException:
