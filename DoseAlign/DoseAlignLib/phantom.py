@@ -97,6 +97,7 @@ class PhantomSpec:
     write_plan_dose: bool = True
     write_beam_doses: bool = False
     with_structures: bool = True
+    extra_organs: int = 0  # further spherical ROIs ("Organ 1".."Organ N") on a ring around the centre
     with_plan: bool = True
     prescription_gy: float = 60.0
     shuffle_files: bool = True
@@ -392,8 +393,8 @@ def _shape_frame(normal: np.ndarray) -> tuple:
     return u, (-v if v[1] < 0 else v)
 
 
-def _make_rois(ct: _Slices, center: np.ndarray, length: float) -> list:
-    """The five ROIs, sized from the CT's in-plane half width and scan length."""
+def _make_rois(ct: _Slices, center: np.ndarray, length: float, extra_organs: int = 0) -> list:
+    """The five ROIs (and ``extra_organs`` spheres), sized from the CT's in-plane half width and scan length."""
     half = 0.5 * min((ct.cols - 1) * ct.spacing[1], (ct.rows - 1) * ct.spacing[0]) or 10.0
     length = length or 10.0
     n = ct.normal / np.linalg.norm(ct.normal)
@@ -410,6 +411,14 @@ def _make_rois(ct: _Slices, center: np.ndarray, length: float) -> list:
         (5, "Marker", "MARKER", "point", middle + 0.3 * half * u + 0.2 * half * v, {}, None, None),
     ]  # fmt: skip
     colors = [(0, 255, 0), (255, 0, 0), (255, 255, 0), (0, 128, 255), (255, 0, 255)]
+    r_organ = 0.12 * min(half, length / 2)
+    for m in range(extra_organs):  # inside the External, clear of the others' centres
+        angle = 2 * np.pi * (m + 0.5) / extra_organs
+        at = center + 0.55 * half * (np.cos(angle) * 0.85 * u + np.sin(angle) * 0.65 * v)
+        table.append(
+            (6 + m, f"Organ {m + 1}", "ORGAN", "sphere", at, {"radius": r_organ}, None, 4 / 3 * np.pi * r_organ**3)
+        )
+        colors.append((40 * m % 256, 200, 255 - 40 * m % 256))
     return [
         RoiTruth(num, name, kind, shape, np.array(c, dtype=np.float64), n, u, v, params, h, None if vol is None else vol / 1000.0, color)
         for (num, name, kind, shape, c, params, h, vol), color in zip(table, colors)
@@ -780,7 +789,7 @@ def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  
     }
 
     center = np.asarray(spec.ct_center_lps, dtype=np.float64)
-    rois = _make_rois(ct, center, length)
+    rois = _make_rois(ct, center, length, spec.extra_organs)
     ct_names, name_for = _file_names(spec, len(kept))
     ct_files = _write_ct(out, spec, ct, rois, common, ids, ct_names)
     struct_file = _write_struct(out / name_for("RS"), ct, rois, common, ids) if spec.with_structures else None

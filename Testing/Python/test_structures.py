@@ -519,3 +519,21 @@ def test_nelms_structure_volumes_against_the_analytic_shapes(shared_data):
         if name.startswith(("Cylinder", "Cone")):
             # the slab rule's end caps: a full cross-section half a slab past each end plane
             assert mask_cc > analytic * 1.03, name
+
+
+def test_phantom_extra_organs_are_spheres_of_their_analytic_volume(tmp_path):
+    from DoseAlignLib.link import form_cases
+    from DoseAlignLib.options import AlignOptions
+    from DoseAlignLib.phantom import PhantomSpec, write_phantom
+    from DoseAlignLib.pipeline import run_case
+    from DoseAlignLib.scan import scan_folder
+
+    spec = PhantomSpec(ct_size=(128, 128, 128), ct_slice_spacing=1.0, dose_size=(30, 30, 20), extra_organs=5, seed=4)
+    truth = write_phantom(tmp_path / "in", spec)
+    result = run_case(form_cases(scan_folder(tmp_path / "in")).cases[0], AlignOptions())
+    meta = result.meta["structures"]
+    assert meta["names"] == ["External", "PTV", "Cord", "Ring"] + [f"Organ {m}" for m in range(1, 6)]
+    by_name = {r["name"]: r for r in meta["rois"]}
+    for m in range(1, 6):
+        analytic = truth.roi(f"Organ {m}").volume_cc
+        assert by_name[f"Organ {m}"]["volume_cc"] == pytest.approx(analytic, rel=0.08)
