@@ -14,8 +14,10 @@ The archive is made by :mod:`zipfile` and the members' headers by :mod:`numpy.li
 from __future__ import annotations
 
 import io
+import threading
 import zipfile
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -73,18 +75,104 @@ class _SparseWriter(io.RawIOBase):
 
 def save_npz(path: Path, arrays: dict) -> None:
     """Write ``arrays`` (name -> array) as an uncompressed ``.npz`` that ``numpy.load`` reads."""
-    with (
-        _SparseWriter(Path(path)) as raw,
-        zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
-    ):
-        for name, array in arrays.items():
-            array = np.asarray(array, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=NPZ_DATE_TIME)
-            info.external_attr = 0o600 << 16
-            with archive.open(info, "w", force_zip64=True) as member:
-                if array.dtype.hasobject:
-                    raise ValueError(f"{name}: object arrays are not written to pair.npz")
-                # the header numpy.save would write (version 1.0 fits any shape we export)
-                npy_format.write_array_header_1_0(member, npy_format.header_data_from_array_1_0(array))
-                if array.size:
-                    member.write(memoryview(array.reshape(-1).view(np.uint8)))
+    stream = NpzStream(path, leading=())
+    for name, array in arrays.items():
+        stream.add(name, array)
+    stream.close()
+
+
+class NpzStream:
+    """An ``.npz`` written by a background thread while its arrays are still being computed.
+
+    The members named in ``leading`` come first, in that order, each written as soon as it is
+    given; the others follow in the order given, once :meth:`close` is called. The bytes equal
+    :func:`save_npz`'s of the same arrays in that order. The arrays must not change once given.
+    """
+
+    def __init__(self, path: Path, leading: Sequence[str] = ("ct", "dose")) -> None:
+        self._path = Path(path)
+        self._leading = list(leading)
+        self._given: dict = {}
+        self._order: list = []
+        self._closed = False
+        self._aborted = False
+        self._error: Optional[BaseException] = None
+        self._written: set = set()  # by the writer thread only
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="dosealign-npz", daemon=True)
+        self._thread.start()
+
+    def add(self, name: str, array) -> None:
+        """Hand over a member (from any thread)."""
+        with self._condition:
+            if self._closed:
+                raise ValueError(f"{self._path}: no member can be added after close()")
+            if name in self._given:
+                raise ValueError(f"{self._path}: member {name!r} given twice")
+            self._given[name] = array
+            self._order.append(name)
+            self._condition.notify()
+
+    def close(self) -> None:
+        """Write the remaining members, finish the file and raise what went wrong in the writer."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop writing (the caller removes the unfinished file)."""
+        with self._condition:
+            self._closed = self._aborted = True
+            self._condition.notify()
+        self._thread.join()
+
+    def _next(self) -> Optional[str]:
+        """The next member to write, waiting for it; None when the file is complete or abandoned."""
+        with self._condition:
+            while not self._aborted:
+                pending = [n for n in self._leading if n not in self._written]
+                if pending and pending[0] in self._given:
+                    return pending[0]
+                if not pending or self._closed:
+                    # leading members given (a leading one never given is skipped), then the others as given
+                    ready = [n for n in pending if n in self._given]
+                    ready += [n for n in self._order if n not in self._leading and n not in self._written]
+                    if ready:
+                        return ready[0]
+                    if self._closed:
+                        return None
+                self._condition.wait()
+            return None
+
+    def _run(self) -> None:
+        try:
+            with (
+                _SparseWriter(self._path) as raw,
+                zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+            ):
+                while True:
+                    name = self._next()
+                    if name is None:
+                        break
+                    _write_member(archive, name, self._given[name])
+                    self._written.add(name)
+        except BaseException as error:  # given to the caller by close()
+            self._error = error
+            with self._condition:
+                self._aborted = True
+
+
+def _write_member(archive: zipfile.ZipFile, name: str, array) -> None:
+    array = np.asarray(array, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
+    if array.dtype.hasobject:
+        raise ValueError(f"{name}: object arrays are not written to pair.npz")
+    info = zipfile.ZipInfo(f"{name}.npy", date_time=NPZ_DATE_TIME)
+    info.external_attr = 0o600 << 16
+    with archive.open(info, "w", force_zip64=True) as member:
+        # the header numpy.save would write (version 1.0 fits any shape we export)
+        npy_format.write_array_header_1_0(member, npy_format.header_data_from_array_1_0(array))
+        if array.size:
+            member.write(memoryview(array.reshape(-1).view(np.uint8)))

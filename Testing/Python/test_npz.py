@@ -63,3 +63,42 @@ def test_bytes_are_reproducible_and_zero_runs_are_holes(tmp_path) -> None:
 def test_object_arrays_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="object arrays"):
         save_npz(tmp_path / "x.npz", {"bad": np.array([{"a": 1}], dtype=object)})
+
+
+def test_stream_writes_leading_members_first_whatever_the_order_given(tmp_path) -> None:
+    import threading
+
+    from DoseAlignLib.npz import NpzStream
+
+    arrays = _arrays()
+    save_npz(tmp_path / "reference.npz", arrays)  # ct, dose, then the rest
+    stream = NpzStream(tmp_path / "streamed.npz", leading=("ct", "dose"))
+    rest = [name for name in arrays if name not in ("ct", "dose")]
+    stream.add(rest[0], arrays[rest[0]])  # an extra first: it must wait for ct and dose
+    stream.add("dose", arrays["dose"])  # before ct: written after it
+    late = threading.Thread(target=stream.add, args=("ct", arrays["ct"]))  # ct from another thread
+    late.start()
+    late.join()
+    for name in rest[1:]:
+        stream.add(name, arrays[name])
+    stream.close()
+    assert (tmp_path / "streamed.npz").read_bytes() == (tmp_path / "reference.npz").read_bytes()
+
+
+def test_stream_skips_a_leading_member_never_given_and_reports_writer_errors(tmp_path) -> None:
+    from DoseAlignLib.npz import NpzStream
+
+    stream = NpzStream(tmp_path / "a.npz", leading=("ct", "dose"))
+    stream.add("dose", np.arange(3.0))
+    stream.close()
+    with np.load(tmp_path / "a.npz") as loaded:
+        assert loaded.files == ["dose"]
+    broken = NpzStream(tmp_path / "b.npz", leading=())
+    broken.add("bad", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="object arrays"):
+        broken.close()
+    aborted = NpzStream(tmp_path / "c.npz", leading=("ct",))
+    aborted.add("dose", np.arange(3.0))  # waits for ct, which never comes
+    aborted.abort()  # returns (the caller removes the unfinished file)
+    with pytest.raises(ValueError, match="after close"):
+        aborted.add("ct", np.arange(3.0))
