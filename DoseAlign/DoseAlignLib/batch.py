@@ -19,7 +19,7 @@ from .pipeline import run_case
 from .qa_plot import qa_png_writer
 from .report import write_report
 from .scan import scan_folder
-from .writers import case_dir, clean_temp, is_complete, manifest_row, write_case_output, write_manifest
+from .writers import CaseOutput, case_dir, clean_temp, is_complete, manifest_row, write_manifest
 
 logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[float, str], None]]
@@ -161,14 +161,17 @@ def export_case(
     if resume and is_complete(out_dir, case.case_id):
         meta = json.loads((case_dir(out_dir, case.case_id) / "meta.json").read_text(encoding="utf-8"))
         return manifest_row(case, "ok", "", meta)
+    output = None
     try:
-        result = run_case(case, options)
+        output = CaseOutput(out_dir)  # pair.npz gets the CT and the dose while the rest is computed
+        result = run_case(case, options, sink=output.add_array)
         if pseudonymizer is not None:
-            pseudonymizer.result(result)  # before any writer sees it: meta, case id, text arrays
+            pseudonymizer.result(result)  # before meta.json and the extra files: meta, case id, text arrays
         extra = [qa_png_writer(result)] if qa_png else []
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result))
-        write_case_output(result, out_dir, extra)
+        output.finish(result, extra)
+        output = None
         return manifest_row(case, "ok", "", result.meta)
     except Cancelled:
         raise
@@ -181,3 +184,6 @@ def export_case(
     except Exception as error:  # an engine bug must not stop the batch; the row says what happened
         logger.exception("case %s: unexpected error", case.case_id)
         return manifest_row(case, "failed", f"internal error ({type(error).__name__}: {error}); please report it")
+    finally:
+        if output is not None:  # the case failed: its unfinished folder goes
+            output.discard()

@@ -35,8 +35,18 @@ class CaseResult:
     extra_arrays: dict = field(default_factory=dict)  # further arrays for pair.npz (masks, DVHs)
 
 
-def run_case(case: Case, options: AlignOptions, progress: Progress = None) -> CaseResult:
-    """Read, check and resample one case. Raises :class:`DoseAlignError` naming file and reason."""
+def run_case(
+    case: Case,
+    options: AlignOptions,
+    progress: Progress = None,
+    sink: Optional[Callable[[str, np.ndarray], None]] = None,
+) -> CaseResult:
+    """Read, check and resample one case. Raises :class:`DoseAlignError` naming file and reason.
+
+    ``sink(name, array)``, when given, receives the output CT (``"ct"``) and dose (``"dose"``) as
+    soon as each is final, possibly from another thread (:class:`.writers.CaseOutput` writes them
+    while the rest is computed). The arrays it gets are the result's; they are not changed after.
+    """
     if case.error:
         raise LinkError(case.error)
     if case.ct is None:
@@ -50,17 +60,30 @@ def run_case(case: Case, options: AlignOptions, progress: Progress = None) -> Ca
         ct_reading = reader.submit(read_ct, case.ct, geometry, options.ct_dtype)
         report(0.2, "reading and resampling dose")
         try:
-            dose_out, target, how, doses, dose_meta, native, ct_note = _doses_on_target(case, options, geometry)
+            doses, dose_meta, native, ct_note, target, how = _doses_and_target(case, options, geometry)
+            ct_is_output = target.equal(geometry.grid)  # read_ct gives the CT on its own grid
+            if sink is not None and ct_is_output:
+
+                def hand_over(done) -> None:  # in the reading thread, as soon as the CT is read
+                    if done.exception() is None:
+                        sink("ct", done.result().array)
+
+                ct_reading.add_done_callback(hand_over)
+            dose_out = _dose_on(target, native, doses, options.interpolator)
+            if sink is not None:
+                sink("dose", dose_out)
         except BaseException:
             ct_reading.result()  # a CT that cannot be read is reported first, as when read in turn
             raise
         ct = ct_reading.result()
 
-    if target.equal(ct.grid):
+    if ct_is_output:
         ct_out = ct.array
     else:
         ct_dtype = np.int16 if options.ct_dtype == "int16" else np.float32
         ct_out = resample(ct, target, options.interpolator, fill=options.ct_fill_hu, dtype=ct_dtype)
+        if sink is not None:
+            sink("ct", ct_out)
     ct_volume = Volume(ct_out, target, "HU", "CT")
     dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
 
@@ -72,8 +95,8 @@ def run_case(case: Case, options: AlignOptions, progress: Progress = None) -> Ca
     return result
 
 
-def _doses_on_target(case: Case, options: AlignOptions, geometry) -> tuple:
-    """Read the dose(s), choose the reference grid and resample the dose (sum) onto it."""
+def _doses_and_target(case: Case, options: AlignOptions, geometry) -> tuple:
+    """Read the dose(s) and choose the reference grid."""
     doses, dose_meta = _read_doses(case, options)
     native = _native_sum(doses)
 
@@ -91,13 +114,17 @@ def _doses_on_target(case: Case, options: AlignOptions, geometry) -> tuple:
     for obj, (volume, _geometry, _info) in zip(case.doses, doses):
         check_overlap(ct_grid, volume.grid, obj.path)  # a dose wholly outside the CT would export as zeros
     target, how = reference_grid(ct_grid, dose_grid, options)
+    return doses, dose_meta, native, ct_note, target, how
+
+
+def _dose_on(target, native: Optional[Volume], doses: list, interpolator: Interpolator) -> np.ndarray:
+    """The dose (sum) resampled onto ``target``."""
     if native is not None:
-        dose_out = _resample_dose(native, target, options.interpolator)
-    else:
-        dose_out = np.zeros(target.shape, dtype=np.float32)
-        for volume, _geometry, _info in doses:
-            dose_out += _resample_dose(volume, target, options.interpolator)
-    return dose_out, target, how, doses, dose_meta, native, ct_note
+        return _resample_dose(native, target, interpolator)
+    dose_out = np.zeros(target.shape, dtype=np.float32)
+    for volume, _geometry, _info in doses:
+        dose_out += _resample_dose(volume, target, interpolator)
+    return dose_out
 
 
 def _reporter(progress: Progress) -> Callable[[float, str], None]:

@@ -13,13 +13,12 @@ import json
 import os
 import shutil
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .npz import save_npz
+from .npz import NpzStream
 
 MANIFEST_COLUMNS = [
     "case_id",
@@ -53,32 +52,58 @@ def write_case_output(result, out_dir: Path, extra_files: Sequence[Callable[[Pat
     """Write ``pair.npz`` and ``meta.json`` of a :class:`CaseResult` into ``out_dir/<case_id>``.
 
     The files go into a temporary folder that is renamed into place at the end; an existing
-    output of the same case is replaced only then. Each of ``extra_files`` is called first with
-    the temporary folder to add its files there (e.g. qa.png), while pair.npz is written; it may
+    output of the same case is replaced only then. Each of ``extra_files`` is called with the
+    temporary folder to add its files there (e.g. qa.png), while pair.npz is written; it may
     still update ``result.meta`` but must not change the arrays.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = case_dir(out_dir, result.case_id)
-    temp = out_dir / f"{TEMP_PREFIX}{result.case_id}-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
-    try:
-        arrays = {"ct": result.ct.array, "dose": result.dose.array, **result.extra_arrays}
-        # pair.npz (mostly I/O and CRCs, outside the GIL) is written beside the extra files (qa.png:
-        # mostly Python); the writers only read the arrays
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dosealign-npz") as writer:
-            npz = writer.submit(save_npz, temp / "pair.npz", arrays)  # reproducible bytes, see npz.py
+    return CaseOutput(out_dir).finish(result, extra_files)
+
+
+class CaseOutput:
+    """One case's output folder in the making: ``pair.npz`` is written while the case is computed.
+
+    Give :func:`.pipeline.run_case` :meth:`add_array` as its ``sink``: the CT and the dose are
+    written as soon as each is final. :meth:`finish` adds the rest and renames the temporary
+    folder into place; :meth:`discard` (or a failing ``finish``) removes it.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # no case id in the name: the id may still be pseudonymized
+        self.temp = self.out_dir / f"{TEMP_PREFIX}case-{uuid.uuid4().hex[:12]}"
+        self.temp.mkdir()
+        self._npz = NpzStream(self.temp / "pair.npz", leading=("ct", "dose"))  # reproducible bytes, see npz.py
+        self._added: dict = {}
+
+    def add_array(self, name: str, array: np.ndarray) -> None:
+        self._added[name] = array
+        self._npz.add(name, array)
+
+    def finish(self, result, extra_files: Sequence[Callable[[Path], None]] = ()) -> Path:
+        try:
+            arrays = {"ct": result.ct.array, "dose": result.dose.array, **result.extra_arrays}
+            for name, array in arrays.items():
+                if name not in self._added:
+                    self.add_array(name, array)
+                elif self._added[name] is not array:
+                    raise ValueError(f"{name}: the array written early is not the result's")
             try:
-                for write_extra in extra_files:
-                    write_extra(temp)
+                for write_extra in extra_files:  # beside the pair.npz writer (mostly I/O, outside the GIL)
+                    write_extra(self.temp)
             finally:
-                npz.result()
-        (temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
-        _replace_dir(temp, final)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    return final
+                self._npz.close()
+            (self.temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
+            final = case_dir(self.out_dir, result.case_id)
+            _replace_dir(self.temp, final)
+        except BaseException:
+            self.discard()
+            raise
+        return final
+
+    def discard(self) -> None:
+        self._npz.abort()
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def _replace_dir(temp: Path, final: Path) -> None:

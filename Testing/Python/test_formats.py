@@ -66,8 +66,8 @@ def _inject_masks(truths: dict, names_of: dict):
     """A run_case that adds test masks in the structures step's storage (bit-packed, names in meta)."""
     real = batch.run_case
 
-    def run_case(case, options, progress=None):
-        result = real(case, options)
+    def run_case(case, options, progress=None, sink=None):
+        result = real(case, options, sink=sink)
         names = names_of.get(case.patient_id)
         if names is None:
             return result
