@@ -129,6 +129,22 @@ def run(command: list, env: Optional[dict] = None, discard: Optional[Path] = Non
     return wall, usage.ru_maxrss / 1024.0
 
 
+def run_pairs(commands: list, outputs: list) -> float:
+    """Wall seconds of running ``commands`` two at a time (whole processes), outputs discarded after."""
+    for out in outputs:
+        shutil.rmtree(out, ignore_errors=True)
+    time.sleep(SETTLE[0])
+    start = time.perf_counter()
+    for first in range(0, len(commands), 2):
+        running = [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in commands[first : first + 2]]
+        if any(p.wait() != 0 for p in running):
+            raise RuntimeError(f"{commands[first]} failed")
+    wall = time.perf_counter() - start
+    for out in outputs:
+        shutil.rmtree(out, ignore_errors=True)
+    return wall
+
+
 def stage_times(case: Path, scratch: Path) -> dict:
     """Per-stage seconds of dosealign in this process (after a warm-up run)."""
     from DoseAlignLib.ct import ct_geometry, read_ct
@@ -294,6 +310,7 @@ def main() -> int:
     batch_root = cache / f"batch{args.batch}"
     batch_times: dict = {}
     floor_batch = []
+    floor_scaling = []
     variants = {"lean": ["--no-structures", "--no-qa-png"], "full": []}
     for repeat in range(max(1, args.repeats - 1)):
         for variant, flags in variants.items():
@@ -301,21 +318,26 @@ def main() -> int:
                 out = scratch / f"batch-{variant}-w{workers}-r{repeat}"
                 command = [dosealign, "export", str(batch_root), str(out), "--quiet", "--workers", str(workers)]
                 batch_times.setdefault((variant, workers), []).append(run(command + flags, discard=out)[0])
-        for n in range(args.batch):
-            floor_batch.append(
-                run(
-                    [
-                        PY,
-                        str(HERE / "io_floor.py"),
-                        str(batch_root / f"p{n:03d}"),
-                        str(scratch / "fb"),
-                        str(k),
-                        str(j),
-                        str(i),
-                    ],
-                    discard=scratch / "fb",
-                )[0]
-            )
+        floor_commands = [
+            [
+                PY,
+                str(HERE / "io_floor.py"),
+                str(batch_root / f"p{n:03d}"),
+                str(scratch / f"fb{n}"),
+                str(k),
+                str(j),
+                str(i),
+            ]
+            for n in range(args.batch)
+        ]
+        one_at_a_time = 0.0
+        for n, command in enumerate(floor_commands):
+            seconds = run(command, discard=scratch / f"fb{n}")[0]
+            floor_batch.append(seconds)
+            one_at_a_time += seconds
+        # the machine's own ceiling for two processes: the floors of the batch, two at a time
+        two_at_a_time = run_pairs(floor_commands, [scratch / f"fb{n}" for n in range(args.batch)])
+        floor_scaling.append(one_at_a_time / two_at_a_time)
     per_case_floor = statistics.median(floor_batch)
     batch = {key: statistics.median(values) for key, values in batch_times.items()}
     print(f"\nBatch of {args.batch} cases (per-case floor {per_case_floor:.2f} s):")
@@ -325,6 +347,10 @@ def main() -> int:
             f"  {variant:5} 1 worker : {one:6.2f} s ({one / args.batch:.2f} s per case)   "
             f"2 workers: {two:6.2f} s ({two / args.batch:.2f} s per case)   throughput x{one / two:.2f}"
         )
+    print(
+        f"  the I/O floor itself, 2 processes at a time instead of 1: x{statistics.median(floor_scaling):.2f} "
+        "(what this machine gives two processes that only read and write)"
+    )
 
     by_name = {name: (wall, rss) for name, wall, _r, rss, _f in rows}
     lean = by_name[LEAN]
