@@ -206,6 +206,9 @@ def main() -> int:
         for n in range(args.batch):
             clone_case(case, args.cache / f"batch{args.batch}" / f"p{n:03d}", n + 1)
         return 0
+    # the engine compiled as an installed wheel has it (an editable install with PYTHONDONTWRITEBYTECODE
+    # set would compile every module in every run)
+    subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "DoseAlign" / "DoseAlignLib")], check=True)
     # data are made in a child process: a forked child's peak RSS would include this process's pages
     subprocess.run([PY, __file__, "--prepare-only", "--cache", str(args.cache), "--batch", str(args.batch)], check=True)
     cache = args.cache
