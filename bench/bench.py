@@ -151,6 +151,7 @@ def stage_times(case: Path, scratch: Path) -> dict:
     from DoseAlignLib.link import form_cases
     from DoseAlignLib.options import AlignOptions
     from DoseAlignLib.pipeline import run_case
+    from DoseAlignLib.qa_plot import qa_png_writer
     from DoseAlignLib.resample import resample
     from DoseAlignLib.rtdose import read_rtdose
     from DoseAlignLib.scan import scan_folder
@@ -173,9 +174,15 @@ def stage_times(case: Path, scratch: Path) -> dict:
         ct = timed("read CT", read_ct, one.ct, geometry)
         dose = timed("read dose", read_rtdose, one.doses[0].path)[0]
         timed("resample dose", resample, dose, ct.grid)
-        timed("run_case (no structures)", run_case, one, AlignOptions(structures=False))
-        result = timed("run_case (structures + audit)", run_case, one, AlignOptions())
-        timed("write", write_case_output, result, scratch / "stages")
+        timed("run_case, no structures (CT read beside the dose)", run_case, one, AlignOptions(structures=False))
+        result = timed("run_case with structures", run_case, one, AlignOptions())
+        times["  of which structures + audit"] = (
+            times["run_case with structures"] - times["run_case, no structures (CT read beside the dose)"]
+        )
+        qa_folder = scratch / "stages-qa"
+        qa_folder.mkdir(parents=True, exist_ok=True)
+        timed("qa.png", qa_png_writer(result), qa_folder)
+        timed("write pair.npz + meta.json", write_case_output, result, scratch / "stages")
     return times
 
 
@@ -307,13 +314,14 @@ def main() -> int:
     stages = stage_times(case, scratch)
     print("\ndosealign stages (in-process, warm):")
     for name, seconds in stages.items():
-        print(f"  {name:32} {seconds:7.3f} s")
+        print(f"  {name:50} {seconds:7.3f} s")
 
     # batch: distinct patients, 1 vs 2 workers, lean and full
     batch_root = cache / f"batch{args.batch}"
     batch_times: dict = {}
     floor_batch = []
     floor_scaling = []
+    cpu_scaling = []
     variants = {"lean": ["--no-structures", "--no-qa-png"], "full": []}
     for repeat in range(max(1, args.repeats - 1)):
         for variant, flags in variants.items():
@@ -341,6 +349,10 @@ def main() -> int:
         # the machine's own ceiling for two processes: the floors of the batch, two at a time
         two_at_a_time = run_pairs(floor_commands, [scratch / f"fb{n}" for n in range(args.batch)])
         floor_scaling.append(one_at_a_time / two_at_a_time)
+        # and for work that only computes (pure Python, no memory to speak of)
+        spin = [PY, "-c", "sum(i * i for i in range(6 * 10**6))"]
+        alone = sum(run(spin)[0] for _ in range(2))
+        cpu_scaling.append(alone / run_pairs([spin, spin], []))
     per_case_floor = statistics.median(floor_batch)
     batch = {key: statistics.median(values) for key, values in batch_times.items()}
     print(f"\nBatch of {args.batch} cases (per-case floor {per_case_floor:.2f} s):")
@@ -354,6 +366,7 @@ def main() -> int:
         f"  the I/O floor itself, 2 processes at a time instead of 1: x{statistics.median(floor_scaling):.2f} "
         "(what this machine gives two processes that only read and write)"
     )
+    print(f"  pure-Python computing, 2 processes at a time instead of 1: x{statistics.median(cpu_scaling):.2f}")
 
     by_name = {name: (wall, rss) for name, wall, _r, rss, _f in rows}
     lean = by_name[LEAN]
