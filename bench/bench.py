@@ -116,6 +116,7 @@ def run(command: list, env: Optional[dict] = None, discard: Optional[Path] = Non
     """
     if discard is not None:
         shutil.rmtree(discard, ignore_errors=True)
+    os.sync()  # no other run's dirty pages are being written back during this one
     time.sleep(SETTLE[0])
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -133,6 +134,7 @@ def run_pairs(commands: list, outputs: list) -> float:
     """Wall seconds of running ``commands`` two at a time (whole processes), outputs discarded after."""
     for out in outputs:
         shutil.rmtree(out, ignore_errors=True)
+    os.sync()
     time.sleep(SETTLE[0])
     start = time.perf_counter()
     for first in range(0, len(commands), 2):
@@ -182,6 +184,8 @@ def stage_times(case: Path, scratch: Path) -> dict:
         qa_folder = scratch / "stages-qa"
         qa_folder.mkdir(parents=True, exist_ok=True)
         timed("qa.png", qa_png_writer(result), qa_folder)
+        shutil.rmtree(scratch / "stages", ignore_errors=True)  # a fresh folder, as in an export
+        os.sync()
         timed("write pair.npz + meta.json", write_case_output, result, scratch / "stages")
     return times
 
@@ -275,6 +279,31 @@ def main() -> int:
             contenders.pop(name)
 
     baseline = run([PY, "-c", "pass"])[1]
+    # first, untimed: each contender's dose against dosealign's; the outputs go before any timing
+    agreements = {}
+    reference_folder = scratch / "agree-reference"
+    run(contenders[LEAN](str(reference_folder)))
+    reference = load_dose(reference_folder)
+    for n, (name, make) in enumerate(contenders.items()):
+        if "floor" in name:
+            continue
+        out = scratch / f"agree-{n}"
+        out.mkdir(parents=True, exist_ok=True)
+        run(make(str(out)))
+        try:
+            other = load_dose(out)
+            inside = (reference > 0) & (other > 0)
+            agreements[name] = (
+                f"max |diff| {np.abs(other[inside] - reference[inside]).max() / reference.max():.1e} Dmax"
+            )
+            if other.shape != reference.shape:
+                agreements[name] = f"shape {other.shape}"
+        except Exception as error:  # a contender's output we cannot read is reported, not fatal
+            agreements[name] = f"unreadable: {type(error).__name__}"
+        shutil.rmtree(out)
+    shutil.rmtree(reference_folder)
+    del reference
+
     results: dict = {name: [] for name in contenders}
     for repeat in range(args.repeats):
         order = list(enumerate(contenders.items()))
@@ -282,13 +311,13 @@ def main() -> int:
         for n, (name, make) in order:
             out = scratch / f"c{n}-r{repeat}"
             os.makedirs(out, exist_ok=True)
-            results[name].append(run(make(str(out)), discard=out if repeat else None))  # run 0's output is compared
+            results[name].append(run(make(str(out)), discard=out))
     rows = []
     floor = statistics.median(w for w, _ in results["I/O floor (read inputs, np.save outputs)"])
-    for n, (name, values) in enumerate(results.items()):
+    for name, values in results.items():
         wall = statistics.median(w for w, _ in values)
         rss = max(r for _, r in values)
-        rows.append((name, wall, wall / floor, rss, scratch / f"c{n}-r0"))
+        rows.append((name, wall, wall / floor, rss))
 
     print(
         f"\nOne case: CT {i}x{j}x{k} int16, dose {spec.dose_size[0]}x{spec.dose_size[1]}x{spec.dose_size[2]} "
@@ -296,22 +325,13 @@ def main() -> int:
         f"median of {args.repeats} runs, warm cache, {os.cpu_count()} cores"
     )
     print(f"{'contender':48} {'wall s':>8} {'x floor':>8} {'peak RSS MiB':>13} {'dose vs dosealign':>20}")
-    reference = load_dose(next(folder for name, *_x, folder in rows if name == LEAN))
-    for name, wall, ratio, rss, folder in rows:
-        agreement = ""
-        if "floor" not in name:
-            try:
-                other = load_dose(folder)
-                inside = (reference > 0) & (other > 0)
-                agreement = f"max |diff| {np.abs(other[inside] - reference[inside]).max() / reference.max():.1e} Dmax"
-                if other.shape != reference.shape:
-                    agreement = f"shape {other.shape}"
-            except Exception as error:  # a contender's output we cannot read is reported, not fatal
-                agreement = f"unreadable: {type(error).__name__}"
-        print(f"{name:48} {wall:8.2f} {ratio:8.2f} {rss:13.0f} {agreement:>20}")
+    for name, wall, ratio, rss in rows:
+        print(f"{name:48} {wall:8.2f} {ratio:8.2f} {rss:13.0f} {agreements.get(name, ''):>20}")
 
     print(f"(a bare Python process peaks at {baseline:.0f} MiB here)")
     stages = stage_times(case, scratch)
+    shutil.rmtree(scratch / "stages", ignore_errors=True)
+    shutil.rmtree(scratch / "stages-qa", ignore_errors=True)
     print("\ndosealign stages (in-process, warm):")
     for name, seconds in stages.items():
         print(f"  {name:50} {seconds:7.3f} s")
@@ -368,7 +388,7 @@ def main() -> int:
     )
     print(f"  pure-Python computing, 2 processes at a time instead of 1: x{statistics.median(cpu_scaling):.2f}")
 
-    by_name = {name: (wall, rss) for name, wall, _r, rss, _f in rows}
+    by_name = {name: (wall, rss) for name, wall, _r, rss in rows}
     lean = by_name[LEAN]
     print("\nTargets (issue 4), as measured in this run:")
     checks = [
