@@ -202,6 +202,15 @@ def load_dose(folder: Path) -> np.ndarray:
         return data["dose"]
 
 
+def agreement(reference_folder: Path, folder: Path) -> str:
+    """How far the dose in ``folder`` is from the one in ``reference_folder``, relative to its maximum."""
+    reference, other = load_dose(reference_folder), load_dose(folder)
+    if other.shape != reference.shape:
+        return f"shape {other.shape}"
+    inside = (reference > 0) & (other > 0)
+    return f"max |diff| {np.abs(other[inside] - reference[inside]).max() / reference.max():.1e} Dmax"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
@@ -210,8 +219,12 @@ def main() -> int:
     parser.add_argument("--skip", nargs="*", default=[], help="contenders to leave out (e.g. plastimatch)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds of rest before each run (default 1)")
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compare", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     SETTLE[0] = args.settle
+    if args.compare:
+        print(agreement(*args.compare))
+        return 0
     if args.prepare_only:
         case = ensure_case(args.cache)
         for n in range(args.batch):
@@ -279,30 +292,24 @@ def main() -> int:
             contenders.pop(name)
 
     baseline = run([PY, "-c", "pass"])[1]
-    # first, untimed: each contender's dose against dosealign's; the outputs go before any timing
+    # first, untimed: each contender's dose against dosealign's, compared in a child process (this one
+    # stays small: a child's peak RSS as the kernel reports it starts from its parent's), and the
+    # outputs go before any timing
     agreements = {}
     reference_folder = scratch / "agree-reference"
     run(contenders[LEAN](str(reference_folder)))
-    reference = load_dose(reference_folder)
     for n, (name, make) in enumerate(contenders.items()):
         if "floor" in name:
             continue
         out = scratch / f"agree-{n}"
         out.mkdir(parents=True, exist_ok=True)
         run(make(str(out)))
-        try:
-            other = load_dose(out)
-            inside = (reference > 0) & (other > 0)
-            agreements[name] = (
-                f"max |diff| {np.abs(other[inside] - reference[inside]).max() / reference.max():.1e} Dmax"
-            )
-            if other.shape != reference.shape:
-                agreements[name] = f"shape {other.shape}"
-        except Exception as error:  # a contender's output we cannot read is reported, not fatal
-            agreements[name] = f"unreadable: {type(error).__name__}"
+        compared = subprocess.run(
+            [PY, __file__, "--compare", str(reference_folder), str(out)], capture_output=True, text=True
+        )
+        agreements[name] = compared.stdout.strip() or f"unreadable: {compared.stderr.strip()[-60:]}"
         shutil.rmtree(out)
     shutil.rmtree(reference_folder)
-    del reference
 
     results: dict = {name: [] for name in contenders}
     for repeat in range(args.repeats):
