@@ -129,17 +129,24 @@ def _scan_files(root: Path, paths: list) -> list:
 
 
 def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress) -> list:
-    """:func:`_scan_file` of every path in ``workers`` forked processes, results in path order."""
+    """:func:`_scan_file` of every path: this process reads the first part, ``workers - 1`` forked ones the
+    rest (this one would otherwise only wait); results in path order."""
     from concurrent.futures import ProcessPoolExecutor
 
     pieces = 4 * workers  # several pieces per process: one slow stretch of files does not hold up the rest
     bounds = [len(paths) * n // pieces for n in range(pieces + 1)]
     chunks = [paths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    own = pieces // workers  # this process's share, read while the others read theirs
     context = multiprocessing.get_context("fork")
-    entries: list = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for n, chunk_entries in enumerate(pool.map(_scan_files, [root] * len(chunks), chunks)):
-            entries.extend(chunk_entries)
+    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=context) as pool:
+        futures = [pool.submit(_scan_files, root, chunk) for chunk in chunks[own:]]
+        entries: list = []
+        for n, chunk in enumerate(chunks[:own]):
+            entries.extend(_scan_files(root, chunk))
+            if progress is not None:
+                progress((n + 1) / len(chunks), f"reading headers {len(entries)}/{len(paths)}")
+        for n, future in enumerate(futures, start=own):
+            entries.extend(future.result())
             if progress is not None:
                 progress((n + 1) / len(chunks), f"reading headers {len(entries)}/{len(paths)}")
     return entries
