@@ -7,13 +7,11 @@ import pathlib
 import time
 from typing import Annotated, Optional
 
-import DoseAlignLib
 import numpy as np
 import slicer
 import vtk
-from DoseAlignLib.errors import Cancelled, DoseAlignError, GeometryError
-from DoseAlignLib.grid import Volume
-from DoseAlignLib.options import AlignOptions
+from DoseAlignLib import api
+from DoseAlignLib.api import AlignOptions, Cancelled, DoseAlignError, GeometryError, Volume
 from DoseAlignMRML import volumes as mrml
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -135,7 +133,7 @@ class DoseAlignParameterNode:
     ctVolume - Planning CT (loaded through the DICOM module).
     doseVolume - RT dose loaded by SlicerRT.
     segmentation - RTSTRUCT segmentation (optional).
-    referenceGrid - Grid the outputs share: the CT's, the dose's, or a custom one.
+    referenceGrid - api.Grid the outputs share: the CT's, the dose's, or a custom one.
     customSpacing - Spacing of a custom grid in mm: one value or i,j,k.
     customBox - Extent of a custom grid.
     interpolator - Interpolator, named as the Resample CLI names them.
@@ -480,7 +478,7 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
     >>> logic = DoseAlign.DoseAlignLogic()
 
     Progress goes to ``progressCallback(fraction, message)`` and text to ``logCallback(text)``;
-    after :meth:`requestCancel` the next progress report raises ``DoseAlignLib.errors.Cancelled``.
+    after :meth:`requestCancel` the next progress report raises ``DoseAlignLib.api.Cancelled``.
     """
 
     #: DICOM plugins used for loading, in loading order (the CT loads before the RTSTRUCT).
@@ -766,15 +764,14 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
     ) -> dict:
         """Check the dose node against the engine's reading of its RTDOSE file.
 
-        Grid (shape, voxel positions) and values (DoseGridScaling) must match. A mismatch on an evenly
+        api.Grid (shape, voxel positions) and values (DoseGridScaling) must match. A mismatch on an evenly
         spaced grid is fixed by rebuilding the node from the engine (unless ``fix`` is False, then it
         raises); uneven frame offsets cannot be held by a volume node and always raise GeometryError.
         Returns ``{"status": "ok" or "fixed", "note": text}``.
         """
-        from DoseAlignLib.rtdose import TAG_GFOV, read_rtdose
 
         doseFile = doseFile or self.doseFileForNode(doseNode)
-        volume, geometry, info = read_rtdose(doseFile, allow_relative=allowRelative)
+        volume, geometry, info = api.read_rtdose(doseFile, allow_relative=allowRelative)
         if not volume.grid.is_uniform:
             steps = np.diff(volume.grid.k_offsets)
             raise GeometryError(
@@ -784,7 +781,7 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
                     "correct grid"
                 ).format(low=steps.min(), high=steps.max()),
                 path=doseFile,
-                tag=TAG_GFOV,
+                tag="(3004,000C) GridFrameOffsetVector",
                 hint=_("choose the 'DoseAlign engine' backend, which reads every frame offset"),
             )
         problem = mrml.geometry_difference(doseNode, volume.grid)
@@ -887,11 +884,10 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
 
     def _referenceNode(self, ctNode, doseNode, options):
         """The node whose grid the outputs share, and how it was made (a new hidden node for custom grids)."""
-        from DoseAlignLib.reference import reference_grid
 
         ctGrid = mrml.grid_from_node(ctNode)
         doseGrid = mrml.grid_from_node(doseNode)
-        target, how = reference_grid(ctGrid, doseGrid, options)
+        target, how = api.reference_grid(ctGrid, doseGrid, options)
         if target.equal(ctGrid):
             return ctNode, how, False
         if target.equal(doseGrid):
@@ -1010,23 +1006,21 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
 
     def _alignWithEngine(self, ctNode, doseNodes, options, segmentationNode, caseId):
         """Engine backend: find the engine's case for the dose file(s) and run it (it rasterizes the ROIs too)."""
-        from DoseAlignLib.pipeline import run_case
 
         doseFiles = [self.doseFileForNode(n) for n in doseNodes]
         case = self.engineCaseForDoseFiles(doseFiles, ctFiles=self._seriesFiles(ctNode))
         self.progress(0.1, _("running the DoseAlign engine"))
-        aligned = self._fromEngineResult(caseId, run_case(case, options, progress=self._subProgress(0.1, 0.95)))
+        aligned = self._fromEngineResult(caseId, api.run_case(case, options, progress=self._subProgress(0.1, 0.95)))
         aligned.originalDoseNode = doseNodes[0]
         self.progress(1.0, _("aligned"))
         return aligned
 
     @staticmethod
     def _fromEngineResult(caseId, result) -> DoseAlignCase:
-        from DoseAlignLib.export_common import masks_from_arrays
 
         aligned = DoseAlignCase(caseId, result.ct, result.dose, meta=result.meta, source=result.meta.get("source", {}))
         aligned.extraArrays = dict(result.extra_arrays)
-        masks, _types, _body = masks_from_arrays(result.extra_arrays, result.meta, result.ct.grid.shape)
+        masks, _types, _body = api.masks_from_arrays(result.extra_arrays, result.meta, result.ct.grid.shape)
         aligned.masks = {name: mask.astype(np.uint8) for name, mask in masks}
         aligned.flags = [f["flag"] for f in result.meta.get("audit", {}).get("flags", [])]
         aligned.referenceDescription = result.meta.get("resampling", {}).get("reference_grid", "")
@@ -1040,20 +1034,18 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
 
     def engineCaseForDoseFiles(self, doseFiles: list, ctFiles: Optional[list] = None):
         """The engine's Case holding ``doseFiles``: scan the folder that contains them (and the CT)."""
-        from DoseAlignLib.link import form_cases
-        from DoseAlignLib.scan import scan_folder
 
         folders = [os.path.dirname(os.path.abspath(f)) for f in list(doseFiles) + list(ctFiles or [])]
         root = os.path.commonpath(folders)
         self.log(_("Engine: scanning {folder}").format(folder=root))
         wanted = {os.path.normcase(os.path.abspath(f)) for f in doseFiles}
-        for case in form_cases(scan_folder(pathlib.Path(root))).cases:
+        for case in api.form_cases(api.scan_folder(pathlib.Path(root))).cases:
             if wanted & {os.path.normcase(os.path.abspath(str(d.path))) for d in case.doses}:
                 return case
         raise ValueError(_("The engine found no case for {files}").format(files=", ".join(doseFiles)))
 
     def alignCase(self, case, options: AlignOptions, backend: str = "cli") -> DoseAlignCase:
-        """Align one engine Case (from ``DoseAlignLib.link.form_cases``).
+        """Align one engine Case (from ``DoseAlignLib.api.form_cases``).
 
         With the Slicer backends the CT and dose files are loaded through the DICOM database and
         SlicerRT (dose geometry checked against the tags) and resampled in Slicer; the engine then adds
@@ -1061,15 +1053,13 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         resampled dose with the dose on its own grid. With the engine backend the engine does it all.
         The loaded nodes are removed afterwards; the result holds arrays only.
         """
-        from DoseAlignLib.case_audit import add_structures_and_audit
-        from DoseAlignLib.ct import ct_geometry
-        from DoseAlignLib.errors import LinkError
-        from DoseAlignLib.pipeline import CaseResult, run_case
 
         if case.error:
-            raise LinkError(case.error)
+            raise api.LinkError(case.error)
         if backend == BackendChoice.ENGINE.value:
-            return self._fromEngineResult(case.case_id, run_case(case, options, progress=self._subProgress(0.0, 0.95)))
+            return self._fromEngineResult(
+                case.case_id, api.run_case(case, options, progress=self._subProgress(0.0, 0.95))
+            )
         before = {n.GetID() for n in slicer.util.getNodesByClass("vtkMRMLNode")}
         try:
             fileLists = [[str(p) for p in case.ct.files]] + [[str(d.path)] for d in case.doses]
@@ -1103,8 +1093,10 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         self.progress(0.9, _("structures and audit"))
         meta = self.caseMeta(aligned, options)
         meta["patient_id"] = case.patient_id
-        result = CaseResult(case.case_id, aligned.ctVolume, aligned.doseVolume, meta, self._nativeDose(case, options))
-        add_structures_and_audit(result, case, options, ct_geometry(case.ct))
+        result = api.CaseResult(
+            case.case_id, aligned.ctVolume, aligned.doseVolume, meta, self._nativeDose(case, options)
+        )
+        api.add_structures_and_audit(result, case, options, api.ct_geometry(case.ct))
         aligned.meta = result.meta
         aligned.extraArrays = dict(result.extra_arrays)
         aligned.flags = list(aligned.flags) + [f["flag"] for f in result.meta.get("audit", {}).get("flags", [])]
@@ -1113,9 +1105,8 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _nativeDose(case, options):
         """The case's dose (sum) on its own grid, read by the engine, when one grid holds every dose."""
-        from DoseAlignLib.rtdose import read_rtdose
 
-        volumes = [read_rtdose(d.path, allow_relative=options.allow_relative)[0] for d in case.doses]
+        volumes = [api.read_rtdose(d.path, allow_relative=options.allow_relative)[0] for d in case.doses]
         if any(not v.grid.equal(volumes[0].grid) for v in volumes[1:]):
             return None
         total = volumes[0].array.astype(np.float32)
@@ -1135,7 +1126,6 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
 
     def caseIdForDose(self, doseNode) -> str:
         """patient_name-of-dose-file_hash, made filesystem-safe (the engine's style, not its exact ids)."""
-        from DoseAlignLib.link import safe_name
 
         try:
             doseFile = self.doseFileForNode(doseNode)
@@ -1145,7 +1135,7 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         except (ValueError, RuntimeError):
             patient, key, stem = "slicer", doseNode.GetID(), doseNode.GetName()
         digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-        return f"{safe_name(patient)}_{safe_name(stem)}_{digest}"
+        return f"{api.safe_name(patient)}_{api.safe_name(stem)}_{digest}"
 
     # ---- display --------------------------------------------------------------------------------
 
@@ -1190,7 +1180,7 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         grid = aligned.ctVolume.grid
         dose = aligned.doseVolume.array
         return {
-            "dosealign_version": DoseAlignLib.__version__,
+            "dosealign_version": api.__version__,
             "producer": f"DoseAlign Slicer module ({aligned.backend})",
             "case_id": aligned.caseId,
             "shape": list(grid.shape),
@@ -1223,11 +1213,10 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _structuresMeta(aligned: DoseAlignCase) -> dict:
         """meta["structures"] for masks Slicer rasterized (same keys as the engine's, fewer per-ROI facts)."""
-        from DoseAlignLib.structures import STORAGE_NOTE, voxel_volumes_cc
 
         if not aligned.masks:
             return {"enabled": False, "names": []}
-        voxelCc = voxel_volumes_cc(aligned.ctVolume.grid)
+        voxelCc = api.voxel_volumes_cc(aligned.ctVolume.grid)
         rois = []
         for index, (name, mask) in enumerate(aligned.masks.items()):
             count = int(np.count_nonzero(mask))
@@ -1242,7 +1231,7 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             "rois": rois,
             "skipped": [],
             "rule": "SlicerRT/Segmentations: planar contours -> closed surface -> binary labelmap on the reference grid",
-            "storage": STORAGE_NOTE,
+            "storage": api.STORAGE_NOTE,
             "body": {"source": None, "voxel_count": None, "volume_cc": None},
             "notes": ["masks rasterized by Slicer, not by the DoseAlign engine"],
         }
@@ -1251,8 +1240,6 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         self, aligned: DoseAlignCase, outputFolder, options: AlignOptions, outputFormat: str = "npz"
     ) -> pathlib.Path:
         """Write ``<outputFolder>/<case>/pair.npz`` and ``meta.json`` with the engine's writer."""
-        from DoseAlignLib.pipeline import CaseResult
-        from DoseAlignLib.writers import write_case_output
 
         if not outputFolder or str(outputFolder) in ("", "."):
             raise ValueError(_("Choose an output folder"))
@@ -1261,8 +1248,8 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         if not extra and aligned.masks:  # Slicer-rasterized masks, stored the engine's way
             stack = np.stack([mask > 0 for mask in aligned.masks.values()])
             extra["masks"] = np.packbits(stack, axis=-1)
-        result = CaseResult(aligned.caseId, aligned.ctVolume, aligned.doseVolume, meta, extra_arrays=extra)
-        folder = write_case_output(result, pathlib.Path(outputFolder), self._qaPictureWriters(result))
+        result = api.CaseResult(aligned.caseId, aligned.ctVolume, aligned.doseVolume, meta, extra_arrays=extra)
+        folder = api.write_case_output(result, pathlib.Path(outputFolder), self._qaPictureWriters(result))
         if outputFormat == OutputFormatChoice.NPZ_AND_NRRD.value:
             for suffix, volume in (("ct", aligned.ctVolume), ("dose", aligned.doseVolume)):
                 node = mrml.volume_node_from_volume(
@@ -1279,11 +1266,7 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _qaPictureWriters(result) -> list:
         """The engine's qa.png writer when matplotlib is there (Slicer does not bundle it), else nothing."""
-        try:
-            from DoseAlignLib.qa_plot import matplotlib_available, qa_png_writer
-        except ImportError:
-            return []
-        return [qa_png_writer(result)] if matplotlib_available() else []
+        return [api.qa_png_writer(result)] if api.matplotlib_available() else []
 
     def exportFolder(
         self,
@@ -1301,22 +1284,18 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         from the DICOM database, aligned with ``backend`` and written with the engine's writer. A failing
         case gets a 'failed' row and the loop goes on; Cancelled stops it.
         """
-        from DoseAlignLib import writers
-        from DoseAlignLib.batch import export_folder
-        from DoseAlignLib.link import form_cases
-        from DoseAlignLib.scan import scan_folder
 
         inputFolder, outputFolder = pathlib.Path(inputFolder), pathlib.Path(outputFolder)
         if backend == BackendChoice.ENGINE.value and outputFormat == OutputFormatChoice.NPZ.value:
-            report = export_folder(inputFolder, outputFolder, options, resume=resume, progress=self.progress)
+            report = api.export_folder(inputFolder, outputFolder, options, resume=resume, progress=self.progress)
             for row in report.rows:
                 if rowCallback:
                     rowCallback(row["case_id"], row["status"], row["reason"], row.get("warnings", ""))
             return report.rows
         outputFolder.mkdir(parents=True, exist_ok=True)
-        writers.clean_temp(outputFolder)
+        api.clean_temp(outputFolder)
         self.progress(0.0, _("scanning {folder}").format(folder=inputFolder))
-        cases = form_cases(scan_folder(inputFolder)).cases
+        cases = api.form_cases(api.scan_folder(inputFolder)).cases
         self.importFolderToDatabase(inputFolder)
         rows = []
         for n, case in enumerate(cases):
@@ -1326,45 +1305,37 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             )
             row = self._exportCase(case, outputFolder, options, backend, outputFormat, resume)
             rows.append(row)
-            writers.write_manifest(outputFolder, rows)
+            api.write_manifest(outputFolder, rows)
             if rowCallback:
                 rowCallback(row["case_id"], row["status"], row["reason"], row.get("warnings", ""))
         self.progress(1.0, _("{n} cases").format(n=len(cases)))
-        try:
-            from DoseAlignLib.report import write_report
-
-            write_report(outputFolder, rows, source=f"input: {inputFolder} (3D Slicer, {backend})")
-        except ImportError:
-            pass  # an engine without the HTML report
+        api.write_report(outputFolder, rows, source=f"input: {inputFolder} (3D Slicer, {backend})")
         return rows
 
     def _exportCase(self, case, outputFolder, options, backend, outputFormat, resume) -> dict:
         import json
 
-        from DoseAlignLib import writers
-
-        if resume and writers.is_complete(outputFolder, case.case_id):
-            meta = json.loads((writers.case_dir(outputFolder, case.case_id) / "meta.json").read_text(encoding="utf-8"))
-            return writers.manifest_row(case, "ok", "", meta)
+        if resume and api.is_complete(outputFolder, case.case_id):
+            meta = json.loads((api.case_dir(outputFolder, case.case_id) / "meta.json").read_text(encoding="utf-8"))
+            return api.manifest_row(case, "ok", "", meta)
         try:
             aligned = self.alignCase(case, options, backend)
             self.exportAligned(aligned, outputFolder, options, outputFormat)
             meta = aligned.meta if aligned.meta is not None else self.caseMeta(aligned, options)
-            return writers.manifest_row(case, "ok", "", meta)
+            return api.manifest_row(case, "ok", "", meta)
         except Cancelled:
             raise
         except (DoseAlignError, ValueError, RuntimeError, OSError) as error:
             self.log(_("Case {case} failed: {error}").format(case=case.case_id, error=error))
-            return writers.manifest_row(case, "failed", str(error))
+            return api.manifest_row(case, "failed", str(error))
         except Exception as error:  # a bug must not stop the batch; the row says what happened
             logging.exception("DoseAlign: case %s", case.case_id)
-            return writers.manifest_row(case, "failed", f"internal error ({type(error).__name__}: {error})")
+            return api.manifest_row(case, "failed", f"internal error ({type(error).__name__}: {error})")
 
     def exportDatabase(
         self, outputFolder, options: AlignOptions, backend: str = "cli", outputFormat: str = "npz", rowCallback=None
     ) -> list:
         """Load each study of the DICOM database, align and export each of its doses; return result rows."""
-        from DoseAlignLib import writers
 
         database = self._database()
         outputFolder = pathlib.Path(outputFolder)
@@ -1400,7 +1371,7 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
                         row.update(status="failed", reason=str(error))
                         self.log(_("Case {case} failed: {error}").format(case=caseId, error=error))
                     rows.append(row)
-                    writers.write_manifest(outputFolder, rows)
+                    api.write_manifest(outputFolder, rows)
                     if rowCallback:
                         rowCallback(row["case_id"], row["status"], row["reason"], row["warnings"])
             finally:
@@ -1432,20 +1403,17 @@ class DoseAlignTest(ScriptedLoadableModuleTest):
         self.test_DoseAlign_UnevenFramesRefused()
 
     def _writePhantom(self, name, **spec):
-        from DoseAlignLib.phantom import PhantomSpec, write_phantom
 
         folder = pathlib.Path(slicer.util.tempDirectory(f"DoseAlignTest-{name}"))
-        write_phantom(folder / "dicom", PhantomSpec(**spec))
+        api.write_phantom(folder / "dicom", api.PhantomSpec(**spec))
         return folder
 
     def _compareWithEngine(self, backend):
         from DICOMLib import DICOMUtils
-        from DoseAlignLib.batch import export_folder
-        from DoseAlignLib.rtdose import read_rtdose
 
         folder = self._writePhantom(backend)
         options = AlignOptions()  # structures and audit on
-        engineReport = export_folder(folder / "dicom", folder / "engine", options)
+        engineReport = api.export_folder(folder / "dicom", folder / "engine", options)
         self.assertEqual(engineReport.exit_code, 0, engineReport.rows)
 
         logic = DoseAlignLogic()
@@ -1470,10 +1438,9 @@ class DoseAlignTest(ScriptedLoadableModuleTest):
                 np.testing.assert_array_equal(actual["masks"], expected["masks"])
             # interior: CT voxels at least one dose voxel inside the dose grid
             doseFile = folder / "dicom" / engineMeta["source"]["rtdose_files"][0]
-            dose, _geometry, _info = read_rtdose(doseFile)
-            from DoseAlignLib.grid import Grid
+            dose, _geometry, _info = api.read_rtdose(doseFile)
 
-            grid = Grid(tuple(engineMeta["shape"]), np.array(engineMeta["ijk_to_lps"]))
+            grid = api.Grid(tuple(engineMeta["shape"]), np.array(engineMeta["ijk_to_lps"]))
             k, j, i = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
             index = dose.grid.lps_to_index(grid.index_to_lps(np.stack([i, j, k], axis=-1).astype(np.float64)))
             upper = np.array(dose.grid.shape[::-1]) - 1

@@ -49,7 +49,7 @@ class DoseAlignBatch(ScriptedLoadableModule):
 
 
 def _get_parser() -> argparse.ArgumentParser:
-    from DoseAlignLib.cli import parse_floats, parse_ints  # the dosealign command's own parsers
+    from DoseAlignLib.api import parse_floats, parse_ints  # the dosealign command's own parsers
 
     parser = argparse.ArgumentParser(
         prog="DoseAlignBatch.py",
@@ -114,8 +114,7 @@ def main(argv) -> int:
 
     try:
         from DICOMLib import DICOMUtils
-        from DoseAlignLib.cli import options_from_args
-        from DoseAlignLib.errors import Cancelled
+        from DoseAlignLib.api import Cancelled, options_from_args
 
         import DoseAlign
 

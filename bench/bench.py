@@ -149,15 +149,15 @@ def run_pairs(commands: list, outputs: list) -> float:
 
 def stage_times(case: Path, scratch: Path) -> dict:
     """Per-stage seconds of dosealign in this process (after a warm-up run)."""
-    from DoseAlignLib.ct import ct_geometry, read_ct
-    from DoseAlignLib.link import form_cases
+    from DoseAlignLib.dicom.ct import ct_geometry, read_ct
+    from DoseAlignLib.dicom.rtdose import read_rtdose
+    from DoseAlignLib.dicom.scan import scan_folder
+    from DoseAlignLib.geometry.resample import resample
+    from DoseAlignLib.link.cases import form_cases
     from DoseAlignLib.options import AlignOptions
+    from DoseAlignLib.output.case_folder import write_case_output
+    from DoseAlignLib.output.qa_png import qa_png_writer
     from DoseAlignLib.pipeline import run_case
-    from DoseAlignLib.qa_plot import qa_png_writer
-    from DoseAlignLib.resample import resample
-    from DoseAlignLib.rtdose import read_rtdose
-    from DoseAlignLib.scan import scan_folder
-    from DoseAlignLib.writers import write_case_output
 
     times: dict = {}
 

@@ -10,16 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from .dicom.damage import damaged_file_rows
+from .dicom.scan import scan_folder
 from .errors import Cancelled, DoseAlignError
-from .hardening import check_output_folder, damaged_file_rows, relative_reason
-from .link import form_cases
+from .link.cases import form_cases
 from .options import AlignOptions
+from .output.case_folder import CaseOutput, case_dir, check_output_folder, clean_temp, is_complete
+from .output.manifest import manifest_row, relative_reason, write_manifest
+from .output.qa_png import qa_png_writer
+from .output.report import write_report
 from .parallel import in_shard, run_dask, run_pool
 from .pipeline import run_case
-from .qa_plot import qa_png_writer
-from .report import write_report
-from .scan import scan_folder
-from .writers import CaseOutput, case_dir, clean_temp, is_complete, manifest_row, write_manifest
 
 logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[float, str], None]]
@@ -63,7 +64,7 @@ def export_folder(
     (``tcp://host:port`` or ``local``) on a Dask cluster; ``shard`` ``(K, N)`` exports only the
     K-th of N deterministic parts and writes ``manifest.shard-K-of-N.csv`` (see :func:`merge_shards`).
     ``qa_png`` adds each case's qa.png, ``report_html`` the batch's report.html (not per shard).
-    ``formats`` (:class:`.export_formats.ExportFormats`) adds NIfTI, NRRD, HDF5 or OpenKBP files per
+    ``formats`` (:class:`~DoseAlignLib.output.formats.ExportFormats`) adds NIfTI, NRRD, HDF5 or OpenKBP files per
     case and, at the end (not per shard), dataset.h5 and dataset.json.
     Returns the manifest rows in case order; ``exit_code`` is 1 when a case failed.
     """
@@ -157,7 +158,7 @@ def export_case(
     pseudonymizer=None,
 ) -> dict:
     """Export one case; return its manifest row (never raises for a bad case). ``qa_png`` adds its picture,
-    ``formats`` (:class:`.export_formats.ExportFormats`) its other formats."""
+    ``formats`` (:class:`~DoseAlignLib.output.formats.ExportFormats`) its other formats."""
     if resume and is_complete(out_dir, case.case_id):
         meta = json.loads((case_dir(out_dir, case.case_id) / "meta.json").read_text(encoding="utf-8"))
         return manifest_row(case, "ok", "", meta)

@@ -6,24 +6,20 @@ Exit codes: 0 all cases ok, 1 some case failed, 2 usage or input-folder errors.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__
-from .errors import DoseAlignError
-from .options import AlignOptions, CustomBox, Interpolator, ReferenceGrid
+from . import api
+from .api import CustomBox, DoseAlignError, Interpolator, ReferenceGrid, options_from_args, parse_floats, parse_ints
 
 
 def _demo_spec():
-    from .phantom import PhantomSpec
-
     # a small head-and-neck-sized study: 2 mm pixels, 3 mm slices, a plan-like dose on an offset
     # 3 mm grid inside the CT, a PLAN dose and its three BEAM doses
-    return PhantomSpec(
+    return api.PhantomSpec(
         ct_size=(128, 128, 48),
         ct_pixel_spacing=(2.0, 2.0),
         ct_slice_spacing=3.0,
@@ -37,13 +33,11 @@ def _demo_spec():
 
 
 def _get_parser() -> argparse.ArgumentParser:
-    from .export_formats import add_format_arguments
-
     parser = argparse.ArgumentParser(
         prog="dosealign",
         description="Put DICOM CT, RTDOSE and structures on one voxel grid, geometry from the raw tags.",
     )
-    parser.add_argument("--version", action="version", version=f"dosealign {__version__}")
+    parser.add_argument("--version", action="version", version=f"dosealign {api.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     scan = sub.add_parser("scan", help="list the cases an export would write and every object left out")
@@ -113,14 +107,12 @@ def _pseudonymizer(args: argparse.Namespace):
         if args.key_file or args.keep_uids or args.map_file:
             raise ValueError("--key-file, --keep-uids and --map-file go with --pseudonymize")
         return None
-    from .pseudonym import key_is_private, make_pseudonymizer
-
-    pseudonymizer, key_path, map_path, created = make_pseudonymizer(
+    pseudonymizer, key_path, map_path, created = api.make_pseudonymizer(
         args.output, args.key_file, args.keep_uids, args.map_file
     )
     state = "created" if created else "used"
     print(f"pseudonymized export: key {key_path} ({state}), map {map_path}; keep both out of what you share")
-    if not key_is_private(key_path):
+    if not api.key_is_private(key_path):
         print(f"warning: {key_path} is readable by other users (chmod 600 it)", file=sys.stderr)
     return pseudonymizer
 
@@ -165,55 +157,8 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
     qa.add_argument("--no-qa-png", action="store_true", help="no qa.png picture per case")
 
 
-def parse_floats(text: str) -> tuple:
-    """argparse type: "2" or "1,1,2.5" -> floats (also used by the Slicer batch script)."""
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 2 or 1,1,2.5, got {text!r}") from None
-
-
-def parse_ints(text: str) -> tuple:
-    """argparse type: "128" or "128,128,96" -> ints."""
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers like 128 or 128,128,96, got {text!r}") from None
-
-
-def options_from_args(args: argparse.Namespace) -> AlignOptions:
-    """AlignOptions from parsed arguments (the CLI's, or the Slicer batch script's, which lacks some flags)."""
-    from .contours import load_roi_map
-
-    roi_map = getattr(args, "roi_map", None)
-    thresholds = getattr(args, "audit_thresholds", None)
-    return AlignOptions(
-        reference=args.reference,
-        interpolator=args.interpolator,
-        custom_spacing=args.spacing,
-        custom_box=args.box,
-        custom_size=args.size,
-        ct_fill_hu=args.ct_fill,
-        ct_dtype=args.ct_dtype,
-        allow_relative=args.allow_relative,
-        structures=not args.no_structures,
-        roi_map=load_roi_map(roi_map) if roi_map else None,
-        fractional_masks=getattr(args, "fractional_masks", 0),
-        audit_thresholds=_read_json(thresholds) if thresholds else None,
-    )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot be read as JSON ({error})") from None
-
-
 def _formats(args: argparse.Namespace):
     """The --format choices, with every package they need checked before any case is computed."""
-    from .export_formats import formats_from_args
-
     formats = formats_from_args(args)
     formats.check()
     return formats
@@ -245,11 +190,8 @@ class _ProgressLine:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from .link import form_cases
-    from .scan import scan_folder
-
-    scan = scan_folder(args.input)
-    linked = form_cases(scan)
+    scan = api.scan_folder(args.input)
+    linked = api.form_cases(scan)
     print(
         f"{args.input}: {len(scan.objects)} DICOM objects, {len(scan.ct_series)} CT series, {len(scan.skipped)} other files"
     )
@@ -287,23 +229,20 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .batch import export_folder
-    from .parallel import default_workers, parse_shard
-
     options = options_from_args(args)
     formats = _formats(args)
-    workers = default_workers() if args.workers is None else args.workers
+    workers = api.default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise ValueError("--workers must be at least 1")
     pseudonymizer = _pseudonymizer(args)
-    report = export_folder(
+    report = api.export_folder(
         args.input,
         args.output,
         options,
         resume=args.resume,
         progress=_ProgressLine(quiet=args.quiet),
         workers=workers,
-        shard=parse_shard(args.shard) if args.shard else None,
+        shard=api.parse_shard(args.shard) if args.shard else None,
         scheduler=args.scheduler,
         qa_png=not args.no_qa_png,
         formats=formats,
@@ -316,9 +255,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     import csv
 
-    from .batch import merge_shards
-
-    path = merge_shards(args.output)
+    path = api.merge_shards(args.output)
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -327,18 +264,15 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .batch import export_folder
-    from .phantom import write_phantom
-
     options = options_from_args(args)
     formats = _formats(args)
     dicom_dir = args.output / "dicom"
     export_dir = args.output / "export"
-    truth = write_phantom(dicom_dir, _demo_spec())
+    truth = api.write_phantom(dicom_dir, _demo_spec())
     print(
         f"wrote a synthetic DICOM-RT study to {dicom_dir} ({len(truth.ct_files)} CT slices, {len(truth.dose_files)} RTDOSE)"
     )
-    report = export_folder(
+    report = api.export_folder(
         dicom_dir,
         export_dir,
         options,
@@ -379,6 +313,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DoseAlignError as error:
         print(f"dosealign: {error}", file=sys.stderr)
         return 2
+
+
+def add_format_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--format`` options of ``dosealign export`` and ``demo``."""
+    group = parser.add_argument_group("output formats")
+    group.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        metavar="FORMATS",
+        help="also write nifti, nrrd, hdf5 and/or openkbp (comma-separated or repeated); "
+        "pair.npz + meta.json are always written",
+    )
+    group.add_argument(
+        "--openkbp-spacing",
+        type=parse_floats,
+        default=api.OpenKBPSettings().spacing,
+        help="voxel size (mm) of the 128^3 OpenKBP grid: one value or i,j,k (default 4,4,2)",
+    )
+    group.add_argument("--split-seed", type=int, default=0, help="seed of the training/validation split by patient")
+    group.add_argument(
+        "--validation-fraction", type=float, default=0.2, help="fraction of patients for validation (default 0.2)"
+    )
+
+
+def formats_from_args(args: argparse.Namespace) -> api.ExportFormats:
+    """The :class:`ExportFormats` of parsed command-line arguments (ValueError for bad values)."""
+    return api.ExportFormats(
+        formats=api.parse_formats(getattr(args, "formats", None)),
+        openkbp=api.OpenKBPSettings(spacing=getattr(args, "openkbp_spacing", api.OpenKBPSettings().spacing)),
+        split_seed=getattr(args, "split_seed", 0),
+        validation_fraction=getattr(args, "validation_fraction", 0.2),
+    )
 
 
 if __name__ == "__main__":

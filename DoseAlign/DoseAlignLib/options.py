@@ -84,7 +84,7 @@ class AlignOptions:
             )
         object.__setattr__(self, "fractional_masks", int(self.fractional_masks))
         if self.audit_thresholds:
-            from .audit import thresholds_with  # raises ValueError on unknown names
+            from .audit.thresholds import thresholds_with  # raises ValueError on unknown names
 
             thresholds_with(self.audit_thresholds)
         if self.reference is ReferenceGrid.CUSTOM and self.custom_spacing is None:

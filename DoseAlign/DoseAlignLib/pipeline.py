@@ -9,16 +9,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import __version__
-from .case_audit import add_structures_and_audit
-from .ct import ct_geometry, read_ct, regular_grid
+from .audit.case import add_structures_and_audit
+from .dicom.ct import ct_geometry, read_ct, regular_grid
+from .dicom.rtdose import read_rtdose
 from .errors import DoseAlignError, LinkError
-from .grid import Volume
-from .hardening import check_overlap
-from .link import Case
+from .geometry.grid import Volume
+from .geometry.reference import check_overlap, reference_grid
+from .geometry.resample import resample
+from .link.case import Case
 from .options import AlignOptions, Interpolator
-from .reference import reference_grid
-from .resample import resample
-from .rtdose import read_rtdose
 
 Progress = Optional[Callable[[float, str], None]]
 
@@ -44,7 +43,7 @@ def run_case(
     """Read, check and resample one case. Raises :class:`DoseAlignError` naming file and reason.
 
     ``sink(name, array)``, when given, receives the output CT (``"ct"``) and dose (``"dose"``) as
-    soon as each is final, possibly from another thread (:class:`.writers.CaseOutput` writes them
+    soon as each is final, possibly from another thread (:class:`~DoseAlignLib.output.case_folder.CaseOutput` writes them
     while the rest is computed). The arrays it gets are the result's; they are not changed after.
     """
     if case.error:

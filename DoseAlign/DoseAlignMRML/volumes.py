@@ -1,4 +1,4 @@
-"""The MRML bridge: engine :class:`~DoseAlignLib.grid.Volume` objects <-> Slicer volume nodes.
+"""The MRML bridge: engine :class:`~DoseAlignLib.api.Volume` objects <-> Slicer volume nodes.
 
 This is the one place where the engine's geometry (arrays ``[k, j, i]``, affine index -> LPS)
 meets Slicer's (``vtkImageData`` plus an ``IJKToRAS`` matrix, world space RAS). It needs only
@@ -22,8 +22,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from DoseAlignLib.errors import GeometryError, InputError
-from DoseAlignLib.grid import GRID_ATOL_MM, Grid, Volume
+from DoseAlignLib.api import GRID_ATOL_MM, GeometryError, Grid, InputError, Volume
 
 #: LPS <-> RAS: negate x and y. The matrix is its own inverse.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -8,14 +8,20 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from DoseAlignLib import audit, dvh
-from DoseAlignLib.grid import Grid, Volume
-from DoseAlignLib.link import form_cases
+from DoseAlignLib.audit import beams as audit_beams
+from DoseAlignLib.audit import dose as audit_dose
+from DoseAlignLib.audit import flags as audit_flags
+from DoseAlignLib.audit import rois as audit_rois
+from DoseAlignLib.audit import stats as audit_stats
+from DoseAlignLib.audit import thresholds as audit_thresholds
+from DoseAlignLib.dicom.scan import scan_folder
+from DoseAlignLib.geometry.grid import Grid, Volume
+from DoseAlignLib.geometry.resample import resample
+from DoseAlignLib.link.cases import form_cases
 from DoseAlignLib.options import AlignOptions
 from DoseAlignLib.pipeline import run_case
-from DoseAlignLib.resample import resample
-from DoseAlignLib.scan import scan_folder
-from DoseAlignLib.structures import unpack_masks
+from DoseAlignLib.structures import dvh, masks
+from DoseAlignLib.structures.masks import unpack_masks
 
 RNG = np.random.default_rng(7)
 
@@ -145,7 +151,7 @@ def test_bin_classes_are_exact_at_the_bin_edges():
 
 
 def test_roi_dvh_streams_the_mask_box_as_the_gathered_doses():
-    from DoseAlignLib.structures import RoiMask
+    from DoseAlignLib.structures.masks import RoiMask
 
     grid = Grid.from_spacing((30, 40, 50), (1.0, 1.2, 2.0), (0, 0, 0))
     dose = np.zeros(grid.shape, np.float32)
@@ -153,22 +159,22 @@ def test_roi_dvh_streams_the_mask_box_as_the_gathered_doses():
     binary = RNG.random((26, 30, 36)) < 0.6
     mask = RoiMask(roi=None, box=(slice(2, 28), slice(6, 36), slice(10, 46)), binary=binary)
     bins = dvh.dose_bins(60.0)
-    stats = audit.dose_stats(dose)
+    stats = audit_stats.dose_stats(dose)
     assert stats.support == (slice(5, 25), slice(8, 30), slice(3, 45))
     volume = Volume(dose, grid, "GY")
-    got = audit.roi_dvh(volume, mask, bins, 40.0, stats=stats)
+    got = audit_rois.roi_dvh(volume, mask, bins, 40.0, stats=stats)
     cc = float(np.prod(grid.spacing)) / 1000
     _assert_same_dvh(got, _reference_dvh(dose[mask.box][binary], cc, bins, 40.0))
     assert stats.roi_sums[id(mask)][1] == binary.sum()
     # the body's mean dose from that sum equals the one summed slice by slice
-    from_sum = audit.dose_summary(volume, mask, stats)
-    summed = audit.dose_summary(volume, mask.full(grid.shape))
+    from_sum = audit_dose.dose_summary(volume, mask, stats)
+    summed = audit_dose.dose_summary(volume, mask.full(grid.shape))
     assert from_sum["dmean_body_gy"] == pytest.approx(summed["dmean_body_gy"], rel=1e-12)
     assert from_sum["body_volume_cc"] == pytest.approx(summed["body_volume_cc"], rel=1e-12)
     # uneven slices: doses and voxel volumes gathered (the weighted path)
     uneven = Grid((30, 40, 50), grid.affine, None, np.cumsum(RNG.uniform(1.5, 2.5, 30)))
-    got = audit.roi_dvh(Volume(dose, uneven, "GY"), mask, bins, 40.0)
-    weights = np.broadcast_to(audit.voxel_volumes_cc(uneven)[mask.box[0]][:, None, None], binary.shape)[binary]
+    got = audit_rois.roi_dvh(Volume(dose, uneven, "GY"), mask, bins, 40.0)
+    weights = np.broadcast_to(masks.voxel_volumes_cc(uneven)[mask.box[0]][:, None, None], binary.shape)[binary]
     want = (
         dvh.dvh_points(dose[mask.box][binary], weights, 40.0),
         dvh.cumulative_dvh(dose[mask.box][binary], weights, bins),
@@ -178,15 +184,19 @@ def test_roi_dvh_streams_the_mask_box_as_the_gathered_doses():
 
 def test_dose_stats_and_dmax_from_slice_maxima():
     dose = np.zeros((12, 20, 30), np.float32)
-    assert audit.dose_stats(dose).support is None and audit.dmax_index(dose) == (6, 10, 15)
+    assert audit_stats.dose_stats(dose).support is None and audit_stats.dmax_index(dose) == (6, 10, 15)
     dose[3:9, 4:15, 7:20] = RNG.uniform(1, 5, (6, 11, 13))
     dose[6, 2, 25] = -0.5  # a negative dose widens the non-zero box too
-    stats = audit.dose_stats(dose)
+    stats = audit_stats.dose_stats(dose)
     assert stats.support == (slice(3, 9), slice(2, 15), slice(7, 26))
     np.testing.assert_allclose(stats.slice_sum, dose.sum(axis=(1, 2), dtype=np.float64), rtol=1e-12)
     np.testing.assert_array_equal(stats.slice_max, dose.max(axis=(1, 2)))
     dose[5, 10, 10] = dose[7, 12, 18] = 9.0  # two tied maxima: the one nearest their centroid (the first)
-    assert audit.dmax_index(dose) == audit.dmax_index(dose, audit.dose_stats(dose).slice_max) == (5, 10, 10)
+    assert (
+        audit_stats.dmax_index(dose)
+        == audit_stats.dmax_index(dose, audit_stats.dose_stats(dose).slice_max)
+        == (5, 10, 10)
+    )
 
 
 @pytest.mark.parametrize(
@@ -200,24 +210,24 @@ def test_dose_stats_and_dmax_from_slice_maxima():
 def test_inside_boxes_equal_the_voxel_by_voxel_test(direction, offset):
     """The ROI share outside the dose grid and the native voxels inside the output grid, found as
     index boxes for axis-parallel grids, equal the voxel-by-voxel transform they replace."""
-    from DoseAlignLib.structures import RoiMask
+    from DoseAlignLib.structures.masks import RoiMask
 
     out_grid = Grid.from_spacing((30, 36, 40), (1.0, 1.0, 2.0), (-20, -18, -30))
     dose_grid = Grid.from_spacing((12, 14, 16), (2.5, 2.5, 3.0), np.array(offset), direction)
-    box = audit.inside_box(out_grid, dose_grid)
+    box = audit_stats.inside_box(out_grid, dose_grid)
     assert box is not None
     binary = RNG.random((30, 36, 40)) < 0.5
     mask = RoiMask(roi=None, box=(slice(0, 30), slice(0, 36), slice(0, 40)), binary=binary)
-    fast = audit.outside_pct(mask, out_grid, dose_grid)
-    voxelwise = audit.outside_pct(mask, out_grid, dose_grid, box=None)  # the per-voxel test
+    fast = audit_rois.outside_pct(mask, out_grid, dose_grid)
+    voxelwise = audit_rois.outside_pct(mask, out_grid, dose_grid, box=None)  # the per-voxel test
     assert 0 < fast < 100 and fast == voxelwise
-    inside = audit.inside_extent(dose_grid, out_grid)
+    inside = audit_stats.inside_extent(dose_grid, out_grid)
     k, j, i = np.meshgrid(*(np.arange(n, dtype=float) for n in dose_grid.shape), indexing="ij")
     index = out_grid.lps_to_index(dose_grid.index_to_lps(np.stack([i, j, k], axis=-1)))
     limits = np.array(out_grid.shape[::-1]) - 0.5
     np.testing.assert_array_equal(inside, np.all((index >= -0.5 - 1e-6) & (index <= limits + 1e-6), axis=-1))
     oblique = Grid.from_spacing((12, 14, 16), (2.5, 2.5, 3.0), (0, 0, 0), _rotation_z(10.0))
-    assert audit.inside_box(out_grid, oblique) is None  # not parallel: left to the per-voxel test
+    assert audit_stats.inside_box(out_grid, oblique) is None  # not parallel: left to the per-voxel test
 
 
 def _rotation_z(degrees: float) -> np.ndarray:
@@ -233,22 +243,24 @@ def test_dose_outside_the_output_grid_and_integral_dose():
     # output grid: 1 mm voxels over the native grid's extent in y and z, but only x < 10 (half of it)
     out_grid = Grid.from_spacing((20, 20, 10), (1, 1, 1), (-0.5, -0.5, -0.5))
     output = Volume(resample(native, out_grid), out_grid, "GY")
-    result = audit.audit_dose(output, native)
+    result = audit_dose.audit_dose(output, native)
     assert result["native"]["integral_gy_l"] == pytest.approx(2.0 * 8.0 / 1000 * 1000 / 1000)  # 2 Gy x 8 cm^3
     assert result["outside_integral_pct"] == pytest.approx(50.0)
     assert result["integral_diff_pct"] == pytest.approx(0.0, abs=1e-6)
     assert result["dmax_diff_pct"] == pytest.approx(0.0)
     assert result["edge_dose_pct"] == pytest.approx(100.0)
-    flags = {f["flag"] for f in audit.flags_for(result, [], None, None, {}, audit.DEFAULT_THRESHOLDS, 2.0)}
+    flags = {
+        f["flag"] for f in audit_flags.flags_for(result, [], None, None, {}, audit_thresholds.DEFAULT_THRESHOLDS, 2.0)
+    }
     assert flags == {"dose_outside_grid", "dose_grid_edge"}
 
 
 def test_dmax_location_of_a_plateau_is_its_middle():
     dose = np.zeros((5, 9, 9), np.float32)
     dose[2, 1:8, 2:7] = 10.0  # a flat top: the first voxel in memory order would be a corner
-    assert audit.dmax_index(dose) == (2, 4, 4)
+    assert audit_stats.dmax_index(dose) == (2, 4, 4)
     dose[3, 0, 0] = 10.5
-    assert audit.dmax_index(dose) == (3, 0, 0)
+    assert audit_stats.dmax_index(dose) == (3, 0, 0)
 
 
 def test_beam_sum_against_the_plan_dose():
@@ -256,17 +268,20 @@ def test_beam_sum_against_the_plan_dose():
     a = RNG.uniform(0, 5, grid.shape).astype(np.float32)
     b = RNG.uniform(0, 5, grid.shape).astype(np.float32)
     plan = Volume(a + b, grid, "GY")
-    ok = audit.beam_sum_check(plan, [(Volume(a, grid), "a.dcm"), (Volume(b, grid), "b.dcm")])
+    ok = audit_beams.beam_sum_check(plan, [(Volume(a, grid), "a.dcm"), (Volume(b, grid), "b.dcm")])
     assert ok["max_abs_diff_gy"] == pytest.approx(0.0, abs=1e-5) and ok["resampled"] == []
-    missing = audit.beam_sum_check(plan, [(Volume(a, grid), "a.dcm")])
+    missing = audit_beams.beam_sum_check(plan, [(Volume(a, grid), "a.dcm")])
     assert missing["max_abs_diff_gy"] == pytest.approx(float(b.max()), rel=1e-6)
-    flags = audit.flags_for({"native": None}, [], None, missing, {}, audit.DEFAULT_THRESHOLDS, None)
+    flags = audit_flags.flags_for({"native": None}, [], None, missing, {}, audit_thresholds.DEFAULT_THRESHOLDS, None)
     assert [f["flag"] for f in flags] == ["beam_sum_mismatch"]
 
 
 def test_thresholds_are_configurable_and_checked():
-    merged = audit.thresholds_with({"dmax_diff_pct": 5})
-    assert merged["dmax_diff_pct"] == 5.0 and merged["dvh_delta_pct"] == audit.DEFAULT_THRESHOLDS["dvh_delta_pct"]
+    merged = audit_thresholds.thresholds_with({"dmax_diff_pct": 5})
+    assert (
+        merged["dmax_diff_pct"] == 5.0
+        and merged["dvh_delta_pct"] == audit_thresholds.DEFAULT_THRESHOLDS["dvh_delta_pct"]
+    )
     with pytest.raises(ValueError, match="unknown audit threshold"):
         AlignOptions(audit_thresholds={"dmax_pct": 1})
     dose_audit = {
@@ -277,10 +292,16 @@ def test_thresholds_are_configurable_and_checked():
         "integral_diff_pct": 0.0,
         "edge_dose_pct": 0.0,
     }
-    assert [f["flag"] for f in audit.flags_for(dose_audit, [], None, None, {}, audit.DEFAULT_THRESHOLDS, 10)] == [
-        "dmax_changed"
-    ]
-    assert audit.flags_for(dose_audit, [], None, None, {}, audit.thresholds_with({"dmax_diff_pct": 5}), 10) == []
+    assert [
+        f["flag"]
+        for f in audit_flags.flags_for(dose_audit, [], None, None, {}, audit_thresholds.DEFAULT_THRESHOLDS, 10)
+    ] == ["dmax_changed"]
+    assert (
+        audit_flags.flags_for(
+            dose_audit, [], None, None, {}, audit_thresholds.thresholds_with({"dmax_diff_pct": 5}), 10
+        )
+        == []
+    )
 
 
 # ---- end to end on the engine's phantom ------------------------------------------------------

@@ -27,9 +27,9 @@ import pytest
 from conftest import ROOT, interior_mask, load_case, voxel_points
 from DoseAlignLib import batch
 from DoseAlignLib.cli import main
-from DoseAlignLib.export_formats import ExportFormats, parse_formats
-from DoseAlignLib.export_openkbp import OpenKBPSettings, read_sparse_csv
 from DoseAlignLib.options import AlignOptions
+from DoseAlignLib.output.formats import ExportFormats, parse_formats
+from DoseAlignLib.output.openkbp import OpenKBPSettings, read_sparse_csv
 from DoseAlignLib.phantom import PhantomSpec, write_phantom
 
 TOLERANCE = 1e-4  # of Dmax
@@ -324,7 +324,7 @@ def test_hdf5_dataset_round_trip(study):
 def test_hdf5_attributes_hold_large_datasets(tmp_path, monkeypatch):
     """Five thousand case ids (80 KiB of references) fit in the root attributes (the earliest HDF5 format caps them at 64 KiB)."""
     h5py = pytest.importorskip("h5py")
-    from DoseAlignLib import export_hdf5
+    from DoseAlignLib.output import hdf5 as export_hdf5
 
     ids = [f"PATIENT-{n:05d}_plan-LONG-LABEL_{n:08x}" for n in range(5000)]
     monkeypatch.setattr(export_hdf5, "copy_case", lambda h5py, source, dst, name: dst.create_group(name))
@@ -336,7 +336,7 @@ def test_hdf5_attributes_hold_large_datasets(tmp_path, monkeypatch):
 def test_hdf5_dataset_survives_a_failed_rebuild(study, monkeypatch):
     """A run that dies while building dataset.h5 leaves the previous file whole and no temporary file."""
     h5py = pytest.importorskip("h5py")
-    from DoseAlignLib import export_hdf5
+    from DoseAlignLib.output import hdf5 as export_hdf5
 
     out, rows, _truths, formats = study
     before = (out / "dataset.h5").read_bytes()
@@ -385,7 +385,7 @@ def test_datalist_splits_by_patient(study):
         assert entry["patient_id"] == patient_of[case_id]
         assert [Path(p).name for p in entry["label"]] == ["PTV.nii.gz", "Cord.nii.gz", "External.nii.gz"]
     # deterministic: the same seed gives the same file; the split is the engine's own function
-    from DoseAlignLib.export_datalist import split_by_patient
+    from DoseAlignLib.output.datalist import split_by_patient
 
     again = split_by_patient(patient_of, formats.split_seed, formats.validation_fraction)
     assert again["split"] == datalist["split"]
@@ -393,7 +393,7 @@ def test_datalist_splits_by_patient(study):
 
 
 def test_split_rules():
-    from DoseAlignLib.export_datalist import split_by_patient
+    from DoseAlignLib.output.datalist import split_by_patient
 
     one = split_by_patient({"c1": "P1", "c2": "P1"}, 0, 0.2)
     assert one["training"] == ["c1", "c2"] and one["validation"] == []
@@ -447,7 +447,7 @@ def test_datalist_loads_with_monai(study):
 
 
 def test_torch_dataset_module_does_not_import_torch():
-    code = "import sys; import DoseAlignLib.torch_dataset; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys; import DoseAlignLib.training; assert 'torch' not in sys.modules, 'torch imported'"
     env_path = str(ROOT / "DoseAlign")
     subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {env_path!r}); {code}"], check=True)
 
@@ -455,7 +455,7 @@ def test_torch_dataset_module_does_not_import_torch():
 @pytest.mark.parametrize("source", ["folder", "hdf5"])
 def test_torch_dataset(study, source):
     torch = pytest.importorskip("torch")
-    from DoseAlignLib.torch_dataset import DoseAlignDataset
+    from DoseAlignLib.training import DoseAlignDataset
 
     out, rows, _truths, _formats = study
     path = out if source == "folder" else out / "dataset.h5"
@@ -484,7 +484,7 @@ def test_torch_dataset(study, source):
 
 
 def test_torch_dataset_numpy_without_torch(study):
-    from DoseAlignLib.torch_dataset import DoseAlignDataset
+    from DoseAlignLib.training import DoseAlignDataset
 
     out, _rows, _truths, _formats = study
     sample = DoseAlignDataset(out, as_tensors=False)[0]

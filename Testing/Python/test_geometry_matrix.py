@@ -243,8 +243,8 @@ def test_relative_dose_refused_unless_allowed(tmp_path):
 @pytest.mark.parametrize("rescale", [(1.0, -1024.0), (1.0, 0.0), (0.5, -1000.0)])
 def test_ct_read_in_place_equals_pydicom_decoding(tmp_path, rescale):
     """Slices read straight from the file give exactly what pydicom's decoder gives."""
-    from DoseAlignLib.ct import read_ct
-    from DoseAlignLib.scan import scan_folder
+    from DoseAlignLib.dicom.ct import read_ct
+    from DoseAlignLib.dicom.scan import scan_folder
 
     spec = PhantomSpec(ct_size=(192, 192, 8), ct_field="linear", ct_rescale=rescale, with_structures=False)
     write_phantom(tmp_path, spec)  # slices over 64 KiB: their pixels are read in place

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from DoseAlignLib import dicomio
+from DoseAlignLib.dicom import headers as dicomio
 from DoseAlignLib.phantom import PhantomSpec, write_phantom
 
 TEXT = ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Modality", "SOPClassUID"]

@@ -48,7 +48,8 @@ DYING_WRITER = r"""
 import os, signal, sys
 import numpy as np
 from pathlib import Path
-import DoseAlignLib.writers as writers
+import DoseAlignLib.output.case_folder as case_folder
+import DoseAlignLib.output.manifest as manifest
 
 where, target = os.environ["DOSEALIGN_TEST_KILL"].split(":")
 calls = [0]
@@ -58,7 +59,7 @@ def due():
     return calls[0] == int(target)
 
 if where == "npz":
-    import DoseAlignLib.npz as npz
+    import DoseAlignLib.output.npz as npz
     original = npz._write_member
     def dying(archive, name, array):
         if name == "dose" and due():  # the CT is in the archive, the dose half-way
@@ -68,21 +69,21 @@ if where == "npz":
         return original(archive, name, array)
     npz._write_member = dying
 elif where == "manifest":
-    original = writers.write_text_atomic
+    original = manifest.write_text_atomic
     def dying(path, text):
         if due():
             Path(path).with_name(".tmp-" + Path(path).name + "-dying").write_text(text[: len(text) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         return original(path, text)
-    writers.write_text_atomic = dying
+    manifest.write_text_atomic = dying
 elif where == "replace":
-    original = writers.os.replace
+    original = case_folder.os.replace
     def dying(source, target_path):
         result = original(source, target_path)
         if ".tmp-old-" in str(target_path) and due():
             os.kill(os.getpid(), signal.SIGKILL)  # the old case moved aside, the new one not yet in place
         return result
-    writers.os.replace = dying
+    case_folder.os.replace = dying
 from DoseAlignLib.cli import main
 sys.exit(main(sys.argv[1:]))
 """

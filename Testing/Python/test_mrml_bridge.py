@@ -19,7 +19,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package has no MRML (install slicer-core)", allow_module_level=True)
 
 from DoseAlignLib.errors import GeometryError, InputError  # noqa: E402
-from DoseAlignLib.grid import Grid, Volume  # noqa: E402
+from DoseAlignLib.geometry.grid import Grid, Volume  # noqa: E402
 from DoseAlignMRML import volumes as mrml  # noqa: E402
 
 pytestmark = pytest.mark.slicer_core
@@ -415,7 +415,7 @@ def test_module_options_from_parameter_values(module):
 
 def test_verify_dose_geometry_rebuilds_decreasing_frames(module, tmp_path):
     truth = _phantom(tmp_path, frame_order="decreasing")
-    from DoseAlignLib.rtdose import read_rtdose
+    from DoseAlignLib.dicom.rtdose import read_rtdose
 
     expected, _geometry, _info = read_rtdose(truth.dose_files[0])
     node = gdcm_like_dose_node(truth.dose_files[0], slicer.mrmlScene)
@@ -463,13 +463,14 @@ def test_in_process_export_equals_engine_export(module, tmp_path, reference, ext
     """The bridge route (nodes -> in-process resampling -> engine writer) writes what `dosealign export` writes."""
     import json
 
-    from DoseAlignLib.ct import read_ct
-    from DoseAlignLib.link import form_cases
+    from DoseAlignLib.dicom.ct import read_ct
+    from DoseAlignLib.dicom.rtdose import read_rtdose
+    from DoseAlignLib.dicom.scan import scan_folder
+    from DoseAlignLib.link.cases import form_cases
     from DoseAlignLib.options import AlignOptions
+    from DoseAlignLib.output.case_folder import write_case_output
+    from DoseAlignLib.output.manifest import manifest_row
     from DoseAlignLib.pipeline import run_case
-    from DoseAlignLib.rtdose import read_rtdose
-    from DoseAlignLib.scan import scan_folder
-    from DoseAlignLib.writers import manifest_row, write_case_output
 
     truth = _phantom(tmp_path, patient_position="FFS")
     (case,) = form_cases(scan_folder(tmp_path / "dicom")).cases
@@ -560,12 +561,12 @@ def test_align_case_with_structures_equals_engine_export(module, tmp_path, backe
     """
     import json
 
-    from DoseAlignLib.ct import read_ct
-    from DoseAlignLib.link import form_cases
+    from DoseAlignLib.dicom.ct import read_ct
+    from DoseAlignLib.dicom.scan import scan_folder
+    from DoseAlignLib.link.cases import form_cases
     from DoseAlignLib.options import AlignOptions
+    from DoseAlignLib.output.case_folder import write_case_output
     from DoseAlignLib.pipeline import run_case
-    from DoseAlignLib.scan import scan_folder
-    from DoseAlignLib.writers import write_case_output
 
     _phantom(tmp_path, patient_position="HFP", frame_order="decreasing")
     (case,) = form_cases(scan_folder(tmp_path / "dicom")).cases
@@ -620,9 +621,9 @@ def test_module_self_test_compares_with_the_engine(module, monkeypatch, tmp_path
     import sys
     import types
 
-    from DoseAlignLib.ct import read_ct
-    from DoseAlignLib.link import form_cases
-    from DoseAlignLib.scan import scan_folder
+    from DoseAlignLib.dicom.ct import read_ct
+    from DoseAlignLib.dicom.scan import scan_folder
+    from DoseAlignLib.link.cases import form_cases
 
     dicom_lib = types.ModuleType("DICOMLib")
     dicom_lib.DICOMUtils = types.SimpleNamespace(TemporaryDICOMDatabase=lambda directory=None: contextlib.nullcontext())

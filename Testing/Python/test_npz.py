@@ -8,7 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from DoseAlignLib.npz import save_npz
+from DoseAlignLib.output.npz import save_npz
 
 
 def _arrays() -> dict:
@@ -68,7 +68,7 @@ def test_object_arrays_are_refused(tmp_path) -> None:
 def test_stream_writes_leading_members_first_whatever_the_order_given(tmp_path) -> None:
     import threading
 
-    from DoseAlignLib.npz import NpzStream
+    from DoseAlignLib.output.npz import NpzStream
 
     arrays = _arrays()
     save_npz(tmp_path / "reference.npz", arrays)  # ct, dose, then the rest
@@ -86,7 +86,7 @@ def test_stream_writes_leading_members_first_whatever_the_order_given(tmp_path) 
 
 
 def test_stream_skips_a_leading_member_never_given_and_reports_writer_errors(tmp_path) -> None:
-    from DoseAlignLib.npz import NpzStream
+    from DoseAlignLib.output.npz import NpzStream
 
     stream = NpzStream(tmp_path / "a.npz", leading=("ct", "dose"))
     stream.add("dose", np.arange(3.0))

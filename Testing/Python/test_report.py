@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_case
-from DoseAlignLib import qa_plot
 from DoseAlignLib.batch import export_folder
 from DoseAlignLib.cli import main
-from DoseAlignLib.grid import Grid, Volume
+from DoseAlignLib.geometry.grid import Grid, Volume
 from DoseAlignLib.options import AlignOptions
+from DoseAlignLib.output import qa_png as qa_plot
+from DoseAlignLib.output.report import report_html
 from DoseAlignLib.phantom import PhantomSpec, write_phantom
-from DoseAlignLib.report import report_html
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 CHROMIUM_FLAGS = [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from DoseAlignLib import resample as rs
-from DoseAlignLib.grid import Grid, Volume
+from DoseAlignLib.geometry import resample as rs
+from DoseAlignLib.geometry.grid import Grid, Volume
 from DoseAlignLib.options import Interpolator
 
 

@@ -89,7 +89,7 @@ def _scan_summary(scan) -> tuple:
 
 @pytest.mark.parametrize("source", ["cohort", "shared"])
 def test_scan_in_processes_equals_serial(source, cohort, request, monkeypatch):
-    from DoseAlignLib import scan as scan_module
+    from DoseAlignLib.dicom import scan as scan_module
 
     root = cohort if source == "cohort" else request.getfixturevalue("shared_data")
     serial = scan_module.scan_folder(root, workers=1)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import load_case, voxel_points
 from DoseAlignLib.batch import export_folder
+from DoseAlignLib.dicom.rtdose import read_rtdose
+from DoseAlignLib.dicom.scan import scan_folder
 from DoseAlignLib.errors import UnitsError
-from DoseAlignLib.link import form_cases
+from DoseAlignLib.link.cases import form_cases
 from DoseAlignLib.options import AlignOptions
-from DoseAlignLib.rtdose import read_rtdose
-from DoseAlignLib.scan import scan_folder
 
 OPTIONS = AlignOptions(structures=False)
 

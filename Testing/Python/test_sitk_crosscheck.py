@@ -8,10 +8,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import load_case
 from DoseAlignLib.batch import export_folder
+from DoseAlignLib.dicom.rtdose import read_rtdose
+from DoseAlignLib.geometry.sitk_bridge import grid_from_image
 from DoseAlignLib.options import AlignOptions
 from DoseAlignLib.phantom import PhantomSpec, write_phantom
-from DoseAlignLib.rtdose import read_rtdose
-from DoseAlignLib.sitk_bridge import grid_from_image
 
 UNIFORM = {
     "hfs": PhantomSpec(with_structures=False),

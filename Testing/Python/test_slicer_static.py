@@ -76,7 +76,7 @@ def test_no_union_operator_in_annotations(path):
 
 def test_module_files_import_no_engine_forbidden_names():
     """The engine never imports slicer, qt or ctk, anywhere (the MRML bridge lives in DoseAlignMRML)."""
-    for path in sorted((MODULE_DIR / "DoseAlignLib").glob("*.py")):
+    for path in sorted((MODULE_DIR / "DoseAlignLib").rglob("*.py")):
         for node in ast.walk(_tree(path)):
             names = []
             if isinstance(node, ast.Import):

@@ -9,16 +9,14 @@ import json
 
 import numpy as np
 import pytest
-from DoseAlignLib import structures
-from DoseAlignLib.contours import harmonise_names, load_roi_map, read_structure_set
-from DoseAlignLib.grid import Grid, Volume
-from DoseAlignLib.polygons import even_odd_area, fill_lattice, points_in_polygons
-from DoseAlignLib.structures import (
-    body_from_ct,
-    rasterize_roi,
-    rasterize_structures,
-    unpack_masks,
-)
+from DoseAlignLib.dicom.rtstruct import read_structure_set
+from DoseAlignLib.geometry.grid import Grid, Volume
+from DoseAlignLib.structures import rasterize
+from DoseAlignLib.structures.body import body_from_ct
+from DoseAlignLib.structures.masks import unpack_masks
+from DoseAlignLib.structures.names import harmonise_names, load_roi_map
+from DoseAlignLib.structures.polygons import even_odd_area, fill_lattice, points_in_polygons
+from DoseAlignLib.structures.rasterize import rasterize_roi, rasterize_structures
 from rt_builders import circle, make_rtstruct, points_in_polygons_naive, rect, rotation, save
 
 RNG = np.random.default_rng(20260)
@@ -208,7 +206,7 @@ def test_any_orientation_matches_the_rule(grid_kind):
     rois = _oblique_rois(contour_frame, planes)
     assert abs(rois[0].normal @ contour_frame[:, 2]) == pytest.approx(1.0)
     parallel = abs(grid.direction[:, 2] @ rois[0].normal) == pytest.approx(1.0)
-    assert structures._slices_parallel(grid, rois[0].normal) == parallel  # which path is exercised
+    assert rasterize._slices_parallel(grid, rois[0].normal) == parallel  # which path is exercised
     mask = rasterize_roi(rois[0], grid, 3.0).full(grid.shape).ravel()
     # boxes and planes are symmetric about 0, so the truth does not depend on the normal's sign
     truth = _truth_rectangles(_voxel_centres(grid), contour_frame, planes, 3.0)
@@ -222,8 +220,8 @@ def test_scanline_and_pointwise_paths_agree():
     grid = Grid.from_spacing((20, 50, 60), (0.8, 1.2, 1.0), (-30.3, -29.7, -2.6), np.eye(3))
     box = (slice(0, 20), slice(0, 50), slice(0, 60))
     for f in (1, 2):
-        scan = structures._scanline(target, grid, box, 3.0, f)
-        point = structures._pointwise(target, grid, box, 3.0, f)
+        scan = rasterize._scanline(target, grid, box, 3.0, f)
+        point = rasterize._pointwise(target, grid, box, 3.0, f)
         np.testing.assert_allclose(scan, point, atol=1e-6)
 
 
@@ -297,7 +295,7 @@ def test_packed_masks_round_trip_with_odd_width():
 def test_packing_from_boxes_equals_packing_whole_masks():
     """Masks are bit-packed from their boxes (any start column, any width) into the bytes np.packbits
     of the whole mask gives; the body, when it is an ROI, shares that ROI's packed mask."""
-    from DoseAlignLib.structures import RoiMask, StructureMasks
+    from DoseAlignLib.structures.masks import RoiMask, StructureMasks
 
     for width in (83, 64, 9):
         grid = Grid.from_spacing((7, 11, width), (1.0, 1.0, 1.0), (0, 0, 0))
@@ -318,7 +316,7 @@ def test_packing_from_boxes_equals_packing_whole_masks():
 def test_batched_plane_fills_equal_one_by_one():
     """fill_lattices (the edge arithmetic of all planes at once) equals fill_lattice plane by plane,
     and the one-point even-odd test of the contour areas equals points_in_polygons."""
-    from DoseAlignLib.polygons import _point_in_polygon, fill_lattices
+    from DoseAlignLib.structures.polygons import _point_in_polygon, fill_lattices
 
     window = (0, 40, 0, 50)
     sets = []
@@ -345,8 +343,8 @@ def test_batched_plane_fills_equal_one_by_one():
 def test_contour_type_read_from_raw_bytes(tmp_path):
     """ContourGeometricType read from the file's raw bytes equals pydicom's converted value."""
     import pydicom
-    from DoseAlignLib import dicomio
-    from DoseAlignLib.contours import _geometric_type
+    from DoseAlignLib.dicom import headers as dicomio
+    from DoseAlignLib.dicom.rtstruct import _geometric_type
 
     kinds = ["CLOSED_PLANAR", "OPEN_PLANAR", "POINT", "OPEN_NONPLANAR"]  # POINT: padded to an even length
     ds = make_rtstruct(
@@ -397,11 +395,11 @@ def test_body_from_external_roi_else_from_ct():
 
 @pytest.mark.parametrize("oblique", [(0.0, 0.0, 0.0), (12.0, -8.0, 20.0)])
 def test_phantom_rois_against_analytic_volumes(tmp_path, oblique):
-    from DoseAlignLib.link import form_cases
+    from DoseAlignLib.dicom.scan import scan_folder
+    from DoseAlignLib.link.cases import form_cases
     from DoseAlignLib.options import AlignOptions
     from DoseAlignLib.phantom import PhantomSpec, write_phantom
     from DoseAlignLib.pipeline import run_case
-    from DoseAlignLib.scan import scan_folder
 
     spec = PhantomSpec(
         oblique_degrees=oblique, ct_size=(72, 72, 48), ct_slice_spacing=2.0, dose_size=(30, 30, 20), seed=3
@@ -460,8 +458,8 @@ def test_nelms_oracle_cross_sections_integrate_to_the_solids():
 
 
 def test_nelms_structure_volumes_against_the_analytic_shapes(shared_data):
-    from DoseAlignLib.ct import ct_geometry
-    from DoseAlignLib.scan import scan_folder
+    from DoseAlignLib.dicom.ct import ct_geometry
+    from DoseAlignLib.dicom.scan import scan_folder
     from nelms import shape_of, slab_volume_cc, volume_cc
 
     root = shared_data / "nelms-dvh-phantom"
@@ -522,11 +520,11 @@ def test_nelms_structure_volumes_against_the_analytic_shapes(shared_data):
 
 
 def test_phantom_extra_organs_are_spheres_of_their_analytic_volume(tmp_path):
-    from DoseAlignLib.link import form_cases
+    from DoseAlignLib.dicom.scan import scan_folder
+    from DoseAlignLib.link.cases import form_cases
     from DoseAlignLib.options import AlignOptions
     from DoseAlignLib.phantom import PhantomSpec, write_phantom
     from DoseAlignLib.pipeline import run_case
-    from DoseAlignLib.scan import scan_folder
 
     spec = PhantomSpec(ct_size=(128, 128, 128), ct_slice_spacing=1.0, dose_size=(30, 30, 20), extra_organs=5, seed=4)
     truth = write_phantom(tmp_path / "in", spec)

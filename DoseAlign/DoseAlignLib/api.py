@@ -1,0 +1,117 @@
+"""The public API of the DoseAlign engine: the one surface the ``dosealign`` command, the Slicer
+module, its batch script, the notebook and the README use.
+
+A case goes through the stages in this order; each name below belongs to one of them::
+
+    read DICOM      scan_folder, read_ct, ct_geometry, read_rtdose, read_structure_set
+    link            form_cases -> Case
+    geometry        Grid, Volume, reference_grid, resample
+    structures      load_roi_map, unpack_masks
+    audit           (inside run_case; thresholds: DEFAULT_THRESHOLDS)
+    output          write_case_output, write_manifest, manifest_row, write_report, qa_png_writer, ...
+    one case        run_case -> CaseResult
+    a folder        export_folder -> BatchReport, merge_shards
+
+Everything else in the package is internal and may change between releases. Names are imported on
+first use (PEP 562), so ``from DoseAlignLib.api import export_folder`` costs only what it needs.
+
+>>> from DoseAlignLib.api import AlignOptions, export_folder
+>>> report = export_folder("dicom/", "out/", AlignOptions(reference="ct"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from . import __version__
+
+# name -> module (relative to this package) that defines it
+_EXPORTS = {
+    # errors and options
+    "DoseAlignError": ".errors",
+    "GeometryError": ".errors",
+    "InputError": ".errors",
+    "UnitsError": ".errors",
+    "LinkError": ".errors",
+    "Cancelled": ".errors",
+    "AlignOptions": ".options",
+    "ReferenceGrid": ".options",
+    "Interpolator": ".options",
+    "CustomBox": ".options",
+    # 1. read DICOM
+    "scan_folder": ".dicom.scan",
+    "ScanResult": ".dicom.scan",
+    "read_ct": ".dicom.ct",
+    "ct_geometry": ".dicom.ct",
+    "read_rtdose": ".dicom.rtdose",
+    "read_structure_set": ".dicom.rtstruct",
+    # 2. link
+    "form_cases": ".link.cases",
+    "Case": ".link.case",
+    "safe_name": ".link.cases",
+    # 3. geometry
+    "Grid": ".geometry.grid",
+    "GRID_ATOL_MM": ".geometry.grid",
+    "Volume": ".geometry.grid",
+    "reference_grid": ".geometry.reference",
+    "resample": ".geometry.resample",
+    # 4. structures
+    "load_roi_map": ".structures.names",
+    "unpack_masks": ".structures.masks",
+    "voxel_volumes_cc": ".structures.masks",
+    "STORAGE_NOTE": ".structures.masks",
+    # 5. audit
+    "DEFAULT_THRESHOLDS": ".audit.thresholds",
+    "add_structures_and_audit": ".audit.case",
+    # 6. output
+    "write_case_output": ".output.case_folder",
+    "case_dir": ".output.case_folder",
+    "is_complete": ".output.case_folder",
+    "clean_temp": ".output.case_folder",
+    "write_manifest": ".output.manifest",
+    "manifest_row": ".output.manifest",
+    "masks_from_arrays": ".output.case_data",
+    "ExportFormats": ".output.formats",
+    "parse_formats": ".output.formats",
+    "OpenKBPSettings": ".output.openkbp",
+    "qa_png_writer": ".output.qa_png",
+    "matplotlib_available": ".output.qa_png",
+    "write_report": ".output.report",
+    "make_pseudonymizer": ".output.pseudonym",
+    "key_is_private": ".output.pseudonym",
+    # one case, a folder
+    "run_case": ".pipeline",
+    "CaseResult": ".pipeline",
+    "export_folder": ".batch",
+    "merge_shards": ".batch",
+    "BatchReport": ".batch",
+    "default_workers": ".parallel",
+    "options_from_args": ".arguments",
+    "parse_floats": ".arguments",
+    "parse_ints": ".arguments",
+    "parse_shard": ".parallel",
+    # synthetic studies and training
+    "PhantomSpec": ".phantom",
+    "write_phantom": ".phantom",
+    "DoseAlignDataset": ".training",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __package__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list:
+    return list(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    pass

@@ -1,0 +1,120 @@
+"""Structures and the audit of one case: what :func:`~DoseAlignLib.pipeline.run_case` adds after resampling.
+
+With ``options.structures`` the case's RTSTRUCT ROIs become masks on the output grid (stored in
+pair.npz, described in ``meta["structures"]``) and on the native dose grid (for the native DVHs);
+the dose audit runs for every case and goes to ``meta["audit"]``, its summary columns to
+``meta["manifest_extra"]`` and its DVH curves to pair.npz.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..dicom.rtdose import read_rtdose
+from ..link.beams import beam_doses_to_sum
+from ..structures.case import case_masks
+from .beams import beam_sum_check
+from .dose import audit_dose
+from .flags import flags_for, geometry_summary, manifest_columns
+from .rois import roi_dvhs, worst_dvh_delta
+from .stats import dose_stats
+from .thresholds import thresholds_with
+
+
+def add_structures_and_audit(result, case, options, ct_geometry) -> None:
+    """Fill ``result`` (a :class:`~DoseAlignLib.pipeline.CaseResult`) with masks, DVHs and the audit, in place.
+
+    Parameters
+    ----------
+    result : CaseResult
+        The resampled case (``ct`` and ``dose`` on the output grid, ``native_dose`` when one grid
+        holds the dose).
+    case : Case
+        Its inputs (structure sets, plan, related BEAM doses).
+    options : AlignOptions
+        ``structures``, ``roi_map``, ``fractional_masks`` and ``audit_thresholds`` are used.
+    ct_geometry : CtGeometry
+        The CT's own geometry: the contour-plane normal and the slab thickness come from it.
+    """
+    thresholds = thresholds_with(getattr(options, "audit_thresholds", None))
+    prescription = case.plan.info.get("prescription_gy") if case.plan is not None else None
+    out_masks = native_masks = None
+    if options.structures:
+        out_masks, native_masks = case_masks(result, case, options, ct_geometry)
+        result.meta["structures"] = out_masks.to_meta()
+        result.extra_arrays.update(out_masks.arrays())
+    else:
+        result.meta["structures"] = {"enabled": False, "names": []}
+
+    # per-slice maxima and sums and the non-zero box of each dose, found once for every step below
+    output_stats = dose_stats(result.dose.array)
+    native_stats = dose_stats(result.native_dose.array) if result.native_dose is not None else None
+    entries: list = []
+    if out_masks is not None:  # first: the body's mean dose reuses its ROI's dose sum
+        entries, arrays = roi_dvhs(
+            result.dose,
+            out_masks,
+            result.native_dose,
+            native_masks,
+            prescription,
+            output_stats=output_stats,
+            native_stats=native_stats,
+        )
+        result.extra_arrays.update(arrays)
+    dose_audit = audit_dose(
+        result.dose,
+        result.native_dose,
+        output_body=out_masks.body_region if out_masks is not None else None,
+        native_body=native_masks.body_region if native_masks is not None else None,
+        output_stats=output_stats,
+        native_stats=native_stats,
+    )
+    beam_sum = _beam_sum(case, result.native_dose, options)
+    geometry = geometry_summary(result.meta)
+    reference = prescription or (dose_audit["native"] or dose_audit["output"])["dmax_gy"] or None
+    flags = flags_for(dose_audit, entries, result.meta.get("structures"), beam_sum, geometry, thresholds, reference)
+    report = {
+        "thresholds": thresholds,
+        "prescription_gy": prescription,
+        "reference_dose_gy": reference,
+        "dose": dose_audit,
+        "rois": entries,
+        # over ROIs of at least dvh_min_volume_cc inside the native dose grid (what the flag judges)
+        "worst_dvh_delta": worst_dvh_delta(
+            entries, thresholds["dvh_min_volume_cc"], thresholds["roi_outside_dose_grid_pct"]
+        ),
+        "worst_dvh_delta_all_rois": worst_dvh_delta(entries),
+        "dvh_arrays": (
+            "pair.npz: dvh_dose_gy (B,) Gy; dvh_output and dvh_native (N, B) cm^3 receiving >= each dose, "
+            "ROIs in structures.names order"
+        )
+        if entries
+        else None,
+        "beam_sum": beam_sum,
+        "geometry": geometry,
+        "flags": flags,
+    }
+    result.meta["audit"] = report
+    result.meta.setdefault("manifest_extra", {}).update(manifest_columns(report))
+
+
+def _beam_sum(case, native_dose, options) -> Optional[dict]:
+    """The PLAN dose against the sum of the plan's BEAM doses, or what the BEAM_SUM case summed."""
+    if case.summation_type == "BEAM_SUM":
+        return {"mode": "this case's dose is the sum of its BEAM doses", "files": list(case.dose_files)}
+    if case.summation_type != "PLAN" or not case.related_beam_doses or native_dose is None:
+        return None
+    keep, left_out = beam_doses_to_sum(  # the same rule as the BEAM_SUM cases use
+        list(case.related_beam_doses)
+    )
+    beams = []
+    for obj in keep:
+        volume, _geometry, _info = read_rtdose(obj.path, allow_relative=options.allow_relative)
+        beams.append((volume, obj.rel_path))
+    check = beam_sum_check(native_dose, beams, left_out)
+    check["mode"] = "PLAN dose compared with the sum of the plan's BEAM doses"
+    if case.plan is not None:
+        planned = set(case.plan.info.get("beam_numbers") or [])
+        covered = {b for obj in keep for b in obj.info.get("beam_numbers", [])}
+        check["plan_beams_without_dose"] = sorted(planned - covered)
+    return check

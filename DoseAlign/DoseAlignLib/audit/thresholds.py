@@ -1,0 +1,60 @@
+"""The audit's flag thresholds: defaults, why each is what it is, and overrides.
+
+Default thresholds (:data:`DEFAULT_THRESHOLDS`; override any of them through
+``AlignOptions.audit_thresholds`` or ``dosealign export --audit-thresholds FILE.json``):
+
+``dmax_diff_pct`` 3
+    |Dmax output - Dmax native| in % of Dmax native. 3 % is the dose tolerance of routine
+    patient-specific QA (3 %/3 mm); linear interpolation of a 2-3 mm dose grid blunts a clinical
+    peak by well under that, so more means a sharp peak lost or a peak outside the output grid.
+``integral_diff_pct`` 2
+    Integral dose on the output grid against the native integral inside the output grid's extent.
+    Resampling a smooth dose conserves the integral to about 1 %; more means dose was misplaced.
+``outside_integral_pct`` 1
+    Share of the native integral dose whose voxels lie outside the output grid (lost to the
+    training pair, e.g. a CT shorter than the irradiated volume).
+``edge_dose_pct`` 10
+    Largest dose on the native grid's outer faces, % of Dmax: a clinical dose grid covers the
+    patient and falls to a few % at its edges; above 10 % it cuts through dose.
+``dvh_delta_pct`` 2, ``dvh_min_volume_cc`` 1
+    Largest |output - native| of an ROI's Dmean, D99, D95, D50, D5, D1 or D0.03cc, in % of the
+    reference dose (the prescription when the RTPLAN gives one, else Dmax native). 2 % is about
+    the agreement of independent DVH calculators on clinical structures; ROIs under 1 cm^3 are
+    reported but not flagged (a few voxels decide their points on either grid).
+``roi_outside_dose_grid_pct`` 1
+    Share of an ROI's output voxels outside the native dose grid. Such an ROI gets its own flag
+    and is left out of the DVH-delta flag: its output DVH counts 0 Gy there by definition.
+``roi_volume_diff_pct`` 5, ``roi_volume_min_cc`` 5
+    Mask volume against the contours' volume on the output grid for ROIs of at least 5 cm^3
+    (published mask validations accept 3-4 %).
+``beam_sum_diff_pct`` 1
+    max |sum of BEAM doses - PLAN dose| in % of the PLAN Dmax: the two differ only by the
+    storage rounding of each file; 1 % means a beam missing, doubled or computed differently.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+DEFAULT_THRESHOLDS = {
+    "dmax_diff_pct": 3.0,
+    "integral_diff_pct": 2.0,
+    "outside_integral_pct": 1.0,
+    "edge_dose_pct": 10.0,
+    "dvh_delta_pct": 2.0,
+    "dvh_min_volume_cc": 1.0,
+    "roi_outside_dose_grid_pct": 1.0,
+    "roi_volume_diff_pct": 5.0,
+    "roi_volume_min_cc": 5.0,
+    "beam_sum_diff_pct": 1.0,
+}
+
+
+def thresholds_with(overrides: Optional[dict]) -> dict:
+    """The default thresholds updated by ``overrides``; unknown names raise ``ValueError``."""
+    merged = dict(DEFAULT_THRESHOLDS)
+    for name, value in (overrides or {}).items():
+        if name not in DEFAULT_THRESHOLDS:
+            raise ValueError(f"unknown audit threshold {name!r}; known: {', '.join(sorted(DEFAULT_THRESHOLDS))}")
+        merged[name] = float(value)
+    return merged

@@ -1,0 +1,386 @@
+"""CT series: geometry from the raw tags of every slice, and pixels read straight into one array.
+
+Slices are ordered by their position along the slice normal (row x column), never by
+InstanceNumber or file name. Uneven spacing, missing slices and gantry tilt are detected; such a
+series keeps its exact geometry here and is regularized onto an orthogonal grid by the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..errors import GeometryError, InputError
+from ..geometry.grid import Grid, Volume, orientation_vectors
+from . import headers
+from .scan import CtSeries
+
+#: Slice positions closer than this (mm) are the same position.
+SAME_POSITION_MM = 0.01
+#: Steps within this fraction of the typical step count as uniform.
+UNIFORM_STEP_FRACTION = 0.01
+#: In-plane drift of slice origins (mm) above which the series is tilted or sheared.
+TILT_TOLERANCE_MM = 0.01
+#: A step between neighbouring slices longer than this many typical steps is not a few missing
+#: slices but a slice from elsewhere (or a damaged position): the series is refused.
+MAX_GAP_STEPS = 10
+TAG_IOP = "(0020,0037) ImageOrientationPatient"
+TAG_IPP = "(0020,0032) ImagePositionPatient"
+TAG_SPACING = "(0028,0030) PixelSpacing"
+
+
+@dataclass
+class CtGeometry:
+    """The CT's exact grid and what was checked to get it."""
+
+    grid: Grid
+    order: list  # indices into series.slices, in increasing position along the normal
+    uniform: bool
+    typical_step_mm: float
+    tilt_degrees: float
+    missing_slices: list = field(default_factory=list)  # (after position mm, number missing)
+    checks: list = field(default_factory=list)  # dicts: check, result, detail
+
+    @property
+    def needs_regularization(self) -> bool:
+        return (not self.uniform) or abs(self.tilt_degrees) > 1e-3
+
+
+def ct_geometry(series: CtSeries) -> CtGeometry:
+    """Derive the grid of a CT series from each slice's ImagePositionPatient and orientation."""
+    if not series.slices:
+        raise InputError("CT series has no slices", path=series.folder)
+    first = _reference_slice(series)  # every slice checked; the geometry all slices share
+    tag_ipp = TAG_IPP
+    checks = []
+    iop = first.info.get("image_orientation")
+    row_dir, col_dir = _orientation(iop, first.path)
+    normal = np.cross(row_dir, col_dir)
+    spacing = first.info.get("pixel_spacing")
+    positions = []
+    for obj in series.slices:
+        ipp = obj.info.get("image_position")
+        if ipp is None or len(ipp) != 3 or not np.all(np.isfinite(ipp)):
+            raise GeometryError(f"ImagePositionPatient is missing or invalid: {ipp}", path=obj.path, tag=tag_ipp)
+        headers.check_range(np.asarray(ipp), "ImagePositionPatient", tag_ipp, obj.path, headers.MAX_COORDINATE_MM)
+        positions.append(ipp)
+    positions = np.array(positions, dtype=np.float64)
+    distance = positions @ normal
+    order = np.argsort(distance, kind="stable")
+    distance = distance[order]
+    positions = positions[order]
+    checks.append({"check": "slice order", "result": "ok", "detail": "sorted by position along the slice normal"})
+    if distance.size > 1:
+        same = np.diff(distance) < SAME_POSITION_MM
+        if np.any(same):
+            n = int(np.argmax(same))
+            a, b = series.slices[order[n]], series.slices[order[n + 1]]
+            raise GeometryError(
+                f"two slices at one position ({distance[n]:.3f} mm along the normal): {a.rel_path} and {b.rel_path}",
+                path=b.path,
+                tag=tag_ipp,
+                hint="remove the duplicate slice or split the series",
+            )
+    offsets = distance - distance[0]
+    steps = np.diff(offsets)
+    typical = float(np.median(steps)) if steps.size else float(min(spacing))
+    uniform = bool(
+        steps.size == 0 or np.all(np.abs(steps - typical) <= max(SAME_POSITION_MM, UNIFORM_STEP_FRACTION * typical))
+    )
+    if steps.size and steps.max() > MAX_GAP_STEPS * typical:
+        n = int(np.argmax(steps))
+        a, b = series.slices[order[n]], series.slices[order[n + 1]]
+        median = float(np.median(distance))
+        stray = a if abs(distance[n] - median) > abs(distance[n + 1] - median) else b
+        raise GeometryError(
+            f"{b.rel_path} lies {steps[n]:.4g} mm after {a.rel_path} along the slice normal, "
+            f"{steps[n] / typical:.0f} typical steps of {typical:.4g} mm: not a few missing slices",
+            path=stray.path,
+            tag=tag_ipp,
+            hint="a slice of another scan or a damaged position; remove it or fix the series",
+        )
+    missing = []
+    if not uniform:
+        for n, step in enumerate(steps):
+            ratio = step / typical
+            if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
+                missing.append((float(distance[n]), int(round(ratio)) - 1))
+    checks.append(
+        {
+            "check": "slice spacing",
+            "result": "ok" if uniform else "uneven",
+            "detail": f"{steps.size + 1} slices, step {typical:.4g} mm"
+            + ("" if uniform else f" (steps {steps.min():.4g} to {steps.max():.4g} mm)"),
+        }
+    )
+    if missing:
+        checks.append(
+            {
+                "check": "missing slices",
+                "result": "found",
+                "detail": "; ".join(f"{m} missing after {d:.2f} mm" for d, m in missing),
+            }
+        )
+    # in-plane drift of the slice origins: gantry tilt (a linear drift) or broken positions
+    drift = (positions - positions[0]) - np.outer(offsets, normal)
+    tilt = 0.0
+    affine_k = normal * typical
+    if distance.size > 1 and np.max(np.linalg.norm(drift, axis=1)) > TILT_TOLERANCE_MM:
+        shear = drift[-1] / offsets[-1]
+        residual = np.linalg.norm(drift - np.outer(offsets, shear), axis=1)
+        if np.max(residual) > 10 * TILT_TOLERANCE_MM:
+            # name the slice farthest off the line through the others
+            worst = int(np.argmax(np.linalg.norm(drift - np.median(drift, axis=0), axis=1)))
+            raise GeometryError(
+                "slice origins do not lie on one line (neither a stack nor a tilted stack); "
+                f"{series.slices[order[worst]].rel_path} is {residual[worst]:.3g} mm off",
+                path=series.slices[order[worst]].path,
+                tag=tag_ipp,
+            )
+        tilt = float(np.degrees(np.arctan(np.linalg.norm(shear))))
+        if not uniform:
+            raise GeometryError(
+                f"gantry tilt ({tilt:.2f} deg) together with uneven slice spacing is not supported",
+                path=first.path,
+                tag=tag_ipp,
+            )
+        affine_k = (normal + shear) * typical
+    checks.append(
+        {
+            "check": "gantry tilt",
+            "result": "ok" if tilt == 0.0 else "tilted",
+            "detail": f"{tilt:.3f} deg from slice positions",
+        }
+    )
+    rows, columns = int(first.info["rows"]), int(first.info["columns"])
+    grid = Grid.from_dicom(
+        image_position=positions[0],
+        image_orientation=np.concatenate([row_dir, col_dir]),
+        pixel_spacing=spacing,
+        slice_offsets=offsets,
+        rows=rows,
+        columns=columns,
+        frame_of_reference_uid=series.frame_of_reference_uid or None,
+    )
+    if tilt:
+        affine = grid.affine.copy()
+        affine[:3, 2] = affine_k
+        grid = Grid(grid.shape, affine, grid.frame_of_reference_uid)
+    checks.append({"check": "orientation", "result": "ok", "detail": _orientation_name(row_dir, col_dir)})
+    return CtGeometry(grid, [int(i) for i in order], uniform, typical, tilt, missing, checks)
+
+
+def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str = "int16") -> Volume:
+    """Read the pixels of every slice into one ``(K, J, I)`` HU array on the series' exact grid.
+
+    ``dtype`` int16 rounds HU to whole numbers (CT values are stored as integers; a non-integer
+    RescaleSlope is rounded away); float32 keeps them as computed.
+    """
+    geometry = geometry or ct_geometry(series)
+    shape = geometry.grid.shape
+    out = np.empty(shape, dtype=np.int16 if dtype == "int16" else np.float32)
+    reference_iop = np.array(series.slices[geometry.order[0]].info["image_orientation"])
+    buffers: dict = {}
+    for k, index in enumerate(geometry.order):
+        obj = series.slices[index]
+        if _read_in_place(obj, out[k], dtype, buffers):
+            continue
+        ds = headers.read_header(obj.path, stop_before_pixels=False)
+        iop = obj.info.get("image_orientation")
+        if iop is None or not np.allclose(iop, reference_iop, atol=1e-4):
+            raise GeometryError(
+                "slice orientation differs from the rest of the series",
+                path=obj.path,
+                tag="(0020,0037) ImageOrientationPatient",
+            )
+        if headers.pixel_module(ds, obj.path, max_frames=1)["frames"] != 1:
+            raise InputError("a CT image slice has one frame", path=obj.path, tag="(0028,0008) NumberOfFrames")
+        pixels = headers.single_frame_pixels(ds, obj.path)
+        if pixels.shape != shape[1:]:
+            raise InputError(
+                f"slice has {pixels.shape} pixels, the series {shape[1:]}", path=obj.path, tag="(0028,0010) Rows"
+            )
+        slope = headers.number(ds, "RescaleSlope", "(0028,1053) RescaleSlope", obj.path, 1.0)
+        intercept = headers.number(ds, "RescaleIntercept", "(0028,1052) RescaleIntercept", obj.path, 0.0)
+        _check_rescale(pixels, slope, intercept, dtype, obj.path)
+        if slope == 1.0 and float(intercept).is_integer() and dtype == "int16":
+            # exact integer path: no float round trip
+            np.add(pixels, np.int32(intercept), out=out[k], casting="unsafe")
+        else:
+            hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+            out[k] = np.rint(hu) if dtype == "int16" else hu
+    return Volume(out, geometry.grid, units="HU", description=f"CT series {series.series_uid}")
+
+
+def _read_in_place(obj, out_slice: np.ndarray, dtype: str, buffers: dict) -> bool:
+    """Plain 16-bit slices: stored values read from the file straight into the output, then rescaled.
+
+    Returns False when the slice needs pydicom's decoding (compressed, big endian, odd bits...).
+    """
+    position = obj.info.get("pixel_position")
+    rows, columns = obj.info.get("rows"), obj.info.get("columns")
+    if position is None or (rows, columns) != out_slice.shape:
+        return False
+    try:
+        slope = float(obj.info["rescale"][0] if obj.info["rescale"][0] not in (None, "") else 1.0)
+        intercept = float(obj.info["rescale"][1] if obj.info["rescale"][1] not in (None, "") else 0.0)
+    except (TypeError, ValueError):
+        return False  # let the general path report the bad tag
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        return False  # let the general path report the bad tag
+    stored = np.dtype("<i2" if position["signed"] else "<u2")
+    if dtype == "int16" and stored == np.int16 and slope == 1.0 and intercept == 0.0:
+        return headers.read_pixels_into(obj.path, position, out_slice)
+    buffer = buffers.get(stored)
+    if buffer is None:
+        buffer = buffers[stored] = np.empty(out_slice.shape, dtype=stored)
+    if not headers.read_pixels_into(obj.path, position, buffer):
+        return False
+    _check_rescale(buffer, slope, intercept, dtype, obj.path)
+    if dtype == "int16" and slope == 1.0 and intercept.is_integer():
+        np.add(buffer, np.int32(intercept), out=out_slice, casting="unsafe")
+    else:
+        hu = buffer.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        out_slice[...] = np.rint(hu) if dtype == "int16" else hu
+    return True
+
+
+def regular_grid(geometry: CtGeometry) -> Grid:
+    """The orthogonal, evenly spaced grid covering a CT with uneven slices or gantry tilt.
+
+    In-plane axes and spacing stay; k runs along the slice normal at the typical step; the box
+    covers every slice's pixels.
+    """
+    grid = geometry.grid
+    row_dir, col_dir = grid.direction[:, 0], grid.direction[:, 1]
+    normal = np.cross(row_dir, col_dir)
+    axes = np.stack([row_dir, col_dir, normal], axis=1)
+    corners = grid.corner_points(half_voxel=False)
+    local = (corners - grid.origin) @ axes
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    spacing = np.array([grid.spacing[0], grid.spacing[1], geometry.typical_step_mm])
+    counts = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
+    origin = grid.origin + axes @ lo
+    return Grid.from_spacing((counts[2], counts[1], counts[0]), spacing, origin, axes, grid.frame_of_reference_uid)
+
+
+#: Rescaled CT values must fit the output array: int16 (the default) or float32.
+HU_RANGE = {"int16": (-32768.0, 32767.0), "float32": (-3.0e38, 3.0e38)}
+
+
+def _check_rescale(pixels: np.ndarray, slope: float, intercept: float, dtype: str, path) -> None:
+    """RescaleSlope/Intercept must turn the stored values into numbers the CT array can hold."""
+    if slope == 0:
+        raise InputError(
+            "RescaleSlope is 0: every pixel would get the same HU", path=path, tag="(0028,1053) RescaleSlope"
+        )
+    if pixels.size == 0:
+        return
+    ends = np.array([float(pixels.min()), float(pixels.max())]) * slope + intercept
+    low, high = HU_RANGE.get(dtype, HU_RANGE["float32"])
+    if not np.all(np.isfinite(ends)) or ends.min() < low or ends.max() > high:
+        raise InputError(
+            f"RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give values {ends.min():.4g}..{ends.max():.4g}, "
+            f"beyond the {dtype} CT array ({low:g}..{high:g})",
+            path=path,
+            tag="(0028,1052) RescaleIntercept",
+            hint="the rescale tags are damaged" + (" (or pass --ct-dtype float32)" if dtype == "int16" else ""),
+        )
+
+
+def _slice_key(obj) -> tuple:
+    """What every slice of one volume shares: orientation, pixel spacing, rows and columns."""
+    info = obj.info
+
+    def rounded(values):
+        if values is None:
+            return None
+        return tuple(round(float(v), 4) if np.isfinite(v) else str(v) for v in values)
+
+    return (
+        rounded(info.get("image_orientation")),
+        rounded(info.get("pixel_spacing")),
+        info.get("rows"),
+        info.get("columns"),
+    )
+
+
+def _check_slice(obj) -> None:
+    """The geometry tags of one slice are present, numeric, in range and self-consistent."""
+    info = obj.info
+    iop = info.get("image_orientation")
+    if iop is None:
+        raise GeometryError("ImageOrientationPatient is missing or not numeric", path=obj.path, tag=TAG_IOP)
+    _orientation(iop, obj.path)
+    spacing = info.get("pixel_spacing")
+    if spacing is None or len(spacing) != 2 or not np.all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise GeometryError(
+            f"PixelSpacing must be two positive numbers, got {spacing if spacing is not None else 'none (missing or not numeric)'}",
+            path=obj.path,
+            tag=TAG_SPACING,
+        )
+    headers.check_range(np.asarray(spacing), "PixelSpacing", TAG_SPACING, obj.path, headers.MAX_SPACING_MM, True)
+    for keyword, tag in (("rows", "(0028,0010) Rows"), ("columns", "(0028,0011) Columns")):
+        value = info.get(keyword)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+            name = keyword.capitalize()
+            raise InputError(f"{name} must be a whole number 1..65535, got {value!r}", path=obj.path, tag=tag)
+
+
+def _reference_slice(series: CtSeries):
+    """Check every slice; return one with the geometry most slices share, naming any slice that differs."""
+    keys = [_slice_key(obj) for obj in series.slices]
+    counts: dict = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    best = max(counts, key=lambda k: (counts[k], -keys.index(k)))  # ties: the first in path order
+    reference = series.slices[keys.index(best)]
+    _check_slice(reference)
+    names = (
+        ("ImageOrientationPatient", TAG_IOP),
+        ("PixelSpacing", TAG_SPACING),
+        ("Rows", "(0028,0010) Rows"),
+        ("Columns", "(0028,0011) Columns"),
+    )
+    for obj, key in zip(series.slices, keys):
+        if key == best:
+            continue
+        _check_slice(obj)
+        for n, (keyword, tag) in enumerate(names):
+            if key[n] != best[n]:
+                raise GeometryError(
+                    f"{keyword} {list(key[n]) if isinstance(key[n], tuple) else key[n]} differs from the "
+                    f"{counts[best]} other slices of the series ({list(best[n]) if isinstance(best[n], tuple) else best[n]})",
+                    path=obj.path,
+                    tag=tag,
+                    hint="a damaged slice or one from another volume; remove it or fix the series",
+                )
+    return reference
+
+
+def _orientation(iop, path) -> tuple:
+    try:
+        return orientation_vectors(iop)
+    except GeometryError as error:
+        raise GeometryError(error.message, path=path, tag=error.tag) from None
+
+
+def _orientation_name(row_dir: np.ndarray, col_dir: np.ndarray) -> str:
+    """Name the patient position a CT orientation corresponds to (HFS, FFP, ...) or 'oblique'."""
+    known = {
+        (1, 0, 0, 0, 1, 0): "HFS",
+        (-1, 0, 0, 0, -1, 0): "HFP",
+        (-1, 0, 0, 0, 1, 0): "FFS",
+        (1, 0, 0, 0, -1, 0): "FFP",
+        (0, -1, 0, 1, 0, 0): "HFDL",
+        (0, 1, 0, -1, 0, 0): "HFDR",
+        (0, 1, 0, 1, 0, 0): "FFDL",
+        (0, -1, 0, -1, 0, 0): "FFDR",
+    }
+    values = np.concatenate([row_dir, col_dir])
+    rounded = tuple(int(v) for v in np.round(values))
+    if rounded in known and np.allclose(values, rounded, atol=1e-4):
+        return f"axial, as written for {known[rounded]}"
+    return "oblique (" + ", ".join(f"{v:.4f}" for v in values) + ")"

@@ -1,0 +1,500 @@
+"""Small, version-tolerant helpers around pydicom (2.4 and 3.x): reading headers and values."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from ..errors import InputError
+
+#: SOP classes by the name the engine uses for them.
+SOP_CLASS_KIND = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT",
+    "1.2.840.10008.5.1.4.1.1.2.1": "CT",  # Enhanced CT (listed so it is named; not read as a series)
+    "1.2.840.10008.5.1.4.1.1.481.2": "RTDOSE",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RTSTRUCT",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RTPLAN",
+    "1.2.840.10008.5.1.4.1.1.481.8": "RTPLAN",  # RT Ion Plan
+    "1.2.840.10008.5.1.4.1.1.481.1": "RTIMAGE",
+}
+
+
+#: Values at least this large are not read by :func:`read_header` with ``defer_large``: they are
+#: skipped and their file position kept (pixel data read later straight into place).
+DEFER_BYTES = 64 * 1024
+
+
+def read_header(path: Path, *, stop_before_pixels: bool = True, defer_large: bool = False) -> Dataset:
+    """Read a DICOM file's data set (without pixel data by default).
+
+    With ``defer_large``, large values (pixel data) are skipped rather than the reading stopped,
+    so that their file position is known (see :func:`pixel_data_position`).
+    Files without the 128-byte preamble and file meta (allowed for older exports) are read too,
+    but only kept when they look like DICOM (carry a SOPClassUID or Modality).
+    """
+    options = {"defer_size": DEFER_BYTES} if defer_large else {"stop_before_pixels": stop_before_pixels}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(str(path), **options)
+            except InvalidDicomError:
+                ds = pydicom.dcmread(str(path), force=True, **options)
+                if "SOPClassUID" not in ds and "Modality" not in ds:
+                    raise InputError("not a DICOM file", path=path) from None
+        check_not_truncated(ds, path)
+        return ds
+    except InputError:
+        raise
+    except Exception as error:  # pydicom raises many types on damaged files
+        raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {one_line(error)}", path=path) from None
+
+
+def kind_of(ds: Dataset) -> str:
+    """CT, RTDOSE, RTSTRUCT, RTPLAN, RTIMAGE or OTHER, from the SOP class (Modality as fallback)."""
+    kind = SOP_CLASS_KIND.get(quick_text(ds, "SOPClassUID"))
+    if kind:
+        return kind
+    modality = quick_text(ds, "Modality").upper()
+    if modality in ("CT", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE"):
+        return modality
+    return "OTHER"
+
+
+def text(ds: Dataset, keyword: str, default: str = "") -> str:
+    """A string attribute, stripped; ``default`` when absent or empty."""
+    value = ds.get(keyword)
+    if value is None:
+        return default
+    value = str(value).strip()
+    return value or default
+
+
+_TAG_AND_VR: dict = {}
+
+
+def _raw_value(ds: Dataset, keyword: str) -> tuple:
+    """``(bytes, VR, little endian)`` of an element pydicom has read but not yet converted, else ``(None, ...)``.
+
+    The scanner reads a few plain values of every file; decoding them from the bytes is several
+    times faster than pydicom's conversion (its cost dominates a scan of thousands of slices).
+    """
+    if keyword not in _TAG_AND_VR:
+        tag = tag_for_keyword(keyword)
+        _TAG_AND_VR[keyword] = (tag, dictionary_VR(tag))
+    tag, vr = _TAG_AND_VR[keyword]
+    element = getattr(ds, "_dict", {}).get(tag)
+    if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
+        return element.value, vr, element.is_little_endian
+    return None, vr, True
+
+
+def quick_text(ds: Dataset, keyword: str) -> str:
+    """:func:`text` of a one-valued UI or CS attribute, decoded from its bytes when that is safe."""
+    raw, vr, _little = _raw_value(ds, keyword)
+    if raw is not None and vr in ("UI", "CS") and b"\\" not in raw:
+        try:
+            value = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return text(ds, keyword)
+        return (value.rstrip("\0 ") if vr == "UI" else value).strip()
+    return text(ds, keyword)
+
+
+def quick_floats(ds: Dataset, keyword: str) -> Optional[list]:
+    """A DS attribute's values as floats (None when absent or not numeric), as pydicom would give them."""
+    raw, vr, _little = _raw_value(ds, keyword)
+    if raw is not None and vr == "DS" and raw.strip(b" \0"):
+        try:
+            return [float(part) for part in raw.split(b"\\")]
+        except ValueError:
+            pass  # pydicom says what it makes of it
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+
+
+def quick_int(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """A one-valued US or SS attribute as int, decoded from its two bytes; else what ``ds.get`` gives."""
+    raw, vr, little = _raw_value(ds, keyword)
+    if raw is not None and vr in ("US", "SS") and len(raw) == 2:
+        return int.from_bytes(raw, "little" if little else "big", signed=vr == "SS")
+    return ds.get(keyword, default)
+
+
+def floats(ds: Dataset, keyword: str, tag: str, path: Optional[Path], count: Optional[int] = None) -> np.ndarray:
+    """A numeric multi-value attribute as float64, checked for presence, count and finiteness."""
+    value = ds.get(keyword)
+    if value is None or value == "" or (hasattr(value, "__len__") and not isinstance(value, str) and len(value) == 0):
+        raise InputError(f"{keyword} is missing or empty", path=path, tag=tag)
+    try:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            values = [float(value)]
+        else:
+            values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise InputError(f"{keyword} is not numeric: {value!r}", path=path, tag=tag) from None
+    array = np.array(values, dtype=np.float64)
+    if count is not None and array.size != count:
+        raise InputError(f"{keyword} must have {count} values, has {array.size}", path=path, tag=tag)
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{keyword} holds NaN or infinity: {values}", path=path, tag=tag)
+    return array
+
+
+def number(ds: Dataset, keyword: str, tag: str, path: Optional[Path], default: Any = None) -> Optional[float]:
+    """A single numeric attribute as float; ``default`` when absent, an error when not a finite number."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if len(value) == 0:
+            return default
+        if len(value) > 1:
+            raise InputError(f"{keyword} holds {len(value)} values, one expected: {list(value)}", path=path, tag=tag)
+        value = value[0]
+    try:
+        result = float(value)
+    except (TypeError, ValueError, IndexError):
+        raise InputError(f"{keyword} is not a number: {value!r}", path=path, tag=tag) from None
+    if not np.isfinite(result):
+        raise InputError(f"{keyword} is not finite: {value!r}", path=path, tag=tag)
+    return result
+
+
+#: Transfer syntaxes whose pixel data are the plain little-endian values.
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def pixel_data_position(ds: Dataset) -> Optional[dict]:
+    """Where a plain 16-bit grey image's pixels sit in its file, or None when they must be decoded.
+
+    Only for uncompressed little-endian, one frame, one sample, 16 bits allocated and stored
+    (so no high bits to mask or sign-extend), pixel data read with ``defer_large``.
+    """
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    if (
+        syntax not in NATIVE_LITTLE_ENDIAN
+        or quick_int(ds, "BitsAllocated") != 16
+        or quick_int(ds, "BitsStored") != 16
+        or quick_int(ds, "SamplesPerPixel", 1) != 1
+        or str(ds.get("NumberOfFrames", 1) or 1).strip() != "1"
+        or "PixelData" not in ds
+    ):
+        return None
+    # the element as read, not get_item's: that would read a deferred value (the whole pixel data)
+    element = getattr(ds, "_dict", {}).get(0x7FE00010)
+    offset = getattr(element, "value_tell", None) or getattr(element, "file_tell", None)
+    if offset is None:
+        return None  # a pydicom that does not say where values are: decode normally
+    return {"offset": int(offset), "signed": quick_int(ds, "PixelRepresentation") == 1}
+
+
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"
+
+
+def read_pixels_into(path: Path, position: dict, out: np.ndarray) -> bool:
+    """Read a slice's stored values from ``position`` straight into ``out`` (rows x columns, 16-bit).
+
+    The element header just before the position is checked first (tag, VR, length); False when it
+    does not describe ``out``'s bytes, and the caller decodes with pydicom instead.
+    """
+    offset = position["offset"]
+    with open(path, "rb") as handle:
+        handle.seek(max(offset - 12, 0))
+        header = handle.read(min(offset, 12))
+        explicit = len(header) == 12 and header[:4] == _PIXEL_TAG and header[4:6] in (b"OW", b"OB")
+        implicit = len(header) >= 8 and header[-8:-4] == _PIXEL_TAG
+        length = int.from_bytes(header[-4:], "little") if (explicit or implicit) else -1
+        if length != out.nbytes:
+            return False
+        count = handle.readinto(memoryview(out).cast("B"))
+    if count != out.nbytes:
+        raise InputError(
+            f"pixel data is truncated ({count} of {out.nbytes} bytes)", path=path, tag="(7FE0,0010) PixelData"
+        )
+    return True
+
+
+def single_frame_pixels(ds: Dataset, path: Path) -> np.ndarray:
+    """The pixels of a one-frame grey image, read straight from the buffer when the syntax allows.
+
+    Uncompressed little-endian 16-bit data whose values already fit BitsStored need no decoding;
+    anything else (compressed, big endian, high bits to mask or sign-extend) goes through pydicom.
+    """
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    if (
+        syntax in NATIVE_LITTLE_ENDIAN
+        and ds.get("BitsAllocated") == 16
+        and ds.get("SamplesPerPixel", 1) == 1
+        and int(ds.get("NumberOfFrames", 1) or 1) == 1
+        and "PixelData" in ds
+    ):
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        signed = ds.get("PixelRepresentation", 0) == 1
+        raw = ds.PixelData
+        if len(raw) >= rows * columns * 2:
+            pixels = np.frombuffer(raw, dtype="<i2" if signed else "<u2", count=rows * columns).reshape(rows, columns)
+            bits = int(ds.get("BitsStored", 16) or 16)
+            if bits == 16:
+                return pixels
+            low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+            if pixels.min() >= low and pixels.max() <= high:
+                return pixels
+    return pixel_array(ds, path)
+
+
+def pixel_array(ds: Dataset, path: Path) -> np.ndarray:
+    """Decoded pixel data, with a clear message when the transfer syntax has no decoder."""
+    if "PixelData" not in ds:
+        raise InputError("has no pixel data", path=path, tag="(7FE0,0010) PixelData")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ds.pixel_array
+    except (NotImplementedError, RuntimeError) as error:
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
+        name = getattr(syntax, "name", str(syntax))
+        raise InputError(
+            f"pixel data cannot be decoded: TransferSyntaxUID {syntax} ({name}) needs a decoder that is not "
+            f"installed ({type(error).__name__}: {one_line(error)})",
+            path=path,
+            tag=TAG_SYNTAX,
+            hint=decoder_hint(str(syntax)),
+        ) from None
+    except Exception as error:
+        raise InputError(
+            f"pixel data is damaged: {type(error).__name__}: {one_line(error)}", path=path, tag="(7FE0,0010) PixelData"
+        ) from None
+
+
+# ---- hardening: header values a damaged or hostile file can hold -----------------------------
+
+TAG_SYNTAX = "(0002,0010) TransferSyntaxUID"
+TAG_PIXEL_DATA = "(7FE0,0010) PixelData"
+#: Positions and offsets (mm) beyond this describe no patient: the header is damaged.
+MAX_COORDINATE_MM = 1.0e5
+#: Pixel spacings and slice steps (mm) beyond this, or below the minimum, describe no image grid.
+MAX_SPACING_MM = 1.0e3
+MIN_SPACING_MM = 1.0e-3
+#: Frames of one RTDOSE beyond this are a damaged NumberOfFrames.
+MAX_FRAMES = 65536
+#: Transfer syntaxes whose pixel data are stored as plain values (after inflating a deflated file).
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+_DECODERS = (
+    # (transfer syntax UID prefixes, what to install)
+    (("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.20"), "pylibjpeg pylibjpeg-openjpeg"),
+    (("1.2.840.10008.1.2.4.8",), "pylibjpeg pylibjpeg-libjpeg (JPEG-LS)"),
+    (("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"), "pylibjpeg pylibjpeg-libjpeg"),
+    (("1.2.840.10008.1.2.5",), "pylibjpeg pylibjpeg-rle"),
+)
+
+
+def check_not_truncated(ds: Dataset, path: Path) -> None:
+    """A header element whose value the file ends inside of: pydicom keeps the short value silently.
+
+    Checked on the elements not yet converted (right after reading); the pixel data are left to
+    :func:`pixel_module`, which says how many bytes are missing.
+    """
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return
+    for tag, element in list(getattr(ds, "_dict", {}).items()):
+        if tag == 0x7FE00010 or not getattr(element, "is_raw", False):
+            continue
+        length, value = element.length, element.value
+        if length == 0xFFFFFFFF:
+            continue
+        short = len(value) < length if value is not None else element.value_tell + length > size
+        if short:
+            name = keyword_for_tag(tag) or "private tag"
+            raise InputError(
+                f"the file ends inside this element ({size} bytes): it is truncated",
+                path=path,
+                tag=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {name}",
+                hint="export the file again",
+            )
+
+
+def one_line(error) -> str:
+    """A library's error text on one line (it goes into a manifest cell and a terminal line)."""
+    return " ".join(str(error).split())
+
+
+def decoder_hint(syntax: str) -> str:
+    """What to install to decode pixel data of ``syntax``."""
+    for prefixes, packages in _DECODERS:
+        if any(syntax.startswith(p) for p in prefixes):
+            return f"install a decoder: pip install {packages}; or export the file uncompressed"
+    return "install a pydicom decoder for this transfer syntax (pylibjpeg and its plugins), or export uncompressed"
+
+
+def integer(
+    ds: Dataset,
+    keyword: str,
+    tag: str,
+    path: Optional[Path],
+    default: Optional[int] = None,
+    minimum: Optional[int] = None,
+    maximum: Optional[int] = None,
+) -> int:
+    """A single whole-number attribute; ``default`` when absent (an error when there is none)."""
+    value = number(ds, keyword, tag, path, None)
+    if value is None:
+        if default is None:
+            raise InputError(f"{keyword} is missing", path=path, tag=tag)
+        return default
+    if not float(value).is_integer():
+        raise InputError(f"{keyword} {value:g} is not a whole number", path=path, tag=tag)
+    result = int(value)
+    if (minimum is not None and result < minimum) or (maximum is not None and result > maximum):
+        low = "" if minimum is None else f"{minimum}"
+        high = "" if maximum is None else f"{maximum}"
+        raise InputError(f"{keyword} {result} is outside {low}..{high}", path=path, tag=tag)
+    return result
+
+
+def check_range(
+    values: np.ndarray, keyword: str, tag: str, path: Optional[Path], limit: float, positive: bool = False
+) -> np.ndarray:
+    """``values`` unchanged, or an error when one is beyond +-``limit`` (or not positive)."""
+    values = np.asarray(values, dtype=np.float64)
+    if positive and np.any(values <= 0):
+        raise InputError(f"{keyword} must be positive, got {values.tolist()}", path=path, tag=tag)
+    if positive and np.any(values < MIN_SPACING_MM):
+        raise InputError(
+            f"{keyword} {values.tolist()} is below {MIN_SPACING_MM:g} mm: no image grid is that fine",
+            path=path,
+            tag=tag,
+            hint="the header is damaged; export the file again",
+        )
+    if np.any(np.abs(values) > limit):
+        raise InputError(
+            f"{keyword} {values.tolist()} is beyond {limit:g} mm: no patient grid is that large",
+            path=path,
+            tag=tag,
+            hint="the header is damaged; export the file again",
+        )
+    return values
+
+
+def pixel_module(ds: Dataset, path: Path, *, bits_allowed: tuple = (8, 16, 32), max_frames: int = MAX_FRAMES) -> dict:
+    """Check the Image Pixel attributes against each other and against the stored PixelData.
+
+    Rows, Columns, NumberOfFrames, SamplesPerPixel (1), BitsAllocated, BitsStored, PixelRepresentation
+    and PhotometricInterpretation must be whole, in range and consistent; uncompressed PixelData must
+    hold exactly the bytes they call for, and compressed data must be encapsulated. Returns the values.
+    """
+    rows = integer(ds, "Rows", "(0028,0010) Rows", path, None, 1, 65535)
+    columns = integer(ds, "Columns", "(0028,0011) Columns", path, None, 1, 65535)
+    frames = integer(ds, "NumberOfFrames", "(0028,0008) NumberOfFrames", path, 1, 1, max_frames)
+    samples = integer(ds, "SamplesPerPixel", "(0028,0002) SamplesPerPixel", path, 1)
+    if samples != 1:
+        raise InputError(
+            f"SamplesPerPixel {samples}: a dose or CT image has one sample per pixel",
+            path=path,
+            tag="(0028,0002) SamplesPerPixel",
+        )
+    photometric = text(ds, "PhotometricInterpretation").upper()
+    if photometric not in ("", "MONOCHROME1", "MONOCHROME2"):
+        raise InputError(
+            f"PhotometricInterpretation {photometric} contradicts SamplesPerPixel 1 (a grey image is MONOCHROME2)",
+            path=path,
+            tag="(0028,0004) PhotometricInterpretation",
+        )
+    bits = integer(ds, "BitsAllocated", "(0028,0100) BitsAllocated", path, None)
+    if bits not in bits_allowed:
+        raise InputError(
+            f"BitsAllocated {bits} is not {' or '.join(str(b) for b in bits_allowed)}",
+            path=path,
+            tag="(0028,0100) BitsAllocated",
+        )
+    stored = integer(ds, "BitsStored", "(0028,0101) BitsStored", path, bits)
+    if not 1 <= stored <= bits:
+        raise InputError(
+            f"BitsStored {stored} must be 1..BitsAllocated ({bits})", path=path, tag="(0028,0101) BitsStored"
+        )
+    representation = integer(ds, "PixelRepresentation", "(0028,0103) PixelRepresentation", path, 0)
+    if representation not in (0, 1):
+        raise InputError(
+            f"PixelRepresentation {representation} is neither 0 (unsigned) nor 1 (signed)",
+            path=path,
+            tag="(0028,0103) PixelRepresentation",
+        )
+    if "PixelData" not in ds:
+        raise InputError("has no pixel data", path=path, tag=TAG_PIXEL_DATA)
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    encapsulated = bool(getattr(ds["PixelData"], "is_undefined_length", False))
+    if syntax and syntax not in NATIVE_SYNTAXES and not encapsulated:
+        try:
+            known = pydicom.uid.UID(syntax).is_transfer_syntax
+        except ValueError:  # pydicom 2.4 on a UID it does not know
+            known = False
+        raise InputError(
+            f"TransferSyntaxUID {syntax} "
+            + ("is a compressed syntax" if known else "is not a known transfer syntax")
+            + ", but the pixel data are stored uncompressed (the file meta and the data set contradict each other)",
+            path=path,
+            tag=TAG_SYNTAX,
+            hint="export the file again",
+        )
+    if not encapsulated:
+        expected = rows * columns * frames * bits // 8
+        actual = len(ds.PixelData)
+        if actual not in (expected, expected + 1 if expected % 2 else expected):
+            raise InputError(
+                f"PixelData holds {actual} bytes, but Rows {rows} x Columns {columns} x NumberOfFrames {frames} "
+                f"x BitsAllocated {bits}/8 = {expected} bytes"
+                + (": the file is truncated" if actual < expected else ": the header and the data disagree"),
+                path=path,
+                tag=TAG_PIXEL_DATA,
+                hint="export the file again" if actual < expected else "one of these tags is wrong",
+            )
+    return {
+        "rows": rows,
+        "columns": columns,
+        "frames": frames,
+        "bits_allocated": bits,
+        "bits_stored": stored,
+        "signed": representation == 1,
+    }
+
+
+def check_bits_stored(ds: Dataset, info: dict, path: Path) -> None:
+    """Stored values must fit BitsStored; larger ones mean the header contradicts the data.
+
+    Checked on the raw values of uncompressed data (a decoder may mask the high bits away, which
+    hides the contradiction); compressed data are not checked.
+    """
+    stored, signed, bits = info["bits_stored"], info["signed"], info["bits_allocated"]
+    if stored >= bits or getattr(ds["PixelData"], "is_undefined_length", False):
+        return
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    order = ">" if syntax == "1.2.840.10008.1.2.2" else "<"
+    kind = "i" if signed else "u"
+    count = info["rows"] * info["columns"] * info["frames"]
+    pixels = np.frombuffer(ds.PixelData, dtype=f"{order}{kind}{bits // 8}", count=count)
+    if pixels.size == 0:
+        return
+    low, high = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    lo, hi = int(pixels.min()), int(pixels.max())
+    if lo < low or hi > high:
+        raise InputError(
+            f"stored values {lo}..{hi} do not fit BitsStored {stored} (range {low}..{high})",
+            path=path,
+            tag="(0028,0101) BitsStored",
+            hint="the header contradicts the pixel data",
+        )

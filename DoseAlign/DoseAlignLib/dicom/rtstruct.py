@@ -1,0 +1,345 @@
+"""RTSTRUCT contours: the closed planar polygons of every ROI, grouped into contour planes.
+
+An ROI's identity (number, name, RTROIInterpretedType, colour) is joined across the three
+RTSTRUCT sequences by ROI number (ReferencedROINumber), never by item order. Only CLOSED_PLANAR
+contours make masks; an ROI with POINT contours only (a marker), with no contours, with open
+contours only or with degenerate contours only is kept in the list with the reason it gives no
+mask.
+
+Contours are grouped into planes by their position along the contour-plane normal (the normal of
+the image planes they were drawn on: the CT's row x column direction when known, else estimated
+from the largest contour). Positions are in mm along that normal, in the LPS frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ..errors import InputError
+from ..structures.polygons import even_odd_area
+from . import headers
+
+#: Contours whose positions along the normal differ by less than this (mm) share a plane.
+PLANE_TOLERANCE_MM = 0.01
+#: A polygon whose vertices spread more than this (mm) along the normal is not in a contour plane.
+COPLANAR_TOLERANCE_MM = 0.05
+CONTOUR_DATA = 0x30060050
+CONTOUR_GEOMETRIC_TYPE = 0x30060042
+
+
+@dataclass
+class ContourPlane:
+    """The polygons of one ROI in one plane.
+
+    Attributes
+    ----------
+    position_mm : float
+        Position of the plane along the ROI's ``normal`` (mm, LPS frame).
+    polygons : list of (N, 3) arrays
+        Closed polygons, vertices in LPS mm.
+    """
+
+    position_mm: float
+    polygons: list = field(default_factory=list)
+
+
+@dataclass
+class RoiContours:
+    """One ROI of a structure set, its contour planes, or the reason it gives no mask.
+
+    Attributes
+    ----------
+    number : int
+        ROINumber in the structure set.
+    name : str
+        The name used for the output channel (after ``--roi-map`` and de-duplication).
+    original_name : str
+        ROIName as written in the file.
+    interpreted_type : str
+        RTROIInterpretedType ("EXTERNAL", "PTV", "ORGAN", "MARKER", ...; "" when absent).
+    color : tuple of 3 ints or None
+        ROIDisplayColor (RGB 0-255).
+    source : str
+        The RTSTRUCT file (path relative to the input root).
+    normal : (3,) array
+        Unit normal of the contour planes (LPS).
+    planes : list of ContourPlane
+        Sorted by increasing ``position_mm``.
+    skipped : str or None
+        Why the ROI gives no mask (None when it does).
+    notes : list of str
+        Things left out on the way (open contours, degenerate polygons).
+    """
+
+    number: int
+    name: str
+    original_name: str
+    interpreted_type: str
+    color: Optional[tuple]
+    source: str
+    normal: np.ndarray
+    planes: list = field(default_factory=list)
+    skipped: Optional[str] = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """(M,) positions of the contour planes along ``normal`` (mm), increasing."""
+        return np.array([p.position_mm for p in self.planes], dtype=np.float64)
+
+    def plane_areas_mm2(self) -> np.ndarray:
+        """(M,) even-odd area of every contour plane (mm^2)."""
+        uv = np.stack(plane_basis(self.normal), axis=1)
+        return np.array([even_odd_area([poly @ uv for poly in p.polygons]) for p in self.planes])
+
+    def contour_volume_cc(self, thickness_mm: float) -> float:
+        """Volume from the contours: the sum of plane areas times the slab thickness (cm^3)."""
+        return float(self.plane_areas_mm2().sum() * thickness_mm / 1000.0)
+
+
+def plane_basis(normal: np.ndarray) -> tuple:
+    """Two orthonormal in-plane vectors ``(u, v)`` with ``u x v = normal``."""
+    n = np.asarray(normal, dtype=np.float64)
+    n = n / np.linalg.norm(n)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(n[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    u = helper - (helper @ n) * n
+    u /= np.linalg.norm(u)
+    return u, np.cross(n, u)
+
+
+def newell_normal(polygon: np.ndarray) -> np.ndarray:
+    """Area-weighted normal of a 3-D polygon (Newell's method); its length is twice the area.
+
+    Parameters
+    ----------
+    polygon : (N, 3) array
+        Vertices in LPS mm.
+
+    Returns
+    -------
+    (3,) array
+    """
+    p = np.asarray(polygon, dtype=np.float64)
+    q = np.roll(p, -1, axis=0)
+    return np.array(
+        [
+            np.sum((p[:, 1] - q[:, 1]) * (p[:, 2] + q[:, 2])),
+            np.sum((p[:, 2] - q[:, 2]) * (p[:, 0] + q[:, 0])),
+            np.sum((p[:, 0] - q[:, 0]) * (p[:, 1] + q[:, 1])),
+        ]
+    )
+
+
+def _canonical_sign(normal: np.ndarray) -> np.ndarray:
+    """The normal flipped so that its largest component is positive (a stable orientation)."""
+    n = np.asarray(normal, dtype=np.float64)
+    n = n / np.linalg.norm(n)
+    return -n if n[int(np.argmax(np.abs(n)))] < 0 else n
+
+
+def _estimate_normal(polygons: Sequence[np.ndarray]) -> Optional[np.ndarray]:
+    best = None
+    best_area = 1e-6
+    for poly in polygons:
+        if len(poly) < 3:
+            continue
+        n = newell_normal(poly)
+        area = 0.5 * float(np.linalg.norm(n))
+        if area > best_area:
+            best, best_area = n, area
+    return None if best is None else _canonical_sign(best)
+
+
+def _spread(polygon: np.ndarray, normal: np.ndarray) -> float:
+    d = polygon @ normal
+    return float(d.max() - d.min())
+
+
+def _contour_data(contour: Dataset) -> Optional[np.ndarray]:
+    """ContourData (3006,0050) as float64, parsed from the raw bytes when pydicom has not yet.
+
+    pydicom turns every DS value into a validated DSfloat, which costs seconds for a structure
+    set of 100 000 points; the raw decimal strings are parsed here in one numpy call instead.
+    """
+    if CONTOUR_DATA not in contour:
+        return np.zeros(0)
+    element = contour.get_item(CONTOUR_DATA)
+    value = element.value
+    try:
+        if isinstance(value, (bytes, bytearray)):
+            text = value.decode("ascii").strip(" \x00")
+            return np.array(text.split("\\"), dtype=np.float64) if text else np.zeros(0)
+        if value is None:
+            return np.zeros(0)
+        if isinstance(value, (str, float, int)):
+            value = [value]
+        return np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _geometric_type(contour: Dataset) -> str:
+    """ContourGeometricType (upper case; CLOSED_PLANAR when absent), from the raw bytes when not yet converted.
+
+    The same value as ``headers.text(...).upper()``; pydicom's element conversion costs more than
+    the rest of a contour's reading.
+    """
+    if CONTOUR_GEOMETRIC_TYPE in contour:
+        value = contour.get_item(CONTOUR_GEOMETRIC_TYPE).value
+        if isinstance(value, (bytes, bytearray)) and b"\\" not in value:
+            try:
+                return value.decode("ascii").strip(" \x00").strip().upper() or "CLOSED_PLANAR"
+            except UnicodeDecodeError:
+                pass
+    return headers.text(contour, "ContourGeometricType", "CLOSED_PLANAR").upper()
+
+
+def _repeats_first(points: np.ndarray) -> bool:
+    """``np.allclose(points[0], points[-1])`` (rtol 1e-5, atol 1e-8), without numpy's per-call overhead."""
+    return all(abs(a - b) <= 1e-8 + 1e-5 * abs(b) for a, b in zip(points[0].tolist(), points[-1].tolist()))
+
+
+def _polygons_of(item: Dataset) -> tuple:
+    """(closed polygons, counts of other geometric types) of one ROIContourSequence item."""
+    closed, others = [], {}
+    for contour in item.get("ContourSequence", None) or []:
+        kind = _geometric_type(contour)
+        if kind != "CLOSED_PLANAR":
+            others[kind] = others.get(kind, 0) + 1
+            continue
+        values = _contour_data(contour)
+        if values is None:
+            others["unreadable"] = others.get("unreadable", 0) + 1
+            continue
+        if values.size % 3 or not np.all(np.isfinite(values)):
+            others["unreadable"] = others.get("unreadable", 0) + 1
+            continue
+        points = values.reshape(-1, 3)
+        if points.shape[0] > 1 and _repeats_first(points):
+            points = points[:-1]  # some systems repeat the first vertex at the end
+        if points.shape[0] < 3:
+            others["degenerate"] = others.get("degenerate", 0) + 1
+            continue
+        closed.append(points)
+    return closed, others
+
+
+def _group_planes(polygons: list, normal: np.ndarray) -> list:
+    positions = np.array([float(np.mean(p @ normal)) for p in polygons])
+    order = np.argsort(positions, kind="stable")
+    planes: list = []
+    members: list = []
+    for n in order:
+        if members and positions[n] - positions[members[-1]] > PLANE_TOLERANCE_MM:
+            planes.append(ContourPlane(float(np.mean(positions[members])), [polygons[m] for m in members]))
+            members = []
+        members.append(n)
+    if members:
+        planes.append(ContourPlane(float(np.mean(positions[members])), [polygons[m] for m in members]))
+    return planes
+
+
+def read_structure_set(
+    source: Union[str, Path, Dataset],
+    *,
+    rel_path: str = "",
+    plane_normal: Optional[Sequence[float]] = None,
+) -> list:
+    """Read every ROI of an RTSTRUCT into :class:`RoiContours` (those without a mask included).
+
+    Parameters
+    ----------
+    source : path or pydicom Dataset
+        The RTSTRUCT file or data set.
+    rel_path : str
+        Name recorded as each ROI's ``source``.
+    plane_normal : (3,) floats, optional
+        Normal of the image planes the contours were drawn on (the CT's row x column direction).
+        Estimated from the largest contour of the set when not given. An ROI whose contours do
+        not lie in planes of this normal is re-examined with its own normal.
+
+    Returns
+    -------
+    list of RoiContours
+        In StructureSetROISequence order.
+    """
+    if isinstance(source, Dataset):
+        ds = source
+    else:
+        ds = headers.read_header(Path(source), stop_before_pixels=False)
+        rel_path = rel_path or Path(source).name
+    if headers.kind_of(ds) != "RTSTRUCT":
+        raise InputError(f"is {headers.kind_of(ds)}, not RTSTRUCT", path=rel_path, tag="(0008,0016) SOPClassUID")
+    contours_by_number = {}
+    for item in ds.get("ROIContourSequence", None) or []:
+        if "ReferencedROINumber" in item:
+            contours_by_number[int(item.ReferencedROINumber)] = item
+    types_by_number = {}
+    for item in ds.get("RTROIObservationsSequence", None) or []:
+        if "ReferencedROINumber" in item:
+            types_by_number[int(item.ReferencedROINumber)] = headers.text(item, "RTROIInterpretedType").upper()
+
+    parsed = []
+    all_polygons = []
+    for item in ds.get("StructureSetROISequence", None) or []:
+        number = int(item.get("ROINumber", 0) or 0)
+        name = headers.text(item, "ROIName", f"ROI {number}")
+        contour_item = contours_by_number.get(number)
+        color = None
+        polygons, others = [], {}
+        if contour_item is not None:
+            raw = contour_item.get("ROIDisplayColor")
+            if raw is not None and len(raw) == 3:
+                color = tuple(int(round(float(c))) for c in raw)
+            polygons, others = _polygons_of(contour_item)
+        parsed.append((number, name, types_by_number.get(number, ""), color, contour_item, polygons, others))
+        all_polygons.extend(polygons)
+
+    default_normal = None
+    if plane_normal is not None:
+        default_normal = _canonical_sign(np.asarray(plane_normal, dtype=np.float64))
+    else:
+        default_normal = _estimate_normal(all_polygons)
+    if default_normal is None:
+        default_normal = np.array([0.0, 0.0, 1.0])
+
+    rois = []
+    for number, name, kind, color, contour_item, polygons, others in parsed:
+        roi = RoiContours(number, name, name, kind, color, rel_path, default_normal)
+        roi.notes.extend(f"{count} {what} contour(s) ignored" for what, count in sorted(others.items()))
+        if contour_item is None or not (polygons or others):
+            roi.skipped = "no contours"
+        elif not polygons:
+            if set(others) == {"POINT"}:
+                roi.skipped = "POINT contours only (a marker, not a volume)"
+            else:
+                roi.skipped = "no closed planar contour (" + ", ".join(sorted(others)) + ")"
+        else:
+            normal = default_normal
+            if max(_spread(p, normal) for p in polygons) > COPLANAR_TOLERANCE_MM:
+                own = _estimate_normal(polygons)
+                if own is not None and max(_spread(p, own) for p in polygons) <= COPLANAR_TOLERANCE_MM:
+                    normal = own
+                    roi.notes.append(f"contour planes are not the image planes; normal {np.round(own, 4).tolist()}")
+                else:
+                    roi.skipped = "contours are not planar or not parallel to each other"
+            roi.normal = normal
+            if roi.skipped is None:
+                roi.planes = _group_planes(polygons, normal)
+        if kind == "MARKER" and roi.skipped is None:
+            roi.notes.append("RTROIInterpretedType MARKER but has closed contours: rasterized")
+        rois.append(roi)
+    return rois
+
+
+def plane_spacing(rois: Sequence[RoiContours]) -> Optional[float]:
+    """The typical distance between consecutive contour planes (median over all ROIs), in mm."""
+    gaps = [np.diff(r.positions) for r in rois if r.skipped is None and len(r.planes) > 1]
+    gaps = np.concatenate(gaps) if gaps else np.zeros(0)
+    gaps = gaps[gaps > PLANE_TOLERANCE_MM]
+    return float(np.median(gaps)) if gaps.size else None

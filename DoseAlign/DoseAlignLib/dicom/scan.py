@@ -1,0 +1,387 @@
+"""Scan a folder tree: read DICOM headers only, classify objects and group CT slices into series.
+
+Slices are grouped by SeriesInstanceUID *and* geometry *and* folder, because distinct volumes
+sometimes share one SeriesInstanceUID (the Nelms DVH phantom's 1, 2 and 3 mm CTs do).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from pydicom.dataset import Dataset
+
+from ..errors import DoseAlignError, InputError
+from . import headers
+
+Progress = Optional[Callable[[float, str], None]]
+
+
+@dataclass
+class DicomObject:
+    """One DICOM file as the scanner saw it: what it is, its UIDs and the references it makes."""
+
+    path: Path
+    rel_path: str
+    kind: str
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    patient_id: str
+    info: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"DicomObject({self.kind} {self.rel_path})"
+
+
+@dataclass
+class CtSeries:
+    """CT slices that form one volume: same series, geometry, frame of reference and folder."""
+
+    key: str
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    patient_id: str
+    folder: str
+    slices: list = field(default_factory=list)
+    duplicate_files: list = field(default_factory=list)
+
+    @property
+    def files(self) -> list:
+        return [s.path for s in self.slices]
+
+    @property
+    def sop_instance_uids(self) -> set:
+        return {s.sop_instance_uid for s in self.slices}
+
+    def __repr__(self) -> str:
+        return f"CtSeries({self.folder or '.'}: {len(self.slices)} slices, series {self.series_uid})"
+
+
+@dataclass
+class ScanResult:
+    """Everything found below ``root``."""
+
+    root: Path
+    objects: list = field(default_factory=list)
+    ct_series: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (rel_path, reason)
+    duplicates: list = field(default_factory=list)  # (sop_instance_uid, [rel_paths], what was done)
+
+    def of_kind(self, kind: str) -> list:
+        return [o for o in self.objects if o.kind == kind]
+
+
+#: Below this many files a folder is read in one process: forking would cost more than it saves.
+MIN_FILES_PER_PROCESS = 64
+
+
+def scan_folder(root: Path, progress: Progress = None, workers: int = 1) -> ScanResult:
+    """Read the headers of every file below ``root`` (recursively, in sorted order).
+
+    Files that are not DICOM or cannot be read are listed in ``skipped`` with the reason.
+    With ``workers`` > 1 (and enough files) the headers are read in that many forked processes;
+    the result is the same, in the same order.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DoseAlignError("is not a folder", path=root)
+    paths = sorted(_walk(root))
+    result = ScanResult(root=root)
+    workers = min(workers, len(paths) // MIN_FILES_PER_PROCESS)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        entries = _scan_in_processes(root, paths, workers, progress)
+    else:
+        entries = []
+        for n, path in enumerate(paths):
+            if progress is not None and (n % 50 == 0 or n == len(paths) - 1):
+                progress(n / max(len(paths), 1), f"reading headers {n + 1}/{len(paths)}")
+            entries.append(_scan_file(root, path))
+    for entry in entries:
+        if isinstance(entry, DicomObject):
+            result.objects.append(entry)
+        else:
+            result.skipped.append(entry)
+    result.ct_series = _group_ct(result)
+    return result
+
+
+def _scan_file(root: Path, path: Path):
+    """A file's :class:`DicomObject`, or ``(rel_path, reason)`` when it is skipped."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        ds = headers.read_header(path, defer_large=True)
+        _check_identity(ds, path)
+        return _record(path, rel, ds)
+    except DoseAlignError as error:
+        return (rel, _reason(error))
+    except Exception as error:  # a header value the scanner cannot interpret: the file is unusable
+        return (rel, f"header cannot be interpreted: {type(error).__name__}: {error}")
+
+
+def _scan_files(root: Path, paths: list) -> list:
+    return [_scan_file(root, path) for path in paths]
+
+
+def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress) -> list:
+    """:func:`_scan_file` of every path: this process reads the first part, ``workers - 1`` forked ones the
+    rest (this one would otherwise only wait); results in path order."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pieces = 4 * workers  # several pieces per process: one slow stretch of files does not hold up the rest
+    bounds = [len(paths) * n // pieces for n in range(pieces + 1)]
+    chunks = [paths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    own = pieces // workers  # this process's share, read while the others read theirs
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=context) as pool:
+        futures = [pool.submit(_scan_files, root, chunk) for chunk in chunks[own:]]
+        entries: list = []
+        for n, chunk in enumerate(chunks[:own]):
+            entries.extend(_scan_files(root, chunk))
+            if progress is not None:
+                progress((n + 1) / len(chunks), f"reading headers {len(entries)}/{len(paths)}")
+        for n, future in enumerate(futures, start=own):
+            entries.extend(future.result())
+            if progress is not None:
+                progress((n + 1) / len(chunks), f"reading headers {len(entries)}/{len(paths)}")
+    return entries
+
+
+def _reason(error: DoseAlignError) -> str:
+    """The message of a skipped file, with the tag at fault when there is one."""
+    return f"{error.tag}: {error.message}" if error.tag else error.message
+
+
+def _check_identity(ds: Dataset, path: Path) -> None:
+    """A DICOM object says what it is: SOPClassUID and Modality present and not contradicting each other."""
+    sop_kind = headers.SOP_CLASS_KIND.get(headers.quick_text(ds, "SOPClassUID"))
+    modality = headers.quick_text(ds, "Modality").upper()
+    if not sop_kind and not modality and not headers.text(ds, "SOPClassUID"):
+        meta = getattr(ds, "file_meta", None)
+        claimed = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+        name = getattr(claimed, "name", str(claimed)) if claimed else ""
+        raise InputError(
+            "neither SOPClassUID nor Modality could be read"
+            + (f" (the file meta says {name})" if name else "")
+            + ": the data set is damaged or truncated",
+            path=path,
+            tag="(0008,0016) SOPClassUID",
+            hint="export the file again or remove it",
+        )
+    known = ("CT", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE")
+    if headers.kind_of(ds) == "CT" and not headers.quick_text(ds, "SeriesInstanceUID"):
+        raise InputError(
+            "SeriesInstanceUID is missing: the slice belongs to no series (the file is damaged or truncated)",
+            path=path,
+            tag="(0020,000E) SeriesInstanceUID",
+            hint="export the file again or remove it",
+        )
+    if sop_kind and modality in known and modality != sop_kind:
+        raise InputError(
+            f"SOPClassUID says {sop_kind} but (0008,0060) Modality says {modality}: the header contradicts itself",
+            path=path,
+            tag="(0008,0016) SOPClassUID",
+            hint="export the file again or remove it",
+        )
+
+
+def _walk(root: Path):
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith(".") or name in ("DICOMDIR",):
+                continue
+            yield Path(folder) / name
+
+
+def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
+    kind = headers.kind_of(ds)
+    obj = DicomObject(
+        path=path,
+        rel_path=rel,
+        kind=kind,
+        sop_instance_uid=headers.quick_text(ds, "SOPInstanceUID"),
+        series_uid=headers.quick_text(ds, "SeriesInstanceUID"),
+        study_uid=headers.quick_text(ds, "StudyInstanceUID"),
+        frame_of_reference_uid=headers.quick_text(ds, "FrameOfReferenceUID"),
+        patient_id=headers.text(ds, "PatientID"),
+    )
+    info = obj.info
+    info["modality"] = headers.quick_text(ds, "Modality")
+    info["patient_name"] = headers.text(ds, "PatientName")
+    if kind == "CT":
+        info["image_position"] = headers.quick_floats(ds, "ImagePositionPatient")
+        info["image_orientation"] = headers.quick_floats(ds, "ImageOrientationPatient")
+        info["pixel_spacing"] = headers.quick_floats(ds, "PixelSpacing")
+        info["rows"] = headers.quick_int(ds, "Rows")
+        info["columns"] = headers.quick_int(ds, "Columns")
+        info["pixel_position"] = headers.pixel_data_position(ds)
+        info["rescale"] = (ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+    elif kind == "RTDOSE":
+        info["summation_type"] = headers.text(ds, "DoseSummationType").upper()
+        info["dose_units"] = headers.text(ds, "DoseUnits").upper()
+        info["dose_type"] = headers.text(ds, "DoseType").upper()
+        info["plan_uids"] = [
+            headers.text(item, "ReferencedSOPInstanceUID") for item in ds.get("ReferencedRTPlanSequence", [])
+        ]
+        beams = []
+        for plan_item in ds.get("ReferencedRTPlanSequence", []):
+            for group in plan_item.get("ReferencedFractionGroupSequence", []):
+                for beam in group.get("ReferencedBeamSequence", []):
+                    if "ReferencedBeamNumber" in beam:
+                        beams.append(int(beam.ReferencedBeamNumber))
+        info["beam_numbers"] = sorted(beams)
+        info["image_position"] = headers.quick_floats(ds, "ImagePositionPatient")
+    elif kind == "RTPLAN":
+        info["plan_label"] = headers.text(ds, "RTPlanLabel") or headers.text(ds, "RTPlanName")
+        info["struct_uids"] = [
+            headers.text(item, "ReferencedSOPInstanceUID") for item in ds.get("ReferencedStructureSetSequence", [])
+        ]
+        beam_seq = ds.get("BeamSequence", None) or ds.get("IonBeamSequence", [])
+        info["beam_numbers"] = sorted(int(b.BeamNumber) for b in beam_seq if "BeamNumber" in b)
+        prescriptions = []
+        for ref in ds.get("DoseReferenceSequence", []):
+            value = ref.get("TargetPrescriptionDose")
+            if value not in (None, ""):
+                prescriptions.append(float(value))
+        info["prescription_gy"] = max(prescriptions) if prescriptions else None
+        fractions = [g.get("NumberOfFractionsPlanned") for g in ds.get("FractionGroupSequence", [])]
+        info["fractions"] = next((int(f) for f in fractions if f not in (None, "")), None)
+        info["treated_beams"] = _treated_beams(ds)
+    elif kind == "RTSTRUCT":
+        series, frames, images = [], [], set()
+        for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
+            frames.append(headers.text(frame, "FrameOfReferenceUID"))
+            for study in frame.get("RTReferencedStudySequence", []):
+                for ser in study.get("RTReferencedSeriesSequence", []):
+                    series.append(headers.text(ser, "SeriesInstanceUID"))
+                    for image in ser.get("ContourImageSequence", []):
+                        images.add(headers.text(image, "ReferencedSOPInstanceUID"))
+        info["ct_series_uids"] = [s for s in series if s]
+        info["frame_uids"] = [f for f in frames if f]
+        if not images:  # the referenced series lists no images: the contours' own references, read item by item
+            for roi in ds.get("ROIContourSequence", []):
+                for contour in roi.get("ContourSequence", []):
+                    for image in contour.get("ContourImageSequence", []):
+                        images.add(headers.text(image, "ReferencedSOPInstanceUID"))
+        info["ct_image_uids"] = sorted(u for u in images if u)
+        if not obj.frame_of_reference_uid and info["frame_uids"]:
+            obj.frame_of_reference_uid = info["frame_uids"][0]
+        info["label"] = headers.text(ds, "StructureSetLabel")
+    return obj
+
+
+def _treated_beams(ds: Dataset) -> list:
+    """Beams of a plan that deliver dose: in the first fraction group, meterset not 0, not SETUP."""
+    setup = {
+        int(b.BeamNumber)
+        for b in (ds.get("BeamSequence", None) or ds.get("IonBeamSequence", []))
+        if "BeamNumber" in b and headers.text(b, "TreatmentDeliveryType").upper() == "SETUP"
+    }
+    beams = []
+    for group in list(ds.get("FractionGroupSequence", []))[:1]:
+        for ref in group.get("ReferencedBeamSequence", []):
+            meterset = ref.get("BeamMeterset")
+            if "ReferencedBeamNumber" not in ref or (meterset not in (None, "") and float(meterset) == 0):
+                continue
+            if int(ref.ReferencedBeamNumber) not in setup:
+                beams.append(int(ref.ReferencedBeamNumber))
+    return sorted(beams)
+
+
+def _geometry_key(obj: DicomObject) -> tuple:
+    info = obj.info
+
+    def rounded(values, digits):
+        return None if values is None else tuple(round(v, digits) for v in values)
+
+    return (
+        rounded(info.get("image_orientation"), 4),
+        rounded(info.get("pixel_spacing"), 4),
+        info.get("rows"),
+        info.get("columns"),
+    )
+
+
+def _group_ct(result: ScanResult) -> list:
+    groups: dict = {}
+    for obj in result.of_kind("CT"):
+        folder = str(Path(obj.rel_path).parent.as_posix())
+        key = (obj.series_uid, obj.frame_of_reference_uid, folder, _geometry_key(obj))
+        groups.setdefault(key, []).append(obj)
+    series_list = []
+    _merge_stray_slices(groups)
+    for key, objects in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], str(kv[0][3]))):
+        series_uid, frame_uid, folder, _ = key
+        unique: dict = {}
+        duplicates = []
+        for obj in objects:
+            if obj.sop_instance_uid in unique:
+                duplicates.append(obj)
+            else:
+                unique[obj.sop_instance_uid] = obj
+        name = f"{series_uid}|{folder}|{len(series_list)}"
+        series = CtSeries(
+            key=name,
+            series_uid=series_uid,
+            study_uid=objects[0].study_uid,
+            frame_of_reference_uid=frame_uid,
+            patient_id=objects[0].patient_id,
+            folder=folder,
+            slices=list(unique.values()),
+            duplicate_files=[d.rel_path for d in duplicates],
+        )
+        for dup in duplicates:
+            first = unique[dup.sop_instance_uid]
+            result.duplicates.append(
+                (dup.sop_instance_uid, [first.rel_path, dup.rel_path], "CT slice kept once (first file by path)")
+            )
+        series_list.append(series)
+    _report_cross_duplicates(result)
+    return series_list
+
+
+def _merge_stray_slices(groups: dict) -> None:
+    """A lone slice whose geometry differs from a larger volume of its series, frame and folder joins it.
+
+    Such a slice is damaged (a missing or broken PixelSpacing, orientation, Rows...) far more often
+    than it is a volume of its own; kept apart, it would leave a silent hole in the CT. Joined, the CT
+    checks name it and its case fails. Volumes of two slices or more stay apart (the Nelms phantom's
+    CTs differ in folder anyway).
+    """
+    by_volume: dict = {}
+    for key in groups:
+        by_volume.setdefault((key[0], key[2]), []).append(key)  # series and folder
+    for keys in by_volume.values():
+        if len(keys) < 2:
+            continue
+        largest = max(keys, key=lambda k: (len(groups[k]), bool(k[1]), str(k[3])))
+        if len(groups[largest]) < 2:
+            continue
+        for key in keys:
+            # a lone slice of the same frame of reference, or one whose frame of reference is lost
+            if key != largest and len(groups[key]) == 1 and key[1] in (largest[1], ""):
+                groups[largest].extend(groups.pop(key))
+
+
+def _report_cross_duplicates(result: ScanResult) -> None:
+    """Non-CT objects that share a SOPInstanceUID are kept apart, but the user is told."""
+    seen: dict = {}
+    for obj in result.objects:
+        if obj.kind == "CT":
+            continue
+        seen.setdefault(obj.sop_instance_uid, []).append(obj)
+    for uid, objects in sorted(seen.items()):
+        if len(objects) > 1 and uid:
+            result.duplicates.append(
+                (
+                    uid,
+                    [o.rel_path for o in objects],
+                    "distinct files sharing one SOPInstanceUID: each kept as its own object",
+                )
+            )

@@ -1,0 +1,96 @@
+"""Which doses make one case: PLAN doses alone, the BEAM doses of a plan summed, each beam once.
+
+A sum of BEAM doses stands for the plan only when it counts every treated beam exactly once: copies,
+second doses of a beam and multi-beam doses already covered by single-beam doses are left out (with
+the reason), and a sum that would miss or double a beam is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..dicom.scan import DicomObject
+
+#: The summation type of a case made of several BEAM doses of one plan.
+SUMMED_BEAMS = "BEAM_SUM"
+
+
+def dose_groups(doses: list) -> list:
+    """PLAN doses alone; BEAM doses of one plan together (unless a PLAN dose exists); others alone."""
+    by_plan: dict = {}
+    for dose in doses:
+        plan_uid = dose.info["plan_uids"][0] if dose.info.get("plan_uids") else ""
+        by_plan.setdefault(plan_uid, []).append(dose)
+    groups = []
+    for plan_uid, members in sorted(by_plan.items()):
+        plan_doses = [d for d in members if d.info["summation_type"] == "PLAN"]
+        beam_doses = [d for d in members if d.info["summation_type"] == "BEAM"]
+        others = [d for d in members if d.info["summation_type"] not in ("PLAN", "BEAM")]
+        for dose in plan_doses:
+            groups.append(("PLAN", [dose], beam_doses if plan_uid else []))
+        if beam_doses and (not plan_doses or not plan_uid):
+            if plan_uid:
+                groups.append((SUMMED_BEAMS, beam_doses, []))
+            else:
+                groups.extend(("BEAM", [d], []) for d in beam_doses)  # no plan to tie them together
+        groups.extend((d.info["summation_type"] or "UNKNOWN", [d], []) for d in others)
+    return groups
+
+
+def overlapping_beams(doses: list) -> Optional[str]:
+    """A multi-beam dose that shares some, not all, of its beams with single-beam doses.
+
+    Summed, it would count the shared beams twice; left out, it would drop the others: the sum
+    cannot be formed (typically a single-beam dose is missing or damaged).
+    """
+    singles = {d.info["beam_numbers"][0] for d in doses if len(d.info.get("beam_numbers") or []) == 1}
+    for dose in sorted(doses, key=lambda d: d.rel_path):
+        beams = set(dose.info.get("beam_numbers") or [])
+        if len(beams) > 1 and beams & singles and not beams <= singles:
+            return (
+                f"RTDOSE {dose.rel_path}: references beams {sorted(beams)}; beams {sorted(beams & singles)} also have a "
+                f"dose of their own, beams {sorted(beams - singles)} do not: no sum counts every beam once "
+                "((300C,0006) ReferencedBeamNumber; a single-beam dose is missing or damaged: add it or export a PLAN dose)"
+            )
+    return None
+
+
+def missing_beams(summation: str, doses: list, plan: Optional[DicomObject]) -> Optional[str]:
+    """Why a sum of BEAM doses is not the plan's dose: a treated beam of the plan has no dose."""
+    treated = set(plan.info.get("treated_beams") or []) if plan is not None else set()
+    if not treated or any(not d.info.get("beam_numbers") for d in doses):
+        return None
+    missing = sorted(treated - {b for d in doses for b in d.info["beam_numbers"]})
+    if not missing:
+        return None
+    return (
+        f"RTDOSE {doses[0].rel_path}: the BEAM doses of plan {plan.rel_path} cover beams "
+        f"{sorted(treated - set(missing))}, not {missing}: their sum would not be the plan's dose "
+        "((300C,0006) ReferencedBeamNumber; a beam's dose file is missing or damaged: add it or export a PLAN dose)"
+    )
+
+
+def beam_doses_to_sum(doses: list) -> tuple:
+    """The BEAM doses to add up, leaving out those that would count a beam twice.
+
+    Left out: a copy of a dose already in the sum (same SOPInstanceUID), a second dose for a beam
+    already in the sum, and a dose whose beams are all covered by single-beam doses.
+    """
+    single_beams = {d.info["beam_numbers"][0] for d in doses if len(d.info["beam_numbers"]) == 1}
+    keep, left_out = [], []
+    seen_uids: dict = {}
+    seen_beams: dict = {}
+    for dose in doses:
+        beams = dose.info["beam_numbers"]
+        if dose.sop_instance_uid and dose.sop_instance_uid in seen_uids:
+            left_out.append((dose.rel_path, f"same SOPInstanceUID as {seen_uids[dose.sop_instance_uid]} (a copy)"))
+        elif len(beams) > 1 and set(beams) <= single_beams:
+            left_out.append((dose.rel_path, f"references beams {beams}, each already in the sum as its own BEAM dose"))
+        elif len(beams) == 1 and beams[0] in seen_beams:
+            left_out.append((dose.rel_path, f"beam {beams[0]} is already in the sum from {seen_beams[beams[0]]}"))
+        else:
+            keep.append(dose)
+            seen_uids[dose.sop_instance_uid] = dose.rel_path
+            for beam in beams:
+                seen_beams.setdefault(beam, dose.rel_path)
+    return keep, left_out

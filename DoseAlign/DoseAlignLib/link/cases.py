@@ -1,0 +1,115 @@
+"""Form cases: group the doses of a scan (:mod:`.beams`), pair each with its CT (:mod:`.ct_choice`).
+
+Every dose ends in exactly one case or in a case's ``left_out`` list; every other object that
+no case uses is listed as an orphan with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import PurePosixPath
+
+from ..dicom.scan import ScanResult
+from ..errors import DoseAlignError
+from .beams import SUMMED_BEAMS, beam_doses_to_sum, dose_groups, missing_beams, overlapping_beams
+from .case import Case, LinkResult
+from .ct_choice import choose_ct, no_ct_reason, structs_for
+
+
+def form_cases(scan: ScanResult) -> LinkResult:
+    """Group the doses of a scan into cases and pair each case with a CT series."""
+    result = LinkResult()
+    plans = {p.sop_instance_uid: p for p in scan.of_kind("RTPLAN")}
+    structs = scan.of_kind("RTSTRUCT")
+    structs_by_uid = {s.sop_instance_uid: s for s in structs}
+    used_plans, used_structs, used_series = set(), set(), set()
+
+    for group in dose_groups(scan.of_kind("RTDOSE")):
+        case = _make_case(group, plans)
+        try:
+            choose_ct(case, scan, structs_by_uid, structs)
+        except DoseAlignError as error:  # the error names its file; else the dose it came from
+            case.error = str(error) if error.path else f"RTDOSE {case.doses[0].rel_path}: {error}"
+        except Exception as error:  # an engine bug must not stop the batch: the case says what happened
+            case.error = (
+                f"RTDOSE {case.doses[0].rel_path}: internal error ({type(error).__name__}: {error}); please report it"
+            )
+        if case.ct is None and case.error is None:
+            case.error = no_ct_reason(case.doses[0], scan)
+        if case.ct is not None:
+            used_series.add(case.ct.key)
+            case.structs = structs_for(case, structs)
+        if case.plan is not None:
+            used_plans.add(case.plan.sop_instance_uid)
+        used_structs.update(s.rel_path for s in case.structs)
+        result.cases.append(case)
+
+    for plan in plans.values():
+        if plan.sop_instance_uid not in used_plans:
+            result.orphans.append((plan.rel_path, "RTPLAN", "no RTDOSE references this plan"))
+    for struct in structs:
+        if struct.rel_path not in used_structs:
+            result.orphans.append((struct.rel_path, "RTSTRUCT", "its CT is not part of any case"))
+    for series in scan.ct_series:
+        if series.key not in used_series:
+            result.orphans.append(
+                (
+                    series.folder or ".",
+                    "CT",
+                    f"CT series {series.series_uid} ({len(series.slices)} slices): no dose uses it",
+                )
+            )
+    for obj in scan.objects:
+        if obj.kind in ("RTIMAGE", "OTHER"):
+            result.orphans.append((obj.rel_path, obj.kind, "not part of a CT/dose pair"))
+    result.cases.sort(key=lambda c: c.case_id)
+    return result
+
+
+def _make_case(group: tuple, plans: dict) -> Case:
+    summation, doses, related = group
+    doses = sorted(doses, key=lambda d: d.rel_path)
+    first = doses[0]
+    plan_uid = first.info["plan_uids"][0] if first.info.get("plan_uids") else ""
+    plan = plans.get(plan_uid)
+    notes, left_out = [], []
+    if summation == SUMMED_BEAMS:
+        doses, left_out = beam_doses_to_sum(doses)
+        if len(doses) > 1:
+            notes.append(f"{len(doses)} BEAM doses of plan {plan_uid} summed (no PLAN dose in the set)")
+        else:
+            summation = "BEAM"
+    if plan_uid and plan is None:
+        notes.append(f"referenced RTPLAN {plan_uid} is not in the input")
+    error = None
+    if group[0] == SUMMED_BEAMS:
+        error = overlapping_beams(group[1]) or (missing_beams(summation, doses, plan) if len(doses) > 1 else None)
+    label = plan.info.get("plan_label", "") if plan is not None else ""
+    if summation == SUMMED_BEAMS:
+        name = f"beamsum-{label or 'plan'}"
+    elif summation == "BEAM" and len(group[1]) > 1:
+        name = f"beam-{label or 'plan'}"
+    elif summation == "PLAN" and label:
+        name = f"plan-{label}"
+    else:
+        name = PurePosixPath(first.rel_path).stem
+    digest = hashlib.sha1("\n".join(sorted(d.rel_path for d in group[1])).encode()).hexdigest()[:8]
+    case_id = f"{safe_name(first.patient_id or 'anonymous')}_{safe_name(name)}_{digest}"
+    return Case(
+        case_id=case_id,
+        patient_id=first.patient_id,
+        summation_type=summation,
+        doses=doses,
+        plan=plan,
+        notes=notes,
+        left_out=left_out,
+        related_beam_doses=sorted(related, key=lambda d: d.rel_path),
+        error=error,
+    )
+
+
+def safe_name(text: str, limit: int = 48) -> str:
+    """A filesystem-safe, deterministic rendering of ``text``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return (cleaned or "x")[:limit]

@@ -1,0 +1,185 @@
+"""What every export format needs: one case's arrays, geometry and masks, whichever way they come.
+
+A :class:`CaseData` holds the CT, the dose, the ROI masks and the body mask of one case on its
+output grid, and the case's meta.json. It is built either from a fresh
+:class:`~DoseAlignLib.pipeline.CaseResult` (during an export) or from a finished case folder
+(``pair.npz`` + ``meta.json``, to add formats to cases exported earlier).
+
+Masks arrive from the structures step in ``pair.npz`` as ``masks`` (bit-packed along i,
+``(N, K, J, ceil(I/8))`` uint8, or unpacked ``(N, K, J, I)``) with their names in
+``meta["structures"]["names"]``, and ``body`` packed the same way; cases without structures have
+neither, and every writer works without them.
+
+Nothing here imports an optional package; :func:`require` does, where a format needs one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import DoseAlignError
+from ..geometry.grid import Grid, Volume
+
+#: The optional-dependency group of pyproject.toml that brings every format's package.
+FORMATS_EXTRA = "formats"
+
+
+class FormatDependencyError(DoseAlignError):
+    """A format was asked for whose Python package is not installed."""
+
+
+def require(module: str, package: str, fmt: str):
+    """Import ``module`` for format ``fmt`` or raise an error that names the package and the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise FormatDependencyError(
+            f"--format {fmt} needs the Python package {package!r} ({error})",
+            hint=f"pip install 'dosealign[{FORMATS_EXTRA}]' or pip install {package}",
+        ) from None
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a ROI name: letters, digits, '.', '_' and '-' only."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    return text or "roi"
+
+
+def unique_file_names(names: list) -> list:
+    """Safe, distinct file names for ``names`` (distinct also on case-insensitive file systems)."""
+    out, seen = [], set()
+    for name in names:
+        base = safe_name(name)
+        candidate, n = base, 2
+        while candidate.lower() in seen:
+            candidate = f"{base}-{n}"
+            n += 1
+        seen.add(candidate.lower())
+        out.append(candidate)
+    return out
+
+
+def _unpack(array: np.ndarray, shape: tuple) -> Optional[np.ndarray]:
+    """A mask stack or single mask as bool ``(..., K, J, I)``: unpacked if stored bit-packed along i."""
+    array = np.asarray(array)
+    if tuple(array.shape[-3:]) == tuple(shape):
+        return array.astype(bool)
+    packed_width = (shape[2] + 7) // 8
+    if array.dtype == np.uint8 and tuple(array.shape[-3:]) == (shape[0], shape[1], packed_width):
+        return np.unpackbits(array, axis=-1, count=int(shape[2])).astype(bool)
+    return None
+
+
+@dataclass
+class CaseData:
+    """One case on its output grid: arrays ``[k, j, i]``, the grid, masks and meta.json.
+
+    ``masks`` is a list of ``(name, (K, J, I) bool array)`` in the order of
+    ``meta["structures"]["names"]``; ``mask_types`` maps a name to its RTROIInterpretedType
+    where meta.json gives it; ``body`` is the body mask or None. ``native_dose`` is the dose on
+    its own grid when the case was just computed (None when read back from a folder).
+    """
+
+    case_id: str
+    ct: np.ndarray
+    dose: np.ndarray
+    grid: Grid
+    meta: dict
+    masks: list = field(default_factory=list)
+    mask_types: dict = field(default_factory=dict)
+    body: Optional[np.ndarray] = None
+    native_dose: Optional[Volume] = None
+
+    @property
+    def mask_names(self) -> list:
+        return [name for name, _mask in self.masks]
+
+    @property
+    def patient_id(self) -> str:
+        return str(self.meta.get("patient_id") or "")
+
+    @classmethod
+    def from_result(cls, result) -> CaseData:
+        """From a :class:`~DoseAlignLib.pipeline.CaseResult`."""
+        grid = result.ct.grid
+        masks, types, body = masks_from_arrays(result.extra_arrays, result.meta, grid.shape)
+        return cls(
+            result.case_id,
+            result.ct.array,
+            result.dose.array,
+            grid,
+            result.meta,
+            masks,
+            types,
+            body,
+            getattr(result, "native_dose", None),
+        )
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> CaseData:
+        """From a finished case folder (``pair.npz`` + ``meta.json``)."""
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        with np.load(folder / "pair.npz") as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        grid = grid_from_meta(meta)
+        masks, types, body = masks_from_arrays(arrays, meta, grid.shape)
+        return cls(meta.get("case_id") or folder.name, arrays["ct"], arrays["dose"], grid, meta, masks, types, body)
+
+
+def grid_from_meta(meta: dict) -> Grid:
+    """The output grid a meta.json describes (shape [K, J, I] and ijk_to_lps)."""
+    return Grid(
+        tuple(meta["shape"]), np.array(meta["ijk_to_lps"], dtype=np.float64), meta.get("frame_of_reference_uid")
+    )
+
+
+def masks_from_arrays(arrays: dict, meta: dict, shape: tuple) -> tuple:
+    """``(masks, mask_types, body)`` from pair.npz arrays and meta.json; empty when there are none."""
+    shape = tuple(int(n) for n in shape)
+    structures = meta.get("structures") or {}
+    masks = []
+    stack = arrays.get("masks")
+    if stack is not None:
+        unpacked = _unpack(stack, shape)
+        if unpacked is not None and unpacked.ndim == 4:
+            names = list(structures.get("names") or [])
+            if len(names) != unpacked.shape[0]:
+                names = [f"mask_{n}" for n in range(unpacked.shape[0])]
+            masks = [(str(name), unpacked[n]) for n, name in enumerate(names)]
+    types = {}
+    for roi in structures.get("rois") or []:
+        if isinstance(roi, dict) and "name" in roi:
+            types[str(roi["name"])] = str(roi.get("interpreted_type") or "")
+    body = arrays.get("body")
+    if body is not None:
+        body = _unpack(body, shape)
+        if body is not None and body.ndim != 3:
+            body = None
+    return masks, types, body
+
+
+def is_target(name: str, interpreted_type: str = "") -> bool:
+    """A planning target: RTROIInterpretedType PTV, or a name starting with PTV when the type is unknown."""
+    if interpreted_type:
+        return interpreted_type.upper() == "PTV"
+    return name.upper().startswith("PTV")
+
+
+def geometry_attributes(grid: Grid) -> dict:
+    """The voxel -> patient mapping of a grid, as plain lists (for JSON and HDF5 attributes)."""
+    return {
+        "shape": list(grid.shape),
+        "spacing": grid.spacing.tolist(),
+        "origin_lps": grid.origin.tolist(),
+        "direction": grid.direction.tolist(),
+        "ijk_to_lps": grid.affine.tolist(),
+        "ijk_to_ras": grid.ras_affine().tolist(),
+    }

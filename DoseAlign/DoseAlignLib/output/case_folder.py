@@ -1,0 +1,142 @@
+"""Case folders written atomically: a case folder appears whole or not at all.
+
+Layout (the output contract, see README): ``OUT/<case_id>/pair.npz`` (ct, dose and further arrays,
+axes k, j, i) and ``OUT/<case_id>/meta.json``; ``OUT/manifest.csv`` (:mod:`.manifest`) one row per case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import DoseAlignError
+from .files import TEMP_PREFIX, json_text
+from .npz import NpzStream
+
+
+def case_dir(out_dir: Path, case_id: str) -> Path:
+    return Path(out_dir) / case_id
+
+
+def is_complete(out_dir: Path, case_id: str) -> bool:
+    """True when the case's folder holds its outputs (folders only appear complete)."""
+    folder = case_dir(out_dir, case_id)
+    return (folder / "meta.json").is_file() and (folder / "pair.npz").is_file()
+
+
+def write_case_output(result, out_dir: Path, extra_files: Sequence[Callable[[Path], None]] = ()) -> Path:
+    """Write ``pair.npz`` and ``meta.json`` of a :class:`CaseResult` into ``out_dir/<case_id>``.
+
+    The files go into a temporary folder that is renamed into place at the end; an existing
+    output of the same case is replaced only then. Each of ``extra_files`` is called with the
+    temporary folder to add its files there (e.g. qa.png), while pair.npz is written; it may
+    still update ``result.meta`` but must not change the arrays.
+    """
+    return CaseOutput(out_dir).finish(result, extra_files)
+
+
+class CaseOutput:
+    """One case's output folder in the making: ``pair.npz`` is written while the case is computed.
+
+    Give :func:`~DoseAlignLib.pipeline.run_case` :meth:`add_array` as its ``sink``: the CT and the dose are
+    written as soon as each is final. :meth:`finish` adds the rest and renames the temporary
+    folder into place; :meth:`discard` (or a failing ``finish``) removes it.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # no case id in the name: the id may still be pseudonymized
+        self.temp = self.out_dir / f"{TEMP_PREFIX}case-{uuid.uuid4().hex[:12]}"
+        self.temp.mkdir()
+        self._npz = NpzStream(self.temp / "pair.npz", leading=("ct", "dose"))  # reproducible bytes, see npz.py
+        self._added: dict = {}
+
+    def add_array(self, name: str, array: np.ndarray) -> None:
+        self._added[name] = array
+        self._npz.add(name, array)
+
+    def finish(self, result, extra_files: Sequence[Callable[[Path], None]] = ()) -> Path:
+        try:
+            arrays = {"ct": result.ct.array, "dose": result.dose.array, **result.extra_arrays}
+            for name, array in arrays.items():
+                if name not in self._added:
+                    self.add_array(name, array)
+                elif self._added[name] is not array:
+                    raise ValueError(f"{name}: the array written early is not the result's")
+            try:
+                for write_extra in extra_files:  # beside the pair.npz writer (mostly I/O, outside the GIL)
+                    write_extra(self.temp)
+            finally:
+                self._npz.close()
+            (self.temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
+            final = case_dir(self.out_dir, result.case_id)
+            _replace_dir(self.temp, final)
+        except BaseException:
+            self.discard()
+            raise
+        return final
+
+    def discard(self) -> None:
+        self._npz.abort()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _replace_dir(temp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f"{TEMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(temp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temp, final)
+
+
+def clean_temp(out_dir: Path) -> list:
+    """Remove temporary folders and files a killed run left behind; return their names."""
+    removed = []
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return removed
+    for entry in out_dir.iterdir():
+        if entry.name.startswith(TEMP_PREFIX):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed and prove it writable; raise a :class:`DoseAlignError` otherwise."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DoseAlignError("the output path exists and is not a folder", path=out_dir, hint="choose a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DoseAlignError(
+            f"cannot create the output folder: {error.strerror or error}",
+            path=out_dir,
+            hint="choose a folder you can write to",
+        ) from None
+    probe = out_dir / f".tmp-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"dosealign")
+        probe.unlink()
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        raise DoseAlignError(
+            f"cannot write to the output folder: {error.strerror or error}",
+            path=out_dir,
+            hint="make it writable or choose another folder; nothing was exported",
+        ) from None

@@ -1,0 +1,224 @@
+"""Export formats beyond pair.npz: ``--format npz|nifti|nrrd|hdf5|openkbp`` (several at once).
+
+``npz`` (``pair.npz`` + ``meta.json``, the output contract) is always written. The others:
+
+=========  ==========================================================  =====================
+format     files (per case, in ``OUT/<case_id>/``; per dataset in OUT)  module
+=========  ==========================================================  =====================
+nifti      ct.nii.gz, dose.nii.gz, body.nii.gz, masks/<ROI>.nii.gz;     :mod:`.nifti`
+           OUT/dataset.json (MONAI datalist, splits by patient)         :mod:`.datalist`
+nrrd       ct.nrrd, dose.nrrd, body.nrrd, masks/<ROI>.nrrd              :mod:`.nrrd`
+hdf5       case.h5; OUT/dataset.h5 (a group per case)                   :mod:`.hdf5`
+openkbp    openkbp/{ct,dose,possible_dose_mask,<ROI>,voxel_dimensions}  :mod:`.openkbp`
+           .csv and openkbp/geometry.json
+=========  ==========================================================  =====================
+
+A case's format files are written inside the case's temporary folder, before it is renamed into
+place (:func:`~DoseAlignLib.output.case_folder.write_case_output` calls :meth:`ExportFormats.write_case`), so a case
+appears with all its files or not at all; meta.json lists them under ``exports``. At the end of a
+batch :meth:`ExportFormats.finish` adds the formats that cases exported earlier (``--resume``)
+lack, rebuilds ``dataset.h5`` and writes ``dataset.json``.
+
+The packages (nibabel, pynrrd, h5py) are optional (``pip install 'dosealign[formats]'``) and
+imported only by the format that needs them; :meth:`ExportFormats.check` names what is missing
+before any case is computed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import DoseAlignError
+from .case_data import CaseData, require
+from .files import TEMP_PREFIX, json_text, temp_path
+from .openkbp import OpenKBPSettings
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAMES = ("npz", "nifti", "nrrd", "hdf5", "openkbp")
+#: The Python module and the PyPI package each format imports.
+DEPENDENCIES = {"nifti": [("nibabel", "nibabel")], "nrrd": [("nrrd", "pynrrd")], "hdf5": [("h5py", "h5py")]}
+#: A file whose presence in a case folder says the format was written (written last, or atomically).
+SENTINELS = {"nifti": "ct.nii.gz", "nrrd": "ct.nrrd", "hdf5": "case.h5", "openkbp": "openkbp/geometry.json"}
+
+
+def parse_formats(values: Optional[Sequence[str]]) -> tuple:
+    """Format names from ``--format`` values (each may be comma-separated); npz always first."""
+    names = []
+    for value in values or ():
+        for part in str(value).split(","):
+            name = part.strip().lower()
+            if not name:
+                continue
+            if name not in FORMAT_NAMES:
+                raise ValueError(f"unknown format {name!r}: choose from {', '.join(FORMAT_NAMES)}")
+            names.append(name)
+    return tuple(n for n in FORMAT_NAMES if n == "npz" or n in names)
+
+
+@dataclass(frozen=True)
+class ExportFormats:
+    """The formats of an export and their settings.
+
+    ``formats``: names from :data:`FORMAT_NAMES` (npz is always added). ``openkbp``: the OpenKBP
+    grid settings. ``split_seed`` and ``validation_fraction``: the patient split of dataset.json
+    and dataset.h5.
+    """
+
+    formats: tuple = ("npz",)
+    openkbp: OpenKBPSettings = OpenKBPSettings()
+    split_seed: int = 0
+    validation_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", parse_formats(self.formats))
+        if not 0.0 <= float(self.validation_fraction) < 1.0:
+            raise ValueError(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
+
+    @property
+    def extra(self) -> tuple:
+        """The formats besides npz."""
+        return tuple(f for f in self.formats if f != "npz")
+
+    def check(self) -> None:
+        """Raise :class:`~.case_data.FormatDependencyError` naming each missing package."""
+        for fmt in self.extra:
+            for module, package in DEPENDENCIES.get(fmt, []):
+                require(module, package, fmt)
+
+    def to_dict(self) -> dict:
+        return {
+            "formats": list(self.formats),
+            "openkbp": {
+                "spacing": list(self.openkbp.spacing),
+                "size": self.openkbp.size,
+                "centre": self.openkbp.centre,
+            },
+            "split_seed": self.split_seed,
+            "validation_fraction": self.validation_fraction,
+        }
+
+    # ---- one case ------------------------------------------------------------------------------
+
+    def write_case(self, result, folder: Path) -> dict:
+        """Write the extra formats of a just-computed case into ``folder``; return meta.json's ``exports``."""
+        return self.write_case_data(CaseData.from_result(result), folder)
+
+    def case_writer(self, result):
+        """A callable for ``write_case_output(..., extra_files=[...])``: writes the formats of ``result``
+        into the case's temporary folder and records them in ``result.meta["exports"]``."""
+
+        def write(folder: Path) -> None:
+            result.meta["exports"] = self.write_case(result, folder)
+
+        return write
+
+    def write_case_data(self, case: CaseData, folder: Path, formats: Optional[Sequence[str]] = None) -> dict:
+        """Write ``formats`` (default: all extra formats) of ``case`` into ``folder``."""
+        from .hdf5 import write_case_h5
+        from .nifti import write_nifti
+        from .nrrd import write_nrrd
+        from .openkbp import write_openkbp
+
+        writers = {
+            "nifti": write_nifti,
+            "nrrd": write_nrrd,
+            "hdf5": write_case_h5,
+            "openkbp": lambda c, f: write_openkbp(c, f, self.openkbp),
+        }
+        exports = {"npz": {"files": {"arrays": "pair.npz", "meta": "meta.json"}}}
+        for fmt in formats if formats is not None else self.extra:
+            exports[fmt] = writers[fmt](case, Path(folder))
+        return exports
+
+    def missing(self, folder: Path) -> list:
+        """The extra formats a finished case folder lacks (its file, or its entry in meta.json's exports)."""
+        folder = Path(folder)
+        try:
+            exports = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("exports") or {}
+        except (OSError, ValueError):
+            exports = {}
+        return [f for f in self.extra if f not in exports or not (folder / SENTINELS[f]).is_file()]
+
+    def add_to_case(self, folder: Path) -> list:
+        """Write the formats a finished case folder lacks, from its pair.npz and meta.json.
+
+        Each file is written in a temporary folder and moved into place on its own; meta.json's
+        ``exports`` is updated last. Returns the formats added.
+        """
+        folder = Path(folder)
+        missing = self.missing(folder)
+        if not missing:
+            return []
+        case = CaseData.from_folder(folder)
+        work = folder.parent / f"{TEMP_PREFIX}add-{folder.name}-{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+        try:
+            exports = self.write_case_data(case, work, missing)
+            sentinels = {work / SENTINELS[f] for f in missing}
+            files = sorted(p for p in work.rglob("*") if p.is_file())
+            for path in [p for p in files if p not in sentinels] + sorted(sentinels):
+                target = folder / path.relative_to(work)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        meta = dict(case.meta)
+        merged = dict(meta.get("exports") or {"npz": {"files": {"arrays": "pair.npz", "meta": "meta.json"}}})
+        merged.update({k: v for k, v in exports.items() if k != "npz"})
+        meta["exports"] = merged
+        temp = temp_path(folder / "meta.json")
+        temp.write_text(json_text(meta), encoding="utf-8")
+        temp.replace(folder / "meta.json")
+        return missing
+
+    # ---- the dataset -------------------------------------------------------------------------
+
+    def finish(self, out_dir: Path, rows: list) -> dict:
+        """After a batch: complete earlier cases, rebuild dataset.h5, write dataset.json.
+
+        ``rows`` are the manifest rows; a case whose formats cannot be added is marked failed
+        in its row (the manifest is written after this). Returns a summary.
+        """
+        out_dir = Path(out_dir)
+        summary = {"added": {}, "dataset_h5": None, "dataset_json": None}
+        if not self.extra:
+            return summary
+        ok = []
+        for row in rows:
+            if row.get("status") != "ok":
+                continue
+            folder = out_dir / row["case_id"]
+            try:
+                added = self.add_to_case(folder)
+            except DoseAlignError as error:
+                row.update(status="failed", reason=f"export formats: {error}")
+                continue
+            except Exception as error:  # one case must not stop the others
+                logger.exception("case %s: adding formats failed", row["case_id"])
+                row.update(status="failed", reason=f"export formats: {type(error).__name__}: {error}")
+                continue
+            if added:
+                summary["added"][row["case_id"]] = added
+            ok.append(row)
+        patients = {row["case_id"]: row.get("patient") or "" for row in ok}
+        from .datalist import split_by_patient, write_datalist
+
+        splits = split_by_patient(patients, self.split_seed, self.validation_fraction)
+        if "hdf5" in self.formats:
+            from .hdf5 import build_dataset
+
+            summary["dataset_h5"] = str(build_dataset(out_dir, [row["case_id"] for row in ok], splits))
+        if "nifti" in self.formats:
+            cases = []
+            for row in ok:
+                meta = json.loads((out_dir / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+                cases.append((row["case_id"], patients[row["case_id"]], meta["exports"]["nifti"]["files"]))
+            summary["dataset_json"] = str(write_datalist(out_dir, cases, splits))
+        return summary

@@ -1,0 +1,55 @@
+"""NRRD outputs (pynrrd), Slicer's native format: ``ct.nrrd``, ``dose.nrrd``, ``body.nrrd``, ``masks/<ROI>.nrrd``.
+
+The header says ``space: left-posterior-superior`` with ``space directions`` (one vector per file
+axis, fastest first: i, j, k = the columns of ``ijk_to_lps``) and ``space origin`` (its last
+column), so the file carries the DICOM patient coordinates directly and opens in Slicer aligned
+with the original DICOM. The data are stored i fastest (the ``[k, j, i]`` array in C order),
+gzip-compressed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .case_data import CaseData, require, unique_file_names
+
+
+def _header(case: CaseData, content: str, units: str) -> dict:
+    affine = case.grid.affine
+    return {
+        "dimension": 3,
+        "space": "left-posterior-superior",
+        "space directions": np.array(affine[:3, :3].T, dtype=np.float64),  # rows: i, j, k vectors (mm)
+        "space origin": np.array(affine[:3, 3], dtype=np.float64),
+        "kinds": ["domain", "domain", "domain"],
+        "space units": ["mm", "mm", "mm"],
+        "encoding": "gzip",
+        "content": content,
+        "dosealign_case_id": case.case_id,
+        "dosealign_units": units,
+    }
+
+
+def _save(nrrd, path: Path, array: np.ndarray, header: dict) -> None:
+    nrrd.write(str(path), np.ascontiguousarray(array), header, index_order="C")
+
+
+def write_nrrd(case: CaseData, folder: Path) -> dict:
+    """Write the case's NRRD files into ``folder``; return the files written (relative paths)."""
+    nrrd = require("nrrd", "pynrrd", "nrrd")
+    folder = Path(folder)
+    _save(nrrd, folder / "ct.nrrd", case.ct, _header(case, "CT", "HU"))
+    _save(nrrd, folder / "dose.nrrd", case.dose.astype(np.float32, copy=False), _header(case, "dose", "GY"))
+    files = {"ct": "ct.nrrd", "dose": "dose.nrrd", "masks": {}}
+    if case.body is not None:
+        _save(nrrd, folder / "body.nrrd", case.body.astype(np.uint8), _header(case, "body", "mask"))
+        files["body"] = "body.nrrd"
+    if case.masks:
+        (folder / "masks").mkdir(exist_ok=True)
+        for (name, mask), file_name in zip(case.masks, unique_file_names(case.mask_names)):
+            relative = f"masks/{file_name}.nrrd"
+            _save(nrrd, folder / relative, mask.astype(np.uint8), _header(case, f"ROI {name}", "mask"))
+            files["masks"][name] = relative
+    return {"files": files, "space": "left-posterior-superior", "file_axes": ["i (column)", "j (row)", "k (slice)"]}

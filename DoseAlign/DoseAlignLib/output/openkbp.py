@@ -1,0 +1,300 @@
+"""OpenKBP-style samples: a fixed 128^3 grid around the PTV (or the dose) in OpenKBP's sparse CSV layout.
+
+OpenKBP (the AAPM 2020 dose-prediction challenge, repository ababier/open-kbp) gives each patient
+a folder of CSV files on a 128 x 128 x 128 grid, read by its ``load_file`` with
+``pandas.read_csv(path, index_col=0)``:
+
+* ``ct.csv``, ``dose.csv``: header ``,data``, then ``<flat index>,<value>`` for every voxel whose
+  value is > 0 (a sparse vector; the rest is 0). Dose is in Gy. CT values are non-negative
+  integers stored as floats, soft tissue near 1000 and air absent (0): CT numbers shifted by +1000
+  and clipped to the 12-bit range 0..4095.
+* ``<ROI>.csv`` and ``possible_dose_mask.csv``: header ``,data``, then ``<flat index>,`` (empty
+  value) for every voxel inside the mask; OpenKBP writes no file for an absent ROI.
+* ``voxel_dimensions.csv``: the three voxel sizes (mm), one per line; the slice thickness last.
+
+The flat index is C order over the array axes (row j, column i, slice k), i.e.
+``index = (j * 128 + i) * 128 + k``: OpenKBP's voxel_dimensions put the slice axis last, and its
+arrays are (row, column, slice). ``geometry.json`` (not part of OpenKBP) removes any doubt: it
+gives ``index_to_lps``, the 4x4 matrix from ``(a0, a1, a2, 1)`` in that array order to DICOM
+patient mm, DoseAlign's ``ijk_to_lps`` of the same grid, the source files and UIDs, and how the
+sample was made.
+
+The grid has the output grid's axes (the CT's), the chosen spacing, and is centred on the
+bounding box of the PTV ROIs (RTROIInterpretedType PTV, or names starting with PTV) when the case
+has any, else on the bounding box of the dose above 10 % of its maximum (``reference.custom_grid``
+with a cube box makes it). CT and dose are resampled onto it with linear interpolation (the dose
+from its native grid when the case was just computed, else from the output grid), ROI masks with
+nearest neighbour. The possible-dose mask is the case's body mask (EXTERNAL ROI, or the CT body
+outline) or, without one, the CT above -500 HU.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .. import __version__
+from ..geometry.grid import Grid, Volume
+from ..geometry.reference import custom_grid
+from ..geometry.resample import resample
+from ..options import AlignOptions, CustomBox, Interpolator, ReferenceGrid
+from .case_data import CaseData, is_target, unique_file_names
+from .files import json_text
+
+SIZE = 128
+#: Default spacing (mm, along i, j, k): a 512 x 512 x 256 mm box, like OpenKBP's sample patient
+#: pt_242 (4.688, 4.688, 2.0 mm).
+DEFAULT_SPACING = (4.0, 4.0, 2.0)
+CT_OFFSET = 1000.0
+CT_MAX = 4095.0
+#: Without a PTV the grid is centred on the dose above this fraction of its maximum.
+DOSE_BOX_FRACTION = 0.1
+#: Without a body mask the possible-dose mask is the CT above this (HU).
+BODY_THRESHOLD_HU = -500.0
+FOLDER = "openkbp"
+#: Array axes of the OpenKBP arrays, as a permutation of DoseAlign's (k, j, i) arrays.
+AXES_FROM_KJI = (1, 2, 0)
+
+
+@dataclass(frozen=True)
+class OpenKBPSettings:
+    """Spacing (mm along i, j, k), cube size (voxels per side), centre ("auto", "ptv" or "dose")."""
+
+    spacing: tuple = DEFAULT_SPACING
+    size: int = SIZE
+    centre: str = "auto"
+    ct_offset: float = CT_OFFSET
+
+    def __post_init__(self) -> None:
+        spacing = tuple(float(s) for s in self.spacing)
+        if len(spacing) == 1:
+            spacing = spacing * 3
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"OpenKBP spacing needs one or three positive values, got {self.spacing}")
+        object.__setattr__(self, "spacing", spacing)
+        if int(self.size) < 1:
+            raise ValueError(f"OpenKBP size must be positive, got {self.size}")
+        object.__setattr__(self, "size", int(self.size))
+        if self.centre not in ("auto", "ptv", "dose"):
+            raise ValueError(f"OpenKBP centre must be auto, ptv or dose, got {self.centre!r}")
+
+
+def to_openkbp_axes(array_kji: np.ndarray) -> np.ndarray:
+    """A DoseAlign ``[k, j, i]`` array in OpenKBP's (row j, column i, slice k) order."""
+    return np.transpose(array_kji, AXES_FROM_KJI)
+
+
+def index_to_lps(grid: Grid) -> np.ndarray:
+    """4x4 matrix from OpenKBP array indices ``(a0, a1, a2) = (j, i, k)`` to LPS mm."""
+    permute = np.zeros((4, 4))
+    permute[1, 0] = permute[0, 1] = permute[2, 2] = permute[3, 3] = 1.0  # (j, i, k) -> (i, j, k)
+    return grid.affine @ permute
+
+
+def _box_of(mask: np.ndarray) -> Optional[tuple]:
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def sample_grid(case: CaseData, settings: OpenKBPSettings) -> tuple:
+    """The OpenKBP grid of a case and a dict saying what it is centred on."""
+    targets = [(n, m) for n, m in case.masks if is_target(n, case.mask_types.get(n, "")) and m.any()]
+    box, centre = None, {}
+    if targets and settings.centre in ("auto", "ptv"):
+        union = np.zeros(case.grid.shape, dtype=bool)
+        for _name, mask in targets:
+            union |= mask
+        box = _box_of(union)
+        centre = {"on": "ptv", "rois": [n for n, _m in targets]}
+    elif settings.centre == "ptv":
+        raise ValueError("OpenKBP centre 'ptv' asked for, but the case has no PTV mask")
+    if box is None:
+        dose = case.dose
+        peak = float(dose.max()) if dose.size else 0.0
+        box = _box_of(dose >= DOSE_BOX_FRACTION * peak) if peak > 0 else None
+        centre = {"on": "dose", "threshold_gy": DOSE_BOX_FRACTION * peak}
+        if box is None:
+            box = (slice(None), slice(None), slice(None))
+            centre = {"on": "output grid", "reason": "no dose above 0"}
+    options = AlignOptions(
+        reference=ReferenceGrid.CUSTOM,
+        custom_spacing=settings.spacing,
+        custom_box=CustomBox.CUBE,
+        custom_size=(settings.size,) * 3,
+    )
+    region = case.grid.crop(*box)
+    grid, _how = custom_grid(case.grid, region, options)
+    centre["box_kji"] = [[s.start, s.stop] for s in box] if box[0].start is not None else None
+    centre["centre_lps"] = region.corner_points().mean(axis=0).tolist()
+    centre["grid"] = (
+        f"{settings.size}^3 voxels at {list(settings.spacing)} mm (i, j, k) on the output grid's axes, "
+        f"centred on the box above"
+    )
+    return grid, centre
+
+
+def sample_arrays(case: CaseData, settings: OpenKBPSettings) -> dict:
+    """Everything of one OpenKBP sample, dense, in DoseAlign's ``[k, j, i]`` order on the sample grid.
+
+    Returns ``{"grid", "centre", "ct" (OpenKBP CT units), "ct_hu", "dose" (Gy), "masks" [(name, bool)],
+    "possible_dose_mask", "possible_dose_source", "dose_source"}``.
+    """
+    grid, centre = sample_grid(case, settings)
+    fill = float((case.meta.get("arrays", {}).get("ct", {}) or {}).get("outside_value", -1000.0))
+    ct_hu = resample(Volume(case.ct, case.grid), grid, Interpolator.LINEAR, fill=fill)
+    ct = np.clip(np.rint(ct_hu) + settings.ct_offset, 0.0, CT_MAX).astype(np.float32)
+    if case.native_dose is not None:
+        dose = resample(case.native_dose, grid, Interpolator.LINEAR, fill=0.0)
+        dose_source = "the dose on its native grid (one interpolation)"
+    else:
+        dose = resample(Volume(case.dose, case.grid), grid, Interpolator.LINEAR, fill=0.0)
+        dose_source = "the dose on the case's output grid"
+    np.maximum(dose, 0.0, out=dose)
+    masks = []
+    for name, mask in case.masks:
+        values = resample(Volume(mask.astype(np.uint8), case.grid), grid, Interpolator.NEAREST, fill=0.0)
+        masks.append((name, values > 0.5))
+    if case.body is not None:
+        body = resample(Volume(case.body.astype(np.uint8), case.grid), grid, Interpolator.NEAREST, fill=0.0) > 0.5
+        body_source = "the case's body mask, nearest neighbour"
+        body_meta = (case.meta.get("structures") or {}).get("body") or {}
+        if body_meta.get("source"):
+            body_source += f" ({body_meta['source']})"
+    else:
+        body = ct_hu > BODY_THRESHOLD_HU
+        body_source = f"CT > {BODY_THRESHOLD_HU:g} HU (the case has no body mask)"
+    return {
+        "grid": grid,
+        "centre": centre,
+        "ct": ct,
+        "ct_hu": ct_hu,
+        "dose": dose,
+        "masks": masks,
+        "possible_dose_mask": body,
+        "possible_dose_source": body_source,
+        "dose_source": dose_source,
+    }
+
+
+def _flat(array_kji: np.ndarray) -> np.ndarray:
+    return to_openkbp_axes(array_kji).ravel(order="C")
+
+
+def _write_values(path: Path, values: np.ndarray, fmt: str) -> int:
+    index = np.flatnonzero(values > 0)
+    with open(path, "w", encoding="ascii", newline="") as handle:
+        handle.write(",data\n")
+        handle.writelines(f"{i},{fmt % v}\n" for i, v in zip(index.tolist(), values[index].tolist()))
+    return int(index.size)
+
+
+def _write_mask(path: Path, mask_flat: np.ndarray) -> int:
+    index = np.flatnonzero(mask_flat)
+    with open(path, "w", encoding="ascii", newline="") as handle:
+        handle.write(",data\n")
+        handle.writelines(f"{i},\n" for i in index.tolist())
+    return int(index.size)
+
+
+def write_openkbp(case: CaseData, folder: Path, settings: Optional[OpenKBPSettings] = None) -> dict:
+    """Write ``folder/openkbp/`` (CSV files and geometry.json); return what was written."""
+    settings = settings or OpenKBPSettings()
+    sample = sample_arrays(case, settings)
+    grid = sample["grid"]
+    out = Path(folder) / FOLDER
+    out.mkdir(parents=True, exist_ok=True)
+    spacing_ijk = grid.spacing
+    voxel_dimensions = [spacing_ijk[1], spacing_ijk[0], spacing_ijk[2]]  # array axes j, i, k
+    counts = {
+        "ct": _write_values(out / "ct.csv", _flat(sample["ct"]), "%.1f"),
+        "dose": _write_values(out / "dose.csv", _flat(sample["dose"]), "%.9g"),
+        "possible_dose_mask": _write_mask(out / "possible_dose_mask.csv", _flat(sample["possible_dose_mask"])),
+    }
+    np.savetxt(out / "voxel_dimensions.csv", np.asarray(voxel_dimensions))
+    structures, empty = {}, []
+    names = [n for n, _m in sample["masks"]]
+    for (name, mask), file_name in zip(sample["masks"], unique_file_names(names)):
+        if not mask.any():
+            empty.append(name)  # OpenKBP has no file for a ROI that is absent
+            continue
+        counts[name] = _write_mask(out / f"{file_name}.csv", _flat(mask))
+        structures[name] = f"{file_name}.csv"
+    dose_outside = sample["dose"][~sample["possible_dose_mask"]]
+    geometry = {
+        "format": "OpenKBP sparse CSV (as ababier/open-kbp provided-data) plus this geometry file",
+        "dosealign_version": __version__,
+        "case_id": case.case_id,
+        "patient_id": case.patient_id,
+        "shape": [settings.size] * 3,
+        "array_axes": ["j (row)", "i (column)", "k (slice)"],
+        "flat_index": f"C order over array_axes: index = (j * {grid.shape[2]} + i) * {grid.shape[0]} + k",
+        "index_to_lps": index_to_lps(grid).tolist(),
+        "ijk_to_lps": grid.affine.tolist(),
+        "ijk_to_ras": grid.ras_affine().tolist(),
+        "spacing_ijk_mm": spacing_ijk.tolist(),
+        "voxel_dimensions_mm": voxel_dimensions,
+        "frame_of_reference_uid": case.meta.get("frame_of_reference_uid"),
+        "centre": sample["centre"],
+        "ct": {
+            "file": "ct.csv",
+            "values": f"round(HU) + {settings.ct_offset:g}, clipped to [0, {CT_MAX:g}]; voxels <= 0 not listed",
+            "offset_hu": settings.ct_offset,
+            "interpolator": "linear",
+            "outside_ct": "the case's CT fill value (default -1000 HU, i.e. 0)",
+        },
+        "dose": {
+            "file": "dose.csv",
+            "units": (case.meta.get("dose") or {}).get("units", "GY"),
+            "values": "Gy, voxels with dose > 0 only",
+            "interpolator": "linear",
+            "source": sample["dose_source"],
+            "max_gy": float(sample["dose"].max()),
+        },
+        "possible_dose_mask": {
+            "file": "possible_dose_mask.csv",
+            "source": sample["possible_dose_source"],
+            "dose_outside_max_gy": float(dose_outside.max()) if dose_outside.size else 0.0,
+        },
+        "structures": structures,
+        "structures_empty_on_grid": empty,
+        "masks_interpolator": "nearest neighbour from the case's output grid",
+        "nonzero_counts": counts,
+        "source": case.meta.get("source", {}),
+    }
+    (out / "geometry.json").write_text(json_text(geometry), encoding="utf-8")  # last: marks the sample complete
+    names = ("ct", "dose", "possible_dose_mask", "voxel_dimensions", "geometry")
+    files = {n: f"{FOLDER}/{n}.{'json' if n == 'geometry' else 'csv'}" for n in names}
+    return {"files": files, "structures": {n: f"{FOLDER}/{f}" for n, f in structures.items()}}
+
+
+def read_sparse_csv(path: Path, size: int = SIZE) -> np.ndarray:
+    """Decode one OpenKBP CSV into a dense ``(size, size, size)`` array in OpenKBP's axis order.
+
+    Value files give float32 values; mask files (empty values) give a bool mask.
+    """
+    indices, values, is_mask = [], [], None
+    with open(path, newline="", encoding="ascii") as handle:
+        rows = csv.reader(handle)
+        next(rows)  # header ",data"
+        for row in rows:
+            if not row:
+                continue
+            indices.append(int(row[0]))
+            value = row[1] if len(row) > 1 else ""
+            if is_mask is None:
+                is_mask = value == ""
+            values.append(0.0 if is_mask else float(value))
+    dense = np.zeros(size**3, dtype=bool if is_mask in (None, True) else np.float32)
+    if indices:
+        dense[np.asarray(indices)] = True if is_mask else np.asarray(values, dtype=np.float32)
+    return dense.reshape((size, size, size))

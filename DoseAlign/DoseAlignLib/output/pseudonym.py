@@ -1,0 +1,549 @@
+"""Pseudonymized export: outputs that carry no patient identity, and a local map back to it.
+
+With ``dosealign export --pseudonymize`` every case id, file name, manifest row, meta.json and
+whatever else a case writes (qa.png title, NIfTI/NRRD/HDF5 headers, report.html, dataset.json)
+is built from pseudonyms instead of the input's identity:
+
+* a patient becomes ``P<12 hex>``: HMAC-SHA256 of its PatientID under a secret key, so the same
+  patient gets the same pseudonym in every run with the same key, and nobody without the key can
+  link it back or test a guess;
+* a case id becomes ``<patient pseudonym>_<summation type>_<8 hex>`` (no PatientID, plan label or
+  file name in it);
+* source paths become tokens, one per path component (``d<10 hex>/f<10 hex>.dcm``): folder
+  names, which often hold patient names, never reach the output;
+* UIDs become keyed-hash UIDs (``2.25.<decimal>``, stable under the key) unless ``keep_uids``;
+* patient names, IDs and every date of the input headers (in the usual spellings: 20240102,
+  2024-01-02, 02.01.2024, 01/02/2024, ...) are removed from any text that still holds them;
+* a key-less guard checks the finished meta.json before it is written and fails the case rather
+  than leak.
+
+The key file (64 hex characters, created with a random key and mode 0600 when absent) and the
+mapping file (CSV: kind, pseudonym, original; mode 0600) stay outside the shareable output
+folder; whoever holds them can link pseudonyms back to patients, files and UIDs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import os
+import re
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from ..errors import DoseAlignError
+
+KEY_BYTES = 32
+DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
+MAP_COLUMNS = ["kind", "pseudonym", "original"]
+REMOVED = "[removed]"
+#: Shorter PatientIDs, and shorter accession numbers or study IDs, are not removed from free text
+#: (they are replaced wherever they stand alone: case ids, the patient column, meta.json's patient_id).
+MIN_ID_LENGTH = 3
+MIN_OTHER_ID_LENGTH = 5
+#: Dict keys whose string values are input paths (relative to the input root).
+PATH_KEYS = {
+    "ct_files",
+    "rtdose_files",
+    "rtplan_file",
+    "rtstruct_files",
+    "summed_files",
+    "related_beam_doses",
+    "file",
+    "files",
+    "source",
+    "source_file",
+    "path",
+    "folder",
+    "ct_folder",
+}
+#: Attributes whose values identify a patient or a visit (besides every PN, DA and DT value).
+IDENTIFYING_KEYWORDS = (
+    "PatientID",
+    "OtherPatientIDs",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "MedicalRecordLocator",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "StudyID",
+)
+_UID = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){2,}(?![\w.])")
+_DICOM_DEFINED_UID = "1.2.840.10008."
+#: Names are matched as whole words; an underscore separates words ("Doe_Jane" holds "Jane").
+_NAME_START = r"(?<![A-Za-z0-9])"
+_NAME_END = r"(?![A-Za-z0-9])"
+_FILE_SUFFIXES = {".dcm", ".dicom", ".ima", ".img"}
+
+
+class PseudonymError(DoseAlignError):
+    """The key or map file cannot be used, or an output would still identify a patient."""
+
+
+# ---- the key -----------------------------------------------------------------------------------
+
+
+def load_or_create_key(path: Path) -> tuple:
+    """``(key bytes, created)``: read the hex key in ``path``, or write a new random one (mode 0600)."""
+    path = Path(path)
+    if path.exists():
+        try:
+            text = path.read_text(encoding="ascii").strip()
+            key = bytes.fromhex(text)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise PseudonymError(
+                f"cannot read the key: {error}", path=path, hint="a key file holds 64 hexadecimal characters"
+            ) from None
+        if len(key) < 16:
+            raise PseudonymError(
+                f"the key has {len(key)} bytes, at least 16 are needed", path=path, hint="delete it to get a new one"
+            )
+        return key, False
+    key = secrets.token_bytes(KEY_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise PseudonymError(f"cannot create the key file: {error}", path=path) from None
+    try:
+        os.fchmod(handle, 0o600)
+        os.write(handle, (key.hex() + "\n").encode("ascii"))
+    finally:
+        os.close(handle)
+    return key, True
+
+
+def key_is_private(path: Path) -> bool:
+    """Whether only the owner may read the key file."""
+    return not (Path(path).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+
+
+def default_paths(out_dir: Path) -> tuple:
+    """``(key file, map file)`` beside, not inside, the output folder."""
+    out_dir = Path(out_dir).absolute()
+    return out_dir.parent / DEFAULT_KEY_NAME, out_dir.parent / f"{out_dir.name}.pseudonym-map.csv"
+
+
+def check_outside(path: Path, out_dir: Path, what: str) -> None:
+    """The key and the map must not end up in the folder that is shared."""
+    path, out_dir = Path(path).absolute(), Path(out_dir).absolute()
+    if path == out_dir or out_dir in path.parents:
+        raise PseudonymError(
+            f"the {what} would be inside the output folder {out_dir}, which is meant to be shared",
+            path=path,
+            hint=f"put the {what} elsewhere",
+        )
+
+
+# ---- identity of the input ---------------------------------------------------------------------
+
+
+@dataclass
+class Identity:
+    """Everything in an input tree that identifies a patient: values to remove and values to replace."""
+
+    patient_ids: set = field(default_factory=set)
+    names: set = field(default_factory=set)  # full PN values and their components
+    dates: set = field(default_factory=set)  # YYYYMMDD
+    other: set = field(default_factory=set)  # accession numbers, other IDs
+    uids: set = field(default_factory=set)
+    paths: set = field(default_factory=set)  # relative paths (files and folders, posix)
+
+    @property
+    def identifiers(self) -> set:
+        """IDs worth removing from text: a StudyID "1" identifies nobody, and removing every "1" breaks text."""
+        return {i for i in self.patient_ids if len(i) >= MIN_ID_LENGTH} | {
+            i for i in self.other if len(i) >= MIN_OTHER_ID_LENGTH
+        }
+
+    def add_dataset(self, ds) -> None:
+        """Collect the identifying values of one header (top level, and PN/DA/DT anywhere in sequences)."""
+        for keyword in IDENTIFYING_KEYWORDS:
+            value = ds.get(keyword)
+            for item in _values(value):
+                if keyword == "PatientID":
+                    self.patient_ids.add(item)
+                else:
+                    self.other.add(item)
+        for element in _iter_elements(ds):
+            vr = getattr(element, "VR", "")
+            if vr == "PN":
+                for item in _values(element.value):
+                    self.add_name(item)
+            elif vr in ("DA", "DT"):
+                for item in _values(element.value):
+                    digits = re.sub(r"\D", "", item)[:8]
+                    if len(digits) == 8:
+                        self.dates.add(digits)
+            elif vr == "UI" and element.tag.group != 0x0002:
+                for item in _values(element.value):
+                    if not item.startswith(_DICOM_DEFINED_UID):
+                        self.uids.add(item)
+
+    def add_name(self, name: str) -> None:
+        name = name.strip()
+        if not name:
+            return
+        self.names.add(name)
+        for part in re.split(r"[\^=,\s]+", name):
+            if len(part) >= 3:
+                self.names.add(part)
+
+    def add_path(self, rel: str) -> None:
+        parts = PurePosixPath(rel).parts
+        for n in range(1, len(parts) + 1):
+            self.paths.add("/".join(parts[:n]))
+
+
+def _values(value) -> list:
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _iter_elements(ds, depth: int = 0):
+    """Elements of ``ds`` and of its sequences (not into contour or pixel-sized data)."""
+    for element in ds:
+        if element.tag == 0x7FE00010:
+            continue
+        yield element
+        if getattr(element, "VR", "") == "SQ" and depth < 4 and element.keyword not in ("ROIContourSequence",):
+            for item in element.value or []:
+                yield from _iter_elements(item, depth + 1)
+
+
+def identity_of_scan(scan, read_header=None) -> Identity:
+    """The identity of every object a scan found: UIDs and paths from the scan, values from the headers.
+
+    Headers are read for every non-CT object and for one slice of each CT series (names and dates
+    are the same across a series).
+    """
+    from ..dicom import headers as dicom_headers
+
+    read_header = read_header or dicom_headers.read_header
+    ident = Identity()
+    for obj in scan.objects:
+        ident.add_path(obj.rel_path)
+        if obj.patient_id:
+            ident.patient_ids.add(obj.patient_id)
+        ident.add_name(obj.info.get("patient_name", ""))
+        for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
+            if uid:
+                ident.uids.add(uid)
+        for key in ("plan_uids", "struct_uids", "ct_series_uids", "frame_uids", "ct_image_uids"):
+            ident.uids.update(u for u in obj.info.get(key, []) or [] if u)
+    for rel, _reason in scan.skipped:
+        ident.add_path(rel)
+    headers = [o for o in scan.objects if o.kind != "CT"] + [s.slices[0] for s in scan.ct_series if s.slices]
+    for obj in headers:
+        try:
+            ident.add_dataset(read_header(obj.path))
+        except Exception:  # a header that cannot be read again adds nothing: its scanned values are in
+            continue
+    ident.uids = {u for u in ident.uids if not u.startswith(_DICOM_DEFINED_UID)}
+    return ident
+
+
+# ---- the pseudonymizer -------------------------------------------------------------------------
+
+
+@dataclass
+class Pseudonymizer:
+    """Turns cases, rows and case results into their pseudonymous form (picklable: plain data)."""
+
+    key: bytes
+    keep_uids: bool = False
+    input_root: str = ""
+    identity: Identity = field(default_factory=Identity)
+    entries: dict = field(default_factory=dict)  # (kind, pseudonym) -> original
+    map_path: Optional[str] = None  # where :meth:`prepare` writes the mapping file
+
+    # -- pseudonyms
+    def _digest(self, kind: str, value: str) -> bytes:
+        return hmac.new(self.key, f"dosealign|{kind}|{value}".encode(), hashlib.sha256).digest()
+
+    def patient(self, patient_id: str, fallback: str = "") -> str:
+        value = patient_id or f"(no PatientID) {fallback}"
+        pseudonym = "P" + self._digest("patient", value).hex()[:12]
+        self.entries[("patient", pseudonym)] = patient_id or fallback
+        return pseudonym
+
+    def uid(self, uid: str) -> str:
+        if self.keep_uids or not uid or uid.startswith(_DICOM_DEFINED_UID):
+            return uid
+        pseudonym = "2.25." + str(int.from_bytes(self._digest("uid", uid)[:16], "big"))
+        self.entries[("uid", pseudonym)] = uid
+        return pseudonym
+
+    def path(self, rel: str) -> str:
+        """One token per path component, so files of one folder share its folder token."""
+        rel = str(rel).replace("\\", "/")
+        parts = [p for p in PurePosixPath(rel).parts if p not in ("", ".")]
+        if not parts:
+            return rel
+        tokens = []
+        for n, part in enumerate(parts):
+            prefix = "/".join(parts[: n + 1])
+            digest = self._digest("path", prefix).hex()[:10]
+            last = n == len(parts) - 1
+            suffix = PurePosixPath(part).suffix.lower() if last else ""
+            if last and suffix in _FILE_SUFFIXES:
+                tokens.append(f"f{digest}{suffix}")
+            else:
+                tokens.append(f"d{digest}" if not last or prefix in self._folders else f"f{digest}")
+            self.entries[("path", "/".join(tokens))] = prefix
+        return "/".join(tokens)
+
+    @property
+    def _folders(self) -> set:
+        folders = getattr(self, "_folder_cache", None)
+        if folders is None:
+            folders = {str(PurePosixPath(p).parent) for p in self.identity.paths} - {"."}
+            object.__setattr__(self, "_folder_cache", folders)
+        return folders
+
+    # -- preparing a batch
+    def prepare(self, scan, cases: Iterable, extra_rows: Iterable = ()) -> list:
+        """Learn the input's identity and give every case its pseudonymous id and patient.
+
+        Returns ``extra_rows`` (rows that are no case, e.g. damaged files) pseudonymized, and writes
+        the mapping file to ``map_path`` before any case is exported, so a killed run has it too.
+        """
+        self.input_root = str(scan.root)
+        self.identity = identity_of_scan(scan)
+        for rel in sorted(self.identity.paths):
+            self.path(rel)
+        if not self.keep_uids:
+            for uid in sorted(self.identity.uids):
+                self.uid(uid)
+        for case in cases:
+            original = case.case_id
+            first = case.doses[0] if case.doses else None
+            fallback = first.study_uid if first is not None else original
+            patient = self.patient(case.patient_id, fallback)
+            label = re.sub(r"[^a-z0-9]+", "", (case.summation_type or "dose").lower()) or "dose"
+            case.case_id = f"{patient}_{label}_{self._digest('case', original).hex()[:8]}"
+            case.patient_id = patient
+            self.entries[("case", case.case_id)] = original
+        rows = [self.row(r) for r in extra_rows]
+        if self.map_path:
+            self.write_map(Path(self.map_path))
+        return rows
+
+    # -- rewriting
+    def text(self, value: str) -> str:
+        """A free text with paths tokenized, UIDs hashed and identifying values removed."""
+        if not value:
+            return value
+        value = self._replace_paths(value)
+        value = _UID.sub(lambda m: self._uid_in_text(m.group(0)), value)
+        return self._redact(value)
+
+    def _uid_in_text(self, candidate: str) -> str:
+        if ("uid", candidate) in self.entries:
+            return candidate  # already a pseudonym
+        if candidate in self.identity.uids or (len(candidate) >= 10 and not candidate.startswith(_DICOM_DEFINED_UID)):
+            return self.uid(candidate)
+        return candidate
+
+    def _replace_paths(self, value: str) -> str:
+        root = self.input_root.rstrip("/")
+        candidates = []
+        if root and root in value:
+            for rel in self.identity.paths:
+                full = f"{root}/{rel}"
+                if full in value:
+                    candidates.append((full, rel))
+        for rel in self.identity.paths:
+            # single folder names only where they are unmistakably paths: quoted, or as a path start
+            if rel in value and ("/" in rel or "." in rel or f"'{rel}'" in value or f"{rel}/" in value):
+                candidates.append((rel, rel))
+        for text, rel in sorted(candidates, key=lambda c: -len(c[0])):
+            pattern = re.compile(r"(?<![\w.\-/])" + re.escape(text) + r"(?![\w\-/]|\.\w)")
+            value = pattern.sub(lambda _m, rel=rel: self.path(rel), value)
+        if root and root in value:
+            value = value.replace(root, "<input>")
+        return value
+
+    def _redact(self, value: str) -> str:
+        ident = self.identity
+        for item in sorted(ident.identifiers, key=len, reverse=True):
+            if item and item in value:
+                value = re.sub(r"(?<![A-Za-z0-9])" + re.escape(item) + r"(?![A-Za-z0-9])", REMOVED, value)
+        lowered = value.lower()
+        for name in sorted(ident.names, key=len, reverse=True):
+            if name.lower() in lowered:
+                value = re.sub(_NAME_START + re.escape(name) + _NAME_END, REMOVED, value, flags=re.I)
+                lowered = value.lower()
+        for date in ident.dates:
+            for spelling in date_spellings(date):
+                if spelling in value:
+                    value = re.sub(r"(?<![0-9])" + re.escape(spelling) + r"(?![0-9])", REMOVED, value)
+        return value
+
+    def value(self, value: Any, key: Optional[str] = None) -> Any:
+        """Rewrite a JSON-like value; strings under path keys are tokenized as paths."""
+        if isinstance(value, dict):
+            return {self._key(k): self.value(v, str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.value(v, key) for v in value]
+        if isinstance(value, str):
+            if key in PATH_KEYS and value:
+                return self._path_field(value)
+            if value in self.identity.uids and ("uid", value) not in self.entries:
+                return self.uid(value)
+            return self.text(value)
+        return value
+
+    def _key(self, key):
+        """Keys are the writers' vocabulary: only a path or UID used as a key is replaced."""
+        if isinstance(key, str):
+            if key in self.identity.paths:
+                return self.path(key)
+            if key in self.identity.uids:
+                return self.uid(key)
+        return key
+
+    def _path_field(self, value: str) -> str:
+        parts = [p for p in value.split(";")]
+        out = []
+        for part in parts:
+            stripped = part.strip()
+            root = self.input_root.rstrip("/")
+            if root and stripped.startswith(root + "/"):
+                stripped = stripped[len(root) + 1 :]
+            if stripped in self.identity.paths or stripped.endswith(tuple(_FILE_SUFFIXES)) or "/" in stripped:
+                out.append(self.path(stripped))
+            elif stripped in (".", ""):
+                out.append(stripped)
+            else:
+                out.append(self.text(stripped))
+        return ";".join(out)
+
+    def row(self, row: dict) -> dict:
+        """A manifest row without identity (its case id and patient were set by :meth:`prepare`)."""
+        out = {key: (self.value(v, key) if key not in ("case_id", "patient") else v) for key, v in row.items()}
+        case_id = str(row.get("case_id", ""))
+        if ("case", case_id) not in self.entries:  # a row that is no case (a damaged file): its id holds a name
+            prefix = case_id.split("_", 1)[0] if "_" in case_id else "row"
+            out["case_id"] = f"{prefix}_{self._digest('row', case_id).hex()[:10]}"
+            self.entries[("case", out["case_id"])] = case_id
+        if out.get("patient") and ("patient", out["patient"]) not in self.entries:
+            out["patient"] = self.patient(str(row["patient"]))
+        return out
+
+    def result(self, result) -> None:
+        """Rewrite a case result in place before anything is written: meta, arrays of text."""
+        meta = self.value(result.meta)
+        meta["case_id"] = result.case_id
+        meta["pseudonymized"] = {"uids": "kept" if self.keep_uids else "keyed hashes", "paths": "tokens"}
+        result.meta = meta
+        for name, array in list(result.extra_arrays.items()):
+            if isinstance(array, np.ndarray) and array.dtype.kind in "USO":
+                result.extra_arrays[name] = np.vectorize(lambda v: self.text(str(v)), otypes=[array.dtype])(array)
+        self.check(meta)
+
+    def check(self, meta: dict) -> None:
+        """Fail rather than leak: no identifying value may remain in the meta's values."""
+        text = "\n".join(_strings(meta))
+        leak = self.find_identity(text)
+        if leak:
+            raise PseudonymError(
+                f"pseudonymization left {leak} in meta.json; the case is not written",
+                hint="please report it",
+            )
+
+    def find_identity(self, text: str) -> str:
+        """The kind of identifying value found in ``text`` ('' when none)."""
+        ident = self.identity
+        for item in ident.identifiers:
+            if item and re.search(r"(?<![A-Za-z0-9])" + re.escape(item) + r"(?![A-Za-z0-9])", text):
+                return "a patient ID"
+        for name in ident.names:
+            if re.search(_NAME_START + re.escape(name) + _NAME_END, text, flags=re.I):
+                return "a patient name"
+        for date in ident.dates:
+            for spelling in date_spellings(date):
+                if re.search(r"(?<![0-9])" + re.escape(spelling) + r"(?![0-9])", text):
+                    return "a date"
+        if not self.keep_uids:
+            for uid in _UID.findall(text):
+                if uid in ident.uids:
+                    return "a UID"
+        return ""
+
+    # -- the map
+    def write_map(self, path: Path) -> Path:
+        """Write (merging with what is there) the mapping file, mode 0600."""
+        path = Path(path)
+        rows = {}
+        if path.is_file():
+            with open(path, newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle):
+                    rows[(row["kind"], row["pseudonym"])] = row["original"]
+        rows.update(self.entries)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(MAP_COLUMNS)
+        for (kind, pseudonym), original in sorted(rows.items()):
+            writer.writerow([kind, pseudonym, original])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        handle = os.open(str(temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(handle, 0o600)
+            os.write(handle, buffer.getvalue().encode("utf-8"))
+        finally:
+            os.close(handle)
+        os.replace(temp, path)
+        return path
+
+
+def _strings(value) -> Iterable[str]:
+    """Every string value (not key) in a JSON-like value."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def date_spellings(date: str) -> list:
+    """The common spellings of a YYYYMMDD date."""
+    y, m, d = date[:4], date[4:6], date[6:8]
+    return sorted(
+        {
+            date,
+            f"{y}-{m}-{d}",
+            f"{y}/{m}/{d}",
+            f"{y}.{m}.{d}",
+            f"{d}.{m}.{y}",
+            f"{d}/{m}/{y}",
+            f"{m}/{d}/{y}",
+            f"{d}-{m}-{y}",
+            f"{m}-{d}-{y}",
+        }
+    )
+
+
+def make_pseudonymizer(out_dir: Path, key_file: Optional[Path], keep_uids: bool, map_file: Optional[Path]) -> tuple:
+    """``(Pseudonymizer, key path, map path, key created)`` for an export into ``out_dir``."""
+    default_key, default_map = default_paths(out_dir)
+    key_path = Path(key_file) if key_file else default_key
+    map_path = Path(map_file) if map_file else default_map
+    check_outside(key_path, out_dir, "key file")
+    check_outside(map_path, out_dir, "pseudonym map")
+    key, created = load_or_create_key(key_path)
+    pseudonymizer = Pseudonymizer(key=key, keep_uids=keep_uids, map_path=str(map_path))
+    return pseudonymizer, key_path, map_path, created

@@ -1,0 +1,387 @@
+"""The per-case picture ``qa.png``: axial, coronal and sagittal slices through Dmax.
+
+CT in grey, the dose as a colour wash with isodose lines (levels in % of the prescription when
+the RTPLAN gives one, else of the output Dmax), structure outlines in their ROI colours, a
+legend, a 5-50 mm scale bar and orientation letters, and a title with the case id and the audit
+flags. Views are taken along the output grid's own axes and named by the patient axis each axis
+runs closest to; they are flipped so that anterior / superior is up and the patient's right is on
+the viewer's left (radiological convention; sagittal: anterior on the left).
+
+matplotlib is optional (``pip install dosealign[qa]``) and imported only inside the functions,
+with the Agg backend, so the engine runs headless and without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..audit.stats import AT_MAX_FRACTION, dmax_index
+from ..geometry.grid import Volume
+
+logger = logging.getLogger(__name__)
+
+#: Isodose levels (% of the reference dose).
+ISODOSE_PCT = (30, 50, 70, 90, 95, 100, 105)
+ISODOSE_COLORS = ("#3050ff", "#00b0ff", "#00d060", "#f0e000", "#ff9000", "#ff2020", "#ff00ff")
+#: CT grey window (HU).
+CT_WINDOW = (-500.0, 700.0)
+#: Dose below this fraction of the reference is not colour-washed.
+WASH_FROM = 0.1
+#: At most this many ROIs get an entry in the legend (all are outlined).
+LEGEND_ROIS = 16
+#: Views are cropped to the washed dose (and Dmax) plus this margin (mm).
+CROP_MARGIN_MM = 15.0
+_PATIENT_AXES = "xyz"
+_LETTERS = {"x": ("R", "L"), "y": ("A", "P"), "z": ("I", "S")}  # (minus end, plus end) in LPS
+
+
+def matplotlib_available() -> bool:
+    """True when matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _dominant(direction: np.ndarray) -> tuple:
+    """Patient axis ("x", "y", "z") a direction runs closest to, and the sign of that component."""
+    a = int(np.argmax(np.abs(direction)))
+    return _PATIENT_AXES[a], 1.0 if direction[a] >= 0 else -1.0
+
+
+def _views(volume: Volume) -> list:
+    """For each view: name, fixed array axis, (vertical axis, flip), (horizontal axis, flip)."""
+    direction = volume.grid.direction  # columns i, j, k
+    array_dir = {0: direction[:, 2], 1: direction[:, 1], 2: direction[:, 0]}  # array axes k, j, i
+    normals = {a: _dominant(array_dir[a])[0] for a in range(3)}
+    # each patient axis gets the array axis most parallel to it, without reuse
+    used, fixed_for = set(), {}
+    for name, patient in (("axial", "z"), ("coronal", "y"), ("sagittal", "x")):
+        p = _PATIENT_AXES.index(patient)
+        candidates = [a for a in range(3) if a not in used]
+        best = max(candidates, key=lambda a: (normals[a] == patient, abs(array_dir[a][p])))
+        used.add(best)
+        fixed_for[name] = best
+    views = []
+    layout = {"axial": ("y", "x"), "coronal": ("z", "x"), "sagittal": ("z", "y")}
+    for name, fixed in fixed_for.items():
+        rest = [a for a in range(3) if a != fixed]
+        want_v, want_h = layout[name]
+        pv, ph = _PATIENT_AXES.index(want_v), _PATIENT_AXES.index(want_h)
+        vertical = max(rest, key=lambda a: abs(array_dir[a][pv]))
+        horizontal = rest[0] if rest[1] == vertical else rest[1]
+        # screen rows grow downwards: up must be anterior (-y) or superior (+z)
+        v_sign = np.sign(array_dir[vertical][pv]) or 1.0
+        flip_v = v_sign > 0 if want_v == "z" else v_sign < 0
+        h_sign = np.sign(array_dir[horizontal][ph]) or 1.0
+        flip_h = h_sign < 0  # patient left (+x) / posterior (+y) to the right
+        views.append((name, fixed, (vertical, bool(flip_v), want_v), (horizontal, bool(flip_h), want_h)))
+    return views
+
+
+def _cut(array: np.ndarray, fixed: int, index: int, vertical: tuple, horizontal: tuple) -> np.ndarray:
+    """The 2-D plane of a (K, J, I) array, oriented for the screen (rows = vertical).
+
+    A view when it can be (basic indexing: np.take would first copy a non-contiguous input whole).
+    """
+    plane = array[(slice(None),) * fixed + (int(index),)]
+    return _orient(plane, fixed, vertical, horizontal)
+
+
+def _orient(plane: np.ndarray, fixed: int, vertical: tuple, horizontal: tuple) -> np.ndarray:
+    """A plane with the two array axes other than ``fixed`` (in order), turned for the screen."""
+    rest = [a for a in range(3) if a != fixed]
+    if rest.index(vertical[0]) == 1:
+        plane = plane.T
+    if vertical[1]:
+        plane = plane[::-1]
+    if horizontal[1]:
+        plane = plane[:, ::-1]
+    return plane
+
+
+def _cut_masks(packed: np.ndarray, n_columns: int, fixed: int, index: int) -> np.ndarray:
+    """One plane of bit-packed masks ``(N, K, J, ceil(I/8))`` as ``(N, ...)`` bool, unpacking only it."""
+    if fixed == 0:
+        return np.unpackbits(packed[:, index], axis=-1, count=n_columns).astype(bool)
+    if fixed == 1:
+        return np.unpackbits(packed[:, :, index], axis=-1, count=n_columns).astype(bool)
+    return ((packed[:, :, :, index // 8] >> (7 - index % 8)) & 1).astype(bool)
+
+
+def render_qa_png(
+    path: Path,
+    ct: Volume,
+    dose: Volume,
+    *,
+    masks_packed: Optional[np.ndarray] = None,
+    roi_names: Sequence[str] = (),
+    roi_colors: Sequence[Optional[Sequence[int]]] = (),
+    title: str = "",
+    subtitle: str = "",
+    flags: Sequence[str] = (),
+    reference_dose_gy: Optional[float] = None,
+    reference_label: str = "Dmax",
+    dmax_at: Optional[Sequence[int]] = None,
+) -> Path:
+    """Render the three orthogonal views through the output Dmax into a PNG file.
+
+    Parameters
+    ----------
+    path : Path
+        The PNG to write.
+    ct, dose : Volume
+        CT (HU) and dose (Gy) on the same grid, ``(K, J, I)``.
+    masks_packed : (N, K, J, ceil(I/8)) uint8 array, optional
+        Bit-packed binary masks (pair.npz's ``masks``).
+    roi_names, roi_colors : sequences of length N
+        ROI names and RGB 0-255 colours (None: a default colour).
+    title, subtitle : str
+        First and second title lines; ``flags`` are appended to the title.
+    reference_dose_gy : float, optional
+        100 % of the isodose levels; the output Dmax when not given.
+    reference_label : str
+        What the reference is ("prescription" or "Dmax"), for the legend.
+    dmax_at : (k, j, i) ints, optional
+        :func:`~DoseAlignLib.audit.stats.dmax_index` of the dose when already known (the audit's ``dmax_index``).
+
+    Returns
+    -------
+    Path
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    path = Path(path)
+    dose_array = dose.array
+    slice_max = dose_array.max(axis=(1, 2))  # one pass; the rest reads a few slices
+    dmax = float(slice_max.max())
+    reference = float(reference_dose_gy or dmax or 1.0)
+    index = tuple(int(v) for v in dmax_at) if dmax_at is not None else None
+    if index is not None and not _holds_dmax(dose_array, index, dmax):  # a stale hint: locate it here
+        index = None
+    if index is None:
+        index = dmax_index(dose_array, slice_max)
+    spacing_of_axis = {0: float(dose.grid.spacing[2]), 1: float(dose.grid.spacing[1]), 2: float(dose.grid.spacing[0])}
+    box = _crop_box(dose_array, index, WASH_FROM * reference, spacing_of_axis, slice_max)
+    n_rois = 0 if masks_packed is None else int(masks_packed.shape[0])
+    colors = _roi_colors(n_rois, roi_colors, matplotlib.colormaps["tab20"])
+
+    fig = Figure(figsize=(17, 6.4), dpi=100)
+    axes = fig.subplots(1, 3)
+    fig.subplots_adjust(left=0.01, right=0.83, top=0.86, bottom=0.03, wspace=0.05)
+    wash = None
+    levels = [reference * p / 100.0 for p in ISODOSE_PCT]
+    for ax, (name, fixed, vertical, horizontal) in zip(axes, _views(dose)):
+        at = int(index[fixed])
+        crop = tuple(slice(None) if a == fixed else box[a] for a in range(3))
+        ct_plane = _cut(ct.array[crop], fixed, at, vertical, horizontal).astype(np.float32)
+        dose_plane = _cut(dose_array[crop], fixed, at, vertical, horizontal)
+        sv, sh = spacing_of_axis[vertical[0]], spacing_of_axis[horizontal[0]]
+        rows, cols = dose_plane.shape
+        extent = (-0.5 * sh, (cols - 0.5) * sh, (rows - 0.5) * sv, -0.5 * sv)
+        ax.imshow(ct_plane, cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], extent=extent, interpolation="nearest")
+        shown = np.ma.masked_less(dose_plane, WASH_FROM * reference)
+        wash = ax.imshow(
+            shown, cmap="jet", vmin=0.0, vmax=1.1 * reference, alpha=0.35, extent=extent, interpolation="nearest"
+        )
+        x = np.arange(cols) * sh
+        y = np.arange(rows) * sv
+        if rows > 1 and cols > 1 and dmax > 0:
+            present = [(lv, c) for lv, c in zip(levels, ISODOSE_COLORS) if dose_plane.min() < lv <= dose_plane.max()]
+            if present:
+                ax.contour(
+                    x, y, dose_plane, levels=[p[0] for p in present], colors=[p[1] for p in present], linewidths=1.0
+                )
+        if n_rois and rows > 1 and cols > 1:
+            planes = _cut_masks(masks_packed, dose_array.shape[2], fixed, at)
+            in_plane = tuple(box[a] for a in range(3) if a != fixed)
+            for n in range(n_rois):
+                oriented = _orient(planes[n][in_plane], fixed, vertical, horizontal)
+                if oriented.any() and not oriented.all():
+                    ax.contour(x, y, oriented.astype(np.float32), levels=[0.5], colors=[colors[n]], linewidths=1.3)
+        starts = [box[a].start for a in range(3)]
+        local = tuple(index[a] - starts[a] for a in range(3))
+        dv, dh = _screen_position(local, fixed, vertical, horizontal, dose_array[box].shape)
+        ax.plot([dh * sh], [dv * sv], marker="+", color="white", markersize=14, markeredgewidth=2)
+        ax.plot([dh * sh], [dv * sv], marker="+", color="black", markersize=10, markeredgewidth=1)
+        _decorate(ax, name, at, fixed, vertical, horizontal, extent)
+    full_title = title + (f"   flags: {', '.join(flags)}" if flags else "   no flags")
+    fig.suptitle(full_title, fontsize=13, fontweight="bold", color="#b00000" if flags else "#006000", y=0.985)
+    if subtitle:
+        fig.text(0.5, 0.915, subtitle, ha="center", fontsize=10)
+    handles = [
+        Line2D([0], [0], color=c, lw=2, label=f"{p} % ({reference * p / 100:.3g} Gy)")
+        for p, c in zip(ISODOSE_PCT, ISODOSE_COLORS)
+    ]
+    handles.append(Line2D([0], [0], marker="+", color="black", lw=0, markersize=10, label=f"Dmax {dmax:.4g} Gy"))
+    for n in range(min(n_rois, LEGEND_ROIS)):
+        label = roi_names[n] if n < len(roi_names) else f"ROI {n}"
+        handles.append(Line2D([0], [0], color=colors[n], lw=2, label=str(label)[:24]))
+    if n_rois > LEGEND_ROIS:
+        handles.append(Line2D([0], [0], color="none", label=f"... {n_rois - LEGEND_ROIS} more ROIs"))
+    fig.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(0.835, 0.87),
+        fontsize=8,
+        title=f"isodose (% of {reference_label})",
+        title_fontsize=8,
+        frameon=False,
+    )
+    if wash is not None:
+        cax = fig.add_axes((0.952, 0.08, 0.01, 0.75))
+        bar = fig.colorbar(wash, cax=cax)
+        bar.set_label("dose (Gy)", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", facecolor="white")
+    return path
+
+
+def _holds_dmax(dose: np.ndarray, index: tuple, dmax: float) -> bool:
+    """Whether ``index`` is inside ``dose`` and at Dmax (within :data:`.audit.AT_MAX_FRACTION`)."""
+    if len(index) != 3 or any(not 0 <= v < n for v, n in zip(index, dose.shape)):
+        return False
+    return bool(dose[index] >= dmax * (1 - AT_MAX_FRACTION)) if dmax > 0 else True
+
+
+def _crop_box(
+    dose: np.ndarray, index: tuple, threshold: float, spacing_of_axis: dict, slice_max: Optional[np.ndarray] = None
+) -> tuple:
+    """Slices ``(k, j, i)`` around the dose above ``threshold`` and Dmax, plus a margin of CROP_MARGIN_MM.
+
+    The rows and columns above the threshold come from the maximum over the slices that reach it
+    (``slice_max``: each slice's maximum), not from a bool copy of the whole dose.
+    """
+    if slice_max is None:
+        slice_max = dose.max(axis=(1, 2))
+    ks = np.flatnonzero(slice_max >= threshold)
+    if ks.size:
+        above = dose[int(ks[0]) : int(ks[-1]) + 1].max(axis=0) >= threshold  # (J, I)
+        hits = [ks, np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))]
+    else:
+        hits = [ks, ks, ks]
+    box = []
+    for axis in range(3):
+        hit = hits[axis]
+        lo = min(int(hit[0]), index[axis]) if hit.size else 0
+        hi = max(int(hit[-1]), index[axis]) if hit.size else dose.shape[axis] - 1
+        margin = int(np.ceil(CROP_MARGIN_MM / spacing_of_axis[axis]))
+        box.append(slice(max(lo - margin, 0), min(hi + margin, dose.shape[axis] - 1) + 1))
+    return tuple(box)
+
+
+def _roi_colors(n_rois: int, roi_colors: Sequence, cycle) -> list:
+    """RGB (0-1) per ROI: its own colour, or a distinct one when missing or already taken."""
+    colors, seen = [], set()
+    for n in range(n_rois):
+        rgb = tuple(roi_colors[n]) if n < len(roi_colors) and roi_colors[n] else None
+        if rgb is None or rgb in seen:
+            colors.append(cycle(n % 20))
+        else:
+            seen.add(rgb)
+            colors.append(tuple(c / 255.0 for c in rgb))
+    return colors
+
+
+def _screen_position(index: tuple, fixed: int, vertical: tuple, horizontal: tuple, shape: tuple) -> tuple:
+    v = index[vertical[0]]
+    h = index[horizontal[0]]
+    if vertical[1]:
+        v = shape[vertical[0]] - 1 - v
+    if horizontal[1]:
+        h = shape[horizontal[0]] - 1 - h
+    return float(v), float(h)
+
+
+def _decorate(ax, name: str, at: int, fixed: int, vertical: tuple, horizontal: tuple, extent: tuple) -> None:
+    """Panel title, orientation letters and a scale bar."""
+    axis_name = "kji"[fixed]
+    ax.set_title(f"{name} ({axis_name} = {at})", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    left, right, bottom, top = extent
+    width, height = right - left, bottom - top
+    minus, plus = _LETTERS[vertical[2]]
+    up, down = (plus, minus) if vertical[2] == "z" else (minus, plus)
+    h_minus, h_plus = _LETTERS[horizontal[2]]
+    style = {"color": "yellow", "fontsize": 11, "fontweight": "bold", "ha": "center", "va": "center"}
+    ax.text(left + width / 2, top + 0.04 * height, up, **style)
+    ax.text(left + width / 2, bottom - 0.04 * height, down, **style)
+    ax.text(left + 0.03 * width, top + height / 2, h_minus, **style)
+    ax.text(right - 0.03 * width, top + height / 2, h_plus, **style)
+    bar = next((b for b in (50, 20, 10, 5, 2, 1) if b <= 0.3 * width), 1)
+    x0 = left + 0.05 * width
+    y0 = bottom - 0.07 * height
+    ax.plot([x0, x0 + bar], [y0, y0], color="white", lw=3, solid_capstyle="butt")
+    ax.text(x0, y0 - 0.025 * height, f"{bar} mm", color="white", fontsize=9, ha="left", va="bottom")
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+
+
+def render_case(result, path: Path) -> Path:
+    """``qa.png`` of a :class:`~DoseAlignLib.pipeline.CaseResult` (masks, flags and Dmax from its meta)."""
+    meta = result.meta
+    audit = meta.get("audit") or {}
+    structures = meta.get("structures") or {}
+    flags = [f["flag"] for f in audit.get("flags", [])]
+    dose_audit = audit.get("dose") or {}
+    native = (dose_audit.get("native") or {}).get("dmax_gy")
+    output_summary = dose_audit.get("output") or {}
+    output = output_summary.get("dmax_gy")
+    if output is None:
+        output = float(result.dose.array.max())
+    prescription = audit.get("prescription_gy")
+    subtitle = f"Dmax output {output:.4g} Gy" + (f", native {native:.4g} Gy" if native is not None else "")
+    worst = audit.get("worst_dvh_delta")
+    if worst:
+        subtitle += f"; worst DVH delta {worst['delta_gy']:+.3g} Gy ({worst['roi']} {worst['point']})"
+    subtitle += f"; {meta.get('resampling', {}).get('interpolator', '')} onto {meta.get('resampling', {}).get('reference_grid', '')}"
+    colors = [r.get("color") for r in structures.get("rois", [])]
+    return render_qa_png(
+        path,
+        result.ct,
+        result.dose,
+        masks_packed=result.extra_arrays.get("masks"),
+        roi_names=structures.get("names", []),
+        roi_colors=colors,
+        title=str(result.case_id),
+        subtitle=subtitle,
+        flags=flags,
+        reference_dose_gy=prescription,
+        reference_label="prescription" if prescription else "Dmax",
+        dmax_at=output_summary.get("dmax_index"),
+    )
+
+
+def qa_png_writer(result) -> Callable[[Path], None]:
+    """A writer for the case's temporary output folder: renders ``qa.png`` there.
+
+    It records the outcome in ``result.meta["qa_png"]`` and never raises: without matplotlib,
+    or when rendering fails, the case is still written, with the reason.
+    """
+
+    def write(folder: Path) -> None:
+        if not matplotlib_available():
+            result.meta["qa_png"] = {
+                "written": False,
+                "reason": "matplotlib is not installed (pip install 'dosealign[qa]')",
+            }
+            return
+        try:
+            render_case(result, Path(folder) / "qa.png")
+            result.meta["qa_png"] = {"written": True, "file": "qa.png"}
+        except Exception as error:  # a picture must never cost the case
+            logger.warning("qa.png of %s failed: %s", result.case_id, error, exc_info=True)
+            result.meta["qa_png"] = {"written": False, "reason": f"{type(error).__name__}: {error}"}
+
+    return write

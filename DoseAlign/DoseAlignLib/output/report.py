@@ -1,0 +1,141 @@
+"""The per-batch ``report.html``: one table row per case, with a thumbnail linking to its qa.png.
+
+A single self-contained HTML file next to manifest.csv; links are relative, so it opens from
+disk (``file://``) with no server and keeps working when the output folder is moved. Every piece
+of text from the data (case ids, reasons, ROI names, flags) is escaped with :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Optional, Sequence
+from urllib.parse import quote
+
+from .. import __version__
+from .files import write_text_atomic
+
+#: What each audit flag means, for the legend under the table.
+FLAG_MEANINGS = {
+    "dmax_changed": "Dmax on the output grid differs from the native Dmax by more than the threshold",
+    "dose_outside_grid": "part of the integral dose lies outside the output grid (lost to the pair)",
+    "integral_changed": "integral dose inside the output grid changed on resampling",
+    "dose_grid_edge": "the native dose grid's outer faces carry dose: the grid cuts through the dose",
+    "dvh_changed": "an ROI's DVH point differs between the native and the output grid",
+    "roi_outside_dose_grid": "part of an ROI lies outside the native dose grid (0 Gy there on the output grid)",
+    "roi_volume_mismatch": "an ROI's mask volume differs from the volume of its contours",
+    "beam_sum_mismatch": "the sum of the BEAM doses differs from the PLAN dose",
+    "ct_regularized": "the CT had uneven slices or gantry tilt and was resampled onto a regular grid",
+    "dose_grid_warning": "the dose grid's header needed a warning (see meta.json)",
+}
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #bbb; padding: 4px 8px; vertical-align: top; text-align: left; }
+th { background: #eee; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.ok td.status { color: #060; font-weight: bold; }
+tr.failed td.status { color: #b00; font-weight: bold; }
+tr.skipped td.status { color: #a60; font-weight: bold; }
+span.flag { display: inline-block; background: #fdd; color: #900; border-radius: 3px; padding: 0 4px; margin: 1px; }
+span.noflag { color: #060; }
+img.thumb { width: 360px; border: 1px solid #999; }
+"""
+
+
+def _cell(value: object) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _flags_html(flags: str) -> str:
+    codes = [f for f in (flags or "").split(";") if f]
+    if not codes:
+        return '<span class="noflag">none</span>'
+    return " ".join(f'<span class="flag" title="{_cell(FLAG_MEANINGS.get(c, ""))}">{_cell(c)}</span>' for c in codes)
+
+
+def _thumbnail(out_dir: Path, case_id: str) -> str:
+    if not (out_dir / case_id / "qa.png").is_file():
+        return "(no picture)"
+    href = f"{quote(case_id)}/qa.png"
+    return (
+        f'<a href="{_cell(href)}"><img class="thumb" src="{_cell(href)}" '
+        f'alt="{_cell("qa.png of " + case_id)}" loading="lazy"></a>'
+    )
+
+
+def report_html(rows: Sequence[dict], out_dir: Path, *, title: str = "DoseAlign export", source: str = "") -> str:
+    """The HTML text of the report for manifest ``rows`` whose case folders are in ``out_dir``.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Manifest rows (``case_id``, ``status``, ``reason``, and the audit columns ``audit_flags``,
+        ``dmax_native_gy``, ``dmax_output_gy``, ``worst_dvh_delta_gy``, ``worst_dvh_roi``).
+    out_dir : Path
+        The export folder (thumbnails are looked up as ``<case_id>/qa.png`` in it).
+    title, source : str
+        Page title and a line naming the input.
+
+    Returns
+    -------
+    str
+    """
+    out_dir = Path(out_dir)
+    counts = {s: sum(1 for r in rows if r.get("status") == s) for s in ("ok", "failed", "skipped")}
+    flagged = sum(1 for r in rows if r.get("audit_flags"))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_cell(title)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{_cell(title)}</h1>",
+        f"<p>{_cell(source)}</p>" if source else "",
+        f'<p id="summary">{len(rows)} case{"" if len(rows) == 1 else "s"}: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped; '
+        # no wall-clock time: the same export gives the same bytes (a resumed or repeated run equals a clean one)
+        f"{flagged} with audit flags. Written by DoseAlign {_cell(__version__)}. "
+        'Details per case in <a href="manifest.csv">manifest.csv</a> and each case\'s meta.json.</p>',
+        '<table id="cases"><thead><tr>',
+        "<th>case</th><th>status</th><th>flags</th><th>Dmax native (Gy)</th><th>Dmax output (Gy)</th>"
+        "<th>worst DVH delta (Gy)</th><th>QA picture</th>",
+        "</tr></thead><tbody>",
+    ]
+    for row in rows:
+        case_id = str(row.get("case_id", ""))
+        status = str(row.get("status", ""))
+        folder_link = ""
+        if (out_dir / case_id / "meta.json").is_file():
+            folder_link = f'<br><a href="{_cell(quote(case_id) + "/meta.json")}">meta.json</a>'
+        reason = f"<br><small>{_cell(row.get('reason'))}</small>" if row.get("reason") else ""
+        worst = _cell(row.get("worst_dvh_delta_gy"))
+        if row.get("worst_dvh_roi"):
+            worst += f"<br><small>{_cell(row.get('worst_dvh_roi'))}</small>"
+        parts.append(
+            f'<tr class="{_cell(status)}">'
+            f"<td>{_cell(case_id)}{folder_link}</td>"
+            f'<td class="status">{_cell(status)}{reason}</td>'
+            f"<td>{_flags_html(str(row.get('audit_flags') or ''))}</td>"
+            f'<td class="num">{_cell(row.get("dmax_native_gy"))}</td>'
+            f'<td class="num">{_cell(row.get("dmax_output_gy"))}</td>'
+            f'<td class="num">{worst}</td>'
+            f"<td>{_thumbnail(out_dir, case_id) if status == 'ok' else ''}</td>"
+            "</tr>"
+        )
+    parts.append("</tbody></table>")
+    parts.append("<h2>Flags</h2><dl>")
+    for code, meaning in FLAG_MEANINGS.items():
+        parts.append(f"<dt><code>{_cell(code)}</code></dt><dd>{_cell(meaning)}</dd>")
+    parts.append("</dl><p>Thresholds: see each case's meta.json (audit.thresholds) and the README.</p>")
+    parts.append("</body></html>")
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def write_report(
+    out_dir: Path, rows: Sequence[dict], *, title: str = "DoseAlign export", source: Optional[str] = None
+) -> Path:
+    """Write ``out_dir/report.html`` (atomically) for the manifest ``rows``; return its path."""
+    out_dir = Path(out_dir)
+    path = out_dir / "report.html"
+    write_text_atomic(path, report_html(rows, out_dir, title=title, source=source or ""))
+    return path

@@ -1,0 +1,73 @@
+"""ROI names: the ``--roi-map`` file and names made unique within a case.
+
+Matching is case-insensitive and ignores surrounding blanks; the map's keys are the names used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ..dicom.rtstruct import RoiContours
+
+
+def load_roi_map(path: Union[str, Path]) -> dict:
+    """Read a ``--roi-map`` JSON file: ``{"PTV70": ["PTV_70", "ptv70"], ...}``.
+
+    Each key is the name to use; its value is an alias or a list of aliases. Matching is
+    case-insensitive and ignores surrounding blanks. Raises ``ValueError`` naming the problem.
+    """
+    path = Path(path)
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--roi-map {path}: cannot be read as JSON ({error})") from None
+    roi_name_lookup(mapping, where=str(path))
+    return {str(k): ([v] if isinstance(v, str) else [str(a) for a in v]) for k, v in mapping.items()}
+
+
+def roi_name_lookup(mapping: dict, where: str = "roi map") -> dict:
+    """``{lower-case alias or name: canonical name}`` of an ROI map; ``ValueError`` on conflicts."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{where}: expected a JSON object of name -> [aliases]")
+    lookup: dict = {}
+    for canonical, aliases in mapping.items():
+        if isinstance(aliases, str):
+            aliases = [aliases]
+        if not isinstance(aliases, (list, tuple)) or not all(isinstance(a, str) for a in aliases):
+            raise ValueError(f"{where}: the aliases of {canonical!r} must be a string or a list of strings")
+        for alias in [canonical, *aliases]:
+            key = alias.strip().lower()
+            if key in lookup and lookup[key] != canonical:
+                raise ValueError(f"{where}: {alias!r} maps to both {lookup[key]!r} and {canonical!r}")
+            lookup[key] = canonical
+    return lookup
+
+
+def harmonise_names(rois: Sequence[RoiContours], mapping: Optional[dict] = None) -> list:
+    """Rename ROIs by ``mapping`` (see :func:`load_roi_map`) and make the names unique.
+
+    A later ROI whose name is already taken becomes ``name_2``, ``name_3``, ... (a note says so).
+    Only ROIs that give a mask take part in the uniqueness check. Returns notes for the caller.
+    """
+    lookup = roi_name_lookup(mapping) if mapping else {}
+    taken: dict = {}
+    notes = []
+    for roi in rois:
+        new = lookup.get(roi.original_name.strip().lower(), roi.original_name)
+        if new != roi.original_name:
+            roi.notes.append(f"renamed from {roi.original_name!r} by the ROI map")
+        if roi.skipped is None:
+            key = new.lower()
+            if key in taken:
+                n = 2
+                while f"{new}_{n}".lower() in taken:
+                    n += 1
+                notes.append(f"{roi.source}: ROI {roi.number} {new!r} renamed {new}_{n} (name already used)")
+                roi.notes.append(f"name {new!r} already used by {taken[key]}; renamed {new}_{n}")
+                new = f"{new}_{n}"
+                key = new.lower()
+            taken[key] = f"{roi.source} ROI {roi.number}"
+        roi.name = new
+    return notes

@@ -1,0 +1,182 @@
+"""A PyTorch-style dataset over a DoseAlign export folder or its ``dataset.h5``.
+
+PyTorch is optional: this module does not import it. :class:`DoseAlignDataset` is a plain
+map-style dataset (``len`` and indexing), which ``torch.utils.data.DataLoader`` takes as it is;
+torch is imported on the first sample only when ``as_tensors=True`` (the default).
+
+Each sample is a dict::
+
+    case_id, patient_id       str
+    ct                        (1, K, J, I) float32, HU
+    dose                      (1, K, J, I) float32, Gy
+    masks                     (N, K, J, I) bool, one channel per ROI (N may be 0)
+    mask_names                list of N ROI names
+    body                      (1, K, J, I) bool (only when the case has a body mask)
+    ijk_to_lps, ijk_to_ras    (4, 4) float64: voxel (i, j, k) centre -> patient mm
+    spacing                   (3,) float64, mm along i, j, k
+    meta                      the case's meta.json (dict)
+
+Grids differ between cases unless the export used a fixed custom grid (``--reference custom
+--box cube``), so batch with ``batch_size=1`` or a collate function of your own.
+
+Example::
+
+    from torch.utils.data import DataLoader
+    from DoseAlignLib.api import DoseAlignDataset
+
+    train = DoseAlignDataset("OUT/dataset.h5", split="training")   # or DoseAlignDataset("OUT")
+    for sample in DataLoader(train, batch_size=1, shuffle=True, collate_fn=lambda batch: batch[0]):
+        ct, dose = sample["ct"], sample["dose"]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .output.case_data import CaseData, require
+from .output.datalist import DATALIST_FILE, split_by_patient
+from .output.hdf5 import DATASET_FILE
+
+
+class DoseAlignDataset:
+    """Cases of an export folder (pair.npz + meta.json) or of a dataset.h5, one sample per case.
+
+    Parameters
+    ----------
+    source : path
+        An export folder (its ``manifest.csv`` lists the cases; status ok only) or a
+        ``dataset.h5`` file.
+    split : "training", "validation" or None
+        Only the cases of that split: from ``dataset.h5``'s attributes, the folder's
+        ``dataset.json``, or else computed by :func:`~DoseAlignLib.output.datalist.split_by_patient` with
+        ``seed`` and ``validation_fraction``.
+    as_tensors : bool
+        Return torch tensors (imports torch) instead of numpy arrays.
+    transform : callable, optional
+        Applied to each sample dict before it is returned.
+    """
+
+    def __init__(
+        self,
+        source,
+        split: Optional[str] = None,
+        *,
+        as_tensors: bool = True,
+        transform: Optional[Callable] = None,
+        seed: int = 0,
+        validation_fraction: float = 0.2,
+    ) -> None:
+        if split not in (None, "training", "validation"):
+            raise ValueError(f"split must be 'training', 'validation' or None, got {split!r}")
+        self.source = Path(source)
+        self.as_tensors = as_tensors
+        self.transform = transform
+        self._h5 = None
+        self._h5_pid = None
+        if self.source.is_file():
+            self.kind = "hdf5"
+            h5py = require("h5py", "h5py", "hdf5")
+            with h5py.File(self.source, "r") as handle:
+                ids = [_text(v) for v in handle.attrs.get("case_ids", list(handle.keys()))]
+                chosen = ids if split is None else [_text(v) for v in handle.attrs.get(split, [])]
+        elif self.source.is_dir():
+            self.kind = "folder"
+            patients = _manifest_cases(self.source)
+            ids = list(patients)
+            chosen = ids if split is None else _folder_split(self.source, patients, split, seed, validation_fraction)
+        else:
+            raise FileNotFoundError(f"{self.source}: neither an export folder nor a {DATASET_FILE} file")
+        self.case_ids = [c for c in ids if c in set(chosen)]
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        case_id = self.case_ids[index]
+        sample = self._read_h5(case_id) if self.kind == "hdf5" else self._read_folder(case_id)
+        if self.as_tensors:
+            torch = require("torch", "torch", "torch dataset")
+            sample = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in sample.items()}
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+    # ---- readers ----------------------------------------------------------------------------
+
+    def _read_folder(self, case_id: str) -> dict:
+        case = CaseData.from_folder(self.source / case_id)
+        masks = np.stack([m for _n, m in case.masks]) if case.masks else np.zeros((0, *case.grid.shape), dtype=bool)
+        return _sample(case.case_id, case.patient_id, case.ct, case.dose, masks, case.mask_names, case.body, case.meta)
+
+    def _file(self):
+        # h5py handles must not cross a fork: open once per process (DataLoader workers)
+        if self._h5 is None or self._h5_pid != os.getpid():
+            h5py = require("h5py", "h5py", "hdf5")
+            self._h5 = h5py.File(self.source, "r")
+            self._h5_pid = os.getpid()
+        return self._h5
+
+    def _read_h5(self, case_id: str) -> dict:
+        group = self._file()[case_id]
+        shape = tuple(int(n) for n in group.attrs["shape"])
+        names = [_text(v) for v in group.attrs.get("mask_names", [])]
+        masks = group["masks"][()].astype(bool) if "masks" in group else np.zeros((0, *shape), dtype=bool)
+        body = group["body"][()].astype(bool) if "body" in group else None
+        meta = json.loads(_text(group.attrs["meta_json"]))
+        patient = _text(group.attrs.get("patient_id", ""))
+        return _sample(case_id, patient, group["ct"][()], group["dose"][()], masks, names, body, meta)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_h5"] = None  # reopened in the worker
+        return state
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _sample(case_id, patient_id, ct, dose, masks, names, body, meta) -> dict:
+    sample = {
+        "case_id": case_id,
+        "patient_id": patient_id,
+        "ct": np.ascontiguousarray(ct, dtype=np.float32)[np.newaxis],
+        "dose": np.ascontiguousarray(dose, dtype=np.float32)[np.newaxis],
+        "masks": np.ascontiguousarray(masks, dtype=bool),
+        "mask_names": list(names),
+        "ijk_to_lps": np.array(meta["ijk_to_lps"], dtype=np.float64),
+        "ijk_to_ras": np.array(meta["ijk_to_ras"], dtype=np.float64),
+        "spacing": np.array(meta["spacing"], dtype=np.float64),
+        "meta": meta,
+    }
+    if body is not None:
+        sample["body"] = np.ascontiguousarray(body, dtype=bool)[np.newaxis]
+    return sample
+
+
+def _manifest_cases(folder: Path) -> dict:
+    """``{case_id: patient}`` of the ok cases in ``folder/manifest.csv`` (else every case folder)."""
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            rows = [r for r in csv.DictReader(handle) if r.get("status") == "ok"]
+        return {r["case_id"]: r.get("patient", "") for r in rows if (folder / r["case_id"] / "pair.npz").is_file()}
+    out = {}
+    for meta_path in sorted(folder.glob("*/meta.json")):
+        if (meta_path.parent / "pair.npz").is_file() and not meta_path.parent.name.startswith("."):
+            out[meta_path.parent.name] = json.loads(meta_path.read_text(encoding="utf-8")).get("patient_id", "")
+    return out
+
+
+def _folder_split(folder: Path, patients: dict, split: str, seed: int, fraction: float) -> list:
+    datalist = folder / DATALIST_FILE
+    if datalist.is_file():
+        entries = json.loads(datalist.read_text(encoding="utf-8")).get(split, [])
+        return [Path(e["meta"]).parent.name for e in entries]
+    return split_by_patient(patients, seed, fraction)[split]
