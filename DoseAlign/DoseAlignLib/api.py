@@ -3,13 +3,13 @@ module, its batch script, the notebook and the README use.
 
 A case goes through the stages in this order; each name below belongs to one of them::
 
-    read DICOM      scan_folder, read_ct, ct_geometry, read_rtdose, read_structure_set
+    read DICOM      scan_folder, scan_files, read_ct, ct_geometry, read_rtdose, read_structure_set
     link            form_cases -> Case
-    geometry        Grid, Volume, reference_grid, resample
+    geometry        Grid, Volume, reference_grid, resample; Resampler (what backends differ in)
     structures      load_roi_map, unpack_masks
     audit           (inside run_case; thresholds: DEFAULT_THRESHOLDS)
     output          write_case_output, write_manifest, manifest_row, write_report, qa_png_writer, ...
-    one case        run_case -> CaseResult
+    one case        run_case(case, options, resampler=...) -> CaseResult: the one path of every backend
     a folder        export_folder -> BatchReport, merge_shards
 
 Everything else in the package is internal and may change between releases. Names are imported on
@@ -41,6 +41,7 @@ _EXPORTS = {
     "CustomBox": ".options",
     # 1. read DICOM
     "scan_folder": ".dicom.scan",
+    "scan_files": ".dicom.scan",
     "ScanResult": ".dicom.scan",
     "read_ct": ".dicom.ct",
     "ct_geometry": ".dicom.ct",
@@ -56,6 +57,9 @@ _EXPORTS = {
     "Volume": ".geometry.grid",
     "reference_grid": ".geometry.reference",
     "resample": ".geometry.resample",
+    "Resampler": ".geometry.resample",
+    "EngineResampler": ".geometry.resample",
+    "ENGINE_RESAMPLER": ".geometry.resample",
     # 4. structures
     "load_roi_map": ".structures.names",
     "unpack_masks": ".structures.masks",

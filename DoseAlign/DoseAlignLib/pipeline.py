@@ -1,4 +1,10 @@
-"""One case from DICOM to arrays: read CT and dose(s), choose the reference grid, resample."""
+"""One case from DICOM to arrays: read CT and dose(s), choose the reference grid, resample.
+
+This is the one path every backend shares: the ``dosealign`` command, the batch runner and each of
+the Slicer module's backends call :func:`run_case`; they differ only in the ``resampler`` they pass
+(see :class:`~DoseAlignLib.geometry.resample.Resampler`). Units, sums, the reference grid, the
+structures, the audit and meta.json are made here, the same way for all of them.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,9 @@ from .audit.case import add_structures_and_audit
 from .dicom.ct import ct_geometry, read_ct, regular_grid
 from .dicom.rtdose import read_rtdose
 from .errors import DoseAlignError, LinkError
-from .geometry.grid import Volume
-from .geometry.reference import check_overlap, reference_grid
-from .geometry.resample import resample
+from .geometry.grid import Grid, Volume
+from .geometry.reference import check_overlap, reference_grid, uniform_cover
+from .geometry.resample import ENGINE_RESAMPLER, Resampler, resample
 from .link.case import Case
 from .options import AlignOptions, Interpolator
 
@@ -39,13 +45,16 @@ def run_case(
     options: AlignOptions,
     progress: Progress = None,
     sink: Optional[Callable[[str, np.ndarray], None]] = None,
+    resampler: Optional[Resampler] = None,
 ) -> CaseResult:
     """Read, check and resample one case. Raises :class:`DoseAlignError` naming file and reason.
 
     ``sink(name, array)``, when given, receives the output CT (``"ct"``) and dose (``"dose"``) as
-    soon as each is final, possibly from another thread (:class:`~DoseAlignLib.output.case_folder.CaseOutput` writes them
-    while the rest is computed). The arrays it gets are the result's; they are not changed after.
+    soon as each is final, possibly from another thread (:class:`~DoseAlignLib.output.case_folder.CaseOutput`
+    writes them while the rest is computed). The arrays it gets are the result's; they are not changed after.
+    ``resampler`` makes the output CT and dose (default: the engine's own); every other step is the engine's.
     """
+    resampler = resampler or ENGINE_RESAMPLER
     if case.error:
         raise LinkError(case.error)
     if case.ct is None:
@@ -59,7 +68,7 @@ def run_case(
         ct_reading = reader.submit(read_ct, case.ct, geometry, options.ct_dtype)
         report(0.2, "reading and resampling dose")
         try:
-            doses, dose_meta, native, ct_note, target, how = _doses_and_target(case, options, geometry)
+            doses, dose_meta, native, ct_note, ct_grid, target, how = _doses_and_target(case, options, geometry)
             ct_is_output = target.equal(geometry.grid)  # read_ct gives the CT on its own grid
             if sink is not None and ct_is_output:
 
@@ -68,7 +77,7 @@ def run_case(
                         sink("ct", done.result().array)
 
                 ct_reading.add_done_callback(hand_over)
-            dose_out = _dose_on(target, native, doses, options.interpolator)
+            dose_out, dose_steps = _dose_on(target, native, doses, options.interpolator, resampler)
             if sink is not None:
                 sink("dose", dose_out)
         except BaseException:
@@ -76,17 +85,22 @@ def run_case(
             raise
         ct = ct_reading.result()
 
+    ct_steps: list = []
     if ct_is_output:
         ct_out = ct.array
     else:
         ct_dtype = np.int16 if options.ct_dtype == "int16" else np.float32
-        ct_out = resample(ct, target, options.interpolator, fill=options.ct_fill_hu, dtype=ct_dtype)
+        source, ct_steps = _source_for(ct, resampler, regular=ct_grid, fill=options.ct_fill_hu)
+        ct_out = resampler(source, target, options.interpolator, fill=options.ct_fill_hu, dtype=ct_dtype)
         if sink is not None:
             sink("ct", ct_out)
     ct_volume = Volume(ct_out, target, "HU", "CT")
     dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
 
     meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native)
+    meta["resampling"]["backend"] = resampler.name
+    if ct_steps or dose_steps:
+        meta["resampling"]["before_backend"] = ct_steps + dose_steps
     result = CaseResult(case.case_id, ct_volume, dose_volume, meta, native)
     report(0.8, "structures and audit" if options.structures else "audit")
     add_structures_and_audit(result, case, options, geometry)
@@ -113,17 +127,40 @@ def _doses_and_target(case: Case, options: AlignOptions, geometry) -> tuple:
     for obj, (volume, _geometry, _info) in zip(case.doses, doses):
         check_overlap(ct_grid, volume.grid, obj.path)  # a dose wholly outside the CT would export as zeros
     target, how = reference_grid(ct_grid, dose_grid, options)
-    return doses, dose_meta, native, ct_note, target, how
+    return doses, dose_meta, native, ct_note, ct_grid, target, how
 
 
-def _dose_on(target, native: Optional[Volume], doses: list, interpolator: Interpolator) -> np.ndarray:
-    """The dose (sum) resampled onto ``target``."""
+def _dose_on(target, native: Optional[Volume], doses: list, interpolator: Interpolator, resampler) -> tuple:
+    """The dose (sum) resampled onto ``target``, and the engine's steps before the resampler (if any)."""
     if native is not None:
-        return _resample_dose(native, target, interpolator)
+        return _resample_dose(native, target, interpolator, resampler)
     dose_out = np.zeros(target.shape, dtype=np.float32)
+    steps: list = []
     for volume, _geometry, _info in doses:
-        dose_out += _resample_dose(volume, target, interpolator)
-    return dose_out
+        values, dose_steps = _resample_dose(volume, target, interpolator, resampler)
+        dose_out += values
+        steps.extend(dose_steps)
+    return dose_out, steps
+
+
+def _source_for(volume: Volume, resampler, *, regular: Optional[Grid] = None, fill: float = 0.0) -> tuple:
+    """``volume`` as ``resampler`` can take it, and what the engine did to it first.
+
+    A resampler that takes only evenly spaced, orthogonal grids (an ITK image, as Slicer's CLIs
+    read them) would misplace uneven frames; the engine first puts such a volume exactly onto the
+    ``regular`` grid (default: the evenly spaced grid over it at its smallest slice step).
+    """
+    grid = volume.grid
+    if not resampler.uniform_sources_only or (grid.is_uniform and grid.is_orthogonal()):
+        return volume, []
+    regular = regular if regular is not None else uniform_cover(grid)
+    values = resample(volume, regular, Interpolator.LINEAR, fill=fill, dtype=volume.array.dtype)
+    step = (
+        f"{volume.description or 'volume'}: {'uneven slices' if not grid.is_uniform else 'non-orthogonal axes'}, "
+        f"put by the engine onto an even grid ({regular.spacing[2]:g} mm steps, linear) before the "
+        f"{resampler.name} resampler"
+    )
+    return volume.with_array(values, grid=regular), [step]
 
 
 def _reporter(progress: Progress) -> Callable[[float, str], None]:
@@ -177,11 +214,12 @@ def _native_sum(doses: list) -> Optional[Volume]:
     return first.with_array(total)
 
 
-def _resample_dose(volume: Volume, target, interpolator: Interpolator) -> np.ndarray:
-    values = resample(volume, target, interpolator, fill=0.0)
+def _resample_dose(volume: Volume, target, interpolator: Interpolator, resampler) -> tuple:
+    source, steps = _source_for(volume, resampler)
+    values = resampler(source, target, interpolator, fill=0.0, dtype=np.float32)
     if interpolator in (Interpolator.BSPLINE, Interpolator.WINDOWED_SINC):
         np.maximum(values, 0.0, out=values)  # these overshoot; dose is never negative
-    return values
+    return values, steps
 
 
 def _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native) -> dict:

@@ -111,9 +111,33 @@ def scan_folder(root: Path, progress: Progress = None, workers: int = 1) -> Scan
     return result
 
 
+def scan_files(paths, progress: Progress = None) -> ScanResult:
+    """Read the headers of exactly these files, walking no folder (e.g. the files of one case that a
+    DICOM database holds). Names are relative to the files' common folder (absolute where there is none,
+    as across Windows drives); the rest is as :func:`scan_folder`."""
+    paths = sorted({Path(os.path.abspath(p)) for p in paths})
+    if not paths:
+        raise DoseAlignError("no files to scan")
+    try:
+        root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    except ValueError:  # different drives
+        root = Path(paths[0].anchor)
+    result = ScanResult(root=root)
+    for n, path in enumerate(paths):
+        if progress is not None and (n % 50 == 0 or n == len(paths) - 1):
+            progress(n / len(paths), f"reading headers {n + 1}/{len(paths)}")
+        entry = _scan_file(root, path)
+        (result.objects if isinstance(entry, DicomObject) else result.skipped).append(entry)
+    result.ct_series = _group_ct(result)
+    return result
+
+
 def _scan_file(root: Path, path: Path):
     """A file's :class:`DicomObject`, or ``(rel_path, reason)`` when it is skipped."""
-    rel = path.relative_to(root).as_posix()
+    try:
+        rel = path.relative_to(root).as_posix()
+    except ValueError:  # another drive than the root (scan_files)
+        rel = path.as_posix()
     try:
         ds = headers.read_header(path, defer_large=True)
         _check_identity(ds, path)

@@ -315,8 +315,9 @@ class Volume:
         if tuple(self.array.shape) != self.grid.shape:
             raise GeometryError(f"array shape {self.array.shape} does not match grid shape {self.grid.shape}")
 
-    def with_array(self, array: np.ndarray) -> Volume:
-        return Volume(array, self.grid, self.units, self.description)
+    def with_array(self, array: np.ndarray, grid: Optional[Grid] = None) -> Volume:
+        """The same units and description with new values (on ``grid``, default the same grid)."""
+        return Volume(array, self.grid if grid is None else grid, self.units, self.description)
 
 
 def orientation_vectors(image_orientation: Sequence[float]) -> tuple:

@@ -8,11 +8,17 @@ true positions.
 Grids whose axes are parallel (the usual CT/dose pair, any patient position) are resampled in
 three separable 1-D passes over the target's bounding box of the source; others point by point.
 B-spline and windowed sinc go through SimpleITK and need a uniform source grid.
+
+Every output array of a case is made by a *resampler* (:class:`Resampler`): the engine's own
+(:data:`ENGINE_RESAMPLER`, this module's :func:`resample`) or another one, e.g. the Slicer module's
+Resample Scalar/Vector/DWI Volume CLI. Everything else a case does (units, sums, structures, the
+audit, meta.json) is the same whichever resampler is used.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -55,6 +61,47 @@ def resample(
     else:
         _store(dest, _simpleitk(volume, sub, interpolator, fill))
     return out
+
+
+class Resampler(Protocol):
+    """Puts a volume on a grid: what the backends (engine, Slicer's CLI, VTK) differ in, and only that.
+
+    ``resampler(volume, target, interpolator, fill=..., dtype=...)`` returns an array of
+    ``target.shape`` with the values of ``volume`` at ``target``'s voxel centres and ``fill`` outside
+    the source's extent. ``name`` goes into meta.json. A resampler with ``uniform_sources_only``
+    set gets only evenly spaced, orthogonal source grids: the engine first resamples other sources
+    (uneven dose frames, missing CT slices, gantry tilt) onto such a grid itself.
+    """
+
+    name: str
+    uniform_sources_only: bool
+
+    def __call__(
+        self, volume: Volume, target: Grid, interpolator: Interpolator, *, fill: float, dtype: type
+    ) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EngineResampler:
+    """The engine's own resampling (:func:`resample`): exact for uneven slices, any orientation."""
+
+    name: str = "engine"
+    uniform_sources_only: bool = False
+
+    def __call__(
+        self,
+        volume: Volume,
+        target: Grid,
+        interpolator: Interpolator = Interpolator.LINEAR,
+        *,
+        fill: float = 0.0,
+        dtype: type = np.float32,
+    ) -> np.ndarray:
+        return resample(volume, target, interpolator, fill=fill, dtype=dtype)
+
+
+#: The default resampler of every case.
+ENGINE_RESAMPLER = EngineResampler()
 
 
 def _store(dest: np.ndarray, values: np.ndarray) -> None:
