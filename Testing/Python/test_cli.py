@@ -107,3 +107,19 @@ def test_demo_runs(tmp_path, capsys):
     rows = _manifest(tmp_path / "demo" / "export")
     assert rows and all(r["status"] == "ok" for r in rows)
     assert os.path.isdir(tmp_path / "demo" / "dicom")
+
+
+def test_scan_reports_what_it_does_not_read(study, tmp_path):
+    from DoseAlignLib.api import scan_folder
+
+    (study / ".hidden-notes").write_text("x")
+    (study / ".git").mkdir()
+    (study / ".git" / "config").write_text("x")
+    (study / "DICOMDIR").write_bytes(b"\0" * 200)
+    (study / "out-inside").mkdir()
+    (study / "out-inside" / "manifest.csv").write_text("case_id\n")
+    scan = scan_folder(study, exclude=[study / "out-inside"])
+    ignored = dict(scan.ignored)
+    assert set(ignored) == {".hidden-notes", ".git/", "DICOMDIR", "out-inside/"}
+    assert "hidden" in ignored[".git/"] and "output" in ignored["out-inside/"]
+    assert not any("out-inside" in rel or ".git" in rel for rel, _ in scan.skipped)

@@ -71,6 +71,7 @@ class ScanResult:
     objects: list = field(default_factory=list)
     ct_series: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # (rel_path, reason)
+    ignored: list = field(default_factory=list)  # (rel_path, reason): not read at all (hidden, DICOMDIR, excluded)
     duplicates: list = field(default_factory=list)  # (sop_instance_uid, [rel_paths], what was done)
 
     def of_kind(self, kind: str) -> list:
@@ -81,18 +82,19 @@ class ScanResult:
 MIN_FILES_PER_PROCESS = 64
 
 
-def scan_folder(root: Path, progress: Progress = None, workers: int = 1) -> ScanResult:
+def scan_folder(root: Path, progress: Progress = None, workers: int = 1, exclude=()) -> ScanResult:
     """Read the headers of every file below ``root`` (recursively, in sorted order).
 
-    Files that are not DICOM or cannot be read are listed in ``skipped`` with the reason.
-    With ``workers`` > 1 (and enough files) the headers are read in that many forked processes;
-    the result is the same, in the same order.
+    Files that are not DICOM or cannot be read are listed in ``skipped`` with the reason; what is
+    not read at all (hidden files and folders, DICOMDIR, the folders in ``exclude``, e.g. an output
+    folder inside the input) in ``ignored``. With ``workers`` > 1 (and enough files) the headers are
+    read in that many forked processes; the result is the same, in the same order.
     """
     root = Path(root)
     if not root.is_dir():
         raise DoseAlignError("is not a folder", path=root)
-    paths = sorted(_walk(root))
     result = ScanResult(root=root)
+    paths = sorted(_walk(root, exclude, result.ignored))
     workers = min(workers, len(paths) // MIN_FILES_PER_PROCESS)
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         entries = _scan_in_processes(root, paths, workers, progress)
@@ -214,13 +216,37 @@ def _check_identity(ds: Dataset, path: Path) -> None:
         )
 
 
-def _walk(root: Path):
+def _walk(root: Path, exclude=(), ignored: Optional[list] = None):
+    """Files below ``root``; what is left out goes to ``ignored`` as ``(rel_path, reason)``."""
+    left_out = ignored if ignored is not None else []
+    excluded = {os.path.realpath(str(e)) for e in exclude}
+
+    def rel(path: str) -> str:
+        return Path(os.path.relpath(path, str(root))).as_posix()
+
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if name.startswith(".") or name in ("DICOMDIR",):
-                continue
-            yield Path(folder) / name
+        kept = []
+        for name in sorted(dirs):
+            path = os.path.join(folder, name)
+            if name.startswith("."):
+                left_out.append((rel(path) + "/", "hidden folder (name starts with '.')"))
+            elif os.path.realpath(path) in excluded:
+                left_out.append((rel(path) + "/", "the output folder"))
+            else:
+                kept.append(name)
+        dirs[:] = kept
+        for name in sorted(files):
+            if name.startswith("."):
+                left_out.append((rel(os.path.join(folder, name)), "hidden file (name starts with '.')"))
+            elif name == "DICOMDIR":
+                left_out.append(
+                    (
+                        rel(os.path.join(folder, name)),
+                        "DICOMDIR (a media index, not needed: the files below are read directly)",
+                    )
+                )
+            else:
+                yield Path(folder) / name
 
 
 def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
