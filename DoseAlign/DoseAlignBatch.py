@@ -63,11 +63,15 @@ def _get_parser() -> argparse.ArgumentParser:
         default="cli",
         help="resampling: Resample Scalar/Vector/DWI Volume CLI (default), in-process VTK (linear), or the engine",
     )
-    parser.add_argument("--reference", choices=["ct", "dose", "custom"], default="ct", help="grid of the outputs")
+    parser.add_argument(
+        "--reference",
+        choices=["ct", "dose", "custom"],
+        help="grid of the outputs (default ct; custom if --spacing ...)",
+    )
     parser.add_argument("--interpolator", choices=["linear", "nn", "bs", "ws"], default="linear")
     parser.add_argument("--spacing", type=parse_floats, help="custom grid spacing in mm: one value or i,j,k")
-    parser.add_argument("--box", choices=["dose", "ct", "cube"], default="dose", help="custom grid extent")
-    parser.add_argument("--size", type=parse_ints, default=(128, 128, 128), help="voxels of a --box cube")
+    parser.add_argument("--box", choices=["dose", "ct", "cube"], help="custom grid extent (default dose)")
+    parser.add_argument("--size", type=parse_ints, help="voxels of a --box cube (default 128)")
     parser.add_argument("--ct-fill", type=float, default=-1000.0, help="HU written outside the CT")
     parser.add_argument("--ct-dtype", choices=["int16", "float32"], default="int16")
     parser.add_argument("--allow-relative", action="store_true", help="export DoseUnits RELATIVE doses (not Gy)")

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import AlignOptions
+from .options import AlignOptions, roi_list
 from .structures.names import load_roi_map
 
 
@@ -30,16 +30,50 @@ def parse_ints(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected whole numbers like 128 or 128,128,96, got {text!r}") from None
 
 
+def custom_grid_choice(args: argparse.Namespace) -> tuple:
+    """``(reference, box, size)`` from the grid options, defaults filled in.
+
+    Custom-grid options (``--spacing``, ``--box``, ``--size``) imply ``--reference custom`` when
+    ``--reference`` is not given and conflict with ``--reference ct|dose``; ``--size`` implies
+    ``--box cube`` and conflicts with ``--box dose|ct``.
+    Raises ``ValueError`` naming the conflict (a usage error).
+    """
+    size, box = getattr(args, "size", None), getattr(args, "box", None)
+    given = [
+        flag
+        for flag, value in (("--spacing", getattr(args, "spacing", None)), ("--box", box), ("--size", size))
+        if value is not None
+    ]
+    reference = getattr(args, "reference", None)
+    if reference is None:
+        reference = "custom" if given else "ct"
+    elif reference != "custom" and given:
+        raise ValueError(
+            f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} a custom grid and conflict"
+            f"{'s' if len(given) == 1 else ''} with --reference {reference}: drop "
+            f"{'it' if len(given) == 1 else 'them'} or use --reference custom (implied when --reference is not given)"
+        )
+    cube_only = ["--size"] if size is not None else []
+    if box is None:
+        box = "cube" if cube_only else "dose"
+    elif box != "cube" and cube_only:
+        raise ValueError(f"{' and '.join(cube_only)} apply to a cube (--box cube), not to --box {box}")
+    return reference, box, size if size is not None else (128, 128, 128)
+
+
 def options_from_args(args: argparse.Namespace) -> AlignOptions:
     """AlignOptions from parsed arguments (the CLI's, or the Slicer batch script's, which lacks some flags)."""
     roi_map = getattr(args, "roi_map", None)
     thresholds = getattr(args, "audit_thresholds", None)
+    reference, box, size = custom_grid_choice(args)
+    rois = getattr(args, "rois", None)
     return AlignOptions(
-        reference=args.reference,
+        reference=reference,
         interpolator=args.interpolator,
         custom_spacing=args.spacing,
-        custom_box=args.box,
-        custom_size=args.size,
+        custom_box=box,
+        custom_size=size,
+        rois=roi_list(rois) if rois else None,
         ct_fill_hu=args.ct_fill,
         ct_dtype=args.ct_dtype,
         allow_relative=args.allow_relative,

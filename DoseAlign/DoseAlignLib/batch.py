@@ -31,6 +31,8 @@ class BatchReport:
     rows: list = field(default_factory=list)
     orphans: list = field(default_factory=list)
     skipped_files: list = field(default_factory=list)
+    manifest: Optional[Path] = None  # the manifest this run wrote (manifest.csv, or a shard's)
+    notes: list = field(default_factory=list)  # what the user should know (e.g. dataset.json has no label)
 
     @property
     def failed(self) -> list:
@@ -115,8 +117,9 @@ def export_folder(
     if progress is not None:
         progress(1.0, f"{len(cases)} cases, {len(report.failed)} failed")
     if formats is not None and shard is None:
-        formats.finish(out_dir, report.rows)  # formats of resumed cases, dataset.h5, dataset.json
-    write_manifest(out_dir, report.rows, manifest_name)
+        finished = formats.finish(out_dir, report.rows)  # formats of resumed cases, dataset.h5, dataset.json
+        report.notes.extend(finished.get("notes", []))
+    report.manifest = write_manifest(out_dir, report.rows, manifest_name)
     if report_html and shard is None:
         write_report(
             out_dir,

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import api
-from .api import CustomBox, DoseAlignError, Interpolator, ReferenceGrid, options_from_args, parse_floats, parse_ints
+from .api import (
+    CustomBox,
+    DoseAlignError,
+    Interpolator,
+    ReferenceGrid,
+    options_from_args,
+    parse_floats,
+    parse_ints,
+)
 
 
 def _demo_spec():
@@ -122,8 +130,8 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--reference",
         choices=[r.value for r in ReferenceGrid],
-        default="ct",
-        help="grid of the outputs: ct (dose onto CT, default), dose (CT onto dose), custom (see --spacing, --box)",
+        help="grid of the outputs: ct (dose onto CT, default), dose (CT onto dose), custom (see --spacing, --box; "
+        "implied by --spacing, --box or --size)",
     )
     group.add_argument(
         "--interpolator",
@@ -133,11 +141,11 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--spacing", type=parse_floats, help="custom grid spacing in mm: one value or i,j,k")
     group.add_argument(
-        "--box", choices=[b.value for b in CustomBox], default="dose", help="custom grid extent (default: the dose's)"
+        "--box",
+        choices=[b.value for b in CustomBox],
+        help="custom grid extent (default: the dose's; cube when --size is given)",
     )
-    group.add_argument(
-        "--size", type=parse_ints, default=(128, 128, 128), help="voxels of a --box cube: one value or i,j,k"
-    )
+    group.add_argument("--size", type=parse_ints, help="voxels of a --box cube: one value or i,j,k (default 128)")
     group.add_argument("--ct-fill", type=float, default=-1000.0, help="HU written outside the CT (default -1000)")
     group.add_argument("--ct-dtype", choices=["int16", "float32"], default="int16")
     group.add_argument("--allow-relative", action="store_true", help="export DoseUnits RELATIVE doses (not Gy)")
@@ -152,6 +160,12 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="also store partial-volume masks from N x N x N sub-samples per voxel (N >= 2)",
+    )
+    qa.add_argument(
+        "--rois",
+        metavar="NAMES",
+        help="fixed mask channels, e.g. PTV,CTV,SpinalCord (names after --roi-map, any case, in this order; "
+        "a ROI a case lacks is an all-zero channel)",
     )
     qa.add_argument("--audit-thresholds", type=Path, metavar="FILE", help="JSON overriding audit flag thresholds")
     qa.add_argument("--no-qa-png", action="store_true", help="no qa.png picture per case")
@@ -286,8 +300,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _print_summary(report, out_dir: Path) -> None:
     ok = [r for r in report.rows if r["status"] == "ok"]
+    manifest = report.manifest or Path(out_dir) / "manifest.csv"
     print(
-        f"{len(ok)} ok, {len(report.failed)} failed, {len(report.rows) - len(ok) - len(report.failed)} skipped -> {out_dir}/manifest.csv"
+        f"{len(ok)} ok, {len(report.failed)} failed, {len(report.rows) - len(ok) - len(report.failed)} skipped -> {manifest}"
     )
     for row in report.rows:
         mark = "ok " if row["status"] == "ok" else row["status"]
@@ -295,6 +310,8 @@ def _print_summary(report, out_dir: Path) -> None:
         if row.get("audit_flags"):
             detail += f"  flags: {row['audit_flags']}"
         print(f"  {mark:7} {row['case_id']}: {detail}")
+    for note in getattr(report, "notes", []):
+        print(f"note: {note}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -43,6 +43,9 @@ class AlignOptions:
     (``{"PTV70": ["PTV_70", "ptv70"]}``, case-insensitive); ``fractional_masks`` F >= 2 adds
     partial-volume masks from F^3 sub-samples per voxel; ``audit_thresholds`` overrides the
     audit's flag thresholds by name (see ``audit.DEFAULT_THRESHOLDS``).
+
+    Training sets: ``rois`` fixes the mask channels (names after ``roi_map``, case-insensitive, in
+    this order; a ROI a case lacks is an all-zero channel).
     """
 
     reference: ReferenceGrid = ReferenceGrid.CT
@@ -57,6 +60,7 @@ class AlignOptions:
     roi_map: Optional[dict] = None
     fractional_masks: int = 0
     audit_thresholds: Optional[dict] = None
+    rois: Optional[tuple] = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +93,13 @@ class AlignOptions:
             thresholds_with(self.audit_thresholds)
         if self.reference is ReferenceGrid.CUSTOM and self.custom_spacing is None:
             raise ValueError("reference 'custom' needs a spacing (e.g. --spacing 2 or --spacing 1,1,2.5)")
+        if self.rois is not None:
+            object.__setattr__(self, "rois", roi_list(self.rois))
+
+    @property
+    def custom_cube(self) -> bool:
+        """A custom grid of fixed size (``--box cube``)."""
+        return self.reference is ReferenceGrid.CUSTOM and self.custom_box is CustomBox.CUBE
 
     def to_dict(self) -> dict:
         out = {}
@@ -98,3 +109,18 @@ class AlignOptions:
                 value.value if isinstance(value, Enum) else (list(value) if isinstance(value, tuple) else value)
             )
         return out
+
+
+def roi_list(names) -> tuple:
+    """ROI channel names from a list or a comma-separated text: stripped, in order, no duplicates (any case)."""
+    if isinstance(names, str):
+        names = names.split(",")
+    out = tuple(str(n).strip() for n in names)
+    if not out or any(not n for n in out):
+        raise ValueError(f"ROI names must be non-empty, comma-separated (e.g. PTV,CTV,SpinalCord), got {names!r}")
+    seen: dict = {}
+    for name in out:
+        if name.lower() in seen:
+            raise ValueError(f"ROI {name!r} is listed twice (as {seen[name.lower()]!r}; names match in any case)")
+        seen[name.lower()] = name
+    return out

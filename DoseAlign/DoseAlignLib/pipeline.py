@@ -244,6 +244,7 @@ def _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_me
         "shape": list(grid.shape),
         "axes": ["k (slice)", "j (row)", "i (column)"],
         "spacing": grid.spacing.tolist(),
+        "spacing_kji": grid.spacing[::-1].tolist(),
         "ijk_to_lps": grid.affine.tolist(),
         "ijk_to_ras": grid.ras_affine().tolist(),
         "frame_of_reference_uid": grid.frame_of_reference_uid,

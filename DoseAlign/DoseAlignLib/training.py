@@ -4,29 +4,34 @@ PyTorch is optional: this module does not import it. :class:`DoseAlignDataset` i
 map-style dataset (``len`` and indexing), which ``torch.utils.data.DataLoader`` takes as it is;
 torch is imported on the first sample only when ``as_tensors=True`` (the default).
 
-Each sample is a dict::
+Each sample is a dict that ``torch.utils.data.default_collate`` takes as it is (no None, no
+nested metadata)::
 
     case_id, patient_id       str
     ct                        (1, K, J, I) float32, HU
-    dose                      (1, K, J, I) float32, Gy
+    dose                      (1, K, J, I) float32, Gy (also when stored as float16)
     masks                     (N, K, J, I) bool, one channel per ROI (N may be 0)
+    roi_present               (N,) bool: False for a channel the case lacks (an all-zero mask)
     mask_names                list of N ROI names
     body                      (1, K, J, I) bool (only when the case has a body mask)
     ijk_to_lps, ijk_to_ras    (4, 4) float64: voxel (i, j, k) centre -> patient mm
     spacing                   (3,) float64, mm along i, j, k
-    meta                      the case's meta.json (dict)
+    meta                      the case's meta.json as JSON text (``json.loads(sample["meta"])``)
 
-Grids differ between cases unless the export used a fixed custom grid (``--reference custom
---box cube``), so batch with ``batch_size=1`` or a collate function of your own.
+``rois=[...]`` gives every sample exactly these mask channels, in this order (names matched in
+any case; a ROI a case lacks is an all-zero channel with ``roi_present`` False), whatever the
+export wrote; an export made with ``--rois`` has them already. With the default collate any batch
+size works when the grids are equal too (``--reference custom --box cube``, e.g. ``--size 128
+--spacing 2``); grids of their own (the CT's, a crop) batch one case at a time (``batch_size=1``).
 
 Example::
 
     from torch.utils.data import DataLoader
     from DoseAlignLib.api import DoseAlignDataset
 
-    train = DoseAlignDataset("OUT/dataset.h5", split="training")   # or DoseAlignDataset("OUT")
-    for sample in DataLoader(train, batch_size=1, shuffle=True, collate_fn=lambda batch: batch[0]):
-        ct, dose = sample["ct"], sample["dose"]
+    train = DoseAlignDataset("OUT/dataset.h5", split="training", rois=["PTV", "SpinalCord"])
+    for batch in DataLoader(train, batch_size=2, shuffle=True):
+        ct, dose, masks = batch["ct"], batch["dose"], batch["masks"]   # (2, 1, K, J, I), ..., (2, 2, K, J, I)
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .options import roi_list
 from .output.case_data import CaseData, require
 from .output.datalist import DATALIST_FILE, split_by_patient
 from .output.hdf5 import DATASET_FILE
@@ -60,6 +66,8 @@ class DoseAlignDataset:
         Return torch tensors (imports torch) instead of numpy arrays.
     transform : callable, optional
         Applied to each sample dict before it is returned.
+    rois : list of str, optional
+        The mask channels of every sample, in order (matched in any case); None: as exported.
     """
 
     def __init__(
@@ -71,12 +79,14 @@ class DoseAlignDataset:
         transform: Optional[Callable] = None,
         seed: int = 0,
         validation_fraction: float = 0.2,
+        rois: Optional[Sequence[str]] = None,
     ) -> None:
         if split not in (None, "training", "validation"):
             raise ValueError(f"split must be 'training', 'validation' or None, got {split!r}")
         self.source = Path(source)
         self.as_tensors = as_tensors
         self.transform = transform
+        self.rois = None if rois is None else list(roi_list(rois))
         self._h5 = None
         self._h5_pid = None
         if self.source.is_file():
@@ -100,6 +110,8 @@ class DoseAlignDataset:
     def __getitem__(self, index: int) -> dict:
         case_id = self.case_ids[index]
         sample = self._read_h5(case_id) if self.kind == "hdf5" else self._read_folder(case_id)
+        if self.rois is not None:
+            sample = _with_channels(sample, self.rois)
         if self.as_tensors:
             torch = require("torch", "torch", "torch dataset")
             sample = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in sample.items()}
@@ -112,7 +124,10 @@ class DoseAlignDataset:
     def _read_folder(self, case_id: str) -> dict:
         case = CaseData.from_folder(self.source / case_id)
         masks = np.stack([m for _n, m in case.masks]) if case.masks else np.zeros((0, *case.grid.shape), dtype=bool)
-        return _sample(case.case_id, case.patient_id, case.ct, case.dose, masks, case.mask_names, case.body, case.meta)
+        meta = case.meta
+        return _sample(
+            case.case_id, case.patient_id, case.ct, case.dose, masks, case.mask_names, case.roi_present, case.body, meta
+        )
 
     def _file(self):
         # h5py handles must not cross a fork: open once per process (DataLoader workers)
@@ -130,7 +145,8 @@ class DoseAlignDataset:
         body = group["body"][()].astype(bool) if "body" in group else None
         meta = json.loads(_text(group.attrs["meta_json"]))
         patient = _text(group.attrs.get("patient_id", ""))
-        return _sample(case_id, patient, group["ct"][()], group["dose"][()], masks, names, body, meta)
+        present = [bool(p) for p in group.attrs.get("roi_present", [1] * len(names))]
+        return _sample(case_id, patient, group["ct"][()], group["dose"][()], masks, names, present, body, meta)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -142,22 +158,39 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _sample(case_id, patient_id, ct, dose, masks, names, body, meta) -> dict:
+def _sample(case_id, patient_id, ct, dose, masks, names, present, body, meta) -> dict:
+    if len(present) != len(names):
+        present = [True] * len(names)
     sample = {
-        "case_id": case_id,
-        "patient_id": patient_id,
+        "case_id": str(case_id),
+        "patient_id": str(patient_id or ""),
         "ct": np.ascontiguousarray(ct, dtype=np.float32)[np.newaxis],
         "dose": np.ascontiguousarray(dose, dtype=np.float32)[np.newaxis],
         "masks": np.ascontiguousarray(masks, dtype=bool),
-        "mask_names": list(names),
+        "roi_present": np.array(present, dtype=bool).reshape(len(names)),
+        "mask_names": [str(n) for n in names],
         "ijk_to_lps": np.array(meta["ijk_to_lps"], dtype=np.float64),
         "ijk_to_ras": np.array(meta["ijk_to_ras"], dtype=np.float64),
         "spacing": np.array(meta["spacing"], dtype=np.float64),
-        "meta": meta,
+        "meta": json.dumps(meta),  # text: collates as a list of strings whatever meta.json holds
     }
     if body is not None:
         sample["body"] = np.ascontiguousarray(body, dtype=bool)[np.newaxis]
     return sample
+
+
+def _with_channels(sample: dict, rois: list) -> dict:
+    """``sample`` with exactly the mask channels ``rois`` (any case; a missing one all zeros, not present)."""
+    index = {name.lower(): n for n, name in enumerate(sample["mask_names"])}
+    shape = sample["ct"].shape[1:]
+    masks = np.zeros((len(rois), *shape), dtype=bool)
+    present = np.zeros(len(rois), dtype=bool)
+    for n, name in enumerate(rois):
+        found = index.get(name.lower())
+        if found is not None:
+            masks[n] = sample["masks"][found]
+            present[n] = bool(sample["roi_present"][found])
+    return {**sample, "masks": masks, "roi_present": present, "mask_names": list(rois)}
 
 
 def _manifest_cases(folder: Path) -> dict:

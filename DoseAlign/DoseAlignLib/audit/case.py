@@ -21,7 +21,7 @@ from .stats import dose_stats
 from .thresholds import thresholds_with
 
 
-def add_structures_and_audit(result, case, options, ct_geometry) -> None:
+def add_structures_and_audit(result, case, options, ct_geometry, contours=None) -> None:
     """Fill ``result`` (a :class:`~DoseAlignLib.pipeline.CaseResult`) with masks, DVHs and the audit, in place.
 
     Parameters
@@ -35,12 +35,14 @@ def add_structures_and_audit(result, case, options, ct_geometry) -> None:
         ``structures``, ``roi_map``, ``fractional_masks`` and ``audit_thresholds`` are used.
     ct_geometry : CtGeometry
         The CT's own geometry: the contour-plane normal and the slab thickness come from it.
+    contours : CaseContours, optional
+        The case's contours when already read (:func:`~DoseAlignLib.structures.case.read_case_contours`).
     """
     thresholds = thresholds_with(getattr(options, "audit_thresholds", None))
     prescription = case.plan.info.get("prescription_gy") if case.plan is not None else None
     out_masks = native_masks = None
     if options.structures:
-        out_masks, native_masks = case_masks(result, case, options, ct_geometry)
+        out_masks, native_masks = case_masks(result, case, options, ct_geometry, contours)
         result.meta["structures"] = out_masks.to_meta()
         result.extra_arrays.update(out_masks.arrays())
     else:

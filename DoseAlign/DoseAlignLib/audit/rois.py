@@ -123,6 +123,8 @@ def roi_dvhs(
     box = inside_box(output_dose.grid, native_dose.grid) if compare else None
     entries = []
     for n, name in enumerate(names):
+        if not output_masks.has(name):  # a fixed (--rois) channel this case lacks: its DVH rows stay 0
+            continue
         mask = output_masks.mask(name)
         points, curves_out[n] = roi_dvh(output_dose, mask, bins, prescription_gy, stats=output_stats)
         entry = {"name": name, "output": points, "native": None, "diff": None}

@@ -102,6 +102,14 @@ class CaseData:
         return [name for name, _mask in self.masks]
 
     @property
+    def roi_present(self) -> list:
+        """Per mask channel: whether the case has that ROI (False: an all-zero ``--rois`` channel)."""
+        present = (self.meta.get("structures") or {}).get("roi_present")
+        if isinstance(present, list) and len(present) == len(self.masks):
+            return [bool(p) for p in present]
+        return [True] * len(self.masks)
+
+    @property
     def patient_id(self) -> str:
         return str(self.meta.get("patient_id") or "")
 

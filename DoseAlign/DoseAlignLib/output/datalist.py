@@ -18,8 +18,13 @@ one, and never all, when there are two patients or more).
                      "meta": "<case>/meta.json", "patient_id": "..."}, ...],
      "validation": [...]}
 
-``label`` and ``body`` appear only when the cases have them. Every value of an entry is a string
-or a list of strings, as MONAI's loader requires.
+``labels`` names the channels of every entry's ``label``, in order; ``label`` is in every entry
+when ``labels`` is not empty and in none otherwise. With ``--rois`` the channels are the ROIs
+given, in that order, in every case (a ROI a case lacks is an all-zero mask). Without it they are
+the ROIs every case has; when no ROI is common to all cases, ``labels`` is empty, no entry has a
+``label``, and ``label_note`` (also printed by the export) says so and how to fix it. ``body``
+appears only when the cases have it. Every value of an entry is a string or a list of strings, as
+MONAI's loader requires.
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ def write_datalist(out_dir: Path, cases: list, splits: dict) -> Path:
     """
     out_dir = Path(out_dir)
     mask_sets = [list(files.get("masks", {})) for _cid, _pid, files in cases]
-    common = [n for n in (mask_sets[0] if mask_sets else []) if all(n in s for s in mask_sets[1:])]
+    common = common_labels(cases)
+    note = label_note(mask_sets, common)
     entries = {}
     for case_id, patient_id, files in cases:
         entry = {
@@ -94,6 +100,7 @@ def write_datalist(out_dir: Path, cases: list, splits: dict) -> Path:
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "labels": {str(n): name for n, name in enumerate(common)},
+        **({"label_note": note} if note else {}),
         "numTraining": len(training),
         "numValidation": len(validation),
         "split": splits["split"],
@@ -105,3 +112,22 @@ def write_datalist(out_dir: Path, cases: list, splits: dict) -> Path:
     temp.write_text(json_text(datalist), encoding="utf-8")
     temp.replace(final)
     return final
+
+
+def common_labels(cases: list) -> list:
+    """The mask channels every case has, in the first case's order (with ``--rois``: all of them)."""
+    mask_sets = [list(files.get("masks", {})) for _cid, _pid, files in cases]
+    return [n for n in (mask_sets[0] if mask_sets else []) if all(n in s for s in mask_sets[1:])]
+
+
+def label_note(mask_sets: list, common: list) -> str:
+    """Why ``dataset.json`` has no ``label`` although cases have masks ("" when it has one or none is expected)."""
+    if common or not any(mask_sets):
+        return ""
+    names = sorted({n for s in mask_sets for n in s}, key=str.lower)
+    shown = ",".join(names[:6]) + ("..." if len(names) > 6 else "")
+    return (
+        f"no ROI is common to all {len(mask_sets)} cases, so dataset.json has no 'label' key; export with "
+        f'--rois "{shown}" (the ROIs you train on, in channel order; add --roi-map to unify their names) '
+        "to give every case the same mask channels"
+    )

@@ -187,7 +187,7 @@ class ExportFormats:
         in its row (the manifest is written after this). Returns a summary.
         """
         out_dir = Path(out_dir)
-        summary = {"added": {}, "dataset_h5": None, "dataset_json": None}
+        summary = {"added": {}, "dataset_h5": None, "dataset_json": None, "notes": []}
         if not self.extra:
             return summary
         ok = []
@@ -208,7 +208,7 @@ class ExportFormats:
                 summary["added"][row["case_id"]] = added
             ok.append(row)
         patients = {row["case_id"]: row.get("patient") or "" for row in ok}
-        from .datalist import split_by_patient, write_datalist
+        from .datalist import DATALIST_FILE, common_labels, label_note, split_by_patient, write_datalist
 
         splits = split_by_patient(patients, self.split_seed, self.validation_fraction)
         if "hdf5" in self.formats:
@@ -221,4 +221,7 @@ class ExportFormats:
                 meta = json.loads((out_dir / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
                 cases.append((row["case_id"], patients[row["case_id"]], meta["exports"]["nifti"]["files"]))
             summary["dataset_json"] = str(write_datalist(out_dir, cases, splits))
+            note = label_note([list(files.get("masks", {})) for _c, _p, files in cases], common_labels(cases))
+            if note:
+                summary["notes"].append(f"{DATALIST_FILE}: {note}")
         return summary

@@ -11,7 +11,8 @@ Layout of ``dataset.h5`` (and of every ``case.h5``, whose root is one case group
     /                      attrs: dosealign_version, layout, case_ids, training, validation, split
     /<case_id>/            attrs: case_id, patient_id, shape [K, J, I], spacing [i, j, k], origin_lps,
                                   direction, ijk_to_lps, ijk_to_ras, frame_of_reference_uid,
-                                  mask_names, mask_types, axes, meta_json (meta.json less its "exports")
+                                  mask_names, mask_types, roi_present (1/0 per mask channel), axes,
+                                  meta_json (meta.json less its "exports")
     /<case_id>/ct          (K, J, I) int16 or float32, HU
     /<case_id>/dose        (K, J, I) float32, Gy
     /<case_id>/masks       (N, K, J, I) uint8 0/1, N = len(mask_names)   (only with structures)
@@ -87,6 +88,7 @@ def write_case_group(group, case: CaseData) -> None:
     attrs["axes"] = _strings(h5py, ["k (slice)", "j (row)", "i (column)"])
     attrs["mask_names"] = _strings(h5py, case.mask_names)
     attrs["mask_types"] = _strings(h5py, [case.mask_types.get(n, "") for n in case.mask_names])
+    attrs["roi_present"] = np.array(case.roi_present, dtype=np.uint8)
     attrs["meta_json"] = json_text(case.meta)
 
 

@@ -267,6 +267,11 @@ def write_openkbp(case: CaseData, folder: Path, settings: Optional[OpenKBPSettin
         },
         "structures": structures,
         "structures_empty_on_grid": empty,
+        **(
+            {"channels": names, "roi_present": case.roi_present}
+            if (case.meta.get("structures") or {}).get("channels")
+            else {}
+        ),
         "masks_interpolator": "nearest neighbour from the case's output grid",
         "nonzero_counts": counts,
         "source": case.meta.get("source", {}),

@@ -3,6 +3,7 @@ and (for the native DVHs) on the native dose grid."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -17,24 +18,78 @@ from .names import harmonise_names
 from .rasterize import rasterize_structures
 
 
-def case_masks(result, case, options, ct_geometry) -> tuple:
-    """Masks on the output grid and (with a single native grid) on the native dose grid."""
+@dataclass
+class CaseContours:
+    """The contours of a case's structure sets, names harmonised (``--roi-map``), read once per case.
+
+    ``problems``: structure sets that could not be read (``{"source", "number", "name", "reason"}``);
+    ``notes``: renamings.
+    """
+
+    rois: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
+def read_case_contours(case, options, ct_geometry) -> CaseContours:
+    """Read every structure set of ``case`` and harmonise the ROI names with ``options.roi_map``."""
     native_grid = ct_geometry.grid
     normal = np.cross(native_grid.direction[:, 0], native_grid.direction[:, 1])
-    rois, problems = [], []
+    contours = CaseContours()
     for obj in case.structs:
         try:
-            rois.extend(read_structure_set(obj.path, rel_path=obj.rel_path, plane_normal=normal))
+            contours.rois.extend(read_structure_set(obj.path, rel_path=obj.rel_path, plane_normal=normal))
         except DoseAlignError as error:
-            problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": str(error)})
-    notes = harmonise_names(rois, getattr(options, "roi_map", None))
+            contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": str(error)})
+    contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None))
+    return contours
+
+
+def fixed_channels(rois: list, channels) -> tuple:
+    """The ROIs to rasterize for fixed channels and the names left out.
+
+    An ROI whose name matches a channel (in any case) takes the channel's spelling; an EXTERNAL
+    ROI is kept for the body mask even when it is no channel; ROIs that give no mask stay (they
+    are listed with their reason). Returns ``(rois, names of ROIs not in the channels)``.
+    """
+    wanted = {name.lower(): name for name in channels}
+    kept, left_out = [], []
+    for roi in rois:
+        channel = wanted.get(roi.name.lower())
+        if roi.skipped is None and channel is not None:
+            if roi.name != channel:
+                roi.notes.append(f"name {roi.name!r} written as {channel!r}, as --rois spells it")
+                roi.name = channel
+            kept.append(roi)
+        elif roi.skipped is not None:
+            kept.append(roi)
+        else:
+            if roi.interpreted_type == "EXTERNAL":
+                kept.append(roi)  # the body mask; not a channel
+            left_out.append(roi.name)
+    return kept, left_out
+
+
+def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContours] = None) -> tuple:
+    """Masks on the output grid and (with a single native grid) on the native dose grid.
+
+    ``contours`` are the case's contours when already read (e.g. to centre the grid on a ROI).
+    """
+    contours = contours if contours is not None else read_case_contours(case, options, ct_geometry)
+    rois = list(contours.rois)
+    channels = getattr(options, "rois", None)
+    left_out: list = []
+    if channels:
+        rois, left_out = fixed_channels(rois, channels)
     thickness = float(ct_geometry.typical_step_mm or 0.0) or plane_spacing(rois) or float(result.ct.grid.spacing[2])
     supersampling = int(getattr(options, "fractional_masks", 0) or 0)
     out_masks = rasterize_structures(rois, result.ct.grid, thickness, supersampling=supersampling, ct=result.ct)
-    out_masks.skipped.extend(problems)
-    out_masks.notes.extend(notes)
+    out_masks.skipped.extend(contours.problems)
+    out_masks.notes.extend(contours.notes)
     if getattr(options, "roi_map", None):
         out_masks.notes.append("ROI names harmonised with the ROI map in options.roi_map")
+    if channels:
+        out_masks.select(channels, left_out)
     native_masks: Optional[StructureMasks] = None
     if result.native_dose is not None:
         native_grid = result.native_dose.grid
@@ -42,6 +97,8 @@ def case_masks(result, case, options, ct_geometry) -> tuple:
             native_masks = out_masks
         else:
             native_masks = rasterize_structures(rois, native_grid, thickness)
+            if channels:
+                native_masks.select(channels, left_out)
             if native_masks.body is None:
                 ct_native = resample(result.ct, native_grid, Interpolator.NEAREST, fill=options.ct_fill_hu)
                 native_masks.body = body_from_ct(ct_native)

@@ -27,6 +27,8 @@ STORAGE_NOTE = (
 )
 
 
+ABSENT_NOTE = "no ROI of this name in the case's structure sets (or none that gives a mask): an all-zero channel"
+
 RULE_NOTE = (
     "each contour plane is a slab [p - t/2, p + t/2) along the contour normal (t = slab_thickness_mm); a voxel "
     "centre takes the nearest plane whose slab holds it (half way: the plane further along the normal); no planes "
@@ -157,6 +159,9 @@ class StructureMasks:
     body : (K, J, I) bool array or None
     body_source : str
     notes : list of str
+    channels : list of str or None
+        The fixed mask channels (``--rois``) in order, after :meth:`select`; None: one channel
+        per mask in ``masks``. A channel whose ROI the case lacks is all zeros.
     """
 
     grid: Grid
@@ -169,6 +174,8 @@ class StructureMasks:
     #: The body when it is an ROI's mask (kept as its box; :attr:`body` makes the whole array on demand).
     body_mask: Optional[RoiMask] = None
     _body: Optional[np.ndarray] = field(default=None, repr=False)
+    channels: Optional[list] = None
+    not_in_rois: list = field(default_factory=list)
 
     @property
     def body(self) -> Optional[np.ndarray]:
@@ -189,27 +196,52 @@ class StructureMasks:
 
     @property
     def names(self) -> list:
-        return [m.name for m in self.masks]
+        """The names of the channels (with fixed channels, also those the case lacks)."""
+        return list(self.channels) if self.channels is not None else [m.name for m in self.masks]
+
+    def has(self, name: str) -> bool:
+        """Whether channel ``name`` has a mask (False for a fixed channel the case lacks)."""
+        return any(m.name == name for m in self.masks)
 
     def mask(self, name: str) -> RoiMask:
         """The mask of the ROI called ``name``."""
         return next(m for m in self.masks if m.name == name)
 
+    def select(self, channels: Sequence[str], not_in_rois: Sequence[str] = ()) -> None:
+        """Fix the channels: ``channels`` in this order (names matched exactly; see ``case_masks``).
+
+        Masks of other names are dropped from the channels (the body keeps its own mask).
+        """
+        by_name = {m.name: m for m in self.masks}
+        self.masks = [by_name[n] for n in channels if n in by_name]
+        self.channels = list(channels)
+        self.not_in_rois = list(not_in_rois)
+
+    def _channel_masks(self) -> list:
+        """``(channel index, mask or None)`` for every channel."""
+        if self.channels is None:
+            return list(enumerate(self.masks))
+        by_name = {m.name: m for m in self.masks}
+        return [(n, by_name.get(name)) for n, name in enumerate(self.names)]
+
     def packed(self) -> np.ndarray:
         """The binary masks bit-packed along i: ``(N, K, J, ceil(I/8))`` uint8."""
         k, j, i = self.grid.shape
-        out = np.zeros((len(self.masks), k, j, (i + 7) // 8), dtype=np.uint8)
-        for n, m in enumerate(self.masks):
-            _pack_into(out[n], m.box, m.binary, i)
+        channels = self._channel_masks()
+        out = np.zeros((len(channels), k, j, (i + 7) // 8), dtype=np.uint8)
+        for n, m in channels:
+            if m is not None:
+                _pack_into(out[n], m.box, m.binary, i)
         return out
 
     def fraction_stack(self) -> Optional[np.ndarray]:
         """Fractional masks ``(N, K, J, I)`` uint8 (``round(255 x fraction)``), or None."""
         if self.supersampling < 2:
             return None
-        out = np.zeros((len(self.masks), *self.grid.shape), dtype=np.uint8)
-        for n, m in enumerate(self.masks):
-            if m.fraction is not None and m.fraction.size:
+        channels = self._channel_masks()
+        out = np.zeros((len(channels), *self.grid.shape), dtype=np.uint8)
+        for n, m in channels:
+            if m is not None and m.fraction is not None and m.fraction.size:
                 out[n][m.box] = np.rint(np.clip(m.fraction, 0, 1) * 255).astype(np.uint8)
         return out
 
@@ -217,7 +249,7 @@ class StructureMasks:
         """The arrays for pair.npz: ``masks``, ``body`` and (fractional) ``masks_fraction``."""
         out = {"masks": self.packed()}
         if self.body_mask is not None:
-            owner = next((n for n, m in enumerate(self.masks) if m is self.body_mask), None)
+            owner = next((n for n, m in self._channel_masks() if m is self.body_mask), None)
             if owner is not None:  # the body is one of the ROIs: its packed mask, shared
                 out["body"] = out["masks"][owner]
             else:
@@ -245,7 +277,10 @@ class StructureMasks:
     def to_meta(self) -> dict:
         """JSON-ready description for meta.json (per-ROI metadata, skipped ROIs, rule, storage)."""
         rois = []
-        for n, m in enumerate(self.masks):
+        for n, m in self._channel_masks():
+            if m is None:
+                rois.append({"index": n, "name": self.names[n], "absent": ABSENT_NOTE})
+                continue
             contour_cc = m.roi.contour_volume_cc(self.thickness_mm)
             mask_cc = m.volume_cc
             entry = {
@@ -268,8 +303,9 @@ class StructureMasks:
             if m.fraction is not None:
                 entry["fractional_volume_cc"] = round(m.fraction_volume_cc or 0.0, 6)
             rois.append(entry)
-        return {
+        out = {
             "names": self.names,
+            "roi_present": [m is not None for _n, m in self._channel_masks()],
             "rois": rois,
             "skipped": list(self.skipped),
             "slab_thickness_mm": self.thickness_mm,
@@ -279,6 +315,9 @@ class StructureMasks:
             "body": self._body_meta(),
             "notes": list(self.notes),
         }
+        if self.channels is not None:
+            out["channels"] = {"from": "--rois (AlignOptions.rois)", "not_in_rois": list(self.not_in_rois)}
+        return out
 
 
 def unpack_masks(packed: np.ndarray, shape: Sequence[int]) -> np.ndarray:
