@@ -16,6 +16,7 @@ from .errors import Cancelled, DoseAlignError
 from .link.cases import form_cases
 from .options import AlignOptions
 from .output.case_folder import CaseOutput, case_dir, check_output_folder, clean_temp, is_complete
+from .output.files import claim_for, release_claims
 from .output.manifest import manifest_row, relative_reason, write_manifest
 from .output.qa_png import qa_png_writer
 from .output.report import write_report
@@ -43,6 +44,20 @@ class BatchReport:
         return 1 if self.failed else 0
 
 
+def _owning_output(function: Callable) -> Callable:
+    """The run's claim on its output folder (see :mod:`.output.files`) is released when it ends, however it ends."""
+
+    @functools.wraps(function)
+    def run(input_root, out_dir, *args, **kwargs):
+        try:
+            return function(input_root, out_dir, *args, **kwargs)
+        finally:
+            release_claims(Path(out_dir))
+
+    return run
+
+
+@_owning_output
 def export_folder(
     input_root: Path,
     out_dir: Path,
@@ -72,8 +87,8 @@ def export_folder(
     """
     input_root, out_dir = Path(input_root), Path(out_dir)
     check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
-    if shard is None:
-        clean_temp(out_dir)  # shards share the folder: another shard's temp files may be live
+    claim_for(out_dir)  # this run's owner record, before workers start (they use it)
+    clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
     scan = scan_folder(input_root, workers=1 if scheduler else workers)
     linked = form_cases(scan)
     report = BatchReport(orphans=linked.orphans, skipped_files=scan.skipped)

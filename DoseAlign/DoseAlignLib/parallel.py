@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Iterable, Optional
+
+from .limits import die_with_parent
 
 
 def parse_shard(text: str) -> tuple:
@@ -35,25 +36,15 @@ def in_shard(case_id: str, shard: Optional[tuple]) -> bool:
     return int(hashlib.sha1(case_id.encode()).hexdigest(), 16) % n == k - 1
 
 
-def _die_with_parent() -> None:
-    """Linux: a worker gets SIGKILL when the batch process dies, so no orphan keeps writing."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 def run_pool(task: Callable, cases: list, workers: int, on_result: Callable[[int, dict], None]) -> None:
     """Call ``task(case)`` in ``workers`` processes; ``on_result(index, row)`` as each finishes."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     pending: dict = {}
     queue: Iterable = iter(enumerate(cases))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         while True:
             while len(pending) < 2 * workers:
                 item = next(queue, None)

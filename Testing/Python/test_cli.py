@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from DoseAlignLib.cli import main
 from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -70,14 +74,33 @@ def test_resume_skips_complete_cases_and_keeps_the_manifest(study, tmp_path):
     for p in victim.iterdir():
         p.unlink()
     victim.rmdir()
-    (out / ".tmp-leftover-from-a-killed-run").mkdir()
+    leftover = _dead_run_leftover(out)
+    (out / ".tmp-leftover-of-the-user").mkdir()  # not DoseAlign's: it stays
     assert main(["export", str(study), str(out), "--resume", "--quiet"]) == 0
     assert _manifest(out) == first
     for path, stamp in stamps.items():
         if victim not in path.parents:
             assert path.stat().st_mtime_ns == stamp, "complete cases are not written again"
     assert (victim / "pair.npz").is_file()
-    assert not (out / ".tmp-leftover-from-a-killed-run").exists()
+    assert not leftover.exists() and not list(out.glob(".tmp-dosealign-*")), "a dead run's leftovers are removed"
+    assert (out / ".tmp-leftover-of-the-user").is_dir()
+
+
+def _dead_run_leftover(out: Path) -> Path:
+    """A temporary folder of a DoseAlign process that died without cleaning up (its owner record stays)."""
+    code = (
+        "import os, sys; from DoseAlignLib.output.files import claim_folder; "
+        "temp = claim_folder(sys.argv[1]).temp('case'); temp.mkdir(); (temp / 'pair.npz').write_bytes(b'PK'); "
+        "print(temp); os._exit(0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "DoseAlign")},
+    )
+    return Path(done.stdout.strip())
 
 
 def test_bad_case_fails_alone_with_file_and_reason(study, tmp_path):

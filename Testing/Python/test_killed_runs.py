@@ -69,10 +69,11 @@ if where == "npz":
         return original(archive, name, array)
     npz._write_member = dying
 elif where == "manifest":
+    import DoseAlignLib.output.files as files
     original = manifest.write_text_atomic
     def dying(path, text):
-        if due():
-            Path(path).with_name(".tmp-" + Path(path).name + "-dying").write_text(text[: len(text) // 2])
+        if due():  # half the manifest in the run's own temporary file, as the real writer would leave it
+            files.temp_path(Path(path)).write_text(text[: len(text) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         return original(path, text)
     manifest.write_text_atomic = dying
@@ -80,7 +81,7 @@ elif where == "replace":
     original = case_folder.os.replace
     def dying(source, target_path):
         result = original(source, target_path)
-        if ".tmp-old-" in str(target_path) and due():
+        if "-old-" in str(target_path) and due():
             os.kill(os.getpid(), signal.SIGKILL)  # the old case moved aside, the new one not yet in place
         return result
     case_folder.os.replace = dying
@@ -221,6 +222,6 @@ def test_killed_at_the_worst_moment(study, reference, tmp_path, where):
     )
     assert done.returncode == -signal.SIGKILL, f"the writer was not reached: {done.returncode} {done.stderr}"
     if where.startswith("npz"):  # the kill left a half-written pair.npz in a temporary folder
-        assert any(out.glob(".tmp-case-*/pair.npz")), sorted(p.name for p in out.iterdir())
+        assert any(out.glob(".tmp-dosealign-*-case-*/pair.npz")), sorted(p.name for p in out.iterdir())
     _assert_consistent(out, where)
     _finish_and_compare(study, out, tree, where)

@@ -101,6 +101,7 @@ def test_the_stages_are_sub_packages_in_a_readable_tree():
         "batch",
         "cli",
         "errors",
+        "limits",
         "options",
         "parallel",
         "phantom",

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 from pydicom.dataset import Dataset
 
 from ..errors import DoseAlignError, InputError
+from ..limits import die_with_parent
 from . import headers
 
 Progress = Optional[Callable[[float, str], None]]
@@ -164,7 +165,9 @@ def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress
     chunks = [paths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     own = pieces // workers  # this process's share, read while the others read theirs
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers - 1, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         futures = [pool.submit(_scan_files, root, chunk) for chunk in chunks[own:]]
         entries: list = []
         for n, chunk in enumerate(chunks[:own]):

@@ -6,17 +6,17 @@ axes k, j, i) and ``OUT/<case_id>/meta.json``; ``OUT/manifest.csv`` (:mod:`.mani
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import DoseAlignError
-from .files import TEMP_PREFIX, json_text
+from ..limits import open_regular
+from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, json_text, remove_owned
 from .npz import NpzStream
 
 
@@ -52,8 +52,8 @@ class CaseOutput:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        # no case id in the name: the id may still be pseudonymized
-        self.temp = self.out_dir / f"{TEMP_PREFIX}case-{uuid.uuid4().hex[:12]}"
+        # no case id in the name (it may still be pseudonymized); the run's own temporary name
+        self.temp = claim_for(self.out_dir).temp("case")
         self.temp.mkdir()
         self._npz = NpzStream(self.temp / "pair.npz", leading=("ct", "dose"))  # reproducible bytes, see npz.py
         self._added: dict = {}
@@ -76,8 +76,10 @@ class CaseOutput:
             finally:
                 self._npz.close()
             (self.temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
+            fsync_tree(self.temp)  # the data are on the disk before the folder appears complete
             final = case_dir(self.out_dir, result.case_id)
             _replace_dir(self.temp, final)
+            fsync_path(self.out_dir)
         except BaseException:
             self.discard()
             raise
@@ -89,8 +91,15 @@ class CaseOutput:
 
 
 def _replace_dir(temp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f"{TEMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}")
+    if os.path.lexists(final):
+        if not is_case_folder(final):
+            raise DoseAlignError(
+                "exists and is not a DoseAlign case folder (no meta.json or pair.npz of DoseAlign, or it holds "
+                "DICOM files): it is not replaced",
+                path=final,
+                hint="move it away, or export into another folder",
+            )
+        old = claim_for(final.parent).temp("old")
         os.replace(final, old)
         os.replace(temp, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -98,19 +107,55 @@ def _replace_dir(temp: Path, final: Path) -> None:
         os.replace(temp, final)
 
 
+#: File names a DICOM file may carry (besides the 'DICM' preamble, checked too).
+_DICOM_NAMES = (".dcm", ".dicom", ".ima")
+
+
+def is_case_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a case folder DoseAlign wrote, which a new export of the case may replace.
+
+    It must be a real folder (not a symlink) with DoseAlign's meta.json (``dosealign_version``) or a
+    pair.npz, and hold no DICOM file: an input folder that happens to carry a case's name is never replaced.
+    """
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    ours = False
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        ours = isinstance(meta, dict) and "dosealign_version" in meta
+    except (OSError, ValueError):
+        pass
+    ours = ours or (folder / "pair.npz").is_file()
+    if not ours:
+        return False
+    for base, _dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            if name.lower().endswith(_DICOM_NAMES):
+                return False
+            try:
+                with open_regular(path) as handle:
+                    handle.seek(128)
+                    if handle.read(4) == b"DICM":
+                        return False
+            except OSError:  # unreadable, or a pipe or device: not something DoseAlign wrote
+                return False
+    return True
+
+
 def clean_temp(out_dir: Path) -> list:
-    """Remove temporary folders and files a killed run left behind; return their names."""
-    removed = []
+    """Remove what killed DoseAlign runs left in ``out_dir``; return the names removed.
+
+    Only entries of runs whose owner is provably dead go (see :mod:`.files`): a live run's
+    temporary folders, another machine's, and any other ``.tmp-*`` entry (a user's) stay.
+    """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        return removed
-    for entry in out_dir.iterdir():
-        if entry.name.startswith(TEMP_PREFIX):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry.name)
+        return []
+    removed = []
+    for token in dead_claims(out_dir):
+        removed.extend(remove_owned(out_dir, token))
     return removed
 
 
@@ -127,14 +172,9 @@ def check_output_folder(out_dir: Path) -> None:
             path=out_dir,
             hint="choose a folder you can write to",
         ) from None
-    probe = out_dir / f".tmp-write-test-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(probe, "wb") as handle:
-            handle.write(b"dosealign")
-        probe.unlink()
+    try:  # the probe is an owner record: if this process is killed now, the next run removes it
+        RunClaim(out_dir).release()
     except OSError as error:
-        with contextlib.suppress(OSError):
-            probe.unlink()
         raise DoseAlignError(
             f"cannot write to the output folder: {error.strerror or error}",
             path=out_dir,

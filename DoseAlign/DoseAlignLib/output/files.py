@@ -1,27 +1,331 @@
-"""Files as every DoseAlign output writes them: JSON text, atomic replacement, temporary names.
+"""Files as every DoseAlign output writes them: JSON text, atomic replacement, temporary names it owns.
 
-Everything DoseAlign writes goes first to a temporary name (``TEMP_PREFIX``) beside its final one
-and is renamed into place when complete, so a reader never sees a half-written file.
+Everything DoseAlign writes goes first to a temporary name and is renamed into place when complete
+(after its data reached the disk: :func:`fsync_tree`), so a reader never sees a half-written file.
+
+DoseAlign deletes only what it made. A process that writes into an output folder first *claims* it
+(:class:`RunClaim`): an owner record ``.tmp-dosealign-<token>.owner`` (pid, host, boot, process start
+time) locked for the process's life. Every temporary entry it makes is ``.tmp-dosealign-<token>-...``
+directly in that folder. A later run removes leftovers only of claims whose owner is provably dead
+(:func:`dead_claims`: lock free, same host, and the pid gone, reused, or the machine rebooted); a
+live run's work, another host's, and anything else that starts with ``.tmp-`` (a user's
+``.tmp-notes.txt``) are never touched.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-#: Temporary files and folders start with this, so that a later run can find a killed run's leftovers.
+#: Every temporary entry of DoseAlign starts with this (kept for readers that look for it).
 TEMP_PREFIX = ".tmp-"
+#: A run's temporary entries: ``.tmp-dosealign-<16 hex token>-...``; its owner record ``...<token>.owner``.
+RUN_PREFIX = ".tmp-dosealign-"
+OWNER_SUFFIX = ".owner"
+_ENTRY = re.compile(r"^\.tmp-dosealign-([0-9a-f]{16})(\.owner|-.+)$")
+
+try:  # POSIX advisory locks; elsewhere ownership rests on pid and host alone
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+# ---- claims: what this process owns ------------------------------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str:
+    """When ``pid`` started (clock ticks since boot, Linux), so that a reused pid is not taken for the owner."""
+    return _proc_stat(pid)[1]
+
+
+def _proc_stat(pid: int) -> tuple:
+    """``(state, start time)`` of a process from /proc (``("", "")`` where there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return "", ""
+
+
+class RunClaim:
+    """This process's claim on an output folder: the owner record and the temporary names it may use."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(os.path.realpath(folder))
+        self.token = secrets.token_hex(8)
+        self.pid = os.getpid()
+        self.record = self.folder / f"{RUN_PREFIX}{self.token}{OWNER_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        self._fd: Optional[int] = os.open(str(self.record), flags, 0o644)
+        try:
+            if fcntl is not None:
+                with contextlib.suppress(OSError):  # a filesystem without locks: pid and host still tell
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            owner = {
+                "dosealign_run": self.token,
+                "pid": self.pid,
+                "host": socket.gethostname(),
+                "boot_id": _boot_id(),
+                "process_start": _process_start(self.pid),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            os.write(self._fd, (json.dumps(owner) + "\n").encode("utf-8"))
+        except BaseException:
+            self.release()
+            raise
+
+    def temp(self, what: str) -> Path:
+        """A fresh temporary path in the claimed folder (nothing is created)."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", what)[:60] or "x"
+        return self.folder / f"{RUN_PREFIX}{self.token}-{safe}-{uuid.uuid4().hex[:8]}"
+
+    def release(self) -> None:
+        """Remove the owner record (only the process that made the claim does) and free the lock."""
+        if self._fd is None:
+            return
+        if os.getpid() == self.pid:
+            with contextlib.suppress(OSError):
+                self.record.unlink()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = None
+        if _CLAIMS.get(str(self.folder)) is self:
+            del _CLAIMS[str(self.folder)]
+
+    def __enter__(self) -> RunClaim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+#: Claims of this process (and, after a fork, of its parent: a forked helper uses its parent's
+#: claim, and dies with it), by the folder's real path.
+_CLAIMS: dict = {}
+
+
+def claim_folder(folder: Path) -> RunClaim:
+    """A new claim of this process on ``folder`` (a batch makes one and releases it at its end).
+
+    Raises OSError when the owner record cannot be written (the folder is not writable, the disk is full).
+    """
+    claim = RunClaim(Path(folder))
+    _CLAIMS[str(claim.folder)] = claim
+    return claim
+
+
+def claim_for(folder: Path) -> RunClaim:
+    """The claim whose folder is ``folder`` or holds it; a new one on ``folder`` when none does.
+
+    Claims are released by :func:`release_claims` (a batch at its end, a worker before it exits, and
+    at interpreter exit at the latest).
+    """
+    real = os.path.realpath(folder)
+    for key, claim in _CLAIMS.items():
+        if real == key or real.startswith(key.rstrip(os.sep) + os.sep):
+            return claim
+    if not _AT_EXIT:
+        atexit.register(release_claims)
+        _AT_EXIT.append(True)
+    return claim_folder(Path(folder))
+
+
+_AT_EXIT: list = []
+
+
+def release_claims(folder: Optional[Path] = None) -> None:
+    """Release the claims this process made (on ``folder`` and below it, or all)."""
+    real = os.path.realpath(folder) if folder is not None else None
+    for key, claim in list(_CLAIMS.items()):
+        inside = real is None or key == real or key.startswith(real.rstrip(os.sep) + os.sep)
+        if inside and claim.pid == os.getpid():
+            claim.release()
+
+
+# ---- leftovers of dead runs ---------------------------------------------------------------------
+
+
+def _owner_state(record: Path) -> str:
+    """``"live"``, ``"dead"`` or ``"unknown"`` (another host, unreadable, not a DoseAlign record).
+
+    Dead means: the record's lock is free (its helpers, which hold it too, are gone) and its owner
+    process is gone, its pid belongs to another process now, or this machine restarted since.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(str(record), flags)
+    except OSError:
+        return "unknown"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "unknown"
+        try:
+            owner = json.loads(os.read(fd, 4096).decode("utf-8"))
+            pid = int(owner["pid"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return "unknown"
+        match = _ENTRY.match(record.name)
+        if not match or owner.get("dosealign_run") != match.group(1):
+            return "unknown"
+        if owner.get("host") != socket.gethostname():
+            return "unknown"  # another machine's run (shared storage): only it knows whether it lives
+        same_boot = not owner.get("boot_id") or owner["boot_id"] == _boot_id()  # else this machine restarted
+        if same_boot and (pid == os.getpid() or _alive(pid, owner.get("process_start") or "")):
+            return "live"
+        # the owner is gone; its helper processes die with it (and hold the lock until then)
+        return "dead" if _lock_frees(fd, seconds=5.0) else "live"
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether process ``pid`` exists and is the one that started at ``started`` (when known)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists (another user's)
+    state, now = _proc_stat(pid)
+    if state in ("Z", "X"):  # a zombie: it has ended, its parent has not yet collected it
+        return False
+    return not started or not now or now == started
+
+
+def _lock_frees(fd: int, seconds: float) -> bool:
+    """Whether the record's lock can be taken within ``seconds`` (True where there are no locks)."""
+    if fcntl is None:
+        return True
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.05)
+        except OSError:
+            return True  # no locks on this filesystem: the pid decided
+
+
+def dead_claims(folder: Path) -> list:
+    """Tokens of the runs whose owner records in ``folder`` belong to provably dead processes."""
+    tokens = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return tokens
+    for entry in entries:
+        match = _ENTRY.match(entry.name)
+        if match and match.group(2) == OWNER_SUFFIX and _owner_state(Path(entry.path)) == "dead":
+            tokens.append(match.group(1))
+    return sorted(tokens)
+
+
+def remove_owned(folder: Path, token: str) -> list:
+    """Remove the temporary entries of run ``token`` directly in ``folder``, then its owner record.
+
+    Only names of that run (``.tmp-dosealign-<token>-...``) are touched; a symlink is removed, never
+    followed; a folder is removed with its content (which that run made). Returns the names removed.
+    """
+    removed = []
+    prefix = f"{RUN_PREFIX}{token}-"
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.name.startswith(prefix):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name)
+        except OSError:
+            continue
+    record = Path(folder) / f"{RUN_PREFIX}{token}{OWNER_SUFFIX}"
+    with contextlib.suppress(OSError):
+        record.unlink()
+        removed.append(record.name)
+    return removed
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+
+
+def temp_path(path: Path) -> Path:
+    """A temporary path for ``path`` (renamed onto it when complete), owned by this process's claim.
+
+    It lies in the claimed output folder (``path``'s folder or one above it), so that a run's
+    leftovers are all in one place.
+    """
+    path = Path(path)
+    return claim_for(path.parent).temp(path.name)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or folder's data to the disk (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (22, 95):  # EINVAL, EOPNOTSUPP: not for this kind of file
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder below ``folder`` (and itself), e.g. before renaming it into place."""
+    for base, dirs, files in os.walk(folder):
+        for name in files:
+            fsync_path(Path(base) / name)
+        for name in dirs:
+            fsync_path(Path(base) / name)
+    fsync_path(folder)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file that is synced and renamed into place.
+
+    On failure (e.g. a full disk) the temporary file is removed and ``path`` keeps its old content.
+    """
     path = Path(path)
-    temp = path.with_name(f"{TEMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
+    temp = temp_path(path)
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
 
 
 def json_text(data) -> str:
@@ -37,12 +341,6 @@ def _json_default(value):
     if isinstance(value, Path):
         return value.as_posix()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def temp_path(path: Path) -> Path:
-    """A temporary sibling of ``path`` (removed by case_folder.clean_temp if a run dies)."""
-    path = Path(path)
-    return path.with_name(f"{TEMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
 
 
 def replace_atomic(temp: Path, final: Path) -> None:

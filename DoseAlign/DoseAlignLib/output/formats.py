@@ -29,14 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import DoseAlignError
 from .case_data import CaseData, require
-from .files import TEMP_PREFIX, json_text, temp_path
+from .files import json_text, temp_path
 from .openkbp import OpenKBPSettings
 
 logger = logging.getLogger(__name__)
@@ -157,7 +156,7 @@ class ExportFormats:
         if not missing:
             return []
         case = CaseData.from_folder(folder)
-        work = folder.parent / f"{TEMP_PREFIX}add-{folder.name}-{uuid.uuid4().hex[:8]}"
+        work = temp_path(folder.parent / "add")
         work.mkdir()
         try:
             exports = self.write_case_data(case, work, missing)

@@ -1,0 +1,164 @@
+"""Resource limits every stage shares: time per file and per case, memory per case, inflated bytes.
+
+Hostile or broken inputs must not stop or starve a batch, so each limit is stated here, checked
+before the work it bounds where that is possible, and named in the error when it is reached. Each
+can be changed through an environment variable (read when the limit is used), e.g. for a cohort
+of unusually large cases::
+
+    DOSEALIGN_SCAN_FILE_SECONDS     time to read one file's header during the scan     (default 30)
+    DOSEALIGN_CASE_SECONDS          time for one case (rasterizer, pool worker)         (default 3600)
+    DOSEALIGN_MEMORY_MULTIPLE       a case's working memory / the bytes of its outputs  (default 4)
+    DOSEALIGN_MEMORY_FLOOR_MB       working memory every case may use whatever its size (default 1024)
+    DOSEALIGN_INFLATE_MB            inflated size of one deflated file during the scan  (default 512)
+
+Helpers here: :class:`Deadline` (a time limit checked where the work loops), :func:`die_with_parent`
+(helper processes end with the process that started them) and :func:`memory_available`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from typing import Optional
+
+from .errors import DoseAlignError
+
+DEFAULTS = {
+    "DOSEALIGN_SCAN_FILE_SECONDS": 30.0,
+    "DOSEALIGN_CASE_SECONDS": 3600.0,
+    "DOSEALIGN_MEMORY_MULTIPLE": 4.0,
+    "DOSEALIGN_MEMORY_FLOOR_MB": 1024.0,
+    "DOSEALIGN_INFLATE_MB": 512.0,
+}
+
+
+class LimitError(DoseAlignError):
+    """A case or file needs more time or memory than its stated limit; the error names the limit."""
+
+
+def limit(name: str) -> float:
+    """The value of a limit: its environment variable when set to a positive number, else the default."""
+    text = os.environ.get(name, "")
+    try:
+        value = float(text)
+    except ValueError:
+        return DEFAULTS[name]
+    return value if value > 0 else DEFAULTS[name]
+
+
+def scan_file_seconds() -> float:
+    return limit("DOSEALIGN_SCAN_FILE_SECONDS")
+
+
+def case_seconds() -> float:
+    return limit("DOSEALIGN_CASE_SECONDS")
+
+
+def inflate_bytes() -> int:
+    return int(limit("DOSEALIGN_INFLATE_MB") * 1024 * 1024)
+
+
+def memory_limit_bytes(output_bytes: float) -> int:
+    """The working memory a case with ``output_bytes`` of arrays may use."""
+    floor = limit("DOSEALIGN_MEMORY_FLOOR_MB") * 1024 * 1024
+    return int(max(limit("DOSEALIGN_MEMORY_MULTIPLE") * output_bytes, floor))
+
+
+class Deadline:
+    """A time limit: :meth:`check` raises :class:`LimitError` once ``seconds`` have passed since creation."""
+
+    def __init__(self, seconds: float, what: str, variable: str = "DOSEALIGN_CASE_SECONDS") -> None:
+        self.seconds = float(seconds)
+        self.what = what
+        self.variable = variable
+        self.end = time.monotonic() + self.seconds
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.end
+
+    def check(self, path: Optional[str] = None) -> None:
+        if time.monotonic() > self.end:
+            raise LimitError(
+                f"{self.what} took longer than the limit of {self.seconds:g} s",
+                path=path,
+                hint=f"set {self.variable} to allow more time",
+            )
+
+
+def die_with_parent(parent_pid: Optional[int] = None) -> None:
+    """Linux: this (helper) process gets SIGKILL when the process that started it dies.
+
+    Called first in every worker and forked header reader, so that no orphan keeps reading or
+    writing after a killed export; ``parent_pid`` (the starter's pid) lets a helper whose parent
+    died before the call end at once. Elsewhere a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before the call
+                os._exit(1)
+        except (OSError, AttributeError):
+            pass
+
+
+def memory_available() -> Optional[int]:
+    """Bytes of memory this machine can give without swapping (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def format_bytes(count: float) -> str:
+    """``1.5 GiB``, ``320 MiB``: sizes as messages give them."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(count) >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{int(count)} B"
+
+
+def open_regular(path, what: str = "file"):
+    """Open ``path`` for binary reading only if it is a regular file (following symlinks), never blocking.
+
+    A named pipe, socket or device would block a reader forever (or never end): they are refused with
+    an :class:`OSError` whose message says what the entry is. Returns a buffered binary file object.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    mode = os.stat(path).st_mode  # before opening: opening a FIFO or a device can itself have effects
+    if not stat.S_ISREG(mode):
+        raise OSError(f"not a regular {what} ({special_kind(mode)}): not opened")
+    fd = os.open(str(path), flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # replaced between the two looks
+            raise OSError(f"not a regular {what} ({special_kind(mode)}): not opened")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def special_kind(mode: int) -> str:
+    """What a non-regular directory entry is, in words."""
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"

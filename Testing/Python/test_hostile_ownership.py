@@ -1,0 +1,194 @@
+"""Hostile inputs, class 1: DoseAlign deletes only what it made.
+
+A run's temporary entries carry its own token and an owner record; start-up removes only the
+leftovers of runs that are provably dead. Here: a user's ``.tmp-*`` files and folders in OUT stay;
+a live export's temporary folder survives a second export into the same OUT and is removed once its
+owner died; another machine's leftovers and unreadable records stay; a dead run's symlink is removed,
+not followed; a folder in OUT that is not a DoseAlign case (it holds DICOM) is never replaced; an
+export whose OUT is its own input folder leaves every input file as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hostile
+import pytest
+from DoseAlignLib.cli import main
+
+#: Claims OUT, makes a temporary case folder in it and waits (a live run) until stdin closes.
+LIVE_RUN = """
+import sys
+from DoseAlignLib.output.files import claim_folder
+claim = claim_folder(sys.argv[1])
+temp = claim.temp("case")
+temp.mkdir()
+(temp / "pair.npz").write_bytes(b"half")
+print(temp, flush=True)
+sys.stdin.read()
+"""
+#: A run that dies without cleaning up: its claim and a temporary folder stay.
+DEAD_RUN = """
+import os, sys
+from DoseAlignLib.output.files import claim_folder
+temp = claim_folder(sys.argv[1]).temp("case")
+temp.mkdir()
+(temp / "pair.npz").write_bytes(b"half")
+print(temp, flush=True)
+os._exit(0)
+"""
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("own") / "in"
+    hostile.study(root / "a", with_structures=False)
+    return root
+
+
+def _export(inputs: Path, out: Path, *extra: str) -> int:
+    return main(["export", str(inputs), str(out), "--quiet", "--workers", "1", "--no-qa-png", *extra])
+
+
+def test_user_tmp_entries_in_out_stay(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / ".tmp-keep").mkdir(parents=True)
+    shutil.copy(next((inputs / "a").glob("*.dcm")), out / ".tmp-keep" / "slice.dcm")
+    (out / ".tmp-notes.txt").write_text("mine")
+    (out / ".tmp-dosealign-notes").write_text("also mine: no token, no owner")
+    before = hostile.snapshot(out)
+    assert _export(inputs, out) == 0
+    assert _export(inputs, out, "--resume") == 0
+    capsys.readouterr()
+    after = hostile.snapshot(out)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not [n for n in after if n.startswith(".tmp-dosealign-") and n != ".tmp-dosealign-notes"]
+
+
+def test_a_live_runs_work_survives_a_second_export(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    live = subprocess.Popen(
+        [sys.executable, "-c", LIVE_RUN, str(out)],
+        env=hostile.ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        temp = Path(live.stdout.readline().strip())
+        assert temp.is_dir()
+        assert _export(inputs, out) == 0
+        assert (temp / "pair.npz").read_bytes() == b"half", "a live run's temporary folder was touched"
+        assert _export(inputs, out, "--resume") == 0
+        assert temp.is_dir()
+    finally:
+        live.stdin.close()
+        live.wait(timeout=60)
+    # its owner has ended without removing it: now it is a dead run's leftover
+    assert _export(inputs, out, "--resume") == 0
+    capsys.readouterr()
+    assert not temp.exists()
+    assert not list(out.glob(".tmp-dosealign-*")), sorted(p.name for p in out.iterdir())
+
+
+def test_a_killed_owner_is_recognised_even_while_its_pid_is_a_zombie(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.Popen(
+        [sys.executable, "-c", LIVE_RUN, str(out)],
+        env=hostile.ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    temp = Path(run.stdout.readline().strip())
+    run.send_signal(signal.SIGKILL)
+    time.sleep(0.3)  # not yet collected: the pid exists as a zombie
+    try:
+        assert _export(inputs, out) == 0
+        capsys.readouterr()
+        assert not temp.exists(), "a killed run's leftovers stay while its pid is a zombie"
+    finally:
+        run.wait(timeout=60)
+
+
+def test_dead_runs_leftovers_go_other_hosts_and_forged_records_stay(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    done = hostile.python(DEAD_RUN, str(out))
+    dead = Path(done.stdout.strip())
+    # a run of another machine on shared storage: it may be alive; only it may remove its files
+    other = out / ".tmp-dosealign-0123456789abcdef.owner"
+    other.write_text(json.dumps({"dosealign_run": "0123456789abcdef", "pid": 1, "host": socket.gethostname() + "-x"}))
+    (out / ".tmp-dosealign-0123456789abcdef-case-1").mkdir()
+    # a record that is not DoseAlign's (wrong token inside) and one that is not JSON
+    forged = out / ".tmp-dosealign-fedcba9876543210.owner"
+    forged.write_text(json.dumps({"dosealign_run": "0000000000000000", "pid": 999999, "host": socket.gethostname()}))
+    (out / ".tmp-dosealign-fedcba9876543210-keep").write_text("x")
+    (out / ".tmp-dosealign-aaaaaaaaaaaaaaaa.owner").write_bytes(b"\xff\xfe not json")
+    (out / ".tmp-dosealign-aaaaaaaaaaaaaaaa-keep").write_text("x")
+    assert _export(inputs, out) == 0
+    capsys.readouterr()
+    assert not dead.exists()
+    names = sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp-"))
+    assert names == [
+        ".tmp-dosealign-0123456789abcdef-case-1",
+        ".tmp-dosealign-0123456789abcdef.owner",
+        ".tmp-dosealign-aaaaaaaaaaaaaaaa-keep",
+        ".tmp-dosealign-aaaaaaaaaaaaaaaa.owner",
+        ".tmp-dosealign-fedcba9876543210-keep",
+        ".tmp-dosealign-fedcba9876543210.owner",
+    ]
+
+
+def test_a_dead_runs_symlink_is_removed_not_followed(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.dcm").write_bytes(b"x" * 200)
+    code = DEAD_RUN.replace('temp.mkdir()\n(temp / "pair.npz").write_bytes(b"half")', "temp.symlink_to(sys.argv[2])")
+    link = Path(hostile.python(code, str(out), str(victim)).stdout.strip())
+    assert link.is_symlink()
+    assert _export(inputs, out) == 0
+    capsys.readouterr()
+    assert not link.is_symlink() and (victim / "precious.dcm").read_bytes() == b"x" * 200
+
+
+def test_a_folder_that_is_not_a_dosealign_case_is_never_replaced(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _export(inputs, out) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    folder = out / row["case_id"]
+    shutil.rmtree(folder)
+    folder.mkdir()  # someone's folder that happens to carry the case's name
+    (folder / "pair.npz").write_bytes(b"theirs")
+    shutil.copy(next((inputs / "a").glob("*.dcm")), folder / "scan.dcm")
+    before = hostile.snapshot(folder)
+    assert _export(inputs, out) == 1
+    text = capsys.readouterr().out
+    assert "is not a DoseAlign case folder" in text and "not replaced" in text
+    assert hostile.snapshot(folder) == before
+
+
+def test_out_equal_to_the_input_never_deletes_an_input(tmp_path, capsys):
+    root = tmp_path / "in"
+    hostile.study(root / "a", with_structures=False)
+    (root / ".tmp-notes.txt").write_text("mine")
+    (root / ".tmp-keep").mkdir()
+    (root / ".tmp-keep" / "x.dcm").write_bytes(b"\0" * 132)
+    before = hostile.snapshot(root)
+    for _ in range(2):  # the second run meets the first one's outputs among the inputs
+        main(["export", str(root), str(root), "--quiet", "--workers", "1", "--no-qa-png"])
+        capsys.readouterr()
+        after = hostile.snapshot(root)
+        assert {k: v for k, v in after.items() if k in before} == before, "an input was changed or deleted"
