@@ -150,7 +150,7 @@ def main(argv) -> int:
     except (OSError, ValueError, RuntimeError) as error:  # bad folder, database, missing module: not a case error
         print(f"DoseAlignBatch: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    failed = [row for row in rows if row["status"] != "ok"]
+    failed = [row for row in rows if row["status"] == "failed"]  # skipped: kept by --resume
     print(
         f"DoseAlignBatch: {len(rows) - len(failed)} of {len(rows)} cases exported to {args.output} "
         f"in {time.monotonic() - started:.1f} s; {len(failed)} failed",

@@ -82,6 +82,7 @@ _EXPORTS = {
     "qa_png_writer": ".output.qa_png",
     "matplotlib_available": ".output.qa_png",
     "write_report": ".output.report",
+    "inspect_output": ".output.out_folder",
     "make_pseudonymizer": ".output.pseudonym",
     "key_is_private": ".output.pseudonym",
     # one case, a folder
@@ -90,6 +91,10 @@ _EXPORTS = {
     "export_folder": ".batch",
     "merge_shards": ".batch",
     "BatchReport": ".batch",
+    "Interrupted": ".batch",
+    "NothingToExport": ".batch",
+    "what_was_found": ".batch",
+    "check_export_target": ".batch",
     "default_workers": ".parallel",
     "options_from_args": ".arguments",
     "parse_floats": ".arguments",

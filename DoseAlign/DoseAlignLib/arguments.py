@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from .options import AlignOptions, roi_list
-from .structures.names import load_roi_map
 
 
 def parse_floats(text: str) -> tuple:
@@ -63,6 +62,8 @@ def custom_grid_choice(args: argparse.Namespace) -> tuple:
 
 def options_from_args(args: argparse.Namespace) -> AlignOptions:
     """AlignOptions from parsed arguments (the CLI's, or the Slicer batch script's, which lacks some flags)."""
+    from .structures.names import load_roi_map  # numpy and pydicom: imported when used, not by --help
+
     roi_map = getattr(args, "roi_map", None)
     thresholds = getattr(args, "audit_thresholds", None)
     reference, box, size = custom_grid_choice(args)

@@ -6,25 +6,41 @@ import csv
 import functools
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import __version__
 from .dicom.damage import damaged_file_rows
 from .dicom.scan import scan_folder
 from .errors import Cancelled, DoseAlignError
 from .link.cases import form_cases
 from .options import AlignOptions
 from .output.case_folder import CaseOutput, case_dir, check_output_folder, clean_temp, is_complete
-from .output.files import claim_for, release_claims
-from .output.manifest import manifest_row, relative_reason, write_manifest
-from .output.qa_png import qa_png_writer
+from .output.files import claim_for, release_claims, remove_owned
+from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
+from .output.out_folder import inspect_output, pseudonymization_conflict, request_differences
+from .output.qa_png import matplotlib_available, qa_png_writer
 from .output.report import write_report
-from .parallel import in_shard, run_dask, run_pool
+from .parallel import in_shard, run_dask, run_pool, worker_stage
 from .pipeline import run_case
 
 logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[float, str], None]]
+
+
+class NothingToExport(DoseAlignError):
+    """The input holds no case to export (no RTDOSE, or no readable DICOM at all); nothing was written."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during an export: ``done`` of ``total`` cases were finished (and are in manifest.csv)."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"interrupted after {done} of {total} cases")
+        self.done = done
+        self.total = total
 
 
 @dataclass
@@ -33,11 +49,18 @@ class BatchReport:
     orphans: list = field(default_factory=list)
     skipped_files: list = field(default_factory=list)
     manifest: Optional[Path] = None  # the manifest this run wrote (manifest.csv, or a shard's)
-    notes: list = field(default_factory=list)  # what the user should know (e.g. dataset.json has no label)
+    ignored: list = field(default_factory=list)  # (rel_path, reason) the scan did not read
+    foreign: list = field(default_factory=list)  # names in OUT that are not cases of this run
+    notes: list = field(default_factory=list)  # what the user should know (also given to ``notify``)
+    exported_again: dict = field(default_factory=dict)  # case_id -> why its earlier outputs were not kept
 
     @property
     def failed(self) -> list:
         return [r for r in self.rows if r["status"] == "failed"]
+
+    @property
+    def skipped(self) -> list:
+        return [r for r in self.rows if r["status"] == "skipped"]
 
     @property
     def exit_code(self) -> int:
@@ -64,7 +87,10 @@ def export_folder(
     options: AlignOptions,
     *,
     resume: bool = False,
+    append: bool = False,
     progress: Progress = None,
+    stage: Optional[Callable[[str, str], None]] = None,
+    notify: Optional[Callable[[str], None]] = None,
     case_filter: Optional[Callable] = None,
     workers: int = 1,
     shard: Optional[tuple] = None,
@@ -76,26 +102,58 @@ def export_folder(
 ) -> BatchReport:
     """Scan ``input_root``, form cases, export each into ``out_dir`` and write ``manifest.csv``.
 
-    With ``resume``, cases whose outputs are complete are not computed again (their manifest rows
-    are rebuilt from meta.json). ``workers`` > 1 runs cases in a process pool; ``scheduler``
-    (``tcp://host:port`` or ``local``) on a Dask cluster; ``shard`` ``(K, N)`` exports only the
-    K-th of N deterministic parts and writes ``manifest.shard-K-of-N.csv`` (see :func:`merge_shards`).
-    ``qa_png`` adds each case's qa.png, ``report_html`` the batch's report.html (not per shard).
-    ``formats`` (:class:`~DoseAlignLib.output.formats.ExportFormats`) adds NIfTI, NRRD, HDF5 or OpenKBP files per
-    case and, at the end (not per shard), dataset.h5 and dataset.json.
-    Returns the manifest rows in case order; ``exit_code`` is 1 when a case failed.
+    Nothing is written when ``input_root`` is not a folder, is ``out_dir`` itself, or holds no case
+    (:class:`NothingToExport`, saying what it holds), nor when ``out_dir`` holds pseudonymized
+    outputs and this export is plain or the other way round. An ``out_dir`` inside ``input_root``
+    is left out of the scan (with a note).
+
+    With ``resume``, a case whose complete outputs record the same request (options, DoseAlign
+    version, input files, pseudonymization, qa.png) is not computed again: its row says
+    ``skipped``; one that records another request is exported again and ``exported_again`` says
+    why. Folders in ``out_dir`` that are no case of this input are left alone and listed in
+    ``foreign``; with ``append`` they are cases of other inputs made with the same options, kept in
+    the one manifest (and dataset files) with this input's cases.
+
+    ``workers`` > 1 runs cases in a process pool; ``scheduler`` (``tcp://host:port`` or ``local``) on
+    a Dask cluster; ``shard`` ``(K, N)`` exports only the K-th of N deterministic parts and writes
+    ``manifest.shard-K-of-N.csv`` (see :func:`merge_shards`). ``qa_png`` adds each case's qa.png,
+    ``report_html`` the batch's report.html (not per shard). ``formats``
+    (:class:`~DoseAlignLib.output.formats.ExportFormats`) adds NIfTI, NRRD, HDF5 or OpenKBP files per case
+    and, at the end (not per shard), dataset.h5 and dataset.json. ``progress(fraction, message)``
+    follows the cases, ``stage(case_id, message)`` the steps inside each case, ``notify(message)``
+    gets what the user should know as it is found (also kept in ``notes``).
+
+    Returns the manifest rows in case order; ``exit_code`` is 1 when a case failed. Ctrl-C raises
+    :class:`Interrupted` (after stopping the workers; the manifest lists the finished cases).
     """
     input_root, out_dir = Path(input_root), Path(out_dir)
-    check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
-    claim_for(out_dir)  # this run's owner record, before workers start (they use it)
-    clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
-    scan = scan_folder(input_root, workers=1 if scheduler else workers)
+    report = BatchReport()
+
+    def note(message: str) -> None:
+        report.notes.append(message)
+        if notify is not None:
+            notify(message)
+
+    exclude = _check_folders(input_root, out_dir, note)
+    scan = scan_folder(input_root, workers=1 if scheduler else workers, exclude=exclude)
     linked = form_cases(scan)
-    report = BatchReport(orphans=linked.orphans, skipped_files=scan.skipped)
+    report.orphans, report.skipped_files, report.ignored = linked.orphans, scan.skipped, scan.ignored
     cases = [c for c in linked.cases if (case_filter is None or case_filter(c)) and in_shard(c.case_id, shard)]
-    extra_rows = damaged_file_rows(scan) if shard is None or shard[0] == 1 else []  # unreadable DICOM files
+    damaged = damaged_file_rows(scan)  # unreadable DICOM files: a failed row each
+    extra_rows = damaged if shard is None or shard[0] == 1 else []
+    if not linked.cases and not damaged:
+        raise NothingToExport(what_was_found(scan, linked), path=input_root, hint="nothing was written")
+    found = inspect_output(out_dir)
+    conflict = pseudonymization_conflict(found, pseudonymizer is not None)
+    if conflict:
+        raise _conflict_error(out_dir, conflict)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
         extra_rows = pseudonymizer.prepare(scan, cases, extra_rows)
+    own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
+    carried = _other_cases(found, own, options, append, shard, note, report, out_dir, input_root)
+    check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
+    claim = claim_for(out_dir)  # this run's owner record, before workers start (they use it)
+    clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     rows: list = [None] * len(cases)
     done = [0]
@@ -107,41 +165,246 @@ def export_folder(
         rows[index] = row
         done[0] += 1
         report.rows = [r for r in rows if r is not None]
-        write_manifest(out_dir, report.rows, manifest_name)
+        write_manifest(out_dir, carried + report.rows, manifest_name)
         if progress is not None:
             progress(done[0] / max(len(cases), 1), f"{done[0]}/{len(cases)} cases: {row['case_id']} {row['status']}")
+
+    to_run = []
+    for index, case in enumerate(cases):
+        existing = found.cases.get(case.case_id)
+        if resume and existing is not None and existing.complete:
+            why = request_differences(existing.meta, _request(case, options, pseudonymizer, qa_png))
+            if qa_png and matplotlib_available() and not (existing.folder / "qa.png").is_file():
+                why.append("no qa.png")
+            if not why:
+                record(index, manifest_row(case, "skipped", KEPT, existing.meta))
+                continue
+            report.exported_again[case.case_id] = why
+        to_run.append((index, case))
+    if report.exported_again:
+        note(_exported_again_note(report.exported_again))
 
     task = functools.partial(
         export_case,
         out_dir=out_dir,
         options=options,
-        resume=resume,
         qa_png=qa_png,
         formats=formats,
         pseudonymizer=pseudonymizer,
     )
-    if scheduler:
-        run_dask(task, cases, scheduler, workers, record)
-    elif workers > 1 and len(cases) > 1:
-        run_pool(task, cases, workers, record)
-    else:
-        for index, case in enumerate(cases):
-            record(index, task(case))
+    indices = [index for index, _case in to_run]
+    try:
+        if scheduler:
+            run_dask(task, [c for _i, c in to_run], scheduler, workers, lambda n, row: record(indices[n], row))
+        elif workers > 1 and len(to_run) > 1:
+            run_pool(
+                functools.partial(task, stage=worker_stage if stage is not None else None),
+                [c for _i, c in to_run],
+                workers,
+                lambda n, row: record(indices[n], row),
+                on_stage=stage,
+            )
+        else:
+            for index, case in to_run:
+                case_stage = functools.partial(stage, case.case_id) if stage is not None else None
+                record(index, task(case, stage=case_stage))
+    except KeyboardInterrupt:
+        remove_owned(out_dir, claim.token)  # what the stopped workers left (this run's temporary names only)
+        raise Interrupted(done[0], len(cases)) from None
     report.rows = [r for r in rows if r is not None]
     report.rows.extend(extra_rows)
     if progress is not None:
         progress(1.0, f"{len(cases)} cases, {len(report.failed)} failed")
+    all_rows = carried + report.rows
     if formats is not None and shard is None:
-        finished = formats.finish(out_dir, report.rows)  # formats of resumed cases, dataset.h5, dataset.json
-        report.notes.extend(finished.get("notes", []))
-    report.manifest = write_manifest(out_dir, report.rows, manifest_name)
+        finished = formats.finish(out_dir, all_rows)  # formats of resumed cases, dataset.h5, dataset.json
+        for message in finished.get("notes", []):
+            note(message)
+    report.manifest = write_manifest(out_dir, all_rows, manifest_name)
     if report_html and shard is None:
         write_report(
             out_dir,
-            report.rows,
+            all_rows,
             source="input: (pseudonymized)" if pseudonymizer is not None else f"input: {input_root}",
         )
     return report
+
+
+def check_export_target(input_root: Path, out_dir: Path, pseudonymized: bool) -> None:
+    """The checks :func:`export_folder` makes before it reads the input, for callers that must prepare
+    something first (e.g. a pseudonym key): a usable input and output folder, and an output folder
+    whose pseudonymization agrees with this export. Raises :class:`DoseAlignError`; writes nothing."""
+    input_root, out_dir = Path(input_root), Path(out_dir)
+    _check_folders(input_root, out_dir, lambda _message: None)
+    conflict = pseudonymization_conflict(inspect_output(out_dir), pseudonymized)
+    if conflict:
+        raise _conflict_error(out_dir, conflict)
+
+
+def _conflict_error(out_dir: Path, conflict: str) -> DoseAlignError:
+    return DoseAlignError(
+        f"the output folder cannot take this export: {conflict}",
+        path=out_dir,
+        hint="choose another output folder, or remove what it holds; nothing was written",
+    )
+
+
+#: The reason column of a case kept by ``--resume``.
+KEPT = "complete from an earlier run with the same options: kept"
+
+
+def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None]) -> list:
+    """Refuse an input that is no folder or is the output folder; the folders the scan leaves out."""
+    if not input_root.exists():
+        raise DoseAlignError("the input folder does not exist", path=input_root, hint="nothing was written")
+    if not input_root.is_dir():
+        raise DoseAlignError(
+            "the input is not a folder", path=input_root, hint="give the folder that holds the DICOM files"
+        )
+    real_in, real_out = Path(os.path.realpath(input_root)), Path(os.path.realpath(out_dir))
+    if real_in == real_out:
+        raise DoseAlignError(
+            "the output folder is the input folder",
+            path=out_dir,
+            hint="choose an output folder outside the input; nothing was written",
+        )
+    _check_writable(out_dir)
+    if real_in in real_out.parents:
+        note(
+            f"the output folder {out_dir} is inside the input folder: it is left out of the scan "
+            "(better: an output folder outside the input)"
+        )
+        return [real_out]
+    return []
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Before the scan, without creating anything: can ``out_dir`` be written (or created)?"""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DoseAlignError("the output path exists and is not a folder", path=out_dir, hint="choose a folder")
+    existing = out_dir if out_dir.exists() else next((p for p in out_dir.absolute().parents if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        if existing == out_dir:
+            raise DoseAlignError(
+                "cannot write to the output folder",
+                path=out_dir,
+                hint="make it writable or choose another folder; nothing was exported",
+            )
+        raise DoseAlignError(
+            f"cannot create the output folder ({existing} is not a folder you can write to)",
+            path=out_dir,
+            hint="choose a folder you can write to; nothing was exported",
+        )
+
+
+def what_was_found(scan, linked) -> str:
+    """'no RTDOSE under INPUT: 152 CT slices, 0 RTDOSE, ...': what a scan holds when no case comes of it."""
+    kinds: dict = {}
+    for obj in scan.objects:
+        kinds[obj.kind] = kinds.get(obj.kind, 0) + 1
+    parts = [f"{kinds.pop('CT', 0)} CT slices", f"{kinds.pop('RTDOSE', 0)} RTDOSE"]
+    parts += [f"{n} {kind}" for kind, n in sorted(kinds.items())]
+    if scan.skipped:
+        parts.append(f"{len(scan.skipped)} other files (not DICOM, or unreadable)")
+    if scan.ignored:
+        parts.append(f"{len(scan.ignored)} not read (hidden, DICOMDIR or the output folder)")
+    has_dose = any(o.kind == "RTDOSE" for o in scan.objects)
+    if not scan.objects and not scan.skipped and not scan.ignored:
+        return "the input folder holds no files"
+    head = (
+        "no case under the input: every RTDOSE is left out (see dosealign scan)"
+        if has_dose
+        else "no RTDOSE under the input"
+    )
+    return f"{head}: {', '.join(parts)}"
+
+
+def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool) -> dict:
+    """What this run would record in the case's meta.json, for ``--resume`` to compare."""
+    source = {"rtdose_files": [d.rel_path for d in case.doses]}
+    if case.ct is not None:
+        source["ct_files"] = [s.rel_path for s in case.ct.slices]
+        source["rtstruct_files"] = [s.rel_path for s in case.structs]
+        source["rtplan_file"] = case.plan.rel_path if case.plan is not None else None
+    if pseudonymizer is not None:
+        source = pseudonymizer.value(source)
+    return {
+        "options": options.to_dict(),
+        "option_defaults": AlignOptions().to_dict(),
+        "dosealign_version": __version__,
+        "source": source,
+        "pseudonymized": pseudonymizer is not None,
+    }
+
+
+def _other_cases(found, own: set, options, append: bool, shard, note, report, out_dir: Path, input_root: Path) -> list:
+    """Rows of the cases in OUT that are not this run's (kept with ``append``); notes about the rest."""
+    if shard is not None:  # shards share OUT by design: the other shards' cases are theirs
+        return []
+    others = [c for c in found.cases.values() if c.case_id not in own]
+    inputs = _input_inside(out_dir, input_root)
+    report.foreign = [c.case_id + "/" for c in others] + [n for n in found.other if n not in inputs]
+    if not append:
+        if report.foreign:
+            note(
+                f"{out_dir} holds {len(report.foreign)} folder(s) or file(s) that are not cases of this input: "
+                f"{_some(report.foreign)}. They are left alone and are not in manifest.csv; use --append to "
+                "keep cases of several inputs in one output folder, or remove them"
+            )
+        return []
+    request = {
+        "options": options.to_dict(),
+        "option_defaults": AlignOptions().to_dict(),
+        "dosealign_version": __version__,
+    }
+    mixing = []
+    for case in others:
+        if case.complete:
+            why = request_differences(case.meta, request)
+            if why:
+                mixing.append(f"{case.case_id} ({'; '.join(why)})")
+    if mixing:
+        raise DoseAlignError(
+            f"--append would mix cases made with other options: {_some(mixing, 2)}",
+            path=out_dir,
+            hint="use the options those cases were made with, or another output folder; nothing was written",
+        )
+    old_rows = {r.get("case_id"): r for r in found.manifest_rows}
+    carried = []
+    kept = {c.case_id for c in others}
+    for row in found.manifest_rows:  # the other inputs' rows, in their order
+        if row.get("case_id") not in own and (row.get("case_id") in kept or row.get("status") == "failed"):
+            carried.append(dict(row))
+    for case in others:  # complete cases the old manifest does not list
+        if case.case_id not in old_rows and case.complete and case.meta:
+            carried.append(row_from_meta(case.case_id, "skipped", case.meta, KEPT))
+    if carried:
+        note(f"--append: {len(carried)} row(s) of other inputs kept in manifest.csv")
+    if found.other:
+        note(f"{out_dir} also holds {_some(found.other)}: left alone")
+    return carried
+
+
+def _input_inside(out_dir: Path, input_root: Path) -> set:
+    """The name of the entry of OUT that holds the input, if the input is inside OUT."""
+    real_out, real_in = Path(os.path.realpath(out_dir)), Path(os.path.realpath(input_root))
+    if real_out in real_in.parents:
+        return {real_in.relative_to(real_out).parts[0] + "/"}
+    return set()
+
+
+def _some(names: list, limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _exported_again_note(why: dict) -> str:
+    reasons: dict = {}
+    for case_id, lines in why.items():
+        for line in lines:
+            reasons.setdefault(line, []).append(case_id)
+    listed = "; ".join(f"{line} ({len(ids)} case{'s' if len(ids) > 1 else ''})" for line, ids in reasons.items())
+    return f"--resume: {len(why)} case(s) exported earlier with another request are exported again: {listed}"
 
 
 def merge_shards(out_dir: Path) -> Path:
@@ -174,21 +437,29 @@ def export_case(
     qa_png: bool = True,
     formats=None,
     pseudonymizer=None,
+    stage: Optional[Callable] = None,
 ) -> dict:
     """Export one case; return its manifest row (never raises for a bad case). ``qa_png`` adds its picture,
-    ``formats`` (:class:`~DoseAlignLib.output.formats.ExportFormats`) its other formats."""
+    ``formats`` (:class:`~DoseAlignLib.output.formats.ExportFormats`) its other formats. ``stage(message)``
+    (or, in a pool worker, :func:`~DoseAlignLib.parallel.worker_stage` as ``stage(case_id, message)``)
+    hears each step. With ``resume`` a complete case folder is kept as it is (``skipped``) without
+    comparing what it records: :func:`export_folder` compares."""
     if resume and is_complete(out_dir, case.case_id):
         meta = json.loads((case_dir(out_dir, case.case_id) / "meta.json").read_text(encoding="utf-8"))
-        return manifest_row(case, "ok", "", meta)
+        return manifest_row(case, "skipped", KEPT, meta)
+    say = _stage_for(stage, case.case_id)
     output = None
     try:
         output = CaseOutput(out_dir)  # pair.npz gets the CT and the dose while the rest is computed
-        result = run_case(case, options, sink=output.add_array)
+        result = run_case(
+            case, options, progress=(lambda _f, message: say(message)) if stage else None, sink=output.add_array
+        )
         if pseudonymizer is not None:
             pseudonymizer.result(result)  # before meta.json and the extra files: meta, case id, text arrays
-        extra = [qa_png_writer(result)] if qa_png else []
+        extra = [_announced(qa_png_writer(result), say, "writing qa.png")] if qa_png else []
         if formats is not None and formats.extra:
-            extra.append(formats.case_writer(result))
+            extra.append(_announced(formats.case_writer(result), say, f"writing {', '.join(formats.extra)}"))
+        say("writing pair.npz and meta.json")
         output.finish(result, extra)
         output = None
         return manifest_row(case, "ok", "", result.meta)
@@ -206,3 +477,20 @@ def export_case(
     finally:
         if output is not None:  # the case failed: its unfinished folder goes
             output.discard()
+
+
+def _stage_for(stage: Optional[Callable], case_id: str) -> Callable[[str], None]:
+    """``say(message)`` for one case: to ``stage(message)``, or to a pool's ``worker_stage(case_id, message)``."""
+    if stage is None:
+        return lambda _message: None
+    if stage is worker_stage:
+        return functools.partial(worker_stage, case_id)
+    return stage
+
+
+def _announced(writer: Callable[[Path], None], say: Callable[[str], None], message: str) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        say(message)
+        writer(folder)
+
+    return write

@@ -1,12 +1,17 @@
 """The ``dosealign`` command: scan a DICOM-RT folder, export CT + dose on one grid, run the demo.
 
-Exit codes: 0 all cases ok, 1 some case failed, 2 usage or input-folder errors.
+Exit codes (README lists them per subcommand): 0 every case ok (or kept by --resume), 1 some case
+failed (scan: some case cannot be exported; merge: some case failed), 2 a usage error or an input
+or output folder that cannot be used (nothing written), 3 nothing to export (no case under the
+input; nothing written), 130 interrupted by Ctrl-C (finished cases are in manifest.csv).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -40,24 +45,60 @@ def _demo_spec():
     )
 
 
+#: Exit codes beyond 0/1/2 (see the module docstring).
+EXIT_NOTHING = 3
+EXIT_INTERRUPTED = 130
+
+
 def _get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dosealign",
         description="Put DICOM CT, RTDOSE and structures on one voxel grid, geometry from the raw tags.",
+        epilog="Exit codes: 0 ok, 1 some case failed, 2 usage or folder error, 3 nothing to export, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"dosealign {api.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{scan,export,merge,demo}")
 
-    scan = sub.add_parser("scan", help="list the cases an export would write and every object left out")
-    scan.add_argument("input", type=Path, help="folder with DICOM files (searched recursively)")
-    scan.set_defaults(func=_cmd_scan)
+    scan = sub.add_parser(
+        "scan",
+        help="list the cases an export would write and every object left out",
+        description="List the cases an export would write, and every object or file left out, with why. "
+        "Writes nothing.",
+        epilog="Exit codes: 0 every case can be exported, 1 some case cannot, 2 usage error or unreadable folder, "
+        "3 no case under INPUT.",
+    )
+    scan.add_argument("input", type=Path, help="folder with DICOM files (searched recursively; never modified)")
+    scan.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (cases, orphans, skipped files, files not read, duplicates) instead of text",
+    )
+    scan.set_defaults(func=_cmd_scan, parser=scan)
 
-    export = sub.add_parser("export", help="export every case below INPUT into OUT")
+    export = sub.add_parser(
+        "export",
+        help="export every case below INPUT into OUT",
+        description="Export every case below INPUT into OUT: OUT/<case_id>/{pair.npz, meta.json, qa.png}, "
+        "OUT/manifest.csv, OUT/report.html.",
+        epilog="Exit codes: 0 every case ok or kept, 1 some case failed (see manifest.csv), 2 usage error or an input "
+        "or output folder that cannot be used, 3 nothing to export, 130 interrupted (run again with --resume).",
+    )
     export.add_argument("input", type=Path, help="folder with DICOM files (searched recursively; never modified)")
     export.add_argument("output", type=Path, help="output folder (created; see README for the layout)")
     _add_align_options(export)
     add_format_arguments(export)
-    export.add_argument("--resume", action="store_true", help="skip cases whose outputs are already complete")
+    runs = export.add_argument_group("re-runs")
+    runs.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep cases whose complete outputs were made with the same options (marked skipped); "
+        "export the others (again)",
+    )
+    runs.add_argument(
+        "--append",
+        action="store_true",
+        help="OUT holds cases of other inputs on purpose: keep them (same options only) in one manifest",
+    )
     _add_pseudonym_options(export)
     scale = export.add_argument_group("scale")
     scale.add_argument(
@@ -71,19 +112,31 @@ def _get_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run cases on a Dask cluster: tcp://host:port, or 'local' for a LocalCluster on this machine",
     )
-    export.add_argument("--quiet", action="store_true", help="no progress output")
-    export.set_defaults(func=_cmd_export)
+    export.add_argument("--quiet", action="store_true", help="no progress output (notes and the summary still print)")
+    export.set_defaults(func=_cmd_export, parser=export)
 
-    merge = sub.add_parser("merge", help="combine the shard manifests of OUT into OUT/manifest.csv")
-    merge.add_argument("output", type=Path)
-    merge.set_defaults(func=_cmd_merge)
+    merge = sub.add_parser(
+        "merge",
+        help="combine the shard manifests of OUT into OUT/manifest.csv",
+        description="Combine OUT/manifest.shard-K-of-N.csv (written by export --shard) into OUT/manifest.csv "
+        "and OUT/report.html.",
+        epilog="Exit codes: 0 every case ok, 1 some case failed, 2 usage error or missing shard manifests.",
+    )
+    merge.add_argument("output", type=Path, help="the output folder the shards were exported into")
+    merge.set_defaults(func=_cmd_merge, parser=merge)
 
-    demo = sub.add_parser("demo", help="write a synthetic DICOM-RT study to OUT/dicom and export it to OUT/export")
-    demo.add_argument("output", type=Path)
+    demo = sub.add_parser(
+        "demo",
+        help="write a synthetic DICOM-RT study to OUT/dicom and export it to OUT/export",
+        description="Write a synthetic DICOM-RT study (CT, RTPLAN, RTSTRUCT, PLAN and BEAM doses) to OUT/dicom "
+        "and export it to OUT/export.",
+        epilog="Exit codes: as export.",
+    )
+    demo.add_argument("output", type=Path, help="folder for the study (OUT/dicom) and its export (OUT/export)")
     _add_align_options(demo)
     add_format_arguments(demo)
-    demo.add_argument("--quiet", action="store_true")
-    demo.set_defaults(func=_cmd_demo)
+    demo.add_argument("--quiet", action="store_true", help="no progress output")
+    demo.set_defaults(func=_cmd_demo, parser=demo)
     return parser
 
 
@@ -147,7 +200,12 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--size", type=parse_ints, help="voxels of a --box cube: one value or i,j,k (default 128)")
     group.add_argument("--ct-fill", type=float, default=-1000.0, help="HU written outside the CT (default -1000)")
-    group.add_argument("--ct-dtype", choices=["int16", "float32"], default="int16")
+    group.add_argument(
+        "--ct-dtype",
+        choices=["int16", "float32"],
+        default="int16",
+        help="CT array type: int16 (default; HU rounded to whole numbers) or float32",
+    )
     group.add_argument("--allow-relative", action="store_true", help="export DoseUnits RELATIVE doses (not Gy)")
     qa = parser.add_argument_group("structures and audit")
     qa.add_argument("--no-structures", action="store_true", help="no ROI masks or DVHs (the dose audit still runs)")
@@ -179,35 +237,122 @@ def _formats(args: argparse.Namespace):
 
 
 class _ProgressLine:
-    """One updating line on a terminal, occasional plain lines otherwise (logs, CI)."""
+    """Progress of a batch: one updating line on a terminal, occasional plain lines otherwise (logs, CI).
+
+    ``progress(fraction, message)`` follows the cases; :meth:`stage` the steps inside a case, shown
+    only once the case has taken :data:`STAGES_AFTER_S`: on a terminal in the line (its seconds
+    ticking), in a log as a plain line at most every :data:`LOG_EVERY_S`.
+    """
+
+    STAGES_AFTER_S = 2.0
+    LOG_EVERY_S = 5.0
 
     def __init__(self, stream=None, quiet: bool = False) -> None:
         self.stream = stream or sys.stderr  # looked up now: tests and notebooks replace sys.stderr
         self.quiet = quiet
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.last = 0.0
+        self.fraction = 0.0
+        self.counted = ""
+        self.started: dict = {}  # case_id -> when its first stage came
+        self.current: Optional[tuple] = None  # (case_id, stage message)
+        self.lock = threading.Lock()
+        self.ticker: Optional[threading.Thread] = None
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.quiet:
             return
+        with self.lock:
+            self.fraction = fraction
+            self.counted = message
+            case_id = message.split(": ", 1)[1].split(" ", 1)[0] if ": " in message else None
+            self.started.pop(case_id, None)
+            if self.current and self.current[0] == case_id:
+                self.current = None
+            if self.tty:
+                self._draw(message)
+                if fraction >= 1.0:
+                    self.stream.write("\n")
+            elif fraction >= 1.0 or time.monotonic() - self.last > 2.0:
+                self._line(self._bar(fraction) + " " + message)
+            self.stream.flush()
+
+    def stage(self, case_id: str, message: str) -> None:
+        """A step inside a case (from this process or a pool worker)."""
+        if self.quiet:
+            return
+        with self.lock:
+            now = time.monotonic()
+            started = self.started.setdefault(case_id, now)
+            self.current = (case_id, message, started)
+            if now - started < self.STAGES_AFTER_S:
+                return
+            if self.tty:
+                self._draw(self._stage_text())
+                self._start_ticker()
+            elif now - self.last >= self.LOG_EVERY_S:
+                self._line(f"  {self._stage_text()}")
+            self.stream.flush()
+
+    def _stage_text(self) -> str:
+        case_id, message, started = self.current
+        return f"{case_id}: {message} ({time.monotonic() - started:.0f} s)"
+
+    def _start_ticker(self) -> None:
+        if self.ticker is not None:
+            return
+
+        def tick() -> None:
+            while True:
+                time.sleep(1.0)
+                with self.lock:
+                    if self.current is None or self.fraction >= 1.0:
+                        continue
+                    if time.monotonic() - self.current[2] >= self.STAGES_AFTER_S:
+                        self._draw(self._stage_text())
+                        self.stream.flush()
+
+        self.ticker = threading.Thread(target=tick, name="dosealign-progress", daemon=True)
+        self.ticker.start()
+
+    def _bar(self, fraction: float) -> str:
         width = 28
-        bar = "#" * int(round(fraction * width))
-        line = f"[{bar:<{width}}] {fraction:4.0%} {message}"
-        if self.tty:
-            self.stream.write("\r" + line[:120].ljust(120))
-            if fraction >= 1.0:
-                self.stream.write("\n")
-        elif fraction >= 1.0 or time.monotonic() - self.last > 2.0:
-            self.stream.write(line + "\n")
-            self.last = time.monotonic()
-        self.stream.flush()
+        return f"[{'#' * int(round(fraction * width)):<{width}}] {fraction:4.0%}"
+
+    def _draw(self, message: str) -> None:
+        line = f"{self._bar(self.fraction)} {message}"
+        self.stream.write("\r" + line[:120].ljust(120))
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.last = time.monotonic()
+
+    def note(self, message: str) -> None:
+        """A note for the user, on its own line of the standard output (the progress line is cleared first)."""
+        with self.lock:
+            if self.tty and not self.quiet:
+                self.stream.write("\r" + " " * 120 + "\r")
+                self.stream.flush()
+            print(f"note: {message}", flush=True)
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
+    if not args.input.is_dir():
+        raise api.DoseAlignError(
+            "the input folder does not exist" if not args.input.exists() else "the input is not a folder",
+            path=args.input,
+        )
     scan = api.scan_folder(args.input)
     linked = api.form_cases(scan)
+    code = 1 if any(c.error for c in linked.cases) else 0
+    if not linked.cases:
+        code = EXIT_NOTHING
+    if args.json:
+        print(json.dumps(_scan_document(args.input, scan, linked), indent=1))
+        return code
     print(
-        f"{args.input}: {len(scan.objects)} DICOM objects, {len(scan.ct_series)} CT series, {len(scan.skipped)} other files"
+        f"{args.input}: {len(scan.objects)} DICOM objects, {len(scan.ct_series)} CT series, "
+        f"{len(scan.skipped)} other files, {len(scan.ignored)} not read"
     )
     print(f"\nCases ({len(linked.cases)}):")
     for case in linked.cases:
@@ -239,7 +384,46 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         print(f"\nSkipped files ({len(scan.skipped)}):")
         for path, reason in scan.skipped:
             print(f"  {path}: {reason}")
-    return 1 if any(c.error for c in linked.cases) else 0
+    if scan.ignored:
+        print(f"\nNot read ({len(scan.ignored)}):")
+        for path, reason in scan.ignored:
+            print(f"  {path}: {reason}")
+    if not linked.cases:
+        print(f"\n{api.what_was_found(scan, linked)}")
+    return code
+
+
+def _scan_document(root: Path, scan, linked) -> dict:
+    """``dosealign scan --json``: what the text report says, as data (paths relative to the input)."""
+    counts: dict = {}
+    for obj in scan.objects:
+        counts[obj.kind] = counts.get(obj.kind, 0) + 1
+    return {
+        "input": str(root),
+        "dosealign_version": api.__version__,
+        "counts": {"objects": counts, "ct_series": len(scan.ct_series), "skipped": len(scan.skipped)},
+        "cases": [
+            {
+                "case_id": c.case_id,
+                "patient_id": c.patient_id,
+                "summation_type": c.summation_type,
+                "dose_files": c.dose_files,
+                "exportable": not c.error,
+                "error": c.error,
+                "ct_folder": (c.ct.folder or ".") if c.ct is not None else None,
+                "ct_slices": len(c.ct.slices) if c.ct is not None else 0,
+                "rtplan_file": c.plan.rel_path if c.plan is not None else None,
+                "rtstruct_files": [s.rel_path for s in c.structs],
+                "notes": list(c.notes),
+                "left_out": [{"file": f, "reason": r} for f, r in c.left_out],
+            }
+            for c in linked.cases
+        ],
+        "orphans": [{"file": f, "kind": k, "reason": r} for f, k, r in linked.orphans],
+        "skipped": [{"file": f, "reason": r} for f, r in scan.skipped],
+        "not_read": [{"file": f, "reason": r} for f, r in scan.ignored],
+        "duplicates": [{"sop_instance_uid": u, "files": list(f), "action": a} for u, f, a in scan.duplicates],
+    }
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -248,13 +432,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     workers = api.default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise ValueError("--workers must be at least 1")
+    if args.append and args.shard:
+        raise ValueError("--append and --shard do not go together (shards share OUT already; see merge)")
+    # the folders are checked before a pseudonym key is made for nothing (export_folder checks them again)
+    api.check_export_target(args.input, args.output, pseudonymized=args.pseudonymize)
+    progress = _ProgressLine(quiet=args.quiet)
+    _announce(args, options, progress)
     pseudonymizer = _pseudonymizer(args)
     report = api.export_folder(
         args.input,
         args.output,
         options,
         resume=args.resume,
-        progress=_ProgressLine(quiet=args.quiet),
+        append=args.append,
+        progress=progress,
+        stage=progress.stage,
+        notify=progress.note,
         workers=workers,
         shard=api.parse_shard(args.shard) if args.shard else None,
         scheduler=args.scheduler,
@@ -264,6 +457,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     _print_summary(report, args.output)
     return report.exit_code
+
+
+def _announce(args: argparse.Namespace, options, progress: _ProgressLine) -> None:
+    """Notes before a run: what will take long, what will be missing."""
+    if options.interpolator.value == "ws":
+        progress.note(WS_NOTE)
+    if not args.no_qa_png and not api.matplotlib_available():
+        progress.note(
+            "no qa.png pictures: matplotlib is not installed (pip install 'dosealign[qa]'); "
+            "report.html is written without them"
+        )
+
+
+#: What --interpolator ws costs (README's speed section has the measurement).
+WS_NOTE = "--interpolator ws (windowed sinc) is much slower than linear (the default): see README's speed section"
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -282,6 +490,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     formats = _formats(args)
     dicom_dir = args.output / "dicom"
     export_dir = args.output / "export"
+    progress = _ProgressLine(quiet=args.quiet)
+    _announce(args, options, progress)
     truth = api.write_phantom(dicom_dir, _demo_spec())
     print(
         f"wrote a synthetic DICOM-RT study to {dicom_dir} ({len(truth.ct_files)} CT slices, {len(truth.dose_files)} RTDOSE)"
@@ -290,7 +500,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         dicom_dir,
         export_dir,
         options,
-        progress=_ProgressLine(quiet=args.quiet),
+        progress=progress,
+        stage=progress.stage,
+        notify=progress.note,
         qa_png=not args.no_qa_png,
         formats=formats,
     )
@@ -301,31 +513,75 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _print_summary(report, out_dir: Path) -> None:
     ok = [r for r in report.rows if r["status"] == "ok"]
     manifest = report.manifest or Path(out_dir) / "manifest.csv"
-    print(
-        f"{len(ok)} ok, {len(report.failed)} failed, {len(report.rows) - len(ok) - len(report.failed)} skipped -> {manifest}"
-    )
+    skipped = report.skipped
+    line = f"{len(ok)} ok, {len(report.failed)} failed, {len(skipped)} skipped"
+    if skipped:
+        line += " (complete from an earlier run with the same options)"
+    print(f"{line} -> {manifest}")
     for row in report.rows:
+        if row["status"] == "skipped" and len(skipped) > 20:
+            continue  # a long resume lists what it did, not every case it kept
         mark = "ok " if row["status"] == "ok" else row["status"]
-        detail = f"{row.get('shape', '')} dmax {row.get('dmax_gy', '')} Gy" if row["status"] == "ok" else row["reason"]
+        detail = (
+            f"{row.get('shape', '')} dmax {row.get('dmax_gy', '')} Gy"
+            if row["status"] in ("ok", "skipped")
+            else row["reason"]
+        )
         if row.get("audit_flags"):
             detail += f"  flags: {row['audit_flags']}"
+        if row["case_id"] in report.exported_again:
+            detail += f"  (exported again: {'; '.join(report.exported_again[row['case_id']])})"
         print(f"  {mark:7} {row['case_id']}: {detail}")
-    for note in getattr(report, "notes", []):
-        print(f"note: {note}")
+    if report.ignored:
+        print(f"not read: {_not_read(report.ignored)} (dosealign scan lists them)")
+
+
+def _not_read(ignored: list) -> str:
+    """'the output folder, 2 hidden files, 1 DICOMDIR' from a scan's ``ignored``."""
+    counts: dict = {}
+    for _path, reason in ignored:
+        kind = reason.split(" (", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    parts = []
+    for kind, n in counts.items():
+        if kind.startswith("the "):
+            parts.append(kind)
+        else:
+            parts.append(f"{n} {kind}{'s' if n > 1 and kind.startswith('hidden') else ''}")
+    return ", ".join(parts)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except api.Interrupted as stop:
+        print(
+            f"\ndosealign: interrupted after {stop.done} of {stop.total} cases; run again with --resume",
+            file=sys.stderr,
+        )
+    except KeyboardInterrupt:
+        print("\ndosealign: interrupted before any case was exported", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = _get_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    command_parser = getattr(args, "parser", parser)
+    if unknown:  # said with the subcommand's usage, not the top level's
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     # pydicom warns about every odd-but-readable value; the engine reports what matters itself
     warnings.filterwarnings("ignore", module="pydicom")
     try:
         return int(args.func(args))
+    except api.NothingToExport as error:
+        print(f"dosealign: {error}", file=sys.stderr)
+        return EXIT_NOTHING
     except ValueError as error:
         if isinstance(error, DoseAlignError):
             print(f"dosealign: {error}", file=sys.stderr)
         else:
-            parser.error(str(error))
+            command_parser.error(str(error))
         return 2
     except DoseAlignError as error:
         print(f"dosealign: {error}", file=sys.stderr)

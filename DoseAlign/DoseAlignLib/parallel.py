@@ -8,13 +8,19 @@ long the cohort. Deterministic sharding (``--shard K/N``) splits a cohort across
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
+import queue as queue_module
+import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Iterable, Optional
 
 from .limits import die_with_parent
+
+#: In a worker process: where :func:`worker_stage` sends a case's stages (set by the pool's initializer).
+_STAGE_QUEUE = None
 
 
 def parse_shard(text: str) -> tuple:
@@ -36,27 +42,83 @@ def in_shard(case_id: str, shard: Optional[tuple]) -> bool:
     return int(hashlib.sha1(case_id.encode()).hexdigest(), 16) % n == k - 1
 
 
-def run_pool(task: Callable, cases: list, workers: int, on_result: Callable[[int, dict], None]) -> None:
-    """Call ``task(case)`` in ``workers`` processes; ``on_result(index, row)`` as each finishes."""
+def _init_worker(stage_queue=None, parent_pid: Optional[int] = None) -> None:
+    """A pool worker: it dies with the batch process, leaves Ctrl-C to it (it stops the workers), and
+    sends stages to its queue."""
+    global _STAGE_QUEUE
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _STAGE_QUEUE = stage_queue
+
+
+def worker_stage(case_id: str, message: str) -> None:
+    """A case's stage, from a pool worker to the batch process (nothing outside a pool with stages)."""
+    if _STAGE_QUEUE is not None:
+        with contextlib.suppress(Exception):  # progress is never worth a case
+            _STAGE_QUEUE.put_nowait((case_id, message))
+
+
+def run_pool(
+    task: Callable,
+    cases: list,
+    workers: int,
+    on_result: Callable[[int, dict], None],
+    on_stage: Optional[Callable[[str, str], None]] = None,
+) -> None:
+    """Call ``task(case)`` in ``workers`` processes; ``on_result(index, row)`` as each finishes.
+
+    ``on_stage(case_id, message)`` receives what the workers send with :func:`worker_stage`.
+    Workers ignore Ctrl-C; on KeyboardInterrupt here the cases not started are cancelled, the
+    workers stopped (their unfinished case folders are temporary ones, removed by the next run)
+    and the interrupt is raised again.
+    """
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
+    stages = context.Queue() if on_stage is not None else None
     pending: dict = {}
     queue: Iterable = iter(enumerate(cases))
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(stages, os.getpid())
     ) as pool:
-        while True:
-            while len(pending) < 2 * workers:
-                item = next(queue, None)
-                if item is None:
-                    break
-                index, case = item
-                pending[pool.submit(task, case)] = index
-            if not pending:
-                return
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                on_result(pending.pop(future), future.result())
+        try:
+            while True:
+                while len(pending) < 2 * workers:
+                    item = next(queue, None)
+                    if item is None:
+                        break
+                    index, case = item
+                    pending[pool.submit(task, case)] = index
+                if not pending:
+                    return
+                done, _ = wait(pending, timeout=0.5 if stages is not None else None, return_when=FIRST_COMPLETED)
+                _drain(stages, on_stage)
+                for future in done:
+                    on_result(pending.pop(future), future.result())
+        except KeyboardInterrupt:
+            _stop(pool)
+            raise
+        finally:
+            if stages is not None:
+                stages.close()
+                stages.cancel_join_thread()
+
+
+def _drain(stages, on_stage) -> None:
+    while stages is not None:
+        try:
+            case_id, message = stages.get_nowait()
+        except queue_module.Empty:
+            return
+        on_stage(case_id, message)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the worker processes now (they ignore SIGINT)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
 
 
 def run_dask(task: Callable, cases: list, scheduler: str, workers: int, on_result: Callable[[int, dict], None]) -> None:

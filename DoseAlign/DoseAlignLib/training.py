@@ -56,7 +56,7 @@ class DoseAlignDataset:
     Parameters
     ----------
     source : path
-        An export folder (its ``manifest.csv`` lists the cases; status ok only) or a
+        An export folder (its ``manifest.csv`` lists the cases; status ok or skipped) or a
         ``dataset.h5`` file.
     split : "training", "validation" or None
         Only the cases of that split: from ``dataset.h5``'s attributes, the folder's
@@ -198,7 +198,7 @@ def _manifest_cases(folder: Path) -> dict:
     manifest = folder / "manifest.csv"
     if manifest.is_file():
         with open(manifest, newline="", encoding="utf-8") as handle:
-            rows = [r for r in csv.DictReader(handle) if r.get("status") == "ok"]
+            rows = [r for r in csv.DictReader(handle) if r.get("status") in ("ok", "skipped")]
         return {r["case_id"]: r.get("patient", "") for r in rows if (folder / r["case_id"] / "pair.npz").is_file()}
     out = {}
     for meta_path in sorted(folder.glob("*/meta.json")):

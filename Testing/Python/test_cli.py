@@ -77,7 +77,15 @@ def test_resume_skips_complete_cases_and_keeps_the_manifest(study, tmp_path):
     leftover = _dead_run_leftover(out)
     (out / ".tmp-leftover-of-the-user").mkdir()  # not DoseAlign's: it stays
     assert main(["export", str(study), str(out), "--resume", "--quiet"]) == 0
-    assert _manifest(out) == first
+    again = _manifest(out)
+    assert [r["case_id"] for r in again] == [r["case_id"] for r in first]
+    for before, after in zip(first, again):
+        kept = after["case_id"] != victim.name
+        assert after["status"] == ("skipped" if kept else "ok"), "resumed cases are marked skipped"
+        assert ("earlier run" in after["reason"]) == kept
+        assert {k: v for k, v in after.items() if k not in ("status", "reason")} == {
+            k: v for k, v in before.items() if k not in ("status", "reason")
+        }
     for path, stamp in stamps.items():
         if victim not in path.parents:
             assert path.stat().st_mtime_ns == stamp, "complete cases are not written again"
@@ -119,7 +127,7 @@ def test_bad_case_fails_alone_with_file_and_reason(study, tmp_path):
 
 def test_usage_errors_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert "the input folder does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(tmp_path), str(tmp_path / "o"), "--reference", "custom"])
     assert exit_info.value.code == 2

@@ -627,7 +627,7 @@ def test_resume_adds_formats_to_earlier_cases(tmp_path):
     assert not (folder / "ct.nii.gz").exists()
     formats = ExportFormats(("nifti", "hdf5", "openkbp"))
     again = batch.export_folder(tmp_path / "dicom", tmp_path / "out", options, resume=True, formats=formats)
-    assert [r["status"] for r in again.rows] == ["ok"]
+    assert [r["status"] for r in again.rows] == ["skipped"]
     assert (folder / "pair.npz").stat().st_mtime_ns == stamp, "the case is not computed again"
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     assert set(meta["exports"]) == {"npz", "nifti", "hdf5", "openkbp"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -166,7 +167,7 @@ def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress
     own = pieces // workers  # this process's share, read while the others read theirs
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(
-        max_workers=workers - 1, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        max_workers=workers - 1, mp_context=context, initializer=_reader_init, initargs=(os.getpid(),)
     ) as pool:
         futures = [pool.submit(_scan_files, root, chunk) for chunk in chunks[own:]]
         entries: list = []
@@ -179,6 +180,13 @@ def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress
             if progress is not None:
                 progress((n + 1) / len(chunks), f"reading headers {len(entries)}/{len(paths)}")
     return entries
+
+
+def _reader_init(parent_pid: int) -> None:
+    """A forked header reader: it dies with the scanning process and leaves Ctrl-C to it (no traceback
+    per process)."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _reason(error: DoseAlignError) -> str:

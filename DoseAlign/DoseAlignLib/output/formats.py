@@ -191,7 +191,7 @@ class ExportFormats:
             return summary
         ok = []
         for row in rows:
-            if row.get("status") != "ok":
+            if row.get("status") not in ("ok", "skipped"):  # skipped: kept by --resume
                 continue
             folder = out_dir / row["case_id"]
             try:

@@ -24,11 +24,25 @@ MANIFEST_COLUMNS = [
     "dmax_gy",
     "warnings",
 ]
+#: The audit's summary columns (audit/flags.py ``manifest_columns``): every manifest has them, empty for
+#: cases that failed, so that manifests of every run have the same columns.
+AUDIT_COLUMNS = [
+    "audit_flags",
+    "dmax_native_gy",
+    "dmax_output_gy",
+    "dmax_diff_pct",
+    "outside_integral_pct",
+    "worst_dvh_delta_gy",
+    "worst_dvh_roi",
+    "n_rois",
+    "beam_sum_max_diff_gy",
+]
 
 
 def write_manifest(out_dir: Path, rows: list, name: str = "manifest.csv") -> Path:
-    """Write ``manifest.csv`` (rows are dicts keyed by MANIFEST_COLUMNS, extra keys appended)."""
-    columns = list(MANIFEST_COLUMNS)
+    """Write ``manifest.csv`` (rows are dicts keyed by MANIFEST_COLUMNS and AUDIT_COLUMNS, which every
+    manifest has, even with no row; other keys are appended)."""
+    columns = MANIFEST_COLUMNS + AUDIT_COLUMNS
     for row in rows:
         columns.extend(k for k in row if k not in columns)
     buffer = io.StringIO()
@@ -52,6 +66,27 @@ def manifest_row(case, status: str, reason: str = "", meta: Optional[dict] = Non
         "files": ";".join(case.dose_files),
         "ct_folder": (case.ct.folder or ".") if case.ct is not None else "",
     }
+    return _with_meta(row, meta)
+
+
+def row_from_meta(case_id: str, status: str, meta: dict, reason: str = "") -> dict:
+    """The manifest row of a case folder known only by its meta.json (a case of another input in OUT)."""
+    source = meta.get("source") or {}
+    ct_files = source.get("ct_files") or []
+    folders = {f.rsplit("/", 1)[0] if "/" in f else "." for f in ct_files}
+    row = {
+        "case_id": case_id,
+        "status": status,
+        "reason": reason,
+        "patient": meta.get("patient_id", ""),
+        "summation_type": (meta.get("dose") or {}).get("summation_type", ""),
+        "files": ";".join(source.get("rtdose_files") or []),
+        "ct_folder": folders.pop() if len(folders) == 1 else "",
+    }
+    return _with_meta(row, meta)
+
+
+def _with_meta(row: dict, meta: Optional[dict]) -> dict:
     if meta:
         row.update(
             {

@@ -119,7 +119,7 @@ def report_html(rows: Sequence[dict], out_dir: Path, *, title: str = "DoseAlign 
             f'<td class="num">{_cell(row.get("dmax_native_gy"))}</td>'
             f'<td class="num">{_cell(row.get("dmax_output_gy"))}</td>'
             f'<td class="num">{worst}</td>'
-            f"<td>{_thumbnail(out_dir, case_id) if status == 'ok' else ''}</td>"
+            f"<td>{_thumbnail(out_dir, case_id) if status in ('ok', 'skipped') else ''}</td>"
             "</tr>"
         )
     parts.append("</tbody></table>")

@@ -1,0 +1,179 @@
+"""What an output folder already holds, and whether an export may write into it.
+
+Before an export writes anything, :func:`inspect_output` lists ``OUT``: case folders (each with
+its meta.json), the manifest, DoseAlign's own files, temporary leftovers of a killed run and
+anything else. The batch runner then decides with it:
+
+* a pseudonymized export never writes beside identifying content, nor a plain export beside
+  pseudonymized content (:func:`pseudonymization_conflict`);
+* ``--resume`` keeps a case only when its recorded request equals this run's
+  (:func:`request_differences`: the alignment options, the DoseAlign version, the input files, the
+  pseudonymization and the qa.png), otherwise the case is exported again;
+* folders that are not cases of this run are reported, or kept in one manifest with ``--append``
+  (hidden entries are not looked at: runs' temporary names and owner records, a desktop's files).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+#: Files an export writes at the top of OUT (beside the case folders).
+OWN_FILES = ("manifest.csv", "report.html", "dataset.json", "dataset.h5")
+_SHARD_MANIFEST = re.compile(r"manifest\.shard-\d+-of-\d+\.csv")
+#: A top-level key of meta.json as json_text writes it (indent 1): only pseudonymized cases have it.
+_PSEUDONYMIZED_KEY = b'\n "pseudonymized": '
+#: Case ids a pseudonymized export writes: ``P<12 hex>_<summation>_<8 hex>``, and ``<kind>_<10 hex>``
+#: for rows that are no case (damaged files); see output/pseudonym.py.
+_PSEUDONYMOUS_ID = re.compile(r"P[0-9a-f]{12}_[a-z]+_[0-9a-f]{8}|[A-Za-z0-9.-]+_[0-9a-f]{10}")
+
+
+@dataclass
+class ExistingCase:
+    """A case folder already in OUT."""
+
+    case_id: str
+    folder: Path
+    complete: bool  # meta.json and pair.npz present (folders only appear whole)
+    pseudonymized: Optional[bool]  # None: meta.json missing or unreadable
+    _meta: Optional[dict] = None
+
+    @property
+    def meta(self) -> Optional[dict]:
+        """meta.json, read on first use (None when it cannot be read)."""
+        if self._meta is None and self.complete:
+            try:
+                self._meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                self._meta = None
+        return self._meta
+
+
+@dataclass
+class OutputFolder:
+    """What OUT holds before a run."""
+
+    path: Path
+    exists: bool = False
+    cases: dict = field(default_factory=dict)  # case_id -> ExistingCase
+    other: list = field(default_factory=list)  # names of entries that are neither cases nor DoseAlign's files
+    manifest_rows: list = field(default_factory=list)  # rows of OUT/manifest.csv
+
+    @property
+    def empty(self) -> bool:
+        return not self.cases and not self.other and not self.manifest_rows
+
+
+def inspect_output(out_dir: Path) -> OutputFolder:
+    """List what ``out_dir`` holds (nothing is read beyond a few bytes of each meta.json and the manifest)."""
+    out_dir = Path(out_dir)
+    found = OutputFolder(path=out_dir, exists=out_dir.is_dir())
+    if not found.exists:
+        return found
+    for entry in sorted(out_dir.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        # hidden entries: runs' temporary names and owner records (output/files.py), .DS_Store and the like
+        if name.startswith(".") or name in OWN_FILES or _SHARD_MANIFEST.fullmatch(name):
+            continue
+        if entry.is_dir() and ((entry / "meta.json").is_file() or (entry / "pair.npz").is_file()):
+            complete = (entry / "meta.json").is_file() and (entry / "pair.npz").is_file()
+            found.cases[name] = ExistingCase(name, entry, complete, _is_pseudonymized(entry / "meta.json"))
+        else:
+            found.other.append(name + ("/" if entry.is_dir() else ""))
+    manifest = out_dir / "manifest.csv"
+    if manifest.is_file():
+        try:
+            with open(manifest, newline="", encoding="utf-8") as handle:
+                found.manifest_rows = list(csv.DictReader(handle))
+        except (OSError, ValueError, csv.Error):
+            found.manifest_rows = []
+    return found
+
+
+def _is_pseudonymized(meta_path: Path) -> Optional[bool]:
+    try:
+        data = meta_path.read_bytes()
+    except OSError:
+        return None
+    return _PSEUDONYMIZED_KEY in data
+
+
+def pseudonymization_conflict(found: OutputFolder, pseudonymized: bool) -> Optional[str]:
+    """Why a (plain or pseudonymized) export must not write into ``found``; None when it may.
+
+    A pseudonymized OUT is meant to be shared: one identifying case folder or manifest row in it
+    would leak identity, and a plain case folder beside pseudonymized ones would be shared with them.
+    """
+    plain = [c.case_id for c in found.cases.values() if c.pseudonymized is False]
+    pseudo = [c.case_id for c in found.cases.values() if c.pseudonymized]
+    rows = [r.get("case_id", "") for r in found.manifest_rows]
+    plain_rows = [r for r in rows if r and not _PSEUDONYMOUS_ID.fullmatch(r)]
+    pseudo_rows = [r for r in rows if r and _PSEUDONYMOUS_ID.fullmatch(r)]
+    if pseudonymized and (plain or plain_rows):
+        examples = plain or plain_rows
+        return (
+            f"it holds a plain (not pseudonymized) export: {_some(examples)}; a pseudonymized export beside it "
+            "would be shared with the identifying outputs"
+        )
+    if not pseudonymized and (pseudo or (pseudo_rows and not plain_rows)):
+        examples = pseudo or pseudo_rows
+        return (
+            f"it holds a pseudonymized export: {_some(examples)}; a plain export would put identifying outputs "
+            "into a folder meant to be shared (add --pseudonymize, with the same key)"
+        )
+    return None
+
+
+def _some(names: list, limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def request_differences(meta: Optional[dict], request: dict) -> list:
+    """How a case's recorded request (its meta.json) differs from this run's, as readable lines.
+
+    ``request`` has ``options`` (``AlignOptions.to_dict()``), ``option_defaults`` (the same of
+    ``AlignOptions()``, for options an older meta.json does not record), ``dosealign_version``,
+    ``source`` (the input files and series the case is made of, as meta.json records them) and
+    ``pseudonymized``.
+    """
+    if not meta:
+        return ["its meta.json cannot be read"]
+    differences = []
+    recorded_options = meta.get("options") or {}
+    defaults = request.get("option_defaults", {})
+    for key, wanted in request["options"].items():
+        had = recorded_options[key] if key in recorded_options else defaults.get(key)
+        if _plain(had) != _plain(wanted):
+            differences.append(f"{key} {_show(had)} -> {_show(wanted)}")
+    for key in sorted(set(recorded_options) - set(request["options"])):
+        differences.append(f"{key} {_show(recorded_options[key])} -> (not an option of this version)")
+    version = meta.get("dosealign_version")
+    if version != request["dosealign_version"]:
+        differences.append(f"made by DoseAlign {version}, this is {request['dosealign_version']}")
+    source = meta.get("source") or {}
+    for key, wanted in request.get("source", {}).items():
+        had = source.get(key)
+        if isinstance(wanted, list) and key == "ct_files":
+            same = sorted(had or []) == sorted(wanted)
+        else:
+            same = _plain(had) == _plain(wanted)
+        if not same:
+            differences.append(f"input {key} changed")
+    if bool(meta.get("pseudonymized")) != bool(request.get("pseudonymized")):
+        differences.append("pseudonymized" if meta.get("pseudonymized") else "not pseudonymized")
+    return differences
+
+
+def _plain(value):
+    """JSON's view of a value (tuples are lists, floats and ints compare as numbers)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _show(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."

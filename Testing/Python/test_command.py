@@ -1,0 +1,414 @@
+"""The dosealign command under real use (issue 13): re-runs that cannot mix, what OUT already holds,
+nothing to export, Ctrl-C, progress inside a case, each subcommand's usage and help, scan --json."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from DoseAlignLib import api
+from DoseAlignLib.cli import _get_parser, _ProgressLine, main
+from DoseAlignLib.output.manifest import AUDIT_COLUMNS, MANIFEST_COLUMNS
+from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "DoseAlign"), "PYTHONDONTWRITEBYTECODE": "1"}
+SMALL = {"ct_size": (32, 32, 16), "dose_size": (16, 16, 8), "with_structures": False}
+
+
+@pytest.fixture()
+def study(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    write_phantom(folder / "p1", PhantomSpec(patient_id="CMD-1", seed=1, **SMALL))
+    write_phantom(folder / "p2", PhantomSpec(patient_id="CMD-2", seed=2, patient_position="FFS", **SMALL))
+    return folder
+
+
+def _manifest(out: Path) -> list:
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _header(out: Path) -> list:
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle))
+
+
+def _tree(folder: Path) -> dict:
+    if not folder.exists():
+        return {}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _run(capsys, *args) -> tuple:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---- re-runs ----------------------------------------------------------------------------------
+
+
+def test_resume_with_other_options_exports_again_and_says_why(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(capsys, "export", study, out, "--quiet", "--reference", "dose")[0] == 0
+    dose_shapes = {r["case_id"]: r["shape"] for r in _manifest(out)}
+    code, text, _err = _run(capsys, "export", study, out, "--quiet", "--resume")  # --reference ct (default)
+    assert code == 0
+    rows = _manifest(out)
+    assert {r["status"] for r in rows} == {"ok"}, "cases made with other options are not kept"
+    for row in rows:
+        meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+        assert meta["options"]["reference"] == "ct" and row["shape"] != dose_shapes[row["case_id"]]
+    assert (
+        'note: --resume: 2 case(s) exported earlier with another request are exported again: reference "dose" -> "ct"'
+        in text
+    )
+    assert "2 ok, 0 failed, 0 skipped" in text
+
+    code, text, _err = _run(capsys, "export", study, out, "--quiet", "--resume")
+    assert code == 0 and "0 ok, 0 failed, 2 skipped" in text
+    assert [r["status"] for r in _manifest(out)] == ["skipped", "skipped"]
+
+    # the input changed under a kept case: a CT slice less -> exported again
+    victim = sorted((study / "p1").glob("*.dcm"), key=lambda p: p.name)
+    ct_slice = next(p for p in victim if b"CT" in p.read_bytes()[128:1500] and b"RTDOSE" not in p.read_bytes()[:3000])
+    ct_slice.unlink()
+    code, text, _err = _run(capsys, "export", study, out, "--quiet", "--resume")
+    assert "input ct_files changed" in text
+    statuses = sorted(r["status"] for r in _manifest(out))
+    assert statuses in (["ok", "skipped"], ["failed", "skipped"]), statuses
+
+
+def test_resume_keeps_nothing_made_by_another_version(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(capsys, "export", study, out, "--quiet")[0] == 0
+    first = _manifest(out)[0]["case_id"]
+    meta_path = out / first / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["dosealign_version"] = "0.0.1"
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    code, text, _err = _run(capsys, "export", study, out, "--quiet", "--resume")
+    assert code == 0 and "made by DoseAlign 0.0.1" in text
+    statuses = {r["case_id"]: r["status"] for r in _manifest(out)}
+    assert statuses[first] == "ok" and list(statuses.values()).count("skipped") == 1
+
+
+def test_pseudonymized_and_plain_exports_never_share_a_folder(study, tmp_path, capsys):
+    plain = tmp_path / "share" / "plain"
+    assert _run(capsys, "export", study, plain, "--quiet")[0] == 0
+    before = _tree(tmp_path)
+    code, _text, err = _run(capsys, "export", study, plain, "--quiet", "--pseudonymize")
+    assert code == 2 and "plain (not pseudonymized) export" in err and "nothing was written" in err
+    assert _tree(tmp_path) == before, "refused before anything is written (no key, no map, no case)"
+
+    pseudo = tmp_path / "share" / "pseudo"
+    assert _run(capsys, "export", study, pseudo, "--quiet", "--pseudonymize")[0] == 0
+    before = _tree(tmp_path)
+    code, _text, err = _run(capsys, "export", study, pseudo, "--quiet")
+    assert code == 2 and "holds a pseudonymized export" in err
+    assert _tree(tmp_path) == before
+    # a pseudonymized OUT whose case folders are gone still has its manifest: plain is still refused
+    for folder in [p for p in pseudo.iterdir() if p.is_dir()]:
+        for path in folder.rglob("*"):
+            path.unlink()
+        folder.rmdir()
+    assert _run(capsys, "export", study, pseudo, "--quiet")[0] == 2
+    # and a plain manifest without case folders refuses a pseudonymized export
+    for folder in [p for p in plain.iterdir() if p.is_dir()]:
+        for path in folder.rglob("*"):
+            path.unlink()
+        folder.rmdir()
+    assert _run(capsys, "export", study, plain, "--quiet", "--pseudonymize")[0] == 2
+    # pseudonymized again into the pseudonymized folder: fine
+    assert _run(capsys, "export", study, pseudo, "--quiet", "--pseudonymize", "--resume")[0] == 0
+
+
+def test_folders_of_other_inputs_are_reported_or_appended(tmp_path, capsys):
+    first, second = tmp_path / "site-a", tmp_path / "site-b"
+    write_phantom(first / "p", PhantomSpec(patient_id="SITE-A", seed=3, **SMALL))
+    write_phantom(second / "p", PhantomSpec(patient_id="SITE-B", seed=4, **SMALL))
+    out = tmp_path / "out"
+    assert _run(capsys, "export", first, out, "--quiet")[0] == 0
+    (a_case,) = [r["case_id"] for r in _manifest(out)]
+    (out / "my-notes").mkdir()
+    code, text, _err = _run(capsys, "export", second, out, "--quiet")
+    assert code == 0
+    assert "2 folder(s) or file(s) that are not cases of this input" in text and a_case in text and "--append" in text
+    assert [r["patient"] for r in _manifest(out)] == ["SITE-B"]
+    assert (out / a_case / "pair.npz").is_file(), "other folders are left alone"
+
+    code, text, _err = _run(capsys, "export", second, out, "--quiet", "--append")
+    assert code == 0
+    rows = _manifest(out)
+    assert sorted(r["patient"] for r in rows) == ["SITE-A", "SITE-B"], "one manifest for both inputs"
+    assert {r["case_id"]: r["status"] for r in rows}[a_case] in ("ok", "skipped")
+    assert "my-notes" in text
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert a_case in report
+
+    before = _tree(out)
+    code, _text, err = _run(capsys, "export", second, out, "--quiet", "--append", "--reference", "dose")
+    assert code == 2 and "--append would mix cases made with other options" in err and a_case in err
+    assert _tree(out) == before
+
+
+# ---- nothing to export, folders that cannot be used --------------------------------------------
+
+
+def test_nothing_to_export_says_what_was_found(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _text, err = _run(capsys, "export", empty, tmp_path / "out1")
+    assert code == 3 and "holds no files" in err
+    assert not (tmp_path / "out1").exists(), "nothing to export: no output folder"
+
+    truth = write_phantom(tmp_path / "study", PhantomSpec(patient_id="CT-ONLY", **SMALL))
+    ct_only = tmp_path / "ct-only"
+    ct_only.mkdir()
+    for path in truth.ct_files:
+        (ct_only / Path(path).name).write_bytes(Path(path).read_bytes())
+    (ct_only / ".DS_Store").write_bytes(b"x")
+    code, _text, err = _run(capsys, "export", ct_only, tmp_path / "out2")
+    assert code == 3
+    assert f"no RTDOSE under the input: {len(truth.ct_files)} CT slices, 0 RTDOSE" in err
+    assert "1 not read" in err
+    assert not (tmp_path / "out2").exists()
+    code, text, _err = _run(capsys, "scan", ct_only)
+    assert code == 3 and "no RTDOSE under the input" in text
+
+
+def test_manifest_columns_are_the_same_whatever_happens(tmp_path, capsys):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    write_phantom(good, PhantomSpec(**SMALL))
+    write_phantom(bad, PhantomSpec(dose_units="RELATIVE", **SMALL))  # its only case fails
+    assert _run(capsys, "export", good, tmp_path / "o-good", "--quiet")[0] == 0
+    assert _run(capsys, "export", bad, tmp_path / "o-bad", "--quiet")[0] == 1
+    header = _header(tmp_path / "o-good")
+    assert _header(tmp_path / "o-bad") == header == MANIFEST_COLUMNS + AUDIT_COLUMNS
+
+
+def test_manifest_columns_cover_the_audits():
+    from DoseAlignLib.audit.flags import manifest_columns
+
+    audit = {"dose": {"output": {"dmax_gy": 1.0}}, "flags": [], "rois": []}
+    assert list(manifest_columns(audit)) == AUDIT_COLUMNS
+
+
+def test_input_and_output_folders_that_cannot_be_used(study, tmp_path, capsys):
+    before = _tree(study)
+    code, _text, err = _run(capsys, "export", study, study)
+    assert code == 2 and "the output folder is the input folder" in err
+    code, _text, err = _run(capsys, "export", tmp_path / "missing", tmp_path / "out")
+    assert code == 2 and "does not exist" in err and not (tmp_path / "out").exists()
+    (tmp_path / "a-file").write_text("x")
+    code, _text, err = _run(capsys, "export", tmp_path / "a-file", tmp_path / "out")
+    assert code == 2 and "not a folder" in err and not (tmp_path / "out").exists()
+    assert _tree(study) == before
+
+    inside = study / "exports" / "run1"
+    code, text, _err = _run(capsys, "export", study, inside, "--quiet")
+    assert code == 0 and "inside the input folder" in text
+    rows = _manifest(inside)
+    code, text, _err = _run(capsys, "export", study, inside, "--quiet")  # now OUT holds files: not scanned
+    assert code == 0 and "left out of the scan" in text and "not read: the output folder" in text
+    assert [r["case_id"] for r in _manifest(inside)] == [r["case_id"] for r in rows]
+    assert not [r for r in _manifest(inside) if r["status"] == "failed"]
+
+
+# ---- Ctrl-C ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_cohort(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cohort") / "in"
+    for n in range(4):
+        write_phantom(root / f"p{n}", PhantomSpec(patient_id=f"INT-{n}", seed=n, ct_size=(160, 160, 60)))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_cleanly_and_resume_finishes(slow_cohort, tmp_path, workers):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", str(workers)]
+    process = subprocess.Popen(
+        command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / "manifest.csv").is_file():  # written as each case is finished
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the export ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole process group
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    line = [s for s in stderr.splitlines() if "interrupted after" in s]
+    assert line and line[0].endswith("of 4 cases; run again with --resume"), stderr
+    done = int(line[0].split("interrupted after ")[1].split(" ")[0])
+    assert 1 <= done < 4
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no worker left running
+        os.killpg(process.pid, 0)
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")], "no temporary folder left"
+    listed = [r for r in _manifest(out)]
+    assert len(listed) == done and all((out / r["case_id"] / "pair.npz").is_file() for r in listed)
+
+    finished = subprocess.run(command + ["--resume", "--quiet"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    statuses = [r["status"] for r in _manifest(out)]
+    # a worker may have put a case in place the moment the batch process stopped listening: kept too
+    assert len(statuses) == 4 and statuses.count("skipped") >= done and set(statuses) <= {"ok", "skipped"}
+
+
+# ---- progress ------------------------------------------------------------------------------------
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.text = ""
+        self.tty = tty
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_stages_of_a_case_reach_the_caller_serial_and_from_workers(study, tmp_path):
+    for workers in (1, 2):
+        heard = []
+        report = api.export_folder(
+            study,
+            tmp_path / f"out{workers}",
+            api.AlignOptions(),
+            workers=workers,
+            stage=lambda case_id, message, heard=heard: heard.append((case_id, message)),
+        )
+        ids = {r["case_id"] for r in report.rows}
+        assert {case_id for case_id, _m in heard} == ids, workers
+        for case_id in ids:
+            said = [m for c, m in heard if c == case_id]
+            assert said[0] == "reading CT" and "writing pair.npz and meta.json" in said, said
+
+
+def test_progress_shows_stages_only_for_a_long_case(monkeypatch):
+    log = _Stream(tty=False)
+    progress = _ProgressLine(stream=log)
+    progress.stage("quick", "reading CT")
+    progress.stage("quick", "audit")
+    progress(0.5, "1/2 cases: quick ok")
+    assert "reading CT" not in log.text and "audit" not in log.text, "a quick case stays quiet"
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    progress = _ProgressLine(stream=log)
+    progress.stage("slow", "reading CT")
+    clock[0] += 3.0
+    progress.stage("slow", "writing nrrd")
+    clock[0] += 1.0
+    progress.stage("slow", "writing qa.png")  # within LOG_EVERY_S of the last line: not in the log
+    assert "  slow: writing nrrd (3 s)\n" in log.text and "writing qa.png" not in log.text
+    assert "\r" not in log.text, "no carriage returns in a log"
+    terminal = _Stream(tty=True)
+    progress = _ProgressLine(stream=terminal)
+    progress.stage("slow", "reading CT")
+    clock[0] += 2.5
+    progress.stage("slow", "resampling")
+    assert "\r" in terminal.text and "slow: resampling (2 s)" in terminal.text
+    quiet = _Stream(tty=True)
+    progress = _ProgressLine(stream=quiet, quiet=True)
+    progress.stage("slow", "reading CT")
+    clock[0] += 5
+    progress.stage("slow", "resampling")
+    assert quiet.text == ""
+
+
+# ---- usage, help, scan --json --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (["export", "IN", "OUT", "--bogus"], "usage: dosealign export"),
+        (["export", "IN", "OUT", "--reference", "custom"], "usage: dosealign export"),  # a ValueError
+        (["scan"], "usage: dosealign scan"),
+        (["scan", "IN", "--bogus"], "usage: dosealign scan"),
+        (["merge", "OUT", "extra"], "usage: dosealign merge"),
+        (["demo", "OUT", "--workers", "2"], "usage: dosealign demo"),
+        (["export", "IN", "OUT", "--append", "--shard", "1/2"], "usage: dosealign export"),
+    ],
+)
+def test_usage_errors_show_the_subcommands_usage(args, usage, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+
+
+def test_every_option_has_help():
+    import argparse
+
+    parser = _get_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) == {"scan", "export", "merge", "demo"}
+    missing = []
+    for name, sub in commands.choices.items():
+        assert sub.epilog and "Exit codes" in sub.epilog, name
+        for action in sub._actions:
+            if not action.help and not isinstance(action, argparse._HelpAction):
+                missing.append(f"{name} {action.dest}")
+    assert not missing, missing
+
+
+def test_scan_json_is_what_the_text_says(tmp_path, capsys):
+    root = tmp_path / "in"
+    write_phantom(root / "p", PhantomSpec(**SMALL))
+    (root / "notes.txt").write_text("not DICOM")
+    (root / ".hidden").write_text("x")
+    (root / "DICOMDIR").write_bytes(b"\0" * 10)
+    code, text, _err = _run(capsys, "scan", root, "--json")
+    assert code == 0
+    doc = json.loads(text)
+    assert {"cases", "orphans", "skipped", "not_read", "duplicates", "counts"} <= set(doc)
+    (case,) = doc["cases"]
+    linked = api.form_cases(api.scan_folder(root))
+    assert case["case_id"] == linked.cases[0].case_id and case["exportable"] is True
+    assert case["ct_slices"] == len(linked.cases[0].ct.slices)
+    assert [s["file"] for s in doc["skipped"]] == ["notes.txt"]
+    assert sorted(n["file"] for n in doc["not_read"]) == [".hidden", "DICOMDIR"]
+    code, text, _err = _run(capsys, "scan", root)
+    assert "Not read (2):" in text and "DICOMDIR" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, text, _err = _run(capsys, "scan", empty, "--json")
+    assert code == 3 and json.loads(text)["cases"] == []
+
+
+def test_notes_before_a_run(study, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(api, "matplotlib_available", lambda: False)
+    code, text, _err = _run(capsys, "export", study, tmp_path / "out", "--quiet", "--interpolator", "ws")
+    assert code == 0
+    assert "note: no qa.png pictures: matplotlib is not installed" in text
+    assert "note: --interpolator ws (windowed sinc) is much slower than linear" in text
+    with np.load(next((tmp_path / "out").glob("*/pair.npz"))) as npz:
+        assert npz["dose"].max() > 0
