@@ -103,6 +103,7 @@ _EXPORTS = {
     # synthetic studies and training
     "PhantomSpec": ".phantom",
     "write_phantom": ".phantom",
+    "demo_spec": ".phantom",
     "DoseAlignDataset": ".training",
 }
 

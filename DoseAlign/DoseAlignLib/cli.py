@@ -30,19 +30,9 @@ from .api import (
 
 
 def _demo_spec():
-    # a small head-and-neck-sized study: 2 mm pixels, 3 mm slices, a plan-like dose on an offset
-    # 3 mm grid inside the CT, a PLAN dose and its three BEAM doses
-    return api.PhantomSpec(
-        ct_size=(128, 128, 48),
-        ct_pixel_spacing=(2.0, 2.0),
-        ct_slice_spacing=3.0,
-        dose_size=(84, 64, 44),
-        dose_pixel_spacing=(3.0, 3.0),
-        dose_frame_spacing=3.0,
-        dose_center_offset_lps=(4.3, -2.8, 1.4),
-        dose_shape="plan",
-        write_beam_doses=True,
-    )
+    # a thorax on a couch (CT 2 x 2 x 3 mm), a 7-field plan on a 3 mm dose grid covering the body:
+    # a PLAN dose and its seven BEAM doses (see phantom.demo_spec)
+    return api.demo_spec()
 
 
 #: Exit codes beyond 0/1/2 (see the module docstring).

@@ -21,7 +21,7 @@ read back from those strings, so it matches the files to about 1e-12 mm.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -64,6 +64,14 @@ class PhantomSpec:
     dose grid. Explicit ``dose_frame_offsets`` (first 0, strictly monotonic) override
     ``dose_frame_spacing`` and ``frame_order``. ``gfov_mode="absolute"`` writes the frames'
     z positions (``IPP_z + offset_n * normal_z``) and needs a dose normal of +z or -z.
+
+    ``anatomy="patient"`` writes a thorax instead of the geometric phantom: a body outline with a
+    layer of fat, lungs, a heart, a spine (vertebral body, bony arch around the spinal cord), a
+    tumour (GTV) in the right lung with its PTV, and a couch under the body (CT only); with
+    ``dose_shape="plan"`` its dose is a 7-field conformal plan (see :func:`patient_dose`).
+    ``roi_names`` (``(("SpinalCord", "Cord"), ("Heart", ""), ...)``) writes a ROI under another
+    name, or not at all (""); ``target_offset_lps`` moves the tumour. ``boost_fraction`` > 0 adds a
+    second plan ("BOOST") on the same CT with a PLAN dose of that fraction of the first plan's.
     """
 
     patient_id: str = "DA-PHANTOM-001"
@@ -102,6 +110,15 @@ class PhantomSpec:
     prescription_gy: float = 60.0
     shuffle_files: bool = True
     seed: int = 0
+    # added later; left out of the UIDs' seed at their defaults, so earlier studies keep their UIDs
+    anatomy: str = "geometric"
+    roi_names: tuple = ()
+    target_offset_lps: tuple = (0.0, 0.0, 0.0)
+    boost_fraction: float = 0.0
+
+
+#: PhantomSpec fields added after the first release: at their defaults they do not change the UIDs.
+_LATER_FIELDS = ("anatomy", "roi_names", "target_offset_lps", "boost_fraction")
 
 
 @dataclass
@@ -111,7 +128,8 @@ class RoiTruth:
     ``shape`` is "elliptic_cylinder", "sphere", "cylinder", "annulus" or "point". Prisms run along
     ``axis`` (the CT slice normal) through ``center_lps``; ``u_dir`` and ``v_dir`` span their
     cross-section. ``params`` holds the radii (mm); ``length_mm`` is None for an unbounded prism;
-    ``volume_cc`` is the analytic volume, None where there is none.
+    ``volume_cc`` is the analytic volume, None where there is none. ``role`` is the ROI's part in
+    the phantom (its default name); ``written`` is False for a ROI left out of the RTSTRUCT.
     """
 
     number: int
@@ -126,6 +144,11 @@ class RoiTruth:
     length_mm: Optional[float]
     volume_cc: Optional[float]
     color: tuple
+    role: str = ""
+    written: bool = True
+
+    def __post_init__(self) -> None:
+        self.role = self.role or self.name
 
 
 @dataclass
@@ -181,6 +204,9 @@ class PhantomTruth:
     beam_numbers: tuple
     beam_weights: tuple
     rois: list = field(default_factory=list)
+    boost_plan_file: Optional[Path] = None
+    boost_dose_file: Optional[Path] = None
+    boost_sop_uids: tuple = ()  # (RTPLAN, RTDOSE) of the boost plan
 
     def dose_at(self, points_lps: np.ndarray, beam_number: Optional[int] = None) -> np.ndarray:
         """The analytic dose field, the truth the RTDOSE files were quantized from.
@@ -197,10 +223,10 @@ class PhantomTruth:
         (...) array
             Dose in Gy (in DoseUnits, also for RELATIVE), extended linearly outside the grid.
         """
-        dose = _dose_field(self.spec, self.rois, np.asarray(points_lps, dtype=np.float64))
-        if beam_number is not None:
-            dose = dose * self.beam_weights[self.beam_numbers.index(beam_number)]
-        return dose
+        points = np.asarray(points_lps, dtype=np.float64)
+        if beam_number is None:
+            return _dose_field(self.spec, self.rois, points)
+        return _dose_field(self.spec, self.rois, points, self.beam_numbers.index(beam_number), self.beam_weights)
 
     def hu_at(self, points_lps: np.ndarray) -> np.ndarray:
         """The analytic CT number, before storage as integers (within RescaleSlope / 2).
@@ -213,8 +239,8 @@ class PhantomTruth:
         Returns
         -------
         (...) array
-            HU: the linear field, or the piecewise-constant anatomy (air -1000, body 0, ring -100,
-            bone 700, cord 30, PTV 40).
+            HU: the linear field, or the piecewise-constant anatomy (geometric: air -1000, body 0,
+            ring -100, bone 700, cord 30, PTV 40; patient: see :func:`_patient_hu`).
         """
         p = np.asarray(points_lps, dtype=np.float64)
         if self.spec.ct_field == "linear":
@@ -264,9 +290,20 @@ def _orientation(position: str, degrees: Sequence[float]) -> tuple:
     return row, col, np.cross(row, col)
 
 
+def _spec_key(spec: PhantomSpec) -> str:
+    """The spec's repr, less the fields added later while they are at their defaults."""
+    parts = []
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if f.name in _LATER_FIELDS and value == f.default:
+            continue
+        parts.append(f"{f.name}={value!r}")
+    return f"{type(spec).__qualname__}({', '.join(parts)})"
+
+
 def _uid_maker(spec: PhantomSpec):
     """Deterministic 2.25 UIDs from the seed and the spec."""
-    base = f"DoseAlign phantom|{spec.seed}|{spec!r}"
+    base = f"DoseAlign phantom|{spec.seed}|{_spec_key(spec)}"
 
     def make(role: str) -> str:
         digest = hashlib.sha256(f"{base}|{role}".encode()).digest()
@@ -296,6 +333,7 @@ def _check_spec(spec: PhantomSpec) -> None:
         "dose_bits": (16, 32),
         "dose_units": ("GY", "RELATIVE"),
         "dose_summation": ("PLAN", "BEAM", "FRACTION"),
+        "anatomy": ("geometric", "patient"),
     }
     for name, allowed in choices.items():
         if getattr(spec, name) not in allowed:
@@ -306,6 +344,8 @@ def _check_spec(spec: PhantomSpec) -> None:
         raise ValueError(f"ct_missing_slices {spec.ct_missing_slices} outside 0..{spec.ct_size[2] - 1}")
     if len(set(spec.ct_missing_slices)) >= spec.ct_size[2]:
         raise ValueError("ct_missing_slices drops every slice")
+    if not 0.0 <= spec.boost_fraction <= 10.0:
+        raise ValueError(f"boost_fraction must be 0 (no boost) to 10, got {spec.boost_fraction}")
 
 
 # ---- geometry ---------------------------------------------------------------------------------
@@ -425,6 +465,173 @@ def _make_rois(ct: _Slices, center: np.ndarray, length: float, extra_organs: int
     ]  # fmt: skip
 
 
+def _rename_rois(rois: list, renames: Sequence) -> None:
+    """Apply ``PhantomSpec.roi_names``: ``(role, name)`` pairs; an empty name leaves the ROI out."""
+    by_role = {r.role: r for r in rois}
+    for role, name in renames:
+        if role not in by_role:
+            raise ValueError(f"roi_names: no ROI {role!r} in this phantom (it has: {', '.join(by_role)})")
+        if name:
+            by_role[role].name = str(name)
+        else:
+            by_role[role].written = False
+
+
+#: The patient anatomy's CT numbers (HU), painted in this order (later ones win).
+PATIENT_HU = {
+    "air": -1000.0,
+    "couch_foam": -850.0,
+    "couch_shell": 250.0,
+    "fat": -90.0,
+    "soft_tissue": 40.0,
+    "lung": -820.0,
+    "heart": 45.0,
+    "vertebral_body": 260.0,
+    "bony_arch": 700.0,
+    "cord": 30.0,
+    "tumour": 35.0,
+}
+#: Thickness (mm) of the fat under the skin and of the couch's shell; the couch's full thickness.
+FAT_MM, COUCH_SHELL_MM, COUCH_MM = 12.0, 3.0, 40.0
+
+
+def _patient_rois(ct: _Slices, center: np.ndarray, length: float, spec: PhantomSpec) -> list:
+    """A thorax sized from the CT: body, lungs, heart, spinal cord, GTV and PTV (the couch is CT only).
+
+    The body is an elliptic cylinder, shifted anteriorly to leave room for the couch; lungs and heart
+    are ellipsoids (they taper towards their ends); the cord runs through the whole scan inside a
+    bony arch, with the vertebral body in front of it; the tumour sits in the right lung.
+    """
+    half_u = 0.5 * (ct.cols - 1) * ct.spacing[1] or 10.0
+    half_v = 0.5 * (ct.rows - 1) * ct.spacing[0] or 10.0
+    length = length or 10.0
+    n = ct.normal / np.linalg.norm(ct.normal)
+    u, v = _shape_frame(n)  # u towards patient left, v towards posterior
+    a, b = 0.88 * half_u, 0.68 * half_v
+    body = center - 0.12 * half_v * v
+    lung_axes = {"semi_axis_u": 0.27 * a, "semi_axis_v": 0.55 * b, "semi_axis_w": 0.75 * length}
+    heart_axes = {"semi_axis_u": 0.2 * a, "semi_axis_v": 0.26 * b, "semi_axis_w": 0.3 * length}
+    r_cord = max(0.06 * b, 4.0)
+    cord_at = body + 0.72 * b * v
+    r_gtv = max(0.18 * min(a, b, length / 2), 3.0)
+    r_ptv = r_gtv + max(0.5 * r_gtv, 5.0)
+    tumour = body - 0.5 * a * u - 0.05 * b * v + np.asarray(spec.target_offset_lps, dtype=np.float64)
+    table = [
+        (1, "External", "EXTERNAL", "elliptic_cylinder", body, {"semi_axis_u": a, "semi_axis_v": b}, None, None),
+        (2, "PTV", "PTV", "sphere", tumour, {"radius": r_ptv}, None, 4 / 3 * np.pi * r_ptv**3),
+        (3, "GTV", "GTV", "sphere", tumour, {"radius": r_gtv}, None, 4 / 3 * np.pi * r_gtv**3),
+        (4, "SpinalCord", "ORGAN", "cylinder", cord_at, {"radius": r_cord, "bone_outer_radius": 2.4 * r_cord}, 1e6, None),
+        (5, "Lung_R", "ORGAN", "ellipsoid", body - 0.5 * a * u + 0.02 * b * v, lung_axes, None, None),
+        (6, "Lung_L", "ORGAN", "ellipsoid", body + 0.5 * a * u + 0.02 * b * v, lung_axes, None, None),
+        (7, "Heart", "ORGAN", "ellipsoid", body + 0.1 * a * u - 0.45 * b * v, heart_axes, None, None),
+    ]  # fmt: skip
+    colors = [(0, 255, 0), (255, 0, 0), (255, 128, 0), (255, 255, 0), (0, 160, 255), (0, 96, 255), (255, 0, 160)]
+    rois = []
+    for (num, name, kind, shape, c, params, h, vol), color in zip(table, colors):
+        if shape == "ellipsoid":
+            vol = 4 / 3 * np.pi * params["semi_axis_u"] * params["semi_axis_v"] * params["semi_axis_w"]
+        rois.append(
+            RoiTruth(num, name, kind, shape, np.array(c, dtype=np.float64), n, u, v, params, h, None if vol is None else vol / 1000.0, color)
+        )  # fmt: skip
+    return rois
+
+
+def _patient_hu(by_role: dict, points: np.ndarray) -> np.ndarray:
+    """The thorax's CT numbers: couch, fat under the skin, soft tissue, lungs, heart, spine, cord, tumour."""
+    body = by_role["External"]
+    d = points - body.center_lps
+    x, y = d @ body.u_dir, d @ body.v_dir
+    a, b = body.params["semi_axis_u"], body.params["semi_axis_v"]
+    hu = np.full(x.shape, PATIENT_HU["air"])
+    couch_top = b + 2.0  # the couch's top surface, 2 mm below the body's back (y grows posterior)
+    in_couch = (y >= couch_top) & (y < couch_top + COUCH_MM) & (np.abs(x) < 1.15 * a)
+    shell = in_couch & ((y < couch_top + COUCH_SHELL_MM) | (y >= couch_top + COUCH_MM - COUCH_SHELL_MM))
+    hu = np.where(in_couch, PATIENT_HU["couch_foam"], hu)
+    hu = np.where(shell, PATIENT_HU["couch_shell"], hu)
+    hu = np.where((x / a) ** 2 + (y / b) ** 2 < 1, PATIENT_HU["fat"], hu)
+    inner = ((x / (a - FAT_MM)) ** 2 + (y / (b - FAT_MM)) ** 2) < 1
+    hu = np.where(inner, PATIENT_HU["soft_tissue"], hu)
+    for role in ("Lung_R", "Lung_L"):
+        hu = np.where(_roi_contains(by_role[role], points), PATIENT_HU["lung"], hu)
+    hu = np.where(_roi_contains(by_role["Heart"], points), PATIENT_HU["heart"], hu)
+    cord = by_role["SpinalCord"]
+    rel = points - (cord.center_lps - 2.2 * cord.params["bone_outer_radius"] * cord.v_dir)
+    vertebra = (rel @ cord.u_dir) ** 2 + (rel @ cord.v_dir) ** 2 < (1.6 * cord.params["bone_outer_radius"]) ** 2
+    hu = np.where(vertebra, PATIENT_HU["vertebral_body"], hu)
+    hu = np.where(_roi_contains(cord, points, "bone_outer_radius"), PATIENT_HU["bony_arch"], hu)
+    hu = np.where(_roi_contains(cord, points), PATIENT_HU["cord"], hu)
+    return np.where(_roi_contains(by_role["GTV"], points), PATIENT_HU["tumour"], hu)
+
+
+#: The patient plan: fields, their penumbra (mm, one sigma of the error function), the aperture's margin
+#: around the PTV (mm), attenuation per mm of tissue and the build-up depth (mm).
+PLAN_FIELDS, PENUMBRA_SIGMA_MM, APERTURE_MARGIN_MM, MU_PER_MM, BUILDUP_MM = 7, 3.0, 6.0, 0.0045, 4.0
+#: The patient plan's dose at the isocentre, as a share of the prescription.
+ISOCENTRE_DOSE = 1.02
+
+
+def _gantry_degrees(spec: PhantomSpec, beam: int, n_beams: int) -> float:
+    """The gantry angle of beam index ``beam``: evenly spaced, from 10 degrees for the patient plan."""
+    start = 10.0 if spec.anatomy == "patient" else 0.0
+    return start + 360.0 * beam / n_beams
+
+
+def patient_dose(spec: PhantomSpec, rois: list, points: np.ndarray, beam: Optional[int] = None) -> np.ndarray:
+    """A conformal coplanar plan on the thorax (Gy at LPS points ``(..., 3)``; one field with ``beam``).
+
+    Each of ``spec.n_beams`` fields (gantry angles :func:`_gantry_degrees`, axial, aimed at the PTV's
+    centre) has a round aperture of the PTV's radius + 6 mm with an error-function penumbra
+    (sigma 3 mm: 80-20 % over 5 mm), enters at the skin (the body's elliptic outline), builds up over
+    the first millimetres and is attenuated by 0.45 %/mm of depth; there is no dose outside the body.
+    The fields are weighted equally and scaled to 102 % of the prescription at the PTV's centre, so
+    the PTV is covered (D98 about 95 %) and the dose falls steeply around it, with the entrance
+    paths of the fields at 10-30 % of it. Not a dose calculation: a smooth, plan-like field.
+    """
+    by_role = {r.role: r for r in rois}
+    ptv, body = by_role["PTV"], by_role["External"]
+    points = np.asarray(points, dtype=np.float64)
+    fields_at = [beam] if beam is not None else range(spec.n_beams)
+    total = np.zeros(points.shape[:-1])
+    for b in fields_at:
+        total += _field(spec, body, ptv, points, b)
+    iso = sum(_field(spec, body, ptv, ptv.center_lps[np.newaxis], b)[0] for b in range(spec.n_beams))
+    return total * (ISOCENTRE_DOSE * spec.prescription_gy / iso)
+
+
+def _field(spec: PhantomSpec, body: RoiTruth, ptv: RoiTruth, points: np.ndarray, beam: int) -> np.ndarray:
+    """One field's relative dose (before the plan's scaling)."""
+    angle = np.radians(_gantry_degrees(spec, beam, spec.n_beams))
+    direction = np.sin(angle) * body.u_dir + np.cos(angle) * body.v_dir  # from the source (anterior at 0)
+    rel = points - ptv.center_lps
+    along = rel @ direction
+    off_axis = np.linalg.norm(rel - along[..., np.newaxis] * direction, axis=-1)
+    aperture = ptv.params["radius"] + APERTURE_MARGIN_MM
+    profile = 0.5 * _erfc((off_axis - aperture) / (np.sqrt(2.0) * PENUMBRA_SIGMA_MM))
+    # depth: distance back along the beam to the skin (the body's ellipse in the axial plane)
+    a, b = body.params["semi_axis_u"], body.params["semi_axis_v"]
+    d = points - body.center_lps
+    x, y = d @ body.u_dir, d @ body.v_dir
+    dx, dy = float(direction @ body.u_dir), float(direction @ body.v_dir)
+    qa = (dx / a) ** 2 + (dy / b) ** 2
+    qb = -2.0 * (x * dx / a**2 + y * dy / b**2)
+    qc = (x / a) ** 2 + (y / b) ** 2 - 1.0
+    root = np.sqrt(np.maximum(qb**2 - 4 * qa * qc, 0.0))
+    depth = np.maximum((-qb + root) / (2 * qa), 0.0)  # the larger root: back to where the beam entered
+    inside = 0.5 * _erfc(qc * min(a, b) / (2.0 * np.sqrt(2.0)))  # 0 outside the skin, over about 2 mm
+    buildup = 1.0 - 0.7 * np.exp(-depth / BUILDUP_MM)
+    return profile * np.exp(-MU_PER_MM * depth) * buildup * inside
+
+
+def _erfc(x: np.ndarray) -> np.ndarray:
+    """The complementary error function (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7), numpy only."""
+    x = np.asarray(x, dtype=np.float64)
+    z = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    result = poly * np.exp(-z * z)
+    return np.where(x >= 0, result, 2.0 - result)
+
+
 def _roi_contains(roi: RoiTruth, points: np.ndarray, radius_key: str = "radius") -> np.ndarray:
     d = points - roi.center_lps
     u, v, w = d @ roi.u_dir, d @ roi.v_dir, d @ roi.axis
@@ -434,6 +641,8 @@ def _roi_contains(roi: RoiTruth, points: np.ndarray, radius_key: str = "radius")
         return (u / p["semi_axis_u"]) ** 2 + (v / p["semi_axis_v"]) ** 2 < 1
     if roi.shape == "sphere":
         return u**2 + v**2 + w**2 < p["radius"] ** 2
+    if roi.shape == "ellipsoid":
+        return (u / p["semi_axis_u"]) ** 2 + (v / p["semi_axis_v"]) ** 2 + (w / p["semi_axis_w"]) ** 2 < 1
     if roi.shape == "cylinder":
         return (u**2 + v**2 < p[radius_key] ** 2) & inside_length
     if roi.shape == "annulus":
@@ -444,7 +653,9 @@ def _roi_contains(roi: RoiTruth, points: np.ndarray, radius_key: str = "radius")
 
 def _anatomy_hu(rois: list, points: np.ndarray) -> np.ndarray:
     """Air, a water body, a fat ring, vertebral bone around a cord, and a slightly denser PTV."""
-    by_name = {r.name: r for r in rois}
+    by_name = {r.role: r for r in rois}
+    if "Lung_L" in by_name:
+        return _patient_hu(by_name, points)
     hu = np.where(_roi_contains(by_name["External"], points), 0.0, -1000.0)
     hu = np.where(_roi_contains(by_name["Ring"], points), -100.0, hu)
     hu = np.where(_roi_contains(by_name["Cord"], points, "bone_outer_radius"), 700.0, hu)
@@ -468,6 +679,11 @@ def _cross_sections(roi: RoiTruth, plane_point: np.ndarray) -> list:
     if roi.shape == "sphere":
         rho2 = p["radius"] ** 2 - w**2
         return [ellipse(np.sqrt(rho2), np.sqrt(rho2))] if rho2 > 1e-4 else []
+    if roi.shape == "ellipsoid":
+        scale2 = 1.0 - (w / p["semi_axis_w"]) ** 2
+        if scale2 * min(p["semi_axis_u"], p["semi_axis_v"]) ** 2 <= 1e-4:
+            return []
+        return [ellipse(p["semi_axis_u"] * np.sqrt(scale2), p["semi_axis_v"] * np.sqrt(scale2))]
     if abs(w) >= roi.length_mm / 2:
         return []
     if roi.shape == "cylinder":
@@ -596,7 +812,7 @@ def _write_struct(path: Path, ct: _Slices, rois: list, common: dict, ids: dict) 
         _item(FrameOfReferenceUID=ids["frame"], RTReferencedStudySequence=_seq(study))
     )
     roi_items, contour_items, observations = [], [], []
-    for roi in rois:
+    for roi in (r for r in rois if r.written):
         roi_items.append(
             _item(
                 ROINumber=roi.number,
@@ -638,20 +854,33 @@ def _write_struct(path: Path, ct: _Slices, rois: list, common: dict, ids: dict) 
     return _save(ds, path)
 
 
-def _write_plan(path: Path, spec: PhantomSpec, rois: list, weights: tuple, common: dict, ids: dict) -> Path:
-    ds = _new_file(RT_PLAN_STORAGE, ids["plan"], common)
+def _write_plan(
+    path: Path,
+    spec: PhantomSpec,
+    rois: list,
+    weights: tuple,
+    common: dict,
+    ids: dict,
+    role: str = "plan",
+    label: str = "PHANTOM",
+    prescription_gy: Optional[float] = None,
+) -> Path:
+    ds = _new_file(RT_PLAN_STORAGE, ids[role], common)
     ds.Modality = "RTPLAN"
-    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = ids["plan-series"], 3, 1
+    ds.SeriesInstanceUID, ds.SeriesNumber = ids["plan-series"], 3
+    ds.InstanceNumber = 1 if role == "plan" else 2
     ds.FrameOfReferenceUID = ids["frame"]
-    ds.RTPlanLabel, ds.RTPlanDate, ds.RTPlanTime, ds.RTPlanGeometry = "PHANTOM", "20240102", "093000", "PATIENT"
+    ds.RTPlanLabel, ds.RTPlanDate, ds.RTPlanTime, ds.RTPlanGeometry = label, "20240102", "093000", "PATIENT"
     target = _item(DoseReferenceNumber=1, DoseReferenceType="TARGET", DoseReferenceDescription="PTV")
-    target.TargetPrescriptionDose = _ds(spec.prescription_gy)
+    target.TargetPrescriptionDose = _ds(spec.prescription_gy if prescription_gy is None else prescription_gy)
     target.DoseReferenceStructureType = "SITE"
+    ptv = next(r for r in rois if r.role == "PTV")
+    ptv_number = ptv.number
     if spec.with_structures:
         ds.ReferencedStructureSetSequence = _seq(
             _item(ReferencedSOPClassUID=RT_STRUCT_STORAGE, ReferencedSOPInstanceUID=ids["struct"])
         )
-        target.DoseReferenceStructureType, target.ReferencedROINumber = "VOLUME", 2
+        target.DoseReferenceStructureType, target.ReferencedROINumber = "VOLUME", ptv_number
     ds.DoseReferenceSequence = _seq(target)
     ds.PatientSetupSequence = _seq(_item(PatientSetupNumber=1, PatientPosition=spec.patient_position))
     beam_refs = [_item(ReferencedBeamNumber=b + 1, BeamMeterset=_ds(200.0 * w)) for b, w in enumerate(weights)]
@@ -664,10 +893,10 @@ def _write_plan(path: Path, spec: PhantomSpec, rois: list, weights: tuple, commo
             ReferencedBeamSequence=_seq(*beam_refs),
         )
     )
-    isocenter = [_ds(x) for x in rois[1].center_lps]
+    isocenter = [_ds(x) for x in ptv.center_lps]
     beams = []
     for b in range(len(weights)):
-        gantry = _ds(360.0 * b / len(weights))
+        gantry = _ds(_gantry_degrees(spec, b, len(weights)))
         points = [
             _item(ControlPointIndex=0, CumulativeMetersetWeight="0", GantryAngle=gantry, IsocenterPosition=isocenter),
             _item(ControlPointIndex=1, CumulativeMetersetWeight="1"),
@@ -683,7 +912,14 @@ def _write_plan(path: Path, spec: PhantomSpec, rois: list, weights: tuple, commo
 
 
 def _write_dose(
-    path: Path, spec: PhantomSpec, grid: _Slices, values: np.ndarray, beam: Optional[int], common: dict, ids: dict
+    path: Path,
+    spec: PhantomSpec,
+    grid: _Slices,
+    values: np.ndarray,
+    beam: Optional[int],
+    common: dict,
+    ids: dict,
+    plan_role: str = "plan",
 ):
     """Write one RTDOSE of ``values`` (Gy at the voxel centres); returns its DoseGridScaling."""
     max_stored, dtype = (60000.0, np.dtype("<u2")) if spec.dose_bits == 16 else (2e9, np.dtype("<u4"))
@@ -691,7 +927,7 @@ def _write_dose(
     pixels = np.rint(values / scaling)
     if pixels.max() > np.iinfo(dtype).max:
         raise ValueError("dose values do not fit the pixel type")
-    ds = _new_file(RT_DOSE_STORAGE, ids[f"dose-{beam}"], common)
+    ds = _new_file(RT_DOSE_STORAGE, ids[f"dose-{beam}" if plan_role == "plan" else f"dose-{plan_role}"], common)
     ds.Modality = "RTDOSE"
     ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = ids["dose-series"], 4, 1 if beam is None else beam + 1
     ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = ids["frame"], ""
@@ -710,7 +946,7 @@ def _write_dose(
     ds.DoseUnits, ds.DoseType = spec.dose_units, "PHYSICAL"
     ds.DoseSummationType = spec.dose_summation if beam is None else "BEAM"
     ds.DoseGridScaling = _ds(scaling)
-    plan_ref = _item(ReferencedSOPClassUID=RT_PLAN_STORAGE, ReferencedSOPInstanceUID=ids["plan"])
+    plan_ref = _item(ReferencedSOPClassUID=RT_PLAN_STORAGE, ReferencedSOPInstanceUID=ids[plan_role])
     if beam is not None:
         beam_ref = _seq(_item(ReferencedBeamNumber=beam))
         plan_ref.ReferencedFractionGroupSequence = _seq(
@@ -722,20 +958,28 @@ def _write_dose(
     return scaling
 
 
-def _dose_field(spec: PhantomSpec, rois: list, points: np.ndarray) -> np.ndarray:
-    """The analytic dose (Gy) at LPS points ``(..., 3)``.
+def _dose_field(
+    spec: PhantomSpec, rois: list, points: np.ndarray, beam: Optional[int] = None, weights: tuple = ()
+) -> np.ndarray:
+    """The analytic dose (Gy) at LPS points ``(..., 3)``; with ``beam`` (an index) that beam's share.
 
     ``dose_shape`` "linear": ``dose_field`` (a, b, c, d) gives a*x + b*y + c*z + d, which trilinear
-    interpolation reproduces exactly (the tests' oracle). "plan": a smooth plan-like dose for the
-    demo, the prescription over the PTV falling off over a few mm to a 3 % bath (not exact).
+    interpolation reproduces exactly (the tests' oracle). "plan": a smooth plan-like dose, the
+    prescription over the PTV falling off over a few mm to a 3 % bath (not exact); with
+    ``anatomy="patient"`` the conformal multi-field plan of :func:`patient_dose`. A beam's share
+    is ``weights[beam]`` of the whole, except for the patient plan, whose beams are its fields.
     """
+    if spec.dose_shape == "plan" and spec.anatomy == "patient":
+        return patient_dose(spec, rois, points, beam)
     if spec.dose_shape == "plan":
-        ptv = next(r for r in rois if r.name == "PTV")
+        ptv = next(r for r in rois if r.role == "PTV")
         distance = np.linalg.norm(points - ptv.center_lps, axis=-1)
         edge = ptv.params["radius"] + 6.0
-        return spec.prescription_gy * (0.03 + 1.0 / (1.0 + np.exp((distance - edge) / 4.0)))
-    a, b, c, d = spec.dose_field
-    return a * points[..., 0] + b * points[..., 1] + c * points[..., 2] + d
+        dose = spec.prescription_gy * (0.03 + 1.0 / (1.0 + np.exp((distance - edge) / 4.0)))
+    else:
+        a, b, c, d = spec.dose_field
+        dose = a * points[..., 0] + b * points[..., 1] + c * points[..., 2] + d
+    return dose if beam is None else dose * weights[beam]
 
 
 def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  # noqa: B008
@@ -772,6 +1016,7 @@ def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  
 
     uid = _uid_maker(spec)
     roles = ["study", "frame", "ct-series", "struct-series", "struct", "plan-series", "plan", "dose-series"]
+    roles += ["plan-boost", "dose-plan-boost"] if spec.boost_fraction > 0 else []
     ids = {role: uid(role) for role in roles + [f"dose-{b}" for b, _ in doses]}
     ids["ct"] = [uid(f"ct-{i}") for i in kept]
     common = {
@@ -789,7 +1034,11 @@ def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  
     }
 
     center = np.asarray(spec.ct_center_lps, dtype=np.float64)
-    rois = _make_rois(ct, center, length, spec.extra_organs)
+    if spec.anatomy == "patient":
+        rois = _patient_rois(ct, center, length, spec)
+    else:
+        rois = _make_rois(ct, center, length, spec.extra_organs)
+    _rename_rois(rois, spec.roi_names)
     ct_names, name_for = _file_names(spec, len(kept))
     ct_files = _write_ct(out, spec, ct, rois, common, ids, ct_names)
     struct_file = _write_struct(out / name_for("RS"), ct, rois, common, ids) if spec.with_structures else None
@@ -800,10 +1049,19 @@ def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  
     if field_gy.min() < 0:
         raise ValueError(f"dose_field is negative ({field_gy.min():.4g} Gy) inside the dose grid")
     dose_files, scalings = [], []
-    for beam, weight in doses:
+    for beam, _weight in doses:
         path = out / name_for("RD_PLAN" if beam is None else f"RD_BEAM{beam}")
-        scalings.append(_write_dose(path, spec, dose, field_gy * weight, beam, common, ids))
+        values = field_gy if beam is None else _dose_field(spec, rois, points, beam - 1, weights)
+        scalings.append(_write_dose(path, spec, dose, values, beam, common, ids))
         dose_files.append(path)
+    boost_plan = boost_dose = None
+    if spec.boost_fraction > 0:  # a second plan on the same CT, e.g. a boost after the initial plan
+        boost_rx = spec.prescription_gy * spec.boost_fraction
+        boost_plan = _write_plan(
+            out / name_for("RP_BOOST"), spec, rois, weights, common, ids, "plan-boost", "BOOST", boost_rx
+        )
+        boost_dose = out / name_for("RD_BOOST")
+        _write_dose(boost_dose, spec, dose, field_gy * spec.boost_fraction, None, common, ids, "plan-boost")
 
     corners = points[np.ix_((0, -1), (0, -1), (0, -1))].reshape(8, 3)
     return PhantomTruth(
@@ -847,4 +1105,29 @@ def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  
         beam_numbers=beam_numbers,
         beam_weights=weights,
         rois=rois,
+        boost_plan_file=boost_plan,
+        boost_dose_file=boost_dose,
+        boost_sop_uids=(ids["plan-boost"], ids["dose-plan-boost"]) if spec.boost_fraction > 0 else (),
+    )
+
+
+def demo_spec() -> PhantomSpec:
+    """The study ``dosealign demo`` writes: a thorax on a couch, its CT at 2 x 2 x 3 mm, a 7-field plan.
+
+    The dose grid (3 mm) covers the whole body with a margin, so every ROI lies inside it and the
+    dose at its faces is low; it is offset from the CT's voxels, as a planning system's usually is.
+    A PLAN dose and the seven BEAM doses it is the sum of are written.
+    """
+    return PhantomSpec(
+        anatomy="patient",
+        ct_size=(192, 160, 48),
+        ct_pixel_spacing=(2.0, 2.0),
+        ct_slice_spacing=3.0,
+        dose_size=(120, 84, 50),
+        dose_pixel_spacing=(3.0, 3.0),
+        dose_frame_spacing=3.0,
+        dose_center_offset_lps=(1.1, -20.3, 0.6),
+        dose_shape="plan",
+        n_beams=PLAN_FIELDS,
+        write_beam_doses=True,
     )

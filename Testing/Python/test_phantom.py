@@ -460,3 +460,107 @@ def test_optional_objects_can_be_left_out(tmp_path):
 def test_invalid_specs_are_refused(tmp_path, extra):
     with pytest.raises(ValueError):
         write_phantom(tmp_path, PhantomSpec(**extra))
+
+
+# ---- the patient-like anatomy (the demo) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory):
+    spec = PhantomSpec(
+        anatomy="patient",
+        ct_size=(96, 80, 24),
+        ct_pixel_spacing=(4.0, 4.0),
+        ct_slice_spacing=5.0,
+        dose_size=(60, 42, 26),
+        dose_pixel_spacing=(6.0, 6.0),
+        dose_frame_spacing=5.0,
+        dose_center_offset_lps=(0.0, -20.0, 0.0),
+        dose_shape="plan",
+        n_beams=7,
+        write_beam_doses=True,
+        roi_names=(("SpinalCord", "Cord"), ("Heart", "")),
+    )
+    return write_phantom(tmp_path_factory.mktemp("patient"), spec)
+
+
+def test_patient_ct_is_a_thorax_on_a_couch(patient):
+    """Every CT voxel is hu_at at its centre; each tissue of the thorax and the couch is there."""
+    values = {}
+    for ds in ct_by_position(patient):
+        p = slice_centres(ds, floats(ds.ImagePositionPatient))
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(hu, patient.hu_at(p))
+        for value, count in zip(*np.unique(hu, return_counts=True)):
+            values[float(value)] = values.get(float(value), 0) + int(count)
+    # air, couch foam and shell, fat, soft tissue, lung, heart, vertebral body, bony arch, cord, tumour
+    assert set(values) == {-1000.0, -850.0, 250.0, -90.0, 40.0, -820.0, 45.0, 260.0, 700.0, 30.0, 35.0}
+    # the lungs are a large part of the body; air around the body, the couch below it (posterior, +y)
+    lung = patient.roi("Lung_R")
+    assert values[-820.0] > 10 * values[35.0]
+    body = patient.roi("External")
+    below = body.center_lps + (body.params["semi_axis_v"] + 2.0 + 1.0) * body.v_dir
+    assert patient.hu_at(below[np.newaxis])[0] == 250.0  # the couch's top shell
+    assert patient.hu_at((body.center_lps - (body.params["semi_axis_v"] + 5) * body.v_dir)[np.newaxis])[0] == -1000.0
+    assert patient.hu_at(lung.center_lps[np.newaxis] + 0.5 * lung.params["semi_axis_u"] * lung.u_dir)[0] == -820.0
+
+
+def test_patient_rois_renamed_or_left_out(patient):
+    struct = read(patient.struct_file)
+    names = {int(r.ROINumber): str(r.ROIName) for r in struct.StructureSetROISequence}
+    assert sorted(names.values()) == ["Cord", "External", "GTV", "Lung_L", "Lung_R", "PTV"]
+    assert patient.roi("Cord").role == "SpinalCord" and not next(r for r in patient.rois if r.role == "Heart").written
+    types = {int(o.ReferencedROINumber): str(o.RTROIInterpretedType) for o in struct.RTROIObservationsSequence}
+    assert types[2] == "PTV" and names[2] == "PTV"
+    plan = read(patient.plan_file)
+    assert int(plan.DoseReferenceSequence[0].ReferencedROINumber) == 2
+    np.testing.assert_allclose(
+        floats(plan.BeamSequence[0].ControlPointSequence[0].IsocenterPosition), patient.roi("PTV").center_lps, atol=1e-9
+    )
+
+
+def test_patient_plan_covers_the_ptv_and_falls_off(patient):
+    """The plan dose: the PTV covered, a steep fall-off, the fields' entrance paths, nothing outside the body,
+    and the BEAM doses (one per field) adding up to the PLAN dose."""
+    plan = read(patient.dose_files[0])
+    p = dose_centres(plan)
+    dose = plan.pixel_array * float(plan.DoseGridScaling)
+    rx = patient.spec.prescription_gy
+    ptv = patient.roi("PTV")
+    distance = np.linalg.norm(p - ptv.center_lps, axis=-1)
+    in_ptv = distance < ptv.params["radius"]
+    assert in_ptv.sum() > 10
+    assert np.percentile(dose[in_ptv], 5) > 0.93 * rx and dose.max() < 1.1 * rx
+    # a steep fall-off: on spheres around the PTV (the field, checked against the file below)
+    directions = np.random.default_rng(0).normal(size=(4000, 3))
+    directions /= np.linalg.norm(directions, axis=1)[:, np.newaxis]
+    shells = {
+        extra: patient.dose_at(ptv.center_lps + directions * (ptv.params["radius"] + extra)) / rx
+        for extra in (0.0, 10.0, 20.0)
+    }
+    assert shells[0.0].min() > 0.95 and shells[10.0].mean() < 0.6 and shells[20.0].mean() < 0.3
+    # the fields enter through the skin: their paths carry dose far from the PTV, between them none
+    far = (distance > ptv.params["radius"] + 40) & (patient.hu_at(p) != -1000.0)
+    assert 0.1 * rx < dose[far].max() < 0.5 * rx and np.percentile(dose[far], 10) < 0.02 * rx
+    body = patient.roi("External")
+    rel = p - body.center_lps
+    a, b = body.params["semi_axis_u"] + 4.0, body.params["semi_axis_v"] + 4.0  # 4 mm beyond the skin
+    outside_body = ((rel @ body.u_dir) / a) ** 2 + ((rel @ body.v_dir) / b) ** 2 > 1
+    assert outside_body.sum() > 1000 and dose[outside_body].max() < 0.01 * rx
+    total = sum(read(f).pixel_array * float(read(f).DoseGridScaling) for f in patient.dose_files[1:])
+    assert len(patient.dose_files) == 8
+    assert np.abs(total - dose).max() < 1e-3 * rx
+    np.testing.assert_allclose(patient.dose_at(p), dose, atol=float(plan.DoseGridScaling))
+
+
+def test_later_spec_fields_keep_earlier_uids(tmp_path):
+    """Fields added to PhantomSpec later leave the UIDs of every earlier study as they were."""
+    a = write_phantom(tmp_path / "a", PhantomSpec(with_structures=False))
+    b = write_phantom(tmp_path / "b", PhantomSpec(with_structures=False, boost_fraction=0.0, anatomy="geometric"))
+    assert a.study_uid == b.study_uid and a.dose_sop_uids == b.dose_sop_uids
+    c = write_phantom(tmp_path / "c", PhantomSpec(with_structures=False, boost_fraction=0.5))
+    assert c.study_uid != a.study_uid and c.boost_dose_file is not None and c.boost_plan_file is not None
+    boost = read(c.boost_dose_file)
+    assert boost.DoseSummationType == "PLAN"
+    assert boost.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == read(c.boost_plan_file).SOPInstanceUID
+    assert read(c.boost_plan_file).RTPlanLabel == "BOOST"
