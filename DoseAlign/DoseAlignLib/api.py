@@ -99,6 +99,7 @@ _EXPORTS = {
     "options_from_args": ".arguments",
     "parse_floats": ".arguments",
     "parse_ints": ".arguments",
+    "parse_crop": ".arguments",
     "parse_shard": ".parallel",
     # synthetic studies and training
     "PhantomSpec": ".phantom",

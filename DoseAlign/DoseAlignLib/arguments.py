@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .options import AlignOptions, roi_list
+from .options import CROPS, AlignOptions, roi_list
 
 
 def parse_floats(text: str) -> tuple:
@@ -29,18 +29,39 @@ def parse_ints(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected whole numbers like 128 or 128,128,96, got {text!r}") from None
 
 
-def custom_grid_choice(args: argparse.Namespace) -> tuple:
-    """``(reference, box, size)`` from the grid options, defaults filled in.
+def parse_crop(text: str) -> tuple:
+    """argparse type: "body", "dose", "body:10" or "dose:15.5" -> (what, margin in mm or None)."""
+    what, _sep, margin = str(text).partition(":")
+    what = what.strip().lower()
+    if what not in CROPS:
+        raise argparse.ArgumentTypeError(f"expected body or dose, optionally :MARGIN_MM (e.g. dose:10), got {text!r}")
+    if not margin.strip():
+        return what, None
+    try:
+        return what, float(margin)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"the crop margin must be a number of mm (e.g. dose:10), got {text!r}"
+        ) from None
 
-    Custom-grid options (``--spacing``, ``--box``, ``--size``) imply ``--reference custom`` when
-    ``--reference`` is not given and conflict with ``--reference ct|dose``; ``--size`` implies
-    ``--box cube`` and conflicts with ``--box dose|ct``.
+
+def custom_grid_choice(args: argparse.Namespace) -> tuple:
+    """``(reference, box, size, centre)`` from the grid options, defaults filled in.
+
+    Custom-grid options (``--spacing``, ``--box``, ``--size``, ``--centre``) imply ``--reference
+    custom`` when ``--reference`` is not given and conflict with ``--reference ct|dose``;
+    ``--size`` and ``--centre`` imply ``--box cube`` and conflict with ``--box dose|ct``.
     Raises ``ValueError`` naming the conflict (a usage error).
     """
-    size, box = getattr(args, "size", None), getattr(args, "box", None)
+    size, centre, box = getattr(args, "size", None), getattr(args, "centre", None), getattr(args, "box", None)
     given = [
         flag
-        for flag, value in (("--spacing", getattr(args, "spacing", None)), ("--box", box), ("--size", size))
+        for flag, value in (
+            ("--spacing", getattr(args, "spacing", None)),
+            ("--box", box),
+            ("--size", size),
+            ("--centre", centre),
+        )
         if value is not None
     ]
     reference = getattr(args, "reference", None)
@@ -52,12 +73,12 @@ def custom_grid_choice(args: argparse.Namespace) -> tuple:
             f"{'s' if len(given) == 1 else ''} with --reference {reference}: drop "
             f"{'it' if len(given) == 1 else 'them'} or use --reference custom (implied when --reference is not given)"
         )
-    cube_only = ["--size"] if size is not None else []
+    cube_only = [flag for flag, value in (("--size", size), ("--centre", centre)) if value is not None]
     if box is None:
         box = "cube" if cube_only else "dose"
     elif box != "cube" and cube_only:
         raise ValueError(f"{' and '.join(cube_only)} apply to a cube (--box cube), not to --box {box}")
-    return reference, box, size if size is not None else (128, 128, 128)
+    return reference, box, size if size is not None else (128, 128, 128), centre if centre is not None else "auto"
 
 
 def options_from_args(args: argparse.Namespace) -> AlignOptions:
@@ -66,7 +87,8 @@ def options_from_args(args: argparse.Namespace) -> AlignOptions:
 
     roi_map = getattr(args, "roi_map", None)
     thresholds = getattr(args, "audit_thresholds", None)
-    reference, box, size = custom_grid_choice(args)
+    reference, box, size, centre = custom_grid_choice(args)
+    crop, margin = getattr(args, "crop", None) or (None, None)
     rois = getattr(args, "rois", None)
     return AlignOptions(
         reference=reference,
@@ -74,7 +96,14 @@ def options_from_args(args: argparse.Namespace) -> AlignOptions:
         custom_spacing=args.spacing,
         custom_box=box,
         custom_size=size,
+        centre=centre,
         rois=roi_list(rois) if rois else None,
+        crop=crop,
+        crop_margin_mm=AlignOptions.crop_margin_mm if margin is None else margin,
+        dose_dtype=getattr(args, "dose_dtype", None) or "float32",
+        compress=bool(getattr(args, "compress", False)),
+        layout=getattr(args, "layout", None) or "npz",
+        sum_plans=bool(getattr(args, "sum_plans", False)),
         ct_fill_hu=args.ct_fill,
         ct_dtype=args.ct_dtype,
         allow_relative=args.allow_relative,

@@ -18,7 +18,7 @@ from .errors import Cancelled, DoseAlignError
 from .link.cases import form_cases
 from .options import AlignOptions
 from .output.case_folder import CaseOutput, case_dir, check_output_folder, clean_temp, is_complete
-from .output.files import claim_for, release_claims, remove_owned
+from .output.files import claim_for, json_text, release_claims, remove_owned, write_text_atomic
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import inspect_output, pseudonymization_conflict, request_differences
 from .output.qa_png import matplotlib_available, qa_png_writer
@@ -136,7 +136,7 @@ def export_folder(
 
     exclude = _check_folders(input_root, out_dir, note)
     scan = scan_folder(input_root, workers=1 if scheduler else workers, exclude=exclude)
-    linked = form_cases(scan)
+    linked = form_cases(scan, sum_plans=options.sum_plans)
     report.orphans, report.skipped_files, report.ignored = linked.orphans, scan.skipped, scan.ignored
     cases = [c for c in linked.cases if (case_filter is None or case_filter(c)) and in_shard(c.case_id, shard)]
     damaged = damaged_file_rows(scan)  # unreadable DICOM files: a failed row each
@@ -155,6 +155,8 @@ def export_folder(
     claim = claim_for(out_dir)  # this run's owner record, before workers start (they use it)
     clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
+    if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
+        write_text_atomic(out_dir / manifest_name.replace(".csv", ".json"), json_text(_shard_settings(formats)))
     rows: list = [None] * len(cases)
     done = [0]
 
@@ -407,8 +409,51 @@ def _exported_again_note(why: dict) -> str:
     return f"--resume: {len(why)} case(s) exported earlier with another request are exported again: {listed}"
 
 
-def merge_shards(out_dir: Path) -> Path:
-    """Combine every ``manifest.shard-K-of-N.csv`` in ``out_dir`` into ``manifest.csv`` (sorted by case id)."""
+def _shard_settings(formats) -> dict:
+    return {"formats": formats.to_dict() if formats is not None else None}
+
+
+def _formats_of_shards(out_dir: Path, parts: list):
+    """The :class:`ExportFormats` the shard runs used (from their ``manifest.shard-K-of-N.json``), or None."""
+    from .output.formats import ExportFormats
+    from .output.openkbp import OpenKBPSettings
+
+    settings = []
+    for part in parts:
+        path = part.with_suffix(".json")
+        if path.is_file():
+            settings.append((path.name, json.loads(path.read_text(encoding="utf-8")).get("formats")))
+    if not settings:
+        return None  # shards of an earlier version: the manifest only
+    if any(value != settings[0][1] for _name, value in settings[1:]):
+        raise DoseAlignError(
+            f"the shards were exported with different formats or splits: {', '.join(n for n, _v in settings)}",
+            path=out_dir,
+            hint="export every shard with the same --format, --split-seed and --validation-fraction",
+        )
+    value = settings[0][1]
+    if not value:
+        return None
+    openkbp = value.get("openkbp") or {}
+    return ExportFormats(
+        formats=tuple(value.get("formats") or ("npz",)),
+        openkbp=OpenKBPSettings(
+            spacing=tuple(openkbp.get("spacing") or OpenKBPSettings().spacing),
+            size=int(openkbp.get("size") or OpenKBPSettings().size),
+            centre=str(openkbp.get("centre") or "auto"),
+        ),
+        split_seed=int(value.get("split_seed", 0)),
+        validation_fraction=float(value.get("validation_fraction", 0.2)),
+    )
+
+
+def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
+    """Combine every ``manifest.shard-K-of-N.csv`` in ``out_dir`` into ``manifest.csv`` (sorted by case id).
+
+    As a single run would, it then builds ``dataset.json`` and ``dataset.h5`` for the formats the
+    shards wrote (``manifest.shard-K-of-N.json`` records them) and ``report.html``. What the user
+    should know (e.g. why dataset.json has no label) is added to ``notes``.
+    """
     out_dir = Path(out_dir)
     parts = sorted(out_dir.glob("manifest.shard-*-of-*.csv"))
     if not parts:
@@ -424,6 +469,11 @@ def merge_shards(out_dir: Path) -> Path:
         with open(part, newline="", encoding="utf-8") as handle:
             rows.extend(csv.DictReader(handle))
     rows.sort(key=lambda r: r["case_id"])
+    formats = _formats_of_shards(out_dir, parts)
+    if formats is not None:
+        finished = formats.finish(out_dir, rows)  # dataset.h5, dataset.json (and formats a case lacks)
+        if notes is not None:
+            notes.extend(finished.get("notes", []))
     path = write_manifest(out_dir, rows)
     write_report(out_dir, rows, source="merged shards")
     return path
@@ -450,7 +500,7 @@ def export_case(
     say = _stage_for(stage, case.case_id)
     output = None
     try:
-        output = CaseOutput(out_dir)  # pair.npz gets the CT and the dose while the rest is computed
+        output = CaseOutput(out_dir, options)  # pair.npz gets the CT and the dose while the rest is computed
         result = run_case(
             case, options, progress=(lambda _f, message: say(message)) if stage else None, sink=output.add_array
         )

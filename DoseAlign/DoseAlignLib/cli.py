@@ -24,6 +24,7 @@ from .api import (
     Interpolator,
     ReferenceGrid,
     options_from_args,
+    parse_crop,
     parse_floats,
     parse_ints,
 )
@@ -58,6 +59,7 @@ def _get_parser() -> argparse.ArgumentParser:
         "3 no case under INPUT.",
     )
     scan.add_argument("input", type=Path, help="folder with DICOM files (searched recursively; never modified)")
+    scan.add_argument("--sum-plans", action="store_true", help="list plans on one CT as one summed case")
     scan.add_argument(
         "--json",
         action="store_true",
@@ -107,9 +109,10 @@ def _get_parser() -> argparse.ArgumentParser:
 
     merge = sub.add_parser(
         "merge",
-        help="combine the shard manifests of OUT into OUT/manifest.csv",
+        help="combine the shard manifests of OUT into OUT/manifest.csv (and dataset.json / dataset.h5)",
         description="Combine OUT/manifest.shard-K-of-N.csv (written by export --shard) into OUT/manifest.csv "
-        "and OUT/report.html.",
+        "and OUT/report.html, and build OUT/dataset.json and OUT/dataset.h5 for the formats the shards wrote, "
+        "as a single run does.",
         epilog="Exit codes: 0 every case ok, 1 some case failed, 2 usage error or missing shard manifests.",
     )
     merge.add_argument("output", type=Path, help="the output folder the shards were exported into")
@@ -174,7 +177,7 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
         "--reference",
         choices=[r.value for r in ReferenceGrid],
         help="grid of the outputs: ct (dose onto CT, default), dose (CT onto dose), custom (see --spacing, --box; "
-        "implied by --spacing, --box or --size)",
+        "implied by --spacing, --box, --size or --centre)",
     )
     group.add_argument(
         "--interpolator",
@@ -186,9 +189,21 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--box",
         choices=[b.value for b in CustomBox],
-        help="custom grid extent (default: the dose's; cube when --size is given)",
+        help="custom grid extent (default: the dose's; cube when --size or --centre is given)",
     )
     group.add_argument("--size", type=parse_ints, help="voxels of a --box cube: one value or i,j,k (default 128)")
+    group.add_argument(
+        "--centre",
+        metavar="ON",
+        help="what a cube is centred on: dose, dmax, ptv, body or roi:NAME (default: the PTVs, else the dose "
+        "above 10 %% of its maximum)",
+    )
+    group.add_argument(
+        "--crop",
+        type=parse_crop,
+        metavar="body|dose[:MM]",
+        help="cut the output grid to the body or to the dose above 5 %% of its maximum, plus a margin (default 5 mm)",
+    )
     group.add_argument("--ct-fill", type=float, default=-1000.0, help="HU written outside the CT (default -1000)")
     group.add_argument(
         "--ct-dtype",
@@ -197,6 +212,25 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
         help="CT array type: int16 (default; HU rounded to whole numbers) or float32",
     )
     group.add_argument("--allow-relative", action="store_true", help="export DoseUnits RELATIVE doses (not Gy)")
+    group.add_argument(
+        "--sum-plans",
+        action="store_true",
+        help="one case for the PLAN doses of several plans on one CT (e.g. initial + boost), summed",
+    )
+    storage = parser.add_argument_group("storage")
+    storage.add_argument(
+        "--dose-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="dose array type (float16: half the size; the error bound goes to meta.json)",
+    )
+    storage.add_argument("--compress", action="store_true", help="deflate pair.npz (smaller, slower to read)")
+    storage.add_argument(
+        "--layout",
+        choices=["npz", "npy"],
+        default="npz",
+        help="pair.npz (default) or one memory-mappable .npy per array (ct.npy, dose.npy, ...)",
+    )
     qa = parser.add_argument_group("structures and audit")
     qa.add_argument("--no-structures", action="store_true", help="no ROI masks or DVHs (the dose audit still runs)")
     qa.add_argument(
@@ -333,7 +367,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             path=args.input,
         )
     scan = api.scan_folder(args.input)
-    linked = api.form_cases(scan)
+    linked = api.form_cases(scan, sum_plans=args.sum_plans)
     code = 1 if any(c.error for c in linked.cases) else 0
     if not linked.cases:
         code = EXIT_NOTHING
@@ -467,11 +501,17 @@ WS_NOTE = "--interpolator ws (windowed sinc) is much slower than linear (the def
 def _cmd_merge(args: argparse.Namespace) -> int:
     import csv
 
-    path = api.merge_shards(args.output)
+    notes: list = []
+    path = api.merge_shards(args.output, notes)
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"{len(rows)} cases ({len(failed)} failed) -> {path}")
+    for name in ("dataset.json", "dataset.h5"):
+        if (args.output / name).is_file():
+            print(f"  {args.output / name}")
+    for note in notes:
+        print(f"note: {note}")
     return 1 if failed else 0
 
 

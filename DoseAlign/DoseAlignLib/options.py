@@ -29,7 +29,15 @@ class CustomBox(str, Enum):
 
     DOSE = "dose"  # the dose grid's extent
     CT = "ct"  # the CT grid's extent
-    CUBE = "cube"  # a fixed size (custom_size voxels) centred on the dose
+    CUBE = "cube"  # a fixed size (custom_size voxels) centred on ``centre``
+
+
+#: What a custom cube is centred on (``AlignOptions.centre``); "roi:NAME" names one ROI.
+CENTRES = ("auto", "dose", "dmax", "ptv", "body")
+#: What the output grid may be cropped to (``AlignOptions.crop``).
+CROPS = ("body", "dose")
+#: Storage layouts of a case's arrays: one ``pair.npz``, or one memory-mappable ``.npy`` per array.
+LAYOUTS = ("npz", "npy")
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,13 @@ class AlignOptions:
     audit's flag thresholds by name (see ``audit.DEFAULT_THRESHOLDS``).
 
     Training sets: ``rois`` fixes the mask channels (names after ``roi_map``, case-insensitive, in
-    this order; a ROI a case lacks is an all-zero channel).
+    this order; a ROI a case lacks is an all-zero channel). ``centre`` places a ``cube``: "auto"
+    (the PTVs' box when there are PTVs, else the dose above 10 % of its maximum), "dose", "dmax",
+    "ptv", "body" or "roi:NAME". ``crop`` ("body" or "dose") cuts the output grid to the body or to
+    the dose above 5 % of its maximum, plus ``crop_margin_mm``. ``dose_dtype`` float16 stores the
+    dose in half precision (its error bound goes to meta.json); ``compress`` deflates pair.npz;
+    ``layout`` "npy" writes one memory-mappable ``.npy`` per array instead of pair.npz.
+    ``sum_plans`` makes one case of the PLAN doses of several plans on one CT (see link/plans.py).
     """
 
     reference: ReferenceGrid = ReferenceGrid.CT
@@ -61,6 +75,13 @@ class AlignOptions:
     fractional_masks: int = 0
     audit_thresholds: Optional[dict] = None
     rois: Optional[tuple] = None
+    centre: str = "auto"
+    crop: Optional[str] = None
+    crop_margin_mm: float = 5.0
+    dose_dtype: str = "float32"
+    compress: bool = False
+    layout: str = "npz"
+    sum_plans: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,6 +116,29 @@ class AlignOptions:
             raise ValueError("reference 'custom' needs a spacing (e.g. --spacing 2 or --spacing 1,1,2.5)")
         if self.rois is not None:
             object.__setattr__(self, "rois", roi_list(self.rois))
+        centre = str(self.centre).strip()
+        if centre.lower().startswith("roi:") and centre[4:].strip():
+            centre = "roi:" + centre[4:].strip()
+        elif centre.lower() in CENTRES:
+            centre = centre.lower()
+        else:
+            raise ValueError(f"centre must be one of {', '.join(CENTRES)} or roi:NAME, got {self.centre!r}")
+        object.__setattr__(self, "centre", centre)
+        if self.crop is not None and self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        if not 0.0 <= float(self.crop_margin_mm) <= 1000.0:
+            raise ValueError(f"crop margin must be 0 to 1000 mm, got {self.crop_margin_mm}")
+        object.__setattr__(self, "crop_margin_mm", float(self.crop_margin_mm))
+        if self.crop is not None and self.reference is ReferenceGrid.CUSTOM and self.custom_box is CustomBox.CUBE:
+            raise ValueError("crop and a cube cannot go together: a cube already has its fixed size")
+        if self.dose_dtype not in ("float32", "float16"):
+            raise ValueError(f"dose_dtype must be float32 or float16, got {self.dose_dtype!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.compress and self.layout == "npy":
+            raise ValueError(
+                "compress applies to pair.npz; the npy layout stays uncompressed so it can be memory-mapped"
+            )
 
     @property
     def custom_cube(self) -> bool:

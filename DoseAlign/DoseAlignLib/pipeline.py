@@ -18,12 +18,14 @@ from . import __version__
 from .audit.case import add_structures_and_audit
 from .dicom.ct import ct_geometry, read_ct, regular_grid
 from .dicom.rtdose import read_rtdose
-from .errors import DoseAlignError, LinkError
+from .errors import DoseAlignError, GeometryError, LinkError
 from .geometry.grid import Grid, Volume
-from .geometry.reference import check_overlap, reference_grid, uniform_cover
+from .geometry.reference import CROP_DOSE_FRACTION, Region, check_overlap, crop_box, reference_grid, uniform_cover
 from .geometry.resample import ENGINE_RESAMPLER, Resampler, resample
 from .link.case import Case
 from .options import AlignOptions, Interpolator
+from .structures.case import CaseContours, read_case_contours
+from .structures.regions import grid_region
 
 Progress = Optional[Callable[[float, str], None]]
 
@@ -62,13 +64,16 @@ def run_case(
     report = _reporter(progress)
     report(0.0, "reading CT")
     geometry = ct_geometry(case.ct)
+    contours = _grid_contours(case, options, geometry)  # when the grid is centred on or cut to a ROI
     # the CT's pixels are read beside the dose's reading and resampling (both mostly outside the GIL);
     # the resampling needs only the CT's geometry
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dosealign-ct") as reader:
         ct_reading = reader.submit(read_ct, case.ct, geometry, options.ct_dtype)
         report(0.2, "reading and resampling dose")
         try:
-            doses, dose_meta, native, ct_note, ct_grid, target, how = _doses_and_target(case, options, geometry)
+            doses, dose_meta, native, ct_note, ct_grid, target, how, placement, ct_box = _doses_and_target(
+                case, options, geometry, contours, ct_reading.result
+            )
             ct_is_output = target.equal(geometry.grid)  # read_ct gives the CT on its own grid
             if sink is not None and ct_is_output:
 
@@ -78,6 +83,7 @@ def run_case(
 
                 ct_reading.add_done_callback(hand_over)
             dose_out, dose_steps = _dose_on(target, native, doses, options.interpolator, resampler)
+            half = _to_float16(dose_out, case) if options.dose_dtype == "float16" else None
             if sink is not None:
                 sink("dose", dose_out)
         except BaseException:
@@ -88,6 +94,10 @@ def run_case(
     ct_steps: list = []
     if ct_is_output:
         ct_out = ct.array
+    elif ct_box is not None:  # a crop of the CT's own grid: its voxels as they are
+        ct_out = np.ascontiguousarray(ct.array[ct_box])
+        if sink is not None:
+            sink("ct", ct_out)
     else:
         ct_dtype = np.int16 if options.ct_dtype == "int16" else np.float32
         source, ct_steps = _source_for(ct, resampler, regular=ct_grid, fill=options.ct_fill_hu)
@@ -98,20 +108,42 @@ def run_case(
     dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
 
     meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native)
+    meta["resampling"].update(placement)
     meta["resampling"]["backend"] = resampler.name
+    if half is not None:
+        meta["arrays"]["dose"].update(half)
     if ct_steps or dose_steps:
         meta["resampling"]["before_backend"] = ct_steps + dose_steps
     result = CaseResult(case.case_id, ct_volume, dose_volume, meta, native)
     report(0.8, "structures and audit" if options.structures else "audit")
-    add_structures_and_audit(result, case, options, geometry)
+    add_structures_and_audit(result, case, options, geometry, contours if options.structures else None)
     report(1.0, "done")
     return result
 
 
-def _doses_and_target(case: Case, options: AlignOptions, geometry) -> tuple:
-    """Read the dose(s) and choose the reference grid."""
+def _grid_contours(case: Case, options: AlignOptions, geometry) -> Optional[CaseContours]:
+    """The case's contours when the output grid depends on them (a cube centred on a ROI, a crop to the body)."""
+    centred = options.custom_cube and options.centre not in ("dose", "dmax")
+    if not (centred or options.crop == "body"):
+        return None
+    return read_case_contours(case, options, geometry)
+
+
+def _doses_and_target(case: Case, options: AlignOptions, geometry, contours=None, ct=None) -> tuple:
+    """Read the dose(s) and choose the reference grid (centred and cropped as asked).
+
+    ``contours`` are the case's contours (when a ROI places the grid), ``ct()`` gives the CT (read
+    only for a body outline without an EXTERNAL ROI).
+    """
     doses, dose_meta = _read_doses(case, options)
     native = _native_sum(doses)
+    if case.plans:  # a plan sum: which plans, and how they were added
+        dose_meta["plans"] = list(case.plans)
+        dose_meta["summed_on"] = (
+            "the doses' common grid, then resampled"
+            if native is not None
+            else "the output grid (each dose resampled, then added)"
+        )
 
     ct_grid = geometry.grid
     ct_note = None
@@ -126,8 +158,52 @@ def _doses_and_target(case: Case, options: AlignOptions, geometry) -> tuple:
     dose_grid = native.grid if native is not None else doses[0][0].grid
     for obj, (volume, _geometry, _info) in zip(case.doses, doses):
         check_overlap(ct_grid, volume.grid, obj.path)  # a dose wholly outside the CT would export as zeros
-    target, how = reference_grid(ct_grid, dose_grid, options)
-    return doses, dose_meta, native, ct_note, ct_grid, target, how
+    volumes = [native] if native is not None else [d[0] for d in doses]
+    rois = contours.rois if contours is not None else []
+    thickness = float(geometry.typical_step_mm or 0.0) or float(ct_grid.spacing[2])
+    where = case.structs[0].path if case.structs else case.doses[0].path
+    placement: dict = {}
+    centre = None
+    if options.custom_cube:
+        whole = Region(dose_grid.corner_points(), {"on": "dose grid", "reason": "no PTV and no dose above 0"})
+        centre = grid_region(options.centre, rois, volumes, ct, ct_grid.direction, thickness, where, whole=whole)
+        centre = centre or whole
+        placement["centre"] = {"asked": options.centre, **centre.about, "centre_lps": centre.centre().tolist()}
+    target, how = reference_grid(ct_grid, dose_grid, options, centre=centre)
+    ct_box = None
+    if options.crop is not None:
+        target, how, ct_box, placement["crop"] = _cropped(
+            target, how, options, rois, volumes, ct, ct_grid, thickness, where, geometry
+        )
+    return doses, dose_meta, native, ct_note, ct_grid, target, how, placement, ct_box
+
+
+def _cropped(target, how, options, rois, volumes, ct, ct_grid, thickness, where, geometry) -> tuple:
+    """``(grid, how, CT box or None, meta)``: ``target`` cut to the body or the dose (plus the margin)."""
+    region = grid_region(
+        options.crop, rois, volumes, ct, ct_grid.direction, thickness, where, dose_fraction=CROP_DOSE_FRACTION
+    )
+    about = {"to": options.crop, "margin_mm": options.crop_margin_mm}
+    if options.crop == "dose":
+        about["level_pct_of_dmax"] = 100.0 * CROP_DOSE_FRACTION
+    if region is None:
+        return target, how, None, {**about, "applied": False, "reason": f"no {options.crop} found: the grid is kept"}
+    box = crop_box(target, region, options.crop_margin_mm)
+    if box is None:
+        raise GeometryError(f"--crop {options.crop}: the region lies wholly outside the output grid", path=where)
+    cropped = target.crop(*box)
+    about.update(
+        {
+            "applied": True,
+            "region": region.about,
+            "box_kji": [[b.start, b.stop] for b in box],
+            "uncropped_shape": list(target.shape),
+            "uncropped_ijk_to_lps": target.affine.tolist(),
+        }
+    )
+    ct_box = box if target.equal(geometry.grid) else None
+    how = f"{how}, cropped to the {options.crop} (+ {options.crop_margin_mm:g} mm): {list(cropped.shape)} voxels"
+    return cropped, how, ct_box, about
 
 
 def _dose_on(target, native: Optional[Volume], doses: list, interpolator: Interpolator, resampler) -> tuple:
@@ -161,6 +237,38 @@ def _source_for(volume: Volume, resampler, *, regular: Optional[Grid] = None, fi
         f"{resampler.name} resampler"
     )
     return volume.with_array(values, grid=regular), [step]
+
+
+#: float16 has 11 significant bits: rounding to nearest moves a value by at most half a unit in the last place.
+FLOAT16_RELATIVE_BOUND = 2.0**-11
+#: Below the smallest normal float16 (6.1e-5) values are subnormal: steps of 2^-24, so at most half that.
+FLOAT16_SUBNORMAL_BOUND = 2.0**-25
+FLOAT16_MAX = 65504.0
+
+
+def _to_float16(dose: np.ndarray, case: Case) -> dict:
+    """Round ``dose`` (float32, in place) to the values float16 holds; what it cost, for meta.json."""
+    peak = float(dose.max()) if dose.size else 0.0
+    if peak > FLOAT16_MAX:
+        raise DoseAlignError(
+            f"the dose reaches {peak:.6g}, beyond float16's largest value {FLOAT16_MAX:g}",
+            path=case.doses[0].path,
+            hint="export without --dose-dtype float16",
+        )
+    rounded = dose.astype(np.float16).astype(np.float32)
+    error = np.abs(rounded - dose)
+    np.copyto(dose, rounded)
+    return {
+        "dtype": "float16",
+        "computed_dtype": "float32",
+        "float16_max_abs_error": float(error.max()) if error.size else 0.0,
+        "float16_error_bound": {
+            "relative": FLOAT16_RELATIVE_BOUND,
+            "absolute_below_6.1e-5": FLOAT16_SUBNORMAL_BOUND,
+            "rule": "|stored - computed| <= 2^-11 x |computed| (round to nearest, 11 significant bits); "
+            "below 6.1e-5 (subnormal) <= 2^-25; the audit and every format see the stored values",
+        },
+    }
 
 
 def _reporter(progress: Progress) -> Callable[[float, str], None]:

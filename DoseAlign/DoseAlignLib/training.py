@@ -46,6 +46,7 @@ import numpy as np
 
 from .options import roi_list
 from .output.case_data import CaseData, require
+from .output.case_folder import is_complete
 from .output.datalist import DATALIST_FILE, split_by_patient
 from .output.hdf5 import DATASET_FILE
 
@@ -199,10 +200,10 @@ def _manifest_cases(folder: Path) -> dict:
     if manifest.is_file():
         with open(manifest, newline="", encoding="utf-8") as handle:
             rows = [r for r in csv.DictReader(handle) if r.get("status") in ("ok", "skipped")]
-        return {r["case_id"]: r.get("patient", "") for r in rows if (folder / r["case_id"] / "pair.npz").is_file()}
+        return {r["case_id"]: r.get("patient", "") for r in rows if is_complete(folder, r["case_id"])}
     out = {}
     for meta_path in sorted(folder.glob("*/meta.json")):
-        if (meta_path.parent / "pair.npz").is_file() and not meta_path.parent.name.startswith("."):
+        if is_complete(folder, meta_path.parent.name) and not meta_path.parent.name.startswith("."):
             out[meta_path.parent.name] = json.loads(meta_path.read_text(encoding="utf-8")).get("patient_id", "")
     return out
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_case, voxel_points
+from conftest import interior_mask, load_case, voxel_points
 from DoseAlignLib.batch import export_folder
 from DoseAlignLib.cli import main
 from DoseAlignLib.options import AlignOptions
@@ -188,3 +188,262 @@ def test_custom_options_imply_reference_custom(cohort, tmp_path):
     assert meta["shape"] == [20, 20, 20] and meta["spacing"] == [4.0, 4.0, 4.0]
     assert meta["options"]["reference"] == "custom" and meta["options"]["custom_box"] == "cube"
     assert meta["spacing_kji"] == meta["spacing"][::-1]
+
+
+# ---- target-centred cubes and crops ------------------------------------------------------------------
+
+
+def _grid_centre(meta: dict) -> np.ndarray:
+    affine = np.array(meta["ijk_to_lps"])
+    k, j, i = meta["shape"]
+    return affine[:3, :3] @ (np.array([i, j, k]) - 1) / 2.0 + affine[:3, 3]
+
+
+@pytest.fixture(scope="module")
+def offset_target(tmp_path_factory):
+    """A study whose PTV is far from the dose grid's centre (as in a clinical case: the cube used to miss it)."""
+    root = tmp_path_factory.mktemp("centre")
+    spec = PhantomSpec(
+        anatomy="patient",
+        ct_size=(96, 80, 30),
+        ct_pixel_spacing=(4.0, 4.0),
+        ct_slice_spacing=4.0,
+        dose_size=(64, 44, 32),
+        dose_pixel_spacing=(6.0, 6.0),
+        dose_frame_spacing=4.0,
+        dose_center_offset_lps=(0.0, -20.0, 0.0),
+        dose_shape="plan",
+        seed=7,
+    )
+    truth = write_phantom(root / "dicom", spec)
+    return root / "dicom", truth
+
+
+def _export_one(folder: Path, out: Path, options: AlignOptions) -> tuple:
+    report = export_folder(folder, out, options, qa_png=False)
+    assert report.exit_code == 0, report.rows
+    (row,) = report.rows
+    return load_case(out / row["case_id"])
+
+
+def test_cube_centred_on_the_ptv_by_default(offset_target, tmp_path):
+    folder, truth = offset_target
+    ptv = truth.roi("PTV")
+    options = AlignOptions(reference="custom", custom_box="cube", custom_size=(32,), custom_spacing=(2.0,))
+    arrays, meta = _export_one(folder, tmp_path / "auto", options)
+    # the PTV sphere's box, with half a slab beyond the outer contour planes: centred on the sphere
+    np.testing.assert_allclose(_grid_centre(meta), ptv.center_lps, atol=2.0)
+    assert meta["resampling"]["centre"]["on"] == "ptv" and "PTV" in meta["resampling"]["reference_grid"]
+    assert np.linalg.norm(truth.dose_corners_lps.mean(axis=0) - ptv.center_lps) > 50, "the test needs an offset PTV"
+    # the whole PTV and its high dose are in the cube
+    assert arrays["dose"].max() > 0.99 * truth.dose_at(ptv.center_lps[np.newaxis])[0]
+    dmax_arrays, dmax = _export_one(folder, tmp_path / "dmax", AlignOptions(**{**_cube(options), "centre": "dmax"}))
+    centre = dmax["resampling"]["centre"]
+    assert centre["on"] == "dmax"
+    np.testing.assert_allclose(_grid_centre(dmax), centre["centre_lps"], atol=1e-6)
+    assert np.linalg.norm(_grid_centre(dmax) - ptv.center_lps) < ptv.params["radius"] + 6.0  # a PTV hot spot
+    assert centre["dmax_gy"] == pytest.approx(float(dmax_arrays["dose"].max()), rel=0.02)
+    _arrays, cord = _export_one(
+        folder, tmp_path / "cord", AlignOptions(**{**_cube(options), "centre": "roi:spinalcord"})
+    )
+    cord_roi = truth.roi("SpinalCord")
+    centre = _grid_centre(cord)
+    rel = centre - cord_roi.center_lps
+    assert abs(rel @ cord_roi.u_dir) < 1.5 and abs(rel @ cord_roi.v_dir) < 1.5  # on the cord's axis
+    _arrays, body = _export_one(folder, tmp_path / "body", AlignOptions(**{**_cube(options), "centre": "body"}))
+    external = truth.roi("External")
+    rel = _grid_centre(body) - external.center_lps
+    assert abs(rel @ external.u_dir) < 1.5 and abs(rel @ external.v_dir) < 1.5
+
+
+def _cube(options: AlignOptions) -> dict:
+    return {
+        "reference": "custom",
+        "custom_box": "cube",
+        "custom_size": options.custom_size,
+        "custom_spacing": options.custom_spacing,
+    }
+
+
+def test_cube_without_ptv_is_centred_on_the_dose(tmp_path):
+    spec = PhantomSpec(patient_id="NOPTV", dose_shape="plan", with_structures=False, seed=8, **SMALL)
+    truth = write_phantom(tmp_path / "dicom", spec)
+    options = AlignOptions(reference="custom", custom_box="cube", custom_size=(16,), custom_spacing=(2.0,))
+    _arrays, meta = _export_one(tmp_path / "dicom", tmp_path / "out", options)
+    centre = meta["resampling"]["centre"]
+    assert centre["on"] == "dose" and centre["threshold_gy"] > 0
+    # the plan-like dose is a ball around the phantom's target (no RTSTRUCT here): the cube sits on it
+    assert np.linalg.norm(_grid_centre(meta) - truth.roi("PTV").center_lps) < 3.0
+    failed = export_folder(
+        tmp_path / "dicom", tmp_path / "ptv", AlignOptions(**{**_cube(options), "centre": "ptv"}), qa_png=False
+    )
+    assert failed.exit_code == 1 and "--centre ptv: the case has no PTV" in failed.rows[0]["reason"]
+
+
+@pytest.mark.parametrize("crop", ["body", "dose"])
+def test_crop_keeps_the_voxels_and_moves_the_affine(offset_target, tmp_path, crop):
+    folder, truth = offset_target
+    full, full_meta = _export_one(folder, tmp_path / "full", AlignOptions())
+    cut, meta = _export_one(folder, tmp_path / crop, AlignOptions(crop=crop, crop_margin_mm=4.0))
+    info = meta["resampling"]["crop"]
+    assert info["applied"] and info["uncropped_shape"] == full_meta["shape"]
+    (k0, k1), (j0, j1), (i0, i1) = info["box_kji"]
+    assert meta["shape"] == [k1 - k0, j1 - j0, i1 - i0] and np.prod(meta["shape"]) < np.prod(full_meta["shape"])
+    # the same voxels, bit for bit (the CT grid cut, nothing resampled), at the same patient positions
+    np.testing.assert_array_equal(cut["ct"], full["ct"][k0:k1, j0:j1, i0:i1])
+    np.testing.assert_array_equal(cut["dose"], full["dose"][k0:k1, j0:j1, i0:i1])
+    np.testing.assert_allclose(voxel_points(meta), voxel_points(full_meta)[k0:k1, j0:j1, i0:i1], atol=1e-6)
+    k, j, i = full_meta["shape"]
+    body = np.unpackbits(full["body"], axis=-1, count=i).astype(bool)
+    if crop == "body":  # every body voxel kept, and no more than the margin around it
+        assert body[k0:k1, j0:j1, i0:i1].sum() == body.sum()
+        assert not body[:, j0 : j0 + 1].any() and not body[:, :, i0 : i0 + 1].any()  # the margin is air
+    else:  # every voxel above 5 % of the maximum kept
+        high = full["dose"] >= 0.05 * full["dose"].max()
+        assert high[k0:k1, j0:j1, i0:i1].sum() == high.sum()
+        assert "dose_outside_grid" not in [f["flag"] for f in meta["audit"]["flags"]] or crop == "dose"
+
+
+# ---- compact storage ----------------------------------------------------------------------------------
+
+
+def test_float16_compressed_and_npy_layouts(offset_target, tmp_path):
+    folder, _truth = offset_target
+    plain, plain_meta = _export_one(folder, tmp_path / "plain", AlignOptions())
+    half, half_meta = _export_one(folder, tmp_path / "half", AlignOptions(dose_dtype="float16"))
+    assert half["dose"].dtype == np.float16
+    dose_meta = half_meta["arrays"]["dose"]
+    error = np.abs(half["dose"].astype(np.float32) - plain["dose"])
+    assert dose_meta["float16_max_abs_error"] == pytest.approx(float(error.max()), abs=1e-7)
+    assert np.all(error <= 2.0**-11 * np.abs(plain["dose"]) + 2.0**-25)  # the bound meta.json states
+    assert dose_meta["float16_error_bound"]["relative"] == 2.0**-11
+    packed, packed_meta = _export_one(folder, tmp_path / "zip", AlignOptions(compress=True))
+    for key in plain:
+        np.testing.assert_array_equal(packed[key], plain[key])
+    (row,) = _rows(tmp_path / "zip")
+    assert (tmp_path / "zip" / row["case_id"] / "pair.npz").stat().st_size < 0.5 * (
+        tmp_path / "plain" / row["case_id"] / "pair.npz"
+    ).stat().st_size
+    assert packed_meta["storage"]["compressed"] is True
+    out = tmp_path / "npy"
+    report = export_folder(folder, out, AlignOptions(layout="npy"), qa_png=False)
+    case = out / report.rows[0]["case_id"]
+    assert not (case / "pair.npz").exists()
+    for key, value in plain.items():
+        mapped = np.load(case / f"{key}.npy", mmap_mode="r")
+        assert isinstance(mapped, np.memmap)
+        np.testing.assert_array_equal(mapped, value)
+    # the folder reads back as any case folder: resume adds formats from the .npy files
+    pytest.importorskip("nibabel")
+    again = export_folder(folder, out, AlignOptions(layout="npy"), resume=True, formats=ExportFormats(("nifti",)))
+    assert again.exit_code == 0 and (case / "ct.nii.gz").is_file()
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    assert "npy" in meta["exports"] and "nifti" in meta["exports"]
+
+
+def test_storage_option_conflicts():
+    with pytest.raises(ValueError, match="memory-mapped"):
+        AlignOptions(layout="npy", compress=True)
+    with pytest.raises(ValueError, match="cube"):
+        AlignOptions(reference="custom", custom_spacing=(2.0,), custom_box="cube", crop="body")
+
+
+# ---- plan sums ------------------------------------------------------------------------------------------
+
+
+def test_sum_plans_makes_one_case_of_initial_and_boost(tmp_path):
+    spec = PhantomSpec(patient_id="SUM", boost_fraction=0.25, seed=9, **SMALL)
+    truth = write_phantom(tmp_path / "dicom", spec)
+    separate = export_folder(tmp_path / "dicom", tmp_path / "one-each", AlignOptions(), qa_png=False)
+    assert sorted(r["summation_type"] for r in separate.rows) == ["PLAN", "PLAN"], "default: one case per plan"
+    summed = export_folder(tmp_path / "dicom", tmp_path / "sum", AlignOptions(sum_plans=True), qa_png=False)
+    (row,) = summed.rows
+    assert row["status"] == "ok" and row["summation_type"] == "PLAN_SUM"
+    arrays, meta = load_case(tmp_path / "sum" / row["case_id"])
+    dose = meta["dose"]
+    assert dose["summation_type"] == "PLAN_SUM" and len(dose["summed_files"]) == 2
+    assert {p["plan_label"] for p in dose["plans"]} == {"PHANTOM", "BOOST"}
+    assert {p["prescription_gy"] for p in dose["plans"]} == {60.0, 15.0}
+    # the sum is 1.25 x the plan's linear field, exact inside the dose grid
+    points = voxel_points(meta)
+    inside = interior_mask(truth, points)
+    assert inside.sum() > 100
+    expected = 1.25 * truth.dose_at(points[inside])
+    np.testing.assert_allclose(arrays["dose"][inside], expected, atol=2e-4 * expected.max())
+
+
+def test_plans_of_one_plan_twice_are_not_summed(tmp_path):
+    import shutil
+
+    write_phantom(tmp_path / "dicom", PhantomSpec(patient_id="TWICE", seed=10, **SMALL))
+    plan_dose = next(p for p in (tmp_path / "dicom").iterdir() if "PLAN" in _summation(p))
+    import pydicom
+
+    ds = pydicom.dcmread(str(plan_dose))
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".2"  # a second PLAN dose of the same plan (a recalculation)
+    ds.save_as(str(tmp_path / "dicom" / "copy.dcm"))
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(sum_plans=True), qa_png=False)
+    assert [r["summation_type"] for r in report.rows] == ["PLAN", "PLAN"]
+    meta = json.loads((tmp_path / "out" / report.rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert any("same plan" in note and "twice" in note for note in meta["links"])
+
+
+def _summation(path: Path) -> str:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:
+        return ""
+    return str(ds.get("DoseSummationType", "")) if ds.get("Modality") == "RTDOSE" else ""
+
+
+# ---- shards ----------------------------------------------------------------------------------------------
+
+
+def test_merged_shards_have_the_dataset_files_of_a_single_run(cohort, tmp_path, capsys):
+    pytest.importorskip("nibabel")
+    h5py = pytest.importorskip("h5py")
+    single = tmp_path / "single"
+    args = ["--format", "nifti,hdf5", "--rois", ",".join(ROIS), "--quiet", "--no-qa-png", "--workers", "1"]
+    assert main(["export", str(cohort), str(single), *args]) == 0
+    capsys.readouterr()
+    sharded = tmp_path / "sharded"
+    for k in (1, 2, 3):
+        code = main(["export", str(cohort), str(sharded), *args, "--shard", f"{k}/3"])
+        printed = capsys.readouterr().out
+        assert code == 0 and f"manifest.shard-{k}-of-3.csv" in printed and "manifest.csv" not in printed
+        assert (sharded / f"manifest.shard-{k}-of-3.csv").is_file()
+    assert not (sharded / "dataset.json").exists(), "a shard does not write the dataset files"
+    assert main(["merge", str(sharded)]) == 0
+    assert "dataset.json" in capsys.readouterr().out
+    assert (sharded / "dataset.json").read_bytes() == (single / "dataset.json").read_bytes()
+    with h5py.File(sharded / "dataset.h5", "r") as a, h5py.File(single / "dataset.h5", "r") as b:
+        assert sorted(a.keys()) == sorted(b.keys()) and len(a.keys()) == 3
+        for key in ("case_ids", "training", "validation", "split"):
+            assert np.array_equal(a.attrs[key], b.attrs[key])
+        for case in a:
+            np.testing.assert_array_equal(a[case]["dose"][()], b[case]["dose"][()])
+            np.testing.assert_array_equal(a[case]["masks"][()], b[case]["masks"][()])
+
+
+# ---- the demo --------------------------------------------------------------------------------------------
+
+
+def test_demo_looks_like_a_patient_and_earns_no_flag(tmp_path, capsys):
+    """``dosealign demo``: a thorax on a couch with a 7-field plan; the audit finds nothing to flag."""
+    assert main(["demo", str(tmp_path / "demo"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    (row,) = _rows(tmp_path / "demo" / "export")
+    assert row["audit_flags"] == "" and "flags:" not in printed
+    arrays, meta = load_case(tmp_path / "demo" / "export" / row["case_id"])
+    assert meta["structures"]["names"] == ["External", "PTV", "GTV", "SpinalCord", "Lung_R", "Lung_L", "Heart"]
+    audit = meta["audit"]
+    assert audit["dose"]["edge_dose_pct"] < 5 and audit["dose"]["outside_integral_pct"] < 0.1
+    ptv = next(r for r in audit["rois"] if r["name"] == "PTV")
+    assert ptv["output"]["d95_gy"] > 0.95 * audit["prescription_gy"]
+    assert audit["beam_sum"]["files"] and len(audit["beam_sum"]["files"]) == 7
+    values = set(np.unique(arrays["ct"]).tolist())
+    assert {-1000, -820, -90, 40, 260, 700, 250, -850} <= values  # air, lung, fat, tissue, bone, couch
+    assert (tmp_path / "demo" / "export" / row["case_id"] / "qa.png").is_file() or "qa_png" in meta

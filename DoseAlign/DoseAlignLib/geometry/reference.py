@@ -1,15 +1,122 @@
-"""Reference grids: the grid every output array of a case shares, and the check that the dose reaches it."""
+"""Reference grids: the grid every output array of a case shares, and the check that the dose reaches it.
+
+A custom cube is centred on a :class:`Region` and a grid may be cut down to one (crop). A region
+is a box of patient space, held as its 8 corners (LPS): the PTVs' box, one ROI's, the body's, the
+dose above a fraction of its maximum, the dose maximum. :func:`auto_region` is the rule both the
+cube and the OpenKBP writer use: the PTVs when the case has any, else the dose above 10 % of its
+maximum, else the whole grid given.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import GeometryError
 from ..options import AlignOptions, CustomBox, ReferenceGrid
-from .grid import Grid
+from .grid import Grid, Volume
+
+#: Without a PTV a cube is centred on the dose above this fraction of its maximum.
+DOSE_BOX_FRACTION = 0.1
+#: ``crop="dose"`` keeps the dose above this fraction of its maximum (and a margin).
+CROP_DOSE_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of patient space: its 8 corners (LPS mm, ``(8, 3)``) and how it was found (for meta.json)."""
+
+    corners: np.ndarray
+    about: dict = field(default_factory=dict)
+
+    def centre(self) -> np.ndarray:
+        """The box's centre (LPS mm)."""
+        return np.asarray(self.corners, dtype=np.float64).mean(axis=0)
+
+    @classmethod
+    def around(cls, points: np.ndarray, axes: np.ndarray, about: dict) -> Region:
+        """The box along ``axes`` (3x3, orthonormal columns) holding every point ``(n, 3)``."""
+        axes = np.asarray(axes, dtype=np.float64)
+        local = np.asarray(points, dtype=np.float64).reshape(-1, 3) @ axes
+        lo, hi = local.min(axis=0), local.max(axis=0)
+        corners = [axes @ np.array([x, y, z]) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+        return cls(np.array(corners), about)
+
+    @classmethod
+    def of_box(cls, grid: Grid, box: tuple, about: dict) -> Region:
+        """The extent (outer voxel faces) of the voxels ``box`` (``(k, j, i)`` slices) of ``grid``."""
+        return cls(grid.crop(*box).corner_points(), about)
+
+
+def box_of(mask: np.ndarray) -> Optional[tuple]:
+    """The ``(k, j, i)`` slices of a mask's bounding box, or None when it is empty."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def dose_region(volumes: Sequence[Volume], fraction: float, axes: Optional[np.ndarray] = None) -> Optional[Region]:
+    """The box of the dose at or above ``fraction`` of its maximum; None when there is no dose.
+
+    Doses on several grids (summed only after resampling) count each voxel at or above the
+    fraction of the largest maximum of them, the union of their boxes along ``axes``.
+    """
+    peak = max((float(v.array.max()) if v.array.size else 0.0) for v in volumes)
+    if peak <= 0:
+        return None
+    threshold = fraction * peak
+    about = {"on": "dose", "threshold_gy": threshold}
+    regions = []
+    for volume in volumes:
+        box = box_of(volume.array >= threshold)
+        if box is not None:
+            regions.append(Region.of_box(volume.grid, box, {**about, "box_kji": [[s.start, s.stop] for s in box]}))
+    if len(regions) == 1:
+        return regions[0]
+    axes = volumes[0].grid.direction if axes is None else axes
+    return Region.around(np.concatenate([r.corners for r in regions]), axes, about)
+
+
+def dmax_region(volumes: Sequence[Volume]) -> Optional[Region]:
+    """The centre of the dose maximum's voxel (of the dose with the highest maximum); None without dose."""
+    best = max(volumes, key=lambda v: float(v.array.max()) if v.array.size else 0.0)
+    if not best.array.size or float(best.array.max()) <= 0:
+        return None
+    k, j, i = np.unravel_index(int(np.argmax(best.array)), best.array.shape)
+    point = best.grid.index_to_lps(np.array([i, j, k], dtype=np.float64))
+    about = {"on": "dmax", "dmax_gy": float(best.array[k, j, i]), "index_kji": [int(k), int(j), int(i)]}
+    return Region(np.repeat(point[np.newaxis], 8, axis=0), about)
+
+
+def auto_region(ptv: Optional[Region], dose: Sequence[Volume], whole: Region) -> Region:
+    """What a cube is centred on by default: the PTVs' box when there are PTVs, else the dose above
+    :data:`DOSE_BOX_FRACTION` of its maximum, else ``whole``."""
+    if ptv is not None:
+        return ptv
+    return dose_region(dose, DOSE_BOX_FRACTION) or whole
+
+
+def crop_box(grid: Grid, region: Region, margin_mm: float) -> Optional[tuple]:
+    """The ``(k, j, i)`` slices of ``grid`` whose voxel centres lie within ``region`` + ``margin_mm``.
+
+    None when the region misses the grid. Voxels the box's faces cut are kept.
+    """
+    ijk = grid.lps_to_index(region.corners)
+    pad = float(margin_mm) / np.asarray(grid.spacing, dtype=np.float64)
+    sizes = np.array([grid.shape[2], grid.shape[1], grid.shape[0]])
+    lo = np.maximum(np.floor(ijk.min(axis=0) - pad + 1e-6).astype(int), 0)
+    hi = np.minimum(np.ceil(ijk.max(axis=0) + pad - 1e-6).astype(int), sizes - 1)
+    if np.any(hi < lo):
+        return None
+    return (slice(lo[2], hi[2] + 1), slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1))
 
 
 def uniform_cover(grid: Grid) -> Grid:
@@ -25,8 +132,11 @@ def uniform_cover(grid: Grid) -> Grid:
     )
 
 
-def reference_grid(ct_grid: Grid, dose_grid: Grid, options: AlignOptions) -> tuple:
-    """The output grid for ``options.reference`` and a sentence saying how it was made."""
+def reference_grid(ct_grid: Grid, dose_grid: Grid, options: AlignOptions, centre: Optional[Region] = None) -> tuple:
+    """The output grid for ``options.reference`` and a sentence saying how it was made.
+
+    A cube is centred on ``centre`` (default: on the dose grid).
+    """
     if options.reference is ReferenceGrid.CT:
         return ct_grid, "the CT grid"
     if options.reference is ReferenceGrid.DOSE:
@@ -34,19 +144,23 @@ def reference_grid(ct_grid: Grid, dose_grid: Grid, options: AlignOptions) -> tup
             return dose_grid, "the dose grid"
         cover = uniform_cover(dose_grid)
         return cover, f"the dose grid, made uniform at its smallest frame step ({cover.spacing[2]:g} mm)"
-    return custom_grid(ct_grid, dose_grid, options)
+    return custom_grid(ct_grid, dose_grid, options, centre)
 
 
-def custom_grid(ct_grid: Grid, dose_grid: Grid, options: AlignOptions) -> tuple:
-    """A grid on the CT's axes at ``options.custom_spacing`` over the chosen box."""
+def custom_grid(ct_grid: Grid, dose_grid: Grid, options: AlignOptions, centre: Optional[Region] = None) -> tuple:
+    """A grid on the CT's axes at ``options.custom_spacing`` over the chosen box.
+
+    A cube is centred on ``centre`` (a :class:`Region`; default: the dose grid's centre).
+    """
     axes = ct_grid.direction
     spacing = np.asarray(options.custom_spacing, dtype=np.float64)
     if options.custom_box is CustomBox.CUBE:
         size = np.asarray(options.custom_size)
-        centre = dose_grid.corner_points().mean(axis=0)
-        origin = centre - axes @ (spacing * (size - 1) / 2.0)
+        middle = centre.centre() if centre is not None else dose_grid.corner_points().mean(axis=0)
+        origin = middle - axes @ (spacing * (size - 1) / 2.0)
         grid = Grid.from_spacing((size[2], size[1], size[0]), spacing, origin, axes, ct_grid.frame_of_reference_uid)
-        return grid, f"{size.tolist()} voxels at {spacing.tolist()} mm centred on the dose grid"
+        on = _describe(centre.about) if centre is not None else "the dose grid"
+        return grid, f"{size.tolist()} voxels at {spacing.tolist()} mm centred on {on}"
     box_of = dose_grid if options.custom_box is CustomBox.DOSE else ct_grid
     # the box spans the chosen grid's outer voxel centres, in the CT's axes
     local = (box_of.corner_points(half_voxel=False) - ct_grid.origin) @ axes
@@ -71,3 +185,18 @@ def check_overlap(ct_grid, dose_grid, dose_path: Optional[Path]) -> None:
             tag="(0020,0032) ImagePositionPatient",
             hint="the dose belongs to another CT, or its position is damaged",
         )
+
+
+def _describe(about: dict) -> str:
+    on = about.get("on", "")
+    if on == "ptv":
+        return f"the PTVs' box ({', '.join(about.get('rois', []))})"
+    if on == "dose":
+        return f"the dose above {about.get('threshold_gy', 0):.4g} Gy"
+    if on == "roi":
+        return f"ROI {about.get('roi')!r}"
+    if on == "body":
+        return f"the body ({about.get('source', '')})"
+    if on == "dmax":
+        return f"the dose maximum ({about.get('dmax_gy', 0):.4g} Gy)"
+    return str(on or "the region")

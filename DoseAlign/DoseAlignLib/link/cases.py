@@ -15,10 +15,14 @@ from ..errors import DoseAlignError
 from .beams import SUMMED_BEAMS, beam_doses_to_sum, dose_groups, missing_beams, overlapping_beams
 from .case import Case, LinkResult
 from .ct_choice import choose_ct, no_ct_reason, structs_for
+from .plans import sum_plan_cases
 
 
-def form_cases(scan: ScanResult) -> LinkResult:
-    """Group the doses of a scan into cases and pair each case with a CT series."""
+def form_cases(scan: ScanResult, sum_plans: bool = False) -> LinkResult:
+    """Group the doses of a scan into cases and pair each case with a CT series.
+
+    ``sum_plans`` merges the cases of several plans on one CT into one (:mod:`.plans`).
+    """
     result = LinkResult()
     plans = {p.sop_instance_uid: p for p in scan.of_kind("RTPLAN")}
     structs = scan.of_kind("RTSTRUCT")
@@ -45,6 +49,8 @@ def form_cases(scan: ScanResult) -> LinkResult:
         used_structs.update(s.rel_path for s in case.structs)
         result.cases.append(case)
 
+    if sum_plans:
+        result.cases = sum_plan_cases(result.cases, _case_id)
     for plan in plans.values():
         if plan.sop_instance_uid not in used_plans:
             result.orphans.append((plan.rel_path, "RTPLAN", "no RTDOSE references this plan"))
@@ -94,10 +100,8 @@ def _make_case(group: tuple, plans: dict) -> Case:
         name = f"plan-{label}"
     else:
         name = PurePosixPath(first.rel_path).stem
-    digest = hashlib.sha1("\n".join(sorted(d.rel_path for d in group[1])).encode()).hexdigest()[:8]
-    case_id = f"{safe_name(first.patient_id or 'anonymous')}_{safe_name(name)}_{digest}"
     return Case(
-        case_id=case_id,
+        case_id=_case_id(first.patient_id, name, [d.rel_path for d in group[1]]),
         patient_id=first.patient_id,
         summation_type=summation,
         doses=doses,
@@ -107,6 +111,12 @@ def _make_case(group: tuple, plans: dict) -> Case:
         related_beam_doses=sorted(related, key=lambda d: d.rel_path),
         error=error,
     )
+
+
+def _case_id(patient_id: str, name: str, dose_paths: list) -> str:
+    """``<patient>_<name>_<hash of the dose files' paths>``: the same input gives the same id."""
+    digest = hashlib.sha1("\n".join(sorted(dose_paths)).encode()).hexdigest()[:8]
+    return f"{safe_name(patient_id or 'anonymous')}_{safe_name(name)}_{digest}"
 
 
 def safe_name(text: str, limit: int = 48) -> str:

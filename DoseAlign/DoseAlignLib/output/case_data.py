@@ -135,11 +135,25 @@ class CaseData:
         """From a finished case folder (``pair.npz`` + ``meta.json``)."""
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        with np.load(folder / "pair.npz") as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        arrays = read_arrays(folder)
         grid = grid_from_meta(meta)
         masks, types, body = masks_from_arrays(arrays, meta, grid.shape)
-        return cls(meta.get("case_id") or folder.name, arrays["ct"], arrays["dose"], grid, meta, masks, types, body)
+        dose = np.asarray(arrays["dose"], dtype=np.float32)  # float16 storage: the same values as float32
+        return cls(meta.get("case_id") or folder.name, arrays["ct"], dose, grid, meta, masks, types, body)
+
+
+def read_arrays(folder: Path, mmap: bool = False) -> dict:
+    """A case folder's arrays by name, from ``pair.npz`` or (npy layout) its ``<name>.npy`` files.
+
+    ``mmap`` maps ``.npy`` files instead of reading them (pair.npz members are always read).
+    """
+    folder = Path(folder)
+    if (folder / "pair.npz").is_file():
+        with np.load(folder / "pair.npz") as npz:
+            return {key: npz[key] for key in npz.files}
+    if not (folder / "ct.npy").is_file():
+        raise DoseAlignError("no pair.npz or ct.npy: not a finished case folder", path=folder)
+    return {p.stem: np.load(p, mmap_mode="r" if mmap else None) for p in sorted(folder.glob("*.npy"))}
 
 
 def grid_from_meta(meta: dict) -> Grid:
@@ -172,13 +186,6 @@ def masks_from_arrays(arrays: dict, meta: dict, shape: tuple) -> tuple:
         if body is not None and body.ndim != 3:
             body = None
     return masks, types, body
-
-
-def is_target(name: str, interpreted_type: str = "") -> bool:
-    """A planning target: RTROIInterpretedType PTV, or a name starting with PTV when the type is unknown."""
-    if interpreted_type:
-        return interpreted_type.upper() == "PTV"
-    return name.upper().startswith("PTV")
 
 
 def geometry_attributes(grid: Grid) -> dict:

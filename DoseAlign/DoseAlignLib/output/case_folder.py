@@ -2,6 +2,7 @@
 
 Layout (the output contract, see README): ``OUT/<case_id>/pair.npz`` (ct, dose and further arrays,
 axes k, j, i) and ``OUT/<case_id>/meta.json``; ``OUT/manifest.csv`` (:mod:`.manifest`) one row per case.
+With the ``npy`` layout each array is its own ``OUT/<case_id>/<name>.npy`` instead of a pair.npz member.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from ..errors import DoseAlignError
 from ..limits import open_regular
 from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, json_text, remove_owned
-from .npz import NpzStream
+from .npz import NpyStream, NpzStream
 
 
 def case_dir(out_dir: Path, case_id: str) -> Path:
@@ -27,18 +28,30 @@ def case_dir(out_dir: Path, case_id: str) -> Path:
 def is_complete(out_dir: Path, case_id: str) -> bool:
     """True when the case's folder holds its outputs (folders only appear complete)."""
     folder = case_dir(out_dir, case_id)
-    return (folder / "meta.json").is_file() and (folder / "pair.npz").is_file()
+    return (folder / "meta.json").is_file() and any((folder / name).is_file() for name in ARRAY_FILES.values())
 
 
-def write_case_output(result, out_dir: Path, extra_files: Sequence[Callable[[Path], None]] = ()) -> Path:
+#: The file that holds (the first of) a case's arrays, per layout.
+ARRAY_FILES = {"npz": "pair.npz", "npy": "ct.npy"}
+
+
+def storage_of(options) -> dict:
+    """How a case's arrays are stored: ``{"layout", "compress", "dtypes"}`` from :class:`AlignOptions` (or None)."""
+    layout = getattr(options, "layout", "npz") or "npz"
+    dtypes = {"dose": np.float16} if getattr(options, "dose_dtype", "float32") == "float16" else {}
+    return {"layout": layout, "compress": bool(getattr(options, "compress", False)), "dtypes": dtypes}
+
+
+def write_case_output(result, out_dir: Path, extra_files: Sequence[Callable[[Path], None]] = (), options=None) -> Path:
     """Write ``pair.npz`` and ``meta.json`` of a :class:`CaseResult` into ``out_dir/<case_id>``.
 
     The files go into a temporary folder that is renamed into place at the end; an existing
     output of the same case is replaced only then. Each of ``extra_files`` is called with the
     temporary folder to add its files there (e.g. qa.png), while pair.npz is written; it may
-    still update ``result.meta`` but must not change the arrays.
+    still update ``result.meta`` but must not change the arrays. ``options`` (:class:`AlignOptions`)
+    chooses the storage (layout, compression, dose type).
     """
-    return CaseOutput(out_dir).finish(result, extra_files)
+    return CaseOutput(out_dir, options).finish(result, extra_files)
 
 
 class CaseOutput:
@@ -49,13 +62,20 @@ class CaseOutput:
     folder into place; :meth:`discard` (or a failing ``finish``) removes it.
     """
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, options=None) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # no case id in the name (it may still be pseudonymized); the run's own temporary name
         self.temp = claim_for(self.out_dir).temp("case")
         self.temp.mkdir()
-        self._npz = NpzStream(self.temp / "pair.npz", leading=("ct", "dose"))  # reproducible bytes, see npz.py
+        self.storage = storage_of(options)
+        dtypes = self.storage["dtypes"]
+        if self.storage["layout"] == "npy":
+            self._npz = NpyStream(self.temp, leading=("ct", "dose"), dtypes=dtypes)
+        else:  # reproducible bytes, see npz.py
+            self._npz = NpzStream(
+                self.temp / "pair.npz", leading=("ct", "dose"), dtypes=dtypes, compress=self.storage["compress"]
+            )
         self._added: dict = {}
 
     def add_array(self, name: str, array: np.ndarray) -> None:
@@ -75,6 +95,8 @@ class CaseOutput:
                     write_extra(self.temp)
             finally:
                 self._npz.close()
+            if self.storage["layout"] != "npz" or self.storage["compress"] or self.storage["dtypes"]:
+                result.meta["storage"] = self._storage_meta(arrays)
             (self.temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
             fsync_tree(self.temp)  # the data are on the disk before the folder appears complete
             final = case_dir(self.out_dir, result.case_id)
@@ -84,6 +106,19 @@ class CaseOutput:
             self.discard()
             raise
         return final
+
+    def _storage_meta(self, arrays: dict) -> dict:
+        npy = self.storage["layout"] == "npy"
+        dtypes = self.storage["dtypes"]
+        return {
+            "layout": self.storage["layout"],
+            "files": {n: f"{n}.npy" for n in arrays} if npy else {n: f"pair.npz:{n}" for n in arrays},
+            "compressed": self.storage["compress"],
+            "dtypes": {n: np.dtype(dtypes.get(n, np.asarray(a).dtype)).name for n, a in arrays.items()},
+            "read": "np.load(f'{case}/<name>.npy', mmap_mode='r') maps an array without reading it"
+            if npy
+            else "np.load(f'{case}/pair.npz')[name]",
+        }
 
     def discard(self) -> None:
         self._npz.abort()

@@ -61,6 +61,13 @@ def parse_formats(values: Optional[Sequence[str]]) -> tuple:
     return tuple(n for n in FORMAT_NAMES if n == "npz" or n in names)
 
 
+def base_exports(meta: dict) -> dict:
+    """meta.json's ``exports`` entry of the arrays every case has: pair.npz, or the npy layout's files."""
+    if ((meta.get("options") or {}).get("layout") or "npz") == "npy":
+        return {"npy": {"files": {"arrays": "<name>.npy (see storage)", "meta": "meta.json"}}}
+    return {"npz": {"files": {"arrays": "pair.npz", "meta": "meta.json"}}}
+
+
 @dataclass(frozen=True)
 class ExportFormats:
     """The formats of an export and their settings.
@@ -131,7 +138,7 @@ class ExportFormats:
             "hdf5": write_case_h5,
             "openkbp": lambda c, f: write_openkbp(c, f, self.openkbp),
         }
-        exports = {"npz": {"files": {"arrays": "pair.npz", "meta": "meta.json"}}}
+        exports = base_exports(case.meta)
         for fmt in formats if formats is not None else self.extra:
             exports[fmt] = writers[fmt](case, Path(folder))
         return exports
@@ -169,8 +176,8 @@ class ExportFormats:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         meta = dict(case.meta)
-        merged = dict(meta.get("exports") or {"npz": {"files": {"arrays": "pair.npz", "meta": "meta.json"}}})
-        merged.update({k: v for k, v in exports.items() if k != "npz"})
+        merged = dict(meta.get("exports") or base_exports(meta))
+        merged.update({k: v for k, v in exports.items() if k not in ("npz", "npy")})
         meta["exports"] = merged
         temp = temp_path(folder / "meta.json")
         temp.write_text(json_text(meta), encoding="utf-8")

@@ -24,6 +24,8 @@ from numpy.lib import format as npy_format
 
 #: The zip timestamp of every member (the earliest a zip file can hold).
 NPZ_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+#: zlib level of ``--compress``: level 1 keeps most of the gain at a fraction of the time (measured, README).
+COMPRESS_LEVEL = 1
 #: Zero runs are looked for in pieces of this size; smaller pieces find more holes but cost more calls.
 _PIECE = 1 << 20
 
@@ -87,10 +89,16 @@ class NpzStream:
     The members named in ``leading`` come first, in that order, each written as soon as it is
     given; the others follow in the order given, once :meth:`close` is called. The bytes equal
     :func:`save_npz`'s of the same arrays in that order. The arrays must not change once given.
+    ``dtypes`` (name -> dtype) stores a member in another type (e.g. the dose as float16);
+    ``compress`` deflates the members (``numpy.savez_compressed``'s layout; no file holes then).
     """
 
-    def __init__(self, path: Path, leading: Sequence[str] = ("ct", "dose")) -> None:
+    def __init__(
+        self, path: Path, leading: Sequence[str] = ("ct", "dose"), dtypes: Optional[dict] = None, compress: bool = False
+    ) -> None:
         self._path = Path(path)
+        self._dtypes = dict(dtypes or {})
+        self._compress = bool(compress)
         self._leading = list(leading)
         self._given: dict = {}
         self._order: list = []
@@ -147,17 +155,26 @@ class NpzStream:
                 self._condition.wait()
             return None
 
+    def _stored(self, name: str):
+        array = self._given[name]
+        dtype = self._dtypes.get(name)
+        return array if dtype is None else np.asarray(array).astype(dtype)
+
     def _run(self) -> None:
         try:
+            compression = zipfile.ZIP_DEFLATED if self._compress else zipfile.ZIP_STORED
             with (
                 _SparseWriter(self._path) as raw,
-                zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+                zipfile.ZipFile(raw, "w", compression=compression, allowZip64=True) as archive,
             ):
                 while True:
                     name = self._next()
                     if name is None:
                         break
-                    _write_member(archive, name, self._given[name])
+                    if self._compress:
+                        _write_member(archive, name, self._stored(name), compression)
+                    else:
+                        _write_member(archive, name, self._stored(name))
                     self._written.add(name)
         except BaseException as error:  # given to the caller by close()
             self._error = error
@@ -165,12 +182,52 @@ class NpzStream:
                 self._aborted = True
 
 
-def _write_member(archive: zipfile.ZipFile, name: str, array) -> None:
+class NpyStream(NpzStream):
+    """One ``<name>.npy`` per array in ``folder`` (the ``npy`` layout), written as :class:`NpzStream` writes.
+
+    Each file is what ``numpy.save`` writes, so ``numpy.load(path, mmap_mode="r")`` maps it without
+    reading it; runs of zeros are file holes.
+    """
+
+    def __init__(self, folder: Path, leading: Sequence[str] = ("ct", "dose"), dtypes: Optional[dict] = None) -> None:
+        self._folder = Path(folder)
+        super().__init__(self._folder / "ct.npy", leading, dtypes)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                name = self._next()
+                if name is None:
+                    break
+                save_npy(self._folder / f"{name}.npy", self._stored(name))
+                self._written.add(name)
+        except BaseException as error:  # given to the caller by close()
+            self._error = error
+            with self._condition:
+                self._aborted = True
+
+
+def save_npy(path: Path, array) -> None:
+    """What ``numpy.save`` writes (format 1.0), with runs of zeros left as holes."""
+    array = np.asarray(array, order="C")
+    if array.dtype.hasobject:
+        raise ValueError(f"{path.name}: object arrays are not written")
+    with _SparseWriter(Path(path)) as raw:
+        npy_format.write_array_header_1_0(raw, npy_format.header_data_from_array_1_0(array))
+        if array.size:
+            raw.write(memoryview(array.reshape(-1).view(np.uint8)))
+
+
+def _write_member(archive: zipfile.ZipFile, name: str, array, compression: int = zipfile.ZIP_STORED) -> None:
     array = np.asarray(array, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
     if array.dtype.hasobject:
         raise ValueError(f"{name}: object arrays are not written to pair.npz")
     info = zipfile.ZipInfo(f"{name}.npy", date_time=NPZ_DATE_TIME)
     info.external_attr = 0o600 << 16
+    info.compress_type = compression
+    if compression == zipfile.ZIP_DEFLATED:  # the level lives in a slot named by the Python version
+        slots = getattr(zipfile.ZipInfo, "__slots__", ())
+        setattr(info, "compress_level" if "compress_level" in slots else "_compresslevel", COMPRESS_LEVEL)
     with archive.open(info, "w", force_zip64=True) as member:
         # the header numpy.save would write (version 1.0 fits any shape we export)
         npy_format.write_array_header_1_0(member, npy_format.header_data_from_array_1_0(array))

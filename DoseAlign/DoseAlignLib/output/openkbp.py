@@ -39,10 +39,11 @@ import numpy as np
 
 from .. import __version__
 from ..geometry.grid import Grid, Volume
-from ..geometry.reference import custom_grid
+from ..geometry.reference import Region, auto_region, box_of, custom_grid
 from ..geometry.resample import resample
 from ..options import AlignOptions, CustomBox, Interpolator, ReferenceGrid
-from .case_data import CaseData, is_target, unique_file_names
+from ..structures.names import is_target
+from .case_data import CaseData, unique_file_names
 from .files import json_text
 
 SIZE = 128
@@ -51,8 +52,6 @@ SIZE = 128
 DEFAULT_SPACING = (4.0, 4.0, 2.0)
 CT_OFFSET = 1000.0
 CT_MAX = 4095.0
-#: Without a PTV the grid is centred on the dose above this fraction of its maximum.
-DOSE_BOX_FRACTION = 0.1
 #: Without a body mask the possible-dose mask is the CT above this (HU).
 BODY_THRESHOLD_HU = -500.0
 FOLDER = "openkbp"
@@ -95,47 +94,36 @@ def index_to_lps(grid: Grid) -> np.ndarray:
     return grid.affine @ permute
 
 
-def _box_of(mask: np.ndarray) -> Optional[tuple]:
-    if not mask.any():
-        return None
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
-
-
 def sample_grid(case: CaseData, settings: OpenKBPSettings) -> tuple:
-    """The OpenKBP grid of a case and a dict saying what it is centred on."""
+    """The OpenKBP grid of a case and a dict saying what it is centred on.
+
+    The rule is the custom cube's (:func:`~DoseAlignLib.geometry.reference.auto_region`): the PTVs'
+    box when the case has PTV masks (unless ``settings.centre`` is "dose"), else the dose above
+    10 % of its maximum, else the whole output grid.
+    """
     targets = [(n, m) for n, m in case.masks if is_target(n, case.mask_types.get(n, "")) and m.any()]
-    box, centre = None, {}
+    ptv = None
     if targets and settings.centre in ("auto", "ptv"):
         union = np.zeros(case.grid.shape, dtype=bool)
         for _name, mask in targets:
             union |= mask
-        box = _box_of(union)
-        centre = {"on": "ptv", "rois": [n for n, _m in targets]}
+        box = box_of(union)
+        about = {"on": "ptv", "rois": [n for n, _m in targets], "box_kji": [[s.start, s.stop] for s in box]}
+        ptv = Region.of_box(case.grid, box, about)
     elif settings.centre == "ptv":
         raise ValueError("OpenKBP centre 'ptv' asked for, but the case has no PTV mask")
-    if box is None:
-        dose = case.dose
-        peak = float(dose.max()) if dose.size else 0.0
-        box = _box_of(dose >= DOSE_BOX_FRACTION * peak) if peak > 0 else None
-        centre = {"on": "dose", "threshold_gy": DOSE_BOX_FRACTION * peak}
-        if box is None:
-            box = (slice(None), slice(None), slice(None))
-            centre = {"on": "output grid", "reason": "no dose above 0"}
+    everything = (slice(None), slice(None), slice(None))
+    whole = Region.of_box(case.grid, everything, {"on": "output grid", "reason": "no dose above 0", "box_kji": None})
+    region = auto_region(ptv, [Volume(case.dose, case.grid)], whole)
     options = AlignOptions(
         reference=ReferenceGrid.CUSTOM,
         custom_spacing=settings.spacing,
         custom_box=CustomBox.CUBE,
         custom_size=(settings.size,) * 3,
     )
-    region = case.grid.crop(*box)
-    grid, _how = custom_grid(case.grid, region, options)
-    centre["box_kji"] = [[s.start, s.stop] for s in box] if box[0].start is not None else None
-    centre["centre_lps"] = region.corner_points().mean(axis=0).tolist()
+    grid, _how = custom_grid(case.grid, case.grid, options, centre=region)
+    centre = dict(region.about)
+    centre["centre_lps"] = region.centre().tolist()
     centre["grid"] = (
         f"{settings.size}^3 voxels at {list(settings.spacing)} mm (i, j, k) on the output grid's axes, "
         f"centred on the box above"

@@ -71,3 +71,10 @@ def harmonise_names(rois: Sequence[RoiContours], mapping: Optional[dict] = None)
             taken[key] = f"{roi.source} ROI {roi.number}"
         roi.name = new
     return notes
+
+
+def is_target(name: str, interpreted_type: str = "") -> bool:
+    """A planning target: RTROIInterpretedType PTV, or a name starting with PTV when the type is unknown."""
+    if interpreted_type:
+        return interpreted_type.upper() == "PTV"
+    return name.upper().startswith("PTV")
