@@ -602,6 +602,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     # pydicom warns about every odd-but-readable value; the engine reports what matters itself
     warnings.filterwarnings("ignore", module="pydicom")
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return int(args.func(args))
     except api.NothingToExport as error:

@@ -20,9 +20,10 @@ class DoseAlignError(Exception):
         tag: Optional[str] = None,
         hint: Optional[str] = None,
     ) -> None:
+        message = printable(message)
         super().__init__(message)
         self.message = message
-        self.path = None if path is None else str(path)
+        self.path = None if path is None else printable(str(path))
         self.tag = tag
         self.hint = hint
 
@@ -39,8 +40,22 @@ class DoseAlignError(Exception):
         return text
 
 
+def printable(text: str) -> str:
+    """``text`` that every output can hold: bytes of a name that is not UTF-8 (kept by the file
+    system as surrogates) are shown escaped, e.g. ``caf\\xe9.dcm``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class InputError(DoseAlignError, ValueError):
     """A file that cannot be read or lacks what the engine needs."""
+
+
+class UnreadableError(InputError):
+    """A file or folder that cannot be read at all (permissions, an I/O error): never silently left out."""
 
 
 class GeometryError(DoseAlignError, ValueError):

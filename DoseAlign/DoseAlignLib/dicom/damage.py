@@ -8,7 +8,9 @@ just disappears from the batch. Files that are not DICOM at all are only listed 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 import warnings
 from pathlib import Path, PurePosixPath
 
@@ -16,19 +18,22 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.filereader import read_partial
 from pydicom.tag import Tag
 
+from ..limits import open_regular
+
 DAMAGED_PREFIX = "damaged-file"
+UNREADABLE_PREFIX = "unreadable"
 #: File names that are DICOM even without the 128-byte preamble.
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 TAG_PATTERN = re.compile(r"\([0-9A-F]{4},[0-9A-F]{4}\)")
 
 
 def looks_like_dicom(path: Path) -> bool:
-    """A DICOM Part 10 preamble, or a DICOM file name."""
+    """A DICOM Part 10 preamble, or a DICOM file name (regular files only: a pipe is never opened)."""
     path = Path(path)
     if path.name.lower().endswith(DICOM_SUFFIXES):
         return True
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             handle.seek(128)
             return handle.read(4) == b"DICM"
     except OSError:
@@ -36,31 +41,54 @@ def looks_like_dicom(path: Path) -> bool:
 
 
 def damaged_file_rows(scan) -> list:
-    """Failed manifest rows for the DICOM files of a scan that could not be used.
+    """Failed manifest rows for the DICOM files of a scan that could not be used, and for every folder
+    or file that could not be read at all (it may hold a case's slices: nothing unread goes unsaid).
 
     Files that are not DICOM at all (notes, pictures) are left out: ``dosealign scan`` lists them.
     """
     rows = []
+    unreadable = dict(getattr(scan, "unreadable", []))
+    paths = getattr(scan, "paths", {})
     for rel, reason in scan.skipped:
-        if not looks_like_dicom(Path(scan.root) / rel):
+        path = paths.get(rel, Path(scan.root) / rel)
+        if rel in unreadable or not _regular(path) or not looks_like_dicom(path):
             continue
-        stem = PurePosixPath(rel).stem
-        digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:8]
-        safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-.")[:40] or "file"
         if not TAG_PATTERN.search(reason):
-            reason = f"{reason}; {locate_damage(Path(scan.root) / rel)}"
+            reason = f"{reason}; {locate_damage(path)}"
+        rows.append(_row(DAMAGED_PREFIX, rel, f"{reason} (export the file again, or remove it from the input folder)"))
+    for rel, reason in sorted(unreadable.items()):
+        what = "folder" if rel.endswith("/") else "file"
         rows.append(
-            {
-                "case_id": f"{DAMAGED_PREFIX}_{safe}_{digest}",
-                "status": "failed",
-                "reason": f"{rel}: {reason} (export the file again, or remove it from the input folder)",
-                "patient": "",
-                "summation_type": "",
-                "files": rel,
-                "ct_folder": "",
-            }
+            _row(
+                UNREADABLE_PREFIX,
+                rel,
+                f"{reason}: the cases below the input may lack what this {what} holds "
+                f"(make it readable and export again)",
+            )
         )
     return rows
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _row(prefix: str, rel: str, reason: str) -> dict:
+    stem = PurePosixPath(rel.rstrip("/")).stem
+    digest = hashlib.sha1(rel.encode("utf-8", "backslashreplace")).hexdigest()[:8]
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-.")[:40] or "file"
+    return {
+        "case_id": f"{prefix}_{safe}_{digest}",
+        "status": "failed",
+        "reason": f"{rel}: {reason}",
+        "patient": "",
+        "summation_type": "",
+        "files": rel,
+        "ct_folder": "",
+    }
 
 
 def locate_damage(path: Path) -> str:
@@ -68,7 +96,7 @@ def locate_damage(path: Path) -> str:
     path = Path(path)
     try:
         size = path.stat().st_size
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             head = handle.read(132)
     except OSError as error:
         return f"it cannot be opened: {error.strerror or error}"
@@ -85,7 +113,7 @@ def locate_damage(path: Path) -> str:
         return False
 
     try:
-        with open(path, "rb") as handle, warnings.catch_warnings():
+        with open_regular(path) as handle, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             read_partial(handle, stop_when=record, force=True)
     except Exception as error:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,9 +13,9 @@ import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from ..errors import InputError
+from ..errors import InputError, UnreadableError
+from ..limits import Deadline, LimitError, format_bytes, inflate_bytes, open_regular
 
 #: SOP classes by the name the engine uses for them.
 SOP_CLASS_KIND = {
@@ -32,30 +34,170 @@ SOP_CLASS_KIND = {
 DEFER_BYTES = 64 * 1024
 
 
-def read_header(path: Path, *, stop_before_pixels: bool = True, defer_large: bool = False) -> Dataset:
+def read_header(
+    path: Path, *, stop_before_pixels: bool = True, defer_large: bool = False, deadline: Optional[Deadline] = None
+) -> Dataset:
     """Read a DICOM file's data set (without pixel data by default).
 
     With ``defer_large``, large values (pixel data) are skipped rather than the reading stopped,
     so that their file position is known (see :func:`pixel_data_position`).
     Files without the 128-byte preamble and file meta (allowed for older exports) are read too,
-    but only kept when they look like DICOM (carry a SOPClassUID or Modality).
+    but only when they start like a data set and kept only when they look like DICOM (carry a
+    SOPClassUID or Modality). Only regular files are opened (a named pipe or device is refused,
+    never waited on); a deflated data set may inflate to at most the limit of
+    :func:`~DoseAlignLib.limits.inflate_bytes`; ``deadline`` bounds the time spent reading.
     """
-    options = {"defer_size": DEFER_BYTES} if defer_large else {"stop_before_pixels": stop_before_pixels}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                ds = pydicom.dcmread(str(path), **options)
-            except InvalidDicomError:
-                ds = pydicom.dcmread(str(path), force=True, **options)
-                if "SOPClassUID" not in ds and "Modality" not in ds:
-                    raise InputError("not a DICOM file", path=path) from None
-        check_not_truncated(ds, path)
+            with DicomFile(path, deadline=deadline) as handle:
+                head = handle.read(132)
+                preamble = head[128:132] == b"DICM"
+                if not preamble and not _starts_like_a_data_set(head):
+                    raise InputError("not a DICOM file", path=path)
+                deflated = preamble and _transfer_syntax(handle) == DEFLATED
+                if deflated:  # pydicom inflates the whole data set at once: bound it first
+                    _check_inflated_size(handle, path, deadline)
+                handle.seek(0)
+                if defer_large and not deflated:  # values of a deflated file cannot be read later by position
+                    options = {"defer_size": DEFER_BYTES}
+                else:
+                    options = {"stop_before_pixels": stop_before_pixels}
+                ds = pydicom.dcmread(handle, force=not preamble, **options)
+                if not preamble and "SOPClassUID" not in ds and "Modality" not in ds:
+                    raise InputError("not a DICOM file", path=path)
+        check_not_truncated(ds, path, inflated=deflated)
         return ds
-    except InputError:
+    except (InputError, LimitError):
         raise
+    except OSError as error:
+        raise UnreadableError(f"cannot be read: {error.strerror or one_line(error)}", path=path) from None
     except Exception as error:  # pydicom raises many types on damaged files
         raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {one_line(error)}", path=path) from None
+
+
+#: Deflated Explicit VR Little Endian: the data set after the file meta is zlib-compressed.
+DEFLATED = "1.2.840.10008.1.2.1.99"
+#: VRs whose explicit-VR element header has two reserved bytes and a 4-byte length.
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+class DicomFile:
+    """A regular file opened for pydicom, with a time limit on reading (``deadline``).
+
+    pydicom reads a value it deferred by constructing this class again with the file's name, so
+    that every read of a DICOM file, now or later, opens regular files only.
+    """
+
+    def __init__(self, path, mode: str = "rb", deadline: Optional[Deadline] = None) -> None:
+        self.name = str(path)
+        self._file = open_regular(path)
+        self._deadline = deadline
+        self._reads = 0
+        # the file's own methods where no check is needed (pydicom calls them for every element)
+        self.readinto, self.seek, self.tell = self._file.readinto, self._file.seek, self._file.tell
+        if deadline is None:
+            self.read = self._file.read
+
+    def read(self, size: int = -1) -> bytes:
+        self._reads += 1
+        if not self._reads & 63:
+            self._deadline.check(self.name)
+        return self._file.read(size)
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def __enter__(self) -> DicomFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _starts_like_a_data_set(head: bytes) -> bool:
+    """Whether bytes without a preamble start like a DICOM data set: a first element of the file meta
+    (group 0002) or identifying (0008) group, with a VR (explicit) or a length within the file (implicit).
+
+    Older exports without file meta start so; anything else (text, pictures, archives, zero-filled
+    raw volumes) is not read further.
+    """
+    if len(head) < 8:
+        return False
+    group_little = int.from_bytes(head[0:2], "little")
+    group_big = int.from_bytes(head[0:2], "big")
+    if group_little not in (0x0002, 0x0008) and group_big != 0x0008:
+        return False
+    explicit = head[4:6].isalpha() and head[4:6].isupper()
+    length = int.from_bytes(head[4:8], "little" if group_little in (0x0002, 0x0008) else "big")
+    return explicit or length < (1 << 24)
+
+
+def _transfer_syntax(handle) -> str:
+    """(0002,0010) TransferSyntaxUID from the file meta that follows the preamble ('' when unreadable)."""
+    handle.seek(132)
+    meta = handle.read(16384)
+    position = 0
+    while position + 8 <= len(meta):
+        group = int.from_bytes(meta[position : position + 2], "little")
+        element = int.from_bytes(meta[position + 2 : position + 4], "little")
+        if group != 0x0002:
+            break
+        vr = meta[position + 4 : position + 6]
+        if vr in _LONG_VRS:
+            length = int.from_bytes(meta[position + 8 : position + 12], "little")
+            start = position + 12
+        else:
+            length = int.from_bytes(meta[position + 6 : position + 8], "little")
+            start = position + 8
+        if element == 0x0010:
+            return meta[start : start + length].decode("ascii", "replace").strip("\0 ")
+        position = start + length
+    return ""
+
+
+def _check_inflated_size(handle, path: Path, deadline: Optional[Deadline]) -> None:
+    """Inflate a deflated data set once, counting bytes only: refuse it beyond the stated limit."""
+    handle.seek(132)
+    meta = handle.read(16384)
+    position = 0
+    while position + 8 <= len(meta) and int.from_bytes(meta[position : position + 2], "little") == 0x0002:
+        vr = meta[position + 4 : position + 6]
+        if vr in _LONG_VRS:
+            position += 12 + int.from_bytes(meta[position + 8 : position + 12], "little")
+        else:
+            position += 8 + int.from_bytes(meta[position + 6 : position + 8], "little")
+    handle.seek(132 + position)
+    limit = inflate_bytes()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    while True:
+        if deadline is not None:
+            deadline.check(str(path))
+        chunk = handle.read(1 << 20)
+        if not chunk:
+            break
+        data = inflater.decompress(chunk, limit + 1 - total)
+        total += len(data)
+        while inflater.unconsumed_tail and total <= limit:
+            data = inflater.decompress(inflater.unconsumed_tail, limit + 1 - total)
+            total += len(data)
+            if not data:
+                break
+        if total > limit:
+            raise LimitError(
+                f"the deflated data set inflates to more than the limit of {format_bytes(limit)} "
+                f"({format_bytes(os.fstat(handle._file.fileno()).st_size)} in the file)",
+                path=path,
+                tag=TAG_SYNTAX,
+                hint="a decompression bomb or a damaged file; set DOSEALIGN_INFLATE_MB to allow more",
+            )
+        if inflater.eof:
+            break
 
 
 def kind_of(ds: Dataset) -> str:
@@ -302,23 +444,25 @@ _DECODERS = (
 )
 
 
-def check_not_truncated(ds: Dataset, path: Path) -> None:
+def check_not_truncated(ds: Dataset, path: Path, inflated: bool = False) -> None:
     """A header element whose value the file ends inside of: pydicom keeps the short value silently.
 
     Checked on the elements not yet converted (right after reading); the pixel data are left to
-    :func:`pixel_module`, which says how many bytes are missing.
+    :func:`pixel_module`, which says how many bytes are missing. For a deflated file (``inflated``)
+    positions are in the inflated data, not the file: only values read short are checked there.
     """
     try:
         size = Path(path).stat().st_size
     except OSError:
         return
+    end = float("inf") if inflated else size
     for tag, element in list(getattr(ds, "_dict", {}).items()):
         if tag == 0x7FE00010 or not getattr(element, "is_raw", False):
             continue
         length, value = element.length, element.value
         if length == 0xFFFFFFFF:
             continue
-        short = len(value) < length if value is not None else element.value_tell + length > size
+        short = len(value) < length if value is not None else element.value_tell + length > end
         if short:
             name = keyword_for_tag(tag) or "private tag"
             raise InputError(

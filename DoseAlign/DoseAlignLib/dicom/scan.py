@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
+import stat
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from pydicom.dataset import Dataset
 
-from ..errors import DoseAlignError, InputError
-from ..limits import die_with_parent
+from ..errors import DoseAlignError, InputError, UnreadableError
+from ..limits import Deadline, LimitError, die_with_parent, scan_file_seconds, special_kind
 from . import headers
 
 Progress = Optional[Callable[[float, str], None]]
@@ -75,6 +78,8 @@ class ScanResult:
     skipped: list = field(default_factory=list)  # (rel_path, reason)
     ignored: list = field(default_factory=list)  # (rel_path, reason): not read at all (hidden, DICOMDIR, excluded)
     duplicates: list = field(default_factory=list)  # (sop_instance_uid, [rel_paths], what was done)
+    unreadable: list = field(default_factory=list)  # (rel_path, reason): folders and files that could not be read
+    paths: dict = field(default_factory=dict)  # rel_path -> path on disk, for skipped entries (names may be escaped)
 
     def of_kind(self, kind: str) -> list:
         return [o for o in self.objects if o.kind == kind]
@@ -96,7 +101,8 @@ def scan_folder(root: Path, progress: Progress = None, workers: int = 1, exclude
     if not root.is_dir():
         raise DoseAlignError("is not a folder", path=root)
     result = ScanResult(root=root)
-    paths = sorted(_walk(root, exclude, result.ignored))
+    problems: list = []
+    paths = sorted(_walk(root, exclude, result.ignored, problems))
     workers = min(workers, len(paths) // MIN_FILES_PER_PROCESS)
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         entries = _scan_in_processes(root, paths, workers, progress)
@@ -106,13 +112,27 @@ def scan_folder(root: Path, progress: Progress = None, workers: int = 1, exclude
             if progress is not None and (n % 50 == 0 or n == len(paths) - 1):
                 progress(n / max(len(paths), 1), f"reading headers {n + 1}/{len(paths)}")
             entries.append(_scan_file(root, path))
+    _sort_entries(result, problems + entries)
+    result.ct_series = _group_ct(result)
+    return result
+
+
+def _sort_entries(result: ScanResult, entries: list) -> None:
+    """Each entry of the walk and the header reading to its list of the result."""
     for entry in entries:
         if isinstance(entry, DicomObject):
             result.objects.append(entry)
-        else:
-            result.skipped.append(entry)
-    result.ct_series = _group_ct(result)
-    return result
+            continue
+        kind, rel, reason, path = entry
+        if kind == "ignored":
+            result.ignored.append((rel, reason))
+            continue
+        result.skipped.append((rel, reason))
+        result.paths[rel] = path
+        if kind == "unreadable":
+            result.unreadable.append((rel, reason))
+    for found in (result.skipped, result.unreadable, result.ignored):
+        found.sort(key=lambda item: item[0])
 
 
 def scan_files(paths, progress: Progress = None) -> ScanResult:
@@ -127,29 +147,65 @@ def scan_files(paths, progress: Progress = None) -> ScanResult:
     except ValueError:  # different drives
         root = Path(paths[0].anchor)
     result = ScanResult(root=root)
+    entries = []
     for n, path in enumerate(paths):
         if progress is not None and (n % 50 == 0 or n == len(paths) - 1):
             progress(n / len(paths), f"reading headers {n + 1}/{len(paths)}")
-        entry = _scan_file(root, path)
-        (result.objects if isinstance(entry, DicomObject) else result.skipped).append(entry)
+        entries.append(_scan_file(root, path))
+    _sort_entries(result, entries)
     result.ct_series = _group_ct(result)
     return result
 
 
 def _scan_file(root: Path, path: Path):
-    """A file's :class:`DicomObject`, or ``(rel_path, reason)`` when it is skipped."""
+    """A file's :class:`DicomObject`, or ``(kind, rel_path, reason, path)`` when it is not used.
+
+    ``kind`` is ``"skipped"`` (not DICOM, damaged), ``"unreadable"`` (it cannot be read at all) or
+    ``"ignored"`` (a DICOMDIR). Reading one header is bounded by the scan's per-file time limit.
+    """
+    rel = display_path(path, root)
     try:
-        rel = path.relative_to(root).as_posix()
-    except ValueError:  # another drive than the root (scan_files)
-        rel = path.as_posix()
-    try:
-        ds = headers.read_header(path, defer_large=True)
+        deadline = Deadline(scan_file_seconds(), "reading this file's header", "DOSEALIGN_SCAN_FILE_SECONDS")
+        ds = headers.read_header(path, defer_large=True, deadline=deadline)
+        if _is_dicomdir(ds):
+            return ("ignored", rel, DICOMDIR_REASON, path)
         _check_identity(ds, path)
         return _record(path, rel, ds)
+    except UnreadableError as error:
+        return ("unreadable", rel, _reason(error), path)
     except DoseAlignError as error:
-        return (rel, _reason(error))
+        return ("skipped", rel, _reason(error), path)
     except Exception as error:  # a header value the scanner cannot interpret: the file is unusable
-        return (rel, f"header cannot be interpreted: {type(error).__name__}: {error}")
+        return ("skipped", rel, f"header cannot be interpreted: {type(error).__name__}: {error}", path)
+
+
+def display_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` (posix), as text every output can hold.
+
+    Names that are not valid UTF-8 (bytes the file system kept as they were) are shown with their
+    bytes escaped (``caf\\xe9.dcm``); the file itself is still read by its real name.
+    """
+    try:
+        rel = Path(path).relative_to(root).as_posix()
+    except ValueError:  # another drive than the root (scan_files)
+        rel = Path(path).as_posix()
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+DICOMDIR_REASON = "DICOMDIR (a media index, not needed: the files below are read directly)"
+#: Media Storage Directory Storage: the SOP class of a DICOMDIR, whatever the file is called.
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+_DICOMDIR_NAME = re.compile(r"dicomdir[.;0-9]*", re.IGNORECASE)
+
+
+def _is_dicomdir(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    claimed = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    return claimed == MEDIA_DIRECTORY or headers.quick_text(ds, "SOPClassUID") == MEDIA_DIRECTORY
 
 
 def _scan_files(root: Path, paths: list) -> list:
@@ -190,8 +246,9 @@ def _reader_init(parent_pid: int) -> None:
 
 
 def _reason(error: DoseAlignError) -> str:
-    """The message of a skipped file, with the tag at fault when there is one."""
-    return f"{error.tag}: {error.message}" if error.tag else error.message
+    """The message of a skipped file, with the tag at fault when there is one (and a limit's way out)."""
+    text = f"{error.tag}: {error.message}" if error.tag else error.message
+    return f"{text} ({error.hint})" if isinstance(error, LimitError) and error.hint else text
 
 
 def _check_identity(ds: Dataset, path: Path) -> None:
@@ -227,37 +284,121 @@ def _check_identity(ds: Dataset, path: Path) -> None:
         )
 
 
-def _walk(root: Path, exclude=(), ignored: Optional[list] = None):
-    """Files below ``root``; what is left out goes to ``ignored`` as ``(rel_path, reason)``."""
+def _walk(root: Path, exclude=(), ignored: Optional[list] = None, problems: Optional[list] = None):
+    """Regular files below ``root``, symbolic links followed, each folder and file once.
+
+    What is left out on purpose goes to ``ignored`` as ``(rel_path, reason)``: hidden entries,
+    DICOMDIR (in any spelling), the folders in ``exclude``, a link to a folder or file that is
+    scanned under its own name, and a folder reached again (a link loop). What cannot be used goes
+    to ``problems`` as ``(kind, rel_path, reason, path)``: a folder that cannot be listed and a file
+    that cannot be looked at (``"unreadable"``), a named pipe, socket or device, and a link to
+    nothing (``"skipped"``: never opened). ``root`` itself must be listable.
+    """
     left_out = ignored if ignored is not None else []
+    problems = problems if problems is not None else []
     excluded = {os.path.realpath(str(e)) for e in exclude}
+    real_root = os.path.realpath(str(root))
+    try:
+        first = os.stat(root)
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as error:
+        raise UnreadableError(
+            f"the input folder cannot be read: {error.strerror or error}",
+            path=root,
+            hint="check that it exists and that you may read it",
+        ) from None
+    seen_folders = {(first.st_dev, first.st_ino): "."}
+    seen_files: dict = {}
 
     def rel(path: str) -> str:
-        return Path(os.path.relpath(path, str(root))).as_posix()
+        return display_path(Path(path), root)
 
-    for folder, dirs, files in os.walk(root):
-        kept = []
-        for name in sorted(dirs):
-            path = os.path.join(folder, name)
+    def scanned_elsewhere(target: str) -> bool:
+        """A link's target inside the root that the walk reaches under its own name."""
+        if target != real_root and not target.startswith(real_root.rstrip(os.sep) + os.sep):
+            return False
+        parts = Path(os.path.relpath(target, real_root)).parts
+        inside = [os.path.join(real_root, *parts[: n + 1]) for n in range(len(parts))]
+        return not any(p.startswith(".") for p in parts) and not any(i in excluded for i in inside)
+
+    queue = deque([entries])  # breadth first: a folder reached twice is scanned under its shortest path
+    while queue:
+        for entry in queue.popleft():
+            path, name = entry.path, entry.name
             if name.startswith("."):
-                left_out.append((rel(path) + "/", "hidden folder (name starts with '.')"))
-            elif os.path.realpath(path) in excluded:
-                left_out.append((rel(path) + "/", "the output folder"))
-            else:
-                kept.append(name)
-        dirs[:] = kept
-        for name in sorted(files):
-            if name.startswith("."):
-                left_out.append((rel(os.path.join(folder, name)), "hidden file (name starts with '.')"))
-            elif name == "DICOMDIR":
+                kind = "folder" if _is_folder(entry) else "file"
                 left_out.append(
+                    (rel(path) + ("/" if kind == "folder" else ""), f"hidden {kind} (name starts with '.')")
+                )
+                continue
+            link = entry.is_symlink()
+            try:
+                info = os.stat(path)  # through links
+            except FileNotFoundError:
+                problems.append(("skipped", rel(path), "a symbolic link whose target does not exist", Path(path)))
+                continue
+            except OSError as error:
+                problems.append(
+                    ("unreadable", rel(path), f"cannot be looked at: {error.strerror or error}", Path(path))
+                )
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                real = os.path.realpath(path)
+                if real in excluded:
+                    left_out.append((rel(path) + "/", "the output folder"))
+                    continue
+                if link and scanned_elsewhere(real):
+                    target = display_path(Path(real), Path(real_root)) if real != real_root else "."
+                    left_out.append((rel(path) + "/", f"a symbolic link to the folder {target}/, scanned there"))
+                    continue
+                key = (info.st_dev, info.st_ino)
+                if key in seen_folders:
+                    left_out.append((rel(path) + "/", f"the same folder as {seen_folders[key]}/ (a link loop)"))
+                    continue
+                seen_folders[key] = rel(path)
+                try:
+                    listing_below = sorted(os.scandir(path), key=lambda e: e.name)
+                except OSError as error:
+                    problems.append(
+                        (
+                            "unreadable",
+                            rel(path) + "/",
+                            f"the folder cannot be listed: {error.strerror or error}",
+                            Path(path),
+                        )
+                    )
+                    continue
+                queue.append(listing_below)
+            elif stat.S_ISREG(info.st_mode):
+                if _DICOMDIR_NAME.fullmatch(name):
+                    left_out.append((rel(path), DICOMDIR_REASON))
+                    continue
+                if link and scanned_elsewhere(os.path.realpath(path)):
+                    target = display_path(Path(os.path.realpath(path)), Path(real_root))
+                    left_out.append((rel(path), f"a symbolic link to {target}, read there"))
+                    continue
+                key = (info.st_dev, info.st_ino)
+                if key in seen_files:
+                    left_out.append((rel(path), f"the same file as {seen_files[key]}"))
+                    continue
+                seen_files[key] = rel(path)
+                yield Path(path)
+            else:
+                problems.append(
                     (
-                        rel(os.path.join(folder, name)),
-                        "DICOMDIR (a media index, not needed: the files below are read directly)",
+                        "skipped",
+                        rel(path),
+                        f"{special_kind(info.st_mode)}: not opened (only regular files are read)",
+                        Path(path),
                     )
                 )
-            else:
-                yield Path(folder) / name
+
+
+def _is_folder(entry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:

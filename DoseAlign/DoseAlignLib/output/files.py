@@ -30,6 +30,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import printable
+
 #: Every temporary entry of DoseAlign starts with this (kept for readers that look for it).
 TEMP_PREFIX = ".tmp-"
 #: A run's temporary entries: ``.tmp-dosealign-<16 hex token>-...``; its owner record ``...<token>.owner``.
@@ -313,12 +315,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file that is synced and renamed into place.
 
     On failure (e.g. a full disk) the temporary file is removed and ``path`` keeps its old content.
+    Bytes of file names that are not UTF-8 are written escaped (:func:`~DoseAlignLib.errors.printable`).
     """
     path = Path(path)
     temp = temp_path(path)
     try:
         with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            handle.write(printable(text))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Optional
 
+from ..errors import printable
 from .files import write_text_atomic
 
 MANIFEST_COLUMNS = [
@@ -105,12 +106,12 @@ def _with_meta(row: dict, meta: Optional[dict]) -> dict:
 def _cell(value) -> str:
     if value is None:
         return ""
-    return str(value).replace("\n", " ")
+    return printable(str(value)).replace("\n", " ")
 
 
 def relative_reason(row: dict, input_root: Path) -> dict:
     """The row with the input root cut from the paths in its reason: files are named as in meta.json."""
     reason = str(row.get("reason") or "")
-    for root in {str(Path(input_root)), str(Path(input_root).absolute())}:
+    for root in {printable(str(Path(input_root))), printable(str(Path(input_root).absolute()))}:
         reason = reason.replace(root.rstrip("/") + "/", "")
     return {**row, "reason": reason} if reason != row.get("reason") else row

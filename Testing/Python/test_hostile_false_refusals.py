@@ -1,0 +1,117 @@
+"""Hostile inputs, class 3: valid inputs are not refused.
+
+A Deflated Explicit VR Little Endian RTSTRUCT whose contour data exceed the deferred-reading size (its
+inflated positions lie beyond the file's size) is read and rasterized like the plain one; a DICOMDIR is
+recognised under every spelling people and media give it (``dicomdir``, ``DICOMDIR.``, ``DICOMDIR;1``)
+and by its SOP class under any name, and never reported as a damaged file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dicom_damage as dd
+import hostile
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> tuple:
+    """A study with structures and its plain export."""
+    base = tmp_path_factory.mktemp("false")
+    truth = hostile.study(base / "in" / "p", "FALSE-1", 4)
+    out = base / "out"
+    done = hostile.dosealign("export", str(base / "in"), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stderr
+    return base, truth, out
+
+
+def _dense(struct: Path, points: int) -> None:
+    """Give the first contour ``points`` vertices on the same outline (ContourData well over 64 KiB)."""
+    ds = dd.read(struct)
+    contour = ds.ROIContourSequence[0].ContourSequence[0]
+    outline = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
+    t = np.linspace(0, len(outline), points, endpoint=False)
+    i0 = np.floor(t).astype(int) % len(outline)
+    f = (t - np.floor(t))[:, None]
+    dense = outline[i0] * (1 - f) + outline[(i0 + 1) % len(outline)] * f
+    contour.ContourData = [f"{v:.6f}" for v in dense.ravel()]
+    contour.NumberOfContourPoints = points
+    dd.save(ds, struct)
+
+
+def _deflate(path: Path) -> None:
+    ds = pydicom.dcmread(str(path))
+    ds.file_meta.TransferSyntaxUID = DEFLATED
+    if dd.PYDICOM3:
+        ds.save_as(str(path), enforce_file_format=True)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = False, True
+        ds.save_as(str(path), write_like_original=False)
+
+
+def test_a_deflated_rtstruct_is_read_like_the_plain_one(plain, tmp_path):
+    base, truth, _out = plain
+    dense_in = tmp_path / "dense"
+    shutil.copytree(base / "in", dense_in)
+    struct = dense_in / truth.struct_file.relative_to(base / "in")
+    _dense(struct, 12000)
+    reference = tmp_path / "reference"
+    done = hostile.dosealign("export", str(dense_in), str(reference), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stdout
+    _deflate(struct)
+    assert pydicom.dcmread(str(struct)).file_meta.TransferSyntaxUID == DEFLATED
+    assert struct.stat().st_size < 65536 * 2, "the test needs inflated positions beyond the file's size"
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", str(dense_in), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = hostile.manifest(out)
+    (expected,) = hostile.manifest(reference)
+    with np.load(out / row["case_id"] / "pair.npz") as a, np.load(reference / expected["case_id"] / "pair.npz") as b:
+        np.testing.assert_array_equal(a["masks"], b["masks"])
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert len(meta["structures"]["names"]) >= 3
+
+
+def _dicomdir(path: Path) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.FileSetID = "HOSTILE"
+    ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.FileSetConsistencyFlag = 0
+    ds.DirectoryRecordSequence = DicomSequence([])
+    if dd.PYDICOM3:
+        ds.save_as(str(path), enforce_file_format=True)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = False, True
+        ds.save_as(str(path), write_like_original=False)
+
+
+@pytest.mark.parametrize("name", ["DICOMDIR", "dicomdir", "DICOMDIR.", "DICOMDIR;1", "index.dcm"])
+def test_a_dicomdir_under_any_name_is_no_damaged_file(plain, tmp_path, name):
+    base, _truth, _out = plain
+    root = tmp_path / "in"
+    shutil.copytree(base / "in", root)
+    _dicomdir(root / name)
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [r["status"] for r in hostile.manifest(out)] == ["ok"]
+    scan = hostile.dosealign("scan", str(root))
+    assert name not in scan.stdout.split("Skipped files")[-1] if "Skipped files" in scan.stdout else True
+    from DoseAlignLib.dicom.scan import scan_folder
+
+    ignored = dict(scan_folder(root).ignored)
+    assert ignored.get(name, "").startswith("DICOMDIR"), ignored

@@ -1,0 +1,232 @@
+"""Hostile inputs, class 2: the scan reads what is there, once, and never hangs on what is not a file.
+
+Named pipes, devices and links to nothing are skipped with the reason and never opened; symbolic
+links to folders are followed (a cohort made of links exports), each folder and file is read once
+whatever the loops; a folder or file that cannot be read is a named failed row (exit 1) and an input
+root that cannot be read is exit 2; names that are not UTF-8 (files, folders, the input root) are
+handled like any other; a large file that is not DICOM costs nothing; one file's header reading is
+bounded in time and a deflated data set in inflated size.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import hostile
+import pytest
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """Two patients outside the input tree (a cohort links to them)."""
+    base = tmp_path_factory.mktemp("scanstore")
+    hostile.study(base / "p1", "SCAN-1", 1, with_structures=False)
+    hostile.study(base / "p2", "SCAN-2", 2, with_structures=False)
+    return base
+
+
+def test_special_files_and_broken_links_are_skipped_never_opened(store, tmp_path):
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    os.mkfifo(root / "p1" / "pipe.dcm")
+    os.mkfifo(root / "fifo")
+    os.symlink("/dev/zero", root / "zero.dcm")  # endless: a reader that opened it would never stop
+    os.symlink(root / "fifo", root / "link-to-fifo.dcm")
+    os.symlink(tmp_path / "nowhere", root / "broken.dcm")
+    scan = hostile.dosealign("scan", str(root), timeout=60)
+    assert scan.returncode == 0, scan.stderr
+    for name, what in [
+        ("p1/pipe.dcm", "a named pipe: not opened"),
+        ("fifo", "a named pipe: not opened"),
+        ("zero.dcm", "a character device: not opened"),
+        ("link-to-fifo.dcm", "a named pipe: not opened"),
+        ("broken.dcm", "a symbolic link whose target does not exist"),
+    ]:
+        assert f"  {name}: {what}" in scan.stdout, scan.stdout
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(out), "--quiet", "--workers", "2", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [r["status"] for r in hostile.manifest(out)] == ["ok"]
+
+
+def test_a_cohort_of_symlinks_with_loops_exports_each_patient_once(store, tmp_path):
+    root = tmp_path / "cohort"
+    root.mkdir()
+    os.symlink(store / "p1", root / "a-p1")
+    os.symlink(store / "p2", root / "b-p2")
+    os.symlink(store / "p2", root / "c-p2-again")  # the same patient twice
+    os.symlink(root, root / "d-loop")  # back to the root
+    os.symlink(store, store / "p1" / "up") if not (store / "p1" / "up").exists() else None  # a loop outside
+    (root / "e").mkdir()
+    os.symlink(root / "e", root / "e" / "self")
+    first = next((store / "p1").glob("*.dcm"))
+    os.symlink(first, root / "f-one-file.dcm")  # a file that is read in a-p1/ too
+    try:
+        scan = hostile.dosealign("scan", str(root), timeout=60)
+        assert scan.returncode == 0, scan.stderr
+        out = tmp_path / "out"
+        done = hostile.dosealign("export", str(root), str(out), "--quiet", "--workers", "1", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = hostile.manifest(out)
+        assert sorted(r["patient"] for r in rows) == ["SCAN-1", "SCAN-2"]
+        assert sorted(r["ct_folder"] for r in rows) == ["a-p1", "b-p2"], "each folder under its shortest name"
+        assert "Duplicate SOPInstanceUIDs" not in scan.stdout, "a file or folder was read twice"
+    finally:
+        (store / "p1" / "up").unlink()
+
+
+def _unprivileged() -> list:
+    """A command prefix under which file permissions apply (root ignores them), or skip."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be made to apply")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
+
+
+def _run(prefix: list, *args: str) -> hostile.subprocess.CompletedProcess:
+    import sys
+
+    return hostile.subprocess.run(
+        [*prefix, sys.executable, "-m", "DoseAlignLib.cli", *args],
+        env=hostile.ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_unreadable_folders_and_files_are_named_failures(store, tmp_path):
+    prefix = _unprivileged()
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "HALF", 3, with_structures=False)
+    hidden = root / "p" / "more-slices"
+    hidden.mkdir()
+    for path in truth.ct_files[::2]:  # half the CT where it cannot be read
+        path.rename(hidden / path.name)
+    (root / "notes").write_text("locked")
+    hidden.chmod(0)
+    (root / "notes").chmod(0)
+    try:
+        out = tmp_path / "out"
+        done = _run(prefix, "export", str(root), str(out), "--quiet", "--workers", "1")
+        rows = {r["case_id"].split("_")[0]: r for r in hostile.manifest(out)}
+        assert done.returncode == 1, done.stdout + done.stderr
+        folder = next(r for r in hostile.manifest(out) if r["files"] == "p/more-slices/")
+        assert folder["status"] == "failed" and "cannot be listed" in folder["reason"], folder
+        assert "may lack what this folder holds" in folder["reason"]
+        note = next(r for r in hostile.manifest(out) if r["files"] == "notes")
+        assert note["status"] == "failed" and "cannot be read" in note["reason"], note
+        assert "unreadable" in rows
+        # the input root itself unreadable: nothing to export, exit 2 with the reason
+        root.chmod(0)
+        done = _run(prefix, "export", str(root), str(tmp_path / "out2"), "--quiet")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "cannot be read" in done.stderr or "is not a folder" in done.stderr, done.stderr
+    finally:
+        root.chmod(0o755)
+        hidden.chmod(0o755)
+        (root / "notes").chmod(0o644)
+
+
+def test_names_that_are_not_utf8(store, tmp_path):
+    base = os.fsencode(str(tmp_path))
+    root = base + b"/in-\xff"
+    os.makedirs(root)
+    shutil.copytree(store / "p1", os.fsdecode(root + b"/pati\xe9nt"))
+    dose = next(p for p in Path(os.fsdecode(root + b"/pati\xe9nt")).glob("*.dcm") if b"RTDOSE" in p.read_bytes()[:3000])
+    os.rename(dose, os.fsdecode(root + b"/pati\xe9nt/dose-\xe9.dcm"))
+    with open(root + b"/bad-\xe9.dcm", "wb") as handle:
+        handle.write(b"\0" * 128 + b"DICM" + b"\x02\x00")  # damaged: a failed row with the escaped name
+    with open(root + b"/note-\xe9.txt", "wb") as handle:
+        handle.write(b"hello")
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", os.fsdecode(root), str(out), "--quiet", "--workers", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = hostile.manifest(out)
+    (ok,) = [r for r in rows if r["status"] == "ok"]
+    assert ok["files"] == "pati\\xe9nt/dose-\\xe9.dcm" and ok["ct_folder"] == "pati\\xe9nt"
+    (bad,) = [r for r in rows if r["status"] == "failed"]
+    assert bad["files"] == "bad-\\xe9.dcm" and "(0008,0016)" in bad["reason"]
+    scan = hostile.dosealign("scan", os.fsdecode(root))
+    assert "note-\\xe9.txt: not a DICOM file" in scan.stdout, scan.stdout + scan.stderr
+
+
+def test_a_large_file_that_is_not_dicom_costs_nothing(store, tmp_path):
+    from DoseAlignLib.dicom.scan import scan_folder
+
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    with open(root / "video.mp4", "wb") as handle:  # 64 MiB of bytes that look like nothing
+        block = os.urandom(1 << 20)
+        for _ in range(64):
+            handle.write(block)
+    with open(root / "volume.raw", "wb") as handle:  # a raw image volume: zeros first, as such files start
+        handle.truncate(64 << 20)
+    start = time.monotonic()
+    scan = scan_folder(root)
+    took = time.monotonic() - start
+    assert ("video.mp4", "not a DICOM file") in scan.skipped
+    assert ("volume.raw", "not a DICOM file") in scan.skipped
+    assert took < 5.0, f"{took:.1f} s for two large non-DICOM files"
+
+
+def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0"
+    if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+        return struct.pack("<HH", group, element) + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return struct.pack("<HH", group, element) + vr + struct.pack("<H", len(value)) + value
+
+
+def _file_meta(syntax: str, sop_class: str = "1.2.840.10008.5.1.4.1.1.481.3") -> bytes:
+    body = (
+        _element(2, 1, b"OB", b"\0\1")
+        + _element(2, 2, b"UI", sop_class.encode())
+        + _element(2, 3, b"UI", b"1.2.3.4.5")
+        + _element(2, 0x10, b"UI", syntax.encode())
+    )
+    return b"\0" * 128 + b"DICM" + _element(2, 0, b"UL", struct.pack("<I", len(body))) + body
+
+
+def test_one_files_header_reading_is_bounded_in_time(store, tmp_path):
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    tiny = _element(0x0009, 0x1010, b"LO", b"ab")  # a private element, a million times
+    with open(root / "p1" / "slow.dcm", "wb") as handle:
+        handle.write(_file_meta("1.2.840.10008.1.2.1") + tiny * 1_500_000)
+    start = time.monotonic()
+    done = hostile.dosealign("scan", str(root), env={"DOSEALIGN_SCAN_FILE_SECONDS": "1"}, timeout=120)
+    took = time.monotonic() - start
+    assert "p1/slow.dcm: reading this file's header took longer than the limit of 1 s" in done.stdout, done.stdout
+    assert "DOSEALIGN_SCAN_FILE_SECONDS" in done.stdout
+    assert took < 30, took
+
+
+def test_a_deflate_bomb_is_refused_during_the_scan(store, tmp_path):
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    data_set = _element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.481.3") + _element(
+        0x0009, 0x1010, b"OB", b"\0" * (64 << 20)
+    )
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    payload = packer.compress(data_set) + packer.flush()
+    bomb = root / "p1" / "bomb.dcm"
+    bomb.write_bytes(_file_meta("1.2.840.10008.1.2.1.99") + payload)
+    assert bomb.stat().st_size < 200_000
+    out = tmp_path / "out"
+    done = hostile.dosealign(
+        "export", str(root), str(out), "--quiet", "--workers", "1", env={"DOSEALIGN_INFLATE_MB": "16"}
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    (row,) = [r for r in hostile.manifest(out) if r["status"] == "failed"]
+    assert row["files"] == "p1/bomb.dcm"
+    assert "inflates to more than the limit of 16 MiB" in row["reason"] and "DOSEALIGN_INFLATE_MB" in row["reason"]
+    assert stat.S_ISREG(bomb.stat().st_mode)
