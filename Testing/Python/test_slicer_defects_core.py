@@ -1,0 +1,341 @@
+"""Issue 15 defects whose mechanism ships in PyPI ``slicer-core``, reproduced with the real classes.
+
+Each defect has
+* a *premise* test (passes): what Slicer/SlicerRT really do, run on slicer-core's own
+  ``vtkSlicerSubjectHierarchyModuleLogic``, ``vtkMRMLSegmentationNode`` and friends. If a Slicer
+  release changes that behaviour, the premise test says so;
+* an ``xfail(strict=True)`` test that runs the module's current algorithm (``DoseAlign.py`` at
+  235dbbd, which needs the Slicer application and cannot be imported here, so its steps are
+  repeated in ``module_*`` functions below, line by line) and asserts what the module must do.
+  When the fix lands, point the test at the fixed code and drop the mark (strict: an unexpected
+  pass fails the run);
+* where a fix can be shown with slicer-core alone, a test of that fix (passes).
+
+Source references: Slicer tags v5.6.2..main and SlicerRT 169eed7b (the master commit nearest
+v5.8.1); details in ``/work/notes/slicer-verified.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import types
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+pytest.importorskip("slicer.util")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed 'slicer' package has no MRML (install slicer-core)", allow_module_level=True)
+
+import pydicom  # noqa: E402
+import vtk  # noqa: E402
+from DoseAlignLib.api import Grid, PhantomSpec, Volume, write_phantom  # noqa: E402
+from DoseAlignMRML import volumes as mrml  # noqa: E402
+
+pytestmark = pytest.mark.slicer_core
+
+DICOM_UID = "DICOM"  # vtkMRMLSubjectHierarchyConstants::GetDICOMUIDName()
+INSTANCE_UID = "DICOMInstanceUID"  # ::GetDICOMInstanceUIDName()
+DOSE_ATTRIBUTE = "DicomRtImport.DoseVolume"  # SlicerRT vtkSlicerRtCommon.cxx:64-65
+LABELMAP = "Binary labelmap"  # vtkSegmentationConverter::GetSegmentationBinaryLabelmapRepresentationName()
+
+
+@pytest.fixture()
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+# ==== #1: dose node <-> RTDOSE file ===========================================================
+
+
+def load_rt_dose_into_hierarchy(scene, path: pathlib.Path):
+    """The subject-hierarchy part of SlicerRT's LoadRtDose for one RTDOSE file (SlicerRT 169eed7b,
+    DicomRtImportExport/Logic/vtkSlicerDicomRtImportExportModuleLogic.cxx): the dose node is added
+    (:521-522), gets its own item at the scene level with only the *series* UID (:587-590), then
+    InsertSeriesInSubjectHierarchy (:606, :2874-2996) writes the SOP instance UID on the item that
+    vtkSlicerSubjectHierarchyModuleLogic::InsertDicomSeriesInHierarchy returns (:2893, :2988)."""
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(f"{ds.SeriesNumber}: RTDOSE [{ds.InstanceNumber}]")
+    node.SetAttribute(DOSE_ATTRIBUTE, "1")
+    scene.AddNode(node)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = sh.CreateItem(sh.GetSceneItemID(), node)
+    sh.SetItemUID(item, DICOM_UID, str(ds.SeriesInstanceUID))
+    series_item = slicer.vtkSlicerSubjectHierarchyModuleLogic.InsertDicomSeriesInHierarchy(
+        sh, str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+    )
+    if series_item:
+        sh.SetItemAttribute(series_item, "DICOM.Modality", str(ds.Modality))
+        sh.SetItemUID(series_item, INSTANCE_UID, str(ds.SOPInstanceUID))
+    return node
+
+
+def module_dose_file_for_node(scene, node, file_for_instance: dict) -> str:
+    """DoseAlign.py:662-675 at 235dbbd (``_instanceFile`` behind ``doseFileForNode``); the database's
+    ``fileForInstance`` is the ``file_for_instance`` index built from the files' own SOPInstanceUID."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = sh.GetItemByDataNode(node)
+    uids = sh.GetItemUID(item, INSTANCE_UID) if item else ""
+    if not uids:
+        raise ValueError(f"{node.GetName()} was not loaded from the DICOM database")
+    path = file_for_instance.get(uids.split()[0], "")
+    if not path:
+        raise ValueError(f"The DICOM file of {node.GetName()} is not in the database")
+    return path
+
+
+@pytest.fixture(scope="module")
+def beam_doses(tmp_path_factory):
+    """A phantom study whose RTDOSE series holds a PLAN dose and two BEAM doses (three files)."""
+    truth = write_phantom(
+        tmp_path_factory.mktemp("phantom"),
+        PhantomSpec(
+            ct_size=(24, 24, 12), dose_size=(10, 9, 6), write_beam_doses=True, n_beams=2, with_structures=False
+        ),
+    )
+    files = [pathlib.Path(f) for f in truth.dose_files]
+    assert len(files) == 3 and len({str(pydicom.dcmread(str(f)).SeriesInstanceUID) for f in files}) == 1
+    index = {str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID): str(f) for f in files}
+    return files, index
+
+
+def test_premise_1_slicerrt_writes_each_instance_uid_on_the_first_item_of_the_series(scene, beam_doses):
+    files, _ = beam_doses
+    nodes = [load_rt_dose_into_hierarchy(scene, f) for f in files]
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    uids = [sh.GetItemUID(sh.GetItemByDataNode(n), INSTANCE_UID) for n in nodes]
+    last = str(pydicom.dcmread(str(files[-1]), stop_before_pixels=True).SOPInstanceUID)
+    assert uids == [last, "", ""]  # the first dose carries the last file's UID, the others none
+
+
+def test_premise_1_a_dose_loaded_again_gets_no_instance_uid(scene, beam_doses):
+    files, _ = beam_doses
+    first = load_rt_dose_into_hierarchy(scene, files[0])
+    again = load_rt_dose_into_hierarchy(scene, files[0])  # Load twice, or Load then Export all
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    own = str(pydicom.dcmread(str(files[0]), stop_before_pixels=True).SOPInstanceUID)
+    assert sh.GetItemUID(sh.GetItemByDataNode(first), INSTANCE_UID) == own
+    assert sh.GetItemUID(sh.GetItemByDataNode(again), INSTANCE_UID) == ""
+
+
+@pytest.mark.xfail(strict=True, raises=(AssertionError, ValueError), reason="issue 15 #1: dose node <-> file mapping")
+def test_issue15_1_each_dose_of_a_series_maps_to_its_own_file(scene, beam_doses):
+    files, index = beam_doses
+    nodes = [load_rt_dose_into_hierarchy(scene, f) for f in files]
+    assert module_dose_file_for_node(scene, nodes[0], index) == str(files[0])  # today: the last file, silently
+    assert [module_dose_file_for_node(scene, n, index) for n in nodes[1:]] == [str(f) for f in files[1:]]
+
+
+@pytest.mark.xfail(strict=True, raises=(AssertionError, ValueError), reason="issue 15 #1: dose node <-> file mapping")
+def test_issue15_1_a_dose_loaded_again_maps_to_its_file(scene, beam_doses):
+    files, index = beam_doses
+    load_rt_dose_into_hierarchy(scene, files[1])
+    again = load_rt_dose_into_hierarchy(scene, files[1])
+    assert module_dose_file_for_node(scene, again, index) == str(files[1])
+
+
+# ==== #4: masks on a new grid =================================================================
+
+
+@pytest.fixture()
+def segmentations(scene, monkeypatch):
+    """Slicer's Segmentations logic on this scene (it registers the conversion rules, as at start-up:
+    vtkSlicerSegmentationsModuleLogic.cxx:151-159 at v5.8.1), reachable the way slicer.util reaches it,
+    and the Data logic that removes a removed node's display nodes (vtkSlicerDataModuleLogic.cxx:46, :87)."""
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    data_logic = slicer.vtkSlicerDataModuleLogic()
+    data_logic.SetMRMLScene(scene)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: logic))
+    monkeypatch.setattr(slicer, "modules", modules, raising=False)
+    yield logic
+    data_logic.SetMRMLScene(None)
+
+
+BALL_CENTRE = np.array([3.0, -4.0, 5.0])  # RAS
+BALL_RADIUS = 20.0
+
+
+def ball_segmentation(scene, names=("ball",)):
+    """A segmentation whose source representation is a closed surface (SlicerRT's RTSTRUCTs have planar
+    contours as source, a representation slicer-core lacks; the conversion logic is the same)."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "RTSTRUCT")
+    node.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    for n, name in enumerate(names):
+        sphere = vtk.vtkSphereSource()
+        sphere.SetCenter(*(BALL_CENTRE + [0.0, 0.0, 8.0 * n]))
+        sphere.SetRadius(BALL_RADIUS - 4.0 * n)
+        sphere.SetThetaResolution(96)
+        sphere.SetPhiResolution(96)
+        sphere.Update()
+        node.AddSegmentFromClosedSurfaceRepresentation(sphere.GetOutput(), name, [1.0, 0.0, 0.0])
+    return node
+
+
+def grid_node(scene, spacing: float, name: str):
+    """A volume node (LPS grid via the bridge) covering the ball with an isotropic ``spacing``."""
+    centre_lps = BALL_CENTRE * [-1, -1, 1]
+    n = int(np.ceil(2 * (BALL_RADIUS + 6) / spacing))
+    origin = centre_lps - spacing * (n - 1) / 2.0 + 0.37  # not aligned with the ball's centre
+    grid = Grid.from_spacing((n, n, n), (spacing,) * 3, origin)
+    return mrml.volume_node_from_volume(Volume(np.zeros(grid.shape, np.uint8), grid), scene, name)
+
+
+def ball_mask_truth(reference_node):
+    """1 inside the ball, 0 outside, -1 within a voxel diagonal of the surface (either is fine)."""
+    grid = mrml.grid_from_node(reference_node)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
+    lps = grid.index_to_lps(np.stack([i, j, k], axis=-1).astype(float))
+    distance = np.linalg.norm(lps - BALL_CENTRE * [-1, -1, 1], axis=-1) - BALL_RADIUS
+    truth = np.where(distance < 0, 1, 0)
+    truth[np.abs(distance) < np.linalg.norm(grid.spacing)] = -1
+    return truth
+
+
+def module_segmentation_to_masks(segmentation_node, reference_node) -> dict:
+    """DoseAlign.py:906-922 at 235dbbd (``segmentationToMasks``)."""
+    masks = {}
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+    segmentation_node.CreateBinaryLabelmapRepresentation()
+    segmentation = segmentation_node.GetSegmentation()
+    shape = mrml.grid_from_node(reference_node).shape
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        name = segmentation.GetSegment(segment_id).GetName()
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_node)
+        masks[name] = np.zeros(shape, np.uint8) if array is None else (array > 0).astype(np.uint8)
+    return masks
+
+
+def masks_by_forced_conversion_on_a_copy(segmentation_node, reference_node) -> list:
+    """The fix this note recommends: rasterize a copy from its source representation on the reference grid
+    (vtkSegmentation::DeepCopy, SetReferenceImageGeometryParameterFromVolumeNode, CreateRepresentation(name,
+    alwaysConvert=True): vtkSegmentation.cxx:157-180 and :1283-1388 at v5.8.1), read it with
+    arrayFromSegmentBinaryLabelmap, remove the copy. Returns (segment ID, name, mask) in segment order."""
+    scene = segmentation_node.GetScene()
+    copy = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "DoseAlign rasterization")
+    copy.SetHideFromEditors(True)
+    try:
+        copy.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
+        copy.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+        if not copy.GetSegmentation().CreateRepresentation(LABELMAP, True):
+            raise RuntimeError(f"{segmentation_node.GetName()}: no conversion from its source representation")
+        segmentation = copy.GetSegmentation()
+        result = []
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(index)
+            array = slicer.util.arrayFromSegmentBinaryLabelmap(copy, segment_id, reference_node)
+            result.append((segment_id, segmentation.GetSegment(segment_id).GetName(), (array > 0).astype(np.uint8)))
+        return result
+    finally:
+        scene.RemoveNode(copy)
+
+
+def reference_geometry(segmentation_node) -> str:
+    return segmentation_node.GetSegmentation().GetConversionParameter("Reference image geometry")
+
+
+def test_premise_4_create_binary_labelmap_keeps_the_first_grid(scene, segmentations):
+    node = ball_segmentation(scene)
+    coarse, fine = grid_node(scene, 4.0, "coarse"), grid_node(scene, 1.0, "fine")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(coarse)
+    assert node.CreateBinaryLabelmapRepresentation()
+    labelmap = node.GetSegmentation().GetSegment(node.GetSegmentation().GetNthSegmentID(0)).GetRepresentation(LABELMAP)
+    assert labelmap.GetSpacing() == pytest.approx((4.0, 4.0, 4.0))
+    node.SetReferenceImageGeometryParameterFromVolumeNode(fine)
+    assert node.CreateBinaryLabelmapRepresentation()  # "success" ...
+    labelmap = node.GetSegmentation().GetSegment(node.GetSegmentation().GetNthSegmentID(0)).GetRepresentation(LABELMAP)
+    assert labelmap.GetSpacing() == pytest.approx((4.0, 4.0, 4.0))  # ... but still the 4 mm labelmap
+
+
+def test_premise_4_export_resamples_the_old_labelmap(scene, segmentations):
+    """On the 1 mm grid the exported mask is the 4 mm one resampled: wrong near the surface."""
+    node = ball_segmentation(scene)
+    coarse, fine = grid_node(scene, 4.0, "coarse"), grid_node(scene, 1.0, "fine")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(coarse)
+    node.CreateBinaryLabelmapRepresentation()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(fine)
+    node.CreateBinaryLabelmapRepresentation()
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, node.GetSegmentation().GetNthSegmentID(0), fine) > 0
+    truth = ball_mask_truth(fine)
+    wrong = (truth >= 0) & (mask != (truth == 1))
+    assert wrong.sum() > 100  # voxels over a 1 mm diagonal from the surface, on its wrong side (211 seen)
+
+
+def test_fix_4_forced_conversion_on_a_copy_follows_each_grid_and_leaves_the_node(scene, segmentations):
+    node = ball_segmentation(scene)
+    coarse, fine = grid_node(scene, 4.0, "coarse"), grid_node(scene, 1.0, "fine")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(coarse)  # as a user's earlier work may leave it
+    node.CreateBinaryLabelmapRepresentation()
+    before = (reference_geometry(node), node.GetNodeReferenceID("referenceImageGeometryRef"))
+    nodes_before = scene.GetNumberOfNodes()
+    for reference in (fine, coarse, fine):
+        [(segment_id, name, mask)] = masks_by_forced_conversion_on_a_copy(node, reference)
+        truth = ball_mask_truth(reference)
+        sure = truth >= 0
+        assert name == "ball" and segment_id == node.GetSegmentation().GetNthSegmentID(0)
+        assert mask.shape == truth.shape
+        np.testing.assert_array_equal(mask[sure], truth[sure])
+    ball_cc = 4 / 3 * np.pi * BALL_RADIUS**3 / 1000
+    assert mask.sum() * 1e-3 == pytest.approx(ball_cc, rel=0.02)  # 1 mm voxels
+    assert (reference_geometry(node), node.GetNodeReferenceID("referenceImageGeometryRef")) == before
+    assert scene.GetNumberOfNodes() == nodes_before
+
+
+def test_fix_4_user_node_without_labelmap_gets_none(scene, segmentations):
+    node = ball_segmentation(scene)
+    masks_by_forced_conversion_on_a_copy(node, grid_node(scene, 2.0, "grid"))
+    assert not node.GetSegmentation().ContainsRepresentation(LABELMAP)
+    assert reference_geometry(node) == ""
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 15 #4: masks not re-rasterized on a new grid")
+def test_issue15_4_masks_follow_each_new_grid(scene, segmentations):
+    node = ball_segmentation(scene)
+    coarse, fine = grid_node(scene, 4.0, "coarse"), grid_node(scene, 1.0, "fine")
+    module_segmentation_to_masks(node, coarse)  # a first Align on a coarse grid
+    masks = module_segmentation_to_masks(node, fine)  # then on a fine one
+    truth = ball_mask_truth(fine)
+    sure = truth >= 0
+    np.testing.assert_array_equal(masks["ball"][sure], truth[sure])
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 15 #4: the user's segmentation is changed")
+def test_issue15_4_the_users_segmentation_is_left_as_it_was(scene, segmentations):
+    node = ball_segmentation(scene)
+    module_segmentation_to_masks(node, grid_node(scene, 2.0, "grid"))
+    assert not node.GetSegmentation().ContainsRepresentation(LABELMAP)
+    assert reference_geometry(node) == ""
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 15 #4: masks keyed by name lose duplicates")
+def test_issue15_4_two_rois_with_one_name_give_two_masks(scene, segmentations):
+    node = ball_segmentation(scene, names=("PTV", "PTV"))
+    masks = module_segmentation_to_masks(node, grid_node(scene, 2.0, "grid"))
+    assert len(masks) == 2
+
+
+# ==== #6: an empty folder field ===============================================================
+
+
+def module_import_folder(folder) -> str:
+    """DoseAlign.py:592 at 235dbbd (``importFolderToDatabase``): the folder it would index."""
+    return os.path.abspath(os.fspath(folder)) if folder else ""
+
+
+def test_premise_6_an_empty_path_parameter_is_the_working_directory():
+    """PathSerializer.default() is ``pathlib.Path()`` (Slicer v5.8.1 serializers.py:328-329) and the
+    ctkPathLineEdit connector reads ``Path(currentPath)`` (guiConnectors.py:633-634): both are '.'."""
+    empty = pathlib.Path()
+    assert empty == pathlib.Path("") and str(empty) == "."
+    assert bool(empty) is True  # a Path is always true
+    assert os.path.abspath(os.fspath(empty)) == os.getcwd()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 15 #6: empty folder indexes the working directory")
+def test_issue15_6_an_empty_folder_is_refused():
+    assert module_import_folder(pathlib.Path()) == ""
