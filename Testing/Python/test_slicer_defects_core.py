@@ -137,6 +137,26 @@ def test_issue15_1_a_dose_loaded_again_maps_to_its_file(scene, beam_doses):
     assert module_dose_file_for_node(scene, again, index) == str(files[1])
 
 
+# ==== #2: a study loaded twice ================================================================
+
+
+def test_premise_2_the_series_uid_finds_the_first_copy_of_a_series(scene):
+    """SlicerRT's GetReferencedVolumeByDicomForSegmentation looks the CT up with GetItemByUID(DICOM,
+    series UID) (SlicerRT 169eed7b ModuleLogic.cxx:2863-2870), which returns the first item in tree order
+    (vtkMRMLSubjectHierarchyNode.cxx:3039-3047, :802-826 at v5.8.1): with the study loaded again by
+    *Export all*, the structures stay linked to the old CT node."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "patient"), "study")
+    copies = []
+    for name in ("CT (first load)", "CT (Export all)"):
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        item = sh.CreateItem(study, node)
+        sh.SetItemUID(item, DICOM_UID, "1.2.826.0.1.3680043.2.1125.7")  # as DICOMPlugin.py:257 does
+        copies.append(node)
+    found = sh.GetItemDataNode(sh.GetItemByUID(DICOM_UID, "1.2.826.0.1.3680043.2.1125.7"))
+    assert found.GetID() == copies[0].GetID()
+
+
 # ==== #4: masks on a new grid =================================================================
 
 
