@@ -231,18 +231,25 @@ def module_segmentation_to_masks(segmentation_node, reference_node) -> dict:
     return masks
 
 
-def masks_by_forced_conversion_on_a_copy(segmentation_node, reference_node) -> list:
+def masks_by_forced_conversion_on_a_copy(segmentation_node, reference_node, mode: str = "force") -> list:
     """The fix this note recommends: rasterize a copy from its source representation on the reference grid
     (vtkSegmentation::DeepCopy, SetReferenceImageGeometryParameterFromVolumeNode, CreateRepresentation(name,
     alwaysConvert=True): vtkSegmentation.cxx:157-180 and :1283-1388 at v5.8.1), read it with
-    arrayFromSegmentBinaryLabelmap, remove the copy. Returns (segment ID, name, mask) in segment order."""
+    arrayFromSegmentBinaryLabelmap, remove the copy. Returns (segment ID, name, mask) in segment order.
+    ``mode="drop"``: remove the copy's labelmap (vtkSegmentation.cxx:1423-1444) and convert without forcing, so
+    that a closed surface already built (SlicerRT builds them at load) is reused instead of recomputed from the
+    planar contours; refused when the labelmap is the source representation (it would delete the data)."""
     scene = segmentation_node.GetScene()
     copy = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "DoseAlign rasterization")
     copy.SetHideFromEditors(True)
     try:
         copy.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
         copy.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
-        if not copy.GetSegmentation().CreateRepresentation(LABELMAP, True):
+        if mode == "drop":
+            if copy.GetSegmentation().GetSourceRepresentationName() == LABELMAP:
+                raise RuntimeError(f"{segmentation_node.GetName()}: its source is a labelmap, nothing to rasterize")
+            copy.GetSegmentation().RemoveRepresentation(LABELMAP)
+        if not copy.GetSegmentation().CreateRepresentation(LABELMAP, mode == "force"):
             raise RuntimeError(f"{segmentation_node.GetName()}: no conversion from its source representation")
         segmentation = copy.GetSegmentation()
         result = []
@@ -286,7 +293,8 @@ def test_premise_4_export_resamples_the_old_labelmap(scene, segmentations):
     assert wrong.sum() > 100  # voxels over a 1 mm diagonal from the surface, on its wrong side (211 seen)
 
 
-def test_fix_4_forced_conversion_on_a_copy_follows_each_grid_and_leaves_the_node(scene, segmentations):
+@pytest.mark.parametrize("mode", ["force", "drop"])
+def test_fix_4_forced_conversion_on_a_copy_follows_each_grid_and_leaves_the_node(scene, segmentations, mode):
     node = ball_segmentation(scene)
     coarse, fine = grid_node(scene, 4.0, "coarse"), grid_node(scene, 1.0, "fine")
     node.SetReferenceImageGeometryParameterFromVolumeNode(coarse)  # as a user's earlier work may leave it
@@ -294,7 +302,7 @@ def test_fix_4_forced_conversion_on_a_copy_follows_each_grid_and_leaves_the_node
     before = (reference_geometry(node), node.GetNodeReferenceID("referenceImageGeometryRef"))
     nodes_before = scene.GetNumberOfNodes()
     for reference in (fine, coarse, fine):
-        [(segment_id, name, mask)] = masks_by_forced_conversion_on_a_copy(node, reference)
+        [(segment_id, name, mask)] = masks_by_forced_conversion_on_a_copy(node, reference, mode)
         truth = ball_mask_truth(reference)
         sure = truth >= 0
         assert name == "ball" and segment_id == node.GetSegmentation().GetNthSegmentID(0)
