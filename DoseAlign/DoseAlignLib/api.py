@@ -10,7 +10,7 @@ A case goes through the stages in this order; each name below belongs to one of 
     audit           (inside run_case; thresholds: DEFAULT_THRESHOLDS)
     output          write_case_output, write_manifest, manifest_row, write_report, qa_png_writer, ...
     one case        run_case(case, options, resampler=...) -> CaseResult: the one path of every backend
-    a folder        export_folder -> BatchReport, merge_shards
+    a folder        export_folder -> BatchReport, export_case (one case of a batch), merge_shards
 
 Everything else in the package is internal and may change between releases. Names are imported on
 first use (PEP 562), so ``from DoseAlignLib.api import export_folder`` costs only what it needs.
@@ -89,6 +89,7 @@ _EXPORTS = {
     "run_case": ".pipeline",
     "CaseResult": ".pipeline",
     "export_folder": ".batch",
+    "export_case": ".batch",
     "merge_shards": ".batch",
     "BatchReport": ".batch",
     "Interrupted": ".batch",

@@ -99,6 +99,7 @@ def export_folder(
     report_html: bool = True,
     formats=None,
     pseudonymizer=None,
+    resampler=None,
 ) -> BatchReport:
     """Scan ``input_root``, form cases, export each into ``out_dir`` and write ``manifest.csv``.
 
@@ -123,9 +124,15 @@ def export_folder(
     follows the cases, ``stage(case_id, message)`` the steps inside each case, ``notify(message)``
     gets what the user should know as it is found (also kept in ``notes``).
 
+    ``resampler`` (:class:`~DoseAlignLib.geometry.resample.Resampler`, default the engine's) makes each
+    case's output arrays, e.g. the Slicer module's Resample CLI; a resampler other than the engine's runs
+    in this process only (``workers`` 1, no ``scheduler``).
+
     Returns the manifest rows in case order; ``exit_code`` is 1 when a case failed. Ctrl-C raises
     :class:`Interrupted` (after stopping the workers; the manifest lists the finished cases).
     """
+    if resampler is not None and (workers > 1 or scheduler):
+        raise ValueError(f"the {resampler.name} resampler runs in this process only: use one worker, no scheduler")
     input_root, out_dir = Path(input_root), Path(out_dir)
     report = BatchReport()
 
@@ -193,6 +200,7 @@ def export_folder(
         qa_png=qa_png,
         formats=formats,
         pseudonymizer=pseudonymizer,
+        resampler=resampler,
     )
     indices = [index for index, _case in to_run]
     try:
@@ -488,12 +496,14 @@ def export_case(
     formats=None,
     pseudonymizer=None,
     stage: Optional[Callable] = None,
+    resampler=None,
 ) -> dict:
     """Export one case; return its manifest row (never raises for a bad case). ``qa_png`` adds its picture,
     ``formats`` (:class:`~DoseAlignLib.output.formats.ExportFormats`) its other formats. ``stage(message)``
     (or, in a pool worker, :func:`~DoseAlignLib.parallel.worker_stage` as ``stage(case_id, message)``)
-    hears each step. With ``resume`` a complete case folder is kept as it is (``skipped``) without
-    comparing what it records: :func:`export_folder` compares."""
+    hears each step (a :class:`Cancelled` it raises stops the case). ``resampler`` goes to
+    :func:`~DoseAlignLib.pipeline.run_case`. With ``resume`` a complete case folder is kept as it is
+    (``skipped``) without comparing what it records: :func:`export_folder` compares."""
     if resume and is_complete(out_dir, case.case_id):
         meta = json.loads((case_dir(out_dir, case.case_id) / "meta.json").read_text(encoding="utf-8"))
         return manifest_row(case, "skipped", KEPT, meta)
@@ -501,8 +511,9 @@ def export_case(
     output = None
     try:
         output = CaseOutput(out_dir, options)  # pair.npz gets the CT and the dose while the rest is computed
+        more = {"resampler": resampler} if resampler is not None else {}  # the default call stays as it was
         result = run_case(
-            case, options, progress=(lambda _f, message: say(message)) if stage else None, sink=output.add_array
+            case, options, progress=(lambda _f, message: say(message)) if stage else None, sink=output.add_array, **more
         )
         if pseudonymizer is not None:
             pseudonymizer.result(result)  # before meta.json and the extra files: meta, case id, text arrays
