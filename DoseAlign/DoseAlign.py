@@ -1,9 +1,22 @@
+"""DoseAlign, the Slicer module: panel, logic and self-test.
+
+Every case is made by the engine's one path, ``DoseAlignLib.api.run_case``: it reads the case's DICOM
+files itself (exact geometry, DoseGridScaling, units, sums, structures rasterized from the planar
+contours, audit, meta.json). The three backends differ only in the *resampler* handed to it: the
+Resample Scalar/Vector/DWI Volume CLI, in-process VTK (``DoseAlignMRML.resamplers``) or the engine's
+own. Slicer's DICOM database and SlicerRT are used to find, load and show studies; which file each
+loaded node came from is recorded when DoseAlign loads it (``DoseAlign.SourceFiles`` attribute), never
+inferred from the subject hierarchy's instance UIDs.
+"""
+
 import contextlib
 import enum
-import hashlib
+import json
 import logging
 import os
 import pathlib
+import shutil
+import tempfile
 import time
 from typing import Annotated, Optional
 
@@ -11,7 +24,8 @@ import numpy as np
 import slicer
 import vtk
 from DoseAlignLib import api
-from DoseAlignLib.api import AlignOptions, Cancelled, DoseAlignError, GeometryError, Volume
+from DoseAlignLib.api import AlignOptions, Cancelled, DoseAlignError
+from DoseAlignMRML import resamplers
 from DoseAlignMRML import volumes as mrml
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -40,13 +54,13 @@ class DoseAlign(ScriptedLoadableModule):
 Puts the planning CT, the RT dose and the structures of a DICOM-RT study on one voxel grid and
 exports them as paired arrays (<code>pair.npz</code> + <code>meta.json</code>, the same files as
 <code>dosealign export</code>).<br><br>
-Before the dose is used, its geometry is checked against the raw DICOM tags. Slicer reads RTDOSE
-through GDCM, which takes the slice spacing from the first two values of GridFrameOffsetVector
-only: with uneven frame offsets the dose lands in the wrong place, and decreasing offsets flip it.
-SlicerRT also assumes a DoseGridScaling of 0.0001 when the tag is empty. DoseAlign re-reads the
-file and either rebuilds the dose volume from the tags or refuses with the reason.<br><br>
-Resampling uses the Resample Scalar/Vector/DWI Volume module, Slicer's in-process volume
-resampling, or the DoseAlign engine. See the
+Every export is computed from the DICOM files themselves by the DoseAlign engine (exact frame
+offsets, DoseGridScaling, dose units, beam sums, structures rasterized from their contours); the
+backend chooses only what resamples: the Resample Scalar/Vector/DWI Volume module, Slicer's
+in-process VTK resampling, or the engine. Slicer's own display of a dose can be misplaced (GDCM
+takes the frame step from the first two GridFrameOffsetVector values; SlicerRT assumes a
+DoseGridScaling of 0.0001 when the tag is empty): DoseAlign says so in its log and never changes
+the loaded node. See the
 <a href="https://github.com/DoseAlign/SlicerDoseAlign">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -131,14 +145,14 @@ class DoseAlignParameterNode:
 
     inputFolder - DICOM folder to import into the DICOM database (files stay in place).
     ctVolume - Planning CT (loaded through the DICOM module).
-    doseVolume - RT dose loaded by SlicerRT.
-    segmentation - RTSTRUCT segmentation (optional).
+    doseVolume - RT dose loaded by SlicerRT (the engine reads its file).
+    segmentation - RTSTRUCT segmentation whose ROIs to export (optional; default: the study's RTSTRUCTs).
     referenceGrid - api.Grid the outputs share: the CT's, the dose's, or a custom one.
     customSpacing - Spacing of a custom grid in mm: one value or i,j,k.
     customBox - Extent of a custom grid.
     interpolator - Interpolator, named as the Resample CLI names them.
     backend - What resamples: the Resample CLI, in-process VTK, or the DoseAlign engine.
-    structures - Rasterize the structures on the reference grid.
+    structures - Rasterize the RTSTRUCT ROIs (from their contours) on the reference grid.
     outputFolder - Where <case>/pair.npz, <case>/meta.json and manifest.csv go.
     outputFormat - pair.npz + meta.json, optionally with NRRD copies of the volumes.
     ctFillValue - HU written where the CT has no data.
@@ -165,6 +179,16 @@ class DoseAlignParameterNode:
 # DoseAlignWidget
 #
 
+#: The dynamic property naming a widget's parameter (slicer/parameterNodeWrapper/wrapper.py:28 at v5.6.2..main).
+SLICER_PARAMETER_NAME = "SlicerParameterName"
+
+
+def isEmptyPath(path) -> bool:
+    """True for an unset path: None, "" or ``Path('.')``, which is what an empty path parameter holds
+    (``PathSerializer.default()`` is ``pathlib.Path()``: serializers.py:328-329 at v5.6.2/v5.8.1, :331 at
+    v5.10.0/main; the ctkPathLineEdit connector reads ``Path(currentPath)``). A Path is always truthy."""
+    return path is None or str(path).strip() in ("", ".")
+
 
 class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires the panel to the parameter node and the logic; no computation here."""
@@ -177,7 +201,6 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._busy = False
-        self._lastAligned = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -194,6 +217,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = DoseAlignLogic()
         self.logic.logCallback = self.addLog
         self.logic.progressCallback = self.onProgress
+        self.logic.processEvents = slicer.app.processEvents  # the CLI runs asynchronously; Cancel stays live
 
         # These connections ensure that we update parameter node when scene is closed
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -217,23 +241,26 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         """Called each time the user opens this module."""
         self.initializeParameterNode()
+        self.refreshStudies()  # the DICOM database may have opened since (it does after a home module's setup)
 
     def exit(self) -> None:
-        """Called each time the user opens a different module."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        """Called each time the user opens a different module.
+
+        The GUI stays connected to the parameter node: on Slicer 5.6 and 5.8 ``connectGui`` returns no
+        tag, and every reconnection on re-entry added connectors whose enum combo boxes wrote their first
+        value back (issue 15 #3). One connection per parameter node, made with ``connectParametersToGui``
+        (which returns its tag on every version), is released only when the node changes.
+        """
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
         self.setParameterNode(None)
-        self._lastAligned = None
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
@@ -249,18 +276,37 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if doseNodes:
                 self._parameterNode.doseVolume = doseNodes[0]
         if self._parameterNode.doseVolume and not self._parameterNode.ctVolume:
-            with contextlib.suppress(ValueError, RuntimeError, OSError):  # else the user picks the CT
+            with contextlib.suppress(DoseAlignError, ValueError, RuntimeError, OSError):  # else the user picks it
                 self._parameterNode.ctVolume = self.logic.findCtForDose(self._parameterNode.doseVolume)
 
+    def _parameterWidgets(self) -> dict:
+        """Parameter name -> widget, for every widget of the .ui with a SlicerParameterName property."""
+        mapping = {}
+        for widget in self.ui.__dict__.values():
+            name = widget.property(SLICER_PARAMETER_NAME) if hasattr(widget, "property") else None
+            if name:
+                mapping[str(name)] = widget
+        return mapping
+
     def setParameterNode(self, inputParameterNode: Optional[DoseAlignParameterNode]) -> None:
-        """Set and observe the parameter node; connect it to the GUI."""
+        """Set and observe the parameter node; connect it to the GUI once (see :meth:`exit`)."""
+        if (
+            inputParameterNode is not None
+            and self._parameterNode is not None
+            and self._parameterNodeGuiTag is not None
+            and inputParameterNode.parameterNode is self._parameterNode.parameterNode
+        ):
+            return  # already connected to this node
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
+        self._parameterNodeGuiTag = None
         if self._parameterNode:
-            # ui element that needs connection to the parameter node must have a SlicerParameterName property
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            # connectParametersToGui returns its tag on 5.6, 5.8, 5.10 and main (wrapper.py:194-213);
+            # connectGui returns None before 5.10.0 (Slicer commit b5a65a49a0)
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self._parameterWidgets())
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
 
@@ -277,31 +323,38 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.optionsFromParameterNode(p)
             except ValueError as error:
                 reason = str(error)
-        haveNodes = bool(p and p.ctVolume and p.doseVolume)
-        haveOutput = bool(p and str(p.outputFolder) not in ("", "."))
-        canAlign = not reason and haveNodes
+        haveDose = bool(p and p.doseVolume)
+        haveOutput = bool(p and not isEmptyPath(p.outputFolder))
+        haveInput = bool(p and not isEmptyPath(p.inputFolder))
+        canAlign = not reason and haveDose
         canExport = canAlign and haveOutput
         canExportAll = not reason and haveOutput and self.logic.databaseHasPatients()
         self.ui.alignButton.enabled = canAlign
         self.ui.alignButton.toolTip = reason or (
             _("Resample the dose (and structures) onto the reference grid and show them")
-            if haveNodes
-            else _("Select a CT and a dose volume (load a study first)")
+            if haveDose
+            else _("Select a dose volume (load a study first)")
         )
         self.ui.exportButton.enabled = canExport
         self.ui.exportButton.toolTip = reason or (
             _("Align and write this case to the output folder")
             if canExport
-            else _("Select CT, dose and an output folder")
+            else _("Select a dose and an output folder")
         )
         self.ui.exportAllButton.enabled = canExportAll
         self.ui.exportAllButton.toolTip = reason or (
-            _("Align and export every dose of every study in the DICOM database")
+            _("Export every dose of every patient in the DICOM database (nothing is loaded into the scene)")
             if canExportAll
-            else _("Needs studies in the DICOM database and an output folder")
+            else _("Needs patients in the DICOM database and an output folder")
+        )
+        self.ui.importFolderButton.enabled = not self._busy and haveInput
+        self.ui.importFolderButton.toolTip = (
+            _("Add the folder's files to the DICOM database (files stay where they are) and list its studies")
+            if haveInput
+            else _("Choose a DICOM folder first")
         )
         self.ui.cancelButton.enabled = self._busy
-        for widget in (self.ui.importFolderButton, self.ui.loadStudyButton, self.ui.refreshStudiesButton):
+        for widget in (self.ui.loadStudyButton, self.ui.refreshStudiesButton):
             widget.enabled = not self._busy
 
     # ---- feedback -------------------------------------------------------------------------------
@@ -338,9 +391,14 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.scrollToBottom()
 
     def refreshStudies(self) -> None:
+        current = self.ui.studyComboBox.currentData
         self.ui.studyComboBox.clear()
         for studyUID, label in self.logic.listStudies():
             self.ui.studyComboBox.addItem(label, studyUID)
+        if current:
+            index = self.ui.studyComboBox.findData(current)
+            if index >= 0:
+                self.ui.studyComboBox.currentIndex = index
         self._checkCanApply()
 
     # ---- actions --------------------------------------------------------------------------------
@@ -353,6 +411,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 studyUIDs = self.logic.importFolderToDatabase(folder)
             finally:
                 self.setBusy(False)
+            self.ui.inputFolderPathLineEdit.addCurrentPathToHistory()  # settingKey only reads the history
             self.refreshStudies()
             if studyUIDs:
                 index = self.ui.studyComboBox.findData(studyUIDs[0])
@@ -376,30 +435,34 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not doseNodes:
                 self.addLog(_("The study holds no RT dose."))
                 return
-            self._parameterNode.doseVolume = doseNodes[0]
-            self._parameterNode.ctVolume = self.logic.findCtForDose(doseNodes[0])
-            self._parameterNode.segmentation = self.logic.findSegmentationForCt(self._parameterNode.ctVolume)
+            p = self._parameterNode
+            p.doseVolume = doseNodes[0]
+            case = self.logic.caseForDose(doseNodes[0])
+            p.ctVolume = self.logic.ctNodeForCase(case)
+            p.segmentation = self.logic.segmentationNodeForCase(case)
 
     def _align(self):
         p = self._parameterNode
         options = self.logic.optionsFromParameterNode(p)
-        aligned = self.logic.alignNodes(
+        result = self.logic.alignNodes(
             p.ctVolume,
-            [p.doseVolume],
+            p.doseVolume,
             options,
             p.backend.value,
             segmentationNode=p.segmentation if p.structures else None,
         )
-        self.logic.showResult(aligned)
-        self._lastAligned = aligned
-        return aligned, options
+        self.logic.showResult(result, p.doseVolume)
+        return result
+
+    def _flags(self, result) -> str:
+        return "; ".join(f["flag"] for f in result.meta.get("audit", {}).get("flags", []))
 
     def onAlignButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to align the dose."), waitCursor=True):
             self.setBusy(True)
             try:
-                aligned, _options = self._align()
-                self.addResultRow(aligned.caseId, _("aligned"), "", "; ".join(aligned.flags))
+                result = self._align()
+                self.addResultRow(result.case_id, _("aligned"), "", self._flags(result))
             except Cancelled:
                 self.addLog(_("Cancelled."))
             finally:
@@ -410,9 +473,10 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to export the case."), waitCursor=True):
             self.setBusy(True)
             try:
-                aligned, options = self._align()
-                folder = self.logic.exportAligned(aligned, p.outputFolder, options, p.outputFormat.value)
-                self.addResultRow(aligned.caseId, _("ok"), str(folder), "; ".join(aligned.flags))
+                result = self._align()
+                folder = self.logic.exportResult(result, p.outputFolder, p.outputFormat.value)
+                self.ui.outputFolderPathLineEdit.addCurrentPathToHistory()
+                self.addResultRow(result.case_id, _("ok"), str(folder), self._flags(result))
             except Cancelled:
                 self.addLog(_("Cancelled."))
             finally:
@@ -421,7 +485,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExportAllButton(self) -> None:
         p = self._parameterNode
         if not slicer.util.confirmOkCancelDisplay(
-            _("Every study in the DICOM database is loaded, aligned and exported to {folder}. Continue?").format(
+            _("Every dose of every patient in the DICOM database is exported to {folder}. Continue?").format(
                 folder=p.outputFolder
             )
         ):
@@ -433,6 +497,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 rows = self.logic.exportDatabase(
                     p.outputFolder, options, p.backend.value, p.outputFormat.value, rowCallback=self.addResultRow
                 )
+                self.ui.outputFolderPathLineEdit.addCurrentPathToHistory()
                 failed = [r for r in rows if r["status"] != "ok"]
                 self.addLog(
                     _("{n} cases exported, {failed} failed.").format(n=len(rows) - len(failed), failed=len(failed))
@@ -452,25 +517,6 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class DoseAlignCase:
-    """One aligned case: engine Volumes on the reference grid, masks, notes, and the output nodes."""
-
-    def __init__(self, caseId, ctVolume, doseVolume, masks=None, flags=None, meta=None, source=None):
-        self.caseId = caseId
-        self.ctVolume = ctVolume
-        self.doseVolume = doseVolume
-        self.masks = masks or {}
-        self.flags = flags or []
-        self.meta = meta
-        self.source = source or {}
-        self.extraArrays = {}  # further pair.npz arrays (packed masks, body, DVHs) when the engine made them
-        self.ctNode = None
-        self.doseNode = None
-        self.referenceDescription = ""
-        self.backend = ""
-        self.originalDoseNode = None
-
-
 class DoseAlignLogic(ScriptedLoadableModuleLogic):
     """All computation of the module, usable without the GUI (batch scripts, notebooks, tests):
 
@@ -479,19 +525,27 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
 
     Progress goes to ``progressCallback(fraction, message)`` and text to ``logCallback(text)``;
     after :meth:`requestCancel` the next progress report raises ``DoseAlignLib.api.Cancelled``.
+    With ``processEvents`` set (the panel sets ``slicer.app.processEvents``) the Resample CLI runs
+    asynchronously and the GUI stays responsive; without it (batch, notebook) it runs with ``runSync``.
     """
 
     #: DICOM plugins used for loading, in loading order (the CT loads before the RTSTRUCT).
     DICOM_PLUGINS = ["DICOMScalarVolumePlugin", "DicomRtImportExportPlugin"]
     #: Attribute SlicerRT puts on dose volumes (vtkSlicerRtCommon::DICOMRTIMPORT_DOSE_VOLUME_IDENTIFIER_ATTRIBUTE_NAME).
     DOSE_VOLUME_ATTRIBUTE = "DicomRtImport.DoseVolume"
-    #: Relative dose difference (of Dmax) above which Slicer's dose values count as wrong.
+    #: Attribute DoseAlign puts on every node it loads: a JSON list of the DICOM files of its loadable.
+    SOURCE_FILES_ATTRIBUTE = "DoseAlign.SourceFiles"
+    #: Attribute on the nodes :meth:`showResult` makes (the next call replaces them).
+    OUTPUT_ATTRIBUTE = "DoseAlign.Output"
+    #: Relative dose difference (of Dmax) above which Slicer's dose node counts as different from its file.
     DOSE_VALUE_RTOL = 1e-4
+    MODALITY_TAG = "0008,0060"
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.logCallback = None
         self.progressCallback = None
+        self.processEvents = None
         self._cancelRequested = False
 
     def getParameterNode(self):
@@ -500,31 +554,44 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
     # ---- feedback -------------------------------------------------------------------------------
 
     def log(self, text: str) -> None:
-        logging.info(text)
+        """One line to ``logCallback`` (log box, batch output) or, without one, to Python logging; never
+        both, so that a batch run's terminal shows each line once."""
         if self.logCallback:
             self.logCallback(text)
+            logging.debug(text)
+        else:
+            logging.info(text)
 
     def requestCancel(self) -> None:
-        """Ask the running operation to stop at its next progress report."""
+        """Ask the running operation to stop at its next progress report (or CLI status check)."""
         self._cancelRequested = True
 
     def resetCancel(self) -> None:
         """Forget an earlier cancel request (call before starting an operation)."""
         self._cancelRequested = False
 
+    def _raiseIfCancelled(self) -> None:
+        if self._cancelRequested:
+            self._cancelRequested = False
+            raise Cancelled(_("Cancelled by the user"))
+
     def progress(self, fraction: float, message: str) -> None:
         """Report progress; raise Cancelled when a cancel was requested (the engine's convention)."""
         if self.progressCallback:
             self.progressCallback(fraction, message)
-        if self._cancelRequested:
-            self._cancelRequested = False
-            raise Cancelled(_("Cancelled by the user"))
+        self._raiseIfCancelled()
 
     def _subProgress(self, start: float, stop: float, prefix: str = ""):
         def report(fraction: float, message: str) -> None:
             self.progress(start + (stop - start) * fraction, f"{prefix}{message}")
 
         return report
+
+    def _waitForCli(self) -> None:
+        """Called while the Resample CLI runs asynchronously: keep the GUI alive, let Cancel through."""
+        self.processEvents()
+        time.sleep(0.02)
+        self._raiseIfCancelled()
 
     # ---- options --------------------------------------------------------------------------------
 
@@ -552,25 +619,55 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             structures=bool(parameterNode.structures),
         )
 
+    # ---- the backends: what resamples ---------------------------------------------------------
+
+    def resamplerFor(self, backend: str):
+        """The resampler ``api.run_case`` gets for ``backend`` ("cli", "inprocess", "engine": None)."""
+        version = getattr(getattr(slicer, "app", None), "applicationVersion", "")
+        suffix = f" (Slicer {version})" if version else ""
+        if backend == BackendChoice.CLI.value:
+            wait = self._waitForCli if self.processEvents is not None else None
+            return resamplers.CliResampler(slicer.mrmlScene, wait=wait, name="slicer-cli" + suffix)
+        if backend == BackendChoice.IN_PROCESS.value:
+            return resamplers.VtkResampler(slicer.mrmlScene, name="slicer-vtk" + suffix)
+        if backend == BackendChoice.ENGINE.value:
+            return None
+        raise ValueError(_("Unknown backend {name!r}: choose cli, inprocess or engine").format(name=backend))
+
+    def runCase(self, case, options: AlignOptions, backend: str = "cli"):
+        """``api.run_case`` for one engine Case with the backend's resampler: an ``api.CaseResult``."""
+        self.progress(0.0, _("{case}: reading").format(case=case.case_id))
+        return api.run_case(
+            case,
+            options,
+            progress=self._subProgress(0.0, 1.0, f"{case.case_id}: "),
+            resampler=self.resamplerFor(backend),
+        )
+
     # ---- DICOM database -------------------------------------------------------------------------
 
     @staticmethod
-    def _database(database=None):
-        database = database if database is not None else slicer.dicomDatabase
+    def _database(database=None, required: bool = True):
+        """``database`` or ``slicer.dicomDatabase``, which exists only once the DICOM module has started
+        (DICOM.py:173-175 at v5.8.1, on ``startupCompleted``: after a home module's widget is set up)."""
+        if database is None:
+            database = getattr(slicer, "dicomDatabase", None)
         if database is None or not database.isOpen:
+            if not required:
+                return None
             raise RuntimeError(
                 _("The DICOM database is not open. Open the DICOM module once, or use a temporary database.")
             )
         return database
 
     def databaseHasPatients(self) -> bool:
-        database = slicer.dicomDatabase
-        return bool(database is not None and database.isOpen and database.patients())
+        database = self._database(required=False)
+        return bool(database is not None and database.patients())
 
     def listStudies(self, database=None) -> list:
         """(studyUID, label) of every study in the database; [] when it is not open."""
-        database = database if database is not None else slicer.dicomDatabase
-        if database is None or not database.isOpen:
+        database = self._database(database, required=False)
+        if database is None:
             return []
         studies = []
         for patientUID in database.patients():
@@ -583,13 +680,16 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         return studies
 
     def importFolderToDatabase(self, folder, database=None) -> list:
-        """Index the DICOM files below ``folder`` (files stay in place); return the UIDs of their studies."""
+        """Index the DICOM files below ``folder`` (files stay in place); return the UIDs of their studies.
+        An empty folder field is refused: ``Path('.')`` would index Slicer's working directory."""
+        if isEmptyPath(folder):
+            raise ValueError(_("Choose a DICOM folder to import"))
+        folder = os.path.abspath(os.fspath(folder))
+        if not os.path.isdir(folder):
+            raise ValueError(_("Not a folder: {folder}").format(folder=folder))
         from DICOMLib import DICOMUtils
 
         database = self._database(database)
-        folder = os.path.abspath(os.fspath(folder)) if folder else ""
-        if not folder or not os.path.isdir(folder):
-            raise ValueError(_("Not a folder: {folder}").format(folder=folder))
         self.log(_("Importing {folder} into the DICOM database...").format(folder=folder))
         if not DICOMUtils.importDicom(folder, database):
             raise RuntimeError(_("DICOM import of {folder} failed (see the error log)").format(folder=folder))
@@ -603,10 +703,44 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         self.log(_("{series} series in {studies} studies.").format(series=len(seriesUIDs), studies=len(studyUIDs)))
         return studyUIDs
 
+    @contextlib.contextmanager
+    def temporaryDatabase(self, folder=None):
+        """A fresh DICOM database for the duration of a ``with`` block; the user's database is reopened after.
+
+        Unlike ``DICOMUtils.TemporaryDICOMDatabase``, this never writes the temporary folder into the
+        persistent database setting (``openTemporaryDatabase`` does: DICOMUtils.py:334 at v5.6.2, :373 at
+        v5.8.1), so a killed run or two runs at once leave the user's Slicer as it was.
+        ``DICOMUtils.openDatabase`` opens ``<folder>/ctkDICOM.sql`` and touches no setting (v5.6.2 :275-285).
+        """
+        from DICOMLib import DICOMUtils
+
+        database = getattr(slicer, "dicomDatabase", None)
+        original = database.databaseFilename if database is not None and database.isOpen else ""
+        owned = folder is None
+        folder = tempfile.mkdtemp(prefix="DoseAlign-db-") if owned else os.fspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        try:
+            if not DICOMUtils.openDatabase(folder):
+                raise RuntimeError(_("Cannot open a DICOM database in {folder}").format(folder=folder))
+            yield slicer.dicomDatabase
+        finally:
+            database = getattr(slicer, "dicomDatabase", None)
+            if database is not None:
+                database.closeDatabase()
+                if original:
+                    database.openDatabase(original)
+            if owned:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # ---- loading: which node came from which file -------------------------------------------------
+
     def loadFileLists(self, fileLists: list, loadPlans: bool = False) -> list:
         """Load per-series file lists with the scalar volume and SlicerRT plugins; return the new node IDs.
 
-        RTPLAN loadables are left out unless ``loadPlans`` (beam models are slow and not needed).
+        Loadables are loaded one at a time, and every node a loadable adds is tagged with that loadable's
+        files (:attr:`SOURCE_FILES_ATTRIBUTE`): SlicerRT writes an RTDOSE's instance UID on the first
+        subject-hierarchy item of its *series*, so several doses of one series, or a dose loaded twice,
+        cannot be told apart afterwards (issue 15 #1). RTPLAN loadables are left out unless ``loadPlans``.
         """
         from DICOMLib import DICOMUtils
 
@@ -626,12 +760,21 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         if not loadEnabled:
             raise ValueError(_("None of the files can be loaded by the scalar volume or SlicerRT plugins"))
         DICOMUtils.selectHighestConfidenceLoadables(loadablesByPlugin)
-        if not loadPlans:
-            for loadables in loadablesByPlugin.values():
-                for loadable in loadables:
-                    if loadable.selected and database.fileValue(loadable.files[0], "0008,0060") == "RTPLAN":
-                        loadable.selected = False
-        return DICOMUtils.loadLoadables(loadablesByPlugin)
+        loaded = []
+        for plugin, loadables in loadablesByPlugin.items():  # plugin order: CT before RTSTRUCT
+            for loadable in loadables:
+                if not loadable.selected:
+                    continue
+                files = [str(f) for f in loadable.files]
+                if not loadPlans and files and database.fileValue(files[0], self.MODALITY_TAG) == "RTPLAN":
+                    continue
+                nodeIDs = DICOMUtils.loadLoadables({plugin: [loadable]})
+                for nodeID in nodeIDs:
+                    node = slicer.mrmlScene.GetNodeByID(nodeID)
+                    if node is not None and node.IsA("vtkMRMLDisplayableNode"):
+                        node.SetAttribute(self.SOURCE_FILES_ATTRIBUTE, json.dumps(files))
+                loaded.extend(nodeIDs)
+        return loaded
 
     def loadStudy(self, studyUID: str, database=None, loadPlans: bool = False) -> list:
         """Load every series of a study (CT, RTDOSE, RTSTRUCT); return the new node IDs."""
@@ -639,6 +782,17 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         fileLists = [database.filesForSeries(seriesUID) for seriesUID in database.seriesForStudy(studyUID)]
         self.log(_("Loading study {uid} ({n} series)...").format(uid=studyUID, n=len(fileLists)))
         return self.loadFileLists(fileLists, loadPlans)
+
+    def sourceFiles(self, node) -> list:
+        """The DICOM files DoseAlign loaded ``node`` from ([] for a node loaded some other way)."""
+        text = node.GetAttribute(self.SOURCE_FILES_ATTRIBUTE) if node is not None else None
+        if not text:
+            return []
+        try:
+            files = json.loads(text)
+        except ValueError:
+            return []
+        return [str(f) for f in files] if isinstance(files, list) else []
 
     # ---- finding nodes --------------------------------------------------------------------------
 
@@ -657,616 +811,228 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
     def _subjectHierarchy():
         return slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
 
-    def _instanceFile(self, node) -> str:
-        """The DICOM file of the node's (first) SOP instance, from the subject hierarchy and the database."""
+    def _seriesUID(self, node) -> str:
+        """The series UID on the node's own subject-hierarchy item (set for CTs by DICOMPlugin.py:257 at
+        v5.8.1, for doses by SlicerRT's LoadRtDose): correct per node, unlike the instance UIDs."""
         shNode = self._subjectHierarchy()
-        item = shNode.GetItemByDataNode(node)
-        uids = shNode.GetItemUID(item, "DICOMInstanceUID") if item else ""
-        if not uids:
-            raise ValueError(_("{name} was not loaded from the DICOM database").format(name=node.GetName()))
-        path = self._database().fileForInstance(uids.split()[0])
-        if not path:
-            raise ValueError(_("The DICOM file of {name} is not in the database").format(name=node.GetName()))
-        return path
+        item = shNode.GetItemByDataNode(node) if node is not None else 0
+        return shNode.GetItemUID(item, "DICOM") if item else ""
+
+    def modalityOfNode(self, node) -> str:
+        """The Modality of the files a node came from, else its subject-hierarchy attribute, else ''."""
+        files = self.sourceFiles(node)
+        database = self._database(required=False)
+        if files and database is not None:
+            return database.fileValue(files[0], self.MODALITY_TAG)
+        shNode = self._subjectHierarchy()
+        item = shNode.GetItemByDataNode(node) if node is not None else 0
+        return shNode.GetItemAttribute(item, "DICOM.Modality") if item else ""
+
+    def ctVolumeNodes(self) -> list:
+        """Scalar volume nodes whose Modality is CT (not PET, MR, CBCT-as-RTIMAGE, doses or labelmaps)."""
+        return [
+            node
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if not node.IsA("vtkMRMLLabelMapVolumeNode")
+            and not self.isDoseVolumeNode(node)
+            and self.modalityOfNode(node) == "CT"
+        ]
 
     def doseFileForNode(self, doseNode) -> str:
-        return self._instanceFile(doseNode)
+        """The RTDOSE file of a dose node: recorded when DoseAlign loaded it. For a dose loaded some other
+        way, only an unambiguous case is accepted: the only dose node of its series in the scene, whose
+        series holds one RTDOSE file. Subject-hierarchy instance UIDs are never used (issue 15 #1)."""
+        if doseNode is None:
+            raise ValueError(_("Select a dose volume"))
+        files = self.sourceFiles(doseNode)
+        if len(files) == 1:
+            return files[0]
+        if files:
+            raise ValueError(
+                _("{name} came from {n} files; a dose volume comes from one RTDOSE file").format(
+                    name=doseNode.GetName(), n=len(files)
+                )
+            )
+        seriesUID = self._seriesUID(doseNode)
+        if not seriesUID:
+            raise ValueError(_("{name} was not loaded from the DICOM database").format(name=doseNode.GetName()))
+        database = self._database()
+        twins = [n for n in self.doseVolumeNodes() if self._seriesUID(n) == seriesUID]
+        doseFiles = [
+            f for f in database.filesForSeries(seriesUID) if database.fileValue(f, self.MODALITY_TAG) == "RTDOSE"
+        ]
+        if len(twins) != 1 or len(doseFiles) != 1:
+            raise ValueError(
+                _(
+                    "{name}: Slicer cannot tell which file this dose came from ({nodes} dose volumes of its series "
+                    "are loaded, the series holds {files} RTDOSE files). Load the study with DoseAlign's Load "
+                    "button, which records each node's file."
+                ).format(name=doseNode.GetName(), nodes=len(twins), files=len(doseFiles))
+            )
+        return doseFiles[0]
 
-    def _frameOfReference(self, node) -> str:
-        shNode = self._subjectHierarchy()
-        item = shNode.GetItemByDataNode(node)
-        frame = shNode.GetItemAttribute(item, "DICOM.FrameOfReferenceUID") if item else ""
-        if not frame:
-            try:
-                frame = self._database().fileValue(self._instanceFile(node), "0020,0052")
-            except ValueError:
-                frame = ""
-        return frame
+    def ctFilesForNode(self, ctNode) -> list:
+        """The DICOM files of a CT node: recorded at load, else its series' files in the database."""
+        files = self.sourceFiles(ctNode)
+        database = self._database()
+        if not files:
+            seriesUID = self._seriesUID(ctNode)
+            if not seriesUID:
+                raise ValueError(_("{name} was not loaded from the DICOM database").format(name=ctNode.GetName()))
+            files = list(database.filesForSeries(seriesUID))
+        if not files:
+            raise ValueError(_("The DICOM files of {name} are not in the database").format(name=ctNode.GetName()))
+        modality = database.fileValue(files[0], self.MODALITY_TAG)
+        if modality != "CT":
+            raise ValueError(
+                _("{name} is not a CT (Modality {modality})").format(name=ctNode.GetName(), modality=modality or "?")
+            )
+        return files
+
+    def _studiesOfFiles(self, files: list) -> set:
+        database = self._database()
+        return {database.studyForSeries(database.seriesForFile(f)) for f in files} - {""}
+
+    def _seriesFilesOfStudies(self, studyUIDs, modalities) -> list:
+        """Files of every series of the studies whose Modality is one of ``modalities``."""
+        database = self._database()
+        found = []
+        for studyUID in sorted(studyUIDs):
+            for seriesUID in database.seriesForStudy(studyUID):
+                files = list(database.filesForSeries(seriesUID))
+                if files and database.fileValue(files[0], self.MODALITY_TAG) in modalities:
+                    found.extend(files)
+        return found
+
+    def caseForDose(self, doseNode, ctNode=None, segmentationNode=None, structures: bool = True):
+        """The engine's Case of a loaded dose.
+
+        The engine scans exactly these files (``api.scan_files``): the dose's file, the CT's files
+        (``ctNode``'s, else every series of Modality CT in the dose's study), and the RTPLAN and RTSTRUCT
+        files the database holds for those studies (only ``segmentationNode``'s RTSTRUCT when one is
+        given). ``api.form_cases`` then pairs them as ``dosealign export`` does. Raises ValueError or a
+        DoseAlignError naming the file.
+        """
+        doseFile = self.doseFileForNode(doseNode)
+        files = [doseFile]
+        studies = self._studiesOfFiles([doseFile])
+        if ctNode is not None:
+            ctFiles = self.ctFilesForNode(ctNode)
+            files += ctFiles
+            studies |= self._studiesOfFiles(ctFiles[:1])
+        else:
+            files += self._seriesFilesOfStudies(studies, ("CT",))
+        files += self._seriesFilesOfStudies(studies, ("RTPLAN",))
+        if structures:
+            structFiles = self.sourceFiles(segmentationNode) if segmentationNode is not None else []
+            files += structFiles or self._seriesFilesOfStudies(studies, ("RTSTRUCT",))
+        scan = api.scan_files(files)
+        wanted = os.path.normcase(os.path.abspath(doseFile))
+        for case in api.form_cases(scan).cases:
+            if any(os.path.normcase(os.path.abspath(str(d.path))) == wanted for d in case.doses):
+                if case.error:
+                    raise api.LinkError(case.error)
+                return case
+        raise ValueError(_("The engine formed no case with {file}").format(file=doseFile))
+
+    def _nodesFromFiles(self, nodes, files) -> list:
+        wanted = {os.path.normcase(os.path.abspath(str(f))) for f in files}
+        return [n for n in nodes if wanted & {os.path.normcase(os.path.abspath(f)) for f in self.sourceFiles(n)}]
+
+    def ctNodeForCase(self, case):
+        """A loaded CT node of the case's CT series (None if none is loaded); copies of one series are
+        interchangeable since the engine reads the files."""
+        candidates = [n for n in self.ctVolumeNodes() if self._seriesUID(n) == case.ct.series_uid]
+        tagged = self._nodesFromFiles(candidates, [s.path for s in case.ct.slices])
+        return (tagged or candidates or [None])[0]
+
+    def segmentationNodeForCase(self, case):
+        """A loaded segmentation node of one of the case's RTSTRUCT files (None if none is loaded)."""
+        nodes = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+        found = self._nodesFromFiles(nodes, [s.path for s in case.structs])
+        return found[0] if found else None
 
     def findCtForDose(self, doseNode):
-        """The CT a dose belongs to: same study, then same frame of reference, then the
-        RTDOSE -> RTPLAN -> RTSTRUCT -> CT series references. Raises ValueError when none or several fit."""
-        database = self._database()
-        shNode = self._subjectHierarchy()
-        doseFile = self.doseFileForNode(doseNode)
-        doseFrame = database.fileValue(doseFile, "0020,0052")
-        studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(doseNode))
-        candidates = []
-        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.GetID() == doseNode.GetID() or self.isDoseVolumeNode(node) or node.IsA("vtkMRMLLabelMapVolumeNode"):
-                continue
-            item = shNode.GetItemByDataNode(node)
-            if item and shNode.GetItemUID(item, "DICOM"):
-                candidates.append(node)
-        sameStudy = [n for n in candidates if shNode.GetItemParent(shNode.GetItemByDataNode(n)) == studyItem]
-        pool = sameStudy or candidates
-        sameFrame = [n for n in pool if doseFrame and self._frameOfReference(n) == doseFrame]
-        if len(sameFrame) == 1:
-            return sameFrame[0]
-        if len(sameFrame) > 1:
-            seriesUID = self.ctSeriesReferencedByDose(doseFile)
-            byReference = [n for n in sameFrame if shNode.GetItemUID(shNode.GetItemByDataNode(n), "DICOM") == seriesUID]
-            if len(byReference) == 1:
-                return byReference[0]
-            raise ValueError(
-                _("Several CTs share the dose's frame of reference ({names}); select the CT by hand").format(
-                    names=", ".join(n.GetName() for n in sameFrame)
-                )
-            )
-        raise ValueError(
-            _("No loaded CT has the frame of reference {frame} of dose {name}").format(
-                frame=doseFrame or _("(none)"), name=doseNode.GetName()
-            )
-        )
+        """The loaded CT node the engine pairs with the dose (by frame of reference and references,
+        CT series only). Raises ValueError when it is not loaded."""
+        case = self.caseForDose(doseNode)
+        node = self.ctNodeForCase(case)
+        if node is None:
+            raise ValueError(_("The dose's CT (series {uid}) is not loaded").format(uid=case.ct.series_uid))
+        return node
 
-    def ctSeriesReferencedByDose(self, doseFile: str) -> str:
-        """The CT SeriesInstanceUID at the end of RTDOSE -> RTPLAN -> RTSTRUCT references ('' if broken)."""
-        import pydicom
+    # ---- what Slicer shows ----------------------------------------------------------------------
 
-        database = self._database()
+    def checkDoseNode(self, doseNode, doseFile: Optional[str] = None) -> Optional[str]:
+        """Say whether Slicer's dose node agrees with its file (grid and values); None when it does.
 
-        def referenced(path, sequence):
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-                return str(getattr(ds, sequence)[0].ReferencedSOPInstanceUID)
-            except Exception:  # missing file, sequence or attribute: the chain is broken here
-                return ""
-
-        planUID = referenced(doseFile, "ReferencedRTPlanSequence")
-        planFile = database.fileForInstance(planUID) if planUID else ""
-        structUID = referenced(planFile, "ReferencedStructureSetSequence") if planFile else ""
-        structFile = database.fileForInstance(structUID) if structUID else ""
-        if not structFile:
-            return ""
-        ds = pydicom.dcmread(structFile, stop_before_pixels=True)
-        for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
-            for study in frame.get("RTReferencedStudySequence", []):
-                for series in study.get("RTReferencedSeriesSequence", []):
-                    return str(series.get("SeriesInstanceUID", ""))
-        return ""
-
-    def findSegmentationForCt(self, ctNode):
-        """The RTSTRUCT segmentation SlicerRT links to ``ctNode`` (None if there is none)."""
-        if ctNode is None:
-            return None
-        for segmentationNode in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
-            referenced = slicer.vtkSlicerDicomRtImportExportModuleLogic.GetReferencedVolumeByDicomForSegmentation(
-                segmentationNode
-            )
-            if referenced is not None and referenced.GetID() == ctNode.GetID():
-                return segmentationNode
-        return None
-
-    # ---- dose geometry --------------------------------------------------------------------------
-
-    def verifyDoseGeometry(
-        self, doseNode, doseFile: Optional[str] = None, allowRelative: bool = False, fix: bool = True
-    ) -> dict:
-        """Check the dose node against the engine's reading of its RTDOSE file.
-
-        api.Grid (shape, voxel positions) and values (DoseGridScaling) must match. A mismatch on an evenly
-        spaced grid is fixed by rebuilding the node from the engine (unless ``fix`` is False, then it
-        raises); uneven frame offsets cannot be held by a volume node and always raise GeometryError.
-        Returns ``{"status": "ok" or "fixed", "note": text}``.
+        Only reports: exports are made from the file, and the node is never changed (a mismatch might
+        come from a wrong node-to-file mapping, and then rewriting would overwrite a good dose).
         """
-
         doseFile = doseFile or self.doseFileForNode(doseNode)
-        volume, geometry, info = api.read_rtdose(doseFile, allow_relative=allowRelative)
+        volume, _geometry, info = api.read_rtdose(doseFile, allow_relative=True)
         if not volume.grid.is_uniform:
             steps = np.diff(volume.grid.k_offsets)
-            raise GeometryError(
-                _(
-                    "the dose frames are unevenly spaced ({low:g} to {high:g} mm); Slicer's reader took the spacing "
-                    "from the first two offsets, so the loaded dose is misplaced and a volume node cannot hold the "
-                    "correct grid"
-                ).format(low=steps.min(), high=steps.max()),
-                path=doseFile,
-                tag="(3004,000C) GridFrameOffsetVector",
-                hint=_("choose the 'DoseAlign engine' backend, which reads every frame offset"),
-            )
+            return _(
+                "its frames are unevenly spaced ({low:g} to {high:g} mm): Slicer shows them at even steps, so the "
+                "loaded dose is misplaced in the views; the export reads every frame offset"
+            ).format(low=steps.min(), high=steps.max())
         problem = mrml.geometry_difference(doseNode, volume.grid)
         if problem:
-            problem = _("grid: {reason}").format(reason=problem)
-        else:
-            loaded = slicer.util.arrayFromVolume(doseNode)
-            dmax = float(np.abs(volume.array).max()) or 1.0
-            error = float(np.abs(loaded.astype(np.float64) - volume.array).max())
-            if error > self.DOSE_VALUE_RTOL * dmax:
-                problem = _("values differ by up to {error:.4g} Gy (DoseGridScaling {scaling:g})").format(
-                    error=error, scaling=info.scaling
-                )
-        if not problem:
-            return {"status": "ok", "note": _("dose grid and values match the DICOM tags")}
-        if not fix:
-            raise GeometryError(
-                _("Slicer's dose volume differs from the DICOM tags: {problem}").format(problem=problem), path=doseFile
-            )
-        mrml.update_node(doseNode, volume)
-        note = _("dose rebuilt from its DICOM tags ({problem})").format(problem=problem)
-        self.log(f"{doseNode.GetName()}: {note}")
-        return {"status": "fixed", "note": note}
-
-    # ---- resampling -----------------------------------------------------------------------------
-
-    def hardenTransform(self, node) -> None:
-        """Harden a parent transform (e.g. the CT's acquisition-geometry regularization); CLIs ignore it."""
-        if node is not None and node.GetParentTransformNode() is not None:
-            self.log(_("Hardening the transform of {name}").format(name=node.GetName()))
-            node.HardenTransform()
-
-    def resampleWithCli(
-        self,
-        inputNode,
-        referenceNode,
-        interpolator: str = "linear",
-        defaultPixelValue: float = 0.0,
-        outputName: Optional[str] = None,
-    ):
-        """Resample with 'Resample Scalar/Vector/DWI Volume' onto ``referenceNode``'s grid; return the new node."""
-        self.hardenTransform(inputNode)
-        self.hardenTransform(referenceNode)
-        cliModule = getattr(slicer.modules, "resamplescalarvectordwivolume", None)
-        if cliModule is None:
-            raise RuntimeError(
-                _("The Resample Scalar/Vector/DWI Volume module is not available (CLI modules disabled?)")
-            )
-        outputNode = slicer.mrmlScene.AddNewNodeByClass(
-            "vtkMRMLScalarVolumeNode", outputName or inputNode.GetName() + "_resampled"
-        )
-        parameters = {
-            "inputVolume": inputNode.GetID(),
-            "outputVolume": outputNode.GetID(),
-            "referenceVolume": referenceNode.GetID(),
-            "interpolationType": interpolator,
-            "defaultPixelValue": float(defaultPixelValue),
-        }
-        startTime = time.time()
-        cliNode = slicer.cli.runSync(cliModule, None, parameters, update_display=False)
-        try:
-            if cliNode.GetStatus() & cliNode.ErrorsMask:
-                errorText = cliNode.GetErrorText()
-                slicer.mrmlScene.RemoveNode(outputNode)
-                raise RuntimeError(_("Resample Scalar/Vector/DWI Volume failed: {error}").format(error=errorText))
-        finally:
-            slicer.mrmlScene.RemoveNode(cliNode)
-        logging.info(f"Resampled {inputNode.GetName()} in {time.time() - startTime:.2f} s")
-        return outputNode
-
-    def resampleInProcess(
-        self, inputNode, referenceNode, interpolator: str = "linear", outputName: Optional[str] = None
-    ):
-        """Resample with vtkSlicerVolumesLogic::ResampleVolumeToReferenceVolume (trilinear, background 0)."""
-        if interpolator != "linear" and not inputNode.IsA("vtkMRMLLabelMapVolumeNode"):
-            raise ValueError(
-                _("In-process resampling is linear only; choose the CLI or engine backend for '{name}'").format(
-                    name=interpolator
-                )
-            )
-        self.hardenTransform(inputNode)
-        self.hardenTransform(referenceNode)
-        return mrml.resample_in_process(inputNode, referenceNode, name=outputName)
-
-    def _resample(self, backend, inputNode, referenceNode, interpolator, fill, outputName):
-        if backend == BackendChoice.CLI.value:
-            return self.resampleWithCli(inputNode, referenceNode, interpolator, fill, outputName)
-        outputNode = self.resampleInProcess(inputNode, referenceNode, interpolator, outputName)
-        if fill != 0.0:  # VTK's background is 0: write the fill value where the input has no data
-            source = mrml.grid_from_node(inputNode)
-            target = mrml.grid_from_node(outputNode)
-            k, j, i = np.meshgrid(*(np.arange(n) for n in target.shape), indexing="ij")
-            index = source.lps_to_index(target.index_to_lps(np.stack([i, j, k], axis=-1).astype(np.float64)))
-            upper = np.array(source.shape[::-1]) - 0.5
-            outside = np.any((index < -0.5) | (index > upper), axis=-1)
-            array = slicer.util.arrayFromVolume(outputNode)
-            array[outside] = fill
-            slicer.util.arrayFromVolumeModified(outputNode)
-        return outputNode
-
-    def _referenceNode(self, ctNode, doseNode, options):
-        """The node whose grid the outputs share, and how it was made (a new hidden node for custom grids)."""
-
-        ctGrid = mrml.grid_from_node(ctNode)
-        doseGrid = mrml.grid_from_node(doseNode)
-        target, how = api.reference_grid(ctGrid, doseGrid, options)
-        if target.equal(ctGrid):
-            return ctNode, how, False
-        if target.equal(doseGrid):
-            return doseNode, how, False
-        referenceNode = mrml.volume_node_from_volume(
-            Volume(np.zeros(target.shape, np.uint8), target),
-            slicer.mrmlScene,
-            "DoseAlign reference grid",
-            create_display_nodes=False,
-        )
-        referenceNode.SetHideFromEditors(True)
-        return referenceNode, how, True
-
-    def segmentationToMasks(self, segmentationNode, referenceNode) -> dict:
-        """One uint8 mask ``(K, J, I)`` per segment, rasterized on ``referenceNode``'s grid."""
-        masks = {}
-        if segmentationNode is None:
-            return masks
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceNode)
-        segmentationNode.CreateBinaryLabelmapRepresentation()
-        segmentation = segmentationNode.GetSegmentation()
-        shape = mrml.grid_from_node(referenceNode).shape
-        for index in range(segmentation.GetNumberOfSegments()):
-            segmentId = segmentation.GetNthSegmentID(index)
-            name = segmentation.GetSegment(segmentId).GetName()
-            array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceNode)
-            masks[name] = np.zeros(shape, np.uint8) if array is None else (array > 0).astype(np.uint8)
-        return masks
+            return _("Slicer's grid differs from the file's: {problem}").format(problem=problem)
+        loaded = slicer.util.arrayFromVolume(doseNode)
+        dmax = float(np.abs(volume.array).max()) or 1.0
+        error = float(np.abs(loaded.astype(np.float64) - volume.array).max())
+        if error > self.DOSE_VALUE_RTOL * dmax:
+            return _(
+                "Slicer's values differ from the file's by up to {error:.4g} (DoseGridScaling {scaling:g})"
+            ).format(error=error, scaling=info.scaling)
+        return None
 
     # ---- alignment ------------------------------------------------------------------------------
 
-    def alignNodes(
-        self,
-        ctNode,
-        doseNodes: list,
-        options: AlignOptions,
-        backend: str = "cli",
-        segmentationNode=None,
-        caseId: Optional[str] = None,
-    ) -> DoseAlignCase:
-        """Put the CT, the dose(s) (summed) and the structures on the reference grid.
-
-        ``backend``: "cli" (Resample Scalar/Vector/DWI Volume), "inprocess" (VTK, linear) or "engine"
-        (the DoseAlign engine reads the DICOM files itself). Raises ValueError/DoseAlignError.
-        """
-        if ctNode is None or not doseNodes or any(n is None for n in doseNodes):
-            raise ValueError(_("Select a CT and a dose volume"))
-        caseId = caseId or self.caseIdForDose(doseNodes[0])
-        if backend == BackendChoice.ENGINE.value:
-            return self._alignWithEngine(ctNode, doseNodes, options, segmentationNode, caseId)
-
-        flags = []
-        doseFiles = []
-        for n, doseNode in enumerate(doseNodes):
-            self.progress(0.05 + 0.1 * n / len(doseNodes), _("checking dose geometry"))
-            doseFile = self.doseFileForNode(doseNode)
-            doseFiles.append(doseFile)
-            check = self.verifyDoseGeometry(doseNode, doseFile, allowRelative=options.allow_relative)
-            if check["status"] != "ok":
-                flags.append(check["note"])
-        self.hardenTransform(ctNode)
-        referenceNode, how, temporary = self._referenceNode(ctNode, doseNodes[0], options)
-        interpolator = options.interpolator.value
-        created = []
-        try:
-            self.progress(0.2, _("resampling the CT"))
-            if referenceNode is ctNode:
-                ctOut = ctNode
-            else:
-                ctOut = self._resample(
-                    backend, ctNode, referenceNode, interpolator, options.ct_fill_hu, ctNode.GetName() + " (DoseAlign)"
-                )
-                created.append(ctOut)
-            doseSum = None
-            for n, doseNode in enumerate(doseNodes):
-                self.progress(0.4 + 0.4 * n / len(doseNodes), _("resampling the dose"))
-                if referenceNode is doseNode:
-                    values = slicer.util.arrayFromVolume(doseNode).astype(np.float32)
-                else:
-                    out = self._resample(
-                        backend, doseNode, referenceNode, interpolator, 0.0, doseNode.GetName() + " (DoseAlign)"
-                    )
-                    values = slicer.util.arrayFromVolume(out).astype(np.float32)
-                    slicer.mrmlScene.RemoveNode(out)
-                if options.interpolator.value in ("bs", "ws"):
-                    np.maximum(values, 0.0, out=values)  # these overshoot; dose is never negative
-                doseSum = values if doseSum is None else doseSum + values
-            self.progress(0.85, _("rasterizing structures"))
-            masks = self.segmentationToMasks(segmentationNode, referenceNode) if options.structures else {}
-
-            ctVolume = mrml.volume_from_node(ctOut, units="HU", description="CT")
-            ctArray = ctVolume.array
-            if options.ct_dtype == "int16":
-                ctArray = np.clip(np.rint(ctArray), -32768, 32767).astype(np.int16)
-            else:
-                ctArray = ctArray.astype(np.float32)
-            grid = ctVolume.grid
-            aligned = DoseAlignCase(
-                caseId,
-                Volume(ctArray, grid, "HU", "CT"),
-                Volume(doseSum, grid, "GY", "dose"),
-                masks=masks,
-                flags=flags,
-                source={"rtdose_files": doseFiles, "ct_node": ctNode.GetName()},
-            )
-            aligned.referenceDescription = how
-            aligned.backend = backend
-            aligned.originalDoseNode = doseNodes[0]
-            self.progress(1.0, _("aligned"))
-            return aligned
-        finally:
-            for node in created:
-                slicer.mrmlScene.RemoveNode(node)
-            if temporary:
-                slicer.mrmlScene.RemoveNode(referenceNode)
-
-    def _alignWithEngine(self, ctNode, doseNodes, options, segmentationNode, caseId):
-        """Engine backend: find the engine's case for the dose file(s) and run it (it rasterizes the ROIs too)."""
-
-        doseFiles = [self.doseFileForNode(n) for n in doseNodes]
-        case = self.engineCaseForDoseFiles(doseFiles, ctFiles=self._seriesFiles(ctNode))
-        self.progress(0.1, _("running the DoseAlign engine"))
-        aligned = self._fromEngineResult(caseId, api.run_case(case, options, progress=self._subProgress(0.1, 0.95)))
-        aligned.originalDoseNode = doseNodes[0]
-        self.progress(1.0, _("aligned"))
-        return aligned
-
-    @staticmethod
-    def _fromEngineResult(caseId, result) -> DoseAlignCase:
-
-        aligned = DoseAlignCase(caseId, result.ct, result.dose, meta=result.meta, source=result.meta.get("source", {}))
-        aligned.extraArrays = dict(result.extra_arrays)
-        masks, _types, _body = api.masks_from_arrays(result.extra_arrays, result.meta, result.ct.grid.shape)
-        aligned.masks = {name: mask.astype(np.uint8) for name, mask in masks}
-        aligned.flags = [f["flag"] for f in result.meta.get("audit", {}).get("flags", [])]
-        aligned.referenceDescription = result.meta.get("resampling", {}).get("reference_grid", "")
-        aligned.backend = BackendChoice.ENGINE.value
-        return aligned
-
-    def _seriesFiles(self, node) -> list:
-        shNode = self._subjectHierarchy()
-        seriesUID = shNode.GetItemUID(shNode.GetItemByDataNode(node), "DICOM")
-        return list(self._database().filesForSeries(seriesUID)) if seriesUID else []
-
-    def engineCaseForDoseFiles(self, doseFiles: list, ctFiles: Optional[list] = None):
-        """The engine's Case holding ``doseFiles``: scan the folder that contains them (and the CT)."""
-
-        folders = [os.path.dirname(os.path.abspath(f)) for f in list(doseFiles) + list(ctFiles or [])]
-        root = os.path.commonpath(folders)
-        self.log(_("Engine: scanning {folder}").format(folder=root))
-        wanted = {os.path.normcase(os.path.abspath(f)) for f in doseFiles}
-        for case in api.form_cases(api.scan_folder(pathlib.Path(root))).cases:
-            if wanted & {os.path.normcase(os.path.abspath(str(d.path))) for d in case.doses}:
-                return case
-        raise ValueError(_("The engine found no case for {files}").format(files=", ".join(doseFiles)))
-
-    def alignCase(self, case, options: AlignOptions, backend: str = "cli") -> DoseAlignCase:
-        """Align one engine Case (from ``DoseAlignLib.api.form_cases``).
-
-        With the Slicer backends the CT and dose files are loaded through the DICOM database and
-        SlicerRT (dose geometry checked against the tags) and resampled in Slicer; the engine then adds
-        the ROI masks and the dose audit exactly as ``dosealign export`` does, comparing Slicer's
-        resampled dose with the dose on its own grid. With the engine backend the engine does it all.
-        The loaded nodes are removed afterwards; the result holds arrays only.
-        """
-
-        if case.error:
-            raise api.LinkError(case.error)
-        if backend == BackendChoice.ENGINE.value:
-            return self._fromEngineResult(
-                case.case_id, api.run_case(case, options, progress=self._subProgress(0.0, 0.95))
-            )
-        before = {n.GetID() for n in slicer.util.getNodesByClass("vtkMRMLNode")}
-        try:
-            fileLists = [[str(p) for p in case.ct.files]] + [[str(d.path)] for d in case.doses]
-            nodes = [slicer.mrmlScene.GetNodeByID(i) for i in self.loadFileLists(fileLists)]
-            doseNodes = [n for n in nodes if self.isDoseVolumeNode(n)]
-            ctNodes = [
-                n
-                for n in nodes
-                if n.IsA("vtkMRMLScalarVolumeNode")
-                and not self.isDoseVolumeNode(n)
-                and not n.IsA("vtkMRMLLabelMapVolumeNode")
-            ]
-            if not ctNodes or len(doseNodes) != len(case.doses):
-                raise ValueError(
-                    _("Slicer loaded {ct} CT and {dose} dose volumes for the case; expected 1 and {expected}").format(
-                        ct=len(ctNodes), dose=len(doseNodes), expected=len(case.doses)
-                    )
-                )
-            aligned = self.alignNodes(ctNodes[0], doseNodes, options, backend, None, case.case_id)
-        finally:
-            self._removeNodesAddedSince(before)
-        aligned.source = {
-            "ct_files": [s.rel_path for s in case.ct.slices],
-            "rtdose_files": case.dose_files,
-            "rtplan_file": case.plan.rel_path if case.plan is not None else None,
-            "rtstruct_files": [s.rel_path for s in case.structs],
-            "ct_series_uid": case.ct.series_uid,
-            "frame_of_reference_uid": case.ct.frame_of_reference_uid,
-            "study_uid": case.ct.study_uid,
-        }
-        self.progress(0.9, _("structures and audit"))
-        meta = self.caseMeta(aligned, options)
-        meta["patient_id"] = case.patient_id
-        result = api.CaseResult(
-            case.case_id, aligned.ctVolume, aligned.doseVolume, meta, self._nativeDose(case, options)
-        )
-        api.add_structures_and_audit(result, case, options, api.ct_geometry(case.ct))
-        aligned.meta = result.meta
-        aligned.extraArrays = dict(result.extra_arrays)
-        aligned.flags = list(aligned.flags) + [f["flag"] for f in result.meta.get("audit", {}).get("flags", [])]
-        return aligned
-
-    @staticmethod
-    def _nativeDose(case, options):
-        """The case's dose (sum) on its own grid, read by the engine, when one grid holds every dose."""
-
-        volumes = [api.read_rtdose(d.path, allow_relative=options.allow_relative)[0] for d in case.doses]
-        if any(not v.grid.equal(volumes[0].grid) for v in volumes[1:]):
-            return None
-        total = volumes[0].array.astype(np.float32)
-        for volume in volumes[1:]:
-            total = total + volume.array
-        return volumes[0].with_array(total)
-
-    @staticmethod
-    def _removeNodesAddedSince(before: set) -> None:
-        """Remove the data, display and storage nodes a step added (colour tables and singletons stay)."""
-        for node in slicer.util.getNodesByClass("vtkMRMLNode"):
-            if node.GetID() in before or node.GetScene() is None or node.GetSingletonTag():
-                continue
-            if node.IsA("vtkMRMLSubjectHierarchyNode") or node.IsA("vtkMRMLColorNode"):
-                continue
-            slicer.mrmlScene.RemoveNode(node)
-
-    def caseIdForDose(self, doseNode) -> str:
-        """patient_name-of-dose-file_hash, made filesystem-safe (the engine's style, not its exact ids)."""
-
-        try:
-            doseFile = self.doseFileForNode(doseNode)
-            patient = self._database().fileValue(doseFile, "0010,0020") or "anonymous"
-            key = self._database().fileValue(doseFile, "0008,0018") or doseFile
-            stem = pathlib.Path(doseFile).stem
-        except (ValueError, RuntimeError):
-            patient, key, stem = "slicer", doseNode.GetID(), doseNode.GetName()
-        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-        return f"{api.safe_name(patient)}_{api.safe_name(stem)}_{digest}"
-
-    # ---- display --------------------------------------------------------------------------------
-
-    def showResult(self, aligned: DoseAlignCase) -> None:
-        """Show the aligned CT with the dose as a thresholded colour wash (isodose-like) in the slice views."""
-        ctNode = mrml.volume_node_from_volume(aligned.ctVolume, slicer.mrmlScene, f"{aligned.caseId} CT")
-        doseNode = mrml.volume_node_from_volume(aligned.doseVolume, slicer.mrmlScene, f"{aligned.caseId} dose")
-        aligned.ctNode, aligned.doseNode = ctNode, doseNode
-        for name, mask in aligned.masks.items():
-            labelmap = mrml.volume_node_from_volume(
-                Volume(mask, aligned.ctVolume.grid),
-                slicer.mrmlScene,
-                f"{aligned.caseId} {name}",
-                mrml.LABELMAP_VOLUME_CLASS,
-            )
-            labelmap.SetHideFromEditors(False)
-        dmax = float(aligned.doseVolume.array.max()) or 1.0
-        display = doseNode.GetDisplayNode()
-        colorNodeID = "vtkMRMLColorTableNodeRainbow"
-        original = aligned.originalDoseNode
-        if original is not None and original.GetScene() is not None and original.GetDisplayNode():
-            colorNodeID = original.GetDisplayNode().GetColorNodeID() or colorNodeID  # SlicerRT's Dose_ColorTable
-        display.SetAndObserveColorNodeID(colorNodeID)
-        display.SetAutoWindowLevel(0)
-        display.SetWindowLevelMinMax(0.0, dmax)
-        display.SetApplyThreshold(1)
-        display.SetLowerThreshold(0.05 * dmax)
-        # Outputs go under the dose's study in the subject hierarchy
-        if original is not None and original.GetScene() is not None:
-            shNode = self._subjectHierarchy()
-            studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(original))
-            if studyItem:
-                for node in (ctNode, doseNode):
-                    shNode.SetItemParent(shNode.GetItemByDataNode(node), studyItem)
-        if slicer.app.layoutManager() is not None:
-            slicer.util.setSliceViewerLayers(background=ctNode, foreground=doseNode, foregroundOpacity=0.5, fit=True)
+    def alignNodes(self, ctNode, doseNode, options: AlignOptions, backend: str = "cli", segmentationNode=None):
+        """The case of a loaded dose (see :meth:`caseForDose`), made by ``api.run_case`` with the backend's
+        resampler: an ``api.CaseResult`` (CT, dose, masks, meta.json), identical in form to ``dosealign
+        export``'s. ``ctNode`` may be None (the engine picks the dose's CT among the study's CT series)."""
+        if doseNode is None:
+            raise ValueError(_("Select a dose volume"))
+        self.progress(0.0, _("finding the case"))
+        case = self.caseForDose(doseNode, ctNode, segmentationNode, options.structures)
+        note = self.checkDoseNode(doseNode, self.doseFileForNode(doseNode))
+        if note:
+            self.log(_("{name}: {note}").format(name=doseNode.GetName(), note=note))
+        return self.runCase(case, options, backend)
 
     # ---- export ---------------------------------------------------------------------------------
 
-    def caseMeta(self, aligned: DoseAlignCase, options: AlignOptions) -> dict:
-        """meta.json of a case aligned in Slicer: the engine's keys, plus a 'slicer' section."""
-        grid = aligned.ctVolume.grid
-        dose = aligned.doseVolume.array
-        return {
-            "dosealign_version": api.__version__,
-            "producer": f"DoseAlign Slicer module ({aligned.backend})",
-            "case_id": aligned.caseId,
-            "shape": list(grid.shape),
-            "axes": ["k (slice)", "j (row)", "i (column)"],
-            "spacing": grid.spacing.tolist(),
-            "ijk_to_lps": grid.affine.tolist(),
-            "ijk_to_ras": grid.ras_affine().tolist(),
-            "frame_of_reference_uid": aligned.source.get("frame_of_reference_uid"),
-            "arrays": {
-                "ct": {"dtype": str(aligned.ctVolume.array.dtype), "units": "HU", "outside_value": options.ct_fill_hu},
-                "dose": {"dtype": str(dose.dtype), "units": aligned.doseVolume.units, "outside_value": 0.0},
-            },
-            "source": aligned.source,
-            "dose": {"units": aligned.doseVolume.units, "max_gy_output": float(dose.max()) if dose.size else 0.0},
-            "resampling": {
-                "reference": options.reference.value,
-                "reference_grid": aligned.referenceDescription,
-                "interpolator": options.interpolator.value,
-            },
-            "structures": self._structuresMeta(aligned),
-            "warnings": list(aligned.flags),
-            "options": options.to_dict(),
-            "slicer": {
-                "backend": aligned.backend,
-                "version": slicer.app.applicationVersion,
-                "revision": slicer.app.revision,
-            },
-        }
-
     @staticmethod
-    def _structuresMeta(aligned: DoseAlignCase) -> dict:
-        """meta["structures"] for masks Slicer rasterized (same keys as the engine's, fewer per-ROI facts)."""
-
-        if not aligned.masks:
-            return {"enabled": False, "names": []}
-        voxelCc = api.voxel_volumes_cc(aligned.ctVolume.grid)
-        rois = []
-        for index, (name, mask) in enumerate(aligned.masks.items()):
-            count = int(np.count_nonzero(mask))
-            if np.ndim(voxelCc) == 0:
-                volume = count * float(voxelCc)
-            else:  # per-slice voxel volumes
-                volume = float(np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1) @ np.asarray(voxelCc))
-            rois.append({"index": index, "name": name, "voxel_count": count, "volume_cc": round(volume, 6)})
-        return {
-            "enabled": True,
-            "names": list(aligned.masks),
-            "rois": rois,
-            "skipped": [],
-            "rule": "SlicerRT/Segmentations: planar contours -> closed surface -> binary labelmap on the reference grid",
-            "storage": api.STORAGE_NOTE,
-            "body": {"source": None, "voxel_count": None, "volume_cc": None},
-            "notes": ["masks rasterized by Slicer, not by the DoseAlign engine"],
-        }
-
-    def exportAligned(
-        self, aligned: DoseAlignCase, outputFolder, options: AlignOptions, outputFormat: str = "npz"
-    ) -> pathlib.Path:
-        """Write ``<outputFolder>/<case>/pair.npz`` and ``meta.json`` with the engine's writer."""
-
-        if not outputFolder or str(outputFolder) in ("", "."):
-            raise ValueError(_("Choose an output folder"))
-        meta = aligned.meta if aligned.meta is not None else self.caseMeta(aligned, options)
-        extra = dict(aligned.extraArrays)
-        if not extra and aligned.masks:  # Slicer-rasterized masks, stored the engine's way
-            stack = np.stack([mask > 0 for mask in aligned.masks.values()])
-            extra["masks"] = np.packbits(stack, axis=-1)
-        result = api.CaseResult(aligned.caseId, aligned.ctVolume, aligned.doseVolume, meta, extra_arrays=extra)
-        folder = api.write_case_output(result, pathlib.Path(outputFolder), self._qaPictureWriters(result))
+    def exportFormats(outputFormat: str = "npz"):
+        """The engine's ExportFormats of an output format choice; raises with what to install."""
         if outputFormat == OutputFormatChoice.NPZ_AND_NRRD.value:
-            for suffix, volume in (("ct", aligned.ctVolume), ("dose", aligned.doseVolume)):
-                node = mrml.volume_node_from_volume(
-                    volume, slicer.mrmlScene, f"{aligned.caseId} {suffix}", create_display_nodes=False
-                )
-                try:
-                    if not slicer.util.exportNode(node, str(folder / f"{suffix}.nrrd"), {"useCompression": 1}):
-                        raise RuntimeError(_("Could not write {file}").format(file=folder / f"{suffix}.nrrd"))
-                finally:
-                    slicer.mrmlScene.RemoveNode(node)
-        self.log(_("Exported {case} to {folder}").format(case=aligned.caseId, folder=folder))
-        return folder
+            formats = api.ExportFormats(formats=("nrrd",))
+            try:
+                formats.check()
+            except Exception as error:
+                raise RuntimeError(
+                    _("{error}. In Slicer's Python console: slicer.util.pip_install('pynrrd')").format(error=error)
+                ) from error
+            return formats
+        if outputFormat != OutputFormatChoice.NPZ.value:
+            raise ValueError(_("Unknown output format {name!r}").format(name=outputFormat))
+        return api.ExportFormats()
 
-    @staticmethod
-    def _qaPictureWriters(result) -> list:
-        """The engine's qa.png writer when matplotlib is there (Slicer does not bundle it), else nothing."""
-        return [api.qa_png_writer(result)] if api.matplotlib_available() else []
+    def exportResult(self, result, outputFolder, outputFormat: str = "npz") -> pathlib.Path:
+        """Write ``<outputFolder>/<case>/pair.npz``, ``meta.json`` (and qa.png, NRRD) as ``dosealign export``."""
+        if isEmptyPath(outputFolder):
+            raise ValueError(_("Choose an output folder"))
+        formats = self.exportFormats(outputFormat)
+        writers = [api.qa_png_writer(result)]
+        if formats.extra:
+            writers.append(formats.case_writer(result))
+        folder = api.write_case_output(result, pathlib.Path(outputFolder), writers)
+        self.log(_("Exported {case} to {folder}").format(case=result.case_id, folder=folder))
+        return folder
 
     def exportFolder(
         self,
@@ -1278,106 +1044,135 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         resume: bool = False,
         rowCallback=None,
     ) -> list:
-        """Export every case the engine finds below ``inputFolder`` through Slicer; return manifest rows.
-
-        Cases are formed by the engine (same case ids as ``dosealign export``); each is loaded with SlicerRT
-        from the DICOM database, aligned with ``backend`` and written with the engine's writer. A failing
-        case gets a 'failed' row and the loop goes on; Cancelled stops it.
-        """
-
-        inputFolder, outputFolder = pathlib.Path(inputFolder), pathlib.Path(outputFolder)
-        if backend == BackendChoice.ENGINE.value and outputFormat == OutputFormatChoice.NPZ.value:
-            report = api.export_folder(inputFolder, outputFolder, options, resume=resume, progress=self.progress)
-            for row in report.rows:
-                if rowCallback:
-                    rowCallback(row["case_id"], row["status"], row["reason"], row.get("warnings", ""))
-            return report.rows
-        outputFolder.mkdir(parents=True, exist_ok=True)
-        api.clean_temp(outputFolder)
-        self.progress(0.0, _("scanning {folder}").format(folder=inputFolder))
-        cases = api.form_cases(api.scan_folder(inputFolder)).cases
-        self.importFolderToDatabase(inputFolder)
-        rows = []
-        for n, case in enumerate(cases):
-            self.progress(
-                n / max(len(cases), 1),
-                _("case {n}/{total}: {case}").format(n=n + 1, total=len(cases), case=case.case_id),
-            )
-            row = self._exportCase(case, outputFolder, options, backend, outputFormat, resume)
-            rows.append(row)
-            api.write_manifest(outputFolder, rows)
+        """``dosealign export`` of a folder with the backend's resampler: the same case ids, files,
+        manifest.csv and report. Nothing is loaded into the scene and no DICOM database is needed."""
+        if isEmptyPath(inputFolder):
+            raise ValueError(_("Choose a DICOM folder"))
+        if isEmptyPath(outputFolder):
+            raise ValueError(_("Choose an output folder"))
+        formats = self.exportFormats(outputFormat)
+        report = api.export_folder(
+            pathlib.Path(inputFolder),
+            pathlib.Path(outputFolder),
+            options,
+            resume=resume,
+            progress=self.progress,
+            formats=formats if formats.extra else None,
+            resampler=self.resamplerFor(backend),
+        )
+        for row in report.rows:
             if rowCallback:
                 rowCallback(row["case_id"], row["status"], row["reason"], row.get("warnings", ""))
-        self.progress(1.0, _("{n} cases").format(n=len(cases)))
-        api.write_report(outputFolder, rows, source=f"input: {inputFolder} (3D Slicer, {backend})")
-        return rows
-
-    def _exportCase(self, case, outputFolder, options, backend, outputFormat, resume) -> dict:
-        import json
-
-        if resume and api.is_complete(outputFolder, case.case_id):
-            meta = json.loads((api.case_dir(outputFolder, case.case_id) / "meta.json").read_text(encoding="utf-8"))
-            return api.manifest_row(case, "ok", "", meta)
-        try:
-            aligned = self.alignCase(case, options, backend)
-            self.exportAligned(aligned, outputFolder, options, outputFormat)
-            meta = aligned.meta if aligned.meta is not None else self.caseMeta(aligned, options)
-            return api.manifest_row(case, "ok", "", meta)
-        except Cancelled:
-            raise
-        except (DoseAlignError, ValueError, RuntimeError, OSError) as error:
-            self.log(_("Case {case} failed: {error}").format(case=case.case_id, error=error))
-            return api.manifest_row(case, "failed", str(error))
-        except Exception as error:  # a bug must not stop the batch; the row says what happened
-            logging.exception("DoseAlign: case %s", case.case_id)
-            return api.manifest_row(case, "failed", f"internal error ({type(error).__name__}: {error})")
+        return report.rows
 
     def exportDatabase(
         self, outputFolder, options: AlignOptions, backend: str = "cli", outputFormat: str = "npz", rowCallback=None
     ) -> list:
-        """Load each study of the DICOM database, align and export each of its doses; return result rows."""
+        """Export every case of every patient in the DICOM database; return the manifest rows.
 
+        Per patient, the engine scans the files the database lists (``api.scan_files``) and forms the
+        cases as ``dosealign export`` would; nothing is loaded into the scene, so studies already loaded
+        are neither duplicated nor disturbed (issue 15 #2), and no series is loaded only to be dropped.
+        """
+        if isEmptyPath(outputFolder):
+            raise ValueError(_("Choose an output folder"))
         database = self._database()
+        formats = self.exportFormats(outputFormat)
         outputFolder = pathlib.Path(outputFolder)
         outputFolder.mkdir(parents=True, exist_ok=True)
-        studies = [uid for uid, _label in self.listStudies(database)]
+        api.clean_temp(outputFolder)
+        resampler = self.resamplerFor(backend)
+        patients = list(database.patients())
         rows = []
-        for s, studyUID in enumerate(studies):
-            self.progress(s / max(len(studies), 1), _("study {n}/{total}").format(n=s + 1, total=len(studies)))
-            before = {n.GetID() for n in slicer.util.getNodesByClass("vtkMRMLNode")}
-            try:
-                try:
-                    nodeIDs = self.loadStudy(studyUID, database)
-                except (ValueError, RuntimeError) as error:
-                    self.log(_("Study {uid} skipped: {error}").format(uid=studyUID, error=error))
-                    continue
-                for doseNode in self.doseVolumeNodes(nodeIDs):
-                    caseId = self.caseIdForDose(doseNode)
-                    row = {"case_id": caseId, "status": "ok", "reason": "", "warnings": ""}
-                    try:
-                        ctNode = self.findCtForDose(doseNode)
-                        segmentationNode = self.findSegmentationForCt(ctNode)
-                        aligned = self.alignNodes(ctNode, [doseNode], options, backend, segmentationNode, caseId)
-                        self.exportAligned(aligned, outputFolder, options, outputFormat)
-                        meta = aligned.meta if aligned.meta is not None else self.caseMeta(aligned, options)
-                        row.update(
-                            shape="x".join(str(v) for v in meta["shape"]),
-                            dmax_gy=f"{meta['dose']['max_gy_output']:.6g}",
-                            warnings=" | ".join(meta.get("warnings", [])),
-                        )
-                    except Cancelled:
-                        raise
-                    except Exception as error:  # one bad dose never stops the export
-                        row.update(status="failed", reason=str(error))
-                        self.log(_("Case {case} failed: {error}").format(case=caseId, error=error))
-                    rows.append(row)
-                    api.write_manifest(outputFolder, rows)
-                    if rowCallback:
-                        rowCallback(row["case_id"], row["status"], row["reason"], row["warnings"])
-            finally:
-                self._removeNodesAddedSince(before)
+        for p, patientUID in enumerate(patients):
+            start, stop = p / max(len(patients), 1), (p + 1) / max(len(patients), 1)
+            files = [
+                f
+                for studyUID in database.studiesForPatient(patientUID)
+                for seriesUID in database.seriesForStudy(studyUID)
+                for f in database.filesForSeries(seriesUID)
+            ]
+            name = database.nameForPatient(patientUID) or patientUID
+            self.progress(start, _("patient {n}/{total}: {name}").format(n=p + 1, total=len(patients), name=name))
+            if not files:
+                continue
+            cases = api.form_cases(api.scan_files(files)).cases
+            for c, case in enumerate(cases):
+                caseStart = start + (stop - start) * c / len(cases)
+                caseStop = start + (stop - start) * (c + 1) / len(cases)
+                row = api.export_case(
+                    case,
+                    outputFolder,
+                    options,
+                    formats=formats if formats.extra else None,
+                    resampler=resampler,
+                    progress=self._subProgress(caseStart, caseStop, f"{case.case_id}: "),
+                )
+                rows.append(row)
+                api.write_manifest(outputFolder, rows)
+                if row["status"] != "ok":
+                    self.log(_("Case {case} failed: {reason}").format(case=row["case_id"], reason=row["reason"]))
+                if rowCallback:
+                    rowCallback(row["case_id"], row["status"], row["reason"], row.get("warnings", ""))
+        if formats.extra:
+            formats.finish(outputFolder, rows)
+        api.write_manifest(outputFolder, rows)
+        api.write_report(outputFolder, rows, source="3D Slicer DICOM database")
         self.progress(1.0, _("{n} cases").format(n=len(rows)))
         return rows
+
+    # ---- display --------------------------------------------------------------------------------
+
+    def _removeOutputs(self) -> None:
+        for node in slicer.util.getNodesByClass("vtkMRMLNode"):
+            if node.GetScene() is not None and node.GetAttribute(self.OUTPUT_ATTRIBUTE):
+                resamplers._remove_with_helpers(slicer.mrmlScene, node)
+
+    def showResult(self, result, doseNode=None) -> dict:
+        """Show the result's CT with its dose as a thresholded colour wash and its masks as segments.
+
+        The nodes of the previous call are removed first, so repeated Align clicks do not pile up
+        full-size volumes. Returns the new nodes by role ("ct", "dose", "masks").
+        """
+        self._removeOutputs()
+        scene = slicer.mrmlScene
+        ctNode = mrml.volume_node_from_volume(result.ct, scene, f"{result.case_id} CT")
+        aligned = mrml.volume_node_from_volume(result.dose, scene, f"{result.case_id} dose")
+        nodes = {"ct": ctNode, "dose": aligned}
+        masks, _kinds, _body = api.masks_from_arrays(result.extra_arrays, result.meta, result.ct.grid.shape)
+        if masks:
+            segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{result.case_id} masks")
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
+            for name, mask in masks:
+                segmentId = segmentationNode.GetSegmentation().AddEmptySegment("", name)  # IDs unique, names may repeat
+                slicer.util.updateSegmentBinaryLabelmapFromArray(
+                    mask.astype(np.uint8), segmentationNode, segmentId, ctNode
+                )
+            segmentationNode.CreateDefaultDisplayNodes()
+            nodes["masks"] = segmentationNode
+        for node in nodes.values():
+            node.SetAttribute(self.OUTPUT_ATTRIBUTE, "1")
+        dmax = float(result.dose.array.max()) or 1.0
+        display = aligned.GetDisplayNode()
+        colorNodeID = "vtkMRMLColorTableNodeRainbow"
+        if doseNode is not None and doseNode.GetScene() is not None and doseNode.GetDisplayNode():
+            colorNodeID = doseNode.GetDisplayNode().GetColorNodeID() or colorNodeID  # SlicerRT's Dose_ColorTable
+        display.SetAndObserveColorNodeID(colorNodeID)
+        display.SetAutoWindowLevel(0)
+        display.SetWindowLevelMinMax(0.0, dmax)
+        display.SetApplyThreshold(1)
+        display.SetLowerThreshold(0.05 * dmax)
+        # Outputs go under the dose's study in the subject hierarchy
+        if doseNode is not None and doseNode.GetScene() is not None:
+            shNode = self._subjectHierarchy()
+            studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(doseNode))
+            if studyItem:
+                for node in nodes.values():
+                    shNode.SetItemParent(shNode.GetItemByDataNode(node), studyItem)
+        layoutManager = slicer.app.layoutManager() if hasattr(slicer.app, "layoutManager") else None
+        if layoutManager is not None:
+            slicer.util.setSliceViewerLayers(background=ctNode, foreground=aligned, foregroundOpacity=0.5, fit=True)
+        return nodes
 
 
 #
@@ -1386,8 +1181,10 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
 
 
 class DoseAlignTest(ScriptedLoadableModuleTest):
-    """Runs the in-Slicer path (SlicerRT load, Resample CLI, export) on the engine's phantom and
-    compares the arrays with the engine's own export of the same files."""
+    """Runs the module on the engine's phantom and compares every backend with ``dosealign export``:
+    the Resample CLI and in-process VTK backends (identical grids and pair.npz members, CT within 1 HU,
+    identical masks, dose within 1e-4 x Dmax inside the dose grid), uneven frame offsets through the CLI,
+    and a study loaded twice through the DICOM database and SlicerRT (each dose node maps to its file)."""
 
     def setUp(self):
         """Reset the state: a clear scene."""
@@ -1400,78 +1197,116 @@ class DoseAlignTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_DoseAlign_InProcessMatchesEngine()
         self.setUp()
-        self.test_DoseAlign_UnevenFramesRefused()
+        self.test_DoseAlign_UnevenFramesThroughTheCli()
+        self.setUp()
+        self.test_DoseAlign_LoadedDosesMapToTheirFiles()
 
     def _writePhantom(self, name, **spec):
-
-        folder = pathlib.Path(slicer.util.tempDirectory(f"DoseAlignTest-{name}"))
+        folder = pathlib.Path(tempfile.mkdtemp(prefix=f"DoseAlignTest-{name}-"))
         api.write_phantom(folder / "dicom", api.PhantomSpec(**spec))
         return folder
 
-    def _compareWithEngine(self, backend):
-        from DICOMLib import DICOMUtils
-
-        folder = self._writePhantom(backend)
-        options = AlignOptions()  # structures and audit on
+    def _compareWithEngine(self, backend, options=None, **spec):
+        """Export the phantom through the module with ``backend`` and with the engine; compare the cases."""
+        folder = self._writePhantom(backend, **spec)
+        options = options or AlignOptions()  # structures and audit on
         engineReport = api.export_folder(folder / "dicom", folder / "engine", options)
         self.assertEqual(engineReport.exit_code, 0, engineReport.rows)
-
         logic = DoseAlignLogic()
-        logic.logCallback = logging.info
-        with DICOMUtils.TemporaryDICOMDatabase(str(folder / "db")):
-            rows = logic.exportFolder(folder / "dicom", folder / "slicer", options, backend)
-        self.assertEqual([r["status"] for r in rows], ["ok"] * len(engineReport.rows), rows)
-
+        rows = logic.exportFolder(folder / "dicom", folder / "slicer", options, backend)
+        self.assertEqual([r["case_id"] for r in rows], [r["case_id"] for r in engineReport.rows])
+        self.assertEqual([r["status"] for r in rows], ["ok"] * len(rows), rows)
+        metas = []
         for row in engineReport.rows:
-            caseId = row["case_id"]
-            expected = np.load(folder / "engine" / caseId / "pair.npz")
-            actual = np.load(folder / "slicer" / caseId / "pair.npz")
-            import json
+            metas.append(self._compareCase(folder / "engine" / row["case_id"], folder / "slicer" / row["case_id"]))
+        return folder, metas
 
-            engineMeta = json.loads((folder / "engine" / caseId / "meta.json").read_text())
-            slicerMeta = json.loads((folder / "slicer" / caseId / "meta.json").read_text())
-            self.assertEqual(engineMeta["shape"], slicerMeta["shape"])
-            np.testing.assert_allclose(slicerMeta["ijk_to_lps"], engineMeta["ijk_to_lps"], atol=1e-3)
-            self.assertEqual(sorted(actual.files), sorted(expected.files))
-            self.assertLessEqual(int(np.abs(actual["ct"].astype(np.int32) - expected["ct"]).max()), 1)
-            if "masks" in expected.files:  # the engine rasterizes the ROIs in both paths, on the same grid
-                np.testing.assert_array_equal(actual["masks"], expected["masks"])
-            # interior: CT voxels at least one dose voxel inside the dose grid
-            doseFile = folder / "dicom" / engineMeta["source"]["rtdose_files"][0]
-            dose, _geometry, _info = api.read_rtdose(doseFile)
+    def _compareCase(self, engineFolder, slicerFolder):
+        expected = dict(np.load(engineFolder / "pair.npz"))
+        actual = dict(np.load(slicerFolder / "pair.npz"))
+        engineMeta = json.loads((engineFolder / "meta.json").read_text(encoding="utf-8"))
+        slicerMeta = json.loads((slicerFolder / "meta.json").read_text(encoding="utf-8"))
+        self.assertEqual(sorted(actual), sorted(expected))
+        self.assertEqual(sorted(slicerMeta), sorted(engineMeta))
+        self.assertEqual(slicerMeta["shape"], engineMeta["shape"])
+        self.assertEqual(slicerMeta["ijk_to_lps"], engineMeta["ijk_to_lps"])
+        for name, array in expected.items():
+            self.assertEqual(actual[name].dtype, array.dtype, name)
+            self.assertEqual(actual[name].shape, array.shape, name)
+        self.assertLessEqual(int(np.abs(actual["ct"].astype(np.int32) - expected["ct"]).max()), 1)
+        if "masks" in expected:  # the engine rasterizes the ROIs in every backend, on the same grid
+            np.testing.assert_array_equal(actual["masks"], expected["masks"])
+        grid = api.Grid(tuple(engineMeta["shape"]), np.array(engineMeta["ijk_to_lps"]))
+        interior = self._doseInterior(grid, engineMeta)
+        self.assertGreater(int(interior.sum()), 100)
+        dmax = float(expected["dose"].max())
+        error = float(np.abs(actual["dose"].astype(np.float64) - expected["dose"])[interior].max())
+        self.assertLessEqual(error, 1e-4 * dmax, f"dose differs by {error} Gy (Dmax {dmax})")
+        return slicerMeta
 
-            grid = api.Grid(tuple(engineMeta["shape"]), np.array(engineMeta["ijk_to_lps"]))
-            k, j, i = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
-            index = dose.grid.lps_to_index(grid.index_to_lps(np.stack([i, j, k], axis=-1).astype(np.float64)))
-            upper = np.array(dose.grid.shape[::-1]) - 1
-            interior = np.all((index >= 1) & (index <= upper - 1), axis=-1)
-            self.assertGreater(int(interior.sum()), 100)
-            dmax = float(expected["dose"].max())
-            error = np.abs(actual["dose"].astype(np.float64) - expected["dose"])[interior].max()
-            self.assertLessEqual(error, 1e-4 * dmax, f"{backend}: dose differs by {error} Gy (Dmax {dmax})")
+    @staticmethod
+    def _doseInterior(grid, meta):
+        """Output voxels at least one voxel inside every native dose grid (slice by slice, little memory)."""
+        inside = np.ones(grid.shape, dtype=bool)
+        j, i = np.meshgrid(np.arange(grid.shape[1]), np.arange(grid.shape[2]), indexing="ij")
+        for native in meta["dose"]["native_grids"]:
+            doseGrid = api.Grid(tuple(native["shape"]), np.array(native["ijk_to_lps"]))
+            upper = np.array(doseGrid.shape[::-1], dtype=float) - 1
+            for k in range(grid.shape[0]):
+                points = np.stack([i, j, np.full(i.shape, k)], axis=-1).astype(np.float64)
+                index = np.linalg.solve(
+                    doseGrid.affine[:3, :3], (grid.index_to_lps(points) - doseGrid.affine[:3, 3])[..., None]
+                )[..., 0]
+                inside[k] &= np.all((index >= 1) & (index <= upper - 1), axis=-1)
+        return inside
 
     def test_DoseAlign_CliMatchesEngine(self):
-        self.delayDisplay("Phantom through SlicerRT + Resample CLI vs the engine")
-        self._compareWithEngine(BackendChoice.CLI.value)
+        self.delayDisplay("Phantom through the Resample CLI vs the engine")
+        _folder, metas = self._compareWithEngine(BackendChoice.CLI.value, patient_position="FFS")
+        self.assertTrue(all(m["resampling"]["backend"].startswith("slicer-cli") for m in metas))
         self.delayDisplay("Test passed")
 
     def test_DoseAlign_InProcessMatchesEngine(self):
-        self.delayDisplay("Phantom through SlicerRT + in-process resampling vs the engine")
-        self._compareWithEngine(BackendChoice.IN_PROCESS.value)
+        self.delayDisplay("Phantom through in-process VTK resampling vs the engine")
+        _folder, metas = self._compareWithEngine(BackendChoice.IN_PROCESS.value, patient_position="HFP")
+        self.assertTrue(all(m["resampling"]["backend"].startswith("slicer-vtk") for m in metas))
         self.delayDisplay("Test passed")
 
-    def test_DoseAlign_UnevenFramesRefused(self):
-        from DICOMLib import DICOMUtils
-
-        self.delayDisplay("Uneven GridFrameOffsetVector: Slicer's dose is refused, not used")
-        folder = self._writePhantom(
-            "uneven", dose_frame_offsets=[0, 3, 6, 9, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45, 48, 51, 54, 57, 60]
+    def test_DoseAlign_UnevenFramesThroughTheCli(self):
+        self.delayDisplay("Uneven GridFrameOffsetVector: evened by the engine, then the Resample CLI")
+        offsets = [0, 3, 6, 9, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45, 48, 51, 54, 57, 60]
+        _folder, metas = self._compareWithEngine(
+            BackendChoice.CLI.value, AlignOptions(structures=False), dose_frame_offsets=offsets
         )
+        self.assertIn("uneven slices", " ".join(metas[0]["resampling"]["before_backend"]))
+        self.delayDisplay("Test passed")
+
+    def test_DoseAlign_LoadedDosesMapToTheirFiles(self):
+        """Needs the application: DICOM database, SlicerRT. A PLAN dose and two BEAM doses share a series,
+        and the study is loaded twice: every dose node must still map to its own file."""
+        self.delayDisplay("Doses of one series, loaded twice through SlicerRT, each mapped to its file")
+        folder = self._writePhantom("load", write_beam_doses=True, n_beams=2)
         logic = DoseAlignLogic()
-        with DICOMUtils.TemporaryDICOMDatabase(str(folder / "db")):
+        options = AlignOptions(structures=False)
+        with logic.temporaryDatabase(folder / "db"):
             studies = logic.importFolderToDatabase(folder / "dicom")
-            nodeIDs = logic.loadStudy(studies[0])
-            doseNode = logic.doseVolumeNodes(nodeIDs)[0]
-            with self.assertRaises(GeometryError):
-                logic.verifyDoseGeometry(doseNode)
+            nodeIDs = logic.loadStudy(studies[0]) + logic.loadStudy(studies[0])
+            doseNodes = logic.doseVolumeNodes(nodeIDs)
+            self.assertEqual(len(doseNodes), 6)
+            files = [logic.doseFileForNode(n) for n in doseNodes]
+            self.assertEqual(sorted(files[:3]), sorted(files[3:]))
+            self.assertEqual(len(set(files)), 3)
+            for node, path in zip(doseNodes, files):
+                volume = api.read_rtdose(path)[0]
+                self.assertIsNone(mrml.geometry_difference(node, volume.grid))
+                np.testing.assert_allclose(
+                    slicer.util.arrayFromVolume(node), volume.array, atol=1e-4 * volume.array.max()
+                )
+            result = logic.alignNodes(None, doseNodes[-1], options, BackendChoice.CLI.value)
+            engine = api.run_case(logic.caseForDose(doseNodes[-1]), options)
+            self.assertEqual(result.case_id, engine.case_id)
+            interior = self._doseInterior(engine.dose.grid, engine.meta)
+            dmax = float(engine.dose.array.max())
+            error = float(np.abs(result.dose.array - engine.dose.array)[interior].max())
+            self.assertLessEqual(error, 1e-4 * dmax)
         self.delayDisplay("Test passed")

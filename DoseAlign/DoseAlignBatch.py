@@ -1,20 +1,23 @@
-"""Headless batch export through Slicer: DICOM database + SlicerRT loading + Resample CLI + engine writer.
+"""Headless batch export through Slicer: the engine's cases, resampled by the Resample CLI (or VTK, or the engine).
 
-Usage (the script path must not be the first argument after it; Slicer keeps the rest for the script)::
+Usage (Linux needs a display even without the main window: ``xvfb-run -a`` or ``QT_QPA_PLATFORM=offscreen``;
+the script lies in the installed extension's ``lib/Slicer-X.Y/qt-scripted-modules/``)::
 
-    Slicer --no-main-window --python-script /path/to/DoseAlignBatch.py --input DICOM_DIR --output OUT_DIR
+    Slicer --no-splash --no-main-window --python-script /path/to/DoseAlignBatch.py --input DICOM_DIR --output OUT_DIR
         [--backend cli|inprocess|engine] [--reference ct|dose|custom] [--interpolator linear|nn|bs|ws]
         [--spacing 2 | 1,1,2.5] [--box dose|ct|cube] [--size 128] [--ct-fill -1000] [--ct-dtype int16|float32]
-        [--allow-relative] [--no-structures] [--format npz|npz+nrrd] [--database DB_DIR] [--resume]
+        [--allow-relative] [--no-structures] [--format npz|npz+nrrd] [--resume]
 
-Writes ``OUT_DIR/<case>/pair.npz``, ``OUT_DIR/<case>/meta.json`` and ``OUT_DIR/manifest.csv`` (the
-layout of ``dosealign export``). Prints one progress line per step and one result line per case.
-Exit code: 0 every case exported, 1 some case failed, 2 usage or setup error, 3 cancelled or crashed.
-Every path ends in ``sys.exit``: ``--python-script`` does not quit Slicer by itself, and an uncaught
-exception would leave it running.
+Writes ``OUT_DIR/<case>/pair.npz``, ``meta.json``, ``manifest.csv`` and ``report.html`` exactly as
+``dosealign export`` does (the same cases, ids and files; only ``resampling.backend`` says what resampled).
+No DICOM database is used or touched: the engine reads the files. Prints progress lines and one
+``CASE <id>: ok|failed`` line per case. Exit code: 0 every case exported, 1 some case failed, 2 usage
+or setup error, 3 cancelled or crashed. Every path ends in ``sys.exit``: ``--python-script`` does not
+quit Slicer by itself, and an uncaught exception would leave it running. ``--help`` after the script
+path shows Slicer's help: use ``--usage`` for this script's.
 
 Slicer registers every ``.py`` file of a scripted-module folder as a module, so this file also
-defines a hidden ``DoseAlignBatch`` module; importing it runs nothing.
+defines a hidden ``DoseAlignBatch`` module (and its ``DoseAlignBatchTest``); importing it runs nothing.
 """
 
 import argparse
@@ -23,7 +26,7 @@ import sys
 import time
 import traceback
 
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
 EXIT_OK = 0
 EXIT_CASES_FAILED = 1
@@ -48,20 +51,53 @@ class DoseAlignBatch(ScriptedLoadableModule):
         parent.hidden = True
 
 
+class DoseAlignBatchTest(ScriptedLoadableModuleTest):
+    """The batch on the engine's phantom with every backend: exit code 0, one ok case, the same case
+    as the engine's export (ScriptedLoadableModule registers a self-test that needs this class)."""
+
+    def runTest(self):
+        import json
+        import pathlib
+        import tempfile
+
+        from DoseAlignLib.api import PhantomSpec, export_folder, options_from_args, write_phantom
+
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="DoseAlignBatchTest-"))
+        write_phantom(folder / "dicom", PhantomSpec())
+        engine = export_folder(
+            folder / "dicom",
+            folder / "engine",
+            options_from_args(_get_parser().parse_args(["--input", "x", "--output", "y"])),
+        )
+        for backend in ("engine", "inprocess", "cli"):
+            out = folder / backend
+            self.assertEqual(main(["--input", str(folder / "dicom"), "--output", str(out), "--backend", backend]), 0)
+            (caseDir,) = [p for p in out.iterdir() if p.is_dir()]
+            self.assertEqual(caseDir.name, engine.rows[0]["case_id"])
+            meta = json.loads((caseDir / "meta.json").read_text(encoding="utf-8"))
+            self.assertTrue(
+                meta["resampling"]["backend"].startswith(
+                    {"engine": "engine", "inprocess": "slicer-vtk", "cli": "slicer-cli"}[backend]
+                )
+            )
+
+
 def _get_parser() -> argparse.ArgumentParser:
     from DoseAlignLib.api import parse_floats, parse_ints  # the dosealign command's own parsers
 
     parser = argparse.ArgumentParser(
         prog="DoseAlignBatch.py",
-        description="Export every CT/dose case below a DICOM folder through Slicer (SlicerRT + Resample CLI).",
+        description="Export every CT/dose case below a DICOM folder through Slicer (Resample CLI by default).",
+        add_help=False,  # Slicer takes --help itself (ctkCommandLineParser, qSlicerCoreCommandOptions.cxx:399)
     )
+    parser.add_argument("--usage", action="help", help="show this help and exit (Slicer takes --help and -h)")
     parser.add_argument("--input", required=True, help="folder with DICOM files (searched recursively; never modified)")
     parser.add_argument("--output", required=True, help="output folder (created)")
     parser.add_argument(
         "--backend",
         choices=["cli", "inprocess", "engine"],
         default="cli",
-        help="resampling: Resample Scalar/Vector/DWI Volume CLI (default), in-process VTK (linear), or the engine",
+        help="what resamples: Resample Scalar/Vector/DWI Volume CLI (default), in-process VTK (linear), or the engine",
     )
     parser.add_argument(
         "--reference",
@@ -77,7 +113,6 @@ def _get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-relative", action="store_true", help="export DoseUnits RELATIVE doses (not Gy)")
     parser.add_argument("--no-structures", action="store_true", help="do not rasterize RTSTRUCT ROIs")
     parser.add_argument("--format", choices=["npz", "npz+nrrd"], default="npz", help="also write NRRD volumes")
-    parser.add_argument("--database", help="use (and add to) this DICOM database folder instead of a temporary one")
     parser.add_argument("--resume", action="store_true", help="skip cases whose outputs are already complete")
     return parser
 
@@ -110,15 +145,17 @@ def _print_row(case_id: str, status: str, reason: str = "", flags: str = "") -> 
 
 def main(argv) -> int:
     """Run the batch and return the exit code; only unexpected bugs raise (the ``__main__`` guard catches them)."""
-    parser = _get_parser()
     try:
+        parser = _get_parser()
         args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # --help (0) or a usage error (2): argparse already printed why
+    except SystemExit as exit_request:  # --usage (0) or a usage error (2): argparse already printed why
         return int(exit_request.code or 0)
+    except ImportError as error:
+        print(f"DoseAlignBatch: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
 
     try:
-        from DICOMLib import DICOMUtils
-        from DoseAlignLib.api import Cancelled, options_from_args
+        from DoseAlignLib.api import Cancelled, DoseAlignError, options_from_args
 
         import DoseAlign
 
@@ -128,26 +165,17 @@ def main(argv) -> int:
         return EXIT_USAGE
 
     logic = DoseAlign.DoseAlignLogic()
-    logic.logCallback = lambda text: print(text, flush=True)
+    logic.logCallback = lambda text: print(text, flush=True)  # the only place lines go (not also to logging)
     logic.progressCallback = _ProgressPrinter()
     started = time.monotonic()
     try:
-        if args.database:
-            if not DICOMUtils.openDatabase(args.database):
-                print(f"DoseAlignBatch: cannot open the DICOM database {args.database}", file=sys.stderr, flush=True)
-                return EXIT_USAGE
-            rows = logic.exportFolder(
-                args.input, args.output, options, args.backend, args.format, args.resume, rowCallback=_print_row
-            )
-        else:
-            with DICOMUtils.TemporaryDICOMDatabase():
-                rows = logic.exportFolder(
-                    args.input, args.output, options, args.backend, args.format, args.resume, rowCallback=_print_row
-                )
+        rows = logic.exportFolder(
+            args.input, args.output, options, args.backend, args.format, args.resume, rowCallback=_print_row
+        )
     except Cancelled:
         print("DoseAlignBatch: cancelled", file=sys.stderr, flush=True)
         return EXIT_ABORTED
-    except (OSError, ValueError, RuntimeError) as error:  # bad folder, database, missing module: not a case error
+    except (OSError, ValueError, RuntimeError, DoseAlignError) as error:  # bad folder, missing module: no case ran
         print(f"DoseAlignBatch: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     failed = [row for row in rows if row["status"] == "failed"]  # skipped: kept by --resume

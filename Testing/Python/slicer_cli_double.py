@@ -39,8 +39,12 @@ CLIs, what ApplyTask does, step by step, and runs the real executable (the bundl
 
 The returned node is a real ``vtkMRMLCommandLineModuleNode`` in the scene (status constants, error
 text, ``RemoveNode`` all genuine); its parameter values live in the double (``values_of(node)``).
+``run(..., wait_for_completion=False)`` (``Apply``, logic:699-731) starts the process and returns with
+the node Running; :func:`process_events` stands for ``slicer.app.processEvents()``: it polls the
+process, kills it once ``Cancel()`` has set the node to Cancelling (logic:1837-1846, :1953-1956) and
+otherwise reads the outputs back and sets Completed, as the main thread does in Slicer.
 Not reproduced (``NotImplementedError``): shared-object CLIs, return parameters, hidden parameters,
-markups/ROI/miniscene parameters, asynchronous ``run``, cancelling.
+markups/ROI/miniscene parameters.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import types
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -107,6 +112,37 @@ log = logging.getLogger(__name__)
 
 #: Logics of the CliModule objects made so far (setNodeParameters finds a node's logic here).
 _LOGICS: list = []
+#: (logic, task) of asynchronous runs (``run(..., wait_for_completion=False)``) not yet finished.
+_PENDING: list = []
+
+
+def _node_class():
+    import slicer
+
+    return slicer.vtkMRMLCommandLineModuleNode
+
+
+@dataclass
+class _Task:
+    """One ApplyTask between its command line and its end."""
+
+    node: object
+    command: List[str]
+    to_reload: Dict[str, str]
+    files_to_delete: set
+    process: Optional[subprocess.Popen] = None
+    started: float = 0.0
+
+
+def process_events() -> None:
+    """What ``slicer.app.processEvents()`` does for asynchronous CLI runs: the worker thread's progress
+    (here: the child process is polled, and killed once ``Cancel()`` set the node to Cancelling) and, in
+    the main thread, the read-back of the outputs (``qSlicerCoreApplication::processAppLogicReadData``,
+    v5.8.1 qSlicerCoreApplication.cxx:2042, :2061-2065) that ends in ``Completed``."""
+    for entry in list(_PENDING):
+        logic, task = entry
+        if logic._poll(task):
+            _PENDING.remove(entry)
 
 
 # ---- finding the executable ---------------------------------------------------------------------
@@ -286,7 +322,15 @@ class CliLogic:
         return node
 
     def Apply(self, node, updateDisplay: bool = True) -> None:  # noqa: N802, N803
-        raise NotImplementedError("the CLI double runs synchronously only: use runSync (ApplyAndWait)")
+        # logic:699-731: the task is scheduled (status Scheduled) and runs in a worker thread; here the
+        # inputs are written now and the process runs until process_events() sees it end
+        node.SetAttribute("UpdateDisplay", "true" if updateDisplay else "false")
+        node.SetOutputText("", False)
+        node.SetErrorText("", False)
+        node.SetStatus(_node_class().Scheduled, True)
+        task = self._prepare(node)
+        if task is not None:
+            self._start_process(task)
 
     def ApplyAndWait(self, node, updateDisplay: bool = True) -> None:  # noqa: N802, N803
         # logic:669-682
@@ -325,7 +369,9 @@ class CliLogic:
         pid = _node_id_letters(str(os.getpid()))
         return str(Path(self._module.temporary_directory) / f"{pid}_{_node_id_letters(node_id)}{extension}")
 
-    def _apply_task(self, node) -> None:
+    def _prepare(self, node) -> Optional[_Task]:
+        """ApplyTask up to the process start (logic:822-1731): write the inputs, build the command line.
+        None when the task ends before a process is started (its status is then set)."""
         import slicer
 
         cls = slicer.vtkMRMLCommandLineModuleNode
@@ -337,7 +383,7 @@ class CliLogic:
             node.SetOutputText("", False)
             node.SetErrorText("", False)
             node.SetStatus(cls.Cancelled, False)
-            return
+            return None
         if any(p.is_return_parameter for p in description.parameters):
             raise NotImplementedError("CLIs with return parameters are not reproduced")
 
@@ -434,26 +480,75 @@ class CliLogic:
                 command.append(value)
         record.command_line = command
         log.info("%s command line: %s", description.title, " ".join(command))
+        return _Task(node, command, to_reload, files_to_delete)
 
-        # run it (logic:1760-2030)
-        node.SetOutputText("", False)
-        node.SetErrorText("", False)
-        node.SetStatus(cls.Running, False)
+    def _apply_task(self, node) -> None:
+        """ApplyTask, synchronously (what ApplyAndWait runs)."""
+        task = self._prepare(node)
+        if task is None:
+            return None
+        self._started(task)
         environment = dict(os.environ)
         environment["ITK_AUTOLOAD_PATH"] = ""
         try:
             result = subprocess.run(
-                command, capture_output=True, env=environment, timeout=self._module.timeout, check=False
+                task.command, capture_output=True, env=environment, timeout=self._module.timeout, check=False
             )
-            stdout = _without_progress(result.stdout.decode("utf-8", errors="replace"))
-            stderr = result.stderr.decode("utf-8", errors="replace")
-            returncode = result.returncode
+            self._finish(task, result.returncode, result.stdout, result.stderr)
         except subprocess.TimeoutExpired as expired:
-            stdout = _without_progress((expired.stdout or b"").decode("utf-8", errors="replace"))
-            stderr = (expired.stderr or b"").decode("utf-8", errors="replace")
-            returncode = None
-        node.SetOutputText(stdout, False)
-        node.SetErrorText(stderr, False)
+            self._finish(task, None, expired.stdout or b"", expired.stderr or b"")
+        return None
+
+    def _started(self, task: _Task) -> None:
+        # logic:1760-1790: the texts are cleared and the node is Running while the process runs
+        cls = _node_class()
+        task.node.SetOutputText("", False)
+        task.node.SetErrorText("", False)
+        task.node.SetStatus(cls.Running, False)
+
+    def _start_process(self, task: _Task) -> None:
+        """Apply's worker thread, as a child process this double polls from :func:`process_events`."""
+        self._started(task)
+        environment = dict(os.environ)
+        environment["ITK_AUTOLOAD_PATH"] = ""
+        task.process = subprocess.Popen(task.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+        task.started = time.monotonic()
+        _PENDING.append((self, task))
+
+    def _poll(self, task: _Task) -> bool:
+        """One look at a running task; True when it is over (logic:1823-1850 abort check, 1953 Cancelled)."""
+        cls = _node_class()
+        process = task.process
+        if task.node.GetStatus() == cls.Cancelling:  # Cancel() set Abort: the loop kills the process
+            process.kill()
+            stdout, stderr = process.communicate()
+            task.node.SetOutputText(_without_progress(stdout.decode("utf-8", errors="replace")), False)
+            task.node.SetErrorText(stderr.decode("utf-8", errors="replace"), False)
+            task.node.SetStatus(cls.Cancelled, False)
+            self._delete(task.files_to_delete)
+            task.node.Modified()
+            return True
+        timeout = self._module.timeout
+        if process.poll() is None and (timeout is None or time.monotonic() - task.started < timeout):
+            return False
+        if process.poll() is None:  # timed out
+            process.kill()
+            stdout, stderr = process.communicate()
+            self._finish(task, None, stdout, stderr)
+            return True
+        stdout, stderr = process.communicate()
+        self._finish(task, process.returncode, stdout, stderr)
+        return True
+
+    def _finish(self, task: _Task, returncode: Optional[int], stdout: bytes, stderr: bytes) -> None:
+        """logic:1936-2030 (exit status), then the read-back requests and the final status."""
+        cls = _node_class()
+        node = task.node
+        scene = self._module.scene
+        values = self.values_of(node).values
+        description = self._module.description
+        node.SetOutputText(_without_progress(stdout.decode("utf-8", errors="replace")), False)
+        node.SetErrorText(stderr.decode("utf-8", errors="replace"), False)
         if returncode is None:
             log.error("%s timed out", description.title)
             node.SetStatus(cls.CompletedWithErrors, False)
@@ -467,8 +562,9 @@ class CliLogic:
             node.SetStatus(cls.Completing, False)
 
         requests = 0
+        files_to_delete = set(task.files_to_delete)
         if node.GetStatus() == cls.Completing:
-            for node_id, file_name in to_reload.items():
+            for node_id, file_name in task.to_reload.items():
                 self._read_output(scene.GetNodeByID(node_id), file_name)
                 files_to_delete.discard(file_name)
                 requests += 1
@@ -482,7 +578,8 @@ class CliLogic:
         if node.GetStatus() == cls.Completing:
             # logic:2386-2393 (no request) and ProcessMRMLLogicsEvents logic:2534-2557 (after the last one)
             node.SetStatus(cls.Completed, True)
-        return None
+        else:
+            node.Modified()
 
     def _fail(self, node, text: str, status: int) -> None:
         log.error(text)
@@ -663,12 +760,18 @@ def _logic_of(node) -> CliLogic:
     raise ValueError(f"{node.GetID()} was not created by a CLI double")
 
 
-def install(monkeypatch, scene, temporary_directory, executable: Optional[Path] = None) -> CliModule:
+def install(
+    monkeypatch,
+    scene,
+    temporary_directory,
+    executable: Optional[Path] = None,
+    description: Optional[CliDescription] = None,
+) -> CliModule:
     """Make ``slicer.cli.runSync`` and ``slicer.modules.resamplescalarvectordwivolume`` this double, and
     ``slicer.mrmlScene`` the given scene, for one test (undone by ``monkeypatch``)."""
     import slicer
 
-    module = CliModule(scene, temporary_directory, executable)
+    module = CliModule(scene, temporary_directory, executable, description)
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     monkeypatch.setattr(slicer, "cli", sys.modules[__name__], raising=False)
     modules = getattr(slicer, "modules", None)

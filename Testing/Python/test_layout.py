@@ -151,7 +151,12 @@ def glue_imports(source: str) -> list:
 
 @pytest.mark.parametrize(
     "relative",
-    ["DoseAlign/DoseAlign.py", "DoseAlign/DoseAlignBatch.py", "DoseAlign/DoseAlignMRML/volumes.py"],
+    [
+        "DoseAlign/DoseAlign.py",
+        "DoseAlign/DoseAlignBatch.py",
+        "DoseAlign/DoseAlignMRML/volumes.py",
+        "DoseAlign/DoseAlignMRML/resamplers.py",
+    ],
 )
 def test_slicer_glue_and_bridge_use_only_the_public_api(relative):
     assert glue_imports((ROOT / relative).read_text(encoding="utf-8")) == []

@@ -5,8 +5,9 @@
   parameterNodeWrapper);
 * DoseAlign.ui is well-formed and defines every ``self.ui.<name>`` the module uses, with
   parameter bindings that name real parameters;
-* every Slicer/SlicerRT/CTK class, module, plugin and function the module uses is listed, with the
-  source that defines it, in fixtures/slicer_api.json;
+* every Slicer/SlicerRT/CTK name the module uses (DoseAlign.py, DoseAlignBatch.py, DoseAlignMRML/, the .ui)
+  is listed in fixtures/slicer_api.json with the file and line that define it at Slicer v5.6.2, v5.8.1,
+  v5.10.0 and main (Qt and VTK names with how they were checked);
 * the parameters passed to the Resample CLI exist in its XML (fixtures/resample_cli_parameters.json);
 * DoseAlign/CMakeLists.txt lists every Python file, the catalog files agree with each other.
 """
@@ -28,7 +29,9 @@ MODULE_PY = MODULE_DIR / "DoseAlign.py"
 BATCH_PY = MODULE_DIR / "DoseAlignBatch.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "DoseAlign.ui"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SLICER_FILES = (MODULE_PY, BATCH_PY)
+RESAMPLERS_PY = MODULE_DIR / "DoseAlignMRML" / "resamplers.py"
+BRIDGE_PY = MODULE_DIR / "DoseAlignMRML" / "volumes.py"
+SLICER_FILES = (MODULE_PY, BATCH_PY, RESAMPLERS_PY, BRIDGE_PY)
 
 CLASS_NAME = re.compile(r"^(vtkMRML|vtkSlicer|qMRML|qSlicer|ctk)[A-Za-z0-9]+$")
 PLUGIN_NAME = re.compile(r"^(DICOM|Dicom)[A-Za-z0-9]*Plugin$")
@@ -104,6 +107,7 @@ def ui_names_used(path: Path = MODULE_PY) -> set:
             and node.value.attr == "ui"
             and isinstance(node.value.value, ast.Name)
             and node.value.value.id == "self"
+            and not node.attr.startswith("__")
         ):
             names.add(node.attr)
     return names
@@ -205,161 +209,278 @@ def test_ui_custom_widgets_are_declared():
     assert used <= declared
 
 
-# ---- Slicer names and their sources ---------------------------------------------------------------
+# ---- Slicer names and where they were verified ------------------------------------------------------
+
+#: Modules the Slicer files import from the standard library, numpy or the project: their names are not Slicer's.
+LOCAL_ROOTS = {
+    "np",
+    "os",
+    "json",
+    "pathlib",
+    "time",
+    "logging",
+    "tempfile",
+    "shutil",
+    "contextlib",
+    "sys",
+    "traceback",
+    "argparse",
+    "api",
+    "mrml",
+    "resamplers",
+    "enum",
+    "typing",
+    "unittest",
+    "args",
+}
+#: Attribute names of Python's own types (str, list, dict, Path, ndarray, argparse, unittest) the files use.
+PYTHON_ATTRIBUTES = {
+    "add",
+    "append",
+    "extend",
+    "join",
+    "split",
+    "strip",
+    "replace",
+    "format",
+    "get",
+    "items",
+    "values",
+    "keys",
+    "max",
+    "min",
+    "sum",
+    "astype",
+    "startswith",
+    "mkdir",
+    "read_text",
+    "is_dir",
+    "iterdir",
+    "write",
+    "flush",
+    "parse_args",
+    "add_argument",
+    "assertEqual",
+    "assertGreater",
+    "assertIn",
+    "assertIsNone",
+    "assertLessEqual",
+    "assertTrue",
+    "assertRaises",
+    "any",
+    "all",
+    "shape",
+    "dtype",
+    "ndim",
+    "size",
+    "T",
+    "copy",
+    "reshape",
+    "name",
+    "value",
+    "label",
+    "code",
+    "__dict__",
+    "__name__",
+    "lower",
+    "upper",
+    "stream",
+    "messageDelay",
+}
+#: Variables that hold Slicer, SlicerRT, CTK or VTK objects (their attributes are those objects', even where the
+#: engine has an attribute of the same name, e.g. a DICOM loadable's ``files``).
+SLICER_RECEIVERS = {
+    "loadable",
+    "node",
+    "cli_node",
+    "database",
+    "shNode",
+    "segmentationNode",
+    "display",
+    "doseNode",
+    "ctNode",
+    "output_node",
+    "input_node",
+    "reference_node",
+    "image",
+    "matrix",
+    "table",
+    "item",
+    "parent",
+    "scene",
+    "helper",
+    "uiWidget",
+    "module",
+    "cli",
+    "volumes_logic",
+    "output",
+    "aligned",
+    "twin",
+    "widget",
+}
+#: Slicer's scripted-module base classes (the module star-imports them).
+SLICER_BASES = (
+    "ScriptedLoadableModule",
+    "ScriptedLoadableModuleWidget",
+    "ScriptedLoadableModuleLogic",
+    "ScriptedLoadableModuleTest",
+)
+STRING_NAME = re.compile(r"^(DICOM(\.[A-Za-z]+)?|DicomRtImport\.[A-Za-z]+|SlicerParameterName|[a-z]+dwivolume)$")
 
 
-def _strings_and_identifiers(path: Path) -> set:
-    out = set()
-    for node in ast.walk(_tree(path)):
-        if isinstance(node, ast.Name):
-            out.add(node.id)
-        elif isinstance(node, ast.Attribute):
-            out.add(node.attr)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            out.add(node.value)
-        elif isinstance(node, ast.ImportFrom):
-            out.update(a.name for a in node.names)
-    return out
-
-
-def _attribute_chains(path: Path) -> set:
-    """Dotted names like ``slicer.util.loadUI`` (attribute chains that start at a name)."""
-    out = set()
-    for node in ast.walk(_tree(path)):
-        if isinstance(node, ast.Attribute):
-            parts = []
-            current = node
-            while isinstance(current, ast.Attribute):
-                parts.append(current.attr)
-                current = current.value
-            if isinstance(current, ast.Name):
-                out.add(".".join([current.id, *reversed(parts)]))
-    return out
-
-
-def _getattr_modules(path: Path) -> set:
-    """``getattr(slicer.modules, "x")`` -> {"x"}."""
-    out = set()
-    for node in ast.walk(_tree(path)):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "getattr"
-            and len(node.args) >= 2
-            and ast.unparse(node.args[0]) == "slicer.modules"
-            and isinstance(node.args[1], ast.Constant)
-        ):
-            out.add(node.args[1].value)
-    return out
-
-
-def used_class_names() -> set:
+def _engine_attributes() -> set:
+    """Names the engine defines (functions, classes, dataclass fields, attributes): not Slicer's."""
     names = set()
-    for path in SLICER_FILES:
-        names |= {n for n in _strings_and_identifiers(path) if CLASS_NAME.match(n)}
-    ui = ET.parse(UI_FILE).getroot()
-    names |= {w.get("class") for w in ui.iter("widget") if CLASS_NAME.match(w.get("class", ""))}
+    for path in (MODULE_DIR / "DoseAlignLib").rglob("*.py"):
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
     return names
 
 
-def test_every_slicer_class_is_in_the_fixture(api):
-    known = set(api["classes"]) | set(api["strings"])
-    missing = used_class_names() - known
-    assert not missing, f"add to fixtures/slicer_api.json with their source file: {sorted(missing)}"
-
-
-def test_every_module_and_plugin_is_in_the_fixture(api):
-    modules, plugins, dependencies = set(), set(), set()
+def _own_names() -> set:
+    """What the Slicer files define themselves (functions, classes, ``self.x`` attributes, module constants)."""
+    names = set()
     for path in SLICER_FILES:
-        modules |= {c.split(".")[2] for c in _attribute_chains(path) if c.startswith("slicer.modules.")}
-        modules |= _getattr_modules(path)
-        plugins |= {n for n in _strings_and_identifiers(path) if PLUGIN_NAME.match(n)}
-        for node in ast.walk(_tree(path)):
-            if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]).endswith("parent.dependencies"):
-                dependencies |= set(ast.literal_eval(node.value))
-    assert (
-        "resamplescalarvectordwivolume" in modules
-        and {"DICOMScalarVolumePlugin", "DicomRtImportExportPlugin"} <= plugins
-    )
-    assert "DicomRtImport" not in plugins
-    assert not modules - set(api["modules"]), sorted(modules - set(api["modules"]))
-    assert not plugins - set(api["dicom_plugins"]), sorted(plugins - set(api["dicom_plugins"]))
-    assert not dependencies - set(api["module_dependencies"]), sorted(dependencies - set(api["module_dependencies"]))
+        tree = _tree(path)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
+                names.add(node.attr)
+        for node in tree.body:
+            if isinstance(node, ast.Assign):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            elif isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, (ast.Assign, ast.AnnAssign)):
+                        targets = item.targets if isinstance(item, ast.Assign) else [item.target]
+                        names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
 
 
-def test_every_slicer_python_function_is_in_the_fixture(api):
-    python = api["python"]
-    prefixes = {
-        "slicer.util.": "slicer.util",
-        "slicer.cli.": "slicer.cli",
-        "slicer.app.": "slicer.app",
-        "DICOMUtils.": "DICOMUtils",
-    }
-    missing = []
-    for path in SLICER_FILES:
-        chains = _attribute_chains(path)
-        for chain in chains:
-            for prefix, group in prefixes.items():
-                if chain.startswith(prefix):
-                    name = chain[len(prefix) :].split(".")[0]
-                    if name not in python[group]["names"]:
-                        missing.append(f"{group}.{name}")
-            if chain.startswith("slicer.") and chain.count(".") >= 1:
-                head = chain.split(".")[1]
-                if head not in python["slicer"]["names"] and not CLASS_NAME.match(head):
-                    missing.append(f"slicer.{head}")
+def foreign_names(paths=SLICER_FILES) -> dict:
+    """Every name the Slicer files take from Slicer, SlicerRT, CTK, Qt or VTK -> the files using it:
+    attributes (method calls included) on anything but the project's, Python's and the engine's objects,
+    names imported from ``slicer.*``/``DICOMLib``, and strings that name Slicer classes, plugins,
+    attributes and modules; plus the .ui's widget classes."""
+    excluded = _own_names() | _engine_attributes() | PYTHON_ATTRIBUTES
+    found: dict = {}
+
+    def note(name, path):
+        found.setdefault(name, set()).add(path.name)
+
+    for path in paths:
         for node in ast.walk(_tree(path)):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("slicer."):
-                group = python.get(node.module)
+            if isinstance(node, ast.Attribute):
+                root = node
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if isinstance(root, ast.Name) and root.id in LOCAL_ROOTS:
+                    continue
+                receiver = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+                slicers = (
+                    (isinstance(root, ast.Name) and root.id in ("slicer", "vtk", "qt") + SLICER_BASES)
+                    or (isinstance(root, ast.Call) and ast.unparse(root.func) == "super")
+                    or receiver in SLICER_RECEIVERS
+                )
+                if ast.unparse(node.value) == "self.ui" or (node.attr in excluded and not slicers):
+                    continue
+                note(node.attr, path)
+            elif isinstance(node, ast.Name) and node.id in SLICER_BASES:
+                note(node.id, path)
+            elif (
+                isinstance(node, ast.Call)
+                and ast.unparse(node.func) == "getattr"
+                and "slicer" in ast.unparse(node.args[0])
+                and isinstance(node.args[1], ast.Constant)
+            ):
+                note(node.args[1].value, path)
+            elif (
+                isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("slicer", "DICOMLib")
+            ):
                 for alias in node.names:
-                    if alias.name != "*" and (group is None or alias.name not in group["names"]):
-                        missing.append(f"{node.module}.{alias.name}")
-            if isinstance(node, ast.ImportFrom) and node.module == "slicer":
-                missing += [f"slicer.{a.name}" for a in node.names if a.name not in python["slicer"]["names"]]
-    assert not missing, f"add to fixtures/slicer_api.json with their source: {sorted(set(missing))}"
+                    if alias.name != "*":
+                        note(alias.name, path)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+                if CLASS_NAME.match(text) or PLUGIN_NAME.match(text) or STRING_NAME.match(text):
+                    note(text, path)
+            elif isinstance(node, ast.Assign) and ast.unparse(node.targets[0]).endswith("parent.dependencies"):
+                for name in ast.literal_eval(node.value):
+                    if name != "DoseAlign":  # the module itself
+                        note(name, path)
+    ui = ET.parse(UI_FILE).getroot()
+    for widget in ui.iter("widget"):
+        if CLASS_NAME.match(widget.get("class", "")):
+            note(widget.get("class"), UI_FILE)
+    return found
 
 
-def test_every_database_and_subject_hierarchy_method_is_in_the_fixture(api):
-    receivers = {
-        "database": "ctkDICOMDatabase",
-        "shNode": "vtkMRMLSubjectHierarchyNode",
-        "cliNode": "vtkMRMLCommandLineModuleNode",
-    }
-    missing = []
-    for path in SLICER_FILES:
-        for node in ast.walk(_tree(path)):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in receivers:
-                cls = receivers[node.value.id]
-                if node.attr not in api["methods"][cls]["names"]:
-                    missing.append(f"{cls}.{node.attr}")
-    assert not missing, sorted(set(missing))
+def test_the_name_finder_sees_slicer_names():  # the check below could never fail if this found nothing
+    found = foreign_names()
+    for name in ("GetItemUID", "runSync", "filesForSeries", "files", "selected", "BusyMask", "addCurrentPathToHistory"):
+        assert name in found, name
+    for name in ("case_id", "append", "loadFileLists", "resamplerFor", "with_array"):
+        assert name not in found, name
+    assert {"DicomRtImportExportPlugin", "resamplescalarvectordwivolume", "DicomRtImportExport"} <= set(found)
+    assert {"qMRMLNodeComboBox", "ctkPathLineEdit"} <= set(found)
 
 
-def test_fixture_entries_name_their_source(api):
-    def check(entry, where):
-        assert entry.get("repository") and entry.get("path") and entry.get("verified_by"), where
+def test_every_slicer_name_the_module_uses_is_verified(api):
+    missing = {name: sorted(files) for name, files in foreign_names().items() if name not in api["names"]}
+    assert not missing, f"verify these in Slicer/SlicerRT/CTK and add them (verify_slicer_api.py): {missing}"
 
-    for section in ("classes", "modules", "module_dependencies", "dicom_plugins", "strings"):
-        for name, entry in api[section].items():
-            check(entry, f"{section}.{name}")
-    for section in ("methods", "python"):
-        for name, group in api[section].items():
-            check(group["source"], f"{section}.{name}")
-            assert group["names"], f"{section}.{name}"
+
+def test_fixture_entries_give_release_file_and_line(api):
+    releases = {"v5.6.2", "v5.8.1", "v5.10.0", "main"}
+    for repository, refs in api["refs"].items():
+        assert set(refs) == releases and all(len(commit) == 40 for commit in refs.values()), repository
+    for name, entry in api["names"].items():
+        if entry["repository"] in ("Qt", "VTK"):
+            assert entry.get("verified_by"), name
+            continue
+        assert entry["repository"] in api["refs"], name
+        seen = {v["release"]: v for v in entry["verified"]}
+        assert set(seen) == releases, name
+        for release, where in seen.items():
+            assert where["path"] and isinstance(where["line"], int) and where["line"] > 0, (name, release)
+            assert api["refs"][entry["repository"]][release].startswith(where["commit"]), (name, release)
+
+
+def test_unused_fixture_names_are_few(api):
+    """The fixture lists what the module uses, not a catalogue: a stale name means a stale verification."""
+    unused = set(api["names"]) - set(foreign_names()) - {"ctkDICOMDatabase.openDatabase"}
+    assert not unused, f"no longer used, remove from verify_slicer_api.py: {sorted(unused)}"
+
+
+def test_every_module_and_plugin_is_known():
+    found = foreign_names()
+    assert {"DICOMScalarVolumePlugin", "DicomRtImportExportPlugin"} <= set(found)
+    assert "DicomRtImport" not in found  # SlicerRT's module is DicomRtImportExport
 
 
 # ---- the Resample CLI -------------------------------------------------------------------------------
 
 
 def cli_parameters_passed() -> dict:
-    """The dict literal DoseAlignLogic.resampleWithCli hands to slicer.cli.runSync."""
-    for node in ast.walk(_tree(MODULE_PY)):
-        if isinstance(node, ast.FunctionDef) and node.name == "resampleWithCli":
+    """The dict literal CliResampler (DoseAlignMRML/resamplers.py) hands to slicer.cli.run/runSync."""
+    for node in ast.walk(_tree(RESAMPLERS_PY)):
+        if isinstance(node, ast.FunctionDef) and node.name == "__call__":
             for sub in ast.walk(node):
                 if isinstance(sub, ast.Assign) and ast.unparse(sub.targets[0]) == "parameters":
                     assert isinstance(sub.value, ast.Dict)
                     return {ast.literal_eval(k): ast.unparse(v) for k, v in zip(sub.value.keys, sub.value.values)}
-    raise AssertionError("resampleWithCli does not build a 'parameters' dict")
+    raise AssertionError("CliResampler.__call__ does not build a 'parameters' dict")
 
 
 def test_cli_parameter_names_exist_in_the_resample_xml():

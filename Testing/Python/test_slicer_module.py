@@ -1,0 +1,782 @@
+"""The Slicer module's logic (``DoseAlign.py`` and ``DoseAlignMRML.resamplers``) run with PyPI slicer-core.
+
+Every case goes through ``api.run_case``; the backends differ only in the resampler. The CLI backend
+runs the real Resample Scalar/Vector/DWI Volume executable through the ``slicer.cli`` double
+(``slicer_cli_double.py``); those tests skip without the bundle (``./dev test`` unpacks it).
+What slicer-core lacks of the application (DICOM database, DICOM plugins, Qt-side Python modules)
+comes from ``slicer_app.py``; each use says which.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+pytest.importorskip("slicer.util")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed 'slicer' package has no MRML (install slicer-core)", allow_module_level=True)
+
+import pydicom  # noqa: E402
+import slicer_app  # noqa: E402
+import slicer_cli_double as cli_double  # noqa: E402
+from conftest import interior_mask, voxel_points  # noqa: E402
+from DoseAlignLib import api  # noqa: E402
+from DoseAlignLib.api import AlignOptions, PhantomSpec, write_phantom  # noqa: E402
+from DoseAlignMRML import resamplers  # noqa: E402
+from DoseAlignMRML import volumes as mrml  # noqa: E402
+from test_geometry_matrix import outside_rim_mask  # noqa: E402
+
+pytestmark = pytest.mark.slicer_core
+
+CLI_UNAVAILABLE = cli_double.unavailable_reason()
+needs_cli = pytest.mark.skipif(CLI_UNAVAILABLE is not None, reason=str(CLI_UNAVAILABLE))
+UNEVEN = [0, 3, 6, 9, 15, 18, 21, 24, 27, 30, 36, 39, 42, 45, 48, 51, 54, 57, 60, 63]
+
+
+@pytest.fixture()
+def module(monkeypatch, tmp_path_factory):
+    """``DoseAlign`` against slicer-core; ``slicer.app.processEvents`` drives the CLI double's async runs."""
+    return slicer_app.import_module(monkeypatch, tmp_path_factory.mktemp("app"), cli_double.process_events)
+
+
+@pytest.fixture()
+def cli(module, monkeypatch, tmp_path_factory):
+    """The real Resample CLI behind ``slicer.cli`` and ``slicer.modules.resamplescalarvectordwivolume``."""
+    if CLI_UNAVAILABLE:
+        pytest.skip(CLI_UNAVAILABLE)
+    return cli_double.install(monkeypatch, slicer.mrmlScene, tmp_path_factory.mktemp("cli"))
+
+
+@pytest.fixture()
+def database(monkeypatch):
+    """``slicer.dicomDatabase`` (slicer_app.FileDatabase) and DICOMLib with the SlicerRT-like loading."""
+    import types
+
+    db = slicer_app.FileDatabase()
+    loading = slicer_app.RtLoading(db)
+    monkeypatch.setattr(slicer, "dicomDatabase", db, raising=False)
+    dicom_lib = types.ModuleType("DICOMLib")
+    dicom_lib.DICOMUtils = types.SimpleNamespace(
+        getLoadablesFromFileLists=loading.getLoadablesFromFileLists,
+        selectHighestConfidenceLoadables=loading.selectHighestConfidenceLoadables,
+        loadLoadables=loading.loadLoadables,
+        importDicom=lambda folder, database=None: db.add_folder(folder) or True,
+    )
+    monkeypatch.setitem(sys.modules, "DICOMLib", dicom_lib)
+    monkeypatch.setattr(slicer.modules, "dicomPlugins", loading.plugins(), raising=False)
+    return db, loading
+
+
+def _phantom(tmp_path, name="dicom", **spec):
+    return write_phantom(tmp_path / name, PhantomSpec(**spec))
+
+
+def _arrays(folder: Path) -> tuple:
+    with np.load(folder / "pair.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return arrays, json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+
+
+#: meta.json keys present only when the case needs them: what the engine did before a resampler that takes
+#: only even, orthogonal grids (the Slicer backends) - uneven dose frames, irregular CTs
+OPTIONAL_KEYS = {"resampling.before_backend"}
+
+
+def _keys(value, prefix=""):
+    """Every key path of a meta.json (lists of dicts by their first item): its schema."""
+    if isinstance(value, dict):
+        out = set()
+        for key, item in value.items():
+            out.add(prefix + key)
+            out |= _keys(item, prefix + key + ".")
+        return out
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return _keys(value[0], prefix + "[].")
+    return set()
+
+
+# ==== #1: dose node <-> RTDOSE file =========================================================
+
+
+@pytest.fixture()
+def beam_study(tmp_path, database):
+    """A study whose RTDOSE series holds a PLAN dose and two BEAM doses, indexed in the database."""
+    truth = _phantom(tmp_path, write_beam_doses=True, n_beams=2, ct_size=(32, 32, 16), dose_size=(14, 12, 8))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    assert len({str(pydicom.dcmread(str(f)).SeriesInstanceUID) for f in truth.dose_files}) == 1
+    return truth
+
+
+def test_issue15_1_each_dose_of_a_series_maps_to_its_own_file(module, beam_study, database):
+    logic = module.DoseAlignLogic()
+    (study,) = database[0].studiesForPatient(database[0].patients()[0])
+    nodes = logic.doseVolumeNodes(logic.loadStudy(study))
+    assert len(nodes) == 3
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    uids = [sh.GetItemUID(sh.GetItemByDataNode(n), "DICOMInstanceUID") for n in nodes]
+    assert sorted(bool(u) for u in uids) == [False, False, True]  # SlicerRT's mapping, as the premise test shows
+    files = [logic.doseFileForNode(n) for n in nodes]
+    assert sorted(Path(f).name for f in files) == sorted(p.name for p in beam_study.dose_files)
+    for node, path in zip(nodes, files):  # each node holds its own file's dose (GDCM-built, so compare values)
+        expected = api.read_rtdose(path)[0].array
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(node), expected, atol=1e-6 * expected.max())
+    # loadables went one at a time, so that each node's file is known
+    assert all(len(call) == 1 for call in database[1].calls)
+
+
+def test_issue15_1_a_dose_loaded_again_maps_to_its_file(module, beam_study, database):
+    logic = module.DoseAlignLogic()
+    (study,) = database[0].studiesForPatient(database[0].patients()[0])
+    first = logic.doseVolumeNodes(logic.loadStudy(study))
+    again = logic.doseVolumeNodes(logic.loadStudy(study))  # Load twice, or Load then the notebook's export
+    assert [logic.doseFileForNode(n) for n in again] == [logic.doseFileForNode(n) for n in first]
+    # and the case of the second copy is the case of the first
+    case = logic.caseForDose(again[0])
+    assert [str(d.path) for d in case.doses] == [logic.doseFileForNode(again[0])]
+
+
+def test_issue15_1_a_dose_loaded_elsewhere_is_mapped_only_when_unambiguous(module, beam_study, database):
+    logic = module.DoseAlignLogic()
+    (study,) = database[0].studiesForPatient(database[0].patients()[0])
+    nodes = logic.doseVolumeNodes(logic.loadStudy(study))
+    for node in nodes:  # as if loaded by the DICOM module: no record of the file
+        node.RemoveAttribute(logic.SOURCE_FILES_ATTRIBUTE)
+    with pytest.raises(ValueError, match="cannot tell which file"):
+        logic.doseFileForNode(nodes[0])
+
+
+def test_issue15_1_a_wrong_looking_dose_node_is_reported_never_rewritten(module, tmp_path):
+    truth = _phantom(tmp_path, frame_order="decreasing", with_structures=False)
+    node = slicer_app.gdcm_like_dose_node(truth.dose_files[0], slicer.mrmlScene)
+    before = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    matrix_before = mrml.node_ijk_to_ras(node)
+    note = module.DoseAlignLogic().checkDoseNode(node, str(truth.dose_files[0]))
+    assert note and "grid differs" in note
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+    np.testing.assert_array_equal(mrml.node_ijk_to_ras(node), matrix_before)
+    plain = _phantom(tmp_path, "plain", with_structures=False)
+    scaled = slicer_app.gdcm_like_dose_node(plain.dose_files[0], slicer.mrmlScene, scaling=0.0001)  # SlicerRT's default
+    assert "values differ" in module.DoseAlignLogic().checkDoseNode(scaled, str(plain.dose_files[0]))
+    exact = slicer_app.gdcm_like_dose_node(plain.dose_files[0], slicer.mrmlScene)
+    assert module.DoseAlignLogic().checkDoseNode(exact, str(plain.dose_files[0])) is None
+    uneven = _phantom(tmp_path, "uneven", dose_frame_offsets=UNEVEN, with_structures=False)
+    node = slicer_app.gdcm_like_dose_node(uneven.dose_files[0], slicer.mrmlScene)
+    assert "unevenly spaced" in module.DoseAlignLogic().checkDoseNode(node, str(uneven.dose_files[0]))
+
+
+# ==== #2: Export all with the study already loaded ==========================================
+
+
+@needs_cli
+def test_issue15_2_export_all_leaves_loaded_studies_alone(module, cli, tmp_path, database):
+    db, _loading = database
+    _phantom(tmp_path, patient_id="A")
+    _phantom(tmp_path, "second", patient_id="B", patient_position="FFS")
+    db.add_folder(tmp_path / "dicom")
+    db.add_folder(tmp_path / "second")
+    logic = module.DoseAlignLogic()
+    for study in db.studiesForPatient("A"):
+        logic.loadStudy(study)
+    before = slicer_app.scene_counts(slicer.mrmlScene)
+    rows = logic.exportDatabase(tmp_path / "out", AlignOptions(), "cli")
+    assert [r["status"] for r in rows] == ["ok", "ok"], rows
+    assert slicer_app.scene_counts(slicer.mrmlScene) == before  # nothing loaded, nothing left behind
+    for row in rows:  # the structures of the loaded study are there (SlicerRT's lookup would find the old CT)
+        arrays, meta = _arrays(tmp_path / "out" / row["case_id"])
+        assert "masks" in arrays and meta["structures"]["names"]
+        assert meta["resampling"]["backend"] == "slicer-cli"
+    assert (tmp_path / "out" / "manifest.csv").is_file() and (tmp_path / "out" / "report.html").is_file()
+
+
+# ==== #4: masks from the contours, the user's segmentation untouched ================================
+
+
+def test_issue15_4_masks_follow_each_grid_and_leave_the_segmentation(module, tmp_path, database):
+    truth = _phantom(tmp_path, ct_size=(40, 40, 24))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    logic.loadStudy(db.studiesForPatient(db.patients()[0])[0])
+    (dose,) = logic.doseVolumeNodes()
+    (segmentation,) = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+    state = (segmentation.GetMTime(), segmentation.GetSegmentation().GetNumberOfSegments())
+    (case,) = api.form_cases(api.scan_folder(tmp_path / "dicom")).cases
+    for spacing in (4.0, 1.5, 4.0):
+        options = AlignOptions(reference="custom", custom_spacing=(spacing,), custom_box="dose")
+        result = logic.alignNodes(None, dose, options, "engine", segmentation)
+        expected = api.run_case(case, options)  # the engine's rasterizer on the contours, on this grid
+        assert result.ct.grid.shape == expected.ct.grid.shape
+        np.testing.assert_array_equal(result.extra_arrays["masks"], expected.extra_arrays["masks"])
+        assert result.meta["structures"]["names"] == expected.meta["structures"]["names"]
+        assert len(result.meta["structures"]["names"]) >= 3 and len(truth.rois) >= 3
+    assert (segmentation.GetMTime(), segmentation.GetSegmentation().GetNumberOfSegments()) == state
+
+
+def test_issue15_4_two_rois_with_one_name_give_two_masks(module, tmp_path, database):
+    truth = _phantom(tmp_path, ct_size=(40, 40, 24))
+    ds = pydicom.dcmread(str(truth.struct_file))
+    names = [roi.ROIName for roi in ds.StructureSetROISequence]
+    ds.StructureSetROISequence[1].ROIName = names[0]
+    ds.save_as(str(truth.struct_file))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    logic.loadStudy(db.studiesForPatient(db.patients()[0])[0])
+    (dose,) = logic.doseVolumeNodes()
+    result = logic.alignNodes(None, dose, AlignOptions(), "engine")
+    shown = result.meta["structures"]["names"]
+    assert names[0] in shown and f"{names[0]}_2" in shown  # both kept, the second under a made-unique name
+    masks, _types, _body = api.masks_from_arrays(result.extra_arrays, result.meta, result.ct.grid.shape)
+    assert len(masks) == len(shown)
+    first, second = masks[shown.index(names[0])][1], masks[shown.index(f"{names[0]}_2")][1]
+    assert first.any() and second.any() and not np.array_equal(first, second)
+
+
+# ==== #5: units, one path ===================================================================
+
+
+@needs_cli
+@pytest.mark.parametrize("backend", ["cli", "inprocess"])
+def test_issue15_5_relative_dose_refused_then_labelled(module, cli, tmp_path, backend):
+    _phantom(tmp_path, dose_units="RELATIVE", with_structures=False)
+    logic = module.DoseAlignLogic()
+    rows = logic.exportFolder(tmp_path / "dicom", tmp_path / "out", AlignOptions(structures=False), backend)
+    assert rows[0]["status"] == "failed" and "RELATIVE" in rows[0]["reason"]
+    rows = logic.exportFolder(
+        tmp_path / "dicom", tmp_path / "ok", AlignOptions(structures=False, allow_relative=True), backend
+    )
+    _arrays_, meta = _arrays(tmp_path / "ok" / rows[0]["case_id"])
+    assert meta["arrays"]["dose"]["units"] == meta["dose"]["units"] == "RELATIVE"
+
+
+# ==== #6, #7, #8, #10 =======================================================================
+
+
+def test_issue15_6_an_empty_folder_is_refused(module, monkeypatch):
+    import pathlib
+
+    logic = module.DoseAlignLogic()
+    for empty in (pathlib.Path(), pathlib.Path(""), "", None):  # Path() is what an empty path parameter holds
+        with pytest.raises(ValueError, match="Choose a DICOM folder"):
+            logic.importFolderToDatabase(empty)
+        with pytest.raises(ValueError, match="Choose"):
+            logic.exportFolder(empty, "out", AlignOptions())
+    assert module.isEmptyPath(pathlib.Path()) and not module.isEmptyPath(pathlib.Path("x"))
+
+
+def test_issue15_7_the_case_of_a_dose_scans_exactly_its_files(module, tmp_path, database, monkeypatch):
+    truth = _phantom(tmp_path)
+    other = _phantom(tmp_path, "unrelated", patient_id="OTHER")  # in the database, and beside it on disk
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    db.add_folder(tmp_path / "unrelated")
+    logic = module.DoseAlignLogic()
+    logic.loadStudy(db.studiesForPatient("DA-PHANTOM-001")[0])
+    (dose,) = logic.doseVolumeNodes()
+    scanned = []
+    real_scan_files = api.scan_files
+    monkeypatch.setattr(api, "scan_files", lambda paths, *a, **k: scanned.append(list(paths)) or real_scan_files(paths))
+    monkeypatch.setattr(api, "scan_folder", lambda *a, **k: pytest.fail("no folder is scanned"))
+    case = logic.caseForDose(dose)
+    (files,) = scanned
+    expected = [*truth.ct_files, *truth.dose_files, truth.plan_file, truth.struct_file]
+    assert sorted(Path(f).resolve() for f in files) == sorted(Path(f).resolve() for f in expected)
+    assert not {Path(f).resolve() for f in files} & {Path(f).resolve() for f in other.ct_files}
+    assert case.ct.series_uid == truth.ct_series_uid and len(case.structs) == 1
+
+
+def test_issue15_8_ct_candidates_are_filtered_by_modality(module, tmp_path, database):
+    truth = _phantom(tmp_path)
+    mr = tmp_path / "dicom" / "mr"
+    mr.mkdir()
+    series = pydicom.uid.generate_uid()
+    for n, path in enumerate(truth.ct_files):  # the CT's twin as MR: same frame of reference and study
+        ds = pydicom.dcmread(str(path))
+        ds.Modality = "MR"
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(str(mr / f"mr{n:03d}.dcm"))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    logic.loadStudy(db.studiesForPatient(db.patients()[0])[0])
+    (dose,) = logic.doseVolumeNodes()
+    volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if not logic.isDoseVolumeNode(n)]
+    assert len(volumes) == 2  # the MR is loaded too
+    (ct,) = logic.ctVolumeNodes()
+    assert logic.modalityOfNode(ct) == "CT"
+    assert logic.findCtForDose(dose) is ct
+    mr_node = next(n for n in volumes if n is not ct)
+    with pytest.raises(ValueError, match="not a CT"):
+        logic.caseForDose(dose, mr_node)
+
+
+def test_issue15_10_no_dicom_database_yet(module, monkeypatch):
+    monkeypatch.delattr(slicer, "dicomDatabase", raising=False)
+    logic = module.DoseAlignLogic()
+    assert logic.databaseHasPatients() is False and logic.listStudies() == []
+    with pytest.raises(RuntimeError, match="DICOM database is not open"):
+        logic.loadStudy("1.2.3")
+
+
+# ==== #3: one GUI connection per parameter node ===================================================
+
+
+class _Widget:
+    """A widget with a dynamic property (what connectParametersToGui is given), or a combo box."""
+
+    def __init__(self, parameter=None):
+        self._parameter = parameter
+        self.enabled = True
+        self.toolTip = ""
+        self.currentData = None
+        self.items = []
+
+    def clear(self):
+        self.items = []
+
+    def addItem(self, text, data=None):  # noqa: N802
+        self.items.append((text, data))
+
+    def findData(self, data):  # noqa: N802
+        return next((n for n, item in enumerate(self.items) if item[1] == data), -1)
+
+    def property(self, name):
+        return self._parameter if name == "SlicerParameterName" else None
+
+
+class _RecordingParameterNode:
+    """The wrapper's GUI calls as Slicer 5.6/5.8 answer them: connectGui returns None
+    (wrapper.py:241-253 at v5.6.2/v5.8.1); connectParametersToGui returns a tag (:194-213)."""
+
+    def __init__(self, scene):
+        self.parameterNode = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+        self.connections = {}
+        self._next = 0
+        self.doseVolume = self.ctVolume = self.segmentation = None
+        self.outputFolder = self.inputFolder = None
+
+    def connectGui(self, gui):  # noqa: N802
+        self.connections[f"untagged-{len(self.connections)}"] = gui
+        return None
+
+    def connectParametersToGui(self, mapping):  # noqa: N802
+        tag = self._next
+        self._next += 1
+        self.connections[tag] = dict(mapping)
+        return tag
+
+    def disconnectGui(self, tag):  # noqa: N802
+        self.connections.pop(tag, None)
+
+    def AddObserver(self, event, callback, priority=0.0):  # noqa: N802
+        return self.parameterNode.AddObserver(event, callback, priority)
+
+    def RemoveObserver(self, tag):  # noqa: N802
+        self.parameterNode.RemoveObserver(tag)
+
+
+def test_issue15_3_entering_and_leaving_keeps_one_connection(module, monkeypatch):
+    import types
+
+    widget = module.DoseAlignWidget.__new__(module.DoseAlignWidget)
+    module.VTKObservationMixin.__init__(widget)
+    widget._parameterNode = widget._parameterNodeGuiTag = None
+    widget._busy = False
+    names = ["inputFolderPathLineEdit", "referenceGridComboBox", "backendComboBox", "interpolatorComboBox"]
+    parameters = ["inputFolder", "referenceGrid", "backend", "interpolator"]
+    buttons = ["alignButton", "exportButton", "exportAllButton", "importFolderButton", "cancelButton"]
+    buttons += ["loadStudyButton", "refreshStudiesButton", "studyComboBox"]
+    widget.ui = types.SimpleNamespace(
+        **{n: _Widget(p) for n, p in zip(names, parameters)}, **{b: _Widget() for b in buttons}
+    )
+    node = _RecordingParameterNode(slicer.mrmlScene)
+    logic = module.DoseAlignLogic()
+    monkeypatch.setattr(logic, "getParameterNode", lambda: node)
+    monkeypatch.setattr(logic, "optionsFromParameterNode", lambda p: AlignOptions())
+    widget.logic = logic
+    widget.parent = types.SimpleNamespace(isEntered=True)
+    for _visit in range(4):
+        widget.enter()
+        widget.exit()
+    assert list(node.connections) == [0]  # one tagged connection, made once
+    assert set(node.connections[0]) == set(parameters)
+    widget.onSceneStartClose(None, None)  # scene closed: the connection goes with its node
+    assert node.connections == {}
+    assert widget.ui.importFolderButton.enabled is False  # empty folder: no import (#6)
+
+
+# ==== the CLI resampler: status, output, None, cancel, clean scene ==============================
+
+
+@needs_cli
+def test_cli_resampler_reports_a_run_that_wrote_nothing(module, tmp_path, monkeypatch):
+    fake = tmp_path / "writes-nothing"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    description = cli_double.description_from_executable(cli_double.find_executable())
+    cli_double.install(monkeypatch, slicer.mrmlScene, tmp_path / "cli", executable=fake, description=description)
+    grid = api.Grid.from_spacing((4, 5, 6), (1.0, 1.0, 1.0), np.zeros(3))
+    volume = api.Volume(np.ones(grid.shape, np.float32), grid)
+    before = slicer_app.scene_counts(slicer.mrmlScene)
+    with pytest.raises(resamplers.ResamplingError, match="wrote no output"):
+        resamplers.CliResampler()(volume, grid, api.Interpolator.LINEAR, fill=0.0, dtype=np.float32)
+    assert slicer_app.scene_counts(slicer.mrmlScene) == before
+
+
+def test_cli_resampler_reports_run_sync_returning_none(module, monkeypatch):
+    import types
+
+    monkeypatch.setattr(slicer, "cli", types.SimpleNamespace(runSync=lambda *a, **k: None), raising=False)
+    monkeypatch.setattr(slicer.modules, "resamplescalarvectordwivolume", object(), raising=False)
+    grid = api.Grid.from_spacing((2, 2, 2), (1.0, 1.0, 1.0), np.zeros(3))
+    volume = api.Volume(np.ones(grid.shape, np.float32), grid)
+    with pytest.raises(resamplers.ResamplingError, match="could not start"):
+        resamplers.CliResampler()(volume, grid, api.Interpolator.LINEAR, fill=0.0, dtype=np.float32)
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+
+@needs_cli
+def test_cli_resampler_reports_the_cli_error(module, cli):
+    grid = api.Grid.from_spacing((2, 3, 4), (1.0, 1.0, 1.0), np.zeros(3))
+    volume = api.Volume(np.ones(grid.shape, np.float32), grid)
+    original = cli.logic().set_parameter
+
+    def bad_interpolator(node, name, value):  # the XML allows only linear|nn|ws|bs: the CLI exits non-zero
+        return original(node, name, "cubic" if name == "interpolationType" else value)
+
+    cli.logic().set_parameter = bad_interpolator
+    with pytest.raises(resamplers.ResamplingError, match="failed"):
+        resamplers.CliResampler()(volume, grid, api.Interpolator.LINEAR, fill=0.0, dtype=np.float32)
+
+
+@needs_cli
+def test_cli_backend_in_the_panel_runs_asynchronously_and_cancels(module, cli, tmp_path, monkeypatch):
+    _phantom(tmp_path, with_structures=False)
+    logic = module.DoseAlignLogic()
+    logic.processEvents = slicer.app.processEvents  # as the panel sets it
+    calls = []
+
+    def count_then_cancel():
+        calls.append(1)
+        cli_double.process_events()
+        if len(calls) == 1:
+            logic.requestCancel()
+
+    logic.processEvents = count_then_cancel
+    (case,) = api.form_cases(api.scan_folder(tmp_path / "dicom")).cases
+    options = AlignOptions(structures=False, reference="dose")  # the CT goes through the CLI
+    with pytest.raises(api.Cancelled):
+        logic.runCase(case, options, "cli")
+    assert calls and not cli_double._PENDING  # the CLI process was killed and reaped
+    assert slicer_app.scene_counts(slicer.mrmlScene) == {}
+    logic.processEvents = cli_double.process_events
+    result = logic.runCase(case, options, "cli")  # and without a cancel it completes
+    engine = api.run_case(case, options)
+    assert np.abs(result.ct.array.astype(int) - engine.ct.array).max() <= 1
+
+
+def test_vtk_fill_outside_needs_no_meshgrid_and_matches_a_direct_computation():
+    source = api.Grid.from_spacing((5, 6, 7), (2.0, 1.5, 3.0), np.array([1.0, -2.0, 4.0]))
+    target = api.Grid.from_spacing((9, 11, 13), (1.1, 1.3, 1.7), np.array([-4.0, -6.0, -3.0]))
+    values = np.zeros(target.shape, np.float32)
+    resamplers.fill_outside(values, source, target, -1000.0)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in target.shape), indexing="ij")
+    index = source.lps_to_index(target.index_to_lps(np.stack([i, j, k], axis=-1).astype(float)))
+    outside = np.any((index < -0.5 - 1e-6) | (index > np.array(source.shape[::-1]) - 0.5 + 1e-6), axis=-1)
+    assert 0 < outside.sum() < outside.size
+    np.testing.assert_array_equal(values == -1000.0, outside)
+
+
+def test_vtk_resampler_refuses_other_interpolators(module):
+    grid = api.Grid.from_spacing((2, 2, 2), (1.0, 1.0, 1.0), np.zeros(3))
+    volume = api.Volume(np.ones(grid.shape, np.float32), grid)
+    with pytest.raises(api.InputError, match="linear only"):
+        resamplers.VtkResampler()(volume, grid, api.Interpolator.BSPLINE, fill=0.0, dtype=np.float32)
+
+
+# ==== showResult ==================================================================================
+
+
+def test_show_result_replaces_its_nodes(module, tmp_path, monkeypatch):
+    _phantom(tmp_path, ct_size=(32, 32, 16))
+    data_logic = slicer.vtkSlicerDataModuleLogic()  # removes a removed node's display nodes, as in Slicer
+    data_logic.SetMRMLScene(slicer.mrmlScene)
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(slicer.mrmlScene)
+    volumes_logic = slicer.vtkSlicerVolumesLogic()
+    volumes_logic.SetMRMLScene(slicer.mrmlScene)
+    import types
+
+    monkeypatch.setattr(
+        slicer.modules, "segmentations", types.SimpleNamespace(logic=lambda: segmentations), raising=False
+    )
+    monkeypatch.setattr(slicer.modules, "volumes", types.SimpleNamespace(logic=lambda: volumes_logic), raising=False)
+    (case,) = api.form_cases(api.scan_folder(tmp_path / "dicom")).cases
+    logic = module.DoseAlignLogic()
+    result = logic.runCase(case, AlignOptions(), "engine")
+    first = logic.showResult(result)
+    counts = slicer_app.scene_counts(slicer.mrmlScene)
+    segments = first["masks"].GetSegmentation()
+    assert segments.GetNumberOfSegments() == len(result.meta["structures"]["names"])
+    for n in range(segments.GetNumberOfSegments()):  # every shown mask is the exported one
+        segment_id = segments.GetNthSegmentID(n)
+        shown = slicer.util.arrayFromSegmentBinaryLabelmap(first["masks"], segment_id, first["ct"])
+        masks, _t, _b = api.masks_from_arrays(result.extra_arrays, result.meta, result.ct.grid.shape)
+        np.testing.assert_array_equal(shown > 0, masks[n][1])
+    for _click in range(3):
+        logic.showResult(result)
+    assert slicer_app.scene_counts(slicer.mrmlScene) == counts
+    np.testing.assert_array_equal(
+        slicer.util.arrayFromVolume(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")[-1]), result.dose.array
+    )
+
+
+# ==== the CLI and in-process backends against the engine =========================================
+
+
+def _compare_backend(module, tmp_path, backend, spec, options, tolerance=1e-4):
+    """Export with ``backend`` through the module and with ``dosealign export``'s engine; compare."""
+    truth = write_phantom(tmp_path / "dicom", spec)
+    engine = api.export_folder(tmp_path / "dicom", tmp_path / "engine", options)
+    logic = module.DoseAlignLogic()
+    rows = logic.exportFolder(tmp_path / "dicom", tmp_path / "slicer", options, backend)
+    assert [r["case_id"] for r in rows] == [r["case_id"] for r in engine.rows]
+    assert [r["status"] for r in rows] == ["ok"] * len(rows), rows
+    results = []
+    for row in engine.rows:
+        expected, engine_meta = _arrays(tmp_path / "engine" / row["case_id"])
+        actual, slicer_meta = _arrays(tmp_path / "slicer" / row["case_id"])
+        assert sorted(actual) == sorted(expected)  # the same pair.npz members
+        assert _keys(slicer_meta) - OPTIONAL_KEYS == _keys(engine_meta) - OPTIONAL_KEYS  # and meta.json schema
+        assert slicer_meta["ijk_to_lps"] == engine_meta["ijk_to_lps"] and slicer_meta["shape"] == engine_meta["shape"]
+        for name in expected:
+            assert actual[name].dtype == expected[name].dtype and actual[name].shape == expected[name].shape, name
+        points = voxel_points(engine_meta)
+        interior = interior_mask(truth, points)
+        assert interior.sum() > 100
+        dmax = float(expected["dose"][interior].max())
+        error = float(np.abs(actual["dose"] - expected["dose"])[interior].max())
+        assert error <= tolerance * dmax, f"{backend}: dose differs by {error:.3g} Gy inside the dose grid"
+        results.append((truth, expected, actual, engine_meta, slicer_meta, interior))
+    return results
+
+
+CLI_MATRIX = [
+    *[PhantomSpec(patient_position=p, with_structures=False) for p in ("HFS", "HFP", "FFS", "FFP", "HFDL", "FFDR")],
+    PhantomSpec(oblique_degrees=(12.0, -7.0, 25.0), with_structures=False),
+    PhantomSpec(dose_oblique_degrees=(0.0, 0.0, 15.0), with_structures=False),
+    PhantomSpec(gfov_mode="absolute", patient_position="FFS", with_structures=False),
+    PhantomSpec(frame_order="decreasing", with_structures=False),
+    PhantomSpec(dose_size=(40, 36, 12), dose_frame_offsets=[0, 2, 4, 7, 10, 15, 20, 22, 25, 31, 36, 40]),
+    PhantomSpec(dose_size=(40, 36, 8), dose_frame_offsets=[0, -3, -5, -6, -10, -16, -20, -21], with_structures=False),
+    PhantomSpec(dose_center_offset_lps=(30.0, -20.0, 45.0), with_structures=False),
+    PhantomSpec(write_plan_dose=False, write_beam_doses=True, n_beams=3, with_structures=False),
+    PhantomSpec(ct_gantry_tilt_degrees=12.0, ct_field="linear", with_structures=False),
+]
+CLI_IDS = ["HFS", "HFP", "FFS", "FFP", "HFDL", "FFDR", "oblique", "dose-rotated", "absolute-ffs", "decreasing"]
+CLI_IDS += ["uneven", "uneven-decreasing", "dose-beyond-ct", "beam-sum", "ct-tilt"]
+
+
+@needs_cli
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", CLI_MATRIX, ids=CLI_IDS)
+def test_cli_backend_matches_the_engine_on_the_geometry_matrix(module, cli, tmp_path, spec):
+    options = AlignOptions(structures=spec.with_structures)
+    for truth, expected, actual, engine_meta, slicer_meta, _interior in _compare_backend(
+        module, tmp_path, "cli", spec, options
+    ):
+        # the CT: the CLI's linear interpolation, rounded as the engine rounds (never truncated)
+        assert np.abs(actual["ct"].astype(int) - expected["ct"]).max() <= 1
+        if "masks" in expected:
+            np.testing.assert_array_equal(actual["masks"], expected["masks"])
+        assert slicer_meta["resampling"]["backend"] == "slicer-cli"
+        uneven = spec.dose_frame_offsets is not None or spec.ct_gantry_tilt_degrees
+        assert bool(slicer_meta["resampling"].get("before_backend")) == bool(uneven)
+        # beyond the dose grid's half-voxel rim both write 0 (CLI --default_pixel_value 0)
+        outside = outside_rim_mask(truth, voxel_points(engine_meta))
+        if spec.dose_frame_offsets is None:
+            assert np.all(actual["dose"][outside] == 0.0)
+
+
+@needs_cli
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options",
+    [
+        AlignOptions(reference="dose", structures=False),
+        AlignOptions(reference="custom", custom_spacing=(1.7, 2.2, 3.1), custom_box="ct", structures=False),
+        AlignOptions(reference="custom", custom_spacing=(2.0,), custom_box="cube", custom_size=(24,), structures=False),
+        AlignOptions(interpolator="nn", reference="dose", structures=False),
+    ],
+    ids=["dose-grid", "custom-ct-box", "custom-cube", "nn-on-dose-grid"],
+)
+def test_cli_backend_matches_the_engine_on_other_grids(module, cli, tmp_path, options):
+    spec = PhantomSpec(patient_position="FFS", ct_field="linear", with_structures=False)
+    for _truth, expected, actual, _m, slicer_meta, _i in _compare_backend(module, tmp_path, "cli", spec, options):
+        inside_ct = expected["ct"] != options.ct_fill_hu
+        assert np.abs(actual["ct"].astype(int) - expected["ct"])[inside_ct].max() <= 1
+        assert slicer_meta["resampling"]["interpolator"] == options.interpolator.value
+
+
+def _voxels_from_dose_edge(truth, points) -> np.ndarray:
+    """Distance of each point, in dose voxels, from the nearest outer voxel centre of the dose grid
+    (negative outside)."""
+    rel = points - truth.dose_origin
+    row_spacing, column_spacing = truth.dose_pixel_spacing
+    frames, rows, columns = truth.dose_shape
+    u = rel @ truth.dose_row_dir / column_spacing
+    v = rel @ truth.dose_col_dir / row_spacing
+    w = rel @ truth.dose_normal / abs(truth.dose_frame_offsets[1] - truth.dose_frame_offsets[0])
+    return np.minimum.reduce([u, columns - 1 - u, v, rows - 1 - v, w, frames - 1 - w])
+
+
+@needs_cli
+@pytest.mark.slow
+def test_cli_backend_bspline_and_windowed_sinc(module, cli, tmp_path):
+    """B-spline: ITK's in both (SimpleITK in the engine), equal. Windowed sinc: the CLI's cosine window has
+    radius 3 and zero padding, SimpleITK's radius 5 (README of ../shared/slicer-cli; README "What ran where"):
+    within 2 % of Dmax three dose voxels or more inside the grid, further apart near its edges."""
+    truth = write_phantom(tmp_path / "dicom", PhantomSpec(dose_size=(30, 28, 18), with_structures=False))
+    (case,) = api.form_cases(api.scan_folder(tmp_path / "dicom")).cases
+    logic = module.DoseAlignLogic()
+    for interpolator in ("bs", "ws"):
+        options = AlignOptions(interpolator=interpolator, structures=False)
+        engine = api.run_case(case, options)
+        slicer_result = logic.runCase(case, options, "cli")
+        assert slicer_result.dose.grid.equal(engine.dose.grid)
+        difference = np.abs(slicer_result.dose.array - engine.dose.array) / float(engine.dose.array.max())
+        depth = _voxels_from_dose_edge(truth, voxel_points(engine.meta))
+        if interpolator == "bs":
+            assert difference[depth >= 0].max() <= 1e-4
+        else:
+            deep = depth >= 3
+            assert deep.sum() > 1000
+            assert difference[deep].max() <= 0.02
+            assert difference[(depth >= 0) & (depth < 2)].max() > difference[deep].max()  # the documented edge effect
+
+
+@needs_cli
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PhantomSpec(patient_position="FFS"),
+        PhantomSpec(dose_frame_offsets=UNEVEN, with_structures=False),
+        PhantomSpec(ct_missing_slices=(12, 13), ct_field="linear", with_structures=False),
+    ],
+    ids=["FFS-structures", "uneven", "ct-missing-slices"],
+)
+def test_in_process_backend_matches_the_engine(module, tmp_path, spec):
+    options = AlignOptions(structures=spec.with_structures)
+    for _truth, expected, actual, _m, slicer_meta, _i in _compare_backend(module, tmp_path, "inprocess", spec, options):
+        assert np.abs(actual["ct"].astype(int) - expected["ct"]).max() <= 1
+        assert slicer_meta["resampling"]["backend"] == "slicer-vtk"
+        if "masks" in expected:
+            np.testing.assert_array_equal(actual["masks"], expected["masks"])
+
+
+# ==== ../shared/data through the CLI backend ===================================================
+
+
+@needs_cli
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", ["rtkit-phantom", "nelms-dvh-phantom"])
+def test_cli_backend_matches_the_engine_on_real_data(module, cli, shared_data, tmp_path, name):
+    """Real CT/RTDOSE/RTSTRUCT sets: identical grids, pair.npz members and masks; CT within 1 HU; dose
+    within 1e-4 x Dmax one voxel inside every dose grid (the half-voxel edge band excepted: there the
+    CLI and the engine both clamp, see README)."""
+    options = AlignOptions()
+    engine = api.export_folder(shared_data / name, tmp_path / "engine", options)
+    rows = module.DoseAlignLogic().exportFolder(shared_data / name, tmp_path / "slicer", options, "cli")
+    assert [(r["case_id"], r["status"]) for r in rows] == [(r["case_id"], r["status"]) for r in engine.rows]
+    compared = 0
+    for row in engine.rows:
+        if row["status"] != "ok":
+            continue
+        expected, engine_meta = _arrays(tmp_path / "engine" / row["case_id"])
+        actual, slicer_meta = _arrays(tmp_path / "slicer" / row["case_id"])
+        assert sorted(actual) == sorted(expected)
+        assert _keys(slicer_meta) - OPTIONAL_KEYS == _keys(engine_meta) - OPTIONAL_KEYS
+        assert slicer_meta["shape"] == engine_meta["shape"] and slicer_meta["ijk_to_lps"] == engine_meta["ijk_to_lps"]
+        assert np.abs(actual["ct"].astype(int) - expected["ct"]).max() <= 1
+        for key in ("masks", "body"):
+            if key in expected:
+                np.testing.assert_array_equal(actual[key], expected[key])
+        grid = api.Grid(tuple(engine_meta["shape"]), np.array(engine_meta["ijk_to_lps"]))
+        interior = module.DoseAlignTest._doseInterior(grid, engine_meta)
+        dmax = float(expected["dose"].max())
+        if interior.sum() and dmax > 0:
+            error = float(np.abs(actual["dose"] - expected["dose"])[interior].max())
+            assert error <= 1e-4 * dmax, f"{row['case_id']}: {error:.3g} Gy (Dmax {dmax:.3g})"
+            compared += 1
+    assert compared >= 1
+
+
+# ==== the module's own self-test, and the batch script ============================================
+
+
+@needs_cli
+@pytest.mark.slow
+def test_module_self_test_runs_its_backend_comparisons(module, cli):
+    tester = module.DoseAlignTest()
+    tester.test_DoseAlign_CliMatchesEngine()
+    tester.test_DoseAlign_InProcessMatchesEngine()
+    tester.test_DoseAlign_UnevenFramesThroughTheCli()
+
+
+@needs_cli
+def test_batch_script_with_the_cli_backend(module, cli, tmp_path, capsys):
+    import DoseAlignBatch
+
+    _phantom(tmp_path)
+    out = tmp_path / "out"
+    code = DoseAlignBatch.main(["--input", str(tmp_path / "dicom"), "--output", str(out), "--backend", "cli"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    lines = [line for line in printed.splitlines() if not line.startswith("[")]  # besides progress lines
+    assert len(lines) == len(set(lines)), lines  # each line once (issue 15: double log lines)
+    assert sum(line.startswith("CASE ") for line in lines) == 1
+    (case_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    meta = json.loads((case_dir / "meta.json").read_text())
+    assert meta["resampling"]["backend"] == "slicer-cli"
+
+
+def test_batch_script_usage_and_exit_codes(module, tmp_path, capsys):
+    import DoseAlignBatch
+
+    assert DoseAlignBatch.main(["--usage"]) == 0
+    assert DoseAlignBatch.main([]) == 2
+    assert DoseAlignBatch.main(["--input", "x", "--output", "y", "--reference", "custom"]) == 2  # no --spacing
+    assert DoseAlignBatch.main(["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
+    _phantom(tmp_path)
+    code = DoseAlignBatch.main(
+        ["--input", str(tmp_path / "dicom"), "--output", str(tmp_path / "out"), "--backend", "engine"]
+    )
+    assert code == 0, capsys.readouterr()
+
+
+def test_batch_script_always_exits(module, tmp_path, monkeypatch):
+    """Run as a script, every path ends in SystemExit with a code (Slicer would otherwise hang)."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[2] / "DoseAlign" / "DoseAlignBatch.py"
+    for argv, code in ((["--bogus"], 2), (["--input", str(tmp_path / "none"), "--output", str(tmp_path / "b")], 2)):
+        monkeypatch.setattr(sys, "argv", [str(script), *argv])
+        with pytest.raises(SystemExit) as raised:
+            runpy.run_path(str(script), run_name="__main__")
+        assert raised.value.code == code
+
+
+def test_batch_module_has_its_self_test(module):
+    import DoseAlignBatch
+
+    assert issubclass(DoseAlignBatch.DoseAlignBatchTest, module.ScriptedLoadableModuleTest)
+    assert callable(DoseAlignBatch.DoseAlignBatchTest().runTest)
