@@ -1051,12 +1051,19 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         if isEmptyPath(outputFolder):
             raise ValueError(_("Choose an output folder"))
         formats = self.exportFormats(outputFormat)
+        done = [0.0]
+
+        def progress(fraction: float, message: str) -> None:
+            done[0] = fraction
+            self.progress(fraction, message)
+
         report = api.export_folder(
             pathlib.Path(inputFolder),
             pathlib.Path(outputFolder),
             options,
             resume=resume,
-            progress=self.progress,
+            progress=progress,
+            stage=lambda caseId, message: self.progress(done[0], f"{caseId}: {message}"),  # Cancel inside a case too
             formats=formats if formats.extra else None,
             resampler=self.resamplerFor(backend),
         )
@@ -1099,14 +1106,13 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             cases = api.form_cases(api.scan_files(files)).cases
             for c, case in enumerate(cases):
                 caseStart = start + (stop - start) * c / len(cases)
-                caseStop = start + (stop - start) * (c + 1) / len(cases)
                 row = api.export_case(
                     case,
                     outputFolder,
                     options,
                     formats=formats if formats.extra else None,
                     resampler=resampler,
-                    progress=self._subProgress(caseStart, caseStop, f"{case.case_id}: "),
+                    stage=lambda message, at=caseStart, caseId=case.case_id: self.progress(at, f"{caseId}: {message}"),
                 )
                 rows.append(row)
                 api.write_manifest(outputFolder, rows)

@@ -11,8 +11,8 @@ the script lies in the installed extension's ``lib/Slicer-X.Y/qt-scripted-module
 Writes ``OUT_DIR/<case>/pair.npz``, ``meta.json``, ``manifest.csv`` and ``report.html`` exactly as
 ``dosealign export`` does (the same cases, ids and files; only ``resampling.backend`` says what resampled).
 No DICOM database is used or touched: the engine reads the files. Prints progress lines and one
-``CASE <id>: ok|failed`` line per case. Exit code: 0 every case exported, 1 some case failed, 2 usage
-or setup error, 3 cancelled or crashed. Every path ends in ``sys.exit``: ``--python-script`` does not
+``CASE <id>: ok|failed|skipped`` line per case. Exit code: 0 every case exported, 1 some case failed, 2 usage
+or setup error, 3 nothing to export, cancelled or crashed. Every path ends in ``sys.exit``: ``--python-script`` does not
 quit Slicer by itself, and an uncaught exception would leave it running. ``--help`` after the script
 path shows Slicer's help: use ``--usage`` for this script's.
 
@@ -32,6 +32,7 @@ EXIT_OK = 0
 EXIT_CASES_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
+EXIT_NOTHING = 3  # nothing to export, as the dosealign command says it
 
 
 class DoseAlignBatch(ScriptedLoadableModule):
@@ -155,7 +156,7 @@ def main(argv) -> int:
         return EXIT_USAGE
 
     try:
-        from DoseAlignLib.api import Cancelled, DoseAlignError, options_from_args
+        from DoseAlignLib.api import Cancelled, DoseAlignError, NothingToExport, options_from_args
 
         import DoseAlign
 
@@ -175,6 +176,9 @@ def main(argv) -> int:
     except Cancelled:
         print("DoseAlignBatch: cancelled", file=sys.stderr, flush=True)
         return EXIT_ABORTED
+    except NothingToExport as error:  # as the dosealign command: exit 3, saying what was found
+        print(f"DoseAlignBatch: {error}", file=sys.stderr, flush=True)
+        return EXIT_NOTHING
     except (OSError, ValueError, RuntimeError, DoseAlignError) as error:  # bad folder, missing module: no case ran
         print(f"DoseAlignBatch: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE

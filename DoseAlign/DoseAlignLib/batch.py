@@ -182,7 +182,7 @@ def export_folder(
     for index, case in enumerate(cases):
         existing = found.cases.get(case.case_id)
         if resume and existing is not None and existing.complete:
-            why = request_differences(existing.meta, _request(case, options, pseudonymizer, qa_png))
+            why = request_differences(existing.meta, _request(case, options, pseudonymizer, qa_png, resampler))
             if qa_png and matplotlib_available() and not (existing.folder / "qa.png").is_file():
                 why.append("no qa.png")
             if not why:
@@ -329,7 +329,7 @@ def what_was_found(scan, linked) -> str:
     return f"{head}: {', '.join(parts)}"
 
 
-def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool) -> dict:
+def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler=None) -> dict:
     """What this run would record in the case's meta.json, for ``--resume`` to compare."""
     source = {"rtdose_files": [d.rel_path for d in case.doses]}
     if case.ct is not None:
@@ -344,6 +344,7 @@ def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool) -> dict:
         "dosealign_version": __version__,
         "source": source,
         "pseudonymized": pseudonymizer is not None,
+        "backend": resampler.name if resampler is not None else "engine",  # meta.json's resampling.backend
     }
 
 

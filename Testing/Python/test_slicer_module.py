@@ -780,3 +780,17 @@ def test_batch_module_has_its_self_test(module):
 
     assert issubclass(DoseAlignBatch.DoseAlignBatchTest, module.ScriptedLoadableModuleTest)
     assert callable(DoseAlignBatch.DoseAlignBatchTest().runTest)
+
+
+def test_resume_keeps_a_case_only_when_the_same_backend_made_it(module, tmp_path):
+    _phantom(tmp_path, with_structures=False)
+    logic = module.DoseAlignLogic()
+    options = AlignOptions(structures=False)
+    (row,) = logic.exportFolder(tmp_path / "dicom", tmp_path / "out", options, "engine")
+    assert row["status"] == "ok"
+    (again,) = logic.exportFolder(tmp_path / "dicom", tmp_path / "out", options, "engine", resume=True)
+    assert again["status"] == "skipped"
+    (other,) = logic.exportFolder(tmp_path / "dicom", tmp_path / "out", options, "inprocess", resume=True)
+    assert other["status"] == "ok"  # made by the engine, asked of VTK: exported again
+    _arrays_, meta = _arrays(tmp_path / "out" / other["case_id"])
+    assert meta["resampling"]["backend"] == "slicer-vtk"

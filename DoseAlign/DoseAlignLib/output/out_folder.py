@@ -139,7 +139,7 @@ def request_differences(meta: Optional[dict], request: dict) -> list:
     ``request`` has ``options`` (``AlignOptions.to_dict()``), ``option_defaults`` (the same of
     ``AlignOptions()``, for options an older meta.json does not record), ``dosealign_version``,
     ``source`` (the input files and series the case is made of, as meta.json records them) and
-    ``pseudonymized``.
+    ``pseudonymized``; ``backend``, when given, what resamples (meta.json's ``resampling.backend``).
     """
     if not meta:
         return ["its meta.json cannot be read"]
@@ -166,6 +166,10 @@ def request_differences(meta: Optional[dict], request: dict) -> list:
             differences.append(f"input {key} changed")
     if bool(meta.get("pseudonymized")) != bool(request.get("pseudonymized")):
         differences.append("pseudonymized" if meta.get("pseudonymized") else "not pseudonymized")
+    if "backend" in request:  # what resampled (the Slicer module's backends); older meta.json: the engine
+        had = (meta.get("resampling") or {}).get("backend", "engine")
+        if had != request["backend"]:
+            differences.append(f"resampled by {had}, this run by {request['backend']}")
     return differences
 
 
