@@ -373,7 +373,8 @@ def foreign_names(paths=SLICER_FILES) -> dict:
     attributes (method calls included) on anything but the project's, Python's and the engine's objects,
     names imported from ``slicer.*``/``DICOMLib``, and strings that name Slicer classes, plugins,
     attributes and modules; plus the .ui's widget classes."""
-    excluded = _own_names() | _engine_attributes() | PYTHON_ATTRIBUTES
+    own = _own_names()  # a ``self.x`` the files do not set comes from Slicer's base classes
+    excluded = own | _engine_attributes() | PYTHON_ATTRIBUTES
     found: dict = {}
 
     def note(name, path):
@@ -392,6 +393,11 @@ def foreign_names(paths=SLICER_FILES) -> dict:
                     (isinstance(root, ast.Name) and root.id in ("slicer", "vtk", "qt") + SLICER_BASES)
                     or (isinstance(root, ast.Call) and ast.unparse(root.func) == "super")
                     or receiver in SLICER_RECEIVERS
+                    or (
+                        isinstance(node.value, ast.Name)
+                        and node.value.id == "self"
+                        and node.attr not in own | PYTHON_ATTRIBUTES
+                    )
                 )
                 if ast.unparse(node.value) == "self.ui" or (node.attr in excluded and not slicers):
                     continue
