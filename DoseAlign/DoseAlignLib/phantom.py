@@ -72,6 +72,8 @@ class PhantomSpec:
     ``roi_names`` (``(("SpinalCord", "Cord"), ("Heart", ""), ...)``) writes a ROI under another
     name, or not at all (""); ``target_offset_lps`` moves the tumour. ``boost_fraction`` > 0 adds a
     second plan ("BOOST") on the same CT with a PLAN dose of that fraction of the first plan's.
+    ``ct_noise_hu`` adds seeded Gaussian noise of that standard deviation to the stored CT numbers
+    (as a scanner's; for realistic file sizes); :meth:`PhantomTruth.hu_at` stays noise-free.
     """
 
     patient_id: str = "DA-PHANTOM-001"
@@ -115,10 +117,11 @@ class PhantomSpec:
     roi_names: tuple = ()
     target_offset_lps: tuple = (0.0, 0.0, 0.0)
     boost_fraction: float = 0.0
+    ct_noise_hu: float = 0.0
 
 
 #: PhantomSpec fields added after the first release: at their defaults they do not change the UIDs.
-_LATER_FIELDS = ("anatomy", "roi_names", "target_offset_lps", "boost_fraction")
+_LATER_FIELDS = ("anatomy", "roi_names", "target_offset_lps", "boost_fraction", "ct_noise_hu")
 
 
 @dataclass
@@ -767,6 +770,9 @@ def _write_ct(out: Path, spec: PhantomSpec, ct: _Slices, rois: list, common: dic
     else:
         hu = _anatomy_hu(rois, points)
     slope, intercept = (float(_ds(x)) for x in spec.ct_rescale)
+    if spec.ct_noise_hu > 0:
+        noise = np.random.default_rng(spec.seed + 2).normal(0.0, spec.ct_noise_hu, hu.shape)
+        hu = np.maximum(hu + noise, intercept)  # no stored value below 0
     stored = np.rint((hu - intercept) / slope)
     if stored.min() >= 0 and stored.max() <= 65535:
         dtype, signed = np.dtype("<u2"), 0
