@@ -19,6 +19,7 @@ from DoseAlignLib.cli import main
 from DoseAlignLib.geometry.grid import Grid, Volume
 from DoseAlignLib.options import AlignOptions
 from DoseAlignLib.output import qa_png as qa_plot
+from DoseAlignLib.output import report as report_module
 from DoseAlignLib.output.report import report_html
 from DoseAlignLib.phantom import PhantomSpec, write_phantom
 
@@ -65,6 +66,7 @@ def test_qa_png_is_written_with_the_case(exported):
     assert _png_size(folder / "qa.png") == (1700, 640)
     arrays, meta = load_case(folder)
     assert meta["qa_png"] == {"written": True, "file": "qa.png"}
+    assert set(report_module.png_layout(folder / "qa.png")["panels"]) == {"axial", "coronal", "sagittal"}
     assert {"masks", "body", "dvh_dose_gy", "dvh_output", "dvh_native"} <= set(arrays)
     manifest = (exported / "manifest.csv").read_text(encoding="utf-8")
     header = manifest.splitlines()[0].split(",")
@@ -215,6 +217,9 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-images', images.map(function (i) {
     return i.naturalWidth + 'x' + i.naturalHeight; }).join(','));
   document.body.setAttribute('data-rows', String(document.querySelectorAll('#cases tbody tr').length));
+  document.body.setAttribute('data-crops', Array.prototype.slice.call(document.querySelectorAll('span.crop')).map(
+    function (s) { var r = s.getBoundingClientRect(), i = s.querySelector('img').getBoundingClientRect();
+      return Math.round(r.width) + 'x' + Math.round(r.height) + '@' + Math.round(i.width); }).join(','));
 });
 </script>
 """
@@ -237,6 +242,9 @@ def test_report_renders_in_headless_chromium(exported, tmp_path):
     probe.unlink()
     assert 'data-rows="2"' in dom, dom[-2000:]
     assert 'data-images="1700x640"' in dom, "the qa.png thumbnail did not decode"
+    crop = dom.split('data-crops="', 1)[1].split('"', 1)[0]  # "WxH@shown width of the whole picture"
+    (width, height), shown = (int(v) for v in crop.split("@")[0].split("x")), int(crop.split("@")[1])
+    assert shown / 1700 >= 0.5 and width >= 250 and height >= 200, f"thumbnail {crop}: too small to read"
     shot = tmp_path / "shot.png"
     subprocess.run(
         [*common, f"--screenshot={shot}", (exported / "report.html").as_uri()], capture_output=True, timeout=120
@@ -256,3 +264,135 @@ def test_cli_help_lists_the_options():
     ).stdout
     for option in ("--no-structures", "--roi-map", "--fractional-masks", "--no-qa-png", "--audit-thresholds"):
         assert option in text
+
+
+# ---- pictures people can read: rendered checks ----------------------------------------------------
+
+#: An ellipsoidal dose (2 Gy/mm in x and y, 1 Gy/mm in z) peaking at 60 Gy, on 1 x 1 x 2.5 mm voxels.
+#: Prescription 50 Gy: the 50 % line lies at 17.5 mm from the centre in the axial plane, the wash
+#: ends at 10 % (5 Gy, 27.5 mm). Two spherical ROIs: r = 10 mm drawn in the 50 % line's own colour,
+#: r = 20 mm in a colour no isodose line has (to find the centre and measure the scale).
+_ROI_SAME_AS_50 = (0x00, 0xB0, 0xFF)
+_ROI_PURPLE = (120, 0, 120)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    pytest.importorskip("matplotlib")
+    image = pytest.importorskip("matplotlib.image")
+    grid = Grid.from_spacing((61, 121, 121), (1.0, 1.0, 2.5), (-60.0, -60.0, -75.0))
+    k, j, i = np.meshgrid(np.arange(61), np.arange(121), np.arange(121), indexing="ij")
+    x, y, z = i * 1.0 - 60.0, j * 1.0 - 60.0, k * 2.5 - 75.0
+    dose = np.clip(60.0 - 2.0 * np.sqrt(x**2 + y**2 + (z / 2.0) ** 2), 0.0, None).astype(np.float32)
+    radius = np.sqrt(x**2 + y**2 + z**2)
+    masks = np.stack([radius <= 10.0, radius <= 20.0])
+    path = qa_plot.render_qa_png(
+        tmp_path_factory.mktemp("qa") / "qa.png",
+        Volume(np.zeros(grid.shape, np.int16), grid),
+        Volume(dose, grid),
+        masks_packed=np.packbits(masks, axis=-1),
+        roi_names=["Inner", "Outer"],
+        roi_colors=[_ROI_SAME_AS_50, _ROI_PURPLE],
+        reference_dose_gy=50.0,
+        reference_label="prescription",
+        dmax_at=(30, 60, 60),
+    )
+    return image.imread(str(path))[..., :3], report_module.png_layout(path)
+
+
+def _near(pixels: np.ndarray, rgb: tuple, tolerance: float = 0.12) -> np.ndarray:
+    return np.abs(pixels - np.asarray(rgb) / 255.0).max(axis=-1) < tolerance
+
+
+def _panel(picture: np.ndarray, layout: dict, name: str) -> np.ndarray:
+    x0, y0, x1, y1 = (int(round(v)) for v in layout["panels"][name]["box_px"])
+    return picture[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2]
+
+
+def _ring_hits(panel: np.ndarray, centre: tuple, radius_px: float, test, window: int = 3, steps: int = 720) -> float:
+    """Share of directions from ``centre`` in which ``test(pixels)`` holds for some pixel within
+    ``window`` px of the ring of ``radius_px``."""
+    hits = 0
+    for angle in np.linspace(0, 2 * np.pi, steps, endpoint=False):
+        r = np.arange(radius_px - window, radius_px + window + 0.5, 0.5)
+        rows = np.clip(np.rint(centre[0] - r * np.sin(angle)).astype(int), 0, panel.shape[0] - 1)
+        cols = np.clip(np.rint(centre[1] + r * np.cos(angle)).astype(int), 0, panel.shape[1] - 1)
+        hits += bool(test(panel[rows, cols]).any())
+    return hits / steps
+
+
+def _outer_ring(panel: np.ndarray) -> tuple:
+    """(centre row, centre column, radius px) of the purple outline of the 20 mm sphere."""
+    rows, cols = np.nonzero(_near(panel, _ROI_PURPLE))
+    assert rows.size > 100, "the purple outline is not in the panel"
+    return (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2, (cols.max() - cols.min()) / 2
+
+
+def test_structure_outlines_do_not_look_like_isodose_lines(rendered):
+    """The inner ROI has the 50 % line's colour: it must still differ: solid with a dark edge, the
+    isodose line dashed without one."""
+    picture, layout = rendered
+    panel = _panel(picture, layout, "axial")
+    cy, cx, _outer_px = _outer_ring(panel)
+    px_per_mm = 1.0 / layout["mm_per_px"]
+    same = lambda pixels: _near(pixels, _ROI_SAME_AS_50)  # noqa: E731
+    dark = lambda pixels: pixels.max(axis=-1) < 0.2  # noqa: E731
+    roi = _ring_hits(panel, (cy, cx), 10.0 * px_per_mm, same)
+    isodose = _ring_hits(panel, (cy, cx), 17.5 * px_per_mm, same)
+    assert roi > 0.97, f"the structure outline is not continuous ({roi:.2f})"
+    assert 0.3 < isodose < 0.85, f"the isodose line of the same colour is not dashed ({isodose:.2f})"
+    assert _ring_hits(panel, (cy, cx), 10.0 * px_per_mm, dark, window=5) > 0.9, "no dark edge on the outline"
+    assert _ring_hits(panel, (cy, cx), 17.5 * px_per_mm, dark, window=2) < 0.2, "isodose lines have no dark edge"
+
+
+def test_the_wash_starts_at_its_threshold(rendered):
+    picture, layout = rendered
+    panel = _panel(picture, layout, "axial")
+    cy, cx, _outer_px = _outer_ring(panel)
+    px_per_mm = 1.0 / layout["mm_per_px"]
+    grey = lambda pixels: (pixels.max(axis=-1) - pixels.min(axis=-1)) < 0.03  # noqa: E731
+    coloured = lambda pixels: (pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.08  # noqa: E731
+    # 32 mm from the centre the dose is 0 (below 5 Gy): the CT alone, no wash
+    assert _ring_hits(panel, (cy, cx), 32.0 * px_per_mm, lambda p: ~grey(p), window=0) < 0.03
+    # 25 mm: 10 Gy, washed
+    assert _ring_hits(panel, (cy, cx), 25.0 * px_per_mm, coloured, window=0) > 0.95
+    assert layout["wash_gy"] == pytest.approx([5.0, 60.0]), "the colour scale starts at the wash threshold"
+    # 26 mm: 8 Gy, near the bottom of the colour scale (not 8/60 of the way up from 0 Gy)
+    cmap = pytest.importorskip("matplotlib").colormaps["jet"]
+    grey = (0.0 - qa_plot.CT_WINDOW[0]) / (qa_plot.CT_WINDOW[1] - qa_plot.CT_WINDOW[0])
+    expected = (1 - qa_plot.WASH_ALPHA) * grey + qa_plot.WASH_ALPHA * np.array(cmap((8.0 - 5.0) / 55.0)[:3])
+    angles = np.linspace(0, 2 * np.pi, 360, endpoint=False)
+    ring = panel[
+        np.rint(cy - 26.0 * px_per_mm * np.sin(angles)).astype(int),
+        np.rint(cx + 26.0 * px_per_mm * np.cos(angles)).astype(int),
+    ]
+    np.testing.assert_allclose(np.median(ring, axis=0), expected, atol=0.04)  # from 0 Gy: blue 0.65, not 0.54
+
+
+def test_the_three_panels_share_one_scale(rendered):
+    """The 20 mm sphere is equally wide in every panel, although the crops differ (the dose reaches
+    twice as far along z)."""
+    picture, layout = rendered
+    widths = {name: 2 * _outer_ring(_panel(picture, layout, name))[2] for name in ("axial", "coronal", "sagittal")}
+    assert max(widths.values()) - min(widths.values()) <= 3, widths
+    heights = {name: layout["panels"][name]["box_px"][3] - layout["panels"][name]["box_px"][1] for name in widths}
+    assert heights["coronal"] > 1.5 * heights["axial"], "the coronal crop is twice as tall as the axial one"
+    mm_per_px = {
+        name: layout["panels"][name]["mm"][0]
+        / (layout["panels"][name]["box_px"][2] - layout["panels"][name]["box_px"][0])
+        for name in widths
+    }
+    assert max(mm_per_px.values()) / min(mm_per_px.values()) < 1.001, mm_per_px
+
+
+def test_report_thumbnail_is_the_axial_panel_at_a_readable_size(exported):
+    text = (exported / "report.html").read_text(encoding="utf-8")
+    ok_id = next(p.name for p in exported.iterdir() if p.is_dir())
+    layout = report_module.png_layout(exported / ok_id / "qa.png")
+    x0, y0, x1, y1 = layout["panels"]["axial"]["box_px"]
+    style = text.split('<span class="crop" style="', 1)[1].split('"', 1)[0]
+    width = float(style.split("width:")[1].split("px")[0])
+    scale = width / (x1 - x0)
+    assert scale >= 0.5, f"the thumbnail shows the axial panel at {scale:.2f} of its size"
+    image_style = text.split(f'<img src="{ok_id}/qa.png" style="', 1)[1].split('"', 1)[0]
+    assert f"margin-left:-{x0 * scale:.0f}px" in image_style

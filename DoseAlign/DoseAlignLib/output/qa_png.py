@@ -1,11 +1,19 @@
 """The per-case picture ``qa.png``: axial, coronal and sagittal slices through Dmax.
 
-CT in grey, the dose as a colour wash with isodose lines (levels in % of the prescription when
-the RTPLAN gives one, else of the output Dmax), structure outlines in their ROI colours, a
-legend, a 5-50 mm scale bar and orientation letters, and a title with the case id and the audit
-flags. Views are taken along the output grid's own axes and named by the patient axis each axis
-runs closest to; they are flipped so that anterior / superior is up and the patient's right is on
-the viewer's left (radiological convention; sagittal: anterior on the left).
+CT in grey; the dose as a colour wash from :data:`WASH_FROM` of the reference dose up (below it the
+CT shows through untouched, and the colour scale starts there); isodose lines as thin *dashed*
+lines (levels in % of the prescription when the RTPLAN gives one, else of the output Dmax);
+structure outlines as thicker *solid* lines in their ROI colours with a dark edge, so that an
+outline never passes for an isodose line even when their colours agree (PTV red, 100 % red);
+two legends (isodose levels, structures), a colour bar, one 5-50 mm scale bar and orientation
+letters, and a title with the case id and the audit flags. The three panels share one scale
+(mm per pixel), so a structure has the same size in each. Views are taken along the output grid's
+own axes and named by the patient axis each axis runs closest to; they are flipped so that
+anterior / superior is up and the patient's right is on the viewer's left (radiological
+convention; sagittal: anterior on the left). Dmax (the cross) is where the audit found it.
+
+The PNG carries its layout in a text chunk (:data:`LAYOUT_KEY`): each panel's pixel box and mm
+extent; report.html uses it to show the axial panel as a readable thumbnail.
 
 matplotlib is optional (``pip install dosealign[qa]``) and imported only inside the functions,
 with the Agg backend, so the engine runs headless and without it.
@@ -13,6 +21,7 @@ with the Agg backend, so the engine runs headless and without it.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -29,10 +38,21 @@ ISODOSE_PCT = (30, 50, 70, 90, 95, 100, 105)
 ISODOSE_COLORS = ("#3050ff", "#00b0ff", "#00d060", "#f0e000", "#ff9000", "#ff2020", "#ff00ff")
 #: CT grey window (HU).
 CT_WINDOW = (-500.0, 700.0)
-#: Dose below this fraction of the reference is not colour-washed.
+#: Dose below this fraction of the reference is not colour-washed; the colour scale starts here.
 WASH_FROM = 0.1
+WASH_ALPHA = 0.4
+#: Isodose lines: thin and dashed; structure outlines: thicker, solid, with a dark edge.
+ISODOSE_STYLE = {"linewidths": 1.2, "linestyles": "dashed"}
+ROI_WIDTH, ROI_EDGE_WIDTH, ROI_EDGE_COLOR = 1.8, 3.6, "#101010"
 #: At most this many ROIs get an entry in the legend (all are outlined).
 LEGEND_ROIS = 16
+#: The figure (inches at 100 dpi) and the part of it the three panels share (figure fractions).
+FIGURE_SIZE = (17.0, 6.4)
+DPI = 100
+PANELS_BOX = (0.01, 0.04, 0.80, 0.86)  # left, bottom, right, top
+PANEL_GAP_IN = 0.25
+#: The PNG text chunk holding the layout: {"panels": {name: {"box_px": [x0, y0, x1, y1], "mm": [w, h]}}, ...}.
+LAYOUT_KEY = "dosealign:layout"
 #: Views are cropped to the washed dose (and Dmax) plus this margin (mm).
 CROP_MARGIN_MM = 15.0
 _PATIENT_AXES = "xyz"
@@ -148,19 +168,55 @@ def render_qa_png(
     reference_label : str
         What the reference is ("prescription" or "Dmax"), for the legend.
     dmax_at : (k, j, i) ints, optional
-        :func:`~DoseAlignLib.audit.stats.dmax_index` of the dose when already known (the audit's ``dmax_index``).
+        Where Dmax is: the audit's ``dmax_index`` (meta["audit"]["dose"]["output"]); located here only
+        when not given or not at Dmax.
 
     Returns
     -------
     Path
     """
+    fig, layout = qa_figure(
+        ct,
+        dose,
+        masks_packed=masks_packed,
+        roi_names=roi_names,
+        roi_colors=roi_colors,
+        title=title,
+        subtitle=subtitle,
+        flags=flags,
+        reference_dose_gy=reference_dose_gy,
+        reference_label=reference_label,
+        dmax_at=dmax_at,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", facecolor="white", metadata={LAYOUT_KEY: json.dumps(layout, sort_keys=True)})
+    return path
+
+
+def qa_figure(
+    ct: Volume,
+    dose: Volume,
+    *,
+    masks_packed: Optional[np.ndarray] = None,
+    roi_names: Sequence[str] = (),
+    roi_colors: Sequence[Optional[Sequence[int]]] = (),
+    title: str = "",
+    subtitle: str = "",
+    flags: Sequence[str] = (),
+    reference_dose_gy: Optional[float] = None,
+    reference_label: str = "Dmax",
+    dmax_at: Optional[Sequence[int]] = None,
+) -> tuple:
+    """The matplotlib Figure of :func:`render_qa_png` and its layout (what the PNG's text chunk holds:
+    each panel's pixel box and mm extent, the wash's dose range, the mm per pixel)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    path = Path(path)
     dose_array = dose.array
     slice_max = dose_array.max(axis=(1, 2))  # one pass; the rest reads a few slices
     dmax = float(slice_max.max())
@@ -171,16 +227,31 @@ def render_qa_png(
     if index is None:
         index = dmax_index(dose_array, slice_max)
     spacing_of_axis = {0: float(dose.grid.spacing[2]), 1: float(dose.grid.spacing[1]), 2: float(dose.grid.spacing[0])}
-    box = _crop_box(dose_array, index, WASH_FROM * reference, spacing_of_axis, slice_max)
+    wash_from = WASH_FROM * reference
+    box = _crop_box(dose_array, index, wash_from, spacing_of_axis, slice_max)
     n_rois = 0 if masks_packed is None else int(masks_packed.shape[0])
     colors = _roi_colors(n_rois, roi_colors, matplotlib.colormaps["tab20"])
+    wash_top = max(1.1 * reference, dmax)
+    norm = Normalize(vmin=wash_from, vmax=wash_top)
 
-    fig = Figure(figsize=(17, 6.4), dpi=100)
-    axes = fig.subplots(1, 3)
-    fig.subplots_adjust(left=0.01, right=0.83, top=0.86, bottom=0.03, wspace=0.05)
+    fig = Figure(figsize=FIGURE_SIZE, dpi=DPI)
+    views = _views(dose)
+    sizes = []  # (width, height) of each view in mm
+    for _name, _fixed, vertical, horizontal in views:
+        rows = box[vertical[0]].stop - box[vertical[0]].start
+        cols = box[horizontal[0]].stop - box[horizontal[0]].start
+        sizes.append((cols * spacing_of_axis[horizontal[0]], rows * spacing_of_axis[vertical[0]]))
+    rects, inch_per_mm = _panel_rects(sizes)
+    layout = {
+        "figure_px": [int(round(FIGURE_SIZE[0] * DPI)), int(round(FIGURE_SIZE[1] * DPI))],
+        "mm_per_px": 1.0 / (inch_per_mm * DPI),
+        "wash_gy": [float(norm.vmin), float(norm.vmax)],
+        "panels": {},
+    }
     wash = None
     levels = [reference * p / 100.0 for p in ISODOSE_PCT]
-    for ax, (name, fixed, vertical, horizontal) in zip(axes, _views(dose)):
+    for rect, (name, fixed, vertical, horizontal), (width_mm, height_mm) in zip(rects, views, sizes):
+        ax = fig.add_axes(rect)
         at = int(index[fixed])
         crop = tuple(slice(None) if a == fixed else box[a] for a in range(3))
         ct_plane = _cut(ct.array[crop], fixed, at, vertical, horizontal).astype(np.float32)
@@ -189,17 +260,15 @@ def render_qa_png(
         rows, cols = dose_plane.shape
         extent = (-0.5 * sh, (cols - 0.5) * sh, (rows - 0.5) * sv, -0.5 * sv)
         ax.imshow(ct_plane, cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], extent=extent, interpolation="nearest")
-        shown = np.ma.masked_less(dose_plane, WASH_FROM * reference)
-        wash = ax.imshow(
-            shown, cmap="jet", vmin=0.0, vmax=1.1 * reference, alpha=0.35, extent=extent, interpolation="nearest"
-        )
+        shown = np.ma.masked_less(dose_plane, wash_from)
+        wash = ax.imshow(shown, cmap="jet", norm=norm, alpha=WASH_ALPHA, extent=extent, interpolation="nearest")
         x = np.arange(cols) * sh
         y = np.arange(rows) * sv
         if rows > 1 and cols > 1 and dmax > 0:
             present = [(lv, c) for lv, c in zip(levels, ISODOSE_COLORS) if dose_plane.min() < lv <= dose_plane.max()]
             if present:
                 ax.contour(
-                    x, y, dose_plane, levels=[p[0] for p in present], colors=[p[1] for p in present], linewidths=1.0
+                    x, y, dose_plane, levels=[p[0] for p in present], colors=[p[1] for p in present], **ISODOSE_STYLE
                 )
         if n_rois and rows > 1 and cols > 1:
             planes = _cut_masks(masks_packed, dose_array.shape[2], fixed, at)
@@ -207,44 +276,112 @@ def render_qa_png(
             for n in range(n_rois):
                 oriented = _orient(planes[n][in_plane], fixed, vertical, horizontal)
                 if oriented.any() and not oriented.all():
-                    ax.contour(x, y, oriented.astype(np.float32), levels=[0.5], colors=[colors[n]], linewidths=1.3)
+                    outline = ax.contour(
+                        x, y, oriented.astype(np.float32), levels=[0.5], colors=[colors[n]], linewidths=ROI_WIDTH
+                    )
+                    _edge(outline)
         starts = [box[a].start for a in range(3)]
         local = tuple(index[a] - starts[a] for a in range(3))
         dv, dh = _screen_position(local, fixed, vertical, horizontal, dose_array[box].shape)
         ax.plot([dh * sh], [dv * sv], marker="+", color="white", markersize=14, markeredgewidth=2)
         ax.plot([dh * sh], [dv * sv], marker="+", color="black", markersize=10, markeredgewidth=1)
-        _decorate(ax, name, at, fixed, vertical, horizontal, extent)
+        bar = _scale_bar_mm(min(w for w, _h in sizes))
+        _decorate(ax, name, at, fixed, vertical, horizontal, extent, bar)
+        left, bottom, width, height = rect
+        x0, x1 = left * FIGURE_SIZE[0] * DPI, (left + width) * FIGURE_SIZE[0] * DPI
+        y0, y1 = (1 - bottom - height) * FIGURE_SIZE[1] * DPI, (1 - bottom) * FIGURE_SIZE[1] * DPI
+        layout["panels"][name] = {
+            "box_px": [round(x0, 1), round(y0, 1), round(x1, 1), round(y1, 1)],
+            "mm": [round(width_mm, 3), round(height_mm, 3)],
+        }
     full_title = title + (f"   flags: {', '.join(flags)}" if flags else "   no flags")
     fig.suptitle(full_title, fontsize=13, fontweight="bold", color="#b00000" if flags else "#006000", y=0.985)
     if subtitle:
-        fig.text(0.5, 0.915, subtitle, ha="center", fontsize=10)
-    handles = [
-        Line2D([0], [0], color=c, lw=2, label=f"{p} % ({reference * p / 100:.3g} Gy)")
+        fig.text(0.5, 0.93, subtitle, ha="center", fontsize=10)
+    isodose = [
+        Line2D([0], [0], color=c, lw=1.5, ls="--", label=f"{p} % ({reference * p / 100:.3g} Gy)")
         for p, c in zip(ISODOSE_PCT, ISODOSE_COLORS)
     ]
-    handles.append(Line2D([0], [0], marker="+", color="black", lw=0, markersize=10, label=f"Dmax {dmax:.4g} Gy"))
-    for n in range(min(n_rois, LEGEND_ROIS)):
-        label = roi_names[n] if n < len(roi_names) else f"ROI {n}"
-        handles.append(Line2D([0], [0], color=colors[n], lw=2, label=str(label)[:24]))
-    if n_rois > LEGEND_ROIS:
-        handles.append(Line2D([0], [0], color="none", label=f"... {n_rois - LEGEND_ROIS} more ROIs"))
-    fig.legend(
-        handles=handles,
+    isodose.append(Line2D([0], [0], marker="+", color="black", lw=0, markersize=10, label=f"Dmax {dmax:.4g} Gy"))
+    first = fig.legend(
+        handles=isodose,
         loc="upper left",
-        bbox_to_anchor=(0.835, 0.87),
+        bbox_to_anchor=(0.81, 0.88),
         fontsize=8,
-        title=f"isodose (% of {reference_label})",
+        title=f"isodose lines (% of {reference_label})",
         title_fontsize=8,
         frameon=False,
+        alignment="left",
     )
+    if n_rois:
+        structures = []
+        for n in range(min(n_rois, LEGEND_ROIS)):
+            label = roi_names[n] if n < len(roi_names) else f"ROI {n}"
+            handle = Line2D([0], [0], color=colors[n], lw=ROI_WIDTH + 0.4, label=str(label)[:24])
+            _edge(handle)
+            structures.append(handle)
+        if n_rois > LEGEND_ROIS:
+            structures.append(Line2D([0], [0], color="none", label=f"... {n_rois - LEGEND_ROIS} more ROIs"))
+        fig.legend(
+            handles=structures,
+            loc="upper left",
+            bbox_to_anchor=(0.81, 0.88 - 0.027 * (len(isodose) + 2)),
+            fontsize=8,
+            title="structures (outlines)",
+            title_fontsize=8,
+            frameon=False,
+            alignment="left",
+        )
+    fig.add_artist(first)
     if wash is not None:
         cax = fig.add_axes((0.952, 0.08, 0.01, 0.75))
         bar = fig.colorbar(wash, cax=cax)
-        bar.set_label("dose (Gy)", fontsize=8)
+        bar.set_label(f"dose (Gy); no wash below {WASH_FROM:.0%} of {reference_label} ({wash_from:.3g} Gy)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", facecolor="white")
-    return path
+    return fig, layout
+
+
+def _panel_rects(sizes: list) -> tuple:
+    """Figure rectangles of the panels, side by side at one scale; and that scale (inches per mm)."""
+    left, bottom, right, top = PANELS_BOX
+    width_in = (right - left) * FIGURE_SIZE[0] - PANEL_GAP_IN * (len(sizes) - 1)
+    height_in = (top - bottom) * FIGURE_SIZE[1]
+    total_mm = sum(max(w, 1e-6) for w, _h in sizes)
+    tallest_mm = max(max(h, 1e-6) for _w, h in sizes)
+    scale = min(width_in / total_mm, height_in / tallest_mm)
+    used_in = total_mm * scale + PANEL_GAP_IN * (len(sizes) - 1)
+    x_in = left * FIGURE_SIZE[0] + ((right - left) * FIGURE_SIZE[0] - used_in) / 2  # centred
+    rects = []
+    for w, h in sizes:
+        panel_w, panel_h = w * scale, h * scale
+        rects.append(
+            (
+                x_in / FIGURE_SIZE[0],
+                top - panel_h / FIGURE_SIZE[1],  # top-aligned
+                panel_w / FIGURE_SIZE[0],
+                panel_h / FIGURE_SIZE[1],
+            )
+        )
+        x_in += panel_w + PANEL_GAP_IN
+    return rects, scale
+
+
+def _edge(artist) -> None:
+    """A dark edge under a structure outline (a contour set or a legend line)."""
+    from matplotlib import patheffects
+    from matplotlib.artist import Artist
+
+    effects = [patheffects.Stroke(linewidth=ROI_EDGE_WIDTH, foreground=ROI_EDGE_COLOR), patheffects.Normal()]
+    if isinstance(artist, Artist):  # a Line2D; a ContourSet from matplotlib 3.8 on
+        artist.set_path_effects(effects)
+    else:  # matplotlib < 3.8: a ContourSet holds one collection per level
+        for collection in artist.collections:
+            collection.set_path_effects(effects)
+
+
+def _scale_bar_mm(smallest_width_mm: float) -> int:
+    """One scale bar length for every panel: the longest of 50, 20, 10, 5, 2, 1 mm within 30 % of the narrowest."""
+    return next((b for b in (50, 20, 10, 5, 2, 1) if b <= 0.3 * smallest_width_mm), 1)
 
 
 def _holds_dmax(dose: np.ndarray, index: tuple, dmax: float) -> bool:
@@ -303,8 +440,8 @@ def _screen_position(index: tuple, fixed: int, vertical: tuple, horizontal: tupl
     return float(v), float(h)
 
 
-def _decorate(ax, name: str, at: int, fixed: int, vertical: tuple, horizontal: tuple, extent: tuple) -> None:
-    """Panel title, orientation letters and a scale bar."""
+def _decorate(ax, name: str, at: int, fixed: int, vertical: tuple, horizontal: tuple, extent: tuple, bar: int) -> None:
+    """Panel title, orientation letters and a scale bar of ``bar`` mm."""
     axis_name = "kji"[fixed]
     ax.set_title(f"{name} ({axis_name} = {at})", fontsize=10)
     ax.set_xticks([])
@@ -319,7 +456,6 @@ def _decorate(ax, name: str, at: int, fixed: int, vertical: tuple, horizontal: t
     ax.text(left + width / 2, bottom - 0.04 * height, down, **style)
     ax.text(left + 0.03 * width, top + height / 2, h_minus, **style)
     ax.text(right - 0.03 * width, top + height / 2, h_plus, **style)
-    bar = next((b for b in (50, 20, 10, 5, 2, 1) if b <= 0.3 * width), 1)
     x0 = left + 0.05 * width
     y0 = bottom - 0.07 * height
     ax.plot([x0, x0 + bar], [y0, y0], color="white", lw=3, solid_capstyle="butt")

@@ -3,17 +3,25 @@
 A single self-contained HTML file next to manifest.csv; links are relative, so it opens from
 disk (``file://``) with no server and keeps working when the output folder is moved. Every piece
 of text from the data (case ids, reasons, ROI names, flags) is escaped with :func:`html.escape`.
+
+The thumbnail is the axial panel of qa.png, cut out with CSS at (nearly) its own size, so that it
+can be read; the PNG's layout chunk (:data:`~.qa_png.LAYOUT_KEY`) says where the panel is. A qa.png
+without it (an older version's) is shown whole, scaled down. Either links to the full picture.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Optional, Sequence
 from urllib.parse import quote
 
 from .. import __version__
 from .files import write_text_atomic
+from .qa_png import LAYOUT_KEY
 
 #: What each audit flag means, for the legend under the table.
 FLAG_MEANINGS = {
@@ -41,7 +49,16 @@ tr.skipped td.status { color: #a60; font-weight: bold; }
 span.flag { display: inline-block; background: #fdd; color: #900; border-radius: 3px; padding: 0 4px; margin: 1px; }
 span.noflag { color: #060; }
 img.thumb { width: 360px; border: 1px solid #999; }
+span.crop { display: inline-block; overflow: hidden; border: 1px solid #999; }
+span.crop img { display: block; max-width: none; }
+a.full { font-size: small; }
 """
+#: Largest thumbnail (CSS pixels): the axial panel is scaled to fit, at most enlarged THUMB_UPSCALE times
+#: (a small panel, next to tall coronal and sagittal ones).
+THUMB_MAX = (440, 340)
+THUMB_UPSCALE = 2.0
+#: Pixels above the panel kept in the thumbnail: the panel's title (view and slice).
+THUMB_TITLE_PX = 22
 
 
 def _cell(value: object) -> str:
@@ -56,13 +73,68 @@ def _flags_html(flags: str) -> str:
 
 
 def _thumbnail(out_dir: Path, case_id: str) -> str:
-    if not (out_dir / case_id / "qa.png").is_file():
+    picture = out_dir / case_id / "qa.png"
+    if not picture.is_file():
         return "(no picture)"
-    href = f"{quote(case_id)}/qa.png"
-    return (
-        f'<a href="{_cell(href)}"><img class="thumb" src="{_cell(href)}" '
-        f'alt="{_cell("qa.png of " + case_id)}" loading="lazy"></a>'
+    href = _cell(f"{quote(case_id)}/qa.png")
+    alt = _cell("qa.png of " + case_id)
+    layout = png_layout(picture)
+    panel = ((layout or {}).get("panels") or {}).get("axial")
+    try:
+        width, height = (float(v) for v in layout["figure_px"])
+        x0, y0, x1, y1 = (float(v) for v in panel["box_px"])
+    except (TypeError, KeyError, ValueError):  # no layout: the whole picture, scaled down
+        return f'<a href="{href}"><img class="thumb" src="{href}" alt="{alt}" loading="lazy"></a>'
+    y0 = max(0.0, y0 - THUMB_TITLE_PX)
+    scale = min(THUMB_UPSCALE, THUMB_MAX[0] / max(x1 - x0, 1.0), THUMB_MAX[1] / max(y1 - y0, 1.0))
+    box = f"width:{(x1 - x0) * scale:.0f}px;height:{(y1 - y0) * scale:.0f}px"
+    place = (
+        f"width:{width * scale:.0f}px;height:{height * scale:.0f}px;"
+        f"margin-left:-{x0 * scale:.0f}px;margin-top:-{y0 * scale:.0f}px"
     )
+    return (
+        f'<a href="{href}"><span class="crop" style="{box}"><img src="{href}" style="{place}" alt="{alt}" '
+        f'loading="lazy"></span></a><br><a class="full" href="{href}">full picture (3 views)</a>'
+    )
+
+
+def png_layout(path: Path) -> Optional[dict]:
+    """The layout a qa.png carries in its text chunk (None when it has none or cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = handle.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"IDAT" or kind == b"IEND" or length > 1 << 20:
+                    return None  # text chunks we write come before the image data
+                data = handle.read(length)
+                handle.read(4)  # CRC
+                text = _png_text(kind, data, LAYOUT_KEY)
+                if text is not None:
+                    return json.loads(text)
+    except (OSError, ValueError, struct.error, zlib.error):
+        return None
+
+
+def _png_text(kind: bytes, data: bytes, key: str) -> Optional[str]:
+    """The text of a tEXt, zTXt or iTXt chunk whose keyword is ``key``."""
+    keyword, _, rest = data.partition(b"\0")
+    if keyword.decode("latin-1") != key:
+        return None
+    if kind == b"tEXt":
+        return rest.decode("latin-1")
+    if kind == b"zTXt":
+        return zlib.decompress(rest[1:]).decode("latin-1")
+    if kind == b"iTXt":
+        compressed, _method, rest = rest[0], rest[1], rest[2:]
+        _language, _, rest = rest.partition(b"\0")
+        _translated, _, text = rest.partition(b"\0")
+        return (zlib.decompress(text) if compressed else text).decode("utf-8")
+    return None
 
 
 def report_html(rows: Sequence[dict], out_dir: Path, *, title: str = "DoseAlign export", source: str = "") -> str:
