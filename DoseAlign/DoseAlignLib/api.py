@@ -78,6 +78,7 @@ _EXPORTS = {
     "masks_from_arrays": ".output.case_data",
     "ExportFormats": ".output.formats",
     "parse_formats": ".output.formats",
+    "DEFAULT_NRRD_COMPRESSION": ".output.formats",
     "OpenKBPSettings": ".output.openkbp",
     "qa_png_writer": ".output.qa_png",
     "matplotlib_available": ".output.qa_png",

@@ -513,15 +513,14 @@ def export_case(
     try:
         output = CaseOutput(out_dir, options)  # pair.npz gets the CT and the dose while the rest is computed
         more = {"resampler": resampler} if resampler is not None else {}  # the default call stays as it was
-        result = run_case(
-            case, options, progress=(lambda _f, message: say(message)) if stage else None, sink=output.add_array, **more
-        )
+        steps = (lambda _f, message: message != "done" and say(message)) if stage else None
+        result = run_case(case, options, progress=steps, sink=output.add_array, **more)
         if pseudonymizer is not None:
             pseudonymizer.result(result)  # before meta.json and the extra files: meta, case id, text arrays
         extra = [_announced(qa_png_writer(result), say, "writing qa.png")] if qa_png else []
         if formats is not None and formats.extra:
-            extra.append(_announced(formats.case_writer(result), say, f"writing {', '.join(formats.extra)}"))
-        say("writing pair.npz and meta.json")
+            extra.append(formats.case_writer(result, say))
+        extra.append(lambda _folder: say("finishing pair.npz and meta.json"))  # after the others, before these
         output.finish(result, extra)
         output = None
         return manifest_row(case, "ok", "", result.meta)

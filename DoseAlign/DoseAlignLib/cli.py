@@ -495,7 +495,10 @@ def _announce(args: argparse.Namespace, options, progress: _ProgressLine) -> Non
 
 
 #: What --interpolator ws costs (README's speed section has the measurement).
-WS_NOTE = "--interpolator ws (windowed sinc) is much slower than linear (the default): see README's speed section"
+WS_NOTE = (
+    "--interpolator ws (windowed sinc) is much slower than linear: a 512 x 512 x 300 case took 474 s onto the CT "
+    "grid (157 s onto the dose grid) where linear took 4 s (README, the command)"
+)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -638,6 +641,15 @@ def add_format_arguments(parser: argparse.ArgumentParser) -> None:
         default=api.OpenKBPSettings().spacing,
         help="voxel size (mm) of the 128^3 OpenKBP grid: one value or i,j,k (default 4,4,2)",
     )
+    group.add_argument(
+        "--nrrd-compression",
+        type=int,
+        default=api.DEFAULT_NRRD_COMPRESSION,
+        choices=range(10),
+        metavar="LEVEL",
+        help=f"gzip level of --format nrrd files: 1 (fastest) to 9, 0 for raw data (default {api.DEFAULT_NRRD_COMPRESSION}; "
+        "see README)",
+    )
     group.add_argument("--split-seed", type=int, default=0, help="seed of the training/validation split by patient")
     group.add_argument(
         "--validation-fraction", type=float, default=0.2, help="fraction of patients for validation (default 0.2)"
@@ -651,6 +663,7 @@ def formats_from_args(args: argparse.Namespace) -> api.ExportFormats:
         openkbp=api.OpenKBPSettings(spacing=getattr(args, "openkbp_spacing", api.OpenKBPSettings().spacing)),
         split_seed=getattr(args, "split_seed", 0),
         validation_fraction=getattr(args, "validation_fraction", 0.2),
+        nrrd_compression=getattr(args, "nrrd_compression", api.DEFAULT_NRRD_COMPRESSION),
     )
 
 

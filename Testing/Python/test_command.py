@@ -308,7 +308,8 @@ def test_stages_of_a_case_reach_the_caller_serial_and_from_workers(study, tmp_pa
         assert {case_id for case_id, _m in heard} == ids, workers
         for case_id in ids:
             said = [m for c, m in heard if c == case_id]
-            assert said[0] == "reading CT" and "writing pair.npz and meta.json" in said, said
+            assert said[0] == "reading CT" and said[-1] == "finishing pair.npz and meta.json", said
+            assert "writing qa.png" in said and "done" not in said
 
 
 def test_progress_shows_stages_only_for_a_long_case(monkeypatch):
@@ -409,6 +410,77 @@ def test_notes_before_a_run(study, tmp_path, capsys, monkeypatch):
     code, text, _err = _run(capsys, "export", study, tmp_path / "out", "--quiet", "--interpolator", "ws")
     assert code == 0
     assert "note: no qa.png pictures: matplotlib is not installed" in text
-    assert "note: --interpolator ws (windowed sinc) is much slower than linear" in text
+    assert "note: --interpolator ws (windowed sinc) is much slower than linear: a 512 x 512 x 300 case took" in text
     with np.load(next((tmp_path / "out").glob("*/pair.npz"))) as npz:
         assert npz["dose"].max() > 0
+
+
+# ---- NRRD compression ------------------------------------------------------------------------------
+
+
+def _nrrd_data(path: Path) -> tuple:
+    """(header text, data bytes) of an attached-header NRRD file."""
+    raw = path.read_bytes()
+    header, _, data = raw.partition(b"\n\n")
+    return header.decode("ascii"), data
+
+
+@pytest.mark.parametrize(
+    ("option", "xfl"), [([], 4), (["--nrrd-compression", "9"], 2), (["--nrrd-compression", "0"], None)]
+)
+def test_nrrd_compression_level(tmp_path, capsys, option, xfl):
+    """Level 1 by default (measured: a third of level 9's time, no larger; README), 9 or raw on request.
+    The gzip header's XFL byte says which: 4 = fastest (level 1), 2 = best (level 9)."""
+    nrrd = pytest.importorskip("nrrd")
+    write_phantom(tmp_path / "in", PhantomSpec(**SMALL))
+    out = tmp_path / "out"
+    assert _run(capsys, "export", tmp_path / "in", out, "--quiet", "--format", "nrrd", *option)[0] == 0
+    folder = next(p for p in out.iterdir() if p.is_dir())
+    header, data = _nrrd_data(folder / "dose.nrrd")
+    with np.load(folder / "pair.npz") as npz:
+        dose = npz["dose"]
+    if xfl is None:
+        assert "encoding: raw" in header and len(data) == dose.nbytes
+    else:
+        assert "encoding: gzip" in header and data[:2] == b"\x1f\x8b" and data[8] == xfl
+    back, _ = nrrd.read(str(folder / "dose.nrrd"), index_order="C")
+    np.testing.assert_array_equal(back, dose)
+
+
+# ---- ./dev demo ------------------------------------------------------------------------------------
+
+FAKE_PYTHON = """#!/bin/sh
+echo "python $*" >> "$(dirname "$0")/../calls.log"
+"""
+FAKE_DOSEALIGN = """#!/bin/sh
+echo "dosealign $*" >> "$(dirname "$0")/../calls.log"
+"""
+
+
+def test_dev_demo_installs_only_what_the_demo_needs(tmp_path):
+    """./dev demo installs the project with the qa extra only (matplotlib), once; after ./dev test's
+    larger install it installs nothing. A fake .venv records what ./dev asks of pip."""
+    for name in ("dev", "pyproject.toml"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    (tmp_path / "dev").chmod(0o755)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name, text in (("python", FAKE_PYTHON), ("dosealign", FAKE_DOSEALIGN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / ".venv" / "calls.log"
+
+    def demo() -> list:
+        log.unlink(missing_ok=True)
+        done = subprocess.run(["./dev", "demo", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return log.read_text().splitlines()
+
+    calls = demo()
+    installs = [c for c in calls if "pip install" in c and "--upgrade pip" not in c]
+    assert installs == ["python -m pip install -q -e .[qa]"], calls
+    assert calls[-1] == "dosealign demo out"
+    assert not [c for c in demo() if "pip install" in c], "installed again though nothing changed"
+    stamp = tmp_path / ".venv" / ".installed"
+    stamp.write_text(stamp.read_text().split()[0] + " test,qa,slicer\n")  # as ./dev test leaves it
+    assert not [c for c in demo() if "pip install" in c], "./dev test's environment already has the demo's extras"

@@ -31,11 +31,12 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ..errors import DoseAlignError
 from .case_data import CaseData, require
 from .files import json_text, temp_path
+from .nrrd import DEFAULT_COMPRESSION as DEFAULT_NRRD_COMPRESSION
 from .openkbp import OpenKBPSettings
 
 logger = logging.getLogger(__name__)
@@ -74,18 +75,22 @@ class ExportFormats:
 
     ``formats``: names from :data:`FORMAT_NAMES` (npz is always added). ``openkbp``: the OpenKBP
     grid settings. ``split_seed`` and ``validation_fraction``: the patient split of dataset.json
-    and dataset.h5.
+    and dataset.h5. ``nrrd_compression``: the gzip level of NRRD files, 1-9, or 0 for raw data
+    (see :data:`~.nrrd.DEFAULT_COMPRESSION`).
     """
 
     formats: tuple = ("npz",)
     openkbp: OpenKBPSettings = OpenKBPSettings()
     split_seed: int = 0
     validation_fraction: float = 0.2
+    nrrd_compression: int = DEFAULT_NRRD_COMPRESSION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", parse_formats(self.formats))
         if not 0.0 <= float(self.validation_fraction) < 1.0:
             raise ValueError(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
+        if not 0 <= int(self.nrrd_compression) <= 9:
+            raise ValueError(f"NRRD compression is a gzip level 1-9, or 0 for none; got {self.nrrd_compression}")
 
     @property
     def extra(self) -> tuple:
@@ -108,24 +113,32 @@ class ExportFormats:
             },
             "split_seed": self.split_seed,
             "validation_fraction": self.validation_fraction,
+            "nrrd_compression": self.nrrd_compression,
         }
 
     # ---- one case ------------------------------------------------------------------------------
 
-    def write_case(self, result, folder: Path) -> dict:
+    def write_case(self, result, folder: Path, say: Optional[Callable[[str], None]] = None) -> dict:
         """Write the extra formats of a just-computed case into ``folder``; return meta.json's ``exports``."""
-        return self.write_case_data(CaseData.from_result(result), folder)
+        return self.write_case_data(CaseData.from_result(result), folder, say=say)
 
-    def case_writer(self, result):
+    def case_writer(self, result, say: Optional[Callable[[str], None]] = None):
         """A callable for ``write_case_output(..., extra_files=[...])``: writes the formats of ``result``
-        into the case's temporary folder and records them in ``result.meta["exports"]``."""
+        into the case's temporary folder and records them in ``result.meta["exports"]``; ``say(message)``
+        hears each format as it is begun."""
 
         def write(folder: Path) -> None:
-            result.meta["exports"] = self.write_case(result, folder)
+            result.meta["exports"] = self.write_case(result, folder, say)
 
         return write
 
-    def write_case_data(self, case: CaseData, folder: Path, formats: Optional[Sequence[str]] = None) -> dict:
+    def write_case_data(
+        self,
+        case: CaseData,
+        folder: Path,
+        formats: Optional[Sequence[str]] = None,
+        say: Optional[Callable[[str], None]] = None,
+    ) -> dict:
         """Write ``formats`` (default: all extra formats) of ``case`` into ``folder``."""
         from .hdf5 import write_case_h5
         from .nifti import write_nifti
@@ -134,12 +147,14 @@ class ExportFormats:
 
         writers = {
             "nifti": write_nifti,
-            "nrrd": write_nrrd,
+            "nrrd": lambda c, f: write_nrrd(c, f, self.nrrd_compression),
             "hdf5": write_case_h5,
             "openkbp": lambda c, f: write_openkbp(c, f, self.openkbp),
         }
         exports = base_exports(case.meta)
         for fmt in formats if formats is not None else self.extra:
+            if say is not None:
+                say(f"writing {fmt}")
             exports[fmt] = writers[fmt](case, Path(folder))
         return exports
 
