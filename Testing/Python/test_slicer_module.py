@@ -794,3 +794,51 @@ def test_resume_keeps_a_case_only_when_the_same_backend_made_it(module, tmp_path
     assert other["status"] == "ok"  # made by the engine, asked of VTK: exported again
     _arrays_, meta = _arrays(tmp_path / "out" / other["case_id"])
     assert meta["resampling"]["backend"] == "slicer-vtk"
+
+
+class _Database:
+    """ctkDICOMDatabase's open/close calls (databaseFilename, isOpen: ctkDICOMDatabase.h, see slicer_api.json)."""
+
+    def __init__(self, filename=""):
+        self.databaseFilename = filename
+        self.isOpen = bool(filename)
+        self.opened = []
+
+    def openDatabase(self, filename):  # noqa: N802
+        self.databaseFilename, self.isOpen = filename, True
+        self.opened.append(filename)
+
+    def closeDatabase(self):  # noqa: N802
+        self.databaseFilename, self.isOpen = "", False
+
+
+def test_issue15_9_the_temporary_database_leaves_the_users_database_and_settings(module, monkeypatch, tmp_path):
+    import types
+
+    users = _Database(str(tmp_path / "users" / "ctkDICOM.sql"))
+    monkeypatch.setattr(slicer, "dicomDatabase", users, raising=False)
+    settings_writes = []
+
+    def open_database(folder):  # DICOMUtils.openDatabase: opens <folder>/ctkDICOM.sql, writes no setting
+        slicer.dicomDatabase.openDatabase(f"{folder}/ctkDICOM.sql")
+        return True
+
+    dicom_lib = types.ModuleType("DICOMLib")
+    dicom_lib.DICOMUtils = types.SimpleNamespace(
+        openDatabase=open_database,
+        openTemporaryDatabase=lambda *a, **k: settings_writes.append(a),  # the call that writes the setting
+    )
+    monkeypatch.setitem(sys.modules, "DICOMLib", dicom_lib)
+    logic = module.DoseAlignLogic()
+    original = users.databaseFilename
+    with pytest.raises(RuntimeError, match="a step failed"), logic.temporaryDatabase() as database:
+        temporary = database.databaseFilename
+        assert temporary != original and Path(temporary).parent.is_dir()
+        raise RuntimeError("a step failed")  # a failing cell of the notebook
+    assert users.opened == [temporary, original]  # the temporary one, then the user's again
+    assert users.isOpen and users.databaseFilename == original
+    assert not Path(temporary).parent.exists()  # its own folder, removed
+    assert settings_writes == []
+    with logic.temporaryDatabase(tmp_path / "kept") as database:
+        assert database.databaseFilename == f"{tmp_path / 'kept'}/ctkDICOM.sql"
+    assert (tmp_path / "kept").is_dir() and users.databaseFilename.endswith("users/ctkDICOM.sql")
