@@ -908,7 +908,8 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         """The engine's Case of a loaded dose.
 
         The engine scans exactly these files (``api.scan_files``): the dose's file, the CT's files
-        (``ctNode``'s, else every series of Modality CT in the dose's study), and the RTPLAN and RTSTRUCT
+        (``ctNode``'s, else every series of Modality CT in the dose's study, or in the patient's studies when
+        that study has none), and the RTPLAN and RTSTRUCT
         files the database holds for those studies (only ``segmentationNode``'s RTSTRUCT when one is
         given). ``api.form_cases`` then pairs them as ``dosealign export`` does. Raises ValueError or a
         DoseAlignError naming the file.
@@ -921,7 +922,14 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             files += ctFiles
             studies |= self._studiesOfFiles(ctFiles[:1])
         else:
-            files += self._seriesFilesOfStudies(studies, ("CT",))
+            ctFiles = self._seriesFilesOfStudies(studies, ("CT",))
+            if not ctFiles:  # some planning systems put the dose in a study of its own: the patient's other studies
+                database = self._database()
+                studies = {
+                    other for study in studies for other in database.studiesForPatient(database.patientForStudy(study))
+                }
+                ctFiles = self._seriesFilesOfStudies(studies, ("CT",))
+            files += ctFiles
         files += self._seriesFilesOfStudies(studies, ("RTPLAN",))
         if structures:
             structFiles = self.sourceFiles(segmentationNode) if segmentationNode is not None else []

@@ -140,6 +140,10 @@ class FileDatabase:
                 return str(getattr(ds, "PatientName", ""))
         return ""
 
+    def patientForStudy(self, study: str) -> str:  # noqa: N802
+        found = self._where("StudyInstanceUID", study)
+        return str(self._headers[found[0]].PatientID) if found else ""
+
     def studiesForPatient(self, patient: str) -> list:  # noqa: N802
         return sorted({str(self._headers[p].StudyInstanceUID) for p in self._where("PatientID", patient)})
 

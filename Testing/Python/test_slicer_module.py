@@ -291,6 +291,22 @@ def test_issue15_7_the_case_of_a_dose_scans_exactly_its_files(module, tmp_path, 
     assert case.ct.series_uid == truth.ct_series_uid and len(case.structs) == 1
 
 
+def test_a_dose_in_a_study_of_its_own_finds_the_patients_ct(module, tmp_path, database):
+    truth = _phantom(tmp_path)
+    study = pydicom.uid.generate_uid()
+    for path in [*truth.dose_files, truth.plan_file]:  # as some planning systems export them
+        ds = pydicom.dcmread(str(path))
+        ds.StudyInstanceUID = study
+        ds.save_as(str(path))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    assert len(db.studiesForPatient(db.patients()[0])) == 2
+    logic = module.DoseAlignLogic()
+    dose = logic.doseVolumeNodes(logic.loadStudy(study))[0]
+    case = logic.caseForDose(dose)
+    assert case.ct.series_uid == truth.ct_series_uid and case.structs and case.plan is not None
+
+
 def test_issue15_8_ct_candidates_are_filtered_by_modality(module, tmp_path, database):
     truth = _phantom(tmp_path)
     mr = tmp_path / "dicom" / "mr"
