@@ -116,6 +116,8 @@ class AlignOptions:
             raise ValueError("reference 'custom' needs a spacing (e.g. --spacing 2 or --spacing 1,1,2.5)")
         if self.rois is not None:
             object.__setattr__(self, "rois", roi_list(self.rois))
+            if not self.structures:
+                raise ValueError("--rois chooses mask channels: it needs the structures (drop --no-structures)")
         centre = str(self.centre).strip()
         if centre.lower().startswith("roi:") and centre[4:].strip():
             centre = "roi:" + centre[4:].strip()

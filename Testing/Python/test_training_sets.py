@@ -168,6 +168,9 @@ def test_dataset_rois_choose_channels_of_any_export(cohort, tmp_path):
         (["--box", "dose", "--size", "64", "--spacing", "2"], "--size apply to a cube (--box cube), not to --box dose"),
         (["--size", "64"], "reference 'custom' needs a spacing"),
         (["--rois", "PTV,ptv"], "listed twice"),
+        (["--rois", "PTV", "--no-structures"], "needs the structures"),
+        (["--reference", "ct", "--centre", "ptv"], "--centre describes a custom grid"),
+        (["--box", "ct", "--centre", "dmax", "--spacing", "2"], "--centre apply to a cube"),
     ],
 )
 def test_grid_option_conflicts_are_usage_errors(cohort, tmp_path, capsys, argv, message):
