@@ -108,6 +108,11 @@ def run_case(
     dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
 
     meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native)
+    if dose_meta["type"] == "EFFECTIVE":  # Gy all the same, but biologically weighted: said where it is read
+        meta["arrays"]["dose"]["dose_type"] = "EFFECTIVE"
+        meta.setdefault("warnings", []).append(
+            "the dose is EFFECTIVE (DoseType): biologically weighted dose, e.g. Gy(RBE), not physical dose"
+        )
     meta["resampling"].update(placement)
     meta["resampling"]["backend"] = resampler.name
     if half is not None:
@@ -295,6 +300,13 @@ def _read_doses(case: Case, options: AlignOptions) -> tuple:
     units = {d[2].units for d in doses}
     if len(units) > 1:
         raise DoseAlignError(f"doses to be summed have different units: {sorted(units)}", path=case.doses[0].path)
+    types = {d[2].dose_type for d in doses}
+    if len(types) > 1:
+        raise DoseAlignError(
+            f"doses to be summed have different DoseTypes: {sorted(types)} (physical and effective dose do not add)",
+            path=case.doses[0].path,
+            tag="(3004,0004) DoseType",
+        )
     first_info = doses[0][2]
     dose_meta = {
         "units": first_info.units,

@@ -266,15 +266,34 @@ def regular_grid(geometry: CtGeometry) -> Grid:
     return Grid.from_spacing((counts[2], counts[1], counts[0]), spacing, origin, axes, grid.frame_of_reference_uid)
 
 
-#: Rescaled CT values must fit the output array: int16 (the default) or float32.
-HU_RANGE = {"int16": (-32768.0, 32767.0), "float32": (-3.0e38, 3.0e38)}
+#: Rescaled CT values must fit the output array: int16 (the default) or float32 (within the plausible range).
+HU_RANGE = {"int16": (-32768.0, 32767.0), "float32": (-32768.0, 65535.0)}
+#: RescaleSlope of a CT outside these bounds squeezes or spreads the stored values into no plausible HU scale.
+SLOPE_RANGE = (0.01, 100.0)
+#: |RescaleIntercept| beyond this puts no stored value near a plausible HU.
+MAX_INTERCEPT = 32768.0
 
 
 def _check_rescale(pixels: np.ndarray, slope: float, intercept: float, dtype: str, path) -> None:
-    """RescaleSlope/Intercept must turn the stored values into numbers the CT array can hold."""
+    """RescaleSlope/Intercept must be plausible for a CT and turn the stored values into numbers the CT array
+    can hold (too small a slope flattens the image, too large or an absurd intercept puts it off the HU scale)."""
     if slope == 0:
         raise InputError(
             "RescaleSlope is 0: every pixel would get the same HU", path=path, tag="(0028,1053) RescaleSlope"
+        )
+    if not SLOPE_RANGE[0] <= slope <= SLOPE_RANGE[1]:
+        raise InputError(
+            f"RescaleSlope {slope:g} is outside the plausible {SLOPE_RANGE[0]:g}..{SLOPE_RANGE[1]:g} for a CT",
+            path=path,
+            tag="(0028,1053) RescaleSlope",
+            hint="the rescale tags are damaged",
+        )
+    if abs(intercept) > MAX_INTERCEPT:
+        raise InputError(
+            f"RescaleIntercept {intercept:g} is beyond the plausible +-{MAX_INTERCEPT:g} for a CT",
+            path=path,
+            tag="(0028,1052) RescaleIntercept",
+            hint="the rescale tags are damaged",
         )
     if pixels.size == 0:
         return

@@ -25,6 +25,13 @@ TAG_UNITS = "(3004,0002) DoseUnits"
 ABSOLUTE_GFOV_TOLERANCE_MM = 0.01
 #: A dose above this (Gy) anywhere comes from a damaged DoseGridScaling or pixel data.
 MAX_DOSE_GY = 1.0e5
+#: A dose whose maximum is above 0 but below this (Gy) comes from a damaged scaling: no delivered dose is that small.
+MIN_PEAK_GY = 1.0e-4
+#: DoseGridScaling (Gy per stored unit) below this is damaged: even 32-bit data would give less than 4 mGy.
+MIN_SCALING = 1.0e-12
+TAG_TYPE = "(3004,0004) DoseType"
+#: DoseType values that are dose: PHYSICAL, and EFFECTIVE (biologically weighted, labelled so in meta.json).
+DOSE_TYPES = ("PHYSICAL", "EFFECTIVE")
 
 
 @dataclass
@@ -183,12 +190,32 @@ def dose_info(ds: Dataset, path: Path, *, allow_relative: bool = False) -> DoseI
         )
     if scaling <= 0:
         raise InputError(f"DoseGridScaling must be positive, got {scaling:g}", path=path, tag=TAG_SCALING)
+    if not MIN_SCALING <= scaling <= MAX_DOSE_GY:
+        raise InputError(
+            f"DoseGridScaling {scaling:g} is outside the plausible {MIN_SCALING:g}..{MAX_DOSE_GY:g} Gy per stored unit",
+            path=path,
+            tag=TAG_SCALING,
+            hint="the scaling is damaged; DoseAlign does not guess one",
+        )
+    dose_type = headers.text(ds, "DoseType").upper()
+    if dose_type not in DOSE_TYPES:
+        raise UnitsError(
+            f"DoseType {dose_type or '(missing)'} is not PHYSICAL or EFFECTIVE: "
+            + (
+                "the values are the dose's uncertainty, not dose"
+                if dose_type == "ERROR"
+                else "what the values mean is not defined"
+            ),
+            path=path,
+            tag=TAG_TYPE,
+            hint="export the physical (or effective) dose",
+        )
     bits = headers.integer(ds, "BitsAllocated", "(0028,0100) BitsAllocated", path, 0)
     if bits not in (16, 32):
         raise InputError(f"BitsAllocated {bits} is not 16 or 32", path=path, tag="(0028,0100) BitsAllocated")
     return DoseInfo(
         units=units,
-        dose_type=headers.text(ds, "DoseType").upper(),
+        dose_type=dose_type,
         summation_type=headers.text(ds, "DoseSummationType").upper(),
         scaling=scaling,
         bits_allocated=bits,
@@ -223,6 +250,14 @@ def read_rtdose(path: Path, *, allow_relative: bool = False) -> tuple:
     if not np.isfinite(peak) or peak > MAX_DOSE_GY or info.scaling > MAX_DOSE_GY:
         raise InputError(
             f"DoseGridScaling {info.scaling:g} gives a maximum dose of {peak:.3g} Gy, beyond {MAX_DOSE_GY:g} Gy",
+            path=path,
+            tag=TAG_SCALING,
+            hint="the scaling or the pixel data are damaged",
+        )
+    if 0 < peak < MIN_PEAK_GY:
+        raise InputError(
+            f"DoseGridScaling {info.scaling:g} gives a maximum dose of {peak:.3g} Gy, below {MIN_PEAK_GY:g} Gy: "
+            "no delivered dose is that small",
             path=path,
             tag=TAG_SCALING,
             hint="the scaling or the pixel data are damaged",

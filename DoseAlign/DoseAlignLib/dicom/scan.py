@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from ..errors import DoseAlignError, InputError, UnreadableError
-from ..limits import Deadline, LimitError, die_with_parent, scan_file_seconds, special_kind
+from ..limits import Deadline, LimitError, die_with_parent, open_regular, scan_file_seconds, special_kind
 from . import headers
 
 Progress = Optional[Callable[[float, str], None]]
@@ -55,6 +56,8 @@ class CtSeries:
     folder: str
     slices: list = field(default_factory=list)
     duplicate_files: list = field(default_factory=list)
+    #: (SOPInstanceUID, [rel_paths]) of slices that share a UID but hold different images: the case fails
+    conflicts: list = field(default_factory=list)
 
     @property
     def files(self) -> list:
@@ -521,12 +524,15 @@ def _group_ct(result: ScanResult) -> list:
     for key, objects in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], str(kv[0][3]))):
         series_uid, frame_uid, folder, _ = key
         unique: dict = {}
-        duplicates = []
+        duplicates, conflicts = [], []
         for obj in objects:
-            if obj.sop_instance_uid in unique:
+            first = unique.get(obj.sop_instance_uid)
+            if first is None:
+                unique[obj.sop_instance_uid] = obj
+            elif same_content(first.path, obj.path):
                 duplicates.append(obj)
             else:
-                unique[obj.sop_instance_uid] = obj
+                conflicts.append(obj)
         name = f"{series_uid}|{folder}|{len(series_list)}"
         series = CtSeries(
             key=name,
@@ -543,9 +549,87 @@ def _group_ct(result: ScanResult) -> list:
             result.duplicates.append(
                 (dup.sop_instance_uid, [first.rel_path, dup.rel_path], "CT slice kept once (first file by path)")
             )
+        for other in conflicts:
+            first = unique[other.sop_instance_uid]
+            series.conflicts.append((other.sop_instance_uid, [first.rel_path, other.rel_path]))
+            result.duplicates.append(
+                (
+                    other.sop_instance_uid,
+                    [first.rel_path, other.rel_path],
+                    "CT slices sharing one SOPInstanceUID hold different images: their case fails",
+                )
+            )
         series_list.append(series)
     _report_cross_duplicates(result)
     return series_list
+
+
+#: What two files sharing a SOPInstanceUID must agree on to be copies of one image.
+CONTENT_KEYWORDS = (
+    "PixelData",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "DoseGridScaling",
+    "DoseUnits",
+    "DoseType",
+    "GridFrameOffsetVector",
+)
+
+
+def same_content(first: Path, second: Path) -> bool:
+    """Whether two files that share a SOPInstanceUID are copies of one image.
+
+    The same bytes, or the same pixel data, geometry and scaling (a re-export may differ in other
+    tags). Files that cannot be read count as different.
+    """
+    try:
+        if _same_bytes(first, second):
+            return True
+        a = headers.read_header(first, stop_before_pixels=False)
+        b = headers.read_header(second, stop_before_pixels=False)
+    except (OSError, DoseAlignError):
+        return False
+    for keyword in CONTENT_KEYWORDS:
+        if keyword == "PixelData" and a.get(keyword) != b.get(keyword):
+            if not _same_pixels(a, b, first, second):  # the same values, stored otherwise (compressed, big endian)?
+                return False
+            continue
+        x, y = a.get(keyword), b.get(keyword)
+        if (x is None) != (y is None):
+            return False
+        if x is None or x == y:
+            continue
+        if isinstance(x, (bytes, bytearray)) or str(x) != str(y):  # values, or their text as written
+            return False
+    return True
+
+
+def _same_pixels(a: Dataset, b: Dataset, first: Path, second: Path) -> bool:
+    try:
+        return bool(np.array_equal(headers.pixel_array(a, first), headers.pixel_array(b, second)))
+    except DoseAlignError:
+        return False
+
+
+def _same_bytes(first: Path, second: Path) -> bool:
+    with open_regular(first) as a, open_regular(second) as b:
+        if os.fstat(a.fileno()).st_size != os.fstat(b.fileno()).st_size:
+            return False
+        while True:
+            x, y = a.read(1 << 20), b.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 def _merge_stray_slices(groups: dict) -> None:

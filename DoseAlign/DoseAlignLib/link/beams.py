@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..dicom.scan import DicomObject
+from ..dicom.scan import DicomObject, same_content
 
 #: The summation type of a case made of several BEAM doses of one plan.
 SUMMED_BEAMS = "BEAM_SUM"
@@ -51,6 +51,25 @@ def overlapping_beams(doses: list) -> Optional[str]:
                 f"RTDOSE {dose.rel_path}: references beams {sorted(beams)}; beams {sorted(beams & singles)} also have a "
                 f"dose of their own, beams {sorted(beams - singles)} do not: no sum counts every beam once "
                 "((300C,0006) ReferencedBeamNumber; a single-beam dose is missing or damaged: add it or export a PLAN dose)"
+            )
+    return None
+
+
+def conflicting_copies(doses: list) -> Optional[str]:
+    """Two doses of a sum that share a SOPInstanceUID but hold different doses: which is the beam's cannot be told.
+
+    Copies (the same image) are left out of the sum by :func:`beam_doses_to_sum`; these are not copies.
+    """
+    first: dict = {}
+    for dose in sorted(doses, key=lambda d: d.rel_path):
+        if not dose.sop_instance_uid:
+            continue
+        seen = first.setdefault(dose.sop_instance_uid, dose)
+        if seen is not dose and not same_content(seen.path, dose.path):
+            return (
+                f"RTDOSE {seen.rel_path} and {dose.rel_path} share SOPInstanceUID {dose.sop_instance_uid} but hold "
+                "different doses: which one belongs to the sum cannot be told ((0008,0018) SOPInstanceUID; "
+                "remove the wrong file)"
             )
     return None
 

@@ -9,10 +9,18 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import PurePosixPath
+from typing import Optional
 
 from ..dicom.scan import ScanResult
 from ..errors import DoseAlignError
-from .beams import SUMMED_BEAMS, beam_doses_to_sum, dose_groups, missing_beams, overlapping_beams
+from .beams import (
+    SUMMED_BEAMS,
+    beam_doses_to_sum,
+    conflicting_copies,
+    dose_groups,
+    missing_beams,
+    overlapping_beams,
+)
 from .case import Case, LinkResult
 from .ct_choice import choose_ct, no_ct_reason, structs_for
 from .plans import sum_plan_cases
@@ -44,6 +52,12 @@ def form_cases(scan: ScanResult, sum_plans: bool = False) -> LinkResult:
         if case.ct is not None:
             used_series.add(case.ct.key)
             case.structs = structs_for(case, structs)
+            case.error = (
+                case.error
+                or (conflicting_copies(group[1]) if group[0] == SUMMED_BEAMS else None)
+                or _conflicting_slices(case)
+                or _identity_mismatch(case)
+            )
         if case.plan is not None:
             used_plans.add(case.plan.sop_instance_uid)
         used_structs.update(s.rel_path for s in case.structs)
@@ -117,6 +131,48 @@ def _case_id(patient_id: str, name: str, dose_paths: list) -> str:
     """``<patient>_<name>_<hash of the dose files' paths>``: the same input gives the same id."""
     digest = hashlib.sha1("\n".join(sorted(dose_paths)).encode()).hexdigest()[:8]
     return f"{safe_name(patient_id or 'anonymous')}_{safe_name(name)}_{digest}"
+
+
+def _conflicting_slices(case: Case) -> Optional[str]:
+    """Slices of the case's CT that share a SOPInstanceUID but hold different images: which is right cannot be told."""
+    if not case.ct.conflicts:
+        return None
+    uid, files = case.ct.conflicts[0]
+    more = f" (and {len(case.ct.conflicts) - 1} more)" if len(case.ct.conflicts) > 1 else ""
+    return (
+        f"CT {case.ct.folder or '.'}: {files[0]} and {files[1]} share SOPInstanceUID {uid} but hold different "
+        f"images{more}: which one belongs to the CT cannot be told ((0008,0018) SOPInstanceUID; remove the wrong file)"
+    )
+
+
+def _identity_mismatch(case: Case) -> Optional[str]:
+    """Paired objects of different patients (PatientID) or frames of reference: they are never paired silently.
+
+    An empty PatientID says nothing and is not compared; the dose's frame of reference against the
+    CT's is checked when the dose is read (pipeline).
+    """
+    first = case.doses[0]
+    others = [(f"RTDOSE {d.rel_path}", d.patient_id) for d in case.doses[1:]]
+    others.append((f"the CT {case.ct.folder or '.'}", case.ct.patient_id))
+    if case.plan is not None:
+        others.append((f"RTPLAN {case.plan.rel_path}", case.plan.patient_id))
+    others.extend((f"RTSTRUCT {s.rel_path}", s.patient_id) for s in case.structs)
+    for what, patient in others:
+        if first.patient_id and patient and patient != first.patient_id:
+            return (
+                f"RTDOSE {first.rel_path} belongs to PatientID {first.patient_id!r}, {what} to {patient!r}: objects "
+                "of different patients are not paired ((0010,0020) PatientID; if one patient's files were anonymized "
+                "separately, give them one PatientID)"
+            )
+    for struct in case.structs:
+        frame = struct.frame_of_reference_uid
+        if frame and case.ct.frame_of_reference_uid and frame != case.ct.frame_of_reference_uid:
+            return (
+                f"RTSTRUCT {struct.rel_path} is drawn in frame of reference {frame}, its CT {case.ct.folder or '.'} "
+                f"is in {case.ct.frame_of_reference_uid}: the contours would be misplaced ((3006,0024) "
+                "ReferencedFrameOfReferenceUID; DoseAlign does not register)"
+            )
+    return None
 
 
 def safe_name(text: str, limit: int = 48) -> str:

@@ -1,0 +1,234 @@
+"""Hostile inputs, class 4: no case is exported wrong with status ok.
+
+Each input below once exported as ``ok`` with wrong data; each must now fail its case with a row that
+names the file and the tag (or, for harmless variants, export exactly as the clean input does):
+an impostor CT slice or BEAM dose sharing a SOPInstanceUID with different pixels (identical copies,
+and the same pixels stored otherwise, are kept once); DoseTypes other than PHYSICAL/EFFECTIVE
+(EFFECTIVE exports, labelled); a CT, plan or structure set of another patient, a structure set in
+another frame of reference; scalings out of plausible bounds on both sides (DoseGridScaling, and the
+CT's RescaleSlope/Intercept).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dicom_damage as dd
+import hostile
+import numpy as np
+import pytest
+from DoseAlignLib.cli import main
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> dict:
+    """One PLAN-dose study and one BEAM-sum study, and their clean exports."""
+    base = tmp_path_factory.mktemp("wrong")
+    plan = hostile.study(base / "plan" / "p", "WRONG-1", 5)
+    beams = hostile.study(base / "beams" / "p", "WRONG-2", 6, write_plan_dose=False, write_beam_doses=True)
+    outs = {}
+    for name in ("plan", "beams"):
+        out = base / f"{name}-out"
+        assert main(["export", str(base / name), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+        outs[name] = out
+    return {"base": base, "plan": plan, "beams": beams, "outs": outs}
+
+
+def _copy(clean: dict, name: str, tmp_path: Path) -> Path:
+    root = tmp_path / name
+    shutil.copytree(clean["base"] / name, root)
+    return root
+
+
+def _rel(clean: dict, name: str, path: Path) -> Path:
+    return Path(path).relative_to(clean["base"] / name)
+
+
+def _export(root: Path, tmp_path: Path, capsys) -> tuple:
+    out = tmp_path / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"])
+    capsys.readouterr()
+    return code, hostile.manifest(out), out
+
+
+def _failed_with(rows: list, *phrases: str) -> dict:
+    (row,) = [r for r in rows if r["status"] == "failed"]
+    for phrase in phrases:
+        assert phrase in row["reason"], f"{phrase!r} not in {row['reason']!r}"
+    return row
+
+
+def _same_as_clean(clean: dict, name: str, out: Path, rows: list) -> None:
+    (row,) = rows
+    (expected,) = hostile.manifest(clean["outs"][name])
+    assert row["status"] == "ok" and row["case_id"] == expected["case_id"]
+    for file in ("pair.npz", "meta.json"):
+        assert (out / row["case_id"] / file).read_bytes() == (clean["outs"][name] / row["case_id"] / file).read_bytes()
+
+
+# ---- one SOPInstanceUID, two files ---------------------------------------------------------------
+
+
+def test_an_impostor_ct_slice_fails_the_case(clean, tmp_path, capsys):
+    root = _copy(clean, "plan", tmp_path)
+    victim = root / _rel(clean, "plan", clean["plan"].ct_files[3])
+    impostor = victim.with_name("zz-" + victim.name)
+    shutil.copy(victim, impostor)
+    ds = dd.read(impostor)
+    pixels = ds.pixel_array.copy()
+    pixels[:4] += 500  # another image, same SOPInstanceUID, position and series
+    ds.PixelData = pixels.tobytes()
+    dd.save(ds, impostor)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, victim.name, impostor.name, "share SOPInstanceUID", "different images", "(0008,0018)")
+
+
+@pytest.mark.parametrize("variant", ["byte copy", "re-exported header"])
+def test_copies_of_one_slice_are_kept_once(clean, tmp_path, capsys, variant):
+    root = _copy(clean, "plan", tmp_path)
+    victim = root / _rel(clean, "plan", clean["plan"].ct_files[3])
+    copy = victim.with_name("zz-" + victim.name)
+    shutil.copy(victim, copy)
+    if variant == "re-exported header":  # the same image, another exporter's private tags and times
+        dd.rewrite_tags(copy, InstanceCreationTime="235959", StationName="ELSEWHERE")
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0
+    (row,) = rows
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert copy.name not in json.dumps(meta["source"]["ct_files"])
+    with (
+        np.load(out / row["case_id"] / "pair.npz") as a,
+        np.load(clean["outs"]["plan"] / row["case_id"] / "pair.npz") as b,
+    ):
+        np.testing.assert_array_equal(a["ct"], b["ct"])
+        np.testing.assert_array_equal(a["dose"], b["dose"])
+
+
+def test_beam_doses_sharing_a_uid_with_different_doses_fail(clean, tmp_path, capsys):
+    root = _copy(clean, "beams", tmp_path)
+    first = root / _rel(clean, "beams", clean["beams"].dose_files[0])
+    impostor = first.with_name("zz-" + first.name)
+    shutil.copy(first, impostor)
+    ds = dd.read(impostor)
+    ds.DoseGridScaling = str(float(ds.DoseGridScaling) * 2)
+    dd.save(ds, impostor)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, "share SOPInstanceUID", "different doses", "(0008,0018)")
+    # a byte copy of a beam dose is left out of the sum (the sum is the clean one)
+    impostor.unlink()
+    shutil.copy(first, impostor)
+    code, rows, out = _export(root, tmp_path / "again", capsys)
+    assert code == 0
+    _same_as_clean_arrays(clean, "beams", out, rows)
+
+
+def _same_as_clean_arrays(clean: dict, name: str, out: Path, rows: list) -> None:
+    (row,) = rows
+    (expected,) = hostile.manifest(clean["outs"][name])
+    with (
+        np.load(out / row["case_id"] / "pair.npz") as a,
+        np.load(clean["outs"][name] / expected["case_id"] / "pair.npz") as b,
+    ):
+        np.testing.assert_array_equal(a["dose"], b["dose"])
+
+
+# ---- what the dose means ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dose_type", ["ERROR", "BOGUS", None])
+def test_dose_types_that_are_not_dose_are_refused(clean, tmp_path, capsys, dose_type):
+    root = _copy(clean, "plan", tmp_path)
+    dose = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    dd.rewrite_tags(dose, DoseType=dose_type)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    row = _failed_with(rows, "(3004,0004) DoseType", "not PHYSICAL or EFFECTIVE", dose.name)
+    assert ("uncertainty" in row["reason"]) == (dose_type == "ERROR")
+
+
+def test_an_effective_dose_exports_labelled(clean, tmp_path, capsys):
+    root = _copy(clean, "plan", tmp_path)
+    dose = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    dd.rewrite_tags(dose, DoseType="EFFECTIVE")
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0
+    (row,) = rows
+    assert "EFFECTIVE" in row["warnings"]
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["dose"]["type"] == "EFFECTIVE" and meta["arrays"]["dose"]["dose_type"] == "EFFECTIVE"
+    assert any("biologically weighted" in w for w in meta["warnings"])
+
+
+def test_a_physical_and_an_effective_dose_are_not_summed(clean, tmp_path, capsys):
+    root = _copy(clean, "beams", tmp_path)
+    dd.rewrite_tags(root / _rel(clean, "beams", clean["beams"].dose_files[1]), DoseType="EFFECTIVE")
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, "different DoseTypes", "(3004,0004)")
+
+
+# ---- objects of another patient or frame ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["ct", "plan", "struct"])
+def test_objects_of_another_patient_are_not_paired(clean, tmp_path, capsys, which):
+    root = _copy(clean, "plan", tmp_path)
+    truth = clean["plan"]
+    files = {"ct": truth.ct_files, "plan": [truth.plan_file], "struct": [truth.struct_file]}[which]
+    for path in files:
+        dd.rewrite_tags(root / _rel(clean, "plan", path), PatientID="SOMEONE-ELSE")
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, "(0010,0020) PatientID", "'WRONG-1'", "'SOMEONE-ELSE'")
+
+
+def test_a_structure_set_in_another_frame_of_reference_is_refused(clean, tmp_path, capsys):
+    root = _copy(clean, "plan", tmp_path)
+    struct = root / _rel(clean, "plan", clean["plan"].struct_file)
+    ds = dd.read(struct)
+    for item in ds.ReferencedFrameOfReferenceSequence:
+        item.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.999.1"
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.999.1"
+    dd.save(ds, struct)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, struct.name, "1.2.826.0.1.3680043.10.999.1", "frame of reference")
+
+
+# ---- scalings ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scaling", "phrase"),
+    [(1e-30, "outside the plausible"), (1e-10, "below 0.0001 Gy"), (5e3, "beyond 100000 Gy"), (1e6, "outside")],
+)
+def test_dose_grid_scaling_is_bounded_on_both_sides(clean, tmp_path, capsys, scaling, phrase):
+    root = _copy(clean, "plan", tmp_path)
+    dose = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    dd.rewrite_tags(dose, DoseGridScaling=f"{scaling:g}")
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, "(3004,000E) DoseGridScaling", phrase)
+
+
+@pytest.mark.parametrize(
+    ("tags", "phrase"),
+    [
+        ({"RescaleSlope": "1e-06"}, "outside the plausible"),
+        ({"RescaleSlope": "-1"}, "outside the plausible"),
+        ({"RescaleSlope": "1000000"}, "outside the plausible"),
+        ({"RescaleIntercept": "1e+09"}, "beyond the plausible"),
+        ({"RescaleSlope": "30", "RescaleIntercept": "-1024"}, "beyond the int16 CT array"),
+    ],
+)
+def test_ct_rescale_is_bounded_on_both_sides(clean, tmp_path, capsys, tags, phrase):
+    root = _copy(clean, "plan", tmp_path)
+    victim = root / _rel(clean, "plan", clean["plan"].ct_files[2])
+    dd.rewrite_tags(victim, **tags)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, victim.name, "Rescale", phrase)
