@@ -205,7 +205,14 @@ def export_folder(
     indices = [index for index, _case in to_run]
     try:
         if scheduler:
-            run_dask(task, [c for _i, c in to_run], scheduler, workers, lambda n, row: record(indices[n], row))
+            run_dask(
+                task,
+                [c for _i, c in to_run],
+                scheduler,
+                workers,
+                lambda n, row: record(indices[n], row),
+                on_lost=lambda case, reason: manifest_row(case, "failed", reason),
+            )
         elif workers > 1 and len(to_run) > 1:
             run_pool(
                 functools.partial(task, stage=worker_stage if stage is not None else None),
@@ -213,6 +220,7 @@ def export_folder(
                 workers,
                 lambda n, row: record(indices[n], row),
                 on_stage=stage,
+                on_lost=lambda case, reason: manifest_row(case, "failed", reason),  # a killed worker's case
             )
         else:
             for index, case in to_run:

@@ -8,7 +8,7 @@ of unusually large cases::
     DOSEALIGN_SCAN_FILE_SECONDS     time to read one file's header during the scan     (default 30)
     DOSEALIGN_CASE_SECONDS          time for one case (rasterizer, pool worker)         (default 3600)
     DOSEALIGN_MEMORY_MULTIPLE       a case's working memory / the bytes of its outputs  (default 4)
-    DOSEALIGN_MEMORY_FLOOR_MB       working memory every case may use whatever its size (default 1024)
+    DOSEALIGN_MEMORY_FLOOR_MB       working memory every case may use whatever its size (default 2048)
     DOSEALIGN_INFLATE_MB            inflated size of one deflated file during the scan  (default 512)
 
 Helpers here: :class:`Deadline` (a time limit checked where the work loops), :func:`die_with_parent`
@@ -17,9 +17,11 @@ Helpers here: :class:`Deadline` (a time limit checked where the work loops), :fu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -29,7 +31,7 @@ DEFAULTS = {
     "DOSEALIGN_SCAN_FILE_SECONDS": 30.0,
     "DOSEALIGN_CASE_SECONDS": 3600.0,
     "DOSEALIGN_MEMORY_MULTIPLE": 4.0,
-    "DOSEALIGN_MEMORY_FLOOR_MB": 1024.0,
+    "DOSEALIGN_MEMORY_FLOOR_MB": 2048.0,
     "DOSEALIGN_INFLATE_MB": 512.0,
 }
 
@@ -60,10 +62,17 @@ def inflate_bytes() -> int:
     return int(limit("DOSEALIGN_INFLATE_MB") * 1024 * 1024)
 
 
+def limit_multiple() -> float:
+    return limit("DOSEALIGN_MEMORY_MULTIPLE")
+
+
+def memory_floor() -> int:
+    return int(limit("DOSEALIGN_MEMORY_FLOOR_MB") * 1024 * 1024)
+
+
 def memory_limit_bytes(output_bytes: float) -> int:
     """The working memory a case with ``output_bytes`` of arrays may use."""
-    floor = limit("DOSEALIGN_MEMORY_FLOOR_MB") * 1024 * 1024
-    return int(max(limit("DOSEALIGN_MEMORY_MULTIPLE") * output_bytes, floor))
+    return int(max(limit_multiple() * output_bytes, memory_floor()))
 
 
 class Deadline:
@@ -162,3 +171,28 @@ def special_kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+_CASE = threading.local()
+
+
+@contextlib.contextmanager
+def case_deadline(seconds: Optional[float] = None, what: str = "the case"):
+    """The per-case time limit (``DOSEALIGN_CASE_SECONDS``) for the code this thread runs inside the block.
+
+    Long loops (contour reading and nesting, the rasterizer, the audit's per-ROI work) call
+    :func:`check_case_time`, which raises :class:`LimitError` once the limit has passed.
+    """
+    previous = getattr(_CASE, "deadline", None)
+    _CASE.deadline = Deadline(case_seconds() if seconds is None else seconds, what)
+    try:
+        yield _CASE.deadline
+    finally:
+        _CASE.deadline = previous
+
+
+def check_case_time(path: Optional[str] = None) -> None:
+    """Raise :class:`LimitError` when the running case's time limit has passed (no-op outside a case)."""
+    deadline = getattr(_CASE, "deadline", None)
+    if deadline is not None:
+        deadline.check(path)

@@ -14,10 +14,11 @@ import multiprocessing
 import os
 import queue as queue_module
 import signal
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import time
+from multiprocessing import connection
 from typing import Callable, Iterable, Optional
 
-from .limits import die_with_parent
+from .limits import case_seconds, die_with_parent
 
 #: In a worker process: where :func:`worker_stage` sends a case's stages (set by the pool's initializer).
 _STAGE_QUEUE = None
@@ -64,43 +65,142 @@ def run_pool(
     workers: int,
     on_result: Callable[[int, dict], None],
     on_stage: Optional[Callable[[str, str], None]] = None,
+    on_lost: Optional[Callable[[object, str], dict]] = None,
 ) -> None:
     """Call ``task(case)`` in ``workers`` processes; ``on_result(index, row)`` as each finishes.
 
+    Each worker runs one case at a time, so the pool knows which case a worker holds: when a worker
+    dies (killed by the out-of-memory killer, a crash) or runs past the per-case time limit
+    (``DOSEALIGN_CASE_SECONDS`` plus a grace), ``on_lost(case, reason)`` makes that case's row (a
+    failed row naming what happened), a fresh worker takes its place and the batch goes on.
     ``on_stage(case_id, message)`` receives what the workers send with :func:`worker_stage`.
-    Workers ignore Ctrl-C; on KeyboardInterrupt here the cases not started are cancelled, the
-    workers stopped (their unfinished case folders are temporary ones, removed by the next run)
-    and the interrupt is raised again.
+    Workers ignore Ctrl-C; on KeyboardInterrupt here the workers are stopped and the interrupt is
+    raised again (their unfinished case folders are temporary ones, removed by the next run).
     """
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     stages = context.Queue() if on_stage is not None else None
-    pending: dict = {}
+    lost = on_lost or (lambda _case, reason: {"status": "failed", "reason": reason})
     queue: Iterable = iter(enumerate(cases))
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(stages, os.getpid())
-    ) as pool:
-        try:
-            while True:
-                while len(pending) < 2 * workers:
+    slots = [_Worker(context, task, stages) for _ in range(max(1, min(workers, len(cases))))]
+    hard_limit = case_seconds() + max(5.0, 0.1 * case_seconds())  # the case stops itself first, if it can
+    try:
+        while True:
+            for slot in slots:
+                if slot.job is None:
                     item = next(queue, None)
-                    if item is None:
-                        break
-                    index, case = item
-                    pending[pool.submit(task, case)] = index
-                if not pending:
-                    return
-                done, _ = wait(pending, timeout=0.5 if stages is not None else None, return_when=FIRST_COMPLETED)
-                _drain(stages, on_stage)
-                for future in done:
-                    on_result(pending.pop(future), future.result())
-        except KeyboardInterrupt:
-            _stop(pool)
-            raise
-        finally:
-            if stages is not None:
-                stages.close()
-                stages.cancel_join_thread()
+                    if item is not None:
+                        slot.start(*item)
+            busy = [slot for slot in slots if slot.job is not None]
+            if not busy:
+                return
+            waiting = [slot.conn for slot in busy] + [slot.process.sentinel for slot in busy]
+            connection.wait(waiting, timeout=0.5)
+            _drain(stages, on_stage)
+            for slot in busy:
+                index, case, started = slot.job
+                outcome = slot.collect()
+                if outcome is not None:
+                    on_result(index, outcome if isinstance(outcome, dict) else lost(case, outcome))
+                elif time.monotonic() - started > hard_limit:
+                    slot.replace()
+                    on_result(
+                        index,
+                        lost(
+                            case,
+                            f"the case took longer than the limit of {case_seconds():g} s: its worker process was "
+                            "stopped (set DOSEALIGN_CASE_SECONDS to allow more time)",
+                        ),
+                    )
+    except KeyboardInterrupt:
+        _stop(slots)
+        raise
+    finally:
+        _stop(slots)
+        if stages is not None:
+            stages.close()
+            stages.cancel_join_thread()
+
+
+class _Worker:
+    """One worker process of :func:`run_pool` and the case it runs (``job``: index, case, start time)."""
+
+    def __init__(self, context, task: Callable, stages) -> None:
+        self.context, self.task, self.stages = context, task, stages
+        self.job: Optional[tuple] = None
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.conn, child = self.context.Pipe()
+        self.process = self.context.Process(
+            target=_work, args=(child, self.task, self.stages, os.getpid()), name="dosealign-worker", daemon=True
+        )
+        self.process.start()
+        child.close()
+
+    def start(self, index: int, case) -> None:
+        self.job = (index, case, time.monotonic())
+        self.conn.send((index, case))
+
+    def collect(self):
+        """The finished case's row, the reason its worker was lost (str), or None while it runs."""
+        try:
+            if self.conn.poll():
+                _index, row, error = self.conn.recv()
+                self.job = None
+                return row if error is None else error
+        except (EOFError, OSError):
+            pass  # the worker died while sending
+        if self.process.is_alive():
+            return None
+        self.process.join(timeout=1)
+        reason = _death(self.process.exitcode)
+        self.replace()
+        return reason
+
+    def replace(self) -> None:
+        """Stop this worker (lost, or its case past the time limit) and start a fresh one."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        self.job = None
+        self._spawn()
+
+
+def _death(exitcode: Optional[int]) -> str:
+    """Why a worker process ended while it held a case, in words."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        cause = (
+            " (most often the out-of-memory killer: the case needed more memory than was free)"
+            if (-exitcode == getattr(signal, "SIGKILL", 9))
+            else ""
+        )
+        return f"the worker process exporting this case was killed by {name}{cause}; the other cases went on"
+    return f"the worker process exporting this case ended unexpectedly (exit code {exitcode}); the other cases went on"
+
+
+def _work(conn, task: Callable, stages, parent_pid: int) -> None:
+    """A worker process: cases in, rows out, one at a time, until told to stop."""
+    _init_worker(stages, parent_pid)
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            break
+        if item is None:
+            break
+        index, case = item
+        try:
+            conn.send((index, task(case), None))
+        except BaseException as error:  # export_case never raises for a bad case; anything else is a crash
+            conn.send((index, None, f"the worker process failed: {type(error).__name__}: {error}"))
+    conn.close()
 
 
 def _drain(stages, on_stage) -> None:
@@ -112,21 +212,39 @@ def _drain(stages, on_stage) -> None:
         on_stage(case_id, message)
 
 
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel what has not started and end the worker processes now (they ignore SIGINT)."""
-    pool.shutdown(wait=False, cancel_futures=True)
-    for child in multiprocessing.active_children():
-        child.terminate()
-    for child in multiprocessing.active_children():
-        child.join(timeout=5)
+def _stop(slots: list) -> None:
+    """End the worker processes now (they ignore SIGINT): asked first, then terminated."""
+    for slot in slots:
+        with contextlib.suppress(OSError, ValueError):
+            slot.conn.send(None)
+    for slot in slots:
+        slot.process.join(timeout=0.2 if slot.job is None else 0)
+        if slot.process.is_alive():
+            slot.process.terminate()
+    for slot in slots:
+        slot.process.join(timeout=5)
+        if slot.process.is_alive():
+            slot.process.kill()
+            slot.process.join(timeout=5)
+        with contextlib.suppress(OSError):
+            slot.conn.close()
 
 
-def run_dask(task: Callable, cases: list, scheduler: str, workers: int, on_result: Callable[[int, dict], None]) -> None:
+def run_dask(
+    task: Callable,
+    cases: list,
+    scheduler: str,
+    workers: int,
+    on_result: Callable[[int, dict], None],
+    on_lost: Optional[Callable[[object, str], dict]] = None,
+) -> None:
     """Run ``task(case)`` on a Dask cluster: ``scheduler`` is ``tcp://host:port`` or ``local``.
 
     ``local`` starts a LocalCluster of ``workers`` single-threaded processes on this machine.
     Workers elsewhere need the input and output folders at the same paths (a shared filesystem).
+    A case whose worker is lost (Dask gives up on it) gets the row ``on_lost(case, reason)``.
     """
+    lost = on_lost or (lambda _case, reason: {"status": "failed", "reason": reason})
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -151,8 +269,16 @@ def run_dask(task: Callable, cases: list, scheduler: str, workers: int, on_resul
             future = client.submit(task, item[1], pure=False)
             index_of[future.key] = item[0]
             batch.add(future)
+        case_of = {index: case for index, case in enumerate(cases)}
         for future in batch:
-            on_result(index_of.pop(future.key), future.result())
+            index = index_of.pop(future.key)
+            try:
+                row = future.result()
+            except Exception as error:  # e.g. KilledWorker: the worker died (out of memory) more than once
+                row = lost(
+                    case_of[index], f"the Dask worker exporting this case was lost ({type(error).__name__}: {error})"
+                )
+            on_result(index, row)
             item = next(queue, None)
             if item is not None:
                 nxt = client.submit(task, item[1], pure=False)

@@ -16,12 +16,22 @@ import numpy as np
 
 from . import __version__
 from .audit.case import add_structures_and_audit
+from .dicom import headers
 from .dicom.ct import ct_geometry, read_ct, regular_grid
-from .dicom.rtdose import read_rtdose
+from .dicom.rtdose import dose_geometry, read_rtdose
 from .errors import DoseAlignError, GeometryError, LinkError
 from .geometry.grid import Grid, Volume
 from .geometry.reference import CROP_DOSE_FRACTION, Region, check_overlap, crop_box, reference_grid, uniform_cover
 from .geometry.resample import ENGINE_RESAMPLER, Resampler, resample
+from .limits import (
+    LimitError,
+    case_deadline,
+    format_bytes,
+    limit_multiple,
+    memory_available,
+    memory_floor,
+    memory_limit_bytes,
+)
 from .link.case import Case
 from .options import AlignOptions, Interpolator
 from .structures.case import CaseContours, read_case_contours
@@ -55,7 +65,16 @@ def run_case(
     soon as each is final, possibly from another thread (:class:`~DoseAlignLib.output.case_folder.CaseOutput`
     writes them while the rest is computed). The arrays it gets are the result's; they are not changed after.
     ``resampler`` makes the output CT and dose (default: the engine's own); every other step is the engine's.
+
+    Resources are bounded: a case whose arrays would exceed the memory limit is refused before any is
+    allocated (:func:`check_memory`), and its long loops stop at the per-case time limit
+    (:func:`~DoseAlignLib.limits.case_deadline`), each with a :class:`~DoseAlignLib.limits.LimitError` naming it.
     """
+    with case_deadline():
+        return _run_case(case, options, progress, sink, resampler)
+
+
+def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resampler) -> CaseResult:
     resampler = resampler or ENGINE_RESAMPLER
     if case.error:
         raise LinkError(case.error)
@@ -64,6 +83,7 @@ def run_case(
     report = _reporter(progress)
     report(0.0, "reading CT")
     geometry = ct_geometry(case.ct)
+    check_memory(case, options, geometry)  # before any array is allocated: refuse with the reason and the limit
     contours = _grid_contours(case, options, geometry)  # when the grid is centred on or cut to a ROI
     # the CT's pixels are read beside the dose's reading and resampling (both mostly outside the GIL);
     # the resampling needs only the CT's geometry
@@ -124,6 +144,72 @@ def run_case(
     add_structures_and_audit(result, case, options, geometry, contours if options.structures else None)
     report(1.0, "done")
     return result
+
+
+#: Bytes per native dose voxel the audit takes when the dose grid is not the output grid (measured: the
+#: CT resampled onto it, the body mask and its labels, per-slice statistics).
+AUDIT_BYTES_PER_VOXEL = 16
+
+
+def case_memory(case: Case, options: AlignOptions, geometry) -> tuple:
+    """``(working bytes, output bytes, parts)``: what the arrays of a case will take, from the headers alone.
+
+    Working memory counts the CT as read (and regularized), each dose as read (its stored values
+    twice, as pydicom holds them, and float32 copies) and the output CT and dose; ``parts`` says
+    which is which. Structure masks are not counted (they are boxes, kept bit-packed).
+    """
+    ct_bytes = 2 if options.ct_dtype == "int16" else 4
+    ct_grid = regular_grid(geometry) if geometry.needs_regularization else geometry.grid
+    parts = {"CT": int(np.prod(geometry.grid.shape)) * ct_bytes}
+    if geometry.needs_regularization:
+        parts["regularized CT"] = int(np.prod(ct_grid.shape)) * ct_bytes
+    dose_grid = None
+    doses = 0
+    for obj in case.doses:
+        ds = headers.read_header(obj.path)
+        grid = dose_geometry(ds, obj.path).grid
+        dose_grid = dose_grid or grid
+        voxels = int(np.prod(grid.shape))
+        stored = headers.integer(ds, "BitsAllocated", "(0028,0100) BitsAllocated", obj.path, 32) // 8
+        doses += voxels * 4  # each dose kept as float32 until summed
+        parts["dose reading"] = max(parts.get("dose reading", 0), voxels * (2 * stored + 5))
+    parts["doses (float32)"] = doses * (2 if len(case.doses) > 1 else 1)  # and their sum
+    target, _how = reference_grid(ct_grid, dose_grid, options)  # a crop only shrinks it
+    if not target.equal(dose_grid):  # the audit also works on the native dose grid: a body mask, statistics
+        parts["audit on the native dose grid"] = int(np.prod(dose_grid.shape)) * AUDIT_BYTES_PER_VOXEL
+    voxels = int(np.prod(target.shape))
+    output = voxels * (ct_bytes + (2 if options.dose_dtype == "float16" else 4))
+    parts["outputs"] = output + (voxels * 4 if options.dose_dtype == "float16" else 0)
+    return sum(parts.values()), output, parts
+
+
+def check_memory(case: Case, options: AlignOptions, geometry) -> None:
+    """Refuse a case whose arrays would take more than the stated limit, before any is allocated.
+
+    The limit is ``DOSEALIGN_MEMORY_MULTIPLE`` (4) times the bytes of its outputs, at least
+    ``DOSEALIGN_MEMORY_FLOOR_MB`` (2048 MiB), and never more than the memory this machine has available.
+    """
+    working, output, parts = case_memory(case, options, geometry)
+    limit = memory_limit_bytes(output)
+    available = memory_available()
+    what = ", ".join(f"{name} {format_bytes(size)}" for name, size in parts.items() if size)
+    where = case.doses[0].path
+    if working > limit:
+        raise LimitError(
+            f"the case needs about {format_bytes(working)} of memory ({what}) for {format_bytes(output)} of outputs: "
+            f"more than the limit of {limit_multiple():g} x its outputs or {format_bytes(memory_floor())}, "
+            f"{format_bytes(limit)}",
+            path=where,
+            hint="a dose or CT far larger than the output grid; set DOSEALIGN_MEMORY_MULTIPLE or "
+            "DOSEALIGN_MEMORY_FLOOR_MB to allow more",
+        )
+    if available is not None and working > available:
+        raise LimitError(
+            f"the case needs about {format_bytes(working)} of memory ({what}); this machine has "
+            f"{format_bytes(available)} available",
+            path=where,
+            hint="run it where more memory is free, or with fewer --workers",
+        )
 
 
 def _grid_contours(case: Case, options: AlignOptions, geometry) -> Optional[CaseContours]:

@@ -21,6 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ..errors import InputError
+from ..limits import check_case_time
 from ..structures.polygons import even_odd_area
 from . import headers
 
@@ -207,7 +208,9 @@ def _repeats_first(points: np.ndarray) -> bool:
 def _polygons_of(item: Dataset) -> tuple:
     """(closed polygons, counts of other geometric types) of one ROIContourSequence item."""
     closed, others = [], {}
-    for contour in item.get("ContourSequence", None) or []:
+    for n, contour in enumerate(item.get("ContourSequence", None) or []):
+        if not n & 1023:
+            check_case_time()
         kind = _geometric_type(contour)
         if kind != "CLOSED_PLANAR":
             others[kind] = others.get(kind, 0) + 1

@@ -104,10 +104,13 @@ class RunClaim:
         return self.folder / f"{RUN_PREFIX}{self.token}-{safe}-{uuid.uuid4().hex[:8]}"
 
     def release(self) -> None:
-        """Remove the owner record (only the process that made the claim does) and free the lock."""
+        """Remove what is left of this claim's temporary entries (e.g. a lost worker's case folder) and the
+        owner record (only the process that made the claim does), and free the lock."""
         if self._fd is None:
             return
         if os.getpid() == self.pid:
+            with contextlib.suppress(OSError):
+                remove_owned(self.folder, self.token)
             with contextlib.suppress(OSError):
                 self.record.unlink()
         with contextlib.suppress(OSError):

@@ -11,6 +11,7 @@ import numpy as np
 from ..dicom.rtstruct import plane_spacing, read_structure_set
 from ..errors import DoseAlignError
 from ..geometry.resample import resample
+from ..limits import LimitError
 from ..options import Interpolator
 from .body import body_from_ct
 from .masks import StructureMasks
@@ -39,6 +40,8 @@ def read_case_contours(case, options, ct_geometry) -> CaseContours:
     for obj in case.structs:
         try:
             contours.rois.extend(read_structure_set(obj.path, rel_path=obj.rel_path, plane_normal=normal))
+        except LimitError:  # the case's time limit: the case stops, not just this structure set
+            raise
         except DoseAlignError as error:
             contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": str(error)})
     contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None))

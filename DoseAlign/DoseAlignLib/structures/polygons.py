@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..limits import check_case_time
+
 #: Largest number of (edge, point) pairs processed at once by :func:`points_in_polygons`.
 PAIR_CHUNK = 1 << 22
 
@@ -49,6 +51,10 @@ def even_odd_area(polygons: Sequence[np.ndarray]) -> float:
     an island) and subtracts it when nested in an odd number (a hole). Exact for polygons that do
     not cross each other, which is what DICOM asks of the contours of one plane.
 
+    Near-linear in the number of polygons: a polygon can only lie inside another whose bounding box
+    holds its first vertex, and only those pairs are tested (20 000 contours in one plane take
+    about a second, not hours).
+
     Parameters
     ----------
     polygons : sequence of (N, 2) arrays
@@ -60,14 +66,53 @@ def even_odd_area(polygons: Sequence[np.ndarray]) -> float:
         Area in squared coordinate units (never negative).
     """
     polys = [np.asarray(p, dtype=np.float64) for p in polygons if len(p) >= 3]
+    depth = nesting_parity(polys)
     total = 0.0
-    for n, poly in enumerate(polys):
-        others = polys[:n] + polys[n + 1 :]
-        depth = 0
-        for other in others:
-            depth += int(_point_in_polygon(poly[0], other))
-        total += (-1.0) ** depth * abs(polygon_area(poly))
+    for poly, odd in zip(polys, depth):
+        total += (-1.0) ** int(odd) * abs(polygon_area(poly))
     return max(total, 0.0)
+
+
+def nesting_parity(polys: Sequence[np.ndarray]) -> np.ndarray:
+    """For each polygon, whether its first vertex lies inside an odd number of the other polygons.
+
+    The same arithmetic as :func:`points_in_polygons` (half-open rule), applied only to the pairs
+    whose bounding box holds the vertex: a polygon whose box does not hold a point crosses the
+    point's ray an even number of times, so leaving it out changes no parity.
+    """
+    n = len(polys)
+    parity = np.zeros(n, dtype=bool)
+    if n < 2:
+        return parity
+    first = np.array([p[0, :2] for p in polys])
+    boxes = np.array([[p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max()] for p in polys])
+    order = np.argsort(first[:, 1], kind="stable")
+    ys, xs = first[order, 1], first[order, 0]
+    lows = np.searchsorted(ys, boxes[:, 2], side="left")
+    highs = np.searchsorted(ys, boxes[:, 3], side="right")
+    for j in range(n):
+        if not j & 255:
+            check_case_time()
+        lo, hi = int(lows[j]), int(highs[j])
+        if hi - lo <= 0:
+            continue
+        band = slice(lo, hi)
+        inside_box = (xs[band] >= boxes[j, 0]) & (xs[band] <= boxes[j, 1])
+        candidates = order[band][inside_box]
+        candidates = candidates[candidates != j]
+        if candidates.size == 0:
+            continue
+        edges = _edges([polys[j]])
+        if edges.shape[0] == 0:
+            continue
+        px, py = first[candidates, 0][:, None], first[candidates, 1][:, None]
+        x0, y0, x1, y1 = (edges[:, k][None, :] for k in range(4))
+        spans = (np.minimum(y0, y1) <= py) & (py < np.maximum(y0, y1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
+        crossings = np.count_nonzero(spans & (x_cross < px), axis=1)
+        parity[candidates] ^= (crossings & 1).astype(bool)
+    return parity
 
 
 def _point_in_polygon(point: np.ndarray, polygon: np.ndarray) -> bool:

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..dicom.rtstruct import RoiContours, plane_basis
 from ..geometry.grid import Grid, Volume
+from ..limits import check_case_time
 from .body import BODY_THRESHOLD_HU, body_from_ct
 from .masks import RoiMask, StructureMasks, voxel_volumes_cc
 from .polygons import fill_lattice, fill_lattices, points_in_polygons
@@ -177,6 +178,7 @@ def _scanline(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: 
         return _scanline_binary(roi, grid, box, thickness_mm, out, in_plane, window)
     cache: dict = {}
     for kk in range(nk):
+        check_case_time(roi.source)
         k_sub = kb.start + kk + offsets
         origins = grid.index_to_lps(np.stack([np.zeros_like(k_sub), np.zeros_like(k_sub), k_sub], axis=-1))
         chosen = assign_planes(origins @ roi.normal, planes, thickness_mm)
@@ -248,6 +250,7 @@ def _pointwise(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f:
     out = np.zeros((nk, nj, ni), dtype=np.float32 if f > 1 else bool)
     jj, ii = np.meshgrid(np.arange(nj, dtype=np.float64), np.arange(ni, dtype=np.float64), indexing="ij")
     for kk in range(nk):
+        check_case_time(roi.source)
         count = np.zeros((nj, ni), dtype=np.float32)
         for dk in offsets:
             for dj in offsets:
@@ -301,6 +304,7 @@ def rasterize_structures(
     """
     result = StructureMasks(grid, thickness_mm=float(thickness_mm), supersampling=int(supersampling))
     for roi in rois:
+        check_case_time(roi.source)  # the per-case time limit: a hostile structure set cannot hold a batch
         if roi.skipped is not None:
             result.skipped.append(
                 {

@@ -1,0 +1,170 @@
+"""Hostile inputs, class 5: one input cannot stop or starve the batch.
+
+The contour step is near-linear (20 000 contours in one plane take seconds, not minutes) and gives
+the areas of the pairwise definition; a case whose arrays would exceed the memory limit (a stated
+multiple of its outputs) is refused from its headers before any pixel is read, naming the limit; a
+case past the per-case time limit stops (in its own loops, or its worker is stopped); a worker
+process killed while it runs a case (the out-of-memory killer) fails that case, named in the
+manifest, and the other cases go on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dicom_damage as dd
+import hostile
+import numpy as np
+import pytest
+from DoseAlignLib.structures import polygons
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+
+def _pairwise_area(polys: list) -> float:
+    """The even-odd area by its definition: each polygon against every other (quadratic; small sets only)."""
+    total = 0.0
+    for n, poly in enumerate(polys):
+        depth = sum(polygons._point_in_polygon(poly[0], other) for m, other in enumerate(polys) if m != n)
+        total += (-1.0) ** depth * abs(polygons.polygon_area(poly))
+    return max(total, 0.0)
+
+
+def test_even_odd_area_equals_the_pairwise_definition():
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        polys = []
+        for _k in range(int(rng.integers(1, 12))):
+            centre = rng.integers(-5, 5, 2).astype(float)  # shared vertices and edges happen
+            radius = float(rng.integers(1, 6))
+            angles = np.linspace(0, 2 * np.pi, int(rng.integers(3, 9)), endpoint=False) + rng.choice([0, np.pi / 4])
+            polys.append(centre + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1))
+        assert polygons.even_odd_area(polys) == _pairwise_area(polys)
+
+
+def test_twenty_thousand_contours_in_one_plane_take_seconds():
+    squares = [
+        np.array([[x, y], [x + 0.4, y], [x + 0.4, y + 0.4], [x, y + 0.4]]) for x in range(142) for y in range(142)
+    ]
+    holes = [np.array([[-1.0, -1.0], [200.0, -1.0], [200.0, 200.0], [-1.0, 200.0]])]  # one outline around them all
+    start = time.monotonic()
+    area = polygons.even_odd_area(holes + squares)
+    took = time.monotonic() - start
+    assert area == pytest.approx(201.0**2 - len(squares) * 0.16)
+    assert took < 20, f"{took:.1f} s for {len(squares) + 1} contours"
+
+
+@pytest.mark.slow
+def test_an_rtstruct_with_twenty_thousand_contours_per_plane_exports(tmp_path):
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "MANY-1", 9)
+    ds = dd.read(truth.struct_file)
+    item = ds.ROIContourSequence[0]
+    z = float(item.ContourSequence[0].ContourData[2])
+    contours = []
+    for n in range(20000):
+        x, y = -8 + (n % 142) * 0.11, -7 + (n // 142) * 0.1
+        contour = Dataset()
+        contour.ContourGeometricType = "CLOSED_PLANAR"
+        contour.NumberOfContourPoints = 4
+        contour.ContourData = [f"{v:.3f}" for v in (x, y, z, x + 0.05, y, z, x + 0.05, y + 0.05, z, x, y + 0.05, z)]
+        contours.append(contour)
+    item.ContourSequence = DicomSequence(contours)
+    dd.save(ds, truth.struct_file)
+    start = time.monotonic()
+    done = hostile.dosealign("export", str(root), str(tmp_path / "out"), "--quiet", "--workers", "1", "--no-qa-png")
+    took = time.monotonic() - start
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert took < 90, f"{took:.0f} s"
+
+
+def test_a_case_beyond_the_memory_limit_is_refused_before_reading(tmp_path, monkeypatch, capsys):
+    from DoseAlignLib import pipeline
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "MEM-1", 10, with_structures=False, dose_size=(96, 96, 64), dose_bits=32)
+    read = []
+    monkeypatch.setattr(pipeline, "read_rtdose", lambda *a, **k: read.append(a) or pytest.fail("dose read"))
+    monkeypatch.setenv("DOSEALIGN_MEMORY_FLOOR_MB", "4")
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 1
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed" and not read
+    for phrase in ("the case needs about", "dose reading", "more than the limit of 4 x its outputs or 4 MiB"):
+        assert phrase in row["reason"], row["reason"]
+    assert "DOSEALIGN_MEMORY_MULTIPLE" in row["reason"]
+    # with the default limits the same case exports
+    monkeypatch.undo()
+    assert main(["export", str(root), str(tmp_path / "ok"), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    capsys.readouterr()
+
+
+def test_a_case_past_its_time_limit_stops_with_the_reason(tmp_path):
+    root = tmp_path / "in"
+    hostile.study(root / "p", "SLOW-1", 11)
+    out = tmp_path / "out"
+    done = hostile.dosealign(
+        "export", str(root), str(out), "--quiet", "--workers", "1", env={"DOSEALIGN_CASE_SECONDS": "0.000001"}
+    )
+    assert done.returncode == 1, done.stdout
+    (row,) = hostile.manifest(out)
+    assert "took longer than the limit of 1e-06 s" in row["reason"] and "DOSEALIGN_CASE_SECONDS" in row["reason"]
+
+
+#: The dosealign command with export_case replaced for chosen patients: killed (SIGKILL) or hanging.
+SABOTAGE = r"""
+import os, signal, sys, time
+import DoseAlignLib.batch as batch
+original = batch.export_case
+def sabotaged(case, *args, **kwargs):
+    if case.patient_id == os.environ["DOSEALIGN_TEST_KILL"]:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does
+    if case.patient_id == os.environ["DOSEALIGN_TEST_HANG"]:
+        time.sleep(3600)  # a case that never checks its time limit
+    return original(case, *args, **kwargs)
+batch.export_case = sabotaged
+from DoseAlignLib.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pool") / "in"
+    for n in range(5):
+        hostile.study(root / f"p{n}", f"POOL-{n}", 20 + n, with_structures=False)
+    return root
+
+
+def test_a_killed_worker_fails_its_case_and_the_batch_goes_on(cohort, tmp_path):
+    out = tmp_path / "out"
+    args = ["export", str(cohort), str(out), "--quiet", "--workers", "2", "--no-qa-png"]
+    done = hostile.python(SABOTAGE, *args, env={"DOSEALIGN_TEST_KILL": "POOL-2", "DOSEALIGN_TEST_HANG": "-"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = {r["patient"]: r for r in hostile.manifest(out)}
+    assert sorted(rows) == [f"POOL-{n}" for n in range(5)], "every case has its row"
+    assert rows["POOL-2"]["status"] == "failed"
+    assert "killed by SIGKILL" in rows["POOL-2"]["reason"] and "out-of-memory" in rows["POOL-2"]["reason"]
+    assert all(rows[f"POOL-{n}"]["status"] == "ok" for n in (0, 1, 3, 4))
+    assert not list(out.glob(".tmp-*")), "the lost case's temporary folder is cleaned up by the next run at the latest"
+
+
+def test_a_hanging_case_is_stopped_at_the_time_limit(cohort, tmp_path):
+    out = tmp_path / "out"
+    args = ["export", str(cohort), str(out), "--quiet", "--workers", "2", "--no-qa-png"]
+    start = time.monotonic()
+    done = hostile.python(
+        SABOTAGE,
+        *args,
+        env={"DOSEALIGN_TEST_KILL": "-", "DOSEALIGN_TEST_HANG": "POOL-3", "DOSEALIGN_CASE_SECONDS": "2"},
+        timeout=120,
+    )
+    took = time.monotonic() - start
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = {r["patient"]: r for r in hostile.manifest(out)}
+    assert rows["POOL-3"]["status"] == "failed" and "longer than the limit of 2 s" in rows["POOL-3"]["reason"]
+    assert [rows[f"POOL-{n}"]["status"] for n in (0, 1, 2, 4)] == ["ok"] * 4
+    assert took < 60, took
