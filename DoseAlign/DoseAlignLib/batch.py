@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from . import __version__
 from .dicom.damage import damaged_file_rows
 from .dicom.scan import scan_folder
-from .errors import Cancelled, DoseAlignError
+from .errors import Cancelled, DoseAlignError, OutputFault, output_fault
 from .link.cases import form_cases
 from .options import AlignOptions
 from .output.case_folder import CaseOutput, case_dir, check_output_folder, clean_temp, is_complete
@@ -28,6 +28,10 @@ from .pipeline import run_case
 
 logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[float, str], None]]
+
+
+#: Exit code of an export stopped by an output fault (see :class:`~DoseAlignLib.errors.OutputFault`).
+EXIT_FAULT = 4
 
 
 class NothingToExport(DoseAlignError):
@@ -62,9 +66,12 @@ class BatchReport:
     def skipped(self) -> list:
         return [r for r in self.rows if r["status"] == "skipped"]
 
+    #: Why the export stopped early: the output could not be written (disk full, I/O error); exit code 4.
+    fault: Optional[str] = None
+
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return EXIT_FAULT if self.fault else 1 if self.failed else 0
 
 
 def _owning_output(function: Callable) -> Callable:
@@ -166,15 +173,23 @@ def export_folder(
         write_text_atomic(out_dir / manifest_name.replace(".csv", ".json"), json_text(_shard_settings(formats)))
     rows: list = [None] * len(cases)
     done = [0]
+    stopped_by = [""]  # the short cause of an output fault, for the rows of the cases not started
 
     def record(index: int, row: dict) -> None:
+        fault = row.pop(FAULT_KEY, None)
         row = relative_reason(row, input_root)  # files named relative to the input, as in meta.json
         if pseudonymizer is not None:
             row = pseudonymizer.row(row)
         rows[index] = row
         done[0] += 1
         report.rows = [r for r in rows if r is not None]
-        write_manifest(out_dir, carried + report.rows, manifest_name)
+        if fault and report.fault is None:
+            report.fault = row["reason"]  # no further case is started
+            stopped_by[0] = f"{fault}, at case {row['case_id']}"
+        try:
+            write_manifest(out_dir, carried + report.rows, manifest_name)
+        except OSError as error:  # the previous manifest stays as it was; the batch stops
+            report.fault = report.fault or f"manifest.csv: {output_fault(error, out_dir)}"
         if progress is not None:
             progress(done[0] / max(len(cases), 1), f"{done[0]}/{len(cases)} cases: {row['case_id']} {row['status']}")
 
@@ -189,6 +204,8 @@ def export_folder(
                 record(index, manifest_row(case, "skipped", KEPT, existing.meta))
                 continue
             report.exported_again[case.case_id] = why
+        elif resume and existing is not None and existing.problem:
+            report.exported_again[case.case_id] = [f"its outputs were damaged ({existing.problem})"]
         to_run.append((index, case))
     if report.exported_again:
         note(_exported_again_note(report.exported_again))
@@ -212,6 +229,7 @@ def export_folder(
                 workers,
                 lambda n, row: record(indices[n], row),
                 on_lost=lambda case, reason: manifest_row(case, "failed", reason),
+                stop=lambda: report.fault is not None,
             )
         elif workers > 1 and len(to_run) > 1:
             run_pool(
@@ -221,19 +239,33 @@ def export_folder(
                 lambda n, row: record(indices[n], row),
                 on_stage=stage,
                 on_lost=lambda case, reason: manifest_row(case, "failed", reason),  # a killed worker's case
+                stop=lambda: report.fault is not None,
             )
         else:
             for index, case in to_run:
+                if report.fault is not None:
+                    break
                 case_stage = functools.partial(stage, case.case_id) if stage is not None else None
                 record(index, task(case, stage=case_stage))
     except KeyboardInterrupt:
         remove_owned(out_dir, claim.token)  # what the stopped workers left (this run's temporary names only)
         raise Interrupted(done[0], len(cases)) from None
+    if report.fault is not None:  # the cases not started: named, so that --resume exports them
+        for index, case in to_run:
+            if rows[index] is None:
+                why = stopped_by[0] or report.fault
+                record(index, manifest_row(case, "failed", f"not exported: the output could not be written ({why})"))
     report.rows = [r for r in rows if r is not None]
     report.rows.extend(extra_rows)
     if progress is not None:
         progress(1.0, f"{len(cases)} cases, {len(report.failed)} failed")
     all_rows = carried + report.rows
+    if report.fault is not None:  # write no more than the manifest (it may fail too: the old one stays)
+        try:
+            report.manifest = write_manifest(out_dir, all_rows, manifest_name)
+        except OSError as error:
+            report.fault += f"; manifest.csv could not be written either ({error.strerror or error})"
+        return report
     if formats is not None and shard is None:
         finished = formats.finish(out_dir, all_rows)  # formats of resumed cases, dataset.h5, dataset.json
         for message in finished.get("notes", []):
@@ -266,6 +298,9 @@ def _conflict_error(out_dir: Path, conflict: str) -> DoseAlignError:
         hint="choose another output folder, or remove what it holds; nothing was written",
     )
 
+
+#: A row's mark (removed before it is recorded) that its case met an output fault.
+FAULT_KEY = "_output_fault"
 
 #: The reason column of a case kept by ``--resume``.
 KEPT = "complete from an earlier run with the same options: kept"
@@ -534,6 +569,9 @@ def export_case(
         return manifest_row(case, "ok", "", result.meta)
     except Cancelled:
         raise
+    except OutputFault as error:  # the output cannot be written: this case fails and the batch stops
+        logger.error("case %s: %s", case.case_id, error)
+        return {**manifest_row(case, "failed", str(error)), FAULT_KEY: getattr(error, "cause", "") or str(error)}
     except DoseAlignError as error:
         logger.info("case %s failed: %s", case.case_id, error)
         named = error.path or any(f in str(error) for f in case.dose_files)  # else say which dose it was

@@ -3,7 +3,8 @@
 Exit codes (README lists them per subcommand): 0 every case ok (or kept by --resume), 1 some case
 failed (scan: some case cannot be exported; merge: some case failed), 2 a usage error or an input
 or output folder that cannot be used (nothing written), 3 nothing to export (no case under the
-input; nothing written), 130 interrupted by Ctrl-C (finished cases are in manifest.csv).
+input; nothing written), 4 the export stopped because its output could not be written (disk full, I/O
+error; manifest.csv lists what was done), 130 interrupted by Ctrl-C (finished cases are in manifest.csv).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dosealign",
         description="Put DICOM CT, RTDOSE and structures on one voxel grid, geometry from the raw tags.",
-        epilog="Exit codes: 0 ok, 1 some case failed, 2 usage or folder error, 3 nothing to export, 130 interrupted.",
+        epilog="Exit codes: 0 ok, 1 some case failed, 2 usage or folder error, 3 nothing to export, "
+        "4 output could not be written (disk full), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"dosealign {api.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{scan,export,merge,demo}")
@@ -73,7 +75,8 @@ def _get_parser() -> argparse.ArgumentParser:
         description="Export every case below INPUT into OUT: OUT/<case_id>/{pair.npz, meta.json, qa.png}, "
         "OUT/manifest.csv, OUT/report.html.",
         epilog="Exit codes: 0 every case ok or kept, 1 some case failed (see manifest.csv), 2 usage error or an input "
-        "or output folder that cannot be used, 3 nothing to export, 130 interrupted (run again with --resume).",
+        "or output folder that cannot be used, 3 nothing to export, 4 the output could not be written (disk full, "
+        "I/O error: free space, run again with --resume), 130 interrupted (run again with --resume).",
     )
     export.add_argument("input", type=Path, help="folder with DICOM files (searched recursively; never modified)")
     export.add_argument("output", type=Path, help="output folder (created; see README for the layout)")
@@ -567,6 +570,8 @@ def _print_summary(report, out_dir: Path) -> None:
         print(f"  {mark:7} {row['case_id']}: {detail}")
     if report.ignored:
         print(f"not read: {_not_read(report.ignored)} (dosealign scan lists them)")
+    if getattr(report, "fault", None):
+        print(f"dosealign: the export stopped: {report.fault}", file=sys.stderr)
 
 
 def _not_read(ignored: list) -> str:

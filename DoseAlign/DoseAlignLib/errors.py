@@ -70,5 +70,29 @@ class LinkError(DoseAlignError, ValueError):
     """Objects that cannot be paired (a dose without a CT, a frame-of-reference mismatch)."""
 
 
+class OutputFault(DoseAlignError):
+    """Writing the output failed (disk full, I/O error, read-only or vanished folder): no case can be
+    written, so the batch stops after this one, with a valid manifest and its own exit code."""
+
+
+def output_fault(error: OSError, where=None) -> OutputFault:
+    """An :class:`OutputFault` from the operating system's error: the output folder ``where`` (else the
+    file), the file being written and the cause, e.g. ``No space left on device (ENOSPC)``."""
+    import errno as errno_names
+    import os
+
+    code = errno_names.errorcode.get(error.errno or 0, "")
+    cause = f"{error.strerror or error}" + (f" ({code})" if code else "")
+    filename = getattr(error, "filename", None)
+    what = f"writing {os.path.basename(str(filename))}" if filename and where is not None else "writing the output"
+    fault = OutputFault(
+        f"{what} failed: {cause}",
+        path=where if where is not None else filename,
+        hint="free space or fix the output folder, then run again with --resume; the export stopped here",
+    )
+    fault.cause = cause
+    return fault
+
+
 class Cancelled(DoseAlignError):
     """Raised by a progress callback to stop the work cleanly."""

@@ -66,8 +66,11 @@ def run_pool(
     on_result: Callable[[int, dict], None],
     on_stage: Optional[Callable[[str, str], None]] = None,
     on_lost: Optional[Callable[[object, str], dict]] = None,
+    stop: Optional[Callable[[], bool]] = None,
 ) -> None:
     """Call ``task(case)`` in ``workers`` processes; ``on_result(index, row)`` as each finishes.
+
+    Once ``stop()`` is true no further case is started (those running finish).
 
     Each worker runs one case at a time, so the pool knows which case a worker holds: when a worker
     dies (killed by the out-of-memory killer, a crash) or runs past the per-case time limit
@@ -87,7 +90,7 @@ def run_pool(
     try:
         while True:
             for slot in slots:
-                if slot.job is None:
+                if slot.job is None and not (stop is not None and stop()):
                     item = next(queue, None)
                     if item is not None:
                         slot.start(*item)
@@ -237,12 +240,14 @@ def run_dask(
     workers: int,
     on_result: Callable[[int, dict], None],
     on_lost: Optional[Callable[[object, str], dict]] = None,
+    stop: Optional[Callable[[], bool]] = None,
 ) -> None:
     """Run ``task(case)`` on a Dask cluster: ``scheduler`` is ``tcp://host:port`` or ``local``.
 
     ``local`` starts a LocalCluster of ``workers`` single-threaded processes on this machine.
     Workers elsewhere need the input and output folders at the same paths (a shared filesystem).
-    A case whose worker is lost (Dask gives up on it) gets the row ``on_lost(case, reason)``.
+    A case whose worker is lost (Dask gives up on it) gets the row ``on_lost(case, reason)``; once
+    ``stop()`` is true no further case is submitted.
     """
     lost = on_lost or (lambda _case, reason: {"status": "failed", "reason": reason})
     try:
@@ -279,7 +284,7 @@ def run_dask(
                     case_of[index], f"the Dask worker exporting this case was lost ({type(error).__name__}: {error})"
                 )
             on_result(index, row)
-            item = next(queue, None)
+            item = next(queue, None) if not (stop is not None and stop()) else None
             if item is not None:
                 nxt = client.submit(task, item[1], pure=False)
                 index_of[nxt.key] = item[0]

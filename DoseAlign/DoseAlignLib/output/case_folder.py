@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import DoseAlignError
+from ..errors import DoseAlignError, output_fault
 from ..limits import open_regular
 from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, json_text, remove_owned
 from .npz import NpyStream, NpzStream
@@ -26,9 +27,79 @@ def case_dir(out_dir: Path, case_id: str) -> Path:
 
 
 def is_complete(out_dir: Path, case_id: str) -> bool:
-    """True when the case's folder holds its outputs (folders only appear complete)."""
-    folder = case_dir(out_dir, case_id)
-    return (folder / "meta.json").is_file() and any((folder / name).is_file() for name in ARRAY_FILES.values())
+    """True when the case's folder holds its outputs whole (see :func:`case_problem`)."""
+    return case_problem(case_dir(out_dir, case_id)) is None
+
+
+def case_problem(folder: Path) -> Optional[str]:
+    """Why a case folder is not a complete output (None when it is).
+
+    meta.json must be DoseAlign's and readable; ``pair.npz`` must be a whole zip archive (its
+    directory at the end, every member inside the file) whose ``ct`` and ``dose`` headers read and
+    whose sizes agree with them; in the ``npy`` layout each ``.npy`` file must be as long as its
+    header says. Data bytes are not read: a file cut short, or a folder a killed or failing run left,
+    is found; bit rot inside an array is not.
+    """
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "meta.json is missing"
+    except (OSError, ValueError) as error:
+        return f"meta.json cannot be read ({type(error).__name__})"
+    if not isinstance(meta, dict) or "dosealign_version" not in meta:
+        return "meta.json is not DoseAlign's"
+    if (folder / "pair.npz").is_file():
+        return _npz_problem(folder / "pair.npz")
+    if (folder / "ct.npy").is_file():
+        for path in sorted(folder.glob("*.npy")):
+            problem = _npy_problem(path)
+            if problem:
+                return problem
+        return None if (folder / "dose.npy").is_file() else "dose.npy is missing"
+    return "pair.npz is missing"
+
+
+def _npz_problem(path: Path) -> Optional[str]:
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            for name in ("ct.npy", "dose.npy"):
+                if name not in members:
+                    return f"pair.npz has no {name[:-4]}"
+            for info in members.values():
+                if info.header_offset + info.compress_size > size:
+                    return f"pair.npz is cut short inside {info.filename}"
+            for name in ("ct.npy", "dose.npy"):
+                with archive.open(name) as member:
+                    expected = _npy_length(member)
+                if expected is not None and expected != members[name].file_size:
+                    return f"pair.npz: {name} holds {members[name].file_size} bytes, its header says {expected}"
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as error:
+        return f"pair.npz is damaged or cut short ({type(error).__name__})"
+    return None
+
+
+def _npy_problem(path: Path) -> Optional[str]:
+    try:
+        with open_regular(path) as handle:
+            expected = _npy_length(handle)
+        if expected is not None and expected != path.stat().st_size:
+            return f"{path.name} holds {path.stat().st_size} bytes, its header says {expected}"
+    except (OSError, ValueError) as error:
+        return f"{path.name} is damaged ({type(error).__name__})"
+    return None
+
+
+def _npy_length(handle) -> Optional[int]:
+    """The length an .npy stream must have, from its header (None for object arrays)."""
+    version = np.lib.format.read_magic(handle)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _fortran, dtype = reader(handle)
+    if dtype.hasobject:
+        return None
+    return handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 #: The file that holds (the first of) a case's arrays, per layout.
@@ -64,10 +135,13 @@ class CaseOutput:
 
     def __init__(self, out_dir: Path, options=None) -> None:
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        # no case id in the name (it may still be pseudonymized); the run's own temporary name
-        self.temp = claim_for(self.out_dir).temp("case")
-        self.temp.mkdir()
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            # no case id in the name (it may still be pseudonymized); the run's own temporary name
+            self.temp = claim_for(self.out_dir).temp("case")
+            self.temp.mkdir()
+        except OSError as error:
+            raise output_fault(error, self.out_dir) from None
         self.storage = storage_of(options)
         dtypes = self.storage["dtypes"]
         if self.storage["layout"] == "npy":
@@ -102,8 +176,10 @@ class CaseOutput:
             final = case_dir(self.out_dir, result.case_id)
             _replace_dir(self.temp, final)
             fsync_path(self.out_dir)
-        except BaseException:
-            self.discard()
+        except BaseException as error:
+            self.discard()  # frees what the case took (on a full disk: room for the manifest)
+            if isinstance(error, OSError):
+                raise output_fault(error, self.out_dir) from None
             raise
         return final
 

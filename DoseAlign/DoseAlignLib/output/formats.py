@@ -48,6 +48,24 @@ DEPENDENCIES = {"nifti": [("nibabel", "nibabel")], "nrrd": [("nrrd", "pynrrd")],
 SENTINELS = {"nifti": "ct.nii.gz", "nrrd": "ct.nrrd", "hdf5": "case.h5", "openkbp": "openkbp/geometry.json"}
 
 
+def _whole(path: Path) -> bool:
+    """Whether a format's sentinel file is there and not damaged (a case.h5 that HDF5 cannot open is
+    written again from pair.npz, rather than crash dataset.h5); others: present and not empty."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    if path.suffix == ".h5":
+        try:
+            import h5py
+        except ImportError:
+            return True
+        try:
+            with h5py.File(path, "r") as handle:
+                return bool(list(handle.keys()))
+        except (OSError, ValueError):
+            return False
+    return True
+
+
 def parse_formats(values: Optional[Sequence[str]]) -> tuple:
     """Format names from ``--format`` values (each may be comma-separated); npz always first."""
     names = []
@@ -165,7 +183,7 @@ class ExportFormats:
             exports = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("exports") or {}
         except (OSError, ValueError):
             exports = {}
-        return [f for f in self.extra if f not in exports or not (folder / SENTINELS[f]).is_file()]
+        return [f for f in self.extra if f not in exports or not _whole(folder / SENTINELS[f])]
 
     def add_to_case(self, folder: Path) -> list:
         """Write the formats a finished case folder lacks, from its pair.npz and meta.json.

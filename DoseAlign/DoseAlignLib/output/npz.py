@@ -69,9 +69,15 @@ class _SparseWriter(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            if self._file.seek(0, io.SEEK_END) < self._end:
-                self._file.truncate(self._end)  # the file ends in a hole: give it its length
-            self._file.close()
+            try:
+                if self._file.seek(0, io.SEEK_END) < self._end:
+                    self._file.truncate(self._end)  # the file ends in a hole: give it its length
+            finally:  # closed even when the disk is full (else a removed file keeps its space)
+                try:
+                    self._file.close()
+                finally:
+                    super().close()
+            return
         super().close()
 
 

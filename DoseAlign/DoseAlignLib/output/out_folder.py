@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .case_folder import case_problem
+
 #: Files an export writes at the top of OUT (beside the case folders).
 OWN_FILES = ("manifest.csv", "report.html", "dataset.json", "dataset.h5")
 _SHARD_MANIFEST = re.compile(r"manifest\.shard-\d+-of-\d+\.csv")
@@ -38,9 +40,10 @@ class ExistingCase:
 
     case_id: str
     folder: Path
-    complete: bool  # meta.json and pair.npz present (folders only appear whole)
+    complete: bool  # meta.json and the arrays present and whole (case_folder.case_problem)
     pseudonymized: Optional[bool]  # None: meta.json missing or unreadable
     _meta: Optional[dict] = None
+    problem: Optional[str] = None  # why it is not complete (a file cut short, meta.json unreadable...)
 
     @property
     def meta(self) -> Optional[dict]:
@@ -80,8 +83,10 @@ def inspect_output(out_dir: Path) -> OutputFolder:
         if name.startswith(".") or name in OWN_FILES or _SHARD_MANIFEST.fullmatch(name):
             continue
         if entry.is_dir() and ((entry / "meta.json").is_file() or (entry / "pair.npz").is_file()):
-            complete = (entry / "meta.json").is_file() and (entry / "pair.npz").is_file()
-            found.cases[name] = ExistingCase(name, entry, complete, _is_pseudonymized(entry / "meta.json"))
+            problem = case_problem(entry)  # damaged outputs (a truncated pair.npz) are not complete
+            found.cases[name] = ExistingCase(
+                name, entry, problem is None, _is_pseudonymized(entry / "meta.json"), problem=problem
+            )
         else:
             found.other.append(name + ("/" if entry.is_dir() else ""))
     manifest = out_dir / "manifest.csv"

@@ -1,0 +1,262 @@
+"""Hostile inputs, class 6: faults end cleanly.
+
+A full disk (a small tmpfs where this machine lets a test mount one, and everywhere a file-size limit
+that makes every large write fail) stops the export with exit code 4: the case that met it fails with
+the cause, the cases not started are named, manifest.csv is valid, no temporary file is left, and
+``--resume`` after freeing space finishes the rest. Damaged earlier outputs (a truncated pair.npz, a
+meta.json that is not JSON, a case.h5 HDF5 cannot open) are never taken for complete by ``--resume``:
+they are exported again. A case folder's data are fsynced before it is renamed into place. Forked
+header readers and pool workers die with a killed export.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import hostile
+import pytest
+from DoseAlignLib.cli import main
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """Five cases of about 150 kB of outputs each."""
+    root = tmp_path_factory.mktemp("faults") / "in"
+    for n in range(5):
+        hostile.study(root / f"p{n}", f"FAULT-{n}", 40 + n, with_structures=False, ct_size=(48, 48, 24))
+    return root
+
+
+def _check_stopped(out: Path, cause: str, done: subprocess.CompletedProcess) -> list:
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "the export stopped" in done.stderr, done.stderr
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))  # a valid manifest
+    assert len(rows) == 5, rows
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed, rows
+    assert cause in failed[0]["reason"] or any(cause in r["reason"] for r in failed), failed
+    assert all(
+        cause in r["reason"] or r["reason"].startswith("not exported: the output could not be written") for r in failed
+    ), failed
+    for row in rows:
+        if row["status"] == "ok":
+            assert (out / row["case_id"] / "pair.npz").is_file()
+        else:
+            assert not (out / row["case_id"]).exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], "temporary files left"
+    return rows
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+def test_a_full_disk_stops_the_export_cleanly(cohort, tmp_path):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "450k"):
+        pytest.skip("a small tmpfs cannot be mounted here (not root, or no permission): the file-size test covers it")
+    try:
+        out = disk / "out"
+        done = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+        rows = _check_stopped(out, "No space left on device (ENOSPC)", done)
+        assert any(r["status"] == "ok" for r in rows), "the disk took no case at all: make it larger"
+        kept = {r["case_id"]: (out / r["case_id"] / "pair.npz").read_bytes() for r in rows if r["status"] == "ok"}
+        subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+        done = hostile.dosealign(
+            "export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--resume"
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = hostile.manifest(out)
+        assert sorted(r["status"] for r in rows) == sorted(["skipped"] * len(kept) + ["ok"] * (5 - len(kept)))
+        for case_id, data in kept.items():
+            assert (out / case_id / "pair.npz").read_bytes() == data
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_writes_that_fail_stop_the_export_cleanly(cohort, tmp_path, workers):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "DoseAlignLib.cli", "export", str(cohort), str(out), "--quiet", "--no-qa-png"]
+        + ["--workers", str(workers)],
+        env=hostile.ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_file_size_limit(60_000),  # every pair.npz is larger; the manifest is not
+    )
+    rows = _check_stopped(out, "File too large (EFBIG)", done)
+    assert not [r for r in rows if r["status"] == "ok"]
+    done = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--workers", str(workers), "--no-qa-png")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_damaged_earlier_outputs_are_exported_again(cohort, tmp_path, capsys):
+    import importlib.util
+
+    formats = ["--format", "hdf5"] if importlib.util.find_spec("h5py") else []
+    args = [str(cohort), "--quiet", "--workers", "1", "--no-qa-png", *formats]
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    assert main(["export", args[0], str(clean), *args[1:]]) == 0
+    assert main(["export", args[0], str(out), *args[1:]]) == 0
+    rows = hostile.manifest(out)
+    truncated, garbled, h5 = (out / rows[n]["case_id"] for n in range(3))
+    data = (truncated / "pair.npz").read_bytes()
+    (truncated / "pair.npz").write_bytes(data[: len(data) // 2])
+    (garbled / "meta.json").write_text('{"dosealign_version": "0.1.0", "sha', encoding="utf-8")
+    if formats:
+        (h5 / "case.h5").write_bytes((h5 / "case.h5").read_bytes()[:3000])
+    capsys.readouterr()
+    assert main(["export", args[0], str(out), *args[1:], "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "its outputs were damaged (pair.npz is" in printed.out + printed.err
+    status = {r["case_id"]: r["status"] for r in hostile.manifest(out)}
+    assert status[truncated.name] == status[garbled.name] == "ok"
+    for folder in (truncated, garbled):  # exported again: as a clean export, byte for byte
+        for path in sorted((clean / folder.name).iterdir()):
+            assert (folder / path.name).read_bytes() == path.read_bytes(), f"{folder.name}/{path.name}"
+    if formats:  # the damaged case.h5 was written again from the (whole) pair.npz
+        import h5py
+        import numpy as np
+
+        assert (h5 / "pair.npz").read_bytes() == (clean / h5.name / "pair.npz").read_bytes()
+        with h5py.File(h5 / "case.h5", "r") as a, h5py.File(clean / h5.name / "case.h5", "r") as b:
+            assert sorted(a.keys()) == sorted(b.keys())
+            for key in b:
+                if isinstance(b[key], h5py.Dataset):
+                    np.testing.assert_array_equal(a[key][()], b[key][()])
+        with h5py.File(out / "dataset.h5", "r") as handle:
+            assert sorted(handle.keys()) == sorted(status)
+
+
+def test_a_case_folder_is_synced_before_it_is_renamed(tmp_path, monkeypatch):
+    from DoseAlignLib.output import case_folder, files
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "SYNC-1", 50, with_structures=False)
+    synced: list = []
+    real_fsync = files.fsync_path
+    monkeypatch.setattr(files, "fsync_path", lambda path: synced.append(Path(path)) or real_fsync(path))
+    renames: list = []
+    real_replace = case_folder.os.replace
+
+    def replace(source, target):
+        source = Path(source)
+        if source.is_dir():
+            inside = {p for p in source.rglob("*")}
+            renames.append((source.name, inside <= set(synced), source in synced))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(case_folder.os, "replace", replace)
+    assert main(["export", str(root), str(tmp_path / "out"), "--quiet", "--workers", "1"]) == 0
+    assert renames and all(files_synced and folder_synced for _name, files_synced, folder_synced in renames), renames
+
+
+#: An export whose helpers (forked header readers, or pool workers) take their time, marked for finding.
+SLOW_HELPERS = r"""
+import os, sys, time
+import DoseAlignLib.dicom.scan as scan
+import DoseAlignLib.batch as batch
+scan.MIN_FILES_PER_PROCESS = 1
+where = os.environ["DOSEALIGN_TEST_SLOW"]
+if where == "scan":
+    original = scan._scan_files
+    def slow(root, paths):
+        time.sleep(30)
+        return original(root, paths)
+    scan._scan_files = slow
+else:
+    original_case = batch.export_case
+    def slow_case(case, *args, **kwargs):
+        time.sleep(30)
+        return original_case(case, *args, **kwargs)
+    batch.export_case = slow_case
+from DoseAlignLib.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _marked(mark: str) -> list:
+    """Pids of live processes whose environment holds ``mark``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if mark.encode() in handle.read():
+                    with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                        if stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                            found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="helpers die with their parent on Linux")
+@pytest.mark.parametrize("where", ["scan", "pool"])
+def test_helper_processes_die_with_a_killed_export(cohort, tmp_path, where):
+    mark = f"DOSEALIGN_TEST_MARK_{uuid.uuid4().hex}"
+    env = {**hostile.ENV, mark: "1", "DOSEALIGN_TEST_SLOW": where}
+    args = ["export", str(cohort), str(tmp_path / "out"), "--quiet", "--workers", "2", "--no-qa-png"]
+    process = subprocess.Popen([sys.executable, "-c", SLOW_HELPERS, *args], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_marked(mark)) < 2 and time.monotonic() < deadline:  # the export and at least one helper
+            time.sleep(0.1)
+        helpers = [pid for pid in _marked(mark) if pid != process.pid]
+        assert helpers, "no helper process started"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _marked(mark) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _marked(mark), f"helpers outlived the killed export: {_marked(mark)}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in _marked(mark):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_meta_is_valid_json_for_the_faulted_run(cohort, tmp_path):
+    """After a fault every case folder in OUT is whole: meta.json parses, pair.npz opens."""
+    out = tmp_path / "out"
+    subprocess.run(
+        [sys.executable, "-m", "DoseAlignLib.cli", "export", str(cohort), str(out), "--quiet", "--no-qa-png"],
+        env=hostile.ENV,
+        capture_output=True,
+        timeout=300,
+        preexec_fn=_file_size_limit(200_000),
+    )
+    for folder in out.iterdir():
+        if folder.is_dir():
+            json.loads((folder / "meta.json").read_text(encoding="utf-8"))
