@@ -180,6 +180,10 @@ def export_folder(
         row = relative_reason(row, input_root)  # files named relative to the input, as in meta.json
         if pseudonymizer is not None:
             row = pseudonymizer.row(row)
+            try:
+                pseudonymizer.check_row(row)
+            except DoseAlignError as error:  # the row would leak: it says only that
+                row = {**{k: "" for k in row}, "case_id": row["case_id"], "status": "failed", "reason": str(error)}
         rows[index] = row
         done[0] += 1
         report.rows = [r for r in rows if r is not None]
@@ -563,6 +567,8 @@ def export_case(
         extra = [_announced(qa_png_writer(result), say, "writing qa.png")] if qa_png else []
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result, say))
+        if pseudonymizer is not None:  # last: every file name and clear text of the case, checked for identity
+            extra.append(pseudonymizer.check_folder)
         extra.append(lambda _folder: say("finishing pair.npz and meta.json"))  # after the others, before these
         output.finish(result, extra)
         output = None

@@ -165,7 +165,7 @@ def _pseudonymizer(args: argparse.Namespace):
             raise ValueError("--key-file, --keep-uids and --map-file go with --pseudonymize")
         return None
     pseudonymizer, key_path, map_path, created = api.make_pseudonymizer(
-        args.output, args.key_file, args.keep_uids, args.map_file
+        args.output, args.key_file, args.keep_uids, args.map_file, input_root=args.input
     )
     state = "created" if created else "used"
     print(f"pseudonymized export: key {key_path} ({state}), map {map_path}; keep both out of what you share")

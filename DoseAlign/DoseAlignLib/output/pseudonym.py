@@ -28,6 +28,7 @@ import csv
 import hashlib
 import hmac
 import io
+import itertools
 import os
 import re
 import secrets
@@ -77,9 +78,6 @@ IDENTIFYING_KEYWORDS = (
 )
 _UID = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){2,}(?![\w.])")
 _DICOM_DEFINED_UID = "1.2.840.10008."
-#: Names are matched as whole words; an underscore separates words ("Doe_Jane" holds "Jane").
-_NAME_START = r"(?<![A-Za-z0-9])"
-_NAME_END = r"(?![A-Za-z0-9])"
 _FILE_SUFFIXES = {".dcm", ".dicom", ".ima", ".img"}
 
 
@@ -131,15 +129,29 @@ def default_paths(out_dir: Path) -> tuple:
     return out_dir.parent / DEFAULT_KEY_NAME, out_dir.parent / f"{out_dir.name}.pseudonym-map.csv"
 
 
-def check_outside(path: Path, out_dir: Path, what: str) -> None:
-    """The key and the map must not end up in the folder that is shared."""
-    path, out_dir = Path(path).absolute(), Path(out_dir).absolute()
-    if path == out_dir or out_dir in path.parents:
+def check_outside(path: Path, out_dir: Path, what: str, input_root: Optional[Path] = None, writes: bool = True) -> None:
+    """The key and the map must not end up in the folder that is shared, nor be written into the input.
+
+    Paths are compared after resolving symbolic links (of every existing part), so a key path that
+    reaches OUT through a link is refused too.
+    """
+    real, real_out = Path(os.path.realpath(path)), Path(os.path.realpath(out_dir))
+    if real == real_out or real_out in real.parents:
         raise PseudonymError(
-            f"the {what} would be inside the output folder {out_dir}, which is meant to be shared",
+            f"the {what} would be inside the output folder {out_dir}"
+            + (f" (it resolves to {real})" if real != Path(path).absolute() else "")
+            + ", which is meant to be shared",
             path=path,
             hint=f"put the {what} elsewhere",
         )
+    if input_root is not None and writes:
+        real_in = Path(os.path.realpath(input_root))
+        if real == real_in or real_in in real.parents:
+            raise PseudonymError(
+                f"the {what} would be written inside the input folder {input_root}, which is never written to",
+                path=path,
+                hint=f"give --{'key' if 'key' in what else 'map'}-file outside the input",
+            )
 
 
 # ---- identity of the input ---------------------------------------------------------------------
@@ -155,6 +167,7 @@ class Identity:
     other: set = field(default_factory=set)  # accession numbers, other IDs
     uids: set = field(default_factory=set)
     paths: set = field(default_factory=set)  # relative paths (files and folders, posix)
+    persons: set = field(default_factory=set)  # each PN value's components, in order (joined spellings)
 
     @property
     def identifiers(self) -> set:
@@ -192,9 +205,12 @@ class Identity:
         if not name:
             return
         self.names.add(name)
-        for part in re.split(r"[\^=,\s]+", name):
-            if len(part) >= 3:
+        parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
+        for part in parts:
+            if len(part) >= MIN_NAME_PART:
                 self.names.add(part)
+        if parts:
+            self.persons.add(parts)
 
     def add_path(self, rel: str) -> None:
         parts = PurePosixPath(rel).parts
@@ -367,22 +383,29 @@ class Pseudonymizer:
             if rel in value and ("/" in rel or "." in rel or f"'{rel}'" in value or f"{rel}/" in value):
                 candidates.append((rel, rel))
         for text, rel in sorted(candidates, key=lambda c: -len(c[0])):
-            pattern = re.compile(r"(?<![\w.\-/])" + re.escape(text) + r"(?![\w\-/]|\.\w)")
+            if "/" in text or "." in text:
+                pattern = re.compile(r"(?<![\w.\-/])" + re.escape(text) + r"(?![\w\-/]|\.\w)")
+            else:  # a bare folder name only where it is a path: quoted, or before a "/" (not a word of a sentence)
+                pattern = re.compile(r"(?<=')" + re.escape(text) + r"(?=')|(?<![\w.\-/])" + re.escape(text) + r"(?=/)")
             value = pattern.sub(lambda _m, rel=rel: self.path(rel), value)
-        if root and root in value:
-            value = value.replace(root, "<input>")
+        if root and root in value:  # the root itself, where it stands as a path (a relative "in" is no word)
+            tail = r"(?=/)" if not root.startswith("/") else r"(?![\w\-.])"
+            value = re.sub(r"(?<![\w.\-/])" + re.escape(root) + tail, "<input>", value)
         return value
+
+    @property
+    def _names(self) -> NameSpellings:
+        matcher = getattr(self, "_name_cache", None)
+        if matcher is None or matcher.source is not self.identity:
+            matcher = NameSpellings(self.identity)
+            object.__setattr__(self, "_name_cache", matcher)
+        return matcher
 
     def _redact(self, value: str) -> str:
         ident = self.identity
         for item in sorted(ident.identifiers, key=len, reverse=True):
-            if item and item in value:
-                value = re.sub(r"(?<![A-Za-z0-9])" + re.escape(item) + r"(?![A-Za-z0-9])", REMOVED, value)
-        lowered = value.lower()
-        for name in sorted(ident.names, key=len, reverse=True):
-            if name.lower() in lowered:
-                value = re.sub(_NAME_START + re.escape(name) + _NAME_END, REMOVED, value, flags=re.I)
-                lowered = value.lower()
+            value = _id_pattern(item).sub(REMOVED, value)
+        value = self._names.redact(value)
         for date in ident.dates:
             for spelling in date_spellings(date):
                 if spelling in value:
@@ -452,33 +475,55 @@ class Pseudonymizer:
         self.check(meta)
 
     def check(self, meta: dict) -> None:
-        """Fail rather than leak: no identifying value may remain in the meta's values."""
-        text = "\n".join(_strings(meta))
-        leak = self.find_identity(text)
+        """Fail rather than leak: no identifying value may remain in the meta's values or keys.
+
+        The search is :class:`IdentityGuard`'s, written apart from the rewriting (other tokenizing,
+        other matching), so that a spelling the rewriting misses is not missed by the check too.
+        """
+        leak = self.guard.find("\n".join(_strings(meta))) or self.guard.find(
+            "\n".join(_keys(meta)),
+            words=False,  # keys are vocabulary: a surname "Dose" is no leak there
+        )
         if leak:
             raise PseudonymError(
                 f"pseudonymization left {leak} in meta.json; the case is not written",
                 hint="please report it",
             )
 
+    @property
+    def guard(self) -> IdentityGuard:
+        guard = getattr(self, "_guard_cache", None)
+        if guard is None or guard.source is not self.identity:
+            guard = IdentityGuard(self.identity, keep_uids=self.keep_uids)
+            object.__setattr__(self, "_guard_cache", guard)
+        return guard
+
     def find_identity(self, text: str) -> str:
-        """The kind of identifying value found in ``text`` ('' when none)."""
-        ident = self.identity
-        for item in ident.identifiers:
-            if item and re.search(r"(?<![A-Za-z0-9])" + re.escape(item) + r"(?![A-Za-z0-9])", text):
-                return "a patient ID"
-        for name in ident.names:
-            if re.search(_NAME_START + re.escape(name) + _NAME_END, text, flags=re.I):
-                return "a patient name"
-        for date in ident.dates:
-            for spelling in date_spellings(date):
-                if re.search(r"(?<![0-9])" + re.escape(spelling) + r"(?![0-9])", text):
-                    return "a date"
-        if not self.keep_uids:
-            for uid in _UID.findall(text):
-                if uid in ident.uids:
-                    return "a UID"
-        return ""
+        """The kind of identifying value found in ``text`` ('' when none), by the independent guard."""
+        return self.guard.find(text)
+
+    def check_row(self, row: dict) -> None:
+        """A manifest row (and so report.html) must hold no identity either."""
+        leak = self.guard.find("\n".join(str(v) for v in row.values()))
+        if leak:
+            raise PseudonymError(f"pseudonymization left {leak} in a manifest row", hint="please report it")
+
+    def check_folder(self, folder: Path) -> None:
+        """A case's files before they are renamed into place: every file name, and every text a format
+        writes in the clear (JSON, CSV, NRRD headers), must hold no identity; else the case is not written."""
+        folder = Path(folder)
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            leak = self.guard.find(rel)
+            if not leak and path.is_file() and path.suffix in (".json", ".csv", ".txt", ".nrrd", ".nhdr"):
+                with open(path, "rb") as handle:
+                    head = handle.read(1 << 20 if path.suffix != ".nrrd" else 65536)
+                text = head.split(b"\n\n", 1)[0] if path.suffix == ".nrrd" else head
+                leak = self.guard.find(text.decode("utf-8", "replace"))
+            if leak:
+                raise PseudonymError(
+                    f"pseudonymization left {leak} in {rel}; the case is not written", hint="please report it"
+                )
 
     # -- the map
     def write_map(self, path: Path) -> Path:
@@ -519,6 +564,202 @@ def _strings(value) -> Iterable[str]:
         yield value
 
 
+def _keys(value) -> Iterable[str]:
+    """Every key in a JSON-like value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _keys(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _keys(item)
+
+
+# ---- names and IDs in the spellings people use -------------------------------------------------
+
+#: Name components shorter than this are removed only joined with another (``LiWei``, ``Wei_Li``).
+MIN_NAME_PART = 3
+#: Joined spellings shorter than this (letters) are not searched inside other words.
+MIN_JOINED = 5
+#: What people put between the parts of a name or an ID.
+_SEPARATORS = r"[\s_\-.^,]*"
+
+
+def _word_spans(text: str) -> list:
+    """``(start, end)`` of the words of ``text``: runs of letters or of digits, letters also split where
+    camel case changes (``PTVDoeJohn`` -> ``PTV``, ``Doe``, ``John``)."""
+    spans = []
+    start = None
+    for n, char in enumerate(text + " "):
+        kind = "L" if char.isalpha() else "D" if char.isdigit() else ""
+        if start is not None:
+            prev = text[n - 1]
+            same = kind == ("L" if prev.isalpha() else "D")
+            camel = (
+                kind == "L"
+                and same
+                and (
+                    (prev.islower() and char.isupper())
+                    or (prev.isupper() and char.isupper() and n + 1 < len(text) and text[n + 1].islower())
+                )
+            )
+            if same and not camel:
+                continue
+            spans.append((start, n))
+            start = None
+        if kind:
+            start = n
+    return spans
+
+
+class NameSpellings:
+    """Finds a patient's name in the spellings people use and removes it (the rewriting side).
+
+    For every name (PN value): its components joined in any order, two or three at a time, with or
+    without separators (``DoeJohn``, ``john_doe``, ``JOHN-DOE``, ``Doe^John``, ``John.Doe``), in any case,
+    anywhere; and each component of three letters or more as a word of its own (words split at
+    non-letters and camel case: ``PTV_Doe``, ``DoeBoost``, ``doe``).
+    """
+
+    def __init__(self, identity: Identity) -> None:
+        self.source = identity
+        patterns = set()
+        for parts in identity.persons:
+            usable = [p for p in parts if len(p) >= 2]
+            for size in range(2, min(3, len(usable)) + 1):
+                for combo in itertools.permutations(usable, size):
+                    if sum(len(p) for p in combo) >= MIN_JOINED:
+                        patterns.add(_SEPARATORS.join(re.escape(p) for p in combo))
+        self.joined = re.compile("|".join(sorted(patterns, key=len, reverse=True)), re.IGNORECASE) if patterns else None
+        self.words = {n.casefold() for n in identity.names if len(n) >= MIN_NAME_PART and not re.search(r"[\^=,\s]", n)}
+
+    def spans(self, text: str) -> list:
+        found = []
+        if self.joined is not None:
+            found.extend(m.span() for m in self.joined.finditer(text) if m.end() > m.start())
+        if self.words:
+            found.extend((a, b) for a, b in _word_spans(text) if text[a:b].casefold() in self.words)
+        return found
+
+    def redact(self, text: str) -> str:
+        spans = sorted(self.spans(text))
+        if not spans:
+            return text
+        merged = [list(spans[0])]
+        for start, end in spans[1:]:
+            if start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        out, last = [], 0
+        for start, end in merged:
+            out.append(text[last:start])
+            out.append(REMOVED)
+            last = end
+        out.append(text[last:])
+        return "".join(out)
+
+
+_ID_PATTERNS: dict = {}
+
+
+def _id_pattern(identifier: str):
+    """An ID in any case, its parts joined by any (or no) separator: ``PID-7731-XQ``, ``pid_7731_xq``, ``PID7731XQ``."""
+    pattern = _ID_PATTERNS.get(identifier)
+    if pattern is None:
+        chunks = re.findall(r"[^\W_]+", identifier)
+        body = _SEPARATORS.join(re.escape(c) for c in chunks) if chunks else re.escape(identifier)
+        pattern = re.compile(r"(?<![^\W_])" + body + r"(?![^\W_])", re.IGNORECASE)
+        _ID_PATTERNS[identifier] = pattern
+    return pattern
+
+
+class IdentityGuard:
+    """The leak check: finds identity in a text by its own means, independent of the rewriting.
+
+    Names: the text's words (split at anything but ASCII letters and digits, and at ASCII camel case)
+    are compared with each name component (three letters or more), and the text squeezed to its
+    lower-case letters and digits is searched for every joined spelling of two or three components.
+    IDs: searched in the text lower-cased with ``-``, ``_`` and ``^`` between characters removed. Dates:
+    every date-like group of digits in the text, read every way, compared with the input's dates.
+    UIDs: searched as they are, between non-digits.
+    """
+
+    def __init__(self, identity: Identity, keep_uids: bool = False) -> None:
+        self.source = identity
+        self.keep_uids = keep_uids
+        self.alone = {
+            "".join(c for c in part.casefold() if c.isalnum())
+            for parts in identity.persons
+            for part in parts
+            if len(part) >= MIN_NAME_PART
+        }
+        self.alone |= {n.casefold() for n in identity.names if len(n) >= MIN_NAME_PART and n.isalnum()}
+        self.squeezed_names = set()
+        for parts in identity.persons:
+            letters = ["".join(c for c in p.casefold() if c.isalnum()) for p in parts]
+            letters = [p for p in letters if len(p) >= 2]
+            for size in (2, 3):
+                for combo in itertools.permutations(letters, size) if len(letters) >= size else ():
+                    joined = "".join(combo)
+                    if len(joined) >= MIN_JOINED:
+                        self.squeezed_names.add(joined)
+        self.ids = {"".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers}
+        self.ids.discard("")
+        self.dates = set(identity.dates)
+        self.uids = set(identity.uids)
+
+    def find(self, text: str, words: bool = True) -> str:
+        """The kind of identifying value in ``text`` ('' when none); ``words``: also single name components."""
+        if not text:
+            return ""
+        lowered = text.casefold()
+        collapsed = re.sub(r"(?<=[0-9a-z])[-_^]+(?=[0-9a-z])", "", lowered)
+        for identifier in self.ids:
+            for match in re.finditer(re.escape(identifier), collapsed):
+                before = collapsed[match.start() - 1] if match.start() else " "
+                after = collapsed[match.end()] if match.end() < len(collapsed) else " "
+                if not before.isalnum() and not after.isalnum():
+                    return "a patient ID"
+        camel = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
+        found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
+        if words and found_words & self.alone:
+            return "a patient name"
+        squeezed = "".join(c for c in lowered if c.isalnum())
+        if any(name in squeezed for name in self.squeezed_names):
+            return "a patient name"
+        if self.dates and self.dates & _dates_in(text):
+            return "a date"
+        if not self.keep_uids:
+            for uid in self.uids:
+                start = text.find(uid)
+                while start >= 0:
+                    end = start + len(uid)
+                    left = text[start - 1] if start else " "
+                    right = text[end] if end < len(text) else " "
+                    if not (left.isdigit() or left == ".") and not (
+                        right.isdigit() or (right == "." and text[end + 1 : end + 2].isdigit())
+                    ):
+                        return "a UID"
+                    start = text.find(uid, start + 1)
+        return ""
+
+
+def _dates_in(text: str) -> set:
+    """Every YYYYMMDD a date-like group of digits in ``text`` may stand for (day and month either way)."""
+    found = set()
+    for match in re.finditer(r"(?<!\d)(\d{8})(?!\d)", text):
+        found.add(match.group(1))
+    for match in re.finditer(r"(?<!\d)(\d{1,4})[./\- ](\d{1,2})[./\- ](\d{1,4})(?!\d)", text):
+        a, b, c = match.groups()
+        if len(a) == 4:
+            found.add(f"{a}{int(b):02d}{int(c):02d}")
+        elif len(c) == 4:
+            found.add(f"{c}{int(b):02d}{int(a):02d}")
+            found.add(f"{c}{int(a):02d}{int(b):02d}")
+    return found
+
+
 def date_spellings(date: str) -> list:
     """The common spellings of a YYYYMMDD date."""
     y, m, d = date[:4], date[4:6], date[6:8]
@@ -537,13 +778,23 @@ def date_spellings(date: str) -> list:
     )
 
 
-def make_pseudonymizer(out_dir: Path, key_file: Optional[Path], keep_uids: bool, map_file: Optional[Path]) -> tuple:
-    """``(Pseudonymizer, key path, map path, key created)`` for an export into ``out_dir``."""
+def make_pseudonymizer(
+    out_dir: Path,
+    key_file: Optional[Path],
+    keep_uids: bool,
+    map_file: Optional[Path],
+    input_root: Optional[Path] = None,
+) -> tuple:
+    """``(Pseudonymizer, key path, map path, key created)`` for an export into ``out_dir``.
+
+    The key and the map are refused inside ``out_dir`` (symbolic links resolved) and, when they would
+    be written, inside ``input_root``.
+    """
     default_key, default_map = default_paths(out_dir)
     key_path = Path(key_file) if key_file else default_key
     map_path = Path(map_file) if map_file else default_map
-    check_outside(key_path, out_dir, "key file")
-    check_outside(map_path, out_dir, "pseudonym map")
+    check_outside(key_path, out_dir, "key file", input_root, writes=not key_path.exists())
+    check_outside(map_path, out_dir, "pseudonym map", input_root)
     key, created = load_or_create_key(key_path)
     pseudonymizer = Pseudonymizer(key=key, keep_uids=keep_uids, map_path=str(map_path))
     return pseudonymizer, key_path, map_path, created

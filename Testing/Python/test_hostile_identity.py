@@ -1,0 +1,132 @@
+"""Hostile inputs, class 7: a pseudonymized export leaks no identity, whatever the spelling.
+
+A patient ``Doe^John`` (PatientID ``JD-4711-X``) whose name and ID are written into ROI names, labels
+and descriptions the way people write them (joined, reversed, separators, case, camel case next to
+other words) must not appear in any output byte of ``--pseudonymize`` (names, contents, compressed
+members), searched here by a third method (every output squeezed to its letters and digits). The
+pre-write check must be independent of the rewriting: with the rewriting disabled, it still refuses
+the case. The key and the map are refused inside OUT even through a symbolic link, and never written
+into the input.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import dicom_damage as dd
+import hostile
+import pytest
+from DoseAlignLib.cli import main
+from test_pseudonym import _all_output_bytes
+
+SPELLINGS = [
+    "DoeJohn",
+    "john_doe",
+    "JOHN-DOE",
+    "Doe^John",
+    "PTV_Doe",
+    "DoeBoost",
+    "doe john",
+    "J.Doe",
+    "Heart_JohnDoe_prv",
+    "jd4711x",
+    "JD_4711_X ring",
+]
+#: What must not be found in any output, squeezed (lower-case letters and digits only).
+NEEDLES = ["doejohn", "johndoe", "jd4711x"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("identity")
+    root = base / "in"
+    truth = hostile.study(root / "patient", "JD-4711-X", 60, patient_name="Doe^John", extra_organs=len(SPELLINGS))
+    ds = dd.read(truth.struct_file)
+    rois = list(ds.StructureSetROISequence)
+    for roi, name in zip(rois[-len(SPELLINGS) :], SPELLINGS):  # the extra organs get the spellings
+        roi.ROIName = name
+    ds.StructureSetLabel = "John.Doe"
+    ds.StructureSetDescription = "contours of DOEJOHN, JD 4711 X"
+    dd.save(ds, truth.struct_file)
+    dd.rewrite_tags(truth.plan_file, RTPlanLabel="doejohn", RTPlanName="Doe_John plan")
+    return {"root": root, "base": base, "names": [r.ROIName for r in rois]}
+
+
+def _formats() -> list:
+    wanted = {"nifti": "nibabel", "nrrd": "nrrd", "hdf5": "h5py", "openkbp": None}
+    found = [f for f, module in wanted.items() if module is None or importlib.util.find_spec(module)]
+    return ["--format", ",".join(found)] if found else []
+
+
+def _squeezed_leaks(out) -> list:
+    leaks = []
+    for where, data in _all_output_bytes(out):
+        text = data.decode("latin-1").casefold()
+        squeezed = "".join(c for c in text if c.isalnum())
+        for needle in NEEDLES:
+            if needle in squeezed:
+                leaks.append(f"{needle} in {where}")
+    return leaks
+
+
+def test_spellings_of_the_name_and_id_never_reach_the_output(study, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    main(["export", str(study["root"]), str(plain), "--quiet", "--workers", "1", *_formats()])
+    assert _squeezed_leaks(plain), "the inputs must carry the name (else this test proves nothing)"
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(study["root"]), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    capsys.readouterr()
+    rows = hostile.manifest(out)
+    assert code == 0, rows
+    leaks = _squeezed_leaks(out)
+    assert not leaks, "\n".join(leaks[:30])
+    import json
+
+    (row,) = rows
+    structures = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))["structures"]
+    names = structures["names"] + [s["name"] for s in structures.get("skipped", []) if s.get("name")]
+    assert {"External", "PTV", "Cord", "Ring"} <= set(names), names  # ROIs that are no name keep theirs
+    assert sum("[removed]" in n for n in names) == len(SPELLINGS), names
+
+
+def test_the_check_is_independent_of_the_rewriting(study, tmp_path, monkeypatch, capsys):
+    from DoseAlignLib.output import pseudonym
+
+    monkeypatch.setattr(pseudonym.NameSpellings, "redact", lambda self, text: text)  # the rewriting misses all
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(study["root"]), str(out), "--quiet", "--workers", "1", "--pseudonymize"])
+    capsys.readouterr()
+    assert code == 1
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed" and "pseudonymization left a patient name" in row["reason"]
+    assert not [p for p in out.iterdir() if p.is_dir()], "a case that would leak is not written"
+    assert not _squeezed_leaks(out)
+
+
+def test_key_and_map_through_a_symlink_into_out_are_refused(study, tmp_path, capsys):
+    out = tmp_path / "share" / "out"
+    out.mkdir(parents=True)
+    os.symlink(out, tmp_path / "elsewhere")
+    os.symlink(out, tmp_path / "share" / "keys")
+    for option, path in [
+        ("--key-file", tmp_path / "elsewhere" / "site.key"),
+        ("--map-file", tmp_path / "share" / "keys" / "map.csv"),
+    ]:
+        code = main(["export", str(study["root"]), str(out), "--quiet", "--pseudonymize", option, str(path)])
+        assert code == 2, option
+        err = capsys.readouterr().err
+        assert "inside the output folder" in err and "resolves to" in err, err
+    assert list(out.iterdir()) == []
+
+
+def test_key_and_map_are_never_written_into_the_input(study, tmp_path, capsys):
+    before = hostile.snapshot(study["root"])
+    out = tmp_path / "out"
+    for option in ("--key-file", "--map-file"):
+        code = main(
+            ["export", str(study["root"]), str(out), "--quiet", "--pseudonymize", option, str(study["root"] / "x")]
+        )
+        assert code == 2, option
+        assert "inside the input folder" in capsys.readouterr().err
+    assert hostile.snapshot(study["root"]) == before
