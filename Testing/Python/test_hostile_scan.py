@@ -124,6 +124,8 @@ def test_unreadable_folders_and_files_are_named_failures(store, tmp_path):
         assert "may lack what this folder holds" in folder["reason"]
         note = next(r for r in hostile.manifest(out) if r["files"] == "notes")
         assert note["status"] == "failed" and "cannot be read" in note["reason"], note
+        (case,) = [r for r in hostile.manifest(out) if r["patient"] == "HALF"]
+        assert "p/more-slices/ could not be read" in case["warnings"], case  # the case says what it may lack
         assert "unreadable" in rows
         # the input root itself unreadable: nothing to export, exit 2 with the reason
         root.chmod(0)

@@ -23,6 +23,7 @@ class Case:
     left_out: list = field(default_factory=list)  # (rel_path, reason) doses deliberately not summed
     related_beam_doses: list = field(default_factory=list)  # BEAM doses of a plan that has a PLAN dose
     error: Optional[str] = None  # why this case cannot be exported
+    warnings: list = field(default_factory=list)  # what the user must know about its outputs (meta.json, manifest)
     plans: list = field(default_factory=list)  # a plan sum's plans (link.plans.merge_plans), else empty
 
     @property

@@ -83,6 +83,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False) -> LinkResult:
     for obj in scan.objects:
         if obj.kind in ("RTIMAGE", "OTHER"):
             result.orphans.append((obj.rel_path, obj.kind, "not part of a CT/dose pair"))
+    _warn_of_unread(result.cases, scan)
     result.cases.sort(key=lambda c: c.case_id)
     return result
 
@@ -131,6 +132,23 @@ def _case_id(patient_id: str, name: str, dose_paths: list) -> str:
     """``<patient>_<name>_<hash of the dose files' paths>``: the same input gives the same id."""
     digest = hashlib.sha1("\n".join(sorted(dose_paths)).encode()).hexdigest()[:8]
     return f"{safe_name(patient_id or 'anonymous')}_{safe_name(name)}_{digest}"
+
+
+def _warn_of_unread(cases: list, scan: ScanResult) -> None:
+    """A folder or file the scan could not read beside (or inside) a case's CT folder may hold its slices:
+    the case says so (its outputs may lack them; the unreadable entry has a failed row of its own)."""
+    for rel, _reason in getattr(scan, "unreadable", []):
+        entry = PurePosixPath(rel.rstrip("/"))
+        near = {entry.parent.as_posix()}
+        for case in cases:
+            if case.ct is None:
+                continue
+            folder = PurePosixPath(case.ct.folder or ".")
+            if folder.parent.as_posix() in near or folder.as_posix() in near or folder in entry.parents:
+                case.warnings.append(
+                    f"{rel} could not be read (it lies beside this case's CT folder): its files may be missing from "
+                    "this case"
+                )
 
 
 def _conflicting_slices(case: Case) -> Optional[str]:
