@@ -1,8 +1,9 @@
 """Run per-case exports in parallel: a local process pool, or a Dask distributed cluster.
 
 Both run the same task, :func:`batch.export_case`, which never raises for a bad case and returns
-its manifest row; at most ``2 x workers`` cases are in flight, so memory stays bounded however
-long the cohort. Deterministic sharding (``--shard K/N``) splits a cohort across independent jobs
+its manifest row. The local pool gives each worker one case at a time (Dask: at most ``2 x workers``
+in flight), so memory stays bounded however long the cohort, and a worker that dies (the
+out-of-memory killer) or overruns the per-case time limit fails only its own case. Deterministic sharding (``--shard K/N``) splits a cohort across independent jobs
 (e.g. Slurm array tasks) that write into one output folder.
 """
 
