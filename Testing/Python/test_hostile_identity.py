@@ -130,3 +130,23 @@ def test_key_and_map_are_never_written_into_the_input(study, tmp_path, capsys):
         assert code == 2, option
         assert "inside the input folder" in capsys.readouterr().err
     assert hostile.snapshot(study["root"]) == before
+
+
+def test_names_with_marks_in_their_ascii_spellings(tmp_path, capsys):
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "MJ-0815", 61, patient_name="Müller^Jürgen", extra_organs=4)
+    ds = dd.read(truth.struct_file)
+    spellings = ["juergen_mueller", "MUELLER-JUERGEN", "MullerJurgen", "PTV Müller"]
+    for roi, name in zip(list(ds.StructureSetROISequence)[-4:], spellings):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()]) == 0
+    capsys.readouterr()
+    found = []
+    for where, data in _all_output_bytes(out):
+        squeezed = "".join(c for c in data.decode("utf-8", "replace").casefold() if c.isalnum())
+        found += [
+            f"{n} in {where}" for n in ("mueller", "juergen", "muller", "jurgen", "müller", "jürgen") if n in squeezed
+        ]
+    assert not found, found[:10]

@@ -232,3 +232,25 @@ def test_ct_rescale_is_bounded_on_both_sides(clean, tmp_path, capsys, tags, phra
     code, rows, _out = _export(root, tmp_path, capsys)
     assert code == 1
     _failed_with(rows, victim.name, "Rescale", phrase)
+
+
+def test_one_ct_slice_of_another_patient_fails_the_case(clean, tmp_path, capsys):
+    root = _copy(clean, "plan", tmp_path)
+    victim = root / _rel(clean, "plan", clean["plan"].ct_files[4])
+    dd.rewrite_tags(victim, PatientID="SOMEONE-ELSE")
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, "(0010,0020) PatientID", "'SOMEONE-ELSE'", victim.name)
+    # written otherwise (case) it is taken for the same patient, and the manifest says so
+    dd.rewrite_tags(victim, PatientID="wrong-1")
+    code, rows, _out = _export(root, tmp_path / "again", capsys)
+    assert code == 0 and "'wrong-1' (taken as one patient)" in rows[0]["warnings"], rows
+
+
+def test_a_copy_of_a_slice_in_another_folder_is_reported(clean, tmp_path):
+    root = _copy(clean, "plan", tmp_path)
+    victim = root / _rel(clean, "plan", clean["plan"].ct_files[2])
+    (victim.parent / "copy").mkdir()
+    shutil.copy(victim, victim.parent / "copy" / victim.name)
+    done = hostile.dosealign("scan", str(root))
+    assert "one CT slice in 2 series (folders): copies, each series keeps its own" in done.stdout, done.stdout

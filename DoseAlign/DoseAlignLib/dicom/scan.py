@@ -561,7 +561,27 @@ def _group_ct(result: ScanResult) -> list:
             )
         series_list.append(series)
     _report_cross_duplicates(result)
+    _report_slices_in_two_series(result, series_list)
     return series_list
+
+
+def _report_slices_in_two_series(result: ScanResult, series_list: list) -> None:
+    """A slice's SOPInstanceUID in two CT series (a copy in another folder): each series keeps its own, the user is told."""
+    where: dict = {}
+    for series in series_list:
+        for obj in series.slices:
+            where.setdefault(obj.sop_instance_uid, []).append(obj)
+    for uid, objects in sorted(where.items()):
+        if len(objects) > 1 and uid:
+            same = all(same_content(objects[0].path, o.path) for o in objects[1:])
+            result.duplicates.append(
+                (
+                    uid,
+                    [o.rel_path for o in objects],
+                    f"one CT slice in {len(objects)} series (folders): "
+                    + ("copies, each series keeps its own" if same else "different images, each series keeps its own"),
+                )
+            )
 
 
 #: What two files sharing a SOPInstanceUID must agree on to be copies of one image.

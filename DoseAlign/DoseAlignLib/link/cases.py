@@ -172,11 +172,23 @@ def _identity_mismatch(case: Case) -> Optional[str]:
     first = case.doses[0]
     others = [(f"RTDOSE {d.rel_path}", d.patient_id) for d in case.doses[1:]]
     others.append((f"the CT {case.ct.folder or '.'}", case.ct.patient_id))
+    others.extend(
+        (f"CT slice {s.rel_path}", s.patient_id) for s in case.ct.slices if s.patient_id != case.ct.patient_id
+    )
     if case.plan is not None:
         others.append((f"RTPLAN {case.plan.rel_path}", case.plan.patient_id))
     others.extend((f"RTSTRUCT {s.rel_path}", s.patient_id) for s in case.structs)
+    seen: set = set()
     for what, patient in others:
         if first.patient_id and patient and patient != first.patient_id:
+            if patient.strip().casefold() == first.patient_id.strip().casefold():  # the same ID, written otherwise
+                if patient not in seen:
+                    seen.add(patient)
+                    case.warnings.append(
+                        f"RTDOSE {first.rel_path} has PatientID {first.patient_id!r}, {what} {patient!r} "
+                        "(taken as one patient)"
+                    )
+                continue
             return (
                 f"RTDOSE {first.rel_path} belongs to PatientID {first.patient_id!r}, {what} to {patient!r}: objects "
                 "of different patients are not paired ((0010,0020) PatientID; if one patient's files were anonymized "

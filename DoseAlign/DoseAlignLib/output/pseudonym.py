@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Optional
@@ -206,11 +207,12 @@ class Identity:
             return
         self.names.add(name)
         parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
-        for part in parts:
-            if len(part) >= MIN_NAME_PART:
-                self.names.add(part)
-        if parts:
-            self.persons.add(parts)
+        for spelled in {parts, *transliterations(parts)}:  # Müller also as Mueller and Muller
+            for part in spelled:
+                if len(part) >= MIN_NAME_PART:
+                    self.names.add(part)
+            if spelled:
+                self.persons.add(spelled)
 
     def add_path(self, rel: str) -> None:
         parts = PurePosixPath(rel).parts
@@ -585,6 +587,23 @@ MIN_JOINED = 5
 _SEPARATORS = r"[\s_\-.^,]*"
 
 
+#: How German letters are written without them (other accents are dropped).
+_GERMAN = {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"}
+
+
+def transliterations(parts: tuple) -> set:
+    """The ASCII spellings of a name's parts people write for letters with marks: ``Müller`` as
+    ``Mueller`` and ``Muller``, ``José`` as ``Jose``."""
+    if all(part.isascii() for part in parts):
+        return set()
+
+    def strip(text: str) -> str:
+        return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+    german = tuple(strip("".join(_GERMAN.get(c, c) for c in part)) for part in parts)
+    return {german, tuple(strip(part) for part in parts)} - {parts}
+
+
 def _word_spans(text: str) -> list:
     """``(start, end)`` of the words of ``text``: runs of letters or of digits, letters also split where
     camel case changes (``PTVDoeJohn`` -> ``PTV``, ``Doe``, ``John``)."""
@@ -695,8 +714,10 @@ class IdentityGuard:
             if len(part) >= MIN_NAME_PART
         }
         self.alone |= {n.casefold() for n in identity.names if len(n) >= MIN_NAME_PART and n.isalnum()}
+        folded = {tuple(_fold(p) for p in parts) for parts in identity.persons}
+        self.alone |= {p.casefold() for parts in folded for p in parts if len(p) >= MIN_NAME_PART and p.isalnum()}
         self.squeezed_names = set()
-        for parts in identity.persons:
+        for parts in identity.persons | folded:
             letters = ["".join(c for c in p.casefold() if c.isalnum()) for p in parts]
             letters = [p for p in letters if len(p) >= 2]
             for size in (2, 3):
@@ -710,9 +731,13 @@ class IdentityGuard:
         self.uids = set(identity.uids)
 
     def find(self, text: str, words: bool = True) -> str:
-        """The kind of identifying value in ``text`` ('' when none); ``words``: also single name components."""
+        """The kind of identifying value in ``text`` ('' when none); ``words``: also single name components.
+
+        Letters with marks are compared folded on both sides (``ü``, ``ue`` and ``u`` alike)."""
         if not text:
             return ""
+        if not text.isascii():
+            text = text + "\n" + _fold(text)
         lowered = text.casefold()
         collapsed = re.sub(r"(?<=[0-9a-z])[-_^]+(?=[0-9a-z])", "", lowered)
         for identifier in self.ids:
@@ -743,6 +768,13 @@ class IdentityGuard:
                         return "a UID"
                     start = text.find(uid, start + 1)
         return ""
+
+
+def _fold(text: str) -> str:
+    """The guard's own folding: marks dropped and the German two-letter spellings read as one letter
+    (``Müller``, ``Mueller`` and ``Muller`` all become ``muller``)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text.replace("ß", "ss")) if not unicodedata.combining(c))
+    return re.sub(r"([aouAOU])[eE]", r"\1", plain)
 
 
 def _dates_in(text: str) -> set:
