@@ -46,11 +46,17 @@ ISODOSE_STYLE = {"linewidths": 1.2, "linestyles": "dashed"}
 ROI_WIDTH, ROI_EDGE_WIDTH, ROI_EDGE_COLOR = 1.8, 3.6, "#101010"
 #: At most this many ROIs get an entry in the legend (all are outlined).
 LEGEND_ROIS = 16
-#: The figure (inches at 100 dpi) and the part of it the three panels share (figure fractions).
-FIGURE_SIZE = (17.0, 6.4)
+#: The figure (inches at 100 dpi): 17 in wide; as tall as its panels and legends need, at most 6.4 in.
+FIGURE_WIDTH_IN = 17.0
+MAX_FIGURE_HEIGHT_IN = 6.4
 DPI = 100
-PANELS_BOX = (0.01, 0.04, 0.80, 0.86)  # left, bottom, right, top
-PANEL_GAP_IN = 0.25
+#: Inches: above the panels (title, subtitle, panel titles), below them, between them; the panels'
+#: column (left, right), the legends' left edge and the colour bar's.
+TOP_IN, BOTTOM_IN, PANEL_GAP_IN = 0.9, 0.25, 0.25
+PANELS_X_IN = (0.17, 13.6)
+LEGEND_X_IN, COLORBAR_X_IN = 13.77, 16.18
+#: Legend rows (inches, 8 pt text) and the smallest height of the panels' area (for the colour bar).
+LEGEND_ROW_IN, LEGEND_TITLE_IN, MIN_CONTENT_IN = 0.167, 0.3, 2.6
 #: The PNG text chunk holding the layout: {"panels": {name: {"box_px": [x0, y0, x1, y1], "mm": [w, h]}}, ...}.
 LAYOUT_KEY = "dosealign:layout"
 #: Views are cropped to the washed dose (and Dmax) plus this margin (mm).
@@ -234,16 +240,28 @@ def qa_figure(
     wash_top = max(1.1 * reference, dmax)
     norm = Normalize(vmin=wash_from, vmax=wash_top)
 
-    fig = Figure(figsize=FIGURE_SIZE, dpi=DPI)
     views = _views(dose)
     sizes = []  # (width, height) of each view in mm
     for _name, _fixed, vertical, horizontal in views:
         rows = box[vertical[0]].stop - box[vertical[0]].start
         cols = box[horizontal[0]].stop - box[horizontal[0]].start
         sizes.append((cols * spacing_of_axis[horizontal[0]], rows * spacing_of_axis[vertical[0]]))
-    rects, inch_per_mm = _panel_rects(sizes)
+    shown_rois = min(n_rois, LEGEND_ROIS) + (1 if n_rois > LEGEND_ROIS else 0)
+    legends_in = LEGEND_TITLE_IN + LEGEND_ROW_IN * (len(ISODOSE_PCT) + 1)
+    if n_rois:
+        legends_in += 0.2 + LEGEND_TITLE_IN + LEGEND_ROW_IN * shown_rois
+    rects_in, inch_per_mm = _panel_rects(sizes)
+    panels_in = max(h for _x, _y, _w, h in rects_in)
+    height_in = min(TOP_IN + max(panels_in, legends_in, MIN_CONTENT_IN) + BOTTOM_IN, MAX_FIGURE_HEIGHT_IN)
+    fig = Figure(figsize=(FIGURE_WIDTH_IN, height_in), dpi=DPI)
+
+    def fraction(x_in: float, top_in: float, width_in: float, h_in: float) -> tuple:
+        """A figure rectangle (left, bottom, width, height) from inches measured from the top left."""
+        return (x_in / FIGURE_WIDTH_IN, 1 - (top_in + h_in) / height_in, width_in / FIGURE_WIDTH_IN, h_in / height_in)
+
+    rects = [fraction(*r) for r in rects_in]
     layout = {
-        "figure_px": [int(round(FIGURE_SIZE[0] * DPI)), int(round(FIGURE_SIZE[1] * DPI))],
+        "figure_px": [int(round(FIGURE_WIDTH_IN * DPI)), int(round(height_in * DPI))],
         "mm_per_px": 1.0 / (inch_per_mm * DPI),
         "wash_gy": [float(norm.vmin), float(norm.vmax)],
         "panels": {},
@@ -288,16 +306,19 @@ def qa_figure(
         bar = _scale_bar_mm(min(w for w, _h in sizes))
         _decorate(ax, name, at, fixed, vertical, horizontal, extent, bar)
         left, bottom, width, height = rect
-        x0, x1 = left * FIGURE_SIZE[0] * DPI, (left + width) * FIGURE_SIZE[0] * DPI
-        y0, y1 = (1 - bottom - height) * FIGURE_SIZE[1] * DPI, (1 - bottom) * FIGURE_SIZE[1] * DPI
+        x0, x1 = left * FIGURE_WIDTH_IN * DPI, (left + width) * FIGURE_WIDTH_IN * DPI
+        y0, y1 = (1 - bottom - height) * height_in * DPI, (1 - bottom) * height_in * DPI
         layout["panels"][name] = {
             "box_px": [round(x0, 1), round(y0, 1), round(x1, 1), round(y1, 1)],
             "mm": [round(width_mm, 3), round(height_mm, 3)],
         }
     full_title = title + (f"   flags: {', '.join(flags)}" if flags else "   no flags")
-    fig.suptitle(full_title, fontsize=13, fontweight="bold", color="#b00000" if flags else "#006000", y=0.985)
+    fig.suptitle(
+        full_title, fontsize=13, fontweight="bold", color="#b00000" if flags else "#006000", y=1 - 0.1 / height_in
+    )
     if subtitle:
-        fig.text(0.5, 0.93, subtitle, ha="center", fontsize=10)
+        fig.text(0.5, 1 - 0.45 / height_in, subtitle, ha="center", fontsize=10)
+    legend_top = 1 - (TOP_IN - 0.1) / height_in
     isodose = [
         Line2D([0], [0], color=c, lw=1.5, ls="--", label=f"{p} % ({reference * p / 100:.3g} Gy)")
         for p, c in zip(ISODOSE_PCT, ISODOSE_COLORS)
@@ -306,7 +327,7 @@ def qa_figure(
     first = fig.legend(
         handles=isodose,
         loc="upper left",
-        bbox_to_anchor=(0.81, 0.88),
+        bbox_to_anchor=(LEGEND_X_IN / FIGURE_WIDTH_IN, legend_top),
         fontsize=8,
         title=f"isodose lines (% of {reference_label})",
         title_fontsize=8,
@@ -325,7 +346,10 @@ def qa_figure(
         fig.legend(
             handles=structures,
             loc="upper left",
-            bbox_to_anchor=(0.81, 0.88 - 0.027 * (len(isodose) + 2)),
+            bbox_to_anchor=(
+                LEGEND_X_IN / FIGURE_WIDTH_IN,
+                legend_top - (LEGEND_TITLE_IN + LEGEND_ROW_IN * len(isodose) + 0.2) / height_in,
+            ),
             fontsize=8,
             title="structures (outlines)",
             title_fontsize=8,
@@ -334,7 +358,7 @@ def qa_figure(
         )
     fig.add_artist(first)
     if wash is not None:
-        cax = fig.add_axes((0.952, 0.08, 0.01, 0.75))
+        cax = fig.add_axes(fraction(COLORBAR_X_IN, TOP_IN - 0.1, 0.17, height_in - TOP_IN - BOTTOM_IN + 0.1))
         bar = fig.colorbar(wash, cax=cax)
         bar.set_label(f"dose (Gy); no wash below {WASH_FROM:.0%} of {reference_label} ({wash_from:.3g} Gy)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
@@ -342,27 +366,20 @@ def qa_figure(
 
 
 def _panel_rects(sizes: list) -> tuple:
-    """Figure rectangles of the panels, side by side at one scale; and that scale (inches per mm)."""
-    left, bottom, right, top = PANELS_BOX
-    width_in = (right - left) * FIGURE_SIZE[0] - PANEL_GAP_IN * (len(sizes) - 1)
-    height_in = (top - bottom) * FIGURE_SIZE[1]
+    """The panels side by side at one scale, as (left, top, width, height) in inches from the figure's top
+    left, centred in their column and top-aligned; and that scale (inches per mm)."""
+    left, right = PANELS_X_IN
+    width_in = right - left - PANEL_GAP_IN * (len(sizes) - 1)
+    height_in = MAX_FIGURE_HEIGHT_IN - TOP_IN - BOTTOM_IN
     total_mm = sum(max(w, 1e-6) for w, _h in sizes)
     tallest_mm = max(max(h, 1e-6) for _w, h in sizes)
     scale = min(width_in / total_mm, height_in / tallest_mm)
     used_in = total_mm * scale + PANEL_GAP_IN * (len(sizes) - 1)
-    x_in = left * FIGURE_SIZE[0] + ((right - left) * FIGURE_SIZE[0] - used_in) / 2  # centred
+    x_in = left + (right - left - used_in) / 2
     rects = []
     for w, h in sizes:
-        panel_w, panel_h = w * scale, h * scale
-        rects.append(
-            (
-                x_in / FIGURE_SIZE[0],
-                top - panel_h / FIGURE_SIZE[1],  # top-aligned
-                panel_w / FIGURE_SIZE[0],
-                panel_h / FIGURE_SIZE[1],
-            )
-        )
-        x_in += panel_w + PANEL_GAP_IN
+        rects.append((x_in, TOP_IN, w * scale, h * scale))
+        x_in += w * scale + PANEL_GAP_IN
     return rects, scale
 
 
