@@ -158,9 +158,7 @@ def export_folder(
     if not linked.cases and not damaged:
         raise NothingToExport(what_was_found(scan, linked), path=input_root, hint="nothing was written")
     found = inspect_output(out_dir)
-    conflict = pseudonymization_conflict(found, pseudonymizer is not None)
-    if conflict:
-        raise _conflict_error(out_dir, conflict)
+    _check_found(found, out_dir, pseudonymizer is not None)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
         extra_rows = pseudonymizer.prepare(scan, cases, extra_rows)
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
@@ -290,17 +288,25 @@ def check_export_target(input_root: Path, out_dir: Path, pseudonymized: bool) ->
     whose pseudonymization agrees with this export. Raises :class:`DoseAlignError`; writes nothing."""
     input_root, out_dir = Path(input_root), Path(out_dir)
     _check_folders(input_root, out_dir, lambda _message: None)
-    conflict = pseudonymization_conflict(inspect_output(out_dir), pseudonymized)
+    _check_found(inspect_output(out_dir), out_dir, pseudonymized)
+
+
+def _check_found(found, out_dir: Path, pseudonymized: bool) -> None:
+    """Refuse an output folder that holds DICOM files (INPUT and OUT swapped?) or the other kind of export."""
+    if found.dicom_files:
+        raise DoseAlignError(
+            f"the output folder holds DICOM files ({', '.join(found.dicom_files)}): is it an input folder? "
+            "The input comes first, then the output",
+            path=out_dir,
+            hint="choose an output folder without DICOM files; nothing was written",
+        )
+    conflict = pseudonymization_conflict(found, pseudonymized)
     if conflict:
-        raise _conflict_error(out_dir, conflict)
-
-
-def _conflict_error(out_dir: Path, conflict: str) -> DoseAlignError:
-    return DoseAlignError(
-        f"the output folder cannot take this export: {conflict}",
-        path=out_dir,
-        hint="choose another output folder, or remove what it holds; nothing was written",
-    )
+        raise DoseAlignError(
+            f"the output folder cannot take this export: {conflict}",
+            path=out_dir,
+            hint="choose another output folder, or remove what it holds; nothing was written",
+        )
 
 
 #: A row's mark (removed before it is recorded) that its case met an output fault.
@@ -364,7 +370,9 @@ def what_was_found(scan, linked) -> str:
     if scan.skipped:
         parts.append(f"{len(scan.skipped)} other files (not DICOM, or unreadable)")
     if scan.ignored:
-        parts.append(f"{len(scan.ignored)} not read (hidden, DICOMDIR or the output folder)")
+        parts.append(
+            f"{len(scan.ignored)} not read (hidden, DICOMDIR, links to what is read elsewhere, the output folder)"
+        )
     has_dose = any(o.kind == "RTDOSE" for o in scan.objects)
     if not scan.objects and not scan.skipped and not scan.ignored:
         return "the input folder holds no files"

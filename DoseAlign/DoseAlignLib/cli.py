@@ -312,11 +312,12 @@ class _ProgressLine:
             now = time.monotonic()
             started = self.started.setdefault(case_id, now)
             self.current = (case_id, message, started)
+            if self.tty:
+                self._start_ticker()  # it shows the step once the case has run STAGES_AFTER_S
             if now - started < self.STAGES_AFTER_S:
                 return
             if self.tty:
                 self._draw(self._stage_text())
-                self._start_ticker()
             elif now - self.last >= self.LOG_EVERY_S:
                 self._line(f"  {self._stage_text()}")
             self.stream.flush()
@@ -574,19 +575,28 @@ def _print_summary(report, out_dir: Path) -> None:
         print(f"dosealign: the export stopped: {report.fault}", file=sys.stderr)
 
 
+#: What the summary calls each kind of entry the scan did not read: (start of its reason in dicom/scan.py,
+#: singular, plural); None: said without a count.
+_NOT_READ_KINDS = (
+    ("the output folder", "the output folder", None),
+    ("hidden file", "hidden file", "hidden files"),
+    ("hidden folder", "hidden folder", "hidden folders"),
+    ("DICOMDIR", "DICOMDIR", "DICOMDIRs"),
+    ("a symbolic link", "link to what is read elsewhere", "links to what is read elsewhere"),
+    ("the same ", "second path to what is read elsewhere", "second paths to what is read elsewhere"),
+)
+
+
 def _not_read(ignored: list) -> str:
     """'the output folder, 2 hidden files, 1 DICOMDIR' from a scan's ``ignored``."""
     counts: dict = {}
     for _path, reason in ignored:
-        kind = reason.split(" (", 1)[0]
+        kind = next((k for k in _NOT_READ_KINDS if reason.startswith(k[0])), ("", "other entry", "other entries"))
         counts[kind] = counts.get(kind, 0) + 1
-    parts = []
-    for kind, n in counts.items():
-        if kind.startswith("the "):
-            parts.append(kind)
-        else:
-            parts.append(f"{n} {kind}{'s' if n > 1 and kind.startswith('hidden') else ''}")
-    return ", ".join(parts)
+    return ", ".join(
+        single if plural is None else f"{n} {single if n == 1 else plural}"
+        for (_start, single, plural), n in counts.items()
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -484,3 +484,14 @@ def test_dev_demo_installs_only_what_the_demo_needs(tmp_path):
     stamp = tmp_path / ".venv" / ".installed"
     stamp.write_text(stamp.read_text().split()[0] + " test,qa,slicer\n")  # as ./dev test leaves it
     assert not [c for c in demo() if "pip install" in c], "./dev test's environment already has the demo's extras"
+
+
+def test_input_and_output_swapped_is_refused(study, tmp_path, capsys):
+    """`dosealign export OUT INPUT` by mistake: OUT (second) holds DICOM files; nothing is written into it."""
+    before = _tree(study / "p1")
+    code, _text, err = _run(capsys, "export", tmp_path / "results", study / "p1")
+    assert code == 2 and "the input folder does not exist" in err
+    (tmp_path / "results").mkdir()
+    code, _text, err = _run(capsys, "export", tmp_path / "results", study / "p1")
+    assert code == 2 and "the output folder holds DICOM files" in err and "The input comes first" in err
+    assert _tree(study / "p1") == before

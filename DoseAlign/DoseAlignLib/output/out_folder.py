@@ -64,6 +64,7 @@ class OutputFolder:
     exists: bool = False
     cases: dict = field(default_factory=dict)  # case_id -> ExistingCase
     other: list = field(default_factory=list)  # names of entries that are neither cases nor DoseAlign's files
+    dicom_files: list = field(default_factory=list)  # DICOM files directly in OUT (is it an input?)
     manifest_rows: list = field(default_factory=list)  # rows of OUT/manifest.csv
 
     @property
@@ -89,6 +90,8 @@ def inspect_output(out_dir: Path) -> OutputFolder:
             )
         else:
             found.other.append(name + ("/" if entry.is_dir() else ""))
+            if len(found.dicom_files) < 3 and len(found.other) <= 200 and _is_dicom(entry):
+                found.dicom_files.append(name)
     manifest = out_dir / "manifest.csv"
     if manifest.is_file():
         try:
@@ -97,6 +100,19 @@ def inspect_output(out_dir: Path) -> OutputFolder:
         except (OSError, ValueError, csv.Error):
             found.manifest_rows = []
     return found
+
+
+def _is_dicom(path: Path) -> bool:
+    """A regular file named .dcm, or with DICOM's preamble (only its first 132 bytes are read)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix.lower() == ".dcm" or path.name.upper() == "DICOMDIR":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _is_pseudonymized(meta_path: Path) -> Optional[bool]:
