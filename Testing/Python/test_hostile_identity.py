@@ -150,3 +150,23 @@ def test_names_with_marks_in_their_ascii_spellings(tmp_path, capsys):
             f"{n} in {where}" for n in ("mueller", "juergen", "muller", "jurgen", "müller", "jürgen") if n in squeezed
         ]
     assert not found, found[:10]
+
+
+def test_long_name_parts_inside_words_short_ones_only_as_words(tmp_path, capsys):
+    import json
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "SM-1", 62, patient_name="Smithers^Jo", extra_organs=5)
+    ds = dd.read(truth.struct_file)
+    rois = ["PTVsmithers", "smithersboost", "Jonas", "JoLung", "Jo_ring"]
+    for roi, name in zip(list(ds.StructureSetROISequence)[-5:], rois):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", "--no-qa-png"]) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    structures = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))["structures"]
+    names = structures["names"] + [s["name"] for s in structures.get("skipped", []) if s.get("name")]
+    # a component of two letters is removed only joined with another (README, limits)
+    assert {"PTV[removed]", "[removed]boost", "Jonas", "JoLung", "Jo_ring"} <= set(names), names

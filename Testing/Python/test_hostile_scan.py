@@ -232,3 +232,33 @@ def test_a_deflate_bomb_is_refused_during_the_scan(store, tmp_path):
     assert row["files"] == "p1/bomb.dcm"
     assert "inflates to more than the limit of 16 MiB" in row["reason"] and "DOSEALIGN_INFLATE_MB" in row["reason"]
     assert stat.S_ISREG(bomb.stat().st_mode)
+
+
+#: The dosealign command, printing its own peak memory (kB) last.
+WITH_PEAK = (
+    "import resource, sys\n"
+    "from DoseAlignLib.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_measuring_a_deflate_bomb_takes_little_memory(store, tmp_path):
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    head = _element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.481.3")
+    head += struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0" + struct.pack("<I", 300 << 20)
+    payload = packer.compress(head)
+    zeros = b"\0" * (1 << 20)
+    for _ in range(300):
+        payload += packer.compress(zeros)
+    (root / "p1" / "bomb.dcm").write_bytes(_file_meta("1.2.840.10008.1.2.1.99") + payload + packer.flush())
+    done = hostile.python(WITH_PEAK, "scan", str(root), env={"DOSEALIGN_INFLATE_MB": "256"})
+    assert (
+        "p1/bomb.dcm: (0002,0010) TransferSyntaxUID: the deflated data set inflates to more than the limit of 256 MiB"
+        in done.stdout
+    )
+    peak_mib = int(done.stdout.strip().splitlines()[-1].split()[1]) / 1024
+    assert peak_mib < 200, f"{peak_mib:.0f} MiB to scan a 300 MiB deflated data set"

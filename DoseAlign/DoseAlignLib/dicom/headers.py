@@ -160,6 +160,10 @@ def _transfer_syntax(handle) -> str:
     return ""
 
 
+#: Bytes inflated at a time while a deflated data set is measured (the memory the measuring takes).
+INFLATE_PIECE = 1 << 20
+
+
 def _check_inflated_size(handle, path: Path, deadline: Optional[Deadline]) -> None:
     """Inflate a deflated data set once, counting bytes only: refuse it beyond the stated limit."""
     handle.seek(132)
@@ -181,10 +185,10 @@ def _check_inflated_size(handle, path: Path, deadline: Optional[Deadline]) -> No
         chunk = handle.read(1 << 20)
         if not chunk:
             break
-        data = inflater.decompress(chunk, limit + 1 - total)
+        data = inflater.decompress(chunk, INFLATE_PIECE)  # counted piece by piece, never held whole
         total += len(data)
         while inflater.unconsumed_tail and total <= limit:
-            data = inflater.decompress(inflater.unconsumed_tail, limit + 1 - total)
+            data = inflater.decompress(inflater.unconsumed_tail, INFLATE_PIECE)
             total += len(data)
             if not data:
                 break

@@ -583,6 +583,9 @@ def _keys(value) -> Iterable[str]:
 MIN_NAME_PART = 3
 #: Joined spellings shorter than this (letters) are not searched inside other words.
 MIN_JOINED = 5
+#: Name components this long are found inside other words too (shorter ones, like ``Doe``, only as words:
+#: ``Doerr`` is another name).
+MIN_INSIDE = 5
 #: What people put between the parts of a name or an ID.
 _SEPARATORS = r"[\s_\-.^,]*"
 
@@ -651,6 +654,9 @@ class NameSpellings:
                         patterns.add(_SEPARATORS.join(re.escape(p) for p in combo))
         self.joined = re.compile("|".join(sorted(patterns, key=len, reverse=True)), re.IGNORECASE) if patterns else None
         self.words = {n.casefold() for n in identity.names if len(n) >= MIN_NAME_PART and not re.search(r"[\^=,\s]", n)}
+        # long components are found inside other words too (PTVmueller, muellerboost); short ones only as words
+        long_parts = sorted({w for w in self.words if len(w) >= MIN_INSIDE}, key=len, reverse=True)
+        self.inside = re.compile("|".join(re.escape(w) for w in long_parts), re.IGNORECASE) if long_parts else None
 
     def spans(self, text: str) -> list:
         found = []
@@ -658,6 +664,8 @@ class NameSpellings:
             found.extend(m.span() for m in self.joined.finditer(text) if m.end() > m.start())
         if self.words:
             found.extend((a, b) for a, b in _word_spans(text) if text[a:b].casefold() in self.words)
+        if self.inside is not None:
+            found.extend(m.span() for m in self.inside.finditer(text))
         return found
 
     def redact(self, text: str) -> str:
@@ -752,6 +760,8 @@ class IdentityGuard:
             return "a patient name"
         squeezed = "".join(c for c in lowered if c.isalnum())
         if any(name in squeezed for name in self.squeezed_names):
+            return "a patient name"
+        if words and any(len(part) >= MIN_INSIDE and part in squeezed for part in self.alone):
             return "a patient name"
         if self.dates and self.dates & _dates_in(text):
             return "a date"
