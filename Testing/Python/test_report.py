@@ -5,6 +5,7 @@ in headless Chromium; the CLI options of the structures and audit step."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -401,3 +402,28 @@ def test_report_thumbnail_is_the_axial_panel_at_a_readable_size(exported):
     assert scale >= 0.5, f"the thumbnail shows the axial panel at {scale:.2f} of its size"
     image_style = text.split(f'<img src="{ok_id}/qa.png" style="', 1)[1].split('"', 1)[0]
     assert f"margin-left:-{x0 * scale:.0f}px" in image_style
+
+
+def test_writing_a_qa_png_leaves_pyplots_backend_alone(tmp_path):
+    """A notebook (or Slicer's Python) that plots with its own backend keeps it after an export writes qa.png:
+    ``matplotlib.use`` there would switch pyplot's backend (to Agg, where ``plt.show()`` shows nothing)."""
+    pytest.importorskip("matplotlib")
+    script = f"""
+import numpy as np
+import matplotlib
+import matplotlib.pyplot as plt
+plt.switch_backend("svg")  # stands for a notebook's inline backend or an interactive one
+from DoseAlignLib.geometry.grid import Grid, Volume
+from DoseAlignLib.output import qa_png
+grid = Grid.from_spacing((8, 10, 12), (1.0, 1.0, 2.0), (0, 0, 0))
+dose = np.zeros(grid.shape, np.float32)
+dose[4, 5, 6] = 2.0
+qa_png.render_qa_png({str(tmp_path / "qa.png")!r}, Volume(np.zeros(grid.shape, np.int16), grid), Volume(dose, grid))
+print(matplotlib.get_backend(), plt.get_backend())
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env.pop("MPLBACKEND", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "svg"]
+    assert _png_size(tmp_path / "qa.png") == (1700, 640)

@@ -15,8 +15,10 @@ convention; sagittal: anterior on the left). Dmax (the cross) is where the audit
 The PNG carries its layout in a text chunk (:data:`LAYOUT_KEY`): each panel's pixel box and mm
 extent; report.html uses it to show the axial panel as a readable thumbnail.
 
-matplotlib is optional (``pip install dosealign[qa]``) and imported only inside the functions,
-with the Agg backend, so the engine runs headless and without it.
+matplotlib is optional (``pip install dosealign[qa]``) and imported only inside the functions. Pictures
+are drawn with its object-oriented API (a ``Figure`` saved straight to PNG, which renders with Agg),
+never through pyplot: the engine runs headless and without it, and the pyplot backend of a notebook or
+of Slicer's Python is left as it was.
 """
 
 from __future__ import annotations
@@ -216,9 +218,7 @@ def qa_figure(
 ) -> tuple:
     """The matplotlib Figure of :func:`render_qa_png` and its layout (what the PNG's text chunk holds:
     each panel's pixel box and mm extent, the wash's dose range, the mm per pixel)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    import matplotlib  # the object-oriented API only: pyplot's backend (Jupyter's, Slicer's) is left alone
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
