@@ -1038,7 +1038,12 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         writers = [api.qa_png_writer(result)]
         if formats.extra:
             writers.append(formats.case_writer(result))
-        folder = api.write_case_output(result, pathlib.Path(outputFolder), writers)
+        try:
+            folder = api.write_case_output(result, pathlib.Path(outputFolder), writers)
+        finally:
+            # the engine claims the folder with an owner record it keeps open (output/files.py RunClaim); in a
+            # long-lived Slicer that would last until Slicer quits and, on Windows, lock the folder
+            api.release_claims(pathlib.Path(outputFolder))
         self.log(_("Exported {case} to {folder}").format(case=result.case_id, folder=folder))
         return folder
 
@@ -1065,16 +1070,19 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             done[0] = fraction
             self.progress(fraction, message)
 
-        report = api.export_folder(
-            pathlib.Path(inputFolder),
-            pathlib.Path(outputFolder),
-            options,
-            resume=resume,
-            progress=progress,
-            stage=lambda caseId, message: self.progress(done[0], f"{caseId}: {message}"),  # Cancel inside a case too
-            formats=formats if formats.extra else None,
-            resampler=self.resamplerFor(backend),
-        )
+        try:
+            report = api.export_folder(
+                pathlib.Path(inputFolder),
+                pathlib.Path(outputFolder),
+                options,
+                resume=resume,
+                progress=progress,
+                stage=lambda caseId, message: self.progress(done[0], f"{caseId}: {message}"),  # Cancel inside a case
+                formats=formats if formats.extra else None,
+                resampler=self.resamplerFor(backend),
+            )
+        finally:
+            api.release_claims(pathlib.Path(outputFolder))  # export_folder releases it too; every path does
         for row in report.rows:
             if rowCallback:
                 rowCallback(row["case_id"], row["status"], row["reason"], row.get("warnings", ""))
@@ -1094,6 +1102,12 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         database = self._database()
         formats = self.exportFormats(outputFormat)
         outputFolder = pathlib.Path(outputFolder)
+        try:
+            return self._exportDatabase(database, outputFolder, options, backend, formats, rowCallback)
+        finally:
+            api.release_claims(outputFolder)  # the owner record goes now, not when Slicer quits (see exportResult)
+
+    def _exportDatabase(self, database, outputFolder, options, backend, formats, rowCallback) -> list:
         outputFolder.mkdir(parents=True, exist_ok=True)
         api.clean_temp(outputFolder)
         resampler = self.resamplerFor(backend)

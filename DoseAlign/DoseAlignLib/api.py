@@ -8,7 +8,8 @@ A case goes through the stages in this order; each name below belongs to one of 
     geometry        Grid, Volume, reference_grid, resample; Resampler (what backends differ in)
     structures      load_roi_map, unpack_masks
     audit           (inside run_case; thresholds: DEFAULT_THRESHOLDS)
-    output          write_case_output, write_manifest, manifest_row, write_report, qa_png_writer, ...
+    output          write_case_output, write_manifest, manifest_row, write_report, qa_png_writer,
+                    release_claims (a long-lived process ends its hold on an output folder), ...
     one case        run_case(case, options, resampler=...) -> CaseResult: the one path of every backend
     a folder        export_folder -> BatchReport, export_case (one case of a batch), merge_shards
 
@@ -73,6 +74,7 @@ _EXPORTS = {
     "case_dir": ".output.case_folder",
     "is_complete": ".output.case_folder",
     "clean_temp": ".output.case_folder",
+    "release_claims": ".output.files",
     "write_manifest": ".output.manifest",
     "manifest_row": ".output.manifest",
     "masks_from_arrays": ".output.case_data",

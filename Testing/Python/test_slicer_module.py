@@ -9,7 +9,9 @@ comes from ``slicer_app.py``; each use says which.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -858,3 +860,65 @@ def test_issue15_9_the_temporary_database_leaves_the_users_database_and_settings
     with logic.temporaryDatabase(tmp_path / "kept") as database:
         assert database.databaseFilename == f"{tmp_path / 'kept'}/ctkDICOM.sql"
     assert (tmp_path / "kept").is_dir() and users.databaseFilename.endswith("users/ctkDICOM.sql")
+
+
+# ==== second reading N2: the output folder's owner record goes with every export ========================
+
+
+def _claims_left(folder: Path) -> list:
+    """Owner records (``.tmp-dosealign-<token>.owner``) below ``folder`` and this process's open handles there
+    (/proc/self/fd: an unlinked record still held open shows as '<path> (deleted)')."""
+    real = os.path.realpath(folder)
+    left = [str(p) for p in Path(folder).rglob(".tmp-dosealign-*.owner")]
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target == real or target.startswith(real + os.sep):
+                left.append(f"fd {fd} -> {target}")
+    return left
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
+
+
+@needs_proc
+def test_n2_every_export_path_releases_the_output_folder(module, tmp_path, database):
+    _phantom(tmp_path, with_structures=False)
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    options = AlignOptions(structures=False)
+    (case,) = api.form_cases(api.scan_folder(tmp_path / "dicom")).cases
+    result = logic.runCase(case, options, "engine")
+    folder = logic.exportResult(result, tmp_path / "export", "npz")  # Export
+    assert (folder / "pair.npz").is_file() and _claims_left(tmp_path / "export") == []
+    rows = logic.exportDatabase(tmp_path / "all", options, "engine")  # Export all
+    assert [r["status"] for r in rows] == ["ok"] and _claims_left(tmp_path / "all") == []
+    rows = logic.exportFolder(tmp_path / "dicom", tmp_path / "folder", options, "engine")  # folder export
+    assert [r["status"] for r in rows] == ["ok"] and _claims_left(tmp_path / "folder") == []
+
+
+@needs_proc
+def test_n2_a_failing_export_releases_the_output_folder_too(module, tmp_path, database, monkeypatch):
+    _phantom(tmp_path, with_structures=False)
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    options = AlignOptions(structures=False)
+    (case,) = api.form_cases(api.scan_folder(tmp_path / "dicom")).cases
+    result = logic.runCase(case, options, "engine")
+
+    def broken_writer(_result):
+        def write(_folder):
+            raise OSError("disk full")
+
+        return write
+
+    monkeypatch.setattr(api, "qa_png_writer", broken_writer)
+    with pytest.raises(OSError, match="disk full"):
+        logic.exportResult(result, tmp_path / "export", "npz")
+    assert _claims_left(tmp_path / "export") == []
+    monkeypatch.setattr(api, "write_report", lambda *a, **k: (_ for _ in ()).throw(OSError("read-only")))
+    with pytest.raises(OSError, match="read-only"):
+        logic.exportDatabase(tmp_path / "all", options, "engine")
+    assert _claims_left(tmp_path / "all") == []
