@@ -146,7 +146,8 @@ class DoseAlignParameterNode:
     inputFolder - DICOM folder to import into the DICOM database (files stay in place).
     ctVolume - Planning CT (loaded through the DICOM module).
     doseVolume - RT dose loaded by SlicerRT (the engine reads its file).
-    segmentation - RTSTRUCT segmentation whose ROIs to export (optional; default: the study's RTSTRUCTs).
+    segmentation - RTSTRUCT segmentation whose ROIs to export (optional; none: the structure set the engine
+        pairs with the dose, as dosealign export does). One that maps to no RTSTRUCT file is refused.
     referenceGrid - api.Grid the outputs share: the CT's, the dose's, or a custom one.
     customSpacing - Spacing of a custom grid in mm: one value or i,j,k.
     customBox - Extent of a custom grid.
@@ -889,6 +890,42 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             )
         return files
 
+    def structureFilesForNode(self, segmentationNode) -> list:
+        """The RTSTRUCT file of a segmentation: recorded when DoseAlign loaded it, else the one RTSTRUCT file of
+        the series whose UID SlicerRT puts on the segmentation's own subject-hierarchy item (LoadRtStructureSet,
+        SlicerRT 169eed7b DicomRtImportExport/Logic/vtkSlicerDicomRtImportExportModuleLogic.cxx:1561-1562).
+        A segmentation that maps to no RTSTRUCT file (drawn in Slicer, an earlier Align's masks), or to one of
+        several files of its series, is refused: exporting the study's other structure sets instead would
+        silently give masks the user did not choose."""
+        files = self.sourceFiles(segmentationNode)
+        if files:
+            return files
+        name = segmentationNode.GetName()
+        seriesUID = self._seriesUID(segmentationNode)
+        database = self._database(required=False)
+        structFiles = []
+        if seriesUID and database is not None:
+            structFiles = [
+                f for f in database.filesForSeries(seriesUID) if database.fileValue(f, self.MODALITY_TAG) == "RTSTRUCT"
+            ]
+        if not structFiles:
+            raise ValueError(
+                _(
+                    "The segmentation {name} maps to no RTSTRUCT file in the DICOM database (it was not loaded from "
+                    "one: drawn in Slicer, or an earlier Align's masks). Select an RTSTRUCT segmentation of the "
+                    "study, or none to export every RTSTRUCT of the study."
+                ).format(name=name)
+            )
+        if len(structFiles) > 1:
+            raise ValueError(
+                _(
+                    "{name}: its series holds {n} RTSTRUCT files and Slicer cannot tell which one this segmentation "
+                    "came from. Load the study with DoseAlign's Load button, which records each node's file, or "
+                    "select none to export every RTSTRUCT of the study."
+                ).format(name=name, n=len(structFiles))
+            )
+        return structFiles
+
     def _studiesOfFiles(self, files: list) -> set:
         database = self._database()
         return {database.studyForSeries(database.seriesForFile(f)) for f in files} - {""}
@@ -911,8 +948,9 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         (``ctNode``'s, else every series of Modality CT in the dose's study, or in the patient's studies when
         that study has none), and the RTPLAN and RTSTRUCT
         files the database holds for those studies (only ``segmentationNode``'s RTSTRUCT when one is
-        given). ``api.form_cases`` then pairs them as ``dosealign export`` does. Raises ValueError or a
-        DoseAlignError naming the file.
+        given: :meth:`structureFilesForNode`, which refuses a segmentation of no RTSTRUCT file). ``api.form_cases``
+        then pairs them as ``dosealign export`` does (with several RTSTRUCTs: the plan's, else every one drawn on
+        the CT). Raises ValueError or a DoseAlignError naming the file.
         """
         doseFile = self.doseFileForNode(doseNode)
         files = [doseFile]
@@ -931,8 +969,9 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
                 ctFiles = self._seriesFilesOfStudies(studies, ("CT",))
             files += ctFiles
         files += self._seriesFilesOfStudies(studies, ("RTPLAN",))
+        structFiles = []
         if structures:
-            structFiles = self.sourceFiles(segmentationNode) if segmentationNode is not None else []
+            structFiles = self.structureFilesForNode(segmentationNode) if segmentationNode is not None else []
             files += structFiles or self._seriesFilesOfStudies(studies, ("RTSTRUCT",))
         scan = api.scan_files(files)
         wanted = os.path.normcase(os.path.abspath(doseFile))
@@ -940,6 +979,13 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             if any(os.path.normcase(os.path.abspath(str(d.path))) == wanted for d in case.doses):
                 if case.error:
                     raise api.LinkError(case.error)
+                used = {os.path.normcase(os.path.abspath(str(s.path))) for s in case.structs}
+                if structFiles and not used & {os.path.normcase(os.path.abspath(f)) for f in structFiles}:
+                    raise ValueError(
+                        _("{file} (the segmentation {name}) is not drawn on this dose's CT: select another").format(
+                            file=structFiles[0], name=segmentationNode.GetName()
+                        )
+                    )
                 return case
         raise ValueError(_("The engine formed no case with {file}").format(file=doseFile))
 
@@ -955,9 +1001,13 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         return (tagged or candidates or [None])[0]
 
     def segmentationNodeForCase(self, case):
-        """A loaded segmentation node of one of the case's RTSTRUCT files (None if none is loaded)."""
+        """A loaded segmentation node of one of the case's RTSTRUCT files (None if none is loaded): one DoseAlign
+        loaded from those files, else one SlicerRT tagged with their series UID."""
         nodes = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
         found = self._nodesFromFiles(nodes, [s.path for s in case.structs])
+        if not found:
+            series = {s.series_uid for s in case.structs}
+            found = [n for n in nodes if not self.sourceFiles(n) and self._seriesUID(n) in series]
         return found[0] if found else None
 
     def findCtForDose(self, doseNode):

@@ -17,7 +17,9 @@ This file provides, for tests only:
   and SlicerRT build it (frames at even steps from GridFrameOffsetVector[1] - [0], DoseGridScaling
   applied) whose subject-hierarchy item gets only the series UID, the instance UID then written on the
   item ``vtkSlicerSubjectHierarchyModuleLogic.InsertDicomSeriesInHierarchy`` returns (RTlogic
-  169eed7b:586-606, :2874-2996: the real slicer-core function runs); a CT node whose own item gets its
+  169eed7b:586-606, :2874-2996: the real slicer-core function runs); an RTSTRUCT segmentation of planar
+  contours whose own item carries its series UID, as SlicerRT's LoadRtStructureSet sets it (RTlogic
+  169eed7b:1561-1566), then the same instance-UID step; a CT node whose own item gets its
   series UID (DICOMPlugin.py:257 at v5.8.1) and Modality; ``loadLoadables`` returns the IDs of every
   non-storage, non-display node added while loading (DICOMUtils.py:782-841 at v5.6.2).
 """
@@ -289,18 +291,93 @@ class RtLoading:
             node = gdcm_like_dose_node(path, scene, f"{ds.SeriesNumber}: RTDOSE [{ds.InstanceNumber}]")
             node.SetAttribute(DOSE_ATTRIBUTE, "1")
         elif ds.Modality == "RTSTRUCT":
-            node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{ds.SeriesNumber}: RTSTRUCT")
+            node = rtstruct_segmentation_node(ds, scene, f"{ds.SeriesNumber}: RTSTRUCT")
         else:
             return True  # RTPLAN: the module leaves plans out unless asked; nothing it reads
+        # the node's own item: the series UID only (LoadRtDose RTlogic 169eed7b:586-593; LoadRtStructureSet
+        # :1561-1566, with the ROIs' referenced series and the referenced instance UIDs)
         item = sh.CreateItem(sh.GetSceneItemID(), node)
         sh.SetItemUID(item, "DICOM", str(ds.SeriesInstanceUID))
+        if ds.Modality == "RTSTRUCT":
+            sh.SetItemAttribute(item, RT_PREFIX + "RoiReferencedSeriesUid", _referenced_series(ds))
+            sh.SetItemAttribute(item, "DICOM.ReferencedInstanceUIDs", " ".join(_referenced_instances(ds)))
+        # InsertSeriesInSubjectHierarchy (RTlogic 169eed7b:2874-2996): Modality, SeriesNumber and the instance
+        # UID go on the *first* item of the series that InsertDicomSeriesInHierarchy returns (the real function)
         series_item = slicer.vtkSlicerSubjectHierarchyModuleLogic.InsertDicomSeriesInHierarchy(
             sh, str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         )
         if series_item:
             sh.SetItemAttribute(series_item, "DICOM.Modality", str(ds.Modality))
+            sh.SetItemAttribute(series_item, "DICOM.SeriesNumber", str(getattr(ds, "SeriesNumber", "")))
             sh.SetItemUID(series_item, "DICOMInstanceUID", str(ds.SOPInstanceUID))
         return True
+
+
+RT_PREFIX = "DicomRtImport."  # vtkSlicerRtCommon::DICOMRTIMPORT_ATTRIBUTE_PREFIX (vtkSlicerRtCommon.cxx:64)
+
+
+def _referenced_series(ds) -> str:
+    """The CT series the structure set's ROIs are drawn on (RTReferencedSeriesSequence), or ''."""
+    for frame in getattr(ds, "ReferencedFrameOfReferenceSequence", []):
+        for study in getattr(frame, "RTReferencedStudySequence", []):
+            for series in getattr(study, "RTReferencedSeriesSequence", []):
+                return str(series.SeriesInstanceUID)
+    return ""
+
+
+def _referenced_instances(ds) -> list:
+    return [
+        str(image.ReferencedSOPInstanceUID)
+        for roi in getattr(ds, "ROIContourSequence", [])
+        for contour in getattr(roi, "ContourSequence", [])
+        for image in getattr(contour, "ContourImageSequence", [])
+    ]
+
+
+def rtstruct_segmentation_node(ds, scene, name: str):
+    """The segmentation SlicerRT's LoadRtStructureSet makes of an RTSTRUCT (RTlogic 169eed7b:1428-1628): one
+    node per structure set, its source representation "Planar contour", one segment per contour ROI named
+    after it, with the ROI's colour, its contours as closed polylines in RAS and the ROI number as the
+    ``DicomRtImport.RoiNumber`` tag (:1537, :1588-1598). Point ROIs (fiducials, :1500) are left out."""
+    import slicer
+    import vtk
+
+    planar = slicer.vtkSegmentationConverter.GetSegmentationPlanarContourRepresentationName()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    segmentation = node.GetSegmentation()
+    if hasattr(segmentation, "SetSourceRepresentationName"):  # renamed from "master" in Slicer 5.4
+        segmentation.SetSourceRepresentationName(planar)
+    else:
+        segmentation.SetMasterRepresentationName(planar)
+    rois = {int(r.ROINumber): r for r in getattr(ds, "StructureSetROISequence", [])}
+    for roi_contour in getattr(ds, "ROIContourSequence", []):
+        number = int(roi_contour.ReferencedROINumber)
+        points, lines = vtk.vtkPoints(), vtk.vtkCellArray()
+        for contour in getattr(roi_contour, "ContourSequence", []):
+            xyz = np.asarray([float(v) for v in contour.ContourData]).reshape(-1, 3) * (-1.0, -1.0, 1.0)  # LPS->RAS
+            if len(xyz) < 2:
+                continue
+            first = points.GetNumberOfPoints()
+            for point in xyz:
+                points.InsertNextPoint(*point)
+            lines.InsertNextCell(len(xyz) + 1)
+            for n in range(len(xyz)):
+                lines.InsertCellPoint(first + n)
+            lines.InsertCellPoint(first)  # closed
+        if points.GetNumberOfPoints() < 2:
+            continue
+        polydata = vtk.vtkPolyData()
+        polydata.SetPoints(points)
+        polydata.SetLines(lines)
+        segment = slicer.vtkSegment()
+        roi = rois.get(number)
+        segment.SetName(str(getattr(roi, "ROIName", f"ROI {number}")))
+        color = [float(c) / 255.0 for c in getattr(roi_contour, "ROIDisplayColor", [128, 128, 128])]
+        segment.SetColor(*color)
+        segment.AddRepresentation(planar, polydata)
+        segment.SetTag(RT_PREFIX + "RoiNumber", str(number))
+        segmentation.AddSegment(segment)
+    return node
 
 
 def gdcm_like_dose_node(path, scene, name: str = "RTDOSE", scaling=None):

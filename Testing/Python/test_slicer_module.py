@@ -922,3 +922,84 @@ def test_n2_a_failing_export_releases_the_output_folder_too(module, tmp_path, da
     with pytest.raises(OSError, match="read-only"):
         logic.exportDatabase(tmp_path / "all", options, "engine")
     assert _claims_left(tmp_path / "all") == []
+
+
+# ==== second reading N1: the selected segmentation is the RTSTRUCT that is exported ========================
+
+
+def _second_structure_set(truth, prefix: str = "B-") -> tuple:
+    """A second RTSTRUCT of the study beside ``truth``'s (own series, ROIs renamed ``prefix + name``)."""
+    ds = pydicom.dcmread(str(truth.struct_file))
+    first = [str(roi.ROIName) for roi in ds.StructureSetROISequence]
+    for roi in ds.StructureSetROISequence:
+        roi.ROIName = prefix + str(roi.ROIName)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    path = truth.struct_file.parent / f"{prefix}rtstruct.dcm"
+    ds.save_as(str(path))
+    return path, first, [prefix + name for name in first]
+
+
+def _loaded_by_the_dicom_module(module, nodes) -> None:
+    """What a study loaded with Slicer's DICOM browser looks like: no DoseAlign record of the files."""
+    for node in nodes:
+        node.RemoveAttribute(module.DoseAlignLogic.SOURCE_FILES_ATTRIBUTE)
+
+
+def test_n1_the_selected_rtstruct_of_two_is_the_one_exported(module, tmp_path, database):
+    truth = _phantom(tmp_path, ct_size=(40, 40, 24))
+    path_b, names_a, names_b = _second_structure_set(truth)
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    (study,) = db.studiesForPatient(db.patients()[0])
+    loaded = [slicer.mrmlScene.GetNodeByID(i) for i in logic.loadStudy(study)]
+    _loaded_by_the_dicom_module(module, loaded)
+    (dose,) = logic.doseVolumeNodes()
+    segmentations = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+    assert len(segmentations) == 2
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    by_series = {sh.GetItemUID(sh.GetItemByDataNode(n), "DICOM"): n for n in segmentations}  # as SlicerRT tags them
+    node_b = by_series[str(pydicom.dcmread(str(path_b)).SeriesInstanceUID)]
+    node_a = by_series[str(pydicom.dcmread(str(truth.struct_file)).SeriesInstanceUID)]
+    for node, names in ((node_b, names_b), (node_a, names_a)):
+        result = logic.alignNodes(None, dose, AlignOptions(), "engine", node)
+        shown = result.meta["structures"]["names"]
+        assert len(shown) >= 3 and set(shown) <= set(names)  # that structure set's ROIs, not both sets'
+        assert logic.structureFilesForNode(node) == [
+            str(path_b if node is node_b else truth.struct_file).replace("\\", "/")
+        ]
+    engine = logic.alignNodes(None, dose, AlignOptions(), "engine")  # none selected: the engine pairs them as
+    assert set(engine.meta["structures"]["names"]) <= set(names_a)  # dosealign export does (the plan's RTSTRUCT)
+    assert logic.segmentationNodeForCase(logic.caseForDose(dose)) in (node_a, node_b)  # found by series UID
+
+
+def test_n1_a_segmentation_of_no_rtstruct_is_refused(module, tmp_path, database):
+    _phantom(tmp_path, ct_size=(40, 40, 24))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    logic.loadStudy(db.studiesForPatient(db.patients()[0])[0])
+    (dose,) = logic.doseVolumeNodes()
+    drawn = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn in Slicer")
+    drawn.GetSegmentation().AddEmptySegment("", "tumour")
+    with pytest.raises(ValueError, match="drawn in Slicer.*no RTSTRUCT"):
+        logic.alignNodes(None, dose, AlignOptions(), "engine", drawn)
+    assert logic.alignNodes(None, dose, AlignOptions(structures=False), "engine", drawn).case_id  # not asked for
+
+
+def test_n1_an_rtstruct_series_of_two_files_is_refused_without_a_record(module, tmp_path, database):
+    truth = _phantom(tmp_path, ct_size=(40, 40, 24))
+    ds = pydicom.dcmread(str(truth.struct_file))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()  # a second instance in the same series
+    ds.save_as(str(truth.struct_file.parent / "second-rtstruct.dcm"))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    loaded = [slicer.mrmlScene.GetNodeByID(i) for i in logic.loadStudy(db.studiesForPatient(db.patients()[0])[0])]
+    recorded = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+    assert len(recorded) == 2 and all(len(logic.structureFilesForNode(n)) == 1 for n in recorded)  # DoseAlign's Load
+    _loaded_by_the_dicom_module(module, loaded)
+    with pytest.raises(ValueError, match="cannot tell which"):
+        logic.structureFilesForNode(recorded[0])
