@@ -263,6 +263,20 @@ def test_dmax_location_of_a_plateau_is_its_middle():
     assert audit_stats.dmax_index(dose) == (3, 0, 0)
 
 
+def test_dmax_location_is_the_argmax_not_between_hot_spots():
+    """Two hot spots within 0.1 % of each other: the location is the higher one's, never a point between
+    them; two separate plateaus of exactly equal height: the first one's middle, not their common centroid."""
+    dose = np.zeros((20, 30, 40), np.float32)
+    dose[5, 5:8, 5:8] = 9.995
+    dose[14, 22:25, 30:33] = 10.0
+    assert audit_stats.dmax_index(dose) == (14, 23, 31)
+    assert audit_stats.dmax_location(dose)[1] == 18  # both spots are "within 0.1 % of Dmax"
+    dose[5, 5:8, 5:8] = 10.0  # now exactly tied: the first plateau in memory order, at its middle
+    assert audit_stats.dmax_index(dose) == (5, 6, 6)
+    ramp = np.broadcast_to(np.arange(40, dtype=np.float32), (21, 31, 40)).copy()  # a face of a linear field
+    assert audit_stats.dmax_index(ramp) == (10, 15, 39)
+
+
 def test_beam_sum_against_the_plan_dose():
     grid = Grid.from_spacing((4, 5, 6), (2, 2, 3), (0, 0, 0))
     a = RNG.uniform(0, 5, grid.shape).astype(np.float32)

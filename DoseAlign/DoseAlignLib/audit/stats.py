@@ -92,43 +92,69 @@ def slice_maxima(dose: np.ndarray) -> np.ndarray:
     return dose.max(axis=(1, 2))
 
 
+#: Doses within this fraction of Dmax tie with it (float32 rounding of one value, not a clinical tolerance).
+TIE_FRACTION = 1e-6
+#: A plateau of more tied voxels than this is not traced voxel by voxel (its first voxel is used).
+MAX_PLATEAU_VOXELS = 1 << 20
+
+
 def dmax_location(dose: np.ndarray, slice_max: Optional[np.ndarray] = None) -> tuple:
-    """(:func:`dmax_index`, number of voxels within 0.1 % of Dmax); reads only the slices that hold them."""
+    """(:func:`dmax_index`, number of voxels within :data:`AT_MAX_FRACTION` of Dmax); reads only the slices that hold them."""
     if slice_max is None:
         slice_max = slice_maxima(dose)
     dmax = float(slice_max.max())
     if dmax <= 0:
         return tuple(int(n // 2) for n in dose.shape), int(dose.size)
-    threshold = dmax * (1 - AT_MAX_FRACTION)
-    ks = np.flatnonzero(slice_max >= threshold)  # the same float32 comparison as on the voxels
+    near = dmax * (1 - AT_MAX_FRACTION)
+    ks = np.flatnonzero(slice_max >= near)  # the same float32 comparison as on the voxels
     k0 = int(ks[0])
-    at_max = dose[k0 : int(ks[-1]) + 1] >= threshold
-    count = int(np.count_nonzero(at_max))
-    if count > 1_000_000:  # a huge plateau: its centre if tied, else the first maximum
-        sums = [at_max.sum(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
-        starts = (k0, 0, 0)
-        centre = tuple(
-            int(round(float(np.arange(starts[axis], starts[axis] + sums[axis].size) @ sums[axis]) / count))
-            for axis in range(3)
-        )
-        inside = 0 <= centre[0] - k0 < at_max.shape[0] and at_max[(centre[0] - k0, centre[1], centre[2])]
-        if inside:
-            return centre, count
-        return tuple(int(v) for v in np.unravel_index(int(np.argmax(dose)), dose.shape)), count
-    tied = np.argwhere(at_max)
+    part = dose[k0 : int(ks[-1]) + 1]
+    count = int(np.count_nonzero(part >= near))
+    tie = dmax - abs(dmax) * TIE_FRACTION
+    tied = np.argwhere(part >= tie)
     tied[:, 0] += k0
-    if tied.shape[0] == 1:
-        return tuple(int(v) for v in tied[0]), count
-    centre = tied.mean(axis=0)
-    return tuple(int(v) for v in tied[int(np.argmin(((tied - centre) ** 2).sum(axis=1)))]), count
+    return _plateau_centre(tied), count
+
+
+def _plateau_centre(tied: np.ndarray) -> tuple:
+    """The voxel nearest the centroid of the connected plateau (26-neighbours) holding the first of
+    ``tied`` (``(N, 3)`` indices in memory order); other plateaus, however high, are not mixed in."""
+    first = tuple(int(v) for v in tied[0])
+    if tied.shape[0] == 1 or tied.shape[0] > MAX_PLATEAU_VOXELS:
+        return first
+    lo = tied.min(axis=0)
+    shape = tuple(int(v) for v in tied.max(axis=0) - lo + 1)
+    flat = np.ravel_multi_index(tuple((tied - lo).T), shape)  # increasing: tied is in memory order
+    seen = np.zeros(flat.size, dtype=bool)
+    seen[0] = True
+    frontier = tied[:1] - lo
+    steps = np.array([d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)]) - 1
+    plateau = [frontier]
+    limits = np.array(shape)
+    while frontier.size:
+        near = (frontier[:, None, :] + steps[None]).reshape(-1, 3)
+        near = near[np.all((near >= 0) & (near < limits), axis=1)]
+        index = np.unique(np.ravel_multi_index(tuple(near.T), shape))
+        at = np.minimum(np.searchsorted(flat, index), flat.size - 1)
+        at = at[(flat[at] == index) & ~seen[at]]
+        seen[at] = True
+        frontier = tied[at] - lo
+        plateau.append(frontier)
+    voxels = np.concatenate(plateau) + lo
+    centre = voxels.mean(axis=0)
+    best = voxels[np.lexsort((*(voxels.T[::-1]), ((voxels - centre) ** 2).sum(axis=1)))[0]]
+    return tuple(int(v) for v in best)
 
 
 def dmax_index(dose: np.ndarray, slice_max: Optional[np.ndarray] = None) -> tuple:
-    """Index ``(k, j, i)`` of the dose maximum; with ties, the one nearest the tied voxels' centroid.
+    """Index ``(k, j, i)`` of the dose maximum: the argmax.
 
-    Doses within 0.1 % of Dmax count as tied, so a flat maximum (a plateau, or a whole face of a
-    linear field) is located at its middle rather than at its first voxel in memory order.
-    ``slice_max`` (each slice's maximum, e.g. :attr:`DoseStats.slice_max`) saves a pass.
+    Voxels equal to Dmax (within :data:`TIE_FRACTION`, float32 rounding) tie; among them only
+    those connected (26-neighbours) to the first one in memory order count, and the one nearest
+    that plateau's centroid is returned: a flat top (or the whole face of a linear field) is
+    located at its middle, while two separate hot spots of equal height are never averaged into
+    a point between them. ``slice_max`` (each slice's maximum, e.g. :attr:`DoseStats.slice_max`)
+    saves a pass.
     """
     return dmax_location(dose, slice_max)[0]
 
