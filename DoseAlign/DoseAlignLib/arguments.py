@@ -104,6 +104,7 @@ def options_from_args(args: argparse.Namespace) -> AlignOptions:
         compress=bool(getattr(args, "compress", False)),
         layout=getattr(args, "layout", None) or "npz",
         sum_plans=bool(getattr(args, "sum_plans", False)),
+        ct=getattr(args, "ct", None) or None,
         ct_fill_hu=args.ct_fill,
         ct_dtype=args.ct_dtype,
         allow_relative=args.allow_relative,

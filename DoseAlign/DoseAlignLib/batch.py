@@ -150,7 +150,7 @@ def export_folder(
 
     exclude = _check_folders(input_root, out_dir, note)
     scan = scan_folder(input_root, workers=1 if scheduler else workers, exclude=exclude)
-    linked = form_cases(scan, sum_plans=options.sum_plans)
+    linked = form_cases(scan, sum_plans=options.sum_plans, ct=options.ct)
     report.orphans, report.skipped_files, report.ignored = linked.orphans, scan.skipped, scan.ignored
     cases = [c for c in linked.cases if (case_filter is None or case_filter(c)) and in_shard(c.case_id, shard)]
     damaged = damaged_file_rows(scan)  # unreadable DICOM files: a failed row each

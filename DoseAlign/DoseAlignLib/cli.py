@@ -40,6 +40,11 @@ def _demo_spec():
 #: Exit codes beyond 0/1/2 (see the module docstring).
 EXIT_NOTHING = 3
 EXIT_INTERRUPTED = 130
+CT_HELP = (
+    "the CT where no RTPLAN -> RTSTRUCT -> CT reference decides: a CT folder (relative to INPUT) or "
+    "SeriesInstanceUID for a single study, or a CSV with columns dose,ct (dose file relative to INPUT or "
+    "SOPInstanceUID; CT folder or SeriesInstanceUID) for a batch"
+)
 
 
 def _get_parser() -> argparse.ArgumentParser:
@@ -62,6 +67,7 @@ def _get_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument("input", type=Path, help="folder with DICOM files (searched recursively; never modified)")
     scan.add_argument("--sum-plans", action="store_true", help="list plans on one CT as one summed case")
+    scan.add_argument("--ct", metavar="CT|CSV", help=CT_HELP)
     scan.add_argument(
         "--json",
         action="store_true",
@@ -220,6 +226,7 @@ def _add_align_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one case for the PLAN doses of several plans on one CT (e.g. initial + boost), summed",
     )
+    group.add_argument("--ct", metavar="CT|CSV", help=CT_HELP)
     storage = parser.add_argument_group("storage")
     storage.add_argument(
         "--dose-dtype",
@@ -371,7 +378,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             path=args.input,
         )
     scan = api.scan_folder(args.input)
-    linked = api.form_cases(scan, sum_plans=args.sum_plans)
+    linked = api.form_cases(scan, sum_plans=args.sum_plans, ct=args.ct)
     code = 1 if any(c.error for c in linked.cases) else 0
     if not linked.cases:
         code = EXIT_NOTHING

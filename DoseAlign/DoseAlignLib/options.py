@@ -60,6 +60,8 @@ class AlignOptions:
     dose in half precision (its error bound goes to meta.json); ``compress`` deflates pair.npz;
     ``layout`` "npy" writes one memory-mappable ``.npy`` per array instead of pair.npz.
     ``sum_plans`` makes one case of the PLAN doses of several plans on one CT (see link/plans.py).
+    ``ct`` chooses the CT where no reference decides: a CT folder (relative to the input) or
+    SeriesInstanceUID for a single study, or a CSV of ``dose,ct`` pairings (see link/ct_choice.py).
     """
 
     reference: ReferenceGrid = ReferenceGrid.CT
@@ -82,6 +84,7 @@ class AlignOptions:
     compress: bool = False
     layout: str = "npz"
     sum_plans: bool = False
+    ct: Optional[str] = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

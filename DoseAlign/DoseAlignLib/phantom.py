@@ -21,7 +21,7 @@ read back from those strings, so it matches the files to about 1e-12 mm.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -74,6 +74,10 @@ class PhantomSpec:
     second plan ("BOOST") on the same CT with a PLAN dose of that fraction of the first plan's.
     ``ct_noise_hu`` adds seeded Gaussian noise of that standard deviation to the stored CT numbers
     (as a scanner's; for realistic file sizes); :meth:`PhantomTruth.hu_at` stays noise-free.
+    ``extra_series`` adds image series to the study, each in its own folder named by its kind, in the
+    same frame of reference, none referenced by the RTSTRUCT: "rescan" (a CT covering more than the
+    planning CT, slices at the dose's frame step), "cbct" (CT images, SeriesDescription "CBCT"), "mr"
+    (MR images) and "mr_as_ct" (CT images whose Modality says MR).
     """
 
     patient_id: str = "DA-PHANTOM-001"
@@ -118,10 +122,11 @@ class PhantomSpec:
     target_offset_lps: tuple = (0.0, 0.0, 0.0)
     boost_fraction: float = 0.0
     ct_noise_hu: float = 0.0
+    extra_series: tuple = ()
 
 
 #: PhantomSpec fields added after the first release: at their defaults they do not change the UIDs.
-_LATER_FIELDS = ("anatomy", "roi_names", "target_offset_lps", "boost_fraction", "ct_noise_hu")
+_LATER_FIELDS = ("anatomy", "roi_names", "target_offset_lps", "boost_fraction", "ct_noise_hu", "extra_series")
 
 
 @dataclass
@@ -210,6 +215,7 @@ class PhantomTruth:
     boost_plan_file: Optional[Path] = None
     boost_dose_file: Optional[Path] = None
     boost_sop_uids: tuple = ()  # (RTPLAN, RTDOSE) of the boost plan
+    extra_series: dict = field(default_factory=dict)  # kind -> (folder, SeriesInstanceUID)
 
     def dose_at(self, points_lps: np.ndarray, beam_number: Optional[int] = None) -> np.ndarray:
         """The analytic dose field, the truth the RTDOSE files were quantized from.
@@ -988,6 +994,53 @@ def _dose_field(
     return dose if beam is None else dose * weights[beam]
 
 
+#: The image series ``PhantomSpec.extra_series`` can add: (SOP class, Modality, SeriesDescription).
+EXTRA_SERIES = {
+    "rescan": (CT_IMAGE_STORAGE, "CT", "Rescan"),
+    "cbct": (CT_IMAGE_STORAGE, "CT", "CBCT"),
+    "mr": ("1.2.840.10008.5.1.4.1.1.4", "MR", "T1"),
+    "mr_as_ct": (CT_IMAGE_STORAGE, "MR", "MR exported as CT"),
+}
+
+
+def _write_extra_series(
+    out: Path, spec: PhantomSpec, kind: str, n: int, rois: list, common: dict, ids: dict, uid
+) -> tuple:
+    """One more image series of the study (see ``PhantomSpec.extra_series``): (its folder, SeriesInstanceUID)."""
+    if kind not in EXTRA_SERIES:
+        raise ValueError(f"extra_series: unknown kind {kind!r} (known: {', '.join(EXTRA_SERIES)})")
+    sop_class, modality, description = EXTRA_SERIES[kind]
+    n_cols, n_rows, n_slices = spec.ct_size
+    step = spec.dose_frame_spacing if kind == "rescan" else spec.ct_slice_spacing
+    length = (n_slices - 1) * spec.ct_slice_spacing + 4 * step  # reaches past the planning CT at both ends
+    grown = replace(
+        spec,
+        ct_size=(n_cols + 16, n_rows + 16, int(round(length / step)) + 1),
+        ct_slice_spacing=step,
+        ct_slice_spacings=None,
+        ct_missing_slices=(),
+        ct_gantry_tilt_degrees=0.0,
+    )
+    ct, _kept, _length = _ct_slices(grown)
+    folder = out / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    series = uid(f"extra-{n}-{kind}")
+    values = np.clip(np.rint(_anatomy_hu(rois, ct.centres()) + 1024.0), 0, 4095).astype("<u2")
+    for m, position in enumerate(ct.positions):
+        ds = _new_file(sop_class, uid(f"extra-{n}-{kind}-{m}"), common)
+        ds.Modality, ds.SeriesDescription, ds.ImageType = modality, description, ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = series, 10 + n, m + 1
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = ids["frame"], ""
+        ds.PatientPosition = spec.patient_position
+        ds.SliceThickness = _ds(step)
+        _set_image_plane(ds, ct, position, 16, 0)
+        if sop_class == CT_IMAGE_STORAGE:
+            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", "-1024", "HU"
+        ds.PixelData = values[m].tobytes()
+        _save(ds, folder / f"{kind.upper()}{m + 1:04d}.dcm")
+    return kind, series
+
+
 def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  # noqa: B008
     """Write the phantom study of ``spec`` into ``out_dir`` (created, flat) and return its truth.
 
@@ -1069,8 +1122,14 @@ def write_phantom(out_dir, spec: PhantomSpec = PhantomSpec()) -> PhantomTruth:  
         boost_dose = out / name_for("RD_BOOST")
         _write_dose(boost_dose, spec, dose, field_gy * spec.boost_fraction, None, common, ids, "plan-boost")
 
+    extra = {
+        kind: _write_extra_series(out, spec, kind, n, rois, common, ids, uid)
+        for n, kind in enumerate(spec.extra_series)
+    }
+
     corners = points[np.ix_((0, -1), (0, -1), (0, -1))].reshape(8, 3)
     return PhantomTruth(
+        extra_series=extra,
         spec=spec,
         out_dir=out,
         ct_files=ct_files,

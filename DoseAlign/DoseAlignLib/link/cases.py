@@ -22,15 +22,18 @@ from .beams import (
     overlapping_beams,
 )
 from .case import Case, LinkResult
-from .ct_choice import choose_ct, no_ct_reason, structs_for
+from .ct_choice import choose_ct, no_ct_reason, read_ct_request, structs_for
 from .plans import sum_plan_cases
 
 
-def form_cases(scan: ScanResult, sum_plans: bool = False) -> LinkResult:
+def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = None) -> LinkResult:
     """Group the doses of a scan into cases and pair each case with a CT series.
 
-    ``sum_plans`` merges the cases of several plans on one CT into one (:mod:`.plans`).
+    ``sum_plans`` merges the cases of several plans on one CT into one (:mod:`.plans`). ``ct`` is the
+    user's CT choice (``--ct``: a CT folder or SeriesInstanceUID, or a CSV of dose,ct pairings; see
+    :func:`~.ct_choice.read_ct_request`); a choice that names nothing in the input raises ``InputError``.
     """
+    request = read_ct_request(ct, scan) if ct else None
     result = LinkResult()
     plans = {p.sop_instance_uid: p for p in scan.of_kind("RTPLAN")}
     structs = scan.of_kind("RTSTRUCT")
@@ -40,7 +43,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False) -> LinkResult:
     for group in dose_groups(scan.of_kind("RTDOSE")):
         case = _make_case(group, plans)
         try:
-            choose_ct(case, scan, structs_by_uid, structs)
+            choose_ct(case, scan, structs_by_uid, structs, request)
         except DoseAlignError as error:  # the error names its file; else the dose it came from
             case.error = str(error) if error.path else f"RTDOSE {case.doses[0].rel_path}: {error}"
         except Exception as error:  # an engine bug must not stop the batch: the case says what happened

@@ -1,12 +1,28 @@
 """Which CT a case's dose belongs to, and which structure sets were drawn on that CT.
 
-Links follow the DICOM references where they exist (RTDOSE -> RTPLAN -> RTSTRUCT -> CT images)
-and fall back to frame of reference + study. When several CTs qualify, the one that covers the
-dose best wins (then the one whose slice spacing is closest to the dose's, then the finer, then
-the folder name), and the reason is recorded in the case's notes.
+The order of the rules (the first that decides wins):
+
+1. The user's choice (``--ct``: a CT folder or SeriesInstanceUID for the whole input, or a CSV of
+   dose -> CT pairings; :func:`read_ct_request`).
+2. The references: RTDOSE -> RTPLAN -> RTSTRUCT -> CT images. The series holding the most of the
+   images the structure set names wins (or, when it names no images, the series it names); a rescan
+   with a larger field of view or a slice step closer to the dose's never outranks it.
+3. Frame of reference and study, when no reference decides. Several CTs may qualify: the one that
+   covers the dose best wins (then the one whose slice step is closest to the dose's, then the finer,
+   then the folder name); the case's notes say that no reference decided and how to choose (``--ct``).
+
+Only series whose Modality is CT are candidates at any step (an MR stored as CT images is not a
+planning CT); a series that says it is a cone-beam CT (SeriesDescription, ProtocolName or ImageType)
+is used only when no other CT qualifies.
 """
 
 from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Optional
 
 import numpy as np
 
@@ -14,36 +30,184 @@ from ..dicom import headers
 from ..dicom.ct import ct_geometry
 from ..dicom.rtdose import dose_geometry
 from ..dicom.scan import CtSeries, DicomObject, ScanResult
-from ..errors import DoseAlignError
+from ..errors import DoseAlignError, InputError
 from .case import Case
 
+#: Words that mark a series as a cone-beam CT (matched in SeriesDescription, ProtocolName, ImageType).
+CONE_BEAM = re.compile(r"\bCBCT\b|CONE[\s_-]*BEAM", re.IGNORECASE)
 
-def choose_ct(case: Case, scan: ScanResult, structs_by_uid: dict, structs: list) -> None:
+
+@dataclass
+class CtRequest:
+    """The user's CT choice (``--ct``): one CT for every dose, or one per dose file."""
+
+    source: str  # the option's value, for messages
+    default: Optional[CtSeries] = None
+    by_dose: dict = field(default_factory=dict)  # dose rel_path or SOPInstanceUID -> CtSeries
+
+    def for_case(self, case: Case) -> Optional[CtSeries]:
+        for dose in case.doses:
+            for key in (dose.rel_path, dose.sop_instance_uid):
+                if key in self.by_dose:
+                    return self.by_dose[key]
+        return self.default
+
+
+def series_modality(series: CtSeries) -> str:
+    return str(series.slices[0].info.get("modality") or "").upper() if series.slices else ""
+
+
+def not_a_planning_ct(series: CtSeries) -> Optional[str]:
+    """Why a series of CT images cannot be a dose's planning CT (None when it can)."""
+    modality = series_modality(series)
+    if modality and modality != "CT":
+        return f"its Modality is {modality}, not CT"
+    return None
+
+
+def is_cone_beam(series: CtSeries) -> bool:
+    """Whether the series says it is a cone-beam CT (its first slice's header is read once, when asked)."""
+    if not series.slices:
+        return False
+    info = series.slices[0].info
+    if "cone_beam" not in info:
+        try:
+            ds = headers.read_header(series.slices[0].path)
+        except DoseAlignError:
+            info["cone_beam"] = False
+        else:
+            said = " ".join(headers.text(ds, k) for k in ("SeriesDescription", "ProtocolName", "ImageType"))
+            info["cone_beam"] = bool(CONE_BEAM.search(said))
+    return bool(info["cone_beam"])
+
+
+def read_ct_request(value, scan: ScanResult) -> CtRequest:
+    """The ``--ct`` choice: a CSV of dose -> CT pairings (``dose,ct`` columns), or one CT for the input.
+
+    A dose is named by its path relative to the input folder (or an absolute path inside it) or by its
+    SOPInstanceUID; a CT by its folder (relative or absolute) or its SeriesInstanceUID. Raises
+    :class:`~DoseAlignLib.errors.InputError` naming what does not match.
+    """
+    text = str(value).strip()
+    path = Path(text)
+    if text.lower().endswith(".csv"):
+        if not path.is_file():
+            raise InputError("no such CSV file of dose -> CT pairings (--ct)", path=path)
+        return _read_pairs(path, scan)
+    request = CtRequest(source=text, default=_find_series(text, scan, where="--ct"))
+    studies = sorted({d.study_uid for d in scan.of_kind("RTDOSE")})
+    if len(studies) > 1:
+        raise InputError(
+            f"--ct {text!r} names one CT for the whole input, but its doses belong to {len(studies)} studies: "
+            "give a CSV of dose,ct pairings instead"
+        )
+    return request
+
+
+def _read_pairs(path: Path, scan: ScanResult) -> CtRequest:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"cannot be read as a CSV of dose -> CT pairings: {error}", path=path) from None
+    if not rows or not {"dose", "ct"} <= {(k or "").strip().lower() for k in rows[0]}:
+        raise InputError("needs a header with the columns dose and ct, and one row per dose", path=path)
+    doses = scan.of_kind("RTDOSE")
+    request = CtRequest(source=str(path))
+    for n, row in enumerate(rows, start=2):
+        cells = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        dose_text, ct_text = cells.get("dose", ""), cells.get("ct", "")
+        if not dose_text or not ct_text:
+            raise InputError(f"line {n}: both dose and ct are needed", path=path)
+        where = f"{path.name} line {n}"
+        rel = _relative(dose_text, scan)
+        matches = [d for d in doses if dose_text == d.sop_instance_uid or d.rel_path in (dose_text, rel)]
+        if not matches:
+            raise InputError(
+                f"line {n}: no RTDOSE {dose_text!r} in the input (give its path or SOPInstanceUID)", path=path
+            )
+        series = _find_series(ct_text, scan, where=where)
+        for dose in matches:
+            request.by_dose[dose.rel_path] = series
+    return request
+
+
+def _relative(text: str, scan: ScanResult) -> str:
+    """``text`` as a path relative to the input folder (POSIX; "." for the folder itself), or "" when it
+    is not inside it: an absolute path must lie inside the input folder; a relative one is taken from
+    the input folder, else from the working folder when it exists there."""
+    root = Path(scan.root).resolve()
+    path = Path(text)
+    tries = [path] if path.is_absolute() else [root / path, path]
+    for candidate in tries:
+        if candidate.exists():
+            try:
+                return candidate.resolve().relative_to(root).as_posix()
+            except (ValueError, OSError):
+                continue
+    if path.is_absolute():
+        return ""
+    return PurePosixPath(text.replace("\\", "/")).as_posix().strip("/") or "."
+
+
+def _find_series(text: str, scan: ScanResult, where: str) -> CtSeries:
+    folder = _relative(text, scan)
+    by_folder = [s for s in scan.ct_series if folder and (s.folder or ".") == folder]
+    by_uid = [s for s in scan.ct_series if s.series_uid == text]
+    found = by_folder or by_uid
+    if not found:
+        known = ", ".join(sorted(f"'{s.folder or '.'}'" for s in scan.ct_series)) or "none"
+        raise InputError(f"{where}: no CT series with folder or SeriesInstanceUID {text!r} (CT folders: {known})")
+    if len(found) > 1:
+        folders = ", ".join(f"'{s.folder or '.'}'" for s in found)
+        raise InputError(f"{where}: {text!r} names {len(found)} CT series (in {folders}): give the folder")
+    reason = not_a_planning_ct(found[0])
+    if reason:
+        raise InputError(f"{where}: CT series {describe_series(found[0])} is not a planning CT: {reason}")
+    return found[0]
+
+
+def choose_ct(
+    case: Case, scan: ScanResult, structs_by_uid: dict, structs: list, request: Optional[CtRequest] = None
+) -> None:
+    """Pair ``case`` with its CT series (``case.ct``) by the rules of the module text; the reason goes to its notes."""
     first = case.doses[0]
-    candidates, how = [], ""
-    # 1. the reference chain: dose -> plan -> structure set -> CT images
-    if case.plan is not None:
-        for struct_uid in case.plan.info.get("struct_uids", []):
-            struct = structs_by_uid.get(struct_uid)
-            if struct is not None:
-                candidates = series_of_struct(struct, scan.ct_series)
-                if candidates:
-                    how = f"via RTPLAN -> RTSTRUCT {struct.rel_path} -> CT"
-                    break
-    # 2. frame of reference and study
+    series_list = [s for s in scan.ct_series if not_a_planning_ct(s) is None]
+    excluded = [s for s in scan.ct_series if not_a_planning_ct(s) is not None]
+    by_reference, reference_note = _by_reference(case, series_list, structs_by_uid)
+    chosen = request.for_case(case) if request is not None else None
+    if chosen is not None:
+        case.ct = chosen
+        other = ""
+        if by_reference and chosen not in by_reference:
+            other = f"; the references name {', '.join(describe_series(s) for s in by_reference)}"
+        case.notes.append(f"CT {describe_series(chosen)} chosen by --ct ({request.source}){other}")
+        return
+    candidates, how = by_reference, reference_note
+    # frame of reference and study
     if not candidates and first.frame_of_reference_uid:
-        same_frame = [s for s in scan.ct_series if s.frame_of_reference_uid == first.frame_of_reference_uid]
+        same_frame = [s for s in series_list if s.frame_of_reference_uid == first.frame_of_reference_uid]
         same_study = [s for s in same_frame if s.study_uid == first.study_uid]
         candidates = same_study or same_frame
         if candidates:
             how = "via frame of reference" + (" and study" if same_study else " (different study)")
+            if reference_note:
+                how += f" ({reference_note})"
     if not candidates:
         return
-    geometry = dose_geometry(headers.read_header(first.path), first.path)
+    if len(candidates) > 1 and not all(is_cone_beam(s) for s in candidates):
+        cone = [s for s in candidates if is_cone_beam(s)]
+        candidates = [s for s in candidates if not is_cone_beam(s)]
+        if cone:
+            how += f"; cone-beam CT {', '.join(describe_series(s) for s in cone)} left out"
+    skipped = ""
+    if excluded:
+        skipped = f"; not candidates: {', '.join(f'{describe_series(s)} ({not_a_planning_ct(s)})' for s in excluded)}"
     if len(candidates) == 1:
         case.ct = candidates[0]
-        case.notes.append(f"CT {describe_series(case.ct)} chosen {how}")
+        case.notes.append(f"CT {describe_series(case.ct)} chosen {how}{skipped}")
         return
+    geometry = dose_geometry(headers.read_header(first.path), first.path)
     scored = []
     for series in candidates:
         try:
@@ -53,7 +217,6 @@ def choose_ct(case: Case, scan: ScanResult, structs_by_uid: dict, structs: list)
             continue
         coverage = dose_coverage(geometry.grid, ct_grid.grid)
         spacing_gap = abs(ct_grid.typical_step_mm - geometry.grid.spacing[2])
-        # coverages within one percentage point count as equal: then the matching slice step decides
         scored.append((0, round(spacing_gap, 4), ct_grid.typical_step_mm, series.folder, series, coverage))
     if not scored:
         raise DoseAlignError(f"none of the {len(candidates)} candidate CTs has a usable geometry", path=first.path)
@@ -62,40 +225,66 @@ def choose_ct(case: Case, scan: ScanResult, structs_by_uid: dict, structs: list)
     scored = sorted((s for s in scored if s[5] >= top - 0.01), key=lambda s: s[1:4])
     best = scored[0]
     case.ct = best[4]
+    decided = "the references name several" if by_reference else "no reference decides between them"
     case.notes.append(
-        f"CT {describe_series(case.ct)} chosen {how} among {len(candidates)} candidates: covers {best[5]:.1%} of the dose grid, "
-        f"slice step {best[2]:g} mm (dose frames {geometry.grid.spacing[2]:g} mm)"
+        f"CT {describe_series(case.ct)} chosen {how} among {len(candidates)} candidates ({decided}; --ct chooses "
+        f"another): covers {best[5]:.1%} of the dose grid, slice step {best[2]:g} mm "
+        f"(dose frames {geometry.grid.spacing[2]:g} mm){skipped}"
     )
+
+
+def _by_reference(case: Case, series_list: list, structs_by_uid: dict) -> tuple:
+    """(the CT series the RTPLAN -> RTSTRUCT -> CT references name, how), or ([], why not)."""
+    if case.plan is None:
+        return [], ""
+    notes = []
+    for struct_uid in case.plan.info.get("struct_uids", []):
+        struct = structs_by_uid.get(struct_uid)
+        if struct is None:
+            notes.append(f"its RTSTRUCT {struct_uid} is not in the input")
+            continue
+        found = series_of_struct(struct, series_list)
+        if found:
+            return found, f"via RTPLAN -> RTSTRUCT {struct.rel_path} -> CT"
+        notes.append(f"RTSTRUCT {struct.rel_path} names no CT series of the input")
+    return [], "; ".join(f"the plan's {n}" for n in notes)
 
 
 def no_ct_reason(dose: DicomObject, scan: ScanResult) -> str:
     """Why a dose has no CT, and what to add to the input so that it gets one."""
     tag = "(0020,0052) FrameOfReferenceUID"
+    not_ct = [s for s in scan.ct_series if not_a_planning_ct(s) is not None]
+    also = ""
+    if not_ct:
+        also = "; not paired: " + ", ".join(f"{describe_series(s)} ({not_a_planning_ct(s)})" for s in not_ct)
     if not dose.frame_of_reference_uid:
         return (
             f"RTDOSE {dose.rel_path}: no CT with frame of reference (none): {tag} is missing and no "
             "RTPLAN -> RTSTRUCT -> CT chain leads to a CT (the header is damaged, or add the plan and structure set "
-            "it was computed with)"
+            f"it was computed with){also}"
         )
     same_study = [s for s in scan.ct_series if dose.study_uid and s.study_uid == dose.study_uid]
     if same_study:
         frames = sorted({s.frame_of_reference_uid or "(none)" for s in same_study})
         return (
             f"RTDOSE {dose.rel_path}: no CT with frame of reference {dose.frame_of_reference_uid} ({tag}); the CTs "
-            f"of its study have {', '.join(frames)} (the dose belongs to another CT or registration: add that CT)"
+            f"of its study have {', '.join(frames)} (the dose belongs to another CT or registration: add that CT){also}"
         )
     return (
         f"RTDOSE {dose.rel_path}: no CT with frame of reference {dose.frame_of_reference_uid} in study "
-        f"{dose.study_uid or '(none)'} ({tag}; add the planning CT series to the input folder)"
+        f"{dose.study_uid or '(none)'} ({tag}; add the planning CT series to the input folder){also}"
     )
 
 
 def series_of_struct(struct: DicomObject, series_list: list) -> list:
+    """The series a structure set was drawn on: those holding the most of the images it names (all
+    with that count), else those whose SeriesInstanceUID it names."""
     image_uids = set(struct.info.get("ct_image_uids", []))
     if image_uids:
-        matches = [s for s in series_list if image_uids & s.sop_instance_uids]
-        if matches:
-            return matches
+        counts = [len(image_uids & s.sop_instance_uids) for s in series_list]
+        best = max(counts, default=0)
+        if best > 0:
+            return [s for s, n in zip(series_list, counts) if n == best]
     series_uids = set(struct.info.get("ct_series_uids", []))
     return [s for s in series_list if s.series_uid in series_uids]
 

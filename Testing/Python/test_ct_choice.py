@@ -1,0 +1,120 @@
+"""Which CT a dose is paired with: references first, only Modality CT series, and the user's --ct.
+
+A phantom study holds the planning CT (the one its RTSTRUCT names) and, in the same frame of
+reference, a rescan CT that covers more and whose slice step equals the dose's frame step, a
+cone-beam CT, an MR and an MR stored as CT images. The Nelms phantom (../shared/data, skipped
+without it) has three CTs that share one SeriesInstanceUID and doses whose plan is not in the set.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from DoseAlignLib.dicom.scan import scan_folder
+from DoseAlignLib.errors import InputError
+from DoseAlignLib.link.cases import form_cases
+from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+EXTRA = ("rescan", "cbct", "mr", "mr_as_ct")
+
+
+def _study(tmp_path, **spec):
+    truth = write_phantom(tmp_path / "in", PhantomSpec(extra_series=EXTRA, dose_frame_spacing=3.0, **spec))
+    return truth, scan_folder(tmp_path / "in")
+
+
+def test_the_references_decide_before_coverage_or_slice_step(tmp_path):
+    truth, scan = _study(tmp_path)
+    # the MR is not a CT series at all; the MR written as CT images is one, but not a candidate
+    assert sorted(s.folder for s in scan.ct_series) == [".", "cbct", "mr_as_ct", "rescan"]
+    (case,) = form_cases(scan).cases
+    assert case.ct.series_uid == truth.ct_series_uid and case.ct.folder == "."
+    assert "via RTPLAN -> RTSTRUCT" in case.notes[-1]
+    assert [s.rel_path for s in case.structs] == [truth.struct_file.name]
+
+
+def test_without_references_only_ct_modality_and_no_cone_beam(tmp_path):
+    truth, scan = _study(tmp_path, with_plan=False)
+    (case,) = form_cases(scan).cases
+    # the rescan covers the dose grid and its slice step is the dose's: it wins on geometry alone ...
+    assert case.ct.folder == "rescan"
+    note = case.notes[-1]
+    assert "no reference decides" in note and "--ct" in note
+    assert "cone-beam CT 'cbct'" in note and "'mr_as_ct'" in note and "Modality is MR" in note
+    # ... and the user's choice decides: a folder, or a SeriesInstanceUID
+    for choice in (".", truth.ct_series_uid, str(tmp_path / "in")):
+        (case,) = form_cases(scan, ct=choice).cases
+        assert case.ct.series_uid == truth.ct_series_uid, choice
+        assert "chosen by --ct" in case.notes[-1]
+
+
+def test_ct_choice_errors_name_what_is_wrong(tmp_path):
+    truth, scan = _study(tmp_path, with_plan=False)
+    with pytest.raises(InputError, match="no CT series with folder or SeriesInstanceUID 'nowhere'"):
+        form_cases(scan, ct="nowhere")
+    with pytest.raises(InputError, match="not a planning CT: its Modality is MR"):
+        form_cases(scan, ct="mr_as_ct")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("dose;ct\nx;y\n", encoding="utf-8")
+    with pytest.raises(InputError, match="columns dose and ct") as error:
+        form_cases(scan, ct=str(pairs))
+    assert "pairs.csv" in str(error.value)
+    pairs.write_text("dose,ct\nRD_missing.dcm,rescan\n", encoding="utf-8")
+    with pytest.raises(InputError, match="line 2: no RTDOSE 'RD_missing.dcm'"):
+        form_cases(scan, ct=str(pairs))
+    with pytest.raises(InputError, match="no such CSV"):
+        form_cases(scan, ct=str(tmp_path / "absent.csv"))
+    # a CSV pairing by file name wins over geometry; by SOPInstanceUID too
+    for key in (truth.dose_files[0].name, truth.dose_sop_uids[0]):
+        with open(pairs, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([["dose", "ct"], [key, "."]])
+        (case,) = form_cases(scan, ct=str(pairs)).cases
+        assert case.ct.series_uid == truth.ct_series_uid
+
+
+def test_one_ct_for_several_studies_is_refused(tmp_path):
+    write_phantom(tmp_path / "in" / "a", PhantomSpec(patient_id="A", seed=1))
+    write_phantom(tmp_path / "in" / "b", PhantomSpec(patient_id="B", seed=2))
+    scan = scan_folder(tmp_path / "in")
+    with pytest.raises(InputError, match="2 studies: give a CSV"):
+        form_cases(scan, ct="a")
+
+
+def test_export_and_scan_take_ct(tmp_path, capsys):
+    from DoseAlignLib.cli import main
+
+    truth, _scan = _study(tmp_path, with_plan=False)
+    assert main(["scan", str(tmp_path / "in"), "--ct", ".", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [c["ct_folder"] for c in document["cases"]] == ["."]
+    code = main(["export", str(tmp_path / "in"), str(tmp_path / "out"), "--ct", ".", "--no-qa-png", "--quiet"])
+    assert code == 0
+    (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/meta.json")]
+    assert meta["source"]["ct_series_uid"] == truth.ct_series_uid
+    assert meta["options"]["ct"] == "."
+
+
+@pytest.mark.shared_data
+def test_nelms_doses_on_the_ct_the_user_names(shared_data, tmp_path):
+    root = shared_data / "nelms-dvh-phantom"
+    scan = scan_folder(root)
+    by_default = {c.doses[0].rel_path: c.ct.folder for c in form_cases(scan).cases}
+    # no reference decides (the plan is not in the set): the 3 mm doses go to the 2 mm CT by coverage
+    assert by_default["DOSE GRIDS/Linear_AntPost_3mm_Aligned.dcm"] == "CT/2 mm CT"
+    with pytest.raises(InputError, match="names 3 CT series"):
+        form_cases(scan, ct=scan.ct_series[0].series_uid)  # the three CTs share one SeriesInstanceUID
+    pairs = tmp_path / "nelms.csv"
+    rows = [["dose", "ct"]]
+    for field in ("AntPost", "SupInf"):
+        rows += [[f"DOSE GRIDS/Linear_{field}_{mm}mm_Aligned.dcm", f"CT/{mm} mm CT"] for mm in (1, 2, 3)]
+    with open(pairs, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    cases = form_cases(scan, ct=str(pairs)).cases
+    assert len(cases) == 6
+    for case in cases:
+        mm = case.doses[0].rel_path.split("_")[-2]
+        assert case.ct.folder == f"CT/{mm[:-2]} mm CT", case.doses[0].rel_path
+        # the structure sets drawn on that CT (by their image references) come with it
+        assert case.structs and all(f"_{mm[:-2]}0_" in s.rel_path for s in case.structs)
