@@ -2,6 +2,7 @@
 
     python Testing/Python/nelms_table.py export OUT_FOLDER       # an export's meta.json audit (before)
     python Testing/Python/nelms_table.py reference               # the reference DVH (after)
+    python Testing/Python/nelms_table.py reference --between slab   # the reference DVH under the slab rule
 
 ``export`` reads every case folder of a ``dosealign export`` of ../shared/data/nelms-dvh-phantom and
 compares the DVH points meta.json reports per ROI (``audit.rois[].output``: on the output grid, the
@@ -69,8 +70,9 @@ def rows_from_export(folder: Path, phantom: Path = PHANTOM) -> list:
     return rows
 
 
-def rows_from_reference(phantom: Path = PHANTOM) -> list:
-    """Reference DVHs of the 45 structures of the 1, 2, 3 mm CTs with the 6 doses."""
+def rows_from_reference(phantom: Path = PHANTOM, between: str = "interpolated") -> list:
+    """Reference DVHs of the 45 structures of the 1, 2, 3 mm CTs with the 6 doses (``between``: how
+    the reference DVH models the solid between contour planes)."""
     from DoseAlignLib.dicom.rtdose import read_rtdose
     from DoseAlignLib.structures.reference_dvh import reference_dvh
 
@@ -86,7 +88,7 @@ def rows_from_reference(phantom: Path = PHANTOM) -> list:
         for field in ("AntPost", "SupInf"):
             dose = read_rtdose(phantom / "DOSE GRIDS" / f"Linear_{field}_{dose_mm}mm_Aligned.dcm")[0]
             for stem, ct_mm, roi, shape in structures:
-                got = reference_dvh(roi, dose, ct_mm).points
+                got = reference_dvh(roi, dose, ct_mm, between_planes=between).points
                 truth = {c: analytic_points(shape, field, c) for c in CONVENTIONS}
                 rows.append(
                     {
@@ -142,9 +144,10 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     export = sub.add_parser("export")
     export.add_argument("folder", type=Path)
-    sub.add_parser("reference")
+    reference = sub.add_parser("reference")
+    reference.add_argument("--between", choices=("interpolated", "slab"), default="interpolated")
     args = parser.parse_args(argv)
-    rows = rows_from_export(args.folder) if args.what == "export" else rows_from_reference()
+    rows = rows_from_export(args.folder) if args.what == "export" else rows_from_reference(between=args.between)
     for convention in CONVENTIONS:
         print(f"\n### against the `{convention}` analytic values (n / failures at 3 % / worst error %)\n")
         print(markdown(rows, convention))

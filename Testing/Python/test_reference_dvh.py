@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 from DoseAlignLib.dicom.rtstruct import ContourPlane, RoiContours, read_structure_set
 from DoseAlignLib.geometry.grid import Grid, Volume
-from DoseAlignLib.structures.reference_dvh import reference_dvh, reference_dvhs, scanline_samples, slab_intervals
+from DoseAlignLib.structures.reference_dvh import (
+    ContourSolid,
+    outline_distance,
+    reference_dvh,
+    reference_dvhs,
+    scanline_samples,
+    slab_intervals,
+)
 from nelms_analytic import (
     ALL_KEYS,
     KINDS,
@@ -250,10 +257,54 @@ def _compare(got: dict, truth: dict, limit_pct: float, offset: float = 20.0) -> 
 @pytest.mark.parametrize("field", list(LINEAR_DOSES))
 @pytest.mark.parametrize("thickness", [1.0, 3.0])
 def test_reference_dvh_of_coded_shapes_in_linear_doses(kind, field, thickness):
+    """Under the slab rule the reference DVH is the contoured staircase (within 1 %); interpolated
+    between planes it follows the true solid with the published half-slice caps (within 2 %)."""
     shape = _shape(kind, thickness, flipped=kind == "RtCone")
-    result = reference_dvh(_roi(shape), _linear_dose(field, _axial_grid()), thickness)
+    roi, dose = _roi(shape), _linear_dose(field, _axial_grid())
+    result = reference_dvh(roi, dose, thickness, between_planes="slab")
     _compare(result.points, analytic_points(shape, field, "slab"), 1.0)
     assert result.points["outside_dose_grid_pct"] == 0.0
+    result = reference_dvh(roi, dose, thickness)
+    assert result.sampling["between_planes"] == "interpolated"
+    _compare(result.points, analytic_points(shape, field, "capped"), 2.0)
+
+
+@pytest.mark.parametrize("kind", ["Sphere", "RtCylinder", "Cone"])
+def test_sampled_volume_equals_the_solid_the_membership_test_defines(kind):
+    """The samples (weights per plane, bands between planes) and :meth:`ContourSolid.contains` are two
+    separate codings of one solid: Monte Carlo of the second gives the first's volume."""
+    shape = _shape(kind, 3.0)
+    roi = _roi(shape)
+    result = reference_dvh(roi, _linear_dose("SupInf", _axial_grid()), 3.0)
+    planes = [[poly[:, :2] for poly in p.polygons] for p in roi.planes]
+    solid = ContourSolid(planes, roi.positions, 3.0)
+    rng = np.random.default_rng(5)
+    lo = np.array([0.3 - 13, -6.2 - 13, roi.positions[0] - 1.6])
+    hi = np.array([0.3 + 13, -6.2 + 13, roi.positions[-1] + 1.6])
+    n = 400_000
+    p = rng.uniform(lo, hi, size=(n, 3))
+    frac = np.count_nonzero(solid.contains(p[:, :2], p[:, 2])) / n
+    box = float(np.prod(hi - lo)) / 1000
+    sigma = np.sqrt(frac * (1 - frac) / n) * box
+    # the cells of a band thinner than a cell are kept or left by their centres: at most +1.5 % here
+    # (a cylinder lying across 3 mm planes, its sides a band at every interval), +0.2 to +0.4 % on
+    # clinical-size ROIs (bench/reference_dvh_bench.py's)
+    assert frac * box - 4 * sigma <= result.points["volume_cc"] <= 1.015 * frac * box + 4 * sigma
+
+
+def test_outline_distance_against_every_edge():
+    t = np.linspace(0, 2 * np.pi, 300, endpoint=False)
+    outer = np.c_[30 * np.cos(t), 20 * np.sin(t)]
+    hole = np.c_[5 * np.cos(t) + 3, 5 * np.sin(t)][::-1]
+    tiny = np.array([[100.0, 0.0], [100.01, 0.0], [100.0, 0.01]])
+    points = np.random.default_rng(2).uniform(-60, 120, (3000, 2))
+    for polys in ([outer, hole], [tiny], [outer, tiny]):
+        a = np.concatenate(polys)
+        b = np.concatenate([np.roll(q, -1, axis=0) for q in polys])
+        ab, ap = b - a, points[:, None, :] - a[None]
+        u = np.clip((ap * ab).sum(-1) / (ab**2).sum(-1), 0, 1)
+        every = np.sqrt(((ap - ab * u[..., None]) ** 2).sum(-1)).min(axis=1)
+        np.testing.assert_allclose(outline_distance(points, polys), every, atol=1e-9)
 
 
 def _rotation(ax: np.ndarray, angle: float) -> np.ndarray:
@@ -275,14 +326,17 @@ def test_oblique_and_uneven_dose_grids_give_the_same_dvh(field):
     oblique = Grid.from_spacing(
         (30, 30, 30), (2.2, 2.6, 3.0), (0.0, -50.0, -30.0) - centre + np.array(shape.centre), rotation
     )
-    _compare(reference_dvh(roi, _linear_dose(field, oblique), 2.0).points, truth, 1.0)
+    _compare(reference_dvh(roi, _linear_dose(field, oblique), 2.0, between_planes="slab").points, truth, 1.0)
+    capped = analytic_points(shape, field, "capped")
+    _compare(reference_dvh(roi, _linear_dose(field, oblique), 2.0).points, capped, 2.0)
     offsets = np.cumsum([0.0] + [2.0, 3.5, 2.5, 4.0] * 6)
     affine = np.eye(4)
     affine[:3, :3] = np.diag([2.5, 2.5, 2.75])
     affine[:3, 3] = (-30.0, -36.0, -30.0)
     uneven = Grid((offsets.size, 30, 30), affine, slice_offsets=offsets)
     assert not uneven.is_uniform
-    _compare(reference_dvh(roi, _linear_dose(field, uneven), 2.0).points, truth, 1.0)
+    _compare(reference_dvh(roi, _linear_dose(field, uneven), 2.0, between_planes="slab").points, truth, 1.0)
+    _compare(reference_dvh(roi, _linear_dose(field, uneven), 2.0).points, capped, 2.0)
 
 
 def test_holes_and_islands_by_the_even_odd_rule():
@@ -344,7 +398,7 @@ def test_nonlinear_dose_converges_with_more_samples():
     p = grid.index_to_lps(np.stack([i, j, k], axis=-1).astype(np.float64))
     dose = Volume(60 * np.exp(-np.sum((p - [5.0, -8.0, 2.0]) ** 2, axis=-1) / (2 * 9.0**2)), grid, "GY")
     coarse = reference_dvh(roi, dose, 2.5).points
-    fine = reference_dvh(roi, dose, 2.5, target_samples=1 << 20).points
+    fine = reference_dvh(roi, dose, 2.5, target_samples=1 << 19).points
     for key in ALL_KEYS:
         assert coarse[key] == pytest.approx(fine[key], rel=0.005), key
 
@@ -357,6 +411,8 @@ def test_bad_input_named():
     roi = _roi(_shape("Sphere", 2.0))
     with pytest.raises(ValueError, match="thickness"):
         reference_dvh(roi, _linear_dose("SupInf", grid), 0.0)
+    with pytest.raises(ValueError, match="between_planes"):
+        reference_dvh(roi, _linear_dose("SupInf", grid), 2.0, between_planes="spline")
     # reference_dvhs leaves out what has no contours and shares one dose axis
     results = reference_dvhs([skipped, roi], _linear_dose("SupInf", grid), 2.0)
     assert [r.name for r in results] == ["shape"] and results[0].dose_gy[-1] > results[0].points["dmax_gy"]
@@ -461,7 +517,10 @@ def nelms_reference(shared_data):
         for field in LINEAR_DOSES:
             dose = read_rtdose(root / "DOSE GRIDS" / f"Linear_{field}_{mm}mm_Aligned.dcm")[0]
             for path, named, roi, fit in structures:
-                got = reference_dvh(roi, dose, named["ct_mm"]).points
+                got = {
+                    b: reference_dvh(roi, dose, named["ct_mm"], between_planes=b).points
+                    for b in ("slab", "interpolated")
+                }
                 truth = {c: analytic_points(fit.shape, field, c) for c in ("slab", "capped")}
                 rows.append((path.stem, mm, field, got, truth))
     return rows
@@ -469,31 +528,37 @@ def nelms_reference(shared_data):
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-def test_nelms_reference_dvh_within_3pct_of_the_contoured_solid(nelms_reference):
-    """Every point, every structure of the 1/2/3 mm CTs, every dose grid, both gradients."""
+def test_nelms_slab_reference_within_1pct_of_the_contoured_solid(nelms_reference):
+    """The sampling itself: under the slab rule every point of every structure of the 1/2/3 mm CTs,
+    with every dose grid and both gradients, is within 1.5 % of the exact contoured staircase (D99;
+    every other point within 0.5 %)."""
     assert len(nelms_reference) == 45 * 6
     worst = {}
-    for stem, mm, field, got, truth in nelms_reference:
+    for _stem, _mm, _field, got, truth in nelms_reference:
         for key in ALL_KEYS:
-            error = 100 * (got[key] - truth["slab"][key]) / truth["slab"][key]
-            assert abs(error) <= 3.0, (stem, mm, field, key, error)
+            error = 100 * (got["slab"][key] - truth["slab"][key]) / truth["slab"][key]
             worst[key] = max(worst.get(key, 0.0), abs(error))
-    print("\nworst |error| % against the contoured solid:", {k: round(v, 2) for k, v in worst.items()})
-    assert max(worst.values()) < 1.0  # the margin the sampling leaves
+    print("\nworst |error| % of the slab-rule reference against the contoured solid:", worst)
+    assert max(worst.values()) < 1.5 and max(v for k, v in worst.items() if k != "d99_gy") < 0.5
 
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-def test_nelms_published_values_missed_only_where_the_contours_miss_them(nelms_reference):
-    """Against the published convention (true solid + half-slice caps) a point may miss 3 % only
-    where the solid the contours define misses it too, and then by the same amount."""
-    misses = 0
+def test_nelms_published_values_within_3pct_but_the_3mm_rtcone_d99(nelms_reference):
+    """Against the published convention (true solid + half-slice caps) the interpolated reference DVH
+    meets 3 % at every point on the 1 and 2 mm CTs; on the 3 mm CT all but D99 of the three RtCones
+    under the SupInf gradient, which miss by less than 5 % (where the cone's section closes to a point
+    between two planes 3 mm apart)."""
+    misses = []
+    worst = 0.0
     for stem, mm, field, got, truth in nelms_reference:
         for key in ALL_KEYS:
             capped = truth["capped"][key]
-            error = 100 * (got[key] - capped) / capped
+            error = 100 * (got["interpolated"][key] - capped) / capped
+            worst = max(worst, abs(error))
             if abs(error) > 3.0:
-                misses += 1
-                contours = 100 * (truth["slab"][key] - capped) / capped
-                assert abs(contours) > 2.5 and abs(error - contours) < 1.0, (stem, mm, field, key, error, contours)
-    assert misses == 3 * (3 + 6 + 21)  # per dose grid: 3, 6 and 21 points on the 1, 2 and 3 mm CTs
+                misses.append((stem, field, key))
+                assert abs(error) < 5.0, (stem, mm, field, key, error)
+    expected = [(f"RtCone_30_{s}", "SupInf", "d99_gy") for s in ("0", "X15", "X15Z15")]
+    assert sorted(misses) == sorted(expected * 3)  # once per dose grid (1, 2, 3 mm)
+    assert worst < 5.0

@@ -141,7 +141,15 @@ def _edges(polygons: Sequence[np.ndarray]) -> np.ndarray:
     return edges[edges[:, 1] != edges[:, 3]]
 
 
-def points_in_polygons(points: np.ndarray, polygons: Sequence[np.ndarray]) -> np.ndarray:
+def polygon_edges(polygons: Sequence[np.ndarray]) -> np.ndarray:
+    """The edges :func:`points_in_polygons` counts (``(E, 4)`` rows ``x0, y0, x1, y1``), to pass as
+    ``edges`` when the same polygons are tested many times."""
+    return _edges(polygons)
+
+
+def points_in_polygons(
+    points: np.ndarray, polygons: Sequence[np.ndarray], edges: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Which points lie inside the polygons under the even-odd rule.
 
     Points are sorted by y once; each edge then meets a contiguous run of them, so the work is the
@@ -153,13 +161,15 @@ def points_in_polygons(points: np.ndarray, polygons: Sequence[np.ndarray]) -> np
         Query points ``(x, y)``.
     polygons : sequence of (N, 2) arrays
         Closed polygons of one plane.
+    edges : (E, 4) array, optional
+        :func:`polygon_edges` of ``polygons``, when already known.
 
     Returns
     -------
     (P,) bool array
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    edges = _edges(polygons)
+    edges = _edges(polygons) if edges is None else edges
     inside = np.zeros(pts.shape[0], dtype=bool)
     if pts.shape[0] == 0 or edges.shape[0] == 0:
         return inside

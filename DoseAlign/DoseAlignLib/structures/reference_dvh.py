@@ -52,14 +52,14 @@ import numpy as np
 from ..dicom.rtstruct import RoiContours, plane_basis
 from ..geometry.grid import Grid, Volume
 from .dvh import NEAR_MAX_CC, PERCENT_POINTS, dose_bins
-from .polygons import even_odd_area, points_in_polygons
+from .polygons import even_odd_area, points_in_polygons, polygon_edges
 
 #: Samples aimed at per ROI (the step follows from the ROI's volume).
-TARGET_SAMPLES = 1 << 16
+TARGET_SAMPLES = 1 << 15
 #: Finest step (mm).
 MIN_STEP_MM = 0.1
 #: Coarsest step (mm).
-MAX_STEP_MM = 10.0
+MAX_STEP_MM = 20.0
 #: A plane enclosing fewer cells than this gets a finer in-plane step of its own ...
 MIN_PLANE_SAMPLES = 200
 #: ... at most this many halvings finer.
@@ -72,15 +72,29 @@ GRADED_STRIPS = 4
 FINE_BINS = 1 << 16
 #: Index tolerance of "inside the half-voxel rim" (as resample.INSIDE_TOLERANCE).
 RIM_TOLERANCE = 1e-6
+#: Layers across an interval between two planes for its band are this many times finer than the step ...
+BAND_REFINE = 4
+#: ... and at least this many.
+MIN_BAND_LAYERS = 8
 METHOD = "contour sampling"
-RULE_NOTE = (
-    "slab rule: each contour plane stands for [p - t/2, p + t/2) along the contour normal, cut half way to a "
-    "closer neighbour, nothing beyond the end slabs or in gaps wider than t; even-odd rule in the plane; samples "
-    "on exact scanline stretches in the plane and at evenly spaced depths of each slab, weighted to the exact "
-    "polygon area; dose trilinear in the native grid (edge value in the half-voxel rim, 0 Gy beyond); each "
-    "sample's volume spread over the dose range across its cell; Dmin/Dmax over the samples, the outlines at both "
-    "slab faces and the dose voxel centres inside the ROI"
+_COMMON_NOTE = (
+    "even-odd rule in the plane; samples on exact scanline stretches in the plane, weighted to the exact polygon "
+    "area, in layers along the normal; dose trilinear in the native grid (edge value in the half-voxel rim, 0 Gy "
+    "beyond); each sample's volume spread over the dose range across its cell; Dmin/Dmax over the samples, the "
+    "outlines at their planes and caps and the dose voxel centres inside the ROI"
 )
+RULE_NOTES = {
+    "interpolated": (
+        "contour planes no further apart than t form runs; a run ends t/2 beyond its first and last plane (end caps "
+        "of the end sections); between planes shape-based interpolation of psi = phi (phi + 2 m) (phi the signed "
+        "in-plane distance to the outline, m = 2 area / perimeter), Lagrange through up to four planes, kept between "
+        "the two planes' values; " + _COMMON_NOTE
+    ),
+    "slab": (
+        "slab rule: each contour plane stands for [p - t/2, p + t/2) along the contour normal, cut half way to a "
+        "closer neighbour, nothing beyond the end slabs or in gaps wider than t; " + _COMMON_NOTE
+    ),
+}
 
 
 @dataclass
@@ -100,6 +114,10 @@ class ReferenceDvh:
         Volume receiving at least each dose (cm^3).
     sampling : dict
         How it was sampled (steps, counts, refined planes, the rule).
+    gradients : dict
+        ``{"in_plane": {...}, "normal": {...}}``: the dose gradient (Gy/mm) within the contour planes
+        and along their normal, volume-weighted medians over the samples at the dose of each of
+        Dmean, D99 ... D0.03cc: how far a dose error of a DVH point moves its isodose.
     """
 
     name: str
@@ -107,6 +125,7 @@ class ReferenceDvh:
     dose_gy: np.ndarray
     volume_cc: np.ndarray
     sampling: dict = field(default_factory=dict)
+    gradients: dict = field(default_factory=dict)
 
     @property
     def volume_pct(self) -> np.ndarray:
@@ -116,7 +135,13 @@ class ReferenceDvh:
 
     def to_meta(self) -> dict:
         """JSON-ready: the points and how they were computed (the curve belongs in the arrays)."""
-        return {"name": self.name, "points": dict(self.points), "method": METHOD, "sampling": dict(self.sampling)}
+        return {
+            "name": self.name,
+            "points": dict(self.points),
+            "gradient_gy_per_mm": {k: dict(v) for k, v in self.gradients.items()},
+            "method": METHOD,
+            "sampling": dict(self.sampling),
+        }
 
 
 # ---- geometry ------------------------------------------------------------------------------------
@@ -350,6 +375,306 @@ def _outline_points(outlines: _Outlines, steps: np.ndarray) -> tuple:
     return p[edge] + (q[edge] - p[edge]) * frac[:, None], outlines.plane[edge]
 
 
+# ---- the solid between contour planes -------------------------------------------------------------
+
+#: How the solid runs between two adjacent contour planes (see :class:`ContourSolid`).
+BETWEEN_PLANES = ("interpolated", "slab")
+#: Brute-force (point, edge) pairs per chunk of :func:`outline_distance`.
+DISTANCE_CHUNK = 1 << 18
+
+
+class Outline:
+    """The edges of one plane's polygons, ready for :meth:`distance` queries."""
+
+    def __init__(self, polygons: Sequence[np.ndarray]):
+        polys = [np.asarray(p, dtype=np.float64) for p in polygons if len(p) >= 2]
+        if not polys:
+            self.a = self.b = self.marks = np.zeros((0, 2))
+            return
+        a = np.concatenate(polys)
+        b = np.concatenate([np.roll(p, -1, axis=0) for p in polys])
+        lo_v = np.minimum(a[:, 1], b[:, 1])
+        order = np.argsort(lo_v, kind="stable")
+        self.a, self.b, self.lo_v = a[order], b[order], lo_v[order]
+        self.reach = np.maximum.accumulate(np.maximum(a[:, 1], b[:, 1])[order])  # edges 0..n end below reach[n]
+        marks = np.concatenate([a, (a + b) / 2])  # vertices and edge middles: upper bounds of the distance
+        self.marks = marks[np.argsort(marks[:, 1], kind="stable")]
+        lengths = np.linalg.norm(b - a, axis=1)
+        self.window = max(float(np.median(lengths)), 1e-3)
+
+    def distance(self, points: np.ndarray, exact: Optional[np.ndarray] = None) -> np.ndarray:
+        """Distance (mm) from each of ``points`` (``(P, 2)``) to the nearest edge (``exact`` False: to the
+        nearest vertex or edge middle, which overestimates it by less than half an edge).
+
+        An upper bound comes from the marks (vertices, edge middles) within a few edge lengths along
+        the rows (a wider band for points with none near); then only the edges whose row span comes
+        within that bound are measured, so the work follows the outline near each point.
+        """
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        if pts.shape[0] == 0 or self.a.shape[0] == 0:
+            return np.full(pts.shape[0], np.inf)
+        mv = self.marks[:, 1]
+        bound = np.full(pts.shape[0], np.inf)
+        todo = np.arange(pts.shape[0])
+        window = self.window
+        while todo.size:  # the marks within a window along the rows, widened for points with none
+            v = pts[todo, 1]
+            first = np.searchsorted(mv, v - window, side="left")
+            counts = np.searchsorted(mv, v + window, side="right") - first
+            for lo, hi in _chunks(counts):
+                point, offset = _repeat_ranges(counts[lo:hi])
+                if point.size:
+                    mark = first[lo:hi][point] + offset
+                    d2 = (pts[todo[lo:hi][point], 0] - self.marks[mark, 0]) ** 2 + (v[lo:hi][point] - mv[mark]) ** 2
+                    part = counts[lo:hi] > 0
+                    bound[todo[lo:hi][part]] = np.sqrt(_segment_min(d2, counts[lo:hi]))
+            todo = todo[counts == 0]
+            window *= 4.0
+        first = np.searchsorted(self.reach, pts[:, 1] - bound, side="left")
+        counts = np.maximum(np.searchsorted(self.lo_v, pts[:, 1] + bound, side="right") - first, 0)
+        if exact is not None:
+            counts[~exact] = 0
+        best = bound**2
+        for lo, hi in _chunks(counts):
+            point, offset = _repeat_ranges(counts[lo:hi])
+            if point.size == 0:
+                continue
+            edge = first[lo:hi][point] + offset
+            ab = self.b[edge] - self.a[edge]
+            ap = pts[lo:hi][point] - self.a[edge]
+            length2 = ab[:, 0] ** 2 + ab[:, 1] ** 2
+            t = np.clip((ap[:, 0] * ab[:, 0] + ap[:, 1] * ab[:, 1]) / np.where(length2 > 0, length2, 1.0), 0.0, 1.0)
+            d2 = (ap[:, 0] - ab[:, 0] * t) ** 2 + (ap[:, 1] - ab[:, 1] * t) ** 2
+            part = np.flatnonzero(counts[lo:hi] > 0) + lo
+            best[part] = np.minimum(best[part], _segment_min(d2, counts[lo:hi]))
+        return np.sqrt(best)
+
+
+def _chunks(counts: np.ndarray):
+    """``(start, stop)`` runs of items whose ``counts`` add up to about :data:`DISTANCE_CHUNK` at most
+    (an item with more is a run of its own)."""
+    total = np.cumsum(counts)
+    start = 0
+    while start < counts.size:
+        base = total[start - 1] if start else 0
+        stop = int(np.searchsorted(total, base + DISTANCE_CHUNK, side="right"))
+        stop = max(stop, start + 1)
+        yield start, stop
+        start = stop
+
+
+def _segment_min(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The minimum of each non-empty run of ``counts`` consecutive ``values``."""
+    sizes = counts[counts > 0]
+    return np.minimum.reduceat(values, np.cumsum(sizes) - sizes)
+
+
+def outline_distance(points: np.ndarray, polygons: Sequence[np.ndarray]) -> np.ndarray:
+    """Distance (mm) from each of ``points`` (``(P, 2)``) to the nearest edge of ``polygons`` (:class:`Outline`)."""
+    return Outline(polygons).distance(points)
+
+
+class ContourSolid:
+    """The solid an ROI's contour planes stand for, as the reference DVH samples it.
+
+    The planes form *runs*: neighbours no further apart than the slab thickness ``t``. Beyond the
+    first and the last plane of a run the solid is that plane's section for ``t / 2`` (the slab
+    rule's end caps, as the Nelms phantom's published values have them); a gap wider than ``t``
+    holds nothing. Between two planes of a run:
+
+    * ``"slab"``: each plane's section up to half way (the slab rule of the masks: a staircase);
+    * ``"interpolated"``: shape-based interpolation. Each plane ``k`` gives the field
+      ``psi_k = phi_k (phi_k + 2 m_k)`` (``phi_k`` the signed in-plane distance to its outline,
+      negative inside; ``m_k = 2 area / perimeter``, a disc's radius), which is ``rho^2 - r^2`` for a
+      disc of radius ``r`` at distance ``rho`` from its centre: interpolating it interpolates the
+      squared radius, so a section that closes like a sphere's pole or the edge of a cylinder lying
+      across the planes (radius ~ the square root of the distance) is followed as well as one that
+      closes linearly (a cone's apex). Between planes ``a`` and ``b`` the field is the Lagrange
+      polynomial through the run's planes ``a - 1 .. b + 1`` (up to four), kept between ``psi_a``
+      and ``psi_b``: a point inside (outside) both planes stays inside (outside), so the solid
+      between two planes lies within the union of their sections and contains their intersection.
+      A point is inside where the field is <= 0.
+    """
+
+    def __init__(self, planes: list, positions: np.ndarray, thickness_mm: float, between: str = "interpolated"):
+        if between not in BETWEEN_PLANES:
+            raise ValueError(f"between_planes must be one of {', '.join(BETWEEN_PLANES)}, got {between!r}")
+        self.planes = planes
+        self.positions = np.asarray(positions, dtype=np.float64)
+        self.thickness = float(thickness_mm)
+        self.between = between
+        self.intervals = slab_intervals(self.positions, self.thickness)
+        has = np.array([bool(p) for p in planes])
+        gaps = np.diff(self.positions)
+        #: adjacent[m]: planes m and m + 1 belong to one run
+        self.adjacent = (gaps <= self.thickness * (1 + 1e-6)) & has[:-1] & has[1:]
+        self.areas = np.array([even_odd_area(p) for p in planes])
+        perimeters = np.array(
+            [sum(float(np.linalg.norm(np.roll(q, -1, axis=0) - q, axis=1).sum()) for q in p) for p in planes]
+        )
+        self.radius = np.where(perimeters > 0, 2 * self.areas / np.where(perimeters > 0, perimeters, 1.0), 0.0)
+        # every plane moved along v out of the others' reach: one point test and one distance structure
+        # serve all planes (a point moved by its plane's lift meets only that plane's edges first)
+        corners = [np.concatenate(p) for p in planes if p]
+        if corners:
+            every = np.concatenate(corners)
+            extent = float(np.ptp(every[:, 0]) + np.ptp(every[:, 1]))
+        else:
+            extent = 0.0
+        self.lift = np.arange(len(planes)) * (3.0 * extent + 10.0)
+        self.lifted = [q + np.array([0.0, self.lift[m]]) for m, p in enumerate(planes) for q in p]
+        self._edges = polygon_edges(self.lifted)
+        self._outline: Optional[Outline] = None
+
+    def _moved(self, uv: np.ndarray, k) -> np.ndarray:
+        moved = np.array(uv, dtype=np.float64).reshape(-1, 2)
+        moved[:, 1] += self.lift[k]
+        return moved
+
+    def inside(self, uv: np.ndarray, k) -> np.ndarray:
+        """Whether in-plane points ``uv`` lie inside the section of plane ``k`` (one plane, or one per point)."""
+        if not self.lifted or len(uv) == 0:
+            return np.zeros(len(uv), dtype=bool)
+        return points_in_polygons(self._moved(uv, k), self.lifted, self._edges)
+
+    def distance(self, uv: np.ndarray, k, exact: Optional[np.ndarray] = None) -> np.ndarray:
+        """Distance from in-plane points ``uv`` to the outline of plane ``k`` (one plane, or one per point;
+        see :meth:`Outline.distance` for ``exact``)."""
+        if self._outline is None:
+            self._outline = Outline(self.lifted)
+        return self._outline.distance(self._moved(uv, k), exact)
+
+    def fields(
+        self, uv: np.ndarray, k: np.ndarray, inside: np.ndarray, exact: Optional[np.ndarray] = None
+    ) -> np.ndarray:
+        """The field ``psi_k`` of plane ``k[i]`` at in-plane point ``uv[i]``, which lies inside that plane's
+        section where ``inside[i]`` (``exact``: see :meth:`Outline.distance`)."""
+        phi = self.distance(uv, k, exact)
+        phi = np.where(inside, -phi, phi)
+        return phi * (phi + 2 * self.radius[k])
+
+    def neighbours(self, a: int) -> list:
+        """The run's planes whose fields shape the interval between planes ``a`` and ``a + 1``."""
+        out = [a, a + 1]
+        if a > 0 and self.adjacent[a - 1]:
+            out.insert(0, a - 1)
+        if a + 2 < len(self.planes) and self.adjacent[a + 1]:
+            out.append(a + 2)
+        return out
+
+    def band_fields(self, a: int, uv: np.ndarray, inside_a: np.ndarray) -> tuple:
+        """The fields of the planes shaping the interval above plane ``a`` at in-plane points ``uv`` that
+        lie inside exactly one of planes ``a`` and ``a + 1`` (``inside_a``: plane ``a``'s):
+        (the planes, their positions, ``(K, P)`` field values)."""
+        ks = self.neighbours(a)
+        psi = np.empty((len(ks), uv.shape[0]))
+        for row, k in enumerate(ks):
+            if k == a:
+                inside = inside_a
+            elif k == a + 1:
+                inside = ~inside_a
+            else:
+                inside = self.inside(uv, k)
+            psi[row] = self.fields(uv, np.full(uv.shape[0], k), inside)
+        return ks, self.positions[ks], psi
+
+    def band_field(self, a: int, ks: list, z: np.ndarray, psi: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """The interpolated field of :meth:`band_fields` at ``depth`` (broadcast against the points)."""
+        field = 0.0
+        for j in range(len(ks)):
+            basis = 1.0
+            for i in range(len(ks)):
+                if i != j:
+                    basis = basis * (depth - z[i]) / (z[j] - z[i])
+            field = field + basis * psi[j]
+        first, second = ks.index(a), ks.index(a + 1)
+        low, high = np.minimum(psi[first], psi[second]), np.maximum(psi[first], psi[second])
+        return np.clip(field, low, high)
+
+    def band_inside(self, a: int, uv: np.ndarray, depth: np.ndarray, inside_a: np.ndarray) -> np.ndarray:
+        """Whether points of the interval between planes ``a`` and ``a + 1`` that lie inside exactly one
+        of the two sections (``inside_a``: the one of plane ``a``) are inside the solid at ``depth``."""
+        if self.between == "slab":
+            nearer_a = depth < (self.positions[a] + self.positions[a + 1]) / 2
+            return nearer_a == inside_a
+        ks, z, psi = self.band_fields(a, uv, inside_a)
+        return self.band_field(a, ks, z, psi, depth) <= 0
+
+    def contains(self, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Whether points (in-plane ``uv`` ``(P, 2)``, ``depth`` along the normal ``(P,)``) are inside."""
+        uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+        depth = np.asarray(depth, dtype=np.float64).reshape(-1)
+        out = np.zeros(depth.size, dtype=bool)
+        n = len(self.planes)
+        if n == 0 or depth.size == 0:
+            return out
+        below = np.searchsorted(self.positions, depth, side="right") - 1  # the last plane at or below
+        a = np.clip(below, 0, max(n - 2, 0))
+        between = (below >= 0) & (below < n - 1)
+        if n > 1:
+            between &= self.adjacent[a]
+        # outside the runs' intervals: a plane's own section within its slab (a cap, or towards a gap)
+        plane = np.full(depth.size, -1)
+        up = (below >= 0) & ~between
+        up &= depth < self.intervals[np.clip(below, 0, n - 1), 1]
+        plane[up] = below[up]
+        down = ~between & ~up & (below + 1 < n)
+        nxt = np.clip(below + 1, 0, n - 1)
+        down &= depth >= self.intervals[nxt, 0]
+        plane[down] = nxt[down]
+        capped = np.flatnonzero(plane >= 0)
+        out[capped] = self.inside(uv[capped], plane[capped])
+        sel = np.flatnonzero(between)
+        if sel.size == 0:
+            return out
+        in_a = self.inside(uv[sel], a[sel])
+        in_b = self.inside(uv[sel], a[sel] + 1)
+        out[sel] = in_a & in_b
+        band = np.flatnonzero(in_a != in_b)
+        if band.size == 0:
+            return out
+        if self.between == "slab":
+            middle = (self.positions[a[sel[band]]] + self.positions[a[sel[band]] + 1]) / 2
+            out[sel[band]] = (depth[sel[band]] < middle) == in_a[band]  # the nearer plane's section
+            return out
+        # every (band point, plane) pair at once, then each interval's polynomial
+        points, planes_of, known, owners = [], [], [], []
+        intervals = a[sel[band]]
+        for interval in np.unique(intervals):
+            pick = band[intervals == interval]
+            for k in self.neighbours(int(interval)):
+                points.append(sel[pick])
+                planes_of.append(np.full(pick.size, k))
+                if k == interval:
+                    known.append(in_a[pick])
+                elif k == interval + 1:
+                    known.append(~in_a[pick])
+                else:
+                    known.append(None)
+                owners.append((int(interval), k, pick))
+        which = np.concatenate(points)
+        targets = np.concatenate(planes_of)
+        inside = np.zeros(which.size, dtype=bool)
+        start = 0
+        for (_interval, k, pick), value in zip(owners, known):
+            if value is not None:
+                inside[start : start + pick.size] = value
+            else:
+                inside[start : start + pick.size] = self.inside(uv[sel[pick]], k)
+            start += pick.size
+        values = self.fields(uv[which], targets, inside)
+        fields: dict = {}
+        start = 0
+        for interval, _k, pick in owners:
+            fields.setdefault(interval, (pick, []))[1].append(values[start : start + pick.size])
+            start += pick.size
+        for interval, (pick, rows) in fields.items():
+            ks = self.neighbours(interval)
+            field = self.band_field(interval, ks, self.positions[ks], np.stack(rows), depth[sel[pick]])
+            out[sel[pick]] = field <= 0
+        return out
+
+
 # ---- the dose ------------------------------------------------------------------------------------
 
 
@@ -406,15 +731,15 @@ def trilinear(dose: Volume, points: np.ndarray) -> tuple:
 
 
 def _node_extremes(
-    roi: RoiContours, planes: list, dose: Volume, thickness_mm: float, frame: np.ndarray, low: float, high: float
+    roi: RoiContours, solid: ContourSolid, dose: Volume, frame: np.ndarray, low: float, high: float
 ) -> tuple:
     """Lowest and highest dose at the dose grid's voxel centres inside the ROI, among those below
     ``low`` or above ``high`` (others cannot change the extremes); ``(low, high)`` when none."""
     grid = dose.grid
     normal = np.asarray(roi.normal, dtype=np.float64)
     corners = np.concatenate([poly for p in roi.planes for poly in p.polygons])
-    lo_lps = corners.min(axis=0) - thickness_mm / 2
-    hi_lps = corners.max(axis=0) + thickness_mm / 2
+    lo_lps = corners.min(axis=0) - solid.thickness / 2
+    hi_lps = corners.max(axis=0) + solid.thickness / 2
     box_corners = np.array(
         [[x, y, z] for x in (lo_lps[0], hi_lps[0]) for y in (lo_lps[1], hi_lps[1]) for z in (lo_lps[2], hi_lps[2])]
     )
@@ -434,11 +759,7 @@ def _node_extremes(
         [centres[:, 0] * frame[0, c] + centres[:, 1] * frame[1, c] + centres[:, 2] * frame[2, c] for c in (0, 1)],
         axis=1,
     )
-    inside = np.zeros(values.size, dtype=bool)
-    for polys, (start, stop) in zip(planes, slab_intervals(roi.positions, thickness_mm)):
-        sel = np.flatnonzero((depth >= start) & (depth < stop))
-        if sel.size and polys:
-            inside[sel] = points_in_polygons(uv[sel], polys)
+    inside = solid.contains(uv, depth)
     if not inside.any():
         return low, high
     return min(low, float(values[inside].min())), max(high, float(values[inside].max()))
@@ -491,6 +812,38 @@ def _dose_at_volume(curve_dose: np.ndarray, curve_volume: np.ndarray, volume: fl
     return float(curve_dose[n] + (curve_dose[n + 1] - curve_dose[n]) * share)
 
 
+#: Samples whose dose lies within this share of the ROI's dose range of a DVH point give its gradient ...
+GRADIENT_WINDOW = 0.01
+#: ... at least this many (the nearest in dose).
+GRADIENT_SAMPLES = 64
+
+
+def _gradients_at(
+    points: dict, doses: np.ndarray, steepness: np.ndarray, weights: np.ndarray, low: float, high: float
+) -> dict:
+    """The volume-weighted median |grad D| (Gy/mm) of the samples at the dose of each DVH point."""
+    order = np.argsort(doses, kind="stable")
+    sorted_doses = doses[order]
+    window = GRADIENT_WINDOW * max(high - low, 1e-9)
+    out = {}
+    for key in ("dmean_gy", *[f"d{x:g}_gy" for x in PERCENT_POINTS], "d0.03cc_gy"):
+        value = points.get(key)
+        if value is None:
+            continue
+        lo = int(np.searchsorted(sorted_doses, value - window, side="left"))
+        hi = int(np.searchsorted(sorted_doses, value + window, side="right"))
+        if hi - lo < GRADIENT_SAMPLES:
+            at = int(np.searchsorted(sorted_doses, value))
+            lo = max(0, min(at - GRADIENT_SAMPLES // 2, sorted_doses.size - GRADIENT_SAMPLES))
+            hi = min(sorted_doses.size, lo + GRADIENT_SAMPLES)
+        pick = order[lo:hi]
+        g, w = steepness[pick], weights[pick]
+        rank = np.argsort(g, kind="stable")
+        cumulative = np.cumsum(w[rank])
+        out[key] = float(g[rank][np.searchsorted(cumulative, cumulative[-1] / 2)])
+    return out
+
+
 def choose_step(volume_mm3: float, thickness_mm: float, target_samples: int = TARGET_SAMPLES) -> float:
     """The in-plane sampling step (mm) that gives an ROI of this volume about ``target_samples``
     samples: cubes while they are thinner than a slab (several layers per slab), else square
@@ -502,6 +855,107 @@ def choose_step(volume_mm3: float, thickness_mm: float, target_samples: int = TA
     return float(np.clip(step, MIN_STEP_MM, MAX_STEP_MM))
 
 
+def _layers(start: np.ndarray, stop: np.ndarray, step: float, minimum: int = 1) -> tuple:
+    """Equal layers about ``step`` thick across each ``[start, stop)``: (range of each layer, its middle, thickness)."""
+    depth = np.clip(stop - start, 0.0, None)
+    count = np.where(depth > 0, np.maximum(np.rint(depth / step), minimum), 0).astype(np.int64)
+    owner, layer = _repeat_ranges(count)
+    thick = depth[owner] / count[owner]
+    return owner, start[owner] + (layer + 0.5) * thick, thick
+
+
+def _sample_solid(solid: ContourSolid, planes: list, steps: np.ndarray, step: float, used: np.ndarray) -> tuple:
+    """Points that sample the solid, each standing for a cell: (uv (P, 2), depth, du, dv, thickness, weight mm^3).
+
+    Every plane's scanline samples (:func:`scanline_samples`; their cells tile its polygons, scaled to
+    its exact area) are laid in layers through the plane's own half-slabs: towards a cap or a gap the
+    section itself, towards a neighbouring plane of the run the part inside the neighbour's section
+    too (the solid holds the two sections' intersection throughout). The rest of both sections (the
+    band where the two differ) is laid in finer layers across the whole interval and kept where
+    :meth:`ContourSolid.band_inside` says so.
+    """
+    uv, du, dv, plane = scanline_samples([polys if ok else [] for polys, ok in zip(planes, used)], steps)
+    n_planes = len(planes)
+    cell = du * dv
+    per_plane = np.bincount(plane, weights=cell, minlength=n_planes)
+    cell = cell * (solid.areas / np.where(per_plane > 0, per_plane, 1.0))[plane]  # exact area per plane
+    order = np.argsort(plane, kind="stable")
+    bounds = np.searchsorted(plane[order], np.arange(n_planes + 1))
+    lows, highs = solid.intervals[:, 0], solid.intervals[:, 1]
+    # which samples lie inside the neighbouring planes' sections (only where a run continues)
+    inside_next = np.ones(plane.size, dtype=bool)  # inside plane m + 1's section (or no neighbour there)
+    inside_prev = np.ones(plane.size, dtype=bool)
+    if solid.between != "slab":
+        has_next = np.zeros(n_planes, dtype=bool)
+        has_next[:-1] = solid.adjacent
+        has_prev = np.zeros(n_planes, dtype=bool)
+        has_prev[1:] = solid.adjacent
+        test = np.flatnonzero(has_next[plane])
+        inside_next[test] = solid.inside(uv[test], plane[test] + 1)
+        test = np.flatnonzero(has_prev[plane])
+        inside_prev[test] = solid.inside(uv[test], plane[test] - 1)
+    parts = []
+    # the plane's own slab where the sample is inside both neighbours' sections (or there is none),
+    # else only the half-slab towards a neighbour (or cap) whose section holds it
+    positions = solid.positions
+    whole = inside_prev & inside_next
+    for keep, start, stop in (
+        (whole, lows[plane], highs[plane]),
+        (inside_prev & ~whole, lows[plane], positions[plane]),
+        (inside_next & ~whole, positions[plane], highs[plane]),
+    ):
+        chosen = np.flatnonzero(keep)
+        owner, depth, thick = _layers(start[chosen], stop[chosen], step)
+        s = chosen[owner]
+        parts.append((s, depth, thick, np.ones(s.size, dtype=bool)))
+    band_points = 0
+    if solid.between != "slab":
+        bands = {}
+        for a in np.flatnonzero(solid.adjacent):
+            a = int(a)
+            from_a = order[bounds[a] : bounds[a + 1]]
+            from_b = order[bounds[a + 1] : bounds[a + 2]]
+            band = np.concatenate([from_a[~inside_next[from_a]], from_b[~inside_prev[from_b]]])
+            if band.size:
+                bands[a] = band
+        # every (band sample, plane) pair at once; the sample's own and adjacent planes' tests are known
+        sample_of, plane_of, slot = [], [], {}
+        start = 0
+        for a, band in bands.items():
+            for k in solid.neighbours(a):
+                slot[(a, k)] = (start, band.size)
+                start += band.size
+                sample_of.append(band)
+                plane_of.append(np.full(band.size, k))
+        psi = {}
+        if sample_of:
+            samples = np.concatenate(sample_of)
+            targets = np.concatenate(plane_of)
+            inside = np.ones(samples.size, dtype=bool)  # in its own plane
+            offset = targets - plane[samples]
+            inside[offset == 1] = inside_next[samples[offset == 1]]
+            inside[offset == -1] = inside_prev[samples[offset == -1]]
+            far = np.flatnonzero(np.abs(offset) >= 2)
+            inside[far] = solid.inside(uv[samples[far]], targets[far])
+            values = solid.fields(uv[samples], targets, inside)
+            psi = {key: values[first : first + size] for key, (first, size) in slot.items()}
+        for a, band in bands.items():
+            length = positions[a + 1] - positions[a]
+            count = max(int(np.ceil(length / (step / BAND_REFINE) - 1e-9)), MIN_BAND_LAYERS)
+            thick = length / count
+            levels = positions[a] + (np.arange(count) + 0.5) * thick
+            ks = solid.neighbours(a)
+            values = np.stack([psi[(a, k)] for k in ks])
+            inside = solid.band_field(a, ks, positions[ks], values[:, :, None], levels[None, :]) <= 0
+            which, layer = np.nonzero(inside)
+            band_points += int(inside.size)
+            parts.append((band[which], levels[layer], np.full(which.size, thick), np.ones(which.size, dtype=bool)))
+    s = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    depth = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
+    thick = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0)
+    return uv[s], depth, du[s], dv[s], thick, cell[s] * thick, band_points
+
+
 def reference_dvh(
     roi: RoiContours,
     dose: Volume,
@@ -509,6 +963,8 @@ def reference_dvh(
     *,
     dose_axis: Optional[np.ndarray] = None,
     target_samples: int = TARGET_SAMPLES,
+    between_planes: str = "interpolated",
+    within: Optional[Grid] = None,
 ) -> ReferenceDvh:
     """The reference DVH of one ROI (see the module docstring).
 
@@ -524,6 +980,12 @@ def reference_dvh(
         Doses (Gy) of the cumulative DVH; :func:`.dvh.dose_bins` of the ROI's Dmax when not given.
     target_samples : int
         About how many samples to take.
+    between_planes : str
+        How the solid runs between adjacent contour planes: "interpolated" (shape-based, the
+        default) or "slab" (the masks' slab rule); see :class:`ContourSolid`.
+    within : Grid, optional
+        A grid (the output grid): the share of the ROI's volume beyond its voxels' outer faces goes
+        to ``points["outside_grid_pct"]``.
 
     Returns
     -------
@@ -536,24 +998,17 @@ def reference_dvh(
     normal = np.asarray(roi.normal, dtype=np.float64)
     frame = _in_plane_frame(normal, dose.grid)
     planes = _project(roi, frame)
-    areas = np.array([even_odd_area(polys) for polys in planes])
-    intervals = slab_intervals(roi.positions, thickness_mm)
+    solid = ContourSolid(planes, roi.positions, thickness_mm, between_planes)
+    areas, intervals = solid.areas, solid.intervals
     depths = np.clip(intervals[:, 1] - intervals[:, 0], 0, None)
     step = choose_step(float(areas @ depths), thickness_mm, target_samples)
     # small planes (apices, thin parts, small ROIs) get a finer in-plane step of their own
     steps = np.clip(np.sqrt(areas / MIN_PLANE_SAMPLES), step / 2**MAX_REFINE, step)
     used = (areas > 0) & (depths > 0)
-    layers = np.maximum(np.rint(depths / step), 1).astype(np.int64)
-    thick = depths / layers
-    uv, du, dv, plane = scanline_samples([polys if ok else [] for polys, ok in zip(planes, used)], steps)
-    # the samples at every layer of their plane's slab
-    count = layers[plane]
-    sample, layer = _repeat_ranges(count)
-    plane = plane[sample]
-    depth = intervals[plane, 0] + (layer + 0.5) * thick[plane]
+    uv, depth, du, dv, thick, weights, band_points = _sample_solid(solid, planes, steps, step, used)
     inverse = np.linalg.inv(dose.grid.affine)
     rates = inverse[:3, :3] @ np.concatenate([frame, normal[:, None]], axis=1)  # index per mm along u, v, n
-    u, v = uv[sample, 0], uv[sample, 1]
+    u, v = uv[:, 0], uv[:, 1]
     if dose.grid.slice_offsets is None:
         i, j, k = (u * rates[c, 0] + v * rates[c, 1] + depth * rates[c, 2] + inverse[c, 3] for c in range(3))
     else:  # uneven dose slices: the grid's own map
@@ -562,34 +1017,44 @@ def reference_dvh(
     doses, outside, slope = trilinear_at_index(dose, i, j, k, gradient=True)
     # how far the dose changes across each sample's cell: along u, v and the normal, in quadrature
     widths = np.zeros(doses.size)
-    for n, cell in enumerate((du[sample], dv[sample], thick[plane])):
-        widths += ((slope[:, 0] * rates[0, n] + slope[:, 1] * rates[1, n] + slope[:, 2] * rates[2, n]) * cell) ** 2
+    for n, size in enumerate((du, dv, thick)):
+        widths += ((slope[:, 0] * rates[0, n] + slope[:, 1] * rates[1, n] + slope[:, 2] * rates[2, n]) * size) ** 2
     widths = np.sqrt(widths)
-    # each plane's samples share its exact polygon area times its slab as their cells say
-    cell = du * dv
-    per_plane = np.bincount(plane, weights=cell[sample], minlength=len(planes))
-    weights = cell[sample] * (areas * depths)[plane] / np.where(per_plane > 0, per_plane, 1.0)[plane]
+    along = [slope[:, 0] * rates[0, n] + slope[:, 1] * rates[1, n] + slope[:, 2] * rates[2, n] for n in range(3)]
+    in_plane = np.sqrt(along[0] ** 2 + along[1] ** 2)  # Gy/mm within the contour planes
+    across = np.abs(along[2])  # Gy/mm along the contour normal
 
     sampling = {
+        "between_planes": between_planes,
         "in_plane_step_mm": round(step, 4),
         "finest_step_mm": round(float(steps[used].min()), 4) if used.any() else None,
-        "most_layers_per_slab": int(layers[used].max()) if used.any() else 0,
         "refined_planes": int(np.count_nonzero(used & (steps < step))),
         "slab_thickness_mm": float(thickness_mm),
-        "rule": RULE_NOTE,
+        "rule": RULE_NOTES[between_planes],
     }
     keys = ["dmean_gy", "dmin_gy", "dmax_gy", *[f"d{x:g}_gy" for x in PERCENT_POINTS], "d0.03cc_gy"]
     if weights.size == 0 or weights.sum() <= 0:
         axis = dose_bins(0.0) if dose_axis is None else np.asarray(dose_axis, dtype=np.float64)
         out = {"volume_cc": 0.0, **{k: None for k in keys}, "outside_dose_grid_pct": None}
         return ReferenceDvh(roi.name, out, axis, np.zeros(axis.shape), {**sampling, "samples": 0})
-    # the extreme points: every outline at both faces of its slab
-    rim, rim_plane = _outline_points(_Outlines.of(planes), np.full(len(planes), step))
-    rim = np.concatenate([rim, rim])
-    rim_depth = np.concatenate([intervals[rim_plane, 0], intervals[rim_plane, 1]])
-    rim_plane = np.concatenate([rim_plane, rim_plane])
-    keep = depths[rim_plane] > 0
-    rim, rim_depth = rim[keep], rim_depth[keep]
+    # the extreme points: every outline at its plane and (slab rule: at both faces of its slab) at the caps
+    rim_xy, rim_plane = _outline_points(_Outlines.of(planes), np.full(len(planes), step))
+    n_planes = len(planes)
+    cap_low = np.ones(n_planes, dtype=bool)
+    cap_low[1:] = ~solid.adjacent
+    cap_high = np.ones(n_planes, dtype=bool)
+    cap_high[:-1] = ~solid.adjacent
+    if between_planes == "slab":
+        faces = [(np.ones(n_planes, dtype=bool), intervals[:, 0]), (np.ones(n_planes, dtype=bool), intervals[:, 1])]
+    else:
+        faces = [
+            (np.ones(n_planes, dtype=bool), solid.positions),
+            (cap_low, intervals[:, 0]),
+            (cap_high, intervals[:, 1]),
+        ]
+    rim_parts = [(rim_xy[on[rim_plane]], at[rim_plane][on[rim_plane]]) for on, at in faces]
+    rim = np.concatenate([r for r, _ in rim_parts])
+    rim_depth = np.concatenate([d for _, d in rim_parts])
     if dose.grid.slice_offsets is None:
         ri, rj, rk = (
             rim[:, 0] * rates[c, 0] + rim[:, 1] * rates[c, 1] + rim_depth * rates[c, 2] + inverse[c, 3]
@@ -599,9 +1064,9 @@ def reference_dvh(
         idx = dose.grid.lps_to_index(rim[:, :1] * frame[:, 0] + rim[:, 1:] * frame[:, 1] + rim_depth[:, None] * normal)
         ri, rj, rk = idx[:, 0], idx[:, 1], idx[:, 2]
     edge_doses, _ = trilinear_at_index(dose, ri, rj, rk)
-    low = float(min(doses.min(), edge_doses.min()))
-    high = float(max(doses.max(), edge_doses.max()))
-    low, high = _node_extremes(roi, planes, dose, thickness_mm, frame, low, high)
+    low = float(min(doses.min(), edge_doses.min())) if edge_doses.size else float(doses.min())
+    high = float(max(doses.max(), edge_doses.max())) if edge_doses.size else float(doses.max())
+    low, high = _node_extremes(roi, solid, dose, frame, low, high)
     total = float(weights.sum())
     out = {
         "volume_cc": total / 1000.0,
@@ -615,19 +1080,44 @@ def reference_dvh(
     near_max = NEAR_MAX_CC * 1000.0
     out["d0.03cc_gy"] = _dose_at_volume(curve_dose, curve_volume, near_max) if total >= near_max else None
     out["outside_dose_grid_pct"] = float(100.0 * weights[outside].sum() / total)
-    sampling.update(samples=int(weights.size), outline_points=int(edge_doses.size))
+    if within is not None:
+        idx = within.lps_to_index(u[:, None] * frame[:, 0] + v[:, None] * frame[:, 1] + depth[:, None] * normal)
+        limits = np.array(within.shape[::-1], dtype=np.float64) - 0.5
+        beyond = np.any((idx < -0.5 - RIM_TOLERANCE) | (idx > limits + RIM_TOLERANCE), axis=1)
+        out["outside_grid_pct"] = float(100.0 * weights[beyond].sum() / total)
+    gradients = {
+        "in_plane": _gradients_at(out, doses, in_plane, weights, low, high),
+        "normal": _gradients_at(out, doses, across, weights, low, high),
+    }
+    sampling.update(samples=int(weights.size), band_samples=band_points, outline_points=int(edge_doses.size))
     axis = dose_bins(high) if dose_axis is None else np.asarray(dose_axis, dtype=np.float64)
     curve = np.interp(axis, curve_dose, curve_volume, left=total, right=0.0) / 1000.0
-    return ReferenceDvh(roi.name, out, axis, curve, sampling)
+    return ReferenceDvh(roi.name, out, axis, curve, sampling, gradients)
 
 
 def reference_dvhs(
-    rois: Sequence[RoiContours], dose: Volume, thickness_mm: float, *, target_samples: int = TARGET_SAMPLES
+    rois: Sequence[RoiContours],
+    dose: Volume,
+    thickness_mm: float,
+    *,
+    target_samples: int = TARGET_SAMPLES,
+    between_planes: str = "interpolated",
+    dose_axis: Optional[np.ndarray] = None,
+    within: Optional[Grid] = None,
 ) -> list:
-    """:func:`reference_dvh` of every ROI with contour planes, on one dose axis (0 Gy to past the dose's maximum)."""
-    axis = dose_bins(float(np.max(dose.array)) if dose.array.size else 0.0)
+    """:func:`reference_dvh` of every ROI with contour planes, on one dose axis (default: 0 Gy to past
+    the dose's maximum)."""
+    axis = dose_bins(float(np.max(dose.array)) if dose.array.size else 0.0) if dose_axis is None else dose_axis
     return [
-        reference_dvh(r, dose, thickness_mm, dose_axis=axis, target_samples=target_samples)
+        reference_dvh(
+            r,
+            dose,
+            thickness_mm,
+            dose_axis=axis,
+            target_samples=target_samples,
+            between_planes=between_planes,
+            within=within,
+        )
         for r in rois
         if r.skipped is None and r.planes
     ]
