@@ -158,6 +158,8 @@ def stage_times(case: Path, scratch: Path) -> dict:
     from DoseAlignLib.output.case_folder import write_case_output
     from DoseAlignLib.output.qa_png import qa_png_writer
     from DoseAlignLib.pipeline import run_case
+    from DoseAlignLib.structures.case import read_case_contours
+    from DoseAlignLib.structures.reference_dvh import reference_dvhs
 
     times: dict = {}
 
@@ -181,6 +183,11 @@ def stage_times(case: Path, scratch: Path) -> dict:
         times["  of which structures + audit"] = (
             times["run_case with structures"] - times["run_case, no structures (CT read beside the dose)"]
         )
+        contours = read_case_contours(one, AlignOptions(), geometry)
+        rois = [r for r in contours.rois if r.skipped is None]
+        cpu = time.process_time()
+        timed(f"  of which reference DVHs ({len(rois)} ROIs)", reference_dvhs, rois, dose, geometry.typical_step_mm)
+        times[f"  of which reference DVHs ({len(rois)} ROIs), CPU"] = time.process_time() - cpu
         qa_folder = scratch / "stages-qa"
         qa_folder.mkdir(parents=True, exist_ok=True)
         timed("qa.png", qa_png_writer(result), qa_folder)

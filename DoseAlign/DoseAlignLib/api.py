@@ -66,6 +66,8 @@ _EXPORTS = {
     "unpack_masks": ".structures.masks",
     "voxel_volumes_cc": ".structures.masks",
     "STORAGE_NOTE": ".structures.masks",
+    "reference_dvh": ".structures.reference_dvh",
+    "ReferenceDvh": ".structures.reference_dvh",
     # 5. audit
     "DEFAULT_THRESHOLDS": ".audit.thresholds",
     "add_structures_and_audit": ".audit.case",

@@ -489,3 +489,169 @@ def test_rtkit_rois_body_and_beam_sum(shared_data):
             [f["flag"] for f in report["flags"]],
         )
     )
+
+
+# ---- the audit against the reference DVH; flags that say where and why --------------------------
+
+
+def test_dose_grid_edge_names_the_faces_and_their_dose():
+    grid = Grid.from_spacing((12, 16, 20), (2.5, 2.5, 3.0), (-20.0, 100.0, -15.0))  # (K, J, I)
+    dose = np.zeros(grid.shape, np.float32)
+    dose[3:9, 4:12, 5:15] = 50.0
+    dose[4:8, -1, 6:14] = 20.0  # the last row: the posterior face, y = 100 + 15 x 2.5 = 137.5 mm
+    dose[0, 5:10, 5:15] = 8.0  # the first slice (inferior face, z = -15 mm): below the 10 % limit
+    volume = Volume(dose, grid, "GY")
+    faces = audit_dose.edge_faces(volume)
+    assert (faces[0]["face"], faces[0]["axis"], faces[0]["at_mm"]) == ("posterior", "y", 137.5)
+    assert faces[0]["pct"] == pytest.approx(40.0) and faces[1]["face"] == "inferior" and faces[1]["pct"] == 16.0
+    result = audit_dose.audit_dose(volume, volume)
+    (flag,) = [f for f in audit_flags.flags_for(result, [], None, None, {}, audit_thresholds.DEFAULT_THRESHOLDS, 50.0)]
+    assert flag["flag"] == "dose_grid_edge"
+    assert (
+        "posterior face (y = 137.5 mm) 40.0 %" in flag["detail"]
+        and "inferior face (z = -15 mm) 16.0 %" in flag["detail"]
+    )
+    flipped = Grid.from_spacing((12, 16, 20), (2.5, 2.5, 3.0), (30.0, 137.5, 18.0), np.diag([-1.0, -1.0, -1.0]))
+    assert audit_dose.edge_faces(Volume(dose, flipped, "GY"))[0]["face"] == "anterior"  # rows now run to -y
+
+
+def test_integral_of_a_dose_that_fills_its_grid_is_kept_on_a_finer_grid():
+    """A linear dose up to its grid's faces (the Nelms doses): the output voxels' sum equals the
+    trilinear interpolant's integral over their cells, whatever the finer grid's rounding at the faces."""
+    grid = Grid.from_spacing((19, 19, 19), (3.0, 3.0, 3.0), (-24.0, -30.0, -30.0))
+    k, j, i = np.meshgrid(*(np.arange(19) for _ in range(3)), indexing="ij")
+    points = grid.index_to_lps(np.stack([i, j, k], axis=-1).astype(np.float64))
+    native = Volume((40.0 - points[..., 1]).astype(np.float32), grid, "GY")
+    fine = Grid.from_spacing((40, 120, 120), (0.6, 0.6, 1.0), (-36.0, -40.0, -33.0))
+    output = Volume(resample(native, fine), fine, "GY")
+    result = audit_dose.audit_dose(output, native)
+    assert result["integral_expected_gy_l"] is not None
+    assert abs(result["integral_diff_pct"]) < 0.05
+    # the native voxels inside the output grid would make it look changed: their cells end elsewhere
+    inside = result["integral_native_inside_gy_l"]
+    assert abs(100 * (result["output"]["integral_gy_l"] - inside) / inside) > 0.5
+
+
+def _entry(name, volume_cc, error_gy, *, in_plane=0.0, normal=0.0, spacing=2.0, outside_dose=0.0, outside_grid=0.0):
+    points = {"volume_cc": volume_cc, "outside_dose_grid_pct": outside_dose, "outside_grid_pct": outside_grid}
+    gradients = {"in_plane": {"d95_gy": in_plane}, "normal": {"d95_gy": normal}}
+    return {
+        "name": name,
+        "reference": {"points": points, "gradient_gy_per_mm": gradients, "sampling": {"slab_thickness_mm": spacing}},
+        "error_output": {"d95_gy": error_gy, "dmean_gy": 0.0},
+        "output": {},
+    }
+
+
+def test_dvh_tolerance_follows_dose_and_gradient():
+    t = audit_thresholds.DEFAULT_THRESHOLDS
+    # 2 % of 60 Gy = 1.2 Gy; 1 Gy/mm in plane x 1 mm; along the normal 1 Gy/mm x the 2 mm spacing; 3 mm at most
+    entries = [
+        _entry("Flat", 50.0, 1.1),
+        _entry("FlatMiss", 50.0, 1.3),
+        _entry("InPlane", 50.0, 1.9, in_plane=2.0),
+        _entry("InPlaneMiss", 50.0, 2.1, in_plane=2.0),
+        _entry("Across", 50.0, 3.9, normal=2.0),
+        _entry("AcrossMiss", 50.0, 4.1, normal=2.0),
+        _entry("Thick", 50.0, 5.9, normal=2.0, spacing=5.0),  # 5 mm planes: at most 3 mm counts
+        _entry("ThickMiss", 50.0, 6.1, normal=2.0, spacing=5.0),
+        _entry("Tiny", 0.5, 9.0),  # under dvh_min_volume_cc: reported, not judged
+        _entry("CutByDose", 50.0, 9.0, outside_dose=5.0),
+        _entry("CutByGrid", 50.0, 9.0, outside_grid=5.0),
+    ]
+    flags = {f["flag"]: f["detail"] for f in audit_flags.flags_for({"native": None}, entries, None, None, {}, t, 60.0)}
+    assert set(flags) == {"dvh_mismatch", "roi_outside_dose_grid", "roi_outside_output_grid"}
+    missed = flags["dvh_mismatch"]
+    for name in ("FlatMiss", "InPlaneMiss", "AcrossMiss", "ThickMiss"):
+        assert f"{name} d95" in missed
+    for name in ("Flat ", "InPlane ", "Across ", "Thick ", "Tiny", "CutBy"):
+        assert name not in missed
+    assert "CutByDose (5.0 %)" in flags["roi_outside_dose_grid"] and "CutByGrid" not in flags["roi_outside_dose_grid"]
+    assert "CutByGrid (5.0 %)" in flags["roi_outside_output_grid"]
+
+
+def test_one_flag_per_kind_listing_every_roi():
+    t = audit_thresholds.DEFAULT_THRESHOLDS
+    structures = {
+        "rois": [
+            {"name": f"Organ {n}", "volume_diff_pct": 8.0 + n, "contour_volume_cc": 20.0, "volume_cc": 21.0 + n}
+            for n in range(7)
+        ]
+        + [{"name": "Cut", "volume_diff_pct": -40.0, "contour_volume_cc": 50.0, "volume_cc": 30.0}]
+    }
+    entries = [_entry("Cut", 50.0, 0.0, outside_grid=40.0)]
+    geometry = {"problems": [{"object": "a.dcm", "detail": "x"}, {"object": "b.dcm", "detail": "y"}]}
+    flags = audit_flags.flags_for({"native": None}, entries, structures, None, geometry, t, 60.0)
+    codes = [f["flag"] for f in flags]
+    assert len(codes) == len(set(codes)) and set(codes) == {
+        "roi_outside_output_grid",
+        "roi_volume_mismatch",
+        "dose_grid_warning",
+    }
+    detail = next(f["detail"] for f in flags if f["flag"] == "roi_volume_mismatch")
+    assert all(f"Organ {n}" in detail for n in range(7)) and "Cut" not in detail  # cut by the grid: its own flag
+    warning = next(f["detail"] for f in flags if f["flag"] == "dose_grid_warning")
+    assert "a.dcm" in warning and "b.dcm" in warning
+
+
+def test_phantom_pair_against_its_reference_dvhs(tmp_path):
+    """End to end: every ROI's reference DVH in meta.json, pair.npz and dvh.csv; the well-sampled phantom
+    raises no DVH flag; a training grid too coarse for its small ROIs does; a cube that cuts an ROI
+    flags it as such (not as a volume mismatch)."""
+    import csv
+
+    from DoseAlignLib.output.case_folder import write_case_output
+
+    truth, case = _phantom_case(tmp_path, extra_organs=3)
+    result = run_case(case, AlignOptions())
+    report = result.meta["audit"]
+    names = result.meta["structures"]["names"]
+    assert {f["flag"] for f in report["flags"]} & {"dvh_mismatch", "roi_outside_output_grid"} == set()
+    curves = result.extra_arrays["dvh_reference"]
+    assert curves.shape == result.extra_arrays["dvh_output"].shape
+    meta_curves = report["reference_dvh"]
+    assert meta_curves["between_planes"] == "interpolated" and len(meta_curves["dose_gy"]) <= 101
+    for n, name in enumerate(names):
+        entry = next(e for e in report["rois"] if e["name"] == name)
+        reference = entry["reference"]["points"]
+        roi = truth.roi(name)
+        radius = roi.params.get("radius", 0.0)
+        d = np.sort((truth.ct_slice_positions - roi.center_lps) @ truth.ct_normal)
+        d = d[np.abs(d) < radius]
+        # the true ball between its first and last contour plane, and the two caps (for balls several planes
+        # across: between two planes the solid stays within their sections, so a small ball's equator
+        # between two planes is cut, -3.7 % for Organ 1, 3.8 mm across 2.5 mm planes)
+        if roi.shape == "sphere" and d.size >= 6:
+            between = np.pi * np.diff([radius**2 * x - x**3 / 3 for x in (d[0], d[-1])])[0]
+            step = float(np.median(np.diff(d)))
+            caps = np.pi * (2 * radius**2 - d[0] ** 2 - d[-1] ** 2) * step / 2
+            assert reference["volume_cc"] == pytest.approx((between + caps) / 1000, rel=0.005), name
+        assert curves[n, 0] == pytest.approx(reference["volume_cc"], rel=1e-4)
+        assert meta_curves["rois"][name]["volume_pct"][0] == pytest.approx(100.0, abs=0.01)
+        assert entry["error_output"]["dmean_gy"] == pytest.approx(entry["output"]["dmean_gy"] - reference["dmean_gy"])
+        assert entry["reference"]["sampling"]["samples"] > 1000
+    folder = write_case_output(result, tmp_path / "out")
+    with open(folder / "dvh.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["roi", "dose_gy", "volume_cc", "volume_pct"]
+    assert {r["roi"] for r in rows} == set(names)
+    ptv = [r for r in rows if r["roi"] == "PTV"]
+    assert float(ptv[0]["dose_gy"]) == 0.0 and float(ptv[0]["volume_pct"]) == pytest.approx(100.0, abs=0.01)
+    assert float(ptv[-1]["volume_cc"]) == 0.0 and all(
+        float(a["volume_cc"]) >= float(b["volume_cc"]) for a, b in zip(ptv, ptv[1:])
+    )
+    # a training grid of 8 mm voxels on a steeper dose: the Ring's DVH is misrepresented, and the audit says so
+    _truth, steep = _phantom_case(tmp_path / "steep", dose_field=(0.3, -0.4, 0.5, 40.0))
+    fine = run_case(steep, AlignOptions()).meta["audit"]
+    assert "dvh_mismatch" not in {f["flag"] for f in fine["flags"]}
+    coarse = run_case(steep, AlignOptions(reference="custom", custom_spacing=(8.0, 8.0, 8.0))).meta["audit"]
+    flags = {f["flag"]: f["detail"] for f in coarse["flags"]}
+    assert "dvh_mismatch" in flags and "Ring d" in flags["dvh_mismatch"], flags
+    # a cube that cuts the External and the Ring: their own flag, no volume mismatch for them
+    cut = run_case(
+        case,
+        AlignOptions(reference="custom", custom_spacing=(2.0, 2.0, 2.0), custom_box="cube", custom_size=(24, 24, 24)),
+    ).meta["audit"]
+    flags = {f["flag"]: f["detail"] for f in cut["flags"]}
+    assert "roi_outside_output_grid" in flags and "External" in flags["roi_outside_output_grid"]
+    assert "External" not in flags.get("roi_volume_mismatch", "")

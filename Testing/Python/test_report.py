@@ -4,6 +4,7 @@ in headless Chromium; the CLI options of the structures and audit step."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -70,7 +71,7 @@ def test_qa_png_is_written_with_the_case(exported):
     arrays, meta = load_case(folder)
     assert meta["qa_png"] == {"written": True, "file": "qa.png"}
     assert set(report_module.png_layout(folder / "qa.png")["panels"]) == {"axial", "coronal", "sagittal"}
-    assert {"masks", "body", "dvh_dose_gy", "dvh_output", "dvh_native"} <= set(arrays)
+    assert {"masks", "body", "dvh_dose_gy", "dvh_output", "dvh_native", "dvh_reference"} <= set(arrays)
     manifest = (exported / "manifest.csv").read_text(encoding="utf-8")
     header = manifest.splitlines()[0].split(",")
     for column in ("audit_flags", "dmax_native_gy", "dmax_output_gy", "worst_dvh_delta_gy"):
@@ -83,6 +84,20 @@ def test_report_lists_every_case_with_thumbnails(exported):
     ok_id = next(p.name for p in exported.iterdir() if p.is_dir())
     assert f'src="{ok_id}/qa.png"' in text and f'href="{ok_id}/qa.png"' in text
     assert '<tr class="failed">' in text and "RELATIVE" in text  # the failed case and its reason
+
+
+def test_report_shows_each_case_its_own_flag_details(exported):
+    """The phantom's linear dose fills its grid: report.html says which faces carry how much dose
+    (the case's own detail from its meta.json, escaped), not only the flag's general meaning; the
+    case folder holds the reference DVHs as dvh.csv."""
+    folder = next(p for p in exported.iterdir() if p.is_dir())
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    flags = {f["flag"]: f["detail"] for f in meta["audit"]["flags"]}
+    assert "dose_grid_edge" in flags and " face (" in flags["dose_grid_edge"]
+    text = (exported / "report.html").read_text(encoding="utf-8")
+    for detail in flags.values():
+        assert html.escape(detail) in text
+    assert (folder / "dvh.csv").read_text(encoding="utf-8").startswith("roi,dose_gy,volume_cc,volume_pct\n")
 
 
 def test_report_escapes_everything():

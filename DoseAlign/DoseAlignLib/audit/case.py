@@ -16,7 +16,8 @@ from ..structures.case import case_masks
 from .beams import beam_sum_check
 from .dose import audit_dose
 from .flags import flags_for, geometry_summary, manifest_columns
-from .rois import roi_dvhs, worst_dvh_delta
+from .reference import curves, errors, meta_curves, reference_dvhs_for, worst_error
+from .rois import roi_dvhs
 from .stats import dose_stats
 from .thresholds import thresholds_with
 
@@ -63,6 +64,7 @@ def add_structures_and_audit(result, case, options, ct_geometry, contours=None) 
             native_stats=native_stats,
         )
         result.extra_arrays.update(arrays)
+    reference_note = _add_references(result, out_masks, entries)
     dose_audit = audit_dose(
         result.dose,
         result.native_dose,
@@ -81,14 +83,13 @@ def add_structures_and_audit(result, case, options, ct_geometry, contours=None) 
         "reference_dose_gy": reference,
         "dose": dose_audit,
         "rois": entries,
-        # over ROIs of at least dvh_min_volume_cc inside the native dose grid (what the flag judges)
-        "worst_dvh_delta": worst_dvh_delta(
-            entries, thresholds["dvh_min_volume_cc"], thresholds["roi_outside_dose_grid_pct"]
-        ),
-        "worst_dvh_delta_all_rois": worst_dvh_delta(entries),
+        # the training pair's DVH against the reference DVH: over the ROIs the flag judges, and over all
+        "worst_dvh_delta": worst_error(entries, thresholds),
+        "worst_dvh_delta_all_rois": worst_error(entries),
+        "reference_dvh": reference_note,
         "dvh_arrays": (
-            "pair.npz: dvh_dose_gy (B,) Gy; dvh_output and dvh_native (N, B) cm^3 receiving >= each dose, "
-            "ROIs in structures.names order"
+            "pair.npz: dvh_dose_gy (B,) Gy; dvh_output, dvh_native and dvh_reference (N, B) cm^3 receiving "
+            ">= each dose, ROIs in structures.names order"
         )
         if entries
         else None,
@@ -98,6 +99,28 @@ def add_structures_and_audit(result, case, options, ct_geometry, contours=None) 
     }
     result.meta["audit"] = report
     result.meta.setdefault("manifest_extra", {}).update(manifest_columns(report))
+
+
+def _add_references(result, out_masks, entries: list) -> Optional[dict]:
+    """Each ROI's reference DVH and the voxel DVHs' errors against it (in ``entries``), its curves
+    in pair.npz (``dvh_reference``); returns what meta.json says about them."""
+    if out_masks is None or not entries:
+        return None
+    if result.native_dose is None:
+        return {"note": "the doses are on different grids: no single native dose for a reference DVH"}
+    bins = result.extra_arrays["dvh_dose_gy"]
+    references = reference_dvhs_for(out_masks, result.native_dose, bins, result.dose.grid)
+    for entry in entries:
+        reference = references.get(entry["name"])
+        if reference is None:
+            continue
+        described = reference.to_meta()
+        described["sampling"].pop("rule", None)  # once, in audit.reference_dvh
+        entry["reference"] = described
+        entry["error_output"] = errors(entry["output"], reference.points)
+        entry["error_native"] = errors(entry.get("native"), reference.points)
+    result.extra_arrays["dvh_reference"] = curves(references, out_masks.names, bins)
+    return meta_curves(references, bins)
 
 
 def _beam_sum(case, native_dose, options) -> Optional[dict]:

@@ -76,14 +76,100 @@ def dose_summary(volume: Volume, body=None, stats: Optional[DoseStats] = None) -
     return out
 
 
-def edge_dose_pct(volume: Volume, dmax: Optional[float] = None) -> float:
-    """Largest dose on the six outer faces of a dose grid, in % of its Dmax (0 for a zero dose)."""
+#: Names of the patient directions along +x, +y, +z (LPS) and their opposites.
+_DIRECTIONS = (("left", "right"), ("posterior", "anterior"), ("superior", "inferior"))
+
+
+def edge_faces(volume: Volume, dmax: Optional[float] = None) -> list:
+    """The largest dose on each of the six outer faces of a dose grid.
+
+    Returns
+    -------
+    list of dict
+        One per face, highest first: ``face`` (the patient direction its outward normal points to
+        most: "posterior", "inferior", ...), ``axis`` ("x", "y" or "z"), ``at_mm`` (that coordinate
+        of the face's voxel centres, their mean on an oblique grid), ``max_gy`` and ``pct`` of Dmax.
+    """
     d = volume.array
     dmax = float(d.max()) if dmax is None else float(dmax)
-    if dmax <= 0:
-        return 0.0
-    faces = [d[0], d[-1], d[:, 0], d[:, -1], d[:, :, 0], d[:, :, -1]]
-    return 100.0 * max(float(f.max()) for f in faces) / dmax
+    grid = volume.grid
+    k_n, j_n, i_n = d.shape
+    faces = []
+    # (array axis, index, outward direction in ijk)
+    for axis, index, sign in ((0, 0, -1), (0, k_n - 1, 1), (1, 0, -1), (1, j_n - 1, 1), (2, 0, -1), (2, i_n - 1, 1)):
+        plane = np.take(d, index, axis=axis)
+        centre = np.array([(i_n - 1) / 2, (j_n - 1) / 2, (k_n - 1) / 2], dtype=np.float64)
+        step = np.zeros(3)
+        step[2 - axis] = 1.0
+        centre[2 - axis] = index
+        outward = (grid.index_to_lps(centre + sign * step) - grid.index_to_lps(centre)) * 1.0
+        lps = int(np.argmax(np.abs(outward)))
+        name = _DIRECTIONS[lps][0 if outward[lps] > 0 else 1]
+        peak = float(plane.max()) if plane.size else 0.0
+        faces.append(
+            {
+                "face": name,
+                "axis": "xyz"[lps],
+                "at_mm": round(float(grid.index_to_lps(centre)[lps]), 1),
+                "max_gy": peak,
+                "pct": 100.0 * peak / dmax if dmax > 0 else 0.0,
+            }
+        )
+    return sorted(faces, key=lambda f: -f["pct"])
+
+
+def edge_dose_pct(volume: Volume, dmax: Optional[float] = None) -> float:
+    """Largest dose on the six outer faces of a dose grid, in % of its Dmax (0 for a zero dose)."""
+    return max(f["pct"] for f in edge_faces(volume, dmax))
+
+
+def _hat_weights(nodes: np.ndarray, step: float, low: float, high: float) -> np.ndarray:
+    """Integral over ``[low, high]`` of each node's weight in the piecewise linear interpolation between
+    ``nodes`` (evenly ``step`` apart), the end values extended beyond the end nodes."""
+    n = nodes.size
+    w = np.zeros(n)
+    if high <= low or n == 0:
+        return w
+    if n == 1:
+        w[0] = high - low
+        return w
+    w[0] += max(0.0, min(high, nodes[0]) - low)  # below the first node: its value
+    w[-1] += max(0.0, high - max(low, nodes[-1]))  # above the last node: its value
+    a = np.clip(nodes[:-1], low, high)
+    b = np.clip(nodes[1:], low, high)
+    # on [a, b] within [x_n, x_n+1]: integral of (x_n+1 - x) / step and of (x - x_n) / step
+    x0, x1 = nodes[:-1], nodes[1:]
+    w[:-1] += ((x1 - a) ** 2 - (x1 - b) ** 2) / (2 * step)
+    w[1:] += ((b - x0) ** 2 - (a - x0) ** 2) / (2 * step)
+    return w
+
+
+def interpolant_integral(native: Volume, output_grid) -> Optional[float]:
+    """The integral (Gy.L) of the native dose's trilinear interpolant (edge value in the half-voxel rim)
+    over the cells of the output voxels whose centres the resampler gives a dose, i.e. what a linear
+    resampling's voxel sum approximates; None unless both grids have the same axes and even slices."""
+    grid = native.grid
+    if grid.slice_offsets is not None or output_grid.slice_offsets is not None:
+        return None
+    if not np.allclose(grid.direction, output_grid.direction, atol=1e-6):
+        return None
+    weights = []
+    # per axis (i, j, k): positions along the shared direction
+    native_start = grid.direction.T @ grid.affine[:3, 3]
+    output_start = output_grid.direction.T @ output_grid.affine[:3, 3]
+    for axis, n_native, n_output in zip(range(3), grid.shape[::-1], output_grid.shape[::-1]):
+        s, t = float(grid.spacing[axis]), float(output_grid.spacing[axis])
+        nodes = native_start[axis] + s * np.arange(n_native)
+        centres = output_start[axis] + t * np.arange(n_output)
+        tolerance = 1e-6 * s
+        fed = np.flatnonzero((centres >= nodes[0] - s / 2 - tolerance) & (centres <= nodes[-1] + s / 2 + tolerance))
+        if fed.size == 0:
+            return 0.0
+        weights.append(_hat_weights(nodes, s, centres[fed[0]] - t / 2, centres[fed[-1]] + t / 2))
+    wi, wj, wk = weights
+    dose = native.array
+    per_slice = np.array([float(wj @ dose[k].astype(np.float64) @ wi) for k in range(dose.shape[0])])
+    return float(per_slice @ wk) / 1e6
 
 
 # ---- DVHs ------------------------------------------------------------------------------------
@@ -113,8 +199,10 @@ def audit_dose(
     -------
     dict
         ``output``, ``native`` (None without a single native grid), ``dmax_diff_gy``,
-        ``dmax_diff_pct``, ``dmax_distance_mm``, ``integral_native_inside_gy_l``,
-        ``integral_diff_pct``, ``outside_integral_pct``, ``edge_dose_pct``.
+        ``dmax_diff_pct``, ``dmax_distance_mm``, ``integral_native_inside_gy_l`` (native voxels whose
+        centres lie in the output grid), ``integral_expected_gy_l`` (:func:`interpolant_integral`),
+        ``integral_diff_pct`` (output against the expected integral, else the inside one),
+        ``outside_integral_pct``, ``edge_faces`` (:func:`edge_faces`), ``edge_dose_pct``.
     """
     out = {"output": dose_summary(output_dose, output_body, output_stats), "native": None}
     if native_dose is None:
@@ -140,10 +228,14 @@ def audit_dose(
     out["integral_native_inside_gy_l"] = inside_integral
     total = native["integral_gy_l"]
     out["outside_integral_pct"] = 100.0 * (total - inside_integral) / total if total > 0 else 0.0
-    out["integral_diff_pct"] = (
-        100.0 * (out["output"]["integral_gy_l"] - inside_integral) / inside_integral if inside_integral > 0 else 0.0
-    )
-    out["edge_dose_pct"] = edge_dose_pct(native_dose, native_stats.dmax)
+    # what the output's voxels should add up to: the native dose's trilinear interpolant over their cells
+    # (exactly, for grids of equal axes); else the native voxels inside the output grid
+    expected = interpolant_integral(native_dose, output_dose.grid)
+    out["integral_expected_gy_l"] = expected
+    compared = expected if expected is not None else inside_integral
+    out["integral_diff_pct"] = 100.0 * (out["output"]["integral_gy_l"] - compared) / compared if compared > 0 else 0.0
+    out["edge_faces"] = edge_faces(native_dose, native_stats.dmax)
+    out["edge_dose_pct"] = out["edge_faces"][0]["pct"]
     if native["dmean_body_gy"] is not None and out["output"]["dmean_body_gy"] is not None:
         out["dmean_body_diff_gy"] = out["output"]["dmean_body_gy"] - native["dmean_body_gy"]
     return out

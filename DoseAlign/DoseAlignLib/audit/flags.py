@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .rois import worst_dvh_delta
+from .reference import misses
 
 
 def geometry_summary(meta: dict) -> dict:
@@ -33,6 +33,12 @@ def geometry_summary(meta: dict) -> dict:
     }
 
 
+def _listed(items: list, most: int = 8) -> str:
+    """``a, b, c`` (the first ``most``, then how many more)."""
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
 def flags_for(
     dose_audit: dict,
     roi_entries: list,
@@ -42,7 +48,8 @@ def flags_for(
     thresholds: dict,
     reference_dose_gy: Optional[float],
 ) -> list:
-    """The findings over the thresholds: ``[{"flag": code, "detail": text}]``."""
+    """The findings over the thresholds: ``[{"flag": code, "detail": text}]``, one entry per kind of
+    finding (its detail lists every ROI, face or file it concerns)."""
     flags = []
 
     def add(code: str, detail: str) -> None:
@@ -69,43 +76,74 @@ def flags_for(
                 f"(limit {t['integral_diff_pct']:g} %)",
             )
         if dose_audit["edge_dose_pct"] > t["edge_dose_pct"]:
+            faces = [f for f in dose_audit.get("edge_faces") or [] if f["pct"] > t["edge_dose_pct"]]
+            where = _listed([f"{f['face']} face ({f['axis']} = {f['at_mm']:g} mm) {f['pct']:.1f} %" for f in faces])
             add(
                 "dose_grid_edge",
-                f"the native dose grid's faces reach {dose_audit['edge_dose_pct']:.1f} % of Dmax "
-                f"(limit {t['edge_dose_pct']:g} %): the dose grid cuts through dose",
+                f"the native dose grid cuts through dose: its {where} of Dmax (limit {t['edge_dose_pct']:g} %)"
+                if faces
+                else f"the native dose grid's faces reach {dose_audit['edge_dose_pct']:.1f} % of Dmax "
+                f"(limit {t['edge_dose_pct']:g} %)",
             )
-    cut = [
-        f"{e['name']} ({e['outside_native_grid_pct']:.1f} %)"
-        for e in roi_entries
-        if e.get("outside_native_grid_pct", 0.0) > t["roi_outside_dose_grid_pct"]
-    ]
+    cut = []
+    for e in roi_entries:
+        reference = (e.get("reference") or {}).get("points") or {}
+        share = reference.get("outside_dose_grid_pct", e.get("outside_native_grid_pct", 0.0)) or 0.0
+        if share > t["roi_outside_dose_grid_pct"]:
+            cut.append(f"{e['name']} ({share:.1f} %)")
     if cut:
         add(
             "roi_outside_dose_grid",
-            f"ROIs partly outside the native dose grid (0 Gy there on the output grid; limit "
-            f"{t['roi_outside_dose_grid_pct']:g} %): {', '.join(cut)}",
+            f"ROIs partly beyond the native dose grid (0 Gy there in the training pair; limit "
+            f"{t['roi_outside_dose_grid_pct']:g} % of the volume): {_listed(cut)}",
+        )
+    beyond = []
+    for e in roi_entries:
+        share = ((e.get("reference") or {}).get("points") or {}).get("outside_grid_pct") or 0.0
+        if share > t["roi_outside_output_grid_pct"]:
+            beyond.append(f"{e['name']} ({share:.1f} %)")
+    if beyond:
+        add(
+            "roi_outside_output_grid",
+            f"ROIs partly beyond the output grid (that part is not in the training pair; limit "
+            f"{t['roi_outside_output_grid_pct']:g} % of the volume): {_listed(beyond)}",
         )
     if reference_dose_gy:
-        limit_gy = t["dvh_delta_pct"] / 100.0 * reference_dose_gy
-        worst = worst_dvh_delta(roi_entries, t["dvh_min_volume_cc"], t["roi_outside_dose_grid_pct"])
-        if worst is not None and abs(worst["delta_gy"]) > limit_gy:
+        missed = []
+        for e in roi_entries:
+            found = misses(e, t, reference_dose_gy)
+            if found:
+                key, error, limit = max(found, key=lambda m: abs(m[1]) / m[2])
+                more = f" (+{len(found) - 1} more points)" if len(found) > 1 else ""
+                missed.append(f"{e['name']} {key[:-3]} {error:+.3g} Gy (tolerance {limit:.3g} Gy){more}")
+        if missed:
             add(
-                "dvh_changed",
-                f"{worst['roi']} {worst['point']} changed by {worst['delta_gy']:+.3g} Gy "
-                f"(limit {limit_gy:.3g} Gy = {t['dvh_delta_pct']:g} % of {reference_dose_gy:.4g} Gy)",
+                "dvh_mismatch",
+                f"the training pair's DVH misses the reference DVH (contours + native dose) by more than "
+                f"{t['dvh_delta_pct']:g} % of {reference_dose_gy:.4g} Gy and the dose change {t['dvh_distance_mm']:g} mm "
+                f"away in plane and one contour spacing (at most {t['dvh_normal_distance_mm']:g} mm) across: "
+                f"{_listed(missed)}",
             )
+    mismatched = []
+    outside_output = {
+        e["name"]
+        for e in roi_entries
+        if (((e.get("reference") or {}).get("points") or {}).get("outside_grid_pct") or 0.0)
+        > t["roi_outside_output_grid_pct"]
+    }
     for roi in (structures or {}).get("rois", []):
         diff = roi.get("volume_diff_pct")
         if (
             diff is not None
+            and roi["name"] not in outside_output
             and roi["contour_volume_cc"] >= t["roi_volume_min_cc"]
             and abs(diff) > t["roi_volume_diff_pct"]
         ):
-            add(
-                "roi_volume_mismatch",
-                f"{roi['name']}: mask {roi['volume_cc']:.4g} cc vs contours {roi['contour_volume_cc']:.4g} cc "
-                f"({diff:+.1f} %, limit {t['roi_volume_diff_pct']:g} %)",
+            mismatched.append(
+                f"{roi['name']} mask {roi['volume_cc']:.4g} cc vs contours {roi['contour_volume_cc']:.4g} cc ({diff:+.1f} %)"
             )
+    if mismatched:
+        add("roi_volume_mismatch", f"limit {t['roi_volume_diff_pct']:g} %: {_listed(mismatched)}")
     beam_pct = (beam_sum or {}).get("max_abs_diff_pct")
     if beam_pct is not None and beam_pct > t["beam_sum_diff_pct"]:
         add(
@@ -115,9 +153,9 @@ def flags_for(
         )
     if geometry.get("ct_regularized"):
         add("ct_regularized", str(geometry.get("ct_regularization") or "CT resampled onto a regular grid"))
-    for problem in geometry.get("problems", []):
-        if problem.get("object") != "CT":
-            add("dose_grid_warning", f"{problem['object']}: {problem['detail']}")
+    warnings = [f"{p['object']}: {p['detail']}" for p in geometry.get("problems", []) if p.get("object") != "CT"]
+    if warnings:
+        add("dose_grid_warning", "; ".join(warnings))
     return flags
 
 

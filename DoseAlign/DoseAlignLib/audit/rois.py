@@ -140,25 +140,3 @@ def roi_dvhs(
     if curves_native is not None:
         arrays["dvh_native"] = curves_native
     return entries, arrays
-
-
-def worst_dvh_delta(
-    entries: list, min_volume_cc: float = 0.0, max_outside_pct: Optional[float] = None
-) -> Optional[dict]:
-    """The largest |output - native| DVH point over the ROIs compared on both grids.
-
-    Only ROIs of at least ``min_volume_cc`` (native) count and, with ``max_outside_pct``, only
-    those with at most that share of their output voxels outside the native dose grid (there the
-    output dose is 0 by definition, so the delta says "truncated", not "resampled").
-    """
-    worst = None
-    for entry in entries:
-        if not entry["diff"] or (entry["native"]["volume_cc"] or 0.0) < min_volume_cc:
-            continue
-        if max_outside_pct is not None and entry.get("outside_native_grid_pct", 0.0) > max_outside_pct:
-            continue
-        for key in dvh.COMPARED_POINTS:
-            value = entry["diff"].get(key)
-            if value is not None and (worst is None or abs(value) > abs(worst["delta_gy"])):
-                worst = {"roi": entry["name"], "point": key, "delta_gy": value}
-    return worst

@@ -16,14 +16,19 @@ Default thresholds (:data:`DEFAULT_THRESHOLDS`; override any of them through
 ``edge_dose_pct`` 10
     Largest dose on the native grid's outer faces, % of Dmax: a clinical dose grid covers the
     patient and falls to a few % at its edges; above 10 % it cuts through dose.
-``dvh_delta_pct`` 2, ``dvh_min_volume_cc`` 1
-    Largest |output - native| of an ROI's Dmean, D99, D95, D50, D5, D1 or D0.03cc, in % of the
-    reference dose (the prescription when the RTPLAN gives one, else Dmax native). 2 % is about
-    the agreement of independent DVH calculators on clinical structures; ROIs under 1 cm^3 are
-    reported but not flagged (a few voxels decide their points on either grid).
-``roi_outside_dose_grid_pct`` 1
-    Share of an ROI's output voxels outside the native dose grid. Such an ROI gets its own flag
-    and is left out of the DVH-delta flag: its output DVH counts 0 Gy there by definition.
+``dvh_delta_pct`` 2, ``dvh_distance_mm`` 1, ``dvh_normal_distance_mm`` 3, ``dvh_min_volume_cc`` 1
+    The training pair's DVH against the reference DVH (contours + native dose, no voxel grid; see
+    :mod:`.reference`): a point of an ROI's output-grid DVH (Dmean, D99, D95, D50, D5, D1, D0.03cc)
+    misses when its error is larger than both ``dvh_delta_pct`` % of the reference dose (the
+    prescription when the RTPLAN gives one, else Dmax native) and what moving its isodose explains:
+    the reference's dose gradient within the contour planes times ``dvh_distance_mm`` plus its
+    gradient along their normal times the contour spacing, at most ``dvh_normal_distance_mm`` (where
+    a shape closes between planes the masks and the reference may place its end a spacing apart).
+    ROIs under ``dvh_min_volume_cc`` are reported but not flagged. Set from measurements (README).
+``roi_outside_dose_grid_pct`` 1, ``roi_outside_output_grid_pct`` 1
+    Share of an ROI's volume beyond the native dose grid (0 Gy there on the output grid) or beyond
+    the output grid (cut off the training pair). Such an ROI gets a flag of its own and is left out
+    of the DVH and volume flags.
 ``roi_volume_diff_pct`` 5, ``roi_volume_min_cc`` 5
     Mask volume against the contours' volume on the output grid for ROIs of at least 5 cm^3
     (published mask validations accept 3-4 %).
@@ -42,8 +47,11 @@ DEFAULT_THRESHOLDS = {
     "outside_integral_pct": 1.0,
     "edge_dose_pct": 10.0,
     "dvh_delta_pct": 2.0,
+    "dvh_distance_mm": 1.0,
+    "dvh_normal_distance_mm": 3.0,
     "dvh_min_volume_cc": 1.0,
     "roi_outside_dose_grid_pct": 1.0,
+    "roi_outside_output_grid_pct": 1.0,
     "roi_volume_diff_pct": 5.0,
     "roi_volume_min_cc": 5.0,
     "beam_sum_diff_pct": 1.0,

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import DoseAlignError, output_fault
 from ..limits import open_regular
+from .dvh_csv import write_dvh_csv
 from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, json_text, remove_owned
 from .npz import NpyStream, NpzStream
 
@@ -171,6 +172,7 @@ class CaseOutput:
                 self._npz.close()
             if self.storage["layout"] != "npz" or self.storage["compress"] or self.storage["dtypes"]:
                 result.meta["storage"] = self._storage_meta(arrays)
+            write_dvh_csv(self.temp, result)  # the reference DVHs (audit), when the case has them
             (self.temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
             fsync_tree(self.temp)  # the data are on the disk before the folder appears complete
             final = case_dir(self.out_dir, result.case_id)

@@ -28,9 +28,10 @@ FLAG_MEANINGS = {
     "dmax_changed": "Dmax on the output grid differs from the native Dmax by more than the threshold",
     "dose_outside_grid": "part of the integral dose lies outside the output grid (lost to the pair)",
     "integral_changed": "integral dose inside the output grid changed on resampling",
-    "dose_grid_edge": "the native dose grid's outer faces carry dose: the grid cuts through the dose",
-    "dvh_changed": "an ROI's DVH point differs between the native and the output grid",
+    "dose_grid_edge": "the native dose grid's outer faces carry dose: the grid cuts through the dose (faces named)",
+    "dvh_mismatch": "the training pair's DVH of an ROI misses its reference DVH (contours + native dose)",
     "roi_outside_dose_grid": "part of an ROI lies outside the native dose grid (0 Gy there on the output grid)",
+    "roi_outside_output_grid": "part of an ROI lies outside the output grid (cut off the training pair)",
     "roi_volume_mismatch": "an ROI's mask volume differs from the volume of its contours",
     "beam_sum_mismatch": "the sum of the BEAM doses differs from the PLAN dose",
     "ct_regularized": "the CT had uneven slices or gantry tilt and was resampled onto a regular grid",
@@ -49,6 +50,7 @@ tr.skipped td.status { color: #a60; font-weight: bold; }
 span.flag { display: inline-block; background: #fdd; color: #900; border-radius: 3px; padding: 0 4px; margin: 1px; }
 span.noflag { color: #060; }
 img.thumb { width: 360px; border: 1px solid #999; }
+ul.details { margin: 4px 0 0 0; padding-left: 1.2em; font-size: 85%; max-width: 40em; }
 span.crop { display: inline-block; overflow: hidden; border: 1px solid #999; }
 span.crop img { display: block; max-width: none; }
 a.full { font-size: small; }
@@ -70,6 +72,19 @@ def _flags_html(flags: str) -> str:
     if not codes:
         return '<span class="noflag">none</span>'
     return " ".join(f'<span class="flag" title="{_cell(FLAG_MEANINGS.get(c, ""))}">{_cell(c)}</span>' for c in codes)
+
+
+def _flag_details(out_dir: Path, case_id: str) -> str:
+    """The case's own flag details (its meta.json's ``audit.flags``), as a list under the flag codes."""
+    try:
+        meta = json.loads((out_dir / case_id / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    flags = (meta.get("audit") or {}).get("flags") or []
+    if not flags:
+        return ""
+    items = "".join(f"<li><code>{_cell(f.get('flag'))}</code>: {_cell(f.get('detail'))}</li>" for f in flags)
+    return f'<ul class="details">{items}</ul>'
 
 
 def _thumbnail(out_dir: Path, case_id: str) -> str:
@@ -187,7 +202,8 @@ def report_html(rows: Sequence[dict], out_dir: Path, *, title: str = "DoseAlign 
             f'<tr class="{_cell(status)}">'
             f"<td>{_cell(case_id)}{folder_link}</td>"
             f'<td class="status">{_cell(status)}{reason}</td>'
-            f"<td>{_flags_html(str(row.get('audit_flags') or ''))}</td>"
+            f"<td>{_flags_html(str(row.get('audit_flags') or ''))}"
+            f"{_flag_details(out_dir, case_id) if row.get('audit_flags') else ''}</td>"
             f'<td class="num">{_cell(row.get("dmax_native_gy"))}</td>'
             f'<td class="num">{_cell(row.get("dmax_output_gy"))}</td>'
             f'<td class="num">{worst}</td>'
