@@ -395,7 +395,7 @@ POINTS = ("dmean_gy", "dmin_gy", "d99_gy", "d95_gy", "d50_gy", "d5_gy", "d1_gy",
 
 
 def test_nelms_dvh_points_against_the_analytic_values(shared_data):
-    from nelms import analytic_dvh, shape_of
+    from nelms_analytic import Shape, analytic_points, shape_from_name
 
     root = shared_data / "nelms-dvh-phantom"
     cases = {
@@ -410,8 +410,8 @@ def test_nelms_dvh_points_against_the_analytic_values(shared_data):
         sources = {r["name"]: r["source"] for r in result.meta["structures"]["rois"]}
         for entry in result.meta["audit"]["rois"]:
             stem = sources[entry["name"]].split("/")[-1][:-4]
-            shape = shape_of(stem)
-            truth = analytic_dvh(shape["kind"], shape["centre"], field)
+            named = shape_from_name(stem)
+            truth = analytic_points(Shape(named["kind"], named["centre"]), field, "ideal")
             for grid_name in ("output", "native"):
                 got = entry[grid_name]
                 deltas = [got[p] - truth[p] for p in POINTS]
