@@ -109,10 +109,13 @@ def _add_references(result, out_masks, entries: list) -> Optional[dict]:
     if result.native_dose is None:
         return {"note": "the doses are on different grids: no single native dose for a reference DVH"}
     bins = result.extra_arrays["dvh_dose_gy"]
-    references = reference_dvhs_for(out_masks, result.native_dose, bins, result.dose.grid)
+    problems: dict = {}
+    references = reference_dvhs_for(out_masks, result.native_dose, bins, result.dose.grid, problems)
     for entry in entries:
         reference = references.get(entry["name"])
         if reference is None:
+            if entry["name"] in problems:
+                entry["reference_note"] = problems[entry["name"]]
             continue
         described = reference.to_meta()
         described["sampling"].pop("rule", None)  # once, in audit.reference_dvh

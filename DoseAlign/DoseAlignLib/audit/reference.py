@@ -32,9 +32,12 @@ COMPARED = dvh.COMPARED_POINTS
 META_CURVE_POINTS = 101
 
 
-def reference_dvhs_for(masks: StructureMasks, native_dose: Volume, bins: np.ndarray, output_grid: Grid) -> dict:
+def reference_dvhs_for(
+    masks: StructureMasks, native_dose: Volume, bins: np.ndarray, output_grid: Grid, problems: Optional[dict] = None
+) -> dict:
     """``{name: ReferenceDvh}`` of every ROI of ``masks`` that has contour planes, on the dose axis ``bins``;
-    the share of each beyond ``output_grid`` is in its points (``outside_grid_pct``)."""
+    the share of each beyond ``output_grid`` is in its points (``outside_grid_pct``). An ROI whose reference DVH
+    cannot be made is left out, the reason in ``problems`` (the case goes on without it)."""
     out = {}
     for name in masks.names:
         if not masks.has(name):
@@ -42,9 +45,13 @@ def reference_dvhs_for(masks: StructureMasks, native_dose: Volume, bins: np.ndar
         roi = masks.mask(name).roi
         if roi is None or roi.skipped is not None or not roi.planes:
             continue
-        out[name] = reference_dvh(
-            roi, native_dose, masks.thickness_mm, dose_axis=bins, between_planes=BETWEEN, within=output_grid
-        )
+        try:
+            out[name] = reference_dvh(
+                roi, native_dose, masks.thickness_mm, dose_axis=bins, between_planes=BETWEEN, within=output_grid
+            )
+        except (ValueError, FloatingPointError, ArithmeticError, IndexError) as error:
+            if problems is not None:
+                problems[name] = f"no reference DVH: {type(error).__name__}: {error}"
     return out
 
 
