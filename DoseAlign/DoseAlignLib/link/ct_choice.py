@@ -195,14 +195,14 @@ def choose_ct(
                 how += f" ({reference_note})"
     if not candidates:
         return
+    skipped = ""
     if len(candidates) > 1 and not all(is_cone_beam(s) for s in candidates):
         cone = [s for s in candidates if is_cone_beam(s)]
         candidates = [s for s in candidates if not is_cone_beam(s)]
         if cone:
-            how += f"; cone-beam CT {', '.join(describe_series(s) for s in cone)} left out"
-    skipped = ""
+            skipped += f"; cone-beam CT {', '.join(describe_series(s) for s in cone)} left out"
     if excluded:
-        skipped = f"; not candidates: {', '.join(f'{describe_series(s)} ({not_a_planning_ct(s)})' for s in excluded)}"
+        skipped += f"; not candidates: {', '.join(f'{describe_series(s)} ({not_a_planning_ct(s)})' for s in excluded)}"
     if len(candidates) == 1:
         case.ct = candidates[0]
         case.notes.append(f"CT {describe_series(case.ct)} chosen {how}{skipped}")
