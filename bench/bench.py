@@ -475,7 +475,9 @@ def main() -> int:
             "files": sum(1 for p in folder.rglob("*") if p.is_file()),
         }
     baseline = run([PY, "-c", "pass"])[1]
+    load_before = os.getloadavg()
     table = measure(cases, args, scratch)
+    load_after = os.getloadavg()
 
     print(
         f"\nWhole processes, median of {args.repeats} runs, cases and contenders interleaved, warm cache, "
@@ -513,6 +515,11 @@ def main() -> int:
             )
         print(line)
     print(f"(a bare Python process peaks at {baseline:.0f} MiB here)")
+    print(
+        "load average (1, 5, 15 min) before the timed runs "
+        f"{', '.join(f'{v:.2f}' for v in load_before)}, after {', '.join(f'{v:.2f}' for v in load_after)} "
+        "(the bench keeps about one core busy: more means other work shared the machine)"
+    )
     print("dose against dosealign's lean export:")
     for contender in contender_names:
         if contender != FLOOR:
