@@ -145,25 +145,68 @@ def clone_case(source: Path, target: Path, n: int) -> None:
 SETTLE = [1.0]
 
 
+#: Shared machines: before each run, wait (up to PATIENCE[0] s, --patience) until other processes
+#: use at most IDLE_LIMIT of the cores; after it, redo the run (up to RETRIES times) when other
+#: processes used more than FOREIGN_LIMIT of one core on average while it ran. Linux (/proc/stat) only.
+IDLE_LIMIT, PATIENCE, FOREIGN_LIMIT, RETRIES = 0.1, [60.0], 0.25, 3
+#: (foreign share of a core, redone) of every run, for the summary
+SHARED: list = []
+
+
+def _cpu_seconds() -> Optional[float]:
+    """CPU seconds all processes have used (busy time of every core), or None without /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_idle() -> None:
+    """Return once other processes leave the cores idle (or after PATIENCE[0] seconds)."""
+    deadline = time.monotonic() + PATIENCE[0]
+    while time.monotonic() < deadline:
+        before = _cpu_seconds()
+        if before is None:
+            return
+        time.sleep(0.5)
+        if (_cpu_seconds() - before) / 0.5 / (os.cpu_count() or 1) <= IDLE_LIMIT:
+            return
+
+
 def run(command: list, env: Optional[dict] = None, discard: Optional[Path] = None) -> tuple:
     """Wall seconds and peak RSS (MiB) of a whole process.
 
     ``discard``: an output folder deleted right after the run, before the kernel writes it to disk;
     kept outputs would pile up as dirty pages and throttle later runs' writes at random.
+    A run that other processes' work overlapped (see FOREIGN_LIMIT) is done again.
     """
-    if discard is not None:
-        shutil.rmtree(discard, ignore_errors=True)
-    os.sync()  # no other run's dirty pages are being written back during this one
-    time.sleep(SETTLE[0])
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, command))} failed: {process.stderr.read().decode()[-2000:]}")
-    if discard is not None:
-        shutil.rmtree(discard, ignore_errors=True)
+    for attempt in range(RETRIES + 1):
+        if discard is not None:
+            shutil.rmtree(discard, ignore_errors=True)
+        os.sync()  # no other run's dirty pages are being written back during this one
+        time.sleep(SETTLE[0])
+        wait_for_idle()
+        cpu_before = _cpu_seconds()
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        cpu_after = _cpu_seconds()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(map(str, command))} failed: {process.stderr.read().decode()[-2000:]}")
+        if discard is not None:
+            shutil.rmtree(discard, ignore_errors=True)
+        if cpu_before is None:
+            break
+        # CPU the run's process tree did not use (this process is asleep meanwhile)
+        foreign = max(0.0, cpu_after - cpu_before - usage.ru_utime - usage.ru_stime) / wall
+        if foreign <= FOREIGN_LIMIT or attempt == RETRIES:
+            SHARED.append((foreign, attempt))
+            break
     return wall, usage.ru_maxrss / 1024.0
 
 
@@ -173,6 +216,7 @@ def run_pairs(commands: list, outputs: list) -> float:
         shutil.rmtree(out, ignore_errors=True)
     os.sync()
     time.sleep(SETTLE[0])
+    wait_for_idle()
     start = time.perf_counter()
     for first in range(0, len(commands), 2):
         running = [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in commands[first : first + 2]]
@@ -427,10 +471,13 @@ def main() -> int:
     parser.add_argument("--skip", nargs="*", default=[], help="contenders to leave out (e.g. plastimatch)")
     parser.add_argument("--cases", nargs="*", choices=CASE_NAMES, default=list(CASE_NAMES), help="cases to run")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds of rest before each run (default 1)")
+    parser.add_argument(
+        "--patience", type=float, default=60.0, help="seconds to wait for idle cores before each run (default 60)"
+    )
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compare", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    SETTLE[0] = args.settle
+    SETTLE[0], PATIENCE[0] = args.settle, args.patience
     if args.compare:
         print(agreement(*args.compare))
         return 0
@@ -520,6 +567,13 @@ def main() -> int:
         f"{', '.join(f'{v:.2f}' for v in load_before)}, after {', '.join(f'{v:.2f}' for v in load_after)} "
         "(the bench keeps about one core busy: more means other work shared the machine)"
     )
+    if SHARED:
+        redone = sum(1 for _, attempt in SHARED if attempt)
+        print(
+            f"runs redone because other processes used > {FOREIGN_LIMIT:.0%} of a core meanwhile: {redone} of "
+            f"{len(SHARED)}; left in: {sum(1 for f, _ in SHARED if f > FOREIGN_LIMIT)}; median foreign load "
+            f"{statistics.median(f for f, _ in SHARED):.0%} of a core"
+        )
     print("dose against dosealign's lean export:")
     for contender in contender_names:
         if contender != FLOOR:
