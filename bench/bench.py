@@ -299,12 +299,13 @@ MAIN_ROWS = (
 BESIDE_ROWS = ("CT read (pixels)", "write (pair.npz, meta.json)")
 
 
-def stage_shares(case: Path, scratch: Path, repeats: int) -> dict:
-    """Median seconds per stage of ``dosealign export`` (bench/stages.py, whole processes, after a warm-up)."""
+def stage_shares(case: Path, scratch: Path, repeats: int, flags: tuple = ()) -> dict:
+    """Median seconds per stage of ``dosealign export [flags]`` (bench/stages.py, whole processes, after a warm-up)."""
     runs = []
     for n in range(repeats + 1):
         out, report_file = scratch / f"stages-{n}", scratch / f"stages-{n}.json"
-        wall, _rss = run([PY, str(HERE / "stages.py"), str(case), str(out), str(report_file)], discard=out)
+        command = [PY, str(HERE / "stages.py"), str(case), str(out), str(report_file), *flags]
+        wall, _rss = run(command, discard=out)
         report = json.loads(report_file.read_text())
         if report["status"] != 0:
             raise RuntimeError(f"the export of {case} failed in bench/stages.py")
@@ -582,26 +583,28 @@ def main() -> int:
                 + "".join(f" | {name}: {table.get((name, contender), {}).get('agreement', '-')}" for name in names)
             )
 
-    stages = {}
+    stages: dict = {}
+    variants = {"lean": ("--no-structures", "--no-qa-png"), "default": ()}
     for name, case in cases.items():
-        folder = scratch / f"stages-{name}"
-        folder.mkdir()
-        stages[name] = stage_shares(case["folder"], folder, args.repeats)
-        shutil.rmtree(folder, ignore_errors=True)
+        for variant, flags in variants.items():
+            folder = scratch / f"stages-{name}-{variant}"
+            folder.mkdir()
+            stages[f"{name} {variant}"] = stage_shares(case["folder"], folder, args.repeats, flags)
+            shutil.rmtree(folder, ignore_errors=True)
     print(
-        "\nThe default export stage by stage (bench/stages.py: whole processes, median of "
-        f"{args.repeats} after a warm-up; the main thread's rows add up to the wall time):"
+        "\nStage by stage (bench/stages.py: whole processes, median of "
+        f"{args.repeats} after a warm-up; the main thread's rows add up to the wall time; share: of the default export):"
     )
-    print(f"{'stage':56}" + "".join(f" | {n + ' s':>11} {'share':>6}" for n in names))
+    print(f"{'stage':52}" + "".join(f" | {n + ' lean':>15} {n + ' default':>17} {'share':>6}" for n in names))
     for row_name in (*MAIN_ROWS, "wall", *(f"beside: {r}" for r in BESIDE_ROWS)):
-        line = f"{row_name:56}"
+        line = f"{row_name[:52]:52}"
         for name in names:
-            seconds, wall = stages[name][row_name], stages[name]["wall"]
-            line += f" | {seconds:11.3f} {seconds / wall:6.1%}"
+            lean, default = stages[f"{name} lean"][row_name], stages[f"{name} default"][row_name]
+            line += f" | {lean:15.3f} {default:17.3f} {default / stages[f'{name} default']['wall']:6.1%}"
         print(line)
-    for name in names:
-        if stages[name]["unseen"]:
-            print(f"  ({name}: never called: {', '.join(stages[name]['unseen'])})")
+    for key, value in stages.items():
+        if value["unseen"] and "default" in key:
+            print(f"  ({key}: never called: {', '.join(value['unseen'])})")
 
     batch = batch_runs(args, scratch, shapes["10-ROI"]) if args.batch > 0 and "10-ROI" in cases else {}
 
