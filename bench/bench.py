@@ -178,7 +178,7 @@ def wait_for_idle() -> None:
 
 
 def run(command: list, env: Optional[dict] = None, discard: Optional[Path] = None) -> tuple:
-    """Wall seconds and peak RSS (MiB) of a whole process.
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system, its children included) of a whole process.
 
     ``discard``: an output folder deleted right after the run, before the kernel writes it to disk;
     kept outputs would pile up as dirty pages and throttle later runs' writes at random.
@@ -186,7 +186,7 @@ def run(command: list, env: Optional[dict] = None, discard: Optional[Path] = Non
     disturbed attempt counts.
     """
     attempts = []
-    for attempt in range(RETRIES[0] + 1):
+    for _attempt in range(RETRIES[0] + 1):
         if discard is not None:
             shutil.rmtree(discard, ignore_errors=True)
         os.sync()  # no other run's dirty pages are being written back during this one
@@ -203,16 +203,17 @@ def run(command: list, env: Optional[dict] = None, discard: Optional[Path] = Non
             raise RuntimeError(f"{' '.join(map(str, command))} failed: {process.stderr.read().decode()[-2000:]}")
         if discard is not None:
             shutil.rmtree(discard, ignore_errors=True)
+        cpu = usage.ru_utime + usage.ru_stime
         if cpu_before is None:
-            return wall, usage.ru_maxrss / 1024.0
+            return wall, usage.ru_maxrss / 1024.0, cpu
         # CPU the run's process tree did not use (this process is asleep meanwhile)
-        foreign = max(0.0, cpu_after - cpu_before - usage.ru_utime - usage.ru_stime) / wall
-        attempts.append((foreign, wall, usage.ru_maxrss / 1024.0, attempt))
+        foreign = max(0.0, cpu_after - cpu_before - cpu) / wall
+        attempts.append((foreign, wall, usage.ru_maxrss / 1024.0, cpu))
         if foreign <= FOREIGN_LIMIT:
             break
-    foreign, wall, rss, _attempt = min(attempts)
+    foreign, wall, rss, cpu = min(attempts)
     SHARED.append((foreign, len(attempts) - 1))
-    return wall, rss
+    return wall, rss, cpu
 
 
 def run_pairs(commands: list, outputs: list) -> float:
@@ -310,7 +311,7 @@ def stage_shares(case: Path, scratch: Path, repeats: int, flags: tuple = ()) -> 
     for n in range(repeats + 1):
         out, report_file = scratch / f"stages-{n}", scratch / f"stages-{n}.json"
         command = [PY, str(HERE / "stages.py"), str(case), str(out), str(report_file), *flags]
-        wall, _rss = run(command, discard=out)
+        wall = run(command, discard=out)[0]
         report = json.loads(report_file.read_text())
         if report["status"] != 0:
             raise RuntimeError(f"the export of {case} failed in bench/stages.py")
@@ -366,9 +367,10 @@ def measure(cases: dict, args, scratch: Path) -> dict:
     table: dict = {}
     for (case_name, name), values in results.items():
         table[(case_name, name)] = {
-            "wall": statistics.median(w for w, _ in values),
-            "best": min(w for w, _ in values),
-            "rss_mib": max(r for _, r in values),
+            "wall": statistics.median(v[0] for v in values),
+            "best": min(v[0] for v in values),
+            "rss_mib": max(v[1] for v in values),
+            "cpu": statistics.median(v[2] for v in values),
             "agreement": agreements.get((case_name, name), ""),
         }
     return table
@@ -554,7 +556,7 @@ def main() -> int:
         )
     names = list(cases)
     header = f"{'contender':46}" + "".join(
-        f" | {n + ' s':>11} {'best s':>6} {'x floor':>7} {'RSS MiB':>7} {'RSS/out':>7}" for n in names
+        f" | {n + ' s':>11} {'best s':>6} {'CPU s':>6} {'x floor':>7} {'RSS MiB':>7} {'RSS/out':>7}" for n in names
     )
     print(header)
     contender_names = list(dict.fromkeys(c for case in cases.values() for c in case["contenders"]))
@@ -564,11 +566,11 @@ def main() -> int:
             row = table.get((name, contender))
             floor = table.get((name, FLOOR))
             if row is None:
-                line += f" | {'-':>11} {'':>6} {'':>7} {'':>7} {'':>7}"
+                line += f" | {'-':>11} {'':>6} {'':>6} {'':>7} {'':>7} {'':>7}"
                 continue
             ratio = row["wall"] / floor["wall"] if floor else float("nan")
             line += (
-                f" | {row['wall']:11.2f} {row['best']:6.2f} {ratio:7.2f} {row['rss_mib']:7.0f} "
+                f" | {row['wall']:11.2f} {row['best']:6.2f} {row['cpu']:6.2f} {ratio:7.2f} {row['rss_mib']:7.0f} "
                 f"{row['rss_mib'] * 2**20 / cases[name]['output_bytes']:7.2f}"
             )
         print(line)
