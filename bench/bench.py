@@ -297,6 +297,8 @@ MAIN_ROWS = (
     "structures",
     "body mask",
     "audit",
+    "ROI DVHs",
+    "reference DVHs",
     "qa.png",
     "write (pair.npz, meta.json)",
     "manifest + report.html",

@@ -11,7 +11,8 @@ read beside the dose, the pair.npz writer) is kept apart, since it overlaps the 
 Imports happen where the export does them and count to the stage that triggers them.
 
 Functions are found by name, not by module, so the table survives the engine's reorganisation
-(issue 11) as long as the names do; names never called are listed in the JSON (``unseen``).
+(issue 11: the stage sub-packages dicom/, link/, geometry/, structures/, audit/, output/) as long as
+the names do; names never called are listed in the JSON (``unseen``).
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ STAGES = {
     "read_rtdose": "dose read + resample",
     "_resample_dose": "dose read + resample",
     "read_structure_set": "structures",
+    "read_case_contours": "structures",
     "rasterize_structures": "structures",
-    "_structures": "structures",
+    "case_masks": "structures",
     "body_from_ct": "body mask",
     "add_structures_and_audit": "audit",
+    "roi_dvhs": "ROI DVHs",
+    "reference_dvhs_for": "reference DVHs",
     "render_case": "qa.png",
     "CaseOutput.finish": "write (pair.npz, meta.json)",
     "_write_member": "write (pair.npz, meta.json)",
