@@ -8,8 +8,11 @@ uint16 CT 512x512x152, Pinnacle-like 129x91x98 dose over 30 % of it, no RTSTRUCT
 
     python bench/bench.py                 # generate (cached in bench/.cache) and run everything
     python bench/bench.py --repeats 5 --batch 6 --skip plastimatch
+    python bench/bench.py --cases clinical --batch 0 --markdown tables.md   # also README-ready tables
 
-The engine run is this checkout's (DoseAlign/ goes first on every child's PYTHONPATH). Numbers are
+Per case and contender: median and best wall seconds, CPU seconds (user + system, children included),
+the ratios to the np.save floor and to the lean export, peak RSS against the output arrays' bytes, the
+bytes the contender wrote, and its dose against the lean export's. The engine run is this checkout's (DoseAlign/ goes first on every child's PYTHONPATH). Numbers are
 medians over --repeats runs, contenders and cases interleaved in shuffled order so background load
 hits all alike. Targets (issues 4 and 14) are printed as ratios measured in this run.
 """
@@ -337,6 +340,7 @@ def stage_shares(case: Path, scratch: Path, repeats: int, flags: tuple = ()) -> 
 def measure(cases: dict, args, scratch: Path) -> dict:
     """Every contender on every case: an untimed agreement pass, then --repeats timed passes."""
     agreements: dict = {}
+    written: dict = {}  # (case, contender) -> bytes of the files it wrote
     for case_name, case in cases.items():
         contenders = case["contenders"]
         # first, untimed: each contender's dose against dosealign's, compared in a child process (this one
@@ -345,11 +349,13 @@ def measure(cases: dict, args, scratch: Path) -> dict:
         reference_folder = scratch / "agree-reference"
         run(contenders[LEAN](str(reference_folder)))
         for n, (name, make) in enumerate(contenders.items()):
-            if name == FLOOR:
-                continue
             out = scratch / f"agree-{n}"
             out.mkdir(parents=True, exist_ok=True)
             run(make(str(out)))
+            written[(case_name, name)] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+            if name == FLOOR:
+                shutil.rmtree(out)
+                continue
             compared = subprocess.run(
                 [PY, __file__, "--compare", str(reference_folder), str(out)], capture_output=True, text=True
             )
@@ -374,6 +380,7 @@ def measure(cases: dict, args, scratch: Path) -> dict:
             "rss_mib": max(v[1] for v in values),
             "cpu": statistics.median(v[2] for v in values),
             "agreement": agreements.get((case_name, name), ""),
+            "written_bytes": written.get((case_name, name), 0),
         }
     return table
 
@@ -452,7 +459,7 @@ def batch_runs(args, scratch: Path, shape: tuple) -> dict:
 
 def case_targets(table: dict, case_name: str, output_bytes: int, key: str = "wall") -> list:
     """(label, value, limit, sense) of issue 14's goals on one case, as measured (``key``: "wall" for
-    the medians, "best" for the fastest runs)."""
+    the medians, "best" for the fastest runs, "cpu" for the median CPU seconds; peak RSS is the same in all)."""
     row = {name: {**values, "wall": values[key]} for (c, name), values in table.items() if c == case_name}
     lean = row[LEAN]["wall"]
     checks = []
@@ -475,6 +482,83 @@ def case_targets(table: dict, case_name: str, output_bytes: int, key: str = "wal
     return checks
 
 
+COLUMNS = ("median s", "best s", "CPU s", "x floor", "x lean", "peak RSS MiB", "RSS/out", "written MiB")
+
+
+def case_rows(table: dict, case_name: str, case: dict, contender_names: list) -> list:
+    """(contender, [column values as text], dose agreement) of one case, in COLUMNS order."""
+    floor, lean = table.get((case_name, FLOOR)), table.get((case_name, LEAN))
+    rows = []
+    for contender in contender_names:
+        row = table.get((case_name, contender))
+        if row is None:
+            continue
+        values = [
+            f"{row['wall']:.2f}",
+            f"{row['best']:.2f}",
+            f"{row['cpu']:.2f}",
+            f"{row['wall'] / floor['wall']:.2f}" if floor else "-",
+            f"{row['wall'] / lean['wall']:.2f}" if lean else "-",
+            f"{row['rss_mib']:.0f}",
+            f"{row['rss_mib'] * 2**20 / case['output_bytes']:.2f}",
+            f"{row['written_bytes'] / 2**20:.0f}",
+        ]
+        rows.append((contender, values, row["agreement"]))
+    return rows
+
+
+def print_case_table(table: dict, case_name: str, case: dict, contender_names: list) -> None:
+    """One case's contenders: times, ratios, memory, bytes written and the dose against the lean export's."""
+    print(f"\n{case_name}:")
+    print(f"{'contender':46}" + "".join(f" {c:>{max(7, len(c))}}" for c in COLUMNS) + "  dose vs lean export")
+    for contender, values, agreement_text in case_rows(table, case_name, case, contender_names):
+        line = f"{contender:46}" + "".join(f" {v:>{max(7, len(c))}}" for v, c in zip(values, COLUMNS))
+        print(f"{line}  {agreement_text}")
+
+
+def markdown_tables(
+    table: dict, cases: dict, contender_names: list, stages: dict, targets: dict, best: dict, cpu: dict
+) -> str:
+    """README-ready tables (--markdown): per case its contenders, its stages, and the targets."""
+    parts = []
+    for name, case in cases.items():
+        parts.append(f"**{name}** (output arrays {case['output_bytes'] / 2**20:.0f} MiB)\n")
+        parts.append("| contender | " + " | ".join(COLUMNS) + " | dose vs lean export |")
+        parts.append("|---|" + "---|" * (len(COLUMNS) + 1))
+        for contender, values, agreement_text in case_rows(table, name, case, contender_names):
+            agreement_text = agreement_text.replace("|", "\\|")
+            parts.append(f"| {contender.strip()} | " + " | ".join(values) + f" | {agreement_text} |")
+        parts.append("")
+    if stages:
+        parts.append("| stage | " + " | ".join(f"{n} lean s | {n} default s | share" for n in cases) + " |")
+        parts.append("|---|" + "---|---|---|" * len(cases))
+        for row_name in (*MAIN_ROWS, "wall", *(f"beside: {r}" for r in BESIDE_ROWS)):
+            cells = []
+            for n in cases:
+                lean, default = stages[f"{n} lean"][row_name], stages[f"{n} default"][row_name]
+                cells.append(f"{lean:.3f} | {default:.3f} | {default / stages[f'{n} default']['wall']:.1%}")
+            parts.append(f"| {row_name} | " + " | ".join(cells) + " |")
+        parts.append("")
+    parts.append("| target | " + " | ".join(cases) + " |")
+    parts.append("|---|" + "---|" * len(cases))
+    labels = list(dict.fromkeys(t[0] for checks in targets.values() for t in checks))
+    for label in labels:
+        cells = []
+        for n in cases:
+            check = next((t for t in targets[n] if t[0] == label), None)
+            if check is None:
+                cells.append("-")
+                continue
+            _, value, limit, sense = check
+            fastest = next(t for t in best[n] if t[0] == label)[1]
+            by_cpu = next(t for t in cpu[n] if t[0] == label)[1]
+            ok = value <= limit if sense == "<=" else value >= limit
+            timing = "" if label.startswith("peak RSS") else f" ({fastest:.2f}; CPU {by_cpu:.2f})"
+            cells.append(f"{'met' if ok else '**missed**'}: {value:.2f}{timing}")
+        parts.append(f"| {label.strip()} | " + " | ".join(cells) + " |")
+    return "\n".join(parts) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=HERE / ".cache")
@@ -489,6 +573,7 @@ def main() -> int:
     parser.add_argument(
         "--retries", type=int, default=3, help="runs redone when other work overlapped them (default 3)"
     )
+    parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown (for README) to this file")
     parser.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compare", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -557,25 +642,9 @@ def main() -> int:
             f"output arrays {case['output_bytes'] / 2**20:.0f} MiB"
         )
     names = list(cases)
-    header = f"{'contender':46}" + "".join(
-        f" | {n + ' s':>11} {'best s':>6} {'CPU s':>6} {'x floor':>7} {'RSS MiB':>7} {'RSS/out':>7}" for n in names
-    )
-    print(header)
     contender_names = list(dict.fromkeys(c for case in cases.values() for c in case["contenders"]))
-    for contender in contender_names:
-        line = f"{contender:46}"
-        for name in names:
-            row = table.get((name, contender))
-            floor = table.get((name, FLOOR))
-            if row is None:
-                line += f" | {'-':>11} {'':>6} {'':>6} {'':>7} {'':>7} {'':>7}"
-                continue
-            ratio = row["wall"] / floor["wall"] if floor else float("nan")
-            line += (
-                f" | {row['wall']:11.2f} {row['best']:6.2f} {row['cpu']:6.2f} {ratio:7.2f} {row['rss_mib']:7.0f} "
-                f"{row['rss_mib'] * 2**20 / cases[name]['output_bytes']:7.2f}"
-            )
-        print(line)
+    for name in names:
+        print_case_table(table, name, cases[name], contender_names)
     print(f"(a bare Python process peaks at {baseline:.0f} MiB here)")
     print(
         "load average (1, 5, 15 min) before the timed runs "
@@ -589,13 +658,6 @@ def main() -> int:
             f"{len(SHARED)}; left in: {sum(1 for f, _ in SHARED if f > FOREIGN_LIMIT)}; median foreign load "
             f"{statistics.median(f for f, _ in SHARED):.0%} of a core"
         )
-    print("dose against dosealign's lean export:")
-    for contender in contender_names:
-        if contender != FLOOR:
-            print(
-                f"  {contender:46}"
-                + "".join(f" | {name}: {table.get((name, contender), {}).get('agreement', '-')}" for name in names)
-            )
 
     stages: dict = {}
     variants = {"lean": ("--no-structures", "--no-qa-png"), "default": ()}
@@ -622,24 +684,32 @@ def main() -> int:
 
     batch = batch_runs(args, scratch, shapes["10-ROI"]) if args.batch > 0 and "10-ROI" in cases else {}
 
-    print("\nTargets (issue 14), as measured in this run (medians; in brackets: from the fastest runs):")
-    print(f"{'':4} {'target':50}" + "".join(f" | {n:>25}" for n in names))
+    print(
+        "\nTargets (issue 14), as measured in this run (met or missed by the medians of wall time; in brackets: "
+        "from the fastest runs; from the CPU seconds)"
+    )
+    print(f"{'':4} {'target':50}" + "".join(f" | {n:>33}" for n in names))
     targets = {name: case_targets(table, name, cases[name]["output_bytes"]) for name in names}
     best = {name: case_targets(table, name, cases[name]["output_bytes"], "best") for name in names}
+    cpu = {name: case_targets(table, name, cases[name]["output_bytes"], "cpu") for name in names}
     labels = list(dict.fromkeys(t[0] for checks in targets.values() for t in checks))
     for label in labels:
         line, all_met = "", True
         for name in names:
             check = next((t for t in targets[name] if t[0] == label), None)
             if check is None:
-                line += f" | {'-':>25}"
+                line += f" | {'-':>33}"
                 continue
             _, value, limit, sense = check
             fastest = next(t for t in best[name] if t[0] == label)[1]
+            by_cpu = next(t for t in cpu[name] if t[0] == label)[1]
             ok = value <= limit if sense == "<=" else value >= limit
             all_met &= ok
-            line += f" | {'met ' if ok else 'MISS'} {value:5.2f} ({fastest:5.2f}) {sense} {limit:<4g}"
+            timing = " " * 15 if label.startswith("peak RSS") else f" ({fastest:5.2f}; {by_cpu:5.2f})"
+            line += f" | {'met ' if ok else 'MISS'} {value:5.2f}{timing} {sense} {limit:<4g}"
         print(f"{'met ' if all_met else 'MISS'} {label:50}{line}")
+    if args.markdown:
+        args.markdown.write_text(markdown_tables(table, cases, contender_names, stages, targets, best, cpu))
     (scratch / "bench.json").write_text(
         json.dumps(
             {
