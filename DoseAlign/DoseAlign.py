@@ -695,14 +695,44 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         if not DICOMUtils.importDicom(folder, database):
             raise RuntimeError(_("DICOM import of {folder} failed (see the error log)").format(folder=folder))
         seriesUIDs = set()
-        for root, _dirs, files in os.walk(folder):
-            for name in files:
-                seriesUID = database.seriesForFile(os.path.join(root, name).replace("\\", "/"))
-                if seriesUID:
-                    seriesUIDs.add(seriesUID)
+        for path in self.filesBelow(folder):
+            seriesUID = database.seriesForFile(path.replace("\\", "/"))
+            if seriesUID:
+                seriesUIDs.add(seriesUID)
         studyUIDs = sorted({database.studyForSeries(uid) for uid in seriesUIDs} - {""})
         self.log(_("{series} series in {studies} studies.").format(series=len(seriesUIDs), studies=len(studyUIDs)))
         return studyUIDs
+
+    @staticmethod
+    def filesBelow(folder) -> list:
+        """Every file below ``folder`` by the paths ``DICOMUtils.importDicom`` indexes them under: its
+        ``ctkDICOMIndexer`` follows symbolic links (``FollowSymlinks(true)``, CTK 82cae578
+        Libs/DICOM/Core/ctkDICOMIndexer.cpp:295, used at :167-172; the same at f53820a4 and dd4caeae), so
+        files under a linked folder are in the database by their path through the link. ``os.walk`` follows
+        no links. Here every link is followed except into a folder that is already an ancestor of the path
+        (a link loop), so a folder reached by two routes is listed by both: whichever route the indexer took
+        (its iterator enters each real folder once), that path is among these."""
+        found = []
+
+        def walk(path: str, ancestors: frozenset) -> None:
+            try:
+                entries = sorted(os.scandir(path), key=lambda entry: entry.name)
+            except OSError:
+                return  # unreadable: the indexer cannot have read it either
+            for entry in entries:
+                try:
+                    if entry.is_dir():  # follows links
+                        real = os.path.realpath(entry.path)
+                        if real not in ancestors:
+                            walk(entry.path, ancestors | {real})
+                    elif entry.is_file():
+                        found.append(entry.path)
+                except OSError:
+                    continue
+
+        folder = os.fspath(folder)
+        walk(folder, frozenset({os.path.realpath(folder)}))
+        return found
 
     @contextlib.contextmanager
     def temporaryDatabase(self, folder=None):

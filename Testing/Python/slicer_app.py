@@ -111,6 +111,32 @@ TAGS = {
 }
 
 
+def indexer_files(folder) -> list:
+    """The files ``ctkDICOMIndexer::addDirectory`` indexes, by the paths it stores: a ``QDirIterator`` over
+    ``QDir::Files`` (hidden ones too: ``includeHidden`` defaults to true) with ``Subdirectories`` and, by
+    default, ``FollowSymlinks`` (CTK 82cae578 Libs/DICOM/Core/ctkDICOMIndexer.cpp:160-176, :295, :466-489).
+    The iterator goes depth first and enters each real folder once (Qt 5 QDirIteratorPrivate keeps the
+    canonical paths it has entered in ``visitedLinks``), so a folder reached by two routes is indexed by the
+    first route only, and a link loop ends."""
+    import os
+
+    found: list = []
+    entered = {os.path.realpath(folder)}
+
+    def walk(path: str) -> None:
+        for entry in sorted(os.scandir(path), key=lambda e: e.name):
+            if entry.is_dir():
+                real = os.path.realpath(entry.path)
+                if real not in entered:
+                    entered.add(real)
+                    walk(entry.path)
+            elif entry.is_file():
+                found.append(entry.path)
+
+    walk(os.fspath(folder))
+    return found
+
+
 class FileDatabase:
     """The ``ctkDICOMDatabase`` calls of the module, for files indexed in place (no copies)."""
 
@@ -128,7 +154,8 @@ class FileDatabase:
             self._headers[path] = pydicom.dcmread(path, stop_before_pixels=True)
 
     def add_folder(self, folder) -> None:
-        self.add(sorted(str(p) for p in Path(folder).rglob("*") if p.is_file()))
+        """Index a folder's files as ``DICOMUtils.importDicom`` does (see :func:`indexer_files`)."""
+        self.add(indexer_files(folder))
 
     def _where(self, key: str, value: str) -> list:
         return sorted(p for p, ds in self._headers.items() if str(getattr(ds, key, "")) == value)

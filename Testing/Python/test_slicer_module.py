@@ -1003,3 +1003,37 @@ def test_n1_an_rtstruct_series_of_two_files_is_refused_without_a_record(module, 
     _loaded_by_the_dicom_module(module, loaded)
     with pytest.raises(ValueError, match="cannot tell which"):
         logic.structureFilesForNode(recorded[0])
+
+
+# ==== second reading N6: the import count follows symbolic links as the DICOM indexer does ================
+
+needs_symlinks = pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="needs POSIX symlinks")
+
+
+@needs_symlinks
+def test_n6_import_counts_the_series_under_linked_folders(module, tmp_path, database):
+    _phantom(tmp_path / "elsewhere", with_structures=False)
+    expected = {
+        str(pydicom.dcmread(str(p), stop_before_pixels=True).SeriesInstanceUID)
+        for p in (tmp_path / "elsewhere" / "dicom").iterdir()
+    }
+    study = {
+        str(pydicom.dcmread(str(p), stop_before_pixels=True).StudyInstanceUID)
+        for p in (tmp_path / "elsewhere" / "dicom").iterdir()
+    }
+    folder = tmp_path / "input"
+    folder.mkdir()
+    (folder / "a-link").symlink_to(tmp_path / "elsewhere" / "dicom", target_is_directory=True)
+    (folder / "b-link").symlink_to(tmp_path / "elsewhere" / "dicom", target_is_directory=True)  # a second route
+    (tmp_path / "elsewhere" / "dicom" / "loop").symlink_to(folder, target_is_directory=True)  # back up: a loop
+    db, _loading = database
+    logic = module.DoseAlignLogic()
+    lines = []
+    logic.logCallback = lines.append
+    studies = logic.importFolderToDatabase(folder)
+    # the mechanism: the indexer stored the files by their path through the first link, which os.walk never lists
+    assert db.patients() and all("/a-link/" in path for path in db._headers)
+    assert not any(db.seriesForFile(os.path.join(r, n)) for r, _d, names in os.walk(folder) for n in names)
+    assert studies == sorted(study)
+    assert lines[-1] == f"{len(expected)} series in 1 studies."
+    assert len(expected) >= 2

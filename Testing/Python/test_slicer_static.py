@@ -255,6 +255,7 @@ PYTHON_ATTRIBUTES = {
     "mkdir",
     "read_text",
     "is_dir",
+    "is_file",
     "iterdir",
     "write",
     "flush",
