@@ -144,7 +144,7 @@ class DoseAlignParameterNode:
     The parameters needed by the module.
 
     inputFolder - DICOM folder to import into the DICOM database (files stay in place).
-    ctVolume - Planning CT (loaded through the DICOM module).
+    ctVolume - Planning CT (loaded through the DICOM module); optional: none, the engine picks the dose's CT.
     doseVolume - RT dose loaded by SlicerRT (the engine reads its file).
     segmentation - RTSTRUCT segmentation whose ROIs to export (optional; none: the structure set the engine
         pairs with the dose, as dosealign export does). One that maps to no RTSTRUCT file is refused.
@@ -202,6 +202,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._busy = False
+        self._followedDoseID = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -214,6 +215,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         # The .ui connects the root qMRMLWidget's mrmlSceneChanged(vtkMRMLScene*) to each node selector.
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self._filterSelectors()
 
         self.logic = DoseAlignLogic()
         self.logic.logCallback = self.addLog
@@ -239,6 +241,13 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
         self.refreshStudies()
+
+    def _filterSelectors(self) -> None:
+        # Only SlicerRT's dose volumes in the dose selector: a selector without "None" takes the first node that
+        # enters its list, which is the CT when the DICOM browser loads a study. An attribute given without a
+        # value matches any node that has it (qMRMLNodeComboBox.h:140-146 at v5.6.2/v5.8.1/main, :139-145 at
+        # v5.10.0; qMRMLSortFilterProxyModel.cxx:311-323 at v5.8.1); SlicerRT's LoadRtDose sets it to "1".
+        self.ui.doseVolumeSelector.addAttribute("vtkMRMLScalarVolumeNode", DoseAlignLogic.DOSE_VOLUME_ATTRIBUTE)
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
@@ -271,6 +280,8 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
         self.setParameterNode(self.logic.getParameterNode())
+        if self._parameterNode.doseVolume and not self.logic.isDoseVolumeNode(self._parameterNode.doseVolume):
+            self._parameterNode.doseVolume = None  # e.g. a CT an unfiltered selector took for the dose
         # Pick the first dose and its CT to save a few clicks
         if not self._parameterNode.doseVolume:
             doseNodes = self.logic.doseVolumeNodes()
@@ -301,15 +312,36 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             if self._parameterNodeGuiTag is not None:
                 self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         self._parameterNodeGuiTag = None
         if self._parameterNode:
             # connectParametersToGui returns its tag on 5.6, 5.8, 5.10 and main (wrapper.py:194-213);
             # connectGui returns None before 5.10.0 (Slicer commit b5a65a49a0)
             self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self._parameterWidgets())
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            dose = self._parameterNode.doseVolume
+            self._followedDoseID = dose.GetID() if dose is not None else None  # keep the CT saved with this dose
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._checkCanApply()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._followDose()
+        self._checkCanApply()
+
+    def _followDose(self) -> None:
+        """When the dose changes, select its CT and structure set (None where they are not loaded, and the
+        engine then picks the CT): a CT or RTSTRUCT chosen for the previous dose must not go with this one."""
+        p = self._parameterNode
+        dose = p.doseVolume if p is not None else None
+        doseID = dose.GetID() if dose is not None else None
+        if doseID == self._followedDoseID:
+            return
+        self._followedDoseID = doseID
+        if dose is None or self._busy:  # Load sets the CT and structures itself
+            return
+        ctNode, segmentationNode = self.logic.nodesForDose(dose)
+        p.ctVolume = ctNode
+        p.segmentation = segmentationNode
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         """Set the buttons' enabled state and the tooltips that say why."""
@@ -532,7 +564,10 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
 
     #: DICOM plugins used for loading, in loading order (the CT loads before the RTSTRUCT).
     DICOM_PLUGINS = ["DICOMScalarVolumePlugin", "DicomRtImportExportPlugin"]
-    #: Attribute SlicerRT puts on dose volumes (vtkSlicerRtCommon::DICOMRTIMPORT_DOSE_VOLUME_IDENTIFIER_ATTRIBUTE_NAME).
+    #: Attribute SlicerRT puts on dose volumes (vtkSlicerRtCommon::DICOMRTIMPORT_DOSE_VOLUME_IDENTIFIER_ATTRIBUTE_NAME,
+    #: SlicerRtCommon/vtkSlicerRtCommon.cxx:64-65), set to "1" by LoadRtDose (DicomRtImportExport/Logic/
+    #: vtkSlicerDicomRtImportExportModuleLogic.cxx:524 at SlicerRT 3fb93b87 (Slicer 5.6.2), :521 at 169eed7b (5.8.1),
+    #: :527 at 849f5e76 (5.10.0) and 77326b07, :528 at df6ef69c).
     DOSE_VOLUME_ATTRIBUTE = "DicomRtImport.DoseVolume"
     #: Attribute DoseAlign puts on every node it loads: a JSON list of the DICOM files of its loadable.
     SOURCE_FILES_ATTRIBUTE = "DoseAlign.SourceFiles"
@@ -1039,6 +1074,18 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
             series = {s.series_uid for s in case.structs}
             found = [n for n in nodes if not self.sourceFiles(n) and self._seriesUID(n) in series]
         return found[0] if found else None
+
+    def nodesForDose(self, doseNode) -> tuple:
+        """(CT node, segmentation node) loaded for the dose's case; None for what is not loaded, both None (and
+        the reason logged) when the case cannot be formed."""
+        try:
+            case = self.caseForDose(doseNode)
+        except (DoseAlignError, ValueError, RuntimeError, OSError) as error:
+            self.log(
+                _("{name}: its CT and structures cannot be found: {error}").format(name=doseNode.GetName(), error=error)
+            )
+            return None, None
+        return self.ctNodeForCase(case), self.segmentationNodeForCase(case)
 
     def findCtForDose(self, doseNode):
         """The loaded CT node the engine pairs with the dose (by frame of reference and references,

@@ -1037,3 +1037,139 @@ def test_n6_import_counts_the_series_under_linked_folders(module, tmp_path, data
     assert studies == sorted(study)
     assert lines[-1] == f"{len(expected)} series in 1 studies."
     assert len(expected) >= 2
+
+
+# ==== second reading N5: the dose selector holds doses only, and the CT and structures follow the dose ======
+
+
+class _Selector(_Widget):
+    """A qMRMLNodeComboBox's attribute filter as qMRMLSortFilterProxyModel applies it (v5.8.1
+    qMRMLSortFilterProxyModel.cxx:295-323): a node of a filtered type is listed only when it has the attribute,
+    with any value when none was given (qMRMLNodeComboBox.h:140-146)."""
+
+    def __init__(self, parameter=None, node_types=("vtkMRMLScalarVolumeNode",)):
+        super().__init__(parameter)
+        self.nodeTypes = list(node_types)
+        self.attributes = {}
+
+    def addAttribute(self, node_type, name, value=None):  # noqa: N802
+        self.attributes[node_type] = (name, value)
+
+    def listed(self, scene) -> list:
+        listed = []
+        for n in range(scene.GetNumberOfNodes()):
+            node = scene.GetNthNode(n)
+            types = [t for t in self.nodeTypes if node.IsA(t)]
+            if not types or node.GetHideFromEditors():
+                continue
+            attribute = self.attributes.get(types[0])
+            if attribute is not None:
+                found = node.GetAttribute(attribute[0])
+                if found is None or (attribute[1] is not None and found != attribute[1]):
+                    continue
+            listed.append(node)
+        return listed
+
+
+class _ModifiedParameterNode(_RecordingParameterNode):
+    """Setting a parameter modifies the parameter node, as the wrapper's serializers do (SetParameter,
+    SetNodeReferenceID: serializers.py:402-406 at v5.8.1), so the widget's ModifiedEvent observer runs."""
+
+    PARAMETERS = ("doseVolume", "ctVolume", "segmentation", "inputFolder", "outputFolder")
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if name in self.PARAMETERS and "parameterNode" in self.__dict__:
+            self.parameterNode.Modified()
+
+
+def _panel(module, monkeypatch, node, **widgets):
+    """The module's widget without Qt: ``ui`` holds stand-ins, the logic is the real one."""
+    import types
+
+    widget = module.DoseAlignWidget.__new__(module.DoseAlignWidget)
+    module.VTKObservationMixin.__init__(widget)
+    widget._parameterNode = widget._parameterNodeGuiTag = None
+    widget._busy = False
+    widget._followedDoseID = None
+    buttons = ["alignButton", "exportButton", "exportAllButton", "importFolderButton", "cancelButton"]
+    buttons += ["loadStudyButton", "refreshStudiesButton", "studyComboBox"]
+    widget.ui = types.SimpleNamespace(**{b: _Widget() for b in buttons}, **widgets)
+    logic = module.DoseAlignLogic()
+    monkeypatch.setattr(logic, "getParameterNode", lambda: node)
+    monkeypatch.setattr(logic, "optionsFromParameterNode", lambda p: AlignOptions())
+    widget.logic = logic
+    widget.parent = types.SimpleNamespace(isEntered=True)
+    return widget
+
+
+def _two_patients(module, tmp_path, database) -> dict:
+    """Two patients' studies, loaded as the DICOM browser loads them (no DoseAlign record of the files):
+    patient ID -> {"ct", "dose", "segmentation"}."""
+    db, _loading = database
+    for name in ("A", "B"):
+        _phantom(tmp_path / name, ct_size=(32, 32, 16), patient_id=f"DA-N5-{name}")
+        db.add_folder(tmp_path / name / "dicom")
+    logic = module.DoseAlignLogic()
+    found = {}
+    for patient in db.patients():
+        (study,) = db.studiesForPatient(patient)
+        nodes = [slicer.mrmlScene.GetNodeByID(i) for i in logic.loadStudy(study)]
+        _loaded_by_the_dicom_module(module, nodes)
+        roles = {}
+        for node in nodes:
+            if node.IsA("vtkMRMLSegmentationNode"):
+                roles["segmentation"] = node
+            elif logic.isDoseVolumeNode(node):
+                roles["dose"] = node
+            elif node.IsA("vtkMRMLScalarVolumeNode"):
+                roles["ct"] = node
+        assert set(roles) == {"ct", "dose", "segmentation"}
+        found[patient] = roles
+    return found
+
+
+def test_n5_the_dose_selector_lists_only_slicerrt_doses(module, tmp_path, database, monkeypatch):
+    _phantom(tmp_path, ct_size=(32, 32, 16))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    loaded = [slicer.mrmlScene.GetNodeByID(i) for i in logic.loadStudy(db.studiesForPatient(db.patients()[0])[0])]
+    _loaded_by_the_dicom_module(module, loaded)
+    (dose,) = logic.doseVolumeNodes()
+    (ct,) = logic.ctVolumeNodes()
+    unfiltered = _Selector("doseVolume")
+    assert unfiltered.listed(slicer.mrmlScene)[0] is ct  # the first node to enter an empty list: the CT
+    selector = _Selector("doseVolume")
+    widget = _panel(module, monkeypatch, _ModifiedParameterNode(slicer.mrmlScene), doseVolumeSelector=selector)
+    widget._filterSelectors()
+    assert selector.attributes == {"vtkMRMLScalarVolumeNode": (slicer_app.DOSE_ATTRIBUTE, None)}
+    assert selector.listed(slicer.mrmlScene) == [dose]  # what SlicerRT's LoadRtDose tags, nothing else
+    node = _ModifiedParameterNode(slicer.mrmlScene)
+    node.doseVolume = ct  # what an unfiltered selector wrote into a saved parameter node
+    widget = _panel(module, monkeypatch, node, doseVolumeSelector=selector)
+    widget.initializeParameterNode()
+    assert node.doseVolume is dose and node.ctVolume is ct
+
+
+def test_n5_changing_the_dose_selects_its_ct_and_structures(module, tmp_path, database, monkeypatch):
+    patients = _two_patients(module, tmp_path, database)
+    a, b = (patients[p] for p in sorted(patients))
+    node = _ModifiedParameterNode(slicer.mrmlScene)
+    widget = _panel(module, monkeypatch, node, doseVolumeSelector=_Selector("doseVolume"))
+    lines = []
+    widget.logic.logCallback = lines.append
+    widget.setParameterNode(node)
+    node.doseVolume = a["dose"]
+    assert (node.ctVolume, node.segmentation) == (a["ct"], a["segmentation"])
+    node.doseVolume = b["dose"]  # another patient's dose: A's CT and structures must not go with it
+    assert (node.ctVolume, node.segmentation) == (b["ct"], b["segmentation"])
+    node.ctVolume = None  # the user's choice for this dose stays while the dose does
+    node.segmentation = None
+    assert (node.ctVolume, node.segmentation) == (None, None)
+    stray = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "dose from elsewhere")
+    stray.SetAttribute(slicer_app.DOSE_ATTRIBUTE, "1")  # no DICOM file to find its case by
+    node.doseVolume = a["dose"]
+    node.doseVolume = stray
+    assert (node.ctVolume, node.segmentation) == (None, None)
+    assert "dose from elsewhere: its CT and structures cannot be found" in lines[-1]

@@ -189,6 +189,21 @@ def test_ui_bindings_name_parameters_of_the_right_type():
             assert annotation == "str", (name, annotation)
 
 
+def test_ui_ct_selector_may_be_empty_and_the_dose_selector_not():
+    """The CT is optional (the engine picks the dose's CT): its selector offers None, so that a dose whose CT is
+    not loaded clears it instead of showing whatever volume came first. The dose selector lists SlicerRT doses
+    only (attribute filter set in DoseAlign.py) and takes the first one."""
+    widgets = ui_widgets()
+
+    def none_enabled(name):
+        return next(p.findtext("bool") for p in widgets[name].findall("property") if p.get("name") == "noneEnabled")
+
+    assert none_enabled("ctVolumeSelector") == "true" and none_enabled("doseVolumeSelector") == "false"
+    assert 'doseVolumeSelector.addAttribute("vtkMRMLScalarVolumeNode", DoseAlignLogic.DOSE_VOLUME_ATTRIBUTE)' in (
+        MODULE_PY.read_text(encoding="utf-8")
+    )
+
+
 def test_ui_node_selectors_get_the_scene():
     root = ET.parse(UI_FILE).getroot()
     receivers = {
