@@ -194,6 +194,15 @@ def isEmptyPath(path) -> bool:
 class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires the panel to the parameter node and the logic; no computation here."""
 
+    #: Folder parameters and their ctkPathLineEdit, connected here rather than through SlicerParameterName: the
+    #: wrapper's connector writes ``str(value)`` into the field on connection and on every change of the parameter
+    #: node (wrapper.py:181-190 and :209 at v5.6.2..v5.10.0, :182-191 and :210 on main; guiConnectors.py:590 at
+    #: v5.6.2, :637 at v5.8.1, :705 at v5.10.0/main), and an empty Path parameter is ``Path()``, shown as "."
+    #: (PathSerializer.default, serializers.py:329 at v5.6.2/v5.8.1, :332 at v5.10.0/main). That "." replaced the
+    #: most recent folder, which the field's settingKey shows when it is empty (ctkPathLineEdit::retrieveHistory,
+    #: CTK 82cae578 Libs/Widgets/ctkPathLineEdit.cpp:694-727, called by setSettingKey :857-862).
+    FOLDER_FIELDS = {"inputFolder": "inputFolderPathLineEdit", "outputFolder": "outputFolderPathLineEdit"}
+
     def __init__(self, parent=None) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -203,6 +212,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._busy = False
         self._followedDoseID = None
+        self._folderTexts = {}  # parameter -> the text its field last showed or sent
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -234,6 +244,8 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.exportAllButton.connect("clicked(bool)", self.onExportAllButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.inputFolderPathLineEdit.connect("currentPathChanged(QString)", self.onInputFolderEdited)
+        self.ui.outputFolderPathLineEdit.connect("currentPathChanged(QString)", self.onOutputFolderEdited)
 
         self.ui.resultsTable.setHorizontalHeaderLabels([_("Case"), _("Status"), _("Reason"), _("QA flags")])
         self.ui.progressBar.setRange(0, 100)
@@ -321,12 +333,50 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self._parameterWidgets())
             dose = self._parameterNode.doseVolume
             self._followedDoseID = dose.GetID() if dose is not None else None  # keep the CT saved with this dose
+            self._folderTexts = {}
+            self._showFolders(adoptShown=True)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._checkCanApply()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._showFolders()
         self._followDose()
         self._checkCanApply()
+
+    def _showFolders(self, adoptShown: bool = False) -> None:
+        """Show each folder parameter in its field: a set folder as it is, an unset one as an empty field, never
+        as ".". With ``adoptShown`` (on connection), an unset parameter takes the folder the field shows, which is
+        the most recent one of its history. A field is rewritten only when its parameter changed since it was
+        last shown, so that a path being typed is not overwritten by an unrelated change."""
+        p = self._parameterNode
+        if p is None:
+            return
+        for name, widgetName in self.FOLDER_FIELDS.items():
+            widget = getattr(self.ui, widgetName)
+            value = getattr(p, name)
+            text = "" if isEmptyPath(value) else str(value)
+            shown = str(widget.currentPath or "").strip()
+            if adoptShown and not text and shown:
+                self._folderTexts[name] = shown
+                setattr(p, name, pathlib.Path(shown))
+                continue
+            if self._folderTexts.get(name) != text:
+                self._folderTexts[name] = text
+                if shown != text:
+                    widget.currentPath = text
+
+    def _onFolderEdited(self, name: str, path) -> None:
+        text = str(path or "").strip()
+        value = pathlib.Path(text) if text else pathlib.Path()
+        self._folderTexts[name] = str(value) if text else ""  # as _showFolders sees it: the field is not rewritten
+        if self._parameterNode is not None:
+            setattr(self._parameterNode, name, value)
+
+    def onInputFolderEdited(self, path) -> None:
+        self._onFolderEdited("inputFolder", path)
+
+    def onOutputFolderEdited(self, path) -> None:
+        self._onFolderEdited("outputFolder", path)
 
     def _followDose(self) -> None:
         """When the dose changes, select its CT and structure set (None where they are not loaded, and the

@@ -355,6 +355,7 @@ class _Widget:
         self.toolTip = ""
         self.currentData = None
         self.items = []
+        self.currentPath = ""
 
     def clear(self):
         self.items = []
@@ -407,10 +408,13 @@ def test_issue15_3_entering_and_leaving_keeps_one_connection(module, monkeypatch
     module.VTKObservationMixin.__init__(widget)
     widget._parameterNode = widget._parameterNodeGuiTag = None
     widget._busy = False
-    names = ["inputFolderPathLineEdit", "referenceGridComboBox", "backendComboBox", "interpolatorComboBox"]
-    parameters = ["inputFolder", "referenceGrid", "backend", "interpolator"]
+    widget._followedDoseID = None
+    widget._folderTexts = {}
+    names = ["doseVolumeSelector", "referenceGridComboBox", "backendComboBox", "interpolatorComboBox"]
+    parameters = ["doseVolume", "referenceGrid", "backend", "interpolator"]
     buttons = ["alignButton", "exportButton", "exportAllButton", "importFolderButton", "cancelButton"]
     buttons += ["loadStudyButton", "refreshStudiesButton", "studyComboBox"]
+    buttons += ["inputFolderPathLineEdit", "outputFolderPathLineEdit"]  # connected by the widget itself (N4)
     widget.ui = types.SimpleNamespace(
         **{n: _Widget(p) for n, p in zip(names, parameters)}, **{b: _Widget() for b in buttons}
     )
@@ -1092,9 +1096,11 @@ def _panel(module, monkeypatch, node, **widgets):
     widget._parameterNode = widget._parameterNodeGuiTag = None
     widget._busy = False
     widget._followedDoseID = None
+    widget._folderTexts = {}
     buttons = ["alignButton", "exportButton", "exportAllButton", "importFolderButton", "cancelButton"]
     buttons += ["loadStudyButton", "refreshStudiesButton", "studyComboBox"]
-    widget.ui = types.SimpleNamespace(**{b: _Widget() for b in buttons}, **widgets)
+    buttons += ["inputFolderPathLineEdit", "outputFolderPathLineEdit"]
+    widget.ui = types.SimpleNamespace(**{**{b: _Widget() for b in buttons}, **widgets})
     logic = module.DoseAlignLogic()
     monkeypatch.setattr(logic, "getParameterNode", lambda: node)
     monkeypatch.setattr(logic, "optionsFromParameterNode", lambda p: AlignOptions())
@@ -1173,3 +1179,83 @@ def test_n5_changing_the_dose_selects_its_ct_and_structures(module, tmp_path, da
     node.doseVolume = stray
     assert (node.ctVolume, node.segmentation) == (None, None)
     assert "dose from elsewhere: its CT and structures cannot be found" in lines[-1]
+
+
+# ==== second reading N4: the folder fields show the folder or nothing, never "." =============================
+
+
+class _PathLineEdit:
+    """ctkPathLineEdit as the module uses it (CTK 82cae578 Libs/Widgets/ctkPathLineEdit.cpp): a settingKey with a
+    history shows the most recent path while the field is empty (retrieveHistory, :694-727); setting currentPath
+    sets the text, and the field emits currentPathChanged(text) (updateHasValidInput, :819-834), here for any text."""
+
+    def __init__(self, history=()):
+        self._text = history[0] if history else ""
+        self._slots = []
+        self.writes = []
+
+    def connect(self, signal, slot):
+        assert signal == "currentPathChanged(QString)"
+        self._slots.append(slot)
+
+    @property
+    def currentPath(self):  # noqa: N802 - CTK's name
+        return self._text
+
+    @currentPath.setter
+    def currentPath(self, text):  # noqa: N802
+        self.writes.append(text)
+        self.type(text)
+
+    def property(self, name):
+        return None  # not bound through SlicerParameterName
+
+    def type(self, text):
+        """What the user's typing does."""
+        self._text = text
+        for slot in self._slots:
+            slot(text)
+
+
+def _folder_panel(module, monkeypatch, node, input_history=(), output_history=()):
+    fields = {"inputFolderPathLineEdit": _PathLineEdit(input_history)}
+    fields["outputFolderPathLineEdit"] = _PathLineEdit(output_history)
+    widget = _panel(module, monkeypatch, node, **fields)
+    widget.ui.inputFolderPathLineEdit.connect("currentPathChanged(QString)", widget.onInputFolderEdited)
+    widget.ui.outputFolderPathLineEdit.connect("currentPathChanged(QString)", widget.onOutputFolderEdited)
+    return widget, fields["inputFolderPathLineEdit"], fields["outputFolderPathLineEdit"]
+
+
+def test_n4_folder_fields_show_the_last_folder_or_nothing(module, monkeypatch, tmp_path):
+    import pathlib
+
+    node = _ModifiedParameterNode(slicer.mrmlScene)
+    node.inputFolder = node.outputFolder = pathlib.Path()  # PathSerializer.default(): unset, str() is "."
+    assert str(node.outputFolder) == "."  # what the wrapper's connector wrote into a bound field
+    widget, input_field, output_field = _folder_panel(module, monkeypatch, node, input_history=[str(tmp_path)])
+    widget.setParameterNode(node)
+    assert input_field.currentPath == str(tmp_path) and node.inputFolder == tmp_path  # the last folder, in use
+    assert output_field.currentPath == "" and module.isEmptyPath(node.outputFolder)  # no history: empty
+    assert widget.ui.importFolderButton.enabled is True and widget.ui.exportButton.enabled is False
+    node.parameterNode.Modified()  # any other change of the parameter node leaves the fields as they are
+    node.doseVolume = None
+    assert (input_field.currentPath, output_field.currentPath) == (str(tmp_path), "")
+    output_field.type(f"{tmp_path}/out/")  # typed: the parameter follows, the text is not rewritten under the user
+    assert node.outputFolder == tmp_path / "out" and output_field.currentPath == f"{tmp_path}/out/"
+    node.parameterNode.Modified()
+    assert output_field.currentPath == f"{tmp_path}/out/"
+    node.outputFolder = tmp_path / "elsewhere"  # set by code (a script, a saved scene): shown
+    assert output_field.currentPath == str(tmp_path / "elsewhere")
+    node.outputFolder = pathlib.Path()  # unset by code: an empty field, not "."
+    assert output_field.currentPath == "" and "." not in output_field.writes + input_field.writes
+
+
+def test_n4_a_saved_folder_wins_over_the_history(module, monkeypatch, tmp_path):
+    node = _ModifiedParameterNode(slicer.mrmlScene)
+    node.inputFolder, node.outputFolder = tmp_path / "saved", tmp_path / "saved-out"
+    widget, input_field, output_field = _folder_panel(
+        module, monkeypatch, node, input_history=["/recent/in"], output_history=["/recent/out"]
+    )
+    widget.setParameterNode(node)
+    assert (input_field.currentPath, output_field.currentPath) == (str(tmp_path / "saved"), str(tmp_path / "saved-out"))
+    assert (node.inputFolder, node.outputFolder) == (tmp_path / "saved", tmp_path / "saved-out")
