@@ -546,7 +546,7 @@ def test_cmake_lists_every_python_file():
 def test_cmake_module_shape():
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
-    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py SLICER_ARGS ${_dependency_module_paths})" in text
     for resource in re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", text, re.S).group(1).split():
         assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "DoseAlign")).is_file(), resource
     top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
@@ -559,6 +559,56 @@ def test_cmake_module_shape():
         "${Slicer_EXTENSION_CPACK}",
     ):
         assert needle in top, needle
+
+
+def _configure_module_cmake(tmp_path, slicerrt_dir=None) -> list:
+    """DoseAlign/CMakeLists.txt configured by the real cmake, with Slicer's macros replaced by ones that record
+    their arguments: the slicer_add_python_unittest calls, each as its argument list."""
+    import shutil
+    import subprocess
+
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    calls = tmp_path / "calls.txt"
+    lines = [
+        "cmake_minimum_required(VERSION 3.16)",
+        "project(Probe NONE)",
+        "set(BUILD_TESTING ON)",
+        "set(Slicer_QTLOADABLEMODULES_LIB_DIR lib/Slicer-5.8/qt-loadable-modules)",
+        "set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.8/qt-scripted-modules)",
+        "set(Slicer_CLIMODULES_LIB_DIR lib/Slicer-5.8/cli-modules)",
+        "macro(slicerMacroBuildScriptedModule)",
+        "endmacro()",
+        "macro(slicer_add_python_unittest)",
+        f'  file(APPEND "{calls.as_posix()}" "${{ARGN}}\n")',
+        "endmacro()",
+    ]
+    if slicerrt_dir:
+        lines.append(f'set(SlicerRT_DIR "{slicerrt_dir}")')
+    lines.append(f'add_subdirectory("{MODULE_DIR.as_posix()}" module)')
+    (tmp_path / "src").mkdir(parents=True)
+    (tmp_path / "src" / "CMakeLists.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    done = subprocess.run(
+        [cmake, "-S", str(tmp_path / "src"), "-B", str(tmp_path / "build")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [line.split(";") for line in calls.read_text(encoding="utf-8").splitlines()]
+
+
+def test_cmake_unittest_sees_slicerrt_modules(tmp_path):
+    """Second reading N8: py_DoseAlign gets SlicerRT's module folders when SlicerRT_DIR is known."""
+    inner = "/build/SlicerRT-build/inner-build"
+    (call,) = _configure_module_cmake(tmp_path / "with", inner)
+    assert call[:3] == ["SCRIPT", "DoseAlign.py", "SLICER_ARGS"]
+    assert call[3:] == [
+        "--additional-module-paths",
+        f"{inner}/lib/Slicer-5.8/qt-loadable-modules",
+        f"{inner}/lib/Slicer-5.8/qt-scripted-modules",
+        f"{inner}/lib/Slicer-5.8/cli-modules",
+    ]
+    (call,) = _configure_module_cmake(tmp_path / "without")
+    assert call == ["SCRIPT", "DoseAlign.py", "SLICER_ARGS"]  # nothing added when SlicerRT's build is unknown
 
 
 def test_catalog_entries_agree():
