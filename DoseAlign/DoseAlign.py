@@ -387,7 +387,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if doseID == self._followedDoseID:
             return
         self._followedDoseID = doseID
-        if dose is None or self._busy:  # Load sets the CT and structures itself
+        if dose is None or self._busy:  # nothing is reselected while an operation runs
             return
         ctNode, segmentationNode = self.logic.nodesForDose(dose)
         p.ctVolume = ctNode
@@ -519,6 +519,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.addLog(_("The study holds no RT dose."))
                 return
             p = self._parameterNode
+            self._followedDoseID = doseNodes[0].GetID()  # its CT and structures are set below, from one scan
             p.doseVolume = doseNodes[0]
             case = self.logic.caseForDose(doseNodes[0])
             p.ctVolume = self.logic.ctNodeForCase(case)
