@@ -170,3 +170,61 @@ def test_long_name_parts_inside_words_short_ones_only_as_words(tmp_path, capsys)
     names = structures["names"] + [s["name"] for s in structures.get("skipped", []) if s.get("name")]
     # a component of two letters is removed only joined with another (README, limits)
     assert {"PTV[removed]", "[removed]boost", "Jonas", "JoLung", "Jo_ring"} <= set(names), names
+
+
+def test_other_ids_ideographic_names_and_roi_names_used_as_keys(tmp_path, capsys):
+    """From a fresh hostile trial: OtherPatientIDs/OtherPatientNames and a name's ideographic group (two
+    characters a component) in ROI names, and ROI names that the audit uses as keys (audit.reference_dvh.rois):
+    none of it reaches an output byte, and the case is exported (not refused by the check)."""
+    import json
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "XQ-99812", 63, patient_name="Yamada^Tarou", extra_organs=4, ct_size=(32, 28, 16))
+    rois = ["PTV_ALT5531", "Bramblewick", "山田_PTV", "Tarou_CTV"]
+    for path in sorted((root / "p").rglob("*.dcm")):
+        ds = dd.read(path)
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, so that the ideographic group is stored
+        ds.PatientName = "Yamada^Tarou=山田^太郎"
+        ds.OtherPatientIDs = "ALT5531"
+        ds.OtherPatientNames = "Bramblewick^Ottoline"
+        if path == truth.struct_file:
+            for roi, name in zip(list(ds.StructureSetROISequence)[-4:], rois):
+                roi.ROIName = name
+        dd.save(ds, path)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    keyed = (meta["audit"].get("reference_dvh") or {}).get("rois") or {}
+    assert sum("[removed]" in k for k in keyed) == 4, sorted(keyed)  # the keys existed, rewritten
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = data.decode("utf-8", "replace").casefold()
+        squeezed = "".join(c for c in text if c.isalnum())
+        found += [f"{n} in {where}" for n in ("alt5531", "bramblewick", "ottoline", "山田", "太郎") if n in squeezed]
+        found += [f"tarou in {where}" for w in text.replace("_", " ").split() if w == "tarou"]
+    assert not found, found[:10]
+
+
+def test_the_check_finds_ids_beside_separators_and_names_in_keys():
+    """The independent check (IdentityGuard) on its own: an ID joined to a word by a separator, a name
+    component used as a key, and an ideographic component; keys of DoseAlign's vocabulary stay keys."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.patient_ids.add("XQ-99812")
+    identity.other.add("ALT5531")
+    identity.add_name("Bramblewick^Dose")
+    identity.add_name("Yamada^Tarou=山田^太郎")
+    guard = pseudonym.IdentityGuard(identity)
+    for text in ("PTV_XQ-99812", "ring_xq_99812_2", "PTV_ALT5531", "山田_PTV", "PTV山田"):
+        assert guard.find(text), text
+    for text in ("PTV_ALT55312", "Heart", "XQ-998"):
+        assert not guard.find(text), text
+    checker = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    for meta in ({"audit": {"rois": {"Bramblewick": {}}}}, {"rois": {"PTV_ALT5531": 1}}, {"rois": {"山田": 1}}):
+        with pytest.raises(pseudonym.PseudonymError):
+            checker.check(meta)
+    checker.check({"dose": {"dose_type": "PHYSICAL"}, "rois": {"PTV": 1}})  # a surname "Dose": vocabulary stays

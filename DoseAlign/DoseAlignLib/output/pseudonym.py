@@ -24,7 +24,9 @@ folder; whoever holds them can link pseudonyms back to patients, files and UIDs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import hmac
 import io
@@ -106,17 +108,42 @@ def load_or_create_key(path: Path) -> tuple:
             )
         return key, False
     key = secrets.token_bytes(KEY_BYTES)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        handle = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(path, (key.hex() + "\n").encode("ascii"), replace=False)
+    except FileExistsError:  # another run created it meanwhile: use that one
+        return load_or_create_key(path)
     except OSError as error:
-        raise PseudonymError(f"cannot create the key file: {error}", path=path) from None
-    try:
-        os.fchmod(handle, 0o600)
-        os.write(handle, (key.hex() + "\n").encode("ascii"))
-    finally:
-        os.close(handle)
+        raise PseudonymError(f"cannot create the key file: {_cause(error)}", path=path) from None
     return key, True
+
+
+def _cause(error: OSError) -> str:
+    code = errno.errorcode.get(error.errno or 0, "")
+    return f"{error.strerror or error}" + (f" ({code})" if code else "")
+
+
+def _write_private(path: Path, data: bytes, replace: bool) -> None:
+    """Write ``data`` to ``path`` (mode 0600) whole or not at all: a temporary file beside it, synced, then
+    renamed (``replace``) or linked into place (never over an existing file); the temporary file never stays."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    handle = os.open(str(temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.fchmod(handle, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(handle, view) :]
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
 
 
 def key_is_private(path: Path) -> bool:
@@ -209,7 +236,7 @@ class Identity:
         parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
         for spelled in {parts, *transliterations(parts)}:  # Müller also as Mueller and Muller
             for part in spelled:
-                if len(part) >= MIN_NAME_PART:
+                if len(part) >= min_name_part(part):
                     self.names.add(part)
             if spelled:
                 self.persons.add(spelled)
@@ -414,12 +441,21 @@ class Pseudonymizer:
                     value = re.sub(r"(?<![0-9])" + re.escape(spelling) + r"(?![0-9])", REMOVED, value)
         return value
 
-    def value(self, value: Any, key: Optional[str] = None) -> Any:
-        """Rewrite a JSON-like value; strings under path keys are tokenized as paths."""
+    def value(self, value: Any, key: Optional[str] = None, text_keys: frozenset = frozenset()) -> Any:
+        """Rewrite a JSON-like value; strings under path keys are tokenized as paths; keys in ``text_keys``
+        (ROI names used as keys) are rewritten as text."""
         if isinstance(value, dict):
-            return {self._key(k): self.value(v, str(k)) for k, v in value.items()}
+            out: dict = {}
+            for k, v in value.items():
+                new_key = self.text(k) if k in text_keys else self._key(k)
+                n = 1
+                while new_key in out:  # two names that read alike once rewritten (PTV_Doe, PTV_John) both stay
+                    n += 1
+                    new_key = f"{self.text(k) if k in text_keys else self._key(k)} ({n})"
+                out[new_key] = self.value(v, str(k), text_keys)
+            return out
         if isinstance(value, (list, tuple)):
-            return [self.value(v, key) for v in value]
+            return [self.value(v, key, text_keys) for v in value]
         if isinstance(value, str):
             if key in PATH_KEYS and value:
                 return self._path_field(value)
@@ -467,7 +503,7 @@ class Pseudonymizer:
 
     def result(self, result) -> None:
         """Rewrite a case result in place before anything is written: meta, arrays of text."""
-        meta = self.value(result.meta)
+        meta = self.value(result.meta, text_keys=frozenset(_named(result.meta)))
         meta["case_id"] = result.case_id
         meta["pseudonymized"] = {"uids": "kept" if self.keep_uids else "keyed hashes", "paths": "tokens"}
         result.meta = meta
@@ -482,9 +518,12 @@ class Pseudonymizer:
         The search is :class:`IdentityGuard`'s, written apart from the rewriting (other tokenizing,
         other matching), so that a spelling the rewriting misses is not missed by the check too.
         """
-        leak = self.guard.find("\n".join(_strings(meta))) or self.guard.find(
-            "\n".join(_keys(meta)),
-            words=False,  # keys are vocabulary: a surname "Dose" is no leak there
+        keys = set(_keys(meta))
+        vocabulary = {k for k in keys if _VOCABULARY.fullmatch(k)}
+        leak = (
+            self.guard.find("\n".join(_strings(meta)))
+            or self.guard.find("\n".join(sorted(vocabulary)), words=False)  # a surname "Dose" is no leak there
+            or self.guard.find("\n".join(sorted(keys - vocabulary)))  # other keys are free text (ROI names)
         )
         if leak:
             raise PseudonymError(
@@ -542,15 +581,11 @@ class Pseudonymizer:
         writer.writerow(MAP_COLUMNS)
         for (kind, pseudonym), original in sorted(rows.items()):
             writer.writerow([kind, pseudonym, original])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        handle = os.open(str(temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.fchmod(handle, 0o600)
-            os.write(handle, buffer.getvalue().encode("utf-8"))
-        finally:
-            os.close(handle)
-        os.replace(temp, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_private(path, buffer.getvalue().encode("utf-8"), replace=True)
+        except OSError as error:
+            raise PseudonymError(f"cannot write the pseudonym map: {_cause(error)}", path=path) from None
         return path
 
 
@@ -563,6 +598,24 @@ def _strings(value) -> Iterable[str]:
         for item in value:
             yield from _strings(item)
     elif isinstance(value, str):
+        yield value
+
+
+#: Keys DoseAlign's writers use (snake_case); any other key (an ROI name used as a key) is free text.
+_VOCABULARY = re.compile(r"[a-z][a-z0-9_]*")
+#: Keys whose values are names (ROI names): where those names stand as keys, they are free text too.
+_NAME_KEYS = {"name", "names", "roi", "rois", "original_name", "roi_names", "worst_dvh_roi"}
+
+
+def _named(value, parent: str = "") -> Iterable[str]:
+    """Every string held under a name key (``structures.names``, ``rois[].name``) of a JSON-like value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _named(item, str(key))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _named(item, parent)
+    elif isinstance(value, str) and parent in _NAME_KEYS:
         yield value
 
 
@@ -581,6 +634,20 @@ def _keys(value) -> Iterable[str]:
 
 #: Name components shorter than this are removed only joined with another (``LiWei``, ``Wei_Li``).
 MIN_NAME_PART = 3
+
+
+def _ideographic(text: str) -> bool:
+    """Whether ``text`` is written in a script whose names have one- or two-character components (CJK, kana,
+    hangul): there ``山田`` is as much a surname as ``Zorbaz`` is in Latin letters."""
+    return any(unicodedata.name(c, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL")) for c in text)
+
+
+def min_name_part(part: str) -> int:
+    """The shortest name component removed on its own: two characters in ideographic scripts, else
+    :data:`MIN_NAME_PART` letters."""
+    return 2 if _ideographic(part) else MIN_NAME_PART
+
+
 #: Joined spellings shorter than this (letters) are not searched inside other words.
 MIN_JOINED = 5
 #: Name components this long are found inside other words too (shorter ones, like ``Doe``, only as words:
@@ -653,9 +720,12 @@ class NameSpellings:
                     if sum(len(p) for p in combo) >= MIN_JOINED:
                         patterns.add(_SEPARATORS.join(re.escape(p) for p in combo))
         self.joined = re.compile("|".join(sorted(patterns, key=len, reverse=True)), re.IGNORECASE) if patterns else None
-        self.words = {n.casefold() for n in identity.names if len(n) >= MIN_NAME_PART and not re.search(r"[\^=,\s]", n)}
-        # long components are found inside other words too (PTVmueller, muellerboost); short ones only as words
-        long_parts = sorted({w for w in self.words if len(w) >= MIN_INSIDE}, key=len, reverse=True)
+        self.words = {
+            n.casefold() for n in identity.names if len(n) >= min_name_part(n) and not re.search(r"[\^=,\s]", n)
+        }
+        # long components are found inside other words too (PTVmueller, muellerboost); short ones only as words;
+        # ideographic ones (山田) inside any text: those scripts do not separate words
+        long_parts = sorted({w for w in self.words if len(w) >= MIN_INSIDE or _ideographic(w)}, key=len, reverse=True)
         self.inside = re.compile("|".join(re.escape(w) for w in long_parts), re.IGNORECASE) if long_parts else None
 
     def spans(self, text: str) -> list:
@@ -719,7 +789,7 @@ class IdentityGuard:
             "".join(c for c in part.casefold() if c.isalnum())
             for parts in identity.persons
             for part in parts
-            if len(part) >= MIN_NAME_PART
+            if len(part) >= MIN_NAME_PART or (len(part) >= 2 and _cjk(part))
         }
         self.alone |= {n.casefold() for n in identity.names if len(n) >= MIN_NAME_PART and n.isalnum()}
         folded = {tuple(_fold(p) for p in parts) for parts in identity.persons}
@@ -735,6 +805,7 @@ class IdentityGuard:
                         self.squeezed_names.add(joined)
         self.ids = {"".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers}
         self.ids.discard("")
+        self.longest_id = max((len(i) for i in self.ids), default=0)
         self.dates = set(identity.dates)
         self.uids = set(identity.uids)
 
@@ -754,6 +825,16 @@ class IdentityGuard:
                 after = collapsed[match.end()] if match.end() < len(collapsed) else " "
                 if not before.isalnum() and not after.isalnum():
                     return "a patient ID"
+        # an ID joined to its neighbours by separators (PTV_PID-7731): whole runs of letters and digits, joined
+        runs = re.findall(r"[0-9a-z]+", lowered)
+        for start in range(len(runs)):
+            joined = ""
+            for run in runs[start:]:
+                joined += run
+                if joined in self.ids:
+                    return "a patient ID"
+                if len(joined) >= self.longest_id:
+                    break
         camel = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
         found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
         if words and found_words & self.alone:
@@ -761,7 +842,7 @@ class IdentityGuard:
         squeezed = "".join(c for c in lowered if c.isalnum())
         if any(name in squeezed for name in self.squeezed_names):
             return "a patient name"
-        if words and any(len(part) >= MIN_INSIDE and part in squeezed for part in self.alone):
+        if words and any((len(part) >= MIN_INSIDE or _cjk(part)) and part in squeezed for part in self.alone):
             return "a patient name"
         if self.dates and self.dates & _dates_in(text):
             return "a date"
@@ -778,6 +859,15 @@ class IdentityGuard:
                         return "a UID"
                     start = text.find(uid, start + 1)
         return ""
+
+
+def _cjk(text: str) -> bool:
+    """The guard's own test for the scripts whose name components have two characters: CJK ideographs, kana,
+    hangul (code point ranges)."""
+    return any(
+        "\u3040" <= c <= "\u30ff" or "\u3400" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" or "\uf900" <= c <= "\ufaff"
+        for c in text
+    )
 
 
 def _fold(text: str) -> str:
