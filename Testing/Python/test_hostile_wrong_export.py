@@ -254,3 +254,40 @@ def test_a_copy_of_a_slice_in_another_folder_is_reported(clean, tmp_path):
     shutil.copy(victim, victim.parent / "copy" / victim.name)
     done = hostile.dosealign("scan", str(root))
     assert "one CT slice in 2 series (folders): copies, each series keeps its own" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("variant", ["byte copy", "other contours"])
+def test_copies_of_one_structure_set(clean, tmp_path, capsys, variant):
+    """From a fresh hostile trial: two RTSTRUCT files with one SOPInstanceUID were both used, so every ROI
+    came twice (PTV, PTV_2), the second from the other file. A byte copy is used once; a file with other
+    contours under the same UID fails the case naming both."""
+    root = _copy(clean, "plan", tmp_path)
+    original = root / _rel(clean, "plan", clean["plan"].struct_file)
+    (root / "copy").mkdir()
+    copy = root / "copy" / original.name
+    shutil.copy(original, copy)
+    if variant == "other contours":
+        ds = dd.read(copy)
+        for item in ds.ROIContourSequence:
+            for contour in item.ContourSequence:
+                contour.ContourData = [
+                    float(v) + (7.0 if n % 3 == 0 else 0.0) for n, v in enumerate(contour.ContourData)
+                ]
+        dd.save(ds, copy)
+    code, rows, out = _export(root, tmp_path, capsys)
+    if variant == "byte copy":
+        assert code == 0
+        (row,) = rows
+        (expected,) = hostile.manifest(clean["outs"]["plan"])
+        assert row["status"] == "ok" and row["n_rois"] == expected["n_rois"], (row, expected)
+        meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+        assert len(meta["source"]["rtstruct_files"]) == 1, meta["source"]
+        assert not [n for n in meta["structures"]["names"] if n.endswith("_2")], meta["structures"]["names"]
+        with (
+            np.load(out / row["case_id"] / "pair.npz") as a,
+            np.load(clean["outs"]["plan"] / row["case_id"] / "pair.npz") as b,
+        ):
+            assert np.array_equal(a["masks"], b["masks"])  # one set of channels, as without the copy
+    else:
+        assert code == 1
+        _failed_with(rows, original.name, f"copy/{original.name}", "share SOPInstanceUID", "(0008,0018)")

@@ -640,6 +640,14 @@ def _same_pixels(a: Dataset, b: Dataset, first: Path, second: Path) -> bool:
         return False
 
 
+def same_bytes(first: Path, second: Path) -> bool:
+    """Whether two files hold the same bytes (a file that cannot be read counts as different)."""
+    try:
+        return _same_bytes(first, second)
+    except OSError:
+        return False
+
+
 def _same_bytes(first: Path, second: Path) -> bool:
     with open_regular(first) as a, open_regular(second) as b:
         if os.fstat(a.fileno()).st_size != os.fstat(b.fileno()).st_size:

@@ -11,7 +11,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Optional
 
-from ..dicom.scan import ScanResult
+from ..dicom.scan import ScanResult, same_bytes
 from ..errors import DoseAlignError
 from .beams import (
     SUMMED_BEAMS,
@@ -55,10 +55,12 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
         if case.ct is not None:
             used_series.add(case.ct.key)
             case.structs = structs_for(case, structs)
+            used_structs.update(s.rel_path for s in case.structs)  # copies left out below are used too
             case.error = (
                 case.error
                 or (conflicting_copies(group[1]) if group[0] == SUMMED_BEAMS else None)
                 or _conflicting_slices(case)
+                or _structure_set_copies(case)
                 or _identity_mismatch(case)
             )
         if case.plan is not None:
@@ -164,6 +166,28 @@ def _conflicting_slices(case: Case) -> Optional[str]:
         f"CT {case.ct.folder or '.'}: {files[0]} and {files[1]} share SOPInstanceUID {uid} but hold different "
         f"images{more}: which one belongs to the CT cannot be told ((0008,0018) SOPInstanceUID; remove the wrong file)"
     )
+
+
+def _structure_set_copies(case: Case) -> Optional[str]:
+    """Structure sets of the case that share a SOPInstanceUID: byte-identical copies are used once (the first
+    by path; a note names the others), different files fail the case, since which contours are right cannot
+    be told. Used together they gave every ROI twice (``PTV``, ``PTV_2``), the second from the other file."""
+    by_uid: dict = {}
+    for struct in case.structs:
+        by_uid.setdefault(struct.sop_instance_uid or struct.rel_path, []).append(struct)
+    kept = []
+    for uid, group in by_uid.items():
+        first = group[0]
+        for other in group[1:]:
+            if not same_bytes(first.path, other.path):
+                return (
+                    f"RTSTRUCT {first.rel_path} and {other.rel_path} share SOPInstanceUID {uid} but differ: which "
+                    "contours belong to the case cannot be told ((0008,0018) SOPInstanceUID; remove the wrong file)"
+                )
+            case.notes.append(f"RTSTRUCT {other.rel_path} is a copy of {first.rel_path} (the same bytes): used once")
+        kept.append(first)
+    case.structs = kept
+    return None
 
 
 def _identity_mismatch(case: Case) -> Optional[str]:
