@@ -168,3 +168,28 @@ def test_a_hanging_case_is_stopped_at_the_time_limit(cohort, tmp_path):
     assert rows["POOL-3"]["status"] == "failed" and "longer than the limit of 2 s" in rows["POOL-3"]["reason"]
     assert [rows[f"POOL-{n}"]["status"] for n in (0, 1, 2, 4)] == ["ok"] * 4
     assert took < 60, took
+
+
+def test_a_contour_point_far_away_costs_its_contour_not_the_case(tmp_path, capsys):
+    """From a fresh hostile trial: one contour point at 1e12 mm failed the whole case as "out of memory"
+    (no file, no reason). Points beyond 100 m, like NaN ones, are damage: that contour is ignored with a
+    note, the ROI keeps its other contours and the case exports."""
+    import json
+
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "FAR-1", 11)
+    ds = dd.read(truth.struct_file)
+    item = ds.ROIContourSequence[1]
+    contour = item.ContourSequence[len(item.ContourSequence) // 2]
+    values = [float(v) for v in contour.ContourData]
+    values[0] = 1e12
+    contour.ContourData = values
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert "1 out-of-range (beyond 100 m) contour(s) ignored" in json.dumps(meta["structures"]), meta["structures"]

@@ -200,6 +200,10 @@ def _geometric_type(contour: Dataset) -> str:
     return headers.text(contour, "ContourGeometricType", "CLOSED_PLANAR").upper()
 
 
+#: Contour points farther from the origin than this (mm, as the header checks bound positions) are damaged.
+MAX_CONTOUR_MM = 100_000.0
+
+
 def _repeats_first(points: np.ndarray) -> bool:
     """``np.allclose(points[0], points[-1])`` (rtol 1e-5, atol 1e-8), without numpy's per-call overhead."""
     return all(abs(a - b) <= 1e-8 + 1e-5 * abs(b) for a, b in zip(points[0].tolist(), points[-1].tolist()))
@@ -221,6 +225,10 @@ def _polygons_of(item: Dataset) -> tuple:
             continue
         if values.size % 3 or not np.all(np.isfinite(values)):
             others["unreadable"] = others.get("unreadable", 0) + 1
+            continue
+        if values.size and float(np.abs(values).max()) > MAX_CONTOUR_MM:  # a damaged point, not anatomy
+            far = f"out-of-range (beyond {MAX_CONTOUR_MM / 1000:g} m)"
+            others[far] = others.get(far, 0) + 1
             continue
         points = values.reshape(-1, 3)
         if points.shape[0] > 1 and _repeats_first(points):
