@@ -262,3 +262,112 @@ def test_meta_is_valid_json_for_the_faulted_run(cohort, tmp_path):
     for folder in out.iterdir():
         if folder.is_dir():
             json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "device"])
+def test_a_pipe_or_device_as_meta_json_in_out_never_blocks(cohort, tmp_path, kind):
+    """From a fresh hostile trial: a named pipe (or /dev/zero) in place of a case's meta.json in OUT
+    blocked the export (plain and --resume) forever. It is never opened: that folder is not DoseAlign's,
+    its case fails naming it, the others export."""
+    out = tmp_path / "out"
+    assert (
+        hostile.dosealign("export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png").returncode == 0
+    )
+    victim = out / hostile.manifest(out)[0]["case_id"]
+    (victim / "meta.json").unlink()
+    if kind == "named pipe":
+        os.mkfifo(victim / "meta.json")
+    else:
+        os.symlink("/dev/zero", victim / "meta.json")
+    for extra in ([], ["--resume"]):
+        done = hostile.dosealign(
+            "export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", *extra, timeout=120
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        rows = {r["case_id"]: r for r in hostile.manifest(out)}
+        assert rows[victim.name]["status"] == "failed" and "not a DoseAlign case folder" in rows[victim.name]["reason"]
+        assert sorted(r["status"] for r in rows.values()) == ["failed"] + ["skipped" if extra else "ok"] * 4
+    assert not (victim / "meta.json").is_file() and os.path.lexists(victim / "meta.json")  # left as it was
+
+
+@pytest.mark.parametrize("field", ["shape", "warnings", "dose", "options", "resampling"])
+def test_an_edited_meta_json_is_exported_again_not_a_traceback(cohort, tmp_path, capsys, field):
+    """From a fresh hostile trial: a meta.json that parses but holds a field of another kind (7 for a list
+    or an object) crashed --resume with a TypeError. Its case is exported again, with the reason."""
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args]) == 0
+    case_id = hostile.manifest(out)[0]["case_id"]
+    meta_path = out / case_id / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta[field] = 7
+    meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["export", *args, "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert f"meta.json is damaged ({field}" in printed.out + printed.err
+    rows = {r["case_id"]: r["status"] for r in hostile.manifest(out)}
+    assert rows[case_id] == "ok" and sorted(rows.values()) == ["ok"] + ["skipped"] * 4
+    assert json.loads(meta_path.read_text(encoding="utf-8")).get(field) != 7  # written anew
+
+
+@pytest.mark.parametrize("what", ["key", "map"])
+def test_the_key_or_map_on_a_full_disk(cohort, tmp_path, what):
+    """From a fresh hostile trial: creating the pseudonym key (or map) on a full disk ended in a traceback
+    and left an empty key file, which the next run refused (or a temporary map file). Now: exit 2 with
+    the cause, nothing left behind, and the next run works."""
+    share = tmp_path / "share"
+    share.mkdir()
+    key = tmp_path / "site.key"
+    if what == "map":
+        assert (
+            hostile.dosealign(
+                "export",
+                str(cohort),
+                str(tmp_path / "other"),
+                "--pseudonymize",
+                "--key-file",
+                str(key),
+                "--quiet",
+                "--no-qa-png",
+            ).returncode
+            == 0
+        )  # the key exists
+    args = ["export", str(cohort), str(share / "out"), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    if what == "map":
+        args += ["--key-file", str(key)]
+    done = subprocess.run(
+        [sys.executable, "-m", "DoseAlignLib.cli", *args],
+        env=hostile.ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_file_size_limit(10),  # the key (65 bytes) and the map cannot be written whole
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "File too large (EFBIG)" in done.stderr, done.stderr
+    assert sorted(p.name for p in share.iterdir()) == [], "nothing written: no key, no map, no temporary file"
+    done = hostile.dosealign(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_full_disk_while_drawing_qa_png_stops_cleanly(cohort, tmp_path, monkeypatch, capsys):
+    """From a fresh hostile trial: a full disk met while qa.png was written printed a traceback, and the
+    case went on to fail later. It now fails the case at once with the cause (exit 4), no traceback."""
+    import errno
+
+    from DoseAlignLib.output import qa_png
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(qa_png, "render_case", full)
+    if not qa_png.matplotlib_available():
+        pytest.skip("matplotlib is not installed: no qa.png is drawn")
+    out = tmp_path / "out"
+    assert main(["export", str(cohort), str(out), "--quiet", "--workers", "1"]) == 4
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err, printed.err
+    rows = hostile.manifest(out)
+    assert "No space left on device (ENOSPC)" in rows[0]["reason"], rows[0]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]

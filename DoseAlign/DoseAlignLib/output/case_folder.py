@@ -32,6 +32,13 @@ def is_complete(out_dir: Path, case_id: str) -> bool:
     return case_problem(case_dir(out_dir, case_id)) is None
 
 
+def read_meta(path: Path):
+    """A case folder's meta.json, parsed; read only when it is a regular file (a named pipe or a device
+    planted in OUT would block or never end): :class:`OSError` otherwise, ``ValueError`` when it does not parse."""
+    with open_regular(path, "file") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
 def case_problem(folder: Path) -> Optional[str]:
     """Why a case folder is not a complete output (None when it is).
 
@@ -43,13 +50,16 @@ def case_problem(folder: Path) -> Optional[str]:
     """
     folder = Path(folder)
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = read_meta(folder / "meta.json")
     except FileNotFoundError:
         return "meta.json is missing"
     except (OSError, ValueError) as error:
         return f"meta.json cannot be read ({type(error).__name__})"
     if not isinstance(meta, dict) or "dosealign_version" not in meta:
         return "meta.json is not DoseAlign's"
+    damaged = _meta_problem(meta)
+    if damaged:
+        return f"meta.json is damaged ({damaged})"
     if (folder / "pair.npz").is_file():
         return _npz_problem(folder / "pair.npz")
     if (folder / "ct.npy").is_file():
@@ -59,6 +69,35 @@ def case_problem(folder: Path) -> Optional[str]:
                 return problem
         return None if (folder / "dose.npy").is_file() else "dose.npy is missing"
     return "pair.npz is missing"
+
+
+def _meta_problem(meta: dict) -> Optional[str]:
+    """What in a DoseAlign meta.json is not of the kind the manifest and ``--resume`` read (an edited or
+    damaged file), or None."""
+
+    def numbers(value, kind) -> bool:
+        return (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+        )
+
+    if not numbers(meta.get("shape"), int):
+        return "shape"
+    if not numbers(meta.get("spacing"), (int, float)):
+        return "spacing"
+    for key in ("options", "source", "resampling", "dose", "manifest_extra"):
+        if not isinstance(meta.get(key, {}), dict):
+            return key
+    resampling, dose = meta.get("resampling", {}), meta.get("dose", {})
+    if not all(isinstance(resampling.get(k), str) for k in ("reference", "interpolator")):
+        return "resampling"
+    if not isinstance(dose.get("max_gy_output"), (int, float)) or isinstance(dose.get("max_gy_output"), bool):
+        return "dose.max_gy_output"
+    warnings = meta.get("warnings", [])
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        return "warnings"
+    return None
 
 
 def _npz_problem(path: Path) -> Optional[str]:
@@ -235,7 +274,7 @@ def is_case_folder(folder: Path) -> bool:
         return False
     ours = False
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = read_meta(folder / "meta.json")
         ours = isinstance(meta, dict) and "dosealign_version" in meta
     except (OSError, ValueError):
         pass

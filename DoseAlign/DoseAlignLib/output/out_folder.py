@@ -16,13 +16,15 @@ anything else. The batch runner then decides with it:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .case_folder import case_problem
+from ..limits import open_regular
+from .case_folder import case_problem, read_meta
 
 #: Files an export writes at the top of OUT (beside the case folders).
 OWN_FILES = ("manifest.csv", "report.html", "dataset.json", "dataset.h5")
@@ -50,7 +52,7 @@ class ExistingCase:
         """meta.json, read on first use (None when it cannot be read)."""
         if self._meta is None and self.complete:
             try:
-                self._meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+                self._meta = read_meta(self.folder / "meta.json")
             except (OSError, ValueError):
                 self._meta = None
         return self._meta
@@ -95,7 +97,7 @@ def inspect_output(out_dir: Path) -> OutputFolder:
     manifest = out_dir / "manifest.csv"
     if manifest.is_file():
         try:
-            with open(manifest, newline="", encoding="utf-8") as handle:
+            with open_regular(manifest) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as handle:
                 found.manifest_rows = list(csv.DictReader(handle))
         except (OSError, ValueError, csv.Error):
             found.manifest_rows = []
@@ -117,7 +119,8 @@ def _is_dicom(path: Path) -> bool:
 
 def _is_pseudonymized(meta_path: Path) -> Optional[bool]:
     try:
-        data = meta_path.read_bytes()
+        with open_regular(meta_path) as handle:  # a named pipe or device planted in OUT is never read
+            data = handle.read()
     except OSError:
         return None
     return _PSEUDONYMIZED_KEY in data
@@ -164,6 +167,10 @@ def request_differences(meta: Optional[dict], request: dict) -> list:
     """
     if not meta:
         return ["its meta.json cannot be read"]
+    if not isinstance(meta, dict) or not all(
+        isinstance(meta.get(key) or {}, dict) for key in ("options", "source", "resampling")
+    ):  # edited or damaged: what it records cannot be compared
+        return ["its meta.json is damaged (options, source or resampling is not an object)"]
     differences = []
     recorded_options = meta.get("options") or {}
     defaults = request.get("option_defaults", {})

@@ -23,6 +23,7 @@ of Slicer's Python is left as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -34,6 +35,8 @@ from ..audit.stats import AT_MAX_FRACTION, dmax_index
 from ..geometry.grid import Volume
 
 logger = logging.getLogger(__name__)
+#: Errors of the output itself (full disk, file-size limit, quota, I/O, read-only): they stop the export.
+_OUTPUT_FAULTS = {errno.ENOSPC, errno.EFBIG, errno.EIO, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 #: Isodose levels (% of the reference dose).
 ISODOSE_PCT = (30, 50, 70, 90, 95, 100, 105)
@@ -533,6 +536,11 @@ def qa_png_writer(result) -> Callable[[Path], None]:
         try:
             render_case(result, Path(folder) / "qa.png")
             result.meta["qa_png"] = {"written": True, "file": "qa.png"}
+        except OSError as error:
+            if error.errno in _OUTPUT_FAULTS:  # the disk, not the picture: the case fails, the export stops
+                raise  # (case_folder names the cause; no traceback)
+            logger.warning("qa.png of %s failed: %s", result.case_id, error, exc_info=True)
+            result.meta["qa_png"] = {"written": False, "reason": f"{type(error).__name__}: {error}"}
         except Exception as error:  # a picture must never cost the case
             logger.warning("qa.png of %s failed: %s", result.case_id, error, exc_info=True)
             result.meta["qa_png"] = {"written": False, "reason": f"{type(error).__name__}: {error}"}
