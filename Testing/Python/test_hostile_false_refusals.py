@@ -115,3 +115,31 @@ def test_a_dicomdir_under_any_name_is_no_damaged_file(plain, tmp_path, name):
 
     ignored = dict(scan_folder(root).ignored)
     assert ignored.get(name, "").startswith("DICOMDIR"), ignored
+
+
+def test_roi_names_with_other_letters_export_as_nrrd(tmp_path, capsys):
+    """From a fresh hostile trial: an ROI named with letters beyond ASCII (Rückenmark, the German spinal
+    cord) failed its case with --format nrrd ("internal error (UnicodeEncodeError ...)"): an NRRD header
+    is ASCII. The name is written escaped there (and as it is in meta.json); a line break cannot start a
+    field of its own."""
+    pytest.importorskip("nrrd")
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "NRRD-1", 12)
+    ds = dd.read(truth.struct_file)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    rois = list(ds.StructureSetROISequence)
+    rois[1].ROIName, rois[2].ROIName = "Rückenmark", "PTV\nspace: evil"
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "nrrd"]) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert "Rückenmark" in meta["structures"]["names"]
+    headers = {}
+    for path in (out / row["case_id"] / "masks").glob("*.nrrd"):
+        headers[path.name] = path.read_bytes().split(b"\n\n", 1)[0].decode("ascii")
+    assert any("content: ROI R\\xfcckenmark" in h for h in headers.values()), headers
+    assert not any(line.startswith("space: evil") for h in headers.values() for line in h.splitlines())

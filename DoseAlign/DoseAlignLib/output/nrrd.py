@@ -60,6 +60,8 @@ def write_nrrd(case: CaseData, folder: Path, compression: int = DEFAULT_COMPRESS
         (folder / "masks").mkdir(exist_ok=True)
         for (name, mask), file_name in zip(case.masks, unique_file_names(case.mask_names)):
             relative = f"masks/{file_name}.nrrd"
-            _save(nrrd, folder / relative, mask.astype(np.uint8), header(f"ROI {name}", "mask"), compression)
+            # an NRRD header is ASCII, a field a line: other letters and line breaks escaped (Rückenmark: R\\xfcckenmark)
+            content = f"ROI {name}".encode("unicode_escape").decode("ascii")
+            _save(nrrd, folder / relative, mask.astype(np.uint8), header(content, "mask"), compression)
             files["masks"][name] = relative
     return {"files": files, "space": "left-posterior-superior", "file_axes": ["i (column)", "j (row)", "k (slice)"]}
