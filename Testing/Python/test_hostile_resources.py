@@ -193,3 +193,19 @@ def test_a_contour_point_far_away_costs_its_contour_not_the_case(tmp_path, capsy
     (row,) = hostile.manifest(out)
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert "1 out-of-range (beyond 100 m) contour(s) ignored" in json.dumps(meta["structures"]), meta["structures"]
+
+
+def test_the_reference_dvh_of_a_dense_outline_stops_at_the_time_limit():
+    """From a fresh hostile trial: an RTSTRUCT with one contour of 100 000 points kept one case in the
+    reference DVH's outline distances for minutes (1 000 000 points: past 10 minutes), and with one worker
+    nothing stopped it at DOSEALIGN_CASE_SECONDS. Its loops now check the case's time limit."""
+    from DoseAlignLib.limits import LimitError, case_deadline
+    from DoseAlignLib.structures.reference_dvh import Outline
+
+    angles = np.linspace(0, 2 * np.pi, 100_000, endpoint=False)
+    outline = Outline([np.stack([20 * np.cos(angles), 20 * np.sin(angles)], axis=1)])
+    points = np.random.default_rng(3).uniform(-25, 25, (3000, 2))
+    start = time.monotonic()
+    with pytest.raises(LimitError, match="DOSEALIGN_CASE_SECONDS"), case_deadline(0.5):
+        outline.distance(points)
+    assert time.monotonic() - start < 20

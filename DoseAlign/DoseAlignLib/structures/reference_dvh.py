@@ -51,6 +51,7 @@ import numpy as np
 
 from ..dicom.rtstruct import RoiContours, plane_basis
 from ..geometry.grid import Grid, Volume
+from ..limits import check_case_time
 from .dvh import NEAR_MAX_CC, PERCENT_POINTS, dose_bins
 from .polygons import even_odd_area, points_in_polygons, polygon_edges
 
@@ -456,6 +457,7 @@ def _chunks(counts: np.ndarray):
     total = np.cumsum(counts)
     start = 0
     while start < counts.size:
+        check_case_time()  # a dense outline (100 000 vertices: minutes) stops at the case's time limit
         base = total[start - 1] if start else 0
         stop = int(np.searchsorted(total, base + DISTANCE_CHUNK, side="right"))
         stop = max(stop, start + 1)
