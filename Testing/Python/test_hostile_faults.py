@@ -371,3 +371,21 @@ def test_a_full_disk_while_drawing_qa_png_stops_cleanly(cohort, tmp_path, monkey
     rows = hostile.manifest(out)
     assert "No space left on device (ENOSPC)" in rows[0]["reason"], rows[0]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_the_key_is_created_where_hard_links_are_not_supported(tmp_path, monkeypatch):
+    """The key is linked into place so that it never replaces one another run just made; a file system
+    without hard links (FAT, some shares) still gets the key, whole and private."""
+    import errno
+
+    from DoseAlignLib.output import pseudonym
+
+    def no_links(*_args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    key, created = pseudonym.load_or_create_key(tmp_path / "site.key")
+    assert created and len(key) == pseudonym.KEY_BYTES
+    assert pseudonym.load_or_create_key(tmp_path / "site.key") == (key, False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.key"]
+    assert pseudonym.key_is_private(tmp_path / "site.key")

@@ -123,6 +123,10 @@ def _cause(error: OSError) -> str:
     return f"{error.strerror or error}" + (f" ({code})" if code else "")
 
 
+_NO_LINKS = {errno.EPERM, errno.EXDEV, errno.ENOSYS, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EPERM)}
+_NO_LINKS.add(getattr(errno, "EOPNOTSUPP", errno.EPERM))
+
+
 def _write_private(path: Path, data: bytes, replace: bool) -> None:
     """Write ``data`` to ``path`` (mode 0600) whole or not at all: a temporary file beside it, synced, then
     renamed (``replace``) or linked into place (never over an existing file); the temporary file never stays."""
@@ -140,7 +144,14 @@ def _write_private(path: Path, data: bytes, replace: bool) -> None:
         if replace:
             os.replace(temp, path)
         else:
-            os.link(temp, path)
+            try:
+                os.link(temp, path)  # never over a key another run just created
+            except FileExistsError:
+                raise
+            except OSError as error:  # a file system without hard links (FAT, some network shares)
+                if error.errno not in _NO_LINKS or path.exists():
+                    raise
+                os.replace(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
