@@ -269,7 +269,31 @@ def test_reference_dvh_of_coded_shapes_in_linear_doses(kind, field, thickness):
     _compare(result.points, analytic_points(shape, field, "capped"), 2.0)
 
 
-@pytest.mark.parametrize("kind", ["Sphere", "RtCylinder", "Cone"])
+@pytest.mark.parametrize("kind", ["Sphere", "Cone", "RtCone", "RtCylinder"])
+def test_a_run_closing_at_a_plane_follows_the_true_solid(kind):
+    """Where the solid closes at a run's end plane (a tiny contour at the pole, apex or tangent line),
+    the interval next to it holds the true solid's volume: within 2 % over the interval and 4 % over
+    its closing half, or 0.1 % of the ROI (3 mm planes, both ends; the RtCone's section narrows like the square root of the
+    distance and shortens linearly, which the distance field alone missed by 19 % and 46 %)."""
+    shape = _shape(kind, 3.0, flipped=kind == "Cone")  # a Cone's apex at the top, its base a full disc
+    axis = np.arange(0.0, 80.0, 0.005)
+    result = reference_dvh(_roi(shape), _linear_dose("SupInf", _axial_grid()), 3.0, dose_axis=axis)
+    assert len(ContourSolid([[p[:, :2] for p in pl.polygons] for pl in _roi(shape).planes], shape.planes, 3.0).closing)
+    curve = result.volume_cc * 1000  # mm^3 at >= 20 + 10 + z Gy
+    total = float(volume_below(shape, "z", shape.planes[-1] + 3.0, "capped"))
+    first, last = shape.planes[0], shape.planes[-1]
+    for depth, limit in ((3.0, 2.0), (1.5, 4.0)):
+        checks = []
+        if kind != "Cone":  # the Cone's base end holds its full disc: no closing there
+            below = result.points["volume_cc"] * 1000 - np.interp(30 + first + depth, axis, curve)
+            checks.append((below, float(volume_below(shape, "z", first + depth, "capped"))))
+        above = np.interp(30 + last - depth, axis, curve)
+        checks.append((above, total - float(volume_below(shape, "z", last - depth, "capped"))))
+        for got, truth in checks:
+            assert got == pytest.approx(truth, rel=limit / 100, abs=total / 1000), (depth, got, truth)
+
+
+@pytest.mark.parametrize("kind", ["Sphere", "RtCylinder", "Cone", "RtCone"])
 def test_sampled_volume_equals_the_solid_the_membership_test_defines(kind):
     """The samples (weights per plane, bands between planes) and :meth:`ContourSolid.contains` are two
     separate codings of one solid: Monte Carlo of the second gives the first's volume."""
@@ -544,21 +568,19 @@ def test_nelms_slab_reference_within_1pct_of_the_contoured_solid(nelms_reference
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-def test_nelms_published_values_within_3pct_but_the_3mm_rtcone_d99(nelms_reference):
+def test_nelms_published_values_within_3pct(nelms_reference):
     """Against the published convention (true solid + half-slice caps) the interpolated reference DVH
-    meets 3 % at every point on the 1 and 2 mm CTs; on the 3 mm CT all but D99 of the three RtCones
-    under the SupInf gradient, which miss by less than 5 % (where the cone's section closes to a point
-    between two planes 3 mm apart)."""
+    meets 3 % at every point of every structure on the 1, 2 and 3 mm CTs, with every dose grid and
+    both gradients (D99 of the RtCones on the 3 mm CT, whose sections close to a point between two
+    planes 3 mm apart, only since the closing interval follows the sections' extents: +4.2 % before)."""
     misses = []
-    worst = 0.0
+    worst = {}
     for stem, mm, field, got, truth in nelms_reference:
         for key in ALL_KEYS:
             capped = truth["capped"][key]
             error = 100 * (got["interpolated"][key] - capped) / capped
-            worst = max(worst, abs(error))
+            worst[key] = max(worst.get(key, 0.0), abs(error))
             if abs(error) > 3.0:
-                misses.append((stem, field, key))
-                assert abs(error) < 5.0, (stem, mm, field, key, error)
-    expected = [(f"RtCone_30_{s}", "SupInf", "d99_gy") for s in ("0", "X15", "X15Z15")]
-    assert sorted(misses) == sorted(expected * 3)  # once per dose grid (1, 2, 3 mm)
-    assert worst < 5.0
+                misses.append((stem, mm, field, key, round(error, 2)))
+    print("\nworst |error| % of the interpolated reference against the published values:", worst)
+    assert misses == []

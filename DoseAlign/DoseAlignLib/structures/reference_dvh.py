@@ -1,12 +1,13 @@
 """The reference DVH of an ROI: from its planar contours and the native dose, independent of any voxel grid.
 
-What it computes: the ROI of the documented slab rule, sampled finely
----------------------------------------------------------------------
-* The ROI is what its contours say under the slab rule of :mod:`.structures`: each contour plane
-  ``p`` stands for the slab ``[p - t/2, p + t/2)`` along the contour normal (``t`` = the CT's slice
-  step), cut half way to a neighbouring plane closer than ``t``; nothing lies beyond the first and
-  last slab (so the end caps are ``t/2`` thick) or in a gap wider than ``t``; in the plane the
-  polygons count by the even-odd rule (holes and islands).
+What it computes: the solid the contours stand for, sampled finely
+------------------------------------------------------------------
+* The ROI is the solid of :class:`ContourSolid`: contour planes no further apart than the slab
+  thickness ``t`` (the CT's slice step) form runs, each ending ``t/2`` beyond its first and last
+  plane (end caps; nothing in a gap wider than ``t``); between two planes of a run the sections
+  are interpolated (shape-based; where the run closes, by the sections' extents), or, with
+  ``between_planes="slab"``, each plane stands for the slab ``[p - t/2, p + t/2)`` of the masks'
+  rule (:mod:`.structures`); in the plane the polygons count by the even-odd rule (holes and islands).
 * In the plane, samples lie on rows (:func:`scanline_samples`): the stretches of a row inside the
   polygons are found exactly and cut into equal pieces, a sample at the middle of each; the rows
   sit in the middle of strips whose limits include the polygons' lowest and highest points, every
@@ -34,11 +35,10 @@ What it computes: the ROI of the documented slab rule, sampled finely
 
 How it was sampled is recorded with each DVH (:meth:`ReferenceDvh.to_meta`).
 
-What it does not do: guess the shape between contour planes. Where a structure closes between two
-planes (a sphere's pole, a cylinder lying across the planes), the slab rule's staircase differs
-from the true solid; on the Nelms phantom that alone moves D99/D95/D1/D0.03cc and the volume of
-some shapes by more than 3 % at 2-3 mm spacing (Testing/Python/nelms_analytic.py), for this DVH
-and for any other that follows the contours.
+What it does not do: invent a bulge between planes. Between two planes the solid stays within the
+union of their sections (a ball whose equator lies between two planes is cut there), and the
+interpolation is exact only for sections that scale like a quadric's (spheres, cones, cylinders);
+the accuracy measured on the Nelms phantom is in the README.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ RULE_NOTES = {
         "contour planes no further apart than t form runs; a run ends t/2 beyond its first and last plane (end caps "
         "of the end sections); between planes shape-based interpolation of psi = phi (phi + 2 m) (phi the signed "
         "in-plane distance to the outline, m = 2 area / perimeter), Lagrange through up to four planes, kept between "
-        "the two planes' values; " + _COMMON_NOTE
+        "the two planes' values; where a run closes (its end section encloses under 1 % of its neighbour's) the "
+        "neighbour's section scaled along its principal axes, the squared half extents and centres Lagrange through the "
+        "same planes; " + _COMMON_NOTE
     ),
     "slab": (
         "slab rule: each contour plane stands for [p - t/2, p + t/2) along the contour normal, cut half way to a "
@@ -382,6 +384,9 @@ def _outline_points(outlines: _Outlines, steps: np.ndarray) -> tuple:
 BETWEEN_PLANES = ("interpolated", "slab")
 #: Brute-force (point, edge) pairs per chunk of :func:`outline_distance`.
 DISTANCE_CHUNK = 1 << 18
+#: A run's end section enclosing less than this share of its neighbour's area closes the solid there
+#: (a point, a sliver: the plane touches the structure); see :meth:`ContourSolid.closing_inside`.
+CLOSING_AREA_SHARE = 0.01
 
 
 class Outline:
@@ -495,7 +500,12 @@ class ContourSolid:
       polynomial through the run's planes ``a - 1 .. b + 1`` (up to four), kept between ``psi_a``
       and ``psi_b``: a point inside (outside) both planes stays inside (outside), so the solid
       between two planes lies within the union of their sections and contains their intersection.
-      A point is inside where the field is <= 0.
+      A point is inside where the field is <= 0. Where a run *closes* at its end plane (that
+      plane's section encloses less than :data:`CLOSING_AREA_SHARE` of its neighbour's: a pole,
+      an apex, a tangent line) the end section has no shape to interpolate and the field there is
+      the distance to a point, which shrinks the neighbour's section alike in every direction; in
+      that interval the neighbour's section is carried instead, its squared half extents along its
+      principal axes following the Lagrange polynomial (:meth:`closing_inside`).
     """
 
     def __init__(self, planes: list, positions: np.ndarray, thickness_mm: float, between: str = "interpolated"):
@@ -527,6 +537,18 @@ class ContourSolid:
         self.lifted = [q + np.array([0.0, self.lift[m]]) for m, p in enumerate(planes) for q in p]
         self._edges = polygon_edges(self.lifted)
         self._outline: Optional[Outline] = None
+        #: closing[a]: the plane (a or a + 1) whose section closes the run in the interval above plane a
+        self.closing: dict = {}
+        if between == "interpolated" and self.adjacent.any():
+            starts = np.ones(self.adjacent.size, dtype=bool)  # interval a begins a run
+            starts[1:] = ~self.adjacent[:-1]
+            ends = np.ones(self.adjacent.size, dtype=bool)  # interval a ends a run
+            ends[:-1] = ~self.adjacent[1:]
+            low = self.adjacent & starts & (self.areas[:-1] < CLOSING_AREA_SHARE * self.areas[1:])
+            high = self.adjacent & ends & ~low & (self.areas[1:] < CLOSING_AREA_SHARE * self.areas[:-1])
+            self.closing = {int(a): int(a) for a in np.flatnonzero(low)}
+            self.closing.update({int(a): int(a) + 1 for a in np.flatnonzero(high)})
+        self._frames: dict = {}
 
     def _moved(self, uv: np.ndarray, k) -> np.ndarray:
         moved = np.array(uv, dtype=np.float64).reshape(-1, 2)
@@ -593,12 +615,76 @@ class ContourSolid:
         low, high = np.minimum(psi[first], psi[second]), np.maximum(psi[first], psi[second])
         return np.clip(field, low, high)
 
+    def _closing_frame(self, a: int) -> tuple:
+        """For a closing interval (:attr:`closing`): the planes shaping it, the other (source) plane, the
+        source section's principal axes (origin, ``(2, 2)`` columns) and every plane's centre and squared
+        half extent along them (``(K, 2)`` each)."""
+        if a not in self._frames:
+            source = a + 1 if self.closing[a] == a else a
+            ks = self.neighbours(a)
+            polys = self.planes[source]
+            p = np.concatenate(polys)
+            q = np.concatenate([np.roll(x, -1, axis=0) for x in polys])
+            length = np.linalg.norm(q - p, axis=1)
+            middle = (p + q) / 2
+            origin = length @ middle / max(float(length.sum()), 1e-12)
+            spread = (middle - origin) * length[:, None]
+            axes = np.linalg.eigh(spread.T @ (middle - origin))[1]  # the outline's principal axes
+            centre, half2 = np.zeros((len(ks), 2)), np.zeros((len(ks), 2))
+            for row, k in enumerate(ks):
+                along = (np.concatenate(self.planes[k]) - origin) @ axes
+                lo, hi = along.min(axis=0), along.max(axis=0)
+                centre[row], half2[row] = (lo + hi) / 2, ((hi - lo) / 2) ** 2
+            self._frames[a] = (ks, source, origin, axes, centre, half2)
+        return self._frames[a]
+
+    def closing_inside(self, a: int, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Whether in-plane points ``uv`` (``(P, 2)``) are inside the solid at ``depth`` (``(P, L)``, or
+        ``(P, 1)``) in an interval where the run closes (:attr:`closing`): ``(P, L)`` booleans.
+
+        The closing section (a point, a sliver) has no shape to interpolate: the other section is
+        carried there, moved and scaled along its principal axes so that its centre and squared half
+        extent along each follow the Lagrange polynomial through the run's planes (as for the field,
+        up to four), kept between the two planes' values. A section of a quadric surface (sphere,
+        cone, cylinder, ellipsoid) has squared half extents quadratic in the plane's position along
+        each axis: the squared radius of a sphere's pole, the width and the length of a cone touched
+        along its side (the square root of the distance and the distance), which one scalar field of
+        the outline's distance cannot follow both of.
+        """
+        ks, source, origin, axes, centre, half2 = self._closing_frame(a)
+        z = self.positions[ks]
+        depth = np.asarray(depth, dtype=np.float64)
+        first, second, own = ks.index(a), ks.index(a + 1), ks.index(source)
+        coords = (np.asarray(uv, dtype=np.float64).reshape(-1, 2) - origin) @ axes
+        mapped = np.empty(depth.shape + (2,))
+        valid = np.ones(depth.shape, dtype=bool)
+        for c in range(2):
+            middle, square = 0.0, 0.0
+            for j in range(len(ks)):
+                basis = 1.0
+                for i in range(len(ks)):
+                    if i != j:
+                        basis = basis * (depth - z[i]) / (z[j] - z[i])
+                middle = middle + basis * centre[j, c]
+                square = square + basis * half2[j, c]
+            middle = np.clip(middle, min(centre[first, c], centre[second, c]), max(centre[first, c], centre[second, c]))
+            square = np.clip(square, 0.0, max(half2[first, c], half2[second, c]))
+            valid &= square > 0
+            scale = np.sqrt(half2[own, c] / np.where(square > 0, square, 1.0))
+            mapped[..., c] = centre[own, c] + (coords[:, c : c + 1] - middle) * scale
+        back = (origin + mapped.reshape(-1, 2) @ axes.T).reshape(mapped.shape)
+        return valid & self.inside(back.reshape(-1, 2), source).reshape(depth.shape)
+
     def band_inside(self, a: int, uv: np.ndarray, depth: np.ndarray, inside_a: np.ndarray) -> np.ndarray:
         """Whether points of the interval between planes ``a`` and ``a + 1`` that lie inside exactly one
         of the two sections (``inside_a``: the one of plane ``a``) are inside the solid at ``depth``."""
         if self.between == "slab":
             nearer_a = depth < (self.positions[a] + self.positions[a + 1]) / 2
             return nearer_a == inside_a
+        if a in self.closing:
+            return self.closing_inside(
+                a, uv, np.broadcast_to(np.asarray(depth, dtype=np.float64), (len(uv),))[:, None]
+            )[:, 0]
         ks, z, psi = self.band_fields(a, uv, inside_a)
         return self.band_field(a, ks, z, psi, depth) <= 0
 
@@ -644,6 +730,9 @@ class ContourSolid:
         intervals = a[sel[band]]
         for interval in np.unique(intervals):
             pick = band[intervals == interval]
+            if int(interval) in self.closing:
+                out[sel[pick]] = self.closing_inside(int(interval), uv[sel[pick]], depth[sel[pick]][:, None])[:, 0]
+                continue
             for k in self.neighbours(int(interval)):
                 points.append(sel[pick])
                 planes_of.append(np.full(pick.size, k))
@@ -654,6 +743,8 @@ class ContourSolid:
                 else:
                     known.append(None)
                 owners.append((int(interval), k, pick))
+        if not points:
+            return out
         which = np.concatenate(points)
         targets = np.concatenate(planes_of)
         inside = np.zeros(which.size, dtype=bool)
@@ -924,6 +1015,8 @@ def _sample_solid(solid: ContourSolid, planes: list, steps: np.ndarray, step: fl
         sample_of, plane_of, slot = [], [], {}
         start = 0
         for a, band in bands.items():
+            if a in solid.closing:
+                continue  # no fields: see ContourSolid.closing_inside
             for k in solid.neighbours(a):
                 slot[(a, k)] = (start, band.size)
                 start += band.size
@@ -946,9 +1039,12 @@ def _sample_solid(solid: ContourSolid, planes: list, steps: np.ndarray, step: fl
             count = max(int(np.ceil(length / (step / BAND_REFINE) - 1e-9)), MIN_BAND_LAYERS)
             thick = length / count
             levels = positions[a] + (np.arange(count) + 0.5) * thick
-            ks = solid.neighbours(a)
-            values = np.stack([psi[(a, k)] for k in ks])
-            inside = solid.band_field(a, ks, positions[ks], values[:, :, None], levels[None, :]) <= 0
+            if a in solid.closing:
+                inside = solid.closing_inside(a, uv[band], np.broadcast_to(levels, (band.size, count)))
+            else:
+                ks = solid.neighbours(a)
+                values = np.stack([psi[(a, k)] for k in ks])
+                inside = solid.band_field(a, ks, positions[ks], values[:, :, None], levels[None, :]) <= 0
             which, layer = np.nonzero(inside)
             band_points += int(inside.size)
             parts.append((band[which], levels[layer], np.full(which.size, thick), np.ones(which.size, dtype=bool)))
