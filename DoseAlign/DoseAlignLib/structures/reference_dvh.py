@@ -1187,7 +1187,12 @@ def reference_dvh(
         "in_plane": _gradients_at(out, doses, in_plane, weights, low, high),
         "normal": _gradients_at(out, doses, across, weights, low, high),
     }
-    sampling.update(samples=int(weights.size), band_samples=band_points, outline_points=int(edge_doses.size))
+    sampling.update(
+        samples=int(weights.size),
+        band_samples=band_points,
+        outline_points=int(edge_doses.size),
+        closing_intervals=len(solid.closing),
+    )
     axis = dose_bins(high) if dose_axis is None else np.asarray(dose_axis, dtype=np.float64)
     curve = np.interp(axis, curve_dose, curve_volume, left=total, right=0.0) / 1000.0
     return ReferenceDvh(roi.name, out, axis, curve, sampling, gradients)
