@@ -6,7 +6,7 @@
 
 ``export`` reads every case folder of a ``dosealign export`` of ../shared/data/nelms-dvh-phantom and
 compares the DVH points meta.json reports per ROI (``audit.rois[].output``: on the output grid, the
-CT's; ``.native``: on the dose grid) with :mod:`nelms_analytic`. ``reference`` computes the
+CT's; ``.native``: on the dose grid; ``.reference.points``: the reference DVH) with :mod:`nelms_analytic`. ``reference`` computes the
 reference DVH of every structure of every CT (1, 2, 3 mm) with every dose grid (1, 2, 3 mm, both
 gradients) from the contours and the native dose; the slab thickness is the structure's own CT step.
 
@@ -57,13 +57,16 @@ def rows_from_export(folder: Path, phantom: Path = PHANTOM) -> list:
             source = phantom / sources[entry["name"]]
             _roi, shape = _fit(source, thickness)
             truth = {c: analytic_points(shape, field, c) for c in CONVENTIONS}
-            for grid in ("output", "native"):
+            for grid in ("output", "native", "reference"):
+                got = (entry.get("reference") or {}).get("points") if grid == "reference" else entry[grid]
+                if not got:
+                    continue
                 rows.append(
                     {
                         "grid": f"{grid} (dose {dose_mm} mm, {ct})",
                         "field": field,
                         "structure": source.stem,
-                        "got": entry[grid],
+                        "got": got,
                         "truth": truth,
                     }
                 )
