@@ -18,7 +18,7 @@ from .errors import Cancelled, DoseAlignError, OutputFault, output_fault
 from .link.cases import form_cases
 from .options import AlignOptions
 from .output.case_folder import CaseOutput, case_dir, check_output_folder, clean_temp, is_complete
-from .output.files import claim_for, json_text, release_claims, remove_owned, write_text_atomic
+from .output.files import claim_for, json_text, live_runs, release_claims, remove_owned, write_text_atomic
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import inspect_output, pseudonymization_conflict, request_differences
 from .output.qa_png import matplotlib_available, qa_png_writer
@@ -159,6 +159,8 @@ def export_folder(
         raise NothingToExport(what_was_found(scan, linked), path=input_root, hint="nothing was written")
     found = inspect_output(out_dir)
     _check_found(found, out_dir, pseudonymizer is not None)
+    if shard is None:  # shards share OUT on purpose; any other run would overwrite the other's manifest
+        _check_no_other_run(out_dir)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
         extra_rows = pseudonymizer.prepare(scan, cases, extra_rows)
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
@@ -306,6 +308,21 @@ def _check_found(found, out_dir: Path, pseudonymized: bool) -> None:
             f"the output folder cannot take this export: {conflict}",
             path=out_dir,
             hint="choose another output folder, or remove what it holds; nothing was written",
+        )
+
+
+def _check_no_other_run(out_dir: Path) -> None:
+    """Refuse an output folder another live export is writing into (two runs, one manifest.csv: the last
+    one written would drop the other run's cases)."""
+    runs = live_runs(out_dir) if out_dir.is_dir() else []
+    if runs:
+        run = runs[0]
+        raise DoseAlignError(
+            f"another DoseAlign run (process {run['pid']}, started {run['started']}) is writing into this output "
+            "folder: the two runs' manifest.csv would overwrite each other",
+            path=out_dir,
+            hint="wait until it has finished (then --resume or --append), or choose another output folder; "
+            "nothing was written",
         )
 
 

@@ -4,7 +4,8 @@ Exit codes (README lists them per subcommand): 0 every case ok (or kept by --res
 failed (scan: some case cannot be exported; merge: some case failed), 2 a usage error or an input
 or output folder that cannot be used (nothing written), 3 nothing to export (no case under the
 input; nothing written), 4 the export stopped because its output could not be written (disk full, I/O
-error; manifest.csv lists what was done), 130 interrupted by Ctrl-C (finished cases are in manifest.csv).
+error; manifest.csv lists what was done), 130 interrupted by Ctrl-C (finished cases are in manifest.csv), 141
+its output pipe was closed (``dosealign scan DIR | head``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def _demo_spec():
 #: Exit codes beyond 0/1/2 (see the module docstring).
 EXIT_NOTHING = 3
 EXIT_INTERRUPTED = 130
+#: What a shell reports for a command whose output pipe was closed (128 + SIGPIPE).
+EXIT_PIPE_CLOSED = 141
 CT_HELP = (
     "the CT where no RTPLAN -> RTSTRUCT -> CT reference decides: a CT folder (relative to INPUT) or "
     "SeriesInstanceUID for a single study, or a CSV with columns dose,ct (dose file relative to INPUT or "
@@ -534,6 +537,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     formats = _formats(args)
     dicom_dir = args.output / "dicom"
     export_dir = args.output / "export"
+    _check_demo_folder(args.output, dicom_dir)
     progress = _ProgressLine(quiet=args.quiet)
     _announce(args, options, progress)
     truth = api.write_phantom(dicom_dir, _demo_spec())
@@ -552,6 +556,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     _print_summary(report, export_dir)
     return report.exit_code
+
+
+def _check_demo_folder(out_dir: Path, dicom_dir: Path) -> None:
+    """Refuse an OUT for the demo that holds someone's DICOM files: in OUT itself (a patient folder given as
+    OUT), or in OUT/dicom anything but an earlier demo's study (the demo would add its files to it and
+    export them all). Raises :class:`DoseAlignError`; writes nothing."""
+    hint = "choose a new output folder for the demo; nothing was written"
+    found = api.inspect_output(out_dir)
+    if found.dicom_files:
+        raise DoseAlignError(
+            f"the output folder holds DICOM files ({', '.join(found.dicom_files)}): the demo writes its own study "
+            "into OUT/dicom",
+            path=out_dir,
+            hint=hint,
+        )
+    if not dicom_dir.exists():
+        return
+    if not dicom_dir.is_dir():
+        raise DoseAlignError("exists and is not a folder: the demo writes its study there", path=dicom_dir, hint=hint)
+    scan = api.scan_folder(dicom_dir)
+    demo_patient = _demo_spec().patient_id
+    others = [o.rel_path for o in scan.objects if o.patient_id != demo_patient]
+    others += [path for path, _reason in scan.skipped + scan.unreadable]
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise DoseAlignError(
+            f"holds files that are not the demo's study ({shown}): the demo writes its study into this folder",
+            path=dicom_dir,
+            hint=hint,
+        )
 
 
 def _print_summary(report, out_dir: Path) -> None:
@@ -608,7 +642,9 @@ def _not_read(ignored: list) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe is met here, not at exit
+        return code
     except api.Interrupted as stop:
         print(
             f"\ndosealign: interrupted after {stop.done} of {stop.total} cases; run again with --resume",
@@ -616,7 +652,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     except KeyboardInterrupt:
         print("\ndosealign: interrupted before any case was exported", file=sys.stderr)
+    except BrokenPipeError:  # stdout closed early (dosealign scan DIR | head): no traceback
+        _silence_stdout()
+        return EXIT_PIPE_CLOSED
     return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:

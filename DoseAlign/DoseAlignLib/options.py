@@ -106,7 +106,7 @@ class AlignOptions:
         if len(size) != 3 or min(size) < 1:
             raise ValueError(f"custom size needs one or three positive values, got {self.custom_size}")
         object.__setattr__(self, "custom_size", size)
-        if not 0 <= int(self.fractional_masks) <= 16:
+        if int(self.fractional_masks) != 0 and not 2 <= int(self.fractional_masks) <= 16:  # 1 would do nothing
             raise ValueError(
                 f"fractional masks need a supersampling factor from 2 to 16 (0: off), got {self.fractional_masks}"
             )

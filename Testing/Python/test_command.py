@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -495,3 +496,82 @@ def test_input_and_output_swapped_is_refused(study, tmp_path, capsys):
     code, _text, err = _run(capsys, "export", tmp_path / "results", study / "p1")
     assert code == 2 and "the output folder holds DICOM files" in err and "The input comes first" in err
     assert _tree(study / "p1") == before
+
+
+# ---- from the fresh trial (trial13): the demo's folder, a second run, a closed pipe, a factor of 1 ----
+
+
+def test_demo_never_writes_into_a_folder_of_other_dicom_files(study, tmp_path, capsys):
+    """`dosealign demo OUT` where OUT/dicom holds someone's study (or OUT is a study folder): refused
+    before anything is written; an earlier demo's own study in OUT/dicom is fine (the demo runs again)."""
+    out = tmp_path / "demo"
+    shutil.copytree(study / "p1", out / "dicom")
+    before = _tree(out)
+    code, _text, err = _run(capsys, "demo", out, "--quiet")
+    assert code == 2 and "holds files that are not the demo's study" in err and "nothing was written" in err
+    assert _tree(out) == before and not (out / "export").exists()
+
+    code, _text, err = _run(capsys, "demo", study / "p1", "--quiet")  # a patient folder given as OUT
+    assert code == 2 and "the output folder holds DICOM files" in err
+    assert not (study / "p1" / "dicom").exists() and not (study / "p1" / "export").exists()
+
+    again = tmp_path / "again"
+    assert _run(capsys, "demo", again, "--quiet", "--no-structures", "--no-qa-png")[0] == 0
+    assert _run(capsys, "demo", again, "--quiet", "--no-structures", "--no-qa-png")[0] == 0
+    (again / "dicom" / "notes.txt").write_text("mine")
+    code, _text, err = _run(capsys, "demo", again, "--quiet", "--no-structures", "--no-qa-png")
+    assert code == 2 and "notes.txt" in err
+
+
+#: Claims OUT as a live export does, then waits until stdin closes.
+LIVE_EXPORT = """
+import sys
+from DoseAlignLib.output.files import claim_folder
+claim = claim_folder(sys.argv[1])
+print(claim.record, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_export_into_an_output_folder_a_live_run_writes_is_refused(study, tmp_path, capsys):
+    """Two exports into one OUT at once: the last manifest.csv written would drop the other run's cases.
+    The second is refused (naming the other process) while the first lives; shards share OUT on purpose."""
+    out = tmp_path / "out"
+    out.mkdir()
+    live = subprocess.Popen(
+        [sys.executable, "-c", LIVE_EXPORT, str(out)], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert Path(live.stdout.readline().strip()).is_file()
+        before = _tree(out)
+        code, _text, err = _run(capsys, "export", study, out, "--quiet", "--no-qa-png")
+        assert code == 2 and f"another DoseAlign run (process {live.pid}" in err and "nothing was written" in err
+        assert _tree(out) == before
+        assert _run(capsys, "export", study, out, "--quiet", "--no-qa-png", "--shard", "1/1")[0] == 0
+    finally:
+        live.stdin.close()
+        live.wait(timeout=60)
+    assert _run(capsys, "export", study, out, "--quiet", "--no-qa-png")[0] == 0, "its owner has ended"
+    assert len(_manifest(out)) == 2
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_a_closed_output_pipe_is_no_traceback(study, json_output):
+    """`dosealign scan DIR | head -1`: the reader goes away; no BrokenPipeError traceback, exit 141."""
+    command = [sys.executable, "-m", "DoseAlignLib", "scan", str(study)] + (["--json"] if json_output else [])
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command writes anything
+    stderr = process.stderr.read().decode()
+    process.wait(timeout=60)
+    assert process.returncode == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_fractional_masks_of_one_are_a_usage_error(study, tmp_path, capsys):
+    """--fractional-masks 1 (help: N >= 2) stored nothing and said nothing; now a usage error."""
+    with pytest.raises(SystemExit) as stop:
+        main(["export", str(study), str(tmp_path / "out"), "--fractional-masks", "1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "from 2 to 16" in err and not (tmp_path / "out").exists()
+    assert api.AlignOptions(fractional_masks=0).fractional_masks == 0
+    assert api.AlignOptions(fractional_masks=2).fractional_masks == 2

@@ -85,9 +85,10 @@ def test_a_live_runs_work_survives_a_second_export(inputs, tmp_path, capsys):
     try:
         temp = Path(live.stdout.readline().strip())
         assert temp.is_dir()
-        assert _export(inputs, out) == 0
+        assert _export(inputs, out) == 2, "a second run beside a live one is refused (issue 13)"
         assert (temp / "pair.npz").read_bytes() == b"half", "a live run's temporary folder was touched"
-        assert _export(inputs, out, "--resume") == 0
+        assert _export(inputs, out, "--shard", "1/1") == 0  # shards share OUT: their start-up cleans it
+        assert (temp / "pair.npz").read_bytes() == b"half", "a live run's temporary folder was touched"
         assert temp.is_dir()
     finally:
         live.stdin.close()

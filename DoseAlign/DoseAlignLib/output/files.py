@@ -250,6 +250,28 @@ def dead_claims(folder: Path) -> list:
     return sorted(tokens)
 
 
+def live_runs(folder: Path) -> list:
+    """The owner records in ``folder`` of other processes' runs that are alive on this machine, as
+    ``{"pid", "started"}`` dicts (this process's claims are not counted; another host's runs cannot be told)."""
+    runs = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return runs
+    for entry in entries:
+        match = _ENTRY.match(entry.name)
+        if not match or match.group(2) != OWNER_SUFFIX or _owner_state(Path(entry.path)) != "live":
+            continue
+        try:
+            with open(entry.path, encoding="utf-8") as handle:
+                owner = json.loads(handle.read(4096))
+        except (OSError, ValueError):
+            continue
+        if isinstance(owner, dict) and owner.get("pid") != os.getpid():
+            runs.append({"pid": owner.get("pid"), "started": owner.get("started", "")})
+    return sorted(runs, key=lambda run: str(run["started"]))
+
+
 def remove_owned(folder: Path, token: str) -> list:
     """Remove the temporary entries of run ``token`` directly in ``folder``, then its owner record.
 
