@@ -73,6 +73,14 @@ def custom_grid_choice(args: argparse.Namespace) -> tuple:
             f"{'s' if len(given) == 1 else ''} with --reference {reference}: drop "
             f"{'it' if len(given) == 1 else 'them'} or use --reference custom (implied when --reference is not given)"
         )
+    if reference == "custom" and getattr(args, "spacing", None) is None:
+        implied = [flag for flag in given if flag != "--spacing"]
+        asked = (
+            f"{', '.join(implied)} impl{'ies' if len(implied) == 1 else 'y'} a custom grid"
+            if implied and getattr(args, "reference", None) is None
+            else "--reference custom asks for a custom grid"
+        )
+        raise ValueError(f"{asked}, which needs --spacing (mm: e.g. --spacing 2 or --spacing 1,1,2.5)")
     cube_only = [flag for flag, value in (("--size", size), ("--centre", centre)) if value is not None]
     if box is None:
         box = "cube" if cube_only else "dose"

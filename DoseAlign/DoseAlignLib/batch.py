@@ -164,6 +164,13 @@ def export_folder(
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
         extra_rows = pseudonymizer.prepare(scan, cases, extra_rows)
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
+    if not resume:
+        again = sorted(c for c in own if c in found.cases and found.cases[c].complete)
+        if again:
+            note(
+                f"{len(again)} case(s) already complete in the output folder are exported again "
+                "(--resume keeps those made with this run's request)"
+            )
     carried = _other_cases(found, own, options, append, shard, note, report, out_dir, input_root)
     check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
     claim = claim_for(out_dir)  # this run's owner record, before workers start (they use it)
@@ -355,6 +362,11 @@ def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None])
             "(better: an output folder outside the input)"
         )
         return [real_out]
+    if real_out in real_in.parents:
+        note(
+            f"the input folder {input_root} is inside the output folder: it is left alone and not listed in "
+            "manifest.csv (better: an output folder beside the input)"
+        )
     return []
 
 

@@ -575,3 +575,16 @@ def test_fractional_masks_of_one_are_a_usage_error(study, tmp_path, capsys):
     assert stop.value.code == 2 and "from 2 to 16" in err and not (tmp_path / "out").exists()
     assert api.AlignOptions(fractional_masks=0).fractional_masks == 0
     assert api.AlignOptions(fractional_masks=2).fractional_masks == 2
+
+
+def test_input_inside_the_output_folder_and_a_plain_rerun_say_so(study, tmp_path, capsys):
+    """INPUT inside OUT was accepted without a word; a plain re-run over complete cases did not mention --resume."""
+    out = tmp_path  # holds the input folder `in`
+    code, text, _err = _run(capsys, "export", study, out, "--quiet", "--no-qa-png")
+    assert code == 0 and f"the input folder {study} is inside the output folder" in text
+    assert "already complete" not in text
+    code, text, _err = _run(capsys, "export", study, out, "--quiet", "--no-qa-png")
+    assert code == 0 and "2 case(s) already complete in the output folder are exported again" in text
+    assert "--resume keeps" in text
+    code, text, _err = _run(capsys, "export", study, out, "--quiet", "--no-qa-png", "--resume")
+    assert code == 0 and "already complete" not in text and "2 skipped" in text

@@ -84,6 +84,8 @@ def test_report_lists_every_case_with_thumbnails(exported):
     ok_id = next(p.name for p in exported.iterdir() if p.is_dir())
     assert f'src="{ok_id}/qa.png"' in text and f'href="{ok_id}/qa.png"' in text
     assert '<tr class="failed">' in text and "RELATIVE" in text  # the failed case and its reason
+    failed_row = text.split('<tr class="failed">', 1)[1].split("</tr>", 1)[0]
+    assert "noflag" not in failed_row, "a failed case was not audited: no green 'none' in its flags column"
 
 
 def test_report_shows_each_case_its_own_flag_details(exported):

@@ -202,7 +202,7 @@ def report_html(rows: Sequence[dict], out_dir: Path, *, title: str = "DoseAlign 
             f'<tr class="{_cell(status)}">'
             f"<td>{_cell(case_id)}{folder_link}</td>"
             f'<td class="status">{_cell(status)}{reason}</td>'
-            f"<td>{_flags_html(str(row.get('audit_flags') or ''))}"
+            f"<td>{_flags_html(str(row.get('audit_flags') or '')) if status in ('ok', 'skipped') else ''}"
             f"{_flag_details(out_dir, case_id) if row.get('audit_flags') else ''}</td>"
             f'<td class="num">{_cell(row.get("dmax_native_gy"))}</td>'
             f'<td class="num">{_cell(row.get("dmax_output_gy"))}</td>'
