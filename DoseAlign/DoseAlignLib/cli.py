@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -288,6 +289,7 @@ class _ProgressLine:
         self.stream = stream or sys.stderr  # looked up now: tests and notebooks replace sys.stderr
         self.quiet = quiet
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.width = _line_width(self.stream) if self.tty else 120
         self.last = 0.0
         self.fraction = 0.0
         self.counted = ""
@@ -359,7 +361,7 @@ class _ProgressLine:
 
     def _draw(self, message: str) -> None:
         line = f"{self._bar(self.fraction)} {message}"
-        self.stream.write("\r" + line[:120].ljust(120))
+        self.stream.write("\r" + line[: self.width].ljust(self.width))
 
     def _line(self, text: str) -> None:
         self.stream.write(text + "\n")
@@ -369,9 +371,19 @@ class _ProgressLine:
         """A note for the user, on its own line of the standard output (the progress line is cleared first)."""
         with self.lock:
             if self.tty and not self.quiet:
-                self.stream.write("\r" + " " * 120 + "\r")
+                self.stream.write("\r" + " " * self.width + "\r")
                 self.stream.flush()
             print(f"note: {message}", flush=True)
+
+
+def _line_width(stream) -> int:
+    """Characters the progress line may use on a terminal: one less than its columns (a full line would wrap, and
+    every update would then start a new screen line); 120 when the size is unknown."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        columns = 0
+    return max(20, columns - 1) if columns > 0 else 120
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:

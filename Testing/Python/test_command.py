@@ -588,3 +588,20 @@ def test_input_inside_the_output_folder_and_a_plain_rerun_say_so(study, tmp_path
     assert "--resume keeps" in text
     code, text, _err = _run(capsys, "export", study, out, "--quiet", "--no-qa-png", "--resume")
     assert code == 0 and "already complete" not in text and "2 skipped" in text
+
+
+def test_the_progress_line_fits_the_terminal(monkeypatch):
+    """On an 80-column terminal the line was padded to 120 characters: it wrapped, and each update
+    started a new screen line instead of replacing the last."""
+    from DoseAlignLib import cli
+
+    monkeypatch.setattr(cli.os, "get_terminal_size", lambda _fd: os.terminal_size((80, 24)))
+    terminal = _Stream(tty=True)
+    terminal.fileno = lambda: 2
+    progress = _ProgressLine(stream=terminal)
+    progress(0.5, "1/2 cases: " + "A_VERY_LONG_CASE_ID_" * 6 + " ok")
+    progress.note("something to know")
+    drawn = [part for part in terminal.text.split("\r") if part]
+    assert drawn and max(len(part.rstrip("\n")) for part in drawn) <= 79, drawn
+    monkeypatch.setattr(cli.os, "get_terminal_size", lambda _fd: (_ for _ in ()).throw(OSError("no size")))
+    assert _ProgressLine(stream=terminal).width == 120
