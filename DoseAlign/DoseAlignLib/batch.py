@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -260,6 +261,9 @@ def export_folder(
                 record(index, task(case, stage=case_stage))
     except KeyboardInterrupt:
         remove_owned(out_dir, claim.token)  # what the stopped workers left (this run's temporary names only)
+        # the interrupt may have come between counting a case and writing the manifest that lists it
+        with contextlib.suppress(OSError):
+            write_manifest(out_dir, carried + [r for r in rows if r is not None], manifest_name)
         raise Interrupted(done[0], len(cases)) from None
     if report.fault is not None:  # the cases not started: named, so that --resume exports them
         for index, case in to_run:

@@ -241,13 +241,25 @@ def slow_cohort(tmp_path_factory) -> Path:
     return root
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    """SIGINT as a terminal's foreground job has it: a test run started in the background by a
+    non-interactive shell ignores SIGINT, the export would inherit that and never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_stops_cleanly_and_resume_finishes(slow_cohort, tmp_path, workers):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", str(workers)]
     process = subprocess.Popen(
-        command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_ctrl_c_as_on_a_terminal,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -275,6 +287,29 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(slow_cohort, tmp_path, workers
     statuses = [r["status"] for r in _manifest(out)]
     # a worker may have put a case in place the moment the batch process stopped listening: kept too
     assert len(statuses) == 4 and statuses.count("skipped") >= done and set(statuses) <= {"ok", "skipped"}
+
+
+def test_ctrl_c_between_counting_a_case_and_listing_it(slow_cohort, tmp_path, monkeypatch):
+    """A Ctrl-C that lands while the manifest naming a finished case is written: the interrupted run
+    still leaves a manifest listing every case it counted."""
+    from DoseAlignLib import batch
+
+    real_write = batch.write_manifest
+    calls = []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_manifest", interrupted_once)
+    out = tmp_path / "out"
+    with pytest.raises(batch.Interrupted) as stop:
+        api.export_folder(slow_cohort, out, api.AlignOptions(), workers=1)
+    assert stop.value.done == 1
+    listed = _manifest(out)
+    assert [r["status"] for r in listed] == ["ok"] and (out / listed[0]["case_id"] / "pair.npz").is_file()
 
 
 # ---- progress ------------------------------------------------------------------------------------
