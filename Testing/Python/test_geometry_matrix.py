@@ -257,6 +257,54 @@ def test_ct_read_in_place_equals_pydicom_decoding(tmp_path, rescale):
     np.testing.assert_array_equal(fast, slow)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_ct_12_bits_stored_read_in_place_equals_pydicom_decoding(tmp_path, signed):
+    """12-bit slices whose values fit 12 bits are read in place; a slice with a value beyond them goes to
+    pydicom as before (which masks or sign-extends it, or, with pydicom 2.4, keeps it and may refuse it)."""
+    import pydicom
+    from DoseAlignLib.dicom.ct import read_ct
+    from DoseAlignLib.dicom.scan import scan_folder
+    from DoseAlignLib.errors import InputError
+
+    spec = PhantomSpec(ct_size=(192, 192, 6), ct_field="linear", ct_rescale=(1.0, -1024.0), with_structures=False)
+    truth = write_phantom(tmp_path, spec)
+
+    def rewrite(path, beyond: bool) -> None:
+        ds = pydicom.dcmread(str(path))
+        values = ds.pixel_array.astype(np.int32) - (2048 if signed else 0)
+        values = np.clip(values, -2048 if signed else 0, 2047 if signed else 4095)
+        if beyond:
+            values[5, 7] = 0x7123 if signed else 0xF123
+        ds.PixelData = values.astype(np.int16 if signed else np.uint16).tobytes()
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+        ds.save_as(str(path))
+
+    def fast_and_slow() -> tuple:
+        (series,) = scan_folder(tmp_path).ct_series
+        assert all(s.info["pixel_position"]["bits_stored"] == 12 for s in series.slices)
+        outcomes = []
+        for _ in range(2):
+            try:
+                outcomes.append(read_ct(series).array)
+            except InputError as error:
+                outcomes.append(str(error))
+            for obj in series.slices:
+                obj.info["pixel_position"] = None  # then: pydicom's decoding
+        return tuple(outcomes)
+
+    for path in truth.ct_files:
+        rewrite(path, beyond=False)
+    fast, slow = fast_and_slow()
+    np.testing.assert_array_equal(fast, slow)
+    assert len(np.unique(slow)) > 100
+    rewrite(truth.ct_files[2], beyond=True)
+    fast, slow = fast_and_slow()
+    if isinstance(slow, str):
+        assert fast == slow and truth.ct_files[2].name in slow
+    else:
+        np.testing.assert_array_equal(fast, slow)
+
+
 @pytest.mark.parametrize("box", ["dose", "ct"])
 def test_reference_custom_box(tmp_path, box):
     options = AlignOptions(reference="custom", custom_spacing=(1.5, 2.0, 3.0), custom_box=box, structures=False)

@@ -231,12 +231,17 @@ def _read_in_place(obj, out_slice: np.ndarray, dtype: str, buffers: dict) -> boo
     if not (np.isfinite(slope) and np.isfinite(intercept)):
         return False  # let the general path report the bad tag
     stored = np.dtype("<i2" if position["signed"] else "<u2")
+    bits = position.get("bits_stored", 16)  # fewer: values beyond them are decoded by pydicom (masked, sign-extended)
     if dtype == "int16" and stored == np.int16 and slope == 1.0 and intercept == 0.0:
-        return headers.read_pixels_into(obj.path, position, out_slice)
+        return headers.read_pixels_into(obj.path, position, out_slice) and headers.fit_bits_stored(
+            out_slice, bits, True
+        )
     buffer = buffers.get(stored)
     if buffer is None:
         buffer = buffers[stored] = np.empty(out_slice.shape, dtype=stored)
     if not headers.read_pixels_into(obj.path, position, buffer):
+        return False
+    if not headers.fit_bits_stored(buffer, bits, position["signed"]):
         return False
     _check_rescale(buffer, slope, intercept, dtype, obj.path)
     if dtype == "int16" and slope == 1.0 and intercept.is_integer():

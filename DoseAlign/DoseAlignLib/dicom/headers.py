@@ -327,17 +327,27 @@ NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 def pixel_data_position(ds: Dataset) -> Optional[dict]:
     """Where a plain 16-bit grey image's pixels sit in its file, or None when they must be decoded.
 
-    Only for uncompressed little-endian, one frame, one sample, 16 bits allocated and stored
-    (so no high bits to mask or sign-extend), pixel data read with ``defer_large``.
+    Only for uncompressed little-endian, one frame, one sample, 16 bits allocated, pixel data read
+    with ``defer_large``. With fewer than 16 bits stored (12-bit CTs) ``bits_stored`` says so: the
+    reader takes the values as they are only when they fit it (then there are no high bits to mask
+    or sign-extend), and such an image's PixelRepresentation and PhotometricInterpretation must be
+    ones :func:`pixel_module` accepts.
     """
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    stored = quick_int(ds, "BitsStored")
     if (
         syntax not in NATIVE_LITTLE_ENDIAN
         or quick_int(ds, "BitsAllocated") != 16
-        or quick_int(ds, "BitsStored") != 16
+        or not isinstance(stored, int)
+        or not 1 <= stored <= 16
         or quick_int(ds, "SamplesPerPixel", 1) != 1
         or str(ds.get("NumberOfFrames", 1) or 1).strip() != "1"
         or "PixelData" not in ds
+    ):
+        return None
+    if stored < 16 and (
+        quick_int(ds, "PixelRepresentation", 0) not in (0, 1)
+        or quick_text(ds, "PhotometricInterpretation").upper() not in ("", "MONOCHROME1", "MONOCHROME2")
     ):
         return None
     # the element as read, not get_item's: that would read a deferred value (the whole pixel data)
@@ -345,7 +355,18 @@ def pixel_data_position(ds: Dataset) -> Optional[dict]:
     offset = getattr(element, "value_tell", None) or getattr(element, "file_tell", None)
     if offset is None:
         return None  # a pydicom that does not say where values are: decode normally
-    return {"offset": int(offset), "signed": quick_int(ds, "PixelRepresentation") == 1}
+    position = {"offset": int(offset), "signed": quick_int(ds, "PixelRepresentation") == 1}
+    if stored < 16:
+        position["bits_stored"] = stored
+    return position
+
+
+def fit_bits_stored(pixels: np.ndarray, bits: int, signed: bool) -> bool:
+    """Whether stored values lie in the range ``bits`` bits hold (then masking or sign extension changes nothing)."""
+    if bits >= 16 or pixels.size == 0:
+        return True
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return bool(pixels.min() >= low and pixels.max() <= high)
 
 
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
