@@ -88,7 +88,7 @@ def exported(tmp_path_factory):
     truths = {pid: write_phantom(cohort / pid, spec) for pid, (spec, _has) in PATIENTS.items()}
     with_shared = (SHARED_DATA / "README.md").is_file()
     if with_shared:
-        for name in SHARED_SETS:  # copies: the scan does not follow symlinked folders
+        for name in SHARED_SETS:  # copies (links would do too: the scan follows them)
             shutil.copytree(SHARED_DATA / name, cohort / name)
     roi_map = root / "map.json"
     roi_map.write_text(json.dumps({"SpinalCord": ["spinal cord", "Cord"]}), encoding="utf-8")
