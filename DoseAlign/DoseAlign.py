@@ -380,7 +380,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _followDose(self) -> None:
         """When the dose changes, select its CT and structure set (None where they are not loaded, and the
-        engine then picks the CT): a CT or RTSTRUCT chosen for the previous dose must not go with this one."""
+        engine then picks the CT; None also when the case has several structure sets: the engine pairs them): a CT or RTSTRUCT chosen for the previous dose must not go with this one."""
         p = self._parameterNode
         dose = p.doseVolume if p is not None else None
         doseID = dose.GetID() if dose is not None else None
@@ -1117,14 +1117,29 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
         return (tagged or candidates or [None])[0]
 
     def segmentationNodeForCase(self, case):
-        """A loaded segmentation node of one of the case's RTSTRUCT files (None if none is loaded): one DoseAlign
-        loaded from those files, else one SlicerRT tagged with their series UID."""
+        """The loaded segmentation node of the case's structure set, only when the case has exactly one: one
+        DoseAlign loaded from its file, else one SlicerRT tagged with its series UID that maps to that file alone
+        (:meth:`structureFilesForNode`). None otherwise: with several structure sets the engine pairs them all
+        (every RTSTRUCT drawn on the CT when no plan names one), and selecting one would narrow the export; a
+        segmentation Align would refuse is not selected either."""
+        if len(case.structs) != 1:
+            return None
+        (struct,) = case.structs
         nodes = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
-        found = self._nodesFromFiles(nodes, [s.path for s in case.structs])
-        if not found:
-            series = {s.series_uid for s in case.structs}
-            found = [n for n in nodes if not self.sourceFiles(n) and self._seriesUID(n) in series]
-        return found[0] if found else None
+        found = self._nodesFromFiles(nodes, [struct.path])
+        if found:
+            return found[0]
+        wanted = [os.path.normcase(os.path.abspath(str(struct.path)))]
+        for node in nodes:
+            if self.sourceFiles(node) or self._seriesUID(node) != struct.series_uid:
+                continue
+            try:
+                files = self.structureFilesForNode(node)
+            except ValueError:  # its series holds several RTSTRUCT files
+                continue
+            if [os.path.normcase(os.path.abspath(f)) for f in files] == wanted:
+                return node
+        return None
 
     def nodesForDose(self, doseNode) -> tuple:
         """(CT node, segmentation node) loaded for the dose's case; None for what is not loaded, both None (and

@@ -976,7 +976,7 @@ def test_n1_the_selected_rtstruct_of_two_is_the_one_exported(module, tmp_path, d
         ]
     engine = logic.alignNodes(None, dose, AlignOptions(), "engine")  # none selected: the engine pairs them as
     assert set(engine.meta["structures"]["names"]) <= set(names_a)  # dosealign export does (the plan's RTSTRUCT)
-    assert logic.segmentationNodeForCase(logic.caseForDose(dose)) in (node_a, node_b)  # found by series UID
+    assert logic.segmentationNodeForCase(logic.caseForDose(dose)) is node_a  # the plan's, found by series UID
 
 
 def test_n1_a_segmentation_of_no_rtstruct_is_refused(module, tmp_path, database):
@@ -1007,6 +1007,49 @@ def test_n1_an_rtstruct_series_of_two_files_is_refused_without_a_record(module, 
     _loaded_by_the_dicom_module(module, loaded)
     with pytest.raises(ValueError, match="cannot tell which"):
         logic.structureFilesForNode(recorded[0])
+
+
+# ==== third reading F2: a dose selects a structure set only when its case has exactly one ======================
+
+
+def test_f2_a_case_of_several_structure_sets_selects_none(module, tmp_path, database):
+    truth = _phantom(tmp_path, ct_size=(40, 40, 24), with_plan=False)  # no plan: the engine pairs both sets
+    path_b, names_a, names_b = _second_structure_set(truth)
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    loaded = [slicer.mrmlScene.GetNodeByID(i) for i in logic.loadStudy(db.studiesForPatient(db.patients()[0])[0])]
+    (dose,) = logic.doseVolumeNodes()
+    assert len(logic.caseForDose(dose).structs) == 2
+    assert logic.nodesForDose(dose)[1] is None  # DoseAlign's Load recorded each node's file
+    _loaded_by_the_dicom_module(module, loaded)
+    ct, segmentation = logic.nodesForDose(dose)  # what choosing the dose selects
+    assert ct is not None and segmentation is None
+    exported = logic.alignNodes(ct, dose, AlignOptions(), "engine", segmentation).meta["structures"]["names"]
+    from_a, from_b = set(exported) & set(names_a), set(exported) & set(names_b)
+    assert len(from_a) >= 3 and {"B-" + name for name in from_a} == from_b  # both sets, as dosealign export pairs
+
+
+def test_f2_a_segmentation_align_would_refuse_is_not_selected(module, tmp_path, database):
+    truth = _phantom(tmp_path, ct_size=(40, 40, 24))
+    ds = pydicom.dcmread(str(truth.struct_file))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()  # a second RTSTRUCT file in the same series
+    ds.save_as(str(truth.struct_file.parent / "second-rtstruct.dcm"))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    loaded = [slicer.mrmlScene.GetNodeByID(i) for i in logic.loadStudy(db.studiesForPatient(db.patients()[0])[0])]
+    (dose,) = logic.doseVolumeNodes()
+    assert len(logic.caseForDose(dose).structs) == 1  # the plan names one
+    recorded = logic.nodesForDose(dose)[1]
+    assert logic.structureFilesForNode(recorded) == [str(truth.struct_file).replace("\\", "/")]  # the plan's file
+    _loaded_by_the_dicom_module(module, loaded)
+    segmentations = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(ValueError, match="cannot tell which"):
+        logic.alignNodes(None, dose, AlignOptions(), "engine", segmentations[0])
+    ct, segmentation = logic.nodesForDose(dose)
+    assert ct is not None and segmentation is None
+    assert logic.alignNodes(ct, dose, AlignOptions(), "engine", segmentation).meta["structures"]["names"]
 
 
 # ==== second reading N6: the import count follows symbolic links as the DICOM indexer does ================
