@@ -244,8 +244,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.exportAllButton.connect("clicked(bool)", self.onExportAllButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
-        self.ui.inputFolderPathLineEdit.connect("currentPathChanged(QString)", self.onInputFolderEdited)
-        self.ui.outputFolderPathLineEdit.connect("currentPathChanged(QString)", self.onOutputFolderEdited)
+        self._connectFolderFields()
 
         self.ui.resultsTable.setHorizontalHeaderLabels([_("Case"), _("Status"), _("Reason"), _("QA flags")])
         self.ui.progressBar.setRange(0, 100)
@@ -372,11 +371,33 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is not None:
             setattr(self._parameterNode, name, value)
 
+    def _connectFolderFields(self) -> None:
+        """A folder field sends currentPathChanged(QString) only for text its validator accepts, which without
+        nameFilters is ".+" (ctkPathLineEdit::updateHasValidInput, CTK 82cae578 Libs/Widgets/ctkPathLineEdit.cpp:
+        819-839, the same at f53820a4, :825-845 at dd4caeae, :730-750 at 5056664a; ctk::nameFiltersToRegExp,
+        Libs/Core/ctkUtils.cpp:177-180): emptying the field sends nothing. It then sends validInputChanged(false)
+        (ctkPathLineEdit.h:248 at f53820a4/82cae578, :247 at dd4caeae, :253 at 5056664a), which clears the
+        parameter."""
+        self.ui.inputFolderPathLineEdit.connect("currentPathChanged(QString)", self.onInputFolderEdited)
+        self.ui.outputFolderPathLineEdit.connect("currentPathChanged(QString)", self.onOutputFolderEdited)
+        self.ui.inputFolderPathLineEdit.connect("validInputChanged(bool)", self.onInputFolderValidInputChanged)
+        self.ui.outputFolderPathLineEdit.connect("validInputChanged(bool)", self.onOutputFolderValidInputChanged)
+
+    def _onFolderValidInputChanged(self, name: str, valid: bool) -> None:
+        if not valid and not str(getattr(self.ui, self.FOLDER_FIELDS[name]).currentPath or "").strip():
+            self._onFolderEdited(name, "")
+
     def onInputFolderEdited(self, path) -> None:
         self._onFolderEdited("inputFolder", path)
 
     def onOutputFolderEdited(self, path) -> None:
         self._onFolderEdited("outputFolder", path)
+
+    def onInputFolderValidInputChanged(self, valid) -> None:
+        self._onFolderValidInputChanged("inputFolder", valid)
+
+    def onOutputFolderValidInputChanged(self, valid) -> None:
+        self._onFolderValidInputChanged("outputFolder", valid)
 
     def _followDose(self) -> None:
         """When the dose changes, select its CT and structure set (None where they are not loaded, and the

@@ -1230,16 +1230,20 @@ def test_n5_changing_the_dose_selects_its_ct_and_structures(module, tmp_path, da
 class _PathLineEdit:
     """ctkPathLineEdit as the module uses it (CTK 82cae578 Libs/Widgets/ctkPathLineEdit.cpp): a settingKey with a
     history shows the most recent path while the field is empty (retrieveHistory, :694-727); setting currentPath
-    sets the text, and the field emits currentPathChanged(text) (updateHasValidInput, :819-834), here for any text."""
+    sets the text; each text change runs updateHasValidInput (:819-839), which emits currentPathChanged(text) only
+    for text the validator accepts (without nameFilters ".+", ctkUtils.cpp:177-180: never for an empty field) and
+    validInputChanged(valid) when that flips (HasValidInput starts false, :312)."""
+
+    SIGNALS = ("currentPathChanged(QString)", "validInputChanged(bool)")
 
     def __init__(self, history=()):
         self._text = history[0] if history else ""
-        self._slots = []
+        self._valid = bool(self._text)  # the history was shown before anything was connected
+        self._slots = {signal: [] for signal in self.SIGNALS}
         self.writes = []
 
     def connect(self, signal, slot):
-        assert signal == "currentPathChanged(QString)"
-        self._slots.append(slot)
+        self._slots[signal].append(slot)
 
     @property
     def currentPath(self):  # noqa: N802 - CTK's name
@@ -1256,16 +1260,21 @@ class _PathLineEdit:
     def type(self, text):
         """What the user's typing does."""
         self._text = text
-        for slot in self._slots:
-            slot(text)
+        valid, changed = bool(text), bool(text) != self._valid
+        self._valid = valid
+        if valid:
+            for slot in self._slots["currentPathChanged(QString)"]:
+                slot(text)
+        if changed:
+            for slot in self._slots["validInputChanged(bool)"]:
+                slot(valid)
 
 
 def _folder_panel(module, monkeypatch, node, input_history=(), output_history=()):
     fields = {"inputFolderPathLineEdit": _PathLineEdit(input_history)}
     fields["outputFolderPathLineEdit"] = _PathLineEdit(output_history)
     widget = _panel(module, monkeypatch, node, **fields)
-    widget.ui.inputFolderPathLineEdit.connect("currentPathChanged(QString)", widget.onInputFolderEdited)
-    widget.ui.outputFolderPathLineEdit.connect("currentPathChanged(QString)", widget.onOutputFolderEdited)
+    widget._connectFolderFields()  # what setup() connects
     return widget, fields["inputFolderPathLineEdit"], fields["outputFolderPathLineEdit"]
 
 
@@ -1302,3 +1311,22 @@ def test_n4_a_saved_folder_wins_over_the_history(module, monkeypatch, tmp_path):
     widget.setParameterNode(node)
     assert (input_field.currentPath, output_field.currentPath) == (str(tmp_path / "saved"), str(tmp_path / "saved-out"))
     assert (node.inputFolder, node.outputFolder) == (tmp_path / "saved", tmp_path / "saved-out")
+
+
+def test_f1_emptying_a_folder_field_clears_its_parameter(module, monkeypatch, tmp_path):
+    node = _ModifiedParameterNode(slicer.mrmlScene)
+    node.inputFolder = node.outputFolder = tmp_path / "saved"
+    widget, input_field, output_field = _folder_panel(module, monkeypatch, node, output_history=["/recent/out"])
+    widget.setParameterNode(node)
+    assert (input_field.currentPath, output_field.currentPath) == (str(tmp_path / "saved"),) * 2
+    output_field.type(str(tmp_path / "typed"))
+    assert node.outputFolder == tmp_path / "typed"
+    output_field.type("")  # the user empties the field: CTK sends validInputChanged(false), no currentPathChanged
+    assert module.isEmptyPath(node.outputFolder) and output_field.currentPath == ""
+    node.ctVolume = None  # a later change of the parameter node leaves the field empty
+    assert output_field.currentPath == "" and module.isEmptyPath(node.outputFolder)
+    assert "." not in output_field.writes
+    input_field.type("")  # the same for the input folder, which was set on connection
+    assert module.isEmptyPath(node.inputFolder) and widget.ui.importFolderButton.enabled is False
+    input_field.type(str(tmp_path))  # typing again sets it
+    assert node.inputFolder == tmp_path and widget.ui.importFolderButton.enabled is True
