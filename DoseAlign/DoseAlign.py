@@ -1050,7 +1050,8 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
                 _(
                     "The segmentation {name} maps to no RTSTRUCT file in the DICOM database (it was not loaded from "
                     "one: drawn in Slicer, or an earlier Align's masks). Select an RTSTRUCT segmentation of the "
-                    "study, or none to export every RTSTRUCT of the study."
+                    "study, or none to export the structure set paired with the dose (the plan's RTSTRUCT when a "
+                    "plan names one, else every RTSTRUCT drawn on the CT)."
                 ).format(name=name)
             )
         if len(structFiles) > 1:
@@ -1058,7 +1059,8 @@ class DoseAlignLogic(ScriptedLoadableModuleLogic):
                 _(
                     "{name}: its series holds {n} RTSTRUCT files and Slicer cannot tell which one this segmentation "
                     "came from. Load the study with DoseAlign's Load button, which records each node's file, or "
-                    "select none to export every RTSTRUCT of the study."
+                    "select none to export the structure set paired with the dose (the plan's RTSTRUCT when a plan "
+                    "names one, else every RTSTRUCT drawn on the CT)."
                 ).format(name=name, n=len(structFiles))
             )
         return structFiles

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -1007,6 +1008,41 @@ def test_n1_an_rtstruct_series_of_two_files_is_refused_without_a_record(module, 
     _loaded_by_the_dicom_module(module, loaded)
     with pytest.raises(ValueError, match="cannot tell which"):
         logic.structureFilesForNode(recorded[0])
+
+
+# ==== third reading F5: the refusals say what selecting none exports ==========================================
+
+NONE_EXPORTS = r"none to export the structure set paired with the dose \(the plan's RTSTRUCT when a plan names one, "
+
+
+def test_f5_the_refusals_say_what_none_exports(module, tmp_path, database):
+    truth = _phantom(tmp_path, ct_size=(40, 40, 24))  # a plan naming its RTSTRUCT
+    _path_b, names_a, _names_b = _second_structure_set(truth)  # another one drawn on the same CT
+    copy = pydicom.dcmread(str(truth.struct_file))
+    copy.SOPInstanceUID = pydicom.uid.generate_uid()  # and a second file in the plan's RTSTRUCT series
+    copy.save_as(str(truth.struct_file.parent / "second-rtstruct.dcm"))
+    db, _loading = database
+    db.add_folder(tmp_path / "dicom")
+    logic = module.DoseAlignLogic()
+    loaded = [slicer.mrmlScene.GetNodeByID(i) for i in logic.loadStudy(db.studiesForPatient(db.patients()[0])[0])]
+    _loaded_by_the_dicom_module(module, loaded)
+    (dose,) = logic.doseVolumeNodes()
+    plan_series = str(pydicom.dcmread(str(truth.struct_file)).SeriesInstanceUID)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    (of_two_files, *_same) = [
+        n
+        for n in slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+        if sh.GetItemUID(sh.GetItemByDataNode(n), "DICOM") == plan_series  # as SlicerRT tags them
+    ]
+    drawn = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn in Slicer")
+    drawn.GetSegmentation().AddEmptySegment("", "tumour")
+    for node, reason in ((drawn, "maps to no RTSTRUCT"), (of_two_files, "cannot tell which")):
+        with pytest.raises(ValueError, match=reason) as refused:
+            logic.alignNodes(None, dose, AlignOptions(), "engine", node)
+        assert re.search(NONE_EXPORTS + "else every RTSTRUCT drawn on the CT\\)", str(refused.value))
+        assert "every RTSTRUCT of the study" not in str(refused.value)
+    exported = logic.alignNodes(None, dose, AlignOptions(), "engine").meta["structures"]["names"]
+    assert exported and set(exported) <= set(names_a)  # none: the plan's RTSTRUCT, not the other one of the study
 
 
 # ==== third reading F2: a dose selects a structure set only when its case has exactly one ======================
