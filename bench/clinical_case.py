@@ -12,7 +12,8 @@ Shape, as the clinical case of issue 14 has it:
   voxel centres: it runs past the CT's superior end, as a treatment-planning grid may; the dose is
   zero where the CT has no data and in air.
 * No RTSTRUCT and no RTPLAN (153 files, as in the issue): the dose references a plan that is not in
-  the folder and finds its CT through frame of reference and study (link.py's second rule).
+  the folder and finds its CT through frame of reference and study (link/ct_choice.py, when no
+  reference decides).
 
 Everything is computed from the seed with plain numpy and written with pydicom; the same seed gives
 the same bytes. About 5 s for the whole case.
