@@ -545,7 +545,8 @@ def test_cmake_lists_every_python_file():
 
 def test_cmake_module_shape():
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
+    build = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, re.S).group(1)
+    assert "NAME ${MODULE_NAME}" in build and "WITH_GENERIC_TESTS" not in build  # the module registers it itself
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py SLICER_ARGS ${_dependency_module_paths})" in text
     for resource in re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", text, re.S).group(1).split():
         assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "DoseAlign")).is_file(), resource
@@ -583,6 +584,13 @@ def _configure_module_cmake(tmp_path, slicerrt_dir=None) -> list:
         "macro(slicer_add_python_unittest)",
         f'  file(APPEND "{calls.as_posix()}" "${{ARGN}}\n")',
         "endmacro()",
+        # what Slicer's does, less the file: configures qSlicer<name>ModuleGenericTest.py and lists its file name
+        # (v5.8.1 CMake/SlicerMacroConfigureGenericPythonModuleTests.cmake:6-35)
+        "macro(SlicerMacroConfigureGenericPythonModuleTests MODULENAMES TEST_SCRIPTS_OUTPUT_VAR)",
+        "  foreach(MODULENAME ${MODULENAMES})",
+        "    list(APPEND ${TEST_SCRIPTS_OUTPUT_VAR} qSlicer${MODULENAME}ModuleGenericTest.py)",
+        "  endforeach()",
+        "endmacro()",
     ]
     if slicerrt_dir:
         lines.append(f'set(SlicerRT_DIR "{slicerrt_dir}")')
@@ -597,18 +605,29 @@ def _configure_module_cmake(tmp_path, slicerrt_dir=None) -> list:
 
 
 def test_cmake_unittest_sees_slicerrt_modules(tmp_path):
-    """Second reading N8: py_DoseAlign gets SlicerRT's module folders when SlicerRT_DIR is known."""
+    """Second reading N8: py_DoseAlign gets SlicerRT's module folders when SlicerRT_DIR is known; third reading
+    F4: so does the generic test, which the module registers itself with the arguments Slicer's
+    WITH_GENERIC_TESTS gives it (v5.8.1 SlicerMacroBuildScriptedModule.cmake:114-119)."""
     inner = "/build/SlicerRT-build/inner-build"
-    (call,) = _configure_module_cmake(tmp_path / "with", inner)
-    assert call[:3] == ["SCRIPT", "DoseAlign.py", "SLICER_ARGS"]
-    assert call[3:] == [
+    slicerrt = [
         "--additional-module-paths",
         f"{inner}/lib/Slicer-5.8/qt-loadable-modules",
         f"{inner}/lib/Slicer-5.8/qt-scripted-modules",
         f"{inner}/lib/Slicer-5.8/cli-modules",
     ]
-    (call,) = _configure_module_cmake(tmp_path / "without")
-    assert call == ["SCRIPT", "DoseAlign.py", "SLICER_ARGS"]  # nothing added when SlicerRT's build is unknown
+    build = tmp_path / "with" / "build"
+    generic = ["SCRIPT", "qSlicerDoseAlignModuleGenericTest.py", "SLICER_ARGS", "--no-main-window"]
+    generic += [
+        "--disable-cli-modules",
+        "--additional-module-path",
+        f"{build.as_posix()}/lib/Slicer-5.8/qt-scripted-modules",
+    ]
+    unit, generic_call = _configure_module_cmake(tmp_path / "with", inner)
+    assert unit == ["SCRIPT", "DoseAlign.py", "SLICER_ARGS", *slicerrt]
+    assert generic_call == [*generic, *slicerrt, "TESTNAME_PREFIX", "nomainwindow_"]
+    unit, generic_call = _configure_module_cmake(tmp_path / "without")
+    assert unit == ["SCRIPT", "DoseAlign.py", "SLICER_ARGS"]  # nothing added when SlicerRT's build is unknown
+    assert generic_call[:2] == generic[:2] and not set(slicerrt) & set(generic_call)
 
 
 def test_catalog_entries_agree():
