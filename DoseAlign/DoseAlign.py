@@ -232,9 +232,7 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.progressCallback = self.onProgress
         self.logic.processEvents = slicer.app.processEvents  # the CLI runs asynchronously; Cancel stays live
 
-        # These connections ensure that we update parameter node when scene is closed
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self._observeScene()
 
         # Buttons
         self.ui.importFolderButton.connect("clicked(bool)", self.onImportFolderButton)
@@ -259,6 +257,14 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # value matches any node that has it (qMRMLNodeComboBox.h:140-146 at v5.6.2/v5.8.1/main, :139-145 at
         # v5.10.0; qMRMLSortFilterProxyModel.cxx:311-323 at v5.8.1); SlicerRT's LoadRtDose sets it to "1".
         self.ui.doseVolumeSelector.addAttribute("vtkMRMLScalarVolumeNode", DoseAlignLogic.DOSE_VOLUME_ATTRIBUTE)
+
+    def _observeScene(self) -> None:
+        # These connections ensure that we update parameter node when scene is closed
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # vtkMRMLScene::Import runs in ImportState (StartState/EndState at vtkMRMLScene.cxx:816/915 at v5.6.2,
+        # :835/934 at v5.8.1, :847/954 at v5.10.0; EndImportEvent: vtkMRMLScene.h:703, :701, :719)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
@@ -288,9 +294,16 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onSceneEndImport(self, caller, event) -> None:
+        """Called just after a scene was imported: the CT and structures the imported parameter node holds are the
+        choice saved with its dose, so they are kept (the dose-follow skipped the import, see _followDose)."""
+        dose = self._parameterNode.doseVolume if self._parameterNode is not None else None
+        self._followedDoseID = dose.GetID() if dose is not None else None
+
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
         self.setParameterNode(self.logic.getParameterNode())
+        self._followDose()  # a dose chosen while the module was hidden (e.g. by a DICOM-browser load)
         if self._parameterNode.doseVolume and not self.logic.isDoseVolumeNode(self._parameterNode.doseVolume):
             self._parameterNode.doseVolume = None  # e.g. a CT an unfiltered selector took for the dose
         # Pick the first dose and its CT to save a few clicks
@@ -401,7 +414,16 @@ class DoseAlignWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _followDose(self) -> None:
         """When the dose changes, select its CT and structure set (None where they are not loaded, and the
-        engine then picks the CT; None also when the case has several structure sets: the engine pairs them): a CT or RTSTRUCT chosen for the previous dose must not go with this one."""
+        engine then picks the CT; None also when the case has several structure sets: the engine pairs them): a CT or RTSTRUCT chosen for the previous dose must not go with this one.
+
+        Only while the module is shown and no scene is being imported: the parameter-node observer stays connected
+        after exit(), and the dose selector takes the first dose a DICOM-browser load adds, which ran the case scan
+        on every load. A dose chosen meanwhile is followed by enter(). isEntered is set before the Python enter()
+        runs and cleared before exit() (qSlicerAbstractModuleWidget.cxx:54-66 at v5.6.2/v5.8.1/v5.10.0, called by
+        qSlicerScriptedLoadableModuleWidget.cxx:207-219 at v5.6.2/v5.8.1, :216-228 at v5.10.0); IsImporting:
+        vtkMRMLScene.h:616 at v5.6.2, :614 at v5.8.1, :632 at v5.10.0."""
+        if not self.parent.isEntered or slicer.mrmlScene.IsImporting():
+            return
         p = self._parameterNode
         dose = p.doseVolume if p is not None else None
         doseID = dose.GetID() if dose is not None else None

@@ -1366,3 +1366,36 @@ def test_f1_emptying_a_folder_field_clears_its_parameter(module, monkeypatch, tm
     assert module.isEmptyPath(node.inputFolder) and widget.ui.importFolderButton.enabled is False
     input_field.type(str(tmp_path))  # typing again sets it
     assert node.inputFolder == tmp_path and widget.ui.importFolderButton.enabled is True
+
+
+# ==== third reading F3: the dose follows only while the module is shown, never during a scene import ==========
+
+
+def test_f3_the_dose_is_followed_only_while_shown_and_not_during_an_import(module, tmp_path, database, monkeypatch):
+    patients = _two_patients(module, tmp_path, database)
+    a, b = (patients[p] for p in sorted(patients))
+    node = _ModifiedParameterNode(slicer.mrmlScene)
+    widget = _panel(module, monkeypatch, node, doseVolumeSelector=_Selector("doseVolume"))
+    scans = []
+    case_for_dose = widget.logic.caseForDose
+    monkeypatch.setattr(widget.logic, "caseForDose", lambda dose: scans.append(dose.GetID()) or case_for_dose(dose))
+    widget._observeScene()  # what setup() connects
+    try:
+        widget.setParameterNode(node)
+        widget.parent.isEntered = False  # the panel was closed (exit()); its parameter-node observer stays
+        node.doseVolume = a["dose"]  # what the dose selector takes when the DICOM browser loads a study
+        assert scans == [] and (node.ctVolume, node.segmentation) == (None, None)
+        widget.parent.isEntered = True  # Slicer sets it before calling the module's enter()
+        widget.enter()
+        assert scans == [a["dose"].GetID()]
+        assert (node.ctVolume, node.segmentation) == (a["ct"], a["segmentation"])
+        slicer.mrmlScene.StartState(slicer.mrmlScene.ImportState)  # a saved scene's parameter node: B's dose, A's CT
+        node.doseVolume = b["dose"]
+        node.segmentation = None
+        slicer.mrmlScene.EndState(slicer.mrmlScene.ImportState)
+        node.outputFolder = tmp_path / "out"  # a later, unrelated change keeps the choice saved with the dose
+        assert len(scans) == 1 and (node.doseVolume, node.ctVolume, node.segmentation) == (b["dose"], a["ct"], None)
+        node.doseVolume = a["dose"]  # shown, no import: the dose is followed again
+        assert len(scans) == 2 and (node.ctVolume, node.segmentation) == (a["ct"], a["segmentation"])
+    finally:
+        widget.cleanup()  # the scene observers go with the widget, as when Slicer closes
