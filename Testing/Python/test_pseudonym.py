@@ -322,3 +322,39 @@ def test_inputs_hold_what_the_test_looks_for(study):
     ds = pydicom.dcmread(next((study["root"] / PATIENTS[0][0]).glob("*.dcm")))
     assert ds.PatientID == "PID-7731-XQ" and str(ds.PatientName) == "Quixote^Dulcinea"
     assert ds.PatientBirthDate == "19610315" and ds.StudyDate == "20230718"
+
+
+@pytest.mark.parametrize("planted", ["fifo", "device", "dangling", "huge"])
+def test_a_key_file_that_is_no_key_is_refused_at_once(tmp_path, planted):
+    """A pipe, a device, a link to nothing or a huge file where the key should be: refused with the reason,
+    never waited on, never read whole (a fourth hostile trial: a pipe blocked forever, /dev/zero filled memory,
+    a dangling link recursed)."""
+    import signal
+
+    from DoseAlignLib.output.pseudonym import PseudonymError, load_or_create_key
+
+    key = tmp_path / "key.txt"
+    if planted == "fifo":
+        os.mkfifo(key)
+    elif planted == "device":
+        key.symlink_to("/dev/zero")
+    elif planted == "dangling":
+        key.symlink_to(tmp_path / "nowhere")
+    else:
+        with open(key, "wb") as handle:
+            handle.truncate(64 << 20)  # sparse: 64 MiB that cost no disk
+
+    def blocked(*_args):
+        raise TimeoutError("the key file blocked the export")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(10)  # a blocked open or read fails the test instead of hanging the run
+    try:
+        with pytest.raises(PseudonymError) as refused:
+            load_or_create_key(key)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert str(key) in str(refused.value)
+    expected = {"fifo": "not a regular file", "device": "not a regular file", "dangling": "link to nothing"}
+    assert expected.get(planted, "bytes, a key file has") in str(refused.value)

@@ -94,10 +94,13 @@ class PseudonymError(DoseAlignError):
 def load_or_create_key(path: Path) -> tuple:
     """``(key bytes, created)``: read the hex key in ``path``, or write a new random one (mode 0600)."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise PseudonymError(
+            "the key file is a link to nothing", path=path, hint="remove the link or point it at the key"
+        )
     if path.exists():
         try:
-            text = path.read_text(encoding="ascii").strip()
-            key = bytes.fromhex(text)
+            key = bytes.fromhex(_read_key_text(path))
         except (OSError, UnicodeDecodeError, ValueError) as error:
             raise PseudonymError(
                 f"cannot read the key: {error}", path=path, hint="a key file holds 64 hexadecimal characters"
@@ -116,6 +119,25 @@ def load_or_create_key(path: Path) -> tuple:
     except OSError as error:
         raise PseudonymError(f"cannot create the key file: {_cause(error)}", path=path) from None
     return key, True
+
+
+#: A key file holds 64 hexadecimal characters; anything much larger is not a key.
+KEY_FILE_MAX_BYTES = 4096
+
+
+def _read_key_text(path: Path) -> str:
+    """The key file's text, read only from a regular file of at most KEY_FILE_MAX_BYTES (a pipe, a device or a
+    huge file would block or fill memory)."""
+    handle = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(handle)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("it is not a regular file")
+        if info.st_size > KEY_FILE_MAX_BYTES:
+            raise ValueError(f"it has {info.st_size} bytes, a key file has about 65")
+        return os.read(handle, KEY_FILE_MAX_BYTES + 1).decode("ascii").strip()
+    finally:
+        os.close(handle)
 
 
 def _cause(error: OSError) -> str:
