@@ -285,7 +285,11 @@ def export_folder(
         finished = formats.finish(out_dir, all_rows)  # formats of resumed cases, dataset.h5, dataset.json
         for message in finished.get("notes", []):
             note(message)
-    report.manifest = write_manifest(out_dir, all_rows, manifest_name)
+    try:
+        report.manifest = write_manifest(out_dir, all_rows, manifest_name)
+    except OSError as error:  # the cases are in place; the previous manifest stays (--resume rebuilds it)
+        report.fault = f"manifest.csv: {output_fault(error, out_dir)}"
+        return report
     if report_html and shard is None:
         write_report(
             out_dir,

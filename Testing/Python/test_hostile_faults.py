@@ -311,6 +311,24 @@ def test_an_edited_meta_json_is_exported_again_not_a_traceback(cohort, tmp_path,
     assert json.loads(meta_path.read_text(encoding="utf-8")).get(field) != 7  # written anew
 
 
+def test_a_meta_json_nested_too_deeply_is_exported_again(cohort, tmp_path, capsys):
+    """From a fourth hostile trial: a meta.json nested 200 000 levels deep in OUT ended the export in a
+    RecursionError traceback. The case is damaged and exported again."""
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args]) == 0
+    case_id = hostile.manifest(out)[0]["case_id"]
+    meta_path = out / case_id / "meta.json"
+    meta_path.write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")
+    capsys.readouterr()
+    assert main(["export", *args, "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "meta.json cannot be read" in printed.out + printed.err
+    rows = {r["case_id"]: r["status"] for r in hostile.manifest(out)}
+    assert rows[case_id] == "ok" and sorted(rows.values()) == ["ok"] + ["skipped"] * 4
+    assert json.loads(meta_path.read_text(encoding="utf-8"))["case_id"] == case_id  # written anew
+
+
 @pytest.mark.parametrize("what", ["key", "map"])
 def test_the_key_or_map_on_a_full_disk(cohort, tmp_path, what):
     """From a fresh hostile trial: creating the pseudonym key (or map) on a full disk ended in a traceback
@@ -371,6 +389,34 @@ def test_a_full_disk_while_drawing_qa_png_stops_cleanly(cohort, tmp_path, monkey
     rows = hostile.manifest(out)
     assert "No space left on device (ENOSPC)" in rows[0]["reason"], rows[0]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_full_disk_at_the_last_manifest_write_stops_cleanly(cohort, tmp_path, monkeypatch, capsys):
+    """From a fourth hostile trial: a disk that filled up exactly when the batch wrote its final manifest.csv
+    ended in a traceback (exit 1). Now: exit 4 with the cause, and --resume completes the manifest."""
+    import errno
+
+    from DoseAlignLib import batch
+
+    real_write = batch.write_manifest
+    calls = []
+
+    def full_at_the_end(out_dir, rows, *args, **kwargs):
+        calls.append(len(rows))
+        if len(calls) == 6:  # five cases, each listed as it ends; then the final write
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(out_dir, rows, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_manifest", full_at_the_end)
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args]) == 4
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err and "manifest.csv" in printed.err, printed.err
+    assert "No space left on device" in printed.err
+    monkeypatch.setattr(batch, "write_manifest", real_write)
+    assert main(["export", *args, "--resume"]) == 0
+    assert sorted(r["status"] for r in hostile.manifest(out)) == ["skipped"] * 5
 
 
 def test_the_key_is_created_where_hard_links_are_not_supported(tmp_path, monkeypatch):

@@ -34,9 +34,14 @@ def is_complete(out_dir: Path, case_id: str) -> bool:
 
 def read_meta(path: Path):
     """A case folder's meta.json, parsed; read only when it is a regular file (a named pipe or a device
-    planted in OUT would block or never end): :class:`OSError` otherwise, ``ValueError`` when it does not parse."""
+    planted in OUT would block or never end): :class:`OSError` otherwise, ``ValueError`` when it does not parse
+    (also when nested too deeply to parse)."""
     with open_regular(path, "file") as handle:
-        return json.loads(handle.read().decode("utf-8"))
+        text = handle.read().decode("utf-8")
+    try:
+        return json.loads(text)
+    except RecursionError:  # nested deeper than Python's parser goes: not one of ours
+        raise ValueError("meta.json is nested too deeply") from None
 
 
 def case_problem(folder: Path) -> Optional[str]:
