@@ -58,6 +58,7 @@ def run_case(
     progress: Progress = None,
     sink: Optional[Callable[[str, np.ndarray], None]] = None,
     resampler: Optional[Resampler] = None,
+    rewrite_names: Optional[Callable[[str], str]] = None,
 ) -> CaseResult:
     """Read, check and resample one case. Raises :class:`DoseAlignError` naming file and reason.
 
@@ -65,16 +66,18 @@ def run_case(
     soon as each is final, possibly from another thread (:class:`~DoseAlignLib.output.case_folder.CaseOutput`
     writes them while the rest is computed). The arrays it gets are the result's; they are not changed after.
     ``resampler`` makes the output CT and dose (default: the engine's own); every other step is the engine's.
+    ``rewrite_names(name)``, when given, rewrites each ROI name before the names are made unique (a
+    pseudonymized export: two names that read alike once rewritten still name two ROIs apart everywhere).
 
     Resources are bounded: a case whose arrays would exceed the memory limit is refused before any is
     allocated (:func:`check_memory`), and its long loops stop at the per-case time limit
     (:func:`~DoseAlignLib.limits.case_deadline`), each with a :class:`~DoseAlignLib.limits.LimitError` naming it.
     """
     with case_deadline():
-        return _run_case(case, options, progress, sink, resampler)
+        return _run_case(case, options, progress, sink, resampler, rewrite_names)
 
 
-def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resampler) -> CaseResult:
+def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resampler, rewrite_names=None) -> CaseResult:
     resampler = resampler or ENGINE_RESAMPLER
     if case.error:
         raise LinkError(case.error)
@@ -84,7 +87,7 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     report(0.0, "reading CT")
     geometry = ct_geometry(case.ct)
     check_memory(case, options, geometry)  # before any array is allocated: refuse with the reason and the limit
-    contours = _grid_contours(case, options, geometry)  # when the grid is centred on or cut to a ROI
+    contours = _grid_contours(case, options, geometry, rewrite_names)  # when the grid is centred on or cut to a ROI
     # the CT's pixels are read beside the dose's reading and resampling (both mostly outside the GIL);
     # the resampling needs only the CT's geometry
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dosealign-ct") as reader:
@@ -143,6 +146,8 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
         meta["resampling"]["before_backend"] = ct_steps + dose_steps
     result = CaseResult(case.case_id, ct_volume, dose_volume, meta, native)
     report(0.8, "structures and audit" if options.structures else "audit")
+    if options.structures and contours is None:
+        contours = read_case_contours(case, options, geometry, rewrite_names)
     add_structures_and_audit(result, case, options, geometry, contours if options.structures else None)
     report(1.0, "done")
     return result
@@ -214,12 +219,12 @@ def check_memory(case: Case, options: AlignOptions, geometry) -> None:
         )
 
 
-def _grid_contours(case: Case, options: AlignOptions, geometry) -> Optional[CaseContours]:
+def _grid_contours(case: Case, options: AlignOptions, geometry, rewrite_names=None) -> Optional[CaseContours]:
     """The case's contours when the output grid depends on them (a cube centred on a ROI, a crop to the body)."""
     centred = options.custom_cube and options.centre not in ("dose", "dmax")
     if not (centred or options.crop == "body"):
         return None
-    return read_case_contours(case, options, geometry)
+    return read_case_contours(case, options, geometry, rewrite_names)
 
 
 def _doses_and_target(case: Case, options: AlignOptions, geometry, contours=None, ct=None) -> tuple:

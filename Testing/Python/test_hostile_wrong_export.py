@@ -11,6 +11,7 @@ CT's RescaleSlope/Intercept).
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -291,3 +292,102 @@ def test_copies_of_one_structure_set(clean, tmp_path, capsys, variant):
     else:
         assert code == 1
         _failed_with(rows, original.name, f"copy/{original.name}", "share SOPInstanceUID", "(0008,0018)")
+
+
+# ---- ROI names: one name per ROI, the same in every output ---------------------------------------
+
+
+def _name_formats() -> list:
+    import importlib.util
+
+    wanted = {"nifti": "nibabel", "nrrd": "nrrd", "hdf5": "h5py"}
+    return ["npz"] + [f for f, module in wanted.items() if importlib.util.find_spec(module)]
+
+
+def _names_in_every_output(case: Path) -> list:
+    """The ROI names of a case folder, checked to be distinct and the same in every output that names ROIs:
+    meta.json (names, rois, audit, reference DVH, the formats' mask files), dvh.csv, NRRD/NIfTI headers, HDF5."""
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    names = meta["structures"]["names"]
+    assert len({n.casefold() for n in names}) == len(names), f"two ROIs share a name: {names}"
+    assert [r["name"] for r in meta["structures"]["rois"]] == names
+    audit = meta["audit"]
+    assert [e["name"] for e in audit["rois"]] == names
+    with_reference = [e["name"] for e in audit["rois"] if e.get("reference")]
+    assert sorted(audit["reference_dvh"]["rois"]) == sorted(with_reference)
+    # dvh.csv: one block of rows per ROI, under its own name, each starting at 0 Gy
+    blocks: list = []
+    with open(case / "dvh.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if not blocks or blocks[-1][0] != row["roi"]:
+                blocks.append((row["roi"], float(row["dose_gy"])))
+    assert [b[0] for b in blocks] == with_reference, blocks
+    assert all(start == 0.0 for _name, start in blocks), blocks
+    for fmt, written in meta["exports"].items():
+        masks = written["files"].get("masks") if isinstance(written.get("files"), dict) else None
+        if masks is None:
+            continue
+        assert list(masks) == names, (fmt, masks)
+        assert len(set(masks.values())) == len(names), (fmt, masks)
+        for name, file in masks.items():
+            data = (case / file).read_bytes()
+            if fmt == "nrrd":
+                header = data.split(b"\n\n", 1)[0].decode("ascii")
+                expected = f"ROI {name}".encode("unicode_escape").decode("ascii")
+                assert f"content: {expected}\n" in header + "\n", (file, header)
+            elif fmt == "nifti":
+                import gzip
+
+                description = gzip.decompress(data)[148:228].rstrip(b"\0").decode("utf-8", "replace")
+                assert description == f"DoseAlign ROI {name}"[:80], (file, description)
+    if "hdf5" in meta["exports"]:
+        import h5py
+
+        with h5py.File(case / "case.h5", "r") as h5:
+            group = h5.get(meta["case_id"], h5)
+            stored = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["mask_names"]]
+        assert stored == names, stored
+    return names
+
+
+def test_rois_sharing_a_name_get_one_unique_name_in_every_output(tmp_path, capsys):
+    """Two ROIs of one structure set with the same name (in any case) are told apart by the same name
+    (``name_2``) in meta.json, dvh.csv, the reference DVH and every format's mask files."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "SAME-1", 9, extra_organs=3, ct_size=(32, 28, 16))
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-3:], ["Parotid", "parotid", "Parotid"]):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "out"
+    code = main(
+        ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+        + ["--format", ",".join(_name_formats())]
+    )
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row
+    names = _names_in_every_output(out / row["case_id"])
+    assert [n for n in names if n.casefold().startswith("parotid")] == ["Parotid", "parotid_2", "Parotid_3"], names
+
+
+def test_roi_names_alike_once_pseudonymized_stay_apart_in_every_output(tmp_path, capsys):
+    """From the fourth hostile trial (D7): two ROI names that both become ``[removed]`` under --pseudonymize
+    kept one name in dvh.csv (both curves under one roi) and meta.json, while the reference DVH said
+    ``[removed] (2)`` and the mask files ``removed-2``. Names are made unique once, after the rewriting."""
+    root = tmp_path / "in"
+    truth = hostile.study(
+        root / "p", "QX-77415", 10, patient_name="Quorbeth^Ysolde", extra_organs=3, ct_size=(32, 28, 16)
+    )
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-3:], ["ysolde.quorbeth", "QUORBETH YSOLDE", "Y_Quorbeth"]):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    formats = ["--format", ",".join(_name_formats())]
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", *formats])
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row
+    names = _names_in_every_output(out / row["case_id"])
+    assert [n for n in names if "[removed]" in n] == ["[removed]", "[removed]_2", "Y_[removed]"], names

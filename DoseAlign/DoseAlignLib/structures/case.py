@@ -4,7 +4,7 @@ and (for the native DVHs) on the native dose grid."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -32,8 +32,11 @@ class CaseContours:
     notes: list = field(default_factory=list)
 
 
-def read_case_contours(case, options, ct_geometry) -> CaseContours:
-    """Read every structure set of ``case`` and harmonise the ROI names with ``options.roi_map``."""
+def read_case_contours(
+    case, options, ct_geometry, rewrite_names: Optional[Callable[[str], str]] = None
+) -> CaseContours:
+    """Read every structure set of ``case`` and harmonise the ROI names with ``options.roi_map`` (and
+    ``rewrite_names``, the pseudonymization of a name, before they are made unique)."""
     native_grid = ct_geometry.grid
     normal = np.cross(native_grid.direction[:, 0], native_grid.direction[:, 1])
     contours = CaseContours()
@@ -44,7 +47,7 @@ def read_case_contours(case, options, ct_geometry) -> CaseContours:
             raise
         except DoseAlignError as error:
             contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": str(error)})
-    contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None))
+    contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None), rewrite_names)
     return contours
 
 

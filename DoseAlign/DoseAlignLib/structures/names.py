@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from ..dicom.rtstruct import RoiContours
 
@@ -45,11 +45,17 @@ def roi_name_lookup(mapping: dict, where: str = "roi map") -> dict:
     return lookup
 
 
-def harmonise_names(rois: Sequence[RoiContours], mapping: Optional[dict] = None) -> list:
-    """Rename ROIs by ``mapping`` (see :func:`load_roi_map`) and make the names unique.
+def harmonise_names(
+    rois: Sequence[RoiContours], mapping: Optional[dict] = None, rewrite: Optional[Callable[[str], str]] = None
+) -> list:
+    """Rename ROIs by ``mapping`` (see :func:`load_roi_map`), then by ``rewrite``, and make the names unique.
 
-    A later ROI whose name is already taken becomes ``name_2``, ``name_3``, ... (a note says so).
-    Only ROIs that give a mask take part in the uniqueness check. Returns notes for the caller.
+    ``rewrite`` is the pseudonymization of a name (identity removed: ``PTV_Doe`` -> ``PTV_[removed]``); names
+    are made unique after it, here and only here, so that every output (meta.json, dvh.csv, mask files,
+    labels) names each ROI the same way. A later ROI whose name is already taken (in any case) becomes
+    ``name_2``, ``name_3``, ... (a note says so): two ROIs of one name in the structure set, or two names
+    that read alike once rewritten. Only ROIs that give a mask take part in the uniqueness check.
+    Returns notes for the caller.
     """
     lookup = roi_name_lookup(mapping) if mapping else {}
     taken: dict = {}
@@ -58,6 +64,8 @@ def harmonise_names(rois: Sequence[RoiContours], mapping: Optional[dict] = None)
         new = lookup.get(roi.original_name.strip().lower(), roi.original_name)
         if new != roi.original_name:
             roi.notes.append(f"renamed from {roi.original_name!r} by the ROI map")
+        if rewrite is not None:
+            new = rewrite(new)
         if roi.skipped is None:
             key = new.lower()
             if key in taken:
