@@ -794,12 +794,24 @@ _ID_PATTERNS: dict = {}
 
 
 def _id_pattern(identifier: str):
-    """An ID in any case, its parts joined by any (or no) separator: ``PID-7731-XQ``, ``pid_7731_xq``, ``PID7731XQ``."""
+    """An ID in any case, with any separators or none between its letters and digits: ``PID-7731-XQ``,
+    ``pid_7731_xq``, ``PID7731XQ``, and an ID without separators written with some (``QX-77415`` or
+    ``qx 77415`` for ``QX77415``, ``OPX_992`` for ``OPX992``).
+
+    Every spelling the leak check (:class:`IdentityGuard`) reads as the ID is matched: its letters and digits
+    in order, anything but ASCII letters and digits (or nothing) between any two of them, not inside a run of
+    ASCII letters and digits. (An ID that holds other letters keeps its own parts, joined by the usual separators.)
+    """
     pattern = _ID_PATTERNS.get(identifier)
     if pattern is None:
-        chunks = re.findall(r"[^\W_]+", identifier)
-        body = _SEPARATORS.join(re.escape(c) for c in chunks) if chunks else re.escape(identifier)
-        pattern = re.compile(r"(?<![^\W_])" + body + r"(?![^\W_])", re.IGNORECASE)
+        squeezed = "".join(c for c in identifier.casefold() if c.isalnum())
+        if squeezed and squeezed.isascii():
+            body = "[^0-9A-Za-z]*".join(re.escape(c) for c in squeezed)
+            pattern = re.compile(r"(?<![0-9A-Za-z])" + body + r"(?![0-9A-Za-z])", re.IGNORECASE)
+        else:
+            chunks = re.findall(r"[^\W_]+", identifier)
+            body = _SEPARATORS.join(re.escape(c) for c in chunks) if chunks else re.escape(identifier)
+            pattern = re.compile(r"(?<![^\W_])" + body + r"(?![^\W_])", re.IGNORECASE)
         _ID_PATTERNS[identifier] = pattern
     return pattern
 
