@@ -61,3 +61,41 @@ def test_quick_values_equal_pydicom(phantom_root):
                 fast, reference = dicomio.quick_int(quick, keyword), slow.get(keyword)
                 assert fast == reference and type(fast) is type(reference), (path, keyword)
     assert compared > 50
+
+
+def test_text_with_dicoms_value_delimiter_is_read_as_written(tmp_path):
+    """A backslash is DICOM's value delimiter: pydicom gives ``PTV\\boost`` as two values. Free text (LO, SH, PN,
+    and CS lists like ImageType) is read as written, the values joined by the backslash, not as a Python list
+    (the fourth hostile trial's ROI ``\\u00e9 lit`` was named ``['', 'u00e9 lit']``)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    written = {
+        "StructureSetLabel": "plan\\v2",
+        "SeriesDescription": "CT\\contrast",
+        "RTPlanLabel": "\\u00e9 lit",
+        "PatientName": "Doe^John\\Roe^Jane",
+        "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+        "StudyDescription": "one value",
+    }
+    for keyword, value in written.items():
+        setattr(ds, keyword, value)
+    item = Dataset()
+    item.ROIName = "Rücken\\mark"
+    ds.StructureSetROISequence = [item]
+    path = tmp_path / "text.dcm"
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(path, enforce_file_format=False)
+    else:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=True)
+    read = pydicom.dcmread(path, force=True)
+    assert len(read.get("SeriesDescription")) == 2  # pydicom's reading: two values (else this test proves nothing)
+    for keyword, value in written.items():
+        assert dicomio.text(read, keyword) == value, keyword
+    assert dicomio.text(read.StructureSetROISequence[0], "ROIName") == "Rücken\\mark"
+    assert dicomio.text(read, "ProtocolName", "none") == "none"

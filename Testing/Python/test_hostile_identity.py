@@ -288,3 +288,17 @@ def test_the_rewriting_removes_every_id_spelling_the_check_finds():
         else:
             assert rewritten == text, (text, rewritten)
     assert caught > 300  # most spellings are IDs to the check (else this test proves little)
+
+
+def test_a_patient_name_of_several_values_is_several_names():
+    """A PatientName read as written (``Doe^John\\Roe^Jane``: two PN values) is two names to the rewriting and
+    to the check, not one person ``Doe John\\Roe Jane``."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.add_name("Quorbeth^Ysolde\\Vantreck^Ilse")
+    assert {("Quorbeth", "Ysolde"), ("Vantreck", "Ilse")} <= identity.persons
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in ("PTV_Ilse.Vantreck", "ysolde-quorbeth ring", "VantreckIlse"):
+        assert pseudonymizer.guard.find(text), text
+        assert not pseudonymizer.guard.find(pseudonymizer.text(text)), pseudonymizer.text(text)

@@ -391,3 +391,27 @@ def test_roi_names_alike_once_pseudonymized_stay_apart_in_every_output(tmp_path,
     assert code == 0 and row["status"] == "ok", row
     names = _names_in_every_output(out / row["case_id"])
     assert [n for n in names if "[removed]" in n] == ["[removed]", "[removed]_2", "Y_[removed]"], names
+
+
+def test_roi_names_holding_a_backslash_are_named_as_written(tmp_path, capsys):
+    """From the fourth hostile trial (D5): an ROIName holding a backslash (DICOM's value delimiter, so two
+    values to pydicom) was named by its Python list ``['', 'u00e9 lit']`` in meta.json, dvh.csv and the NRRD
+    content field; it is named as written, in every output."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "SLASH-1", 11, extra_organs=2, ct_size=(32, 28, 16))
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-2:], ["\\u00e9 lit", "PTV\\boost"]):
+        roi.ROIName = name
+    ds.StructureSetLabel = "contours\\v2"
+    dd.save(ds, truth.struct_file)
+    assert len(dd.read(truth.struct_file).StructureSetROISequence[-1].ROIName) == 2  # two values to pydicom
+    out = tmp_path / "out"
+    formats = ["--format", ",".join(_name_formats())]
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", *formats])
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row
+    names = _names_in_every_output(out / row["case_id"])
+    assert names[-2:] == ["\\u00e9 lit", "PTV\\boost"], names
+    text = (out / row["case_id"] / "meta.json").read_text(encoding="utf-8")
+    assert "u00e9 lit'" not in text and "'boost'" not in text

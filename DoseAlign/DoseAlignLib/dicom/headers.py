@@ -13,6 +13,7 @@ import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from ..errors import InputError, UnreadableError
 from ..limits import Deadline, LimitError, format_bytes, inflate_bytes, open_regular
@@ -216,12 +217,27 @@ def kind_of(ds: Dataset) -> str:
 
 
 def text(ds: Dataset, keyword: str, default: str = "") -> str:
-    """A string attribute, stripped; ``default`` when absent or empty."""
+    """A string attribute as written, stripped; ``default`` when absent or empty (see :func:`value_text`)."""
     value = ds.get(keyword)
     if value is None:
         return default
-    value = str(value).strip()
+    value = value_text(value).strip()
     return value or default
+
+
+def value_text(value: Any) -> str:
+    """The text of an element's value as the file writes it.
+
+    A backslash is DICOM's value delimiter, so free text holding one (an ROIName ``PTV\\boost``, a
+    StructureSetLabel, a description) reaches pydicom as several values: they are joined by the backslash again,
+    not written as a Python list (``['PTV', 'boost']``); so are the values of a multi-valued attribute (ImageType
+    ``ORIGINAL\\PRIMARY``). Bytes (a value pydicom left undecoded) are read as UTF-8, padding removed.
+    """
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace").strip("\0 ")
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(value_text(item) for item in value)
+    return str(value)
 
 
 _TAG_AND_VR: dict = {}

@@ -265,6 +265,10 @@ class Identity:
         name = name.strip()
         if not name:
             return
+        if "\\" in name:  # several PN values, as DICOM writes them (Doe^John\Roe^Jane): each a name
+            for value in name.split("\\"):
+                self.add_name(value)
+            return
         self.names.add(name)
         parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
         for spelled in {parts, *transliterations(parts)}:  # Müller also as Mueller and Muller
