@@ -670,6 +670,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return EXIT_INTERRUPTED
 
 
+def run(argv: Optional[Sequence[str]] = None) -> None:
+    """The ``dosealign`` console command: :func:`main`, then the process ends without the interpreter's teardown.
+
+    Freeing every module and object one by one at exit took 0.06 s of a 0.65 s export and 0.12 s of a
+    default one (bench/stages.py). When only this thread is left, the standard streams are flushed, the
+    atexit handlers run (logging's among them) and ``os._exit`` ends the process; every output file was
+    closed, fsynced and renamed into place before :func:`main` returned. Otherwise (a thread or a child
+    process still running) the normal exit waits for them as always.
+    """
+    code = main(argv)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """``sys.exit(code)``, skipping the interpreter's teardown when nothing else is running."""
+    multiprocessing = sys.modules.get("multiprocessing")
+    if threading.active_count() > 1 or (multiprocessing is not None and multiprocessing.active_children()):
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+        except (OSError, ValueError, AttributeError):
+            pass
+    import atexit
+
+    atexit._run_exitfuncs()  # what the normal exit runs first (logging.shutdown, multiprocessing's clean-up)
+    os._exit(code)
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
     import os

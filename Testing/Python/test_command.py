@@ -640,3 +640,53 @@ def test_the_progress_line_fits_the_terminal(monkeypatch):
     assert drawn and max(len(part.rstrip("\n")) for part in drawn) <= 79, drawn
     monkeypatch.setattr(cli.os, "get_terminal_size", lambda _fd: (_ for _ in ()).throw(OSError("no size")))
     assert _ProgressLine(stream=terminal).width == 120
+
+
+# ---- the end of the process -------------------------------------------------------------------
+
+_RUN = (
+    "import atexit, sys, threading, time\n"
+    "from pathlib import Path\n"
+    "from DoseAlignLib.cli import run\n"
+    "flag = Path(sys.argv[1])\n"
+    "atexit.register(lambda: flag.with_suffix('.atexit').write_text('ran'))\n"
+    "if sys.argv[2] == 'thread':\n"
+    "    def late():\n"
+    "        time.sleep(1.0)\n"
+    "        flag.with_suffix('.thread').write_text('done')\n"
+    "    threading.Thread(target=late).start()\n"
+    "run(sys.argv[3:])\n"
+    "flag.with_suffix('.after').write_text('run returned')\n"
+)
+
+
+@pytest.mark.parametrize("other", ["none", "thread"])
+def test_the_command_ends_with_its_exit_code_outputs_and_exit_handlers(study, tmp_path, other):
+    # run() skips the interpreter's teardown; what a normal exit promises must still hold: the exit code,
+    # complete outputs, flushed output, atexit handlers, and a running (non-daemon) thread waited for
+    flag = tmp_path / "flag"
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN, str(flag), other, "export", str(study), str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 cases, 0 failed" in done.stdout + done.stderr  # the summary line reached the pipe
+    assert {r["status"] for r in _manifest(out)} == {"ok"} and len(_manifest(out)) == 2
+    for row in _manifest(out):
+        with np.load(out / row["case_id"] / "pair.npz") as npz:
+            assert npz["dose"].shape == npz["ct"].shape
+    assert flag.with_suffix(".atexit").read_text() == "ran"
+    assert not flag.with_suffix(".after").exists(), "run() returned instead of ending the process"
+    assert flag.with_suffix(".thread").exists() == (other == "thread")
+    failed = subprocess.run(
+        [sys.executable, "-c", _RUN, str(flag), "none", "export", str(tmp_path / "missing"), str(tmp_path / "o2")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 2 and "missing" in failed.stderr
