@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -102,3 +103,39 @@ def test_stream_skips_a_leading_member_never_given_and_reports_writer_errors(tmp
     aborted.abort()  # returns (the caller removes the unfinished file)
     with pytest.raises(ValueError, match="after close"):
         aborted.add("ct", np.arange(3.0))
+
+
+@pytest.mark.parametrize("layout", ["npz", "npy"])
+def test_arrays_reach_the_disk_in_the_writer_thread_as_they_are_written(tmp_path, monkeypatch, layout):
+    # the case folder's fsync_tree then finds them clean: the main thread no longer waits for them all at once
+    from DoseAlignLib.output import npz as npz_module
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append((threading.current_thread().name, os.path.getsize(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(npz_module.os, "fsync", fsync)
+    arrays = {"ct": np.arange(4096, dtype=np.int16).reshape(4, 32, 32), "dose": np.ones((4, 32, 32), np.float32)}
+    if layout == "npz":
+        stream = npz_module.NpzStream(tmp_path / "pair.npz", sync=True)
+    else:
+        stream = npz_module.NpyStream(tmp_path, sync=True)
+    for name, array in arrays.items():
+        stream.add(name, array)
+    stream.close()
+    assert synced and {name for name, _size in synced} == {"dosealign-npz"}
+    if layout == "npz":
+        sizes = [size for _name, size in synced]
+        # after the CT member, after the dose member, and the finished file (with its central directory)
+        assert len(synced) == 3 and sizes[0] < sizes[1] < sizes[2] == (tmp_path / "pair.npz").stat().st_size
+        with np.load(tmp_path / "pair.npz") as loaded:
+            assert all(np.array_equal(loaded[n], a) for n, a in arrays.items())
+    else:
+        assert len(synced) == 2
+        assert all(np.array_equal(np.load(tmp_path / f"{n}.npy"), a) for n, a in arrays.items())
+    synced.clear()
+    npz_module.save_npz(tmp_path / "plain.npz", arrays)
+    assert synced == [], "a plain save_npz does not fsync"

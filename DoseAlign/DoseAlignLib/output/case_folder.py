@@ -189,11 +189,16 @@ class CaseOutput:
             raise output_fault(error, self.out_dir) from None
         self.storage = storage_of(options)
         dtypes = self.storage["dtypes"]
+        # the arrays are fsynced by the writer thread as they are written (fsync_tree then finds them on disk)
         if self.storage["layout"] == "npy":
-            self._npz = NpyStream(self.temp, leading=("ct", "dose"), dtypes=dtypes)
+            self._npz = NpyStream(self.temp, leading=("ct", "dose"), dtypes=dtypes, sync=True)
         else:  # reproducible bytes, see npz.py
             self._npz = NpzStream(
-                self.temp / "pair.npz", leading=("ct", "dose"), dtypes=dtypes, compress=self.storage["compress"]
+                self.temp / "pair.npz",
+                leading=("ct", "dose"),
+                dtypes=dtypes,
+                compress=self.storage["compress"],
+                sync=True,
             )
         self._added: dict = {}
 

@@ -14,6 +14,7 @@ The archive is made by :mod:`zipfile` and the members' headers by :mod:`numpy.li
 from __future__ import annotations
 
 import io
+import os
 import threading
 import zipfile
 from pathlib import Path
@@ -33,10 +34,17 @@ _PIECE = 1 << 20
 class _SparseWriter(io.RawIOBase):
     """A binary file that seeks over pieces of zero bytes instead of writing them."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sync: bool = False) -> None:
         super().__init__()
         self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
         self._end = 0  # the logical end: a trailing hole must still count as written
+        self._sync = sync
+
+    def sync(self) -> None:
+        """Flush and fsync what was written so far (when made with ``sync``)."""
+        if self._sync:
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def writable(self) -> bool:
         return True
@@ -72,6 +80,7 @@ class _SparseWriter(io.RawIOBase):
             try:
                 if self._file.seek(0, io.SEEK_END) < self._end:
                     self._file.truncate(self._end)  # the file ends in a hole: give it its length
+                self.sync()
             finally:  # closed even when the disk is full (else a removed file keeps its space)
                 try:
                     self._file.close()
@@ -97,12 +106,20 @@ class NpzStream:
     :func:`save_npz`'s of the same arrays in that order. The arrays must not change once given.
     ``dtypes`` (name -> dtype) stores a member in another type (e.g. the dose as float16);
     ``compress`` deflates the members (``numpy.savez_compressed``'s layout; no file holes then).
+    ``sync`` fsyncs the file after each member and at the end, in the writer thread: the data reach the
+    disk while the case is still being computed, not all at once when its folder is completed.
     """
 
     def __init__(
-        self, path: Path, leading: Sequence[str] = ("ct", "dose"), dtypes: Optional[dict] = None, compress: bool = False
+        self,
+        path: Path,
+        leading: Sequence[str] = ("ct", "dose"),
+        dtypes: Optional[dict] = None,
+        compress: bool = False,
+        sync: bool = False,
     ) -> None:
         self._path = Path(path)
+        self._sync = bool(sync)
         self._dtypes = dict(dtypes or {})
         self._compress = bool(compress)
         self._leading = list(leading)
@@ -170,7 +187,7 @@ class NpzStream:
         try:
             compression = zipfile.ZIP_DEFLATED if self._compress else zipfile.ZIP_STORED
             with (
-                _SparseWriter(self._path) as raw,
+                _SparseWriter(self._path, sync=self._sync) as raw,
                 zipfile.ZipFile(raw, "w", compression=compression, allowZip64=True) as archive,
             ):
                 while True:
@@ -181,6 +198,7 @@ class NpzStream:
                         _write_member(archive, name, self._stored(name), compression)
                     else:
                         _write_member(archive, name, self._stored(name))
+                    raw.sync()
                     self._written.add(name)
         except BaseException as error:  # given to the caller by close()
             self._error = error
@@ -195,9 +213,11 @@ class NpyStream(NpzStream):
     reading it; runs of zeros are file holes.
     """
 
-    def __init__(self, folder: Path, leading: Sequence[str] = ("ct", "dose"), dtypes: Optional[dict] = None) -> None:
+    def __init__(
+        self, folder: Path, leading: Sequence[str] = ("ct", "dose"), dtypes: Optional[dict] = None, sync: bool = False
+    ) -> None:
         self._folder = Path(folder)
-        super().__init__(self._folder / "ct.npy", leading, dtypes)
+        super().__init__(self._folder / "ct.npy", leading, dtypes, sync=sync)
 
     def _run(self) -> None:
         try:
@@ -205,7 +225,7 @@ class NpyStream(NpzStream):
                 name = self._next()
                 if name is None:
                     break
-                save_npy(self._folder / f"{name}.npy", self._stored(name))
+                save_npy(self._folder / f"{name}.npy", self._stored(name), sync=self._sync)
                 self._written.add(name)
         except BaseException as error:  # given to the caller by close()
             self._error = error
@@ -213,12 +233,12 @@ class NpyStream(NpzStream):
                 self._aborted = True
 
 
-def save_npy(path: Path, array) -> None:
-    """What ``numpy.save`` writes (format 1.0), with runs of zeros left as holes."""
+def save_npy(path: Path, array, sync: bool = False) -> None:
+    """What ``numpy.save`` writes (format 1.0), with runs of zeros left as holes; ``sync``: fsynced before closing."""
     array = np.asarray(array, order="C")
     if array.dtype.hasobject:
         raise ValueError(f"{path.name}: object arrays are not written")
-    with _SparseWriter(Path(path)) as raw:
+    with _SparseWriter(Path(path), sync=sync) as raw:
         npy_format.write_array_header_1_0(raw, npy_format.header_data_from_array_1_0(array))
         if array.size:
             raw.write(memoryview(array.reshape(-1).view(np.uint8)))
