@@ -182,24 +182,21 @@ def _gaps(row, start, end, row_count: int, columns: int) -> tuple:
 
 
 def _paint(shape: tuple, *run_sets: tuple) -> np.ndarray:
-    """A bool volume true on the given (disjoint) runs, painted a slab at a time."""
+    """A bool volume true on the given (disjoint) runs.
+
+    The volume is decoded from its run lengths in one ``np.repeat``: along the flat array, off and on
+    stretches alternate between the runs' starts and ends (a stretch of length zero where two runs touch).
+    This writes each voxel once; a cumulative sum over the volume took ten times as long.
+    """
     slices, rows, columns = shape
-    width = columns + 1
-    row = np.concatenate([r[0] for r in run_sets])
-    order = np.argsort(row, kind="stable")
-    row = row[order]
-    start = np.concatenate([r[1] for r in run_sets])[order]
-    end = np.concatenate([r[2] for r in run_sets])[order]
-    out = np.empty(shape, dtype=bool)
-    buffer = np.zeros((min(SLAB_SLICES, slices), rows, width), dtype=np.int8)
-    flat = buffer.reshape(-1)
-    for k0 in range(0, slices, SLAB_SLICES):
-        k1 = min(slices, k0 + SLAB_SLICES)
-        lo, hi = np.searchsorted(row, [k0 * rows, k1 * rows])
-        base = (row[lo:hi] - k0 * rows) * width
-        flat[:] = 0
-        flat[base + start[lo:hi]] += 1  # starts are distinct, and so are ends
-        flat[base + end[lo:hi]] -= 1
-        np.cumsum(flat, dtype=np.int8, out=flat)
-        out[k0:k1] = buffer[: k1 - k0, :, :columns].view(bool)
-    return out
+    first = np.concatenate([r[0] for r in run_sets]).astype(np.int64) * columns
+    starts = first + np.concatenate([r[1] for r in run_sets])
+    ends = first + np.concatenate([r[2] for r in run_sets])
+    order = np.argsort(starts, kind="stable")
+    edges = np.empty(2 * starts.size + 2, dtype=np.int64)
+    edges[0], edges[-1] = 0, slices * rows * columns
+    edges[1:-1:2] = starts[order]
+    edges[2:-1:2] = ends[order]
+    stretch_on = np.zeros(edges.size - 1, dtype=bool)
+    stretch_on[1::2] = True
+    return np.repeat(stretch_on, np.diff(edges)).reshape(shape)
