@@ -677,7 +677,7 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
     default one (bench/stages.py). When only this thread is left, the standard streams are flushed, the
     atexit handlers run (logging's among them) and ``os._exit`` ends the process; every output file was
     closed, fsynced and renamed into place before :func:`main` returned. Otherwise (a thread or a child
-    process still running) the normal exit waits for them as always.
+    process still running, a profiler or tracer watching) the normal exit happens as always.
     """
     code = main(argv)
     _exit(code)
@@ -686,7 +686,8 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
 def _exit(code: int) -> None:
     """``sys.exit(code)``, skipping the interpreter's teardown when nothing else is running."""
     multiprocessing = sys.modules.get("multiprocessing")
-    if threading.active_count() > 1 or (multiprocessing is not None and multiprocessing.active_children()):
+    watched = sys.getprofile() is not None or sys.gettrace() is not None  # a profiler writes its report after us
+    if watched or threading.active_count() > 1 or (multiprocessing is not None and multiprocessing.active_children()):
         sys.exit(code)
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -340,6 +340,23 @@ def test_batched_plane_fills_equal_one_by_one():
                 assert _point_in_polygon(point, poly) == points_in_polygons(point[None], [poly])[0]
 
 
+def test_fill_parity_equals_a_row_by_row_running_sum_also_for_rows_toggled_an_odd_number_of_times():
+    # the decoder lays the rows end to end: a row with an odd count (an open polygon) must not leak into the next
+    from DoseAlignLib.structures.polygons import _parity
+
+    odd_rows_seen = 0
+    for _ in range(300):
+        rows, width = int(RNG.integers(1, 12)), int(RNG.integers(2, 20))
+        count = int(RNG.integers(0, 40))
+        row, column = RNG.integers(0, rows, count), RNG.integers(0, width, count)
+        toggles = np.zeros((rows, width), dtype=np.int64)
+        np.add.at(toggles, (row, column), 1)
+        expected = (np.cumsum(toggles, axis=1) % 2 == 1)[:, :-1]
+        np.testing.assert_array_equal(_parity(row, column, rows, width), expected)
+        odd_rows_seen += int((toggles.sum(axis=1) % 2 == 1).any())
+    assert odd_rows_seen > 100
+
+
 def test_contour_type_read_from_raw_bytes(tmp_path):
     """ContourGeometricType read from the file's raw bytes equals pydicom's converted value."""
     import pydicom

@@ -210,7 +210,7 @@ def fill_lattice(polygons: Sequence[np.ndarray], window: tuple, out: Optional[np
     """Even-odd fill of the polygons at the integer lattice points of a window.
 
     A scanline fill: every edge crossing a row toggles the parity of all lattice points to its
-    right, accumulated with one difference array and a cumulative sum (no per-row Python loop).
+    right; the sorted toggles of all rows are decoded at once (no per-row Python loop).
 
     Parameters
     ----------
@@ -256,15 +256,28 @@ def fill_lattice(polygons: Sequence[np.ndarray], window: tuple, out: Optional[np
     # row's parity (back to 0 at every row's end)
     top, bottom = int(first_row.min()), int(stop_row[keep].max())
     left, right = int(first_col.min()), int(first_col.max())
-    width = right - left + 1
-    toggles = np.bincount((row - top) * width + (first_col - left), minlength=(bottom - top) * width)
-    running = np.cumsum(toggles).reshape(bottom - top, width)
-    if np.any(running[:, -1] & 1):  # a row crossed an odd number of times (open polygons): row by row
-        running = np.cumsum(toggles.reshape(bottom - top, width), axis=1)
-    parity = running[:, :-1].astype(np.uint8)
-    parity &= 1
-    out[top:bottom, left:right] = parity.view(bool)
+    out[top:bottom, left:right] = _parity(row - top, first_col - left, bottom - top, right - left + 1)
     return out
+
+
+def _parity(row: np.ndarray, column: np.ndarray, rows: int, width: int) -> np.ndarray:
+    """The even-odd fill ``(rows, width - 1)`` of a block from its toggles (a toggle flips its column and
+    all to its right in its row; toggles in the last column only end a row).
+
+    Laid end to end, the rows are stretches of alternating parity between the sorted toggle positions,
+    decoded in one ``np.repeat`` (two toggles at one position: a stretch of length zero). A row toggled
+    an odd number of times (an open polygon) gets one more toggle in its last column, so that the next
+    row starts outside, as a row-by-row fill would.
+    """
+    position = row * width + column
+    odd = np.bincount(row, minlength=rows) & 1
+    if odd.any():
+        position = np.concatenate([position, np.flatnonzero(odd) * width + (width - 1)])
+    position.sort()
+    edges = np.concatenate([[0], position, [rows * width]])
+    stretch_in = np.zeros(edges.size - 1, dtype=bool)
+    stretch_in[1::2] = True
+    return np.repeat(stretch_in, np.diff(edges)).reshape(rows, width)[:, :-1]
 
 
 def fill_lattices(
@@ -329,11 +342,5 @@ def fill_lattices(
     for n, a, b, top, bottom, left, right in zip(
         sets.tolist(), starts.tolist(), stops.tolist(), tops.tolist(), bottoms.tolist(), lefts.tolist(), rights.tolist()
     ):
-        width = right - left + 1
-        toggles = np.bincount((row[a:b] - top) * width + (first_col[a:b] - left), minlength=(bottom - top) * width)
-        running = np.cumsum(toggles).reshape(bottom - top, width)
-        if np.any(running[:, -1] & 1):
-            running = np.cumsum(toggles.reshape(bottom - top, width), axis=1)
-        parity = running[:, :-1].astype(np.uint8)
-        parity &= 1
-        out[n if targets is None else targets[n], top:bottom, left:right] = parity.view(bool)
+        parity = _parity(row[a:b] - top, first_col[a:b] - left, bottom - top, right - left + 1)
+        out[n if targets is None else targets[n], top:bottom, left:right] = parity
