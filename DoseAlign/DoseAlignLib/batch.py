@@ -22,7 +22,7 @@ from .output.case_folder import CaseOutput, case_dir, check_output_folder, clean
 from .output.files import claim_for, json_text, live_runs, release_claims, remove_owned, write_text_atomic
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import inspect_output, pseudonymization_conflict, request_differences
-from .output.qa_png import matplotlib_available, qa_png_writer
+from .output.qa_png import matplotlib_available, preload_matplotlib, qa_png_writer
 from .output.report import write_report
 from .parallel import in_shard, run_dask, run_pool, worker_stage
 from .pipeline import run_case
@@ -601,6 +601,8 @@ def export_case(
         meta = json.loads((case_dir(out_dir, case.case_id) / "meta.json").read_text(encoding="utf-8"))
         return manifest_row(case, "skipped", KEPT, meta)
     say = _stage_for(stage, case.case_id)
+    if qa_png:
+        preload_matplotlib()  # imported while the case is computed
     output = None
     try:
         output = CaseOutput(out_dir, options)  # pair.npz gets the CT and the dose while the rest is computed

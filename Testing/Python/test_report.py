@@ -444,3 +444,34 @@ print(matplotlib.get_backend(), plt.get_backend())
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["svg", "svg"]
     assert _png_size(tmp_path / "qa.png") == (1700, 640)
+
+
+_PRELOAD_THEN_FORK = (
+    "import os, sys, threading\n"
+    "from DoseAlignLib.output import qa_png\n"
+    "qa_png.preload_matplotlib()\n"
+    "qa_png.preload_matplotlib()\n"
+    "names = [t.name for t in threading.enumerate() if t.name == 'dosealign-matplotlib']\n"
+    "assert len(names) <= 1, names\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    figure = sys.modules.get('matplotlib.figure')\n"
+    "    os._exit(0 if figure is not None and hasattr(figure, 'Figure') else 3)\n"
+    "_, status = os.waitpid(pid, 0)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_matplotlib_preloaded_beside_the_case_is_whole_in_a_forked_child():
+    # a child forked while the preload thread imports would inherit a half-imported module: the fork waits
+    pytest.importorskip("matplotlib")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _PRELOAD_THEN_FORK],
+        env={**os.environ, "PYTHONPATH": str(root / "DoseAlign")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr

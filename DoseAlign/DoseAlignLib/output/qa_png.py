@@ -24,8 +24,13 @@ of Slicer's Python is left as it was.
 from __future__ import annotations
 
 import errno
+import importlib
+import importlib.util
 import json
 import logging
+import os
+import sys
+import threading
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -77,6 +82,46 @@ def matplotlib_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+#: What qa.png imports from matplotlib (preloaded by :func:`preload_matplotlib`).
+_MATPLOTLIB_MODULES = (
+    "matplotlib.figure",
+    "matplotlib.colors",
+    "matplotlib.lines",
+    "matplotlib.patheffects",
+    "matplotlib.backends.backend_agg",
+)
+_preloading: Optional[threading.Thread] = None
+
+
+def preload_matplotlib() -> None:
+    """Start importing what qa.png needs from matplotlib in a background thread (once per process).
+
+    The import takes about 0.35 s, most of the picture's time in a one-case export; done while the case
+    is read and resampled (numpy and SimpleITK work, mostly outside the GIL) it is ready when the picture
+    is drawn. A fork waits for it (``os.register_at_fork``): a child must not inherit a half-imported module.
+    """
+    global _preloading
+    if _preloading is not None or _MATPLOTLIB_MODULES[0] in sys.modules:
+        return
+    try:
+        if importlib.util.find_spec("matplotlib") is None:
+            return
+    except (ImportError, ValueError):
+        return
+    _preloading = threading.Thread(target=_import_matplotlib, name="dosealign-matplotlib", daemon=True)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_preloading.join)
+    _preloading.start()
+
+
+def _import_matplotlib() -> None:
+    for name in _MATPLOTLIB_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the picture's own import reports it (qa_png_writer records the reason)
+            return
 
 
 def _dominant(direction: np.ndarray) -> tuple:
