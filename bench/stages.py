@@ -163,4 +163,6 @@ def main(case_dir: str, out_dir: str, json_out: str, flags: list) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]))
+    from DoseAlignLib.cli import _exit  # the process ends as the dosealign command's does
+
+    _exit(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]))
