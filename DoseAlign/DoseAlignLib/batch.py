@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from . import __version__
 from .dicom.damage import damaged_file_rows
 from .dicom.scan import scan_folder
-from .errors import Cancelled, DoseAlignError, OutputFault, output_fault
+from .errors import Cancelled, DoseAlignError, OutputFault, output_fault, too_many_open_files
 from .link.cases import form_cases
 from .options import AlignOptions
 from .output.case_folder import CaseOutput, case_dir, check_output_folder, clean_temp, is_complete
@@ -634,6 +634,12 @@ def export_case(
     except MemoryError:
         return manifest_row(case, "failed", "out of memory")
     except Exception as error:  # an engine bug must not stop the batch; the row says what happened
+        limit_reached = too_many_open_files(error)
+        if limit_reached:  # the process's open-file limit (ulimit -n), not the case nor a bug
+            where = f"{error.filename}: " if getattr(error, "filename", None) else ""  # the input root is cut later
+            return manifest_row(
+                case, "failed", f"{where}cannot be opened now: {limit_reached}; not a fault of the input"
+            )
         logger.exception("case %s: unexpected error", case.case_id)
         return manifest_row(case, "failed", f"internal error ({type(error).__name__}: {error}); please report it")
     finally:

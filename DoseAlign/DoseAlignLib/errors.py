@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Optional
+
+try:  # imported now: at the open-file limit, importing it would need a file it cannot open
+    import resource as _resource
+except ImportError:  # Windows
+    _resource = None  # type: ignore[assignment]
 
 
 class DoseAlignError(Exception):
@@ -85,14 +91,38 @@ def output_fault(error: OSError, where=None) -> OutputFault:
     cause = f"{error.strerror or error}" + (f" ({code})" if code else "")
     filename = getattr(error, "filename", None)
     what = f"writing {os.path.basename(str(filename))}" if filename and where is not None else "writing the output"
-    fault = OutputFault(
-        f"{what} failed: {cause}",
-        path=where if where is not None else filename,
-        hint="free space or fix the output folder, then run again with --resume; the export stopped here",
-    )
+    hint = "free space or fix the output folder, then run again with --resume; the export stopped here"
+    limit_reached = too_many_open_files(error)
+    if limit_reached:  # not the disk: the process's open-file limit
+        cause += f": {limit_reached}"
+        hint = (
+            "raise the limit (ulimit -n) or use fewer --workers, then run again with --resume; the export stopped here"
+        )
+    fault = OutputFault(f"{what} failed: {cause}", path=where if where is not None else filename, hint=hint)
     fault.cause = cause
     return fault
 
 
 class Cancelled(DoseAlignError):
     """Raised by a progress callback to stop the work cleanly."""
+
+
+def open_files_limit() -> Optional[int]:
+    """How many files this process may have open at once (``ulimit -n``, its soft limit), or None if unknown."""
+    if _resource is None:  # Windows
+        return None
+    soft, _hard = _resource.getrlimit(_resource.RLIMIT_NOFILE)
+    return None if soft == _resource.RLIM_INFINITY else int(soft)
+
+
+def too_many_open_files(error: BaseException) -> Optional[str]:
+    """For an error of this process's (or the system's) limit on open files (EMFILE, ENFILE), what happened,
+    in words that name the limit (not the file being opened: it is not at fault); otherwise None."""
+    number = getattr(error, "errno", None)
+    if number == errno.EMFILE:
+        most = open_files_limit()
+        said = f"of {most} " if most is not None else ""
+        return f"this process reached its limit {said}open files (ulimit -n)"
+    if number == errno.ENFILE:
+        return "the system reached its limit of open files"
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import multiprocessing
 import os
 import queue as queue_module
@@ -19,7 +20,10 @@ import time
 from multiprocessing import connection
 from typing import Callable, Iterable, Optional
 
+from .errors import too_many_open_files
 from .limits import case_seconds, die_with_parent
+
+logger = logging.getLogger(__name__)
 
 #: In a worker process: where :func:`worker_stage` sends a case's stages (set by the pool's initializer).
 _STAGE_QUEUE = None
@@ -83,10 +87,15 @@ def run_pool(
     """
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    stages = context.Queue() if on_stage is not None else None
     lost = on_lost or (lambda _case, reason: {"status": "failed", "reason": reason})
     queue: Iterable = iter(enumerate(cases))
-    slots = [_Worker(context, task, stages) for _ in range(max(1, min(workers, len(cases))))]
+    stages, slots = _start_workers(context, task, max(1, min(workers, len(cases))), on_stage is not None)
+    if not slots:  # not one process could be started (the open-file limit): the cases run in this one
+        for index, case in queue:
+            if stop is not None and stop():
+                return
+            on_result(index, task(case))
+        return
     hard_limit = case_seconds() + max(5.0, 0.1 * case_seconds())  # the case stops itself first, if it can
     try:
         while True:
@@ -124,6 +133,30 @@ def run_pool(
         if stages is not None:
             stages.close()
             stages.cancel_join_thread()
+
+
+def _start_workers(context, task: Callable, count: int, with_stages: bool) -> tuple:
+    """``(stages queue or None, workers)``: as many of ``count`` workers as this process can start. Each
+    needs pipes, and a process at its open-file limit (``ulimit -n``) cannot make them: the batch then goes
+    on with fewer workers, or none (said once, in one line)."""
+    stages, slots = None, []
+    try:
+        stages = context.Queue() if with_stages else None
+        while len(slots) < count:
+            slots.append(_Worker(context, task, stages))
+    except OSError as error:
+        reason = too_many_open_files(error)
+        if not reason:
+            _stop(slots)
+            raise
+        logger.warning(
+            "%s of %d worker processes started (%s): the cases run in %s",
+            len(slots),
+            count,
+            reason.split(";")[0],
+            f"{len(slots)} process(es)" if slots else "this process, one at a time",
+        )
+    return stages, slots
 
 
 class _Worker:

@@ -10,6 +10,9 @@ manifest, and the other cases go on.
 
 from __future__ import annotations
 
+import errno
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -209,3 +212,67 @@ def test_the_reference_dvh_of_a_dense_outline_stops_at_the_time_limit():
     with pytest.raises(LimitError, match="DOSEALIGN_CASE_SECONDS"), case_deadline(0.5):
         outline.distance(points)
     assert time.monotonic() - start < 20
+
+
+# ---- the process's open-file limit (ulimit -n) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory) -> Path:
+    """Three small studies of about 50 files each: enough for the scan to read headers in two processes."""
+    root = tmp_path_factory.mktemp("nofile") / "in"
+    for n in range(3):
+        hostile.study(root / f"p{n}", f"NOFILE-{n}", 60 + n, ct_size=(16, 14, 44))
+    return root
+
+
+def _open_files_limit(count: int):
+    def set_limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    return set_limit
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="open-file limits as on Linux")
+@pytest.mark.parametrize("count", [12, 16, 20])
+def test_the_open_file_limit_ends_cleanly_naming_the_limit(many_files, tmp_path, count):
+    """``ulimit -n 12; dosealign export IN OUT --workers 2``: the scan's worker pipes could not be made
+    (an OSError traceback, exit 1, nothing written), and a file that could not be opened for it was
+    reported as "cannot be read", as if it were damaged; qa.png logged a 40-line traceback. Now the
+    scan and the cases go on in fewer processes, every row names the limit, and no traceback."""
+    out = tmp_path / "out"
+    done = hostile.dosealign(
+        "export", str(many_files), str(out), "--workers", "2", "--quiet", preexec_fn=_open_files_limit(count)
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode in (0, 1, 4), done.stdout + done.stderr
+    rows = hostile.manifest(out)
+    assert len(rows) == 3, rows
+    for row in rows:
+        if row["status"] == "failed":
+            assert f"limit of {count} open files (ulimit -n)" in row["reason"], row
+            assert "cannot be read:" not in row["reason"], row
+        else:
+            meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+            qa = meta["qa_png"]
+            said = qa.get("reason", "")
+            assert qa["written"] or f"of {count} open files" in said or f"only {count} files" in said, qa
+    for line in done.stderr.splitlines():  # what DoseAlign said about the limit: one line each, naming it
+        if line.startswith("qa.png of") or "worker processes started" in line:
+            assert f"of {count} open files" in line or f"only {count} files" in line, line
+
+
+def test_the_scan_reads_in_one_process_when_it_cannot_start_others(many_files, monkeypatch):
+    from DoseAlignLib.dicom import scan
+
+    whole = scan.scan_folder(many_files)
+
+    def no_pipes(*_args, **_kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(scan, "_scan_in_processes", no_pipes)
+    again = scan.scan_folder(many_files, workers=2)
+    assert [o.rel_path for o in again.objects] == [o.rel_path for o in whole.objects]
+    assert len(again.objects) > 2 * scan.MIN_FILES_PER_PROCESS

@@ -15,7 +15,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from ..errors import InputError, UnreadableError
+from ..errors import InputError, UnreadableError, too_many_open_files
 from ..limits import Deadline, LimitError, format_bytes, inflate_bytes, open_regular
 
 #: SOP classes by the name the engine uses for them.
@@ -72,6 +72,11 @@ def read_header(
     except (InputError, LimitError):
         raise
     except OSError as error:
+        limit_reached = too_many_open_files(error)  # the process's limit, not the file
+        if limit_reached:
+            raise UnreadableError(
+                f"cannot be opened now: {limit_reached}; not a fault of the file", path=path
+            ) from None
         raise UnreadableError(f"cannot be read: {error.strerror or one_line(error)}", path=path) from None
     except Exception as error:  # pydicom raises many types on damaged files
         raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {one_line(error)}", path=path) from None

@@ -6,6 +6,7 @@ sometimes share one SeriesInstanceUID (the Nelms DVH phantom's 1, 2 and 3 mm CTs
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import re
@@ -19,10 +20,18 @@ from typing import Callable, Optional
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..errors import DoseAlignError, InputError, UnreadableError
-from ..limits import Deadline, LimitError, die_with_parent, open_regular, scan_file_seconds, special_kind
+from ..errors import DoseAlignError, InputError, UnreadableError, too_many_open_files
+from ..limits import (
+    Deadline,
+    LimitError,
+    die_with_parent,
+    open_regular,
+    scan_file_seconds,
+    special_kind,
+)
 from . import headers
 
+logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[float, str], None]]
 
 
@@ -107,9 +116,15 @@ def scan_folder(root: Path, progress: Progress = None, workers: int = 1, exclude
     problems: list = []
     paths = sorted(_walk(root, exclude, result.ignored, problems))
     workers = min(workers, len(paths) // MIN_FILES_PER_PROCESS)
+    entries = None
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        entries = _scan_in_processes(root, paths, workers, progress)
-    else:
+        try:
+            entries = _scan_in_processes(root, paths, workers, progress)
+        except OSError as error:  # the processes' pipes cannot be made: this process reads them all
+            if not too_many_open_files(error):
+                raise
+            logger.info("reading the headers in one process: %s", too_many_open_files(error))
+    if entries is None:
         entries = []
         for n, path in enumerate(paths):
             if progress is not None and (n % 50 == 0 or n == len(paths) - 1):

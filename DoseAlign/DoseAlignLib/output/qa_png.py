@@ -37,11 +37,16 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..audit.stats import AT_MAX_FRACTION, dmax_index
+from ..errors import open_files_limit, too_many_open_files
 from ..geometry.grid import Volume
 
 logger = logging.getLogger(__name__)
 #: Errors of the output itself (full disk, file-size limit, quota, I/O, read-only): they stop the export.
 _OUTPUT_FAULTS = {errno.ENOSPC, errno.EFBIG, errno.EIO, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+#: Below this open-file limit (``ulimit -n``), a qa.png that fails in matplotlib (its font list unreadable) is
+#: said in one line naming the limit, not with a traceback.
+FEW_OPEN_FILES = 100
 
 #: Isodose levels (% of the reference dose).
 ISODOSE_PCT = (30, 50, 70, 90, 95, 100, 105)
@@ -584,9 +589,20 @@ def qa_png_writer(result) -> Callable[[Path], None]:
         except OSError as error:
             if error.errno in _OUTPUT_FAULTS:  # the disk, not the picture: the case fails, the export stops
                 raise  # (case_folder names the cause; no traceback)
+            limit_reached = too_many_open_files(error)
+            if limit_reached:  # the process's open-file limit (ulimit -n): one line, no traceback
+                logger.warning("qa.png of %s not written: %s", result.case_id, limit_reached)
+                result.meta["qa_png"] = {"written": False, "reason": f"not written: {limit_reached}"}
+                return
             logger.warning("qa.png of %s failed: %s", result.case_id, error, exc_info=True)
             result.meta["qa_png"] = {"written": False, "reason": f"{type(error).__name__}: {error}"}
         except Exception as error:  # a picture must never cost the case
+            most = open_files_limit()
+            if most is not None and most < FEW_OPEN_FILES:  # e.g. matplotlib's font list could not be read
+                why = f"{type(error).__name__}: {error} (this process may open only {most} files, ulimit -n)"
+                logger.warning("qa.png of %s failed: %s", result.case_id, why)  # one line, with the likely cause
+                result.meta["qa_png"] = {"written": False, "reason": why}
+                return
             logger.warning("qa.png of %s failed: %s", result.case_id, error, exc_info=True)
             result.meta["qa_png"] = {"written": False, "reason": f"{type(error).__name__}: {error}"}
 
