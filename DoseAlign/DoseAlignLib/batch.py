@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import json
 import logging
@@ -16,12 +15,21 @@ from . import __version__
 from .dicom.damage import damaged_file_rows
 from .dicom.scan import scan_folder
 from .errors import Cancelled, DoseAlignError, OutputFault, output_fault, too_many_open_files
+from .limits import read_back
 from .link.cases import form_cases
 from .options import AlignOptions
-from .output.case_folder import CaseOutput, case_dir, check_output_folder, clean_temp, is_complete
+from .output.case_folder import (
+    CaseOutput,
+    case_dir,
+    check_output_folder,
+    clean_temp,
+    is_complete,
+    load_meta,
+    not_replaceable,
+)
 from .output.files import claim_for, json_text, live_runs, release_claims, remove_owned, write_text_atomic
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
-from .output.out_folder import inspect_output, pseudonymization_conflict, request_differences
+from .output.out_folder import inspect_output, pseudonymization_conflict, read_manifest, request_differences
 from .output.qa_png import matplotlib_available, preload_matplotlib, qa_png_writer
 from .output.report import write_report
 from .parallel import in_shard, run_dask, run_pool, worker_stage
@@ -160,6 +168,8 @@ def export_folder(
         raise NothingToExport(what_was_found(scan, linked), path=input_root, hint="nothing was written")
     found = inspect_output(out_dir)
     _check_found(found, out_dir, pseudonymizer is not None)
+    if found.manifest_problem:
+        note(f"{out_dir / 'manifest.csv'} {found.manifest_problem}: it is written anew")
     if shard is None:  # shards share OUT on purpose; any other run would overwrite the other's manifest
         _check_no_other_run(out_dir)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
@@ -208,6 +218,7 @@ def export_folder(
     to_run = []
     for index, case in enumerate(cases):
         existing = found.cases.get(case.case_id)
+        why: list = []
         if resume and existing is not None and existing.complete:
             why = request_differences(existing.meta, _request(case, options, pseudonymizer, qa_png, resampler))
             if qa_png and matplotlib_available() and not (existing.folder / "qa.png").is_file():
@@ -215,9 +226,16 @@ def export_folder(
             if not why:
                 record(index, manifest_row(case, "skipped", KEPT, existing.meta))
                 continue
-            report.exported_again[case.case_id] = why
         elif resume and existing is not None and existing.problem:
-            report.exported_again[case.case_id] = [f"its outputs were damaged ({existing.problem})"]
+            why = [f"its outputs were damaged ({existing.problem})"]
+        folder = case_dir(out_dir, case.case_id)
+        refusal = not_replaceable(folder) if os.path.lexists(folder) else None
+        if refusal:  # it would not be replaced at the end: the case fails now, with what was found
+            error = DoseAlignError(refusal, path=folder, hint="move it away, or export into another folder")
+            record(index, manifest_row(case, "failed", str(error)))
+            continue
+        if why:
+            report.exported_again[case.case_id] = why
         to_run.append((index, case))
     if report.exported_again:
         note(_exported_again_note(report.exported_again))
@@ -522,8 +540,14 @@ def _formats_of_shards(out_dir: Path, parts: list):
     settings = []
     for part in parts:
         path = part.with_suffix(".json")
-        if path.is_file():
-            settings.append((path.name, json.loads(path.read_text(encoding="utf-8")).get("formats")))
+        if os.path.lexists(path):
+            try:  # a regular file of at most DOSEALIGN_META_MB, holding an object
+                value = json.loads(read_back(path, "DOSEALIGN_META_MB").decode("utf-8"))
+            except (OSError, ValueError, RecursionError, DoseAlignError) as error:
+                raise DoseAlignError(f"the shard settings cannot be read ({error})", path=path) from None
+            if not isinstance(value, dict) or not isinstance(value.get("formats"), (dict, type(None))):
+                raise DoseAlignError("the shard settings are not DoseAlign's (damaged or edited)", path=path)
+            settings.append((path.name, value.get("formats")))
     if not settings:
         return None  # shards of an earlier version: the manifest only
     if any(value != settings[0][1] for _name, value in settings[1:]):
@@ -566,9 +590,11 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
     if len(parts) != expected:
         raise DoseAlignError(f"{len(parts)} of {expected} shard manifests present", path=out_dir)
     rows = []
-    for part in parts:
-        with open(part, newline="", encoding="utf-8") as handle:
-            rows.extend(csv.DictReader(handle))
+    for part in parts:  # a regular file of at most DOSEALIGN_MANIFEST_MB (a named pipe would block)
+        part_rows, problem = read_manifest(part)
+        if problem or any(not r.get("case_id") or not r.get("status") for r in part_rows):
+            raise DoseAlignError(f"this shard manifest {problem or 'lacks case_id or status'}", path=part)
+        rows.extend(part_rows)
     rows.sort(key=lambda r: r["case_id"])
     formats = _formats_of_shards(out_dir, parts)
     if formats is not None:
@@ -598,8 +624,7 @@ def export_case(
     :func:`~DoseAlignLib.pipeline.run_case`. With ``resume`` a complete case folder is kept as it is
     (``skipped``) without comparing what it records: :func:`export_folder` compares."""
     if resume and is_complete(out_dir, case.case_id):
-        meta = json.loads((case_dir(out_dir, case.case_id) / "meta.json").read_text(encoding="utf-8"))
-        return manifest_row(case, "skipped", KEPT, meta)
+        return manifest_row(case, "skipped", KEPT, load_meta(case_dir(out_dir, case.case_id)))
     say = _stage_for(stage, case.case_id)
     if qa_png:
         preload_matplotlib()  # imported while the case is computed

@@ -10,6 +10,8 @@ of unusually large cases::
     DOSEALIGN_MEMORY_MULTIPLE       a case's working memory / the bytes of its outputs  (default 4)
     DOSEALIGN_MEMORY_FLOOR_MB       working memory every case may use whatever its size (default 2048)
     DOSEALIGN_INFLATE_MB            inflated size of one deflated file during the scan  (default 512)
+    DOSEALIGN_META_MB               a meta.json (or other JSON file) read back from OUT (default 32)
+    DOSEALIGN_MANIFEST_MB           a manifest.csv (or shard manifest) read back from OUT (default 256)
 
 Helpers here: :class:`Deadline` (a time limit checked where the work loops), :func:`die_with_parent`
 (helper processes end with the process that started them) and :func:`memory_available`.
@@ -33,6 +35,8 @@ DEFAULTS = {
     "DOSEALIGN_MEMORY_MULTIPLE": 4.0,
     "DOSEALIGN_MEMORY_FLOOR_MB": 2048.0,
     "DOSEALIGN_INFLATE_MB": 512.0,
+    "DOSEALIGN_META_MB": 32.0,
+    "DOSEALIGN_MANIFEST_MB": 256.0,
 }
 
 
@@ -157,6 +161,41 @@ def open_regular(path, what: str = "file"):
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_back(path, variable: str = "DOSEALIGN_META_MB") -> bytes:
+    """The bytes of a file DoseAlign wrote and reads back from OUT (meta.json, manifest.csv, ...): only a
+    regular file (:func:`open_regular`), and only up to the limit ``variable`` names (``DOSEALIGN_META_MB`` or
+    ``DOSEALIGN_MANIFEST_MB``), checked before reading: a planted or damaged file of gigabytes (sparse, or a
+    link to a device) must not fill memory. :class:`OSError` for what is no regular file, :class:`LimitError`
+    (naming the size, the limit and its variable) for a larger file."""
+    most = int(limit(variable) * 1024 * 1024)
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(most + 1) if size <= most else b""
+    if size > most or len(data) > most:  # a file that grew while it was read counts as well
+        raise LimitError(
+            f"is larger ({format_bytes(max(size, len(data)))}) than the limit of {format_bytes(most)} for a file "
+            "read back from the output folder",
+            path=path,
+            hint=f"set {variable} to allow more",
+        )
+    return data
+
+
+def entry_kind(path) -> Optional[str]:
+    """None when ``path`` is a regular file (or a symlink to one); else what it is, in words: "missing",
+    "a named pipe", "a symbolic link to a character device", "a symbolic link to nothing", ..."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a symbolic link to nothing" if os.path.islink(path) else "missing"
+    except OSError as error:
+        return f"not readable ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = special_kind(mode)
+    return f"a symbolic link to {kind}" if os.path.islink(path) else kind
 
 
 def special_kind(mode: int) -> str:

@@ -36,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -44,11 +43,14 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .errors import DoseAlignError
+from .limits import read_back
 from .options import roi_list
 from .output.case_data import CaseData, require
-from .output.case_folder import is_complete
+from .output.case_folder import is_complete, load_meta
 from .output.datalist import DATALIST_FILE, split_by_patient
 from .output.hdf5 import DATASET_FILE
+from .output.out_folder import read_manifest
 
 
 class DoseAlignDataset:
@@ -198,19 +200,21 @@ def _manifest_cases(folder: Path) -> dict:
     """``{case_id: patient}`` of the ok cases in ``folder/manifest.csv`` (else every case folder)."""
     manifest = folder / "manifest.csv"
     if manifest.is_file():
-        with open(manifest, newline="", encoding="utf-8") as handle:
-            rows = [r for r in csv.DictReader(handle) if r.get("status") in ("ok", "skipped")]
+        rows, problem = read_manifest(manifest)  # a regular file of at most DOSEALIGN_MANIFEST_MB
+        if problem:
+            raise DoseAlignError(f"manifest.csv {problem}", path=manifest)
+        rows = [r for r in rows if r.get("status") in ("ok", "skipped")]
         return {r["case_id"]: r.get("patient", "") for r in rows if is_complete(folder, r["case_id"])}
     out = {}
     for meta_path in sorted(folder.glob("*/meta.json")):
         if is_complete(folder, meta_path.parent.name) and not meta_path.parent.name.startswith("."):
-            out[meta_path.parent.name] = json.loads(meta_path.read_text(encoding="utf-8")).get("patient_id", "")
+            out[meta_path.parent.name] = load_meta(meta_path.parent).get("patient_id", "")
     return out
 
 
 def _folder_split(folder: Path, patients: dict, split: str, seed: int, fraction: float) -> list:
     datalist = folder / DATALIST_FILE
     if datalist.is_file():
-        entries = json.loads(datalist.read_text(encoding="utf-8")).get(split, [])
+        entries = json.loads(read_back(datalist, "DOSEALIGN_META_MB").decode("utf-8")).get(split, [])
         return [Path(e["meta"]).parent.name for e in entries]
     return split_by_patient(patients, seed, fraction)[split]

@@ -435,3 +435,166 @@ def test_the_key_is_created_where_hard_links_are_not_supported(tmp_path, monkeyp
     assert pseudonym.load_or_create_key(tmp_path / "site.key") == (key, False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.key"]
     assert pseudonym.key_is_private(tmp_path / "site.key")
+
+
+# ---- what an earlier export left in OUT, read back (fourth hostile trial D2, D4, L-a) -------------
+
+
+@pytest.fixture(scope="module")
+def exported(cohort, tmp_path_factory) -> Path:
+    """A finished export of the cohort (copied by each test before it edits anything)."""
+    out = tmp_path_factory.mktemp("exported") / "out"
+    assert main(["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    return out
+
+
+def _copy_of(exported: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(exported, out, symlinks=True)
+    return out
+
+
+#: Edits of a finished case's meta.json: values of the right kind that no export writes, or fields read
+#: later (by the manifest, report.html, merge, the dataset files) of the wrong kind.
+IMPOSSIBLE = {
+    "shape negative": lambda m: {**m, "shape": [-m["shape"][0], *m["shape"][1:]]},
+    "shape not pair.npz's": lambda m: {**m, "shape": [m["shape"][0] + 1, *m["shape"][1:]]},
+    "spacing infinite": lambda m: {**m, "spacing": [float("inf")] * 3},
+    "spacing zero": lambda m: {**m, "spacing": [0.0, *m["spacing"][1:]]},
+    "spacing not the matrix's": lambda m: {**m, "spacing": [s * 2 for s in m["spacing"]]},
+    "arrays a string": lambda m: {**m, "arrays": "ct,dose"},
+    "structures a number": lambda m: {**m, "structures": 5},
+    "case_id a number": lambda m: {**m, "case_id": 5},
+    "case_id of another case": lambda m: {**m, "case_id": m["case_id"] + "x"},
+    "ijk_to_lps not a matrix": lambda m: {**m, "ijk_to_lps": [[1, 0, 0, 0]]},
+    "dose maximum not finite": lambda m: {**m, "dose": {**m["dose"], "max_gy_output": float("nan")}},
+    "audit flags a number": lambda m: {**m, "audit": {**(m.get("audit") or {}), "flags": 3}},
+    "exports a list": lambda m: {**m, "exports": ["npz"]},
+    "source files a text": lambda m: {**m, "source": {**m["source"], "rtdose_files": "a.dcm"}},
+    "manifest_extra nested": lambda m: {**m, "manifest_extra": {"audit_flags": {"x": 1}}},
+    "patient_id a number": lambda m: {**m, "patient_id": 7},
+}
+
+
+@pytest.mark.parametrize("edit", sorted(IMPOSSIBLE))
+def test_a_meta_json_with_impossible_values_is_exported_again(cohort, exported, tmp_path, capsys, edit):
+    """From a fourth hostile trial: --resume kept a case whose meta.json said shape [-48, 160, 192] and
+    spacing [inf, inf, inf] (or arrays a string, structures or case_id a number) as complete, and
+    manifest.csv then showed shape -48x160x192, spacing infxinfxinf. Such a case is damaged: exported
+    again with the reason, and the manifest shows what the new export wrote."""
+    out = _copy_of(exported, tmp_path)
+    clean = {r["case_id"]: r for r in hostile.manifest(out)}
+    case_id = sorted(clean)[0]
+    meta_path = out / case_id / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta_path.write_text(json.dumps(IMPOSSIBLE[edit](meta), indent=1), encoding="utf-8")
+    capsys.readouterr()
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--resume"]
+    assert main(["export", *args]) == 0
+    printed = capsys.readouterr()
+    note = [line for line in printed.out.splitlines() if "its outputs were damaged (" in line]
+    assert note and "meta.json" in note[0].split("its outputs were damaged (", 1)[1], printed.out
+    rows = {r["case_id"]: r for r in hostile.manifest(out)}
+    assert rows[case_id]["status"] == "ok" and sorted(r["status"] for r in rows.values()) == ["ok"] + ["skipped"] * 4
+    for column in ("shape", "spacing", "dmax_gy", "patient", "files"):
+        assert rows[case_id][column] == clean[case_id][column], column
+    assert json.loads(meta_path.read_text(encoding="utf-8")) == meta  # written anew, as it was
+
+
+@pytest.mark.parametrize(
+    "entry, make, found",
+    [
+        ("pair.npz", "fifo", "pair.npz is a named pipe, not a regular file"),
+        ("pair.npz", "/dev/zero", "pair.npz is a symbolic link to a character device, not a regular file"),
+        ("meta.json", "fifo", "meta.json is a named pipe, not a regular file"),
+        ("meta.json", "/dev/null", "meta.json is a symbolic link to a character device, not a regular file"),
+    ],
+)
+def test_a_pipe_or_device_in_a_case_folder_is_named_as_what_it_is(cohort, exported, tmp_path, entry, make, found):
+    """From a fourth hostile trial: a named pipe (or a link to a device) as pair.npz or meta.json gave a
+    reason that contradicted itself ("not a DoseAlign case folder ... not replaced (exported again: its
+    outputs were damaged (meta.json cannot be read (OSError)))") or called the pipe "missing". One reason
+    now says what was found and what was done: the folder is not replaced, the case fails, before it is
+    computed; with and without --resume."""
+    out = _copy_of(exported, tmp_path)
+    victim = out / hostile.manifest(out)[0]["case_id"]
+    (victim / entry).unlink()
+    if make == "fifo":
+        os.mkfifo(victim / entry)
+    else:
+        os.symlink(make, victim / entry)
+    for extra in ([], ["--resume"]):
+        done = hostile.dosealign("export", str(cohort), str(out), "--workers", "1", "--no-qa-png", *extra, timeout=120)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        rows = {r["case_id"]: r for r in hostile.manifest(out)}
+        reason = rows[victim.name]["reason"]
+        assert rows[victim.name]["status"] == "failed"
+        assert f"exists and is not a DoseAlign case folder: {found}; it is not replaced" in reason, reason
+        assert "missing" not in reason and "exported again" not in reason and "OSError" not in reason, reason
+        line = [s for s in done.stdout.splitlines() if victim.name in s and "failed" in s]
+        assert line and found in line[0] and "exported again" not in line[0], done.stdout
+        assert "its outputs were damaged" not in done.stdout, done.stdout  # no note calls it exported again
+        assert sorted(r["status"] for r in rows.values()) == ["failed"] + ["skipped" if extra else "ok"] * 4
+    assert os.path.lexists(victim / entry) and not (victim / entry).is_file()  # left as it was
+
+
+#: Runs the command and reports its peak memory (resident set, kB) on stderr's last line: VmHWM, this program's
+#: own (getrusage's ru_maxrss would count the forking test process's memory, kept across exec).
+PEAK = (
+    "import sys\n"
+    "from DoseAlignLib.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "with open('/proc/self/status', encoding='ascii') as status:\n"
+    "    peak = [line.split()[1] for line in status if line.startswith('VmHWM:')][0]\n"
+    "print('peak_kb', peak, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def _peak_mb(done: subprocess.CompletedProcess) -> float:
+    line = [s for s in done.stderr.splitlines() if s.startswith("peak_kb ")]
+    assert line, done.stderr
+    return int(line[-1].split()[1]) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory from /proc")
+@pytest.mark.parametrize("name", ["meta.json", "manifest.csv"])
+def test_an_oversized_file_in_out_is_not_read(cohort, exported, tmp_path, name):
+    """From a fourth hostile trial: a 300 MB (sparse) meta.json in OUT was read whole (735 MB of memory);
+    a manifest.csv likewise. Only files up to a stated limit are read back (DOSEALIGN_META_MB,
+    DOSEALIGN_MANIFEST_MB): a larger meta.json makes its case damaged (exported again, the reason names the
+    limit), a larger manifest.csv is written anew (with a note); memory stays that of a small export."""
+    out = _copy_of(exported, tmp_path)
+    case_id = hostile.manifest(out)[0]["case_id"]
+    target = out / case_id / "meta.json" if name == "meta.json" else out / "manifest.csv"
+    with open(target, "r+b") as handle:
+        handle.truncate(640 << 20)  # sparse: no disk space taken
+    args = ["export", str(cohort), str(out), "--workers", "1", "--no-qa-png", "--resume"]
+    done = hostile.python(PEAK, *args, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    variable = "DOSEALIGN_META_MB" if name == "meta.json" else "DOSEALIGN_MANIFEST_MB"
+    assert "than the limit of" in done.stdout + done.stderr and variable in done.stdout + done.stderr, done.stdout
+    rows = {r["case_id"]: r["status"] for r in hostile.manifest(out)}
+    if name == "meta.json":
+        assert rows[case_id] == "ok" and sorted(rows.values()) == ["ok"] + ["skipped"] * 4
+    else:
+        assert sorted(rows.values()) == ["skipped"] * 5
+    assert target.stat().st_size < 1 << 20  # written anew
+    assert _peak_mb(done) < 450, f"peak memory {_peak_mb(done):.0f} MB"
+
+
+def test_a_pipe_as_a_shard_manifest_never_blocks_merge(cohort, tmp_path):
+    """merge reads the shard manifests back from OUT: a named pipe in place of one blocked it forever.
+    Only regular files (of at most DOSEALIGN_MANIFEST_MB) are read; merge stops with exit 2 naming it."""
+    out = tmp_path / "out"
+    for k in (1, 2):
+        args = ["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--shard", f"{k}/2"]
+        assert main(args) == 0
+    part = out / "manifest.shard-2-of-2.csv"
+    part.unlink()
+    os.mkfifo(part)
+    done = hostile.dosealign("merge", str(out), timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "manifest.shard-2-of-2.csv" in done.stderr and "named pipe" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

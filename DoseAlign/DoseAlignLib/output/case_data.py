@@ -16,7 +16,6 @@ Nothing here imports an optional package; :func:`require` does, where a format n
 from __future__ import annotations
 
 import importlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,8 +132,10 @@ class CaseData:
     @classmethod
     def from_folder(cls, folder: Path) -> CaseData:
         """From a finished case folder (``pair.npz`` + ``meta.json``)."""
+        from .case_folder import load_meta  # checked as --resume checks it (a damaged one: DamagedOutput)
+
         folder = Path(folder)
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = load_meta(folder)
         arrays = read_arrays(folder)
         grid = grid_from_meta(meta)
         masks, types, body = masks_from_arrays(arrays, meta, grid.shape)

@@ -8,6 +8,7 @@ With the ``npy`` layout each array is its own ``OUT/<case_id>/<name>.npy`` inste
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import zipfile
@@ -17,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import DoseAlignError, output_fault
-from ..limits import open_regular
+from ..limits import LimitError, entry_kind, open_regular, read_back
 from .dvh_csv import write_dvh_csv
 from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, json_text, remove_owned
 from .npz import NpyStream, NpzStream
@@ -34,78 +35,180 @@ def is_complete(out_dir: Path, case_id: str) -> bool:
 
 def read_meta(path: Path):
     """A case folder's meta.json, parsed; read only when it is a regular file (a named pipe or a device
-    planted in OUT would block or never end): :class:`OSError` otherwise, ``ValueError`` when it does not parse
-    (also when nested too deeply to parse)."""
-    with open_regular(path, "file") as handle:
-        text = handle.read().decode("utf-8")
+    planted in OUT would block or never end) of at most ``DOSEALIGN_META_MB``: :class:`OSError` otherwise,
+    :class:`~DoseAlignLib.limits.LimitError` for a larger file, ``ValueError`` when it does not parse (also
+    when nested too deeply to parse). :func:`load_meta` also checks what it holds."""
+    text = read_back(path, "DOSEALIGN_META_MB").decode("utf-8")
     try:
         return json.loads(text)
     except RecursionError:  # nested deeper than Python's parser goes: not one of ours
         raise ValueError("meta.json is nested too deeply") from None
 
 
-def case_problem(folder: Path) -> Optional[str]:
-    """Why a case folder is not a complete output (None when it is).
+class DamagedOutput(DoseAlignError):
+    """A case folder's meta.json cannot be read, is not DoseAlign's, or holds a value no export writes."""
 
-    meta.json must be DoseAlign's and readable; ``pair.npz`` must be a whole zip archive (its
-    directory at the end, every member inside the file) whose ``ct`` and ``dose`` headers read and
-    whose sizes agree with them; in the ``npy`` layout each ``.npy`` file must be as long as its
-    header says. Data bytes are not read: a file cut short, or a folder a killed or failing run left,
-    is found; bit rot inside an array is not.
-    """
+
+def load_meta(folder: Path) -> dict:
+    """The meta.json of a finished case folder, for everything that reads one back (``--resume``, the
+    manifest, report.html, merge, the dataset files): read as :func:`read_meta` does and checked by
+    :func:`meta_problem`; :class:`DamagedOutput` naming the file and the reason otherwise."""
     folder = Path(folder)
-    try:
-        meta = read_meta(folder / "meta.json")
-    except FileNotFoundError:
+    problem = _meta_file_problem(folder / "meta.json")
+    if isinstance(problem, str):
+        raise DamagedOutput(problem, path=folder / "meta.json")
+    damaged = meta_problem(problem, folder.name)
+    if damaged:
+        raise DamagedOutput(f"meta.json is damaged ({damaged})", path=folder / "meta.json")
+    return problem
+
+
+def _meta_file_problem(path: Path):
+    """meta.json parsed (a dict of DoseAlign's), or why it is not (a str)."""
+    kind = entry_kind(path)
+    if kind == "missing":
         return "meta.json is missing"
+    if kind is not None:
+        return f"meta.json is {kind}, not a regular file"
+    try:
+        meta = read_meta(path)
+    except LimitError as error:
+        return f"meta.json {error.message} ({error.hint})"
     except (OSError, ValueError) as error:
         return f"meta.json cannot be read ({type(error).__name__})"
     if not isinstance(meta, dict) or "dosealign_version" not in meta:
         return "meta.json is not DoseAlign's"
-    damaged = _meta_problem(meta)
+    return meta
+
+
+def case_problem(folder: Path) -> Optional[str]:
+    """Why a case folder is not a complete output (None when it is).
+
+    meta.json must be DoseAlign's, readable, and hold values an export writes (:func:`meta_problem`);
+    ``pair.npz`` must be a whole zip archive (its directory at the end, every member inside the file)
+    whose ``ct`` and ``dose`` headers read, whose sizes agree with them and whose shape is meta.json's;
+    in the ``npy`` layout each ``.npy`` file must be as long as its header says. Data bytes are not read:
+    a file cut short, or a folder a killed or failing run left, is found; bit rot inside an array is not.
+    """
+    folder = Path(folder)
+    meta = _meta_file_problem(folder / "meta.json")
+    if isinstance(meta, str):
+        return meta
+    damaged = meta_problem(meta, folder.name)
     if damaged:
         return f"meta.json is damaged ({damaged})"
-    if (folder / "pair.npz").is_file():
-        return _npz_problem(folder / "pair.npz")
-    if (folder / "ct.npy").is_file():
+    shape = tuple(meta["shape"])
+    npz_kind = entry_kind(folder / "pair.npz")
+    if npz_kind is None:
+        return _npz_problem(folder / "pair.npz", shape)
+    if entry_kind(folder / "ct.npy") is None:
         for path in sorted(folder.glob("*.npy")):
-            problem = _npy_problem(path)
+            problem = _npy_problem(path, shape if path.stem in ("ct", "dose") else None)
             if problem:
                 return problem
-        return None if (folder / "dose.npy").is_file() else "dose.npy is missing"
-    return "pair.npz is missing"
+        dose_kind = entry_kind(folder / "dose.npy")
+        return None if dose_kind is None else f"dose.npy is {dose_kind}" + _NOT_REGULAR * (dose_kind != "missing")
+    return f"pair.npz is {npz_kind}" + _NOT_REGULAR * (npz_kind != "missing")
 
 
-def _meta_problem(meta: dict) -> Optional[str]:
-    """What in a DoseAlign meta.json is not of the kind the manifest and ``--resume`` read (an edited or
-    damaged file), or None."""
+_NOT_REGULAR = ", not a regular file"
 
-    def numbers(value, kind) -> bool:
-        return (
-            isinstance(value, list)
-            and len(value) == 3
-            and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
-        )
 
-    if not numbers(meta.get("shape"), int):
-        return "shape"
-    if not numbers(meta.get("spacing"), (int, float)):
-        return "spacing"
-    for key in ("options", "source", "resampling", "dose", "manifest_extra"):
-        if not isinstance(meta.get(key, {}), dict):
+def meta_problem(meta: dict, case_id: Optional[str] = None) -> Optional[str]:
+    """What in a DoseAlign meta.json no export writes (an edited or damaged file), or None.
+
+    The one check of every field read back from a case folder: by ``--resume`` (options, source,
+    resampling, version, pseudonymized), the manifest (shape, spacing, reference, interpolator, dose
+    maximum, warnings, manifest_extra, patient, summation type, source files), report.html (audit
+    flags), ``merge`` and the dataset files (case_id, ijk_to_lps, frame of reference, arrays,
+    structures, exports). Values must be of their kind and possible: a shape of positive integers,
+    a spacing finite and > 0, a case_id that is the folder's name (``case_id``, when given).
+    """
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    def texts(value, optional: bool = True) -> bool:
+        return (optional and value is None) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+    def dict_of(value, optional: bool = True) -> bool:
+        return (optional and value is None) or isinstance(value, dict)
+
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_integer(n) and n >= 1 for n in shape)):
+        return "shape: not three positive integers"
+    spacing = meta.get("spacing")
+    if not (isinstance(spacing, list) and len(spacing) == 3 and all(number(s) and s > 0 for s in spacing)):
+        return "spacing: not three finite numbers > 0"
+    matrix = meta.get("ijk_to_lps")
+    if not (
+        isinstance(matrix, list)
+        and len(matrix) == 4
+        and all(isinstance(row, list) and len(row) == 4 and all(number(v) for v in row) for row in matrix)
+    ):
+        return "ijk_to_lps: not a 4 x 4 matrix of finite numbers"
+    columns = [math.sqrt(sum(matrix[r][c] ** 2 for r in range(3))) for c in range(3)]
+    if any(abs(a - b) > 1e-3 * max(b, 1e-6) for a, b in zip(columns, spacing)):
+        return "spacing: not the spacing of ijk_to_lps"
+    if not isinstance(meta.get("dosealign_version"), str):
+        return "dosealign_version"
+    if not isinstance(meta.get("case_id"), str) or (case_id is not None and meta["case_id"] != case_id):
+        return "case_id: not the name of its folder"
+    for key in ("patient_id", "frame_of_reference_uid"):
+        if not isinstance(meta.get(key, ""), (str, type(None))):
             return key
-    resampling, dose = meta.get("resampling", {}), meta.get("dose", {})
+    for key in ("options", "source", "resampling", "dose", "manifest_extra", "arrays", "structures", "audit"):
+        if not dict_of(meta.get(key)):
+            return f"{key}: not an object"
+    for key in ("exports", "storage", "pseudonymized", "qa_png"):
+        if key in meta and not isinstance(meta[key], dict):
+            return f"{key}: not an object"
+    resampling, dose = meta.get("resampling") or {}, meta.get("dose") or {}
     if not all(isinstance(resampling.get(k), str) for k in ("reference", "interpolator")):
         return "resampling"
-    if not isinstance(dose.get("max_gy_output"), (int, float)) or isinstance(dose.get("max_gy_output"), bool):
-        return "dose.max_gy_output"
-    warnings = meta.get("warnings", [])
-    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
-        return "warnings"
+    if not isinstance(resampling.get("backend", ""), str):
+        return "resampling.backend"
+    if not number(dose.get("max_gy_output")):
+        return "dose.max_gy_output: not a finite number"
+    if not all(isinstance(dose.get(k, ""), str) for k in ("summation_type", "units")):
+        return "dose"
+    source = meta.get("source") or {}
+    if not all(texts(source.get(k)) for k in ("ct_files", "rtdose_files", "rtstruct_files")):
+        return "source: file lists"
+    if not isinstance(source.get("rtplan_file"), (str, type(None))):
+        return "source.rtplan_file"
+    if not texts(meta.get("warnings", []), optional=False):
+        return "warnings: not a list of texts"
+    extra = meta.get("manifest_extra") or {}
+    if not all(isinstance(v, (str, int, float, bool, type(None))) for v in extra.values()):
+        return "manifest_extra: not a row of values"
+    for name, array in (meta.get("arrays") or {}).items():
+        if not isinstance(array, dict) or not isinstance(array.get("outside_value", 0), (int, float)):
+            return f"arrays.{name}"
+    structures = meta.get("structures") or {}
+    if not texts(structures.get("names")):
+        return "structures.names: not a list of texts"
+    rois = structures.get("rois")
+    if not (rois is None or isinstance(rois, list) and all(isinstance(r, dict) for r in rois)):
+        return "structures.rois: not a list of objects"
+    if any(not isinstance(r.get("name", ""), str) for r in rois or []):
+        return "structures.rois: a name that is not a text"
+    if not dict_of(structures.get("body")):
+        return "structures.body: not an object"
+    flags = (meta.get("audit") or {}).get("flags")
+    if not (flags is None or isinstance(flags, list) and all(isinstance(f, dict) for f in flags)):
+        return "audit.flags: not a list of objects"
+    for fmt, entry in (meta.get("exports") or {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("files", {}), dict):
+            return f"exports.{fmt}: not an object with files"
     return None
 
 
-def _npz_problem(path: Path) -> Optional[str]:
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _npz_problem(path: Path, shape: Optional[tuple] = None) -> Optional[str]:
     try:
         size = path.stat().st_size
         with zipfile.ZipFile(path) as archive:
@@ -118,33 +221,42 @@ def _npz_problem(path: Path) -> Optional[str]:
                     return f"pair.npz is cut short inside {info.filename}"
             for name in ("ct.npy", "dose.npy"):
                 with archive.open(name) as member:
-                    expected = _npy_length(member)
+                    expected, found = _npy_header(member)
                 if expected is not None and expected != members[name].file_size:
                     return f"pair.npz: {name} holds {members[name].file_size} bytes, its header says {expected}"
+                if shape is not None and found != shape:
+                    return f"pair.npz: {name[:-4]} has the shape {_shape(found)}, meta.json says {_shape(shape)}"
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as error:
         return f"pair.npz is damaged or cut short ({type(error).__name__})"
     return None
 
 
-def _npy_problem(path: Path) -> Optional[str]:
+def _npy_problem(path: Path, shape: Optional[tuple] = None) -> Optional[str]:
     try:
         with open_regular(path) as handle:
-            expected = _npy_length(handle)
+            expected, found = _npy_header(handle)
         if expected is not None and expected != path.stat().st_size:
             return f"{path.name} holds {path.stat().st_size} bytes, its header says {expected}"
+        if shape is not None and found != shape:
+            return f"{path.name} has the shape {_shape(found)}, meta.json says {_shape(shape)}"
     except (OSError, ValueError) as error:
         return f"{path.name} is damaged ({type(error).__name__})"
     return None
 
 
-def _npy_length(handle) -> Optional[int]:
-    """The length an .npy stream must have, from its header (None for object arrays)."""
+def _shape(shape: tuple) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def _npy_header(handle) -> tuple:
+    """``(length, shape)`` of an .npy stream, from its header: the length it must have (None for object
+    arrays) and the array's shape."""
     version = np.lib.format.read_magic(handle)
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, _fortran, dtype = reader(handle)
     if dtype.hasobject:
-        return None
-    return handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return None, tuple(shape)
+    return handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, tuple(shape)
 
 
 #: The file that holds (the first of) a case's arrays, per layout.
@@ -254,13 +366,9 @@ class CaseOutput:
 
 def _replace_dir(temp: Path, final: Path) -> None:
     if os.path.lexists(final):
-        if not is_case_folder(final):
-            raise DoseAlignError(
-                "exists and is not a DoseAlign case folder (no meta.json or pair.npz of DoseAlign, or it holds "
-                "DICOM files): it is not replaced",
-                path=final,
-                hint="move it away, or export into another folder",
-            )
+        refusal = not_replaceable(final)
+        if refusal:
+            raise DoseAlignError(refusal, path=final, hint="move it away, or export into another folder")
         old = claim_for(final.parent).temp("old")
         os.replace(final, old)
         os.replace(temp, final)
@@ -274,36 +382,49 @@ _DICOM_NAMES = (".dcm", ".dicom", ".ima")
 
 
 def is_case_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a case folder DoseAlign wrote, which a new export of the case may replace.
+    """Whether ``folder`` is a case folder DoseAlign wrote, which a new export of the case may replace
+    (see :func:`not_replaceable`)."""
+    return not_replaceable(folder) is None
+
+
+def not_replaceable(folder: Path) -> Optional[str]:
+    """Why an existing ``folder`` of a case's name is not one DoseAlign wrote, so that no export may replace it
+    (the whole message: what was found, and that it is not replaced); None when it may be replaced.
 
     It must be a real folder (not a symlink) with DoseAlign's meta.json (``dosealign_version``) or a
-    pair.npz, and hold no DICOM file: an input folder that happens to carry a case's name is never replaced.
+    pair.npz, hold only regular files (a named pipe or device is no output of DoseAlign) and no DICOM file:
+    an input folder that happens to carry a case's name is never replaced.
     """
     folder = Path(folder)
-    if folder.is_symlink() or not folder.is_dir():
-        return False
-    ours = False
-    try:
-        meta = read_meta(folder / "meta.json")
-        ours = isinstance(meta, dict) and "dosealign_version" in meta
-    except (OSError, ValueError):
-        pass
-    ours = ours or (folder / "pair.npz").is_file()
-    if not ours:
-        return False
+    why = _foreign(folder)
+    return None if why is None else f"exists and is not a DoseAlign case folder: {why}; it is not replaced"
+
+
+def _foreign(folder: Path) -> Optional[str]:
+    if folder.is_symlink():
+        return "it is a symbolic link"
+    if not folder.is_dir():
+        return "it is not a folder"
+    meta = _meta_file_problem(folder / "meta.json")
+    if isinstance(meta, str) and entry_kind(folder / "pair.npz") is not None:
+        return "it holds no meta.json or pair.npz of DoseAlign"
     for base, _dirs, files in os.walk(folder):
-        for name in files:
+        for name in sorted(files):
             path = os.path.join(base, name)
+            rel = os.path.relpath(path, folder)
             if name.lower().endswith(_DICOM_NAMES):
-                return False
+                return f"it holds DICOM files ({rel})"
+            kind = entry_kind(path)
+            if kind is not None:
+                return f"{rel} is {kind}{_NOT_REGULAR}"
             try:
                 with open_regular(path) as handle:
                     handle.seek(128)
                     if handle.read(4) == b"DICM":
-                        return False
-            except OSError:  # unreadable, or a pipe or device: not something DoseAlign wrote
-                return False
-    return True
+                        return f"it holds DICOM files ({rel})"
+            except OSError as error:  # unreadable: not something DoseAlign wrote
+                return f"{rel} cannot be read ({error.strerror or type(error).__name__})"
+    return None
 
 
 def clean_temp(out_dir: Path) -> list:

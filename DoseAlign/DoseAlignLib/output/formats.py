@@ -26,7 +26,6 @@ before any case is computed.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import DoseAlignError
 from .case_data import CaseData, require
+from .case_folder import load_meta
 from .files import json_text, temp_path
 from .nrrd import DEFAULT_COMPRESSION as DEFAULT_NRRD_COMPRESSION
 from .openkbp import OpenKBPSettings
@@ -181,10 +181,7 @@ class ExportFormats:
     def missing(self, folder: Path) -> list:
         """The extra formats a finished case folder lacks (its file, or its entry in meta.json's exports)."""
         folder = Path(folder)
-        try:
-            exports = json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("exports") or {}
-        except (OSError, ValueError):
-            exports = {}
+        exports = load_meta(folder).get("exports") or {}  # a damaged meta.json: DamagedOutput, the case fails
         return [f for f in self.extra if f not in exports or not _whole(folder / SENTINELS[f])]
 
     def add_to_case(self, folder: Path) -> list:
@@ -259,7 +256,7 @@ class ExportFormats:
         if "nifti" in self.formats:
             cases = []
             for row in ok:
-                meta = json.loads((out_dir / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+                meta = load_meta(out_dir / row["case_id"])  # checked when its formats were added just now
                 cases.append((row["case_id"], patients[row["case_id"]], meta["exports"]["nifti"]["files"]))
             summary["dataset_json"] = str(write_datalist(out_dir, cases, splits))
             note = label_note([list(files.get("masks", {})) for _c, _p, files in cases], common_labels(cases))

@@ -18,13 +18,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..limits import open_regular
-from .case_folder import case_problem, read_meta
+from ..errors import DoseAlignError
+from ..limits import LimitError, read_back
+from .case_folder import case_problem, load_meta
 
 #: Files an export writes at the top of OUT (beside the case folders).
 OWN_FILES = ("manifest.csv", "report.html", "dataset.json", "dataset.h5")
@@ -52,8 +54,8 @@ class ExistingCase:
         """meta.json, read on first use (None when it cannot be read)."""
         if self._meta is None and self.complete:
             try:
-                self._meta = read_meta(self.folder / "meta.json")
-            except (OSError, ValueError):
+                self._meta = load_meta(self.folder)
+            except DoseAlignError:
                 self._meta = None
         return self._meta
 
@@ -68,6 +70,7 @@ class OutputFolder:
     other: list = field(default_factory=list)  # names of entries that are neither cases nor DoseAlign's files
     dicom_files: list = field(default_factory=list)  # DICOM files directly in OUT (is it an input?)
     manifest_rows: list = field(default_factory=list)  # rows of OUT/manifest.csv
+    manifest_problem: Optional[str] = None  # why OUT/manifest.csv could not be read (it is written anew)
 
     @property
     def empty(self) -> bool:
@@ -95,13 +98,21 @@ def inspect_output(out_dir: Path) -> OutputFolder:
             if len(found.dicom_files) < 3 and len(found.other) <= 200 and _is_dicom(entry):
                 found.dicom_files.append(name)
     manifest = out_dir / "manifest.csv"
-    if manifest.is_file():
-        try:
-            with open_regular(manifest) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as handle:
-                found.manifest_rows = list(csv.DictReader(handle))
-        except (OSError, ValueError, csv.Error):
-            found.manifest_rows = []
+    if os.path.lexists(manifest):
+        found.manifest_rows, found.manifest_problem = read_manifest(manifest)
     return found
+
+
+def read_manifest(path: Path) -> tuple:
+    """``(rows, problem)`` of a manifest.csv in OUT: its rows as dicts, or no rows and why it cannot be read
+    (only a regular file of at most ``DOSEALIGN_MANIFEST_MB`` is read)."""
+    try:
+        text = read_back(path, "DOSEALIGN_MANIFEST_MB").decode("utf-8")
+        return list(csv.DictReader(io.StringIO(text, newline=""))), None
+    except LimitError as error:
+        return [], f"{error.message} ({error.hint})"
+    except (OSError, ValueError, csv.Error) as error:
+        return [], f"cannot be read ({error if isinstance(error, OSError) else type(error).__name__})"
 
 
 def _is_dicom(path: Path) -> bool:
@@ -118,10 +129,9 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _is_pseudonymized(meta_path: Path) -> Optional[bool]:
-    try:
-        with open_regular(meta_path) as handle:  # a named pipe or device planted in OUT is never read
-            data = handle.read()
-    except OSError:
+    try:  # a named pipe or device planted in OUT is never read, nor more than DOSEALIGN_META_MB
+        data = read_back(meta_path, "DOSEALIGN_META_MB")
+    except (OSError, LimitError):
         return None
     return _PSEUDONYMIZED_KEY in data
 

@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 from urllib.parse import quote
 
 from .. import __version__
+from ..errors import DoseAlignError
+from .case_folder import load_meta
 from .files import write_text_atomic
 from .qa_png import LAYOUT_KEY
 
@@ -77,8 +79,8 @@ def _flags_html(flags: str) -> str:
 def _flag_details(out_dir: Path, case_id: str) -> str:
     """The case's own flag details (its meta.json's ``audit.flags``), as a list under the flag codes."""
     try:
-        meta = json.loads((out_dir / case_id / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = load_meta(out_dir / case_id)
+    except DoseAlignError:  # missing or damaged: the row says why, if the case is listed at all
         return ""
     flags = (meta.get("audit") or {}).get("flags") or []
     if not flags:
