@@ -47,13 +47,21 @@ class NothingToExport(DoseAlignError):
     """The input holds no case to export (no RTDOSE, or no readable DICOM at all); nothing was written."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during an export: ``done`` of ``total`` cases were finished (and are in manifest.csv)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, ``kill``), raised where the command was when it came, as Ctrl-C's
+    KeyboardInterrupt is (the command installs the handler that raises it, see cli.py): the export ends
+    the same clean way."""
 
-    def __init__(self, done: int, total: int) -> None:
-        super().__init__(f"interrupted after {done} of {total} cases")
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM: ``terminated``) during an export: ``done`` of ``total`` cases were finished (and
+    are in manifest.csv)."""
+
+    def __init__(self, done: int, total: int, terminated: bool = False) -> None:
+        super().__init__(f"{'stopped by SIGTERM' if terminated else 'interrupted'} after {done} of {total} cases")
         self.done = done
         self.total = total
+        self.terminated = terminated
 
 
 @dataclass
@@ -277,12 +285,12 @@ def export_folder(
                     break
                 case_stage = functools.partial(stage, case.case_id) if stage is not None else None
                 record(index, task(case, stage=case_stage))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         remove_owned(out_dir, claim.token)  # what the stopped workers left (this run's temporary names only)
         # the interrupt may have come between counting a case and writing the manifest that lists it
         with contextlib.suppress(OSError):
             write_manifest(out_dir, carried + [r for r in rows if r is not None], manifest_name)
-        raise Interrupted(done[0], len(cases)) from None
+        raise Interrupted(done[0], len(cases), isinstance(stop, Terminated)) from None
     if report.fault is not None:  # the cases not started: named, so that --resume exports them
         for index, case in to_run:
             if rows[index] is None:

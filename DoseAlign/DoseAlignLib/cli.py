@@ -5,7 +5,8 @@ failed (scan: some case cannot be exported; merge: some case failed), 2 a usage 
 or output folder that cannot be used (nothing written), 3 nothing to export (no case under the
 input; nothing written), 4 the export stopped because its output could not be written (disk full, I/O
 error; manifest.csv lists what was done), 130 interrupted by Ctrl-C (finished cases are in manifest.csv), 141
-its output pipe was closed (``dosealign scan DIR | head``).
+its output pipe was closed (``dosealign scan DIR | head``), 143 stopped by SIGTERM (``timeout``, Slurm, ``kill``:
+ended as by Ctrl-C, the finished cases are in manifest.csv).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -42,6 +44,8 @@ def _demo_spec():
 #: Exit codes beyond 0/1/2 (see the module docstring).
 EXIT_NOTHING = 3
 EXIT_INTERRUPTED = 130
+#: What a shell reports for a command ended by SIGTERM (128 + 15): here the export ended cleanly (as by Ctrl-C).
+EXIT_TERMINATED = 143
 #: What a shell reports for a command whose output pipe was closed (128 + SIGPIPE).
 EXIT_PIPE_CLOSED = 141
 CT_HELP = (
@@ -56,7 +60,7 @@ def _get_parser() -> argparse.ArgumentParser:
         prog="dosealign",
         description="Put DICOM CT, RTDOSE and structures on one voxel grid, geometry from the raw tags.",
         epilog="Exit codes: 0 ok, 1 some case failed, 2 usage or folder error, 3 nothing to export, "
-        "4 output could not be written (disk full), 130 interrupted.",
+        "4 output could not be written (disk full), 130 interrupted, 143 stopped by SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"dosealign {api.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{scan,export,merge,demo}")
@@ -86,7 +90,8 @@ def _get_parser() -> argparse.ArgumentParser:
         "OUT/manifest.csv, OUT/report.html.",
         epilog="Exit codes: 0 every case ok or kept, 1 some case failed (see manifest.csv), 2 usage error or an input "
         "or output folder that cannot be used, 3 nothing to export, 4 the output could not be written (disk full, "
-        "I/O error: free space, run again with --resume), 130 interrupted (run again with --resume).",
+        "I/O error: free space, run again with --resume), 130 interrupted, 143 stopped by SIGTERM (run again with "
+        "--resume).",
     )
     export.add_argument("input", type=Path, help="folder with DICOM files (searched recursively; never modified)")
     export.add_argument("output", type=Path, help="output folder (created; see README for the layout)")
@@ -653,20 +658,29 @@ def _not_read(ignored: list) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    previous = _stop_on_sigterm()
     try:
         code = _main(argv)
         sys.stdout.flush()  # a closed pipe is met here, not at exit
         return code
     except api.Interrupted as stop:
+        said = "stopped by SIGTERM" if stop.terminated else "interrupted"
         print(
-            f"\ndosealign: interrupted after {stop.done} of {stop.total} cases; run again with --resume",
+            f"\ndosealign: {said} after {stop.done} of {stop.total} cases; run again with --resume",
             file=sys.stderr,
         )
+        return EXIT_TERMINATED if stop.terminated else EXIT_INTERRUPTED
+    except api.Terminated:
+        print("\ndosealign: stopped by SIGTERM before any case was exported", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("\ndosealign: interrupted before any case was exported", file=sys.stderr)
     except BrokenPipeError:  # stdout closed early (dosealign scan DIR | head): no traceback
         _silence_stdout()
         return EXIT_PIPE_CLOSED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_INTERRUPTED
 
 
@@ -700,6 +714,27 @@ def _exit(code: int) -> None:
 
     atexit._run_exitfuncs()  # what the normal exit runs first (logging.shutdown, multiprocessing's clean-up)
     os._exit(code)
+
+
+def _stop_on_sigterm():
+    """SIGTERM (``timeout``, Slurm, ``kill``) raises :class:`~DoseAlignLib.batch.Terminated` where the command is,
+    as Ctrl-C raises KeyboardInterrupt, so that an export ends the same clean way (the finished cases in
+    manifest.csv, no temporary entry, the workers stopped). Only where SIGTERM has its default disposition
+    (a process started with SIGTERM ignored keeps it so) and in the main thread; returns the handler to
+    restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, _terminated)
+    return signal.SIG_DFL
+
+
+def _terminated(_signum, _frame) -> None:
+    # once: `timeout` sends SIGTERM to the command and then to its process group, and a second one must not
+    # cut short the cleaning up the first one started (pool workers reset SIGTERM for themselves)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise api.Terminated()
 
 
 def _silence_stdout() -> None:

@@ -49,11 +49,13 @@ def in_shard(case_id: str, shard: Optional[tuple]) -> bool:
 
 
 def _init_worker(stage_queue=None, parent_pid: Optional[int] = None) -> None:
-    """A pool worker: it dies with the batch process, leaves Ctrl-C to it (it stops the workers), and
-    sends stages to its queue."""
+    """A pool worker: it dies with the batch process, leaves Ctrl-C to it (it stops the workers), ends at
+    once on SIGTERM (the batch process's handler, inherited through fork, is not its own; the batch process
+    removes what it left), and sends stages to its queue."""
     global _STAGE_QUEUE
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _STAGE_QUEUE = stage_queue
 
 

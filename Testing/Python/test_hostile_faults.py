@@ -6,7 +6,7 @@ the cause, the cases not started are named, manifest.csv is valid, no temporary 
 ``--resume`` after freeing space finishes the rest. Damaged earlier outputs (a truncated pair.npz, a
 meta.json that is not JSON, a case.h5 HDF5 cannot open) are never taken for complete by ``--resume``:
 they are exported again. A case folder's data are fsynced before it is renamed into place. Forked
-header readers and pool workers die with a killed export.
+header readers and pool workers die with a killed export; SIGTERM ends an export as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -598,3 +598,107 @@ def test_a_pipe_as_a_shard_manifest_never_blocks_merge(cohort, tmp_path):
     assert done.returncode == 2, done.stdout + done.stderr
     assert "manifest.shard-2-of-2.csv" in done.stderr and "named pipe" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ---- SIGTERM (timeout, Slurm, kill) ends an export as Ctrl-C does ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_cohort(tmp_path_factory) -> Path:
+    """Four cases of a few seconds each: long enough to be stopped half way."""
+    from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+    root = tmp_path_factory.mktemp("sigterm") / "in"
+    for n in range(4):
+        write_phantom(root / f"p{n}", PhantomSpec(patient_id=f"TERM-{n}", seed=n, ct_size=(160, 160, 60)))
+    return root
+
+
+def _sigterm_as_by_default() -> None:
+    """SIGTERM with its default disposition, whatever the test runner's was (a process started with SIGTERM
+    ignored keeps it ignored: DoseAlign then does not take it over)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
+@pytest.mark.parametrize("workers, to", [(1, "group"), (2, "group"), (2, "process")])
+def test_sigterm_stops_cleanly_and_resume_finishes(slow_cohort, tmp_path, workers, to):
+    """`timeout` and Slurm send SIGTERM (to the process group: the export and its workers; `kill PID` to the
+    export alone). It ended the export like SIGKILL (no manifest of the finished cases, temporary folders
+    left until the next run). Now as Ctrl-C: the finished cases in manifest.csv, no temporary entry, no
+    process left, exit code 143 (128 + SIGTERM) and a line saying so; --resume finishes."""
+    out = tmp_path / "out"
+    mark = f"DOSEALIGN_TEST_MARK_{uuid.uuid4().hex}"
+    command = [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", str(workers)]
+    process = subprocess.Popen(
+        command,
+        env={**hostile.ENV, mark: "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_sigterm_as_by_default,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "manifest.csv").is_file():  # written as each case is finished
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "the export ended before it could be stopped"
+        if workers > 1:
+            assert len(_marked(mark)) >= 2, "no worker process running"
+        if to == "group":
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            os.kill(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, (process.returncode, stderr)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    line = [s for s in stderr.splitlines() if "stopped by SIGTERM after" in s]
+    assert line and line[0].endswith("of 4 cases; run again with --resume"), stderr
+    done = int(line[0].split("stopped by SIGTERM after ")[1].split(" ")[0])
+    assert 1 <= done < 4
+    deadline = time.monotonic() + 10
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _marked(mark), f"processes outlived the stopped export: {_marked(mark)}"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], "temporary entries left"
+    listed = hostile.manifest(out)
+    assert len(listed) == done and all((out / r["case_id"] / "pair.npz").is_file() for r in listed)
+    assert all(r["status"] == "ok" for r in listed), listed
+
+    finished = subprocess.run(
+        command + ["--resume", "--quiet"], env=hostile.ENV, capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr
+    statuses = [r["status"] for r in hostile.manifest(out)]
+    # a worker may have put a case in place the moment the batch process stopped listening: kept too
+    assert len(statuses) == 4 and statuses.count("skipped") >= done and set(statuses) <= {"ok", "skipped"}
+
+
+def test_sigterm_before_any_case_ends_with_its_exit_code(tmp_path):
+    """SIGTERM during the scan (before any case ran): exit code 143 and a line saying so, no traceback."""
+    root = tmp_path / "in"
+    hostile.study(root / "p", "TERM-SCAN", 70, with_structures=False)
+    code = (
+        "import os, signal, sys\n"
+        "import DoseAlignLib.dicom.scan as scan\n"
+        "original = scan.scan_folder\n"
+        "def stopped(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return original(*args, **kwargs)\n"
+        "import DoseAlignLib.batch as batch\n"
+        "batch.scan_folder = stopped\n"
+        "from DoseAlignLib.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = hostile.python(
+        code, "export", str(root), str(tmp_path / "out"), "--quiet", preexec_fn=_sigterm_as_by_default
+    )
+    assert done.returncode == 143, (done.returncode, done.stderr)
+    assert "stopped by SIGTERM" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -258,9 +258,10 @@ def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress
 
 def _reader_init(parent_pid: int) -> None:
     """A forked header reader: it dies with the scanning process and leaves Ctrl-C to it (no traceback
-    per process)."""
+    per process); SIGTERM ends it at once (the scanning process's handler, inherited through fork, is not its own)."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _reason(error: DoseAlignError) -> str:
