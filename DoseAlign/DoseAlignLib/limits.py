@@ -29,6 +29,25 @@ from typing import Optional
 
 from .errors import DoseAlignError
 
+#: Pixel spacings and slice steps (mm) beyond this, or below the minimum, describe no image grid (headers and
+#: the grid options alike).
+MAX_SPACING_MM = 1.0e3
+MIN_SPACING_MM = 1.0e-3
+
+
+def check_spacing(values, what: str) -> tuple:
+    """``values`` (one or three mm) as three floats; ValueError naming ``what`` unless each is finite and in bounds."""
+    spacing = tuple(float(v) for v in values)
+    if len(spacing) == 1:
+        spacing = spacing * 3
+    if len(spacing) != 3 or not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in spacing):  # NaN fails too
+        raise ValueError(
+            f"{what} needs one or three spacings from {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} mm, got "
+            + ",".join(f"{float(v):g}" for v in values)
+        )
+    return spacing
+
+
 DEFAULTS = {
     "DOSEALIGN_SCAN_FILE_SECONDS": 30.0,
     "DOSEALIGN_CASE_SECONDS": 3600.0,

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Optional
 
+from .limits import check_spacing
+
 
 class ReferenceGrid(str, Enum):
     """Which grid the outputs share."""
@@ -38,6 +40,8 @@ CENTRES = ("auto", "dose", "dmax", "ptv", "body")
 CROPS = ("body", "dose")
 #: Storage layouts of a case's arrays: one ``pair.npz``, or one memory-mappable ``.npy`` per array.
 LAYOUTS = ("npz", "npy")
+#: HU a CT outside its own grid may be filled with (--ct-fill), per CT type: finite, and stored as given.
+CT_FILL_RANGE = {"int16": (-32768.0, 32767.0), "float32": (-1.0e6, 1.0e6)}
 
 
 @dataclass(frozen=True)
@@ -94,12 +98,14 @@ class AlignOptions:
         if self.ct_dtype not in ("int16", "float32"):
             raise ValueError(f"ct_dtype must be int16 or float32, got {self.ct_dtype!r}")
         if self.custom_spacing is not None:
-            spacing = tuple(float(s) for s in self.custom_spacing)
-            if len(spacing) == 1:
-                spacing = spacing * 3
-            if len(spacing) != 3 or min(spacing) <= 0:
-                raise ValueError(f"custom spacing needs one or three positive values, got {self.custom_spacing}")
-            object.__setattr__(self, "custom_spacing", spacing)
+            object.__setattr__(self, "custom_spacing", check_spacing(self.custom_spacing, "custom spacing"))
+        fill = float(self.ct_fill_hu)
+        low, high = CT_FILL_RANGE[self.ct_dtype]
+        if not low <= fill <= high:  # NaN fails too; an int16 CT would wrap or zero a larger value
+            raise ValueError(
+                f"the CT fill must be a number of HU from {low:g} to {high:g} with --ct-dtype {self.ct_dtype}, got {fill:g}"
+            )
+        object.__setattr__(self, "ct_fill_hu", fill)
         size = tuple(int(s) for s in self.custom_size)
         if len(size) == 1:
             size = size * 3

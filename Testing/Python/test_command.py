@@ -690,3 +690,39 @@ def test_the_command_ends_with_its_exit_code_outputs_and_exit_handlers(study, tm
         timeout=120,
     )
     assert failed.returncode == 2 and "missing" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    "options, phrase",
+    [
+        (["--spacing", "4", "--size", "64", "--ct-fill=-40000"], "the CT fill must be a number of HU from -32768"),
+        (["--ct-fill", "70000"], "the CT fill must be a number of HU"),
+        (["--ct-fill", "nan"], "the CT fill must be a number of HU"),
+        (["--ct-fill", "1e30", "--ct-dtype", "float32"], "the CT fill must be a number of HU"),
+        (["--spacing", "nan"], "custom spacing needs one or three spacings from 0.001 to 1000 mm"),
+        (["--spacing", "inf"], "custom spacing needs"),
+        (["--spacing", "1e308"], "custom spacing needs"),
+        (["--spacing", "2,2,0.0000001"], "custom spacing needs"),
+        (["--format", "openkbp", "--openkbp-spacing", "nan"], "OpenKBP spacing needs"),
+    ],
+)
+def test_option_values_no_grid_or_ct_type_can_hold_are_usage_errors(study, tmp_path, capsys, options, phrase):
+    # from the fifth hostile trial (E1-E3): an int16 CT wrapped --ct-fill -40000 to bone-like 25536 HU, NaN became
+    # water, and NaN / infinite spacings failed every case (exit 1) or made a 1-voxel grid (exit 0)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:  # argparse's usage error
+        main(["export", str(study), str(out), "--quiet", *options])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and phrase in err, err
+    assert not out.exists()
+
+
+def test_the_ct_fill_within_the_ct_type_is_written_as_given(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _text, _err = _run(
+        capsys, "export", study, out, "--quiet", "--no-qa-png", "--spacing", "4", "--size", "64", "--ct-fill=-32768"
+    )
+    assert code == 0
+    for row in _manifest(out):
+        with np.load(out / row["case_id"] / "pair.npz") as npz:
+            assert npz["ct"].min() == -32768  # the cube reaches beyond the small CT: its fill, not a wrapped value

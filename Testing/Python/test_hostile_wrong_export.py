@@ -415,3 +415,55 @@ def test_roi_names_holding_a_backslash_are_named_as_written(tmp_path, capsys):
     assert names[-2:] == ["\\u00e9 lit", "PTV\\boost"], names
     text = (out / row["case_id"] / "meta.json").read_text(encoding="utf-8")
     assert "u00e9 lit'" not in text and "'boost'" not in text
+
+
+@pytest.mark.parametrize("clash", ["roi_number", "contour_reference"])
+def test_rois_whose_contours_cannot_be_told_apart_are_left_out_and_said(tmp_path, capsys, clash):
+    """From the fifth hostile trial (E14): two ROIs given one ROINumber exported the mask called PTV with another
+    ROI's contours, status ok and no word. Neither is rasterized now; the reason names the tag, in meta.json and
+    as a case warning; the other ROIs are unchanged."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "ROINUM-1", 10, extra_organs=2, ct_size=(32, 28, 16))
+    clean_out = tmp_path / "clean"
+    assert main(["export", str(root), str(clean_out), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    ds = dd.read(truth.struct_file)
+    rois = list(ds.StructureSetROISequence)
+    first, second = rois[-2], rois[-1]
+    taken = int(first.ROINumber)
+    old = int(second.ROINumber)
+    if clash == "roi_number":  # the second ROI, its contours and its observation all take the first's number
+        second.ROINumber = taken
+        for item in list(ds.ROIContourSequence) + list(ds.RTROIObservationsSequence):
+            if int(item.ReferencedROINumber) == old:
+                item.ReferencedROINumber = taken
+        left_out, phrase = {str(first.ROIName), str(second.ROIName)}, "(3006,0022) ROINumber"
+    else:  # the second ROI's contours say they are the first's
+        for item in ds.ROIContourSequence:
+            if int(item.ReferencedROINumber) == old:
+                item.ReferencedROINumber = taken
+        left_out, phrase = {str(first.ROIName)}, "ROIContourSequence items reference"
+    dd.save(ds, truth.struct_file)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    structures = meta["structures"]
+    skipped = {s["name"]: s["reason"] for s in structures["skipped"]}
+    for name in left_out:
+        assert phrase in skipped[name], skipped
+        assert name not in structures["names"]
+        assert any(name in w and phrase in w for w in meta.get("warnings", [])), meta.get("warnings")
+    assert phrase in row["warnings"]
+    clean_meta = json.loads((clean_out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    kept = [n for n in clean_meta["structures"]["names"] if n not in left_out and n != str(second.ROIName)]
+    assert kept and all(n in structures["names"] for n in kept)
+    with (
+        np.load(out / row["case_id"] / "pair.npz") as new,
+        np.load(clean_out / row["case_id"] / "pair.npz") as old_pair,
+    ):
+        new_masks = np.unpackbits(new["masks"], axis=-1)
+        old_masks = np.unpackbits(old_pair["masks"], axis=-1)
+        for name in kept:  # the untouched ROIs' masks are the clean export's
+            a = clean_meta["structures"]["names"].index(name)
+            b = structures["names"].index(name)
+            assert np.array_equal(new_masks[b], old_masks[a]), name

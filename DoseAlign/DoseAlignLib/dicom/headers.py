@@ -16,7 +16,15 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from ..errors import InputError, UnreadableError, too_many_open_files
-from ..limits import Deadline, LimitError, format_bytes, inflate_bytes, open_regular
+from ..limits import (  # noqa: F401 (the spacing bounds are read as headers.MAX_SPACING_MM)
+    MAX_SPACING_MM,
+    MIN_SPACING_MM,
+    Deadline,
+    LimitError,
+    format_bytes,
+    inflate_bytes,
+    open_regular,
+)
 
 #: SOP classes by the name the engine uses for them.
 SOP_CLASS_KIND = {
@@ -474,9 +482,6 @@ TAG_SYNTAX = "(0002,0010) TransferSyntaxUID"
 TAG_PIXEL_DATA = "(7FE0,0010) PixelData"
 #: Positions and offsets (mm) beyond this describe no patient: the header is damaged.
 MAX_COORDINATE_MM = 1.0e5
-#: Pixel spacings and slice steps (mm) beyond this, or below the minimum, describe no image grid.
-MAX_SPACING_MM = 1.0e3
-MIN_SPACING_MM = 1.0e-3
 #: Frames of one RTDOSE beyond this are a damaged NumberOfFrames.
 MAX_FRAMES = 65536
 #: Transfer syntaxes whose pixel data are stored as plain values (after inflating a deflated file).

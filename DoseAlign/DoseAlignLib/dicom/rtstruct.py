@@ -49,6 +49,15 @@ class ContourPlane:
     polygons: list = field(default_factory=list)
 
 
+#: Skip reasons that are defects of the structure set (a case warning), not ROIs without a volume by design.
+DEFECT_SKIPS = ("(3006,0022) ROINumber", "ROIContourSequence items reference", "contours are not planar")
+
+
+def is_structure_set_defect(reason: str) -> bool:
+    """True for a skip reason that says the structure set is wrong (see :data:`DEFECT_SKIPS`)."""
+    return any(part in str(reason) for part in DEFECT_SKIPS)
+
+
 @dataclass
 class RoiContours:
     """One ROI of a structure set, its contour planes, or the reason it gives no mask.
@@ -286,10 +295,14 @@ def read_structure_set(
         rel_path = rel_path or Path(source).name
     if headers.kind_of(ds) != "RTSTRUCT":
         raise InputError(f"is {headers.kind_of(ds)}, not RTSTRUCT", path=rel_path, tag="(0008,0016) SOPClassUID")
-    contours_by_number = {}
+    contours_by_number: dict = {}
+    contour_items: dict = {}  # ROI number -> how many ROIContourSequence items reference it
     for item in ds.get("ROIContourSequence", None) or []:
         if "ReferencedROINumber" in item:
-            contours_by_number[int(item.ReferencedROINumber)] = item
+            number = int(item.ReferencedROINumber)
+            contours_by_number[number] = item
+            contour_items[number] = contour_items.get(number, 0) + 1
+    numbers = [int(item.get("ROINumber", 0) or 0) for item in ds.get("StructureSetROISequence", None) or []]
     types_by_number = {}
     for item in ds.get("RTROIObservationsSequence", None) or []:
         if "ReferencedROINumber" in item:
@@ -323,7 +336,18 @@ def read_structure_set(
     for number, name, kind, color, contour_item, polygons, others in parsed:
         roi = RoiContours(number, name, name, kind, color, rel_path, default_normal)
         roi.notes.extend(f"{count} {what} contour(s) ignored" for what, count in sorted(others.items()))
-        if contour_item is None or not (polygons or others):
+        sharing = [n for (m, n, *_rest) in parsed if m == number]
+        if numbers.count(number) > 1:  # whose contours are whose cannot be told: none of them is rasterized
+            roi.skipped = (
+                f"(3006,0022) ROINumber {number} is given to {len(sharing)} ROIs ({', '.join(sharing)}): "
+                "which contours belong to which cannot be told"
+            )
+        elif contour_items.get(number, 0) > 1:
+            roi.skipped = (
+                f"{contour_items[number]} ROIContourSequence items reference ROINumber {number} "
+                "((3006,0084) ReferencedROINumber): which holds its contours cannot be told"
+            )
+        elif contour_item is None or not (polygons or others):
             roi.skipped = "no contours"
         elif not polygons:
             if set(others) == {"POINT"}:

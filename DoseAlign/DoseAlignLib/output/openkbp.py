@@ -41,6 +41,7 @@ from .. import __version__
 from ..geometry.grid import Grid, Volume
 from ..geometry.reference import Region, auto_region, box_of, custom_grid
 from ..geometry.resample import resample
+from ..limits import check_spacing
 from ..options import AlignOptions, CustomBox, Interpolator, ReferenceGrid
 from ..structures.names import is_target
 from .case_data import CaseData, unique_file_names
@@ -69,12 +70,7 @@ class OpenKBPSettings:
     ct_offset: float = CT_OFFSET
 
     def __post_init__(self) -> None:
-        spacing = tuple(float(s) for s in self.spacing)
-        if len(spacing) == 1:
-            spacing = spacing * 3
-        if len(spacing) != 3 or min(spacing) <= 0:
-            raise ValueError(f"OpenKBP spacing needs one or three positive values, got {self.spacing}")
-        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "spacing", check_spacing(self.spacing, "OpenKBP spacing"))
         if int(self.size) < 1:
             raise ValueError(f"OpenKBP size must be positive, got {self.size}")
         object.__setattr__(self, "size", int(self.size))

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..dicom.rtstruct import plane_spacing, read_structure_set
+from ..dicom.rtstruct import is_structure_set_defect, plane_spacing, read_structure_set
 from ..errors import DoseAlignError
 from ..geometry.resample import resample
 from ..limits import LimitError
@@ -92,6 +92,11 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
     out_masks = rasterize_structures(rois, result.ct.grid, thickness, supersampling=supersampling, ct=result.ct)
     out_masks.skipped.extend(contours.problems)
     out_masks.notes.extend(contours.notes)
+    for skipped in out_masks.skipped:  # a wrong structure set is said where users look, not only in the ROI list
+        if is_structure_set_defect(skipped.get("reason", "")):
+            result.meta.setdefault("warnings", []).append(
+                f"{skipped.get('source', 'RTSTRUCT')}: ROI {skipped.get('name')!r} left out: {skipped['reason']}"
+            )
     if getattr(options, "roi_map", None):
         out_masks.notes.append("ROI names harmonised with the ROI map in options.roi_map")
     if channels:
