@@ -103,6 +103,7 @@ _EXPORTS = {
     "what_was_found": ".batch",
     "check_export_target": ".batch",
     "default_workers": ".parallel",
+    "check_scheduler": ".parallel",
     "options_from_args": ".arguments",
     "parse_floats": ".arguments",
     "parse_ints": ".arguments",

@@ -489,6 +489,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--workers must be at least 1")
     if args.append and args.shard:
         raise ValueError("--append and --shard do not go together (shards share OUT already; see merge)")
+    if args.scheduler:
+        api.check_scheduler(args.scheduler)  # before anything is written
     # the folders are checked before a pseudonym key is made for nothing (export_folder checks them again)
     api.check_export_target(args.input, args.output, pseudonymized=args.pseudonymize)
     progress = _ProgressLine(quiet=args.quiet)

@@ -20,7 +20,7 @@ import time
 from multiprocessing import connection
 from typing import Callable, Iterable, Optional
 
-from .errors import too_many_open_files
+from .errors import DoseAlignError, too_many_open_files
 from .limits import case_seconds, die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -297,7 +297,10 @@ def run_dask(
         )
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except OSError as error:  # e.g. it stopped after check_scheduler: a named failure, not Dask's traceback
+            raise DoseAlignError(f"--scheduler {scheduler}: the Dask scheduler cannot be reached ({error})") from None
     try:
         window = max(2 * workers, 2 * len(client.scheduler_info().get("workers", {})) or 2)
         queue = iter(enumerate(cases))
@@ -329,6 +332,41 @@ def run_dask(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+#: Seconds to wait for a Dask scheduler to accept a connection before the export is refused.
+SCHEDULER_CONNECT_SECONDS = 10.0
+
+
+def check_scheduler(address: str) -> None:
+    """Refuse (ValueError, before anything is written) a ``tcp://host:port`` scheduler nothing listens at.
+
+    ``local`` and other protocols (``tls://``, ``ucx://``) are left to Dask. Without this check Dask
+    retried for 30 s and ended in a traceback, after the output folder was made.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    text = str(address).strip()
+    if text == "local":
+        return
+    parts = urlsplit(text if "://" in text else f"tcp://{text}")
+    if parts.scheme != "tcp":
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as error:  # a port that is no number
+        raise ValueError(f"--scheduler {text}: not an address like tcp://host:8786 ({error})") from None
+    if not host or port is None:
+        raise ValueError(f"--scheduler {text}: not an address like tcp://host:8786")
+    try:
+        with socket.create_connection((host, port), timeout=SCHEDULER_CONNECT_SECONDS):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ValueError(
+            f"--scheduler {text}: no Dask scheduler can be reached there ({reason}); nothing was written"
+        ) from None
 
 
 def default_workers() -> int:

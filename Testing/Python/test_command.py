@@ -726,3 +726,25 @@ def test_the_ct_fill_within_the_ct_type_is_written_as_given(study, tmp_path, cap
     for row in _manifest(out):
         with np.load(out / row["case_id"] / "pair.npz") as npz:
             assert npz["ct"].min() == -32768  # the cube reaches beyond the small CT: its fill, not a wrapped value
+
+
+@pytest.mark.parametrize(
+    "address, phrase",
+    [
+        ("tcp://127.0.0.1:1", "no Dask scheduler can be reached there"),
+        ("127.0.0.1:1", "no Dask scheduler can be reached there"),
+        ("tcp://127.0.0.1:port", "not an address like tcp://host:8786"),
+    ],
+)
+def test_a_scheduler_nobody_listens_at_is_a_usage_error_before_anything_is_written(
+    study, tmp_path, capsys, address, phrase
+):
+    # from the fifth hostile trial (E4): Dask retried for 30 s, then a 57-line traceback, exit 1, an empty OUT left
+    out = tmp_path / "out"
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as stopped:
+        main(["export", str(study), str(out), "--quiet", "--scheduler", address])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and phrase in err and "Traceback" not in err, err
+    assert not out.exists()
+    assert time.monotonic() - started < 15

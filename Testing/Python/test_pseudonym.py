@@ -358,3 +358,44 @@ def test_a_key_file_that_is_no_key_is_refused_at_once(tmp_path, planted):
     assert str(key) in str(refused.value)
     expected = {"fifo": "not a regular file", "device": "not a regular file", "dangling": "link to nothing"}
     assert expected.get(planted, "bytes, a key file has") in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "planted, phrase",
+    [
+        ("important user text\n", "its first line is not kind,pseudonym,original"),
+        ("line one\nline two\nline three\n", "its first line is not kind,pseudonym,original"),
+        ("kind,pseudonym,original\npatient,abc\n", "line 2 has 2 fields, not 3"),
+        (b"\xbe\xef binary \x00\xff", "UnicodeDecodeError"),
+        ("kind,pseudonym,original\npatient,abc," + "x" * 200_000 + "\n", None),  # a long field is a map's right
+        ("same-as-key", "the key file and the pseudonym map must be two files"),
+    ],
+)
+def test_a_map_file_that_is_no_map_is_never_replaced(study, tmp_path, capsys, planted, phrase):
+    # from the fifth hostile trial (E7, E8): a user's text file given as --map-file became the map, a key file given
+    # as the map too was overwritten by it (the secret lost), a map of several lines ended in a KeyError traceback
+    key = tmp_path / "k.key"
+    map_file = tmp_path / "user.txt"
+    out = tmp_path / "out"
+    if planted == "same-as-key":
+        code = _export(study, out, "--key-file", str(key), "--map-file", str(key))
+        assert code == 2 and phrase in capsys.readouterr().err
+        assert not key.exists() and not out.exists()
+        return
+    if isinstance(planted, bytes):
+        map_file.write_bytes(planted)
+    else:
+        map_file.write_text(planted, encoding="utf-8")
+    before = map_file.read_bytes()
+    code = _export(study, out, "--key-file", str(key), "--map-file", str(map_file))
+    err = capsys.readouterr().err
+    if phrase is None:  # a real map: merged, its rows kept
+        assert code == 1  # the study's damaged file fails its case, the others are ok
+        from DoseAlignLib.output.pseudonym import read_map
+
+        rows = read_map(map_file)
+        assert rows[("patient", "abc")] == "x" * 200_000 and len(rows) > 1
+        return
+    assert code == 2 and phrase in err and str(map_file) in err and "Traceback" not in err, err
+    assert map_file.read_bytes() == before, "a file that is no map is never replaced"
+    assert not out.exists() and not key.exists(), "refused before anything is written"

@@ -43,6 +43,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ..errors import DoseAlignError
+from ..limits import open_regular
 
 KEY_BYTES = 32
 DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
@@ -607,11 +608,7 @@ class Pseudonymizer:
     def write_map(self, path: Path) -> Path:
         """Write (merging with what is there) the mapping file, mode 0600."""
         path = Path(path)
-        rows = {}
-        if path.is_file():
-            with open(path, newline="", encoding="utf-8") as handle:
-                for row in csv.DictReader(handle):
-                    rows[(row["kind"], row["pseudonym"])] = row["original"]
+        rows = read_map(path)
         rows.update(self.entries)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -624,6 +621,54 @@ class Pseudonymizer:
         except OSError as error:
             raise PseudonymError(f"cannot write the pseudonym map: {_cause(error)}", path=path) from None
         return path
+
+
+#: A pseudonym map larger than this is not read (a map holds a few lines per case: ~100 bytes each).
+MAX_MAP_BYTES = 256 * 1024 * 1024
+
+
+def read_map(path: Path) -> dict:
+    """The rows of an existing pseudonym map, ``(kind, pseudonym) -> original``; ``{}`` when there is none.
+
+    Anything that is not such a map (another file, another CSV, an entry that is no regular file, a map
+    beyond :data:`MAX_MAP_BYTES`) raises :class:`PseudonymError` naming it: it is never replaced.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return {}
+    why = "it is not DoseAlign's pseudonym map"
+    try:
+        with open_regular(path, "pseudonym map") as handle:
+            data = handle.read(MAX_MAP_BYTES + 1)
+    except OSError as error:
+        raise PseudonymError(f"cannot read the pseudonym map: {_cause(error)}", path=path) from None
+    if len(data) > MAX_MAP_BYTES:
+        raise PseudonymError(f"{why} (larger than {MAX_MAP_BYTES // 2**20} MiB); it is not replaced", path=path)
+    if not data.strip():
+        return {}  # an empty file holds nothing to keep
+    try:
+        lines = data.decode("utf-8").splitlines()
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, MAX_MAP_BYTES))
+        try:
+            table = list(csv.reader(lines))
+        finally:
+            csv.field_size_limit(limit)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise PseudonymError(f"{why} ({type(error).__name__}); it is not replaced", path=path) from None
+    if not table or table[0] != MAP_COLUMNS:
+        raise PseudonymError(
+            f"{why} (its first line is not {','.join(MAP_COLUMNS)}); it is not replaced: choose another --map-file",
+            path=path,
+        )
+    rows = {}
+    for number, row in enumerate(table[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(MAP_COLUMNS):
+            raise PseudonymError(f"{why} (line {number} has {len(row)} fields, not 3); it is not replaced", path=path)
+        rows[(row[0], row[1])] = row[2]
+    return rows
 
 
 def _strings(value) -> Iterable[str]:
@@ -959,6 +1004,16 @@ def date_spellings(date: str) -> list:
     )
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one file (links resolved; also when neither exists yet)."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def make_pseudonymizer(
     out_dir: Path,
     key_file: Optional[Path],
@@ -976,6 +1031,9 @@ def make_pseudonymizer(
     map_path = Path(map_file) if map_file else default_map
     check_outside(key_path, out_dir, "key file", input_root, writes=not key_path.exists())
     check_outside(map_path, out_dir, "pseudonym map", input_root)
+    if _same_file(key_path, map_path):  # the map would overwrite the key: the secret lost, the identity in its place
+        raise PseudonymError("the key file and the pseudonym map must be two files", path=map_path)
+    read_map(map_path)  # an existing file that is no map is refused now, before anything is written
     key, created = load_or_create_key(key_path)
     pseudonymizer = Pseudonymizer(key=key, keep_uids=keep_uids, map_path=str(map_path))
     return pseudonymizer, key_path, map_path, created
