@@ -20,16 +20,25 @@ from .link.cases import form_cases
 from .options import AlignOptions
 from .output.case_folder import (
     CaseOutput,
+    OtherCase,
     case_dir,
     check_output_folder,
     clean_temp,
     is_complete,
     load_meta,
     not_replaceable,
+    replacement_problem,
 )
 from .output.files import claim_for, json_text, live_runs, release_claims, remove_owned, write_text_atomic
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
-from .output.out_folder import inspect_output, pseudonymization_conflict, read_manifest, request_differences
+from .output.out_folder import (
+    input_files,
+    inspect_output,
+    keyed_stamps,
+    pseudonymization_conflict,
+    read_manifest,
+    request_differences,
+)
 from .output.qa_png import matplotlib_available, preload_matplotlib, qa_png_writer
 from .output.report import write_report
 from .parallel import in_shard, run_dask, run_pool, worker_stage
@@ -183,14 +192,20 @@ def export_folder(
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
         extra_rows = pseudonymizer.prepare(scan, cases, extra_rows)
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
+    # case folders not to be replaced: another input's case of this id; a user's files inside
+    clashes, foreign = _not_replaced(cases, found, pseudonymizer)
     if not resume:
-        again = sorted(c for c in own if c in found.cases and found.cases[c].complete)
+        again = sorted(
+            c for c in own if c in found.cases and found.cases[c].complete and c not in clashes and c not in foreign
+        )
         if again:
             note(
                 f"{len(again)} case(s) already complete in the output folder are exported again "
                 "(--resume keeps those made with this run's request)"
             )
-    carried = _other_cases(found, own, options, append, shard, note, report, out_dir, input_root)
+    carried = _other_cases(
+        found, own - set(clashes), options, append, shard, note, report, out_dir, input_root, set(clashes)
+    )
     check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
     claim = claim_for(out_dir)  # this run's owner record, before workers start (they use it)
     clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
@@ -227,6 +242,9 @@ def export_folder(
     for index, case in enumerate(cases):
         existing = found.cases.get(case.case_id)
         why: list = []
+        if case.case_id in clashes:  # another input's case: left alone
+            record(index, manifest_row(case, "failed", clashes[case.case_id]))
+            continue
         if resume and existing is not None and existing.complete:
             why = request_differences(existing.meta, _request(case, options, pseudonymizer, qa_png, resampler))
             if qa_png and matplotlib_available() and not (existing.folder / "qa.png").is_file():
@@ -241,6 +259,9 @@ def export_folder(
         if refusal:  # it would not be replaced at the end: the case fails now, with what was found
             error = DoseAlignError(refusal, path=folder, hint="move it away, or export into another folder")
             record(index, manifest_row(case, "failed", str(error)))
+            continue
+        if case.case_id in foreign:  # a user's files in the case folder: never deleted by a new export
+            record(index, manifest_row(case, "failed", foreign[case.case_id]))
             continue
         if why:
             report.exported_again[case.case_id] = why
@@ -454,8 +475,14 @@ def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler
         source["ct_files"] = [s.rel_path for s in case.ct.slices]
         source["rtstruct_files"] = [s.rel_path for s in case.structs]
         source["rtplan_file"] = case.plan.rel_path if case.plan is not None else None
+    records = input_files(case)
     if pseudonymizer is not None:
-        source = pseudonymizer.value(source)
+        records, stamps = keyed_stamps(records, pseudonymizer.key)
+        source = pseudonymizer.value({**source, "input_files": records})
+        for record, stamp in zip(source["input_files"], stamps):
+            record["stamp"] = stamp
+    else:
+        source["input_files"] = records
     return {
         "options": options.to_dict(),
         "option_defaults": AlignOptions().to_dict(),
@@ -466,8 +493,34 @@ def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler
     }
 
 
-def _other_cases(found, own: set, options, append: bool, shard, note, report, out_dir: Path, input_root: Path) -> list:
-    """Rows of the cases in OUT that are not this run's (kept with ``append``); notes about the rest."""
+def _not_replaced(cases: list, found, pseudonymizer) -> tuple:
+    """``(clashes, foreign)``: case_id -> the failed row's reason, for each case whose folder in OUT must not be
+    replaced. ``clashes``: it holds another input's case (another patient, or other RTDOSEs on another CT; two
+    inputs' cases may get one id: the same PatientID, or IDs that read alike in a folder name, and the same
+    relative dose path). ``foreign``: it holds entries DoseAlign did not write (a user's files)."""
+    clashes, foreign = {}, {}
+    for case in cases:
+        existing = found.cases.get(case.case_id)
+        if existing is None:
+            continue
+        source = {
+            "rtdose_sop_uids": [d.sop_instance_uid for d in case.doses],
+            "ct_series_uid": case.ct.series_uid if case.ct is not None else None,
+        }
+        if pseudonymizer is not None:  # as meta.json records them
+            source = pseudonymizer.value(source)
+        meta = {"patient_id": case.patient_id, "source": source}
+        problem = replacement_problem(existing.folder, meta)
+        if problem is not None:
+            (clashes if isinstance(problem, OtherCase) else foreign)[case.case_id] = str(problem)
+    return clashes, foreign
+
+
+def _other_cases(
+    found, own: set, options, append: bool, shard, note, report, out_dir: Path, input_root: Path, clashed=frozenset()
+) -> list:
+    """Rows of the cases in OUT that are not this run's (kept with ``append``); notes about the rest.
+    ``clashed``: ids of this run's cases whose folder holds another input's case (kept as the other input's)."""
     if shard is not None:  # shards share OUT by design: the other shards' cases are theirs
         return []
     others = [c for c in found.cases.values() if c.case_id not in own]
@@ -502,10 +555,13 @@ def _other_cases(found, own: set, options, append: bool, shard, note, report, ou
     carried = []
     kept = {c.case_id for c in others}
     for row in found.manifest_rows:  # the other inputs' rows, in their order
+        if row.get("case_id") in clashed and row.get("status") == "failed":
+            continue  # this input's earlier failure of that id: its new row follows
         if row.get("case_id") not in own and (row.get("case_id") in kept or row.get("status") == "failed"):
             carried.append(dict(row))
+    listed = {r.get("case_id") for r in carried}
     for case in others:  # complete cases the old manifest does not list
-        if case.case_id not in old_rows and case.complete and case.meta:
+        if case.case_id not in (listed if case.case_id in clashed else old_rows) and case.complete and case.meta:
             carried.append(row_from_meta(case.case_id, "skipped", case.meta, KEPT))
     if carried:
         note(f"--append: {len(carried)} row(s) of other inputs kept in manifest.csv")
@@ -644,8 +700,15 @@ def export_case(
             more["rewrite_names"] = pseudonymizer.text
         steps = (lambda _f, message: message != "done" and say(message)) if stage else None
         result = run_case(case, options, progress=steps, sink=output.add_array, **more)
+        records = input_files(case)  # what --resume compares with the input files of a later run
         if pseudonymizer is not None:
+            records, stamps = keyed_stamps(records, pseudonymizer.key)
+            result.meta["source"]["input_files"] = records
             pseudonymizer.result(result)  # before meta.json and the extra files: meta, case id, text arrays
+            for record, stamp in zip(result.meta["source"]["input_files"], stamps):
+                record["stamp"] = stamp  # after the rewriting: a keyed hash is no text to rewrite
+        else:
+            result.meta["source"]["input_files"] = records
         extra = [_announced(qa_png_writer(result), say, "writing qa.png")] if qa_png else []
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result, say))

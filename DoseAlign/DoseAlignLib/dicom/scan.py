@@ -182,13 +182,20 @@ def _scan_file(root: Path, path: Path):
     ``"ignored"`` (a DICOMDIR). Reading one header is bounded by the scan's per-file time limit.
     """
     rel = display_path(path, root)
+    try:  # before the header is read: a file changed after this still differs from the record next time
+        status = os.stat(path)
+    except OSError as error:  # it vanished or cannot be looked at since the walk
+        return ("unreadable", rel, f"cannot be looked at: {error.strerror or error}", path)
     try:
         deadline = Deadline(scan_file_seconds(), "reading this file's header", "DOSEALIGN_SCAN_FILE_SECONDS")
         ds = headers.read_header(path, defer_large=True, deadline=deadline)
         if _is_dicomdir(ds):
             return ("ignored", rel, DICOMDIR_REASON, path)
         _check_identity(ds, path)
-        return _record(path, rel, ds)
+        obj = _record(path, rel, ds)
+        # what identifies the file's content cheaply (as make and rsync do): --resume compares it
+        obj.info["size"], obj.info["mtime_ns"] = status.st_size, status.st_mtime_ns
+        return obj
     except UnreadableError as error:
         return ("unreadable", rel, _reason(error), path)
     except DoseAlignError as error:

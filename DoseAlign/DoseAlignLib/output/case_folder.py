@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DoseAlignError, output_fault
 from ..limits import LimitError, entry_kind, open_regular, read_back
 from .dvh_csv import write_dvh_csv
-from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, json_text, remove_owned
+from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, is_run_entry, json_text, remove_owned
 from .npz import NpyStream, NpzStream
 
 
@@ -337,7 +337,7 @@ class CaseOutput:
             (self.temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
             fsync_tree(self.temp)  # the data are on the disk before the folder appears complete
             final = case_dir(self.out_dir, result.case_id)
-            _replace_dir(self.temp, final)
+            _replace_dir(self.temp, final, result.meta)
             fsync_path(self.out_dir)
         except BaseException as error:
             self.discard()  # frees what the case took (on a full disk: room for the manifest)
@@ -364,17 +364,161 @@ class CaseOutput:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def _replace_dir(temp: Path, final: Path) -> None:
+def _replace_dir(temp: Path, final: Path, meta: Optional[dict] = None) -> None:
     if os.path.lexists(final):
-        refusal = not_replaceable(final)
-        if refusal:
-            raise DoseAlignError(refusal, path=final, hint="move it away, or export into another folder")
+        problem = replacement_problem(final, meta)
+        if problem is not None:
+            raise problem
         old = claim_for(final.parent).temp("old")
         os.replace(final, old)
         os.replace(temp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(temp, final)
+
+
+class OtherCase(DoseAlignError):
+    """A case folder holds another input's case under the same case id (see :func:`other_case`)."""
+
+
+def replacement_problem(folder: Path, meta: Optional[dict] = None) -> Optional[DoseAlignError]:
+    """Why the DoseAlign case folder ``folder`` must not be replaced by a new export of the case ``meta``
+    describes (None when it may): it holds another input's case (:func:`other_case`; an :class:`OtherCase`), or
+    entries DoseAlign did not write (:func:`foreign_entries`), or it is no DoseAlign case folder at all
+    (:func:`not_replaceable`)."""
+    refusal = not_replaceable(folder)
+    if refusal:
+        return DoseAlignError(refusal, path=folder, hint="move it away, or export into another folder")
+    other = other_case(folder, meta) if meta is not None else None
+    if other:
+        return OtherCase(
+            f"holds another input's case with this case id ({other}): it is left alone and this case is not exported",
+            path=folder,
+            hint="export both inputs from their common parent folder (their case ids then differ), or into "
+            "another output folder",
+        )
+    try:
+        foreign = foreign_entries(folder)
+    except OSError as error:
+        return DoseAlignError(
+            f"cannot be listed ({error.strerror or error}): it is not replaced",
+            path=folder,
+            hint="check its permissions",
+        )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return DoseAlignError(
+            f"holds entries DoseAlign did not write ({shown}): the case is not exported again, so that they are "
+            "not deleted",
+            path=folder,
+            hint="move them out of the case folder and export again; --resume keeps the case as it is while its "
+            "input is unchanged",
+        )
+    return None
+
+
+def other_case(folder: Path, meta: dict) -> str:
+    """What shows that the case folder ``folder`` holds another case than the one ``meta`` describes ('' when
+    it does not): another patient, or other RTDOSE SOPInstanceUIDs on another CT series. The same patient's
+    dose exported again (a new SOPInstanceUID) on the same CT is this case, changed since."""
+    try:  # a damaged meta.json tells nothing: such a case is exported again (see case_problem)
+        old = load_meta(Path(folder))
+    except DoseAlignError:
+        return ""
+    if not isinstance(meta, dict):
+        return ""
+    had = old.get("source") if isinstance(old.get("source"), dict) else {}
+    wanted = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    if "patient_id" in old and "patient_id" in meta and str(old["patient_id"]) != str(meta["patient_id"]):
+        return f"patient {old['patient_id']}"
+    old_uids, new_uids = had.get("rtdose_sop_uids"), wanted.get("rtdose_sop_uids")
+    if not isinstance(old_uids, list) or not isinstance(new_uids, list):
+        return ""
+    if sorted(str(u) for u in old_uids) == sorted(str(u) for u in new_uids):
+        return ""
+    if had.get("ct_series_uid") is not None and had.get("ct_series_uid") == wanted.get("ct_series_uid"):
+        return ""
+    return f"RTDOSE SOPInstanceUID {', '.join(str(u) for u in old_uids[:2])} on CT series {had.get('ct_series_uid')}"
+
+
+#: Entries of a DoseAlign case folder, whatever the formats and the version (besides those meta.json names).
+CASE_FILES = frozenset(
+    {"meta.json", "pair.npz", "qa.png", "dvh.csv", "case.h5"}
+    | {f"{n}.{x}" for n in ("ct", "dose", "body") for x in ("nii.gz", "nrrd")}
+)
+#: Folders of a DoseAlign case folder (masks of --format nifti and nrrd, --format openkbp's files).
+CASE_FOLDERS = ("masks", "openkbp")
+#: What desktops leave in any folder they show: nobody's work.
+_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def foreign_entries(folder: Path) -> list:
+    """Entries of the case folder ``folder`` that DoseAlign did not write (a user's ``notes.txt``, an
+    ``annotations/`` folder, a file among the masks), as paths relative to it (folders end with ``/``).
+
+    DoseAlign's are its fixed names (:data:`CASE_FILES`), the files meta.json lists (``exports``, ``storage``),
+    inside :data:`CASE_FOLDERS` (when meta.json lists none there: the whole folder), runs' temporary
+    entries; desktop litter (``.DS_Store``) is nobody's.
+    """
+    folder = Path(folder)
+    try:
+        meta = load_meta(folder)
+    except DoseAlignError:  # damaged: what it lists is not trusted, its folders and .npy files count as DoseAlign's
+        meta = None
+    recorded = _recorded_files(meta) if isinstance(meta, dict) else None
+    found = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        name = entry.name
+        if name in _LITTER or name.startswith("._") or is_run_entry(name):
+            continue
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if not is_dir and (name in CASE_FILES or (name.endswith(".npy") and (recorded is None or name in recorded))):
+            continue
+        if is_dir and name in CASE_FOLDERS:
+            below = {p for p in recorded or () if p.startswith(name + "/")}
+            if below:
+                found.extend(_unlisted(folder, Path(entry.path), below))
+            continue
+        found.append(name + ("/" if is_dir else ""))
+    return found
+
+
+def _unlisted(case: Path, folder: Path, listed: set) -> list:
+    """Files below ``folder`` (relative to ``case``) that are not ``listed``."""
+    out = []
+    for base, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
+            rel = Path(base, name).relative_to(case).as_posix()
+            if rel not in listed and name not in _LITTER and not name.startswith("._") and not is_run_entry(name):
+                out.append(rel)
+    return out
+
+
+def _recorded_files(meta: dict) -> set:
+    """The files of a case folder its meta.json names: ``exports.<format>.files`` and ``.structures``, and the
+    ``storage.files`` of the npy layout."""
+    names: set = set()
+
+    def collect(value) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+        elif isinstance(value, str):
+            names.add(value)
+
+    exports = meta.get("exports")
+    for entry in exports.values() if isinstance(exports, dict) else ():
+        if isinstance(entry, dict):
+            collect(entry.get("files"))
+            collect(entry.get("structures"))
+    storage = meta.get("storage")
+    if isinstance(storage, dict):
+        collect(storage.get("files"))
+    return names
 
 
 #: File names a DICOM file may carry (besides the 'DICM' preamble, checked too).

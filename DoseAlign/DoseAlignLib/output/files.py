@@ -48,6 +48,11 @@ except ImportError:  # pragma: no cover - Windows
 # ---- claims: what this process owns ------------------------------------------------------------
 
 
+def is_run_entry(name: str) -> bool:
+    """Whether ``name`` is a run's temporary entry or owner record (``.tmp-dosealign-<token>...``)."""
+    return bool(_ENTRY.match(name))
+
+
 def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:

@@ -16,6 +16,8 @@ anything else. The batch runner then decides with it:
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -196,6 +198,11 @@ def request_differences(meta: Optional[dict], request: dict) -> list:
     source = meta.get("source") or {}
     for key, wanted in request.get("source", {}).items():
         had = source.get(key)
+        if key == "input_files":
+            changed = _changed_files(had, wanted)
+            if changed:
+                differences.append(changed)
+            continue
         if isinstance(wanted, list) and key == "ct_files":
             same = sorted(had or []) == sorted(wanted)
         else:
@@ -209,6 +216,56 @@ def request_differences(meta: Optional[dict], request: dict) -> list:
         if had != request["backend"]:
             differences.append(f"resampled by {had}, this run by {request['backend']}")
     return differences
+
+
+def input_files(case) -> list:
+    """meta.json's ``source.input_files``: per input file of ``case`` (its RTDOSEs, RTPLAN, RTSTRUCTs and CT
+    slices), the path relative to the input, the SOPInstanceUID, and the size and modification time (ns) the
+    scan saw, which tell cheaply whether the file was changed since (as make and rsync tell)."""
+    objects = list(case.doses) + ([case.plan] if case.plan is not None else []) + list(case.structs)
+    objects += list(case.ct.slices) if case.ct is not None else []
+    return [
+        {
+            "file": obj.rel_path,
+            "sop_instance_uid": obj.sop_instance_uid,
+            "size": obj.info.get("size"),
+            "mtime_ns": obj.info.get("mtime_ns"),
+        }
+        for obj in objects
+    ]
+
+
+def keyed_stamps(records: list, key: bytes) -> tuple:
+    """``(records without size and time, stamps)``: for a pseudonymized export, each file's size and
+    modification time are recorded only as a keyed hash (a time would tell when the data were made)."""
+    bare = [{k: v for k, v in r.items() if k not in ("size", "mtime_ns")} for r in records]
+    stamps = [
+        hmac.new(key, f"dosealign|stamp|{r.get('size')}|{r.get('mtime_ns')}".encode(), hashlib.sha256).hexdigest()[:16]
+        for r in records
+    ]
+    return bare, stamps
+
+
+def _changed_files(had, wanted: list) -> str:
+    """'input files changed since: c3991a65.dcm (size, modified)', or '' when each file is as recorded."""
+    if not isinstance(had, list):
+        return "its meta.json does not record its input files' sizes and times (an earlier version)"
+    recorded = {r.get("file"): r for r in had if isinstance(r, dict)}
+    labels = (
+        ("sop_instance_uid", "SOPInstanceUID"),
+        ("size", "size"),
+        ("mtime_ns", "modified"),
+        ("stamp", "size or time"),
+    )
+    changed = []
+    for record in wanted:
+        old = recorded.get(record["file"])
+        if old is None:  # a file added: the path lists say so
+            continue
+        what = [label for key, label in labels if key in record and old.get(key) != record[key]]
+        if what:
+            changed.append(f"{record['file']} ({', '.join(what)})")
+    return f"input files changed since: {_some(changed)}" if changed else ""
 
 
 def _plain(value):

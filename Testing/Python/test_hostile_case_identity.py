@@ -1,0 +1,290 @@
+"""Hostile inputs, classes 1 and 3: a case folder in OUT is this input's case, as it is now, or it is left alone.
+
+``--resume`` keeps a case only when the input files it was made of are unchanged: each file's
+SOPInstanceUID, size and modification time are recorded in meta.json (``source.input_files``), and a
+file edited in place (a DoseGridScaling doubled, an ROI renamed) makes the case be exported again, with a
+note naming the file (fifth hostile trial E5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import hostile
+import pydicom
+import pytest
+from DoseAlignLib.cli import main
+
+
+def _export(inputs: Path, out: Path, *extra: str) -> int:
+    return main(["export", str(inputs), str(out), "--quiet", "--workers", "1", "--no-qa-png", *extra])
+
+
+def _edit(path: Path, change) -> None:
+    """Edit a DICOM file in place, as a user's tool would (its mtime changes)."""
+    ds = pydicom.dcmread(str(path))
+    change(ds)
+    ds.save_as(str(path))
+
+
+def _meta(out: Path, case_id: str) -> dict:
+    return json.loads((out / case_id / "meta.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def study(tmp_path) -> tuple:
+    root = tmp_path / "in"
+    truth = hostile.study(root)
+    return root, truth
+
+
+def test_meta_json_records_each_input_file_of_the_case(study, tmp_path, capsys):
+    root, truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    records = {r["file"]: r for r in _meta(out, row["case_id"])["source"]["input_files"]}
+    files = [*truth.dose_files, truth.plan_file, truth.struct_file, *truth.ct_files]
+    assert set(records) == {Path(f).relative_to(root).as_posix() for f in files}
+    for path in files:
+        record = records[Path(path).relative_to(root).as_posix()]
+        status = os.stat(path)
+        assert (record["size"], record["mtime_ns"]) == (status.st_size, status.st_mtime_ns)
+        assert record["sop_instance_uid"] == pydicom.dcmread(str(path), stop_before_pixels=True).SOPInstanceUID
+
+
+def test_resume_exports_again_a_dose_edited_in_place(study, tmp_path, capsys):
+    """E5: DoseGridScaling doubled in the RTDOSE, then --resume: the stale case (half the dose) was kept."""
+    root, truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    (row,) = hostile.manifest(out)
+    before = _meta(out, row["case_id"])["dose"]["max_gy_output"]
+    capsys.readouterr()
+    dose = Path(truth.dose_files[0])
+    _edit(dose, lambda ds: setattr(ds, "DoseGridScaling", float(ds.DoseGridScaling) * 2))
+    assert _export(root, out, "--resume") == 0
+    text = capsys.readouterr().out
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "ok", row
+    assert "input files changed since" in text and dose.name in text, text
+    assert _meta(out, row["case_id"])["dose"]["max_gy_output"] == pytest.approx(2 * before, rel=1e-3)
+    assert _export(root, out, "--resume") == 0  # now as recorded: kept
+    capsys.readouterr()
+    assert hostile.manifest(out)[0]["status"] == "skipped"
+
+
+def test_resume_exports_again_an_roi_renamed_in_place(study, tmp_path, capsys):
+    """E5: an ROI renamed in the RTSTRUCT (same length, so the same size: only the time tells)."""
+    root, truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    capsys.readouterr()
+    struct = Path(truth.struct_file)
+    size = struct.stat().st_size
+    names = [item.ROIName for item in pydicom.dcmread(str(struct)).StructureSetROISequence]
+    old = names[0]
+    new = "Q" * len(old) if old != "Q" * len(old) else "Z" * len(old)
+
+    def rename(ds):
+        ds.StructureSetROISequence[0].ROIName = new
+
+    _edit(struct, rename)
+    assert struct.stat().st_size == size
+    assert _export(root, out, "--resume") == 0
+    text = capsys.readouterr().out
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "ok", row
+    assert f"{struct.name} (modified)" in text, text
+    meta_text = (out / row["case_id"] / "meta.json").read_text(encoding="utf-8")
+    assert f'"{new}"' in meta_text and f'"{old}"' not in meta_text
+
+
+def test_resume_of_a_pseudonymized_export_sees_an_edit_without_recording_times(study, tmp_path, capsys):
+    root, truth = study
+    out = tmp_path / "out"
+    args = ("--pseudonymize", "--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv"))
+    assert _export(root, out, *args) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    records = _meta(out, row["case_id"])["source"]["input_files"]
+    assert records and all(set(r) == {"file", "sop_instance_uid", "stamp"} for r in records)  # no size, no time
+    assert _export(root, out, *args, "--resume") == 0
+    capsys.readouterr()
+    assert hostile.manifest(out)[0]["status"] == "skipped"
+    _edit(Path(truth.dose_files[0]), lambda ds: setattr(ds, "DoseGridScaling", float(ds.DoseGridScaling) * 2))
+    assert _export(root, out, *args, "--resume") == 0
+    text = capsys.readouterr().out
+    assert hostile.manifest(out)[0]["status"] == "ok"
+    assert "(size or time)" in text, text
+
+
+def test_resume_exports_again_a_case_whose_meta_json_does_not_record_its_files(study, tmp_path, capsys):
+    """A meta.json of an earlier version (no input_files): exported again, the safe side."""
+    root, _truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    (row,) = hostile.manifest(out)
+    path = out / row["case_id"] / "meta.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    del meta["source"]["input_files"]
+    path.write_text(json.dumps(meta), encoding="utf-8")
+    capsys.readouterr()
+    assert _export(root, out, "--resume") == 0
+    text = capsys.readouterr().out
+    assert hostile.manifest(out)[0]["status"] == "ok"
+    assert "does not record its input files" in text, text
+
+
+def test_resume_keeps_a_copy_made_with_times_kept(study, tmp_path, capsys):
+    """Moved or copied with its times (cp -p, rsync -a, shutil.copytree): the same files, the case is kept."""
+    root, _truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    copy = tmp_path / "moved"
+    shutil.copytree(root, copy)  # copy2: times kept
+    capsys.readouterr()
+    assert _export(copy, out, "--resume") == 0
+    capsys.readouterr()
+    assert hostile.manifest(out)[0]["status"] == "skipped"
+
+
+# ---- E6: one case id, two inputs ------------------------------------------------------------------
+
+
+def _two_sites(tmp_path: Path, patient_a: str, patient_b: str) -> tuple:
+    """Site A's patient and site B's other patient (other UIDs, dose x2), with the same relative paths and
+    PatientIDs that give one case id (the trial's ``col/siteA`` and ``col/siteB``)."""
+    a, b = tmp_path / "col" / "siteA", tmp_path / "col" / "siteB"
+    truth_a = hostile.study(a, patient=patient_a, seed=1, shuffle_files=False)
+    truth_b = hostile.study(b, patient=patient_b, seed=2, shuffle_files=False)
+    assert truth_a.dose_sop_uids != truth_b.dose_sop_uids
+    assert [Path(f).relative_to(a) for f in truth_a.dose_files] == [Path(f).relative_to(b) for f in truth_b.dose_files]
+    _edit(Path(truth_b.dose_files[0]), lambda ds: setattr(ds, "DoseGridScaling", float(ds.DoseGridScaling) * 2))
+    return a, b
+
+
+@pytest.mark.parametrize(
+    "patients, flags",
+    [
+        (("PAT1", "PAT1"), ()),
+        (("PAT1", "PAT1"), ("--append",)),
+        (("PAT1", "PAT1"), ("--resume",)),
+        (("A-B", "A/B"), ("--append",)),  # IDs that read alike in a folder name
+    ],
+    ids=["plain", "append", "resume", "ids-sanitized-alike"],
+)
+def test_another_inputs_case_of_the_same_id_is_left_alone(tmp_path, capsys, patients, flags):
+    """E6: site B's case replaced site A's (another patient) with --append, was "skipped" with --resume."""
+    a, b = _two_sites(tmp_path, *patients)
+    out = tmp_path / "out"
+    assert _export(a, out) == 0
+    (row_a,) = hostile.manifest(out)
+    before = hostile.snapshot(out / row_a["case_id"])
+    capsys.readouterr()
+    assert _export(b, out, *flags) == 1
+    text = capsys.readouterr().out
+    assert hostile.snapshot(out / row_a["case_id"]) == before, "another input's case folder was changed"
+    rows = hostile.manifest(out)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [r["case_id"] for r in failed] == [row_a["case_id"]], rows
+    assert "another input" in failed[0]["reason"] and "left alone" in failed[0]["reason"], failed[0]
+    assert "another input" in text
+    if "--append" in flags:  # the other input's case stays in the manifest too
+        assert any(r["case_id"] == row_a["case_id"] and r["status"] in ("ok", "skipped") for r in rows), rows
+
+
+def test_the_same_input_with_a_new_dose_uid_replaces_its_own_case(study, tmp_path, capsys):
+    """The same input folder, its dose exported again in place with a new SOPInstanceUID: its own case, replaced."""
+    root, truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    capsys.readouterr()
+    uid = pydicom.uid.generate_uid()
+    _edit(Path(truth.dose_files[0]), lambda ds: setattr(ds, "SOPInstanceUID", uid))
+    assert _export(root, out) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert _meta(out, row["case_id"])["source"]["rtdose_sop_uids"] == [uid]
+
+
+def test_a_copy_of_the_same_input_elsewhere_replaces_its_case(study, tmp_path, capsys):
+    """Another folder holding the same files (the same UIDs): the same case, exported again as usual."""
+    root, _truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copy)  # new times
+    capsys.readouterr()
+    assert _export(copy, out) == 0
+    capsys.readouterr()
+    assert hostile.manifest(out)[0]["status"] == "ok"
+
+
+# ---- E9: a user's files inside a case folder -------------------------------------------------------
+
+
+def _add_user_files(folder: Path) -> None:
+    (folder / "notes.txt").write_text("notes")
+    (folder / "annotations").mkdir()
+    (folder / "annotations" / "seg.nii").write_text("x")
+
+
+def test_a_re_export_never_deletes_a_users_files_in_a_case_folder(study, tmp_path, capsys):
+    """E9: a plain re-export replaced the case folder whole: notes.txt and annotations/ were gone without a word."""
+    root, _truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    (row,) = hostile.manifest(out)
+    folder = out / row["case_id"]
+    _add_user_files(folder)
+    before = hostile.snapshot(folder)
+    capsys.readouterr()
+    assert _export(root, out) == 1
+    capsys.readouterr()
+    assert hostile.snapshot(folder) == before
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed"
+    assert "annotations/" in row["reason"] and "notes.txt" in row["reason"], row
+    assert _export(root, out, "--resume") == 0  # unchanged input: kept, with the user's files
+    capsys.readouterr()
+    assert hostile.snapshot(folder) == before and hostile.manifest(out)[0]["status"] == "skipped"
+
+
+def test_a_users_file_among_dosealigns_masks_is_not_deleted(study, tmp_path, capsys):
+    pytest.importorskip("nibabel")
+    root, _truth = study
+    out = tmp_path / "out"
+    assert _export(root, out, "--format", "nifti") == 0
+    (row,) = hostile.manifest(out)
+    folder = out / row["case_id"]
+    (folder / "masks" / "my_edit.nii.gz").write_bytes(b"mine")
+    capsys.readouterr()
+    assert _export(root, out, "--format", "nifti") == 1
+    capsys.readouterr()
+    assert (folder / "masks" / "my_edit.nii.gz").read_bytes() == b"mine"
+    assert "masks/my_edit.nii.gz" in hostile.manifest(out)[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "extra", [("--format", "npz,nifti,nrrd,hdf5,openkbp"), ("--layout", "npy")], ids=["formats", "npy"]
+)
+def test_every_file_dosealign_writes_is_its_own_on_a_re_export(study, tmp_path, capsys, extra):
+    """No false refusal: every entry DoseAlign writes into a case folder (any format, qa.png, dvh.csv, the npy
+    layout) is known as its own, and litter a desktop adds (.DS_Store) is not the user's work."""
+    for module in ("nibabel", "nrrd", "h5py", "matplotlib"):
+        pytest.importorskip(module)
+    root, _truth = study
+    out = tmp_path / "out"
+    command = ["export", str(root), str(out), "--quiet", "--workers", "1", *extra]
+    assert main(command) == 0
+    (row,) = hostile.manifest(out)
+    (out / row["case_id"] / ".DS_Store").write_bytes(b"\0")
+    capsys.readouterr()
+    assert main(command) == 0, hostile.manifest(out)
+    capsys.readouterr()
+    assert hostile.manifest(out)[0]["status"] == "ok"
