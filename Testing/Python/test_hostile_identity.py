@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import unicodedata
 
 import dicom_damage as dd
 import hostile
@@ -302,3 +304,217 @@ def test_a_patient_name_of_several_values_is_several_names():
     for text in ("PTV_Ilse.Vantreck", "ysolde-quorbeth ring", "VantreckIlse"):
         assert pseudonymizer.guard.find(text), text
         assert not pseudonymizer.guard.find(pseudonymizer.text(text)), pseudonymizer.text(text)
+
+
+def _squeezed_nfkc(data: bytes) -> str:
+    """An output's bytes read as UTF-8, compatibility forms made plain (fullwidth ``ＱＸ`` as ``QX``), squeezed to
+    lower-case letters and digits."""
+    text = unicodedata.normalize("NFKC", data.decode("utf-8", "replace")).casefold()
+    return "".join(c for c in text if c.isalnum())
+
+
+def test_an_id_glued_to_letters_is_rewritten(tmp_path, capsys):
+    """From the fourth hostile trial (D11): an ID glued to other letters with no separator (``PTVqx77415``,
+    ``QX77415boost`` for PatientID ``QX77415``, ``ctvOPX992`` for OtherPatientIDs ``OPX992``) passed both the
+    rewriting and the check: status ok, the ID in meta.json, dvh.csv, manifest.csv and report.html. Written in
+    fullwidth letters (``ＱＸ７７４１５``) it was refused ("please report it"). A surname glued to a word
+    (``PTVQuorbeth``, ``quorbethPTV``) is removed as well. The case is exported, and no output byte holds any of it."""
+    import json
+
+    root = tmp_path / "in"
+    spellings = ["PTVqx77415", "QX77415boost", "ctvOPX992", "ＱＸ７７４１５ ptv", "PTVQuorbeth", "quorbethPTV"]
+    truth = hostile.study(
+        root / "p", "QX77415", 65, patient_name="Quorbeth^Ysolde", extra_organs=len(spellings), ct_size=(32, 28, 16)
+    )
+    for path in sorted((root / "p").rglob("*.dcm")):
+        ds = dd.read(path)
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, so that the fullwidth spelling is stored
+        ds.OtherPatientIDs = "OPX992"
+        if path == truth.struct_file:
+            for roi, name in zip(list(ds.StructureSetROISequence)[-len(spellings) :], spellings):
+                roi.ROIName = name
+        dd.save(ds, path)
+    plain = tmp_path / "plain"
+    main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--no-qa-png"])
+    needles = ("qx77415", "opx992", "quorbeth")
+    assert all(any(n in _squeezed_nfkc(d) for _w, d in _all_output_bytes(plain)) for n in needles)  # else no test
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row
+    found = [f"{n} in {where}" for where, data in _all_output_bytes(out) for n in needles if n in _squeezed_nfkc(data)]
+    assert not found, found[:10]
+    structures = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))["structures"]
+    names = structures["names"] + [s["name"] for s in structures.get("skipped", []) if s.get("name")]
+    assert {"PTV[removed]", "[removed]boost", "ctv[removed]", "[removed] ptv", "[removed]PTV"} <= set(names), names
+
+
+def _glued_spelling(rng, ident: str) -> str:
+    """``ident`` in random case, with separators (or none) between its characters, glued (or not) to letters, digits
+    or separators on either side, some of it in fullwidth forms."""
+    separators = ["", "", "", "-", "_", " ", ".", "^", "·"]
+    letters = [c.upper() if rng.random() < 0.5 else c.lower() for c in ident]
+    spelled = "".join(c + (rng.choice(separators) if n < len(letters) - 1 else "") for n, c in enumerate(letters))
+    if rng.random() < 0.15:  # fullwidth: U+FF01..U+FF5E are ASCII ! .. ~ shifted by 0xFEE0
+        spelled = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in spelled)
+    before = rng.choice(["", "PTV", "ptv", "ctv_", "Ring ", "x", "7", "GTV2", "v2.", "é", "48x", "d", "D0.", "1."])
+    after = rng.choice(["", "boost", "PTV", "_body", " 2", "2", "b7", ".1", "Ä", "x192", "cc_gy", "_gy", "e-05", "E5"])
+    return before + spelled + after
+
+
+def test_the_rewriting_removes_every_glued_id_the_check_finds():
+    """The rewriting and the check on their own, over IDs glued to letters (D11): an ID that holds a digit is found
+    glued to letters on either side, but a digit at its start (end) may not follow (precede) another digit; an
+    ID of letters only is found only as a word of its own. The check finds every such spelling, the rewriting
+    removes whatever the check finds, and leaves as it was what the check passes."""
+    import random
+
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.patient_ids.update({"QX77415", "12345", "99A7"})
+    identity.other.update({"OPX992", "LUNGRT"})
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonymizer.guard
+    rng = random.Random(1711)
+    caught = passed = 0
+    for _ in range(1500):
+        ident = rng.choice(["QX77415", "OPX992", "12345", "99A7", "LUNGRT"])
+        text = _glued_spelling(rng, ident)
+        if re.search(r"[0-9]+(?:\.[0-9]+){2,}", text):
+            continue  # UID-like (12.3.4.5.1): hashed as a UID, whatever else it holds
+        rewritten = pseudonymizer.text(text)
+        assert not guard.find(rewritten), (text, rewritten)
+        if guard.find(text):
+            caught += 1
+            assert pseudonym.REMOVED in rewritten, (text, rewritten)
+        else:
+            passed += 1
+            assert rewritten == text, (text, rewritten)
+        plain = unicodedata.normalize("NFKC", text)
+        core = re.sub(r"[^0-9a-z]", "", plain.casefold())
+        squeezed_ident = ident.casefold()
+        # what the rule says must be found: the ID's characters in order with only separators between them
+        for m in re.finditer(
+            "[^0-9A-Za-z]*".join(re.escape(c) for c in squeezed_ident), plain, flags=re.IGNORECASE | re.ASCII
+        ):
+            before = plain[m.start() - 1] if m.start() else " "
+            after = plain[m.end()] if m.end() < len(plain) else " "
+            if ident.isalpha():
+                must = not (before.isascii() and before.isalnum()) and not (after.isascii() and after.isalnum())
+            else:
+                must = not (ident[0].isdigit() and before in "0123456789") and not (
+                    ident[-1].isdigit() and after in "0123456789"
+                )
+            # DoseAlign's own words (a DVH point d0.03cc_gy, a size 48x160x192, a number 1.25e-05) hold no glued ID
+            own = re.finditer(
+                r"(?<![0-9a-z.])(?:d[0-9.]+(?:cc)?_gy|[0-9]+(?:x[0-9]+)+|[0-9.]+e[-+]?[0-9]+)(?![0-9a-z])",
+                plain.lower(),
+            )
+            alone = not (before.isascii() and before.isalnum()) and not (after.isascii() and after.isalnum())
+            if not alone and any(o.start() < m.end() and m.start() < o.end() for o in own):
+                must = False
+            if must:
+                assert guard.find(text), (text, core)
+    assert caught > 500 and passed > 100, (caught, passed)  # both kinds occur (else this test proves little)
+    for text in ("PTVqx77415", "QX77415boost", "ctvOPX992", "PTV12345", "v12345x", "ｐｔｖＱＸ７７４１５", "GTV99a7"):
+        assert guard.find(text) and pseudonym.REMOVED in pseudonymizer.text(text), text
+    # not an ID: a digits-only ID inside a longer number or a UID, an ID of letters only inside a word
+    for text in ("9123456", "1.2.3.123456", "PTV123456", "199A7", "LUNGRTs", "xLungRT", "2.25.9123459"):
+        assert not guard.find(text) and pseudonym.REMOVED not in pseudonymizer.text(text), text
+
+
+def test_own_pseudonyms_are_no_id_that_sits_inside_them():
+    """An ID of hexadecimal characters glued to letters matches inside DoseAlign's own path tokens and case ids
+    (``d3a1f...``) by chance: those tokens are left whole by the rewriting and skipped by the check, which still
+    finds the ID anywhere else."""
+    from DoseAlignLib.output import pseudonym
+
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32)
+    paths = [pseudonymizer.path(f"folder/slice{n}.dcm") for n in range(400)]
+    # an ID the glued rule finds inside one token: three hex characters, a letter first and last, a digit between
+    candidates = [(p, p.split("/")[1][:-4], k) for p in paths for k in range(1, 9)]
+    full, token, ident = next(
+        (p, t, t[k : k + 3]) for p, t, k in candidates if t[k].isalpha() and t[k + 2].isalpha() and t[k + 1].isdigit()
+    )
+    pseudonymizer.identity.patient_ids.add(ident.upper())
+    text = f"source {full}, patient {pseudonymizer.patient('someone')}"
+    assert pseudonymizer.text(text) == text
+    assert not pseudonymizer.guard.find(text)
+    assert pseudonymizer.guard.find(f"PTV{ident}") and pseudonymizer.text(f"PTV{ident}") == "PTV[removed]"
+    assert pseudonymizer.guard.find(f"x{token}")  # a token that is glued to more is no token of ours
+
+
+def test_the_check_alone_refuses_a_glued_id_the_rewriting_missed(monkeypatch):
+    """The check's own search finds an ID glued to letters (and in fullwidth forms) where the rewriting is made to
+    miss every ID: the meta is refused, not written."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.patient_ids.add("QX77415")
+    identity.other.add("OPX992")
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    monkeypatch.setattr(pseudonym, "_id_pattern", lambda identifier: re.compile(r"(?!)"))
+    for name in ("PTVqx77415", "QX77415boost", "ctvOPX992", "ＱＸ７７４１５ ptv", "ptvＯＰＸ９９２"):
+        meta = pseudonymizer.value({"structures": {"names": [name]}}, text_keys=frozenset([name]))
+        assert meta["structures"]["names"] == [name]  # the rewriting missed it
+        with pytest.raises(pseudonym.PseudonymError, match="a patient ID"):
+            pseudonymizer.check(meta)
+        with pytest.raises(pseudonym.PseudonymError, match="a patient ID"):
+            pseudonymizer.check({"audit": {"reference_dvh": {"rois": {name: {}}}}})
+
+
+def test_glued_surnames_by_length():
+    """Names glued to other words (D11's question for names): a component of five letters or more is found inside
+    any word by both sides (``PTVQuorbeth``, ``quorbethPTV``, ``ptvquorbethboost``); one of three or four letters as
+    a word of its own, camel case included (``PTVRoth``, ``RothBoost``, ``roth_ptv``), which README states."""
+    import random
+
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.add_name("Quorbeth^Ysolde")
+    identity.add_name("Roth^Ida")
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonymizer.guard
+    rng = random.Random(411)
+    for _ in range(400):
+        name = "".join(c.upper() if rng.random() < 0.3 else c.lower() for c in rng.choice(["Quorbeth", "Ysolde"]))
+        text = rng.choice(["", "PTV", "ptv", "ctv_", "x", "2"]) + name + rng.choice(["", "PTV", "boost", "_2", "b"])
+        rewritten = pseudonymizer.text(text)
+        assert guard.find(text) and pseudonym.REMOVED in rewritten and not guard.find(rewritten), (text, rewritten)
+    for text in ("PTVRoth", "RothBoost", "roth_ptv", "ROTH ring", "ＰＴＶ＿Ｒｏｔｈ"):
+        assert guard.find(text) and pseudonym.REMOVED in pseudonymizer.text(text), text
+    for text in ("Rothko", "Heart", "Lung_L"):
+        assert not guard.find(text) and pseudonymizer.text(text) == text, text
+
+
+def test_short_numeric_ids_are_no_false_refusal(tmp_path, capsys):
+    """An ID of three digits glued to letters would sit in DoseAlign's own words by chance: the DVH point
+    ``d0.03cc_gy`` holds ``003``, the manifest's ``48x160x192`` holds ``160``, a number ``1.25e-05`` holds ``125``.
+    Neither side reads those as the ID (an ID standing alone there is removed as before): a case of PatientID
+    ``003`` is exported, not refused, and its outputs keep those words."""
+    import json
+
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.patient_ids.update({"003", "160", "125"})
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in ("d0.03cc_gy", "External d0.03cc_gy", "48x160x192", "tolerance 1.25e-05"):
+        assert not pseudonymizer.guard.find(text) and pseudonymizer.text(text) == text, text
+    pseudonymizer.check({"audit": {"rois": {"PTV": {"d0.03cc_gy": 1.0}}}, "shape": "48x160x192"})
+    for text in ("PTV160", "ring_003x", "v125", "1.25", "d0.03"):
+        assert pseudonymizer.guard.find(text) and pseudonym.REMOVED in pseudonymizer.text(text), text
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "003", 66, patient_name="Quorbeth^Ysolde", ct_size=(32, 28, 16))
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", "--no-qa-png"])
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    points = [k for roi in meta["audit"]["rois"] for k in roi.get("output", {})]
+    assert "d0.03cc_gy" in points, points  # the DVH point this test is about is written

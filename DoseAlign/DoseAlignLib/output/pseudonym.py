@@ -469,9 +469,53 @@ class Pseudonymizer:
         return matcher
 
     def _redact(self, value: str) -> str:
+        """Identity removed; where the text's NFKC form holds identity the text does not show (fullwidth
+        ``ＱＸ７７４１５``, ``ＰＴＶ＿Ｄｏｅ``), that form is rewritten instead."""
+        value = self._redact_text(value)
+        if not value.isascii():
+            normalized = unicodedata.normalize("NFKC", value)
+            if normalized != value:
+                again = self._redact_text(normalized)
+                if again != normalized:
+                    value = again
+        return value
+
+    @property
+    def _own(self) -> frozenset:
+        """The hash digests of the pseudonyms made so far (see :func:`own_tokens`)."""
+        cached = getattr(self, "_own_cache", None)
+        if cached is None or cached[0] != len(self.entries):
+            cached = (len(self.entries), own_tokens(p for _kind, p in self.entries))
+            object.__setattr__(self, "_own_cache", cached)
+        return cached[1]
+
+    def _remove_id(self, identifier: str, value: str) -> str:
+        """``identifier`` removed from ``value`` (:func:`_id_pattern`); where it is glued to letters, not inside
+        DoseAlign's own words (:data:`_OWN_WORDS`: ``d0.03cc_gy``, ``48x160x192``, ``1.25e-05``) or pseudonyms."""
+        pattern = _id_pattern(identifier)
+        if not pattern.search(value):
+            return value
+        own = self._own
+        kept = [m.span() for m in _OWN_WORDS.finditer(value)]
+        kept += [m.span() for m in re.finditer(r"[0-9A-Za-z]{8,}", value) if m.group(0) in own]
+
+        def replace(match) -> str:
+            start, end = match.span()
+            alone = not (start and _is_ascii_alnum(value[start - 1])) and not (
+                end < len(value) and _is_ascii_alnum(value[end])
+            )
+            if alone or not any(a < end and start < b for a, b in kept):
+                return REMOVED
+            return match.group(0)
+
+        return pattern.sub(replace, value)
+
+    def _redact_text(self, value: str) -> str:
+        if not value:
+            return value
         ident = self.identity
         for item in sorted(ident.identifiers, key=len, reverse=True):
-            value = _id_pattern(item).sub(REMOVED, value)
+            value = self._remove_id(item, value)
         value = self._names.redact(value)
         for date in ident.dates:
             for spelling in date_spellings(date):
@@ -575,6 +619,7 @@ class Pseudonymizer:
         if guard is None or guard.source is not self.identity:
             guard = IdentityGuard(self.identity, keep_uids=self.keep_uids)
             object.__setattr__(self, "_guard_cache", guard)
+        guard.own = self._own
         return guard
 
     def find_identity(self, text: str) -> str:
@@ -848,15 +893,24 @@ def _id_pattern(identifier: str):
     ``qx 77415`` for ``QX77415``, ``OPX_992`` for ``OPX992``).
 
     Every spelling the leak check (:class:`IdentityGuard`) reads as the ID is matched: its letters and digits
-    in order, anything but ASCII letters and digits (or nothing) between any two of them, not inside a run of
-    ASCII letters and digits. (An ID that holds other letters keeps its own parts, joined by the usual separators.)
+    in order, anything but ASCII letters and digits (or nothing) between any two of them. An ID that holds a
+    digit is matched also glued to letters (``PTVqx77415``, ``QX77415boost``, ``ctvOPX992``, ``PTV12345``), but
+    an ID that begins (ends) with a digit not right after (before) another digit: ``12345`` is no ID inside
+    ``9123456`` or a UID. An ID of letters only is matched only where no ASCII letter or digit touches it (``LUNG``
+    is no ID inside ``LungL``). (An ID that holds other letters keeps its own parts, joined by the usual
+    separators.)
     """
     pattern = _ID_PATTERNS.get(identifier)
     if pattern is None:
         squeezed = "".join(c for c in identifier.casefold() if c.isalnum())
         if squeezed and squeezed.isascii():
             body = "[^0-9A-Za-z]*".join(re.escape(c) for c in squeezed)
-            pattern = re.compile(r"(?<![0-9A-Za-z])" + body + r"(?![0-9A-Za-z])", re.IGNORECASE)
+            if any(c.isdigit() for c in squeezed):
+                lead = r"(?<![0-9])" if squeezed[0].isdigit() else ""
+                tail = r"(?![0-9])" if squeezed[-1].isdigit() else ""
+            else:
+                lead, tail = r"(?<![0-9A-Za-z])", r"(?![0-9A-Za-z])"
+            pattern = re.compile(lead + body + tail, re.IGNORECASE)
         else:
             chunks = re.findall(r"[^\W_]+", identifier)
             body = _SEPARATORS.join(re.escape(c) for c in chunks) if chunks else re.escape(identifier)
@@ -865,13 +919,42 @@ def _id_pattern(identifier: str):
     return pattern
 
 
+#: DoseAlign's own words where an ID glued to letters would match by chance: DVH point names (``d0.03cc_gy``,
+#: ``d95_gy``), sizes (``48x160x192``) and numbers in exponent notation (``1.25e-05``). An ID that stands alone
+#: there is removed all the same; the check's own list is :data:`_GUARD_SKIPS`.
+_OWN_WORDS = re.compile(
+    r"(?<![0-9A-Za-z.])(?:d[0-9]+(?:\.[0-9]+)?(?:cc)?_gy|[0-9]+(?:x[0-9]+)+|[0-9]+(?:\.[0-9]+)?e[-+]?[0-9]+)"
+    r"(?![0-9A-Za-z])",
+    re.IGNORECASE,
+)
+
+
+def _is_ascii_alnum(char: str) -> bool:
+    return char.isascii() and char.isalnum()
+
+
+#: What DoseAlign's own pseudonyms are made of (``P`` + 12 hex digits, ``d``/``f`` + 10, a case id's 8): runs of
+#: them are no identity, even where an ID of hexadecimal characters (``A123``, ``123``) happens to sit inside.
+_OWN_TOKEN = re.compile(r"[dfP]?[0-9a-f]{8,12}")
+
+
+def own_tokens(pseudonyms: Iterable[str]) -> frozenset:
+    """The runs of letters and digits of ``pseudonyms`` that are hash digests (``P3fa0...``, ``d81c...``)."""
+    return frozenset(
+        run for pseudonym in pseudonyms for run in re.findall(r"[0-9A-Za-z]+", pseudonym) if _OWN_TOKEN.fullmatch(run)
+    )
+
+
 class IdentityGuard:
     """The leak check: finds identity in a text by its own means, independent of the rewriting.
 
     Names: the text's words (split at anything but ASCII letters and digits, and at ASCII camel case)
     are compared with each name component (three letters or more), and the text squeezed to its
     lower-case letters and digits is searched for every joined spelling of two or three components.
-    IDs: searched in the text lower-cased with ``-``, ``_`` and ``^`` between characters removed. Dates:
+    IDs: searched in the text lower-cased with ``-``, ``_`` and ``^`` between characters removed, and, for IDs
+    that hold a digit, in the text squeezed to its ASCII letters and digits, glued to letters too (:func:`_glued_id`;
+    not inside this run's own hash digests nor DoseAlign's words in :data:`_GUARD_SKIPS`). Fullwidth and other
+    compatibility forms are read as NFKC as well. Dates:
     every date-like group of digits in the text, read every way, compared with the input's dates.
     UIDs: searched as they are, between non-digits.
     """
@@ -900,18 +983,40 @@ class IdentityGuard:
         self.ids = {"".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers}
         self.ids.discard("")
         self.longest_id = max((len(i) for i in self.ids), default=0)
+        # IDs that hold a digit are found glued to letters too (PTVqx77415, QX77415boost)
+        self.glued_ids = {i for i in self.ids if i.isascii() and any(c in _DIGITS for c in i)}
         self.dates = set(identity.dates)
         self.uids = set(identity.uids)
+        #: Exact runs of letters and digits that are this run's own hash digests (no identity), set by the caller.
+        self.own: frozenset = frozenset()
+        self._own_folded: tuple = (None, set())
+
+    def _skipped(self, lowered: str) -> str:
+        """``lowered`` for the search of glued IDs: this run's own hash digests (:attr:`own`) and DoseAlign's own
+        words (:data:`_GUARD_SKIPS`) made blanks, where an ID glued to letters would sit by chance."""
+        lowered = _GUARD_SKIPS.sub(lambda m: " " * len(m.group(0)), lowered)
+        if self.own:
+            if self._own_folded[0] is not self.own:
+                self._own_folded = (self.own, {t.casefold() for t in self.own})
+            own = self._own_folded[1]
+            lowered = re.sub(r"[0-9a-z]{8,}", lambda m: " " if m.group(0) in own else m.group(0), lowered)
+        return lowered
 
     def find(self, text: str, words: bool = True) -> str:
         """The kind of identifying value in ``text`` ('' when none); ``words``: also single name components.
 
-        Letters with marks are compared folded on both sides (``ü``, ``ue`` and ``u`` alike)."""
+        Letters with marks are compared folded on both sides (``ü``, ``ue`` and ``u`` alike); fullwidth and other
+        compatibility forms are read as their plain letters and digits (``ＱＸ７７４１５``)."""
         if not text:
             return ""
+        copies = [text]  # glued IDs are read as written and as NFKC (not folded: there é is a separator, not an e)
         if not text.isascii():
-            text = text + "\n" + _fold(text)
+            plain = unicodedata.normalize("NFKC", text)
+            copies += [plain] if plain != text else []
+            text = "\n".join([text, _fold(text), *copies[1:]])
         lowered = text.casefold()
+        if self.glued_ids and any(_glued_id(self._skipped(c.casefold()), self.glued_ids) for c in copies):
+            return "a patient ID"
         collapsed = re.sub(r"(?<=[0-9a-z])[-_^]+(?=[0-9a-z])", "", lowered)
         for identifier in self.ids:
             for match in re.finditer(re.escape(identifier), collapsed):
@@ -953,6 +1058,39 @@ class IdentityGuard:
                         return "a UID"
                     start = text.find(uid, start + 1)
         return ""
+
+
+#: The check's own list of DoseAlign's words that an ID glued to letters may sit in by chance (lower case):
+#: DVH point names, sizes, numbers in exponent notation. Only the search of glued IDs skips them.
+_GUARD_SKIPS = re.compile(
+    r"(?<![0-9a-z.])(?:d\d+(?:\.\d+)?(?:cc)?_gy|\d+(?:x\d+)+|\d+(?:\.\d+)?e[-+]?\d+)(?![0-9a-z])", re.ASCII
+)
+_DIGITS = frozenset("0123456789")
+_ASCII_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def _glued_id(lowered: str, ids: set) -> bool:
+    """The guard's own search for IDs that hold a digit, wherever they stand: the lower-case text squeezed to its
+    ASCII letters and digits (so any separators between the ID's characters are gone), each ID searched in it,
+    and the characters just outside the match read in the text itself: an ID that begins (ends) with a digit
+    does not count right after (before) another digit (``12345`` inside ``9123456`` or a UID)."""
+    squeezed = re.sub(r"[^0-9a-z]+", "", lowered)
+    ids = [i for i in ids if i in squeezed]
+    if not ids:
+        return False
+    where = [n for n, c in enumerate(lowered) if c in _ASCII_ALNUM]
+    for identifier in ids:
+        start = squeezed.find(identifier)
+        while start >= 0:
+            first, last = where[start], where[start + len(identifier) - 1]
+            before = lowered[first - 1] if first else " "
+            after = lowered[last + 1] if last + 1 < len(lowered) else " "
+            if not (identifier[0] in _DIGITS and before in _DIGITS) and not (
+                identifier[-1] in _DIGITS and after in _DIGITS
+            ):
+                return True
+            start = squeezed.find(identifier, start + 1)
+    return False
 
 
 def _cjk(text: str) -> bool:
