@@ -1026,10 +1026,10 @@ class IdentityGuard:
                     return "a patient ID"
         # an ID joined to its neighbours by separators (PTV_PID-7731): whole runs of letters and digits, joined
         runs = re.findall(r"[0-9a-z]+", lowered)
-        for start in range(len(runs)):
+        for start in range(len(runs)):  # by index: slicing runs[start:] made this quadratic in the text's length
             joined = ""
-            for run in runs[start:]:
-                joined += run
+            for k in range(start, len(runs)):
+                joined += runs[k]
                 if joined in self.ids:
                     return "a patient ID"
                 if len(joined) >= self.longest_id:
