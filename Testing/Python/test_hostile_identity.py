@@ -518,3 +518,62 @@ def test_short_numeric_ids_are_no_false_refusal(tmp_path, capsys):
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     points = [k for roi in meta["audit"]["rois"] for k in roi.get("output", {})]
     assert "d0.03cc_gy" in points, points  # the DVH point this test is about is written
+
+
+def _names_of(out, row) -> list:
+    import json
+
+    structures = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))["structures"]
+    return structures["names"] + [s["name"] for s in structures.get("skipped", []) if s.get("name")]
+
+
+@pytest.mark.parametrize(
+    "patient_name, rois, removed",
+    [
+        ("Rossi^Marco", ["PTVrossi", "Rossi_boost", "marco_rossi"], ["PTV[removed]", "[removed]_boost", "[removed]"]),
+        ("Plan^Jo", ["PlanJo", "jo_plan", "Plan"], ["[removed]", "[removed]", "Plan"]),
+        ("Cross^Ann", ["PTV_Cross", "crossring", "Across"], ["PTV_[removed]", "[removed]ring", "Across"]),
+    ],
+)
+def test_dosealigns_own_words_are_no_patient_name(tmp_path, capsys, patient_name, rois, removed):
+    """Fifth hostile trial E12: a name component inside DoseAlign's own text (``Rossi`` in "across its" of
+    meta.json, ``Plan`` as the summation type, ``Cross`` in "across") failed every pseudonymized case of that
+    patient 'please report it', and the rewriting edited DoseAlign's prose. The same component written in an ROI
+    name is still removed (one of DoseAlign's own words standing alone, ``Plan``, ``Across``, is kept: README)."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "ZX-55123", 63, patient_name=patient_name, extra_organs=len(rois))
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert set(removed) <= set(names), names
+    meta = (out / row["case_id"] / "meta.json").read_text(encoding="utf-8")
+    assert meta.count("[removed]") == sum(name.count("[removed]") for name in names), "DoseAlign's prose was rewritten"
+    assert "across its" in meta or "across" not in meta
+
+
+def test_the_demo_patient_exports_in_every_format(tmp_path, capsys):
+    """E12: the demo's own patient (``Phantom^DoseAlign``) failed with ``--format openkbp`` (the key
+    ``dosealign_version``) and ``--format nrrd``."""
+    from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+    write_phantom(tmp_path / "in" / "p", PhantomSpec())
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(tmp_path / "in"), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), row["reason"]
+    capsys.readouterr()
+
+
+def test_own_vocabulary_holds_only_dosealigns_words():
+    """The list of DoseAlign's own words holds no name-like input value: only words of its fixed text."""
+    from DoseAlignLib.output import pseudonym
+
+    assert {"across", "plan", "dosealign", "version", "body", "dose"} <= pseudonym.OWN_VOCABULARY
+    assert not {"ptv", "external", "phantom", "doe", "john", "rossi"} & pseudonym.OWN_VOCABULARY
+    assert all(len(w) >= 3 and w.isalpha() and w == w.casefold() for w in pseudonym.OWN_VOCABULARY)

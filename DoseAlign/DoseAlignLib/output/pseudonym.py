@@ -801,6 +801,50 @@ def transliterations(parts: tuple) -> set:
     return {german, tuple(strip(part) for part in parts)} - {parts}
 
 
+#: DoseAlign's own words (of three letters or more): the prose, keys, headers, summation types and file names it
+#: writes itself (collected from exports of a phantom with a neutral identity, in every format). A name component
+#: that is one of them (``Plan``, ``Dose``, ``Body``), or that sits inside one (``Cross`` in ``across``, ``Rossi`` in
+#: ``across its``, ``DoseAlign`` in ``dosealign_version``), is neither removed nor read as identity there: a single
+#: component only where its word (its run of letters) is none of them; joined with another (``PlanJo``,
+#: ``jo_plan``) it is removed and found everywhere.
+_OWN_WORDS_TEXT = """
+    ababier above abs across affine align all allocated allow along alt and anterior apart are area array
+    arrays astype audit auto axes axial axis backend background band based beam beams between beyond big
+    binary bit bits block body bold bool border box brachy caps carry case cases ceil cell centre centred
+    centres changed channels charset check checks chosen class clipped closes closing code collapse color
+    column compared complete compress content contour contours control count counts crop csv curves custom
+    cut cuts data dataset dcm default deg degrees delta description detail details dicom diff differs
+    dimension dimensions direction directions display distance dmax dmean dmin doctype domain dose dosealign
+    doses dtype dvh each edge empty encloses encoding end endian ends engine error even every exact expected
+    export exports extents extra faces failed false family file files fill finest first flag flags flat
+    float folder follows font for form format four fraction fractional fractions frame frames from full
+    further gantry gaps generated geometry gfov gmt gradient grid gridframeoffsetvector grids group gzip had
+    half hashes hdf head header height hfs hidden holds holes href html http ijk image img increasing index
+    inferior inline input inside instance int integral interpolated interpolation interpolator interpreted
+    intervals invented islands its json kbp kept keyed kinds kji label labels lagrange lang last layers
+    layout lazy left lies limit linear links listed little loading lost lps manifest map margin marker mask
+    masks max meta method min mismatch misses missing modality mode more mtime multi name named names native
+    nearest needed neighbour net nifti nii noflag none nonzero normal not notes npz nrrd null num number
+    numeric nums numtraining numvalidation object odd off offset offsets one only onto open openkbp option
+    options order organ orientation origin original out outer outline outlines output outside over overflow
+    packbits packed padding pair part partly paths patient patients pct per performed perimeter phi physical
+    picture plan plane planes plans please plus png point points polygon position positions possible
+    posterior prescription present principal problems provided pseudonymization pseudonymized psi pynrrd
+    qform radius range ranked ras readme reason receiving record reference refined regular regularization
+    regularized related relative removed report resampled resampling result right rim roi rois round row
+    rtdose rtplan rtroi rtroiinterpretedtype rtstruct rule run runs same sample samples sampling sans scaled
+    scaling scanline scanner section sections see seed series serif session sform sha shape signed size
+    sizes skipped slab slice slices small solid sop sorted source sourceforge space spacing span sparse
+    specification split spread squared src stamp status step storage stretches structures study style sum
+    summary summation summed sums superior supersampling table tabular takes tbody teem tensor
+    tensorimagesize text than the thead their there thickness this threshold thresholds through thumb tilt
+    title tokens top training trilinear true two type uid uids uint under uneven uniform units unpack
+    unpackbits utf validate validation value values variant vector version vertical via views volume voxel
+    voxels warning warnings was way weight weighted where whose wider width with without worst written
+"""
+OWN_VOCABULARY = frozenset(_OWN_WORDS_TEXT.split())
+
+
 def _word_spans(text: str) -> list:
     """``(start, end)`` of the words of ``text``: runs of letters or of digits, letters also split where
     camel case changes (``PTVDoeJohn`` -> ``PTV``, ``Doe``, ``John``)."""
@@ -826,6 +870,16 @@ def _word_spans(text: str) -> list:
         if kind:
             start = n
     return spans
+
+
+def _in_own_word(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` lies inside a run of letters that is one of DoseAlign's own words
+    (:data:`OWN_VOCABULARY`: ``Cross`` in ``across``)."""
+    while start and text[start - 1].isalpha():
+        start -= 1
+    while end < len(text) and text[end].isalpha():
+        end += 1
+    return text[start:end].casefold() in OWN_VOCABULARY
 
 
 class NameSpellings:
@@ -860,9 +914,13 @@ class NameSpellings:
         if self.joined is not None:
             found.extend(m.span() for m in self.joined.finditer(text) if m.end() > m.start())
         if self.words:
-            found.extend((a, b) for a, b in _word_spans(text) if text[a:b].casefold() in self.words)
+            found.extend(
+                (a, b)
+                for a, b in _word_spans(text)
+                if text[a:b].casefold() in self.words and text[a:b].casefold() not in OWN_VOCABULARY
+            )
         if self.inside is not None:
-            found.extend(m.span() for m in self.inside.finditer(text))
+            found.extend(m.span() for m in self.inside.finditer(text) if not _in_own_word(text, *m.span()))
         return found
 
     def redact(self, text: str) -> str:
@@ -1036,13 +1094,17 @@ class IdentityGuard:
                     break
         camel = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
         found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
-        if words and found_words & self.alone:
+        if words and (found_words - OWN_VOCABULARY) & self.alone:
             return "a patient name"
         squeezed = "".join(c for c in lowered if c.isalnum())
         if any(name in squeezed for name in self.squeezed_names):
             return "a patient name"
-        if words and any((len(part) >= MIN_INSIDE or _cjk(part)) and part in squeezed for part in self.alone):
-            return "a patient name"
+        if words:
+            # a single component inside other words, not across DoseAlign's own words ("across its" holds no Rossi)
+            free = re.sub(r"[^\W\d_]+", lambda m: "\0" if m.group(0) in OWN_VOCABULARY else m.group(0), lowered)
+            pieces = "".join(c for c in free if c.isalnum() or c == "\0")
+            if any((len(part) >= MIN_INSIDE or _cjk(part)) and part in pieces for part in self.alone):
+                return "a patient name"
         if self.dates and self.dates & _dates_in(text):
             return "a date"
         if not self.keep_uids:
