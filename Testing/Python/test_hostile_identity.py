@@ -577,3 +577,58 @@ def test_own_vocabulary_holds_only_dosealigns_words():
     assert {"across", "plan", "dosealign", "version", "body", "dose"} <= pseudonym.OWN_VOCABULARY
     assert not {"ptv", "external", "phantom", "doe", "john", "rossi"} & pseudonym.OWN_VOCABULARY
     assert all(len(w) >= 3 and w.isalpha() and w == w.casefold() for w in pseudonym.OWN_VOCABULARY)
+
+
+def _export_with_rois(tmp_path, rois: list, birth: str = "19750302") -> tuple:
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "MJ-40417", 64, patient_name="Müller^Jürgen", extra_organs=len(rois))
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+        roi.ROIName = name
+    ds.PatientBirthDate = birth
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, as the trial wrote them (Latin-1 has no combining mark)
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    return code, row, out
+
+
+def test_decomposed_and_invisible_spellings_are_rewritten_not_refused(tmp_path, capsys):
+    """Fifth hostile trial E11: spellings the check found but the rewriting missed failed the case 'please report
+    it': the name decomposed (NFD, as macOS writes), with a zero-width space or a soft hyphen, and the birth date
+    with a one-digit month and day."""
+    rois = ["PTV_Mu\u0308ller", "M\u00fcl\u200bler_ctv", "J\u00fcr\u00adgen", "1975-3-2 plan"]
+    code, row, out = _export_with_rois(tmp_path, rois)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert {"PTV_[removed]", "[removed]_ctv", "[removed]", "[removed] plan"} <= set(names), names
+
+
+def test_the_birth_date_in_other_spellings_is_removed(tmp_path, capsys):
+    """Fifth hostile trial E10: the birth date as YYMMDD, with a month's name (day first, month first, glued)
+    reached every output with status ok. Now removed; and the check alone finds those spellings."""
+    rois = ["PTV 750302", "Mar 2, 1975", "bd_02Mar1975", "2 March 1975", "ctv 02.03.75"]
+    code, row, out = _export_with_rois(tmp_path, rois)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert {"PTV [removed]", "[removed]", "bd_[removed]", "ctv [removed]"} <= set(names), names
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = data.decode("utf-8", "replace").casefold()
+        found += [f"{s} in {where}" for s in ("750302", "mar 2, 1975", "02mar1975", "2 march 1975") if s in text]
+    assert not found, found[:10]
+
+
+def test_the_check_alone_finds_dates_in_other_spellings():
+    """E10, the check's own code: six digits and month names are read as the input's dates, not as any number
+    (not in a column of numbers: openkbp's voxel indices)."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    identity = Identity()
+    identity.dates.add("19750302")
+    guard = IdentityGuard(identity)
+    for text in ["PTV 750302", "020375_ctv", "Mar 2, 1975", "bd_02Mar1975", "2 March 1975", "1975-3-2", "3/2/75"]:
+        assert guard.find(text) == "a date", text
+    for text in ["0.750302", "750303", "Mar 3, 1975", "summar 2 1975", "d0.750302_gy", "2 Mars 1975", "1,750302,2"]:
+        assert guard.find(text) == "", text

@@ -13,7 +13,7 @@ is built from pseudonyms instead of the input's identity:
   names, which often hold patient names, never reach the output;
 * UIDs become keyed-hash UIDs (``2.25.<decimal>``, stable under the key) unless ``keep_uids``;
 * patient names, IDs and every date of the input headers (in the usual spellings: 20240102,
-  2024-01-02, 02.01.2024, 01/02/2024, ...) are removed from any text that still holds them;
+  2024-01-02, 2024-1-2, 02.01.2024, 01/02/2024, 240102, 2 Jan 2024, ...) are removed from any text that still holds them;
 * a key-less guard checks the finished meta.json before it is written and fails the case rather
   than leak.
 
@@ -473,7 +473,9 @@ class Pseudonymizer:
         ``ＱＸ７７４１５``, ``ＰＴＶ＿Ｄｏｅ``), that form is rewritten instead."""
         value = self._redact_text(value)
         if not value.isascii():
-            normalized = unicodedata.normalize("NFKC", value)
+            # NFKC composes what macOS writes decomposed (Mu\u0308ller) and reads fullwidth forms; format characters
+            # (zero-width space, soft hyphen: category Cf) are dropped, as the check reads through them too
+            normalized = unicodedata.normalize("NFKC", "".join(c for c in value if unicodedata.category(c) != "Cf"))
             if normalized != value:
                 again = self._redact_text(normalized)
                 if again != normalized:
@@ -518,9 +520,8 @@ class Pseudonymizer:
             value = self._remove_id(item, value)
         value = self._names.redact(value)
         for date in ident.dates:
-            for spelling in date_spellings(date):
-                if spelling in value:
-                    value = re.sub(r"(?<![0-9])" + re.escape(spelling) + r"(?![0-9])", REMOVED, value)
+            if any(c.isdigit() for c in value):
+                value = _date_pattern(date).sub(REMOVED, value)
         return value
 
     def value(self, value: Any, key: Optional[str] = None, text_keys: frozenset = frozenset()) -> Any:
@@ -1183,7 +1184,66 @@ def _dates_in(text: str) -> set:
         elif len(c) == 4:
             found.add(f"{c}{int(b):02d}{int(a):02d}")
             found.add(f"{c}{int(a):02d}{int(b):02d}")
+        elif len(c) == 2 and len(a) <= 2:  # a two-digit year: 75-03-02, 02.03.75, 03/02/75
+            _add_short(found, a.zfill(2) + b.zfill(2) + c)
+    # six digits (YYMMDD, DDMMYY, MMDDYY), not the decimals of a number (0.750302), and only in a field that holds
+    # letters too ("PTV 750302"): a column of numbers (voxel indices in openkbp's CSV files) holds no dates
+    if _SIX_DIGITS.search(text):
+        for field in re.finditer(r'[^,;"\n\t\r]+', text):  # one pass: linear in the text's length
+            piece = field.group(0)
+            if len(piece) > 6 and any(c.isalpha() for c in piece):
+                for match in _SIX_DIGITS.finditer(piece):
+                    _add_short(found, match.group(1) or match.group(2))
+    # a month's English name or abbreviation, the day before or after it, the year after (or first)
+    lowered = text.casefold()
+    for match in re.finditer(r"(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*([a-z]{3,9})\.?[\s./\-_,]*(\d{4}|\d{2})", lowered):
+        _add_named(found, match.group(3), match.group(2), match.group(1), match.start(), match.end(), lowered)
+    for match in re.finditer(r"([a-z]{3,9})\.?[\s./\-_,]*(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(\d{4}|\d{2})", lowered):
+        _add_named(found, match.group(3), match.group(1), match.group(2), match.start(), match.end(), lowered)
+    for match in re.finditer(r"(\d{4})[\s./\-_,]*([a-z]{3,9})\.?[\s./\-_,]*(\d{1,2})", lowered):
+        _add_named(found, match.group(1), match.group(2), match.group(3), match.start(), match.end(), lowered)
     return found
+
+
+_SIX_DIGITS = re.compile(r"(?<![\d.])(\d{6})(?![\d]|\.\d)|(?<=[^\d.]\.)(\d{6})(?![\d]|\.\d)")
+#: The check's own table of English month names (full, three letters, and "sept").
+_MONTH_NUMBERS = {
+    name: number
+    for number, full in enumerate(
+        (
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        ),
+        start=1,
+    )
+    for name in (full, full[:3], "sept" if number == 9 else full[:3])
+}
+
+
+def _add_short(found: set, digits: str) -> None:
+    """The YYYYMMDD dates six digits may stand for (YYMMDD, DDMMYY, MMDDYY; 19YY and 20YY)."""
+    for year, month, day in ((digits[:2], digits[2:4], digits[4:]), (digits[4:], digits[2:4], digits[:2])):
+        found.update(f"{century}{year}{month}{day}" for century in ("19", "20"))
+    found.update(f"{century}{digits[4:]}{digits[:2]}{digits[2:4]}" for century in ("19", "20"))
+
+
+def _add_named(found: set, year: str, month: str, day: str, start: int, end: int, text: str) -> None:
+    """A date written with a month's name, when the name is one and no digit touches the match."""
+    number = _MONTH_NUMBERS.get(month)
+    if number is None or (start and text[start - 1].isdigit()) or (end < len(text) and text[end].isdigit()):
+        return
+    years = [year] if len(year) == 4 else [f"19{year}", f"20{year}"]
+    found.update(f"{y}{number:02d}{int(day):02d}" for y in years)
 
 
 def date_spellings(date: str) -> list:
@@ -1202,6 +1262,66 @@ def date_spellings(date: str) -> list:
             f"{m}-{d}-{y}",
         }
     )
+
+
+_MONTHS = (
+    [
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ],
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
+)
+_DATE_PATTERNS: dict = {}
+
+
+def _date_pattern(date: str):
+    """The rewriting's pattern of a YYYYMMDD date in the spellings people write: digits in year-month-day,
+    day-month-year and month-day-year order with ``.``, ``/``, ``-`` or a space between (any one, months and days
+    with or without a leading zero: ``1975-3-2``), also with a two-digit year (``75-03-02``, ``02.03.75``) and,
+    without separators, ``19750302``, ``750302`` (YYMMDD), ``020375`` (DDMMYY), ``030275`` (MMDDYY); and with the
+    month's English name or its three-letter abbreviation (``Mar 2, 1975``, ``2 March 1975``, ``02Mar1975``,
+    ``1975-Mar-02``). A group of digits in a decimal number (``0.750302``) is no date."""
+    pattern = _DATE_PATTERNS.get(date)
+    if pattern is None:
+        y4, m, d = date[:4], int(date[4:6]), int(date[6:8])
+        y2 = y4[2:]
+        mm, dd = f"0?{m}", f"0?{d}"
+        sep = r"[./\- ]"
+        year = f"(?:{y4}|{y2})"
+        forms = [
+            f"{y4}{sep}{mm}{sep}{dd}",
+            f"{dd}{sep}{mm}{sep}{year}",
+            f"{mm}{sep}{dd}{sep}{year}",
+            f"{y2}{sep}{mm}{sep}{dd}",
+            date,
+            f"{y2}{m:02d}{d:02d}",
+            f"{d:02d}{m:02d}{y2}",
+            f"{m:02d}{d:02d}{y2}",
+        ]
+        if 1 <= m <= 12:
+            names = [_MONTHS[0][m - 1], _MONTHS[1][m - 1]] + (["sept"] if m == 9 else [])
+            month = "(?<![A-Za-z])(?:" + "|".join(names) + r")\.?(?![A-Za-z])"
+            gap = r"[\s./\-_,]*"
+            day = f"{dd}(?:st|nd|rd|th)?"
+            forms += [
+                f"{day}{gap}{month}{gap}{year}",
+                f"{month}{gap}{day}{gap}{year}",
+                f"{y4}{gap}{month}{gap}{dd}",
+            ]
+        body = "|".join(f"(?:{form})" for form in forms)
+        pattern = re.compile(r"(?<![0-9])(?<![0-9]\.)(?:" + body + r")(?![0-9])(?!\.[0-9])", re.IGNORECASE)
+        _DATE_PATTERNS[date] = pattern
+    return pattern
 
 
 def _same_file(a: Path, b: Path) -> bool:
