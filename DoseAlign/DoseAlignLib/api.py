@@ -98,7 +98,7 @@ _EXPORTS = {
     "merge_shards": ".batch",
     "BatchReport": ".batch",
     "Interrupted": ".batch",
-    "Terminated": ".batch",
+    "Terminated": ".errors",
     "NothingToExport": ".batch",
     "what_was_found": ".batch",
     "check_export_target": ".batch",

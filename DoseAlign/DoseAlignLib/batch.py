@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from . import __version__
 from .dicom.damage import damaged_file_rows
 from .dicom.scan import scan_folder
-from .errors import Cancelled, DoseAlignError, OutputFault, output_fault, too_many_open_files
+from .errors import Cancelled, DoseAlignError, OutputFault, Terminated, output_fault, too_many_open_files
 from .limits import read_back
 from .link.cases import form_cases
 from .options import AlignOptions
@@ -54,12 +54,6 @@ EXIT_FAULT = 4
 
 class NothingToExport(DoseAlignError):
     """The input holds no case to export (no RTDOSE, or no readable DICOM at all); nothing was written."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, Slurm, ``kill``), raised where the command was when it came, as Ctrl-C's
-    KeyboardInterrupt is (the command installs the handler that raises it, see cli.py): the export ends
-    the same clean way."""
 
 
 class Interrupted(KeyboardInterrupt):

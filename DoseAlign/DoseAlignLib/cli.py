@@ -28,6 +28,7 @@ from .api import (
     DoseAlignError,
     Interpolator,
     ReferenceGrid,
+    Terminated,
     options_from_args,
     parse_crop,
     parse_floats,
@@ -660,10 +661,17 @@ def _not_read(ignored: list) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _SIGTERM_SEEN.clear()
     previous = _stop_on_sigterm()
     try:
         code = _main(argv)
         sys.stdout.flush()  # a closed pipe is met here, not at exit
+        if _SIGTERM_SEEN:  # its exception was swallowed on the way (see _terminated): still said and counted
+            print(
+                "\ndosealign: stopped by SIGTERM (it came while starting; what is in manifest.csv was done)",
+                file=sys.stderr,
+            )
+            return EXIT_TERMINATED
         return code
     except api.Interrupted as stop:
         said = "stopped by SIGTERM" if stop.terminated else "interrupted"
@@ -672,7 +680,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
         return EXIT_TERMINATED if stop.terminated else EXIT_INTERRUPTED
-    except api.Terminated:
+    except Terminated:
         print("\ndosealign: stopped by SIGTERM before any case was exported", file=sys.stderr)
         return EXIT_TERMINATED
     except KeyboardInterrupt:
@@ -719,7 +727,7 @@ def _exit(code: int) -> None:
 
 
 def _stop_on_sigterm():
-    """SIGTERM (``timeout``, Slurm, ``kill``) raises :class:`~DoseAlignLib.batch.Terminated` where the command is,
+    """SIGTERM (``timeout``, Slurm, ``kill``) raises :class:`~DoseAlignLib.errors.Terminated` where the command is,
     as Ctrl-C raises KeyboardInterrupt, so that an export ends the same clean way (the finished cases in
     manifest.csv, no temporary entry, the workers stopped). Only where SIGTERM has its default disposition
     (a process started with SIGTERM ignored keeps it so) and in the main thread; returns the handler to
@@ -732,11 +740,38 @@ def _stop_on_sigterm():
     return signal.SIG_DFL
 
 
-def _terminated(_signum, _frame) -> None:
+#: Set by the SIGTERM handler: a SIGTERM whose exception was swallowed (e.g. by a library's ``except`` around an
+#: optional import) still ends the command with its exit code.
+_SIGTERM_SEEN: list = []
+
+
+#: Seconds after which a SIGTERM that came during an import is delivered again.
+SIGTERM_RETRY_SECONDS = 0.05
+
+
+def _terminated(_signum, frame) -> None:
+    # Raised inside an import, the exception would leave half-imported modules that the clean-up then meets
+    # ('partially initialized module', E35): the signal is sent again once the import is over. Nothing is
+    # imported here either.
+    if _importing(frame):
+        again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGTERM))
+        again.daemon = True
+        again.start()
+        return
     # once: `timeout` sends SIGTERM to the command and then to its process group, and a second one must not
     # cut short the cleaning up the first one started (pool workers reset SIGTERM for themselves)
+    _SIGTERM_SEEN.append(True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise api.Terminated()
+    raise Terminated()
+
+
+def _importing(frame) -> bool:
+    """True when ``frame`` (where a signal came) runs inside Python's import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _silence_stdout() -> None:

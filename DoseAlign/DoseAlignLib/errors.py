@@ -11,6 +11,13 @@ except ImportError:  # Windows
     _resource = None  # type: ignore[assignment]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, Slurm, ``kill``), raised where the command was when it came, as Ctrl-C's
+    KeyboardInterrupt is (the command installs the handler that raises it, see cli.py): the export ends
+    the same clean way. Defined here, in a module the command has imported whole before the handler is
+    installed: the handler imports nothing (a signal during an import must not meet a half-imported module)."""
+
+
 class DoseAlignError(Exception):
     """Base class of every error the engine raises on purpose.
 

@@ -702,3 +702,37 @@ def test_sigterm_before_any_case_ends_with_its_exit_code(tmp_path):
     )
     assert done.returncode == 143, (done.returncode, done.stderr)
     assert "stopped by SIGTERM" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups")
+def test_sigterm_in_the_first_half_second_ends_with_its_exit_code(slow_cohort, tmp_path):
+    """From the fifth hostile trial (E35): a SIGTERM while the command was still importing its modules ended in
+    a traceback ('partially initialized module', the handler imported what it raised) or was lost (exit 0, a
+    second SIGTERM ignored). Stopped at moments spread over its start, each run ends with 143 (or, before the
+    handler is installed, by the signal itself), never a traceback, never a temporary entry left."""
+    outcomes = []
+    for n, delay in enumerate([0.02, 0.08, 0.15, 0.22, 0.3, 0.4, 0.5, 0.65]):
+        out = tmp_path / f"out{n}"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", "2"],
+            env=hostile.ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=_sigterm_as_by_default,
+        )
+        try:
+            time.sleep(delay)
+            os.killpg(process.pid, signal.SIGTERM)
+            _stdout, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        outcomes.append((delay, process.returncode))
+        assert process.returncode in (143, -signal.SIGTERM), (delay, process.returncode, stderr)
+        assert "Traceback" not in stderr and "Error" not in stderr, (delay, stderr)
+        if out.exists():
+            assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], (delay, "temporary entries")
+    assert any(code == 143 for _delay, code in outcomes), outcomes  # the handler was reached in some runs
