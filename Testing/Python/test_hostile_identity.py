@@ -632,3 +632,32 @@ def test_the_check_alone_finds_dates_in_other_spellings():
         assert guard.find(text) == "a date", text
     for text in ["0.750302", "750303", "Mar 3, 1975", "summar 2 1975", "d0.750302_gy", "2 Mars 1975", "1,750302,2"]:
         assert guard.find(text) == "", text
+
+
+@pytest.mark.parametrize(
+    "patient_name, rois, parts",
+    [
+        ("García-López^María", ["PTV_Lopez", "Garcia_ctv", "lopez boost"], ("lopez", "garcia")),
+        ("Doe-Smith^Ann", ["PTV_doe", "Smith_eval"], ("smith",)),
+        ("O'Brien^Sean", ["Brien_x", "PTV OBrien"], ("brien",)),
+    ],
+)
+def test_each_part_of_a_hyphenated_or_apostrophe_name_is_a_name(tmp_path, capsys, patient_name, rois, parts):
+    # from the fifth hostile trial (E30): name components were split only at ^ = , and spaces, so Lopez of
+    # García-López (Smith of Doe-Smith, Brien of O'Brien) reached file names, NIfTI headers, meta.json and dvh.csv
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "HY-5521", 63, patient_name=patient_name, extra_organs=len(rois))
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    capsys.readouterr()
+    assert code == 0
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = unicodedata.normalize("NFKD", data.decode("utf-8", "replace").casefold())
+        squeezed = "".join(c for c in text if c.isalnum() and not unicodedata.combining(c))
+        found += [f"{p} in {where}" for p in parts if p in squeezed]
+    assert not found, found[:10]

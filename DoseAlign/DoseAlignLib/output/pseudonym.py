@@ -272,7 +272,12 @@ class Identity:
             return
         self.names.add(name)
         parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
-        for spelled in {parts, *transliterations(parts)}:  # Müller also as Mueller and Muller
+        # a double-barrelled or apostrophe name (García-López, O'Brien) is written by its parts too
+        pieces = tuple(p for part in parts for p in re.split(r"[-\u2010-\u2015'\u2019.]+", part) if p)
+        spellings = {parts, *transliterations(parts)}
+        if pieces != parts:
+            spellings |= {pieces, *transliterations(pieces)}
+        for spelled in spellings:  # Müller also as Mueller and Muller
             for part in spelled:
                 if len(part) >= min_name_part(part):
                     self.names.add(part)
