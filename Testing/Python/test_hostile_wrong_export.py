@@ -467,3 +467,25 @@ def test_rois_whose_contours_cannot_be_told_apart_are_left_out_and_said(tmp_path
             a = clean_meta["structures"]["names"].index(name)
             b = structures["names"].index(name)
             assert np.array_equal(new_masks[b], old_masks[a]), name
+
+
+def test_a_very_long_roi_name_is_a_shortened_file_name_not_a_stopped_batch(tmp_path, capsys):
+    """From the fifth hostile trial (E34): a 270-character ROIName made a mask file name beyond the file system's
+    255 bytes; ENAMETOOLONG stopped the whole export (exit 4) and --resume met it again."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "LONG-1", 11, extra_organs=2, ct_size=(32, 28, 16))
+    hostile.study(root / "q", "LONG-2", 12, ct_size=(32, 28, 16))
+    ds = dd.read(truth.struct_file)
+    long_names = ["PTV_" + "x" * 266, "PTV_" + "x" * 265 + "y"]  # alike for 100 characters, then different
+    for roi, name in zip(list(ds.StructureSetROISequence)[-2:], long_names):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "nrrd,nifti"])
+    capsys.readouterr()
+    rows = hostile.manifest(out)
+    assert code == 0 and len(rows) == 2 and {r["status"] for r in rows} == {"ok"}, rows
+    files = [p.name for p in out.rglob("masks/*")]
+    long_files = [f for f in files if f.startswith("PTV_xxx")]
+    assert len(long_files) == 4 and all(len(f) < 120 for f in long_files), long_files  # 2 ROIs x (nrrd, nii.gz)
+    assert len({f.split(".")[0] for f in long_files}) == 2  # the two names stay apart

@@ -15,6 +15,7 @@ Nothing here imports an optional package; :func:`require` does, where a format n
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import re
 from dataclasses import dataclass, field
@@ -45,9 +46,17 @@ def require(module: str, package: str, fmt: str):
         ) from None
 
 
+#: Longest file-name stem made from a ROI name (file systems allow 255 bytes; room for an extension and `-N`).
+MAX_NAME_CHARS = 96
+
+
 def safe_name(name: str) -> str:
-    """A file-name-safe form of a ROI name: letters, digits, '.', '_' and '-' only."""
+    """A file-name-safe form of a ROI name: letters, digits, '.', '_' and '-' only, at most
+    :data:`MAX_NAME_CHARS` (a longer one is cut and ends in 8 hex of its hash, so two long names stay apart)."""
     text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    if len(text) > MAX_NAME_CHARS:
+        digest = hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        text = f"{text[: MAX_NAME_CHARS - 9].rstrip('._')}-{digest}"
     return text or "roi"
 
 
