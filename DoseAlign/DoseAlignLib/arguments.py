@@ -7,9 +7,9 @@ arguments into :class:`~DoseAlignLib.options.AlignOptions`, so the two accept th
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from .limits import read_option_json
 from .options import CROPS, AlignOptions, roi_list
 
 
@@ -124,7 +124,4 @@ def options_from_args(args: argparse.Namespace) -> AlignOptions:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot be read as JSON ({error})") from None
+    return read_option_json(path, "--audit-thresholds")

@@ -20,6 +20,7 @@ Helpers here: :class:`Deadline` (a time limit checked where the work loops), :fu
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import sys
@@ -200,6 +201,38 @@ def read_back(path, variable: str = "DOSEALIGN_META_MB") -> bytes:
             hint=f"set {variable} to allow more",
         )
     return data
+
+
+#: Largest option file (--roi-map, --audit-thresholds, --ct CSV) read: each holds a few lines.
+MAX_OPTION_FILE_BYTES = 16 * 1024 * 1024
+
+
+def read_option_text(path, what: str) -> str:
+    """The text of a small file the user names in an option: only a regular file (a named pipe or device is
+    refused, never waited on), at most :data:`MAX_OPTION_FILE_BYTES`, UTF-8 (a leading BOM dropped).
+    ValueError naming the option, the file and the reason."""
+    try:
+        with open_regular(path, what) as handle:
+            data = handle.read(MAX_OPTION_FILE_BYTES + 1)
+    except OSError as error:
+        raise ValueError(f"{what} {path}: cannot be read ({error.strerror or error})") from None
+    if len(data) > MAX_OPTION_FILE_BYTES:
+        raise ValueError(f"{what} {path}: larger than {format_bytes(MAX_OPTION_FILE_BYTES)}; not read")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def read_option_json(path, what: str):
+    """:func:`read_option_text` parsed as JSON; ValueError also for JSON nested too deeply to parse."""
+    text = read_option_text(path, what)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{what} {path}: nested too deeply to be read as JSON") from None
+    except ValueError as error:
+        raise ValueError(f"{what} {path}: cannot be read as JSON ({error})") from None
 
 
 def entry_kind(path) -> Optional[str]:

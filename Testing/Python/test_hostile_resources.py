@@ -276,3 +276,46 @@ def test_the_scan_reads_in_one_process_when_it_cannot_start_others(many_files, m
     again = scan.scan_folder(many_files, workers=2)
     assert [o.rel_path for o in again.objects] == [o.rel_path for o in whole.objects]
     assert len(again.objects) > 2 * scan.MIN_FILES_PER_PROCESS
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="named pipes and /dev/zero")
+@pytest.mark.parametrize("option", ["--roi-map", "--audit-thresholds", "--ct"])
+@pytest.mark.parametrize("planted", ["fifo", "device", "deep", "huge"])
+def test_option_files_are_read_only_when_regular_and_small(tmp_path, capsys, option, planted):
+    """From the fifth hostile trial (E24): a named pipe given as --roi-map or --audit-thresholds blocked the
+    command forever, a link to /dev/zero filled memory, JSON nested 200 000 deep ended in a RecursionError
+    traceback. Each is refused at once with exit 2 naming the option and the file."""
+    import os
+    import signal
+
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "OPTFILE-1", 64, with_structures=False)
+    path = tmp_path / "option.file"
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "device":
+        path.symlink_to("/dev/zero")
+    elif planted == "deep":
+        path.write_text("[" * 200_000)
+    else:
+        with open(path, "wb") as handle:
+            handle.truncate(64 << 20)  # sparse: 64 MiB that cost no disk
+
+    def blocked(*_args):
+        raise TimeoutError(f"{option} {planted} blocked the command")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(20)
+    try:
+        try:
+            code = main(["export", str(root), str(tmp_path / "out"), "--quiet", option, str(path)])
+        except SystemExit as usage:
+            code = usage.code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "Traceback" not in err, (code, err)
+    assert not (tmp_path / "out").exists()

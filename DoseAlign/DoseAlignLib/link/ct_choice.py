@@ -19,6 +19,7 @@ is used only when no other CT qualifies.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,6 +32,7 @@ from ..dicom.ct import ct_geometry
 from ..dicom.rtdose import dose_geometry
 from ..dicom.scan import CtSeries, DicomObject, ScanResult
 from ..errors import DoseAlignError, InputError
+from ..limits import read_option_text
 from .case import Case
 
 #: Words that mark a series as a cone-beam CT (matched in SeriesDescription, ProtocolName, ImageType).
@@ -106,9 +108,8 @@ def read_ct_request(value, scan: ScanResult) -> CtRequest:
 
 def _read_pairs(path: Path, scan: ScanResult) -> CtRequest:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        rows = list(csv.DictReader(io.StringIO(read_option_text(path, "--ct"), newline="")))
+    except (ValueError, csv.Error) as error:
         raise InputError(f"cannot be read as a CSV of dose -> CT pairings: {error}", path=path) from None
     if not rows or not {"dose", "ct"} <= {(k or "").strip().lower() for k in rows[0]}:
         raise InputError("needs a header with the columns dose and ct, and one row per dose", path=path)

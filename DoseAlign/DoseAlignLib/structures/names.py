@@ -5,11 +5,11 @@ Matching is case-insensitive and ignores surrounding blanks; the map's keys are 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from ..dicom.rtstruct import RoiContours
+from ..limits import read_option_json
 
 
 def load_roi_map(path: Union[str, Path]) -> dict:
@@ -19,10 +19,7 @@ def load_roi_map(path: Union[str, Path]) -> dict:
     case-insensitive and ignores surrounding blanks. Raises ``ValueError`` naming the problem.
     """
     path = Path(path)
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--roi-map {path}: cannot be read as JSON ({error})") from None
+    mapping = read_option_json(path, "--roi-map")
     roi_name_lookup(mapping, where=str(path))
     return {str(k): ([v] if isinstance(v, str) else [str(a) for a in v]) for k, v in mapping.items()}
 
