@@ -193,3 +193,26 @@ def test_out_equal_to_the_input_never_deletes_an_input(tmp_path, capsys):
         capsys.readouterr()
         after = hostile.snapshot(root)
         assert {k: v for k, v in after.items() if k in before} == before, "an input was changed or deleted"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "[" * 200_000,
+        '{"dosealign_run": "bbbbbbbbbbbbbbbb", "pid": 1e23, "host": "HOST"}',
+        '{"dosealign_run": "bbbbbbbbbbbbbbbb", "pid": -5, "host": "HOST"}',
+        '[{"pid": 7}]',
+    ],
+)
+def test_an_owner_record_that_no_run_wrote_is_left_alone_without_a_traceback(inputs, tmp_path, capsys, record):
+    # from the fifth hostile trial (E31): a planted owner record nested 200 000 deep (RecursionError) or with a
+    # pid of 1e23 (OverflowError in os.kill) ended the export in a traceback before anything was exported
+    out = tmp_path / "out"
+    out.mkdir()
+    planted = out / ".tmp-dosealign-bbbbbbbbbbbbbbbb.owner"
+    planted.write_text(record.replace("HOST", socket.gethostname()))
+    (out / ".tmp-dosealign-bbbbbbbbbbbbbbbb-keep").write_text("x")
+    assert _export(inputs, out) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert planted.exists() and (out / ".tmp-dosealign-bbbbbbbbbbbbbbbb-keep").exists()
+    assert {r["status"] for r in hostile.manifest(out)} == {"ok"}

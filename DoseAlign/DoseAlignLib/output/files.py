@@ -177,6 +177,10 @@ def release_claims(folder: Optional[Path] = None) -> None:
 # ---- leftovers of dead runs ---------------------------------------------------------------------
 
 
+#: Larger than any process id (Linux allows at most 2**22).
+MAX_PID = 1 << 22
+
+
 def _owner_state(record: Path) -> str:
     """``"live"``, ``"dead"`` or ``"unknown"`` (another host, unreadable, not a DoseAlign record).
 
@@ -194,7 +198,9 @@ def _owner_state(record: Path) -> str:
         try:
             owner = json.loads(os.read(fd, 4096).decode("utf-8"))
             pid = int(owner["pid"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError, OverflowError):
+            return "unknown"
+        if not 0 < pid <= MAX_PID or not isinstance(owner, dict):  # no process has it: not a record we wrote
             return "unknown"
         match = _ENTRY.match(record.name)
         if not match or owner.get("dosealign_run") != match.group(1):
@@ -270,7 +276,7 @@ def live_runs(folder: Path) -> list:
         try:
             with open(entry.path, encoding="utf-8") as handle:
                 owner = json.loads(handle.read(4096))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(owner, dict) and owner.get("pid") != os.getpid():
             runs.append({"pid": owner.get("pid"), "started": owner.get("started", "")})
