@@ -36,7 +36,6 @@ from .output.out_folder import (
     inspect_output,
     keyed_stamps,
     pseudonymization_conflict,
-    read_manifest,
     request_differences,
 )
 from .output.qa_png import matplotlib_available, preload_matplotlib, qa_png_writer
@@ -636,6 +635,15 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
     As a single run would, it then builds ``dataset.json`` and ``dataset.h5`` for the formats the
     shards wrote (``manifest.shard-K-of-N.json`` records them) and ``report.html``. What the user
     should know (e.g. why dataset.json has no label) is added to ``notes``.
+
+    The shard manifests are read back from OUT and not trusted: nothing is written, and a
+    :class:`DoseAlignError` names the file and the reason, when one cannot be read (no regular file,
+    larger than ``DOSEALIGN_MANIFEST_MB``, not CSV of UTF-8) or is not a DoseAlign manifest (its header,
+    a row without a case id, a case id that is no folder name, a status other than ok, failed or
+    skipped, a case listed twice), when a case an ok or skipped row lists is not complete in OUT (as
+    ``--resume`` decides: its folder, a meta.json of that case, whole arrays), when the shards' cases
+    were made with other alignment options (as ``--append`` compares them) or formats, or when a file
+    merge writes (manifest.csv, report.html, the dataset files) is a folder.
     """
     out_dir = Path(out_dir)
     parts = sorted(out_dir.glob("manifest.shard-*-of-*.csv"))
@@ -647,21 +655,169 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
     expected = int(totals.pop().split(".")[0])
     if len(parts) != expected:
         raise DoseAlignError(f"{len(parts)} of {expected} shard manifests present", path=out_dir)
-    rows = []
-    for part in parts:  # a regular file of at most DOSEALIGN_MANIFEST_MB (a named pipe would block)
-        part_rows, problem = read_manifest(part)
-        if problem or any(not r.get("case_id") or not r.get("status") for r in part_rows):
-            raise DoseAlignError(f"this shard manifest {problem or 'lacks case_id or status'}", path=part)
-        rows.extend(part_rows)
-    rows.sort(key=lambda r: r["case_id"])
+    rows, listed_in = [], {}
+    for part in parts:
+        for row in _shard_rows(part):
+            if row["case_id"] in listed_in:
+                raise DoseAlignError(
+                    f"case {row['case_id']} is listed in {listed_in[row['case_id']]} too: the shards overlap",
+                    path=part,
+                    hint=_SHARD_HINT,
+                )
+            listed_in[row["case_id"]] = part.name
+            rows.append(row)
+    metas = _cases_in_out(out_dir, rows, listed_in)
+    _check_one_request(out_dir, metas, listed_in)
     formats = _formats_of_shards(out_dir, parts)
-    if formats is not None:
-        finished = formats.finish(out_dir, rows)  # dataset.h5, dataset.json (and formats a case lacks)
-        if notes is not None:
-            notes.extend(finished.get("notes", []))
-    path = write_manifest(out_dir, rows)
-    write_report(out_dir, rows, source="merged shards")
+    _check_merge_targets(out_dir)
+    rows.sort(key=lambda r: r["case_id"])
+    try:
+        if formats is not None:
+            finished = formats.finish(out_dir, rows)  # dataset.h5, dataset.json (and formats a case lacks)
+            if notes is not None:
+                notes.extend(finished.get("notes", []))
+        path = write_manifest(out_dir, rows)
+        write_report(out_dir, rows, source="merged shards")
+    except OSError as error:  # a full disk: named, no traceback (the shards' files are as they were)
+        raise output_fault(error, out_dir) from None
     return path
+
+
+_SHARD_HINT = "export that shard again (dosealign export IN OUT --shard K/N), then merge; nothing was written"
+#: What a manifest row may say of its case.
+_STATUSES = ("ok", "failed", "skipped")
+
+
+def _shard_rows(part: Path) -> list:
+    """The rows of one shard manifest, read back bounded (a regular file of at most DOSEALIGN_MANIFEST_MB)
+    and checked: :class:`DoseAlignError` naming the file and what is wrong with it."""
+    import csv
+    import io
+
+    from .output.manifest import MANIFEST_COLUMNS
+
+    def refuse(why: str) -> DoseAlignError:
+        return DoseAlignError(f"this shard manifest {why}", path=part, hint=_SHARD_HINT)
+
+    try:
+        text = read_back(part, "DOSEALIGN_MANIFEST_MB").decode("utf-8")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = reader.fieldnames or []
+        rows = []
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except OSError as error:  # a named pipe, a device, a folder: never opened
+        raise refuse(f"cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise refuse(f"is not UTF-8 text (byte {error.start})") from None
+    except (ValueError, csv.Error) as error:  # a field over csv's limit (128 KiB) and the like
+        raise refuse(f"is not a manifest CSV ({error})") from None
+    head = MANIFEST_COLUMNS[:3]
+    if list(columns[: len(head)]) != head:
+        raise refuse(f"is not a DoseAlign manifest: its first line is not {','.join(head)},... (damaged or edited)")
+    for line, row in rows:
+        case_id, status = row.get("case_id"), row.get("status")
+        if None in row or None in row.values():
+            raise refuse(f"line {line} has {'more' if None in row else 'fewer'} fields than its header")
+        if not case_id:
+            raise refuse(f"line {line} has no case id")
+        if not _is_folder_name(case_id):
+            raise refuse(f"line {line}: the case id {case_id!r} is not a folder name")
+        if status not in _STATUSES:
+            raise refuse(f"line {line}: status {status!r} is none of {', '.join(_STATUSES)} (damaged or edited)")
+    return [row for _line, row in rows]
+
+
+def _is_folder_name(name: str) -> bool:
+    """A case id names one folder in OUT: no path, no control character."""
+    return name not in (".", "..") and not any(c in name for c in "/\\") and name.isprintable()
+
+
+def _cases_in_out(out_dir: Path, rows: list, listed_in: dict) -> dict:
+    """``{case_id: meta}`` of the rows that say their case is in OUT (ok, skipped); each must be a complete
+    case folder of that case, as ``--resume`` decides (else :class:`DoseAlignError` saying what was found)."""
+    from .output.case_folder import case_problem
+
+    metas, missing = {}, []
+    for row in rows:
+        if row["status"] == "failed":
+            continue
+        folder = case_dir(out_dir, row["case_id"])
+        problem = "there is no case folder" if not os.path.lexists(folder) else case_problem(folder)
+        if problem is None:
+            try:
+                metas[row["case_id"]] = load_meta(folder)
+            except DoseAlignError as error:
+                problem = error.message
+        if problem is not None:
+            problem += _held_case(folder, row["case_id"])
+            missing.append(f"{row['case_id']} ({row['status']} in {listed_in[row['case_id']]}: {problem})")
+    if missing:
+        raise DoseAlignError(
+            f"{len(missing)} case(s) the shard manifests list as exported are not complete in the output folder: "
+            + _some(missing, 3),
+            path=out_dir,
+            hint="run those shards' exports again with --resume (they export what is missing or damaged), then "
+            "merge; nothing was written",
+        )
+    return metas
+
+
+def _held_case(folder: Path, case_id: str) -> str:
+    """``"; it holds CASE"`` when the folder's meta.json names another case than ``case_id`` (else "")."""
+    from .output.case_folder import read_meta
+
+    try:
+        meta = read_meta(folder / "meta.json")
+    except (OSError, ValueError, DoseAlignError):
+        return ""
+    held = meta.get("case_id") if isinstance(meta, dict) else None
+    return f"; it holds {held}" if isinstance(held, str) and held != case_id else ""
+
+
+def _check_one_request(out_dir: Path, metas: dict, listed_in: dict) -> None:
+    """The shards' cases were made with the same alignment options, DoseAlign version, pseudonymization and
+    resampler (compared as ``--append`` compares them): grids made otherwise must not sit side by side."""
+    if not metas:
+        return
+    first = min(metas, key=lambda case_id: (listed_in[case_id], case_id))
+    reference = metas[first]
+    differing: dict = {}
+    for case_id in sorted(metas, key=lambda case_id: (listed_in[case_id], case_id)):
+        meta = metas[case_id]
+        request = {
+            "options": meta.get("options") or {},
+            "option_defaults": AlignOptions().to_dict(),
+            "dosealign_version": meta.get("dosealign_version"),
+            "pseudonymized": bool(meta.get("pseudonymized")),
+            "backend": (meta.get("resampling") or {}).get("backend", "engine"),
+        }
+        why = request_differences(reference, request)
+        if why and listed_in[case_id] not in differing:
+            differing[listed_in[case_id]] = f"{case_id} of {listed_in[case_id]}: {'; '.join(why)}"
+    if differing:
+        raise DoseAlignError(
+            f"the shards were exported with different options (against {first} of {listed_in[first]}): "
+            + " | ".join(differing.values()),
+            path=out_dir,
+            hint="export every shard with the same options (a shard made otherwise: remove its case folders and "
+            "manifest, export it again), then merge; nothing was written",
+        )
+
+
+def _check_merge_targets(out_dir: Path) -> None:
+    """merge replaces manifest.csv, report.html and the dataset files: a folder of one of those names is not
+    replaced (refused before anything is written)."""
+    from .output.out_folder import OWN_FILES
+
+    for name in OWN_FILES:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            raise DoseAlignError(
+                "is a folder: merge writes a file of that name and does not replace a folder",
+                path=path,
+                hint="move it away, then merge; nothing was written",
+            )
 
 
 def export_case(

@@ -736,3 +736,184 @@ def test_sigterm_in_the_first_half_second_ends_with_its_exit_code(slow_cohort, t
         if out.exists():
             assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], (delay, "temporary entries")
     assert any(code == 143 for _delay, code in outcomes), outcomes  # the handler was reached in some runs
+
+
+# ---- merge reads the shard manifests back from OUT (fifth hostile trial, H) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    """Four small cases exported as two shards (each with at least one case) into one OUT, not merged."""
+    base = tmp_path_factory.mktemp("merge")
+    root = base / "in"
+    for n in range(4):
+        hostile.study(root / f"p{n}", f"MERGE-{n}", 70 + n)
+    out = base / "out"
+    for k in (1, 2):
+        assert main(["export", str(root), str(out), "--shard", f"{k}/2", "--quiet", "--no-qa-png"]) == 0
+    for k in (1, 2):
+        assert hostile.manifest(out, f"manifest.shard-{k}-of-2.csv"), f"shard {k} holds no case"
+    return out
+
+
+def _shards(sharded: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(sharded, out, symlinks=True)
+    return out
+
+
+def _refused(out: Path, capsys, *named: str) -> str:
+    """``dosealign merge OUT``: exit 2 naming ``named``, no usage text, nothing written."""
+    before = sorted(p.name for p in out.iterdir())
+    code = main(["merge", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for name in named:
+        assert name in err, err
+    assert "usage:" not in err and "Traceback" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == before, "merge wrote something"
+    return err
+
+
+def _memory_bounded() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "link to /dev/zero", "sparse 300 MB file"])
+def test_a_shard_manifest_that_cannot_be_read_whole_never_hangs_merge(sharded, tmp_path, kind):
+    """A named pipe as a shard manifest blocked merge forever; a link to /dev/zero was read without bound (a
+    MemoryError, or gigabytes), a 300 MB sparse one read whole and then a csv traceback. Now only a regular file
+    of at most DOSEALIGN_MANIFEST_MB is read: exit 2 naming it (memory bounded here, and a timeout)."""
+    out = _shards(sharded, tmp_path)
+    part = out / "manifest.shard-1-of-2.csv"
+    part.unlink()
+    if kind == "named pipe":
+        os.mkfifo(part)
+    elif kind == "link to /dev/zero":
+        part.symlink_to("/dev/zero")
+    else:
+        with open(part, "wb") as handle:
+            handle.truncate(300 << 20)
+    done = hostile.dosealign("merge", str(out), timeout=60, preexec_fn=_memory_bounded)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "manifest.shard-1-of-2.csv" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (out / "manifest.csv").exists()
+
+
+def _nested(part: Path) -> None:
+    part.write_text("[" * 200_000, encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("manifest.shard-1-of-2.csv", lambda p: p.write_text(p.read_text() + "x" * 140_000 + "\n", encoding="utf-8")),
+        ("manifest.shard-1-of-2.csv", lambda p: p.write_bytes(p.read_bytes() + b"\xff\xfe caf\xe9\n")),
+        ("manifest.shard-1-of-2.json", _nested),
+        ("manifest.shard-1-of-2.json", lambda p: p.write_text("[1, 2]", encoding="utf-8")),
+        ("manifest.shard-1-of-2.json", lambda p: p.write_text("{", encoding="utf-8")),
+    ],
+    ids=["field over 128 KiB", "not UTF-8", "JSON nested 200000 deep", "JSON a list", "JSON cut short"],
+)
+def test_a_damaged_shard_file_is_named_not_a_traceback(sharded, tmp_path, capsys, name, damage):
+    """Each ended in a traceback (csv.Error, RecursionError, AttributeError) or in exit 2 after the usage text
+    naming no file: now exit 2 naming the file, nothing written."""
+    out = _shards(sharded, tmp_path)
+    damage(out / name)
+    _refused(out, capsys, name)
+
+
+def test_manifest_csv_that_is_a_folder_is_not_a_traceback(sharded, tmp_path, capsys):
+    """OUT/manifest.csv a folder: os.replace raised IsADirectoryError (a traceback). Now exit 2 naming it,
+    before anything is written (no dataset file, no report.html)."""
+    out = _shards(sharded, tmp_path)
+    (out / "manifest.csv").mkdir()
+    (out / "manifest.csv" / "notes.txt").write_text("mine", encoding="utf-8")
+    err = _refused(out, capsys, "manifest.csv")
+    assert "folder" in err, err
+    assert (out / "manifest.csv" / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def _edit_rows(part: Path, edit) -> None:
+    with open(part, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames, list(reader)
+    edit(rows)
+    with open(part, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (lambda p: p.write_text("garbage\n", encoding="utf-8"), "not a DoseAlign manifest"),
+        (lambda p: p.write_bytes(p.read_bytes() + b"\x00\x00\x00"), "line"),
+        (lambda p: _edit_rows(p, lambda rows: rows[0].update(status="weird")), "status 'weird'"),
+        (lambda p: _edit_rows(p, lambda rows: rows[0].update(case_id="../elsewhere")), "../elsewhere"),
+    ],
+    ids=["garbage", "NUL bytes appended", "unknown status", "a case id that is a path"],
+)
+def test_a_shard_manifest_that_does_not_parse_is_refused(sharded, tmp_path, capsys, damage, said):
+    """One line `garbage` dropped the shard's cases silently (exit 0); NUL bytes gave a row with no case id and
+    no status; status `weird` passed (exit 0, 0 failed). Now exit 2 naming the shard manifest and why."""
+    out = _shards(sharded, tmp_path)
+    damage(out / "manifest.shard-1-of-2.csv")
+    _refused(out, capsys, "manifest.shard-1-of-2.csv", said)
+
+
+def _first_ok(out: Path) -> str:
+    return next(r["case_id"] for r in hostile.manifest(out, "manifest.shard-1-of-2.csv") if r["status"] == "ok")
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (lambda case: shutil.rmtree(case), "no case folder"),
+        (lambda case: (case / "pair.npz").write_bytes((case / "pair.npz").read_bytes()[:500]), "pair.npz"),
+        (lambda case: (case / "meta.json").unlink(), "meta.json is missing"),
+    ],
+    ids=["case folder deleted", "pair.npz cut short", "meta.json deleted"],
+)
+def test_rows_of_cases_that_are_not_in_out_are_refused(sharded, tmp_path, capsys, damage, said):
+    """The case folders deleted but the shard manifests left: merge wrote manifest.csv and report.html listing ok
+    cases that do not exist (exit 0). Every ok or skipped row needs a complete case folder (as --resume decides)."""
+    out = _shards(sharded, tmp_path)
+    case = _first_ok(out)
+    damage(out / case)
+    err = _refused(out, capsys, "manifest.shard-1-of-2.csv", case, said)
+    assert "--resume" in err, err
+
+
+def test_a_case_folder_of_another_case_is_refused(sharded, tmp_path, capsys):
+    """A row's folder must hold that case: a folder whose meta.json names another case (renamed) does not do."""
+    out = _shards(sharded, tmp_path)
+    case = _first_ok(out)
+    other = next(r["case_id"] for r in hostile.manifest(out, "manifest.shard-2-of-2.csv") if r["status"] == "ok")
+    shutil.rmtree(out / case)
+    shutil.copytree(out / other, out / case)
+    _refused(out, capsys, case, other)
+
+
+def test_shards_made_with_other_options_are_not_merged(sharded, tmp_path, capsys):
+    """Shard 1 onto the CT grid, shard 2 onto the dose grid in float16: merged without a word (exit 0, manifest.csv
+    mixing 1x1x2.5 float32 with 2x2x2.5 float16 grids). --append refuses exactly this; merge now does too."""
+    out = _shards(sharded, tmp_path)
+    root = sharded.parent / "in"
+    for row in hostile.manifest(out, "manifest.shard-2-of-2.csv"):
+        shutil.rmtree(out / row["case_id"])
+    options = ["--reference", "dose", "--dose-dtype", "float16", "--quiet", "--no-qa-png"]
+    assert main(["export", str(root), str(out), "--shard", "2/2", *options]) == 0
+    capsys.readouterr()
+    err = _refused(out, capsys, "manifest.shard-1-of-2.csv", "manifest.shard-2-of-2.csv", "reference", "dose_dtype")
+    assert "float16" in err, err
+
+
+def test_untouched_shards_still_merge(sharded, tmp_path, capsys):
+    out = _shards(sharded, tmp_path)
+    assert main(["merge", str(out)]) == 0, capsys.readouterr().err
+    rows = hostile.manifest(out)
+    parts = [hostile.manifest(out, f"manifest.shard-{k}-of-2.csv") for k in (1, 2)]
+    assert sorted(r["case_id"] for r in rows) == sorted(r["case_id"] for part in parts for r in part)
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
