@@ -658,3 +658,37 @@ def test_cli_writes_the_formats(tmp_path):
     for name in ("pair.npz", "meta.json", "ct.nii.gz", "dose.nii.gz", "ct.nrrd", "dose.nrrd"):
         assert (folder / name).is_file(), name
     assert (out / "dataset.json").is_file() and not (out / "dataset.h5").exists()
+
+
+@pytest.mark.parametrize("damage", ["removed mask", "cut ct.nii.gz", "emptied dose.nrrd"])
+def test_resume_writes_again_a_format_file_that_is_missing_or_cut(tmp_path, capsys, damage):
+    """From the fifth hostile trial (E29): --resume kept a case whose masks/PTV.nrrd was removed or whose ct.nii.gz
+    was cut in half ("skipped ... complete"): only one file per format was looked at. Every file meta.json's
+    exports list is checked now (a .nii.gz also against the length its header implies) and the format is
+    written again from pair.npz."""
+    import gzip
+
+    root = tmp_path / "in"
+    write_phantom(root / "p", PhantomSpec(patient_id="FMT-29", seed=29, ct_size=(32, 28, 12), dose_size=(16, 14, 8)))
+    out = tmp_path / "out"
+    args = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "nifti,nrrd"]
+    assert main(args) == 0
+    (case,) = [p for p in out.iterdir() if (p / "meta.json").is_file()]
+    exports = json.loads((case / "meta.json").read_text(encoding="utf-8"))["exports"]
+    if damage == "removed mask":
+        target = case / next(iter(exports["nrrd"]["files"]["masks"].values()))
+        target.unlink()
+    elif damage == "cut ct.nii.gz":
+        target = case / "ct.nii.gz"
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    else:
+        target = case / exports["nrrd"]["files"]["dose"]
+        target.write_bytes(b"")
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    capsys.readouterr()
+    assert target.is_file() and target.stat().st_size > 0
+    if target.name.endswith(".nii.gz"):
+        with gzip.open(target, "rb") as stream:
+            assert len(stream.read()) > 352  # whole again: the stream reads to its end

@@ -48,11 +48,57 @@ DEPENDENCIES = {"nifti": [("nibabel", "nibabel")], "nrrd": [("nrrd", "pynrrd")],
 SENTINELS = {"nifti": "ct.nii.gz", "nrrd": "ct.nrrd", "hdf5": "case.h5", "openkbp": "openkbp/geometry.json"}
 
 
+def _listed_files(entry) -> list:
+    """The relative file names a format's meta.json ``exports`` entry lists (under ``files`` and ``structures``)."""
+    found: list = []
+
+    def collect(value) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, str) and value and not value.startswith(("/", "..")):
+            found.append(value)
+
+    if isinstance(entry, dict):
+        for key in ("files", "structures"):
+            collect(entry.get(key))
+    return found
+
+
+def _gzip_whole(path: Path) -> bool:
+    """Whether a .nii.gz ends where its NIfTI header says: the gzip trailer's length (ISIZE, mod 2**32) equals
+    the header's voxel offset plus its voxels' bytes (a file cut short ends in other bytes). Reads the header
+    and the last 4 bytes only."""
+    import gzip
+    import struct
+
+    try:
+        with gzip.open(path, "rb") as stream:
+            header = stream.read(352)
+        if len(header) < 348:
+            return False
+        order = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+        dims = struct.unpack(order + "8h", header[40:56])
+        bits = struct.unpack(order + "h", header[72:74])[0]
+        offset = struct.unpack(order + "f", header[108:112])[0]
+        voxels = 1
+        for size in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
+            voxels *= max(int(size), 1)
+        with open(path, "rb") as handle:
+            handle.seek(-4, 2)
+            stored = struct.unpack("<I", handle.read(4))[0]
+        return stored == (int(offset) + voxels * bits // 8) % (1 << 32)
+    except (OSError, EOFError, ValueError, struct.error):
+        return False
+
+
 def _whole(path: Path) -> bool:
-    """Whether a format's sentinel file is there and not damaged (a case.h5 that HDF5 cannot open is
-    written again from pair.npz, rather than crash dataset.h5); others: present and not empty."""
+    """Whether a format's file is there and not damaged: a regular file, not empty; a case.h5 that HDF5 can
+    open (else it is written again from pair.npz, rather than crash dataset.h5); a .nii.gz not cut short."""
     if not path.is_file() or path.stat().st_size == 0:
         return False
+    if path.name.endswith(".nii.gz"):
+        return _gzip_whole(path)
     if path.suffix == ".h5":
         try:
             import h5py
@@ -179,10 +225,17 @@ class ExportFormats:
         return exports
 
     def missing(self, folder: Path) -> list:
-        """The extra formats a finished case folder lacks (its file, or its entry in meta.json's exports)."""
+        """The extra formats a finished case folder lacks: its entry in meta.json's exports, or any file that entry
+        lists (removed, not a regular file, empty, or a .nii.gz cut short), or a sentinel HDF5 cannot open."""
         folder = Path(folder)
         exports = load_meta(folder).get("exports") or {}  # a damaged meta.json: DamagedOutput, the case fails
-        return [f for f in self.extra if f not in exports or not _whole(folder / SENTINELS[f])]
+        return [
+            f
+            for f in self.extra
+            if f not in exports
+            or not _whole(folder / SENTINELS[f])
+            or not all(_whole(folder / rel) for rel in _listed_files(exports[f]))
+        ]
 
     def add_to_case(self, folder: Path) -> list:
         """Write the formats a finished case folder lacks, from its pair.npz and meta.json.
