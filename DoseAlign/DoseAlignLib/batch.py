@@ -322,7 +322,11 @@ def export_folder(
             report.fault += f"; manifest.csv could not be written either ({error.strerror or error})"
         return report
     if formats is not None and shard is None:
-        finished = formats.finish(out_dir, all_rows)  # formats of resumed cases, dataset.h5, dataset.json
+        try:
+            finished = formats.finish(out_dir, all_rows)  # formats of resumed cases, dataset.h5, dataset.json
+        except OSError as error:  # a full disk at dataset.h5: named, exit 4, the cases and a manifest stay
+            report.fault = f"dataset files: {output_fault(error, out_dir)}"
+            finished = {}
         for message in finished.get("notes", []):
             note(message)
     try:

@@ -917,3 +917,38 @@ def test_untouched_shards_still_merge(sharded, tmp_path, capsys):
     parts = [hostile.manifest(out, f"manifest.shard-{k}-of-2.csv") for k in (1, 2)]
     assert sorted(r["case_id"] for r in rows) == sorted(r["case_id"] for part in parts for r in part)
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+
+
+def test_a_full_disk_at_an_hdf5_file_ends_with_the_cause_not_a_traceback(cohort, tmp_path):
+    """From the fifth hostile trial (E32): a full disk while HDF5 wrote dataset.h5 (or case.h5) ended in h5py's
+    RuntimeError traceback ('errno = 28'), exit 1, no report.html. HDF5's errno is now the export's output fault:
+    exit 4 naming the cause; the finished cases and manifest.csv stay."""
+    pytest.importorskip("h5py")
+    args = ["export", str(cohort), "--quiet", "--workers", "1", "--no-qa-png", "--format", "hdf5", "--compress"]
+    free = tmp_path / "free"
+    done = subprocess.run(
+        [sys.executable, "-m", "DoseAlignLib.cli", *args[:2], str(free), *args[2:]],
+        env=hostile.ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    largest_case_file = max(p.stat().st_size for p in free.rglob("*") if p.is_file() and p.parent != free)
+    dataset = (free / "dataset.h5").stat().st_size
+    assert dataset > largest_case_file + 4096, "the cohort is too small to tell dataset.h5 from a case's files"
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "DoseAlignLib.cli", *args[:2], str(out), *args[2:]],
+        env=hostile.ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_file_size_limit(largest_case_file + 4096),  # every case fits, dataset.h5 does not
+    )
+    assert done.returncode == 4, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and "File too large" in done.stderr and "(EFBIG)" in done.stderr, done.stderr
+    assert "dataset.h5" in done.stderr
+    rows = hostile.manifest(out)
+    assert rows and all(r["status"] == "ok" for r in rows)
+    assert not (out / "dataset.h5").exists() and not [p for p in out.iterdir() if p.name.startswith(".tmp-")]

@@ -25,6 +25,8 @@ shuffle filter; consolidation copies the compressed chunks as they are.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -92,11 +94,25 @@ def write_case_group(group, case: CaseData) -> None:
     attrs["meta_json"] = json_text(case.meta)
 
 
+def _as_os_error(error: Exception, path: Path) -> Exception:
+    """HDF5 reports a failed write (a full disk, a file-size limit) as a RuntimeError or OSError whose text holds
+    ``errno = N``: the OSError of that errno, so that the export's fault handling names it (exit 4), else ``error``."""
+    found = re.search(r"errno = (\d+)", str(error))
+    if found:
+        number = int(found.group(1))
+        return OSError(number, f"{os.strerror(number)} (writing {Path(path).name})")
+    return error
+
+
 def write_case_h5(case: CaseData, folder: Path) -> dict:
     """Write ``folder/case.h5``; return what was written."""
     h5py = require("h5py", "h5py", "hdf5")
-    with h5py.File(Path(folder) / CASE_FILE, "w", libver=LIBVER) as handle:
-        write_case_group(handle, case)
+    path = Path(folder) / CASE_FILE
+    try:
+        with h5py.File(path, "w", libver=LIBVER) as handle:
+            write_case_group(handle, case)
+    except (RuntimeError, OSError) as error:
+        raise _as_os_error(error, path) from None
     return {"files": {"case": CASE_FILE}, "dataset_file": f"../{DATASET_FILE}", "group": f"/{case.case_id}"}
 
 
@@ -123,6 +139,9 @@ def build_dataset(out_dir: Path, case_ids: list, splits: Optional[dict] = None) 
             for case_id in case_ids:
                 copy_case(h5py, out_dir / case_id / CASE_FILE, dst, case_id)
         temp.replace(final)
+    except (RuntimeError, OSError) as error:
+        temp.unlink(missing_ok=True)
+        raise _as_os_error(error, final) from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
