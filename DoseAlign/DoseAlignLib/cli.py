@@ -713,6 +713,15 @@ def _exit(code: int) -> None:
     watched = sys.getprofile() is not None or sys.gettrace() is not None  # a profiler writes its report after us
     if watched or threading.active_count() > 1 or (multiprocessing is not None and multiprocessing.active_children()):
         sys.exit(code)
+    import atexit
+
+    _flush_standard_streams()
+    atexit._run_exitfuncs()  # what the normal exit runs first (logging.shutdown, multiprocessing's clean-up)
+    _flush_standard_streams()  # what those handlers printed
+    os._exit(code)
+
+
+def _flush_standard_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -720,10 +729,6 @@ def _exit(code: int) -> None:
             _silence_stdout()
         except (OSError, ValueError, AttributeError):
             pass
-    import atexit
-
-    atexit._run_exitfuncs()  # what the normal exit runs first (logging.shutdown, multiprocessing's clean-up)
-    os._exit(code)
 
 
 def _stop_on_sigterm():

@@ -650,6 +650,7 @@ _RUN = (
     "from DoseAlignLib.cli import run\n"
     "flag = Path(sys.argv[1])\n"
     "atexit.register(lambda: flag.with_suffix('.atexit').write_text('ran'))\n"
+    "atexit.register(lambda: print('said at exit'))\n"
     "if sys.argv[2] == 'thread':\n"
     "    def late():\n"
     "        time.sleep(1.0)\n"
@@ -668,7 +669,7 @@ def test_the_command_ends_with_its_exit_code_outputs_and_exit_handlers(study, tm
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-c", _RUN, str(flag), other, "export", str(study), str(out)],
-        env=ENV,
+        env={k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"},  # stdout block-buffered, as in a pipe
         capture_output=True,
         text=True,
         timeout=300,
@@ -680,6 +681,7 @@ def test_the_command_ends_with_its_exit_code_outputs_and_exit_handlers(study, tm
         with np.load(out / row["case_id"] / "pair.npz") as npz:
             assert npz["dose"].shape == npz["ct"].shape
     assert flag.with_suffix(".atexit").read_text() == "ran"
+    assert "said at exit" in done.stdout  # printed by an exit handler, after the command's own flush
     assert not flag.with_suffix(".after").exists(), "run() returned instead of ending the process"
     assert flag.with_suffix(".thread").exists() == (other == "thread")
     failed = subprocess.run(
