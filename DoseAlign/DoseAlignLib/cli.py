@@ -280,6 +280,38 @@ def _formats(args: argparse.Namespace):
     return formats
 
 
+class _Unfailing:
+    """A stream for progress that never stops the command: once a write fails (stderr on a full device, a closed
+    descriptor), progress is silent for the rest of the run."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.broken = stream is None
+
+    def write(self, text: str) -> None:
+        if not self.broken:
+            try:
+                self._stream.write(text)
+            except (OSError, ValueError, AttributeError):
+                self.broken = True
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError, AttributeError):
+                self.broken = True
+
+    def isatty(self) -> bool:
+        try:
+            return not self.broken and bool(self._stream.isatty())
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+
 class _ProgressLine:
     """Progress of a batch: one updating line on a terminal, occasional plain lines otherwise (logs, CI).
 
@@ -292,7 +324,7 @@ class _ProgressLine:
     LOG_EVERY_S = 5.0
 
     def __init__(self, stream=None, quiet: bool = False) -> None:
-        self.stream = stream or sys.stderr  # looked up now: tests and notebooks replace sys.stderr
+        self.stream = _Unfailing(stream or sys.stderr)  # looked up now: tests and notebooks replace sys.stderr
         self.quiet = quiet
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.width = _line_width(self.stream) if self.tty else 120
@@ -662,6 +694,7 @@ def _not_read(ignored: list) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _SIGTERM_SEEN.clear()
+    _no_missing_streams()
     previous = _stop_on_sigterm()
     try:
         code = _main(argv)
@@ -777,6 +810,14 @@ def _importing(frame) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _no_missing_streams() -> None:
+    """A command started with its standard output or error closed (``>&-``) gets None as ``sys.stdout`` /
+    ``sys.stderr``: they go to the null device instead (output that has nowhere to go is dropped, not a traceback)."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
 
 
 def _silence_stdout() -> None:

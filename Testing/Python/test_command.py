@@ -750,3 +750,34 @@ def test_a_scheduler_nobody_listens_at_is_a_usage_error_before_anything_is_writt
     assert stopped.value.code == 2 and phrase in err and "Traceback" not in err, err
     assert not out.exists()
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failing_progress_stream_never_stops_the_export(study, tmp_path):
+    # from the fifth hostile trial (E25, E27): stderr on a full device stopped the export after one case (exit 1,
+    # no report.html); a command started with its standard output closed ended in a traceback
+    out = tmp_path / "out"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "DoseAlignLib", "export", str(study), str(out), "--workers", "1"],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=full,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 0, done.stdout
+    rows = _manifest(out)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"} and (out / "report.html").is_file()
+    for closed in (1, 2):
+        scanned = subprocess.run(
+            [sys.executable, "-m", "DoseAlignLib", "scan", str(study)],
+            env=ENV,
+            stdout=subprocess.PIPE if closed == 2 else None,
+            stderr=subprocess.PIPE if closed == 1 else None,
+            text=True,
+            timeout=120,
+            preexec_fn=lambda fd=closed: os.close(fd),
+        )
+        assert scanned.returncode == 0, (closed, scanned.stdout, scanned.stderr)
+        assert "Traceback" not in (scanned.stderr or "") + (scanned.stdout or "")
