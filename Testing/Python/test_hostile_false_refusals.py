@@ -117,6 +117,50 @@ def test_a_dicomdir_under_any_name_is_no_damaged_file(plain, tmp_path, name):
     assert ignored.get(name, "").startswith("DICOMDIR"), ignored
 
 
+def _bare(path: Path, form: str, preamble: bool) -> None:
+    """Write a slice as a data set without file meta (older exports): implicit or explicit VR little endian, or
+    starting with an ACR-NEMA (0008,0000) group length; with the 128-byte preamble and 'DICM' or without."""
+    ds = pydicom.dcmread(str(path))
+    ds.file_meta = FileMetaDataset()
+    ds.preamble = b"\0" * 128 if preamble else None
+    if form == "group length":
+        ds.add_new(0x00080000, "UL", 0)
+    implicit = form != "explicit"
+    if dd.PYDICOM3:
+        pydicom.dcmwrite(str(path), ds, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = implicit, True
+        pydicom.dcmwrite(str(path), ds, write_like_original=True)
+    head = path.read_bytes()[:136]
+    assert (head[128:132] == b"DICM") is preamble and (head[132:134] == b"\x08\x00" if preamble else True)
+    assert pydicom.dcmread(str(path), force=True).file_meta.get("TransferSyntaxUID") is None
+
+
+@pytest.mark.parametrize(
+    "form, preamble", [("implicit", False), ("explicit", False), ("group length", False), ("implicit", True)]
+)
+def test_ct_slices_without_file_meta_are_read(plain, tmp_path, form, preamble):
+    """From the fifth hostile trial (E23): CT slices stored as bare data sets (no file meta, so no
+    (0002,0010) TransferSyntaxUID) were taken by the scan, then failed the whole case "pixel data is
+    damaged: ... 'file_meta' has no (0002,0010) 'Transfer Syntax UID' element". The syntax pydicom read
+    them in is taken as theirs: the case exports the same CT as with the original slices."""
+    base, truth, out = plain
+    root = tmp_path / "in"
+    shutil.copytree(base / "in", root)
+    for path in truth.ct_files[1:3]:
+        _bare(root / path.relative_to(base / "in"), form, preamble)
+    new = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(new), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = hostile.manifest(new)
+    (expected,) = hostile.manifest(out)
+    assert row["status"] == "ok", row["reason"]
+    with np.load(new / row["case_id"] / "pair.npz") as a, np.load(out / expected["case_id"] / "pair.npz") as b:
+        assert a["ct"].shape == b["ct"].shape
+        np.testing.assert_array_equal(a["ct"], b["ct"])
+        np.testing.assert_array_equal(a["dose"], b["dose"])
+
+
 def test_roi_names_with_other_letters_export_as_nrrd(tmp_path, capsys):
     """From a fresh hostile trial: an ROI named with letters beyond ASCII (Rückenmark, the German spinal
     cord) failed its case with --format nrrd ("internal error (UnicodeEncodeError ...)"): an NRRD header

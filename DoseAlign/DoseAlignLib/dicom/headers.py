@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 
 from ..errors import InputError, UnreadableError, too_many_open_files
@@ -75,6 +75,7 @@ def read_header(
                 ds = pydicom.dcmread(handle, force=not preamble, **options)
                 if not preamble and "SOPClassUID" not in ds and "Modality" not in ds:
                     raise InputError("not a DICOM file", path=path)
+                _fill_in_transfer_syntax(ds)
         check_not_truncated(ds, path, inflated=deflated)
         return ds
     except (InputError, LimitError):
@@ -88,6 +89,34 @@ def read_header(
         raise UnreadableError(f"cannot be read: {error.strerror or one_line(error)}", path=path) from None
     except Exception as error:  # pydicom raises many types on damaged files
         raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {one_line(error)}", path=path) from None
+
+
+#: The uncompressed transfer syntaxes by (implicit VR, little endian): what a data set without one in its file meta
+#: was read as.
+_READ_AS = {
+    (True, True): "1.2.840.10008.1.2",
+    (False, True): "1.2.840.10008.1.2.1",
+    (False, False): "1.2.840.10008.1.2.2",
+}
+
+
+def _fill_in_transfer_syntax(ds: Dataset) -> None:
+    """A data set without (0002,0010) TransferSyntaxUID (a bare data set, or file meta without it) gets the
+    uncompressed syntax pydicom read it in: pydicom infers the encoding when reading such a file but will not
+    decode its pixel data without the UID (nor would :func:`pixel_data_position` place them).
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    encoding = ds.original_encoding if hasattr(type(ds), "original_encoding") else None  # pydicom 3
+    if encoding is None:  # pydicom 2.4
+        encoding = (getattr(ds, "read_implicit_vr", None), getattr(ds, "read_little_endian", None))
+    syntax = _READ_AS.get(tuple(encoding))
+    if syntax is None:
+        return  # the encoding is not known: the pixel data stay undecodable and are reported so
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
 
 
 #: Deflated Explicit VR Little Endian: the data set after the file meta is zlib-compressed.
