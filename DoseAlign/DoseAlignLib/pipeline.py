@@ -133,6 +133,8 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native)
     if case.warnings:
         meta.setdefault("warnings", []).extend(case.warnings)
+    if geometry.warnings:
+        meta.setdefault("warnings", []).extend(geometry.warnings)
     if dose_meta["type"] == "EFFECTIVE":  # Gy all the same, but biologically weighted: said where it is read
         meta["arrays"]["dose"]["dose_type"] = "EFFECTIVE"
         meta.setdefault("warnings", []).append(

@@ -469,6 +469,42 @@ def test_rois_whose_contours_cannot_be_told_apart_are_left_out_and_said(tmp_path
             assert np.array_equal(new_masks[b], old_masks[a]), name
 
 
+@pytest.mark.parametrize(
+    "tags, step, phrase",
+    [
+        ({"SliceThickness": "3.7"}, 3.7, "taken from (0018,0050) SliceThickness"),
+        ({"SliceThickness": None, "SpacingBetweenSlices": "4.2"}, 4.2, "taken from (0018,0088) SpacingBetweenSlices"),
+        ({"SliceThickness": None}, None, "unknown (neither (0018,0050) SliceThickness nor"),
+        ({"SliceThickness": "-3"}, None, "unknown ((0018,0050) SliceThickness"),
+    ],
+)
+def test_a_one_slice_ct_takes_its_step_from_its_header_and_says_so(clean, tmp_path, capsys, tags, step, phrase):
+    """From the fifth hostile trial (E28): a one-slice CT (SliceThickness 3) exported at a slice step of 2 mm, its
+    in-plane spacing, structures rasterized with a 2 mm slab, status ok and no word. The step is now its
+    SliceThickness (else SpacingBetweenSlices), and a case warning says where it came from; with neither (or no
+    usable one) the in-plane spacing is used and the warning says the step is unknown and assumed."""
+    root = _copy(clean, "plan", tmp_path)
+    slices = clean["plan"].ct_files
+    middle = slices[len(slices) // 2]
+    for path in slices:
+        if path != middle:
+            (root / _rel(clean, "plan", path)).unlink()
+    dd.rewrite_tags(root / _rel(clean, "plan", middle), **tags)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert row["status"] == "ok", row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    in_plane = min(meta["spacing_kji"][1:])
+    expected = step if step is not None else in_plane
+    assert meta["shape"][0] == 1
+    assert meta["spacing_kji"][0] == pytest.approx(expected)
+    assert meta["geometry"]["ct"]["slice_step_mm"] == pytest.approx(expected)
+    assert phrase in row["warnings"], row["warnings"]
+    assert any(phrase in w for w in meta["warnings"])
+    if step is None:
+        assert f"{in_plane:g} mm, the in-plane spacing, is assumed" in row["warnings"]
+
+
 def test_a_very_long_roi_name_is_a_shortened_file_name_not_a_stopped_batch(tmp_path, capsys):
     """From the fifth hostile trial (E34): a 270-character ROIName made a mask file name beyond the file system's
     255 bytes; ENAMETOOLONG stopped the whole export (exit 4) and --resume met it again."""

@@ -42,6 +42,7 @@ class CtGeometry:
     tilt_degrees: float
     missing_slices: list = field(default_factory=list)  # (after position mm, number missing)
     checks: list = field(default_factory=list)  # dicts: check, result, detail
+    warnings: list = field(default_factory=list)  # what the case's users must know (a one-slice CT's assumed step)
 
     @property
     def needs_regularization(self) -> bool:
@@ -85,7 +86,13 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
             )
     offsets = distance - distance[0]
     steps = np.diff(offsets)
-    typical = float(np.median(steps)) if steps.size else float(min(spacing))
+    warnings: list = []
+    why = ""
+    if steps.size:
+        typical = float(np.median(steps))
+    else:  # one slice: no position to take the step from
+        typical, why = _single_slice_step(first.path, spacing)
+        warnings.append(f"{first.rel_path}: the CT has one slice; its slice step is {why}")
     uniform = bool(
         steps.size == 0 or np.all(np.abs(steps - typical) <= max(SAME_POSITION_MM, UNIFORM_STEP_FRACTION * typical))
     )
@@ -112,6 +119,7 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
             "check": "slice spacing",
             "result": "ok" if uniform else "uneven",
             "detail": f"{steps.size + 1} slices, step {typical:.4g} mm"
+            + (f" ({why})" if why else "")
             + ("" if uniform else f" (steps {steps.min():.4g} to {steps.max():.4g} mm)"),
         }
     )
@@ -163,13 +171,38 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
         rows=rows,
         columns=columns,
         frame_of_reference_uid=series.frame_of_reference_uid or None,
+        single_slice_thickness=typical,
     )
     if tilt:
         affine = grid.affine.copy()
         affine[:3, 2] = affine_k
         grid = Grid(grid.shape, affine, grid.frame_of_reference_uid)
     checks.append({"check": "orientation", "result": "ok", "detail": _orientation_name(row_dir, col_dir)})
-    return CtGeometry(grid, [int(i) for i in order], uniform, typical, tilt, missing, checks)
+    return CtGeometry(grid, [int(i) for i in order], uniform, typical, tilt, missing, checks, warnings)
+
+
+def _single_slice_step(path, spacing) -> tuple:
+    """``(step mm, how it was found)`` of a one-slice CT: its (0018,0050) SliceThickness, else (0018,0088)
+    SpacingBetweenSlices, when positive and plausible; else the smallest in-plane spacing, said to be assumed."""
+    ds = headers.read_header(path)
+    unusable = []
+    for keyword, tag in (("SliceThickness", "(0018,0050)"), ("SpacingBetweenSlices", "(0018,0088)")):
+        try:
+            value = headers.number(ds, keyword, f"{tag} {keyword}", path, None)
+        except InputError:
+            value = float("nan")
+        if value is None:
+            continue
+        if np.isfinite(value) and headers.MIN_SPACING_MM <= value <= headers.MAX_SPACING_MM:
+            return float(value), f"{value:g} mm, taken from {tag} {keyword}"
+        unusable.append(f"{tag} {keyword} {ds.get(keyword)!r} is not a usable step")
+    assumed = float(min(spacing))
+    told = (
+        "; ".join(unusable)
+        if unusable
+        else "neither (0018,0050) SliceThickness nor (0018,0088) SpacingBetweenSlices is given"
+    )
+    return assumed, f"unknown ({told}): {assumed:g} mm, the in-plane spacing, is assumed"
 
 
 def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str = "int16") -> Volume:
