@@ -505,6 +505,80 @@ def test_a_one_slice_ct_takes_its_step_from_its_header_and_says_so(clean, tmp_pa
         assert f"{in_plane:g} mm, the in-plane spacing, is assumed" in row["warnings"]
 
 
+def _largest_roi_contours(ds) -> tuple:
+    """(ROIName, its ROIContourSequence item) of the ROI with the most contours."""
+    names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
+    item = max(ds.ROIContourSequence, key=lambda i: len(i.ContourSequence))
+    return names[int(item.ReferencedROINumber)], item
+
+
+@pytest.mark.parametrize("damage", ["zigzag", "tilted"])
+def test_one_contour_out_of_plane_costs_that_contour_only(tmp_path, capsys, damage):
+    """From the fifth hostile trial (E15): one contour whose points alternate 9 mm along z dropped the whole ROI
+    ("contours are not planar or not parallel"), while a contour with a damaged point cost only itself. Such a
+    contour is now left out alone, named in a case warning, and the ROI is rasterized from the rest, exactly as
+    when the contour is not there. A contour that is planar but tilted against the others (contours truly not
+    parallel to each other) still leaves the ROI out."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "PLANAR-1", 14, ct_size=(32, 28, 16))
+    ds = dd.read(truth.struct_file)
+    name, item = _largest_roi_contours(ds)
+    contours = list(item.ContourSequence)
+    assert len(contours) >= 4
+    target = len(contours) // 2
+    points = np.array([float(v) for v in contours[target].ContourData]).reshape(-1, 3)
+    if damage == "zigzag":
+        points[1::2, 2] += 9.0
+    else:  # rotated 30 degrees about the contour's own x axis: planar, not parallel to the others
+        centre = points.mean(axis=0)
+        c, s_ = np.cos(np.radians(30)), np.sin(np.radians(30))
+        rotation = np.array([[1, 0, 0], [0, c, -s_], [0, s_, c]])
+        points = (points - centre) @ rotation.T + centre
+    contours[target].ContourData = [f"{v:.4f}" for v in points.ravel()]
+    dd.save(ds, truth.struct_file)
+    code, rows, out = _export(root, tmp_path / "damaged", capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    skipped = {s["name"]: s["reason"] for s in meta["structures"]["skipped"]}
+    if damage == "tilted":
+        assert "contours are not planar or not parallel" in skipped[name]
+        assert name not in meta["structures"]["names"]
+        return
+    assert name not in skipped and name in meta["structures"]["names"]
+    phrase = f"ROI {name!r}: contour {target + 1} of {len(contours)}"
+    assert phrase in row["warnings"] and "do not lie in one plane" in row["warnings"], row["warnings"]
+    # the same structure set without that contour: the same mask
+    del item.ContourSequence[target]
+    item.ContourSequence = item.ContourSequence  # pydicom 2.4 keeps the sequence as it is
+    dd.save(ds, truth.struct_file)
+    code, rows, without = _export(root, tmp_path / "without", capsys)
+    (reference,) = rows
+    assert code == 0 and reference["status"] == "ok" and not reference["warnings"], reference
+    other = json.loads((without / reference["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert other["structures"]["names"] == meta["structures"]["names"]
+    with np.load(out / row["case_id"] / "pair.npz") as a, np.load(without / reference["case_id"] / "pair.npz") as b:
+        np.testing.assert_array_equal(a["masks"], b["masks"])
+
+
+def test_contours_of_a_missing_roi_number_are_named(tmp_path, capsys):
+    """From the fifth hostile trial (E15's wording): contours pointing at ReferencedROINumber 99, which no ROI has,
+    left their ROI out as "no contours". The reason now says where its contours point, as a case warning."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "ORPHAN-1", 15, ct_size=(32, 28, 16))
+    ds = dd.read(truth.struct_file)
+    name, item = _largest_roi_contours(ds)
+    item.ReferencedROINumber = 99
+    dd.save(ds, truth.struct_file)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    reason = {s["name"]: s["reason"] for s in meta["structures"]["skipped"]}[name]
+    assert "ReferencedROINumber" in reason and "99" in reason and "no ROI" in reason, reason
+    assert "ROINumber 99" in row["warnings"], row["warnings"]
+
+
 def test_a_very_long_roi_name_is_a_shortened_file_name_not_a_stopped_batch(tmp_path, capsys):
     """From the fifth hostile trial (E34): a 270-character ROIName made a mask file name beyond the file system's
     255 bytes; ENAMETOOLONG stopped the whole export (exit 4) and --resume met it again."""

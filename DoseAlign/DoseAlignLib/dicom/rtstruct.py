@@ -84,6 +84,9 @@ class RoiContours:
         Why the ROI gives no mask (None when it does).
     notes : list of str
         Things left out on the way (open contours, degenerate polygons).
+    defects : list of str
+        Contours left out because the structure set is wrong (a contour whose points lie in no plane); each is
+        also in ``notes`` and becomes a case warning.
     """
 
     number: int
@@ -96,6 +99,7 @@ class RoiContours:
     planes: list = field(default_factory=list)
     skipped: Optional[str] = None
     notes: list = field(default_factory=list)
+    defects: list = field(default_factory=list)
 
     @property
     def positions(self) -> np.ndarray:
@@ -219,8 +223,9 @@ def _repeats_first(points: np.ndarray) -> bool:
 
 
 def _polygons_of(item: Dataset) -> tuple:
-    """(closed polygons, counts of other geometric types) of one ROIContourSequence item."""
-    closed, others = [], {}
+    """(closed polygons, counts of other geometric types, each polygon's item number in ContourSequence
+    (1-based) and ContourNumber ('' when absent)) of one ROIContourSequence item."""
+    closed, others, where = [], {}, []
     for n, contour in enumerate(item.get("ContourSequence", None) or []):
         if not n & 1023:
             check_case_time()
@@ -246,7 +251,8 @@ def _polygons_of(item: Dataset) -> tuple:
             others["degenerate"] = others.get("degenerate", 0) + 1
             continue
         closed.append(points)
-    return closed, others
+        where.append((n + 1, headers.text(contour, "ContourNumber")))
+    return closed, others, where
 
 
 def _group_planes(polygons: list, normal: np.ndarray) -> list:
@@ -315,13 +321,16 @@ def read_structure_set(
         name = headers.text(item, "ROIName", f"ROI {number}")
         contour_item = contours_by_number.get(number)
         color = None
-        polygons, others = [], {}
+        polygons, others, where = [], {}, []
         if contour_item is not None:
             raw = contour_item.get("ROIDisplayColor")
             if raw is not None and len(raw) == 3:
                 color = tuple(int(round(float(c))) for c in raw)
-            polygons, others = _polygons_of(contour_item)
-        parsed.append((number, name, types_by_number.get(number, ""), color, contour_item, polygons, others))
+            polygons, others, where = _polygons_of(contour_item)
+        count = len(contour_item.get("ContourSequence", None) or []) if contour_item is not None else 0
+        parsed.append(
+            (number, name, types_by_number.get(number, ""), color, contour_item, polygons, others, (where, count))
+        )
         all_polygons.extend(polygons)
 
     default_normal = None
@@ -333,7 +342,8 @@ def read_structure_set(
         default_normal = np.array([0.0, 0.0, 1.0])
 
     rois = []
-    for number, name, kind, color, contour_item, polygons, others in parsed:
+    orphans = sorted(set(contours_by_number) - set(numbers))  # contours of an ROI the set does not have
+    for number, name, kind, color, contour_item, polygons, others, (where, n_contours) in parsed:
         roi = RoiContours(number, name, name, kind, color, rel_path, default_normal)
         roi.notes.extend(f"{count} {what} contour(s) ignored" for what, count in sorted(others.items()))
         sharing = [n for (m, n, *_rest) in parsed if m == number]
@@ -347,6 +357,13 @@ def read_structure_set(
                 f"{contour_items[number]} ROIContourSequence items reference ROINumber {number} "
                 "((3006,0084) ReferencedROINumber): which holds its contours cannot be told"
             )
+        elif contour_item is None and orphans:
+            listed = ", ".join(str(n) for n in orphans)
+            roi.skipped = (
+                f"no contours: its ROINumber {number} is referenced by no ROIContourSequence item, while "
+                f"ROIContourSequence items reference ROINumber {listed} ((3006,0084) ReferencedROINumber), "
+                f"which no ROI of the structure set has"
+            )
         elif contour_item is None or not (polygons or others):
             roi.skipped = "no contours"
         elif not polygons:
@@ -357,8 +374,11 @@ def read_structure_set(
         else:
             normal = default_normal
             if max(_spread(p, normal) for p in polygons) > COPLANAR_TOLERANCE_MM:
-                own = _estimate_normal(polygons)
-                if own is not None and max(_spread(p, own) for p in polygons) <= COPLANAR_TOLERANCE_MM:
+                polygons = _leave_out_non_planar(roi, polygons, where, n_contours, normal)
+                own = _estimate_normal(polygons) if polygons else None
+                if polygons and max(_spread(p, normal) for p in polygons) <= COPLANAR_TOLERANCE_MM:
+                    pass  # the rest lie in the image planes
+                elif own is not None and max(_spread(p, own) for p in polygons) <= COPLANAR_TOLERANCE_MM:
                     normal = own
                     roi.notes.append(f"contour planes are not the image planes; normal {np.round(own, 4).tolist()}")
                 else:
@@ -370,6 +390,32 @@ def read_structure_set(
             roi.notes.append("RTROIInterpretedType MARKER but has closed contours: rasterized")
         rois.append(roi)
     return rois
+
+
+def _leave_out_non_planar(roi: RoiContours, polygons: list, where: list, count: int, normal: np.ndarray) -> list:
+    """``polygons`` without those whose own points lie in no plane (each named in ``roi.defects`` and ``notes``).
+
+    A contour is planar when its vertices spread at most :data:`COPLANAR_TOLERANCE_MM` along the image planes'
+    ``normal`` or along its own (Newell) normal; one that is not is a damaged contour, not the ROI's shape, and
+    costs only itself.
+    """
+    kept = []
+    for polygon, (item, contour_number) in zip(polygons, where):
+        if _spread(polygon, normal) <= COPLANAR_TOLERANCE_MM:
+            kept.append(polygon)
+            continue
+        n = newell_normal(polygon)
+        length = float(np.linalg.norm(n))
+        spread = _spread(polygon, n / length) if length > 1e-9 else float("inf")
+        if spread <= COPLANAR_TOLERANCE_MM:
+            kept.append(polygon)
+            continue
+        label = f"contour {item} of {count}" + (f" (ContourNumber {contour_number})" if contour_number else "")
+        how = f"they spread {spread:.3g} mm along its normal" if np.isfinite(spread) else "they enclose no area"
+        text = f"{label} left out: its points do not lie in one plane ({how}; (3006,0050) ContourData)"
+        roi.defects.append(text)
+        roi.notes.append(text)
+    return kept
 
 
 def plane_spacing(rois: Sequence[RoiContours]) -> Optional[float]:

@@ -97,6 +97,9 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
             result.meta.setdefault("warnings", []).append(
                 f"{skipped.get('source', 'RTSTRUCT')}: ROI {skipped.get('name')!r} left out: {skipped['reason']}"
             )
+    for roi in rois:  # contours left out of an ROI that is rasterized without them
+        for defect in roi.defects:
+            result.meta.setdefault("warnings", []).append(f"{roi.source}: ROI {roi.name!r}: {defect}")
     if getattr(options, "roi_map", None):
         out_masks.notes.append("ROI names harmonised with the ROI map in options.roi_map")
     if channels:
