@@ -29,7 +29,15 @@ from .output.case_folder import (
     not_replaceable,
     replacement_problem,
 )
-from .output.files import claim_for, json_text, live_runs, release_claims, remove_owned, write_text_atomic
+from .output.files import (
+    DescriptorReserve,
+    claim_for,
+    json_text,
+    live_runs,
+    release_claims,
+    remove_owned,
+    write_text_atomic,
+)
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import (
     input_files,
@@ -205,6 +213,16 @@ def export_folder(
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
         write_text_atomic(out_dir / manifest_name.replace(".csv", ".json"), json_text(_shard_settings(formats)))
+    reserve = DescriptorReserve()  # for the manifest, should the run reach its open-file limit
+
+    def write_rows(rows_now: list) -> Path:
+        try:
+            return write_manifest(out_dir, rows_now, manifest_name)
+        except OSError as error:
+            if not too_many_open_files(error) or not reserve.release():
+                raise
+            return write_manifest(out_dir, rows_now, manifest_name)
+
     rows: list = [None] * len(cases)
     done = [0]
     stopped_by = [""]  # the short cause of an output fault, for the rows of the cases not started
@@ -225,7 +243,7 @@ def export_folder(
             report.fault = row["reason"]  # no further case is started
             stopped_by[0] = f"{fault}, at case {row['case_id']}"
         try:
-            write_manifest(out_dir, carried + report.rows, manifest_name)
+            write_rows(carried + report.rows)
         except OSError as error:  # the previous manifest stays as it was; the batch stops
             report.fault = report.fault or f"manifest.csv: {output_fault(error, out_dir)}"
         if progress is not None:
@@ -303,7 +321,7 @@ def export_folder(
         remove_owned(out_dir, claim.token)  # what the stopped workers left (this run's temporary names only)
         # the interrupt may have come between counting a case and writing the manifest that lists it
         with contextlib.suppress(OSError):
-            write_manifest(out_dir, carried + [r for r in rows if r is not None], manifest_name)
+            write_rows(carried + [r for r in rows if r is not None])
         raise Interrupted(done[0], len(cases), isinstance(stop, Terminated)) from None
     if report.fault is not None:  # the cases not started: named, so that --resume exports them
         for index, case in to_run:
@@ -317,7 +335,7 @@ def export_folder(
     all_rows = carried + report.rows
     if report.fault is not None:  # write no more than the manifest (it may fail too: the old one stays)
         try:
-            report.manifest = write_manifest(out_dir, all_rows, manifest_name)
+            report.manifest = write_rows(all_rows)
         except OSError as error:
             report.fault += f"; manifest.csv could not be written either ({error.strerror or error})"
         return report
@@ -330,7 +348,7 @@ def export_folder(
         for message in finished.get("notes", []):
             note(message)
     try:
-        report.manifest = write_manifest(out_dir, all_rows, manifest_name)
+        report.manifest = write_rows(all_rows)
     except OSError as error:  # the cases are in place; the previous manifest stays (--resume rebuilds it)
         report.fault = f"manifest.csv: {output_fault(error, out_dir)}"
         return report

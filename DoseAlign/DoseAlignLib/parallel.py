@@ -158,6 +158,8 @@ def _start_workers(context, task: Callable, count: int, with_stages: bool) -> tu
             reason.split(";")[0],
             f"{len(slots)} process(es)" if slots else "this process, one at a time",
         )
+        if not slots:
+            stages = None  # its pipe is closed with it: the cases that run here need the descriptors
     return stages, slots
 
 
@@ -170,6 +172,7 @@ class _Worker:
         self._spawn()
 
     def _spawn(self) -> None:
+        _check_descriptors(6)
         self.conn, child = self.context.Pipe()
         self.process = self.context.Process(
             target=_work, args=(child, self.task, self.stages, os.getpid()), name="dosealign-worker", daemon=True
@@ -206,6 +209,19 @@ class _Worker:
             self.conn.close()
         self.job = None
         self._spawn()
+
+
+def _check_descriptors(count: int) -> None:
+    """Raise EMFILE now, holding nothing, if ``count`` more descriptors cannot be opened: a worker needs a
+    pipe of its own and two for its process, and CPython's fork start leaks the first of those two when
+    the second cannot be made (the cases that then run in this process would have fewer)."""
+    opened: list = []
+    try:
+        for _ in range(count):
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+    finally:
+        for fd in opened:
+            os.close(fd)
 
 
 def _death(exitcode: Optional[int]) -> str:

@@ -264,6 +264,77 @@ def test_the_open_file_limit_ends_cleanly_naming_the_limit(many_files, tmp_path,
             assert f"of {count} open files" in line or f"only {count} files" in line, line
 
 
+_HOARD = """
+import errno, os, sys
+import DoseAlignLib.batch as batch
+real = batch.write_manifest
+hoard, calls = [], []
+
+def at_the_limit(*args, **kwargs):  # the first manifest is written while every free descriptor is taken
+    calls.append(1)
+    while len(calls) == 1:
+        try:
+            hoard.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as error:
+            assert error.errno == errno.EMFILE
+            break
+    try:
+        return real(*args, **kwargs)
+    finally:
+        while hoard:
+            os.close(hoard.pop())
+
+batch.write_manifest = at_the_limit
+from DoseAlignLib.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/dev/null and open-file limits as on Linux")
+def test_a_run_at_its_open_file_limit_still_writes_its_manifest(many_files, tmp_path):
+    """Under ``ulimit -n 12`` the export stopped at a case's pair.npz and then could not write manifest.csv
+    either ("manifest.csv could not be written either (Too many open files)"): the folder kept a manifest of
+    one row in three. The run now holds a few descriptors back for its manifest: here every descriptor is
+    taken while the first manifest is written (by fonts, caches, another thread), and the run goes on."""
+    out = tmp_path / "out"
+    done = hostile.python(_HOARD, "export", str(many_files), str(out), "--workers", "1", "--quiet", "--no-qa-png")
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "could not be written" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok"] * 3
+
+
+_WORKER_START = """
+import json, os, resource, sys
+from DoseAlignLib import parallel
+
+def task(case):
+    return {"status": "ok", "case": case}
+
+opened = len(os.listdir("/proc/self/fd")) - 1  # less the descriptor listdir itself used
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+leaks = {}
+for room in range(0, 9):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (opened + room, hard))
+    rows = []
+    parallel.run_pool(task, list(range(3)), 2, lambda n, row: rows.append(row))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    leaks[room] = len(os.listdir("/proc/self/fd")) - 1 - opened
+    assert len(rows) == 3, (room, rows)
+print(json.dumps(leaks))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd and fork")
+def test_workers_that_cannot_be_started_leave_no_descriptor_open():
+    """CPython's fork start leaks a pipe when the second of its two pipes cannot be made, and the unused
+    stages queue kept its pipe: the cases then run in this process with fewer descriptors."""
+    done = hostile.python(_WORKER_START)
+    assert done.returncode == 0, done.stdout + done.stderr
+    leaks = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(leaks.values()) == {0}, leaks
+
+
 def test_the_scan_reads_in_one_process_when_it_cannot_start_others(many_files, monkeypatch):
     from DoseAlignLib.dicom import scan
 

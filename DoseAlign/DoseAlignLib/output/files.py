@@ -312,6 +312,30 @@ def remove_owned(folder: Path, token: str) -> list:
 # ---- writing ---------------------------------------------------------------------------------------
 
 
+class DescriptorReserve:
+    """A few descriptors (of /dev/null) held from a run's start and given back when the run reaches its
+    open-file limit (``ulimit -n``), so that it can still write the manifest that names what happened."""
+
+    def __init__(self, count: int = 3) -> None:
+        self._fds: list = []
+        for _ in range(count):
+            try:
+                self._fds.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:  # already at the limit: a smaller reserve
+                break
+
+    def release(self) -> bool:
+        """Close the reserve; True if there was one to give back."""
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return bool(fds)
+
+    def __del__(self) -> None:
+        self.release()
+
+
 def temp_path(path: Path) -> Path:
     """A temporary path for ``path`` (renamed onto it when complete), owned by this process's claim.
 
