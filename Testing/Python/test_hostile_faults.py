@@ -539,6 +539,172 @@ def test_a_pipe_or_device_in_a_case_folder_is_named_as_what_it_is(cohort, export
     assert os.path.lexists(victim / entry) and not (victim / entry).is_file()  # left as it was
 
 
+# ---- a meta.json that disagrees with itself or with its arrays (fourth hostile trial D4, variations) --------
+
+
+@pytest.fixture(scope="module")
+def rois_cohort(tmp_path_factory) -> Path:
+    """Two cases with structures (seven ROIs, an EXTERNAL among them)."""
+    root = tmp_path_factory.mktemp("rois") / "in"
+    for n in range(2):
+        hostile.study(root / f"r{n}", f"ROIS-{n}", 60 + n)
+    return root
+
+
+#: Option sets whose untouched exports --resume must keep (each writes meta.json a little differently).
+KEPT_OPTIONS = {
+    "default": [],
+    "dose grid, npy": ["--reference", "dose", "--layout", "npy"],
+    "float16, fractional, fixed channels": [
+        *("--dose-dtype", "float16", "--compress", "--fractional-masks", "2", "--rois", "PTV,Ghost,Heart"),
+    ],
+    "custom grid, cropped": ["--reference", "custom", "--spacing", "1.7", "--crop", "body"],
+}
+
+
+@pytest.fixture(scope="module")
+def exported_rois(rois_cohort, tmp_path_factory) -> dict:
+    """A finished export of ``rois_cohort`` per option set of :data:`KEPT_OPTIONS`."""
+    outs = {}
+    for name, options in KEPT_OPTIONS.items():
+        out = tmp_path_factory.mktemp("exported-rois") / "out"
+        assert main(["export", str(rois_cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", *options]) == 0
+        outs[name] = out
+    return outs
+
+
+def _shift_origin(meta: dict, mm: float, ras: bool = False) -> dict:
+    lps = [list(row) for row in meta["ijk_to_lps"]]
+    lps[0][3] += mm
+    meta = {**meta, "ijk_to_lps": lps}
+    if ras:  # both affines moved alike: they agree with each other, not with the grid they were taken from
+        meta["ijk_to_ras"] = [list(row) for row in meta["ijk_to_ras"]]
+        meta["ijk_to_ras"][0][3] -= mm
+    return meta
+
+
+def _structures(meta: dict, **changes) -> dict:
+    return {**meta, "structures": {**meta["structures"], **changes}}
+
+
+def _dose(meta: dict, **changes) -> dict:
+    return {**meta, "dose": {**meta["dose"], **changes}}
+
+
+def _array(meta: dict, name: str, **changes) -> dict:
+    return {**meta, "arrays": {**meta["arrays"], name: {**meta["arrays"][name], **changes}}}
+
+
+def _swap(items: list, a: int = 1, b: int = 2) -> list:
+    items = list(items)
+    items[a], items[b] = items[b], items[a]
+    return items
+
+
+def _native(meta: dict, **changes) -> dict:
+    ct = meta["geometry"]["ct"]
+    return {**meta, "geometry": {**meta["geometry"], "ct": {**ct, "native_grid": {**ct["native_grid"], **changes}}}}
+
+
+def _audit_output(meta: dict, **changes) -> dict:
+    audit = meta["audit"]
+    dose = {**audit["dose"], "output": {**audit["dose"]["output"], **changes}}
+    return {**meta, "audit": {**audit, "dose": dose}}
+
+
+#: Edits of a finished case's meta.json (values of the right kind, each possible alone) that make it disagree
+#: with itself or with pair.npz, and the field the note must name. The first four are the fourth trial's.
+DISAGREEING = {
+    "ijk_to_lps moved 10 mm": (lambda m: _shift_origin(m, 10.0), "ijk_to_lps"),
+    "structures.names one more": (lambda m: _structures(m, names=[*m["structures"]["names"], "Ghost"]), "names"),
+    "structures.names only 3": (lambda m: _structures(m, names=m["structures"]["names"][:3]), "structures.names"),
+    "structures.names reordered": (lambda m: _structures(m, names=_swap(m["structures"]["names"])), "names"),
+    "dose units CGY": (lambda m: _array(_dose(m, units="CGY"), "dose", units="CGY"), "dose.units"),
+    "dose scaling NaN": (lambda m: _dose(m, dose_grid_scaling=[float("nan")]), "dose.dose_grid_scaling"),
+    # further variations of the same rule
+    "ijk_to_lps and ijk_to_ras moved alike": (lambda m: _shift_origin(m, 10.0, ras=True), "ijk_to_lps"),
+    "ijk_to_ras alone moved": (lambda m: {**m, "ijk_to_ras": _shift_origin(m, 5.0, ras=True)["ijk_to_ras"]}, "ras"),
+    "ijk_to_lps axes swapped": (
+        lambda m: {**m, "ijk_to_lps": [_swap(row, 0, 1) for row in m["ijk_to_lps"]]},
+        "ijk_to_lps",
+    ),
+    "spacing_kji not spacing reversed": (lambda m: {**m, "spacing_kji": m["spacing"]}, "spacing_kji"),
+    "arrays.dose.units alone CGY": (lambda m: _array(m, "dose", units="CGY"), "arrays.dose.units"),
+    "arrays.ct.dtype not pair.npz's": (lambda m: _array(m, "ct", dtype="float32"), "arrays.ct.dtype"),
+    "arrays.ct.outside_value not the fill": (lambda m: _array(m, "ct", outside_value=0.0), "arrays.ct.outside_value"),
+    "dose scaling zero": (lambda m: _dose(m, dose_grid_scaling=[0.0]), "dose.dose_grid_scaling"),
+    "dose scalings two for one dose": (lambda m: _dose(m, dose_grid_scaling=[1e-3, 1e-3]), "dose_grid_scaling"),
+    "dose maximum 1e30 Gy": (lambda m: _dose(m, max_gy_output=1e30), "dose.max_gy_output"),
+    "dose units relative without the option": (
+        lambda m: _array(_dose(m, units="RELATIVE"), "dose", units="RELATIVE"),
+        "dose.units",
+    ),
+    "bits_allocated 12": (lambda m: _dose(m, bits_allocated=[12]), "dose.bits_allocated"),
+    "structures.rois reordered": (lambda m: _structures(m, rois=_swap(m["structures"]["rois"])), "structures.names"),
+    "structures.names a name twice": (
+        lambda m: _structures(m, names=[m["structures"]["names"][0]] * len(m["structures"]["names"])),
+        "structures.names",
+    ),
+    "names, rois and flags one fewer than the masks": (
+        lambda m: _structures(m, **{k: m["structures"][k][:-1] for k in ("names", "rois", "roi_present")}),
+        "structures.names",
+    ),
+    "structures.roi_present one short": (
+        lambda m: _structures(m, roi_present=m["structures"]["roi_present"][1:]),
+        "structures.roi_present",
+    ),
+    "native CT origin not its matrix's": (lambda m: _native(m, origin_lps=[0.0, 0.0, 0.0]), "origin_lps"),
+    "dose maximum's voxel moved": (
+        lambda m: _audit_output(m, dmax_index=[v + 1 for v in m["audit"]["dose"]["output"]["dmax_index"]]),
+        "dmax_index",
+    ),
+    "Infinity deep in the audit": (lambda m: _audit_output(m, integral_gy_l=float("inf")), "integral_gy_l"),
+    "NaN 900 lists deep": (lambda m: {**m, "deep": json.loads("[" * 900 + "NaN" + "]" * 900)}, "deep[0][0]"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(DISAGREEING))
+def test_a_meta_json_that_disagrees_with_itself_is_exported_again(rois_cohort, exported_rois, tmp_path, capsys, edit):
+    """From the fourth and fifth hostile trials: --resume kept a case whose meta.json had its ijk_to_lps moved
+    10 mm (spacing unchanged), an eighth ROI name for seven mask channels (or only three names), dose units
+    "CGY", a DoseGridScaling NaN. meta.json must agree with itself and with pair.npz's headers; where it does
+    not, the case is damaged and exported again, with a note naming the field, and written as it was."""
+    edited, field = DISAGREEING[edit]
+    out = tmp_path / "out"
+    shutil.copytree(exported_rois["default"], out)
+    case_id = sorted(r["case_id"] for r in hostile.manifest(out))[0]
+    meta_path = out / case_id / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta_path.write_text(json.dumps(edited(meta), indent=1), encoding="utf-8")
+    capsys.readouterr()
+    args = [str(rois_cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--resume"]
+    assert main(["export", *args]) == 0
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err
+    notes = [line for line in printed.out.splitlines() if "its outputs were damaged (" in line]
+    assert notes and any(case_id in line for line in notes), printed.out
+    for line in notes:  # the summary's note and the case's line
+        found = line.split("its outputs were damaged (", 1)[1]
+        assert found.startswith(("meta.json is damaged (", "meta.json disagrees with pair.npz (")), line
+        assert field in found, line
+    rows = {r["case_id"]: r["status"] for r in hostile.manifest(out)}
+    assert rows == {case_id: "ok", **{c: "skipped" for c in rows if c != case_id}}, rows
+    assert json.loads(meta_path.read_text(encoding="utf-8")) == meta  # written anew, as it was
+
+
+@pytest.mark.parametrize("options", sorted(KEPT_OPTIONS))
+def test_an_untouched_export_is_still_kept(rois_cohort, exported_rois, tmp_path, capsys, options):
+    """The rules above hold for what every export writes: --resume keeps all of an untouched export."""
+    out = tmp_path / "out"
+    shutil.copytree(exported_rois[options], out)
+    capsys.readouterr()
+    args = [str(rois_cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", *KEPT_OPTIONS[options]]
+    assert main(["export", *args, "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "damaged" not in printed.out + printed.err, printed.out
+    assert sorted(r["status"] for r in hostile.manifest(out)) == ["skipped", "skipped"]
+
+
 #: Runs the command and reports its peak memory (resident set, kB) on stderr's last line: VmHWM, this program's
 #: own (getrusage's ru_maxrss would count the forking test process's memory, kept across exec).
 PEAK = (

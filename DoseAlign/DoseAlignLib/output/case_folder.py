@@ -87,7 +87,8 @@ def case_problem(folder: Path) -> Optional[str]:
     meta.json must be DoseAlign's, readable, and hold values an export writes (:func:`meta_problem`);
     ``pair.npz`` must be a whole zip archive (its directory at the end, every member inside the file)
     whose ``ct`` and ``dose`` headers read, whose sizes agree with them and whose shape is meta.json's;
-    in the ``npy`` layout each ``.npy`` file must be as long as its header says. Data bytes are not read:
+    in the ``npy`` layout each ``.npy`` file must be as long as its header says; the arrays' types and the mask
+    channels (one per ROI name) must be what meta.json says (:func:`_arrays_disagreement`). Data bytes are not read:
     a file cut short, or a folder a killed or failing run left, is found; bit rot inside an array is not.
     """
     folder = Path(folder)
@@ -98,17 +99,56 @@ def case_problem(folder: Path) -> Optional[str]:
     if damaged:
         return f"meta.json is damaged ({damaged})"
     shape = tuple(meta["shape"])
+    headers: dict = {}  # name -> (shape, dtype) of each array, from its .npy header
     npz_kind = entry_kind(folder / "pair.npz")
     if npz_kind is None:
-        return _npz_problem(folder / "pair.npz", shape)
+        problem = _npz_problem(folder / "pair.npz", shape, headers)
+        return problem or _arrays_disagreement(meta, headers, "pair.npz")
     if entry_kind(folder / "ct.npy") is None:
         for path in sorted(folder.glob("*.npy")):
-            problem = _npy_problem(path, shape if path.stem in ("ct", "dose") else None)
+            problem = _npy_problem(path, shape if path.stem in ("ct", "dose") else None, headers)
             if problem:
                 return problem
         dose_kind = entry_kind(folder / "dose.npy")
-        return None if dose_kind is None else f"dose.npy is {dose_kind}" + _NOT_REGULAR * (dose_kind != "missing")
+        if dose_kind is not None:
+            return f"dose.npy is {dose_kind}" + _NOT_REGULAR * (dose_kind != "missing")
+        return _arrays_disagreement(meta, headers, "the .npy files")
     return f"pair.npz is {npz_kind}" + _NOT_REGULAR * (npz_kind != "missing")
+
+
+def _arrays_disagreement(meta: dict, headers: dict, where: str) -> Optional[str]:
+    """What meta.json says of the arrays that their headers (``{name: (shape, dtype)}``, read from ``where``)
+    contradict: the CT's and the dose's type, one mask channel per name of ``structures.names``, the masks and
+    the body on the grid of ``shape``."""
+    problem = _headers_disagreement(meta, headers)
+    return f"meta.json disagrees with {where} ({problem})" if problem else None
+
+
+def _headers_disagreement(meta: dict, headers: dict) -> Optional[str]:
+    k, j, i = meta["shape"]
+    stored = (meta.get("storage") or {}).get("dtypes")
+    for name in ("ct", "dose"):
+        described = (meta.get("arrays") or {}).get(name)
+        dtype = described.get("dtype") if isinstance(described, dict) else None
+        found = headers[name][1] if name in headers else None
+        if dtype is not None and found is not None and found != dtype:
+            return f"arrays.{name}.dtype: {dtype}, but {name} is {found}"
+        if isinstance(stored, dict) and name in stored and found is not None and stored[name] != found:
+            return f"storage.dtypes.{name}: {stored[name]}, but {name} is {found}"
+    names = (meta.get("structures") or {}).get("names") or []
+    packed = (k, j, (i + 7) // 8)
+    if "masks" not in headers:
+        return f"structures.names: {len(names)} names, but no masks" if names else None
+    expected = {"masks": (len(names), *packed), "body": packed, "masks_fraction": (len(names), k, j, i)}
+    for name, want in expected.items():
+        if name not in headers:
+            continue
+        found, dtype = headers[name]
+        if name != "body" and found[:1] != want[:1]:
+            return f"structures.names: {len(names)} names, but {name} has {found[0]} channels"
+        if found != want or dtype != "uint8":
+            return f"shape: {name} is {_shape(found)} {dtype}, not {_shape(want)} uint8 on this grid"
+    return None
 
 
 _NOT_REGULAR = ", not a regular file"
@@ -122,7 +162,9 @@ def meta_problem(meta: dict, case_id: Optional[str] = None) -> Optional[str]:
     maximum, warnings, manifest_extra, patient, summation type, source files), report.html (audit
     flags), ``merge`` and the dataset files (case_id, ijk_to_lps, frame of reference, arrays,
     structures, exports). Values must be of their kind and possible: a shape of positive integers,
-    a spacing finite and > 0, a case_id that is the folder's name (``case_id``, when given).
+    a spacing finite and > 0, a case_id that is the folder's name (``case_id``, when given); and the file must
+    agree with itself (:func:`_disagreement`: the grid records, the dose's records, the ROI names). What it
+    says of the arrays is checked against their headers by :func:`case_problem`.
     """
 
     def number(value) -> bool:
@@ -201,6 +243,243 @@ def meta_problem(meta: dict, case_id: Optional[str] = None) -> Optional[str]:
     for fmt, entry in (meta.get("exports") or {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("files", {}), dict):
             return f"exports.{fmt}: not an object with files"
+    return _disagreement(meta)
+
+
+# ---- meta.json agrees with itself (fourth hostile trial D4) ----------------------------------------------------
+# Besides the kinds above, every value an export writes in two places, or derives from another, must agree:
+# a disagreement is an edit (or damage) and the case is exported again. Each rule names the field it found wrong.
+
+#: How far (mm) two records of one position may differ (JSON keeps floats exactly; the audit rounds to 1 um).
+_POSITION_MM = 0.01
+#: LPS -> RAS: x and y change sign.
+_RAS_SIGNS = (-1.0, -1.0, 1.0, 1.0)
+
+
+def _disagreement(meta: dict) -> Optional[str]:
+    """The first field of ``meta`` (whose kinds :func:`meta_problem` checked) that disagrees with another field
+    or holds a value no export writes, as ``"<field>: why"``; None when all agree."""
+    for check in (_non_finite, _geometry_disagreement, _dose_disagreement, _structures_disagreement):
+        problem = check(meta)
+        if problem:
+            return problem
+    return None
+
+
+def _non_finite(meta: dict) -> Optional[str]:
+    """The first number in ``meta`` that is not finite (NaN, Infinity: DoseAlign writes none), by its path.
+    Walked without recursion: a file nested as deep as the parser goes is read to its end, not to a crash."""
+    pending = [("", meta)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            where = where if len(where) <= 120 else f"{where[:117]}..."
+            return f"{where or 'meta.json'}: not a finite number ({value})"
+        if isinstance(value, dict):
+            items = [(f"{where}.{key}" if where else str(key), item) for key, item in value.items()]
+        elif isinstance(value, list):
+            items = [(f"{where}[{n}]", item) for n, item in enumerate(value)]
+        else:
+            continue
+        pending.extend(reversed(items))  # depth first, in the file's order
+    return None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _matrix(value) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(isinstance(row, list) and len(row) == 4 and all(_number(v) for v in row) for row in value)
+    )
+
+
+def _close(a: Sequence, b: Sequence, atol: float) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= atol for x, y in zip(a, b))
+
+
+def _grid_disagreement(grid: dict, where: str, ras: bool = True) -> Optional[str]:
+    """What in a grid record (``Grid.to_dict``: shape, spacing, origin_lps, direction, ijk_to_lps, and with
+    ``ras`` ijk_to_ras) disagrees with the rest of it; each field is checked when present."""
+    shape = grid.get("shape")
+    if shape is not None and not (
+        isinstance(shape, list) and len(shape) == 3 and all(_integer(n) and n >= 1 for n in shape)
+    ):
+        return f"{where}shape: not three positive integers"
+    matrix = grid.get("ijk_to_lps")
+    if not _matrix(matrix):
+        return f"{where}ijk_to_lps: not a 4 x 4 matrix of finite numbers"
+    if matrix[3] != [0, 0, 0, 1]:
+        return f"{where}ijk_to_lps: its last row is not 0 0 0 1"
+    columns = [[matrix[r][c] for r in range(3)] for c in range(3)]
+    norms = [math.sqrt(sum(v * v for v in column)) for column in columns]
+    if min(norms) <= 0:
+        return f"{where}ijk_to_lps: a column of length 0"
+    spacing = grid.get("spacing")
+    if spacing is not None and not (
+        isinstance(spacing, list)
+        and len(spacing) == 3
+        and all(_number(s) and s > 0 for s in spacing)
+        and all(abs(a - b) <= 1e-3 * b for a, b in zip(norms, spacing))
+    ):
+        return f"{where}spacing: not the spacing of ijk_to_lps (the lengths of its columns)"
+    origin = grid.get("origin_lps")
+    if origin is not None and not (isinstance(origin, list) and _close(origin, [row[3] for row in matrix[:3]], 1e-6)):
+        return f"{where}origin_lps: not the origin of ijk_to_lps"
+    direction = grid.get("direction")
+    if direction is not None and not (
+        isinstance(direction, list)
+        and len(direction) == 3
+        and all(
+            isinstance(row, list) and _close(row, [columns[c][r] / norms[c] for c in range(3)], 1e-6)
+            for r, row in enumerate(direction)
+        )
+    ):
+        return f"{where}direction: not the axes of ijk_to_lps"
+    ras_matrix = grid.get("ijk_to_ras") if ras else None
+    if ras_matrix is not None and not (
+        _matrix(ras_matrix)
+        and all(_close(ras_matrix[r], [_RAS_SIGNS[r] * v for v in matrix[r]], 1e-6) for r in range(4))
+    ):
+        return f"{where}ijk_to_ras and {where}ijk_to_lps: not one grid (ijk_to_ras is ijk_to_lps with x and y reversed)"
+    return None
+
+
+def _geometry_disagreement(meta: dict) -> Optional[str]:
+    """The output grid's fields against each other, against the grid it was taken from (the CT's or the dose's
+    own grid, when it is that grid unchanged) and against the audit's dose maximum (its voxel and position)."""
+    problem = _grid_disagreement(meta, "", ras=False)  # ijk_to_ras last: ijk_to_lps is checked against the others
+    if problem:
+        return problem
+    spacing, matrix, shape = meta["spacing"], meta["ijk_to_lps"], meta["shape"]
+    kji = meta.get("spacing_kji")
+    if kji is not None and not (isinstance(kji, list) and _close(kji, spacing[::-1], 1e-9)):
+        return "spacing_kji: not spacing in the order k, j, i"
+    geometry = meta.get("geometry")
+    ct = geometry.get("ct") if isinstance(geometry, dict) else None
+    native = ct.get("native_grid") if isinstance(ct, dict) else None
+    if native is not None:
+        if not isinstance(native, dict):
+            return "geometry.ct.native_grid: not an object"
+        problem = _grid_disagreement(native, "geometry.ct.native_grid.")
+        if problem:
+            return problem
+    dose = meta.get("dose") or {}
+    grids = dose.get("native_grids")
+    if grids is not None and not (isinstance(grids, list) and all(isinstance(g, dict) for g in grids)):
+        return "dose.native_grids: not a list of objects"
+    for n, grid in enumerate(grids or []):
+        problem = _grid_disagreement(grid, f"dose.native_grids[{n}].")
+        if problem:
+            return problem
+    how = (meta.get("resampling") or {}).get("reference_grid")
+    taken = None  # the grid the output grid is, unchanged: the CT's (not regularized, not cropped) or the dose's
+    if how == "the CT grid" and isinstance(ct, dict) and ct.get("regularized") is False:
+        taken = native, "geometry.ct.native_grid"
+    elif how == "the dose grid" and grids:
+        taken = grids[0], "dose.native_grids[0]"
+    if taken is not None and taken[0] is not None:
+        grid, name = taken
+        if grid.get("shape") is not None and grid["shape"] != shape:
+            return f"shape: not the shape of {name}, the grid it is"
+        if not all(_close(matrix[r], grid["ijk_to_lps"][r], 1e-6) for r in range(3)):
+            return f"ijk_to_lps: not the ijk_to_lps of {name}, the grid it is"
+    output = ((meta.get("audit") or {}).get("dose") or {}).get("output")
+    if isinstance(output, dict) and "dmax_index" in output:
+        index, lps = output.get("dmax_index"), output.get("dmax_lps")
+        if not (
+            isinstance(index, list)
+            and len(index) == 3
+            and all(_integer(v) and 0 <= v < n for v, n in zip(index, shape))
+            and isinstance(lps, list)
+            and len(lps) == 3
+            and all(_number(v) for v in lps)
+        ):
+            return "audit.dose.output.dmax_index: not a voxel of the grid"
+        k, j, i = index
+        mapped = [matrix[r][0] * i + matrix[r][1] * j + matrix[r][2] * k + matrix[r][3] for r in range(3)]
+        if not _close(mapped, lps, _POSITION_MM):
+            return "ijk_to_lps: does not map the dose maximum's voxel (audit.dose.output.dmax_index) to its position"
+    return _grid_disagreement({"ijk_to_lps": matrix, "ijk_to_ras": meta.get("ijk_to_ras")}, "")
+
+
+def _dose_disagreement(meta: dict) -> Optional[str]:
+    """The dose's units, type, scalings and maximum: values the RTDOSE reader accepts, recorded alike."""
+    from ..dicom.rtdose import DOSE_TYPES, MAX_DOSE_GY, MIN_SCALING  # only when a case folder is read back
+
+    dose, arrays = meta.get("dose") or {}, meta.get("arrays") or {}
+    units = dose.get("units")
+    if units not in ("GY", "RELATIVE"):
+        return f"dose.units: {units!r} is not a unit DoseAlign writes (GY, or RELATIVE with allow_relative)"
+    if units == "RELATIVE" and not (meta.get("options") or {}).get("allow_relative"):
+        return "dose.units: RELATIVE without the option allow_relative"
+    dose_array = arrays.get("dose")
+    if isinstance(dose_array, dict) and dose_array.get("units") != units:
+        return f"arrays.dose.units: {dose_array.get('units')!r} is not dose.units ({units})"
+    ct_array = arrays.get("ct")
+    if isinstance(ct_array, dict) and ct_array.get("units") != "HU":
+        return f"arrays.ct.units: {ct_array.get('units')!r} is not HU"
+    if "type" in dose and dose["type"] not in DOSE_TYPES:
+        return f"dose.type: {dose['type']!r} is not a DoseType DoseAlign exports"
+    if not -MAX_DOSE_GY <= dose["max_gy_output"] <= MAX_DOSE_GY:
+        return "dose.max_gy_output: beyond any dose DoseAlign reads"
+    scalings = dose.get("dose_grid_scaling")
+    if scalings is not None and not (
+        isinstance(scalings, list)
+        and scalings
+        and all(_number(s) and MIN_SCALING <= s <= MAX_DOSE_GY for s in scalings)
+    ):
+        return f"dose.dose_grid_scaling: not DoseGridScalings DoseAlign accepts ({MIN_SCALING:g}..{MAX_DOSE_GY:g})"
+    bits = dose.get("bits_allocated")
+    if bits is not None and not (isinstance(bits, list) and all(b in (16, 32) and _integer(b) for b in bits)):
+        return "dose.bits_allocated: not 16 or 32"
+    source = meta.get("source") or {}
+    files = source.get("rtdose_files")
+    if isinstance(files, list):  # the doses read (summed, when several): one record of each per file
+        for key, value in (
+            ("source.rtdose_sop_uids", source.get("rtdose_sop_uids")),
+            *((f"dose.{k}", dose.get(k)) for k in ("dose_grid_scaling", "bits_allocated", "native_grids")),
+        ):
+            if isinstance(value, list) and len(value) != len(files):
+                return f"{key}: {len(value)} values for {len(files)} RTDOSE files (source.rtdose_files)"
+    for name, array in arrays.items():
+        dtype = array.get("dtype")
+        if dtype is not None and dtype not in _DTYPES:
+            return f"arrays.{name}.dtype: {dtype!r} is not a type DoseAlign writes"
+        if not _number(array.get("outside_value", 0)):
+            return f"arrays.{name}.outside_value: not a finite number"
+    fill = (meta.get("options") or {}).get("ct_fill_hu")
+    if isinstance(ct_array, dict) and fill is not None and ct_array.get("outside_value") != fill:
+        return f"arrays.ct.outside_value: not options.ct_fill_hu ({fill})"
+    return None
+
+
+#: The array types DoseAlign writes (pair.npz members, .npy files).
+_DTYPES = frozenset({"int16", "float32", "float16", "uint8", "bool", "int32", "int64", "float64", "uint16"})
+
+
+def _structures_disagreement(meta: dict) -> Optional[str]:
+    """The ROI names (one per mask channel) against the per-ROI records and the presence flags."""
+    structures = meta.get("structures") or {}
+    names = structures.get("names") or []
+    if len(set(names)) != len(names):
+        return "structures.names: a name twice (DoseAlign makes them unique)"
+    present = structures.get("roi_present")
+    if present is not None and not (isinstance(present, list) and all(isinstance(p, bool) for p in present)):
+        return "structures.roi_present: not a list of true/false"
+    rois = structures.get("rois")
+    if rois is not None and len(rois) != len(names):
+        return f"structures.names: {len(names)} names, but {len(rois)} ROIs in structures.rois"
+    if present is not None and len(present) != len(names):
+        return f"structures.names: {len(names)} names, but {len(present)} flags in structures.roi_present"
+    for n, (name, roi) in enumerate(zip(names, rois or [])):
+        if roi.get("index", n) != n or roi.get("name") != name:
+            return f"structures.names: name {n} ({name!r}) is not structures.rois[{n}] ({roi.get('name')!r})"
+        if present is not None and present[n] != ("absent" not in roi):
+            return f"structures.roi_present[{n}]: not what structures.rois[{n}] says"
     return None
 
 
@@ -208,7 +487,9 @@ def _integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _npz_problem(path: Path, shape: Optional[tuple] = None) -> Optional[str]:
+def _npz_problem(path: Path, shape: Optional[tuple] = None, headers: Optional[dict] = None) -> Optional[str]:
+    """Why ``path`` is no whole pair.npz whose ct and dose have ``shape`` (None when it is); ``headers`` (when
+    given) gets ``{name: (shape, dtype name)}`` of the members meta.json describes besides (masks, body)."""
     try:
         size = path.stat().st_size
         with zipfile.ZipFile(path) as archive:
@@ -219,9 +500,15 @@ def _npz_problem(path: Path, shape: Optional[tuple] = None) -> Optional[str]:
             for info in members.values():
                 if info.header_offset + info.compress_size > size:
                     return f"pair.npz is cut short inside {info.filename}"
+            for name in ("masks.npy", "body.npy", "masks_fraction.npy"):
+                if headers is not None and name in members:
+                    with archive.open(name) as member:
+                        headers[name[:-4]] = _npy_header(member, dtype=True)[1:]
             for name in ("ct.npy", "dose.npy"):
                 with archive.open(name) as member:
-                    expected, found = _npy_header(member)
+                    expected, found, dtype = _npy_header(member, dtype=True)
+                if headers is not None:
+                    headers[name[:-4]] = (found, dtype)
                 if expected is not None and expected != members[name].file_size:
                     return f"pair.npz: {name} holds {members[name].file_size} bytes, its header says {expected}"
                 if shape is not None and found != shape:
@@ -231,10 +518,12 @@ def _npz_problem(path: Path, shape: Optional[tuple] = None) -> Optional[str]:
     return None
 
 
-def _npy_problem(path: Path, shape: Optional[tuple] = None) -> Optional[str]:
+def _npy_problem(path: Path, shape: Optional[tuple] = None, headers: Optional[dict] = None) -> Optional[str]:
     try:
         with open_regular(path) as handle:
-            expected, found = _npy_header(handle)
+            expected, found, dtype = _npy_header(handle, dtype=True)
+        if headers is not None:
+            headers[path.stem] = (found, dtype)
         if expected is not None and expected != path.stat().st_size:
             return f"{path.name} holds {path.stat().st_size} bytes, its header says {expected}"
         if shape is not None and found != shape:
@@ -248,15 +537,14 @@ def _shape(shape: tuple) -> str:
     return "x".join(str(n) for n in shape)
 
 
-def _npy_header(handle) -> tuple:
+def _npy_header(handle, dtype: bool = False) -> tuple:
     """``(length, shape)`` of an .npy stream, from its header: the length it must have (None for object
-    arrays) and the array's shape."""
+    arrays) and the array's shape; ``(length, shape, dtype name)`` with ``dtype``."""
     version = np.lib.format.read_magic(handle)
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _fortran, dtype = reader(handle)
-    if dtype.hasobject:
-        return None, tuple(shape)
-    return handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, tuple(shape)
+    shape, _fortran, found = reader(handle)
+    length = None if found.hasobject else handle.tell() + int(np.prod(shape, dtype=np.int64)) * found.itemsize
+    return (length, tuple(shape), found.name) if dtype else (length, tuple(shape))
 
 
 #: The file that holds (the first of) a case's arrays, per layout.
