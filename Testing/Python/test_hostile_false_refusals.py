@@ -187,3 +187,83 @@ def test_roi_names_with_other_letters_export_as_nrrd(tmp_path, capsys):
         headers[path.name] = path.read_bytes().split(b"\n\n", 1)[0].decode("ascii")
     assert any("content: ROI R\\xfcckenmark" in h for h in headers.values()), headers
     assert not any(line.startswith("space: evil") for h in headers.values() for line in h.splitlines())
+
+
+# ---- one structure set twice, encoded otherwise (fourth hostile trial L-b) -------------------------------------
+
+
+def _save_encoded(ds, path: Path, syntax: str) -> None:
+    """Write ``ds`` to ``path`` in the transfer syntax ``syntax`` (implicit or deflated, on pydicom 2.4 and 3)."""
+    ds.file_meta.TransferSyntaxUID = syntax
+    implicit = syntax == pydicom.uid.ImplicitVRLittleEndian
+    if dd.PYDICOM3:
+        ds.save_as(str(path), implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = implicit, True
+        ds.save_as(str(path), write_like_original=False)
+
+
+def _point_moved(ds) -> None:
+    contour = ds.ROIContourSequence[1].ContourSequence[0]
+    values = [float(v) for v in contour.ContourData]
+    values[0] += 0.5
+    contour.ContourData = values
+
+
+#: A second file of the plan's structure set (same SOPInstanceUID): how it was made, and what the export says.
+COPIES = {
+    "re-encoded implicit VR": (pydicom.uid.ImplicitVRLittleEndian, None, "encoded otherwise (Implicit VR"),
+    "deflated": (DEFLATED, None, "encoded otherwise (Deflated Explicit VR"),
+    "another description": (
+        None,
+        lambda ds: setattr(ds, "StructureSetDescription", "exported again from the TPS"),
+        "differs only in StructureSetDescription, which the export does not read",
+    ),
+    "a contour point moved": (None, _point_moved, "ROIContourSequence[1].ContourSequence[0].ContourData"),
+    "a ROI renamed": (
+        pydicom.uid.ImplicitVRLittleEndian,
+        lambda ds: setattr(ds.StructureSetROISequence[2], "ROIName", "Other"),
+        "StructureSetROISequence[2].ROIName",
+    ),
+}
+
+
+@pytest.mark.parametrize("copy", sorted(COPIES))
+def test_one_structure_set_in_two_encodings_is_one(plain, tmp_path, copy):
+    """From a fourth hostile trial: the same RTSTRUCT twice under one SOPInstanceUID, the copy re-encoded (Implicit
+    VR, deflated) or differing only in StructureSetDescription, failed its case as conflicting copies. Copies whose
+    decoded contents agree on everything the export reads are one structure set: the first by path is used (the
+    export is the plain one), a note names the other and how it differs. A copy that differs in what the export
+    reads (a contour point, a ROI name) still fails the case, naming both files and the element."""
+    base, truth, clean = plain
+    syntax, edit, said = COPIES[copy]
+    root = tmp_path / "in"
+    shutil.copytree(base / "in", root)
+    original = root / truth.struct_file.relative_to(base / "in")
+    second = original.parent / ("zz_" + original.name)  # after the original by path
+    ds = pydicom.dcmread(str(original))
+    if edit is not None:
+        edit(ds)
+    _save_encoded(ds, second, syntax or str(ds.file_meta.TransferSyntaxUID))
+    assert pydicom.dcmread(str(second)).SOPInstanceUID == pydicom.dcmread(str(original)).SOPInstanceUID
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert "Traceback" not in done.stderr, done.stderr
+    (row,) = hostile.manifest(out)
+    if edit is not None and copy != "another description":
+        assert done.returncode == 1, done.stdout
+        assert row["status"] == "failed", row
+        for part in (original.name, second.name, "share SOPInstanceUID", said, "(0008,0018)"):
+            assert part in row["reason"], (part, row["reason"])
+        return
+    assert done.returncode == 0, done.stdout + done.stderr
+    (expected,) = hostile.manifest(clean)
+    assert row["status"] == "ok" and row["case_id"] == expected["case_id"], row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["source"]["rtstruct_files"] == [original.relative_to(root).as_posix()], meta["source"]
+    note = [n for n in meta["links"] if n.startswith(f"RTSTRUCT {second.relative_to(root).as_posix()} is a copy")]
+    assert note and said in note[0] and f"{original.relative_to(root).as_posix()} is used" in note[0], meta["links"]
+    with np.load(out / row["case_id"] / "pair.npz") as a, np.load(clean / row["case_id"] / "pair.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])

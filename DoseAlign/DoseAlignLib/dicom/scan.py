@@ -656,6 +656,113 @@ def same_content(first: Path, second: Path) -> bool:
     return True
 
 
+#: What of a structure set the export reads (the scan, the links, :mod:`.rtstruct`, the identity checks): two
+#: files sharing a SOPInstanceUID are one structure set when these agree, decoded. The encoding (transfer syntax,
+#: character set) and elements nothing reads (a StructureSetDescription, a creation time) may differ.
+STRUCTURE_SET_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "PatientID",
+    "PatientName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "StructureSetLabel",
+    "ReferencedFrameOfReferenceSequence",
+    "StructureSetROISequence",
+    "ROIContourSequence",
+    "RTROIObservationsSequence",
+)
+
+
+@dataclass
+class CopyComparison:
+    """Two files that share a SOPInstanceUID, compared decoded (see :func:`compare_structure_sets`)."""
+
+    used: Optional[str]  # the first element the export reads that differs (a path such as ROIContourSequence[1]...)
+    others: list  # elements nothing reads that differ (top-level keywords)
+    encodings: tuple  # the two files' transfer syntaxes (names)
+
+
+def compare_structure_sets(first: Path, second: Path) -> CopyComparison:
+    """Compare two RTSTRUCT files that share a SOPInstanceUID by their decoded contents: whether they differ in
+    an element of :data:`STRUCTURE_SET_KEYWORDS` (``used``, named by its path), and in which other elements.
+    A file that cannot be read differs in everything (``used`` says so)."""
+    try:
+        a = headers.read_header(first, stop_before_pixels=False)
+        b = headers.read_header(second, stop_before_pixels=False)
+    except (OSError, DoseAlignError) as error:
+        return CopyComparison(f"(it cannot be read again: {error})", [], ("", ""))
+    used = None
+    for keyword in STRUCTURE_SET_KEYWORDS:
+        used = _element_difference(_element(a, keyword), _element(b, keyword), keyword)
+        if used:
+            break
+    others = []
+    for tag in sorted(set(a.keys()) | set(b.keys())):
+        keyword = (a[tag] if tag in a else b[tag]).keyword or str(tag)
+        if keyword in STRUCTURE_SET_KEYWORDS or tag.element == 0 or tag.group == 0xFFFC:
+            continue  # read above; group lengths and padding are encoding
+        if keyword == "SpecificCharacterSet":
+            continue  # the values are compared decoded
+        if _element_difference(_element(a, tag), _element(b, tag), keyword):
+            others.append(keyword)
+    return CopyComparison(used, others, (_encoding(a), _encoding(b)))
+
+
+def _element(ds: Dataset, key):
+    """The data element ``key`` (a keyword or a tag) of ``ds``, or None."""
+    try:  # ds.get(keyword) gives the value, not the element
+        return ds[key]
+    except KeyError:
+        return None
+
+
+def _encoding(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    return getattr(uid, "name", "") or str(uid or "no file meta")
+
+
+def _element_difference(x, y, where: str) -> Optional[str]:
+    """``where`` (or the path below it) when the elements ``x`` and ``y`` (either may be None: absent) differ
+    in their decoded values; None when they agree."""
+    if x is None or y is None:
+        return None if x is None and y is None else where
+    return _value_difference(x.value, y.value, where)
+
+
+def _value_difference(x, y, where: str) -> Optional[str]:
+    if isinstance(x, Dataset) or isinstance(y, Dataset):
+        if not (isinstance(x, Dataset) and isinstance(y, Dataset)):
+            return where
+        for tag in sorted(set(x.keys()) | set(y.keys())):
+            if tag.element == 0:
+                continue
+            keyword = (x[tag] if tag in x else y[tag]).keyword or str(tag)
+            found = _element_difference(_element(x, tag), _element(y, tag), f"{where}.{keyword}")
+            if found:
+                return found
+        return None
+    x_many = isinstance(x, (list, tuple)) or type(x).__name__ in ("MultiValue", "Sequence")
+    y_many = isinstance(y, (list, tuple)) or type(y).__name__ in ("MultiValue", "Sequence")
+    if x_many or y_many:
+        xs, ys = (list(x) if x_many else [x]), (list(y) if y_many else [y])
+        if len(xs) != len(ys):
+            return where
+        for n, (u, v) in enumerate(zip(xs, ys)):
+            found = _value_difference(u, v, f"{where}[{n}]" if isinstance(u, Dataset) else where)
+            if found:
+                return found
+        return None
+    if isinstance(x, (bytes, bytearray)) or isinstance(y, (bytes, bytearray)):
+        return None if isinstance(x, (bytes, bytearray)) and isinstance(y, (bytes, bytearray)) and x == y else where
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)):  # DS and IS too: 1.50 is 1.5
+        return None if float(x) == float(y) else where
+    return None if str(x).strip() == str(y).strip() else where
+
+
 def _same_pixels(a: Dataset, b: Dataset, first: Path, second: Path) -> bool:
     try:
         return bool(np.array_equal(headers.pixel_array(a, first), headers.pixel_array(b, second)))

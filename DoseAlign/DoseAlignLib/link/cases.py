@@ -11,7 +11,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Optional
 
-from ..dicom.scan import ScanResult, same_bytes
+from ..dicom.scan import ScanResult, compare_structure_sets, same_bytes
 from ..errors import DoseAlignError
 from .beams import (
     SUMMED_BEAMS,
@@ -169,22 +169,41 @@ def _conflicting_slices(case: Case) -> Optional[str]:
 
 
 def _structure_set_copies(case: Case) -> Optional[str]:
-    """Structure sets of the case that share a SOPInstanceUID: byte-identical copies are used once (the first
-    by path; a note names the others), different files fail the case, since which contours are right cannot
-    be told. Used together they gave every ROI twice (``PTV``, ``PTV_2``), the second from the other file."""
+    """Structure sets of the case that share a SOPInstanceUID: copies are used once (the first by path; a note
+    names the others and how they differ). Copies are the same bytes, or files whose decoded contents agree on
+    everything the export reads (:func:`~DoseAlignLib.dicom.scan.compare_structure_sets`: a re-encoding, another
+    StructureSetDescription). Files that differ in what the export reads fail the case, naming both and the
+    element, since which contours are right cannot be told. Used together they gave every ROI twice (``PTV``,
+    ``PTV_2``), the second from the other file."""
     by_uid: dict = {}
     for struct in case.structs:
         by_uid.setdefault(struct.sop_instance_uid or struct.rel_path, []).append(struct)
     kept = []
     for uid, group in by_uid.items():
+        group = sorted(group, key=lambda s: s.rel_path)
         first = group[0]
         for other in group[1:]:
-            if not same_bytes(first.path, other.path):
-                return (
-                    f"RTSTRUCT {first.rel_path} and {other.rel_path} share SOPInstanceUID {uid} but differ: which "
-                    "contours belong to the case cannot be told ((0008,0018) SOPInstanceUID; remove the wrong file)"
+            if same_bytes(first.path, other.path):
+                case.notes.append(
+                    f"RTSTRUCT {other.rel_path} is a copy of {first.rel_path} (the same bytes): used once"
                 )
-            case.notes.append(f"RTSTRUCT {other.rel_path} is a copy of {first.rel_path} (the same bytes): used once")
+                continue
+            found = compare_structure_sets(first.path, other.path)
+            if found.used:
+                return (
+                    f"RTSTRUCT {first.rel_path} and {other.rel_path} share SOPInstanceUID {uid} but differ in "
+                    f"{found.used}: which contours belong to the case cannot be told ((0008,0018) SOPInstanceUID; "
+                    "remove the wrong file)"
+                )
+            how = []
+            if found.encodings[0] != found.encodings[1]:
+                how.append(f"encoded otherwise ({found.encodings[1]}, {first.rel_path} {found.encodings[0]})")
+            if found.others:
+                how.append(f"differs only in {', '.join(found.others[:5])}, which the export does not read")
+            case.notes.append(
+                f"RTSTRUCT {other.rel_path} is a copy of {first.rel_path} (the same SOPInstanceUID, the same contents "
+                f"the export reads{'; ' + '; '.join(how) if how else ''}): {first.rel_path} is used (the first by path)"
+            )
         kept.append(first)
     case.structs = kept
     return None
