@@ -692,3 +692,75 @@ def test_resume_writes_again_a_format_file_that_is_missing_or_cut(tmp_path, caps
     if target.name.endswith(".nii.gz"):
         with gzip.open(target, "rb") as stream:
             assert len(stream.read()) > 352  # whole again: the stream reads to its end
+
+
+def _moved_nifti(path: Path) -> None:
+    import nibabel
+
+    image = nibabel.load(str(path))
+    affine = image.affine.copy()
+    affine[0, 3] += 10.0
+    moved = nibabel.Nifti1Image(np.asanyarray(image.dataobj), affine, image.header)
+    moved.set_sform(affine, code=1)
+    moved.set_qform(affine, code=1)
+    nibabel.save(moved, str(path))
+
+
+def _other_shape_nifti(path: Path) -> None:
+    import nibabel
+
+    image = nibabel.load(str(path))
+    data = np.asanyarray(image.dataobj)[:-1]
+    nibabel.save(nibabel.Nifti1Image(data, image.affine, image.header), str(path))
+
+
+def _moved_h5(path: Path) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as handle:
+        matrix = np.array(handle.attrs["ijk_to_lps"], dtype=np.float64)
+        matrix[0, 3] += 10.0
+        handle.attrs["ijk_to_lps"] = matrix
+
+
+@pytest.mark.parametrize(
+    "damage, name, edit",
+    [
+        ("ct.nii.gz moved 10 mm", "ct.nii.gz", _moved_nifti),
+        ("a mask of another shape", "masks", _other_shape_nifti),
+        ("case.h5 moved 10 mm", "case.h5", _moved_h5),
+    ],
+)
+def test_resume_writes_again_a_format_file_whose_grid_is_not_meta_json_s(tmp_path, capsys, damage, name, edit):
+    """A --resume check that reads a format file's header (a .nii.gz's, for its length; case.h5, opened) also
+    compares the grid it describes with meta.json's (fourth hostile trial D4, in the other formats): a ct.nii.gz
+    whose affine was moved 10 mm, a mask NIfTI one slice short, a case.h5 whose ijk_to_lps was moved were kept as
+    complete; the format is written again from pair.npz."""
+    nibabel = pytest.importorskip("nibabel")
+    pytest.importorskip("h5py")
+    root = tmp_path / "in"
+    write_phantom(root / "p", PhantomSpec(patient_id="FMT-D4", seed=4, ct_size=(32, 28, 12), dose_size=(16, 14, 8)))
+    out = tmp_path / "out"
+    args = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "nifti,hdf5"]
+    assert main(args) == 0
+    (case,) = [p for p in out.iterdir() if (p / "meta.json").is_file()]
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    target = case / (next(iter(meta["exports"]["nifti"]["files"]["masks"].values())) if name == "masks" else name)
+    edit(target)
+    before = target.read_bytes()
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    capsys.readouterr()
+    assert target.read_bytes() != before  # written again
+    k, j, i = meta["shape"]
+    if target.name.endswith(".nii.gz"):
+        image = nibabel.load(str(target))
+        assert image.shape[:3] == (i, j, k)
+        np.testing.assert_allclose(image.affine, meta["ijk_to_ras"], atol=1e-4)
+    else:
+        import h5py
+
+        with h5py.File(target, "r") as handle:
+            np.testing.assert_allclose(handle.attrs["ijk_to_lps"], meta["ijk_to_lps"], atol=1e-9)
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == ["skipped"]

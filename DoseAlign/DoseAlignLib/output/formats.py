@@ -65,10 +65,11 @@ def _listed_files(entry) -> list:
     return found
 
 
-def _gzip_whole(path: Path) -> bool:
+def _gzip_whole(path: Path, meta: Optional[dict] = None) -> bool:
     """Whether a .nii.gz ends where its NIfTI header says: the gzip trailer's length (ISIZE, mod 2**32) equals
     the header's voxel offset plus its voxels' bytes (a file cut short ends in other bytes). Reads the header
-    and the last 4 bytes only."""
+    and the last 4 bytes only. With ``meta`` (the case's meta.json) the header must also describe its grid:
+    the voxel counts of ``shape`` and, when it has an sform, ``ijk_to_ras``."""
     import gzip
     import struct
 
@@ -81,6 +82,8 @@ def _gzip_whole(path: Path) -> bool:
         dims = struct.unpack(order + "8h", header[40:56])
         bits = struct.unpack(order + "h", header[72:74])[0]
         offset = struct.unpack(order + "f", header[108:112])[0]
+        if meta is not None and not _nifti_grid_agrees(header, order, dims, meta):
+            return False
         voxels = 1
         for size in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
             voxels *= max(int(size), 1)
@@ -92,13 +95,46 @@ def _gzip_whole(path: Path) -> bool:
         return False
 
 
-def _whole(path: Path) -> bool:
+def _nifti_grid_agrees(header: bytes, order: str, dims: tuple, meta: dict) -> bool:
+    """Whether a NIfTI-1 header's voxel counts (i, j, k) are meta.json's ``shape`` and its sform (when its code
+    is set) is meta.json's ``ijk_to_ras`` (to float32's precision): a header edited or of another case is not."""
+    import struct
+
+    k, j, i = meta["shape"]
+    if int(dims[0]) < 3 or tuple(int(n) for n in dims[1:4]) != (i, j, k):
+        return False
+    if struct.unpack(order + "h", header[254:256])[0] > 0:  # sform_code: srow_x, srow_y, srow_z follow
+        rows = struct.unpack(order + "12f", header[280:328])
+        ras = meta.get("ijk_to_ras") or []
+        for r in range(3):
+            for c in range(4):
+                want = ras[r][c] if len(ras) > r and len(ras[r]) > c else None
+                if want is None or abs(rows[4 * r + c] - want) > 1e-3 + 1e-5 * abs(want):
+                    return False
+    return True
+
+
+def _h5_grid_agrees(attrs, meta: dict) -> bool:
+    """Whether a case.h5's grid attributes (``shape``, ``ijk_to_lps``) are meta.json's."""
+    import numpy as np
+
+    try:
+        shape, matrix = attrs.get("shape"), attrs.get("ijk_to_lps")
+        if shape is not None and [int(n) for n in np.ravel(shape)] != list(meta["shape"]):
+            return False
+        return matrix is None or bool(np.allclose(np.asarray(matrix, dtype=float), meta["ijk_to_lps"], atol=1e-6))
+    except (TypeError, ValueError):
+        return False
+
+
+def _whole(path: Path, meta: Optional[dict] = None) -> bool:
     """Whether a format's file is there and not damaged: a regular file, not empty; a case.h5 that HDF5 can
-    open (else it is written again from pair.npz, rather than crash dataset.h5); a .nii.gz not cut short."""
+    open (else it is written again from pair.npz, rather than crash dataset.h5); a .nii.gz not cut short. With
+    ``meta`` (the case's meta.json), a .nii.gz header and case.h5's attributes must describe its grid."""
     if not path.is_file() or path.stat().st_size == 0:
         return False
     if path.name.endswith(".nii.gz"):
-        return _gzip_whole(path)
+        return _gzip_whole(path, meta)
     if path.suffix == ".h5":
         try:
             import h5py
@@ -106,7 +142,7 @@ def _whole(path: Path) -> bool:
             return True
         try:
             with h5py.File(path, "r") as handle:
-                return bool(list(handle.keys()))
+                return bool(list(handle.keys())) and (meta is None or _h5_grid_agrees(handle.attrs, meta))
         except (OSError, ValueError):
             return False
     return True
@@ -226,15 +262,17 @@ class ExportFormats:
 
     def missing(self, folder: Path) -> list:
         """The extra formats a finished case folder lacks: its entry in meta.json's exports, or any file that entry
-        lists (removed, not a regular file, empty, or a .nii.gz cut short), or a sentinel HDF5 cannot open."""
+        lists (removed, not a regular file, empty, or a .nii.gz cut short), or a sentinel HDF5 cannot open, or a
+        .nii.gz header or case.h5 whose grid is not meta.json's (voxel counts, affine)."""
         folder = Path(folder)
-        exports = load_meta(folder).get("exports") or {}  # a damaged meta.json: DamagedOutput, the case fails
+        meta = load_meta(folder)  # a damaged meta.json: DamagedOutput, the case fails
+        exports = meta.get("exports") or {}
         return [
             f
             for f in self.extra
             if f not in exports
-            or not _whole(folder / SENTINELS[f])
-            or not all(_whole(folder / rel) for rel in _listed_files(exports[f]))
+            or not _whole(folder / SENTINELS[f], meta)
+            or not all(_whole(folder / rel, meta) for rel in _listed_files(exports[f]))
         ]
 
     def add_to_case(self, folder: Path) -> list:
