@@ -4,7 +4,7 @@ Exit codes (README lists them per subcommand): 0 every case ok (or kept by --res
 failed (scan: some case cannot be exported; merge: some case failed), 2 a usage error or an input
 or output folder that cannot be used (nothing written), 3 nothing to export (no case under the
 input; nothing written), 4 the export stopped because its output could not be written (disk full, I/O
-error; manifest.csv lists what was done), 130 interrupted by Ctrl-C (finished cases are in manifest.csv), 141
+error; manifest.csv lists what was done; scan: its listing could not be written to the standard output), 130 interrupted by Ctrl-C (finished cases are in manifest.csv), 141
 its output pipe was closed (``dosealign scan DIR | head``), 143 stopped by SIGTERM (``timeout``, Slurm, ``kill``:
 ended as by Ctrl-C, the finished cases are in manifest.csv).
 """
@@ -49,6 +49,9 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 #: What a shell reports for a command whose output pipe was closed (128 + SIGPIPE).
 EXIT_PIPE_CLOSED = 141
+#: ``scan``'s listing could not be written to the standard output (a full device, an I/O error): as the export's
+#: exit code for an output it could not write.
+EXIT_STDOUT_UNWRITABLE = 4
 CT_HELP = (
     "the CT where no RTPLAN -> RTSTRUCT -> CT reference decides: a CT folder (relative to INPUT) or "
     "SeriesInstanceUID for a single study, or a CSV with columns dose,ct (dose file relative to INPUT or "
@@ -430,6 +433,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             "the input folder does not exist" if not args.input.exists() else "the input is not a folder",
             path=args.input,
         )
+    if isinstance(sys.stdout, _GuardedStdout):  # the listing is scan's only output: a write that fails ends it
+        sys.stdout.essential = True
     scan = api.scan_folder(args.input)
     linked = api.form_cases(scan, sum_plans=args.sum_plans, ct=args.ct)
     code = 1 if any(c.error for c in linked.cases) else 0
@@ -696,9 +701,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _SIGTERM_SEEN.clear()
     _no_missing_streams()
     previous = _stop_on_sigterm()
+    guard = sys.stdout = _GuardedStdout(sys.stdout)
     try:
         code = _main(argv)
         sys.stdout.flush()  # a closed pipe is met here, not at exit
+        if guard.failed is not None:  # export, demo, merge: their files are written; only the summary is lost
+            _say(f"dosealign: the summary could not be written to the standard output: {_cause(guard.failed)}")
         if _SIGTERM_SEEN:  # its exception was swallowed on the way (see _terminated): still said and counted
             print(
                 "\ndosealign: stopped by SIGTERM (it came while starting; what is in manifest.csv was done)",
@@ -721,7 +729,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # stdout closed early (dosealign scan DIR | head): no traceback
         _silence_stdout()
         return EXIT_PIPE_CLOSED
+    except _StdoutUnwritable as error:
+        _say(f"dosealign: the listing could not be written to the standard output: {_cause(error.cause)}")
+        return EXIT_STDOUT_UNWRITABLE
     finally:
+        if sys.stdout is guard:
+            sys.stdout = guard.stream
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return EXIT_INTERRUPTED
@@ -820,15 +833,78 @@ def _no_missing_streams() -> None:
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
-    import os
-
+def _silence_stdout(stream=None) -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError (or OSError)."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, (stream or sys.stdout).fileno())
     except (OSError, ValueError, AttributeError):
         pass
+
+
+class _StdoutUnwritable(Exception):
+    """The standard output of ``scan`` could not be written (``cause``: the OSError)."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _GuardedStdout:
+    """``sys.stdout`` while a command runs: a write or flush that fails for another reason than a closed pipe (a full
+    device, an I/O error; a closed pipe stays BrokenPipeError, exit 141) is no traceback. From then on what is printed
+    is dropped and the descriptor points at the null device (no second error at exit). For ``scan`` (``essential``:
+    the listing is its only output) the failure ends the command (:class:`_StdoutUnwritable`, exit 4); for export,
+    demo and merge, whose outputs are files, only the summary is lost: ``failed`` holds the cause, said on stderr."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.essential = False
+        self.failed: Optional[OSError] = None
+
+    def write(self, text: str) -> int:
+        if self.failed is None:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                raise
+            except OSError as error:
+                self._fail(error)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as error:
+                self._fail(error)
+
+    def _fail(self, error: OSError) -> None:
+        self.failed = error
+        _silence_stdout(self.stream)
+        if self.essential:
+            raise _StdoutUnwritable(error)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _cause(error: OSError) -> str:
+    """'No space left on device (ENOSPC)' from an OSError."""
+    import errno
+
+    code = errno.errorcode.get(error.errno or 0, "")
+    return f"{error.strerror or error}" + (f" ({code})" if code else "")
+
+
+def _say(text: str) -> None:
+    """A line on stderr, unless stderr cannot be written either."""
+    import contextlib
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:

@@ -781,3 +781,38 @@ def test_a_failing_progress_stream_never_stops_the_export(study, tmp_path):
         )
         assert scanned.returncode == 0, (closed, scanned.stdout, scanned.stderr)
         assert "Traceback" not in (scanned.stderr or "") + (scanned.stdout or "")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_device_is_no_traceback(study, tmp_path):
+    # from the fifth hostile trial (E26): stdout on a full device ended scan, scan --json and the export's summary
+    # in an OSError traceback, exit 1. scan's listing is its only output: exit 4 naming stdout and the cause; the
+    # export's files are its outputs: written as usual, its exit code, one line on stderr saying the summary is lost
+    for extra in ([], ["--json"]):
+        with open("/dev/full", "w") as full:
+            scanned = subprocess.run(
+                [sys.executable, "-m", "DoseAlignLib", "scan", *extra, str(study)],
+                env=ENV,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+            )
+        assert scanned.returncode == 4, (extra, scanned.stderr)
+        assert "Traceback" not in scanned.stderr and "standard output" in scanned.stderr, scanned.stderr
+        assert "No space left on device" in scanned.stderr, scanned.stderr
+    out = tmp_path / "out"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "DoseAlignLib", "export", str(study), str(out), "--workers", "1", "--quiet"],
+            env=ENV,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(said) == 1 and "summary" in said[0] and "No space left on device" in said[0], said
+    rows = _manifest(out)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"} and (out / "report.html").is_file()
