@@ -99,6 +99,7 @@ _EXPORTS = {
     "BatchReport": ".batch",
     "Interrupted": ".batch",
     "Terminated": ".errors",
+    "start_thread": ".errors",
     "NothingToExport": ".batch",
     "what_was_found": ".batch",
     "check_export_target": ".batch",

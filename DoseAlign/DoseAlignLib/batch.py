@@ -14,7 +14,16 @@ from typing import Callable, Optional
 from . import __version__
 from .dicom.damage import damaged_file_rows
 from .dicom.scan import scan_folder
-from .errors import Cancelled, DoseAlignError, OutputFault, Terminated, output_fault, too_many_open_files
+from .errors import (
+    THREAD_NOT_STARTED,
+    Cancelled,
+    DoseAlignError,
+    OutputFault,
+    Terminated,
+    output_fault,
+    thread_not_started,
+    too_many_open_files,
+)
 from .limits import read_back
 from .link.cases import form_cases
 from .options import AlignOptions
@@ -902,6 +911,9 @@ def export_case(
     except MemoryError:
         return manifest_row(case, "failed", "out of memory")
     except Exception as error:  # an engine bug must not stop the batch; the row says what happened
+        if thread_not_started(error):  # memory or the thread limit of this process, not a bug nor the input
+            logger.info("case %s: %s (%s)", case.case_id, THREAD_NOT_STARTED, error)
+            return manifest_row(case, "failed", THREAD_NOT_STARTED)
         limit_reached = too_many_open_files(error)
         if limit_reached:  # the process's open-file limit (ulimit -n), not the case nor a bug
             where = f"{error.filename}: " if getattr(error, "filename", None) else ""  # the input root is cut later

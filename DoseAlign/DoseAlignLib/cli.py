@@ -394,7 +394,7 @@ class _ProgressLine:
                         self.stream.flush()
 
         self.ticker = threading.Thread(target=tick, name="dosealign-progress", daemon=True)
-        self.ticker.start()
+        api.start_thread(self.ticker)  # without it (no thread to be had), the stages show as the cases end
 
     def _bar(self, fraction: float) -> str:
         width = 28
@@ -807,8 +807,11 @@ def _terminated(_signum, frame) -> None:
     if _importing(frame):
         again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGTERM))
         again.daemon = True
-        again.start()
-        return
+        try:  # (not api.start_thread: its lookup may import)
+            again.start()
+            return
+        except RuntimeError:  # no thread to be had: stopped here after all
+            pass
     # once: `timeout` sends SIGTERM to the command and then to its process group, and a second one must not
     # cut short the cleaning up the first one started (pool workers reset SIGTERM for themselves)
     _SIGTERM_SEEN.append(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import threading
 from typing import Optional
 
 try:  # imported now: at the open-file limit, importing it would need a file it cannot open
@@ -133,3 +134,27 @@ def too_many_open_files(error: BaseException) -> Optional[str]:
     if number == errno.ENFILE:
         return "the system reached its limit of open files"
     return None
+
+
+def thread_not_started(error: BaseException) -> bool:
+    """True for the error of a thread that could not be started: no memory for its stack (``ulimit -v``) or the
+    limit of threads or processes (``ulimit -u``) reached. A resource of this process, not a fault of the input."""
+    return isinstance(error, RuntimeError) and "start new thread" in str(error)
+
+
+#: What a case's row says when a thread it needed could not be started (as "out of memory": named, no bug).
+THREAD_NOT_STARTED = (
+    "out of memory: a thread could not be started (the memory limit, ulimit -v, or the limit of threads, ulimit -u)"
+)
+
+
+def start_thread(thread: threading.Thread) -> bool:
+    """Start ``thread``; False when it cannot be started (:func:`thread_not_started`), for threads that only
+    speed the work up: the caller then does that work in its own thread."""
+    try:
+        thread.start()
+    except RuntimeError as error:
+        if not thread_not_started(error):
+            raise
+        return False
+    return True

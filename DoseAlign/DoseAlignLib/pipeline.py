@@ -8,7 +8,7 @@ structures, the audit and meta.json are made here, the same way for all of them.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -19,7 +19,7 @@ from .audit.case import add_structures_and_audit
 from .dicom import headers
 from .dicom.ct import ct_geometry, read_ct, regular_grid
 from .dicom.rtdose import dose_geometry, read_rtdose
-from .errors import DoseAlignError, GeometryError, LinkError
+from .errors import DoseAlignError, GeometryError, LinkError, thread_not_started
 from .geometry.grid import Grid, Volume
 from .geometry.reference import CROP_DOSE_FRACTION, Region, check_overlap, crop_box, reference_grid, uniform_cover
 from .geometry.resample import ENGINE_RESAMPLER, Resampler, resample
@@ -77,6 +77,22 @@ def run_case(
         return _run_case(case, options, progress, sink, resampler, rewrite_names)
 
 
+def _submit(pool: ThreadPoolExecutor, work: Callable, *args) -> Future:
+    """``pool.submit(work, *args)``; when its thread cannot be started (memory, the thread limit) the work is done
+    here, in the calling thread, and its future returned done (the thread only overlaps it with other work)."""
+    try:
+        return pool.submit(work, *args)
+    except RuntimeError as error:
+        if not thread_not_started(error):
+            raise
+    done: Future = Future()
+    try:
+        done.set_result(work(*args))
+    except Exception as error:  # raised where result() is asked for, as from the thread
+        done.set_exception(error)
+    return done
+
+
 def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resampler, rewrite_names=None) -> CaseResult:
     resampler = resampler or ENGINE_RESAMPLER
     if case.error:
@@ -91,7 +107,7 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     # the CT's pixels are read beside the dose's reading and resampling (both mostly outside the GIL);
     # the resampling needs only the CT's geometry
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dosealign-ct") as reader:
-        ct_reading = reader.submit(read_ct, case.ct, geometry, options.ct_dtype)
+        ct_reading = _submit(reader, read_ct, case.ct, geometry, options.ct_dtype)
         report(0.2, "reading and resampling dose")
         try:
             doses, dose_meta, native, ct_note, ct_grid, target, how, placement, ct_box = _doses_and_target(

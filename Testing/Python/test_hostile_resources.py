@@ -390,3 +390,98 @@ def test_option_files_are_read_only_when_regular_and_small(tmp_path, capsys, opt
     err = capsys.readouterr().err
     assert code == 2 and str(path) in err and "Traceback" not in err, (code, err)
     assert not (tmp_path / "out").exists()
+
+
+def _no_threads(monkeypatch) -> list:
+    """threading.Thread.start raises as under ``ulimit -v 200000`` (no memory for another thread's stack); the
+    names of the threads that were refused are collected."""
+    import threading
+
+    refused: list = []
+
+    def cannot_start(thread) -> None:
+        refused.append(thread.name)
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    return refused
+
+
+def test_without_threads_the_export_runs_in_its_own_thread(tmp_path, monkeypatch, capsys):
+    """From the fifth hostile trial (E16): under ``ulimit -v 200000`` every case failed "internal error
+    (RuntimeError: can't start new thread); please report it" with a traceback. The threads that only speed a case
+    up (the pair.npz writer, the CT reader, the matplotlib preload, the progress ticker) are done without: the same
+    pair.npz, written in the calling thread."""
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "THREAD-1", 12)
+    assert main(["export", str(root), str(tmp_path / "with"), "--quiet", "--workers", "1"]) == 0
+    refused = _no_threads(monkeypatch)
+    assert main(["export", str(root), str(tmp_path / "without"), "--workers", "1"]) == 0
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "please report" not in err, err
+    assert "dosealign-npz" in refused, refused
+    (row,) = hostile.manifest(tmp_path / "without")
+    assert row["status"] == "ok", row
+    (expected,) = hostile.manifest(tmp_path / "with")
+    with (
+        np.load(tmp_path / "with" / expected["case_id"] / "pair.npz") as a,
+        np.load(tmp_path / "without" / row["case_id"] / "pair.npz") as b,
+    ):
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_a_thread_that_cannot_be_started_fails_the_case_as_out_of_memory(tmp_path, monkeypatch, capsys):
+    """Where a thread is needed (a library's own), its failure to start is this process's memory or thread limit:
+    the case fails naming it, as "out of memory", not as an internal error to report, and the batch goes on."""
+    from DoseAlignLib import pipeline
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "THREAD-2", 13, with_structures=False)
+
+    def reading(*_args, **_kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(pipeline, "read_ct", reading)
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 1
+    captured = capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed" and row["reason"].startswith("out of memory: a thread could not be started")
+    assert "please report" not in row["reason"] and "Traceback" not in captured.err, (row, captured.err)
+
+
+def test_pixel_data_that_cannot_be_decoded_for_lack_of_memory_is_not_called_damaged(tmp_path, monkeypatch):
+    """Seen under ``ulimit -v 200000`` (E16): numpy's MemoryError while the dose's pixels were decoded failed the
+    case as "pixel data is damaged", blaming the file; it is this process's memory ("out of memory")."""
+    from DoseAlignLib.dicom import headers
+
+    truth = hostile.study(tmp_path / "p", "MEMPIX-1", 14, with_structures=False)
+    ds = dd.read(truth.dose_files[0])
+
+    class NoMemory(type(ds)):
+        @property
+        def pixel_array(self):
+            raise MemoryError("Unable to allocate 984. KiB for an array")
+
+    ds.__class__ = NoMemory
+    with pytest.raises(MemoryError):
+        headers.pixel_array(ds, truth.dose_files[0])
+
+
+def test_without_threads_the_scan_reads_in_one_process(many_files, monkeypatch):
+    # E16: the scan's process pool needs a thread of its own; without one the headers are read here
+    from DoseAlignLib.dicom import scan
+
+    whole = scan.scan_folder(many_files)
+    refused = _no_threads(monkeypatch)
+    again = scan.scan_folder(many_files, workers=2)
+    monkeypatch.undo()
+    assert refused, "the scan asked for a thread"
+    assert [o.rel_path for o in again.objects] == [o.rel_path for o in whole.objects]
+    assert len(again.objects) > 2 * scan.MIN_FILES_PER_PROCESS

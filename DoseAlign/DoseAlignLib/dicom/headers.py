@@ -499,6 +499,8 @@ def pixel_array(ds: Dataset, path: Path) -> np.ndarray:
             tag=TAG_SYNTAX,
             hint=decoder_hint(str(syntax)),
         ) from None
+    except MemoryError:  # this process's memory, not the file: the case fails "out of memory"
+        raise
     except Exception as error:
         raise InputError(
             f"pixel data is damaged: {type(error).__name__}: {one_line(error)}", path=path, tag="(7FE0,0010) PixelData"

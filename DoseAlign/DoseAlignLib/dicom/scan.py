@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import stat
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..errors import DoseAlignError, InputError, UnreadableError, too_many_open_files
+from ..errors import DoseAlignError, InputError, UnreadableError, start_thread, too_many_open_files
 from ..limits import (
     Deadline,
     LimitError,
@@ -117,6 +118,9 @@ def scan_folder(root: Path, progress: Progress = None, workers: int = 1, exclude
     paths = sorted(_walk(root, exclude, result.ignored, problems))
     workers = min(workers, len(paths) // MIN_FILES_PER_PROCESS)
     entries = None
+    if workers > 1 and not _thread_to_be_had():  # the pool's thread would fail (memory, the thread limit)
+        logger.info("reading the headers in one process: no thread can be started")
+        workers = 1
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         try:
             entries = _scan_in_processes(root, paths, workers, progress)
@@ -231,6 +235,16 @@ def _is_dicomdir(ds: Dataset) -> bool:
     meta = getattr(ds, "file_meta", None)
     claimed = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
     return claimed == MEDIA_DIRECTORY or headers.quick_text(ds, "SOPClassUID") == MEDIA_DIRECTORY
+
+
+def _thread_to_be_had() -> bool:
+    """Whether a thread can be started now (a process pool needs one; when its start fails, the pool's processes
+    are left waiting and the pool cannot be shut down)."""
+    probe = threading.Thread(target=int, name="dosealign-probe", daemon=True)
+    if not start_thread(probe):
+        return False
+    probe.join()
+    return True
 
 
 def _scan_files(root: Path, paths: list) -> list:

@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ..errors import start_thread
+
 #: The zip timestamp of every member (the earliest a zip file can hold).
 NPZ_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 #: zlib level of ``--compress``: level 1 keeps most of the gain at a fraction of the time (measured, README).
@@ -131,7 +133,8 @@ class NpzStream:
         self._written: set = set()  # by the writer thread only
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="dosealign-npz", daemon=True)
-        self._thread.start()
+        # no thread to be had (memory, the thread limit): the file is written by close(), in the caller's thread
+        self._inline = not start_thread(self._thread)
 
     def add(self, name: str, array) -> None:
         """Hand over a member (from any thread)."""
@@ -149,7 +152,10 @@ class NpzStream:
         with self._condition:
             self._closed = True
             self._condition.notify()
-        self._thread.join()
+        if self._inline:
+            self._run()
+        else:
+            self._thread.join()
         if self._error is not None:
             raise self._error
 
@@ -158,7 +164,8 @@ class NpzStream:
         with self._condition:
             self._closed = self._aborted = True
             self._condition.notify()
-        self._thread.join()
+        if not self._inline:
+            self._thread.join()
 
     def _next(self) -> Optional[str]:
         """The next member to write, waiting for it; None when the file is complete or abandoned."""

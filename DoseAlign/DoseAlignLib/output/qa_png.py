@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..audit.stats import AT_MAX_FRACTION, dmax_index
-from ..errors import open_files_limit, too_many_open_files
+from ..errors import open_files_limit, start_thread, too_many_open_files
 from ..geometry.grid import Volume
 
 logger = logging.getLogger(__name__)
@@ -115,10 +115,12 @@ def preload_matplotlib() -> None:
             return
     except (ImportError, ValueError):
         return
-    _preloading = threading.Thread(target=_import_matplotlib, name="dosealign-matplotlib", daemon=True)
+    preloading = threading.Thread(target=_import_matplotlib, name="dosealign-matplotlib", daemon=True)
+    if not start_thread(preloading):  # no thread to be had: the picture imports what it needs when drawn
+        return
+    _preloading = preloading
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=_preloading.join)
-    _preloading.start()
+        os.register_at_fork(before=preloading.join)
 
 
 def _import_matplotlib() -> None:
