@@ -53,6 +53,7 @@ from .output.out_folder import (
     inspect_output,
     keyed_stamps,
     pseudonymization_conflict,
+    recorded_key,
     request_differences,
 )
 from .output.qa_png import matplotlib_available, preload_matplotlib, qa_png_writer
@@ -194,7 +195,7 @@ def export_folder(
     if not linked.cases and not damaged:
         raise NothingToExport(what_was_found(scan, linked), path=input_root, hint="nothing was written")
     found = inspect_output(out_dir)
-    _check_found(found, out_dir, pseudonymizer is not None)
+    _check_found(found, out_dir, pseudonymizer is not None, pseudonymizer.fingerprint if pseudonymizer else None)
     if found.manifest_problem:
         note(f"{out_dir / 'manifest.csv'} {found.manifest_problem}: it is written anew")
     if shard is None:  # shards share OUT on purpose; any other run would overwrite the other's manifest
@@ -370,16 +371,25 @@ def export_folder(
     return report
 
 
-def check_export_target(input_root: Path, out_dir: Path, pseudonymized: bool) -> None:
+def check_export_target(input_root: Path, out_dir: Path, pseudonymized: bool, key_file: Optional[Path] = None) -> None:
     """The checks :func:`export_folder` makes before it reads the input, for callers that must prepare
     something first (e.g. a pseudonym key): a usable input and output folder, and an output folder
-    whose pseudonymization agrees with this export. Raises :class:`DoseAlignError`; writes nothing."""
+    whose pseudonymization agrees with this export; for a pseudonymized one, made with the key in ``key_file``
+    (default beside OUT; a key file that does not exist yet is a new key). Raises :class:`DoseAlignError`;
+    writes nothing."""
     input_root, out_dir = Path(input_root), Path(out_dir)
     _check_folders(input_root, out_dir, lambda _message: None)
-    _check_found(inspect_output(out_dir), out_dir, pseudonymized)
+    found = inspect_output(out_dir)
+    key = None
+    if pseudonymized and any(c.key for c in found.cases.values()):
+        from .output.pseudonym import default_paths, key_fingerprint, load_or_create_key
+
+        key_path = Path(key_file) if key_file else default_paths(out_dir)[0]
+        key = key_fingerprint(load_or_create_key(key_path)[0]) if key_path.exists() else ""
+    _check_found(found, out_dir, pseudonymized, key)
 
 
-def _check_found(found, out_dir: Path, pseudonymized: bool) -> None:
+def _check_found(found, out_dir: Path, pseudonymized: bool, key: Optional[str] = None) -> None:
     """Refuse an output folder that holds DICOM files (INPUT and OUT swapped?) or the other kind of export."""
     if found.dicom_files:
         raise DoseAlignError(
@@ -388,7 +398,7 @@ def _check_found(found, out_dir: Path, pseudonymized: bool) -> None:
             path=out_dir,
             hint="choose an output folder without DICOM files; nothing was written",
         )
-    conflict = pseudonymization_conflict(found, pseudonymized)
+    conflict = pseudonymization_conflict(found, pseudonymized, key)
     if conflict:
         raise DoseAlignError(
             f"the output folder cannot take this export: {conflict}",
@@ -513,6 +523,7 @@ def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler
         "dosealign_version": __version__,
         "source": source,
         "pseudonymized": pseudonymizer is not None,
+        "key": pseudonymizer.fingerprint if pseudonymizer is not None else None,
         "backend": resampler.name if resampler is not None else "engine",  # meta.json's resampling.backend
     }
 
@@ -821,6 +832,7 @@ def _check_one_request(out_dir: Path, metas: dict, listed_in: dict) -> None:
             "option_defaults": AlignOptions().to_dict(),
             "dosealign_version": meta.get("dosealign_version"),
             "pseudonymized": bool(meta.get("pseudonymized")),
+            "key": recorded_key(meta),
             "backend": (meta.get("resampling") or {}).get("backend", "engine"),
         }
         why = request_differences(reference, request)

@@ -530,7 +530,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.scheduler:
         api.check_scheduler(args.scheduler)  # before anything is written
     # the folders are checked before a pseudonym key is made for nothing (export_folder checks them again)
-    api.check_export_target(args.input, args.output, pseudonymized=args.pseudonymize)
+    api.check_export_target(
+        args.input, args.output, pseudonymized=args.pseudonymize, key_file=args.key_file if args.pseudonymize else None
+    )
     progress = _ProgressLine(quiet=args.quiet)
     _announce(args, options, progress)
     pseudonymizer = _pseudonymizer(args)

@@ -108,6 +108,57 @@ def test_resume_keeps_nothing_made_by_another_version(study, tmp_path, capsys):
     assert statuses[first] == "ok" and list(statuses.values()).count("skipped") == 1
 
 
+def test_a_pseudonymized_out_takes_no_case_made_with_another_key(study, tmp_path, capsys):
+    # from the fifth hostile trial (E33): a second key into a pseudonymized OUT gave exit 0 and one patient in OUT
+    # under two pseudonyms. Each case's meta.json records the key's fingerprint (never the key); another key is
+    # refused before anything is written, also with --resume and --append, and shards of two keys do not merge
+    keys = tmp_path / "keys"
+    out = tmp_path / "share" / "out"
+    assert _run(capsys, "export", study / "p1", out, "--quiet", "--pseudonymize", "--key-file", keys / "a.key")[0] == 0
+    (case_id,) = [p.name for p in out.iterdir() if p.is_dir()]
+    meta_text = (out / case_id / "meta.json").read_text(encoding="utf-8")
+    recorded = json.loads(meta_text)["pseudonymized"]["key"]
+    key_a = (keys / "a.key").read_text(encoding="ascii").strip()
+    assert len(recorded) == 16 and recorded not in key_a and key_a not in meta_text and key_a[:16] not in meta_text
+    other = tmp_path / "elsewhere" / "out"
+    assert (
+        _run(capsys, "export", study / "p2", other, "--quiet", "--pseudonymize", "--key-file", keys / "c.key")[0] == 0
+    )
+    before = _tree(tmp_path)
+    for key, extra in (("b.key", []), ("c.key", []), ("c.key", ["--resume"]), ("c.key", ["--append"])):
+        code, _text, err = _run(
+            capsys, "export", study, out, "--quiet", "--pseudonymize", "--key-file", keys / key, *extra
+        )
+        assert code == 2, (key, extra, err)
+        assert "made with another key" in err and recorded in err and "nothing was written" in err, err
+        assert _tree(tmp_path) == before, (key, extra, "refused before anything is written (no key, no map, no case)")
+    assert _run(capsys, "export", study, out, "--quiet", "--pseudonymize", "--key-file", keys / "a.key")[0] == 0
+    # shards exported with two keys (at once, into an empty OUT) are not merged
+    shards = tmp_path / "shards"
+    for n, key in ((1, "a.key"), (2, "c.key")):
+        code = _run(
+            capsys,
+            "export",
+            study,
+            shards / f"s{n}",
+            "--quiet",
+            "--pseudonymize",
+            "--key-file",
+            keys / key,
+            "--shard",
+            f"{n}/2",
+        )[0]
+        assert code == 0
+    for entry in (shards / "s2").iterdir():
+        if entry.is_dir() or entry.name.startswith("manifest.shard-"):
+            os.replace(entry, shards / "s1" / entry.name)
+    assert len(list((shards / "s1").glob("manifest.shard-*.csv"))) == 2
+    before = _tree(shards / "s1")
+    code, _text, err = _run(capsys, "merge", shards / "s1")
+    assert code == 2 and "another key" in err, err
+    assert _tree(shards / "s1") == before
+
+
 def test_pseudonymized_and_plain_exports_never_share_a_folder(study, tmp_path, capsys):
     plain = tmp_path / "share" / "plain"
     assert _run(capsys, "export", study, plain, "--quiet")[0] == 0

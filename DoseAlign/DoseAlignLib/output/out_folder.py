@@ -35,6 +35,8 @@ OWN_FILES = ("manifest.csv", "report.html", "dataset.json", "dataset.h5")
 _SHARD_MANIFEST = re.compile(r"manifest\.shard-\d+-of-\d+\.csv")
 #: A top-level key of meta.json as json_text writes it (indent 1): only pseudonymized cases have it.
 _PSEUDONYMIZED_KEY = b'\n "pseudonymized": '
+#: The key's fingerprint in meta.json's ``pseudonymized`` object (output/pseudonym.py key_fingerprint).
+_KEY_FINGERPRINT = re.compile(rb'\n "pseudonymized": \{[^{}]*?"key": "([0-9a-f]{16})"')
 #: Case ids a pseudonymized export writes: ``P<12 hex>_<summation>_<8 hex>``, and ``<kind>_<10 hex>``
 #: for rows that are no case (damaged files); see output/pseudonym.py.
 _PSEUDONYMOUS_ID = re.compile(r"P[0-9a-f]{12}_[a-z]+_[0-9a-f]{8}|[A-Za-z0-9.-]+_[0-9a-f]{10}")
@@ -48,6 +50,7 @@ class ExistingCase:
     folder: Path
     complete: bool  # meta.json and the arrays present and whole (case_folder.case_problem)
     pseudonymized: Optional[bool]  # None: meta.json missing or unreadable
+    key: Optional[str] = None  # the fingerprint of the pseudonym key (None: plain, or made before it was recorded)
     _meta: Optional[dict] = None
     problem: Optional[str] = None  # why it is not complete (a file cut short, meta.json unreadable...)
 
@@ -92,9 +95,8 @@ def inspect_output(out_dir: Path) -> OutputFolder:
             continue
         if entry.is_dir() and ((entry / "meta.json").is_file() or (entry / "pair.npz").is_file()):
             problem = case_problem(entry)  # damaged outputs (a truncated pair.npz) are not complete
-            found.cases[name] = ExistingCase(
-                name, entry, problem is None, _is_pseudonymized(entry / "meta.json"), problem=problem
-            )
+            pseudonymized, key = _pseudonymization(entry / "meta.json")
+            found.cases[name] = ExistingCase(name, entry, problem is None, pseudonymized, key=key, problem=problem)
         else:
             found.other.append(name + ("/" if entry.is_dir() else ""))
             if len(found.dicom_files) < 3 and len(found.other) <= 200 and _is_dicom(entry):
@@ -130,20 +132,35 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
-def _is_pseudonymized(meta_path: Path) -> Optional[bool]:
+def _pseudonymization(meta_path: Path) -> tuple:
+    """``(pseudonymized, key fingerprint)`` of a case's meta.json: ``(None, None)`` when it cannot be read."""
     try:  # a named pipe or device planted in OUT is never read, nor more than DOSEALIGN_META_MB
         data = read_back(meta_path, "DOSEALIGN_META_MB")
     except (OSError, LimitError):
-        return None
-    return _PSEUDONYMIZED_KEY in data
+        return None, None
+    key = _KEY_FINGERPRINT.search(data)
+    return _PSEUDONYMIZED_KEY in data, key.group(1).decode("ascii") if key else None
 
 
-def pseudonymization_conflict(found: OutputFolder, pseudonymized: bool) -> Optional[str]:
+def pseudonymization_conflict(found: OutputFolder, pseudonymized: bool, key: Optional[str] = None) -> Optional[str]:
     """Why a (plain or pseudonymized) export must not write into ``found``; None when it may.
 
     A pseudonymized OUT is meant to be shared: one identifying case folder or manifest row in it
     would leak identity, and a plain case folder beside pseudonymized ones would be shared with them.
+    ``key``, for a pseudonymized export, is its key's fingerprint ("" for a key not made yet): cases made with
+    another key are refused too (one patient would be in OUT under two pseudonyms); cases that record no
+    fingerprint (made before it was recorded) cannot be told apart and are not refused.
     """
+    if pseudonymized and key is not None:
+        others = sorted({c.key for c in found.cases.values() if c.pseudonymized and c.key and c.key != key})
+        if others:
+            made = [c.case_id for c in found.cases.values() if c.pseudonymized and c.key in others]
+            this = f"this key's is {key}" if key else "this run would make a new key"
+            return (
+                f"it holds a pseudonymized export made with another key (key fingerprint {', '.join(others)}; "
+                f"{this}): {_some(made)}; the same patient would be in it under two pseudonyms "
+                "(use --key-file with the key it was made with)"
+            )
     plain = [c.case_id for c in found.cases.values() if c.pseudonymized is False]
     pseudo = [c.case_id for c in found.cases.values() if c.pseudonymized]
     rows = [r.get("case_id", "") for r in found.manifest_rows]
@@ -211,11 +228,20 @@ def request_differences(meta: Optional[dict], request: dict) -> list:
             differences.append(f"input {key} changed")
     if bool(meta.get("pseudonymized")) != bool(request.get("pseudonymized")):
         differences.append("pseudonymized" if meta.get("pseudonymized") else "not pseudonymized")
+    elif request.get("key") and recorded_key(meta) and recorded_key(meta) != request["key"]:
+        differences.append(f"pseudonymized with another key (key fingerprint {recorded_key(meta)} -> {request['key']})")
     if "backend" in request:  # what resampled (the Slicer module's backends); older meta.json: the engine
         had = (meta.get("resampling") or {}).get("backend", "engine")
         if had != request["backend"]:
             differences.append(f"resampled by {had}, this run by {request['backend']}")
     return differences
+
+
+def recorded_key(meta: Optional[dict]) -> Optional[str]:
+    """The pseudonym key's fingerprint a case's meta.json records (None: plain, or not recorded)."""
+    pseudonymized = (meta or {}).get("pseudonymized") if isinstance(meta, dict) else None
+    key = pseudonymized.get("key") if isinstance(pseudonymized, dict) else None
+    return key if isinstance(key, str) and key else None
 
 
 def input_files(case) -> list:

@@ -180,6 +180,12 @@ def _write_private(path: Path, data: bytes, replace: bool) -> None:
             os.unlink(temp)
 
 
+def key_fingerprint(key: bytes) -> str:
+    """What meta.json records of the key (``pseudonymized.key``): a keyed hash of a fixed text under it, 16 hex
+    digits. It tells whether two exports used one key; it reveals nothing of the key (HMAC-SHA256)."""
+    return hmac.new(key, b"dosealign|key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
 def key_is_private(path: Path) -> bool:
     """Whether only the owner may read the key file."""
     return not (Path(path).stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
@@ -353,6 +359,11 @@ class Pseudonymizer:
     identity: Identity = field(default_factory=Identity)
     entries: dict = field(default_factory=dict)  # (kind, pseudonym) -> original
     map_path: Optional[str] = None  # where :meth:`prepare` writes the mapping file
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`key_fingerprint` of the key (recorded in each case's meta.json)."""
+        return key_fingerprint(self.key)
 
     # -- pseudonyms
     def _digest(self, kind: str, value: str) -> bytes:
@@ -593,7 +604,11 @@ class Pseudonymizer:
         """Rewrite a case result in place before anything is written: meta, arrays of text."""
         meta = self.value(result.meta, text_keys=frozenset(_named(result.meta)))
         meta["case_id"] = result.case_id
-        meta["pseudonymized"] = {"uids": "kept" if self.keep_uids else "keyed hashes", "paths": "tokens"}
+        meta["pseudonymized"] = {
+            "uids": "kept" if self.keep_uids else "keyed hashes",
+            "paths": "tokens",
+            "key": self.fingerprint,  # an OUT takes no case made with another key (one patient, two pseudonyms)
+        }
         result.meta = meta
         for name, array in list(result.extra_arrays.items()):
             if isinstance(array, np.ndarray) and array.dtype.kind in "USO":
