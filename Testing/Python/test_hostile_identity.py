@@ -154,6 +154,37 @@ def test_names_with_marks_in_their_ascii_spellings(tmp_path, capsys):
     assert not found, found[:10]
 
 
+def test_a_name_whose_letter_was_lost_to_a_wrong_character_set_is_rewritten_not_refused(tmp_path, capsys):
+    """``Müller^Hans`` in the CT, ``Mu?ller^Hans`` in the RTSTRUCT and ``M\ufffdller^Hans`` in the RTDOSE (a letter
+    lost to a wrong character set), and ROI names holding such spellings: the check found ``M?ller`` (it reads
+    letters and digits only) but the rewriting, matching ``Mu?ller`` and ``M\ufffdller`` as written, missed it, and
+    the case was refused ("please report it"). The rewriting now reads such a component by its letters too."""
+    root = tmp_path / "in"
+    rois = ["PTV_Mu?ller", "M\ufffdller_ctv", "M?ller boost", "Hans_Mu?ller"]
+    truth = hostile.study(root / "p", "MH-40417", 64, patient_name="M\u00fcller^Hans", extra_organs=len(rois))
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+        roi.ROIName = name
+    ds.PatientName = "Mu?ller^Hans"
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    dd.save(ds, truth.struct_file)
+    dose = dd.read(truth.dose_files[0])
+    dose.PatientName = "M\ufffdller^Hans"
+    dose.SpecificCharacterSet = "ISO_IR 192"
+    dd.save(dose, truth.dose_files[0])
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert {"PTV_[removed]", "[removed]_ctv", "[removed] boost", "[removed]"} <= set(names), names
+    found = []
+    for where, data in _all_output_bytes(out):
+        squeezed = "".join(c for c in data.decode("utf-8", "replace").casefold() if c.isalnum())
+        found += [f"{n} in {where}" for n in ("mller", "muller", "mueller", "müller") if n in squeezed]
+    assert not found, found[:10]
+
+
 def test_long_name_parts_inside_words_short_ones_only_as_words(tmp_path, capsys):
     import json
 

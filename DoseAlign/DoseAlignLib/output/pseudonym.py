@@ -903,6 +903,22 @@ def _in_own_word(text: str, start: int, end: int) -> bool:
     return text[start:end].casefold() in OWN_VOCABULARY
 
 
+def _alnum(text: str) -> str:
+    """The letters and digits of ``text``."""
+    return "".join(c for c in text if c.isalnum())
+
+
+def _part_pattern(part: str) -> str:
+    """A name component as a pattern of the rewriting: as written when it is all letters and digits; otherwise its
+    runs of letters and digits with any run of other characters, or none, between them. A letter lost to a wrong
+    character set (``M\ufffdller``, ``Mu?ller`` in one object for ``Müller``) is then found however the other
+    objects lost it (``M?ller``, ``M??ller``, ``Mu?ller``, ``Muller``), and ``O'Brien`` as ``O Brien``."""
+    chunks = re.findall(r"[^\W_]+", part)
+    if not chunks or "".join(chunks) == part:
+        return re.escape(part)
+    return r"[\W_]*".join(re.escape(c) for c in chunks)
+
+
 class NameSpellings:
     """Finds a patient's name in the spellings people use and removes it (the rewriting side).
 
@@ -920,15 +936,20 @@ class NameSpellings:
             for size in range(2, min(3, len(usable)) + 1):
                 for combo in itertools.permutations(usable, size):
                     if sum(len(p) for p in combo) >= MIN_JOINED:
-                        patterns.add(_SEPARATORS.join(re.escape(p) for p in combo))
+                        patterns.add(_SEPARATORS.join(_part_pattern(p) for p in combo))
         self.joined = re.compile("|".join(sorted(patterns, key=len, reverse=True)), re.IGNORECASE) if patterns else None
         self.words = {
             n.casefold() for n in identity.names if len(n) >= min_name_part(n) and not re.search(r"[\^=,\s]", n)
         }
+        # a component holding other characters than letters and digits (Mu?ller, M\ufffdller: a letter lost to a
+        # wrong character set) is also a word as its letters and digits alone (Muller, Mller)
+        self.words |= {_alnum(w) for w in self.words if _alnum(w) and _alnum(w) != w}
         # long components are found inside other words too (PTVmueller, muellerboost); short ones only as words;
         # ideographic ones (山田) inside any text: those scripts do not separate words
-        long_parts = sorted({w for w in self.words if len(w) >= MIN_INSIDE or _ideographic(w)}, key=len, reverse=True)
-        self.inside = re.compile("|".join(re.escape(w) for w in long_parts), re.IGNORECASE) if long_parts else None
+        long_parts = sorted(
+            {w for w in self.words if len(_alnum(w)) >= MIN_INSIDE or _ideographic(w)}, key=len, reverse=True
+        )
+        self.inside = re.compile("|".join(_part_pattern(w) for w in long_parts), re.IGNORECASE) if long_parts else None
 
     def spans(self, text: str) -> list:
         found = []
