@@ -217,6 +217,18 @@ def export_folder(
     carried = _other_cases(
         found, own - set(clashes), options, append, shard, note, report, out_dir, input_root, set(clashes)
     )
+    # one row per case id: where the other input's case is kept (--append), its row is the id's row (it is what
+    # the folder holds); this input's case of that id fails in the summary and a note, not as a second row
+    taken = {r.get("case_id") for r in carried} & set(clashes)
+    if taken:
+        note(
+            f"--append: {len(taken)} case(s) of this input not exported, their id taken by another input's case "
+            f"kept in the output folder: {_some(sorted(taken))}; manifest.csv lists that case under the id"
+        )
+
+    def listed(rows_now: list) -> list:
+        return carried + [r for r in rows_now if not (r["case_id"] in taken and r["status"] == "failed")]
+
     check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
     claim = claim_for(out_dir)  # this run's owner record, before workers start (they use it)
     clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
@@ -253,7 +265,7 @@ def export_folder(
             report.fault = row["reason"]  # no further case is started
             stopped_by[0] = f"{fault}, at case {row['case_id']}"
         try:
-            write_rows(carried + report.rows)
+            write_rows(listed(report.rows))
         except OSError as error:  # the previous manifest stays as it was; the batch stops
             report.fault = report.fault or f"manifest.csv: {output_fault(error, out_dir)}"
         if progress is not None:
@@ -331,7 +343,7 @@ def export_folder(
         remove_owned(out_dir, claim.token)  # what the stopped workers left (this run's temporary names only)
         # the interrupt may have come between counting a case and writing the manifest that lists it
         with contextlib.suppress(OSError):
-            write_rows(carried + [r for r in rows if r is not None])
+            write_rows(listed([r for r in rows if r is not None]))
         raise Interrupted(done[0], len(cases), isinstance(stop, Terminated)) from None
     if report.fault is not None:  # the cases not started: named, so that --resume exports them
         for index, case in to_run:
@@ -342,7 +354,7 @@ def export_folder(
     report.rows.extend(extra_rows)
     if progress is not None:
         progress(1.0, f"{len(cases)} cases, {len(report.failed)} failed")
-    all_rows = carried + report.rows
+    all_rows = listed(report.rows)
     if report.fault is not None:  # write no more than the manifest (it may fail too: the old one stays)
         try:
             report.manifest = write_rows(all_rows)
