@@ -446,6 +446,12 @@ def test_the_rewriting_removes_every_glued_id_the_check_finds():
             alone = not (before.isascii() and before.isalnum()) and not (after.isascii() and after.isalnum())
             if not alone and any(o.start() < m.end() and m.start() < o.end() for o in own):
                 must = False
+            # digits on both sides of a decimal point are one number, no ID (sixth hostile trial F16)
+            inside = re.search(r"[0-9]\.[0-9]", m.group(0))
+            lead = ident[0].isdigit() and m.start() >= 2 and re.fullmatch(r"[0-9]\.", plain[m.start() - 2 : m.start()])
+            tail = ident[-1].isdigit() and re.match(r"\.[0-9]", plain[m.end() : m.end() + 2])
+            if inside or lead or tail:
+                must = False
             if must:
                 assert guard.find(text), (text, core)
     assert caught > 500 and passed > 100, (caught, passed)  # both kinds occur (else this test proves little)
@@ -536,8 +542,10 @@ def test_short_numeric_ids_are_no_false_refusal(tmp_path, capsys):
     for text in ("d0.03cc_gy", "External d0.03cc_gy", "48x160x192", "tolerance 1.25e-05"):
         assert not pseudonymizer.guard.find(text) and pseudonymizer.text(text) == text, text
     pseudonymizer.check({"audit": {"rois": {"PTV": {"d0.03cc_gy": 1.0}}}, "shape": "48x160x192"})
-    for text in ("PTV160", "ring_003x", "v125", "1.25", "d0.03"):
+    for text in ("PTV160", "ring_003x", "v125", "PTV 1-25"):
         assert pseudonymizer.guard.find(text) and pseudonym.REMOVED in pseudonymizer.text(text), text
+    for text in ("1.25", "d0.03"):  # digits on both sides of a decimal point are one number (sixth trial F16)
+        assert not pseudonymizer.guard.find(text) and pseudonymizer.text(text) == text, text
 
     root = tmp_path / "in"
     hostile.study(root / "p", "003", 66, patient_name="Quorbeth^Ysolde", ct_size=(32, 28, 16))
@@ -692,3 +700,76 @@ def test_each_part_of_a_hyphenated_or_apostrophe_name_is_a_name(tmp_path, capsys
         squeezed = "".join(c for c in text if c.isalnum() and not unicodedata.combining(c))
         found += [f"{p} in {where}" for p in parts if p in squeezed]
     assert not found, found[:10]
+
+
+def test_digits_of_a_decimal_number_are_no_id():
+    """Sixth hostile trial F16, the rewriting and the check on their own: a numeric PatientID whose digits stand
+    in a decimal number, after or across its point, is no ID there (``63.0584`` is one number); written in free
+    text, as an ROI name or with separators, it is removed and found as before."""
+    from DoseAlignLib.output import pseudonym
+
+    for pid, numbers, names in [
+        ("0584", ["dmax 63.0584 Gy", "63.0584", "0584.5", "1.0584e-05"], ["PTV_0584", "PTV0584", "PTV 63-0584"]),
+        ("630584", ["dmax 63.0584 Gy", "6.30584", "630.584"], ["PTV_630584", "PTV 63-0584", "ctv 630 584"]),
+        ("631521", ["dmax_native_gy 63.1521", "63.1521,63.0584"], ["631521_boost", "PTV 63_1521"]),
+    ]:
+        identity = pseudonym.Identity()
+        identity.patient_ids.add(pid)
+        pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+        for text in numbers:
+            assert pseudonymizer.text(text) == text and not pseudonymizer.guard.find(text), (pid, text)
+        for text in names:
+            rewritten = pseudonymizer.text(text)
+            assert pseudonymizer.guard.find(text) and pseudonym.REMOVED in rewritten, (pid, text, rewritten)
+            assert not pseudonymizer.guard.find(rewritten), (pid, text, rewritten)
+    identity = pseudonym.Identity()
+    identity.patient_ids.add("12.345")  # an ID written with a decimal point is still an ID where it stands so
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    assert pseudonymizer.guard.find("PTV 12.345") and pseudonymizer.text("PTV 12.345") == "PTV [removed]"
+
+
+def _numbers(value, path: str = "") -> dict:
+    """Every number in a JSON-like value (bools aside), by its path."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _numbers(item, f"{path}/{key}").items()}
+    if isinstance(value, list):
+        return {k: v for n, item in enumerate(value) for k, v in _numbers(item, f"{path}[{n}]").items()}
+    return {path: value} if isinstance(value, (int, float)) and not isinstance(value, bool) else {}
+
+
+def test_dosealigns_own_numbers_are_never_rewritten(tmp_path, capsys):
+    """Sixth hostile trial F16: a numeric PatientID made of digits of DoseAlign's own numbers (the Dmax after its
+    point, and with the point left out) was "removed" from them: manifest.csv ``dmax_gy`` ``63.[removed]``, meta.json
+    ``manifest_extra`` a string. The PatientIDs here are taken from a plain export's numbers; the pseudonymized
+    export keeps every number (manifest columns parse as the same floats, meta.json numbers stay numbers) and
+    still removes the ID from an ROI name."""
+    import json
+
+    def export(pid: str, out, *options) -> tuple:
+        root = tmp_path / f"in-{pid}"
+        truth = hostile.study(root / "p", pid, 68, patient_name="Zentrop^Ilka", extra_organs=1, ct_size=(32, 28, 16))
+        ds = dd.read(truth.struct_file)
+        ds.StructureSetROISequence[-1].ROIName = f"PTV_{pid}"
+        dd.save(ds, truth.struct_file)
+        code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", *options])
+        (row,) = hostile.manifest(out)
+        assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+        return row, json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+
+    plain_row, plain_meta = export("ZI-1", tmp_path / "plain")
+    columns = [k for k, v in plain_row.items() if re.fullmatch(r"-?\d+\.\d+", v or "")]
+    assert {"dmax_gy", "dmax_native_gy", "dmax_output_gy"} <= set(columns), plain_row
+    pids = set()
+    for key in ("dmax_gy", "dmax_native_gy"):
+        whole, fraction = plain_row[key].lstrip("-").split(".")
+        pids |= {fraction, whole + fraction} if len(fraction) >= 3 else {whole + fraction}
+    for pid in sorted(pids):
+        row, meta = export(pid, tmp_path / f"out-{pid}", "--pseudonymize")
+        assert {k: float(row[k]) for k in columns} == {k: float(plain_row[k]) for k in columns}, (pid, row)
+        for key, value in (plain_meta.get("manifest_extra") or {}).items():
+            assert meta["manifest_extra"][key] == value, (pid, key)
+        numbers = _numbers(plain_meta["dose"])
+        assert numbers and _numbers(meta["dose"]) == numbers, pid
+        assert f"PTV_{pid}" not in _names_of(tmp_path / f"out-{pid}", row) and "PTV_[removed]" in _names_of(
+            tmp_path / f"out-{pid}", row
+        ), pid

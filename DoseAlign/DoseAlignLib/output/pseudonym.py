@@ -985,6 +985,8 @@ class NameSpellings:
 
 
 _ID_PATTERNS: dict = {}
+#: A decimal point between two digits: digits on both sides of it belong to one number, never to an ID.
+_DECIMAL = re.compile(r"[0-9]\.[0-9]")
 
 
 def _id_pattern(identifier: str):
@@ -1004,10 +1006,16 @@ def _id_pattern(identifier: str):
     if pattern is None:
         squeezed = "".join(c for c in identifier.casefold() if c.isalnum())
         if squeezed and squeezed.isascii():
-            body = "[^0-9A-Za-z]*".join(re.escape(c) for c in squeezed)
+            # a decimal point between two of its digits makes them one number (63.0584): no ID there, unless the
+            # ID itself is written with one
+            point = "" if _DECIMAL.search(identifier) else r"(?!\.[0-9])"
+            body = "".join(
+                re.escape(c) + (point if c.isdigit() and d.isdigit() else "") + "[^0-9A-Za-z]*"
+                for c, d in zip(squeezed, squeezed[1:])
+            ) + re.escape(squeezed[-1])
             if any(c.isdigit() for c in squeezed):
-                lead = r"(?<![0-9])" if squeezed[0].isdigit() else ""
-                tail = r"(?![0-9])" if squeezed[-1].isdigit() else ""
+                lead = r"(?<![0-9])(?<![0-9]\.)" if squeezed[0].isdigit() else ""
+                tail = r"(?![0-9])(?!\.[0-9])" if squeezed[-1].isdigit() else ""
             else:
                 lead, tail = r"(?<![0-9A-Za-z])", r"(?![0-9A-Za-z])"
             pattern = re.compile(lead + body + tail, re.IGNORECASE)
@@ -1085,6 +1093,10 @@ class IdentityGuard:
         self.longest_id = max((len(i) for i in self.ids), default=0)
         # IDs that hold a digit are found glued to letters too (PTVqx77415, QX77415boost)
         self.glued_ids = {i for i in self.ids if i.isascii() and any(c in _DIGITS for c in i)}
+        #: IDs written with a decimal point between two digits (12.345): only there may one sit inside a number
+        self.dotted_ids = {
+            "".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers if _POINT.search(i)
+        }
         self.dates = set(identity.dates)
         self.uids = set(identity.uids)
         #: Exact runs of letters and digits that are this run's own hash digests (no identity), set by the caller.
@@ -1115,22 +1127,30 @@ class IdentityGuard:
             copies += [plain] if plain != text else []
             text = "\n".join([text, _fold(text), *copies[1:]])
         lowered = text.casefold()
-        if self.glued_ids and any(_glued_id(self._skipped(c.casefold()), self.glued_ids) for c in copies):
+        if self.glued_ids and any(
+            _glued_id(self._skipped(c.casefold()), self.glued_ids, self.dotted_ids) for c in copies
+        ):
             return "a patient ID"
         collapsed = re.sub(r"(?<=[0-9a-z])[-_^]+(?=[0-9a-z])", "", lowered)
         for identifier in self.ids:
             for match in re.finditer(re.escape(identifier), collapsed):
                 before = collapsed[match.start() - 1] if match.start() else " "
                 after = collapsed[match.end()] if match.end() < len(collapsed) else " "
-                if not before.isalnum() and not after.isalnum():
+                if not before.isalnum() and not after.isalnum() and not _in_number(collapsed, *match.span()):
                     return "a patient ID"
         # an ID joined to its neighbours by separators (PTV_PID-7731): whole runs of letters and digits, joined
-        runs = re.findall(r"[0-9a-z]+", lowered)
+        # (not across the decimal point of a number: 63.0584 is no 630584)
+        runs = [(m.group(0), m.start(), m.end()) for m in re.finditer(r"[0-9a-z]+", lowered)]
         for start in range(len(runs)):  # by index: slicing runs[start:] made this quadratic in the text's length
             joined = ""
             for k in range(start, len(runs)):
-                joined += runs[k]
-                if joined in self.ids:
+                point = lowered[runs[k - 1][2] : runs[k][1]] == "." if k > start else False
+                if point and joined[-1] in _DIGITS and runs[k][0][0] in _DIGITS and not self.dotted_ids:
+                    break
+                joined += runs[k][0]
+                if joined in self.ids and (
+                    joined in self.dotted_ids or not _in_number(lowered, runs[start][1], runs[k][2])
+                ):
                     return "a patient ID"
                 if len(joined) >= self.longest_id:
                     break
@@ -1173,7 +1193,28 @@ _DIGITS = frozenset("0123456789")
 _ASCII_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
 
 
-def _glued_id(lowered: str, ids: set) -> bool:
+def _in_number(text: str, start: int, end: int) -> bool:
+    """The check's own test: ``text[start:end]`` begins right after the decimal point of a number (``63.|0584``) or
+    ends right before one (``0584|.25``), where its edge is a digit."""
+    before = text[start - 2 : start] if start >= 2 else ""
+    after = text[end : end + 2]
+    return (
+        text[start : start + 1] in _DIGITS
+        and len(before) == 2
+        and before[1] == "."
+        and before[0] in _DIGITS
+        or text[end - 1 : end] in _DIGITS
+        and len(after) == 2
+        and after[0] == "."
+        and after[1] in _DIGITS
+    )
+
+
+#: The check's own decimal point between two digits.
+_POINT = re.compile(r"\d\.\d")
+
+
+def _glued_id(lowered: str, ids: set, dotted: frozenset = frozenset()) -> bool:
     """The guard's own search for IDs that hold a digit, wherever they stand: the lower-case text squeezed to its
     ASCII letters and digits (so any separators between the ID's characters are gone), each ID searched in it,
     and the characters just outside the match read in the text itself: an ID that begins (ends) with a digit
@@ -1189,8 +1230,16 @@ def _glued_id(lowered: str, ids: set) -> bool:
             first, last = where[start], where[start + len(identifier) - 1]
             before = lowered[first - 1] if first else " "
             after = lowered[last + 1] if last + 1 < len(lowered) else " "
-            if not (identifier[0] in _DIGITS and before in _DIGITS) and not (
-                identifier[-1] in _DIGITS and after in _DIGITS
+            # digits on both sides of a decimal point are one number (63.0584 holds no 0584 and no 630584)
+            inside = identifier not in dotted and any(
+                lowered[where[n] + 1 : where[n + 1]] == "." and squeezed[n] in _DIGITS and squeezed[n + 1] in _DIGITS
+                for n in range(start, start + len(identifier) - 1)
+            )
+            if (
+                not (identifier[0] in _DIGITS and before in _DIGITS)
+                and not (identifier[-1] in _DIGITS and after in _DIGITS)
+                and not inside
+                and not _in_number(lowered, first, last + 1)
             ):
                 return True
             start = squeezed.find(identifier, start + 1)
