@@ -773,3 +773,66 @@ def test_dosealigns_own_numbers_are_never_rewritten(tmp_path, capsys):
         assert f"PTV_{pid}" not in _names_of(tmp_path / f"out-{pid}", row) and "PTV_[removed]" in _names_of(
             tmp_path / f"out-{pid}", row
         ), pid
+
+
+#: Sixth hostile trial F21: a PN's phonetic and ideographic groups in other kana, variant kanji, simplified Chinese.
+CJK_VARIANTS = [
+    ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["ﾔﾏﾀﾞ_PTV", "ヤマダ_PTV"], ["やまだ", "ヤマダ", "ﾔﾏﾀﾞ"]),
+    ("Yamada^Tarou=山田^太郎=ヤマダ^タロウ", ["やまだ_PTV"], ["やまだ", "ヤマダ"]),
+    ("Takahashi^Ichiro=髙橋^一郎=たかはし^いちろう", ["高橋_PTV"], ["高橋", "髙橋"]),
+    ("Saito^Ken=齋藤^健", ["斎藤_PTV"], ["斎藤", "齋藤"]),
+    ("陳^大文", ["陈_PTV"], ["陈", "陳"]),
+    ("張^偉", ["张伟_ctv"], ["张", "張", "伟", "偉"]),
+]
+
+
+@pytest.mark.parametrize("patient_name, rois, needles", CJK_VARIANTS)
+def test_kana_and_variant_ideographs_are_one_name_to_both_sides(patient_name, rois, needles):
+    """F21, the rewriting and the check on their own: hiragana, katakana and half-width katakana, variant kanji and
+    traditional/simplified Chinese are one name to each side; a one-character component only as a word of its
+    own; other text is kept."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.add_name(patient_name)
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in rois:
+        rewritten = pseudonymizer.text(text)
+        assert pseudonymizer.guard.find(text) == "a patient name", text
+        assert not any(n in rewritten for n in needles) and pseudonym.REMOVED in rewritten, (text, rewritten)
+        assert not pseudonymizer.guard.find(rewritten), (text, rewritten)
+    for text in ("PTV", "脊髄_PRV", "王府井", "肺_L"):
+        assert pseudonymizer.text(text) == text and not pseudonymizer.guard.find(text), text
+
+
+def _export_cjk(tmp_path, patient_name: str, rois: list) -> tuple:
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "JP-30118", 69, patient_name="X^Y", extra_organs=len(rois), ct_size=(32, 28, 16))
+    for path in sorted((root / "p").rglob("*.dcm")):
+        ds = dd.read(path)
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, so that the ideographic and phonetic groups are stored
+        ds.PatientName = patient_name
+        if path == truth.struct_file:
+            for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+                roi.ROIName = name
+        dd.save(ds, path)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    return code, row, out
+
+
+@pytest.mark.parametrize("patient_name, rois, needles", CJK_VARIANTS)
+def test_kana_and_variant_ideographs_never_reach_the_output(tmp_path, capsys, patient_name, rois, needles):
+    """F21: ``ﾔﾏﾀﾞ_PTV``/``ヤマダ_PTV`` for a phonetic group in hiragana, ``やまだ_PTV`` for one in katakana, ``高橋_PTV`` for
+    ``髙橋``, ``斎藤_PTV`` for ``齋藤``, ``陈_PTV`` for ``陳^大文``, ``张伟_ctv`` for ``張^偉`` reached every output with
+    status ok. Now no output byte holds them (searched NFKC, so half-width kana too) and the case is exported."""
+    code, row, out = _export_cjk(tmp_path, patient_name, rois)
+    capsys.readouterr()
+    assert (code, row["status"]) == (0, "ok"), row["reason"]
+    assert sum("[removed]" in n for n in _names_of(out, row)) == len(rois), _names_of(out, row)
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = unicodedata.normalize("NFKC", data.decode("utf-8", "replace"))
+        found += [f"{n} in {where}" for n in needles if unicodedata.normalize("NFKC", n) in text]
+    assert not found, found[:10]

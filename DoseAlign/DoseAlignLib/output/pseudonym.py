@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import DoseAlignError
 from ..limits import open_regular
+from .cjk_variants import PAIRS as _CJK_PAIRS
 
 KEY_BYTES = 32
 DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
@@ -798,6 +799,27 @@ def min_name_part(part: str) -> int:
 
 #: Joined spellings shorter than this (letters) are not searched inside other words.
 MIN_JOINED = 5
+
+_CJK_TABLE: dict = {}
+
+
+def cjk_fold(text: str) -> str:
+    """``text`` with hiragana written as katakana (``やまだ`` as ``ヤマダ``) and each CJK ideograph as the one form of
+    its variants (:mod:`.cjk_variants`: traditional and simplified Chinese ``陳``/``陈``, Japanese ``髙``/``高``,
+    ``齋``/``斎``): one character for one, so that a span of the folded text is the same span of ``text``."""
+    if not _CJK_TABLE:
+        table = {n: n + 0x60 for n in range(0x3041, 0x3097)}  # hiragana -> katakana (U+30A1..U+30F6)
+        table.update({0x309D: 0x30FD, 0x309E: 0x30FE})  # the iteration marks
+        pairs = "".join(_CJK_PAIRS)
+        table.update({ord(a): ord(b) for a, b in zip(pairs[::2], pairs[1::2])})
+        _CJK_TABLE.update(table)
+    return text.translate(_CJK_TABLE)
+
+
+def _has_cjk(text: str) -> bool:
+    return any(c >= "\u3040" for c in text) and _ideographic(text)
+
+
 #: Name components this long are found inside other words too (shorter ones, like ``Doe``, only as words:
 #: ``Doerr`` is another name).
 MIN_INSIDE = 5
@@ -950,6 +972,20 @@ class NameSpellings:
             {w for w in self.words if len(_alnum(w)) >= MIN_INSIDE or _ideographic(w)}, key=len, reverse=True
         )
         self.inside = re.compile("|".join(_part_pattern(w) for w in long_parts), re.IGNORECASE) if long_parts else None
+        # CJK names folded (hiragana/katakana, variant and simplified forms: cjk_fold), in the folded text: each
+        # component of two characters or more anywhere, all components joined (two or three, any order, also of
+        # one character: 張^偉 as 张伟), and a one-character component (陳) where it stands alone (no letter beside)
+        cjk = set()
+        self.cjk_single = set()
+        for parts in identity.persons:
+            folded = [cjk_fold(p) for p in parts if _ideographic(p)]
+            cjk.update(re.escape(p) for p in folded if len(p) >= 2)
+            self.cjk_single.update(p for p in folded if len(p) == 1)
+            for size in range(2, min(3, len(folded)) + 1):
+                for combo in itertools.permutations(folded, size):
+                    cjk.add(_SEPARATORS.join(re.escape(p) for p in combo))
+        cjk.update(re.escape(cjk_fold(w)) for w in self.words if _ideographic(w))
+        self.cjk = re.compile("|".join(sorted(cjk, key=len, reverse=True))) if cjk else None
 
     def spans(self, text: str) -> list:
         found = []
@@ -963,6 +999,14 @@ class NameSpellings:
             )
         if self.inside is not None:
             found.extend(m.span() for m in self.inside.finditer(text) if not _in_own_word(text, *m.span()))
+        if (self.cjk is not None or self.cjk_single) and _has_cjk(text):
+            folded = cjk_fold(text)
+            if self.cjk is not None:
+                found.extend(m.span() for m in self.cjk.finditer(folded) if m.end() > m.start())
+            for n, char in enumerate(folded):
+                alone = not (n and folded[n - 1].isalpha()) and not (n + 1 < len(folded) and folded[n + 1].isalpha())
+                if alone and char in self.cjk_single:
+                    found.append((n, n + 1))
         return found
 
     def redact(self, text: str) -> str:
@@ -1079,6 +1123,17 @@ class IdentityGuard:
         self.alone |= {n.casefold() for n in identity.names if len(n) >= MIN_NAME_PART and n.isalnum()}
         folded = {tuple(_fold(p) for p in parts) for parts in identity.persons}
         self.alone |= {p.casefold() for parts in folded for p in parts if len(p) >= MIN_NAME_PART and p.isalnum()}
+        # CJK components in the check's own folding (_guard_cjk): of two characters or more anywhere (self.alone),
+        # of one character as a word of its own, all of a name joined (張^偉: 张伟) anywhere
+        ideographs = {tuple(_guard_cjk(p) for p in parts if _cjk(p)) for parts in identity.persons}
+        self.alone |= {p for parts in ideographs for p in parts if len(p) >= 2 and p.isalnum()}
+        self.single_cjk = {p for parts in ideographs for p in parts if len(p) == 1 and p.isalnum()}
+        self.joined_cjk = {
+            "".join(combo)
+            for parts in ideographs
+            for size in (2, 3)
+            for combo in (itertools.permutations(parts, size) if len(parts) >= size else ())
+        }
         self.squeezed_names = set()
         for parts in identity.persons | folded:
             letters = ["".join(c for c in p.casefold() if c.isalnum()) for p in parts]
@@ -1125,7 +1180,8 @@ class IdentityGuard:
         if not text.isascii():
             plain = unicodedata.normalize("NFKC", text)
             copies += [plain] if plain != text else []
-            text = "\n".join([text, _fold(text), *copies[1:]])
+            ideographs = _guard_cjk(plain) if _cjk(plain) else plain
+            text = "\n".join([text, _fold(text), *copies[1:], *([ideographs] if ideographs != plain else [])])
         lowered = text.casefold()
         if self.glued_ids and any(
             _glued_id(self._skipped(c.casefold()), self.glued_ids, self.dotted_ids) for c in copies
@@ -1156,10 +1212,10 @@ class IdentityGuard:
                     break
         camel = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
         found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
-        if words and (found_words - OWN_VOCABULARY) & self.alone:
+        if words and (found_words - OWN_VOCABULARY) & (self.alone | self.single_cjk):
             return "a patient name"
         squeezed = "".join(c for c in lowered if c.isalnum())
-        if any(name in squeezed for name in self.squeezed_names):
+        if any(name in squeezed for name in self.squeezed_names) or any(n in squeezed for n in self.joined_cjk):
             return "a patient name"
         if words:
             # a single component inside other words, not across DoseAlign's own words ("across its" holds no Rossi)
@@ -1253,6 +1309,24 @@ def _cjk(text: str) -> bool:
         "\u3040" <= c <= "\u30ff" or "\u3400" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" or "\uf900" <= c <= "\ufaff"
         for c in text
     )
+
+
+_GUARD_CJK: dict = {}
+
+
+def _guard_cjk(text: str) -> str:
+    """The check's own folding of Japanese and Chinese: each hiragana read as the katakana of the same Unicode name
+    (``HIRAGANA LETTER A`` as ``KATAKANA LETTER A``), each ideograph as the one form of its variants (the same table
+    as the rewriting's, :mod:`.cjk_variants`: data, not matching)."""
+    if not _GUARD_CJK:
+        for n in range(0x3040, 0x30A0):
+            name = unicodedata.name(chr(n), "")
+            if name.startswith("HIRAGANA"):
+                with contextlib.suppress(KeyError):
+                    _GUARD_CJK[chr(n)] = unicodedata.lookup("KATAKANA" + name[len("HIRAGANA") :])
+        pairs = "".join(_CJK_PAIRS)
+        _GUARD_CJK.update(zip(pairs[::2], pairs[1::2]))
+    return "".join(_GUARD_CJK.get(c, c) for c in text)
 
 
 def _fold(text: str) -> str:
