@@ -266,3 +266,34 @@ def test_measuring_a_deflate_bomb_takes_little_memory(store, tmp_path):
     )
     peak_mib = int(done.stdout.strip().splitlines()[-1].split()[1]) / 1024
     assert peak_mib < 200, f"{peak_mib:.0f} MiB to scan a 300 MiB deflated data set"
+
+
+def test_a_deep_folder_chain_costs_work_linear_in_its_depth(store, tmp_path, monkeypatch):
+    """Sixth hostile trial F9: each folder's realpath walked every ancestor (1500 levels: 32 s)."""
+    from DoseAlignLib.dicom.scan import scan_folder
+
+    root = tmp_path / "deep"
+    shutil.copytree(store / "p1", root / "p1")
+    depth = 400
+    bottom = root / os.path.join(*["a"] * depth)
+    bottom.mkdir(parents=True)
+    (bottom / "x.txt").write_bytes(b"x")
+    calls = {"stat": 0}
+    real_lstat, real_stat = os.lstat, os.stat
+
+    def counting_lstat(*args, **kwargs):
+        calls["stat"] += 1
+        return real_lstat(*args, **kwargs)
+
+    def counting_stat(*args, **kwargs):
+        calls["stat"] += 1
+        return real_stat(*args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", counting_lstat)
+    monkeypatch.setattr(os, "stat", counting_stat)
+    result = scan_folder(root)
+    monkeypatch.undo()
+    assert {o.patient_id for o in result.objects} == {"SCAN-1"}
+    assert [rel for rel, _reason in result.skipped] == ["/".join(["a"] * depth + ["x.txt"])]
+    # a few stat calls per folder and file; the quadratic walk made about depth**2 / 2 = 80 000
+    assert calls["stat"] < 10 * depth, calls

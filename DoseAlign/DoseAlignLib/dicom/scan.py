@@ -361,9 +361,13 @@ def _walk(root: Path, exclude=(), ignored: Optional[list] = None, problems: Opti
         inside = [os.path.join(real_root, *parts[: n + 1]) for n in range(len(parts))]
         return not any(p.startswith(".") for p in parts) and not any(i in excluded for i in inside)
 
-    queue = deque([entries])  # breadth first: a folder reached twice is scanned under its shortest path
+    # Breadth first: a folder reached twice is scanned under its shortest path. Each listing goes
+    # with its folder's resolved path, so a folder that is no link resolves from its parent's in
+    # constant time (realpath of every folder walks every ancestor: O(depth^2) for a deep chain).
+    queue = deque([(entries, real_root)])
     while queue:
-        for entry in queue.popleft():
+        listing, real_parent = queue.popleft()
+        for entry in listing:
             path, name = entry.path, entry.name
             if name.startswith("."):
                 kind = "folder" if _is_folder(entry) else "file"
@@ -383,7 +387,7 @@ def _walk(root: Path, exclude=(), ignored: Optional[list] = None, problems: Opti
                 )
                 continue
             if stat.S_ISDIR(info.st_mode):
-                real = os.path.realpath(path)
+                real = os.path.realpath(path) if link else os.path.join(real_parent, name)
                 if real in excluded:
                     left_out.append((rel(path) + "/", "the output folder"))
                     continue
@@ -408,7 +412,7 @@ def _walk(root: Path, exclude=(), ignored: Optional[list] = None, problems: Opti
                         )
                     )
                     continue
-                queue.append(listing_below)
+                queue.append((listing_below, real))
             elif stat.S_ISREG(info.st_mode):
                 if _DICOMDIR_NAME.fullmatch(name):
                     left_out.append((rel(path), DICOMDIR_REASON))
