@@ -198,6 +198,7 @@ def export_folder(
     _check_found(found, out_dir, pseudonymizer is not None, pseudonymizer.fingerprint if pseudonymizer else None)
     if found.manifest_problem:
         note(f"{out_dir / 'manifest.csv'} {found.manifest_problem}: it is written anew")
+    _check_targets(out_dir, _export_targets(shard, report_html, formats), "this export")
     if shard is None:  # shards share OUT on purpose; any other run would overwrite the other's manifest
         _check_no_other_run(out_dir)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
@@ -865,13 +866,37 @@ def _check_merge_targets(out_dir: Path) -> None:
     replaced (refused before anything is written)."""
     from .output.out_folder import OWN_FILES
 
-    for name in OWN_FILES:
+    _check_targets(out_dir, OWN_FILES, "merge")
+
+
+def _export_targets(shard: Optional[tuple], report_html: bool, formats) -> list:
+    """The names an export writes at the top of OUT (beside the case folders)."""
+    if shard is not None:
+        stem = f"manifest.shard-{shard[0]}-of-{shard[1]}"
+        return [stem + ".csv", stem + ".json"]
+    from .output.datalist import DATALIST_FILE
+    from .output.hdf5 import DATASET_FILE
+
+    chosen = set(getattr(formats, "formats", None) or ())
+    return (
+        ["manifest.csv"]
+        + (["report.html"] if report_html else [])
+        + ([DATASET_FILE] if "hdf5" in chosen else [])
+        + ([DATALIST_FILE] if "nifti" in chosen else [])
+    )
+
+
+def _check_targets(out_dir: Path, names, who: str) -> None:
+    """A folder where a run writes one of its files at the top of OUT is a user's, not DoseAlign's: it is not
+    replaced, and the run is refused before anything is written (a file is replaced by renaming a finished
+    temporary over it, which cannot replace a folder)."""
+    for name in names:
         path = out_dir / name
         if path.is_dir() and not path.is_symlink():
             raise DoseAlignError(
-                "is a folder: merge writes a file of that name and does not replace a folder",
+                f"is a folder that is not DoseAlign's: {who} writes a file of that name and does not replace a folder",
                 path=path,
-                hint="move it away, then merge; nothing was written",
+                hint=f"move it away, then run {'merge' if who == 'merge' else 'the export'} again; nothing was written",
             )
 
 

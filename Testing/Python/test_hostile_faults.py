@@ -1118,3 +1118,28 @@ def test_a_full_disk_at_an_hdf5_file_ends_with_the_cause_not_a_traceback(cohort,
     rows = hostile.manifest(out)
     assert rows and all(r["status"] == "ok" for r in rows)
     assert not (out / "dataset.h5").exists() and not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("dataset.h5", ["--format", "hdf5"]),
+        ("dataset.json", ["--format", "nifti"]),
+        ("manifest.csv", []),
+        ("report.html", []),
+        ("manifest.shard-1-of-2.csv", ["--shard", "1/2"]),
+        ("manifest.shard-1-of-2.json", ["--shard", "1/2"]),
+    ],
+)
+def test_a_folder_where_export_writes_a_file_is_refused_first(cohort, tmp_path, name, extra):
+    """Sixth hostile trial F10: OUT/dataset.h5 a user's folder ended the export after all cases with exit 4 and
+    'free space'; merge refused the same with exit 2 before anything was written. Now the export does too."""
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    (out / name / "user.txt").write_text("mine", encoding="utf-8")
+    done = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--no-qa-png", *extra, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert name in done.stderr and "is a folder that is not DoseAlign's" in done.stderr, done.stderr
+    assert "nothing was written" in done.stderr, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [name]  # no case folder, no manifest
+    assert (out / name / "user.txt").read_text(encoding="utf-8") == "mine"
