@@ -45,6 +45,7 @@ from .output.files import (
     live_runs,
     release_claims,
     remove_owned,
+    within,
     write_text_atomic,
 )
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
@@ -450,21 +451,23 @@ def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None])
         raise DoseAlignError(
             "the input is not a folder", path=input_root, hint="give the folder that holds the DICOM files"
         )
-    real_in, real_out = Path(os.path.realpath(input_root)), Path(os.path.realpath(out_dir))
-    if real_in == real_out:
+    real_out = Path(os.path.realpath(out_dir))
+    # by resolved paths and by folder identity (a bind mount shows the input under another path)
+    out_in_input, input_in_out = within(out_dir, input_root), within(input_root, out_dir)
+    if out_in_input is not None and out_in_input == real_out:
         raise DoseAlignError(
             "the output folder is the input folder",
             path=out_dir,
             hint="choose an output folder outside the input; nothing was written",
         )
     _check_writable(out_dir)
-    if real_in in real_out.parents:
+    if out_in_input is not None:
         note(
             f"the output folder {out_dir} is inside the input folder: it is left out of the scan "
             "(better: an output folder outside the input)"
         )
         return [real_out]
-    if real_out in real_in.parents:
+    if input_in_out is not None:
         note(
             f"the input folder {input_root} is inside the output folder: it is left alone and not listed in "
             "manifest.csv (better: an output folder beside the input)"
@@ -620,9 +623,9 @@ def _other_cases(
 
 def _input_inside(out_dir: Path, input_root: Path) -> set:
     """The name of the entry of OUT that holds the input, if the input is inside OUT."""
-    real_out, real_in = Path(os.path.realpath(out_dir)), Path(os.path.realpath(input_root))
-    if real_out in real_in.parents:
-        return {real_in.relative_to(real_out).parts[0] + "/"}
+    holder, real_in = within(input_root, out_dir), Path(os.path.realpath(input_root))
+    if holder is not None and holder != real_in:
+        return {real_in.relative_to(holder).parts[0] + "/"}
     return set()
 
 

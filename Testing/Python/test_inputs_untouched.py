@@ -11,7 +11,9 @@ place, where they are, under the same check.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import dicom_damage as dd
@@ -108,3 +110,64 @@ def test_real_data_exported_where_it_lies(shared_data, tmp_path, capsys):
         _run(["export", str(source), str(tmp_path / name), "--quiet", "--workers", "1"], capsys)
         _run(["export", str(source), str(tmp_path / name), "--quiet", "--workers", "1", "--resume"], capsys)
         assert snapshot(source) == before, name
+
+
+def _bind(source: Path, target: Path) -> bool:
+    """``mount --bind source target`` when running as root where mounting works."""
+    target.mkdir(parents=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True).returncode == 0
+
+
+def test_out_inside_the_input_through_a_bind_mount(inputs, tmp_path, capsys):
+    """Sixth hostile trial F15: OUT inside the input was seen only by resolved paths; through a bind mount the
+    export, the pseudonym key and the identity map were written into the input. Each case now ends as when OUT
+    is named inside the input by its own path."""
+    mounted = tmp_path / "work" / "bm"
+    if not _bind(inputs, mounted):
+        pytest.skip("needs root and mount --bind")
+    try:
+        before = snapshot(inputs)
+        # OUT is the input itself / the key and map would land in the input: refused, nothing written
+        for direct, through in [
+            (["export", str(inputs), str(inputs)], ["export", str(inputs), str(mounted)]),
+            (
+                ["export", str(inputs), str(inputs / "out"), "--pseudonymize"],
+                ["export", str(inputs), str(mounted / "out"), "--pseudonymize"],
+            ),
+        ]:
+            expected = main([*direct, "--quiet"])
+            said = capsys.readouterr().err.replace(str(inputs), "IN")
+            assert expected == 2, said
+            assert main([*through, "--quiet"]) == expected
+            err = capsys.readouterr().err.replace(str(mounted), "IN").replace(str(inputs), "IN")
+            assert err == said
+            assert snapshot(inputs) == before
+        # OUT inside the input: allowed with a note and left out of the export's scan, as by its own path
+        assert main(["export", str(inputs), str(mounted / "out"), "--workers", "1"]) == 1
+        assert "is inside the input folder: it is left out of the scan" in capsys.readouterr().out
+        first = (inputs / "out" / "manifest.csv").read_text(encoding="utf-8")
+        assert main(["export", str(inputs), str(mounted / "out"), "--workers", "1", "--no-qa-png"]) == 1
+        capsys.readouterr()
+        assert (inputs / "out" / "manifest.csv").read_text(encoding="utf-8") == first  # no case of OUT's files
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+
+
+def test_within_decides_by_folder_identity(tmp_path, monkeypatch):
+    """What a bind mount hides from resolved paths, folder identity shows: here a link stands in for the mount,
+    with link resolving switched off (as a bind mount offers nothing to resolve)."""
+    from DoseAlignLib.output import files
+
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    os.symlink(tmp_path / "in", tmp_path / "alias")
+    monkeypatch.setattr(files.os.path, "realpath", os.path.abspath)
+    alias = tmp_path / "alias"
+    assert files.within(alias / "out" / "dataset", tmp_path / "in") == alias  # not there yet: its ancestors
+    assert files.within(alias / "sub", tmp_path / "in") == alias
+    assert files.within(alias, tmp_path / "in") == alias
+    assert files.within(tmp_path / "in" / "sub", alias) == tmp_path / "in"  # the part of the path that is it
+    assert files.within(tmp_path / "other" / "out", tmp_path / "in") is None
+    assert files.within(tmp_path / "in", alias / "sub") is None

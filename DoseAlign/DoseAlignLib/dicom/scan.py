@@ -6,6 +6,7 @@ sometimes share one SeriesInstanceUID (the Nelms DVH phantom's 1, 2 and 3 mm CTs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -337,6 +338,11 @@ def _walk(root: Path, exclude=(), ignored: Optional[list] = None, problems: Opti
     left_out = ignored if ignored is not None else []
     problems = problems if problems is not None else []
     excluded = {os.path.realpath(str(e)) for e in exclude}
+    excluded_ids = set()  # and by identity: a bind mount shows an excluded folder under another path
+    for folder in excluded:
+        with contextlib.suppress(OSError):
+            info = os.stat(folder)
+            excluded_ids.add((info.st_dev, info.st_ino))
     real_root = os.path.realpath(str(root))
     try:
         first = os.stat(root)
@@ -388,7 +394,7 @@ def _walk(root: Path, exclude=(), ignored: Optional[list] = None, problems: Opti
                 continue
             if stat.S_ISDIR(info.st_mode):
                 real = os.path.realpath(path) if link else os.path.join(real_parent, name)
-                if real in excluded:
+                if real in excluded or (info.st_dev, info.st_ino) in excluded_ids:
                     left_out.append((rel(path) + "/", "the output folder"))
                     continue
                 if link and scanned_elsewhere(real):

@@ -165,6 +165,31 @@ def claim_for(folder: Path) -> RunClaim:
 _AT_EXIT: list = []
 
 
+def within(path: Path, folder: Path) -> Optional[Path]:
+    """The ancestor of ``path`` (or ``path`` itself) that is ``folder``, or None; ``path`` need not exist.
+
+    Decided by the resolved paths and, for the parts that exist, by folder identity (device and inode): a
+    bind mount or a second mount of one file system shows ``folder`` under another path that no resolving
+    of links reveals. The ancestor is given as a part of ``path`` resolved (``path`` relative to it names
+    what lies below ``folder``).
+    """
+    real, real_folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    if real == real_folder or real_folder in real.parents:
+        return real_folder
+    try:
+        target = os.stat(real_folder)
+    except OSError:
+        return None
+    for candidate in [real, *real.parents]:
+        try:
+            info = os.stat(candidate)
+        except OSError:  # not there yet (or not reachable): its parent may be
+            continue
+        if (info.st_dev, info.st_ino) == (target.st_dev, target.st_ino):
+            return candidate
+    return None
+
+
 def release_claims(folder: Optional[Path] = None) -> None:
     """Release the claims this process made (on ``folder`` and below it, or all)."""
     real = os.path.realpath(folder) if folder is not None else None

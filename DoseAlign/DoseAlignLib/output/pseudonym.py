@@ -45,6 +45,7 @@ import numpy as np
 from ..errors import DoseAlignError
 from ..limits import open_regular
 from .cjk_variants import PAIRS as _CJK_PAIRS
+from .files import within
 
 KEY_BYTES = 32
 DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
@@ -202,10 +203,11 @@ def check_outside(path: Path, out_dir: Path, what: str, input_root: Optional[Pat
     """The key and the map must not end up in the folder that is shared, nor be written into the input.
 
     Paths are compared after resolving symbolic links (of every existing part), so a key path that
-    reaches OUT through a link is refused too.
+    reaches OUT through a link is refused too, and folders also by identity (device and inode), so one that
+    reaches OUT or the input through a bind mount is refused as well.
     """
-    real, real_out = Path(os.path.realpath(path)), Path(os.path.realpath(out_dir))
-    if real == real_out or real_out in real.parents:
+    real = Path(os.path.realpath(path))
+    if within(path, out_dir) is not None:  # by resolved paths and folder identity (bind mounts)
         raise PseudonymError(
             f"the {what} would be inside the output folder {out_dir}"
             + (f" (it resolves to {real})" if real != Path(path).absolute() else "")
@@ -213,14 +215,12 @@ def check_outside(path: Path, out_dir: Path, what: str, input_root: Optional[Pat
             path=path,
             hint=f"put the {what} elsewhere",
         )
-    if input_root is not None and writes:
-        real_in = Path(os.path.realpath(input_root))
-        if real == real_in or real_in in real.parents:
-            raise PseudonymError(
-                f"the {what} would be written inside the input folder {input_root}, which is never written to",
-                path=path,
-                hint=f"give --{'key' if 'key' in what else 'map'}-file outside the input",
-            )
+    if input_root is not None and writes and within(path, input_root) is not None:
+        raise PseudonymError(
+            f"the {what} would be written inside the input folder {input_root}, which is never written to",
+            path=path,
+            hint=f"give --{'key' if 'key' in what else 'map'}-file outside the input",
+        )
 
 
 # ---- identity of the input ---------------------------------------------------------------------
