@@ -750,25 +750,20 @@ def _shard_rows(part: Path) -> list:
     """The rows of one shard manifest, read back bounded (a regular file of at most DOSEALIGN_MANIFEST_MB)
     and checked: :class:`DoseAlignError` naming the file and what is wrong with it."""
     import csv
-    import io
 
-    from .output.manifest import MANIFEST_COLUMNS
+    from .output.manifest import MANIFEST_COLUMNS, parse_manifest
 
     def refuse(why: str) -> DoseAlignError:
         return DoseAlignError(f"this shard manifest {why}", path=part, hint=_SHARD_HINT)
 
     try:
         text = read_back(part, "DOSEALIGN_MANIFEST_MB").decode("utf-8")
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        columns = reader.fieldnames or []
-        rows = []
-        for row in reader:
-            rows.append((reader.line_num, row))
+        columns, rows = parse_manifest(text)  # fields as long as export writes them
     except OSError as error:  # a named pipe, a device, a folder: never opened
         raise refuse(f"cannot be read: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
         raise refuse(f"is not UTF-8 text (byte {error.start})") from None
-    except (ValueError, csv.Error) as error:  # a field over csv's limit (128 KiB) and the like
+    except (ValueError, csv.Error) as error:  # a NUL byte, a quote left open at the end and the like
         raise refuse(f"is not a manifest CSV ({error})") from None
     head = MANIFEST_COLUMNS[:3]
     if list(columns[: len(head)]) != head:

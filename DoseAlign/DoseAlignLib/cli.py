@@ -579,8 +579,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
     notes: list = []
     path = api.merge_shards(args.output, notes)
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, os.path.getsize(path) + 1))  # fields as long as merge wrote them
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    finally:
+        csv.field_size_limit(limit)
     failed = [r for r in rows if r["status"] == "failed"]
     print(f"{len(rows)} cases ({len(failed)} failed) -> {path}")
     for name in ("dataset.json", "dataset.h5"):

@@ -979,7 +979,7 @@ def _nested(part: Path) -> None:
         ("manifest.shard-1-of-2.json", lambda p: p.write_text("[1, 2]", encoding="utf-8")),
         ("manifest.shard-1-of-2.json", lambda p: p.write_text("{", encoding="utf-8")),
     ],
-    ids=["field over 128 KiB", "not UTF-8", "JSON nested 200000 deep", "JSON a list", "JSON cut short"],
+    ids=["a line of 140 000 characters", "not UTF-8", "JSON nested 200000 deep", "JSON a list", "JSON cut short"],
 )
 def test_a_damaged_shard_file_is_named_not_a_traceback(sharded, tmp_path, capsys, name, damage):
     """Each ended in a traceback (csv.Error, RecursionError, AttributeError) or in exit 2 after the usage text
@@ -987,6 +987,34 @@ def test_a_damaged_shard_file_is_named_not_a_traceback(sharded, tmp_path, capsys
     out = _shards(sharded, tmp_path)
     damage(out / name)
     _refused(out, capsys, name)
+
+
+def test_an_overlong_patient_id_fails_its_case_and_the_shards_still_merge(tmp_path, capsys):
+    """Sixth hostile trial F12: a PatientID of 150 004 characters was exported ok with the whole ID in its
+    manifest row, which merge then refused (csv's field limit, 128 KiB): no shard of that run could be merged.
+    Now the case fails naming the file and the tag, and merge reads every field export writes."""
+    root = tmp_path / "in"
+    long_id = "LONG" + "x" * 150_000
+    truth = hostile.study(root / "p0", long_id, 80, with_structures=False)
+    for n in range(1, 4):
+        hostile.study(root / f"p{n}", f"OVER-{n}", 80 + n, with_structures=False)
+    out = tmp_path / "out"
+    for k in (1, 2):
+        main(["export", str(root), str(out), "--shard", f"{k}/2", "--quiet", "--no-qa-png"])
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 1, capsys.readouterr().err  # one failed case, nothing refused
+    capsys.readouterr()
+    limit = csv.field_size_limit()
+    csv.field_size_limit(1 << 20)
+    try:
+        rows = hostile.manifest(out)
+    finally:
+        csv.field_size_limit(limit)
+    (failed,) = [r for r in rows if r["patient"] == long_id]
+    assert failed["status"] == "failed", failed["reason"]
+    assert "(0010,0020) PatientID is 150004 characters long" in failed["reason"], failed["reason"]
+    assert f"p0/{truth.dose_files[0].name}" in failed["reason"], failed["reason"]
+    assert sorted(r["status"] for r in rows) == ["failed", "ok", "ok", "ok"]
 
 
 def test_manifest_csv_that_is_a_folder_is_not_a_traceback(sharded, tmp_path, capsys):

@@ -61,6 +61,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
                 or (conflicting_copies(group[1]) if group[0] == SUMMED_BEAMS else None)
                 or _conflicting_slices(case)
                 or _structure_set_copies(case)
+                or _overlong_patient_id(case)
                 or _identity_mismatch(case)
             )
         if case.plan is not None:
@@ -206,6 +207,27 @@ def _structure_set_copies(case: Case) -> Optional[str]:
             )
         kept.append(first)
     case.structs = kept
+    return None
+
+
+#: (0010,0020) PatientID is LO: at most 64 characters. An ID far longer is no ID (and its manifest row,
+#: 150 000 characters, was more than merge reads back): the case fails, naming the file and the tag.
+MAX_PATIENT_ID = 1024
+
+
+def _overlong_patient_id(case: Case) -> Optional[str]:
+    """A PatientID far beyond what its VR holds, on any object of the case."""
+    objects = [("RTDOSE", d) for d in case.doses] + [("CT slice", s) for s in case.ct.slices]
+    if case.plan is not None:
+        objects.append(("RTPLAN", case.plan))
+    objects.extend(("RTSTRUCT", s) for s in case.structs)
+    for what, obj in objects:
+        if len(obj.patient_id or "") > MAX_PATIENT_ID:
+            return (
+                f"{what} {obj.rel_path}: (0010,0020) PatientID is {len(obj.patient_id)} characters long (its VR LO "
+                f"holds 64; more than {MAX_PATIENT_ID} are refused): the header is damaged or was written wrongly "
+                "(give the files a PatientID of at most 64 characters, then export again)"
+            )
     return None
 
 

@@ -40,6 +40,23 @@ AUDIT_COLUMNS = [
 ]
 
 
+def parse_manifest(text: str) -> tuple:
+    """``(columns, [(line number, row dict), ...])`` of a manifest's text, however long its fields.
+
+    A field is as long as export wrote it: csv's default limit (128 KiB per field) is raised to the text's
+    length for this reading (the file's size is bounded by whoever read it). Raises ``csv.Error``.
+    """
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = list(reader.fieldnames or [])
+        rows = [(reader.line_num, row) for row in reader]
+    finally:
+        csv.field_size_limit(limit)
+    return columns, rows
+
+
 def write_manifest(out_dir: Path, rows: list, name: str = "manifest.csv") -> Path:
     """Write ``manifest.csv`` (rows are dicts keyed by MANIFEST_COLUMNS and AUDIT_COLUMNS, which every
     manifest has, even with no row; other keys are appended)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import io
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from typing import Optional
 from ..errors import DoseAlignError
 from ..limits import LimitError, read_back
 from .case_folder import case_problem, load_meta
+from .manifest import parse_manifest
 
 #: Files an export writes at the top of OUT (beside the case folders).
 OWN_FILES = ("manifest.csv", "report.html", "dataset.json", "dataset.h5")
@@ -112,7 +112,7 @@ def read_manifest(path: Path) -> tuple:
     (only a regular file of at most ``DOSEALIGN_MANIFEST_MB`` is read)."""
     try:
         text = read_back(path, "DOSEALIGN_MANIFEST_MB").decode("utf-8")
-        return list(csv.DictReader(io.StringIO(text, newline=""))), None
+        return [row for _line, row in parse_manifest(text)[1]], None
     except LimitError as error:
         return [], f"{error.message} ({error.hint})"
     except (OSError, ValueError, csv.Error) as error:
