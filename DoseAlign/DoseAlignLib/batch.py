@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -233,6 +234,8 @@ def export_folder(
 
     check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
     claim = claim_for(out_dir)  # this run's owner record, before workers start (they use it)
+    if shard is None:  # a run that started with this one and claimed OUT since (the claim is released on return)
+        _check_no_other_run(out_dir, claimed=True)
     clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
@@ -421,19 +424,33 @@ def _check_found(found, out_dir: Path, pseudonymized: bool, key: Optional[str] =
         )
 
 
-def _check_no_other_run(out_dir: Path) -> None:
+def _check_no_other_run(out_dir: Path, claimed: bool = False) -> None:
     """Refuse an output folder another live export is writing into (two runs, one manifest.csv: the last
-    one written would drop the other run's cases)."""
+    one written would drop the other run's cases), also one of another host or container whose lock is held,
+    and one of another machine whose liveness cannot be told. Checked again once this run has claimed OUT
+    (``claimed``): two runs that started together both see the other's record, and neither goes on."""
     runs = live_runs(out_dir) if out_dir.is_dir() else []
-    if runs:
-        run = runs[0]
+    if not runs:
+        return
+    run = runs[0]
+    record = out_dir / run["record"]
+    written = "this run exported no case" if claimed else "nothing was written"
+    if run["undecided"]:
         raise DoseAlignError(
-            f"another DoseAlign run (process {run['pid']}, started {run['started']}) is writing into this output "
-            "folder: the two runs' manifest.csv would overwrite each other",
+            f"another DoseAlign run (process {run['pid']} on host {run['host']}, started {run['started']}) may be "
+            f"writing into this output folder: its owner record {run['record']} is of another machine, and whether "
+            "that run still lives cannot be told from here (its lock is free here, or this file system has no locks)",
             path=out_dir,
-            hint="wait until it has finished (then --resume or --append), or choose another output folder; "
-            "nothing was written",
+            hint=f"wait until it has finished; if that run is known to be gone (its job ended or was killed, its "
+            f"machine restarted), remove {record}, then run again; {written}",
         )
+    where = "" if run["host"] == socket.gethostname() else f" on host {run['host']}"
+    raise DoseAlignError(
+        f"another DoseAlign run (process {run['pid']}{where}, started {run['started']}; owner record "
+        f"{run['record']}) is writing into this output folder: the two runs' manifest.csv would overwrite each other",
+        path=out_dir,
+        hint=f"wait until it has finished (then --resume or --append), or choose another output folder; {written}",
+    )
 
 
 #: A row's mark (removed before it is recorded) that its case met an output fault.

@@ -136,7 +136,11 @@ def test_dead_runs_leftovers_go_other_hosts_and_forged_records_stay(inputs, tmp_
     (out / ".tmp-dosealign-fedcba9876543210-keep").write_text("x")
     (out / ".tmp-dosealign-aaaaaaaaaaaaaaaa.owner").write_bytes(b"\xff\xfe not json")
     (out / ".tmp-dosealign-aaaaaaaaaaaaaaaa-keep").write_text("x")
-    assert _export(inputs, out) == 0
+    # that other machine's run may still be writing: a plain export is refused (sixth hostile trial F11) ...
+    assert _export(inputs, out) == 2
+    assert ".tmp-dosealign-0123456789abcdef.owner" in capsys.readouterr().err
+    # ... a shard (which shares OUT on purpose) goes on, and its start-up cleans only the dead run's leftovers
+    assert _export(inputs, out, "--shard", "1/1") == 0
     capsys.readouterr()
     assert not dead.exists()
     names = sorted(p.name for p in out.iterdir() if p.name.startswith(".tmp-"))
@@ -216,3 +220,104 @@ def test_an_owner_record_that_no_run_wrote_is_left_alone_without_a_traceback(inp
     assert "Traceback" not in capsys.readouterr().err
     assert planted.exists() and (out / ".tmp-dosealign-bbbbbbbbbbbbbbbb-keep").exists()
     assert {r["status"] for r in hostile.manifest(out)} == {"ok"}
+
+
+#: Claims OUT as a run of another host name would (``socket.gethostname`` of that process says so), reports its
+#: record and waits until stdin closes (its lock held), or, with a second argument, dies at once (lock freed,
+#: record left).
+OTHER_HOST_RUN = """
+import os, socket, sys
+socket.gethostname = lambda: "otherhost"
+from DoseAlignLib.output.files import claim_folder
+claim = claim_folder(sys.argv[1])
+print(claim.record, flush=True)
+if len(sys.argv) > 2:
+    os._exit(0)
+sys.stdin.read()
+"""
+
+
+def test_a_run_of_another_host_or_container_is_seen(inputs, tmp_path, capsys):
+    """Sixth hostile trial F11: a run under another host name (unshare -u, a second node on shared storage) or in
+    another PID namespace was not refused; both wrote OUT and one run's cases dropped out of manifest.csv.
+    Its lock, held, is seen across namespaces: refused, naming the record. Once it died (lock free, this
+    machine's boot id), its record is no hindrance, and its files are left alone."""
+    out = tmp_path / "out"
+    out.mkdir()
+    live = subprocess.Popen(
+        [sys.executable, "-c", OTHER_HOST_RUN, str(out)],
+        env=hostile.ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        record = Path(live.stdout.readline().strip())
+        assert record.is_file()
+        assert _export(inputs, out) == 2
+        err = capsys.readouterr().err
+        assert f"another DoseAlign run (process {live.pid} on host otherhost" in err, err
+        assert record.name in err and "nothing was written" in err, err
+        assert sorted(p.name for p in out.iterdir()) == [record.name]
+    finally:
+        live.stdin.close()
+        live.wait(timeout=60)
+    dead = Path(hostile.python(OTHER_HOST_RUN, str(out), "die").stdout.strip())
+    assert dead.is_file()
+    assert _export(inputs, out) == 0
+    capsys.readouterr()
+    assert dead.is_file()  # another host's record: never removed by this machine
+
+
+def test_another_machines_record_is_refused_with_advice(inputs, tmp_path, capsys):
+    """A record of another machine (another boot id) whose lock is free here: whether its run lives cannot be
+    told (its file system may not share locks). Refused, naming the record, with the advice to remove it once
+    that run is known to be gone; then the export runs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    token = "0123456789abcdef"
+    record = out / f".tmp-dosealign-{token}.owner"
+    owner = {"dosealign_run": token, "pid": 4242, "host": "node17", "boot_id": "another-boot", "started": "then"}
+    record.write_text(json.dumps(owner))
+    assert _export(inputs, out) == 2
+    err = capsys.readouterr().err
+    assert "process 4242 on host node17, started then) may be writing into this output folder" in err, err
+    assert "if that run is known to be gone" in err and f"remove {record}" in err, err
+    record.unlink()
+    assert _export(inputs, out) == 0
+
+
+def test_a_run_that_claims_out_while_this_one_starts_is_seen(inputs, tmp_path, capsys, monkeypatch):
+    """The check came before this run's own claim: a run that claimed OUT in between was not seen (two
+    exports started together both went on). It is checked again once this run has claimed OUT."""
+    from DoseAlignLib import batch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    started = []
+    real_claim_for = batch.claim_for
+
+    def other_run_claims_first(folder):
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-c", LIVE_RUN, str(out)],
+                env=hostile.ENV,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+        started[0].stdout.readline()
+        return real_claim_for(folder)
+
+    monkeypatch.setattr(batch, "claim_for", other_run_claims_first)
+    try:
+        assert _export(inputs, out) == 2
+        err = capsys.readouterr().err
+        assert f"another DoseAlign run (process {started[0].pid}" in err and "this run exported no case" in err
+        names = sorted(p.name for p in out.iterdir())
+        assert len(names) == 2 and all(n.startswith(".tmp-dosealign-") for n in names), names  # the other's only
+    finally:
+        for process in started:
+            process.stdin.close()
+            process.wait(timeout=60)

@@ -9,7 +9,9 @@ time) locked for the process's life. Every temporary entry it makes is ``.tmp-do
 directly in that folder. A later run removes leftovers only of claims whose owner is provably dead
 (:func:`dead_claims`: lock free, same host, and the pid gone, reused, or the machine rebooted); a
 live run's work, another host's, and anything else that starts with ``.tmp-`` (a user's
-``.tmp-notes.txt``) are never touched.
+``.tmp-notes.txt``) are never touched. :func:`live_runs` tells an export which other runs write into
+its folder: this machine's by pid and lock, another host's or container's by its lock, and another
+machine's whose lock is free here as undecided.
 """
 
 from __future__ import annotations
@@ -207,10 +209,15 @@ MAX_PID = 1 << 22
 
 
 def _owner_state(record: Path) -> str:
-    """``"live"``, ``"dead"`` or ``"unknown"`` (another host, unreadable, not a DoseAlign record).
+    """``"live"``, ``"dead"``, ``"undecided"`` or ``"unknown"`` (unreadable, not a DoseAlign record).
 
     Dead means: the record's lock is free (its helpers, which hold it too, are gone) and its owner
     process is gone, its pid belongs to another process now, or this machine restarted since.
+    A record of another host name is live while its lock is held (a lock is seen across PID and UTS
+    namespaces of one machine, and across the hosts of a network file system whose locks are shared);
+    with the lock free, one of this machine (the same boot id: a container's run) is gone ("unknown":
+    neither refused nor cleaned up), one of another machine is "undecided": whether it lives cannot be
+    told from here (its file system may not share locks).
     """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
@@ -230,10 +237,15 @@ def _owner_state(record: Path) -> str:
         match = _ENTRY.match(record.name)
         if not match or owner.get("dosealign_run") != match.group(1):
             return "unknown"
-        if owner.get("host") != socket.gethostname():
-            return "unknown"  # another machine's run (shared storage): only it knows whether it lives
+        if owner.get("host") != socket.gethostname():  # another machine's run (shared storage), or a container's
+            lock = _lock_state(fd)
+            if lock == "held":
+                return "live"
+            if lock == "free" and owner.get("boot_id") and owner.get("boot_id") == _boot_id():
+                return "unknown"  # this machine's kernel holds no lock for it: gone (its files: not ours to judge)
+            return "undecided"
         same_boot = not owner.get("boot_id") or owner["boot_id"] == _boot_id()  # else this machine restarted
-        if same_boot and (pid == os.getpid() or _alive(pid, owner.get("process_start") or "")):
+        if same_boot and _alive(pid, owner.get("process_start") or ""):  # this process too (its own start)
             return "live"
         # the owner is gone; its helper processes die with it (and hold the lock until then)
         return "dead" if _lock_frees(fd, seconds=5.0) else "live"
@@ -272,6 +284,21 @@ def _lock_frees(fd: int, seconds: float) -> bool:
             return True  # no locks on this filesystem: the pid decided
 
 
+def _lock_state(fd: int) -> str:
+    """``"held"`` (by another open file), ``"free"``, or ``"none"`` (no locks here), asked once."""
+    if fcntl is None:
+        return "none"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return "held"
+    except OSError:
+        return "none"
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    return "free"
+
+
 def dead_claims(folder: Path) -> list:
     """Tokens of the runs whose owner records in ``folder`` belong to provably dead processes."""
     tokens = []
@@ -287,8 +314,9 @@ def dead_claims(folder: Path) -> list:
 
 
 def live_runs(folder: Path) -> list:
-    """The owner records in ``folder`` of other processes' runs that are alive on this machine, as
-    ``{"pid", "started"}`` dicts (this process's claims are not counted; another host's runs cannot be told)."""
+    """The owner records in ``folder`` of other processes' runs that are alive, or of another machine and
+    may be, as ``{"pid", "started", "host", "record", "undecided"}`` dicts (this process's claims are not
+    counted). ``undecided``: another machine's record whose lock is free or cannot be tested here."""
     runs = []
     try:
         entries = list(os.scandir(folder))
@@ -296,16 +324,35 @@ def live_runs(folder: Path) -> list:
         return runs
     for entry in entries:
         match = _ENTRY.match(entry.name)
-        if not match or match.group(2) != OWNER_SUFFIX or _owner_state(Path(entry.path)) != "live":
+        if not match or match.group(2) != OWNER_SUFFIX:
+            continue
+        state = _owner_state(Path(entry.path))
+        if state not in ("live", "undecided"):
             continue
         try:
             with open(entry.path, encoding="utf-8") as handle:
                 owner = json.loads(handle.read(4096))
         except (OSError, ValueError, RecursionError):
             continue
-        if isinstance(owner, dict) and owner.get("pid") != os.getpid():
-            runs.append({"pid": owner.get("pid"), "started": owner.get("started", "")})
+        if not isinstance(owner, dict) or match.group(1) in _claimed_tokens():
+            continue
+        this_process = owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname()
+        if this_process and owner.get("process_start") in (None, "", _process_start(os.getpid())):
+            continue
+        runs.append(
+            {
+                "pid": owner.get("pid"),
+                "started": owner.get("started", ""),
+                "host": printable(str(owner.get("host", ""))),
+                "record": entry.name,
+                "undecided": state == "undecided",
+            }
+        )
     return sorted(runs, key=lambda run: str(run["started"]))
+
+
+def _claimed_tokens() -> set:
+    return {claim.token for claim in _CLAIMS.values()}
 
 
 def remove_owned(folder: Path, token: str) -> list:
