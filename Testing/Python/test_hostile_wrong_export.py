@@ -19,6 +19,7 @@ from pathlib import Path
 import dicom_damage as dd
 import hostile
 import numpy as np
+import pydicom
 import pytest
 from DoseAlignLib.cli import main
 
@@ -198,6 +199,60 @@ def test_a_structure_set_in_another_frame_of_reference_is_refused(clean, tmp_pat
     code, rows, _out = _export(root, tmp_path, capsys)
     assert code == 1
     _failed_with(rows, struct.name, "1.2.826.0.1.3680043.10.999.1", "frame of reference")
+
+
+def _struct_with_a_second_frame(clean: dict, tmp_path: Path, other_first: bool, moved: str = "one") -> tuple:
+    """The plan study with a second frame listed in its RTSTRUCT (a registered MR) and ROIs drawn on it
+    ((3006,0024) ReferencedFrameOfReferenceUID): ``moved`` "one" (the second ROI) or "all"."""
+    root = _copy(clean, "plan", tmp_path)
+    struct = root / _rel(clean, "plan", clean["plan"].struct_file)
+    ds = dd.read(struct)
+    other = "1.2.826.0.1.3680043.10.999.7"
+    item = pydicom.Dataset()
+    item.FrameOfReferenceUID = other
+    items = list(ds.ReferencedFrameOfReferenceSequence)
+    ds.ReferencedFrameOfReferenceSequence = [item, *items] if other_first else [*items, item]
+    rois = list(ds.StructureSetROISequence)
+    for roi in rois if moved == "all" else rois[1:2]:
+        roi.ReferencedFrameOfReferenceUID = other
+    dd.save(ds, struct)
+    return root, struct, other, str(rois[1].ROIName)
+
+
+@pytest.mark.parametrize("other_first", [False, True])
+def test_an_roi_in_another_frame_of_reference_is_left_out_alone(clean, tmp_path, capsys, other_first):
+    """F17 (sixth trial): the ROI drawn on another frame was rasterized on the CT as if in its frame (status ok,
+    silent); with that frame listed first, the whole case failed for six ROIs drawn on the CT."""
+    root, struct, other, moved = _struct_with_a_second_frame(clean, tmp_path, other_first)
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0, rows
+    (row,) = rows
+    assert row["status"] == "ok", row
+    assert moved in row["warnings"] and "(3006,0024) ReferencedFrameOfReferenceUID" in row["warnings"], row
+    assert other in row["warnings"], row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    skipped = {s["name"]: s["reason"] for s in meta["structures"]["skipped"]}
+    assert moved in skipped and "(3006,0024)" in skipped[moved], skipped
+    (clean_row,) = hostile.manifest(clean["outs"]["plan"])
+    reference_path = clean["outs"]["plan"] / clean_row["case_id"] / "pair.npz"
+    with np.load(out / row["case_id"] / "pair.npz") as pair, np.load(reference_path) as reference:
+        names = list(meta["structures"]["names"])
+        clean_meta = json.loads((clean["outs"]["plan"] / clean_row["case_id"] / "meta.json").read_text("utf-8"))
+        clean_names = list(clean_meta["structures"]["names"])
+        assert moved in clean_names and moved not in names
+        assert names == [n for n in clean_names if n != moved]
+        for name in names:  # the ROIs drawn on the CT: exactly as in the clean export
+            np.testing.assert_array_equal(
+                pair["masks"][names.index(name)], reference["masks"][clean_names.index(name)], err_msg=name
+            )
+        np.testing.assert_array_equal(pair["dose"], reference["dose"])
+
+
+def test_a_structure_set_none_of_whose_rois_is_in_the_cts_frame_is_refused(clean, tmp_path, capsys):
+    root, struct, other, _moved = _struct_with_a_second_frame(clean, tmp_path, other_first=False, moved="all")
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, struct.name, other, "frame of reference", "(3006,0024)")
 
 
 # ---- scalings ---------------------------------------------------------------------------------------

@@ -50,7 +50,12 @@ class ContourPlane:
 
 
 #: Skip reasons that are defects of the structure set (a case warning), not ROIs without a volume by design.
-DEFECT_SKIPS = ("(3006,0022) ROINumber", "ROIContourSequence items reference", "contours are not planar")
+DEFECT_SKIPS = (
+    "(3006,0022) ROINumber",
+    "ROIContourSequence items reference",
+    "contours are not planar",
+    "(3006,0024) ReferencedFrameOfReferenceUID",
+)
 
 
 def is_structure_set_defect(reason: str) -> bool:
@@ -275,6 +280,7 @@ def read_structure_set(
     *,
     rel_path: str = "",
     plane_normal: Optional[Sequence[float]] = None,
+    frame_of_reference_uid: Optional[str] = None,
 ) -> list:
     """Read every ROI of an RTSTRUCT into :class:`RoiContours` (those without a mask included).
 
@@ -288,6 +294,10 @@ def read_structure_set(
         Normal of the image planes the contours were drawn on (the CT's row x column direction).
         Estimated from the largest contour of the set when not given. An ROI whose contours do
         not lie in planes of this normal is re-examined with its own normal.
+    frame_of_reference_uid : str, optional
+        The frame of reference of the images (the CT) the masks are made on. An ROI whose own (3006,0024)
+        ReferencedFrameOfReferenceUID names another frame (e.g. drawn on a registered MR) is left out with
+        the reason, as is an ROI without it when the set names several frames; not checked when not given.
 
     Returns
     -------
@@ -314,11 +324,33 @@ def read_structure_set(
         if "ReferencedROINumber" in item:
             types_by_number[int(item.ReferencedROINumber)] = headers.text(item, "RTROIInterpretedType").upper()
 
+    listed_frames = sorted(
+        {headers.text(f, "FrameOfReferenceUID") for f in ds.get("ReferencedFrameOfReferenceSequence", None) or []}
+        - {""}
+    ) or sorted({headers.text(ds, "FrameOfReferenceUID")} - {""})
     parsed = []
     all_polygons = []
+    foreign: dict = {}  # ROI number -> why its frame of reference is not the images'
     for item in ds.get("StructureSetROISequence", None) or []:
         number = int(item.get("ROINumber", 0) or 0)
         name = headers.text(item, "ROIName", f"ROI {number}")
+        if frame_of_reference_uid:
+            own = headers.text(item, "ReferencedFrameOfReferenceUID")
+            if own and listed_frames and own not in listed_frames:
+                foreign[number] = (
+                    f"(3006,0024) ReferencedFrameOfReferenceUID {own} is not among the frames of reference the "
+                    "structure set lists ((3006,0010) ReferencedFrameOfReferenceSequence): its frame cannot be told"
+                )
+            elif own and own != frame_of_reference_uid:
+                foreign[number] = (
+                    f"drawn in frame of reference {own} ((3006,0024) ReferencedFrameOfReferenceUID), the images "
+                    f"are in {frame_of_reference_uid}: its contours would be misplaced (DoseAlign does not register)"
+                )
+            elif not own and len(listed_frames) > 1:
+                foreign[number] = (
+                    f"no (3006,0024) ReferencedFrameOfReferenceUID, and the structure set names {len(listed_frames)} "
+                    "frames of reference: which one its contours are in cannot be told"
+                )
         contour_item = contours_by_number.get(number)
         color = None
         polygons, others, where = [], {}, []
@@ -331,7 +363,8 @@ def read_structure_set(
         parsed.append(
             (number, name, types_by_number.get(number, ""), color, contour_item, polygons, others, (where, count))
         )
-        all_polygons.extend(polygons)
+        if number not in foreign:
+            all_polygons.extend(polygons)
 
     default_normal = None
     if plane_normal is not None:
@@ -347,7 +380,9 @@ def read_structure_set(
         roi = RoiContours(number, name, name, kind, color, rel_path, default_normal)
         roi.notes.extend(f"{count} {what} contour(s) ignored" for what, count in sorted(others.items()))
         sharing = [n for (m, n, *_rest) in parsed if m == number]
-        if numbers.count(number) > 1:  # whose contours are whose cannot be told: none of them is rasterized
+        if number in foreign:
+            roi.skipped = foreign[number]
+        elif numbers.count(number) > 1:  # whose contours are whose cannot be told: none of them is rasterized
             roi.skipped = (
                 f"(3006,0022) ROINumber {number} is given to {len(sharing)} ROIs ({', '.join(sharing)}): "
                 "which contours belong to which cannot be told"

@@ -516,6 +516,10 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
                         images.add(headers.text(image, "ReferencedSOPInstanceUID"))
         info["ct_series_uids"] = [s for s in series if s]
         info["frame_uids"] = [f for f in frames if f]
+        # each ROI's own frame ((3006,0024); "" when absent): a set may hold ROIs drawn on other images
+        info["roi_frame_uids"] = [
+            headers.text(item, "ReferencedFrameOfReferenceUID") for item in ds.get("StructureSetROISequence", [])
+        ]
         if not images:  # the referenced series lists no images: the contours' own references, read item by item
             for roi in ds.get("ROIContourSequence", []):
                 for contour in roi.get("ContourSequence", []):

@@ -263,14 +263,32 @@ def _identity_mismatch(case: Case) -> Optional[str]:
                 "separately, give them one PatientID)"
             )
     for struct in case.structs:
-        frame = struct.frame_of_reference_uid
-        if frame and case.ct.frame_of_reference_uid and frame != case.ct.frame_of_reference_uid:
+        frames = structure_set_frames(struct)
+        if frames and case.ct.frame_of_reference_uid and case.ct.frame_of_reference_uid not in frames:
             return (
-                f"RTSTRUCT {struct.rel_path} is drawn in frame of reference {frame}, its CT {case.ct.folder or '.'} "
-                f"is in {case.ct.frame_of_reference_uid}: the contours would be misplaced ((3006,0024) "
-                "ReferencedFrameOfReferenceUID; DoseAlign does not register)"
+                f"RTSTRUCT {struct.rel_path} is drawn in frame of reference {', '.join(frames)}, its CT "
+                f"{case.ct.folder or '.'} is in {case.ct.frame_of_reference_uid}: the contours would be misplaced "
+                "((3006,0024) ReferencedFrameOfReferenceUID; DoseAlign does not register)"
             )
     return None
+
+
+def structure_set_frames(struct) -> list:
+    """The frames of reference the ROIs of a scanned RTSTRUCT are drawn in (sorted; empty when it names none).
+
+    Each ROI's own (3006,0024) ReferencedFrameOfReferenceUID decides (when the set lists it); an ROI without it
+    counts as in any frame the set lists ((3006,0010) items, else a top-level FrameOfReferenceUID), as does a set
+    no ROI of which names a listed frame. A set whose ROIs lie partly in the CT's frame is paired: the ROIs of
+    other frames are left out when it is read.
+    """
+    listed = sorted({f for f in struct.info.get("frame_uids", []) or [] if f})
+    if not listed and struct.frame_of_reference_uid:
+        listed = [struct.frame_of_reference_uid]
+    per_roi = struct.info.get("roi_frame_uids") or []
+    frames = {f for f in per_roi if f and (not listed or f in listed)}  # one the set does not list: left out
+    if not frames or any(not f for f in per_roi):
+        frames.update(listed)  # with several listed, an ROI without its own is left out when read
+    return sorted(frames)
 
 
 def safe_name(text: str, limit: int = 48) -> str:

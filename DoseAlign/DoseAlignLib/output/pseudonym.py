@@ -333,7 +333,7 @@ def identity_of_scan(scan, read_header=None) -> Identity:
         for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
             if uid:
                 ident.uids.add(uid)
-        for key in ("plan_uids", "struct_uids", "ct_series_uids", "frame_uids", "ct_image_uids"):
+        for key in ("plan_uids", "struct_uids", "ct_series_uids", "frame_uids", "roi_frame_uids", "ct_image_uids"):
             ident.uids.update(u for u in obj.info.get(key, []) or [] if u)
     for rel, _reason in scan.skipped:
         ident.add_path(rel)

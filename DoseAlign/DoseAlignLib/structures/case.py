@@ -42,7 +42,14 @@ def read_case_contours(
     contours = CaseContours()
     for obj in case.structs:
         try:
-            contours.rois.extend(read_structure_set(obj.path, rel_path=obj.rel_path, plane_normal=normal))
+            contours.rois.extend(
+                read_structure_set(
+                    obj.path,
+                    rel_path=obj.rel_path,
+                    plane_normal=normal,
+                    frame_of_reference_uid=case.ct.frame_of_reference_uid or None,
+                )
+            )
         except LimitError:  # the case's time limit: the case stops, not just this structure set
             raise
         except DoseAlignError as error:
