@@ -255,6 +255,52 @@ def test_a_structure_set_none_of_whose_rois_is_in_the_cts_frame_is_refused(clean
     _failed_with(rows, struct.name, other, "frame of reference", "(3006,0024)")
 
 
+def test_a_patient_paired_as_one_is_one_patient_in_the_split(tmp_path, capsys):
+    """F18 (sixth trial): a second plan on COH-001's CT whose RTPLAN/RTDOSE carry PatientID 'coh-001' was paired
+    as one patient (a warning), yet split as two: the same CT in training and validation for some seeds, and
+    two pseudonyms under --pseudonymize."""
+    from DoseAlignLib.output.datalist import split_by_patient
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "P1", "SPL-001", 1, boost_fraction=0.3)
+    for k in range(2, 6):
+        hostile.study(root / f"P{k}", f"SPL-00{k}", k)
+    for path in (truth.boost_plan_file, truth.boost_dose_file):
+        dd.rewrite_tags(path, PatientID="spl-001")  # as some TPS or PACS exports change the case
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    capsys.readouterr()
+    rows = hostile.manifest(out)
+    ours = [r for r in rows if r["patient"].casefold() == "spl-001"]
+    assert len(ours) == 2 and all(r["status"] == "ok" for r in ours), rows
+    assert any("taken as one patient" in r["warnings"] for r in ours), ours
+    assert {r["patient"] for r in ours} == {"SPL-001"}, ours  # the CT's PatientID
+    for row in ours:
+        meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+        assert meta["patient_id"] == "SPL-001", meta["patient_id"]
+    patients = {r["case_id"]: r["patient"] for r in rows}
+    raw = dict(patients, **{c: "spl-001" for c, p in patients.items() if "BOOST" in c})  # as the old rows said
+    for seed in range(1, 9):
+        for case_patients in (patients, raw):  # also the split of rows written before (merge, training)
+            split = split_by_patient(case_patients, seed, 0.5)
+            sides = {
+                side for side in ("training", "validation") for c in split[side] if c in {r["case_id"] for r in ours}
+            }
+            assert len(sides) == 1, (seed, split)
+
+    pseudo = tmp_path / "pseudo"
+    key = tmp_path / "site.key"
+    code = main(["export", str(root), str(pseudo), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize",
+                 "--key-file", str(key)])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    rows = hostile.manifest(pseudo)
+    counts: dict = {}
+    for row in rows:
+        counts[row["patient"]] = counts.get(row["patient"], 0) + 1
+    assert sorted(counts.values()) == [1, 1, 1, 1, 2], counts  # five patients; both plans of P1 under one
+
+
 # ---- scalings ---------------------------------------------------------------------------------------
 
 

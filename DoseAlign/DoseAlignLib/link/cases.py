@@ -234,7 +234,9 @@ def _overlong_patient_id(case: Case) -> Optional[str]:
 def _identity_mismatch(case: Case) -> Optional[str]:
     """Paired objects of different patients (PatientID) or frames of reference: they are never paired silently.
 
-    An empty PatientID says nothing and is not compared; the dose's frame of reference against the
+    An empty PatientID says nothing and is not compared; IDs that differ only in case or surrounding blanks are
+    one patient (a warning says so), and the case's patient is then the CT's PatientID, so that every case on
+    one CT is one patient in the split and under one pseudonym. The dose's frame of reference against the
     CT's is checked when the dose is read (pipeline).
     """
     first = case.doses[0]
@@ -262,6 +264,8 @@ def _identity_mismatch(case: Case) -> Optional[str]:
                 "of different patients are not paired ((0010,0020) PatientID; if one patient's files were anonymized "
                 "separately, give them one PatientID)"
             )
+    if case.ct.patient_id and case.ct.patient_id != case.patient_id:
+        case.patient_id = case.ct.patient_id  # one patient: named as its CT names it (split, pseudonym, manifest)
     for struct in case.structs:
         frames = structure_set_frames(struct)
         if frames and case.ct.frame_of_reference_uid and case.ct.frame_of_reference_uid not in frames:

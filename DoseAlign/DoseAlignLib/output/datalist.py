@@ -41,11 +41,18 @@ DATALIST_FILE = "dataset.json"
 def split_by_patient(case_patients: dict, seed: int = 0, validation_fraction: float = 0.2) -> dict:
     """``{"training": [case ids], "validation": [case ids], "split": {...}}`` for ``{case_id: patient_id}``.
 
-    A case without a patient ID counts as a patient of its own.
+    A case without a patient ID counts as a patient of its own. IDs that differ only in case or surrounding
+    blanks are one patient, as the pairing takes them (named by the first spelling in sorted order).
     """
     if not 0.0 <= float(validation_fraction) < 1.0:
         raise ValueError(f"validation fraction must be in [0, 1), got {validation_fraction}")
-    patient_of = {case_id: (patient or f"case:{case_id}") for case_id, patient in case_patients.items()}
+    spelling: dict = {}
+    for patient in sorted({str(p).strip() for p in case_patients.values() if str(p or "").strip()}):
+        spelling.setdefault(patient.casefold(), patient)
+    patient_of = {
+        case_id: (spelling[str(patient).strip().casefold()] if str(patient or "").strip() else f"case:{case_id}")
+        for case_id, patient in case_patients.items()
+    }
     patients = sorted(set(patient_of.values()))
     ranked = sorted(patients, key=lambda p: hashlib.sha256(f"{int(seed)}:{p}".encode()).hexdigest())
     n_validation = int(round(validation_fraction * len(patients)))
