@@ -21,7 +21,15 @@ from .dicom.ct import ct_geometry, read_ct, regular_grid
 from .dicom.rtdose import dose_geometry, read_rtdose
 from .errors import DoseAlignError, GeometryError, LinkError, thread_not_started
 from .geometry.grid import Grid, Volume
-from .geometry.reference import CROP_DOSE_FRACTION, Region, check_overlap, crop_box, reference_grid, uniform_cover
+from .geometry.reference import (
+    CROP_DOSE_FRACTION,
+    Region,
+    check_overlap,
+    covering_grid,
+    crop_box,
+    reference_grid,
+    uniform_cover,
+)
 from .geometry.resample import ENGINE_RESAMPLER, Resampler, resample
 from .limits import (
     LimitError,
@@ -33,7 +41,7 @@ from .limits import (
     memory_limit_bytes,
 )
 from .link.case import Case
-from .options import AlignOptions, Interpolator
+from .options import AlignOptions, Interpolator, ReferenceGrid
 from .structures.case import CaseContours, read_case_contours
 from .structures.regions import grid_region
 
@@ -48,7 +56,8 @@ class CaseResult:
     ct: Volume
     dose: Volume
     meta: dict
-    native_dose: Optional[Volume] = None  # the dose (sum) on its own grid, when one grid holds it
+    native_dose: Optional[Volume] = None  # the dose (sum) on its own grid, or on one covering its doses' grids
+    native_resampled: bool = False  # native_dose is a sum of doses resampled onto a grid covering theirs
     extra_arrays: dict = field(default_factory=dict)  # further arrays for pair.npz (masks, DVHs)
 
 
@@ -122,6 +131,7 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
 
                 ct_reading.add_done_callback(hand_over)
             dose_out, dose_steps = _dose_on(target, native, doses, options.interpolator, resampler)
+            audit_native = native if native is not None else _covering_sum(doses, target, dose_out, dose_meta)
             half = _to_float16(dose_out, case) if options.dose_dtype == "float16" else None
             if sink is not None:
                 sink("dose", dose_out)
@@ -146,7 +156,7 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     ct_volume = Volume(ct_out, target, "HU", "CT")
     dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
 
-    meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native)
+    meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, audit_native)
     if case.warnings:
         meta.setdefault("warnings", []).extend(case.warnings)
     if geometry.warnings:
@@ -162,7 +172,7 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
         meta["arrays"]["dose"].update(half)
     if ct_steps or dose_steps:
         meta["resampling"]["before_backend"] = ct_steps + dose_steps
-    result = CaseResult(case.case_id, ct_volume, dose_volume, meta, native)
+    result = CaseResult(case.case_id, ct_volume, dose_volume, meta, audit_native, native_resampled=native is None)
     report(0.8, "structures and audit" if options.structures else "audit")
     if options.structures and contours is None:
         contours = read_case_contours(case, options, geometry, rewrite_names)
@@ -188,17 +198,20 @@ def case_memory(case: Case, options: AlignOptions, geometry) -> tuple:
     parts = {"CT": int(np.prod(geometry.grid.shape)) * ct_bytes}
     if geometry.needs_regularization:
         parts["regularized CT"] = int(np.prod(ct_grid.shape)) * ct_bytes
-    dose_grid = None
+    grids = []
     doses = 0
     for obj in case.doses:
         ds = headers.read_header(obj.path)
         grid = dose_geometry(ds, obj.path).grid
-        dose_grid = dose_grid or grid
+        grids.append(grid)
         voxels = int(np.prod(grid.shape))
         stored = headers.integer(ds, "BitsAllocated", "(0028,0100) BitsAllocated", obj.path, 32) // 8
         doses += voxels * 4  # each dose kept as float32 until summed
         parts["dose reading"] = max(parts.get("dose reading", 0), voxels * (2 * stored + 5))
     parts["doses (float32)"] = doses * (2 if len(case.doses) > 1 else 1)  # and their sum
+    dose_grid = grids[0] if all(g.equal(grids[0]) for g in grids[1:]) else covering_grid(grids)
+    if not dose_grid.equal(grids[0]):  # doses on different grids: their sum on a grid covering them (the audit's)
+        parts["dose sum on the covering grid"] = int(np.prod(dose_grid.shape)) * 4
     target, _how = reference_grid(ct_grid, dose_grid, options)  # a crop only shrinks it
     if not target.equal(dose_grid):  # the audit also works on the native dose grid: a body mask, statistics
         parts["audit on the native dose grid"] = int(np.prod(dose_grid.shape)) * AUDIT_BYTES_PER_VOXEL
@@ -271,7 +284,7 @@ def _doses_and_target(case: Case, options: AlignOptions, geometry, contours=None
             reasons.append(f"gantry tilt {geometry.tilt_degrees:.2f} deg")
         ct_grid = regular_grid(geometry)
         ct_note = f"resampled onto a regular orthogonal grid covering it because of {' and '.join(reasons)}"
-    dose_grid = native.grid if native is not None else doses[0][0].grid
+    dose_grid = native.grid if native is not None else covering_grid([d[0].grid for d in doses])
     for obj, (volume, _geometry, _info) in zip(case.doses, doses):
         check_overlap(ct_grid, volume.grid, obj.path)  # a dose wholly outside the CT would export as zeros
     volumes = [native] if native is not None else [d[0] for d in doses]
@@ -286,6 +299,8 @@ def _doses_and_target(case: Case, options: AlignOptions, geometry, contours=None
         centre = centre or whole
         placement["centre"] = {"asked": options.centre, **centre.about, "centre_lps": centre.centre().tolist()}
     target, how = reference_grid(ct_grid, dose_grid, options, centre=centre)
+    if native is None and options.reference is ReferenceGrid.DOSE:
+        how += f" (covering the {len(doses)} doses' grids: the first's axes and voxel size)"
     ct_box = None
     if options.crop is not None:
         target, how, ct_box, placement["crop"] = _cropped(
@@ -443,6 +458,21 @@ def _native_sum(doses: list) -> Optional[Volume]:
     for volume, _g, _i in doses[1:]:
         total += volume.array
     return first.with_array(total)
+
+
+def _covering_sum(doses: list, target: Grid, dose_out: np.ndarray, dose_meta: dict) -> Volume:
+    """The sum of doses on different grids, on a grid covering them all (:func:`covering_grid`): the native
+    dose the audit compares the output with (its maximum, the integral outside the output grid)."""
+    cover = covering_grid([d[0].grid for d in doses])
+    if target.equal(cover):
+        values = dose_out
+    else:
+        values, _steps = _dose_on(cover, None, doses, Interpolator.LINEAR, ENGINE_RESAMPLER)
+    dose_meta["native_sum"] = (
+        f"the {len(doses)} doses lie on different grids: the audit's native dose is their sum on a grid covering "
+        f"them all (the first's axes and voxel size, {list(cover.shape)} voxels), each resampled (linear) onto it"
+    )
+    return Volume(values, cover, doses[0][0].units, "dose")
 
 
 def _resample_dose(volume: Volume, target, interpolator: Interpolator, resampler) -> tuple:

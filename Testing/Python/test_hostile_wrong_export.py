@@ -301,6 +301,69 @@ def test_a_patient_paired_as_one_is_one_patient_in_the_split(tmp_path, capsys):
     assert sorted(counts.values()) == [1, 1, 1, 1, 2], counts  # five patients; both plans of P1 under one
 
 
+def _integral_gy_cc(array: np.ndarray, spacing) -> float:
+    return float(np.asarray(array, dtype=np.float64).sum() * np.prod(spacing) / 1000.0)
+
+
+@pytest.mark.parametrize("reference", ["dose", "ct"])
+def test_a_beam_sum_on_different_grids_is_not_cut_and_is_audited(clean, tmp_path, capsys, reference):
+    """F22 (sixth trial): --reference dose put a BEAM sum whose beams lie on different grids on the first beam's
+    grid (a third of its dose integral cut off, status ok), and the audit columns were empty for every sum."""
+    from DoseAlignLib.api import read_rtdose
+
+    root = _copy(clean, "beams", tmp_path)
+    beams = [root / _rel(clean, "beams", path) for path in clean["beams"].dose_files]
+    assert len(beams) >= 2
+    for n, path in enumerate(beams[1:], 1):  # each further beam's grid moved by whole voxels: sticks out
+        ds = dd.read(path)
+        row, col = np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
+        step_col, step_row = float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0])
+        shift = (3 * n) * step_col * row - (2 * n) * step_row * col
+        ds.ImagePositionPatient = [float(v) for v in np.array(ds.ImagePositionPatient, float) + shift]
+        dd.save(ds, path)
+    total = 0.0
+    for path in beams:
+        volume = read_rtdose(path)[0]
+        total += _integral_gy_cc(volume.array, volume.grid.spacing)
+    out = tmp_path / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--reference", reference])
+    capsys.readouterr()
+    assert code == 0
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "ok", row
+    for column in ("dmax_native_gy", "dmax_diff_pct", "outside_integral_pct"):  # the audit runs for sums too
+        assert row[column] != "", (column, row)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert "covering" in meta["dose"]["native_sum"], meta["dose"]
+    native_max = float(row["dmax_native_gy"])
+    with np.load(out / row["case_id"] / "pair.npz") as pair:
+        dose = pair["dose"]
+    if reference == "dose":  # every beam's dose inside the output grid: nothing cut off
+        assert _integral_gy_cc(dose, meta["spacing"]) == pytest.approx(total, rel=1e-4)
+        assert float(row["outside_integral_pct"]) == pytest.approx(0.0, abs=1e-3)
+        assert float(dose.max()) == pytest.approx(native_max, rel=1e-4)
+    else:  # the audit's native sum holds the whole dose, whatever the CT grid keeps of it
+        audit = meta["audit"]["dose"]
+        assert audit["native"]["integral_gy_l"] * 1000.0 == pytest.approx(total, rel=1e-4)
+
+
+def test_a_beam_sum_cut_by_the_output_grid_is_flagged(clean, tmp_path, capsys):
+    """F22: with the audit running for sums, a sum cut by the output grid is flagged (here a small custom cube)."""
+    root = _copy(clean, "beams", tmp_path)
+    beams = [root / _rel(clean, "beams", path) for path in clean["beams"].dose_files]
+    ds = dd.read(beams[-1])
+    ds.ImagePositionPatient = [float(v) + 2.0 for v in ds.ImagePositionPatient]  # off the others' lattice
+    dd.save(ds, beams[-1])
+    out = tmp_path / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--reference", "custom",
+                 "--size", "4,4,4", "--spacing", "1,1,1"])  # fmt: skip
+    capsys.readouterr()
+    assert code == 0
+    (row,) = hostile.manifest(out)
+    assert float(row["outside_integral_pct"]) > 1.0, row
+    assert "dose_outside_grid" in row["audit_flags"].split(";"), row
+
+
 # ---- scalings ---------------------------------------------------------------------------------------
 
 

@@ -106,7 +106,7 @@ def _add_references(result, out_masks, entries: list) -> Optional[dict]:
     in pair.npz (``dvh_reference``); returns what meta.json says about them."""
     if out_masks is None or not entries:
         return None
-    if result.native_dose is None:
+    if result.native_dose is None or getattr(result, "native_resampled", False):
         return {"note": "the doses are on different grids: no single native dose for a reference DVH"}
     bins = result.extra_arrays["dvh_dose_gy"]
     problems: dict = {}

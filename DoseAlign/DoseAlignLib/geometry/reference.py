@@ -132,6 +132,30 @@ def uniform_cover(grid: Grid) -> Grid:
     )
 
 
+def covering_grid(grids: Sequence[Grid]) -> Grid:
+    """A uniform grid whose voxel centres cover every voxel centre of ``grids`` (doses of one sum on different grids).
+
+    The rule: the first grid's axes and voxel size (its mean slice step when uneven), its lattice of voxel
+    centres grown to the smallest box of that lattice holding every grid's outer voxel centres. The first
+    grid's voxels are voxels of the cover; the others' lie inside it.
+    """
+    first = grids[0]
+    if all(g.equal(first) for g in grids[1:]) and first.is_uniform:
+        return first
+    step = first.affine[:3, :3].copy()
+    step[:, 2] = first.direction[:, 2] * first.spacing[2]
+    inverse = np.linalg.inv(step)
+    points = np.concatenate([g.corner_points(half_voxel=False) for g in grids])
+    ijk = (points - first.origin) @ inverse.T
+    low = np.floor(ijk.min(axis=0) + 1e-6)
+    high = np.ceil(ijk.max(axis=0) - 1e-6)
+    counts = (high - low).astype(int) + 1
+    origin = first.origin + step @ low
+    return Grid.from_spacing(
+        (counts[2], counts[1], counts[0]), first.spacing, origin, first.direction, first.frame_of_reference_uid
+    )
+
+
 def reference_grid(ct_grid: Grid, dose_grid: Grid, options: AlignOptions, centre: Optional[Region] = None) -> tuple:
     """The output grid for ``options.reference`` and a sentence saying how it was made.
 
