@@ -364,6 +364,37 @@ def test_a_beam_sum_cut_by_the_output_grid_is_flagged(clean, tmp_path, capsys):
     assert "dose_outside_grid" in row["audit_flags"].split(";"), row
 
 
+@pytest.mark.parametrize("degrees", [0.02, 0.05, 0.08, 0.3])
+def test_a_dose_grid_rotated_by_a_hair_is_resampled_as_rotated(degrees):
+    """F20 (sixth trial): a grid rotated by less than ~0.08 deg about z was resampled as if unrotated (the axes
+    taken as parallel within 1e-6 of the cosine, i.e. 1.4e-3 of the sine): a displacement of 1e-3 x the
+    distance from the origin. A linear dose must come out exactly (to float32) at any rotation."""
+    from DoseAlignLib.api import Grid, Interpolator, Volume, resample
+
+    angle = np.radians(degrees)
+    c, s = np.cos(angle), np.sin(angle)
+    axes = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])  # columns: i, j, k directions
+    spacing = np.array([4.0, 4.0, 3.0])
+    source = Grid.from_spacing((12, 100, 100), spacing, (-200.0, -200.0, -15.0), axes)
+    ijk = np.stack(np.meshgrid(np.arange(100), np.arange(100), np.arange(12), indexing="ij"), axis=-1)
+    lps = source.index_to_lps(ijk.reshape(-1, 3).astype(float)).reshape(100, 100, 12, 3)
+    gradient = np.array([0.05, 0.02, 0.01])  # Gy/mm
+
+    def field(points):
+        return 30.0 + points @ gradient
+
+    values = np.transpose(field(lps), (2, 1, 0)).astype(np.float32)  # [k, j, i]
+    target = Grid.from_spacing((10, 80, 80), (3.0, 3.0, 3.0), (-120.0, -120.0, -12.0))
+    out = resample(Volume(values, source, "GY"), target, Interpolator.LINEAR, fill=-1.0)
+    tijk = np.stack(np.meshgrid(np.arange(80), np.arange(80), np.arange(10), indexing="ij"), axis=-1)
+    tlps = target.index_to_lps(tijk.reshape(-1, 3).astype(float)).reshape(80, 80, 10, 3)
+    expected = np.transpose(field(tlps), (2, 1, 0))
+    inside = out != -1.0
+    assert inside.mean() > 0.9
+    error = np.abs(out[inside] - expected[inside]).max()
+    assert error < 2e-4, f"{degrees} deg: max error {error:.5f} Gy (a displacement of {error / 0.055:.3f} mm)"
+
+
 # ---- scalings ---------------------------------------------------------------------------------------
 
 
