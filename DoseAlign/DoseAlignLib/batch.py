@@ -31,6 +31,7 @@ from .options import AlignOptions
 from .output.case_folder import (
     CaseOutput,
     OtherCase,
+    archive_problem,
     case_dir,
     check_output_folder,
     clean_temp,
@@ -283,7 +284,10 @@ def export_folder(
         if case.case_id in clashes:  # another input's case: left alone
             record(index, manifest_row(case, "failed", clashes[case.case_id]))
             continue
-        if resume and existing is not None and existing.complete:
+        damaged = archive_problem(existing.folder) if resume and existing is not None and existing.complete else None
+        if damaged:  # whole by its headers and lengths, but bytes changed inside (a full read, streamed)
+            why = [f"its outputs were damaged ({damaged})"]
+        elif resume and existing is not None and existing.complete:
             why = request_differences(existing.meta, _request(case, options, pseudonymizer, qa_png, resampler))
             if qa_png and matplotlib_available() and not (existing.folder / "qa.png").is_file():
                 why.append("no qa.png")
@@ -933,7 +937,10 @@ def export_case(
     :func:`~DoseAlignLib.pipeline.run_case`. With ``resume`` a complete case folder is kept as it is
     (``skipped``) without comparing what it records: :func:`export_folder` compares."""
     if resume and is_complete(out_dir, case.case_id):
-        return manifest_row(case, "skipped", KEPT, load_meta(case_dir(out_dir, case.case_id)))
+        damaged = archive_problem(case_dir(out_dir, case.case_id))  # a full read: bytes changed in place
+        if damaged is None:
+            return manifest_row(case, "skipped", KEPT, load_meta(case_dir(out_dir, case.case_id)))
+        logger.warning("case %s: %s: exported again", case.case_id, damaged)
     say = _stage_for(stage, case.case_id)
     if qa_png:
         preload_matplotlib()  # imported while the case is computed

@@ -119,6 +119,35 @@ def test_writes_that_fail_stop_the_export_cleanly(cohort, tmp_path, workers):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_resume_exports_again_a_pair_npz_whose_member_fails_its_crc(cohort, tmp_path, capsys):
+    """F19 (sixth trial): one byte flipped inside pair.npz (length and mtime unchanged) was kept by --resume as
+    complete; np.load then raised 'Bad CRC-32'. The members' CRCs are checked on --resume (a streamed read)."""
+    import numpy as np
+
+    args = [str(cohort), "--quiet", "--workers", "1", "--no-qa-png"]
+    out = tmp_path / "out"
+    assert main(["export", args[0], str(out), *args[1:]]) == 0
+    row = hostile.manifest(out)[0]
+    path = out / row["case_id"] / "pair.npz"
+    clean = path.read_bytes()
+    status = path.stat()
+    with np.load(path) as pair:
+        dose_bytes = pair["dose"].tobytes()
+    at = clean.index(dose_bytes[len(dose_bytes) // 2 : len(dose_bytes) // 2 + 64])  # inside the dose's data
+    flipped = bytearray(clean)
+    flipped[at] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    capsys.readouterr()
+    assert main(["export", args[0], str(out), *args[1:], "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "pair.npz fails its check" in printed.out + printed.err and "CRC" in printed.out + printed.err
+    status = {r["case_id"]: r["status"] for r in hostile.manifest(out)}
+    assert status[row["case_id"]] == "ok"
+    assert path.read_bytes() == clean  # exported again: as it was, byte for byte
+    assert sorted(set(status.values())) == ["ok", "skipped"]  # the other cases are kept
+
+
 def test_damaged_earlier_outputs_are_exported_again(cohort, tmp_path, capsys):
     import importlib.util
 

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -895,3 +896,24 @@ def check_output_folder(out_dir: Path) -> None:
             path=out_dir,
             hint="make it writable or choose another folder; nothing was exported",
         ) from None
+
+
+def archive_problem(folder: Path) -> Optional[str]:
+    """Why a complete case folder's ``pair.npz`` fails its own check (None when every member's CRC-32 holds).
+
+    Every member is read once, streamed (1 MiB at a time): bytes changed inside a file of the right length
+    (bit rot, a bad copy) are found, which :func:`case_problem` (headers and lengths only) does not find.
+    The ``npy`` layout has no checksums: its files are not checked here.
+    """
+    path = Path(folder) / "pair.npz"
+    if entry_kind(path) is not None:  # missing (npy layout) or not a regular file (case_problem says so)
+        return None
+    try:
+        with open_regular(path, "pair.npz") as handle, zipfile.ZipFile(handle) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    while member.read(1 << 20):
+                        pass
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError, zlib.error) as error:
+        return f"pair.npz fails its check: {type(error).__name__}: {error}"
+    return None
