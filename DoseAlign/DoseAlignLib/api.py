@@ -100,6 +100,7 @@ _EXPORTS = {
     "Interrupted": ".batch",
     "Terminated": ".errors",
     "start_thread": ".errors",
+    "termination_is_held": ".errors",
     "NothingToExport": ".batch",
     "what_was_found": ".batch",
     "check_export_target": ".batch",

@@ -794,6 +794,7 @@ def _stop_on_sigterm():
         return None
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return None
+    _TERMINATION_HELD[:] = [api.termination_is_held]  # looked up now: the handler must import nothing
     signal.signal(signal.SIGTERM, _terminated)
     return signal.SIG_DFL
 
@@ -803,15 +804,20 @@ def _stop_on_sigterm():
 _SIGTERM_SEEN: list = []
 
 
-#: Seconds after which a SIGTERM that came during an import is delivered again.
+#: The engine's test for a block a SIGTERM must not cut in two (a fork, a pool starting), bound when the handler is
+#: installed.
+_TERMINATION_HELD: list = []
+
+#: Seconds after which a SIGTERM that came during an import (or such a block) is delivered again.
 SIGTERM_RETRY_SECONDS = 0.05
 
 
 def _terminated(_signum, frame) -> None:
     # Raised inside an import, the exception would leave half-imported modules that the clean-up then meets
-    # ('partially initialized module', E35): the signal is sent again once the import is over. Nothing is
-    # imported here either.
-    if _importing(frame):
+    # ('partially initialized module', E35); raised inside a fork's own handlers it is printed and lost
+    # ('Exception ignored in _releaseLock'), and inside a pool's start it leaves a pool that cannot be shut
+    # down: the signal is sent again once that is over. Nothing is imported here either.
+    if _importing(frame) or (_TERMINATION_HELD and _TERMINATION_HELD[0]()):
         again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGTERM))
         again.daemon = True
         try:  # (not api.start_thread: its lookup may import)

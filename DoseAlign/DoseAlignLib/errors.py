@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 from typing import Optional
@@ -146,6 +147,29 @@ def thread_not_started(error: BaseException) -> bool:
 THREAD_NOT_STARTED = (
     "out of memory: a thread could not be started (the memory limit, ulimit -v, or the limit of threads, ulimit -u)"
 )
+
+
+#: How many :func:`termination_held` blocks are open (in this process; a forked child inherits the count, and
+#: its own signal handling replaces the parent's).
+_TERMINATION_HELD = [0]
+
+
+@contextlib.contextmanager
+def termination_held():
+    """A block that a SIGTERM must not cut in two: a process being forked (the fork's own handlers, e.g.
+    logging's lock release, run inside it) or a pool whose processes and thread are being started (an
+    exception there leaves a pool that cannot be shut down). A handler that sees :func:`termination_is_held`
+    sends the signal again a moment later instead of raising."""
+    _TERMINATION_HELD[0] += 1
+    try:
+        yield
+    finally:
+        _TERMINATION_HELD[0] -= 1
+
+
+def termination_is_held() -> bool:
+    """True inside a :func:`termination_held` block."""
+    return _TERMINATION_HELD[0] > 0
 
 
 def start_thread(thread: threading.Thread) -> bool:

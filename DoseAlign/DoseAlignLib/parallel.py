@@ -20,7 +20,7 @@ import time
 from multiprocessing import connection
 from typing import Callable, Iterable, Optional
 
-from .errors import DoseAlignError, too_many_open_files
+from .errors import DoseAlignError, termination_held, too_many_open_files
 from .limits import case_seconds, die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,8 @@ class _Worker:
         self.process = self.context.Process(
             target=_work, args=(child, self.task, self.stages, os.getpid()), name="dosealign-worker", daemon=True
         )
-        self.process.start()
+        with termination_held():
+            self.process.start()
         child.close()
 
     def start(self, index: int, case) -> None:

@@ -899,6 +899,37 @@ def test_sigterm_before_any_case_ends_with_its_exit_code(tmp_path):
     assert "stopped by SIGTERM" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
+def test_sigterm_while_a_worker_is_forked_ends_with_its_exit_code(tmp_path):
+    """A SIGTERM that came while a worker process was being forked was raised inside the fork's own handlers
+    (logging's lock release): printed as 'Exception ignored ... Traceback' and lost, so the export ran to its
+    end before saying it was stopped; inside a process pool's start it left a pool that could not be shut down
+    ('cannot join thread before it is started'). It is now delivered once the fork is over."""
+    root = tmp_path / "in"
+    for n in range(3):
+        hostile.study(root / f"p{n}", f"TERM-FORK-{n}", 80 + n, with_structures=False)
+    code = (
+        "import os, signal, sys\n"
+        "sent = []\n"
+        "def in_the_fork():\n"
+        "    if not sent:\n"
+        "        sent.append(1)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        sum(range(1000))  # bytecodes for the handler to run in, inside the fork's handlers\n"
+        "os.register_at_fork(after_in_parent=in_the_fork)\n"
+        "from DoseAlignLib.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = hostile.python(
+        code, "export", str(root), str(tmp_path / "out"), "--workers", "2", preexec_fn=_sigterm_as_by_default
+    )
+    assert done.returncode == 143, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert "stopped by SIGTERM" in done.stderr, done.stderr
+    rows = hostile.manifest(tmp_path / "out") if (tmp_path / "out" / "manifest.csv").exists() else []
+    assert len([r for r in rows if r["status"] == "ok"]) < 3, rows  # stopped, not run to its end
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups")
 def test_sigterm_in_the_first_half_second_ends_with_its_exit_code(slow_cohort, tmp_path):

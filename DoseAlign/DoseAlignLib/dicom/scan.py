@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..errors import DoseAlignError, InputError, UnreadableError, start_thread, too_many_open_files
+from ..errors import DoseAlignError, InputError, UnreadableError, start_thread, termination_held, too_many_open_files
 from ..limits import (
     Deadline,
     LimitError,
@@ -265,7 +265,8 @@ def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress
     with ProcessPoolExecutor(
         max_workers=workers - 1, mp_context=context, initializer=_reader_init, initargs=(os.getpid(),)
     ) as pool:
-        futures = [pool.submit(_scan_files, root, chunk) for chunk in chunks[own:]]
+        with termination_held():  # the processes are forked and the pool's thread started here
+            futures = [pool.submit(_scan_files, root, chunk) for chunk in chunks[own:]]
         entries: list = []
         for n, chunk in enumerate(chunks[:own]):
             entries.extend(_scan_files(root, chunk))
