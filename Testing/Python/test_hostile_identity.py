@@ -185,6 +185,97 @@ def test_a_name_whose_letter_was_lost_to_a_wrong_character_set_is_rewritten_not_
     assert not found, found[:10]
 
 
+#: Sixth hostile trial F1: names holding letters that Unicode does not decompose, the ROI names that spell them in
+#: ASCII, the ASCII spellings that must not reach any output (lower case), and ROI names that only share letters.
+UNDECOMPOSED = [
+    (
+        "Łukasiewicz^Paweł",
+        ["PTV_Lukasiewicz", "Pawel_boost", "LUKASIEWICZ PAWEL"],
+        ["lukasiewicz", "łukasiewicz", "pawel", "paweł"],
+        ["Lungs", "Lips"],
+    ),
+    (
+        "Sørensen^Søren",
+        ["Sorensen_ctv", "PTV_Soerensen"],
+        ["sorensen", "soerensen", "sørensen", "soren", "soeren", "søren"],
+        ["Esophagus", "Spinal_cord"],
+    ),
+    ("Bræk^Lars", ["PTV_Braek"], ["braek", "bræk"], ["Brain", "Larynx", "Brachial_plexus"]),
+    ("Đurić^Ana", ["Djuric_ptv", "Duric_ptv"], ["djuric", "duric", "đurić", "đuric"], ["Anal_canal", "Dura"]),
+]
+
+
+@pytest.mark.parametrize("patient_name, rois, needles, kept", UNDECOMPOSED, ids=["pl", "da", "no", "hr"])
+def test_letters_without_a_decomposition_in_their_ascii_spellings(tmp_path, capsys, patient_name, rois, needles, kept):
+    """Sixth hostile trial F1: a name holding a letter that NFKD does not decompose (ł, ø, æ, đ) reached meta.json,
+    dvh.csv, HDF5, NIfTI/NRRD headers and mask file names in its plain-ASCII spelling (``PTV_Lukasiewicz`` for
+    ``Łukasiewicz``). Now no spelling of it is in any output, in every format, and ROI names that merely share
+    letters with it are kept."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "PL-88213", 65, extra_organs=len(rois) + len(kept), ct_size=(32, 28, 16))
+    for path in sorted((root / "p").rglob("*.dcm")):
+        ds = dd.read(path)
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: ł, đ are in no single-byte set DoseAlign's phantom uses
+        ds.PatientName = patient_name
+        if path == truth.struct_file:
+            for roi, name in zip(list(ds.StructureSetROISequence)[-(len(rois) + len(kept)) :], rois + kept):
+                roi.ROIName = name
+        dd.save(ds, path)
+    plain = tmp_path / "plain"
+    assert main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    assert {*rois, *kept} <= set(_names_of(plain, hostile.manifest(plain)[0])), "the ROI names are exported"
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert set(kept) <= set(names), names  # a normal ROI name that shares letters is not mangled
+    assert sum("[removed]" in n for n in names) == len(rois), names
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = unicodedata.normalize("NFC", data.decode("utf-8", "replace").casefold())
+        squeezed = "".join(c for c in text if c.isalnum())
+        found += [f"{n} in {where}" for n in needles if n in squeezed]
+    assert not found, found[:10]
+
+
+@pytest.mark.parametrize(
+    "patient_name, spellings",
+    [
+        ("ŁUKASIEWICZ^PAWEŁ", ["PTV_Lukasiewicz", "pawel boost", "LukasiewiczPawel"]),
+        ("SØRENSEN^SØREN", ["Sorensen_ctv", "PTV_SOERENSEN", "soeren_sorensen"]),
+        ("Ærøskøbing^Bjørn", ["Aeroskobing", "AEROESKOEBING_x", "Bjorn_ptv", "bjoern"]),
+        ("ĐURIĆ^Đorđe", ["Djuric_ptv", "DURIC", "Djordje_ctv", "Dorde"]),
+        ("Þórðarson^Guðrún", ["Thordarson", "Thordharson_ptv", "Gudrun_boost"]),
+        ("Cœurderoy^Hélène", ["Coeurderoy_ctv", "Helene"]),
+        ("Yıldırım^Ayşe", ["PTV_Yildirim", "Ayse_x"]),
+        ("Ħabela^Ġorġ", ["Habela_ptv", "Gorg_ctv"]),
+        ("Əliyev^Rəşad", ["Aliyev_ptv", "Eliyev", "Resad"]),
+        ("Ŋgasa^Kaĸo", ["Ngasa_ptv", "Ngasa", "Kako"]),
+    ],
+)
+def test_both_sides_read_letters_without_a_decomposition(monkeypatch, patient_name, spellings):
+    """F1, unit level: the rewriting removes each plain spelling of a name with such letters (also written in upper
+    case), and the check alone finds it with the rewriting's spellings gone, so neither side relies on the other."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.add_name(patient_name)
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in spellings:
+        assert "[removed]" in rewriting.text(text), (patient_name, text)
+        assert rewriting.guard.find(text) == "a patient name", (patient_name, text)
+    for text in ["Brain", "Lungs", "Esophagus", "Anal_canal", "Dura", "PTV_high", "Heart"]:
+        assert rewriting.text(text) == text and rewriting.guard.find(text) == "", (patient_name, text)
+    monkeypatch.setattr(pseudonym, "transliterations", lambda parts: set())
+    alone = pseudonym.Identity()
+    alone.add_name(patient_name)
+    assert alone.persons == {tuple(p for p in patient_name.replace("^", " ").split())}
+    guard = pseudonym.IdentityGuard(alone)
+    for text in spellings:
+        assert guard.find(text) == "a patient name", (patient_name, text)
+
+
 def test_long_name_parts_inside_words_short_ones_only_as_words(tmp_path, capsys):
     import json
 

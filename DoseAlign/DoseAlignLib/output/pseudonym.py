@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import hashlib
 import hmac
 import io
@@ -830,18 +831,91 @@ _SEPARATORS = r"[\s_\-.^,]*"
 #: How German letters are written without them (other accents are dropped).
 _GERMAN = {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"}
 
+#: How the Latin letters that Unicode does not decompose into a plain letter and a mark are written without them
+#: (lower case; every usual spelling, the commonest first): Danish and Norwegian ``æ ø``, Polish ``ł``, Croatian and
+#: Serbian ``đ``, Icelandic ``þ ð``, French ``œ``, Sami ``ŋ``, Maltese ``ħ``, Turkish ``ı``, Greenlandic ``ĸ``,
+#: Azerbaijani ``ə`` and the letters of African alphabets. Any other such letter whose Unicode name is a plain letter
+#: "with" something (``ƀ`` b with stroke, ``ɗ`` d with hook, ``ƶ`` z with stroke) is written as that plain letter
+#: (:data:`_PLAIN_LETTERS`).
+_LETTER_SPELLINGS = {
+    "æ": ("ae",),
+    "ø": ("o", "oe"),
+    "œ": ("oe",),
+    "ł": ("l",),
+    "đ": ("d", "dj"),
+    "ð": ("d", "dh"),
+    "þ": ("th",),
+    "ŋ": ("n", "ng"),
+    "ħ": ("h",),
+    "ı": ("i",),
+    "ĸ": ("k", "q"),
+    "ŧ": ("t",),
+    "ß": ("ss",),
+    "ə": ("e", "a"),
+    "ǝ": ("e",),
+    "ɛ": ("e",),
+    "ɔ": ("o",),
+    "ɣ": ("g",),
+    "ɩ": ("i",),
+    "ʊ": ("u",),
+    "ʒ": ("z",),
+    "ʃ": ("sh",),
+    "ƿ": ("w",),
+    "ȝ": ("y", "gh"),
+    "ȣ": ("ou",),
+    "ƣ": ("oi",),
+    "ƕ": ("hv",),
+}
+
+
+def _plain_letters() -> dict:
+    """:data:`_LETTER_SPELLINGS` with upper case, and every other Latin letter without a decomposition whose Unicode
+    name is ``LATIN ... LETTER <X> WITH ...`` (or ``<X> BAR``) as ``X``: letter -> spellings."""
+    table = {}
+    named = re.compile(r"LATIN (SMALL|CAPITAL) LETTER (?:DOTLESS )?([A-Z])(?: WITH .+| BAR)?")
+    ranges = [(0x80, 0x2B0), (0x1D00, 0x1DC0), (0x1E00, 0x1F00), (0x2C60, 0x2C80), (0xA720, 0xA800), (0xAB30, 0xAB70)]
+    for first, end in ranges:
+        for code in range(first, end):
+            char = chr(code)
+            if unicodedata.normalize("NFKD", char) != char:
+                continue
+            match = named.fullmatch(unicodedata.name(char, ""))
+            if match:
+                letter = match.group(2).lower()
+                table[char] = (letter.upper(),) if match.group(1) == "CAPITAL" else (letter,)
+    for char, spellings in _LETTER_SPELLINGS.items():
+        table[char] = spellings
+        upper = char.upper()
+        if len(upper) == 1 and upper != char and not upper.isascii():  # (ı's upper case is I)
+            table[upper] = tuple(s.capitalize() for s in spellings)
+    return table
+
+
+_PLAIN_LETTERS = _plain_letters()
+#: At most this many spellings of one name are made from letters of two usual spellings (ø as o and oe, đ as d and dj).
+MAX_LETTER_SPELLINGS = 16
+
 
 def transliterations(parts: tuple) -> set:
     """The ASCII spellings of a name's parts people write for letters with marks: ``Müller`` as
-    ``Mueller`` and ``Muller``, ``José`` as ``Jose``."""
+    ``Mueller`` and ``Muller``, ``José`` as ``Jose``; and for letters that have no marks to drop (:data:`_PLAIN_LETTERS`):
+    ``Łukasiewicz`` as ``Lukasiewicz``, ``Sørensen`` as ``Sorensen`` and ``Soerensen``, ``Đurić`` as ``Duric`` and
+    ``Djuric`` (one spelling of each such letter throughout the name)."""
     if all(part.isascii() for part in parts):
         return set()
 
     def strip(text: str) -> str:
         return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
-    german = tuple(strip("".join(_GERMAN.get(c, c) for c in part)) for part in parts)
-    return {german, tuple(strip(part) for part in parts)} - {parts}
+    letters = sorted({c for part in parts for c in part if c in _PLAIN_LETTERS})
+    choices = itertools.islice(itertools.product(*(_PLAIN_LETTERS[c] for c in letters)), MAX_LETTER_SPELLINGS)
+    found = set()
+    for choice in choices:
+        plain = dict(zip(letters, choice))
+        spelled = tuple("".join(plain.get(c, c) for c in part) for part in parts)
+        found.add(tuple(strip("".join(_GERMAN.get(c, c) for c in part)) for part in spelled))
+        found.add(tuple(strip(part) for part in spelled))
+    return found - {parts}
 
 
 #: DoseAlign's own words (of three letters or more): the prose, keys, headers, summation types and file names it
@@ -1134,8 +1208,14 @@ class IdentityGuard:
             for size in (2, 3)
             for combo in (itertools.permutations(parts, size) if len(parts) >= size else ())
         }
+        # the check's own ASCII spellings of each component, as typed without its letters (Soerensen, Djuric, Pawel)
+        spelled = set()
+        for parts in identity.persons:
+            options = [sorted(_guard_spellings_of(p) | {p.casefold()}) for p in parts]
+            spelled.update(itertools.islice(itertools.product(*options), 4 * _GUARD_MAX_SPELLINGS))
+        self.alone |= {p for parts in spelled for p in parts if len(p) >= MIN_NAME_PART and p.isalnum()}
         self.squeezed_names = set()
-        for parts in identity.persons | folded:
+        for parts in identity.persons | folded | spelled:
             letters = ["".join(c for c in p.casefold() if c.isalnum()) for p in parts]
             letters = [p for p in letters if len(p) >= 2]
             for size in (2, 3):
@@ -1329,11 +1409,107 @@ def _guard_cjk(text: str) -> str:
     return "".join(_GUARD_CJK.get(c, c) for c in text)
 
 
+#: The check's own reading of the Latin letters without a decomposition whose plain spellings are not the letter
+#: their Unicode name gives (:func:`_guard_letter`): letter (lower case) -> its usual spellings, space-separated.
+_GUARD_SPELLINGS = {
+    "æ": "ae",
+    "œ": "oe",
+    "ø": "o oe",
+    "đ": "d dj",
+    "ð": "d dh",
+    "þ": "th",
+    "ŋ": "n ng",
+    "ĸ": "k q",
+    "ı": "i",
+    "ß": "ss",
+    "ə": "e a",
+    "ǝ": "e",
+    "ɛ": "e",
+    "ɔ": "o",
+    "ɣ": "g",
+    "ɩ": "i",
+    "ʊ": "u",
+    "ʒ": "z",
+    "ʃ": "sh",
+    "ƿ": "w",
+    "ȝ": "y gh",
+    "ȣ": "ou",
+    "ƣ": "oi",
+    "ƕ": "hv",
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _guard_letter(char: str) -> tuple:
+    """The check's plain spellings (lower case) of a letter that Unicode does not decompose: from
+    :data:`_GUARD_SPELLINGS`, else the plain letter its Unicode name holds before "with" (``ł`` LATIN SMALL LETTER L
+    WITH STROKE: ``l``); ``()`` for any other character."""
+    if char.isascii() or unicodedata.normalize("NFKD", char) != char:
+        return ()
+    lower = char.lower() if len(char.lower()) == 1 else char
+    if lower in _GUARD_SPELLINGS:
+        return tuple(_GUARD_SPELLINGS[lower].split())
+    words = unicodedata.name(char, "").split()
+    if words[:1] != ["LATIN"] or "LETTER" not in words:
+        return ()
+    rest = [w for w in words[words.index("LETTER") + 1 :] if w not in ("SMALL", "CAPITAL", "DOTLESS")]
+    if rest and len(rest[0]) == 1 and rest[0].isalpha() and (len(rest) == 1 or rest[1] in ("WITH", "BAR")):
+        return (rest[0].lower(),)
+    return ()
+
+
+def _guard_plain(char: str, spelling: str, following: str) -> str:
+    """``spelling`` in the case of ``char``: an upper-case letter of two (``Æ``) as ``AE`` before an upper-case
+    letter or none, else as ``Ae``."""
+    if not char.isupper():
+        return spelling
+    return spelling.upper() if not following.islower() else spelling.capitalize()
+
+
 def _fold(text: str) -> str:
-    """The guard's own folding: marks dropped and the German two-letter spellings read as one letter
-    (``Müller``, ``Mueller`` and ``Muller`` all become ``muller``)."""
-    plain = "".join(c for c in unicodedata.normalize("NFKD", text.replace("ß", "ss")) if not unicodedata.combining(c))
+    """The guard's own folding: marks dropped, letters without a decomposition read as their first plain spelling
+    (``ł`` as ``l``, ``ø`` as ``o``, ``æ`` as ``ae``), and the German two-letter spellings read as one letter
+    (``Müller``, ``Mueller`` and ``Muller`` all become ``muller``; ``Sørensen`` and ``Soerensen`` ``sorensen``)."""
+    text = text.replace("ß", "ss")
+    letters = []
+    for n, char in enumerate(text):
+        spellings = _guard_letter(char) if not char.isascii() else ()
+        following = text[n + 1] if n + 1 < len(text) else ""
+        letters.append(_guard_plain(char, spellings[0], following) if spellings else char)
+    plain = "".join(c for c in unicodedata.normalize("NFKD", "".join(letters)) if not unicodedata.combining(c))
     return re.sub(r"([aouAOU])[eE]", r"\1", plain)
+
+
+#: At most this many spellings of one name component are read by the check (:func:`_guard_spellings_of`).
+_GUARD_MAX_SPELLINGS = 16
+
+
+def _guard_spellings_of(part: str) -> set:
+    """The check's own ASCII spellings of a name component (lower case), as people type it without its letters:
+    marks dropped, and ä ö ü also as ae oe ue; letters without a decomposition in each of their usual spellings
+    (one spelling of a letter throughout): ``Sørensen`` as ``sorensen`` and ``soerensen``, ``Đurić`` as ``duric`` and
+    ``djuric``, ``Müller`` as ``muller`` and ``mueller``."""
+    lowered = part.casefold()
+    options = {}
+    for char in set(lowered):
+        if char.isascii():
+            continue
+        spelled = _guard_letter(char)
+        if spelled:
+            options[char] = spelled
+            continue
+        decomposed = unicodedata.normalize("NFKD", char)
+        base = "".join(c for c in decomposed if not unicodedata.combining(c))
+        if base != char:
+            options[char] = (base, base + "e") if base in ("a", "o", "u") and "\u0308" in decomposed else (base,)
+    if not options:
+        return set()
+    letters = sorted(options)
+    found = set()
+    for choice in itertools.islice(itertools.product(*(options[c] for c in letters)), _GUARD_MAX_SPELLINGS):
+        table = dict(zip(letters, choice))
+        found.add("".join(table.get(c, c) for c in lowered))
+    return found
 
 
 def _dates_in(text: str) -> set:
