@@ -276,6 +276,80 @@ def test_both_sides_read_letters_without_a_decomposition(monkeypatch, patient_na
         assert guard.find(text) == "a patient name", (patient_name, text)
 
 
+@pytest.mark.parametrize("holder", ["every file", "the RTSTRUCT", "one CT slice"])
+def test_ids_of_other_patient_ids_sequence_are_identity(tmp_path, capsys, holder):
+    """Sixth hostile trial F13: the IDs of OtherPatientIDsSequence (0010,1002) items, the current form of the
+    retired OtherPatientIDs, reached meta.json, dvh.csv, dataset.json, the NIfTI descrip and a mask file name
+    (``PTV_MRN7781234``) with status ok. Now they are identity, in every file or in one object only (a CT slice
+    that is not the one whose header the pseudonymizer reads again), and so are the other names of one CT slice."""
+    from pydicom.dataset import Dataset
+
+    root = tmp_path / "in"
+    truth = hostile.study(
+        root / "p", "VX-20931", 66, patient_name="Vexley^Maribel", extra_organs=2, ct_size=(32, 28, 16)
+    )
+    holders = {
+        "every file": sorted((root / "p").rglob("*.dcm")),
+        "the RTSTRUCT": [truth.struct_file],
+        "one CT slice": [truth.ct_files[len(truth.ct_files) // 2]],
+    }[holder]
+    for path in sorted((root / "p").rglob("*.dcm")):
+        ds = dd.read(path)
+        if path in holders:
+            ds.OtherPatientIDsSequence = [Dataset(), Dataset()]
+            ds.OtherPatientIDsSequence[0].PatientID = "MRN7781234"
+            ds.OtherPatientIDsSequence[0].IssuerOfPatientID = "HOSP2"
+            ds.OtherPatientIDsSequence[1].PatientID = "INS-55190\\QRT88231"
+            ds.PatientBirthName = "Thornquist^Maribel"
+        if path == truth.struct_file:
+            for roi, name in zip(list(ds.StructureSetROISequence)[-2:], ["PTV_MRN7781234", "Thornquist_ins55190"]):
+                roi.ROIName = name
+            ds.StructureSetLabel = "QRT88231"
+        dd.save(ds, path)
+    plain = tmp_path / "plain"
+    assert main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    assert "PTV_MRN7781234" in _names_of(plain, hostile.manifest(plain)[0]), "the ROI name is exported"
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    assert {"PTV_[removed]", "[removed]_[removed]"} <= set(_names_of(out, row)), _names_of(out, row)
+    found = []
+    for where, data in _all_output_bytes(out):
+        squeezed = "".join(c for c in data.decode("utf-8", "replace").casefold() if c.isalnum())
+        found += [f"{n} in {where}" for n in ("mrn7781234", "ins55190", "qrt88231", "thornquist") if n in squeezed]
+    assert not found, found[:10]
+
+
+def test_ids_in_sequences_and_the_patients_other_identifiers_are_read():
+    """F13: an ID in any sequence item (OtherPatientIDsSequence, GroupOfPatientsIdentificationSequence), and the
+    patient's telecom information, clinical-trial subject IDs, admission and service-episode IDs are identity."""
+    from DoseAlignLib.output import pseudonym
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.PatientID = "PX-1001"
+    ds.OtherPatientIDsSequence = [Dataset()]
+    ds.OtherPatientIDsSequence[0].PatientID = "MRN7781234"
+    ds.OtherPatientIDsSequence[0].IssuerOfPatientID = "HOSPITAL2"
+    ds.GroupOfPatientsIdentificationSequence = [Dataset()]
+    ds.GroupOfPatientsIdentificationSequence[0].PatientID = "GRP44127"
+    ds.PatientTelecomInformation = "maribel.vexley@example.org"
+    ds.ClinicalTrialSubjectID = "SUBJ-0042-77"
+    ds.ClinicalTrialSubjectReadingID = "READ-9913"
+    ds.AdmissionID = "ADM6620187"
+    ds.ServiceEpisodeID = "EPI30918"
+    identity = pseudonym.Identity()
+    identity.add_dataset(ds)
+    values = ["MRN7781234", "HOSPITAL2", "GRP44127", "maribel.vexley@example.org", "SUBJ-0042-77", "READ-9913"]
+    values += ["ADM6620187", "EPI30918"]
+    assert set(values) <= identity.identifiers, identity.identifiers
+    assert identity.patient_ids == {"PX-1001"}
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    for value in values:
+        assert "[removed]" in rewriting.text(f"PTV_{value}") and rewriting.guard.find(f"ctv {value}"), value
+
+
 def test_long_name_parts_inside_words_short_ones_only_as_words(tmp_path, capsys):
     import json
 

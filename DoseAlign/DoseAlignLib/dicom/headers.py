@@ -267,6 +267,21 @@ def text(ds: Dataset, keyword: str, default: str = "") -> str:
     return value or default
 
 
+#: The patient's other names (PN) besides PatientName, read from every file the scan reads.
+OTHER_NAME_KEYWORDS = ("OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
+
+
+def other_identity(ds: Dataset) -> tuple:
+    """``(other IDs, other names)`` of a header, beyond PatientID and PatientName: OtherPatientIDs and the PatientID
+    of each OtherPatientIDsSequence item (its current form); the names of :data:`OTHER_NAME_KEYWORDS`. The scan
+    records them for every file, so that a pseudonymized export knows them when one CT slice alone holds them."""
+    ids = [v for v in text(ds, "OtherPatientIDs").split("\\") if v.strip()]
+    for item in ds.get("OtherPatientIDsSequence") or []:
+        ids += [v for v in text(item, "PatientID").split("\\") if v.strip()]
+    names = [text(ds, keyword) for keyword in OTHER_NAME_KEYWORDS]
+    return [v.strip() for v in ids], [n for n in names if n]
+
+
 def value_text(value: Any) -> str:
     """The text of an element's value as the file writes it.
 

@@ -467,6 +467,9 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
     info = obj.info
     info["modality"] = headers.quick_text(ds, "Modality")
     info["patient_name"] = headers.text(ds, "PatientName")
+    other_ids, other_names = headers.other_identity(ds)
+    if other_ids or other_names:  # for --pseudonymize, which reads other headers of one CT slice per series only
+        info["other_ids"], info["other_names"] = other_ids, other_names
     if kind == "CT":
         info["image_position"] = headers.quick_floats(ds, "ImagePositionPatient")
         info["image_orientation"] = headers.quick_floats(ds, "ImageOrientationPatient")

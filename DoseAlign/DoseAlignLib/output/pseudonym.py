@@ -72,7 +72,9 @@ PATH_KEYS = {
     "folder",
     "ct_folder",
 }
-#: Attributes whose values identify a patient or a visit (besides every PN, DA and DT value).
+#: Attributes whose values identify a patient or a visit (besides every PN, DA and DT value), read at the top level
+#: and in sequences (the PatientID and IssuerOfPatientID of each OtherPatientIDsSequence item, the current form of
+#: the retired OtherPatientIDs; those of GroupOfPatientsIdentificationSequence items).
 IDENTIFYING_KEYWORDS = (
     "PatientID",
     "OtherPatientIDs",
@@ -81,7 +83,12 @@ IDENTIFYING_KEYWORDS = (
     "MedicalRecordLocator",
     "PatientAddress",
     "PatientTelephoneNumbers",
+    "PatientTelecomInformation",
     "StudyID",
+    "ClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID",
+    "AdmissionID",
+    "ServiceEpisodeID",
 )
 _UID = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){2,}(?![\w.])")
 _DICOM_DEFINED_UID = "1.2.840.10008."
@@ -247,7 +254,7 @@ class Identity:
         }
 
     def add_dataset(self, ds) -> None:
-        """Collect the identifying values of one header (top level, and PN/DA/DT anywhere in sequences)."""
+        """Collect the identifying values of one header (top level, IDs in sequences, and PN/DA/DT anywhere)."""
         for keyword in IDENTIFYING_KEYWORDS:
             value = ds.get(keyword)
             for item in _values(value):
@@ -257,7 +264,11 @@ class Identity:
                     self.other.add(item)
         for element in _iter_elements(ds):
             vr = getattr(element, "VR", "")
-            if vr == "PN":
+            if vr == "SQ":
+                for item in element.value or []:  # an ID in a sequence (OtherPatientIDsSequence) is another ID
+                    for keyword in IDENTIFYING_KEYWORDS:
+                        self.other.update(_values(item.get(keyword)))
+            elif vr == "PN":
                 for item in _values(element.value):
                     self.add_name(item)
             elif vr in ("DA", "DT"):
@@ -320,7 +331,8 @@ def identity_of_scan(scan, read_header=None) -> Identity:
     """The identity of every object a scan found: UIDs and paths from the scan, values from the headers.
 
     Headers are read for every non-CT object and for one slice of each CT series (names and dates
-    are the same across a series).
+    are the same across a series); the other names and IDs the scan recorded of every file
+    (:func:`~DoseAlignLib.dicom.headers.other_identity`) are added, so one CT slice holding them is enough.
     """
     from ..dicom import headers as dicom_headers
 
@@ -331,6 +343,9 @@ def identity_of_scan(scan, read_header=None) -> Identity:
         if obj.patient_id:
             ident.patient_ids.add(obj.patient_id)
         ident.add_name(obj.info.get("patient_name", ""))
+        for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
+            ident.add_name(name)
+        ident.other.update(obj.info.get("other_ids", ()))
         for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
             if uid:
                 ident.uids.add(uid)
