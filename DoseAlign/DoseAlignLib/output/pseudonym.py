@@ -1481,17 +1481,25 @@ def _guard_plain(char: str, spelling: str, following: str) -> str:
     return spelling.upper() if not following.islower() else spelling.capitalize()
 
 
+_GUARD_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _guard_first_spelling(match) -> str:
+    """A non-ASCII character of a text as its first plain spelling (:func:`_guard_letter`), or as it is."""
+    char = match.group(0)
+    spellings = _guard_letter(char)
+    if not spellings:
+        return char
+    following = match.string[match.end() : match.end() + 1]
+    return _guard_plain(char, spellings[0], following)
+
+
 def _fold(text: str) -> str:
     """The guard's own folding: marks dropped, letters without a decomposition read as their first plain spelling
     (``ł`` as ``l``, ``ø`` as ``o``, ``æ`` as ``ae``), and the German two-letter spellings read as one letter
     (``Müller``, ``Mueller`` and ``Muller`` all become ``muller``; ``Sørensen`` and ``Soerensen`` ``sorensen``)."""
-    text = text.replace("ß", "ss")
-    letters = []
-    for n, char in enumerate(text):
-        spellings = _guard_letter(char) if not char.isascii() else ()
-        following = text[n + 1] if n + 1 < len(text) else ""
-        letters.append(_guard_plain(char, spellings[0], following) if spellings else char)
-    plain = "".join(c for c in unicodedata.normalize("NFKD", "".join(letters)) if not unicodedata.combining(c))
+    text = _GUARD_NON_ASCII.sub(_guard_first_spelling, text.replace("ß", "ss"))
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return re.sub(r"([aouAOU])[eE]", r"\1", plain)
 
 
