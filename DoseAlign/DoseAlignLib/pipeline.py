@@ -8,8 +8,11 @@ structures, the audit and meta.json are made here, the same way for all of them.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -34,6 +37,7 @@ from .geometry.resample import ENGINE_RESAMPLER, Resampler, resample
 from .limits import (
     LimitError,
     case_deadline,
+    check_case_time,
     format_bytes,
     limit_multiple,
     memory_available,
@@ -86,22 +90,6 @@ def run_case(
         return _run_case(case, options, progress, sink, resampler, rewrite_names)
 
 
-def _submit(pool: ThreadPoolExecutor, work: Callable, *args) -> Future:
-    """``pool.submit(work, *args)``; when its thread cannot be started (memory, the thread limit) the work is done
-    here, in the calling thread, and its future returned done (the thread only overlaps it with other work)."""
-    try:
-        return pool.submit(work, *args)
-    except RuntimeError as error:
-        if not thread_not_started(error):
-            raise
-    done: Future = Future()
-    try:
-        done.set_result(work(*args))
-    except Exception as error:  # raised where result() is asked for, as from the thread
-        done.set_exception(error)
-    return done
-
-
 def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resampler, rewrite_names=None) -> CaseResult:
     resampler = resampler or ENGINE_RESAMPLER
     if case.error:
@@ -115,30 +103,37 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     contours = _grid_contours(case, options, geometry, rewrite_names)  # when the grid is centred on or cut to a ROI
     # the CT's pixels are read beside the dose's reading and resampling (both mostly outside the GIL);
     # the resampling needs only the CT's geometry
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dosealign-ct") as reader:
-        ct_reading = _submit(reader, read_ct, case.ct, geometry, options.ct_dtype)
-        report(0.2, "reading and resampling dose")
-        try:
-            doses, dose_meta, native, ct_note, ct_grid, target, how, placement, ct_box = _doses_and_target(
-                case, options, geometry, contours, ct_reading.result
-            )
-            ct_is_output = target.equal(geometry.grid)  # read_ct gives the CT on its own grid
-            if sink is not None and ct_is_output:
+    ct_reading = _in_thread(read_ct, case.ct, geometry, options.ct_dtype)
+    abandoned = threading.Event()  # set when this case gives up waiting for the CT (time limit, SIGTERM)
 
-                def hand_over(done) -> None:  # in the reading thread, as soon as the CT is read
-                    if done.exception() is None:
-                        sink("ct", done.result().array)
+    def read_ct_now():
+        return _wait_for(ct_reading, abandoned, case)
 
-                ct_reading.add_done_callback(hand_over)
-            dose_out, dose_steps = _dose_on(target, native, doses, options.interpolator, resampler)
-            audit_native = native if native is not None else _covering_sum(doses, target, dose_out, dose_meta)
-            half = _to_float16(dose_out, case) if options.dose_dtype == "float16" else None
-            if sink is not None:
-                sink("dose", dose_out)
-        except BaseException:
-            ct_reading.result()  # a CT that cannot be read is reported first, as when read in turn
-            raise
-        ct = ct_reading.result()
+    report(0.2, "reading and resampling dose")
+    try:
+        doses, dose_meta, native, ct_note, ct_grid, target, how, placement, ct_box = _doses_and_target(
+            case, options, geometry, contours, read_ct_now
+        )
+        ct_is_output = target.equal(geometry.grid)  # read_ct gives the CT on its own grid
+        if sink is not None and ct_is_output:
+
+            def hand_over(done) -> None:  # in the reading thread, as soon as the CT is read
+                if done.exception() is None and not abandoned.is_set():
+                    sink("ct", done.result().array)
+
+            ct_reading.add_done_callback(hand_over)
+        dose_out, dose_steps = _dose_on(target, native, doses, options.interpolator, resampler)
+        audit_native = native if native is not None else _covering_sum(doses, target, dose_out, dose_meta)
+        half = _to_float16(dose_out, case) if options.dose_dtype == "float16" else None
+        if sink is not None:
+            sink("dose", dose_out)
+    except (KeyboardInterrupt, LimitError):  # Ctrl-C, SIGTERM, the time limit: the CT is not waited for
+        abandoned.set()
+        raise
+    except BaseException:
+        read_ct_now()  # a CT that cannot be read is reported first, as when read in turn
+        raise
+    ct = read_ct_now()
 
     ct_steps: list = []
     if ct_is_output:
@@ -179,6 +174,67 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     add_structures_and_audit(result, case, options, geometry, contours if options.structures else None)
     report(1.0, "done")
     return result
+
+
+#: Seconds the case's thread waits for a reading thread at a time before it looks at the time limit again (and
+#: lets a signal's handler, e.g. SIGTERM's, run).
+WAIT_SLICE_SECONDS = 0.2
+
+
+def _in_thread(function: Callable, *args) -> Future:
+    """``function(*args)`` in a daemon thread of its own; its :class:`Future`. A reading that never ends (a file
+    system that stopped answering) keeps only that thread: the case gives up at its time limit, and the process
+    can still end (no pool joins the thread on the way out). When no thread can be started (memory, the thread
+    limit), the work is done here, in the calling thread, and its future returned done (the thread only overlaps
+    it with other work)."""
+    future: Future = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = function(*args)
+        except BaseException as error:  # handed to whoever waits for it
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        threading.Thread(target=run, name="dosealign-ct", daemon=True).start()
+    except RuntimeError as error:  # no thread to be had (memory, the thread limit): the work is done here
+        if not thread_not_started(error):
+            raise
+        run()
+    return future
+
+
+def _wait_for(future: Future, abandoned: threading.Event, case: Case):
+    """The result of ``future`` (the case's CT reading), waited for in slices of :data:`WAIT_SLICE_SECONDS`:
+    between them the case's time limit is checked (:class:`LimitError` naming the CT's folder), and a signal's
+    handler runs in this thread as soon as it comes (SIGTERM's :class:`~DoseAlignLib.errors.Terminated`).
+    Either way ``abandoned`` is set: the reading's result, if it ever comes, is not used."""
+    try:
+        while True:
+            try:
+                return future.result(timeout=WAIT_SLICE_SECONDS)
+            except FuturesTimeout:
+                _check_time_reading_ct(case)
+    except (KeyboardInterrupt, LimitError):
+        abandoned.set()
+        raise
+
+
+def _check_time_reading_ct(case: Case) -> None:
+    first = case.ct.slices[0] if case.ct is not None and case.ct.slices else None
+    folder = str(Path(first.rel_path).parent) if first is not None else None
+    try:
+        check_case_time()
+    except LimitError as error:
+        raise LimitError(
+            f"{error.message}: its CT was still being read",
+            path=f"{folder}/" if folder not in (None, ".") else None,
+            hint=error.hint,
+        ) from None
 
 
 #: Bytes per native dose voxel the audit takes when the dose grid is not the output grid (measured: the

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -297,3 +300,149 @@ def test_a_deep_folder_chain_costs_work_linear_in_its_depth(store, tmp_path, mon
     assert [rel for rel, _reason in result.skipped] == ["/".join(["a"] * depth + ["x.txt"])]
     # a few stat calls per folder and file; the quadratic walk made about depth**2 / 2 = 80 000
     assert calls["stat"] < 10 * depth, calls
+
+
+# ---- the input changes between the scan and the case (sixth hostile trial, D) ----------------------------
+
+#: ``dosealign ARGS...`` with the case of patient ``sys.argv[1]`` changed just before it runs (after the scan):
+#: its ``sys.argv[2]`` file (ct: a CT slice, dose, struct) replaced by a named pipe, removed, or made unreadable.
+CHANGED_AFTER_SCAN = """
+import os, sys
+from DoseAlignLib import batch
+from DoseAlignLib.cli import main
+patient, what, how = sys.argv[1:4]
+real = batch.run_case
+def changed(case, *args, **kwargs):
+    if case.case_id.startswith(patient + "_"):
+        obj = {"ct": lambda: case.ct.slices[len(case.ct.slices) // 2], "dose": lambda: case.doses[0],
+               "struct": lambda: case.structs[0]}[what]()
+        print("CHANGED", obj.rel_path, flush=True)
+        if how == "fifo":
+            os.remove(obj.path)
+            os.mkfifo(obj.path)
+        elif how == "removed":
+            os.remove(obj.path)
+        else:
+            os.chmod(obj.path, 0)
+    return real(case, *args, **kwargs)
+batch.run_case = changed
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory) -> Path:
+    """Three patients with structure sets."""
+    root = tmp_path_factory.mktemp("toctou") / "in"
+    for n in range(3):
+        hostile.study(root / f"p{n}", f"TOC-{n}", 60 + n)
+    return root
+
+
+@pytest.mark.parametrize("what", ["ct", "dose", "struct"])
+@pytest.mark.parametrize(
+    "how, reason",
+    [
+        ("fifo", "cannot be read: not a regular file (a named pipe): not opened"),
+        ("removed", "cannot be read: it was removed after the scan"),
+        ("unreadable", "cannot be read: Permission denied"),
+    ],
+)
+def test_an_input_file_changed_after_the_scan_fails_its_case_by_name(trio, tmp_path, what, how, reason):
+    """From the sixth hostile trial (F4, F5): a CT slice replaced by a named pipe after the scan blocked the
+    export for ever (the case's reader opened it without the scan's regular-file check, and the case waited for
+    that reader without a limit: neither DOSEALIGN_CASE_SECONDS nor SIGTERM ended it); removed, it was an
+    'internal error (FileNotFoundError ...); please report it' with a traceback; a structure set gone was
+    exported 'ok' without masks. Now each fails its case, naming the file and why, and the next case runs."""
+    prefix = _unprivileged() if how == "unreadable" else []
+    root = tmp_path / "in"
+    shutil.copytree(trio, root)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", CHANGED_AFTER_SCAN, "TOC-1", what, how]
+        + ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"],
+        env=hostile.ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    changed = done.stdout.split("CHANGED ", 1)[1].split("\n", 1)[0]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "please report" not in done.stdout + done.stderr, done.stderr
+    rows = {r["patient"]: r for r in hostile.manifest(out)}
+    assert rows["TOC-1"]["status"] == "failed" and rows["TOC-1"]["reason"] == f"{changed}: {reason}", rows["TOC-1"]
+    assert rows["TOC-0"]["status"] == rows["TOC-2"]["status"] == "ok", rows
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+#: ``dosealign ARGS...`` whose CT reading never ends for patient ``sys.argv[1]`` (a file system that stopped
+#: answering); it says ``BLOCKED`` when it starts waiting.
+CT_READING_BLOCKS = """
+import sys, threading
+from DoseAlignLib import pipeline
+from DoseAlignLib.cli import main
+patient = sys.argv[1]
+real = pipeline.read_ct
+def blocked(series, *args, **kwargs):
+    if series.slices[0].rel_path.startswith(patient + "/"):
+        print("BLOCKED", flush=True)
+        threading.Event().wait()
+    return real(series, *args, **kwargs)
+pipeline.read_ct = blocked
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_case_waiting_for_a_reader_that_never_returns_stops_at_its_time_limit(trio, tmp_path):
+    """The case waited for its CT reading thread without a limit (F4): now it looks at DOSEALIGN_CASE_SECONDS
+    while it waits, fails at the limit naming where it was, and the next case runs."""
+    out = tmp_path / "out"
+    start = time.monotonic()
+    done = hostile.python(
+        CT_READING_BLOCKS,
+        "p1",
+        "export",
+        str(trio),
+        str(out),
+        "--quiet",
+        "--workers",
+        "1",
+        "--no-qa-png",
+        env={"DOSEALIGN_CASE_SECONDS": "3"},
+        timeout=120,
+    )
+    assert "BLOCKED" in done.stdout
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert time.monotonic() - start < 60
+    rows = {r["patient"]: r for r in hostile.manifest(out)}
+    assert rows["TOC-1"]["status"] == "failed", rows["TOC-1"]
+    assert rows["TOC-1"]["reason"].startswith("p1/: the case took longer than the limit of 3 s: its CT was still")
+    assert rows["TOC-0"]["status"] == rows["TOC-2"]["status"] == "ok", rows
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_sigterm_ends_a_case_waiting_for_a_reader_that_never_returns(trio, tmp_path):
+    """SIGTERM was ignored while the case waited for its CT reading thread (F4: only SIGKILL ended the export,
+    leaving its temporary entries). Now it ends the export as always: exit 143, nothing temporary left."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-c", CT_READING_BLOCKS, "p0", "export", str(trio), str(out), "--workers", "1"],
+        env=hostile.ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )
+    try:
+        assert process.stdout.readline().strip() == "BLOCKED"
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, (process.returncode, stderr)
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr, stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], "temporary entries left"

@@ -43,8 +43,29 @@ SOP_CLASS_KIND = {
 DEFER_BYTES = 64 * 1024
 
 
+#: Why a file the scan listed cannot be opened any more because it is gone (the reason of a case's failure).
+REMOVED_AFTER_SCAN = "it was removed after the scan"
+
+
+def unreadable(error: OSError, path, removed: str = REMOVED_AFTER_SCAN) -> UnreadableError:
+    """The :class:`UnreadableError` for an input file that could not be opened or read (``error``): gone since
+    it was listed (``removed`` says when), refused as no regular file (a named pipe, a device: never opened),
+    not permitted, an I/O error; or this process's open-file limit, which is not the file's fault."""
+    limit_reached = too_many_open_files(error)
+    if limit_reached:
+        return UnreadableError(f"cannot be opened now: {limit_reached}; not a fault of the file", path=path)
+    if isinstance(error, FileNotFoundError):
+        return UnreadableError(f"cannot be read: {removed}", path=path)
+    return UnreadableError(f"cannot be read: {error.strerror or one_line(error)}", path=path)
+
+
 def read_header(
-    path: Path, *, stop_before_pixels: bool = True, defer_large: bool = False, deadline: Optional[Deadline] = None
+    path: Path,
+    *,
+    stop_before_pixels: bool = True,
+    defer_large: bool = False,
+    deadline: Optional[Deadline] = None,
+    removed: str = REMOVED_AFTER_SCAN,
 ) -> Dataset:
     """Read a DICOM file's data set (without pixel data by default).
 
@@ -54,7 +75,9 @@ def read_header(
     but only when they start like a data set and kept only when they look like DICOM (carry a
     SOPClassUID or Modality). Only regular files are opened (a named pipe or device is refused,
     never waited on); a deflated data set may inflate to at most the limit of
-    :func:`~DoseAlignLib.limits.inflate_bytes`; ``deadline`` bounds the time spent reading.
+    :func:`~DoseAlignLib.limits.inflate_bytes`; ``deadline`` bounds the time spent reading. A file that cannot
+    be opened or read is an :class:`UnreadableError` (:func:`unreadable`; ``removed`` says when a missing file
+    went: the scan reads files it has just listed).
     """
     try:
         with warnings.catch_warnings():
@@ -81,12 +104,7 @@ def read_header(
     except (InputError, LimitError):
         raise
     except OSError as error:
-        limit_reached = too_many_open_files(error)  # the process's limit, not the file
-        if limit_reached:
-            raise UnreadableError(
-                f"cannot be opened now: {limit_reached}; not a fault of the file", path=path
-            ) from None
-        raise UnreadableError(f"cannot be read: {error.strerror or one_line(error)}", path=path) from None
+        raise unreadable(error, path, removed) from None
     except Exception as error:  # pydicom raises many types on damaged files
         raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {one_line(error)}", path=path) from None
 
@@ -449,18 +467,23 @@ def read_pixels_into(path: Path, position: dict, out: np.ndarray) -> bool:
     """Read a slice's stored values from ``position`` straight into ``out`` (rows x columns, 16-bit).
 
     The element header just before the position is checked first (tag, VR, length); False when it
-    does not describe ``out``'s bytes, and the caller decodes with pydicom instead.
+    does not describe ``out``'s bytes, and the caller decodes with pydicom instead. The file is opened only
+    as a regular file (a named pipe put in its place since the scan is refused, never waited on); one that
+    cannot be opened or read is an :class:`UnreadableError` naming it (:func:`unreadable`).
     """
     offset = position["offset"]
-    with open(path, "rb") as handle:
-        handle.seek(max(offset - 12, 0))
-        header = handle.read(min(offset, 12))
-        explicit = len(header) == 12 and header[:4] == _PIXEL_TAG and header[4:6] in (b"OW", b"OB")
-        implicit = len(header) >= 8 and header[-8:-4] == _PIXEL_TAG
-        length = int.from_bytes(header[-4:], "little") if (explicit or implicit) else -1
-        if length != out.nbytes:
-            return False
-        count = handle.readinto(memoryview(out).cast("B"))
+    try:
+        with open_regular(path) as handle:
+            handle.seek(max(offset - 12, 0))
+            header = handle.read(min(offset, 12))
+            explicit = len(header) == 12 and header[:4] == _PIXEL_TAG and header[4:6] in (b"OW", b"OB")
+            implicit = len(header) >= 8 and header[-8:-4] == _PIXEL_TAG
+            length = int.from_bytes(header[-4:], "little") if (explicit or implicit) else -1
+            if length != out.nbytes:
+                return False
+            count = handle.readinto(memoryview(out).cast("B"))
+    except OSError as error:
+        raise unreadable(error, path) from None
     if count != out.nbytes:
         raise InputError(
             f"pixel data is truncated ({count} of {out.nbytes} bytes)", path=path, tag="(7FE0,0010) PixelData"

@@ -193,7 +193,7 @@ def _scan_file(root: Path, path: Path):
         return ("unreadable", rel, f"cannot be looked at: {error.strerror or error}", path)
     try:
         deadline = Deadline(scan_file_seconds(), "reading this file's header", "DOSEALIGN_SCAN_FILE_SECONDS")
-        ds = headers.read_header(path, defer_large=True, deadline=deadline)
+        ds = headers.read_header(path, defer_large=True, deadline=deadline, removed="it was removed during the scan")
         if _is_dicomdir(ds):
             return ("ignored", rel, DICOMDIR_REASON, path)
         _check_identity(ds, path)

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..dicom.rtstruct import is_structure_set_defect, plane_spacing, read_structure_set
-from ..errors import DoseAlignError
+from ..errors import DoseAlignError, UnreadableError
 from ..geometry.resample import resample
 from ..limits import LimitError
 from ..options import Interpolator
@@ -50,8 +50,8 @@ def read_case_contours(
                     frame_of_reference_uid=case.ct.frame_of_reference_uid or None,
                 )
             )
-        except LimitError:  # the case's time limit: the case stops, not just this structure set
-            raise
+        except (LimitError, UnreadableError):  # the case's time limit, or a file gone or unreadable since the scan
+            raise  # (a named pipe put in its place, its permissions taken away): the case stops, named
         except DoseAlignError as error:
             contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": str(error)})
     contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None), rewrite_names)
