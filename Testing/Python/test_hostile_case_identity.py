@@ -278,6 +278,39 @@ def test_a_users_file_among_dosealigns_masks_is_not_deleted(study, tmp_path, cap
     assert "masks/my_edit.nii.gz" in hostile.manifest(out)[0]["reason"]
 
 
+def test_folders_and_files_named_like_desktop_litter_are_the_users(study, tmp_path, capsys):
+    """From the sixth hostile trial (F2): a user's folders named like desktop litter (`._thesis/`, `.DS_Store/`),
+    with their files, were deleted by a plain re-export, as were any `._*` files. Only regular files by those
+    names are litter, and a `._*` file only when it is AppleDouble (it starts with 00 05 16 07)."""
+    root, _truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    (row,) = hostile.manifest(out)
+    folder = out / row["case_id"]
+    (folder / "._thesis").mkdir()
+    (folder / "._thesis" / "ch3.tex").write_text("draft")
+    (folder / ".DS_Store").mkdir()
+    (folder / ".DS_Store" / "precious.txt").write_text("data")
+    (folder / "._notes.txt").write_text("mine")  # named like AppleDouble, but text
+    (folder / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")  # litter
+    (folder / "._pair.npz").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00")  # AppleDouble: litter
+    before = hostile.snapshot(folder)
+    capsys.readouterr()
+    assert _export(root, out) == 1
+    capsys.readouterr()
+    assert hostile.snapshot(folder) == before
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed", row
+    assert "holds entries DoseAlign did not write (.DS_Store/, ._notes.txt, ._thesis/)" in row["reason"], row
+    for user in ("._thesis", ".DS_Store", "._notes.txt"):
+        shutil.move(str(folder / user), str(tmp_path / user))
+    assert _export(root, out) == 0  # what is left is litter: it goes with the old folder
+    capsys.readouterr()
+    assert hostile.manifest(out)[0]["status"] == "ok"
+    assert not (folder / "Thumbs.db").exists() and not (folder / "._pair.npz").exists()
+    assert (tmp_path / "._thesis" / "ch3.tex").read_text() == "draft"
+
+
 @pytest.mark.parametrize(
     "extra", [("--format", "npz,nifti,nrrd,hdf5,openkbp"), ("--layout", "npy")], ids=["formats", "npy"]
 )

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import zipfile
 import zlib
 from pathlib import Path
@@ -737,8 +738,28 @@ CASE_FILES = frozenset(
 )
 #: Folders of a DoseAlign case folder (masks of --format nifti and nrrd, --format openkbp's files).
 CASE_FOLDERS = ("masks", "openkbp")
-#: What desktops leave in any folder they show: nobody's work.
+#: Files desktops leave in any folder they show: nobody's work (see :func:`is_litter`).
 _LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+#: The first bytes of an AppleDouble file (``._name``, the resource fork macOS writes beside a file on other disks).
+APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07"
+
+
+def is_litter(path) -> bool:
+    """Whether the entry ``path`` is desktop litter, nobody's work: a regular file (not a link, not a folder) named
+    ``.DS_Store``, ``Thumbs.db`` or ``desktop.ini``, or an AppleDouble file: named ``._*`` and starting with
+    :data:`APPLEDOUBLE_MAGIC`. A folder by such a name, or a ``._notes.txt`` of other content, is someone's."""
+    name = os.path.basename(path)
+    if name not in _LITTER and not name.startswith("._"):
+        return False
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        if name in _LITTER:
+            return True
+        with open_regular(path) as handle:
+            return handle.read(len(APPLEDOUBLE_MAGIC)) == APPLEDOUBLE_MAGIC
+    except OSError:  # gone or unreadable: not known to be litter
+        return False
 
 
 def foreign_entries(folder: Path) -> list:
@@ -747,7 +768,7 @@ def foreign_entries(folder: Path) -> list:
 
     DoseAlign's are its fixed names (:data:`CASE_FILES`), the files meta.json lists (``exports``, ``storage``),
     inside :data:`CASE_FOLDERS` (when meta.json lists none there: the whole folder), runs' temporary
-    entries; desktop litter (``.DS_Store``) is nobody's.
+    entries; desktop litter (:func:`is_litter`: regular files only) is nobody's.
     """
     folder = Path(folder)
     try:
@@ -758,7 +779,7 @@ def foreign_entries(folder: Path) -> list:
     found = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         name = entry.name
-        if name in _LITTER or name.startswith("._") or is_run_entry(name):
+        if is_run_entry(name) or is_litter(entry.path):
             continue
         is_dir = entry.is_dir(follow_symlinks=False)
         if not is_dir and (name in CASE_FILES or (name.endswith(".npy") and (recorded is None or name in recorded))):
@@ -779,7 +800,8 @@ def _unlisted(case: Path, folder: Path, listed: set) -> list:
         dirs.sort()
         for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
             rel = Path(base, name).relative_to(case).as_posix()
-            if rel not in listed and name not in _LITTER and not name.startswith("._") and not is_run_entry(name):
+            path = os.path.join(base, name)
+            if rel not in listed and not is_run_entry(name) and not is_litter(path):
                 out.append(rel)
     return out
 
