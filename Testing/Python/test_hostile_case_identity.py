@@ -278,6 +278,56 @@ def test_a_users_file_among_dosealigns_masks_is_not_deleted(study, tmp_path, cap
     assert "masks/my_edit.nii.gz" in hostile.manifest(out)[0]["reason"]
 
 
+def test_files_by_output_names_that_the_case_did_not_write_are_the_users(study, tmp_path, capsys):
+    """From the sixth hostile trial (F3): after an export without qa.png and NIfTI, the user's own `ct.nii.gz` and
+    `qa.png` in the case folder were deleted by a plain re-export, being named like DoseAlign's outputs. meta.json
+    records the files its export wrote (`case_files`); any other file is the user's. A meta.json without that
+    record (an earlier version) keeps the rule by name."""
+    root, _truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    (row,) = hostile.manifest(out)
+    folder = out / row["case_id"]
+    written = _meta(out, row["case_id"])["case_files"]
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == written
+    assert "meta.json" in written and "pair.npz" in written and "qa.png" not in written
+    (folder / "ct.nii.gz").write_bytes(b"the user's own CT")
+    (folder / "qa.png").write_bytes(b"the user's own picture")
+    before = hostile.snapshot(folder)
+    capsys.readouterr()
+    assert _export(root, out) == 1
+    capsys.readouterr()
+    assert hostile.snapshot(folder) == before
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed", row
+    assert "holds entries DoseAlign did not write (ct.nii.gz, qa.png)" in row["reason"], row
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    del meta["case_files"]  # as an earlier version wrote it
+    (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert _export(root, out) == 0
+    capsys.readouterr()
+    assert not (folder / "qa.png").exists() and "case_files" in _meta(out, row["case_id"])
+
+
+def test_formats_added_by_resume_are_recorded_as_the_cases_own(study, tmp_path, capsys):
+    """No false refusal from the record (F3): files --resume adds to a kept case (a format asked for later) are
+    in its case_files, so that a later plain export replaces the folder."""
+    pytest.importorskip("nibabel")
+    root, _truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    assert _export(root, out, "--resume", "--format", "nifti") == 0
+    (row,) = hostile.manifest(out)
+    folder = out / row["case_id"]
+    assert (folder / "ct.nii.gz").is_file() and row["status"] == "skipped"
+    written = _meta(out, row["case_id"])["case_files"]
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == written
+    capsys.readouterr()
+    assert _export(root, out) == 0
+    capsys.readouterr()
+    assert hostile.manifest(out)[0]["status"] == "ok" and not (folder / "ct.nii.gz").exists()
+
+
 def test_folders_and_files_named_like_desktop_litter_are_the_users(study, tmp_path, capsys):
     """From the sixth hostile trial (F2): a user's folders named like desktop litter (`._thesis/`, `.DS_Store/`),
     with their files, were deleted by a plain re-export, as were any `._*` files. Only regular files by those

@@ -624,6 +624,8 @@ class CaseOutput:
             if self.storage["layout"] != "npz" or self.storage["compress"] or self.storage["dtypes"]:
                 result.meta["storage"] = self._storage_meta(arrays)
             write_dvh_csv(self.temp, result)  # the reference DVHs (audit), when the case has them
+            # what this export wrote: a later export replaces only a folder that holds nothing else
+            result.meta["case_files"] = sorted(_files_below(self.temp) + ["meta.json"])
             (self.temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
             fsync_tree(self.temp)  # the data are on the disk before the folder appears complete
             final = case_dir(self.out_dir, result.case_id)
@@ -652,6 +654,14 @@ class CaseOutput:
     def discard(self) -> None:
         self._npz.abort()
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _files_below(folder: Path) -> list:
+    """The files below ``folder``, as paths relative to it (posix)."""
+    found = []
+    for base, _dirs, files in os.walk(folder):
+        found.extend(Path(base, name).relative_to(folder).as_posix() for name in files)
+    return found
 
 
 def _replace_dir(temp: Path, final: Path, meta: Optional[dict] = None) -> None:
@@ -766,15 +776,20 @@ def foreign_entries(folder: Path) -> list:
     """Entries of the case folder ``folder`` that DoseAlign did not write (a user's ``notes.txt``, an
     ``annotations/`` folder, a file among the masks), as paths relative to it (folders end with ``/``).
 
-    DoseAlign's are its fixed names (:data:`CASE_FILES`), the files meta.json lists (``exports``, ``storage``),
-    inside :data:`CASE_FOLDERS` (when meta.json lists none there: the whole folder), runs' temporary
-    entries; desktop litter (:func:`is_litter`: regular files only) is nobody's.
+    DoseAlign's are the files its meta.json lists as written (``case_files``), runs' temporary entries; desktop
+    litter (:func:`is_litter`: regular files only) is nobody's. A meta.json of an earlier version, without
+    ``case_files``: its fixed names (:data:`CASE_FILES`), the files it lists (``exports``, ``storage``), inside
+    :data:`CASE_FOLDERS` (when it lists none there: the whole folder). A damaged meta.json: the fixed names, the
+    ``.npy`` files and the whole of :data:`CASE_FOLDERS`.
     """
     folder = Path(folder)
     try:
         meta = load_meta(folder)
     except DoseAlignError:  # damaged: what it lists is not trusted, its folders and .npy files count as DoseAlign's
         meta = None
+    written = _written_files(meta)
+    if written is not None:
+        return _not_written(folder, written)
     recorded = _recorded_files(meta) if isinstance(meta, dict) else None
     found = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
@@ -790,6 +805,32 @@ def foreign_entries(folder: Path) -> list:
                 found.extend(_unlisted(folder, Path(entry.path), below))
             continue
         found.append(name + ("/" if is_dir else ""))
+    return found
+
+
+def _written_files(meta) -> Optional[set]:
+    """The files meta.json records as written by its export (``case_files``), or None when it records none."""
+    listed = meta.get("case_files") if isinstance(meta, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+        return None
+    return set(listed)
+
+
+def _not_written(folder: Path, written: set) -> list:
+    """:func:`foreign_entries` of a case folder whose meta.json records the files its export wrote."""
+    found = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        name = entry.name
+        if is_run_entry(name) or is_litter(entry.path):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            below = {p for p in written if p.startswith(name + "/")}
+            if below:  # a folder it wrote (masks/, openkbp/): what else is in it
+                found.extend(_unlisted(folder, Path(entry.path), below))
+            else:
+                found.append(name + "/")
+        elif name not in written:
+            found.append(name)
     return found
 
 

@@ -302,6 +302,8 @@ class ExportFormats:
         merged = dict(meta.get("exports") or base_exports(meta))
         merged.update({k: v for k, v in exports.items() if k not in ("npz", "npy")})
         meta["exports"] = merged
+        if isinstance(meta.get("case_files"), list):  # the files added are the case folder's own too
+            meta["case_files"] = sorted(set(meta["case_files"]) | {p.relative_to(work).as_posix() for p in files})
         temp = temp_path(folder / "meta.json")
         temp.write_text(json_text(meta), encoding="utf-8")
         temp.replace(folder / "meta.json")
