@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from DoseAlignLib.cli import main
+from pydicom.uid import generate_uid
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,51 @@ def test_beam_doses_sharing_a_uid_with_different_doses_fail(clean, tmp_path, cap
     code, rows, out = _export(root, tmp_path / "again", capsys)
     assert code == 0
     _same_as_clean_arrays(clean, "beams", out, rows)
+
+
+def _recalculated_beam(first: Path, scale: float) -> Path:
+    """A second dose of ``first``'s beam beside it: a new SOPInstanceUID, the dose scaled by ``scale``."""
+    second = first.with_name("zz-recalc-" + first.name)
+    shutil.copy(first, second)
+    ds = dd.read(second)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[first.name, str(scale)])
+    ds.DoseGridScaling = str(float(ds.DoseGridScaling) * scale)
+    dd.save(ds, second)
+    return second
+
+
+def test_two_different_doses_of_one_beam_fail_the_beam_sum(clean, tmp_path, capsys):
+    """Sixth hostile trial F14: a recalculated beam dose beside the old one (a new SOPInstanceUID, the dose
+    x1.1) was left out of the sum by file name (the first won), the case ok with empty warnings: renaming
+    the files decided the dose. Two different doses of one beam now fail the case naming both; the same
+    dose under another UID is a copy, used once."""
+    root = _copy(clean, "beams", tmp_path)
+    first = root / _rel(clean, "beams", clean["beams"].dose_files[0])
+    second = _recalculated_beam(first, 1.1)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, first.name, second.name, "two different doses of beam", "(300C,0006)")
+    second.unlink()
+    _recalculated_beam(first, 1.0)  # the same dose, another UID
+    code, rows, out = _export(root, tmp_path / "again", capsys)
+    assert code == 0
+    _same_as_clean_arrays(clean, "beams", out, rows)
+
+
+def test_two_different_doses_of_one_beam_beside_a_plan_dose_are_said(tmp_path, capsys):
+    """F14 with a PLAN dose: the case exports the PLAN dose (the BEAM doses only feed the audit's beam-sum
+    check), so it stays ok, with a warning naming both beam doses and the one the check uses."""
+    truth = hostile.study(tmp_path / "in" / "p", "WRONG-3", 7, write_beam_doses=True)
+    first = Path(truth.dose_files[1])
+    second = _recalculated_beam(first, 1.1)
+    code, rows, out = _export(tmp_path / "in", tmp_path, capsys)
+    assert code == 0, rows
+    (row,) = rows
+    assert row["summation_type"] == "PLAN"
+    for phrase in (first.name, second.name, "two different doses of beam", "check of the PLAN dose"):
+        assert phrase in row["warnings"], row["warnings"]
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert any(second.name in w for w in meta["warnings"]), meta["warnings"]
 
 
 def _same_as_clean_arrays(clean: dict, name: str, out: Path, rows: list) -> None:

@@ -1,8 +1,9 @@
 """Which doses make one case: PLAN doses alone, the BEAM doses of a plan summed, each beam once.
 
-A sum of BEAM doses stands for the plan only when it counts every treated beam exactly once: copies,
-second doses of a beam and multi-beam doses already covered by single-beam doses are left out (with
-the reason), and a sum that would miss or double a beam is refused.
+A sum of BEAM doses stands for the plan only when it counts every treated beam exactly once: copies
+(also a second dose of a beam holding the same dose) and multi-beam doses already covered by single-beam
+doses are left out (with the reason); a sum that would miss or double a beam, or whose beam has two
+different doses, is refused.
 """
 
 from __future__ import annotations
@@ -71,6 +72,41 @@ def conflicting_copies(doses: list) -> Optional[str]:
                 "different doses: which one belongs to the sum cannot be told ((0008,0018) SOPInstanceUID; "
                 "remove the wrong file)"
             )
+    return None
+
+
+def conflicting_beam_doses(doses: list, beside_plan_dose: bool = False) -> Optional[str]:
+    """Two doses of one beam (or set of beams) under different SOPInstanceUIDs that hold different doses.
+
+    :func:`beam_doses_to_sum` keeps the first by file name; a second dose that is the same image (the same
+    pixel data, geometry and scaling, as :func:`~DoseAlignLib.dicom.scan.same_content` compares them) is
+    a copy and harmless; a different one is a recalculated (or wrong) beam beside the old one, and which
+    of the two the treatment used cannot be told: renaming the files would decide the case's dose.
+    ``beside_plan_dose``: the doses are a PLAN dose's related BEAM doses (only the audit's beam-sum check
+    meets them; the message says which one it uses).
+    """
+    ordered = sorted(doses, key=lambda d: d.rel_path)
+    keep, _left_out = beam_doses_to_sum(ordered)
+    kept_uids = {d.sop_instance_uid for d in keep if d.sop_instance_uid}
+    first: dict = {}
+    for dose in keep:
+        first.setdefault(tuple(dose.info.get("beam_numbers") or []), dose)
+    for dose in ordered:
+        if dose in keep or (dose.sop_instance_uid and dose.sop_instance_uid in kept_uids):
+            continue  # kept, or a copy under a kept UID (conflicting_copies compares those)
+        beams = tuple(dose.info.get("beam_numbers") or [])
+        seen = first.get(beams)
+        if seen is not None and not same_content(seen.path, dose.path):
+            which = f"beam {beams[0]}" if len(beams) == 1 else f"beams {list(beams)}"
+            told = (
+                f"RTDOSE {seen.rel_path} and {dose.rel_path} are two different doses of {which} (SOPInstanceUIDs "
+                f"{seen.sop_instance_uid} and {dose.sop_instance_uid}): which one the treatment used cannot be told "
+                "((300C,0006) ReferencedBeamNumber, (0008,0018) SOPInstanceUID; remove the dose that is not the "
+                "treated one"
+            )
+            if beside_plan_dose:
+                return f"{told}); the check of the PLAN dose against its BEAM doses uses {seen.rel_path}"
+            return f"{told}, or add the plan's PLAN dose)"
     return None
 
 

@@ -16,6 +16,7 @@ from ..errors import DoseAlignError
 from .beams import (
     SUMMED_BEAMS,
     beam_doses_to_sum,
+    conflicting_beam_doses,
     conflicting_copies,
     dose_groups,
     missing_beams,
@@ -59,11 +60,16 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
             case.error = (
                 case.error
                 or (conflicting_copies(group[1]) if group[0] == SUMMED_BEAMS else None)
+                or (conflicting_beam_doses(group[1]) if group[0] == SUMMED_BEAMS else None)
                 or _conflicting_slices(case)
                 or _structure_set_copies(case)
                 or _overlong_patient_id(case)
                 or _identity_mismatch(case)
             )
+        if group[0] == "PLAN" and case.related_beam_doses and case.error is None:
+            conflict = conflicting_beam_doses(case.related_beam_doses, beside_plan_dose=True)
+            if conflict:  # the exported dose is the PLAN dose; only the beam-sum check of the audit meets them
+                case.warnings.append(conflict)
         if case.plan is not None:
             used_plans.add(case.plan.sop_instance_uid)
         used_structs.update(s.rel_path for s in case.structs)
