@@ -267,3 +267,86 @@ def test_one_structure_set_in_two_encodings_is_one(plain, tmp_path, copy):
         assert sorted(a.files) == sorted(b.files)
         for name in a.files:
             np.testing.assert_array_equal(a[name], b[name])
+
+
+# ---- CLOSEDPLANAR_XOR (PS3.3 C.8.8.6.3) ------------------------------------------------------------
+
+
+def _ring_rtstruct(kinds: tuple) -> list:
+    """One ROI on three planes: an outer square and an inner one (the hole), of geometric types ``kinds``."""
+    from rt_builders import make_rtstruct, rect
+
+    contours = []
+    for z in (0.0, 3.0, 6.0):
+        contours.append((kinds[0], rect(-20, -20, 20, 20, z)))
+        contours.append((kinds[1], rect(-8, -8, 8, 8, z)))
+    return make_rtstruct([{"number": 1, "name": "Ring", "type": "ORGAN", "contours": contours}])
+
+
+def test_closedplanar_xor_contours_make_the_same_mask_and_a_ring_has_its_hole():
+    """Sixth hostile trial F8: CLOSEDPLANAR_XOR contours (PS3.3 C.8.8.6.3: combined by exclusive disjunction)
+    were not read: the ROI was left out with status ok. Read, the XOR of an outer and an inner contour is the
+    ring with its hole, voxel for voxel the mask the same contours make as CLOSED_PLANAR (even-odd)."""
+    from DoseAlignLib.dicom.rtstruct import read_structure_set
+    from DoseAlignLib.geometry.grid import Grid
+    from DoseAlignLib.structures.rasterize import rasterize_roi
+
+    grid = Grid.from_spacing((12, 60, 60), (1.0, 1.0, 0.75), (-29.5, -29.5, -1.5), frame_of_reference_uid="1.2.3.4")
+    masks = {}
+    for kinds in (("CLOSED_PLANAR", "CLOSED_PLANAR"), ("CLOSEDPLANAR_XOR", "CLOSEDPLANAR_XOR")):
+        (roi,) = read_structure_set(_ring_rtstruct(kinds), rel_path="rs.dcm")
+        assert roi.skipped is None, roi.skipped
+        masks[kinds[0]] = rasterize_roi(roi, grid, thickness_mm=3.0).full(grid.shape)
+    xor = masks["CLOSEDPLANAR_XOR"]
+    np.testing.assert_array_equal(xor, masks["CLOSED_PLANAR"])
+    yy, xx = np.meshgrid(-29.5 + np.arange(60), -29.5 + np.arange(60), indexing="ij")
+    ring = ((np.abs(xx) < 20) & (np.abs(yy) < 20)) & ~((np.abs(xx) < 8) & (np.abs(yy) < 8))
+    np.testing.assert_array_equal(xor[4], ring)  # z = 1.5: the hole is a hole
+    assert not xor[4, 30, 30] and xor[4, 30, 15]  # (x, y) = (0.5, 0.5) in the hole, (-14.5, 0.5) in the ring
+
+
+def test_an_roi_mixing_closed_planar_and_xor_contours_is_left_out_with_the_reason():
+    from DoseAlignLib.dicom.rtstruct import is_structure_set_defect, read_structure_set
+
+    (roi,) = read_structure_set(_ring_rtstruct(("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")), rel_path="rs.dcm")
+    assert roi.skipped and "mixes CLOSED_PLANAR and CLOSEDPLANAR_XOR" in roi.skipped and "(3006,0042)" in roi.skipped
+    assert is_structure_set_defect(roi.skipped)  # said as a case warning, not only in meta.json
+
+
+def test_an_export_reads_closedplanar_xor_rois_like_closed_planar_ones(plain, tmp_path):
+    """F8 end to end: every contour of every ROI relabelled CLOSEDPLANAR_XOR exports the plain masks; one ROI
+    mixing the two types is left out with a case warning in the manifest."""
+    base, truth, out = plain
+    xor_in = tmp_path / "xor"
+    shutil.copytree(base / "in", xor_in)
+    struct = xor_in / truth.struct_file.relative_to(base / "in")
+    ds = dd.read(struct)
+    for item in ds.ROIContourSequence:
+        for contour in item.get("ContourSequence", []):
+            if contour.ContourGeometricType == "CLOSED_PLANAR":
+                contour.ContourGeometricType = "CLOSEDPLANAR_XOR"
+    dd.save(ds, struct)
+    xor_out = tmp_path / "xor-out"
+    done = hostile.dosealign("export", str(xor_in), str(xor_out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = hostile.manifest(xor_out)
+    (expected,) = hostile.manifest(out)
+    assert row["n_rois"] == expected["n_rois"] and row["warnings"] == expected["warnings"], (row, expected)
+    with np.load(xor_out / row["case_id"] / "pair.npz") as a, np.load(out / expected["case_id"] / "pair.npz") as b:
+        np.testing.assert_array_equal(a["masks"], b["masks"])
+    meta = json.loads((xor_out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert (
+        meta["structures"]["skipped"]
+        == json.loads((out / expected["case_id"] / "meta.json").read_text(encoding="utf-8"))["structures"]["skipped"]
+    )
+    assert any("CLOSEDPLANAR_XOR" in note for roi in meta["structures"]["rois"] for note in roi.get("notes", []))
+    # one contour of one ROI back to CLOSED_PLANAR: that ROI is left out, said in the manifest's warnings
+    item = next(i for i in ds.ROIContourSequence if len(i.get("ContourSequence", [])) > 1)
+    item.ContourSequence[0].ContourGeometricType = "CLOSED_PLANAR"
+    dd.save(ds, struct)
+    mixed_out = tmp_path / "mixed-out"
+    done = hostile.dosealign("export", str(xor_in), str(mixed_out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = hostile.manifest(mixed_out)
+    assert int(row["n_rois"]) == int(expected["n_rois"]) - 1
+    assert "mixes CLOSED_PLANAR and CLOSEDPLANAR_XOR" in row["warnings"], row["warnings"]

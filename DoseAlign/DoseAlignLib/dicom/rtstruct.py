@@ -2,9 +2,16 @@
 
 An ROI's identity (number, name, RTROIInterpretedType, colour) is joined across the three
 RTSTRUCT sequences by ROI number (ReferencedROINumber), never by item order. Only CLOSED_PLANAR
-contours make masks; an ROI with POINT contours only (a marker), with no contours, with open
-contours only or with degenerate contours only is kept in the list with the reason it gives no
-mask.
+and CLOSEDPLANAR_XOR contours make masks; an ROI with POINT contours only (a marker), with no
+contours, with open contours only or with degenerate contours only is kept in the list with the
+reason it gives no mask.
+
+CLOSEDPLANAR_XOR contours are combined by geometric exclusive disjunction, in any order (DICOM
+PS3.3 C.8.8.6.3, "Representing Inner and Outer Contours"): a point is in the ROI when it lies
+inside an odd number of them, which is the even-odd rule that the polygons of a plane are filled
+by anyway (:mod:`~DoseAlignLib.structures.polygons`). An ROI that mixes CLOSED_PLANAR and
+CLOSEDPLANAR_XOR contours is left out with the reason (a case warning): how the two would combine
+is not defined.
 
 Contours are grouped into planes by their position along the contour-plane normal (the normal of
 the image planes they were drawn on: the CT's row x column direction when known, else estimated
@@ -31,6 +38,8 @@ PLANE_TOLERANCE_MM = 0.01
 COPLANAR_TOLERANCE_MM = 0.05
 CONTOUR_DATA = 0x30060050
 CONTOUR_GEOMETRIC_TYPE = 0x30060042
+#: Contour Geometric Types (3006,0042) that make masks: closed polygons (both filled by the even-odd rule).
+CLOSED_TYPES = ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")
 
 
 @dataclass
@@ -55,6 +64,7 @@ DEFECT_SKIPS = (
     "ROIContourSequence items reference",
     "contours are not planar",
     "(3006,0024) ReferencedFrameOfReferenceUID",
+    "mixes CLOSED_PLANAR and CLOSEDPLANAR_XOR",
 )
 
 
@@ -227,15 +237,18 @@ def _repeats_first(points: np.ndarray) -> bool:
     return all(abs(a - b) <= 1e-8 + 1e-5 * abs(b) for a, b in zip(points[0].tolist(), points[-1].tolist()))
 
 
-def _polygons_of(item: Dataset) -> tuple:
+def _polygons_of(item: Dataset, closed_kinds: Optional[set] = None) -> tuple:
     """(closed polygons, counts of other geometric types, each polygon's item number in ContourSequence
-    (1-based) and ContourNumber ('' when absent)) of one ROIContourSequence item."""
+    (1-based) and ContourNumber ('' when absent)) of one ROIContourSequence item.
+
+    ``closed_kinds``, when given, receives the geometric types of the closed polygons kept.
+    """
     closed, others, where = [], {}, []
     for n, contour in enumerate(item.get("ContourSequence", None) or []):
         if not n & 1023:
             check_case_time()
         kind = _geometric_type(contour)
-        if kind != "CLOSED_PLANAR":
+        if kind not in CLOSED_TYPES:
             others[kind] = others.get(kind, 0) + 1
             continue
         values = _contour_data(contour)
@@ -257,6 +270,8 @@ def _polygons_of(item: Dataset) -> tuple:
             continue
         closed.append(points)
         where.append((n + 1, headers.text(contour, "ContourNumber")))
+        if closed_kinds is not None:
+            closed_kinds.add(kind)
     return closed, others, where
 
 
@@ -353,15 +368,24 @@ def read_structure_set(
                 )
         contour_item = contours_by_number.get(number)
         color = None
-        polygons, others, where = [], {}, []
+        polygons, others, where, kinds = [], {}, [], set()
         if contour_item is not None:
             raw = contour_item.get("ROIDisplayColor")
             if raw is not None and len(raw) == 3:
                 color = tuple(int(round(float(c))) for c in raw)
-            polygons, others, where = _polygons_of(contour_item)
+            polygons, others, where = _polygons_of(contour_item, kinds)
         count = len(contour_item.get("ContourSequence", None) or []) if contour_item is not None else 0
         parsed.append(
-            (number, name, types_by_number.get(number, ""), color, contour_item, polygons, others, (where, count))
+            (
+                number,
+                name,
+                types_by_number.get(number, ""),
+                color,
+                contour_item,
+                polygons,
+                others,
+                (where, count, kinds),
+            )
         )
         if number not in foreign:
             all_polygons.extend(polygons)
@@ -376,7 +400,7 @@ def read_structure_set(
 
     rois = []
     orphans = sorted(set(contours_by_number) - set(numbers))  # contours of an ROI the set does not have
-    for number, name, kind, color, contour_item, polygons, others, (where, n_contours) in parsed:
+    for number, name, kind, color, contour_item, polygons, others, (where, n_contours, closed_kinds) in parsed:
         roi = RoiContours(number, name, name, kind, color, rel_path, default_normal)
         roi.notes.extend(f"{count} {what} contour(s) ignored" for what, count in sorted(others.items()))
         sharing = [n for (m, n, *_rest) in parsed if m == number]
@@ -401,6 +425,11 @@ def read_structure_set(
             )
         elif contour_item is None or not (polygons or others):
             roi.skipped = "no contours"
+        elif len(closed_kinds) > 1:
+            roi.skipped = (
+                "mixes CLOSED_PLANAR and CLOSEDPLANAR_XOR contours ((3006,0042) ContourGeometricType): how the two "
+                "combine is not defined (PS3.3 C.8.8.6.3 combines CLOSEDPLANAR_XOR contours with each other by XOR)"
+            )
         elif not polygons:
             if set(others) == {"POINT"}:
                 roi.skipped = "POINT contours only (a marker, not a volume)"
@@ -421,6 +450,8 @@ def read_structure_set(
             roi.normal = normal
             if roi.skipped is None:
                 roi.planes = _group_planes(polygons, normal)
+        if closed_kinds == {"CLOSEDPLANAR_XOR"} and roi.skipped is None:
+            roi.notes.append("CLOSEDPLANAR_XOR contours: combined by XOR in each plane (PS3.3 C.8.8.6.3)")
         if kind == "MARKER" and roi.skipped is None:
             roi.notes.append("RTROIInterpretedType MARKER but has closed contours: rasterized")
         rois.append(roi)
