@@ -460,6 +460,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             print(f"      - {note}")
         for path, reason in case.left_out:
             print(f"      - left out {path}: {reason}")
+        for warning in case.warnings:
+            print(f"      - warning: {warning}")
         if case.structs:
             print(
                 f"      - structures: {', '.join(s.rel_path for s in case.structs[:5])}"
@@ -509,6 +511,7 @@ def _scan_document(root: Path, scan, linked) -> dict:
                 "rtstruct_files": [s.rel_path for s in c.structs],
                 "notes": list(c.notes),
                 "left_out": [{"file": f, "reason": r} for f, r in c.left_out],
+                "warnings": list(c.warnings),
             }
             for c in linked.cases
         ],

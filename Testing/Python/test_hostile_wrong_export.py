@@ -535,6 +535,53 @@ def test_copies_of_one_structure_set(clean, tmp_path, capsys, variant):
         _failed_with(rows, original.name, f"copy/{original.name}", "share SOPInstanceUID", "(0008,0018)")
 
 
+# ---- a structure set that is there but cannot be read ---------------------------------------------
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.6, 0.95])
+def test_a_damaged_structure_set_is_said_by_its_case(clean, tmp_path, capsys, cut):
+    """Sixth hostile trial F6: the plan's RTSTRUCT cut short (30/60/95 % of its length) left a failed row for the
+    file, but its case exported ok with no masks and nothing in its own row or meta.json, and `dosealign scan`
+    said the plan's RTSTRUCT "is not in the input". The case now says, in its warnings, that its structure set
+    is present but damaged (a case without any RTSTRUCT still exports without masks, silently)."""
+    root = _copy(clean, "plan", tmp_path)
+    struct = root / _rel(clean, "plan", clean["plan"].struct_file)
+    data = struct.read_bytes()
+    struct.write_bytes(data[: int(len(data) * cut)])
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 1  # the damaged file's own row
+    (case,) = [r for r in rows if r["status"] == "ok"]
+    for phrase in (struct.name, "the plan's structure set", "present but damaged", "none of its ROIs"):
+        assert phrase in case["warnings"], case["warnings"]
+    meta = json.loads((out / case["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert any(struct.name in w and "damaged" in w for w in meta["warnings"]), meta.get("warnings")
+    done = hostile.dosealign("scan", str(root))
+    assert "is present but damaged" in done.stdout and "is not in the input" not in done.stdout, done.stdout
+
+
+def test_a_structure_set_that_cannot_be_read_when_its_case_runs_is_said(clean, tmp_path, capsys, monkeypatch):
+    """F6, the second way: the RTSTRUCT was readable when the input was scanned and is not when the case reads
+    it (replaced, cut short): the case's warnings say so (it was only in meta.json's structures.skipped)."""
+    from DoseAlignLib import batch
+
+    root = _copy(clean, "plan", tmp_path)
+    struct = root / _rel(clean, "plan", clean["plan"].struct_file)
+    real = batch.form_cases
+
+    def damaged_after_the_scan(*args, **kwargs):
+        linked = real(*args, **kwargs)
+        struct.write_bytes(struct.read_bytes()[: struct.stat().st_size // 2])
+        return linked
+
+    monkeypatch.setattr(batch, "form_cases", damaged_after_the_scan)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok" and row["n_rois"] == "0", row
+    rel = struct.relative_to(root).as_posix()
+    for phrase in (f"RTSTRUCT {rel} cannot be read: (3006,0039)", "none of its ROIs"):
+        assert phrase in row["warnings"], row["warnings"]
+
+
 # ---- ROI names: one name per ROI, the same in every output ---------------------------------------
 
 

@@ -14,6 +14,7 @@ import re
 import signal
 import stat
 import threading
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,9 @@ class ScanResult:
     duplicates: list = field(default_factory=list)  # (sop_instance_uid, [rel_paths], what was done)
     unreadable: list = field(default_factory=list)  # (rel_path, reason): folders and files that could not be read
     paths: dict = field(default_factory=dict)  # rel_path -> path on disk, for skipped entries (names may be escaped)
+    #: damaged RTSTRUCT files (also in ``skipped``) as far as they could be read: identity and references, no ROIs;
+    #: ``info["damage"]`` says why the file is unusable (see :func:`damaged_structure_set`)
+    damaged: list = field(default_factory=list)
 
     def of_kind(self, kind: str) -> list:
         return [o for o in self.objects if o.kind == kind]
@@ -146,7 +150,9 @@ def _sort_entries(result: ScanResult, entries: list) -> None:
         if isinstance(entry, DicomObject):
             result.objects.append(entry)
             continue
-        kind, rel, reason, path = entry
+        kind, rel, reason, path, *left = entry
+        if left and left[0] is not None:
+            result.damaged.append(left[0])
         if kind == "ignored":
             result.ignored.append((rel, reason))
             continue
@@ -204,9 +210,40 @@ def _scan_file(root: Path, path: Path):
     except UnreadableError as error:
         return ("unreadable", rel, _reason(error), path)
     except DoseAlignError as error:
-        return ("skipped", rel, _reason(error), path)
+        left = None if isinstance(error, LimitError) else damaged_structure_set(path, rel, _reason(error))
+        return ("skipped", rel, _reason(error), path, left)
     except Exception as error:  # a header value the scanner cannot interpret: the file is unusable
-        return ("skipped", rel, f"header cannot be interpreted: {type(error).__name__}: {error}", path)
+        reason = f"header cannot be interpreted: {type(error).__name__}: {error}"
+        return ("skipped", rel, reason, path, damaged_structure_set(path, rel, reason))
+
+
+#: A damaged file is read again only up to here: (3006,0020) StructureSetROISequence, where the ROIs begin.
+_STRUCTURE_SET_ROIS = 0x30060020
+
+
+def damaged_structure_set(path: Path, rel: str, damage: str) -> Optional[DicomObject]:
+    """What a damaged RTSTRUCT still says about itself, or None (another kind, or not even that is readable).
+
+    The file is read again up to where its ROIs begin: its SOPInstanceUID, patient and the CT it
+    references are usually intact when the contours are cut off (a truncated copy, a full disk), so
+    that the case whose plan or CT it belongs to can say that its structure set is present but
+    damaged, rather than export without masks as if it had none. ``info["damage"]`` holds ``damage``.
+    """
+    from pydicom.filereader import read_partial
+
+    try:
+        deadline = Deadline(scan_file_seconds(), "reading this file's header", "DOSEALIGN_SCAN_FILE_SECONDS")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with headers.DicomFile(path, deadline=deadline) as handle:
+                ds = read_partial(handle, stop_when=lambda tag, _vr, _length: tag >= _STRUCTURE_SET_ROIS, force=True)
+        if headers.kind_of(ds) != "RTSTRUCT" or not headers.quick_text(ds, "SOPInstanceUID"):
+            return None
+        obj = _record(path, rel, ds)
+    except Exception:  # nothing usable before the damage either: the skipped entry says why
+        return None
+    obj.info["damage"] = damage
+    return obj
 
 
 def display_path(path: Path, root: Path) -> str:

@@ -57,6 +57,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
             used_series.add(case.ct.key)
             case.structs = structs_for(case, structs)
             used_structs.update(s.rel_path for s in case.structs)  # copies left out below are used too
+            _warn_of_damaged_structure_sets(case, getattr(scan, "damaged", []))
             case.error = (
                 case.error
                 or (conflicting_copies(group[1]) if group[0] == SUMMED_BEAMS else None)
@@ -161,6 +162,24 @@ def _warn_of_unread(cases: list, scan: ScanResult) -> None:
                     f"{rel} could not be read (it lies beside this case's CT folder): its files may be missing from "
                     "this case"
                 )
+
+
+def _warn_of_damaged_structure_sets(case: Case, damaged: list) -> None:
+    """A damaged RTSTRUCT that is the case's (its plan references it; or, when no structure set of the plan
+    is used, it is drawn on the case's CT): the case says so. It exported ok with no masks from it and nothing
+    in its own row, as if it had no structure set (the damaged file has a failed row of its own)."""
+    if not damaged:
+        return
+    planned = set(case.plan.info.get("struct_uids", [])) if case.plan is not None else set()
+    found = [d for d in damaged if d.sop_instance_uid in planned]
+    if not any(s.sop_instance_uid in planned for s in case.structs):
+        found += [d for d in structs_for(case, damaged) if d not in found]
+    for struct in sorted(found, key=lambda d: d.rel_path):
+        whose = "the plan's structure set" if struct.sop_instance_uid in planned else "drawn on this case's CT"
+        case.warnings.append(
+            f"RTSTRUCT {struct.rel_path} ({whose}) is present but damaged: {struct.info.get('damage', 'unreadable')}: "
+            "none of its ROIs is in this case's masks (export it again and re-run)"
+        )
 
 
 def _conflicting_slices(case: Case) -> Optional[str]:

@@ -175,7 +175,8 @@ def choose_ct(
     first = case.doses[0]
     series_list = [s for s in scan.ct_series if not_a_planning_ct(s) is None]
     excluded = [s for s in scan.ct_series if not_a_planning_ct(s) is not None]
-    by_reference, reference_note = _by_reference(case, series_list, structs_by_uid)
+    damaged = {d.sop_instance_uid: d for d in getattr(scan, "damaged", [])}
+    by_reference, reference_note = _by_reference(case, series_list, structs_by_uid, damaged)
     chosen = request.for_case(case) if request is not None else None
     if chosen is not None:
         case.ct = chosen
@@ -234,15 +235,22 @@ def choose_ct(
     )
 
 
-def _by_reference(case: Case, series_list: list, structs_by_uid: dict) -> tuple:
-    """(the CT series the RTPLAN -> RTSTRUCT -> CT references name, how), or ([], why not)."""
+def _by_reference(case: Case, series_list: list, structs_by_uid: dict, damaged: Optional[dict] = None) -> tuple:
+    """(the CT series the RTPLAN -> RTSTRUCT -> CT references name, how), or ([], why not).
+
+    ``damaged``: SOPInstanceUID -> the damaged RTSTRUCTs of the scan (said as such, not as missing).
+    """
     if case.plan is None:
         return [], ""
     notes = []
     for struct_uid in case.plan.info.get("struct_uids", []):
         struct = structs_by_uid.get(struct_uid)
         if struct is None:
-            notes.append(f"its RTSTRUCT {struct_uid} is not in the input")
+            broken = (damaged or {}).get(struct_uid)
+            if broken is not None:
+                notes.append(f"RTSTRUCT {struct_uid} is present but damaged ({broken.rel_path})")
+            else:
+                notes.append(f"RTSTRUCT {struct_uid} is not in the input")
             continue
         found = series_of_struct(struct, series_list)
         if found:

@@ -53,7 +53,10 @@ def read_case_contours(
         except (LimitError, UnreadableError):  # the case's time limit, or a file gone or unreadable since the scan
             raise  # (a named pipe put in its place, its permissions taken away): the case stops, named
         except DoseAlignError as error:
-            contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": str(error)})
+            reason = str(error)
+            if error.path and reason.startswith(f"{error.path}: "):  # "source" names the file (input-relative)
+                reason = reason[len(error.path) + 2 :]
+            contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": reason})
     contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None), rewrite_names)
     return contours
 
@@ -99,6 +102,11 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
     out_masks = rasterize_structures(rois, result.ct.grid, thickness, supersampling=supersampling, ct=result.ct)
     out_masks.skipped.extend(contours.problems)
     out_masks.notes.extend(contours.notes)
+    for problem in contours.problems:  # a whole structure set unread: the case's masks lack all of its ROIs
+        result.meta.setdefault("warnings", []).append(
+            f"RTSTRUCT {problem.get('source')} cannot be read: {problem.get('reason')}: none of its ROIs is in "
+            "this case's masks"
+        )
     for skipped in out_masks.skipped:  # a wrong structure set is said where users look, not only in the ROI list
         if is_structure_set_defect(skipped.get("reason", "")):
             result.meta.setdefault("warnings", []).append(
