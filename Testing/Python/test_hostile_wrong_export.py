@@ -582,6 +582,62 @@ def test_a_structure_set_that_cannot_be_read_when_its_case_runs_is_said(clean, t
         assert phrase in row["warnings"], row["warnings"]
 
 
+# ---- a fixed channel that several ROIs map to --------------------------------------------------------
+
+
+def _unpacked(case: Path) -> tuple:
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    with np.load(case / "pair.npz") as npz:
+        masks = np.unpackbits(npz["masks"], axis=-1, count=npz["ct"].shape[-1]).astype(bool)
+    return meta, dict(zip(meta["structures"]["names"], masks))
+
+
+@pytest.mark.parametrize(
+    "mapping, channel, parts, other",
+    [
+        ({"Organs": ["Cord", "Ring"]}, "Organs", ("Cord", "Ring"), "PTV"),  # two organs, one channel (Lung_L, Lung_R)
+        ({"PTV": ["PTV", "Ring"]}, "PTV", ("PTV", "Ring"), "Cord"),  # synonyms, and the patient has both
+    ],
+)
+def test_a_channel_that_two_rois_map_to_is_their_union(tmp_path, capsys, mapping, channel, parts, other):
+    """Sixth hostile trial F7: with --rois, a channel name two ROIs of a case map to held the first ROI only; the
+    other was renamed <name>_2 and dropped as "not in --rois", a note in meta.json only, warnings empty. The
+    channel is now their union, said as a case warning naming both, and meta.json lists the ROIs it holds; the
+    audit's DVH uses that union, and no one ROI's contours stand for it as a reference DVH."""
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "UNION-1", 5, ct_size=(40, 36, 12), dose_size=(20, 18, 8))  # every ROI has voxels
+    plain_out = tmp_path / "plain"
+    args = ["export", str(root), str(plain_out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(args) == 0
+    roi_map = tmp_path / "map.json"
+    roi_map.write_text(json.dumps(mapping), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main([*args, "--roi-map", str(roi_map), "--rois", f"{channel},{other}"]) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    (plain_row,) = hostile.manifest(plain_out)
+    meta, masks = _unpacked(out / row["case_id"])
+    _plain_meta, plain = _unpacked(plain_out / plain_row["case_id"])
+    union = plain[parts[0]] | plain[parts[1]]
+    assert union.sum() > max(plain[parts[0]].sum(), plain[parts[1]].sum())  # neither alone is the union
+    np.testing.assert_array_equal(masks[channel], union)
+    np.testing.assert_array_equal(masks[other], plain[other])
+    for phrase in (f"mask channel {channel!r}", "union of 2 ROIs", repr(parts[0]), repr(parts[1])):
+        assert phrase in row["warnings"], row["warnings"]
+    (entry,) = [r for r in meta["structures"]["rois"] if r["name"] == channel]
+    assert sorted(u["original_name"] for u in entry["union_of"]) == sorted(parts)
+    assert entry["voxel_count"] == int(union.sum())
+    (audited,) = [r for r in meta["audit"]["rois"] if r["name"] == channel]
+    assert "reference" not in audited and "union of 2 ROIs" in audited["reference_note"]
+    assert audited["output"]["volume_cc"] == pytest.approx(entry["volume_cc"], rel=1e-6)
+    assert meta["structures"]["channels"]["not_in_rois"] == [
+        n for n in _plain_meta["structures"]["names"] if n not in (*parts, other)
+    ]
+
+
 # ---- ROI names: one name per ROI, the same in every output ---------------------------------------
 
 

@@ -42,7 +42,14 @@ def reference_dvhs_for(
     for name in masks.names:
         if not masks.has(name):
             continue
-        roi = masks.mask(name).roi
+        mask = masks.mask(name)
+        if mask.joined:  # a union of ROIs (StructureMasks.join_channels): no one ROI's contours are its reference
+            if problems is not None:
+                problems[name] = (
+                    f"no reference DVH: the channel is the union of {len(mask.joined)} ROIs, whose contours may overlap"
+                )
+            continue
+        roi = mask.roi
         if roi is None or roi.skipped is not None or not roi.planes:
             continue
         try:

@@ -115,6 +115,8 @@ class RoiContours:
     skipped: Optional[str] = None
     notes: list = field(default_factory=list)
     defects: list = field(default_factory=list)
+    #: the name after ``--roi-map`` (and pseudonymization), before it was made unique (``name_2``)
+    harmonised_name: str = ""
 
     @property
     def positions(self) -> np.ndarray:

@@ -64,14 +64,19 @@ def read_case_contours(
 def fixed_channels(rois: list, channels) -> tuple:
     """The ROIs to rasterize for fixed channels and the names left out.
 
-    An ROI whose name matches a channel (in any case) takes the channel's spelling; an EXTERNAL
-    ROI is kept for the body mask even when it is no channel; ROIs that give no mask stay (they
-    are listed with their reason). Returns ``(rois, names of ROIs not in the channels)``.
+    An ROI whose name matches a channel (in any case) takes the channel's spelling; so does one whose
+    name was made unique (``Lungs_2``: a second ROI that ``--roi-map`` maps to ``Lungs``, or a second ROI
+    of one name) when its name before that matches: the channel is then the union of those ROIs
+    (:meth:`~.masks.StructureMasks.join_channels`). An EXTERNAL ROI is kept for the body mask even when it
+    is no channel; ROIs that give no mask stay (they are listed with their reason). Returns
+    ``(rois, names of ROIs not in the channels)``.
     """
     wanted = {name.lower(): name for name in channels}
     kept, left_out = [], []
     for roi in rois:
         channel = wanted.get(roi.name.lower())
+        if channel is None and roi.harmonised_name and roi.harmonised_name != roi.name:
+            channel = wanted.get(roi.harmonised_name.lower())
         if roi.skipped is None and channel is not None:
             if roi.name != channel:
                 roi.notes.append(f"name {roi.name!r} written as {channel!r}, as --rois spells it")
@@ -100,6 +105,11 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
     thickness = float(ct_geometry.typical_step_mm or 0.0) or plane_spacing(rois) or float(result.ct.grid.spacing[2])
     supersampling = int(getattr(options, "fractional_masks", 0) or 0)
     out_masks = rasterize_structures(rois, result.ct.grid, thickness, supersampling=supersampling, ct=result.ct)
+    for union in out_masks.join_channels():  # a fixed channel several ROIs map to: their union, said
+        parts = ", ".join(f"{j.roi.original_name!r} ({j.roi.source} ROI {j.roi.number})" for j in union.joined)
+        result.meta.setdefault("warnings", []).append(
+            f"mask channel {union.name!r} (--rois) is the union of {len(union.joined)} ROIs that map to it: {parts}"
+        )
     out_masks.skipped.extend(contours.problems)
     out_masks.notes.extend(contours.notes)
     for problem in contours.problems:  # a whole structure set unread: the case's masks lack all of its ROIs
@@ -126,6 +136,7 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
             native_masks = out_masks
         else:
             native_masks = rasterize_structures(rois, native_grid, thickness)
+            native_masks.join_channels()
             if channels:
                 native_masks.select(channels, left_out)
             if native_masks.body is None:

@@ -53,6 +53,9 @@ class RoiMask:
         Fraction of each voxel inside the ROI (fractional masks only).
     voxel_volume_cc : float or (k,) array
         Volume of one voxel (per slice for grids with uneven slices), cm^3.
+    joined : list of RoiMask
+        For a fixed channel several ROIs map to (see :func:`join_masks`): the masks of those ROIs, whose
+        union this mask is (``roi`` is the first's); empty for the mask of one ROI.
     """
 
     roi: RoiContours
@@ -60,6 +63,7 @@ class RoiMask:
     binary: np.ndarray
     fraction: Optional[np.ndarray] = None
     voxel_volume_cc: object = 0.0
+    joined: list = field(default_factory=list)
     _count: Optional[int] = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -123,6 +127,34 @@ def _pack_into(out: np.ndarray, box: tuple, binary: np.ndarray, width: int) -> N
         n = min(step, nk - k)
         padded[:n, :, lead : lead + ni] = binary[k : k + n]
         out[kb.start + k : kb.start + k + n, jb, first:stop] = np.packbits(padded[:n], axis=-1)
+
+
+def join_masks(masks: Sequence[RoiMask], grid: Grid) -> RoiMask:
+    """The union of several ROIs' masks on one grid, as one mask (``joined`` lists them).
+
+    Binary masks are OR-ed; fractional masks take the larger fraction of each voxel (the union's
+    fraction is at least that; two ROIs that overlap are not counted twice).
+    """
+    masks = list(masks)
+    filled = [m for m in masks if m.binary.size]
+    if not filled:
+        first = masks[0]
+        return RoiMask(first.roi, first.box, first.binary, first.fraction, first.voxel_volume_cc, joined=masks)
+    lo = [min(m.box[a].start for m in filled) for a in range(3)]
+    hi = [max(m.box[a].stop for m in filled) for a in range(3)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    binary = np.zeros([b - a for a, b in zip(lo, hi)], dtype=bool)
+    with_fractions = any(m.fraction is not None for m in masks)
+    fraction = np.zeros(binary.shape, dtype=np.float32) if with_fractions else None
+    for m in filled:
+        inner = tuple(slice(m.box[a].start - lo[a], m.box[a].stop - lo[a]) for a in range(3))
+        binary[inner] |= m.binary
+        if fraction is not None and m.fraction is not None and m.fraction.size:
+            np.maximum(fraction[inner], m.fraction, out=fraction[inner])
+    volume_cc = voxel_volumes_cc(grid)
+    if np.ndim(volume_cc) == 1:
+        volume_cc = np.asarray(volume_cc)[box[0]]
+    return RoiMask(masks[0].roi, box, binary, fraction, volume_cc, joined=masks)
 
 
 def voxel_volumes_cc(grid: Grid) -> object:
@@ -207,6 +239,26 @@ class StructureMasks:
         """The mask of the ROI called ``name``."""
         return next(m for m in self.masks if m.name == name)
 
+    def join_channels(self) -> list:
+        """Make the masks of one name one mask, their union (:func:`join_masks`): the fixed channel that
+        several ROIs of a case map to (``--rois`` with ``--roi-map``). Returns the joined masks."""
+        groups: dict = {}
+        for m in self.masks:
+            groups.setdefault(m.name, []).append(m)
+        if all(len(group) == 1 for group in groups.values()):
+            return []
+        joined = {name: join_masks(group, self.grid) for name, group in groups.items() if len(group) > 1}
+        masks = []
+        for m in self.masks:
+            if m.name not in joined:
+                masks.append(m)
+            elif joined[m.name] not in masks:
+                masks.append(joined[m.name])
+        if self.body_mask is not None and any(self.body_mask in j.joined for j in joined.values()):
+            self.body_mask = next(j for j in joined.values() if self.body_mask in j.joined)
+        self.masks = masks
+        return list(joined.values())
+
     def select(self, channels: Sequence[str], not_in_rois: Sequence[str] = ()) -> None:
         """Fix the channels: ``channels`` in this order (names matched exactly; see ``case_masks``).
 
@@ -274,12 +326,52 @@ class StructureMasks:
             return {"source": self.body_source, "voxel_count": None, "volume_cc": None}
         return {"source": self.body_source, "voxel_count": count, "volume_cc": round(volume, 3)}
 
+    def _joined_meta(self, index: int, m: RoiMask) -> dict:
+        """The meta.json entry of a channel that is the union of several ROIs (``union_of`` lists them)."""
+        planes = [p.position_mm for j in m.joined for p in j.roi.planes]
+        entry = {
+            "index": index,
+            "number": m.roi.number,
+            "name": m.name,
+            "original_name": m.roi.original_name,
+            "source": m.roi.source,
+            "interpreted_type": m.roi.interpreted_type,
+            "color": list(m.roi.color) if m.roi.color else None,
+            "voxel_count": m.voxel_count,
+            "volume_cc": round(m.volume_cc, 6),
+            "contour_volume_cc": None,  # overlapping contours would count twice: no contour volume of a union
+            "volume_diff_pct": None,
+            "contour_planes": len(planes),
+            "first_plane_mm": min(planes) if planes else None,
+            "last_plane_mm": max(planes) if planes else None,
+            "notes": [f"the union of {len(m.joined)} ROIs that map to this channel (union_of)"],
+            "union_of": [
+                {
+                    "number": j.roi.number,
+                    "original_name": j.roi.original_name,
+                    "source": j.roi.source,
+                    "interpreted_type": j.roi.interpreted_type,
+                    "voxel_count": j.voxel_count,
+                    "volume_cc": round(j.volume_cc, 6),
+                    "contour_volume_cc": round(j.roi.contour_volume_cc(self.thickness_mm), 6),
+                    "notes": list(j.roi.notes),
+                }
+                for j in m.joined
+            ],
+        }
+        if m.fraction is not None:
+            entry["fractional_volume_cc"] = round(m.fraction_volume_cc or 0.0, 6)
+        return entry
+
     def to_meta(self) -> dict:
         """JSON-ready description for meta.json (per-ROI metadata, skipped ROIs, rule, storage)."""
         rois = []
         for n, m in self._channel_masks():
             if m is None:
                 rois.append({"index": n, "name": self.names[n], "absent": ABSENT_NOTE})
+                continue
+            if m.joined:
+                rois.append(self._joined_meta(n, m))
                 continue
             contour_cc = m.roi.contour_volume_cc(self.thickness_mm)
             mask_cc = m.volume_cc

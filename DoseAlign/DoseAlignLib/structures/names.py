@@ -63,6 +63,7 @@ def harmonise_names(
             roi.notes.append(f"renamed from {roi.original_name!r} by the ROI map")
         if rewrite is not None:
             new = rewrite(new)
+        roi.harmonised_name = new
         if roi.skipped is None:
             key = new.lower()
             if key in taken:
