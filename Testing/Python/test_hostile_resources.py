@@ -196,6 +196,8 @@ def test_a_contour_point_far_away_costs_its_contour_not_the_case(tmp_path, capsy
     (row,) = hostile.manifest(out)
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert "1 out-of-range (beyond 100 m) contour(s) ignored" in json.dumps(meta["structures"]), meta["structures"]
+    # the mask lacks that contour: a case warning says so, not only meta.json (sixth hostile trial, F6's review)
+    assert "1 out-of-range (beyond 100 m) contour(s) left out" in row["warnings"], row["warnings"]
 
 
 def test_the_reference_dvh_of_a_dense_outline_stops_at_the_time_limit():

@@ -100,8 +100,8 @@ class RoiContours:
     notes : list of str
         Things left out on the way (open contours, degenerate polygons).
     defects : list of str
-        Contours left out because the structure set is wrong (a contour whose points lie in no plane); each is
-        also in ``notes`` and becomes a case warning.
+        Contours left out because the structure set is wrong (a contour whose points lie in no plane, contour
+        data that is not numbers or lies beyond 100 m); each is also in ``notes`` and becomes a case warning.
     """
 
     number: int
@@ -405,6 +405,9 @@ def read_structure_set(
     for number, name, kind, color, contour_item, polygons, others, (where, n_contours, closed_kinds) in parsed:
         roi = RoiContours(number, name, name, kind, color, rel_path, default_normal)
         roi.notes.extend(f"{count} {what} contour(s) ignored" for what, count in sorted(others.items()))
+        for what, count in sorted(others.items()):  # damaged contour data: the mask lacks them (a case warning)
+            if what == "unreadable" or what.startswith("out-of-range"):
+                roi.defects.append(f"{count} {what} contour(s) left out: (3006,0050) ContourData is damaged")
         sharing = [n for (m, n, *_rest) in parsed if m == number]
         if number in foreign:
             roi.skipped = foreign[number]
