@@ -535,6 +535,30 @@ def test_copies_of_one_structure_set(clean, tmp_path, capsys, variant):
         _failed_with(rows, original.name, f"copy/{original.name}", "share SOPInstanceUID", "(0008,0018)")
 
 
+def test_plans_that_sum_plans_cannot_add_up_are_case_warnings(clean, tmp_path, capsys):
+    """With --sum-plans, plans on one CT that cannot be added up (here two PLAN doses of one plan, a recalculation)
+    are exported one case each: each case's dose is one plan's, not the sum asked for. That was a note in
+    meta.json only; it is a case warning (sixth hostile trial, review of what reaches only meta.json)."""
+    from DoseAlignLib.cli import main
+
+    root = _copy(clean, "plan", tmp_path)
+    first = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    second = first.with_name("zz-recalc-" + first.name)
+    shutil.copy(first, second)
+    ds = dd.read(second)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[first.name, "plan"])
+    ds.DoseGridScaling = str(float(ds.DoseGridScaling) * 0.5)
+    dd.save(ds, second)
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--sum-plans"]) == 0
+    capsys.readouterr()
+    rows = hostile.manifest(out)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), rows
+    for row in rows:
+        assert "not summed with the other plans on its CT (--sum-plans)" in row["warnings"], row["warnings"]
+        assert "doses of the same plan" in row["warnings"], row["warnings"]
+
+
 # ---- a structure set that is there but cannot be read ---------------------------------------------
 
 

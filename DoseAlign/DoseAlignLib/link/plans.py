@@ -38,9 +38,10 @@ def sum_plan_cases(cases: list, name_for) -> list:
             out.append(members[0])
             continue
         problem = why_not_summed(members)
-        if problem is not None:
+        if problem is not None:  # asked for the sum, each case holds one plan's dose: said where users look
             for case in members:
                 case.notes.append(f"not summed with the other plans on its CT (--sum-plans): {problem}")
+                case.warnings.append(f"not summed with the other plans on its CT (--sum-plans): {problem}")
             out.extend(members)
             continue
         out.append(merge_plans(members, name_for))
