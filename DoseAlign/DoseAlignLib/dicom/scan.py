@@ -210,13 +210,17 @@ def _scan_file(root: Path, path: Path):
     except UnreadableError as error:
         return ("unreadable", rel, _reason(error), path)
     except DoseAlignError as error:
-        left = None if isinstance(error, LimitError) else damaged_structure_set(path, rel, _reason(error))
+        left = None  # what a damaged DICOM file still says (never read again: not DICOM, or out of time)
+        if not isinstance(error, LimitError) and error.message != NOT_DICOM:
+            left = damaged_structure_set(path, rel, _reason(error))
         return ("skipped", rel, _reason(error), path, left)
     except Exception as error:  # a header value the scanner cannot interpret: the file is unusable
         reason = f"header cannot be interpreted: {type(error).__name__}: {error}"
         return ("skipped", rel, reason, path, damaged_structure_set(path, rel, reason))
 
 
+#: The reason :func:`~.headers.read_header` gives a file that is not DICOM at all.
+NOT_DICOM = "not a DICOM file"
 #: A damaged file is read again only up to here: (3006,0020) StructureSetROISequence, where the ROIs begin.
 _STRUCTURE_SET_ROIS = 0x30060020
 
