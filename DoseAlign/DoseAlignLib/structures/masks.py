@@ -173,6 +173,21 @@ def voxel_volumes_cc(grid: Grid) -> object:
     return np.diff(edges) * area * cos / 1000.0
 
 
+def _channel_entry(index: int, m: RoiMask) -> dict:
+    """What every channel's meta.json entry says first: which ROI, its name and look, its mask's size."""
+    return {
+        "index": index,
+        "number": m.roi.number,
+        "name": m.name,
+        "original_name": m.roi.original_name,
+        "source": m.roi.source,
+        "interpreted_type": m.roi.interpreted_type,
+        "color": list(m.roi.color) if m.roi.color else None,
+        "voxel_count": m.voxel_count,
+        "volume_cc": round(m.volume_cc, 6),
+    }
+
+
 @dataclass
 class StructureMasks:
     """All ROI masks of a case on one grid, the ROIs left out, and the body mask.
@@ -330,15 +345,7 @@ class StructureMasks:
         """The meta.json entry of a channel that is the union of several ROIs (``union_of`` lists them)."""
         planes = [p.position_mm for j in m.joined for p in j.roi.planes]
         entry = {
-            "index": index,
-            "number": m.roi.number,
-            "name": m.name,
-            "original_name": m.roi.original_name,
-            "source": m.roi.source,
-            "interpreted_type": m.roi.interpreted_type,
-            "color": list(m.roi.color) if m.roi.color else None,
-            "voxel_count": m.voxel_count,
-            "volume_cc": round(m.volume_cc, 6),
+            **_channel_entry(index, m),
             "contour_volume_cc": None,  # overlapping contours would count twice: no contour volume of a union
             "volume_diff_pct": None,
             "contour_planes": len(planes),
@@ -376,15 +383,7 @@ class StructureMasks:
             contour_cc = m.roi.contour_volume_cc(self.thickness_mm)
             mask_cc = m.volume_cc
             entry = {
-                "index": n,
-                "number": m.roi.number,
-                "name": m.name,
-                "original_name": m.roi.original_name,
-                "source": m.roi.source,
-                "interpreted_type": m.roi.interpreted_type,
-                "color": list(m.roi.color) if m.roi.color else None,
-                "voxel_count": m.voxel_count,
-                "volume_cc": round(mask_cc, 6),
+                **_channel_entry(n, m),
                 "contour_volume_cc": round(contour_cc, 6),
                 "volume_diff_pct": None if contour_cc <= 0 else round(100.0 * (mask_cc - contour_cc) / contour_cc, 3),
                 "contour_planes": len(m.roi.planes),
