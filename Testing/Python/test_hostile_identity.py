@@ -239,6 +239,44 @@ def test_letters_without_a_decomposition_in_their_ascii_spellings(tmp_path, caps
     assert not found, found[:10]
 
 
+#: A name held in plain letters by the DICOM header, typed with its letters in ROI names (the other way round).
+MARKED_IN_ROIS = [
+    ("Lukasiewicz^Pawel", ["PTV_Łukasiewicz", "Paweł_boost"], ["lukasiewicz", "pawel", "paweł"]),
+    ("Sorensen^Soren", ["Sørensen_ctv", "PTV_SØRENSEN"], ["sorensen", "sørensen", "soren"]),
+    ("Braek^Lars", ["PTV_Bræk"], ["braek", "bræk"]),
+    ("Muller^Jurgen", ["PTV_Müller", "Ju\u0308rgen_ctv"], ["muller", "müller", "jurgen", "jürgen"]),
+]
+
+
+@pytest.mark.parametrize("patient_name, rois, needles", MARKED_IN_ROIS, ids=["pl", "da", "no", "de"])
+def test_a_plain_name_typed_with_its_letters_is_rewritten_not_refused(tmp_path, capsys, patient_name, rois, needles):
+    """From the re-check of the sixth trial: a PatientName in plain letters (``Lukasiewicz^Pawel``, ``Muller^Jurgen``)
+    with an ROI typed with the letters (``PTV_Łukasiewicz``, ``PTV_Müller``) was found by the check but not by the
+    rewriting: the case failed 'please report it'. The rewriting now reads a text's plain spellings too."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "PL-88214", 66, extra_organs=len(rois), ct_size=(32, 28, 16))
+    for path in sorted((root / "p").rglob("*.dcm")):
+        ds = dd.read(path)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = patient_name
+        if path == truth.struct_file:
+            for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+                roi.ROIName = name
+        dd.save(ds, path)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", "--no-qa-png"])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert sum("[removed]" in n for n in names) == len(rois), names
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = unicodedata.normalize("NFC", data.decode("utf-8", "replace").casefold())
+        squeezed = "".join(c for c in text if c.isalnum())
+        found += [f"{n} in {where}" for n in needles if n in squeezed]
+    assert not found, found[:10]
+
+
 @pytest.mark.parametrize(
     "patient_name, spellings",
     [

@@ -933,6 +933,33 @@ def transliterations(parts: tuple) -> set:
     return found - {parts}
 
 
+def _plain_views(text: str) -> list:
+    """``text`` with its letters written without their marks, in each usual way (``Łukasiewicz`` as ``Lukasiewicz``,
+    ``Müller`` as ``Muller`` and ``Mueller``, ``Sørensen`` as ``Sorensen`` and ``Soerensen``): ``(view, where)`` pairs,
+    ``where[n]`` the index in ``text`` of the view's character ``n``; none for an ASCII text."""
+    if text.isascii():
+        return []
+    views = {}
+    for german in (False, True):
+        for alternate in (False, True):
+            chars, where = [], []
+            for n, char in enumerate(text):
+                if char.isascii():
+                    spelled = char
+                elif german and char in _GERMAN:
+                    spelled = _GERMAN[char]
+                elif char in _PLAIN_LETTERS:
+                    spelled = _PLAIN_LETTERS[char][-1 if alternate else 0]
+                else:  # marks dropped (a lone combining mark, as NFD text has them, drops out)
+                    spelled = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+                chars.append(spelled)
+                where.extend([n] * len(spelled))
+            view = "".join(chars)
+            if view != text:
+                views.setdefault(view, where)
+    return list(views.items())
+
+
 #: DoseAlign's own words (of three letters or more): the prose, keys, headers, summation types and file names it
 #: writes itself (collected from exports of a phantom with a neutral identity, in every format). A name component
 #: that is one of them (``Plan``, ``Dose``, ``Body``), or that sits inside one (``Cross`` in ``across``, ``Rossi`` in
@@ -1076,7 +1103,7 @@ class NameSpellings:
         cjk.update(re.escape(cjk_fold(w)) for w in self.words if _ideographic(w))
         self.cjk = re.compile("|".join(sorted(cjk, key=len, reverse=True))) if cjk else None
 
-    def spans(self, text: str) -> list:
+    def _latin_spans(self, text: str) -> list:
         found = []
         if self.joined is not None:
             found.extend(m.span() for m in self.joined.finditer(text) if m.end() > m.start())
@@ -1088,6 +1115,14 @@ class NameSpellings:
             )
         if self.inside is not None:
             found.extend(m.span() for m in self.inside.finditer(text) if not _in_own_word(text, *m.span()))
+        return found
+
+    def spans(self, text: str) -> list:
+        found = self._latin_spans(text)
+        # a name held in plain letters (Lukasiewicz, Muller) that a text spells with its marks (PTV_Łukasiewicz,
+        # PTV_Müller): found in the text's plain spellings, each span taken back to the text's own characters
+        for view, where in _plain_views(text):
+            found.extend((where[a], where[b - 1] + 1) for a, b in self._latin_spans(view) if b > a)
         if (self.cjk is not None or self.cjk_single) and _has_cjk(text):
             folded = cjk_fold(text)
             if self.cjk is not None:
