@@ -185,6 +185,17 @@ def test_a_name_whose_letter_was_lost_to_a_wrong_character_set_is_rewritten_not_
     assert not found, found[:10]
 
 
+def _spellings_in_output(out, needles) -> list:
+    """Where any of ``needles`` (lower case) stands in OUT: every file's bytes (gunzipped too), NFC, letters and
+    digits only."""
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = unicodedata.normalize("NFC", data.decode("utf-8", "replace").casefold())
+        squeezed = "".join(c for c in text if c.isalnum())
+        found += [f"{n} in {where}" for n in needles if n in squeezed]
+    return found
+
+
 #: Sixth hostile trial F1: names holding letters that Unicode does not decompose, the ROI names that spell them in
 #: ASCII, the ASCII spellings that must not reach any output (lower case), and ROI names that only share letters.
 UNDECOMPOSED = [
@@ -231,11 +242,7 @@ def test_letters_without_a_decomposition_in_their_ascii_spellings(tmp_path, caps
     names = _names_of(out, row)
     assert set(kept) <= set(names), names  # a normal ROI name that shares letters is not mangled
     assert sum("[removed]" in n for n in names) == len(rois), names
-    found = []
-    for where, data in _all_output_bytes(out):
-        text = unicodedata.normalize("NFC", data.decode("utf-8", "replace").casefold())
-        squeezed = "".join(c for c in text if c.isalnum())
-        found += [f"{n} in {where}" for n in needles if n in squeezed]
+    found = _spellings_in_output(out, needles)
     assert not found, found[:10]
 
 
@@ -269,11 +276,7 @@ def test_a_plain_name_typed_with_its_letters_is_rewritten_not_refused(tmp_path, 
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = _names_of(out, row)
     assert sum("[removed]" in n for n in names) == len(rois), names
-    found = []
-    for where, data in _all_output_bytes(out):
-        text = unicodedata.normalize("NFC", data.decode("utf-8", "replace").casefold())
-        squeezed = "".join(c for c in text if c.isalnum())
-        found += [f"{n} in {where}" for n in needles if n in squeezed]
+    found = _spellings_in_output(out, needles)
     assert not found, found[:10]
 
 
