@@ -97,62 +97,179 @@ def study(tmp_path_factory) -> dict:
     return {"root": root, "base": base, "identity": identity, "damaged": damaged.relative_to(root).as_posix()}
 
 
+#: Array kinds whose bytes are numbers (bool, ints, floats, complex): no text is stored in them, and bytes that
+#: happen to spell a short needle there are chance (a 3-byte character turns up in ~1 MiB of pixels).
+NUMERIC_KINDS = "biufc"
+
+
+def _masked(data: bytes, spans: list) -> bytes:
+    """``data`` with each (start, stop) span cut out and a NUL left in its place, so text either side stays apart."""
+    kept, position = [], 0
+    for start, stop in sorted(spans):
+        kept.append(data[position:start])
+        position = max(position, stop)
+    kept.append(data[position:])
+    return b"\0".join(kept)
+
+
+def _npy_text(name: str, data: bytes) -> list:
+    """A .npy member: its header, and its values when they are text; numbers are left out."""
+    from numpy.lib import format as npy_format
+
+    handle = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(handle)
+        read_header = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}[version]
+        _shape, _fortran_order, dtype = read_header(handle)
+    except (ValueError, OSError, KeyError):
+        return [(name, data)]
+    if dtype.kind in NUMERIC_KINDS and dtype.fields is None:
+        return [(name, data[: handle.tell()])]
+    values = np.load(io.BytesIO(data), allow_pickle=False)
+    return [(name, data), (f"{name}[text]", "\n".join(str(v) for v in values.ravel()).encode())]
+
+
+def _png_text(name: str, data: bytes) -> list:
+    """A picture's chunks without its pixels (IDAT), and its zTXt/iTXt text decompressed."""
+    import zlib
+
+    found, pixels, position = [], [], 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind, body = data[position + 4 : position + 8], data[position + 8 : position + 8 + length]
+        if kind == b"IDAT":
+            pixels.append((position + 8, position + 8 + length))
+        if kind in (b"zTXt", b"iTXt") and b"\x00" in body:
+            with contextlib.suppress(zlib.error):
+                found.append((f"{name}:{kind.decode()}", zlib.decompress(body.split(b"\x00", 1)[1][1:])))
+        position += 12 + length
+    return [(name, _masked(data, pixels)), *found]
+
+
+def _gzip_header_end(data: bytes) -> int:
+    """Where a gzip member's deflated stream starts (RFC 1952: after FEXTRA, FNAME, FCOMMENT, FHCRC)."""
+    flags, position = data[3], 10
+    if flags & 4:
+        position += 2 + int.from_bytes(data[10:12], "little")
+    for bit in (8, 16):
+        if flags & bit:
+            position = data.index(b"\0", position) + 1
+    return position + (2 if flags & 2 else 0)
+
+
+def _nifti_header_end(data: bytes) -> int:
+    """``vox_offset``: where a NIfTI-1 or NIfTI-2 file's voxels start (header and extensions before it)."""
+    for order in ("<", ">"):
+        size = int(np.frombuffer(data[:4], dtype=f"{order}i4")[0])
+        if size == 348:
+            return int(np.frombuffer(data[108:112], dtype=f"{order}f4")[0])
+        if size == 540:
+            return int(np.frombuffer(data[168:176], dtype=f"{order}i8")[0])
+    return len(data)
+
+
 def _expand(name: str, data: bytes) -> list:
-    """``data`` and everything compressed inside it: zip members (pair.npz), gzip (.nii.gz, NRRD payloads)."""
-    found = [(name, data)]
+    """(where, bytes) a reader can take text from: ``data`` and what is packed inside it, numbers left out.
+
+    Zip members (pair.npz) are opened, and each .npy member keeps its header and any text values; a picture keeps
+    every chunk but its pixels; a .nii.gz is searched decompressed up to its voxels, a .nrrd up to its data; an HDF5
+    file's numeric dataset storage is cut out by :func:`_hdf5_text`'s caller. Voxels and pixels hold no text, and
+    searching them for a short needle finds it by chance now and then.
+    """
     if data[:4] == b"PK\x03\x04":
+        found, members = [], []
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             for info in archive.infolist():
                 found.append((f"{name}:{info.filename}", info.filename.encode()))
                 found.extend(_expand(f"{name}:{info.filename}", archive.read(info)))
+                local = info.header_offset  # PKZIP APPNOTE 4.3.7: 30 bytes, then the name and extra field
+                start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little")
+                start += int.from_bytes(data[local + 28 : local + 30], "little")
+                members.append((start, start + info.compress_size))
+        return [(name, _masked(data, members)), *found]  # the container's headers; members are searched above
+    if data[:6] == b"\x93NUMPY":
+        return _npy_text(name, data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return _png_text(name, data)
+    if name.endswith(".nii.gz") and data[:3] == b"\x1f\x8b\x08":
+        inner = gzip.decompress(data)
+        return [(name, data[: _gzip_header_end(data)]), (f"{name}@gzip", inner[: _nifti_header_end(inner)])]
+    if name.endswith(".nrrd"):
+        header, _blank, _payload = data.partition(b"\n\n")
+        return [(name, header)]
+    found = [(name, data)]
     for match in re.finditer(rb"\x1f\x8b\x08", data):
         try:
             found.append((f"{name}@gzip{match.start()}", gzip.decompress(data[match.start() :])))
         except (OSError, EOFError, zipfile.BadZipFile):
             continue
-    if data[:8] == b"\x89PNG\r\n\x1a\n":  # text chunks of a picture, zTXt/iTXt decompressed
-        import zlib
-
-        position = 8
-        while position + 8 <= len(data):
-            length = int.from_bytes(data[position : position + 4], "big")
-            kind, body = data[position + 4 : position + 8], data[position + 8 : position + 8 + length]
-            if kind in (b"zTXt", b"iTXt") and b"\x00" in body:
-                with contextlib.suppress(zlib.error):
-                    found.append((f"{name}:{kind.decode()}", zlib.decompress(body.split(b"\x00", 1)[1][1:])))
-            position += 12 + length
     return found
 
 
+def _readable(value) -> bytes:
+    """An HDF5 attribute or dataset value as the text it holds: strings as UTF-8, numbers as their repr."""
+    array = np.asarray(value)
+    if array.dtype.kind in NUMERIC_KINDS:
+        return repr(value).encode()[:100000]
+    texts = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.ravel()]
+    return repr(value).encode() + "\n".join(texts).encode()
+
+
+def _hdf5_numeric_storage(path: Path) -> list:
+    """(start, stop) byte spans of an HDF5 file that hold numeric datasets' (compressed) values."""
+    import h5py
+
+    spans = []
+
+    def visit(_name, item):
+        if not isinstance(item, h5py.Dataset) or item.dtype.kind not in NUMERIC_KINDS:
+            return
+        offset = item.id.get_offset()
+        if offset is not None:
+            spans.append((offset, offset + item.id.get_storage_size()))
+        elif item.chunks is not None:
+            for index in range(item.id.get_num_chunks()):
+                chunk = item.id.get_chunk_info(index)
+                spans.append((chunk.byte_offset, chunk.byte_offset + chunk.size))
+
+    with h5py.File(path, "r") as handle:
+        handle.visititems(visit)
+    return spans
+
+
 def _hdf5_text(path: Path) -> list:
-    """Every attribute and dataset of an HDF5 file as bytes (compressed chunks come out decompressed)."""
+    """Every attribute and dataset of an HDF5 file as text (compressed chunks come out decompressed)."""
     import h5py
 
     found = []
 
     def visit(name, item):
+        found.append((f"{path.name}:{name}", name.encode()))
         for key, value in item.attrs.items():
-            found.append((f"{path.name}:{name}@{key}", repr(value).encode() + np.asarray(value).tobytes()))
+            found.append((f"{path.name}:{name}@{key}", key.encode() + b"=" + _readable(value)))
         if isinstance(item, h5py.Dataset):
-            found.append((f"{path.name}:{name}", repr(item[()]).encode()[:100000] + np.asarray(item[()]).tobytes()))
+            found.append((f"{path.name}:{name}", _readable(item[()])))
 
     with h5py.File(path, "r") as handle:
         for key, value in handle.attrs.items():
-            found.append((f"{path.name}@{key}", repr(value).encode() + np.asarray(value).tobytes()))
+            found.append((f"{path.name}@{key}", key.encode() + b"=" + _readable(value)))
         handle.visititems(visit)
     return found
 
 
 def _all_output_bytes(out: Path) -> list:
-    """(where, bytes) for every file under ``out``, its path, and everything decompressed inside it."""
+    """(where, bytes) for every file under ``out``: its path, and every byte of it that can hold text (see _expand)."""
     found = []
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
         found.append((f"name of {rel}", rel.encode()))
         if path.is_file():
-            found.extend(_expand(rel, path.read_bytes()))
-            if path.suffix == ".h5":
+            data = path.read_bytes()
+            if path.suffix == ".h5" and data[:8] == b"\x89HDF\r\n\x1a\n":
+                found.append((rel, _masked(data, _hdf5_numeric_storage(path))))
                 found.extend(_hdf5_text(path))
+            else:
+                found.extend(_expand(rel, data))
     return found
 
 
@@ -406,3 +523,54 @@ def test_a_map_file_that_is_no_map_is_never_replaced(study, tmp_path, capsys, pl
     assert code == 2 and phrase in err and str(map_file) in err and "Traceback" not in err, err
     assert map_file.read_bytes() == before, "a file that is no map is never replaced"
     assert not out.exists() and not key.exists(), "refused before anything is written"
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    import zlib
+
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def test_the_leak_search_reads_text_and_not_pixels(tmp_path):
+    """The search above must find a name wherever an output can hold text, and must not report one that only
+    turns up by chance among pixel or voxel bytes: a CI run once failed on ``伟`` (3 bytes) in qa.png's IDAT."""
+    import zlib
+
+    needle = "伟".encode()
+    hidden = np.frombuffer(b"\x01\x02" + needle + b"\x03", dtype=np.uint8)  # a name's bytes as mere numbers
+    out = tmp_path / "out"
+    out.mkdir()
+    png = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", bytes(13)) + _png_chunk(b"IDAT", hidden.tobytes())
+    (out / "pixels.png").write_bytes(png + _png_chunk(b"IEND", b""))
+    (out / "text.png").write_bytes(png + _png_chunk(b"tEXt", b"Title\0" + needle) + _png_chunk(b"IEND", b""))
+    packed = _png_chunk(b"zTXt", b"Title\0\0" + zlib.compress(needle))
+    (out / "packed.png").write_bytes(png + packed + _png_chunk(b"IEND", b""))
+    np.savez(out / "numbers.npz", masks=hidden, dose=np.frombuffer(needle + b"\0", dtype="<f4"))
+    np.savez_compressed(out / "names.npz", names=np.array(["PTV_伟"]))
+    (out / "header.nrrd").write_bytes(b"NRRD0004\ncontent: \xe4\xbc\x9f\n\n" + hidden.tobytes())
+    (out / "payload.nrrd").write_bytes(b"NRRD0004\ntype: uint8\n\n" + hidden.tobytes())
+    expected = {"text.png", "packed.png", "names.npz", "header.nrrd"}
+    if importlib.util.find_spec("nibabel"):
+        import nibabel
+
+        image = nibabel.Nifti1Image(hidden.reshape(-1, 1, 1), np.eye(4))  # the first axis runs fastest on disk
+        nibabel.save(image, out / "voxels.nii.gz")
+        image.header["descrip"] = needle
+        nibabel.save(image, out / "described.nii.gz")
+        expected.add("described.nii.gz")
+    if importlib.util.find_spec("h5py"):
+        import h5py
+
+        with h5py.File(out / "numbers.h5", "w") as handle:
+            handle.create_dataset("plain", data=np.tile(hidden, 64))
+            handle.create_dataset("chunked", data=np.tile(hidden, (64, 8)), chunks=(8, 8), compression="gzip")
+            handle.create_dataset("stored", data=np.tile(hidden, (64, 8)), chunks=(8, 8))
+        for where in ("attribute", "group"):
+            with h5py.File(out / f"{where}.h5", "w") as handle:
+                group = handle.create_group("伟" if where == "group" else "case")
+                group.create_dataset("masks", data=hidden)
+                if where == "attribute":
+                    group.attrs["mask_names"] = np.array(["PTV_伟"], dtype=h5py.string_dtype())
+            expected.add(f"{where}.h5")
+    found = {where.split(":")[0].split("@")[0] for where, data in _all_output_bytes(out) if needle in data}
+    assert found == expected
