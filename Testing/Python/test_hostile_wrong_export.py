@@ -441,6 +441,30 @@ def test_a_dose_grid_rotated_by_a_hair_is_resampled_as_rotated(degrees):
     assert error < 2e-4, f"{degrees} deg: max error {error:.5f} Gy (a displacement of {error / 0.055:.3f} mm)"
 
 
+@pytest.mark.parametrize("degrees, equal", [(0.0, True), (1e-5, True), (0.01, False), (0.05, False)])
+def test_grids_whose_far_voxels_differ_are_not_equal(degrees, equal):
+    """Grid.equal compared the affines' entries within 1e-3: a 512 x 512 grid of 1 mm voxels rotated by 0.05 deg
+    (entries change by 8.7e-4) was "equal", though its far corner lies 0.45 mm away; per-beam doses on such grids
+    were added voxel by voxel, and a target "equal" to the CT took the CT unresampled. Equal now means every voxel
+    centre within 1e-3 mm (1e-5 deg moves the far corner by 1.3e-4 mm)."""
+    from DoseAlignLib.api import Grid
+
+    angle = np.radians(degrees)
+    c, s = np.cos(angle), np.sin(angle)
+    axes = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    first = Grid.from_spacing((100, 512, 512), (1.0, 1.0, 2.0), (-255.5, -255.5, -100.0), frame_of_reference_uid="1.2")
+    other = Grid.from_spacing((100, 512, 512), (1.0, 1.0, 2.0), (-255.5, -255.5, -100.0), axes, "1.2")
+    far = np.array([511.0, 511.0, 99.0])
+    moved = np.linalg.norm(first.index_to_lps(far) - other.index_to_lps(far))
+    assert (moved <= 1e-3) == equal, moved
+    assert first.equal(other) is equal and other.equal(first) is equal
+    uneven = Grid.from_spacing((100, 512, 512), (1.0, 1.0, 2.0), (-255.5, -255.5, -100.0), frame_of_reference_uid="1.2")
+    offsets = np.arange(100) * 2.0
+    offsets[50:] += 0.01  # one gap 10 um wider: slices 50-99 lie elsewhere
+    uneven = Grid(uneven.shape, uneven.affine, "1.2", offsets)
+    assert not first.equal(uneven) and not uneven.equal(first)
+
+
 # ---- scalings ---------------------------------------------------------------------------------------
 
 
