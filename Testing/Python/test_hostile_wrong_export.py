@@ -11,6 +11,7 @@ CT's RescaleSlope/Intercept).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
@@ -172,6 +173,61 @@ def test_two_different_doses_of_one_beam_beside_a_plan_dose_are_said(tmp_path, c
         assert phrase in row["warnings"], row["warnings"]
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert any(second.name in w for w in meta["warnings"]), meta["warnings"]
+
+
+def _beam_doses_by_number(root: Path) -> dict:
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and dd.read(path, header_only=True).get("Modality") == "RTDOSE":
+            ds = dd.read(path, header_only=True)
+            (beam,) = ds.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence[0].ReferencedBeamSequence
+            found[int(beam.ReferencedBeamNumber)] = path
+    return found
+
+
+def _refer_to_beams(path: Path, beams: list) -> None:
+    """Make ``path`` a dose of several beams (its pixels unchanged: the export must refuse before adding)."""
+    ds = dd.read(path)
+    group = ds.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence[0]
+    template = group.ReferencedBeamSequence[0]
+    items = []
+    for number in beams:
+        item = copy.deepcopy(template)
+        item.ReferencedBeamNumber = number
+        items.append(item)
+    group.ReferencedBeamSequence = items
+    dd.save(ds, path)
+
+
+def test_two_multi_beam_doses_sharing_a_beam_fail_the_beam_sum(clean, tmp_path, capsys):
+    """Doses of beams [1, 2] and [2, 3] (no single-beam doses) were both added: beam 2 twice, status ok. They
+    fail the case now, naming both files and the beam. Two doses of the same beams [1, 2] are one beam's two
+    doses: a copy (the same dose, another UID) is used once, a different one fails as F14's do."""
+    root = _copy(clean, "beams", tmp_path)
+    doses = _beam_doses_by_number(root)
+    assert sorted(doses) == [1, 2, 3]
+    _refer_to_beams(doses[1], [1, 2])
+    _refer_to_beams(doses[3], [2, 3])
+    doses[2].unlink()
+    code, rows, _out = _export(root, tmp_path / "overlap", capsys)
+    assert code == 1
+    _failed_with(rows, doses[1].name, doses[3].name, "both hold beam 2", "(300C,0006)")
+
+    root = _copy(clean, "beams", tmp_path / "same")
+    doses = _beam_doses_by_number(root)
+    _refer_to_beams(doses[1], [1, 2])
+    doses[2].unlink()
+    copied = _recalculated_beam(doses[1], 1.0)  # beams [1, 2] again under another UID: a copy
+    code, rows, out = _export(root, tmp_path / "copy", capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (0, "ok"), row["reason"]
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert len(meta["source"]["rtdose_files"]) == 2, meta["source"]["rtdose_files"]  # the [1, 2] dose and beam 3
+    copied.unlink()
+    other = _recalculated_beam(doses[1], 1.1)
+    code, rows, _out = _export(root, tmp_path / "different", capsys)
+    assert code == 1
+    _failed_with(rows, doses[1].name, other.name, "two different doses of beams [1, 2]")
 
 
 def _same_as_clean_arrays(clean: dict, name: str, out: Path, rows: list) -> None:

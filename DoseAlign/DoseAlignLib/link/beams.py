@@ -3,7 +3,7 @@
 A sum of BEAM doses stands for the plan only when it counts every treated beam exactly once: copies
 (also a second dose of a beam holding the same dose) and multi-beam doses already covered by single-beam
 doses are left out (with the reason); a sum that would miss or double a beam, or whose beam has two
-different doses, is refused.
+different doses, or whose multi-beam doses share a beam, is refused.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ def dose_groups(doses: list) -> list:
 
 
 def overlapping_beams(doses: list) -> Optional[str]:
-    """A multi-beam dose that shares some, not all, of its beams with single-beam doses.
+    """Why the doses' beams overlap so that no sum counts each beam once, or None.
 
-    Summed, it would count the shared beams twice; left out, it would drop the others: the sum
-    cannot be formed (typically a single-beam dose is missing or damaged).
+    A multi-beam dose that shares some, not all, of its beams with single-beam doses: summed, it would count
+    the shared beams twice; left out, it would drop the others (typically a single-beam dose is missing or
+    damaged). Or two multi-beam doses that share a beam (beams [1, 2] and [2, 3]).
     """
     singles = {d.info["beam_numbers"][0] for d in doses if len(d.info.get("beam_numbers") or []) == 1}
     for dose in sorted(doses, key=lambda d: d.rel_path):
@@ -53,6 +54,18 @@ def overlapping_beams(doses: list) -> Optional[str]:
                 f"dose of their own, beams {sorted(beams - singles)} do not: no sum counts every beam once "
                 "((300C,0006) ReferencedBeamNumber; a single-beam dose is missing or damaged: add it or export a PLAN dose)"
             )
+    keep, _left_out = beam_doses_to_sum(sorted(doses, key=lambda d: d.rel_path))
+    owner: dict = {}
+    for dose in keep:
+        for beam in dose.info.get("beam_numbers") or []:
+            first = owner.setdefault(beam, dose)
+            if first is not dose:
+                return (
+                    f"RTDOSE {first.rel_path} and {dose.rel_path}: both hold beam {beam} (beams "
+                    f"{first.info['beam_numbers']} and {dose.info['beam_numbers']}): their sum would count it twice, "
+                    "and which of them to leave out cannot be told ((300C,0006) ReferencedBeamNumber; export a PLAN "
+                    "dose, or give each beam one dose)"
+                )
     return None
 
 
@@ -128,13 +141,14 @@ def missing_beams(summation: str, doses: list, plan: Optional[DicomObject]) -> O
 def beam_doses_to_sum(doses: list) -> tuple:
     """The BEAM doses to add up, leaving out those that would count a beam twice.
 
-    Left out: a copy of a dose already in the sum (same SOPInstanceUID), a second dose for a beam
-    already in the sum, and a dose whose beams are all covered by single-beam doses.
+    Left out: a copy of a dose already in the sum (same SOPInstanceUID), a second dose for a beam (or the
+    same set of beams) already in the sum, and a dose whose beams are all covered by single-beam doses.
     """
     single_beams = {d.info["beam_numbers"][0] for d in doses if len(d.info["beam_numbers"]) == 1}
     keep, left_out = [], []
     seen_uids: dict = {}
     seen_beams: dict = {}
+    seen_sets: dict = {}  # the beams of multi-beam doses in the sum
     for dose in doses:
         beams = dose.info["beam_numbers"]
         if dose.sop_instance_uid and dose.sop_instance_uid in seen_uids:
@@ -143,9 +157,12 @@ def beam_doses_to_sum(doses: list) -> tuple:
             left_out.append((dose.rel_path, f"references beams {beams}, each already in the sum as its own BEAM dose"))
         elif len(beams) == 1 and beams[0] in seen_beams:
             left_out.append((dose.rel_path, f"beam {beams[0]} is already in the sum from {seen_beams[beams[0]]}"))
+        elif len(beams) > 1 and tuple(beams) in seen_sets:
+            left_out.append((dose.rel_path, f"beams {beams} are already in the sum from {seen_sets[tuple(beams)]}"))
         else:
             keep.append(dose)
             seen_uids[dose.sop_instance_uid] = dose.rel_path
             for beam in beams:
                 seen_beams.setdefault(beam, dose.rel_path)
+            seen_sets.setdefault(tuple(beams), dose.rel_path)
     return keep, left_out
