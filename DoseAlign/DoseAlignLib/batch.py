@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -199,9 +200,9 @@ def export_folder(
         raise NothingToExport(what_was_found(scan, linked), path=input_root, hint="nothing was written")
     found = inspect_output(out_dir)
     _check_found(found, out_dir, pseudonymizer is not None, pseudonymizer.fingerprint if pseudonymizer else None)
+    _check_targets(out_dir, _export_targets(shard, report_html, formats), "this export")
     if found.manifest_problem:
         note(f"{out_dir / 'manifest.csv'} {found.manifest_problem}: it is written anew")
-    _check_targets(out_dir, _export_targets(shard, report_html, formats), "this export")
     if shard is None:  # shards share OUT on purpose; any other run would overwrite the other's manifest
         _check_no_other_run(out_dir)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
@@ -911,9 +912,24 @@ def _check_targets(out_dir: Path, names, who: str) -> None:
     temporary over it, which cannot replace a folder)."""
     for name in names:
         path = out_dir / name
-        if path.is_dir() and not path.is_symlink():
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            continue  # absent (or unreadable: the write says why)
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a named pipe"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else None
+        )
+        if kind is not None:  # none of these is a file DoseAlign wrote; renaming over it would remove it
             raise DoseAlignError(
-                f"is a folder that is not DoseAlign's: {who} writes a file of that name and does not replace a folder",
+                f"is {kind} that is not DoseAlign's: {who} writes a file of that name and does not replace it",
                 path=path,
                 hint=f"move it away, then run {'merge' if who == 'merge' else 'the export'} again; nothing was written",
             )

@@ -17,6 +17,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -1231,3 +1232,17 @@ def test_a_folder_where_export_writes_a_file_is_refused_first(cohort, tmp_path, 
     assert "nothing was written" in done.stderr, done.stderr
     assert sorted(p.name for p in out.iterdir()) == [name]  # no case folder, no manifest
     assert (out / name / "user.txt").read_text(encoding="utf-8") == "mine"
+
+
+@pytest.mark.parametrize("name", ["manifest.csv", "report.html", "dataset.h5"])
+def test_a_named_pipe_where_export_writes_a_file_is_refused_first(cohort, tmp_path, name):
+    """F10's folder, as a named pipe (or a socket): the export renamed its finished file over it, so the user's
+    pipe was gone. Refused like the folder now, before any case, and kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / name)
+    done = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--no-qa-png", "--format", "hdf5", timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert name in done.stderr and "is a named pipe that is not DoseAlign's" in done.stderr, done.stderr
+    assert "written anew" not in done.stderr, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [name] and stat.S_ISFIFO((out / name).lstat().st_mode)
