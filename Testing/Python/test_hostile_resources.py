@@ -487,3 +487,56 @@ def test_without_threads_the_scan_reads_in_one_process(many_files, monkeypatch):
     assert refused, "the scan asked for a thread"
     assert [o.rel_path for o in again.objects] == [o.rel_path for o in whole.objects]
     assert len(again.objects) > 2 * scan.MIN_FILES_PER_PROCESS
+
+
+_DRAW = """
+import os, resource, sys
+import numpy as np
+from DoseAlignLib.api import Grid, Volume
+from DoseAlignLib.output import qa_png
+
+grid = Grid.from_spacing((6, 20, 20), (2.0, 2.0, 3.0), (0.0, 0.0, 0.0))
+dose = Volume(np.linspace(0, 60, grid.n_voxels, dtype=np.float32).reshape(grid.shape), grid, "GY")
+ct = Volume(np.zeros(grid.shape, dtype=np.int16), grid, "HU")
+held = []
+if sys.argv[1] == "starved":  # one descriptor left, as a case that holds its files open may leave matplotlib
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        os.close(held.pop())
+try:
+    qa_png.render_qa_png(sys.argv[2], ct, dose)
+    print("drawn")
+except Exception as error:
+    print("failed:", type(error).__name__, error)
+"""
+
+
+def _font_lists(folder: Path) -> dict:
+    return {p.name: len(json.loads(p.read_text(encoding="utf-8"))["ttflist"]) for p in folder.glob("fontlist-*.json")}
+
+
+def test_a_process_short_of_files_leaves_no_empty_font_list_behind(tmp_path):
+    """matplotlib skips, without a word, every font file it cannot open, and caches the list it builds once per
+    user. A DoseAlign process one descriptor short of its open-file limit cached a list of no fonts, and every
+    later qa.png of that user failed ("Failed to find font DejaVu Sans") until someone removed it (this machine's
+    cache was so emptied once during a test run). The picture of the starved process fails, saying why; the empty
+    list is removed again, and the next process draws."""
+    pytest.importorskip("matplotlib")
+    import subprocess
+
+    config = tmp_path / "matplotlib"
+    config.mkdir()
+    env = {**hostile.ENV, "MPLCONFIGDIR": str(config)}
+    run = [sys.executable, "-c", _DRAW]
+    starved = subprocess.run(
+        [*run, "starved", str(tmp_path / "a.png")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert starved.stdout.startswith("failed:"), starved.stdout + starved.stderr
+    assert "matplotlib found no fonts" in starved.stdout and "removed" in starved.stdout, starved.stdout
+    assert 0 not in _font_lists(config).values(), _font_lists(config)
+    fed = subprocess.run([*run, "fed", str(tmp_path / "b.png")], env=env, capture_output=True, text=True, timeout=300)
+    assert fed.stdout.strip() == "drawn", fed.stdout + fed.stderr
+    assert (tmp_path / "b.png").stat().st_size > 1000 and min(_font_lists(config).values()) > 0

@@ -23,6 +23,7 @@ of Slicer's Python is left as it was.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import importlib.util
@@ -123,7 +124,80 @@ def preload_matplotlib() -> None:
         os.register_at_fork(before=preloading.join)
 
 
+_fonts_lock = threading.Lock()
+_fonts_checked = False
+#: Why matplotlib's font list cannot draw (found once per process), or None.
+_fonts_problem: Optional[str] = None
+
+
+def _font_list_caches() -> dict:
+    """matplotlib's cached font lists (``fontlist-v*.json`` in its cache folder): {path: (inode, size, mtime)}."""
+    import matplotlib
+
+    try:
+        return {path: _file_key(path) for path in Path(matplotlib.get_cachedir()).glob("fontlist-v*.json")}
+    except (OSError, RuntimeError):
+        return {}
+
+
+def _file_key(path: Path) -> tuple:
+    status = path.stat()
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _lists_no_fonts(path: Path) -> bool:
+    try:
+        return not json.loads(path.read_text(encoding="utf-8")).get("ttflist")
+    except OSError:  # short of descriptors still: a list of any fonts takes tens of KiB
+        return path.stat().st_size < 4096
+    except ValueError:
+        return False
+
+
+def load_fonts() -> None:
+    """Import matplotlib's font list; when it holds no fonts, raise saying why, and never leave one such behind.
+
+    matplotlib builds the list once per user and caches it; a font file it cannot open is skipped without
+    a word. A process one file short of its open-file limit (``ulimit -n``) so cached a list of no fonts,
+    and every later matplotlib picture of that user failed ("Failed to find font DejaVu Sans") until someone
+    removed the file. A list this process cached that way is removed again (the next run builds it anew);
+    one cached before is named, not touched.
+    """
+    global _fonts_checked, _fonts_problem
+    with _fonts_lock:
+        if not _fonts_checked:
+            before = None if "matplotlib.font_manager" in sys.modules else _font_list_caches()
+            from matplotlib import font_manager
+
+            _fonts_checked = True
+            if not font_manager.fontManager.ttflist:
+                _fonts_problem = _no_fonts(before, f"fontlist-v{font_manager.FontManager.__version__}.json")
+        if _fonts_problem is not None:
+            raise RuntimeError(_fonts_problem)
+
+
+def _no_fonts(before: Optional[dict], current: str) -> str:
+    """Why matplotlib has no fonts, having removed the empty list this process cached (``before``: the cached
+    lists before it imported its font manager, None when something else imported it first; ``current``: the
+    file name of this matplotlib's list)."""
+    told = []
+    for path, key in _font_list_caches().items():
+        if path.name != current:
+            continue
+        if before is not None and before.get(path) != key and _lists_no_fonts(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                told.append(f"the empty font list it cached ({path}) is removed; the next run builds it anew")
+        elif _lists_no_fonts(path):
+            told.append(f"its cached font list {path} names no fonts: remove it and matplotlib builds it anew")
+    return "matplotlib found no fonts to draw with" + (": " + "; ".join(told) if told else "")
+
+
 def _import_matplotlib() -> None:
+    try:
+        load_fonts()
+    except Exception:  # the picture's own import reports it (qa_png_writer records the reason)
+        return
     for name in _MATPLOTLIB_MODULES:
         try:
             importlib.import_module(name)
@@ -274,6 +348,8 @@ def qa_figure(
     """The matplotlib Figure of :func:`render_qa_png` and its layout (what the PNG's text chunk holds:
     each panel's pixel box and mm extent, the wash's dose range, the mm per pixel)."""
     import matplotlib  # the object-oriented API only: pyplot's backend (Jupyter's, Slicer's) is left alone
+
+    load_fonts()  # before matplotlib.figure imports the font list: a list of no fonts is said and not kept
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
