@@ -20,6 +20,8 @@ from .errors import (
     THREAD_NOT_STARTED,
     Cancelled,
     DoseAlignError,
+    Interrupted,
+    NothingToExport,
     OutputFault,
     Terminated,
     output_fault,
@@ -71,21 +73,6 @@ Progress = Optional[Callable[[float, str], None]]
 
 #: Exit code of an export stopped by an output fault (see :class:`~DoseAlignLib.errors.OutputFault`).
 EXIT_FAULT = 4
-
-
-class NothingToExport(DoseAlignError):
-    """The input holds no case to export (no RTDOSE, or no readable DICOM at all); nothing was written."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM: ``terminated``) during an export: ``done`` of ``total`` cases were finished (and
-    are in manifest.csv)."""
-
-    def __init__(self, done: int, total: int, terminated: bool = False) -> None:
-        super().__init__(f"{'stopped by SIGTERM' if terminated else 'interrupted'} after {done} of {total} cases")
-        self.done = done
-        self.total = total
-        self.terminated = terminated
 
 
 @dataclass

@@ -27,6 +27,8 @@ from .api import (
     CustomBox,
     DoseAlignError,
     Interpolator,
+    Interrupted,
+    NothingToExport,
     ReferenceGrid,
     Terminated,
     options_from_args,
@@ -724,7 +726,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
             return EXIT_TERMINATED
         return code
-    except api.Interrupted as stop:
+    except Interrupted as stop:  # bound at import: a Ctrl-C during an import must not make this clause import
         said = "stopped by SIGTERM" if stop.terminated else "interrupted"
         print(
             f"\ndosealign: {said} after {stop.done} of {stop.total} cases; run again with --resume",
@@ -939,7 +941,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             stream.reconfigure(errors="backslashreplace")
     try:
         return int(args.func(args))
-    except api.NothingToExport as error:
+    except NothingToExport as error:
         print(f"dosealign: {error}", file=sys.stderr)
         return EXIT_NOTHING
     except ValueError as error:

@@ -20,6 +20,18 @@ class Terminated(KeyboardInterrupt):
     installed: the handler imports nothing (a signal during an import must not meet a half-imported module)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM: ``terminated``) during an export: ``done`` of ``total`` cases were finished (and
+    are in manifest.csv). Defined here for the reason :class:`Terminated` is: the command's ``except`` clause
+    names it, and a Ctrl-C during an import must not make that clause import anything."""
+
+    def __init__(self, done: int, total: int, terminated: bool = False) -> None:
+        super().__init__(f"{'stopped by SIGTERM' if terminated else 'interrupted'} after {done} of {total} cases")
+        self.done = done
+        self.total = total
+        self.terminated = terminated
+
+
 class DoseAlignError(Exception):
     """Base class of every error the engine raises on purpose.
 
@@ -63,6 +75,11 @@ def printable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class NothingToExport(DoseAlignError):
+    """The input holds no case to export (no RTDOSE, or no readable DICOM at all); nothing was written.
+    Here, not in batch.py: the command's ``except`` clause names it (see :class:`Interrupted`)."""
 
 
 class InputError(DoseAlignError, ValueError):
