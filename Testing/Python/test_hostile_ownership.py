@@ -14,6 +14,7 @@ import json
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -321,3 +322,116 @@ def test_a_run_that_claims_out_while_this_one_starts_is_seen(inputs, tmp_path, c
         for process in started:
             process.stdin.close()
             process.wait(timeout=60)
+
+
+#: An export whose map writes take a second (the read-merge-write of the map made slow, as on a busy shared disk),
+#: so that runs started together are inside it at once.
+SLOW_MAP_EXPORT = """
+import sys, time
+from DoseAlignLib.output import pseudonym
+real = pseudonym._write_private
+
+def slow(path, data, replace):
+    if replace:
+        time.sleep(1.0)
+    return real(path, data, replace)
+
+pseudonym._write_private = slow
+from DoseAlignLib.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def three_patients(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("three") / "in"
+    for n in range(3):
+        hostile.study(root / f"p{n}", f"MAP-{n}", 70 + n, with_structures=False)
+    return root
+
+
+@pytest.mark.parametrize("shared", ["map-file", "shards"])
+def test_runs_sharing_one_pseudonym_map_lose_no_row(three_patients, tmp_path, shared):
+    """From the seventh hostile trial (G7): three exports started together that share one pseudonym map (one
+    --map-file given to three exports, or --shard K/3 jobs into one OUT and its default map) each read, merged and
+    replaced the map, so the last writer dropped the others' rows (2 of 3 patients in 4 of 5 tries), all rc 0.
+    Now each run updates it under the map's lock: every patient and case row is there, mode 0600, no lock left."""
+    from DoseAlignLib.output.pseudonym import read_map
+
+    common = ["--pseudonymize", "--key-file", str(tmp_path / "site.key"), "--quiet", "--no-qa-png", "--workers", "1"]
+    assert hostile.dosealign("export", str(three_patients / "p0"), str(tmp_path / "first"), *common).returncode == 0
+    for attempt in range(2):
+        base = tmp_path / f"try{attempt}"
+        base.mkdir()
+        if shared == "map-file":
+            map_file = base / "shared.map.csv"
+            runs = [
+                ["export", str(three_patients / f"p{n}"), str(base / f"o{n}"), *common, "--map-file", str(map_file)]
+                for n in range(3)
+            ]
+        else:
+            map_file = base / "o.pseudonym-map.csv"
+            runs = [["export", str(three_patients), str(base / "o"), *common, "--shard", f"{k}/3"] for k in (1, 2, 3)]
+        started = [
+            subprocess.Popen(
+                [sys.executable, "-c", SLOW_MAP_EXPORT, *run],
+                env=hostile.ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for run in runs
+        ]
+        done = [(p.wait(timeout=300), p.stdout.read() + p.stderr.read()) for p in started]
+        for process in started:
+            process.stdout.close()
+            process.stderr.close()
+        assert all(code == 0 for code, _ in done), done
+        if shared == "map-file":
+            rows = [r for n in range(3) for r in hostile.manifest(base / f"o{n}")]
+        else:
+            rows = [r for k in (1, 2, 3) for r in hostile.manifest(base / "o", f"manifest.shard-{k}-of-3.csv")]
+        assert len({r["patient"] for r in rows}) == 3, rows
+        entries = read_map(map_file)
+        patients = {p: original for (kind, p), original in entries.items() if kind == "patient"}
+        cases = {c for kind, c in entries if kind == "case"}
+        assert sorted(patients.values()) == ["MAP-0", "MAP-1", "MAP-2"], (attempt, sorted(patients.values()))
+        assert {r["patient"] for r in rows} <= set(patients) and {r["case_id"] for r in rows} <= cases, attempt
+        assert stat.S_IMODE(map_file.stat().st_mode) == 0o600
+        assert sorted(p.name for p in base.iterdir() if p.name.endswith(".lock")) == [], "a lock file left"
+
+
+def test_a_run_that_cannot_get_the_map_lock_says_so_and_writes_nothing(three_patients, tmp_path):
+    """G7's other side: a run that cannot get the shared map's lock in time (DOSEALIGN_MAP_LOCK_SECONDS) never
+    writes the map without it: exit 2 naming the map and the variable, no map and no case written."""
+    map_file = tmp_path / "shared.map.csv"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom DoseAlignLib.output.pseudonym import map_lock\n"
+            "with map_lock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n",
+            str(map_file),
+        ],
+        env=hostile.ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = tmp_path / "out"
+        args = [str(three_patients / "p1"), str(out), "--pseudonymize", "--map-file", str(map_file), "--quiet"]
+        done = hostile.dosealign("export", *args, "--no-qa-png", env={"DOSEALIGN_MAP_LOCK_SECONDS": "1"})
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "another run has held the pseudonym map" in done.stderr and "DOSEALIGN_MAP_LOCK_SECONDS" in done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        assert not map_file.exists()
+        assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".tmp-")], list(out.iterdir())
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        holder.stdout.close()
+    assert not (tmp_path / ".shared.map.csv.lock").exists()  # the holder removed it when it let go
+    assert hostile.dosealign("export", *args, "--no-qa-png").returncode == 0  # and the next run gets it
+    assert map_file.exists()

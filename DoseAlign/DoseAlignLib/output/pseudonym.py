@@ -36,6 +36,7 @@ import os
 import re
 import secrets
 import stat
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -44,7 +45,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ..errors import DoseAlignError
-from ..limits import open_regular
+from ..limits import limit, open_regular
 from .cjk_variants import PAIRS as _CJK_PAIRS
 from .files import within
 
@@ -93,6 +94,11 @@ IDENTIFYING_KEYWORDS = (
 _UID = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){2,}(?![\w.])")
 _DICOM_DEFINED_UID = "1.2.840.10008."
 _FILE_SUFFIXES = {".dcm", ".dicom", ".ima", ".img"}
+
+try:  # POSIX advisory locks: runs sharing one map update it one at a time
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 class PseudonymError(DoseAlignError):
@@ -689,21 +695,110 @@ class Pseudonymizer:
 
     # -- the map
     def write_map(self, path: Path) -> Path:
-        """Write (merging with what is there) the mapping file, mode 0600."""
+        """Write (merging with what is there) the mapping file, mode 0600.
+
+        Runs that share a map (``--shard`` jobs into one OUT, one ``--map-file`` for parallel exports) each
+        read, merge and replace it while holding :func:`map_lock`, so that no run's rows are lost to another's.
+        """
         path = Path(path)
-        rows = read_map(path)
-        rows.update(self.entries)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(MAP_COLUMNS)
-        for (kind, pseudonym), original in sorted(rows.items()):
-            writer.writerow([kind, pseudonym, original])
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_private(path, buffer.getvalue().encode("utf-8"), replace=True)
         except OSError as error:
             raise PseudonymError(f"cannot write the pseudonym map: {_cause(error)}", path=path) from None
+        with map_lock(path):
+            rows = read_map(path)
+            rows.update(self.entries)
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(MAP_COLUMNS)
+            for (kind, pseudonym), original in sorted(rows.items()):
+                writer.writerow([kind, pseudonym, original])
+            try:
+                _write_private(path, buffer.getvalue().encode("utf-8"), replace=True)
+            except OSError as error:
+                raise PseudonymError(f"cannot write the pseudonym map: {_cause(error)}", path=path) from None
         return path
+
+
+def map_lock_path(path: Path) -> Path:
+    """The lock file of a pseudonym map: ``.<map name>.lock`` beside it, there only while a run holds it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def map_lock_seconds() -> float:
+    """How long a run waits for another run's hold on a shared map (``DOSEALIGN_MAP_LOCK_SECONDS``)."""
+    return limit("DOSEALIGN_MAP_LOCK_SECONDS")
+
+
+@contextlib.contextmanager
+def map_lock(path: Path):
+    """Hold the exclusive lock of the map at ``path`` for the ``with`` block: ``flock`` of :func:`map_lock_path`.
+
+    The holder removes the lock file before it lets go; a run that got the lock of a file removed meanwhile
+    (or replaced) tries again, so one run at a time holds the lock of the file at that path. Another run's hold
+    is waited for up to :func:`map_lock_seconds`; then, or where the file system offers no locks,
+    :class:`PseudonymError` says so and the map is not written (never without the lock). Where Python has no
+    ``fcntl`` (Windows) the map is written without one.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    lock = map_lock_path(path)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    seconds = map_lock_seconds()
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            handle = os.open(str(lock), flags, 0o600)
+        except OSError as error:
+            raise PseudonymError(
+                f"cannot open the pseudonym map's lock file {lock.name}: {_cause(error)}; the map is not written",
+                path=path,
+            ) from None
+        try:
+            info = os.fstat(handle)
+            if not stat.S_ISREG(info.st_mode):
+                raise PseudonymError(
+                    f"the map's lock file {lock.name} is not a regular file; the map is not written", path=path
+                )
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            if time.monotonic() >= end:
+                raise PseudonymError(
+                    f"another run has held the pseudonym map (its lock file {lock.name}) for {seconds:g} s; "
+                    "the map is not written, nor anything else",
+                    path=path,
+                    hint="run again when it has finished, or set DOSEALIGN_MAP_LOCK_SECONDS to wait longer",
+                ) from None
+            time.sleep(0.02)
+            continue
+        except OSError as error:
+            os.close(handle)
+            raise PseudonymError(
+                f"cannot lock the pseudonym map ({lock.name}): {_cause(error)}; it is not written without a "
+                "lock, as a run beside this one would lose its rows",
+                path=path,
+                hint="give --map-file on a file system that has file locks",
+            ) from None
+        except BaseException:
+            os.close(handle)
+            raise
+        try:
+            now = os.lstat(lock)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):  # removed by its last holder
+            os.close(handle)
+            continue
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)  # while still held: a waiter that gets this file's lock sees it gone
+            os.close(handle)
+        return
 
 
 #: A pseudonym map larger than this is not read (a map holds a few lines per case: ~100 bytes each).
