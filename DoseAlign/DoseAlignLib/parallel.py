@@ -356,15 +356,23 @@ SCHEDULER_CONNECT_SECONDS = 10.0
 
 
 def check_scheduler(address: str) -> None:
-    """Refuse (ValueError, before anything is written) a ``tcp://host:port`` scheduler nothing listens at.
+    """Refuse (ValueError, before anything is written) any scheduler when Dask is not installed, and a
+    ``tcp://host:port`` scheduler nothing listens at.
 
     ``local`` and other protocols (``tls://``, ``ucx://``) are left to Dask. Without this check Dask
     retried for 30 s and ended in a traceback, after the output folder was made.
     """
+    import importlib.util
     import socket
     from urllib.parse import urlsplit
 
     text = str(address).strip()
+    try:
+        missing = importlib.util.find_spec("distributed") is None
+    except (ImportError, ValueError):
+        missing = True
+    if missing:  # said now, not as run_dask's traceback after the output folder was made
+        raise ValueError(f"--scheduler {text} needs Dask: pip install 'dosealign[distributed]'; nothing was written")
     if text == "local":
         return
     parts = urlsplit(text if "://" in text else f"tcp://{text}")

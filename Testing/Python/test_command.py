@@ -803,6 +803,22 @@ def test_a_scheduler_nobody_listens_at_is_a_usage_error_before_anything_is_writt
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.parametrize("address", ["local", "tcp://127.0.0.1:1"])
+def test_a_scheduler_without_dask_is_a_usage_error_before_anything_is_written(
+    study, tmp_path, capsys, monkeypatch, address
+):
+    """Seventh hostile trial G9: `--scheduler local` in a fresh clone (no Dask) gave a 20-line traceback ending in
+    "--scheduler needs Dask", exit 1 ("some case failed"), and an empty OUT left behind."""
+    for name in ("distributed", "dask", "dask.distributed"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        main(["export", str(study), str(out), "--quiet", "--scheduler", address])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "needs Dask: pip install 'dosealign[distributed]'" in err, err
+    assert "Traceback" not in err and not out.exists()
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_failing_progress_stream_never_stops_the_export(study, tmp_path):
     # from the fifth hostile trial (E25, E27): stderr on a full device stopped the export after one case (exit 1,
