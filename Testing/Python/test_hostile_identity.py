@@ -1042,3 +1042,78 @@ def test_kana_and_variant_ideographs_never_reach_the_output(tmp_path, capsys, pa
         text = unicodedata.normalize("NFKC", data.decode("utf-8", "replace"))
         found += [f"{n} in {where}" for n in needles if unicodedata.normalize("NFKC", n) in text]
     assert not found, found[:10]
+
+
+#: Seventh hostile trial G1: PatientIDs with leading zeros, each with texts holding its number without them (to be
+#: removed by the rewriting and found by the check) and texts that are no such ID (kept, and passed by the check).
+UNPADDED = [
+    (
+        "0072315",
+        ["PTV_72315", "ctv-72315-boost", "PTV72315", "72315 ring", "PTV_0072315"],
+        ["dmax 72315.5", "1.72315", "172315", "723150", "7231", "ring 72.315", "d72315.0cc_gy"],
+    ),
+    (
+        "MRN0072315",
+        ["PTV_72315", "MRN72315", "mrn-72315", "boost 72315", "MRN 0072315"],
+        ["PTV72315", "x72315", "172315", "63.72315", "72315.5", "7231"],
+    ),
+    ("AB-0004127-C", ["PTV 4127", "ab-4127-c", "AB4127C"], ["PTV4127", "14127", "41.27"]),
+    ("0000007", ["PTV 0000007"], ["PTV_7", "PTV 7"]),
+    ("00123", ["PTV_00123"], ["PTV_123"]),
+]
+
+
+@pytest.mark.parametrize("pid, found, kept", UNPADDED)
+def test_an_ids_number_without_its_leading_zeros_to_both_sides(pid, found, kept):
+    """Seventh hostile trial G1, the rewriting and the check on their own: a PatientID's number written without
+    its leading zeros (``0072315`` as ``72315``, the number of ``MRN0072315`` likewise) is an ID where at least
+    MIN_UNPADDED_DIGITS digits remain (``0000007`` as ``7`` is not): the ID of digits only in all its spellings, the
+    number of an ID with letters as a word of its own; not inside a longer number or a decimal one (F16)."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.patient_ids.add(pid)
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in found:
+        rewritten = pseudonymizer.text(text)
+        assert pseudonym.REMOVED in rewritten and pseudonymizer.guard.find(text) == "a patient ID", (pid, text)
+        assert not pseudonymizer.guard.find(rewritten), (pid, text, rewritten)
+    for text in kept:
+        assert pseudonymizer.text(text) == text and not pseudonymizer.guard.find(text), (pid, text)
+
+
+def test_the_check_alone_finds_an_ids_number_without_its_leading_zeros(monkeypatch):
+    """G1: with the rewriting made to miss every ID, the check still refuses the number without its zeros."""
+    from DoseAlignLib.output import pseudonym
+
+    monkeypatch.setattr(pseudonym, "_id_pattern", lambda identifier: re.compile(r"(?!)"))
+    monkeypatch.setattr(pseudonym, "_bare_number", lambda number: re.compile(r"(?!)"), raising=False)
+    for pid, name in [("0072315", "PTV_72315"), ("0072315", "PTV72315"), ("MRN0072315", "PTV_72315")]:
+        identity = pseudonym.Identity()
+        identity.patient_ids.add(pid)
+        pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+        meta = pseudonymizer.value({"structures": {"names": [name]}}, text_keys=frozenset([name]))
+        assert meta["structures"]["names"] == [name]  # the rewriting missed it
+        with pytest.raises(pseudonym.PseudonymError, match="a patient ID"):
+            pseudonymizer.check(meta)
+
+
+@pytest.mark.parametrize("pid", ["0072315", "MRN0072315"])
+def test_an_ids_number_without_its_leading_zeros_never_reaches_the_output(tmp_path, capsys, pid):
+    """Seventh hostile trial G1: PatientID ``0072315`` (or ``MRN0072315``) and an ROI ``PTV_72315``, as HIS exports and
+    spreadsheets print MRNs: ``PTV_72315`` was in meta.json, dvh.csv, dataset.json and a mask file name (9 hits),
+    status ok. The case is exported with ``PTV_[removed]``, and no output byte holds 72315."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", pid, 69, patient_name="Quillfeather^Odalys", extra_organs=1, ct_size=(32, 28, 16))
+    ds = dd.read(truth.struct_file)
+    ds.StructureSetROISequence[-1].ROIName = "PTV_72315"
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row
+    assert "PTV_[removed]" in _names_of(out, row)
+    # as a number of its own (a keyed 2.25.<39 digits> UID may hold these digits inside it by chance)
+    found = [where for where, data in _all_output_bytes(out) if re.search(rb"(?<![0-9.])72315(?![0-9])", data)]
+    assert not found, found[:10]

@@ -57,6 +57,9 @@ REMOVED = "[removed]"
 #: (they are replaced wherever they stand alone: case ids, the patient column, meta.json's patient_id).
 MIN_ID_LENGTH = 3
 MIN_OTHER_ID_LENGTH = 5
+#: A number of an ID written without its leading zeros (``0072315`` as ``72315``, as HIS exports and spreadsheets
+#: print MRNs) is removed too when at least this many digits remain (``0000007`` as ``7`` is not).
+MIN_UNPADDED_DIGITS = 4
 #: Dict keys whose string values are input paths (relative to the input root).
 PATH_KEYS = {
     "ct_files",
@@ -551,12 +554,26 @@ class Pseudonymizer:
 
         return pattern.sub(replace, value)
 
+    @property
+    def _unpadded(self) -> tuple:
+        """:func:`unpadded_ids` of the input's IDs (cached while they stay the same)."""
+        identifiers = frozenset(self.identity.identifiers)
+        cached = getattr(self, "_unpadded_cache", None)
+        if cached is None or cached[0] != identifiers:
+            cached = (identifiers, unpadded_ids(identifiers))
+            object.__setattr__(self, "_unpadded_cache", cached)
+        return cached[1]
+
     def _redact_text(self, value: str) -> str:
         if not value:
             return value
         ident = self.identity
-        for item in sorted(ident.identifiers, key=len, reverse=True):
+        variants, numbers = self._unpadded
+        for item in sorted(ident.identifiers | variants, key=len, reverse=True):
             value = self._remove_id(item, value)
+        for number in numbers:  # the number of an ID of letters and digits, as a word of its own
+            if number in value:
+                value = _bare_number(number).sub(REMOVED, value)
         value = self._names.redact(value)
         for date in ident.dates:
             if any(c.isdigit() for c in value):
@@ -1290,6 +1307,43 @@ def _id_pattern(identifier: str):
     return pattern
 
 
+def unpadded_ids(identifiers: Iterable[str]) -> tuple:
+    """``(IDs, numbers)``: each ID whose runs of digits start with zeros, written without them (``0072315`` as
+    ``72315``, ``MRN0072315`` as ``MRN72315``), where at least :data:`MIN_UNPADDED_DIGITS` digits remain; and those
+    runs alone (``72315``) of IDs that hold letters too, removed only as words of their own (:func:`_bare_number`).
+    An ID of digits only is itself such a number, removed as an ID (:func:`_id_pattern`)."""
+    ids, numbers = set(), set()
+    for identifier in identifiers:
+        found = []
+        variant = re.sub(r"[0-9]+", functools.partial(_unpad, found=found), identifier)
+        if found:
+            ids.add(variant)
+            if not variant.isdigit():
+                numbers.update(found)
+    return ids, numbers
+
+
+def _unpad(match, found: list) -> str:
+    """A run of digits without its leading zeros (noted in ``found``) where MIN_UNPADDED_DIGITS digits remain."""
+    digits = match.group(0).lstrip("0")
+    if digits != match.group(0) and len(digits) >= MIN_UNPADDED_DIGITS:
+        found.append(digits)
+        return digits
+    return match.group(0)
+
+
+_BARE_NUMBERS: dict = {}
+
+
+def _bare_number(number: str):
+    """``number`` as a word of its own: no ASCII letter or digit beside it, and not a decimal number's part."""
+    pattern = _BARE_NUMBERS.get(number)
+    if pattern is None:
+        pattern = re.compile(r"(?<![0-9A-Za-z])(?<![0-9]\.)" + re.escape(number) + r"(?![0-9A-Za-z])(?!\.[0-9])")
+        _BARE_NUMBERS[number] = pattern
+    return pattern
+
+
 #: DoseAlign's own words where an ID glued to letters would match by chance: DVH point names (``d0.03cc_gy``,
 #: ``d95_gy``), sizes (``48x160x192``) and numbers in exponent notation (``1.25e-05``). An ID that stands alone
 #: there is removed all the same; the check's own list is :data:`_GUARD_SKIPS`.
@@ -1370,6 +1424,28 @@ class IdentityGuard:
                         self.squeezed_names.add(joined)
         self.ids = {"".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers}
         self.ids.discard("")
+        # an ID's numbers also without their leading zeros (0072315: 72315; mrn0072315: mrn72315, and 72315 as a
+        # word of its own), where MIN_UNPADDED_DIGITS digits or more remain: the check's own reading, character by
+        # character
+        self.bare_numbers = set()
+        for squeezed in list(self.ids):
+            pieces, dropped, digits = [], [], ""
+            for char in squeezed + "\0":
+                if char in _DIGITS:
+                    digits += char
+                    continue
+                kept = digits.lstrip("0")
+                if digits and kept != digits and len(kept) >= MIN_UNPADDED_DIGITS:
+                    dropped.append(kept)
+                    digits = kept
+                pieces.append(digits)
+                pieces.append(char)
+                digits = ""
+            if dropped:
+                variant = "".join(pieces[:-1])
+                self.ids.add(variant)
+                if not all(c in _DIGITS for c in variant):
+                    self.bare_numbers.update(dropped)
         self.longest_id = max((len(i) for i in self.ids), default=0)
         # IDs that hold a digit are found glued to letters too (PTVqx77415, QX77415boost)
         self.glued_ids = {i for i in self.ids if i.isascii() and any(c in _DIGITS for c in i)}
@@ -1419,6 +1495,15 @@ class IdentityGuard:
                 after = collapsed[match.end()] if match.end() < len(collapsed) else " "
                 if not before.isalnum() and not after.isalnum() and not _in_number(collapsed, *match.span()):
                     return "a patient ID"
+        for number in self.bare_numbers:  # an ID's number without its leading zeros, as a word of its own
+            start = lowered.find(number)
+            while start >= 0:
+                end = start + len(number)
+                before = lowered[start - 1] if start else " "
+                after = lowered[end] if end < len(lowered) else " "
+                if before not in _ASCII_ALNUM and after not in _ASCII_ALNUM and not _in_number(lowered, start, end):
+                    return "a patient ID"
+                start = lowered.find(number, start + 1)
         # an ID joined to its neighbours by separators (PTV_PID-7731): whole runs of letters and digits, joined
         # (not across the decimal point of a number: 63.0584 is no 630584)
         runs = [(m.group(0), m.start(), m.end()) for m in re.finditer(r"[0-9a-z]+", lowered)]
