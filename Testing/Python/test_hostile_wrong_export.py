@@ -521,6 +521,44 @@ def test_grids_whose_far_voxels_differ_are_not_equal(degrees, equal):
     assert not first.equal(uneven) and not uneven.equal(first)
 
 
+@pytest.mark.parametrize("plain, other", [("CTV_1", "CTV 1"), ("Lung_L", "Lung:L"), ("ptv", "PTV?")])
+def test_a_mask_file_named_after_an_roi_holds_that_roi(tmp_path, capsys, plain, other):
+    """Seventh hostile trial G10: with ROIs `CTV 1` (listed first) and `CTV_1`, masks/CTV_1.nii.gz held `CTV 1`
+    and `CTV_1` went to CTV_1-2.nii.gz; loaders pick masks by file name. A name that is file-safe as it is keeps
+    it; only the names made file-safe take a suffix. Checked against pair.npz's channels, NIfTI and NRRD."""
+    pytest.importorskip("nibabel")
+    pytest.importorskip("nrrd")
+    import nibabel
+    import nrrd
+
+    truth = hostile.study(tmp_path / "in" / "p", "WRONG-10", 11)
+    ds = dd.read(truth.struct_file)
+    rois = ds.StructureSetROISequence
+    rois[1].ROIName, rois[2].ROIName = other, plain  # the sanitized one first
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "out"
+    code = main(
+        ["export", str(tmp_path / "in"), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "nifti,nrrd"]
+    )
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), row["reason"]
+    case = out / row["case_id"]
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    names = meta["structures"]["names"]
+    with np.load(case / "pair.npz") as npz:
+        masks = np.unpackbits(npz["masks"], axis=-1, count=npz["ct"].shape[2]).astype(bool)
+    assert not np.array_equal(masks[names.index(plain)], masks[names.index(other)])  # else the test tells nothing
+    for fmt, read in (
+        ("nifti", lambda f: np.asanyarray(nibabel.load(f).dataobj).transpose(2, 1, 0)),
+        ("nrrd", lambda f: nrrd.read(str(f), index_order="C")[0]),
+    ):
+        files = meta["exports"][fmt]["files"]["masks"]
+        assert Path(files[plain]).stem.split(".")[0] == plain, files
+        for name in (plain, other):
+            assert np.array_equal(read(case / files[name]).astype(bool), masks[names.index(name)]), (fmt, name)
+
+
 # ---- scalings ---------------------------------------------------------------------------------------
 
 

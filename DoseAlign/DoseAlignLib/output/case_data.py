@@ -61,16 +61,27 @@ def safe_name(name: str) -> str:
 
 
 def unique_file_names(names: list) -> list:
-    """Safe, distinct file names for ``names`` (distinct also on case-insensitive file systems)."""
-    out, seen = [], set()
-    for name in names:
-        base = safe_name(name)
+    """Safe, distinct file names for ``names`` (distinct also on case-insensitive file systems).
+
+    A name that is file-safe as it is keeps it, whatever comes before it: a file named exactly after an
+    ROI holds that ROI (``CTV_1`` stays ``CTV_1`` beside ``CTV 1``, which becomes ``CTV_1-2``).
+    """
+    bases = [safe_name(name) for name in names]
+    out: list = [None] * len(names)
+    seen = set()
+    for index, (name, base) in enumerate(zip(names, bases)):
+        if base == name and base.lower() not in seen:
+            out[index] = base
+            seen.add(base.lower())
+    for index, base in enumerate(bases):
+        if out[index] is not None:
+            continue
         candidate, n = base, 2
         while candidate.lower() in seen:
             candidate = f"{base}-{n}"
             n += 1
         seen.add(candidate.lower())
-        out.append(candidate)
+        out[index] = candidate
     return out
 
 
