@@ -222,9 +222,13 @@ def export_folder(
         return carried + [r for r in rows_now if not (r["case_id"] in taken and r["status"] == "failed")]
 
     check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
-    claim = claim_for(out_dir)  # this run's owner record, before workers start (they use it)
+    # this run's owner record, before workers start (they use it); it says whose pseudonyms the run writes
+    pseudonyms = pseudonymizer.fingerprint if pseudonymizer is not None else "none"
+    claim = claim_for(out_dir, {"pseudonyms": pseudonyms})
     if shard is None:  # a run that started with this one and claimed OUT since (the claim is released on return)
         _check_no_other_run(out_dir, claimed=True)
+    else:  # shards run side by side on purpose, all plain or all with one key
+        _check_same_pseudonyms(out_dir, pseudonyms)
     clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
@@ -413,6 +417,31 @@ def _check_found(found, out_dir: Path, pseudonymized: bool, key: Optional[str] =
             f"the output folder cannot take this export: {conflict}",
             path=out_dir,
             hint="choose another output folder, or remove what it holds; nothing was written",
+        )
+
+
+def _check_same_pseudonyms(out_dir: Path, pseudonyms: str) -> None:
+    """Refuse a shard run while another live run writes into OUT with other pseudonyms (or none): the cases
+    each exported before the other looked would mix one patient's real identity with pseudonymized cases (a
+    run started later sees the other's cases and is refused by :func:`_check_found`; these start together).
+    Both runs have claimed OUT when they look, so at least one sees the other."""
+    for run in live_runs(out_dir):
+        theirs = (run.get("owner") or {}).get("pseudonyms")
+        if theirs is None or theirs == pseudonyms:
+            continue  # the same kind, or a run that does not say (an earlier version's)
+        kind = (
+            "without pseudonyms"
+            if theirs == "none"
+            else "with pseudonyms"
+            if pseudonyms == "none"
+            else ("with pseudonyms of another key")
+        )
+        raise DoseAlignError(
+            f"another DoseAlign run (process {run['pid']}, started {run['started']}; owner record {run['record']}) "
+            f"is writing into this output folder {kind}: one output folder holds one kind of export",
+            path=out_dir,
+            hint="export every shard with the same --pseudonymize and key, or choose another output folder; this "
+            "run exported no case",
         )
 
 

@@ -298,7 +298,7 @@ def test_a_run_that_claims_out_while_this_one_starts_is_seen(inputs, tmp_path, c
     started = []
     real_claim_for = batch.claim_for
 
-    def other_run_claims_first(folder):
+    def other_run_claims_first(folder, details=None):
         started.append(
             subprocess.Popen(
                 [sys.executable, "-c", LIVE_RUN, str(out)],
@@ -309,7 +309,7 @@ def test_a_run_that_claims_out_while_this_one_starts_is_seen(inputs, tmp_path, c
             )
         )
         started[0].stdout.readline()
-        return real_claim_for(folder)
+        return real_claim_for(folder, details)
 
     monkeypatch.setattr(batch, "claim_for", other_run_claims_first)
     try:
@@ -435,3 +435,54 @@ def test_a_run_that_cannot_get_the_map_lock_says_so_and_writes_nothing(three_pat
     assert not (tmp_path / ".shared.map.csv.lock").exists()  # the holder removed it when it let go
     assert hostile.dosealign("export", *args, "--no-qa-png").returncode == 0  # and the next run gets it
     assert map_file.exists()
+
+
+_HOLD_A_CLAIM = """
+import sys, time
+from DoseAlignLib.output.files import claim_folder
+
+try:
+    claim = claim_folder(sys.argv[1], {"pseudonyms": sys.argv[2]})
+except TypeError:  # a version whose owner records say nothing of pseudonyms: the run still holds OUT
+    claim = claim_folder(sys.argv[1])
+print("claimed", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize(
+    "theirs, ours, refused",
+    [
+        ("none", ["--pseudonymize"], "without pseudonyms"),
+        ("0123456789abcdef", [], "with pseudonyms"),
+        ("0123456789abcdef", ["--pseudonymize"], "with pseudonyms of another key"),
+        ("none", [], None),
+    ],
+)
+def test_shards_writing_side_by_side_share_one_kind_of_pseudonyms(three_patients, tmp_path, theirs, ours, refused):
+    """Seventh hostile trial G8: a plain shard run started together with a pseudonymized shard into one OUT wrote
+    `MAP-0_...` case folders beside the pseudonymized ones (refused only when it started after the other had
+    exported). A shard run's owner record says whose pseudonyms it writes; a shard that meets a live run of another
+    kind is refused before it exports any case. Shards of one kind still run side by side."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_CLAIM, str(out), theirs], env=hostile.ENV, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        args = ["export", str(three_patients), str(out), "--quiet", "--no-qa-png", "--shard", "1/2", *ours]
+        if ours:
+            args += ["--key-file", str(tmp_path / "key"), "--map-file", str(tmp_path / "map.csv")]
+        done = hostile.dosealign(*args, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    cases = [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if refused is None:
+        assert done.returncode == 0, done.stderr
+        assert cases
+        return
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert f"is writing into this output folder {refused}:" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not cases, cases

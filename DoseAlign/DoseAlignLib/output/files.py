@@ -81,7 +81,7 @@ def _proc_stat(pid: int) -> tuple:
 class RunClaim:
     """This process's claim on an output folder: the owner record and the temporary names it may use."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, details: Optional[dict] = None) -> None:
         self.folder = Path(os.path.realpath(folder))
         self.token = secrets.token_hex(8)
         self.pid = os.getpid()
@@ -99,6 +99,7 @@ class RunClaim:
                 "boot_id": _boot_id(),
                 "process_start": _process_start(self.pid),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **{key: value for key, value in (details or {}).items() if key not in ("dosealign_run", "pid")},
             }
             os.write(self._fd, (json.dumps(owner) + "\n").encode("utf-8"))
         except BaseException:
@@ -138,17 +139,18 @@ class RunClaim:
 _CLAIMS: dict = {}
 
 
-def claim_folder(folder: Path) -> RunClaim:
-    """A new claim of this process on ``folder`` (a batch makes one and releases it at its end).
+def claim_folder(folder: Path, details: Optional[dict] = None) -> RunClaim:
+    """A new claim of this process on ``folder`` (a batch makes one and releases it at its end); ``details``
+    go into the owner record (what other runs may need to know of this one, see :func:`live_runs`).
 
     Raises OSError when the owner record cannot be written (the folder is not writable, the disk is full).
     """
-    claim = RunClaim(Path(folder))
+    claim = RunClaim(Path(folder), details)
     _CLAIMS[str(claim.folder)] = claim
     return claim
 
 
-def claim_for(folder: Path) -> RunClaim:
+def claim_for(folder: Path, details: Optional[dict] = None) -> RunClaim:
     """The claim whose folder is ``folder`` or holds it; a new one on ``folder`` when none does.
 
     Claims are released by :func:`release_claims` (a batch at its end, a worker before it exits, and
@@ -161,7 +163,7 @@ def claim_for(folder: Path) -> RunClaim:
     if not _AT_EXIT:
         atexit.register(release_claims)
         _AT_EXIT.append(True)
-    return claim_folder(Path(folder))
+    return claim_folder(Path(folder), details)
 
 
 _AT_EXIT: list = []
@@ -315,8 +317,9 @@ def dead_claims(folder: Path) -> list:
 
 def live_runs(folder: Path) -> list:
     """The owner records in ``folder`` of other processes' runs that are alive, or of another machine and
-    may be, as ``{"pid", "started", "host", "record", "undecided"}`` dicts (this process's claims are not
-    counted). ``undecided``: another machine's record whose lock is free or cannot be tested here."""
+    may be, as ``{"pid", "started", "host", "record", "undecided", "owner"}`` dicts (this process's claims are
+    not counted). ``undecided``: another machine's record whose lock is free or cannot be tested here; ``owner``:
+    the whole record (with the ``details`` its run claimed with)."""
     runs = []
     try:
         entries = list(os.scandir(folder))
@@ -346,6 +349,7 @@ def live_runs(folder: Path) -> list:
                 "host": printable(str(owner.get("host", ""))),
                 "record": entry.name,
                 "undecided": state == "undecided",
+                "owner": owner,
             }
         )
     return sorted(runs, key=lambda run: str(run["started"]))
