@@ -1117,3 +1117,59 @@ def test_an_ids_number_without_its_leading_zeros_never_reaches_the_output(tmp_pa
     # as a number of its own (a keyed 2.25.<39 digits> UID may hold these digits inside it by chance)
     found = [where for where, data in _all_output_bytes(out) if re.search(rb"(?<![0-9.])72315(?![0-9])", data)]
     assert not found, found[:10]
+
+
+def test_dotted_numbers_that_are_no_uid_are_not_hashed():
+    """Seventh hostile trial G5, the rewriting on its own: every run of digits and dots of 10 characters or more was
+    taken for a UID and replaced by a keyed 2.25.<...>, so an ROI ``CTV 03.10.2025`` became ``CTV 2.25.2640...``.
+    Only the input's own UIDs and UIDs as DICOM writes them (no component with a leading zero, rooted as an OID)
+    are hashed; a date is removed as a date where it is a header date, and kept otherwise."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.dates.add("20251003")
+    identity.uids.update({"1.2.3.04.5", "9.9.9"})  # the input's own UIDs, even ill-formed ones
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in ("CTV 17.10.2025", "CTV 04.11.2025", "v 10.2.1.5.7", "PTV 60.0.2", "z 1.2.840.1", "GTV 00.10.20.30"):
+        assert pseudonymizer.text(text) == text, text
+    for text in ("CTV 03.10.2025", "CTV 2025.10.03", "CTV 3.10.2025"):  # the header date in other spellings
+        assert pseudonymizer.text(text) == "CTV [removed]", text
+    for text in ("ref 1.2.3.04.5", "u 9.9.9", "x 1.2.826.0.1.3680043.8.498.1", "y 2.25.12345678901"):
+        rewritten = pseudonymizer.text(text)
+        assert re.fullmatch(r"[a-z]+ 2\.25\.[0-9]+", rewritten) and text.split()[1] not in rewritten, (text, rewritten)
+        assert not pseudonymizer.guard.find(rewritten)
+    assert pseudonymizer.text("1.2.840.10008.5.1.4.1.1.2") == "1.2.840.10008.5.1.4.1.1.2"  # DICOM's own UIDs stay
+    for text in ("1.2.3.4.5.6", "2.999.1.0.7", "0.9.2342.19200300"):
+        assert pseudonym.looks_like_uid(text), text
+    for text in ("03.10.2025", "17.10.2025", "1.02.3.4.5.6", "3.10.20251", "1.40.3.4.5.6", "1.2.3.4.5.a", "1" * 65):
+        assert not pseudonym.looks_like_uid(text), text
+
+
+def test_roi_names_with_dates_are_not_rewritten_into_uids(tmp_path, capsys):
+    """Seventh hostile trial G5: ROIs labelled with a date the European way (``CTV 03.10.2025``, as re-plans are)
+    were rewritten into keyed UIDs in meta.json, dvh.csv and the mask file names. A date that is no header date is
+    kept, a header date (StudyDate 20240102 written ``02.01.2024``) removed as a date; the input's own UID and
+    another valid UID in an ROI name are still hashed, and no output byte holds the input's UIDs."""
+    root = tmp_path / "in"
+    rois = ["CTV 03.10.2025", "CTV 17.10.2025", "PTV 02.01.2024", "ref {own}", "ext 1.2.826.0.1.3680043.8.498.77"]
+    truth = hostile.study(root / "p", "GF-5511", 66, patient_name="Ardent^Vela", extra_organs=len(rois))
+    ds = dd.read(truth.struct_file)
+    own = str(ds.FrameOfReferenceUID if "FrameOfReferenceUID" in ds else ds.StudyInstanceUID)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+        roi.ROIName = name.format(own=own)
+    dd.save(ds, truth.struct_file)
+    assert own in {str(v) for v in (ds.StudyInstanceUID, ds.get("FrameOfReferenceUID"))}
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row
+    names = _names_of(out, row)
+    assert {"CTV 03.10.2025", "CTV 17.10.2025", "PTV [removed]"} <= set(names), names
+    hashed = [n for n in names if n.startswith(("ref ", "ext "))]
+    assert len(hashed) == 2 and all(re.fullmatch(r"(ref|ext) 2\.25\.[0-9]+", n) for n in hashed), names
+    files = sorted(p.name for p in (out / row["case_id"]).rglob("*"))
+    assert not [n for n in files if "2.25." in n and not n.startswith(("ref ", "ext "))], files
+    uids = {str(dd.read(p).SOPInstanceUID) for p in (root / "p").rglob("*.dcm")} | {own}
+    found = [(where, u) for where, data in _all_output_bytes(out) for u in uids if u.encode() in data]
+    assert not found, found[:10]

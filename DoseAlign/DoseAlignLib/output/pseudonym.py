@@ -104,6 +104,25 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
+#: A dotted run of digits shorter than this that is none of the input's UIDs is not taken for a UID in free text.
+MIN_TEXT_UID_LENGTH = 10
+
+
+def looks_like_uid(text: str) -> bool:
+    """Whether ``text``, found in free text, is a UID the way DICOM writes them (PS3.5 9.1): at most 64
+    characters, at least two numeric components separated by periods, none with a leading zero but a single ``0``,
+    rooted as an OID (ISO/IEC 9834-1: a first component 0, 1 or 2; a second below 40 after 0 or 1), and, in free
+    text, at least :data:`MIN_TEXT_UID_LENGTH` characters. A date (``03.10.2025``, ``17.10.2025``, ``2025.10.03``)
+    or a version number is none."""
+    parts = text.split(".")
+    if not MIN_TEXT_UID_LENGTH <= len(text) <= 64 or len(parts) < 2:
+        return False
+    if any(not (part.isascii() and part.isdigit()) or (part[0] == "0" and len(part) > 1) for part in parts):
+        return False
+    first, second = int(parts[0]), int(parts[1])
+    return first == 2 or (first in (0, 1) and second < 40)
+
+
 class PseudonymError(DoseAlignError):
     """The key or map file cannot be used, or an output would still identify a patient."""
 
@@ -473,9 +492,14 @@ class Pseudonymizer:
         return self._redact(value)
 
     def _uid_in_text(self, candidate: str) -> str:
+        """A dotted run of digits in a text: hashed when it is one of the input's UIDs, or another UID as DICOM writes
+        them (:func:`looks_like_uid`); anything else (a date ``03.10.2025``, a version ``10.2.1.5``) stays as it is,
+        for the rewriting of dates and IDs to read."""
         if ("uid", candidate) in self.entries:
             return candidate  # already a pseudonym
-        if candidate in self.identity.uids or (len(candidate) >= 10 and not candidate.startswith(_DICOM_DEFINED_UID)):
+        if candidate in self.identity.uids or (
+            looks_like_uid(candidate) and not candidate.startswith(_DICOM_DEFINED_UID)
+        ):
             return self.uid(candidate)
         return candidate
 
