@@ -50,6 +50,36 @@ def test_without_references_only_ct_modality_and_no_cone_beam(tmp_path):
         assert "chosen by --ct" in case.notes[-1]
 
 
+def test_a_ct_chosen_by_its_folder_name_alone_is_a_case_warning(tmp_path):
+    """Seventh hostile trial: a second CT series of the same geometry in the study (a MIP, +500 HU) and no
+    reference that decides: the folder name chose it (`a_mip` over `z_ct`), status ok, the manifest's warnings
+    empty. The choice stays the documented one, and the case warns that nothing else told the two apart."""
+    import shutil
+
+    import dicom_damage as dd
+    from pydicom.uid import generate_uid
+
+    truth = write_phantom(tmp_path / "in" / "z_ct", PhantomSpec(with_plan=False))
+    mip = tmp_path / "in" / "a_mip"
+    mip.mkdir()
+    series_uid = generate_uid()
+    for path in truth.ct_files:
+        copy = mip / path.name
+        shutil.copy(path, copy)
+        ds = dd.read(copy)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PixelData = (ds.pixel_array + 500).astype(ds.pixel_array.dtype).tobytes()
+        dd.save(ds, copy)
+    (case,) = form_cases(scan_folder(tmp_path / "in")).cases
+    assert case.ct.folder == "a_mip"
+    (warning,) = [w for w in case.warnings if "chosen by its folder name" in w]
+    assert "'z_ct'" in warning and "--ct" in warning, warning
+    shutil.rmtree(mip)  # one CT: nothing to warn of
+    (case,) = form_cases(scan_folder(tmp_path / "in")).cases
+    assert not [w for w in case.warnings if "folder name" in w], case.warnings
+
+
 def test_ct_choice_errors_name_what_is_wrong(tmp_path):
     truth, scan = _study(tmp_path, with_plan=False)
     with pytest.raises(InputError, match="no CT series with folder or SeriesInstanceUID 'nowhere'"):

@@ -9,7 +9,8 @@ The order of the rules (the first that decides wins):
    with a larger field of view or a slice step closer to the dose's never outranks it.
 3. Frame of reference and study, when no reference decides. Several CTs may qualify: the one that
    covers the dose best wins (then the one whose slice step is closest to the dose's, then the finer,
-   then the folder name); the case's notes say that no reference decided and how to choose (``--ct``).
+   then the folder name); the case's notes say that no reference decided and how to choose (``--ct``), and
+   a case warning says so when only the folder name told them apart.
 
 Only series whose Modality is CT are candidates at any step (an MR stored as CT images is not a
 planning CT); a series that says it is a cone-beam CT (SeriesDescription, ProtocolName or ImageType)
@@ -228,6 +229,13 @@ def choose_ct(
     best = scored[0]
     case.ct = best[4]
     decided = "the references name several" if by_reference else "no reference decides between them"
+    tied = [s[4] for s in scored[1:] if s[1:3] == best[1:3]]
+    if tied:  # nothing in the files tells them apart: the folder name decided, which is no reason
+        case.warnings.append(
+            f"CT {describe_series(case.ct)} chosen by its folder name: {len(tied)} other CT series "
+            f"({', '.join(describe_series(s) for s in tied)}) cover the dose as well with the same slice step and "
+            f"{decided}; check that it is the planning CT, or choose with --ct"
+        )
     case.notes.append(
         f"CT {describe_series(case.ct)} chosen {how} among {len(candidates)} candidates ({decided}; --ct chooses "
         f"another): covers {best[5]:.1%} of the dose grid, slice step {best[2]:g} mm "
