@@ -224,11 +224,12 @@ def export_folder(
     check_output_folder(out_dir)  # unwritable: stop now with the reason (exit 2), not once per case
     # this run's owner record, before workers start (they use it); it says whose pseudonyms the run writes
     pseudonyms = pseudonymizer.fingerprint if pseudonymizer is not None else "none"
-    claim = claim_for(out_dir, {"pseudonyms": pseudonyms})
+    shard_name = f"{shard[0]}/{shard[1]}" if shard is not None else None
+    claim = claim_for(out_dir, {"pseudonyms": pseudonyms, "shard": shard_name})
     if shard is None:  # a run that started with this one and claimed OUT since (the claim is released on return)
         _check_no_other_run(out_dir, claimed=True)
-    else:  # shards run side by side on purpose, all plain or all with one key
-        _check_same_pseudonyms(out_dir, pseudonyms)
+    else:  # shards run side by side on purpose: other shards, all plain or all with one key
+        _check_shard_siblings(out_dir, shard_name, pseudonyms)
     clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
@@ -420,12 +421,22 @@ def _check_found(found, out_dir: Path, pseudonymized: bool, key: Optional[str] =
         )
 
 
-def _check_same_pseudonyms(out_dir: Path, pseudonyms: str) -> None:
-    """Refuse a shard run while another live run writes into OUT with other pseudonyms (or none): the cases
-    each exported before the other looked would mix one patient's real identity with pseudonymized cases (a
-    run started later sees the other's cases and is refused by :func:`_check_found`; these start together).
-    Both runs have claimed OUT when they look, so at least one sees the other."""
+def _check_shard_siblings(out_dir: Path, shard_name: str, pseudonyms: str) -> None:
+    """Refuse a shard run while another live run writes the same shard into OUT (a requeued job beside the
+    first: each would replace the other's case folders and shard manifest, both saying ok), or writes with
+    other pseudonyms (or none): the cases each exported before the other looked would mix one patient's real
+    identity with pseudonymized cases (a run started later sees the other's cases and is refused by
+    :func:`_check_found`; these start together). Both runs have claimed OUT when they look, so at least one
+    sees the other."""
     for run in live_runs(out_dir):
+        if (run.get("owner") or {}).get("shard") == shard_name:
+            raise DoseAlignError(
+                f"another DoseAlign run (process {run['pid']}, started {run['started']}; owner record "
+                f"{run['record']}) is exporting shard {shard_name} into this output folder: the two runs would "
+                "replace each other's cases",
+                path=out_dir,
+                hint="wait until it has finished (then --resume), or stop it; this run exported no case",
+            )
         theirs = (run.get("owner") or {}).get("pseudonyms")
         if theirs is None or theirs == pseudonyms:
             continue  # the same kind, or a run that does not say (an earlier version's)

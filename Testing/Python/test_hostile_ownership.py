@@ -442,7 +442,7 @@ import sys, time
 from DoseAlignLib.output.files import claim_folder
 
 try:
-    claim = claim_folder(sys.argv[1], {"pseudonyms": sys.argv[2]})
+    claim = claim_folder(sys.argv[1], {"pseudonyms": sys.argv[2], "shard": sys.argv[3] if len(sys.argv) > 3 else None})
 except TypeError:  # a version whose owner records say nothing of pseudonyms: the run still holds OUT
     claim = claim_folder(sys.argv[1])
 print("claimed", flush=True)
@@ -486,3 +486,32 @@ def test_shards_writing_side_by_side_share_one_kind_of_pseudonyms(three_patients
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert f"is writing into this output folder {refused}:" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not cases, cases
+
+
+@pytest.mark.parametrize("ours, refused", [("1/2", True), ("2/2", False)])
+def test_a_second_live_run_of_one_shard_is_refused(three_patients, tmp_path, ours, refused):
+    """Seventh hostile trial G12: a shard job requeued while the first still ran (both --shard 1/2 into one OUT):
+    both said ok, and the second's case folders and shard manifest replaced the first's (its NIfTI files gone). The
+    owner record names the shard; a run of a shard another live run is exporting stops with exit 2 before any case.
+    Another shard still runs beside it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_CLAIM, str(out), "none", "1/2"],
+        env=hostile.ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        done = hostile.dosealign("export", str(three_patients), str(out), "--quiet", "--no-qa-png", "--shard", ours)
+    finally:
+        holder.kill()
+        holder.wait()
+    cases = [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not refused:
+        assert done.returncode == 0 and cases, done.stderr
+        return
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "is exporting shard 1/2 into this output folder" in done.stderr and "Traceback" not in done.stderr
+    assert not cases and not (out / "manifest.shard-1-of-2.csv").exists()
