@@ -809,7 +809,7 @@ def map_lock(path: Path):
             if time.monotonic() >= end:
                 raise PseudonymError(
                     f"another run has held the pseudonym map (its lock file {lock.name}) for {seconds:g} s; "
-                    "the map is not written, nor anything else",
+                    "the map is not written and no case is exported",
                     path=path,
                     hint="run again when it has finished, or set DOSEALIGN_MAP_LOCK_SECONDS to wait longer",
                 ) from None
