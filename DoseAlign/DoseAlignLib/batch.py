@@ -55,6 +55,7 @@ from .output.files import (
 )
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import (
+    foreign_file,
     input_files,
     inspect_output,
     keyed_stamps,
@@ -934,17 +935,21 @@ def _export_targets(shard: Optional[tuple], report_html: bool, formats) -> list:
 
 
 def _check_targets(out_dir: Path, names, who: str) -> None:
-    """A folder where a run writes one of its files at the top of OUT is a user's, not DoseAlign's: it is not
-    replaced, and the run is refused before anything is written (a file is replaced by renaming a finished
-    temporary over it, which cannot replace a folder)."""
+    """A folder, named pipe, socket or device where a run writes one of its files at the top of OUT, or a file
+    DoseAlign did not write (:func:`~DoseAlignLib.output.out_folder.foreign_file`), is a user's: it is not
+    replaced, and the run is refused before anything is written (a finished temporary renamed over it would
+    remove it)."""
     for name in names:
         path = out_dir / name
         try:
             mode = path.lstat().st_mode
         except OSError:
             continue  # absent (or unreadable: the write says why)
+        foreign = foreign_file(path) if stat.S_ISREG(mode) else None
         kind = (
-            "a folder"
+            f"a file ({foreign})"
+            if foreign
+            else "a folder"
             if stat.S_ISDIR(mode)
             else "a named pipe"
             if stat.S_ISFIFO(mode)
@@ -954,7 +959,8 @@ def _check_targets(out_dir: Path, names, who: str) -> None:
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
             else None
         )
-        if kind is not None:  # none of these is a file DoseAlign wrote; renaming over it would remove it
+        if kind is not None:  # none of these is a file DoseAlign wrote; renaming over it would remove it (a user's
+            # file of such a name, in an OUT that held no export, was replaced without a word)
             raise DoseAlignError(
                 f"is {kind} that is not DoseAlign's: {who} writes a file of that name and does not replace it",
                 path=path,

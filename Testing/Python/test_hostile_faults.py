@@ -1281,3 +1281,32 @@ def test_ctrl_c_during_an_import_at_start_is_an_interruption(cohort, tmp_path):
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr and "interrupted before any case was exported" in done.stderr, done.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "name, content, extra",
+    [
+        ("manifest.csv", "patient,score\nA,1\n", []),
+        ("report.html", "<html>my report</html>\n", []),
+        ("dataset.json", '{"mine": 1}\n', ["--format", "nifti"]),
+        ("dataset.h5", "not even HDF5\n", ["--format", "hdf5"]),
+        ("manifest.shard-1-of-2.csv", "my,own\n", ["--shard", "1/2"]),
+        ("manifest.shard-1-of-2.json", "[]\n", ["--shard", "1/2"]),
+    ],
+)
+def test_a_users_file_where_export_writes_its_own_is_refused_first(cohort, tmp_path, name, content, extra):
+    """Seventh hostile trial G13: a user's own manifest.csv, report.html and dataset.json in a folder that held no
+    export were replaced by DoseAlign's without a word. A file at such a name that does not begin as DoseAlign's
+    does is refused like a folder there (exit 2, named, kept); an empty one holds nothing to lose."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text(content, encoding="utf-8")
+    done = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--no-qa-png", *extra, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert name in done.stderr and "is a file (" in done.stderr and "that is not DoseAlign's" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).read_text(encoding="utf-8") == content
+    (out / name).write_text("", encoding="utf-8")
+    done = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--no-qa-png", *extra, timeout=300)
+    assert done.returncode == 0, done.stderr
+    again = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--no-qa-png", *extra, timeout=300)
+    assert again.returncode == 0, again.stderr  # its own files, written by the run before, are replaced

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import DoseAlignError
-from ..limits import LimitError, read_back
+from ..limits import LimitError, open_regular, read_back
 from .case_folder import case_problem, load_meta
 from .manifest import parse_manifest
 
@@ -105,6 +105,54 @@ def inspect_output(out_dir: Path) -> OutputFolder:
     if os.path.lexists(manifest):
         found.manifest_rows, found.manifest_problem = read_manifest(manifest)
     return found
+
+
+#: How much of an OUT-level file is read to tell whether DoseAlign wrote it.
+_HEAD_BYTES = 1 << 16
+
+
+def foreign_file(path: Path) -> Optional[str]:
+    """Why a regular file at one of the names a run writes at the top of OUT is not DoseAlign's (a user's
+    ``manifest.csv`` of other columns, their own ``report.html``); None when DoseAlign wrote it, when it is
+    empty (nothing to lose), absent, or no regular file (those are refused by name elsewhere).
+
+    Told by how DoseAlign's files begin: a manifest's header, the report's "Written by DoseAlign", the datalist's
+    name, a shard's settings object, dataset.h5's ``dosealign_version`` attribute.
+    """
+    try:
+        with open_regular(path) as handle:
+            head = handle.read(_HEAD_BYTES)
+    except OSError:
+        return None
+    if not head:
+        return None
+    name = path.name
+    if name.endswith(".csv"):
+        ours, told = head.startswith(b"case_id,status,"), "its first line is not a DoseAlign manifest's header"
+    elif name.endswith(".html"):
+        ours, told = b"Written by DoseAlign" in head, "no DoseAlign report"
+    elif name == "dataset.json":
+        ours, told = b'"name": "DoseAlign export"' in head, "no DoseAlign datalist"
+    elif name.endswith(".json"):  # a shard's settings (manifest.shard-K-of-N.json)
+        ours, told = head.lstrip().startswith(b'{\n "formats": '), "no DoseAlign shard settings"
+    elif name.endswith(".h5"):
+        ours = head.startswith(b"\x89HDF\r\n\x1a\n") and _dosealign_hdf5(path)
+        told = "no DoseAlign dataset (no dosealign_version attribute)"
+    else:
+        ours, told = True, ""
+    return None if ours else told
+
+
+def _dosealign_hdf5(path: Path) -> bool:
+    try:
+        import h5py
+    except ImportError:  # cannot look inside: an HDF5 file by this name counts as DoseAlign's
+        return True
+    try:
+        with h5py.File(path, "r") as handle:
+            return "dosealign_version" in handle.attrs
+    except (OSError, ValueError):
+        return False
 
 
 def read_manifest(path: Path) -> tuple:
