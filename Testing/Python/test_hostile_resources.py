@@ -540,3 +540,89 @@ def test_a_process_short_of_files_leaves_no_empty_font_list_behind(tmp_path):
     fed = subprocess.run([*run, "fed", str(tmp_path / "b.png")], env=env, capture_output=True, text=True, timeout=300)
     assert fed.stdout.strip() == "drawn", fed.stdout + fed.stderr
     assert (tmp_path / "b.png").stat().st_size > 1000 and min(_font_lists(config).values()) > 0
+
+
+def _many_roi_result(n_rois: int, shape: tuple):
+    """A computed case (what write_case gets) with ``n_rois`` boxes as its masks, bit-packed as in pair.npz."""
+    from types import SimpleNamespace
+
+    from DoseAlignLib.geometry.grid import Grid, Volume
+
+    rng = np.random.default_rng(17)
+    masks = np.zeros((n_rois, *shape), dtype=bool)
+    for n in range(n_rois):  # a box of its own per ROI, somewhere inside the grid
+        lo = [int(rng.integers(0, s // 2)) for s in shape]
+        masks[n, lo[0] : lo[0] + shape[0] // 3, lo[1] : lo[1] + shape[1] // 3, lo[2] : lo[2] + shape[2] // 3] = True
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = (-64.0, -48.0, -36.0)
+    grid = Grid(shape, affine, "1.2.826.0.1.3680043.8.498.17")
+    ct = np.full(shape, -1000, dtype=np.int16)
+    ct[2:-2, 4:-4, 4:-4] = 40
+    dose = np.zeros(shape, dtype=np.float32)
+    dose[4:-4, 8:-8, 8:-8] = 60.0
+    names = ["PTV"] + [f"auto_{n:03d}" for n in range(1, n_rois)]
+    meta = {
+        "case_id": "G2-1",
+        "patient_id": "G2",
+        "shape": list(shape),
+        "ijk_to_lps": affine.tolist(),
+        "frame_of_reference_uid": grid.frame_of_reference_uid,
+        "structures": {"names": names, "rois": []},
+    }
+    packed = np.packbits(masks, axis=-1)
+    result = SimpleNamespace(
+        case_id="G2-1", ct=Volume(ct, grid), dose=Volume(dose, grid), meta=meta, extra_arrays={"masks": packed}
+    )
+    return result, masks
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "nrrd", "hdf5", "openkbp"])
+def test_format_writers_hold_one_unpacked_roi_at_a_time(tmp_path, fmt):
+    """Seventh hostile trial G2: the format writers unpacked every ROI's mask at once (a (N, K, J, I) bool stack,
+    and HDF5 a uint8 copy of it besides), so 307 ROIs at 1 mm took 6 GB for 718 MB of outputs and failed 'out of
+    memory'. They now take the masks from the packed stack one ROI at a time: what they allocate stays far below
+    the unpacked stack (N x voxels bytes), and the masks they write are the packed ones."""
+    import tracemalloc
+
+    from DoseAlignLib.output.case_data import require
+    from DoseAlignLib.output.formats import DEPENDENCIES, ExportFormats
+    from DoseAlignLib.output.openkbp import OpenKBPSettings
+
+    for module, _package in DEPENDENCIES.get(fmt, []):
+        pytest.importorskip(module)
+    shape = (32, 64, 96)
+    n_rois = 96
+    result, masks = _many_roi_result(n_rois, shape)
+    stack_bytes = masks.size  # every ROI unpacked at once, one byte a voxel
+    formats = ExportFormats((fmt,), openkbp=OpenKBPSettings(size=16))
+    (tmp_path / "warm").mkdir()
+    formats.write_case(_many_roi_result(2, shape)[0], tmp_path / "warm")  # imports (nibabel, ...) done before
+    tracemalloc.start()
+    try:
+        exports = formats.write_case(result, tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < stack_bytes / 4, f"{fmt}: {peak} bytes allocated at the peak; all masks unpacked: {stack_bytes}"
+    # what was written is still every ROI's own mask
+    if fmt == "hdf5":
+        h5py = require("h5py", "h5py", "hdf5")
+        with h5py.File(tmp_path / "case.h5", "r") as handle:
+            np.testing.assert_array_equal(handle["masks"][()], masks.astype(np.uint8))
+    elif fmt == "openkbp":
+        written = exports["openkbp"]["structures"]
+        geometry = json.loads((tmp_path / "openkbp" / "geometry.json").read_text(encoding="utf-8"))
+        assert len(written) + len(geometry["structures_empty_on_grid"]) == n_rois
+        assert geometry["centre"]["on"] == "ptv" and geometry["centre"]["rois"] == ["PTV"]
+    else:
+        files = exports[fmt]["files"]["masks"]
+        assert len(files) == n_rois
+        for n in (0, n_rois // 2, n_rois - 1):
+            name = result.meta["structures"]["names"][n]
+            if fmt == "nifti":
+                nib = require("nibabel", "nibabel", "nifti")
+                data = np.asarray(nib.load(str(tmp_path / files[name])).dataobj).transpose(2, 1, 0)
+            else:
+                nrrd = require("nrrd", "pynrrd", "nrrd")
+                data, _header = nrrd.read(str(tmp_path / files[name]), index_order="C")
+            np.testing.assert_array_equal(data, masks[n].astype(np.uint8))

@@ -8,7 +8,9 @@ output grid, and the case's meta.json. It is built either from a fresh
 Masks arrive from the structures step in ``pair.npz`` as ``masks`` (bit-packed along i,
 ``(N, K, J, ceil(I/8))`` uint8, or unpacked ``(N, K, J, I)``) with their names in
 ``meta["structures"]["names"]``, and ``body`` packed the same way; cases without structures have
-neither, and every writer works without them.
+neither, and every writer works without them. The masks stay packed: a :class:`MaskSequence` unpacks one
+ROI when it is asked for, so a writer that takes them in turn holds one unpacked ROI at a time, whatever
+the number of ROIs (an auto-segmented structure set has hundreds).
 
 Nothing here imports an optional package; :func:`require` does, where a format needs one.
 """
@@ -18,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -96,12 +99,67 @@ def _unpack(array: np.ndarray, shape: tuple) -> Optional[np.ndarray]:
     return None
 
 
+class MaskSequence(Sequence):
+    """A case's ROI masks as ``(name, (K, J, I) bool array)`` pairs, made one at a time when asked for.
+
+    ``names`` are the channels' names in order; ``make(n)`` makes channel ``n``'s mask (unpacks it from the
+    packed stack, resamples it, ...). Nothing is kept: indexing or iterating makes each mask anew, so code that
+    takes them in turn holds one at a time, and ``len``, ``names`` and truth make none.
+    """
+
+    def __init__(self, names: Sequence[str], make: Callable[[int], np.ndarray]) -> None:
+        self._names = [str(n) for n in names]
+        self._make = make
+
+    @property
+    def names(self) -> list:
+        return list(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[n] for n in range(*index.indices(len(self)))]
+        n = range(len(self))[index]  # an IndexError beyond the end, as a list's; negative indices count back
+        return self._names[n], self._make(n)
+
+    def __repr__(self) -> str:
+        return f"MaskSequence({self._names!r})"
+
+
+def mask_sequence(stack: np.ndarray, names: Sequence[str], shape: tuple) -> Optional[MaskSequence]:
+    """The masks of a stack as stored in pair.npz (bit-packed along i, or unpacked ``(N, K, J, I)``), unpacked one
+    ROI at a time; None when the stack is neither for ``shape``."""
+    stack = np.asarray(stack)
+    shape = tuple(int(n) for n in shape)
+    if stack.ndim != 4:
+        return None
+    if tuple(stack.shape[-3:]) == shape:
+
+        def make(n: int) -> np.ndarray:
+            return stack[n].astype(bool)
+
+    elif stack.dtype == np.uint8 and tuple(stack.shape[-3:]) == (shape[0], shape[1], (shape[2] + 7) // 8):
+
+        def make(n: int) -> np.ndarray:
+            return np.unpackbits(stack[n], axis=-1, count=shape[2]).view(bool)  # 0/1 bytes: bool without a copy
+
+    else:
+        return None
+    names = list(names)
+    if len(names) != stack.shape[0]:
+        names = [f"mask_{n}" for n in range(stack.shape[0])]
+    return MaskSequence(names, make)
+
+
 @dataclass
 class CaseData:
     """One case on its output grid: arrays ``[k, j, i]``, the grid, masks and meta.json.
 
-    ``masks`` is a list of ``(name, (K, J, I) bool array)`` in the order of
-    ``meta["structures"]["names"]``; ``mask_types`` maps a name to its RTROIInterpretedType
+    ``masks`` is a sequence of ``(name, (K, J, I) bool array)`` in the order of
+    ``meta["structures"]["names"]`` (a :class:`MaskSequence`, unpacking a mask each time one is taken, when
+    built from pair.npz arrays; take them in turn rather than all at once); ``mask_types`` maps a name to its RTROIInterpretedType
     where meta.json gives it; ``body`` is the body mask or None. ``native_dose`` is the dose on
     its own grid when the case was just computed (None when read back from a folder).
     """
@@ -118,7 +176,8 @@ class CaseData:
 
     @property
     def mask_names(self) -> list:
-        return [name for name, _mask in self.masks]
+        names = getattr(self.masks, "names", None)  # a MaskSequence knows them without unpacking a mask
+        return list(names) if names is not None else [name for name, _mask in self.masks]
 
     @property
     def roi_present(self) -> list:
@@ -185,18 +244,16 @@ def grid_from_meta(meta: dict) -> Grid:
 
 
 def masks_from_arrays(arrays: dict, meta: dict, shape: tuple) -> tuple:
-    """``(masks, mask_types, body)`` from pair.npz arrays and meta.json; empty when there are none."""
+    """``(masks, mask_types, body)`` from pair.npz arrays and meta.json; empty when there are none.
+
+    ``masks`` is a :class:`MaskSequence` of ``(name, bool array)`` (each mask unpacked when it is taken), or ``[]``.
+    """
     shape = tuple(int(n) for n in shape)
     structures = meta.get("structures") or {}
-    masks = []
+    masks: Sequence = []
     stack = arrays.get("masks")
     if stack is not None:
-        unpacked = _unpack(stack, shape)
-        if unpacked is not None and unpacked.ndim == 4:
-            names = list(structures.get("names") or [])
-            if len(names) != unpacked.shape[0]:
-                names = [f"mask_{n}" for n in range(unpacked.shape[0])]
-            masks = [(str(name), unpacked[n]) for n, name in enumerate(names)]
+        masks = mask_sequence(stack, list(structures.get("names") or []), shape) or []
     types = {}
     for roi in structures.get("rois") or []:
         if isinstance(roi, dict) and "name" in roi:

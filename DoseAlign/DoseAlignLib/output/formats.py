@@ -221,7 +221,7 @@ class ExportFormats:
     def write_case(self, result, folder: Path, say: Optional[Callable[[str], None]] = None) -> dict:
         """Write the extra formats of a just-computed case into ``folder``; return meta.json's ``exports``."""
         if say is not None:
-            say(f"preparing {', '.join(self.extra)} (masks unpacked)")
+            say(f"preparing {', '.join(self.extra)}")
         return self.write_case_data(CaseData.from_result(result), folder, say=say)
 
     def case_writer(self, result, say: Optional[Callable[[str], None]] = None):

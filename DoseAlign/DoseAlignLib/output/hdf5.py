@@ -54,11 +54,15 @@ def _chunks(shape: tuple) -> tuple:
     return (1,) * (len(shape) - 3) + spatial
 
 
-def _dataset(h5py, group, name: str, data: np.ndarray, units: str):
+def _dataset(h5py, group, name: str, data: Optional[np.ndarray], units: str, shape=None, dtype=None):
+    """A chunked, compressed dataset holding ``data``; or, without data, an empty one of ``shape`` and ``dtype``
+    to be filled in parts (chunks one ROI deep: the masks are written a ROI at a time)."""
     ds = group.create_dataset(
         name,
+        shape=shape,
+        dtype=dtype,
         data=data,
-        chunks=_chunks(data.shape),
+        chunks=_chunks(data.shape if data is not None else shape),
         compression="gzip",
         compression_opts=COMPRESSION_LEVEL,
         shuffle=True,
@@ -71,14 +75,22 @@ def _strings(h5py, values: list) -> np.ndarray:
     return np.array([str(v) for v in values], dtype=h5py.string_dtype())
 
 
+def _write_masks(h5py, group, case: CaseData) -> None:
+    """The ``masks`` dataset, written a ROI at a time: one unpacked mask in memory, not the (N, K, J, I) stack. The
+    dataset is closed on return (its cached chunks written before the next dataset's, as when written at once)."""
+    masks = _dataset(h5py, group, "masks", None, "mask", (len(case.masks), *case.grid.shape), np.uint8)
+    for n, (_name, mask) in enumerate(case.masks):
+        masks[n] = mask.astype(np.uint8)
+        del mask
+
+
 def write_case_group(group, case: CaseData) -> None:
     """Write one case (datasets and attributes) into an open h5py group."""
     h5py = require("h5py", "h5py", "hdf5")
     _dataset(h5py, group, "ct", case.ct, "HU")
     _dataset(h5py, group, "dose", case.dose.astype(np.float32, copy=False), "GY")
     if case.masks:
-        stack = np.stack([mask for _name, mask in case.masks]).astype(np.uint8)
-        _dataset(h5py, group, "masks", stack, "mask")
+        _write_masks(h5py, group, case)
     if case.body is not None:
         _dataset(h5py, group, "body", case.body.astype(np.uint8), "mask")
     attrs = group.attrs

@@ -44,7 +44,7 @@ from ..geometry.resample import resample
 from ..limits import check_spacing
 from ..options import AlignOptions, CustomBox, Interpolator, ReferenceGrid
 from ..structures.names import is_target
-from .case_data import CaseData, unique_file_names
+from .case_data import CaseData, MaskSequence, unique_file_names
 from .files import json_text
 
 SIZE = 128
@@ -97,14 +97,19 @@ def sample_grid(case: CaseData, settings: OpenKBPSettings) -> tuple:
     box when the case has PTV masks (unless ``settings.centre`` is "dose"), else the dose above
     10 % of its maximum, else the whole output grid.
     """
-    targets = [(n, m) for n, m in case.masks if is_target(n, case.mask_types.get(n, "")) and m.any()]
+    union, targets = None, []
+    if settings.centre in ("auto", "ptv"):  # the PTVs' masks taken one at a time (a case may have hundreds of ROIs)
+        for n, name in enumerate(case.mask_names):
+            if not is_target(name, case.mask_types.get(name, "")):
+                continue
+            mask = case.masks[n][1]
+            if mask.any():
+                union = mask.copy() if union is None else np.logical_or(union, mask, out=union)
+                targets.append(name)
     ptv = None
-    if targets and settings.centre in ("auto", "ptv"):
-        union = np.zeros(case.grid.shape, dtype=bool)
-        for _name, mask in targets:
-            union |= mask
+    if targets:
         box = box_of(union)
-        about = {"on": "ptv", "rois": [n for n, _m in targets], "box_kji": [[s.start, s.stop] for s in box]}
+        about = {"on": "ptv", "rois": targets, "box_kji": [[s.start, s.stop] for s in box]}
         ptv = Region.of_box(case.grid, box, about)
     elif settings.centre == "ptv":
         raise ValueError("OpenKBP centre 'ptv' asked for, but the case has no PTV mask")
@@ -131,7 +136,8 @@ def sample_arrays(case: CaseData, settings: OpenKBPSettings) -> dict:
     """Everything of one OpenKBP sample, dense, in DoseAlign's ``[k, j, i]`` order on the sample grid.
 
     Returns ``{"grid", "centre", "ct" (OpenKBP CT units), "ct_hu", "dose" (Gy), "masks" [(name, bool)],
-    "possible_dose_mask", "possible_dose_source", "dose_source"}``.
+    "possible_dose_mask", "possible_dose_source", "dose_source"}``; ``masks`` is a
+    :class:`~.case_data.MaskSequence` that resamples a ROI's mask when it is taken (one at a time).
     """
     grid, centre = sample_grid(case, settings)
     fill = float((case.meta.get("arrays", {}).get("ct", {}) or {}).get("outside_value", -1000.0))
@@ -144,10 +150,12 @@ def sample_arrays(case: CaseData, settings: OpenKBPSettings) -> dict:
         dose = resample(Volume(case.dose, case.grid), grid, Interpolator.LINEAR, fill=0.0)
         dose_source = "the dose on the case's output grid"
     np.maximum(dose, 0.0, out=dose)
-    masks = []
-    for name, mask in case.masks:
-        values = resample(Volume(mask.astype(np.uint8), case.grid), grid, Interpolator.NEAREST, fill=0.0)
-        masks.append((name, values > 0.5))
+
+    def resampled_mask(n: int) -> np.ndarray:
+        values = resample(Volume(case.masks[n][1].astype(np.uint8), case.grid), grid, Interpolator.NEAREST, fill=0.0)
+        return values > 0.5
+
+    masks = MaskSequence(case.mask_names, resampled_mask)
     if case.body is not None:
         body = resample(Volume(case.body.astype(np.uint8), case.grid), grid, Interpolator.NEAREST, fill=0.0) > 0.5
         body_source = "the case's body mask, nearest neighbour"
@@ -206,7 +214,7 @@ def write_openkbp(case: CaseData, folder: Path, settings: Optional[OpenKBPSettin
     }
     np.savetxt(out / "voxel_dimensions.csv", np.asarray(voxel_dimensions))
     structures, empty = {}, []
-    names = [n for n, _m in sample["masks"]]
+    names = sample["masks"].names
     for (name, mask), file_name in zip(sample["masks"], unique_file_names(names)):
         if not mask.any():
             empty.append(name)  # OpenKBP has no file for a ROI that is absent
