@@ -175,6 +175,84 @@ def test_two_different_doses_of_one_beam_beside_a_plan_dose_are_said(tmp_path, c
     assert any(second.name in w for w in meta["warnings"]), meta["warnings"]
 
 
+def _without_plan_references(truth) -> list:
+    """Delete (300C,0002) ReferencedRTPlanSequence from every RTDOSE of ``truth`` (some exports drop it); the
+    BEAM doses' files, in beam order."""
+    for path in truth.dose_files:
+        ds = dd.read(path)
+        del ds.ReferencedRTPlanSequence
+        dd.save(ds, path)
+    return [Path(f) for f, beam in zip(truth.dose_files, truth.dose_beam_numbers) if beam is not None]
+
+
+def test_beam_doses_without_a_plan_reference_are_no_cases_of_their_own(tmp_path, capsys):
+    """Seventh hostile trial G3: RTDOSEs whose ReferencedRTPlanSequence was dropped exported the PLAN dose and each
+    single-beam dose as a case of its own, all ok without a word (a consumer keeping ok rows trained on one beam's
+    dose of the plan). Beside the PLAN dose of their patient and frame of reference the beam doses are left out,
+    each listed with the reason (scan, and meta.json's dose.left_out); they do not feed the beam-sum check, since
+    no reference ties them to the plan. Without a PLAN dose each stays a case, with a warning that it is one beam's
+    dose, not the treatment's."""
+    truth = hostile.study(tmp_path / "in" / "p", "WRONG-G3", 8, write_beam_doses=True)
+    beams = _without_plan_references(truth)
+    assert len(beams) >= 2
+    (plan_dose,) = [Path(f) for f, beam in zip(truth.dose_files, truth.dose_beam_numbers) if beam is None]
+    code, rows, out = _export(tmp_path / "in", tmp_path, capsys)
+    assert code == 0
+    (row,) = rows
+    assert (row["status"], row["summation_type"], row["files"]) == ("ok", "PLAN", f"p/{plan_dose.name}"), row
+    assert row["beam_sum_max_diff_gy"] == "", row["beam_sum_max_diff_gy"]
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    left_out = {Path(item["file"]).name: item["reason"] for item in meta["dose"]["left_out"]}
+    assert sorted(left_out) == sorted(b.name for b in beams), left_out
+    for reason in left_out.values():
+        for phrase in ("one beam's dose", "(300C,0002)", plan_dose.name, "not a case of its own"):
+            assert phrase in reason, reason
+    assert main(["scan", str(tmp_path / "in"), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    (case,) = document["cases"]
+    assert sorted(Path(item["file"]).name for item in case["left_out"]) == sorted(b.name for b in beams)
+
+    plan_dose.unlink()  # the beam doses alone: each is a case, saying what it is
+    code, rows, _out = _export(tmp_path / "in", tmp_path / "beams", capsys)
+    assert code == 0
+    assert sorted(Path(r["files"]).name for r in rows) == sorted(b.name for b in beams)
+    for row in rows:
+        assert (row["status"], row["summation_type"]) == ("ok", "BEAM"), row
+        for phrase in ("one beam's dose", "not the treatment's", "(300C,0002)", Path(row["files"]).name):
+            assert phrase in row["warnings"], row["warnings"]
+
+
+def test_a_beam_dose_without_a_plan_reference_beside_a_beam_sum_is_left_out(tmp_path, capsys):
+    """G3 beside a BEAM sum: the beam dose whose plan reference was dropped is left out of the sum's case, named with
+    the reason, not exported as an ok case of its own (the sum misses its beam and fails, saying so)."""
+    truth = hostile.study(tmp_path / "in" / "p", "WRONG-G3C", 8, write_plan_dose=False, write_beam_doses=True)
+    stray = Path(truth.dose_files[0])
+    ds = dd.read(stray)
+    del ds.ReferencedRTPlanSequence
+    dd.save(ds, stray)
+    assert main(["scan", str(tmp_path / "in"), "--json"]) == 1
+    (case,) = json.loads(capsys.readouterr().out)["cases"]
+    assert case["summation_type"] == "BEAM_SUM" and stray.name not in " ".join(case["dose_files"]), case
+    assert "(300C,0006)" in case["error"], case["error"]
+    (item,) = case["left_out"]
+    assert Path(item["file"]).name == stray.name
+    for phrase in ("one beam's dose", "(300C,0002)", "sum of the BEAM doses", "not a case of its own"):
+        assert phrase in item["reason"], item["reason"]
+
+
+def test_beam_doses_of_a_plan_with_a_plan_dose_still_feed_its_audit(tmp_path, capsys):
+    """G3's neighbour, kept: BEAM doses that reference the plan of a PLAN dose are no cases and nothing is left out;
+    they feed the PLAN dose's beam-sum check."""
+    hostile.study(tmp_path / "in" / "p", "WRONG-G3B", 8, write_beam_doses=True)
+    code, rows, out = _export(tmp_path / "in", tmp_path, capsys)
+    assert code == 0
+    (row,) = rows
+    assert (row["status"], row["summation_type"], row["warnings"]) == ("ok", "PLAN", ""), row
+    assert row["beam_sum_max_diff_gy"] != ""
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["dose"]["left_out"] == []
+
+
 def _beam_doses_by_number(root: Path) -> dict:
     found = {}
     for path in sorted(root.rglob("*")):

@@ -24,7 +24,7 @@ from .beams import (
 )
 from .case import Case, LinkResult
 from .ct_choice import choose_ct, no_ct_reason, read_ct_request, structs_for
-from .plans import sum_plan_cases
+from .plans import WHOLE_PLAN, sum_plan_cases
 
 
 def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = None) -> LinkResult:
@@ -76,6 +76,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
         used_structs.update(s.rel_path for s in case.structs)
         result.cases.append(case)
 
+    result.cases = _beam_doses_without_plan(result.cases)
     if sum_plans:
         result.cases = sum_plan_cases(result.cases, _case_id)
     for plan in plans.values():
@@ -139,6 +140,60 @@ def _make_case(group: tuple, plans: dict) -> Case:
         related_beam_doses=sorted(related, key=lambda d: d.rel_path),
         error=error,
     )
+
+
+#: Why a BEAM dose without a plan reference is no case of its own, or what its case must say.
+_NO_PLAN_REFERENCE = "(300C,0002) ReferencedRTPlanSequence is missing"
+
+
+def _beam_doses_without_plan(cases: list) -> list:
+    """``cases`` without those of a single BEAM dose that no plan reference ties to a plan, when a case standing
+    for a whole plan (a PLAN dose, or a BEAM sum) of the same patient lies in its frame of reference or on its CT:
+    such a dose is one beam of a treatment whose dose is already a case, and is left out of that case (its
+    ``left_out`` names it and why). Where no such case exists, the BEAM dose stays a case of its own with a warning:
+    it is one beam's dose, not the treatment's (which beams it holds cannot be told without the reference).
+    """
+    whole = sorted(
+        (c for c in cases if c.summation_type in WHOLE_PLAN),
+        key=lambda c: (c.summation_type != "PLAN", c.doses[0].rel_path),
+    )
+    kept = []
+    for case in sorted(cases, key=lambda c: c.doses[0].rel_path):
+        dose = case.doses[0]
+        if case.summation_type != "BEAM" or len(case.doses) != 1 or dose.info.get("plan_uids"):
+            kept.append(case)
+            continue
+        beside = next((c for c in whole if _same_patient_and_frame(case, c)), None)
+        if beside is None:
+            case.warnings.append(
+                f"RTDOSE {dose.rel_path} is one beam's dose (DoseSummationType BEAM), not the treatment's, and "
+                f"no plan ties it to the other beams ({_NO_PLAN_REFERENCE}; export the plan's PLAN dose, or its "
+                "BEAM doses with their plan reference)"
+            )
+            kept.append(case)
+            continue
+        what = "PLAN dose" if beside.summation_type == "PLAN" else "sum of the BEAM doses"
+        beside.left_out.append(
+            (
+                dose.rel_path,
+                f"one beam's dose (DoseSummationType BEAM) that no plan ties to a treatment ({_NO_PLAN_REFERENCE}), "
+                f"beside the {what} {', '.join(beside.dose_files)} of the same patient and frame of reference: "
+                "not a case of its own",
+            )
+        )
+    return kept
+
+
+def _same_patient_and_frame(beam: Case, other: Case) -> bool:
+    """The doses of both cases belong to one patient (an empty PatientID says nothing) and lie in one frame of
+    reference (or, where a dose names none, were paired with the same CT series)."""
+    first, second = beam.doses[0], other.doses[0]
+    patients = {d.patient_id.strip().casefold() for d in (first, second) if d.patient_id and d.patient_id.strip()}
+    if len(patients) > 1:
+        return False
+    if first.frame_of_reference_uid and second.frame_of_reference_uid:
+        return first.frame_of_reference_uid == second.frame_of_reference_uid
+    return beam.ct is not None and other.ct is not None and beam.ct.key == other.ct.key
 
 
 def _case_id(patient_id: str, name: str, dose_paths: list) -> str:
