@@ -879,6 +879,41 @@ def test_the_check_alone_finds_dates_in_other_spellings():
         assert guard.find(text) == "", text
 
 
+def test_the_birth_date_as_eight_digits_day_or_month_first_is_removed(tmp_path, capsys):
+    """Seventh hostile trial G11: the birth date 19750302 as DDMMYYYY (``PTV 02031975``) and MMDDYYYY
+    (``03021975_ctv``), as people write it where a planning system forbids '.' and '/' in ROI names, reached
+    meta.json, dvh.csv, dataset.json and the mask file names with status ok. Now removed as the input's date."""
+    rois = ["PTV 02031975", "03021975_ctv", "boost02031975"]
+    code, row, out = _export_with_rois(tmp_path, rois)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert {"PTV [removed]", "[removed]_ctv", "boost[removed]"} <= set(names), names
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = data.decode("utf-8", "replace")
+        found += [f"{s} in {where}" for s in ("02031975", "03021975") if s in text]
+    assert not found, found[:10]
+
+
+def test_eight_digits_are_read_as_the_inputs_dates_only_and_not_in_numbers():
+    """G11, both sides apart: the rewriting and the check each take eight digits as DDMMYYYY and MMDDYYYY of the
+    input's dates, not as any other date, not inside a longer number and not in the decimals of a number (sixth
+    trial F16: DoseAlign's own numbers stay as they are)."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.dates.add("19750302")
+    guard = IdentityGuard(identity)
+    rewriting = Pseudonymizer(key=bytes(32), identity=identity)
+    for text in ["PTV 02031975", "03021975_ctv", "d02031975", "x-03021975-y"]:
+        assert guard.find(text) == "a date", text
+        assert rewriting.text(text).count("[removed]") == 1, text
+    others = ["PTV 02031976", "PTV 03031975", "102031975", "030219751", "63.02031975", "02031975.5", "0.03021975"]
+    for text in others:
+        assert guard.find(text) == "", text
+        assert rewriting.text(text) == text, text
+
+
 @pytest.mark.parametrize(
     "patient_name, rois, parts",
     [

@@ -13,7 +13,7 @@ is built from pseudonyms instead of the input's identity:
   names, which often hold patient names, never reach the output;
 * UIDs become keyed-hash UIDs (``2.25.<decimal>``, stable under the key) unless ``keep_uids``;
 * patient names, IDs and every date of the input headers (in the usual spellings: 20240102,
-  2024-01-02, 2024-1-2, 02.01.2024, 01/02/2024, 240102, 2 Jan 2024, ...) are removed from any text that still holds them;
+  2024-01-02, 2024-1-2, 02.01.2024, 01/02/2024, 02012024, 240102, 2 Jan 2024, ...) are removed from any text that still holds them;
 * a key-less guard checks the finished meta.json before it is written and fails the case rather
   than leak.
 
@@ -1775,10 +1775,15 @@ def _guard_spellings_of(part: str) -> set:
 
 
 def _dates_in(text: str) -> set:
-    """Every YYYYMMDD a date-like group of digits in ``text`` may stand for (day and month either way)."""
+    """Every YYYYMMDD a date-like group of digits in ``text`` may stand for (day and month either way; eight digits
+    also as DDMMYYYY and MMDDYYYY)."""
     found = set()
     for match in re.finditer(r"(?<!\d)(\d{8})(?!\d)", text):
-        found.add(match.group(1))
+        digits = match.group(1)
+        found.add(digits)
+        if not _in_number(text, *match.span()):  # also DDMMYYYY and MMDDYYYY, not the decimals of a number
+            found.add(digits[4:] + digits[2:4] + digits[:2])
+            found.add(digits[4:] + digits[:2] + digits[2:4])
     for match in re.finditer(r"(?<!\d)(\d{1,4})[./\- ](\d{1,2})[./\- ](\d{1,4})(?!\d)", text):
         a, b, c = match.groups()
         if len(a) == 4:
@@ -1890,7 +1895,8 @@ def _date_pattern(date: str):
     """The rewriting's pattern of a YYYYMMDD date in the spellings people write: digits in year-month-day,
     day-month-year and month-day-year order with ``.``, ``/``, ``-`` or a space between (any one, months and days
     with or without a leading zero: ``1975-3-2``), also with a two-digit year (``75-03-02``, ``02.03.75``) and,
-    without separators, ``19750302``, ``750302`` (YYMMDD), ``020375`` (DDMMYY), ``030275`` (MMDDYY); and with the
+    without separators, ``19750302``, ``02031975`` (DDMMYYYY), ``03021975`` (MMDDYYYY), ``750302`` (YYMMDD),
+    ``020375`` (DDMMYY), ``030275`` (MMDDYY); and with the
     month's English name or its three-letter abbreviation (``Mar 2, 1975``, ``2 March 1975``, ``02Mar1975``,
     ``1975-Mar-02``). A group of digits in a decimal number (``0.750302``) is no date."""
     pattern = _DATE_PATTERNS.get(date)
@@ -1906,6 +1912,8 @@ def _date_pattern(date: str):
             f"{mm}{sep}{dd}{sep}{year}",
             f"{y2}{sep}{mm}{sep}{dd}",
             date,
+            f"{d:02d}{m:02d}{y4}",
+            f"{m:02d}{d:02d}{y4}",
             f"{y2}{m:02d}{d:02d}",
             f"{d:02d}{m:02d}{y2}",
             f"{m:02d}{d:02d}{y2}",
