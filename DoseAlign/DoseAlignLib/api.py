@@ -101,6 +101,7 @@ _EXPORTS = {
     "Terminated": ".errors",
     "start_thread": ".errors",
     "termination_is_held": ".errors",
+    "terminal_safe": ".errors",
     "NothingToExport": ".errors",
     "what_was_found": ".batch",
     "check_export_target": ".batch",

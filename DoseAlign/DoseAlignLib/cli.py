@@ -35,6 +35,7 @@ from .api import (
     parse_crop,
     parse_floats,
     parse_ints,
+    terminal_safe,
 )
 
 
@@ -885,8 +886,9 @@ class _GuardedStdout:
 
     def write(self, text: str) -> int:
         if self.failed is None:
-            try:
-                return self.stream.write(text)
+            try:  # names from the input are printed: none may act on the terminal (an ESC in a file name)
+                self.stream.write(terminal_safe(text))
+                return len(text)
             except BrokenPipeError:
                 raise
             except OSError as error:

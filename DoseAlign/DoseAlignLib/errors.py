@@ -47,10 +47,10 @@ class DoseAlignError(Exception):
         tag: Optional[str] = None,
         hint: Optional[str] = None,
     ) -> None:
-        message = printable(message)
+        message = terminal_safe(message)
         super().__init__(message)
         self.message = message
-        self.path = None if path is None else printable(str(path))
+        self.path = None if path is None else terminal_safe(str(path))
         self.tag = tag
         self.hint = hint
 
@@ -75,6 +75,17 @@ def printable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+#: Control characters a terminal acts on (ESC starts colour, cursor and title sequences; CR, BS rewrite the
+#: line); a file name may hold any of them. Newline and tab are kept: DoseAlign's own text uses them.
+_TERMINAL_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` as :func:`printable` gives it, with the control characters a terminal would act on shown
+    escaped (``\\x1b``): a file named ``x\\x1b[31m.dcm`` must not colour or move the user's terminal."""
+    return printable(text).translate(_TERMINAL_CONTROLS)
 
 
 class NothingToExport(DoseAlignError):

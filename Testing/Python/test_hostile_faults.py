@@ -1310,3 +1310,19 @@ def test_a_users_file_where_export_writes_its_own_is_refused_first(cohort, tmp_p
     assert done.returncode == 0, done.stderr
     again = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--no-qa-png", *extra, timeout=300)
     assert again.returncode == 0, again.stderr  # its own files, written by the run before, are replaced
+
+
+def test_a_file_name_never_acts_on_the_terminal(cohort, tmp_path):
+    """Seventh hostile trial (noticed): a damaged file named `bad\\x1b[31mred\\x1b]0;title\\x07.dcm` was printed raw by
+    export and scan, so its escape sequences coloured the terminal and could set its title or move the cursor.
+    Every control character a terminal acts on is shown escaped (newline and tab are DoseAlign's own layout)."""
+    root = tmp_path / "in"
+    shutil.copytree(cohort, root)
+    name = "bad\x1b[31mred\x1b]0;title\x07\x08\r.dcm"
+    (root / name).write_bytes(b"garbage")
+    for args in (["export", str(root), str(tmp_path / "out"), "--no-qa-png"], ["scan", str(root)]):
+        done = hostile.dosealign(*args, timeout=300)
+        printed = done.stdout + done.stderr
+        assert done.returncode in (0, 1), printed
+        assert "\\x1b[31mred\\x1b]0;title\\x07\\x08\\x0d.dcm" in printed, printed
+        assert not any(c in printed for c in "\x1b\x07\x08\r"), [c for c in printed if c in "\x1b\x07\x08\r"]
