@@ -671,7 +671,8 @@ def _print_summary(report, out_dir: Path) -> None:
             continue  # a long resume lists what it did, not every case it kept
         mark = "ok " if row["status"] == "ok" else row["status"]
         detail = (
-            f"{row.get('shape', '')} dmax {row.get('dmax_gy', '')} Gy"
+            f"{row.get('shape', '')} dmax {row.get('dmax_gy', '')} "
+            f"{'(RELATIVE units)' if 'is RELATIVE (DoseUnits)' in str(row.get('warnings', '')) else 'Gy'}"
             if row["status"] in ("ok", "skipped")
             else row["reason"]
         )

@@ -161,6 +161,11 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
         meta.setdefault("warnings", []).append(
             "the dose is EFFECTIVE (DoseType): biologically weighted dose, e.g. Gy(RBE), not physical dose"
         )
+    if dose_meta["units"] == "RELATIVE":  # --allow-relative: the columns and keys named _gy hold no Gy then
+        meta.setdefault("warnings", []).append(
+            "the dose is RELATIVE (DoseUnits), not Gy: the dose array, the dmax_gy column and every value named "
+            "_gy are in the file's relative units (--allow-relative)"
+        )
     meta["resampling"].update(placement)
     meta["resampling"]["backend"] = resampler.name
     if half is not None:
