@@ -308,6 +308,20 @@ def test_two_multi_beam_doses_sharing_a_beam_fail_the_beam_sum(clean, tmp_path, 
     _failed_with(rows, doses[1].name, other.name, "two different doses of beams [1, 2]")
 
 
+def test_one_beam_dose_of_a_plan_of_several_beams_is_said(clean, tmp_path, capsys):
+    """Seventh trial's G3 fix, noticed beside it: one BEAM dose of a three-beam plan, the other two doses absent and
+    no PLAN dose, was an ok case with no word (a sum of two of the three fails, naming the missing beam). It stays a
+    case (summation BEAM: one beam's dose, as the file says) with a warning naming the plan's other beams."""
+    root = _copy(clean, "beams", tmp_path)
+    doses = _beam_doses_by_number(root)
+    doses[2].unlink()
+    doses[3].unlink()
+    code, rows, _out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"], row["summation_type"]) == (0, "ok", "BEAM"), row
+    assert doses[1].name in row["warnings"] and "treats beams [1, 2, 3]" in row["warnings"], row["warnings"]
+
+
 def _same_as_clean_arrays(clean: dict, name: str, out: Path, rows: list) -> None:
     (row,) = rows
     (expected,) = hostile.manifest(clean["outs"][name])

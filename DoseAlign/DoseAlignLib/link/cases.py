@@ -118,8 +118,18 @@ def _make_case(group: tuple, plans: dict) -> Case:
     if plan_uid and plan is None:
         notes.append(f"referenced RTPLAN {plan_uid} is not in the input")
     error = None
+    warnings = []
     if group[0] == SUMMED_BEAMS:
         error = overlapping_beams(group[1]) or (missing_beams(summation, doses, plan) if len(doses) > 1 else None)
+        if error is None and len(doses) == 1 and plan is not None:  # one beam of a plan is no treatment's dose
+            treated = sorted(set(plan.info.get("treated_beams") or []))
+            beams = sorted(set(first.info.get("beam_numbers") or []))
+            if beams and set(treated) - set(beams):
+                warnings.append(
+                    f"RTDOSE {doses[0].rel_path} holds beam(s) {beams} of plan {plan.rel_path}, which treats beams "
+                    f"{treated}: one part of the treatment's dose, the other beams' doses are not in the input "
+                    "((300C,0006) ReferencedBeamNumber; export the plan's PLAN dose, or all its BEAM doses)"
+                )
     label = plan.info.get("plan_label", "") if plan is not None else ""
     if summation == SUMMED_BEAMS:
         name = f"beamsum-{label or 'plan'}"
@@ -139,6 +149,7 @@ def _make_case(group: tuple, plans: dict) -> Case:
         left_out=left_out,
         related_beam_doses=sorted(related, key=lambda d: d.rel_path),
         error=error,
+        warnings=warnings,
     )
 
 
