@@ -251,8 +251,10 @@ def case_memory(case: Case, options: AlignOptions, geometry) -> tuple:
     """``(working bytes, output bytes, parts)``: what the arrays of a case will take, from the headers alone.
 
     Working memory counts the CT as read (and regularized), each dose as read (its stored values
-    twice, as pydicom holds them, and float32 copies) and the output CT and dose; ``parts`` says
-    which is which. Structure masks are not counted (they are boxes, kept bit-packed).
+    twice, as pydicom holds them, and float32 copies), the output CT and dose, and the structure masks as pair.npz
+    holds them: one bit a voxel per mask channel and the body (:func:`mask_channels`), a byte a voxel with fractional
+    masks; ``parts`` says which is which. Each ROI's own mask, a box around it, is not counted (its size is not in
+    the headers).
     """
     ct_bytes = 2 if options.ct_dtype == "int16" else 4
     ct_grid = regular_grid(geometry) if geometry.needs_regularization else geometry.grid
@@ -279,7 +281,23 @@ def case_memory(case: Case, options: AlignOptions, geometry) -> tuple:
     voxels = int(np.prod(target.shape))
     output = voxels * (ct_bytes + (2 if options.dose_dtype == "float16" else 4))
     parts["outputs"] = output + (voxels * 4 if options.dose_dtype == "float16" else 0)
+    channels = mask_channels(case, options)
+    if channels:  # the channels and the body, bit-packed along i (kept for pair.npz and the format writers)
+        k, j, i = target.shape
+        parts[f"structure masks ({channels} channels, bit-packed)"] = (channels + 1) * k * j * ((i + 7) // 8)
+        if int(getattr(options, "fractional_masks", 0) or 0) >= 2:
+            parts["fractional masks"] = channels * voxels
     return sum(parts.values()), output, parts
+
+
+def mask_channels(case: Case, options: AlignOptions) -> int:
+    """The mask channels a case will have, from the headers: the ``--rois`` channels, else every ROI of its
+    structure sets (the scan's count of their (3006,0020) StructureSetROISequence items; some may give no mask)."""
+    if not options.structures:
+        return 0
+    if options.rois is not None:
+        return len(options.rois)
+    return sum(len((getattr(obj, "info", None) or {}).get("roi_frame_uids") or []) for obj in case.structs)
 
 
 def check_memory(case: Case, options: AlignOptions, geometry) -> None:
@@ -299,8 +317,7 @@ def check_memory(case: Case, options: AlignOptions, geometry) -> None:
             f"more than the limit of {limit_multiple():g} x its outputs or {format_bytes(memory_floor())}, "
             f"{format_bytes(limit)}",
             path=where,
-            hint="a dose or CT far larger than the output grid; set DOSEALIGN_MEMORY_MULTIPLE or "
-            "DOSEALIGN_MEMORY_FLOOR_MB to allow more",
+            hint=f"{_largest_part(parts)}; set DOSEALIGN_MEMORY_MULTIPLE or DOSEALIGN_MEMORY_FLOOR_MB to allow more",
         )
     if available is not None and working > available:
         raise LimitError(
@@ -309,6 +326,14 @@ def check_memory(case: Case, options: AlignOptions, geometry) -> None:
             path=where,
             hint="run it where more memory is free, or with fewer --workers",
         )
+
+
+def _largest_part(parts: dict) -> str:
+    """What most of a refused case's memory goes to, for the refusal's hint."""
+    largest = max(parts, key=lambda name: parts[name])
+    if largest.startswith(("structure masks", "fractional masks")):
+        return "many ROIs on a large output grid: fewer mask channels (--rois) or a coarser grid (--spacing)"
+    return "a dose or CT far larger than the output grid"
 
 
 def _grid_contours(case: Case, options: AlignOptions, geometry, rewrite_names=None) -> Optional[CaseContours]:

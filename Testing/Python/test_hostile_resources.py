@@ -626,3 +626,52 @@ def test_format_writers_hold_one_unpacked_roi_at_a_time(tmp_path, fmt):
                 nrrd = require("nrrd", "pynrrd", "nrrd")
                 data, _header = nrrd.read(str(tmp_path / files[name]), index_order="C")
             np.testing.assert_array_equal(data, masks[n].astype(np.uint8))
+
+
+def test_the_memory_estimate_counts_the_mask_channels(tmp_path, monkeypatch, capsys):
+    """Seventh hostile trial G2, the estimate: a case's masks (one bit a voxel per channel and the body, as pair.npz
+    and the format writers hold them) were not in its memory estimate, so a structure set of hundreds of ROIs was
+    never refused up front. They are counted from the scan's ROI count; a case they put over the limit is refused
+    before its dose is read, naming them and what to do; with fewer channels (--rois) the same case exports."""
+    from DoseAlignLib import pipeline
+    from DoseAlignLib.cli import main
+    from DoseAlignLib.dicom.ct import ct_geometry
+    from DoseAlignLib.dicom.scan import scan_folder
+    from DoseAlignLib.link.cases import form_cases
+    from DoseAlignLib.options import AlignOptions
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "MANY-ROIS", 12, extra_organs=300)
+    rois = len(dd.read(truth.struct_file).StructureSetROISequence)
+    assert rois > 300
+    case = form_cases(scan_folder(root)).cases[0]
+    geometry = ct_geometry(case.ct)
+    working, output, parts = pipeline.case_memory(case, AlignOptions(), geometry)
+    plain, plain_output, _parts = pipeline.case_memory(case, AlignOptions(structures=False), geometry)
+    voxels = output // 6  # int16 CT and float32 dose per voxel
+    masks = working - plain
+    assert output == plain_output and parts[f"structure masks ({rois} channels, bit-packed)"] == masks
+    assert (rois + 1) * voxels / 8 <= masks < (rois + 1) * (voxels / 8 + voxels ** (2 / 3))
+    fixed, _o, _p = pipeline.case_memory(case, AlignOptions(rois=("PTV", "Cord")), geometry)
+    assert fixed - plain < 4 * voxels / 8 + 4 * voxels ** (2 / 3)  # two channels and the body
+    fractional, _o, _p = pipeline.case_memory(case, AlignOptions(fractional_masks=4), geometry)
+    assert fractional - working == rois * voxels  # a byte a voxel per channel
+
+    # a limit between the case without its masks and with them: refused before the dose is read
+    monkeypatch.setenv("DOSEALIGN_MEMORY_FLOOR_MB", f"{(plain + masks / 2) / 2**20:.6f}")
+    monkeypatch.setenv("DOSEALIGN_MEMORY_MULTIPLE", "0.000001")
+    read = []
+    original = pipeline.read_rtdose
+    monkeypatch.setattr(pipeline, "read_rtdose", lambda *a, **k: read.append(a) or original(*a, **k))
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 1
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed" and not read
+    for phrase in (f"structure masks ({rois} channels, bit-packed)", "fewer mask channels (--rois)"):
+        assert phrase in row["reason"], row["reason"]
+    # two channels fit
+    args = ["export", str(root), str(tmp_path / "ok"), "--quiet", "--workers", "1", "--no-qa-png", "--rois", "PTV,Cord"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert read
