@@ -278,13 +278,15 @@ def export_folder(
         if case.case_id in clashes:  # another input's case: left alone
             record(index, manifest_row(case, "failed", clashes[case.case_id]))
             continue
-        damaged = archive_problem(existing.folder) if resume and existing is not None and existing.complete else None
-        if damaged:  # whole by its headers and lengths, but bytes changed inside (a full read, streamed)
-            why = [f"its outputs were damaged ({damaged})"]
-        elif resume and existing is not None and existing.complete:
+        if resume and existing is not None and existing.complete:
             why = request_differences(existing.meta, _request(case, options, pseudonymizer, qa_png, resampler))
             if qa_png and matplotlib_available() and not (existing.folder / "qa.png").is_file():
                 why.append("no qa.png")
+            # a case that would be kept: whole by its headers and lengths, but bytes changed inside? (each of its
+            # files read once, streamed; not for a case exported again anyway)
+            damaged = None if why else archive_problem(existing.folder, existing.meta)
+            if damaged:
+                why = [f"its outputs were damaged ({damaged})"]
             if not why:
                 record(index, manifest_row(case, "skipped", KEPT, existing.meta))
                 continue

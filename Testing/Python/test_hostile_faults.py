@@ -4,8 +4,8 @@ A full disk (a small tmpfs where this machine lets a test mount one, and everywh
 that makes every large write fail) stops the export with exit code 4: the case that met it fails with
 the cause, the cases not started are named, manifest.csv is valid, no temporary file is left, and
 ``--resume`` after freeing space finishes the rest. Damaged earlier outputs (a truncated pair.npz, a
-meta.json that is not JSON, a case.h5 HDF5 cannot open) are never taken for complete by ``--resume``:
-they are exported again. A case folder's data are fsynced before it is renamed into place. Forked
+meta.json that is not JSON, a case.h5 HDF5 cannot open, bytes changed inside pair.npz or a format file) are
+never taken for complete by ``--resume``: they are exported again. A case folder's data are fsynced before it is renamed into place. Forked
 header readers and pool workers die with a killed export; SIGTERM ends an export as Ctrl-C does.
 """
 
@@ -147,6 +147,126 @@ def test_resume_exports_again_a_pair_npz_whose_member_fails_its_crc(cohort, tmp_
     assert status[row["case_id"]] == "ok"
     assert path.read_bytes() == clean  # exported again: as it was, byte for byte
     assert sorted(set(status.values())) == ["ok", "skipped"]  # the other cases are kept
+
+
+def _flip(path: Path, at: int, bit: int = 0x40) -> None:
+    """Change one bit of ``path`` at byte ``at``, its length and mtime kept (bit rot, a bad copy)."""
+    status = path.stat()
+    data = bytearray(path.read_bytes())
+    data[at] ^= bit
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+def _harmful_byte(data: bytes, start: int, end: int, inflate) -> int:
+    """The first byte from ``start`` to ``end`` of compressed ``data`` whose flipped bit 0x40 zlib refuses to
+    inflate (``inflate(data)`` raises): some flips inflate to the very same data (a back-reference into a run
+    of zeros moved), which no check can or need see."""
+    import zlib
+
+    for at in range(start, end):
+        flipped = bytearray(data)
+        flipped[at] ^= 0x40
+        try:
+            inflate(bytes(flipped))
+        except (zlib.error, OSError, EOFError):
+            return at
+    raise AssertionError("no flipped byte that zlib refuses")
+
+
+def _nrrd_payload(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[data.index(b"\n\n") + 2 :]  # the header holds the time it was written
+
+
+def test_resume_exports_again_a_case_whose_format_files_fail_their_checks(cohort, tmp_path, capsys):
+    """G6 (seventh hostile trial): one byte flipped inside ct.nii.gz, dose.nrrd, masks/PTV.nrrd or case.h5
+    (length and mtime unchanged) was kept by --resume as complete (nibabel read the NIfTI without an error,
+    pynrrd failed 'incorrect data check'). Their gzip data are inflated through (CRC-32), case.h5's chunks read
+    and its text attributes (no checksum in HDF5) compared with meta.json; such a case is exported again."""
+    import gzip
+    import zlib
+
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("nibabel")
+    pytest.importorskip("nrrd")
+    import numpy as np
+
+    args = [str(cohort), "--quiet", "--workers", "1", "--no-qa-png", "--format", "nifti,nrrd,hdf5"]
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    assert main(["export", args[0], str(clean), *args[1:]]) == 0
+    shutil.copytree(clean, out)
+    nifti, nrrd, chunk, attribute, kept = (out / r["case_id"] for r in hostile.manifest(out))
+    for path in (nifti / "ct.nii.gz", nrrd / "dose.nrrd"):  # from 60 % on, as the trial did
+        data = path.read_bytes()
+        _flip(
+            path,
+            _harmful_byte(data, int(len(data) * 0.6), len(data), lambda d: gzip.decompress(d[d.find(b"\x1f\x8b") :])),
+        )
+    with h5py.File(chunk / "case.h5", "r") as handle:  # a byte inside the dose's largest chunk of deflate data
+        dose = handle["dose"].id
+        info = max((dose.get_chunk_info(n) for n in range(dose.get_num_chunks())), key=lambda i: i.size)
+    data = (chunk / "case.h5").read_bytes()
+    middle = info.byte_offset + info.size // 2
+    at = _harmful_byte(
+        data,
+        middle,
+        info.byte_offset + info.size,
+        lambda d: zlib.decompress(d[info.byte_offset : info.byte_offset + info.size]),
+    )
+    _flip(chunk / "case.h5", at)
+    at = (attribute / "case.h5").read_bytes().index(b'"case_id"')  # in meta_json: "case_Id", still JSON
+    _flip(attribute / "case.h5", at + 6, 0x20)
+    capsys.readouterr()
+    assert main(["export", args[0], str(out), *args[1:], "--resume"]) == 0
+    printed = capsys.readouterr()
+    said = printed.out + printed.err
+    assert "ct.nii.gz fails its check: its gzip data are damaged" in said, said
+    assert "dose.nrrd fails its check: its gzip data are damaged" in said, said
+    assert "case.h5 fails its check: HDF5 cannot read it" in said, said
+    assert "case.h5 fails its check: its meta_json attribute is not what meta.json says" in said, said
+    status = {r["case_id"]: r["status"] for r in hostile.manifest(out)}
+    assert [status[f.name] for f in (nifti, nrrd, chunk, attribute, kept)] == ["ok"] * 4 + ["skipped"]
+    for folder in (nifti, nrrd, chunk, attribute, kept):  # as a clean export (NRRD's header and HDF5 apart)
+        twin = clean / folder.name
+        assert (folder / "pair.npz").read_bytes() == (twin / "pair.npz").read_bytes()
+        for name in ("ct.nii.gz", "dose.nii.gz"):
+            assert gzip.decompress((folder / name).read_bytes()) == gzip.decompress((twin / name).read_bytes())
+        for name in ("ct.nrrd", "dose.nrrd"):
+            assert _nrrd_payload(folder / name) == _nrrd_payload(twin / name)
+        with h5py.File(folder / "case.h5", "r") as a, h5py.File(twin / "case.h5", "r") as b:
+            assert a.attrs["meta_json"] == b.attrs["meta_json"]
+            for key in b:
+                np.testing.assert_array_equal(a[key][()], b[key][()])
+
+
+def test_format_file_checks_find_files_cut_short_or_grown(cohort, tmp_path):
+    """The checks --resume makes of format files: whole files pass; gzip data cut short or followed by other
+    bytes, and raw NRRD data of another length than the header says, fail, named."""
+    pytest.importorskip("nibabel")
+    pytest.importorskip("nrrd")
+    from DoseAlignLib.output.file_check import format_file_problem
+
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--format", "nifti,nrrd", "--nrrd-compression", "0"]
+    assert main(["export", str(cohort), str(out), *args]) == 0
+    case = out / hostile.manifest(out)[0]["case_id"]
+    for name in ("ct.nii.gz", "dose.nii.gz", "ct.nrrd", "dose.nrrd"):
+        assert format_file_problem(case / name, name) is None, name
+    data = (case / "ct.nii.gz").read_bytes()
+    (case / "ct.nii.gz").write_bytes(data[:-9])
+    assert "ct.nii.gz fails its check: its gzip data are cut short" in format_file_problem(
+        case / "ct.nii.gz", "ct.nii.gz"
+    )
+    (case / "ct.nii.gz").write_bytes(data + b"\0\0\0")  # zeros after the last member: allowed, as gzip does
+    assert format_file_problem(case / "ct.nii.gz", "ct.nii.gz") is None
+    (case / "ct.nii.gz").write_bytes(data + b"more")
+    assert "bytes after the end of its gzip data" in format_file_problem(case / "ct.nii.gz", "ct.nii.gz")
+    (case / "ct.nii.gz").write_bytes(data + data)  # two members: inflates to twice the header's length
+    assert "its NIfTI header says" in format_file_problem(case / "ct.nii.gz", "ct.nii.gz")
+    with open(case / "dose.nrrd", "ab") as handle:
+        handle.write(b"\0\0\0\0")
+    assert "its data hold" in format_file_problem(case / "dose.nrrd", "dose.nrrd")
 
 
 def test_damaged_earlier_outputs_are_exported_again(cohort, tmp_path, capsys):

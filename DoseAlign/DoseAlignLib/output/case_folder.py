@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import DoseAlignError, output_fault
 from ..limits import LimitError, entry_kind, open_regular, read_back
 from .dvh_csv import write_dvh_csv
+from .file_check import format_file_problem
 from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, is_run_entry, json_text, remove_owned
 from .npz import NpyStream, NpzStream
 
@@ -961,22 +962,34 @@ def check_output_folder(out_dir: Path) -> None:
         ) from None
 
 
-def archive_problem(folder: Path) -> Optional[str]:
-    """Why a complete case folder's ``pair.npz`` fails its own check (None when every member's CRC-32 holds).
+def archive_problem(folder: Path, meta: Optional[dict] = None) -> Optional[str]:
+    """Why a complete case folder's files fail their own checks (None when they pass): every member's CRC-32 in
+    ``pair.npz``, then each format file meta.json (``meta``, read from the folder when not given) lists under
+    ``exports``: gzip data inflated through (``.nii.gz``, NRRD), raw data against their header's length, every
+    chunk of ``case.h5`` read (see :mod:`.file_check`).
 
-    Every member is read once, streamed (1 MiB at a time): bytes changed inside a file of the right length
-    (bit rot, a bad copy) are found, which :func:`case_problem` (headers and lengths only) does not find.
-    The ``npy`` layout has no checksums: its files are not checked here.
+    Each file is read once, streamed: bytes changed inside a file of the right length (bit rot, a bad copy)
+    are found, which :func:`case_problem` (headers and lengths only) does not find. The ``npy`` layout, the
+    OpenKBP CSV files, dvh.csv and qa.png are not checked here (the first three have no checksums).
     """
-    path = Path(folder) / "pair.npz"
-    if entry_kind(path) is not None:  # missing (npy layout) or not a regular file (case_problem says so)
+    folder = Path(folder)
+    path = folder / "pair.npz"
+    if entry_kind(path) is None:  # missing (npy layout) or not a regular file (case_problem says so)
+        try:
+            with open_regular(path, "pair.npz") as handle, zipfile.ZipFile(handle) as archive:
+                for info in archive.infolist():
+                    with archive.open(info) as member:
+                        while member.read(1 << 20):
+                            pass
+        except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError, zlib.error) as error:
+            return f"pair.npz fails its check: {type(error).__name__}: {error}"
+    if meta is None:
+        meta = _meta_file_problem(folder / "meta.json")
+    if not isinstance(meta, dict):  # case_problem says why
         return None
-    try:
-        with open_regular(path, "pair.npz") as handle, zipfile.ZipFile(handle) as archive:
-            for info in archive.infolist():
-                with archive.open(info) as member:
-                    while member.read(1 << 20):
-                        pass
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError, zlib.error) as error:
-        return f"pair.npz fails its check: {type(error).__name__}: {error}"
+    for name in sorted(n for n in _recorded_files(meta) if n and not os.path.isabs(n) and ".." not in Path(n).parts):
+        if entry_kind(folder / name) is None:  # a missing format file: the format is written again at the end
+            problem = format_file_problem(folder / name, name, meta)
+            if problem:
+                return problem
     return None

@@ -1,0 +1,234 @@
+"""Full reads of a kept case's format files, for ``--resume``: is each one whole, byte for byte?
+
+:func:`~DoseAlignLib.output.case_folder.case_problem` reads headers and lengths only; a byte changed inside a
+file of the right length (bit rot, a bad copy) is found only by reading the data. Each file is read once,
+streamed, and its data thrown away:
+
+- gzip data (``.nii.gz``, NRRD ``encoding: gzip``): inflated in pieces, so that zlib checks each member's
+  CRC-32 and length; the inflated length must be what the header says (NIfTI: ``vox_offset`` plus the
+  voxels' bytes; NRRD: the product of ``sizes`` times the size of ``type``);
+- raw data (``.nii``, NRRD ``encoding: raw``): only the length can be checked (there is no checksum);
+- ``case.h5``: every dataset read whole, a slab of chunks at a time, so that HDF5 inflates each chunk
+  (a changed byte in deflate data fails zlib's Adler-32 or the stream itself); HDF5 keeps no checksum of
+  its text attributes, so ``meta_json``, ``case_id``, ``patient_id`` and ``mask_names`` are compared with
+  meta.json (the numbers: the grid's, with :meth:`~DoseAlignLib.output.formats.ExportFormats.missing`).
+
+:func:`format_file_problem` says why a file fails (None when it passes, or when its kind is not checked).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Optional
+
+from ..limits import open_regular
+
+#: Bytes read at a time, and the most inflated at a time (a piece of zeros inflates ~1000-fold).
+_READ = 1 << 20
+_INFLATE = 1 << 22
+#: The longest NRRD header read (DoseAlign's are under 1 KiB).
+_NRRD_HEADER_MAX = 1 << 16
+#: Bytes per value of each NRRD ``type`` (the spec's names and their synonyms).
+_NRRD_TYPES = {
+    **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
+    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t"), 2),
+    **dict.fromkeys(("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
+    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t"), 4),
+    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long", "signed long long int"), 8),
+    **dict.fromkeys(("int64", "int64_t", "ulonglong", "unsigned long long", "unsigned long long int"), 8),
+    **dict.fromkeys(("uint64", "uint64_t", "double"), 8),
+    "float": 4,
+}
+
+
+class _Damaged(Exception):
+    """Why a file fails its check (the text of the note)."""
+
+
+def format_file_problem(path: Path, name: str, meta: Optional[dict] = None) -> Optional[str]:
+    """Why the format file ``path`` (called ``name`` in the note) is not whole: a gzip stream that fails its
+    CRC-32 or ends early, data of another length than its header says, an HDF5 chunk that does not inflate;
+    None when it passes, or for a kind of file not checked here (no checksum and no length to compare). With
+    ``meta`` (the case's meta.json) a case.h5's text attributes must be what it says."""
+    try:
+        if name.endswith(".nii.gz"):
+            _nifti_gz(path)
+        elif name.endswith(".nii"):
+            _nifti_raw(path)
+        elif name.endswith(".nrrd"):
+            _nrrd(path)
+        elif name.endswith(".h5"):
+            _hdf5(path, meta)
+        else:
+            return None
+    except _Damaged as error:
+        return f"{name} fails its check: {error}"
+    except (OSError, EOFError, ValueError, struct.error) as error:
+        return f"{name} fails its check: {type(error).__name__}: {error}"
+    return None
+
+
+def _inflate(handle, first: bytes = b"") -> tuple:
+    """Inflate the gzip data read from ``handle`` (after ``first``, bytes already read) to their end, checking
+    every member's CRC-32 and length (zlib does), at most :data:`_INFLATE` bytes at a time, thrown away; return
+    ``(inflated length, its first 352 bytes)``. Zeros after the last member are allowed (as gzip allows them)."""
+    length, head = 0, b""
+    stream = None
+    data = first
+    try:
+        while True:
+            if not data:
+                data = handle.read(_READ)
+                if not data:
+                    break
+            if stream is not None and stream.eof:  # after a member: another one, or zeros, or damage
+                if len(data) < 2:  # a gzip magic number may straddle two reads
+                    data += handle.read(1)
+                if not data.startswith(b"\x1f\x8b"):
+                    if data.strip(b"\0"):
+                        raise _Damaged("it holds bytes after the end of its gzip data")
+                    data = b""
+                    continue
+                stream = None
+            if stream is None:
+                stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out = stream.decompress(data, _INFLATE)
+            while True:
+                if len(head) < 352:
+                    head += out[: 352 - len(head)]
+                length += len(out)
+                # input left over, or output held back (a full piece): inflate on
+                if stream.eof or not (stream.unconsumed_tail or len(out) == _INFLATE):
+                    break
+                out = stream.decompress(stream.unconsumed_tail, _INFLATE)
+            data = stream.unused_data if stream.eof else b""
+    except zlib.error as error:
+        raise _Damaged(f"its gzip data are damaged ({error})") from None
+    if stream is None:
+        raise _Damaged("it holds no gzip data")
+    if not stream.eof:
+        raise _Damaged("its gzip data are cut short")
+    return length, head
+
+
+def _nifti_voxel_end(header: bytes) -> int:
+    """Where a NIfTI-1 file's voxels end, from its header: ``vox_offset`` plus the voxels' bytes."""
+    if len(header) < 348:
+        raise _Damaged("its NIfTI header is cut short")
+    order = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+    if struct.unpack(order + "i", header[:4])[0] != 348:
+        raise _Damaged("it holds no NIfTI-1 header")
+    dims = struct.unpack(order + "8h", header[40:56])
+    bits = struct.unpack(order + "h", header[72:74])[0]
+    offset = struct.unpack(order + "f", header[108:112])[0]
+    voxels = 1
+    for size in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
+        voxels *= max(int(size), 1)
+    return int(offset) + voxels * max(int(bits), 0) // 8
+
+
+def _nifti_gz(path: Path) -> None:
+    with open_regular(path) as handle:
+        length, head = _inflate(handle)
+    expected = _nifti_voxel_end(head)
+    if length != expected:
+        raise _Damaged(f"it inflates to {length} bytes, its NIfTI header says {expected}")
+
+
+def _nifti_raw(path: Path) -> None:
+    with open_regular(path) as handle:
+        head = handle.read(352)
+        handle.seek(0, 2)
+        length = handle.tell()
+    expected = _nifti_voxel_end(head)
+    if length != expected:
+        raise _Damaged(f"it holds {length} bytes, its NIfTI header says {expected}")
+
+
+def _nrrd(path: Path) -> None:
+    with open_regular(path) as handle:
+        head = handle.read(_NRRD_HEADER_MAX)
+        end = head.find(b"\n\n")
+        if not head.startswith(b"NRRD") or end < 0:
+            raise _Damaged("it holds no NRRD header (or no blank line after it)")
+        fields = {}  # "field: value" lines; comments (#) and key/value pairs (key:=value) left out
+        for line in head[:end].decode("latin-1").splitlines()[1:]:
+            field, pair = line.find(": "), line.find(":=")
+            if not line.startswith("#") and field > 0 and not 0 <= pair < field:
+                fields[line[:field].strip().lower()] = line[field + 2 :].strip()
+        try:
+            sizes = [int(n) for n in fields["sizes"].split()]
+            size = _NRRD_TYPES[fields["type"].lower()]
+            encoding = fields.get("encoding", "").lower()
+        except (KeyError, ValueError):
+            raise _Damaged("its NRRD header has no readable type or sizes") from None
+        if any(key in fields for key in ("data file", "datafile", "line skip", "byte skip")):
+            return  # data elsewhere or skipped: not a file DoseAlign writes, nothing to compare
+        expected = size
+        for n in sizes:
+            expected *= n
+        if encoding == "raw":
+            handle.seek(0, 2)
+            length = handle.tell() - (end + 2)
+            if length != expected:
+                raise _Damaged(f"its data hold {length} bytes, its NRRD header says {expected}")
+        elif encoding in ("gzip", "gz"):
+            length, _head = _inflate(handle, head[end + 2 :])
+            if length != expected:
+                raise _Damaged(f"its data inflate to {length} bytes, its NRRD header says {expected}")
+
+
+def _hdf5(path: Path, meta: Optional[dict]) -> None:
+    try:
+        import h5py
+    except ImportError:  # not installed: nothing can read the file, nothing checks it
+        return
+    import numpy as np
+
+    datasets: list = []
+    try:
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda _name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
+            for dataset in datasets:
+                shape = dataset.shape or ()
+                if len(shape) < 3 or dataset.chunks is None:  # small, or one block: read whole
+                    dataset[()]
+                    continue
+                steps = dataset.chunks[:-2]  # a slab: one chunk deep on each leading axis, whole planes
+                for index in np.ndindex(*[-(-n // s) for n, s in zip(shape[:-2], steps)]):
+                    dataset[tuple(slice(i * s, (i + 1) * s) for i, s in zip(index, steps))]
+            if meta is not None:
+                _h5_text_agrees(handle.attrs, meta)
+    except (OSError, RuntimeError, KeyError) as error:
+        raise _Damaged(f"HDF5 cannot read it ({error})") from None
+
+
+def _h5_text_agrees(attrs, meta: dict) -> None:
+    """HDF5 keeps no checksum of attributes (variable-length strings, a large ``meta_json``): those a case.h5
+    holds of its case must be what meta.json says (``meta_json`` is meta.json less ``exports`` and ``case_files``)."""
+
+    def text(value) -> str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    def plain(value) -> str:
+        kept = (
+            {k: v for k, v in value.items() if k not in ("exports", "case_files")} if isinstance(value, dict) else value
+        )
+        return json.dumps(kept, sort_keys=True)
+
+    if "meta_json" in attrs:
+        try:
+            recorded = json.loads(text(attrs["meta_json"]))
+        except (ValueError, RecursionError):
+            raise _Damaged("its meta_json attribute is no JSON text") from None
+        if plain(recorded) != plain(meta):
+            raise _Damaged("its meta_json attribute is not what meta.json says")
+    for key, wanted in (("case_id", meta.get("case_id")), ("patient_id", meta.get("patient_id"))):
+        if key in attrs and wanted is not None and text(attrs[key]) != str(wanted):
+            raise _Damaged(f"its {key} attribute is not what meta.json says")
+    names = meta["structures"].get("names") if isinstance(meta.get("structures"), dict) else None
+    if "mask_names" in attrs and isinstance(names, list) and [text(n) for n in attrs["mask_names"]] != names:
+        raise _Damaged("its mask_names attribute is not what meta.json says (structures.names)")
