@@ -692,7 +692,7 @@ def _exported_again_note(why: dict) -> str:
         for line in lines:
             reasons.setdefault(line, []).append(case_id)
     listed = "; ".join(f"{line} ({len(ids)} case{'s' if len(ids) > 1 else ''})" for line, ids in reasons.items())
-    return f"--resume: {len(why)} case(s) exported earlier with another request are exported again: {listed}"
+    return f"--resume: {len(why)} case(s) exported earlier are exported again: {listed}"
 
 
 def _shard_settings(formats) -> dict:

@@ -75,7 +75,7 @@ def test_resume_with_other_options_exports_again_and_says_why(study, tmp_path, c
         meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
         assert meta["options"]["reference"] == "ct" and row["shape"] != dose_shapes[row["case_id"]]
     assert (
-        'note: --resume: 2 case(s) exported earlier with another request are exported again: reference "dose" -> "ct"'
+        'note: --resume: 2 case(s) exported earlier are exported again: reference "dose" -> "ct"'
         in text
     )
     assert "2 ok, 0 failed, 0 skipped" in text
