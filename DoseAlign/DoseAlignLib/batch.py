@@ -194,7 +194,7 @@ def export_folder(
     if shard is None:  # shards share OUT on purpose; any other run would overwrite the other's manifest
         _check_no_other_run(out_dir)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
-        extra_rows = pseudonymizer.prepare(scan, cases, extra_rows)
+        extra_rows = pseudonymizer.prepare(scan, cases, extra_rows, channels=options.rois or ())
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
     # case folders not to be replaced: another input's case of this id; a user's files inside
     clashes, foreign = _not_replaced(cases, found, pseudonymizer)
@@ -578,15 +578,18 @@ def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler
         source["rtstruct_files"] = [s.rel_path for s in case.structs]
         source["rtplan_file"] = case.plan.rel_path if case.plan is not None else None
     records = input_files(case)
+    recorded = options.to_dict()
     if pseudonymizer is not None:
         records, stamps = keyed_stamps(records, pseudonymizer.key)
         source = pseudonymizer.value({**source, "input_files": records})
         for record, stamp in zip(source["input_files"], stamps):
             record["stamp"] = stamp
+        # as meta.json records them: --centre roi:PTV_Doe as roi:PTV_[removed] (else never the same request)
+        recorded = pseudonymizer.value(recorded, text_keys=frozenset(options.roi_map or ()))
     else:
         source["input_files"] = records
     return {
-        "options": options.to_dict(),
+        "options": recorded,
         "option_defaults": AlignOptions().to_dict(),
         "dosealign_version": __version__,
         "source": source,

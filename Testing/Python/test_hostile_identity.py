@@ -1208,3 +1208,126 @@ def test_roi_names_with_dates_are_not_rewritten_into_uids(tmp_path, capsys):
     uids = {str(dd.read(p).SOPInstanceUID) for p in (root / "p").rglob("*.dcm")} | {own}
     found = [(where, u) for where, data in _all_output_bytes(out) for u in uids if u.encode() in data]
     assert not found, found[:10]
+
+
+def _study_named(root, patient_name: str, rois: list):
+    truth = hostile.study(
+        root / "p", "HK-22817", 66, patient_name=patient_name, extra_organs=len(rois), ct_size=(40, 36, 16)
+    )
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    return root
+
+
+def _channel_voxels(out) -> dict:
+    """``{channel name: voxels}`` of the one case in ``out``, from pair.npz and meta.json."""
+    import json
+
+    import numpy as np
+    from DoseAlignLib.structures.masks import unpack_masks
+
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "ok", row["reason"]
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    with np.load(out / row["case_id"] / "pair.npz") as pair:
+        masks = unpack_masks(pair["masks"], meta["shape"])
+    return {name: int(mask.sum()) for name, mask in zip(meta["structures"]["names"], masks)}
+
+
+@pytest.mark.parametrize(
+    "patient_name, rois, channels, words",
+    [
+        ("Lung^Wai Man", ["Lung_L", "Lung_R"], ["PTV", "Lung_L", "Lung_R", "Cord"], ["lung", "waiman", "hk22817"]),
+        ("Quillfeather^Odalys", ["PTV_Quillfeather"], ["PTV_Quillfeather", "Cord"], ["quillfeather", "odalys"]),
+    ],
+)
+def test_rois_chosen_by_a_name_holding_identity_are_refused_never_empty(
+    tmp_path, capsys, patient_name, rois, channels, words
+):
+    """Seventh hostile trial G14: under --pseudonymize ``--rois`` was matched against the rewritten ROI names, so a
+    patient ``Lung^Wai Man`` got channels ``[removed]_L``/``[removed]_R`` of 0 voxels (and ``PTV_Quillfeather`` of
+    patient Quillfeather an empty channel), status ok, no warning. A channel name that holds the identity is refused
+    before anything is written (it could only be written rewritten, which a loader choosing channels by name takes
+    for an absent ROI); the ROIs mapped to other channel names (the way the refusal names) hold their voxels."""
+    import json
+
+    root = _study_named(tmp_path / "in", patient_name, rois)
+    plain = tmp_path / "plain"
+    assert main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--rois", ",".join(channels)]) == 0
+    voxels = _channel_voxels(plain)
+    assert all(voxels[name] > 0 for name in rois), voxels  # the ROIs exist: an empty channel would be wrong
+    out = tmp_path / "share" / "out"
+    common = ["--quiet", "--workers", "1", "--pseudonymize", *_formats()]
+    code = main(["export", str(root), str(out), *common, "--rois", ",".join(channels)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--rois {rois[0]!r}" in err and "nothing was written" in err and "--roi-map" in err, err
+    assert not out.exists() or not any(out.iterdir())
+    mapping = {f"Organ{n}": [name] for n, name in enumerate(rois)}
+    (tmp_path / "map.json").write_text(json.dumps(mapping), encoding="utf-8")
+    renamed = [next((new for new, old in mapping.items() if old == [c]), c) for c in channels]
+    code = main(
+        ["export", str(root), str(out), *common, "--roi-map", str(tmp_path / "map.json"), "--rois", ",".join(renamed)]
+    )
+    assert code == 0, capsys.readouterr()
+    assert _channel_voxels(out) == {new: voxels[old] for new, old in zip(renamed, channels)}
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = data.decode("utf-8", "replace").casefold()
+        squeezed = re.sub(r"[^0-9a-z]", "", text)
+        found += [
+            f"{w} in {where}" for w in words if (re.search(rf"(?<![a-z]){w}", text) if w == "lung" else w in squeezed)
+        ]
+    assert not found, found[:10]
+
+
+def test_centre_on_a_roi_named_with_identity_under_pseudonymize(tmp_path, capsys):
+    """G14: ``--centre roi:PTV_Quillfeather`` under --pseudonymize failed the case "no ROI 'PTV_[removed]' ... (they
+    have: ..., PTV_[removed], ...)": the ROI is chosen by its name before the rewriting. The grid and the arrays are
+    the plain export's, the outputs name the ROI rewritten, and --resume keeps the case (the request recorded
+    rewritten is this run's)."""
+    import json
+
+    import numpy as np
+
+    root = _study_named(tmp_path / "in", "Quillfeather^Odalys", ["PTV_Quillfeather"])
+    centred = ["--spacing", "3", "--centre", "roi:PTV_Quillfeather", "--quiet", "--workers", "1"]
+    plain, out = tmp_path / "plain", tmp_path / "share" / "out"
+    assert main(["export", str(root), str(plain), *centred]) == 0
+    assert main(["export", str(root), str(out), *centred, "--pseudonymize"]) == 0, capsys.readouterr()
+    (a,), (b,) = hostile.manifest(plain), hostile.manifest(out)
+    assert b["status"] == "ok", b["reason"]
+    metas = [
+        json.loads((o / r["case_id"] / "meta.json").read_text(encoding="utf-8")) for o, r in ((plain, a), (out, b))
+    ]
+    assert metas[0]["resampling"]["centre"]["roi"] == "PTV_Quillfeather"
+    assert metas[1]["resampling"]["centre"]["roi"] == "PTV_[removed]"
+    assert metas[0]["resampling"]["centre"]["centre_lps"] == metas[1]["resampling"]["centre"]["centre_lps"]
+    with np.load(plain / a["case_id"] / "pair.npz") as p, np.load(out / b["case_id"] / "pair.npz") as q:
+        for name in ("ct", "dose", "masks"):
+            assert np.array_equal(p[name], q[name]), name
+    assert not [w for w, d in _all_output_bytes(out) if b"quillfeather" in d.lower() or b"odalys" in d.lower()]
+    assert main(["export", str(root), str(out), *centred, "--pseudonymize", "--resume"]) == 0
+    assert [r["status"] for r in hostile.manifest(out)] == ["skipped"], hostile.manifest(out)
+    capsys.readouterr()
+
+
+def test_rois_are_selected_by_their_names_before_the_rewriting():
+    """G14, the selection itself: ROIs rewritten by the pseudonymization (``Lung_L`` -> ``[removed]_L``) are the
+    channels the user named by the input's names; made unique as before (``Lungs_2`` joins ``Lungs``)."""
+    import numpy as np
+    from DoseAlignLib.dicom.rtstruct import RoiContours
+    from DoseAlignLib.structures.case import fixed_channels
+    from DoseAlignLib.structures.names import harmonise_names
+
+    rois = [
+        RoiContours(n, name, name, "ORGAN", None, "rs.dcm", np.array([0.0, 0.0, 1.0]))
+        for n, name in enumerate(["Lung_L", "Lung_R", "Lungs", "Lungs", "Heart"], start=1)
+    ]
+    harmonise_names(rois, None, lambda name: name.replace("Lung", "[removed]"))
+    assert [r.name for r in rois] == ["[removed]_L", "[removed]_R", "[removed]s", "[removed]s_2", "Heart"]
+    kept, left_out = fixed_channels(rois, ["Lung_L", "LUNGS", "Heart"])
+    assert [(r.number, r.name) for r in kept] == [(1, "Lung_L"), (3, "LUNGS"), (4, "LUNGS"), (5, "Heart")]
+    assert left_out == ["[removed]_R"]

@@ -117,6 +117,10 @@ class RoiContours:
     defects: list = field(default_factory=list)
     #: the name after ``--roi-map`` (and pseudonymization), before it was made unique (``name_2``)
     harmonised_name: str = ""
+    #: the name after ``--roi-map``, before pseudonymization, and that name made unique among those names: what the
+    #: user selects the ROI by (``--rois``, ``--centre roi:``); without pseudonymization ``harmonised_name`` and ``name``
+    mapped_name: str = ""
+    mapped_unique_name: str = ""
 
     @property
     def positions(self) -> np.ndarray:

@@ -455,14 +455,17 @@ class Pseudonymizer:
         return folders
 
     # -- preparing a batch
-    def prepare(self, scan, cases: Iterable, extra_rows: Iterable = ()) -> list:
+    def prepare(self, scan, cases: Iterable, extra_rows: Iterable = (), channels: Iterable[str] = ()) -> list:
         """Learn the input's identity and give every case its pseudonymous id and patient.
 
         Returns ``extra_rows`` (rows that are no case, e.g. damaged files) pseudonymized, and writes
         the mapping file to ``map_path`` before any case is exported, so a killed run has it too.
+        ``channels``, the mask channel names the user chose (``--rois``), are refused first, before anything
+        is written, when one holds a value that identifies a patient of the input (:meth:`check_channels`).
         """
         self.input_root = str(scan.root)
         self.identity = identity_of_scan(scan)
+        self.check_channels(channels)
         for rel in sorted(self.identity.paths):
             self.path(rel)
         if not self.keep_uids:
@@ -481,6 +484,23 @@ class Pseudonymizer:
         if self.map_path:
             self.write_map(Path(self.map_path))
         return rows
+
+    def check_channels(self, channels: Iterable[str]) -> None:
+        """Refuse mask channel names (``--rois``) that hold a patient's name, ID or date of the input (a surname
+        ``Lung`` in ``Lung_L``): the channel could only be written rewritten (``[removed]_L``), which a loader
+        choosing channels by name takes for an absent ROI. The ROIs are selected by their names before the
+        rewriting; the channel's name is the user's, so it must be one the outputs can carry as it is."""
+        for name in channels:
+            rewritten = self.text(name)
+            leak = self.guard.find(name)
+            if rewritten != name or leak:
+                raise PseudonymError(
+                    f"--rois {name!r}: the channel name holds {leak or 'an identifying value'} of the input: under "
+                    f"--pseudonymize it could only be written as {rewritten!r}, where a loader choosing channels by "
+                    "name finds no ROI; nothing was written",
+                    hint="give the channel a name without it: --roi-map maps the ROIs to a name of your choice "
+                    '(e.g. {"Pulmo_L": ["Lung_L"]} with --rois ...,Pulmo_L), or leave the ROI out of --rois',
+                )
 
     # -- rewriting
     def text(self, value: str) -> str:

@@ -15,7 +15,7 @@ from ..limits import LimitError
 from ..options import Interpolator
 from .body import body_from_ct
 from .masks import StructureMasks
-from .names import harmonise_names
+from .names import harmonise_names, selection_names
 from .rasterize import rasterize_structures
 
 
@@ -73,10 +73,8 @@ def fixed_channels(rois: list, channels) -> tuple:
     """
     wanted = {name.lower(): name for name in channels}
     kept, left_out = [], []
-    for roi in rois:
-        channel = wanted.get(roi.name.lower())
-        if channel is None and roi.harmonised_name and roi.harmonised_name != roi.name:
-            channel = wanted.get(roi.harmonised_name.lower())
+    for roi in rois:  # by the names before pseudonymization (selection_names), as the user knows them
+        channel = next((wanted[n.lower()] for n in selection_names(roi) if n.lower() in wanted), None)
         if roi.skipped is None and channel is not None:
             if roi.name != channel:
                 roi.notes.append(f"name {roi.name!r} written as {channel!r}, as --rois spells it")

@@ -52,15 +52,22 @@ def harmonise_names(
     labels) names each ROI the same way. A later ROI whose name is already taken (in any case) becomes
     ``name_2``, ``name_3``, ... (a note says so): two ROIs of one name in the structure set, or two names
     that read alike once rewritten. Only ROIs that give a mask take part in the uniqueness check.
-    Returns notes for the caller.
+    The names before ``rewrite``, made unique the same way, are kept apart (``mapped_name``,
+    ``mapped_unique_name``): the user selects ROIs by them (:func:`selection_names`), as the input and the ROI
+    map write them, not as the pseudonymization rewrote them. Returns notes for the caller.
     """
     lookup = roi_name_lookup(mapping) if mapping else {}
     taken: dict = {}
+    mapped_taken: set = set()
     notes = []
     for roi in rois:
         new = lookup.get(roi.original_name.strip().lower(), roi.original_name)
         if new != roi.original_name:
             roi.notes.append(f"renamed from {roi.original_name!r} by the ROI map")
+        roi.mapped_name = roi.mapped_unique_name = new
+        if roi.skipped is None:
+            roi.mapped_unique_name = _unique(new, mapped_taken)
+            mapped_taken.add(roi.mapped_unique_name.lower())
         if rewrite is not None:
             new = rewrite(new)
         roi.harmonised_name = new
@@ -77,6 +84,26 @@ def harmonise_names(
             taken[key] = f"{roi.source} ROI {roi.number}"
         roi.name = new
     return notes
+
+
+def _unique(name: str, taken: set) -> str:
+    """``name``, or ``name_2``, ``name_3``, ... when it is taken (``taken`` holds lower-case names)."""
+    if name.lower() not in taken:
+        return name
+    n = 2
+    while f"{name}_{n}".lower() in taken:
+        n += 1
+    return f"{name}_{n}"
+
+
+def selection_names(roi) -> tuple:
+    """The names the user selects ``roi`` by (``--rois``, ``--centre roi:``), first the one that picks this ROI
+    alone: its name after ``--roi-map`` made unique (``PTV_2``), then that name before it was made unique (``PTV``).
+    Both are the names before pseudonymization: an ROI ``PTV_Doe`` written as ``PTV_[removed]`` is still chosen by
+    ``PTV_Doe`` (where it would be written rewritten is for the caller to refuse; see
+    :meth:`~DoseAlignLib.output.pseudonym.Pseudonymizer.prepare`). ROIs not harmonised: their name."""
+    unique = roi.mapped_unique_name or roi.name
+    return (unique, roi.mapped_name or roi.harmonised_name or unique)
 
 
 def is_target(name: str, interpreted_type: str = "") -> bool:

@@ -16,7 +16,7 @@ from ..errors import LinkError
 from ..geometry.grid import Volume
 from ..geometry.reference import DOSE_BOX_FRACTION, Region, auto_region, box_of, dmax_region, dose_region
 from .body import BODY_THRESHOLD_HU, body_from_ct
-from .names import is_target
+from .names import is_target, selection_names
 
 
 def roi_points(rois: Sequence, thickness_mm: float) -> np.ndarray:
@@ -38,7 +38,7 @@ def _masking(rois: Sequence) -> list:
 
 def ptv_region(rois: Sequence, axes: np.ndarray, thickness_mm: float) -> Optional[Region]:
     """The box of every PTV (RTROIInterpretedType PTV, or a name starting with PTV when untyped); None without."""
-    targets = [r for r in _masking(rois) if is_target(r.name, r.interpreted_type)]
+    targets = [r for r in _masking(rois) if is_target(selection_names(r)[0], r.interpreted_type)]
     if not targets:
         return None
     about = {"on": "ptv", "rois": [r.name for r in targets], "from": "contours"}
@@ -47,7 +47,7 @@ def ptv_region(rois: Sequence, axes: np.ndarray, thickness_mm: float) -> Optiona
 
 def named_roi_region(rois: Sequence, name: str, axes: np.ndarray, thickness_mm: float, where) -> Region:
     """The box of the ROI called ``name`` (any case, after ``--roi-map``); a :class:`LinkError` without it."""
-    found = [r for r in _masking(rois) if r.name.lower() == name.lower()]
+    found = [r for r in _masking(rois) if selection_names(r)[0].lower() == name.lower()]  # before pseudonymization
     if not found:
         names = sorted({r.name for r in _masking(rois)}, key=str.lower)
         raise LinkError(
