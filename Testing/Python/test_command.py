@@ -74,10 +74,7 @@ def test_resume_with_other_options_exports_again_and_says_why(study, tmp_path, c
     for row in rows:
         meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
         assert meta["options"]["reference"] == "ct" and row["shape"] != dose_shapes[row["case_id"]]
-    assert (
-        'note: --resume: 2 case(s) exported earlier are exported again: reference "dose" -> "ct"'
-        in text
-    )
+    assert 'note: --resume: 2 case(s) exported earlier are exported again: reference "dose" -> "ct"' in text
     assert "2 ok, 0 failed, 0 skipped" in text
 
     code, text, _err = _run(capsys, "export", study, out, "--quiet", "--resume")
