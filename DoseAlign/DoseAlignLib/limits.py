@@ -66,8 +66,18 @@ class LimitError(DoseAlignError):
     """A case or file needs more time or memory than its stated limit; the error names the limit."""
 
 
+#: The most bytes any limit stands for: a limit set to ``inf`` (or beyond) means no limit, not an overflow.
+NO_LIMIT_BYTES = 1 << 62
+
+
+def megabytes(value: float) -> int:
+    """A limit in MiB as bytes, ``inf`` as :data:`NO_LIMIT_BYTES`."""
+    return int(min(value * 1024 * 1024, NO_LIMIT_BYTES))
+
+
 def limit(name: str) -> float:
-    """The value of a limit: its environment variable when set to a positive number, else the default."""
+    """The value of a limit: its environment variable when set to a positive number (``inf``: no limit),
+    else the default."""
     text = os.environ.get(name, "")
     try:
         value = float(text)
@@ -85,7 +95,7 @@ def case_seconds() -> float:
 
 
 def inflate_bytes() -> int:
-    return int(limit("DOSEALIGN_INFLATE_MB") * 1024 * 1024)
+    return megabytes(limit("DOSEALIGN_INFLATE_MB"))
 
 
 def limit_multiple() -> float:
@@ -93,12 +103,12 @@ def limit_multiple() -> float:
 
 
 def memory_floor() -> int:
-    return int(limit("DOSEALIGN_MEMORY_FLOOR_MB") * 1024 * 1024)
+    return megabytes(limit("DOSEALIGN_MEMORY_FLOOR_MB"))
 
 
 def memory_limit_bytes(output_bytes: float) -> int:
     """The working memory a case with ``output_bytes`` of arrays may use."""
-    return int(max(limit_multiple() * output_bytes, memory_floor()))
+    return int(min(max(limit_multiple() * output_bytes, memory_floor()), NO_LIMIT_BYTES))
 
 
 class Deadline:
@@ -191,10 +201,10 @@ def read_back(path, variable: str = "DOSEALIGN_META_MB") -> bytes:
     ``DOSEALIGN_MANIFEST_MB``), checked before reading: a planted or damaged file of gigabytes (sparse, or a
     link to a device) must not fill memory. :class:`OSError` for what is no regular file, :class:`LimitError`
     (naming the size, the limit and its variable) for a larger file."""
-    most = int(limit(variable) * 1024 * 1024)
+    most = megabytes(limit(variable))
     with open_regular(path) as handle:
         size = os.fstat(handle.fileno()).st_size
-        data = handle.read(most + 1) if size <= most else b""
+        data = handle.read(min(most, size) + 1) if size <= most else b""  # never a buffer of the limit's size
     if size > most or len(data) > most:  # a file that grew while it was read counts as well
         raise LimitError(
             f"is larger ({format_bytes(max(size, len(data)))}) than the limit of {format_bytes(most)} for a file "

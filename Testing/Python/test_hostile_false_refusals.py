@@ -350,3 +350,24 @@ def test_an_export_reads_closedplanar_xor_rois_like_closed_planar_ones(plain, tm
     (row,) = hostile.manifest(mixed_out)
     assert int(row["n_rois"]) == int(expected["n_rois"]) - 1
     assert "mixes CLOSED_PLANAR and CLOSEDPLANAR_XOR" in row["warnings"], row["warnings"]
+
+
+def test_limits_set_to_infinity_mean_no_limit(plain, tmp_path):
+    """Eighth hostile trial H6: `inf` is the natural way to lift a limit, and passed the check (a positive float),
+    then overflowed converting to bytes: DOSEALIGN_MEMORY_MULTIPLE/FLOOR_MB=inf failed every case as an "internal
+    error", DOSEALIGN_META_MB/MANIFEST_MB=inf ended --resume in a traceback, DOSEALIGN_INFLATE_MB=inf called a valid
+    deflated RTSTRUCT damaged. Each means no limit now."""
+    base, truth, _out = plain
+    root = tmp_path / "in"
+    shutil.copytree(base / "in", root)
+    _deflate(root / truth.struct_file.relative_to(base / "in"))
+    names = ["MEMORY_MULTIPLE", "MEMORY_FLOOR_MB", "INFLATE_MB", "META_MB", "MANIFEST_MB"]
+    env = {f"DOSEALIGN_{name}": "inf" for name in names}
+    out = tmp_path / "out"
+    for extra in ([], ["--resume"]):
+        done = hostile.dosealign("export", str(root), str(out), "--workers", "2", "--no-qa-png", *extra, env=env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+        rows = hostile.manifest(out)
+        assert [r["status"] for r in rows] == (["skipped"] if extra else ["ok"]), rows
+    meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert len(meta["structures"]["names"]) >= 3  # the deflated structure set was read
