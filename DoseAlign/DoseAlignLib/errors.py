@@ -88,6 +88,12 @@ def terminal_safe(text: str) -> str:
     return printable(text).translate(_TERMINAL_CONTROLS)
 
 
+def hdf5_text(value) -> str:
+    """``value`` as an HDF5 string attribute holds it: HDF5's variable-length strings end at a NUL, so a NUL
+    (a damaged PatientID or ROI name) is written as the four characters ``\\x00`` (meta.json keeps it)."""
+    return str(value).replace("\x00", "\\x00")
+
+
 class NothingToExport(DoseAlignError):
     """The input holds no case to export (no RTDOSE, or no readable DICOM at all); nothing was written.
     Here, not in batch.py: the command's ``except`` clause names it (see :class:`Interrupted`)."""

@@ -24,6 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
+import dicom_damage as dd
 import hostile
 import pytest
 from DoseAlignLib.cli import main
@@ -1446,3 +1447,28 @@ def test_a_file_name_never_acts_on_the_terminal(cohort, tmp_path):
         assert done.returncode in (0, 1), printed
         assert "\\x1b[31mred\\x1b]0;title\\x07\\x08\\x0d.dcm" in printed, printed
         assert not any(c in printed for c in "\x1b\x07\x08\r"), [c for c in printed if c in "\x1b\x07\x08\r"]
+
+
+def test_a_nul_in_a_patient_id_or_roi_name_is_written_to_hdf5(tmp_path):
+    """Eighth hostile trial H2: a NUL inside the PatientID (`AB\\0CD`) or an ROI name (`PT\\0V`), a damaged value,
+    failed the case with --format hdf5 as an "internal error ... please report it" and a traceback (HDF5's strings
+    end at a NUL). The attribute holds `\\x00` for it (meta.json keeps the value), and --resume keeps the case."""
+    pytest.importorskip("h5py")
+    import h5py
+
+    truth = hostile.study(tmp_path / "in" / "p", "NUL-1", 12)
+    for path in [*truth.ct_files, *truth.dose_files, truth.plan_file, truth.struct_file]:
+        ds = dd.read(path)
+        ds.PatientID = "AB\x00CD"
+        if path == truth.struct_file:
+            ds.StructureSetROISequence[0].ROIName = "PT\x00V"
+        dd.save(ds, path)
+    out = tmp_path / "out"
+    for extra, status in (([], "ok"), (["--resume"], "skipped")):
+        done = hostile.dosealign("export", str(tmp_path / "in"), str(out), "--no-qa-png", "--format", "hdf5", *extra)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+        (row,) = hostile.manifest(out)
+        assert row["status"] == status, row
+    with h5py.File(out / row["case_id"] / "case.h5", "r") as handle:
+        assert handle.attrs["patient_id"] == "AB\\x00CD"
+        assert "PT\\x00V" in list(handle.attrs["mask_names"])

@@ -24,6 +24,7 @@ import zlib
 from pathlib import Path
 from typing import Optional
 
+from ..errors import hdf5_text
 from ..limits import open_regular
 
 #: Bytes read at a time, and the most inflated at a time (a piece of zeros inflates ~1000-fold).
@@ -227,8 +228,12 @@ def _h5_text_agrees(attrs, meta: dict) -> None:
         if plain(recorded) != plain(meta):
             raise _Damaged("its meta_json attribute is not what meta.json says")
     for key, wanted in (("case_id", meta.get("case_id")), ("patient_id", meta.get("patient_id"))):
-        if key in attrs and wanted is not None and text(attrs[key]) != str(wanted):
+        if key in attrs and wanted is not None and text(attrs[key]) != hdf5_text(wanted):
             raise _Damaged(f"its {key} attribute is not what meta.json says")
     names = meta["structures"].get("names") if isinstance(meta.get("structures"), dict) else None
-    if "mask_names" in attrs and isinstance(names, list) and [text(n) for n in attrs["mask_names"]] != names:
+    if (
+        "mask_names" in attrs
+        and isinstance(names, list)
+        and [text(n) for n in attrs["mask_names"]] != [hdf5_text(n) for n in names]
+    ):
         raise _Damaged("its mask_names attribute is not what meta.json says (structures.names)")

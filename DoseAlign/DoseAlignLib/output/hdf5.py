@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from .. import __version__
+from ..errors import hdf5_text
 from .case_data import CaseData, geometry_attributes, require
 from .files import json_text, temp_path
 
@@ -72,7 +73,7 @@ def _dataset(h5py, group, name: str, data: Optional[np.ndarray], units: str, sha
 
 
 def _strings(h5py, values: list) -> np.ndarray:
-    return np.array([str(v) for v in values], dtype=h5py.string_dtype())
+    return np.array([hdf5_text(v) for v in values], dtype=h5py.string_dtype())
 
 
 def _write_masks(h5py, group, case: CaseData) -> None:
@@ -94,11 +95,11 @@ def write_case_group(group, case: CaseData) -> None:
     if case.body is not None:
         _dataset(h5py, group, "body", case.body.astype(np.uint8), "mask")
     attrs = group.attrs
-    attrs["case_id"] = case.case_id
-    attrs["patient_id"] = case.patient_id
+    attrs["case_id"] = hdf5_text(case.case_id)
+    attrs["patient_id"] = hdf5_text(case.patient_id)
     for key, value in geometry_attributes(case.grid).items():
         attrs[key] = np.asarray(value, dtype=np.int64 if key == "shape" else np.float64)
-    attrs["frame_of_reference_uid"] = str(case.meta.get("frame_of_reference_uid") or "")
+    attrs["frame_of_reference_uid"] = hdf5_text(case.meta.get("frame_of_reference_uid") or "")
     attrs["axes"] = _strings(h5py, ["k (slice)", "j (row)", "i (column)"])
     attrs["mask_names"] = _strings(h5py, case.mask_names)
     attrs["mask_types"] = _strings(h5py, [case.mask_types.get(n, "") for n in case.mask_names])
