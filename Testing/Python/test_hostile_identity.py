@@ -1331,3 +1331,35 @@ def test_rois_are_selected_by_their_names_before_the_rewriting():
     kept, left_out = fixed_channels(rois, ["Lung_L", "LUNGS", "Heart"])
     assert [(r.number, r.name) for r in kept] == [(1, "Lung_L"), (3, "LUNGS"), (4, "LUNGS"), (5, "Heart")]
     assert left_out == ["[removed]_R"]
+
+
+@pytest.mark.parametrize("damage", ["patient", "slice", "frame"])
+def test_a_ct_folder_named_after_the_patient_never_reaches_a_failure_reason(tmp_path, capsys, damage):
+    """Eighth hostile trial H5: three failure reasons named the CT folder unquoted, so the rewriting (which takes a
+    bare folder name for a path only quoted or before a "/") left `Quillfeather Odalys` in manifest.csv and
+    report.html under --pseudonymize: the CT of another PatientID, two CT files sharing one SOPInstanceUID, a
+    structure set in another frame of reference. The folder holds identity the headers need not hold."""
+    folder = "Zentrop Ilka MRN448812"
+    truth = hostile.study(tmp_path / "in" / folder, "ZI-1", 13)
+    if damage == "patient":
+        for path in truth.ct_files:
+            dd.rewrite_tags(path, PatientID="ZI-2")
+    elif damage == "slice":
+        copy = truth.ct_files[0].with_name("CT_extra.dcm")
+        copy.write_bytes(truth.ct_files[0].read_bytes()[:3000])
+        ds = dd.read(truth.ct_files[1])
+        dd.rewrite_tags(copy, SOPInstanceUID=ds.SOPInstanceUID)
+    else:
+        ds = dd.read(truth.struct_file)
+        for item in ds.ReferencedFrameOfReferenceSequence:
+            item.FrameOfReferenceUID = "1.2.3.4.5"
+        for item in ds.StructureSetROISequence:
+            item.ReferencedFrameOfReferenceUID = "1.2.3.4.5"
+        dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(tmp_path / "in"), str(out), "--quiet", "--workers", "1", "--pseudonymize"])
+    capsys.readouterr()
+    assert code == 1
+    assert any(r["status"] == "failed" for r in hostile.manifest(out))
+    found = [where for where, data in _all_output_bytes(out) if b"zentrop" in data.lower() or b"448812" in data]
+    assert not found, found

@@ -255,7 +255,7 @@ def _conflicting_slices(case: Case) -> Optional[str]:
     uid, files = case.ct.conflicts[0]
     more = f" (and {len(case.ct.conflicts) - 1} more)" if len(case.ct.conflicts) > 1 else ""
     return (
-        f"CT {case.ct.folder or '.'}: {files[0]} and {files[1]} share SOPInstanceUID {uid} but hold different "
+        f"CT '{case.ct.folder or '.'}': {files[0]} and {files[1]} share SOPInstanceUID {uid} but hold different "
         f"images{more}: which one belongs to the CT cannot be told ((0008,0018) SOPInstanceUID; remove the wrong file)"
     )
 
@@ -332,7 +332,7 @@ def _identity_mismatch(case: Case) -> Optional[str]:
     """
     first = case.doses[0]
     others = [(f"RTDOSE {d.rel_path}", d.patient_id) for d in case.doses[1:]]
-    others.append((f"the CT {case.ct.folder or '.'}", case.ct.patient_id))
+    others.append((f"the CT '{case.ct.folder or '.'}'", case.ct.patient_id))  # quoted: a path to pseudonymize
     others.extend(
         (f"CT slice {s.rel_path}", s.patient_id) for s in case.ct.slices if s.patient_id != case.ct.patient_id
     )
@@ -362,7 +362,7 @@ def _identity_mismatch(case: Case) -> Optional[str]:
         if frames and case.ct.frame_of_reference_uid and case.ct.frame_of_reference_uid not in frames:
             return (
                 f"RTSTRUCT {struct.rel_path} is drawn in frame of reference {', '.join(frames)}, its CT "
-                f"{case.ct.folder or '.'} is in {case.ct.frame_of_reference_uid}: the contours would be misplaced "
+                f"'{case.ct.folder or '.'}' is in {case.ct.frame_of_reference_uid}: the contours would be misplaced "
                 "((3006,0024) ReferencedFrameOfReferenceUID; DoseAlign does not register)"
             )
     return None
