@@ -715,6 +715,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _SIGTERM_SEEN.clear()
     _no_missing_streams()
     previous = _stop_on_sigterm()
+    previous_sigint = _defer_sigint_in_imports()
     guard = sys.stdout = _GuardedStdout(sys.stdout)
     try:
         code = _main(argv)
@@ -751,6 +752,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout = guard.stream
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
     return EXIT_INTERRUPTED
 
 
@@ -837,6 +840,33 @@ def _terminated(_signum, frame) -> None:
     _SIGTERM_SEEN.append(True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
+
+
+def _defer_sigint_in_imports():
+    """Ctrl-C raises KeyboardInterrupt as always, except inside an import: there it is delivered again a moment
+    later, as SIGTERM is (:func:`_terminated`). Raised inside an import it left half-imported modules, and
+    numpy turns it into an ImportError ("PyCapsule_Import could not import module datetime", its "bad install"
+    advice), so the command ended with exit 1 and two tracebacks (eighth hostile trial H9). Only where SIGINT has
+    Python's own handler, in the main thread; returns the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        return None
+    signal.signal(signal.SIGINT, _interrupted)
+    return previous
+
+
+def _interrupted(_signum, frame) -> None:
+    if _importing(frame):
+        again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGINT))
+        again.daemon = True
+        try:
+            again.start()
+            return
+        except RuntimeError:  # no thread to be had: interrupted here after all
+            pass
+    raise KeyboardInterrupt
 
 
 def _importing(frame) -> bool:
@@ -972,7 +1002,7 @@ def add_format_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--openkbp-spacing",
         type=parse_floats,
-        default=api.OpenKBPSettings().spacing,
+        default=api.OPENKBP_SPACING,
         help="voxel size (mm) of the 128^3 OpenKBP grid: one value or i,j,k (default 4,4,2)",
     )
     group.add_argument(
@@ -994,7 +1024,7 @@ def formats_from_args(args: argparse.Namespace) -> api.ExportFormats:
     """The :class:`ExportFormats` of parsed command-line arguments (ValueError for bad values)."""
     return api.ExportFormats(
         formats=api.parse_formats(getattr(args, "formats", None)),
-        openkbp=api.OpenKBPSettings(spacing=getattr(args, "openkbp_spacing", api.OpenKBPSettings().spacing)),
+        openkbp=api.OpenKBPSettings(spacing=getattr(args, "openkbp_spacing", api.OPENKBP_SPACING)),
         split_seed=getattr(args, "split_seed", 0),
         validation_fraction=getattr(args, "validation_fraction", 0.2),
         nrrd_compression=getattr(args, "nrrd_compression", api.DEFAULT_NRRD_COMPRESSION),

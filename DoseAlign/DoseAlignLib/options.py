@@ -8,6 +8,13 @@ from typing import Optional
 
 from .limits import check_spacing
 
+#: The OpenKBP grid's default spacing (mm, along i, j, k): a 512 x 512 x 256 mm box, like OpenKBP's sample
+#: patient pt_242 (4.688, 4.688, 2.0 mm). Here, not in output/openkbp.py: the command's parser needs it, and
+#: importing that module (numpy) while the parser is built is where an early Ctrl-C was lost.
+OPENKBP_SPACING = (4.0, 4.0, 2.0)
+#: The gzip level of ``--format nrrd`` files (``--nrrd-compression``); here for the same reason.
+DEFAULT_NRRD_COMPRESSION = 1
+
 
 class ReferenceGrid(str, Enum):
     """Which grid the outputs share."""

@@ -1472,3 +1472,44 @@ def test_a_nul_in_a_patient_id_or_roi_name_is_written_to_hdf5(tmp_path):
     with h5py.File(out / row["case_id"] / "case.h5", "r") as handle:
         assert handle.attrs["patient_id"] == "AB\\x00CD"
         assert "PT\\x00V" in list(handle.attrs["mask_names"])
+
+
+_CTRL_C_INSIDE_NUMPYS_IMPORT = """
+import os, signal, sys, time
+from DoseAlignLib import cli
+
+fired = []
+
+
+class NumpyLike:  # numpy's import turns a KeyboardInterrupt inside it into an ImportError ("PyCapsule_Import ...")
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and not fired:
+            fired.append(True)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                raise ImportError('PyCapsule_Import could not import module "datetime"') from None
+        return None
+
+
+sys.meta_path.insert(0, NumpyLike())
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.exit(cli.main(["export", sys.argv[1], sys.argv[2], "--quiet"]))
+"""
+
+
+def test_ctrl_c_inside_an_import_that_swallows_it_is_an_interruption(cohort, tmp_path):
+    """Eighth hostile trial H9 (G4 not closed): Ctrl-C ~0.08 s after start landed inside numpy's import, which
+    turns the KeyboardInterrupt into an ImportError and its "bad install" text: exit 1 and two tracebacks. A Ctrl-C
+    inside an import is delivered again once the import is over (as SIGTERM is): exit 130, one line."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_INSIDE_NUMPYS_IMPORT, str(cohort), str(out)],
+        env=hostile.ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and "interrupted" in done.stderr, done.stderr

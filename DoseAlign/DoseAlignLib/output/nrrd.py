@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..options import DEFAULT_NRRD_COMPRESSION
 from .case_data import CaseData, require, unique_file_names
 
 #: gzip level of the NRRD files. Measured on a 512 x 512 x 300 case (README, speed section): level 1
 #: writes CT, dose and 10 masks in about a third of level 9's time (pynrrd's default), and the files
 #: are no larger (the float32 dose even compresses better at 1 than at 4-9).
-DEFAULT_COMPRESSION = 1
+DEFAULT_COMPRESSION = DEFAULT_NRRD_COMPRESSION
 
 
 def _header(case: CaseData, content: str, units: str, compression: int = DEFAULT_COMPRESSION) -> dict:

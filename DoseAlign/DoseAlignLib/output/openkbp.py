@@ -42,15 +42,14 @@ from ..geometry.grid import Grid, Volume
 from ..geometry.reference import Region, auto_region, box_of, custom_grid
 from ..geometry.resample import resample
 from ..limits import check_spacing
-from ..options import AlignOptions, CustomBox, Interpolator, ReferenceGrid
+from ..options import OPENKBP_SPACING, AlignOptions, CustomBox, Interpolator, ReferenceGrid
 from ..structures.names import is_target
 from .case_data import CaseData, MaskSequence, unique_file_names
 from .files import json_text
 
 SIZE = 128
-#: Default spacing (mm, along i, j, k): a 512 x 512 x 256 mm box, like OpenKBP's sample patient
-#: pt_242 (4.688, 4.688, 2.0 mm).
-DEFAULT_SPACING = (4.0, 4.0, 2.0)
+#: Default spacing (mm, along i, j, k; see :data:`~DoseAlignLib.options.OPENKBP_SPACING`).
+DEFAULT_SPACING = OPENKBP_SPACING
 CT_OFFSET = 1000.0
 CT_MAX = 4095.0
 #: Without a body mask the possible-dose mask is the CT above this (HU).
