@@ -1177,3 +1177,24 @@ def test_a_very_long_roi_name_is_a_shortened_file_name_not_a_stopped_batch(tmp_p
     long_files = [f for f in files if f.startswith("PTV_xxx")]
     assert len(long_files) == 4 and all(len(f) < 120 for f in long_files), long_files  # 2 ROIs x (nrrd, nii.gz)
     assert len({f.split(".")[0] for f in long_files}) == 2  # the two names stay apart
+
+
+@pytest.mark.parametrize("scale, flag", [(0.0, "dose_zero"), (1 / 30, "dose_below_prescription"), (1.0, None)])
+def test_a_dose_far_below_the_prescription_is_flagged(clean, tmp_path, capsys, scale, flag):
+    """Eighth hostile trial H10: a PLAN dose of zeros (exported before it was computed) and one scaled to a single
+    fraction (a per-fraction dose labelled PLAN; the plan prescribes 30 fractions) were ok with empty flags and
+    warnings, the plan's prescription beside them in meta.json. The audit compares Dmax with the prescription."""
+    root = _copy(clean, "plan", tmp_path)
+    dose = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    ds = dd.read(dose)
+    ds.DoseGridScaling = str(float(ds.DoseGridScaling) * scale) if scale else ds.DoseGridScaling
+    if not scale:
+        ds.PixelData = np.zeros_like(ds.pixel_array).tobytes()
+    dd.save(ds, dose)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (0, "ok"), row
+    flags = row["audit_flags"].split(";") if row["audit_flags"] else []
+    assert (flag in flags) if flag else not {"dose_zero", "dose_below_prescription"} & set(flags), flags
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["audit"]["prescription_gy"], meta["audit"]["prescription_gy"]  # else the test tells nothing

@@ -76,7 +76,9 @@ def add_structures_and_audit(result, case, options, ct_geometry, contours=None) 
     beam_sum = _beam_sum(case, result.native_dose, options)
     geometry = geometry_summary(result.meta)
     reference = prescription or (dose_audit["native"] or dose_audit["output"])["dmax_gy"] or None
-    flags = flags_for(dose_audit, entries, result.meta.get("structures"), beam_sum, geometry, thresholds, reference)
+    flags = flags_for(
+        dose_audit, entries, result.meta.get("structures"), beam_sum, geometry, thresholds, reference, prescription
+    )
     report = {
         "thresholds": thresholds,
         "prescription_gy": prescription,

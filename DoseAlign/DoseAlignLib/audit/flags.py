@@ -47,6 +47,7 @@ def flags_for(
     geometry: dict,
     thresholds: dict,
     reference_dose_gy: Optional[float],
+    prescription_gy: Optional[float] = None,
 ) -> list:
     """The findings over the thresholds: ``[{"flag": code, "detail": text}]``, one entry per kind of
     finding (its detail lists every ROI, face or file it concerns)."""
@@ -56,6 +57,16 @@ def flags_for(
         flags.append({"flag": code, "detail": detail})
 
     t = thresholds
+    dmax = (dose_audit.get("native") or dose_audit.get("output") or {}).get("dmax_gy")
+    if dmax is not None and dmax <= 0:
+        add("dose_zero", "the dose is 0 Gy everywhere (a dose exported before it was computed, or invalidated)")
+    elif dmax is not None and prescription_gy and 100.0 * dmax / prescription_gy < t["dmax_prescription_min_pct"]:
+        add(
+            "dose_below_prescription",
+            f"Dmax {dmax:.4g} Gy is {100.0 * dmax / prescription_gy:.1f} % of the plan's prescription "
+            f"{prescription_gy:.4g} Gy (limit {t['dmax_prescription_min_pct']:g} %): no whole treatment's dose (one "
+            "fraction's, one beam's, or not computed)",
+        )
     if dose_audit.get("native") is not None:
         if abs(dose_audit["dmax_diff_pct"]) > t["dmax_diff_pct"]:
             add(

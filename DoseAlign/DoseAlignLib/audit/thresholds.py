@@ -35,6 +35,10 @@ Default thresholds (:data:`DEFAULT_THRESHOLDS`; override any of them through
 ``beam_sum_diff_pct`` 1
     max |sum of BEAM doses - PLAN dose| in % of the PLAN Dmax: the two differ only by the
     storage rounding of each file; 1 % means a beam missing, doubled or computed differently.
+``dmax_prescription_min_pct`` 50
+    Native Dmax in % of the RTPLAN's prescription: a treatment's dose reaches about 100-110 % of it;
+    below half it is no treatment's dose (a per-fraction dose labelled PLAN, one beam, a dose exported
+    before it was computed). A dose of 0 Gy everywhere is flagged with or without a prescription.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ DEFAULT_THRESHOLDS = {
     "roi_volume_diff_pct": 5.0,
     "roi_volume_min_cc": 5.0,
     "beam_sum_diff_pct": 1.0,
+    "dmax_prescription_min_pct": 50.0,
 }
 
 

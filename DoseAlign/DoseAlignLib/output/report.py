@@ -36,6 +36,8 @@ FLAG_MEANINGS = {
     "roi_outside_output_grid": "part of an ROI lies outside the output grid (cut off the training pair)",
     "roi_volume_mismatch": "an ROI's mask volume differs from the volume of its contours",
     "beam_sum_mismatch": "the sum of the BEAM doses differs from the PLAN dose",
+    "dose_zero": "the dose is 0 Gy everywhere",
+    "dose_below_prescription": "Dmax is far below the plan's prescription: no whole treatment's dose",
     "ct_regularized": "the CT had uneven slices or gantry tilt and was resampled onto a regular grid",
     "dose_grid_warning": "the dose grid's header needed a warning (see meta.json)",
 }
