@@ -729,17 +729,24 @@ def _formats_of_shards(out_dir: Path, parts: list):
     value = settings[0][1]
     if not value:
         return None
-    openkbp = value.get("openkbp") or {}
-    return ExportFormats(
-        formats=tuple(value.get("formats") or ("npz",)),
-        openkbp=OpenKBPSettings(
-            spacing=tuple(openkbp.get("spacing") or OpenKBPSettings().spacing),
-            size=int(openkbp.get("size") or OpenKBPSettings().size),
-            centre=str(openkbp.get("centre") or "auto"),
-        ),
-        split_seed=int(value.get("split_seed", 0)),
-        validation_fraction=float(value.get("validation_fraction", 0.2)),
-    )
+    try:  # what DoseAlign wrote holds these types; an edited file may hold anything
+        openkbp = value.get("openkbp") or {}
+        return ExportFormats(
+            formats=tuple(value.get("formats") or ("npz",)),
+            openkbp=OpenKBPSettings(
+                spacing=tuple(openkbp.get("spacing") or OpenKBPSettings().spacing),
+                size=int(openkbp.get("size") or OpenKBPSettings().size),
+                centre=str(openkbp.get("centre") or "auto"),
+            ),
+            split_seed=int(value.get("split_seed", 0)),
+            validation_fraction=float(value.get("validation_fraction", 0.2)),
+        )
+    except (AttributeError, TypeError, ValueError, OverflowError) as error:
+        raise DoseAlignError(
+            f"the shard settings are not DoseAlign's (damaged or edited: {type(error).__name__}: {error})",
+            path=out_dir / settings[0][0],
+            hint="export the shards again (--resume keeps their cases); nothing was written",
+        ) from None
 
 
 def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:

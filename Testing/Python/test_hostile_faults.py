@@ -1123,6 +1123,29 @@ def _refused(out: Path, capsys, *named: str) -> str:
     return err
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"openkbp": 7},
+        {"split_seed": 1e400},
+        {"validation_fraction": "x"},
+        {"openkbp": {"spacing": "ab"}},
+        {"formats": 5},
+    ],
+    ids=["openkbp a number", "seed infinite", "fraction text", "spacing text", "formats a number"],
+)
+def test_shard_settings_of_the_wrong_types_are_named_not_a_traceback(sharded, tmp_path, capsys, edit):
+    """Eighth hostile trial H13: every shard's settings file edited alike to hold values of the wrong type
+    (`"openkbp": 7`, `"split_seed": 1e400`) ended merge in an AttributeError or OverflowError traceback, exit 1.
+    Now exit 2 naming the file, nothing written."""
+    out = _shards(sharded, tmp_path)
+    for path in sorted(out.glob("manifest.shard-*-of-*.json")):
+        value = json.loads(path.read_text(encoding="utf-8"))
+        value["formats"].update(edit)
+        path.write_text(json.dumps(value).replace("Infinity", "1e400"), encoding="utf-8")
+    _refused(out, capsys, "manifest.shard-")
+
+
 def _memory_bounded() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
