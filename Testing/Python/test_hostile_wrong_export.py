@@ -1198,3 +1198,68 @@ def test_a_dose_far_below_the_prescription_is_flagged(clean, tmp_path, capsys, s
     assert (flag in flags) if flag else not {"dose_zero", "dose_below_prescription"} & set(flags), flags
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert meta["audit"]["prescription_gy"], meta["audit"]["prescription_gy"]  # else the test tells nothing
+
+
+def test_contours_written_twice_are_kept_once_and_said(tmp_path, capsys):
+    """From the eighth hostile trial (H1): an ROI whose contours were each written twice in their plane (merged or
+    copied structure sets do this) came out with 0 voxels and status ok: the even-odd rule made each copy a hole of
+    its original. A copy (the same polygon, from another start vertex or in the other direction) is now dropped with
+    a note, and the case exports as without the copies: the same masks, the same contour volume and reference DVH
+    (no audit flag of its own)."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "TWICE-1", 16, ct_size=(32, 28, 16))
+    code, rows, plain = _export(root, tmp_path / "plain", capsys)
+    (reference,) = rows
+    assert code == 0 and reference["status"] == "ok", reference
+    ds = dd.read(truth.struct_file)
+    name, item = _largest_roi_contours(ds)
+    copies = []
+    for n, contour in enumerate(item.ContourSequence):
+        copy_ = copy.deepcopy(contour)
+        points = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
+        if n % 3 == 1:  # another start vertex
+            points = np.roll(points, 2, axis=0)
+        elif n % 3 == 2:  # the other direction, from another start vertex
+            points = np.roll(points[::-1], 1, axis=0)
+        copy_.ContourData = [float(v) for v in points.ravel()]
+        copies.append(copy_)
+    count = len(copies)
+    item.ContourSequence = list(item.ContourSequence) + copies
+    dd.save(ds, truth.struct_file)
+    code, rows, out = _export(root, tmp_path / "twice", capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    assert row["audit_flags"] == reference["audit_flags"] and name not in row["warnings"], row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    before = json.loads((plain / reference["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    entry = next(r for r in meta["structures"]["rois"] if r["name"] == name)
+    old = next(r for r in before["structures"]["rois"] if r["name"] == name)
+    assert entry["voxel_count"] == old["voxel_count"] > 0
+    assert entry["contour_volume_cc"] == old["contour_volume_cc"] > 0
+    assert any(f"{count} contour(s) dropped" in note for note in entry["notes"]), entry["notes"]
+    for part in ("rois", "reference_dvh", "flags"):  # the DVHs (the reference DVH from the contours) and the audit
+        assert meta["audit"][part] == before["audit"][part], part
+    with np.load(out / row["case_id"] / "pair.npz") as a, np.load(plain / reference["case_id"] / "pair.npz") as b:
+        np.testing.assert_array_equal(a["masks"], b["masks"])
+
+
+def test_an_roi_with_contours_and_an_empty_mask_is_a_case_warning(tmp_path, capsys):
+    """From the eighth hostile trial (H1): an ROI with contour planes whose mask came out empty was reported present
+    (``roi_present`` true, 0 voxels) without a word. Its contours moved 2 m aside (off the grid): a case warning."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "EMPTY-1", 17, ct_size=(32, 28, 16))
+    ds = dd.read(truth.struct_file)
+    name, item = _largest_roi_contours(ds)
+    for contour in item.ContourSequence:
+        points = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
+        points[:, 0] += 2000.0
+        contour.ContourData = [float(v) for v in points.ravel()]
+    dd.save(ds, truth.struct_file)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    entry = next(r for r in meta["structures"]["rois"] if r["name"] == name)
+    assert entry["voxel_count"] == 0 and entry["contour_planes"] > 0
+    assert f"ROI {name!r} has contours in {entry['contour_planes']} plane(s) (" in row["warnings"]
+    assert "but its mask is empty" in row["warnings"]

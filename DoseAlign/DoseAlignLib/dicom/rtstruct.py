@@ -296,6 +296,47 @@ def _group_planes(polygons: list, normal: np.ndarray) -> list:
     return planes
 
 
+def _same_polygon(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same closed polygon: the same vertices in the same cyclic order,
+    from any start vertex and in either direction (coordinates compared exactly)."""
+    if a.shape != b.shape:
+        return False
+    for candidate in (b, b[::-1]):
+        for start in np.flatnonzero(np.all(candidate == a[0], axis=1)):
+            if np.array_equal(np.roll(candidate, -int(start), axis=0), a):
+                return True
+    return False
+
+
+def _drop_repeated_contours(roi: RoiContours) -> None:
+    """Keep one of each set of identical contours in a plane of ``roi`` (:func:`_same_polygon`), said in its notes.
+
+    Merged or copied structure sets write a contour twice; read by the even-odd rule the copy would cut the
+    contour out as a hole (every contour written twice: an empty mask). A contour is compared only with those of
+    its plane with as many vertices and the same bounding box.
+    """
+    dropped = 0
+    for plane in roi.planes:
+        if len(plane.polygons) < 2:
+            continue
+        kept: list = []
+        seen: dict = {}
+        for polygon in plane.polygons:
+            key = (polygon.shape[0], *polygon.min(axis=0).tolist(), *polygon.max(axis=0).tolist())
+            twins = seen.setdefault(key, [])
+            if any(_same_polygon(polygon, other) for other in twins):
+                dropped += 1
+                continue
+            twins.append(polygon)
+            kept.append(polygon)
+        plane.polygons = kept
+    if dropped:
+        roi.notes.append(
+            f"{dropped} contour(s) dropped: each the same polygon as another contour of this ROI in its plane (a "
+            "contour written twice; read by the even-odd rule the copy would make the contour a hole)"
+        )
+
+
 def read_structure_set(
     source: Union[str, Path, Dataset],
     *,
@@ -459,6 +500,7 @@ def read_structure_set(
             roi.normal = normal
             if roi.skipped is None:
                 roi.planes = _group_planes(polygons, normal)
+                _drop_repeated_contours(roi)
         if closed_kinds == {"CLOSEDPLANAR_XOR"} and roi.skipped is None:
             roi.notes.append("CLOSEDPLANAR_XOR contours: combined by XOR in each plane (PS3.3 C.8.8.6.3)")
         if kind == "MARKER" and roi.skipped is None:

@@ -14,9 +14,13 @@ from ..geometry.resample import resample
 from ..limits import LimitError
 from ..options import Interpolator
 from .body import body_from_ct
-from .masks import StructureMasks
+from .masks import StructureMasks, voxel_volumes_cc
 from .names import harmonise_names, selection_names
 from .rasterize import rasterize_structures
+
+#: An ROI whose contours enclose at least this many voxels' volume and whose mask is empty is a case warning
+#: (a smaller one may fall between voxel centres: a note of the ROI).
+EMPTY_MASK_VOXELS = 10
 
 
 @dataclass
@@ -103,6 +107,18 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
     thickness = float(ct_geometry.typical_step_mm or 0.0) or plane_spacing(rois) or float(result.ct.grid.spacing[2])
     supersampling = int(getattr(options, "fractional_masks", 0) or 0)
     out_masks = rasterize_structures(rois, result.ct.grid, thickness, supersampling=supersampling, ct=result.ct)
+    voxel_cc = float(np.max(voxel_volumes_cc(result.ct.grid)))
+    for mask in out_masks.masks:  # contours, yet an empty mask: said, not left to pass as an ROI that is present
+        if mask.voxel_count == 0 and mask.roi.planes:
+            contour_cc = mask.roi.contour_volume_cc(thickness)
+            empty = (
+                f"has contours in {len(mask.roi.planes)} plane(s) ({contour_cc:.3g} cm3) but its mask is empty: no "
+                "voxel centre of the output grid lies inside them"
+            )
+            if contour_cc >= EMPTY_MASK_VOXELS * voxel_cc:  # too big to miss every voxel centre: said where users look
+                result.meta.setdefault("warnings", []).append(f"{mask.roi.source}: ROI {mask.roi.name!r} {empty}")
+            else:  # an ROI of a few voxels' volume may fall between voxel centres
+                mask.roi.notes.append(f"{empty} (they enclose under {EMPTY_MASK_VOXELS} voxels' volume)")
     for union in out_masks.join_channels():  # a fixed channel several ROIs map to: their union, said
         parts = ", ".join(f"{j.roi.original_name!r} ({j.roi.source} ROI {j.roi.number})" for j in union.joined)
         result.meta.setdefault("warnings", []).append(
