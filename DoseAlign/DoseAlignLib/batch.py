@@ -208,8 +208,28 @@ def export_folder(
                 "(--resume keeps those made with this run's request)"
             )
     carried = _other_cases(
-        found, own - set(clashes), options, append, shard, note, report, out_dir, input_root, set(clashes)
+        found,
+        own - set(clashes),
+        options,
+        append,
+        shard,
+        note,
+        report,
+        out_dir,
+        input_root,
+        set(clashes),
+        pseudonymizer,
     )
+    if append and shard is None:  # this input's doses another input's case in OUT holds already: kept once
+        same = _same_doses(cases, found, own, set(clashes), pseudonymizer)
+        if same:
+            cases = [c for c in cases if c.case_id not in same]
+            note(
+                f"--append: {len(same)} case(s) of this input not exported, the same RTDOSE (SOPInstanceUIDs) on the "
+                "same CT series as another input's case kept in the output folder: "
+                f"{_some([f'{mine} (= {theirs})' for mine, theirs in sorted(same.items())])}; manifest.csv and the "
+                "dataset files list each dose once, under the kept case's id"
+            )
     # one row per case id: where the other input's case is kept (--append), its row is the id's row (it is what
     # the folder holds); this input's case of that id fails in the summary and a note, not as a second row
     taken = {r.get("case_id") for r in carried} & set(clashes)
@@ -622,11 +642,61 @@ def _not_replaced(cases: list, found, pseudonymizer) -> tuple:
     return clashes, foreign
 
 
+def _dose_identity(source) -> Optional[tuple]:
+    """What identifies a case's dose: its RTDOSE SOPInstanceUIDs (as a set) and CT series, as meta.json's
+    ``source`` records them (None when it records no RTDOSE UID)."""
+    if not isinstance(source, dict) or not isinstance(source.get("rtdose_sop_uids"), list):
+        return None
+    uids = tuple(sorted(str(u) for u in source["rtdose_sop_uids"]))
+    return (uids, str(source.get("ct_series_uid"))) if uids else None
+
+
+def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer) -> dict:
+    """``{case_id: other_id}`` for each case of this input (not yet in OUT under its own id) whose RTDOSE
+    SOPInstanceUIDs and CT series are those of the complete case ``other_id`` of another input in OUT: the same dose
+    on the same CT (a patient's folder exported again on its own), which would otherwise be a second case of one
+    dose under another id (ids hash the dose paths relative to the input). Pseudonymized UIDs are compared as
+    meta.json records them."""
+    held: dict = {}
+    for case in found.cases.values():
+        if case.case_id in own or not case.complete or not isinstance(case.meta, dict):
+            continue
+        identity = _dose_identity(case.meta.get("source"))
+        if identity is not None:
+            held.setdefault(identity, case.case_id)
+    same = {}
+    for case in cases if held else ():
+        if case.case_id in found.cases or case.case_id in clashed:
+            continue
+        source = {
+            "rtdose_sop_uids": [d.sop_instance_uid for d in case.doses],
+            "ct_series_uid": case.ct.series_uid if case.ct is not None else None,
+        }
+        if pseudonymizer is not None:  # as meta.json records them
+            source = pseudonymizer.value(source)
+        other = held.get(_dose_identity(source))
+        if other is not None:
+            same[case.case_id] = other
+    return same
+
+
 def _other_cases(
-    found, own: set, options, append: bool, shard, note, report, out_dir: Path, input_root: Path, clashed=frozenset()
+    found,
+    own: set,
+    options,
+    append: bool,
+    shard,
+    note,
+    report,
+    out_dir: Path,
+    input_root: Path,
+    clashed=frozenset(),
+    pseudonymizer=None,
 ) -> list:
     """Rows of the cases in OUT that are not this run's (kept with ``append``); notes about the rest.
-    ``clashed``: ids of this run's cases whose folder holds another input's case (kept as the other input's)."""
+    ``clashed``: ids of this run's cases whose folder holds another input's case (kept as the other input's).
+    With ``pseudonymizer``, the other cases must be pseudonymized with its key (their options compared as their
+    meta.json records them, rewritten)."""
     if shard is not None:  # shards share OUT by design: the other shards' cases are theirs
         return []
     others = [c for c in found.cases.values() if c.case_id not in own]
@@ -640,10 +710,15 @@ def _other_cases(
                 "keep cases of several inputs in one output folder, or remove them"
             )
         return []
+    recorded = options.to_dict()
+    if pseudonymizer is not None:  # as meta.json records them (see _request)
+        recorded = pseudonymizer.value(recorded, text_keys=frozenset(options.roi_map or ()))
     request = {
-        "options": options.to_dict(),
+        "options": recorded,
         "option_defaults": AlignOptions().to_dict(),
         "dosealign_version": __version__,
+        "pseudonymized": pseudonymizer is not None,
+        "key": pseudonymizer.fingerprint if pseudonymizer is not None else None,
     }
     mixing = []
     for case in others:

@@ -233,6 +233,41 @@ def test_a_copy_of_the_same_input_elsewhere_replaces_its_case(study, tmp_path, c
     assert hostile.manifest(out)[0]["status"] == "ok"
 
 
+@pytest.mark.parametrize("pseudonymized", [False, True], ids=["plain", "pseudonymized"])
+def test_append_of_an_input_overlapping_one_in_out_lists_each_dose_once(tmp_path, capsys, pseudonymized):
+    """H3 (eighth hostile trial): a cohort exported, then one patient's folder exported again on its own with
+    --append gave that patient's dose a second case id (ids hash the dose paths relative to the input): manifest.csv
+    and dataset.json listed one RTDOSE on one CT twice. Now the case already in OUT is kept, once, and a note names
+    the one not exported; the rest of the input (here a new patient) is exported as usual."""
+    root = tmp_path / "cohort"
+    hostile.study(root / "P1", "COH-1", seed=1)
+    hostile.study(root / "P2", "COH-2", seed=2)
+    out = tmp_path / "out"
+    args = ["--format", "nifti"]
+    if pseudonymized:
+        args += ["--pseudonymize", "--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    assert _export(root, out, *args) == 0
+    capsys.readouterr()
+    first = {r["case_id"]: r for r in hostile.manifest(out)}
+    assert len(first) == 2 and all(r["status"] == "ok" for r in first.values()), first
+    before = {case_id: hostile.snapshot(out / case_id) for case_id in first}
+    hostile.study(root / "P1" / "late", "COH-3", seed=3)  # something new in the patient's folder
+    assert _export(root / "P1", out, *args, "--append") == 0
+    text = capsys.readouterr().out
+    rows = hostile.manifest(out)
+    doses = [tuple(_meta(out, r["case_id"])["source"]["rtdose_sop_uids"]) for r in rows]
+    assert len(rows) == 3 and len(set(doses)) == 3, f"one dose listed twice: {rows}"
+    assert set(first) < {r["case_id"] for r in rows}, rows
+    assert {case_id: hostile.snapshot(out / case_id) for case_id in first} == before
+    assert sorted(p.name for p in out.iterdir() if (p / "meta.json").is_file()) == sorted(r["case_id"] for r in rows)
+    assert "the same RTDOSE (SOPInstanceUIDs) on the same CT series as another input's case" in text, text
+    (kept,) = [case_id for case_id in first if f"(= {case_id})" in text]
+    assert first[kept]["patient"] != "COH-2", first[kept]
+    listed = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    images = [item["image"] for part in listed.values() if isinstance(part, list) for item in part]
+    assert len(images) == 3 and len(set(images)) == 3, listed
+
+
 # ---- E9: a user's files inside a case folder -------------------------------------------------------
 
 
