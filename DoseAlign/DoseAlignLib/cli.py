@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -656,6 +657,52 @@ def _check_demo_folder(out_dir: Path, dicom_dir: Path) -> None:
             path=dicom_dir,
             hint=hint,
         )
+    changed = _changed_demo_files(dicom_dir) if scan.objects else []
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise DoseAlignError(
+            f"holds files the demo would overwrite that differ from what it writes ({shown}: edited since an earlier "
+            "demo wrote them, or not written by this version): they are kept",
+            path=dicom_dir,
+            hint="move them away (or remove OUT/dicom to start the demo afresh), or choose a new output folder for "
+            "the demo; nothing was written",
+        )
+
+
+def _changed_demo_files(dicom_dir: Path) -> list:
+    """The entries of ``dicom_dir`` the demo would overwrite whose bytes differ from what it writes (an earlier
+    demo's file edited by the user: an ROI renamed), or that are no regular file (a link: the demo would write
+    through it). The demo's study is written into a temporary folder to be compared with (it is the same bytes on
+    every run)."""
+    changed = []
+    with tempfile.TemporaryDirectory(prefix="dosealign-demo-") as fresh:
+        api.write_phantom(fresh, _demo_spec())
+        for name in sorted(os.listdir(fresh)):
+            target = dicom_dir / name
+            if not os.path.lexists(target):
+                continue
+            if target.is_symlink() or not target.is_file():
+                changed.append(name)
+                continue
+            try:
+                same = _same_bytes(Path(fresh) / name, target)
+            except OSError:  # cannot be read: not known to be the demo's
+                same = False
+            if not same:
+                changed.append(name)
+    return changed
+
+
+def _same_bytes(first: Path, second: Path) -> bool:
+    if first.stat().st_size != second.stat().st_size:
+        return False
+    with open(first, "rb") as one, open(second, "rb") as other:
+        while True:
+            block = one.read(1 << 20)
+            if block != other.read(1 << 20):
+                return False
+            if not block:
+                return True
 
 
 def _print_summary(report, out_dir: Path) -> None:

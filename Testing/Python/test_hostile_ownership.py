@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import hostile
+import pydicom
 import pytest
 from DoseAlignLib.cli import main
 
@@ -515,3 +516,39 @@ def test_a_second_live_run_of_one_shard_is_refused(three_patients, tmp_path, our
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert "is exporting shard 1/2 into this output folder" in done.stderr and "Traceback" not in done.stderr
     assert not cases and not (out / "manifest.shard-1-of-2.csv").exists()
+
+
+# ---- H7: the demo's own folder, edited by its user ----------------------------------------------
+
+
+def test_the_demo_never_overwrites_a_file_edited_in_its_dicom_folder(tmp_path, capsys):
+    """H7 (eighth hostile trial): `dosealign demo dd`, an ROI renamed in dd/dicom's RTSTRUCT, `dosealign demo dd`
+    again: the file was replaced by the demo's, no word. Now a file whose bytes differ from what the demo writes
+    (or a link in its place: the demo would write through it) is named and kept (exit 2, nothing written); an
+    untouched earlier demo runs again as before."""
+    out = tmp_path / "dd"
+    args = ["demo", str(out), "--quiet", "--no-qa-png", "--no-structures"]
+    assert main(args) == 0
+    assert main(args) == 0  # an earlier demo, untouched: fine
+    capsys.readouterr()
+    (struct,) = [p for p in (out / "dicom").iterdir() if pydicom.dcmread(str(p)).Modality == "RTSTRUCT"]
+    ds = pydicom.dcmread(str(struct))
+    ds.StructureSetROISequence[1].ROIName = "PTV_my_edit"
+    ds.save_as(str(struct))
+    export_before, edited = hostile.snapshot(out / "export"), hostile.snapshot(out / "dicom")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert struct.name in err and "differ from what it writes" in err and "they are kept" in err, err
+    assert hostile.snapshot(out / "dicom") == edited and hostile.snapshot(out / "export") == export_before
+    assert pydicom.dcmread(str(struct)).StructureSetROISequence[1].ROIName == "PTV_my_edit"
+
+    mine = tmp_path / "mine.dcm"  # a link in the demo's place, to a user's file: never written through
+    shutil.move(str(struct), str(mine))
+    struct.symlink_to(mine)
+    theirs = mine.read_bytes()
+    assert main(args) == 2
+    assert struct.name in capsys.readouterr().err and mine.read_bytes() == theirs and struct.is_symlink()
+
+    struct.unlink()  # the user's file moved away: the demo writes its own again
+    assert main(args) == 0
+    assert pydicom.dcmread(str(struct)).StructureSetROISequence[1].ROIName != "PTV_my_edit"
