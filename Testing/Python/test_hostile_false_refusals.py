@@ -371,3 +371,42 @@ def test_limits_set_to_infinity_mean_no_limit(plain, tmp_path):
         assert [r["status"] for r in rows] == (["skipped"] if extra else ["ok"]), rows
     meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert len(meta["structures"]["names"]) >= 3  # the deflated structure set was read
+
+
+def test_an_enhanced_multi_frame_ct_is_named_as_such(plain, tmp_path):
+    """Eighth hostile trial H11: an Enhanced (multi-frame) CT failed its case with "ImageOrientationPatient is
+    missing" though the orientation is there, in the functional groups. It is not read yet; the reason says what it
+    is and what to do, so nobody hunts for a missing tag."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    base, truth, _out = plain
+    root = tmp_path / "in"
+    shutil.copytree(base / "in", root)
+    slices = sorted((root / p.relative_to(base / "in") for p in truth.ct_files), key=lambda p: p.name)
+    first = dd.read(slices[0])
+    ds = dd.read(slices[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image
+    ds.NumberOfFrames = len(slices)
+    ds.PixelData = b"".join(dd.read(p).PixelData for p in slices)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = first.ImageOrientationPatient
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for path in slices:
+        frame = Dataset()
+        frame.PlanePositionSequence = Sequence([Dataset()])
+        frame.PlanePositionSequence[0].ImagePositionPatient = dd.read(path).ImagePositionPatient
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    del ds.ImageOrientationPatient, ds.ImagePositionPatient
+    for path in slices:
+        path.unlink()
+    dd.save(ds, slices[0])
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (row,) = hostile.manifest(out)
+    assert "an Enhanced (multi-frame) CT image of" in row["reason"] and "(0028,0008)" in row["reason"], row
+    assert "ImageOrientationPatient is missing" not in row["reason"], row

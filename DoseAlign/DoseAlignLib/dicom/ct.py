@@ -367,6 +367,15 @@ def _slice_key(obj) -> tuple:
 def _check_slice(obj) -> None:
     """The geometry tags of one slice are present, numeric, in range and self-consistent."""
     info = obj.info
+    if info.get("frames"):  # its geometry is in functional groups, per frame; "IOP missing" would mislead
+        raise GeometryError(
+            f"an Enhanced (multi-frame) CT image of {info['frames']} frames: DoseAlign reads CT Image Storage, one "
+            "slice per file, only",
+            path=obj.path,
+            tag="(0028,0008) NumberOfFrames",
+            hint="export the CT as single-frame images from the scanner or archive (or convert it, e.g. with "
+            "dcm4che's emf2sf)",
+        )
     iop = info.get("image_orientation")
     if iop is None:
         raise GeometryError("ImageOrientationPatient is missing or not numeric", path=obj.path, tag=TAG_IOP)

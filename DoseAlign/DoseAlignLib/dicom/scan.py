@@ -519,6 +519,12 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["columns"] = headers.quick_int(ds, "Columns")
         info["pixel_position"] = headers.pixel_data_position(ds)
         info["rescale"] = (ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+        try:  # (0028,0008) is an IS
+            frames = int(ds.get("NumberOfFrames") or 1)
+        except (TypeError, ValueError):
+            frames = 1
+        if frames > 1:  # an Enhanced CT: said so where it is refused (dicom/ct.py)
+            info["frames"] = frames
     elif kind == "RTDOSE":
         info["summation_type"] = headers.text(ds, "DoseSummationType").upper()
         info["dose_units"] = headers.text(ds, "DoseUnits").upper()
