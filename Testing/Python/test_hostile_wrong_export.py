@@ -1263,3 +1263,57 @@ def test_an_roi_with_contours_and_an_empty_mask_is_a_case_warning(tmp_path, caps
     assert entry["voxel_count"] == 0 and entry["contour_planes"] > 0
     assert f"ROI {name!r} has contours in {entry['contour_planes']} plane(s) (" in row["warnings"]
     assert "but its mask is empty" in row["warnings"]
+
+
+@pytest.mark.parametrize("variant", ["slab thickness", "no slab thickness", "offset vector"])
+def test_contours_on_every_other_slice(tmp_path, capsys, variant):
+    """From the eighth hostile trial (H4): an ROI contoured on every other CT slice, each contour stating
+    (3006,0044) ContourSlabThickness of two slice steps, came out on alternate slices only (half its volume), status
+    ok, no word. Where every contour states it, its slab is now that thickness (the mask fills the slices between
+    its planes; the contour volume and the reference DVH take the same slab); without it the stripes are the
+    documented slab rule, now with a case warning; a (3006,0045) ContourOffsetVector that moves the slabs leaves the
+    ROI out, named."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "SLAB-1", 18, ct_size=(32, 28, 16))
+    code, rows, plain = _export(root, tmp_path / "plain", capsys)
+    (reference,) = rows
+    assert code == 0 and reference["status"] == "ok", reference
+    ds = dd.read(truth.struct_file)
+    name, item = _largest_roi_contours(ds)
+    contours = sorted(item.ContourSequence, key=lambda c: float(c.ContourData[2]))
+    levels = sorted({float(c.ContourData[2]) for c in contours})
+    step = levels[1] - levels[0]
+    kept = [c for c in contours if round((float(c.ContourData[2]) - levels[0]) / step) % 2 == 0]
+    assert len(kept) >= 4
+    for contour in kept:
+        if variant != "no slab thickness":
+            contour.ContourSlabThickness = 2 * step
+        if variant == "offset vector":
+            contour.ContourOffsetVector = [0.0, 0.0, step]
+    item.ContourSequence = kept
+    dd.save(ds, truth.struct_file)
+    code, rows, out = _export(root, tmp_path / "sparse", capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    meta, masks = _unpacked(out / row["case_id"])
+    if variant == "offset vector":
+        reason = {s["name"]: s["reason"] for s in meta["structures"]["skipped"]}[name]
+        assert "(3006,0045) ContourOffsetVector" in reason and name not in meta["structures"]["names"]
+        assert f"ROI {name!r} left out: (3006,0045) ContourOffsetVector" in row["warnings"], row["warnings"]
+        return
+    _plain_meta, plain_masks = _unpacked(plain / reference["case_id"])
+    entry = next(r for r in meta["structures"]["rois"] if r["name"] == name)
+    filled = np.flatnonzero(masks[name].any(axis=(1, 2)))
+    if variant == "no slab thickness":
+        assert set(np.diff(filled).tolist()) == {2}  # the slab rule as documented: stripes
+        assert f"ROI {name!r}: its contour planes lie {2 * step:.3g} mm apart" in row["warnings"], row["warnings"]
+        assert "slab_thickness_mm" not in entry
+        return
+    assert set(np.diff(filled).tolist()) == {1} and filled.size >= 2 * len(kept) - 1  # no slice left empty
+    assert entry["slab_thickness_mm"] == pytest.approx(2 * step)
+    assert any("(3006,0044) ContourSlabThickness" in note for note in entry["notes"]), entry["notes"]
+    assert "apart" not in row["warnings"], row["warnings"]
+    # the mask stands for the whole ROI again: close to the mask from every slice's contour, and to the contour volume
+    assert abs(int(masks[name].sum()) - int(plain_masks[name].sum())) < 0.1 * int(plain_masks[name].sum())
+    assert abs(entry["volume_diff_pct"]) < 10, entry
+    assert "dvh_mismatch" not in row["audit_flags"], row["audit_flags"]

@@ -54,7 +54,12 @@ def reference_dvhs_for(
             continue
         try:
             out[name] = reference_dvh(
-                roi, native_dose, masks.thickness_mm, dose_axis=bins, between_planes=BETWEEN, within=output_grid
+                roi,
+                native_dose,
+                roi.thickness(masks.thickness_mm),
+                dose_axis=bins,
+                between_planes=BETWEEN,
+                within=output_grid,
             )
         except (ValueError, FloatingPointError, ArithmeticError, IndexError) as error:
             if problems is not None:

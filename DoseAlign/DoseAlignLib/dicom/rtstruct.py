@@ -37,6 +37,13 @@ PLANE_TOLERANCE_MM = 0.01
 #: A polygon whose vertices spread more than this (mm) along the normal is not in a contour plane.
 COPLANAR_TOLERANCE_MM = 0.05
 CONTOUR_DATA = 0x30060050
+CONTOUR_SLAB_THICKNESS = 0x30060044
+CONTOUR_OFFSET_VECTOR = 0x30060045
+#: ContourSlabThickness values (mm) of one ROI's contours that differ by less than this are one thickness.
+SLAB_TOLERANCE_MM = 1e-3
+#: An ROI whose contour planes lie a median of more than this many slab thicknesses apart leaves slices
+#: between them empty under the slab rule (every other slice when contoured on every other one): a case warning.
+SPARSE_PLANES_FACTOR = 1.5
 CONTOUR_GEOMETRIC_TYPE = 0x30060042
 #: Contour Geometric Types (3006,0042) that make masks: closed polygons (both filled by the even-odd rule).
 CLOSED_TYPES = ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")
@@ -65,6 +72,7 @@ DEFECT_SKIPS = (
     "contours are not planar",
     "(3006,0024) ReferencedFrameOfReferenceUID",
     "mixes CLOSED_PLANAR and CLOSEDPLANAR_XOR",
+    "(3006,0045) ContourOffsetVector",
 )
 
 
@@ -121,6 +129,17 @@ class RoiContours:
     #: user selects the ROI by (``--rois``, ``--centre roi:``); without pseudonymization ``harmonised_name`` and ``name``
     mapped_name: str = ""
     mapped_unique_name: str = ""
+    #: (3006,0044) ContourSlabThickness (mm) when every contour of the ROI states one and the same, else None
+    slab_thickness_mm: Optional[float] = None
+
+    def thickness(self, default_mm: float) -> float:
+        """The slab thickness of this ROI's contour planes: its own (3006,0044) ContourSlabThickness when thicker
+        than ``default_mm`` (the CT's slice step), else ``default_mm``.
+
+        A thinner stated slab is not taken: contours drawn on the CT's slices cover at least their slice.
+        """
+        own = self.slab_thickness_mm
+        return float(own) if own is not None and own > default_mm + SLAB_TOLERANCE_MM else float(default_mm)
 
     @property
     def positions(self) -> np.ndarray:
@@ -133,8 +152,35 @@ class RoiContours:
         return np.array([even_odd_area([poly @ uv for poly in p.polygons]) for p in self.planes])
 
     def contour_volume_cc(self, thickness_mm: float) -> float:
-        """Volume from the contours: the sum of plane areas times the slab thickness (cm^3)."""
-        return float(self.plane_areas_mm2().sum() * thickness_mm / 1000.0)
+        """Volume from the contours: the sum of plane areas times the slab thickness (cm^3).
+
+        With a slab of its own (:meth:`thickness` thicker than ``thickness_mm``) each plane's slab reaches at most
+        half way to its neighbours, as the slab rule's nearest plane takes a voxel there.
+        """
+        own = self.thickness(thickness_mm)
+        areas = self.plane_areas_mm2()
+        if own == float(thickness_mm) or len(self.planes) < 2:
+            return float(areas.sum() * own / 1000.0)
+        half = np.minimum(np.diff(self.positions) / 2.0, own / 2.0)  # each side's reach: at most half the gap
+        depths = np.full(len(self.planes), own)
+        depths[:-1] += half - own / 2.0
+        depths[1:] += half - own / 2.0
+        return float(areas @ depths / 1000.0)
+
+    def sparse_planes_note(self, thickness_mm: float) -> Optional[str]:
+        """Why the ROI's mask leaves slices empty between its contour planes (None when it does not): its planes
+        lie regularly (a median over at least two gaps) more than :data:`SPARSE_PLANES_FACTOR` slabs apart."""
+        t = self.thickness(thickness_mm)
+        if len(self.planes) < 3 or not t > 0:
+            return None
+        gap = float(np.median(np.diff(self.positions)))
+        if gap <= SPARSE_PLANES_FACTOR * t:
+            return None
+        own = "" if self.slab_thickness_mm is not None else "; no (3006,0044) ContourSlabThickness says otherwise"
+        return (
+            f"its contour planes lie {gap:.3g} mm apart (median) and each stands for a slab of {t:.3g} mm{own}: "
+            "its mask leaves the slices between them empty"
+        )
 
 
 def plane_basis(normal: np.ndarray) -> tuple:
@@ -195,15 +241,16 @@ def _spread(polygon: np.ndarray, normal: np.ndarray) -> float:
     return float(d.max() - d.min())
 
 
-def _contour_data(contour: Dataset) -> Optional[np.ndarray]:
-    """ContourData (3006,0050) as float64, parsed from the raw bytes when pydicom has not yet.
+def _contour_data(contour: Dataset, tag: int = CONTOUR_DATA) -> Optional[np.ndarray]:
+    """ContourData (3006,0050) (or another DS element ``tag``) as float64, parsed from the raw bytes when pydicom
+    has not yet; None when not numbers.
 
     pydicom turns every DS value into a validated DSfloat, which costs seconds for a structure
     set of 100 000 points; the raw decimal strings are parsed here in one numpy call instead.
     """
-    if CONTOUR_DATA not in contour:
+    if tag not in contour:
         return np.zeros(0)
-    element = contour.get_item(CONTOUR_DATA)
+    element = contour.get_item(tag)
     value = element.value
     try:
         if isinstance(value, (bytes, bytearray)):
@@ -243,11 +290,12 @@ def _repeats_first(points: np.ndarray) -> bool:
     return all(abs(a - b) <= 1e-8 + 1e-5 * abs(b) for a, b in zip(points[0].tolist(), points[-1].tolist()))
 
 
-def _polygons_of(item: Dataset, closed_kinds: Optional[set] = None) -> tuple:
+def _polygons_of(item: Dataset, closed_kinds: Optional[set] = None, slabs: Optional[list] = None) -> tuple:
     """(closed polygons, counts of other geometric types, each polygon's item number in ContourSequence
     (1-based) and ContourNumber ('' when absent)) of one ROIContourSequence item.
 
-    ``closed_kinds``, when given, receives the geometric types of the closed polygons kept.
+    ``closed_kinds``, when given, receives the geometric types of the closed polygons kept; ``slabs`` each one's
+    ``((3006,0044) ContourSlabThickness or None, (3006,0045) ContourOffsetVector given and not zero)``.
     """
     closed, others, where = [], {}, []
     for n, contour in enumerate(item.get("ContourSequence", None) or []):
@@ -276,9 +324,60 @@ def _polygons_of(item: Dataset, closed_kinds: Optional[set] = None) -> tuple:
             continue
         closed.append(points)
         where.append((n + 1, headers.text(contour, "ContourNumber")))
+        if slabs is not None:
+            slabs.append(_slab_of(contour))
         if closed_kinds is not None:
             closed_kinds.add(kind)
     return closed, others, where
+
+
+def _slab_of(contour: Dataset) -> tuple:
+    """``(ContourSlabThickness in mm or None, whether a ContourOffsetVector moves the slab)`` of one contour.
+
+    A thickness that is not one positive number counts as not given; an offset vector that is not three numbers,
+    all zero, counts as moving the slab (where to cannot be told).
+    """
+    thickness = None
+    if CONTOUR_SLAB_THICKNESS in contour:
+        values = _contour_data(contour, CONTOUR_SLAB_THICKNESS)
+        if values is not None and values.size == 1 and np.isfinite(values[0]) and values[0] > 0:
+            thickness = float(values[0])
+    moved = False
+    if CONTOUR_OFFSET_VECTOR in contour:
+        values = _contour_data(contour, CONTOUR_OFFSET_VECTOR)
+        moved = values is None or values.size not in (0, 3) or not np.all(values == 0)
+    return thickness, moved
+
+
+def _apply_slabs(roi: RoiContours, slabs: list) -> None:
+    """Take the ROI's (3006,0044) ContourSlabThickness when every contour states one and the same (in its notes);
+    leave the ROI out when a (3006,0045) ContourOffsetVector moves its slabs off their planes."""
+    moved = sum(1 for _thickness, offset in slabs if offset)
+    if moved:
+        roi.skipped = (
+            f"(3006,0045) ContourOffsetVector moves the slab of {moved} of its {len(slabs)} contour(s) off the "
+            "contour's plane: DoseAlign does not follow it (the mask would be misplaced)"
+        )
+        return
+    given = [thickness for thickness, _offset in slabs if thickness is not None]
+    if not given:
+        return
+    if len(given) < len(slabs):
+        roi.notes.append(
+            f"(3006,0044) ContourSlabThickness given on {len(given)} of {len(slabs)} contours only: not used"
+        )
+        return
+    if max(given) - min(given) > SLAB_TOLERANCE_MM:
+        roi.notes.append(
+            f"(3006,0044) ContourSlabThickness differs between its contours ({min(given):g} to {max(given):g} mm): "
+            "not used"
+        )
+        return
+    roi.slab_thickness_mm = float(np.median(given))
+    roi.notes.append(
+        f"(3006,0044) ContourSlabThickness {roi.slab_thickness_mm:g} mm on every contour: each contour stands for a "
+        "slab of that thickness where it is thicker than the CT's slice step (slab_thickness_mm)"
+    )
 
 
 def _group_planes(polygons: list, normal: np.ndarray) -> list:
@@ -415,12 +514,12 @@ def read_structure_set(
                 )
         contour_item = contours_by_number.get(number)
         color = None
-        polygons, others, where, kinds = [], {}, [], set()
+        polygons, others, where, kinds, slabs = [], {}, [], set(), []
         if contour_item is not None:
             raw = contour_item.get("ROIDisplayColor")
             if raw is not None and len(raw) == 3:
                 color = tuple(int(round(float(c))) for c in raw)
-            polygons, others, where = _polygons_of(contour_item, kinds)
+            polygons, others, where = _polygons_of(contour_item, kinds, slabs)
         count = len(contour_item.get("ContourSequence", None) or []) if contour_item is not None else 0
         parsed.append(
             (
@@ -431,7 +530,7 @@ def read_structure_set(
                 contour_item,
                 polygons,
                 others,
-                (where, count, kinds),
+                (where, count, kinds, slabs),
             )
         )
         if number not in foreign:
@@ -447,7 +546,7 @@ def read_structure_set(
 
     rois = []
     orphans = sorted(set(contours_by_number) - set(numbers))  # contours of an ROI the set does not have
-    for number, name, kind, color, contour_item, polygons, others, (where, n_contours, closed_kinds) in parsed:
+    for number, name, kind, color, contour_item, polygons, others, (where, n_contours, closed_kinds, slabs) in parsed:
         roi = RoiContours(number, name, name, kind, color, rel_path, default_normal)
         roi.notes.extend(f"{count} {what} contour(s) ignored" for what, count in sorted(others.items()))
         for what, count in sorted(others.items()):  # damaged contour data: the mask lacks them (a case warning)
@@ -486,6 +585,8 @@ def read_structure_set(
             else:
                 roi.skipped = "no closed planar contour (" + ", ".join(sorted(others)) + ")"
         else:
+            _apply_slabs(roi, slabs)
+        if roi.skipped is None and polygons:
             normal = default_normal
             if max(_spread(p, normal) for p in polygons) > COPLANAR_TOLERANCE_MM:
                 polygons = _leave_out_non_planar(roi, polygons, where, n_contours, normal)

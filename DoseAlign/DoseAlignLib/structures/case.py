@@ -119,6 +119,10 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
                 result.meta.setdefault("warnings", []).append(f"{mask.roi.source}: ROI {mask.roi.name!r} {empty}")
             else:  # an ROI of a few voxels' volume may fall between voxel centres
                 mask.roi.notes.append(f"{empty} (they enclose under {EMPTY_MASK_VOXELS} voxels' volume)")
+    for roi in rois:  # contoured on every other slice (or sparser): the slab rule leaves the slices between empty
+        note = roi.sparse_planes_note(thickness) if roi.skipped is None else None
+        if note:
+            result.meta.setdefault("warnings", []).append(f"{roi.source}: ROI {roi.name!r}: {note}")
     for union in out_masks.join_channels():  # a fixed channel several ROIs map to: their union, said
         parts = ", ".join(f"{j.roi.original_name!r} ({j.roi.source} ROI {j.roi.number})" for j in union.joined)
         result.meta.setdefault("warnings", []).append(

@@ -381,6 +381,7 @@ class StructureMasks:
                 rois.append(self._joined_meta(n, m))
                 continue
             contour_cc = m.roi.contour_volume_cc(self.thickness_mm)
+            own_slab = m.roi.thickness(self.thickness_mm)
             mask_cc = m.volume_cc
             entry = {
                 **_channel_entry(n, m),
@@ -391,6 +392,8 @@ class StructureMasks:
                 "last_plane_mm": m.roi.planes[-1].position_mm,
                 "notes": list(m.roi.notes),
             }
+            if own_slab != self.thickness_mm:  # (3006,0044) ContourSlabThickness, thicker than the CT's step
+                entry["slab_thickness_mm"] = own_slab
             if m.fraction is not None:
                 entry["fractional_volume_cc"] = round(m.fraction_volume_cc or 0.0, 6)
             rois.append(entry)

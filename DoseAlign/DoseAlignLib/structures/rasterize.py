@@ -316,7 +316,7 @@ def rasterize_structures(
                 }
             )
             continue
-        result.masks.append(rasterize_roi(roi, grid, thickness_mm, supersampling))
+        result.masks.append(rasterize_roi(roi, grid, roi.thickness(thickness_mm), supersampling))
     externals = [m for m in result.masks if m.roi.interpreted_type == "EXTERNAL" and m.voxel_count > 0]
     if externals:
         chosen = max(externals, key=lambda m: m.voxel_count)

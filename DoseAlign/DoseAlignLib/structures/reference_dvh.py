@@ -1215,7 +1215,7 @@ def reference_dvhs(
         reference_dvh(
             r,
             dose,
-            thickness_mm,
+            r.thickness(thickness_mm),
             dose_axis=axis,
             target_samples=target_samples,
             between_planes=between_planes,

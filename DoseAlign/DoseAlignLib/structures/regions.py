@@ -24,11 +24,12 @@ def roi_points(rois: Sequence, thickness_mm: float) -> np.ndarray:
     points = []
     for roi in rois:
         normal = np.asarray(roi.normal, dtype=np.float64)
+        half = roi.thickness(thickness_mm) / 2.0  # its own (3006,0044) ContourSlabThickness when thicker
         for plane in roi.planes:
             for polygon in plane.polygons:
                 vertices = np.asarray(polygon, dtype=np.float64).reshape(-1, 3)
-                points.append(vertices - normal * thickness_mm / 2.0)
-                points.append(vertices + normal * thickness_mm / 2.0)
+                points.append(vertices - normal * half)
+                points.append(vertices + normal * half)
     return np.concatenate(points) if points else np.zeros((0, 3))
 
 
