@@ -1317,3 +1317,23 @@ def test_contours_on_every_other_slice(tmp_path, capsys, variant):
     assert abs(int(masks[name].sum()) - int(plain_masks[name].sum())) < 0.1 * int(plain_masks[name].sum())
     assert abs(entry["volume_diff_pct"]) < 10, entry
     assert "dvh_mismatch" not in row["audit_flags"], row["audit_flags"]
+
+
+def test_masks_empty_on_slices_a_regularized_ct_inserts_are_said(tmp_path, capsys):
+    """Eighth hostile trial H8: a CT with a missing slice, its contours only on the slices it has (as a planning
+    system draws them), is regularized onto a uniform grid; every mask and the body are empty on the inserted
+    slice, status ok, the only flag ct_regularized. Not filled yet (left to do); a case warning names the ROIs."""
+    truth = hostile.study(tmp_path / "in" / "p", "WRONG-H8", 14, ct_missing_slices=(6,))
+    ds = dd.read(truth.struct_file)
+    cts = sorted(float(dd.read(p, header_only=True).ImagePositionPatient[2]) for p in truth.ct_files)
+    gap = max(zip(cts, cts[1:]), key=lambda pair: pair[1] - pair[0])
+    missing = (gap[0] + gap[1]) / 2  # the z of the slice the CT lacks
+    for item in ds.ROIContourSequence:
+        kept = [c for c in item.get("ContourSequence", []) if abs(float(c.ContourData[2]) - missing) > 0.1]
+        item.ContourSequence = kept
+    dd.save(ds, truth.struct_file)
+    code, rows, _out = _export(tmp_path / "in", tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (0, "ok"), row
+    assert "ct_regularized" in row["audit_flags"], row["audit_flags"]
+    assert "masks are empty on slices inside their extent" in row["warnings"], row["warnings"]

@@ -123,6 +123,20 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
         note = roi.sparse_planes_note(thickness) if roi.skipped is None else None
         if note:
             result.meta.setdefault("warnings", []).append(f"{roi.source}: ROI {roi.name!r}: {note}")
+    if not ct_geometry.uniform:  # a CT of uneven or missing slices: its contours lie on its own slices only
+        gaps = []
+        for mask in out_masks.masks:
+            filled = mask.binary.reshape(mask.binary.shape[0], -1).any(axis=1) if mask.voxel_count else []
+            inside = np.flatnonzero(filled)
+            empty = int(np.count_nonzero(~filled[inside[0] : inside[-1] + 1])) if inside.size else 0
+            if empty:
+                gaps.append(f"{mask.roi.name!r} ({empty})")
+        if gaps:
+            result.meta.setdefault("warnings", []).append(
+                "the CT's slices are uneven or some are missing, and its contours lie on its own slices only: these "
+                f"ROIs' masks are empty on slices inside their extent (count): {', '.join(gaps)}: there the masks "
+                "do not follow the anatomy (the slab rule fills no slice the native CT lacks)"
+            )
     for union in out_masks.join_channels():  # a fixed channel several ROIs map to: their union, said
         parts = ", ".join(f"{j.roi.original_name!r} ({j.roi.source} ROI {j.roi.number})" for j in union.joined)
         result.meta.setdefault("warnings", []).append(
