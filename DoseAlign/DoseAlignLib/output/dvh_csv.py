@@ -49,4 +49,4 @@ def write_dvh_csv(folder: Path, result) -> None:
     """Write ``folder/dvh.csv`` when the case has reference DVHs."""
     text = dvh_csv_text(result)
     if text:
-        (Path(folder) / "dvh.csv").write_text(text, encoding="utf-8")
+        (Path(folder) / "dvh.csv").write_text(text.replace("\x00", "\\x00"), encoding="utf-8")  # CSV holds no NUL

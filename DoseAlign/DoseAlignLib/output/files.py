@@ -451,13 +451,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file that is synced and renamed into place.
 
     On failure (e.g. a full disk) the temporary file is removed and ``path`` keeps its old content.
-    Bytes of file names that are not UTF-8 are written escaped (:func:`~DoseAlignLib.errors.printable`).
+    Bytes of file names that are not UTF-8 are written escaped (:func:`~DoseAlignLib.errors.printable`), and so is
+    a NUL (``\\x00``): Python 3.9's csv module refuses a line holding one.
     """
     path = Path(path)
     temp = temp_path(path)
     try:
         with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(printable(text))
+            handle.write(printable(text).replace("\x00", "\\x00"))  # a NUL (a damaged name) ends a CSV line
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)

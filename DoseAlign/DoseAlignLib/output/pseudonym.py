@@ -773,7 +773,7 @@ class Pseudonymizer:
             writer = csv.writer(buffer, lineterminator="\n")
             writer.writerow(MAP_COLUMNS)
             for (kind, pseudonym), original in sorted(rows.items()):
-                writer.writerow([kind, pseudonym, original])
+                writer.writerow([kind, pseudonym, original.replace("\x00", "\\x00")])  # Python 3.9's csv: no NUL
             try:
                 _write_private(path, buffer.getvalue().encode("utf-8"), replace=True)
             except OSError as error:
