@@ -1409,19 +1409,24 @@ sys.exit(cli.main(["export", sys.argv[1], sys.argv[2], "--quiet"]))
 """
 
 
+def _export_script(script: str, root: Path, out: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` (which exports ``argv[1]`` into ``argv[2]``) in a fresh Python with the engine importable."""
+    return subprocess.run(
+        [sys.executable, "-c", script, str(root), str(out)],
+        env=hostile.ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_ctrl_c_during_an_import_at_start_is_an_interruption(cohort, tmp_path):
     """Seventh hostile trial G4: Ctrl-C in the first 0.2 s landed inside `import pydicom` (the parser's defaults),
     and the command's `except api.Interrupted` clause, a lazy name, imported the half-imported package again: two
     tracebacks and exit 1 ("some case failed") in 3 of 17 runs. The names the clauses use are bound at start now:
     exit 130, one line, nothing written."""
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-c", _CTRL_C_DURING_AN_IMPORT, str(cohort), str(out)],
-        env=hostile.ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _export_script(_CTRL_C_DURING_AN_IMPORT, cohort, out)
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr and "interrupted before any case was exported" in done.stderr, done.stderr
     assert not out.exists() or not any(out.iterdir())
@@ -1533,13 +1538,6 @@ def test_ctrl_c_inside_an_import_that_swallows_it_is_an_interruption(cohort, tmp
     """Eighth hostile trial H9 (G4 not closed): Ctrl-C ~0.08 s after start landed inside numpy's import, which
     turns the KeyboardInterrupt into an ImportError and its "bad install" text: exit 1 and two tracebacks. A Ctrl-C
     inside an import is delivered again once the import is over (as SIGTERM is): exit 130, one line."""
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-c", _CTRL_C_INSIDE_NUMPYS_IMPORT, str(cohort), str(out)],
-        env=hostile.ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _export_script(_CTRL_C_INSIDE_NUMPYS_IMPORT, cohort, tmp_path / "out")
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr and "interrupted" in done.stderr, done.stderr

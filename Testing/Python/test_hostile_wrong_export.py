@@ -1200,17 +1200,23 @@ def test_a_dose_far_below_the_prescription_is_flagged(clean, tmp_path, capsys, s
     assert meta["audit"]["prescription_gy"], meta["audit"]["prescription_gy"]  # else the test tells nothing
 
 
+def _small_study_exported(tmp_path, capsys, patient: str, seed: int) -> tuple:
+    """A small study in tmp_path/in and its plain export: (input root, truth, OUT, its one manifest row)."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", patient, seed, ct_size=(32, 28, 16))
+    code, rows, plain = _export(root, tmp_path / "plain", capsys)
+    (reference,) = rows
+    assert code == 0 and reference["status"] == "ok", reference
+    return root, truth, plain, reference
+
+
 def test_contours_written_twice_are_kept_once_and_said(tmp_path, capsys):
     """From the eighth hostile trial (H1): an ROI whose contours were each written twice in their plane (merged or
     copied structure sets do this) came out with 0 voxels and status ok: the even-odd rule made each copy a hole of
     its original. A copy (the same polygon, from another start vertex or in the other direction) is now dropped with
     a note, and the case exports as without the copies: the same masks, the same contour volume and reference DVH
     (no audit flag of its own)."""
-    root = tmp_path / "in"
-    truth = hostile.study(root / "p", "TWICE-1", 16, ct_size=(32, 28, 16))
-    code, rows, plain = _export(root, tmp_path / "plain", capsys)
-    (reference,) = rows
-    assert code == 0 and reference["status"] == "ok", reference
+    root, truth, plain, reference = _small_study_exported(tmp_path, capsys, "TWICE-1", 16)
     ds = dd.read(truth.struct_file)
     name, item = _largest_roi_contours(ds)
     copies = []
@@ -1273,11 +1279,7 @@ def test_contours_on_every_other_slice(tmp_path, capsys, variant):
     its planes; the contour volume and the reference DVH take the same slab); without it the stripes are the
     documented slab rule, now with a case warning; a (3006,0045) ContourOffsetVector that moves the slabs leaves the
     ROI out, named."""
-    root = tmp_path / "in"
-    truth = hostile.study(root / "p", "SLAB-1", 18, ct_size=(32, 28, 16))
-    code, rows, plain = _export(root, tmp_path / "plain", capsys)
-    (reference,) = rows
-    assert code == 0 and reference["status"] == "ok", reference
+    root, truth, plain, reference = _small_study_exported(tmp_path, capsys, "SLAB-1", 18)
     ds = dd.read(truth.struct_file)
     name, item = _largest_roi_contours(ds)
     contours = sorted(item.ContourSequence, key=lambda c: float(c.ContourData[2]))
