@@ -619,6 +619,16 @@ def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler
     }
 
 
+def _recorded_source(case, pseudonymizer) -> dict:
+    """The case's RTDOSE SOPInstanceUIDs and CT series as its meta.json ``source`` records them (pseudonymized when
+    the export is)."""
+    source = {
+        "rtdose_sop_uids": [d.sop_instance_uid for d in case.doses],
+        "ct_series_uid": case.ct.series_uid if case.ct is not None else None,
+    }
+    return pseudonymizer.value(source) if pseudonymizer is not None else source
+
+
 def _not_replaced(cases: list, found, pseudonymizer) -> tuple:
     """``(clashes, foreign)``: case_id -> the failed row's reason, for each case whose folder in OUT must not be
     replaced. ``clashes``: it holds another input's case (another patient, or other RTDOSEs on another CT; two
@@ -629,12 +639,7 @@ def _not_replaced(cases: list, found, pseudonymizer) -> tuple:
         existing = found.cases.get(case.case_id)
         if existing is None:
             continue
-        source = {
-            "rtdose_sop_uids": [d.sop_instance_uid for d in case.doses],
-            "ct_series_uid": case.ct.series_uid if case.ct is not None else None,
-        }
-        if pseudonymizer is not None:  # as meta.json records them
-            source = pseudonymizer.value(source)
+        source = _recorded_source(case, pseudonymizer)
         meta = {"patient_id": case.patient_id, "source": source}
         problem = replacement_problem(existing.folder, meta)
         if problem is not None:
@@ -668,12 +673,7 @@ def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer) -> di
     for case in cases if held else ():
         if case.case_id in found.cases or case.case_id in clashed:
             continue
-        source = {
-            "rtdose_sop_uids": [d.sop_instance_uid for d in case.doses],
-            "ct_series_uid": case.ct.series_uid if case.ct is not None else None,
-        }
-        if pseudonymizer is not None:  # as meta.json records them
-            source = pseudonymizer.value(source)
+        source = _recorded_source(case, pseudonymizer)
         other = held.get(_dose_identity(source))
         if other is not None:
             same[case.case_id] = other
