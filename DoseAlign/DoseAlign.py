@@ -1467,14 +1467,24 @@ class DoseAlignTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_DoseAlign_LoadedDosesMapToTheirFiles()
 
-    def _writePhantom(self, name, **spec):
+    @contextlib.contextmanager
+    def _phantomFolder(self, name, **spec):
+        """A temporary folder holding the phantom's DICOM in ``dicom/``; removed afterwards, so that
+        running the self-test again and again does not fill the temporary folder."""
         folder = pathlib.Path(tempfile.mkdtemp(prefix=f"DoseAlignTest-{name}-"))
-        api.write_phantom(folder / "dicom", api.PhantomSpec(**spec))
-        return folder
+        try:
+            api.write_phantom(folder / "dicom", api.PhantomSpec(**spec))
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # a file still open (Windows) is left behind
 
     def _compareWithEngine(self, backend, options=None, **spec):
-        """Export the phantom through the module with ``backend`` and with the engine; compare the cases."""
-        folder = self._writePhantom(backend, **spec)
+        """Export the phantom through the module with ``backend`` and with the engine; compare the cases
+        and return the module's meta.json of each."""
+        with self._phantomFolder(backend, **spec) as folder:
+            return self._compareFolderWithEngine(folder, backend, options)
+
+    def _compareFolderWithEngine(self, folder, backend, options):
         options = options or AlignOptions()  # structures and audit on
         engineReport = api.export_folder(folder / "dicom", folder / "engine", options)
         self.assertEqual(engineReport.exit_code, 0, engineReport.rows)
@@ -1485,7 +1495,7 @@ class DoseAlignTest(ScriptedLoadableModuleTest):
         metas = []
         for row in engineReport.rows:
             metas.append(self._compareCase(folder / "engine" / row["case_id"], folder / "slicer" / row["case_id"]))
-        return folder, metas
+        return metas
 
     def _compareCase(self, engineFolder, slicerFolder):
         expected = dict(np.load(engineFolder / "pair.npz"))
@@ -1528,20 +1538,20 @@ class DoseAlignTest(ScriptedLoadableModuleTest):
 
     def test_DoseAlign_CliMatchesEngine(self):
         self.delayDisplay("Phantom through the Resample CLI vs the engine")
-        _folder, metas = self._compareWithEngine(BackendChoice.CLI.value, patient_position="FFS")
+        metas = self._compareWithEngine(BackendChoice.CLI.value, patient_position="FFS")
         self.assertTrue(all(m["resampling"]["backend"].startswith("slicer-cli") for m in metas))
         self.delayDisplay("Test passed")
 
     def test_DoseAlign_InProcessMatchesEngine(self):
         self.delayDisplay("Phantom through in-process VTK resampling vs the engine")
-        _folder, metas = self._compareWithEngine(BackendChoice.IN_PROCESS.value, patient_position="HFP")
+        metas = self._compareWithEngine(BackendChoice.IN_PROCESS.value, patient_position="HFP")
         self.assertTrue(all(m["resampling"]["backend"].startswith("slicer-vtk") for m in metas))
         self.delayDisplay("Test passed")
 
     def test_DoseAlign_UnevenFramesThroughTheCli(self):
         self.delayDisplay("Uneven GridFrameOffsetVector: evened by the engine, then the Resample CLI")
         offsets = [0, 3, 6, 9, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45, 48, 51, 54, 57, 60]
-        _folder, metas = self._compareWithEngine(
+        metas = self._compareWithEngine(
             BackendChoice.CLI.value, AlignOptions(structures=False), dose_frame_offsets=offsets
         )
         self.assertIn("uneven slices", " ".join(metas[0]["resampling"]["before_backend"]))
@@ -1551,7 +1561,11 @@ class DoseAlignTest(ScriptedLoadableModuleTest):
         """Needs the application: DICOM database, SlicerRT. A PLAN dose and two BEAM doses share a series,
         and the study is loaded twice: every dose node must still map to its own file."""
         self.delayDisplay("Doses of one series, loaded twice through SlicerRT, each mapped to its file")
-        folder = self._writePhantom("load", write_beam_doses=True, n_beams=2)
+        with self._phantomFolder("load", write_beam_doses=True, n_beams=2) as folder:
+            self._checkLoadedDoses(folder)
+        self.delayDisplay("Test passed")
+
+    def _checkLoadedDoses(self, folder):
         logic = DoseAlignLogic()
         options = AlignOptions(structures=False)
         with logic.temporaryDatabase(folder / "db"):
@@ -1575,4 +1589,3 @@ class DoseAlignTest(ScriptedLoadableModuleTest):
             dmax = float(engine.dose.array.max())
             error = float(np.abs(result.dose.array - engine.dose.array)[interior].max())
             self.assertLessEqual(error, 1e-4 * dmax)
-        self.delayDisplay("Test passed")

@@ -57,13 +57,21 @@ class DoseAlignBatchTest(ScriptedLoadableModuleTest):
     as the engine's export (ScriptedLoadableModule registers a self-test that needs this class)."""
 
     def runTest(self):
-        import json
         import pathlib
+        import shutil
         import tempfile
+
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="DoseAlignBatchTest-"))
+        try:
+            self._runIn(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # running the self-test again must not fill the temp folder
+
+    def _runIn(self, folder):
+        import json
 
         from DoseAlignLib.api import PhantomSpec, export_folder, options_from_args, write_phantom
 
-        folder = pathlib.Path(tempfile.mkdtemp(prefix="DoseAlignBatchTest-"))
         write_phantom(folder / "dicom", PhantomSpec())
         engine = export_folder(
             folder / "dicom",

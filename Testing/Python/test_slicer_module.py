@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -748,11 +749,13 @@ def test_cli_backend_matches_the_engine_on_real_data(module, cli, shared_data, t
 
 @needs_cli
 @pytest.mark.slow
-def test_module_self_test_runs_its_backend_comparisons(module, cli):
+def test_module_self_test_runs_its_backend_comparisons(module, cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the self-test makes its folders
     tester = module.DoseAlignTest()
     tester.test_DoseAlign_CliMatchesEngine()
     tester.test_DoseAlign_InProcessMatchesEngine()
     tester.test_DoseAlign_UnevenFramesThroughTheCli()
+    assert not list(tmp_path.iterdir()), "the self-test left its temporary folders behind"
 
 
 @needs_cli
@@ -803,6 +806,16 @@ def test_batch_module_has_its_self_test(module):
 
     assert issubclass(DoseAlignBatch.DoseAlignBatchTest, module.ScriptedLoadableModuleTest)
     assert callable(DoseAlignBatch.DoseAlignBatchTest().runTest)
+
+
+@needs_cli
+@pytest.mark.slow
+def test_batch_self_test_passes_and_removes_its_folder(module, cli, tmp_path, monkeypatch):
+    import DoseAlignBatch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    DoseAlignBatch.DoseAlignBatchTest().runTest()
+    assert not list(tmp_path.iterdir()), "the batch self-test left its temporary folder behind"
 
 
 def test_resume_keeps_a_case_only_when_the_same_backend_made_it(module, tmp_path):
