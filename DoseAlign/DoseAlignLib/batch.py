@@ -836,7 +836,7 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
     larger than ``DOSEALIGN_MANIFEST_MB``, not CSV of UTF-8) or is not a DoseAlign manifest (its header,
     a row without a case id, a case id that is no folder name, a status other than ok, failed or
     skipped, a case listed twice), when a case an ok or skipped row lists is not complete in OUT (as
-    ``--resume`` decides: its folder, a meta.json of that case, whole arrays), when the shards' cases
+    ``--resume`` decides: its folder, a meta.json of that case, whole arrays, every file's checksums), when the shards' cases
     were made with other alignment options (as ``--append`` compares them) or formats, or when a file
     merge writes (manifest.csv, report.html, the dataset files) is a folder.
     """
@@ -925,7 +925,8 @@ def _is_folder_name(name: str) -> bool:
 
 def _cases_in_out(out_dir: Path, rows: list, listed_in: dict) -> dict:
     """``{case_id: meta}`` of the rows that say their case is in OUT (ok, skipped); each must be a complete
-    case folder of that case, as ``--resume`` decides (else :class:`DoseAlignError` saying what was found)."""
+    case folder of that case, as ``--resume`` decides (its files read once: CRCs, inflated lengths), else
+    :class:`DoseAlignError` saying what was found."""
     from .output.case_folder import case_problem
 
     metas, missing = {}, []
@@ -939,6 +940,9 @@ def _cases_in_out(out_dir: Path, rows: list, listed_in: dict) -> dict:
                 metas[row["case_id"]] = load_meta(folder)
             except DoseAlignError as error:
                 problem = error.message
+        if problem is None:  # bytes changed inside a file of the right length: read once, as --resume does
+            damaged = archive_problem(folder, metas[row["case_id"]])
+            problem = f"its outputs were damaged ({damaged})" if damaged else None
         if problem is not None:
             problem += _held_case(folder, row["case_id"])
             missing.append(f"{row['case_id']} ({row['status']} in {listed_in[row['case_id']]}: {problem})")

@@ -1266,14 +1266,31 @@ def _first_ok(out: Path) -> str:
     return next(r["case_id"] for r in hostile.manifest(out, "manifest.shard-1-of-2.csv") if r["status"] == "ok")
 
 
+def _flip_a_byte_inside(path: Path) -> None:
+    """One byte in the middle of the largest member's data changed in place (bit rot, a bad copy): lengths and
+    headers stay."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        member = max(archive.infolist(), key=lambda info: info.compress_size)
+    data = bytearray(path.read_bytes())
+    # the local header: 30 bytes, the name, the extra field; then the member's data (its .npy header first)
+    name_length = int.from_bytes(data[member.header_offset + 26 : member.header_offset + 28], "little")
+    extra_length = int.from_bytes(data[member.header_offset + 28 : member.header_offset + 30], "little")
+    start = member.header_offset + 30 + name_length + extra_length
+    data[start + member.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize(
     "damage, said",
     [
         (lambda case: shutil.rmtree(case), "no case folder"),
         (lambda case: (case / "pair.npz").write_bytes((case / "pair.npz").read_bytes()[:500]), "pair.npz"),
         (lambda case: (case / "meta.json").unlink(), "meta.json is missing"),
+        (lambda case: _flip_a_byte_inside(case / "pair.npz"), "CRC"),
     ],
-    ids=["case folder deleted", "pair.npz cut short", "meta.json deleted"],
+    ids=["case folder deleted", "pair.npz cut short", "meta.json deleted", "pair.npz byte changed"],
 )
 def test_rows_of_cases_that_are_not_in_out_are_refused(sharded, tmp_path, capsys, damage, said):
     """The case folders deleted but the shard manifests left: merge wrote manifest.csv and report.html listing ok
