@@ -1283,6 +1283,36 @@ def test_rois_chosen_by_a_name_holding_identity_are_refused_never_empty(
     assert not found, found[:10]
 
 
+def test_a_roi_map_channel_named_with_identity_under_pseudonymize(tmp_path, capsys):
+    """An --roi-map channel holding the patient's ID or name (``{"PTV_HK-22817": ["PTV"]}``) failed the case under
+    --pseudonymize: "pseudonymization left a patient ID in meta.json ... (please report it)", as meta.json records the
+    map and its channel names were not rewritten. They are rewritten as the ROI names are; the masks are the plain
+    export's, no output names the patient, and --resume keeps the case."""
+    import json
+
+    import numpy as np
+
+    root = _study_named(tmp_path / "in", "Quillfeather^Odalys", ["Bladder"])
+    mapping = {"PTV_HK-22817": ["PTV"], "Bladder_Quillfeather": ["Bladder"]}
+    (tmp_path / "map.json").write_text(json.dumps(mapping), encoding="utf-8")
+    common = ["--quiet", "--workers", "1", "--no-qa-png", "--roi-map", str(tmp_path / "map.json")]
+    plain, out = tmp_path / "plain", tmp_path / "share" / "out"
+    assert main(["export", str(root), str(plain), *common]) == 0, capsys.readouterr()
+    code = main(["export", str(root), str(out), *common, "--pseudonymize", *_formats()])
+    assert code == 0, capsys.readouterr()
+    (a,), (b,) = hostile.manifest(plain), hostile.manifest(out)
+    assert b["status"] == "ok", b["reason"]
+    with np.load(plain / a["case_id"] / "pair.npz") as x, np.load(out / b["case_id"] / "pair.npz") as y:
+        np.testing.assert_array_equal(x["masks"], y["masks"])
+    found = []
+    for where, data in _all_output_bytes(out):
+        squeezed = re.sub(r"[^0-9a-z]", "", data.decode("utf-8", "replace").casefold())
+        found += [f"{w} in {where}" for w in ("hk22817", "quillfeather", "odalys") if w in squeezed]
+    assert not found, found[:10]
+    assert main(["export", str(root), str(out), *common, "--pseudonymize", *_formats(), "--resume"]) == 0
+    assert [r["status"] for r in hostile.manifest(out)] == ["skipped"], capsys.readouterr()
+
+
 def test_centre_on_a_roi_named_with_identity_under_pseudonymize(tmp_path, capsys):
     """G14: ``--centre roi:PTV_Quillfeather`` under --pseudonymize failed the case "no ROI 'PTV_[removed]' ... (they
     have: ..., PTV_[removed], ...)": the ROI is chosen by its name before the rewriting. The grid and the arrays are

@@ -686,7 +686,11 @@ class Pseudonymizer:
 
     def result(self, result) -> None:
         """Rewrite a case result in place before anything is written: meta, arrays of text."""
-        meta = self.value(result.meta, text_keys=frozenset(_named(result.meta)))
+        # ROI names used as keys: the structures' names, and the channel names of the --roi-map recorded in the
+        # options (a channel may be named after no ROI of this case, or after one renamed before this point)
+        roi_map = (result.meta.get("options") or {}).get("roi_map") or {}
+        names = frozenset(_named(result.meta)) | frozenset(roi_map if isinstance(roi_map, dict) else ())
+        meta = self.value(result.meta, text_keys=names)
         meta["case_id"] = result.case_id
         meta["pseudonymized"] = {
             "uids": "kept" if self.keep_uids else "keyed hashes",
