@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -193,8 +194,10 @@ def export_folder(
         note(f"{out_dir / 'manifest.csv'} {found.manifest_problem}: it is written anew")
     if shard is None:  # shards share OUT on purpose; any other run would overwrite the other's manifest
         _check_no_other_run(out_dir)
+    map_rows = 0  # how many pseudonyms the map on disk lists (it is written again when the cases made more)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
         extra_rows = pseudonymizer.prepare(scan, cases, extra_rows, channels=options.rois or ())
+        map_rows = len(pseudonymizer.entries)
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
     # case folders not to be replaced: another input's case of this id; a user's files inside
     clashes, foreign = _not_replaced(cases, found, pseudonymizer)
@@ -271,6 +274,8 @@ def export_folder(
 
     def record(index: int, row: dict) -> None:
         fault = row.pop(FAULT_KEY, None)
+        for kind, pseudonym, original in row.pop(PSEUDONYMS_KEY, ()):
+            pseudonymizer.entries.setdefault((kind, pseudonym), original)  # the map is written again at the end
         row = relative_reason(row, input_root)  # files named relative to the input, as in meta.json
         if pseudonymizer is not None:
             row = pseudonymizer.row(row)
@@ -369,7 +374,13 @@ def export_folder(
         # the interrupt may have come between counting a case and writing the manifest that lists it
         with contextlib.suppress(OSError):
             write_rows(listed([r for r in rows if r is not None]))
+        with contextlib.suppress(DoseAlignError):
+            _write_map_again(pseudonymizer, map_rows)
         raise Interrupted(done[0], len(cases), isinstance(stop, Terminated)) from None
+    try:
+        _write_map_again(pseudonymizer, map_rows)  # with the pseudonyms the cases made
+    except DoseAlignError as error:  # the cases are in place, their pseudonyms unmapped: exit 4, named
+        report.fault = report.fault or str(error)
     if report.fault is not None:  # the cases not started: named, so that --resume exports them
         for index, case in to_run:
             if rows[index] is None:
@@ -510,6 +521,8 @@ def _check_no_other_run(out_dir: Path, claimed: bool = False) -> None:
 
 #: A row's mark (removed before it is recorded) that its case met an output fault.
 FAULT_KEY = "_output_fault"
+#: A row's key for the pseudonyms its case made (see :func:`export_case`), taken off before the row is listed.
+PSEUDONYMS_KEY = "_pseudonyms"
 
 #: The reason column of a case kept by ``--resume``.
 KEPT = "complete from an earlier run with the same options: kept"
@@ -588,6 +601,12 @@ def what_was_found(scan, linked) -> str:
         else "no RTDOSE under the input"
     )
     return f"{head}: {', '.join(parts)}"
+
+
+def _write_map_again(pseudonymizer, written: int) -> None:
+    """The pseudonym map once more when the cases made pseudonyms it does not list yet (:data:`PSEUDONYMS_KEY`)."""
+    if pseudonymizer is not None and pseudonymizer.map_path and len(pseudonymizer.entries) > written:
+        pseudonymizer.write_map(Path(pseudonymizer.map_path))
 
 
 def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler=None) -> dict:
@@ -1075,7 +1094,19 @@ def export_case(
     (or, in a pool worker, :func:`~DoseAlignLib.parallel.worker_stage` as ``stage(case_id, message)``)
     hears each step (a :class:`Cancelled` it raises stops the case). ``resampler`` goes to
     :func:`~DoseAlignLib.pipeline.run_case`. With ``resume`` a complete case folder is kept as it is
-    (``skipped``) without comparing what it records: :func:`export_folder` compares."""
+    (``skipped``) without comparing what it records: :func:`export_folder` compares.
+
+    Under pseudonymization the row carries the pseudonyms this case made (a UID found in an ROI name, say) under
+    :data:`PSEUDONYMS_KEY`: a pool worker's pseudonymizer is a copy, and the map must list them too."""
+    made_before = len(pseudonymizer.entries) if pseudonymizer is not None else 0
+    row = _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer, stage, resampler)
+    if pseudonymizer is not None and len(pseudonymizer.entries) > made_before:  # entries only grow, in order
+        made = itertools.islice(pseudonymizer.entries.items(), made_before, None)
+        row[PSEUDONYMS_KEY] = [(kind, pseudonym, original) for (kind, pseudonym), original in made]
+    return row
+
+
+def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer, stage, resampler) -> dict:
     if resume and is_complete(out_dir, case.case_id):
         damaged = archive_problem(case_dir(out_dir, case.case_id))  # a full read: bytes changed in place
         if damaged is None:

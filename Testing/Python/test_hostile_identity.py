@@ -1393,3 +1393,28 @@ def test_a_ct_folder_named_after_the_patient_never_reaches_a_failure_reason(tmp_
     assert any(r["status"] == "failed" for r in hostile.manifest(out))
     found = [where for where, data in _all_output_bytes(out) if b"zentrop" in data.lower() or b"448812" in data]
     assert not found, found
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_map_lists_the_pseudonyms_a_case_made(tmp_path, capsys, workers):
+    """A UID written inside an ROI name (``GTV 1.2.840.113619.2.55.3.<n>``) is replaced by its keyed hash while the
+    case is exported; the map did not list it (nor any pseudonym a case makes), so its owner could not map it back.
+    With two workers the cases run in other processes, whose pseudonyms come back with their rows."""
+    import csv
+
+    foreign = {}
+    for n in range(2):
+        truth = hostile.study(tmp_path / "in" / f"p{n}", f"MAPPED-{n}", 40 + n)
+        ds = dd.read(truth.struct_file)
+        foreign[n] = f"1.2.840.113619.2.55.3.{4711 + n}"
+        ds.StructureSetROISequence[-1].ROIName = f"GTV {foreign[n]}"
+        dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    args = ["export", str(tmp_path / "in"), str(out), "--quiet", "--no-qa-png", "--pseudonymize", "--workers", workers]
+    assert main(args) == 0, capsys.readouterr()
+    with open(tmp_path / "share" / "out.pseudonym-map.csv", newline="", encoding="utf-8") as handle:
+        mapped = {row["original"]: row["pseudonym"] for row in csv.DictReader(handle) if row["kind"] == "uid"}
+    for uid in foreign.values():
+        assert uid in mapped, f"{uid} is not in the map"
+        assert sum(mapped[uid] in data.decode("latin-1") for _where, data in _all_output_bytes(out)) > 0
+        assert not any(uid in data.decode("latin-1") for _where, data in _all_output_bytes(out))
