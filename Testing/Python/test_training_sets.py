@@ -377,6 +377,48 @@ def test_sum_plans_makes_one_case_of_initial_and_boost(tmp_path):
     np.testing.assert_allclose(arrays["dose"][inside], expected, atol=2e-4 * expected.max())
 
 
+@pytest.mark.parametrize(
+    "relationship, intent, summed, said",
+    [
+        ("ALTERNATIVE", None, False, "RTPlanRelationship ALTERNATIVE"),
+        ("VERIFIED_PLAN", None, False, "RTPlanRelationship VERIFIED_PLAN"),
+        (None, "VERIFICATION", False, "PlanIntent VERIFICATION"),
+        ("PREDECESSOR", None, True, "RTPlanRelationship PREDECESSOR"),
+        ("CONCURRENT", None, True, None),
+        ("PRIOR", None, True, None),
+    ],
+)
+def test_sum_plans_reads_how_the_plans_are_related(tmp_path, relationship, intent, summed, said):
+    """Ninth hostile trial I1: --sum-plans added a plan and its ALTERNATIVE (one of them is given) into one dose no
+    patient received, status ok, no word: (300A,0055) RTPlanRelationship was not read. An alternative, a
+    verification plan (VERIFIED_PLAN, or PlanIntent VERIFICATION) is not summed (one case each, a warning why);
+    a plan derived from the other (PREDECESSOR) is summed with a warning; CONCURRENT and PRIOR are summed."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    truth = write_phantom(tmp_path / "dicom", PhantomSpec(patient_id="REL", boost_fraction=0.25, seed=9, **SMALL))
+    first = pydicom.dcmread(str(truth.plan_file))
+    boost = pydicom.dcmread(str(truth.boost_plan_file))
+    if relationship is not None:
+        item = Dataset()
+        item.ReferencedSOPClassUID = first.SOPClassUID
+        item.ReferencedSOPInstanceUID = first.SOPInstanceUID
+        item.RTPlanRelationship = relationship
+        boost.ReferencedRTPlanSequence = [item]
+    if intent is not None:
+        boost.PlanIntent = intent
+    boost.save_as(str(truth.boost_plan_file))
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(sum_plans=True), qa_png=False)
+    assert all(r["status"] == "ok" for r in report.rows), report.rows
+    kinds = sorted(r["summation_type"] for r in report.rows)
+    assert kinds == (["PLAN_SUM"] if summed else ["PLAN", "PLAN"])
+    for row in report.rows:
+        if said is None:
+            assert "plan" not in row["warnings"].lower(), row["warnings"]
+        else:
+            assert said in row["warnings"] and truth.boost_plan_file.name in row["warnings"], row["warnings"]
+
+
 def test_plans_of_one_plan_twice_are_not_summed(tmp_path):
     import shutil
 

@@ -542,6 +542,12 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["image_position"] = headers.quick_floats(ds, "ImagePositionPatient")
     elif kind == "RTPLAN":
         info["plan_label"] = headers.text(ds, "RTPlanLabel") or headers.text(ds, "RTPlanName")
+        info["plan_intent"] = headers.text(ds, "PlanIntent").upper()  # (300A,000A): VERIFICATION is no patient's
+        # (300C,0002) with (300A,0055) RTPlanRelationship: an ALTERNATIVE of another plan, the plan it derives from
+        info["related_plans"] = [
+            [headers.text(item, "ReferencedSOPInstanceUID"), headers.text(item, "RTPlanRelationship").upper()]
+            for item in ds.get("ReferencedRTPlanSequence", [])
+        ]
         info["struct_uids"] = [
             headers.text(item, "ReferencedSOPInstanceUID") for item in ds.get("ReferencedStructureSetSequence", [])
         ]

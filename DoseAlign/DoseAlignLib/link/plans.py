@@ -7,8 +7,12 @@ type :data:`PLAN_SUM`, whose doses the pipeline adds up as it adds beam doses: o
 grid when they share one, else each resampled onto the output grid first.
 
 They are merged only when the sum means something: each plan once (two doses of one plan would
-count it twice), one frame of reference (the CT's), the same DoseUnits and DoseType. Otherwise the
-plans stay cases of their own and their notes say why. The default (no ``--sum-plans``) is one case
+count it twice), one frame of reference (the CT's), the same DoseUnits and DoseType, no plan an
+alternative to another or a verification plan (PS3.3 C.8.8.9: (300A,0055) RTPlanRelationship
+ALTERNATIVE or VERIFIED_PLAN, (300A,000A) PlanIntent VERIFICATION). Otherwise the plans stay cases of
+their own and their warnings say why. A plan derived from another of the sum (PREDECESSOR) is summed
+with a case warning: a re-plan that replaced the other for the remaining fractions sums right only
+when each plan's dose is for the fractions it delivered. The default (no ``--sum-plans``) is one case
 per plan.
 """
 
@@ -22,6 +26,11 @@ from .case import Case
 PLAN_SUM = "PLAN_SUM"
 #: Case summation types that stand for a whole plan.
 WHOLE_PLAN = ("PLAN", "BEAM_SUM")
+#: (300A,0055) RTPlanRelationship values that say two plans are not both given to the patient.
+NOT_BOTH_GIVEN = {
+    "ALTERNATIVE": "an alternative to",  # prepared for the same treatment; one of them is delivered
+    "VERIFIED_PLAN": "a verification plan of",  # delivered to a phantom or a detector, not the patient
+}
 
 
 def sum_plan_cases(cases: list, name_for) -> list:
@@ -44,8 +53,39 @@ def sum_plan_cases(cases: list, name_for) -> list:
                 case.warnings.append(f"not summed with the other plans on its CT (--sum-plans): {problem}")
             out.extend(members)
             continue
-        out.append(merge_plans(members, name_for))
+        merged = merge_plans(members, name_for)
+        merged.warnings.extend(derived_plans(members))
+        out.append(merged)
     return sorted(out, key=lambda c: c.case_id)
+
+
+def _plan_relations(cases: list) -> list:
+    """``(case, its RTPLAN file, relationship, the other case)`` for each plan of ``cases`` that names the plan of
+    another of ``cases`` in its (300C,0002) ReferencedRTPlanSequence."""
+    by_uid = {_plan_uid(case): case for case in cases if _plan_uid(case)}
+    found = []
+    for case in cases:
+        plan = case.plan
+        for uid, relationship in (plan.info.get("related_plans") or []) if plan is not None else []:
+            other = by_uid.get(uid)
+            if other is not None and other is not case:
+                found.append((case, plan.rel_path, relationship, other))
+    return found
+
+
+def _plan_name(case: Case) -> str:
+    return case.plan.rel_path if case.plan is not None else f"the plan of RTDOSE {case.doses[0].rel_path}"
+
+
+def derived_plans(cases: list) -> list:
+    """Warnings for the plans of a sum that were derived from another of them ((300A,0055) PREDECESSOR)."""
+    return [
+        f"RTPLAN {path} was derived from {_plan_name(other)} ((300A,0055) RTPlanRelationship PREDECESSOR) and both "
+        "are summed (--sum-plans): right when each plan's dose is for the fractions it delivered; if it replaced "
+        "the other for all fractions, export without --sum-plans"
+        for _case, path, relationship, other in _plan_relations(cases)
+        if relationship == "PREDECESSOR"
+    ]
 
 
 def _plan_uid(case: Case) -> str:
@@ -66,6 +106,18 @@ def why_not_summed(cases: list) -> Optional[str]:
                 "their sum would count it twice"
             )
         plans[uid] = case.doses[0].rel_path
+    for case in cases:
+        if case.plan is not None and case.plan.info.get("plan_intent") == "VERIFICATION":
+            return (
+                f"RTPLAN {case.plan.rel_path} is a verification plan ((300A,000A) PlanIntent VERIFICATION): "
+                "its dose is not the patient's"
+            )
+    for _case, path, relationship, other in _plan_relations(cases):
+        if relationship in NOT_BOTH_GIVEN:
+            return (
+                f"RTPLAN {path} is {NOT_BOTH_GIVEN[relationship]} {_plan_name(other)} ((300A,0055) "
+                f"RTPlanRelationship {relationship}): the patient is not given both"
+            )
     doses = [d for case in cases for d in case.doses]
     ct_frame = cases[0].ct.frame_of_reference_uid
     for dose in doses:
