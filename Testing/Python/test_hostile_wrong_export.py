@@ -1321,21 +1321,94 @@ def test_contours_on_every_other_slice(tmp_path, capsys, variant):
     assert "dvh_mismatch" not in row["audit_flags"], row["audit_flags"]
 
 
-def test_masks_empty_on_slices_a_regularized_ct_inserts_are_said(tmp_path, capsys):
-    """Eighth hostile trial H8: a CT with a missing slice, its contours only on the slices it has (as a planning
-    system draws them), is regularized onto a uniform grid; every mask and the body are empty on the inserted
-    slice, status ok, the only flag ct_regularized. Not filled yet (left to do); a case warning names the ROIs."""
-    truth = hostile.study(tmp_path / "in" / "p", "WRONG-H8", 14, ct_missing_slices=(6,))
+#: The box ROI of the H8 tests: in-plane edges on pixel faces (x -12..12, y -10..10 mm on a 1 mm CT centred at 0).
+BOX_XY = ((-12.0, -10.0), (12.0, -10.0), (12.0, 10.0), (-12.0, 10.0))
+
+
+def _box_on_native_slices(truth, first: int, last: int, drop: tuple = ()) -> tuple:
+    """Replace the phantom's Cord by an ROI "Box": a rectangle on every native CT slice ``first..last`` (but those
+    in ``drop``), as a planning system draws a box reaching half way to the native slices beyond both ends.
+    Returns (native slice positions z, the box's z extent (start, end))."""
+    z = truth.ct_origin[2] + np.asarray(truth.ct_slice_offsets, dtype=np.float64)
     ds = dd.read(truth.struct_file)
-    cts = sorted(float(dd.read(p, header_only=True).ImagePositionPatient[2]) for p in truth.ct_files)
-    gap = max(zip(cts, cts[1:]), key=lambda pair: pair[1] - pair[0])
-    missing = (gap[0] + gap[1]) / 2  # the z of the slice the CT lacks
-    for item in ds.ROIContourSequence:
-        kept = [c for c in item.get("ContourSequence", []) if abs(float(c.ContourData[2]) - missing) > 0.1]
-        item.ContourSequence = kept
+    numbers = {str(r.ROIName): int(r.ROINumber) for r in ds.StructureSetROISequence}
+    for item in ds.StructureSetROISequence:
+        if str(item.ROIName) == "Cord":
+            item.ROIName = "Box"
+    (item,) = [i for i in ds.ROIContourSequence if int(i.ReferencedROINumber) == numbers["Cord"]]
+    template = item.ContourSequence[0]
+    contours = []
+    for n in range(first, last + 1):
+        if n in drop:
+            continue
+        contour = copy.deepcopy(template)
+        contour.ContourImageSequence[0].ReferencedSOPInstanceUID = truth.ct_sop_uids[n]
+        contour.ContourNumber = len(contours) + 1
+        contour.NumberOfContourPoints = len(BOX_XY)
+        contour.ContourData = [v for x, y in BOX_XY for v in (x, y, float(z[n]))]
+        contours.append(contour)
+    item.ContourSequence = contours
     dd.save(ds, truth.struct_file)
-    code, rows, _out = _export(tmp_path / "in", tmp_path, capsys)
+    return z, ((z[first - 1] + z[first]) / 2, (z[last] + z[last + 1]) / 2)
+
+
+@pytest.mark.parametrize("variant", ["missing slice", "variable thickness", "contour missing on a native slice"])
+def test_masks_on_the_slices_a_regularized_ct_inserts(tmp_path, capsys, variant):
+    """From the eighth hostile trial (H8): a CT with a missing slice or of variable slice thickness, its contours on
+    the slices it has (as a planning system draws them), is regularized onto an even grid; every mask and the body
+    were empty on the inserted slices, status ok, only ct_regularized (stop 22 added a case warning). Each contour
+    now stands for its native slice's slab (half way to the neighbouring native slices): an inserted slice takes the
+    mask of the native slice whose slab holds it, a box's mask has its analytic volume, the contour volume and the
+    reference DVH agree with it, and the warning is gone. A native slice inside an ROI that has no contour of it
+    stays empty (as a planning system shows it) and is still said."""
+    changes = {"ct_size": (40, 36, 16), "dose_size": (28, 26, 30)}
+    if variant == "variable thickness":  # 5 mm slices at both ends, 2.5 mm in the middle (every other one missing)
+        changes["ct_slice_spacings"] = [5.0] * 3 + [2.5] * 9 + [5.0] * 3
+        first, last, drop = 2, 13, ()
+    else:
+        changes["ct_missing_slices"] = (7,)
+        first, last, drop = 4, 11, (() if variant == "missing slice" else (9,))
+    truth = hostile.study(tmp_path / "in" / "p", "WRONG-H8", 14, **changes)
+    z, (start, end) = _box_on_native_slices(truth, first, last, drop)
+    code, rows, out = _export(tmp_path / "in", tmp_path, capsys)
     (row,) = rows
     assert (code, row["status"]) == (0, "ok"), row
     assert "ct_regularized" in row["audit_flags"], row["audit_flags"]
-    assert "masks are empty on slices inside their extent" in row["warnings"], row["warnings"]
+    meta, masks = _unpacked(out / row["case_id"])
+    with np.load(out / row["case_id"] / "pair.npz") as npz:
+        masks["body"] = np.unpackbits(npz["body"], axis=-1, count=npz["ct"].shape[-1]).astype(bool)
+    affine = np.array(meta["ijk_to_lps"])
+    grid_z = affine[2, 3] + affine[2, 2] * np.arange(meta["shape"][0])
+    step = float(affine[2, 2])
+    assert step == pytest.approx(2.5) and len(grid_z) > len(z)  # slices were inserted
+    assert any("stands for that slice's slab" in note for note in meta["structures"]["notes"]), meta["structures"]
+    # the native slice whose slab holds each grid slice's centre (half way: the one further along), its grid slice
+    bounds = np.concatenate([[z[0] - step / 2], (z[1:] + z[:-1]) / 2, [z[-1] + step / 2]])
+    native = np.searchsorted(bounds, grid_z + 1e-4, side="right") - 1
+    at = np.array([int(np.argmin(np.abs(grid_z - position))) for position in z[native]])
+    inserted = np.flatnonzero(np.abs(grid_z - z[native]) > 0.01)
+    assert inserted.size >= 1
+    for name, mask in masks.items():
+        assert mask.any(), name
+        for k in inserted:
+            np.testing.assert_array_equal(mask[k], mask[at[k]], err_msg=f"{name}: grid slice {k} (z {grid_z[k]:g})")
+    assert masks["body"].any(axis=(1, 2)).all()  # no hole in the body
+    # the box: its analytic volume (less the slab of a native slice without its contour), as mask, contour volume
+    # and reference DVH
+    area = (BOX_XY[1][0] - BOX_XY[0][0]) * (BOX_XY[2][1] - BOX_XY[1][1])
+    depth = end - start - sum(bounds[n + 1] - bounds[n] for n in drop)
+    entry = next(r for r in meta["structures"]["rois"] if r["name"] == "Box")
+    assert entry["volume_cc"] == pytest.approx(area * depth / 1000.0, rel=1e-6)
+    assert entry["contour_volume_cc"] == pytest.approx(area * depth / 1000.0, rel=1e-6)
+    audited = next(r for r in meta["audit"]["rois"] if r["name"] == "Box")
+    assert audited["reference"]["points"]["volume_cc"] == pytest.approx(area * depth / 1000.0, rel=1e-3)
+    for flag in ("roi_volume_mismatch", "dvh_mismatch", "roi_outside_output_grid"):
+        assert flag not in row["audit_flags"], row["audit_flags"]
+    if not drop:
+        assert "masks are empty on slices inside their extent" not in row["warnings"], row["warnings"]
+        filled = np.flatnonzero(masks["Box"].any(axis=(1, 2)))
+        assert np.array_equal(filled, np.arange(filled[0], filled[-1] + 1))
+    else:  # the native slice without a contour: its slab stays empty, said
+        for n in drop:
+            assert not masks["Box"][int(np.argmin(np.abs(grid_z - z[n])))].any()
+        assert "masks are empty on slices inside their extent (count): 'Box' (1)" in row["warnings"], row["warnings"]

@@ -542,3 +542,103 @@ def test_phantom_extra_organs_are_spheres_of_their_analytic_volume(tmp_path):
     for m in range(1, 6):
         analytic = truth.roi(f"Organ {m}").volume_cc
         assert by_name[f"Organ {m}"]["volume_cc"] == pytest.approx(analytic, rel=0.08)
+
+
+# ---- a CT of uneven or missing slices (regularized): each contour stands for its native slice's slab ------------
+
+#: Native slices of an uneven CT (steps 3, 3, 6 (one missing), 3, 2, 2, 5 mm; typical 3 mm); no contour on 15.
+NATIVE_Z = np.array([0.0, 3.0, 6.0, 12.0, 15.0, 17.0, 19.0, 24.0])
+CONTOURED = [0, 1, 2, 3, 5, 6, 7]
+
+
+def _native_rois(plane_normal=None) -> list:
+    """A box on every native slice but the fifth, each slice's box its own size (half width 5 + n mm)."""
+    from DoseAlignLib.dicom.rtstruct import NativeSlabs
+    from DoseAlignLib.structures.case import native_slabs  # noqa: F401 (the pipeline's own way to make them)
+
+    contours = [("CLOSED_PLANAR", rect(-5 - n, -4 - n, 5 + n, 4 + n, NATIVE_Z[n])) for n in CONTOURED]
+    rois = read_structure_set(
+        make_rtstruct([{"number": 1, "name": "Box", "contours": contours}]), plane_normal=plane_normal
+    )
+    native = NativeSlabs.of(NATIVE_Z, np.array([0.0, 0.0, 1.0]), 3.0)
+    for roi in rois:
+        roi.native_slabs = native.along(roi.normal)
+    return rois
+
+
+def _native_owner(z: float) -> int:
+    """The native slice whose slab holds z: half way to its neighbours, 1.5 mm beyond the ends; -1 for none."""
+    bounds = np.concatenate([[NATIVE_Z[0] - 1.5], (NATIVE_Z[1:] + NATIVE_Z[:-1]) / 2, [NATIVE_Z[-1] + 1.5]])
+    n = int(np.searchsorted(bounds, z + 1e-9, side="right")) - 1
+    return n if 0 <= n < NATIVE_Z.size else -1
+
+
+def _box_slice(n: int) -> np.ndarray:
+    x = -39.5 + np.arange(80)
+    yy, xx = np.meshgrid(x, x, indexing="ij")
+    if n < 0 or n not in CONTOURED:
+        return np.zeros(xx.shape, dtype=bool)
+    return (np.abs(xx) < 5 + n) & (np.abs(yy) < 4 + n)
+
+
+@pytest.mark.parametrize("normal", [None, (0.0, 0.0, -1.0)], ids=["+z", "-z"])
+def test_contours_of_an_uneven_ct_stand_for_their_native_slabs(normal):
+    """Eighth hostile trial H8: a slice the regularization inserts takes the contour of the native slice whose slab
+    (half way to its native neighbours) holds its centre; a native slice without a contour stays empty; the mask,
+    the contour volume, the reference DVH and the ROI's region agree (on an even CT nothing changes)."""
+    from DoseAlignLib.structures.reference_dvh import reference_dvh
+    from DoseAlignLib.structures.regions import roi_points
+
+    (roi,) = _native_rois(normal)
+    regular = Grid.from_spacing((9, 80, 80), (1.0, 1.0, 3.0), (-39.5, -39.5, 0.0))  # the regularized CT: 0 .. 24
+    mask = rasterize_roi(roi, regular, 3.0).full(regular.shape)
+    for k in range(regular.shape[0]):  # 9 and 21 are inserted: they take 12 (half way: further along +z) and 24
+        owner = _native_owner(3.0 * k)
+        np.testing.assert_array_equal(mask[k], _box_slice(owner), err_msg=f"z = {3.0 * k}")
+    assert mask[3].any() and mask[7].any() and not mask[5].any()  # z = 9, 21 filled; z = 15 (no contour) empty
+    # a fine grid whose slices tile every slab: the mask's volume is the contour volume, exactly
+    fine = Grid.from_spacing((108, 80, 80), (1.0, 1.0, 0.25), (-39.5, -39.5, -1.375))  # -1.5 .. 25.5
+    masks = rasterize_structures([roi], fine, 3.0)
+    depth = {0: 3.0, 1: 3.0, 2: 4.5, 3: 4.5, 5: 2.0, 6: 3.5, 7: 4.0}  # each native slab's extent (mm)
+    contour_cc = sum((10 + 2 * n) * (8 + 2 * n) * depth[n] for n in CONTOURED) / 1000.0
+    assert roi.contour_volume_cc(3.0) == pytest.approx(contour_cc, rel=1e-9)
+    assert masks.masks[0].volume_cc == pytest.approx(contour_cc, rel=1e-9)
+    full = masks.masks[0].full(fine.shape)
+    for k in range(fine.shape[0]):
+        np.testing.assert_array_equal(full[k], _box_slice(_native_owner(-1.375 + 0.25 * k)))
+    # the point test (any orientation) takes the same slabs as the scanline fill
+    box = (slice(0, 9), slice(0, 80), slice(0, 80))
+    np.testing.assert_array_equal(rasterize._pointwise(roi, regular, box, 3.0, 1, roi.plane_slabs()), mask)
+    # the reference DVH holds the same volume by the slab rule; interpolated between the planes (the boxes grow by
+    # 1 mm a side from plane to plane) within a few %, with nothing missing at the missing slice
+    grid = Grid.from_spacing((12, 20, 20), (5.0, 5.0, 3.0), (-47.5, -47.5, -4.0))
+    dose = Volume(np.full((12, 20, 20), 2.0, np.float32), grid)
+    slab = reference_dvh(roi, dose, 3.0, between_planes="slab")
+    assert slab.points["volume_cc"] == pytest.approx(contour_cc, rel=1e-3)
+    assert reference_dvh(roi, dose, 3.0).points["volume_cc"] == pytest.approx(contour_cc, rel=0.03)
+    # the region of --centre/--crop reaches the ends of the end slabs
+    depths = roi_points([roi], 3.0) @ roi.normal
+    assert sorted(np.abs([depths.min(), depths.max()]).tolist()) == pytest.approx([1.5, 25.5])
+
+
+def test_native_slabs_cut_half_way_and_leave_an_even_ct_alone():
+    from DoseAlignLib.dicom.rtstruct import NativeSlabs, nearest_parts
+
+    native = NativeSlabs.of(NATIVE_Z, np.array([0.0, 0.0, 1.0]), 3.0)
+    np.testing.assert_allclose(native.lower, [-1.5, 1.5, 4.5, 9.0, 13.5, 16.0, 18.0, 21.5])
+    np.testing.assert_allclose(native.upper, [1.5, 4.5, 9.0, 13.5, 16.0, 18.0, 21.5, 25.5])
+    # a plane on no native slice (7.9 mm: more than 0.3 mm from 6) keeps [p - t/2, p + t/2); planes on slices theirs
+    slabs = native.plane_slabs(np.array([6.0, 7.9, 12.02]))
+    np.testing.assert_allclose(slabs, [[4.5, 9.0], [6.4, 9.4], [9.0, 13.5]])
+    # the nearest-plane rule cuts slabs that both reach half way there (6.95); where only one reaches into the
+    # other, the nearer plane keeps its slab (7.9's to 9.4) and the other begins where it ends
+    parts = nearest_parts(np.array([6.0, 7.9, 12.02]), slabs)
+    np.testing.assert_allclose(parts, [[4.5, 6.95], [6.95, 9.4], [9.4, 13.5]])
+    taken = rasterize.assign_planes(np.array([6.9, 7.0, 9.3, 9.45]), np.array([6.0, 7.9, 12.02]), 3.0, slabs)
+    np.testing.assert_array_equal(taken, [0, 1, 1, 2])
+    assert NativeSlabs.of(np.array([4.0]), np.array([0.0, 0.0, 1.0]), 3.0) is None
+    (roi,) = read_structure_set(_target_rtstruct())[:1]
+    assert roi.native_slabs is None and roi.plane_slabs() is None  # an even CT: the common rule, unchanged
+    roi.slab_thickness_mm = 6.0  # its own (3006,0044) ContourSlabThickness: that, not the native slabs
+    roi.native_slabs = native
+    assert roi.plane_slabs() is None and roi.thickness(3.0) == 6.0

@@ -76,6 +76,68 @@ DEFECT_SKIPS = (
 )
 
 
+#: A contour plane within this share of the CT's typical slice step of a native slice lies on that slice
+#: (:class:`NativeSlabs`).
+ON_SLICE_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class NativeSlabs:
+    """The slabs of the slices of a CT whose slices are uneven or missing (the pipeline regularizes it).
+
+    Contours lie on the CT's own slices; each stands for its slice's slab, which reaches half way to the
+    neighbouring native slices (half the typical step beyond the first and the last slice, where the regular grid
+    ends), so that the slices the regularization inserts take the contour of the native slice whose slab holds
+    their centre (a centre exactly half way: the slice further along the normal). ``positions`` (increasing), ``lower`` and ``upper`` are mm
+    along ``normal``; slice ``n`` covers ``[lower[n], upper[n])``. ``step_mm`` is the CT's typical step (the
+    regular grid's), the slab of a contour plane that lies on no native slice.
+    """
+
+    normal: np.ndarray
+    positions: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    step_mm: float
+
+    @classmethod
+    def of(cls, positions: np.ndarray, normal: np.ndarray, step_mm: float) -> Optional[NativeSlabs]:
+        """The slabs of native slices at ``positions`` (mm along the unit ``normal``); None for one slice."""
+        z = np.sort(np.asarray(positions, dtype=np.float64).ravel())
+        if z.size < 2 or not step_mm > 0:
+            return None
+        middle = (z[1:] + z[:-1]) / 2
+        lower = np.concatenate([[z[0] - step_mm / 2], middle])
+        upper = np.concatenate([middle, [z[-1] + step_mm / 2]])
+        return cls(np.asarray(normal, dtype=np.float64), z, lower, upper, float(step_mm))
+
+    def along(self, normal: np.ndarray) -> Optional[NativeSlabs]:
+        """These slabs seen along a contour normal: the same planes (either sign) or None."""
+        n = np.asarray(normal, dtype=np.float64)
+        n = n / np.linalg.norm(n)
+        cos = float(n @ self.normal)
+        if cos > 1 - 1e-6:
+            return self
+        if cos < -1 + 1e-6:  # reversed: positions and slabs mirrored (a centre half way stays with the further slice)
+            return NativeSlabs(n, -self.positions[::-1], -self.upper[::-1], -self.lower[::-1], self.step_mm)
+        return None
+
+    def plane_slabs(self, planes: np.ndarray) -> np.ndarray:
+        """``(M, 2)`` start and end (mm) of the slab of each contour plane at ``planes``: its native slice's slab
+        where it lies on one (within :data:`ON_SLICE_FRACTION` of the step), else ``[p - step/2, p + step/2)``."""
+        p = np.asarray(planes, dtype=np.float64).ravel()
+        out = np.stack([p - self.step_mm / 2, p + self.step_mm / 2], axis=1)
+        if p.size == 0:
+            return out
+        nearest = np.clip(np.searchsorted(self.positions, p), 1, self.positions.size - 1)
+        nearest = np.where(
+            np.abs(self.positions[nearest - 1] - p) <= np.abs(self.positions[nearest] - p), nearest - 1, nearest
+        )
+        on = np.abs(self.positions[nearest] - p) <= ON_SLICE_FRACTION * self.step_mm
+        out[on, 0] = self.lower[nearest[on]]
+        out[on, 1] = self.upper[nearest[on]]
+        return out
+
+
 def is_structure_set_defect(reason: str) -> bool:
     """True for a skip reason that says the structure set is wrong (see :data:`DEFECT_SKIPS`)."""
     return any(part in str(reason) for part in DEFECT_SKIPS)
@@ -131,6 +193,8 @@ class RoiContours:
     mapped_unique_name: str = ""
     #: (3006,0044) ContourSlabThickness (mm) when every contour of the ROI states one and the same, else None
     slab_thickness_mm: Optional[float] = None
+    #: the slabs of the CT's own slices when they are uneven or missing (:class:`NativeSlabs`, along ``normal``)
+    native_slabs: Optional[NativeSlabs] = None
 
     def thickness(self, default_mm: float) -> float:
         """The slab thickness of this ROI's contour planes: its own (3006,0044) ContourSlabThickness when thicker
@@ -146,6 +210,24 @@ class RoiContours:
         """(M,) positions of the contour planes along ``normal`` (mm), increasing."""
         return np.array([p.position_mm for p in self.planes], dtype=np.float64)
 
+    def plane_slabs(self) -> Optional[np.ndarray]:
+        """``(M, 2)`` start and end (mm along ``normal``) of each contour plane's slab on a CT of uneven or missing
+        slices (:attr:`native_slabs`: a plane on a native slice stands for that slice's slab); None where the common
+        rule holds (``[p - t/2, p + t/2)``, ``t`` = :meth:`thickness`): an even CT, or the ROI's own (3006,0044)
+        ContourSlabThickness."""
+        native = self.native_slabs
+        if native is None or not self.planes or self.thickness(native.step_mm) != native.step_mm:
+            return None
+        return native.plane_slabs(self.positions)
+
+    def slab_intervals(self) -> Optional[np.ndarray]:
+        """:meth:`plane_slabs` cut half way to a neighbouring plane whose slab reaches further (the part of each
+        slab its plane takes by the nearest-plane rule); None where the common rule holds."""
+        slabs = self.plane_slabs()
+        if slabs is None:
+            return None
+        return nearest_parts(self.positions, slabs)
+
     def plane_areas_mm2(self) -> np.ndarray:
         """(M,) even-odd area of every contour plane (mm^2)."""
         uv = np.stack(plane_basis(self.normal), axis=1)
@@ -159,6 +241,9 @@ class RoiContours:
         """
         own = self.thickness(thickness_mm)
         areas = self.plane_areas_mm2()
+        parts = self.slab_intervals()
+        if parts is not None:  # a CT of uneven or missing slices: each plane's native slab
+            return float(areas @ np.clip(parts[:, 1] - parts[:, 0], 0.0, None) / 1000.0)
         if own == float(thickness_mm) or len(self.planes) < 2:
             return float(areas.sum() * own / 1000.0)
         half = np.minimum(np.diff(self.positions) / 2.0, own / 2.0)  # each side's reach: at most half the gap
@@ -181,6 +266,23 @@ class RoiContours:
             f"its contour planes lie {gap:.3g} mm apart (median) and each stands for a slab of {t:.3g} mm{own}: "
             "its mask leaves the slices between them empty"
         )
+
+
+def nearest_parts(positions: np.ndarray, slabs: np.ndarray) -> np.ndarray:
+    """``(M, 2)``: each contour plane's slab (``slabs``, start and end along the normal) less what a neighbouring
+    plane at ``positions`` (increasing) takes by the nearest-plane rule: where both slabs reach half way between
+    them, each keeps its half; where one reaches past half way and the other's slab begins before its end, the
+    other takes the rest from its beginning."""
+    p = np.asarray(positions, dtype=np.float64)
+    out = np.array(slabs, dtype=np.float64).reshape(-1, 2)
+    if p.size > 1:
+        middle = (p[1:] + p[:-1]) / 2
+        hi, lo = out[:-1, 1].copy(), out[1:, 0].copy()  # plane m's end, plane m + 1's start
+        up = hi > middle  # plane m's slab reaches past half way up
+        down = lo <= middle  # plane m + 1's slab reaches half way down (a centre there is m + 1's)
+        out[:-1, 1] = np.where(up & down, middle, np.where(up, np.minimum(hi, lo), hi))
+        out[1:, 0] = np.where(up & down, middle, np.where(down, np.maximum(lo, hi), lo))
+    return out
 
 
 def plane_basis(normal: np.ndarray) -> tuple:

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..dicom.rtstruct import is_structure_set_defect, plane_spacing, read_structure_set
+from ..dicom.rtstruct import NativeSlabs, is_structure_set_defect, plane_spacing, read_structure_set
 from ..errors import DoseAlignError, UnreadableError
 from ..geometry.resample import resample
 from ..limits import LimitError
@@ -62,7 +62,24 @@ def read_case_contours(
                 reason = reason[len(error.path) + 2 :]
             contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": reason})
     contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None), rewrite_names)
+    native = native_slabs(ct_geometry)
+    if native is not None:  # uneven or missing slices: a contour on a native slice stands for that slice's slab
+        for roi in contours.rois:
+            roi.native_slabs = native.along(roi.normal) if roi.normal is not None else None
     return contours
+
+
+def native_slabs(ct_geometry) -> Optional[NativeSlabs]:
+    """The slabs of the CT's own slices when they are uneven or missing (the CT is regularized and its contours
+    lie on its own slices only), else None (an even CT: the slab rule's common thickness)."""
+    if ct_geometry.uniform or not ct_geometry.typical_step_mm:
+        return None
+    grid = ct_geometry.grid
+    normal = np.cross(grid.direction[:, 0], grid.direction[:, 1])
+    normal = normal / np.linalg.norm(normal)
+    k = np.arange(grid.shape[0], dtype=np.float64)
+    centres = grid.index_to_lps(np.stack([np.zeros_like(k), np.zeros_like(k), k], axis=1))
+    return NativeSlabs.of(centres @ normal, normal, float(ct_geometry.typical_step_mm))
 
 
 def fixed_channels(rois: list, channels) -> tuple:
@@ -123,7 +140,7 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
         note = roi.sparse_planes_note(thickness) if roi.skipped is None else None
         if note:
             result.meta.setdefault("warnings", []).append(f"{roi.source}: ROI {roi.name!r}: {note}")
-    if not ct_geometry.uniform:  # a CT of uneven or missing slices: its contours lie on its own slices only
+    if not ct_geometry.uniform:  # a CT of uneven or missing slices: a native slice without a contour stays empty
         gaps = []
         for mask in out_masks.masks:
             filled = mask.binary.reshape(mask.binary.shape[0], -1).any(axis=1) if mask.voxel_count else []
@@ -133,9 +150,9 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
                 gaps.append(f"{mask.roi.name!r} ({empty})")
         if gaps:
             result.meta.setdefault("warnings", []).append(
-                "the CT's slices are uneven or some are missing, and its contours lie on its own slices only: these "
-                f"ROIs' masks are empty on slices inside their extent (count): {', '.join(gaps)}: there the masks "
-                "do not follow the anatomy (the slab rule fills no slice the native CT lacks)"
+                "the CT's slices are uneven or some are missing (each contour stands for the slab of its own CT "
+                f"slice): these ROIs' masks are empty on slices inside their extent (count): {', '.join(gaps)}: "
+                "there the CT slice whose slab holds them has no contour of the ROI"
             )
     for union in out_masks.join_channels():  # a fixed channel several ROIs map to: their union, said
         parts = ", ".join(f"{j.roi.original_name!r} ({j.roi.source} ROI {j.roi.number})" for j in union.joined)
@@ -157,6 +174,12 @@ def case_masks(result, case, options, ct_geometry, contours: Optional[CaseContou
     for roi in rois:  # contours left out of an ROI that is rasterized without them
         for defect in roi.defects:
             result.meta.setdefault("warnings", []).append(f"{roi.source}: ROI {roi.name!r}: {defect}")
+    if any(roi.plane_slabs() is not None for roi in rois if roi.skipped is None):
+        out_masks.notes.append(
+            "the CT's slices are uneven or some are missing: each contour plane on one of its own slices stands for "
+            "that slice's slab (half way to its neighbouring CT slices), not [p - t/2, p + t/2); the slices the "
+            "regularization inserts take the contour of the CT slice whose slab holds them"
+        )
     if getattr(options, "roi_map", None):
         out_masks.notes.append("ROI names harmonised with the ROI map in options.roi_map")
     if channels:

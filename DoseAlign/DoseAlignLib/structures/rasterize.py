@@ -9,6 +9,11 @@ The rule (the same on every grid: the CT, the dose grid, a custom one, in any or
   way between two planes takes the one further along the normal. Centres in no slab (beyond the
   first and last contour by more than ``t/2``, or in a gap larger than ``t`` between contour
   planes) are outside: no plane is invented or interpolated.
+* On a CT of uneven or missing slices (regularized onto an even grid by the pipeline) a contour
+  plane on one of the CT's own slices stands for that slice's slab instead: half way to the
+  neighbouring native slices (:class:`~DoseAlignLib.dicom.rtstruct.NativeSlabs`), so the slices the
+  regularization inserts take the contour of the native slice whose slab holds their centre. A
+  native slice without a contour stays empty (no plane is invented there either).
 * Within the plane, the centre (projected along the normal) is inside when the plane's polygons
   hold it under the even-odd rule (holes and islands, any winding; see :mod:`.polygons`).
 
@@ -43,7 +48,9 @@ IN_PLANE_TOL = 1e-6
 # ---- plane assignment ------------------------------------------------------------------------
 
 
-def assign_planes(positions: np.ndarray, planes: np.ndarray, thickness_mm: float) -> np.ndarray:
+def assign_planes(
+    positions: np.ndarray, planes: np.ndarray, thickness_mm: float, slabs: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Index of the contour plane each position takes under the slab rule, -1 for none.
 
     Parameters
@@ -54,6 +61,10 @@ def assign_planes(positions: np.ndarray, planes: np.ndarray, thickness_mm: float
         Contour plane positions, increasing (mm).
     thickness_mm : float
         Slab thickness ``t``.
+    slabs : (M, 2) array, optional
+        Each plane's own slab ``[start, end)`` (mm) instead of ``[p - t/2, p + t/2)``
+        (:meth:`~DoseAlignLib.dicom.rtstruct.RoiContours.plane_slabs`): the nearer of the two planes
+        around a position takes it when its slab holds it, else the other one when its slab does.
 
     Returns
     -------
@@ -67,6 +78,12 @@ def assign_planes(positions: np.ndarray, planes: np.ndarray, thickness_mm: float
     lower = np.maximum(upper - 1, 0)
     choose_upper = np.abs(planes[upper] - s) <= np.abs(s - planes[lower])
     index = np.where(choose_upper, upper, lower)
+    if slabs is not None:
+        bounds = np.asarray(slabs, dtype=np.float64)
+        other = np.where(choose_upper, lower, upper)
+        held = (s >= bounds[index, 0]) & (s < bounds[index, 1])
+        other_held = (s >= bounds[other, 0]) & (s < bounds[other, 1])
+        return np.where(held, index, np.where(other_held, other, -1))
     d = s - planes[index]
     inside = (d >= -thickness_mm / 2) & (d < thickness_mm / 2)
     return np.where(inside, index, -1)
@@ -85,10 +102,14 @@ def _sub_offsets(supersampling: int) -> np.ndarray:
     return (np.arange(f) + 0.5) / f - 0.5
 
 
-def _roi_box(roi: RoiContours, grid: Grid, thickness_mm: float) -> Optional[tuple]:
+def _roi_box(roi: RoiContours, grid: Grid, thickness_mm: float, slabs: Optional[np.ndarray] = None) -> Optional[tuple]:
     """Index bounding box ``(k, j, i)`` slices of the ROI's slabs in ``grid``, None when outside."""
     points = np.concatenate([poly for plane in roi.planes for poly in plane.polygons])
-    half = thickness_mm / 2 * roi.normal
+    reach = thickness_mm / 2
+    if slabs is not None:  # the planes' own slabs: as far as the furthest reaches from its plane
+        p = roi.positions
+        reach = max(reach, float(np.max(np.maximum(p - slabs[:, 0], slabs[:, 1] - p))))
+    half = reach * roi.normal
     corners = np.concatenate([points - half, points + half])
     ijk = grid.lps_to_index(corners)
     lo = np.floor(ijk.min(axis=0)) - 1
@@ -113,7 +134,8 @@ def rasterize_roi(roi: RoiContours, grid: Grid, thickness_mm: float, supersampli
     grid : Grid
         The target grid (any orientation; uneven slices allowed).
     thickness_mm : float
-        Slab thickness ``t`` of each contour plane (mm).
+        Slab thickness ``t`` of each contour plane (mm); on a CT of uneven or missing slices the planes on its
+        own slices take their native slabs (:meth:`~DoseAlignLib.dicom.rtstruct.RoiContours.plane_slabs`).
     supersampling : int
         0 or 1: binary mask only; ``F >= 2``: also a fractional mask from ``F^3`` sub-points.
 
@@ -124,14 +146,15 @@ def rasterize_roi(roi: RoiContours, grid: Grid, thickness_mm: float, supersampli
     if roi.skipped is not None or not roi.planes:
         raise ValueError(f"ROI {roi.name!r} has no contour planes to rasterize ({roi.skipped})")
     volume_cc = voxel_volumes_cc(grid)
-    box = _roi_box(roi, grid, thickness_mm)
+    slabs = roi.plane_slabs()  # a CT of uneven or missing slices: each plane its native slice's slab
+    box = _roi_box(roi, grid, thickness_mm, slabs)
     if box is None:
         empty = np.zeros((0, 0, 0), dtype=bool)
         return RoiMask(roi, (slice(0, 0),) * 3, empty, None if supersampling < 2 else empty.astype(np.float32), 0.0)
-    binary = _rasterize_box(roi, grid, box, thickness_mm, 1)
+    binary = _rasterize_box(roi, grid, box, thickness_mm, 1, slabs)
     fraction = None
     if supersampling >= 2:
-        fraction = _rasterize_box(roi, grid, box, thickness_mm, int(supersampling))
+        fraction = _rasterize_box(roi, grid, box, thickness_mm, int(supersampling), slabs)
     box, binary, fraction = _shrink(box, binary, fraction)
     if np.ndim(volume_cc) == 1:
         volume_cc = np.asarray(volume_cc)[box[0]]
@@ -157,14 +180,18 @@ def _shrink(box: tuple, binary: np.ndarray, fraction: Optional[np.ndarray]) -> t
     return new_box, binary[sub], None if fraction is None else fraction[sub]
 
 
-def _rasterize_box(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: int) -> np.ndarray:
+def _rasterize_box(
+    roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: int, slabs: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Binary (``f == 1``, bool) or fractional (``f >= 2``, float32) mask inside ``box``."""
     if _slices_parallel(grid, roi.normal):
-        return _scanline(roi, grid, box, thickness_mm, f)
-    return _pointwise(roi, grid, box, thickness_mm, f)
+        return _scanline(roi, grid, box, thickness_mm, f, slabs)
+    return _pointwise(roi, grid, box, thickness_mm, f, slabs)
 
 
-def _scanline(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: int) -> np.ndarray:
+def _scanline(
+    roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: int, slabs: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Slices parallel to the contour planes: an even-odd scanline fill per (sub-)slice."""
     kb, jb, ib = box
     nk, nj, ni = kb.stop - kb.start, jb.stop - jb.start, ib.stop - ib.start
@@ -175,13 +202,13 @@ def _scanline(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: 
     # fine lattice of the box: point (jj, ii) sits at index (jb.start + (jj + 0.5) / f - 0.5, ...)
     window = (0, nj * f, 0, ni * f)
     if f == 1:
-        return _scanline_binary(roi, grid, box, thickness_mm, out, in_plane, window)
+        return _scanline_binary(roi, grid, box, thickness_mm, out, in_plane, window, slabs)
     cache: dict = {}
     for kk in range(nk):
         check_case_time(roi.source)
         k_sub = kb.start + kk + offsets
         origins = grid.index_to_lps(np.stack([np.zeros_like(k_sub), np.zeros_like(k_sub), k_sub], axis=-1))
-        chosen = assign_planes(origins @ roi.normal, planes, thickness_mm)
+        chosen = assign_planes(origins @ roi.normal, planes, thickness_mm, slabs)
         for origin, m in zip(origins, chosen):
             if m < 0:
                 continue
@@ -207,7 +234,14 @@ def _lattice_polygons(roi: RoiContours, m: int, origin: np.ndarray, in_plane: np
 
 
 def _scanline_binary(
-    roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, out: np.ndarray, in_plane: np.ndarray, window: tuple
+    roi: RoiContours,
+    grid: Grid,
+    box: tuple,
+    thickness_mm: float,
+    out: np.ndarray,
+    in_plane: np.ndarray,
+    window: tuple,
+    slabs: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """:func:`_scanline` for binary masks: every distinct (plane, in-plane origin) filled once, all in one batch."""
     kb = box[0]
@@ -217,7 +251,7 @@ def _scanline_binary(
     slices_of: list = []
     for kk in range(out.shape[0]):
         origins = grid.index_to_lps(np.array([[0.0, 0.0, float(kb.start + kk)]]))  # as _scanline, f = 1
-        m = int(assign_planes(origins @ roi.normal, planes, thickness_mm)[0])
+        m = int(assign_planes(origins @ roi.normal, planes, thickness_mm, slabs)[0])
         origin = origins[0]
         if m < 0:
             continue
@@ -238,7 +272,9 @@ def _scanline_binary(
     return out
 
 
-def _pointwise(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: int) -> np.ndarray:
+def _pointwise(
+    roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f: int, slabs: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Any other orientation: each voxel centre (or sub-point) tested against its plane's polygons."""
     kb, jb, ib = box
     nk, nj, ni = kb.stop - kb.start, jb.stop - jb.start, ib.stop - ib.start
@@ -259,7 +295,7 @@ def _pointwise(roi: RoiContours, grid: Grid, box: tuple, thickness_mm: float, f:
                         [ii + ib.start + di, jj + jb.start + dj, np.full(ii.shape, kb.start + kk + dk)], axis=-1
                     )
                     points = grid.index_to_lps(ijk).reshape(-1, 3)
-                    chosen = assign_planes(points @ roi.normal, planes, thickness_mm)
+                    chosen = assign_planes(points @ roi.normal, planes, thickness_mm, slabs)
                     inside = np.zeros(points.shape[0], dtype=bool)
                     for m in np.unique(chosen[chosen >= 0]):
                         sel = np.flatnonzero(chosen == m)

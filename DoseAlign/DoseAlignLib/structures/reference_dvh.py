@@ -8,6 +8,9 @@ What it computes: the solid the contours stand for, sampled finely
   are interpolated (shape-based; where the run closes, by the sections' extents), or, with
   ``between_planes="slab"``, each plane stands for the slab ``[p - t/2, p + t/2)`` of the masks'
   rule (:mod:`.structures`); in the plane the polygons count by the even-odd rule (holes and islands).
+  On a CT of uneven or missing slices each plane on a native slice stands for that slice's slab,
+  as the masks have it (:meth:`~DoseAlignLib.dicom.rtstruct.RoiContours.plane_slabs`): planes whose
+  slabs meet form runs, and the end caps reach to the end of the slab.
 * In the plane, samples lie on rows (:func:`scanline_samples`): the stretches of a row inside the
   polygons are found exactly and cut into equal pieces, a sample at the middle of each; the rows
   sit in the middle of strips whose limits include the polygons' lowest and highest points, every
@@ -49,7 +52,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..dicom.rtstruct import RoiContours, plane_basis
+from ..dicom.rtstruct import RoiContours, nearest_parts, plane_basis
 from ..geometry.grid import Grid, Volume
 from ..limits import check_case_time
 from .dvh import NEAR_MAX_CC, PERCENT_POINTS, dose_bins
@@ -508,18 +511,39 @@ class ContourSolid:
       principal axes following the Lagrange polynomial (:meth:`closing_inside`).
     """
 
-    def __init__(self, planes: list, positions: np.ndarray, thickness_mm: float, between: str = "interpolated"):
+    def __init__(
+        self,
+        planes: list,
+        positions: np.ndarray,
+        thickness_mm: float,
+        between: str = "interpolated",
+        slabs: Optional[np.ndarray] = None,
+    ):
         if between not in BETWEEN_PLANES:
             raise ValueError(f"between_planes must be one of {', '.join(BETWEEN_PLANES)}, got {between!r}")
         self.planes = planes
         self.positions = np.asarray(positions, dtype=np.float64)
         self.thickness = float(thickness_mm)
         self.between = between
-        self.intervals = slab_intervals(self.positions, self.thickness)
         has = np.array([bool(p) for p in planes])
-        gaps = np.diff(self.positions)
-        #: adjacent[m]: planes m and m + 1 belong to one run
-        self.adjacent = (gaps <= self.thickness * (1 + 1e-6)) & has[:-1] & has[1:]
+        if slabs is None:
+            self.intervals = slab_intervals(self.positions, self.thickness)
+            gaps = np.diff(self.positions)
+            #: adjacent[m]: planes m and m + 1 belong to one run
+            self.adjacent = (gaps <= self.thickness * (1 + 1e-6)) & has[:-1] & has[1:]
+        else:  # each plane's own slab (a CT of uneven or missing slices): a run where two slabs meet
+            self.intervals = nearest_parts(self.positions, slabs)
+            meet = self.intervals[:-1, 1] >= self.intervals[1:, 0] - 1e-6 * self.thickness
+            self.adjacent = meet & has[:-1] & has[1:]
+        #: how far the solid reaches beyond a plane along the normal (at most)
+        self.reach = float(
+            max(
+                self.thickness / 2,
+                np.max(np.maximum(self.positions - self.intervals[:, 0], self.intervals[:, 1] - self.positions))
+                if self.positions.size
+                else 0.0,
+            )
+        )
         self.areas = np.array([even_odd_area(p) for p in planes])
         perimeters = np.array(
             [sum(float(np.linalg.norm(np.roll(q, -1, axis=0) - q, axis=1).sum()) for q in p) for p in planes]
@@ -831,8 +855,8 @@ def _node_extremes(
     grid = dose.grid
     normal = np.asarray(roi.normal, dtype=np.float64)
     corners = np.concatenate([poly for p in roi.planes for poly in p.polygons])
-    lo_lps = corners.min(axis=0) - solid.thickness / 2
-    hi_lps = corners.max(axis=0) + solid.thickness / 2
+    lo_lps = corners.min(axis=0) - solid.reach
+    hi_lps = corners.max(axis=0) + solid.reach
     box_corners = np.array(
         [[x, y, z] for x in (lo_lps[0], hi_lps[0]) for y in (lo_lps[1], hi_lps[1]) for z in (lo_lps[2], hi_lps[2])]
     )
@@ -1096,7 +1120,7 @@ def reference_dvh(
     normal = np.asarray(roi.normal, dtype=np.float64)
     frame = _in_plane_frame(normal, dose.grid)
     planes = _project(roi, frame)
-    solid = ContourSolid(planes, roi.positions, thickness_mm, between_planes)
+    solid = ContourSolid(planes, roi.positions, thickness_mm, between_planes, roi.plane_slabs())
     areas, intervals = solid.areas, solid.intervals
     depths = np.clip(intervals[:, 1] - intervals[:, 0], 0, None)
     step = choose_step(float(areas @ depths), thickness_mm, target_samples)

@@ -25,11 +25,15 @@ def roi_points(rois: Sequence, thickness_mm: float) -> np.ndarray:
     for roi in rois:
         normal = np.asarray(roi.normal, dtype=np.float64)
         half = roi.thickness(thickness_mm) / 2.0  # its own (3006,0044) ContourSlabThickness when thicker
-        for plane in roi.planes:
+        slabs = roi.plane_slabs()  # a CT of uneven or missing slices: each plane its native slice's slab
+        for m, plane in enumerate(roi.planes):
+            below, above = (
+                (half, half) if slabs is None else (plane.position_mm - slabs[m, 0], slabs[m, 1] - plane.position_mm)
+            )
             for polygon in plane.polygons:
                 vertices = np.asarray(polygon, dtype=np.float64).reshape(-1, 3)
-                points.append(vertices - normal * half)
-                points.append(vertices + normal * half)
+                points.append(vertices - normal * below)
+                points.append(vertices + normal * above)
     return np.concatenate(points) if points else np.zeros((0, 3))
 
 
