@@ -642,3 +642,29 @@ def test_native_slabs_cut_half_way_and_leave_an_even_ct_alone():
     roi.slab_thickness_mm = 6.0  # its own (3006,0044) ContourSlabThickness: that, not the native slabs
     roi.native_slabs = native
     assert roi.plane_slabs() is None and roi.thickness(3.0) == 6.0
+
+
+def test_planes_on_every_slice_of_a_coarse_part_of_an_uneven_ct_are_not_called_sparse():
+    """An ROI contoured on every native slice where they lie 5 mm apart (a 2.5 mm CT with 5 mm slices at its ends)
+    fills every slice between them: no "leaves the slices between them empty" warning; on every other native slice
+    it still is one."""
+    from DoseAlignLib.dicom.rtstruct import NativeSlabs
+
+    z = np.concatenate([np.arange(0.0, 25.0, 5.0), np.arange(22.5, 45.0, 2.5)])
+    native = NativeSlabs.of(z, np.array([0.0, 0.0, 1.0]), 2.5)
+    every = [("CLOSED_PLANAR", rect(-5, -5, 5, 5, p)) for p in z[:5]]  # 0, 5, ..., 20: the 5 mm part
+    other = [("CLOSED_PLANAR", rect(-5, -5, 5, 5, p)) for p in z[5::2]]  # 22.5, 27.5, ...: every other 2.5 mm slice
+    rois = read_structure_set(
+        make_rtstruct(
+            [{"number": 1, "name": "Coarse", "contours": every}, {"number": 2, "name": "Other", "contours": other}]
+        )
+    )
+    for roi in rois:
+        assert roi.sparse_planes_note(2.5) is not None  # on an even 2.5 mm CT both would leave slices empty
+        roi.native_slabs = native
+    coarse, sparse = sorted(rois, key=lambda r: r.name)
+    assert coarse.sparse_planes_note(2.5) is None
+    regular = Grid.from_spacing((9, 80, 80), (1.0, 1.0, 2.5), (-39.5, -39.5, 0.0))
+    assert rasterize_roi(coarse, regular, 2.5).full(regular.shape).any(axis=(1, 2)).all()
+    note = sparse.sparse_planes_note(2.5)
+    assert note is not None and "leaves the CT slices between them empty" in note

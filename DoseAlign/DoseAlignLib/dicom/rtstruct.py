@@ -254,11 +254,21 @@ class RoiContours:
 
     def sparse_planes_note(self, thickness_mm: float) -> Optional[str]:
         """Why the ROI's mask leaves slices empty between its contour planes (None when it does not): its planes
-        lie regularly (a median over at least two gaps) more than :data:`SPARSE_PLANES_FACTOR` slabs apart."""
+        lie regularly (a median over at least two gaps) more than :data:`SPARSE_PLANES_FACTOR` slabs apart; on a CT
+        of uneven or missing slices (:meth:`plane_slabs`), the slabs of most neighbouring planes do not meet."""
         t = self.thickness(thickness_mm)
         if len(self.planes) < 3 or not t > 0:
             return None
         gap = float(np.median(np.diff(self.positions)))
+        parts = self.slab_intervals()
+        if parts is not None:  # a CT of uneven or missing slices: empty where the native slabs do not meet
+            apart = parts[1:, 0] - parts[:-1, 1] > SLAB_TOLERANCE_MM
+            if np.count_nonzero(apart) * 2 <= apart.size:
+                return None
+            return (
+                f"its contour planes lie {gap:.3g} mm apart (median) and each stands for the slab of its own CT slice "
+                "(the CT's slices are uneven or some are missing): its mask leaves the CT slices between them empty"
+            )
         if gap <= SPARSE_PLANES_FACTOR * t:
             return None
         own = "" if self.slab_thickness_mm is not None else "; no (3006,0044) ContourSlabThickness says otherwise"
