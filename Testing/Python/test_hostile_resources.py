@@ -675,3 +675,37 @@ def test_the_memory_estimate_counts_the_mask_channels(tmp_path, monkeypatch, cap
     assert main(args) == 0
     capsys.readouterr()
     assert read
+
+
+def test_a_name_of_a_hundred_components_is_removed_without_the_cubic_spellings(tmp_path):
+    """Ninth hostile trial I2: a PatientName of 100 components (a damaged value; PN allows 5 per group) made the
+    pseudonymizer spell every ordered pair and triple of them into one pattern: 4 GB and MemoryError tracebacks,
+    no manifest, the healthy patients of the batch not exported. Joined spellings are now of neighbouring
+    components; each component is still removed (checked here under a 1.5 GB address-space limit)."""
+    import resource
+
+    parts = [f"Comp{n:04d}name" for n in range(100)]
+    hostile.study(tmp_path / "in" / "healthy", "HEALTHY-1", 3)
+    truth = hostile.study(tmp_path / "in" / "damaged", "DAMAGED-2", 4)
+    for path in (tmp_path / "in" / "damaged").iterdir():
+        ds = dd.read(path)
+        ds.PatientName = "^".join(parts)
+        if ds.Modality == "RTSTRUCT":
+            ds.StructureSetROISequence[-1].ROIName = f"PTV_{parts[57]}"
+            ds.StructureSetROISequence[-2].ROIName = f"{parts[20]}{parts[21]}"
+        dd.save(ds, path)
+    assert truth.struct_file.is_file()
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1500 * 2**20, 1500 * 2**20))
+
+    out = tmp_path / "out"
+    args = ("export", str(tmp_path / "in"), str(out), "--pseudonymize", "--quiet", "--no-qa-png", "--workers", "1")
+    done = hostile.dosealign(*args, timeout=240, preexec_fn=limited)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    rows = hostile.manifest(out)
+    assert sorted(r["status"] for r in rows) == ["ok", "ok"], rows
+    text = "\n".join(p.read_text(encoding="utf-8") for p in out.rglob("*.json")).casefold()
+    text += (out / "manifest.csv").read_text(encoding="utf-8").casefold()
+    assert not [p for p in parts if p.casefold() in text]

@@ -328,13 +328,27 @@ class Identity:
             for part in spelled:
                 if len(part) >= min_name_part(part):
                     self.names.add(part)
-            if spelled:
-                self.persons.add(spelled)
+            if len(spelled) <= MAX_JOINED_PARTS:
+                if spelled:
+                    self.persons.add(spelled)
+                continue
+            # more components than a name has (a damaged value, a list pasted into one field): joined spellings
+            # are of neighbours only, each run of five (one PN group) a name of its own; the spellings of two or
+            # three of n components in any order grow as n^3 (100 components took 4 GB and a batch down)
+            for start in range(len(spelled) - _PN_GROUP + 1):
+                self.persons.add(spelled[start : start + _PN_GROUP])
 
     def add_path(self, rel: str) -> None:
         parts = PurePosixPath(rel).parts
         for n in range(1, len(parts) + 1):
             self.paths.add("/".join(parts[:n]))
+
+
+#: The most components of one name whose spellings are joined in any order: a PN has five in each of its three groups
+#: (PS3.5 6.2), and a name written in two of them (Yamada^Tarou=山田^太郎) has four to six.
+MAX_JOINED_PARTS = 8
+#: The components of one PN group (family, given, middle, prefix, suffix).
+_PN_GROUP = 5
 
 
 def _values(value) -> list:
