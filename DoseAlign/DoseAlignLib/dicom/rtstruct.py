@@ -81,7 +81,7 @@ DEFECT_SKIPS = (
 ON_SLICE_FRACTION = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compared and hashed as the one object shared by a case's ROIs
 class NativeSlabs:
     """The slabs of the slices of a CT whose slices are uneven or missing (the pipeline regularizes it).
 
