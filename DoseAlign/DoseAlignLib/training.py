@@ -48,7 +48,7 @@ from .limits import read_back
 from .options import roi_list
 from .output.case_data import CaseData, require
 from .output.case_folder import is_complete, load_meta
-from .output.datalist import DATALIST_FILE, split_by_patient
+from .output.datalist import DATALIST_FILE, patients_of_cases, split_by_patient
 from .output.hdf5 import DATASET_FILE
 from .output.out_folder import read_manifest
 
@@ -217,4 +217,4 @@ def _folder_split(folder: Path, patients: dict, split: str, seed: int, fraction:
     if datalist.is_file():
         entries = json.loads(read_back(datalist, "DOSEALIGN_META_MB").decode("utf-8")).get(split, [])
         return [Path(e["meta"]).parent.name for e in entries]
-    return split_by_patient(patients, seed, fraction)[split]
+    return split_by_patient(patients_of_cases(folder, patients), seed, fraction)[split]

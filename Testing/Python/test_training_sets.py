@@ -419,6 +419,45 @@ def test_sum_plans_reads_how_the_plans_are_related(tmp_path, relationship, inten
             assert said in row["warnings"] and truth.boost_plan_file.name in row["warnings"], row["warnings"]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 4, 5])
+def test_cases_without_a_patient_id_are_split_by_their_ct_study(tmp_path, seed):
+    """Ninth hostile trial I3: with an empty PatientID (Type 2, anonymizers blank it) each case was a patient of its
+    own, so the two plans of one CT went to both sides of the split (the same CT, body and structures in training
+    and validation), while a pseudonymized export kept them together. Such cases are grouped by their CT's study,
+    in dataset.json and in the loader's own split alike."""
+    from DoseAlignLib.training import DoseAlignDataset
+
+    for n in range(4):
+        write_phantom(tmp_path / "in" / f"p{n}", PhantomSpec(patient_id="", boost_fraction=0.25, seed=30 + n, **SMALL))
+    out = tmp_path / "out"
+    nifti = ExportFormats(("nifti",), split_seed=seed, validation_fraction=0.5)
+    report = export_folder(tmp_path / "in", out, AlignOptions(), formats=nifti, qa_png=False)
+    assert len(report.rows) == 8 and all(r["status"] == "ok" for r in report.rows), report.rows
+    study_of = {}
+    for row in report.rows:
+        assert row["patient"] == ""
+        study_of[row["case_id"]] = json.loads((out / row["case_id"] / "meta.json").read_text())["source"]["study_uid"]
+    assert len(set(study_of.values())) == 4
+    datalist = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    sides = {side: {Path(e["meta"]).parent.name for e in datalist[side]} for side in ("training", "validation")}
+    loader = {
+        side: set(DoseAlignDataset(out, side, as_tensors=False, seed=seed, validation_fraction=0.5).case_ids)
+        for side in ("training", "validation")
+    }
+    (out / "dataset.json").unlink()  # the loader's own split, computed from the folder
+    computed = {
+        side: set(DoseAlignDataset(out, side, as_tensors=False, seed=seed, validation_fraction=0.5).case_ids)
+        for side in ("training", "validation")
+    }
+    for split in (sides, loader, computed):
+        assert split["training"] and split["validation"]
+        training = {study_of[c] for c in split["training"]}
+        validation = {study_of[c] for c in split["validation"]}
+        assert not training & validation, "one CT's cases on both sides of the split"
+        assert len(split["training"]) == len(split["validation"]) == 4
+    assert sides == loader == computed
+
+
 def test_plans_of_one_plan_twice_are_not_summed(tmp_path):
     import shutil
 

@@ -38,10 +38,30 @@ from .files import json_text, temp_path
 DATALIST_FILE = "dataset.json"
 
 
+def patients_of_cases(out_dir: Path, case_patients: dict) -> dict:
+    """``case_patients`` (``{case_id: patient_id}``) with each case without a patient ID given its CT's study,
+    ``"(no PatientID) study <StudyInstanceUID>"`` (its meta.json's ``source.study_uid``): the cases of one CT (two
+    plans on it) must land in one split, as a pseudonymized export groups them. A case whose meta.json says no
+    study stays a patient of its own."""
+    from .case_folder import load_meta
+
+    out = {}
+    for case_id, patient in case_patients.items():
+        if not str(patient or "").strip():
+            try:
+                study = (load_meta(Path(out_dir) / case_id).get("source") or {}).get("study_uid")
+            except Exception:  # an unreadable meta.json: the case stays on its own (the loaders say why)
+                study = None
+            patient = f"(no PatientID) study {study}" if isinstance(study, str) and study else ""
+        out[case_id] = patient
+    return out
+
+
 def split_by_patient(case_patients: dict, seed: int = 0, validation_fraction: float = 0.2) -> dict:
     """``{"training": [case ids], "validation": [case ids], "split": {...}}`` for ``{case_id: patient_id}``.
 
-    A case without a patient ID counts as a patient of its own. IDs that differ only in case or surrounding
+    A case without a patient ID counts as a patient of its own (:func:`patients_of_cases` groups such cases
+    by their CT's study first). IDs that differ only in case or surrounding
     blanks are one patient, as the pairing takes them (named by the first spelling in sorted order).
     """
     if not 0.0 <= float(validation_fraction) < 1.0:

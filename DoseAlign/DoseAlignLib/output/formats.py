@@ -338,8 +338,16 @@ class ExportFormats:
             if added:
                 summary["added"][row["case_id"]] = added
             ok.append(row)
-        patients = {row["case_id"]: row.get("patient") or "" for row in ok}
-        from .datalist import DATALIST_FILE, common_labels, label_note, split_by_patient, write_datalist
+        from .datalist import (
+            DATALIST_FILE,
+            common_labels,
+            label_note,
+            patients_of_cases,
+            split_by_patient,
+            write_datalist,
+        )
+
+        patients = patients_of_cases(out_dir, {row["case_id"]: row.get("patient") or "" for row in ok})
 
         splits = split_by_patient(patients, self.split_seed, self.validation_fraction)
         if "hdf5" in self.formats:
