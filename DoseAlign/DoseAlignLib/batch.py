@@ -624,7 +624,7 @@ def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler
         for record, stamp in zip(source["input_files"], stamps):
             record["stamp"] = stamp
         # as meta.json records them: --centre roi:PTV_Doe as roi:PTV_[removed] (else never the same request)
-        recorded = pseudonymizer.value(recorded, text_keys=frozenset(options.roi_map or ()))
+        recorded = pseudonymizer.value(pseudonymizer.options(recorded))
     else:
         source["input_files"] = records
     return {
@@ -731,7 +731,7 @@ def _other_cases(
         return []
     recorded = options.to_dict()
     if pseudonymizer is not None:  # as meta.json records them (see _request)
-        recorded = pseudonymizer.value(recorded, text_keys=frozenset(options.roi_map or ()))
+        recorded = pseudonymizer.value(pseudonymizer.options(recorded))
     request = {
         "options": recorded,
         "option_defaults": AlignOptions().to_dict(),

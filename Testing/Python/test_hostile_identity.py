@@ -1418,3 +1418,35 @@ def test_the_map_lists_the_pseudonyms_a_case_made(tmp_path, capsys, workers):
         assert uid in mapped, f"{uid} is not in the map"
         assert sum(mapped[uid] in data.decode("latin-1") for _where, data in _all_output_bytes(out)) > 0
         assert not any(uid in data.decode("latin-1") for _where, data in _all_output_bytes(out))
+
+
+def test_a_cohort_roi_map_names_no_patient_under_pseudonymize(tmp_path, capsys):
+    """Ninth hostile trial I4: a cohort's --roi-map whose synonyms hold a patient's name and ID, used on an input
+    without that patient (a subset, a later batch), was copied whole into every case's meta.json: the synonyms
+    are not this input's identity, so neither rewritten nor caught by the check. Under --pseudonymize meta.json
+    records the map's channel names and a keyed hash of the whole map; --resume keeps the cases, and another map
+    is told apart (the cases are exported again)."""
+    import json
+
+    hostile.study(tmp_path / "in" / "p2", "OTHER-2", 12)
+    mapping = {"PTV": ["PTV_Quillfeather", "PTV_QX-77415"], "Cord": ["SpinalCord"]}
+    (tmp_path / "map.json").write_text(json.dumps(mapping), encoding="utf-8")
+    out = tmp_path / "share" / "out"
+    args = ["export", str(tmp_path / "in"), str(out), "--quiet", "--no-qa-png", "--pseudonymize"]
+    args += ["--roi-map", str(tmp_path / "map.json")]
+    assert main(args) == 0, capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    recorded = meta["options"]["roi_map"]
+    assert recorded["channels"] == ["Cord", "PTV"] and len(recorded["keyed_sha256"]) == 64
+    found = []
+    for where, data in _all_output_bytes(out):
+        squeezed = re.sub(r"[^0-9a-z]", "", data.decode("utf-8", "replace").casefold())
+        found += [f"{w} in {where}" for w in ("quillfeather", "qx77415") if w in squeezed]
+    assert not found, found
+    assert main([*args, "--resume"]) == 0
+    assert [r["status"] for r in hostile.manifest(out)] == ["skipped"]
+    mapping["PTV"].append("PTV_Other")
+    (tmp_path / "map.json").write_text(json.dumps(mapping), encoding="utf-8")
+    assert main([*args, "--resume"]) == 0
+    assert [r["status"] for r in hostile.manifest(out)] == ["ok"], "another map must not keep the case"

@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import io
 import itertools
+import json
 import os
 import re
 import secrets
@@ -686,6 +687,22 @@ class Pseudonymizer:
                 out.append(self.text(stripped))
         return ";".join(out)
 
+    def options(self, recorded: dict) -> dict:
+        """The options as meta.json records them under pseudonymization: the ``--roi-map`` as its channel names and
+        a keyed hash of the whole map. Its synonyms are ROI names of a whole cohort, which may name patients this
+        input does not hold (so neither rewritten nor found by the check); the hash still tells two maps apart
+        (``--resume``, ``--append`` and merge compare it), and only with this key."""
+        roi_map = recorded.get("roi_map")
+        if not isinstance(roi_map, dict) or not roi_map:
+            return recorded
+        canonical = json.dumps(roi_map, sort_keys=True, ensure_ascii=False)
+        recorded = dict(recorded)
+        recorded["roi_map"] = {
+            "channels": sorted(str(name) for name in roi_map),
+            "keyed_sha256": self._digest("roi_map", canonical).hex(),
+        }
+        return recorded
+
     def row(self, row: dict) -> dict:
         """A manifest row without identity (its case id and patient were set by :meth:`prepare`)."""
         out = {key: (self.value(v, key) if key not in ("case_id", "patient") else v) for key, v in row.items()}
@@ -700,11 +717,9 @@ class Pseudonymizer:
 
     def result(self, result) -> None:
         """Rewrite a case result in place before anything is written: meta, arrays of text."""
-        # ROI names used as keys: the structures' names, and the channel names of the --roi-map recorded in the
-        # options (a channel may be named after no ROI of this case, or after one renamed before this point)
-        roi_map = (result.meta.get("options") or {}).get("roi_map") or {}
-        names = frozenset(_named(result.meta)) | frozenset(roi_map if isinstance(roi_map, dict) else ())
-        meta = self.value(result.meta, text_keys=names)
+        if isinstance(result.meta.get("options"), dict):
+            result.meta["options"] = self.options(result.meta["options"])
+        meta = self.value(result.meta, text_keys=frozenset(_named(result.meta)))  # ROI names used as keys
         meta["case_id"] = result.case_id
         meta["pseudonymized"] = {
             "uids": "kept" if self.keep_uids else "keyed hashes",
