@@ -1450,3 +1450,41 @@ def test_a_cohort_roi_map_names_no_patient_under_pseudonymize(tmp_path, capsys):
     (tmp_path / "map.json").write_text(json.dumps(mapping), encoding="utf-8")
     assert main([*args, "--resume"]) == 0
     assert [r["status"] for r in hostile.manifest(out)] == ["ok"], "another map must not keep the case"
+
+
+@pytest.mark.parametrize("how", ["folder", "csv"])
+def test_the_ct_option_names_no_patient_under_pseudonymize(tmp_path, capsys, how):
+    """Ninth hostile trial I5: ``--ct "Zentrop Ilka MRN448812"`` (the CT folder, named after the patient) stood in
+    clear in meta.json's options and in the link "chosen by --ct (...)", and a CSV's patient-named path also in
+    case.h5 and dataset.h5. The link names the series by its folder token; options.ct is path tokens (the
+    folder's token is the one ct_folder has); --resume keeps the case."""
+    import json
+
+    folder = "Zentrop Ilka MRN448812"
+    hostile.study(tmp_path / "in" / folder, "ZI-1", 14)
+    if how == "folder":
+        choice = folder
+    else:
+        from DoseAlignLib.api import scan_folder
+
+        (dose,) = [o for o in scan_folder(tmp_path / "in").objects if o.kind == "RTDOSE"]
+        csv_path = tmp_path / "Zentrop_Ilka_MRN448812" / "ct.csv"
+        csv_path.parent.mkdir()
+        csv_path.write_text(f"dose,ct\n{dose.rel_path},{folder}\n", encoding="utf-8")
+        choice = str(csv_path)
+    out = tmp_path / "share" / "out"
+    args = ["export", str(tmp_path / "in"), str(out), "--quiet", "--no-qa-png", "--pseudonymize", "--ct", choice]
+    args += _formats()
+    assert main(args) == 0, capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert any("chosen by --ct" in link for link in meta["links"]), meta["links"]
+    if how == "folder":
+        assert meta["options"]["ct"] == row["ct_folder"], (meta["options"]["ct"], row["ct_folder"])
+    found = []
+    for where, data in _all_output_bytes(out):
+        squeezed = re.sub(r"[^0-9a-z]", "", data.decode("utf-8", "replace").casefold())
+        found += [f"{w} in {where}" for w in ("zentrop", "mrn448812") if w in squeezed]
+    assert not found, found
+    assert main([*args, "--resume"]) == 0
+    assert [r["status"] for r in hostile.manifest(out)] == ["skipped"]

@@ -184,7 +184,10 @@ def choose_ct(
         other = ""
         if by_reference and chosen not in by_reference:
             other = f"; the references name {', '.join(describe_series(s) for s in by_reference)}"
-        case.notes.append(f"CT {describe_series(chosen)} chosen by --ct ({request.source}){other}")
+        # the series is named (its folder); the option's value is in meta.json's options, which the
+        # pseudonymization tokenizes as a path: a folder or CSV named after the patient must not stand here
+        how = "by --ct (a CSV of dose, CT pairings)" if request.by_dose else "by --ct"
+        case.notes.append(f"CT {describe_series(chosen)} chosen {how}{other}")
         return
     candidates, how = by_reference, reference_note
     # frame of reference and study

@@ -691,16 +691,23 @@ class Pseudonymizer:
         """The options as meta.json records them under pseudonymization: the ``--roi-map`` as its channel names and
         a keyed hash of the whole map. Its synonyms are ROI names of a whole cohort, which may name patients this
         input does not hold (so neither rewritten nor found by the check); the hash still tells two maps apart
-        (``--resume``, ``--append`` and merge compare it), and only with this key."""
-        roi_map = recorded.get("roi_map")
-        if not isinstance(roi_map, dict) or not roi_map:
-            return recorded
-        canonical = json.dumps(roi_map, sort_keys=True, ensure_ascii=False)
+        (``--resume``, ``--append`` and merge compare it), and only with this key. ``--ct`` (a folder or CSV that
+        may be named after the patient, wherever it lies) as path tokens, or a UID's pseudonym."""
         recorded = dict(recorded)
-        recorded["roi_map"] = {
-            "channels": sorted(str(name) for name in roi_map),
-            "keyed_sha256": self._digest("roi_map", canonical).hex(),
-        }
+        roi_map = recorded.get("roi_map")
+        if isinstance(roi_map, dict) and roi_map:
+            canonical = json.dumps(roi_map, sort_keys=True, ensure_ascii=False)
+            recorded["roi_map"] = {
+                "channels": sorted(str(name) for name in roi_map),
+                "keyed_sha256": self._digest("roi_map", canonical).hex(),
+            }
+        ct = recorded.get("ct")
+        if isinstance(ct, str) and ct.strip():  # --ct: a CT folder, a CSV's path or a SeriesInstanceUID
+            value = ct.strip().replace("\\", "/")
+            root = self.input_root.rstrip("/")
+            if root and value.startswith(root + "/"):
+                value = value[len(root) + 1 :]  # the folder's token, as ct_folder has it
+            recorded["ct"] = self.uid(value) if value in self.identity.uids else self.path(value)
         return recorded
 
     def row(self, row: dict) -> dict:
