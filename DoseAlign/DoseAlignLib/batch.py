@@ -178,7 +178,7 @@ def export_folder(
         if notify is not None:
             notify(message)
 
-    exclude = _check_folders(input_root, out_dir, note)
+    exclude = _check_folders(input_root, out_dir, note, pseudonymized=pseudonymizer is not None)
     scan = scan_folder(input_root, workers=1 if scheduler else workers, exclude=exclude)
     linked = form_cases(scan, sum_plans=options.sum_plans, ct=options.ct)
     report.orphans, report.skipped_files, report.ignored = linked.orphans, scan.skipped, scan.ignored
@@ -426,7 +426,7 @@ def check_export_target(input_root: Path, out_dir: Path, pseudonymized: bool, ke
     (default beside OUT; a key file that does not exist yet is a new key). Raises :class:`DoseAlignError`;
     writes nothing."""
     input_root, out_dir = Path(input_root), Path(out_dir)
-    _check_folders(input_root, out_dir, lambda _message: None)
+    _check_folders(input_root, out_dir, lambda _message: None, pseudonymized=pseudonymized)
     found = inspect_output(out_dir)
     key = None
     if pseudonymized and any(c.key for c in found.cases.values()):
@@ -528,8 +528,9 @@ PSEUDONYMS_KEY = "_pseudonyms"
 KEPT = "complete from an earlier run with the same options: kept"
 
 
-def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None]) -> list:
-    """Refuse an input that is no folder or is the output folder; the folders the scan leaves out."""
+def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None], pseudonymized: bool = False) -> list:
+    """Refuse an input that is no folder or is the output folder (or lies inside a pseudonymized export's output
+    folder); the folders the scan leaves out."""
     if not input_root.exists():
         raise DoseAlignError("the input folder does not exist", path=input_root, hint="nothing was written")
     if not input_root.is_dir():
@@ -552,6 +553,13 @@ def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None])
             "(better: an output folder outside the input)"
         )
         return [real_out]
+    if input_in_out is not None and pseudonymized:  # the folder meant for sharing would hold the DICOM itself
+        raise DoseAlignError(
+            f"the input folder {input_root} is inside the output folder of a pseudonymized export, which would "
+            "then be shared with every identifying DICOM file",
+            path=out_dir,
+            hint="choose an output folder outside the input's folders; nothing was written",
+        )
     if input_in_out is not None:
         note(
             f"the input folder {input_root} is inside the output folder: it is left alone and not listed in "

@@ -417,6 +417,28 @@ def _same_but_identity(plain, pseudo, identity: dict, where: str) -> None:
         assert held, f"{where}: {plain!r} became {pseudo!r} though it identifies nobody"
 
 
+def test_a_pseudonymized_export_never_holds_its_input(study, tmp_path, capsys):
+    """Ninth hostile trial I7: an input inside OUT was a note only ("left alone ... better: an output folder beside
+    the input"), so the folder meant for sharing held every identifying DICOM file. Under --pseudonymize it is
+    refused before anything is written, the key included; a plain export there keeps its note."""
+    import shutil
+
+    out = tmp_path / "share"
+    shutil.copytree(study["root"], out / "in")
+    key = tmp_path / "keys" / "new.key"
+    key.parent.mkdir()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code = main(["export", str(out / "in"), str(out), "--quiet", "--pseudonymize", "--key-file", str(key)])
+    err = capsys.readouterr().err
+    assert code == 2 and "inside the output folder of a pseudonymized export" in err, err
+    assert "nothing was written" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no key, no map, no case
+    assert main(["export", str(out / "in"), str(out), "--quiet", "--no-qa-png"]) in (0, 1)  # a damaged file: 1
+    printed = capsys.readouterr()
+    assert "inside the output folder: it is left alone" in printed.out + printed.err
+    assert (out / "manifest.csv").is_file()
+
+
 def test_key_and_map_never_inside_the_output(study, tmp_path, capsys):
     out = tmp_path / "out"
     assert _export(study, out, "--map-file", str(out / "map.csv")) == 2
