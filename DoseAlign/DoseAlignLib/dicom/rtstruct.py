@@ -39,6 +39,8 @@ COPLANAR_TOLERANCE_MM = 0.05
 CONTOUR_DATA = 0x30060050
 CONTOUR_SLAB_THICKNESS = 0x30060044
 CONTOUR_OFFSET_VECTOR = 0x30060045
+#: A (3006,0044) ContourSlabThickness beyond this (mm) is damage: no contour stands for a metre of anatomy.
+MAX_SLAB_MM = 1000.0
 #: ContourSlabThickness values (mm) of one ROI's contours that differ by less than this are one thickness.
 SLAB_TOLERANCE_MM = 1e-3
 #: An ROI whose contour planes lie a median of more than this many slab thicknesses apart leaves slices
@@ -477,6 +479,12 @@ def _apply_slabs(roi: RoiContours, slabs: list) -> None:
     if len(given) < len(slabs):
         roi.notes.append(
             f"(3006,0044) ContourSlabThickness given on {len(given)} of {len(slabs)} contours only: not used"
+        )
+        return
+    if max(given) > MAX_SLAB_MM:  # a damaged value: the slab would reach metres beyond the planes (and cost memory)
+        roi.notes.append(
+            f"(3006,0044) ContourSlabThickness {max(given):g} mm is beyond {MAX_SLAB_MM:g} mm (damaged, not anatomy): "
+            "not used"
         )
         return
     if max(given) - min(given) > SLAB_TOLERANCE_MM:
