@@ -1210,12 +1210,14 @@ def _small_study_exported(tmp_path, capsys, patient: str, seed: int) -> tuple:
     return root, truth, plain, reference
 
 
-def test_contours_written_twice_are_kept_once_and_said(tmp_path, capsys):
+@pytest.mark.parametrize("copied", ["exactly", "rounded otherwise"])
+def test_contours_written_twice_are_kept_once_and_said(tmp_path, capsys, copied):
     """From the eighth hostile trial (H1): an ROI whose contours were each written twice in their plane (merged or
     copied structure sets do this) came out with 0 voxels and status ok: the even-odd rule made each copy a hole of
     its original. A copy (the same polygon, from another start vertex or in the other direction) is now dropped with
     a note, and the case exports as without the copies: the same masks, the same contour volume and reference DVH
-    (no audit flag of its own)."""
+    (no audit flag of its own). A near copy, its vertices rounded otherwise (within 0.1 mm), cut a sliver-thin hole
+    (stop 22, noticed): it is a copy too."""
     root, truth, plain, reference = _small_study_exported(tmp_path, capsys, "TWICE-1", 16)
     ds = dd.read(truth.struct_file)
     name, item = _largest_roi_contours(ds)
@@ -1227,6 +1229,8 @@ def test_contours_written_twice_are_kept_once_and_said(tmp_path, capsys):
             points = np.roll(points, 2, axis=0)
         elif n % 3 == 2:  # the other direction, from another start vertex
             points = np.roll(points[::-1], 1, axis=0)
+        if copied == "rounded otherwise":  # in-plane coordinates off by up to 0.07 mm, the plane's position kept
+            points[:, :2] = np.round(points[:, :2] + 0.03, 1) + 0.02
         copy_.ContourData = [float(v) for v in points.ravel()]
         copies.append(copy_)
     count = len(copies)

@@ -668,3 +668,17 @@ def test_planes_on_every_slice_of_a_coarse_part_of_an_uneven_ct_are_not_called_s
     assert rasterize_roi(coarse, regular, 2.5).full(regular.shape).any(axis=(1, 2)).all()
     note = sparse.sparse_planes_note(2.5)
     assert note is not None and "leaves the CT slices between them empty" in note
+
+
+def test_a_near_copy_of_a_contour_is_the_same_contour_only_when_large_against_the_shift():
+    """A contour rounded otherwise (vertices within 0.1 mm) is the same contour written twice; tiny contours a tenth of
+    a millimetre apart are two contours (the tolerance is at most 1 % of the contour's size)."""
+    from DoseAlignLib.dicom.rtstruct import _same_polygon
+
+    square = np.array([[0.0, 0.0, 5.0], [50.0, 0.0, 5.0], [50.0, 40.0, 5.0], [0.0, 40.0, 5.0]])
+    shifted = square + [0.07, -0.05, 0.0]
+    assert _same_polygon(square, np.roll(shifted[::-1], 1, axis=0))  # other start vertex and direction
+    assert not _same_polygon(square, square + [0.2, 0.0, 0.0])
+    tiny = square / 100  # 0.5 x 0.4 mm
+    assert _same_polygon(tiny, tiny.copy())
+    assert not _same_polygon(tiny, tiny + [0.05, 0.0, 0.0])

@@ -20,6 +20,7 @@ from the largest contour). Positions are in mm along that normal, in the LPS fra
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -515,14 +516,22 @@ def _group_planes(polygons: list, normal: np.ndarray) -> list:
     return planes
 
 
+#: Two contours of one plane whose vertices lie this close (mm, each coordinate) are one contour written twice
+#: (rounded differently by two writers, or copied through a format of fewer digits); for contours under 10 mm
+#: across, 1 % of their size (tiny contours a tenth of a millimetre apart are two contours).
+COPY_TOLERANCE_MM = 0.1
+
+
 def _same_polygon(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether ``a`` and ``b`` are the same closed polygon: the same vertices in the same cyclic order,
-    from any start vertex and in either direction (coordinates compared exactly)."""
+    """Whether ``a`` and ``b`` are the same closed polygon: the same vertices (each coordinate within
+    :data:`COPY_TOLERANCE_MM`, or 1 % of ``a``'s size when smaller) in the same cyclic order, from any start vertex
+    and in either direction."""
     if a.shape != b.shape:
         return False
+    tolerance = min(COPY_TOLERANCE_MM, 0.01 * float(np.max(a.max(axis=0) - a.min(axis=0))))
     for candidate in (b, b[::-1]):
-        for start in np.flatnonzero(np.all(candidate == a[0], axis=1)):
-            if np.array_equal(np.roll(candidate, -int(start), axis=0), a):
+        for start in np.flatnonzero(np.all(np.abs(candidate - a[0]) <= tolerance, axis=1)):
+            if np.all(np.abs(np.roll(candidate, -int(start), axis=0) - a) <= tolerance):
                 return True
     return False
 
@@ -530,29 +539,34 @@ def _same_polygon(a: np.ndarray, b: np.ndarray) -> bool:
 def _drop_repeated_contours(roi: RoiContours) -> None:
     """Keep one of each set of identical contours in a plane of ``roi`` (:func:`_same_polygon`), said in its notes.
 
-    Merged or copied structure sets write a contour twice; read by the even-odd rule the copy would cut the
-    contour out as a hole (every contour written twice: an empty mask). A contour is compared only with those of
-    its plane with as many vertices and the same bounding box.
+    Merged or copied structure sets write a contour twice, exactly or rounded otherwise; read by the even-odd rule
+    the copy would cut the contour out as a hole (every contour written twice: an empty mask; a near copy: a
+    sliver). A contour is compared only with those of its plane with as many vertices and a bounding-box corner
+    in the same or a neighbouring cell of :data:`COPY_TOLERANCE_MM`.
     """
     dropped = 0
+    neighbours = [np.array(d) for d in itertools.product((-1, 0, 1), repeat=3)]
     for plane in roi.planes:
         if len(plane.polygons) < 2:
             continue
         kept: list = []
         seen: dict = {}
         for polygon in plane.polygons:
-            key = (polygon.shape[0], *polygon.min(axis=0).tolist(), *polygon.max(axis=0).tolist())
-            twins = seen.setdefault(key, [])
+            corner = np.floor(polygon.min(axis=0) / COPY_TOLERANCE_MM).astype(np.int64)
+            twins = (
+                other for step in neighbours for other in seen.get((polygon.shape[0], *(corner + step).tolist()), ())
+            )
             if any(_same_polygon(polygon, other) for other in twins):
                 dropped += 1
                 continue
-            twins.append(polygon)
+            seen.setdefault((polygon.shape[0], *corner.tolist()), []).append(polygon)
             kept.append(polygon)
         plane.polygons = kept
     if dropped:
         roi.notes.append(
-            f"{dropped} contour(s) dropped: each the same polygon as another contour of this ROI in its plane (a "
-            "contour written twice; read by the even-odd rule the copy would make the contour a hole)"
+            f"{dropped} contour(s) dropped: each the same polygon as another contour of this ROI in its plane, "
+            f"vertices within {COPY_TOLERANCE_MM:g} mm (a contour written twice; read by the even-odd rule the copy "
+            "would make the contour a hole)"
         )
 
 
