@@ -38,6 +38,7 @@ from .api import (
     parse_ints,
     terminal_safe,
 )
+from .errors import OutputFault, output_fault
 
 
 def _demo_spec():
@@ -48,6 +49,8 @@ def _demo_spec():
 
 #: Exit codes beyond 0/1/2 (see the module docstring).
 EXIT_NOTHING = 3
+#: The output could not be written (a full disk): as :data:`DoseAlignLib.batch.EXIT_FAULT`.
+EXIT_FAULT = 4
 EXIT_INTERRUPTED = 130
 #: What a shell reports for a command ended by SIGTERM (128 + 15): here the export ended cleanly (as by Ctrl-C).
 EXIT_TERMINATED = 143
@@ -611,7 +614,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_demo_folder(args.output, dicom_dir)
     progress = _ProgressLine(quiet=args.quiet)
     _announce(args, options, progress)
-    truth = api.write_phantom(dicom_dir, _demo_spec())
+    try:
+        truth = api.write_phantom(dicom_dir, _demo_spec())
+    except OSError as error:  # a full disk: each file is written whole or not at all, so a rerun can go on
+        raise output_fault(error, dicom_dir) from None
     print(
         f"wrote a synthetic DICOM-RT study to {dicom_dir} ({len(truth.ct_files)} CT slices, {len(truth.dose_files)} RTDOSE)"
     )
@@ -1024,6 +1030,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except NothingToExport as error:
         print(f"dosealign: {error}", file=sys.stderr)
         return EXIT_NOTHING
+    except OutputFault as error:  # the demo's study or merge's files could not be written (a full disk)
+        print(f"dosealign: {error}", file=sys.stderr)
+        return EXIT_FAULT
     except ValueError as error:
         if isinstance(error, DoseAlignError):
             print(f"dosealign: {error}", file=sys.stderr)

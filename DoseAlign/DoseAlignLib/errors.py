@@ -130,6 +130,8 @@ def output_fault(error: OSError, where=None) -> OutputFault:
     import errno as errno_names
     import os
 
+    while error.errno is None and isinstance(error.__cause__, OSError):  # pydicom re-raises "With tag ... got
+        error = error.__cause__  # exception: [Errno 28] ... Traceback ..." as a new OSError without the errno
     code = errno_names.errorcode.get(error.errno or 0, "")
     cause = f"{error.strerror or error}" + (f" ({code})" if code else "")
     filename = getattr(error, "filename", None)

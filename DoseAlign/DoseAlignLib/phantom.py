@@ -20,7 +20,9 @@ read back from those strings, so it matches the files to about 1e-12 mm.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -720,10 +722,20 @@ def _new_file(sop_class: str, sop_uid: str, common: dict) -> FileDataset:
 
 
 def _save(ds: FileDataset, path: Path) -> Path:
-    if _PYDICOM3:
-        ds.save_as(path, enforce_file_format=True)
-    else:
-        ds.save_as(str(path), write_like_original=False)
+    """Write ``ds`` to ``path`` whole or not at all (a hidden temporary name beside it, then renamed): a full disk
+    leaves no file cut short that a later run would take for a user's edit."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        if _PYDICOM3:
+            ds.save_as(temporary, enforce_file_format=True)
+        else:
+            ds.save_as(str(temporary), write_like_original=False)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
     return path
 
 

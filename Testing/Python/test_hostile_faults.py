@@ -95,6 +95,30 @@ def test_a_full_disk_stops_the_export_cleanly(cohort, tmp_path):
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+def test_the_demo_on_a_full_disk_stops_cleanly_and_runs_again(tmp_path):
+    """Ninth hostile trial I8: ``dosealign demo D`` on a full disk ended in ~60 lines of tracebacks (exit 1) and left a
+    DICOM file cut short, which every later demo then refused as the user's edit. Now: exit 4 naming ENOSPC, each
+    demo file whole or absent, and the demo runs again once there is room."""
+    import pydicom
+
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "6m"):
+        pytest.skip("a small tmpfs cannot be mounted here (not root, or no permission)")
+    try:
+        done = hostile.dosealign("demo", str(disk / "d"), "--quiet", "--no-qa-png", timeout=600)
+        assert done.returncode == 4, done.stdout + done.stderr
+        assert "No space left on device (ENOSPC)" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        written = sorted((disk / "d" / "dicom").iterdir())
+        assert written and not [p.name for p in written if p.name.startswith(".")], "a partial file was left"
+        for path in written:
+            pydicom.dcmread(str(path))  # whole: a file cut short does not read
+        subprocess.run(["mount", "-o", "remount,size=60m", str(disk)], check=True)
+        done = hostile.dosealign("demo", str(disk / "d"), "--quiet", "--no-qa-png", timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def _file_size_limit(limit: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
