@@ -114,6 +114,7 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
         doses, dose_meta, native, ct_note, ct_grid, target, how, placement, ct_box = _doses_and_target(
             case, options, geometry, contours, read_ct_now
         )
+        copies = dose_meta.pop(_COPIES_KEY, [])
         ct_is_output = target.equal(geometry.grid)  # read_ct gives the CT on its own grid
         if sink is not None and ct_is_output:
 
@@ -152,8 +153,8 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     dose_volume = Volume(dose_out, target, doses[0][0].units, "dose")
 
     meta = _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, audit_native)
-    if case.warnings:
-        meta.setdefault("warnings", []).extend(case.warnings)
+    if case.warnings or copies:
+        meta.setdefault("warnings", []).extend([*case.warnings, *copies])
     if geometry.warnings:
         meta.setdefault("warnings", []).extend(geometry.warnings)
     if dose_meta["type"] == "EFFECTIVE":  # Gy all the same, but biologically weighted: said where it is read
@@ -520,6 +521,7 @@ def _read_doses(case: Case, options: AlignOptions) -> tuple:
             tag="(3004,0004) DoseType",
         )
     first_info = doses[0][2]
+    copies = _copied_doses(case, doses)
     dose_meta = {
         "units": first_info.units,
         "type": first_info.dose_type,
@@ -530,7 +532,37 @@ def _read_doses(case: Case, options: AlignOptions) -> tuple:
         "bits_allocated": [d[2].bits_allocated for d in doses],
         "native_grids": [{**d[0].grid.to_dict(), **d[1].describe()} for d in doses],
     }
+    if copies:
+        dose_meta[_COPIES_KEY] = copies  # taken off into the case's warnings (run_case)
     return doses, dose_meta
+
+
+#: dose_meta's key for the warnings of :func:`_copied_doses` (not part of meta.json's ``dose``).
+_COPIES_KEY = "_copies"
+
+
+def _copied_doses(case: Case, doses: list) -> list:
+    """A warning for each dose of a sum that is the same grid and the same values as an earlier one of it (a plan
+    copied under new UIDs, a dose file exported twice): the sum would count it twice."""
+    if len(doses) < 2:
+        return []
+    import hashlib
+
+    seen: dict = {}
+    said = []
+    for obj, (volume, _geometry, _info) in zip(case.doses, doses):
+        array = np.ascontiguousarray(volume.array)
+        key = (hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest(), array.shape, str(array.dtype))
+        earlier = seen.get(key)
+        if earlier is not None and earlier[1].grid.equal(volume.grid) and np.array_equal(earlier[1].array, array):
+            said.append(
+                f"RTDOSE {obj.rel_path} holds the same dose as {earlier[0].rel_path} (same grid, same values), and "
+                f"this case sums both ({case.summation_type}): if one is a copy of the other, the sum counts it twice"
+                + (" (export without --sum-plans)" if case.summation_type == "PLAN_SUM" else "")
+            )
+        else:
+            seen.setdefault(key, (obj, volume))
+    return said
 
 
 def _native_sum(doses: list) -> Optional[Volume]:

@@ -458,6 +458,31 @@ def test_cases_without_a_patient_id_are_split_by_their_ct_study(tmp_path, seed):
     assert sides == loader == computed
 
 
+def test_a_plan_copied_under_new_uids_is_summed_with_a_warning(tmp_path):
+    """Ninth hostile trial (I1's variant): a plan copied under new UIDs (same label, no reference to the first) with
+    its dose copied too was summed by --sum-plans into twice the dose, ok, no word. Two plans may well give the
+    same dose on purpose, so the sum stands, with a case warning naming both files."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    truth = write_phantom(tmp_path / "dicom", PhantomSpec(patient_id="COPY", seed=12, **SMALL))
+    plan = pydicom.dcmread(str(truth.plan_file))
+    plan.SOPInstanceUID = plan.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    plan.save_as(str(tmp_path / "dicom" / "copy-plan.dcm"))
+    plan_dose = next(p for p in (tmp_path / "dicom").iterdir() if "PLAN" in _summation(p))
+    dose = pydicom.dcmread(str(plan_dose))
+    dose.SOPInstanceUID = dose.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dose.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID = plan.SOPInstanceUID
+    dose.save_as(str(tmp_path / "dicom" / "copy-dose.dcm"))
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(sum_plans=True), qa_png=False)
+    (row,) = report.rows
+    assert row["status"] == "ok" and row["summation_type"] == "PLAN_SUM", row
+    assert "holds the same dose as" in row["warnings"] and "copy-dose.dcm" in row["warnings"], row["warnings"]
+    assert plan_dose.name in row["warnings"] and "--sum-plans" in row["warnings"]
+    single = export_folder(tmp_path / "dicom", tmp_path / "one-each", AlignOptions(), qa_png=False)
+    assert all("same dose" not in r["warnings"] for r in single.rows)
+
+
 def test_plans_of_one_plan_twice_are_not_summed(tmp_path):
     import shutil
 
