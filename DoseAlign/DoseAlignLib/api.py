@@ -106,6 +106,7 @@ _EXPORTS = {
     "NothingToExport": ".errors",
     "what_was_found": ".batch",
     "check_export_target": ".batch",
+    "check_writable": ".batch",
     "default_workers": ".parallel",
     "check_scheduler": ".parallel",
     "options_from_args": ".arguments",

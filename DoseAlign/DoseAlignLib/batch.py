@@ -546,7 +546,7 @@ def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None],
             path=out_dir,
             hint="choose an output folder outside the input; nothing was written",
         )
-    _check_writable(out_dir)
+    check_writable(out_dir)
     if out_in_input is not None:
         note(
             f"the output folder {out_dir} is inside the input folder: it is left out of the scan "
@@ -568,8 +568,9 @@ def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None],
     return []
 
 
-def _check_writable(out_dir: Path) -> None:
-    """Before the scan, without creating anything: can ``out_dir`` be written (or created)?"""
+def check_writable(out_dir: Path) -> None:
+    """Before the scan, without creating anything: can ``out_dir`` be written (or created)? Raises
+    :class:`DoseAlignError` naming the folder and why not."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DoseAlignError("the output path exists and is not a folder", path=out_dir, hint="choose a folder")
     existing = out_dir if out_dir.exists() else next((p for p in out_dir.absolute().parents if p.exists()), None)

@@ -640,6 +640,9 @@ def _check_demo_folder(out_dir: Path, dicom_dir: Path) -> None:
     OUT), or in OUT/dicom anything but an earlier demo's study (the demo would add its files to it and
     export them all). Raises :class:`DoseAlignError`; writes nothing."""
     hint = "choose a new output folder for the demo; nothing was written"
+    api.check_writable(out_dir)  # a file, a read-only place: said now, not as a traceback from the first write
+    if dicom_dir.exists() or dicom_dir.is_symlink():
+        api.check_writable(dicom_dir)
     found = api.inspect_output(out_dir)
     if found.dicom_files:
         raise DoseAlignError(
@@ -906,12 +909,16 @@ def _defer_sigint_in_imports():
     previous = signal.getsignal(signal.SIGINT)
     if previous is not signal.default_int_handler:
         return None
+    _TERMINATION_HELD[:] = [api.termination_is_held]  # looked up now: the handler must import nothing
     signal.signal(signal.SIGINT, _interrupted)
     return previous
 
 
 def _interrupted(_signum, frame) -> None:
-    if _importing(frame):
+    # as SIGTERM (:func:`_terminated`): raised inside a pool's start it left a pool that could not be shut down
+    # (exit 1, "cannot join thread before it is started"), inside a fork's handlers it was lost and the export
+    # went on (ninth hostile trial I9): sent again once such a block is over
+    if _importing(frame) or (_TERMINATION_HELD and _TERMINATION_HELD[0]()):
         again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGINT))
         again.daemon = True
         try:

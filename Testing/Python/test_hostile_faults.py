@@ -119,6 +119,16 @@ def test_the_demo_on_a_full_disk_stops_cleanly_and_runs_again(tmp_path):
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+def test_the_demo_into_a_file_is_a_folder_error(tmp_path):
+    """Ninth hostile trial (I8): ``dosealign demo D`` where D is a file ended in a NotADirectoryError traceback,
+    exit 1 (an export there: exit 2, one line). Now the same one line and exit 2."""
+    (tmp_path / "dfile").write_text("hi\n")
+    done = hostile.dosealign("demo", str(tmp_path / "dfile"), "--quiet", "--no-qa-png", timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "exists and is not a folder" in done.stderr
+    assert (tmp_path / "dfile").read_text() == "hi\n"
+
+
 def _file_size_limit(limit: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
@@ -1582,3 +1592,31 @@ def test_ctrl_c_inside_an_import_that_swallows_it_is_an_interruption(cohort, tmp
     done = _export_script(_CTRL_C_INSIDE_NUMPYS_IMPORT, cohort, tmp_path / "out")
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr and "interrupted" in done.stderr, done.stderr
+
+
+_CTRL_C_IN_A_HELD_BLOCK = """
+import os, signal, sys, time
+from DoseAlignLib import cli
+from DoseAlignLib.errors import termination_held
+
+cli._defer_sigint_in_imports()
+try:
+    with termination_held():  # as a pool's start: its processes forked, its thread started
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        print("held block finished")
+    time.sleep(2)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted after the block")
+"""
+
+
+def test_ctrl_c_in_a_pool_start_comes_after_it(tmp_path):
+    """Ninth hostile trial I9: a Ctrl-C that landed while the scan's pool was starting ended with exit 1 and two
+    tracebacks ("cannot join thread before it is started"), or was lost in a fork's handler and the export ran to
+    the end (exit 0). Like SIGTERM, it is sent again once such a block is over, then interrupts."""
+    done = hostile.python(_CTRL_C_IN_A_HELD_BLOCK, timeout=60)
+    assert done.stdout.split("\n")[:2] == ["held block finished", "interrupted after the block"], (
+        done.stdout + done.stderr
+    )
