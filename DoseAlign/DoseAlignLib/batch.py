@@ -622,7 +622,7 @@ def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler
     """What this run would record in the case's meta.json, for ``--resume`` to compare."""
     source = {"rtdose_files": [d.rel_path for d in case.doses]}
     if case.ct is not None:
-        source["ct_files"] = [s.rel_path for s in case.ct.slices]
+        source["ct_files"] = [s.rel_path for s in case.ct.file_objects]
         source["rtstruct_files"] = [s.rel_path for s in case.structs]
         source["rtplan_file"] = case.plan.rel_path if case.plan is not None else None
     records = input_files(case)

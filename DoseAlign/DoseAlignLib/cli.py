@@ -456,11 +456,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     )
     print(f"\nCases ({len(linked.cases)}):")
     for case in linked.cases:
-        status = (
-            "cannot export: " + case.error
-            if case.error
-            else f"CT {case.ct.folder or '.'} ({len(case.ct.slices)} slices)"
-        )
+        status = "cannot export: " + case.error if case.error else f"CT {case.ct.folder or '.'} ({_ct_slices(case.ct)})"
         print(f"  {case.case_id}  [{case.summation_type}]  {', '.join(case.dose_files)}")
         print(f"      {status}")
         for note in case.notes:
@@ -493,6 +489,17 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if not linked.cases:
         print(f"\n{api.what_was_found(scan, linked)}")
     return code
+
+
+def _ct_slices(series) -> str:
+    """A CT's size as scan lists it: its slices, and the multi-frame files whose frames they are."""
+    files = series.file_objects
+    multi = sum(1 for obj in files if "frame" in obj.info)
+    text = f"{len(series.slices)} slices"
+    if multi:
+        text += f": the frames of {multi} multi-frame file{'s' if multi > 1 else ''}"
+        text += f" and {len(files) - multi} single-frame files" if len(files) > multi else ""
+    return text
 
 
 def _scan_document(root: Path, scan, linked) -> dict:

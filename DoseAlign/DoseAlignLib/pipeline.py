@@ -262,6 +262,13 @@ def case_memory(case: Case, options: AlignOptions, geometry) -> tuple:
     parts = {"CT": int(np.prod(geometry.grid.shape)) * ct_bytes}
     if geometry.needs_regularization:
         parts["regularized CT"] = int(np.prod(ct_grid.shape)) * ct_bytes
+    decoded = [  # a multi-frame CT file that is not read in place is decoded whole: its stored data and values
+        4 * int(obj.info.get("frames") or 1) * int(obj.info.get("rows") or 0) * int(obj.info.get("columns") or 0)
+        for obj in case.ct.file_objects
+        if "frame" in obj.info and obj.info.get("pixel_position") is None
+    ]
+    if decoded:
+        parts["CT frames decoded (multi-frame file)"] = max(decoded)
     grids = []
     doses = 0
     for obj in case.doses:
@@ -603,7 +610,7 @@ def _resample_dose(volume: Volume, target, interpolator: Interpolator, resampler
 
 def _meta(case, options, ct_volume, dose_volume, geometry, ct_note, how, dose_meta, native) -> dict:
     grid = ct_volume.grid
-    ct_files = [case.ct.slices[i].rel_path for i in geometry.order]
+    ct_files = list(dict.fromkeys(case.ct.slices[i].rel_path for i in geometry.order))  # a multi-frame file once
     ct_meta = {
         "checks": geometry.checks,
         "slice_step_mm": geometry.typical_step_mm,

@@ -3,6 +3,8 @@
 Slices are ordered by their position along the slice normal (row x column), never by
 InstanceNumber or file name. Uneven spacing, missing slices and gantry tilt are detected; such a
 series keeps its exact geometry here and is regularized onto an orthogonal grid by the pipeline.
+The frames of a multi-frame (Enhanced) CT file are slices like any other, each with its own position,
+orientation and rescale from the file's functional groups (:mod:`.enhanced`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from ..errors import GeometryError, InputError
 from ..geometry.grid import Grid, Volume, orientation_vectors
 from . import headers
+from .enhanced import FRAME_TAGS, frame_name
 from .scan import CtSeries
 
 #: Slice positions closer than this (mm) are the same position.
@@ -63,9 +66,20 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     positions = []
     for obj in series.slices:
         ipp = obj.info.get("image_position")
+        tag = _tag(obj, "image_position", tag_ipp)
+        if obj.info.get("rescale_missing"):
+            raise InputError(
+                f"{_frame(obj)}no (0028,9145) PixelValueTransformationSequence, though other frames have theirs: "
+                "its RescaleSlope and RescaleIntercept are unknown",
+                path=obj.path,
+                tag=FRAME_TAGS["rescale_slope"],
+                hint="the file is damaged; export the CT again",
+            )
         if ipp is None or len(ipp) != 3 or not np.all(np.isfinite(ipp)):
-            raise GeometryError(f"ImagePositionPatient is missing or invalid: {ipp}", path=obj.path, tag=tag_ipp)
-        headers.check_range(np.asarray(ipp), "ImagePositionPatient", tag_ipp, obj.path, headers.MAX_COORDINATE_MM)
+            raise GeometryError(
+                f"{_frame(obj)}ImagePositionPatient is missing or invalid: {ipp}", path=obj.path, tag=tag
+            )
+        headers.check_range(np.asarray(ipp), "ImagePositionPatient", tag, obj.path, headers.MAX_COORDINATE_MM)
         positions.append(ipp)
     positions = np.array(positions, dtype=np.float64)
     distance = positions @ normal
@@ -78,11 +92,18 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
         if np.any(same):
             n = int(np.argmax(same))
             a, b = series.slices[order[n]], series.slices[order[n + 1]]
+            several = "frame" in a.info and "frame" in b.info and a.path == b.path
             raise GeometryError(
-                f"two slices at one position ({distance[n]:.3f} mm along the normal): {a.rel_path} and {b.rel_path}",
+                f"two slices at one position ({distance[n]:.3f} mm along the normal): {frame_name(a)} and "
+                f"{frame_name(b)}",
                 path=b.path,
-                tag=tag_ipp,
-                hint="remove the duplicate slice or split the series",
+                tag=_tag(b, "image_position", tag_ipp),
+                hint=(
+                    "the multi-frame CT holds more than one volume (stacks, phases or reconstructions): export the "
+                    "one volume wanted as its own series"
+                    if several
+                    else "remove the duplicate slice or split the series"
+                ),
             )
     offsets = distance - distance[0]
     steps = np.diff(offsets)
@@ -91,7 +112,7 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     if steps.size:
         typical = float(np.median(steps))
     else:  # one slice: no position to take the step from
-        typical, why = _single_slice_step(first.path, spacing)
+        typical, why = _single_slice_step(first, spacing)
         warnings.append(f"{first.rel_path}: the CT has one slice; its slice step is {why}")
     uniform = bool(
         steps.size == 0 or np.all(np.abs(steps - typical) <= max(SAME_POSITION_MM, UNIFORM_STEP_FRACTION * typical))
@@ -102,10 +123,10 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
         median = float(np.median(distance))
         stray = a if abs(distance[n] - median) > abs(distance[n + 1] - median) else b
         raise GeometryError(
-            f"{b.rel_path} lies {steps[n]:.4g} mm after {a.rel_path} along the slice normal, "
+            f"{frame_name(b)} lies {steps[n]:.4g} mm after {frame_name(a)} along the slice normal, "
             f"{steps[n] / typical:.0f} typical steps of {typical:.4g} mm: not a few missing slices",
             path=stray.path,
-            tag=tag_ipp,
+            tag=_tag(stray, "image_position", tag_ipp),
             hint="a slice of another scan or a damaged position; remove it or fix the series",
         )
     missing = []
@@ -143,9 +164,9 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
             worst = int(np.argmax(np.linalg.norm(drift - np.median(drift, axis=0), axis=1)))
             raise GeometryError(
                 "slice origins do not lie on one line (neither a stack nor a tilted stack); "
-                f"{series.slices[order[worst]].rel_path} is {residual[worst]:.3g} mm off",
+                f"{frame_name(series.slices[order[worst]])} is {residual[worst]:.3g} mm off",
                 path=series.slices[order[worst]].path,
-                tag=tag_ipp,
+                tag=_tag(series.slices[order[worst]], "image_position", tag_ipp),
             )
         tilt = float(np.degrees(np.arctan(np.linalg.norm(shear))))
         if not uniform:
@@ -181,10 +202,16 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     return CtGeometry(grid, [int(i) for i in order], uniform, typical, tilt, missing, checks, warnings)
 
 
-def _single_slice_step(path, spacing) -> tuple:
+def _single_slice_step(obj, spacing) -> tuple:
     """``(step mm, how it was found)`` of a one-slice CT: its (0018,0050) SliceThickness, else (0018,0088)
-    SpacingBetweenSlices, when positive and plausible; else the smallest in-plane spacing, said to be assumed."""
-    ds = headers.read_header(path)
+    SpacingBetweenSlices, when positive and plausible; else the smallest in-plane spacing, said to be assumed.
+    A one-frame Enhanced CT has them in its (0028,9110) PixelMeasuresSequence."""
+    path = obj.path
+    if "frame" in obj.info:
+        ds = {"SliceThickness": obj.info.get("slice_thickness")}
+        ds["SpacingBetweenSlices"] = obj.info.get("spacing_between_slices")
+    else:
+        ds = headers.read_header(path)
     unusable = []
     for keyword, tag in (("SliceThickness", "(0018,0050)"), ("SpacingBetweenSlices", "(0018,0088)")):
         try:
@@ -216,28 +243,35 @@ def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str 
     out = np.empty(shape, dtype=np.int16 if dtype == "int16" else np.float32)
     reference_iop = np.array(series.slices[geometry.order[0]].info["image_orientation"])
     buffers: dict = {}
+    decoded: dict = {}  # a multi-frame file's decoded frames, by path, while its frames are read
     for k, index in enumerate(geometry.order):
         obj = series.slices[index]
         if _read_in_place(obj, out[k], dtype, buffers):
             continue
-        ds = headers.read_header(obj.path, stop_before_pixels=False)
         iop = obj.info.get("image_orientation")
         if iop is None or not np.allclose(iop, reference_iop, atol=1e-4):
             raise GeometryError(
-                "slice orientation differs from the rest of the series",
+                f"{_frame(obj)}slice orientation differs from the rest of the series",
                 path=obj.path,
-                tag="(0020,0037) ImageOrientationPatient",
+                tag=_tag(obj, "image_orientation", TAG_IOP),
             )
-        if headers.pixel_module(ds, obj.path, max_frames=1)["frames"] != 1:
-            raise InputError("a CT image slice has one frame", path=obj.path, tag="(0028,0008) NumberOfFrames")
-        pixels = headers.single_frame_pixels(ds, obj.path)
+        if "frame" in obj.info:
+            pixels = _frame_pixels(obj, decoded)
+            scaling = {"RescaleSlope": obj.info["rescale"][0], "RescaleIntercept": obj.info["rescale"][1]}
+            tags = (_tag(obj, "rescale_slope", ""), _tag(obj, "rescale_intercept", ""))
+        else:
+            ds = headers.read_header(obj.path, stop_before_pixels=False)
+            if headers.pixel_module(ds, obj.path, max_frames=1)["frames"] != 1:
+                raise InputError("a CT image slice has one frame", path=obj.path, tag="(0028,0008) NumberOfFrames")
+            pixels = headers.single_frame_pixels(ds, obj.path)
+            scaling, tags = ds, ("(0028,1053) RescaleSlope", "(0028,1052) RescaleIntercept")
         if pixels.shape != shape[1:]:
             raise InputError(
                 f"slice has {pixels.shape} pixels, the series {shape[1:]}", path=obj.path, tag="(0028,0010) Rows"
             )
-        slope = headers.number(ds, "RescaleSlope", "(0028,1053) RescaleSlope", obj.path, 1.0)
-        intercept = headers.number(ds, "RescaleIntercept", "(0028,1052) RescaleIntercept", obj.path, 0.0)
-        _check_rescale(pixels, slope, intercept, dtype, obj.path)
+        slope = headers.number(scaling, "RescaleSlope", tags[0], obj.path, 1.0)
+        intercept = headers.number(scaling, "RescaleIntercept", tags[1], obj.path, 0.0)
+        _check_rescale(pixels, slope, intercept, dtype, obj.path, _frame(obj))
         if slope == 1.0 and float(intercept).is_integer() and dtype == "int16":
             # exact integer path: no float round trip
             np.add(pixels, np.int32(intercept), out=out[k], casting="unsafe")
@@ -245,6 +279,48 @@ def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str 
             hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
             out[k] = np.rint(hu) if dtype == "int16" else hu
     return Volume(out, geometry.grid, units="HU", description=f"CT series {series.series_uid}")
+
+
+def _frame_pixels(obj, decoded: dict) -> np.ndarray:
+    """The stored values of one frame of a multi-frame CT file that cannot be read in place (compressed, big
+    endian, high bits to mask): the file is decoded once, when its first frame is read, and kept for the rest."""
+    pixels = decoded.get(obj.path)
+    if pixels is None:
+        decoded.clear()  # one file's frames at a time (the series' order may mix files only at their ends)
+        ds = headers.read_header(obj.path, stop_before_pixels=False)
+        module = headers.pixel_module(ds, obj.path)
+        if module["frames"] != obj.info.get("frames"):
+            raise InputError(
+                f"NumberOfFrames {module['frames']} differs from the {obj.info.get('frames')} frames it had when "
+                "it was scanned",
+                path=obj.path,
+                tag="(0028,0008) NumberOfFrames",
+                hint="the file was changed since the scan; export again",
+            )
+        pixels = headers.pixel_array(ds, obj.path)
+        del ds
+        if pixels.ndim == 2:
+            pixels = pixels[np.newaxis]
+        if pixels.shape[0] != module["frames"]:
+            raise InputError(
+                f"pixel data decode to {pixels.shape[0]} frames, NumberOfFrames says {module['frames']}",
+                path=obj.path,
+                tag="(7FE0,0010) PixelData",
+            )
+        decoded[obj.path] = pixels
+    return pixels[obj.info["frame"]]
+
+
+def _frame(obj) -> str:
+    """``"frame n of N: "`` for a frame of a multi-frame file (its messages name the file by path), else ``""``."""
+    if "frame" not in obj.info:
+        return ""
+    return f"frame {obj.info['frame'] + 1} of {obj.info.get('frames')}: "
+
+
+def _tag(obj, key: str, tag: str) -> str:
+    """Where a slice's value ``key`` is: ``tag`` for a single-frame slice, its functional group for a frame."""
+    return FRAME_TAGS.get(key, tag) if "frame" in obj.info else tag
 
 
 def _read_in_place(obj, out_slice: np.ndarray, dtype: str, buffers: dict) -> bool:
@@ -276,7 +352,7 @@ def _read_in_place(obj, out_slice: np.ndarray, dtype: str, buffers: dict) -> boo
         return False
     if not headers.fit_bits_stored(buffer, bits, position["signed"]):
         return False
-    _check_rescale(buffer, slope, intercept, dtype, obj.path)
+    _check_rescale(buffer, slope, intercept, dtype, obj.path, _frame(obj))
     if dtype == "int16" and slope == 1.0 and intercept.is_integer():
         np.add(buffer, np.int32(intercept), out=out_slice, casting="unsafe")
     else:
@@ -312,23 +388,24 @@ SLOPE_RANGE = (0.01, 100.0)
 MAX_INTERCEPT = 32768.0
 
 
-def _check_rescale(pixels: np.ndarray, slope: float, intercept: float, dtype: str, path) -> None:
+def _check_rescale(pixels: np.ndarray, slope: float, intercept: float, dtype: str, path, frame: str = "") -> None:
     """RescaleSlope/Intercept must be plausible for a CT and turn the stored values into numbers the CT array
-    can hold (too small a slope flattens the image, too large or an absurd intercept puts it off the HU scale)."""
+    can hold (too small a slope flattens the image, too large or an absurd intercept puts it off the HU scale).
+    ``frame`` starts the messages of a multi-frame file's frame ("frame n of N: ")."""
     if slope == 0:
         raise InputError(
-            "RescaleSlope is 0: every pixel would get the same HU", path=path, tag="(0028,1053) RescaleSlope"
+            f"{frame}RescaleSlope is 0: every pixel would get the same HU", path=path, tag="(0028,1053) RescaleSlope"
         )
     if not SLOPE_RANGE[0] <= slope <= SLOPE_RANGE[1]:
         raise InputError(
-            f"RescaleSlope {slope:g} is outside the plausible {SLOPE_RANGE[0]:g}..{SLOPE_RANGE[1]:g} for a CT",
+            f"{frame}RescaleSlope {slope:g} is outside the plausible {SLOPE_RANGE[0]:g}..{SLOPE_RANGE[1]:g} for a CT",
             path=path,
             tag="(0028,1053) RescaleSlope",
             hint="the rescale tags are damaged",
         )
     if abs(intercept) > MAX_INTERCEPT:
         raise InputError(
-            f"RescaleIntercept {intercept:g} is beyond the plausible +-{MAX_INTERCEPT:g} for a CT",
+            f"{frame}RescaleIntercept {intercept:g} is beyond the plausible +-{MAX_INTERCEPT:g} for a CT",
             path=path,
             tag="(0028,1052) RescaleIntercept",
             hint="the rescale tags are damaged",
@@ -339,7 +416,7 @@ def _check_rescale(pixels: np.ndarray, slope: float, intercept: float, dtype: st
     low, high = HU_RANGE.get(dtype, HU_RANGE["float32"])
     if not np.all(np.isfinite(ends)) or ends.min() < low or ends.max() > high:
         raise InputError(
-            f"RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give values {ends.min():.4g}..{ends.max():.4g}, "
+            f"{frame}RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give values {ends.min():.4g}..{ends.max():.4g}, "
             f"beyond the {dtype} CT array ({low:g}..{high:g})",
             path=path,
             tag="(0028,1052) RescaleIntercept",
@@ -367,27 +444,28 @@ def _slice_key(obj) -> tuple:
 def _check_slice(obj) -> None:
     """The geometry tags of one slice are present, numeric, in range and self-consistent."""
     info = obj.info
-    if info.get("frames"):  # its geometry is in functional groups, per frame; "IOP missing" would mislead
+    if info.get("frames") and "frame" not in info:  # a multi-frame file whose frames cannot be told apart
         raise GeometryError(
-            f"an Enhanced (multi-frame) CT image of {info['frames']} frames: DoseAlign reads CT Image Storage, one "
-            "slice per file, only",
+            info.get("frames_problem") or f"a multi-frame CT image of {info['frames']} frames",
             path=obj.path,
-            tag="(0028,0008) NumberOfFrames",
-            hint="export the CT as single-frame images from the scanner or archive (or convert it, e.g. with "
-            "dcm4che's emf2sf)",
+            tag=info.get("frames_tag") or "(0028,0008) NumberOfFrames",
+            hint="the file is damaged or not an image volume; export the CT again (as an Enhanced CT, or as "
+            "single-frame CT images)",
         )
+    frame, iop_tag, spacing_tag = _frame(obj), _tag(obj, "image_orientation", TAG_IOP), _tag(obj, "pixel_spacing", "")
     iop = info.get("image_orientation")
     if iop is None:
-        raise GeometryError("ImageOrientationPatient is missing or not numeric", path=obj.path, tag=TAG_IOP)
-    _orientation(iop, obj.path)
+        raise GeometryError(f"{frame}ImageOrientationPatient is missing or not numeric", path=obj.path, tag=iop_tag)
+    _orientation(iop, obj.path, iop_tag)
     spacing = info.get("pixel_spacing")
+    spacing_tag = spacing_tag or TAG_SPACING
     if spacing is None or len(spacing) != 2 or not np.all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise GeometryError(
-            f"PixelSpacing must be two positive numbers, got {spacing if spacing is not None else 'none (missing or not numeric)'}",
+            f"{frame}PixelSpacing must be two positive numbers, got {spacing if spacing is not None else 'none (missing or not numeric)'}",
             path=obj.path,
-            tag=TAG_SPACING,
+            tag=spacing_tag,
         )
-    headers.check_range(np.asarray(spacing), "PixelSpacing", TAG_SPACING, obj.path, headers.MAX_SPACING_MM, True)
+    headers.check_range(np.asarray(spacing), "PixelSpacing", spacing_tag, obj.path, headers.MAX_SPACING_MM, True)
     for keyword, tag in (("rows", "(0028,0010) Rows"), ("columns", "(0028,0011) Columns")):
         value = info.get(keyword)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
@@ -417,20 +495,20 @@ def _reference_slice(series: CtSeries):
         for n, (keyword, tag) in enumerate(names):
             if key[n] != best[n]:
                 raise GeometryError(
-                    f"{keyword} {list(key[n]) if isinstance(key[n], tuple) else key[n]} differs from the "
+                    f"{_frame(obj)}{keyword} {list(key[n]) if isinstance(key[n], tuple) else key[n]} differs from the "
                     f"{counts[best]} other slices of the series ({list(best[n]) if isinstance(best[n], tuple) else best[n]})",
                     path=obj.path,
-                    tag=tag,
+                    tag=_tag(obj, {0: "image_orientation", 1: "pixel_spacing"}.get(n, ""), tag),
                     hint="a damaged slice or one from another volume; remove it or fix the series",
                 )
     return reference
 
 
-def _orientation(iop, path) -> tuple:
+def _orientation(iop, path, tag: Optional[str] = None) -> tuple:
     try:
         return orientation_vectors(iop)
     except GeometryError as error:
-        raise GeometryError(error.message, path=path, tag=error.tag) from None
+        raise GeometryError(error.message, path=path, tag=tag or error.tag) from None
 
 
 def _orientation_name(row_dir: np.ndarray, col_dir: np.ndarray) -> str:

@@ -29,7 +29,8 @@ from ..limits import (  # noqa: F401 (the spacing bounds are read as headers.MAX
 #: SOP classes by the name the engine uses for them.
 SOP_CLASS_KIND = {
     "1.2.840.10008.5.1.4.1.1.2": "CT",
-    "1.2.840.10008.5.1.4.1.1.2.1": "CT",  # Enhanced CT (listed so it is named; not read as a series)
+    "1.2.840.10008.5.1.4.1.1.2.1": "CT",  # Enhanced CT: one file, a frame per slice (see dicom/enhanced.py)
+    "1.2.840.10008.5.1.4.1.1.2.2": "CT",  # Legacy Converted Enhanced CT: the same
     "1.2.840.10008.5.1.4.1.1.481.2": "RTDOSE",
     "1.2.840.10008.5.1.4.1.1.481.3": "RTSTRUCT",
     "1.2.840.10008.5.1.4.1.1.481.5": "RTPLAN",
@@ -415,11 +416,11 @@ def number(ds: Dataset, keyword: str, tag: str, path: Optional[Path], default: A
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 
 
-def pixel_data_position(ds: Dataset) -> Optional[dict]:
+def pixel_data_position(ds: Dataset, frames: int = 1) -> Optional[dict]:
     """Where a plain 16-bit grey image's pixels sit in its file, or None when they must be decoded.
 
-    Only for uncompressed little-endian, one frame, one sample, 16 bits allocated, pixel data read
-    with ``defer_large``. With fewer than 16 bits stored (12-bit CTs) ``bits_stored`` says so: the
+    Only for uncompressed little-endian, ``frames`` frames (NumberOfFrames must say so), one sample, 16 bits
+    allocated, pixel data read with ``defer_large``. With fewer than 16 bits stored (12-bit CTs) ``bits_stored`` says so: the
     reader takes the values as they are only when they fit it (then there are no high bits to mask
     or sign-extend), and such an image's PixelRepresentation and PhotometricInterpretation must be
     ones :func:`pixel_module` accepts.
@@ -432,7 +433,7 @@ def pixel_data_position(ds: Dataset) -> Optional[dict]:
         or not isinstance(stored, int)
         or not 1 <= stored <= 16
         or quick_int(ds, "SamplesPerPixel", 1) != 1
-        or str(ds.get("NumberOfFrames", 1) or 1).strip() != "1"
+        or str(ds.get("NumberOfFrames", 1) or 1).strip() != str(frames)
         or "PixelData" not in ds
     ):
         return None
@@ -467,7 +468,8 @@ def read_pixels_into(path: Path, position: dict, out: np.ndarray) -> bool:
     """Read a slice's stored values from ``position`` straight into ``out`` (rows x columns, 16-bit).
 
     The element header just before the position is checked first (tag, VR, length); False when it
-    does not describe ``out``'s bytes, and the caller decodes with pydicom instead. The file is opened only
+    does not describe ``out``'s bytes (or, for frame ``position["frame"]`` of a multi-frame image, those of
+    ``position["frames"]`` such frames), and the caller decodes with pydicom instead. The file is opened only
     as a regular file (a named pipe put in its place since the scan is refused, never waited on); one that
     cannot be opened or read is an :class:`UnreadableError` naming it (:func:`unreadable`).
     """
@@ -479,8 +481,10 @@ def read_pixels_into(path: Path, position: dict, out: np.ndarray) -> bool:
             explicit = len(header) == 12 and header[:4] == _PIXEL_TAG and header[4:6] in (b"OW", b"OB")
             implicit = len(header) >= 8 and header[-8:-4] == _PIXEL_TAG
             length = int.from_bytes(header[-4:], "little") if (explicit or implicit) else -1
-            if length != out.nbytes:
+            if length != out.nbytes * int(position.get("frames", 1)):
                 return False
+            if position.get("frame"):
+                handle.seek(offset + out.nbytes * int(position["frame"]))
             count = handle.readinto(memoryview(out).cast("B"))
     except OSError as error:
         raise unreadable(error, path) from None

@@ -32,7 +32,7 @@ from ..limits import (
     scan_file_seconds,
     special_kind,
 )
-from . import headers
+from . import enhanced, headers
 
 logger = logging.getLogger(__name__)
 Progress = Optional[Callable[[float, str], None]]
@@ -58,7 +58,10 @@ class DicomObject:
 
 @dataclass
 class CtSeries:
-    """CT slices that form one volume: same series, geometry, frame of reference and folder."""
+    """CT slices that form one volume: same series, geometry, frame of reference and folder.
+
+    A multi-frame (Enhanced) CT file gives one slice per frame, each naming the file (see :mod:`.enhanced`).
+    """
 
     key: str
     series_uid: str
@@ -73,7 +76,18 @@ class CtSeries:
 
     @property
     def files(self) -> list:
-        return [s.path for s in self.slices]
+        return [s.path for s in self.file_objects]
+
+    @property
+    def file_objects(self) -> list:
+        """One slice per file, in the slices' order: the frames of a multi-frame file are one file."""
+        seen: set = set()
+        kept = []
+        for obj in self.slices:
+            if obj.path not in seen:
+                seen.add(obj.path)
+                kept.append(obj)
+        return kept
 
     @property
     def sop_instance_uids(self) -> set:
@@ -519,12 +533,8 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["columns"] = headers.quick_int(ds, "Columns")
         info["pixel_position"] = headers.pixel_data_position(ds)
         info["rescale"] = (ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
-        try:  # (0028,0008) is an IS
-            frames = int(ds.get("NumberOfFrames") or 1)
-        except (TypeError, ValueError):
-            frames = 1
-        if frames > 1:  # an Enhanced CT: said so where it is refused (dicom/ct.py)
-            info["frames"] = frames
+        if enhanced.is_multi_frame(ds):  # an Enhanced CT: its geometry per frame, from the functional groups
+            _record_frames(path, ds, info)
     elif kind == "RTDOSE":
         info["summation_type"] = headers.text(ds, "DoseSummationType").upper()
         info["dose_units"] = headers.text(ds, "DoseUnits").upper()
@@ -589,6 +599,26 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
     return obj
 
 
+def _record_frames(path: Path, ds: Dataset, info: dict) -> None:
+    """A multi-frame CT image's frames into ``info`` (see :func:`.enhanced.frame_geometry`); the series holds one
+    slice per frame (:func:`.enhanced.frame_slices`). The header is read again whole: the scan's reading
+    leaves large values such as a long (5200,9230) PerFrameFunctionalGroupsSequence unread."""
+    whole = headers.read_header(path) if _has_deferred(ds) else ds
+    info.update(enhanced.frame_geometry(whole))
+    info["pixel_position"] = headers.pixel_data_position(ds, frames=info["frames"])
+    first = (info.get("frame_list") or [{}])[0]
+    for key in ("image_position", "image_orientation", "pixel_spacing"):  # how the file is grouped into series
+        info[key] = first.get(key, info.get(key))
+
+
+def _has_deferred(ds: Dataset) -> bool:
+    """Whether a data set read with deferred large values left any of them (other than the pixel data) unread."""
+    for tag, element in getattr(ds, "_dict", {}).items():
+        if tag != 0x7FE00010 and getattr(element, "value", b"") is None and getattr(element, "length", 0):
+            return True
+    return False
+
+
 def _treated_beams(ds: Dataset) -> list:
     """Beams of a plan that deliver dose: in the first fraction group, meterset not 0, not SETUP."""
     setup = {
@@ -642,6 +672,7 @@ def _group_ct(result: ScanResult) -> list:
             else:
                 conflicts.append(obj)
         name = f"{series_uid}|{folder}|{len(series_list)}"
+        slices = [frame for obj in unique.values() for frame in enhanced.frame_slices(obj)]
         series = CtSeries(
             key=name,
             series_uid=series_uid,
@@ -649,7 +680,7 @@ def _group_ct(result: ScanResult) -> list:
             frame_of_reference_uid=frame_uid,
             patient_id=objects[0].patient_id,
             folder=folder,
-            slices=list(unique.values()),
+            slices=slices,
             duplicate_files=[d.rel_path for d in duplicates],
         )
         for dup in duplicates:
@@ -677,7 +708,7 @@ def _report_slices_in_two_series(result: ScanResult, series_list: list) -> None:
     """A slice's SOPInstanceUID in two CT series (a copy in another folder): each series keeps its own, the user is told."""
     where: dict = {}
     for series in series_list:
-        for obj in series.slices:
+        for obj in series.file_objects:  # a multi-frame file's frames are one image
             where.setdefault(obj.sop_instance_uid, []).append(obj)
     for uid, objects in sorted(where.items()):
         if len(objects) > 1 and uid:
@@ -701,6 +732,8 @@ CONTENT_KEYWORDS = (
     "Rows",
     "Columns",
     "NumberOfFrames",
+    "PerFrameFunctionalGroupsSequence",
+    "SharedFunctionalGroupsSequence",
     "BitsAllocated",
     "BitsStored",
     "PixelRepresentation",
@@ -893,8 +926,10 @@ def _merge_stray_slices(groups: dict) -> None:
         if len(groups[largest]) < 2:
             continue
         for key in keys:
-            # a lone slice of the same frame of reference, or one whose frame of reference is lost
-            if key != largest and len(groups[key]) == 1 and key[1] in (largest[1], ""):
+            # a lone slice of the same frame of reference, or one whose frame of reference is lost (a multi-frame
+            # file is a volume of its own)
+            lone = len(groups[key]) == 1 and "frames" not in groups[key][0].info
+            if key != largest and lone and key[1] in (largest[1], ""):
                 groups[largest].extend(groups.pop(key))
 
 

@@ -308,7 +308,7 @@ MAX_PATIENT_ID = 1024
 
 def _overlong_patient_id(case: Case) -> Optional[str]:
     """A PatientID far beyond what its VR holds, on any object of the case."""
-    objects = [("RTDOSE", d) for d in case.doses] + [("CT slice", s) for s in case.ct.slices]
+    objects = [("RTDOSE", d) for d in case.doses] + [("CT slice", s) for s in case.ct.file_objects]
     if case.plan is not None:
         objects.append(("RTPLAN", case.plan))
     objects.extend(("RTSTRUCT", s) for s in case.structs)
@@ -334,7 +334,7 @@ def _identity_mismatch(case: Case) -> Optional[str]:
     others = [(f"RTDOSE {d.rel_path}", d.patient_id) for d in case.doses[1:]]
     others.append((f"the CT '{case.ct.folder or '.'}'", case.ct.patient_id))  # quoted: a path to pseudonymize
     others.extend(
-        (f"CT slice {s.rel_path}", s.patient_id) for s in case.ct.slices if s.patient_id != case.ct.patient_id
+        (f"CT slice {s.rel_path}", s.patient_id) for s in case.ct.file_objects if s.patient_id != case.ct.patient_id
     )
     if case.plan is not None:
         others.append((f"RTPLAN {case.plan.rel_path}", case.plan.patient_id))

@@ -297,7 +297,7 @@ def input_files(case) -> list:
     slices), the path relative to the input, the SOPInstanceUID, and the size and modification time (ns) the
     scan saw, which tell cheaply whether the file was changed since (as make and rsync tell)."""
     objects = list(case.doses) + ([case.plan] if case.plan is not None else []) + list(case.structs)
-    objects += list(case.ct.slices) if case.ct is not None else []
+    objects += list(case.ct.file_objects) if case.ct is not None else []  # a multi-frame file once
     return [
         {
             "file": obj.rel_path,
