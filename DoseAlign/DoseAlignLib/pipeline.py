@@ -103,7 +103,7 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     contours = _grid_contours(case, options, geometry, rewrite_names)  # when the grid is centred on or cut to a ROI
     # the CT's pixels are read beside the dose's reading and resampling (both mostly outside the GIL);
     # the resampling needs only the CT's geometry
-    ct_reading = _in_thread(read_ct, case.ct, geometry, options.ct_dtype)
+    ct_reading = _in_thread(read_ct, case.ct, geometry, options.ct_dtype, options.ct_fill_hu)
     abandoned = threading.Event()  # set when this case gives up waiting for the CT (time limit, SIGTERM)
 
     def read_ct_now():

@@ -665,3 +665,49 @@ def test_an_enhanced_ct_of_many_frames_gives_each_frame_its_place_rescale_and_pi
     np.testing.assert_allclose(geometry.grid.origin, [-10, 20, 3])
     volume = ct.read_ct(series, geometry)
     np.testing.assert_array_equal(volume.array, np.broadcast_to(np.arange(count)[:, None, None], volume.array.shape))
+
+
+def _as_12_bit(path: Path, corner_value: int, padding) -> None:
+    """A CT slice re-stored as most 12-bit CTs are (unsigned, BitsStored 12, RescaleIntercept -1024), the same
+    HU, its 5 x 5 corner given the stored value ``corner_value``; ``padding`` as (0028,0120) PixelPaddingValue."""
+    ds = pydicom.dcmread(str(path))
+    hu = ds.pixel_array.astype(np.int64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    values = np.rint(hu).astype(np.int64) + 1024
+    assert values.min() >= 0 and values.max() <= 4095
+    values[:5, :5] = corner_value
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.PixelData = values.astype("<u2").tobytes()
+    if padding is not None:
+        ds.add_new(0x00280120, "US", padding)  # PixelPaddingValue, US as the pixels are unsigned
+    ds.save_as(str(path))
+
+
+@pytest.mark.parametrize("padding", [None, 63536], ids=["no padding value", "the padding value"])
+def test_stored_values_beyond_bits_stored_in_a_ct(plain, tmp_path, padding):
+    """Ninth hostile trial I10: a 12-bit CT (BitsStored 12) whose corner holds the stored value 63536 (0xF830, a
+    padding value some writers put outside the stored range) was read with the high bits dropped: 1072 HU of
+    bone in the corner, ok, no word (the dose has this check). Given as (0028,0120) PixelPaddingValue, those pixels
+    are outside the image: the --ct-fill value (-1000 HU); without it, the case fails naming (0028,0101)."""
+    base, truth, out = plain
+    root = tmp_path / "in"
+    shutil.copytree(base / "in", root)
+    for path in truth.ct_files:
+        _as_12_bit(root / path.relative_to(base / "in"), 63536, padding)
+    new = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(new), "--quiet", "--workers", "1", "--no-qa-png")
+    (row,) = hostile.manifest(new)
+    (expected,) = hostile.manifest(out)
+    if padding is None:
+        assert done.returncode == 1 and row["status"] == "failed", row
+        assert "(0028,0101) BitsStored" in row["reason"] and "63536..63536 do not fit BitsStored 12" in row["reason"]
+        return
+    assert done.returncode == 0 and row["status"] == "ok", row["reason"]
+    meta = json.loads((new / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    with np.load(new / row["case_id"] / "pair.npz") as a, np.load(out / expected["case_id"] / "pair.npz") as b:
+        ct, before = a["ct"], b["ct"]
+        assert meta["source"]["ct_files"]  # the CT's own grid: pixel (j, i) of each slice is voxel (k, j, i)
+        corner = np.zeros(ct.shape, dtype=bool)
+        corner[:, :5, :5] = True
+        assert (ct[corner] == -1000).all(), np.unique(ct[corner])
+        np.testing.assert_array_equal(ct[~corner], before[~corner])  # the rest: the same HU, read as 12-bit

@@ -232,11 +232,15 @@ def _single_slice_step(obj, spacing) -> tuple:
     return assumed, f"unknown ({told}): {assumed:g} mm, the in-plane spacing, is assumed"
 
 
-def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str = "int16") -> Volume:
+def read_ct(
+    series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str = "int16", fill_hu: float = -1000.0
+) -> Volume:
     """Read the pixels of every slice into one ``(K, J, I)`` HU array on the series' exact grid.
 
     ``dtype`` int16 rounds HU to whole numbers (CT values are stored as integers; a non-integer
-    RescaleSlope is rounded away); float32 keeps them as computed.
+    RescaleSlope is rounded away); float32 keeps them as computed. Stored values beyond BitsStored are
+    refused, but for (0028,0120) PixelPaddingValue there, which is outside the image: ``fill_hu``
+    (:func:`~DoseAlignLib.dicom.headers.padding_beyond_bits_stored`).
     """
     geometry = geometry or ct_geometry(series)
     shape = geometry.grid.shape
@@ -256,19 +260,24 @@ def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str 
                 tag=_tag(obj, "image_orientation", TAG_IOP),
             )
         if "frame" in obj.info:
-            pixels = _frame_pixels(obj, decoded)
+            pixels, padding = _frame_pixels(obj, decoded)
             scaling = {"RescaleSlope": obj.info["rescale"][0], "RescaleIntercept": obj.info["rescale"][1]}
             tags = (_tag(obj, "rescale_slope", ""), _tag(obj, "rescale_intercept", ""))
         else:
             ds = headers.read_header(obj.path, stop_before_pixels=False)
-            if headers.pixel_module(ds, obj.path, max_frames=1)["frames"] != 1:
+            module = headers.pixel_module(ds, obj.path, max_frames=1)
+            if module["frames"] != 1:
                 raise InputError("a CT image slice has one frame", path=obj.path, tag="(0028,0008) NumberOfFrames")
+            padding = headers.padding_beyond_bits_stored(ds, module, obj.path)
             pixels = headers.single_frame_pixels(ds, obj.path)
+            padding = padding[0] if padding is not None else None
             scaling, tags = ds, ("(0028,1053) RescaleSlope", "(0028,1052) RescaleIntercept")
         if pixels.shape != shape[1:]:
             raise InputError(
                 f"slice has {pixels.shape} pixels, the series {shape[1:]}", path=obj.path, tag="(0028,0010) Rows"
             )
+        if padding is not None:  # as decoded (pydicom 3 masks the high bits, 2.4 keeps them): filled below
+            pixels = np.where(padding, np.zeros((), dtype=pixels.dtype), pixels)
         slope = headers.number(scaling, "RescaleSlope", tags[0], obj.path, 1.0)
         intercept = headers.number(scaling, "RescaleIntercept", tags[1], obj.path, 0.0)
         _check_rescale(pixels, slope, intercept, dtype, obj.path, _frame(obj))
@@ -278,13 +287,16 @@ def read_ct(series: CtSeries, geometry: Optional[CtGeometry] = None, dtype: str 
         else:
             hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
             out[k] = np.rint(hu) if dtype == "int16" else hu
+        if padding is not None:  # outside the image, whatever a decoder made of those bits
+            out[k][padding] = np.rint(fill_hu) if dtype == "int16" else fill_hu
     return Volume(out, geometry.grid, units="HU", description=f"CT series {series.series_uid}")
 
 
-def _frame_pixels(obj, decoded: dict) -> np.ndarray:
+def _frame_pixels(obj, decoded: dict) -> tuple:
     """The stored values of one frame of a multi-frame CT file that cannot be read in place (compressed, big
-    endian, high bits to mask): the file is decoded once, when its first frame is read, and kept for the rest."""
-    pixels = decoded.get(obj.path)
+    endian, high bits to mask) and where it holds padding beyond BitsStored (or None): the file is decoded once,
+    when its first frame is read, and kept for the rest."""
+    pixels, padding = decoded.get(obj.path, (None, None))
     if pixels is None:
         decoded.clear()  # one file's frames at a time (the series' order may mix files only at their ends)
         ds = headers.read_header(obj.path, stop_before_pixels=False)
@@ -297,6 +309,7 @@ def _frame_pixels(obj, decoded: dict) -> np.ndarray:
                 tag="(0028,0008) NumberOfFrames",
                 hint="the file was changed since the scan; export again",
             )
+        padding = headers.padding_beyond_bits_stored(ds, module, obj.path)
         pixels = headers.pixel_array(ds, obj.path)
         del ds
         if pixels.ndim == 2:
@@ -307,8 +320,9 @@ def _frame_pixels(obj, decoded: dict) -> np.ndarray:
                 path=obj.path,
                 tag="(7FE0,0010) PixelData",
             )
-        decoded[obj.path] = pixels
-    return pixels[obj.info["frame"]]
+        decoded[obj.path] = pixels, padding
+    frame = obj.info["frame"]
+    return pixels[frame], (padding[frame] if padding is not None else None)
 
 
 def _frame(obj) -> str:

@@ -741,6 +741,48 @@ def pixel_module(ds: Dataset, path: Path, *, bits_allowed: tuple = (8, 16, 32), 
     }
 
 
+def padding_beyond_bits_stored(ds: Dataset, info: dict, path: Path) -> Optional[np.ndarray]:
+    """Where uncompressed stored values lie beyond BitsStored, which a decoder masks or sign-extends into other
+    values (a 12-bit CT's padding 0xF830 read as 2096): ``(frames, rows, columns)`` True at the pixels that hold
+    (0028,0120) PixelPaddingValue (up to (0028,0121) PixelPaddingRangeLimit), to be taken as outside the image;
+    None when every value fits (or the data are compressed: a decoder's values are all there is).
+
+    Raises :class:`InputError` naming (0028,0101) BitsStored when other values do not fit: the header
+    contradicts the pixel data, as for a dose (:func:`check_bits_stored`).
+    """
+    stored, signed, bits = info["bits_stored"], info["signed"], info["bits_allocated"]
+    if stored >= bits or bits not in (8, 16, 32) or getattr(ds["PixelData"], "is_undefined_length", False):
+        return None
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    order = ">" if syntax == "1.2.840.10008.1.2.2" else "<"
+    count = info["rows"] * info["columns"] * info["frames"]
+    raw = np.frombuffer(ds.PixelData, dtype=f"{order}{'i' if signed else 'u'}{bits // 8}", count=count)
+    low, high = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    beyond = (raw < low) | (raw > high)
+    if not beyond.any():
+        return None
+    padding = np.zeros(raw.shape, dtype=bool)
+    value, limit = ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")
+    if isinstance(value, (int, np.integer)):
+        # compared as bit patterns of the stored width: a padding given as US for signed data (or SS for
+        # unsigned) still names the same stored bits
+        width = (1 << bits) - 1
+        as_raw = np.array([int(value) & width, int(limit if isinstance(limit, (int, np.integer)) else value) & width])
+        as_raw = as_raw.astype(f"u{bits // 8}").view(raw.dtype.newbyteorder("=")).astype(np.int64)
+        padding = (raw >= as_raw.min()) & (raw <= as_raw.max())
+    other = beyond & ~padding
+    if other.any():
+        said = " and are not its (0028,0120) PixelPaddingValue" if isinstance(value, (int, np.integer)) else ""
+        raise InputError(
+            f"stored values {int(raw[other].min())}..{int(raw[other].max())} do not fit BitsStored {stored} "
+            f"(range {low}..{high}){said}: read as BitsStored says, they would become other values",
+            path=path,
+            tag="(0028,0101) BitsStored",
+            hint="the header contradicts the pixel data",
+        )
+    return (padding & beyond).reshape(info["frames"], info["rows"], info["columns"])
+
+
 def check_bits_stored(ds: Dataset, info: dict, path: Path) -> None:
     """Stored values must fit BitsStored; larger ones mean the header contradicts the data.
 
