@@ -173,6 +173,19 @@ def too_many_open_files(error: BaseException) -> Optional[str]:
     return None
 
 
+def no_semaphores(error: BaseException) -> Optional[str]:
+    """For the OSError of a process pool's lock or queue that cannot be made (POSIX semaphores live in
+    /dev/shm: read-only, full or absent in some containers), what happened; otherwise None."""
+    if not isinstance(error, OSError):
+        return None
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code.co_filename.replace("\\", "/").endswith("multiprocessing/synchronize.py"):
+            return f"no semaphore for worker processes can be made ({error.strerror or error}; /dev/shm)"
+        trace = trace.tb_next
+    return None
+
+
 def thread_not_started(error: BaseException) -> bool:
     """True for the error of a thread that could not be started: no memory for its stack (``ulimit -v``) or the
     limit of threads or processes (``ulimit -u``) reached. A resource of this process, not a fault of the input."""

@@ -20,7 +20,7 @@ import time
 from multiprocessing import connection
 from typing import Callable, Iterable, Optional
 
-from .errors import DoseAlignError, termination_held, too_many_open_files
+from .errors import DoseAlignError, no_semaphores, termination_held, too_many_open_files
 from .limits import case_seconds, die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -139,15 +139,23 @@ def run_pool(
 
 def _start_workers(context, task: Callable, count: int, with_stages: bool) -> tuple:
     """``(stages queue or None, workers)``: as many of ``count`` workers as this process can start. Each
-    needs pipes, and a process at its open-file limit (``ulimit -n``) cannot make them: the batch then goes
-    on with fewer workers, or none (said once, in one line)."""
+    needs pipes, and a process at its open-file limit (``ulimit -n``) cannot make them; the stages queue needs a
+    semaphore, which a container without a writable /dev/shm cannot make: the batch then goes on with fewer
+    workers, or none (said once, in one line)."""
     stages, slots = None, []
+    if with_stages:
+        try:
+            stages = context.Queue()
+        except OSError as error:  # the workers need no semaphore themselves: they run, their steps unseen
+            reason = no_semaphores(error)
+            if not reason:
+                raise
+            logger.warning("the steps inside each case are not shown: %s", reason)
     try:
-        stages = context.Queue() if with_stages else None
         while len(slots) < count:
             slots.append(_Worker(context, task, stages))
     except OSError as error:
-        reason = too_many_open_files(error)
+        reason = too_many_open_files(error) or no_semaphores(error)
         if not reason:
             _stop(slots)
             raise

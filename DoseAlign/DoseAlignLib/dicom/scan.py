@@ -23,7 +23,15 @@ from typing import Callable, Optional
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..errors import DoseAlignError, InputError, UnreadableError, start_thread, termination_held, too_many_open_files
+from ..errors import (
+    DoseAlignError,
+    InputError,
+    UnreadableError,
+    no_semaphores,
+    start_thread,
+    termination_held,
+    too_many_open_files,
+)
 from ..limits import (
     Deadline,
     LimitError,
@@ -143,10 +151,11 @@ def scan_folder(root: Path, progress: Progress = None, workers: int = 1, exclude
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         try:
             entries = _scan_in_processes(root, paths, workers, progress)
-        except OSError as error:  # the processes' pipes cannot be made: this process reads them all
-            if not too_many_open_files(error):
+        except OSError as error:  # the processes' pipes or locks cannot be made: this process reads them all
+            reason = too_many_open_files(error) or no_semaphores(error)
+            if not reason:
                 raise
-            logger.info("reading the headers in one process: %s", too_many_open_files(error))
+            logger.info("reading the headers in one process: %s", reason)
     if entries is None:
         entries = []
         for n, path in enumerate(paths):
