@@ -1253,6 +1253,31 @@ def test_contours_written_twice_are_kept_once_and_said(tmp_path, capsys, copied)
         np.testing.assert_array_equal(a["masks"], b["masks"])
 
 
+def test_contours_crossing_each_other_are_a_case_warning_not_a_memory_sink(tmp_path, capsys):
+    """Tenth hostile trial J6: each contour of an ROI given a copy moved 3 mm (crossing it) sent the reference DVH's
+    sampling past 8 GB (the case failed "out of memory", or took the machine's memory). The case exports, the ROI
+    has no reference DVH (the reason in its audit entry) and a case warning says its mask is the even-odd one."""
+    root, truth, plain, reference = _small_study_exported(tmp_path, capsys, "CROSS-1", 19)
+    ds = dd.read(truth.struct_file)
+    name, item = _largest_roi_contours(ds)
+    copies = []
+    for contour in item.ContourSequence:
+        moved = copy.deepcopy(contour)
+        points = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
+        points[:, 0] += 3.0
+        moved.ContourData = [float(v) for v in points.ravel()]
+        copies.append(moved)
+    item.ContourSequence = list(item.ContourSequence) + copies
+    dd.save(ds, truth.struct_file)
+    code, rows, out = _export(root, tmp_path / "crossing", capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    assert f"ROI {name!r}: contours of one plane cross each other" in row["warnings"], row["warnings"]
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    entry = next(r for r in meta["audit"]["rois"] if r["name"] == name)
+    assert "cross each other" in entry["reference_note"] and "reference" not in entry
+
+
 def test_an_roi_with_contours_and_an_empty_mask_is_a_case_warning(tmp_path, capsys):
     """From the eighth hostile trial (H1): an ROI with contour planes whose mask came out empty was reported present
     (``roi_present`` true, 0 voxels) without a word. Its contours moved 2 m aside (off the grid): a case warning."""

@@ -585,3 +585,35 @@ def test_nelms_published_values_within_3pct(nelms_reference):
                 misses.append((stem, mm, field, key, round(error, 2)))
     print("\nworst |error| % of the interpolated reference against the published values:", worst)
     assert misses == []
+
+
+def test_contours_crossing_each_other_in_their_planes_give_no_reference_dvh():
+    """Tenth hostile trial J6: an ROI whose every plane holds a circle and a copy moved 3 mm (crossing it) took
+    > 8 GB for its reference DVH: the nesting rule of the even-odd area takes the copy for a hole (area about 0),
+    and the sampling followed that area down to step / 64 (2 million samples for four planes). Crossing contours
+    (DICOM asks that a plane's contours do not cross) give no reference DVH, said why, at once; nested ones
+    (an outline and its hole) still give one."""
+    import tracemalloc
+
+    t = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+
+    def circle(z, cx, r=15.0):
+        return np.column_stack([cx + r * np.cos(t), r * np.sin(t), np.full(t.size, z)])
+
+    grid = Grid.from_spacing((16, 24, 24), (3.0, 3.0, 3.0), (-36.0, -36.0, -12.0))
+    dose = _linear_dose("AntPost", grid)
+    planes = [ContourPlane(z, [circle(z, 0.0), circle(z, 3.0)]) for z in np.arange(0.0, 24.0, 3.0)]
+    roi = RoiContours(1, "lens", "lens", "ORGAN", None, "code", np.array([0.0, 0.0, 1.0]), planes)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match="plane at 0.00 mm cross each other"):
+        reference_dvh(roi, dose, 3.0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB"
+    roi.xor = True  # CLOSEDPLANAR_XOR contours may cross (combined by XOR): no warning phrase, still no DVH
+    with pytest.raises(ValueError, match="CLOSEDPLANAR_XOR contours of its plane at 0.00 mm overlap") as raised:
+        reference_dvh(roi, dose, 3.0)
+    assert "cross each other" not in str(raised.value)
+    nested = [ContourPlane(z, [circle(z, 0.0), circle(z, 1.0, 8.0)[::-1]]) for z in np.arange(0.0, 24.0, 3.0)]
+    ring = RoiContours(1, "ring", "ring", "ORGAN", None, "code", np.array([0.0, 0.0, 1.0]), nested)
+    assert reference_dvh(ring, dose, 3.0).points["volume_cc"] > 0

@@ -13,6 +13,7 @@ from typing import Optional
 from ..dicom.rtdose import read_rtdose
 from ..link.beams import beam_doses_to_sum
 from ..structures.case import case_masks
+from ..structures.reference_dvh import CROSSING, CROSSING_WARNING
 from .beams import beam_sum_check
 from .dose import audit_dose
 from .flags import flags_for, geometry_summary, manifest_columns
@@ -118,6 +119,8 @@ def _add_references(result, out_masks, entries: list) -> Optional[dict]:
         if reference is None:
             if entry["name"] in problems:
                 entry["reference_note"] = problems[entry["name"]]
+                if CROSSING in problems[entry["name"]]:  # the mask itself is then not what was drawn: said
+                    result.meta.setdefault("warnings", []).append(f"ROI {entry['name']!r}: {CROSSING_WARNING}")
             continue
         described = reference.to_meta()
         described["sampling"].pop("rule", None)  # once, in audit.reference_dvh

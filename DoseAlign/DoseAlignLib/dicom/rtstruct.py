@@ -198,6 +198,8 @@ class RoiContours:
     slab_thickness_mm: Optional[float] = None
     #: the slabs of the CT's own slices when they are uneven or missing (:class:`NativeSlabs`, along ``normal``)
     native_slabs: Optional[NativeSlabs] = None
+    #: its contours are CLOSEDPLANAR_XOR: combined by XOR, they may cross each other (PS3.3 C.8.8.6.3)
+    xor: bool = False
 
     def thickness(self, default_mm: float) -> float:
         """The slab thickness of this ROI's contour planes: its own (3006,0044) ContourSlabThickness when thicker
@@ -737,6 +739,7 @@ def read_structure_set(
                 roi.planes = _group_planes(polygons, normal)
                 _drop_repeated_contours(roi)
         if closed_kinds == {"CLOSEDPLANAR_XOR"} and roi.skipped is None:
+            roi.xor = True
             roi.notes.append("CLOSEDPLANAR_XOR contours: combined by XOR in each plane (PS3.3 C.8.8.6.3)")
         if kind == "MARKER" and roi.skipped is None:
             roi.notes.append("RTROIInterpretedType MARKER but has closed contours: rasterized")

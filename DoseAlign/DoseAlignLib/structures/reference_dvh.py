@@ -68,6 +68,11 @@ MAX_STEP_MM = 20.0
 MIN_PLANE_SAMPLES = 200
 #: ... at most this many halvings finer.
 MAX_REFINE = 6
+#: No plane's step is so fine that its polygons' bounding box would hold more cells than this: a plane whose
+#: area is far below its extent (contours that cross each other, whose even-odd area the nesting rule of
+#: :func:`.polygons.even_odd_area` takes for about 0) would otherwise be sampled at step / 64 (2 million samples
+#: and 2 GB for four such planes).
+MAX_PLANE_CELLS = 50_000
 #: An outline turning by more than this at a vertex makes the vertex a band limit.
 CORNER_DEGREES = 15.0
 #: Strips of step / 2, step / 4, ... next to each polygon's lowest and highest row.
@@ -359,6 +364,66 @@ def scanline_samples(planes: Sequence[Sequence[np.ndarray]], steps: Sequence[flo
     plane = row_plane[row[piece_of]]
     uv = np.stack([u, rows[row[piece_of]] - lift[plane]], axis=1)
     return uv, size, strip_height[row[piece_of]], plane
+
+
+#: What the reason of a missing reference DVH says of contours that cross each other in a plane ...
+CROSSING = "cross each other"
+#: ... and the case warning that follows (audit.case).
+CROSSING_WARNING = (
+    "contours of one plane cross each other (DICOM asks that they do not): its mask follows the even-odd rule, so "
+    "where two contours overlap is outside it, and it has no reference DVH"
+)
+#: At most this many (edge, edge) pairs are tested for crossings per plane (beyond: not tested).
+MAX_CROSSING_PAIRS = 20_000_000
+
+
+def _crossing_plane(planes: list) -> Optional[int]:
+    """The index of the first plane in which two polygons cross each other (edges that properly intersect), or
+    None. Only polygons whose bounding boxes overlap are compared."""
+    for n, polys in enumerate(planes):
+        if len(polys) < 2:
+            continue
+        lows = np.array([p.min(axis=0) for p in polys])
+        highs = np.array([p.max(axis=0) for p in polys])
+        order = np.argsort(lows[:, 0], kind="stable")
+        budget = MAX_CROSSING_PAIRS
+        for rank, a in enumerate(order):
+            for b in order[rank + 1 :]:
+                if lows[b, 0] > highs[a, 0]:
+                    break
+                if lows[b, 1] > highs[a, 1] or highs[b, 1] < lows[a, 1]:
+                    continue
+                budget -= len(polys[a]) * len(polys[b])
+                if budget < 0:
+                    break
+                if _edges_cross(polys[a], polys[b]):
+                    return n
+            if budget < 0:
+                break
+    return None
+
+
+def _edges_cross(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether an edge of closed polygon ``a`` properly crosses an edge of ``b`` (touching does not count)."""
+    p, r = a, np.roll(a, -1, axis=0) - a
+    q, s = b, np.roll(b, -1, axis=0) - b
+    denominator = r[:, None, 0] * s[None, :, 1] - r[:, None, 1] * s[None, :, 0]
+    qp = q[None, :, :] - p[:, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (qp[..., 0] * s[None, :, 1] - qp[..., 1] * s[None, :, 0]) / denominator
+        u = (qp[..., 0] * r[:, None, 1] - qp[..., 1] * r[:, None, 0]) / denominator
+    eps = 1e-9
+    return bool(np.any((denominator != 0) & (t > eps) & (t < 1 - eps) & (u > eps) & (u < 1 - eps)))
+
+
+def _box_areas(planes: list) -> np.ndarray:
+    """The area (mm^2) of each plane's polygons' bounding box in its in-plane coordinates (0 for no polygon)."""
+    out = np.zeros(len(planes))
+    for n, polys in enumerate(planes):
+        if polys:
+            uv = np.concatenate(polys)
+            out[n] = float(np.prod(uv.max(axis=0) - uv.min(axis=0)))
+    return out
 
 
 def _project(roi: RoiContours, frame: np.ndarray) -> list:
@@ -1120,12 +1185,24 @@ def reference_dvh(
     normal = np.asarray(roi.normal, dtype=np.float64)
     frame = _in_plane_frame(normal, dose.grid)
     planes = _project(roi, frame)
+    crossing = _crossing_plane(planes)
+    if crossing is not None and roi.xor:  # allowed, and the mask is right: only the area is not at hand
+        raise ValueError(
+            f"CLOSEDPLANAR_XOR contours of its plane at {roi.planes[crossing].position_mm:.2f} mm overlap: their "
+            "even-odd area, and so this DVH, would not be exact"
+        )
+    if crossing is not None:
+        raise ValueError(
+            f"contours of its plane at {roi.planes[crossing].position_mm:.2f} mm {CROSSING} (DICOM asks that the "
+            "contours of a plane do not): their even-odd area, and so this DVH, would not be exact"
+        )
     solid = ContourSolid(planes, roi.positions, thickness_mm, between_planes, roi.plane_slabs())
     areas, intervals = solid.areas, solid.intervals
     depths = np.clip(intervals[:, 1] - intervals[:, 0], 0, None)
     step = choose_step(float(areas @ depths), thickness_mm, target_samples)
     # small planes (apices, thin parts, small ROIs) get a finer in-plane step of their own
     steps = np.clip(np.sqrt(areas / MIN_PLANE_SAMPLES), step / 2**MAX_REFINE, step)
+    steps = np.minimum(np.maximum(steps, np.sqrt(_box_areas(planes) / MAX_PLANE_CELLS)), step)
     used = (areas > 0) & (depths > 0)
     uv, depth, du, dv, thick, weights, band_points = _sample_solid(solid, planes, steps, step, used)
     inverse = np.linalg.inv(dose.grid.affine)
