@@ -1651,3 +1651,35 @@ def test_no_semaphores_for_the_pools_is_no_traceback(cohort, tmp_path):
     assert "no semaphore for worker processes can be made (Read-only file system; /dev/shm)" in done.stderr
     rows = hostile.manifest(out)
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), rows
+
+
+_SCAN_READER_KILLED = """
+import os, signal, sys
+import DoseAlignLib.dicom.scan as scan
+
+scan.MIN_FILES_PER_PROCESS = 1  # the scan's pool, small as the cohort is
+parent = os.getpid()
+read = scan._scan_files
+
+def killed_in_a_reader(root, chunk):  # as the out-of-memory killer takes a header reader
+    if os.getpid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return read(root, chunk)
+
+scan._scan_files = killed_in_a_reader
+from DoseAlignLib.cli import main
+
+sys.exit(main(["export", sys.argv[1], sys.argv[2], "--quiet", "--no-qa-png", "--workers", "2"]))
+"""
+
+
+def test_a_scan_reader_killed_is_no_traceback(cohort, tmp_path):
+    """Tenth hostile trial J12: a process reading the DICOM headers killed (the out-of-memory killer, kill -9)
+    aborted the export with a BrokenProcessPool traceback, exit 1, nothing written. This process reads the headers
+    again itself (one line says so) and every case is exported."""
+    out = tmp_path / "out"
+    done = _export_script(_SCAN_READER_KILLED, cohort, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "reading the DICOM headers was killed" in done.stderr, done.stderr
+    rows = hostile.manifest(out)
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), rows

@@ -16,6 +16,7 @@ import stat
 import threading
 import warnings
 from collections import deque
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -156,6 +157,8 @@ def scan_folder(root: Path, progress: Progress = None, workers: int = 1, exclude
             if not reason:
                 raise
             logger.info("reading the headers in one process: %s", reason)
+        except BrokenProcessPool:  # a reader killed (the out-of-memory killer, kill): this process reads them all
+            logger.warning("a process reading the DICOM headers was killed: this process reads them all again")
     if entries is None:
         entries = []
         for n, path in enumerate(paths):
