@@ -1278,6 +1278,30 @@ def test_contours_crossing_each_other_are_a_case_warning_not_a_memory_sink(tmp_p
     assert "cross each other" in entry["reference_note"] and "reference" not in entry
 
 
+def test_the_plans_structure_set_is_used_when_its_ct_came_with_new_uids(tmp_path, capsys):
+    """Tenth hostile trial J7: a CT given a new SeriesInstanceUID and SOPInstanceUIDs (a PACS or an anonymizer that
+    re-UIDs images; the RTSTRUCT, plan and dose keep their references) lost the plan's structure set: ok with no
+    mask at all (or all-zero --rois channels), no warning. The plan's RTSTRUCT, in the CT's frame of reference and
+    naming no CT of the input, is used on that CT, with a case warning: the masks equal the plain export's."""
+    from pydicom.uid import generate_uid
+
+    root, truth, plain, reference = _small_study_exported(tmp_path, capsys, "REUID-1", 21)
+    for path in truth.ct_files:  # the study's own files, under root
+        ds = dd.read(path)
+        ds.SeriesInstanceUID = "2.25.999888777666"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        dd.save(ds, path)
+    code, rows, out = _export(root, tmp_path / "reuid", capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    assert "the plan's RTSTRUCT" in row["warnings"] and "names CT images that are not in the input" in row["warnings"]
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    before = json.loads((plain / reference["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["structures"]["names"] == before["structures"]["names"] and meta["structures"]["names"]
+    with np.load(out / row["case_id"] / "pair.npz") as a, np.load(plain / reference["case_id"] / "pair.npz") as b:
+        np.testing.assert_array_equal(a["masks"], b["masks"])
+
+
 def test_an_roi_with_contours_and_an_empty_mask_is_a_case_warning(tmp_path, capsys):
     """From the eighth hostile trial (H1): an ROI with contour planes whose mask came out empty was reported present
     (``roi_present`` true, 0 voxels) without a word. Its contours moved 2 m aside (off the grid): a case warning."""

@@ -55,7 +55,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
             case.error = no_ct_reason(case.doses[0], scan)
         if case.ct is not None:
             used_series.add(case.ct.key)
-            case.structs = structs_for(case, structs)
+            case.structs = structs_for(case, structs, scan.ct_series)
             used_structs.update(s.rel_path for s in case.structs)  # copies left out below are used too
             _warn_of_damaged_structure_sets(case, getattr(scan, "damaged", []))
             case.error = (

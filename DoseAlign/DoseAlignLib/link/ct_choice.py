@@ -309,13 +309,33 @@ def series_of_struct(struct: DicomObject, series_list: list) -> list:
     return [s for s in series_list if s.series_uid in series_uids]
 
 
-def structs_for(case: Case, structs: list) -> list:
-    """The structure sets drawn on the case's CT: the plan's one, else every one referencing the CT."""
+def structs_for(case: Case, structs: list, series_list: Optional[list] = None) -> list:
+    """The structure sets drawn on the case's CT: the plan's one, else every one referencing the CT.
+
+    The plan's own structure set whose CT images are none of the input's (``series_list``: every CT series; a PACS
+    or an anonymizer that gave the images new UIDs) is taken when it lies in the CT's frame of reference: its
+    contours are in those patient coordinates. A case warning says so (its image references were not checked)."""
     if case.plan is not None:
-        planned = [s for s in structs if s.sop_instance_uid in case.plan.info.get("struct_uids", [])]
-        planned = [s for s in planned if case.ct in series_of_struct(s, [case.ct])]
+        named = [s for s in structs if s.sop_instance_uid in case.plan.info.get("struct_uids", [])]
+        planned = [s for s in named if case.ct in series_of_struct(s, [case.ct])]
         if planned:
             return planned
+        frame = case.ct.frame_of_reference_uid
+        elsewhere = [
+            s
+            for s in named
+            if frame
+            and s.frame_of_reference_uid == frame
+            and series_list is not None
+            and not series_of_struct(s, series_list)
+        ]
+        if elsewhere:
+            for struct in elsewhere:
+                case.warnings.append(
+                    f"the plan's RTSTRUCT {struct.rel_path} names CT images that are not in the input (other UIDs?): "
+                    f"its contours are used on CT {describe_series(case.ct)}, of its frame of reference {frame}"
+                )
+            return sorted(elsewhere, key=lambda s: s.rel_path)
     found = []
     for struct in structs:
         image_uids = set(struct.info.get("ct_image_uids", []))
