@@ -102,6 +102,8 @@ _EXPORTS = {
     "Terminated": ".errors",
     "start_thread": ".errors",
     "termination_is_held": ".errors",
+    "OutputFault": ".errors",
+    "output_fault": ".errors",
     "terminal_safe": ".errors",
     "NothingToExport": ".errors",
     "what_was_found": ".batch",

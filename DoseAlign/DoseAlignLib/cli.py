@@ -30,15 +30,16 @@ from .api import (
     Interpolator,
     Interrupted,
     NothingToExport,
+    OutputFault,
     ReferenceGrid,
     Terminated,
     options_from_args,
+    output_fault,
     parse_crop,
     parse_floats,
     parse_ints,
     terminal_safe,
 )
-from .errors import OutputFault, output_fault
 
 
 def _demo_spec():
