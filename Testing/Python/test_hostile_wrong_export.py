@@ -175,6 +175,32 @@ def test_two_different_doses_of_one_beam_beside_a_plan_dose_are_said(tmp_path, c
     assert any(second.name in w for w in meta["warnings"]), meta["warnings"]
 
 
+@pytest.mark.parametrize("plan", ["without a fraction scheme", "absent"])
+def test_a_beam_sum_missing_a_beam_is_never_silent(tmp_path, capsys, plan):
+    """Tenth hostile trial J4: BEAM doses summed with one treated beam's dose missing were refused only when the plan
+    has a fraction scheme. Without (300A,0070) FractionGroupSequence (Type U) the sum of the rest was exported ok
+    (58.6 Gy of the plan's 63.1), no word: the plan's beams that are not SETUP are its treated beams then. With the
+    plan absent, which beams it has cannot be known: the sum is exported with a case warning."""
+    truth = hostile.study(tmp_path / "in" / "p", "WRONG-J4", 9, write_plan_dose=False, write_beam_doses=True)
+    beams = [Path(f) for f, beam in zip(truth.dose_files, truth.dose_beam_numbers) if beam is not None]
+    assert len(beams) >= 3
+    beams[1].unlink()
+    if plan == "absent":
+        truth.plan_file.unlink()
+    else:
+        ds = dd.read(truth.plan_file)
+        del ds.FractionGroupSequence
+        dd.save(ds, truth.plan_file)
+    code, rows, _out = _export(tmp_path / "in", tmp_path, capsys)
+    (row,) = rows
+    if plan == "absent":
+        assert code == 0 and row["status"] == "ok", row
+        assert "summed without their plan" in row["warnings"], row["warnings"]
+    else:
+        assert code == 1 and row["status"] == "failed", row
+        assert "cover beams" in row["reason"] and "ReferencedBeamNumber" in row["reason"], row["reason"]
+
+
 def _without_plan_references(truth) -> list:
     """Delete (300C,0002) ReferencedRTPlanSequence from every RTDOSE of ``truth`` (some exports drop it); the
     BEAM doses' files, in beam order."""

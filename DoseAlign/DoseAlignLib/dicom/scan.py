@@ -632,12 +632,16 @@ def _has_deferred(ds: Dataset) -> bool:
 
 
 def _treated_beams(ds: Dataset) -> list:
-    """Beams of a plan that deliver dose: in the first fraction group, meterset not 0, not SETUP."""
+    """Beams of a plan that deliver dose: in the first fraction group, meterset not 0, not SETUP. A plan without a
+    fraction scheme ((300A,0070) FractionGroupSequence is Type U): its beams that are not SETUP."""
+    beam_sequence = ds.get("BeamSequence", None) or ds.get("IonBeamSequence", [])
     setup = {
         int(b.BeamNumber)
-        for b in (ds.get("BeamSequence", None) or ds.get("IonBeamSequence", []))
+        for b in beam_sequence
         if "BeamNumber" in b and headers.text(b, "TreatmentDeliveryType").upper() == "SETUP"
     }
+    if not ds.get("FractionGroupSequence"):
+        return sorted(int(b.BeamNumber) for b in beam_sequence if "BeamNumber" in b and int(b.BeamNumber) not in setup)
     beams = []
     for group in list(ds.get("FractionGroupSequence", []))[:1]:
         for ref in group.get("ReferencedBeamSequence", []):

@@ -121,6 +121,11 @@ def _make_case(group: tuple, plans: dict) -> Case:
     warnings = []
     if group[0] == SUMMED_BEAMS:
         error = overlapping_beams(group[1]) or (missing_beams(summation, doses, plan) if len(doses) > 1 else None)
+        if error is None and plan is None:  # its beams are unknown: a dose missing from the sum cannot be seen
+            warnings.append(
+                f"the BEAM doses are summed without their plan{f' {plan_uid}' if plan_uid else ''} (not in the "
+                "input): whether they hold every beam of it cannot be checked (add the RTPLAN, or export the PLAN dose)"
+            )
         if error is None and len(doses) == 1 and plan is not None:  # one beam of a plan is no treatment's dose
             treated = sorted(set(plan.info.get("treated_beams") or []))
             beams = sorted(set(first.info.get("beam_numbers") or []))
