@@ -711,3 +711,27 @@ def test_stored_values_beyond_bits_stored_in_a_ct(plain, tmp_path, padding):
         corner[:, :5, :5] = True
         assert (ct[corner] == -1000).all(), np.unique(ct[corner])
         np.testing.assert_array_equal(ct[~corner], before[~corner])  # the rest: the same HU, read as 12-bit
+
+
+@pytest.mark.parametrize("rescale_type", ["US", "OD", "HU"])
+def test_a_ct_whose_values_are_not_hounsfield_units_is_said(plain, tmp_path, rescale_type):
+    """Tenth hostile trial J10: a CT whose (0028,1054) RescaleType says its values are not HU (US, OD; PS3.3 C.8.2.1
+    requires it then) was exported as HU without a word. The values are exported as they are, with a case warning
+    naming the RescaleType; "HU" itself is no warning."""
+    base, truth, out = plain
+    root = tmp_path / "in"
+    shutil.copytree(base / "in", root)
+    for path in truth.ct_files:
+        target = root / path.relative_to(base / "in")
+        ds = pydicom.dcmread(str(target))
+        ds.RescaleType = rescale_type
+        ds.save_as(str(target))
+    new = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(new), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = hostile.manifest(new)
+    (expected,) = hostile.manifest(out)
+    said = f"RescaleType is {rescale_type}, not HU" in row["warnings"]
+    assert said == (rescale_type != "HU"), row["warnings"]
+    with np.load(new / row["case_id"] / "pair.npz") as a, np.load(out / expected["case_id"] / "pair.npz") as b:
+        np.testing.assert_array_equal(a["ct"], b["ct"])

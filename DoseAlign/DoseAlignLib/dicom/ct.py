@@ -114,6 +114,13 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     else:  # one slice: no position to take the step from
         typical, why = _single_slice_step(first, spacing)
         warnings.append(f"{first.rel_path}: the CT has one slice; its slice step is {why}")
+    # PS3.3 C.8.2.1: (0028,1054) RescaleType is required where the rescaled values are not HU
+    other_units = sorted({str(s.info.get("rescale_type") or "") for s in series.slices} - {"", "HU"})
+    if other_units:
+        warnings.append(
+            f"{first.rel_path}: the CT's (0028,1054) RescaleType is {', '.join(other_units)}, not HU: its values are "
+            "exported as rescaled, under the name HU, but they are not Hounsfield units (a cone-beam or synthetic CT?)"
+        )
     uniform = bool(
         steps.size == 0 or np.all(np.abs(steps - typical) <= max(SAME_POSITION_MM, UNIFORM_STEP_FRACTION * typical))
     )

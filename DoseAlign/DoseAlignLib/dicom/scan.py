@@ -545,6 +545,7 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["columns"] = headers.quick_int(ds, "Columns")
         info["pixel_position"] = headers.pixel_data_position(ds)
         info["rescale"] = (ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+        info["rescale_type"] = headers.text(ds, "RescaleType").upper()  # (0028,1054): given only when not HU
         if enhanced.is_multi_frame(ds):  # an Enhanced CT: its geometry per frame, from the functional groups
             _record_frames(path, ds, info)
     elif kind == "RTDOSE":
