@@ -553,6 +553,16 @@ def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None],
             "(better: an output folder outside the input)"
         )
         return [real_out]
+    if input_in_out is None and pseudonymized:  # nor through a bind mount or a link inside it
+        reached = _input_reached_from(out_dir, input_root)
+        if reached is not None:
+            raise DoseAlignError(
+                f"the output folder of a pseudonymized export reaches the input folder {input_root} through "
+                f"{reached} (a bind mount of it, or a link into it): what is shared would carry every identifying "
+                "DICOM file",
+                path=out_dir,
+                hint="remove it from the output folder, or choose another output folder; nothing was written",
+            )
     if input_in_out is not None and pseudonymized:  # the folder meant for sharing would hold the DICOM itself
         raise DoseAlignError(
             f"the input folder {input_root} is inside the output folder of a pseudonymized export, which would "
@@ -566,6 +576,56 @@ def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None],
             "manifest.csv (better: an output folder beside the input)"
         )
     return []
+
+
+#: How deep below OUT, and through how many entries, :func:`_input_reached_from` looks.
+_REACH_DEPTH, _REACH_ENTRIES = 3, 200_000
+
+
+def _input_reached_from(out_dir: Path, input_root: Path) -> Optional[Path]:
+    """An entry below ``out_dir`` (to :data:`_REACH_DEPTH` levels) that reaches the input: a folder that is the input
+    or one of its ancestors by device and inode (a bind mount), or a symbolic link whose target is such a folder or
+    lies inside the input. None when there is none (or OUT does not exist)."""
+    real_input = Path(os.path.realpath(input_root))
+    identities = set()
+    for folder in (real_input, *real_input.parents):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            continue
+        identities.add((info.st_dev, info.st_ino))
+    budget = [_REACH_ENTRIES]
+
+    def look(folder: Path, depth: int) -> Optional[Path]:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return None
+        for entry in entries:
+            budget[0] -= 1
+            if budget[0] < 0:
+                return None
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = Path(os.path.realpath(path))
+                if target == real_input or target in real_input.parents or real_input in target.parents:
+                    return path
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) in identities:
+                return path
+            if depth < _REACH_DEPTH:
+                found = look(path, depth + 1)
+                if found is not None:
+                    return found
+        return None
+
+    return look(Path(out_dir), 1) if Path(out_dir).is_dir() else None
 
 
 def check_writable(out_dir: Path) -> None:

@@ -439,6 +439,37 @@ def test_a_pseudonymized_export_never_holds_its_input(study, tmp_path, capsys):
     assert (out / "manifest.csv").is_file()
 
 
+@pytest.mark.parametrize("how", ["a link", "a bind mount"])
+def test_a_pseudonymized_export_never_reaches_its_input(study, tmp_path, capsys, how):
+    """Tenth hostile trial J1: the input reachable inside OUT through a bind mount of it or a link to it (OUT/in)
+    was exported with a note only: the folder meant for sharing carried every identifying DICOM file (I7's fix
+    looked at paths). Refused before anything is written, the key included."""
+    import os
+    import shutil
+    import subprocess
+
+    root = tmp_path / "input"
+    shutil.copytree(study["root"], root)
+    out = tmp_path / "share"
+    out.mkdir()
+    if how == "a link":
+        (out / "in").symlink_to(root, target_is_directory=True)
+    else:
+        (out / "in").mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(root), str(out / "in")]).returncode != 0:
+            pytest.skip("no bind mount here (not root)")
+    try:
+        key = tmp_path / "keys" / "new.key"
+        key.parent.mkdir()
+        code = main(["export", str(root), str(out), "--quiet", "--pseudonymize", "--key-file", str(key)])
+        err = capsys.readouterr().err
+        assert code == 2 and "reaches the input folder" in err and "nothing was written" in err, err
+        assert not key.exists() and sorted(p.name for p in out.iterdir()) == ["in"]
+    finally:
+        if how == "a bind mount":
+            subprocess.run(["umount", str(out / "in")])
+
+
 def test_key_and_map_never_inside_the_output(study, tmp_path, capsys):
     out = tmp_path / "out"
     assert _export(study, out, "--map-file", str(out / "map.csv")) == 2
