@@ -1494,3 +1494,84 @@ def test_masks_on_the_slices_a_regularized_ct_inserts(tmp_path, capsys, variant)
         for n in drop:
             assert not masks["Box"][int(np.argmin(np.abs(grid_z - z[n])))].any()
         assert "masks are empty on slices inside their extent (count): 'Box' (1)" in row["warnings"], row["warnings"]
+
+
+# ---- one CT series read as two (tenth hostile trial J13, J14) ------------------------------------
+
+
+def _ct_by_z(clean: dict, root: Path) -> list:
+    """The plan study's CT files in ``root``, in order of position along z."""
+    files = [root / _rel(clean, "plan", f) for f in clean["plan"].ct_files]
+    return sorted(files, key=lambda f: float(dd.read(f, header_only=True).ImagePositionPatient[2]))
+
+
+def _same_arrays_as_clean(clean: dict, out: Path, rows: list) -> dict:
+    (row,) = rows
+    assert row["status"] == "ok", row
+    with (
+        np.load(out / row["case_id"] / "pair.npz") as a,
+        np.load(clean["outs"]["plan"] / row["case_id"] / "pair.npz") as b,
+    ):
+        assert a["ct"].shape == b["ct"].shape
+        np.testing.assert_array_equal(a["ct"], b["ct"])
+        np.testing.assert_array_equal(a["dose"], b["dose"])
+    return json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+
+
+def _set_geometry(path: Path, change: str) -> None:
+    ds = dd.read(path)
+    spacing = [float(v) for v in ds.PixelSpacing]
+    if change.startswith("spacing"):  # the spacing times a factor, as a decimal string
+        factor = float(change.split()[1])
+        ds.PixelSpacing = [f"{v * factor:.6g}" for v in spacing]
+    elif change.startswith("tilt"):  # the column direction turned about x by e radians
+        e = float(change.split()[1])
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", f"{np.cos(e):.10f}", f"{np.sin(e):.10f}"]
+    elif change == "rows":  # the slice cropped by two rows
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        pixels = ds.pixel_array[: rows - 2].copy()
+        ds.Rows = rows - 2
+        ds.PixelData = pixels.tobytes()
+        assert pixels.shape == (rows - 2, columns)
+    dd.save(ds, path)
+
+
+@pytest.mark.parametrize("change", ["spacing 1.00005", "spacing 0.9995", "tilt 5e-5"])
+def test_slices_of_one_series_written_with_another_rounding_are_one_ct(clean, tmp_path, capsys, change):
+    """From the tenth hostile trial (J13): slices of one series whose PixelSpacing (2.0 and 2.0001) or orientation
+    (5e-5) differ by a rounding were split into two "series"; one was chosen and its holes interpolated, ok, no word.
+    They are one CT now, on the geometry of most slices (the check says which value is used)."""
+    root = _copy(clean, "plan", tmp_path)
+    files = _ct_by_z(clean, root)
+    for k in (2, 5):
+        _set_geometry(files[k], change)
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0
+    meta = _same_arrays_as_clean(clean, out, rows)
+    (check,) = [c for c in meta["geometry"]["ct"]["checks"] if c["check"] == "slice geometry"]
+    assert check["result"] == "rounded" and "(2 slices)" in check["detail"], check
+    used = "[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]" if "tilt" in change else "[1.0, 1.0]"
+    assert f"the value of most slices, {used} (6 slices), is used" in check["detail"], check
+
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        ("spacing 1.25", "PixelSpacing"),
+        ("spacing 1.002", "PixelSpacing"),
+        ("tilt 5e-4", "ImageOrientationPatient"),
+        ("rows", "Rows"),
+    ],
+)
+def test_slices_of_one_series_of_another_geometry_fail_the_case_named(clean, tmp_path, capsys, change, phrase):
+    """From the tenth hostile trial (J13): a minority of a series' slices of another PixelSpacing, orientation or
+    Rows (beyond a rounding) were a CT of their own; the rest was chosen, the holes interpolated, ok, no warning.
+    The case fails now, naming every such slice (as it did for one)."""
+    root = _copy(clean, "plan", tmp_path)
+    files = _ct_by_z(clean, root)
+    for k in (2, 5):
+        _set_geometry(files[k], change)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    names = sorted(f.name for f in (files[2], files[5]))
+    _failed_with(rows, phrase, "differs from the 6 other slices of the series", "1 more slices differ so", *names)

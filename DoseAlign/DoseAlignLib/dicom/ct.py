@@ -18,10 +18,16 @@ from ..errors import GeometryError, InputError
 from ..geometry.grid import Grid, Volume, orientation_vectors
 from . import headers
 from .enhanced import FRAME_TAGS, frame_name
-from .scan import CtSeries
+from .scan import (
+    ORIENTATION_TOLERANCE,
+    SAME_POSITION_MM,
+    SPACING_TOLERANCE,
+    CtSeries,
+    geometry_difference,
+    slice_geometry,
+)
 
-#: Slice positions closer than this (mm) are the same position.
-SAME_POSITION_MM = 0.01
+#: Slice positions closer than SAME_POSITION_MM (from the scan, which joins folders by it) are one position.
 #: Steps within this fraction of the typical step count as uniform.
 UNIFORM_STEP_FRACTION = 0.01
 #: In-plane drift of slice origins (mm) above which the series is tilted or sheared.
@@ -46,6 +52,8 @@ class CtGeometry:
     missing_slices: list = field(default_factory=list)  # (after position mm, number missing)
     checks: list = field(default_factory=list)  # dicts: check, result, detail
     warnings: list = field(default_factory=list)  # what the case's users must know (a one-slice CT's assumed step)
+    #: ImageOrientationPatient as the grid takes it (the value most slices carry); None: the first slice's
+    orientation: Optional[list] = None
 
     @property
     def needs_regularization(self) -> bool:
@@ -56,9 +64,11 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     """Derive the grid of a CT series from each slice's ImagePositionPatient and orientation."""
     if not series.slices:
         raise InputError("CT series has no slices", path=series.folder)
-    first = _reference_slice(series)  # every slice checked; the geometry all slices share
+    first, rounding = _reference_slice(series)  # every slice checked; the geometry all slices share
     tag_ipp = TAG_IPP
     checks = []
+    if rounding:
+        checks.append({"check": "slice geometry", "result": "rounded", "detail": rounding})
     iop = first.info.get("image_orientation")
     row_dir, col_dir = _orientation(iop, first.path)
     normal = np.cross(row_dir, col_dir)
@@ -206,7 +216,7 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
         affine[:3, 2] = affine_k
         grid = Grid(grid.shape, affine, grid.frame_of_reference_uid)
     checks.append({"check": "orientation", "result": "ok", "detail": _orientation_name(row_dir, col_dir)})
-    return CtGeometry(grid, [int(i) for i in order], uniform, typical, tilt, missing, checks, warnings)
+    return CtGeometry(grid, [int(i) for i in order], uniform, typical, tilt, missing, checks, warnings, list(iop))
 
 
 def _single_slice_step(obj, spacing) -> tuple:
@@ -252,7 +262,7 @@ def read_ct(
     geometry = geometry or ct_geometry(series)
     shape = geometry.grid.shape
     out = np.empty(shape, dtype=np.int16 if dtype == "int16" else np.float32)
-    reference_iop = np.array(series.slices[geometry.order[0]].info["image_orientation"])
+    reference_iop = np.array(geometry.orientation or series.slices[geometry.order[0]].info["image_orientation"])
     buffers: dict = {}
     decoded: dict = {}  # a multi-frame file's decoded frames, by path, while its frames are read
     for k, index in enumerate(geometry.order):
@@ -260,7 +270,7 @@ def read_ct(
         if _read_in_place(obj, out[k], dtype, buffers):
             continue
         iop = obj.info.get("image_orientation")
-        if iop is None or not np.allclose(iop, reference_iop, atol=1e-4):
+        if iop is None or len(iop) != 6 or np.max(np.abs(np.subtract(iop, reference_iop))) > ORIENTATION_TOLERANCE:
             raise GeometryError(
                 f"{_frame(obj)}slice orientation differs from the rest of the series",
                 path=obj.path,
@@ -445,23 +455,6 @@ def _check_rescale(pixels: np.ndarray, slope: float, intercept: float, dtype: st
         )
 
 
-def _slice_key(obj) -> tuple:
-    """What every slice of one volume shares: orientation, pixel spacing, rows and columns."""
-    info = obj.info
-
-    def rounded(values):
-        if values is None:
-            return None
-        return tuple(round(float(v), 4) if np.isfinite(v) else str(v) for v in values)
-
-    return (
-        rounded(info.get("image_orientation")),
-        rounded(info.get("pixel_spacing")),
-        info.get("rows"),
-        info.get("columns"),
-    )
-
-
 def _check_slice(obj) -> None:
     """The geometry tags of one slice are present, numeric, in range and self-consistent."""
     info = obj.info
@@ -494,9 +487,11 @@ def _check_slice(obj) -> None:
             raise InputError(f"{name} must be a whole number 1..65535, got {value!r}", path=obj.path, tag=tag)
 
 
-def _reference_slice(series: CtSeries):
-    """Check every slice; return one with the geometry most slices share, naming any slice that differs."""
-    keys = [_slice_key(obj) for obj in series.slices]
+def _reference_slice(series: CtSeries) -> tuple:
+    """Check every slice; return one with the geometry most slices share and, when some slices write it with
+    another rounding, what is taken (else ""). A slice whose geometry differs beyond a rounding fails the
+    series, naming it and the others that differ so."""
+    keys = [slice_geometry(obj) for obj in series.slices]
     counts: dict = {}
     for key in keys:
         counts[key] = counts.get(key, 0) + 1
@@ -509,20 +504,51 @@ def _reference_slice(series: CtSeries):
         ("Rows", "(0028,0010) Rows"),
         ("Columns", "(0028,0011) Columns"),
     )
+    differing: dict = {}  # element index -> [(slice, its geometry)]
+    rounded: dict = {}  # element index -> {value written: slices}
     for obj, key in zip(series.slices, keys):
         if key == best:
             continue
         _check_slice(obj)
-        for n, (keyword, tag) in enumerate(names):
-            if key[n] != best[n]:
-                raise GeometryError(
-                    f"{_frame(obj)}{keyword} {list(key[n]) if isinstance(key[n], tuple) else key[n]} differs from the "
-                    f"{counts[best]} other slices of the series ({list(best[n]) if isinstance(best[n], tuple) else best[n]})",
-                    path=obj.path,
-                    tag=_tag(obj, {0: "image_orientation", 1: "pixel_spacing"}.get(n, ""), tag),
-                    hint="a damaged slice or one from another volume; remove it or fix the series",
-                )
-    return reference
+        n = geometry_difference(best, key)
+        if n is not None:
+            differing.setdefault(n, []).append((obj, key))
+            continue
+        for m in (0, 1):
+            if key[m] != best[m]:
+                rounded.setdefault(m, {}).setdefault(key[m], 0)
+                rounded[m][key[m]] += 1
+
+    def shown(value) -> str:
+        return str(list(value) if isinstance(value, tuple) else value)
+
+    if differing:
+        n = min(differing)
+        found = differing[n]
+        obj, key = found[0]
+        keyword, tag = names[n]
+        agreeing = len(series.slices) - sum(len(v) for v in differing.values())
+        more = ""
+        if len(found) > 1:
+            listed = ", ".join(frame_name(o) for o, _k in found[1:6])
+            more = f"; {len(found) - 1} more slices differ so: {listed}" + (", ..." if len(found) > 6 else "")
+        raise GeometryError(
+            f"{_frame(obj)}{keyword} {shown(key[n])} differs from the {agreeing} other slices of the series "
+            f"({shown(best[n])}){more}",
+            path=obj.path,
+            tag=_tag(obj, {0: "image_orientation", 1: "pixel_spacing"}.get(n, ""), tag),
+            hint="a damaged slice or one from another volume; remove it or fix the series",
+        )
+    told = []
+    for m, values in sorted(rounded.items()):
+        written = ", ".join(f"{shown(v)} ({c} slices)" for v, c in sorted(values.items(), key=str))
+        limit = f"{SPACING_TOLERANCE:.1%}" if m == 1 else f"{ORIENTATION_TOLERANCE:g}"
+        whose = "most slices" if max(values.values()) < counts[best] else "the first slice by path, as many as any"
+        told.append(
+            f"{names[m][0]} written with other roundings (within {limit}): {written}; the value of {whose}, "
+            f"{shown(best[m])} ({counts[best]} slices), is used"
+        )
+    return reference, "; ".join(told)
 
 
 def _orientation(iop, path, tag: Optional[str] = None) -> tuple:

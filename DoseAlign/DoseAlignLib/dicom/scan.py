@@ -1,7 +1,9 @@
 """Scan a folder tree: read DICOM headers only, classify objects and group CT slices into series.
 
-Slices are grouped by SeriesInstanceUID *and* geometry *and* folder, because distinct volumes
-sometimes share one SeriesInstanceUID (the Nelms DVH phantom's 1, 2 and 3 mm CTs do).
+Slices are grouped by SeriesInstanceUID *and* folder, because distinct volumes sometimes share one
+SeriesInstanceUID (the Nelms DVH phantom's 1, 2 and 3 mm CTs do, each in a folder of its own). Within one
+series and folder, slices whose geometry differs beyond a rounding stay together, so that the CT checks name
+them and the case fails (never a silent split).
 """
 
 from __future__ import annotations
@@ -654,28 +656,66 @@ def _treated_beams(ds: Dataset) -> list:
     return sorted(beams)
 
 
-def _geometry_key(obj: DicomObject) -> tuple:
+#: Slice positions closer than this (mm) along the slice normal are the same position.
+SAME_POSITION_MM = 0.01
+#: PixelSpacing values of one series that differ by at most this fraction are one spacing written with another
+#: rounding (2.0 and 2.0001, "0.9765625" and "0.976562"): at most half a pixel across 512 columns.
+SPACING_TOLERANCE = 1e-3
+#: Direction cosines of one series that differ by at most this are one orientation written with another rounding
+#: (1e-4 rad, 0.006 deg: 0.05 mm across a 500 mm image).
+ORIENTATION_TOLERANCE = 1e-4
+
+
+def slice_geometry(obj) -> tuple:
+    """What every slice of one volume shares, as written: orientation, pixel spacing, rows and columns."""
     info = obj.info
 
-    def rounded(values, digits):
-        return None if values is None else tuple(round(v, digits) for v in values)
+    def values(name):
+        found = info.get(name)
+        return None if found is None else tuple(float(v) if np.isfinite(v) else str(v) for v in found)
 
-    return (
-        rounded(info.get("image_orientation"), 4),
-        rounded(info.get("pixel_spacing"), 4),
-        info.get("rows"),
-        info.get("columns"),
-    )
+    return (values("image_orientation"), values("pixel_spacing"), info.get("rows"), info.get("columns"))
+
+
+def geometry_difference(first: tuple, second: tuple) -> Optional[int]:
+    """Index (0 orientation, 1 pixel spacing, 2 rows, 3 columns) of the first element in which two
+    :func:`slice_geometry` values differ beyond a rounding (:data:`ORIENTATION_TOLERANCE`,
+    :data:`SPACING_TOLERANCE`); None when they are one geometry."""
+    for n, (a, b) in enumerate(zip(first, second)):
+        if n >= 2 or a is None or b is None or len(a) != len(b):
+            if a != b:
+                return n
+            continue
+        limit = ORIENTATION_TOLERANCE if n == 0 else SPACING_TOLERANCE
+        for x, y in zip(a, b):
+            if isinstance(x, str) or isinstance(y, str):
+                if x != y:
+                    return n
+            elif abs(x - y) > limit * (1.0 if n == 0 else max(abs(x), abs(y))):
+                return n
+    return None
+
+
+def _geometry_key(obj: DicomObject, known: list) -> tuple:
+    """The first of the ``known`` geometries that ``obj`` shares within a rounding, else its own (added)."""
+    mine = slice_geometry(obj)
+    for geometry in known:
+        if geometry_difference(geometry, mine) is None:
+            return geometry
+    known.append(mine)
+    return mine
 
 
 def _group_ct(result: ScanResult) -> list:
     groups: dict = {}
+    known: dict = {}  # geometries seen, by series, frame of reference and folder
     for obj in result.of_kind("CT"):
         folder = str(Path(obj.rel_path).parent.as_posix())
-        key = (obj.series_uid, obj.frame_of_reference_uid, folder, _geometry_key(obj))
+        where = (obj.series_uid, obj.frame_of_reference_uid, folder)
+        key = where + (_geometry_key(obj, known.setdefault(where, [])),)
         groups.setdefault(key, []).append(obj)
     series_list = []
-    _merge_stray_slices(groups)
+    _merge_geometries_of_one_folder(groups)
     for key, objects in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], str(kv[0][3]))):
         series_uid, frame_uid, folder, _ = key
         unique: dict = {}
@@ -925,13 +965,14 @@ def _same_bytes(first: Path, second: Path) -> bool:
                 return True
 
 
-def _merge_stray_slices(groups: dict) -> None:
-    """A lone slice whose geometry differs from a larger volume of its series, frame and folder joins it.
+def _merge_geometries_of_one_folder(groups: dict) -> None:
+    """Slices of one series, frame and folder whose geometry differs beyond a rounding join the largest volume.
 
-    Such a slice is damaged (a missing or broken PixelSpacing, orientation, Rows...) far more often
-    than it is a volume of its own; kept apart, it would leave a silent hole in the CT. Joined, the CT
-    checks name it and its case fails. Volumes of two slices or more stay apart (the Nelms phantom's
-    CTs differ in folder anyway).
+    They are damaged (a missing or broken PixelSpacing, orientation, Rows...) or slices of another volume
+    written under the series' UID; kept apart, they would be a CT of their own and leave silent holes in
+    this one, which would be interpolated over. Joined, the CT checks name them and the case fails. A
+    multi-frame file of another geometry stays a volume of its own; so do slices in another folder (the
+    Nelms phantom's CTs).
     """
     by_volume: dict = {}
     for key in groups:
@@ -940,13 +981,11 @@ def _merge_stray_slices(groups: dict) -> None:
         if len(keys) < 2:
             continue
         largest = max(keys, key=lambda k: (len(groups[k]), bool(k[1]), str(k[3])))
-        if len(groups[largest]) < 2:
-            continue
         for key in keys:
-            # a lone slice of the same frame of reference, or one whose frame of reference is lost (a multi-frame
-            # file is a volume of its own)
-            lone = len(groups[key]) == 1 and "frames" not in groups[key][0].info
-            if key != largest and lone and key[1] in (largest[1], ""):
+            # slices of the same frame of reference, or whose frame of reference is lost (a multi-frame file is a
+            # volume of its own)
+            single = all("frames" not in obj.info for obj in groups[key])
+            if key != largest and single and key[1] in (largest[1], ""):
                 groups[largest].extend(groups.pop(key))
 
 
