@@ -1575,3 +1575,30 @@ def test_slices_of_one_series_of_another_geometry_fail_the_case_named(clean, tmp
     assert code == 1
     names = sorted(f.name for f in (files[2], files[5]))
     _failed_with(rows, phrase, "differs from the 6 other slices of the series", "1 more slices differ so", *names)
+
+
+@pytest.mark.parametrize("layout", ["halves", "odd and even"])
+def test_one_series_in_two_folders_is_one_ct(clean, tmp_path, capsys, layout):
+    """From the tenth hostile trial (J14): one series of one geometry in two folders (a CD layout DICOM/0001,
+    DICOM/0002) was read as two CTs: half the CT exported, ok. It is one CT now (its folders both named)."""
+    root = _copy(clean, "plan", tmp_path)
+    files = _ct_by_z(clean, root)
+    for k, path in enumerate(files):
+        first = k < len(files) // 2 if layout == "halves" else k % 2 == 0
+        folder = path.parent / "DICOM" / ("0001" if first else "0002")
+        folder.mkdir(parents=True, exist_ok=True)
+        path.rename(folder / path.name)
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0
+    _same_arrays_as_clean(clean, out, rows)
+    assert rows[0]["ct_folder"] == "p/DICOM/0001 + p/DICOM/0002", rows[0]
+    out = tmp_path / "chosen"  # --ct takes either folder
+    assert (
+        main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--ct", "p/DICOM/0002"]) == 0
+    )
+    capsys.readouterr()
+    _same_arrays_as_clean(clean, out, hostile.manifest(out))
+    # a copy of the series in another folder stays a series of its own (positions collide)
+    shutil.copytree(root / "p" / "DICOM" / "0001", root / "p" / "copy")
+    done = hostile.dosealign("scan", str(root))
+    assert "one CT slice in 2 series (folders): copies" in done.stdout, done.stdout

@@ -3,7 +3,8 @@
 Slices are grouped by SeriesInstanceUID *and* folder, because distinct volumes sometimes share one
 SeriesInstanceUID (the Nelms DVH phantom's 1, 2 and 3 mm CTs do, each in a folder of its own). Within one
 series and folder, slices whose geometry differs beyond a rounding stay together, so that the CT checks name
-them and the case fails (never a silent split).
+them and the case fails (never a silent split). One series of one geometry spread over several folders (a CD
+layout DICOM/0001, DICOM/0002) whose positions interleave or abut without colliding is one CT.
 """
 
 from __future__ import annotations
@@ -79,11 +80,14 @@ class CtSeries:
     study_uid: str
     frame_of_reference_uid: str
     patient_id: str
+    #: the folder of the slices; of a series spread over several folders, their names joined by " + "
     folder: str
     slices: list = field(default_factory=list)
     duplicate_files: list = field(default_factory=list)
     #: (SOPInstanceUID, [rel_paths]) of slices that share a UID but hold different images: the case fails
     conflicts: list = field(default_factory=list)
+    #: every folder the slices lie in (more than one for a series spread over folders)
+    folders: list = field(default_factory=list)
 
     @property
     def files(self) -> list:
@@ -716,6 +720,7 @@ def _group_ct(result: ScanResult) -> list:
         groups.setdefault(key, []).append(obj)
     series_list = []
     _merge_geometries_of_one_folder(groups)
+    folders_of = _merge_split_folders(groups)
     for key, objects in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], str(kv[0][3]))):
         series_uid, frame_uid, folder, _ = key
         unique: dict = {}
@@ -739,6 +744,7 @@ def _group_ct(result: ScanResult) -> list:
             folder=folder,
             slices=slices,
             duplicate_files=[d.rel_path for d in duplicates],
+            folders=folders_of.get(key, [folder]),
         )
         for dup in duplicates:
             first = unique[dup.sop_instance_uid]
@@ -987,6 +993,84 @@ def _merge_geometries_of_one_folder(groups: dict) -> None:
             single = all("frames" not in obj.info for obj in groups[key])
             if key != largest and single and key[1] in (largest[1], ""):
                 groups[largest].extend(groups.pop(key))
+
+
+def _merge_split_folders(groups: dict) -> dict:
+    """One series of one geometry and frame of reference in several folders (a CD layout DICOM/0001,
+    DICOM/0002) is one CT when its slices, put together, are at least as regular as in each folder: no two
+    at one position, every step a whole number of the joint step, no gap that no folder has itself, and
+    the slice origins on one line along the normal. Copies of a series (positions collide) and volumes of
+    other slice steps sharing the UID (the Nelms phantom's) stay apart. Returns the folders of each joined
+    group's key (the key's folder is their names joined by " + ")."""
+    by_volume: dict = {}
+    for key, objects in groups.items():
+        if all("frames" not in obj.info for obj in objects):
+            by_volume.setdefault((key[0], key[1], key[3]), []).append(key)
+    folders_of: dict = {}
+    for (series_uid, frame_uid, geometry), keys in by_volume.items():
+        if len(keys) < 2 or not series_uid:
+            continue
+        keys = sorted(keys, key=lambda k: k[2])
+        parts = [_positions_along_normal(groups[k], geometry) for k in keys]
+        if any(p is None for p in parts) or not _one_stack(parts):
+            continue
+        folders = [k[2] for k in keys]
+        joined = (series_uid, frame_uid, " + ".join(folders), geometry)
+        groups[joined] = [obj for k in keys for obj in groups.pop(k)]
+        folders_of[joined] = folders
+    return folders_of
+
+
+def _positions_along_normal(objects: list, geometry: tuple) -> Optional[np.ndarray]:
+    """``(n, 4)``: each slice's position along the slice normal, then its origin; None when one is unusable."""
+    iop = geometry[0]
+    if iop is None or len(iop) != 6 or any(isinstance(v, str) for v in iop):
+        return None
+    row, col = np.array(iop[:3]), np.array(iop[3:])
+    normal = np.cross(row, col)
+    if not 0.99 < np.linalg.norm(normal) < 1.01:
+        return None
+    rows = []
+    for obj in objects:
+        ipp = obj.info.get("image_position")
+        if ipp is None or len(ipp) != 3 or not np.all(np.isfinite(ipp)):
+            return None
+        rows.append([float(np.dot(ipp, normal)), *ipp])
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def _one_stack(parts: list) -> bool:
+    """Whether the slices of several folders (:func:`_positions_along_normal`) are one evenly stepped stack."""
+    union = np.concatenate(parts)
+    union = union[np.argsort(union[:, 0], kind="stable")]
+    steps = np.diff(union[:, 0])
+    if steps.size == 0 or np.any(steps < SAME_POSITION_MM):
+        return False  # copies, or volumes that overlap
+    # the slice origins on one straight line (a tilted stack's too), as the CT checks want them
+    offsets = union[:, 0] - union[0, 0]
+    moved = union[:, 1:] - union[0, 1:]
+    if np.max(np.linalg.norm(moved - np.outer(offsets, moved[-1] / offsets[-1]), axis=1)) > 10 * SAME_POSITION_MM:
+        return False
+
+    def gaps(positions: np.ndarray, step: float) -> Optional[int]:
+        """Steps longer than one ``step`` (whole multiples of it), or None when a step is no whole multiple."""
+        ratios = np.diff(positions) / step
+        whole = np.rint(ratios)
+        if np.any(whole < 1) or np.any(np.abs(ratios - whole) > 0.01):
+            return None
+        return int(np.count_nonzero(whole > 1))
+
+    typical = float(np.median(steps))
+    joint = gaps(union[:, 0], typical)
+    if joint is None:
+        return False
+    own = 0
+    for part in parts:
+        positions = np.sort(part[:, 0])
+        if positions.size > 1:
+            found = gaps(positions, float(np.median(np.diff(positions))))
+            own += found if found is not None else positions.size
+    return joint <= own
 
 
 def _report_cross_duplicates(result: ScanResult) -> None:

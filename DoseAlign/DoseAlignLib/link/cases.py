@@ -227,8 +227,8 @@ def _warn_of_unread(cases: list, scan: ScanResult) -> None:
         for case in cases:
             if case.ct is None:
                 continue
-            folder = PurePosixPath(case.ct.folder or ".")
-            if folder.parent.as_posix() in near or folder.as_posix() in near or folder in entry.parents:
+            folders = [PurePosixPath(f or ".") for f in (case.ct.folders or [case.ct.folder])]
+            if any(f.parent.as_posix() in near or f.as_posix() in near or f in entry.parents for f in folders):
                 case.warnings.append(
                     f"{rel} could not be read (it lies beside this case's CT folder): its files may be missing from "
                     "this case"

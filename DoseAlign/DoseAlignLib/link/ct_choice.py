@@ -154,7 +154,7 @@ def _relative(text: str, scan: ScanResult) -> str:
 
 def _find_series(text: str, scan: ScanResult, where: str) -> CtSeries:
     folder = _relative(text, scan)
-    by_folder = [s for s in scan.ct_series if folder and (s.folder or ".") == folder]
+    by_folder = [s for s in scan.ct_series if folder and ((s.folder or ".") == folder or folder in s.folders)]
     by_uid = [s for s in scan.ct_series if s.series_uid == text]
     found = by_folder or by_uid
     if not found:
