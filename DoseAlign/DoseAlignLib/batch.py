@@ -1189,7 +1189,7 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
         output = CaseOutput(out_dir, options)  # pair.npz gets the CT and the dose while the rest is computed
         more = {"resampler": resampler} if resampler is not None else {}  # the default call stays as it was
         if pseudonymizer is not None:  # ROI names rewritten before they are made unique (one name per ROI everywhere)
-            more["rewrite_names"] = pseudonymizer.text
+            more["rewrite_names"] = pseudonymizer.name
         steps = (lambda _f, message: message != "done" and say(message)) if stage else None
         result = run_case(case, options, progress=steps, sink=output.add_array, **more)
         records = input_files(case)  # what --resume compares with the input files of a later run

@@ -506,8 +506,8 @@ class Pseudonymizer:
         choosing channels by name takes for an absent ROI. The ROIs are selected by their names before the
         rewriting; the channel's name is the user's, so it must be one the outputs can carry as it is."""
         for name in channels:
-            rewritten = self.text(name)
-            leak = self.guard.find(name)
+            rewritten = self.name(name)
+            leak = self.guard.find(name, own=False)
             if rewritten != name or leak:
                 raise PseudonymError(
                     f"--rois {name!r}: the channel name holds {leak or 'an identifying value'} of the input: under "
@@ -519,12 +519,55 @@ class Pseudonymizer:
 
     # -- rewriting
     def text(self, value: str) -> str:
-        """A free text with paths tokenized, UIDs hashed and identifying values removed."""
+        """A free text with paths tokenized, UIDs hashed and identifying values removed (DoseAlign's own words,
+        :data:`OWN_VOCABULARY`, are kept where a name component is one of them; an ROI name this pseudonymizer
+        rewrote with :meth:`name` is written as rewritten there too: ``renamed from 'PTV_Lang'``)."""
+        if not value:
+            return value
+        value = self._renamed_in(value)
+        value = self._replace_paths(value)
+        value = _UID.sub(lambda m: self._uid_in_text(m.group(0)), value)
+        return self._redact(value)
+
+    def name(self, value: str) -> str:
+        """A name the input gave (an ROI name, a label) rewritten as :meth:`text` does, but without DoseAlign's own
+        words exempted: a surname ``Lang``, ``Block`` or ``Rule`` is removed from ``PTV_Lang`` (only DoseAlign's
+        own text keeps its words). The marks :data:`REMOVED` of an earlier rewriting stay as they are."""
+        if not value:
+            return value
+        pieces = value.split(REMOVED)
+        rewritten = REMOVED.join(self._name_piece(piece) for piece in pieces)
+        if rewritten != value:
+            renamed = getattr(self, "_renamed", None)
+            if renamed is None:
+                renamed = {}
+                object.__setattr__(self, "_renamed", renamed)
+            if len(renamed) < MAX_RENAMED and REMOVED not in value:
+                renamed[value] = rewritten
+        return rewritten
+
+    def _name_piece(self, value: str) -> str:
         if not value:
             return value
         value = self._replace_paths(value)
         value = _UID.sub(lambda m: self._uid_in_text(m.group(0)), value)
-        return self._redact(value)
+        return self._redact(value, own=False)
+
+    def _renamed_in(self, value: str) -> str:
+        """``value`` with the names :meth:`name` rewrote, where they stand whole (no letter or digit beside them),
+        written as rewritten: DoseAlign's prose quoting an ROI name as the input gave it keeps no name component
+        that is also one of DoseAlign's words."""
+        renamed = getattr(self, "_renamed", None)
+        if not renamed:
+            return value
+        for original in sorted(renamed, key=len, reverse=True):
+            if original in value:
+                if _alnum(original).casefold() in OWN_VOCABULARY:  # an ROI "Plan": only where the prose quotes it
+                    pattern = re.compile(r"(?<=['\"])" + re.escape(original) + r"(?=['\"])")
+                else:
+                    pattern = re.compile(r"(?<![^\W_])" + re.escape(original) + r"(?![^\W_])")
+                value = pattern.sub(lambda _m, new=renamed[original]: new, value)
+        return value
 
     def _uid_in_text(self, candidate: str) -> str:
         """A dotted run of digits in a text: hashed when it is one of the input's UIDs, or another UID as DICOM writes
@@ -569,16 +612,17 @@ class Pseudonymizer:
             object.__setattr__(self, "_name_cache", matcher)
         return matcher
 
-    def _redact(self, value: str) -> str:
+    def _redact(self, value: str, own: bool = True) -> str:
         """Identity removed; where the text's NFKC form holds identity the text does not show (fullwidth
-        ``ＱＸ７７４１５``, ``ＰＴＶ＿Ｄｏｅ``), that form is rewritten instead."""
-        value = self._redact_text(value)
+        ``ＱＸ７７４１５``, ``ＰＴＶ＿Ｄｏｅ``), that form is rewritten instead. ``own``: DoseAlign's own words are
+        no name there (its own text; not in a name the input gave)."""
+        value = self._redact_text(value, own)
         if not value.isascii():
             # NFKC composes what macOS writes decomposed (Mu\u0308ller) and reads fullwidth forms; format characters
             # (zero-width space, soft hyphen: category Cf) are dropped, as the check reads through them too
             normalized = unicodedata.normalize("NFKC", "".join(c for c in value if unicodedata.category(c) != "Cf"))
             if normalized != value:
-                again = self._redact_text(normalized)
+                again = self._redact_text(normalized, own)
                 if again != normalized:
                     value = again
         return value
@@ -623,7 +667,7 @@ class Pseudonymizer:
             object.__setattr__(self, "_unpadded_cache", cached)
         return cached[1]
 
-    def _redact_text(self, value: str) -> str:
+    def _redact_text(self, value: str, own: bool = True) -> str:
         if not value:
             return value
         ident = self.identity
@@ -633,7 +677,7 @@ class Pseudonymizer:
         for number in numbers:  # the number of an ID of letters and digits, as a word of its own
             if number in value:
                 value = _bare_number(number).sub(REMOVED, value)
-        value = self._names.redact(value)
+        value = self._names.redact(value) if own else self._names.redact(value, own=False)
         for date in ident.dates:
             if any(c.isdigit() for c in value):
                 value = _date_pattern(date).sub(REMOVED, value)
@@ -644,12 +688,15 @@ class Pseudonymizer:
         (ROI names used as keys) are rewritten as text."""
         if isinstance(value, dict):
             out: dict = {}
+            # ROI names as keys (audit.reference_dvh.rois) are names; elsewhere a key equal to one is DoseAlign's
+            # (a patient Rule with an ROI "rule": meta.json's own "rule" keys stay)
+            as_text = self.name if key in _NAME_KEYS else self.text
             for k, v in value.items():
-                new_key = self.text(k) if k in text_keys else self._key(k)
+                new_key = as_text(k) if k in text_keys else self._key(k)
                 n = 1
                 while new_key in out:  # two names that read alike once rewritten (PTV_Doe, PTV_John) both stay
                     n += 1
-                    new_key = f"{self.text(k) if k in text_keys else self._key(k)} ({n})"
+                    new_key = f"{as_text(k) if k in text_keys else self._key(k)} ({n})"
                 out[new_key] = self.value(v, str(k), text_keys)
             return out
         if isinstance(value, (list, tuple)):
@@ -659,7 +706,7 @@ class Pseudonymizer:
                 return self._path_field(value)
             if value in self.identity.uids and ("uid", value) not in self.entries:
                 return self.uid(value)
-            return self.text(value)
+            return self.name(value) if key in _INPUT_NAME_KEYS else self.text(value)
         return value
 
     def _key(self, key):
@@ -751,12 +798,20 @@ class Pseudonymizer:
             self.guard.find("\n".join(_strings(meta)))
             or self.guard.find("\n".join(sorted(vocabulary)), words=False)  # a surname "Dose" is no leak there
             or self.guard.find("\n".join(sorted(keys - vocabulary)))  # other keys are free text (ROI names)
+            # the names the input gave (ROI names under name keys), each apart: no word of DoseAlign's is exempt
+            or next(
+                (found for found in map(self._guard_name, sorted(set(_named(meta, keys=_INPUT_NAME_KEYS)))) if found),
+                "",
+            )
         )
         if leak:
             raise PseudonymError(
                 f"pseudonymization left {leak} in meta.json; the case is not written",
                 hint="please report it",
             )
+
+    def _guard_name(self, name: str) -> str:
+        return self.guard.find(name, own=False)
 
     @property
     def guard(self) -> IdentityGuard:
@@ -962,21 +1017,27 @@ def _strings(value) -> Iterable[str]:
         yield value
 
 
+#: At most this many names rewritten by :meth:`Pseudonymizer.name` are recalled to rewrite DoseAlign's prose quoting them.
+MAX_RENAMED = 4096
+
 #: Keys DoseAlign's writers use (snake_case); any other key (an ROI name used as a key) is free text.
 _VOCABULARY = re.compile(r"[a-z][a-z0-9_]*")
 #: Keys whose values are names (ROI names): where those names stand as keys, they are free text too.
 _NAME_KEYS = {"name", "names", "roi", "rois", "original_name", "roi_names", "worst_dvh_roi"}
+#: Keys whose values are names the input gave (ROI names, plan labels): rewritten and checked as names, where
+#: DoseAlign's own words are no exception (a surname ``Lang`` in ``PTV_Lang``).
+_INPUT_NAME_KEYS = _NAME_KEYS | {"plan_label"}
 
 
-def _named(value, parent: str = "") -> Iterable[str]:
-    """Every string held under a name key (``structures.names``, ``rois[].name``) of a JSON-like value."""
+def _named(value, parent: str = "", keys: frozenset = frozenset(_NAME_KEYS)) -> Iterable[str]:
+    """Every string held under a name key (``structures.names``, ``rois[].name``; ``keys``) of a JSON-like value."""
     if isinstance(value, dict):
         for key, item in value.items():
-            yield from _named(item, str(key))
+            yield from _named(item, str(key), keys)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _named(item, parent)
-    elif isinstance(value, str) and parent in _NAME_KEYS:
+            yield from _named(item, parent, keys)
+    elif isinstance(value, str) and parent in keys:
         yield value
 
 
@@ -1299,7 +1360,7 @@ class NameSpellings:
         cjk.update(re.escape(cjk_fold(w)) for w in self.words if _ideographic(w))
         self.cjk = re.compile("|".join(sorted(cjk, key=len, reverse=True))) if cjk else None
 
-    def _latin_spans(self, text: str) -> list:
+    def _latin_spans(self, text: str, own: bool = True) -> list:
         found = []
         if self.joined is not None:
             found.extend(m.span() for m in self.joined.finditer(text) if m.end() > m.start())
@@ -1307,18 +1368,18 @@ class NameSpellings:
             found.extend(
                 (a, b)
                 for a, b in _word_spans(text)
-                if text[a:b].casefold() in self.words and text[a:b].casefold() not in OWN_VOCABULARY
+                if text[a:b].casefold() in self.words and not (own and text[a:b].casefold() in OWN_VOCABULARY)
             )
         if self.inside is not None:
-            found.extend(m.span() for m in self.inside.finditer(text) if not _in_own_word(text, *m.span()))
+            found.extend(m.span() for m in self.inside.finditer(text) if not (own and _in_own_word(text, *m.span())))
         return found
 
-    def spans(self, text: str) -> list:
-        found = self._latin_spans(text)
+    def spans(self, text: str, own: bool = True) -> list:
+        found = self._latin_spans(text, own)
         # a name held in plain letters (Lukasiewicz, Muller) that a text spells with its marks (PTV_Łukasiewicz,
         # PTV_Müller): found in the text's plain spellings, each span taken back to the text's own characters
         for view, where in _plain_views(text):
-            found.extend((where[a], where[b - 1] + 1) for a, b in self._latin_spans(view) if b > a)
+            found.extend((where[a], where[b - 1] + 1) for a, b in self._latin_spans(view, own) if b > a)
         if (self.cjk is not None or self.cjk_single) and _has_cjk(text):
             folded = cjk_fold(text)
             if self.cjk is not None:
@@ -1329,8 +1390,10 @@ class NameSpellings:
                     found.append((n, n + 1))
         return found
 
-    def redact(self, text: str) -> str:
-        spans = sorted(self.spans(text))
+    def redact(self, text: str, own: bool = True) -> str:
+        """``text`` with every span of a name made :data:`REMOVED`; ``own``: DoseAlign's own words are no name
+        (its own text), else they are (a name the input gave: ``PTV_Lang``)."""
+        spans = sorted(self.spans(text, own))
         if not spans:
             return text
         merged = [list(spans[0])]
@@ -1554,8 +1617,10 @@ class IdentityGuard:
             lowered = re.sub(r"[0-9a-z]{8,}", lambda m: " " if m.group(0) in own else m.group(0), lowered)
         return lowered
 
-    def find(self, text: str, words: bool = True) -> str:
-        """The kind of identifying value in ``text`` ('' when none); ``words``: also single name components.
+    def find(self, text: str, words: bool = True, own: bool = True) -> str:
+        """The kind of identifying value in ``text`` ('' when none); ``words``: also single name components;
+        ``own``: ``text`` is DoseAlign's own, whose words (:data:`OWN_VOCABULARY`) are no name, else it is one name
+        the input gave (an ROI name), where they are (a surname ``Lang`` in ``PTV_Lang``).
 
         Letters with marks are compared folded on both sides (``ü``, ``ue`` and ``u`` alike); fullwidth and other
         compatibility forms are read as their plain letters and digits (``ＱＸ７７４１５``)."""
@@ -1606,14 +1671,15 @@ class IdentityGuard:
                     break
         camel = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
         found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
-        if words and (found_words - OWN_VOCABULARY) & (self.alone | self.single_cjk):
+        exempt = OWN_VOCABULARY if own else frozenset()
+        if words and (found_words - exempt) & (self.alone | self.single_cjk):
             return "a patient name"
         squeezed = "".join(c for c in lowered if c.isalnum())
         if any(name in squeezed for name in self.squeezed_names) or any(n in squeezed for n in self.joined_cjk):
             return "a patient name"
         if words:
             # a single component inside other words, not across DoseAlign's own words ("across its" holds no Rossi)
-            free = re.sub(r"[^\W\d_]+", lambda m: "\0" if m.group(0) in OWN_VOCABULARY else m.group(0), lowered)
+            free = re.sub(r"[^\W\d_]+", lambda m: "\0" if m.group(0) in exempt else m.group(0), lowered)
             pieces = "".join(c for c in free if c.isalnum() or c == "\0")
             if any((len(part) >= MIN_INSIDE or _cjk(part)) and part in pieces for part in self.alone):
                 return "a patient name"
