@@ -1600,3 +1600,23 @@ def test_the_check_alone_finds_a_surname_that_is_one_of_dosealigns_words_in_name
         with pytest.raises(pseudonym.PseudonymError, match="a patient name"):
             missed.check(leaked)
     missed.check(missed.value({"structures": {"names": ["PTV", "Rules_of_Lung"]}, **prose}))
+
+
+@pytest.mark.parametrize(
+    "patient_name, roi, needle",
+    [
+        ("McDonald^Ewan", "PTV_Mc_Donald", "mcdonald"),
+        ("Vandenberg^Ann", "PTV_van_den_Berg", "vandenberg"),
+        ("Delacroix^Marie", "de la Croix boost", "delacroix"),
+    ],
+)
+def test_a_surname_written_in_parts_is_rewritten_not_refused(tmp_path, capsys, patient_name, roi, needle):
+    """Tenth hostile trial J11: a one-word surname written in parts in an ROI name (``McDonald`` as
+    ``Mc_Donald``, ``Vandenberg`` as ``van_den_Berg``) was found by the check but not rewritten: the case failed
+    'please report it'. The rewriting also reads a component apart at its case changes and particles."""
+    code, row, out = _export_renamed(tmp_path, patient_name, {"PTV": roi})
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert roi not in names and [n for n in names if "[removed]" in n], names
+    assert not _squeezed_in_output(out, [needle])
+    capsys.readouterr()

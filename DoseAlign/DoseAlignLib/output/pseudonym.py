@@ -1303,15 +1303,42 @@ def _alnum(text: str) -> str:
     return "".join(c for c in text if c.isalnum())
 
 
+#: Particles a one-word surname is also written apart at (``Vandenberg`` as ``van den Berg``, ``Delacroix`` as
+#: ``de la Croix``, ``MacArthur`` as ``Mac Arthur``), lower case.
+_PARTICLES = (
+    "van", "von", "den", "der", "de", "di", "da", "del", "della", "dos", "das", "du", "des", "la", "le", "lo",
+    "ten", "ter", "mc", "mac", "st", "al", "el", "ben", "bin", "abu",
+)  # fmt: skip
+
+
+def _name_pieces(chunk: str) -> list:
+    """A run of letters of a name split where it may be written apart: at its case changes (``McDonald``:
+    ``Mc``, ``Donald``) and after leading particles (``Vandenberg``: ``Van``, ``den``, ``berg``), each piece left
+    with three letters or more."""
+    pieces = re.findall(r"[^\W\d_][^\W\d_A-Z]*|\d+|[^\W_]", chunk) if not chunk.isupper() else [chunk]
+    out = []
+    for piece in pieces:
+        while True:
+            lowered = piece.casefold()
+            particle = next((p for p in _PARTICLES if lowered.startswith(p) and len(piece) - len(p) >= 3), "")
+            if not particle or not piece[: len(particle)].isalpha():
+                break
+            out.append(piece[: len(particle)])
+            piece = piece[len(particle) :]
+        out.append(piece)
+    return [p for p in out if p]
+
+
 def _part_pattern(part: str) -> str:
-    """A name component as a pattern of the rewriting: as written when it is all letters and digits; otherwise its
-    runs of letters and digits with any run of other characters, or none, between them. A letter lost to a wrong
-    character set (``M\ufffdller``, ``Mu?ller`` in one object for ``Müller``) is then found however the other
-    objects lost it (``M?ller``, ``M??ller``, ``Mu?ller``, ``Muller``), and ``O'Brien`` as ``O Brien``."""
+    """A name component as a pattern of the rewriting: its runs of letters and digits with any run of other
+    characters, or none, between them. A letter lost to a wrong character set (``M\ufffdller``, ``Mu?ller`` in one
+    object for ``Müller``) is then found however the other objects lost it (``M?ller``, ``M??ller``, ``Mu?ller``,
+    ``Muller``), and ``O'Brien`` as ``O Brien``. A run is also found written apart at its case changes and
+    particles (:func:`_name_pieces`: ``McDonald`` as ``Mc_Donald``, ``Vandenberg`` as ``van_den_Berg``)."""
     chunks = re.findall(r"[^\W_]+", part)
-    if not chunks or "".join(chunks) == part:
+    if not chunks:
         return re.escape(part)
-    return r"[\W_]*".join(re.escape(c) for c in chunks)
+    return r"[\W_]*".join(r"[\W_]*".join(re.escape(p) for p in _name_pieces(c)) for c in chunks)
 
 
 class NameSpellings:
@@ -1341,8 +1368,12 @@ class NameSpellings:
         self.words |= {_alnum(w) for w in self.words if _alnum(w) and _alnum(w) != w}
         # long components are found inside other words too (PTVmueller, muellerboost); short ones only as words;
         # ideographic ones (山田) inside any text: those scripts do not separate words
+        # (also as the input wrote them: their case changes tell where they are written apart, McDonald as Mc_Donald)
         long_parts = sorted(
-            {w for w in self.words if len(_alnum(w)) >= MIN_INSIDE or _ideographic(w)}, key=len, reverse=True
+            {w for w in self.words if len(_alnum(w)) >= MIN_INSIDE or _ideographic(w)}
+            | {n for n in identity.names if n.casefold() in self.words and len(_alnum(n)) >= MIN_INSIDE},
+            key=len,
+            reverse=True,
         )
         self.inside = re.compile("|".join(_part_pattern(w) for w in long_parts), re.IGNORECASE) if long_parts else None
         # CJK names folded (hiragana/katakana, variant and simplified forms: cjk_fold), in the folded text: each
