@@ -1602,6 +1602,52 @@ def test_the_check_alone_finds_a_surname_that_is_one_of_dosealigns_words_in_name
     missed.check(missed.value({"structures": {"names": ["PTV", "Rules_of_Lung"]}, **prose}))
 
 
+#: ROI names that must stay as they are for a patient of two two-letter components.
+COMMON_ROIS = ["PTV_60", "PTV_High", "CTV", "GTV", "Lung_L", "Lung_R", "Heart", "SpinalCord", "Esophagus", "Bladder"]
+
+
+@pytest.mark.parametrize("patient_name", ["Li^Na", "Wu^Di", "Ng^Yu"])
+def test_a_name_of_two_two_letter_components_to_both_sides(patient_name):
+    """Tenth hostile trial J9: a name whose components have two letters each (``Li^Na``) was never matched: joined
+    spellings were searched from five letters. Now, on both sides, the two joined in either order with separators
+    or a case change between them (``PTV_LiNa``, ``Li_Na``, ``na li``) or as one word (``LINA``); in a name the input
+    gave also inside other words (``ptvlina``); common ROI names and DoseAlign's prose stay as they are."""
+    from DoseAlignLib.output import pseudonym
+
+    first, second = patient_name.split("^")
+    identity = pseudonym.Identity()
+    identity.add_name(patient_name)
+    pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonymizer.guard
+    joined = first + second
+    words = [f"PTV_{joined}", f"{first}_{second}_boost", f"{first} {second} boost", f"{second}{first}",
+             joined.upper(), f"ptv_{joined.lower()}", f"{second.lower()}-{first.lower()}", f"CTV{first}{second}"]  # fmt: skip
+    for text in words:
+        for rewrite, own in ((pseudonymizer.name, False), (pseudonymizer.text, True)):
+            rewritten = rewrite(text)
+            assert pseudonym.REMOVED in rewritten and guard.find(text, own=own), (text, own)
+            assert not guard.find(rewritten, own=own), (text, rewritten)
+    for text in (f"ptv{joined.lower()}", f"{joined.lower()}boost", f"PTV{joined.upper()}"):
+        assert pseudonym.REMOVED in pseudonymizer.name(text) and guard.find(text, own=False), text
+        assert not guard.find(pseudonymizer.name(text), own=False), text
+    for text in COMMON_ROIS:
+        assert pseudonymizer.name(text) == text and not guard.find(text, own=False), text
+    prose = "normalization, the final alignment, trilinear resampling of undivided doses in young patients"
+    assert pseudonymizer.text(prose) == prose and not guard.find(prose), prose
+
+
+def test_a_name_of_two_two_letter_components_never_reaches_the_output(tmp_path, capsys):
+    """J9 through an export: ``PTV_LiNa`` and ``Li Na boost`` were written in clear for patient ``Li^Na``; the
+    common ROI names keep theirs."""
+    rois = {"PTV": "PTV_LiNa", "Cord": "Li Na boost", "Ring": "Lung_L"}
+    code, row, out = _export_renamed(tmp_path, "Li^Na", rois)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert {"PTV_[removed]", "[removed] boost", "Lung_L", "External"} <= set(names), names
+    assert not _squeezed_in_output(out, ["ptvlina", "linaboost"])
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize(
     "patient_name, roi, needle",
     [

@@ -1341,6 +1341,18 @@ def _part_pattern(part: str) -> str:
     return r"[\W_]*".join(r"[\W_]*".join(re.escape(p) for p in _name_pieces(c)) for c in chunks)
 
 
+def _short_joined(a: str, b: str, inside: bool) -> str:
+    """The rewriting's pattern of a name of two short components (``Li^Na``: four letters, too few to be searched
+    inside other words): ``inside`` (a name the input gave) its letters in order with anything but letters and digits
+    between them, anywhere (``PTVlina``, ``L_i_N_a``); else (DoseAlign's own text) the two components as words of
+    their own, next to each other or separated (``Li_Na``, ``LiNa``, ``li na``), or joined as one word (``LINA``),
+    whose bounds :meth:`NameSpellings._short_spans` checks."""
+    letters = _alnum(a + b)
+    if inside:
+        return r"[\W_]*".join(re.escape(c) for c in letters)
+    return re.escape(_alnum(a)) + r"(?:[\s_\-.^,]*)" + re.escape(_alnum(b))
+
+
 class NameSpellings:
     """Finds a patient's name in the spellings people use and removes it (the rewriting side).
 
@@ -1353,13 +1365,22 @@ class NameSpellings:
     def __init__(self, identity: Identity) -> None:
         self.source = identity
         patterns = set()
+        short = set()
         for parts in identity.persons:
             usable = [p for p in parts if len(p) >= 2]
             for size in range(2, min(3, len(usable)) + 1):
                 for combo in itertools.permutations(usable, size):
                     if sum(len(p) for p in combo) >= MIN_JOINED:
                         patterns.add(_SEPARATORS.join(_part_pattern(p) for p in combo))
+                    elif size == 2 and all(_alnum(p) for p in combo) and not _ideographic("".join(combo)):
+                        short.add(combo)  # Li^Na: too short to be searched like the others
         self.joined = re.compile("|".join(sorted(patterns, key=len, reverse=True)), re.IGNORECASE) if patterns else None
+        #: two-component names too short for :attr:`joined` (``Li^Na``), in DoseAlign's text and in the input's names
+        self.short = self.short_inside = None
+        if short:
+            ordered = sorted(short, key=lambda c: -len(_alnum(c[0] + c[1])))
+            self.short = re.compile("|".join(_short_joined(a, b, False) for a, b in ordered), re.IGNORECASE)
+            self.short_inside = re.compile("|".join(_short_joined(a, b, True) for a, b in ordered), re.IGNORECASE)
         self.words = {
             n.casefold() for n in identity.names if len(n) >= min_name_part(n) and not re.search(r"[\^=,\s]", n)
         }
@@ -1403,6 +1424,22 @@ class NameSpellings:
             )
         if self.inside is not None:
             found.extend(m.span() for m in self.inside.finditer(text) if not (own and _in_own_word(text, *m.span())))
+        if self.short is not None:
+            found.extend(self._short_spans(text) if own else (m.span() for m in self.short_inside.finditer(text)))
+        return found
+
+    def _short_spans(self, text: str) -> list:
+        """Spans of :attr:`short` in DoseAlign's own text: where the name's first and last letters begin and end
+        words (:func:`_word_spans`), and not where it is one of DoseAlign's own words alone (``Do^Se``: ``dose``)."""
+        spans = _word_spans(text)
+        starts, ends = {a for a, _b in spans}, {b for _a, b in spans}
+        found = []
+        for match in self.short.finditer(text):
+            start, end = match.span()
+            if start in starts and end in ends:
+                word = text[start:end]
+                if not (_alnum(word).casefold() in OWN_VOCABULARY and word.isalpha()):
+                    found.append((start, end))
         return found
 
     def spans(self, text: str, own: bool = True) -> list:
@@ -1592,6 +1629,8 @@ class IdentityGuard:
             spelled.update(itertools.islice(itertools.product(*options), 4 * _GUARD_MAX_SPELLINGS))
         self.alone |= {p for parts in spelled for p in parts if len(p) >= MIN_NAME_PART and p.isalnum()}
         self.squeezed_names = set()
+        #: names of two components too short to search in squeezed text (``lina``: its components ``li``, ``na``)
+        self.short_names: dict = {}
         for parts in identity.persons | folded | spelled:
             letters = ["".join(c for c in p.casefold() if c.isalnum()) for p in parts]
             letters = [p for p in letters if len(p) >= 2]
@@ -1600,6 +1639,8 @@ class IdentityGuard:
                     joined = "".join(combo)
                     if len(joined) >= MIN_JOINED:
                         self.squeezed_names.add(joined)
+                    elif size == 2 and joined.isascii():
+                        self.short_names[joined] = combo  # Li^Na: four letters
         self.ids = {"".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers}
         self.ids.discard("")
         # an ID's numbers also without their leading zeros (0072315: 72315; mrn0072315: mrn72315, and 72315 as a
@@ -1636,6 +1677,9 @@ class IdentityGuard:
         #: Exact runs of letters and digits that are this run's own hash digests (no identity), set by the caller.
         self.own: frozenset = frozenset()
         self._own_folded: tuple = (None, set())
+
+    def _short_name(self, camel: str, squeezed: str, own: bool) -> bool:
+        return _guard_short(self, camel, squeezed, own)
 
     def _skipped(self, lowered: str) -> str:
         """``lowered`` for the search of glued IDs: this run's own hash digests (:attr:`own`) and DoseAlign's own
@@ -1708,6 +1752,8 @@ class IdentityGuard:
         squeezed = "".join(c for c in lowered if c.isalnum())
         if any(name in squeezed for name in self.squeezed_names) or any(n in squeezed for n in self.joined_cjk):
             return "a patient name"
+        if words and self.short_names and self._short_name(camel, squeezed, own):
+            return "a patient name"
         if words:
             # a single component inside other words, not across DoseAlign's own words ("across its" holds no Rossi)
             free = re.sub(r"[^\W\d_]+", lambda m: "\0" if m.group(0) in exempt else m.group(0), lowered)
@@ -1729,6 +1775,24 @@ class IdentityGuard:
                         return "a UID"
                     start = text.find(uid, start + 1)
         return ""
+
+
+def _guard_short(guard: IdentityGuard, camel: str, squeezed: str, own: bool) -> bool:
+    """The check's search for a name of two short components (``Li^Na``): in a name the input gave, anywhere in it
+    squeezed (``ptvlina``); in DoseAlign's own text, as one word (``LINA``, not one of DoseAlign's words) or as two
+    neighbouring words separated by nothing but ``_ - . ^ ,`` or white space (``Li_Na``, ``LiNa``)."""
+    if not own:
+        return any(name in squeezed for name in guard.short_names)
+    found = [(m.group(0).casefold(), m.start(), m.end()) for m in re.finditer(r"[0-9A-Za-z\u00c0-\uffff]+", camel)]
+    for n, (word, _start, end) in enumerate(found):
+        if word in guard.short_names and word not in OWN_VOCABULARY:
+            return True
+        if n + 1 < len(found):
+            following, start, _end = found[n + 1]
+            pair = guard.short_names.get(word + following)
+            if pair == (word, following) and re.fullmatch(r"[\s_\-.^,]*", camel[end:start]):
+                return True
+    return False
 
 
 #: The check's own list of DoseAlign's words that an ID glued to letters may sit in by chance (lower case):
