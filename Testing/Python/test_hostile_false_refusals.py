@@ -17,7 +17,7 @@ import hostile
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -376,6 +376,14 @@ def test_limits_set_to_infinity_mean_no_limit(plain, tmp_path):
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 
 
+def _item(**values) -> DicomSequence:
+    """A sequence of one item holding ``values`` (a functional group)."""
+    one = Dataset()
+    for keyword, value in values.items():
+        setattr(one, keyword, value)
+    return DicomSequence([one])
+
+
 def _enhanced_ct(slices: list, order: list, per_frame_rescale: bool) -> tuple:
     """The single-frame CT ``slices`` as one Enhanced CT Image (PS3.3 A.38), its frames in ``order`` (indices into
     ``slices``): orientation and spacing shared, each frame's position in its own functional groups, rescale
@@ -390,17 +398,11 @@ def _enhanced_ct(slices: list, order: list, per_frame_rescale: bool) -> tuple:
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.NumberOfFrames = len(order)
 
-    def item(**values) -> DicomSequence:
-        one = Dataset()
-        for keyword, value in values.items():
-            setattr(one, keyword, value)
-        return DicomSequence([one])
-
     shared = Dataset()
-    shared.PlaneOrientationSequence = item(ImageOrientationPatient=read[0].ImageOrientationPatient)
-    shared.PixelMeasuresSequence = item(PixelSpacing=read[0].PixelSpacing, SliceThickness=read[0].SliceThickness)
+    shared.PlaneOrientationSequence = _item(ImageOrientationPatient=read[0].ImageOrientationPatient)
+    shared.PixelMeasuresSequence = _item(PixelSpacing=read[0].PixelSpacing, SliceThickness=read[0].SliceThickness)
     if not per_frame_rescale:
-        shared.PixelValueTransformationSequence = item(
+        shared.PixelValueTransformationSequence = _item(
             RescaleSlope=read[0].RescaleSlope, RescaleIntercept=read[0].RescaleIntercept, RescaleType="HU"
         )
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
@@ -409,11 +411,11 @@ def _enhanced_ct(slices: list, order: list, per_frame_rescale: bool) -> tuple:
     for k, index in enumerate(order):
         one = read[index]
         frame = Dataset()
-        frame.PlanePositionSequence = item(ImagePositionPatient=one.ImagePositionPatient)
-        frame.FrameContentSequence = item(DimensionIndexValues=[1, index + 1], InStackPositionNumber=index + 1)
+        frame.PlanePositionSequence = _item(ImagePositionPatient=one.ImagePositionPatient)
+        frame.FrameContentSequence = _item(DimensionIndexValues=[1, index + 1], InStackPositionNumber=index + 1)
         values = np.frombuffer(one.PixelData, dtype=stored).astype(np.int64)
         if per_frame_rescale:  # the same HU from other stored values: intercept lowered, values raised by 7 k
-            frame.PixelValueTransformationSequence = item(
+            frame.PixelValueTransformationSequence = _item(
                 RescaleSlope=one.RescaleSlope, RescaleIntercept=float(one.RescaleIntercept) - 7 * k, RescaleType="HU"
             )
             values = values + 7 * k
@@ -637,21 +639,15 @@ def test_an_enhanced_ct_of_many_frames_gives_each_frame_its_place_rescale_and_pi
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.PhotometricInterpretation = "MONOCHROME2"
 
-    def item(**values) -> DicomSequence:
-        one = Dataset()
-        for keyword, value in values.items():
-            setattr(one, keyword, value)
-        return DicomSequence([one])
-
     shared = Dataset()
-    shared.PlaneOrientationSequence = item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
-    shared.PixelMeasuresSequence = item(PixelSpacing=[0.8, 0.6], SliceThickness=0.5)
+    shared.PlaneOrientationSequence = _item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    shared.PixelMeasuresSequence = _item(PixelSpacing=[0.8, 0.6], SliceThickness=0.5)
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
     frames = []
     for z in order:  # slice z at 3 + 0.5 z mm, stored 2 z with intercept -z: z HU
         frame = Dataset()
-        frame.PlanePositionSequence = item(ImagePositionPatient=[-10, 20, f"{3 + 0.5 * z:g}"])
-        frame.PixelValueTransformationSequence = item(RescaleSlope=1, RescaleIntercept=int(-z), RescaleType="HU")
+        frame.PlanePositionSequence = _item(ImagePositionPatient=[-10, 20, f"{3 + 0.5 * z:g}"])
+        frame.PixelValueTransformationSequence = _item(RescaleSlope=1, RescaleIntercept=int(-z), RescaleType="HU")
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
     ds.PixelData = np.repeat(2 * order, rows * columns).astype("<i2").tobytes()

@@ -1284,6 +1284,16 @@ def test_rois_chosen_by_a_name_holding_identity_are_refused_never_empty(
     assert not found, found[:10]
 
 
+def _squeezed_words_in_outputs(out, words: tuple) -> list:
+    """``"word in file"`` for each of ``words`` found in an output's text, read with everything but letters and
+    digits squeezed out (``Zentrop Ilka`` as ``zentropilka``)."""
+    found = []
+    for where, data in _all_output_bytes(out):
+        squeezed = re.sub(r"[^0-9a-z]", "", data.decode("utf-8", "replace").casefold())
+        found += [f"{w} in {where}" for w in words if w in squeezed]
+    return found
+
+
 def test_a_roi_map_channel_named_with_identity_under_pseudonymize(tmp_path, capsys):
     """An --roi-map channel holding the patient's ID or name (``{"PTV_HK-22817": ["PTV"]}``) failed the case under
     --pseudonymize: "pseudonymization left a patient ID in meta.json ... (please report it)", as meta.json records the
@@ -1305,10 +1315,7 @@ def test_a_roi_map_channel_named_with_identity_under_pseudonymize(tmp_path, caps
     assert b["status"] == "ok", b["reason"]
     with np.load(plain / a["case_id"] / "pair.npz") as x, np.load(out / b["case_id"] / "pair.npz") as y:
         np.testing.assert_array_equal(x["masks"], y["masks"])
-    found = []
-    for where, data in _all_output_bytes(out):
-        squeezed = re.sub(r"[^0-9a-z]", "", data.decode("utf-8", "replace").casefold())
-        found += [f"{w} in {where}" for w in ("hk22817", "quillfeather", "odalys") if w in squeezed]
+    found = _squeezed_words_in_outputs(out, ("hk22817", "quillfeather", "odalys"))
     assert not found, found[:10]
     assert main(["export", str(root), str(out), *common, "--pseudonymize", *_formats(), "--resume"]) == 0
     assert [r["status"] for r in hostile.manifest(out)] == ["skipped"], capsys.readouterr()
@@ -1440,10 +1447,7 @@ def test_a_cohort_roi_map_names_no_patient_under_pseudonymize(tmp_path, capsys):
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     recorded = meta["options"]["roi_map"]
     assert recorded["channels"] == ["Cord", "PTV"] and len(recorded["keyed_sha256"]) == 64
-    found = []
-    for where, data in _all_output_bytes(out):
-        squeezed = re.sub(r"[^0-9a-z]", "", data.decode("utf-8", "replace").casefold())
-        found += [f"{w} in {where}" for w in ("quillfeather", "qx77415") if w in squeezed]
+    found = _squeezed_words_in_outputs(out, ("quillfeather", "qx77415"))
     assert not found, found
     assert main([*args, "--resume"]) == 0
     assert [r["status"] for r in hostile.manifest(out)] == ["skipped"]
@@ -1482,10 +1486,7 @@ def test_the_ct_option_names_no_patient_under_pseudonymize(tmp_path, capsys, how
     assert any("chosen by --ct" in link for link in meta["links"]), meta["links"]
     if how == "folder":
         assert meta["options"]["ct"] == row["ct_folder"], (meta["options"]["ct"], row["ct_folder"])
-    found = []
-    for where, data in _all_output_bytes(out):
-        squeezed = re.sub(r"[^0-9a-z]", "", data.decode("utf-8", "replace").casefold())
-        found += [f"{w} in {where}" for w in ("zentrop", "mrn448812") if w in squeezed]
+    found = _squeezed_words_in_outputs(out, ("zentrop", "mrn448812"))
     assert not found, found
     assert main([*args, "--resume"]) == 0
     assert [r["status"] for r in hostile.manifest(out)] == ["skipped"]

@@ -12,6 +12,7 @@ read exactly as for a series of single-frame files.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from pydicom.dataset import Dataset
@@ -152,19 +153,7 @@ def frame_slices(obj) -> list:
         info["frame"] = n
         if position is not None:  # plain frames are read from the file in place, frame after frame
             info["pixel_position"] = dict(position, frame=n, frames=len(frame_list))
-        slices.append(
-            type(obj)(
-                path=obj.path,
-                rel_path=obj.rel_path,
-                kind=obj.kind,
-                sop_instance_uid=obj.sop_instance_uid,
-                series_uid=obj.series_uid,
-                study_uid=obj.study_uid,
-                frame_of_reference_uid=obj.frame_of_reference_uid,
-                patient_id=obj.patient_id,
-                info=info,
-            )
-        )
+        slices.append(dataclasses.replace(obj, info=info))
     return slices
 
 
