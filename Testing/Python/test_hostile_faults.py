@@ -1120,6 +1120,50 @@ def test_sigterm_in_the_first_half_second_ends_with_its_exit_code(slow_cohort, t
     assert any(code == 143 for _delay, code in outcomes), outcomes  # the handler was reached in some runs
 
 
+_SCAN_READER_KILLED_MID_MESSAGE = """
+import os, signal, sys
+from multiprocessing import connection
+import DoseAlignLib.dicom.scan as scan
+
+scan.MIN_FILES_PER_PROCESS = 1  # the scan's readers, small as the cohort is
+parent = os.getpid()
+read, send = scan._scan_files, connection.Connection._send_bytes
+in_a_reader = []
+
+def reading(root, chunk):
+    if os.getpid() != parent:
+        in_a_reader.append(1)
+    return read(root, chunk)
+
+def killed_while_sending(self, buf):  # half of its headers sent when the group's SIGTERM (or kill -9) takes it
+    if not in_a_reader:
+        return send(self, buf)
+    data = bytes(buf)
+    self._send(len(data).to_bytes(4, "big") + data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+scan._scan_files = reading
+connection.Connection._send_bytes = killed_while_sending
+from DoseAlignLib.cli import main
+
+sys.exit(main(["export", sys.argv[1], sys.argv[2], "--quiet", "--no-qa-png", "--workers", "2"]))
+"""
+
+
+def test_a_scan_reader_killed_in_the_middle_of_sending_is_no_hang(cohort, tmp_path):
+    """CI, stop 23: the group's SIGTERM 0.3 s into an export took a header reader while it wrote its result into
+    the pipe that concurrent.futures' pool shares among its processes (and this one): the pool's thread waited for
+    the rest of the message for ever, and the export hung instead of stopping (1 run in ~60 under load). Each
+    reader now has a pipe of its own: the half message is an end of file, this process reads the headers again
+    and every case is exported."""
+    out = tmp_path / "out"
+    done = hostile.python(_SCAN_READER_KILLED_MID_MESSAGE, str(cohort), str(out), timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "reading the DICOM headers was killed" in done.stderr, done.stderr
+    rows = hostile.manifest(out)
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), rows
+
+
 # ---- merge reads the shard manifests back from OUT (fifth hostile trial, H) -----------------------------------
 
 

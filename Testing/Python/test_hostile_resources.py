@@ -476,15 +476,19 @@ def test_pixel_data_that_cannot_be_decoded_for_lack_of_memory_is_not_called_dama
         headers.pixel_array(ds, truth.dose_files[0])
 
 
-def test_without_threads_the_scan_reads_in_one_process(many_files, monkeypatch):
-    # E16: the scan's process pool needs a thread of its own; without one the headers are read here
+def test_without_threads_the_scan_still_reads_in_its_processes(many_files, monkeypatch):
+    # E16: the scan's process pool needed a thread of its own, and without one the headers were read here; its
+    # readers are plain forked processes now, with a pipe each, and need none
     from DoseAlignLib.dicom import scan
 
     whole = scan.scan_folder(many_files)
+    forked: list = []
+    original = scan._scan_in_processes
+    monkeypatch.setattr(scan, "_scan_in_processes", lambda *a: forked.append(1) or original(*a))
     refused = _no_threads(monkeypatch)
     again = scan.scan_folder(many_files, workers=2)
     monkeypatch.undo()
-    assert refused, "the scan asked for a thread"
+    assert forked and not refused, (forked, refused)
     assert [o.rel_path for o in again.objects] == [o.rel_path for o in whole.objects]
     assert len(again.objects) > 2 * scan.MIN_FILES_PER_PROCESS
 

@@ -10,16 +10,15 @@ layout DICOM/0001, DICOM/0002) whose positions interleave or abut without collid
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
 import re
 import signal
 import stat
-import threading
 import warnings
 from collections import deque
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,8 +30,6 @@ from ..errors import (
     DoseAlignError,
     InputError,
     UnreadableError,
-    no_semaphores,
-    start_thread,
     termination_held,
     too_many_open_files,
 )
@@ -152,18 +149,15 @@ def scan_folder(root: Path, progress: Progress = None, workers: int = 1, exclude
     paths = sorted(_walk(root, exclude, result.ignored, problems))
     workers = min(workers, len(paths) // MIN_FILES_PER_PROCESS)
     entries = None
-    if workers > 1 and not _thread_to_be_had():  # the pool's thread would fail (memory, the thread limit)
-        logger.info("reading the headers in one process: no thread can be started")
-        workers = 1
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         try:
             entries = _scan_in_processes(root, paths, workers, progress)
-        except OSError as error:  # the processes' pipes or locks cannot be made: this process reads them all
-            reason = too_many_open_files(error) or no_semaphores(error)
+        except OSError as error:  # the readers' pipes or processes cannot be made: this process reads them all
+            reason = too_many_open_files(error) or _no_process(error)
             if not reason:
                 raise
             logger.info("reading the headers in one process: %s", reason)
-        except BrokenProcessPool:  # a reader killed (the out-of-memory killer, kill): this process reads them all
+        except _ReaderLost:  # a reader killed (the out-of-memory killer, kill): this process reads them all
             logger.warning("a process reading the DICOM headers was killed: this process reads them all again")
     if entries is None:
         entries = []
@@ -311,14 +305,11 @@ def _is_dicomdir(ds: Dataset) -> bool:
     return claimed == MEDIA_DIRECTORY or headers.quick_text(ds, "SOPClassUID") == MEDIA_DIRECTORY
 
 
-def _thread_to_be_had() -> bool:
-    """Whether a thread can be started now (a process pool needs one; when its start fails, the pool's processes
-    are left waiting and the pool cannot be shut down)."""
-    probe = threading.Thread(target=int, name="dosealign-probe", daemon=True)
-    if not start_thread(probe):
-        return False
-    probe.join()
-    return True
+def _no_process(error: OSError) -> Optional[str]:
+    """Why a header reader could not be forked (memory, the limit of processes), or None for other faults."""
+    if error.errno in (errno.EAGAIN, errno.ENOMEM):
+        return "no process can be started (the memory limit, ulimit -v, or the limit of processes, ulimit -u)"
+    return None
 
 
 def _scan_files(root: Path, paths: list) -> list:
@@ -327,37 +318,72 @@ def _scan_files(root: Path, paths: list) -> list:
 
 def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress) -> list:
     """:func:`_scan_file` of every path: this process reads the first part, ``workers - 1`` forked ones the
-    rest (this one would otherwise only wait); results in path order."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    pieces = 4 * workers  # several pieces per process: one slow stretch of files does not hold up the rest
+    rest (this one would otherwise only wait); results in path order. Raises :class:`_ReaderLost` when a
+    reader died (the out-of-memory killer, kill -9) before it sent all it read."""
+    pieces = 4 * workers  # several pieces per reader: a slow stretch of files is shared out, not one reader's
     bounds = [len(paths) * n // pieces for n in range(pieces + 1)]
     chunks = [paths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     own = pieces // workers  # this process's share, read while the others read theirs
+    shares = [list(range(own + k, pieces, workers - 1)) for k in range(workers - 1)]
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(
-        max_workers=workers - 1, mp_context=context, initializer=_reader_init, initargs=(os.getpid(),)
-    ) as pool:
-        with termination_held():  # the processes are forked and the pool's thread started here
-            futures = [pool.submit(_scan_files, root, chunk) for chunk in chunks[own:]]
-        entries: list = []
-        for n, chunk in enumerate(chunks[:own]):
-            entries.extend(_scan_files(root, chunk))
+    # Each reader has a pipe of its own, whose sending end only it holds: a reader that dies mid-message
+    # is an end of file here. (concurrent.futures' pool shares one result pipe among its processes and this
+    # one; a reader killed by the group's SIGTERM while it wrote left that pool's thread waiting for the rest
+    # of the message for ever, and the export hung instead of stopping.)
+    readers: list = []
+    try:
+        for share in shares:
+            receiving, sending = context.Pipe(duplex=False)
+            reader = context.Process(
+                target=_read_share,
+                args=(sending, root, [chunks[n] for n in share], os.getpid()),
+                name="dosealign-scan",
+                daemon=True,
+            )
+            try:
+                with termination_held():  # a fork's own handlers run inside it
+                    reader.start()
+            finally:
+                sending.close()
+            readers.append((reader, receiving))
+        read: dict = {}
+        for n in range(own):
+            read[n] = _scan_files(root, chunks[n])
             if progress is not None:
-                progress((n + 1) / len(chunks), f"reading headers {len(entries)}/{len(paths)}")
-        for n, future in enumerate(futures, start=own):
-            entries.extend(future.result())
-            if progress is not None:
-                progress((n + 1) / len(chunks), f"reading headers {len(entries)}/{len(paths)}")
-    return entries
+                progress((n + 1) / pieces, f"reading headers {sum(map(len, read.values()))}/{len(paths)}")
+        for share, (_reader, receiving) in zip(shares, readers):
+            for n in share:
+                try:
+                    read[n] = receiving.recv()
+                except (EOFError, OSError) as error:  # (OSError: "got end of file during message")
+                    raise _ReaderLost() from error
+                if progress is not None:
+                    progress(len(read) / pieces, f"reading headers {sum(map(len, read.values()))}/{len(paths)}")
+        return [entry for n in range(pieces) for entry in read[n]]
+    finally:
+        for reader, receiving in readers:
+            if reader.is_alive():
+                reader.kill()  # stopped (Ctrl-C, SIGTERM) or lost a sibling: what it reads is not wanted
+            reader.join()
+            receiving.close()
 
 
-def _reader_init(parent_pid: int) -> None:
+class _ReaderLost(Exception):
+    """A forked header reader died before it sent what it read."""
+
+
+def _read_share(sending, root: Path, chunks: list, parent_pid: int) -> None:
     """A forked header reader: it dies with the scanning process and leaves Ctrl-C to it (no traceback
-    per process); SIGTERM ends it at once (the scanning process's handler, inherited through fork, is not its own)."""
+    per process); SIGTERM ends it at once (the scanning process's handler, inherited through fork, is not its
+    own). It reads its whole share before sending any: a send blocks until the scanning process, busy with its
+    own share, reads it."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    read = [_scan_files(root, chunk) for chunk in chunks]
+    for entries in read:
+        sending.send(entries)
+    sending.close()
 
 
 def _reason(error: DoseAlignError) -> str:
