@@ -102,6 +102,7 @@ _EXPORTS = {
     "Terminated": ".errors",
     "start_thread": ".errors",
     "termination_is_held": ".errors",
+    "suspensions_counted": ".limits",
     "OutputFault": ".errors",
     "output_fault": ".errors",
     "terminal_safe": ".errors",

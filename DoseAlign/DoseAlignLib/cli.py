@@ -778,11 +778,13 @@ def _not_read(ignored: list) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _SIGTERM_SEEN.clear()
     _no_missing_streams()
+    suspensions = api.suspensions_counted()  # looked up before the handlers: no signal is deferred for it
     previous = _stop_on_sigterm()
     previous_sigint = _defer_sigint_in_imports()
     guard = sys.stdout = _GuardedStdout(sys.stdout)
     try:
-        code = _main(argv)
+        with suspensions:  # a job stopped and continued: the time limits leave out the stop (J8)
+            code = _main(argv)
         sys.stdout.flush()  # a closed pipe is met here, not at exit
         if guard.failed is not None:  # export, demo, merge: their files are written; only the summary is lost
             _say(f"dosealign: the summary could not be written to the standard output: {_cause(guard.failed)}")

@@ -111,20 +111,74 @@ def memory_limit_bytes(output_bytes: float) -> int:
     return int(min(max(limit_multiple() * output_bytes, memory_floor()), NO_LIMIT_BYTES))
 
 
+#: How many times this process was continued after a stop (SIGCONT: Ctrl-Z then ``fg``, a suspended cluster job),
+#: counted while :func:`suspensions_counted` is in force (and in the processes forked meanwhile).
+_CONTINUED = [0]
+
+
+def _on_continue(_signum, _frame) -> None:
+    _CONTINUED[0] += 1
+
+
+def continued() -> int:
+    """The count of SIGCONTs seen (see :func:`suspensions_counted`)."""
+    return _CONTINUED[0]
+
+
+@contextlib.contextmanager
+def suspensions_counted():
+    """Within the block, a SIGCONT is counted, so that :class:`Deadline` and the pool's time limit leave out the
+    time the job was stopped (Ctrl-Z, ``scontrol suspend``): a case did no work then (tenth hostile trial J8:
+    every running case failed "took longer than the limit" after a suspension). Only in the main thread and
+    where SIGCONT has its default disposition; otherwise suspension counts as time as before."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCONT"):
+        yield
+        return
+    if signal.getsignal(signal.SIGCONT) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGCONT, _on_continue)  # the process still continues; the handler only counts
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)
+
+
+class SuspensionClock:
+    """Seconds since a start, less the time this process was stopped: when a SIGCONT came since the last
+    look, the whole time since that look is left out (at most one look's interval of work goes uncounted)."""
+
+    def __init__(self) -> None:
+        now = time.monotonic()
+        self.start = now
+        self._looked = (now, continued())
+
+    def elapsed(self) -> float:
+        now = time.monotonic()
+        last, seen = self._looked
+        if continued() != seen:
+            self.start += now - last
+        self._looked = (now, continued())
+        return now - self.start
+
+
 class Deadline:
-    """A time limit: :meth:`check` raises :class:`LimitError` once ``seconds`` have passed since creation."""
+    """A time limit: :meth:`check` raises :class:`LimitError` once ``seconds`` have passed since creation
+    (time the process was stopped left out, see :class:`SuspensionClock`)."""
 
     def __init__(self, seconds: float, what: str, variable: str = "DOSEALIGN_CASE_SECONDS") -> None:
         self.seconds = float(seconds)
         self.what = what
         self.variable = variable
-        self.end = time.monotonic() + self.seconds
+        self.clock = SuspensionClock()
 
     def expired(self) -> bool:
-        return time.monotonic() > self.end
+        return self.clock.elapsed() > self.seconds
 
     def check(self, path: Optional[str] = None) -> None:
-        if time.monotonic() > self.end:
+        if self.expired():
             raise LimitError(
                 f"{self.what} took longer than the limit of {self.seconds:g} s",
                 path=path,

@@ -16,12 +16,11 @@ import multiprocessing
 import os
 import queue as queue_module
 import signal
-import time
 from multiprocessing import connection
 from typing import Callable, Iterable, Optional
 
 from .errors import DoseAlignError, no_semaphores, termination_held, too_many_open_files
-from .limits import case_seconds, die_with_parent
+from .limits import SuspensionClock, case_seconds, die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +112,11 @@ def run_pool(
             connection.wait(waiting, timeout=0.5)
             _drain(stages, on_stage)
             for slot in busy:
-                index, case, started = slot.job
+                index, case, clock = slot.job
                 outcome = slot.collect()
                 if outcome is not None:
                     on_result(index, outcome if isinstance(outcome, dict) else lost(case, outcome))
-                elif time.monotonic() - started > hard_limit:
+                elif clock.elapsed() > hard_limit:
                     slot.replace()
                     on_result(
                         index,
@@ -172,7 +171,7 @@ def _start_workers(context, task: Callable, count: int, with_stages: bool) -> tu
 
 
 class _Worker:
-    """One worker process of :func:`run_pool` and the case it runs (``job``: index, case, start time)."""
+    """One worker process of :func:`run_pool` and the case it runs (``job``: index, case, the clock of its time limit)."""
 
     def __init__(self, context, task: Callable, stages) -> None:
         self.context, self.task, self.stages = context, task, stages
@@ -190,7 +189,7 @@ class _Worker:
         child.close()
 
     def start(self, index: int, case) -> None:
-        self.job = (index, case, time.monotonic())
+        self.job = (index, case, SuspensionClock())  # a stopped job's time is not the case's (J8)
         self.conn.send((index, case))
 
     def collect(self):

@@ -1164,6 +1164,59 @@ def test_a_scan_reader_killed_in_the_middle_of_sending_is_no_hang(cohort, tmp_pa
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), rows
 
 
+_CASES_THAT_SIGNAL_THEIR_START = """
+import os, sys, time
+from pathlib import Path
+import DoseAlignLib.pipeline as pipeline
+
+run = pipeline._run_case
+
+def announced(case, *args, **kwargs):  # each case says it runs, then takes two more seconds
+    Path(sys.argv[3], f"{os.getpid()}-{case.case_id}").touch()
+    time.sleep(2.0)
+    return run(case, *args, **kwargs)
+
+pipeline._run_case = announced
+from DoseAlignLib.cli import main
+
+sys.exit(main(["export", sys.argv[1], sys.argv[2], "--quiet", "--no-qa-png", "--workers", "2"]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups")
+def test_a_job_stopped_and_continued_does_not_fail_its_running_cases(slow_cohort, tmp_path):
+    """Tenth hostile trial J8: a job stopped and continued (Ctrl-Z and fg, a suspended cluster job: SIGSTOP and
+    SIGCONT to its process group) failed every case that was running, "the case took longer than the limit",
+    since the limit counted the time it stood still. The time limits leave out the stop now: a stop longer than
+    the case limit and its grace, in the middle of two cases, and every case is exported."""
+    started = tmp_path / "started"
+    started.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", _CASES_THAT_SIGNAL_THEIR_START, str(slow_cohort), str(tmp_path / "out"), str(started)],
+        env={**hostile.ENV, "DOSEALIGN_CASE_SECONDS": "6"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        end = time.monotonic() + 60
+        while len(list(started.iterdir())) < 2 and time.monotonic() < end and process.poll() is None:
+            time.sleep(0.05)
+        assert len(list(started.iterdir())) >= 2, "two cases were not running at once"
+        os.killpg(process.pid, signal.SIGSTOP)
+        time.sleep(6 + 5 + 3)  # beyond the case limit and the pool's grace of 5 s
+        os.killpg(process.pid, signal.SIGCONT)
+        _stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    rows = hostile.manifest(tmp_path / "out")
+    assert process.returncode == 0, (process.returncode, stderr, rows)
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
+
+
 # ---- merge reads the shard manifests back from OUT (fifth hostile trial, H) -----------------------------------
 
 
