@@ -201,6 +201,54 @@ def test_a_beam_sum_missing_a_beam_is_never_silent(tmp_path, capsys, plan):
         assert "cover beams" in row["reason"] and "ReferencedBeamNumber" in row["reason"], row["reason"]
 
 
+def _with_a_second_fraction_group(truth, fractions: int, planned: int = 30) -> list:
+    """Give the plan of ``truth`` a second fraction group treating the same beams again (a boost phase of
+    ``fractions`` with the same fields), and each BEAM dose a copy for it (new UID, its group number, the dose
+    scaled by fractions / planned); returns the copies' files, in beam order."""
+    plan = dd.read(truth.plan_file)
+    second = copy.deepcopy(plan.FractionGroupSequence[0])
+    second.FractionGroupNumber = 2
+    second.NumberOfFractionsPlanned = fractions
+    plan.FractionGroupSequence.append(second)
+    dd.save(plan, truth.plan_file)
+    copies = []
+    for file, beam in zip(truth.dose_files, truth.dose_beam_numbers):
+        if beam is None:
+            continue
+        ds = dd.read(file)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence[0].ReferencedFractionGroupNumber = 2
+        ds.DoseGridScaling = float(ds.DoseGridScaling) * fractions / planned
+        copies.append(Path(file).with_name(f"boost_{Path(file).name}"))
+        dd.save(ds, copies[-1])
+    return copies
+
+
+@pytest.mark.parametrize("boost", ["complete", "missing a beam"])
+def test_beam_doses_of_two_fraction_groups_sharing_beams_are_summed(tmp_path, capsys, boost):
+    """Tenth hostile trial J3: a plan of two fraction groups treating the same beams (30 fractions, then a boost
+    of 5 with the same fields), a BEAM dose per beam and group, each naming its group in (300C,0022)
+    ReferencedFractionGroupNumber: the second group's doses were refused as rival copies of the first's ("two
+    different doses of beam 6"), and the valid sum could not be exported. Beams are told apart by group now: the
+    sum holds both groups (35/30 of the first's dose), and a beam missing from one group is named with it."""
+    truth = hostile.study(tmp_path / "in" / "p", "FG-J3", 11, write_plan_dose=False, write_beam_doses=True)
+    code, (alone,), first = _export(tmp_path / "in", tmp_path / "first", capsys)
+    assert code == 0 and alone["status"] == "ok", alone
+    copies = _with_a_second_fraction_group(truth, fractions=5)
+    if boost == "missing a beam":
+        copies[1].unlink()
+    code, rows, out = _export(tmp_path / "in", tmp_path, capsys)
+    (row,) = rows
+    if boost == "missing a beam":
+        assert code == 1 and row["status"] == "failed", row
+        assert "not [2 (fraction group 2)]" in row["reason"], row["reason"]
+        return
+    assert code == 0 and row["status"] == "ok", row
+    assert row["summation_type"] == "BEAM_SUM" and len(row["files"].split(";")) == 6, row
+    with np.load(out / row["case_id"] / "pair.npz") as both, np.load(first / alone["case_id"] / "pair.npz") as one:
+        np.testing.assert_allclose(both["dose"], one["dose"] * 35 / 30, rtol=1e-5, atol=1e-4)
+
+
 def _without_plan_references(truth) -> list:
     """Delete (300C,0002) ReferencedRTPlanSequence from every RTDOSE of ``truth`` (some exports drop it); the
     BEAM doses' files, in beam order."""

@@ -587,13 +587,16 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["plan_uids"] = [
             headers.text(item, "ReferencedSOPInstanceUID") for item in ds.get("ReferencedRTPlanSequence", [])
         ]
-        beams = []
+        beams, groups = [], set()
         for plan_item in ds.get("ReferencedRTPlanSequence", []):
             for group in plan_item.get("ReferencedFractionGroupSequence", []):
+                groups.add(_group_number(group, "ReferencedFractionGroupNumber"))
                 for beam in group.get("ReferencedBeamSequence", []):
                     if "ReferencedBeamNumber" in beam:
                         beams.append(int(beam.ReferencedBeamNumber))
         info["beam_numbers"] = sorted(beams)
+        # (300C,0022): a beam's doses in two fraction groups (a boost with the same fields) are two doses
+        info["fraction_group"] = groups.pop() if len(groups) == 1 else None
         info["image_position"] = headers.quick_floats(ds, "ImagePositionPatient")
     elif kind == "RTPLAN":
         info["plan_label"] = headers.text(ds, "RTPlanLabel") or headers.text(ds, "RTPlanName")
@@ -617,6 +620,10 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         fractions = [g.get("NumberOfFractionsPlanned") for g in ds.get("FractionGroupSequence", [])]
         info["fractions"] = next((int(f) for f in fractions if f not in (None, "")), None)
         info["treated_beams"] = _treated_beams(ds)
+        info["treated_by_group"] = [
+            [_group_number(group, "FractionGroupNumber"), _treated_beams(ds, group)]
+            for group in ds.get("FractionGroupSequence", [])
+        ]
     elif kind == "RTSTRUCT":
         series, frames, images = [], [], set()
         for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
@@ -664,9 +671,18 @@ def _has_deferred(ds: Dataset) -> bool:
     return False
 
 
-def _treated_beams(ds: Dataset) -> list:
-    """Beams of a plan that deliver dose: in the first fraction group, meterset not 0, not SETUP. A plan without a
-    fraction scheme ((300A,0070) FractionGroupSequence is Type U): its beams that are not SETUP."""
+def _group_number(item: Dataset, keyword: str) -> Optional[int]:
+    """A fraction group's number (IS), or None when absent or not a number."""
+    try:
+        return int(item.get(keyword))
+    except (TypeError, ValueError):
+        return None
+
+
+def _treated_beams(ds: Dataset, group: Optional[Dataset] = None) -> list:
+    """Beams of a plan that deliver dose: in fraction group ``group`` (default the first), meterset not 0, not
+    SETUP. A plan without a fraction scheme ((300A,0070) FractionGroupSequence is Type U): its beams that are not
+    SETUP."""
     beam_sequence = ds.get("BeamSequence", None) or ds.get("IonBeamSequence", [])
     setup = {
         int(b.BeamNumber)
@@ -675,14 +691,15 @@ def _treated_beams(ds: Dataset) -> list:
     }
     if not ds.get("FractionGroupSequence"):
         return sorted(int(b.BeamNumber) for b in beam_sequence if "BeamNumber" in b and int(b.BeamNumber) not in setup)
+    if group is None:
+        group = ds.FractionGroupSequence[0]
     beams = []
-    for group in list(ds.get("FractionGroupSequence", []))[:1]:
-        for ref in group.get("ReferencedBeamSequence", []):
-            meterset = ref.get("BeamMeterset")
-            if "ReferencedBeamNumber" not in ref or (meterset not in (None, "") and float(meterset) == 0):
-                continue
-            if int(ref.ReferencedBeamNumber) not in setup:
-                beams.append(int(ref.ReferencedBeamNumber))
+    for ref in group.get("ReferencedBeamSequence", []):
+        meterset = ref.get("BeamMeterset")
+        if "ReferencedBeamNumber" not in ref or (meterset not in (None, "") and float(meterset) == 0):
+            continue
+        if int(ref.ReferencedBeamNumber) not in setup:
+            beams.append(int(ref.ReferencedBeamNumber))
     return sorted(beams)
 
 

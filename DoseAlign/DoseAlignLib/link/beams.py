@@ -3,7 +3,8 @@
 A sum of BEAM doses stands for the plan only when it counts every treated beam exactly once: copies
 (also a second dose of a beam holding the same dose) and multi-beam doses already covered by single-beam
 doses are left out (with the reason); a sum that would miss or double a beam, or whose beam has two
-different doses, or whose multi-beam doses share a beam, is refused.
+different doses, or whose multi-beam doses share a beam, is refused. A beam is a beam of its fraction group
+when the doses name different groups ((300C,0022); a boost phase may treat the same beams again).
 """
 
 from __future__ import annotations
@@ -14,6 +15,34 @@ from ..dicom.scan import DicomObject, same_content
 
 #: The summation type of a case made of several BEAM doses of one plan.
 SUMMED_BEAMS = "BEAM_SUM"
+
+
+def by_fraction_group(doses: list) -> bool:
+    """Whether the doses' beams are told apart by fraction group: each dose names its one (300C,0022)
+    ReferencedFractionGroupNumber, and they name more than one (a boost phase may treat the same beams
+    again: beam 6 of group 1 and beam 6 of group 2 are two doses, both in the plan's dose)."""
+    groups = [d.info.get("fraction_group") for d in doses]
+    return None not in groups and len(set(groups)) > 1
+
+
+def _keys(dose: DicomObject, grouped: bool) -> tuple:
+    """The dose's beams as (fraction group, beam number); the group is None unless ``grouped``."""
+    group = dose.info.get("fraction_group") if grouped else None
+    return tuple((group, beam) for beam in dose.info.get("beam_numbers") or [])
+
+
+def _said(keys) -> str:
+    """Beams for a message: ``[1, 2]`` as before fraction groups mattered, else each with its group."""
+    keys = sorted(keys, key=lambda k: (k[0] or 0, k[1]))
+    if all(group is None for group, _beam in keys):
+        return str([beam for _group, beam in keys])
+    return "[" + ", ".join(f"{beam} (fraction group {group})" for group, beam in keys) + "]"
+
+
+def _one(keys) -> str:
+    """A single beam for a message: ``beam 6``, or ``beam 6 of fraction group 2``."""
+    group, beam = keys[0]
+    return f"beam {beam}" if group is None else f"beam {beam} of fraction group {group}"
 
 
 def dose_groups(doses: list) -> list:
@@ -45,26 +74,27 @@ def overlapping_beams(doses: list) -> Optional[str]:
     the shared beams twice; left out, it would drop the others (typically a single-beam dose is missing or
     damaged). Or two multi-beam doses that share a beam (beams [1, 2] and [2, 3]).
     """
-    singles = {d.info["beam_numbers"][0] for d in doses if len(d.info.get("beam_numbers") or []) == 1}
+    grouped = by_fraction_group(doses)
+    singles = {_keys(d, grouped)[0] for d in doses if len(_keys(d, grouped)) == 1}
     for dose in sorted(doses, key=lambda d: d.rel_path):
-        beams = set(dose.info.get("beam_numbers") or [])
+        beams = set(_keys(dose, grouped))
         if len(beams) > 1 and beams & singles and not beams <= singles:
             return (
-                f"RTDOSE {dose.rel_path}: references beams {sorted(beams)}; beams {sorted(beams & singles)} also have a "
-                f"dose of their own, beams {sorted(beams - singles)} do not: no sum counts every beam once "
+                f"RTDOSE {dose.rel_path}: references beams {_said(beams)}; beams {_said(beams & singles)} also have a "
+                f"dose of their own, beams {_said(beams - singles)} do not: no sum counts every beam once "
                 "((300C,0006) ReferencedBeamNumber; a single-beam dose is missing or damaged: add it or export a PLAN dose)"
             )
     keep, _left_out = beam_doses_to_sum(sorted(doses, key=lambda d: d.rel_path))
     owner: dict = {}
     for dose in keep:
-        for beam in dose.info.get("beam_numbers") or []:
+        for beam in _keys(dose, grouped):
             first = owner.setdefault(beam, dose)
             if first is not dose:
                 return (
-                    f"RTDOSE {first.rel_path} and {dose.rel_path}: both hold beam {beam} (beams "
-                    f"{first.info['beam_numbers']} and {dose.info['beam_numbers']}): their sum would count it twice, "
-                    "and which of them to leave out cannot be told ((300C,0006) ReferencedBeamNumber; export a PLAN "
-                    "dose, or give each beam one dose)"
+                    f"RTDOSE {first.rel_path} and {dose.rel_path}: both hold {_one([beam])} (beams "
+                    f"{_said(_keys(first, grouped))} and {_said(_keys(dose, grouped))}): their sum would count it "
+                    "twice, and which of them to leave out cannot be told ((300C,0006) ReferencedBeamNumber; export a "
+                    "PLAN dose, or give each beam one dose)"
                 )
     return None
 
@@ -99,18 +129,19 @@ def conflicting_beam_doses(doses: list, beside_plan_dose: bool = False) -> Optio
     meets them; the message says which one it uses).
     """
     ordered = sorted(doses, key=lambda d: d.rel_path)
+    grouped = by_fraction_group(ordered)
     keep, _left_out = beam_doses_to_sum(ordered)
     kept_uids = {d.sop_instance_uid for d in keep if d.sop_instance_uid}
     first: dict = {}
     for dose in keep:
-        first.setdefault(tuple(dose.info.get("beam_numbers") or []), dose)
+        first.setdefault(_keys(dose, grouped), dose)
     for dose in ordered:
         if dose in keep or (dose.sop_instance_uid and dose.sop_instance_uid in kept_uids):
             continue  # kept, or a copy under a kept UID (conflicting_copies compares those)
-        beams = tuple(dose.info.get("beam_numbers") or [])
+        beams = _keys(dose, grouped)
         seen = first.get(beams)
         if seen is not None and not same_content(seen.path, dose.path):
-            which = f"beam {beams[0]}" if len(beams) == 1 else f"beams {list(beams)}"
+            which = _one(beams) if len(beams) == 1 else f"beams {_said(beams)}"
             told = (
                 f"RTDOSE {seen.rel_path} and {dose.rel_path} are two different doses of {which} (SOPInstanceUIDs "
                 f"{seen.sop_instance_uid} and {dose.sop_instance_uid}): which one the treatment used cannot be told "
@@ -125,15 +156,21 @@ def conflicting_beam_doses(doses: list, beside_plan_dose: bool = False) -> Optio
 
 def missing_beams(summation: str, doses: list, plan: Optional[DicomObject]) -> Optional[str]:
     """Why a sum of BEAM doses is not the plan's dose: a treated beam of the plan has no dose."""
-    treated = set(plan.info.get("treated_beams") or []) if plan is not None else set()
-    if not treated or any(not d.info.get("beam_numbers") for d in doses):
+    if plan is None or any(not d.info.get("beam_numbers") for d in doses):
         return None
-    missing = sorted(treated - {b for d in doses for b in d.info["beam_numbers"]})
-    if not missing:
+    if by_fraction_group(doses):  # each fraction group the doses name must hold its own treated beams
+        named = {d.info["fraction_group"] for d in doses}
+        treated = {(g, b) for g, beams in plan.info.get("treated_by_group") or [] if g in named for b in beams}
+        covered = {key for d in doses for key in _keys(d, True)}
+    else:
+        treated = {(None, b) for b in plan.info.get("treated_beams") or []}
+        covered = {key for d in doses for key in _keys(d, False)}
+    missing = treated - covered
+    if not treated or not missing:
         return None
     return (
         f"RTDOSE {doses[0].rel_path}: the BEAM doses of plan {plan.rel_path} cover beams "
-        f"{sorted(treated - set(missing))}, not {missing}: their sum would not be the plan's dose "
+        f"{_said(treated - missing)}, not {_said(missing)}: their sum would not be the plan's dose "
         "((300C,0006) ReferencedBeamNumber; a beam's dose file is missing or damaged: add it or export a PLAN dose)"
     )
 
@@ -144,25 +181,28 @@ def beam_doses_to_sum(doses: list) -> tuple:
     Left out: a copy of a dose already in the sum (same SOPInstanceUID), a second dose for a beam (or the
     same set of beams) already in the sum, and a dose whose beams are all covered by single-beam doses.
     """
-    single_beams = {d.info["beam_numbers"][0] for d in doses if len(d.info["beam_numbers"]) == 1}
+    grouped = by_fraction_group(doses)
+    single_beams = {_keys(d, grouped)[0] for d in doses if len(_keys(d, grouped)) == 1}
     keep, left_out = [], []
     seen_uids: dict = {}
     seen_beams: dict = {}
     seen_sets: dict = {}  # the beams of multi-beam doses in the sum
     for dose in doses:
-        beams = dose.info["beam_numbers"]
+        beams = _keys(dose, grouped)
         if dose.sop_instance_uid and dose.sop_instance_uid in seen_uids:
             left_out.append((dose.rel_path, f"same SOPInstanceUID as {seen_uids[dose.sop_instance_uid]} (a copy)"))
         elif len(beams) > 1 and set(beams) <= single_beams:
-            left_out.append((dose.rel_path, f"references beams {beams}, each already in the sum as its own BEAM dose"))
+            left_out.append(
+                (dose.rel_path, f"references beams {_said(beams)}, each already in the sum as its own BEAM dose")
+            )
         elif len(beams) == 1 and beams[0] in seen_beams:
-            left_out.append((dose.rel_path, f"beam {beams[0]} is already in the sum from {seen_beams[beams[0]]}"))
-        elif len(beams) > 1 and tuple(beams) in seen_sets:
-            left_out.append((dose.rel_path, f"beams {beams} are already in the sum from {seen_sets[tuple(beams)]}"))
+            left_out.append((dose.rel_path, f"{_one(beams)} is already in the sum from {seen_beams[beams[0]]}"))
+        elif len(beams) > 1 and beams in seen_sets:
+            left_out.append((dose.rel_path, f"beams {_said(beams)} are already in the sum from {seen_sets[beams]}"))
         else:
             keep.append(dose)
             seen_uids[dose.sop_instance_uid] = dose.rel_path
             for beam in beams:
                 seen_beams.setdefault(beam, dose.rel_path)
-            seen_sets.setdefault(tuple(beams), dose.rel_path)
+            seen_sets.setdefault(beams, dose.rel_path)
     return keep, left_out
