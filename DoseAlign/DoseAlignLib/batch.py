@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import socket
 import stat
 from dataclasses import dataclass, field
@@ -912,6 +913,10 @@ def _formats_of_shards(out_dir: Path, parts: list):
         ) from None
 
 
+#: A shard manifest's name: its shard K and the split's N.
+_SHARD_NAME = re.compile(r"manifest\.shard-(\d{1,6})-of-(\d{1,6})\.csv")
+
+
 def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
     """Combine every ``manifest.shard-K-of-N.csv`` in ``out_dir`` into ``manifest.csv`` (sorted by case id).
 
@@ -932,12 +937,25 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
     parts = sorted(out_dir.glob("manifest.shard-*-of-*.csv"))
     if not parts:
         raise DoseAlignError("no shard manifests (manifest.shard-K-of-N.csv) to merge", path=out_dir)
-    totals = {p.name.rsplit("-of-", 1)[1] for p in parts}
+    split = {p.name: _SHARD_NAME.fullmatch(p.name) for p in parts}
+    unnamed = sorted(name for name, match in split.items() if match is None)
+    if unnamed:  # manifest.shard-x-of-2.csv: no K and N to read (int() of them was a traceback)
+        raise DoseAlignError(
+            f"{', '.join(unnamed)}: not a shard manifest's name (manifest.shard-K-of-N.csv)", path=out_dir
+        )
+    numbers = {name: (int(match.group(1)), int(match.group(2))) for name, match in split.items()}
+    totals = {n for _k, n in numbers.values()}
     if len(totals) != 1:
         raise DoseAlignError(f"shard manifests of different splits: {sorted(p.name for p in parts)}", path=out_dir)
-    expected = int(totals.pop().split(".")[0])
+    expected = totals.pop()
+    stray = sorted(name for name, (k, _n) in numbers.items() if not 1 <= k <= expected)
+    if stray:  # (a shard 3 of 2 is none of this split's: counted, it said "3 of 2 present")
+        raise DoseAlignError(f"{', '.join(stray)}: no shard of a split into {expected} (a stray file?)", path=out_dir)
     if len(parts) != expected:
-        raise DoseAlignError(f"{len(parts)} of {expected} shard manifests present", path=out_dir)
+        missing = sorted(set(range(1, expected + 1)) - {k for k, _n in numbers.values()})
+        raise DoseAlignError(
+            f"{len(parts)} of {expected} shard manifests present: shard(s) {missing} missing", path=out_dir
+        )
     rows, listed_in = [], {}
     for part in parts:
         for row in _shard_rows(part):

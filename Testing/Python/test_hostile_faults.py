@@ -1277,6 +1277,36 @@ def test_shard_settings_of_the_wrong_types_are_named_not_a_traceback(sharded, tm
     _refused(out, capsys, "manifest.shard-")
 
 
+@pytest.mark.parametrize(
+    ("stray", "said"),
+    [
+        ("manifest.shard-3-of-2.csv", "manifest.shard-3-of-2.csv: no shard of a split into 2"),
+        ("manifest.shard-x-of-2.csv", "manifest.shard-x-of-2.csv: not a shard manifest's name"),
+        ("manifest.shard-1-of-abc.csv", "manifest.shard-1-of-abc.csv: not a shard manifest's name"),
+    ],
+)
+def test_a_stray_shard_manifest_is_named(sharded, tmp_path, capsys, stray, said):
+    """Tenth hostile trial (wording): a stray manifest.shard-3-of-2.csv beside the two shards made merge say
+    "3 of 2 shard manifests present"; a name whose K or N is no number was counted, or (alone) ended merge with
+    the usage text and "invalid literal for int()". Each is named now, exit 2, nothing written."""
+    out = _shards(sharded, tmp_path)
+    shutil.copy(out / "manifest.shard-1-of-2.csv", out / stray)
+    _refused(out, capsys, said)
+
+
+def test_a_shard_manifest_name_without_numbers_alone_is_named(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.shard-1-of-abc.csv").write_text("case_id,status\n", encoding="utf-8")
+    _refused(out, capsys, "manifest.shard-1-of-abc.csv: not a shard manifest's name")
+
+
+def test_a_missing_shard_is_named(sharded, tmp_path, capsys):
+    out = _shards(sharded, tmp_path)
+    (out / "manifest.shard-2-of-2.csv").unlink()
+    _refused(out, capsys, "1 of 2 shard manifests present: shard(s) [2] missing")
+
+
 def _memory_bounded() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, resource.getrlimit(resource.RLIMIT_AS)[1]))
 

@@ -59,6 +59,28 @@ def test_special_files_and_broken_links_are_skipped_never_opened(store, tmp_path
     assert [r["status"] for r in hostile.manifest(out)] == ["ok"]
 
 
+def test_a_file_removed_while_the_folder_is_read_is_not_called_a_link(store, tmp_path, monkeypatch):
+    """Tenth hostile trial (wording): a regular file deleted between the folder's listing and its look was called
+    "a symbolic link whose target does not exist"."""
+    from DoseAlignLib.dicom import scan
+
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    gone = sorted((root / "p1").glob("*.dcm"))[0]
+    look, removed = os.stat, []
+
+    def removed_first(path, *args, **kwargs):
+        if not removed and str(path) == str(gone):
+            removed.append(gone)
+            os.unlink(gone)  # as another process does, after the listing
+        return look(path, *args, **kwargs)
+
+    monkeypatch.setattr(scan.os, "stat", removed_first)
+    result = scan.scan_folder(root)
+    monkeypatch.undo()
+    assert (f"p1/{gone.name}", "removed while the folder was read") in result.skipped, result.skipped
+
+
 def test_a_cohort_of_symlinks_with_loops_exports_each_patient_once(store, tmp_path):
     root = tmp_path / "cohort"
     root.mkdir()

@@ -485,7 +485,8 @@ def _walk(root: Path, exclude=(), ignored: Optional[list] = None, problems: Opti
             try:
                 info = os.stat(path)  # through links
             except FileNotFoundError:
-                problems.append(("skipped", rel(path), "a symbolic link whose target does not exist", Path(path)))
+                gone = "a symbolic link whose target does not exist" if link else "removed while the folder was read"
+                problems.append(("skipped", rel(path), gone, Path(path)))
                 continue
             except OSError as error:
                 problems.append(
