@@ -72,10 +72,15 @@ def test_shards_together_equal_the_whole(cohort, serial, tmp_path):
 
 def test_dask_local_cluster_equals_serial(cohort, serial, tmp_path):
     pytest.importorskip("distributed", reason="Dask distributed is not installed")
-    report = export_folder(cohort, tmp_path, OPTIONS, workers=2, scheduler="local")
+    import dask
+
+    out = tmp_path / "out"
+    with dask.config.set({"temporary-directory": str(tmp_path / "dask")}):  # its scratch folder, not /tmp's
+        report = export_folder(cohort, out, OPTIONS, workers=2, scheduler="local")
+    assert (tmp_path / "dask").is_dir()
     assert report.exit_code == 0
-    assert _manifest(tmp_path / "manifest.csv") == _manifest(serial / "manifest.csv")
-    _same_outputs(serial, tmp_path)
+    assert _manifest(out / "manifest.csv") == _manifest(serial / "manifest.csv")
+    _same_outputs(serial, out)
 
 
 def _scan_summary(scan) -> tuple:
