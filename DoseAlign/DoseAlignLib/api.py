@@ -103,6 +103,8 @@ _EXPORTS = {
     "start_thread": ".errors",
     "termination_is_held": ".errors",
     "suspensions_counted": ".limits",
+    "stop_seen": ".errors",
+    "forget_stops": ".errors",
     "OutputFault": ".errors",
     "output_fault": ".errors",
     "terminal_safe": ".errors",

@@ -27,6 +27,7 @@ from .errors import (
     OutputFault,
     Terminated,
     output_fault,
+    raise_if_stopped,
     thread_not_started,
     too_many_open_files,
 )
@@ -181,6 +182,7 @@ def export_folder(
 
     exclude = _check_folders(input_root, out_dir, note, pseudonymized=pseudonymizer is not None)
     scan = scan_folder(input_root, workers=1 if scheduler else workers, exclude=exclude)
+    raise_if_stopped()  # a Ctrl-C a library swallowed while the headers were read
     linked = form_cases(scan, sum_plans=options.sum_plans, ct=options.ct)
     report.orphans, report.skipped_files, report.ignored = linked.orphans, scan.skipped, scan.ignored
     cases = [c for c in linked.cases if (case_filter is None or case_filter(c)) and in_shard(c.case_id, shard)]
@@ -366,6 +368,7 @@ def export_folder(
             )
         else:
             for index, case in to_run:
+                raise_if_stopped()
                 if report.fault is not None:
                     break
                 case_stage = functools.partial(stage, case.case_id) if stage is not None else None

@@ -777,12 +777,18 @@ def _not_read(ignored: list) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _SIGTERM_SEEN.clear()
+    _SIGINT_SEEN.clear()
     _no_missing_streams()
+    forget_stops = api.forget_stops
+    forget_stops()
+    _NOTE_STOP[:] = [api.stop_seen]  # looked up now: the handlers must import nothing
     suspensions = api.suspensions_counted()  # looked up before the handlers: no signal is deferred for it
     previous = _stop_on_sigterm()
     previous_sigint = _defer_sigint_in_imports()
     guard = sys.stdout = _GuardedStdout(sys.stdout)
     try:
+        if _EARLY_SIGINT and _EARLY_SIGINT[1]:  # a Ctrl-C while the command's own modules were imported
+            raise KeyboardInterrupt
         with suspensions:  # a job stopped and continued: the time limits leave out the stop (J8)
             code = _main(argv)
         sys.stdout.flush()  # a closed pipe is met here, not at exit
@@ -794,6 +800,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_TERMINATED
+        if _SIGINT_SEEN:  # likewise a Ctrl-C (eleventh hostile trial K1)
+            print("\ndosealign: interrupted (what is in manifest.csv was done)", file=sys.stderr)
+            return EXIT_INTERRUPTED
         return code
     except Interrupted as stop:  # bound at import: a Ctrl-C during an import must not make this clause import
         said = "stopped by SIGTERM" if stop.terminated else "interrupted"
@@ -814,12 +823,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _say(f"dosealign: the listing could not be written to the standard output: {_cause(error.cause)}")
         return EXIT_STDOUT_UNWRITABLE
     finally:
+        forget_stops()  # (a later use of the engine in this process is not stopped by this command's signal)
         if sys.stdout is guard:
             sys.stdout = guard.stream
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if previous_sigint is not None:
-            signal.signal(signal.SIGINT, previous_sigint)
+            early = _EARLY_SIGINT and previous_sigint is _EARLY_SIGINT[0]
+            signal.signal(signal.SIGINT, signal.default_int_handler if early else previous_sigint)
     return EXIT_INTERRUPTED
 
 
@@ -880,6 +891,17 @@ def _stop_on_sigterm():
 _SIGTERM_SEEN: list = []
 
 
+#: Set by the SIGINT handler as it raises: a KeyboardInterrupt a library swallowed still ends the command with 130.
+_SIGINT_SEEN: list = []
+
+#: The engine's record of a stop a handler raised (:func:`DoseAlignLib.errors.stop_seen`), bound at start: the
+#: engine raises it again between its steps when a library swallowed it.
+_NOTE_STOP: list = []
+
+#: Set by :mod:`DoseAlignLib.__main__` before it imports this module: (its holding SIGINT handler, the SIGINTs held).
+#: The command's own handler takes over from it, and a Ctrl-C held during the imports ends the command with 130.
+_EARLY_SIGINT: list = []
+
 #: The engine's test for a block a SIGTERM must not cut in two (a fork, a pool starting), bound when the handler is
 #: installed.
 _TERMINATION_HELD: list = []
@@ -904,6 +926,8 @@ def _terminated(_signum, frame) -> None:
     # once: `timeout` sends SIGTERM to the command and then to its process group, and a second one must not
     # cut short the cleaning up the first one started (pool workers reset SIGTERM for themselves)
     _SIGTERM_SEEN.append(True)
+    if _NOTE_STOP:
+        _NOTE_STOP[0](True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
@@ -917,7 +941,7 @@ def _defer_sigint_in_imports():
     if threading.current_thread() is not threading.main_thread():
         return None
     previous = signal.getsignal(signal.SIGINT)
-    if previous is not signal.default_int_handler:
+    if previous is not signal.default_int_handler and not (_EARLY_SIGINT and previous is _EARLY_SIGINT[0]):
         return None
     _TERMINATION_HELD[:] = [api.termination_is_held]  # looked up now: the handler must import nothing
     signal.signal(signal.SIGINT, _interrupted)
@@ -936,6 +960,9 @@ def _interrupted(_signum, frame) -> None:
             return
         except RuntimeError:  # no thread to be had: interrupted here after all
             pass
+    _SIGINT_SEEN.append(True)
+    if _NOTE_STOP:
+        _NOTE_STOP[0](False)
     raise KeyboardInterrupt
 
 

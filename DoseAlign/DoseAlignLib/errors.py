@@ -216,6 +216,29 @@ def termination_held():
         _TERMINATION_HELD[0] -= 1
 
 
+#: Set by the command's SIGINT and SIGTERM handlers when they raise (True for SIGTERM): a library's own ``except``
+#: around what it was doing may swallow that exception (pydicom's ``except ValueError`` met it in the scan, and the
+#: export ran to its end with exit 0; eleventh hostile trial K1). :func:`raise_if_stopped` raises it again.
+_STOPPED: list = []
+
+
+def stop_seen(terminated: bool) -> None:
+    """Called by a signal handler as it raises (imports nothing)."""
+    _STOPPED.append(terminated)
+
+
+def forget_stops() -> None:
+    """A new command starts: no stop seen."""
+    del _STOPPED[:]
+
+
+def raise_if_stopped() -> None:
+    """Raise :class:`Terminated` or KeyboardInterrupt again if a handler raised one since :func:`forget_stops` (a
+    check between steps: after the scan, before each case); a no-op outside the command."""
+    if _STOPPED:
+        raise Terminated() if _STOPPED[-1] else KeyboardInterrupt()
+
+
 def termination_is_held() -> bool:
     """True inside a :func:`termination_held` block."""
     return _TERMINATION_HELD[0] > 0

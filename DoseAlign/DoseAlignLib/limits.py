@@ -236,16 +236,20 @@ def open_regular(path, what: str = "file"):
     mode = os.stat(path).st_mode  # before opening: opening a FIFO or a device can itself have effects
     if not stat.S_ISREG(mode):
         raise OSError(f"not a regular {what} ({special_kind(mode)}): not opened")
-    fd = os.open(str(path), flags)
+    # The file object owns the descriptor from its first moment: closed by it alone. (Closing the descriptor
+    # ourselves when Ctrl-C came after os.fdopen had wrapped it closed it twice: the second close took the next
+    # file's descriptor, read as "Bad file descriptor"; eleventh hostile trial K1.) A Ctrl-C between the two
+    # calls leaves the descriptor open in a process that is stopping: never closed twice.
+    handle = open(os.open(str(path), flags), "rb")  # noqa: SIM115 (returned open)
     try:
-        mode = os.fstat(fd).st_mode
+        mode = os.fstat(handle.fileno()).st_mode
         if not stat.S_ISREG(mode):  # replaced between the two looks
             raise OSError(f"not a regular {what} ({special_kind(mode)}): not opened")
         if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+            os.set_blocking(handle.fileno(), True)
+        return handle
     except BaseException:
-        os.close(fd)
+        handle.close()
         raise
 
 

@@ -19,7 +19,7 @@ import signal
 from multiprocessing import connection
 from typing import Callable, Iterable, Optional
 
-from .errors import DoseAlignError, no_semaphores, termination_held, too_many_open_files
+from .errors import DoseAlignError, no_semaphores, raise_if_stopped, termination_held, too_many_open_files
 from .limits import SuspensionClock, case_seconds, die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def run_pool(
     hard_limit = case_seconds() + max(5.0, 0.1 * case_seconds())  # the case stops itself first, if it can
     try:
         while True:
+            raise_if_stopped()  # a Ctrl-C or SIGTERM a library swallowed in this process
             for slot in slots:
                 if slot.job is None and not (stop is not None and stop()):
                     item = next(queue, None)
@@ -347,6 +348,7 @@ def run_dask(
                     case_of[index], f"the Dask worker exporting this case was lost ({type(error).__name__}: {error})"
                 )
             on_result(index, row)
+            raise_if_stopped()
             item = next(queue, None) if not (stop is not None and stop()) else None
             if item is not None:
                 nxt = client.submit(task, item[1], pure=False)
