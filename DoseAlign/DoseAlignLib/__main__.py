@@ -7,8 +7,7 @@ Here it is held until the command's own handler is in place, which ends the comm
 
 from __future__ import annotations
 
-import signal
-import threading
+import signal  # (and nothing else before the hold: an import is where a Ctrl-C lands)
 
 #: The SIGINTs that came while the command's modules were imported.
 _HELD: list = []
@@ -20,12 +19,12 @@ def _hold(signum, _frame) -> None:
 
 def run() -> None:
     """Hold Ctrl-C (only where it has Python's own handler, in the main thread), import the command, run it."""
-    holding = (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
+    holding = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if holding:
-        signal.signal(signal.SIGINT, _hold)
+        try:
+            signal.signal(signal.SIGINT, _hold)
+        except ValueError:  # not the main thread: the command installs no handler either
+            holding = False
     from . import cli
 
     if holding:
