@@ -376,9 +376,9 @@ scan.MIN_FILES_PER_PROCESS = 1
 where = os.environ["DOSEALIGN_TEST_SLOW"]
 if where == "scan":
     original = scan._scan_files
-    def slow(root, paths):
+    def slow(root, paths, *alive):
         time.sleep(30)
-        return original(root, paths)
+        return original(root, paths, *alive)
     scan._scan_files = slow
 else:
     original_case = batch.export_case
@@ -1130,10 +1130,10 @@ parent = os.getpid()
 read, send = scan._scan_files, connection.Connection._send_bytes
 in_a_reader = []
 
-def reading(root, chunk):
+def reading(root, chunk, *alive):
     if os.getpid() != parent:
         in_a_reader.append(1)
-    return read(root, chunk)
+    return read(root, chunk, *alive)
 
 def killed_while_sending(self, buf):  # half of its headers sent when the group's SIGTERM (or kill -9) takes it
     if not in_a_reader:
@@ -1921,16 +1921,70 @@ scan.MIN_FILES_PER_PROCESS = 1  # the scan's pool, small as the cohort is
 parent = os.getpid()
 read = scan._scan_files
 
-def killed_in_a_reader(root, chunk):  # as the out-of-memory killer takes a header reader
+def killed_in_a_reader(root, chunk, *alive):  # as the out-of-memory killer takes a header reader
     if os.getpid() != parent:
         os.kill(os.getpid(), signal.SIGKILL)
-    return read(root, chunk)
+    return read(root, chunk, *alive)
 
 scan._scan_files = killed_in_a_reader
 from DoseAlignLib.cli import main
 
 sys.exit(main(["export", sys.argv[1], sys.argv[2], "--quiet", "--no-qa-png", "--workers", "2"]))
 """
+
+
+_SCAN_READER_STOPPED = _SCAN_READER_KILLED.replace(
+    "os.kill(os.getpid(), signal.SIGKILL)", "os.kill(os.getpid(), signal.SIGSTOP)"
+).replace("as the out-of-memory killer takes a header reader", "a reader stopped, or its read hung in the kernel")
+
+
+def test_a_scan_reader_that_stops_answering_is_not_waited_for_for_ever(cohort, tmp_path):
+    """Eleventh hostile trial K3: a header reader that stopped answering (SIGSTOP, or a read hung in the kernel,
+    e.g. on a hung NFS file) was waited for without limit, while each file has a time limit. A reader that gives
+    no sign of life for longer than a file may take (plus a grace) is stopped, and this process reads the headers
+    itself: every case exported."""
+    out = tmp_path / "out"
+    done = hostile.python(
+        _SCAN_READER_STOPPED, str(cohort), str(out), env={"DOSEALIGN_SCAN_FILE_SECONDS": "2"}, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "gave no sign of life" in done.stderr, done.stderr
+    rows = hostile.manifest(out)
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), rows
+
+
+_SCAN_READER_SLOW = """
+import os, sys, time
+import DoseAlignLib.dicom.scan as scan
+
+scan.MIN_FILES_PER_PROCESS = 1
+parent = os.getpid()
+read = scan._scan_file
+
+def slowly(root, path):  # a slow file system: each header takes a quarter second in the reader
+    if os.getpid() != parent:
+        time.sleep(0.25)
+    return read(root, path)
+
+scan._scan_file = slowly
+from DoseAlignLib.cli import main
+
+sys.exit(main(["export", sys.argv[1], sys.argv[2], "--quiet", "--no-qa-png", "--workers", "2"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_slow_scan_reader_is_waited_for_while_it_reads(cohort, tmp_path):
+    """K3's bound counts from the reader's last sign of life, not from its start: a reader whose share takes longer
+    than a file's limit and the grace (here > 12 s), reading all the while, is not taken for stuck."""
+    out = tmp_path / "out"
+    started = time.monotonic()
+    done = hostile.python(
+        _SCAN_READER_SLOW, str(cohort), str(out), env={"DOSEALIGN_SCAN_FILE_SECONDS": "2"}, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "DICOM headers" not in done.stderr, done.stderr  # no reader given up
+    assert time.monotonic() - started > 12, "the reader's share was not longer than the bound"
 
 
 def test_a_scan_reader_killed_is_no_traceback(cohort, tmp_path):

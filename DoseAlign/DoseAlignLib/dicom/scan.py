@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import stat
+import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ..errors import (
 from ..limits import (
     Deadline,
     LimitError,
+    SuspensionClock,
     die_with_parent,
     open_regular,
     scan_file_seconds,
@@ -157,8 +159,8 @@ def scan_folder(root: Path, progress: Progress = None, workers: int = 1, exclude
             if not reason:
                 raise
             logger.info("reading the headers in one process: %s", reason)
-        except _ReaderLost:  # a reader killed (the out-of-memory killer, kill): this process reads them all
-            logger.warning("a process reading the DICOM headers was killed: this process reads them all again")
+        except _ReaderLost as lost:  # a reader killed (the out-of-memory killer, kill) or stuck: this one reads all
+            logger.warning("a process reading the DICOM headers %s: this process reads them all again", lost.reason)
     if entries is None:
         entries = []
         for n, path in enumerate(paths):
@@ -312,8 +314,14 @@ def _no_process(error: OSError) -> Optional[str]:
     return None
 
 
-def _scan_files(root: Path, paths: list) -> list:
-    return [_scan_file(root, path) for path in paths]
+def _scan_files(root: Path, paths: list, alive: Optional[Callable[[], None]] = None) -> list:
+    """:func:`_scan_file` of each path; ``alive()`` after each (a forked reader's sign of life)."""
+    entries = []
+    for path in paths:
+        entries.append(_scan_file(root, path))
+        if alive is not None:
+            alive()
+    return entries
 
 
 def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress) -> list:
@@ -353,10 +361,7 @@ def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress
                 progress((n + 1) / pieces, f"reading headers {sum(map(len, read.values()))}/{len(paths)}")
         for share, (_reader, receiving) in zip(shares, readers):
             for n in share:
-                try:
-                    read[n] = receiving.recv()
-                except (EOFError, OSError) as error:  # (OSError: "got end of file during message")
-                    raise _ReaderLost() from error
+                read[n] = _receive(receiving)
                 if progress is not None:
                     progress(len(read) / pieces, f"reading headers {sum(map(len, read.values()))}/{len(paths)}")
         return [entry for n in range(pieces) for entry in read[n]]
@@ -369,18 +374,56 @@ def _scan_in_processes(root: Path, paths: list, workers: int, progress: Progress
 
 
 class _ReaderLost(Exception):
-    """A forked header reader died before it sent what it read."""
+    """A forked header reader died before it sent what it read, or stopped answering."""
+
+    def __init__(self, reason: str = "was killed") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: Seconds between a forked reader's signs of life while it reads (each a small message: one write, never half).
+ALIVE_SECONDS = 1.0
+#: Seconds beyond the per-file limit after which a reader that gave no sign of life counts as stuck (stopped, or a
+#: read hung in the kernel): it is stopped and its files are read again here.
+READER_GRACE_SECONDS = 10.0
+
+
+def _receive(receiving):
+    """The next chunk a reader sends, its signs of life passed over; :class:`_ReaderLost` when it died, or when it
+    gave none for longer than a file may take (eleventh hostile trial K3: a stopped reader was waited for for ever).
+    The time this process stood stopped (Ctrl-Z, a suspended job) is not counted."""
+    clock = SuspensionClock()
+    while True:
+        if receiving.poll(0.5):
+            try:
+                message = receiving.recv()
+            except (EOFError, OSError) as error:  # (OSError: "got end of file during message")
+                raise _ReaderLost() from error
+            if message is not None:
+                return message
+            clock = SuspensionClock()
+        elif clock.elapsed() > scan_file_seconds() + READER_GRACE_SECONDS:
+            raise _ReaderLost(
+                f"gave no sign of life for {clock.elapsed():.0f} s (stopped, or a read hung) and was stopped"
+            )
 
 
 def _read_share(sending, root: Path, chunks: list, parent_pid: int) -> None:
     """A forked header reader: it dies with the scanning process and leaves Ctrl-C to it (no traceback
     per process); SIGTERM ends it at once (the scanning process's handler, inherited through fork, is not its
-    own). It reads its whole share before sending any: a send blocks until the scanning process, busy with its
-    own share, reads it."""
+    own). It reads its whole share before sending it (a send blocks until the scanning process, busy with its
+    own share, reads it), and says it is alive every :data:`ALIVE_SECONDS` meanwhile."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    read = [_scan_files(root, chunk) for chunk in chunks]
+    said = [time.monotonic()]
+
+    def alive() -> None:
+        if time.monotonic() - said[0] >= ALIVE_SECONDS:
+            sending.send(None)
+            said[0] = time.monotonic()
+
+    read = [_scan_files(root, chunk, alive) for chunk in chunks]
     for entries in read:
         sending.send(entries)
     sending.close()
