@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -185,6 +186,7 @@ def export_folder(
     raise_if_stopped()  # a Ctrl-C a library swallowed while the headers were read
     linked = form_cases(scan, sum_plans=options.sum_plans, ct=options.ct)
     report.orphans, report.skipped_files, report.ignored = linked.orphans, scan.skipped, scan.ignored
+    found_ids = [c.case_id for c in linked.cases if case_filter is None or case_filter(c)]  # before pseudonyms
     cases = [c for c in linked.cases if (case_filter is None or case_filter(c)) and in_shard(c.case_id, shard)]
     damaged = damaged_file_rows(scan)  # unreadable DICOM files: a failed row each
     extra_rows = damaged if shard is None or shard[0] == 1 else []
@@ -260,7 +262,8 @@ def export_folder(
     clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
-        write_text_atomic(out_dir / manifest_name.replace(".csv", ".json"), json_text(_shard_settings(formats)))
+        settings = _shard_settings(formats, _input_digest(found_ids, pseudonymizer))
+        write_text_atomic(out_dir / manifest_name.replace(".csv", ".json"), json_text(settings))
     reserve = DescriptorReserve()  # for the manifest, should the run reach its open-file limit
 
     def write_rows(rows_now: list) -> Path:
@@ -865,15 +868,24 @@ def _exported_again_note(why: dict) -> str:
     return f"--resume: {len(why)} case(s) exported earlier are exported again: {listed}"
 
 
-def _shard_settings(formats) -> dict:
-    return {"formats": formats.to_dict() if formats is not None else None}
+def _shard_settings(formats, found: dict) -> dict:
+    return {"formats": formats.to_dict() if formats is not None else None, "input": found}
 
 
-def _formats_of_shards(out_dir: Path, parts: list):
-    """The :class:`ExportFormats` the shard runs used (from their ``manifest.shard-K-of-N.json``), or None."""
-    from .output.formats import ExportFormats
-    from .output.openkbp import OpenKBPSettings
+def _input_digest(case_ids: list, pseudonymizer) -> dict:
+    """What a shard's scan found, for merge to compare: how many cases and a hash of their ids (keyed under
+    ``--pseudonymize``: the ids hold patient IDs). Shards of other inputs, or of an input that changed between
+    them, found other cases: merged, cases would be in no shard and nothing would say so (eleventh trial K9)."""
+    text = "\n".join(sorted(case_ids))
+    if pseudonymizer is not None:
+        digest = pseudonymizer.keyed_digest("shard input", text)
+    else:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return {"cases": len(case_ids), "sha256": digest}
 
+
+def _settings_of_shards(parts: list) -> list:
+    """``(file name, settings)`` of each shard's ``manifest.shard-K-of-N.json`` present (read back, checked)."""
     settings = []
     for part in parts:
         path = part.with_suffix(".json")
@@ -884,7 +896,32 @@ def _formats_of_shards(out_dir: Path, parts: list):
                 raise DoseAlignError(f"the shard settings cannot be read ({error})", path=path) from None
             if not isinstance(value, dict) or not isinstance(value.get("formats"), (dict, type(None))):
                 raise DoseAlignError("the shard settings are not DoseAlign's (damaged or edited)", path=path)
-            settings.append((path.name, value.get("formats")))
+            settings.append((path.name, value))
+    return settings
+
+
+def _check_same_input(out_dir: Path, parts: list) -> None:
+    """Refuse shards whose scans found different cases (see :func:`_input_digest`); shards of an earlier version,
+    which did not record it, are not compared."""
+    found = [(name, value.get("input")) for name, value in _settings_of_shards(parts)]
+    if len(found) < 2 or any(not isinstance(value, dict) for _name, value in found):
+        return
+    if any(value != found[0][1] for _name, value in found[1:]):
+        counts = ", ".join(f"{name} found {value.get('cases')} cases" for name, value in found)
+        raise DoseAlignError(
+            f"the shards were exported from different inputs, or the input changed between them ({counts}, not the "
+            "same ones): merged, some cases would be in no shard",
+            path=out_dir,
+            hint="export every shard from the same, unchanged input (--resume keeps their cases); nothing was written",
+        )
+
+
+def _formats_of_shards(out_dir: Path, parts: list):
+    """The :class:`ExportFormats` the shard runs used (from their ``manifest.shard-K-of-N.json``), or None."""
+    from .output.formats import ExportFormats
+    from .output.openkbp import OpenKBPSettings
+
+    settings = [(name, value.get("formats")) for name, value in _settings_of_shards(parts)]
     if not settings:
         return None  # shards of an earlier version: the manifest only
     if any(value != settings[0][1] for _name, value in settings[1:]):
@@ -972,6 +1009,7 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
             rows.append(row)
     metas = _cases_in_out(out_dir, rows, listed_in)
     _check_one_request(out_dir, metas, listed_in)
+    _check_same_input(out_dir, parts)  # (after the key's check: shards of two keys hash their inputs apart)
     formats = _formats_of_shards(out_dir, parts)
     _check_merge_targets(out_dir)
     rows.sort(key=lambda r: r["case_id"])

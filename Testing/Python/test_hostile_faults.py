@@ -1434,6 +1434,36 @@ def test_a_shard_manifest_name_without_numbers_alone_is_named(tmp_path, capsys):
     _refused(out, capsys, "manifest.shard-1-of-abc.csv: not a shard manifest's name")
 
 
+def test_shards_of_different_inputs_are_not_merged(tmp_path, capsys):
+    """Eleventh hostile trial K9: shard 1/2 exported from one input and shard 2/2 from another (or from an input
+    that gained or lost patients between the array tasks of one job) were merged without a word: the cases each
+    scan put in the other shard were in none, "0 failed", exit 0. Each shard records what its scan found (a count
+    and a hash of the case ids); merge refuses shards that disagree, exit 2, nothing written."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for n in range(3):
+        hostile.study(first / f"p{n}", f"INPUT-A-{n}", 60 + n, with_structures=False)
+    shutil.copytree(first, second)
+    hostile.study(second / "p3", "INPUT-B-3", 63, with_structures=False)  # the input gained a patient
+    out = tmp_path / "out"
+    for k, root in ((1, first), (2, second)):
+        assert main(["export", str(root), str(out), "--shard", f"{k}/2", "--quiet", "--no-qa-png"]) in (0, 1)
+    capsys.readouterr()
+    _refused(out, capsys, "the shards were exported from different inputs", "found 3 cases", "found 4 cases")
+
+
+def test_shards_of_one_input_pseudonymized_with_one_key_merge(tmp_path, capsys):
+    root = tmp_path / "in"
+    for n in range(4):
+        hostile.study(root / f"p{n}", f"INPUT-P-{n}", 70 + n, with_structures=False)
+    out, key = tmp_path / "out", tmp_path / "key"
+    for k in (1, 2):
+        args = ["export", str(root), str(out), "--shard", f"{k}/2", "--quiet", "--no-qa-png"]
+        assert main([*args, "--pseudonymize", "--key-file", str(key)]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 0, capsys.readouterr().err
+    assert len(hostile.manifest(out)) == 4
+
+
 def test_a_missing_shard_is_named(sharded, tmp_path, capsys):
     out = _shards(sharded, tmp_path)
     (out / "manifest.shard-2-of-2.csv").unlink()

@@ -426,6 +426,10 @@ class Pseudonymizer:
         return key_fingerprint(self.key)
 
     # -- pseudonyms
+    def keyed_digest(self, kind: str, value: str) -> str:
+        """A hash of ``value`` only this key makes (hex): to compare what may name patients without writing it."""
+        return self._digest(kind, value).hex()
+
     def _digest(self, kind: str, value: str) -> bytes:
         return hmac.new(self.key, f"dosealign|{kind}|{value}".encode(), hashlib.sha256).digest()
 
