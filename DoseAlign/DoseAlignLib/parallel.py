@@ -147,7 +147,8 @@ def _start_workers(context, task: Callable, count: int, with_stages: bool) -> tu
         try:
             stages = context.Queue()
         except OSError as error:  # the workers need no semaphore themselves: they run, their steps unseen
-            reason = no_semaphores(error)
+            # (at the open-file limit even importing the queue's module fails: the cases run without it too)
+            reason = no_semaphores(error) or too_many_open_files(error)
             if not reason:
                 raise
             logger.warning("the steps inside each case are not shown: %s", reason)
@@ -180,7 +181,7 @@ class _Worker:
         self._spawn()
 
     def _spawn(self) -> None:
-        _check_descriptors(6)
+        _check_descriptors(6 + WORKER_FILES)
         self.conn, child = self.context.Pipe()
         self.process = self.context.Process(
             target=_work, args=(child, self.task, self.stages, os.getpid()), name="dosealign-worker", daemon=True
@@ -218,6 +219,12 @@ class _Worker:
             self.conn.close()
         self.job = None
         self._spawn()
+
+
+#: Descriptors a worker needs for a case beyond its pipes (the modules it imports, the DICOM files it reads, the
+#: files it writes): a worker forked with fewer free failed every case "cannot be opened now" (eleventh hostile
+#: trial K10: at ulimit -n 16 one worker started and all cases failed, at 10-14 all ran in this process).
+WORKER_FILES = 16
 
 
 def _check_descriptors(count: int) -> None:

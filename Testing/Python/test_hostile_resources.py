@@ -337,6 +337,31 @@ def test_workers_that_cannot_be_started_leave_no_descriptor_open():
     assert set(leaks.values()) == {0}, leaks
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="open-file limits as on Linux")
+@pytest.mark.parametrize("count", [8, 16, 20])
+def test_a_higher_open_file_limit_never_fares_worse(many_files, tmp_path, count):
+    """Eleventh hostile trial K10: at ``ulimit -n 16`` one worker started with too few descriptors left and every
+    case failed "cannot be opened now" (at 10-14 all ran in this process); at 8 importing the stages queue's
+    module failed with a traceback. A worker starts only with room for a case's files; without, the cases run
+    here. From 10 open files on, every case is exported; at 8, none is lost to a traceback."""
+    out = tmp_path / "out"
+    done = hostile.dosealign(
+        "export",
+        str(many_files),
+        str(out),
+        "--workers",
+        "2",
+        "--quiet",
+        "--no-qa-png",
+        preexec_fn=_open_files_limit(count),
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    rows = hostile.manifest(out)
+    assert len(rows) == 3, rows
+    if count >= 10:
+        assert done.returncode == 0 and all(r["status"] == "ok" for r in rows), rows
+
+
 def test_the_scan_reads_in_one_process_when_it_cannot_start_others(many_files, monkeypatch):
     from DoseAlignLib.dicom import scan
 
