@@ -10,6 +10,7 @@ of unusually large cases::
     DOSEALIGN_MEMORY_MULTIPLE       a case's working memory / the bytes of its outputs  (default 4)
     DOSEALIGN_MEMORY_FLOOR_MB       working memory every case may use whatever its size (default 2048)
     DOSEALIGN_INFLATE_MB            inflated size of one deflated file during the scan  (default 512)
+    DOSEALIGN_HEADER_READS          reads of one file's header during the scan          (default 2000000)
     DOSEALIGN_META_MB               a meta.json (or other JSON file) read back from OUT (default 32)
     DOSEALIGN_MANIFEST_MB           a manifest.csv (or shard manifest) read back from OUT (default 256)
     DOSEALIGN_MAP_LOCK_SECONDS      wait for another run's hold on a shared pseudonym map (default 60)
@@ -56,6 +57,7 @@ DEFAULTS = {
     "DOSEALIGN_MEMORY_MULTIPLE": 4.0,
     "DOSEALIGN_MEMORY_FLOOR_MB": 2048.0,
     "DOSEALIGN_INFLATE_MB": 512.0,
+    "DOSEALIGN_HEADER_READS": 2.0e6,
     "DOSEALIGN_META_MB": 32.0,
     "DOSEALIGN_MANIFEST_MB": 256.0,
     "DOSEALIGN_MAP_LOCK_SECONDS": 60.0,
@@ -96,6 +98,21 @@ def case_seconds() -> float:
 
 def inflate_bytes() -> int:
     return megabytes(limit("DOSEALIGN_INFLATE_MB"))
+
+
+def header_reads() -> int:
+    """The most reads one header may take during the scan: pydicom reads each data element's header and value and
+    each sequence item's tag once (an empty item costs three reads), so what it builds from a header is bounded by
+    this, not by the file's size (eleventh hostile trial K4: 8 bytes of file, an empty item, become ~700 bytes of
+    objects; 30 M of them in a 351 KB deflated file took over 3.8 GB).
+
+    The default, 2 000 000, bounds the objects of one header at about 650 MB (~330 bytes per read at worst, empty
+    items on pydicom 2.4; ~40 bytes per read for plain elements; the trial's file is refused at 0.4-0.73 GB peak
+    for the whole scan) and the parsing at some seconds (the per-file time limit applies as well). Real headers
+    need far fewer: the scan defers large values and never reads into pixel data; a CT slice of the test data
+    takes about 100 reads, the largest structure set of the shared data (121 contours in sequences of undefined
+    length, 1 400 elements) 3 924: 32 reads per contour, so the limit admits some 60 000 contours."""
+    return int(min(limit("DOSEALIGN_HEADER_READS"), NO_LIMIT_BYTES))
 
 
 def limit_multiple() -> float:

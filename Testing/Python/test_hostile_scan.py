@@ -5,7 +5,7 @@ links to folders are followed (a cohort made of links exports), each folder and 
 whatever the loops; a folder or file that cannot be read is a named failed row (exit 1) and an input
 root that cannot be read is exit 2; names that are not UTF-8 (files, folders, the input root) are
 handled like any other; a large file that is not DICOM costs nothing; one file's header reading is
-bounded in time and a deflated data set in inflated size.
+bounded in time and in reads (a deflated one too) and a deflated data set in inflated size.
 """
 
 from __future__ import annotations
@@ -296,6 +296,68 @@ def test_measuring_a_deflate_bomb_takes_little_memory(store, tmp_path):
     )
     peak_mib = int(done.stdout.strip().splitlines()[-1].split()[1]) / 1024
     assert peak_mib < 200, f"{peak_mib:.0f} MiB to scan a 300 MiB deflated data set"
+
+
+#: A sequence of ``n`` empty items of undefined length, as (0040,0275) RequestAttributesSequence: 8 bytes per item in the
+#: file, several hundred bytes of pydicom objects each once parsed.
+def _empty_items(n: int) -> bytes:
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+    end = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return struct.pack("<HH", 0x0040, 0x0275) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF) + item * n + end
+
+
+def _deflated(syntax_free_data_set: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return _file_meta("1.2.840.10008.1.2.1.99") + packer.compress(syntax_free_data_set) + packer.flush()
+
+
+def _limited_memory() -> None:  # the child may not take gigabytes whatever happens (ulimit -v 2 GiB)
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def test_a_header_of_too_many_items_is_refused_naming_the_limit(store, tmp_path):
+    """Eleventh hostile trial K4: a 351 KB deflated slice holding 30 M empty sequence items (240 MB inflated, under the
+    inflation limit) took over 3.8 GB and 77-138 s in the scan (pydicom builds ~700 bytes of objects per item, and
+    parsed the inflated bytes where the per-file time limit was not checked); the same items in a plain file were
+    stopped by the time limit but called "cannot be read: No tag to read at file position ...". The reads of one
+    header are bounded now (DOSEALIGN_HEADER_READS), for a deflated data set as for a plain one."""
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    sop = _element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.481.3")
+    (root / "p1" / "plain.dcm").write_bytes(_file_meta("1.2.840.10008.1.2.1") + sop + _empty_items(200_000))
+    (root / "p1" / "deflated.dcm").write_bytes(_deflated(sop + _empty_items(200_000)))
+    assert (root / "p1" / "deflated.dcm").stat().st_size < 20_000
+    # the limit is checked every 64 reads and an empty item takes three: three limits 64 apart stop the parsing at
+    # each of the item's reads (pydicom made an error inside the first of them "No tag to read at file position")
+    for most in (20000, 20064, 20128):
+        start = time.monotonic()
+        done = hostile.dosealign(
+            "scan", str(root), env={"DOSEALIGN_HEADER_READS": str(most)}, timeout=120, preexec_fn=_limited_memory
+        )
+        took = time.monotonic() - start
+        assert done.returncode == 0, done.stdout + done.stderr
+        for name in ("plain.dcm", "deflated.dcm"):
+            line = next((x for x in done.stdout.splitlines() if f"p1/{name}:" in x), "")
+            assert f"needs more than the limit of {most:,} reads" in line, done.stdout
+            assert "DOSEALIGN_HEADER_READS" in line
+        assert "No tag to read" not in done.stdout
+        assert took < 60, took
+
+
+def test_reading_a_deflated_header_is_bounded_in_time(store, tmp_path):
+    """Eleventh hostile trial K4: pydicom parses a deflated data set from memory, where DOSEALIGN_SCAN_FILE_SECONDS
+    was not checked. It is parsed through the same deadline now."""
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    tiny = _element(0x0009, 0x1010, b"LO", b"ab")
+    sop = _element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.481.3")
+    (root / "p1" / "slow.dcm").write_bytes(_deflated(sop + tiny * 1_500_000))
+    env = {"DOSEALIGN_SCAN_FILE_SECONDS": "1", "DOSEALIGN_HEADER_READS": "inf"}
+    done = hostile.dosealign("scan", str(root), env=env, timeout=120, preexec_fn=_limited_memory)
+    assert "p1/slow.dcm: reading this file's header took longer than the limit of 1 s" in done.stdout, done.stdout
+    assert "DOSEALIGN_SCAN_FILE_SECONDS" in done.stdout
 
 
 def test_a_deep_folder_chain_costs_work_linear_in_its_depth(store, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 import zlib
@@ -22,6 +23,7 @@ from ..limits import (  # noqa: F401 (the spacing bounds are read as headers.MAX
     Deadline,
     LimitError,
     format_bytes,
+    header_reads,
     inflate_bytes,
     open_regular,
 )
@@ -76,27 +78,34 @@ def read_header(
     but only when they start like a data set and kept only when they look like DICOM (carry a
     SOPClassUID or Modality). Only regular files are opened (a named pipe or device is refused,
     never waited on); a deflated data set may inflate to at most the limit of
-    :func:`~DoseAlignLib.limits.inflate_bytes`; ``deadline`` bounds the time spent reading. A file that cannot
+    :func:`~DoseAlignLib.limits.inflate_bytes`; ``deadline`` bounds the time spent reading and, with it, the
+    reads the header may take (:func:`~DoseAlignLib.limits.header_reads`: what pydicom builds from a header is
+    bounded by that, not by the file's size; a deflated data set is parsed through the same checks). A file that cannot
     be opened or read is an :class:`UnreadableError` (:func:`unreadable`; ``removed`` says when a missing file
     went: the scan reads files it has just listed).
     """
+    handle = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with DicomFile(path, deadline=deadline) as handle:
+            most_reads = header_reads() if deadline is not None else None
+            with DicomFile(path, deadline=deadline, most_reads=most_reads) as handle:
                 head = handle.read(132)
                 preamble = head[128:132] == b"DICM"
                 if not preamble and not _starts_like_a_data_set(head):
                     raise InputError("not a DICOM file", path=path)
                 deflated = preamble and _transfer_syntax(handle) == DEFLATED
-                if deflated:  # pydicom inflates the whole data set at once: bound it first
+                if deflated:  # bounded first; then parsed from its inflated bytes through the same checks
                     _check_inflated_size(handle, path, deadline)
+                    handle.read_inflated(_inflated(handle, path, deadline))
                 handle.seek(0)
                 if defer_large and not deflated:  # values of a deflated file cannot be read later by position
                     options = {"defer_size": DEFER_BYTES}
                 else:
                     options = {"stop_before_pixels": stop_before_pixels}
                 ds = pydicom.dcmread(handle, force=not preamble, **options)
+                if deflated:  # read as the plain data set it inflates to
+                    ds.file_meta.TransferSyntaxUID = DEFLATED
                 if not preamble and "SOPClassUID" not in ds and "Modality" not in ds:
                     raise InputError("not a DICOM file", path=path)
                 _fill_in_transfer_syntax(ds)
@@ -104,9 +113,12 @@ def read_header(
         return ds
     except (InputError, LimitError):
         raise
-    except OSError as error:
-        raise unreadable(error, path, removed) from None
     except Exception as error:  # pydicom raises many types on damaged files
+        reached = getattr(handle, "limit_error", None)
+        if reached is not None:  # a limit reached inside pydicom, which made it an OSError ("No tag to read")
+            raise reached from None
+        if isinstance(error, OSError):
+            raise unreadable(error, path, removed) from None
         raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {one_line(error)}", path=path) from None
 
 
@@ -145,27 +157,62 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 
 
 class DicomFile:
-    """A regular file opened for pydicom, with a time limit on reading (``deadline``).
+    """A regular file opened for pydicom, with a time limit on reading (``deadline``) and a most number of reads
+    (``most_reads``, see :func:`~DoseAlignLib.limits.header_reads`).
 
     pydicom reads a value it deferred by constructing this class again with the file's name, so
-    that every read of a DICOM file, now or later, opens regular files only.
+    that every read of a DICOM file, now or later, opens regular files only. A deflated data set is
+    read through the same checks from its inflated bytes (:meth:`read_inflated`). pydicom turns an
+    error raised inside some of its reads into an :class:`OSError` ("No tag to read at file
+    position ..."): the limit reached is kept in :attr:`limit_error`, so that the reader can say so.
     """
 
-    def __init__(self, path, mode: str = "rb", deadline: Optional[Deadline] = None) -> None:
+    def __init__(
+        self, path, mode: str = "rb", deadline: Optional[Deadline] = None, most_reads: Optional[int] = None
+    ) -> None:
         self.name = str(path)
         self._file = open_regular(path)
         self._deadline = deadline
+        self._most_reads = most_reads
         self._reads = 0
+        self.limit_error: Optional[LimitError] = None
+        self._bind()
+
+    def _bind(self) -> None:
         # the file's own methods where no check is needed (pydicom calls them for every element)
         self.readinto, self.seek, self.tell = self._file.readinto, self._file.seek, self._file.tell
-        if deadline is None:
+        if self._deadline is None and self._most_reads is None:
             self.read = self._file.read
+        else:
+            self.__dict__.pop("read", None)
+
+    def read_inflated(self, data) -> None:
+        """Read ``data`` (a binary file object in memory: the file as it would be uncompressed) from now on,
+        through the same checks; the file itself is closed."""
+        self._file.close()
+        self._file = data
+        self._bind()
 
     def read(self, size: int = -1) -> bytes:
         self._reads += 1
         if not self._reads & 63:
-            self._deadline.check(self.name)
+            self._check()
         return self._file.read(size)
+
+    def _check(self) -> None:
+        try:
+            if self._deadline is not None:
+                self._deadline.check(self.name)
+            if self._most_reads is not None and self._reads > self._most_reads:
+                raise LimitError(
+                    f"its header needs more than the limit of {self._most_reads:,} reads (data elements, values "
+                    "and sequence items) to be parsed",
+                    path=self.name,
+                    hint="a header bomb or a damaged file; set DOSEALIGN_HEADER_READS to allow more",
+                )
+        except LimitError as error:
+            self.limit_error = error
+            raise
 
     def close(self) -> None:
         self._file.close()
@@ -264,6 +311,58 @@ def _check_inflated_size(handle, path: Path, deadline: Optional[Deadline]) -> No
             )
         if inflater.eof:
             break
+
+
+#: Explicit VR Little Endian (20 bytes, padded): the transfer syntax a deflated file's meta names for pydicom once
+#: the data set is inflated.
+_PLAIN_SYNTAX = b"1.2.840.10008.1.2.1\0"
+
+
+def _inflated(handle, path: Path, deadline: Optional[Deadline]) -> io.BytesIO:
+    """The file as if it were not deflated: its preamble and file meta (TransferSyntaxUID Explicit VR Little Endian)
+    and the inflated data set, in memory (measured by :func:`_check_inflated_size` first). pydicom inflates a
+    deflated data set at once and parses it from memory, where no time limit or reads limit applies; parsed from
+    this copy, through :class:`DicomFile`, it is bounded as a plain file is."""
+    handle.seek(0)
+    head = handle.read(132 + 16384)
+    out = io.BytesIO()
+    out.write(head[:132])
+    position = 132
+    while position + 8 <= len(head) and int.from_bytes(head[position : position + 2], "little") == 0x0002:
+        vr = head[position + 4 : position + 6]
+        if vr in _LONG_VRS:
+            end = position + 12 + int.from_bytes(head[position + 8 : position + 12], "little")
+        else:
+            end = position + 8 + int.from_bytes(head[position + 6 : position + 8], "little")
+        if int.from_bytes(head[position + 2 : position + 4], "little") == 0x0010:
+            out.write(head[position : position + 6] + len(_PLAIN_SYNTAX).to_bytes(2, "little") + _PLAIN_SYNTAX)
+        else:
+            out.write(head[position:end])
+        position = end
+    handle.seek(position)
+    most = out.tell() + inflate_bytes()  # measured before; bounded again should the file change meanwhile
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    while not inflater.eof:
+        if deadline is not None:
+            deadline.check(str(path))
+        chunk = inflater.unconsumed_tail or handle.read(1 << 20)
+        if not chunk:
+            raise InputError(
+                "the deflated data set ends before its deflate stream does: the file is truncated",
+                path=path,
+                tag=TAG_SYNTAX,
+                hint="export the file again",
+            )
+        out.write(inflater.decompress(chunk, INFLATE_PIECE))
+        if out.tell() > most:
+            raise LimitError(
+                f"the deflated data set inflates to more than the limit of {format_bytes(inflate_bytes())}",
+                path=path,
+                tag=TAG_SYNTAX,
+                hint="a decompression bomb or a damaged file; set DOSEALIGN_INFLATE_MB to allow more",
+            )
+    out.seek(0)
+    return out
 
 
 def kind_of(ds: Dataset) -> str:
