@@ -346,6 +346,28 @@ def test_a_header_of_too_many_items_is_refused_naming_the_limit(store, tmp_path)
         assert took < 60, took
 
 
+def test_an_export_does_not_read_again_what_a_limit_refused(store, tmp_path, monkeypatch):
+    """Eleventh hostile trial K4: the export's row for a file the scan refused by a limit read the whole file again
+    (unbounded) to say where reading stops: 215 s and 3.8 GB after the scan had refused the trial's file. The row
+    gives the limit; the file is read once."""
+    from DoseAlignLib.dicom import damage, scan
+
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    sop = _element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.481.3")
+    (root / "p1" / "plain.dcm").write_bytes(_file_meta("1.2.840.10008.1.2.1") + sop + _empty_items(50_000))
+    (root / "p1" / "deflated.dcm").write_bytes(_deflated(sop + _empty_items(50_000)))
+    monkeypatch.setenv("DOSEALIGN_HEADER_READS", "2000")
+    result = scan.scan_folder(root)
+    located = []
+    monkeypatch.setattr(damage, "locate_damage", lambda path: located.append(path) or "located")
+    rows = {row["files"]: row["reason"] for row in damage.damaged_file_rows(result)}
+    assert sorted(rows) == ["p1/deflated.dcm", "p1/plain.dcm"], rows
+    for reason in rows.values():
+        assert "needs more than the limit of 2,000 reads" in reason and "DOSEALIGN_HEADER_READS" in reason, reason
+    assert located == []
+
+
 def test_reading_a_deflated_header_is_bounded_in_time(store, tmp_path):
     """Eleventh hostile trial K4: pydicom parses a deflated data set from memory, where DOSEALIGN_SCAN_FILE_SECONDS
     was not checked. It is parsed through the same deadline now."""

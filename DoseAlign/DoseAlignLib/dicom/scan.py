@@ -126,6 +126,8 @@ class ScanResult:
     #: damaged RTSTRUCT files (also in ``skipped``) as far as they could be read: identity and references, no ROIs;
     #: ``info["damage"]`` says why the file is unusable (see :func:`damaged_structure_set`)
     damaged: list = field(default_factory=list)
+    #: rel_paths of the files (also in ``skipped``) refused by a limit (time, reads, inflated size): never read again
+    limited: list = field(default_factory=list)
 
     def of_kind(self, kind: str) -> list:
         return [o for o in self.objects if o.kind == kind]
@@ -184,6 +186,8 @@ def _sort_entries(result: ScanResult, entries: list) -> None:
         if kind == "ignored":
             result.ignored.append((rel, reason))
             continue
+        if kind == "limited":
+            result.limited.append(rel)
         result.skipped.append((rel, reason))
         result.paths[rel] = path
         if kind == "unreadable":
@@ -217,8 +221,9 @@ def scan_files(paths, progress: Progress = None) -> ScanResult:
 def _scan_file(root: Path, path: Path):
     """A file's :class:`DicomObject`, or ``(kind, rel_path, reason, path)`` when it is not used.
 
-    ``kind`` is ``"skipped"`` (not DICOM, damaged), ``"unreadable"`` (it cannot be read at all) or
-    ``"ignored"`` (a DICOMDIR). Reading one header is bounded by the scan's per-file time limit.
+    ``kind`` is ``"skipped"`` (not DICOM, damaged), ``"limited"`` (refused by a limit: skipped, and never read
+    again), ``"unreadable"`` (it cannot be read at all) or ``"ignored"`` (a DICOMDIR). Reading one header is
+    bounded by the scan's per-file time limit and reads limit.
     """
     rel = display_path(path, root)
     try:  # before the header is read: a file changed after this still differs from the record next time
@@ -237,9 +242,11 @@ def _scan_file(root: Path, path: Path):
         return obj
     except UnreadableError as error:
         return ("unreadable", rel, _reason(error), path)
+    except LimitError as error:  # read no further, here or later (damage.locate_damage): it would cost as much
+        return ("limited", rel, _reason(error), path, None)
     except DoseAlignError as error:
-        left = None  # what a damaged DICOM file still says (never read again: not DICOM, or out of time)
-        if not isinstance(error, LimitError) and error.message != NOT_DICOM:
+        left = None  # what a damaged DICOM file still says (never read again: not DICOM)
+        if error.message != NOT_DICOM:
             left = damaged_structure_set(path, rel, _reason(error))
         return ("skipped", rel, _reason(error), path, left)
     except Exception as error:  # a header value the scanner cannot interpret: the file is unusable
