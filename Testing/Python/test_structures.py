@@ -682,3 +682,108 @@ def test_a_near_copy_of_a_contour_is_the_same_contour_only_when_large_against_th
     tiny = square / 100  # 0.5 x 0.4 mm
     assert _same_polygon(tiny, tiny.copy())
     assert not _same_polygon(tiny, tiny + [0.05, 0.0, 0.0])
+
+
+# ---- damaged or oddly stored RTSTRUCT values (eleventh hostile trial, K5-K7) ----------------------
+
+
+def _stored_as_un(ds, group: int = 0x3006):
+    """``ds`` with every top-level element of ``group`` stored as VR UN holding its implicit VR little endian
+    encoding (PS3.5 6.2.2), as an archive that does not know the RT dictionary writes it in explicit VR."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    for element in list(ds):
+        if element.tag.group != group:
+            continue
+        one = Dataset()
+        one.add(element)
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, True
+        write_dataset(buffer, one)
+        raw = buffer.getvalue()[8:]  # the value: after the tag and the length
+        if element.VR == "SQ" and raw.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"):  # a defined length instead
+            raw = raw[:-8]
+        ds[element.tag] = _un(element.tag, raw + b"\0" * (len(raw) % 2))
+    return ds
+
+
+def _un(tag: int, raw: bytes):
+    """A data element of VR UN holding ``raw`` (pydicom 3 would give a known tag its dictionary VR)."""
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+
+    replace, config.replace_un_with_known_vr = config.replace_un_with_known_vr, False
+    try:
+        return DataElement(tag, "UN", raw)
+    finally:
+        config.replace_un_with_known_vr = replace
+
+
+def _big_rtstruct():
+    """_target_rtstruct with an ROI of long contours: its ROIContourSequence is over 64 KiB (pydicom leaves a UN
+    value that long as bytes)."""
+    ds = _target_rtstruct()
+    big = make_rtstruct(
+        [
+            {
+                "number": 9,
+                "name": "Big",
+                "type": "ORGAN",
+                "color": (1, 2, 3),
+                "contours": [("CLOSED_PLANAR", circle(0, 0, 30, z, 1500)) for z in PLANES],
+            }
+        ]
+    )
+    ds.StructureSetROISequence.append(big.StructureSetROISequence[0])
+    ds.ROIContourSequence.append(big.ROIContourSequence[0])
+    ds.RTROIObservationsSequence.append(big.RTROIObservationsSequence[0])
+    return ds
+
+
+def _summary(rois: list) -> list:
+    return [
+        (
+            r.number,
+            r.name,
+            r.interpreted_type,
+            r.color,
+            r.skipped,
+            [(p.position_mm, [np.round(q, 6).tolist() for q in p.polygons]) for p in r.planes],
+        )
+        for r in rois
+    ]
+
+
+def test_rtstruct_sequences_stored_as_un_are_read_as_their_implicit_encoding(tmp_path):
+    """From the eleventh hostile trial (K5): an RTSTRUCT whose (3006,xxxx) elements are stored with VR UN ended in
+    "internal error (TypeError ...)": pydicom leaves a UN sequence over 64 KiB as bytes. Each is read as the
+    implicit VR little endian sequence it holds, on pydicom 2.4 and 3, also by the scan's deferred reading."""
+    import pydicom
+    from DoseAlignLib.dicom import headers as dicomio
+
+    plain = save(_big_rtstruct(), tmp_path / "plain.dcm")
+    un = save(_stored_as_un(_big_rtstruct()), tmp_path / "un.dcm")
+    as_pydicom_reads_it = pydicom.dcmread(str(un))
+    assert as_pydicom_reads_it["ROIContourSequence"].VR == "UN"  # the case of the trial: left as bytes
+    assert isinstance(as_pydicom_reads_it["ROIContourSequence"].value, bytes)
+    expected = _summary(read_structure_set(plain))
+    assert [r[1] for r in expected] == ["Target", "Marker", "Empty", "Line", "Big"]
+    assert _summary(read_structure_set(un)) == expected
+    scanned = dicomio.read_header(un, defer_large=True)  # the scan's reading: the long value is deferred
+    assert [int(i.ReferencedROINumber) for i in scanned.ROIContourSequence] == [
+        int(i.ReferencedROINumber) for i in pydicom.dcmread(str(plain)).ROIContourSequence
+    ]
+
+
+def test_a_un_value_that_is_no_sequence_refuses_the_file_naming_the_element(tmp_path):
+    from DoseAlignLib.errors import InputError
+
+    ds = _stored_as_un(_big_rtstruct())
+    ds[0x30060039] = _un(0x30060039, b"\x01\x02\x03\x04" * 20000)  # no item tag: not a sequence
+    path = save(ds, tmp_path / "rs.dcm")
+    with pytest.raises(InputError) as error:
+        read_structure_set(path)
+    assert "(3006,0039) ROIContourSequence" in str(error.value) and "UN" in str(error.value)
+    assert "rs.dcm" in str(error.value)

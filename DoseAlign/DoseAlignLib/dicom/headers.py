@@ -11,10 +11,12 @@ from typing import Any, Optional
 
 import numpy as np
 import pydicom
+from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
+from pydicom.values import convert_SQ
 
 from ..errors import InputError, UnreadableError, too_many_open_files
 from ..limits import (  # noqa: F401 (the spacing bounds are read as headers.MAX_SPACING_MM)
@@ -108,6 +110,7 @@ def read_header(
                     ds.file_meta.TransferSyntaxUID = DEFLATED
                 if not preamble and "SOPClassUID" not in ds and "Modality" not in ds:
                     raise InputError("not a DICOM file", path=path)
+                _decode_un_sequences(ds, handle, path)
                 _fill_in_transfer_syntax(ds)
         check_not_truncated(ds, path, inflated=deflated)
         return ds
@@ -120,6 +123,54 @@ def read_header(
         if isinstance(error, OSError):
             raise unreadable(error, path, removed) from None
         raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {one_line(error)}", path=path) from None
+
+
+#: The item tag (FFFE,E000) in little endian: how a sequence's value starts.
+_ITEM_LE = b"\xfe\xff\x00\xe0"
+
+
+def _decode_un_sequences(ds: Dataset, handle, path: Path) -> None:
+    """Read the sequences of ``ds`` that are stored with VR UN as the sequences they are.
+
+    An archive that does not know a tag (the RT groups, for one) may store its value as UN when it writes a file in
+    explicit VR; a UN value holds the element's implicit VR little endian encoding (PS3.5 6.2.2). pydicom gives a
+    known tag its dictionary VR only for a value shorter than 64 KiB, and reads a short sequence in the file's
+    encoding: a long one (an ROIContourSequence) stays bytes. Each top-level UN element of a tag the dictionary
+    knows as SQ is decoded here as implicit VR little endian (its items' elements get their dictionary VRs), a
+    value the reading deferred read from ``handle`` first. A value that is no sequence refuses the file, naming
+    the element.
+    """
+    for tag, element in list(getattr(ds, "_dict", {}).items()):  # as read: get_item would read a deferred value
+        if (tag >> 16) % 2 or getattr(element, "VR", None) != "UN":  # private tags have no dictionary VR
+            continue
+        try:
+            if dictionary_VR(tag) != "SQ":
+                continue
+        except KeyError:
+            continue
+        value = element.value
+        if value is None and isinstance(element, RawDataElement) and element.length:  # deferred (a long value)
+            handle.seek(element.value_tell)
+            value = handle.read(element.length)
+        if not isinstance(value, bytes):
+            continue
+        name = f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword_for_tag(tag)}"
+        length = getattr(element, "length", len(value))
+        if len(value) != length and length != 0xFFFFFFFF:
+            raise InputError(f"{name} (VR UN) ends early: the file is truncated", path=path)
+        encodings = convert_encodings(ds.get("SpecificCharacterSet", None) or "ISO_IR 6")
+        why = "it does not start with an item (FFFE,E000)"  # pydicom reads anything as items, with a warning
+        try:
+            sequence = convert_SQ(value, True, True, encodings) if value[:4] in (b"", _ITEM_LE) else None
+        except Exception as error:  # pydicom raises many types on damaged values
+            sequence, why = None, f"{type(error).__name__}: {one_line(error)}"
+        if sequence is None:
+            raise InputError(
+                f"{name} is stored with VR UN and its value is not an implicit VR little endian sequence "
+                f"(PS3.5 6.2.2): {why}",
+                path=path,
+            )
+        ds[tag] = DataElement(tag, "SQ", sequence)
 
 
 #: The uncompressed transfer syntaxes by (implicit VR, little endian): what a data set without one in its file meta
