@@ -787,3 +787,69 @@ def test_a_un_value_that_is_no_sequence_refuses_the_file_naming_the_element(tmp_
         read_structure_set(path)
     assert "(3006,0039) ROIContourSequence" in str(error.value) and "UN" in str(error.value)
     assert "rs.dcm" in str(error.value)
+
+
+def _two_rois():
+    return make_rtstruct(
+        [
+            {
+                "number": 1,
+                "name": "Keep",
+                "type": "PTV",
+                "contours": [("CLOSED_PLANAR", rect(-5, -5, 5, 5, z)) for z in PLANES],
+            },
+            {
+                "number": 2,
+                "name": "Hit",
+                "type": "EXTERNAL",
+                "contours": [("CLOSED_PLANAR", rect(-9, -9, 9, 9, z)) for z in PLANES],
+            },
+        ]
+    )
+
+
+def _item_of(sequence, keyword: str, number: int):
+    return next(item for item in sequence if int(item.get(keyword)) == number)
+
+
+@pytest.mark.parametrize(
+    "where, value, phrase",
+    [
+        ("StructureSetROISequence", "x", "(3006,0022) ROINumber is 'x'"),
+        ("StructureSetROISequence", "2.5", "(3006,0022) ROINumber is '2.5'"),
+        ("StructureSetROISequence", "", "(3006,0022) ROINumber is empty"),
+        ("ROIContourSequence", "x", "(3006,0084) ReferencedROINumber 'x' (not a number)"),
+        ("ROIContourSequence", "", "(3006,0084) ReferencedROINumber empty (not a number)"),
+        ("RTROIObservationsSequence", "x", None),
+    ],
+)
+def test_a_damaged_roi_number_leaves_out_only_its_roi(tmp_path, where, value, phrase):
+    """From the eleventh hostile trial (K6): an ROINumber or ReferencedROINumber that is not a number lost the case
+    as "internal error (ValueError ...)". The ROI is left out with the element and the value (a structure set
+    defect: a case warning), the others are read; a bad number in the observations costs only the type."""
+    from DoseAlignLib.dicom.rtstruct import is_structure_set_defect
+
+    ds = _two_rois()
+    keyword = "ROINumber" if where == "StructureSetROISequence" else "ReferencedROINumber"
+    item = _item_of(ds[where].value, keyword, 2)
+    del item[keyword]
+    item.add_new(keyword, "LO" if value else "IS", value)
+    rois = {r.name: r for r in read_structure_set(save(ds, tmp_path / "rs.dcm"))}
+    assert rois["Keep"].skipped is None and len(rois["Keep"].planes) == len(PLANES)
+    assert rois["Keep"].interpreted_type == "PTV"
+    if phrase is None:
+        assert rois["Hit"].skipped is None and len(rois["Hit"].planes) == len(PLANES)
+        assert rois["Hit"].interpreted_type == ""  # EXTERNAL lost with its observation's number
+        assert any("(3006,0084) ReferencedROINumber 'x'" in note for note in rois["Hit"].notes)
+    else:
+        assert rois["Hit"].planes == [] and phrase in rois["Hit"].skipped, rois["Hit"].skipped
+        assert is_structure_set_defect(rois["Hit"].skipped)
+
+
+def test_an_roi_number_written_3_0_is_3(tmp_path):
+    ds = _two_rois()
+    item = _item_of(ds.StructureSetROISequence, "ROINumber", 2)
+    del item["ROINumber"]
+    item.add_new("ROINumber", "LO", "2.0")
+    rois = {r.name: r for r in read_structure_set(save(ds, tmp_path / "rs.dcm"))}
+    assert rois["Hit"].number == 2 and rois["Hit"].skipped is None and rois["Hit"].interpreted_type == "EXTERNAL"

@@ -21,6 +21,7 @@ from the largest contour). Positions are in mm along that normal, in the LPS fra
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -71,6 +72,7 @@ class ContourPlane:
 #: Skip reasons that are defects of the structure set (a case warning), not ROIs without a volume by design.
 DEFECT_SKIPS = (
     "(3006,0022) ROINumber",
+    "(3006,0084) ReferencedROINumber",
     "ROIContourSequence items reference",
     "contours are not planar",
     "(3006,0024) ReferencedFrameOfReferenceUID",
@@ -572,6 +574,33 @@ def _drop_repeated_contours(roi: RoiContours) -> None:
         )
 
 
+def _roi_number(item: Dataset, keyword: str) -> tuple:
+    """``(number, None)`` of an ROI number (IS) ``keyword`` of ``item``; ``(None, text)`` when it is not a whole
+    number (``text`` as written: ``""`` when empty), ``(None, None)`` when absent. ``3.0`` is 3, as pydicom reads
+    an IS."""
+    try:
+        value = item.get(keyword)
+    except Exception as error:  # pydicom converting a damaged value
+        return None, f"<{type(error).__name__}>"
+    if value is None:  # absent, or empty (pydicom reads an empty IS as None)
+        return None, ("" if keyword in item else None)
+    written = headers.value_text(value).strip()
+    try:
+        number = float(written)
+    except ValueError:
+        return None, written
+    if not math.isfinite(number) or number != int(number) or abs(number) >= 2**31:
+        return None, written
+    return int(number), None
+
+
+def _written(value: Optional[str]) -> str:
+    """A damaged value as a reason quotes it."""
+    if value is None:
+        return "missing"
+    return repr(value) if value else "empty"
+
+
 def read_structure_set(
     source: Union[str, Path, Dataset],
     *,
@@ -610,16 +639,23 @@ def read_structure_set(
         raise InputError(f"is {headers.kind_of(ds)}, not RTSTRUCT", path=rel_path, tag="(0008,0016) SOPClassUID")
     contours_by_number: dict = {}
     contour_items: dict = {}  # ROI number -> how many ROIContourSequence items reference it
+    unjoined = []  # the (3006,0084) ReferencedROINumber values of ROIContourSequence items that are not numbers
     for item in ds.get("ROIContourSequence", None) or []:
-        if "ReferencedROINumber" in item:
-            number = int(item.ReferencedROINumber)
+        number, bad = _roi_number(item, "ReferencedROINumber")
+        if number is not None:
             contours_by_number[number] = item
             contour_items[number] = contour_items.get(number, 0) + 1
-    numbers = [int(item.get("ROINumber", 0) or 0) for item in ds.get("StructureSetROISequence", None) or []]
+        elif bad is not None:
+            unjoined.append(bad)
+    numbers = [_roi_number(item, "ROINumber")[0] for item in ds.get("StructureSetROISequence", None) or []]
     types_by_number = {}
+    untyped = []  # the same of RTROIObservationsSequence items: only the interpreted type is lost
     for item in ds.get("RTROIObservationsSequence", None) or []:
-        if "ReferencedROINumber" in item:
-            types_by_number[int(item.ReferencedROINumber)] = headers.text(item, "RTROIInterpretedType").upper()
+        number, bad = _roi_number(item, "ReferencedROINumber")
+        if number is not None:
+            types_by_number[number] = headers.text(item, "RTROIInterpretedType").upper()
+        elif bad is not None:
+            untyped.append(bad)
 
     listed_frames = sorted(
         {headers.text(f, "FrameOfReferenceUID") for f in ds.get("ReferencedFrameOfReferenceSequence", None) or []}
@@ -628,9 +664,17 @@ def read_structure_set(
     parsed = []
     all_polygons = []
     foreign: dict = {}  # ROI number -> why its frame of reference is not the images'
+    misnumbered: dict = {}  # index in ``parsed`` -> why the ROI's number cannot be read
     for item in ds.get("StructureSetROISequence", None) or []:
-        number = int(item.get("ROINumber", 0) or 0)
-        name = headers.text(item, "ROIName", f"ROI {number}")
+        number, bad_number = _roi_number(item, "ROINumber")
+        name = headers.text(item, "ROIName", f"ROI {number if number is not None else '?'}")
+        if number is None:  # missing, empty or not a number: its contours and type cannot be told
+            misnumbered[len(parsed)] = (
+                f"(3006,0022) ROINumber is {_written(bad_number)}: which ROIContourSequence and "
+                "RTROIObservationsSequence items are its cannot be told"
+            )
+            parsed.append((None, name, "", None, None, [], {}, ([], 0, set(), [])))
+            continue
         if frame_of_reference_uid:
             own = headers.text(item, "ReferencedFrameOfReferenceUID")
             if own and listed_frames and own not in listed_frames:
@@ -682,8 +726,20 @@ def read_structure_set(
 
     rois = []
     orphans = sorted(set(contours_by_number) - set(numbers))  # contours of an ROI the set does not have
-    for number, name, kind, color, contour_item, polygons, others, (where, n_contours, closed_kinds, slabs) in parsed:
-        roi = RoiContours(number, name, name, kind, color, rel_path, default_normal)
+    for index, (number, name, kind, color, contour_item, polygons, others, details) in enumerate(parsed):
+        where, n_contours, closed_kinds, slabs = details
+        roi = RoiContours(0 if number is None else number, name, name, kind, color, rel_path, default_normal)
+        if index in misnumbered:
+            roi.skipped = misnumbered[index]
+            rois.append(roi)
+            continue
+        if not kind and untyped:
+            roi.notes.append(
+                f"no RTROIInterpretedType: {len(untyped)} RTROIObservationsSequence item(s) give (3006,0084) "
+                "ReferencedROINumber "
+                + ", ".join(_written(v) for v in untyped)
+                + " (not a number): which ROI's type they give cannot be told"
+            )
         roi.notes.extend(f"{count} {what} contour(s) ignored" for what, count in sorted(others.items()))
         for what, count in sorted(others.items()):  # damaged contour data: the mask lacks them (a case warning)
             if what == "unreadable" or what.startswith("out-of-range"):
@@ -707,6 +763,13 @@ def read_structure_set(
                 f"no contours: its ROINumber {number} is referenced by no ROIContourSequence item, while "
                 f"ROIContourSequence items reference ROINumber {listed} ((3006,0084) ReferencedROINumber), "
                 f"which no ROI of the structure set has"
+            )
+        elif contour_item is None and unjoined:
+            roi.skipped = (
+                f"no contours: its ROINumber {number} is referenced by no ROIContourSequence item, while "
+                f"{len(unjoined)} ROIContourSequence item(s) give (3006,0084) ReferencedROINumber "
+                + ", ".join(_written(v) for v in unjoined)
+                + " (not a number): which ROI's contours they hold cannot be told"
             )
         elif contour_item is None or not (polygons or others):
             roi.skipped = "no contours"
