@@ -167,6 +167,29 @@ def test_qa_png_marks_dmax_in_every_view(tmp_path):
     assert qa_plot.dmax_index(dose) == (12, 7, 30)
 
 
+def test_a_damaged_roi_colour_gets_a_colour_of_its_own_in_the_qa_png(tmp_path):
+    """From the eleventh hostile trial (K7): a colour out of 0-255 (or not numbers) given to the qa.png failed it
+    with a matplotlib traceback. Such a colour is drawn in a colour of the cycle; the valid one as given."""
+    pytest.importorskip("matplotlib")
+    image = pytest.importorskip("matplotlib.image")
+    grid = Grid.from_spacing((20, 40, 40), (1.0, 1.0, 2.0), (0, 0, 0))
+    dose = np.zeros(grid.shape, np.float32)
+    dose[10, 20, 20] = 50.0
+    masks = np.zeros((4, *grid.shape), bool)
+    for n in range(4):
+        masks[n, 8:13, 4 + 8 * n : 10 + 8 * n, 15:25] = True
+    path = qa_plot.render_qa_png(
+        tmp_path / "qa.png",
+        Volume(np.zeros(grid.shape, np.int16), grid),
+        Volume(dose, grid),
+        masks_packed=np.packbits(masks, axis=-1),
+        roi_names=["Bad", "Text", "Nan", "Good"],
+        roi_colors=[(999, -5, 3), ("red", "green", "blue"), (float("nan"), 1, 2), _ROI_PURPLE],
+    )
+    pixels = image.imread(str(path))[..., :3]
+    assert _near(pixels, _ROI_PURPLE, 0.05).sum() > 20  # the valid colour is drawn
+
+
 def test_qa_crop_box_and_dmax_from_the_audit(tmp_path):
     """The crop box found from slice maxima equals the one from a bool copy of the whole dose, and
     passing the audit's Dmax index draws the same picture."""

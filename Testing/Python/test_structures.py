@@ -853,3 +853,20 @@ def test_an_roi_number_written_3_0_is_3(tmp_path):
     item.add_new("ROINumber", "LO", "2.0")
     rois = {r.name: r for r in read_structure_set(save(ds, tmp_path / "rs.dcm"))}
     assert rois["Hit"].number == 2 and rois["Hit"].skipped is None and rois["Hit"].interpreted_type == "EXTERNAL"
+
+
+@pytest.mark.parametrize(
+    "vr, color",
+    [("IS", [999, -5, 3]), ("LO", ["red", "green", "blue"]), ("DS", ["nan", "1", "2"]), ("IS", [1, 2]), ("IS", [7])],
+)
+def test_a_display_colour_that_is_not_three_numbers_0_255_is_ignored(tmp_path, vr, color):
+    """From the eleventh hostile trial (K7): an ROIDisplayColor (Type 3) out of 0-255 failed the qa.png, written as
+    text it lost the case ("internal error (ValueError ...)"). It is ignored with a note; the ROI is read."""
+    ds = _two_rois()
+    item = _item_of(ds.ROIContourSequence, "ReferencedROINumber", 2)
+    del item["ROIDisplayColor"]
+    item.add_new("ROIDisplayColor", vr, color)
+    rois = {r.name: r for r in read_structure_set(save(ds, tmp_path / "rs.dcm"))}
+    assert rois["Hit"].color is None and rois["Hit"].skipped is None and len(rois["Hit"].planes) == len(PLANES)
+    assert any("(3006,002A) ROIDisplayColor" in note and "ignored" in note for note in rois["Hit"].notes)
+    assert rois["Keep"].color == (255, 0, 0)

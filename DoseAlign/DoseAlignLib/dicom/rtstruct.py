@@ -601,6 +601,19 @@ def _written(value: Optional[str]) -> str:
     return repr(value) if value else "empty"
 
 
+def _display_color(item: Dataset) -> Optional[tuple]:
+    """(3006,002A) ROIDisplayColor as three ints 0-255, or None when absent or not three such numbers (the
+    attribute is Type 3 and cosmetic: a damaged one is not worth an ROI)."""
+    try:
+        raw = item.get("ROIDisplayColor")
+        values = [float(c) for c in raw] if raw is not None and not isinstance(raw, (str, bytes)) else []
+    except Exception:  # not numbers, or a value pydicom cannot convert
+        return None
+    if len(values) != 3 or not all(math.isfinite(v) and -0.5 < v < 255.5 for v in values):
+        return None
+    return tuple(int(round(v)) for v in values)
+
+
 def read_structure_set(
     source: Union[str, Path, Dataset],
     *,
@@ -696,9 +709,7 @@ def read_structure_set(
         color = None
         polygons, others, where, kinds, slabs = [], {}, [], set(), []
         if contour_item is not None:
-            raw = contour_item.get("ROIDisplayColor")
-            if raw is not None and len(raw) == 3:
-                color = tuple(int(round(float(c))) for c in raw)
+            color = _display_color(contour_item)
             polygons, others, where = _polygons_of(contour_item, kinds, slabs)
         count = len(contour_item.get("ContourSequence", None) or []) if contour_item is not None else 0
         parsed.append(
@@ -733,6 +744,11 @@ def read_structure_set(
             roi.skipped = misnumbered[index]
             rois.append(roi)
             continue
+        if contour_item is not None and contour_item.get("ROIDisplayColor") is not None and color is None:
+            roi.notes.append(
+                f"(3006,002A) ROIDisplayColor {headers.value_text(contour_item.get('ROIDisplayColor'))} is not "
+                "three numbers 0-255: ignored (a colour of its own in qa.png)"
+            )
         if not kind and untyped:
             roi.notes.append(
                 f"no RTROIInterpretedType: {len(untyped)} RTROIObservationsSequence item(s) give (3006,0084) "

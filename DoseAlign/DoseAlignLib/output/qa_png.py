@@ -565,11 +565,21 @@ def _crop_box(
     return tuple(box)
 
 
+def _rgb(color) -> Optional[tuple]:
+    """``color`` as three numbers 0-255, or None when it is not that (a damaged ROIDisplayColor: a colour of the
+    cycle instead, never a failed qa.png)."""
+    try:
+        rgb = tuple(float(c) for c in color) if color is not None and not isinstance(color, (str, bytes)) else ()
+    except (TypeError, ValueError):
+        return None
+    return rgb if len(rgb) == 3 and all(0.0 <= c <= 255.0 for c in rgb) else None
+
+
 def _roi_colors(n_rois: int, roi_colors: Sequence, cycle) -> list:
     """RGB (0-1) per ROI: its own colour, or a distinct one when missing or already taken."""
     colors, seen = [], set()
     for n in range(n_rois):
-        rgb = tuple(roi_colors[n]) if n < len(roi_colors) and roi_colors[n] else None
+        rgb = _rgb(roi_colors[n]) if n < len(roi_colors) else None
         if rgb is None or rgb in seen:
             colors.append(cycle(n % 20))
         else:
