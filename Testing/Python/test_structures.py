@@ -789,6 +789,24 @@ def test_a_un_value_that_is_no_sequence_refuses_the_file_naming_the_element(tmp_
     assert "rs.dcm" in str(error.value)
 
 
+def test_a_un_sequence_is_read_within_the_reads_limit_of_a_header(tmp_path, monkeypatch):
+    """A UN sequence is parsed through the scan's limits (DOSEALIGN_HEADER_READS, eleventh hostile trial K4): 50 000
+    empty items (400 KB, each some 700 bytes of objects) are no way around them."""
+    from DoseAlignLib.dicom import headers as dicomio
+    from DoseAlignLib.limits import Deadline, LimitError
+
+    ds = _stored_as_un(_big_rtstruct())
+    ds[0x30060039] = _un(0x30060039, b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * 50_000)
+    path = save(ds, tmp_path / "rs.dcm")
+    monkeypatch.setenv("DOSEALIGN_HEADER_READS", "20000")
+    with pytest.raises(LimitError) as error:
+        dicomio.read_header(path, defer_large=True, deadline=Deadline(60, "reading a header"))
+    assert "more than the limit of 20,000 reads" in str(error.value)
+    monkeypatch.setenv("DOSEALIGN_HEADER_READS", "1000000")
+    read = dicomio.read_header(path, defer_large=True, deadline=Deadline(60, "reading a header"))
+    assert len(read.ROIContourSequence) == 50_000 and all(len(item) == 0 for item in read.ROIContourSequence)
+
+
 def _two_rois():
     return make_rtstruct(
         [

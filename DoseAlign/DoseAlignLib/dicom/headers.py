@@ -15,8 +15,9 @@ from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_sequence
 from pydicom.multival import MultiValue
-from pydicom.values import convert_SQ
+from pydicom.sequence import Sequence
 
 from ..errors import InputError, UnreadableError, too_many_open_files
 from ..limits import (  # noqa: F401 (the spacing bounds are read as headers.MAX_SPACING_MM)
@@ -129,41 +130,50 @@ def read_header(
 _ITEM_LE = b"\xfe\xff\x00\xe0"
 
 
-def _decode_un_sequences(ds: Dataset, handle, path: Path) -> None:
+def _decode_un_sequences(ds: Dataset, handle: DicomFile, path: Path) -> None:
     """Read the sequences of ``ds`` that are stored with VR UN as the sequences they are.
 
     An archive that does not know a tag (the RT groups, for one) may store its value as UN when it writes a file in
     explicit VR; a UN value holds the element's implicit VR little endian encoding (PS3.5 6.2.2). pydicom gives a
     known tag its dictionary VR only for a value shorter than 64 KiB, and reads a short sequence in the file's
     encoding: a long one (an ROIContourSequence) stays bytes. Each top-level UN element of a tag the dictionary
-    knows as SQ is decoded here as implicit VR little endian (its items' elements get their dictionary VRs), a
-    value the reading deferred read from ``handle`` first. A value that is no sequence refuses the file, naming
-    the element.
+    knows as SQ is read again here from ``handle`` as implicit VR little endian (its items' elements get their
+    dictionary VRs), through the handle's time and reads limits (a UN value is no way around them). A value that is
+    no sequence refuses the file, naming the element.
     """
     for tag, element in list(getattr(ds, "_dict", {}).items()):  # as read: get_item would read a deferred value
-        if (tag >> 16) % 2 or getattr(element, "VR", None) != "UN":  # private tags have no dictionary VR
+        if (tag >> 16) % 2 or not isinstance(element, RawDataElement) or element.VR != "UN":  # private: no VR known
             continue
         try:
             if dictionary_VR(tag) != "SQ":
                 continue
         except KeyError:
             continue
-        value = element.value
-        if value is None and isinstance(element, RawDataElement) and element.length:  # deferred (a long value)
-            handle.seek(element.value_tell)
-            value = handle.read(element.length)
-        if not isinstance(value, bytes):
-            continue
         name = f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword_for_tag(tag)}"
-        length = getattr(element, "length", len(value))
-        if len(value) != length and length != 0xFFFFFFFF:
-            raise InputError(f"{name} (VR UN) ends early: the file is truncated", path=path)
-        encodings = convert_encodings(ds.get("SpecificCharacterSet", None) or "ISO_IR 6")
-        why = "it does not start with an item (FFFE,E000)"  # pydicom reads anything as items, with a warning
-        try:
-            sequence = convert_SQ(value, True, True, encodings) if value[:4] in (b"", _ITEM_LE) else None
-        except Exception as error:  # pydicom raises many types on damaged values
-            sequence, why = None, f"{type(error).__name__}: {one_line(error)}"
+        length, start = element.length, element.value_tell
+        if length == 0xFFFFFFFF or start is None:  # pydicom reads a UN of undefined length as a sequence itself
+            continue
+        why = ""
+        sequence = None
+        if length:
+            handle.seek(start)
+            if handle.read(4) != _ITEM_LE:  # pydicom would read anything as items, with a warning
+                why = "it does not start with an item (FFFE,E000)"
+            else:
+                handle.seek(start)
+                encodings = convert_encodings(ds.get("SpecificCharacterSet", None) or "ISO_IR 6")
+                try:
+                    sequence = read_sequence(handle, True, True, length, encodings)
+                except LimitError:
+                    raise
+                except Exception as error:  # pydicom raises many types on damaged values
+                    if handle.limit_error is not None:  # a limit reached inside pydicom (an OSError there)
+                        raise handle.limit_error from None
+                    why = f"{type(error).__name__}: {one_line(error)}"
+                if sequence is not None and handle.tell() != start + length:
+                    sequence, why = None, f"its items end at byte {handle.tell() - start:,} of {length:,}"
+        else:
+            sequence = Sequence()
         if sequence is None:
             raise InputError(
                 f"{name} is stored with VR UN and its value is not an implicit VR little endian sequence "
