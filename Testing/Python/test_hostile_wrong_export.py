@@ -249,6 +249,44 @@ def test_beam_doses_of_two_fraction_groups_sharing_beams_are_summed(tmp_path, ca
         np.testing.assert_allclose(both["dose"], one["dose"] * 35 / 30, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("extra_dose", ["naming no beam", "naming a group the plan lacks"])
+def test_a_beam_dose_the_sum_cannot_place_is_not_added_in(tmp_path, capsys, extra_dose):
+    """Twelfth hostile trial L6 and L1: beside a complete set of BEAM doses, a copy of beam 1's dose (x 1.01, new UID)
+    without (300C,0020) ReferencedFractionGroupSequence, so naming no beam, was summed: dmax +17 %, ok, no word.
+    Copies naming fraction group 2 of a plan that has only group 1 were summed as that group's: dose x 2, ok. The
+    sum is refused now, naming the dose."""
+    truth = hostile.study(tmp_path / "in" / "p", "BEAM-L6", 12, write_plan_dose=False, write_beam_doses=True)
+    beams = [Path(f) for f, beam in zip(truth.dose_files, truth.dose_beam_numbers) if beam is not None]
+    ds = dd.read(beams[0])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.DoseGridScaling = float(ds.DoseGridScaling) * 1.01
+    if extra_dose == "naming no beam":
+        del ds.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence
+    else:
+        ds.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence[0].ReferencedFractionGroupNumber = 2
+    extra = beams[0].with_name(f"extra_{beams[0].name}")
+    dd.save(ds, extra)
+    code, rows, _out = _export(tmp_path / "in", tmp_path, capsys)
+    (row,) = rows
+    assert code == 1 and row["status"] == "failed", row
+    assert extra.name in row["reason"], row["reason"]
+    said = "names no beam" if extra_dose == "naming no beam" else "names fraction group 2, which plan"
+    assert said in row["reason"], row["reason"]
+
+
+def test_a_sum_of_one_fraction_group_of_two_is_said(tmp_path, capsys):
+    """Twelfth hostile trial L2: a plan of two fraction groups (30 + 5 fractions, the same beams) with the BEAM doses
+    of the first only was exported as the plan's BEAM_SUM, no word (63 Gy of a 73.6 Gy treatment). A case warning
+    names the group without a dose."""
+    truth = hostile.study(tmp_path / "in" / "p", "BEAM-L2", 13, write_plan_dose=False, write_beam_doses=True)
+    for boost in _with_a_second_fraction_group(truth, fractions=5):
+        boost.unlink()
+    code, rows, _out = _export(tmp_path / "in", tmp_path, capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    assert "fraction groups [2] too" in row["warnings"], row["warnings"]
+
+
 def _without_plan_references(truth) -> list:
     """Delete (300C,0002) ReferencedRTPlanSequence from every RTDOSE of ``truth`` (some exports drop it); the
     BEAM doses' files, in beam order."""

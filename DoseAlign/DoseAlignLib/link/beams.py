@@ -154,6 +154,43 @@ def conflicting_beam_doses(doses: list, beside_plan_dose: bool = False) -> Optio
     return None
 
 
+def unnamed_beams(doses: list, plan: Optional[DicomObject]) -> Optional[str]:
+    """Why a sum of BEAM doses cannot be checked to count each beam once: a dose that names no beam ((300C,0020)
+    ReferencedFractionGroupSequence absent) beside doses that do, or a dose that names a fraction group its plan does
+    not have. Either was summed unchecked (twelfth hostile trial L6, L1: a copy of a beam's dose added in, dmax
+    +17 % or x2, status ok)."""
+    named = [d for d in doses if d.info.get("beam_numbers")]
+    unnamed = sorted((d for d in doses if not d.info.get("beam_numbers")), key=lambda d: d.rel_path)
+    if named and unnamed:
+        return (
+            f"RTDOSE {unnamed[0].rel_path} names no beam, beside BEAM doses of the same plan that do: which beam it "
+            "holds, and whether the sum would count it twice, cannot be told ((300C,0020) ReferencedFractionGroupSequence, "
+            "(300C,0006) ReferencedBeamNumber; remove the dose that is not a beam's, or export the PLAN dose)"
+        )
+    groups = {g for g, _beams in (plan.info.get("treated_by_group") or [])} if plan is not None else set()
+    if groups and by_fraction_group(doses):
+        strays = sorted((d for d in doses if d.info.get("fraction_group") not in groups), key=lambda d: d.rel_path)
+        if strays:
+            return (
+                f"RTDOSE {strays[0].rel_path} names fraction group {strays[0].info.get('fraction_group')}, which plan "
+                f"{plan.rel_path} does not have (it has {sorted(groups)}): the sum would count its beams again "
+                "((300C,0022) ReferencedFractionGroupNumber; remove the dose, or export the PLAN dose)"
+            )
+    return None
+
+
+def groups_without_dose(doses: list, plan: Optional[DicomObject]) -> list:
+    """The fraction groups of ``plan`` that treat beams but that none of ``doses`` names (all of them but the first
+    when the doses name no group: a sum of one group's doses is not the plan's dose; twelfth hostile trial L2)."""
+    treating = [g for g, beams in (plan.info.get("treated_by_group") or []) if beams] if plan is not None else []
+    if len(treating) < 2:
+        return []
+    named = {d.info.get("fraction_group") for d in doses} - {None}
+    if not named:  # (read as the first group's, as the plan's treated beams are)
+        return treating[1:]
+    return [g for g in treating if g not in named]
+
+
 def missing_beams(summation: str, doses: list, plan: Optional[DicomObject]) -> Optional[str]:
     """Why a sum of BEAM doses is not the plan's dose: a treated beam of the plan has no dose."""
     if plan is None or any(not d.info.get("beam_numbers") for d in doses):

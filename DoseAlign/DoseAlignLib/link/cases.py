@@ -19,8 +19,10 @@ from .beams import (
     conflicting_beam_doses,
     conflicting_copies,
     dose_groups,
+    groups_without_dose,
     missing_beams,
     overlapping_beams,
+    unnamed_beams,
 )
 from .case import Case, LinkResult
 from .ct_choice import choose_ct, no_ct_reason, read_ct_request, structs_for
@@ -120,7 +122,18 @@ def _make_case(group: tuple, plans: dict) -> Case:
     error = None
     warnings = []
     if group[0] == SUMMED_BEAMS:
-        error = overlapping_beams(group[1]) or (missing_beams(summation, doses, plan) if len(doses) > 1 else None)
+        error = (
+            unnamed_beams(group[1], plan)
+            or overlapping_beams(group[1])
+            or (missing_beams(summation, doses, plan) if len(doses) > 1 else None)
+        )
+        missing_groups = groups_without_dose(doses, plan) if error is None else []
+        if missing_groups:
+            warnings.append(
+                f"plan {plan.rel_path} treats in fraction groups {missing_groups} too, and no BEAM dose here is of "
+                f"{'that group' if len(missing_groups) == 1 else 'those groups'}: the sum is not the plan's whole dose "
+                "((300C,0022) ReferencedFractionGroupNumber; add those doses, or export the PLAN dose)"
+            )
         if error is None and plan is None:  # its beams are unknown: a dose missing from the sum cannot be seen
             warnings.append(
                 f"the BEAM doses are summed without their plan{f' {plan_uid}' if plan_uid else ''} (not in the "
