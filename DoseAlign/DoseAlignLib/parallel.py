@@ -54,7 +54,8 @@ def _init_worker(stage_queue=None, parent_pid: Optional[int] = None) -> None:
     global _STAGE_QUEUE
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # an ignore the command inherited holds here too
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _STAGE_QUEUE = stage_queue
 
 

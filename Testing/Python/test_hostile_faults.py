@@ -1350,6 +1350,35 @@ def test_the_console_command_is_the_entry_that_holds_ctrl_c():
     assert scripts.split("[")[0].strip() == 'dosealign = "DoseAlignLib.__main__:run"', scripts[:200]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups")
+def test_a_sigterm_the_command_inherited_as_ignored_is_ignored_by_its_workers_too(slow_cohort, tmp_path):
+    """Twelfth hostile trial L5: started with SIGTERM ignored (a disposition a process inherits), the export kept the
+    ignore but its pool workers reset SIGTERM and died of the group's SIGTERM: the running cases failed, exit 1.
+    The workers keep the ignore too: every case exported, exit 0."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", "2", "--no-qa-png"],
+        env=hostile.ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
+    )
+    try:
+        for delay in (0.2, 0.8, 1.4):  # in the scan, and while cases run
+            time.sleep(delay)
+            os.killpg(process.pid, signal.SIGTERM)
+        _stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    rows = hostile.manifest(out)
+    assert process.returncode == 0, (process.returncode, stderr, rows)
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
+
+
 # ---- merge reads the shard manifests back from OUT (fifth hostile trial, H) -----------------------------------
 
 

@@ -422,7 +422,8 @@ def _read_share(sending, root: Path, chunks: list, parent_pid: int) -> None:
     own share, reads it), and says it is alive every :data:`ALIVE_SECONDS` meanwhile."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # an ignore the command inherited holds here too
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     said = [time.monotonic()]
 
     def alive() -> None:
