@@ -1164,6 +1164,25 @@ def test_a_scan_reader_killed_in_the_middle_of_sending_is_no_hang(cohort, tmp_pa
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), rows
 
 
+def test_a_sigcont_without_a_stop_leaves_no_time_out(monkeypatch):
+    """Twelfth hostile trial L3: a SIGCONT to a running process (anyone may send one) made the time limits leave out
+    all the time since their last look: SIGCONTs every 0.3 s let a 3-4 s case pass a 1 s limit. Only a gap longer
+    than a look's usual interval (MIN_STOP_SECONDS) counts as a stop."""
+    from DoseAlignLib import limits
+
+    now = [100.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: now[0])
+    clock = limits.SuspensionClock()
+    for _ in range(10):  # a SIGCONT between each two looks 0.3 s apart: 3 s of work
+        now[0] += 0.3
+        monkeypatch.setattr(limits, "_CONTINUED", [limits._CONTINUED[0] + 1])
+        clock.elapsed()
+    assert clock.elapsed() == pytest.approx(3.0)
+    now[0] += 14.0  # stopped for 14 s, then continued
+    monkeypatch.setattr(limits, "_CONTINUED", [limits._CONTINUED[0] + 1])
+    assert clock.elapsed() == pytest.approx(3.0)
+
+
 _CASES_THAT_SIGNAL_THEIR_START = """
 import os, sys, time
 from pathlib import Path
