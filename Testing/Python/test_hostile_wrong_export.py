@@ -287,6 +287,28 @@ def test_a_sum_of_one_fraction_group_of_two_is_said(tmp_path, capsys):
     assert "fraction groups [2] too" in row["warnings"], row["warnings"]
 
 
+def test_a_plan_structure_set_that_names_no_image_gets_no_false_warning(tmp_path, capsys):
+    """Twelfth hostile trial L4: the plan's RTSTRUCT without (3006,0012) RTReferencedStudySequence and without any
+    ContourImageSequence (both Type 3; some systems write neither) was exported right but with the warning that it
+    "names CT images that are not in the input (other UIDs?)". It names none: no warning, as without the plan."""
+    truth = hostile.study(tmp_path / "in" / "p", "STRUCT-L4", 14)
+    ds = dd.read(truth.struct_file)
+    for frame in ds.ReferencedFrameOfReferenceSequence:
+        if "RTReferencedStudySequence" in frame:
+            del frame.RTReferencedStudySequence
+    for roi in ds.ROIContourSequence:
+        for contour in roi.get("ContourSequence", []):
+            if "ContourImageSequence" in contour:
+                del contour.ContourImageSequence
+    dd.save(ds, truth.struct_file)
+    code, rows, out = _export(tmp_path / "in", tmp_path, capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    assert "names CT images" not in row["warnings"], row["warnings"]
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["structures"]["rois"], "the masks were not made"
+
+
 def _without_plan_references(truth) -> list:
     """Delete (300C,0002) ReferencedRTPlanSequence from every RTDOSE of ``truth`` (some exports drop it); the
     BEAM doses' files, in beam order."""

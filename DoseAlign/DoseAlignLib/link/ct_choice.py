@@ -331,6 +331,8 @@ def structs_for(case: Case, structs: list, series_list: Optional[list] = None) -
         ]
         if elsewhere:
             for struct in elsewhere:
+                if not struct.info.get("ct_image_uids") and not struct.info.get("ct_series_uids"):
+                    continue  # it names no image (both Type 3): paired by its frame, as without the plan (L4)
                 case.warnings.append(
                     f"the plan's RTSTRUCT {struct.rel_path} names CT images that are not in the input (other UIDs?): "
                     f"its contours are used on CT {describe_series(case.ct)}, of its frame of reference {frame}"
