@@ -249,7 +249,7 @@ def test_beam_doses_of_two_fraction_groups_sharing_beams_are_summed(tmp_path, ca
         np.testing.assert_allclose(both["dose"], one["dose"] * 35 / 30, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("extra_dose", ["naming no beam", "naming a group the plan lacks"])
+@pytest.mark.parametrize("extra_dose", ["naming no beam", "naming a group the plan lacks", "naming beam 99"])
 def test_a_beam_dose_the_sum_cannot_place_is_not_added_in(tmp_path, capsys, extra_dose):
     """Twelfth hostile trial L6 and L1: beside a complete set of BEAM doses, a copy of beam 1's dose (x 1.01, new UID)
     without (300C,0020) ReferencedFractionGroupSequence, so naming no beam, was summed: dmax +17 %, ok, no word.
@@ -262,6 +262,9 @@ def test_a_beam_dose_the_sum_cannot_place_is_not_added_in(tmp_path, capsys, extr
     ds.DoseGridScaling = float(ds.DoseGridScaling) * 1.01
     if extra_dose == "naming no beam":
         del ds.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence
+    elif extra_dose == "naming beam 99":
+        group = ds.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence[0]
+        group.ReferencedBeamSequence[0].ReferencedBeamNumber = 99
     else:
         ds.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence[0].ReferencedFractionGroupNumber = 2
     extra = beams[0].with_name(f"extra_{beams[0].name}")
@@ -270,7 +273,11 @@ def test_a_beam_dose_the_sum_cannot_place_is_not_added_in(tmp_path, capsys, extr
     (row,) = rows
     assert code == 1 and row["status"] == "failed", row
     assert extra.name in row["reason"], row["reason"]
-    said = "names no beam" if extra_dose == "naming no beam" else "names fraction group 2, which plan"
+    said = {
+        "naming no beam": "names no beam",
+        "naming a group the plan lacks": "names fraction group 2, which plan",
+        "naming beam 99": "names beam(s) [99], which plan",
+    }[extra_dose]
     assert said in row["reason"], row["reason"]
 
 

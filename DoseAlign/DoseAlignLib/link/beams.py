@@ -156,8 +156,8 @@ def conflicting_beam_doses(doses: list, beside_plan_dose: bool = False) -> Optio
 
 def unnamed_beams(doses: list, plan: Optional[DicomObject]) -> Optional[str]:
     """Why a sum of BEAM doses cannot be checked to count each beam once: a dose that names no beam ((300C,0020)
-    ReferencedFractionGroupSequence absent) beside doses that do, or a dose that names a fraction group its plan does
-    not have. Either was summed unchecked (twelfth hostile trial L6, L1: a copy of a beam's dose added in, dmax
+    ReferencedFractionGroupSequence absent) beside doses that do, or a dose that names a beam or a fraction group its
+    plan does not have. Either was summed unchecked (twelfth hostile trial L6, L1: a copy of a beam's dose added in, dmax
     +17 % or x2, status ok)."""
     named = [d for d in doses if d.info.get("beam_numbers")]
     unnamed = sorted((d for d in doses if not d.info.get("beam_numbers")), key=lambda d: d.rel_path)
@@ -167,6 +167,16 @@ def unnamed_beams(doses: list, plan: Optional[DicomObject]) -> Optional[str]:
             "holds, and whether the sum would count it twice, cannot be told ((300C,0020) ReferencedFractionGroupSequence, "
             "(300C,0006) ReferencedBeamNumber; remove the dose that is not a beam's, or export the PLAN dose)"
         )
+    planned = set(plan.info.get("beam_numbers") or []) if plan is not None else set()
+    if planned:
+        strays = sorted((d for d in named if set(d.info["beam_numbers"]) - planned), key=lambda d: d.rel_path)
+        if strays:
+            beams = sorted(set(strays[0].info["beam_numbers"]) - planned)
+            return (
+                f"RTDOSE {strays[0].rel_path} names beam(s) {beams}, which plan {plan.rel_path} does not have (its "
+                f"beams are {sorted(planned)}): which beam's dose it holds cannot be told ((300C,0006) "
+                "ReferencedBeamNumber; remove the dose, or export the PLAN dose)"
+            )
     groups = {g for g, _beams in (plan.info.get("treated_by_group") or [])} if plan is not None else set()
     if groups and by_fraction_group(doses):
         strays = sorted((d for d in doses if d.info.get("fraction_group") not in groups), key=lambda d: d.rel_path)
