@@ -777,6 +777,36 @@ def test_rtstruct_sequences_stored_as_un_are_read_as_their_implicit_encoding(tmp
     ]
 
 
+def _as_un(element):
+    """``element`` as an archive without its dictionary keeps it: VR UN holding its implicit VR little endian value."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    one = Dataset()
+    one.add(element)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, one)
+    raw = buffer.getvalue()[8:]
+    if raw.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"):  # a defined length instead
+        raw = raw[:-8]
+    return _un(element.tag, raw + b"\0" * (len(raw) % 2))
+
+
+def test_nested_sequences_stored_as_un_are_read_too(tmp_path):
+    """Twelfth hostile trial L7: each ROIContourSequence item's ContourSequence stored as UN (the outer sequences as
+    SQ) still ended in "internal error (TypeError ...)": only top-level UN elements were decoded. Nested ones are
+    read the same way now, and the ROIs equal the plain file's."""
+    plain = save(_big_rtstruct(), tmp_path / "plain.dcm")
+    ds = _big_rtstruct()
+    for item in ds.ROIContourSequence:
+        if "ContourSequence" in item:
+            item[0x30060040] = _as_un(item["ContourSequence"])
+    un = save(ds, tmp_path / "un.dcm")
+    assert _summary(read_structure_set(un)) == _summary(read_structure_set(plain))
+
+
 def test_a_un_value_that_is_no_sequence_refuses_the_file_naming_the_element(tmp_path):
     from DoseAlignLib.errors import InputError
 

@@ -650,6 +650,7 @@ def read_structure_set(
         rel_path = rel_path or Path(source).name
     if headers.kind_of(ds) != "RTSTRUCT":
         raise InputError(f"is {headers.kind_of(ds)}, not RTSTRUCT", path=rel_path, tag="(0008,0016) SOPClassUID")
+    headers.decode_nested_un_sequences(ds, rel_path)  # (the top-level ones were read with the header)
     contours_by_number: dict = {}
     contour_items: dict = {}  # ROI number -> how many ROIContourSequence items reference it
     unjoined = []  # the (3006,0084) ReferencedROINumber values of ROIContourSequence items that are not numbers
