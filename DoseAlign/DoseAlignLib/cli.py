@@ -960,9 +960,12 @@ def _interrupted(_signum, frame) -> None:
             return
         except RuntimeError:  # no thread to be had: interrupted here after all
             pass
+    # once, as SIGTERM: a user pressing Ctrl-C again while the export stops must not cut its cleaning up short
+    # (a traceback from it, twelfth hostile trial L10); main restores the handler on its way out
     _SIGINT_SEEN.append(True)
     if _NOTE_STOP:
         _NOTE_STOP[0](False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

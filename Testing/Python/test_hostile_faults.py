@@ -1332,6 +1332,51 @@ def test_a_ctrl_c_anywhere_in_opening_a_file_never_closes_a_descriptor_twice(tmp
     raise AssertionError("open_regular never ran to its end")
 
 
+_CTRL_C_TWICE = """
+import os, signal, sys, time
+import DoseAlignLib.batch as batch
+import DoseAlignLib.errors as errors
+import DoseAlignLib.pipeline as pipeline
+
+run_case, remove, forget = pipeline._run_case, batch.remove_owned, errors.forget_stops
+calls = []
+
+def pressed(case, *args, **kwargs):  # Ctrl-C while the first case runs
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)
+    return run_case(case, *args, **kwargs)
+
+def pressed_again(*args, **kwargs):  # and again while the export cleans up
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(1000))
+    return remove(*args, **kwargs)
+
+def and_again():  # and while the command ends (its second call: main's way out)
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))
+    return forget()
+
+pipeline._run_case, batch.remove_owned, errors.forget_stops = pressed, pressed_again, and_again
+from DoseAlignLib.cli import main
+
+sys.exit(main(["export", sys.argv[1], sys.argv[2], "--quiet", "--no-qa-png", "--workers", "1"]))
+"""
+
+
+def test_ctrl_c_pressed_again_while_the_export_stops_is_one_line(cohort, tmp_path):
+    """Twelfth hostile trial L10: a second Ctrl-C while the export was already stopping (its cleaning up) ended in a
+    KeyboardInterrupt traceback, or "Exception ignored in ... __del__". Once stopping, further Ctrl-Cs are ignored:
+    exit 130, one line, no temporary entry left."""
+    out = tmp_path / "out"
+    done = hostile.python(_CTRL_C_TWICE, str(cohort), str(out), timeout=120)
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert "interrupted" in done.stderr, done.stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], "temporary entries"
+
+
 _CTRL_C_IN_THE_IMPORTS = """
 import os, runpy, signal, sys
 
