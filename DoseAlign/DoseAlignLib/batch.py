@@ -262,7 +262,7 @@ def export_folder(
     clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
-        settings = _shard_settings(formats, _input_digest(found_ids, pseudonymizer))
+        settings = _shard_settings(formats, {**_input_digest(found_ids, pseudonymizer), "rows": len(own)})
         write_text_atomic(out_dir / manifest_name.replace(".csv", ".json"), json_text(settings))
     reserve = DescriptorReserve()  # for the manifest, should the run reach its open-file limit
 
@@ -906,7 +906,8 @@ def _check_same_input(out_dir: Path, parts: list) -> None:
     found = [(name, value.get("input")) for name, value in _settings_of_shards(parts)]
     if len(found) < 2 or any(not isinstance(value, dict) for _name, value in found):
         return
-    if any(value != found[0][1] for _name, value in found[1:]):
+    scanned = [(name, {k: v for k, v in value.items() if k != "rows"}) for name, value in found]
+    if any(value != scanned[0][1] for _name, value in scanned[1:]):
         counts = ", ".join(f"{name} found {value.get('cases')} cases" for name, value in found)
         raise DoseAlignError(
             f"the shards were exported from different inputs, or the input changed between them ({counts}, not the "
@@ -914,6 +915,21 @@ def _check_same_input(out_dir: Path, parts: list) -> None:
             path=out_dir,
             hint="export every shard from the same, unchanged input (--resume keeps their cases); nothing was written",
         )
+
+
+def _check_finished(out_dir: Path, parts: list, rows_of: dict) -> None:
+    """Refuse a shard whose manifest lists fewer rows than its export had cases: the export still runs, or was
+    killed (twelfth hostile trial L8: merged, its other cases were in no row, "0 failed", exit 0)."""
+    for name, value in _settings_of_shards(parts):
+        expected = value.get("input", {}).get("rows") if isinstance(value.get("input"), dict) else None
+        listed = rows_of.get(name.replace(".json", ".csv"), 0)
+        if isinstance(expected, int) and not isinstance(expected, bool) and listed < expected:
+            raise DoseAlignError(
+                f"{name.replace('.json', '.csv')} lists {listed} of the {expected} cases its export had: that export "
+                "is still running, or it was stopped before its end",
+                path=out_dir,
+                hint="wait for it, or run that shard again with --resume, then merge; nothing was written",
+            )
 
 
 def _formats_of_shards(out_dir: Path, parts: list):
@@ -996,9 +1012,12 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
         raise DoseAlignError(
             f"{len(parts)} of {expected} shard manifests present: shard(s) {missing} missing", path=out_dir
         )
-    rows, listed_in = [], {}
+    _check_no_other_run(out_dir)  # a shard export still writing into OUT
+    rows, listed_in, rows_of = [], {}, {}
     for part in parts:
+        rows_of[part.name] = 0
         for row in _shard_rows(part):
+            rows_of[part.name] += 1
             if row["case_id"] in listed_in:
                 raise DoseAlignError(
                     f"case {row['case_id']} is listed in {listed_in[row['case_id']]} too: the shards overlap",
@@ -1010,6 +1029,7 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
     metas = _cases_in_out(out_dir, rows, listed_in)
     _check_one_request(out_dir, metas, listed_in)
     _check_same_input(out_dir, parts)  # (after the key's check: shards of two keys hash their inputs apart)
+    _check_finished(out_dir, parts, rows_of)
     formats = _formats_of_shards(out_dir, parts)
     _check_merge_targets(out_dir)
     rows.sort(key=lambda r: r["case_id"])

@@ -1557,6 +1557,40 @@ def test_shards_of_one_input_pseudonymized_with_one_key_merge(tmp_path, capsys):
     assert len(hostile.manifest(out)) == 4
 
 
+_SHARD_KILLED_AFTER_ONE_CASE = """
+import os, signal, sys
+import DoseAlignLib.batch as batch
+
+export_case, done = batch.export_case, []
+
+def killed_after_one(case, *args, **kwargs):  # as a job's time limit (SIGKILL) takes the shard's export
+    if done:
+        os.kill(os.getpid(), signal.SIGKILL)
+    done.append(1)
+    return export_case(case, *args, **kwargs)
+
+batch.export_case = killed_after_one
+from DoseAlignLib.cli import main
+
+sys.exit(main(["export", sys.argv[1], sys.argv[2], "--shard", sys.argv[3], "--quiet", "--no-qa-png", "--workers", "1"]))
+"""
+
+
+def test_a_shard_whose_export_did_not_finish_is_not_merged(tmp_path, capsys):
+    """Twelfth hostile trial L8: merge while a shard's export still ran, or after it was killed, exited 0 with "15
+    cases (0 failed)": that shard's other cases were in no row. Each shard's settings record how many rows its
+    manifest will hold; merge refuses a shard that lists fewer (and any run still writing into OUT)."""
+    root = tmp_path / "in"
+    for n in range(6):
+        hostile.study(root / f"p{n}", f"KILLED-{n}", 80 + n, with_structures=False)
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--shard", "1/2", "--quiet", "--no-qa-png"]) in (0, 1)
+    killed = hostile.python(_SHARD_KILLED_AFTER_ONE_CASE, str(root), str(out), "2/2", timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    capsys.readouterr()
+    _refused(out, capsys, "manifest.shard-2-of-2.csv lists 1 of the", "still running, or it was stopped")
+
+
 def test_a_missing_shard_is_named(sharded, tmp_path, capsys):
     out = _shards(sharded, tmp_path)
     (out / "manifest.shard-2-of-2.csv").unlink()
