@@ -130,6 +130,16 @@ def read_header(
 _ITEM_LE = b"\xfe\xff\x00\xe0"
 
 
+def _known_sequence(tag: int) -> bool:
+    """Whether the DICOM dictionary knows ``tag`` as a sequence (SQ); a private tag's VR is unknown."""
+    if (tag >> 16) % 2:
+        return False
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return False
+
+
 def _decode_un_sequences(ds: Dataset, handle: DicomFile, path: Path) -> None:
     """Read the sequences of ``ds`` that are stored with VR UN as the sequences they are.
 
@@ -142,12 +152,7 @@ def _decode_un_sequences(ds: Dataset, handle: DicomFile, path: Path) -> None:
     no sequence refuses the file, naming the element.
     """
     for tag, element in list(getattr(ds, "_dict", {}).items()):  # as read: get_item would read a deferred value
-        if (tag >> 16) % 2 or not isinstance(element, RawDataElement) or element.VR != "UN":  # private: no VR known
-            continue
-        try:
-            if dictionary_VR(tag) != "SQ":
-                continue
-        except KeyError:
+        if not isinstance(element, RawDataElement) or element.VR != "UN" or not _known_sequence(tag):
             continue
         name = f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword_for_tag(tag)}"
         length, start = element.length, element.value_tell
@@ -191,12 +196,7 @@ def decode_nested_un_sequences(ds: Dataset, path: Path, depth: int = 0) -> None:
     holds is implicit VR, read with its dictionary VRs (walking every nested sequence cost 1.1-1.4 s per 20 000
     contours)."""
     for tag, element in list(getattr(ds, "_dict", {}).items()):
-        if (tag >> 16) % 2:
-            continue
-        try:
-            if dictionary_VR(tag) != "SQ":
-                continue
-        except KeyError:
+        if not _known_sequence(tag):
             continue
         if isinstance(element, RawDataElement) and element.VR == "UN" and isinstance(element.value, bytes):
             data = element.value
