@@ -7,9 +7,11 @@ suite stays within a few minutes of CI.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +84,24 @@ def python(code: str, *args: str, env: dict = None, timeout: float = 300, **kwar
         timeout=timeout,
         **kwargs,
     )
+
+
+@contextlib.contextmanager
+def session(args: list, env: dict = None, preexec_fn=None):
+    """A process started in a session of its own (text pipes), to be signalled as a group; whatever is left of the
+    group is killed (SIGKILL) when the block ends."""
+    process = subprocess.Popen(
+        args,
+        env={**ENV, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

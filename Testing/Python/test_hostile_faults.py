@@ -1096,22 +1096,13 @@ def test_sigterm_in_the_first_half_second_ends_with_its_exit_code(slow_cohort, t
     outcomes = []
     for n, delay in enumerate([0.02, 0.08, 0.15, 0.22, 0.3, 0.4, 0.5, 0.65]):
         out = tmp_path / f"out{n}"
-        process = subprocess.Popen(
+        with hostile.session(
             [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", "2"],
-            env=hostile.ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
             preexec_fn=_sigterm_as_by_default,
-        )
-        try:
+        ) as process:
             time.sleep(delay)
             os.killpg(process.pid, signal.SIGTERM)
             _stdout, stderr = process.communicate(timeout=120)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
         outcomes.append((delay, process.returncode))
         assert process.returncode in (143, -signal.SIGTERM), (delay, process.returncode, stderr)
         assert "Traceback" not in stderr and "Error" not in stderr, (delay, stderr)
@@ -1211,15 +1202,10 @@ def test_a_job_stopped_and_continued_does_not_fail_its_running_cases(slow_cohort
     the case limit and its grace, in the middle of two cases, and every case is exported."""
     started = tmp_path / "started"
     started.mkdir()
-    process = subprocess.Popen(
+    with hostile.session(
         [sys.executable, "-c", _CASES_THAT_SIGNAL_THEIR_START, str(slow_cohort), str(tmp_path / "out"), str(started)],
-        env={**hostile.ENV, "DOSEALIGN_CASE_SECONDS": "6"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
+        env={"DOSEALIGN_CASE_SECONDS": "6"},
+    ) as process:
         end = time.monotonic() + 60
         while len(list(started.iterdir())) < 2 and time.monotonic() < end and process.poll() is None:
             time.sleep(0.05)
@@ -1228,9 +1214,6 @@ def test_a_job_stopped_and_continued_does_not_fail_its_running_cases(slow_cohort
         time.sleep(6 + 5 + 3)  # beyond the case limit and the pool's grace of 5 s
         os.killpg(process.pid, signal.SIGCONT)
         _stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     rows = hostile.manifest(tmp_path / "out")
     assert process.returncode == 0, (process.returncode, stderr, rows)
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
@@ -1421,23 +1404,14 @@ def test_a_sigterm_the_command_inherited_as_ignored_is_ignored_by_its_workers_to
     ignore but its pool workers reset SIGTERM and died of the group's SIGTERM: the running cases failed, exit 1.
     The workers keep the ignore too: every case exported, exit 0."""
     out = tmp_path / "out"
-    process = subprocess.Popen(
+    with hostile.session(
         [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", "2", "--no-qa-png"],
-        env=hostile.ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
-    )
-    try:
+    ) as process:
         for delay in (0.2, 0.8, 1.4):  # in the scan, and while cases run
             time.sleep(delay)
             os.killpg(process.pid, signal.SIGTERM)
         _stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     rows = hostile.manifest(out)
     assert process.returncode == 0, (process.returncode, stderr, rows)
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
