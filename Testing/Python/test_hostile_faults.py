@@ -982,16 +982,7 @@ def test_sigterm_stops_cleanly_and_resume_finishes(slow_cohort, tmp_path, worker
     out = tmp_path / "out"
     mark = f"DOSEALIGN_TEST_MARK_{uuid.uuid4().hex}"
     command = [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", str(workers)]
-    process = subprocess.Popen(
-        command,
-        env={**hostile.ENV, mark: "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=_sigterm_as_by_default,
-    )
-    try:
+    with hostile.session(command, env={mark: "1"}, preexec_fn=_sigterm_as_by_default) as process:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
             if (out / "manifest.csv").is_file():  # written as each case is finished
@@ -1005,9 +996,6 @@ def test_sigterm_stops_cleanly_and_resume_finishes(slow_cohort, tmp_path, worker
         else:
             os.kill(process.pid, signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 143, (process.returncode, stderr)
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     line = [s for s in stderr.splitlines() if "stopped by SIGTERM after" in s]
