@@ -1028,6 +1028,7 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
             rows.append(row)
     metas = _cases_in_out(out_dir, rows, listed_in)
     _check_one_request(out_dir, metas, listed_in)
+    rows.extend(_rows_merge_keeps(out_dir, listed_in, metas, notes if notes is not None else []))
     _check_same_input(out_dir, parts)  # (after the key's check: shards of two keys hash their inputs apart)
     _check_finished(out_dir, parts, rows_of)
     formats = _formats_of_shards(out_dir, parts)
@@ -1145,16 +1146,7 @@ def _check_one_request(out_dir: Path, metas: dict, listed_in: dict) -> None:
     reference = metas[first]
     differing: dict = {}
     for case_id in sorted(metas, key=lambda case_id: (listed_in[case_id], case_id)):
-        meta = metas[case_id]
-        request = {
-            "options": meta.get("options") or {},
-            "option_defaults": AlignOptions().to_dict(),
-            "dosealign_version": meta.get("dosealign_version"),
-            "pseudonymized": bool(meta.get("pseudonymized")),
-            "key": recorded_key(meta),
-            "backend": (meta.get("resampling") or {}).get("backend", "engine"),
-        }
-        why = request_differences(reference, request)
+        why = request_differences(reference, _request_of(metas[case_id]))
         if why and listed_in[case_id] not in differing:
             differing[listed_in[case_id]] = f"{case_id} of {listed_in[case_id]}: {'; '.join(why)}"
     if differing:
@@ -1165,6 +1157,72 @@ def _check_one_request(out_dir: Path, metas: dict, listed_in: dict) -> None:
             hint="export every shard with the same options (a shard made otherwise: remove its case folders and "
             "manifest, export it again), then merge; nothing was written",
         )
+
+
+def _request_of(meta: dict) -> dict:
+    """What a case's meta.json says it was made with, in the form :func:`request_differences` compares."""
+    return {
+        "options": meta.get("options") or {},
+        "option_defaults": AlignOptions().to_dict(),
+        "dosealign_version": meta.get("dosealign_version"),
+        "pseudonymized": bool(meta.get("pseudonymized")),
+        "key": recorded_key(meta),
+        "backend": (meta.get("resampling") or {}).get("backend", "engine"),
+    }
+
+
+def _rows_merge_keeps(out_dir: Path, listed_in: dict, metas: dict, notes: list) -> list:
+    """The rows of OUT's manifest.csv that no shard lists and that stay: cases of other inputs an ``export
+    --append`` added beside the shards' (complete, made as the shards' cases were; failed rows as they were).
+    Merging again used to drop them without a word. Case folders that stay out of manifest.csv are named in
+    ``notes``, as a plain export names them."""
+    from .output.case_folder import case_problem
+
+    found = inspect_output(out_dir)
+    reference = next(iter(metas.values()), None)
+    kept, left = [], []
+    for row in found.manifest_rows:
+        case_id = row.get("case_id")
+        if not case_id or case_id in listed_in or not _is_folder_name(case_id) or row.get("status") not in _STATUSES:
+            continue
+        if any(value is None for value in row.values()) or None in row:
+            continue  # a row of a damaged manifest.csv: not carried
+        if row["status"] == "failed":
+            kept.append(dict(row))
+            continue
+        folder = case_dir(out_dir, case_id)
+        why = "there is no case folder" if not os.path.lexists(folder) else case_problem(folder)
+        meta = None
+        if why is None:
+            try:
+                meta = load_meta(folder)
+            except DoseAlignError as error:
+                why = error.message
+        if why is None:
+            damaged = archive_problem(folder, meta)
+            why = f"its outputs were damaged ({damaged})" if damaged else None
+        if why is None and reference is not None:
+            differences = request_differences(reference, _request_of(meta))
+            why = f"made otherwise than the shards' cases ({'; '.join(differences)})" if differences else None
+        if why is None:
+            kept.append(dict(row))
+        else:
+            left.append(f"{case_id} ({why})")
+    if kept:
+        notes.append(
+            f"{len(kept)} row(s) of manifest.csv that no shard lists kept (cases of other inputs, added with --append): "
+            + _some([r["case_id"] for r in kept], 3)
+        )
+    if left:
+        notes.append(f"{len(left)} row(s) of manifest.csv that no shard lists left out: " + _some(left, 3))
+    listed = set(listed_in) | {r["case_id"] for r in kept}
+    unlisted = sorted(case_id + "/" for case_id in found.cases if case_id not in listed)
+    if unlisted:
+        notes.append(
+            f"{out_dir} holds {len(unlisted)} case folder(s) that no shard lists: {_some(unlisted)}. They are left "
+            "alone and are not in manifest.csv (export their input with --append to list them)"
+        )
+    return kept
 
 
 def _check_merge_targets(out_dir: Path) -> None:

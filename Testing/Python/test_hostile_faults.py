@@ -1748,6 +1748,49 @@ def test_untouched_shards_still_merge(sharded, tmp_path, capsys):
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
 
 
+def test_merging_again_keeps_the_rows_an_append_added(sharded, tmp_path, capsys):
+    """Twelfth hostile trial L9: shards merged, another input's case added with ``export --append`` (manifest.csv: 5
+    rows), then ``merge`` again: manifest.csv held the shards' 4 rows, the appended case's folder was in OUT but in
+    no row, exit 0, no word. Merge now keeps the rows of manifest.csv that no shard lists when their case is
+    complete and made as the shards' were, and names the case folders it leaves out of manifest.csv."""
+    out = _shards(sharded, tmp_path)
+    assert main(["merge", str(out)]) == 0, capsys.readouterr().err
+    other = tmp_path / "other"
+    hostile.study(other / "q", "APPENDED-1", 90)
+    assert main(["export", str(other), str(out), "--append", "--quiet", "--no-qa-png"]) == 0
+    appended = {r["case_id"]: r for r in hostile.manifest(out)}
+    assert len(appended) == 5, appended
+    added = next(case_id for case_id in appended if "APPENDED" in case_id)
+    capsys.readouterr()
+    for _again in range(2):
+        assert main(["merge", str(out)]) == 0, capsys.readouterr().err
+        said = capsys.readouterr().out
+        assert "5 cases (0 failed)" in said and added in said, said
+        assert {r["case_id"]: r for r in hostile.manifest(out)} == appended
+    shutil.copytree(out / added, out / "COPIED-CASE")  # a case folder no row lists: named, left alone
+    assert main(["merge", str(out)]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert "COPIED-CASE/" in said and "not in manifest.csv" in said, said
+    assert (out / "COPIED-CASE").is_dir() and len(hostile.manifest(out)) == 5
+
+
+def test_a_row_merge_cannot_keep_is_named(sharded, tmp_path, capsys):
+    """A row of manifest.csv that no shard lists, whose case folder is gone, is left out of the merged manifest
+    with its reason (it used to be dropped without a word)."""
+    out = _shards(sharded, tmp_path)
+    other = tmp_path / "other"
+    hostile.study(other / "q", "APPENDED-2", 91)
+    assert main(["merge", str(out)]) == 0
+    assert main(["export", str(other), str(out), "--append", "--quiet", "--no-qa-png"]) == 0
+    added = next(r["case_id"] for r in hostile.manifest(out) if "APPENDED" in r["case_id"])
+    shutil.rmtree(out / added)
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert f"left out: {added} (there is no case folder)" in said, said
+    assert added not in {r["case_id"] for r in hostile.manifest(out)}
+
+
 def test_a_full_disk_at_an_hdf5_file_ends_with_the_cause_not_a_traceback(cohort, tmp_path):
     """From the fifth hostile trial (E32): a full disk while HDF5 wrote dataset.h5 (or case.h5) ended in h5py's
     RuntimeError traceback ('errno = 28'), exit 1, no report.html. HDF5's errno is now the export's output fault:
