@@ -111,7 +111,9 @@ def header_reads() -> int:
     for the whole scan) and the parsing at some seconds (the per-file time limit applies as well). Real headers
     need far fewer: the scan defers large values and never reads into pixel data; a CT slice of the test data
     takes about 100 reads, the largest structure set of the shared data (121 contours in sequences of undefined
-    length, 1 400 elements) 3 924: 32 reads per contour, so the limit admits some 60 000 contours."""
+    length, 1 400 elements) 3 924: 32 reads per contour, so the limit admits some 60 000 contours. The items of a
+    sequence of defined length, which pydicom parses from memory when it is first used, are charged three reads each
+    when the header is read (headers._charge_unparsed_items)."""
     return int(min(limit("DOSEALIGN_HEADER_READS"), NO_LIMIT_BYTES))
 
 

@@ -368,6 +368,60 @@ def test_an_export_does_not_read_again_what_a_limit_refused(store, tmp_path, mon
     assert located == []
 
 
+def _defined_items(n: int, group: int = 0x3006, element: int = 0x0020, little: bool = True) -> bytes:
+    """``n`` empty items in a sequence of defined length (explicit VR): pydicom parses it only when it is used."""
+    order = "<" if little else ">"
+    items = struct.pack(f"{order}HHI", 0xFFFE, 0xE000, 0) * n
+    return struct.pack(f"{order}HH", group, element) + b"SQ\0\0" + struct.pack(f"{order}I", len(items)) + items
+
+
+def _undefined_holding(inner: bytes) -> bytes:
+    """A sequence of undefined length (ROIContourSequence) whose one item of undefined length holds ``inner``."""
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + inner + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    end = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return struct.pack("<HH", 0x3006, 0x0039) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF) + item + end
+
+
+def _explicit_big_endian_meta() -> bytes:
+    return _file_meta("1.2.840.10008.1.2.2")
+
+
+@pytest.mark.parametrize(
+    "items",
+    [3_000, 50_000],
+    ids=["kept in memory (under 64 KiB)", "deferred by the scan (over 64 KiB)"],
+)
+@pytest.mark.parametrize("where", ["top level", "nested", "big endian"])
+def test_items_of_sequences_parsed_when_first_used_count_against_the_reads_limit(
+    store, tmp_path, monkeypatch, where, items
+):
+    """Eleventh hostile trial K4, its gap: pydicom parses a sequence of defined length only when it is first used,
+    from its bytes in memory (or a deferred value read again from the file), outside the header's limits: an RTSTRUCT
+    of 8.7 MB with 1 M empty items in its StructureSetROISequence took 18 s and 1.4 GB in the scan and was accepted.
+    Such a sequence's items count against DOSEALIGN_HEADER_READS now, at the top level, nested in a sequence of
+    undefined length and in big endian files; a file under the limit is read as before."""
+    from DoseAlignLib.dicom import scan
+
+    root = tmp_path / "in"
+    shutil.copytree(store / "p1", root / "p1")
+    sop_class = b"1.2.840.10008.5.1.4.1.1.481.3"
+    if where == "big endian":
+        sop = struct.pack(">HH", 0x0008, 0x0016) + b"UI" + struct.pack(">H", len(sop_class)) + sop_class
+        body = _explicit_big_endian_meta() + sop + _defined_items(items, little=False)
+    else:
+        inner = _defined_items(items, 0x3006, 0x0040)  # ContourSequence
+        body = _file_meta("1.2.840.10008.1.2.1") + _element(0x0008, 0x0016, b"UI", sop_class)
+        body += _defined_items(items) if where == "top level" else _undefined_holding(inner)
+    (root / "p1" / "items.dcm").write_bytes(body)
+    monkeypatch.setenv("DOSEALIGN_HEADER_READS", str(3 * items + 1000))  # room for the file's own reads too
+    result = scan.scan_folder(root)
+    assert not any(entry[0] == "p1/items.dcm" for entry in result.skipped), result.skipped
+    monkeypatch.setenv("DOSEALIGN_HEADER_READS", str(3 * items - 1000))
+    result = scan.scan_folder(root)
+    reasons = [entry[1] for entry in result.skipped if entry[0] == "p1/items.dcm"]
+    assert reasons and "reads" in reasons[0] and "DOSEALIGN_HEADER_READS" in reasons[0], result.skipped
+
+
 def test_reading_a_deflated_header_is_bounded_in_time(store, tmp_path):
     """Eleventh hostile trial K4: pydicom parses a deflated data set from memory, where DOSEALIGN_SCAN_FILE_SECONDS
     was not checked. It is parsed through the same deadline now."""
