@@ -866,6 +866,32 @@ def test_the_birth_date_in_other_spellings_is_removed(tmp_path, capsys):
     assert not found, found[:10]
 
 
+def test_the_birth_date_with_underscores_between_its_parts_is_removed(tmp_path, capsys):
+    """Thirteenth hostile trial M1: a date whose parts are joined by underscores (``Opt_1975_03_02``,
+    ``Boost_02_03_75``, ``PTV_1975_3_2``), as ROI names are written where a planning system allows no space or
+    ``.``, reached meta.json, dvh.csv, manifest.csv, report.html and the mask file names with status ok, and the
+    check passed it; the same date with ``-`` was removed. Now removed, and the check alone finds it."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    rois = ["Opt_1975_03_02", "Boost_02_03_75", "PTV_1975_3_2", "ctv_03_02_1975"]
+    code, row, out = _export_with_rois(tmp_path, rois)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert {"Opt_[removed]", "Boost_[removed]", "PTV_[removed]", "ctv_[removed]"} <= set(names), names
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = data.decode("utf-8", "replace")
+        found += [f"{s} in {where}" for s in ("1975_03_02", "02_03_75", "1975_3_2", "03_02_1975") if s in text]
+    assert not found, found[:10]
+    identity = Identity()
+    identity.dates.add("19750302")
+    guard = IdentityGuard(identity)
+    for text in rois:
+        assert guard.find(text) == "a date", text
+    for text in ["Opt_1975_03_03", "ring_10_20_30", "v0_750_302"]:
+        assert guard.find(text) == "", text
+
+
 def test_the_check_alone_finds_dates_in_other_spellings():
     """E10, the check's own code: six digits and month names are read as the input's dates, not as any number
     (not in a column of numbers: openkbp's voxel indices)."""

@@ -2009,7 +2009,7 @@ def _dates_in(text: str) -> set:
         if not _in_number(text, *match.span()):  # also DDMMYYYY and MMDDYYYY, not the decimals of a number
             found.add(digits[4:] + digits[2:4] + digits[:2])
             found.add(digits[4:] + digits[:2] + digits[2:4])
-    for match in re.finditer(r"(?<!\d)(\d{1,4})[./\- ](\d{1,2})[./\- ](\d{1,4})(?!\d)", text):
+    for match in re.finditer(r"(?<!\d)(\d{1,4})[./\-_ ](\d{1,2})[./\-_ ](\d{1,4})(?!\d)", text):
         a, b, c = match.groups()
         if len(a) == 4:
             found.add(f"{a}{int(b):02d}{int(c):02d}")
@@ -2118,7 +2118,7 @@ _DATE_PATTERNS: dict = {}
 
 def _date_pattern(date: str):
     """The rewriting's pattern of a YYYYMMDD date in the spellings people write: digits in year-month-day,
-    day-month-year and month-day-year order with ``.``, ``/``, ``-`` or a space between (any one, months and days
+    day-month-year and month-day-year order with ``.``, ``/``, ``-``, ``_`` or a space between (any one, months and days
     with or without a leading zero: ``1975-3-2``), also with a two-digit year (``75-03-02``, ``02.03.75``) and,
     without separators, ``19750302``, ``02031975`` (DDMMYYYY), ``03021975`` (MMDDYYYY), ``750302`` (YYMMDD),
     ``020375`` (DDMMYY), ``030275`` (MMDDYY); and with the
@@ -2129,7 +2129,7 @@ def _date_pattern(date: str):
         y4, m, d = date[:4], int(date[4:6]), int(date[6:8])
         y2 = y4[2:]
         mm, dd = f"0?{m}", f"0?{d}"
-        sep = r"[./\- ]"
+        sep = r"[./\-_ ]"  # (an underscore: ROI and file names, where a space is often not allowed)
         year = f"(?:{y4}|{y2})"
         forms = [
             f"{y4}{sep}{mm}{sep}{dd}",
