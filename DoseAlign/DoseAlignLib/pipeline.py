@@ -63,6 +63,18 @@ class CaseResult:
     native_dose: Optional[Volume] = None  # the dose (sum) on its own grid, or on one covering its doses' grids
     native_resampled: bool = False  # native_dose is a sum of doses resampled onto a grid covering theirs
     extra_arrays: dict = field(default_factory=dict)  # further arrays for pair.npz (masks, DVHs)
+    ct_lowest_hu: Optional[float] = None  # the CT's lowest value as read (see lowest_value), for the audit
+
+
+def lowest_value(ct: np.ndarray) -> Optional[float]:
+    """A CT's lowest value, from every fourth row and column of each slice (cheap, and air is never a speck): about
+    -1000 HU for a patient CT, the air around the patient or in the lungs (the audit's ``ct_air_hu`` flag). None
+    for a CT of one value (a synthetic water phantom of 0 HU: it tells nothing about the scale)."""
+    sample = ct[:, ::4, ::4]
+    if not sample.size:
+        return None
+    lowest, highest = sample.min(), sample.max()
+    return float(lowest) if highest > lowest else None
 
 
 def run_case(
@@ -135,6 +147,7 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
         read_ct_now()  # a CT that cannot be read is reported first, as when read in turn
         raise
     ct = read_ct_now()
+    ct_lowest = lowest_value(ct.array)
 
     ct_steps: list = []
     if ct_is_output:
@@ -173,7 +186,15 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
         meta["arrays"]["dose"].update(half)
     if ct_steps or dose_steps:
         meta["resampling"]["before_backend"] = ct_steps + dose_steps
-    result = CaseResult(case.case_id, ct_volume, dose_volume, meta, audit_native, native_resampled=native is None)
+    result = CaseResult(
+        case.case_id,
+        ct_volume,
+        dose_volume,
+        meta,
+        audit_native,
+        native_resampled=native is None,
+        ct_lowest_hu=ct_lowest,
+    )
     report(0.8, "structures and audit" if options.structures else "audit")
     if options.structures and contours is None:
         contours = read_case_contours(case, options, geometry, rewrite_names)

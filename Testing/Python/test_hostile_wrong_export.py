@@ -1341,6 +1341,65 @@ def test_a_dose_far_below_the_prescription_is_flagged(clean, tmp_path, capsys, s
     assert meta["audit"]["prescription_gy"], meta["audit"]["prescription_gy"]  # else the test tells nothing
 
 
+@pytest.mark.parametrize("scale, flagged", [(100.0, True), (10.0, True), (2.5, False), (1.0, False)])
+def test_a_dose_far_above_the_prescription_is_flagged(clean, tmp_path, capsys, scale, flagged):
+    """Thirteenth hostile trial M6: a PLAN dose stored in cGy but read as Gy (DoseGridScaling x100: Dmax 6 306 Gy for
+    a 60 Gy prescription) or x10 was ok with empty flags and warnings. The audit compares Dmax with the prescription
+    from above as well (300 %); a radiosurgery-like 250 % passes."""
+    root = _copy(clean, "plan", tmp_path)
+    dose = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    ds = dd.read(dose)
+    ds.DoseGridScaling = str(float(ds.DoseGridScaling) * scale)
+    dd.save(ds, dose)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (0, "ok"), row
+    flags = row["audit_flags"].split(";") if row["audit_flags"] else []
+    assert ("dose_above_prescription" in flags) == flagged, flags
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    rx, dmax = meta["audit"]["prescription_gy"], meta["audit"]["dose"]["native"]["dmax_gy"]
+    assert rx and (dmax / rx > 3) == flagged, (dmax, rx)  # else the test tells nothing
+
+
+def test_a_brachytherapy_plan_is_not_flagged_above_its_prescription(clean, tmp_path, capsys):
+    """M6's bound is not one for brachytherapy: the dose near a source is many times the prescription."""
+    root = _copy(clean, "plan", tmp_path)
+    dose = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    ds = dd.read(dose)
+    ds.DoseGridScaling = str(float(ds.DoseGridScaling) * 10)
+    dd.save(ds, dose)
+    plan = dd.read(root / _rel(clean, "plan", clean["plan"].plan_file))
+    plan.BrachyTreatmentType = "HDR"
+    dd.save(plan, root / _rel(clean, "plan", clean["plan"].plan_file))
+    code, rows, _out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (0, "ok"), row
+    assert "dose_above_prescription" not in row["audit_flags"], row["audit_flags"]
+
+
+@pytest.mark.parametrize("intercept, flagged", [(0, True), (None, False)])
+def test_a_ct_without_air_is_flagged(clean, tmp_path, capsys, intercept, flagged):
+    """Thirteenth hostile trial M7: a CT whose RescaleIntercept was lost (0 instead of -1024: air at +24 HU, water
+    at about +1024) was ok with no flag or warning. The audit flags a CT whose lowest value is not below -200 HU."""
+    root = _copy(clean, "plan", tmp_path)
+    slices = [root / _rel(clean, "plan", path) for path in clean["plan"].ct_files]
+    for path in slices:
+        ds = dd.read(path)
+        if intercept is not None:  # stored as a scanner stores them (HU + 1024, unsigned), the intercept -1024 lost
+            hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+            stored = np.rint(hu + 1024)
+            assert stored.min() >= 0 and hu.min() < -200, "the study must hold air for this test"
+            ds.PixelRepresentation = 0
+            ds.PixelData = stored.astype(np.uint16).tobytes()
+            ds.RescaleSlope, ds.RescaleIntercept = "1", str(intercept)
+        dd.save(ds, path)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (0, "ok"), row
+    flags = row["audit_flags"].split(";") if row["audit_flags"] else []
+    assert ("ct_without_air" in flags) == flagged, flags
+
+
 def _small_study_exported(tmp_path, capsys, patient: str, seed: int) -> tuple:
     """A small study in tmp_path/in and its plain export: (input root, truth, OUT, its one manifest row)."""
     root = tmp_path / "in"

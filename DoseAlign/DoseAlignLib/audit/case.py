@@ -77,12 +77,24 @@ def add_structures_and_audit(result, case, options, ct_geometry, contours=None) 
     beam_sum = _beam_sum(case, result.native_dose, options)
     geometry = geometry_summary(result.meta)
     reference = prescription or (dose_audit["native"] or dose_audit["output"])["dmax_gy"] or None
+    brachytherapy = bool(case.plan is not None and case.plan.info.get("brachytherapy"))
+    ct_lowest = getattr(result, "ct_lowest_hu", None)
     flags = flags_for(
-        dose_audit, entries, result.meta.get("structures"), beam_sum, geometry, thresholds, reference, prescription
+        dose_audit,
+        entries,
+        result.meta.get("structures"),
+        beam_sum,
+        geometry,
+        thresholds,
+        reference,
+        prescription,
+        brachytherapy=brachytherapy,
+        ct_lowest_hu=ct_lowest,
     )
     report = {
         "thresholds": thresholds,
         "prescription_gy": prescription,
+        "ct_lowest_hu": ct_lowest,
         "reference_dose_gy": reference,
         "dose": dose_audit,
         "rois": entries,

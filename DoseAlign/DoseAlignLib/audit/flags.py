@@ -48,6 +48,8 @@ def flags_for(
     thresholds: dict,
     reference_dose_gy: Optional[float],
     prescription_gy: Optional[float] = None,
+    brachytherapy: bool = False,
+    ct_lowest_hu: Optional[float] = None,
 ) -> list:
     """The findings over the thresholds: ``[{"flag": code, "detail": text}]``, one entry per kind of
     finding (its detail lists every ROI, face or file it concerns)."""
@@ -66,6 +68,24 @@ def flags_for(
             f"Dmax {dmax:.4g} Gy is {100.0 * dmax / prescription_gy:.1f} % of the plan's prescription "
             f"{prescription_gy:.4g} Gy (limit {t['dmax_prescription_min_pct']:g} %): no whole treatment's dose (one "
             "fraction's, one beam's, or not computed)",
+        )
+    elif (
+        dmax is not None
+        and prescription_gy
+        and not brachytherapy
+        and 100.0 * dmax / prescription_gy > t["dmax_prescription_max_pct"]
+    ):
+        add(
+            "dose_above_prescription",
+            f"Dmax {dmax:.4g} Gy is {100.0 * dmax / prescription_gy:.1f} % of the plan's prescription "
+            f"{prescription_gy:.4g} Gy (limit {t['dmax_prescription_max_pct']:g} %): no treatment's dose of this plan "
+            "(a dose in cGy read as Gy, a wrong DoseGridScaling, or a prescription of one fraction)",
+        )
+    if ct_lowest_hu is not None and ct_lowest_hu >= t["ct_air_hu"]:
+        add(
+            "ct_without_air",
+            f"the CT's lowest value is {ct_lowest_hu:g} HU (limit {t['ct_air_hu']:g} HU): no air around the patient "
+            "or in the lungs, so its values are likely not HU (a lost or wrong RescaleIntercept)",
         )
     if dose_audit.get("native") is not None:
         if abs(dose_audit["dmax_diff_pct"]) > t["dmax_diff_pct"]:

@@ -39,6 +39,17 @@ Default thresholds (:data:`DEFAULT_THRESHOLDS`; override any of them through
     Native Dmax in % of the RTPLAN's prescription: a treatment's dose reaches about 100-110 % of it;
     below half it is no treatment's dose (a per-fraction dose labelled PLAN, one beam, a dose exported
     before it was computed). A dose of 0 Gy everywhere is flagged with or without a prescription.
+``dmax_prescription_max_pct`` 300
+    Native Dmax in % of the RTPLAN's prescription, from above: an external-beam plan's hot spot stays
+    near 105-130 %, a radiosurgery plan prescribed to the 40-50 % isodose reaches 200-250 %; above 300 %
+    the dose is no treatment's dose of that plan (stored in cGy but read as Gy: x100; a wrong
+    DoseGridScaling; a per-fraction prescription). Not checked for brachytherapy plans, whose dose
+    near a source exceeds the prescription many times.
+``ct_air_hu`` -200
+    The CT's lowest value as read must lie below this: a patient CT shows air near -1000 HU around the
+    patient or in the lungs, so a CT without any value below -200 HU holds no HU (a lost RescaleIntercept:
+    stored values 0-4095 read as HU, air at about +24). A CT of one value (a synthetic water phantom) is
+    not judged.
 """
 
 from __future__ import annotations
@@ -60,6 +71,8 @@ DEFAULT_THRESHOLDS = {
     "roi_volume_min_cc": 5.0,
     "beam_sum_diff_pct": 1.0,
     "dmax_prescription_min_pct": 50.0,
+    "dmax_prescription_max_pct": 300.0,
+    "ct_air_hu": -200.0,
 }
 
 

@@ -669,6 +669,9 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
             if value not in (None, ""):
                 prescriptions.append(float(value))
         info["prescription_gy"] = max(prescriptions) if prescriptions else None
+        # (300A,0202) BrachyTreatmentType, (300A,0230) ApplicationSetupSequence: a source's dose is many times the
+        # prescription near it (the audit's upper bound on Dmax does not apply)
+        info["brachytherapy"] = "BrachyTreatmentType" in ds or "ApplicationSetupSequence" in ds
         fractions = [g.get("NumberOfFractionsPlanned") for g in ds.get("FractionGroupSequence", [])]
         info["fractions"] = next((int(f) for f in fractions if f not in (None, "")), None)
         info["treated_beams"] = _treated_beams(ds)

@@ -38,6 +38,8 @@ FLAG_MEANINGS = {
     "beam_sum_mismatch": "the sum of the BEAM doses differs from the PLAN dose",
     "dose_zero": "the dose is 0 Gy everywhere",
     "dose_below_prescription": "Dmax is far below the plan's prescription: no whole treatment's dose",
+    "dose_above_prescription": "Dmax is far above the plan's prescription: a unit or scaling error",
+    "ct_without_air": "the CT holds no value near air: its values are likely not HU",
     "ct_regularized": "the CT had uneven slices or gantry tilt and was resampled onto a regular grid",
     "dose_grid_warning": "the dose grid's header needed a warning (see meta.json)",
 }
