@@ -122,6 +122,31 @@ def test_key_and_map_through_a_symlink_into_out_are_refused(study, tmp_path, cap
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("default", [False, True], ids=["--map-file LINK", "a link at the default map path"])
+def test_a_map_behind_a_symbolic_link_is_written_where_the_link_points(study, tmp_path, capsys, default):
+    """Thirteenth hostile trial M4: a map path that is a symbolic link (the map kept on an encrypted volume) was
+    replaced by a regular file holding the whole identity map where the link was, and the linked map missed the
+    new patients. The map is now written where the link points, merged with what it held; the link stays."""
+    secure = tmp_path / "secure"
+    secure.mkdir()
+    real_map = secure / "realmap.csv"
+    first = tmp_path / "out1"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(secure / "k.key")]
+    assert main(["export", str(study["root"]), str(first), *args, "--map-file", str(real_map)]) == 0
+    rows_before = real_map.read_text(encoding="utf-8").splitlines()
+    second = tmp_path / "out2"
+    link = tmp_path / ("out2.pseudonym-map.csv" if default else "maplink.csv")
+    os.symlink(real_map, link)
+    other = tmp_path / "other"
+    hostile.study(other / "q", "MAP-LINK-2", 93)
+    more = [] if default else ["--map-file", str(link)]
+    assert main(["export", str(other), str(second), *args, *more]) == 0, capsys.readouterr().err
+    assert link.is_symlink() and os.readlink(link) == str(real_map)
+    rows_after = real_map.read_text(encoding="utf-8").splitlines()
+    assert set(rows_before) < set(rows_after) and any("MAP-LINK-2" in row for row in rows_after)
+    assert oct(real_map.stat().st_mode & 0o777) == oct(0o600)
+
+
 def test_key_and_map_are_never_written_into_the_input(study, tmp_path, capsys):
     before = hostile.snapshot(study["root"])
     out = tmp_path / "out"

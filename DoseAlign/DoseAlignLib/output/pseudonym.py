@@ -2179,13 +2179,16 @@ def make_pseudonymizer(
     """``(Pseudonymizer, key path, map path, key created)`` for an export into ``out_dir``.
 
     The key and the map are refused inside ``out_dir`` (symbolic links resolved) and, when they would
-    be written, inside ``input_root``.
+    be written, inside ``input_root``. A map path that is a symbolic link (to a map on an encrypted volume) is
+    the file it points to: a map written at the link's path would replace the link (thirteenth hostile trial M4).
     """
     default_key, default_map = default_paths(out_dir)
     key_path = Path(key_file) if key_file else default_key
     map_path = Path(map_file) if map_file else default_map
     check_outside(key_path, out_dir, "key file", input_root, writes=not key_path.exists())
     check_outside(map_path, out_dir, "pseudonym map", input_root)
+    if map_path.is_symlink():  # the map is replaced by a rename: written where the link points, the link kept
+        map_path = Path(os.path.realpath(map_path))
     if _same_file(key_path, map_path):  # the map would overwrite the key: the secret lost, the identity in its place
         raise PseudonymError("the key file and the pseudonym map must be two files", path=map_path)
     read_map(map_path)  # an existing file that is no map is refused now, before anything is written
