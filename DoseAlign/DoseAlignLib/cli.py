@@ -443,6 +443,10 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         )
     if isinstance(sys.stdout, _GuardedStdout):  # the listing is scan's only output: a write that fails ends it
         sys.stdout.essential = True
+    if "stdout" in _MISSING_STREAMS:  # started with >&-: the listing has nowhere to go (it was lost with exit 0)
+        import errno
+
+        raise _StdoutUnwritable(OSError(errno.EBADF, "the standard output is closed"))
     scan = api.scan_folder(args.input)
     linked = api.form_cases(scan, sum_plans=args.sum_plans, ct=args.ct)
     code = 1 if any(c.error for c in linked.cases) else 0
@@ -981,9 +985,15 @@ def _importing(frame) -> bool:
 def _no_missing_streams() -> None:
     """A command started with its standard output or error closed (``>&-``) gets None as ``sys.stdout`` /
     ``sys.stderr``: they go to the null device instead (output that has nowhere to go is dropped, not a traceback)."""
+    _MISSING_STREAMS.clear()
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
+            _MISSING_STREAMS.append(name)
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
+
+
+#: The standard streams the command was started without (see _no_missing_streams).
+_MISSING_STREAMS: list = []
 
 
 def _silence_stdout(stream=None) -> None:
