@@ -393,6 +393,27 @@ def test_roi_cut_by_the_dose_grid():
     assert got["d1_gy"] <= got["d0.03cc_gy"] <= got["dmax_gy"] == pytest.approx(20 + 10 + 18, abs=1e-6)
 
 
+@pytest.mark.parametrize("half_mm", [99_000.0, 20_000.0])
+def test_an_roi_of_many_metres_takes_a_bounded_number_of_samples(half_mm):
+    """Thirteenth hostile trial M3: one contour, a square of 198 m (its points within the plausible ±100 m), was
+    sampled at the coarsest step of 20 mm: 98 million samples, 7.4 GB, and the case failed "out of memory" naming
+    no ROI. The step grows beyond 20 mm where the ROI would take more than MAX_SAMPLES; the DVH stays right for
+    a linear dose (its share beyond the dose grid, and the dose where it lies inside)."""
+    from DoseAlignLib.structures import reference_dvh as module
+
+    square = np.array(
+        [[-half_mm, -half_mm, 0.0], [half_mm, -half_mm, 0.0], [half_mm, half_mm, 0.0], [-half_mm, half_mm, 0.0]]
+    )
+    roi = RoiContours(
+        1, "huge", "huge", "ORGAN", None, "code", np.array([0.0, 0.0, 1.0]), [ContourPlane(0.0, [square])]
+    )
+    result = reference_dvh(roi, _linear_dose("SupInf", _axial_grid()), 2.5)
+    assert 0 < result.sampling["samples"] <= module.MAX_SAMPLES * 1.1, result.sampling
+    assert result.points["volume_cc"] == pytest.approx((2 * half_mm) ** 2 * 2.5 / 1000, rel=1e-6)
+    assert result.points["outside_dose_grid_pct"] > 99.9
+    assert result.sampling["in_plane_step_mm"] > module.MAX_STEP_MM
+
+
 def test_interior_hot_spot_reaches_dmax_and_the_curve_is_consistent():
     shape = _shape("Sphere", 2.0, centre=(0.0, 0.0, 0.0))
     grid = Grid.from_spacing((21, 21, 21), (3.0, 3.0, 3.0), (-30.0, -30.0, -30.0))

@@ -62,8 +62,12 @@ from .polygons import even_odd_area, points_in_polygons, polygon_edges
 TARGET_SAMPLES = 1 << 15
 #: Finest step (mm).
 MIN_STEP_MM = 0.1
-#: Coarsest step (mm).
+#: Coarsest step (mm) ...
 MAX_STEP_MM = 20.0
+#: ... unless the ROI would then take more samples than this: a contour of some hundred metres (points within the
+#: plausible ±100 m) at 20 mm took 98 million samples and 7.4 GB (thirteenth hostile trial M3); a body contour
+#: takes about 60 000. Each sample costs a few hundred bytes on the way.
+MAX_SAMPLES = 1 << 20
 #: A plane enclosing fewer cells than this gets a finer in-plane step of its own ...
 MIN_PLANE_SAMPLES = 200
 #: ... at most this many halvings finer.
@@ -438,9 +442,15 @@ def _project(roi: RoiContours, frame: np.ndarray) -> list:
 
 
 def _outline_points(outlines: _Outlines, steps: np.ndarray) -> tuple:
-    """Vertices and points at most the plane's step apart on every edge: ((P, 2), plane (P,))."""
+    """Vertices and points at most the plane's step apart on every edge: ((P, 2), plane (P,)); farther apart where
+    that would make more than :data:`MAX_SAMPLES` points (outlines of many metres or kilometres)."""
     p, q = outlines.p, outlines.q
-    pieces = np.maximum(np.ceil(np.linalg.norm(q - p, axis=1) / steps[outlines.plane]).astype(np.int64), 1)
+    lengths = np.linalg.norm(q - p, axis=1)
+    spans = lengths / steps[outlines.plane]
+    total = float(spans.sum())
+    if total > MAX_SAMPLES:
+        spans = spans * (MAX_SAMPLES / total)
+    pieces = np.maximum(np.ceil(spans).astype(np.int64), 1)
     edge, k = _repeat_ranges(pieces)
     frac = k / pieces[edge]
     return p[edge] + (q[edge] - p[edge]) * frac[:, None], outlines.plane[edge]
@@ -1029,12 +1039,17 @@ def _gradients_at(
 def choose_step(volume_mm3: float, thickness_mm: float, target_samples: int = TARGET_SAMPLES) -> float:
     """The in-plane sampling step (mm) that gives an ROI of this volume about ``target_samples``
     samples: cubes while they are thinner than a slab (several layers per slab), else square
-    columns one slab deep; within :data:`MIN_STEP_MM` .. :data:`MAX_STEP_MM`."""
+    columns one slab deep; within :data:`MIN_STEP_MM` .. :data:`MAX_STEP_MM`, and coarser than that only
+    where the ROI would take more than :data:`MAX_SAMPLES`."""
     if volume_mm3 <= 0:
         return MIN_STEP_MM
-    cube = (volume_mm3 / target_samples) ** (1 / 3)
-    step = cube if cube <= thickness_mm else math.sqrt(volume_mm3 / (target_samples * thickness_mm))
-    return float(np.clip(step, MIN_STEP_MM, MAX_STEP_MM))
+
+    def step_for(samples: float) -> float:
+        cube = (volume_mm3 / samples) ** (1 / 3)
+        return cube if cube <= thickness_mm else math.sqrt(volume_mm3 / (samples * thickness_mm))
+
+    # coarser than MAX_STEP_MM only where that step would exceed MAX_SAMPLES (an ROI of many metres)
+    return float(max(np.clip(step_for(target_samples), MIN_STEP_MM, MAX_STEP_MM), step_for(MAX_SAMPLES)))
 
 
 def _layers(start: np.ndarray, stop: np.ndarray, step: float, minimum: int = 1) -> tuple:
