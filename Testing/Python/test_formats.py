@@ -538,6 +538,46 @@ def test_openkbp_layout_and_values(study):
         assert geometry["frame_of_reference_uid"] == truth.frame_of_reference_uid
 
 
+def test_openkbp_rois_named_like_its_own_files_never_replace_them(tmp_path, capsys):
+    """Thirteenth hostile trial M8: an ROI named ``dose``, ``ct``, ``possible_dose_mask`` or ``voxel_dimensions`` was
+    written over OpenKBP's file of that name (dose.csv became an 895-row mask), status ok. Such an ROI's mask is
+    ``<name>-2.csv`` now, as geometry.json says; the sample's own files stay what they are."""
+    import hostile
+    from DoseAlignLib.cli import main
+    from DoseAlignLib.output.openkbp import read_sparse_csv
+    from pydicom import dcmread
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "KBP-NAMES", 41)
+    ds = dcmread(truth.struct_file)
+    taken = ["dose", "CT", "possible_dose_mask", "Voxel_Dimensions"]  # for External, PTV, Cord, Ring
+    for roi, name in zip(ds.StructureSetROISequence, taken):
+        roi.ROIName = name
+    ds.save_as(truth.struct_file)
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "openkbp"]) == 0
+    capsys.readouterr()
+    (sample,) = list(out.glob("*/openkbp"))
+    geometry = json.loads((sample / "geometry.json").read_text(encoding="utf-8"))
+    for name in taken:
+        file_name = geometry["structures"].get(name)
+        if file_name is None:  # an ROI that misses the 128^3 grid has no file
+            assert name in geometry["structures_empty_on_grid"], geometry["structures_empty_on_grid"]
+            continue
+        assert file_name.lower() == f"{name.lower()}-2.csv", file_name
+        assert all(row[1] == "" for row in _read_csv_rows(sample / file_name)[1:])  # a mask
+    assert "dose" in geometry["structures"], geometry["structures"]
+    for own in ("ct.csv", "dose.csv"):
+        rows = _read_csv_rows(sample / own)[1:]
+        assert rows and all(float(row[1]) > 0 for row in rows), own  # values, not a mask's empty fields
+    dose = read_sparse_csv(sample / "dose.csv")
+    assert float(dose.max()) == pytest.approx(geometry["dose"]["max_gy"], rel=1e-6)
+    np.testing.assert_allclose(np.loadtxt(sample / "voxel_dimensions.csv"), geometry["voxel_dimensions_mm"])
+    assert (
+        geometry["nonzero_counts"]["possible_dose_mask"] == len(_read_csv_rows(sample / "possible_dose_mask.csv")) - 1
+    )
+
+
 def _openkbp_points(geometry: dict) -> np.ndarray:
     """LPS of every OpenKBP voxel, array order (j, i, k), from geometry.json alone."""
     a0, a1, a2 = np.meshgrid(np.arange(128), np.arange(128), np.arange(128), indexing="ij")

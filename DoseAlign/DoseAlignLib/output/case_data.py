@@ -63,15 +63,17 @@ def safe_name(name: str) -> str:
     return text or "roi"
 
 
-def unique_file_names(names: list) -> list:
+def unique_file_names(names: list, reserved: Sequence[str] = ()) -> list:
     """Safe, distinct file names for ``names`` (distinct also on case-insensitive file systems).
 
     A name that is file-safe as it is keeps it, whatever comes before it: a file named exactly after an
-    ROI holds that ROI (``CTV_1`` stays ``CTV_1`` beside ``CTV 1``, which becomes ``CTV_1-2``).
+    ROI holds that ROI (``CTV_1`` stays ``CTV_1`` beside ``CTV 1``, which becomes ``CTV_1-2``). Names in
+    ``reserved`` belong to the format's own files beside the masks (OpenKBP's ``dose``): an ROI of that name
+    gets ``-2`` (``dose-2``), so that its mask never replaces them.
     """
     bases = [safe_name(name) for name in names]
     out: list = [None] * len(names)
-    seen = set()
+    seen = {name.lower() for name in reserved}
     for index, (name, base) in enumerate(zip(names, bases)):
         if base == name and base.lower() not in seen:
             out[index] = base

@@ -197,6 +197,10 @@ def _write_mask(path: Path, mask_flat: np.ndarray) -> int:
     return int(index.size)
 
 
+#: The sample's own files beside the ROI masks (``<name>.csv``, geometry.json): an ROI named so gets another name.
+OWN_FILES = ("ct", "dose", "possible_dose_mask", "voxel_dimensions", "geometry")
+
+
 def write_openkbp(case: CaseData, folder: Path, settings: Optional[OpenKBPSettings] = None) -> dict:
     """Write ``folder/openkbp/`` (CSV files and geometry.json); return what was written."""
     settings = settings or OpenKBPSettings()
@@ -214,7 +218,7 @@ def write_openkbp(case: CaseData, folder: Path, settings: Optional[OpenKBPSettin
     np.savetxt(out / "voxel_dimensions.csv", np.asarray(voxel_dimensions))
     structures, empty = {}, []
     names = sample["masks"].names
-    for (name, mask), file_name in zip(sample["masks"], unique_file_names(names)):
+    for (name, mask), file_name in zip(sample["masks"], unique_file_names(names, reserved=OWN_FILES)):
         if not mask.any():
             empty.append(name)  # OpenKBP has no file for a ROI that is absent
             continue
@@ -268,7 +272,7 @@ def write_openkbp(case: CaseData, folder: Path, settings: Optional[OpenKBPSettin
         "source": case.meta.get("source", {}),
     }
     (out / "geometry.json").write_text(json_text(geometry), encoding="utf-8")  # last: marks the sample complete
-    names = ("ct", "dose", "possible_dose_mask", "voxel_dimensions", "geometry")
+    names = OWN_FILES
     files = {n: f"{FOLDER}/{n}.{'json' if n == 'geometry' else 'csv'}" for n in names}
     return {"files": files, "structures": {n: f"{FOLDER}/{f}" for n, f in structures.items()}}
 
