@@ -1141,10 +1141,20 @@ UNPADDED = [
     ),
     (
         "MRN0072315",
-        ["PTV_72315", "MRN72315", "mrn-72315", "boost 72315", "MRN 0072315"],
-        ["PTV72315", "x72315", "172315", "63.72315", "72315.5", "7231"],
+        # (thirteenth hostile trial M13: the number as written in the ID, zeros first, was kept)
+        [
+            "PTV_72315",
+            "MRN72315",
+            "mrn-72315",
+            "boost 72315",
+            "MRN 0072315",
+            "PTV 0072315",
+            "CTV-0072315",
+            "z_0072315_v2",
+        ],
+        ["PTV72315", "x72315", "172315", "63.72315", "72315.5", "7231", "x0072315", "10072315", "0.0072315"],
     ),
-    ("AB-0004127-C", ["PTV 4127", "ab-4127-c", "AB4127C"], ["PTV4127", "14127", "41.27"]),
+    ("AB-0004127-C", ["PTV 4127", "ab-4127-c", "AB4127C", "ctv_0004127"], ["PTV4127", "14127", "41.27", "PTV0004127"]),
     ("0000007", ["PTV 0000007"], ["PTV_7", "PTV 7"]),
     ("00123", ["PTV_00123"], ["PTV_123"]),
 ]
@@ -1191,16 +1201,17 @@ def test_an_ids_number_without_its_leading_zeros_never_reaches_the_output(tmp_pa
     spreadsheets print MRNs: ``PTV_72315`` was in meta.json, dvh.csv, dataset.json and a mask file name (9 hits),
     status ok. The case is exported with ``PTV_[removed]``, and no output byte holds 72315."""
     root = tmp_path / "in"
-    truth = hostile.study(root / "p", pid, 69, patient_name="Quillfeather^Odalys", extra_organs=1, ct_size=(32, 28, 16))
+    truth = hostile.study(root / "p", pid, 69, patient_name="Quillfeather^Odalys", extra_organs=2, ct_size=(32, 28, 16))
     ds = dd.read(truth.struct_file)
     ds.StructureSetROISequence[-1].ROIName = "PTV_72315"
+    ds.StructureSetROISequence[-2].ROIName = "z_0072315_v2"  # thirteenth hostile trial M13
     dd.save(ds, truth.struct_file)
     out = tmp_path / "share" / "out"
     code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
     capsys.readouterr()
     (row,) = hostile.manifest(out)
     assert code == 0 and row["status"] == "ok", row
-    assert "PTV_[removed]" in _names_of(out, row)
+    assert {"PTV_[removed]", "z_[removed]_v2"} <= set(_names_of(out, row)), _names_of(out, row)
     # as a number of its own (a keyed 2.25.<39 digits> UID may hold these digits inside it by chance)
     found = [where for where, data in _all_output_bytes(out) if re.search(rb"(?<![0-9.])72315(?![0-9])", data)]
     assert not found, found[:10]

@@ -1537,8 +1537,13 @@ def unpadded_ids(identifiers: Iterable[str]) -> tuple:
         variant = re.sub(r"[0-9]+", functools.partial(_unpad, found=found), identifier)
         if found:
             ids.add(variant)
-            if not variant.isdigit():
-                numbers.update(found)
+        if not identifier.isdigit():
+            numbers.update(found)
+            # and as written in the ID, zeros first (MRN0072315's 0072315: how the number is printed without its
+            # letters; no number the export writes itself starts with a zero)
+            numbers.update(
+                run for run in re.findall(r"[0-9]+", identifier) if run[0] == "0" and len(run) >= MIN_UNPADDED_DIGITS
+            )
     return ids, numbers
 
 
@@ -1653,17 +1658,22 @@ class IdentityGuard:
         self.bare_numbers = set()
         for squeezed in list(self.ids):
             pieces, dropped, digits = [], [], ""
+            padded = []
             for char in squeezed + "\0":
                 if char in _DIGITS:
                     digits += char
                     continue
                 kept = digits.lstrip("0")
+                if digits[:1] == "0" and len(digits) >= MIN_UNPADDED_DIGITS:
+                    padded.append(digits)  # as written in the ID, zeros first
                 if digits and kept != digits and len(kept) >= MIN_UNPADDED_DIGITS:
                     dropped.append(kept)
                     digits = kept
                 pieces.append(digits)
                 pieces.append(char)
                 digits = ""
+            if not all(c in _DIGITS for c in squeezed):
+                self.bare_numbers.update(padded)
             if dropped:
                 variant = "".join(pieces[:-1])
                 self.ids.add(variant)
