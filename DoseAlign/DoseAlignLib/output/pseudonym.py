@@ -2028,6 +2028,10 @@ def _dates_in(text: str) -> set:
             found.add(f"{c}{int(a):02d}{int(b):02d}")
         elif len(c) == 2 and len(a) <= 2:  # a two-digit year: 75-03-02, 02.03.75, 03/02/75
             _add_short(found, a.zfill(2) + b.zfill(2) + c)
+    # the year apart from the month and day written together: 2023_0415, 0415-2023 (MMDD), 1504 2023 (DDMM)
+    for match in re.finditer(r"(?<![\d.])(\d{4})[./\-_ ](\d{4})(?![\d]|\.\d)", text):
+        a, b = match.groups()
+        found.update((a + b, b + a, b + a[2:] + a[:2]))
     # six digits (YYMMDD, DDMMYY, MMDDYY), not the decimals of a number (0.750302), and only in a field that holds
     # letters too ("PTV 750302"): a column of numbers (voxel indices in openkbp's CSV files) holds no dates
     if _SIX_DIGITS.search(text):
@@ -2131,7 +2135,8 @@ def _date_pattern(date: str):
     day-month-year and month-day-year order with ``.``, ``/``, ``-``, ``_`` or a space between (any one, months and days
     with or without a leading zero: ``1975-3-2``), also with a two-digit year (``75-03-02``, ``02.03.75``) and,
     without separators, ``19750302``, ``02031975`` (DDMMYYYY), ``03021975`` (MMDDYYYY), ``750302`` (YYMMDD),
-    ``020375`` (DDMMYY), ``030275`` (MMDDYY); and with the
+    ``020375`` (DDMMYY), ``030275`` (MMDDYY); the year apart from the month and day (``1975_0302``,
+    ``0302-1975``, ``0203 1975``); and with the
     month's English name or its three-letter abbreviation (``Mar 2, 1975``, ``2 March 1975``, ``02Mar1975``,
     ``1975-Mar-02``). A group of digits in a decimal number (``0.750302``) is no date."""
     pattern = _DATE_PATTERNS.get(date)
@@ -2146,6 +2151,9 @@ def _date_pattern(date: str):
             f"{dd}{sep}{mm}{sep}{year}",
             f"{mm}{sep}{dd}{sep}{year}",
             f"{y2}{sep}{mm}{sep}{dd}",
+            f"{y4}{sep}{m:02d}{d:02d}",  # the year apart from the month and day written together
+            f"{m:02d}{d:02d}{sep}{y4}",
+            f"{d:02d}{m:02d}{sep}{y4}",
             date,
             f"{d:02d}{m:02d}{y4}",
             f"{m:02d}{d:02d}{y4}",
