@@ -104,6 +104,25 @@ def test_ct_choice_errors_name_what_is_wrong(tmp_path):
         assert case.ct.series_uid == truth.ct_series_uid
 
 
+def test_a_csv_pairing_one_dose_with_two_cts_is_refused(tmp_path):
+    """Thirteenth hostile trial M12: a --ct CSV with two rows for one dose (by its path twice, ``./path``, or path and
+    SOPInstanceUID) naming two CTs was taken without a word, the last row winning. Both lines are named now; the
+    same pairing twice is no conflict."""
+    truth, scan = _study(tmp_path, with_plan=False)
+    pairs = tmp_path / "pairs.csv"
+    name, uid = truth.dose_files[0].name, truth.dose_sop_uids[0]
+    for first, second in ((name, name), (name, f"./{name}"), (name, uid)):
+        with open(pairs, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([["dose", "ct"], [first, "."], [second, "rescan"]])
+        with pytest.raises(InputError, match="line 3 pairs RTDOSE .* line 2 with CT .*one CT per dose") as error:
+            form_cases(scan, ct=str(pairs))
+        assert "pairs.csv" in str(error.value)
+    with open(pairs, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["dose", "ct"], [name, "rescan"], [uid, "rescan"]])
+    (case,) = form_cases(scan, ct=str(pairs)).cases
+    assert case.ct.folder == "rescan"
+
+
 def test_one_ct_for_several_studies_is_refused(tmp_path):
     write_phantom(tmp_path / "in" / "a", PhantomSpec(patient_id="A", seed=1))
     write_phantom(tmp_path / "in" / "b", PhantomSpec(patient_id="B", seed=2))

@@ -116,6 +116,7 @@ def _read_pairs(path: Path, scan: ScanResult) -> CtRequest:
         raise InputError("needs a header with the columns dose and ct, and one row per dose", path=path)
     doses = scan.of_kind("RTDOSE")
     request = CtRequest(source=str(path))
+    paired_on: dict = {}  # dose rel_path -> the line that paired it
     for n, row in enumerate(rows, start=2):
         cells = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         dose_text, ct_text = cells.get("dose", ""), cells.get("ct", "")
@@ -130,7 +131,15 @@ def _read_pairs(path: Path, scan: ScanResult) -> CtRequest:
             )
         series = _find_series(ct_text, scan, where=where)
         for dose in matches:
+            earlier = request.by_dose.get(dose.rel_path)
+            if earlier is not None and earlier is not series:  # the last row won without a word (M12)
+                raise InputError(
+                    f"line {n} pairs RTDOSE {dose.rel_path} with CT {describe_series(series)}, line "
+                    f"{paired_on[dose.rel_path]} with CT {describe_series(earlier)}: one CT per dose",
+                    path=path,
+                )
             request.by_dose[dose.rel_path] = series
+            paired_on.setdefault(dose.rel_path, n)
     return request
 
 
