@@ -320,13 +320,26 @@ def read_option_text(path, what: str) -> str:
 
 
 def read_option_json(path, what: str):
-    """:func:`read_option_text` parsed as JSON; ValueError also for JSON nested too deeply to parse."""
+    """:func:`read_option_text` parsed as JSON; ValueError also for JSON nested too deeply to parse, and for an
+    object that names one key twice (JSON keeps the last: a channel of --roi-map named twice lost its first list
+    without a word, thirteenth hostile trial M14)."""
     text = read_option_text(path, what)
+
+    def no_key_twice(pairs: list) -> dict:
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                raise ValueError(f"{what} {path}: the key {key!r} is given twice in one object; give it once")
+            seen[key] = value
+        return seen
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=no_key_twice)
     except RecursionError:
         raise ValueError(f"{what} {path}: nested too deeply to be read as JSON") from None
     except ValueError as error:
+        if str(error).startswith(f"{what} {path}: "):  # named above
+            raise
         raise ValueError(f"{what} {path}: cannot be read as JSON ({error})") from None
 
 

@@ -419,6 +419,32 @@ def test_option_files_are_read_only_when_regular_and_small(tmp_path, capsys, opt
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "option, text",
+    [
+        ("--roi-map", '{"Target": ["PTV"], "Target": ["GTV"]}'),
+        ("--roi-map", '{"channels": {"Target": ["PTV"], "Target": ["GTV"]}}'),
+        ("--audit-thresholds", '{"dvh_delta_pct": 2, "dvh_delta_pct": 50}'),
+    ],
+)
+def test_an_option_file_naming_one_key_twice_is_refused(tmp_path, capsys, option, text):
+    """Thirteenth hostile trial M14: a --roi-map naming one channel twice lost its first list without a word (JSON
+    keeps the last). A key given twice in one object is refused, exit 2, naming the file and the key."""
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "OPTKEY-1", 65, with_structures=False)
+    path = tmp_path / "option.json"
+    path.write_text(text, encoding="utf-8")
+    try:
+        code = main(["export", str(root), str(tmp_path / "out"), "--quiet", option, str(path)])
+    except SystemExit as usage:
+        code = usage.code
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "given twice" in err and "Traceback" not in err, (code, err)
+    assert not (tmp_path / "out").exists()
+
+
 def _no_threads(monkeypatch) -> list:
     """threading.Thread.start raises as under ``ulimit -v 200000`` (no memory for another thread's stack); the
     names of the threads that were refused are collected."""
