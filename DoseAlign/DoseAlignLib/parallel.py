@@ -28,14 +28,20 @@ logger = logging.getLogger(__name__)
 _STAGE_QUEUE = None
 
 
+#: Most parts of a split: ``merge`` reads K and N of at most six digits from the shard manifests' names.
+MAX_SHARDS = 999_999
+
+
 def parse_shard(text: str) -> tuple:
-    """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N."""
+    """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N <= :data:`MAX_SHARDS`."""
     try:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
         raise ValueError(f"--shard takes K/N, e.g. 2/8, got {text!r}") from None
     if not 1 <= k <= n:
         raise ValueError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
+    if n > MAX_SHARDS:  # its shard manifest would be one merge cannot read (thirteenth hostile trial M9)
+        raise ValueError(f"--shard K/N takes at most {MAX_SHARDS:,} parts, got {text!r}")
     return k, n
 
 

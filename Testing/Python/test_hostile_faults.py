@@ -1553,6 +1553,22 @@ def test_a_shard_whose_export_did_not_finish_is_not_merged(tmp_path, capsys):
     _refused(out, capsys, "manifest.shard-2-of-2.csv lists 1 of the", "still running, or it was stopped")
 
 
+def test_a_split_into_more_parts_than_merge_reads_is_refused(tmp_path, capsys):
+    """Thirteenth hostile trial M9: ``--shard 1/1000000`` was accepted and wrote manifest.shard-1-of-1000000.csv,
+    which merge calls "not a shard manifest's name" (K and N of at most six digits): shards never merged. Refused
+    now as a usage error, nothing written; 999999 parts are still taken."""
+    root = tmp_path / "in"
+    hostile.study(root / "p", "SHARDS-MANY", 66, with_structures=False)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        main(["export", str(root), str(out), "--shard", "1/1000000", "--quiet", "--no-qa-png"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "at most 999,999 parts" in err, err
+    assert not out.exists()
+    assert main(["export", str(root), str(out), "--shard", "1/999999", "--quiet", "--no-qa-png"]) == 0
+    assert (out / "manifest.shard-1-of-999999.csv").is_file()
+
+
 def test_a_missing_shard_is_named(sharded, tmp_path, capsys):
     out = _shards(sharded, tmp_path)
     (out / "manifest.shard-2-of-2.csv").unlink()
