@@ -1251,8 +1251,8 @@ def _export_targets(shard: Optional[tuple], report_html: bool, formats) -> list:
 
 
 def _check_targets(out_dir: Path, names, who: str) -> None:
-    """A folder, named pipe, socket or device where a run writes one of its files at the top of OUT, or a file
-    DoseAlign did not write (:func:`~DoseAlignLib.output.out_folder.foreign_file`), is a user's: it is not
+    """A folder, named pipe, socket, device or symbolic link where a run writes one of its files at the top of OUT,
+    or a file DoseAlign did not write (:func:`~DoseAlignLib.output.out_folder.foreign_file`), is a user's: it is not
     replaced, and the run is refused before anything is written (a finished temporary renamed over it would
     remove it)."""
     for name in names:
@@ -1273,6 +1273,8 @@ def _check_targets(out_dir: Path, names, who: str) -> None:
             if stat.S_ISSOCK(mode)
             else "a device"
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else f"a symbolic link (to {os.readlink(path)})"  # DoseAlign writes none (thirteenth hostile trial M10)
+            if stat.S_ISLNK(mode)
             else None
         )
         if kind is not None:  # none of these is a file DoseAlign wrote; renaming over it would remove it (a user's

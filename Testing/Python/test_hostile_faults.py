@@ -1950,6 +1950,23 @@ def test_a_users_file_where_export_writes_its_own_is_refused_first(cohort, tmp_p
     assert again.returncode == 0, again.stderr  # its own files, written by the run before, are replaced
 
 
+@pytest.mark.parametrize("name", ["manifest.csv", "report.html"])
+def test_a_users_link_where_export_writes_its_own_is_refused_first(cohort, tmp_path, name):
+    """Thirteenth hostile trial M10: a user's symbolic link at OUT/manifest.csv (to their own CSV) or OUT/report.html
+    was replaced by DoseAlign's file without a word, the link gone. DoseAlign writes no links: one at such a name is
+    refused like a folder there (exit 2, named, kept, its target untouched)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = tmp_path / "mine.txt"
+    mine.write_text("patient,score\nA,1\n", encoding="utf-8")
+    (out / name).symlink_to(mine)
+    done = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--no-qa-png", timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert name in done.stderr and "is a symbolic link" in done.stderr and "not DoseAlign's" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).is_symlink()
+    assert mine.read_text(encoding="utf-8") == "patient,score\nA,1\n"
+
+
 def test_a_file_name_never_acts_on_the_terminal(cohort, tmp_path):
     """Seventh hostile trial (noticed): a damaged file named `bad\\x1b[31mred\\x1b]0;title\\x07.dcm` was printed raw by
     export and scan, so its escape sequences coloured the terminal and could set its title or move the cursor.
