@@ -391,7 +391,7 @@ def _explicit_big_endian_meta() -> bytes:
     [3_000, 50_000],
     ids=["kept in memory (under 64 KiB)", "deferred by the scan (over 64 KiB)"],
 )
-@pytest.mark.parametrize("where", ["top level", "nested", "big endian"])
+@pytest.mark.parametrize("where", ["top level", "nested", "nested as UN", "big endian"])
 def test_items_of_sequences_parsed_when_first_used_count_against_the_reads_limit(
     store, tmp_path, monkeypatch, where, items
 ):
@@ -410,6 +410,8 @@ def test_items_of_sequences_parsed_when_first_used_count_against_the_reads_limit
         body = _explicit_big_endian_meta() + sop + _defined_items(items, little=False)
     else:
         inner = _defined_items(items, 0x3006, 0x0040)  # ContourSequence
+        if where == "nested as UN":  # (thirteenth hostile trial M11: 3 M items took 3.75 GB in the case)
+            inner = inner[:4] + b"UN" + inner[6:]
         body = _file_meta("1.2.840.10008.1.2.1") + _element(0x0008, 0x0016, b"UI", sop_class)
         body += _defined_items(items) if where == "top level" else _undefined_holding(inner)
     (root / "p1" / "items.dcm").write_bytes(body)
@@ -420,6 +422,28 @@ def test_items_of_sequences_parsed_when_first_used_count_against_the_reads_limit
     result = scan.scan_folder(root)
     reasons = [entry[1] for entry in result.skipped if entry[0] == "p1/items.dcm"]
     assert reasons and "reads" in reasons[0] and "DOSEALIGN_HEADER_READS" in reasons[0], result.skipped
+
+
+def test_running_out_of_memory_in_a_un_sequence_is_not_called_damage(monkeypatch):
+    """Thirteenth hostile trial M11: a MemoryError while a nested UN ContourSequence was decoded was reported as "its
+    value is not an implicit VR little endian sequence (PS3.5 6.2.2): MemoryError", and the case went on without
+    masks as if the RTSTRUCT were damaged. It is let through as what it is (the case fails "out of memory")."""
+    from DoseAlignLib.dicom import headers
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item._dict[0x30060040] = RawDataElement(0x30060040, "UN", 8, struct.pack("<HHI", 0xFFFE, 0xE000, 0), 0, False, True)
+    ds = Dataset()
+    ds.ROIContourSequence = Sequence([item])
+
+    def exhausted(*_args, **_kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(headers, "read_sequence", exhausted)
+    with pytest.raises(MemoryError):
+        headers.decode_nested_un_sequences(ds, Path("rs.dcm"))
 
 
 def test_reading_a_deflated_header_is_bounded_in_time(store, tmp_path):

@@ -171,7 +171,7 @@ def _decode_un_sequences(ds: Dataset, handle: DicomFile, path: Path) -> None:
                 encodings = convert_encodings(ds.get("SpecificCharacterSet", None) or "ISO_IR 6")
                 try:
                     sequence = read_sequence(handle, True, True, length, encodings)
-                except LimitError:
+                except (LimitError, MemoryError):  # what they are, not damage (thirteenth hostile trial M11)
                     raise
                 except Exception as error:  # pydicom raises many types on damaged values
                     if handle.limit_error is not None:  # a limit reached inside pydicom (an OSError there)
@@ -248,6 +248,8 @@ def decode_nested_un_sequences(ds: Dataset, path: Path, depth: int = 0) -> None:
                 )
             try:
                 sequence = read_sequence(io.BytesIO(data), True, True, len(data), ds._character_set)
+            except MemoryError:  # what it is, not damage (thirteenth hostile trial M11: the case went on without masks)
+                raise
             except Exception as error:  # pydicom raises many types on damaged values
                 raise InputError(
                     f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword_for_tag(tag)} is stored with VR UN and its value "

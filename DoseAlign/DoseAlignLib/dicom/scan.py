@@ -695,6 +695,7 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
             headers.text(item, "ReferencedFrameOfReferenceUID") for item in ds.get("StructureSetROISequence", [])
         ]
         if not images:  # the referenced series lists no images: the contours' own references, read item by item
+            headers.decode_nested_un_sequences(ds, path)  # a ContourSequence stored as UN (bounded by the charge)
             for roi in ds.get("ROIContourSequence", []):
                 for contour in roi.get("ContourSequence", []):
                     for image in contour.get("ContourImageSequence", []):
