@@ -68,7 +68,7 @@ class CaseResult:
 
 def lowest_value(ct: np.ndarray) -> Optional[float]:
     """A CT's lowest value, from every fourth row and column of each slice (cheap, and air is never a speck): about
-    -1000 HU for a patient CT, the air around the patient or in the lungs (the audit's ``ct_air_hu`` flag). None
+    -1000 HU for a patient CT, the air around the patient or in the lungs (the audit's ``ct_lowest_hu`` flag). None
     for a CT of one value (a synthetic water phantom of 0 HU: it tells nothing about the scale)."""
     sample = ct[:, ::4, ::4]
     if not sample.size:

@@ -1377,15 +1377,20 @@ def test_a_brachytherapy_plan_is_not_flagged_above_its_prescription(clean, tmp_p
     assert "dose_above_prescription" not in row["audit_flags"], row["audit_flags"]
 
 
-@pytest.mark.parametrize("intercept, flagged", [(0, True), (None, False)])
+@pytest.mark.parametrize("intercept, flagged", [(0, True), (None, False), ("water", False)])
 def test_a_ct_without_air_is_flagged(clean, tmp_path, capsys, intercept, flagged):
     """Thirteenth hostile trial M7: a CT whose RescaleIntercept was lost (0 instead of -1024: air at +24 HU, water
-    at about +1024) was ok with no flag or warning. The audit flags a CT whose lowest value is not below -200 HU."""
+    at about +1024) was ok with no flag or warning. The audit flags a CT whose lowest value is not below 0 HU."""
     root = _copy(clean, "plan", tmp_path)
     slices = [root / _rel(clean, "plan", path) for path in clean["plan"].ct_files]
+    noise = np.random.default_rng(7)
     for path in slices:
         ds = dd.read(path)
-        if intercept is not None:  # stored as a scanner stores them (HU + 1024, unsigned), the intercept -1024 lost
+        if intercept == "water":  # fourteenth trial N1: a water tank filling the field, no air, scanner noise: no flag
+            hu = noise.normal(0.0, 15.0, ds.pixel_array.shape)
+            stored = np.rint((hu - float(ds.RescaleIntercept)) / float(ds.RescaleSlope)).astype(ds.pixel_array.dtype)
+            ds.PixelData = stored.tobytes()
+        elif intercept is not None:  # stored as a scanner stores them (HU + 1024, unsigned), the intercept -1024 lost
             hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
             stored = np.rint(hu + 1024)
             assert stored.min() >= 0 and hu.min() < -200, "the study must hold air for this test"

@@ -81,11 +81,12 @@ def flags_for(
             f"{prescription_gy:.4g} Gy (limit {t['dmax_prescription_max_pct']:g} %): no treatment's dose of this plan "
             "(a dose in cGy read as Gy, a wrong DoseGridScaling, or a prescription of one fraction)",
         )
-    if ct_lowest_hu is not None and ct_lowest_hu >= t["ct_air_hu"]:
+    if ct_lowest_hu is not None and ct_lowest_hu >= t["ct_lowest_hu"]:
         add(
             "ct_without_air",
-            f"the CT's lowest value is {ct_lowest_hu:g} HU (limit {t['ct_air_hu']:g} HU): no air around the patient "
-            "or in the lungs, so its values are likely not HU (a lost or wrong RescaleIntercept)",
+            f"the CT's lowest value is {ct_lowest_hu:g} HU (limit {t['ct_lowest_hu']:g} HU): no air, lung or fat, as if "
+            "its stored values were read without their RescaleIntercept (a phantom of water and denser inserts only "
+            "would look so too)",
         )
     if dose_audit.get("native") is not None:
         if abs(dose_audit["dmax_diff_pct"]) > t["dmax_diff_pct"]:

@@ -45,11 +45,11 @@ Default thresholds (:data:`DEFAULT_THRESHOLDS`; override any of them through
     the dose is no treatment's dose of that plan (stored in cGy but read as Gy: x100; a wrong
     DoseGridScaling; a per-fraction prescription). Not checked for brachytherapy plans, whose dose
     near a source exceeds the prescription many times.
-``ct_air_hu`` -200
-    The CT's lowest value as read must lie below this: a patient CT shows air near -1000 HU around the
-    patient or in the lungs, so a CT without any value below -200 HU holds no HU (a lost RescaleIntercept:
-    stored values 0-4095 read as HU, air at about +24). A CT of one value (a synthetic water phantom) is
-    not judged.
+``ct_lowest_hu`` 0
+    The CT's lowest value as read must lie below this: a patient CT holds air, lung or fat (below 0 HU),
+    and so does a water phantom through its noise, while unsigned stored values read without their
+    RescaleIntercept (-1024 lost: air at about +24, water at +1024) are never negative. A CT of one value
+    (a synthetic water phantom) is not judged.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ DEFAULT_THRESHOLDS = {
     "beam_sum_diff_pct": 1.0,
     "dmax_prescription_min_pct": 50.0,
     "dmax_prescription_max_pct": 300.0,
-    "ct_air_hu": -200.0,
+    "ct_lowest_hu": 0.0,
 }
 
 
