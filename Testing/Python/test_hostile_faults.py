@@ -1790,6 +1790,41 @@ def test_merging_again_keeps_the_rows_an_append_added(sharded, tmp_path, capsys)
     assert (out / "COPIED-CASE").is_dir() and len(hostile.manifest(out)) == 5
 
 
+def test_a_case_exported_again_after_its_shard_keeps_the_row_of_its_folder(tmp_path, capsys):
+    """Fourteenth hostile trial N2: shards merged, one case's dose corrected in place and exported again with
+    ``--append``, then ``merge``: manifest.csv took the shard manifest's older row (dmax 63.06, no flag) while the
+    folder held the new case (126.12 Gy): rc 0, no note. Each row now follows its case folder, and merge says so."""
+    import pydicom
+
+    root = tmp_path / "in"
+    for n in range(3):
+        hostile.study(root / f"p{n}", f"AGAIN-{n}", 95 + n, with_structures=False)
+    out = tmp_path / "out"
+    for k in (1, 2):
+        assert main(["export", str(root), str(out), "--shard", f"{k}/2", "--quiet", "--no-qa-png"]) == 0
+    assert main(["merge", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "exported again" not in said, said
+    before = {r["case_id"]: r for r in hostile.manifest(out)}
+    (dose,) = [
+        p for p in (root / "p0").rglob("*.dcm") if pydicom.dcmread(p, stop_before_pixels=True).Modality == "RTDOSE"
+    ]
+    ds = pydicom.dcmread(dose)
+    ds.DoseGridScaling = str(float(ds.DoseGridScaling) * 2)
+    ds.save_as(dose)
+    assert main(["export", str(root), str(out), "--append", "--quiet", "--no-qa-png"]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 0
+    said = capsys.readouterr().out
+    rows = {r["case_id"]: r for r in hostile.manifest(out)}
+    changed = [case_id for case_id in rows if rows[case_id]["dmax_gy"] != before[case_id]["dmax_gy"]]
+    assert len(changed) == 1 and "AGAIN-0" in changed[0], (changed, rows)
+    meta = json.loads((out / changed[0] / "meta.json").read_text(encoding="utf-8"))
+    assert float(rows[changed[0]]["dmax_gy"]) == pytest.approx(meta["dose"]["max_gy_output"], rel=1e-5)
+    assert float(rows[changed[0]]["dmax_gy"]) == pytest.approx(2 * float(before[changed[0]]["dmax_gy"]), rel=1e-3)
+    assert "exported again after their shard" in said and changed[0] in said, said
+
+
 def test_a_row_merge_cannot_keep_is_named(sharded, tmp_path, capsys):
     """A row of manifest.csv that no shard lists, whose case folder is gone, is left out of the merged manifest
     with its reason (it used to be dropped without a word)."""

@@ -120,6 +120,13 @@ def _with_meta(row: dict, meta: Optional[dict]) -> dict:
     return row
 
 
+def differs_from_meta(row: dict, meta: dict) -> list:
+    """The columns of a manifest ``row`` that its case folder's meta.json says otherwise (the folder was exported
+    again after the row was written): empty when the row describes the folder."""
+    expected = _with_meta({}, meta)
+    return sorted(key for key, value in expected.items() if _cell(value) != (row.get(key) or ""))
+
+
 def _cell(value) -> str:
     if value is None:
         return ""
