@@ -1361,6 +1361,43 @@ def test_a_dose_far_above_the_prescription_is_flagged(clean, tmp_path, capsys, s
     assert rx and (dmax / rx > 3) == flagged, (dmax, rx)  # else the test tells nothing
 
 
+@pytest.mark.parametrize("boost_first", [True, False])
+def test_a_dose_of_two_plans_is_judged_against_no_single_prescription(clean, tmp_path, capsys, boost_first):
+    """Fourteenth hostile trial N6: a MULTI_PLAN dose naming a boost plan (10 Gy prescribed) before the initial one
+    took the first plan's prescription: a false dose_above_prescription "631.5 % ... a dose in cGy read as Gy" and
+    V_Rx against 10 Gy. A dose of several plans has no single prescription (as a PLAN_SUM of --sum-plans)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    root = _copy(clean, "plan", tmp_path)
+    plan_path = root / _rel(clean, "plan", clean["plan"].plan_file)
+    boost = dd.read(plan_path)
+    boost.SOPInstanceUID = generate_uid()
+    boost.file_meta.MediaStorageSOPInstanceUID = boost.SOPInstanceUID
+    boost.RTPlanLabel = "BOOST"
+    for reference in boost.DoseReferenceSequence:
+        reference.TargetPrescriptionDose = "10"
+    dd.save(boost, plan_path.with_name("boost_plan.dcm"))
+    initial = dd.read(plan_path)
+    dose_path = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    ds = dd.read(dose_path)
+    ds.DoseSummationType = "MULTI_PLAN"
+    uids = [boost.SOPInstanceUID, initial.SOPInstanceUID]
+    items = []
+    for uid in uids if boost_first else uids[::-1]:
+        item = Dataset()
+        item.ReferencedSOPClassUID = initial.SOPClassUID
+        item.ReferencedSOPInstanceUID = uid
+        items.append(item)
+    ds.ReferencedRTPlanSequence = items
+    dd.save(ds, dose_path)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = [r for r in rows if r["status"] == "ok"]
+    assert "dose_above_prescription" not in row["audit_flags"], row["audit_flags"]
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["audit"]["prescription_gy"] is None, meta["audit"]["prescription_gy"]
+
+
 def test_a_brachytherapy_plan_is_not_flagged_above_its_prescription(clean, tmp_path, capsys):
     """M6's bound is not one for brachytherapy: the dose near a source is many times the prescription."""
     root = _copy(clean, "plan", tmp_path)

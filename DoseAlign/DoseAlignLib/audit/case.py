@@ -41,7 +41,12 @@ def add_structures_and_audit(result, case, options, ct_geometry, contours=None) 
         The case's contours when already read (:func:`~DoseAlignLib.structures.case.read_case_contours`).
     """
     thresholds = thresholds_with(getattr(options, "audit_thresholds", None))
-    prescription = case.plan.info.get("prescription_gy") if case.plan is not None else None
+    # one plan's prescription, for the dose of that plan only: a MULTI_PLAN dose (or a sum) of plans prescribing
+    # 60 and 10 Gy has none of them (the first plan's 10 Gy flagged a 63 Gy sum as a unit error: fourteenth trial N6)
+    plans_referenced = {uid for dose in case.doses for uid in (dose.info.get("plan_uids") or [])}
+    prescription = None
+    if case.plan is not None and len(plans_referenced) <= 1:
+        prescription = case.plan.info.get("prescription_gy")
     out_masks = native_masks = None
     if options.structures:
         out_masks, native_masks = case_masks(result, case, options, ct_geometry, contours)
