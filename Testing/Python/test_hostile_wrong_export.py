@@ -1398,6 +1398,28 @@ def test_a_dose_of_two_plans_is_judged_against_no_single_prescription(clean, tmp
     assert meta["audit"]["prescription_gy"] is None, meta["audit"]["prescription_gy"]
 
 
+@pytest.mark.parametrize("value", ["-60", "0", "nan", "inf", "1e400"])
+def test_a_prescription_that_is_no_dose_is_left_out_with_a_warning(clean, tmp_path, capsys, value):
+    """Fourteenth hostile trial N9: TargetPrescriptionDose -60 failed the case "internal error (ZeroDivisionError)";
+    nan reached meta.json as NaN (no JSON for strict readers); inf flagged "0 % of inf". Such a value is left out
+    with a case warning; the dose is exported, meta.json is strict JSON."""
+    root = _copy(clean, "plan", tmp_path)
+    plan_path = root / _rel(clean, "plan", clean["plan"].plan_file)
+    plan = dd.read(plan_path)
+    plan.DoseReferenceSequence[0]["TargetPrescriptionDose"].value = value
+    dd.save(plan, plan_path)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (0, "ok"), row
+    assert "TargetPrescriptionDose" in row["warnings"] and "no dose in Gy" in row["warnings"], row["warnings"]
+
+    def no_constant(name):
+        raise ValueError(f"meta.json holds {name}")
+
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"), parse_constant=no_constant)
+    assert meta["audit"]["prescription_gy"] is None
+
+
 def test_a_brachytherapy_plan_is_not_flagged_above_its_prescription(clean, tmp_path, capsys):
     """M6's bound is not one for brachytherapy: the dose near a source is many times the prescription."""
     root = _copy(clean, "plan", tmp_path)

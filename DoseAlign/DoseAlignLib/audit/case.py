@@ -47,6 +47,11 @@ def add_structures_and_audit(result, case, options, ct_geometry, contours=None) 
     prescription = None
     if case.plan is not None and len(plans_referenced) <= 1:
         prescription = case.plan.info.get("prescription_gy")
+        ignored = case.plan.info.get("prescriptions_ignored")
+        if ignored:
+            result.meta.setdefault("warnings", []).append(
+                f"the RTPLAN's (300A,0026) TargetPrescriptionDose {', '.join(ignored)} is no dose in Gy: left out"
+            )
     out_masks = native_masks = None
     if options.structures:
         out_masks, native_masks = case_masks(result, case, options, ct_geometry, contours)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -663,12 +664,17 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         ]
         beam_seq = ds.get("BeamSequence", None) or ds.get("IonBeamSequence", [])
         info["beam_numbers"] = sorted(int(b.BeamNumber) for b in beam_seq if "BeamNumber" in b)
-        prescriptions = []
+        prescriptions, ignored = [], []
         for ref in ds.get("DoseReferenceSequence", []):
             value = ref.get("TargetPrescriptionDose")
             if value not in (None, ""):
-                prescriptions.append(float(value))
+                dose = float(value)
+                # (300A,0026) is Type 3: a value that is no dose (-60, NaN, inf) is left out, not used (a division
+                # by zero failed the case, NaN reached meta.json: fourteenth hostile trial N9)
+                (prescriptions if math.isfinite(dose) and dose > 0 else ignored).append(dose)
         info["prescription_gy"] = max(prescriptions) if prescriptions else None
+        if ignored:
+            info["prescriptions_ignored"] = [str(v) for v in ignored]
         # (300A,0202) BrachyTreatmentType, (300A,0230) ApplicationSetupSequence: a source's dose is many times the
         # prescription near it (the audit's upper bound on Dmax does not apply)
         info["brachytherapy"] = "BrachyTreatmentType" in ds or "ApplicationSetupSequence" in ds
