@@ -124,4 +124,11 @@ def options_from_args(args: argparse.Namespace) -> AlignOptions:
 
 
 def _read_json(path: Path) -> dict:
-    return read_option_json(path, "--audit-thresholds")
+    from .audit.thresholds import thresholds_with
+
+    value = read_option_json(path, "--audit-thresholds")
+    try:
+        thresholds_with(value)  # checked here, where the file can be named
+    except ValueError as error:
+        raise ValueError(f"--audit-thresholds {path}: {error}") from None
+    return value

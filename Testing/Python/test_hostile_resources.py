@@ -425,11 +425,21 @@ def test_option_files_are_read_only_when_regular_and_small(tmp_path, capsys, opt
         ("--roi-map", '{"Target": ["PTV"], "Target": ["GTV"]}'),
         ("--roi-map", '{"channels": {"Target": ["PTV"], "Target": ["GTV"]}}'),
         ("--audit-thresholds", '{"dvh_delta_pct": 2, "dvh_delta_pct": 50}'),
+        # fourteenth hostile trial N3: a list or string was an AttributeError traceback (exit 1); NaN, infinities
+        # and true were taken (NaN switched its flag off)
+        ("--audit-thresholds", "[1]"),
+        ("--audit-thresholds", '"x"'),
+        ("--audit-thresholds", '{"ct_lowest_hu": NaN}'),
+        ("--audit-thresholds", '{"dmax_prescription_max_pct": -Infinity}'),
+        ("--audit-thresholds", '{"ct_lowest_hu": true}'),
+        ("--audit-thresholds", '{"edge_dose_pct": 1e400}'),
+        ("--audit-thresholds", '{"edge_dose_pct": "10"}'),
     ],
 )
 def test_an_option_file_naming_one_key_twice_is_refused(tmp_path, capsys, option, text):
     """Thirteenth hostile trial M14: a --roi-map naming one channel twice lost its first list without a word (JSON
-    keeps the last). A key given twice in one object is refused, exit 2, naming the file and the key."""
+    keeps the last). A key given twice in one object is refused, exit 2, naming the file and the key; so are
+    thresholds that are no finite numbers (N3)."""
     from DoseAlignLib.cli import main
 
     root = tmp_path / "in"
@@ -441,7 +451,8 @@ def test_an_option_file_naming_one_key_twice_is_refused(tmp_path, capsys, option
     except SystemExit as usage:
         code = usage.code
     err = capsys.readouterr().err
-    assert code == 2 and str(path) in err and "given twice" in err and "Traceback" not in err, (code, err)
+    assert code == 2 and str(path) in err and "Traceback" not in err, (code, err)
+    assert "given twice" in err or "finite number" in err or "an object of names" in err, err
     assert not (tmp_path / "out").exists()
 
 

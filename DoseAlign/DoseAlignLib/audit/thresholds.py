@@ -54,6 +54,7 @@ Default thresholds (:data:`DEFAULT_THRESHOLDS`; override any of them through
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 DEFAULT_THRESHOLDS = {
@@ -79,8 +80,13 @@ DEFAULT_THRESHOLDS = {
 def thresholds_with(overrides: Optional[dict]) -> dict:
     """The default thresholds updated by ``overrides``; unknown names raise ``ValueError``."""
     merged = dict(DEFAULT_THRESHOLDS)
+    if overrides is not None and not isinstance(overrides, dict):  # a JSON list or string (an AttributeError: N3)
+        raise ValueError(f"audit thresholds are an object of names and numbers, got {type(overrides).__name__}")
     for name, value in (overrides or {}).items():
         if name not in DEFAULT_THRESHOLDS:
             raise ValueError(f"unknown audit threshold {name!r}; known: {', '.join(sorted(DEFAULT_THRESHOLDS))}")
+        # a number, finite: true is no threshold, NaN would switch its flag off and inf too (fourteenth trial N3)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"audit threshold {name!r} must be a finite number, got {value!r}")
         merged[name] = float(value)
     return merged
