@@ -434,6 +434,9 @@ def test_option_files_are_read_only_when_regular_and_small(tmp_path, capsys, opt
         ("--audit-thresholds", '{"ct_lowest_hu": true}'),
         ("--audit-thresholds", '{"edge_dose_pct": 1e400}'),
         ("--audit-thresholds", '{"edge_dose_pct": "10"}'),
+        ("--roi-map", '{"": ["PTV"]}'),  # fourteenth hostile trial N4: a channel named '' in every output
+        ("--roi-map", '{"  ": ["PTV"]}'),
+        ("--roi-map", '{"Target\\n": ["PTV"]}'),
     ],
 )
 def test_an_option_file_naming_one_key_twice_is_refused(tmp_path, capsys, option, text):
@@ -452,7 +455,7 @@ def test_an_option_file_naming_one_key_twice_is_refused(tmp_path, capsys, option
         code = usage.code
     err = capsys.readouterr().err
     assert code == 2 and str(path) in err and "Traceback" not in err, (code, err)
-    assert "given twice" in err or "finite number" in err or "an object of names" in err, err
+    assert "given twice" in err or "finite number" in err or "an object of names" in err or "no channel name" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -30,6 +30,8 @@ def roi_name_lookup(mapping: dict, where: str = "roi map") -> dict:
         raise ValueError(f"{where}: expected a JSON object of name -> [aliases]")
     lookup: dict = {}
     for canonical, aliases in mapping.items():
+        if not isinstance(canonical, str) or not canonical.strip() or not canonical.isprintable():  # "": N4
+            raise ValueError(f"{where}: {canonical!r} is no channel name (blank, or a control character in it)")
         if isinstance(aliases, str):
             aliases = [aliases]
         if not isinstance(aliases, (list, tuple)) or not all(isinstance(a, str) for a in aliases):
