@@ -337,9 +337,11 @@ def run_dask(
         client = Client(cluster)
     else:
         try:
-            client = Client(scheduler)
-        except OSError as error:  # e.g. it stopped after check_scheduler: a named failure, not Dask's traceback
-            raise DoseAlignError(f"--scheduler {scheduler}: the Dask scheduler cannot be reached ({error})") from None
+            client = Client(scheduler, timeout=2 * SCHEDULER_CONNECT_SECONDS)
+        except Exception as error:  # e.g. it stopped after check_scheduler: a named failure, not Dask's traceback
+            raise DoseAlignError(
+                f"--scheduler {scheduler}: the Dask scheduler cannot be reached ({type(error).__name__}: {error})"
+            ) from None
     try:
         window = max(2 * workers, 2 * len(client.scheduler_info().get("workers", {})) or 2)
         queue = iter(enumerate(cases))
@@ -415,6 +417,42 @@ def check_scheduler(address: str) -> None:
         raise ValueError(
             f"--scheduler {text}: no Dask scheduler can be reached there ({reason}); nothing was written"
         ) from None
+    problem = _dask_handshake(text, 2 * SCHEDULER_CONNECT_SECONDS)
+    if problem:
+        raise ValueError(f"--scheduler {text}: {problem}; nothing was written")
+
+
+def _dask_handshake(address: str, seconds: float) -> Optional[str]:
+    """Why ``address`` answers no Dask client within ``seconds`` (None when it does). Something else listening
+    there (the dashboard's port 8787, a web server, a silent listener) made the export wait for ever, and a service
+    answering "HTTP/1.1 400" ended it in a numpy traceback (fourteenth hostile trial N7): Dask's own connect
+    timeout does not bound its handshake, so the attempt runs in a thread of its own and is given up."""
+    import threading
+
+    outcome: list = []
+
+    def attempt() -> None:
+        try:
+            from dask.distributed import Client
+
+            client = Client(address, timeout=seconds, set_as_default=False)
+            try:
+                client.scheduler_info()
+            finally:
+                client.close()
+            outcome.append(None)
+        except BaseException as error:  # anything that is no Dask scheduler's answer
+            outcome.append(f"{type(error).__name__}: {str(error)[:200]}")
+
+    thread = threading.Thread(target=attempt, name="dosealign-dask-handshake", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        return (
+            f"no Dask scheduler answered within {seconds:g} s (another service listens there: the dashboard's "
+            "port, 8787, instead of the scheduler's, 8786?)"
+        )
+    return None if outcome[0] is None else f"what answers there is no Dask scheduler ({outcome[0]})"
 
 
 def default_workers() -> int:

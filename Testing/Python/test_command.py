@@ -800,6 +800,65 @@ def test_a_scheduler_nobody_listens_at_is_a_usage_error_before_anything_is_writt
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.parametrize("service", ["web server", "silent listener", "HTTP 400"])
+def test_a_scheduler_address_where_no_dask_scheduler_answers_is_a_usage_error(
+    study, tmp_path, capsys, monkeypatch, service
+):
+    """Fourteenth hostile trial N7: ``--scheduler tcp://host:port`` where another service listens (the dashboard's
+    port, a web server, a listener that never answers) made the export wait for ever; one answering "HTTP/1.1 400"
+    ended in a numpy traceback ("Unable to allocate 3.07 EiB"), exit 1. A Dask handshake is tried first, bounded in
+    time: exit 2 saying so, nothing written."""
+    pytest.importorskip("distributed")
+    import http.server
+    import socket
+    import threading
+
+    from DoseAlignLib import parallel
+
+    monkeypatch.setattr(parallel, "SCHEDULER_CONNECT_SECONDS", 1.0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted = []
+
+    def serve_silently() -> None:
+        listener.listen(4)
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(connection)
+            if service == "HTTP 400":
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
+
+    if service == "web server":
+        listener.close()
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        server.daemon_threads = True  # its handler of the Dask connection waits for a request line for ever
+        port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    else:
+        threading.Thread(target=serve_silently, daemon=True).start()
+    out = tmp_path / "out"
+    started = time.monotonic()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(["export", str(study), str(out), "--quiet", "--scheduler", f"tcp://127.0.0.1:{port}"])
+    finally:
+        if service == "web server":
+            server.shutdown()
+        else:
+            listener.close()
+        for connection in accepted:
+            connection.close()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err, err
+    assert "no Dask scheduler answered" in err or "is no Dask scheduler" in err, err
+    assert not out.exists()
+    assert time.monotonic() - started < 30
+
+
 @pytest.mark.parametrize("address", ["local", "tcp://127.0.0.1:1"])
 def test_a_scheduler_without_dask_is_a_usage_error_before_anything_is_written(
     study, tmp_path, capsys, monkeypatch, address
