@@ -1043,7 +1043,7 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
         path = write_manifest(out_dir, rows)
         write_report(out_dir, rows, source="merged shards")
     except OSError as error:  # a full disk: named, no traceback (the shards' files are as they were)
-        raise output_fault(error, out_dir) from None
+        raise output_fault(error, out_dir, then="run merge again (the shards' files are as they were)") from None
     return path
 
 

@@ -124,9 +124,12 @@ class OutputFault(DoseAlignError):
     written, so the batch stops after this one, with a valid manifest and its own exit code."""
 
 
-def output_fault(error: OSError, where=None) -> OutputFault:
+def output_fault(
+    error: OSError, where=None, then: str = "run again with --resume; the export stopped here"
+) -> OutputFault:
     """An :class:`OutputFault` from the operating system's error: the output folder ``where`` (else the
-    file), the file being written and the cause, e.g. ``No space left on device (ENOSPC)``."""
+    file), the file being written and the cause, e.g. ``No space left on device (ENOSPC)``; ``then`` says what to
+    do once it is fixed (merge: run merge again)."""
     import errno as errno_names
     import os
 
@@ -136,13 +139,11 @@ def output_fault(error: OSError, where=None) -> OutputFault:
     cause = f"{error.strerror or error}" + (f" ({code})" if code else "")
     filename = getattr(error, "filename", None)
     what = f"writing {os.path.basename(str(filename))}" if filename and where is not None else "writing the output"
-    hint = "free space or fix the output folder, then run again with --resume; the export stopped here"
+    hint = f"free space or fix the output folder, then {then}"
     limit_reached = too_many_open_files(error)
     if limit_reached:  # not the disk: the process's open-file limit
         cause += f": {limit_reached}"
-        hint = (
-            "raise the limit (ulimit -n) or use fewer --workers, then run again with --resume; the export stopped here"
-        )
+        hint = f"raise the limit (ulimit -n) or use fewer --workers, then {then}"
     fault = OutputFault(f"{what} failed: {cause}", path=where if where is not None else filename, hint=hint)
     fault.cause = cause
     return fault

@@ -1569,6 +1569,25 @@ def test_a_split_into_more_parts_than_merge_reads_is_refused(tmp_path, capsys):
     assert (out / "manifest.shard-1-of-999999.csv").is_file()
 
 
+def test_a_full_disk_during_merge_says_what_to_do_for_merge(sharded, tmp_path, capsys, monkeypatch):
+    """Fourteenth hostile trial N5: merge's disk-full message advised "run again with --resume; the export stopped
+    here" (merge has no --resume and is no export). It says to run merge again now, exit 4."""
+    import errno
+
+    from DoseAlignLib import batch
+
+    out = _shards(sharded, tmp_path)
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batch, "write_manifest", full)
+    assert main(["merge", str(out)]) == 4
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "run merge again" in err, err
+    assert "--resume" not in err and "the export stopped" not in err, err
+
+
 def test_a_missing_shard_is_named(sharded, tmp_path, capsys):
     out = _shards(sharded, tmp_path)
     (out / "manifest.shard-2-of-2.csv").unlink()
