@@ -416,6 +416,7 @@ def test_option_files_are_read_only_when_regular_and_small(tmp_path, capsys, opt
         signal.signal(signal.SIGALRM, previous)
     err = capsys.readouterr().err
     assert code == 2 and str(path) in err and "Traceback" not in err, (code, err)
+    assert "no CT series" not in err, err  # --ct: read as the file it is (fourteenth hostile trial N10)
     assert not (tmp_path / "out").exists()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -93,8 +94,10 @@ def read_ct_request(value, scan: ScanResult) -> CtRequest:
     """
     text = str(value).strip()
     path = Path(text)
-    if text.lower().endswith(".csv"):
-        if not path.is_file():
+    # a CSV by its name, or any entry that is no folder (a pipe such as <(printf ...), refused as what it is: it was
+    # looked up as a CT folder, "no CT series with folder '/dev/fd/63'", fourteenth hostile trial N10)
+    if text.lower().endswith(".csv") or (os.path.exists(path) and not os.path.isdir(path)):
+        if not os.path.exists(path):
             raise InputError("no such CSV file of dose -> CT pairings (--ct)", path=path)
         return _read_pairs(path, scan)
     request = CtRequest(source=text, default=_find_series(text, scan, where="--ct"))
