@@ -57,6 +57,14 @@ def _export(root: Path, tmp_path: Path, capsys) -> tuple:
     return code, hostile.manifest(out), out
 
 
+def _one_ok_case(root: Path, tmp_path: Path, capsys) -> tuple:
+    """Export ``root`` (one case): its row, which must be ok with exit 0, its audit flags and OUT."""
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (0, "ok"), row
+    return row, row["audit_flags"].split(";") if row["audit_flags"] else [], out
+
+
 def _failed_with(rows: list, *phrases: str) -> dict:
     (row,) = [r for r in rows if r["status"] == "failed"]
     for phrase in phrases:
@@ -1332,10 +1340,7 @@ def test_a_dose_far_below_the_prescription_is_flagged(clean, tmp_path, capsys, s
     if not scale:
         ds.PixelData = np.zeros_like(ds.pixel_array).tobytes()
     dd.save(ds, dose)
-    code, rows, out = _export(root, tmp_path, capsys)
-    (row,) = rows
-    assert (code, row["status"]) == (0, "ok"), row
-    flags = row["audit_flags"].split(";") if row["audit_flags"] else []
+    row, flags, out = _one_ok_case(root, tmp_path, capsys)
     assert (flag in flags) if flag else not {"dose_zero", "dose_below_prescription"} & set(flags), flags
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert meta["audit"]["prescription_gy"], meta["audit"]["prescription_gy"]  # else the test tells nothing
@@ -1351,10 +1356,7 @@ def test_a_dose_far_above_the_prescription_is_flagged(clean, tmp_path, capsys, s
     ds = dd.read(dose)
     ds.DoseGridScaling = str(float(ds.DoseGridScaling) * scale)
     dd.save(ds, dose)
-    code, rows, out = _export(root, tmp_path, capsys)
-    (row,) = rows
-    assert (code, row["status"]) == (0, "ok"), row
-    flags = row["audit_flags"].split(";") if row["audit_flags"] else []
+    row, flags, out = _one_ok_case(root, tmp_path, capsys)
     assert ("dose_above_prescription" in flags) == flagged, flags
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     rx, dmax = meta["audit"]["prescription_gy"], meta["audit"]["dose"]["native"]["dmax_gy"]
@@ -1457,10 +1459,7 @@ def test_a_ct_without_air_is_flagged(clean, tmp_path, capsys, intercept, flagged
             ds.PixelData = stored.astype(np.uint16).tobytes()
             ds.RescaleSlope, ds.RescaleIntercept = "1", str(intercept)
         dd.save(ds, path)
-    code, rows, out = _export(root, tmp_path, capsys)
-    (row,) = rows
-    assert (code, row["status"]) == (0, "ok"), row
-    flags = row["audit_flags"].split(";") if row["audit_flags"] else []
+    row, flags, out = _one_ok_case(root, tmp_path, capsys)
     assert ("ct_without_air" in flags) == flagged, flags
 
 
