@@ -1028,8 +1028,9 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
             rows.append(row)
     metas = _cases_in_out(out_dir, rows, listed_in)
     _check_one_request(out_dir, metas, listed_in)
-    rows = _rows_of_folders(out_dir, rows, metas, notes if notes is not None else [])
-    rows.extend(_rows_merge_keeps(out_dir, listed_in, metas, notes if notes is not None else []))
+    found = inspect_output(out_dir)  # what OUT holds beside the shards' rows (read once for both steps)
+    rows = _rows_of_folders(found, rows, metas, notes if notes is not None else [])
+    rows.extend(_rows_merge_keeps(found, listed_in, metas, notes if notes is not None else []))
     _check_same_input(out_dir, parts)  # (after the key's check: shards of two keys hash their inputs apart)
     _check_finished(out_dir, parts, rows_of)
     formats = _formats_of_shards(out_dir, parts)
@@ -1172,14 +1173,14 @@ def _request_of(meta: dict) -> dict:
     }
 
 
-def _rows_of_folders(out_dir: Path, rows: list, metas: dict, notes: list) -> list:
+def _rows_of_folders(found, rows: list, metas: dict, notes: list) -> list:
     """The shards' rows, each as its case folder now holds it: a case exported again after its shard (``export
     --append`` of a corrected input) keeps the row of OUT's manifest.csv that describes its folder, else a row made
     from its meta.json, and ``notes`` names it. Merge used to write the shard's older row beside the newer case
-    (another dmax, a hidden flag; fourteenth hostile trial N2)."""
+    (another dmax, a hidden flag; fourteenth hostile trial N2). ``found``: what OUT holds (inspect_output)."""
     from .output.manifest import differs_from_meta
 
-    current = {r.get("case_id"): r for r in inspect_output(out_dir).manifest_rows}
+    current = {r.get("case_id"): r for r in found.manifest_rows}
     out, renewed = [], []
     for row in rows:
         meta = metas.get(row["case_id"])
@@ -1200,14 +1201,14 @@ def _rows_of_folders(out_dir: Path, rows: list, metas: dict, notes: list) -> lis
     return out
 
 
-def _rows_merge_keeps(out_dir: Path, listed_in: dict, metas: dict, notes: list) -> list:
+def _rows_merge_keeps(found, listed_in: dict, metas: dict, notes: list) -> list:
     """The rows of OUT's manifest.csv that no shard lists and that stay: cases of other inputs an ``export
     --append`` added beside the shards' (complete, made as the shards' cases were; failed rows as they were).
     Merging again used to drop them without a word. Case folders that stay out of manifest.csv are named in
-    ``notes``, as a plain export names them."""
+    ``notes``, as a plain export names them. ``found``: what OUT holds (inspect_output)."""
     from .output.case_folder import case_problem
 
-    found = inspect_output(out_dir)
+    out_dir = found.path
     reference = next(iter(metas.values()), None)
     kept, left = [], []
     for row in found.manifest_rows:
