@@ -331,8 +331,12 @@ def run_dask(
         raise ImportError("--scheduler needs Dask: pip install 'dosealign[distributed]'") from None
     cluster = None
     if scheduler == "local":
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+        cluster = LocalCluster(  # no more processes than cases, as the pool (12 for 3 cases: fourteenth trial N11)
+            n_workers=max(1, min(workers, len(cases))),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
         )
         client = Client(cluster)
     else:

@@ -83,6 +83,27 @@ def test_dask_local_cluster_equals_serial(cohort, serial, tmp_path):
     _same_outputs(serial, out)
 
 
+def test_a_local_dask_cluster_starts_no_more_workers_than_cases(monkeypatch):
+    """Fourteenth hostile trial N11: ``--scheduler local --workers 12`` started 12 worker processes for 3 cases (the
+    process pool caps at the case count). The LocalCluster is asked for as many workers as there are cases."""
+    pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    import dask.distributed
+    from DoseAlignLib import parallel
+
+    asked = []
+
+    class NoCluster:
+        def __init__(self, n_workers, **_kwargs):
+            asked.append(n_workers)
+            raise RuntimeError("no cluster in this test")
+
+    monkeypatch.setattr(dask.distributed, "LocalCluster", NoCluster)
+    for cases, workers, expected in ((["a", "b", "c"], 12, 3), (["a"] * 5, 2, 2), ([], 4, 1)):
+        with pytest.raises(RuntimeError, match="no cluster in this test"):
+            parallel.run_dask(lambda case: {}, cases, "local", workers, lambda index, row: None)
+        assert asked[-1] == expected, (cases, workers, asked)
+
+
 def _scan_summary(scan) -> tuple:
     return (
         scan.objects,
