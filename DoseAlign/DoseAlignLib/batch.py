@@ -358,6 +358,7 @@ def export_folder(
                 lambda n, row: record(indices[n], row),
                 on_lost=lambda case, reason: manifest_row(case, "failed", reason),
                 stop=lambda: report.fault is not None,
+                on_note=note,
             )
         elif workers > 1 and len(to_run) > 1:
             run_pool(

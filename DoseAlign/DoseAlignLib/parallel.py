@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import queue as queue_module
 import signal
+import time
 from multiprocessing import connection
 from typing import Callable, Iterable, Optional
 
@@ -316,13 +317,15 @@ def run_dask(
     on_result: Callable[[int, dict], None],
     on_lost: Optional[Callable[[object, str], dict]] = None,
     stop: Optional[Callable[[], bool]] = None,
+    on_note: Optional[Callable[[str], None]] = None,
 ) -> None:
     """Run ``task(case)`` on a Dask cluster: ``scheduler`` is ``tcp://host:port`` or ``local``.
 
     ``local`` starts a LocalCluster of ``workers`` single-threaded processes on this machine.
     Workers elsewhere need the input and output folders at the same paths (a shared filesystem).
     A case whose worker is lost (Dask gives up on it) gets the row ``on_lost(case, reason)``; once
-    ``stop()`` is true no further case is submitted.
+    ``stop()`` is true no further case is submitted. While a scheduler has no worker, ``on_note`` is told
+    so at once and then every :data:`WORKER_WAIT_NOTE_SECONDS`.
     """
     lost = on_lost or (lambda _case, reason: {"status": "failed", "reason": reason})
     try:
@@ -347,6 +350,8 @@ def run_dask(
                 f"--scheduler {scheduler}: the Dask scheduler cannot be reached ({type(error).__name__}: {error})"
             ) from None
     try:
+        if cluster is None and cases:
+            _wait_for_a_worker(client, scheduler, on_note or (lambda _message: None), stop)
         window = max(2 * workers, 2 * len(client.scheduler_info().get("workers", {})) or 2)
         queue = iter(enumerate(cases))
         index_of: dict = {}
@@ -382,6 +387,32 @@ def run_dask(
 
 #: Seconds to wait for a Dask scheduler to accept a connection before the export is refused.
 SCHEDULER_CONNECT_SECONDS = 10.0
+
+#: Seconds between the notes that a scheduler still has no worker.
+WORKER_WAIT_NOTE_SECONDS = 60.0
+
+
+def _wait_for_a_worker(client, scheduler: str, note: Callable[[str], None], stop: Optional[Callable[[], bool]]) -> None:
+    """Return once ``scheduler`` has a worker, saying so while it has none. A scheduler no worker had joined
+    made the export wait without a word (fourteenth hostile trial N12). It is not given up: a cluster that starts
+    workers on demand (dask-jobqueue on Slurm) may take minutes; Ctrl-C stops the export."""
+    from dask.distributed import TimeoutError as DaskTimeoutError
+
+    if client.scheduler_info().get("workers"):
+        return
+    note(
+        f"--scheduler {scheduler}: no Dask worker has joined this scheduler; the export waits for one "
+        f"(start one with `dask worker {scheduler}`; Ctrl-C stops the export)"
+    )
+    started = time.monotonic()
+    while stop is None or not stop():
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_NOTE_SECONDS)
+            note(f"--scheduler {scheduler}: a Dask worker joined after {time.monotonic() - started:.0f} s")
+            return
+        except (DaskTimeoutError, TimeoutError):
+            minutes = (time.monotonic() - started) / 60
+            note(f"--scheduler {scheduler}: still no Dask worker after {minutes:.0f} min; the export waits")
 
 
 def check_scheduler(address: str) -> None:

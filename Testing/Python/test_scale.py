@@ -127,3 +127,78 @@ def test_scan_in_processes_equals_serial(source, cohort, request, monkeypatch):
     assert calls, "the forked path was not taken"
     assert len(serial.objects) > 100
     assert _scan_summary(parallel) == _scan_summary(serial)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_scheduler_without_workers_is_said_while_the_export_waits(cohort, tmp_path, monkeypatch):
+    """Fourteenth hostile trial N12: with a Dask scheduler that no worker had joined, the export waited without a
+    word. It now says so at once and again while it waits, and goes on when a worker joins."""
+    pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from DoseAlignLib import parallel
+
+    monkeypatch.setattr(parallel, "WORKER_WAIT_NOTE_SECONDS", 1.0, raising=False)  # raising: the code before had none
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "DoseAlign"))
+    scheduler = subprocess.Popen(
+        [sys.executable, "-c", "from distributed.cli.dask_scheduler import main; main()", "--host", "127.0.0.1",
+         "--port", address.rsplit(":", 1)[1], "--dashboard-address", ":0", "--no-show"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = None
+    notes: list = []
+    outcome: list = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the scheduler listens
+            try:
+                parallel.check_scheduler(address)
+                break
+            except ValueError:
+                time.sleep(0.5)
+        out = tmp_path / "out"
+        run = threading.Thread(
+            target=lambda: outcome.append(
+                export_folder(cohort, out, OPTIONS, workers=1, scheduler=address, notify=notes.append)
+            ),
+            daemon=True,
+        )
+        run.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("still no Dask worker" in n for n in notes):
+            time.sleep(0.2)
+        waiting = list(notes)
+        assert run.is_alive()  # no worker: nothing could be exported yet
+        worker = subprocess.Popen(
+            [sys.executable, "-c", "from distributed.cli.dask_worker import main; main()", address,
+             "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--local-directory", str(tmp_path / "w")],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        run.join(180)
+        assert not run.is_alive(), "the export did not end once a worker joined"
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    assert any("no Dask worker has joined this scheduler; the export waits" in n for n in waiting), waiting
+    assert any("still no Dask worker after" in n for n in waiting), waiting
+    assert any("a Dask worker joined after" in n for n in notes), notes
+    assert outcome and outcome[0].exit_code == 0
+    assert [row["status"] for row in _manifest(out / "manifest.csv")] == ["ok"] * 5
