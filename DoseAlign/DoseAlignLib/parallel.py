@@ -20,7 +20,7 @@ import time
 from multiprocessing import connection
 from typing import Callable, Iterable, Optional
 
-from .errors import DoseAlignError, no_semaphores, raise_if_stopped, termination_held, too_many_open_files
+from .errors import no_semaphores, raise_if_stopped, termination_held, too_many_open_files
 from .limits import SuspensionClock, case_seconds, die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -333,22 +333,30 @@ def run_dask(
     except ImportError:
         raise ImportError("--scheduler needs Dask: pip install 'dosealign[distributed]'") from None
     cluster = None
-    if scheduler == "local":
-        cluster = LocalCluster(  # no more processes than cases, as the pool (12 for 3 cases: fourteenth trial N11)
-            n_workers=max(1, min(workers, len(cases))),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            host="127.0.0.1",
-        )
-        client = Client(cluster)
-    else:
-        try:
+    try:
+        if scheduler == "local":
+            cluster = LocalCluster(  # no more processes than cases, as the pool (12 for 3 cases: fourteenth trial N11)
+                n_workers=max(1, min(workers, len(cases))),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                host="127.0.0.1",
+            )
+            client = Client(cluster)
+        else:
             client = Client(scheduler, timeout=2 * SCHEDULER_CONNECT_SECONDS)
-        except Exception as error:  # e.g. it stopped after check_scheduler: a named failure, not Dask's traceback
-            raise DoseAlignError(
-                f"--scheduler {scheduler}: the Dask scheduler cannot be reached ({type(error).__name__}: {error})"
-            ) from None
+    except Exception as error:  # a worker killed while it started ("Nanny failed to start": fourteenth trial N8),
+        # a scheduler that stopped after check_scheduler: each case a named failure, not Dask's traceback
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+        what = (
+            "the Dask LocalCluster could not start" if scheduler == "local" else "the Dask scheduler cannot be reached"
+        )
+        reason = f"not exported: --scheduler {scheduler}: {what} ({type(error).__name__}: {str(error)[:300]})"
+        for index, case in enumerate(cases):
+            on_result(index, lost(case, reason))
+        return
     try:
         if cluster is None and cases:
             _wait_for_a_worker(client, scheduler, on_note or (lambda _message: None), stop)

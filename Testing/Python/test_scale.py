@@ -99,9 +99,32 @@ def test_a_local_dask_cluster_starts_no_more_workers_than_cases(monkeypatch):
 
     monkeypatch.setattr(dask.distributed, "LocalCluster", NoCluster)
     for cases, workers, expected in ((["a", "b", "c"], 12, 3), (["a"] * 5, 2, 2), ([], 4, 1)):
-        with pytest.raises(RuntimeError, match="no cluster in this test"):
-            parallel.run_dask(lambda case: {}, cases, "local", workers, lambda index, row: None)
+        rows: list = []
+        parallel.run_dask(lambda case: {}, cases, "local", workers, lambda index, row, into=rows: into.append(row))
         assert asked[-1] == expected, (cases, workers, asked)
+        assert [row["status"] for row in rows] == ["failed"] * len(cases)
+
+
+def test_a_local_dask_cluster_that_cannot_start_fails_each_case_by_name(cohort, tmp_path):
+    """Fourteenth hostile trial N8: a LocalCluster worker killed while it started ended the export in Dask's
+    "Nanny failed to start" traceback, with no manifest. Each case is now a failed row naming why (exit 1), so
+    that ``--resume`` exports them later. The workers here fail as they start (a Dask preload that raises; one that
+    calls ``os._exit`` gives the same row, but Dask 2024.8 restarts such a worker for about four minutes first)."""
+    pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    import dask
+
+    preload = tmp_path / "end_at_start.py"
+    preload.write_text('raise RuntimeError("this worker stops as it starts")\n')
+    out = tmp_path / "out"
+    with dask.config.set({"distributed.worker.preload": [str(preload)], "temporary-directory": str(tmp_path)}):
+        report = export_folder(cohort, out, OPTIONS, workers=2, scheduler="local")
+    assert report.exit_code == 1
+    rows = _manifest(out / "manifest.csv")
+    assert len(rows) == 5
+    for row in rows:
+        assert row["status"] == "failed"
+        assert "the Dask LocalCluster could not start (RuntimeError: Nanny failed to start" in row["reason"], row
+    assert not [p for p in out.iterdir() if p.is_dir()]  # no case folder
 
 
 def _scan_summary(scan) -> tuple:
