@@ -95,6 +95,58 @@ def test_a_full_disk_stops_the_export_cleanly(cohort, tmp_path):
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+def test_a_disk_full_before_the_export_starts_is_exit_4_not_a_usage_error(cohort, tmp_path):
+    """Fourteenth hostile trial N5: on a file system with 0 bytes free the export exited 2 ("cannot write to the
+    output folder"), the code of a folder that cannot be used, not 4, the code of a full disk. Both the start-up
+    write probe into an existing OUT and the making of a new OUT are exit 4 now, naming ENOSPC."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "64k"):
+        pytest.skip("a small tmpfs cannot be mounted here (not root, or no permission): the staged test covers it")
+    try:
+        (disk / "out").mkdir()
+        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # every byte taken
+            while os.write(filler, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(filler)
+        for out in (disk / "out", disk / "new" / "out"):
+            done = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--workers", "1")
+            assert done.returncode == 4, (out, done.stdout + done.stderr)
+            assert "No space left on device (ENOSPC)" in done.stderr and "Traceback" not in done.stderr, done.stderr
+            assert "nothing was exported" in done.stderr, done.stderr
+        assert sorted(p.name for p in (disk / "out").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EIO"])
+def test_a_storage_fault_at_the_start_up_probe_is_exit_4_staged(cohort, tmp_path, monkeypatch, capsys, code):
+    """N5 where no tmpfs can be mounted: the write probe meets a full disk, a quota or an I/O error (exit 4); a folder
+    without write permission stays the usage error (exit 2)."""
+    import errno
+
+    from DoseAlignLib.output import case_folder
+
+    class FullClaim:
+        def __init__(self, _folder):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(case_folder, "RunClaim", FullClaim)
+    assert main(["export", str(cohort), str(tmp_path / "out"), "--quiet", "--workers", "1"]) == 4
+    err = capsys.readouterr().err
+    assert f"({code})" in err and "nothing was exported" in err, err
+
+    def refused(_folder):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(case_folder, "RunClaim", refused)
+    assert main(["export", str(cohort), str(tmp_path / "out2"), "--quiet", "--workers", "1"]) == 2
+    assert "cannot write to the output folder: Permission denied" in capsys.readouterr().err
+
+
 def test_the_demo_on_a_full_disk_stops_cleanly_and_runs_again(tmp_path):
     """Ninth hostile trial I8: ``dosealign demo D`` on a full disk ended in ~60 lines of tracebacks (exit 1) and left a
     DICOM file cut short, which every later demo then refused as the user's edit. Now: exit 4 naming ENOSPC, each

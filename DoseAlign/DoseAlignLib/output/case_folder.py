@@ -947,6 +947,7 @@ def check_output_folder(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        _raise_if_storage_fault(error, out_dir)
         raise DoseAlignError(
             f"cannot create the output folder: {error.strerror or error}",
             path=out_dir,
@@ -955,11 +956,21 @@ def check_output_folder(out_dir: Path) -> None:
     try:  # the probe is an owner record: if this process is killed now, the next run removes it
         RunClaim(out_dir).release()
     except OSError as error:
+        _raise_if_storage_fault(error, out_dir)
         raise DoseAlignError(
             f"cannot write to the output folder: {error.strerror or error}",
             path=out_dir,
             hint="make it writable or choose another folder; nothing was exported",
         ) from None
+
+
+def _raise_if_storage_fault(error: OSError, out_dir: Path) -> None:
+    """A full disk, a quota or an I/O error at the start is exit 4, as it is later in the run, not the usage error
+    of a folder that cannot be used (fourteenth hostile trial N5: 0 bytes free gave exit 2)."""
+    import errno
+
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        raise output_fault(error, out_dir, then="run the command again; nothing was exported") from None
 
 
 def archive_problem(folder: Path, meta: Optional[dict] = None) -> Optional[str]:
