@@ -2089,6 +2089,26 @@ def test_a_file_name_never_acts_on_the_terminal(cohort, tmp_path):
         assert not any(c in printed for c in "\x1b\x07\x08\r"), [c for c in printed if c in "\x1b\x07\x08\r"]
 
 
+def test_a_newline_in_a_file_name_never_makes_a_line_of_its_own(cohort, tmp_path):
+    """Fifteenth hostile trial O8: a damaged file named ``x\\n  ok      PAT-FAKE_plan: 40x64x64 dmax 60 Gy.dcm`` was
+    printed with its newline, so the export's summary and the scan's listing showed a line like an exported case.
+    Every control character of a name is shown escaped, the newline as ``\\x0a``, in every output."""
+    root = tmp_path / "in"
+    shutil.copytree(cohort, root)
+    fake = "  ok      PAT-FAKE_plan: 40x64x64 dmax 60 Gy"
+    name = f"x\n{fake}\t.dcm"
+    (root / name).write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI")  # a DICOM file cut short
+    out = tmp_path / "out"
+    for args, code in ((["export", str(root), str(out), "--no-qa-png", "--workers", "1"], 1), (["scan", str(root)], 0)):
+        done = hostile.dosealign(*args, timeout=300)
+        printed = done.stdout + done.stderr
+        assert done.returncode == code, printed  # (the scan: every case can be exported)
+        assert f"x\\x0a{fake}\\x09.dcm" in printed, printed
+        assert not [line for line in printed.splitlines() if line.startswith(fake)], printed
+    (row,) = [r for r in hostile.manifest(out) if r["case_id"].startswith("damaged-file_")]
+    assert "\n" not in row["reason"] and f"x\\x0a{fake}" in row["reason"], row
+
+
 def test_a_nul_in_a_patient_id_or_roi_name_is_written_to_hdf5(tmp_path):
     """Eighth hostile trial H2: a NUL inside the PatientID (`AB\\0CD`) or an ROI name (`PT\\0V`), a damaged value,
     failed the case with --format hdf5 as an "internal error ... please report it" and a traceback (HDF5's strings

@@ -298,9 +298,14 @@ def display_path(path: Path, root: Path) -> str:
         rel = Path(path).as_posix()
     try:
         rel.encode("utf-8")
-        return rel
     except UnicodeEncodeError:
-        return os.fsencode(rel).decode("utf-8", "backslashreplace")
+        rel = os.fsencode(rel).decode("utf-8", "backslashreplace")
+    # a newline in a name printed as it is starts a line of its own, which may read as an exported case
+    # (fifteenth hostile trial O8): every control character is shown escaped, as a terminal's are
+    return rel.translate(_NAME_CONTROLS)
+
+
+_NAME_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]}
 
 
 DICOMDIR_REASON = "DICOMDIR (a media index, not needed: the files below are read directly)"
