@@ -920,6 +920,52 @@ def test_the_birth_date_with_underscores_between_its_parts_is_removed(tmp_path, 
         assert guard.find(text) == "", text
 
 
+def test_the_birth_date_with_typographic_or_spaced_separators_or_cjk_characters_is_removed(tmp_path, capsys):
+    """Fifteenth hostile trial O1, O2, O6: the birth date written with an en dash, a minus sign, a division slash, a
+    katakana middle dot, a point and a space (``2. 3. 1975``, ``1975. 03. 02.``), spaced separators (``02 / 03 /
+    1975``), or with 年月日 / 년월일 (``1975年3月2日``, ``1975년 3월 2일``) reached meta.json and dvh.csv with status ok, and
+    the check passed it. Now removed, and the check alone finds each spelling."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    rois = [
+        "a 1975\u201303\u201302",
+        "b 02\u201303\u20131975",
+        "c 1975\u221203\u221202",
+        "d 02\u221503\u22151975",
+        "e 1975\u30fb03\u30fb02",
+        "f 2. 3. 1975",
+        "g 1975. 03. 02.",
+        "h 02 / 03 / 1975",
+        "i 1975 - 03 - 02",
+        "j 1975\u5e743\u67082\u65e5",
+        "k 1975\ub144 3\uc6d4 2\uc77c",
+        "l 1975\u5e7403\u670802\u65e5",
+    ]
+    code, row, out = _export_with_rois(tmp_path, rois)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    expected = {f"{roi[0]} [removed]" for roi in rois} - {"g [removed]"} | {"g [removed]."}
+    assert expected <= set(names), sorted(set(names) - {"External", "PTV", "Cord", "Ring"})
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = data.decode("utf-8", "replace")
+        found += [f"{roi[2:]!r} in {where}" for roi in rois if roi[2:].rstrip(".") in text]
+    assert not found, found[:10]
+    identity = Identity()
+    identity.dates.add("19750302")
+    guard = IdentityGuard(identity)
+    for text in rois:
+        assert guard.find(text) == "a date", text
+    for text in [
+        "a 1975\u201303\u201303",
+        "f 2. 3. 1976",
+        "h 03 / 03 / 1975",
+        "j 1975\u5e743\u67083\u65e5",
+        "x 19 75 03",
+    ]:
+        assert guard.find(text) == "", text
+
+
 def test_the_check_alone_finds_dates_in_other_spellings():
     """E10, the check's own code: six digits and month names are read as the input's dates, not as any number
     (not in a column of numbers: openkbp's voxel indices)."""

@@ -2009,6 +2009,16 @@ def _guard_spellings_of(part: str) -> set:
     return found
 
 
+#: What people put between a date's parts: ``.``, ``/``, ``-``, ``_``, also the dashes, minus and slashes word processors
+#: substitute (``2023–04–15``), a middle dot or ideographic full stop, each with spaces around it or not
+#: (``15. 4. 2023``, ``2023. 04. 15.``, ``15 / 04 / 2023``), or spaces alone (fifteenth hostile trial O2, O6).
+_DATE_MARKS = "./-_\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\uff0d\u2215\u2044\uff0f\u30fb\u00b7\u2027\uff0e\u3002"
+_DATE_SEP = "(?: *[" + "".join(re.escape(c) for c in _DATE_MARKS) + "] *| +)"
+#: A date written with the year, month and day characters of Chinese, Japanese (年月日) and Korean (년월일):
+#: ``2023年4月15日``, ``2023년 4월 15일`` (O1).
+_CJK_DATE = re.compile(r"(?<!\d)(\d{4}) *[年년] *(\d{1,2}) *[月월] *(\d{1,2})(?!\d)")
+
+
 def _dates_in(text: str) -> set:
     """Every YYYYMMDD a date-like group of digits in ``text`` may stand for (day and month either way; eight digits
     also as DDMMYYYY and MMDDYYYY)."""
@@ -2019,7 +2029,7 @@ def _dates_in(text: str) -> set:
         if not _in_number(text, *match.span()):  # also DDMMYYYY and MMDDYYYY, not the decimals of a number
             found.add(digits[4:] + digits[2:4] + digits[:2])
             found.add(digits[4:] + digits[:2] + digits[2:4])
-    for match in re.finditer(r"(?<!\d)(\d{1,4})[./\-_ ](\d{1,2})[./\-_ ](\d{1,4})(?!\d)", text):
+    for match in re.finditer(rf"(?<!\d)(\d{{1,4}}){_DATE_SEP}(\d{{1,2}}){_DATE_SEP}(\d{{1,4}})(?!\d)", text):
         a, b, c = match.groups()
         if len(a) == 4:
             found.add(f"{a}{int(b):02d}{int(c):02d}")
@@ -2029,9 +2039,12 @@ def _dates_in(text: str) -> set:
         elif len(c) == 2 and len(a) <= 2:  # a two-digit year: 75-03-02, 02.03.75, 03/02/75
             _add_short(found, a.zfill(2) + b.zfill(2) + c)
     # the year apart from the month and day written together: 2023_0415, 0415-2023 (MMDD), 1504 2023 (DDMM)
-    for match in re.finditer(r"(?<![\d.])(\d{4})[./\-_ ](\d{4})(?![\d]|\.\d)", text):
+    for match in re.finditer(rf"(?<![\d.])(\d{{4}}){_DATE_SEP}(\d{{4}})(?![\d]|\.\d)", text):
         a, b = match.groups()
         found.update((a + b, b + a, b + a[2:] + a[:2]))
+    for match in _CJK_DATE.finditer(text):
+        a, b, c = match.groups()
+        found.add(f"{a}{int(b):02d}{int(c):02d}")
     # six digits (YYMMDD, DDMMYY, MMDDYY), not the decimals of a number (0.750302), and only in a field that holds
     # letters too ("PTV 750302"): a column of numbers (voxel indices in openkbp's CSV files) holds no dates
     if _SIX_DIGITS.search(text):
@@ -2132,8 +2145,9 @@ _DATE_PATTERNS: dict = {}
 
 def _date_pattern(date: str):
     """The rewriting's pattern of a YYYYMMDD date in the spellings people write: digits in year-month-day,
-    day-month-year and month-day-year order with ``.``, ``/``, ``-``, ``_`` or a space between (any one, months and days
-    with or without a leading zero: ``1975-3-2``), also with a two-digit year (``75-03-02``, ``02.03.75``) and,
+    day-month-year and month-day-year order with ``.``, ``/``, ``-``, ``_``, a typographic dash or slash or spaces between
+    (see ``_DATE_MARKS``; spaced or not: ``15. 4. 2023``; months and days with or without a leading zero: ``1975-3-2``),
+    with 年月日 or 년월일 (``1975年3月2日``), also with a two-digit year (``75-03-02``, ``02.03.75``) and,
     without separators, ``19750302``, ``02031975`` (DDMMYYYY), ``03021975`` (MMDDYYYY), ``750302`` (YYMMDD),
     ``020375`` (DDMMYY), ``030275`` (MMDDYY); the year apart from the month and day (``1975_0302``,
     ``0302-1975``, ``0203 1975``); and with the
@@ -2144,7 +2158,7 @@ def _date_pattern(date: str):
         y4, m, d = date[:4], int(date[4:6]), int(date[6:8])
         y2 = y4[2:]
         mm, dd = f"0?{m}", f"0?{d}"
-        sep = r"[./\-_ ]"  # (an underscore: ROI and file names, where a space is often not allowed)
+        sep = _DATE_SEP  # (an underscore: ROI and file names, where a space is often not allowed)
         year = f"(?:{y4}|{y2})"
         forms = [
             f"{y4}{sep}{mm}{sep}{dd}",
@@ -2160,6 +2174,7 @@ def _date_pattern(date: str):
             f"{y2}{m:02d}{d:02d}",
             f"{d:02d}{m:02d}{y2}",
             f"{m:02d}{d:02d}{y2}",
+            f"{y4} *[年년] *{mm} *[月월] *{dd}(?: *[日일])?",
         ]
         if 1 <= m <= 12:
             names = [_MONTHS[0][m - 1], _MONTHS[1][m - 1]] + (["sept"] if m == 9 else [])
