@@ -990,6 +990,13 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
     were made with other alignment options (as ``--append`` compares them) or formats, or when a file
     merge writes (manifest.csv, report.html, the dataset files) is a folder.
     """
+    try:
+        return _merge_shards(Path(out_dir), notes)
+    finally:  # its claim on OUT ends with it, as an export's (a long-lived process goes on)
+        release_claims(Path(out_dir))
+
+
+def _merge_shards(out_dir: Path, notes: Optional[list]) -> Path:
     out_dir = Path(out_dir)
     parts = sorted(out_dir.glob("manifest.shard-*-of-*.csv"))
     if not parts:
@@ -1036,6 +1043,11 @@ def merge_shards(out_dir: Path, notes: Optional[list] = None) -> Path:
     _check_finished(out_dir, parts, rows_of)
     formats = _formats_of_shards(out_dir, parts)
     _check_merge_targets(out_dir)
+    # what a killed run (a merge, a shard export) left: only provably dead runs' entries (fifteenth trial O7: a
+    # SIGKILLed merge's partial dataset.h5 stayed through every later merge)
+    removed = clean_temp(out_dir)
+    if removed and notes is not None:
+        notes.append(f"removed {len(removed)} temporary file(s) of a DoseAlign run that was killed: {_some(removed)}")
     rows.sort(key=lambda r: r["case_id"])
     try:
         if formats is not None:

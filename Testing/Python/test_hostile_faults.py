@@ -1621,6 +1621,31 @@ def test_a_split_into_more_parts_than_merge_reads_is_refused(tmp_path, capsys):
     assert (out / "manifest.shard-1-of-999999.csv").is_file()
 
 
+def test_merge_removes_what_a_killed_merge_left_and_nothing_else(sharded, tmp_path, capsys):
+    """Fifteenth hostile trial O7: a merge killed by SIGKILL left its temporaries (a partial dataset.h5 and its owner
+    record) in OUT, and every later merge kept them; only an export removed them. A merge now removes what provably
+    dead runs left, says so, and leaves a user's ``.tmp-`` entry alone."""
+    out = _shards(sharded, tmp_path)
+    code = (
+        "import os, sys; from DoseAlignLib.output.files import claim_folder; "
+        "temp = claim_folder(sys.argv[1]).temp('dataset.h5'); temp.write_bytes(b'partial' * 1000); os._exit(0)"
+    )  # a process that claimed OUT, wrote part of a file and died (its owner record stays)
+    subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
+    )
+    left = sorted(p.name for p in out.glob(".tmp-dosealign-*"))
+    assert len(left) == 2 and any(name.endswith(".owner") for name in left), left
+    (out / ".tmp-notes-of-the-user.txt").write_text("mine", encoding="utf-8")
+    assert main(["merge", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert not list(out.glob(".tmp-dosealign-*")), sorted(p.name for p in out.iterdir())
+    assert "removed 2 temporary file(s) of a DoseAlign run that was killed" in printed, printed
+    assert (out / ".tmp-notes-of-the-user.txt").read_text(encoding="utf-8") == "mine"
+    assert [r["status"] for r in hostile.manifest(out)] == ["ok"] * 4
+
+
 def test_a_full_disk_during_merge_says_what_to_do_for_merge(sharded, tmp_path, capsys, monkeypatch):
     """Fourteenth hostile trial N5: merge's disk-full message advised "run again with --resume; the export stopped
     here" (merge has no --resume and is no export). It says to run merge again now, exit 4."""
