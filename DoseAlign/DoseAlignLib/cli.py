@@ -800,6 +800,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stdout.flush()  # a closed pipe is met here, not at exit
         if guard.failed is not None:  # export, demo, merge: their files are written; only the summary is lost
             _say(f"dosealign: the summary could not be written to the standard output: {_cause(guard.failed)}")
+        elif "stdout" in _MISSING_STREAMS:  # started with >&- (scan stopped before): said as for a full device
+            _say("dosealign: the summary could not be written to the standard output: it is closed")
         if _SIGTERM_SEEN:  # its exception was swallowed on the way (see _terminated): still said and counted
             print(
                 "\ndosealign: stopped by SIGTERM (it came while starting; what is in manifest.csv was done)",

@@ -911,6 +911,32 @@ def test_a_failing_progress_stream_never_stops_the_export(study, tmp_path):
             assert "closed" in scanned.stderr, scanned.stderr
 
 
+def test_export_merge_and_demo_with_stdout_closed_say_the_summary_is_lost(study, tmp_path):
+    """Fifteenth hostile trial O3: export, merge and demo started with their standard output closed (``>&-``) wrote
+    their files and lost the summary without a word (merge: nothing at all). As on a full device, their files are
+    written, their exit code is the usual one, and one line on stderr says the summary is lost."""
+    out = tmp_path / "out"
+    commands = [
+        ["export", str(study), str(out), "--workers", "1", "--shard", "1/1", "--no-qa-png"],
+        ["merge", str(out)],
+        ["demo", str(tmp_path / "demo"), "--no-qa-png"],
+    ]
+    for command in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "DoseAlignLib", *command],
+            env=ENV,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            preexec_fn=lambda: os.close(1),
+        )
+        assert done.returncode == 0, (command[0], done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "the summary could not be written to the standard output: it is closed" in done.stderr, done.stderr
+    assert {r["status"] for r in _manifest(out)} == {"ok"}
+    assert (tmp_path / "demo" / "export" / "manifest.csv").is_file()
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_stdout_on_a_full_device_is_no_traceback(study, tmp_path):
     # from the fifth hostile trial (E26): stdout on a full device ended scan, scan --json and the export's summary
