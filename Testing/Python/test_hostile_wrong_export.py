@@ -1413,13 +1413,42 @@ def test_a_prescription_that_is_no_dose_is_left_out_with_a_warning(clean, tmp_pa
     code, rows, out = _export(root, tmp_path, capsys)
     (row,) = rows
     assert (code, row["status"]) == (0, "ok"), row
-    assert "TargetPrescriptionDose" in row["warnings"] and "no dose in Gy" in row["warnings"], row["warnings"]
+    assert "TargetPrescriptionDose" in row["warnings"] and "not one dose in Gy" in row["warnings"], row["warnings"]
 
     def no_constant(name):
         raise ValueError(f"meta.json holds {name}")
 
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"), parse_constant=no_constant)
     assert meta["audit"]["prescription_gy"] is None
+    assert meta["source"]["rtplan_file"], meta["source"]  # the plan itself is used (O11: it was dropped)
+
+
+@pytest.mark.parametrize("element", ["TargetPrescriptionDose", "NumberOfFractionsPlanned"])
+def test_an_audit_number_with_two_values_leaves_the_plan_in_use(clean, tmp_path, capsys, element):
+    """Fifteenth hostile trial O11: an RTPLAN whose Type 3 TargetPrescriptionDose held two values (``60\\70``), or
+    whose NumberOfFractionsPlanned did (``25\\5``), was a damaged file ("TypeError: float() argument ... not
+    'MultiValue'"), and its case exported ok without the plan: another case id, the CT chosen another way, no
+    prescription, and links saying the plan "is not in the input". Such a value is left out; the plan is used."""
+    root = _copy(clean, "plan", tmp_path)
+    plan_path = root / _rel(clean, "plan", clean["plan"].plan_file)
+    plan = dd.read(plan_path)
+    if element == "TargetPrescriptionDose":
+        plan.DoseReferenceSequence[0].TargetPrescriptionDose = ["60", "70"]
+    else:
+        plan.FractionGroupSequence[0].NumberOfFractionsPlanned = ["25", "5"]
+    dd.save(plan, plan_path)
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert [r["status"] for r in rows] == ["ok"] and code == 0, rows
+    (row,) = rows
+    assert "_plan-" in row["case_id"], row["case_id"]  # named after the plan's label, as before the change
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["source"]["rtplan_file"] == plan_path.relative_to(root).as_posix(), meta["source"]
+    assert not any("is not in the input" in link for link in meta["source"].get("links", [])), meta["source"]
+    if element == "TargetPrescriptionDose":
+        assert meta["audit"]["prescription_gy"] is None
+        assert "TargetPrescriptionDose 60\\70 is not one dose in Gy" in row["warnings"], row["warnings"]
+    else:
+        assert meta["audit"]["prescription_gy"] > 0, meta["audit"]  # the plan's prescription still audits the dose
 
 
 def test_a_brachytherapy_plan_is_not_flagged_above_its_prescription(clean, tmp_path, capsys):

@@ -50,7 +50,7 @@ def add_structures_and_audit(result, case, options, ct_geometry, contours=None) 
         ignored = case.plan.info.get("prescriptions_ignored")
         if ignored:
             result.meta.setdefault("warnings", []).append(
-                f"the RTPLAN's (300A,0026) TargetPrescriptionDose {', '.join(ignored)} is no dose in Gy: left out"
+                f"the RTPLAN's (300A,0026) TargetPrescriptionDose {', '.join(ignored)} is not one dose in Gy: left out"
             )
     out_masks = native_masks = None
     if options.structures:

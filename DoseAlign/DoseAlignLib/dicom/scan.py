@@ -286,6 +286,17 @@ def damaged_structure_set(path: Path, rel: str, damage: str) -> Optional[DicomOb
     return obj
 
 
+def _plan_number(value) -> Optional[float]:
+    """One number of an RTPLAN's Type 3 element that only the audit reads (None for none, several, or no number):
+    such a value is left out, not a reason to drop the plan (fifteenth hostile trial O11)."""
+    if value is None or (hasattr(value, "__len__") and not isinstance(value, (str, bytes))):  # several values
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def display_path(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` (posix), as text every output can hold.
 
@@ -673,18 +684,22 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         for ref in ds.get("DoseReferenceSequence", []):
             value = ref.get("TargetPrescriptionDose")
             if value not in (None, ""):
-                dose = float(value)
-                # (300A,0026) is Type 3: a value that is no dose (-60, NaN, inf) is left out, not used (a division
-                # by zero failed the case, NaN reached meta.json: fourteenth hostile trial N9)
-                (prescriptions if math.isfinite(dose) and dose > 0 else ignored).append(dose)
+                dose = _plan_number(value)
+                # (300A,0026) is Type 3: a value that is no dose (-60, NaN, inf, two values "60\70") is left out,
+                # not used (a division by zero failed the case, NaN reached meta.json: fourteenth hostile trial N9;
+                # two values made the whole plan a damaged file: fifteenth trial O11)
+                if dose is not None and math.isfinite(dose) and dose > 0:
+                    prescriptions.append(dose)
+                else:
+                    ignored.append(headers.value_text(value) if dose is None else str(dose))
         info["prescription_gy"] = max(prescriptions) if prescriptions else None
         if ignored:
-            info["prescriptions_ignored"] = [str(v) for v in ignored]
+            info["prescriptions_ignored"] = ignored
         # (300A,0202) BrachyTreatmentType, (300A,0230) ApplicationSetupSequence: a source's dose is many times the
         # prescription near it (the audit's upper bound on Dmax does not apply)
         info["brachytherapy"] = "BrachyTreatmentType" in ds or "ApplicationSetupSequence" in ds
-        fractions = [g.get("NumberOfFractionsPlanned") for g in ds.get("FractionGroupSequence", [])]
-        info["fractions"] = next((int(f) for f in fractions if f not in (None, "")), None)
+        fractions = [_plan_number(g.get("NumberOfFractionsPlanned")) for g in ds.get("FractionGroupSequence", [])]
+        info["fractions"] = next((int(f) for f in fractions if f is not None and f.is_integer() and f > 0), None)
         info["treated_beams"] = _treated_beams(ds)
         info["treated_by_group"] = [
             [_group_number(group, "FractionGroupNumber"), _treated_beams(ds, group)]
