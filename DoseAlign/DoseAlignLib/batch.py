@@ -57,6 +57,7 @@ from .output.files import (
     within,
     write_text_atomic,
 )
+from .output.formats import remove_stale_datasets
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import (
     foreign_file,
@@ -412,6 +413,18 @@ def export_folder(
             report.fault = f"dataset files: {output_fault(error, out_dir)}"
             finished = {}
         for message in finished.get("notes", []):
+            note(message)
+    if shard is None and report.fault is None:  # dataset files no longer true of the cases: removed, said
+        built = (
+            [
+                name
+                for name, key in (("dataset.h5", "dataset_h5"), ("dataset.json", "dataset_json"))
+                if finished.get(key)
+            ]
+            if formats is not None
+            else []
+        )
+        for message in remove_stale_datasets(out_dir, all_rows, built):
             note(message)
     try:
         report.manifest = write_rows(all_rows)
@@ -1050,10 +1063,15 @@ def _merge_shards(out_dir: Path, notes: Optional[list]) -> Path:
         notes.append(f"removed {len(removed)} temporary file(s) of a DoseAlign run that was killed: {_some(removed)}")
     rows.sort(key=lambda r: r["case_id"])
     try:
-        if formats is not None:
-            finished = formats.finish(out_dir, rows)  # dataset.h5, dataset.json (and formats a case lacks)
-            if notes is not None:
-                notes.extend(finished.get("notes", []))
+        finished = formats.finish(out_dir, rows) if formats is not None else {}  # dataset.h5, dataset.json
+        if notes is not None:
+            notes.extend(finished.get("notes", []))
+        built = [
+            name for name, key in (("dataset.h5", "dataset_h5"), ("dataset.json", "dataset_json")) if finished.get(key)
+        ]
+        stale = remove_stale_datasets(out_dir, rows, built)
+        if notes is not None:
+            notes.extend(stale)
         path = write_manifest(out_dir, rows)
         write_report(out_dir, rows, source="merged shards")
     except OSError as error:  # a full disk: named, no traceback (the shards' files are as they were)

@@ -894,6 +894,37 @@ def test_copies_of_one_structure_set(clean, tmp_path, capsys, variant):
         _failed_with(rows, original.name, f"copy/{original.name}", "share SOPInstanceUID", "(0008,0018)")
 
 
+@pytest.mark.parametrize("variant", ["byte copy", "another description", "another prescription"])
+def test_copies_of_one_plan(clean, tmp_path, capsys, variant):
+    """Fifteenth hostile trial O4: two RTPLAN files with one SOPInstanceUID and another prescription (60 and 10 Gy):
+    the case used the last by file name without a word, so the prescription, its audit flag and the plan's other
+    values followed the names. A copy (the same bytes, or the same values the export reads) is used once, the first
+    by path, with a note; a file that differs in what the export reads fails the case naming both."""
+    root = _copy(clean, "plan", tmp_path)
+    original = root / _rel(clean, "plan", clean["plan"].plan_file)
+    copy = original.parent / "zz_plan_copy.dcm"  # after the original by name: the one the export used
+    shutil.copy(original, copy)
+    if variant != "byte copy":
+        ds = dd.read(copy)
+        if variant == "another description":
+            ds.RTPlanDescription = "printed again"
+        else:
+            ds.DoseReferenceSequence[0].TargetPrescriptionDose = "10"
+        dd.save(ds, copy)
+    code, rows, out = _export(root, tmp_path, capsys)
+    if variant == "another prescription":
+        assert code == 1
+        _failed_with(rows, original.name, copy.name, "share SOPInstanceUID", "prescription_gy", "(0008,0018)")
+        return
+    assert code == 0
+    (row,) = rows
+    (expected,) = hostile.manifest(clean["outs"]["plan"])
+    assert (row["status"], row["case_id"], row["audit_flags"]) == ("ok", expected["case_id"], expected["audit_flags"])
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["source"]["rtplan_file"] == original.relative_to(root).as_posix(), meta["source"]
+    assert any(f"RTPLAN p/{copy.name} is a copy of p/{original.name}" in link for link in meta["links"]), meta["links"]
+
+
 def test_plans_that_sum_plans_cannot_add_up_are_case_warnings(clean, tmp_path, capsys):
     """With --sum-plans, plans on one CT that cannot be added up (here two PLAN doses of one plan, a recalculation)
     are exported one case each: each case's dose is one plan's, not the sum asked for. That was a note in
@@ -1868,3 +1899,42 @@ def test_one_series_in_two_folders_is_one_ct(clean, tmp_path, capsys, layout):
     shutil.copytree(root / "p" / "DICOM" / "0001", root / "p" / "copy")
     done = hostile.dosealign("scan", str(root))
     assert "one CT slice in 2 series (folders): copies" in done.stdout, done.stdout
+
+
+def test_dataset_files_that_no_longer_describe_the_cases_are_removed(tmp_path, capsys):
+    """Fifteenth hostile trial O9: after cases exported with ``--format nifti,hdf5`` were exported again without
+    those formats (another grid), dataset.h5 still held the first run's arrays under the same case ids and
+    dataset.json named NIfTI files that were gone, without a note (a merge even listed them as its output). Such
+    files are removed with a note; files still true (a --resume that keeps every case) stay as they are; a file of
+    that name that is not DoseAlign's is left alone."""
+    pytest.importorskip("h5py")
+    pytest.importorskip("nibabel")
+    root = tmp_path / "in"
+    for n in range(2):
+        hostile.study(root / f"p{n}", f"DS-{n}", 90 + n, with_structures=False, ct_size=(32, 32, 12))
+    out = tmp_path / "out"
+    base = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main([*base, "--format", "nifti,hdf5"]) == 0
+    first = {name: (out / name).read_bytes() for name in ("dataset.h5", "dataset.json")}
+    capsys.readouterr()
+    assert main([*base, "--resume"]) == 0  # every case kept: the dataset files still describe them
+    assert "removed" not in capsys.readouterr().out
+    assert {name: (out / name).read_bytes() for name in first} == first
+    assert main([*base, "--reference", "dose"]) == 0  # every case made again, without the formats
+    printed = capsys.readouterr().out
+    for name, fmt in (("dataset.h5", "hdf5"), ("dataset.json", "nifti")):
+        assert not (out / name).exists(), name
+        assert f"{name} of an earlier run removed" in printed and f"now without --format {fmt}" in printed, printed
+    (out / "dataset.json").write_text('{"mine": true}', encoding="utf-8")  # a user's file of that name
+    assert main([*base, "--reference", "ct"]) == 0
+    assert "dataset.json does not describe this folder's cases" in capsys.readouterr().out
+    assert (out / "dataset.json").read_text(encoding="utf-8") == '{"mine": true}'
+    merged = tmp_path / "merged"  # the same through shards and merge, which listed the stale files as its own
+    shards = ["export", str(root), str(merged), "--quiet", "--workers", "1", "--no-qa-png", "--shard"]
+    for extra in (["--format", "nifti,hdf5"], ["--reference", "dose"]):
+        for k in (1, 2):
+            assert main([*shards, f"{k}/2", *extra]) == 0
+        assert main(["merge", str(merged)]) == 0
+    printed = capsys.readouterr().out
+    assert "dataset.h5 of an earlier run removed" in printed and "dataset.json of an earlier run removed" in printed
+    assert not (merged / "dataset.h5").exists() and not (merged / "dataset.json").exists()

@@ -38,7 +38,10 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
     """
     request = read_ct_request(ct, scan) if ct else None
     result = LinkResult()
-    plans = {p.sop_instance_uid: p for p in scan.of_kind("RTPLAN")}
+    plan_files: dict = {}
+    for plan in sorted(scan.of_kind("RTPLAN"), key=lambda p: p.rel_path):
+        plan_files.setdefault(plan.sop_instance_uid, []).append(plan)
+    plans = {uid: files[0] for uid, files in plan_files.items()}  # the first by path, as of structure sets
     structs = scan.of_kind("RTSTRUCT")
     structs_by_uid = {s.sop_instance_uid: s for s in structs}
     used_plans, used_structs, used_series = set(), set(), set()
@@ -66,6 +69,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
                 or (conflicting_beam_doses(group[1]) if group[0] == SUMMED_BEAMS else None)
                 or _conflicting_slices(case)
                 or _structure_set_copies(case)
+                or _plan_copies(case, plan_files)
                 or _overlong_patient_id(case)
                 or _identity_mismatch(case)
             )
@@ -276,6 +280,44 @@ def _conflicting_slices(case: Case) -> Optional[str]:
         f"CT '{case.ct.folder or '.'}': {files[0]} and {files[1]} share SOPInstanceUID {uid} but hold different "
         f"images{more}: which one belongs to the CT cannot be told ((0008,0018) SOPInstanceUID; remove the wrong file)"
     )
+
+
+#: What the scan records of a file itself, not of its contents.
+_FILE_FACTS = ("size", "mtime_ns")
+
+
+def _plan_copies(case: Case, plan_files: dict) -> Optional[str]:
+    """RTPLAN files that share the case plan's SOPInstanceUID: a copy (the same bytes, or the same values of all the
+    export reads of a plan: prescription, beams, references, label) is used once, the first by path, with a note.
+    Files that differ there fail the case naming both: the last by path was used without a word, so the prescription
+    and its audit flags, the beam checks and the CT choice followed the file names (fifteenth hostile trial O4)."""
+    if case.plan is None:
+        return None
+    group = plan_files.get(case.plan.sop_instance_uid, [])
+    first = group[0] if group else case.plan
+    for other in group[1:]:
+        if same_bytes(first.path, other.path):
+            case.notes.append(f"RTPLAN {other.rel_path} is a copy of {first.rel_path} (the same bytes): used once")
+            continue
+        differing = sorted(
+            key
+            for key in set(first.info) | set(other.info)
+            if key not in _FILE_FACTS and first.info.get(key) != other.info.get(key)
+        )
+        for name in ("patient_id", "study_uid", "frame_of_reference_uid"):
+            if getattr(first, name) != getattr(other, name):
+                differing.append(name)
+        if differing:
+            return (
+                f"RTPLAN {first.rel_path} and {other.rel_path} share SOPInstanceUID {case.plan.sop_instance_uid} but "
+                f"differ in what the export reads ({', '.join(differing[:6])}): which plan belongs to the case cannot "
+                "be told ((0008,0018) SOPInstanceUID; remove the wrong file)"
+            )
+        case.notes.append(
+            f"RTPLAN {other.rel_path} is a copy of {first.rel_path} (the same SOPInstanceUID and the same values the "
+            f"export reads): {first.rel_path} is used (the first by path)"
+        )
+    return None
 
 
 def _structure_set_copies(case: Case) -> Optional[str]:

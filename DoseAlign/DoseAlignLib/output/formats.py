@@ -364,3 +364,73 @@ class ExportFormats:
             if note:
                 summary["notes"].append(f"{DATALIST_FILE}: {note}")
         return summary
+
+
+#: The files that describe a whole output folder in one format, and the format each is made of.
+DATASET_FILES = (("dataset.h5", "hdf5"), ("dataset.json", "nifti"))
+
+
+def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()) -> list:
+    """Remove the dataset files (``DATASET_FILES``) an earlier run wrote that no longer describe OUT's cases; return
+    notes saying so. ``written``: the names this run (re)built, which are current.
+
+    A dataset file is stale when a case of ``rows`` (ok or kept) lacks its format (exported again without it), or
+    its meta.json is newer than the file (exported again since). Such a file was left as it was: dataset.h5 kept
+    the first run's CT-grid arrays under case ids whose folders then held dose-grid cases, and dataset.json named
+    NIfTI files that were gone (fifteenth hostile trial O9). Only a file DoseAlign made is removed (an HDF5 file
+    with its ``dosealign_version`` attribute, a JSON datalist whose ``reference`` names DoseAlign)."""
+    out_dir = Path(out_dir)
+    cases = [row["case_id"] for row in rows if row.get("status") in ("ok", "skipped")]
+    notes = []
+    for name, fmt in DATASET_FILES:
+        path = out_dir / name
+        if name in written or path.is_symlink() or not path.is_file():
+            continue
+        made = path.stat().st_mtime_ns
+        lacking, newer = [], []
+        for case_id in cases:
+            try:
+                meta = load_meta(out_dir / case_id)
+                changed = (out_dir / case_id / "meta.json").stat().st_mtime_ns
+            except (DoseAlignError, OSError):
+                lacking.append(case_id)
+                continue
+            if fmt not in (meta.get("exports") or {}):
+                lacking.append(case_id)
+            elif changed > made:
+                newer.append(case_id)
+        if not lacking and not newer:
+            continue
+        named = lacking or newer
+        shown = ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+        why = f"{shown} {'now without' if lacking else 'exported again since, with'} --format {fmt}"
+        if not _made_by_dosealign(path, fmt):
+            notes.append(f"{name} does not describe this folder's cases ({why}); it is not DoseAlign's: left alone")
+            continue
+        try:
+            path.unlink()
+        except OSError as error:
+            notes.append(f"{name} no longer describes this folder's cases ({why}) and could not be removed: {error}")
+            continue
+        notes.append(
+            f"{name} of an earlier run removed: it described cases as they were before ({why}); "
+            f"export with --format {fmt} --resume to build it again"
+        )
+    return notes
+
+
+def _made_by_dosealign(path: Path, fmt: str) -> bool:
+    """Whether a dataset file is DoseAlign's own (see :func:`remove_stale_datasets`)."""
+    import json
+
+    try:
+        if fmt == "hdf5":
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                return "dosealign_version" in handle.attrs
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return isinstance(data, dict) and str(data.get("reference", "")).startswith("DoseAlign ")
+    except Exception:  # unreadable, not HDF5 or JSON, h5py missing: not known to be ours
+        return False
