@@ -1498,10 +1498,17 @@ def test_a_brachytherapy_plan_is_not_flagged_above_its_prescription(clean, tmp_p
     assert "dose_above_prescription" not in row["audit_flags"], row["audit_flags"]
 
 
-@pytest.mark.parametrize("intercept, flagged", [(0, True), (None, False), ("water", False)])
+@pytest.mark.parametrize(
+    "intercept, flagged", [(0, True), (None, False), ("water", False), ("0 padded", True), ("None padded", False)]
+)
 def test_a_ct_without_air_is_flagged(clean, tmp_path, capsys, intercept, flagged):
     """Thirteenth hostile trial M7: a CT whose RescaleIntercept was lost (0 instead of -1024: air at +24 HU, water
-    at about +1024) was ok with no flag or warning. The audit flags a CT whose lowest value is not below 0 HU."""
+    at about +1024) was ok with no flag or warning. The audit flags a CT whose lowest value is not below 0 HU.
+    Fifteenth trial O5: with padding beyond BitsStored outside a reconstruction circle, its --ct-fill value (-1000)
+    counted as the CT's lowest and hid the lost intercept; the fill is no value of the CT as read."""
+    padded = isinstance(intercept, str) and intercept.endswith(" padded")
+    if padded:
+        intercept = 0 if intercept.startswith("0") else None
     root = _copy(clean, "plan", tmp_path)
     slices = [root / _rel(clean, "plan", path) for path in clean["plan"].ct_files]
     noise = np.random.default_rng(7)
@@ -1518,9 +1525,26 @@ def test_a_ct_without_air_is_flagged(clean, tmp_path, capsys, intercept, flagged
             ds.PixelRepresentation = 0
             ds.PixelData = stored.astype(np.uint16).tobytes()
             ds.RescaleSlope, ds.RescaleIntercept = "1", str(intercept)
+        if padded:  # the corners outside the circle: a PixelPaddingValue beyond 12 BitsStored, as scanners write it
+            stored = ds.pixel_array.astype(np.uint16 if ds.PixelRepresentation == 0 else np.int16)
+            assert int(stored.max()) < 2048 and int(stored.min()) >= -2048, "the values must fit 12 bits stored"
+            rows, columns = np.mgrid[: stored.shape[0], : stored.shape[1]]
+            outside = (rows - stored.shape[0] / 2) ** 2 + (columns - stored.shape[1] / 2) ** 2 > (
+                stored.shape[0] / 2
+            ) ** 2
+            padding = 0xF000 if ds.PixelRepresentation == 0 else -0x1000 - 1
+            stored[outside] = padding
+            ds.BitsStored, ds.HighBit = 12, 11
+            ds.add_new(0x00280120, "US" if ds.PixelRepresentation == 0 else "SS", padding)
+            ds.PixelData = stored.tobytes()
         dd.save(ds, path)
     row, flags, out = _one_ok_case(root, tmp_path, capsys)
     assert ("ct_without_air" in flags) == flagged, flags
+    if padded:
+        meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+        with np.load(out / row["case_id"] / "pair.npz") as pair:
+            assert (pair["ct"] == -1000).any(), "the padding must be filled for this test"
+        assert meta["audit"]["ct_lowest_hu"] != -1000, meta["audit"]
 
 
 def _small_study_exported(tmp_path, capsys, patient: str, seed: int) -> tuple:

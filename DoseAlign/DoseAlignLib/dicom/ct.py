@@ -265,6 +265,7 @@ def read_ct(
     reference_iop = np.array(geometry.orientation or series.slices[geometry.order[0]].info["image_orientation"])
     buffers: dict = {}
     decoded: dict = {}  # a multi-frame file's decoded frames, by path, while its frames are read
+    filled = False  # whether any voxel is padding, given fill_hu
     for k, index in enumerate(geometry.order):
         obj = series.slices[index]
         if _read_in_place(obj, out[k], dtype, buffers):
@@ -306,7 +307,9 @@ def read_ct(
             out[k] = np.rint(hu) if dtype == "int16" else hu
         if padding is not None:  # outside the image, whatever a decoder made of those bits
             out[k][padding] = np.rint(fill_hu) if dtype == "int16" else fill_hu
-    return Volume(out, geometry.grid, units="HU", description=f"CT series {series.series_uid}")
+            filled = filled or bool(padding.any())
+    written = (float(np.rint(fill_hu)) if dtype == "int16" else float(np.float32(fill_hu))) if filled else None
+    return Volume(out, geometry.grid, units="HU", description=f"CT series {series.series_uid}", fill_value=written)
 
 
 def _frame_pixels(obj, decoded: dict) -> tuple:

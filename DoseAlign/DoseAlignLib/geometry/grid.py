@@ -313,13 +313,15 @@ class Grid:
 class Volume:
     """An array ``[k, j, i]`` with the grid that places it in patient space.
 
-    ``units`` names what the values are ("HU", "GY"); ``description`` is free text for people.
+    ``units`` names what the values are ("HU", "GY"); ``description`` is free text for people. ``fill_value``: the
+    value written where the file holds no image (a CT's padding), when some voxel got it; None when none did.
     """
 
     array: np.ndarray
     grid: Grid
     units: str = ""
     description: str = ""
+    fill_value: Optional[float] = None
 
     def __post_init__(self) -> None:
         if tuple(self.array.shape) != self.grid.shape:
