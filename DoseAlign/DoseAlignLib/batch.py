@@ -260,7 +260,10 @@ def export_folder(
         _check_no_other_run(out_dir, claimed=True)
     else:  # shards run side by side on purpose: other shards, all plain or all with one key
         _check_shard_siblings(out_dir, shard_name, pseudonyms)
-    clean_temp(out_dir)  # only dead runs' leftovers: a live shard's or another run's work stays
+    stuck: list = []
+    clean_temp(out_dir, stuck)  # only dead runs' leftovers: a live shard's or another run's work stays
+    for name, reason in stuck:  # (fifteenth hostile trial O13: such an entry stayed without a word)
+        note(f"{name}, left by an earlier DoseAlign run, could not be removed ({reason}): tried again next run")
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
         settings = _shard_settings(formats, {**_input_digest(found_ids, pseudonymizer), "rows": len(own)})
@@ -397,6 +400,12 @@ def export_folder(
                 record(index, manifest_row(case, "failed", f"not exported: the output could not be written ({why})"))
     report.rows = [r for r in rows if r is not None]
     report.rows.extend(extra_rows)
+    stuck = []  # what this run made and could not remove: a replaced case folder's earlier export (a file in use)
+    remove_owned(out_dir, claim.token, stuck, record_too=False)
+    for name, reason in stuck:
+        note(
+            f"{name}, which this run made (a case folder it replaced), could not be removed ({reason}): remove it by hand"
+        )
     if progress is not None:
         progress(1.0, f"{len(cases)} cases, {len(report.failed)} failed")
     all_rows = listed(report.rows)
@@ -750,6 +759,8 @@ def _not_replaced(cases: list, found, pseudonymizer) -> tuple:
             continue
         source = _recorded_source(case, pseudonymizer)
         meta = {"patient_id": case.patient_id, "source": source}
+        if pseudonymizer is not None:  # how its UIDs are recorded (kept, or keyed hashes): compared as such
+            meta["pseudonymized"] = {"uids": "kept" if pseudonymizer.keep_uids else "keyed hashes"}
         problem = replacement_problem(existing.folder, meta)
         if problem is not None:
             (clashes if isinstance(problem, OtherCase) else foreign)[case.case_id] = str(problem)

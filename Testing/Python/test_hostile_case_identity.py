@@ -123,6 +123,26 @@ def test_resume_of_a_pseudonymized_export_sees_an_edit_without_recording_times(s
     assert "(size or time)" in text, text
 
 
+@pytest.mark.parametrize("first, then", [(["--keep-uids"], []), ([], ["--keep-uids"])])
+def test_a_pseudonymized_case_exported_again_with_keep_uids_toggled_is_the_same_case(
+    study, tmp_path, capsys, first, then
+):
+    """Fifteenth hostile trial O12: a pseudonymized OUT made with --keep-uids and exported again without it (same
+    input, same key), or the other way round, failed every case as "holds another input's case with this case id":
+    the real UIDs the folder recorded were compared with keyed hashes. It is the same case, made again."""
+    root, _truth = study
+    out = tmp_path / "out"
+    args = ("--pseudonymize", "--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv"))
+    assert _export(root, out, *args, *first) == 0
+    (before,) = hostile.manifest(out)
+    for resume, status in (([], "ok"), (["--resume"], "skipped")):  # then kept: the folder holds this form now
+        assert _export(root, out, *args, *then, *resume) == 0, capsys.readouterr()
+        (row,) = hostile.manifest(out)
+        assert (row["case_id"], row["status"]) == (before["case_id"], status), row
+        uids = _meta(out, row["case_id"])["pseudonymized"]["uids"]
+        assert uids == ("kept" if then else "keyed hashes"), uids
+
+
 def test_resume_exports_again_a_case_whose_meta_json_does_not_record_its_files(study, tmp_path, capsys):
     """A meta.json of an earlier version (no input_files): exported again, the safe side."""
     root, _truth = study

@@ -1646,6 +1646,65 @@ def test_merge_removes_what_a_killed_merge_left_and_nothing_else(sharded, tmp_pa
     assert [r["status"] for r in hostile.manifest(out)] == ["ok"] * 4
 
 
+def test_a_replaced_case_folder_that_cannot_be_removed_is_named(cohort, tmp_path, capsys, monkeypatch):
+    """Fifteenth hostile trial O13: when a case exported again replaced its folder and the earlier one could not be
+    removed (a file in it that cannot be deleted: an NFS reader holding it, an immutable file), the earlier folder
+    stayed in OUT as ``.tmp-dosealign-<run>-old-*`` without a word, exit 0, and every later run failed on it the
+    same way. The run now names it in a note, keeps its owner record, and the next run tries again and says so."""
+    import shutil as shutil_module
+
+    out = tmp_path / "out"
+    base = ["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(base) == 0
+    capsys.readouterr()
+    real_rmtree = shutil_module.rmtree
+
+    def stuck_rmtree(path, *args, **kwargs):  # a file inside the earlier folder that cannot be deleted
+        if "-old-" in os.fspath(path):
+            if kwargs.get("ignore_errors"):
+                return None
+            raise PermissionError(1, "Operation not permitted", "qa.png")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil_module, "rmtree", stuck_rmtree)
+    assert main(base) == 0  # every case exported again (no --resume)
+    printed = capsys.readouterr().out
+    left = sorted(p.name for p in out.glob(".tmp-dosealign-*-old-*"))
+    assert len(left) == 5, sorted(p.name for p in out.iterdir())
+    for name in left:
+        assert f"{name}, which this run made (a case folder it replaced), could not be removed" in printed, printed
+    assert "qa.png in it: Operation not permitted" in printed
+    assert list(out.glob(".tmp-dosealign-*.owner")), "the record stays, so that a later run tries again"
+    monkeypatch.setattr(shutil_module, "rmtree", real_rmtree)
+    later = (  # another process (this one's own record is of a live run), the folder still stuck
+        "import os, shutil, sys\n"
+        "real = shutil.rmtree\n"
+        "def stuck(path, *a, **k):\n"
+        "    if '-old-' in os.fspath(path):\n"
+        "        raise PermissionError(1, 'Operation not permitted', 'qa.png')\n"
+        "    return real(path, *a, **k)\n"
+        "shutil.rmtree = stuck\n"
+        "from DoseAlignLib.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", later, *base, "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{left[0]}, left by an earlier DoseAlign run, could not be removed" in done.stdout, done.stdout
+    assert sorted(p.name for p in out.glob(".tmp-dosealign-*-old-*")) == left
+    from DoseAlignLib.output.files import release_claims
+
+    release_claims(out)  # this process's own run: its record goes, as at its exit
+    done = hostile.dosealign(*base, "--resume")  # removable again: removed
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not list(out.glob(".tmp-dosealign-*")), sorted(p.name for p in out.iterdir())
+
+
 def test_a_full_disk_during_merge_says_what_to_do_for_merge(sharded, tmp_path, capsys, monkeypatch):
     """Fourteenth hostile trial N5: merge's disk-full message advised "run again with --resume; the export stopped
     here" (merge has no --resume and is no export). It says to run merge again now, exit 4."""

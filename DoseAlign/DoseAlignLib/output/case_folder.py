@@ -735,11 +735,21 @@ def other_case(folder: Path, meta: dict) -> str:
     old_uids, new_uids = had.get("rtdose_sop_uids"), wanted.get("rtdose_sop_uids")
     if not isinstance(old_uids, list) or not isinstance(new_uids, list):
         return ""
+    if _uid_form(old) != _uid_form(meta):  # real UIDs against keyed hashes (--keep-uids toggled): not comparable,
+        return ""  # the same patient's case made another way (fifteenth hostile trial O12 refused it as another's)
     if sorted(str(u) for u in old_uids) == sorted(str(u) for u in new_uids):
         return ""
     if had.get("ct_series_uid") is not None and had.get("ct_series_uid") == wanted.get("ct_series_uid"):
         return ""
     return f"RTDOSE SOPInstanceUID {', '.join(str(u) for u in old_uids[:2])} on CT series {had.get('ct_series_uid')}"
+
+
+def _uid_form(meta: dict) -> str:
+    """How a case's meta.json records UIDs: as read ("plain"), or pseudonymized: "kept" or "keyed hashes"."""
+    recorded = meta.get("pseudonymized")
+    if not isinstance(recorded, dict):
+        return "plain"
+    return str(recorded.get("uids", "keyed hashes"))
 
 
 #: Entries of a DoseAlign case folder, whatever the formats and the version (besides those meta.json names).
@@ -924,7 +934,7 @@ def _foreign(folder: Path) -> Optional[str]:
     return None
 
 
-def clean_temp(out_dir: Path) -> list:
+def clean_temp(out_dir: Path, failed: Optional[list] = None) -> list:
     """Remove what killed DoseAlign runs left in ``out_dir``; return the names removed.
 
     Only entries of runs whose owner is provably dead go (see :mod:`.files`): a live run's
@@ -935,7 +945,7 @@ def clean_temp(out_dir: Path) -> list:
         return []
     removed = []
     for token in dead_claims(out_dir):
-        removed.extend(remove_owned(out_dir, token))
+        removed.extend(remove_owned(out_dir, token, failed))
     return removed
 
 

@@ -102,6 +102,7 @@ class RunClaim:
                 **{key: value for key, value in (details or {}).items() if key not in ("dosealign_run", "pid")},
             }
             os.write(self._fd, (json.dumps(owner) + "\n").encode("utf-8"))
+            self._owner = owner
         except BaseException:
             self.release()
             raise
@@ -117,10 +118,17 @@ class RunClaim:
         if self._fd is None:
             return
         if os.getpid() == self.pid:
+            stuck: list = []
             with contextlib.suppress(OSError):
-                remove_owned(self.folder, self.token)
-            with contextlib.suppress(OSError):
-                self.record.unlink()
+                remove_owned(self.folder, self.token, stuck)
+            if not stuck:
+                with contextlib.suppress(OSError):
+                    self.record.unlink()
+            else:  # the record stays, marked ended, so that a later run removes what could not be removed now (a
+                # process that lives on, Slicer's, is no live run for it)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, 0)
+                    os.pwrite(self._fd, (json.dumps({**self._owner, "released": True}) + "\n").encode("utf-8"), 0)
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._fd = None
@@ -215,6 +223,7 @@ def _owner_state(record: Path) -> str:
 
     Dead means: the record's lock is free (its helpers, which hold it too, are gone) and its owner
     process is gone, its pid belongs to another process now, or this machine restarted since.
+    A record its run marked ``released`` (it ended, leaving entries it could not remove) is dead too.
     A record of another host name is live while its lock is held (a lock is seen across PID and UTS
     namespaces of one machine, and across the hosts of a network file system whose locks are shared);
     with the lock free, one of this machine (the same boot id: a container's run) is gone ("unknown":
@@ -239,6 +248,8 @@ def _owner_state(record: Path) -> str:
         match = _ENTRY.match(record.name)
         if not match or owner.get("dosealign_run") != match.group(1):
             return "unknown"
+        if owner.get("released") is True:  # its run ended, leaving entries it could not remove
+            return "dead"
         if owner.get("host") != socket.gethostname():  # another machine's run (shared storage), or a container's
             lock = _lock_state(fd)
             if lock == "held":
@@ -359,13 +370,15 @@ def _claimed_tokens() -> set:
     return {claim.token for claim in _CLAIMS.values()}
 
 
-def remove_owned(folder: Path, token: str) -> list:
-    """Remove the temporary entries of run ``token`` directly in ``folder``, then its owner record.
+def remove_owned(folder: Path, token: str, failed: Optional[list] = None, record_too: bool = True) -> list:
+    """Remove the temporary entries of run ``token`` directly in ``folder``, then its owner record (unless not
+    ``record_too``: the run goes on).
 
     Only names of that run (``.tmp-dosealign-<token>-...``) are touched; a symlink is removed, never
-    followed; a folder is removed with its content (which that run made). Returns the names removed.
+    followed; a folder is removed with its content (which that run made). Returns the names removed;
+    ``failed`` (when given) gets ``(name, reason)`` of each entry that could not be removed.
     """
-    removed = []
+    removed, stuck = [], 0
     prefix = f"{RUN_PREFIX}{token}-"
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.name.startswith(prefix):
@@ -376,8 +389,15 @@ def remove_owned(folder: Path, token: str) -> list:
             else:
                 os.unlink(entry.path)
             removed.append(entry.name)
-        except OSError:
+        except OSError as error:
+            if failed is not None:
+                inner = os.path.basename(str(error.filename)) if getattr(error, "filename", None) else ""
+                where = f"{inner} in it" if inner and inner != entry.name else "it"
+                failed.append((entry.name, f"{printable(where)}: {error.strerror or error}"))
+            stuck += 1
             continue
+    if not record_too or stuck:  # an entry that stays keeps its record: a later run tries again
+        return removed
     record = Path(folder) / f"{RUN_PREFIX}{token}{OWNER_SUFFIX}"
     with contextlib.suppress(OSError):
         record.unlink()
