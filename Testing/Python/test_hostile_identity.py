@@ -966,6 +966,32 @@ def test_the_birth_date_with_typographic_or_spaced_separators_or_cjk_characters_
         assert guard.find(text) == "", text
 
 
+def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(tmp_path, capsys):
+    """Fifteenth hostile trial O15, O16: the birth date as DICOM's date-time (``19750302093000``) was kept, and a date
+    touching ``.digits`` (``02.03.1975.1``, ``1975.03.02.2``, ``19750302.5``, ``1.1975.03.02``) failed the case
+    "please report it": the check read a date where the rewriting saw a number. The whole ID, letters included,
+    with a version (``PTV MJ40417.2``) was kept by both. Each is now removed; numbers stay numbers."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    rois = ["a 19750302093000", "b 197503020930", "c 02.03.1975.1", "d 1975.03.02.2", "e 19750302.5", "f 1.1975.03.02"]
+    rois += ["PTV MJ40417.2", "CTV_MJ-40417.1"]
+    code, row, out = _export_with_rois(tmp_path, rois)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = set(_names_of(out, row))
+    expected = {"a [removed]", "b [removed]", "c [removed].1", "d [removed].2", "e [removed].5", "f 1.[removed]"}
+    assert expected | {"PTV [removed].2", "CTV_[removed].1"} <= names, sorted(names)
+    identity = Identity()
+    identity.dates.add("19750302")
+    identity.patient_ids.add("MJ-40417")
+    guard = IdentityGuard(identity)
+    for text in rois:
+        assert guard.find(text), text
+    rewriting = Pseudonymizer(key=b"k" * 32, identity=identity)
+    for number in ["63.0584", "0.750302", "19750303093000", "197503021", "x 1.25e-05", "MJ40418.2"]:
+        assert guard.find(number) == "", number
+        assert rewriting.text(number) == number, number
+
+
 def test_the_check_alone_finds_dates_in_other_spellings():
     """E10, the check's own code: six digits and month names are read as the input's dates, not as any number
     (not in a column of numbers: openkbp's voxel indices)."""

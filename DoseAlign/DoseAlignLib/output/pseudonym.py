@@ -1513,8 +1513,11 @@ def _id_pattern(identifier: str):
                 for c, d in zip(squeezed, squeezed[1:])
             ) + re.escape(squeezed[-1])
             if any(c.isdigit() for c in squeezed):
-                lead = r"(?<![0-9])(?<![0-9]\.)" if squeezed[0].isdigit() else ""
-                tail = r"(?![0-9])(?!\.[0-9])" if squeezed[-1].isdigit() else ""
+                # an ID of digits only may be the decimals of a number (63.0584); one that holds letters never is
+                # (QX77415.2, a version: fifteenth hostile trial O16)
+                decimals = squeezed.isdigit()
+                lead = (r"(?<![0-9])" + (r"(?<![0-9]\.)" if decimals else "")) if squeezed[0].isdigit() else ""
+                tail = (r"(?![0-9])" + (r"(?!\.[0-9])" if decimals else "")) if squeezed[-1].isdigit() else ""
             else:
                 lead, tail = r"(?<![0-9A-Za-z])", r"(?![0-9A-Za-z])"
             pattern = re.compile(lead + body + tail, re.IGNORECASE)
@@ -1731,7 +1734,11 @@ class IdentityGuard:
             for match in re.finditer(re.escape(identifier), collapsed):
                 before = collapsed[match.start() - 1] if match.start() else " "
                 after = collapsed[match.end()] if match.end() < len(collapsed) else " "
-                if not before.isalnum() and not after.isalnum() and not _in_number(collapsed, *match.span()):
+                if (
+                    not before.isalnum()
+                    and not after.isalnum()
+                    and not (identifier.isdigit() and _in_number(collapsed, *match.span()))
+                ):
                     return "a patient ID"
         for number in self.bare_numbers:  # an ID's number without its leading zeros, as a word of its own
             start = lowered.find(number)
@@ -1753,7 +1760,9 @@ class IdentityGuard:
                     break
                 joined += runs[k][0]
                 if joined in self.ids and (
-                    joined in self.dotted_ids or not _in_number(lowered, runs[start][1], runs[k][2])
+                    joined in self.dotted_ids
+                    or not joined.isdigit()
+                    or not _in_number(lowered, runs[start][1], runs[k][2])
                 ):
                     return "a patient ID"
                 if len(joined) >= self.longest_id:
@@ -1864,7 +1873,7 @@ def _glued_id(lowered: str, ids: set, dotted: frozenset = frozenset()) -> bool:
                 not (identifier[0] in _DIGITS and before in _DIGITS)
                 and not (identifier[-1] in _DIGITS and after in _DIGITS)
                 and not inside
-                and not _in_number(lowered, first, last + 1)
+                and not (identifier.isdigit() and _in_number(lowered, first, last + 1))  # (QX77415.2: an ID, O16)
             ):
                 return True
             start = squeezed.find(identifier, start + 1)
@@ -2042,6 +2051,8 @@ def _dates_in(text: str) -> set:
     for match in re.finditer(rf"(?<![\d.])(\d{{4}}){_DATE_SEP}(\d{{4}})(?![\d]|\.\d)", text):
         a, b = match.groups()
         found.update((a + b, b + a, b + a[2:] + a[:2]))
+    for match in _DATE_TIME.finditer(text):  # 20230415093000: DICOM's date-time
+        found.add(match.group(1))
     for match in _CJK_DATE.finditer(text):
         a, b, c = match.groups()
         found.add(f"{a}{int(b):02d}{int(c):02d}")
@@ -2064,6 +2075,9 @@ def _dates_in(text: str) -> set:
     return found
 
 
+#: A time after a date in DICOM's date-time (DT): HHMM, HHMMSS, with a fraction of a second.
+_DICOM_TIME = r"(?:[01][0-9]|2[0-3])[0-5][0-9](?:[0-5][0-9](?:\.[0-9]{1,6})?)?"
+_DATE_TIME = re.compile(r"(?<!\d)(\d{8})" + _DICOM_TIME + r"(?!\d)")
 _SIX_DIGITS = re.compile(r"(?<![\d.])(\d{6})(?![\d]|\.\d)|(?<=[^\d.]\.)(\d{6})(?![\d]|\.\d)")
 #: The check's own table of English month names (full, three letters, and "sept").
 _MONTH_NUMBERS = {
@@ -2161,20 +2175,25 @@ def _date_pattern(date: str):
         sep = _DATE_SEP  # (an underscore: ROI and file names, where a space is often not allowed)
         year = f"(?:{y4}|{y2})"
         forms = [
+            f"{date}{_DICOM_TIME}",  # DICOM's date-time (DT): 20230415093000, 202304150930.5
             f"{y4}{sep}{mm}{sep}{dd}",
             f"{dd}{sep}{mm}{sep}{year}",
             f"{mm}{sep}{dd}{sep}{year}",
             f"{y2}{sep}{mm}{sep}{dd}",
+            date,  # (the check reads YYYYMMDD anywhere digits end: 19750302.5 too)
+            f"{y4} *[年년] *{mm} *[月월] *{dd}(?: *[日일])?",
+        ]
+        # forms that could be a number's digits (0.750302, 63.02031975, 2023.0415 cc): not after or before a
+        # decimal point, as the check reads them
+        number_like = [
+            f"{d:02d}{m:02d}{y4}",
+            f"{m:02d}{d:02d}{y4}",
             f"{y4}{sep}{m:02d}{d:02d}",  # the year apart from the month and day written together
             f"{m:02d}{d:02d}{sep}{y4}",
             f"{d:02d}{m:02d}{sep}{y4}",
-            date,
-            f"{d:02d}{m:02d}{y4}",
-            f"{m:02d}{d:02d}{y4}",
             f"{y2}{m:02d}{d:02d}",
             f"{d:02d}{m:02d}{y2}",
             f"{m:02d}{d:02d}{y2}",
-            f"{y4} *[年년] *{mm} *[月월] *{dd}(?: *[日일])?",
         ]
         if 1 <= m <= 12:
             names = [_MONTHS[0][m - 1], _MONTHS[1][m - 1]] + (["sept"] if m == 9 else [])
@@ -2186,8 +2205,13 @@ def _date_pattern(date: str):
                 f"{month}{gap}{day}{gap}{year}",
                 f"{y4}{gap}{month}{gap}{dd}",
             ]
+        # a date touching ".digits" otherwise (15.04.2023.1, 20230415.093000) is a date, as the check reads it
+        # (fifteenth hostile trial O15: the check refused what the rewriting kept)
         body = "|".join(f"(?:{form})" for form in forms)
-        pattern = re.compile(r"(?<![0-9])(?<![0-9]\.)(?:" + body + r")(?![0-9])(?!\.[0-9])", re.IGNORECASE)
+        guarded = "|".join(f"(?:{form})" for form in number_like)
+        pattern = re.compile(
+            r"(?<![0-9])(?:" + body + r"|(?<![0-9]\.)(?:" + guarded + r")(?!\.[0-9]))(?![0-9])", re.IGNORECASE
+        )
         _DATE_PATTERNS[date] = pattern
     return pattern
 
