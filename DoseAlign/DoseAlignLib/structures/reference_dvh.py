@@ -462,6 +462,11 @@ def _outline_points(outlines: _Outlines, steps: np.ndarray) -> tuple:
 BETWEEN_PLANES = ("interpolated", "slab")
 #: Brute-force (point, edge) pairs per chunk of :func:`outline_distance`.
 DISTANCE_CHUNK = 1 << 18
+#: Most (point, mark or edge) pairs one :meth:`Outline.distance` measures (about 10 s here). A smooth outline needs
+#: tens per point; a zigzag whose edges each span most rows needs all of them, for every point: a 4 MB RTSTRUCT took
+#: six minutes, bounded only by the case's one-hour limit (fifteenth hostile trial O10). Beyond this the ROI gets no
+#: reference DVH, with the reason; the case goes on.
+MAX_DISTANCE_PAIRS = 1 << 29
 #: A run's end section enclosing less than this share of its neighbour's area closes the solid there
 #: (a point, a sliver: the plane touches the structure); see :meth:`ContourSolid.closing_inside`.
 CLOSING_AREA_SHARE = 0.01
@@ -505,6 +510,7 @@ class Outline:
             v = pts[todo, 1]
             first = np.searchsorted(mv, v - window, side="left")
             counts = np.searchsorted(mv, v + window, side="right") - first
+            self._check_work(counts)
             for lo, hi in _chunks(counts):
                 point, offset = _repeat_ranges(counts[lo:hi])
                 if point.size:
@@ -518,6 +524,7 @@ class Outline:
         counts = np.maximum(np.searchsorted(self.lo_v, pts[:, 1] + bound, side="right") - first, 0)
         if exact is not None:
             counts[~exact] = 0
+        self._check_work(counts)
         best = bound**2
         for lo, hi in _chunks(counts):
             point, offset = _repeat_ranges(counts[lo:hi])
@@ -532,6 +539,15 @@ class Outline:
             part = np.flatnonzero(counts[lo:hi] > 0) + lo
             best[part] = np.minimum(best[part], _segment_min(d2, counts[lo:hi]))
         return np.sqrt(best)
+
+    def _check_work(self, counts: np.ndarray) -> None:
+        """Refuse (ValueError) more than :data:`MAX_DISTANCE_PAIRS` pairs at once, before measuring them."""
+        pairs = int(counts.sum())
+        if pairs > MAX_DISTANCE_PAIRS:
+            raise ValueError(
+                f"an outline of {self.a.shape[0]} edges is too dense to measure ({pairs} point-edge pairs in one plane, "
+                f"more than {MAX_DISTANCE_PAIRS}: edges that zigzag across it?)"
+            )
 
 
 def _chunks(counts: np.ndarray):
