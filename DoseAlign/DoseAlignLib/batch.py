@@ -60,6 +60,7 @@ from .output.files import (
 from .output.formats import remove_stale_datasets
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import (
+    dose_digest,
     foreign_file,
     input_files,
     inspect_output,
@@ -230,7 +231,13 @@ def export_folder(
         pseudonymizer,
     )
     if append and shard is None:  # this input's doses another input's case in OUT holds already: kept once
-        same = _same_doses(cases, found, own, set(clashes), pseudonymizer)
+        differing: list = []
+        same = _same_doses(cases, found, own, set(clashes), pseudonymizer, differing)
+        if differing:
+            note(
+                f"--append: {len(differing)} case(s) of this input share RTDOSE SOPInstanceUIDs with another input's "
+                f"case in the output folder but not its file contents: exported as cases of their own: {_some(differing)}"
+            )
         if same:
             cases = [c for c in cases if c.case_id not in same]
             note(
@@ -776,7 +783,7 @@ def _dose_identity(source) -> Optional[tuple]:
     return (uids, str(source.get("ct_series_uid"))) if uids else None
 
 
-def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer) -> dict:
+def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer, differing: Optional[list] = None) -> dict:
     """``{case_id: other_id}`` for each case of this input (not yet in OUT under its own id) whose RTDOSE
     SOPInstanceUIDs and CT series are those of the complete case ``other_id`` of another input in OUT: the same dose
     on the same CT (a patient's folder exported again on its own), which would otherwise be a second case of one
@@ -795,8 +802,14 @@ def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer) -> di
             continue
         source = _recorded_source(case, pseudonymizer)
         other = held.get(_dose_identity(source))
-        if other is not None:
-            same[case.case_id] = other
+        if other is None:
+            continue
+        recorded = (found.cases[other].meta.get("source") or {}).get("rtdose_digest")
+        if recorded and recorded != dose_digest(case, pseudonymizer.key if pseudonymizer is not None else None):
+            if differing is not None:  # one SOPInstanceUID, other bytes: another dose (O14), exported as its own
+                differing.append(f"{case.case_id} (RTDOSE of {other}'s SOPInstanceUIDs, other contents)")
+            continue
+        same[case.case_id] = other
     return same
 
 
@@ -1412,6 +1425,7 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
                 record["stamp"] = stamp  # after the rewriting: a keyed hash is no text to rewrite
         else:
             result.meta["source"]["input_files"] = records
+        result.meta["source"]["rtdose_digest"] = dose_digest(case, pseudonymizer.key if pseudonymizer else None)
         extra = [_announced(qa_png_writer(result), say, "writing qa.png")] if qa_png else []
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result, say))

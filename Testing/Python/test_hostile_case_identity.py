@@ -288,6 +288,36 @@ def test_append_of_an_input_overlapping_one_in_out_lists_each_dose_once(tmp_path
     assert len(images) == 3 and len(set(images)) == 3, listed
 
 
+@pytest.mark.parametrize("pseudonymized", [False, True], ids=["plain", "pseudonymized"])
+def test_append_exports_another_dose_under_the_same_sop_instance_uid(tmp_path, capsys, pseudonymized):
+    """Fifteenth hostile trial O14: --append left out a dose of another input whose SOPInstanceUIDs and CT were those
+    of a case in OUT, as "the same RTDOSE", though its file held another dose (the Nelms phantom's AntPost and SupInf
+    fields share one SOPInstanceUID): it was never exported, exit 0. The files' contents are compared too (meta.json
+    records their digest): another dose is exported as a case of its own, with a note."""
+    root = tmp_path / "a"
+    truth = hostile.study(root / "P1", "UID-1", seed=4)
+    other = tmp_path / "b"
+    shutil.copytree(root, other)
+    dose = other / Path(truth.dose_files[0]).relative_to(root)
+    _edit(dose, lambda ds: setattr(ds, "DoseGridScaling", float(ds.DoseGridScaling) * 0.5))  # another dose, one UID
+    dose.rename(dose.with_name("other_field.dcm"))  # another file name: another case id, as AntPost and SupInf
+    out = tmp_path / "out"
+    args = []
+    if pseudonymized:
+        args = ["--pseudonymize", "--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    assert _export(root, out, *args) == 0
+    (first,) = hostile.manifest(out)
+    assert _meta(out, first["case_id"])["source"]["rtdose_digest"].isdigit()
+    capsys.readouterr()
+    assert _export(other, out, *args, "--append") == 0
+    text = capsys.readouterr().out
+    rows = hostile.manifest(out)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), rows
+    assert "share RTDOSE SOPInstanceUIDs with another input's case in the output folder but not its file" in text, text
+    maxima = sorted(float(r["dmax_gy"]) for r in rows)
+    assert maxima[0] == pytest.approx(maxima[1] / 2, rel=1e-3), maxima
+
+
 # ---- E9: a user's files inside a case folder -------------------------------------------------------
 
 

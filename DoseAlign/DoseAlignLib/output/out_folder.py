@@ -309,6 +309,24 @@ def input_files(case) -> list:
     ]
 
 
+def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
+    """A digest of the bytes of the case's RTDOSE files, in order, as a decimal number (no run of it reads as a date or
+    an ID: it is all one number); keyed (HMAC) when ``key`` is given, as a pseudonymized export records it (the files
+    hold identity). None when a file cannot be read. Two files under one SOPInstanceUID may hold other doses (the
+    Nelms phantom's AntPost and SupInf fields): ``--append`` compares these, not only the UIDs (fifteenth hostile
+    trial O14)."""
+    digest = hmac.new(key, b"dosealign|rtdose|", hashlib.sha256) if key is not None else hashlib.sha256()
+    try:
+        for dose in case.doses:
+            with open(dose.path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            digest.update(b"|")
+    except OSError:
+        return None
+    return str(int.from_bytes(digest.digest(), "big"))
+
+
 def keyed_stamps(records: list, key: bytes) -> tuple:
     """``(records without size and time, stamps)``: for a pseudonymized export, each file's size and
     modification time are recorded only as a keyed hash (a time would tell when the data were made)."""
