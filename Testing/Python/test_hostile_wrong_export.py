@@ -1951,8 +1951,21 @@ def test_dataset_files_that_no_longer_describe_the_cases_are_removed(tmp_path, c
         assert f"{name} of an earlier run removed" in printed and f"now without --format {fmt}" in printed, printed
     (out / "dataset.json").write_text('{"mine": true}', encoding="utf-8")  # a user's file of that name
     assert main([*base, "--reference", "ct"]) == 0
-    assert "dataset.json does not describe this folder's cases" in capsys.readouterr().out
+    assert "dataset.json" not in capsys.readouterr().out
     assert (out / "dataset.json").read_text(encoding="utf-8") == '{"mine": true}'
+    (out / "dataset.json").unlink()
+    # sixteenth trial P1: a run that only adds a format, or an OUT copied (times changed), changes no case: the
+    # dataset files stay (a comparison of modification times removed dataset.h5 as "exported again since")
+    assert main([*base, "--format", "hdf5"]) == 0
+    kept = (out / "dataset.h5").read_bytes()
+    assert main([*base, "--resume", "--format", "nifti"]) == 0
+    copied = tmp_path / "copied"
+    shutil.copytree(out, copied)  # (file times are those of the copy)
+    assert main(["export", str(root), str(copied), "--quiet", "--workers", "1", "--no-qa-png", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "removed" not in printed, printed
+    assert (out / "dataset.h5").read_bytes() == kept and (out / "dataset.json").is_file()
+    assert (copied / "dataset.h5").read_bytes() == kept and (copied / "dataset.json").is_file()
     merged = tmp_path / "merged"  # the same through shards and merge, which listed the stale files as its own
     shards = ["export", str(root), str(merged), "--quiet", "--workers", "1", "--no-qa-png", "--shard"]
     for extra in (["--format", "nifti,hdf5"], ["--reference", "dose"]):

@@ -374,11 +374,14 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
     """Remove the dataset files (``DATASET_FILES``) an earlier run wrote that no longer describe OUT's cases; return
     notes saying so. ``written``: the names this run (re)built, which are current.
 
-    A dataset file is stale when a case of ``rows`` (ok or kept) lacks its format (exported again without it), or
-    its meta.json is newer than the file (exported again since). Such a file was left as it was: dataset.h5 kept
-    the first run's CT-grid arrays under case ids whose folders then held dose-grid cases, and dataset.json named
-    NIfTI files that were gone (fifteenth hostile trial O9). Only a file DoseAlign made is removed (an HDF5 file
-    with its ``dosealign_version`` attribute, a JSON datalist whose ``reference`` names DoseAlign)."""
+    A dataset file is stale when a case of ``rows`` (ok or kept) lacks its format (exported again without it), is
+    not in the file, or is in it as it was made before: dataset.h5 records each case's meta.json (``meta_json``),
+    compared less what a later run adds to a folder (formats, its file list). So is a file that lists a case the rows
+    do not hold. Such a file was left as it was: dataset.h5 kept the first run's CT-grid arrays under case ids whose
+    folders then held dose-grid cases, and dataset.json named NIfTI files that were gone (fifteenth hostile trial
+    O9). Adding a format, or copying OUT, changes no case: the file stays (sixteenth trial P1: a comparison of
+    modification times removed it). Only a file DoseAlign made is removed (an HDF5 file with its
+    ``dosealign_version`` attribute, a JSON datalist whose ``reference`` names DoseAlign)."""
     out_dir = Path(out_dir)
     cases = [row["case_id"] for row in rows if row.get("status") in ("ok", "skipped")]
     notes = []
@@ -386,27 +389,31 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
         path = out_dir / name
         if name in written or path.is_symlink() or not path.is_file():
             continue
-        made = path.stat().st_mtime_ns
-        lacking, newer = [], []
+        if not _made_by_dosealign(path, fmt):
+            continue  # not DoseAlign's (or unreadable): not ours to judge
+        listed = _dataset_cases(path, fmt)
+        lacking, changed = [], []
         for case_id in cases:
             try:
                 meta = load_meta(out_dir / case_id)
-                changed = (out_dir / case_id / "meta.json").stat().st_mtime_ns
             except (DoseAlignError, OSError):
                 lacking.append(case_id)
                 continue
-            if fmt not in (meta.get("exports") or {}):
+            if fmt not in (meta.get("exports") or {}) or case_id not in listed:
                 lacking.append(case_id)
-            elif changed > made:
-                newer.append(case_id)
-        if not lacking and not newer:
+            elif listed[case_id] is not None and listed[case_id] != _case_essence(meta):
+                changed.append(case_id)
+        extra = sorted(set(listed) - set(cases))
+        if not (lacking or changed or extra):
             continue
-        named = lacking or newer
-        shown = ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
-        why = f"{shown} {'now without' if lacking else 'exported again since, with'} --format {fmt}"
-        if not _made_by_dosealign(path, fmt):
-            notes.append(f"{name} does not describe this folder's cases ({why}); it is not DoseAlign's: left alone")
-            continue
+        parts = []
+        for named, what in ((lacking, f"now without --format {fmt} or not in it"), (changed, "made again since"),
+                            (extra, "no longer among the cases")):  # fmt: skip
+            if named:
+                parts.append(
+                    ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "") + f" {what}"
+                )
+        why = "; ".join(parts)
         try:
             path.unlink()
         except OSError as error:
@@ -417,6 +424,41 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
             f"export with --format {fmt} --resume to build it again"
         )
     return notes
+
+
+#: What a later run may add to a case folder's meta.json without changing the case (see remove_stale_datasets).
+_ADDED_LATER = ("exports", "case_files", "storage")
+
+
+def _case_essence(meta: dict) -> dict:
+    return {key: value for key, value in meta.items() if key not in _ADDED_LATER}
+
+
+def _dataset_cases(path: Path, fmt: str) -> dict:
+    """``{case_id: its meta.json less _ADDED_LATER as the file records it}`` (None where the file records none: a
+    datalist) of a DoseAlign dataset file."""
+    import json
+
+    if fmt == "hdf5":
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            found = {}
+            for case_id in handle:
+                try:
+                    found[case_id] = _case_essence(json.loads(handle[case_id].attrs["meta_json"]))
+                except (KeyError, ValueError, TypeError, AttributeError):
+                    found[case_id] = {}  # recorded otherwise: never equal, the file is rebuilt next time
+            return found
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    found = {}
+    for part in ("training", "validation"):
+        for entry in data.get(part) or []:
+            meta = entry.get("meta") if isinstance(entry, dict) else None
+            if isinstance(meta, str) and meta.endswith("/meta.json"):
+                found[meta[: -len("/meta.json")]] = None
+    return found
 
 
 def _made_by_dosealign(path: Path, fmt: str) -> bool:
