@@ -216,6 +216,34 @@ def test_the_reference_dvh_of_a_dense_outline_stops_at_the_time_limit():
     assert time.monotonic() - start < 20
 
 
+def test_two_files_of_one_uid_are_compared_without_decoding_beyond_the_bound(tmp_path, monkeypatch):
+    """Sixteenth hostile trial P5: two small RLE CT files sharing a slice's SOPInstanceUID (32 768² pixels, 2 GiB
+    decoded each) were decoded whole by the scan to compare their pixels: 4.4 GB; two of 134 MB took 17 GB and 73 s,
+    before any case and outside every bound. The sizes their headers give are compared first; beyond
+    MAX_COMPARED_PIXEL_BYTES (here made small) they count as different without being decoded."""
+    from DoseAlignLib.dicom import headers, scan
+
+    truth = hostile.study(tmp_path / "in", "BOUND-1", 7, ct_size=(24, 20, 6))
+    first = Path(truth.ct_files[0])
+    ds = dd.read(first)
+    ds.PixelData = (ds.pixel_array.astype(ds.pixel_array.dtype) + 1).tobytes()  # other pixels, one UID
+    second = tmp_path / "copy.dcm"
+    dd.save(ds, second)
+    decoded = []
+    real = headers.pixel_array
+    monkeypatch.setattr(headers, "pixel_array", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    assert scan.same_content(first, second) is False and decoded, "within the bound: decoded and compared"
+    decoded.clear()
+    monkeypatch.setattr(scan, "MAX_COMPARED_PIXEL_BYTES", 100)
+    assert scan.same_content(first, second) is False
+    assert not decoded, "beyond the bound: not decoded"
+    ds = dd.read(first)
+    ds.Rows = int(ds.Rows) // 2  # another size from the header: other images, nothing decoded
+    dd.save(ds, second)
+    monkeypatch.setattr(scan, "MAX_COMPARED_PIXEL_BYTES", 1 << 30)
+    assert scan.same_content(first, second) is False and not decoded
+
+
 # ---- the process's open-file limit (ulimit -n) -------------------------------------------------------------
 
 
