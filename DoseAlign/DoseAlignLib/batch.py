@@ -46,6 +46,7 @@ from .output.case_folder import (
     load_meta,
     not_replaceable,
     replacement_problem,
+    uid_form,
 )
 from .output.files import (
     DescriptorReserve,
@@ -783,6 +784,15 @@ def _dose_identity(source) -> Optional[tuple]:
     return (uids, str(source.get("ct_series_uid"))) if uids else None
 
 
+def _keyed(identity: Optional[tuple], form: str, pseudonymizer) -> Optional[tuple]:
+    """A dose identity (:func:`_dose_identity`) with real UIDs made keyed hashes when the export is pseudonymized,
+    so that a case recorded with --keep-uids and one without compare (sixteenth hostile trial P4)."""
+    if identity is None or pseudonymizer is None or form != "kept":
+        return identity
+    uids, series = identity
+    return tuple(sorted(pseudonymizer.hashed_uid(u) for u in uids)), pseudonymizer.hashed_uid(series)
+
+
 def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer, differing: Optional[list] = None) -> dict:
     """``{case_id: other_id}`` for each case of this input (not yet in OUT under its own id) whose RTDOSE
     SOPInstanceUIDs and CT series are those of the complete case ``other_id`` of another input in OUT: the same dose
@@ -793,15 +803,16 @@ def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer, diffe
     for case in found.cases.values():
         if case.case_id in own or not case.complete or not isinstance(case.meta, dict):
             continue
-        identity = _dose_identity(case.meta.get("source"))
+        identity = _keyed(_dose_identity(case.meta.get("source")), uid_form(case.meta), pseudonymizer)
         if identity is not None:
             held.setdefault(identity, case.case_id)
+    this_form = "plain" if pseudonymizer is None else "kept" if pseudonymizer.keep_uids else "keyed hashes"
     same = {}
     for case in cases if held else ():
         if case.case_id in found.cases or case.case_id in clashed:
             continue
         source = _recorded_source(case, pseudonymizer)
-        other = held.get(_dose_identity(source))
+        other = held.get(_keyed(_dose_identity(source), this_form, pseudonymizer))
         if other is None:
             continue
         recorded = (found.cases[other].meta.get("source") or {}).get("rtdose_digest")

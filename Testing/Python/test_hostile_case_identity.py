@@ -318,6 +318,37 @@ def test_append_exports_another_dose_under_the_same_sop_instance_uid(tmp_path, c
     assert maxima[0] == pytest.approx(maxima[1] / 2, rel=1e-3), maxima
 
 
+@pytest.mark.parametrize("variant", ["re-encoded", "keep-uids toggled"])
+def test_append_keeps_one_dose_once_however_it_is_stored_or_recorded(tmp_path, capsys, variant):
+    """Sixteenth hostile trial P2, P4: the same dose of a patient's folder exported again on its own became a second
+    case when its file was re-encoded (Implicit VR: the digest hashed the bytes), or when the case in OUT was made
+    with --keep-uids and this run hashes UIDs (real UIDs compared with keyed ones). It is the same dose: kept once."""
+    root = tmp_path / "a"
+    truth = hostile.study(root / "P1", "ONCE-1", seed=5)
+    again = tmp_path / "b"
+    shutil.copytree(root, again)
+    dose = again / Path(truth.dose_files[0]).relative_to(root)
+    moved = dose.with_name("same_dose.dcm")  # another name: another case id, as a folder exported on its own
+    if variant == "re-encoded":
+        ds = pydicom.dcmread(str(dose))
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.file_meta.ImplementationVersionName = "OTHER_TOOL_1"
+        ds.save_as(str(moved), implicit_vr=True, little_endian=True)
+        dose.unlink()
+    else:
+        dose.rename(moved)
+    out = tmp_path / "out"
+    args = ["--pseudonymize", "--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    first = [*args, "--keep-uids"] if variant == "keep-uids toggled" else args
+    assert _export(root, out, *first) == 0
+    capsys.readouterr()
+    assert _export(again, out, *args, "--append") == 0
+    text = capsys.readouterr().out
+    rows = hostile.manifest(out)
+    assert len(rows) == 1, (rows, text)
+    assert "the same RTDOSE (SOPInstanceUIDs) on the same CT series as another input's case" in text, text
+
+
 # ---- E9: a user's files inside a case folder -------------------------------------------------------
 
 

@@ -1075,7 +1075,7 @@ def _value_difference(x, y, where: str) -> Optional[str]:
 MAX_COMPARED_PIXEL_BYTES = 1 << 30
 
 
-def _decoded_size(ds: Dataset) -> Optional[int]:
+def decoded_size(ds: Dataset) -> Optional[int]:
     """The bytes ``ds``'s pixel data decode to, from its header (None when it does not say)."""
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -1092,7 +1092,7 @@ def _decoded_size(ds: Dataset) -> Optional[int]:
 
 
 def _same_pixels(a: Dataset, b: Dataset, first: Path, second: Path) -> bool:
-    sizes = _decoded_size(a), _decoded_size(b)
+    sizes = decoded_size(a), decoded_size(b)
     if None in sizes or sizes[0] != sizes[1] or sizes[0] > MAX_COMPARED_PIXEL_BYTES:
         return False  # other sizes hold other images; beyond the bound they are not decoded to be compared
     try:

@@ -735,7 +735,7 @@ def other_case(folder: Path, meta: dict) -> str:
     old_uids, new_uids = had.get("rtdose_sop_uids"), wanted.get("rtdose_sop_uids")
     if not isinstance(old_uids, list) or not isinstance(new_uids, list):
         return ""
-    if _uid_form(old) != _uid_form(meta):  # real UIDs against keyed hashes (--keep-uids toggled): not comparable,
+    if uid_form(old) != uid_form(meta):  # real UIDs against keyed hashes (--keep-uids toggled): not comparable,
         return ""  # the same patient's case made another way (fifteenth hostile trial O12 refused it as another's)
     if sorted(str(u) for u in old_uids) == sorted(str(u) for u in new_uids):
         return ""
@@ -744,7 +744,7 @@ def other_case(folder: Path, meta: dict) -> str:
     return f"RTDOSE SOPInstanceUID {', '.join(str(u) for u in old_uids[:2])} on CT series {had.get('ct_series_uid')}"
 
 
-def _uid_form(meta: dict) -> str:
+def uid_form(meta: dict) -> str:
     """How a case's meta.json records UIDs: as read ("plain"), or pseudonymized: "kept" or "keyed hashes"."""
     recorded = meta.get("pseudonymized")
     if not isinstance(recorded, dict):

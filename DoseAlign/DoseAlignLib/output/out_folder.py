@@ -310,20 +310,49 @@ def input_files(case) -> list:
 
 
 def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
-    """A digest of the bytes of the case's RTDOSE files, in order, as a decimal number (no run of it reads as a date or
-    an ID: it is all one number); keyed (HMAC) when ``key`` is given, as a pseudonymized export records it (the files
-    hold identity). None when a file cannot be read. Two files under one SOPInstanceUID may hold other doses (the
-    Nelms phantom's AntPost and SupInf fields): ``--append`` compares these, not only the UIDs (fifteenth hostile
-    trial O14)."""
-    digest = hmac.new(key, b"dosealign|rtdose|", hashlib.sha256) if key is not None else hashlib.sha256()
+    """A digest of what the case's RTDOSE files hold (each file's grid, units and dose values in Gy, the files in any
+    order), as a decimal number (no run of it reads as a date or an ID: it is all one number); keyed (HMAC) when
+    ``key`` is given, as a pseudonymized export records it. None when a file cannot be read or decoded within the
+    bound of :data:`~DoseAlignLib.dicom.scan.MAX_COMPARED_PIXEL_BYTES`.
+
+    Two files under one SOPInstanceUID may hold other doses (the Nelms phantom's AntPost and SupInf fields):
+    ``--append`` compares these, not only the UIDs (fifteenth hostile trial O14); the same dose encoded otherwise
+    (Implicit VR, another file meta) has the same digest (sixteenth trial P2: the files' bytes were hashed)."""
+    import numpy as np
+
+    from ..dicom import headers
+    from ..dicom.scan import MAX_COMPARED_PIXEL_BYTES, decoded_size
+
+    parts = []
     try:
         for dose in case.doses:
-            with open(dose.path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            digest.update(b"|")
-    except OSError:
+            ds = headers.read_header(dose.path, stop_before_pixels=False)
+            size = decoded_size(ds)
+            if size is None or size > MAX_COMPARED_PIXEL_BYTES:
+                return None
+            values = headers.pixel_array(ds, dose.path).astype("<f8") * float(ds.DoseGridScaling)
+            geometry = [
+                headers.value_text(ds.get(keyword))
+                for keyword in (
+                    "Rows",
+                    "Columns",
+                    "NumberOfFrames",
+                    "ImagePositionPatient",
+                    "ImageOrientationPatient",
+                    "PixelSpacing",
+                    "GridFrameOffsetVector",
+                    "DoseUnits",
+                    "DoseType",
+                )
+            ]
+            one = hashlib.sha256("|".join(geometry).encode("utf-8"))
+            one.update(np.ascontiguousarray(values).tobytes())
+            parts.append(one.digest())
+    except (OSError, DoseAlignError, LimitError, MemoryError, AttributeError, TypeError, ValueError):
         return None
+    digest = hmac.new(key, b"dosealign|rtdose|", hashlib.sha256) if key is not None else hashlib.sha256()
+    for part in sorted(parts):
+        digest.update(part)
     return str(int.from_bytes(digest.digest(), "big"))
 
 

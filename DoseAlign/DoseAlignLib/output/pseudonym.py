@@ -440,7 +440,14 @@ class Pseudonymizer:
         return pseudonym
 
     def uid(self, uid: str) -> str:
-        if self.keep_uids or not uid or uid.startswith(_DICOM_DEFINED_UID):
+        if self.keep_uids:
+            return uid
+        return self.hashed_uid(uid)
+
+    def hashed_uid(self, uid: str) -> str:
+        """``uid`` as a keyed hash ``2.25.<decimal>``, also with ``keep_uids`` (to compare a case recorded with real
+        UIDs with one recorded with hashes); DICOM's own UIDs (transfer syntaxes, SOP classes) stay."""
+        if not uid or uid.startswith(_DICOM_DEFINED_UID):
             return uid
         pseudonym = "2.25." + str(int.from_bytes(self._digest("uid", uid)[:16], "big"))
         self.entries[("uid", pseudonym)] = uid
