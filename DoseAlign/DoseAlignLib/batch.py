@@ -799,28 +799,36 @@ def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer, diffe
     on the same CT (a patient's folder exported again on its own), which would otherwise be a second case of one
     dose under another id (ids hash the dose paths relative to the input). Pseudonymized UIDs are compared as
     meta.json records them."""
-    held: dict = {}
+    held: dict = {}  # identity -> every kept case of it (one UID may hold two doses: AntPost and SupInf, P7)
     for case in found.cases.values():
         if case.case_id in own or not case.complete or not isinstance(case.meta, dict):
             continue
         identity = _keyed(_dose_identity(case.meta.get("source")), uid_form(case.meta), pseudonymizer)
         if identity is not None:
-            held.setdefault(identity, case.case_id)
+            held.setdefault(identity, []).append(case.case_id)
     this_form = "plain" if pseudonymizer is None else "kept" if pseudonymizer.keep_uids else "keyed hashes"
     same = {}
     for case in cases if held else ():
         if case.case_id in found.cases or case.case_id in clashed:
             continue
         source = _recorded_source(case, pseudonymizer)
-        other = held.get(_keyed(_dose_identity(source), this_form, pseudonymizer))
-        if other is None:
+        others = held.get(_keyed(_dose_identity(source), this_form, pseudonymizer))
+        if not others:
             continue
-        recorded = (found.cases[other].meta.get("source") or {}).get("rtdose_digest")
-        if recorded and recorded != dose_digest(case, pseudonymizer.key if pseudonymizer is not None else None):
-            if differing is not None:  # one SOPInstanceUID, other bytes: another dose (O14), exported as its own
-                differing.append(f"{case.case_id} (RTDOSE of {other}'s SOPInstanceUIDs, other contents)")
+        mine: list = []  # this case's digest, made once when a kept case records one
+        match = None
+        for other in sorted(others):
+            recorded = (found.cases[other].meta.get("source") or {}).get("rtdose_digest")
+            if recorded and not mine:
+                mine.append(dose_digest(case, pseudonymizer.key if pseudonymizer is not None else None))
+            if not recorded or recorded == mine[0]:  # (a case of an older version records none: the UIDs decide)
+                match = other
+                break
+        if match is None:
+            if differing is not None:  # one SOPInstanceUID, other doses: another dose (O14), exported as its own
+                differing.append(f"{case.case_id} (RTDOSE of {others[0]}'s SOPInstanceUIDs, other contents)")
             continue
-        same[case.case_id] = other
+        same[case.case_id] = match
     return same
 
 

@@ -316,6 +316,21 @@ def test_append_exports_another_dose_under_the_same_sop_instance_uid(tmp_path, c
     assert "share RTDOSE SOPInstanceUIDs with another input's case in the output folder but not its file" in text, text
     maxima = sorted(float(r["dmax_gy"]) for r in rows)
     assert maxima[0] == pytest.approx(maxima[1] / 2, rel=1e-3), maxima
+    # sixteenth trial P7: the second of two kept doses under one UID, exported again on its own, is that dose (it
+    # was compared with the first kept case only, and became a third case)
+    third = tmp_path / "c"
+    shutil.copytree(other, third)
+    (third / dose.relative_to(other).with_name("other_field.dcm")).rename(
+        third / dose.relative_to(other).with_name("third_name.dcm")
+    )
+    fourth = tmp_path / "d"  # and the first, so that whichever the kept cases are read in, one is the second
+    shutil.copytree(root, fourth)
+    (fourth / dose.relative_to(other)).rename(fourth / dose.relative_to(other).with_name("fourth_name.dcm"))
+    for again in (third, fourth):
+        assert _export(again, out, *args, "--append") == 0
+        text = capsys.readouterr().out
+        assert len(hostile.manifest(out)) == 2, (again.name, hostile.manifest(out))
+        assert "the same RTDOSE (SOPInstanceUIDs) on the same CT series as another input's case" in text, text
 
 
 @pytest.mark.parametrize("variant", ["re-encoded", "keep-uids toggled"])
