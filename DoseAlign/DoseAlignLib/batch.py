@@ -321,7 +321,9 @@ def export_folder(
         if case.case_id in clashes:  # another input's case: left alone
             record(index, manifest_row(case, "failed", clashes[case.case_id]))
             continue
-        if resume and existing is not None and existing.complete:
+        # a case the input now fails (a conflicting CT slice or RTPLAN copy added since: sixteenth trial P6) is
+        # not kept: it fails as it would without --resume
+        if resume and existing is not None and existing.complete and case.error is None:
             why = request_differences(existing.meta, _request(case, options, pseudonymizer, qa_png, resampler))
             if qa_png and matplotlib_available() and not (existing.folder / "qa.png").is_file():
                 why.append("no qa.png")

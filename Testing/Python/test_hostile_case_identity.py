@@ -143,6 +143,28 @@ def test_a_pseudonymized_case_exported_again_with_keep_uids_toggled_is_the_same_
         assert uids == ("kept" if then else "keyed hashes"), uids
 
 
+@pytest.mark.parametrize("added", ["CT slice", "RTPLAN"])
+def test_resume_keeps_no_case_the_input_now_fails(study, tmp_path, capsys, added):
+    """Sixteenth hostile trial P6: after a conflicting copy was added to the input (a CT slice or the RTPLAN under
+    its SOPInstanceUID, with other pixels or another prescription), --resume kept the case ("every case exported",
+    exit 0) while an export without --resume failed it. A case the input now fails is not kept."""
+    root, truth = study
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    original = Path(truth.ct_files[0] if added == "CT slice" else truth.plan_file)
+    ds = pydicom.dcmread(str(original))
+    if added == "CT slice":
+        ds.PixelData = (ds.pixel_array + 1).astype(ds.pixel_array.dtype).tobytes()
+    else:
+        ds.DoseReferenceSequence[0].TargetPrescriptionDose = "10"
+    ds.save_as(str(original.with_name("zz_copy.dcm")))
+    capsys.readouterr()
+    for extra in (["--resume"], []):
+        assert _export(root, out, *extra) == 1, extra
+        (row,) = hostile.manifest(out)
+        assert row["status"] == "failed" and "zz_copy.dcm" in row["reason"], (extra, row)
+
+
 def test_resume_exports_again_a_case_whose_meta_json_does_not_record_its_files(study, tmp_path, capsys):
     """A meta.json of an earlier version (no input_files): exported again, the safe side."""
     root, _truth = study
