@@ -771,6 +771,17 @@ def _not_replaced(cases: list, found, pseudonymizer) -> tuple:
         meta = {"patient_id": case.patient_id, "source": source}
         if pseudonymizer is not None:  # how its UIDs are recorded (kept, or keyed hashes): compared as such
             meta["pseudonymized"] = {"uids": "kept" if pseudonymizer.keep_uids else "keyed hashes"}
+            recorded = uid_form(existing.meta) if isinstance(existing.meta, dict) else None
+            if recorded in ("kept", "keyed hashes") and recorded != meta["pseudonymized"]["uids"]:
+                # --keep-uids toggled: this case's UIDs in the folder's form, so that another input's case is
+                # still told apart (sixteenth hostile trial P8: the check was skipped and it was replaced)
+                real = [d.sop_instance_uid for d in case.doses], case.ct.series_uid if case.ct is not None else None
+                keyed = recorded == "keyed hashes"
+                meta["source"] = {
+                    "rtdose_sop_uids": [pseudonymizer.hashed_uid(u) if keyed else u for u in real[0]],
+                    "ct_series_uid": pseudonymizer.hashed_uid(real[1]) if keyed and real[1] else real[1],
+                }
+                meta["pseudonymized"] = {"uids": recorded}
         problem = replacement_problem(existing.folder, meta)
         if problem is not None:
             (clashes if isinstance(problem, OtherCase) else foreign)[case.case_id] = str(problem)

@@ -248,6 +248,25 @@ def test_another_inputs_case_of_the_same_id_is_left_alone(tmp_path, capsys, pati
         assert "another input" in failed["reason"] and "left alone" in failed["reason"], failed
 
 
+@pytest.mark.parametrize("first, then", [(["--keep-uids"], []), ([], ["--keep-uids"])])
+def test_another_inputs_case_is_left_alone_with_keep_uids_toggled(tmp_path, capsys, first, then):
+    """Sixteenth hostile trial P8: after the O12 fix (a pseudonymized case made again with --keep-uids toggled is the
+    same case), another input's case under the same case id was replaced when the two runs differed in --keep-uids:
+    the UIDs were not compared at all. They are compared in the folder's form, and the other input's case stays."""
+    a, b = _two_sites(tmp_path, "PAT1", "PAT1")
+    out = tmp_path / "out"
+    args = ["--pseudonymize", "--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    assert _export(a, out, *args, *first) == 0
+    (row_a,) = hostile.manifest(out)
+    before = hostile.snapshot(out / row_a["case_id"])
+    capsys.readouterr()
+    assert _export(b, out, *args, *then) == 1
+    text = capsys.readouterr().out
+    assert hostile.snapshot(out / row_a["case_id"]) == before, "another input's case folder was changed"
+    (failed,) = hostile.manifest(out)
+    assert failed["status"] == "failed" and "another input" in failed["reason"], (failed, text)
+
+
 def test_the_same_input_with_a_new_dose_uid_replaces_its_own_case(study, tmp_path, capsys):
     """The same input folder, its dose exported again in place with a new SOPInstanceUID: its own case, replaced."""
     root, truth = study
