@@ -351,6 +351,28 @@ def test_a_zigzag_outline_too_dense_to_measure_is_refused_before_it_is_measured(
     np.testing.assert_allclose(near, np.abs(np.hypot(some[:, 0], some[:, 1]) - 15), atol=1e-3)
 
 
+def test_an_rois_work_over_all_its_planes_is_bounded(monkeypatch):
+    """Sixteenth hostile trial P9: the per-plane bound let a zigzag spread over many planes through (24 planes of
+    20 000 points: 78 s, mostly in the even-odd inside test). The distance searches and the inside tests of one ROI
+    count against MAX_ROI_PAIRS together; beyond it the ROI is refused before the work is done. The bound is the
+    ROI's own: the next ROI starts afresh."""
+    from DoseAlignLib.structures import reference_dvh as module
+
+    roi = _roi(_shape("cylinder"))
+    dose = _linear_dose("SupInf", _axial_grid())
+    counted = []
+    real = module._charge_pairs
+    monkeypatch.setattr(module, "_charge_pairs", lambda pairs: counted.append(pairs) or real(pairs))
+    assert reference_dvh(roi, dose, 3.0).points  # a smooth solid: far below the bound
+    needed = sum(counted)
+    assert needed > 0, "the inside tests and distance searches are counted"
+    monkeypatch.setattr(module, "MAX_ROI_PAIRS", needed - 1)
+    with pytest.raises(ValueError, match="too dense to measure"):
+        reference_dvh(roi, dose, 3.0)
+    monkeypatch.setattr(module, "MAX_ROI_PAIRS", needed)
+    assert reference_dvh(roi, dose, 3.0).points  # exactly its need: made (each ROI starts with the whole bound)
+
+
 def _rotation(ax: np.ndarray, angle: float) -> np.ndarray:
     ax = ax / np.linalg.norm(ax)
     k = np.array([[0, -ax[2], ax[1]], [ax[2], 0, -ax[0]], [-ax[1], ax[0], 0]])

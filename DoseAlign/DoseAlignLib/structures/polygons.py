@@ -13,7 +13,7 @@ A point exactly on a left edge is therefore outside, one exactly on a right edge
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -148,7 +148,10 @@ def polygon_edges(polygons: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def points_in_polygons(
-    points: np.ndarray, polygons: Sequence[np.ndarray], edges: Optional[np.ndarray] = None
+    points: np.ndarray,
+    polygons: Sequence[np.ndarray],
+    edges: Optional[np.ndarray] = None,
+    on_pairs: Optional[Callable[[int], None]] = None,
 ) -> np.ndarray:
     """Which points lie inside the polygons under the even-odd rule.
 
@@ -163,6 +166,8 @@ def points_in_polygons(
         Closed polygons of one plane.
     edges : (E, 4) array, optional
         :func:`polygon_edges` of ``polygons``, when already known.
+    on_pairs : callable, optional
+        Told the number of (edge, point) pairs before any is tested; it may raise to refuse the work.
 
     Returns
     -------
@@ -181,6 +186,8 @@ def points_in_polygons(
     lo = np.searchsorted(ys, y_lo, side="left")
     hi = np.searchsorted(ys, y_hi, side="left")
     counts = hi - lo
+    if on_pairs is not None:
+        on_pairs(int(counts.sum()))
     keep = counts > 0
     edges, lo, counts = edges[keep], lo[keep], counts[keep]
     crossings = np.zeros(pts.shape[0], dtype=np.int64)

@@ -47,6 +47,7 @@ the accuracy measured on the Nelms phantom is in the README.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -467,6 +468,12 @@ DISTANCE_CHUNK = 1 << 18
 #: six minutes, bounded only by the case's one-hour limit (fifteenth hostile trial O10). Beyond this the ROI gets no
 #: reference DVH, with the reason; the case goes on.
 MAX_DISTANCE_PAIRS = 1 << 29
+#: Most (point, edge) pairs over all the planes of one ROI, its distance searches and inside tests together (about
+#: 13 s here): the same zigzag on many planes stayed under the bound of each and took minutes (sixteenth hostile
+#: trial P9: 24 planes of 20 000 points, 78 s). A smooth contour of 200 000 points in one plane takes 1.4e8.
+MAX_ROI_PAIRS = 1 << 29
+#: What is left of MAX_ROI_PAIRS for the ROI whose reference DVH is being made (None outside one).
+_PAIRS_LEFT: ContextVar = ContextVar("dosealign_reference_dvh_pairs_left", default=None)
 #: A run's end section enclosing less than this share of its neighbour's area closes the solid there
 #: (a point, a sliver: the plane touches the structure); see :meth:`ContourSolid.closing_inside`.
 CLOSING_AREA_SHARE = 0.01
@@ -541,12 +548,28 @@ class Outline:
         return np.sqrt(best)
 
     def _check_work(self, counts: np.ndarray) -> None:
-        """Refuse (ValueError) more than :data:`MAX_DISTANCE_PAIRS` pairs at once, before measuring them."""
+        """Refuse (ValueError) more than :data:`MAX_DISTANCE_PAIRS` pairs at once, or more than what is left of
+        :data:`MAX_ROI_PAIRS` for the ROI, before measuring them."""
         pairs = int(counts.sum())
         if pairs > MAX_DISTANCE_PAIRS:
             raise ValueError(
                 f"an outline of {self.a.shape[0]} edges is too dense to measure ({pairs} point-edge pairs in one plane, "
                 f"more than {MAX_DISTANCE_PAIRS}: edges that zigzag across it?)"
+            )
+        _charge_pairs(pairs)
+
+
+def _charge_pairs(pairs: int) -> None:
+    """Count ``pairs`` (point, edge) tests against what is left of :data:`MAX_ROI_PAIRS` for the ROI; refuse
+    (ValueError) the work beyond it, before it is done. The distance search and the inside test (the even-odd rule)
+    both count: the inside test took most of the time of a zigzag on many planes (sixteenth trial P9)."""
+    left = _PAIRS_LEFT.get()
+    if left is not None:
+        left[0] -= pairs
+        if left[0] < 0:
+            raise ValueError(
+                f"its outlines are too dense to measure (more than {MAX_ROI_PAIRS} point-edge pairs over its "
+                "planes: edges that zigzag across them?)"
             )
 
 
@@ -674,7 +697,7 @@ class ContourSolid:
         """Whether in-plane points ``uv`` lie inside the section of plane ``k`` (one plane, or one per point)."""
         if not self.lifted or len(uv) == 0:
             return np.zeros(len(uv), dtype=bool)
-        return points_in_polygons(self._moved(uv, k), self.lifted, self._edges)
+        return points_in_polygons(self._moved(uv, k), self.lifted, self._edges, on_pairs=_charge_pairs)
 
     def distance(self, uv: np.ndarray, k, exact: Optional[np.ndarray] = None) -> np.ndarray:
         """Distance from in-plane points ``uv`` to the outline of plane ``k`` (one plane, or one per point;
@@ -1209,6 +1232,23 @@ def reference_dvh(
     -------
     ReferenceDvh
     """
+    budget = _PAIRS_LEFT.set([MAX_ROI_PAIRS])  # this ROI's own (see Outline._check_work)
+    try:
+        return _reference_dvh(roi, dose, thickness_mm, dose_axis, target_samples, between_planes, within)
+    finally:
+        _PAIRS_LEFT.reset(budget)
+
+
+def _reference_dvh(
+    roi: RoiContours,
+    dose: Volume,
+    thickness_mm: float,
+    dose_axis: Optional[np.ndarray],
+    target_samples: int,
+    between_planes: str,
+    within: Optional[Grid],
+) -> ReferenceDvh:
+    """:func:`reference_dvh` within the ROI's work bound."""
     if roi.skipped is not None or not roi.planes:
         raise ValueError(f"ROI {roi.name!r} has no contour planes for a DVH ({roi.skipped})")
     if not thickness_mm > 0:
