@@ -974,12 +974,12 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
     from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
 
     rois = ["a 19750302093000", "b 197503020930", "c 02.03.1975.1", "d 1975.03.02.2", "e 19750302.5", "f 1.1975.03.02"]
-    rois += ["PTV MJ40417.2", "CTV_MJ-40417.1"]
+    rois += ["PTV MJ40417.2", "CTV_MJ-40417.1", "g 1975030214", "h 750302093000"]  # (sixteenth trial P3: the hour, YY)
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = set(_names_of(out, row))
     expected = {"a [removed]", "b [removed]", "c [removed].1", "d [removed].2", "e [removed].5", "f 1.[removed]"}
-    assert expected | {"PTV [removed].2", "CTV_[removed].1"} <= names, sorted(names)
+    assert expected | {"PTV [removed].2", "CTV_[removed].1", "g [removed]", "h [removed]"} <= names, sorted(names)
     identity = Identity()
     identity.dates.add("19750302")
     identity.patient_ids.add("MJ-40417")
@@ -987,7 +987,7 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
     for text in rois:
         assert guard.find(text), text
     rewriting = Pseudonymizer(key=b"k" * 32, identity=identity)
-    for number in ["63.0584", "0.750302", "19750303093000", "197503021", "x 1.25e-05", "MJ40418.2"]:
+    for number in ["63.0584", "0.750302", "19750303093000", "197503021", "x 1.25e-05", "MJ40418.2", "1975030224"]:
         assert guard.find(number) == "", number
         assert rewriting.text(number) == number, number
 

@@ -2060,6 +2060,8 @@ def _dates_in(text: str) -> set:
         found.update((a + b, b + a, b + a[2:] + a[:2]))
     for match in _DATE_TIME.finditer(text):  # 20230415093000: DICOM's date-time
         found.add(match.group(1))
+    for match in _SHORT_DATE_TIME.finditer(text):  # 230415093000: YYMMDD and a time
+        found.update(f"{century}{match.group(1)}" for century in ("19", "20"))
     for match in _CJK_DATE.finditer(text):
         a, b, c = match.groups()
         found.add(f"{a}{int(b):02d}{int(c):02d}")
@@ -2082,9 +2084,13 @@ def _dates_in(text: str) -> set:
     return found
 
 
-#: A time after a date in DICOM's date-time (DT): HHMM, HHMMSS, with a fraction of a second.
-_DICOM_TIME = r"(?:[01][0-9]|2[0-3])[0-5][0-9](?:[0-5][0-9](?:\.[0-9]{1,6})?)?"
+#: A time after a date in DICOM's date-time (DT): HH, HHMM, HHMMSS, with a fraction of a second (sixteenth hostile
+#: trial P3: the hour alone, 2023041514, was kept).
+_DICOM_TIME = r"(?:[01][0-9]|2[0-3])(?:[0-5][0-9](?:[0-5][0-9](?:\.[0-9]{1,6})?)?)?"
 _DATE_TIME = re.compile(r"(?<!\d)(\d{8})" + _DICOM_TIME + r"(?!\d)")
+#: YYMMDD and a time of at least HHMM (230415093000, as cameras and planning systems name things).
+_SHORT_TIME = r"(?:[01][0-9]|2[0-3])[0-5][0-9](?:[0-5][0-9])?"
+_SHORT_DATE_TIME = re.compile(r"(?<!\d)(\d{6})" + _SHORT_TIME + r"(?!\d)")
 _SIX_DIGITS = re.compile(r"(?<![\d.])(\d{6})(?![\d]|\.\d)|(?<=[^\d.]\.)(\d{6})(?![\d]|\.\d)")
 #: The check's own table of English month names (full, three letters, and "sept").
 _MONTH_NUMBERS = {
@@ -2182,7 +2188,8 @@ def _date_pattern(date: str):
         sep = _DATE_SEP  # (an underscore: ROI and file names, where a space is often not allowed)
         year = f"(?:{y4}|{y2})"
         forms = [
-            f"{date}{_DICOM_TIME}",  # DICOM's date-time (DT): 20230415093000, 202304150930.5
+            f"{date}{_DICOM_TIME}",  # DICOM's date-time (DT): 20230415093000, 202304150930.5, 2023041514
+            f"{y2}{m:02d}{d:02d}{_SHORT_TIME}",  # 230415093000
             f"{y4}{sep}{mm}{sep}{dd}",
             f"{dd}{sep}{mm}{sep}{year}",
             f"{mm}{sep}{dd}{sep}{year}",
