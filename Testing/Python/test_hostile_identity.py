@@ -992,6 +992,24 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
         assert rewriting.text(number) == number, number
 
 
+def test_two_harmless_roi_names_side_by_side_are_no_date_or_id():
+    """Sixteenth hostile trial P11: the check read meta.json's strings joined by newlines, so two ROI names that hold
+    no date or ID each (``CTV 15`` and ``April 2023`` for a study of 2023-04-15; ``PTV 77`` and ``415 boost`` for
+    the ID 77415) read as one across them, and the case was refused "please report it". Each string is checked on
+    its own; a date or ID within one string is still found."""
+    from DoseAlignLib.output.pseudonym import Identity, PseudonymError, Pseudonymizer
+
+    identity = Identity()
+    identity.dates.add("20230415")
+    identity.patient_ids.add("77415")
+    checker = Pseudonymizer(key=b"k" * 32, identity=identity)
+    for names in (["CTV 15", "April 2023"], ["PTV 77", "415 boost"], ["Lung 774", "15 Gy ring"]):
+        checker.check({"structures": {"names": names}, "audit": {"rois": [{"name": n} for n in names]}})
+    for leak in (["CTV 15 April 2023"], ["PTV 77415"]):
+        with pytest.raises(PseudonymError):
+            checker.check({"structures": {"names": leak}})
+
+
 def test_the_check_alone_finds_dates_in_other_spellings():
     """E10, the check's own code: six digits and month names are read as the input's dates, not as any number
     (not in a column of numbers: openkbp's voxel indices)."""

@@ -805,10 +805,13 @@ class Pseudonymizer:
         """
         keys = set(_keys(meta))
         vocabulary = {k for k in keys if _VOCABULARY.fullmatch(k)}
+        # each value and key on its own: joined, two harmless ROI names read as one date or ID across them
+        # ("CTV 15" and "April 2023"; "PTV 77" and "415 boost" for ID 77415), and the case was refused
+        # (sixteenth hostile trial P11)
         leak = (
-            self.guard.find("\n".join(_strings(meta)))
+            next((found for found in map(self.guard.find, dict.fromkeys(_strings(meta))) if found), "")
             or self.guard.find("\n".join(sorted(vocabulary)), words=False)  # a surname "Dose" is no leak there
-            or self.guard.find("\n".join(sorted(keys - vocabulary)))  # other keys are free text (ROI names)
+            or next((found for found in map(self.guard.find, sorted(keys - vocabulary)) if found), "")  # free text
             # the names the input gave (ROI names under name keys), each apart: no word of DoseAlign's is exempt
             or next(
                 (found for found in map(self._guard_name, sorted(set(_named(meta, keys=_INPUT_NAME_KEYS)))) if found),
