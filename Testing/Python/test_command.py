@@ -818,11 +818,11 @@ def test_a_scheduler_address_where_no_dask_scheduler_answers_is_a_usage_error(
     monkeypatch.setattr(parallel, "SCHEDULER_CONNECT_SECONDS", 1.0)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
+    listener.listen(4)  # before the export connects (in the thread, it raced the connection: "Connection refused")
     port = listener.getsockname()[1]
     accepted = []
 
     def serve_silently() -> None:
-        listener.listen(4)
         while True:
             try:
                 connection, _ = listener.accept()
@@ -857,6 +857,52 @@ def test_a_scheduler_address_where_no_dask_scheduler_answers_is_a_usage_error(
     assert "no Dask scheduler answered" in err or "is no Dask scheduler" in err, err
     assert not out.exists()
     assert time.monotonic() - started < 30
+
+
+def test_a_scheduler_address_where_a_service_speaks_first_is_refused_at_once(study, tmp_path):
+    """Sixteenth hostile trial P14: at a service that speaks first (an SSH banner, as sshd, SMTP and FTP servers
+    send), Dask read the banner as a frame length; the half-made Client's finalizer then waited 40 s and printed
+    "Exception ignored ... TimeoutError". One RPC on a loop of its own is tried instead: exit 2 at once, no
+    traceback. (In a process of its own, with the default time limits.)"""
+    pytest.importorskip("distributed")
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted = []
+
+    def greet() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(connection)
+            connection.sendall(b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.10\r\n")
+
+    threading.Thread(target=greet, daemon=True).start()
+    out = tmp_path / "out"
+    address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "DoseAlignLib", "export", str(study), str(out), "--quiet", "--scheduler", address],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
+    took = time.monotonic() - started
+    assert done.returncode == 2 and "is no Dask scheduler" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert took < 15, took
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("address", ["local", "tcp://127.0.0.1:1"])

@@ -925,6 +925,31 @@ def test_copies_of_one_plan(clean, tmp_path, capsys, variant):
     assert any(f"RTPLAN p/{copy.name} is a copy of p/{original.name}" in link for link in meta["links"]), meta["links"]
 
 
+@pytest.mark.parametrize("variant", ["byte copy", "re-encoded"])
+def test_a_copy_of_a_plan_dose_is_used_once(clean, tmp_path, capsys, variant):
+    """Sixteenth hostile trial P12: a byte copy of a PLAN dose (a patient exported twice into one tree) was a second
+    case of the same dose, and stopped --sum-plans. A copy (the same bytes, or the same dose stored otherwise) is
+    used once, the first by path; the scan lists the other as a copy."""
+    import pydicom
+
+    root = _copy(clean, "plan", tmp_path)
+    original = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    (root / "zz_copy").mkdir()  # after the original by path: the original is the one used
+    copy = root / "zz_copy" / "RD_again.dcm"
+    if variant == "byte copy":
+        shutil.copy(original, copy)
+    else:
+        ds = pydicom.dcmread(str(original))
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.save_as(str(copy), implicit_vr=True, little_endian=True)
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0
+    _same_as_clean(clean, "plan", out, rows)
+    done = hostile.dosealign("scan", "--json", str(root))
+    orphans = json.loads(done.stdout)["orphans"]
+    assert any("zz_copy/RD_again.dcm" in json.dumps(o) and "a copy of" in json.dumps(o) for o in orphans), orphans
+
+
 def test_plans_that_sum_plans_cannot_add_up_are_case_warnings(clean, tmp_path, capsys):
     """With --sum-plans, plans on one CT that cannot be added up (here two PLAN doses of one plan, a recalculation)
     are exported one case each: each case's dose is one plan's, not the sum asked for. That was a note in

@@ -11,7 +11,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Optional
 
-from ..dicom.scan import ScanResult, compare_structure_sets, same_bytes
+from ..dicom.scan import ScanResult, compare_structure_sets, same_bytes, same_content
 from ..errors import DoseAlignError
 from .beams import (
     SUMMED_BEAMS,
@@ -46,7 +46,12 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
     structs_by_uid = {s.sop_instance_uid: s for s in structs}
     used_plans, used_structs, used_series = set(), set(), set()
 
-    for group in dose_groups(scan.of_kind("RTDOSE")):
+    doses, copies = _dose_copies(scan.of_kind("RTDOSE"))
+    for copy, kept in copies:  # (sixteenth hostile trial P12: a copy was a second case of one dose)
+        result.orphans.append(
+            (copy.rel_path, "RTDOSE", f"a copy of {kept.rel_path} (the same SOPInstanceUID and dose): used once")
+        )
+    for group in dose_groups(doses):
         case = _make_case(group, plans)
         try:
             choose_ct(case, scan, structs_by_uid, structs, request)
@@ -106,6 +111,27 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
     _warn_of_unread(result.cases, scan)
     result.cases.sort(key=lambda c: c.case_id)
     return result
+
+
+def _dose_copies(doses: list) -> tuple:
+    """``(doses, [(copy, kept)])``: RTDOSE files that share a SOPInstanceUID and hold the same dose (the same bytes,
+    or the same pixels, grid and scaling stored otherwise: :func:`~DoseAlignLib.dicom.scan.same_content`) are one
+    dose, the first by path kept. Files of one UID that hold other doses (the Nelms phantom's AntPost and SupInf
+    fields) stay, each its own."""
+    by_uid: dict = {}
+    for dose in sorted(doses, key=lambda d: d.rel_path):
+        by_uid.setdefault(dose.sop_instance_uid or dose.rel_path, []).append(dose)
+    kept, copies = [], []
+    for group in by_uid.values():
+        distinct: list = []
+        for dose in group:
+            same = next((d for d in distinct if same_bytes(d.path, dose.path) or same_content(d.path, dose.path)), None)
+            if same is None:
+                distinct.append(dose)
+            else:
+                copies.append((dose, same))
+        kept.extend(distinct)
+    return kept, copies
 
 
 def _make_case(group: tuple, plans: dict) -> Case:
