@@ -975,11 +975,13 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
 
     rois = ["a 19750302093000", "b 197503020930", "c 02.03.1975.1", "d 1975.03.02.2", "e 19750302.5", "f 1.1975.03.02"]
     rois += ["PTV MJ40417.2", "CTV_MJ-40417.1", "g 1975030214", "h 750302093000"]  # (sixteenth trial P3: the hour, YY)
+    rois += ["i 2nd of March 1975", "j 02\t03\t1975"]  # (P10: "of", tabs)
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = set(_names_of(out, row))
     expected = {"a [removed]", "b [removed]", "c [removed].1", "d [removed].2", "e [removed].5", "f 1.[removed]"}
-    assert expected | {"PTV [removed].2", "CTV_[removed].1", "g [removed]", "h [removed]"} <= names, sorted(names)
+    expected |= {"PTV [removed].2", "CTV_[removed].1", "g [removed]", "h [removed]", "i [removed]", "j [removed]"}
+    assert expected <= names, sorted(names)
     identity = Identity()
     identity.dates.add("19750302")
     identity.patient_ids.add("MJ-40417")

@@ -2032,7 +2032,7 @@ def _guard_spellings_of(part: str) -> set:
 #: substitute (``2023–04–15``), a middle dot or ideographic full stop, each with spaces around it or not
 #: (``15. 4. 2023``, ``2023. 04. 15.``, ``15 / 04 / 2023``), or spaces alone (fifteenth hostile trial O2, O6).
 _DATE_MARKS = "./-_\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\uff0d\u2215\u2044\uff0f\u30fb\u00b7\u2027\uff0e\u3002"
-_DATE_SEP = "(?: *[" + "".join(re.escape(c) for c in _DATE_MARKS) + "] *| +)"
+_DATE_SEP = "(?:[ \t]*[" + "".join(re.escape(c) for c in _DATE_MARKS) + "][ \t]*|[ \t]+)"  # (tabs: P10)
 #: A date written with the year, month and day characters of Chinese, Japanese (年月日) and Korean (년월일):
 #: ``2023年4月15日``, ``2023년 4월 15일`` (O1).
 _CJK_DATE = re.compile(r"(?<!\d)(\d{4}) *[年년] *(\d{1,2}) *[月월] *(\d{1,2})(?!\d)")
@@ -2078,7 +2078,9 @@ def _dates_in(text: str) -> set:
                     _add_short(found, match.group(1) or match.group(2))
     # a month's English name or abbreviation, the day before or after it, the year after (or first)
     lowered = text.casefold()
-    for match in re.finditer(r"(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*([a-z]{3,9})\.?[\s./\-_,]*(\d{4}|\d{2})", lowered):
+    for match in re.finditer(
+        r"(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(?:of[\s./\-_,]+)?([a-z]{3,9})\.?[\s./\-_,]*(\d{4}|\d{2})", lowered
+    ):  # (15th of April 2023: sixteenth hostile trial P10)
         _add_named(found, match.group(3), match.group(2), match.group(1), match.start(), match.end(), lowered)
     for match in re.finditer(r"([a-z]{3,9})\.?[\s./\-_,]*(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(\d{4}|\d{2})", lowered):
         _add_named(found, match.group(3), match.group(1), match.group(2), match.start(), match.end(), lowered)
@@ -2218,7 +2220,7 @@ def _date_pattern(date: str):
             gap = r"[\s./\-_,]*"
             day = f"{dd}(?:st|nd|rd|th)?"
             forms += [
-                f"{day}{gap}{month}{gap}{year}",
+                f"{day}{gap}(?:of{gap})?{month}{gap}{year}",  # (15th of April 2023)
                 f"{month}{gap}{day}{gap}{year}",
                 f"{y4}{gap}{month}{gap}{dd}",
             ]
