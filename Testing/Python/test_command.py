@@ -800,6 +800,38 @@ def test_a_scheduler_nobody_listens_at_is_a_usage_error_before_anything_is_writt
     assert time.monotonic() - started < 15
 
 
+def _tcp_service(greeting: bytes) -> tuple:
+    """``(listener, accepted connections)`` of a local TCP service that sends ``greeting`` to each connection (or
+    nothing) and never answers otherwise; it listens before this returns (listening in its thread raced the
+    connection: "Connection refused")."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted: list = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(connection)
+            if greeting:
+                connection.sendall(greeting)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, accepted
+
+
+def _close_service(listener, accepted: list) -> None:
+    listener.close()
+    for connection in accepted:
+        connection.close()
+
+
 @pytest.mark.parametrize("service", ["web server", "silent listener", "HTTP 400"])
 def test_a_scheduler_address_where_no_dask_scheduler_answers_is_a_usage_error(
     study, tmp_path, capsys, monkeypatch, service
@@ -810,36 +842,20 @@ def test_a_scheduler_address_where_no_dask_scheduler_answers_is_a_usage_error(
     time: exit 2 saying so, nothing written."""
     pytest.importorskip("distributed")
     import http.server
-    import socket
     import threading
 
     from DoseAlignLib import parallel
 
     monkeypatch.setattr(parallel, "SCHEDULER_CONNECT_SECONDS", 1.0)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)  # before the export connects (in the thread, it raced the connection: "Connection refused")
-    port = listener.getsockname()[1]
-    accepted = []
-
-    def serve_silently() -> None:
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(connection)
-            if service == "HTTP 400":
-                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
-
     if service == "web server":
-        listener.close()
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
         server.daemon_threads = True  # its handler of the Dask connection waits for a request line for ever
         port = server.server_address[1]
         threading.Thread(target=server.serve_forever, daemon=True).start()
     else:
-        threading.Thread(target=serve_silently, daemon=True).start()
+        greeting = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4 if service == "HTTP 400" else b""
+        listener, accepted = _tcp_service(greeting)
+        port = listener.getsockname()[1]
     out = tmp_path / "out"
     started = time.monotonic()
     try:
@@ -849,9 +865,7 @@ def test_a_scheduler_address_where_no_dask_scheduler_answers_is_a_usage_error(
         if service == "web server":
             server.shutdown()
         else:
-            listener.close()
-        for connection in accepted:
-            connection.close()
+            _close_service(listener, accepted)
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and "Traceback" not in err, err
     assert "no Dask scheduler answered" in err or "is no Dask scheduler" in err, err
@@ -865,24 +879,7 @@ def test_a_scheduler_address_where_a_service_speaks_first_is_refused_at_once(stu
     "Exception ignored ... TimeoutError". One RPC on a loop of its own is tried instead: exit 2 at once, no
     traceback. (In a process of its own, with the default time limits.)"""
     pytest.importorskip("distributed")
-    import socket
-    import threading
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    accepted = []
-
-    def greet() -> None:
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(connection)
-            connection.sendall(b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.10\r\n")
-
-    threading.Thread(target=greet, daemon=True).start()
+    listener, accepted = _tcp_service(b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.10\r\n")
     out = tmp_path / "out"
     address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
     started = time.monotonic()
@@ -895,9 +892,7 @@ def test_a_scheduler_address_where_a_service_speaks_first_is_refused_at_once(stu
             timeout=120,
         )
     finally:
-        listener.close()
-        for connection in accepted:
-            connection.close()
+        _close_service(listener, accepted)
     took = time.monotonic() - started
     assert done.returncode == 2 and "is no Dask scheduler" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

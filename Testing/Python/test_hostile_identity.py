@@ -891,12 +891,29 @@ def test_the_birth_date_in_other_spellings_is_removed(tmp_path, capsys):
     assert not found, found[:10]
 
 
+def _nowhere_in(out, needles) -> None:
+    """None of ``needles`` in any byte DoseAlign wrote to ``out`` (read as UTF-8)."""
+    found = []
+    for where, data in _all_output_bytes(out):
+        text = data.decode("utf-8", "replace")
+        found += [f"{needle!r} in {where}" for needle in needles if needle in text]
+    assert not found, found[:10]
+
+
+def _birth_date_guard():
+    """The check alone (:class:`IdentityGuard`) of an input whose one date is the birth date 1975-03-02."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    identity = Identity()
+    identity.dates.add("19750302")
+    return IdentityGuard(identity)
+
+
 def test_the_birth_date_with_underscores_between_its_parts_is_removed(tmp_path, capsys):
     """Thirteenth hostile trial M1: a date whose parts are joined by underscores (``Opt_1975_03_02``,
     ``Boost_02_03_75``, ``PTV_1975_3_2``), as ROI names are written where a planning system allows no space or
     ``.``, reached meta.json, dvh.csv, manifest.csv, report.html and the mask file names with status ok, and the
     check passed it; the same date with ``-`` was removed. Now removed, and the check alone finds it."""
-    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
 
     rois = ["Opt_1975_03_02", "Boost_02_03_75", "PTV_1975_3_2", "ctv_03_02_1975", "H_1975_0302", "x_0203-1975"]
     code, row, out = _export_with_rois(tmp_path, rois)
@@ -905,15 +922,8 @@ def test_the_birth_date_with_underscores_between_its_parts_is_removed(tmp_path, 
     assert {"Opt_[removed]", "Boost_[removed]", "PTV_[removed]", "ctv_[removed]", "H_[removed]", "x_[removed]"} <= set(
         names
     ), names
-    found = []
-    needles = ("1975_03_02", "02_03_75", "1975_3_2", "03_02_1975", "1975_0302", "0203-1975")
-    for where, data in _all_output_bytes(out):
-        text = data.decode("utf-8", "replace")
-        found += [f"{s} in {where}" for s in needles if s in text]
-    assert not found, found[:10]
-    identity = Identity()
-    identity.dates.add("19750302")
-    guard = IdentityGuard(identity)
+    _nowhere_in(out, ("1975_03_02", "02_03_75", "1975_3_2", "03_02_1975", "1975_0302", "0203-1975"))
+    guard = _birth_date_guard()
     for text in rois:
         assert guard.find(text) == "a date", text
     for text in ["Opt_1975_03_03", "ring_10_20_30", "v0_750_302", "H_1975_0303", "v 4000 1975", "1.1975_0302"]:
@@ -925,7 +935,6 @@ def test_the_birth_date_with_typographic_or_spaced_separators_or_cjk_characters_
     katakana middle dot, a point and a space (``2. 3. 1975``, ``1975. 03. 02.``), spaced separators (``02 / 03 /
     1975``), or with 年月日 / 년월일 (``1975年3月2日``, ``1975년 3월 2일``) reached meta.json and dvh.csv with status ok, and
     the check passed it. Now removed, and the check alone finds each spelling."""
-    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
 
     rois = [
         "a 1975\u201303\u201302",
@@ -946,14 +955,8 @@ def test_the_birth_date_with_typographic_or_spaced_separators_or_cjk_characters_
     names = _names_of(out, row)
     expected = {f"{roi[0]} [removed]" for roi in rois} - {"g [removed]"} | {"g [removed]."}
     assert expected <= set(names), sorted(set(names) - {"External", "PTV", "Cord", "Ring"})
-    found = []
-    for where, data in _all_output_bytes(out):
-        text = data.decode("utf-8", "replace")
-        found += [f"{roi[2:]!r} in {where}" for roi in rois if roi[2:].rstrip(".") in text]
-    assert not found, found[:10]
-    identity = Identity()
-    identity.dates.add("19750302")
-    guard = IdentityGuard(identity)
+    _nowhere_in(out, [roi[2:].rstrip(".") for roi in rois])
+    guard = _birth_date_guard()
     for text in rois:
         assert guard.find(text) == "a date", text
     for text in [
