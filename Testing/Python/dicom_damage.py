@@ -54,6 +54,17 @@ def save(ds, path: Path) -> None:
             ds.save_as(str(path), write_like_original=True)
 
 
+def save_encoded(ds, path: Path, syntax: str) -> None:
+    """Write ``ds`` to ``path`` in the transfer syntax ``syntax`` (implicit or deflated, on pydicom 2.4 and 3)."""
+    ds.file_meta.TransferSyntaxUID = syntax
+    implicit = syntax == pydicom.uid.ImplicitVRLittleEndian
+    if PYDICOM3:
+        ds.save_as(str(path), implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = implicit, True
+        ds.save_as(str(path), write_like_original=False)
+
+
 def tag_name(keyword: str) -> str:
     """``(gggg,eeee) Keyword`` as the engine's messages name a tag."""
     tag = tag_for_keyword(keyword)

@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import dicom_damage as dd
 import hostile
 import pydicom
 import pytest
@@ -387,9 +388,8 @@ def test_append_keeps_one_dose_once_however_it_is_stored_or_recorded(tmp_path, c
     moved = dose.with_name("same_dose.dcm")  # another name: another case id, as a folder exported on its own
     if variant == "re-encoded":
         ds = pydicom.dcmread(str(dose))
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
         ds.file_meta.ImplementationVersionName = "OTHER_TOOL_1"
-        ds.save_as(str(moved), implicit_vr=True, little_endian=True)
+        dd.save_encoded(ds, moved, pydicom.uid.ImplicitVRLittleEndian)
         dose.unlink()
     else:
         dose.rename(moved)

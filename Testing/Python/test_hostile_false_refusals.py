@@ -192,15 +192,7 @@ def test_roi_names_with_other_letters_export_as_nrrd(tmp_path, capsys):
 # ---- one structure set twice, encoded otherwise (fourth hostile trial L-b) -------------------------------------
 
 
-def _save_encoded(ds, path: Path, syntax: str) -> None:
-    """Write ``ds`` to ``path`` in the transfer syntax ``syntax`` (implicit or deflated, on pydicom 2.4 and 3)."""
-    ds.file_meta.TransferSyntaxUID = syntax
-    implicit = syntax == pydicom.uid.ImplicitVRLittleEndian
-    if dd.PYDICOM3:
-        ds.save_as(str(path), implicit_vr=implicit, little_endian=True, enforce_file_format=True)
-    else:
-        ds.is_implicit_VR, ds.is_little_endian = implicit, True
-        ds.save_as(str(path), write_like_original=False)
+_save_encoded = dd.save_encoded
 
 
 def _point_moved(ds) -> None:

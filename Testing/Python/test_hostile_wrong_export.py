@@ -940,8 +940,7 @@ def test_a_copy_of_a_plan_dose_is_used_once(clean, tmp_path, capsys, variant):
         shutil.copy(original, copy)
     else:
         ds = pydicom.dcmread(str(original))
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
-        ds.save_as(str(copy), implicit_vr=True, little_endian=True)
+        dd.save_encoded(ds, copy, pydicom.uid.ImplicitVRLittleEndian)
     code, rows, out = _export(root, tmp_path, capsys)
     assert code == 0
     _same_as_clean(clean, "plan", out, rows)
