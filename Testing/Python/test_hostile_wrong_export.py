@@ -949,6 +949,24 @@ def test_a_copy_of_a_plan_dose_is_used_once(clean, tmp_path, capsys, variant):
     assert any("zz_copy/RD_again.dcm" in json.dumps(o) and "a copy of" in json.dumps(o) for o in orphans), orphans
 
 
+def test_a_dose_of_the_same_values_under_another_plan_is_no_copy(clean, tmp_path, capsys):
+    """Seventeenth hostile trial Q3: an RTDOSE file with the same SOPInstanceUID and values as the case's dose but
+    referencing another plan was taken for a copy, and whichever sorted first by name decided the case's plan,
+    prescription, id and flags. Files that say otherwise what they belong to are no copies: the case of the
+    original dose is as it was, whatever the other file is called."""
+    root = _copy(clean, "plan", tmp_path)
+    original = root / _rel(clean, "plan", clean["plan"].dose_files[0])
+    ds = dd.read(original)
+    ds.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID = "2.25.1234567"  # a plan not in the input
+    dd.save(ds, original.with_name("0000_other_plan.dcm"))  # sorts before the original
+    code, rows, out = _export(root, tmp_path, capsys)
+    (expected,) = hostile.manifest(clean["outs"]["plan"])
+    (row,) = [r for r in rows if r["case_id"] == expected["case_id"]]
+    assert (row["status"], row["audit_flags"]) == ("ok", expected["audit_flags"]), row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["source"]["rtdose_files"] == [original.relative_to(root).as_posix()], meta["source"]
+
+
 def test_plans_that_sum_plans_cannot_add_up_are_case_warnings(clean, tmp_path, capsys):
     """With --sum-plans, plans on one CT that cannot be added up (here two PLAN doses of one plan, a recalculation)
     are exported one case each: each case's dose is one plan's, not the sum asked for. That was a note in

@@ -125,13 +125,32 @@ def _dose_copies(doses: list) -> tuple:
     for group in by_uid.values():
         distinct: list = []
         for dose in group:
-            same = next((d for d in distinct if same_bytes(d.path, dose.path) or same_content(d.path, dose.path)), None)
+            same = next(
+                (
+                    d
+                    for d in distinct
+                    if same_bytes(d.path, dose.path) or (_same_references(d, dose) and same_content(d.path, dose.path))
+                ),
+                None,
+            )
             if same is None:
                 distinct.append(dose)
             else:
                 copies.append((dose, same))
         kept.extend(distinct)
     return kept, copies
+
+
+def _same_references(first, other) -> bool:
+    """Whether two RTDOSE files say the same of what they belong to (plan, beams, summation, patient, study, frame of
+    reference): the same dose values under another plan are no copy (seventeenth hostile trial Q3: the plan, the
+    prescription and the case id followed the file names)."""
+    if any(
+        getattr(first, name) != getattr(other, name) for name in ("patient_id", "study_uid", "frame_of_reference_uid")
+    ):
+        return False
+    keys = (set(first.info) | set(other.info)) - set(_FILE_FACTS)
+    return all(first.info.get(key) == other.info.get(key) for key in keys)
 
 
 def _make_case(group: tuple, plans: dict) -> Case:

@@ -331,8 +331,9 @@ def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
             if size is None or size > MAX_COMPARED_PIXEL_BYTES:
                 return None
             values = headers.pixel_array(ds, dose.path).astype("<f8") * float(ds.DoseGridScaling)
+            # numbers as numbers (2.50000 and 2.5 are one spacing: seventeenth hostile trial Q8), words as words
             geometry = [
-                headers.value_text(ds.get(keyword))
+                repr([float(v) for v in np.atleast_1d(np.asarray(ds.get(keyword, 0), dtype=np.float64))])
                 for keyword in (
                     "Rows",
                     "Columns",
@@ -341,10 +342,8 @@ def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
                     "ImageOrientationPatient",
                     "PixelSpacing",
                     "GridFrameOffsetVector",
-                    "DoseUnits",
-                    "DoseType",
                 )
-            ]
+            ] + [headers.value_text(ds.get(keyword, "")).strip().upper() for keyword in ("DoseUnits", "DoseType")]
             one = hashlib.sha256("|".join(geometry).encode("utf-8"))
             one.update(np.ascontiguousarray(values).tobytes())
             parts.append(one.digest())
