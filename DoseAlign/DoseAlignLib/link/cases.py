@@ -145,12 +145,22 @@ def _same_references(first, other) -> bool:
     """Whether two RTDOSE files say the same of what they belong to (plan, beams, summation, patient, study, frame of
     reference): the same dose values under another plan are no copy (seventeenth hostile trial Q3: the plan, the
     prescription and the case id followed the file names)."""
-    if any(
-        getattr(first, name) != getattr(other, name) for name in ("patient_id", "study_uid", "frame_of_reference_uid")
-    ):
-        return False
-    keys = (set(first.info) | set(other.info)) - set(_FILE_FACTS)
-    return all(first.info.get(key) == other.info.get(key) for key in keys)
+    return not _differing_facts(first, other)
+
+
+def _differing_facts(first, other) -> list:
+    """What two scanned objects of one SOPInstanceUID record differently (the scan's values of the file's contents,
+    and patient, study and frame of reference), leaving out what the scan records of the file itself."""
+    differing = sorted(
+        key
+        for key in set(first.info) | set(other.info)
+        if key not in _FILE_FACTS and first.info.get(key) != other.info.get(key)
+    )
+    return differing + [
+        name
+        for name in ("patient_id", "study_uid", "frame_of_reference_uid")
+        if getattr(first, name) != getattr(other, name)
+    ]
 
 
 def _make_case(group: tuple, plans: dict) -> Case:
@@ -344,14 +354,7 @@ def _plan_copies(case: Case, plan_files: dict) -> Optional[str]:
         if same_bytes(first.path, other.path):
             case.notes.append(f"RTPLAN {other.rel_path} is a copy of {first.rel_path} (the same bytes): used once")
             continue
-        differing = sorted(
-            key
-            for key in set(first.info) | set(other.info)
-            if key not in _FILE_FACTS and first.info.get(key) != other.info.get(key)
-        )
-        for name in ("patient_id", "study_uid", "frame_of_reference_uid"):
-            if getattr(first, name) != getattr(other, name):
-                differing.append(name)
+        differing = _differing_facts(first, other)
         if differing:
             return (
                 f"RTPLAN {first.rel_path} and {other.rel_path} share SOPInstanceUID {case.plan.sop_instance_uid} but "
