@@ -979,11 +979,13 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
     rois = ["a 19750302093000", "b 197503020930", "c 02.03.1975.1", "d 1975.03.02.2", "e 19750302.5", "f 1.1975.03.02"]
     rois += ["PTV MJ40417.2", "CTV_MJ-40417.1", "g 1975030214", "h 750302093000"]  # (sixteenth trial P3: the hour, YY)
     rois += ["i 2nd of March 1975", "j 02\t03\t1975"]  # (P10: "of", tabs)
+    rois += ["k March the 2nd, 1975", "l 2nd day of March 1975"]  # (seventeenth trial Q9: "the", "day of")
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = set(_names_of(out, row))
     expected = {"a [removed]", "b [removed]", "c [removed].1", "d [removed].2", "e [removed].5", "f 1.[removed]"}
     expected |= {"PTV [removed].2", "CTV_[removed].1", "g [removed]", "h [removed]", "i [removed]", "j [removed]"}
+    expected |= {"k [removed]", "l [removed]"}
     assert expected <= names, sorted(names)
     identity = Identity()
     identity.dates.add("19750302")
@@ -1827,3 +1829,22 @@ def test_a_surname_written_in_parts_is_rewritten_not_refused(tmp_path, capsys, p
     assert roi not in names and [n for n in names if "[removed]" in n], names
     assert not _squeezed_in_output(out, [needle])
     capsys.readouterr()
+
+
+def test_a_date_spelled_by_the_digits_of_dosealigns_own_tokens_is_no_leak():
+    """Seventeenth hostile trial Q6: a path token such as ``f42de930525`` holds ``930525``, read as 1993-05-25: a
+    patient born that day had the case refused "pseudonymization left a date ... please report it", for good under
+    that key. This run's own tokens are left out of the date search on both sides; the date elsewhere is found."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    identity = Identity()
+    identity.dates.add("19930525")
+    rewriting = Pseudonymizer(key=b"k" * 32, identity=identity)
+    token = "d3313407afa/f42de930525.dcm"
+    assert rewriting.find_identity(token) == "a date", "a token not made by this run is read as anything else"
+    rewriting.entries[("path", token)] = "p0/2cde513b.dcm"
+    assert rewriting.find_identity(token) == ""
+    assert rewriting.text(f"RTDOSE {token}: a copy") == f"RTDOSE {token}: a copy"
+    for text in ["born 930525 in x", "x 25.05.1993", f"{token} 1993-05-25"]:
+        assert rewriting.find_identity(text) == "a date", text
+        assert "[removed]" in rewriting.text(text), text

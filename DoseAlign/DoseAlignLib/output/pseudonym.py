@@ -691,8 +691,22 @@ class Pseudonymizer:
         value = self._names.redact(value) if own else self._names.redact(value, own=False)
         for date in ident.dates:
             if any(c.isdigit() for c in value):
-                value = _date_pattern(date).sub(REMOVED, value)
+                value = self._remove_date(date, value)
         return value
+
+    def _remove_date(self, date: str, value: str) -> str:
+        """``date`` removed from ``value`` (:func:`_date_pattern`), not from within this run's own hash digests,
+        where its digits sit by chance (``f42de930525``: seventeenth hostile trial Q6)."""
+        pattern = _date_pattern(date)
+        if not pattern.search(value):
+            return value
+        own = self._own
+        kept = [m.span() for m in re.finditer(r"[0-9A-Za-z]{8,}", value) if m.group(0) in own]
+        if not kept:
+            return pattern.sub(REMOVED, value)
+        return pattern.sub(
+            lambda m: m.group(0) if any(a <= m.start() and m.end() <= b for a, b in kept) else REMOVED, value
+        )
 
     def value(self, value: Any, key: Optional[str] = None, text_keys: frozenset = frozenset()) -> Any:
         """Rewrite a JSON-like value; strings under path keys are tokenized as paths; keys in ``text_keys``
@@ -1708,6 +1722,13 @@ class IdentityGuard:
     def _short_name(self, camel: str, squeezed: str, own: bool) -> bool:
         return _guard_short(self, camel, squeezed, own)
 
+    def _without_own(self, text: str) -> str:
+        """``text`` with this run's own hash digests (:attr:`own`) made blanks: the hex digits of a path token
+        (``f42de930525``) are no date (seventeenth hostile trial Q6: a patient born 1993-05-25 was refused)."""
+        if not self.own:
+            return text
+        return re.sub(r"[0-9A-Za-z]{8,}", lambda m: " " if m.group(0) in self.own else m.group(0), text)
+
     def _skipped(self, lowered: str) -> str:
         """``lowered`` for the search of glued IDs: this run's own hash digests (:attr:`own`) and DoseAlign's own
         words (:data:`_GUARD_SKIPS`) made blanks, where an ID glued to letters would sit by chance."""
@@ -1793,7 +1814,7 @@ class IdentityGuard:
             pieces = "".join(c for c in free if c.isalnum() or c == "\0")
             if any((len(part) >= MIN_INSIDE or _cjk(part)) and part in pieces for part in self.alone):
                 return "a patient name"
-        if self.dates and self.dates & _dates_in(text):
+        if self.dates and self.dates & _dates_in(self._without_own(text)):
             return "a date"
         if not self.keep_uids:
             for uid in self.uids:
@@ -2079,10 +2100,14 @@ def _dates_in(text: str) -> set:
     # a month's English name or abbreviation, the day before or after it, the year after (or first)
     lowered = text.casefold()
     for match in re.finditer(
-        r"(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(?:of[\s./\-_,]+)?([a-z]{3,9})\.?[\s./\-_,]*(\d{4}|\d{2})", lowered
-    ):  # (15th of April 2023: sixteenth hostile trial P10)
+        r"(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(?:(?:day[\s./\-_,]+)?of[\s./\-_,]+)?([a-z]{3,9})\.?[\s./\-_,]*"
+        r"(\d{4}|\d{2})",
+        lowered,
+    ):  # (15th of April 2023: sixteenth hostile trial P10; 15th day of April 2023: seventeenth trial Q9)
         _add_named(found, match.group(3), match.group(2), match.group(1), match.start(), match.end(), lowered)
-    for match in re.finditer(r"([a-z]{3,9})\.?[\s./\-_,]*(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(\d{4}|\d{2})", lowered):
+    for match in re.finditer(
+        r"([a-z]{3,9})\.?[\s./\-_,]*(?:the[\s./\-_,]+)?(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(\d{4}|\d{2})", lowered
+    ):  # (April the 15th, 2023: Q9)
         _add_named(found, match.group(3), match.group(1), match.group(2), match.start(), match.end(), lowered)
     for match in re.finditer(r"(\d{4})[\s./\-_,]*([a-z]{3,9})\.?[\s./\-_,]*(\d{1,2})", lowered):
         _add_named(found, match.group(1), match.group(2), match.group(3), match.start(), match.end(), lowered)
@@ -2220,8 +2245,8 @@ def _date_pattern(date: str):
             gap = r"[\s./\-_,]*"
             day = f"{dd}(?:st|nd|rd|th)?"
             forms += [
-                f"{day}{gap}(?:of{gap})?{month}{gap}{year}",  # (15th of April 2023)
-                f"{month}{gap}{day}{gap}{year}",
+                f"{day}{gap}(?:(?:day{gap})?of{gap})?{month}{gap}{year}",  # (15th of April 2023, 15th day of ...)
+                f"{month}{gap}(?:the{gap})?{day}{gap}{year}",  # (April the 15th, 2023)
                 f"{y4}{gap}{month}{gap}{dd}",
             ]
         # a date touching ".digits" otherwise (15.04.2023.1, 20230415.093000) is a date, as the check reads it
