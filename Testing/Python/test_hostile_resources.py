@@ -807,3 +807,176 @@ def test_a_name_of_a_hundred_components_is_removed_without_the_cubic_spellings(t
     text = "\n".join(p.read_text(encoding="utf-8") for p in out.rglob("*.json")).casefold()
     text += (out / "manifest.csv").read_text(encoding="utf-8").casefold()
     assert not [p for p in parts if p.casefold() in text]
+
+
+# ---- pixel data that hold more than their header describes (seventeenth hostile trial Q1, Q2, Q4) ---------------
+
+
+def _with_pixel_element(header_file: Path, target: Path, length: int) -> None:
+    """``header_file``'s data set (Explicit VR Little Endian) with a PixelData element of ``length`` zero bytes,
+    left as a hole in the file (sparse: it takes no disk)."""
+    ds = dd.read(header_file)
+    del ds.PixelData
+    dd.save_encoded(ds, target, "1.2.840.10008.1.2.1")
+    with open(target, "r+b") as handle:
+        handle.seek(0, 2)
+        handle.write(b"\xe0\x7f\x10\x00OW\x00\x00" + length.to_bytes(4, "little"))
+        handle.truncate(handle.tell() + length)
+
+
+def test_a_pixel_element_far_larger_than_its_header_describes_is_refused_before_it_is_read(tmp_path):
+    """Q4: two sparse files with a 64 x 64 slice's header and a 1.5 GB PixelData element took the scan 7.1 GB:
+    the copy check read both whole. The bytes from the pixel data on are bounded by the header's image before any
+    is read; such a file is damaged (named), and two of them are not one slice."""
+    import tracemalloc
+
+    from DoseAlignLib.dicom import headers, scan
+    from DoseAlignLib.errors import InputError
+
+    truth = hostile.study(tmp_path / "in", "PIXBOUND-1", 11, ct_size=(24, 20, 6))
+    first, second = tmp_path / "a.dcm", tmp_path / "b.dcm"
+    _with_pixel_element(Path(truth.ct_files[0]), first, 256 << 20)
+    _with_pixel_element(Path(truth.ct_files[0]), second, 256 << 20)
+    with open(second, "r+b") as handle:  # another last byte: files that differ
+        handle.seek(-1, 2)
+        handle.write(b"\x01")
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as raised:
+            headers.read_header(first, stop_before_pixels=False)
+        assert scan.same_content(first, second) is False
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB taken: the pixel element was read"
+    message = str(raised.value)
+    assert "a.dcm" in message and "(7FE0,0010) PixelData" in message
+    assert "268,435,4" in message and "960 bytes uncompressed" in message  # its size and the header's (24 x 20 x 2)
+    # a file whose pixel data fit its header is read as before, and the headers alone still are
+    assert headers.read_header(Path(truth.ct_files[1]), stop_before_pixels=False).PixelData
+    assert "PixelData" not in headers.read_header(first)
+
+
+def _rle_frame(segments: list) -> bytes:
+    offsets, position = [], 64
+    for segment in segments:
+        offsets.append(position)
+        position += len(segment)
+    return np.array([len(segments), *offsets, *[0] * (15 - len(segments))], dtype="<u4").tobytes() + b"".join(segments)
+
+
+def _as_rle(path: Path, frame: bytes) -> None:
+    from pydicom.encaps import encapsulate
+
+    ds = dd.read(path)
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.5"
+    dd.save(ds, path)
+
+
+def test_an_rle_slice_that_decodes_to_more_than_its_header_fails_its_case_before_it_is_decoded(tmp_path):
+    """Q1, Q2: an RLE CT slice whose segments decode to far more than Rows x Columns was decoded whole (64 MB of
+    file: 4.4 GB), and pydicom kept the first Rows x Columns bytes of each segment with a warning nobody saw: the
+    case exported that plane as air, status ok. The segments' lengths are counted before decoding, and the case
+    fails naming the file."""
+    truth = hostile.study(tmp_path / "in", "RLEBOMB-1", 12, ct_size=(24, 20, 6))
+    target = Path(truth.ct_files[2])
+    plane = 24 * 20
+    bomb = b"\x81\x00" * (4 * plane // 128 + 1)  # each op: a byte 128 times; four planes' worth a segment
+    _as_rle(target, _rle_frame([bomb, bomb]))
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", str(tmp_path / "in"), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 1, done.stderr
+    rows = hostile.manifest(out)
+    assert [row["status"] for row in rows] == ["failed"], rows
+    reason = rows[0]["reason"]
+    assert target.name in reason and "RLE segment 1 of the image decodes to 512 bytes or more" in reason
+    assert "Rows 20 x Columns 24 call for 480" in reason
+
+
+def test_rle_pixel_data_that_fit_their_header_decode_as_before(tmp_path):
+    """No false refusal: a slice encoded as RLE by pydicom, with or without a pad byte decoded at a segment's end,
+    reads the same values as the original."""
+    from DoseAlignLib.dicom import headers
+
+    truth = hostile.study(tmp_path / "in", "RLEOK-1", 13, ct_size=(24, 20, 6))
+    source = Path(truth.ct_files[0])
+    original = dd.read(source).pixel_array
+    values = original.astype("<u2").view(np.uint8).reshape(-1, 2)
+    low, high = values[:, 0].tobytes(), values[:, 1].tobytes()
+
+    def literal(data: bytes) -> bytes:  # PackBits literal runs of at most 128 bytes
+        return b"".join(bytes([len(data[n : n + 128]) - 1]) + data[n : n + 128] for n in range(0, len(data), 128))
+
+    for pad in (b"", b"\x00\x00"):  # "\x00\x00": a literal of one zero byte after the plane (one byte too many)
+        copy = tmp_path / f"rle{len(pad)}.dcm"
+        copy.write_bytes(source.read_bytes())
+        _as_rle(copy, _rle_frame([literal(high) + pad, literal(low) + pad]))  # most significant byte first
+        ds = headers.read_header(copy, stop_before_pixels=False)
+        np.testing.assert_array_equal(headers.pixel_array(ds, copy), original)
+
+
+def test_jpeg_frames_that_describe_another_image_are_refused_before_they_are_decoded(tmp_path):
+    """The same rule for JPEG and JPEG 2000: a decoder builds the image its frame header describes (here 60 000 x
+    60 000 pixels, 3.6 GB as 8 bits), whatever Rows and Columns say. Frames whose size is their header's go on to
+    the decoder."""
+    from DoseAlignLib.dicom import headers
+    from DoseAlignLib.errors import InputError
+    from pydicom.encaps import encapsulate
+
+    truth = hostile.study(tmp_path / "in", "JPEGBOMB-1", 14, ct_size=(24, 20, 6))
+    rows, columns = 20, 24
+
+    def sof(height: int, width: int) -> bytes:  # SOI, an APP0 segment, SOF3 (lossless): precision, size, 1 component
+        return (
+            b"\xff\xd8\xff\xe0\x00\x04\x00\x00\xff\xc3\x00\x0b\x10"
+            + height.to_bytes(2, "big")
+            + width.to_bytes(2, "big")
+            + b"\x01\x01\x11\x00\xff\xd9"
+        )
+
+    def siz(height: int, width: int) -> bytes:  # SOC, SIZ: Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, ...
+        return b"\xff\x4f\xff\x51\x00\x29\x00\x00" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes(32)
+
+    cases = [
+        ("1.2.840.10008.1.2.4.70", sof),
+        ("1.2.840.10008.1.2.4.80", lambda h, w: sof(h, w).replace(b"\xff\xc3", b"\xff\xf7")),  # JPEG-LS: SOF55
+        ("1.2.840.10008.1.2.4.90", siz),
+    ]
+    for syntax, frame in cases:
+        ds = dd.read(Path(truth.ct_files[0]))
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = encapsulate([frame(60000, 60000)])
+        with pytest.raises(InputError, match="describe 60000 x 60000 pixels, Rows x Columns say 20 x 24"):
+            headers.check_compressed_frames(ds, Path("x.dcm"))
+        ds.PixelData = encapsulate([frame(rows, columns)])
+        headers.check_compressed_frames(ds, Path("x.dcm"))  # the header's size: left to the decoder
+
+
+def test_doses_of_one_uid_are_each_read_once_to_find_copies(tmp_path, monkeypatch):
+    """Q5: N RTDOSE files of one SOPInstanceUID, each another dose, were compared pairwise, both decoded each time
+    (80 files: 40 s, growing as N²). Each is read and decoded once; the copy among them is still found, and the
+    doses of other values stay, each its own."""
+    from DoseAlignLib.dicom import headers, scan
+    from DoseAlignLib.link import cases
+
+    truth = hostile.study(tmp_path / "in", "MANYDOSES-1", 15, ct_size=(24, 20, 6))
+    dose = Path(truth.dose_files[0])
+    source = dd.read(dose)
+    count = 16
+    for n in range(1, count):
+        ds = dd.read(dose)
+        ds.PixelData = (source.pixel_array + n).astype(source.pixel_array.dtype).tobytes()  # another dose, one UID
+        dd.save(ds, dose.with_name(f"other_{n:02d}.dcm"))
+    (dose.parent / "zz_copy.dcm").write_bytes(dose.read_bytes())
+    result = scan.scan_folder(tmp_path / "in")
+    doses = result.of_kind("RTDOSE")
+    assert len(doses) == count + 1
+    decoded = []
+    real = headers.pixel_array
+    monkeypatch.setattr(headers, "pixel_array", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    kept, copies = cases._dose_copies(doses)
+    assert len(decoded) == count + 1, f"{len(decoded)} decodes for {count + 1} files"
+    assert len(kept) == count and [(c.path.name, k.path.name) for c, k in copies] == [("zz_copy.dcm", dose.name)]

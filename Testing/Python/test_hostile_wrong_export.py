@@ -2017,3 +2017,29 @@ def test_dataset_files_that_no_longer_describe_the_cases_are_removed(tmp_path, c
     printed = capsys.readouterr().out
     assert "dataset.h5 of an earlier run removed" in printed and "dataset.json of an earlier run removed" in printed
     assert not (merged / "dataset.h5").exists() and not (merged / "dataset.json").exists()
+
+
+def test_copies_whose_patient_name_differs_only_in_case_are_copies(tmp_path, capsys):
+    """Seventeenth hostile trial Q10: an RTSTRUCT and an RTPLAN sent again by a PACS that upper-cases names
+    (`Doe^Jonathan`, `DOE^JONATHAN^`) failed the case: "which contours belong to the case cannot be told". A name
+    that differs only in case, blanks or empty trailing components is one name; another name still fails."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "NAMECASE-1", 16, patient_name="Doe^Jonathan")
+    structure, plan = Path(truth.struct_file), Path(truth.plan_file)
+    for source, name in ((structure, "zz_rs_copy.dcm"), (plan, "zz_plan_copy.dcm")):
+        ds = dd.read(source)
+        ds.PatientName = "DOE^JONATHAN ^"
+        dd.save(ds, source.with_name(name))
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
+    meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["source"]["rtstruct_files"] == [structure.relative_to(root).as_posix()], meta["source"]
+    assert meta["source"]["rtplan_file"] == plan.relative_to(root).as_posix(), meta["source"]
+    for name in ("RTSTRUCT p/zz_rs_copy.dcm is a copy", "RTPLAN p/zz_plan_copy.dcm is a copy"):
+        assert any(link.startswith(name) for link in meta["links"]), meta["links"]
+    for name in ("zz_rs_copy.dcm", "zz_plan_copy.dcm"):  # another name: the case fails naming the files
+        ds = dd.read(structure if name.startswith("zz_rs") else plan)
+        ds.PatientName = "Roe^Richard"
+        dd.save(ds, root / "p" / name)
+    code, rows, out = _export(root, tmp_path / "again", capsys)
+    assert code == 1 and rows[0]["status"] == "failed" and "zz_" in rows[0]["reason"], rows

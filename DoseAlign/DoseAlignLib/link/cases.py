@@ -11,7 +11,8 @@ import re
 from pathlib import PurePosixPath
 from typing import Optional
 
-from ..dicom.scan import ScanResult, compare_structure_sets, same_bytes, same_content
+from ..dicom import headers
+from ..dicom.scan import ScanResult, compare_structure_sets, content_key, same_bytes
 from ..errors import DoseAlignError
 from .beams import (
     SUMMED_BEAMS,
@@ -115,26 +116,26 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
 
 def _dose_copies(doses: list) -> tuple:
     """``(doses, [(copy, kept)])``: RTDOSE files that share a SOPInstanceUID and hold the same dose (the same bytes,
-    or the same pixels, grid and scaling stored otherwise: :func:`~DoseAlignLib.dicom.scan.same_content`) are one
-    dose, the first by path kept. Files of one UID that hold other doses (the Nelms phantom's AntPost and SupInf
+    or the same pixels, grid and scaling stored otherwise: :func:`~DoseAlignLib.dicom.scan.content_key`) and say the
+    same of what they belong to are one dose, the first by path kept. Files of one UID that hold other doses (the Nelms phantom's AntPost and SupInf
     fields) stay, each its own."""
     by_uid: dict = {}
     for dose in sorted(doses, key=lambda d: d.rel_path):
         by_uid.setdefault(dose.sop_instance_uid or dose.rel_path, []).append(dose)
     kept, copies = [], []
     for group in by_uid.values():
+        if len(group) == 1:
+            kept.extend(group)
+            continue
         distinct: list = []
+        by_content: dict = {}  # each file read once: files of other contents are never compared (Q5)
         for dose in group:
-            same = next(
-                (
-                    d
-                    for d in distinct
-                    if same_bytes(d.path, dose.path) or (_same_references(d, dose) and same_content(d.path, dose.path))
-                ),
-                None,
-            )
+            key = content_key(dose.path)
+            same = next((d for d in by_content.get(key, []) if _same_references(d, dose)), None) if key else None
             if same is None:
                 distinct.append(dose)
+                if key is not None:
+                    by_content.setdefault(key, []).append(dose)
             else:
                 copies.append((dose, same))
         kept.extend(distinct)
@@ -154,7 +155,7 @@ def _differing_facts(first, other) -> list:
     differing = sorted(
         key
         for key in set(first.info) | set(other.info)
-        if key not in _FILE_FACTS and first.info.get(key) != other.info.get(key)
+        if key not in _FILE_FACTS and _fact(first.info, key) != _fact(other.info, key)
     )
     return differing + [
         name
@@ -339,6 +340,12 @@ def _conflicting_slices(case: Case) -> Optional[str]:
 
 #: What the scan records of a file itself, not of its contents.
 _FILE_FACTS = ("size", "mtime_ns")
+
+
+def _fact(info: dict, key: str):
+    """A scanned value as copies are compared: a patient's name folded (:func:`.headers.folded_person_name`)."""
+    value = info.get(key)
+    return headers.folded_person_name(value) if key == "patient_name" and value is not None else value
 
 
 def _plan_copies(case: Case, plan_files: dict) -> Optional[str]:

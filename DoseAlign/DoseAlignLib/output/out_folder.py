@@ -321,15 +321,17 @@ def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
     import numpy as np
 
     from ..dicom import headers
-    from ..dicom.scan import MAX_COMPARED_PIXEL_BYTES, decoded_size
+    from ..dicom.scan import MAX_COMPARED_PIXEL_BYTES
 
     parts = []
     try:
         for dose in case.doses:
-            ds = headers.read_header(dose.path, stop_before_pixels=False)
-            size = decoded_size(ds)
+            size = headers.decoded_size(headers.read_header(dose.path))  # the pixel data are read only within it
             if size is None or size > MAX_COMPARED_PIXEL_BYTES:
                 return None
+            ds = headers.read_header(dose.path, stop_before_pixels=False)
+            if headers.decoded_size(ds) != size:
+                return None  # changed since the line above
             values = headers.pixel_array(ds, dose.path).astype("<f8") * float(ds.DoseGridScaling)
             # numbers as numbers (2.50000 and 2.5 are one spacing: seventeenth hostile trial Q8), words as words
             geometry = [
