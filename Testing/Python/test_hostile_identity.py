@@ -980,12 +980,13 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
     rois += ["PTV MJ40417.2", "CTV_MJ-40417.1", "g 1975030214", "h 750302093000"]  # (sixteenth trial P3: the hour, YY)
     rois += ["i 2nd of March 1975", "j 02\t03\t1975"]  # (P10: "of", tabs)
     rois += ["k March the 2nd, 1975", "l 2nd day of March 1975"]  # (seventeenth trial Q9: "the", "day of")
+    rois += ["m Mar 2 10:00 1975", "n Sun Mar 2 10:00:00 UTC 1975"]  # (eighteenth trial R6: ctime, date)
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = set(_names_of(out, row))
     expected = {"a [removed]", "b [removed]", "c [removed].1", "d [removed].2", "e [removed].5", "f 1.[removed]"}
     expected |= {"PTV [removed].2", "CTV_[removed].1", "g [removed]", "h [removed]", "i [removed]", "j [removed]"}
-    expected |= {"k [removed]", "l [removed]"}
+    expected |= {"k [removed]", "l [removed]", "m [removed]", "n Sun [removed]"}
     assert expected <= names, sorted(names)
     identity = Identity()
     identity.dates.add("19750302")

@@ -2106,14 +2106,18 @@ def _dates_in(text: str) -> set:
     ):  # (15th of April 2023: sixteenth hostile trial P10; 15th day of April 2023: seventeenth trial Q9)
         _add_named(found, match.group(3), match.group(2), match.group(1), match.start(), match.end(), lowered)
     for match in re.finditer(
-        r"([a-z]{3,9})\.?[\s./\-_,]*(?:the[\s./\-_,]+)?(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(\d{4}|\d{2})", lowered
-    ):  # (April the 15th, 2023: Q9)
+        r"([a-z]{3,9})\.?[\s./\-_,]*(?:the[\s./\-_,]+)?(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*"
+        rf"(?:{_CLOCK}[\s./\-_,]+)?(\d{{4}}|\d{{2}})",
+        lowered,
+    ):  # (April the 15th, 2023: Q9; Apr 15 09:30:00 UTC 2023, as ctime and date write it: eighteenth trial R6)
         _add_named(found, match.group(3), match.group(1), match.group(2), match.start(), match.end(), lowered)
     for match in re.finditer(r"(\d{4})[\s./\-_,]*([a-z]{3,9})\.?[\s./\-_,]*(\d{1,2})", lowered):
         _add_named(found, match.group(1), match.group(2), match.group(3), match.start(), match.end(), lowered)
     return found
 
 
+#: A clock time between a day and its year, with a zone (``Apr 15 09:30:00 UTC 2023``: ctime, ``date``, logs).
+_CLOCK = r"(?:[01]?[0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]+)?)?(?:[ \t]+[A-Za-z]{2,5})?"
 #: A time after a date in DICOM's date-time (DT): HH, HHMM, HHMMSS, with a fraction of a second (sixteenth hostile
 #: trial P3: the hour alone, 2023041514, was kept).
 _DICOM_TIME = r"(?:[01][0-9]|2[0-3])(?:[0-5][0-9](?:[0-5][0-9](?:\.[0-9]{1,6})?)?)?"
@@ -2246,7 +2250,7 @@ def _date_pattern(date: str):
             day = f"{dd}(?:st|nd|rd|th)?"
             forms += [
                 f"{day}{gap}(?:(?:day{gap})?of{gap})?{month}{gap}{year}",  # (15th of April 2023, 15th day of ...)
-                f"{month}{gap}(?:the{gap})?{day}{gap}{year}",  # (April the 15th, 2023)
+                f"{month}{gap}(?:the{gap})?{day}{gap}(?:{_CLOCK}{gap})?{year}",  # (April the 15th, 2023; ctime: R6)
                 f"{y4}{gap}{month}{gap}{dd}",
             ]
         # a date touching ".digits" otherwise (15.04.2023.1, 20230415.093000) is a date, as the check reads it
