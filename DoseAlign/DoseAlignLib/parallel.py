@@ -335,13 +335,20 @@ def run_dask(
     cluster = None
     try:
         if scheduler == "local":
-            cluster = LocalCluster(  # no more processes than cases, as the pool (12 for 3 cases: fourteenth trial N11)
-                n_workers=max(1, min(workers, len(cases))),
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                host="127.0.0.1",
-            )
+            import dask
+
+            # a worker lost while it runs a case fails that case, as in the process pool: Dask would run it again up
+            # to three times, each time taking a worker down; and Dask's own log lines (a restarted worker's
+            # heartbeat traceback when the cluster closes) stay out of the export's output (eighteenth trial R8)
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                cluster = LocalCluster(  # no more processes than cases, as the pool (12 for 3: fourteenth trial N11)
+                    n_workers=max(1, min(workers, len(cases))),
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    host="127.0.0.1",
+                    silence_logs=logging.CRITICAL,
+                )
             client = Client(cluster)
         else:
             client = Client(scheduler, timeout=2 * SCHEDULER_CONNECT_SECONDS)
@@ -360,7 +367,10 @@ def run_dask(
     try:
         if cluster is None and cases:
             _wait_for_a_worker(client, scheduler, on_note or (lambda _message: None), stop)
-        window = max(2 * workers, 2 * len(client.scheduler_info().get("workers", {})) or 2)
+        if cluster is not None:  # one case a worker at a time: a worker lost fails only the case it ran (R8)
+            window = max(1, min(workers, len(cases)))
+        else:
+            window = max(2 * workers, 2 * len(client.scheduler_info().get("workers", {})) or 2)
         queue = iter(enumerate(cases))
         index_of: dict = {}
         batch = as_completed()

@@ -225,3 +225,37 @@ def test_a_scheduler_without_workers_is_said_while_the_export_waits(cohort, tmp_
     assert any("a Dask worker joined after" in n for n in notes), notes
     assert outcome and outcome[0].exit_code == 0
     assert [row["status"] for row in _manifest(out / "manifest.csv")] == ["ok"] * 5
+
+
+def test_a_dask_worker_killed_while_it_runs_a_case_fails_that_case(cohort, tmp_path, capfd):
+    """Eighteenth hostile trial R8: a LocalCluster worker SIGKILLed while it ran a case (the out-of-memory killer):
+    Dask ran the case again (up to three times, each time taking a worker down), the export ended 0, and Dask's log
+    lines and heartbeat tracebacks reached stderr. The case fails by name (exit 1, ``--resume`` exports it later),
+    the others are exported, and no traceback is printed."""
+    pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    import dask
+
+    marker = tmp_path / "killed-once"
+    preload = tmp_path / "kill_once.py"
+    preload.write_text(
+        "import os, signal\n"
+        "from distributed.diagnostics.plugin import WorkerPlugin\n\n\n"
+        "class KillOnce(WorkerPlugin):\n"
+        "    def transition(self, key, start, finish, **kwargs):\n"
+        f"        if finish == 'executing' and not os.path.exists({str(marker)!r}):\n"
+        f"            open({str(marker)!r}, 'w').close()\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n\n\n"
+        "async def dask_setup(worker):\n"
+        "    await worker.plugin_add(KillOnce(), name='kill-once')\n"
+    )
+    out = tmp_path / "out"
+    with dask.config.set({"distributed.worker.preload": [str(preload)], "temporary-directory": str(tmp_path)}):
+        report = export_folder(cohort, out, OPTIONS, workers=2, scheduler="local")
+    printed = capfd.readouterr()
+    assert marker.exists(), "no worker was killed"
+    assert report.exit_code == 1
+    rows = _manifest(out / "manifest.csv")
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert len(rows) == 5 and len(failed) == 1, rows
+    assert "the Dask worker exporting this case was lost" in failed[0]["reason"], failed
+    assert "Traceback" not in printed.err + printed.out, printed.err[-3000:]
