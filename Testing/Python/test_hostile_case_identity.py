@@ -375,7 +375,9 @@ def test_append_exports_another_dose_under_the_same_sop_instance_uid(tmp_path, c
         assert "the same RTDOSE (SOPInstanceUIDs) on the same CT series as another input's case" in text, text
 
 
-@pytest.mark.parametrize("variant", ["re-encoded", "keep-uids toggled", "numbers written otherwise"])
+@pytest.mark.parametrize(
+    "variant", ["re-encoded", "keep-uids toggled", "numbers written otherwise", "signed zeros", "absolute offsets"]
+)
 def test_append_keeps_one_dose_once_however_it_is_stored_or_recorded(tmp_path, capsys, variant):
     """Sixteenth hostile trial P2, P4: the same dose of a patient's folder exported again on its own became a second
     case when its file was re-encoded (Implicit VR: the digest hashed the bytes), or when the case in OUT was made
@@ -394,6 +396,15 @@ def test_append_keeps_one_dose_once_however_it_is_stored_or_recorded(tmp_path, c
     elif variant == "numbers written otherwise":  # seventeenth trial Q8: 3.00000 and 3 are one spacing
         ds = pydicom.dcmread(str(dose))
         ds.PixelSpacing = [f"{float(v):.5f}" for v in ds.PixelSpacing]
+        ds.save_as(str(moved))
+        dose.unlink()
+    elif variant in ("signed zeros", "absolute offsets"):  # eighteenth trial R1: one grid, written otherwise
+        ds = pydicom.dcmread(str(dose))
+        if variant == "signed zeros":
+            ds.ImageOrientationPatient = ["-0" if float(v) == 0 else str(v) for v in ds.ImageOrientationPatient]
+        else:  # z positions (PS3.3 C.8.8.3.2 allows both forms for an axial grid)
+            z = float(ds.ImagePositionPatient[2])
+            ds.GridFrameOffsetVector = [f"{z + float(v):g}" for v in ds.GridFrameOffsetVector]
         ds.save_as(str(moved))
         dose.unlink()
     else:
@@ -556,3 +567,30 @@ def test_every_file_dosealign_writes_is_its_own_on_a_re_export(study, tmp_path, 
     assert main(command) == 0, hostile.manifest(out)
     capsys.readouterr()
     assert hostile.manifest(out)[0]["status"] == "ok"
+
+
+def test_append_exports_the_same_dose_values_under_another_plan_as_a_case(tmp_path, capsys):
+    """Eighteenth hostile trial R5: the same dose values under another plan (a re-plan that kept the dose's UID) are
+    two cases in one input (seventeenth trial Q3), but under --append the re-planned case was dropped as "the same
+    RTDOSE", its prescription and flag lost. The digest records what the dose belongs to: two cases either way."""
+    root = tmp_path / "a"
+    truth = hostile.study(root / "P1", "REPLAN-1", seed=6)
+    again = tmp_path / "b"
+    shutil.copytree(root, again)
+    plan_file = again / Path(truth.plan_file).relative_to(root)
+    plan = pydicom.dcmread(str(plan_file))
+    plan.SOPInstanceUID = plan.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    plan.RTPlanLabel = "REPLAN"
+    plan_file.unlink()
+    plan.save_as(str(plan_file.with_name("replan.dcm")))
+    dose_file = again / Path(truth.dose_files[0]).relative_to(root)
+    dose = pydicom.dcmread(str(dose_file))
+    dose.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID = plan.SOPInstanceUID
+    dose.save_as(str(dose_file))  # the same SOPInstanceUID and values, under the other plan
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    assert _export(again, out, "--append") == 0
+    text = capsys.readouterr().out
+    rows = hostile.manifest(out)
+    assert sorted(r["status"] for r in rows) == ["ok", "ok"], (rows, text)
+    assert any("REPLAN" in r["case_id"] for r in rows), rows

@@ -2019,6 +2019,39 @@ def test_dataset_files_that_no_longer_describe_the_cases_are_removed(tmp_path, c
     assert not (merged / "dataset.h5").exists() and not (merged / "dataset.json").exists()
 
 
+def test_a_damaged_or_huge_dataset_json_is_left_alone_without_a_traceback(tmp_path, capsys, monkeypatch):
+    """Eighteenth hostile trial R2, R3: a dataset.json naming DoseAlign whose "training" is no list ended export and
+    merge in a TypeError traceback; a sparse one of 2 GiB was read whole (4.3 GB). Neither is known to be
+    DoseAlign's: it is left as it is, read within DOSEALIGN_META_MB, and the run goes on."""
+    root = tmp_path / "in"
+    hostile.study(root / "p0", "DSJSON-0", 93, with_structures=False, ct_size=(32, 32, 12))
+    out = tmp_path / "out"
+    base = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(base) == 0
+    path = out / "dataset.json"
+    for text in (
+        '{"reference": "DoseAlign 0.1.0", "training": 5}',
+        '{"reference": "DoseAlign 0.1.0", "validation": [1]}',
+    ):
+        path.write_text(text, encoding="utf-8")
+        assert main([*base, "--resume"]) == 0
+        assert path.read_text(encoding="utf-8") == text
+    monkeypatch.setenv("DOSEALIGN_META_MB", "1")
+    with open(path, "wb") as handle:  # a sparse file beyond the limit, DoseAlign's by its start
+        handle.write(b'{"reference": "DoseAlign 0.1.0", "x": "')
+        handle.truncate(64 << 20)
+        handle.seek(0, 2)
+        handle.write(b'"}')
+    assert main([*base, "--resume"]) == 0
+    assert path.stat().st_size == (64 << 20) + 2
+    capsys.readouterr()
+    shards = ["export", str(root), str(tmp_path / "merged"), "--quiet", "--workers", "1", "--no-qa-png", "--shard"]
+    assert main([*shards, "1/1"]) == 0
+    (tmp_path / "merged" / "dataset.json").write_text('{"reference": "DoseAlign 0.1.0", "training": 5}')
+    assert main(["merge", str(tmp_path / "merged")]) == 2  # merge writes that name: it says so, no traceback
+    assert "dataset.json: is a file (no DoseAlign datalist) that is not DoseAlign's" in capsys.readouterr().err
+
+
 def test_copies_whose_patient_name_differs_only_in_case_are_copies(tmp_path, capsys):
     """Seventeenth hostile trial Q10: an RTSTRUCT and an RTPLAN sent again by a PACS that upper-cases names
     (`Doe^Jonathan`, `DOE^JONATHAN^`) failed the case: "which contours belong to the case cannot be told". A name
@@ -2043,3 +2076,53 @@ def test_copies_whose_patient_name_differs_only_in_case_are_copies(tmp_path, cap
         dd.save(ds, root / "p" / name)
     code, rows, out = _export(root, tmp_path / "again", capsys)
     assert code == 1 and rows[0]["status"] == "failed" and "zz_" in rows[0]["reason"], rows
+
+
+def _one_frame(dose: Path) -> None:
+    """Cut an RTDOSE file to its middle frame (NumberOfFrames 1, its slab 3 mm thick)."""
+    ds = dd.read(dose)
+    values = ds.pixel_array
+    middle = values.shape[0] // 2
+    offsets = [float(v) for v in ds.GridFrameOffsetVector]
+    position = [float(v) for v in ds.ImagePositionPatient]
+    position[2] += offsets[middle] - offsets[0]
+    ds.ImagePositionPatient, ds.NumberOfFrames, ds.GridFrameOffsetVector = position, 1, [0]
+    ds.PixelData, ds.SliceThickness = np.ascontiguousarray(values[middle]).tobytes(), 3
+    dd.save(ds, dose)
+
+
+@pytest.mark.parametrize("first", ["thin", "thick"])
+def test_one_frame_doses_of_other_slabs_are_no_copies(tmp_path, capsys, first):
+    """Eighteenth hostile trial R4: two one-frame RTDOSE files of one UID and the same pixels, 3 and 60 mm thick (the
+    slab the export gives the frame), were "a copy, used once": the exported dose covered 2 or 24 CT slices by the
+    file names. They are two doses, each its own case, whichever name sorts first."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "SLAB-1", 17, with_structures=False)
+    dose = Path(truth.dose_files[0])
+    _one_frame(dose)
+    ds = dd.read(dose)
+    ds.SliceThickness = 60
+    dd.save(ds, dose.with_name("000_thick.dcm" if first == "thick" else "zz_thick.dcm"))
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok", "ok"], rows
+    covered = sorted(  # the CT slices each case's dose reaches
+        int((np.load(out / r["case_id"] / "pair.npz")["dose"].max(axis=(1, 2)) > 0).sum()) for r in rows
+    )
+    assert covered[0] < covered[1], covered  # a thin and a thick slab, not one of them twice
+
+
+def test_a_dose_resent_with_its_patient_name_written_otherwise_is_a_copy(tmp_path, capsys):
+    """Eighteenth hostile trial R7: an RTDOSE sent again with PatientName upper-cased or padded (`DOE^JONATHAN`,
+    `Doe^Jonathan^^^`) became a second ok case with the same arrays (one dose, two training pairs). It is a copy,
+    used once."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "RESENT-1", 18, patient_name="Doe^Jonathan")
+    dose = Path(truth.dose_files[0])
+    for n, name in enumerate(["DOE^JONATHAN", "Doe^Jonathan^^^"]):
+        ds = dd.read(dose)
+        ds.PatientName = name
+        dd.save(ds, dose.with_name(f"zz_resent_{n}.dcm"))
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
+    meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["source"]["rtdose_files"] == [dose.relative_to(root).as_posix()], meta["source"]

@@ -932,6 +932,8 @@ CONTENT_KEYWORDS = (
     "DoseUnits",
     "DoseType",
     "GridFrameOffsetVector",
+    "SliceThickness",  # the slab of a one-frame dose, the step of a one-slice CT (eighteenth hostile trial R4)
+    "SpacingBetweenSlices",
 )
 
 

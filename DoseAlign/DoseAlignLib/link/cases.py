@@ -345,7 +345,11 @@ _FILE_FACTS = ("size", "mtime_ns")
 def _fact(info: dict, key: str):
     """A scanned value as copies are compared: a patient's name folded (:func:`.headers.folded_person_name`)."""
     value = info.get(key)
-    return headers.folded_person_name(value) if key == "patient_name" and value is not None else value
+    if key == "patient_name" and value is not None:
+        return headers.folded_person_name(value)
+    if key == "other_names" and isinstance(value, (list, tuple)):
+        return sorted(headers.folded_person_name(name) for name in value)
+    return value
 
 
 def _plan_copies(case: Case, plan_files: dict) -> Optional[str]:

@@ -320,7 +320,7 @@ def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
     (Implicit VR, another file meta) has the same digest (sixteenth trial P2: the files' bytes were hashed)."""
     import numpy as np
 
-    from ..dicom import headers
+    from ..dicom import headers, rtdose
     from ..dicom.scan import MAX_COMPARED_PIXEL_BYTES
 
     parts = []
@@ -333,19 +333,10 @@ def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
             if headers.decoded_size(ds) != size:
                 return None  # changed since the line above
             values = headers.pixel_array(ds, dose.path).astype("<f8") * float(ds.DoseGridScaling)
-            # numbers as numbers (2.50000 and 2.5 are one spacing: seventeenth hostile trial Q8), words as words
-            geometry = [
-                repr([float(v) for v in np.atleast_1d(np.asarray(ds.get(keyword, 0), dtype=np.float64))])
-                for keyword in (
-                    "Rows",
-                    "Columns",
-                    "NumberOfFrames",
-                    "ImagePositionPatient",
-                    "ImageOrientationPatient",
-                    "PixelSpacing",
-                    "GridFrameOffsetVector",
-                )
-            ] + [headers.value_text(ds.get(keyword, "")).strip().upper() for keyword in ("DoseUnits", "DoseType")]
+            geometry = _grid_text(ds, rtdose.dose_geometry(ds, dose.path)) + [
+                headers.value_text(ds.get(keyword, "")).strip().upper() for keyword in ("DoseUnits", "DoseType")
+            ]
+            geometry += _belongs_to(dose)
             one = hashlib.sha256("|".join(geometry).encode("utf-8"))
             one.update(np.ascontiguousarray(values).tobytes())
             parts.append(one.digest())
@@ -355,6 +346,39 @@ def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
     for part in sorted(parts):
         digest.update(part)
     return str(int.from_bytes(digest.digest(), "big"))
+
+
+def _belongs_to(dose) -> list:
+    """What a scanned RTDOSE says it belongs to, as :func:`dose_digest` hashes it: its plan, beams, fraction group and
+    summation, its patient (PatientID as the export compares it), study and frame of reference. The same values under
+    another plan are another case in one input (seventeenth hostile trial Q3), so under ``--append`` too (eighteenth
+    trial R5: one was dropped as "the same RTDOSE", its prescription and flag lost)."""
+    info = getattr(dose, "info", {}) or {}
+    facts = [repr(info.get(key)) for key in ("summation_type", "plan_uids", "beam_numbers", "fraction_group")]
+    return facts + [
+        str(getattr(dose, "patient_id", "") or "").strip().casefold(),
+        str(getattr(dose, "study_uid", "") or ""),
+        str(getattr(dose, "frame_of_reference_uid", "") or ""),
+    ]
+
+
+def _grid_text(ds, geometry) -> list:
+    """A dose grid as :func:`dose_digest` hashes it: the grid DoseAlign computes (shape and affine) and each frame's
+    offset from the first position, numbers as numbers to 0.1 µm, -0 as 0. The same grid written otherwise (``2.50000``
+    for ``2.5``: Q8; ``-0`` in the orientation, GridFrameOffsetVector absolute or relative: eighteenth hostile trial
+    R1) is one grid."""
+    import numpy as np
+
+    offsets = np.atleast_1d(np.asarray(ds.get("GridFrameOffsetVector") or [0.0], dtype=np.float64))
+    if geometry.gfov_mode == "absolute":  # z positions: from the first position, as relative offsets are
+        offsets = offsets - float(ds.ImagePositionPatient[2])
+    elif geometry.gfov_mode == "single frame":  # its slab is the grid's k step (SliceThickness: R4)
+        offsets = np.zeros(1)
+
+    def numbers(values) -> str:
+        return repr([float(v) + 0.0 for v in np.round(np.ravel(np.asarray(values, dtype=np.float64)), 4)])
+
+    return [numbers(geometry.grid.shape), numbers(geometry.grid.affine), numbers(offsets)]
 
 
 def keyed_stamps(records: list, key: bytes) -> tuple:
