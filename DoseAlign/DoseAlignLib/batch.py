@@ -247,6 +247,13 @@ def export_folder(
                 f"{_some([f'{mine} (= {theirs})' for mine, theirs in sorted(same.items())])}; manifest.csv and the "
                 "dataset files list each dose once, under the kept case's id"
             )
+        twice = _held_twice(found, {r.get("case_id") for r in carried} | own, pseudonymizer)
+        if twice:
+            note(
+                f"--append: the output folder already holds {len(twice)} RTDOSE(s) on one CT in more than one case "
+                f"(made by runs without --append, or a copy of a dose added since): {_some(twice)}; they stay as "
+                "they are and are each listed: remove all but one case folder of each"
+            )
     # one row per case id: where the other input's case is kept (--append), its row is the id's row (it is what
     # the folder holds); this input's case of that id fails in the summary and a note, not as a second row
     taken = {r.get("case_id") for r in carried} & set(clashes)
@@ -806,6 +813,24 @@ def _keyed(identity: Optional[tuple], form: str, pseudonymizer) -> Optional[tupl
     return tuple(sorted(pseudonymizer.hashed_uid(u) for u in uids)), pseudonymizer.hashed_uid(series)
 
 
+def _held_twice(found, listed: set, pseudonymizer) -> list:
+    """The complete cases of ``listed`` that OUT already holds twice or more: one dose (the same RTDOSE
+    SOPInstanceUIDs, CT series and recorded digest) in several cases, as ``A = B``. ``--append`` keeps a dose once
+    among the cases it adds; cases made before (a run without ``--append``, or a case id changed by a copy of the
+    dose added to the input) were listed twice without a word (seventeenth hostile trial Q7)."""
+    groups: dict = {}
+    for case_id in sorted(listed):
+        case = found.cases.get(case_id)
+        if case is None or not case.complete or not isinstance(case.meta, dict):
+            continue
+        source = case.meta.get("source") or {}
+        identity = _keyed(_dose_identity(source), uid_form(case.meta), pseudonymizer)
+        digest = source.get("rtdose_digest")
+        if identity is not None and digest:
+            groups.setdefault((identity, digest), []).append(case_id)
+    return sorted(" = ".join(ids) for ids in groups.values() if len(ids) > 1)
+
+
 def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer, differing: Optional[list] = None) -> dict:
     """``{case_id: other_id}`` for each case of this input (not yet in OUT under its own id) whose RTDOSE
     SOPInstanceUIDs and CT series are those of the complete case ``other_id`` of another input in OUT: the same dose
@@ -1333,6 +1358,12 @@ def _rows_merge_keeps(found, listed_in: dict, metas: dict, notes: list) -> list:
     if left:
         notes.append(f"{len(left)} row(s) of manifest.csv that no shard lists left out: " + _some(left, 3))
     listed = set(listed_in) | {r["case_id"] for r in kept}
+    twice = _held_twice(found, listed, None)
+    if twice:
+        notes.append(
+            f"the output folder holds {len(twice)} RTDOSE(s) on one CT in more than one case: {_some(twice, 3)}; each "
+            "is listed: remove all but one case folder of each"
+        )
     unlisted = sorted(case_id + "/" for case_id in found.cases if case_id not in listed)
     if unlisted:
         notes.append(

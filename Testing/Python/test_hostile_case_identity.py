@@ -594,3 +594,35 @@ def test_append_exports_the_same_dose_values_under_another_plan_as_a_case(tmp_pa
     rows = hostile.manifest(out)
     assert sorted(r["status"] for r in rows) == ["ok", "ok"], (rows, text)
     assert any("REPLAN" in r["case_id"] for r in rows), rows
+
+
+def test_one_dose_held_twice_in_the_output_folder_is_named(tmp_path, capsys):
+    """Seventeenth hostile trial Q7: --append keeps a dose once among the cases it adds, but a dose OUT already held
+    twice (a patient's folder exported again without --append, or a merge of shards beside it) was listed twice in
+    manifest.csv and the dataset files without a word. The cases stay (they are not this run's to remove) and a note
+    names them."""
+    first = tmp_path / "a"
+    hostile.study(first / "P1", "TWICE-1", seed=7)
+    again = tmp_path / "b"
+    shutil.copytree(first / "P1", again / "P1_again")
+    other = tmp_path / "c"
+    hostile.study(other / "P2", "TWICE-2", seed=8)
+    out = tmp_path / "out"
+    assert _export(first, out) == 0
+    assert _export(again, out) == 0  # without --append: the first case is left alone, beside this one
+    capsys.readouterr()
+    assert _export(other, out, "--append") == 0
+    text = capsys.readouterr().out
+    rows = hostile.manifest(out)
+    ids = sorted(r["case_id"] for r in rows if r["patient"] == "TWICE-1")
+    assert len(ids) == 2, rows
+    assert "already holds 1 RTDOSE(s) on one CT in more than one case" in text and " = ".join(ids) in text, text
+    merged = tmp_path / "merged"  # the same in a merge: shards beside a case of another input
+    assert _export(first, merged) == 0
+    assert _export(again, merged, "--shard", "1/1") == 0
+    capsys.readouterr()
+    from DoseAlignLib.cli import main
+
+    assert main(["merge", str(merged)]) == 0
+    text = capsys.readouterr().out
+    assert "holds 1 RTDOSE(s) on one CT in more than one case" in text, text
