@@ -980,3 +980,36 @@ def test_doses_of_one_uid_are_each_read_once_to_find_copies(tmp_path, monkeypatc
     kept, copies = cases._dose_copies(doses)
     assert len(decoded) == count + 1, f"{len(decoded)} decodes for {count + 1} files"
     assert len(kept) == count and [(c.path.name, k.path.name) for c, k in copies] == [("zz_copy.dcm", dose.name)]
+
+
+def test_a_large_element_nothing_reads_is_not_read(tmp_path):
+    """Q4's variant: two copies of a structure set, each ending in a planted private element of 1.5 GB (sparse),
+    were read whole to be compared (1.7 GB). Values beyond LARGE_VALUE_BYTES are read only when used: the copies
+    compare as one structure set without reading them, and the file still reads as a structure set."""
+    import tracemalloc
+
+    from DoseAlignLib.dicom import headers, scan
+
+    truth = hostile.study(tmp_path / "in", "LARGEVALUE-1", 19, ct_size=(24, 20, 6))
+    copies = []
+    for name, last in (("a.dcm", b"\x01"), ("b.dcm", b"\x02")):
+        target = tmp_path / name
+        target.write_bytes(Path(truth.struct_file).read_bytes())
+        length = 128 << 20
+        with open(target, "r+b") as handle:
+            handle.seek(0, 2)
+            handle.write(b"\xe1\x7f\x10\x00OB\x00\x00" + length.to_bytes(4, "little"))  # (7FE1,0010), private
+            handle.truncate(handle.tell() + length)
+            handle.seek(-1, 2)
+            handle.write(last)
+        copies.append(target)
+    tracemalloc.start()
+    try:
+        compared = scan.compare_structure_sets(*copies)
+        ds = headers.read_header(copies[0], stop_before_pixels=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB taken: the planted element was read"
+    assert compared.used is None, compared
+    assert len(ds.ROIContourSequence) == len(dd.read(Path(truth.struct_file)).ROIContourSequence)

@@ -48,6 +48,10 @@ SOP_CLASS_KIND = {
 #: Values at least this large are not read by :func:`read_header` with ``defer_large``: they are
 #: skipped and their file position kept (pixel data read later straight into place).
 DEFER_BYTES = 64 * 1024
+#: Values at least this large are read only when they are used (pydicom reads them again from the file then): an
+#: element nothing reads, such as a planted private element of 1.5 GB in a structure set, costs no memory
+#: (seventeenth hostile trial Q4: two such copies took 1.7 GB and the time to read them).
+LARGE_VALUE_BYTES = 64 << 20
 
 
 #: Why a file the scan listed cannot be opened any more because it is gone (the reason of a case's failure).
@@ -103,12 +107,14 @@ def read_header(
                     _check_inflated_size(handle, path, deadline)
                     handle.read_inflated(_inflated(handle, path, deadline))
                 handle.seek(0)
-                if defer_large and not deflated:  # values of a deflated file cannot be read later by position
+                # values of a deflated file cannot be read later by position (its inflated size is bounded)
+                later = None if deflated else LARGE_VALUE_BYTES
+                if defer_large and not deflated:
                     ds = pydicom.dcmread(handle, force=not preamble, defer_size=DEFER_BYTES)
                 elif stop_before_pixels:
-                    ds = pydicom.dcmread(handle, force=not preamble, stop_before_pixels=True)
+                    ds = pydicom.dcmread(handle, force=not preamble, stop_before_pixels=True, defer_size=later)
                 else:
-                    ds = _read_with_pixels(handle, path, force=not preamble)
+                    ds = _read_with_pixels(handle, path, force=not preamble, later=later)
                 if deflated:  # read as the plain data set it inflates to
                     ds.file_meta.TransferSyntaxUID = DEFLATED
                 if not preamble and "SOPClassUID" not in ds and "Modality" not in ds:
@@ -152,12 +158,12 @@ def decoded_size(ds: Dataset) -> Optional[int]:
         return None
 
 
-def _read_with_pixels(handle: DicomFile, path: Path, force: bool) -> Dataset:
+def _read_with_pixels(handle: DicomFile, path: Path, force: bool, later: Optional[int]) -> Dataset:
     """The whole data set; the bytes from its pixel data on are read only when they are no more than
     :data:`PIXEL_DATA_SLACK_BYTES` beyond twice what the header's image takes uncompressed. Two sparse files of
     896 KB on disk, a 64 x 64 CT slice's header and a 1.5 GB PixelData element each, took the scan 7.1 GB
     (seventeenth hostile trial Q4): their size is known from the header and the file before a byte is read."""
-    ds = pydicom.dcmread(handle, force=force, stop_before_pixels=True)
+    ds = pydicom.dcmread(handle, force=force, stop_before_pixels=True, defer_size=later)
     start = handle.tell()  # pydicom stops at the pixel data's element header
     end = handle.seek(0, os.SEEK_END)
     if end <= start:
@@ -177,7 +183,7 @@ def _read_with_pixels(handle: DicomFile, path: Path, force: bool) -> Dataset:
         )
     handle.seek(0)
     handle.restart()
-    return pydicom.dcmread(handle, force=force)
+    return pydicom.dcmread(handle, force=force, defer_size=later)
 
 
 #: The item tag (FFFE,E000) in little endian: how a sequence's value starts.

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from ..errors import (
@@ -1073,14 +1074,28 @@ def compare_structure_sets(first: Path, second: Path) -> CopyComparison:
             break
     others = []
     for tag in sorted(set(a.keys()) | set(b.keys())):
-        keyword = (a[tag] if tag in a else b[tag]).keyword or str(tag)
+        keyword = keyword_for_tag(tag) or str(tag)  # (not a[tag]: that would read a value left in the file)
         if keyword in STRUCTURE_SET_KEYWORDS or tag.element == 0 or tag.group == 0xFFFC:
             continue  # read above; group lengths and padding are encoding
         if keyword == "SpecificCharacterSet":
             continue  # the values are compared decoded
+        large = [_unread_length(ds, tag) for ds in (a, b)]
+        if any(length is not None for length in large):  # beyond LARGE_VALUE_BYTES: not read to be compared
+            if large[0] != large[1]:
+                others.append(keyword)
+            continue
         if _element_difference(_element(a, tag), _element(b, tag), keyword):
             others.append(keyword)
     return CopyComparison(used, others, (_encoding(a), _encoding(b)))
+
+
+def _unread_length(ds: Dataset, tag) -> Optional[int]:
+    """The length of ``ds``'s element ``tag`` when its value was left in the file (larger than
+    :data:`~.headers.LARGE_VALUE_BYTES`), else None."""
+    element = getattr(ds, "_dict", {}).get(tag)
+    if element is not None and getattr(element, "value", b"") is None and getattr(element, "length", 0):
+        return int(element.length)
+    return None
 
 
 def _element(ds: Dataset, key):
