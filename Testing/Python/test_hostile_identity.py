@@ -1849,3 +1849,21 @@ def test_a_date_spelled_by_the_digits_of_dosealigns_own_tokens_is_no_leak():
     for text in ["born 930525 in x", "x 25.05.1993", f"{token} 1993-05-25"]:
         assert rewriting.find_identity(text) == "a date", text
         assert "[removed]" in rewriting.text(text), text
+
+
+def test_a_name_spelled_by_the_letters_of_dosealigns_own_tokens_is_no_leak():
+    """Q6's sibling: a patient named with hexadecimal letters only (``Becca``) is found inside a path token such as
+    ``fbecca12345``: the check refused the case "please report it", and the rewriting cut the token to
+    ``f[removed]12345``. Own tokens are left out of the name search on both sides; the name elsewhere is found."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name("Becca^Dee")
+    rewriting = Pseudonymizer(key=b"k" * 32, identity=identity)
+    token = "d3313407afa/fbecca12345.dcm"
+    rewriting.entries[("path", token)] = "p0/2cde513b.dcm"
+    assert rewriting.find_identity(token) == ""
+    assert rewriting.text(f"RTDOSE {token}: a copy") == f"RTDOSE {token}: a copy"
+    for text in ["ROI becca here", "xxbeccayy", f"{token} Becca", "BeccaDee"]:
+        assert rewriting.find_identity(text) == "a patient name", text
+        assert "[removed]" in rewriting.text(text), text

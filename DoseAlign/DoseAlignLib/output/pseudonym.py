@@ -688,11 +688,24 @@ class Pseudonymizer:
         for number in numbers:  # the number of an ID of letters and digits, as a word of its own
             if number in value:
                 value = _bare_number(number).sub(REMOVED, value)
-        value = self._names.redact(value) if own else self._names.redact(value, own=False)
+        value = self._outside_own(value, lambda piece: self._names.redact(piece, own=own))
         for date in ident.dates:
             if any(c.isdigit() for c in value):
                 value = self._remove_date(date, value)
         return value
+
+    def _outside_own(self, value: str, rewrite) -> str:
+        """``rewrite`` applied to ``value`` between this run's own hash digests, which stay as they are: a name's
+        letters inside a path token (``fbecca12345``) are no name (seventeenth hostile trial Q6's sibling)."""
+        own = self._own
+        kept = [m.span() for m in re.finditer(r"[0-9A-Za-z]{8,}", value) if m.group(0) in own] if own else []
+        if not kept:
+            return rewrite(value)
+        pieces, start = [], 0
+        for a, b in kept:
+            pieces += [rewrite(value[start:a]) if start < a else "", value[a:b]]
+            start = b
+        return "".join(pieces) + (rewrite(value[start:]) if start < len(value) else "")
 
     def _remove_date(self, date: str, value: str) -> str:
         """``date`` removed from ``value`` (:func:`_date_pattern`), not from within this run's own hash digests,
@@ -1722,12 +1735,13 @@ class IdentityGuard:
     def _short_name(self, camel: str, squeezed: str, own: bool) -> bool:
         return _guard_short(self, camel, squeezed, own)
 
-    def _without_own(self, text: str) -> str:
-        """``text`` with this run's own hash digests (:attr:`own`) made blanks: the hex digits of a path token
-        (``f42de930525``) are no date (seventeenth hostile trial Q6: a patient born 1993-05-25 was refused)."""
+    def _without_own(self, text: str, blank: str = " ") -> str:
+        """``text`` with this run's own hash digests (:attr:`own`) made ``blank``: the hex digits of a path token
+        (``f42de930525``) are no date (seventeenth hostile trial Q6: a patient born 1993-05-25 was refused), nor are
+        its letters a name (``fbecca12345`` holds no Becca)."""
         if not self.own:
             return text
-        return re.sub(r"[0-9A-Za-z]{8,}", lambda m: " " if m.group(0) in self.own else m.group(0), text)
+        return re.sub(r"[0-9A-Za-z]{8,}", lambda m: blank if m.group(0) in self.own else m.group(0), text)
 
     def _skipped(self, lowered: str) -> str:
         """``lowered`` for the search of glued IDs: this run's own hash digests (:attr:`own`) and DoseAlign's own
@@ -1803,14 +1817,15 @@ class IdentityGuard:
         exempt = OWN_VOCABULARY if own else frozenset()
         if words and (found_words - exempt) & (self.alone | self.single_cjk):
             return "a patient name"
-        squeezed = "".join(c for c in lowered if c.isalnum())
+        named = self._without_own(lowered, "\0") if self.own else lowered  # names are not read inside own tokens
+        squeezed = "".join(c for c in named if c.isalnum() or c == "\0")
         if any(name in squeezed for name in self.squeezed_names) or any(n in squeezed for n in self.joined_cjk):
             return "a patient name"
         if words and self.short_names and self._short_name(camel, squeezed, own):
             return "a patient name"
         if words:
             # a single component inside other words, not across DoseAlign's own words ("across its" holds no Rossi)
-            free = re.sub(r"[^\W\d_]+", lambda m: "\0" if m.group(0) in exempt else m.group(0), lowered)
+            free = re.sub(r"[^\W\d_]+", lambda m: "\0" if m.group(0) in exempt else m.group(0), named)
             pieces = "".join(c for c in free if c.isalnum() or c == "\0")
             if any((len(part) >= MIN_INSIDE or _cjk(part)) and part in pieces for part in self.alone):
                 return "a patient name"
