@@ -947,6 +947,8 @@ def test_a_copy_of_a_plan_dose_is_used_once(clean, tmp_path, capsys, variant):
     done = hostile.dosealign("scan", "--json", str(root))
     orphans = json.loads(done.stdout)["orphans"]
     assert any("zz_copy/RD_again.dcm" in json.dumps(o) and "a copy of" in json.dumps(o) for o in orphans), orphans
+    duplicates = json.dumps(json.loads(done.stdout)["duplicates"])  # the scan's line says the rule, not "each kept"
+    assert "RTDOSE files sharing one SOPInstanceUID: a copy" in duplicates, duplicates
 
 
 def test_a_dose_of_the_same_values_under_another_plan_is_no_copy(clean, tmp_path, capsys):

@@ -1287,8 +1287,20 @@ def _one_stack(parts: list) -> bool:
     return joint <= own
 
 
+#: What the link step makes of non-CT files that share a SOPInstanceUID, as the scan says it.
+_SHARED_UID_RULES = {
+    "RTDOSE": "RTDOSE files sharing one SOPInstanceUID: a copy (the same dose, plan and patient) is used once, "
+    "other doses stay, each its own",
+    "RTPLAN": "RTPLAN files sharing one SOPInstanceUID: a copy is used once; files that differ in what the export "
+    "reads fail their case",
+    "RTSTRUCT": "RTSTRUCT files sharing one SOPInstanceUID: a copy is used once; files that differ in what the "
+    "export reads fail their case",
+}
+
+
 def _report_cross_duplicates(result: ScanResult) -> None:
-    """Non-CT objects that share a SOPInstanceUID are kept apart, but the user is told."""
+    """Non-CT objects that share a SOPInstanceUID: the user is told, with the rule the link step applies (the scan
+    said "each kept as its own object" where a copy was used once: eighteenth hostile trial R7's output)."""
     seen: dict = {}
     for obj in result.objects:
         if obj.kind == "CT":
@@ -1296,10 +1308,12 @@ def _report_cross_duplicates(result: ScanResult) -> None:
         seen.setdefault(obj.sop_instance_uid, []).append(obj)
     for uid, objects in sorted(seen.items()):
         if len(objects) > 1 and uid:
+            kinds = {o.kind for o in objects}
+            rule = _SHARED_UID_RULES.get(next(iter(kinds))) if len(kinds) == 1 else None
             result.duplicates.append(
                 (
                     uid,
                     [o.rel_path for o in objects],
-                    "distinct files sharing one SOPInstanceUID: each kept as its own object",
+                    rule or "files of different kinds sharing one SOPInstanceUID: each kept as its own object",
                 )
             )
