@@ -2402,3 +2402,48 @@ def test_a_scan_reader_killed_is_no_traceback(cohort, tmp_path):
     assert "Traceback" not in done.stderr and "reading the DICOM headers was killed" in done.stderr, done.stderr
     rows = hostile.manifest(out)
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows), rows
+
+
+def test_kept_outputs_that_reach_outside_themselves_are_not_followed(cohort, tmp_path, capsys):
+    """Eighteenth hostile trial R9, R10, R11: an HDF5 external link planted in dataset.h5 or a case.h5, pointing at a
+    named pipe, hung --resume for good (libhdf5 opened the pipe, SIGTERM included); a dose.nrrd whose header says
+    `data file: <elsewhere>` passed the check (every NRRD reader takes those other bytes); a pair.npz with an extra
+    member of 4 GiB of zeros was inflated at every --resume and still complete. None of these is what DoseAlign
+    wrote: dataset.h5 is removed with a note, the cases are exported again, and nothing is opened outside OUT."""
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("nrrd")
+    import os
+    import zipfile
+
+    import numpy
+
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--format", "hdf5,nrrd", "--nrrd-compression", "0"]) == 0
+    rows = hostile.manifest(out)
+    linked, detached, extra = (out / rows[n]["case_id"] for n in range(3))
+    pipe = tmp_path / "pipe.h5"
+    os.mkfifo(pipe)
+    with h5py.File(out / "dataset.h5", "a") as handle:
+        handle["zz_elsewhere"] = h5py.ExternalLink(str(pipe), "/x")
+    with h5py.File(linked / "case.h5", "a") as handle:
+        handle["zz_elsewhere"] = h5py.ExternalLink(str(pipe), "/x")
+    elsewhere = tmp_path / "elsewhere.raw"
+    header, _, data = (detached / "dose.nrrd").read_bytes().partition(b"\n\n")
+    elsewhere.write_bytes(bytes(len(data)))
+    (detached / "dose.nrrd").write_bytes(header + f"\ndata file: {elsewhere}".encode() + b"\n\n")
+    with (
+        zipfile.ZipFile(extra / "pair.npz", "a", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("zz.npy", "w", force_zip64=True) as member,
+    ):
+        numpy.lib.format.write_array(member, numpy.zeros(1 << 20, dtype=numpy.uint8))
+    capsys.readouterr()
+    done = hostile.dosealign("export", *args, "--resume", timeout=120)  # a hang fails here, not forever
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert "dataset.h5 of an earlier run removed" in said and "links to other files" in said, said
+    assert "case.h5 fails its check: /zz_elsewhere is a link to another file" in said, said
+    assert "dose.nrrd fails its check: its NRRD header has 'data file'" in said, said
+    assert "pair.npz holds zz.npy, which DoseAlign does not write there" in said, said
+    status = {r["case_id"]: r["status"] for r in hostile.manifest(out)}
+    assert [status[f.name] for f in (linked, detached, extra)] == ["ok"] * 3, status

@@ -166,8 +166,9 @@ def _nrrd(path: Path) -> None:
             encoding = fields.get("encoding", "").lower()
         except (KeyError, ValueError):
             raise _Damaged("its NRRD header has no readable type or sizes") from None
-        if any(key in fields for key in ("data file", "datafile", "line skip", "byte skip")):
-            return  # data elsewhere or skipped: not a file DoseAlign writes, nothing to compare
+        detached = [key for key in ("data file", "datafile", "line skip", "byte skip") if key in fields]
+        if detached:  # DoseAlign writes attached data: a reader would take other bytes than the check (R10)
+            raise _Damaged(f"its NRRD header has '{detached[0]}': the data are not the ones DoseAlign wrote")
         expected = size
         for n in sizes:
             expected *= n
@@ -191,7 +192,12 @@ def _hdf5(path: Path, meta: Optional[dict]) -> None:
 
     datasets: list = []
     try:
+        from .hdf5 import outside_links
+
         with h5py.File(path, "r") as handle:
+            outside = outside_links(h5py, handle)
+            if outside is not None:
+                raise _Damaged(f"{outside}: not a file DoseAlign writes")
             handle.visititems(lambda _name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
             for dataset in datasets:
                 shape = dataset.shape or ()

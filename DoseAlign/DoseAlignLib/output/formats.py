@@ -392,6 +392,10 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
         if not _made_by_dosealign(path, fmt):
             continue  # not DoseAlign's (or unreadable): not ours to judge
         listed = _dataset_cases(path, fmt)
+        if listed is None:
+            listed, outside = {}, [name]
+        else:
+            outside = []
         lacking, changed = [], []
         for case_id in cases:
             try:
@@ -404,11 +408,14 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
             elif listed[case_id] is not None and listed[case_id] != _case_essence(meta):
                 changed.append(case_id)
         extra = sorted(set(listed) - set(cases))
-        if not (lacking or changed or extra):
+        if outside:
+            lacking = []  # nothing of it was read: the one reason is its links
+        if not (lacking or changed or extra or outside):
             continue
         parts = []
         for named, what in ((lacking, f"now without --format {fmt} or not in it"), (changed, "made again since"),
-                            (extra, "no longer among the cases")):  # fmt: skip
+                            (extra, "no longer among the cases"),
+                            (outside, "links to other files (DoseAlign writes none)")):  # fmt: skip
             if named:
                 parts.append(
                     ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "") + f" {what}"
@@ -434,16 +441,20 @@ def _case_essence(meta: dict) -> dict:
     return {key: value for key, value in meta.items() if key not in _ADDED_LATER}
 
 
-def _dataset_cases(path: Path, fmt: str) -> dict:
+def _dataset_cases(path: Path, fmt: str) -> Optional[dict]:
     """``{case_id: its meta.json less _ADDED_LATER as the file records it}`` (None where the file records none: a
-    datalist) of a DoseAlign dataset file."""
+    datalist) of a DoseAlign dataset file; None for an HDF5 file that links to other files."""
     import json
 
     if fmt == "hdf5":
         import h5py
 
+        from .hdf5 import outside_links
+
         with h5py.File(path, "r") as handle:
             found = {}
+            if outside_links(h5py, handle) is not None:  # not as DoseAlign wrote it (R9): nothing is read of it
+                return None
             for case_id in handle:
                 try:
                     found[case_id] = _case_essence(json.loads(handle[case_id].attrs["meta_json"]))

@@ -162,9 +162,41 @@ def build_dataset(out_dir: Path, case_ids: list, splits: Optional[dict] = None) 
     return final
 
 
+#: The most objects :func:`outside_links` looks at in one file (a file DoseAlign writes holds a few per case).
+MAX_CHECKED_OBJECTS = 1_000_000
+
+
+def outside_links(h5py, handle) -> Optional[str]:
+    """Where an HDF5 file read back from OUT reaches outside itself (None when it does not): an external link, a
+    dataset stored in other files or a virtual dataset. DoseAlign writes none; libhdf5 opens such a target when the
+    link or dataset is read, and a named pipe there blocked the export for good, SIGTERM included (eighteenth
+    hostile trial R9). Links are looked at without being followed."""
+    pending, seen = [handle], 0
+    while pending:
+        group = pending.pop()
+        for name in group:
+            seen += 1
+            if seen > MAX_CHECKED_OBJECTS:
+                return f"it holds more than {MAX_CHECKED_OBJECTS:,} objects"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                return f"{group.name.rstrip('/')}/{name} is a link to another file ({link.filename})"
+            if isinstance(link, h5py.SoftLink):
+                continue  # a path inside this file: what it names is reached by its own hard link
+            item = group.get(name)
+            if isinstance(item, h5py.Group):
+                pending.append(item)
+            elif isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
+                return f"{item.name} is stored in other files"
+    return None
+
+
 def copy_case(h5py, source: Path, dst, name: str) -> None:
     """Copy the case in ``source`` (a case.h5) into group ``name`` of the open file ``dst``."""
     with h5py.File(source, "r") as src:
+        outside = outside_links(h5py, src)
+        if outside is not None:
+            raise OSError(f"{source}: {outside}")
         group = dst.create_group(name)
         for key in src:
             src.copy(src[key], group, name=key)
