@@ -2405,10 +2405,11 @@ def test_a_scan_reader_killed_is_no_traceback(cohort, tmp_path):
 
 
 def test_kept_outputs_that_reach_outside_themselves_are_not_followed(cohort, tmp_path, capsys):
-    """Eighteenth hostile trial R9, R10, R11: an HDF5 external link planted in dataset.h5 or a case.h5, pointing at a
+    """Eighteenth hostile trial R9 to R12: an HDF5 external link planted in dataset.h5 or a case.h5, pointing at a
     named pipe, hung --resume for good (libhdf5 opened the pipe, SIGTERM included); a dose.nrrd whose header says
     `data file: <elsewhere>` passed the check (every NRRD reader takes those other bytes); a pair.npz with an extra
-    member of 4 GiB of zeros was inflated at every --resume and still complete. None of these is what DoseAlign
+    member of 4 GiB of zeros was inflated at every --resume and still complete; a dataset declared 4 TB in a case.h5
+    (no byte written) held --resume for minutes while its empty chunks were read. None of these is what DoseAlign
     wrote: dataset.h5 is removed with a note, the cases are exported again, and nothing is opened outside OUT."""
     h5py = pytest.importorskip("h5py")
     pytest.importorskip("nrrd")
@@ -2421,7 +2422,7 @@ def test_kept_outputs_that_reach_outside_themselves_are_not_followed(cohort, tmp
     args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
     assert main(["export", *args, "--format", "hdf5,nrrd", "--nrrd-compression", "0"]) == 0
     rows = hostile.manifest(out)
-    linked, detached, extra = (out / rows[n]["case_id"] for n in range(3))
+    linked, detached, extra, declared = (out / rows[n]["case_id"] for n in range(4))
     pipe = tmp_path / "pipe.h5"
     os.mkfifo(pipe)
     with h5py.File(out / "dataset.h5", "a") as handle:
@@ -2437,6 +2438,8 @@ def test_kept_outputs_that_reach_outside_themselves_are_not_followed(cohort, tmp
         archive.open("zz.npy", "w", force_zip64=True) as member,
     ):
         numpy.lib.format.write_array(member, numpy.zeros(1 << 20, dtype=numpy.uint8))
+    with h5py.File(declared / "case.h5", "a") as handle:  # (R12) declared 4 TB, no byte written: its chunks empty
+        handle.create_dataset("zz", shape=(100000, 100000, 100), dtype="f4", chunks=(64, 64, 64), compression="gzip")
     capsys.readouterr()
     done = hostile.dosealign("export", *args, "--resume", timeout=120)  # a hang fails here, not forever
     assert done.returncode == 0, done.stderr
@@ -2445,5 +2448,6 @@ def test_kept_outputs_that_reach_outside_themselves_are_not_followed(cohort, tmp
     assert "case.h5 fails its check: /zz_elsewhere is a link to another file" in said, said
     assert "dose.nrrd fails its check: its NRRD header has 'data file'" in said, said
     assert "pair.npz holds zz.npy, which DoseAlign does not write there" in said, said
+    assert "case.h5 fails its check: it holds the dataset /zz, which DoseAlign does not write" in said, said
     status = {r["case_id"]: r["status"] for r in hostile.manifest(out)}
-    assert [status[f.name] for f in (linked, detached, extra)] == ["ok"] * 3, status
+    assert [status[f.name] for f in (linked, detached, extra, declared)] == ["ok"] * 4, status

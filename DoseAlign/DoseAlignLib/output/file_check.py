@@ -199,6 +199,8 @@ def _hdf5(path: Path, meta: Optional[dict]) -> None:
             if outside is not None:
                 raise _Damaged(f"{outside}: not a file DoseAlign writes")
             handle.visititems(lambda _name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
+            if meta is not None:  # before any chunk is read: only DoseAlign's datasets, of the case's shape (R12)
+                _h5_datasets_agree(datasets, meta)
             for dataset in datasets:
                 shape = dataset.shape or ()
                 if len(shape) < 3 or dataset.chunks is None:  # small, or one block: read whole
@@ -211,6 +213,28 @@ def _hdf5(path: Path, meta: Optional[dict]) -> None:
                 _h5_text_agrees(handle.attrs, meta)
     except (OSError, RuntimeError, KeyError) as error:
         raise _Damaged(f"HDF5 cannot read it ({error})") from None
+
+
+#: The datasets a case.h5 holds, by name: whether one leading axis (the ROIs) comes before the case's shape.
+_H5_DATASETS = {"ct": False, "dose": False, "body": False, "masks": True}
+
+
+def _h5_datasets_agree(datasets: list, meta: dict) -> None:
+    """A case.h5 holds only the datasets DoseAlign writes, each of the case's shape (meta.json's ``shape``; masks one
+    per ROI of ``structures.names``): a planted dataset declared 100000 x 100000 x 100 (no bytes in the file) held
+    --resume for minutes while its empty chunks were read (eighteenth hostile trial R12)."""
+    shape = meta.get("shape")
+    names = meta["structures"].get("names") if isinstance(meta.get("structures"), dict) else None
+    if not isinstance(shape, list):
+        return  # case_problem says what meta.json lacks
+    for dataset in datasets:
+        name = dataset.name.rsplit("/", 1)[-1]
+        leading = _H5_DATASETS.get(name)
+        if leading is None:
+            raise _Damaged(f"it holds the dataset {dataset.name}, which DoseAlign does not write")
+        wanted = ((len(names) if isinstance(names, list) else dataset.shape[0],) if leading else ()) + tuple(shape)
+        if tuple(dataset.shape or ()) != wanted:
+            raise _Damaged(f"its dataset {name} has the shape {dataset.shape}, meta.json says {wanted}")
 
 
 def _h5_text_agrees(attrs, meta: dict) -> None:
