@@ -225,7 +225,8 @@ def missing_beams(summation: str, doses: list, plan: Optional[DicomObject]) -> O
 def beam_doses_to_sum(doses: list) -> tuple:
     """The BEAM doses to add up, leaving out those that would count a beam twice.
 
-    Left out: a copy of a dose already in the sum (same SOPInstanceUID), a second dose for a beam (or the
+    Left out: a dose of a SOPInstanceUID already in the sum (copies are used once before; another dose of that UID
+    fails the case: :func:`conflicting_copies`), a second dose for a beam (or the
     same set of beams) already in the sum, and a dose whose beams are all covered by single-beam doses.
     """
     grouped = by_fraction_group(doses)
@@ -237,7 +238,10 @@ def beam_doses_to_sum(doses: list) -> tuple:
     for dose in doses:
         beams = _keys(dose, grouped)
         if dose.sop_instance_uid and dose.sop_instance_uid in seen_uids:
-            left_out.append((dose.rel_path, f"same SOPInstanceUID as {seen_uids[dose.sop_instance_uid]} (a copy)"))
+            # (copies of one dose were made one before the sum: this is another dose, which conflicting_copies names)
+            left_out.append(
+                (dose.rel_path, f"same SOPInstanceUID as {seen_uids[dose.sop_instance_uid]}, but another dose")
+            )
         elif len(beams) > 1 and set(beams) <= single_beams:
             left_out.append(
                 (dose.rel_path, f"references beams {_said(beams)}, each already in the sum as its own BEAM dose")
