@@ -189,6 +189,35 @@ def _nrrd(path: Path) -> None:
                 raise _Damaged(f"its data inflate to {length} bytes, its NRRD header says {expected}")
 
 
+#: The most objects :func:`outside_links` looks at in one file (a file DoseAlign writes holds a few per case).
+MAX_CHECKED_OBJECTS = 1_000_000
+
+
+def outside_links(h5py, handle) -> Optional[str]:
+    """Where an HDF5 file read back from OUT reaches outside itself (None when it does not): an external link, a
+    dataset stored in other files or a virtual dataset. DoseAlign writes none; libhdf5 opens such a target when the
+    link or dataset is read, and a named pipe there blocked the export for good, SIGTERM included (eighteenth
+    hostile trial R9). Links are looked at without being followed."""
+    pending, seen = [handle], 0
+    while pending:
+        group = pending.pop()
+        for name in group:
+            seen += 1
+            if seen > MAX_CHECKED_OBJECTS:
+                return f"it holds more than {MAX_CHECKED_OBJECTS:,} objects"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                return f"{group.name.rstrip('/')}/{name} is a link to another file ({link.filename})"
+            if isinstance(link, h5py.SoftLink):
+                continue  # a path inside this file: what it names is reached by its own hard link
+            item = group.get(name)
+            if isinstance(item, h5py.Group):
+                pending.append(item)
+            elif isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
+                return f"{item.name} is stored in other files"
+    return None
+
+
 def _hdf5(path: Path, meta: Optional[dict]) -> None:
     try:
         import h5py
@@ -198,8 +227,6 @@ def _hdf5(path: Path, meta: Optional[dict]) -> None:
 
     datasets: list = []
     try:
-        from .hdf5 import outside_links
-
         with h5py.File(path, "r") as handle:
             outside = outside_links(h5py, handle)
             if outside is not None:

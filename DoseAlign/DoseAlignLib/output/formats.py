@@ -449,7 +449,7 @@ def _dataset_cases(path: Path, fmt: str) -> Optional[dict]:
     if fmt == "hdf5":
         import h5py
 
-        from .hdf5 import outside_links
+        from .file_check import outside_links
 
         with h5py.File(path, "r") as handle:
             found = {}
