@@ -876,7 +876,7 @@ def _as_rle(path: Path, frame: bytes) -> None:
     dd.save(ds, path)
 
 
-def test_an_rle_slice_that_decodes_to_more_than_its_header_fails_its_case_before_it_is_decoded(tmp_path):
+def test_an_rle_slice_that_decodes_to_more_than_its_header_fails_its_case_before_it_is_decoded(tmp_path, monkeypatch):
     """Q1, Q2: an RLE CT slice whose segments decode to far more than Rows x Columns was decoded whole (64 MB of
     file: 4.4 GB), and pydicom kept the first Rows x Columns bytes of each segment with a warning nobody saw: the
     case exported that plane as air, status ok. The segments' lengths are counted before decoding, and the case
@@ -891,9 +891,15 @@ def test_an_rle_slice_that_decodes_to_more_than_its_header_fails_its_case_before
     assert done.returncode == 1, done.stderr
     rows = hostile.manifest(out)
     assert [row["status"] for row in rows] == ["failed"], rows
-    reason = rows[0]["reason"]
-    assert target.name in reason and "RLE segment 1 of the image decodes to 512 bytes or more" in reason
-    assert "Rows 20 x Columns 24 call for 480" in reason
+    reason = rows[0]["reason"]  # (a short segment: decoded, and pydicom's warning of its length read)
+    assert target.name in reason and "an RLE segment decodes to 2,048 bytes, Rows x Columns call for 480" in reason
+    # a long segment is counted before it is decoded (the length made small here): only the count says this
+    from DoseAlignLib.dicom import headers
+    from DoseAlignLib.errors import InputError
+
+    monkeypatch.setattr(headers, "RLE_COUNTED_SEGMENT_BYTES", 10)
+    with pytest.raises(InputError, match="RLE segment 1 of the image decodes to 512 bytes or more, Rows 20"):
+        headers.pixel_array(dd.read(target), target)
 
 
 def test_rle_pixel_data_that_fit_their_header_decode_as_before(tmp_path):
