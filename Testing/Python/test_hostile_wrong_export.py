@@ -2128,3 +2128,45 @@ def test_a_dose_resent_with_its_patient_name_written_otherwise_is_a_copy(tmp_pat
     assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
     meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert meta["source"]["rtdose_files"] == [dose.relative_to(root).as_posix()], meta["source"]
+
+
+@pytest.mark.parametrize("written", ["absolute offsets", "another SliceThickness", "requantized"])
+def test_a_dose_resent_written_otherwise_is_a_copy_as_under_append(tmp_path, capsys, written):
+    """Nineteenth hostile trial S1: the same RTDOSE sent again with GridFrameOffsetVector absolute, another
+    SliceThickness on its frames, or 32-bit pixels twice as large with half the DoseGridScaling (the same Gy) was one
+    dose under --append but two ok cases with identical arrays in one input. Both use one rule now: the grid DoseAlign
+    computes and the values in Gy."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "RESENT-2", 20)
+    dose = Path(truth.dose_files[0])
+    ds = dd.read(dose)
+    if written == "absolute offsets":
+        z = float(ds.ImagePositionPatient[2])
+        ds.GridFrameOffsetVector = [f"{z + float(v):g}" for v in ds.GridFrameOffsetVector]
+    elif written == "another SliceThickness":
+        ds.SliceThickness = 0
+    else:
+        values = ds.pixel_array.astype(np.uint32) * 2
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+        ds.PixelData = values.astype("<u4").tobytes()
+        ds.DoseGridScaling = repr(float(ds.DoseGridScaling) / 2)
+    dd.save(ds, dose.with_name("zz_resent.dcm"))
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
+    meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["source"]["rtdose_files"] == [dose.relative_to(root).as_posix()], meta["source"]
+
+
+@pytest.mark.parametrize("keyword", ["SliceThickness", "SpacingBetweenSlices"])
+def test_a_ct_slice_resent_with_another_thickness_is_a_copy(tmp_path, capsys, keyword):
+    """Nineteenth hostile trial S6: R4's fix made SliceThickness and SpacingBetweenSlices count for CT slice copies
+    too, so a slice sent again with another thickness (the step comes from the positions) failed the case as two
+    different images. It is a copy, used once."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "RESENT-3", 21)
+    middle = Path(truth.ct_files[len(truth.ct_files) // 2])
+    ds = dd.read(middle)
+    setattr(ds, keyword, 3.25)
+    dd.save(ds, middle.with_name("zz_resent_slice.dcm"))
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], rows

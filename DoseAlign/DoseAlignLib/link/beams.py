@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..dicom.scan import DicomObject, same_content
+from ..dicom.scan import DicomObject, same_dose
 
 #: The summation type of a case made of several BEAM doses of one plan.
 SUMMED_BEAMS = "BEAM_SUM"
@@ -109,7 +109,7 @@ def conflicting_copies(doses: list) -> Optional[str]:
         if not dose.sop_instance_uid:
             continue
         seen = first.setdefault(dose.sop_instance_uid, dose)
-        if seen is not dose and not same_content(seen.path, dose.path):
+        if seen is not dose and not same_dose(seen.path, dose.path):
             return (
                 f"RTDOSE {seen.rel_path} and {dose.rel_path} share SOPInstanceUID {dose.sop_instance_uid} but hold "
                 "different doses: which one belongs to the sum cannot be told ((0008,0018) SOPInstanceUID; "
@@ -122,7 +122,7 @@ def conflicting_beam_doses(doses: list, beside_plan_dose: bool = False) -> Optio
     """Two doses of one beam (or set of beams) under different SOPInstanceUIDs that hold different doses.
 
     :func:`beam_doses_to_sum` keeps the first by file name; a second dose that is the same image (the same
-    pixel data, geometry and scaling, as :func:`~DoseAlignLib.dicom.scan.same_content` compares them) is
+    pixel data, geometry and scaling, as :func:`~DoseAlignLib.dicom.scan.same_dose` compares them) is
     a copy and harmless; a different one is a recalculated (or wrong) beam beside the old one, and which
     of the two the treatment used cannot be told: renaming the files would decide the case's dose.
     ``beside_plan_dose``: the doses are a PLAN dose's related BEAM doses (only the audit's beam-sum check
@@ -140,7 +140,7 @@ def conflicting_beam_doses(doses: list, beside_plan_dose: bool = False) -> Optio
             continue  # kept, or a copy under a kept UID (conflicting_copies compares those)
         beams = _keys(dose, grouped)
         seen = first.get(beams)
-        if seen is not None and not same_content(seen.path, dose.path):
+        if seen is not None and not same_dose(seen.path, dose.path):
             which = _one(beams) if len(beams) == 1 else f"beams {_said(beams)}"
             told = (
                 f"RTDOSE {seen.rel_path} and {dose.rel_path} are two different doses of {which} (SOPInstanceUIDs "

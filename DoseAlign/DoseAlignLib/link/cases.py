@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from typing import Optional
 
 from ..dicom import headers
-from ..dicom.scan import ScanResult, compare_structure_sets, content_key, same_bytes
+from ..dicom.scan import ScanResult, compare_structure_sets, dose_key, same_bytes
 from ..errors import DoseAlignError
 from .beams import (
     SUMMED_BEAMS,
@@ -116,7 +116,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
 
 def _dose_copies(doses: list) -> tuple:
     """``(doses, [(copy, kept)])``: RTDOSE files that share a SOPInstanceUID and hold the same dose (the same bytes,
-    or the same pixels, grid and scaling stored otherwise: :func:`~DoseAlignLib.dicom.scan.content_key`) and say the
+    or the same pixels, grid and scaling stored otherwise: :func:`~DoseAlignLib.dicom.scan.dose_key`) and say the
     same of what they belong to are one dose, the first by path kept. Files of one UID that hold other doses (the Nelms phantom's AntPost and SupInf
     fields) stay, each its own."""
     by_uid: dict = {}
@@ -130,7 +130,7 @@ def _dose_copies(doses: list) -> tuple:
         distinct: list = []
         by_content: dict = {}  # each file read once: files of other contents are never compared (Q5)
         for dose in group:
-            key = content_key(dose.path)
+            key = dose_key(dose.path)
             same = next((d for d in by_content.get(key, []) if _same_references(d, dose)), None) if key else None
             if same is None:
                 distinct.append(dose)
