@@ -2484,3 +2484,49 @@ def test_a_merge_names_missing_shards_as_runs():
     assert _ranges(list(range(2, 999999))) == "2-999998"
     text = _ranges(list(range(1, 100, 2)))
     assert text.startswith("1, 3, 5") and text.endswith("and 40 more runs") and len(text) < 80
+
+
+@pytest.mark.parametrize("planted", ["folder", "named pipe", "link out of OUT", "folder at an added format"])
+def test_what_stands_at_a_kept_case_format_file_is_not_replaced_or_vouched_for(cohort, tmp_path, planted):
+    """Nineteenth hostile trial S4, S5: a folder where a kept case's case.h5 (or a format file being added) belongs
+    ended --resume in an IsADirectoryError traceback, the case "failed" with the raw error; a named pipe there was
+    replaced without a word; a symbolic link to a file outside OUT was taken as the case's complete output. None is a
+    file DoseAlign wrote: a folder or pipe fails its case naming it and stays; a link is not vouched for (the case
+    is exported again, the link's target untouched)."""
+    pytest.importorskip("h5py")
+    pytest.importorskip("nibabel")
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--format", "hdf5"]) == 0
+    case = out / hostile.manifest(out)[0]["case_id"]
+    user = tmp_path / "user.h5"
+    user.write_bytes(b"the user's own file")
+    names = {"link out of OUT": ["case.h5"], "folder at an added format": ["dose.nii.gz"]}.get(
+        planted,
+        ["case.h5", "dose.nii.gz"],  # recorded, and a format this --resume adds
+    )
+    for name in names:  # (a link at a name meta.json does not record is an entry of the user's: the case fails)
+        path = case / name
+        path.unlink(missing_ok=True)
+        if planted.startswith("folder"):
+            path.mkdir()
+        elif planted == "named pipe":
+            os.mkfifo(path)
+        else:
+            path.symlink_to(user)
+    done = hostile.dosealign("export", *args, "--resume", "--format", "hdf5,nifti", timeout=120)
+    said = done.stdout + done.stderr
+    assert "Traceback" not in said, said
+    status = {r["case_id"]: r for r in hostile.manifest(out)}[case.name]
+    if planted == "folder at an added format":  # the case is complete; adding nifti stops there, naming it
+        assert done.returncode == 1 and "dose.nii.gz is a folder, not DoseAlign's" in status["reason"], status
+        assert (case / "dose.nii.gz").is_dir() and (case / "case.h5").is_file()
+    elif planted == "link out of OUT":
+        assert done.returncode == 0 and status["status"] == "ok", (status, said)  # exported again, not "skipped"
+        assert user.read_bytes() == b"the user's own file"
+        assert not (case / "case.h5").is_symlink()
+    else:
+        assert done.returncode == 1 and status["status"] == "failed", (status, said)
+        kind = "case.h5/" if planted == "folder" else "case.h5 is a named pipe"
+        assert kind in status["reason"] and "not" in status["reason"], status["reason"]
+        assert (case / "case.h5").is_dir() if planted == "folder" else stat.S_ISFIFO(os.lstat(case / "case.h5").st_mode)

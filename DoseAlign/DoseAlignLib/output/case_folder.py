@@ -1045,8 +1045,12 @@ def archive_problem(folder: Path, meta: Optional[dict] = None) -> Optional[str]:
     if not isinstance(meta, dict):  # case_problem says why
         return None
     for name in sorted(n for n in _recorded_files(meta) if n and not os.path.isabs(n) and ".." not in Path(n).parts):
-        if entry_kind(folder / name) is None:  # a missing format file: the format is written again at the end
+        kind = "a symbolic link" if os.path.islink(folder / name) else entry_kind(folder / name)
+        if kind is None:
             problem = format_file_problem(folder / name, name, meta)
             if problem:
                 return problem
+        elif kind != "missing":  # (missing: the format is written again at the end) a pipe, a folder, a link: not
+            # DoseAlign's file, and not to be read or vouched for (nineteenth hostile trial S4, S5)
+            return f"{name} is {kind}, not a file DoseAlign wrote"
     return None

@@ -27,12 +27,14 @@ before any case is computed.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import DoseAlignError
+from ..limits import entry_kind
 from .case_data import CaseData, require
 from .case_folder import load_meta
 from .files import json_text, temp_path
@@ -292,8 +294,12 @@ class ExportFormats:
             exports = self.write_case_data(case, work, missing)
             sentinels = {work / SENTINELS[f] for f in missing}
             files = sorted(p for p in work.rglob("*") if p.is_file())
-            for path in [p for p in files if p not in sentinels] + sorted(sentinels):
-                target = folder / path.relative_to(work)
+            moves = [
+                (p, folder / p.relative_to(work)) for p in [p for p in files if p not in sentinels] + sorted(sentinels)
+            ]
+            for _path, target in moves:  # all checked before any is moved (nineteenth hostile trial S4, S5)
+                _check_target(folder, target)
+            for path, target in moves:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 path.replace(target)
         finally:
@@ -506,3 +512,26 @@ def _made_by_dosealign(path: Path, fmt: str) -> bool:
         return data is not None and str(data.get("reference", "")).startswith("DoseAlign ")
     except Exception:  # unreadable, not HDF5 or JSON, h5py missing: not known to be ours
         return False
+
+
+def _check_target(folder: Path, target: Path) -> None:
+    """A format file is added to a finished case folder only where nothing stands but a regular file DoseAlign may
+    replace: a folder, a named pipe or a symbolic link at its name (or at a folder's name on its way) is the user's,
+    and the case fails naming it. Such a folder ended --resume in an IsADirectoryError traceback; a pipe was
+    replaced without a word (nineteenth hostile trial S4, S5)."""
+    rel = target.relative_to(folder)
+    for step in [folder / part for part in list(rel.parents)[::-1][1:]] + [target]:
+        if not os.path.lexists(step):
+            return
+        if os.path.islink(step):
+            kind = "a symbolic link"
+        elif step == target:
+            kind = entry_kind(step)
+        else:
+            kind = None if step.is_dir() else "a file where a folder belongs"
+        if kind is not None:
+            raise DoseAlignError(
+                f"{step.relative_to(folder).as_posix()} is {kind}, not DoseAlign's: it is not replaced",
+                path=folder,
+                hint="move it away and export again",
+            )
