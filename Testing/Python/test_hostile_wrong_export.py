@@ -2170,3 +2170,24 @@ def test_a_ct_slice_resent_with_another_thickness_is_a_copy(tmp_path, capsys, ke
     dd.save(ds, middle.with_name("zz_resent_slice.dcm"))
     code, rows, _out = _export(root, tmp_path, capsys)
     assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
+
+
+def test_copies_whose_identity_is_written_otherwise_are_copies(tmp_path, capsys):
+    """Nineteenth hostile trial S11 and S8's addendum: an RTSTRUCT sent again without PatientName's ideographic and
+    phonetic groups (a system without those character sets) failed the case as differing copies; an RTDOSE sent
+    again with its PatientID in lower case (a PACS that changes case) became a second patient's case with identical
+    arrays. Both are copies, as the pairing reads a PatientID and a name."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "IDCASE-1", 22, patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう")
+    structure, dose = Path(truth.struct_file), Path(truth.dose_files[0])
+    ds = dd.read(structure)
+    ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 192", "Yamada^Tarou"
+    dd.save(ds, structure.with_name("zz_rs_resent.dcm"))
+    ds = dd.read(dose)
+    ds.PatientID = "idcase-1"
+    dd.save(ds, dose.with_name("zz_dose_resent.dcm"))
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
+    meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["source"]["rtdose_files"] == [dose.relative_to(root).as_posix()], meta["source"]
+    assert meta["source"]["rtstruct_files"] == [structure.relative_to(root).as_posix()], meta["source"]

@@ -1054,7 +1054,7 @@ def compare_structure_sets(first: Path, second: Path) -> CopyComparison:
     for keyword in STRUCTURE_SET_KEYWORDS:
         x, y = _element(a, keyword), _element(b, keyword)
         if keyword == "PatientName" and x is not None and y is not None:
-            used = None if headers.folded_person_name(x.value) == headers.folded_person_name(y.value) else keyword
+            used = None if headers.same_person_name(x.value, y.value) else keyword
         else:
             used = _element_difference(x, y, keyword)
         if used:

@@ -155,13 +155,19 @@ def _differing_facts(first, other) -> list:
     differing = sorted(
         key
         for key in set(first.info) | set(other.info)
-        if key not in _FILE_FACTS and _fact(first.info, key) != _fact(other.info, key)
+        if key not in _FILE_FACTS and not _same_fact(first.info, other.info, key)
     )
     return differing + [
         name
         for name in ("patient_id", "study_uid", "frame_of_reference_uid")
-        if getattr(first, name) != getattr(other, name)
+        if _folded_id(getattr(first, name)) != _folded_id(getattr(other, name))
     ]
+
+
+def _folded_id(value) -> str:
+    """An identifier as copies compare it: PatientID as the pairing does (case and surrounding blanks left out: a
+    PACS that changes its case sent one dose as two patients' cases, nineteenth hostile trial S8's addendum)."""
+    return str(value or "").strip().casefold()
 
 
 def _make_case(group: tuple, plans: dict) -> Case:
@@ -340,6 +346,12 @@ def _conflicting_slices(case: Case) -> Optional[str]:
 
 #: What the scan records of a file itself, not of its contents.
 _FILE_FACTS = ("size", "mtime_ns")
+
+
+def _same_fact(first: dict, other: dict, key: str) -> bool:
+    if key == "patient_name" and first.get(key) is not None and other.get(key) is not None:
+        return headers.same_person_name(first[key], other[key])
+    return _fact(first, key) == _fact(other, key)
 
 
 def _fact(info: dict, key: str):
