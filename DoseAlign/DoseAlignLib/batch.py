@@ -61,12 +61,14 @@ from .output.files import (
 from .output.formats import remove_stale_datasets
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import (
+    DIGEST_SCHEME,
     dose_digest,
     foreign_file,
     input_files,
     inspect_output,
     keyed_stamps,
     pseudonymization_conflict,
+    recorded_digest,
     recorded_key,
     request_differences,
 )
@@ -825,7 +827,7 @@ def _held_twice(found, listed: set, pseudonymizer) -> list:
             continue
         source = case.meta.get("source") or {}
         identity = _keyed(_dose_identity(source), uid_form(case.meta), pseudonymizer)
-        digest = source.get("rtdose_digest")
+        digest = recorded_digest(source)
         if identity is not None and digest:
             groups.setdefault((identity, digest), []).append(case_id)
     return sorted(" = ".join(ids) for ids in groups.values() if len(ids) > 1)
@@ -856,7 +858,7 @@ def _same_doses(cases: list, found, own: set, clashed: set, pseudonymizer, diffe
         mine: list = []  # this case's digest, made once when a kept case records one
         match = None
         for other in sorted(others):
-            recorded = (found.cases[other].meta.get("source") or {}).get("rtdose_digest")
+            recorded = recorded_digest(found.cases[other].meta.get("source"))
             if recorded and not mine:
                 mine.append(dose_digest(case, pseudonymizer.key if pseudonymizer is not None else None))
             if not recorded or recorded == mine[0]:  # (a case of an older version records none: the UIDs decide)
@@ -1502,6 +1504,7 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
         else:
             result.meta["source"]["input_files"] = records
         result.meta["source"]["rtdose_digest"] = dose_digest(case, pseudonymizer.key if pseudonymizer else None)
+        result.meta["source"]["rtdose_digest_scheme"] = DIGEST_SCHEME
         extra = [_announced(qa_png_writer(result), say, "writing qa.png")] if qa_png else []
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result, say))

@@ -626,3 +626,28 @@ def test_one_dose_held_twice_in_the_output_folder_is_named(tmp_path, capsys):
     assert main(["merge", str(merged)]) == 0
     text = capsys.readouterr().out
     assert "holds 1 RTDOSE(s) on one CT in more than one case" in text, text
+
+
+def test_append_does_not_compare_a_digest_of_another_scheme(tmp_path, capsys):
+    """Nineteenth hostile trial S9: the dose digest changed its meaning three times under one version, and a digest
+    of an OUT made before was compared as today's: the same dose appended again was "other contents", a second
+    case. meta.json records the digest's scheme; a digest of another scheme (or none) is not compared: the UIDs
+    decide, as for a case that records no digest."""
+    root = tmp_path / "a"
+    hostile.study(root / "P1", "SCHEME-1", seed=9)
+    again = tmp_path / "b"
+    shutil.copytree(root / "P1", again / "P1_again")
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    (row,) = hostile.manifest(out)
+    meta_path = out / row["case_id"] / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    assert meta["source"]["rtdose_digest_scheme"] == 3
+    meta["source"]["rtdose_digest_scheme"] = 2  # as an earlier scheme wrote it: another number for the same dose
+    meta["source"]["rtdose_digest"] = "12345678901234567890"
+    meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    capsys.readouterr()
+    assert _export(again, out, "--append") == 0
+    text = capsys.readouterr().out
+    assert len(hostile.manifest(out)) == 1, (hostile.manifest(out), text)
+    assert "the same RTDOSE (SOPInstanceUIDs) on the same CT series as another input's case" in text, text

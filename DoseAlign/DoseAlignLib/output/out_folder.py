@@ -309,6 +309,21 @@ def input_files(case) -> list:
     ]
 
 
+#: What :func:`dose_digest` hashes, as meta.json's ``source.rtdose_digest_scheme`` records it: 3, the grid DoseAlign
+#: computes, the values in Gy and what the dose belongs to. Digests of another scheme (or none: the file bytes, then
+#: the grid as written) are not compared: the UIDs decide, as for a case that records no digest (nineteenth hostile
+#: trial S9: an OUT of the day before took the same dose appended again as "other contents").
+DIGEST_SCHEME = 3
+
+
+def recorded_digest(source) -> Optional[str]:
+    """The dose digest a meta.json's ``source`` records, when it is of this version's :data:`DIGEST_SCHEME`."""
+    if not isinstance(source, dict) or source.get("rtdose_digest_scheme") != DIGEST_SCHEME:
+        return None
+    digest = source.get("rtdose_digest")
+    return digest if isinstance(digest, str) and digest else None
+
+
 def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
     """A digest of what the case's RTDOSE files hold (each file's grid, units and dose values in Gy, the files in any
     order), as a decimal number (no run of it reads as a date or an ID: it is all one number); keyed (HMAC) when
