@@ -2530,3 +2530,20 @@ def test_what_stands_at_a_kept_case_format_file_is_not_replaced_or_vouched_for(c
         kind = "case.h5/" if planted == "folder" else "case.h5 is a named pipe"
         assert kind in status["reason"] and "not" in status["reason"], status["reason"]
         assert (case / "case.h5").is_dir() if planted == "folder" else stat.S_ISFIFO(os.lstat(case / "case.h5").st_mode)
+
+
+def test_a_case_h5_holding_a_large_attribute_is_damaged_before_it_is_read(cohort, tmp_path):
+    """Nineteenth hostile trial S8: case.h5's meta_json attribute was read and parsed whole at --resume (a planted
+    400 MB one took 2.75 GB). What a case.h5 holds besides its arrays is bounded as meta.json is (DOSEALIGN_META_MB)
+    before any attribute is read: the case is exported again."""
+    h5py = pytest.importorskip("h5py")
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "hdf5"]
+    assert main(["export", *args]) == 0
+    case = out / hostile.manifest(out)[0]["case_id"]
+    with h5py.File(case / "case.h5", "a") as handle:
+        handle.attrs["meta_json"] = handle.attrs["meta_json"] + " " * (3 << 20)  # still JSON, 3 MiB more
+    done = hostile.dosealign("export", *args, "--resume", env={"DOSEALIGN_META_MB": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "case.h5 fails its check: it holds" in done.stdout and "besides its arrays" in done.stdout, done.stdout
+    assert {r["case_id"]: r["status"] for r in hostile.manifest(out)}[case.name] == "ok"

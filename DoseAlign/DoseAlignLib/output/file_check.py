@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import hdf5_text
-from ..limits import open_regular
+from ..limits import limit, megabytes, open_regular
 
 #: Bytes read at a time, and the most inflated at a time (a piece of zeros inflates ~1000-fold).
 _READ = 1 << 20
@@ -234,6 +234,12 @@ def _hdf5(path: Path, meta: Optional[dict]) -> None:
             handle.visititems(lambda _name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
             if meta is not None:  # before any chunk is read: only DoseAlign's datasets, of the case's shape (R12)
                 _h5_datasets_agree(datasets, meta)
+            # what the file holds besides its datasets' chunks (its attributes, meta_json above all) is read back as
+            # meta.json is, within DOSEALIGN_META_MB: a planted meta_json of 400 MB took 2.75 GB (nineteenth trial S8)
+            besides = path.stat().st_size - sum(int(d.id.get_storage_size()) for d in datasets)
+            most = 2 * megabytes(limit("DOSEALIGN_META_MB")) + (1 << 20)
+            if besides > most:
+                raise _Damaged(f"it holds {besides:,} bytes besides its arrays, more than {most:,} (DOSEALIGN_META_MB)")
             for dataset in datasets:
                 shape = dataset.shape or ()
                 if len(shape) < 3 or dataset.chunks is None:  # small, or one block: read whole
