@@ -2130,7 +2130,9 @@ def test_a_dose_resent_with_its_patient_name_written_otherwise_is_a_copy(tmp_pat
     assert meta["source"]["rtdose_files"] == [dose.relative_to(root).as_posix()], meta["source"]
 
 
-@pytest.mark.parametrize("written", ["absolute offsets", "another SliceThickness", "requantized"])
+@pytest.mark.parametrize(
+    "written", ["absolute offsets", "another SliceThickness", "requantized", "frames reversed", "name corrected"]
+)
 def test_a_dose_resent_written_otherwise_is_a_copy_as_under_append(tmp_path, capsys, written):
     """Nineteenth hostile trial S1: the same RTDOSE sent again with GridFrameOffsetVector absolute, another
     SliceThickness on its frames, or 32-bit pixels twice as large with half the DoseGridScaling (the same Gy) was one
@@ -2145,11 +2147,20 @@ def test_a_dose_resent_written_otherwise_is_a_copy_as_under_append(tmp_path, cap
         ds.GridFrameOffsetVector = [f"{z + float(v):g}" for v in ds.GridFrameOffsetVector]
     elif written == "another SliceThickness":
         ds.SliceThickness = 0
-    else:
+    elif written == "requantized":
         values = ds.pixel_array.astype(np.uint32) * 2
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
         ds.PixelData = values.astype("<u4").tobytes()
         ds.DoseGridScaling = repr(float(ds.DoseGridScaling) / 2)
+    elif written == "frames reversed":  # (twentieth trial T3) the last frame first: the same grid and values
+        offsets = [float(v) for v in ds.GridFrameOffsetVector]
+        position = [float(v) for v in ds.ImagePositionPatient]
+        position[2] += offsets[-1]
+        ds.ImagePositionPatient = [f"{v:g}" for v in position]
+        ds.GridFrameOffsetVector = [f"{v - offsets[-1]:g}" for v in offsets[::-1]]
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[::-1]).tobytes()
+    else:  # (T3) a corrected name: PatientID, plan, study and frame decide
+        ds.PatientName = str(ds.PatientName) + "^Maria"
     dd.save(ds, dose.with_name("zz_resent.dcm"))
     code, rows, out = _export(root, tmp_path, capsys)
     assert code == 0 and [r["status"] for r in rows] == ["ok"], rows

@@ -981,6 +981,25 @@ def dose_key(path: Path) -> Optional[tuple]:
         return None
 
 
+def dose_belongs_to(dose) -> tuple:
+    """What a scanned RTDOSE says it belongs to: its summation, plan, beams and fraction group, its patient (PatientID
+    as the pairing compares it: case and surrounding blanks left out), study and frame of reference. Two files of one
+    dose (:func:`dose_key`) that agree here are one dose, in one input and under ``--append`` alike: the same values
+    under another plan are another case (seventeenth and eighteenth hostile trials Q3, R5), and a re-send whose frames
+    are stored the other way round or whose PatientName was corrected is the same (twentieth trial T3: the facts as
+    written made such a file a second case)."""
+    info = getattr(dose, "info", {}) or {}
+    return (
+        str(info.get("summation_type") or ""),
+        tuple(str(uid) for uid in info.get("plan_uids") or ()),
+        tuple(info.get("beam_numbers") or ()),
+        info.get("fraction_group"),
+        str(getattr(dose, "patient_id", "") or "").strip().casefold(),
+        str(getattr(dose, "study_uid", "") or ""),
+        str(getattr(dose, "frame_of_reference_uid", "") or ""),
+    )
+
+
 def same_dose(first: Path, second: Path) -> bool:
     """Whether two RTDOSE files hold the same dose (:func:`dose_key`); files that cannot be read are different."""
     if same_bytes(first, second):

@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from typing import Optional
 
 from ..dicom import headers
-from ..dicom.scan import ScanResult, compare_structure_sets, dose_key, same_bytes
+from ..dicom.scan import ScanResult, compare_structure_sets, dose_belongs_to, dose_key, same_bytes
 from ..errors import DoseAlignError
 from .beams import (
     SUMMED_BEAMS,
@@ -143,10 +143,10 @@ def _dose_copies(doses: list) -> tuple:
 
 
 def _same_references(first, other) -> bool:
-    """Whether two RTDOSE files say the same of what they belong to (plan, beams, summation, patient, study, frame of
-    reference): the same dose values under another plan are no copy (seventeenth hostile trial Q3: the plan, the
-    prescription and the case id followed the file names)."""
-    return not _differing_facts(first, other)
+    """Whether two RTDOSE files say the same of what they belong to (:func:`~DoseAlignLib.dicom.scan.dose_belongs_to`,
+    as ``--append``'s digest records it): the same dose values under another plan are no copy (seventeenth hostile
+    trial Q3: the plan, the prescription and the case id followed the file names)."""
+    return dose_belongs_to(first) == dose_belongs_to(other)
 
 
 def _differing_facts(first, other) -> list:

@@ -309,11 +309,12 @@ def input_files(case) -> list:
     ]
 
 
-#: What :func:`dose_digest` hashes, as meta.json's ``source.rtdose_digest_scheme`` records it: 3, the grid DoseAlign
-#: computes, the values in Gy and what the dose belongs to. Digests of another scheme (or none: the file bytes, then
+#: What :func:`dose_digest` hashes, as meta.json's ``source.rtdose_digest_scheme`` records it: 4, the grid DoseAlign
+#: computes, the values in Gy and what the dose belongs to (:func:`~DoseAlignLib.dicom.scan.dose_belongs_to`; 3 wrote
+#: those facts otherwise). Digests of another scheme (or none: the file bytes, then
 #: the grid as written) are not compared: the UIDs decide, as for a case that records no digest (nineteenth hostile
 #: trial S9: an OUT of the day before took the same dose appended again as "other contents").
-DIGEST_SCHEME = 3
+DIGEST_SCHEME = 4
 
 
 def recorded_digest(source) -> Optional[str]:
@@ -335,7 +336,7 @@ def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
     (Implicit VR, another file meta) has the same digest (sixteenth trial P2: the files' bytes were hashed)."""
 
     from ..dicom import headers, rtdose
-    from ..dicom.scan import MAX_COMPARED_PIXEL_BYTES
+    from ..dicom.scan import MAX_COMPARED_PIXEL_BYTES, dose_belongs_to
 
     parts = []
     try:
@@ -347,7 +348,7 @@ def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
             if headers.decoded_size(ds) != size:
                 return None  # changed since the line above
             one = hashlib.sha256(rtdose.content_digest(ds, dose.path))
-            one.update("|".join(_belongs_to(dose)).encode("utf-8"))
+            one.update(repr(dose_belongs_to(dose)).encode("utf-8"))
             parts.append(one.digest())
     except (OSError, DoseAlignError, LimitError, MemoryError, AttributeError, TypeError, ValueError):
         return None
@@ -355,20 +356,6 @@ def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
     for part in sorted(parts):
         digest.update(part)
     return str(int.from_bytes(digest.digest(), "big"))
-
-
-def _belongs_to(dose) -> list:
-    """What a scanned RTDOSE says it belongs to, as :func:`dose_digest` hashes it: its plan, beams, fraction group and
-    summation, its patient (PatientID as the export compares it), study and frame of reference. The same values under
-    another plan are another case in one input (seventeenth hostile trial Q3), so under ``--append`` too (eighteenth
-    trial R5: one was dropped as "the same RTDOSE", its prescription and flag lost)."""
-    info = getattr(dose, "info", {}) or {}
-    facts = [repr(info.get(key)) for key in ("summation_type", "plan_uids", "beam_numbers", "fraction_group")]
-    return facts + [
-        str(getattr(dose, "patient_id", "") or "").strip().casefold(),
-        str(getattr(dose, "study_uid", "") or ""),
-        str(getattr(dose, "frame_of_reference_uid", "") or ""),
-    ]
 
 
 def keyed_stamps(records: list, key: bytes) -> tuple:
