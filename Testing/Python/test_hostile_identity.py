@@ -982,13 +982,19 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
     rois += ["k March the 2nd, 1975", "l 2nd day of March 1975"]  # (seventeenth trial Q9: "the", "day of")
     rois += ["m Mar 2 10:00 1975", "n Sun Mar 2 10:00:00 UTC 1975"]  # (eighteenth trial R6: ctime, date)
     rois += ["o 2 Mar '75", "p Mar 2 10:00:00 +0000 1975", "q Sun Mar 2 10:00:00 GMT+02:00 1975", "r 2.3.'75"]  # (S2)
+    rois += [
+        "s 2 Mar \u201875",
+        "t 2 Mar \u02bc75",
+        "u Mar 2 10:00:00 +02:00 1975",
+        "v Mar 2 10:00:00,5 Z 1975",
+    ]  # (T1)
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = set(_names_of(out, row))
     expected = {"a [removed]", "b [removed]", "c [removed].1", "d [removed].2", "e [removed].5", "f 1.[removed]"}
     expected |= {"PTV [removed].2", "CTV_[removed].1", "g [removed]", "h [removed]", "i [removed]", "j [removed]"}
     expected |= {"k [removed]", "l [removed]", "m [removed]", "n Sun [removed]", "o [removed]", "p [removed]"}
-    expected |= {"q Sun [removed]", "r [removed]"}
+    expected |= {"q Sun [removed]", "r [removed]", "s [removed]", "t [removed]", "u [removed]", "v [removed]"}
     assert expected <= names, sorted(names)
     identity = Identity()
     identity.dates.add("19750302")

@@ -2084,7 +2084,7 @@ def _dates_in(text: str) -> set:
         if not _in_number(text, *match.span()):  # also DDMMYYYY and MMDDYYYY, not the decimals of a number
             found.add(digits[4:] + digits[2:4] + digits[:2])
             found.add(digits[4:] + digits[:2] + digits[2:4])
-    for match in re.finditer(rf"(?<!\d)(\d{{1,4}}){_DATE_SEP}(\d{{1,2}}){_DATE_SEP}['’]?(\d{{1,4}})(?!\d)", text):
+    for match in re.finditer(rf"(?<!\d)(\d{{1,4}}){_DATE_SEP}(\d{{1,2}}){_DATE_SEP}{_ELIDED}?(\d{{1,4}})(?!\d)", text):
         a, b, c = match.groups()
         if len(a) == 4:
             found.add(f"{a}{int(b):02d}{int(c):02d}")
@@ -2116,13 +2116,13 @@ def _dates_in(text: str) -> set:
     lowered = text.casefold()
     for match in re.finditer(
         r"(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(?:(?:day[\s./\-_,]+)?of[\s./\-_,]+)?([a-z]{3,9})\.?[\s./\-_,]*"
-        r"['’]?(\d{4}|\d{2})",  # ('23: the century left out, nineteenth hostile trial S2)
+        rf"{_ELIDED}?(\d{{4}}|\d{{2}})",  # ('23: the century left out, nineteenth hostile trial S2)
         lowered,
     ):  # (15th of April 2023: sixteenth hostile trial P10; 15th day of April 2023: seventeenth trial Q9)
         _add_named(found, match.group(3), match.group(2), match.group(1), match.start(), match.end(), lowered)
     for match in re.finditer(
         r"([a-z]{3,9})\.?[\s./\-_,]*(?:the[\s./\-_,]+)?(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*"
-        rf"(?:{_CLOCK}[\s./\-_,]+)?['’]?(\d{{4}}|\d{{2}})",
+        rf"(?:{_CLOCK}[\s./\-_,]+)?{_ELIDED}?(\d{{4}}|\d{{2}})",
         lowered,
     ):  # (April the 15th, 2023: Q9; Apr 15 09:30:00 UTC 2023, as ctime and date write it: eighteenth trial R6)
         _add_named(found, match.group(3), match.group(1), match.group(2), match.start(), match.end(), lowered)
@@ -2133,10 +2133,13 @@ def _dates_in(text: str) -> set:
 
 #: A clock time between a day and its year, with a zone (``Apr 15 09:30:00 UTC 2023``: ctime, ``date``, logs).
 _CLOCK = (
-    r"(?:[01]?[0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]+)?)?(?:[ \t]*[AaPp]\.?[Mm]\.?)?"
-    # a zone: a name (UTC), a name and an offset (GMT+02:00, as Java writes it) or an offset (+0000, nineteenth S2)
-    r"(?:[ \t]+(?:[A-Za-z]{2,5}(?:[+-][0-9]{1,2}(?::?[0-9]{2})?)?|[+-][0-9]{4}))?"
+    r"(?:[01]?[0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:[.,][0-9]+)?)?(?:[ \t]*[AaPp]\.?[Mm]\.?)?"
+    # a zone: a name (UTC, Z), a name and an offset (GMT+02:00, as Java writes it) or an offset (+0000, +02:00)
+    # (nineteenth and twentieth hostile trials S2, T1)
+    r"(?:[ \t]*(?:[A-Za-z]{1,5}(?:[+-][0-9]{1,2}(?::?[0-9]{2})?)?|[+-][0-9]{2}:?[0-9]{2}))?"
 )
+#: What is written for a left-out century before a two-digit year ('23, ‘23 as word processors make it, ʼ23).
+_ELIDED = "['\u2019\u2018\u02bc`\u00b4]"
 #: A time after a date in DICOM's date-time (DT): HH, HHMM, HHMMSS, with a fraction of a second (sixteenth hostile
 #: trial P3: the hour alone, 2023041514, was kept).
 _DICOM_TIME = r"(?:[01][0-9]|2[0-3])(?:[0-5][0-9](?:[0-5][0-9](?:\.[0-9]{1,6})?)?)?"
@@ -2239,7 +2242,7 @@ def _date_pattern(date: str):
         y2 = y4[2:]
         mm, dd = f"0?{m}", f"0?{d}"
         sep = _DATE_SEP  # (an underscore: ROI and file names, where a space is often not allowed)
-        year = f"(?:{y4}|['’]?{y2})"  # ('23: nineteenth hostile trial S2)
+        year = f"(?:{y4}|{_ELIDED}?{y2})"  # ('23: nineteenth hostile trial S2)
         forms = [
             f"{date}{_DICOM_TIME}",  # DICOM's date-time (DT): 20230415093000, 202304150930.5, 2023041514
             f"{y2}{m:02d}{d:02d}{_SHORT_TIME}",  # 230415093000
