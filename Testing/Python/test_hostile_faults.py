@@ -2547,3 +2547,22 @@ def test_a_case_h5_holding_a_large_attribute_is_damaged_before_it_is_read(cohort
     assert done.returncode == 0, done.stderr
     assert "case.h5 fails its check: it holds" in done.stdout and "besides its arrays" in done.stdout, done.stdout
     assert {r["case_id"]: r["status"] for r in hostile.manifest(out)}[case.name] == "ok"
+
+
+def test_a_dataset_h5_holding_a_large_attribute_is_not_read(cohort, tmp_path):
+    """Twentieth hostile trial T4: S8's bound covered case.h5 only; dataset.h5's per-case meta_json was read and parsed
+    whole by every later export's stale-dataset check (a planted 400 MB attribute took 2.34 GB). What dataset.h5 holds
+    besides its arrays is bounded by its cases' DOSEALIGN_META_MB before any attribute is read: it is removed as not
+    what DoseAlign wrote, and the cases are kept."""
+    h5py = pytest.importorskip("h5py")
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--format", "hdf5"]) == 0
+    with h5py.File(out / "dataset.h5", "a") as handle:
+        group = handle[next(iter(handle))]
+        group.attrs["meta_json"] = group.attrs["meta_json"] + " " * (16 << 20)  # still JSON, 16 MiB more
+    done = hostile.dosealign("export", *args, "--resume", env={"DOSEALIGN_META_MB": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "dataset.h5 of an earlier run removed" in done.stdout and "besides its arrays" in done.stdout, done.stdout
+    assert not (out / "dataset.h5").exists()
+    assert {r["status"] for r in hostile.manifest(out)} == {"skipped"}

@@ -218,6 +218,15 @@ def outside_links(h5py, handle) -> Optional[str]:
     return None
 
 
+def besides_arrays(h5py, handle, path: Path, datasets: Optional[list] = None) -> int:
+    """The bytes an HDF5 file holds besides its datasets' stored data (its attributes, meta_json above all), known
+    before any attribute is read."""
+    if datasets is None:
+        datasets = []
+        handle.visititems(lambda _name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
+    return Path(path).stat().st_size - sum(int(d.id.get_storage_size()) for d in datasets)
+
+
 def _hdf5(path: Path, meta: Optional[dict]) -> None:
     try:
         import h5py
@@ -236,7 +245,7 @@ def _hdf5(path: Path, meta: Optional[dict]) -> None:
                 _h5_datasets_agree(datasets, meta)
             # what the file holds besides its datasets' chunks (its attributes, meta_json above all) is read back as
             # meta.json is, within DOSEALIGN_META_MB: a planted meta_json of 400 MB took 2.75 GB (nineteenth trial S8)
-            besides = path.stat().st_size - sum(int(d.id.get_storage_size()) for d in datasets)
+            besides = besides_arrays(h5py, handle, path, datasets)
             most = 2 * megabytes(limit("DOSEALIGN_META_MB")) + (1 << 20)
             if besides > most:
                 raise _Damaged(f"it holds {besides:,} bytes besides its arrays, more than {most:,} (DOSEALIGN_META_MB)")

@@ -398,8 +398,8 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
         if not _made_by_dosealign(path, fmt):
             continue  # not DoseAlign's (or unreadable): not ours to judge
         listed = _dataset_cases(path, fmt)
-        if listed is None:
-            listed, outside = {}, [name]
+        if isinstance(listed, str):  # not as DoseAlign wrote it: nothing of it was read
+            listed, outside = {}, [f"{name} {listed}"]
         else:
             outside = []
         lacking, changed = [], []
@@ -421,7 +421,7 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
         parts = []
         for named, what in ((lacking, f"now without --format {fmt} or not in it"), (changed, "made again since"),
                             (extra, "no longer among the cases"),
-                            (outside, "links to other files (DoseAlign writes none)")):  # fmt: skip
+                            (outside, "(DoseAlign writes no such file)")):  # fmt: skip
             if named:
                 parts.append(
                     ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "") + f" {what}"
@@ -447,20 +447,27 @@ def _case_essence(meta: dict) -> dict:
     return {key: value for key, value in meta.items() if key not in _ADDED_LATER}
 
 
-def _dataset_cases(path: Path, fmt: str) -> Optional[dict]:
+def _dataset_cases(path: Path, fmt: str):
     """``{case_id: its meta.json less _ADDED_LATER as the file records it}`` (None where the file records none: a
-    datalist) of a DoseAlign dataset file; None for an HDF5 file that links to other files."""
+    datalist) of a DoseAlign dataset file; for an HDF5 file that links to other files, or holds more besides its
+    arrays than its cases' meta.json may take, why it is not read (a text)."""
     import json
 
     if fmt == "hdf5":
         import h5py
 
-        from .file_check import outside_links
+        from ..limits import limit, megabytes
+        from .file_check import besides_arrays, outside_links
 
         with h5py.File(path, "r") as handle:
             found = {}
-            if outside_links(h5py, handle) is not None:  # not as DoseAlign wrote it (R9): nothing is read of it
-                return None
+            outside = outside_links(h5py, handle)
+            if outside is not None:  # not as DoseAlign wrote it (R9): nothing is read of it
+                return f"links to other files ({outside})"
+            besides = besides_arrays(h5py, handle, path)
+            most = (2 * len(handle) + 2) * megabytes(limit("DOSEALIGN_META_MB")) + (1 << 20)
+            if besides > most:  # its attributes, meta_json above all, read as meta.json is (twentieth trial T4)
+                return f"holds {besides:,} bytes besides its arrays, more than its cases' meta.json may take"
             for case_id in handle:
                 try:
                     found[case_id] = _case_essence(json.loads(handle[case_id].attrs["meta_json"]))
