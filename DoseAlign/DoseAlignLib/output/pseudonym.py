@@ -2116,7 +2116,7 @@ def _dates_in(text: str) -> set:
     lowered = text.casefold()
     for match in re.finditer(
         r"(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*(?:(?:day[\s./\-_,]+)?of[\s./\-_,]+)?([a-z]{3,9})\.?[\s./\-_,]*"
-        rf"{_ELIDED}?(\d{{4}}|\d{{2}})",  # ('23: the century left out, nineteenth hostile trial S2)
+        rf"(?:{_CLOCK}[\s./\-_,]+)?{_ELIDED}?(\d{{4}}|\d{{2}})",  # ('23: S2; a clock before the year: T1)
         lowered,
     ):  # (15th of April 2023: sixteenth hostile trial P10; 15th day of April 2023: seventeenth trial Q9)
         _add_named(found, match.group(3), match.group(2), match.group(1), match.start(), match.end(), lowered)
@@ -2242,14 +2242,14 @@ def _date_pattern(date: str):
         y2 = y4[2:]
         mm, dd = f"0?{m}", f"0?{d}"
         sep = _DATE_SEP  # (an underscore: ROI and file names, where a space is often not allowed)
-        year = f"(?:{y4}|{_ELIDED}?{y2})"  # ('23: nineteenth hostile trial S2)
+        year = f"{_ELIDED}?(?:{y4}|{y2})"  # ('23: nineteenth hostile trial S2; '2023 as the check reads it: T2)
         forms = [
             f"{date}{_DICOM_TIME}",  # DICOM's date-time (DT): 20230415093000, 202304150930.5, 2023041514
             f"{y2}{m:02d}{d:02d}{_SHORT_TIME}",  # 230415093000
-            f"{y4}{sep}{mm}{sep}{dd}",
+            f"{y4}{sep}{mm}{sep}{_ELIDED}?{dd}",  # (2023-04-'15, as the check reads it: twentieth trial T2)
             f"{dd}{sep}{mm}{sep}{year}",
             f"{mm}{sep}{dd}{sep}{year}",
-            f"{y2}{sep}{mm}{sep}{dd}",
+            f"{y2}{sep}{mm}{sep}{_ELIDED}?{dd}",
             date,  # (the check reads YYYYMMDD anywhere digits end: 19750302.5 too)
             f"{y4} *[年년] *{mm} *[月월] *{dd}(?: *[日일])?",
         ]
@@ -2271,7 +2271,8 @@ def _date_pattern(date: str):
             gap = r"[\s./\-_,]*"
             day = f"{dd}(?:st|nd|rd|th)?"
             forms += [
-                f"{day}{gap}(?:(?:day{gap})?of{gap})?{month}{gap}{year}",  # (15th of April 2023, 15th day of ...)
+                # (15th of April 2023, 15th day of ..., 15 Apr 09:30 2023: twentieth trial T1)
+                f"{day}{gap}(?:(?:day{gap})?of{gap})?{month}{gap}(?:{_CLOCK}{gap})?{year}",
                 f"{month}{gap}(?:the{gap})?{day}{gap}(?:{_CLOCK}{gap})?{year}",  # (April the 15th, 2023; ctime: R6)
                 f"{y4}{gap}{month}{gap}{dd}",
             ]
