@@ -2202,3 +2202,24 @@ def test_copies_whose_identity_is_written_otherwise_are_copies(tmp_path, capsys)
     meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert meta["source"]["rtdose_files"] == [dose.relative_to(root).as_posix()], meta["source"]
     assert meta["source"]["rtstruct_files"] == [structure.relative_to(root).as_posix()], meta["source"]
+
+
+def test_a_one_slice_ct_whose_copy_gives_another_step_fails(tmp_path, capsys):
+    """Twentieth hostile trial T8: S6's fix let a one-slice CT's copy with another SliceThickness count as a copy,
+    and the exported grid's slice step (2.5 or 10 mm) followed the file names. A one-slice CT's copies must give
+    the same step; otherwise the case fails naming both files. A copy giving the same step is used once."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "ONESLICE-1", 23, with_structures=False)
+    keep = Path(truth.ct_files[len(truth.ct_files) // 2])
+    for other in truth.ct_files:
+        if Path(other) != keep:
+            Path(other).unlink()
+    ds = dd.read(keep)
+    dd.save(ds, keep.with_name("000_same_step.dcm"))
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
+    ds.SliceThickness = float(ds.SliceThickness) * 4
+    dd.save(ds, keep.with_name("000_same_step.dcm"))
+    code, rows, _out = _export(root, tmp_path / "again", capsys)
+    assert code == 1 and rows[0]["status"] == "failed", rows
+    assert "000_same_step.dcm" in rows[0]["reason"] and "which grid is the CT's cannot be told" in rows[0]["reason"]

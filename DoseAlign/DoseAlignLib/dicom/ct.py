@@ -10,6 +10,8 @@ orientation and rescale from the file's functional groups (:mod:`.enhanced`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -123,6 +125,7 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
         typical = float(np.median(steps))
     else:  # one slice: no position to take the step from
         typical, why = _single_slice_step(first, spacing)
+        _copies_agree_on_the_step(series, first, spacing, typical)
         warnings.append(f"{first.rel_path}: the CT has one slice; its slice step is {why}")
     # PS3.3 C.8.2.1: (0028,1054) RescaleType is required where the rescaled values are not HU
     other_units = sorted({str(s.info.get("rescale_type") or "") for s in series.slices} - {"", "HU"})
@@ -217,6 +220,30 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
         grid = Grid(grid.shape, affine, grid.frame_of_reference_uid)
     checks.append({"check": "orientation", "result": "ok", "detail": _orientation_name(row_dir, col_dir)})
     return CtGeometry(grid, [int(i) for i in order], uniform, typical, tilt, missing, checks, warnings, list(iop))
+
+
+def _copies_agree_on_the_step(series: CtSeries, first, spacing, step: float) -> None:
+    """A one-slice CT takes its step from its slice's header: copies of that slice (kept once) must give the same
+    step, or which grid is exported would follow the file names (twentieth hostile trial T8: 2.5 or 10 mm)."""
+    rel = first.rel_path
+    text = str(first.path)
+    if not series.duplicate_files or not text.endswith(rel):
+        return
+    root = Path(text[: len(text) - len(rel)])
+    for other in series.duplicate_files:
+        copy = SimpleNamespace(path=root / other, info={})  # (a copy of a one-frame file is no frame of it)
+        try:
+            found, _why = _single_slice_step(copy, spacing)
+        except (InputError, OSError):
+            continue  # unreadable now: the copy check said the same image; nothing to compare
+        if abs(found - step) > 1e-6:
+            raise InputError(
+                f"the CT has one slice, whose step comes from its header: {rel} gives {step:g} mm, its copy {other} "
+                f"{found:g} mm (SliceThickness or SpacingBetweenSlices): which grid is the CT's cannot be told",
+                path=first.path,
+                tag="(0018,0050) SliceThickness",
+                hint="remove the wrong file",
+            )
 
 
 def _single_slice_step(obj, spacing) -> tuple:
