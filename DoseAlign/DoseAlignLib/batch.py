@@ -925,13 +925,22 @@ def _other_cases(
             hint="use the options those cases were made with, or another output folder; nothing was written",
         )
     old_rows = {r.get("case_id"): r for r in found.manifest_rows}
-    carried = []
+    carried, incomplete = [], []
     kept = {c.case_id for c in others}
     for row in found.manifest_rows:  # the other inputs' rows, in their order
         if row.get("case_id") in clashed and row.get("status") == "failed":
             continue  # this input's earlier failure of that id: its new row follows
         if row.get("case_id") not in own and (row.get("case_id") in kept or row.get("status") == "failed"):
+            why = _incomplete(found, row) if row.get("status") in ("ok", "skipped") else None
+            if why:  # an "ok" row of a folder that lost its pair.npz stayed ok (twentieth hostile trial T6)
+                incomplete.append(f"{row['case_id']} ({why})")
+                continue
             carried.append(dict(row))
+    if incomplete:
+        note(
+            f"--append: {len(incomplete)} row(s) of other inputs left out of manifest.csv, their case folders not "
+            f"complete: {_some(incomplete, 3)}; export their input again (--resume) to make them"
+        )
     listed = {r.get("case_id") for r in carried}
     for case in others:  # complete cases the old manifest does not list
         if case.case_id not in (listed if case.case_id in clashed else old_rows) and case.complete and case.meta:
@@ -941,6 +950,15 @@ def _other_cases(
     if found.other:
         note(f"{out_dir} also holds {_some(found.other)}: left alone")
     return carried
+
+
+def _incomplete(found, row: dict) -> Optional[str]:
+    """Why the case folder of another input's ok row is not complete, as ``--resume`` decides (None when it is)."""
+    case = found.cases.get(row.get("case_id"))
+    if case is None or not case.complete:
+        return (case.problem if case is not None else None) or "no case folder"
+    damaged = archive_problem(case.folder, case.meta)
+    return f"its outputs were damaged ({damaged})" if damaged else None
 
 
 def _input_inside(out_dir: Path, input_root: Path) -> set:

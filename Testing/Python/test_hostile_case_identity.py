@@ -651,3 +651,32 @@ def test_append_does_not_compare_a_digest_of_another_scheme(tmp_path, capsys):
     text = capsys.readouterr().out
     assert len(hostile.manifest(out)) == 1, (hostile.manifest(out), text)
     assert "the same RTDOSE (SOPInstanceUIDs) on the same CT series as another input's case" in text, text
+
+
+def test_append_keeps_another_inputs_row_only_while_its_folder_is_complete(tmp_path, capsys):
+    """Twentieth hostile trial T5, T6: --append kept another input's row "ok" (and listed it in dataset.h5) when its
+    case folder had lost its pair.npz; a case whose dvh.csv was missing, or a named pipe, was complete for --resume
+    and merge. A row of another input is kept only while its folder is complete as --resume decides (every file its
+    export wrote a regular file), else left out with a note."""
+    first = tmp_path / "a"
+    for n in range(3):
+        hostile.study(first / f"P{n}", f"KEPT-{n}", seed=30 + n)
+    other = tmp_path / "b"
+    hostile.study(other / "PB", "KEPT-B", seed=40)
+    out = tmp_path / "out"
+    assert _export(first, out) == 0
+    rows = {r["patient"]: r["case_id"] for r in hostile.manifest(out)}
+    (out / rows["KEPT-0"] / "pair.npz").unlink()
+    (out / rows["KEPT-1"] / "dvh.csv").unlink()
+    os.mkfifo(out / rows["KEPT-1"] / "dvh.csv")
+    capsys.readouterr()
+    assert _export(other, out, "--append") == 0
+    text = capsys.readouterr().out
+    kept = {r["patient"]: r["status"] for r in hostile.manifest(out)}
+    assert kept == {"KEPT-2": "ok", "KEPT-B": "ok"}, (kept, text)
+    assert "2 row(s) of other inputs left out of manifest.csv, their case folders not complete" in text, text
+    assert "dvh.csv is a named pipe" in text, text
+    capsys.readouterr()
+    assert _export(first, out, "--resume", "--append") == 1  # its own input again: dvh.csv's pipe is not replaced
+    status = {r["patient"]: r["status"] for r in hostile.manifest(out)}
+    assert status["KEPT-0"] == "ok" and status["KEPT-1"] == "failed" and status["KEPT-2"] == "skipped", status

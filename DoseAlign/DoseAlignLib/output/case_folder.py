@@ -1053,4 +1053,12 @@ def archive_problem(folder: Path, meta: Optional[dict] = None) -> Optional[str]:
         elif kind != "missing":  # (missing: the format is written again at the end) a pipe, a folder, a link: not
             # DoseAlign's file, and not to be read or vouched for (nineteenth hostile trial S4, S5)
             return f"{name} is {kind}, not a file DoseAlign wrote"
+    for name in sorted(_written_files(meta) or ()):  # every file its export wrote (dvh.csv too: twentieth trial T5)
+        if name == "meta.json" or os.path.isabs(name) or ".." in Path(name).parts:
+            continue
+        kind = "a symbolic link" if os.path.islink(folder / name) else entry_kind(folder / name)
+        if kind == "missing":
+            return f"{name} is missing"
+        if kind is not None:
+            return f"{name} is {kind}, not a file DoseAlign wrote"
     return None
