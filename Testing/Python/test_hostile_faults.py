@@ -2566,3 +2566,20 @@ def test_a_dataset_h5_holding_a_large_attribute_is_not_read(cohort, tmp_path):
     assert "dataset.h5 of an earlier run removed" in done.stdout and "besides its arrays" in done.stdout, done.stdout
     assert not (out / "dataset.h5").exists()
     assert {r["status"] for r in hostile.manifest(out)} == {"skipped"}
+
+
+@pytest.mark.parametrize("layout", ["npz", "npy"])
+def test_a_case_whose_meta_json_is_damaged_is_exported_again_in_either_layout(cohort, tmp_path, layout):
+    """Twentieth hostile trial T9: with --layout npy a case folder whose meta.json was damaged was "not a DoseAlign case
+    folder" (only pair.npz counted as DoseAlign's mark), and its case failed at every run. Its whole ct.npy counts as
+    pair.npz does: the case is exported again, as in the default layout."""
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--layout", layout]
+    assert main(["export", *args]) == 0
+    case = out / hostile.manifest(out)[0]["case_id"]
+    (case / "meta.json").write_bytes((case / "meta.json").read_bytes()[:200])  # cut short
+    for extra in (["--resume"], []):
+        assert main(["export", *args, *extra]) == 0, extra
+        status = {r["case_id"]: r["status"] for r in hostile.manifest(out)}[case.name]
+        assert status == "ok", (extra, status)
+        (case / "meta.json").write_bytes((case / "meta.json").read_bytes()[:200])

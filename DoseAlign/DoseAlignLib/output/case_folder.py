@@ -913,8 +913,11 @@ def _foreign(folder: Path) -> Optional[str]:
     if not folder.is_dir():
         return "it is not a folder"
     meta = _meta_file_problem(folder / "meta.json")
-    if isinstance(meta, str) and entry_kind(folder / "pair.npz") is not None:
-        return "it holds no meta.json or pair.npz of DoseAlign"
+    arrays = entry_kind(folder / "pair.npz") is None or (  # (--layout npy: its ct.npy, whole: twentieth trial T9)
+        entry_kind(folder / "ct.npy") is None and _npy_problem(folder / "ct.npy") is None
+    )
+    if isinstance(meta, str) and not arrays:
+        return "it holds no meta.json, pair.npz or ct.npy of DoseAlign"
     for base, _dirs, files in os.walk(folder):
         for name in sorted(files):
             path = os.path.join(base, name)
