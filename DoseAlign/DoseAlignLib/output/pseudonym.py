@@ -1407,15 +1407,24 @@ class NameSpellings:
         self.source = identity
         patterns = set()
         short = set()
+        first_parts = set()
         for parts in identity.persons:
             usable = [p for p in parts if len(p) >= 2]
+            first_parts.update(_part_pattern(p) for p in usable)
             for size in range(2, min(3, len(usable)) + 1):
                 for combo in itertools.permutations(usable, size):
                     if sum(len(p) for p in combo) >= MIN_JOINED:
                         patterns.add(_SEPARATORS.join(_part_pattern(p) for p in combo))
                     elif size == 2 and all(_alnum(p) for p in combo) and not _ideographic("".join(combo)):
                         short.add(combo)  # Li^Na: too short to be searched like the others
-        self.joined = re.compile("|".join(sorted(patterns, key=len, reverse=True)), re.IGNORECASE) if patterns else None
+        # the joined spellings (components two or three at a time, any order) are searched only in a text where one
+        # component is found, and compiled only then: hundreds of OtherPatientNames held a case for minutes, the
+        # alternation of their spellings matched against every string written (twentieth hostile trial T10)
+        self._joined_text = "|".join(sorted(patterns, key=len, reverse=True)) if patterns else ""
+        self._joined = None
+        self.any_part = (
+            re.compile("|".join(sorted(first_parts, key=len, reverse=True)), re.IGNORECASE) if patterns else None
+        )
         #: two-component names too short for :attr:`joined` (``Li^Na``), in DoseAlign's text and in the input's names
         self.short = self.short_inside = None
         if short:
@@ -1453,9 +1462,16 @@ class NameSpellings:
         cjk.update(re.escape(cjk_fold(w)) for w in self.words if _ideographic(w))
         self.cjk = re.compile("|".join(sorted(cjk, key=len, reverse=True))) if cjk else None
 
+    @property
+    def joined(self):
+        """The joined spellings of the names, one pattern (compiled when first needed); None when there are none."""
+        if self._joined is None and self._joined_text:
+            self._joined = re.compile(self._joined_text, re.IGNORECASE)
+        return self._joined
+
     def _latin_spans(self, text: str, own: bool = True) -> list:
         found = []
-        if self.joined is not None:
+        if self.any_part is not None and self.any_part.search(text):  # (a joined spelling begins with a component)
             found.extend(m.span() for m in self.joined.finditer(text) if m.end() > m.start())
         if self.words:
             found.extend(
