@@ -1370,6 +1370,7 @@ def _name_pieces(chunk: str) -> list:
     return [p for p in out if p]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # each component once, not once a spelling it is part of (T10: 14.7 M calls)
 def _part_pattern(part: str) -> str:
     """A name component as a pattern of the rewriting: its runs of letters and digits with any run of other
     characters, or none, between them. A letter lost to a wrong character set (``M\ufffdller``, ``Mu?ller`` in one
@@ -1405,25 +1406,29 @@ class NameSpellings:
 
     def __init__(self, identity: Identity) -> None:
         self.source = identity
-        patterns = set()
         short = set()
         first_parts = set()
+        #: per name: (its components, one pattern; its joined spellings, one pattern), compiled when first needed
+        self._people: list = []
         for parts in identity.persons:
             usable = [p for p in parts if len(p) >= 2]
-            first_parts.update(_part_pattern(p) for p in usable)
+            patterns = set()
             for size in range(2, min(3, len(usable)) + 1):
                 for combo in itertools.permutations(usable, size):
                     if sum(len(p) for p in combo) >= MIN_JOINED:
                         patterns.add(_SEPARATORS.join(_part_pattern(p) for p in combo))
                     elif size == 2 and all(_alnum(p) for p in combo) and not _ideographic("".join(combo)):
                         short.add(combo)  # Li^Na: too short to be searched like the others
-        # the joined spellings (components two or three at a time, any order) are searched only in a text where one
-        # component is found, and compiled only then: hundreds of OtherPatientNames held a case for minutes, the
-        # alternation of their spellings matched against every string written (twentieth hostile trial T10)
-        self._joined_text = "|".join(sorted(patterns, key=len, reverse=True)) if patterns else ""
-        self._joined = None
+            if patterns:
+                components = sorted({_part_pattern(p) for p in usable}, key=len, reverse=True)
+                first_parts.update(components)
+                self._people.append(["|".join(components), "|".join(sorted(patterns, key=len, reverse=True))])
+        # each name's joined spellings (components two or three at a time, any order) are searched only in a text
+        # where one of its components is found, and compiled only then: hundreds of OtherPatientNames held a case
+        # for minutes, one alternation of all their spellings compiled and matched against every string written
+        # (twentieth hostile trial T10)
         self.any_part = (
-            re.compile("|".join(sorted(first_parts, key=len, reverse=True)), re.IGNORECASE) if patterns else None
+            re.compile("|".join(sorted(first_parts, key=len, reverse=True)), re.IGNORECASE) if first_parts else None
         )
         #: two-component names too short for :attr:`joined` (``Li^Na``), in DoseAlign's text and in the input's names
         self.short = self.short_inside = None
@@ -1462,17 +1467,23 @@ class NameSpellings:
         cjk.update(re.escape(cjk_fold(w)) for w in self.words if _ideographic(w))
         self.cjk = re.compile("|".join(sorted(cjk, key=len, reverse=True))) if cjk else None
 
-    @property
-    def joined(self):
-        """The joined spellings of the names, one pattern (compiled when first needed); None when there are none."""
-        if self._joined is None and self._joined_text:
-            self._joined = re.compile(self._joined_text, re.IGNORECASE)
-        return self._joined
+    def _joined_spans(self, text: str) -> list:
+        """Spans of the joined spellings of each name one of whose components ``text`` holds."""
+        found = []
+        for person in self._people:
+            if isinstance(person[0], str):
+                person[0] = re.compile(person[0], re.IGNORECASE)
+            if not person[0].search(text):
+                continue
+            if isinstance(person[1], str):
+                person[1] = re.compile(person[1], re.IGNORECASE)
+            found.extend(m.span() for m in person[1].finditer(text) if m.end() > m.start())
+        return found
 
     def _latin_spans(self, text: str, own: bool = True) -> list:
         found = []
         if self.any_part is not None and self.any_part.search(text):  # (a joined spelling begins with a component)
-            found.extend(m.span() for m in self.joined.finditer(text) if m.end() > m.start())
+            found.extend(self._joined_spans(text))
         if self.words:
             found.extend(
                 (a, b)
