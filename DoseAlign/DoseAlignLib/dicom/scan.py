@@ -937,7 +937,7 @@ CONTENT_KEYWORDS = (
 
 
 def same_content(first: Path, second: Path) -> bool:
-    """Whether two files that share a SOPInstanceUID are copies of one image.
+    """Whether two CT files that share a SOPInstanceUID are copies of one image (RTDOSE files: :func:`same_dose`).
 
     The same bytes, or the same pixel data, geometry and scaling (a re-export may differ in other
     tags). Files that cannot be read count as different.

@@ -326,8 +326,8 @@ def recorded_digest(source) -> Optional[str]:
 
 
 def dose_digest(case, key: Optional[bytes] = None) -> Optional[str]:
-    """A digest of what the case's RTDOSE files hold (each file's grid, units and dose values in Gy, the files in any
-    order), as a decimal number (no run of it reads as a date or an ID: it is all one number); keyed (HMAC) when
+    """A digest of what the case's RTDOSE files hold (each file's :func:`~DoseAlignLib.dicom.rtdose.content_digest` and
+    :func:`~DoseAlignLib.dicom.scan.dose_belongs_to`, the files in any order), as a decimal number (no run of it reads as a date or an ID: it is all one number); keyed (HMAC) when
     ``key`` is given, as a pseudonymized export records it. None when a file cannot be read or decoded within the
     bound of :data:`~DoseAlignLib.dicom.scan.MAX_COMPARED_PIXEL_BYTES`.
 
