@@ -1879,3 +1879,63 @@ def test_a_name_spelled_by_the_letters_of_dosealigns_own_tokens_is_no_leak():
     for text in ["ROI becca here", "xxbeccayy", f"{token} Becca", "BeccaDee"]:
         assert rewriting.find_identity(text) == "a patient name", text
         assert "[removed]" in rewriting.text(text), text
+
+
+def _crowded_identity(other_names: int):
+    """Chen^Wei and Yu^Kai (components too short to be found inside words alone) among ``other_names`` other
+    names of four made-up words each."""
+    import random
+
+    from DoseAlignLib.output import pseudonym
+
+    rnd = random.Random(3)
+
+    def word() -> str:
+        return "".join(rnd.choice("bcdfghklmnprstvz") + rnd.choice("aeiou") for _ in range(3)).capitalize()
+
+    identity = pseudonym.Identity()
+    identity.add_name("Chen^Wei")
+    identity.add_name("Yu^Kai")
+    for _ in range(other_names):
+        identity.add_name(f"{word()} {word()}^{word()} {word()}")
+    return identity
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ptvweichenboost", "CHEN_WEI ring", "kaiyu2", "ptvyukai", "ptv\u212aaiyu", "ptvka\u0131yu", "wei.chen"],
+)
+def test_joined_names_among_hundreds_of_other_names_are_found_on_both_sides(text):
+    """From the twentieth hostile trial (T10): hundreds of OtherPatientNames held a case for minutes, each name's
+    joined spellings tried in every text. Both sides now try only the names one of whose components the text
+    holds; a joined spelling of two short components (``weichen``, with a Kelvin sign or a dotless i too) is still
+    found among 300 other names, as it is alone."""
+    from DoseAlignLib.output import pseudonym
+
+    alone = pseudonym.NameSpellings(_crowded_identity(0))
+    crowded = pseudonym.NameSpellings(_crowded_identity(300))
+    assert len(crowded._part_keys) > pseudonym._Needles.PLAIN_LOOP  # the index is what is tested here
+    found = sorted(alone._joined_spans(text))
+    assert found, text
+    assert sorted(crowded._joined_spans(text)) == found
+    assert crowded.redact(text) != text
+    guard = pseudonym.IdentityGuard(_crowded_identity(300))
+    assert len(guard.squeezed_names) > pseudonym._Needles.PLAIN_LOOP
+    assert guard.find(text) == "a patient name"
+    for harmless in ("ptvwiechenboost", "ptvyukia", "kiayu2"):
+        assert guard.find(harmless) == "", harmless
+
+
+def test_needles_are_found_as_a_plain_search_finds_them():
+    """:class:`_Needles` (the check's index of joined names) answers as ``any(needle in text)`` does."""
+    import random
+
+    from DoseAlignLib.output import pseudonym
+
+    rnd = random.Random(5)
+    for trial in range(40):
+        needles = {"".join(rnd.choice("abc") for _ in range(rnd.randint(2, 7))) for _ in range(rnd.choice((5, 200)))}
+        index = pseudonym._Needles(needles)
+        for _ in range(30):
+            text = "".join(rnd.choice("abcd") for _ in range(rnd.randint(0, 12)))
+            assert index.in_text(text) == any(n in text for n in needles), (trial, text)

@@ -1383,6 +1383,13 @@ def _part_pattern(part: str) -> str:
     return r"[\W_]*".join(r"[\W_]*".join(re.escape(p) for p in _name_pieces(c)) for c in chunks)
 
 
+def _joined_key(text: str) -> str:
+    """``text``'s letters and digits, case-folded as the rewriting's patterns match them (``re.IGNORECASE`` also
+    takes a dotless ı for an i): a component's pattern (:func:`_part_pattern`) matches only where its own key
+    is in the text's."""
+    return "".join(c for c in text.casefold().replace("\u0131", "i") if c.isalnum())
+
+
 def _short_joined(a: str, b: str, inside: bool) -> str:
     """The rewriting's pattern of a name of two short components (``Li^Na``: four letters, too few to be searched
     inside other words): ``inside`` (a name the input gave) its letters in order with anything but letters and digits
@@ -1393,6 +1400,39 @@ def _short_joined(a: str, b: str, inside: bool) -> str:
     if inside:
         return r"[\W_]*".join(re.escape(c) for c in letters)
     return re.escape(_alnum(a)) + r"(?:[\s_\-.^,]*)" + re.escape(_alnum(b))
+
+
+class _Needles:
+    """Strings to look for inside texts, found in one reading of each text: at each position only the strings that
+    begin with the text's next characters are tried. A loop over every string had the check try each of some
+    300 000 joined spellings of 800 other names in every text written, for minutes (twentieth hostile trial T10)."""
+
+    #: Up to this many strings a plain loop is quicker than reading the text position by position.
+    PLAIN_LOOP = 64
+
+    def __init__(self, needles: Iterable[str]) -> None:
+        self.needles = sorted({n for n in needles if n})
+        self.width = min((len(n) for n in self.needles), default=0)
+        self.by_start: dict = {}
+        for needle in self.needles:
+            self.by_start.setdefault(needle[: self.width], []).append(needle)
+
+    def __bool__(self) -> bool:
+        return bool(self.needles)
+
+    def __len__(self) -> int:
+        return len(self.needles)
+
+    def in_text(self, text: str) -> bool:
+        """Whether one of the strings occurs in ``text``."""
+        if len(self.needles) <= self.PLAIN_LOOP:
+            return any(needle in text for needle in self.needles)
+        width, starting = self.width, self.by_start.get
+        for start in range(len(text) - width + 1):
+            candidates = starting(text[start : start + width])
+            if candidates is not None and any(text.startswith(needle, start) for needle in candidates):
+                return True
+        return False
 
 
 class NameSpellings:
@@ -1410,6 +1450,9 @@ class NameSpellings:
         first_parts = set()
         #: per name: (its components, one pattern; its joined spellings, one pattern), compiled when first needed
         self._people: list = []
+        #: the indexes in :attr:`_people` by each component's letters and digits (:func:`_joined_key`); under ''
+        #: names with a component of other letters, which are tried in every text
+        self._people_by_part: dict = {}
         for parts in identity.persons:
             usable = [p for p in parts if len(p) >= 2]
             patterns = set()
@@ -1422,6 +1465,9 @@ class NameSpellings:
             if patterns:
                 components = sorted({_part_pattern(p) for p in usable}, key=len, reverse=True)
                 first_parts.update(components)
+                keys = {_joined_key(p) for p in usable}
+                for key in keys if all(k.isascii() for k in keys) else ("",):
+                    self._people_by_part.setdefault(key, []).append(len(self._people))
                 self._people.append(["|".join(components), "|".join(sorted(patterns, key=len, reverse=True))])
         # each name's joined spellings (components two or three at a time, any order) are searched only in a text
         # where one of its components is found, and compiled only then: hundreds of OtherPatientNames held a case
@@ -1430,6 +1476,7 @@ class NameSpellings:
         self.any_part = (
             re.compile("|".join(sorted(first_parts, key=len, reverse=True)), re.IGNORECASE) if first_parts else None
         )
+        self._part_keys = _Needles(k for k in self._people_by_part if k)
         #: two-component names too short for :attr:`joined` (``Li^Na``), in DoseAlign's text and in the input's names
         self.short = self.short_inside = None
         if short:
@@ -1470,7 +1517,18 @@ class NameSpellings:
     def _joined_spans(self, text: str) -> list:
         """Spans of the joined spellings of each name one of whose components ``text`` holds."""
         found = []
-        for person in self._people:
+        squeezed = _joined_key(text)
+        candidates = set(self._people_by_part.get("", ()))
+        if len(self._part_keys) <= _Needles.PLAIN_LOOP:
+            candidates.update(range(len(self._people)))
+        else:  # only names one of whose components the text holds (T10: 800 other names tried in every text)
+            width, starting = self._part_keys.width, self._part_keys.by_start.get
+            for start in range(len(squeezed) - width + 1):
+                for key in starting(squeezed[start : start + width]) or ():
+                    if squeezed.startswith(key, start):
+                        candidates.update(self._people_by_part[key])
+        for index in sorted(candidates):
+            person = self._people[index]
             if isinstance(person[0], str):
                 person[0] = re.compile(person[0], re.IGNORECASE)
             if not person[0].search(text):
@@ -1704,7 +1762,7 @@ class IdentityGuard:
             options = [sorted(_guard_spellings_of(p) | {p.casefold()}) for p in parts]
             spelled.update(itertools.islice(itertools.product(*options), 4 * _GUARD_MAX_SPELLINGS))
         self.alone |= {p for parts in spelled for p in parts if len(p) >= MIN_NAME_PART and p.isalnum()}
-        self.squeezed_names = set()
+        squeezed_names = set()
         #: names of two components too short to search in squeezed text (``lina``: its components ``li``, ``na``)
         self.short_names: dict = {}
         for parts in identity.persons | folded | spelled:
@@ -1714,9 +1772,14 @@ class IdentityGuard:
                 for combo in itertools.permutations(letters, size) if len(letters) >= size else ():
                     joined = "".join(combo)
                     if len(joined) >= MIN_JOINED:
-                        self.squeezed_names.add(joined)
+                        squeezed_names.add(joined)
                     elif size == 2 and joined.isascii():
                         self.short_names[joined] = combo  # Li^Na: four letters
+        #: every name joined (two or three components, any order), its components alone where they are long
+        #: enough to be read inside other words, and both with the words apart
+        self.squeezed_names = _Needles(squeezed_names | self.joined_cjk)
+        self.inside_parts = _Needles(p for p in self.alone if len(p) >= MIN_INSIDE or _cjk(p))
+        self.alone_words = self.alone | self.single_cjk
         self.ids = {"".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers}
         self.ids.discard("")
         # an ID's numbers also without their leading zeros (0072315: 72315; mrn0072315: mrn72315, and 72315 as a
@@ -1842,11 +1905,11 @@ class IdentityGuard:
         camel = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
         found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
         exempt = OWN_VOCABULARY if own else frozenset()
-        if words and (found_words - exempt) & (self.alone | self.single_cjk):
+        if words and (found_words - exempt) & self.alone_words:
             return "a patient name"
         named = self._without_own(lowered, "\0") if self.own else lowered  # names are not read inside own tokens
         squeezed = "".join(c for c in named if c.isalnum() or c == "\0")
-        if any(name in squeezed for name in self.squeezed_names) or any(n in squeezed for n in self.joined_cjk):
+        if self.squeezed_names.in_text(squeezed):
             return "a patient name"
         if words and self.short_names and self._short_name(camel, squeezed, own):
             return "a patient name"
@@ -1854,7 +1917,7 @@ class IdentityGuard:
             # a single component inside other words, not across DoseAlign's own words ("across its" holds no Rossi)
             free = re.sub(r"[^\W\d_]+", lambda m: "\0" if m.group(0) in exempt else m.group(0), named)
             pieces = "".join(c for c in free if c.isalnum() or c == "\0")
-            if any((len(part) >= MIN_INSIDE or _cjk(part)) and part in pieces for part in self.alone):
+            if self.inside_parts.in_text(pieces):
                 return "a patient name"
         if self.dates and self.dates & _dates_in(self._without_own(text)):
             return "a date"
