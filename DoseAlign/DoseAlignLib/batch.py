@@ -1514,6 +1514,7 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
         result = run_case(case, options, progress=steps, sink=output.add_array, **more)
         records = input_files(case)  # what --resume compares with the input files of a later run
         if pseudonymizer is not None:
+            say("pseudonymizing")  # the progress line names this step, not the one before it (T10)
             records, stamps = keyed_stamps(records, pseudonymizer.key)
             result.meta["source"]["input_files"] = records
             pseudonymizer.result(result)  # before meta.json and the extra files: meta, case id, text arrays
@@ -1527,7 +1528,7 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result, say))
         if pseudonymizer is not None:  # last: every file name and clear text of the case, checked for identity
-            extra.append(pseudonymizer.check_folder)
+            extra.append(_announced(pseudonymizer.check_folder, say, "checking the files for identity"))
         extra.append(lambda _folder: say("finishing pair.npz and meta.json"))  # after the others, before these
         output.finish(result, extra)
         output = None

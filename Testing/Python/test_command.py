@@ -394,6 +394,27 @@ def test_stages_of_a_case_reach_the_caller_serial_and_from_workers(study, tmp_pa
             said = [m for c, m in heard if c == case_id]
             assert said[0] == "reading CT" and said[-1] == "finishing pair.npz and meta.json", said
             assert "writing qa.png" in said and "done" not in said
+            assert "pseudonymizing" not in said
+
+
+def test_the_pseudonymizing_steps_are_named_in_the_progress(study, tmp_path):
+    """From the twentieth hostile trial (T10): the time spent rewriting and checking for identity was shown as
+    "writing qa.png", the step announced before it."""
+    heard = []
+    out = tmp_path / "out"
+    pseudonymizer = api.make_pseudonymizer(out, tmp_path / "key", False, tmp_path / "map.csv", input_root=study)[0]
+    report = api.export_folder(
+        study,
+        out,
+        api.AlignOptions(),
+        workers=1,
+        pseudonymizer=pseudonymizer,
+        stage=lambda case_id, message: heard.append(message),
+    )
+    assert report.rows and all(row["status"] == "ok" for row in report.rows)
+    assert heard.index("pseudonymizing") < heard.index("writing qa.png")
+    assert heard.index("writing qa.png") < heard.index("checking the files for identity")
+    assert heard[-1] == "finishing pair.npz and meta.json"
 
 
 def test_progress_shows_stages_only_for_a_long_case(monkeypatch):
