@@ -1881,9 +1881,9 @@ def test_a_name_spelled_by_the_letters_of_dosealigns_own_tokens_is_no_leak():
         assert "[removed]" in rewriting.text(text), text
 
 
-def _crowded_identity(other_names: int):
+def _crowded_identity(other_names: int, particle: str = ""):
     """Chen^Wei and Yu^Kai (components too short to be found inside words alone) among ``other_names`` other
-    names of four made-up words each."""
+    names of four made-up words each (the family name after ``particle``)."""
     import random
 
     from DoseAlignLib.output import pseudonym
@@ -1897,7 +1897,7 @@ def _crowded_identity(other_names: int):
     identity.add_name("Chen^Wei")
     identity.add_name("Yu^Kai")
     for _ in range(other_names):
-        identity.add_name(f"{word()} {word()}^{word()} {word()}")
+        identity.add_name(f"{particle} {word()} {word()}^{word()} {word()}".strip())
     return identity
 
 
@@ -1914,7 +1914,7 @@ def test_joined_names_among_hundreds_of_other_names_are_found_on_both_sides(text
 
     alone = pseudonym.NameSpellings(_crowded_identity(0))
     crowded = pseudonym.NameSpellings(_crowded_identity(300))
-    assert len(crowded._part_keys) > pseudonym._Needles.PLAIN_LOOP  # the index is what is tested here
+    assert len(crowded._spelling_keys) > pseudonym._Needles.PLAIN_LOOP  # the index is what is tested here
     found = sorted(alone._joined_spans(text))
     assert found, text
     assert sorted(crowded._joined_spans(text)) == found
@@ -1924,6 +1924,21 @@ def test_joined_names_among_hundreds_of_other_names_are_found_on_both_sides(text
     assert guard.find(text) == "a patient name"
     for harmless in ("ptvwiechenboost", "ptvyukia", "kiayu2"):
         assert guard.find(harmless) == "", harmless
+
+
+def test_a_name_component_found_in_most_words_does_not_make_every_spelling_searched():
+    """From the twenty-first hostile trial (U1): a particle ``de`` in each of 800 other names (found in ``dose``,
+    ``decided``) had every name's joined spellings compiled and searched in every string written (59 s a case).
+    Only the spellings whose letters a text holds are compiled now."""
+    from DoseAlignLib.output import pseudonym
+
+    crowded = pseudonym.NameSpellings(_crowded_identity(300, particle="de"))
+    pseudonym._alternation.cache_clear()
+    text = "dose decided by the planned dose grid, de-escalated"
+    assert crowded.redact(text) == text
+    assert pseudonym._alternation.cache_info().currsize == 0
+    assert crowded.redact("PTV_weichen") == "PTV_" + pseudonym.REMOVED
+    assert pseudonym._alternation.cache_info().currsize == 1
 
 
 def test_needles_are_found_as_a_plain_search_finds_them():
@@ -1939,3 +1954,4 @@ def test_needles_are_found_as_a_plain_search_finds_them():
         for _ in range(30):
             text = "".join(rnd.choice("abcd") for _ in range(rnd.randint(0, 12)))
             assert index.in_text(text) == any(n in text for n in needles), (trial, text)
+            assert index.found_in(text) == {n for n in needles if n in text}, (trial, text)

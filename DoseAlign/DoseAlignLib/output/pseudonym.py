@@ -1390,6 +1390,12 @@ def _joined_key(text: str) -> str:
     return "".join(c for c in text.casefold().replace("\u0131", "i") if c.isalnum())
 
 
+@functools.lru_cache(maxsize=1 << 12)
+def _alternation(patterns: tuple) -> re.Pattern:
+    """One name's joined spellings that a text may hold, as one pattern (longest first), compiled once."""
+    return re.compile("|".join(patterns), re.IGNORECASE)
+
+
 def _short_joined(a: str, b: str, inside: bool) -> str:
     """The rewriting's pattern of a name of two short components (``Li^Na``: four letters, too few to be searched
     inside other words): ``inside`` (a name the input gave) its letters in order with anything but letters and digits
@@ -1403,19 +1409,20 @@ def _short_joined(a: str, b: str, inside: bool) -> str:
 
 
 class _Needles:
-    """Strings to look for inside texts, found in one reading of each text: at each position only the strings that
-    begin with the text's next characters are tried. A loop over every string had the check try each of some
-    300 000 joined spellings of 800 other names in every text written, for minutes (twentieth hostile trial T10)."""
+    """Strings to look for inside texts, found in one reading of each text: at each position, each length the
+    strings have is looked up in a set. A loop over every string had the check try each of some 300 000 joined
+    spellings of 800 other names in every text written, for minutes (twentieth hostile trial T10); the time now
+    grows with the text and the number of lengths, not with the number of strings."""
 
     #: Up to this many strings a plain loop is quicker than reading the text position by position.
     PLAIN_LOOP = 64
 
     def __init__(self, needles: Iterable[str]) -> None:
-        self.needles = sorted({n for n in needles if n})
-        self.width = min((len(n) for n in self.needles), default=0)
-        self.by_start: dict = {}
+        self.needles = {n for n in needles if n}
+        self.by_length: dict = {}
         for needle in self.needles:
-            self.by_start.setdefault(needle[: self.width], []).append(needle)
+            self.by_length.setdefault(len(needle), set()).add(needle)
+        self.lengths = sorted(self.by_length)
 
     def __bool__(self) -> bool:
         return bool(self.needles)
@@ -1427,12 +1434,24 @@ class _Needles:
         """Whether one of the strings occurs in ``text``."""
         if len(self.needles) <= self.PLAIN_LOOP:
             return any(needle in text for needle in self.needles)
-        width, starting = self.width, self.by_start.get
-        for start in range(len(text) - width + 1):
-            candidates = starting(text[start : start + width])
-            if candidates is not None and any(text.startswith(needle, start) for needle in candidates):
-                return True
-        return False
+        return next(self._occurring(text), None) is not None
+
+    def found_in(self, text: str) -> set:
+        """The strings that occur in ``text``."""
+        if len(self.needles) <= self.PLAIN_LOOP:
+            return {needle for needle in self.needles if needle in text}
+        return set(self._occurring(text))
+
+    def _occurring(self, text: str):
+        by_length = self.by_length
+        for start in range(len(text)):
+            left = len(text) - start
+            for length in self.lengths:
+                if length > left:
+                    break
+                piece = text[start : start + length]
+                if piece in by_length[length]:
+                    yield piece
 
 
 class NameSpellings:
@@ -1447,36 +1466,25 @@ class NameSpellings:
     def __init__(self, identity: Identity) -> None:
         self.source = identity
         short = set()
-        first_parts = set()
-        #: per name: (its components, one pattern; its joined spellings, one pattern), compiled when first needed
-        self._people: list = []
-        #: the indexes in :attr:`_people` by each component's letters and digits (:func:`_joined_key`); under ''
-        #: names with a component of other letters, which are tried in every text
-        self._people_by_part: dict = {}
-        for parts in identity.persons:
+        #: each joined spelling's pattern with the name it spells (a number), under its letters and
+        #: digits (:func:`_joined_key`): a pattern matches only where that key is in the text's, so only the
+        #: spellings whose key a text holds are compiled and searched. Hundreds of OtherPatientNames held a case for
+        #: minutes, every spelling searched in every string written (twentieth hostile trial T10), and so did a
+        #: name component found in most words (a particle ``de``: twenty-first trial U1).
+        self._spellings: dict = {}
+        for person, parts in enumerate(identity.persons):
             usable = [p for p in parts if len(p) >= 2]
-            patterns = set()
             for size in range(2, min(3, len(usable)) + 1):
                 for combo in itertools.permutations(usable, size):
                     if sum(len(p) for p in combo) >= MIN_JOINED:
-                        patterns.add(_SEPARATORS.join(_part_pattern(p) for p in combo))
+                        pattern = _SEPARATORS.join(_part_pattern(p) for p in combo)
+                        key = "".join(_joined_key(p) for p in combo)
+                        self._spellings.setdefault(key, set()).add((person, pattern))
                     elif size == 2 and all(_alnum(p) for p in combo) and not _ideographic("".join(combo)):
                         short.add(combo)  # Li^Na: too short to be searched like the others
-            if patterns:
-                components = sorted({_part_pattern(p) for p in usable}, key=len, reverse=True)
-                first_parts.update(components)
-                keys = {_joined_key(p) for p in usable}
-                for key in keys if all(k.isascii() for k in keys) else ("",):
-                    self._people_by_part.setdefault(key, []).append(len(self._people))
-                self._people.append(["|".join(components), "|".join(sorted(patterns, key=len, reverse=True))])
-        # each name's joined spellings (components two or three at a time, any order) are searched only in a text
-        # where one of its components is found, and compiled only then: hundreds of OtherPatientNames held a case
-        # for minutes, one alternation of all their spellings compiled and matched against every string written
-        # (twentieth hostile trial T10)
-        self.any_part = (
-            re.compile("|".join(sorted(first_parts, key=len, reverse=True)), re.IGNORECASE) if first_parts else None
-        )
-        self._part_keys = _Needles(k for k in self._people_by_part if k)
+        self._spelling_keys = _Needles(self._spellings)
+        #: spellings of no letters or digits at all, tried in every text
+        self._keyless = sorted(self._spellings.get("", ()))
         #: two-component names too short for :attr:`joined` (``Li^Na``), in DoseAlign's text and in the input's names
         self.short = self.short_inside = None
         if short:
@@ -1515,33 +1523,22 @@ class NameSpellings:
         self.cjk = re.compile("|".join(sorted(cjk, key=len, reverse=True))) if cjk else None
 
     def _joined_spans(self, text: str) -> list:
-        """Spans of the joined spellings of each name one of whose components ``text`` holds."""
+        """Spans of the joined spellings of each name whose letters and digits ``text`` holds, each name's found
+        on their own (the spans of two names may overlap)."""
+        by_person: dict = {}
+        for key in self._spelling_keys.found_in(_joined_key(text)):
+            for person, pattern in self._spellings[key]:
+                by_person.setdefault(person, set()).add(pattern)
+        for person, pattern in self._keyless:
+            by_person.setdefault(person, set()).add(pattern)
         found = []
-        squeezed = _joined_key(text)
-        candidates = set(self._people_by_part.get("", ()))
-        if len(self._part_keys) <= _Needles.PLAIN_LOOP:
-            candidates.update(range(len(self._people)))
-        else:  # only names one of whose components the text holds (T10: 800 other names tried in every text)
-            width, starting = self._part_keys.width, self._part_keys.by_start.get
-            for start in range(len(squeezed) - width + 1):
-                for key in starting(squeezed[start : start + width]) or ():
-                    if squeezed.startswith(key, start):
-                        candidates.update(self._people_by_part[key])
-        for index in sorted(candidates):
-            person = self._people[index]
-            if isinstance(person[0], str):
-                person[0] = re.compile(person[0], re.IGNORECASE)
-            if not person[0].search(text):
-                continue
-            if isinstance(person[1], str):
-                person[1] = re.compile(person[1], re.IGNORECASE)
-            found.extend(m.span() for m in person[1].finditer(text) if m.end() > m.start())
+        for person in sorted(by_person):
+            joined = _alternation(tuple(sorted(by_person[person], key=lambda p: (-len(p), p))))
+            found.extend(m.span() for m in joined.finditer(text) if m.end() > m.start())
         return found
 
     def _latin_spans(self, text: str, own: bool = True) -> list:
-        found = []
-        if self.any_part is not None and self.any_part.search(text):  # (a joined spelling begins with a component)
-            found.extend(self._joined_spans(text))
+        found = self._joined_spans(text)
         if self.words:
             found.extend(
                 (a, b)
