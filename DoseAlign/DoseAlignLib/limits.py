@@ -352,6 +352,8 @@ def entry_kind(path) -> Optional[str]:
         return "a symbolic link to nothing" if os.path.islink(path) else "missing"
     except OSError as error:
         return f"not readable ({error.strerror or error})"
+    except (ValueError, UnicodeError):  # a NUL or a character the file system cannot name
+        return "no usable file name"
     if stat.S_ISREG(mode):
         return None
     kind = special_kind(mode)

@@ -680,3 +680,26 @@ def test_append_keeps_another_inputs_row_only_while_its_folder_is_complete(tmp_p
     assert _export(first, out, "--resume", "--append") == 1  # its own input again: dvh.csv's pipe is not replaced
     status = {r["patient"]: r["status"] for r in hostile.manifest(out)}
     assert status["KEPT-0"] == "ok" and status["KEPT-1"] == "failed" and status["KEPT-2"] == "skipped", status
+
+
+@pytest.mark.parametrize("name", ["dvh\u0000.csv", "dvh\ud800.csv"])
+def test_a_file_name_no_file_system_can_hold_in_meta_json_makes_the_case_damaged(tmp_path, capsys, name):
+    """Twenty-first hostile trial U6: one name in a kept case's meta.json `case_files` holding a NUL or a lone
+    surrogate stopped export --resume, --append and merge with exit 2 and a usage message naming no case. Such a
+    case's outputs are damaged: --resume exports it again, with the reason."""
+    root = tmp_path / "a"
+    hostile.study(root / "P1", "NAMES-1", seed=11)
+    out = tmp_path / "out"
+    assert _export(root, out) == 0
+    (row,) = hostile.manifest(out)
+    meta_path = out / row["case_id"] / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["case_files"].append(name)
+    meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    capsys.readouterr()
+    assert _export(root, out, "--resume") == 0
+    text = capsys.readouterr().out
+    assert "which is no name of a file in the case folder" in text, text
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "ok"
+    assert name not in json.loads(meta_path.read_text(encoding="utf-8"))["case_files"]

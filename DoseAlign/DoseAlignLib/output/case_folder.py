@@ -819,6 +819,16 @@ def foreign_entries(folder: Path) -> list:
     return found
 
 
+def _usable_name(name: str) -> bool:
+    """Whether ``name``, a file name meta.json records, can name a file on this system (no NUL, nothing the file
+    system's encoding cannot write)."""
+    try:
+        os.fsencode(name)
+    except UnicodeError:
+        return False
+    return "\0" not in name
+
+
 def _written_files(meta) -> Optional[set]:
     """The files meta.json records as written by its export (``case_files``), or None when it records none."""
     listed = meta.get("case_files") if isinstance(meta, dict) else None
@@ -1047,6 +1057,9 @@ def archive_problem(folder: Path, meta: Optional[dict] = None) -> Optional[str]:
             return f"pair.npz fails its check: {type(error).__name__}: {error}"
     if not isinstance(meta, dict):  # case_problem says why
         return None
+    for name in sorted(set(_recorded_files(meta)) | set(_written_files(meta) or ())):
+        if not _usable_name(name):  # a NUL or an unencodable character stopped every run (twenty-first trial U6)
+            return f"meta.json lists {name!r}, which is no name of a file in the case folder"
     for name in sorted(n for n in _recorded_files(meta) if n and not os.path.isabs(n) and ".." not in Path(n).parts):
         kind = "a symbolic link" if os.path.islink(folder / name) else entry_kind(folder / name)
         if kind is None:
