@@ -2549,11 +2549,13 @@ def test_a_case_h5_holding_a_large_attribute_is_damaged_before_it_is_read(cohort
     assert {r["case_id"]: r["status"] for r in hostile.manifest(out)}[case.name] == "ok"
 
 
-def test_a_dataset_h5_holding_a_large_attribute_is_not_read(cohort, tmp_path):
+@pytest.mark.parametrize("empty_groups", [0, 40])
+def test_a_dataset_h5_holding_a_large_attribute_is_not_read(cohort, tmp_path, empty_groups):
     """Twentieth hostile trial T4: S8's bound covered case.h5 only; dataset.h5's per-case meta_json was read and parsed
     whole by every later export's stale-dataset check (a planted 400 MB attribute took 2.34 GB). What dataset.h5 holds
     besides its arrays is bounded by its cases' DOSEALIGN_META_MB before any attribute is read: it is removed as not
-    what DoseAlign wrote, and the cases are kept."""
+    what DoseAlign wrote, and the cases are kept. Twenty-first trial U2: the bound grew with the file's groups, and
+    40 empty ones let the attribute be read whole again; only groups that are cases of OUT count."""
     h5py = pytest.importorskip("h5py")
     out = tmp_path / "out"
     args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
@@ -2561,6 +2563,8 @@ def test_a_dataset_h5_holding_a_large_attribute_is_not_read(cohort, tmp_path):
     with h5py.File(out / "dataset.h5", "a") as handle:
         group = handle[next(iter(handle))]
         group.attrs["meta_json"] = group.attrs["meta_json"] + " " * (16 << 20)  # still JSON, 16 MiB more
+        for n in range(empty_groups):
+            handle.create_group(f"zz_empty_{n:03d}")
     done = hostile.dosealign("export", *args, "--resume", env={"DOSEALIGN_META_MB": "1"})
     assert done.returncode == 0, done.stderr
     assert "dataset.h5 of an earlier run removed" in done.stdout and "besides its arrays" in done.stdout, done.stdout

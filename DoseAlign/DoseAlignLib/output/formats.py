@@ -397,7 +397,7 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
             continue
         if not _made_by_dosealign(path, fmt):
             continue  # not DoseAlign's (or unreadable): not ours to judge
-        listed = _dataset_cases(path, fmt)
+        listed = _dataset_cases(path, fmt, cases)
         if isinstance(listed, str):  # not as DoseAlign wrote it: nothing of it was read
             listed, outside = {}, [f"{name} {listed}"]
         else:
@@ -447,10 +447,11 @@ def _case_essence(meta: dict) -> dict:
     return {key: value for key, value in meta.items() if key not in _ADDED_LATER}
 
 
-def _dataset_cases(path: Path, fmt: str):
+def _dataset_cases(path: Path, fmt: str, cases: Sequence[str]):
     """``{case_id: its meta.json less _ADDED_LATER as the file records it}`` (None where the file records none: a
-    datalist) of a DoseAlign dataset file; for an HDF5 file that links to other files, or holds more besides its
-    arrays than its cases' meta.json may take, why it is not read (a text)."""
+    datalist; ``{}`` for a group of dataset.h5 that is none of ``cases``, whose attributes are not read) of a
+    DoseAlign dataset file; for an HDF5 file that links to other files, or holds more besides its arrays than the
+    meta.json of those of ``cases`` it holds may take, why it is not read (a text)."""
     import json
 
     if fmt == "hdf5":
@@ -465,10 +466,14 @@ def _dataset_cases(path: Path, fmt: str):
             if outside is not None:  # not as DoseAlign wrote it (R9): nothing is read of it
                 return f"links to other files ({outside})"
             besides = besides_arrays(h5py, handle, path)
-            most = (2 * len(handle) + 2) * megabytes(limit("DOSEALIGN_META_MB")) + (1 << 20)
+            ours = set(handle) & set(cases)  # other groups (empty ones too) raise no bound (twenty-first trial U2)
+            most = (2 * len(ours) + 2) * megabytes(limit("DOSEALIGN_META_MB")) + (1 << 20)
             if besides > most:  # its attributes, meta_json above all, read as meta.json is (twentieth trial T4)
                 return f"holds {besides:,} bytes besides its arrays, more than its cases' meta.json may take"
             for case_id in handle:
+                if case_id not in ours:
+                    found[case_id] = {}  # no case of OUT's: the file is stale whatever it records
+                    continue
                 try:
                     found[case_id] = _case_essence(json.loads(handle[case_id].attrs["meta_json"]))
                 except (KeyError, ValueError, TypeError, AttributeError):
