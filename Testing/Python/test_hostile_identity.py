@@ -989,6 +989,7 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
         "v Mar 2 10:00:00,5 Z 1975",
     ]  # (T1)
     rois += ["w 2.3.'1975", "x 2 Mar '1975", "y 1975-03-'02", "z 2 Mar 10:00 1975"]  # (T2: the check read these; T1)
+    rois += ["aa 2ndMar1975", "ab PTV_2ndMarch1975", "ac 2NDMAR75"]  # (twenty-first trial U3: the check read these)
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = set(_names_of(out, row))
@@ -997,6 +998,7 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
     expected |= {"k [removed]", "l [removed]", "m [removed]", "n Sun [removed]", "o [removed]", "p [removed]"}
     expected |= {"q Sun [removed]", "r [removed]", "s [removed]", "t [removed]", "u [removed]", "v [removed]"}
     expected |= {"w [removed]", "x [removed]", "y [removed]", "z [removed]"}
+    expected |= {"aa [removed]", "ab PTV_[removed]", "ac [removed]"}
     assert expected <= names, sorted(names)
     identity = Identity()
     identity.dates.add("19750302")
@@ -1008,6 +1010,9 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
     for text in rois:  # whatever the check reads as the date, the rewriting removes (twentieth trial T2)
         assert guard.find(rewriting.text(text)) == "", (text, rewriting.text(text))
     for number in ["63.0584", "0.750302", "19750303093000", "197503021", "x 1.25e-05", "MJ40418.2", "1975030224"]:
+        assert guard.find(number) == "", number
+        assert rewriting.text(number) == number, number
+    for number in ["1stMar1975", "3rdMar1975", "2ndApr1975"]:  # other dates, glued to an ordinal too
         assert guard.find(number) == "", number
         assert rewriting.text(number) == number, number
 

@@ -2354,7 +2354,8 @@ def _date_pattern(date: str):
         ]
         if 1 <= m <= 12:
             names = [_MONTHS[0][m - 1], _MONTHS[1][m - 1]] + (["sept"] if m == 9 else [])
-            month = "(?<![A-Za-z])(?:" + "|".join(names) + r")\.?(?![A-Za-z])"
+            # (also glued to an ordinal day, 15thApr2023, as the check reads it: twenty-first trial U3)
+            month = "(?:(?<![A-Za-z])|(?<=[0-9](?:st|nd|rd|th)))(?:" + "|".join(names) + r")\.?(?![A-Za-z])"
             gap = r"[\s./\-_,]*"
             day = f"{dd}(?:st|nd|rd|th)?"
             forms += [
