@@ -1960,3 +1960,34 @@ def test_needles_are_found_as_a_plain_search_finds_them():
             text = "".join(rnd.choice("abcd") for _ in range(rnd.randint(0, 12)))
             assert index.in_text(text) == any(n in text for n in needles), (trial, text)
             assert index.found_in(text) == {n for n in needles if n in text}, (trial, text)
+
+
+def test_dates_and_ids_in_the_digits_of_other_scripts_are_removed():
+    """Twenty-first hostile trial U8: a date or ID written in Arabic-Indic, Persian or Devanagari digits
+    (``١٥.٠٤.٢٠٢٣``, ``QX٧٧٤١٥``) was kept by the rewriting and passed by the check: NFKC leaves those digits as they
+    are. Both sides read every decimal digit as its ASCII digit."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.dates.update({"20230415", "19750302"})
+    identity.patient_ids.add("QX77415")
+    guard = IdentityGuard(identity)
+    rewriting = Pseudonymizer(key=b"k" * 32, identity=identity)
+    arabic, persian, devanagari = "\u0660", "\u06f0", "\u0966"  # each script's zero
+
+    def written(text: str, zero: str) -> str:
+        return "".join(chr(ord(zero) + int(c)) if c.isdigit() else c for c in text)
+
+    for text, zero in [
+        ("PTV 15.04.2023", arabic),
+        ("CT 2023-04-15", persian),
+        ("born 02/03/1975", devanagari),
+        ("plan 20230415", arabic),
+        ("GTV QX77415", arabic),
+    ]:
+        hostile_text = written(text, zero)
+        assert guard.find(hostile_text), hostile_text
+        rewritten = rewriting.text(hostile_text)
+        assert rewritten != hostile_text and guard.find(rewritten) == "", (hostile_text, rewritten)
+    for harmless in [written("PTV 16.04.2023", arabic), written("dose 70", devanagari)]:
+        assert guard.find(harmless) == "" and rewriting.text(harmless) == harmless, harmless

@@ -631,7 +631,9 @@ class Pseudonymizer:
         if not value.isascii():
             # NFKC composes what macOS writes decomposed (Mu\u0308ller) and reads fullwidth forms; format characters
             # (zero-width space, soft hyphen: category Cf) are dropped, as the check reads through them too
-            normalized = unicodedata.normalize("NFKC", "".join(c for c in value if unicodedata.category(c) != "Cf"))
+            normalized = _ascii_digits(
+                unicodedata.normalize("NFKC", "".join(c for c in value if unicodedata.category(c) != "Cf"))
+            )
             if normalized != value:
                 again = self._redact_text(normalized, own)
                 if again != normalized:
@@ -1339,6 +1341,15 @@ def _in_own_word(text: str, start: int, end: int) -> bool:
     return text[start:end].casefold() in OWN_VOCABULARY
 
 
+def _ascii_digits(text: str) -> str:
+    """``text`` with every decimal digit of another script (Arabic-Indic ``١٥``, Devanagari ``०२``) as its ASCII
+    digit: NFKC leaves them as they are, and a date or ID written in them was kept by both sides (twenty-first
+    hostile trial U8)."""
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() and not c.isascii() else c for c in text)
+
+
 def _alnum(text: str) -> str:
     """The letters and digits of ``text``."""
     return "".join(c for c in text if c.isalnum())
@@ -1852,7 +1863,7 @@ class IdentityGuard:
             return ""
         copies = [text]  # glued IDs are read as written and as NFKC (not folded: there é is a separator, not an e)
         if not text.isascii():
-            plain = unicodedata.normalize("NFKC", text)
+            plain = _ascii_digits(unicodedata.normalize("NFKC", text))
             copies += [plain] if plain != text else []
             ideographs = _guard_cjk(plain) if _cjk(plain) else plain
             text = "\n".join([text, _fold(text), *copies[1:], *([ideographs] if ideographs != plain else [])])
