@@ -50,7 +50,7 @@ class DoseAlignError(Exception):
         message = terminal_safe(message)
         super().__init__(message)
         self.message = message
-        self.path = None if path is None else terminal_safe(str(path))
+        self.path = None if path is None else path_text(str(path))
         self.tag = tag
         self.hint = hint
 
@@ -86,6 +86,17 @@ def terminal_safe(text: str) -> str:
     """``text`` as :func:`printable` gives it, with the control characters a terminal would act on shown
     escaped (``\\x1b``): a file named ``x\\x1b[31m.dcm`` must not colour or move the user's terminal."""
     return printable(text).translate(_TERMINAL_CONTROLS)
+
+
+#: Every control character, newline and tab too: in a file's name they are the name's, not DoseAlign's layout.
+_PATH_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]}
+
+
+def path_text(text: str) -> str:
+    """A file's path as every output shows it (as the scan's ``display_path`` does): bytes that are not UTF-8 and
+    every control character escaped. A newline in a name started a line of its own in a failed case's line
+    (twenty-first hostile trial U4)."""
+    return printable(text).translate(_PATH_CONTROLS)
 
 
 def hdf5_text(value) -> str:

@@ -501,6 +501,35 @@ def test_an_enhanced_multi_frame_ct_is_read_like_its_single_frame_series(plain, 
     assert [f["file"] for f in meta["source"]["input_files"]].count(enhanced.relative_to(root).as_posix()) == 1
 
 
+def test_a_one_frame_enhanced_ct_present_twice_is_read_once(tmp_path):
+    """Twenty-first hostile trial U7: a one-frame Enhanced CT and a byte copy of it failed the case ("its copy gives
+    1 mm"): the copy's slice step was read from its top-level header, which an Enhanced CT does not use. The copy
+    is read as the file is, from its functional groups, and the same bytes are one CT."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "ENH1-1", 12, with_structures=False)
+    slices = [Path(p) for p in truth.ct_files]
+    middle = len(slices) // 2
+    ds, _uids = _enhanced_ct(slices, [middle], per_frame_rescale=False)
+    for path in slices:
+        path.unlink()
+    enhanced = slices[0].parent / "enhanced_ct.dcm"
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    expected = 2 * float(measures.SliceThickness) + 0.5  # not the in-plane spacing, which is assumed when none
+    measures.SliceThickness = expected
+    for keyword in ("SliceThickness", "SpacingBetweenSlices"):  # an Enhanced CT states it in its groups only
+        if keyword in ds:
+            delattr(ds, keyword)
+    dd.save(ds, enhanced)
+    shutil.copyfile(enhanced, enhanced.with_name("enhanced_ct_copy.dcm"))
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "ok", row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["shape"][0] == 1 and meta["spacing"][2] == pytest.approx(expected), meta["spacing"]
+
+
 def test_a_compressed_enhanced_ct_is_read_alike(plain, tmp_path):
     """The frames of an RLE-compressed Enhanced CT (decoded by pydicom, not read in place) give the same export."""
     from pydicom.uid import RLELossless

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -2204,10 +2205,13 @@ def test_copies_whose_identity_is_written_otherwise_are_copies(tmp_path, capsys)
     assert meta["source"]["rtstruct_files"] == [structure.relative_to(root).as_posix()], meta["source"]
 
 
-def test_a_one_slice_ct_whose_copy_gives_another_step_fails(tmp_path, capsys):
+@pytest.mark.parametrize("name", [b"000_same_step.dcm", b"000_r\xe9sent.dcm", b"000_re\nsent.dcm"])
+def test_a_one_slice_ct_whose_copy_gives_another_step_fails(tmp_path, capsys, name):
     """Twentieth hostile trial T8: S6's fix let a one-slice CT's copy with another SliceThickness count as a copy,
     and the exported grid's slice step (2.5 or 10 mm) followed the file names. A one-slice CT's copies must give
-    the same step; otherwise the case fails naming both files. A copy giving the same step is used once."""
+    the same step; otherwise the case fails naming both files. A copy giving the same step is used once.
+    Twenty-first trial U4: a copy whose name is not UTF-8 or holds a newline was looked for under its escaped name
+    and skipped; and a copy that states no step is no disagreement (the step its original states is used)."""
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "ONESLICE-1", 23, with_structures=False)
     keep = Path(truth.ct_files[len(truth.ct_files) // 2])
@@ -2215,11 +2219,20 @@ def test_a_one_slice_ct_whose_copy_gives_another_step_fails(tmp_path, capsys):
         if Path(other) != keep:
             Path(other).unlink()
     ds = dd.read(keep)
-    dd.save(ds, keep.with_name("000_same_step.dcm"))
+    resent = keep.with_name(os.fsdecode(name))
+    dd.save(ds, resent)
     code, rows, _out = _export(root, tmp_path, capsys)
     assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
-    ds.SliceThickness = float(ds.SliceThickness) * 4
-    dd.save(ds, keep.with_name("000_same_step.dcm"))
+    thickness = float(ds.SliceThickness)
+    ds.SliceThickness = thickness * 4
+    dd.save(ds, resent)
     code, rows, _out = _export(root, tmp_path / "again", capsys)
     assert code == 1 and rows[0]["status"] == "failed", rows
-    assert "000_same_step.dcm" in rows[0]["reason"] and "which grid is the CT's cannot be told" in rows[0]["reason"]
+    shown = name.decode("utf-8", "backslashreplace").replace("\n", "\\x0a")
+    assert shown in rows[0]["reason"] and "which grid is the CT's cannot be told" in rows[0]["reason"], rows
+    del ds.SliceThickness  # a copy whose anonymizer dropped the step: the original's is the CT's
+    dd.save(ds, resent)
+    code, rows, out = _export(root, tmp_path / "third", capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
+    meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["spacing"][2] == pytest.approx(thickness), meta["spacing"]

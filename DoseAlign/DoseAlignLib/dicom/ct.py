@@ -10,8 +10,6 @@ orientation and rescale from the file's functional groups (:mod:`.enhanced`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -19,7 +17,7 @@ import numpy as np
 from ..errors import GeometryError, InputError
 from ..geometry.grid import Grid, Volume, orientation_vectors
 from . import headers
-from .enhanced import FRAME_TAGS, frame_name
+from .enhanced import FRAME_TAGS, frame_name, frame_slices
 from .scan import (
     ORIENTATION_TOLERANCE,
     SAME_POSITION_MM,
@@ -124,8 +122,7 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     if steps.size:
         typical = float(np.median(steps))
     else:  # one slice: no position to take the step from
-        typical, why = _single_slice_step(first, spacing)
-        _copies_agree_on_the_step(series, first, spacing, typical)
+        typical, why = _one_slice_step(series, first, spacing)
         warnings.append(f"{first.rel_path}: the CT has one slice; its slice step is {why}")
     # PS3.3 C.8.2.1: (0028,1054) RescaleType is required where the rescaled values are not HU
     other_units = sorted({str(s.info.get("rescale_type") or "") for s in series.slices} - {"", "HU"})
@@ -222,34 +219,42 @@ def ct_geometry(series: CtSeries) -> CtGeometry:
     return CtGeometry(grid, [int(i) for i in order], uniform, typical, tilt, missing, checks, warnings, list(iop))
 
 
-def _copies_agree_on_the_step(series: CtSeries, first, spacing, step: float) -> None:
-    """A one-slice CT takes its step from its slice's header: copies of that slice (kept once) must give the same
-    step, or which grid is exported would follow the file names (twentieth hostile trial T8: 2.5 or 10 mm)."""
-    rel = first.rel_path
-    text = str(first.path)
-    if not series.duplicate_files or not text.endswith(rel):
-        return
-    root = Path(text[: len(text) - len(rel)])
-    for other in series.duplicate_files:
-        copy = SimpleNamespace(path=root / other, info={})  # (a copy of a one-frame file is no frame of it)
+def _one_slice_step(series: CtSeries, first, spacing) -> tuple:
+    """``(step mm, how it was found)`` of a one-slice CT, from its slice's header (:func:`_single_slice_step`).
+    Copies of that slice (kept once) are read the same way (an Enhanced CT's from its functional groups), and the
+    steps they state must agree, or which grid is exported would follow the file names (twentieth hostile trial
+    T8: 2.5 or 10 mm); a copy that states none has nothing to disagree with, and a step one of them states is
+    taken before an assumed one (twenty-first trial U4, U7)."""
+    step, why, stated = _single_slice_step(first, spacing)
+    source = first.rel_path
+    for duplicate in series.duplicate_objects:
+        copy = frame_slices(duplicate)[0]  # a one-frame file: its one frame, as the first was read
         try:
-            found, _why = _single_slice_step(copy, spacing)
+            found, found_why, found_stated = _single_slice_step(copy, spacing)
         except (InputError, OSError):
             continue  # unreadable now: the copy check said the same image; nothing to compare
-        if abs(found - step) > 1e-6:
+        if not found_stated:
+            continue
+        if not stated:
+            step, why, stated, source = found, found_why, True, copy.rel_path
+        elif abs(found - step) > 1e-6:
             raise InputError(
-                f"the CT has one slice, whose step comes from its header: {rel} gives {step:g} mm, its copy {other} "
-                f"{found:g} mm (SliceThickness or SpacingBetweenSlices): which grid is the CT's cannot be told",
+                f"the CT has one slice, whose step comes from its header: {source} gives {step:g} mm, its copy "
+                f"{copy.rel_path} {found:g} mm (SliceThickness or SpacingBetweenSlices): which grid is the CT's "
+                "cannot be told",
                 path=first.path,
                 tag="(0018,0050) SliceThickness",
                 hint="remove the wrong file",
             )
+    if source != first.rel_path:
+        why = f"{why} (of its copy {source})"
+    return step, why
 
 
 def _single_slice_step(obj, spacing) -> tuple:
-    """``(step mm, how it was found)`` of a one-slice CT: its (0018,0050) SliceThickness, else (0018,0088)
-    SpacingBetweenSlices, when positive and plausible; else the smallest in-plane spacing, said to be assumed.
-    A one-frame Enhanced CT has them in its (0028,9110) PixelMeasuresSequence."""
+    """``(step mm, how it was found, whether the header states it)`` of a one-slice CT: its (0018,0050)
+    SliceThickness, else (0018,0088) SpacingBetweenSlices, when positive and plausible; else the smallest in-plane
+    spacing, said to be assumed. A one-frame Enhanced CT has them in its (0028,9110) PixelMeasuresSequence."""
     path = obj.path
     if "frame" in obj.info:
         ds = {"SliceThickness": obj.info.get("slice_thickness")}
@@ -265,7 +270,7 @@ def _single_slice_step(obj, spacing) -> tuple:
         if value is None:
             continue
         if np.isfinite(value) and headers.MIN_SPACING_MM <= value <= headers.MAX_SPACING_MM:
-            return float(value), f"{value:g} mm, taken from {tag} {keyword}"
+            return float(value), f"{value:g} mm, taken from {tag} {keyword}", True
         unusable.append(f"{tag} {keyword} {ds.get(keyword)!r} is not a usable step")
     assumed = float(min(spacing))
     told = (
@@ -273,7 +278,7 @@ def _single_slice_step(obj, spacing) -> tuple:
         if unusable
         else "neither (0018,0050) SliceThickness nor (0018,0088) SpacingBetweenSlices is given"
     )
-    return assumed, f"unknown ({told}): {assumed:g} mm, the in-plane spacing, is assumed"
+    return assumed, f"unknown ({told}): {assumed:g} mm, the in-plane spacing, is assumed", False
 
 
 def read_ct(

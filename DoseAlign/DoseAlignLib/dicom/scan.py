@@ -86,6 +86,8 @@ class CtSeries:
     folder: str
     slices: list = field(default_factory=list)
     duplicate_files: list = field(default_factory=list)
+    #: the scanned objects of those files (their ``path`` on disk; rel_paths may be escaped for display)
+    duplicate_objects: list = field(default_factory=list)
     #: (SOPInstanceUID, [rel_paths]) of slices that share a UID but hold different images: the case fails
     conflicts: list = field(default_factory=list)
     #: every folder the slices lie in (more than one for a series spread over folders)
@@ -871,6 +873,7 @@ def _group_ct(result: ScanResult) -> list:
             folder=folder,
             slices=slices,
             duplicate_files=[d.rel_path for d in duplicates],
+            duplicate_objects=list(duplicates),
             folders=folders_of.get(key, [folder]),
         )
         for dup in duplicates:

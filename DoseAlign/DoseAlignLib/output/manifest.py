@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Optional
 
-from ..errors import printable
+from ..errors import path_text, printable
 from .files import write_text_atomic
 
 MANIFEST_COLUMNS = [
@@ -136,6 +136,6 @@ def _cell(value) -> str:
 def relative_reason(row: dict, input_root: Path) -> dict:
     """The row with the input root cut from the paths in its reason: files are named as in meta.json."""
     reason = str(row.get("reason") or "")
-    for root in {printable(str(Path(input_root))), printable(str(Path(input_root).absolute()))}:
+    for root in {path_text(str(Path(input_root))), path_text(str(Path(input_root).absolute()))}:
         reason = reason.replace(root.rstrip("/") + "/", "")
     return {**row, "reason": reason} if reason != row.get("reason") else row
