@@ -2587,3 +2587,28 @@ def test_a_case_whose_meta_json_is_damaged_is_exported_again_in_either_layout(co
         status = {r["case_id"]: r["status"] for r in hostile.manifest(out)}[case.name]
         assert status == "ok", (extra, status)
         (case / "meta.json").write_bytes((case / "meta.json").read_bytes()[:200])
+
+
+@pytest.mark.parametrize("name", ["dose.nii.gz", "body.nii.gz", "ct.nrrd"])
+def test_a_users_file_at_a_format_resume_adds_is_not_replaced(cohort, tmp_path, name):
+    """Twenty-first hostile trial U5: `export --resume --format nifti,nrrd` replaced a user's own dose.nii.gz,
+    ct.nrrd or masks/PTV.nii.gz in a complete case folder without a word, where an export without --resume refuses
+    to touch them. A file at a format's name that meta.json does not record as written is the user's: the case
+    fails naming it, and the file stays."""
+    pytest.importorskip("nibabel")
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args]) == 0
+    case = out / hostile.manifest(out)[0]["case_id"]
+    user = case / name
+    user.parent.mkdir(exist_ok=True)
+    user.write_bytes(b"the user's own file")
+    done = hostile.dosealign("export", *args, "--resume", "--format", "nifti,nrrd", timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    status = {r["case_id"]: r for r in hostile.manifest(out)}[case.name]
+    assert status["status"] == "failed" and f"{name} is a file meta.json does not record" in status["reason"], status
+    assert user.read_bytes() == b"the user's own file"
+    user.unlink()  # without it, the formats are added to the kept case
+    done = hostile.dosealign("export", *args, "--resume", "--format", "nifti,nrrd", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (case / "dose.nii.gz").read_bytes()[:2] == b"\x1f\x8b"

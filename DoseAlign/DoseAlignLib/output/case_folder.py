@@ -798,10 +798,10 @@ def foreign_entries(folder: Path) -> list:
         meta = load_meta(folder)
     except DoseAlignError:  # damaged: what it lists is not trusted, its folders and .npy files count as DoseAlign's
         meta = None
-    written = _written_files(meta)
+    written = written_files(meta)
     if written is not None:
         return _not_written(folder, written)
-    recorded = _recorded_files(meta) if isinstance(meta, dict) else None
+    recorded = recorded_files(meta) if isinstance(meta, dict) else None
     found = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         name = entry.name
@@ -829,7 +829,7 @@ def _usable_name(name: str) -> bool:
     return "\0" not in name
 
 
-def _written_files(meta) -> Optional[set]:
+def written_files(meta) -> Optional[set]:
     """The files meta.json records as written by its export (``case_files``), or None when it records none."""
     listed = meta.get("case_files") if isinstance(meta, dict) else None
     if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
@@ -868,7 +868,7 @@ def _unlisted(case: Path, folder: Path, listed: set) -> list:
     return out
 
 
-def _recorded_files(meta: dict) -> set:
+def recorded_files(meta: dict) -> set:
     """The files of a case folder its meta.json names: ``exports.<format>.files`` and ``.structures``, and the
     ``storage.files`` of the npy layout."""
     names: set = set()
@@ -1057,10 +1057,10 @@ def archive_problem(folder: Path, meta: Optional[dict] = None) -> Optional[str]:
             return f"pair.npz fails its check: {type(error).__name__}: {error}"
     if not isinstance(meta, dict):  # case_problem says why
         return None
-    for name in sorted(set(_recorded_files(meta)) | set(_written_files(meta) or ())):
+    for name in sorted(set(recorded_files(meta)) | set(written_files(meta) or ())):
         if not _usable_name(name):  # a NUL or an unencodable character stopped every run (twenty-first trial U6)
             return f"meta.json lists {name!r}, which is no name of a file in the case folder"
-    for name in sorted(n for n in _recorded_files(meta) if n and not os.path.isabs(n) and ".." not in Path(n).parts):
+    for name in sorted(n for n in recorded_files(meta) if n and not os.path.isabs(n) and ".." not in Path(n).parts):
         kind = "a symbolic link" if os.path.islink(folder / name) else entry_kind(folder / name)
         if kind is None:
             problem = format_file_problem(folder / name, name, meta)
@@ -1069,7 +1069,7 @@ def archive_problem(folder: Path, meta: Optional[dict] = None) -> Optional[str]:
         elif kind != "missing":  # (missing: the format is written again at the end) a pipe, a folder, a link: not
             # DoseAlign's file, and not to be read or vouched for (nineteenth hostile trial S4, S5)
             return f"{name} is {kind}, not a file DoseAlign wrote"
-    for name in sorted(_written_files(meta) or ()):  # every file its export wrote (dvh.csv too: twentieth trial T5)
+    for name in sorted(written_files(meta) or ()):  # every file its export wrote (dvh.csv too: twentieth trial T5)
         if name == "meta.json" or os.path.isabs(name) or ".." in Path(name).parts:
             continue
         kind = "a symbolic link" if os.path.islink(folder / name) else entry_kind(folder / name)

@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence
 from ..errors import DoseAlignError
 from ..limits import entry_kind
 from .case_data import CaseData, require
-from .case_folder import load_meta
+from .case_folder import load_meta, recorded_files, written_files
 from .files import json_text, temp_path
 from .nrrd import DEFAULT_COMPRESSION as DEFAULT_NRRD_COMPRESSION
 from .openkbp import OpenKBPSettings
@@ -297,8 +297,9 @@ class ExportFormats:
             moves = [
                 (p, folder / p.relative_to(work)) for p in [p for p in files if p not in sentinels] + sorted(sentinels)
             ]
+            ours = recorded_files(case.meta) | set(written_files(case.meta) or ())
             for _path, target in moves:  # all checked before any is moved (nineteenth hostile trial S4, S5)
-                _check_target(folder, target)
+                _check_target(folder, target, ours)
             for path, target in moves:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 path.replace(target)
@@ -526,11 +527,12 @@ def _made_by_dosealign(path: Path, fmt: str) -> bool:
         return False
 
 
-def _check_target(folder: Path, target: Path) -> None:
-    """A format file is added to a finished case folder only where nothing stands but a regular file DoseAlign may
-    replace: a folder, a named pipe or a symbolic link at its name (or at a folder's name on its way) is the user's,
-    and the case fails naming it. Such a folder ended --resume in an IsADirectoryError traceback; a pipe was
-    replaced without a word (nineteenth hostile trial S4, S5)."""
+def _check_target(folder: Path, target: Path, ours: set) -> None:
+    """A format file is added to a finished case folder only where nothing stands but a regular file DoseAlign
+    wrote (one of ``ours``, the files its meta.json records): a folder, a named pipe or a symbolic link at its name
+    (or at a folder's name on its way), or a file it does not record, is the user's, and the case fails naming it.
+    Such a folder ended --resume in an IsADirectoryError traceback; a pipe was replaced without a word (nineteenth
+    hostile trial S4, S5); a user's own dose.nii.gz was replaced (twenty-first trial U5)."""
     rel = target.relative_to(folder)
     for step in [folder / part for part in list(rel.parents)[::-1][1:]] + [target]:
         if not os.path.lexists(step):
@@ -539,6 +541,8 @@ def _check_target(folder: Path, target: Path) -> None:
             kind = "a symbolic link"
         elif step == target:
             kind = entry_kind(step)
+            if kind is None and rel.as_posix() not in ours:
+                kind = "a file meta.json does not record as written"
         else:
             kind = None if step.is_dir() else "a file where a folder belongs"
         if kind is not None:
