@@ -990,6 +990,7 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
     ]  # (T1)
     rois += ["w 2.3.'1975", "x 2 Mar '1975", "y 1975-03-'02", "z 2 Mar 10:00 1975"]  # (T2: the check read these; T1)
     rois += ["aa 2ndMar1975", "ab PTV_2ndMarch1975", "ac 2NDMAR75"]  # (twenty-first trial U3: the check read these)
+    rois += ["ad PTVMar2_1975", "ae BoostMarch 2, 1975", "af CTMAR 2 1975"]  # (U9: month-first after letters)
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = set(_names_of(out, row))
@@ -998,7 +999,8 @@ def test_a_date_or_id_before_or_after_a_point_and_digits_is_removed_not_refused(
     expected |= {"k [removed]", "l [removed]", "m [removed]", "n Sun [removed]", "o [removed]", "p [removed]"}
     expected |= {"q Sun [removed]", "r [removed]", "s [removed]", "t [removed]", "u [removed]", "v [removed]"}
     expected |= {"w [removed]", "x [removed]", "y [removed]", "z [removed]"}
-    expected |= {"aa [removed]", "ab PTV_[removed]", "ac [removed]"}
+    expected |= {"aa [removed]", "ab PTV_[removed]", "ac [removed]", "ad PTV[removed]", "ae Boost[removed]"}
+    expected |= {"af CT[removed]"}
     assert expected <= names, sorted(names)
     identity = Identity()
     identity.dates.add("19750302")

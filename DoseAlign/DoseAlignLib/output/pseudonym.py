@@ -2218,8 +2218,8 @@ def _dates_in(text: str) -> set:
         lowered,
     ):  # (15th of April 2023: sixteenth hostile trial P10; 15th day of April 2023: seventeenth trial Q9)
         _add_named(found, match.group(3), match.group(2), match.group(1), match.start(), match.end(), lowered)
-    for match in re.finditer(
-        r"([a-z]{3,9})\.?[\s./\-_,]*(?:the[\s./\-_,]+)?(\d{1,2})(?:st|nd|rd|th)?[\s./\-_,]*"
+    for match in re.finditer(  # (the month also glued after letters, PTVApr15_2023: twenty-first trial U9)
+        rf"({_MONTH_ALTERNATION})\.?[\s./\-_,]*(?:the[\s./\-_,]+)?(\d{{1,2}})(?:st|nd|rd|th)?[\s./\-_,]*"
         rf"(?:{_CLOCK}[\s./\-_,]+)?{_ELIDED}?(\d{{4}}|\d{{2}})",
         lowered,
     ):  # (April the 15th, 2023: Q9; Apr 15 09:30:00 UTC 2023, as ctime and date write it: eighteenth trial R6)
@@ -2268,6 +2268,10 @@ _MONTH_NUMBERS = {
     )
     for name in (full, full[:3], "sept" if number == 9 else full[:3])
 }
+
+
+#: The check's month names as one pattern, longest first (read also where letters come before them).
+_MONTH_ALTERNATION = "|".join(sorted(_MONTH_NUMBERS, key=len, reverse=True))
 
 
 def _add_short(found: set, digits: str) -> None:
@@ -2365,8 +2369,9 @@ def _date_pattern(date: str):
         ]
         if 1 <= m <= 12:
             names = [_MONTHS[0][m - 1], _MONTHS[1][m - 1]] + (["sept"] if m == 9 else [])
-            # (also glued to an ordinal day, 15thApr2023, as the check reads it: twenty-first trial U3)
-            month = "(?:(?<![A-Za-z])|(?<=[0-9](?:st|nd|rd|th)))(?:" + "|".join(names) + r")\.?(?![A-Za-z])"
+            # (a month-first date also glued after letters, PTVApr15_2023, ReplanMar2_1975, and after an ordinal
+            # day, 15thApr2023, as the check reads them: twenty-first trial U3, U9)
+            month = "(?:" + "|".join(names) + r")\.?(?![A-Za-z])"
             gap = r"[\s./\-_,]*"
             day = f"{dd}(?:st|nd|rd|th)?"
             forms += [
