@@ -1047,8 +1047,11 @@ def test_the_check_alone_finds_dates_in_other_spellings():
     guard = IdentityGuard(identity)
     for text in ["PTV 750302", "020375_ctv", "Mar 2, 1975", "bd_02Mar1975", "2 March 1975", "1975-3-2", "3/2/75"]:
         assert guard.find(text) == "a date", text
-    for text in ["0.750302", "750303", "Mar 3, 1975", "summar 2 1975", "d0.750302_gy", "2 Mars 1975", "1,750302,2"]:
+    for text in ["0.750302", "750303", "Mar 3, 1975", "summary 2 1975", "d0.750302_gy", "2 Mars 1975", "1,750302,2"]:
         assert guard.find(text) == "", text
+    # a month's name glued after letters is read (PTVMAR2_1975: twenty-first hostile trial U9), "summar" too: the
+    # rewriting removes the same, and only the input's own date
+    assert guard.find("summar 2 1975") == "a date"
 
 
 def test_the_birth_date_as_eight_digits_day_or_month_first_is_removed(tmp_path, capsys):
