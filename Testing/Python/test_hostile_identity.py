@@ -1996,3 +1996,21 @@ def test_dates_and_ids_in_the_digits_of_other_scripts_are_removed():
         assert rewritten != hostile_text and guard.find(rewritten) == "", (hostile_text, rewritten)
     for harmless in [written("PTV 16.04.2023", arabic), written("dose 70", devanagari)]:
         assert guard.find(harmless) == "" and rewriting.text(harmless) == harmless, harmless
+
+
+def test_an_id_a_removed_date_leaves_on_its_own_is_removed_too():
+    """Twenty-first hostile trial (next to U9): an ID's unpadded number (72315 of 0072315) after a date
+    (``boost2023-04-15.72315Gy``) is the decimals of a number until the date is removed, then an ID on its own:
+    the check refused the case. The IDs are looked for again after a date is removed."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.dates.add("20230415")
+    identity.patient_ids.add("0072315")
+    guard = IdentityGuard(identity)
+    rewriting = Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in ["boost2023-04-15.72315Gy", "x2023-04-15.72315"]:
+        assert guard.find(text), text
+        for rewritten in (rewriting.text(text), rewriting.name(text)):
+            assert "72315" not in rewritten and guard.find(rewritten, own=False) == "", (text, rewritten)
+    assert rewriting.text("d 63.72315") == "d 63.72315"  # a number's decimals stay

@@ -683,17 +683,23 @@ class Pseudonymizer:
     def _redact_text(self, value: str, own: bool = True) -> str:
         if not value:
             return value
-        ident = self.identity
+        value = self._remove_ids(value)
+        value = self._outside_own(value, lambda piece: self._names.redact(piece, own=own))
+        dated = value
+        for date in self.identity.dates:
+            if any(c.isdigit() for c in value):
+                value = self._remove_date(date, value)
+        if value != dated:  # an ID's digits a date held as a number's decimals stand alone now: 15.72315 (U9)
+            value = self._remove_ids(value)
+        return value
+
+    def _remove_ids(self, value: str) -> str:
         variants, numbers = self._unpadded
-        for item in sorted(ident.identifiers | variants, key=len, reverse=True):
+        for item in sorted(self.identity.identifiers | variants, key=len, reverse=True):
             value = self._remove_id(item, value)
         for number in numbers:  # the number of an ID of letters and digits, as a word of its own
             if number in value:
                 value = _bare_number(number).sub(REMOVED, value)
-        value = self._outside_own(value, lambda piece: self._names.redact(piece, own=own))
-        for date in ident.dates:
-            if any(c.isdigit() for c in value):
-                value = self._remove_date(date, value)
         return value
 
     def _outside_own(self, value: str, rewrite) -> str:
