@@ -1407,6 +1407,17 @@ def _joined_key(text: str) -> str:
     return "".join(c for c in text.casefold().replace("\u0131", "i") if c.isalnum())
 
 
+def _joined_spellings(usable: tuple):
+    """``(components, key)`` of each joined spelling of a name's components (two or three, any order, of
+    :data:`MIN_JOINED` characters or more), ``key`` its letters and digits (:func:`_joined_key`)."""
+    keys = [_joined_key(p) for p in usable]
+    for size in range(2, min(3, len(usable)) + 1):
+        for order in itertools.permutations(range(len(usable)), size):
+            combo = tuple(usable[n] for n in order)
+            if sum(len(p) for p in combo) >= MIN_JOINED:
+                yield combo, "".join(keys[n] for n in order)
+
+
 @functools.lru_cache(maxsize=1 << 12)
 def _alternation(patterns: tuple) -> re.Pattern:
     """One name's joined spellings that a text may hold, as one pattern (longest first), compiled once."""
@@ -1427,43 +1438,51 @@ def _short_joined(a: str, b: str, inside: bool) -> str:
 
 class _Needles:
     """Strings to look for inside texts, found in one reading of each text: at each position, each length the
-    strings have is looked up in a set. A loop over every string had the check try each of some 300 000 joined
+    strings have is looked up in a table. A loop over every string had the check try each of some 300 000 joined
     spellings of 800 other names in every text written, for minutes (twentieth hostile trial T10); the time now
-    grows with the text and the number of lengths, not with the number of strings."""
+    grows with the text and the number of lengths, not with the number of strings. Each string may carry a value
+    (:meth:`add`, :meth:`value`)."""
 
     #: Up to this many strings a plain loop is quicker than reading the text position by position.
     PLAIN_LOOP = 64
 
-    def __init__(self, needles: Iterable[str]) -> None:
-        self.needles = {n for n in needles if n}
+    def __init__(self, needles: Iterable[str] = ()) -> None:
+        #: per length, each string and its value
         self.by_length: dict = {}
-        for needle in self.needles:
-            self.by_length.setdefault(len(needle), set()).add(needle)
-        self.lengths = sorted(self.by_length)
+        for needle in needles:
+            self.add(needle)
+
+    def add(self, needle: str, value=None) -> None:
+        if needle:
+            self.by_length.setdefault(len(needle), {})[needle] = value
+
+    def value(self, needle: str):
+        return self.by_length[len(needle)][needle]
 
     def __bool__(self) -> bool:
-        return bool(self.needles)
+        return bool(self.by_length)
 
     def __len__(self) -> int:
-        return len(self.needles)
+        return sum(len(found) for found in self.by_length.values())
 
     def in_text(self, text: str) -> bool:
         """Whether one of the strings occurs in ``text``."""
-        if len(self.needles) <= self.PLAIN_LOOP:
-            return any(needle in text for needle in self.needles)
+        if len(self) <= self.PLAIN_LOOP:
+            return any(needle in text for found in self.by_length.values() for needle in found)
         return next(self._occurring(text), None) is not None
 
     def found_in(self, text: str) -> set:
         """The strings that occur in ``text``."""
-        if len(self.needles) <= self.PLAIN_LOOP:
-            return {needle for needle in self.needles if needle in text}
+        if len(self) <= self.PLAIN_LOOP:
+            return {needle for found in self.by_length.values() for needle in found if needle in text}
         return set(self._occurring(text))
 
     def _occurring(self, text: str):
         by_length = self.by_length
+        lengths = sorted(by_length)
         for start in range(len(text)):
             left = len(text) - start
-            for length in self.lengths:
+            for length in lengths:
                 if length > left:
                     break
                 piece = text[start : start + length]
@@ -1483,25 +1502,33 @@ class NameSpellings:
     def __init__(self, identity: Identity) -> None:
         self.source = identity
         short = set()
-        #: each joined spelling's pattern with the name it spells (a number), under its letters and
-        #: digits (:func:`_joined_key`): a pattern matches only where that key is in the text's, so only the
-        #: spellings whose key a text holds are compiled and searched. Hundreds of OtherPatientNames held a case for
-        #: minutes, every spelling searched in every string written (twentieth hostile trial T10), and so did a
-        #: name component found in most words (a particle ``de``: twenty-first trial U1).
-        self._spellings: dict = {}
-        for person, parts in enumerate(identity.persons):
-            usable = [p for p in parts if len(p) >= 2]
-            for size in range(2, min(3, len(usable)) + 1):
-                for combo in itertools.permutations(usable, size):
-                    if sum(len(p) for p in combo) >= MIN_JOINED:
-                        pattern = _SEPARATORS.join(_part_pattern(p) for p in combo)
-                        key = "".join(_joined_key(p) for p in combo)
-                        self._spellings.setdefault(key, set()).add((person, pattern))
-                    elif size == 2 and all(_alnum(p) for p in combo) and not _ideographic("".join(combo)):
-                        short.add(combo)  # Li^Na: too short to be searched like the others
-        self._spelling_keys = _Needles(self._spellings)
-        #: spellings of no letters or digits at all, tried in every text
-        self._keyless = sorted(self._spellings.get("", ()))
+        #: each joined spelling's letters and digits (:func:`_joined_key`), with the name or names it spells (an
+        #: index in :attr:`_persons`, or a tuple of them): a spelling's pattern matches only where its key is in the
+        #: text's, so only the spellings whose key a text holds are made, compiled and searched. Hundreds of
+        #: OtherPatientNames held a case for minutes, every spelling searched in every string written (twentieth
+        #: hostile trial T10), and so did a name component found in most words (a particle ``de``: twenty-first
+        #: trial U1).
+        self._spelling_keys = _Needles()
+        #: each name's components of two characters or more
+        self._persons: list = []
+        #: names with a spelling of no letters or digits at all, tried in every text
+        self._keyless: set = set()
+        for parts in identity.persons:
+            usable = tuple(p for p in parts if len(p) >= 2)
+            person = len(self._persons)
+            self._persons.append(usable)
+            for _combo, key in _joined_spellings(usable):
+                if not key:
+                    self._keyless.add(person)
+                    continue
+                held = self._spelling_keys.by_length.get(len(key), {}).get(key)
+                if held is None:
+                    self._spelling_keys.add(key, person)
+                elif held != person and not (isinstance(held, tuple) and person in held):
+                    self._spelling_keys.add(key, (held if isinstance(held, tuple) else (held,)) + (person,))
+            for a, b in itertools.permutations(usable, 2):
+                if len(a) + len(b) < MIN_JOINED and _alnum(a) and _alnum(b) and not _ideographic(a + b):
+                    short.add((a, b))  # Li^Na: too short to be searched like the others
         #: two-component names too short for :attr:`joined` (``Li^Na``), in DoseAlign's text and in the input's names
         self.short = self.short_inside = None
         if short:
@@ -1542,15 +1569,20 @@ class NameSpellings:
     def _joined_spans(self, text: str) -> list:
         """Spans of the joined spellings of each name whose letters and digits ``text`` holds, each name's found
         on their own (the spans of two names may overlap)."""
-        by_person: dict = {}
+        by_person: dict = {person: {""} for person in self._keyless}
         for key in self._spelling_keys.found_in(_joined_key(text)):
-            for person, pattern in self._spellings[key]:
-                by_person.setdefault(person, set()).add(pattern)
-        for person, pattern in self._keyless:
-            by_person.setdefault(person, set()).add(pattern)
+            held = self._spelling_keys.value(key)
+            for person in held if isinstance(held, tuple) else (held,):
+                by_person.setdefault(person, set()).add(key)
         found = []
         for person in sorted(by_person):
-            joined = _alternation(tuple(sorted(by_person[person], key=lambda p: (-len(p), p))))
+            keys = by_person[person]
+            patterns = {
+                _SEPARATORS.join(_part_pattern(p) for p in combo)
+                for combo, key in _joined_spellings(self._persons[person])
+                if key in keys
+            }
+            joined = _alternation(tuple(sorted(patterns, key=lambda p: (-len(p), p))))
             found.extend(m.span() for m in joined.finditer(text) if m.end() > m.start())
         return found
 
