@@ -333,6 +333,7 @@ def run_dask(
     except ImportError:
         raise ImportError("--scheduler needs Dask: pip install 'dosealign[distributed]'") from None
     cluster = None
+    started = time.monotonic()
     try:
         if scheduler == "local":
             import dask
@@ -346,8 +347,14 @@ def run_dask(
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
+                    # the scheduler's HTTP routes (health, metrics) on a free port, not 8787 with Dask's warning
+                    # when that is taken (twenty-first hostile trial U10)
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                     host="127.0.0.1",
                     silence_logs=logging.CRITICAL,
+                    # a worker that does not start (stuck in its imports, stopped) fails the cases by name instead
+                    # of holding the export without a word and without end (U10)
+                    death_timeout=local_worker_start_seconds(),
                 )
             client = Client(cluster)
         else:
@@ -357,9 +364,12 @@ def run_dask(
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+        _end_local_workers()
         what = (
             "the Dask LocalCluster could not start" if scheduler == "local" else "the Dask scheduler cannot be reached"
         )
+        if scheduler == "local" and time.monotonic() - started >= local_worker_start_seconds():
+            what = f"its worker processes did not start within {local_worker_start_seconds():g} s"
         reason = f"not exported: --scheduler {scheduler}: {what} ({type(error).__name__}: {str(error)[:300]})"
         for index, case in enumerate(cases):
             on_result(index, lost(case, reason))
@@ -401,6 +411,30 @@ def run_dask(
         client.close()
         if cluster is not None:
             cluster.close()
+            _end_local_workers()
+
+
+def _end_local_workers() -> None:
+    """Kill what is left of a LocalCluster's worker processes: one that never started (stopped, hung in its
+    imports) ignores SIGTERM, and the interpreter's exit waited for it for good (twenty-first hostile trial U10)."""
+    import multiprocessing
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # ("reaping stray process" at exit)
+    for process in multiprocessing.active_children():
+        if process.name.startswith("Dask Worker process"):
+            with contextlib.suppress(Exception):
+                process.kill()
+                process.join(timeout=5)
+
+
+#: The most seconds a --scheduler local worker may take to start (less when DOSEALIGN_CASE_SECONDS is less).
+LOCAL_WORKER_START_SECONDS = 120.0
+
+
+def local_worker_start_seconds() -> float:
+    """How long a LocalCluster's worker may take to start: a worker that cannot start within a case's time limit
+    can export no case."""
+    return min(LOCAL_WORKER_START_SECONDS, case_seconds())
 
 
 #: Seconds to wait for a Dask scheduler to accept a connection before the export is refused.

@@ -127,6 +127,55 @@ def test_a_local_dask_cluster_that_cannot_start_fails_each_case_by_name(cohort, 
     assert not [p for p in out.iterdir() if p.is_dir()]  # no case folder
 
 
+def test_a_local_dask_cluster_whose_workers_never_start_fails_each_case_and_ends(cohort, tmp_path):
+    """Twenty-first hostile trial U10: with --scheduler local, worker processes stuck in their start (here each
+    stops itself, as a frozen process or a hung import would be) held the export without a word and without end,
+    and SIGTERM left it waiting for them. A worker gets DOSEALIGN_CASE_SECONDS (at most 120 s) to start; then each
+    case fails by name, the stuck processes are killed and the export ends. Dask 2024.8 (the last for Python 3.9)
+    waits in LocalCluster's start for such a worker whatever its time limit: there the start stays unbounded
+    (README says so)."""
+    distributed = pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    if int(distributed.__version__.split(".")[0]) < 2025:
+        pytest.skip(f"Dask {distributed.__version__} does not end a LocalCluster start whose workers are stuck")
+    import contextlib
+    import json
+    import os
+    import signal
+    import subprocess
+
+    import hostile
+
+    pids = tmp_path / "pids"
+    preload = tmp_path / "stop_at_start.py"
+    preload.write_text(
+        "import os, signal\n"
+        f"with open({str(pids)!r}, 'a') as f: f.write(str(os.getpid()) + '\\n')\n"
+        "os.kill(os.getpid(), signal.SIGSTOP)\n"
+    )
+    out = tmp_path / "out"
+    env = {
+        "DOSEALIGN_CASE_SECONDS": "8",
+        "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(preload)]),
+        "DASK_TEMPORARY_DIRECTORY": str(tmp_path),
+    }
+    try:
+        done = hostile.dosealign(
+            "export", str(cohort), str(out), "--scheduler", "local", "--workers", "2", "--no-qa-png", env=env,
+            timeout=150,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the export did not end")
+    finally:
+        for pid in pids.read_text().split() if pids.exists() else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    rows = _manifest(out / "manifest.csv")
+    assert len(rows) == 5 and {row["status"] for row in rows} == {"failed"}, rows
+    assert all("its worker processes did not start within 8 s" in row["reason"] for row in rows), rows
+
+
 def _scan_summary(scan) -> tuple:
     return (
         scan.objects,
