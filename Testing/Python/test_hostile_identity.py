@@ -202,7 +202,7 @@ def test_a_name_whose_letter_was_lost_to_a_wrong_character_set_is_rewritten_not_
     (row,) = hostile.manifest(out)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = _names_of(out, row)
-    assert {"PTV_[removed]", "[removed]_ctv", "[removed] boost", "[removed]"} <= set(names), names
+    assert {"PTV_[removed]", "[removed]_ctv", "[removed] boost", "[removed]"} <= _untagged(names), names
     found = []
     for where, data in _all_output_bytes(out):
         squeezed = "".join(c for c in data.decode("utf-8", "replace").casefold() if c.isalnum())
@@ -379,7 +379,7 @@ def test_ids_of_other_patient_ids_sequence_are_identity(tmp_path, capsys, holder
     code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
     (row,) = hostile.manifest(out)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
-    assert {"PTV_[removed]", "[removed]_[removed]"} <= set(_names_of(out, row)), _names_of(out, row)
+    assert {"PTV_[removed]", "[removed]"} <= _untagged(_names_of(out, row)), _names_of(out, row)
     found = []
     for where, data in _all_output_bytes(out):
         squeezed = "".join(c for c in data.decode("utf-8", "replace").casefold() if c.isalnum())
@@ -797,6 +797,15 @@ def _names_of(out, row) -> list:
     return structures["names"] + [s["name"] for s in structures.get("skipped", []) if s.get("name")]
 
 
+#: An ROI name that was identity as a whole, written with its keyed tag (twenty-first hostile trial U12).
+WHOLE_NAME_REMOVED = re.compile(r"\[removed\]_[0-9a-f]{8}")
+
+
+def _untagged(names) -> set:
+    """``names`` with each whole-name removal's tag taken off (``[removed]_3fa2c1d0`` as ``[removed]``)."""
+    return {"[removed]" if WHOLE_NAME_REMOVED.fullmatch(n) else n for n in names}
+
+
 @pytest.mark.parametrize(
     "patient_name, rois, removed",
     [
@@ -822,7 +831,7 @@ def test_dosealigns_own_words_are_no_patient_name(tmp_path, capsys, patient_name
     (row,) = hostile.manifest(out)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = _names_of(out, row)
-    assert set(removed) <= set(names) and not set(rois) & set(names), names
+    assert set(removed) <= _untagged(names) and not set(rois) & set(names), names
     meta = (out / row["case_id"] / "meta.json").read_text(encoding="utf-8")
     assert meta.count("[removed]") == sum(name.count("[removed]") for name in names), "DoseAlign's prose was rewritten"
     assert "across its" in meta or "across" not in meta
@@ -873,7 +882,7 @@ def test_decomposed_and_invisible_spellings_are_rewritten_not_refused(tmp_path, 
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = _names_of(out, row)
-    assert {"PTV_[removed]", "[removed]_ctv", "[removed]", "[removed] plan"} <= set(names), names
+    assert {"PTV_[removed]", "[removed]_ctv", "[removed]", "[removed] plan"} <= _untagged(names), names
 
 
 def test_the_birth_date_in_other_spellings_is_removed(tmp_path, capsys):
@@ -883,7 +892,7 @@ def test_the_birth_date_in_other_spellings_is_removed(tmp_path, capsys):
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     names = _names_of(out, row)
-    assert {"PTV [removed]", "[removed]", "bd_[removed]", "ctv [removed]"} <= set(names), names
+    assert {"PTV [removed]", "[removed]", "bd_[removed]", "ctv [removed]"} <= _untagged(names), names
     found = []
     for where, data in _all_output_bytes(out):
         text = data.decode("utf-8", "replace").casefold()
@@ -1769,14 +1778,16 @@ def test_the_check_alone_finds_a_surname_that_is_one_of_dosealigns_words_in_name
     prose = {"rule": "the slab rule", "lang": "a lang attribute", "notes": ["Rule of thumb: head first"]}
     meta = {"structures": {"names": ["PTV_Lang", "Rule"], "rois": [{"name": "rule_ptv", "original_name": "Lang"}]}}
     rewritten = pseudonymizer.value({**meta, **prose}, text_keys=frozenset(["PTV_Lang"]))
-    assert rewritten["structures"]["names"] == ["PTV_[removed]", "[removed]"], rewritten
-    assert rewritten["structures"]["rois"] == [{"name": "[removed]_ptv", "original_name": "[removed]"}], rewritten
+    (ptv, rule) = rewritten["structures"]["names"]
+    assert ptv == "PTV_[removed]" and WHOLE_NAME_REMOVED.fullmatch(rule), rewritten
+    ((roi,),) = [rewritten["structures"]["rois"]]
+    assert roi["name"] == "[removed]_ptv" and WHOLE_NAME_REMOVED.fullmatch(roi["original_name"]), rewritten
     assert {k: rewritten[k] for k in prose} == prose
     pseudonymizer.check(rewritten)
     keyed = {"structures": {"names": ["rule"]}, "audit": {"reference_dvh": {"rois": {"rule": {"rule": "x"}}}}}
     rewritten = pseudonymizer.value({**keyed, **prose}, text_keys=frozenset(["rule"]))  # an ROI named "rule"
-    assert rewritten["audit"] == {"reference_dvh": {"rois": {"[removed]": {"rule": "x"}}}}, rewritten
-    assert {k: rewritten[k] for k in prose} == prose and rewritten["structures"]["names"] == ["[removed]"]
+    assert rewritten["audit"] == {"reference_dvh": {"rois": {rule: {"rule": "x"}}}}, rewritten  # the same tag
+    assert {k: rewritten[k] for k in prose} == prose and rewritten["structures"]["names"] == [rule]
     pseudonymizer.check(rewritten)
     monkeypatch.setattr(pseudonym.NameSpellings, "redact", lambda self, text, own=True: text)  # misses all
     missed = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
@@ -2014,3 +2025,55 @@ def test_an_id_a_removed_date_leaves_on_its_own_is_removed_too():
         for rewritten in (rewriting.text(text), rewriting.name(text)):
             assert "72315" not in rewritten and guard.find(rewritten, own=False) == "", (text, rewritten)
     assert rewriting.text("d 63.72315") == "d 63.72315"  # a number's decimals stay
+
+
+def test_an_roi_named_after_a_patients_surname_is_one_channel_in_every_case(tmp_path, capsys):
+    """Twenty-first hostile trial U12: patients named Ring^Anna and Cord^Peter made the ROIs ``Ring`` and ``Cord``
+    ``[removed]`` in every case of the input, and the second of them ``[removed]_2`` by its order in each structure
+    set: one channel name held the cord in one case and the ring in another, with status ok. An ROI name that is
+    identity as a whole is written with a keyed tag of itself: each is one channel name in every case."""
+    import json
+
+    import numpy as np
+
+    root = tmp_path / "in"
+    order = {"RING-1": ("Ring", "Cord"), "SMITH-2": ("Cord", "Ring"), "CORD-3": ("Ring", "Cord")}
+    names = {"RING-1": "Ring^Anna", "SMITH-2": "Smith^John", "CORD-3": "Cord^Peter"}
+    for n, patient in enumerate(order):
+        truth = hostile.study(root / patient, patient, 70 + n, patient_name=names[patient], extra_organs=2)
+        ds = dd.read(truth.struct_file)
+        for roi, name in zip(list(ds.StructureSetROISequence)[-2:], order[patient]):
+            roi.ROIName = name
+        dd.save(ds, truth.struct_file)
+    plain, share = tmp_path / "plain", tmp_path / "share" / "out"
+    assert main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    assert main(["export", str(root), str(share), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
+    capsys.readouterr()
+
+    def masks(out, row) -> tuple:
+        case = out / row["case_id"]
+        meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+        with np.load(case / "pair.npz") as npz:
+            return meta["structures"]["names"], np.unpackbits(npz["masks"], axis=-1, count=npz["ct"].shape[2])
+
+    import csv
+
+    from DoseAlignLib.output.pseudonym import default_paths
+
+    plain_rows = {r["patient"]: r for r in hostile.manifest(plain)}
+    with open(default_paths(share)[1], newline="", encoding="utf-8") as handle:
+        patient_of = {row[1]: row[2] for row in csv.reader(handle) if row and row[0] == "patient"}
+    channel_of: dict = {}
+    for row in hostile.manifest(share):
+        assert row["status"] == "ok", row
+        patient = patient_of[row["patient"]]
+        share_names, share_masks = masks(share, row)
+        plain_names, plain_masks = masks(plain, plain_rows[patient])
+        assert "Ring" not in share_names and "Cord" not in share_names, share_names
+        for organ in ("Ring", "Cord"):
+            reference = plain_masks[plain_names.index(organ)]
+            found = [name for n, name in enumerate(share_names) if np.array_equal(share_masks[n], reference)]
+            assert len(found) == 1 and WHOLE_NAME_REMOVED.fullmatch(found[0]), (patient, organ, share_names)
+            channel_of.setdefault(organ, set()).add(found[0])
+    assert len(channel_of["Ring"]) == 1 and len(channel_of["Cord"]) == 1, channel_of
+    assert channel_of["Ring"] != channel_of["Cord"], channel_of

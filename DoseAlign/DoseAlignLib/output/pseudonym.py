@@ -548,6 +548,13 @@ class Pseudonymizer:
             return value
         pieces = value.split(REMOVED)
         rewritten = REMOVED.join(self._name_piece(piece) for piece in pieces)
+        if rewritten != value and not _alnum(rewritten.replace(REMOVED, "")):
+            # a name that was identity as a whole (an ROI named after a surname: Ring, Cord) gets a keyed tag of
+            # itself: two such ROIs were [removed] and [removed]_2 by their order in each structure set, one channel
+            # the ring in one case and the cord in another (twenty-first hostile trial U12)
+            tag = self._digest("roi", value.strip().casefold()).hex()[:8]
+            self.entries[("roi", tag)] = value.strip()
+            rewritten = f"{REMOVED}_{tag}"
         if rewritten != value:
             renamed = getattr(self, "_renamed", None)
             if renamed is None:
