@@ -958,6 +958,7 @@ def test_the_birth_date_with_typographic_or_spaced_separators_or_cjk_characters_
         "j 1975\u5e743\u67082\u65e5",
         "k 1975\ub144 3\uc6d4 2\uc77c",
         "l 1975\u5e7403\u670802\u65e5",
+        "m 75\u5e743\u67082\u65e5",  # (a two-digit year: twenty-first hostile trial U9's addendum)
     ]
     code, row, out = _export_with_rois(tmp_path, rois)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())

@@ -2214,7 +2214,7 @@ _DATE_MARKS = "./-_\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\
 _DATE_SEP = "(?:[ \t]*[" + "".join(re.escape(c) for c in _DATE_MARKS) + "][ \t]*|[ \t]+)"  # (tabs: P10)
 #: A date written with the year, month and day characters of Chinese, Japanese (年月日) and Korean (년월일):
 #: ``2023年4月15日``, ``2023년 4월 15일`` (O1).
-_CJK_DATE = re.compile(r"(?<!\d)(\d{4}) *[年년] *(\d{1,2}) *[月월] *(\d{1,2})(?!\d)")
+_CJK_DATE = re.compile(r"(?<!\d)(\d{4}|\d{2}) *[年년] *(\d{1,2}) *[月월] *(\d{1,2})(?!\d)")
 
 
 def _dates_in(text: str) -> set:
@@ -2246,7 +2246,8 @@ def _dates_in(text: str) -> set:
         found.update(f"{century}{match.group(1)}" for century in ("19", "20"))
     for match in _CJK_DATE.finditer(text):
         a, b, c = match.groups()
-        found.add(f"{a}{int(b):02d}{int(c):02d}")
+        for year in [a] if len(a) == 4 else [f"19{a}", f"20{a}"]:
+            found.add(f"{year}{int(b):02d}{int(c):02d}")
     # six digits (YYMMDD, DDMMYY, MMDDYY), not the decimals of a number (0.750302), and only in a field that holds
     # letters too ("PTV 750302"): a column of numbers (voxel indices in openkbp's CSV files) holds no dates
     if _SIX_DIGITS.search(text):
@@ -2398,7 +2399,7 @@ def _date_pattern(date: str):
             f"{mm}{sep}{dd}{sep}{year}",
             f"{y2}{sep}{mm}{sep}{_ELIDED}?{dd}",
             date,  # (the check reads YYYYMMDD anywhere digits end: 19750302.5 too)
-            f"{y4} *[年년] *{mm} *[月월] *{dd}(?: *[日일])?",
+            f"(?:{y4}|{y2}) *[年년] *{mm} *[月월] *{dd}(?: *[日일])?",  # (23年4月15日: twenty-first trial U9)
         ]
         # forms that could be a number's digits (0.750302, 63.02031975, 2023.0415 cc): not after or before a
         # decimal point, as the check reads them
