@@ -642,7 +642,7 @@ def test_append_does_not_compare_a_digest_of_another_scheme(tmp_path, capsys):
     (row,) = hostile.manifest(out)
     meta_path = out / row["case_id"] / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    assert meta["source"]["rtdose_digest_scheme"] == 4
+    assert meta["source"]["rtdose_digest_scheme"] == 5
     meta["source"]["rtdose_digest_scheme"] = 3  # as an earlier scheme wrote it: another number for the same dose
     meta["source"]["rtdose_digest"] = "12345678901234567890"
     meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")

@@ -2132,7 +2132,15 @@ def test_a_dose_resent_with_its_patient_name_written_otherwise_is_a_copy(tmp_pat
 
 
 @pytest.mark.parametrize(
-    "written", ["absolute offsets", "another SliceThickness", "requantized", "frames reversed", "name corrected"]
+    "written",
+    [
+        "absolute offsets",
+        "another SliceThickness",
+        "requantized",
+        "frames reversed",
+        "name corrected",
+        "plans reordered",
+    ],
 )
 def test_a_dose_resent_written_otherwise_is_a_copy_as_under_append(tmp_path, capsys, written):
     """Nineteenth hostile trial S1: the same RTDOSE sent again with GridFrameOffsetVector absolute, another
@@ -2160,8 +2168,17 @@ def test_a_dose_resent_written_otherwise_is_a_copy_as_under_append(tmp_path, cap
         ds.ImagePositionPatient = [f"{v:g}" for v in position]
         ds.GridFrameOffsetVector = [f"{v - offsets[-1]:g}" for v in offsets[::-1]]
         ds.PixelData = np.ascontiguousarray(ds.pixel_array[::-1]).tobytes()
-    else:  # (T3) a corrected name: PatientID, plan, study and frame decide
+    elif written == "name corrected":  # (T3) a corrected name: PatientID, plan, study and frame decide
         ds.PatientName = str(ds.PatientName) + "^Maria"
+    else:  # (twenty-first trial) a dose of two plans, listed in the other order
+        from pydicom.dataset import Dataset
+
+        second = Dataset()
+        second.ReferencedSOPClassUID = ds.ReferencedRTPlanSequence[0].ReferencedSOPClassUID
+        second.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1234567"
+        ds.ReferencedRTPlanSequence = [ds.ReferencedRTPlanSequence[0], second]
+        dd.save(ds, dose)
+        ds.ReferencedRTPlanSequence = list(ds.ReferencedRTPlanSequence)[::-1]
     dd.save(ds, dose.with_name("zz_resent.dcm"))
     code, rows, out = _export(root, tmp_path, capsys)
     assert code == 0 and [r["status"] for r in rows] == ["ok"], rows

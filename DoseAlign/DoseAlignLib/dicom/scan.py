@@ -990,11 +990,12 @@ def dose_belongs_to(dose) -> tuple:
     dose (:func:`dose_key`) that agree here are one dose, in one input and under ``--append`` alike: the same values
     under another plan are another case (seventeenth and eighteenth hostile trials Q3, R5), and a re-send whose frames
     are stored the other way round or whose PatientName was corrected is the same (twentieth trial T3: the facts as
-    written made such a file a second case)."""
+    written made such a file a second case). Its plans are a set: a re-send that lists them in another order is the
+    same dose."""
     info = getattr(dose, "info", {}) or {}
     return (
         str(info.get("summation_type") or ""),
-        tuple(str(uid) for uid in info.get("plan_uids") or ()),
+        tuple(sorted({str(uid) for uid in info.get("plan_uids") or ()})),  # (in any order: twenty-first trial)
         tuple(info.get("beam_numbers") or ()),
         info.get("fraction_group"),
         str(getattr(dose, "patient_id", "") or "").strip().casefold(),

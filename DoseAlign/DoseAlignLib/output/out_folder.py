@@ -309,12 +309,12 @@ def input_files(case) -> list:
     ]
 
 
-#: What :func:`dose_digest` hashes, as meta.json's ``source.rtdose_digest_scheme`` records it: 4, the grid DoseAlign
+#: What :func:`dose_digest` hashes, as meta.json's ``source.rtdose_digest_scheme`` records it: 5, the grid DoseAlign
 #: computes, the values in Gy and what the dose belongs to (:func:`~DoseAlignLib.dicom.scan.dose_belongs_to`; 3 wrote
-#: those facts otherwise). Digests of another scheme (or none: the file bytes, then
+#: those facts otherwise, 4 its plans in the order the file lists them). Digests of another scheme (or none: the file bytes, then
 #: the grid as written) are not compared: the UIDs decide, as for a case that records no digest (nineteenth hostile
 #: trial S9: an OUT of the day before took the same dose appended again as "other contents").
-DIGEST_SCHEME = 4
+DIGEST_SCHEME = 5
 
 
 def recorded_digest(source) -> Optional[str]:
