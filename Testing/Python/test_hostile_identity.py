@@ -2078,3 +2078,23 @@ def test_an_roi_named_after_a_patients_surname_is_one_channel_in_every_case(tmp_
             channel_of.setdefault(organ, set()).add(found[0])
     assert len(channel_of["Ring"]) == 1 and len(channel_of["Cord"]) == 1, channel_of
     assert channel_of["Ring"] != channel_of["Cord"], channel_of
+
+
+def test_a_date_only_later_ct_slices_hold_is_an_input_date(tmp_path, capsys):
+    """From the twenty-first hostile trial's ideas: the pseudonymization read one CT slice's header a series, so a
+    date only later slices hold (a scan across midnight: AcquisitionDate and ContentDate a day on) was no input date,
+    and an ROI name holding it was kept. The scan records each slice's dates."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "MIDNIGHT-1", 65, extra_organs=1)
+    for path in sorted(truth.ct_files)[len(truth.ct_files) // 2 :]:
+        ds = dd.read(path)
+        ds.AcquisitionDate = ds.ContentDate = "20230416"
+        dd.save(ds, path)
+    ds = dd.read(truth.struct_file)
+    ds.StructureSetROISequence[-1].ROIName = "CT 16.04.2023"
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    assert "CT [removed]" in _names_of(out, row), _names_of(out, row)

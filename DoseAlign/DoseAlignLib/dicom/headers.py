@@ -670,6 +670,15 @@ def _raw_value(ds: Dataset, keyword: str) -> tuple:
     return None, vr, True
 
 
+def quick_date(ds: Dataset, keyword: str) -> str:
+    """The YYYYMMDD of a DA or DT attribute ('' when it holds none), decoded from its bytes when they are plain."""
+    raw, vr, _little = _raw_value(ds, keyword)
+    plain = raw is not None and vr in ("DA", "DT")
+    value = raw.decode("ascii", "replace") if plain else text(ds, keyword)
+    digits = re.sub(r"\D", "", value.split("\\")[0])[:8]
+    return digits if len(digits) == 8 else ""
+
+
 def quick_text(ds: Dataset, keyword: str) -> str:
     """:func:`text` of a one-valued UI or CS attribute, decoded from its bytes when that is safe."""
     raw, vr, _little = _raw_value(ds, keyword)

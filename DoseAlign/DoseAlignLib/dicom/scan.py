@@ -643,6 +643,9 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
     if other_ids or other_names:  # for --pseudonymize, which reads other headers of one CT slice per series only
         info["other_ids"], info["other_names"] = other_ids, other_names
     if kind == "CT":
+        # each slice's dates, for --pseudonymize, which reads one slice a series: a scan across midnight dates its
+        # later slices a day on (the twenty-first hostile trial's idea)
+        info["dates"] = sorted({headers.quick_date(ds, keyword) for keyword in _SLICE_DATE_KEYWORDS} - {""})
         info["image_position"] = headers.quick_floats(ds, "ImagePositionPatient")
         info["image_orientation"] = headers.quick_floats(ds, "ImageOrientationPatient")
         info["pixel_spacing"] = headers.quick_floats(ds, "PixelSpacing")
@@ -982,6 +985,10 @@ def dose_key(path: Path) -> Optional[tuple]:
         return ("values", content_digest(ds, path))
     except (OSError, DoseAlignError, MemoryError, AttributeError, TypeError, ValueError):
         return None
+
+
+#: The dates a CT slice's header may give that differ from slice to slice.
+_SLICE_DATE_KEYWORDS = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "AcquisitionDateTime")
 
 
 def dose_belongs_to(dose) -> tuple:

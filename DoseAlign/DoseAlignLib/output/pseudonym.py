@@ -388,6 +388,7 @@ def identity_of_scan(scan, read_header=None) -> Identity:
         ident.add_name(obj.info.get("patient_name", ""))
         for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
             ident.add_name(name)
+        ident.dates.update(obj.info.get("dates", ()))  # each CT slice's dates
         ident.other.update(obj.info.get("other_ids", ()))
         for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
             if uid:
