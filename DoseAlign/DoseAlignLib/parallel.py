@@ -359,7 +359,11 @@ def run_dask(
             client = Client(cluster)
         else:
             client = Client(scheduler, timeout=2 * SCHEDULER_CONNECT_SECONDS)
-    except Exception as error:  # a worker killed while it started ("Nanny failed to start": fourteenth trial N8),
+    except BaseException as error:
+        if not isinstance(error, Exception):  # stopped (SIGTERM, Ctrl-C) while the cluster starts
+            if scheduler == "local":
+                _end_local_workers()
+            raise  # a worker killed while it started ("Nanny failed to start": fourteenth trial N8),
         # a scheduler that stopped after check_scheduler: each case a named failure, not Dask's traceback
         if cluster is not None:
             with contextlib.suppress(Exception):
@@ -408,15 +412,19 @@ def run_dask(
                 index_of[nxt.key] = item[0]
                 batch.add(nxt)
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-            _end_local_workers()
+        try:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            if cluster is not None:
+                _end_local_workers()
 
 
 def _end_local_workers() -> None:
     """Kill what is left of a LocalCluster's worker processes: one that never started (stopped, hung in its
     imports) ignores SIGTERM, and the interpreter's exit waited for it for good (twenty-first hostile trial U10)."""
+    import atexit
     import multiprocessing
 
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # ("reaping stray process" at exit)
@@ -425,6 +433,10 @@ def _end_local_workers() -> None:
             with contextlib.suppress(Exception):
                 process.kill()
                 process.join(timeout=5)
+    with contextlib.suppress(Exception):  # Dask's own close at exit of a cluster that never started: a traceback
+        from distributed.deploy import spec
+
+        atexit.unregister(spec.close_clusters)
 
 
 #: The most seconds a --scheduler local worker may take to start (less when DOSEALIGN_CASE_SECONDS is less).
