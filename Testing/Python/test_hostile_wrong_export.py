@@ -15,6 +15,7 @@ import copy
 import csv
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -1193,7 +1194,10 @@ def test_roi_names_alike_once_pseudonymized_stay_apart_in_every_output(tmp_path,
     (row,) = hostile.manifest(out)
     assert code == 0 and row["status"] == "ok", row
     names = _names_in_every_output(out / row["case_id"])
-    assert [n for n in names if "[removed]" in n] == ["[removed]", "[removed]_2", "Y_[removed]"], names
+    first, second, third = [n for n in names if "[removed]" in n]
+    # (a name that was identity as a whole carries a keyed tag of itself: twenty-first hostile trial U12)
+    assert re.fullmatch(r"\[removed\]_[0-9a-f]{8}", first) and re.fullmatch(r"\[removed\]_[0-9a-f]{8}", second), names
+    assert first != second and third == "Y_[removed]", names
 
 
 def test_roi_names_holding_a_backslash_are_named_as_written(tmp_path, capsys):
