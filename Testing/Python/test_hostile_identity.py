@@ -2098,3 +2098,27 @@ def test_a_date_only_later_ct_slices_hold_is_an_input_date(tmp_path, capsys):
     (row,) = hostile.manifest(out)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     assert "CT [removed]" in _names_of(out, row), _names_of(out, row)
+
+
+def test_a_case_of_todays_date_exports_as_nrrd_under_pseudonymize(tmp_path, capsys):
+    """Twenty-second hostile trial V5: pynrrd writes the day and time of writing into every NRRD header, and under
+    --pseudonymize a case whose input holds today's date (a plan approved and exported the same day) failed the
+    leak check, "please report it". The time in the header is written as zeros."""
+    import datetime
+
+    pytest.importorskip("nrrd")
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "TODAY-1", 66)
+    for path in [*truth.ct_files, truth.struct_file, *truth.dose_files]:
+        ds = dd.read(path)
+        ds.StudyDate = ds.ContentDate = today
+        dd.save(ds, path)
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--format", "npz,nrrd"]
+    code = main(["export", str(root), str(out), *args, "--pseudonymize"])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    header = (out / row["case_id"] / "dose.nrrd").read_bytes()[:512]
+    assert b"# on 0000-00-00 00:00:00(GMT).\n" in header, header
+    assert f"{today[:4]}-{today[4:6]}-{today[6:]}".encode() not in header
