@@ -2122,3 +2122,29 @@ def test_a_case_of_todays_date_exports_as_nrrd_under_pseudonymize(tmp_path, caps
     header = (out / row["case_id"] / "dose.nrrd").read_bytes()[:512]
     assert b"# on 0000-00-00 00:00:00(GMT).\n" in header, header
     assert f"{today[:4]}-{today[4:6]}-{today[6:]}".encode() not in header
+
+
+def test_a_name_of_dosealigns_words_standing_together_in_its_keys_is_no_leak():
+    """Twenty-second hostile trial V3: a patient Sum^Max (or Frame^Order, Relative^Arrays) failed every case "please
+    report it": the check read DoseAlign's own keys joined, and found the name in beam_sum_max_diff_gy, or across
+    two keys (allow_relative, arrays). DoseAlign's keys are read each apart, for IDs, dates and UIDs; the same name
+    in an ROI name, key or value is still found."""
+    from DoseAlignLib.output import pseudonym
+
+    for name, keys in [("Sum^Max", ["beam_sum_max_diff_gy"]), ("Frame^Order", ["frame_order"])]:
+        identity = pseudonym.Identity()
+        identity.add_name(name)
+        identity.patient_ids.add("QX77415")
+        checker = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+        checker.check({"audit": {key: 1.0 for key in keys}})
+        joined = "".join(name.split("^"))
+        for meta in ({"rois": {f"PTV_{joined}": 1}}, {"structures": {"names": [f"ring {joined}"]}}):
+            with pytest.raises(pseudonym.PseudonymError):
+                checker.check(meta)
+        with pytest.raises(pseudonym.PseudonymError):  # an ID in one of DoseAlign's keys is still found
+            checker.check({"audit": {"frame_order_qx77415": 1.0}})
+    identity = pseudonym.Identity()
+    identity.add_name("Sum^Max")
+    checker = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    with pytest.raises(pseudonym.PseudonymError):  # a key of the same form that holds other words: an ROI name
+        checker.check({"audit": {"rois": {"ptv_summax": {}}}})

@@ -848,12 +848,17 @@ class Pseudonymizer:
         """
         keys = set(_keys(meta))
         vocabulary = {k for k in keys if _VOCABULARY.fullmatch(k)}
+        own = {k for k in vocabulary if all(w in OWN_VOCABULARY or len(w) <= 2 for w in k.split("_"))}
         # each value and key on its own: joined, two harmless ROI names read as one date or ID across them
         # ("CTV 15" and "April 2023"; "PTV 77" and "415 boost" for ID 77415), and the case was refused
         # (sixteenth hostile trial P11)
         leak = (
             next((found for found in map(self.guard.find, dict.fromkeys(_strings(meta))) if found), "")
-            or self.guard.find("\n".join(sorted(vocabulary)), words=False)  # a surname "Dose" is no leak there
+            # keys of DoseAlign's words alone, each apart, for IDs, dates and UIDs: their words are no name, one by
+            # one (a surname "Dose") nor joined (Sum^Max in beam_sum_max_diff_gy, or across two keys read joined:
+            # twenty-second hostile trial V3); other keys of its form (an ROI name ptv_summax) for joined names too
+            or next((f for f in (self.guard.find(k, words=False, joined_names=False) for k in sorted(own)) if f), "")
+            or next((f for f in (self.guard.find(k, words=False) for k in sorted(vocabulary - own)) if f), "")
             or next((found for found in map(self.guard.find, sorted(keys - vocabulary)) if found), "")  # free text
             # the names the input gave (ROI names under name keys), each apart: no word of DoseAlign's is exempt
             or next(
@@ -1898,8 +1903,9 @@ class IdentityGuard:
             lowered = re.sub(r"[0-9a-z]{8,}", lambda m: " " if m.group(0) in own else m.group(0), lowered)
         return lowered
 
-    def find(self, text: str, words: bool = True, own: bool = True) -> str:
+    def find(self, text: str, words: bool = True, own: bool = True, joined_names: bool = True) -> str:
         """The kind of identifying value in ``text`` ('' when none); ``words``: also single name components;
+        ``joined_names``: also names joined (with ``words=False``: IDs, dates and UIDs only);
         ``own``: ``text`` is DoseAlign's own, whose words (:data:`OWN_VOCABULARY`) are no name, else it is one name
         the input gave (an ROI name), where they are (a surname ``Lang`` in ``PTV_Lang``).
 
@@ -1963,7 +1969,7 @@ class IdentityGuard:
             return "a patient name"
         named = self._without_own(lowered, "\0") if self.own else lowered  # names are not read inside own tokens
         squeezed = "".join(c for c in named if c.isalnum() or c == "\0")
-        if self.squeezed_names.in_text(squeezed):
+        if joined_names and self.squeezed_names.in_text(squeezed):
             return "a patient name"
         if words and self.short_names and self._short_name(camel, squeezed, own):
             return "a patient name"
