@@ -2612,3 +2612,35 @@ def test_a_users_file_at_a_format_resume_adds_is_not_replaced(cohort, tmp_path, 
     done = hostile.dosealign("export", *args, "--resume", "--format", "nifti,nrrd", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (case / "dose.nii.gz").read_bytes()[:2] == b"\x1f\x8b"
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"dose": "dose.nii.gz", "masks": {}},
+        {"ct": "dose.nii.gz", "dose": "dose.nii.gz", "masks": {}},
+        {"ct": "../../x", "dose": "dose.nii.gz", "masks": {}},
+        {"ct": "ct.nii.gz", "dose": "dose.nii.gz", "masks": 5},
+        {"ct": "ct.nii.gz", "dose": "dose.nii.gz", "masks": {"PTV": "../dose.nii.gz"}},
+    ],
+)
+def test_a_kept_case_whose_nifti_files_are_not_as_written_is_exported_again(cohort, tmp_path, files):
+    """Twenty-second hostile trial V1, V2: dataset.json's paths come from a kept case's meta.json
+    (``exports.nifti.files``). Without ``ct`` --resume, --append and merge ended in a KeyError; with ``ct`` set to
+    ``dose.nii.gz`` (or a path out of OUT) the datalist's image was the dose, exit 0. Such a meta.json is damaged:
+    the case is exported again, and dataset.json names its CT."""
+    pytest.importorskip("nibabel")
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "npz,nifti"]
+    assert main(["export", *args]) == 0
+    case = out / hostile.manifest(out)[0]["case_id"]
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    meta["exports"]["nifti"]["files"] = files
+    (case / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    done = hostile.dosealign("export", *args, "--resume", timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert "exports.nifti.files" in done.stdout, done.stdout
+    entries = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    images = [e["image"] for part in ("training", "validation") for e in entries.get(part, [])]
+    assert f"{case.name}/ct.nii.gz" in images, images
+    assert all(image.endswith("/ct.nii.gz") and ".." not in image for image in images), images

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import zipfile
@@ -246,7 +247,37 @@ def meta_problem(meta: dict, case_id: Optional[str] = None) -> Optional[str]:
     for fmt, entry in (meta.get("exports") or {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("files", {}), dict):
             return f"exports.{fmt}: not an object with files"
+    nifti = (meta.get("exports") or {}).get("nifti")
+    if nifti is not None:
+        problem = _nifti_files_problem(nifti.get("files"), structures.get("names") or [])
+        if problem:
+            return f"exports.nifti.files: {problem}"
     return _disagreement(meta)
+
+
+#: The file name of each NIfTI mask, as the writer makes it: under masks/, one folder level, no way out of it.
+_NIFTI_MASK = re.compile(r"masks/[^/\\]+\.nii\.gz")
+
+
+def _nifti_files_problem(files, names: list) -> Optional[str]:
+    """What is wrong with a case's ``exports.nifti.files`` (dataset.json's paths are made from it), else None: the
+    files the NIfTI writer names, a mask per ROI name at most, each under masks/. A missing ``ct`` ended --resume,
+    --append and merge in a KeyError; ``ct`` set to ``dose.nii.gz`` made the datalist's image the dose
+    (twenty-second hostile trial V1, V2)."""
+    if not isinstance(files, dict):
+        return "not an object"
+    if files.get("ct") != "ct.nii.gz" or files.get("dose") != "dose.nii.gz":
+        return "not ct.nii.gz and dose.nii.gz"
+    if files.get("body") not in (None, "body.nii.gz"):
+        return "a body mask that is not body.nii.gz"
+    masks = files.get("masks", {})
+    if not isinstance(masks, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in masks.items()):
+        return "masks: not an object of file names"
+    if any(".." in v.split("/") or not _NIFTI_MASK.fullmatch(v) for v in masks.values()):
+        return "a mask file that is not masks/<name>.nii.gz"
+    if set(masks) - set(names) or len(set(masks.values())) != len(masks):
+        return "masks that are not the case's ROIs, one file each"
+    return None
 
 
 # ---- meta.json agrees with itself (fourth hostile trial D4) ----------------------------------------------------
