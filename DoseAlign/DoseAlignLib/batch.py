@@ -437,8 +437,8 @@ def export_folder(
     if formats is not None and shard is None:
         try:
             finished = formats.finish(out_dir, all_rows)  # formats of resumed cases, dataset.h5, dataset.json
-        except OSError as error:  # a full disk at dataset.h5: named, exit 4, the cases and a manifest stay
-            report.fault = f"dataset files: {output_fault(error, out_dir)}"
+        except OSError as error:  # a full disk at dataset.h5 or a format added: named, exit 4, a manifest stays
+            report.fault = f"formats and dataset files: {output_fault(error, out_dir)}"
             finished = {}
         for message in finished.get("notes", []):
             note(message)

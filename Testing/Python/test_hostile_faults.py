@@ -2644,3 +2644,32 @@ def test_a_kept_case_whose_nifti_files_are_not_as_written_is_exported_again(coho
     images = [e["image"] for part in ("training", "validation") for e in entries.get(part, [])]
     assert f"{case.name}/ct.nii.gz" in images, images
     assert all(image.endswith("/ct.nii.gz") and ".." not in image for image in images), images
+
+
+def test_a_full_disk_while_resume_adds_formats_stops_the_export(cohort, tmp_path, monkeypatch, capsys, caplog):
+    """Twenty-second hostile trial V6: a disk that filled while --resume added formats to kept cases printed a
+    traceback for each case, tried every later case and ended exit 1. It stops the export (exit 4), names the cause in
+    the case's row, and prints no traceback; the next --resume adds the formats."""
+    import errno
+
+    pytest.importorskip("h5py")
+    from DoseAlignLib.output import hdf5 as case_h5
+
+    out = tmp_path / "out"
+    args = ["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(args) == 0
+    capsys.readouterr()
+    written = case_h5.write_case_h5
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(case_h5, "write_case_h5", full)
+    assert main([*args, "--resume", "--format", "hdf5"]) == 4
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err + caplog.text and "the export stopped" in printed.err, printed.err
+    failed = [r for r in hostile.manifest(out) if r["status"] == "failed"]
+    assert len(failed) == 1 and "No space left on device (ENOSPC)" in failed[0]["reason"], failed
+    monkeypatch.setattr(case_h5, "write_case_h5", written)
+    assert main([*args, "--resume", "--format", "hdf5"]) == 0
+    assert all((out / r["case_id"] / "case.h5").is_file() for r in hostile.manifest(out))

@@ -26,6 +26,7 @@ before any case is computed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..errors import DoseAlignError
+from ..errors import DoseAlignError, output_fault
 from ..limits import entry_kind
 from .case_data import CaseData, require
 from .case_folder import load_meta, recorded_files, written_files
@@ -337,6 +338,14 @@ class ExportFormats:
                 added = self.add_to_case(folder)
             except DoseAlignError as error:
                 row.update(status="failed", reason=f"export formats: {error}")
+                continue
+            except OSError as error:
+                if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):  # the export stops (exit 4), as when a
+                    # case is first written; it printed a traceback for each case (twenty-second hostile trial V6)
+                    row.update(status="failed", reason=f"export formats: {output_fault(error, folder)}")
+                    raise
+                logger.exception("case %s: adding formats failed", row["case_id"])
+                row.update(status="failed", reason=f"export formats: {type(error).__name__}: {error}")
                 continue
             except Exception as error:  # one case must not stop the others
                 logger.exception("case %s: adding formats failed", row["case_id"])
