@@ -2100,6 +2100,20 @@ def test_a_date_only_later_ct_slices_hold_is_an_input_date(tmp_path, capsys):
     assert "CT [removed]" in _names_of(out, row), _names_of(out, row)
 
 
+def _today_or_zeros(tmp_path, date: str, capsys) -> None:
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "ZEROS-1", 67)
+    for path in [*truth.ct_files, truth.struct_file, *truth.dose_files]:
+        ds = dd.read(path)
+        ds.PatientBirthDate = date
+        dd.save(ds, path)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "npz,nrrd",
+                 "--pseudonymize"])  # fmt: skip
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+
+
 def test_a_case_of_todays_date_exports_as_nrrd_under_pseudonymize(tmp_path, capsys):
     """Twenty-second hostile trial V5: pynrrd writes the day and time of writing into every NRRD header, and under
     --pseudonymize a case whose input holds today's date (a plan approved and exported the same day) failed the
@@ -2108,6 +2122,7 @@ def test_a_case_of_todays_date_exports_as_nrrd_under_pseudonymize(tmp_path, caps
 
     pytest.importorskip("nrrd")
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
+    _today_or_zeros(tmp_path / "zeros", "00000000", capsys)  # a placeholder date (twenty-third trial W6)
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "TODAY-1", 66)
     for path in [*truth.ct_files, truth.struct_file, *truth.dose_files]:
@@ -2120,7 +2135,7 @@ def test_a_case_of_todays_date_exports_as_nrrd_under_pseudonymize(tmp_path, caps
     (row,) = hostile.manifest(out)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     header = (out / row["case_id"] / "dose.nrrd").read_bytes()[:512]
-    assert b"# on 0000-00-00 00:00:00(GMT).\n" in header, header
+    assert b"# on YYYY-MM-DD hh:mm:ss(GMT).\n" in header, header
     assert f"{today[:4]}-{today[4:6]}-{today[6:]}".encode() not in header
 
 

@@ -51,14 +51,15 @@ _WRITE_TIME = re.compile(rb"\n# on (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\(GMT\)\.\n")
 def _blank_write_time(path: Path) -> None:
     """pynrrd writes the day and time of writing into every header, with no switch to leave it out: under
     --pseudonymize a case whose input holds today's date (a plan approved and exported the same day) then failed
-    the leak check, "please report it" (twenty-second hostile trial V5). The digits are made zeros in place (the
-    header keeps its length), which also makes the same export the same bytes."""
+    the leak check, "please report it" (twenty-second hostile trial V5). The digits are made letters in place (the
+    header keeps its length), which also makes the same export the same bytes; zeros read as a date 00000000, an
+    input's placeholder date (twenty-third trial W6)."""
     with open(path, "r+b") as handle:
         head = handle.read(512)
         match = _WRITE_TIME.search(head)
         if match is not None:
             handle.seek(match.start(1))
-            handle.write(b"0000-00-00 00:00:00")
+            handle.write(b"YYYY-MM-DD hh:mm:ss")
 
 
 def write_nrrd(case: CaseData, folder: Path, compression: int = DEFAULT_COMPRESSION) -> dict:
