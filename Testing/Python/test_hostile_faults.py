@@ -2646,7 +2646,8 @@ def test_a_kept_case_whose_nifti_files_are_not_as_written_is_exported_again(coho
     assert all(image.endswith("/ct.nii.gz") and ".." not in image for image in images), images
 
 
-def test_a_full_disk_while_resume_adds_formats_stops_the_export(cohort, tmp_path, monkeypatch, capsys, caplog):
+@pytest.mark.parametrize("code", ["ENOSPC", "EPERM"])
+def test_a_full_disk_while_resume_adds_formats_stops_the_export(cohort, tmp_path, monkeypatch, capsys, caplog, code):
     """Twenty-second hostile trial V6: a disk that filled while --resume added formats to kept cases printed a
     traceback for each case, tried every later case and ended exit 1. It stops the export (exit 4), names the cause in
     the case's row, and prints no traceback; the next --resume adds the formats."""
@@ -2662,14 +2663,17 @@ def test_a_full_disk_while_resume_adds_formats_stops_the_export(cohort, tmp_path
     written = case_h5.write_case_h5
 
     def full(*_args, **_kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
 
     monkeypatch.setattr(case_h5, "write_case_h5", full)
     assert main([*args, "--resume", "--format", "hdf5"]) == 4
     printed = capsys.readouterr()
     assert "Traceback" not in printed.err + caplog.text and "the export stopped" in printed.err, printed.err
-    failed = [r for r in hostile.manifest(out) if r["status"] == "failed"]
-    assert len(failed) == 1 and "No space left on device (ENOSPC)" in failed[0]["reason"], failed
+    rows = hostile.manifest(out)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and f"({code})" in failed[0]["reason"], failed
+    kept = [r for r in rows if r["status"] != "failed"]  # (twenty-third trial W3: they said nothing of it)
+    assert kept and all("its formats were not added: the export stopped" in r["reason"] for r in kept), kept
     monkeypatch.setattr(case_h5, "write_case_h5", written)
     assert main([*args, "--resume", "--format", "hdf5"]) == 0
     assert all((out / r["case_id"] / "case.h5").is_file() for r in hostile.manifest(out))

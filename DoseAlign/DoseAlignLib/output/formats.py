@@ -26,7 +26,6 @@ before any case is computed.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -278,6 +277,13 @@ class ExportFormats:
             or not all(_whole(folder / rel, meta) for rel in _listed_files(exports[f]))
         ]
 
+    def _lacks_formats(self, folder: Path) -> bool:
+        """Whether a finished case folder lacks a requested format (or cannot be read to tell)."""
+        try:
+            return bool(self.missing(folder))
+        except Exception:
+            return True
+
     def add_to_case(self, folder: Path) -> list:
         """Write the formats a finished case folder lacks, from its pair.npz and meta.json.
 
@@ -330,7 +336,7 @@ class ExportFormats:
         if not self.extra:
             return summary
         ok = []
-        for row in rows:
+        for index, row in enumerate(rows):
             if row.get("status") not in ("ok", "skipped"):  # skipped: kept by --resume
                 continue
             folder = out_dir / row["case_id"]
@@ -339,14 +345,16 @@ class ExportFormats:
             except DoseAlignError as error:
                 row.update(status="failed", reason=f"export formats: {error}")
                 continue
-            except OSError as error:
-                if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):  # the export stops (exit 4), as when a
-                    # case is first written; it printed a traceback for each case (twenty-second hostile trial V6)
-                    row.update(status="failed", reason=f"export formats: {output_fault(error, folder)}")
-                    raise
-                logger.exception("case %s: adding formats failed", row["case_id"])
-                row.update(status="failed", reason=f"export formats: {type(error).__name__}: {error}")
-                continue
+            except OSError as error:  # the output cannot be written (a full disk, EPERM): the export stops (exit 4),
+                # as when a case is first written; it printed a traceback for each case (twenty-second and
+                # twenty-third hostile trials V6, W4), and the cases not reached say so (W3)
+                row.update(status="failed", reason=f"export formats: {output_fault(error, folder)}")
+                for later in rows[index + 1 :]:
+                    if later.get("status") in ("ok", "skipped") and self._lacks_formats(out_dir / later["case_id"]):
+                        later["reason"] = "; ".join(
+                            r for r in (later.get("reason"), "its formats were not added: the export stopped") if r
+                        )
+                raise
             except Exception as error:  # one case must not stop the others
                 logger.exception("case %s: adding formats failed", row["case_id"])
                 row.update(status="failed", reason=f"export formats: {type(error).__name__}: {error}")
