@@ -2677,3 +2677,27 @@ def test_a_full_disk_while_resume_adds_formats_stops_the_export(cohort, tmp_path
     monkeypatch.setattr(case_h5, "write_case_h5", written)
     assert main([*args, "--resume", "--format", "hdf5"]) == 0
     assert all((out / r["case_id"] / "case.h5").is_file() for r in hostile.manifest(out))
+
+
+def test_a_kept_case_whose_nifti_mask_files_are_swapped_is_exported_again(tmp_path):
+    """Twenty-third hostile trial W1: V2's check read only the form of ``exports.nifti.files.masks``; two ROIs' files
+    swapped in a kept case's meta.json made dataset.json's channel PTV the cord's mask, exit 0. Each ROI's file must
+    be the one the writer names for it."""
+    pytest.importorskip("nibabel")
+    root = tmp_path / "in"
+    hostile.study(root / "p", "SWAP-1", 31)
+    out = tmp_path / "out"
+    args = [str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "npz,nifti"]
+    assert main(["export", *args]) == 0
+    case = out / hostile.manifest(out)[0]["case_id"]
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    masks = meta["exports"]["nifti"]["files"]["masks"]
+    assert {"PTV", "Cord"} <= set(masks), masks
+    done = hostile.dosealign("export", *args, "--resume", timeout=300)  # as written: kept
+    assert done.returncode == 0 and "exported again" not in done.stdout, done.stdout
+    masks["PTV"], masks["Cord"] = masks["Cord"], masks["PTV"]
+    (case / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    done = hostile.dosealign("export", *args, "--resume", timeout=300)
+    assert done.returncode == 0 and "mask files that are not the ones the writer names" in done.stdout, done.stdout
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    assert meta["exports"]["nifti"]["files"]["masks"]["PTV"] == "masks/PTV.nii.gz", meta["exports"]["nifti"]

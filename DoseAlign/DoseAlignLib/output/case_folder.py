@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DoseAlignError, output_fault
 from ..limits import LimitError, entry_kind, open_regular, read_back
+from .case_data import unique_file_names
 from .dvh_csv import write_dvh_csv
 from .file_check import format_file_problem
 from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, is_run_entry, json_text, remove_owned
@@ -277,6 +278,11 @@ def _nifti_files_problem(files, names: list) -> Optional[str]:
         return "a mask file that is not masks/<name>.nii.gz"
     if set(masks) - set(names) or len(set(masks.values())) != len(masks):
         return "masks that are not the case's ROIs, one file each"
+    # each ROI's file as the writer names it, in the order it wrote them: two files swapped made dataset.json's
+    # channel PTV the cord's mask (twenty-third hostile trial W1)
+    expected = [f"masks/{name}.nii.gz" for name in unique_file_names(list(masks))]
+    if list(masks.values()) != expected:
+        return "mask files that are not the ones the writer names for their ROIs"
     return None
 
 
