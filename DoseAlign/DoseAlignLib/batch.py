@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -362,7 +363,7 @@ def export_folder(
         note(_exported_again_note(report.exported_again))
 
     task = functools.partial(
-        export_case,
+        export_case if not scheduler else functools.partial(_export_case_on_a_dask_worker, os.getpid()),
         out_dir=out_dir,
         options=options,
         qa_png=qa_png,
@@ -1465,6 +1466,25 @@ def _check_targets(out_dir: Path, names, who: str) -> None:
                 path=path,
                 hint=f"move it away, then run {'merge' if who == 'merge' else 'the export'} again; nothing was written",
             )
+
+
+_DASK_CASES = [0]
+_DASK_CASES_LOCK = threading.Lock()
+
+
+def _export_case_on_a_dask_worker(client_pid: int, case, out_dir: Path, **kwargs) -> dict:
+    """:func:`export_case` on a Dask worker: the claim on OUT that its first case makes in the worker's process is
+    released once no case of it runs there. A worker of a standing cluster outlives the export, and its claim
+    refused every later run into OUT as "another DoseAlign run is writing" (twenty-third hostile trial W7)."""
+    with _DASK_CASES_LOCK:
+        _DASK_CASES[0] += 1
+    try:
+        return export_case(case, out_dir, **kwargs)
+    finally:
+        with _DASK_CASES_LOCK:
+            _DASK_CASES[0] -= 1
+            if _DASK_CASES[0] == 0 and os.getpid() != client_pid:
+                release_claims(Path(out_dir))
 
 
 def export_case(

@@ -277,6 +277,10 @@ def test_a_scheduler_without_workers_is_said_while_the_export_waits(cohort, tmp_
         )  # fmt: skip
         run.join(180)
         assert not run.is_alive(), "the export did not end once a worker joined"
+        # the worker lives on (a standing cluster): it holds no claim on OUT, which would refuse every later run
+        # into it as "another DoseAlign run is writing" (twenty-third hostile trial W7)
+        assert worker.poll() is None
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], sorted(p.name for p in out.iterdir())
     finally:
         for process in (worker, scheduler):
             if process is not None:
