@@ -180,6 +180,9 @@ def export_folder(
     if resampler is not None and (workers > 1 or scheduler):
         raise ValueError(f"the {resampler.name} resampler runs in this process only: use one worker, no scheduler")
     input_root, out_dir = Path(input_root), Path(out_dir)
+    if scheduler:  # a worker elsewhere (another working folder) reads and writes these paths: made absolute, else it
+        # made OUT under its own folder and every case failed (twenty-third hostile trial W5)
+        input_root, out_dir = input_root.absolute(), out_dir.absolute()
     report = BatchReport()
 
     def note(message: str) -> None:

@@ -258,9 +258,12 @@ def test_a_scheduler_without_workers_is_said_while_the_export_waits(cohort, tmp_
             except ValueError:
                 time.sleep(0.5)
         out = tmp_path / "out"
+        monkeypatch.chdir(cohort.parent)
+        relative_in, relative_out = Path(cohort.name), Path(os.path.relpath(out, cohort.parent))
         run = threading.Thread(
             target=lambda: outcome.append(
-                export_folder(cohort, out, OPTIONS, workers=1, scheduler=address, notify=notes.append)
+                # relative paths, the worker in another working folder (twenty-third hostile trial W5)
+                export_folder(relative_in, relative_out, OPTIONS, workers=1, scheduler=address, notify=notes.append)
             ),
             daemon=True,
         )
