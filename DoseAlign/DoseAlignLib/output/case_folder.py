@@ -22,9 +22,9 @@ import numpy as np
 
 from ..errors import DoseAlignError, output_fault
 from ..limits import LimitError, entry_kind, open_regular, read_back
-from .case_data import unique_file_names
 from .dvh_csv import write_dvh_csv
 from .file_check import format_file_problem
+from .file_names import unique_file_names
 from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, is_run_entry, json_text, remove_owned
 from .npz import NpyStream, NpzStream
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .case_data import CaseData, require, unique_file_names
+from .case_data import CaseData, require
+from .file_names import unique_file_names
 
 #: qform/sform code: NIFTI_XFORM_SCANNER_ANAT (coordinates of the scanner, i.e. DICOM patient space).
 XFORM_SCANNER = 1

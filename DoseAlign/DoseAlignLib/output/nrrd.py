@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..options import DEFAULT_NRRD_COMPRESSION
-from .case_data import CaseData, require, unique_file_names
+from .case_data import CaseData, require
+from .file_names import unique_file_names
 
 #: gzip level of the NRRD files. Measured on a 512 x 512 x 300 case (README, speed section): level 1
 #: writes CT, dose and 10 masks in about a third of level 9's time (pynrrd's default), and the files

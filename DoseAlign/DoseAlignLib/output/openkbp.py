@@ -44,7 +44,8 @@ from ..geometry.resample import resample
 from ..limits import check_spacing
 from ..options import OPENKBP_SPACING, AlignOptions, CustomBox, Interpolator, ReferenceGrid
 from ..structures.names import is_target
-from .case_data import CaseData, MaskSequence, unique_file_names
+from .case_data import CaseData, MaskSequence
+from .file_names import unique_file_names
 from .files import json_text
 
 SIZE = 128
