@@ -1462,12 +1462,18 @@ class _Needles:
     def __init__(self, needles: Iterable[str] = ()) -> None:
         #: per length, each string and its value
         self.by_length: dict = {}
+        self.count = 0
+        self.lengths: list = []
         for needle in needles:
             self.add(needle)
 
     def add(self, needle: str, value=None) -> None:
         if needle:
-            self.by_length.setdefault(len(needle), {})[needle] = value
+            found = self.by_length.setdefault(len(needle), {})
+            self.count += needle not in found
+            found[needle] = value
+            if len(found) == 1 and len(needle) not in self.lengths:
+                self.lengths = sorted(self.by_length)
 
     def value(self, needle: str):
         return self.by_length[len(needle)][needle]
@@ -1476,7 +1482,7 @@ class _Needles:
         return bool(self.by_length)
 
     def __len__(self) -> int:
-        return sum(len(found) for found in self.by_length.values())
+        return self.count
 
     def in_text(self, text: str) -> bool:
         """Whether one of the strings occurs in ``text``."""
@@ -1491,8 +1497,7 @@ class _Needles:
         return set(self._occurring(text))
 
     def _occurring(self, text: str):
-        by_length = self.by_length
-        lengths = sorted(by_length)
+        by_length, lengths = self.by_length, self.lengths
         for start in range(len(text)):
             left = len(text) - start
             for length in lengths:
