@@ -125,10 +125,10 @@ def sample_grid(case: CaseData, settings: OpenKBPSettings) -> tuple:
     grid, _how = custom_grid(case.grid, case.grid, options, centre=region)
     centre = dict(region.about)
     centre["centre_lps"] = region.centre().tolist()
-    centre["grid"] = (
-        f"{settings.size}^3 voxels at {list(settings.spacing)} mm (i, j, k) on the output grid's axes, "
-        f"centred on the box above"
-    )
+    centre["grid_size"] = settings.size
+    centre["grid_spacing_mm_ijk"] = list(settings.spacing)
+    # prose without the numbers themselves (a patient ID 128 is no leak in every case's text: W2)
+    centre["grid"] = "grid_size^3 voxels at grid_spacing_mm_ijk on the output grid's axes, centred on the box above"
     return grid, centre
 
 
@@ -233,7 +233,9 @@ def write_openkbp(case: CaseData, folder: Path, settings: Optional[OpenKBPSettin
         "patient_id": case.patient_id,
         "shape": [settings.size] * 3,
         "array_axes": ["j (row)", "i (column)", "k (slice)"],
-        "flat_index": f"C order over array_axes: index = (j * {grid.shape[2]} + i) * {grid.shape[0]} + k",
+        # the prose names the numbers it uses rather than holding them: a patient ID 128 is then no leak in the
+        # text of every case (twenty-third hostile trial W2)
+        "flat_index": "C order over array_axes: index = (j * shape[1] + i) * shape[2] + k",
         "index_to_lps": index_to_lps(grid).tolist(),
         "ijk_to_lps": grid.affine.tolist(),
         "ijk_to_ras": grid.ras_affine().tolist(),
@@ -243,10 +245,11 @@ def write_openkbp(case: CaseData, folder: Path, settings: Optional[OpenKBPSettin
         "centre": sample["centre"],
         "ct": {
             "file": "ct.csv",
-            "values": f"round(HU) + {settings.ct_offset:g}, clipped to [0, {CT_MAX:g}]; voxels <= 0 not listed",
+            "values": "round(HU) + offset_hu, clipped to [0, max_value]; voxels of 0 not listed",
             "offset_hu": settings.ct_offset,
+            "max_value": CT_MAX,
             "interpolator": "linear",
-            "outside_ct": "the case's CT fill value (default -1000 HU, i.e. 0)",
+            "outside_ct": "the case's CT fill value (--ct-fill, air by default) plus offset_hu, clipped as values",
         },
         "dose": {
             "file": "dose.csv",

@@ -846,6 +846,16 @@ class Pseudonymizer:
         The search is :class:`IdentityGuard`'s, written apart from the rewriting (other tokenizing,
         other matching), so that a spelling the rewriting misses is not missed by the check too.
         """
+        leak = self._leak_in_json(meta)
+        if leak:
+            raise PseudonymError(
+                f"pseudonymization left {leak} in meta.json; the case is not written",
+                hint="please report it",
+            )
+
+    def _leak_in_json(self, meta) -> str:
+        """The kind of identity found in a JSON-like value's strings and keys ('' when none); its numbers are
+        DoseAlign's (shapes, spacings, doses), not text the input gave, and are not read."""
         keys = set(_keys(meta))
         vocabulary = {k for k in keys if _VOCABULARY.fullmatch(k)}
         own = {k for k in vocabulary if all(w in OWN_VOCABULARY or len(w) <= 2 for w in k.split("_"))}
@@ -866,11 +876,7 @@ class Pseudonymizer:
                 "",
             )
         )
-        if leak:
-            raise PseudonymError(
-                f"pseudonymization left {leak} in meta.json; the case is not written",
-                hint="please report it",
-            )
+        return leak
 
     def _guard_name(self, name: str) -> str:
         return self.guard.find(name, own=False)
@@ -896,20 +902,38 @@ class Pseudonymizer:
 
     def check_folder(self, folder: Path) -> None:
         """A case's files before they are renamed into place: every file name, and every text a format
-        writes in the clear (JSON, CSV, NRRD headers), must hold no identity; else the case is not written."""
+        writes in the clear (JSON, CSV, NRRD headers), must hold no identity; else the case is not written.
+
+        The formats' own numbers are DoseAlign's, not the input's: a patient ID ``100`` or ``128`` is no leak in
+        an NRRD header's ``space directions: (1,0,0)`` nor in OpenKBP's 128-voxel grid (twenty-third hostile
+        trial W2). So NRRD fields of DoseAlign's own form, JSON numbers and CSV cells that are numbers are not
+        read; every other field, string, key and cell is."""
         folder = Path(folder)
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()
             leak = self.guard.find(rel)
             if not leak and path.is_file() and path.suffix in (".json", ".csv", ".txt", ".nrrd", ".nhdr"):
-                with open(path, "rb") as handle:
-                    head = handle.read(1 << 20 if path.suffix != ".nrrd" else 65536)
-                text = head.split(b"\n\n", 1)[0] if path.suffix == ".nrrd" else head
-                leak = self.guard.find(text.decode("utf-8", "replace"))
+                leak = self._leak_in_file(path)
             if leak:
                 raise PseudonymError(
                     f"pseudonymization left {leak} in {rel}; the case is not written", hint="please report it"
                 )
+
+    def _leak_in_file(self, path: Path) -> str:
+        nrrd = path.suffix in (".nrrd", ".nhdr")
+        with open(path, "rb") as handle:
+            head = handle.read(65536 if nrrd else MAX_CHECKED_JSON_BYTES if path.suffix == ".json" else 1 << 20)
+        if nrrd:
+            return self.guard.find(_nrrd_free_text(head.split(b"\n\n", 1)[0].decode("utf-8", "replace")))
+        text = head.decode("utf-8", "replace")
+        if path.suffix == ".json":
+            try:
+                return self._leak_in_json(json.loads(text))
+            except ValueError:  # not JSON (or beyond the bound): read as free text, numbers and all
+                pass
+        elif path.suffix == ".csv":
+            text = _csv_free_text(text)
+        return self.guard.find(text)
 
     # -- the map
     def write_map(self, path: Path) -> Path:
@@ -1065,6 +1089,57 @@ def read_map(path: Path) -> dict:
             raise PseudonymError(f"{why} (line {number} has {len(row)} fields, not 3); it is not replaced", path=path)
         rows[(row[0], row[1])] = row[2]
     return rows
+
+
+#: A JSON file a case's check reads as JSON up to this size (geometry.json: some kB); a larger one as free text.
+MAX_CHECKED_JSON_BYTES = 64 * 1024 * 1024
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_VECTOR = rf"\({_NUMBER}(?:,{_NUMBER})*\)"
+#: NRRD header fields whose values DoseAlign's NRRD writer makes of numbers and its own words, in their forms.
+_NRRD_OWN_FIELDS = {
+    "type": re.compile(r"u?int(?:8|16|32|64)|float|double"),
+    "dimension": re.compile(r"\d+"),
+    "sizes": re.compile(r"\d+(?: \d+)*"),
+    "space directions": re.compile(rf"(?:{_VECTOR}|none)(?: (?:{_VECTOR}|none))*"),
+    "space origin": re.compile(_VECTOR),
+    "space": re.compile(r"left-posterior-superior"),
+    "kinds": re.compile(r"domain(?: domain)*"),
+    "endian": re.compile(r"little|big"),
+    "encoding": re.compile(r"gzip|raw"),
+    "space units": re.compile(r'"mm"(?: "mm")*'),
+    "dosealign_units": re.compile(r"HU|GY|mask"),
+}
+#: pynrrd's comment lines (the time of writing made letters by the NRRD writer).
+_NRRD_OWN_LINES = re.compile(
+    r"NRRD000\d|# This NRRD file was generated by pynrrd|# on YYYY-MM-DD hh:mm:ss\(GMT\)\."
+    r"|# Complete NRRD file format specification at:|# http://teem\.sourceforge\.net/nrrd/format\.html"
+)
+
+
+def _nrrd_free_text(header: str) -> str:
+    """An NRRD header without the lines DoseAlign's writer makes of its own numbers and words: what is left (the
+    ``content``, ``dosealign_case_id``, anything else) is text to check."""
+    free = []
+    for line in header.splitlines():
+        key, separator, value = line.partition(":=" if ":=" in line else ": ")
+        own = _NRRD_OWN_FIELDS.get(key) if separator else None
+        if _NRRD_OWN_LINES.fullmatch(line) or (own is not None and own.fullmatch(value)):
+            continue
+        free.append(line)
+    return "\n".join(free)
+
+
+_NUMBER_CELL = re.compile(rf"\s*{_NUMBER}\s*")
+
+
+def _csv_free_text(text: str) -> str:
+    """A CSV text with its number cells left out (OpenKBP's flat indices and values are DoseAlign's numbers);
+    each other line once."""
+    lines = (
+        ",".join("" if _NUMBER_CELL.fullmatch(cell) else cell for cell in line.split(",")) for line in text.splitlines()
+    )
+    return "\n".join(dict.fromkeys(lines))
 
 
 def _strings(value) -> Iterable[str]:
