@@ -16,6 +16,8 @@ import multiprocessing
 import os
 import queue as queue_module
 import signal
+import sys
+import threading
 import time
 from multiprocessing import connection
 from typing import Callable, Iterable, Optional
@@ -341,7 +343,7 @@ def run_dask(
             # a worker lost while it runs a case fails that case, as in the process pool: Dask would run it again up
             # to three times, each time taking a worker down; and Dask's own log lines (a restarted worker's
             # heartbeat traceback when the cluster closes) stay out of the export's output (eighteenth trial R8)
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _sigint_held_from_workers():
                 cluster = LocalCluster(  # no more processes than cases, as the pool (12 for 3: fourteenth trial N11)
                     n_workers=max(1, min(workers, len(cases))),
                     threads_per_worker=1,
@@ -362,6 +364,7 @@ def run_dask(
     except BaseException as error:
         if not isinstance(error, Exception):  # stopped (SIGTERM, Ctrl-C) while the cluster starts
             if scheduler == "local":
+                _quiet_asyncio()
                 _end_local_workers()
             raise  # a worker killed while it started ("Nanny failed to start": fourteenth trial N8),
         # a scheduler that stopped after check_scheduler: each case a named failure, not Dask's traceback
@@ -412,13 +415,48 @@ def run_dask(
                 index_of[nxt.key] = item[0]
                 batch.add(nxt)
     finally:
+        stopped = not isinstance(sys.exc_info()[1], (Exception, type(None)))
         try:
+            if stopped and cluster is not None:
+                # Ctrl-C or SIGTERM: the workers end now, as the pool's do. Closed the usual way, each finished the
+                # case it ran into OUT after the count had stopped: the manifest listed fewer cases than OUT held
+                # (twenty-third hostile trial W8). What they leave is this run's to remove (the batch does).
+                _quiet_asyncio()
+                _end_local_workers()
             client.close()
             if cluster is not None:
                 cluster.close()
         finally:
             if cluster is not None:
                 _end_local_workers()
+
+
+@contextlib.contextmanager
+def _sigint_held_from_workers():
+    """SIGINT blocked in this thread while a LocalCluster starts: the threads Dask starts then (its event loop, the
+    ones that spawn the worker processes) keep that mask, and so do the processes they spawn. A Ctrl-C in the
+    terminal reaches the whole process group; the workers printed KeyboardInterrupt tracebacks (twenty-third hostile
+    trial W8), and the command stops them itself. In this thread a SIGINT that came meanwhile is taken once the
+    mask is restored."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with contextlib.suppress(Exception):  # started here first: its start unblocks SIGINT in the thread that starts it
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _quiet_asyncio() -> None:
+    """A stopped export's LocalCluster leaves tasks of Dask's event loop unfinished ("Nanny failed to start"); asyncio
+    logged each at exit as "Task exception was never retrieved" with its traceback, about 1 run in 8 of a SIGTERM
+    while the workers started. The process is ending: those lines say nothing of the export."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def _end_local_workers() -> None:

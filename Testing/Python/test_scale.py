@@ -331,3 +331,53 @@ def test_a_dask_worker_killed_while_it_runs_a_case_fails_that_case(cohort, tmp_p
     assert len(rows) == 5 and len(failed) == 1, rows
     assert "the Dask worker exporting this case was lost" in failed[0]["reason"], failed
     assert "Traceback" not in printed.err + printed.out, printed.err[-3000:]
+
+
+def test_a_ctrl_c_that_reaches_the_dask_workers_too_leaves_them_to_the_export(cohort, tmp_path, capfd):
+    """Twenty-third hostile trial W8: a Ctrl-C in the terminal goes to every process of its group, the LocalCluster's
+    workers too; each printed a KeyboardInterrupt traceback and died with its case. The workers start with SIGINT
+    blocked (the export stops them itself), so a SIGINT that reaches only a worker changes nothing: here the worker
+    sends one to itself as its first case starts, and every case is exported."""
+    pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    import dask
+
+    marker = tmp_path / "interrupted-once"
+    preload = tmp_path / "interrupt_once.py"
+    preload.write_text(
+        "import os, signal\n"
+        "from distributed.diagnostics.plugin import WorkerPlugin\n\n\n"
+        "class InterruptOnce(WorkerPlugin):\n"
+        "    def transition(self, key, start, finish, **kwargs):\n"
+        f"        if finish == 'executing' and not os.path.exists({str(marker)!r}):\n"
+        f"            open({str(marker)!r}, 'w').close()\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n\n\n"
+        "async def dask_setup(worker):\n"
+        "    await worker.plugin_add(InterruptOnce(), name='interrupt-once')\n"
+    )
+    out = tmp_path / "out"
+    with dask.config.set({"distributed.worker.preload": [str(preload)], "temporary-directory": str(tmp_path)}):
+        report = export_folder(cohort, out, OPTIONS, workers=2, scheduler="local")
+    printed = capfd.readouterr()
+    assert marker.exists(), "no worker was sent SIGINT"
+    assert [row["status"] for row in _manifest(out / "manifest.csv")] == ["ok"] * 5, printed.err[-2000:]
+    assert report.exit_code == 0
+    assert "Traceback" not in printed.err + printed.out, printed.err[-3000:]
+
+
+def test_a_case_put_in_place_as_the_export_is_interrupted_is_in_the_manifest(cohort, tmp_path, monkeypatch):
+    """W8 as well: a worker put a case folder in place after the interrupt came and before its row was counted; the
+    manifest then listed fewer cases than OUT held complete. A case folder this run put in place is listed."""
+    from DoseAlignLib import batch
+
+    def one_case_then_interrupted(task, cases, workers, on_result, **kwargs):
+        task(cases[0])  # in place ...
+        raise KeyboardInterrupt  # ... and Ctrl-C before its row came back
+
+    monkeypatch.setattr(batch, "run_pool", one_case_then_interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        export_folder(cohort, out, OPTIONS, workers=2)
+    complete = sorted(p.name for p in out.iterdir() if (p / "meta.json").is_file())
+    rows = _manifest(out / "manifest.csv")
+    assert len(complete) == 1, complete
+    assert [(row["case_id"], row["status"]) for row in rows] == [(complete[0], "ok")]
