@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "DoseAlign"))  # the engine, also when not pip-installed
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# The Ctrl-C tests send SIGINT to the exports they start. A test run started in the background of a script (`./dev
+# test &`: no job control) inherits SIGINT ignored, and so did each export, which then rightly kept on: six of those
+# tests failed. They test what a Ctrl-C does, so the run's own processes take SIGINT as a terminal's run does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
