@@ -1492,23 +1492,29 @@ def _folder_stamp(folder: Path) -> Optional[tuple]:
     return (info.st_dev, info.st_ino, info.st_mtime_ns)
 
 
-_DASK_CASES = [0]
+#: The cases running in this Dask worker process, by the real path of their OUT.
+_DASK_CASES: dict = {}
 _DASK_CASES_LOCK = threading.Lock()
 
 
 def _export_case_on_a_dask_worker(client_pid: int, case, out_dir: Path, **kwargs) -> dict:
     """:func:`export_case` on a Dask worker: the claim on OUT that its first case makes in the worker's process is
     released once no case of it runs there. A worker of a standing cluster outlives the export, and its claim
-    refused every later run into OUT as "another DoseAlign run is writing" (twenty-third hostile trial W7)."""
+    refused every later run into OUT as "another DoseAlign run is writing" (twenty-third hostile trial W7). The
+    cases are counted for each OUT apart: a worker with two threads ran cases of two exports, and only the OUT
+    whose case ended last was released (twenty-fourth trial X1)."""
+    key = os.path.realpath(out_dir)
     with _DASK_CASES_LOCK:
-        _DASK_CASES[0] += 1
+        _DASK_CASES[key] = _DASK_CASES.get(key, 0) + 1
     try:
         return export_case(case, out_dir, **kwargs)
     finally:
         with _DASK_CASES_LOCK:
-            _DASK_CASES[0] -= 1
-            if _DASK_CASES[0] == 0 and os.getpid() != client_pid:
-                release_claims(Path(out_dir))
+            _DASK_CASES[key] -= 1
+            if _DASK_CASES[key] == 0:
+                del _DASK_CASES[key]
+                if os.getpid() != client_pid:
+                    release_claims(Path(out_dir))
 
 
 def export_case(

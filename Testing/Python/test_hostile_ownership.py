@@ -552,3 +552,41 @@ def test_the_demo_never_overwrites_a_file_edited_in_its_dicom_folder(tmp_path, c
     struct.unlink()  # the user's file moved away: the demo writes its own again
     assert main(args) == 0
     assert pydicom.dcmread(str(struct)).StructureSetROISequence[1].ROIName != "PTV_my_edit"
+
+
+def test_a_dask_worker_running_cases_of_two_exports_releases_each_out(tmp_path, monkeypatch):
+    """Twenty-fourth hostile trial X1: W7's count of a Dask worker's cases was one for the whole process. A worker
+    with two threads ran a case into o2 and one into o1; o2's ended first, o1's last, and only o1's claim was
+    released: the worker's owner record stayed in o2 and refused every later run into it. Each OUT is counted
+    apart; here the worker's two threads are two threads of this process (the client is another process)."""
+    import threading
+
+    from DoseAlignLib import batch
+    from DoseAlignLib.output.files import claim_for
+
+    started = {"o1": threading.Event(), "o2": threading.Event()}
+    finish = {"o1": threading.Event(), "o2": threading.Event()}
+
+    def case_that_claims(case, out_dir, **kwargs):
+        claim_for(out_dir)  # as export_case's first write into OUT does
+        started[case].set()
+        assert finish[case].wait(20)
+        return {"case_id": case, "status": "ok"}
+
+    monkeypatch.setattr(batch, "export_case", case_that_claims)
+    outs = {name: tmp_path / name for name in ("o1", "o2")}
+    for out in outs.values():
+        out.mkdir()
+    threads = [
+        threading.Thread(target=batch._export_case_on_a_dask_worker, args=(-1, name, outs[name]))
+        for name in ("o2", "o1")
+    ]
+    for thread, name in zip(threads, ("o2", "o1")):
+        thread.start()
+        assert started[name].wait(20)
+    assert all([p.name for p in out.iterdir() if p.name.endswith(".owner")] for out in outs.values())
+    for name in ("o2", "o1"):  # o2's case ends first, while o1's still runs
+        finish[name].set()
+        threads[("o2", "o1").index(name)].join(20)
+    left = {name: sorted(p.name for p in out.iterdir()) for name, out in outs.items()}
+    assert left == {"o1": [], "o2": []}, left
