@@ -521,7 +521,7 @@ def check_scheduler(address: str) -> None:
     """Refuse (ValueError, before anything is written) any scheduler when Dask is not installed, and a
     ``tcp://host:port`` scheduler nothing listens at.
 
-    ``local`` and other protocols (``tls://``, ``ucx://``) are left to Dask. Without this check Dask
+    Other protocols (``tls://``, ``ucx://``) are refused. Without this check Dask
     retried for 30 s and ended in a traceback, after the output folder was made.
     """
     import importlib.util
@@ -538,8 +538,12 @@ def check_scheduler(address: str) -> None:
     if text == "local":
         return
     parts = urlsplit(text if "://" in text else f"tcp://{text}")
-    if parts.scheme != "tcp":
-        return
+    if parts.scheme != "tcp":  # tls:// needs Dask's security settings, ucx:// and ws:// their extras, inproc:// is
+        # in this process: each case failed with Python's own message, exit 1 (twenty-fourth hostile trial X4)
+        raise ValueError(
+            f"--scheduler {text}: only tcp://host:port (or host:port) and 'local' are supported, not "
+            f"{parts.scheme}://; nothing was written"
+        )
     try:
         host, port = parts.hostname, parts.port
     except ValueError as error:  # a port that is no number
