@@ -2230,3 +2230,35 @@ def test_a_name_of_dosealigns_words_standing_together_in_its_keys_is_no_leak():
     checker = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
     with pytest.raises(pseudonym.PseudonymError):  # a key of the same form that holds other words: an ROI name
         checker.check({"audit": {"rois": {"ptv_summax": {}}}})
+
+
+def test_many_other_ids_are_found_by_their_index_as_one_id_is_alone(monkeypatch):
+    """Twenty-fourth hostile trial X7: the rewriting and the check searched every input ID in every text, one by
+    one: 20 000 OtherPatientIDs held one case for six minutes. Both now look up the IDs whose letters and digits a
+    text holds. Among 300 IDs each spelling is found and removed as it is with that ID alone, and a text holding
+    none of them searches none."""
+    from DoseAlignLib.output import pseudonym
+
+    def checker(ids) -> pseudonym.Pseudonymizer:
+        identity = pseudonym.Identity(patient_ids={"QX77415"}, other=set(ids))
+        return pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+
+    many = [f"AB{n:06d}" for n in range(300)] + [f"{n:07d}" for n in range(1000, 1100)]
+    crowd = checker(many)
+    texts = {
+        "AB000123": ["PTV_ab-000123", "PTVab000123boost", "ctv AB 000 123 x", "AB000123"],
+        "0001042": ["boost 0001042 gy", "PTV_1042_r", "plan-0001042"],
+        "QX77415": ["ptvQX77415", "QX-77415 lung"],
+    }
+    for identifier, spellings in texts.items():
+        alone = checker([identifier] if identifier != "QX77415" else [])
+        for text in spellings:
+            assert crowd.text(text) == alone.text(text), text
+            assert crowd.find_identity(text) == alone.find_identity(text), text
+        assert crowd.find_identity(spellings[0]) == "a patient ID"
+        assert "[removed]" in crowd.text(spellings[0]), crowd.text(spellings[0])
+    calls = []
+    real = pseudonym.Pseudonymizer._remove_id
+    monkeypatch.setattr(pseudonym.Pseudonymizer, "_remove_id", lambda self, i, v: calls.append(i) or real(self, i, v))
+    assert crowd.text("PTV 70 Gy boost") == "PTV 70 Gy boost"
+    assert calls == [], calls[:5]

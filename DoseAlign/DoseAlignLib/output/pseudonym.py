@@ -688,6 +688,24 @@ class Pseudonymizer:
             object.__setattr__(self, "_unpadded_cache", cached)
         return cached[1]
 
+    @property
+    def _id_index(self) -> tuple:
+        """The IDs to remove, longest first, an index of their letters and digits, and the bare numbers (cached
+        while the identity's IDs stay the same)."""
+        identity = self.identity
+        stamp = (id(identity), len(identity.patient_ids), len(identity.other))
+        cached = getattr(self, "_id_index_cache", None)
+        if cached is None or cached[0] != stamp:
+            variants, numbers = self._unpadded
+            # (an ID of other letters is searched in every text: its pattern is not of ASCII letters and digits)
+            items = [
+                (i, _ascii_squeezed(i) if i.isascii() else None)
+                for i in sorted(identity.identifiers | variants, key=len, reverse=True)
+            ]
+            cached = (stamp, (items, _Needles(q for _i, q in items if q), numbers))
+            object.__setattr__(self, "_id_index_cache", cached)
+        return cached[1]
+
     def _redact_text(self, value: str, own: bool = True) -> str:
         if not value:
             return value
@@ -702,8 +720,11 @@ class Pseudonymizer:
         return value
 
     def _remove_ids(self, value: str) -> str:
-        variants, numbers = self._unpadded
-        for item in sorted(self.identity.identifiers | variants, key=len, reverse=True):
+        items, needles, numbers = self._id_index
+        if len(needles) > _Needles.PLAIN_LOOP:  # only the IDs whose letters and digits the text holds (X7)
+            present = needles.found_in(_ascii_squeezed(value))
+            items = [(i, squeezed) for i, squeezed in items if squeezed is None or squeezed in present]
+        for item, _squeezed in items:
             value = self._remove_id(item, value)
         for number in numbers:  # the number of an ID of letters and digits, as a word of its own
             if number in value:
@@ -1749,6 +1770,16 @@ _ID_PATTERNS: dict = {}
 _DECIMAL = re.compile(r"[0-9]\.[0-9]")
 
 
+#: Characters regular expressions match case-insensitively with an ASCII letter that ``lower()`` does not give.
+_SRE_FOLDS = str.maketrans({"\u0131": "i", "\u0130": "i", "\u017f": "s", "\u212a": "k"})
+
+
+def _ascii_squeezed(text: str) -> str:
+    """``text`` lower-cased with only its ASCII letters and digits: where :func:`_id_pattern` of an ASCII ID can
+    match, this holds the ID's own letters and digits (a superset, to choose the IDs worth searching)."""
+    return re.sub(r"[^0-9a-z]+", "", text.translate(_SRE_FOLDS).lower())
+
+
 def _id_pattern(identifier: str):
     """An ID in any case, with any separators or none between its letters and digits: ``PID-7731-XQ``,
     ``pid_7731_xq``, ``PID7731XQ``, and an ID without separators written with some (``QX-77415`` or
@@ -1955,6 +1986,11 @@ class IdentityGuard:
         self.dotted_ids = {
             "".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers if _POINT.search(i)
         }
+        # each ID found by an index of the text's pieces, not searched one by one: 20 000 OtherPatientIDs held a
+        # case for minutes (twenty-fourth hostile trial X7)
+        self._id_needles = _Needles(self.ids)
+        self._glued_needles = _Needles(self.glued_ids)
+        self._bare_needles = _Needles(self.bare_numbers)
         self.dates = set(identity.dates)
         self.uids = set(identity.uids)
         #: Exact runs of letters and digits that are this run's own hash digests (no identity), set by the caller.
@@ -2001,11 +2037,11 @@ class IdentityGuard:
             text = "\n".join([text, _fold(text), *copies[1:], *([ideographs] if ideographs != plain else [])])
         lowered = text.casefold()
         if self.glued_ids and any(
-            _glued_id(self._skipped(c.casefold()), self.glued_ids, self.dotted_ids) for c in copies
+            _glued_id(self._skipped(c.casefold()), self._glued_needles, self.dotted_ids) for c in copies
         ):
             return "a patient ID"
         collapsed = re.sub(r"(?<=[0-9a-z])[-_^]+(?=[0-9a-z])", "", lowered)
-        for identifier in self.ids:
+        for identifier in self._id_needles.found_in(collapsed):
             for match in re.finditer(re.escape(identifier), collapsed):
                 before = collapsed[match.start() - 1] if match.start() else " "
                 after = collapsed[match.end()] if match.end() < len(collapsed) else " "
@@ -2015,7 +2051,7 @@ class IdentityGuard:
                     and not (identifier.isdigit() and _in_number(collapsed, *match.span()))
                 ):
                     return "a patient ID"
-        for number in self.bare_numbers:  # an ID's number without its leading zeros, as a word of its own
+        for number in self._bare_needles.found_in(lowered):  # an ID's number without its leading zeros, alone
             start = lowered.find(number)
             while start >= 0:
                 end = start + len(number)
@@ -2124,13 +2160,13 @@ def _in_number(text: str, start: int, end: int) -> bool:
 _POINT = re.compile(r"\d\.\d")
 
 
-def _glued_id(lowered: str, ids: set, dotted: frozenset = frozenset()) -> bool:
+def _glued_id(lowered: str, ids: _Needles, dotted: frozenset = frozenset()) -> bool:
     """The guard's own search for IDs that hold a digit, wherever they stand: the lower-case text squeezed to its
     ASCII letters and digits (so any separators between the ID's characters are gone), each ID searched in it,
     and the characters just outside the match read in the text itself: an ID that begins (ends) with a digit
     does not count right after (before) another digit (``12345`` inside ``9123456`` or a UID)."""
     squeezed = re.sub(r"[^0-9a-z]+", "", lowered)
-    ids = [i for i in ids if i in squeezed]
+    ids = sorted(ids.found_in(squeezed) if isinstance(ids, _Needles) else (i for i in ids if i in squeezed))
     if not ids:
         return False
     where = [n for n, c in enumerate(lowered) if c in _ASCII_ALNUM]
