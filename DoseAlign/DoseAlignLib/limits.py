@@ -14,6 +14,7 @@ of unusually large cases::
     DOSEALIGN_META_MB               a meta.json (or other JSON file) read back from OUT (default 32)
     DOSEALIGN_MANIFEST_MB           a manifest.csv (or shard manifest) read back from OUT (default 256)
     DOSEALIGN_MAP_LOCK_SECONDS      wait for another run's hold on a shared pseudonym map (default 60)
+    DOSEALIGN_OTHER_NAMES           other patient names and IDs --pseudonymize takes    (default 2000)
 
 Helpers here: :class:`Deadline` (a time limit checked where the work loops), :func:`die_with_parent`
 (helper processes end with the process that started them) and :func:`memory_available`.
@@ -61,6 +62,7 @@ DEFAULTS = {
     "DOSEALIGN_META_MB": 32.0,
     "DOSEALIGN_MANIFEST_MB": 256.0,
     "DOSEALIGN_MAP_LOCK_SECONDS": 60.0,
+    "DOSEALIGN_OTHER_NAMES": 2000.0,
 }
 
 

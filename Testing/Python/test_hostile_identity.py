@@ -2262,3 +2262,47 @@ def test_many_other_ids_are_found_by_their_index_as_one_id_is_alone(monkeypatch)
     monkeypatch.setattr(pseudonym.Pseudonymizer, "_remove_id", lambda self, i, v: calls.append(i) or real(self, i, v))
     assert crowd.text("PTV 70 Gy boost") == "PTV 70 Gy boost"
     assert calls == [], calls[:5]
+
+
+def _other_names(path, names) -> None:
+    ds = dd.read(path)
+    ds.OtherPatientNames = list(names)
+    dd.save(ds, path)
+
+
+def test_other_names_beyond_the_limit_fail_their_case_and_the_batch_goes_on(tmp_path, capsys, monkeypatch):
+    """Twenty-fourth hostile trial X3: the other patient names --pseudonymize takes were unbounded, and each costs
+    the check some 80 kB and 2.5 ms: 60 000 in one CT slice took 150 s and 4.9 GB; 150 000 in ten slices ended the
+    whole export in a MemoryError traceback, no manifest. A patient whose files hold more than DOSEALIGN_OTHER_NAMES
+    distinct ones (in one slice or spread over several) fails by name, and so do the patients holding most where all
+    together hold more than four times that; the other cases are exported, and a series that repeats its few names
+    in every slice holds no more than those."""
+    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "50")
+    root = tmp_path / "in"
+    crowded = hostile.study(root / "crowded", "CROWD-1", 71)
+    spread = hostile.study(root / "spread", "SPREAD-1", 72)
+    repeated = hostile.study(root / "repeated", "REPEAT-1", 73)
+    _other_names(sorted(crowded.ct_files)[3], [f"Crowd{n}^Name" for n in range(60)])
+    for k, path in enumerate(sorted(spread.ct_files)[:3]):  # 20 each, 60 distinct in all
+        _other_names(path, [f"Spread{k}x{n}^Name" for n in range(20)])
+    for path in sorted(repeated.ct_files):  # the same 40 in every slice
+        _other_names(path, [f"Repeat{n}^Name" for n in range(40)])
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    rows = hostile.manifest(out)
+    assert code == 1, capsys.readouterr()
+    assert sorted(row["status"] for row in rows) == ["failed", "failed", "ok"], rows
+    reasons = [row["reason"] for row in rows if row["status"] == "failed"]
+    assert all("its patient's files hold 60 other patient names and IDs, more than the 50" in r for r in reasons)
+    assert all("(DOSEALIGN_OTHER_NAMES): the case is not exported" in r for r in reasons), reasons
+    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "60")
+    out = tmp_path / "share" / "out60"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok"] * 3
+    monkeypatch.setattr("DoseAlignLib.output.pseudonym.INPUT_OTHER_NAMES", 1)
+    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "60")  # each patient within, the input (160) beyond 60: 2 of 3 fail
+    out = tmp_path / "share" / "input"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 1
+    rows = hostile.manifest(out)
+    failed = [row["reason"] for row in rows if row["status"] == "failed"]
+    assert len(failed) == 2 and all("the input's patients hold" in r for r in failed), rows

@@ -370,12 +370,59 @@ def _iter_elements(ds, depth: int = 0):
                 yield from _iter_elements(item, depth + 1)
 
 
-def identity_of_scan(scan, read_header=None) -> Identity:
+def _other_values(obj) -> set:
+    """The other patient names and IDs a scanned file holds (OtherPatientNames, birth names, OtherPatientIDs)."""
+    names = obj.info.get("other_names", ())
+    return {v.strip() for name in names for v in name.split("\\") if v.strip()} | set(obj.info.get("other_ids", ()))
+
+
+#: The other names and IDs a pseudonymized export takes of one input, as a multiple of those of one patient.
+INPUT_OTHER_NAMES = 4
+
+
+def crowded_files(scan) -> dict:
+    """``{rel_path: reason}`` of the files whose other patient names and IDs a pseudonymized export does not take:
+    those of a patient whose files hold more distinct ones than ``DOSEALIGN_OTHER_NAMES``, and, where all patients'
+    together hold more than :data:`INPUT_OTHER_NAMES` times that, those of the patients holding most, until the rest
+    do not. Each name costs the check some 80 kB and 2.5 ms: 60 000 in one CT slice took 150 s and 4.9 GB, 150 000
+    in ten ended the export in a MemoryError (twenty-fourth hostile trial X3). A series repeating its few names in
+    every slice holds those few."""
+    most = limit("DOSEALIGN_OTHER_NAMES")
+    patients: dict = {}
+    for obj in scan.objects:
+        values = _other_values(obj)
+        if values:
+            held = patients.setdefault(obj.patient_id, (set(), []))
+            held[0].update(values)
+            held[1].append(obj.rel_path)
+    crowded = {}
+    for values, files in patients.values():
+        if len(values) > most:
+            why = f"its patient's files hold {len(values)} other patient names and IDs, more than the {most:g}"
+            crowded.update(dict.fromkeys(files, why + " a pseudonymized export takes of one patient"))
+    kept = sorted((p for p in patients.values() if p[1][0] not in crowded), key=lambda p: -len(p[0]))
+    total = len(set().union(*(p[0] for p in kept))) if kept else 0
+    for _values, files in kept:
+        if total <= INPUT_OTHER_NAMES * most:
+            break
+        why = (
+            f"the input's patients hold {total} other patient names and IDs, more than the {INPUT_OTHER_NAMES * most:g}"
+        )
+        crowded.update(
+            dict.fromkeys(files, why + " a pseudonymized export takes of one input; its patient holds the most")
+        )
+        total = len(set().union(*(p[0] for p in kept if p[1][0] not in crowded)))
+    return crowded
+
+
+def identity_of_scan(scan, read_header=None, leave_out=frozenset()) -> Identity:
     """The identity of every object a scan found: UIDs and paths from the scan, values from the headers.
 
     Headers are read for every non-CT object and for one slice of each CT series (names and dates
     are the same across a series); the other names and IDs the scan recorded of every file
     (:func:`~DoseAlignLib.dicom.headers.other_identity`) are added, so one CT slice holding them is enough.
+    Of the files in ``leave_out`` (:func:`crowded_files`) the headers are not read and their other names and IDs
+    not taken: their cases are not exported.
     """
     from ..dicom import headers as dicom_headers
 
@@ -386,10 +433,11 @@ def identity_of_scan(scan, read_header=None) -> Identity:
         if obj.patient_id:
             ident.patient_ids.add(obj.patient_id)
         ident.add_name(obj.info.get("patient_name", ""))
-        for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
-            ident.add_name(name)
+        if obj.rel_path not in leave_out:
+            for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
+                ident.add_name(name)
+            ident.other.update(obj.info.get("other_ids", ()))
         ident.dates.update(obj.info.get("dates", ()))  # each CT slice's dates
-        ident.other.update(obj.info.get("other_ids", ()))
         for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
             if uid:
                 ident.uids.add(uid)
@@ -398,13 +446,25 @@ def identity_of_scan(scan, read_header=None) -> Identity:
     for rel, _reason in scan.skipped:
         ident.add_path(rel)
     headers = [o for o in scan.objects if o.kind != "CT"] + [s.slices[0] for s in scan.ct_series if s.slices]
-    for obj in headers:
+    for obj in (o for o in headers if o.rel_path not in leave_out):
         try:
             ident.add_dataset(read_header(obj.path))
         except Exception:  # a header that cannot be read again adds nothing: its scanned values are in
             continue
     ident.uids = {u for u in ident.uids if not u.startswith(_DICOM_DEFINED_UID)}
     return ident
+
+
+def _refuse_crowded(case, crowded: dict) -> None:
+    """A case one of whose files :func:`crowded_files` left out is not exported: its identity is not all known."""
+    objects = list(case.doses) + ([case.plan] if case.plan is not None else []) + list(case.structs)
+    objects += list(case.ct.file_objects) if case.ct is not None else []
+    found = next((obj.rel_path for obj in objects if obj.rel_path in crowded), None)
+    if found is not None and not case.error:
+        case.error = (
+            f"{found}: {crowded[found]} (DOSEALIGN_OTHER_NAMES): the case is not exported, as its identity could not "
+            "be checked within bounds (remove them from the files, or raise the limit)"
+        )
 
 
 # ---- the pseudonymizer -------------------------------------------------------------------------
@@ -491,7 +551,8 @@ class Pseudonymizer:
         is written, when one holds a value that identifies a patient of the input (:meth:`check_channels`).
         """
         self.input_root = str(scan.root)
-        self.identity = identity_of_scan(scan)
+        crowded = crowded_files(scan)
+        self.identity = identity_of_scan(scan, leave_out=frozenset(crowded))
         self.check_channels(channels)
         for rel in sorted(self.identity.paths):
             self.path(rel)
@@ -499,6 +560,7 @@ class Pseudonymizer:
             for uid in sorted(self.identity.uids):
                 self.uid(uid)
         for case in cases:
+            _refuse_crowded(case, crowded)
             original = case.case_id
             first = case.doses[0] if case.doses else None
             fallback = first.study_uid if first is not None else original
