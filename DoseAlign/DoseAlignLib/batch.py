@@ -210,7 +210,9 @@ def export_folder(
         _check_no_other_run(out_dir)
     map_rows = 0  # how many pseudonyms the map on disk lists (it is written again when the cases made more)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
-        extra_rows = pseudonymizer.prepare(scan, cases, extra_rows, channels=options.rois or ())
+        extra_rows = pseudonymizer.prepare(
+            scan, cases, extra_rows, channels=options.rois or (), mapped=tuple(options.roi_map or ())
+        )
         map_rows = len(pseudonymizer.entries)
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
     # case folders not to be replaced: another input's case of this id; a user's files inside

@@ -1479,6 +1479,28 @@ def test_rois_chosen_by_a_name_holding_identity_are_refused_never_empty(
     assert not found, found[:10]
 
 
+def test_a_roi_map_channel_holding_identity_is_refused_as_a_rois_channel_is(tmp_path, capsys):
+    """Twenty-fourth hostile trial X2: a --roi-map channel name holding the patient's name (``Lung_L`` of patient
+    ``Lung^Wai Man``) was rewritten without a word (``[removed]_L`` in meta.json, the mask file names and
+    dataset.json's labels), where the same channel in --rois is refused. It is refused the same way, before anything
+    is written; a map to other names exports."""
+    import json
+
+    root = _study_named(tmp_path / "in", "Lung^Wai Man", ["Lung_L", "Heart"])
+    (tmp_path / "map.json").write_text(json.dumps({"Lung_L": ["Lung_L", "LungL"], "Heart": ["Heart"]}))
+    out = tmp_path / "share" / "out"
+    common = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    code = main(["export", str(root), str(out), *common, "--roi-map", str(tmp_path / "map.json")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--roi-map 'Lung_L': the channel name holds" in err and "nothing was written" in err, err
+    assert not out.exists() or not any(out.iterdir())
+    (tmp_path / "map.json").write_text(json.dumps({"Pulmo_L": ["Lung_L"], "Heart": ["Heart"]}))
+    assert main(["export", str(root), str(out), *common, "--roi-map", str(tmp_path / "map.json")]) == 0
+    (row,) = hostile.manifest(out)
+    assert "Pulmo_L" in _channel_voxels(out), _channel_voxels(out)
+
+
 def _squeezed_words_in_outputs(out, words: tuple) -> list:
     """``"word in file"`` for each of ``words`` found in an output's text, read with everything but letters and
     digits squeezed out (``Zentrop Ilka`` as ``zentropilka``)."""

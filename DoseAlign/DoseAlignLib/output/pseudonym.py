@@ -542,18 +542,27 @@ class Pseudonymizer:
         return folders
 
     # -- preparing a batch
-    def prepare(self, scan, cases: Iterable, extra_rows: Iterable = (), channels: Iterable[str] = ()) -> list:
+    def prepare(
+        self,
+        scan,
+        cases: Iterable,
+        extra_rows: Iterable = (),
+        channels: Iterable[str] = (),
+        mapped: Iterable[str] = (),
+    ) -> list:
         """Learn the input's identity and give every case its pseudonymous id and patient.
 
         Returns ``extra_rows`` (rows that are no case, e.g. damaged files) pseudonymized, and writes
         the mapping file to ``map_path`` before any case is exported, so a killed run has it too.
         ``channels``, the mask channel names the user chose (``--rois``), are refused first, before anything
-        is written, when one holds a value that identifies a patient of the input (:meth:`check_channels`).
+        is written, when one holds a value that identifies a patient of the input (:meth:`check_channels`); so are
+        ``mapped``, the names ``--roi-map`` gives ROIs (twenty-fourth hostile trial X2: rewritten without a word).
         """
         self.input_root = str(scan.root)
         crowded = crowded_files(scan)
         self.identity = identity_of_scan(scan, leave_out=frozenset(crowded))
         self.check_channels(channels)
+        self.check_channels(mapped, option="--roi-map")
         for rel in sorted(self.identity.paths):
             self.path(rel)
         if not self.keep_uids:
@@ -574,7 +583,7 @@ class Pseudonymizer:
             self.write_map(Path(self.map_path))
         return rows
 
-    def check_channels(self, channels: Iterable[str]) -> None:
+    def check_channels(self, channels: Iterable[str], option: str = "--rois") -> None:
         """Refuse mask channel names (``--rois``) that hold a patient's name, ID or date of the input (a surname
         ``Lung`` in ``Lung_L``): the channel could only be written rewritten (``[removed]_L``), which a loader
         choosing channels by name takes for an absent ROI. The ROIs are selected by their names before the
@@ -583,12 +592,17 @@ class Pseudonymizer:
             rewritten = self.name(name)
             leak = self.guard.find(name, own=False)
             if rewritten != name or leak:
+                hint = (
+                    "give the channel a name without it: --roi-map maps the ROIs to a name of your choice "
+                    '(e.g. {"Pulmo_L": ["Lung_L"]} with --rois ...,Pulmo_L), or leave the ROI out of --rois'
+                    if option == "--rois"
+                    else 'give the ROIs another name in the map (e.g. {"Pulmo_L": ["Lung_L"]})'
+                )
                 raise PseudonymError(
-                    f"--rois {name!r}: the channel name holds {leak or 'an identifying value'} of the input: under "
+                    f"{option} {name!r}: the channel name holds {leak or 'an identifying value'} of the input: under "
                     f"--pseudonymize it could only be written as {rewritten!r}, where a loader choosing channels by "
                     "name finds no ROI; nothing was written",
-                    hint="give the channel a name without it: --roi-map maps the ROIs to a name of your choice "
-                    '(e.g. {"Pulmo_L": ["Lung_L"]} with --rois ...,Pulmo_L), or leave the ROI out of --rois',
+                    hint=hint,
                 )
 
     # -- rewriting
