@@ -1514,8 +1514,10 @@ def _squeezed_words_in_outputs(out, words: tuple) -> list:
 def test_a_roi_map_channel_named_with_identity_under_pseudonymize(tmp_path, capsys):
     """An --roi-map channel holding the patient's ID or name (``{"PTV_HK-22817": ["PTV"]}``) failed the case under
     --pseudonymize: "pseudonymization left a patient ID in meta.json ... (please report it)", as meta.json records the
-    map and its channel names were not rewritten. They are rewritten as the ROI names are; the masks are the plain
-    export's, no output names the patient, and --resume keeps the case."""
+    map and its channel names were not rewritten. They were then rewritten as the ROI names are, without a word, where
+    a --rois channel of the same name is refused (twenty-fourth hostile trial X2): such a map is refused before
+    anything is written. A map to other names gives the plain export's masks, no output names the patient, and
+    --resume keeps the case."""
     import json
 
     import numpy as np
@@ -1526,6 +1528,11 @@ def test_a_roi_map_channel_named_with_identity_under_pseudonymize(tmp_path, caps
     common = ["--quiet", "--workers", "1", "--no-qa-png", "--roi-map", str(tmp_path / "map.json")]
     plain, out = tmp_path / "plain", tmp_path / "share" / "out"
     assert main(["export", str(root), str(plain), *common]) == 0, capsys.readouterr()
+    code = main(["export", str(root), str(out), *common, "--pseudonymize", *_formats()])
+    err = capsys.readouterr().err
+    assert code == 2 and "--roi-map 'PTV_HK-22817': the channel name holds a patient ID" in err, err
+    assert not out.exists() or not any(out.iterdir())
+    (tmp_path / "map.json").write_text(json.dumps({"PTV_A": ["PTV"], "Bladder_A": ["Bladder"]}), encoding="utf-8")
     code = main(["export", str(root), str(out), *common, "--pseudonymize", *_formats()])
     assert code == 0, capsys.readouterr()
     (a,), (b,) = hostile.manifest(plain), hostile.manifest(out)
