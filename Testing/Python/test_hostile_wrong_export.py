@@ -2257,3 +2257,35 @@ def test_a_one_slice_ct_whose_copy_gives_another_step_fails(tmp_path, capsys, na
     assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
     meta = json.loads((out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert meta["spacing"][2] == pytest.approx(thickness), meta["spacing"]
+
+
+def test_two_kept_cases_files_swapped_are_not_kept(tmp_path, capsys):
+    """Twenty-fourth hostile trial X6: a kept case counted as complete whatever arrays its files held, as long as
+    their names, shapes and types fit: two cases' pair.npz (or dose.nii.gz) swapped stayed "skipped", the manifest
+    gave each the other's Dmax, and --resume built case.h5 and dataset.h5 from the other patient's arrays. meta.json
+    records each file's SHA-256: a swapped pair.npz makes its case exported again, a swapped format file is written
+    again from the case's pair.npz; every file is then what the export first wrote."""
+    pytest.importorskip("nibabel")
+    root = tmp_path / "in"
+    for n in (1, 2):  # one grid, other doses
+        hostile.study(root / f"p{n}", f"SWAP-{n}", 80 + n, dose_field=(0.02, -0.03, 0.05, 30.0 + 10 * n))
+    out = tmp_path / "out"
+    args = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "npz,nifti"]
+    assert main(args) == 0
+    first, second = sorted(p for p in out.iterdir() if (p / "meta.json").is_file())
+    written = {p: {name: (p / name).read_bytes() for name in ("pair.npz", "dose.nii.gz")} for p in (first, second)}
+    for name in ("pair.npz", "dose.nii.gz"):
+        assert written[first][name] != written[second][name], name  # two cases, other doses
+        (first / name).write_bytes(written[second][name])
+        (second / name).write_bytes(written[first][name])
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    rows = {row["case_id"]: row for row in hostile.manifest(out)}
+    assert {rows[p.name]["status"] for p in (first, second)} == {"ok"}, capsys.readouterr()  # exported again
+    for case in (first, second):
+        for name, data in written[case].items():
+            assert (case / name).read_bytes() == data, (case.name, name)
+    (first / "dose.nii.gz").write_bytes(written[second]["dose.nii.gz"])  # a format file alone: written again
+    assert main(args + ["--resume"]) == 0
+    assert [row["status"] for row in hostile.manifest(out)] == ["skipped", "skipped"]
+    assert (first / "dose.nii.gz").read_bytes() == written[first]["dose.nii.gz"]

@@ -7,6 +7,7 @@ With the ``npy`` layout each array is its own ``OUT/<case_id>/<name>.npy`` inste
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -664,6 +665,9 @@ class CaseOutput:
             write_dvh_csv(self.temp, result)  # the reference DVHs (audit), when the case has them
             # what this export wrote: a later export replaces only a folder that holds nothing else
             result.meta["case_files"] = sorted(_files_below(self.temp) + ["meta.json"])
+            # what each file holds, bound to this meta.json: a kept case's files swapped with another case's (same
+            # grid, so the same names, shapes and types) stayed "complete" (twenty-fourth hostile trial X6)
+            result.meta["file_sha256"] = file_digests(self.temp, result.meta["case_files"])
             (self.temp / "meta.json").write_text(json_text(result.meta), encoding="utf-8")
             fsync_tree(self.temp)  # the data are on the disk before the folder appears complete
             final = case_dir(self.out_dir, result.case_id)
@@ -692,6 +696,19 @@ class CaseOutput:
     def discard(self) -> None:
         self._npz.abort()
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def file_digests(folder: Path, names) -> dict:
+    """``{name: SHA-256 of its bytes}`` of the files ``names`` below ``folder`` (meta.json left out)."""
+    return {name: _sha256(Path(folder) / name) for name in sorted(names) if name != "meta.json"}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open_regular(path, "case file") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _files_below(folder: Path) -> list:
@@ -1114,4 +1131,18 @@ def archive_problem(folder: Path, meta: Optional[dict] = None) -> Optional[str]:
             return f"{name} is missing"
         if kind is not None:
             return f"{name} is {kind}, not a file DoseAlign wrote"
+    digests = meta.get("file_sha256")
+    if isinstance(digests, dict):  # (an export before X6 recorded none)
+        # a format's files are checked where --resume decides to write the format again from pair.npz
+        exports = meta.get("exports") if isinstance(meta.get("exports"), dict) else {}
+        formats = recorded_files({"exports": {k: v for k, v in exports.items() if k not in ("npz", "npy")}})
+        for name, wanted in sorted((n, d) for n, d in digests.items() if n not in formats):
+            if not _usable_name(str(name)) or os.path.isabs(name) or ".." in Path(name).parts:
+                return f"meta.json's file_sha256 lists {name!r}, which is no name of a file in the case folder"
+            try:
+                found = _sha256(folder / name) if entry_kind(folder / name) is None else None
+            except OSError as error:
+                return f"{name} cannot be read ({error.strerror or type(error).__name__})"
+            if found is not None and found != wanted:
+                return f"{name} is not the file this case's export wrote (its SHA-256 is not the one meta.json records)"
     return None

@@ -287,7 +287,7 @@ def _h5_datasets_agree(datasets: list, meta: dict) -> None:
 
 #: What meta.json gains after a case.h5 is written: its formats and files, and the storage of a layout or dtype other
 #: than the default (nineteenth hostile trial S3: every --resume called such a fresh case.h5 damaged).
-_ADDED_AFTER_H5 = ("exports", "case_files", "storage")
+_ADDED_AFTER_H5 = ("exports", "case_files", "storage", "file_sha256")
 
 
 def _h5_text_agrees(attrs, meta: dict) -> None:

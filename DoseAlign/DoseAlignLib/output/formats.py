@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence
 from ..errors import DoseAlignError, output_fault
 from ..limits import entry_kind
 from .case_data import CaseData, require
-from .case_folder import load_meta, recorded_files, written_files
+from .case_folder import file_digests, load_meta, recorded_files, written_files
 from .files import json_text, temp_path
 from .nrrd import DEFAULT_COMPRESSION as DEFAULT_NRRD_COMPRESSION
 from .openkbp import OpenKBPSettings
@@ -126,6 +126,20 @@ def _h5_grid_agrees(attrs, meta: dict) -> bool:
             return False
         return matrix is None or bool(np.allclose(np.asarray(matrix, dtype=float), meta["ijk_to_lps"], atol=1e-6))
     except (TypeError, ValueError):
+        return False
+
+
+def _as_written(folder: Path, rel: str, meta: dict) -> bool:
+    """:func:`_whole`, and the bytes its export wrote where meta.json records them (``file_sha256``): a format file
+    of another case of the same grid, put in its place, was kept (twenty-fourth hostile trial X6)."""
+    if not _whole(folder / rel, meta):
+        return False
+    digests = meta.get("file_sha256") if isinstance(meta, dict) else None
+    if not isinstance(digests, dict) or rel not in digests:
+        return True
+    try:
+        return file_digests(folder, [rel]).get(rel) == digests[rel]
+    except OSError:
         return False
 
 
@@ -273,8 +287,8 @@ class ExportFormats:
             f
             for f in self.extra
             if f not in exports
-            or not _whole(folder / SENTINELS[f], meta)
-            or not all(_whole(folder / rel, meta) for rel in _listed_files(exports[f]))
+            or not _as_written(folder, SENTINELS[f], meta)
+            or not all(_as_written(folder, rel, meta) for rel in _listed_files(exports[f]))
         ]
 
     def _lacks_formats(self, folder: Path) -> bool:
@@ -316,8 +330,11 @@ class ExportFormats:
         merged = dict(meta.get("exports") or base_exports(meta))
         merged.update({k: v for k, v in exports.items() if k not in ("npz", "npy")})
         meta["exports"] = merged
+        added = [p.relative_to(work).as_posix() for p in files]
         if isinstance(meta.get("case_files"), list):  # the files added are the case folder's own too
-            meta["case_files"] = sorted(set(meta["case_files"]) | {p.relative_to(work).as_posix() for p in files})
+            meta["case_files"] = sorted(set(meta["case_files"]) | set(added))
+        if isinstance(meta.get("file_sha256"), dict):  # and what they hold (X6)
+            meta["file_sha256"] = {**meta["file_sha256"], **file_digests(folder, added)}
         temp = temp_path(folder / "meta.json")
         temp.write_text(json_text(meta), encoding="utf-8")
         temp.replace(folder / "meta.json")
@@ -458,7 +475,7 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
 
 
 #: What a later run may add to a case folder's meta.json without changing the case (see remove_stale_datasets).
-_ADDED_LATER = ("exports", "case_files", "storage")
+_ADDED_LATER = ("exports", "case_files", "storage", "file_sha256")
 
 
 def _case_essence(meta: dict) -> dict:

@@ -12,7 +12,7 @@ Layout of ``dataset.h5`` (and of every ``case.h5``, whose root is one case group
     /<case_id>/            attrs: case_id, patient_id, shape [K, J, I], spacing [i, j, k], origin_lps,
                                   direction, ijk_to_lps, ijk_to_ras, frame_of_reference_uid,
                                   mask_names, mask_types, roi_present (1/0 per mask channel), axes,
-                                  meta_json (meta.json less "exports" and "case_files")
+                                  meta_json (meta.json less "case_files" and "file_sha256")
     /<case_id>/ct          (K, J, I) int16 or float32, HU
     /<case_id>/dose        (K, J, I) float32, Gy
     /<case_id>/masks       (N, K, J, I) uint8 0/1, N = len(mask_names)   (only with structures)
@@ -106,7 +106,7 @@ def write_case_group(group, case: CaseData) -> None:
     attrs["mask_types"] = _strings(h5py, [case.mask_types.get(n, "") for n in case.mask_names])
     attrs["roi_present"] = np.array(case.roi_present, dtype=np.uint8)
     # the case folder's own record of its files is no part of the case's data (nor known yet to a fresh case.h5)
-    attrs["meta_json"] = json_text({k: v for k, v in case.meta.items() if k != "case_files"})
+    attrs["meta_json"] = json_text({k: v for k, v in case.meta.items() if k not in ("case_files", "file_sha256")})
 
 
 def _as_os_error(error: Exception, path: Path) -> Exception:
