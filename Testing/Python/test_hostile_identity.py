@@ -11,6 +11,7 @@ into the input.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -2335,3 +2336,37 @@ def test_other_names_beyond_the_limit_fail_their_case_and_the_batch_goes_on(tmp_
     rows = hostile.manifest(out)
     failed = [row["reason"] for row in rows if row["status"] == "failed"]
     assert len(failed) == 2 and all("the input's patients hold" in r for r in failed), rows
+
+
+def test_the_key_fingerprint_in_meta_json_holds_no_date_nor_id():
+    """Twenty-fifth hostile trial Y6: the check read the key's fingerprint, which meta.json records, as a date or a
+    numeric patient ID: with fingerprint ``581006c90bf9fac6`` one patient born 1958-10-06 failed every case of the
+    input "please report it" (about one key in 25 holds a run that reads as a date). Its hex digits, and those of the
+    ROI map's keyed digest, are DoseAlign's own; the same date or ID elsewhere is still found."""
+    import datetime
+
+    from DoseAlignLib.output import pseudonym
+
+    def date_in(fingerprint: str):  # six digits that read as YYMMDD (581006: 1958-10-06)
+        for run in re.findall(r"\d{6,}", fingerprint):
+            for start in range(len(run) - 5):
+                with contextlib.suppress(ValueError):
+                    datetime.datetime.strptime(run[start : start + 6], "%y%m%d")
+                    return run[start : start + 6]
+        return None
+
+    key = next(k for k in (n.to_bytes(4, "big") * 8 for n in range(5000)) if date_in(pseudonym.key_fingerprint(k)))
+    fingerprint = pseudonym.key_fingerprint(key)
+    short = date_in(fingerprint)
+    dates = {"19" + short, "20" + short}  # either century
+    digits = short[:4]
+    identity = pseudonym.Identity(patient_ids={digits}, dates=dates)
+    checker = pseudonym.Pseudonymizer(key=key, identity=identity)
+    options = checker.options({"roi_map": {"PTV": ["PTV_1"]}})
+    checker.check({"pseudonymized": {"key": fingerprint}, "options": options})  # no identity there
+    with pytest.raises(pseudonym.PseudonymError):
+        checker.check(
+            {"note": f"planned 19{short[:2]}-{short[2:4]}-{short[4:]} or 20{short[:2]}-{short[2:4]}-{short[4:]}"}
+        )
+    with pytest.raises(pseudonym.PseudonymError):
+        checker.check({"note": f"patient {digits}"})
