@@ -809,6 +809,8 @@ def test_the_ct_fill_within_the_ct_type_is_written_as_given(study, tmp_path, cap
         ("tls://127.0.0.1:1", "only tcp://host:port (or host:port) and 'local' are supported, not tls://"),
         ("inproc://127.0.0.1/1/1", "not inproc://"),
         ("ws://127.0.0.1:1", "not ws://"),
+        (" tcp://127.0.0.1:1 ", "no Dask scheduler can be reached there"),
+        ("  ", "--scheduler needs an address"),
     ],
 )
 def test_a_scheduler_nobody_listens_at_is_a_usage_error_before_anything_is_written(

@@ -381,3 +381,15 @@ def test_a_case_put_in_place_as_the_export_is_interrupted_is_in_the_manifest(coh
     rows = _manifest(out / "manifest.csv")
     assert len(complete) == 1, complete
     assert [(row["case_id"], row["status"]) for row in rows] == [(complete[0], "ok")]
+
+
+def test_a_scheduler_address_with_blanks_is_used_as_checked(cohort, tmp_path):
+    """Twenty-fifth hostile trial Y2: `--scheduler 'local '` passed the option check, which strips the address, and
+    the export then failed every case "missing port number" (exit 1). The address used is the one checked."""
+    pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    from DoseAlignLib.cli import main
+
+    out = tmp_path / "out"
+    code = main(["export", str(cohort), str(out), "--quiet", "--scheduler", " local ", "--workers", "2"])
+    assert code == 0
+    assert [row["status"] for row in _manifest(out / "manifest.csv")] == ["ok"] * 5
