@@ -590,3 +590,32 @@ def test_a_dask_worker_running_cases_of_two_exports_releases_each_out(tmp_path, 
         threads[("o2", "o1").index(name)].join(20)
     left = {name: sorted(p.name for p in out.iterdir()) for name, out in outs.items()}
     assert left == {"o1": [], "o2": []}, left
+
+
+def test_two_threads_claiming_one_out_at_once_make_one_claim(tmp_path):
+    """Twenty-fifth hostile trial Y3: claim_for had no lock; two threads of a Dask worker starting two cases of one
+    export at once made two owner records, and the one the worker did not release refused every later run into OUT
+    (exit 2). One claim is made, and releasing it leaves nothing."""
+    import threading
+
+    from DoseAlignLib.output import files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for _round in range(20):
+        barrier = threading.Barrier(4)
+        claims = []
+
+        def claim(barrier=barrier, claims=claims) -> None:
+            barrier.wait()
+            claims.append(files.claim_for(out))
+
+        threads = [threading.Thread(target=claim) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        made = sorted(p.name for p in out.iterdir())
+        files.release_claims(out)
+        assert len(made) == 1 and len({id(c) for c in claims}) == 1, made
+        assert not list(out.iterdir()), sorted(p.name for p in out.iterdir())

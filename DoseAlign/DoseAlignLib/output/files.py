@@ -25,6 +25,7 @@ import secrets
 import shutil
 import socket
 import stat
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -132,8 +133,9 @@ class RunClaim:
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._fd = None
-        if _CLAIMS.get(str(self.folder)) is self:
-            del _CLAIMS[str(self.folder)]
+        with _CLAIMS_LOCK:
+            if _CLAIMS.get(str(self.folder)) is self:
+                del _CLAIMS[str(self.folder)]
 
     def __enter__(self) -> RunClaim:
         return self
@@ -145,6 +147,7 @@ class RunClaim:
 #: Claims of this process (and, after a fork, of its parent: a forked helper uses its parent's
 #: claim, and dies with it), by the folder's real path.
 _CLAIMS: dict = {}
+_CLAIMS_LOCK = threading.RLock()
 
 
 def claim_folder(folder: Path, details: Optional[dict] = None) -> RunClaim:
@@ -153,8 +156,9 @@ def claim_folder(folder: Path, details: Optional[dict] = None) -> RunClaim:
 
     Raises OSError when the owner record cannot be written (the folder is not writable, the disk is full).
     """
-    claim = RunClaim(Path(folder), details)
-    _CLAIMS[str(claim.folder)] = claim
+    with _CLAIMS_LOCK:
+        claim = RunClaim(Path(folder), details)
+        _CLAIMS[str(claim.folder)] = claim
     return claim
 
 
@@ -165,13 +169,16 @@ def claim_for(folder: Path, details: Optional[dict] = None) -> RunClaim:
     at interpreter exit at the latest).
     """
     real = os.path.realpath(folder)
-    for key, claim in _CLAIMS.items():
-        if real == key or real.startswith(key.rstrip(os.sep) + os.sep):
-            return claim
-    if not _AT_EXIT:
-        atexit.register(release_claims)
-        _AT_EXIT.append(True)
-    return claim_folder(Path(folder), details)
+    # one claim however many threads ask at once: two threads of a Dask worker starting cases of one export made
+    # two owner records, and the one the worker did not release refused every later run (twenty-fifth trial Y3)
+    with _CLAIMS_LOCK:
+        for key, claim in _CLAIMS.items():
+            if real == key or real.startswith(key.rstrip(os.sep) + os.sep):
+                return claim
+        if not _AT_EXIT:
+            atexit.register(release_claims)
+            _AT_EXIT.append(True)
+        return claim_folder(Path(folder), details)
 
 
 _AT_EXIT: list = []
@@ -205,7 +212,9 @@ def within(path: Path, folder: Path) -> Optional[Path]:
 def release_claims(folder: Optional[Path] = None) -> None:
     """Release the claims this process made (on ``folder`` and below it, or all)."""
     real = os.path.realpath(folder) if folder is not None else None
-    for key, claim in list(_CLAIMS.items()):
+    with _CLAIMS_LOCK:
+        claims = list(_CLAIMS.items())
+    for key, claim in claims:
         inside = real is None or key == real or key.startswith(real.rstrip(os.sep) + os.sep)
         if inside and claim.pid == os.getpid():
             claim.release()
