@@ -2370,3 +2370,25 @@ def test_the_key_fingerprint_in_meta_json_holds_no_date_nor_id():
         )
     with pytest.raises(pseudonym.PseudonymError):
         checker.check({"note": f"patient {digits}"})
+
+
+def test_the_input_bound_on_other_names_leaves_out_the_patients_holding_most(monkeypatch):
+    """X3's bound of the whole input (4 x DOSEALIGN_OTHER_NAMES), as the twenty-fifth hostile trial's Y7 fix counts
+    it (each value's holders, not a union for each patient left out: 800 patients took 93 s): the patients holding
+    most are left out until the rest hold no more than the bound; values two patients share count once."""
+    import types
+
+    from DoseAlignLib.output import pseudonym
+
+    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "60")  # the input: 240
+    objects = [
+        types.SimpleNamespace(
+            rel_path=f"p{n}/a.dcm", patient_id=f"P{n}", info={"other_ids": [f"X{n}_{k}" for k in range(20 + n)]}
+        )
+        for n in range(30)
+    ]
+    shared = types.SimpleNamespace(rel_path="q/a.dcm", patient_id="Q", info={"other_ids": ["X0_0", "X1_0"]})
+    crowded = pseudonym.crowded_files(types.SimpleNamespace(objects=[*objects, shared]))
+    kept = [n for n in range(30) if f"p{n}/a.dcm" not in crowded]
+    assert kept == list(range(9)) and "q/a.dcm" not in crowded, (kept, sorted(crowded)[:3])  # 20..28: 216 values
+    assert all("the input's patients hold" in why for why in crowded.values())

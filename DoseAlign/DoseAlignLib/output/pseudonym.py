@@ -401,17 +401,24 @@ def crowded_files(scan) -> dict:
             why = f"its patient's files hold {len(values)} other patient names and IDs, more than the {most:g}"
             crowded.update(dict.fromkeys(files, why + " a pseudonymized export takes of one patient"))
     kept = sorted((p for p in patients.values() if p[1][0] not in crowded), key=lambda p: -len(p[0]))
-    total = len(set().union(*(p[0] for p in kept))) if kept else 0
-    for _values, files in kept:
-        if total <= INPUT_OTHER_NAMES * most:
+    # how many kept patients hold each value: the distinct ones are its keys, and a patient left out takes away only
+    # its own (a union computed again for each patient left out took 93 s for 800 patients: twenty-fifth trial Y7)
+    holders: dict = {}
+    for values, _files in kept:
+        for value in values:
+            holders[value] = holders.get(value, 0) + 1
+    for values, files in kept:
+        if len(holders) <= INPUT_OTHER_NAMES * most:
             break
         why = (
-            f"the input's patients hold {total} other patient names and IDs, more than the {INPUT_OTHER_NAMES * most:g}"
+            f"the input's patients hold {len(holders)} other patient names and IDs, more than the "
+            f"{INPUT_OTHER_NAMES * most:g} a pseudonymized export takes of one input; its patient holds the most"
         )
-        crowded.update(
-            dict.fromkeys(files, why + " a pseudonymized export takes of one input; its patient holds the most")
-        )
-        total = len(set().union(*(p[0] for p in kept if p[1][0] not in crowded)))
+        crowded.update(dict.fromkeys(files, why))
+        for value in values:
+            holders[value] -= 1
+            if not holders[value]:
+                del holders[value]
     return crowded
 
 
