@@ -389,6 +389,11 @@ def test_pseudonymizing_changes_no_voxel_and_no_geometry(study, tmp_path, capsys
         # the doses' digest is keyed too (a plain and a pseudonymized export of one patient are not linked by it)
         digests = a["source"].pop("rtdose_digest"), b["source"].pop("rtdose_digest")
         assert all(d.isdigit() for d in digests) and digests[0] != digests[1], digests
+        # the files' SHA-256: of the same files (unless a name held identity), pair.npz's the same (the same arrays,
+        # the same bytes); the others hold the case id
+        hashes = a.pop("file_sha256"), b.pop("file_sha256")
+        assert hashes[0]["pair.npz"] == hashes[1]["pair.npz"]
+        _same_but_identity(sorted(hashes[0]), sorted(hashes[1]), study["identity"], "meta.file_sha256")
         # every other value is the same too, unless it held an identifying value
         assert set(b) - set(a) == {"pseudonymized"}
         _same_but_identity(a, b, study["identity"], "meta")
