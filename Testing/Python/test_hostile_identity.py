@@ -2392,3 +2392,30 @@ def test_the_input_bound_on_other_names_leaves_out_the_patients_holding_most(mon
     kept = [n for n in range(30) if f"p{n}/a.dcm" not in crowded]
     assert kept == list(range(9)) and "q/a.dcm" not in crowded, (kept, sorted(crowded)[:3])  # 20..28: 216 values
     assert all("the input's patients hold" in why for why in crowded.values())
+
+
+def test_many_patient_names_or_header_dates_are_bounded_too(tmp_path, capsys, monkeypatch):
+    """Twenty-fifth hostile trial Y1, Y5: X3's bound left out PatientName itself (600 000 values on the CT slices took
+    a case 3 min and 3.1 GB, or a MemoryError under a 2.5 GB limit) and the names, IDs and dates of the headers read
+    for identity (20 000 dates in one structure set element held every case of the input). Both count: the case of
+    such a file fails by name, the others are exported."""
+    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "50")
+    root = tmp_path / "in"
+    names = hostile.study(root / "names", "NAMES-1", 74)
+    dates = hostile.study(root / "dates", "DATES-1", 75)
+    hostile.study(root / "plain", "PLAIN-2", 76)
+    for path in sorted(names.ct_files):
+        ds = dd.read(path)
+        ds.PatientName = ["Names^One"] + [f"Alias{n}^Name" for n in range(60)]
+        dd.save(ds, path)
+    ds = dd.read(dates.struct_file)
+    ds.DateOfLastCalibration = [f"2001{month:02d}{day:02d}" for month in range(1, 4) for day in range(1, 21)]
+    dd.save(ds, dates.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    rows = hostile.manifest(out)
+    assert code == 1, capsys.readouterr()
+    assert sorted(row["status"] for row in rows) == ["failed", "failed", "ok"], rows
+    reasons = " ".join(row["reason"] for row in rows)
+    assert "its patient's files hold 60 other patient names and IDs, more than the 50" in reasons, reasons
+    assert "names, IDs and dates, more than the 50 a pseudonymized export takes of one file" in reasons, reasons

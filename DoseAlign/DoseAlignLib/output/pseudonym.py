@@ -371,9 +371,22 @@ def _iter_elements(ds, depth: int = 0):
 
 
 def _other_values(obj) -> set:
-    """The other patient names and IDs a scanned file holds (OtherPatientNames, birth names, OtherPatientIDs)."""
-    names = obj.info.get("other_names", ())
+    """The other patient names and IDs a scanned file holds (OtherPatientNames, birth names, OtherPatientIDs, and
+    PatientName's values after its first: 600 000 of them in each CT slice took a case 3 min and 3.1 GB, twenty-fifth
+    hostile trial Y1)."""
+    names = list(obj.info.get("other_names", ())) + obj.info.get("patient_name", "").split("\\")[1:]
     return {v.strip() for name in names for v in name.split("\\") if v.strip()} | set(obj.info.get("other_ids", ()))
+
+
+def _identity_values(ds) -> int:
+    """How many names, IDs and dates :meth:`Identity.add_dataset` would take of a header (counted before any is
+    taken: the rewriting and the check pay for each)."""
+    count = 0
+    for element in _iter_elements(ds):
+        if getattr(element, "VR", "") in ("PN", "DA", "DT") or element.keyword in IDENTIFYING_KEYWORDS:
+            value = element.value
+            count += len(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else 1
+    return count
 
 
 #: The other names and IDs a pseudonymized export takes of one input, as a multiple of those of one patient.
@@ -422,14 +435,16 @@ def crowded_files(scan) -> dict:
     return crowded
 
 
-def identity_of_scan(scan, read_header=None, leave_out=frozenset()) -> Identity:
+def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Optional[dict] = None) -> Identity:
     """The identity of every object a scan found: UIDs and paths from the scan, values from the headers.
 
     Headers are read for every non-CT object and for one slice of each CT series (names and dates
     are the same across a series); the other names and IDs the scan recorded of every file
     (:func:`~DoseAlignLib.dicom.headers.other_identity`) are added, so one CT slice holding them is enough.
     Of the files in ``leave_out`` (:func:`crowded_files`) the headers are not read and their other names and IDs
-    not taken: their cases are not exported.
+    not taken: their cases are not exported. Neither is a header read here that holds more names, IDs and dates than
+    ``DOSEALIGN_OTHER_NAMES`` (20 000 dates in one structure set held each case of the input: twenty-fifth hostile
+    trial Y5); it is added to ``crowded`` with the reason.
     """
     from ..dicom import headers as dicom_headers
 
@@ -439,7 +454,8 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset()) -> Identity:
         ident.add_path(obj.rel_path)
         if obj.patient_id:
             ident.patient_ids.add(obj.patient_id)
-        ident.add_name(obj.info.get("patient_name", ""))
+        name = obj.info.get("patient_name", "")
+        ident.add_name(name if obj.rel_path not in leave_out else name.split("\\")[0])
         if obj.rel_path not in leave_out:
             for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
                 ident.add_name(name)
@@ -453,9 +469,19 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset()) -> Identity:
     for rel, _reason in scan.skipped:
         ident.add_path(rel)
     headers = [o for o in scan.objects if o.kind != "CT"] + [s.slices[0] for s in scan.ct_series if s.slices]
+    most = limit("DOSEALIGN_OTHER_NAMES")
     for obj in (o for o in headers if o.rel_path not in leave_out):
         try:
-            ident.add_dataset(read_header(obj.path))
+            ds = read_header(obj.path)
+            many = _identity_values(ds)
+            if many > most:
+                if crowded is not None:
+                    crowded[obj.rel_path] = (
+                        f"its header holds {many} names, IDs and dates, more than the {most:g} a pseudonymized "
+                        "export takes of one file"
+                    )
+                continue
+            ident.add_dataset(ds)
         except Exception:  # a header that cannot be read again adds nothing: its scanned values are in
             continue
     ident.uids = {u for u in ident.uids if not u.startswith(_DICOM_DEFINED_UID)}
@@ -567,7 +593,7 @@ class Pseudonymizer:
         """
         self.input_root = str(scan.root)
         crowded = crowded_files(scan)
-        self.identity = identity_of_scan(scan, leave_out=frozenset(crowded))
+        self.identity = identity_of_scan(scan, leave_out=frozenset(crowded), crowded=crowded)
         self.check_channels(channels)
         self.check_channels(mapped, option="--roi-map")
         for rel in sorted(self.identity.paths):
