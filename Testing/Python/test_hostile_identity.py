@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import unicodedata
@@ -2419,3 +2420,22 @@ def test_many_patient_names_or_header_dates_are_bounded_too(tmp_path, capsys, mo
     reasons = " ".join(row["reason"] for row in rows)
     assert "its patient's files hold 60 other patient names and IDs, more than the 50" in reasons, reasons
     assert "names, IDs and dates, more than the 50 a pseudonymized export takes of one file" in reasons, reasons
+
+
+def test_the_input_files_stamps_hold_no_date_nor_id(tmp_path):
+    """The stamps of the input files (keyed hashes of their sizes and times, 16 hex digits) stand in meta.json and in
+    openkbp/geometry.json: a stamp ``ab100cdef1234567`` failed a patient ``100`` "please report it" (a test of W2's
+    fix on the 3.9 stack, by the key it drew; the twenty-fifth trial's Y6 for the key's fingerprint). The export
+    gives its stamps to the check as its own digests."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity(patient_ids={"100"}, dates={"19581006"})
+    checker = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    stamps = ["ab100cdef1234567", "581006c90bf9fac6"]
+    path = tmp_path / "geometry.json"
+    path.write_text(json.dumps({"source": {"input_files": [{"stamp": s} for s in stamps]}}))
+    assert checker._leak_in_file(path)  # read as the ID or the date
+    checker.add_own_digests(*stamps)
+    assert checker._leak_in_file(path) == ""
+    path.write_text(json.dumps({"note": "x100f"}))
+    assert checker._leak_in_file(path) == "a patient ID"

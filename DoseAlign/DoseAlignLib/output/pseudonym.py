@@ -771,8 +771,12 @@ class Pseudonymizer:
             object.__setattr__(self, "_own_cache", cached)
         return cached[1]
 
+    def add_own_digests(self, *digests: str) -> None:
+        """Keyed digests DoseAlign writes (the input files' stamps, the ROI map's digest): no date, no ID in them."""
+        object.__setattr__(self, "_own_digests", getattr(self, "_own_digests", frozenset()) | set(digests))
+
     def _add_own_digest(self, digest: str) -> str:
-        object.__setattr__(self, "_own_digests", getattr(self, "_own_digests", frozenset()) | {digest})
+        self.add_own_digests(digest)
         return digest
 
     def _remove_id(self, identifier: str, value: str) -> str:
