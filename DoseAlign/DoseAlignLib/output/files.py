@@ -33,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import printable
+from ..errors import printable, termination_held
 
 #: Every temporary entry of DoseAlign starts with this (kept for readers that look for it).
 TEMP_PREFIX = ".tmp-"
@@ -156,7 +156,9 @@ def claim_folder(folder: Path, details: Optional[dict] = None) -> RunClaim:
 
     Raises OSError when the owner record cannot be written (the folder is not writable, the disk is full).
     """
-    with _CLAIMS_LOCK:
+    # a SIGTERM (or Ctrl-C) while the owner record is made but not yet known here left it behind (a test's
+    # SIGTERM at 0.65 s, on a loaded machine): the signal is taken once the claim is listed
+    with _CLAIMS_LOCK, termination_held():
         claim = RunClaim(Path(folder), details)
         _CLAIMS[str(claim.folder)] = claim
     return claim
