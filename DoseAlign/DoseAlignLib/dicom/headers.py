@@ -622,6 +622,59 @@ def text(ds: Dataset, keyword: str, default: str = "") -> str:
 
 
 #: The patient's other names (PN) besides PatientName, read from every file the scan reads.
+#: Attributes whose values identify a patient or a visit (besides every PN, DA and DT value), read at the top level
+#: and in sequences (the PatientID and IssuerOfPatientID of each OtherPatientIDsSequence item, the current form of
+#: the retired OtherPatientIDs; those of GroupOfPatientsIdentificationSequence items).
+IDENTIFYING_KEYWORDS = (
+    "PatientID",
+    "OtherPatientIDs",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "MedicalRecordLocator",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientTelecomInformation",
+    "StudyID",
+    "ClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID",
+    "AdmissionID",
+    "ServiceEpisodeID",
+)
+_IDENTIFYING_TAGS: dict = {}
+
+
+def slice_identity(ds: Dataset) -> tuple:
+    """``(dates, IDs)`` of a CT slice's top level: every DA and DT value (YYYYMMDD) and the values of
+    :data:`IDENTIFYING_KEYWORDS` but PatientID. --pseudonymize reads one slice of a series whole; a value only another
+    slice held (an AdmissionID, an InstanceCreationDate) was never learned, and an ROI name holding it was exported
+    as it was (twenty-fifth hostile trial Y4)."""
+    if not _IDENTIFYING_TAGS:
+        _IDENTIFYING_TAGS.update({tag_for_keyword(k): k for k in IDENTIFYING_KEYWORDS if k != "PatientID"})
+    dates: set = set()
+    ids: list = []
+    for tag in list(ds.keys()):
+        element = ds._dict.get(tag)
+        if tag in _IDENTIFYING_TAGS:
+            ids += [v.strip() for v in text(ds, _IDENTIFYING_TAGS[tag]).split("\\") if v.strip()]
+            continue
+        vr = getattr(element, "VR", None)
+        if not vr:
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                continue
+        if vr not in ("DA", "DT"):
+            continue
+        value = element.value if element is not None else None
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).decode("ascii", "replace")
+        for item in str(value_text(value) if value is not None else "").split("\\"):
+            digits = re.sub(r"\D", "", item)[:8]
+            if len(digits) == 8:
+                dates.add(digits)
+    return dates, ids
+
+
 OTHER_NAME_KEYWORDS = ("OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
 
 

@@ -645,7 +645,10 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
     if kind == "CT":
         # each slice's dates, for --pseudonymize, which reads one slice a series: a scan across midnight dates its
         # later slices a day on (the twenty-first hostile trial's idea)
-        info["dates"] = sorted({headers.quick_date(ds, keyword) for keyword in _SLICE_DATE_KEYWORDS} - {""})
+        dates, ids = headers.slice_identity(ds)  # each slice's, every date and ID it holds (Y4)
+        info["dates"] = sorted(dates | {headers.quick_date(ds, keyword) for keyword in _SLICE_DATE_KEYWORDS} - {""})
+        if ids:
+            info["other_ids"] = sorted(set(info.get("other_ids", ())) | set(ids))
         info["image_position"] = headers.quick_floats(ds, "ImagePositionPatient")
         info["image_orientation"] = headers.quick_floats(ds, "ImageOrientationPatient")
         info["pixel_spacing"] = headers.quick_floats(ds, "PixelSpacing")

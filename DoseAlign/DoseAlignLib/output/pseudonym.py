@@ -45,6 +45,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from ..dicom.headers import IDENTIFYING_KEYWORDS
 from ..errors import DoseAlignError
 from ..limits import limit, open_regular
 from .cjk_variants import PAIRS as _CJK_PAIRS
@@ -77,24 +78,6 @@ PATH_KEYS = {
     "folder",
     "ct_folder",
 }
-#: Attributes whose values identify a patient or a visit (besides every PN, DA and DT value), read at the top level
-#: and in sequences (the PatientID and IssuerOfPatientID of each OtherPatientIDsSequence item, the current form of
-#: the retired OtherPatientIDs; those of GroupOfPatientsIdentificationSequence items).
-IDENTIFYING_KEYWORDS = (
-    "PatientID",
-    "OtherPatientIDs",
-    "IssuerOfPatientID",
-    "AccessionNumber",
-    "MedicalRecordLocator",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "PatientTelecomInformation",
-    "StudyID",
-    "ClinicalTrialSubjectID",
-    "ClinicalTrialSubjectReadingID",
-    "AdmissionID",
-    "ServiceEpisodeID",
-)
 _UID = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){2,}(?![\w.])")
 _DICOM_DEFINED_UID = "1.2.840.10008."
 _FILE_SUFFIXES = {".dcm", ".dicom", ".ima", ".img"}
