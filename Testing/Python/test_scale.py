@@ -299,6 +299,25 @@ def test_a_scheduler_without_workers_is_said_while_the_export_waits(cohort, tmp_
     assert [row["status"] for row in _manifest(out / "manifest.csv")] == ["ok"] * 5
 
 
+def _signal_once_preload(tmp_path: Path, signal_name: str) -> tuple:
+    """``(preload script, marker)``: a Dask worker preload whose plugin sends ``signal_name`` to its own process as the
+    first case of the cluster starts executing (the marker file says it was sent)."""
+    marker = tmp_path / f"{signal_name.lower()}-once"
+    preload = tmp_path / f"{signal_name.lower()}_once.py"
+    preload.write_text(
+        "import os, signal\n"
+        "from distributed.diagnostics.plugin import WorkerPlugin\n\n\n"
+        "class SignalOnce(WorkerPlugin):\n"
+        "    def transition(self, key, start, finish, **kwargs):\n"
+        f"        if finish == 'executing' and not os.path.exists({str(marker)!r}):\n"
+        f"            open({str(marker)!r}, 'w').close()\n"
+        f"            os.kill(os.getpid(), signal.{signal_name})\n\n\n"
+        "async def dask_setup(worker):\n"
+        "    await worker.plugin_add(SignalOnce(), name='signal-once')\n"
+    )
+    return preload, marker
+
+
 def test_a_dask_worker_killed_while_it_runs_a_case_fails_that_case(cohort, tmp_path, capfd):
     """Eighteenth hostile trial R8: a LocalCluster worker SIGKILLed while it ran a case (the out-of-memory killer):
     Dask ran the case again (up to three times, each time taking a worker down), the export ended 0, and Dask's log
@@ -307,19 +326,7 @@ def test_a_dask_worker_killed_while_it_runs_a_case_fails_that_case(cohort, tmp_p
     pytest.importorskip("distributed", reason="Dask distributed is not installed")
     import dask
 
-    marker = tmp_path / "killed-once"
-    preload = tmp_path / "kill_once.py"
-    preload.write_text(
-        "import os, signal\n"
-        "from distributed.diagnostics.plugin import WorkerPlugin\n\n\n"
-        "class KillOnce(WorkerPlugin):\n"
-        "    def transition(self, key, start, finish, **kwargs):\n"
-        f"        if finish == 'executing' and not os.path.exists({str(marker)!r}):\n"
-        f"            open({str(marker)!r}, 'w').close()\n"
-        "            os.kill(os.getpid(), signal.SIGKILL)\n\n\n"
-        "async def dask_setup(worker):\n"
-        "    await worker.plugin_add(KillOnce(), name='kill-once')\n"
-    )
+    preload, marker = _signal_once_preload(tmp_path, "SIGKILL")
     out = tmp_path / "out"
     with dask.config.set({"distributed.worker.preload": [str(preload)], "temporary-directory": str(tmp_path)}):
         report = export_folder(cohort, out, OPTIONS, workers=2, scheduler="local")
@@ -341,19 +348,7 @@ def test_a_ctrl_c_that_reaches_the_dask_workers_too_leaves_them_to_the_export(co
     pytest.importorskip("distributed", reason="Dask distributed is not installed")
     import dask
 
-    marker = tmp_path / "interrupted-once"
-    preload = tmp_path / "interrupt_once.py"
-    preload.write_text(
-        "import os, signal\n"
-        "from distributed.diagnostics.plugin import WorkerPlugin\n\n\n"
-        "class InterruptOnce(WorkerPlugin):\n"
-        "    def transition(self, key, start, finish, **kwargs):\n"
-        f"        if finish == 'executing' and not os.path.exists({str(marker)!r}):\n"
-        f"            open({str(marker)!r}, 'w').close()\n"
-        "            os.kill(os.getpid(), signal.SIGINT)\n\n\n"
-        "async def dask_setup(worker):\n"
-        "    await worker.plugin_add(InterruptOnce(), name='interrupt-once')\n"
-    )
+    preload, marker = _signal_once_preload(tmp_path, "SIGINT")
     out = tmp_path / "out"
     with dask.config.set({"distributed.worker.preload": [str(preload)], "temporary-directory": str(tmp_path)}):
         report = export_folder(cohort, out, OPTIONS, workers=2, scheduler="local")
