@@ -619,3 +619,56 @@ def test_two_threads_claiming_one_out_at_once_make_one_claim(tmp_path):
         files.release_claims(out)
         assert len(made) == 1 and len({id(c) for c in claims}) == 1, made
         assert not list(out.iterdir()), sorted(p.name for p in out.iterdir())
+
+
+def _planted_record_of_another_boot(out: Path, token: str) -> Path:
+    """A record of this host name and another boot id, with a temporary case folder, no lock held: a run of
+    another machine of this host name on storage whose locks are not shared, or of this machine before it
+    restarted."""
+    record = out / f".tmp-dosealign-{token}.owner"
+    owner = {
+        "dosealign_run": token,
+        "pid": 1,
+        "host": socket.gethostname(),
+        "boot_id": "boot-id-of-another-node",
+        "process_start": "123",
+        "started": "then",
+    }
+    record.write_text(json.dumps(owner) + "\n")
+    case = out / f".tmp-dosealign-{token}-case-aaaaaaaa"
+    case.mkdir()
+    (case / "pair.npz").write_text("a case another node is writing")
+    return record
+
+
+def test_a_record_of_this_host_name_and_another_boot_is_another_machines_while_younger_than_this_boot(
+    inputs, tmp_path, capsys, monkeypatch
+):
+    """Twenty-fourth hostile trial X8: a record of this host name and another boot id counted as "this machine
+    restarted", so a run of another machine or container of the same name (storage whose locks are not shared)
+    was taken for dead and merge/export removed its case in progress. Written after this boot, it is another
+    machine's: refused as undecided, its files left. Written before this boot, it is this machine's from before the
+    restart: its leftovers are removed."""
+    from DoseAlignLib import batch
+    from DoseAlignLib.output import files
+
+    out = tmp_path / "out"
+    for k in (1, 2):
+        assert _export(inputs, out, "--shard", f"{k}/2") == 0
+    token = "0123456789abcdef"
+    record = _planted_record_of_another_boot(out, token)
+    case = out / f".tmp-dosealign-{token}-case-aaaaaaaa" / "pair.npz"
+    assert main(["merge", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "may be writing into this output folder" in err and "removed" not in err, err
+    assert record.is_file() and case.is_file()
+    assert _export(inputs, out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "process 1 on host" in err and "may be writing into this output folder" in err, err
+    assert record.is_file() and case.is_file()
+
+    monkeypatch.setattr(files, "_boot_time", lambda: time.time() + 60.0)  # this machine booted after the record
+    assert _export(inputs, out, "--resume") == 0
+    capsys.readouterr()
+    assert not record.exists() and not (out / f".tmp-dosealign-{token}-case-aaaaaaaa").exists()
+    assert [(r["status"], r["reason"]) for r in hostile.manifest(out)] == [("skipped", batch.KEPT)]

@@ -7,9 +7,9 @@ DoseAlign deletes only what it made. A process that writes into an output folder
 (:class:`RunClaim`): an owner record ``.tmp-dosealign-<token>.owner`` (pid, host, boot, process start
 time) locked for the process's life. Every temporary entry it makes is ``.tmp-dosealign-<token>-...``
 directly in that folder. A later run removes leftovers only of claims whose owner is provably dead
-(:func:`dead_claims`: lock free, same host, and the pid gone, reused, or the machine rebooted); a
-live run's work, another host's, and anything else that starts with ``.tmp-`` (a user's
-``.tmp-notes.txt``) are never touched. :func:`live_runs` tells an export which other runs write into
+(:func:`dead_claims`: lock free, same host, and the pid gone, reused, or the machine rebooted since the
+record was written); a live run's work, another host's, and anything else that starts with ``.tmp-``
+(a user's ``.tmp-notes.txt``) are never touched. :func:`live_runs` tells an export which other runs write into
 its folder: this machine's by pid and lock, another host's or container's by its lock, and another
 machine's whose lock is free here as undecided.
 """
@@ -62,6 +62,18 @@ def _boot_id() -> str:
             return handle.read().strip()
     except OSError:
         return ""
+
+
+def _boot_time() -> float:
+    """When this machine booted (seconds since the epoch, Linux's ``btime``); 0.0 where it cannot be read."""
+    try:
+        with open("/proc/stat", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def _process_start(pid: int) -> str:
@@ -235,6 +247,8 @@ def _owner_state(record: Path) -> str:
     Dead means: the record's lock is free (its helpers, which hold it too, are gone) and its owner
     process is gone, its pid belongs to another process now, or this machine restarted since.
     A record its run marked ``released`` (it ended, leaving entries it could not remove) is dead too.
+    A record of this host name but another boot id is this machine's from before it restarted only when it
+    was written before this boot; a younger one is of another machine of the same name, judged as below.
     A record of another host name is live while its lock is held (a lock is seen across PID and UTS
     namespaces of one machine, and across the hosts of a network file system whose locks are shared);
     with the lock free, one of this machine (the same boot id: a container's run) is gone ("unknown":
@@ -268,13 +282,28 @@ def _owner_state(record: Path) -> str:
             if lock == "free" and owner.get("boot_id") and owner.get("boot_id") == _boot_id():
                 return "unknown"  # this machine's kernel holds no lock for it: gone (its files: not ours to judge)
             return "undecided"
-        same_boot = not owner.get("boot_id") or owner["boot_id"] == _boot_id()  # else this machine restarted
+        same_boot = not owner.get("boot_id") or owner["boot_id"] == _boot_id()
+        if not same_boot and not _made_before_boot(fd):
+            # another boot id, yet the record is younger than this boot: a machine or container of the same host
+            # name (cloned nodes, a fixed container hostname) on shared storage, judged as another machine's
+            return "live" if _lock_state(fd) == "held" else "undecided"
         if same_boot and _alive(pid, owner.get("process_start") or ""):  # this process too (its own start)
             return "live"
         # the owner is gone; its helper processes die with it (and hold the lock until then)
         return "dead" if _lock_frees(fd, seconds=5.0) else "live"
     finally:
         os.close(fd)
+
+
+def _made_before_boot(fd: int) -> bool:
+    """Whether the record was last written before this machine booted: written by this machine before it
+    restarted (False where either time is unknown)."""
+    booted = _boot_time()
+    try:
+        written = os.fstat(fd).st_mtime
+    except OSError:
+        return False
+    return 0.0 < written < booted
 
 
 def _alive(pid: int, started: str) -> bool:
