@@ -1578,6 +1578,49 @@ def test_centre_on_a_roi_named_with_identity_under_pseudonymize(tmp_path, capsys
     capsys.readouterr()
 
 
+def _study_with_rois(root, patient_id: str, patient_name: str, rois: list, seed: int):
+    truth = hostile.study(
+        root / patient_id, patient_id, seed, patient_name=patient_name, extra_organs=len(rois), ct_size=(40, 36, 16)
+    )
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    return root
+
+
+def test_centre_on_a_roi_is_compared_as_given_when_appending_another_cohort(tmp_path, capsys):
+    """Twenty-fourth hostile trial X2 addendum: ``--centre roi:NAME`` was recorded and compared rewritten, so
+    ``--append`` of a cohort whose identity does not hold the name, run with the same option, was refused as
+    "other options" (centre "roi:PTV_[removed]" -> "roi:PTV_Quillfeather"). It is compared by a keyed hash of the
+    option as given: the other cohort is appended; a name that rewrites alike but is another is still refused."""
+    import json
+
+    centred = ["--spacing", "3", "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    first = _study_with_rois(tmp_path / "a", "HK-22817", "Quillfeather^Odalys", ["PTV_Quillfeather"], 66)
+    second = _study_with_rois(tmp_path / "b", "ZZ-40311", "Brennan^Ita", ["PTV_Quillfeather"], 67)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(first), str(out), *centred, "--centre", "roi:PTV_Quillfeather"]) == 0
+    (row,) = hostile.manifest(out)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["options"]["centre"] == "roi:PTV_[removed]"
+    assert len(meta["options"]["centre_keyed_sha256"]) == 64
+    capsys.readouterr()
+
+    assert main(["export", str(second), str(out), *centred, "--centre", "roi:PTV_Quillfeather", "--append"]) == 0
+    err = capsys.readouterr().err
+    assert "other options" not in err, err
+    rows = hostile.manifest(out)
+    assert [r["status"] for r in rows] == ["ok", "ok"] and len({r["patient"] for r in rows}) == 2, rows
+
+    # another ROI whose name this input's identity rewrites alike (PTV_Odalys -> PTV_[removed]) is another request
+    third = _study_with_rois(tmp_path / "c", "HK-22817", "Quillfeather^Odalys", ["PTV_Odalys"], 68)
+    code = main(["export", str(third), str(out), *centred, "--centre", "roi:PTV_Odalys", "--append"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--append would mix cases made with other options" in err and "centre" in err, err
+    assert "quillfeather" not in err.lower() and "odalys" not in err.lower(), err
+
+
 def test_rois_are_selected_by_their_names_before_the_rewriting():
     """G14, the selection itself: ROIs rewritten by the pseudonymization (``Lung_L`` -> ``[removed]_L``) are the
     channels the user named by the input's names; made unique as before (``Lungs_2`` joins ``Lungs``)."""

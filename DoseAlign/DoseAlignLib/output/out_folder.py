@@ -234,6 +234,10 @@ def _some(names: list, limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+#: The end of an option's name that meta.json records as a keyed hash of another option (see above).
+KEYED = "_keyed_sha256"
+
+
 def request_differences(meta: Optional[dict], request: dict) -> list:
     """How a case's recorded request (its meta.json) differs from this run's, as readable lines.
 
@@ -251,11 +255,18 @@ def request_differences(meta: Optional[dict], request: dict) -> list:
     differences = []
     recorded_options = meta.get("options") or {}
     defaults = request.get("option_defaults", {})
+    # an option recorded rewritten under pseudonymization is compared by its keyed hash where both record one
+    # (``centre`` by ``centre_keyed_sha256``), as it was given; an older meta.json's by the rewritten text
+    hashed = {key[: -len(KEYED)] for key in request["options"] if key.endswith(KEYED) and key in recorded_options}
     for key, wanted in request["options"].items():
+        if key in hashed or (key.endswith(KEYED) and key not in recorded_options):
+            continue
         had = recorded_options[key] if key in recorded_options else defaults.get(key)
         if _plain(had) != _plain(wanted):
             differences.append(f"{key} {_show(had)} -> {_show(wanted)}")
     for key in sorted(set(recorded_options) - set(request["options"])):
+        if key.endswith(KEYED):  # the hash of an option now given otherwise: that option differs, said above
+            continue
         differences.append(f"{key} {_show(recorded_options[key])} -> (not an option of this version)")
     version = meta.get("dosealign_version")
     if version != request["dosealign_version"]:

@@ -55,6 +55,9 @@ KEY_BYTES = 32
 DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
 MAP_COLUMNS = ["kind", "pseudonym", "original"]
 REMOVED = "[removed]"
+#: The option meta.json records beside ``centre`` when it is ``roi:NAME``: a keyed hash of it, compared in its stead
+#: (see :func:`~DoseAlignLib.output.out_folder.request_differences`).
+CENTRE_DIGEST = "centre_keyed_sha256"
 #: Shorter PatientIDs, and shorter accession numbers or study IDs, are not removed from free text
 #: (they are replaced wherever they stand alone: case ids, the patient column, meta.json's patient_id).
 MIN_ID_LENGTH = 3
@@ -918,7 +921,8 @@ class Pseudonymizer:
         """The options as meta.json records them under pseudonymization: the ``--roi-map`` as its channel names and
         a keyed hash of the whole map. Its synonyms are ROI names of a whole cohort, which may name patients this
         input does not hold (so neither rewritten nor found by the check); the hash still tells two maps apart
-        (``--resume``, ``--append`` and merge compare it), and only with this key. ``--ct`` (a folder or CSV that
+        (``--resume``, ``--append`` and merge compare it), and only with this key. ``--centre roi:NAME`` with a
+        keyed hash of it beside (:data:`CENTRE_DIGEST`), compared in its stead. ``--ct`` (a folder or CSV that
         may be named after the patient, wherever it lies) as path tokens, or a UID's pseudonym."""
         recorded = dict(recorded)
         roi_map = recorded.get("roi_map")
@@ -928,6 +932,11 @@ class Pseudonymizer:
                 "channels": sorted(str(name) for name in roi_map),
                 "keyed_sha256": self._add_own_digest(self._digest("roi_map", canonical).hex()),
             }
+        centre = recorded.get("centre")
+        if isinstance(centre, str) and centre.lower().startswith("roi:"):
+            # the ROI's name is recorded rewritten, as this input's identity has it; two cohorts run with one
+            # --centre are told the same (and two names that rewrite alike apart) by this keyed hash of it
+            recorded[CENTRE_DIGEST] = self._add_own_digest(self._digest("centre", centre).hex())
         ct = recorded.get("ct")
         if isinstance(ct, str) and ct.strip():  # --ct: a CT folder, a CSV's path or a SeriesInstanceUID
             value = ct.strip().replace("\\", "/")
