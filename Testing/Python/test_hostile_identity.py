@@ -2510,3 +2510,60 @@ def test_an_id_or_date_only_a_later_ct_slice_holds_is_removed(tmp_path, capsys):
     assert "Boost_[removed]" in names and "PTV [removed]" in names, names
     found = _squeezed_words_in_outputs(out, ("adm99812z", "20230416"))
     assert not found, found[:5]
+
+
+def test_dates_spread_over_a_patients_files_are_bounded_too(tmp_path, capsys, monkeypatch):
+    """The dates of many headers (or CT slices) that each stay under DOSEALIGN_OTHER_NAMES were taken without bound,
+    and the rewriting tried each input date on each text (2000 dates cost 300 short texts 10 s, 20 000 dates 84 s). A
+    patient whose files hold more distinct dates than the bound fails by name; the other patient is exported."""
+    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "50")
+    root = tmp_path / "in"
+    spread = hostile.study(root / "spread", "SPREAD-2", 78)
+    hostile.study(root / "plain", "PLAIN-3", 79)
+    for k, path in enumerate([spread.struct_file, spread.plan_file]):  # 30 in each header: within, 60 together
+        ds = dd.read(path)
+        ds.DateOfLastCalibration = [f"20{k:02d}{month:02d}{day:02d}" for month in range(1, 4) for day in range(1, 11)]
+        dd.save(ds, path)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    rows = hostile.manifest(out)
+    assert code == 1, capsys.readouterr()
+    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
+    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    assert re.search(r"its patient's files hold 6\d dates, more than the 50", reason), reason
+    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "80")
+    out = tmp_path / "share" / "out80"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+
+
+def test_the_rewriting_tries_only_the_dates_a_text_could_hold(monkeypatch):
+    """The rewriting looks up the input's dates by the year's last two digits, the day and the month a text holds:
+    each spelling is removed as with that date alone, among 3000 others, and a text holding none of them tries
+    none."""
+    import random
+
+    from DoseAlignLib.output import pseudonym
+
+    rng = random.Random(5)
+    decoys = {f"{rng.randint(1900, 2030)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}" for _ in range(3000)}
+    spellings = {
+        "20230415": ["PTV 15.04.2023", "boost_2023-04-15", "15thApr2023", "April the 15th, 2023", "230415",
+                     "Sat Apr 15 09:30:00 UTC 2023", "2023年4月15日", "PTVApr15_2023", "15 Apr '23", "20230415093000",
+                     "04/15/23 plan", "\u0661\u0665.\u0660\u0664.\u0662\u0660\u0662\u0663"],
+        "19750302": ["born 2 March 1975", "Mar 2, 1975", "1975_0302", "02031975", "02.03.75", "1975-Mar-02"],
+        "20011203": ["Dec 3rd 2001", "3.12.2001", "2001/12/3", "011203"],
+    }  # fmt: skip
+    for date, texts in spellings.items():
+        alone = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(dates={date}))
+        crowd = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(dates=decoys | {date}))
+        for text in texts:
+            removed = alone.text(text)
+            assert "[removed]" in removed, (text, removed)
+            assert crowd.text(text) == removed, text
+    tried = []
+    real = pseudonym.Pseudonymizer._remove_date
+    monkeypatch.setattr(pseudonym.Pseudonymizer, "_remove_date", lambda s, d, v: tried.append(d) or real(s, d, v))
+    assert crowd.text("PTV boost Lung_L cord") == "PTV boost Lung_L cord"
+    assert crowd.text("PTV 70 Gy") == "PTV 70 Gy"
+    assert tried == [], tried[:5]

@@ -268,8 +268,10 @@ class Identity:
             i for i in self.other if len(i) >= MIN_OTHER_ID_LENGTH
         }
 
-    def add_dataset(self, ds) -> None:
-        """Collect the identifying values of one header (top level, IDs in sequences, and PN/DA/DT anywhere)."""
+    def add_dataset(self, ds, dates: Optional[set] = None) -> None:
+        """Collect the identifying values of one header (top level, IDs in sequences, and PN/DA/DT anywhere);
+        its dates into ``dates`` where given (its patient's, bounded before they join :attr:`dates`)."""
+        dates = self.dates if dates is None else dates
         for keyword in IDENTIFYING_KEYWORDS:
             value = ds.get(keyword)
             for item in _values(value):
@@ -290,7 +292,7 @@ class Identity:
                 for item in _values(element.value):
                     digits = re.sub(r"\D", "", item)[:8]
                     if len(digits) == 8:
-                        self.dates.add(digits)
+                        dates.add(digits)
             elif vr == "UI" and element.tag.group != 0x0002:
                 for item in _values(element.value):
                     if not item.startswith(_DICOM_DEFINED_UID):
@@ -430,13 +432,18 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
     Of the files in ``leave_out`` (:func:`crowded_files`) the headers are not read and their other names and IDs
     not taken: their cases are not exported. Neither is a header read here that holds more names, IDs and dates than
     ``DOSEALIGN_OTHER_NAMES`` (20 000 dates in one structure set held each case of the input: twenty-fifth hostile
-    trial Y5); it is added to ``crowded`` with the reason.
+    trial Y5); it is added to ``crowded`` with the reason. Nor are the dates of a patient whose files (each CT slice,
+    each header read) hold more distinct ones than that: its files are added to ``crowded``.
     """
     from ..dicom import headers as dicom_headers
 
     read_header = read_header or dicom_headers.read_header
     ident = Identity()
+    patient_dates: dict = {}  # PatientID -> (its files' dates, its files)
     for obj in scan.objects:
+        held = patient_dates.setdefault(obj.patient_id, (set(), []))
+        held[0].update(obj.info.get("dates", ()))  # each CT slice's dates
+        held[1].append(obj.rel_path)
         ident.add_path(obj.rel_path)
         if obj.patient_id:
             ident.patient_ids.add(obj.patient_id)
@@ -446,7 +453,6 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
             for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
                 ident.add_name(name)
             ident.other.update(obj.info.get("other_ids", ()))
-        ident.dates.update(obj.info.get("dates", ()))  # each CT slice's dates
         for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
             if uid:
                 ident.uids.add(uid)
@@ -467,9 +473,16 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
                         "export takes of one file"
                     )
                 continue
-            ident.add_dataset(ds)
+            ident.add_dataset(ds, dates=patient_dates[obj.patient_id][0])
         except Exception:  # a header that cannot be read again adds nothing: its scanned values are in
             continue
+    for dates, files in patient_dates.values():
+        if len(dates) > most:  # many headers that each stay under the bound (twenty-fifth hostile trial's addendum)
+            if crowded is not None:
+                why = f"its patient's files hold {len(dates)} dates, more than the {most:g} a pseudonymized export "
+                crowded.update({rel: why + "takes of one patient" for rel in files if rel not in crowded})
+            continue
+        ident.dates |= dates
     ident.uids = {u for u in ident.uids if not u.startswith(_DICOM_DEFINED_UID)}
     return ident
 
@@ -820,12 +833,48 @@ class Pseudonymizer:
         value = self._remove_ids(value)
         value = self._outside_own(value, lambda piece: self._names.redact(piece, own=own))
         dated = value
-        for date in self.identity.dates:
+        for date in self._dates_in_reach(value):
             if any(c.isdigit() for c in value):
                 value = self._remove_date(date, value)
         if value != dated:  # an ID's digits a date held as a number's decimals stand alone now: 15.72315 (U9)
             value = self._remove_ids(value)
         return value
+
+    def _dates_in_reach(self, value: str) -> list:
+        """The input's dates whose pattern (:func:`_date_pattern`) could match ``value``: every spelling holds the
+        year's last two digits, the day's digits and the month's digits or name as they are. Looked up by year and
+        day (at most 100 x 110 keys), not tried one by one: 2000 dates cost 300 short texts 10 s, 20 000 dates 84 s
+        (each date's pattern is compiled when first tried)."""
+        if not any("0" <= c <= "9" for c in value):
+            return []
+        dates = self.identity.dates
+        stamp = (id(dates), len(dates))
+        cached = getattr(self, "_date_index_cache", None)
+        if cached is None or cached[0] != stamp:
+            index: dict = {}
+            for date in dates:
+                index.setdefault((date[2:4], str(int(date[6:8]) if date[6:8].isdigit() else date[6:8])), []).append(
+                    date
+                )
+            cached = (stamp, index)
+            object.__setattr__(self, "_date_index_cache", cached)
+        index = cached[1]
+        own = self._own
+        if own:  # the digits of this run's own hash digests are no date (they stay as they are)
+            value = re.sub(r"[0-9A-Za-z]{8,}", lambda m: " " if m.group(0) in own else m.group(0), value)
+        runs = re.findall(r"[0-9]+", value)
+        pairs = {run[i : i + 2] for run in runs for i in range(len(run) - 1)}
+        days = pairs | {c for run in runs for c in run}
+        lower = value.lower()
+        named = {n + 1 for n, names in enumerate(zip(*_MONTHS)) if any(name in lower for name in names)}
+        found = []
+        for year in pairs:
+            for day in days:
+                for date in index.get((year, day), ()):
+                    month = int(date[4:6]) if date[4:6].isdigit() else 0
+                    if str(month) in days or month in named:  # its month as digits (0?M) or by its name
+                        found.append(date)
+        return sorted(found)
 
     def _remove_ids(self, value: str) -> str:
         items, needles, numbers = self._id_index
@@ -2609,6 +2658,8 @@ _MONTHS = (
     ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
 )
 _DATE_PATTERNS: dict = {}
+#: The compiled date patterns kept (about 21 kB and 4 ms to compile each).
+_DATE_PATTERNS_KEPT = 4096
 
 
 def _date_pattern(date: str):
@@ -2670,6 +2721,8 @@ def _date_pattern(date: str):
         pattern = re.compile(
             r"(?<![0-9])(?:" + body + r"|(?<![0-9]\.)(?:" + guarded + r")(?!\.[0-9]))(?![0-9])", re.IGNORECASE
         )
+        if len(_DATE_PATTERNS) >= _DATE_PATTERNS_KEPT:  # ~21 kB each: an input of many dates would fill memory
+            _DATE_PATTERNS.clear()
         _DATE_PATTERNS[date] = pattern
     return pattern
 
