@@ -2567,3 +2567,36 @@ def test_the_rewriting_tries_only_the_dates_a_text_could_hold(monkeypatch):
     assert crowd.text("PTV boost Lung_L cord") == "PTV boost Lung_L cord"
     assert crowd.text("PTV 70 Gy") == "PTV 70 Gy"
     assert tried == [], tried[:5]
+
+
+def test_a_patients_file_no_case_uses_left_out_for_its_identity_fails_the_patients_cases(tmp_path, capsys, monkeypatch):
+    """Twenty-sixth hostile trial Z7: an MR image of the patient, used by no case, holding more names, IDs and dates
+    than DOSEALIGN_OTHER_NAMES was left out unread, and only cases holding that file were refused: the patient's case
+    was exported, ok, with the AdmissionID and the date only the MR held in its ROI names. Every case of that patient
+    fails by name; the other patient's case is exported."""
+    from pydicom.uid import generate_uid
+
+    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "50")
+    root = tmp_path / "in"
+    truth = hostile.study(root / "a", "MRPAT-1", 80, extra_organs=2)
+    hostile.study(root / "b", "PLAIN-4", 81)
+    ds = dd.read(sorted(truth.ct_files)[0])
+    ds.Modality = "MR"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.AdmissionID = "ADM55123"
+    ds.DateOfLastCalibration = [f"1950{month:02d}{day:02d}" for month in range(1, 4) for day in range(1, 21)]
+    dd.save(ds, root / "a" / "mr_0001.dcm")
+    ds = dd.read(truth.struct_file)
+    organs = [roi for roi in ds.StructureSetROISequence if roi.ROIName.startswith("Organ")]
+    organs[0].ROIName = "CTV_ADM55123"
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    rows = hostile.manifest(out)
+    assert code == 1, capsys.readouterr()
+    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
+    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    assert "(another file of the case's patient): its header holds 6" in reason, reason
+    assert not _squeezed_words_in_outputs(out, ("adm55123",))

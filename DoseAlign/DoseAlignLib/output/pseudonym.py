@@ -487,14 +487,21 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
     return ident
 
 
-def _refuse_crowded(case, crowded: dict) -> None:
-    """A case one of whose files :func:`crowded_files` left out is not exported: its identity is not all known."""
+def _refuse_crowded(case, crowded: dict, patients: Optional[dict] = None) -> None:
+    """A case one of whose files :func:`crowded_files` left out is not exported: its identity is not all known.
+    Nor is one of a patient another file of whom was left out (``patients``: PatientID -> that file): an MR image
+    no case uses, read for identity only, held an AdmissionID and dates the case's ROI names held (twenty-sixth
+    hostile trial Z7)."""
     objects = list(case.doses) + ([case.plan] if case.plan is not None else []) + list(case.structs)
     objects += list(case.ct.file_objects) if case.ct is not None else []
     found = next((obj.rel_path for obj in objects if obj.rel_path in crowded), None)
+    where = found
+    if found is None and patients and case.patient_id in patients:
+        found = patients[case.patient_id]
+        where = f"{found} (another file of the case's patient)"
     if found is not None and not case.error:
         case.error = (
-            f"{found}: {crowded[found]} (DOSEALIGN_OTHER_NAMES): the case is not exported, as its identity could not "
+            f"{where}: {crowded[found]} (DOSEALIGN_OTHER_NAMES): the case is not exported, as its identity could not "
             "be checked within bounds (remove them from the files, or raise the limit)"
         )
 
@@ -600,8 +607,12 @@ class Pseudonymizer:
         if not self.keep_uids:
             for uid in sorted(self.identity.uids):
                 self.uid(uid)
+        patients: dict = {}
+        for obj in scan.objects:
+            if obj.rel_path in crowded:
+                patients.setdefault(obj.patient_id, obj.rel_path)
         for case in cases:
-            _refuse_crowded(case, crowded)
+            _refuse_crowded(case, crowded, patients)
             original = case.case_id
             first = case.doses[0] if case.doses else None
             fallback = first.study_uid if first is not None else original
