@@ -2289,3 +2289,41 @@ def test_two_kept_cases_files_swapped_are_not_kept(tmp_path, capsys):
     assert main(args + ["--resume"]) == 0
     assert [row["status"] for row in hostile.manifest(out)] == ["skipped", "skipped"]
     assert (first / "dose.nii.gz").read_bytes() == written[first]["dose.nii.gz"]
+
+
+@pytest.mark.parametrize("damage", ["string", "list", "a digest that is no digest", "pair.npz's entry removed"])
+def test_a_file_sha256_record_that_is_not_whole_makes_the_case_exported_again(tmp_path, capsys, damage):
+    """Twenty-sixth hostile trial Z5: meta.json's file_sha256 of another type (a string, a list) or without pair.npz's
+    entry was taken as "no digests" (an export before X6's), and --resume kept a pair.npz whose dose was halved,
+    "skipped" with the old Dmax. What vouches for the files must be an object of SHA-256 digests of every file the
+    export wrote (HDF5 apart): else the case is damaged and exported again, as first written."""
+    import numpy as np
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "SHA-1", 82)
+    out = tmp_path / "out"
+    args = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(args) == 0
+    (case,) = [p for p in out.iterdir() if (p / "meta.json").is_file()]
+    written = (case / "pair.npz").read_bytes()
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    assert set(meta["file_sha256"]) >= {"pair.npz", "dvh.csv"}
+    if damage == "string":
+        meta["file_sha256"] = "x"
+    elif damage == "list":
+        meta["file_sha256"] = [1, 2]
+    elif damage == "a digest that is no digest":
+        meta["file_sha256"]["pair.npz"] = ["a"]
+    else:
+        del meta["file_sha256"]["pair.npz"]
+    (case / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    with np.load(case / "pair.npz") as pair:
+        arrays = {name: pair[name] for name in pair.files}
+    arrays["dose"] = arrays["dose"] * 0.5
+    np.savez(case / "pair.npz", **arrays)
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "exported again: its outputs were damaged (meta.json's file_sha256" in printed.out, printed.out
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok"]
+    assert (case / "pair.npz").read_bytes() == written

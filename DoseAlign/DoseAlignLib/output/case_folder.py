@@ -698,6 +698,14 @@ class CaseOutput:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _digested(meta: dict) -> set:
+    """The files of ``meta``'s ``case_files`` that :func:`file_digests` records (all but meta.json and HDF5)."""
+    return {name for name in written_files(meta) or () if name != "meta.json" and not name.endswith(".h5")}
+
+
 def file_digests(folder: Path, names) -> dict:
     """``{name: SHA-256 of its bytes}`` of the files ``names`` below ``folder``. meta.json is left out, and so is an
     HDF5 file: HDF5 1.14 writes the time into each, so its digest would make meta.json differ from run to run; a
@@ -1136,7 +1144,15 @@ def archive_problem(folder: Path, meta: Optional[dict] = None) -> Optional[str]:
         if kind is not None:
             return f"{name} is {kind}, not a file DoseAlign wrote"
     digests = meta.get("file_sha256")
-    if isinstance(digests, dict):  # (an export before X6 recorded none)
+    if "file_sha256" in meta:  # (an export before X6 recorded none) what vouches for the files must be whole
+        # (a string, a list or a missing entry in its place turned the check off: twenty-sixth hostile trial Z5)
+        if not isinstance(digests, dict) or not all(
+            isinstance(d, str) and _SHA256_HEX.fullmatch(d) for d in digests.values()
+        ):
+            return "meta.json's file_sha256 is not an object of SHA-256 digests"
+        lacking = sorted(n for n in written_files(meta) or () if n not in digests and n in _digested(meta))
+        if lacking:
+            return f"meta.json's file_sha256 has no digest of {lacking[0]}, which its export wrote"
         # a format's files are checked where --resume decides to write the format again from pair.npz
         exports = meta.get("exports") if isinstance(meta.get("exports"), dict) else {}
         formats = recorded_files({"exports": {k: v for k, v in exports.items() if k not in ("npz", "npy")}})
