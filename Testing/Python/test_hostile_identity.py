@@ -2600,3 +2600,33 @@ def test_a_patients_file_no_case_uses_left_out_for_its_identity_fails_the_patien
     (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
     assert "(another file of the case's patient): its header holds 6" in reason, reason
     assert not _squeezed_words_in_outputs(out, ("adm55123",))
+
+
+def test_an_id_date_or_name_only_a_later_ct_slice_holds_in_a_sequence_or_pn_is_removed(tmp_path, capsys):
+    """Twenty-sixth hostile trial Z1: Y4's fix read a later CT slice's top level only; a date or an AccessionNumber in
+    a sequence item, or a PerformingPhysicianName, that only a slice other than the one read whole held reached the
+    ROI names, status ok (on the slice read whole: removed). Each slice is read as a header read whole is."""
+    from pydicom.dataset import Dataset
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "LATER-2", 83, extra_organs=3)
+    slices = sorted(truth.ct_files)
+    ds = dd.read(slices[-1])
+    item = Dataset()
+    item.ScheduledProcedureStepStartDate = "20230416"
+    item.AccessionNumber = "ACC88123"
+    ds.RequestAttributesSequence = [item]
+    ds.PerformingPhysicianName = "Kowalski^Jan"
+    dd.save(ds, slices[-1])
+    ds = dd.read(truth.struct_file)
+    organs = [roi for roi in ds.StructureSetROISequence if roi.ROIName.startswith("Organ")]
+    organs[0].ROIName, organs[1].ROIName, organs[2].ROIName = "PTV_2023-04-16", "CTV_ACC88123", "Kowalski_marker"
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert {"PTV_[removed]", "CTV_[removed]", "[removed]_marker"} <= set(names), names
+    found = _squeezed_words_in_outputs(out, ("acc88123", "20230416", "kowalski"))
+    assert not found, found[:5]

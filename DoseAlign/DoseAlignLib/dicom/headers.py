@@ -644,26 +644,58 @@ _IDENTIFYING_TAGS: dict = {}
 
 
 def slice_identity(ds: Dataset) -> tuple:
-    """``(dates, IDs)`` of a CT slice's top level: every DA and DT value (YYYYMMDD) and the values of
-    :data:`IDENTIFYING_KEYWORDS` but PatientID. --pseudonymize reads one slice of a series whole; a value only another
-    slice held (an AdmissionID, an InstanceCreationDate) was never learned, and an ROI name holding it was exported
-    as it was (twenty-fifth hostile trial Y4)."""
+    """``(dates, IDs, names)`` of a CT slice, as --pseudonymize takes them of a header it reads whole: every DA and DT
+    value (YYYYMMDD), the values of :data:`IDENTIFYING_KEYWORDS` but the top level's PatientID, and every PN value but
+    the top level's PatientName, at the top level and in sequence items (four deep). --pseudonymize reads one slice
+    of a series whole; a value only another slice held (an AdmissionID, an InstanceCreationDate: twenty-fifth
+    hostile trial Y4; a date or an AccessionNumber in a sequence item, a PerformingPhysicianName: twenty-sixth Z1)
+    was never learned, and an ROI name holding it was exported as it was."""
     if not _IDENTIFYING_TAGS:
-        _IDENTIFYING_TAGS.update({tag_for_keyword(k): k for k in IDENTIFYING_KEYWORDS if k != "PatientID"})
+        _IDENTIFYING_TAGS.update({tag_for_keyword(k): k for k in IDENTIFYING_KEYWORDS})
     dates: set = set()
     ids: list = []
+    names: list = []
+    _slice_values(ds, 0, dates, ids, names)
+    return dates, ids, names
+
+
+_PATIENT_ID_TAG = 0x00100020
+_PATIENT_NAME_TAG = 0x00100010
+
+
+def _slice_values(ds: Dataset, depth: int, dates: set, ids: list, names: list) -> None:
     for tag in list(ds.keys()):
+        if tag == 0x7FE00010:
+            continue
         element = ds._dict.get(tag)
         if tag in _IDENTIFYING_TAGS:
-            ids += [v.strip() for v in text(ds, _IDENTIFYING_TAGS[tag]).split("\\") if v.strip()]
+            if depth or tag != _PATIENT_ID_TAG:
+                ids += [v.strip() for v in text(ds, _IDENTIFYING_TAGS[tag]).split("\\") if v.strip()]
             continue
         vr = getattr(element, "VR", None)
-        if not vr:
+        if not vr or vr == "UN":
             try:
                 vr = dictionary_VR(tag)
             except KeyError:
                 continue
-        if vr not in ("DA", "DT"):
+        if vr == "SQ":
+            if depth < 4:
+                try:
+                    items = list(ds[tag].value or [])
+                except Exception:  # a damaged item: the scan's own checks name it; no identity is read of it
+                    continue
+                for item in items:
+                    if isinstance(item, Dataset):
+                        _slice_values(item, depth + 1, dates, ids, names)
+            continue
+        if vr not in ("DA", "DT", "PN") or (vr == "PN" and tag == _PATIENT_NAME_TAG and not depth):
+            continue
+        if vr == "PN":  # (decoded by the data set's character set)
+            try:
+                written = value_text(ds[tag].value)
+            except Exception:
+                continue
+            names.extend(v.strip() for v in str(written).split("\\") if v.strip())
             continue
         value = element.value if element is not None else None
         if isinstance(value, (bytes, bytearray)):
@@ -672,7 +704,6 @@ def slice_identity(ds: Dataset) -> tuple:
             digits = re.sub(r"\D", "", item)[:8]
             if len(digits) == 8:
                 dates.add(digits)
-    return dates, ids
 
 
 OTHER_NAME_KEYWORDS = ("OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")

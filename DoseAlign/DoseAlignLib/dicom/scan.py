@@ -645,10 +645,12 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
     if kind == "CT":
         # each slice's dates, for --pseudonymize, which reads one slice a series: a scan across midnight dates its
         # later slices a day on (the twenty-first hostile trial's idea)
-        dates, ids = headers.slice_identity(ds)  # each slice's, every date and ID it holds (Y4)
+        dates, ids, names = headers.slice_identity(ds)  # each slice's every date, ID and name (Y4, Z1)
         info["dates"] = sorted(dates | {headers.quick_date(ds, keyword) for keyword in _SLICE_DATE_KEYWORDS} - {""})
         if ids:
             info["other_ids"] = sorted(set(info.get("other_ids", ())) | set(ids))
+        if names:
+            info["other_names"] = sorted(set(info.get("other_names", ())) | set(names))
         info["image_position"] = headers.quick_floats(ds, "ImagePositionPatient")
         info["image_orientation"] = headers.quick_floats(ds, "ImageOrientationPatient")
         info["pixel_spacing"] = headers.quick_floats(ds, "PixelSpacing")
