@@ -15,6 +15,7 @@ of unusually large cases::
     DOSEALIGN_MANIFEST_MB           a manifest.csv (or shard manifest) read back from OUT (default 256)
     DOSEALIGN_MAP_LOCK_SECONDS      wait for another run's hold on a shared pseudonym map (default 60)
     DOSEALIGN_OTHER_NAMES           other patient names and IDs --pseudonymize takes    (default 2000)
+    DOSEALIGN_IDENTITY_CHARS        the longest name or ID value --pseudonymize takes   (default 1024)
 
 Helpers here: :class:`Deadline` (a time limit checked where the work loops), :func:`die_with_parent`
 (helper processes end with the process that started them) and :func:`memory_available`.
@@ -63,6 +64,7 @@ DEFAULTS = {
     "DOSEALIGN_MANIFEST_MB": 256.0,
     "DOSEALIGN_MAP_LOCK_SECONDS": 60.0,
     "DOSEALIGN_OTHER_NAMES": 2000.0,
+    "DOSEALIGN_IDENTITY_CHARS": 1024.0,
 }
 
 

@@ -2630,3 +2630,48 @@ def test_an_id_date_or_name_only_a_later_ct_slice_holds_in_a_sequence_or_pn_is_r
     assert {"PTV_[removed]", "CTV_[removed]", "[removed]_marker"} <= set(names), names
     found = _squeezed_words_in_outputs(out, ("acc88123", "20230416", "kowalski"))
     assert not found, found[:5]
+
+
+@pytest.mark.parametrize("where", ["a later CT slice", "the structure set"])
+def test_a_name_or_id_beyond_its_length_bound_fails_its_patients_cases(tmp_path, capsys, where):
+    """Twenty-sixth hostile trial Z8: every bound counted an identifying value as one, whatever its length, and each
+    character costs the rewriting and the check: a 2 MB PatientAddress on one CT slice held the input 423 s and
+    8.9 GB before its first case, then exported ok (200 kB in the structure set: 47 s). A name or ID longer than
+    DOSEALIGN_IDENTITY_CHARS fails its patient's cases by name, at once; the other patient's case is exported."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "a", "LONG-1", 84)
+    hostile.study(root / "b", "PLAIN-5", 85)
+    path = sorted(truth.ct_files)[-1] if where == "a later CT slice" else truth.struct_file
+    ds = dd.read(path)
+    ds.PatientAddress = " ".join(f"W{n:08d}" for n in range(2000))  # 20 000 characters
+    dd.save(ds, path)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    rows = hostile.manifest(out)
+    assert code == 1, capsys.readouterr()
+    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
+    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    assert "it holds a name or ID of 19999 characters, more than the 1024" in reason, reason
+    assert "(DOSEALIGN_IDENTITY_CHARS): the case is not exported" in reason, reason
+
+
+def test_a_patient_name_of_many_words_counts_by_its_words(tmp_path, capsys, monkeypatch):
+    """Twenty-sixth hostile trial Z3: Y1's bound counted PatientName's values after the first, and an other name as
+    one, however many words it held; each word is a name to find (one value of 3000 words on each of 40 slices held
+    a case 80 s and 2.2 GB). A name counts by its words, the patient's own where it has more than a name has; an
+    ordinary name counts as before."""
+    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "50")
+    root = tmp_path / "in"
+    truth = hostile.study(root / "a", "WORDS-1", 86)
+    hostile.study(root / "b", "PLAIN-6", 87, patient_name="Quillfeather^Odalys^Maria^von^Dr")
+    for k, path in enumerate(sorted(truth.ct_files)[:4]):  # 20 words each, 80 distinct in all
+        ds = dd.read(path)
+        ds.PatientName = " ".join(f"Word{k}x{n}" for n in range(20))
+        dd.save(ds, path)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    rows = hostile.manifest(out)
+    assert code == 1, capsys.readouterr()
+    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
+    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    assert re.search(r"its patient's files hold 8\d other patient names and IDs, more than the 50", reason), reason

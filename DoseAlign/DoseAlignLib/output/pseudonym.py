@@ -361,20 +361,57 @@ def _iter_elements(ds, depth: int = 0):
 def _other_values(obj) -> set:
     """The other patient names and IDs a scanned file holds (OtherPatientNames, birth names, OtherPatientIDs, and
     PatientName's values after its first: 600 000 of them in each CT slice took a case 3 min and 3.1 GB, twenty-fifth
-    hostile trial Y1)."""
-    names = list(obj.info.get("other_names", ())) + obj.info.get("patient_name", "").split("\\")[1:]
-    return {v.strip() for name in names for v in name.split("\\") if v.strip()} | set(obj.info.get("other_ids", ()))
+    hostile trial Y1), a name by its words (each a name to find: one value of 3000 words on each of 40 slices took a
+    case 80 s and 2.2 GB, twenty-sixth hostile trial Z3)."""
+    first, *others = obj.info.get("patient_name", "").split("\\")
+    names = list(obj.info.get("other_names", ())) + others
+    words = {word for name in names for value in name.split("\\") for word in _NAME_WORDS.split(value) if word}
+    own = [word for word in _NAME_WORDS.split(first) if word]
+    if len(own) > MAX_JOINED_PARTS:  # the patient's name itself, of more words than a name has, counts too
+        words.update(own)
+    return words | set(obj.info.get("other_ids", ()))
 
 
-def _identity_values(ds) -> int:
-    """How many names, IDs and dates :meth:`Identity.add_dataset` would take of a header (counted before any is
-    taken: the rewriting and the check pay for each)."""
-    count = 0
+#: What parts a person name into the words :meth:`Identity.add_name` takes (and ``-`` and ``'``, which part them
+#: further, are left in: a word counts once).
+_NAME_WORDS = re.compile(r"[\^=,\s]+")
+
+
+def _longest_value(obj) -> int:
+    """The length of the longest name or ID a scanned file holds (PatientID, PatientName, other names and IDs)."""
+    values = [obj.patient_id or "", obj.info.get("patient_name", "")]
+    values += list(obj.info.get("other_names", ())) + list(obj.info.get("other_ids", ()))
+    return max((len(v) for value in values for v in str(value).split("\\")), default=0)
+
+
+def _too_long(length: int) -> str:
+    """The reason a file is left out for a name or ID of ``length`` characters ("" within the bound): each character
+    of an ID costs the rewriting and the check (a 2 MB PatientAddress on one CT slice held the input 423 s and 8.9 GB
+    before its first case: twenty-sixth hostile trial Z8)."""
+    most = limit("DOSEALIGN_IDENTITY_CHARS")
+    if length <= most:
+        return ""
+    return (
+        f"it holds a name or ID of {length} characters, more than the {most:g} a pseudonymized export takes "
+        "(DOSEALIGN_IDENTITY_CHARS)"
+    )
+
+
+def _identity_values(ds) -> tuple:
+    """``(count, longest)``: how many names (by their words), IDs and dates :meth:`Identity.add_dataset` would take
+    of a header, and the length of its longest name or ID (counted before any is taken: the rewriting and the check
+    pay for each)."""
+    count = longest = 0
     for element in _iter_elements(ds):
-        if getattr(element, "VR", "") in ("PN", "DA", "DT") or element.keyword in IDENTIFYING_KEYWORDS:
-            value = element.value
-            count += len(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else 1
-    return count
+        vr = getattr(element, "VR", "")
+        if vr in ("PN", "DA", "DT") or element.keyword in IDENTIFYING_KEYWORDS:
+            for item in _values(element.value):
+                if vr in ("DA", "DT"):
+                    count += 1
+                    continue
+                count += max(1, len([w for w in _NAME_WORDS.split(item) if w])) if vr == "PN" else 1
+                longest = max(longest, len(item))
+    return count, longest
 
 
 #: The other names and IDs a pseudonymized export takes of one input, as a multiple of those of one patient.
@@ -390,13 +427,17 @@ def crowded_files(scan) -> dict:
     every slice holds those few."""
     most = limit("DOSEALIGN_OTHER_NAMES")
     patients: dict = {}
+    crowded = {}
     for obj in scan.objects:
+        why = _too_long(_longest_value(obj))
+        if why:
+            crowded[obj.rel_path] = why
+            continue
         values = _other_values(obj)
         if values:
             held = patients.setdefault(obj.patient_id, (set(), []))
             held[0].update(values)
             held[1].append(obj.rel_path)
-    crowded = {}
     for values, files in patients.values():
         if len(values) > most:
             why = f"its patient's files hold {len(values)} other patient names and IDs, more than the {most:g}"
@@ -445,10 +486,13 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
         held[0].update(obj.info.get("dates", ()))  # each CT slice's dates
         held[1].append(obj.rel_path)
         ident.add_path(obj.rel_path)
-        if obj.patient_id:
+        longest = limit("DOSEALIGN_IDENTITY_CHARS")
+        if obj.patient_id and len(obj.patient_id) <= longest:
             ident.patient_ids.add(obj.patient_id)
         name = obj.info.get("patient_name", "")
-        ident.add_name(name if obj.rel_path not in leave_out else name.split("\\")[0])
+        if obj.rel_path in leave_out:  # (its other names: not taken, the first only where it is a name's length)
+            name = name.split("\\")[0] if len(name.split("\\")[0]) <= longest else ""
+        ident.add_name(name)
         if obj.rel_path not in leave_out:
             for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
                 ident.add_name(name)
@@ -465,10 +509,10 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
     for obj in (o for o in headers if o.rel_path not in leave_out):
         try:
             ds = read_header(obj.path)
-            many = _identity_values(ds)
-            if many > most:
+            many, longest = _identity_values(ds)
+            if many > most or _too_long(longest):
                 if crowded is not None:
-                    crowded[obj.rel_path] = (
+                    crowded[obj.rel_path] = _too_long(longest) or (
                         f"its header holds {many} names, IDs and dates, more than the {most:g} a pseudonymized "
                         "export takes of one file"
                     )
@@ -500,9 +544,10 @@ def _refuse_crowded(case, crowded: dict, patients: Optional[dict] = None) -> Non
         found = patients[case.patient_id]
         where = f"{found} (another file of the case's patient)"
     if found is not None and not case.error:
+        why = crowded[found] if "(DOSEALIGN_" in crowded[found] else f"{crowded[found]} (DOSEALIGN_OTHER_NAMES)"
         case.error = (
-            f"{where}: {crowded[found]} (DOSEALIGN_OTHER_NAMES): the case is not exported, as its identity could not "
-            "be checked within bounds (remove them from the files, or raise the limit)"
+            f"{where}: {why}: the case is not exported, as its identity could not be checked within bounds (remove "
+            "them from the files, or raise the limit)"
         )
 
 
