@@ -2675,3 +2675,31 @@ def test_a_patient_name_of_many_words_counts_by_its_words(tmp_path, capsys, monk
     assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
     (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
     assert re.search(r"its patient's files hold 8\d other patient names and IDs, more than the 50", reason), reason
+
+
+def test_the_patients_other_ids_of_three_or_four_characters_are_removed(tmp_path, capsys):
+    """Twenty-sixth hostile trial Z6: every other ID counted only from five characters, so an OtherPatientIDs
+    ``Q774``, an AdmissionID ``A981`` or a MedicalRecordLocator ``MR55`` stayed in ROI names, while README keeps only
+    IDs shorter than 3 characters (5 for accession numbers and study IDs). The patient's other IDs count from three,
+    as PatientID does; a study ID of four characters is still no ID to remove."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "SHORT-1", 88, extra_organs=4)
+    for path in sorted(truth.ct_files)[:2]:  # the slice read whole and another
+        ds = dd.read(path)
+        ds.OtherPatientIDs = "Q774"
+        ds.AdmissionID = "A981"
+        ds.MedicalRecordLocator = "MR55"
+        ds.StudyID = "4711"
+        dd.save(ds, path)
+    ds = dd.read(truth.struct_file)
+    organs = [roi for roi in ds.StructureSetROISequence if roi.ROIName.startswith("Organ")]
+    for roi, name in zip(organs, ["PTV_Q774", "CTV_A981", "GTV_MR55", "Boost_4711"]):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert {"PTV_[removed]", "CTV_[removed]", "GTV_[removed]", "Boost_4711"} <= set(names), names
+    assert not _squeezed_words_in_outputs(out, ("q774", "a981", "mr55"))

@@ -649,6 +649,11 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["dates"] = sorted(dates | {headers.quick_date(ds, keyword) for keyword in _SLICE_DATE_KEYWORDS} - {""})
         if ids:
             info["other_ids"] = sorted(set(info.get("other_ids", ())) | set(ids))
+            # (numbers of a visit, an issuer: removed from text from five characters on, the patient's IDs from three)
+            keywords = ("AccessionNumber", "StudyID", "IssuerOfPatientID")
+            visits = {v.strip() for keyword in keywords for v in headers.text(ds, keyword).split("\\")}
+            if visits - {""}:
+                info["visit_ids"] = sorted(visits - {""})
         if names:
             info["other_names"] = sorted(set(info.get("other_names", ())) | set(names))
         info["image_position"] = headers.quick_floats(ds, "ImagePositionPatient")

@@ -58,10 +58,15 @@ REMOVED = "[removed]"
 #: The option meta.json records beside ``centre`` when it is ``roi:NAME``: a keyed hash of it, compared in its stead
 #: (see :func:`~DoseAlignLib.output.out_folder.request_differences`).
 CENTRE_DIGEST = "centre_keyed_sha256"
-#: Shorter PatientIDs, and shorter accession numbers or study IDs, are not removed from free text
-#: (they are replaced wherever they stand alone: case ids, the patient column, meta.json's patient_id).
+#: Shorter PatientIDs and other IDs of the patient (OtherPatientIDs, AdmissionID, MedicalRecordLocator...), and
+#: shorter accession numbers, study IDs and issuers (:data:`VISIT_KEYWORDS`), are not removed from free text (a
+#: PatientID is replaced wherever it stands alone: case ids, the patient column, meta.json's patient_id).
 MIN_ID_LENGTH = 3
 MIN_OTHER_ID_LENGTH = 5
+#: The identifying attributes whose values count from :data:`MIN_OTHER_ID_LENGTH` characters: numbers of a visit or
+#: an issuer's name (``1``, ``HIS``), which short would be found in every text; the patient's other IDs count from
+#: :data:`MIN_ID_LENGTH`, as PatientID does (an OtherPatientIDs ``Q774`` was kept: twenty-sixth hostile trial Z6).
+VISIT_KEYWORDS = ("AccessionNumber", "StudyID", "IssuerOfPatientID")
 #: A number of an ID written without its leading zeros (``0072315`` as ``72315``, as HIS exports and spreadsheets
 #: print MRNs) is removed too when at least this many digits remain (``0000007`` as ``7`` is not).
 MIN_UNPADDED_DIGITS = 4
@@ -257,6 +262,7 @@ class Identity:
     names: set = field(default_factory=set)  # full PN values and their components
     dates: set = field(default_factory=set)  # YYYYMMDD
     other: set = field(default_factory=set)  # accession numbers, other IDs
+    visit_ids: set = field(default_factory=set)  # the values of :data:`VISIT_KEYWORDS` (also in ``other``)
     uids: set = field(default_factory=set)
     paths: set = field(default_factory=set)  # relative paths (files and folders, posix)
     persons: set = field(default_factory=set)  # each PN value's components, in order (joined spellings)
@@ -264,8 +270,9 @@ class Identity:
     @property
     def identifiers(self) -> set:
         """IDs worth removing from text: a StudyID "1" identifies nobody, and removing every "1" breaks text."""
+        visits = self.visit_ids
         return {i for i in self.patient_ids if len(i) >= MIN_ID_LENGTH} | {
-            i for i in self.other if len(i) >= MIN_OTHER_ID_LENGTH
+            i for i in self.other if len(i) >= (MIN_OTHER_ID_LENGTH if i in visits else MIN_ID_LENGTH)
         }
 
     def add_dataset(self, ds, dates: Optional[set] = None) -> None:
@@ -279,12 +286,16 @@ class Identity:
                     self.patient_ids.add(item)
                 else:
                     self.other.add(item)
+                    if keyword in VISIT_KEYWORDS:
+                        self.visit_ids.add(item)
         for element in _iter_elements(ds):
             vr = getattr(element, "VR", "")
             if vr == "SQ":
                 for item in element.value or []:  # an ID in a sequence (OtherPatientIDsSequence) is another ID
                     for keyword in IDENTIFYING_KEYWORDS:
                         self.other.update(_values(item.get(keyword)))
+                        if keyword in VISIT_KEYWORDS:
+                            self.visit_ids.update(_values(item.get(keyword)))
             elif vr == "PN":
                 for item in _values(element.value):
                     self.add_name(item)
@@ -497,6 +508,7 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
             for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
                 ident.add_name(name)
             ident.other.update(obj.info.get("other_ids", ()))
+            ident.visit_ids.update(obj.info.get("visit_ids", ()))
         for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
             if uid:
                 ident.uids.add(uid)
@@ -870,7 +882,7 @@ class Pseudonymizer:
         """The IDs to remove, longest first, an index of their letters and digits, and the bare numbers (cached
         while the identity's IDs stay the same)."""
         identity = self.identity
-        stamp = (id(identity), len(identity.patient_ids), len(identity.other))
+        stamp = (id(identity), len(identity.patient_ids), len(identity.other), len(identity.visit_ids))
         cached = getattr(self, "_id_index_cache", None)
         if cached is None or cached[0] != stamp:
             variants, numbers = self._unpadded
