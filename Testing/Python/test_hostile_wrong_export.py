@@ -2327,3 +2327,32 @@ def test_a_file_sha256_record_that_is_not_whole_makes_the_case_exported_again(tm
     assert "exported again: its outputs were damaged (meta.json's file_sha256" in printed.out, printed.out
     assert [row["status"] for row in hostile.manifest(out)] == ["ok"]
     assert (case / "pair.npz").read_bytes() == written
+
+
+def test_a_case_h5_changed_in_place_is_written_again(tmp_path, capsys):
+    """Twenty-sixth hostile trial Z4: case.h5 was out of file_sha256 (HDF5 1.14 writes the time into each file) and
+    only its attributes were compared, so its dose halved in place was kept by --resume, and dataset.h5 served it.
+    meta.json records the SHA-256 of case.h5's datasets' values (the same from run to run): the changed file is
+    written again from pair.npz."""
+    h5py = pytest.importorskip("h5py")
+    root = tmp_path / "in"
+    hostile.study(root / "p", "H5-1", 89)
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--format", "hdf5"]
+    out, again = tmp_path / "out", tmp_path / "again"
+    assert main(["export", str(root), str(out), *args]) == 0
+    assert main(["export", str(root), str(again), *args]) == 0
+    (case,) = [p for p in out.iterdir() if (p / "meta.json").is_file()]
+    meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
+    assert len(meta["file_sha256"]["case.h5"]) == 64
+    assert (case / "meta.json").read_bytes() == (again / case.name / "meta.json").read_bytes()
+    with np.load(case / "pair.npz") as pair:
+        dose = pair["dose"]
+    with h5py.File(case / "case.h5", "r+") as handle:
+        handle["dose"][...] = handle["dose"][()] * 0.5
+    capsys.readouterr()
+    assert main(["export", str(root), str(out), *args, "--resume"]) == 0
+    assert [row["status"] for row in hostile.manifest(out)] == ["skipped"]
+    with h5py.File(case / "case.h5", "r") as handle:
+        np.testing.assert_array_equal(handle["dose"][()], dose.astype(np.float32))
+    with h5py.File(out / "dataset.h5", "r") as handle:
+        np.testing.assert_array_equal(handle[case.name]["dose"][()], dose.astype(np.float32))

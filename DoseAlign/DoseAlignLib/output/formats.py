@@ -139,7 +139,7 @@ def _as_written(folder: Path, rel: str, meta: dict) -> bool:
         return True
     try:
         return file_digests(folder, [rel]).get(rel) == digests[rel]
-    except OSError:
+    except Exception:  # (unreadable, or an HDF5 file h5py cannot read through: not the file written)
         return False
 
 
