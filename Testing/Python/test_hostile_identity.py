@@ -2372,12 +2372,16 @@ def test_other_names_beyond_the_limit_fail_their_case_and_the_batch_goes_on(tmp_
                for r in reasons), reasons  # fmt: skip
     assert all("(DOSEALIGN_OTHER_NAMES): the case is not exported" in r for r in reasons), reasons
     assert any("its patient's files hold" in r for r in reasons), reasons
-    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "70")  # each patient's 61, 61 and 41 (with StudyID, AccessionNumber)
+    monkeypatch.setenv(
+        "DOSEALIGN_OTHER_NAMES", "70"
+    )  # each patient's 63, 63 and 43 (name words, StudyID, AccessionNumber)
     out = tmp_path / "share" / "out70"
     assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
     assert [row["status"] for row in hostile.manifest(out)] == ["ok"] * 3
     monkeypatch.setattr("DoseAlignLib.output.pseudonym.INPUT_OTHER_NAMES", 1)
-    monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "70")  # each patient within, the input (163) beyond 70: 2 of 3 fail
+    monkeypatch.setenv(
+        "DOSEALIGN_OTHER_NAMES", "70"
+    )  # each patient within, the input's 161 name words beyond 70: 2 fail
     out = tmp_path / "share" / "input"
     assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 1
     rows = hostile.manifest(out)
@@ -2422,7 +2426,8 @@ def test_the_key_fingerprint_in_meta_json_holds_no_date_nor_id():
 def test_the_input_bound_on_other_names_leaves_out_the_patients_holding_most(monkeypatch):
     """X3's bound of the whole input (4 x DOSEALIGN_OTHER_NAMES), as the twenty-fifth hostile trial's Y7 fix counts
     it (each value's holders, not a union for each patient left out: 800 patients took 93 s): the patients holding
-    most are left out until the rest hold no more than the bound; values two patients share count once."""
+    most are left out until the rest hold no more than the bound; values two patients share count once. It counts
+    names only (IDs are looked up by an index)."""
     import types
 
     from DoseAlignLib.output import pseudonym
@@ -2430,15 +2435,23 @@ def test_the_input_bound_on_other_names_leaves_out_the_patients_holding_most(mon
     monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "60")  # the input: 240
     objects = [
         types.SimpleNamespace(
-            rel_path=f"p{n}/a.dcm", patient_id=f"P{n}", info={"other_ids": [f"X{n}_{k}" for k in range(20 + n)]}
+            rel_path=f"p{n}/a.dcm", patient_id=f"P{n}", info={"other_names": [f"X{n}y{k}" for k in range(20 + n)]}
         )
         for n in range(30)
     ]
-    shared = types.SimpleNamespace(rel_path="q/a.dcm", patient_id="Q", info={"other_ids": ["X0_0", "X1_0"]})
+    shared = types.SimpleNamespace(rel_path="q/a.dcm", patient_id="Q", info={"other_names": ["X0y0", "X1y0"]})
     crowded = pseudonym.crowded_files(types.SimpleNamespace(objects=[*objects, shared]))
     kept = [n for n in range(30) if f"p{n}/a.dcm" not in crowded]
     assert kept == list(range(9)) and "q/a.dcm" not in crowded, (kept, sorted(crowded)[:3])  # 20..28: 216 values
     assert all("the input's patients hold" in why for why in crowded.values())
+    # IDs count for each patient, not for the input: a cohort's accession numbers, admission and study IDs are many
+    cohort = [
+        types.SimpleNamespace(
+            rel_path=f"c{n}/a.dcm", patient_id=f"C{n}", info={"other_ids": [f"ACC{n}_{k}" for k in range(50)]}
+        )
+        for n in range(30)
+    ]
+    assert pseudonym.crowded_files(types.SimpleNamespace(objects=cohort)) == {}
 
 
 def test_many_patient_names_or_header_dates_are_bounded_too(tmp_path, capsys, monkeypatch):

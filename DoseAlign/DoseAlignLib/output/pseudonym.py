@@ -370,17 +370,22 @@ def _iter_elements(ds, depth: int = 0):
 
 
 def _other_values(obj) -> set:
-    """The other patient names and IDs a scanned file holds (OtherPatientNames, birth names, OtherPatientIDs, and
-    PatientName's values after its first: 600 000 of them in each CT slice took a case 3 min and 3.1 GB, twenty-fifth
-    hostile trial Y1), a name by its words (each a name to find: one value of 3000 words on each of 40 slices took a
-    case 80 s and 2.2 GB, twenty-sixth hostile trial Z3)."""
+    """The other patient names and IDs a scanned file holds (see :func:`_other_name_words`) and its other IDs."""
+    return _other_name_words(obj) | set(obj.info.get("other_ids", ()))
+
+
+def _other_name_words(obj) -> set:
+    """The words of the other patient names a scanned file holds (OtherPatientNames, birth names, a CT slice's other
+    person names, and PatientName's values after its first: 600 000 of them in each CT slice took a case 3 min and
+    3.1 GB, twenty-fifth hostile trial Y1), a name by its words (each a name to find: one value of 3000 words on each
+    of 40 slices took a case 80 s and 2.2 GB, twenty-sixth hostile trial Z3)."""
     first, *others = obj.info.get("patient_name", "").split("\\")
     names = list(obj.info.get("other_names", ())) + others
     words = {word for name in names for value in name.split("\\") for word in _NAME_WORDS.split(value) if word}
     own = [word for word in _NAME_WORDS.split(first) if word]
     if len(own) > MAX_JOINED_PARTS:  # the patient's name itself, of more words than a name has, counts too
         words.update(own)
-    return words | set(obj.info.get("other_ids", ()))
+    return words
 
 
 #: What parts a person name into the words :meth:`Identity.add_name` takes (and ``-`` and ``'``, which part them
@@ -409,10 +414,11 @@ def _too_long(length: int) -> str:
 
 
 def _identity_values(ds) -> tuple:
-    """``(count, longest)``: how many names (by their words), IDs and dates :meth:`Identity.add_dataset` would take
-    of a header, and the length of its longest name or ID (counted before any is taken: the rewriting and the check
+    """``(count, longest)``: how many names (their distinct words), IDs and dates :meth:`Identity.add_dataset` would
+    take of a header, and the length of its longest name or ID (counted before any is taken: the rewriting and the check
     pay for each)."""
     count = longest = 0
+    words: set = set()  # a name's words, each counted once (a word two names share is one name to find)
     for element in _iter_elements(ds):
         vr = getattr(element, "VR", "")
         if vr in ("PN", "DA", "DT") or element.keyword in IDENTIFYING_KEYWORDS:
@@ -420,12 +426,15 @@ def _identity_values(ds) -> tuple:
                 if vr in ("DA", "DT"):
                     count += 1
                     continue
-                count += max(1, len([w for w in _NAME_WORDS.split(item) if w])) if vr == "PN" else 1
+                if vr == "PN":
+                    words.update(w for w in _NAME_WORDS.split(item) if w)
+                else:
+                    count += 1
                 longest = max(longest, len(item))
-    return count, longest
+    return count + len(words), longest
 
 
-#: The other names and IDs a pseudonymized export takes of one input, as a multiple of those of one patient.
+#: The other names a pseudonymized export takes of one input, as a multiple of the other names and IDs of one patient.
 INPUT_OTHER_NAMES = 4
 
 
@@ -435,7 +444,9 @@ def crowded_files(scan) -> dict:
     together hold more than :data:`INPUT_OTHER_NAMES` times that, those of the patients holding most, until the rest
     do not. Each name costs the check some 80 kB and 2.5 ms: 60 000 in one CT slice took 150 s and 4.9 GB, 150 000
     in ten ended the export in a MemoryError (twenty-fourth hostile trial X3). A series repeating its few names in
-    every slice holds those few."""
+    every slice holds those few. The input's bound counts names only: IDs are looked up by an index (X7), and a
+    cohort of thousands of patients, each with its accession numbers, admission and study IDs, holds more than
+    the bound of them."""
     most = limit("DOSEALIGN_OTHER_NAMES")
     patients: dict = {}
     crowded = {}
@@ -446,29 +457,30 @@ def crowded_files(scan) -> dict:
             continue
         values = _other_values(obj)
         if values:
-            held = patients.setdefault(obj.patient_id, (set(), []))
+            held = patients.setdefault(obj.patient_id, (set(), [], set()))
             held[0].update(values)
             held[1].append(obj.rel_path)
-    for values, files in patients.values():
+            held[2].update(_other_name_words(obj))
+    for values, files, _names in patients.values():
         if len(values) > most:
             why = f"its patient's files hold {len(values)} other patient names and IDs, more than the {most:g}"
             crowded.update(dict.fromkeys(files, why + " a pseudonymized export takes of one patient"))
-    kept = sorted((p for p in patients.values() if p[1][0] not in crowded), key=lambda p: -len(p[0]))
-    # how many kept patients hold each value: the distinct ones are its keys, and a patient left out takes away only
+    kept = sorted((p for p in patients.values() if p[1][0] not in crowded), key=lambda p: -len(p[2]))
+    # how many kept patients hold each name: the distinct ones are its keys, and a patient left out takes away only
     # its own (a union computed again for each patient left out took 93 s for 800 patients: twenty-fifth trial Y7)
     holders: dict = {}
-    for values, _files in kept:
-        for value in values:
+    for _values, _files, names in kept:
+        for value in names:
             holders[value] = holders.get(value, 0) + 1
-    for values, files in kept:
+    for _values, files, names in kept:
         if len(holders) <= INPUT_OTHER_NAMES * most:
             break
         why = (
-            f"the input's patients hold {len(holders)} other patient names and IDs, more than the "
+            f"the input's patients hold {len(holders)} other patient names, more than the "
             f"{INPUT_OTHER_NAMES * most:g} a pseudonymized export takes of one input; its patient holds the most"
         )
         crowded.update(dict.fromkeys(files, why))
-        for value in values:
+        for value in names:
             holders[value] -= 1
             if not holders[value]:
                 del holders[value]
