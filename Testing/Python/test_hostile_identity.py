@@ -2716,3 +2716,51 @@ def test_the_patients_other_ids_of_three_or_four_characters_are_removed(tmp_path
     names = _names_of(out, row)
     assert {"PTV_[removed]", "CTV_[removed]", "GTV_[removed]", "Boost_4711"} <= set(names), names
     assert not _squeezed_words_in_outputs(out, ("q774", "a981", "mr55"))
+
+
+def test_roi_names_that_rewrite_alike_keep_one_channel_name_for_one_roi(tmp_path, capsys):
+    """Twenty-second hostile trial V4: U12's keyed tag was given only to ROI names that were identity as a whole;
+    ``Lung_L`` and ``Lens_L`` of a cohort holding patients Lung and Lens both became ``[removed]_L`` and were numbered
+    by each structure set's order, so one channel was the lung in one case and the lens in the other. Names of the
+    input that rewrite alike each get a keyed tag of themselves: one channel name stands for one ROI in every case,
+    as in the plain export."""
+    import json
+
+    import numpy as np
+    from DoseAlignLib.structures.masks import unpack_masks
+
+    root = tmp_path / "in"
+    for n, (patient, name, order) in enumerate(
+        [("LUNG-1", "Lung^Wai Man", ["Lung_L", "Lens_L"]), ("LENS-1", "Lens^Maria", ["Lens_L", "Lung_L"])]
+    ):
+        truth = hostile.study(root / f"p{n}", patient, 90 + n, patient_name=name, ct_size=(40, 36, 16))
+        ds = dd.read(truth.struct_file)
+        renamed = dict(zip(("Cord", "Ring"), order))  # two ROIs of other sizes, named in this case's order
+        for roi in ds.StructureSetROISequence:
+            roi.ROIName = renamed.get(roi.ROIName, roi.ROIName)
+        dd.save(ds, truth.struct_file)
+
+    def channels(out) -> list:
+        found = []
+        for row in sorted(hostile.manifest(out), key=lambda r: r["patient"]):
+            assert row["status"] == "ok", row["reason"]
+            meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+            with np.load(out / row["case_id"] / "pair.npz") as pair:
+                masks = unpack_masks(pair["masks"], meta["shape"])
+            found.append({name: int(mask.sum()) for name, mask in zip(meta["structures"]["names"], masks)})
+        return found
+
+    args = ["--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", str(root), str(tmp_path / "plain"), *args]) == 0
+    assert main(["export", str(root), str(tmp_path / "out"), *args, "--pseudonymize"]) == 0, capsys.readouterr()
+    plain, pseudonymized = channels(tmp_path / "plain"), channels(tmp_path / "out")
+    tagged = sorted(n for n in pseudonymized[0] if n.startswith("[removed]_L_"))
+    assert len(tagged) == 2 and tagged == sorted(n for n in pseudonymized[1] if n.startswith("[removed]_L_")), tagged
+    assert [case["Lung_L"] for case in plain] != [case["Lens_L"] for case in plain]  # the order tells them apart
+    # each tagged channel is one ROI in both cases: its voxels are those of one plain channel in each case
+    meant = {
+        name: [roi for roi in ("Lung_L", "Lens_L") if [c[name] for c in pseudonymized] == [c[roi] for c in plain]]
+        for name in tagged
+    }
+    assert sorted(sum(meant.values(), [])) == ["Lens_L", "Lung_L"], (meant, pseudonymized, plain)
+    assert not _squeezed_words_in_outputs(tmp_path / "out", ("waiman", "maria"))

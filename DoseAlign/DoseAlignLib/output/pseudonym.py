@@ -263,6 +263,7 @@ class Identity:
     dates: set = field(default_factory=set)  # YYYYMMDD
     other: set = field(default_factory=set)  # accession numbers, other IDs
     visit_ids: set = field(default_factory=set)  # the values of :data:`VISIT_KEYWORDS` (also in ``other``)
+    roi_names: set = field(default_factory=set)  # the ROI names of the input's structure sets (at most MAX_RENAMED)
     uids: set = field(default_factory=set)
     paths: set = field(default_factory=set)  # relative paths (files and folders, posix)
     persons: set = field(default_factory=set)  # each PN value's components, in order (joined spellings)
@@ -542,6 +543,10 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
                     )
                 continue
             ident.add_dataset(ds, dates=patient_dates[obj.patient_id][0])
+            if obj.kind == "RTSTRUCT":
+                for roi in ds.get("StructureSetROISequence") or []:
+                    if len(ident.roi_names) < MAX_RENAMED:
+                        ident.roi_names.add(str(roi.get("ROIName", "") or "").strip())
         except Exception:  # a header that cannot be read again adds nothing: its scanned values are in
             continue
     for dates, files in patient_dates.values():
@@ -676,6 +681,7 @@ class Pseudonymizer:
         if not self.keep_uids:
             for uid in sorted(self.identity.uids):
                 self.uid(uid)
+        self._find_alike()
         patients: dict = {}
         for obj in scan.objects:
             if obj.rel_path in crowded:
@@ -735,6 +741,25 @@ class Pseudonymizer:
         own text keeps its words). The marks :data:`REMOVED` of an earlier rewriting stay as they are."""
         if not value:
             return value
+        rewritten = self._rewritten_name(value)
+        if rewritten != value and rewritten.casefold() in getattr(self, "_alike", ()):
+            # two of the input's ROI names rewrite alike (Lung_L and Lens_L of patients Lung and Lens: [removed]_L):
+            # each gets a keyed tag of itself, one channel name for one ROI in every case, where the structure set's
+            # order numbered them, the lung's channel the lens in another case (twenty-second hostile trial V4)
+            tag = self._digest("roi", value.strip().casefold()).hex()[:8]
+            self.entries[("roi", tag)] = value.strip()
+            rewritten = f"{rewritten}_{tag}"
+        if rewritten != value:
+            renamed = getattr(self, "_renamed", None)
+            if renamed is None:
+                renamed = {}
+                object.__setattr__(self, "_renamed", renamed)
+            if len(renamed) < MAX_RENAMED and REMOVED not in value:
+                renamed[value] = rewritten
+        return rewritten
+
+    def _rewritten_name(self, value: str) -> str:
+        """:meth:`name`'s rewriting of ``value``, before names that rewrite alike are told apart."""
         pieces = value.split(REMOVED)
         rewritten = REMOVED.join(self._name_piece(piece) for piece in pieces)
         if rewritten != value and not _alnum(rewritten.replace(REMOVED, "")):
@@ -744,14 +769,16 @@ class Pseudonymizer:
             tag = self._digest("roi", value.strip().casefold()).hex()[:8]
             self.entries[("roi", tag)] = value.strip()
             rewritten = f"{REMOVED}_{tag}"
-        if rewritten != value:
-            renamed = getattr(self, "_renamed", None)
-            if renamed is None:
-                renamed = {}
-                object.__setattr__(self, "_renamed", renamed)
-            if len(renamed) < MAX_RENAMED and REMOVED not in value:
-                renamed[value] = rewritten
         return rewritten
+
+    def _find_alike(self) -> None:
+        """The rewritten ROI names (case folded) that two of the input's ROI names, other than in case, rewrite to."""
+        originals: dict = {}
+        for roi_name in sorted(self.identity.roi_names):
+            rewritten = self._rewritten_name(roi_name) if roi_name else roi_name
+            if rewritten != roi_name:
+                originals.setdefault(rewritten.casefold(), set()).add(roi_name.casefold())
+        object.__setattr__(self, "_alike", frozenset(k for k, names in originals.items() if len(names) > 1))
 
     def _name_piece(self, value: str) -> str:
         if not value:
