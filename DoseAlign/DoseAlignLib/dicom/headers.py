@@ -702,8 +702,9 @@ def _slice_values(ds: Dataset, depth: int, dates: set, ids: list, names: list) -
             value = bytes(value).decode("ascii", "replace")
         for item in str(value_text(value) if value is not None else "").split("\\"):
             digits = re.sub(r"\D", "", item)[:8]
-            if len(digits) == 8:
+            if len(digits) == 8:  # (2023.04.18, the old ACR-NEMA form, too)
                 dates.add(digits)
+            dates.update(run[:8] for run in re.findall(r"\d{8,}", item))  # (a range: two dates, AA9)
 
 
 OTHER_NAME_KEYWORDS = ("OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
