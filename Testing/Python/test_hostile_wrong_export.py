@@ -2333,7 +2333,7 @@ def test_a_case_h5_changed_in_place_is_written_again(tmp_path, capsys):
     """Twenty-sixth hostile trial Z4: case.h5 was out of file_sha256 (HDF5 1.14 writes the time into each file) and
     only its attributes were compared, so its dose halved in place was kept by --resume, and dataset.h5 served it.
     meta.json records the SHA-256 of case.h5's datasets' values (the same from run to run): the changed file is
-    written again from pair.npz."""
+    written again from pair.npz; so is one whose attributes were changed (twenty-seventh hostile trial AA7)."""
     h5py = pytest.importorskip("h5py")
     root = tmp_path / "in"
     hostile.study(root / "p", "H5-1", 89)
@@ -2356,3 +2356,13 @@ def test_a_case_h5_changed_in_place_is_written_again(tmp_path, capsys):
         np.testing.assert_array_equal(handle["dose"][()], dose.astype(np.float32))
     with h5py.File(out / "dataset.h5", "r") as handle:
         np.testing.assert_array_equal(handle[case.name]["dose"][()], dose.astype(np.float32))
+    # twenty-seventh hostile trial AA7: the attributes count too (spacing, a dataset's units changed in place)
+    with h5py.File(case / "case.h5", "r") as handle:
+        spacing, units = handle.attrs["spacing"][()], handle["dose"].attrs["units"]
+    with h5py.File(case / "case.h5", "r+") as handle:
+        handle.attrs["spacing"] = spacing * 2
+        handle["dose"].attrs["units"] = "cGy"
+    assert main(["export", str(root), str(out), *args, "--resume"]) == 0
+    with h5py.File(case / "case.h5", "r") as handle:
+        np.testing.assert_array_equal(handle.attrs["spacing"][()], spacing)
+        assert handle["dose"].attrs["units"] == units
