@@ -2799,3 +2799,24 @@ def test_names_count_by_the_words_the_rewriting_takes_and_date_ranges_give_both_
     identity = pseudonym.Identity()
     identity.add_dataset(ds)
     assert identity.dates == {"20230420", "20230421"}
+
+
+def test_an_roi_name_beyond_the_length_bound_fails_its_case_under_pseudonymize(tmp_path, capsys):
+    """Twenty-seventh hostile trial AA6: an ROI name's length was not bounded under --pseudonymize, and its rewriting
+    and check cost grows with its characters times the input's names: 200 kB held a case 79 s, 400 kB 140 s and then
+    "please report it". A name the input gives longer than DOSEALIGN_IDENTITY_CHARS fails its case by name (DICOM's
+    LO holds 64 characters); the other case is exported; without --pseudonymize the name is kept."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "a", "ROI-LONG", 92, extra_organs=1)
+    hostile.study(root / "b", "PLAIN-7", 93)
+    ds = dd.read(truth.struct_file)
+    [roi for roi in ds.StructureSetROISequence if roi.ROIName.startswith("Organ")][0].ROIName = "Boost_" + "x" * 2000
+    dd.save(ds, truth.struct_file)
+    args = ["--quiet", "--workers", "1", "--no-qa-png"]
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), *args, "--pseudonymize"]) == 1, capsys.readouterr()
+    rows = hostile.manifest(out)
+    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
+    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    assert "of 2006 characters is longer than the 1024 --pseudonymize rewrites (DOSEALIGN_IDENTITY_CHARS)" in reason
+    assert main(["export", str(root), str(tmp_path / "plain"), *args]) == 0

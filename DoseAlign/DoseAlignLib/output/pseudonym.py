@@ -758,6 +758,13 @@ class Pseudonymizer:
         own text keeps its words). The marks :data:`REMOVED` of an earlier rewriting stay as they are."""
         if not value:
             return value
+        most = limit("DOSEALIGN_IDENTITY_CHARS")
+        if len(value) > most:  # each character costs the rewriting and the check: 400 kB took 140 s (AA6)
+            raise PseudonymError(
+                f"a name the input gives (an ROI name, a label) of {len(value)} characters is longer than the "
+                f"{most:g} --pseudonymize rewrites (DOSEALIGN_IDENTITY_CHARS); DICOM's LO holds 64",
+                hint="shorten the name in the input, or raise the limit",
+            )
         rewritten = self._rewritten_name(value)
         if rewritten != value and rewritten.casefold() in getattr(self, "_alike", ()):
             # two of the input's ROI names rewrite alike (Lung_L and Lens_L of patients Lung and Lens: [removed]_L):
@@ -791,7 +798,8 @@ class Pseudonymizer:
     def _find_alike(self) -> None:
         """The rewritten ROI names (case folded) that two of the input's ROI names, other than in case, rewrite to."""
         originals: dict = {}
-        for roi_name in sorted(self.identity.roi_names):
+        most = limit("DOSEALIGN_IDENTITY_CHARS")
+        for roi_name in sorted(n for n in self.identity.roi_names if len(n) <= most):  # (longer: its case fails)
             rewritten = self._rewritten_name(roi_name) if roi_name else roi_name
             if rewritten != roi_name:
                 originals.setdefault(rewritten.casefold(), set()).add(roi_name.casefold())
