@@ -347,6 +347,10 @@ def export_folder(
             damaged = None if why else archive_problem(existing.folder, existing.meta)
             if damaged:
                 why = [f"its outputs were damaged ({damaged})"]
+            if not why and pseudonymizer is not None:  # identity the input holds now (a file added since: AA10)
+                leak = pseudonymizer.leak_in_kept_case(existing.folder, existing.meta)
+                if leak:
+                    why = [f"its outputs hold what the input now tells to be identity ({leak})"]
             if not why:
                 record(index, manifest_row(case, "skipped", KEPT, existing.meta))
                 continue
@@ -756,6 +760,7 @@ def _request(case, options: AlignOptions, pseudonymizer, qa_png: bool, resampler
     recorded = options.to_dict()
     if pseudonymizer is not None:
         records, stamps = keyed_stamps(records, pseudonymizer.key)
+        pseudonymizer.add_own_digests(*stamps)  # (a kept case's stamps are read again for identity: no date, no ID)
         source = pseudonymizer.value({**source, "input_files": records})
         for record, stamp in zip(source["input_files"], stamps):
             record["stamp"] = stamp

@@ -2820,3 +2820,36 @@ def test_an_roi_name_beyond_the_length_bound_fails_its_case_under_pseudonymize(t
     (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
     assert "of 2006 characters is longer than the 1024 --pseudonymize rewrites (DOSEALIGN_IDENTITY_CHARS)" in reason
     assert main(["export", str(root), str(tmp_path / "plain"), *args]) == 0
+
+
+def test_resume_exports_again_a_kept_case_holding_identity_the_input_now_has(tmp_path, capsys):
+    """Twenty-seventh hostile trial AA10: --resume --pseudonymize kept earlier cases without reading them against
+    the input's identity as it is now: after an MR naming ``Kowalski`` was added, the case stayed "skipped" with its
+    ROI ``Kowalski_PTV``, while a fresh export removed it. A kept case is read as the check reads a case before it
+    is written; one holding identity is exported again. Without new identity every case is kept."""
+    from pydicom.uid import generate_uid
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "RESUME-ID", 94, extra_organs=1)
+    ds = dd.read(truth.struct_file)
+    [roi for roi in ds.StructureSetROISequence if roi.ROIName.startswith("Organ")][0].ROIName = "Kowalski_PTV"
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    args = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(args + ["--format", "npz,nrrd"]) == 0
+    assert main(args + ["--format", "npz,nrrd", "--resume"]) == 0
+    assert [row["status"] for row in hostile.manifest(out)] == ["skipped"]
+    assert any(b"kowalski" in data.lower() for _w, data in _all_output_bytes(out))  # no identity yet
+    ds = dd.read(sorted(truth.ct_files)[0])
+    ds.Modality = "MR"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.OtherPatientNames = "Kowalski^Jan"
+    dd.save(ds, root / "p" / "mr_0001.dcm")
+    capsys.readouterr()
+    assert main(args + ["--format", "npz,nrrd", "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "its outputs hold what the input now tells to be identity (a patient name in meta.json)" in printed.out
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok"]
+    assert not _squeezed_words_in_outputs(out, ("kowalski",))

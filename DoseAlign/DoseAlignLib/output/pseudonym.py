@@ -1235,6 +1235,28 @@ class Pseudonymizer:
                     f"pseudonymization left {leak} in {rel}; the case is not written", hint="please report it"
                 )
 
+    def leak_in_kept_case(self, folder: Path, meta: dict) -> str:
+        """Where a case folder of an earlier run, about to be kept by --resume, holds identity of the input as it is
+        now ('' where none): an MR naming the patient added since made a kept case's ROI name ``Kowalski_PTV``
+        identity, and it was kept (twenty-seventh hostile trial AA10). Its meta.json is read as the check read it
+        before it was written (what was added after: its files' names and digests, the dose digest, left out);
+        every file name and clear-text file as :meth:`check_folder` reads them."""
+        trimmed = {k: v for k, v in meta.items() if k not in ("exports", "case_files", "storage", "file_sha256")}
+        if isinstance(trimmed.get("source"), dict):
+            trimmed["source"] = {k: v for k, v in trimmed["source"].items() if k != "rtdose_digest"}
+        leak = self._leak_in_json(trimmed)
+        if leak:
+            return f"{leak} in meta.json"
+        folder = Path(folder)
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            leak = self.guard.find(rel)
+            if not leak and rel != "meta.json" and path.is_file() and path.suffix in (".json", ".csv", ".nrrd"):
+                leak = self._leak_in_file(path)
+            if leak:
+                return f"{leak} in {rel}"
+        return ""
+
     def _leak_in_file(self, path: Path) -> str:
         nrrd = path.suffix in (".nrrd", ".nhdr")
         with open(path, "rb") as handle:
