@@ -2853,3 +2853,41 @@ def test_resume_exports_again_a_kept_case_holding_identity_the_input_now_has(tmp
     assert "its outputs hold what the input now tells to be identity (a patient name in meta.json)" in printed.out
     assert [row["status"] for row in hostile.manifest(out)] == ["ok"]
     assert not _squeezed_words_in_outputs(out, ("kowalski",))
+
+
+@pytest.mark.parametrize("identifier", ["2.5", "1.0"])
+def test_a_short_id_that_reads_as_a_decimal_number_fails_no_case(tmp_path, capsys, identifier):
+    """Twenty-seventh hostile trial AA3: an ID of three characters that DoseAlign's own text holds (``2.5`` in a
+    slice step, ``1.0`` of a version) failed every case of the patient "please report it" (since Z6 for other IDs
+    too). Such an ID reads as a decimal number and, like any ID shorter than five characters of that form, is not
+    removed from free text (README's limits)."""
+    root = tmp_path / "in"
+    hostile.study(root / "p", identifier, 95)
+    for path in sorted((root / "p").rglob("*.dcm")):
+        ds = dd.read(path)
+        ds.OtherPatientIDs = identifier
+        dd.save(ds, path)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+
+
+def test_the_key_and_map_are_not_written_into_another_exports_folder(tmp_path, capsys):
+    """Twenty-seventh hostile trial AA8: an export into a folder inside another export's output folder wrote its key
+    and its map (every PatientID and name with its pseudonym) beside its OUT, so into the outer folder meant for
+    sharing. Refused before anything is written; given outside, they are used."""
+    root = tmp_path / "in"
+    hostile.study(root / "p", "NESTED-1", 96)
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    share = tmp_path / "share"
+    assert main(["export", str(root), str(share), *args]) == 0
+    before = sorted(p.name for p in share.iterdir())
+    inner = share / "more"
+    assert main(["export", str(root), str(inner), *args]) == 2
+    err = capsys.readouterr().err
+    assert "which is itself a DoseAlign export's output folder" in err and "nothing was written" in err, err
+    assert sorted(p.name for p in share.iterdir()) == before
+    elsewhere = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    assert main(["export", str(root), str(inner), *args, *elsewhere]) == 0
+    assert sorted(p.name for p in share.iterdir()) == sorted([*before, "more"])

@@ -67,6 +67,8 @@ MIN_OTHER_ID_LENGTH = 5
 #: an issuer's name (``1``, ``HIS``), which short would be found in every text; the patient's other IDs count from
 #: :data:`MIN_ID_LENGTH`, as PatientID does (an OtherPatientIDs ``Q774`` was kept: twenty-sixth hostile trial Z6).
 VISIT_KEYWORDS = ("AccessionNumber", "StudyID", "IssuerOfPatientID")
+#: An ID shorter than :data:`MIN_OTHER_ID_LENGTH` of this form is a decimal number, not removed from free text.
+_SHORT_DECIMAL = re.compile(r"[0-9]+[.,][0-9.,]*")
 #: A number of an ID written without its leading zeros (``0072315`` as ``72315``, as HIS exports and spreadsheets
 #: print MRNs) is removed too when at least this many digits remain (``0000007`` as ``7`` is not).
 MIN_UNPADDED_DIGITS = 4
@@ -272,9 +274,12 @@ class Identity:
     def identifiers(self) -> set:
         """IDs worth removing from text: a StudyID "1" identifies nobody, and removing every "1" breaks text."""
         visits = self.visit_ids
-        return {i for i in self.patient_ids if len(i) >= MIN_ID_LENGTH} | {
+        found = {i for i in self.patient_ids if len(i) >= MIN_ID_LENGTH} | {
             i for i in self.other if len(i) >= (MIN_OTHER_ID_LENGTH if i in visits else MIN_ID_LENGTH)
         }
+        # an ID that reads as a short decimal number (2.5, 1.0) is every step and version number in the outputs:
+        # the check refused each case "please report it" (twenty-seventh hostile trial AA3)
+        return {i for i in found if len(i) >= MIN_OTHER_ID_LENGTH or not _SHORT_DECIMAL.fullmatch(i)}
 
     def add_dataset(self, ds, dates: Optional[set] = None) -> None:
         """Collect the identifying values of one header (top level, IDs in sequences, and PN/DA/DT anywhere);
@@ -2881,6 +2886,15 @@ def _date_pattern(date: str):
     return pattern
 
 
+def _is_an_export(folder: Path) -> bool:
+    """Whether ``folder`` is a DoseAlign export's output folder: it holds a manifest.csv of DoseAlign's columns."""
+    try:
+        with open(Path(folder) / "manifest.csv", "rb") as handle:
+            return handle.read(15) == b"case_id,status,"
+    except OSError:
+        return False
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """True when two paths name one file (links resolved; also when neither exists yet)."""
     try:
@@ -2907,6 +2921,16 @@ def make_pseudonymizer(
     default_key, default_map = default_paths(out_dir)
     key_path = Path(key_file) if key_file else default_key
     map_path = Path(map_file) if map_file else default_map
+    if not (key_file and map_file) and _is_an_export(Path(out_dir).parent):
+        # beside OUT is inside another export's folder, which is shared: the map names every patient (twenty-seventh
+        # hostile trial AA8)
+        raise PseudonymError(
+            f"the key and the pseudonym map are written beside the output folder, in {Path(out_dir).parent}, which "
+            "is itself a DoseAlign export's output folder (it holds its manifest.csv): what is shared would hold "
+            "them",
+            path=out_dir,
+            hint="give --key-file and --map-file outside it, or choose an output folder elsewhere; nothing was written",
+        )
     check_outside(key_path, out_dir, "key file", input_root, writes=not key_path.exists())
     check_outside(map_path, out_dir, "pseudonym map", input_root)
     if map_path.is_symlink():  # the map is replaced by a rename: written where the link points, the link kept
