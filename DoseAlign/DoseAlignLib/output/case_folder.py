@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import DoseAlignError, output_fault
 from ..limits import LimitError, entry_kind, open_regular, read_back
 from .dvh_csv import write_dvh_csv
-from .file_check import format_file_problem
+from .file_check import format_file_problem, values_digest
 from .file_names import unique_file_names
 from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, is_run_entry, json_text, remove_owned
 from .npz import NpyStream, NpzStream
@@ -709,7 +709,7 @@ def _digested(meta: dict) -> set:
 
 def file_digests(folder: Path, names) -> dict:
     """``{name: SHA-256 of its bytes}`` of the files ``names`` below ``folder``, meta.json left out. Of an HDF5 file
-    the SHA-256 of its datasets' values (:func:`~.hdf5.values_digest`): HDF5 1.14 writes the time into each file, so
+    the SHA-256 of its datasets' values (:func:`~.file_check.values_digest`): HDF5 1.14 writes the time into each file, so
     a digest of its bytes would make meta.json differ from run to run; its attributes are compared with meta.json
     (its case id among them)."""
     digests = {}
@@ -717,8 +717,6 @@ def file_digests(folder: Path, names) -> dict:
         if name == "meta.json":
             continue
         if name.endswith(".h5"):
-            from .hdf5 import values_digest  # (h5py is needed only where HDF5 files are written)
-
             digests[name] = values_digest(Path(folder) / name)
         else:
             digests[name] = _sha256(Path(folder) / name)

@@ -24,6 +24,8 @@ import zlib
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from ..errors import hdf5_text
 from ..limits import limit, megabytes, open_regular
 
@@ -318,3 +320,53 @@ def _h5_text_agrees(attrs, meta: dict) -> None:
         and [text(n) for n in attrs["mask_names"]] != [hdf5_text(n) for n in names]
     ):
         raise _Damaged("its mask_names attribute is not what meta.json says (structures.names)")
+
+
+def values_digest(path: Path) -> str:
+    """SHA-256 of an HDF5 file's attributes and datasets as they read (each top-level one in name order: its name,
+    dtype, shape, attributes and values, read a slice at a time), not of its bytes: HDF5 1.14 writes the time into each file, so its bytes differ
+    from run to run while what it holds does not. meta.json records it for case.h5 (``file_sha256``): a case.h5 whose
+    dose was changed in place, attributes kept, was kept by --resume (twenty-sixth hostile trial Z4). An object that
+    is not a dataset of this file (a link, a group, data stored elsewhere) raises OSError: not the file written."""
+    import hashlib
+
+    import h5py  # (only an HDF5 format's files are digested so: h5py is there)
+
+    digest = hashlib.sha256()
+    with h5py.File(path, "r") as handle:
+        if outside_links(h5py, handle):
+            raise OSError(f"{Path(path).name} reaches outside itself")
+        # the attributes too: spacing, origin or a dataset's units changed in place were kept (twenty-seventh
+        # hostile trial AA7)
+        digest.update(_attributes_text(handle.attrs).encode("utf-8"))
+        for name in sorted(handle):
+            item = handle.get(name, getlink=True)
+            dataset = handle[name] if isinstance(item, h5py.HardLink) else None
+            if not isinstance(dataset, h5py.Dataset):
+                raise OSError(f"{Path(path).name}: {name} is no dataset DoseAlign writes")
+            digest.update(json.dumps([name, dataset.dtype.str, list(dataset.shape)]).encode("utf-8"))
+            digest.update(_attributes_text(dataset.attrs).encode("utf-8"))
+            if not dataset.shape:
+                digest.update(np.ascontiguousarray(dataset[()]).tobytes())
+                continue
+            for index in range(dataset.shape[0]):
+                digest.update(np.ascontiguousarray(dataset[index]).tobytes())
+    return digest.hexdigest()
+
+
+def _attributes_text(attrs) -> str:
+    """An HDF5 object's attributes as one text, in name order (strings as text, whether h5py reads them as str or
+    bytes; arrays as lists)."""
+
+    def plain(value):
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        if isinstance(value, np.ndarray):
+            return [plain(v) for v in value.tolist()] if value.dtype.kind in "OSU" else value.tolist()
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    return json.dumps([[name, plain(attrs[name])] for name in sorted(attrs)], default=str)
