@@ -1121,19 +1121,19 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     try:
         return int(args.func(args))
     except NothingToExport as error:
-        print(f"dosealign: {error}", file=sys.stderr)
+        _say(f"dosealign: {error}")  # (stderr that cannot be written: the code stays, AB11)
         return EXIT_NOTHING
     except OutputFault as error:  # the demo's study or merge's files could not be written (a full disk)
-        print(f"dosealign: {error}", file=sys.stderr)
+        _say(f"dosealign: {error}")
         return EXIT_FAULT
     except ValueError as error:
         if isinstance(error, DoseAlignError):
-            print(f"dosealign: {error}", file=sys.stderr)
+            _say(f"dosealign: {error}")
         else:
             command_parser.error(str(error))
         return 2
     except DoseAlignError as error:
-        print(f"dosealign: {error}", file=sys.stderr)
+        _say(f"dosealign: {error}")
         return 2
 
 

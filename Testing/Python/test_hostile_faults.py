@@ -2701,3 +2701,18 @@ def test_a_kept_case_whose_nifti_mask_files_are_swapped_is_exported_again(tmp_pa
     assert done.returncode == 0 and "mask files that are not the ones the writer names" in done.stdout, done.stdout
     meta = json.loads((case / "meta.json").read_text(encoding="utf-8"))
     assert meta["exports"]["nifti"]["files"]["masks"]["PTV"] == "masks/PTV.nii.gz", meta["exports"]["nifti"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_refusal_keeps_its_exit_code_when_stderr_cannot_be_written(tmp_path):
+    """Twenty-eighth hostile trial AB11: with stderr on a full device, a refusal (a missing input) ended in Python's
+    unhandled OSError at the message's write, exit 1 ("a case failed") instead of 2."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "DoseAlignLib.cli", "export", str(tmp_path / "missing"), str(tmp_path / "out")],
+            env=hostile.ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=full,
+            timeout=120,
+        )
+    assert done.returncode == 2

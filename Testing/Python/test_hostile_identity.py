@@ -2891,3 +2891,54 @@ def test_the_key_and_map_are_not_written_into_another_exports_folder(tmp_path, c
     elsewhere = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
     assert main(["export", str(root), str(inner), *args, *elsewhere]) == 0
     assert sorted(p.name for p in share.iterdir()) == sorted([*before, "more"])
+
+
+def test_the_key_and_map_stay_out_of_any_export_around_or_inside_out(tmp_path, capsys):
+    """Twenty-eighth hostile trial AB1, AB8: AA8's refusal looked at OUT's parent only (share/cohortB/out put the key
+    and map into share), an outer export made after the inner one kept them inside what it shares, and a named pipe
+    called manifest.csv in OUT's parent blocked the export. Every folder above OUT is looked at, a key or map inside
+    OUT is refused, and only a regular manifest.csv is read."""
+    root = tmp_path / "in"
+    hostile.study(root / "p", "NESTED-2", 97)
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    share = tmp_path / "share"
+    assert main(["export", str(root), str(share), *args]) == 0
+    assert main(["export", str(root), str(share / "cohortB" / "out"), *args]) == 2
+    assert "which is itself a DoseAlign export's output folder" in capsys.readouterr().err
+    inner = tmp_path / "share2" / "more"
+    assert main(["export", str(root), str(inner), *args]) == 0
+    assert main(["export", str(root), str(tmp_path / "share2"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "the output folder holds a pseudonym key or map (dosealign-pseudonym.key)" in err, err
+    piped = tmp_path / "piped"
+    piped.mkdir()
+    os.mkfifo(piped / "manifest.csv")
+    done = hostile.dosealign("export", str(root), str(piped / "out"), *args, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):
+    """Twenty-eighth hostile trial AB6: an OtherPatientIDs ``33.8645`` that equals the case's native Dmax made that
+    measure ``[removed]`` in manifest.csv, meta.json and report.html, status ok; ``0.1.0`` (the version) failed the
+    case. Decimals DoseAlign writes are its own. AB3: a DA range of dotted or dashed dates gave its first date only.
+    AB4: a name's cost counts its joined spellings, not only its words."""
+    import types
+
+    from DoseAlignLib.output import pseudonym
+
+    assert pseudonym.dates_of_value("2023.04.20-2023.04.21", "DA")[-1] == "20230421"
+    assert "20230421" in pseudonym.dates_of_value("2023-04-20-2023-04-21", "DA")
+    import random
+
+    twelve = [f"Word{n}" for n in range(12)]
+    rng = random.Random(1)
+    names = [" ".join(rng.sample(twelve, 12)) for _ in range(50)]  # 12 words in 50 orders: 12 before AB4
+    obj = types.SimpleNamespace(rel_path="a.dcm", patient_id="P", info={"other_names": names})
+    assert len(pseudonym._other_name_words(obj)) > 300
+    checker = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(other={"33.8645", "0.1.0"}))
+    row = {"case_id": "x", "patient": "P", "dmax_native_gy": "33.8645", "note": "ID 33.8645"}
+    written = checker.row(row)
+    assert written["dmax_native_gy"] == "33.8645" and "[removed]" in written["note"], written
+    checker.check({"dmax_native_gy": "33.8645", "dosealign_version": pseudonym.__version__})
+    with pytest.raises(pseudonym.PseudonymError):
+        checker.check({"note": "ID 33.8645"})

@@ -701,9 +701,11 @@ def _slice_values(ds: Dataset, depth: int, dates: set, ids: list, names: list) -
         if isinstance(value, (bytes, bytearray)):
             value = bytes(value).decode("ascii", "replace")
         for item in str(value_text(value) if value is not None else "").split("\\"):
-            digits = re.sub(r"\D", "", item)[:8]
-            if len(digits) == 8:  # (2023.04.18, the old ACR-NEMA form, too)
-                dates.add(digits)
+            digits = re.sub(r"\D", "", item)
+            if len(digits) >= 8:  # (2023.04.18, the old ACR-NEMA form, too)
+                dates.add(digits[:8])
+            if vr == "DA":  # each eight digits of a range (2023.04.20-2023.04.21: AB3)
+                dates.update(digits[n : n + 8] for n in range(8, len(digits) - 7, 8))
             dates.update(run[:8] for run in re.findall(r"\d{8,}", item))  # (a range: two dates, AA9)
 
 

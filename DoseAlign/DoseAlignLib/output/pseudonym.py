@@ -45,6 +45,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from .. import __version__
 from ..dicom.headers import IDENTIFYING_KEYWORDS
 from ..errors import DoseAlignError
 from ..limits import limit, open_regular
@@ -307,7 +308,7 @@ class Identity:
                     self.add_name(item)
             elif vr in ("DA", "DT"):
                 for item in _values(element.value):
-                    dates.update(dates_of_value(item))
+                    dates.update(dates_of_value(item, vr))
             elif vr == "UI" and element.tag.group != 0x0002:
                 for item in _values(element.value):
                     if not item.startswith(_DICOM_DEFINED_UID):
@@ -355,12 +356,16 @@ MAX_JOINED_PARTS = 8
 _PN_GROUP = 5
 
 
-def dates_of_value(value: str) -> list:
+def dates_of_value(value: str, vr: str = "DT") -> list:
     """The YYYYMMDD dates of a DA or DT value: its first eight digits (``2023.04.18``, the old ACR-NEMA form, too),
     and the first eight of each run of at least eight digits (a range ``20230420-20230421`` holds two: twenty-seventh
-    hostile trial AA9)."""
-    digits = re.sub(r"\D", "", value)[:8]
-    return ([digits] if len(digits) == 8 else []) + [run[:8] for run in re.findall(r"\d{8,}", value)]
+    hostile trial AA9); of a DA, each eight of its digits (a range ``2023.04.20-2023.04.21`` or
+    ``2023-04-20-2023-04-21``: twenty-eighth AB3)."""
+    digits = re.sub(r"\D", "", value)
+    found = [digits[:8]] if len(digits) >= 8 else []
+    if vr == "DA":
+        found += [digits[n : n + 8] for n in range(8, len(digits) - 7, 8)]
+    return found + [run[:8] for run in re.findall(r"\d{8,}", value)]
 
 
 def _values(value) -> list:
@@ -393,11 +398,25 @@ def _other_name_words(obj) -> set:
     of 40 slices took a case 80 s and 2.2 GB, twenty-sixth hostile trial Z3)."""
     first, *others = obj.info.get("patient_name", "").split("\\")
     names = list(obj.info.get("other_names", ())) + others
-    words = {word for name in names for value in name.split("\\") for word in _NAME_WORDS.split(value) if word}
-    own = [word for word in _NAME_WORDS.split(first) if word]
-    if len(own) > MAX_JOINED_PARTS:  # the patient's name itself, of more words than a name has, counts too
-        words.update(own)
+    words: set = set()
+    for name in names:
+        for value in name.split("\\"):
+            words |= _name_cost(value)
+    if len([word for word in _NAME_WORDS.split(first) if word]) > MAX_JOINED_PARTS:
+        words |= _name_cost(first)  # the patient's name itself, of more words than a name has, counts too
     return words
+
+
+def _name_cost(value: str) -> set:
+    """What one name value costs the rewriting and the check, as :meth:`Identity.add_name` takes it: its words and
+    the spellings joined of them (the name, or each run of five words of a longer one): 800 values of 12 words in
+    other orders counted 12 and held a case past 290 s (twenty-eighth hostile trial AB4)."""
+    pieces = [word for word in _NAME_WORDS.split(value) if word]
+    if not pieces:
+        return set()
+    if len(pieces) <= MAX_JOINED_PARTS:
+        return {*pieces, tuple(pieces)}
+    return {*pieces, *(tuple(pieces[n : n + _PN_GROUP]) for n in range(len(pieces) - _PN_GROUP + 1))}
 
 
 #: What parts a person name into the words :meth:`Identity.add_name` takes, its parts and their pieces (``-``, ``'``
@@ -440,7 +459,7 @@ def _identity_values(ds) -> tuple:
                     count += 1
                     continue
                 if vr == "PN":
-                    words.update(w for w in _NAME_WORDS.split(item) if w)
+                    words |= _name_cost(item)
                 else:
                     count += 1
                 longest = max(longest, len(item))
@@ -1075,7 +1094,9 @@ class Pseudonymizer:
                 return self._path_field(value)
             if value in self.identity.uids and ("uid", value) not in self.entries:
                 return self.uid(value)
-            return self.name(value) if key in _INPUT_NAME_KEYS else self.text(value)
+            if key in _INPUT_NAME_KEYS:
+                return self.name(value)
+            return value if _is_number(value) else self.text(value)  # (a measure written as text: AB6)
         return value
 
     def _key(self, key):
@@ -1134,7 +1155,12 @@ class Pseudonymizer:
 
     def row(self, row: dict) -> dict:
         """A manifest row without identity (its case id and patient were set by :meth:`prepare`)."""
-        out = {key: (self.value(v, key) if key not in ("case_id", "patient") else v) for key, v in row.items()}
+        # a cell that is a number is DoseAlign's (a Dmax 33.8645 was written [removed] for an ID of those digits:
+        # twenty-eighth hostile trial AB6)
+        out = {
+            key: (self.value(v, key) if key not in ("case_id", "patient") and not _is_number(v) else v)
+            for key, v in row.items()
+        }
         case_id = str(row.get("case_id", ""))
         if ("case", case_id) not in self.entries:  # a row that is no case (a damaged file): its id holds a name
             prefix = case_id.split("_", 1)[0] if "_" in case_id else "row"
@@ -1184,7 +1210,10 @@ class Pseudonymizer:
         # ("CTV 15" and "April 2023"; "PTV 77" and "415 boost" for ID 77415), and the case was refused
         # (sixteenth hostile trial P11)
         leak = (
-            next((found for found in map(self.guard.find, dict.fromkeys(_strings(meta))) if found), "")
+            next(
+                (f for f in map(self.guard.find, dict.fromkeys(t for t in _strings(meta) if not _own_number(t))) if f),
+                "",
+            )
             # keys of DoseAlign's words alone, each apart, for IDs, dates and UIDs: their words are no name, one by
             # one (a surname "Dose") nor joined (Sum^Max in beam_sum_max_diff_gy, or across two keys read joined:
             # twenty-second hostile trial V3); other keys of its form (an ROI name ptv_summax) for joined names too
@@ -1216,8 +1245,9 @@ class Pseudonymizer:
         return self.guard.find(text)
 
     def check_row(self, row: dict) -> None:
-        """A manifest row (and so report.html) must hold no identity either."""
-        leak = self.guard.find("\n".join(str(v) for v in row.values()))
+        """A manifest row (and so report.html) must hold no identity either (its cells that are numbers are
+        DoseAlign's, as :meth:`row` leaves them)."""
+        leak = self.guard.find("\n".join(str(v) for v in row.values() if not _is_number(v)))
         if leak:
             raise PseudonymError(f"pseudonymization left {leak} in a manifest row", hint="please report it")
 
@@ -2886,12 +2916,62 @@ def _date_pattern(date: str):
     return pattern
 
 
+def _keys_and_maps_inside(out_dir: Path, depth: int = 3, most: int = 20_000) -> Optional[str]:
+    """A DoseAlign key file or pseudonym map (by their default names) below ``out_dir`` (``depth`` levels, ``most``
+    entries looked at; links not followed), as a path relative to it, or None."""
+    pending, seen = [(Path(out_dir), 0)], 0
+    while pending:
+        folder, level = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            seen += 1
+            if seen > most:
+                return None
+            if entry.name == DEFAULT_KEY_NAME or entry.name.endswith(".pseudonym-map.csv"):
+                return Path(entry.path).relative_to(out_dir).as_posix()
+            if level + 1 < depth and entry.is_dir(follow_symlinks=False):
+                pending.append((Path(entry.path), level + 1))
+    return None
+
+
+_DECIMAL = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+")
+
+
+def _own_number(text: str) -> bool:
+    """A decimal DoseAlign wrote as text, or its version (``0.1.0``: an ID of those characters failed every case
+    "please report it", twenty-eighth hostile trial AB6)."""
+    return _is_number(text) or text == __version__
+
+
+def _is_number(value) -> bool:
+    """Whether a value DoseAlign wrote is a number: a JSON number, or a decimal written as text (``33.8645``,
+    ``-2.5e-05``: its measures in manifest cells and meta.json's manifest fields). Whole numbers written as text are
+    read as before (an ID ``123456`` is common; W2 keeps the formats' own numbers out of the check)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, str) and bool(_DECIMAL.fullmatch(value.strip()))
+
+
+def _export_around(out_dir: Path) -> Optional[Path]:
+    """The nearest folder above ``out_dir`` (links resolved) that is a DoseAlign export's output folder, or None."""
+    for folder in Path(os.path.realpath(out_dir)).parents:
+        if _is_an_export(folder):
+            return folder
+    return None
+
+
 def _is_an_export(folder: Path) -> bool:
-    """Whether ``folder`` is a DoseAlign export's output folder: it holds a manifest.csv of DoseAlign's columns."""
+    """Whether ``folder`` is a DoseAlign export's output folder: it holds a manifest.csv of DoseAlign's columns (a
+    regular file: a named pipe of that name blocked the export, twenty-eighth hostile trial AB8)."""
     try:
-        with open(Path(folder) / "manifest.csv", "rb") as handle:
+        with open_regular(Path(folder) / "manifest.csv", "manifest") as handle:
             return handle.read(15) == b"case_id,status,"
-    except OSError:
+    except Exception:
         return False
 
 
@@ -2921,15 +3001,24 @@ def make_pseudonymizer(
     default_key, default_map = default_paths(out_dir)
     key_path = Path(key_file) if key_file else default_key
     map_path = Path(map_file) if map_file else default_map
-    if not (key_file and map_file) and _is_an_export(Path(out_dir).parent):
+    outer = _export_around(out_dir) if not (key_file and map_file) else None
+    if outer is not None:
         # beside OUT is inside another export's folder, which is shared: the map names every patient (twenty-seventh
-        # hostile trial AA8)
+        # hostile trial AA8; any folder above, not only the parent: twenty-eighth AB1)
         raise PseudonymError(
-            f"the key and the pseudonym map are written beside the output folder, in {Path(out_dir).parent}, which "
-            "is itself a DoseAlign export's output folder (it holds its manifest.csv): what is shared would hold "
-            "them",
+            f"the key and the pseudonym map are written beside the output folder, inside {outer}, which is itself "
+            "a DoseAlign export's output folder (it holds its manifest.csv): what is shared would hold them",
             path=out_dir,
             hint="give --key-file and --map-file outside it, or choose an output folder elsewhere; nothing was written",
+        )
+    held = _keys_and_maps_inside(out_dir)
+    if held is not None:  # an export made inside this OUT earlier left them there (twenty-eighth hostile trial AB1)
+        raise PseudonymError(
+            f"the output folder holds a pseudonym key or map ({held}): the key makes the pseudonyms again and the map "
+            "names every patient, and what is shared would hold it",
+            path=out_dir,
+            hint="move it (and the export beside it) out of the output folder, or choose another one; nothing was "
+            "written",
         )
     check_outside(key_path, out_dir, "key file", input_root, writes=not key_path.exists())
     check_outside(map_path, out_dir, "pseudonym map", input_root)
