@@ -215,6 +215,8 @@ def export_folder(
         )
         map_rows = len(pseudonymizer.entries)
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
+    if pseudonymizer is not None and append:  # another input's channels that read as this input's rewritten names
+        pseudonymizer.avoid_names(_rewritten_channels(found, own))
     # case folders not to be replaced: another input's case of this id; a user's files inside
     clashes, foreign = _not_replaced(cases, found, pseudonymizer)
     if not resume:
@@ -741,6 +743,18 @@ def what_was_found(scan, linked) -> str:
         else "no RTDOSE under the input"
     )
     return f"{head}: {', '.join(parts)}"
+
+
+def _rewritten_channels(found, own: set) -> set:
+    """The channel names of OUT's cases of other inputs that the pseudonymization rewrote (they hold ``[removed]``)."""
+    names: set = set()
+    for case in found.cases.values():
+        if case.case_id in own or not isinstance(case.meta, dict):
+            continue
+        structures = case.meta.get("structures") if isinstance(case.meta.get("structures"), dict) else {}
+        listed = structures.get("names") if isinstance(structures.get("names"), list) else []
+        names.update(str(name) for name in listed if "[removed]" in str(name))  # (pseudonym.REMOVED)
+    return names
 
 
 def _write_map_again(pseudonymizer, written: int) -> None:

@@ -2942,3 +2942,31 @@ def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_pa
     checker.check({"dmax_native_gy": "33.8645", "dosealign_version": pseudonym.__version__})
     with pytest.raises(pseudonym.PseudonymError):
         checker.check({"note": "ID 33.8645"})
+
+
+def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_input(tmp_path, capsys):
+    """Twenty-eighth hostile trial AB2: V4's tags were decided per input, so --append of a second input into one
+    pseudonymized OUT made ``[removed]_L`` the lung in the first input's case and the lens in the second's. An
+    appended input's ROI names that rewrite to a channel name another input's cases hold carry a keyed tag."""
+    import json
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for root, patient, name, roi in (
+        (first, "LUNG-2", "Lung^Wai Man", "Lung_L"),
+        (second, "LENS-2", "Lens^Maria", "Lens_L"),
+    ):
+        truth = hostile.study(root / "p", patient, 98, patient_name=name, ct_size=(40, 36, 16))
+        ds = dd.read(truth.struct_file)
+        for item in ds.StructureSetROISequence:
+            item.ROIName = roi if item.ROIName == "Cord" else item.ROIName
+        dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(first), str(out), *args]) == 0
+    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
+    names = {}
+    for row in hostile.manifest(out):
+        meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+        names[row["case_id"]] = [n for n in meta["structures"]["names"] if n.startswith("[removed]_L")]
+    assert ["[removed]_L"] in names.values(), names
+    assert any(len(v) == 1 and re.fullmatch(r"\[removed\]_L_[0-9a-f]{8}", v[0]) for v in names.values()), names

@@ -819,6 +819,21 @@ class Pseudonymizer:
             rewritten = f"{REMOVED}_{tag}"
         return rewritten
 
+    def avoid_names(self, taken: Iterable[str]) -> None:
+        """Tell apart, with a keyed tag, this input's ROI names that rewrite to a name ``taken`` already (another
+        input's channel in OUT, under --append): ``[removed]_L`` was the lung of the cases kept and the lens of the
+        cases appended (twenty-eighth hostile trial AB2)."""
+        taken = {str(name).casefold() for name in taken}
+        if not taken:
+            return
+        most = limit("DOSEALIGN_IDENTITY_CHARS")
+        alike = set(getattr(self, "_alike", ()))
+        for roi_name in sorted(n for n in self.identity.roi_names if n and len(n) <= most):
+            rewritten = self._rewritten_name(roi_name)
+            if rewritten != roi_name and rewritten.casefold() in taken:
+                alike.add(rewritten.casefold())
+        object.__setattr__(self, "_alike", frozenset(alike))
+
     def _find_alike(self) -> None:
         """The rewritten ROI names (case folded) that two of the input's ROI names, other than in case, rewrite to."""
         originals: dict = {}
