@@ -244,6 +244,17 @@ def export_folder(
     if append and shard is None:  # this input's doses another input's case in OUT holds already: kept once
         differing: list = []
         same = _same_doses(cases, found, own, set(clashes), pseudonymizer, differing)
+        for mine, theirs in sorted(same.items()) if pseudonymizer is not None else ():
+            # the kept case, read against this input's identity (an MR naming the patient sent since: AB10)
+            leak = pseudonymizer.leak_in_kept_case(found.cases[theirs].folder, found.cases[theirs].meta)
+            if leak:
+                del same[mine]
+                case = next(c for c in cases if c.case_id == mine)
+                case.error = case.error or (
+                    f"the same RTDOSE on the same CT is kept in the output folder as case {theirs}, whose outputs "
+                    f"hold what this input tells to be identity ({leak}): remove {theirs} from the output folder "
+                    "and run again"
+                )
         if differing:
             note(
                 f"--append: {len(differing)} case(s) of this input share RTDOSE SOPInstanceUIDs with another input's "

@@ -2970,3 +2970,38 @@ def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_in
         names[row["case_id"]] = [n for n in meta["structures"]["names"] if n.startswith("[removed]_L")]
     assert ["[removed]_L"] in names.values(), names
     assert any(len(v) == 1 and re.fullmatch(r"\[removed\]_L_[0-9a-f]{8}", v[0]) for v in names.values()), names
+
+
+def test_append_names_a_kept_case_of_the_same_dose_that_holds_identity_the_input_tells(tmp_path, capsys):
+    """Twenty-eighth hostile trial AB10: --append of an input sent again with an MR naming ``Kowalski`` took its case
+    for "the same RTDOSE as another input's case kept", and that case kept its ROI ``Kowalski_PTV`` without a word.
+    The kept case is read against this input's identity; one that holds it makes this input's case fail, naming it."""
+    import shutil
+
+    from pydicom.uid import generate_uid
+
+    first = tmp_path / "a"
+    truth = hostile.study(first / "p", "APPEND-ID", 99, extra_organs=1)
+    ds = dd.read(truth.struct_file)
+    [roi for roi in ds.StructureSetROISequence if roi.ROIName.startswith("Organ")][0].ROIName = "Kowalski_PTV"
+    dd.save(ds, truth.struct_file)
+    second = tmp_path / "b"
+    shutil.copytree(first, second / "resent")
+    ds = dd.read(second / "resent" / "p" / sorted(truth.ct_files)[0].name)
+    ds.Modality = "MR"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.OtherPatientNames = "Kowalski^Jan"
+    dd.save(ds, second / "resent" / "p" / "mr_0001.dcm")
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(first), str(out), *args]) == 0
+    assert main(["export", str(second), str(out), *args, "--append"]) == 1
+    rows = {row["status"]: row for row in hostile.manifest(out)}
+    assert sorted(rows) == ["failed", "ok"], rows
+    kept = rows["ok"]["case_id"]
+    assert (
+        f"kept in the output folder as case {kept}, whose outputs hold what this input tells"
+        in rows["failed"]["reason"]
+    )
