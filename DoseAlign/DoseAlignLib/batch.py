@@ -214,6 +214,13 @@ def export_folder(
             scan, cases, extra_rows, channels=options.rois or (), mapped=tuple(options.roi_map or ())
         )
         map_rows = len(pseudonymizer.entries)
+        from .output.pseudonym import MAX_RENAMED
+
+        if len(pseudonymizer.identity.roi_names) >= MAX_RENAMED:  # (README says so; the run says it too: AB7)
+            note(
+                f"the input holds more than {MAX_RENAMED} distinct ROI names: beyond them, names that --pseudonymize "
+                "rewrites alike are told apart by their order in each structure set (name_2), not by a keyed tag"
+            )
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
     if pseudonymizer is not None and append:  # another input's channels that read as this input's rewritten names
         pseudonymizer.avoid_names(_rewritten_channels(found, own))

@@ -3005,3 +3005,30 @@ def test_append_names_a_kept_case_of_the_same_dose_that_holds_identity_the_input
         f"kept in the output folder as case {kept}, whose outputs hold what this input tells"
         in rows["failed"]["reason"]
     )
+
+
+def test_an_roi_the_input_named_like_a_rewritten_one_keeps_its_channel_apart(tmp_path, capsys, monkeypatch):
+    """Twenty-eighth hostile trial AB9, AB7: an ROI the input itself named ``[removed]_L`` beside ``Lung_L`` of patient
+    Lung gave ``[removed]_L`` and ``[removed]_L_2`` by order (V4's symptom): the rewritten one carries its keyed tag.
+    Beyond MAX_RENAMED distinct ROI names of the input, where names are numbered by order again, the run says so."""
+    import json
+
+    from DoseAlignLib.output import pseudonym
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "LITERAL-1", 100, patient_name="Lung^Wai Man", ct_size=(40, 36, 16))
+    ds = dd.read(truth.struct_file)
+    renamed = {"Cord": "[removed]_L", "Ring": "Lung_L"}
+    for roi in ds.StructureSetROISequence:
+        roi.ROIName = renamed.get(roi.ROIName, roi.ROIName)
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(root), str(out), *args]) == 0, capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    names = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))["structures"]["names"]
+    assert "[removed]_L" in names and any(re.fullmatch(r"\[removed\]_L_[0-9a-f]{8}", n) for n in names), names
+    capsys.readouterr()
+    monkeypatch.setattr(pseudonym, "MAX_RENAMED", 2)
+    assert main(["export", str(root), str(tmp_path / "share" / "again"), *args]) == 0
+    assert "distinct ROI names: beyond them, names that --pseudonymize rewrites alike" in capsys.readouterr().out

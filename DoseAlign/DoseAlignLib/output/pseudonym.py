@@ -840,7 +840,7 @@ class Pseudonymizer:
         most = limit("DOSEALIGN_IDENTITY_CHARS")
         for roi_name in sorted(n for n in self.identity.roi_names if len(n) <= most):  # (longer: its case fails)
             rewritten = self._rewritten_name(roi_name) if roi_name else roi_name
-            if rewritten != roi_name:
+            if rewritten != roi_name or REMOVED in roi_name:  # (an ROI the input named [removed]_L itself: AB9)
                 originals.setdefault(rewritten.casefold(), set()).add(roi_name.casefold())
         object.__setattr__(self, "_alike", frozenset(k for k, names in originals.items() if len(names) > 1))
 
