@@ -763,6 +763,33 @@ def what_was_found(scan, linked) -> str:
     return f"{head}: {', '.join(parts)}"
 
 
+#: The characters of a case's ROI names --pseudonymize rewrites, as a multiple of DOSEALIGN_IDENTITY_CHARS.
+CASE_NAME_CHARS = 64
+
+
+def _names_within_bound(rewrite: Callable[[str], str]) -> Callable[[str], str]:
+    """``rewrite`` for one case's ROI names, refusing them once their characters together pass
+    :data:`CASE_NAME_CHARS` x DOSEALIGN_IDENTITY_CHARS: the cost of each character grows with the input's names, and
+    400 names of 1000 characters held a case 46 s, the other patients waiting (twenty-eighth hostile trial AB5)."""
+    from .limits import limit
+    from .output.pseudonym import PseudonymError
+
+    most = CASE_NAME_CHARS * limit("DOSEALIGN_IDENTITY_CHARS")
+    used = [0]
+
+    def rewrite_within(name: str) -> str:
+        used[0] += len(name)
+        if used[0] > most:
+            raise PseudonymError(
+                f"the case's ROI names hold more than {most:g} characters together, more than --pseudonymize rewrites "
+                f"of one case ({CASE_NAME_CHARS} x DOSEALIGN_IDENTITY_CHARS)",
+                hint="shorten the names in the input, or raise the limit",
+            )
+        return rewrite(name)
+
+    return rewrite_within
+
+
 def _rewritten_channels(found, own: set) -> set:
     """The channel names of OUT's cases of other inputs that the pseudonymization rewrote (they hold ``[removed]``)."""
     names: set = set()
@@ -1598,7 +1625,7 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
         output = CaseOutput(out_dir, options)  # pair.npz gets the CT and the dose while the rest is computed
         more = {"resampler": resampler} if resampler is not None else {}  # the default call stays as it was
         if pseudonymizer is not None:  # ROI names rewritten before they are made unique (one name per ROI everywhere)
-            more["rewrite_names"] = pseudonymizer.name
+            more["rewrite_names"] = _names_within_bound(pseudonymizer.name)
         steps = (lambda _f, message: message != "done" and say(message)) if stage else None
         result = run_case(case, options, progress=steps, sink=output.add_array, **more)
         records = input_files(case)  # what --resume compares with the input files of a later run

@@ -3032,3 +3032,26 @@ def test_an_roi_the_input_named_like_a_rewritten_one_keeps_its_channel_apart(tmp
     monkeypatch.setattr(pseudonym, "MAX_RENAMED", 2)
     assert main(["export", str(root), str(tmp_path / "share" / "again"), *args]) == 0
     assert "distinct ROI names: beyond them, names that --pseudonymize rewrites alike" in capsys.readouterr().out
+
+
+def test_the_characters_of_a_cases_roi_names_are_bounded_together(tmp_path, capsys, monkeypatch):
+    """Twenty-eighth hostile trial AB5: AA6 bounded each ROI name, not their sum: 400 names of 1000 characters held a
+    case 46 s under --pseudonymize while the other patients waited. A case whose ROI names together pass 64 x
+    DOSEALIGN_IDENTITY_CHARS fails by name (here a bound of 2 x 100); the other case is exported."""
+    from DoseAlignLib import batch
+
+    monkeypatch.setenv("DOSEALIGN_IDENTITY_CHARS", "100")
+    monkeypatch.setattr(batch, "CASE_NAME_CHARS", 2)
+    root = tmp_path / "in"
+    truth = hostile.study(root / "a", "MANY-NAMES", 101, extra_organs=4)
+    hostile.study(root / "b", "PLAIN-8", 102)
+    ds = dd.read(truth.struct_file)
+    for n, roi in enumerate(r for r in ds.StructureSetROISequence if r.ROIName.startswith("Organ")):
+        roi.ROIName = f"Organ{n}_" + "x" * 60
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 1
+    rows = hostile.manifest(out)
+    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
+    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    assert "the case's ROI names hold more than 200 characters together" in reason, reason
