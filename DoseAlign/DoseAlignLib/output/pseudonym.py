@@ -408,14 +408,15 @@ def _other_name_words(obj) -> set:
 
 
 def _name_cost(value: str) -> set:
-    """What one name value costs the rewriting and the check, as :meth:`Identity.add_name` takes it: its words and
-    the spellings joined of them (the name, or each run of five words of a longer one): 800 values of 12 words in
-    other orders counted 12 and held a case past 290 s (twenty-eighth hostile trial AB4)."""
+    """What one name value costs the rewriting and the check, as :meth:`Identity.add_name` takes it: a name of as
+    many words as a name has counts once; a longer one by its words and the spellings joined of them (each run of
+    five words): 800 values of 12 words in other orders counted 12 and held a case past 290 s (twenty-eighth
+    hostile trial AB4)."""
     pieces = [word for word in _NAME_WORDS.split(value) if word]
     if not pieces:
         return set()
-    if len(pieces) <= MAX_JOINED_PARTS:
-        return {*pieces, tuple(pieces)}
+    if len(pieces) <= MAX_JOINED_PARTS:  # a name as names are: it counts once, as it always did
+        return {tuple(pieces)}
     return {*pieces, *(tuple(pieces[n : n + _PN_GROUP]) for n in range(len(pieces) - _PN_GROUP + 1))}
 
 
