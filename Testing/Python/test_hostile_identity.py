@@ -2912,6 +2912,15 @@ def test_the_key_and_map_stay_out_of_any_export_around_or_inside_out(tmp_path, c
     os.mkfifo(piped / "manifest.csv")
     done = hostile.dosealign("export", str(root), str(piped / "out"), *args, timeout=120)
     assert done.returncode == 0, done.stderr
+    # twenty-ninth hostile trial AC5, AC6: a key or map given inside an export, and OUT a link placed inside one
+    inside = ["--key-file", str(share / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    assert main(["export", str(root), str(tmp_path / "elsewhere"), *args, *inside]) == 2
+    assert "would be written inside" in capsys.readouterr().err
+    (tmp_path / "real").mkdir()
+    (share / "linked").symlink_to(tmp_path / "real" / "out", target_is_directory=True)
+    assert main(["export", str(root), str(share / "linked"), *args]) == 2
+    assert "would be written inside" in capsys.readouterr().err
+    assert not (share / "dosealign-pseudonym.key").exists() and not list(share.glob("*.pseudonym-map.csv"))
 
 
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):
@@ -2939,6 +2948,21 @@ def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_pa
     checker.check({"dmax_native_gy": "33.8645", "dosealign_version": pseudonym.__version__})
     with pytest.raises(pseudonym.PseudonymError):
         checker.check({"note": "ID 33.8645"})
+    # twenty-ninth hostile trial AC1, AC2: only DoseAlign's own numeric fields are exempt; the input's text that reads
+    # as a number (a folder 2019E12345 named after the PatientID, a type 19750302.5 holding the birth date) is not
+    dated = pseudonym.Pseudonymizer(
+        key=b"k" * 32, identity=pseudonym.Identity(patient_ids={"2019E12345"}, dates={"19750302"})
+    )
+    assert "[removed]" in dated.value({"ct_folder": "2019E12345"})["ct_folder"]
+    assert "[removed]" in dated.value({"type": "19750302.5"})["type"]
+    assert dated.row({"case_id": "x", "patient": "P", "ct_folder": "2019E12345"})["ct_folder"] != "2019E12345"
+    with pytest.raises(pseudonym.PseudonymError):
+        dated.check({"type": "19750302.5"})
+    with pytest.raises(pseudonym.PseudonymError):
+        dated.check_row({"ct_folder": "2019E12345"})
+    # AC4: each spelling of an accented name costs as a name
+    accented = types.SimpleNamespace(rel_path="a.dcm", patient_id="P", info={"other_names": ["Müller^Jürgen"]})
+    assert len(pseudonym._other_name_words(accented)) > 1
 
 
 def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_input(tmp_path, capsys):

@@ -412,12 +412,19 @@ def _name_cost(value: str) -> set:
     many words as a name has counts once; a longer one by its words and the spellings joined of them (each run of
     five words): 800 values of 12 words in other orders counted 12 and held a case past 290 s (twenty-eighth
     hostile trial AB4)."""
-    pieces = [word for word in _NAME_WORDS.split(value) if word]
+    pieces = tuple(word for word in _NAME_WORDS.split(value) if word)
     if not pieces:
         return set()
-    if len(pieces) <= MAX_JOINED_PARTS:  # a name as names are: it counts once, as it always did
-        return {tuple(pieces)}
-    return {*pieces, *(tuple(pieces[n : n + _PN_GROUP]) for n in range(len(pieces) - _PN_GROUP + 1))}
+    # each spelling the rewriting also takes (Müller as Mueller and Muller: thousands of accented names made 44 625
+    # entries of 1809 counted, twenty-ninth hostile trial AC4)
+    spellings = {pieces, *transliterations(pieces)}
+    if len(pieces) <= MAX_JOINED_PARTS:  # a name as names are: it counts once a spelling, as it always did
+        return spellings
+    cost: set = set()
+    for spelled in spellings:
+        cost.update(spelled)
+        cost.update(tuple(spelled[n : n + _PN_GROUP]) for n in range(len(spelled) - _PN_GROUP + 1))
+    return cost
 
 
 #: What parts a person name into the words :meth:`Identity.add_name` takes, its parts and their pieces (``-``, ``'``
@@ -1112,7 +1119,7 @@ class Pseudonymizer:
                 return self.uid(value)
             if key in _INPUT_NAME_KEYS:
                 return self.name(value)
-            return value if _is_number(value) else self.text(value)  # (a measure written as text: AB6)
+            return value if _own_number(key, value) else self.text(value)  # (a measure written as text: AB6)
         return value
 
     def _key(self, key):
@@ -1174,7 +1181,7 @@ class Pseudonymizer:
         # a cell that is a number is DoseAlign's (a Dmax 33.8645 was written [removed] for an ID of those digits:
         # twenty-eighth hostile trial AB6)
         out = {
-            key: (self.value(v, key) if key not in ("case_id", "patient") and not _is_number(v) else v)
+            key: (self.value(v, key) if key not in ("case_id", "patient") and not _own_number(key, v) else v)
             for key, v in row.items()
         }
         case_id = str(row.get("case_id", ""))
@@ -1227,7 +1234,7 @@ class Pseudonymizer:
         # (sixteenth hostile trial P11)
         leak = (
             next(
-                (f for f in map(self.guard.find, dict.fromkeys(t for t in _strings(meta) if not _own_number(t))) if f),
+                (f for f in map(self.guard.find, dict.fromkeys(_strings(_without_own_numbers(meta)))) if f),
                 "",
             )
             # keys of DoseAlign's words alone, each apart, for IDs, dates and UIDs: their words are no name, one by
@@ -1263,7 +1270,7 @@ class Pseudonymizer:
     def check_row(self, row: dict) -> None:
         """A manifest row (and so report.html) must hold no identity either (its cells that are numbers are
         DoseAlign's, as :meth:`row` leaves them)."""
-        leak = self.guard.find("\n".join(str(v) for v in row.values() if not _is_number(v)))
+        leak = self.guard.find("\n".join(str(v) for k, v in row.items() if not _own_number(k, v)))
         if leak:
             raise PseudonymError(f"pseudonymization left {leak} in a manifest row", hint="please report it")
 
@@ -2935,9 +2942,11 @@ def _date_pattern(date: str):
 def _keys_and_maps_inside(out_dir: Path, depth: int = 3, most: int = 20_000) -> Optional[str]:
     """A DoseAlign key file or pseudonym map (by their default names) below ``out_dir`` (``depth`` levels, ``most``
     entries looked at; links not followed), as a path relative to it, or None."""
+    # breadth first, and not into DoseAlign's case folders (a key sits beside an export, never in a case): a large
+    # OUT's cases used the entries up before a key two levels down was reached (twenty-ninth hostile trial AC3)
     pending, seen = [(Path(out_dir), 0)], 0
     while pending:
-        folder, level = pending.pop()
+        folder, level = pending.pop(0)
         try:
             entries = list(os.scandir(folder))
         except OSError:
@@ -2948,7 +2957,11 @@ def _keys_and_maps_inside(out_dir: Path, depth: int = 3, most: int = 20_000) -> 
                 return None
             if entry.name == DEFAULT_KEY_NAME or entry.name.endswith(".pseudonym-map.csv"):
                 return Path(entry.path).relative_to(out_dir).as_posix()
-            if level + 1 < depth and entry.is_dir(follow_symlinks=False):
+            if (
+                level + 1 < depth
+                and entry.is_dir(follow_symlinks=False)
+                and not os.path.lexists(os.path.join(entry.path, "meta.json"))
+            ):
                 pending.append((Path(entry.path), level + 1))
     return None
 
@@ -2956,10 +2969,38 @@ def _keys_and_maps_inside(out_dir: Path, depth: int = 3, most: int = 20_000) -> 
 _DECIMAL = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+")
 
 
-def _own_number(text: str) -> bool:
-    """A decimal DoseAlign wrote as text, or its version (``0.1.0``: an ID of those characters failed every case
-    "please report it", twenty-eighth hostile trial AB6)."""
-    return _is_number(text) or text == __version__
+#: The manifest columns (and meta.json's fields of the same names) DoseAlign fills with its own numbers.
+_NUMBER_FIELDS = frozenset(
+    {
+        "dmax_gy",
+        "dmax_native_gy",
+        "dmax_output_gy",
+        "dmax_diff_pct",
+        "outside_integral_pct",
+        "worst_dvh_delta_gy",
+        "n_rois",
+        "beam_sum_max_diff_gy",
+    }
+)
+
+
+def _own_number(key, value) -> bool:
+    """A number DoseAlign wrote as text in one of its own numeric fields (:data:`_NUMBER_FIELDS`: a Dmax ``33.8645``
+    was written ``[removed]`` for an ID of those characters, twenty-eighth hostile trial AB6), or its version
+    (``dosealign_version``). Any other text that reads as a number is the input's (a folder ``2019E12345``, an ROI
+    type ``19750302.5``: twenty-ninth AC1, AC2)."""
+    if key == "dosealign_version":
+        return value == __version__
+    return key in _NUMBER_FIELDS and _is_number(value)
+
+
+def _without_own_numbers(value):
+    """A JSON-like value without the strings of :func:`_own_number` (for the check, which reads what is left)."""
+    if isinstance(value, dict):
+        return {k: _without_own_numbers(v) for k, v in value.items() if not _own_number(k, v)}
+    if isinstance(value, list):
+        return [_without_own_numbers(v) for v in value]
+    return value
 
 
 def _is_number(value) -> bool:
@@ -2973,9 +3014,11 @@ def _is_number(value) -> bool:
     return isinstance(value, str) and bool(_DECIMAL.fullmatch(value.strip()))
 
 
-def _export_around(out_dir: Path) -> Optional[Path]:
-    """The nearest folder above ``out_dir`` (links resolved) that is a DoseAlign export's output folder, or None."""
-    for folder in Path(os.path.realpath(out_dir)).parents:
+def _export_around(path: Path) -> Optional[Path]:
+    """The nearest folder above ``path`` that is a DoseAlign export's output folder, or None: by the path as given
+    (where a file beside a linked OUT is written: twenty-ninth hostile trial AC6) and with links resolved."""
+    given = Path(os.path.abspath(path))
+    for folder in [*given.parents, *Path(os.path.realpath(given.parent)).parents, Path(os.path.realpath(given.parent))]:
         if _is_an_export(folder):
             return folder
     return None
@@ -3017,13 +3060,13 @@ def make_pseudonymizer(
     default_key, default_map = default_paths(out_dir)
     key_path = Path(key_file) if key_file else default_key
     map_path = Path(map_file) if map_file else default_map
-    outer = _export_around(out_dir) if not (key_file and map_file) else None
+    outer = _export_around(key_path) or _export_around(map_path)
     if outer is not None:
         # beside OUT is inside another export's folder, which is shared: the map names every patient (twenty-seventh
         # hostile trial AA8; any folder above, not only the parent: twenty-eighth AB1)
         raise PseudonymError(
-            f"the key and the pseudonym map are written beside the output folder, inside {outer}, which is itself "
-            "a DoseAlign export's output folder (it holds its manifest.csv): what is shared would hold them",
+            f"the key or the pseudonym map would be written inside {outer}, which is itself a DoseAlign export's "
+            "output folder (it holds its manifest.csv): what is shared would hold them",
             path=out_dir,
             hint="give --key-file and --map-file outside it, or choose an output folder elsewhere; nothing was written",
         )
