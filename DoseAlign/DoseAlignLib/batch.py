@@ -222,7 +222,8 @@ def export_folder(
                 "rewrites alike are told apart by their order in each structure set (name_2), not by a keyed tag"
             )
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
-    if pseudonymizer is not None and append:  # another input's channels that read as this input's rewritten names
+    if pseudonymizer is not None:  # another input's channels that read as this input's rewritten names (with or
+        # without --append: a --resume of one input, then an --append of the other, met them in one manifest: AC7)
         pseudonymizer.avoid_names(_rewritten_channels(found, own))
     # case folders not to be replaced: another input's case of this id; a user's files inside
     clashes, foreign = _not_replaced(cases, found, pseudonymizer)

@@ -2991,6 +2991,16 @@ def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_in
         names[row["case_id"]] = [n for n in meta["structures"]["names"] if n.startswith("[removed]_L")]
     assert ["[removed]_L"] in names.values(), names
     assert any(len(v) == 1 and re.fullmatch(r"\[removed\]_L_[0-9a-f]{8}", v[0]) for v in names.values()), names
+    # twenty-ninth hostile trial AC7: a --resume of the second input (a patient added) without --append tags too
+    truth = hostile.study(second / "q", "LENS-3", 97, patient_name="Lens^Cara", ct_size=(40, 36, 16))
+    ds = dd.read(truth.struct_file)
+    for item in ds.StructureSetROISequence:
+        item.ROIName = "Lens_L" if item.ROIName == "Cord" else item.ROIName
+    dd.save(ds, truth.struct_file)
+    assert main(["export", str(second), str(out), *args, "--resume"]) == 0, capsys.readouterr()
+    for row in hostile.manifest(out):
+        meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+        assert "[removed]_L" not in meta["structures"]["names"], (row["case_id"], meta["structures"]["names"])
 
 
 def test_append_names_a_kept_case_of_the_same_dose_that_holds_identity_the_input_tells(tmp_path, capsys):
