@@ -1298,7 +1298,22 @@ class Pseudonymizer:
         now ('' where none): an MR naming the patient added since made a kept case's ROI name ``Kowalski_PTV``
         identity, and it was kept (twenty-seventh hostile trial AA10). Its meta.json is read as the check read it
         before it was written (what was added after: its files' names and digests, the dose digest, left out);
-        every file name and clear-text file as :meth:`check_folder` reads them."""
+        every file name and clear-text file as :meth:`check_folder` reads them. UIDs are read as that case's export
+        wrote them (kept with --keep-uids: no identity there)."""
+        recorded = meta.get("pseudonymized") if isinstance(meta.get("pseudonymized"), dict) else {}
+        kept = recorded.get("uids") == "kept"
+        if kept == self.keep_uids:
+            return self._leak_in_kept(folder, meta)
+        saved = self.keep_uids, getattr(self, "_guard_cache", None)
+        object.__setattr__(self, "keep_uids", kept)
+        object.__setattr__(self, "_guard_cache", None)
+        try:
+            return self._leak_in_kept(folder, meta)
+        finally:
+            object.__setattr__(self, "keep_uids", saved[0])
+            object.__setattr__(self, "_guard_cache", saved[1])
+
+    def _leak_in_kept(self, folder: Path, meta: dict) -> str:
         trimmed = {k: v for k, v in meta.items() if k not in ("exports", "case_files", "storage", "file_sha256")}
         if isinstance(trimmed.get("source"), dict):
             trimmed["source"] = {k: v for k, v in trimmed["source"].items() if k != "rtdose_digest"}
