@@ -2921,6 +2921,19 @@ def test_the_key_and_map_stay_out_of_any_export_around_or_inside_out(tmp_path, c
     assert main(["export", str(root), str(share / "linked"), *args]) == 2
     assert "would be written inside" in capsys.readouterr().err
     assert not (share / "dosealign-pseudonym.key").exists() and not list(share.glob("*.pseudonym-map.csv"))
+    # thirtieth hostile trial AD1: a --map-file that is a link into an export; AD3: ".." after a link
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "m.csv").symlink_to(share / "map.csv")
+    given = ["--key-file", str(tmp_path / "k2.key"), "--map-file", str(links / "m.csv")]
+    assert main(["export", str(root), str(tmp_path / "other"), *args, *given]) == 2
+    assert "would be written inside" in capsys.readouterr().err
+    (share / "sub").mkdir()
+    (links / "s").symlink_to(share / "sub", target_is_directory=True)
+    dotted = ["--key-file", f"{links}/s/../k.key", "--map-file", f"{links}/s/../m.csv"]
+    assert main(["export", str(root), str(tmp_path / "other2"), *args, *dotted]) == 2
+    assert "would be written inside" in capsys.readouterr().err
+    assert not (share / "k.key").exists() and not (share / "m.csv").exists() and not (share / "map.csv").exists()
 
 
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):

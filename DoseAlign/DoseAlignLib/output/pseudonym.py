@@ -3031,9 +3031,15 @@ def _is_number(value) -> bool:
 
 def _export_around(path: Path) -> Optional[Path]:
     """The nearest folder above ``path`` that is a DoseAlign export's output folder, or None: by the path as given
-    (where a file beside a linked OUT is written: twenty-ninth hostile trial AC6) and with links resolved."""
-    given = Path(os.path.abspath(path))
-    for folder in [*given.parents, *Path(os.path.realpath(given.parent)).parents, Path(os.path.realpath(given.parent))]:
+    (where a file beside a linked OUT is written: twenty-ninth hostile trial AC6), by its folder as the system
+    resolves it (``..`` after a link: thirtieth AD3), and by the file's own link's target (a --map-file that is a
+    link is written where it points: AD1)."""
+    joined = os.path.join(os.getcwd(), os.fspath(path))  # (not tidied as text: ".." follows a link's target)
+    given = Path(os.path.abspath(joined))
+    folder_resolved = Path(os.path.realpath(os.path.dirname(joined)))
+    target = Path(os.path.realpath(joined))
+    candidates = [*given.parents, folder_resolved, *folder_resolved.parents, *target.parents]
+    for folder in dict.fromkeys(candidates):
         if _is_an_export(folder):
             return folder
     return None
