@@ -2523,6 +2523,26 @@ def test_an_id_or_date_only_a_later_ct_slice_holds_is_removed(tmp_path, capsys):
     assert not found, found[:5]
 
 
+def _one_of_two_refused(root, out, capsys) -> str:
+    """Export ``root`` pseudonymized into ``out``: one of its two cases fails, the other is exported; the reason."""
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    rows = hostile.manifest(out)
+    assert code == 1, capsys.readouterr()
+    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
+    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    return reason
+
+
+def _as_new_mr_image(ds) -> None:
+    """``ds`` (a CT slice read) made an MR image of its own series: a file of the patient no case uses."""
+    from pydicom.uid import generate_uid
+
+    ds.Modality = "MR"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+
+
 def test_dates_spread_over_a_patients_files_are_bounded_too(tmp_path, capsys, monkeypatch):
     """The dates of many headers (or CT slices) that each stay under DOSEALIGN_OTHER_NAMES were taken without bound,
     and the rewriting tried each input date on each text (2000 dates cost 300 short texts 10 s, 20 000 dates 84 s). A
@@ -2535,12 +2555,7 @@ def test_dates_spread_over_a_patients_files_are_bounded_too(tmp_path, capsys, mo
         ds = dd.read(path)
         ds.DateOfLastCalibration = [f"20{k:02d}{month:02d}{day:02d}" for month in range(1, 4) for day in range(1, 11)]
         dd.save(ds, path)
-    out = tmp_path / "share" / "out"
-    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
-    rows = hostile.manifest(out)
-    assert code == 1, capsys.readouterr()
-    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
-    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    reason = _one_of_two_refused(root, tmp_path / "share" / "out", capsys)
     assert re.search(r"its patient's files hold 6\d dates, more than the 50", reason), reason
     monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "80")
     out = tmp_path / "share" / "out80"
@@ -2590,17 +2605,13 @@ def test_a_patients_file_no_case_uses_left_out_for_its_identity_fails_the_patien
     fails by name; the other patient's case is exported. The MR's PatientID is compared as the pairing does (letter
     case and blanks aside: twenty-seventh hostile trial AA5); an MR of no PatientID may be any patient's, and every
     case fails."""
-    from pydicom.uid import generate_uid
 
     monkeypatch.setenv("DOSEALIGN_OTHER_NAMES", "50")
     root = tmp_path / "in"
     truth = hostile.study(root / "a", "MRPAT-1", 80, extra_organs=2)
     hostile.study(root / "b", "PLAIN-4", 81)
     ds = dd.read(sorted(truth.ct_files)[0])
-    ds.Modality = "MR"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
+    _as_new_mr_image(ds)
     ds.AdmissionID = "ADM55123"
     ds.PatientID = mr_patient
     ds.DateOfLastCalibration = [f"1950{month:02d}{day:02d}" for month in range(1, 4) for day in range(1, 21)]
@@ -2666,12 +2677,7 @@ def test_a_name_or_id_beyond_its_length_bound_fails_its_patients_cases(tmp_path,
     ds = dd.read(path)
     ds.PatientAddress = " ".join(f"W{n:08d}" for n in range(2000))  # 20 000 characters
     dd.save(ds, path)
-    out = tmp_path / "share" / "out"
-    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
-    rows = hostile.manifest(out)
-    assert code == 1, capsys.readouterr()
-    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
-    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    reason = _one_of_two_refused(root, tmp_path / "share" / "out", capsys)
     assert "it holds a name or ID of 19999 characters, more than the 1024" in reason, reason
     assert "(DOSEALIGN_IDENTITY_CHARS): the case is not exported" in reason, reason
 
@@ -2689,12 +2695,7 @@ def test_a_patient_name_of_many_words_counts_by_its_words(tmp_path, capsys, monk
         ds = dd.read(path)
         ds.PatientName = " ".join(f"Word{k}x{n}" for n in range(20))
         dd.save(ds, path)
-    out = tmp_path / "share" / "out"
-    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
-    rows = hostile.manifest(out)
-    assert code == 1, capsys.readouterr()
-    assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
-    (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
+    reason = _one_of_two_refused(root, tmp_path / "share" / "out", capsys)
     # 80 words and 64 runs of five of them, and the slices' study ID
     assert re.search(r"its patient's files hold 14\d other patient names and IDs, more than the 50", reason), reason
 
@@ -2824,7 +2825,6 @@ def test_resume_exports_again_a_kept_case_holding_identity_the_input_now_has(tmp
     the input's identity as it is now: after an MR naming ``Kowalski`` was added, the case stayed "skipped" with its
     ROI ``Kowalski_PTV``, while a fresh export removed it. A kept case is read as the check reads a case before it
     is written; one holding identity is exported again. Without new identity every case is kept."""
-    from pydicom.uid import generate_uid
 
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "RESUME-ID", 94, extra_organs=1)
@@ -2838,10 +2838,7 @@ def test_resume_exports_again_a_kept_case_holding_identity_the_input_now_has(tmp
     assert [row["status"] for row in hostile.manifest(out)] == ["skipped"]
     assert any(b"kowalski" in data.lower() for _w, data in _all_output_bytes(out))  # no identity yet
     ds = dd.read(sorted(truth.ct_files)[0])
-    ds.Modality = "MR"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
+    _as_new_mr_image(ds)
     ds.OtherPatientNames = "Kowalski^Jan"
     dd.save(ds, root / "p" / "mr_0001.dcm")
     capsys.readouterr()
@@ -3022,8 +3019,6 @@ def test_append_names_a_kept_case_of_the_same_dose_that_holds_identity_the_input
     The kept case is read against this input's identity; one that holds it makes this input's case fail, naming it."""
     import shutil
 
-    from pydicom.uid import generate_uid
-
     first = tmp_path / "a"
     truth = hostile.study(first / "p", "APPEND-ID", 99, extra_organs=1)
     ds = dd.read(truth.struct_file)
@@ -3032,10 +3027,7 @@ def test_append_names_a_kept_case_of_the_same_dose_that_holds_identity_the_input
     second = tmp_path / "b"
     shutil.copytree(first, second / "resent")
     ds = dd.read(second / "resent" / "p" / sorted(truth.ct_files)[0].name)
-    ds.Modality = "MR"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
+    _as_new_mr_image(ds)
     ds.OtherPatientNames = "Kowalski^Jan"
     dd.save(ds, second / "resent" / "p" / "mr_0001.dcm")
     out = tmp_path / "share" / "out"
