@@ -1294,6 +1294,16 @@ UNPADDED = [
     ("AB-0004127-C", ["PTV 4127", "ab-4127-c", "AB4127C", "ctv_0004127"], ["PTV4127", "14127", "41.27", "PTV0004127"]),
     ("0000007", ["PTV 0000007"], ["PTV_7", "PTV 7"]),
     ("00123", ["PTV_00123"], ["PTV_123"]),
+    # thirtieth hostile trial AD8: the number of an ID with letters or separators, zeros or none, where it runs to
+    # MIN_BARE_DIGITS digits (a four-digit run without zeros is too common a number to remove alone)
+    (
+        "MRN1072315",
+        ["PTV_1072315", "GTV 1072315", "CTV_MRN1072315", "1072315-boost"],
+        ["PTV1072315", "11072315", "1.072315", "107231", "1072315.5", "PTV_10723"],
+    ),
+    ("1072315A", ["PTV_1072315", "GTV 1072315"], ["GTV1072315", "10723150"]),
+    ("10-72315", ["GTV 72315", "PTV_1072315"], ["PTV 10", "GTV72315", "172315"]),
+    ("MRN1234", ["MRN 1234"], ["PTV_1234", "PTV 1234"]),
 ]
 
 
@@ -1322,7 +1332,13 @@ def test_the_check_alone_finds_an_ids_number_without_its_leading_zeros(monkeypat
 
     monkeypatch.setattr(pseudonym, "_id_pattern", lambda identifier: re.compile(r"(?!)"))
     monkeypatch.setattr(pseudonym, "_bare_number", lambda number: re.compile(r"(?!)"), raising=False)
-    for pid, name in [("0072315", "PTV_72315"), ("0072315", "PTV72315"), ("MRN0072315", "PTV_72315")]:
+    for pid, name in [
+        ("0072315", "PTV_72315"),
+        ("0072315", "PTV72315"),
+        ("MRN0072315", "PTV_72315"),
+        ("MRN1072315", "PTV_1072315"),  # (AD8)
+        ("10-72315", "GTV 72315"),
+    ]:
         identity = pseudonym.Identity()
         identity.patient_ids.add(pid)
         pseudonymizer = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)

@@ -73,6 +73,10 @@ _SHORT_DECIMAL = re.compile(r"[0-9]+[.,][0-9.,]*")
 #: A number of an ID written without its leading zeros (``0072315`` as ``72315``, as HIS exports and spreadsheets
 #: print MRNs) is removed too when at least this many digits remain (``0000007`` as ``7`` is not).
 MIN_UNPADDED_DIGITS = 4
+#: The digits of an ID that holds letters or separators too (``MRN1072315``, ``10-72315``) are removed as a word of
+#: their own where they run to at least this many (``PTV_1072315``: an MRN printed without its letters; thirtieth
+#: hostile trial AD8); shorter runs only when they began with zeros (:data:`MIN_UNPADDED_DIGITS`).
+MIN_BARE_DIGITS = 5
 #: Dict keys whose string values are input paths (relative to the input root).
 PATH_KEYS = {
     "ct_files",
@@ -2214,7 +2218,8 @@ def _id_pattern(identifier: str):
 def unpadded_ids(identifiers: Iterable[str]) -> tuple:
     """``(IDs, numbers)``: each ID whose runs of digits start with zeros, written without them (``0072315`` as
     ``72315``, ``MRN0072315`` as ``MRN72315``), where at least :data:`MIN_UNPADDED_DIGITS` digits remain; and those
-    runs alone (``72315``) of IDs that hold letters too, removed only as words of their own (:func:`_bare_number`).
+    runs alone (``72315``) of IDs that hold letters or separators too, removed only as words of their own
+    (:func:`_bare_number`), and so each of their runs of :data:`MIN_BARE_DIGITS` digits or more (``1072315``).
     An ID of digits only is itself such a number, removed as an ID (:func:`_id_pattern`)."""
     ids, numbers = set(), set()
     for identifier in identifiers:
@@ -2227,7 +2232,9 @@ def unpadded_ids(identifiers: Iterable[str]) -> tuple:
             # and as written in the ID, zeros first (MRN0072315's 0072315: how the number is printed without its
             # letters; no number the export writes itself starts with a zero)
             numbers.update(
-                run for run in re.findall(r"[0-9]+", identifier) if run[0] == "0" and len(run) >= MIN_UNPADDED_DIGITS
+                run
+                for run in re.findall(r"[0-9]+", unicodedata.normalize("NFKC", identifier))
+                if len(run) >= (MIN_UNPADDED_DIGITS if run[0] == "0" else MIN_BARE_DIGITS)
             )
     return ids, numbers
 
@@ -2369,6 +2376,15 @@ class IdentityGuard:
                 self.ids.add(variant)
                 if not all(c in _DIGITS for c in variant):
                     self.bare_numbers.update(dropped)
+        # and the long runs of digits of an ID that holds anything else, as written (MRN1072315, 10-72315: 1072315,
+        # 72315 alone; thirtieth hostile trial AD8)
+        self.bare_numbers.update(
+            run
+            for identifier in identity.identifiers
+            if not identifier.isdigit()
+            for run in re.findall(r"[0-9]+", unicodedata.normalize("NFKC", identifier))
+            if len(run) >= MIN_BARE_DIGITS
+        )
         self.longest_id = max((len(i) for i in self.ids), default=0)
         # IDs that hold a digit are found glued to letters too (PTVqx77415, QX77415boost)
         self.glued_ids = {i for i in self.ids if i.isascii() and any(c in _DIGITS for c in i)}
