@@ -68,6 +68,7 @@ from .output.out_folder import (
     input_files,
     inspect_output,
     keyed_stamps,
+    nested_conflict,
     pseudonymization_conflict,
     recorded_digest,
     recorded_key,
@@ -538,7 +539,7 @@ def _check_found(found, out_dir: Path, pseudonymized: bool, key: Optional[str] =
             path=out_dir,
             hint="choose an output folder without DICOM files; nothing was written",
         )
-    conflict = pseudonymization_conflict(found, pseudonymized, key)
+    conflict = pseudonymization_conflict(found, pseudonymized, key) or nested_conflict(out_dir, pseudonymized)
     if conflict:
         raise DoseAlignError(
             f"the output folder cannot take this export: {conflict}",

@@ -16,6 +16,7 @@ of unusually large cases::
     DOSEALIGN_MAP_LOCK_SECONDS      wait for another run's hold on a shared pseudonym map (default 60)
     DOSEALIGN_OTHER_NAMES           other patient names and IDs --pseudonymize takes    (default 2000)
     DOSEALIGN_IDENTITY_CHARS        the longest name or ID value --pseudonymize takes   (default 1024)
+    DOSEALIGN_OUT_ENTRIES           entries looked at within three levels of OUT         (default 1000000)
 
 Helpers here: :class:`Deadline` (a time limit checked where the work loops), :func:`die_with_parent`
 (helper processes end with the process that started them) and :func:`memory_available`.
@@ -65,6 +66,7 @@ DEFAULTS = {
     "DOSEALIGN_MAP_LOCK_SECONDS": 60.0,
     "DOSEALIGN_OTHER_NAMES": 2000.0,
     "DOSEALIGN_IDENTITY_CHARS": 1024.0,
+    "DOSEALIGN_OUT_ENTRIES": 1.0e6,
 }
 
 

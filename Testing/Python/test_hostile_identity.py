@@ -2949,6 +2949,48 @@ def test_the_key_and_map_stay_out_of_any_export_around_or_inside_out(tmp_path, c
     assert not (share / "k.key").exists() and not (share / "m.csv").exists() and not (share / "map.csv").exists()
 
 
+def test_what_lies_above_and_below_out_is_looked_at_whole(tmp_path, capsys, monkeypatch):
+    """Thirtieth hostile trial AD5: a plain export inside a pseudonymized export's folder was written there, and a
+    pseudonymized export above a plain one only noted it. AD6: a user's folder with another tool's meta.json was
+    taken for a plain export and --pseudonymize refused. AD4: a key beside a user's meta.json two levels down was
+    not seen. AD2: the look for a key gave up after 20 000 entries and answered "none"."""
+    root = tmp_path / "in"
+    hostile.study(root / "p", "NESTED-3", 98)
+    plain = ["--quiet", "--workers", "1", "--no-qa-png"]
+    args = [*plain, "--pseudonymize", "--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    share = tmp_path / "share"
+    assert main(["export", str(root), str(share), *args]) == 0
+    assert main(["export", str(root), str(share / "plain"), *plain]) == 2
+    err = capsys.readouterr().err
+    assert f"it lies inside {share}, a pseudonymized export's output folder" in err, err
+    assert not (share / "plain").exists()
+    outer = tmp_path / "outer"
+    assert main(["export", str(root), str(outer / "grp" / "plain"), *plain]) == 0
+    assert main(["export", str(root), str(outer), *args]) == 2
+    assert "holds a plain (not pseudonymized) export in grp/plain" in capsys.readouterr().err
+    assert sorted(p.name for p in outer.iterdir()) == ["grp"]
+    user = tmp_path / "user"
+    (user / "notes").mkdir(parents=True)
+    (user / "notes" / "meta.json").write_text('{"tool": "labelme", "version": "5.2", "images": []}')
+    assert main(["export", str(root), str(user), *args]) == 0, capsys.readouterr().err
+    (row,) = hostile.manifest(user)
+    assert row["status"] == "ok", row["reason"]
+    held = tmp_path / "held"
+    (held / "grp" / "run1").mkdir(parents=True)
+    (held / "grp" / "run1" / "meta.json").write_text("{}")
+    (held / "grp" / "run1" / "dosealign-pseudonym.key").write_text("0" * 64)
+    assert main(["export", str(root), str(held), *args]) == 2
+    assert "holds a pseudonym key or map (grp/run1/dosealign-pseudonym.key)" in capsys.readouterr().err
+    crowded = tmp_path / "crowded"
+    crowded.mkdir()
+    for n in range(60):
+        (crowded / f"file{n:02d}.txt").write_text("x")
+    monkeypatch.setenv("DOSEALIGN_OUT_ENTRIES", "50")
+    assert main(["export", str(root), str(crowded), *args]) == 2
+    assert "holds more than 50 entries within 3 levels" in capsys.readouterr().err
+    assert sorted(p.name for p in crowded.iterdir()) == [f"file{n:02d}.txt" for n in range(60)]
+
+
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):
     """Twenty-eighth hostile trial AB6: an OtherPatientIDs ``33.8645`` that equals the case's native Dmax made that
     measure ``[removed]`` in manifest.csv, meta.json and report.html, status ok; ``0.1.0`` (the version) failed the

@@ -21,12 +21,13 @@ import hmac
 import json
 import os
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..errors import DoseAlignError
-from ..limits import LimitError, open_regular, read_back
+from ..limits import LimitError, limit, open_regular, read_back
 from .case_folder import case_problem, load_meta
 from .manifest import parse_manifest
 
@@ -35,6 +36,8 @@ OWN_FILES = ("manifest.csv", "report.html", "dataset.json", "dataset.h5")
 _SHARD_MANIFEST = re.compile(r"manifest\.shard-\d+-of-\d+\.csv")
 #: A top-level key of meta.json as json_text writes it (indent 1): only pseudonymized cases have it.
 _PSEUDONYMIZED_KEY = b'\n "pseudonymized": '
+#: What makes a meta.json DoseAlign's (its first key, as json_text writes it).
+_DOSEALIGN_META = b'"dosealign_version": '
 #: The key's fingerprint in meta.json's ``pseudonymized`` object (output/pseudonym.py key_fingerprint).
 _KEY_FINGERPRINT = re.compile(rb'\n "pseudonymized": \{[^{}]*?"key": "([0-9a-f]{16})"')
 #: Case ids a pseudonymized export writes: ``P<12 hex>_<summation>_<8 hex>``, and ``<kind>_<10 hex>``
@@ -93,9 +96,13 @@ def inspect_output(out_dir: Path) -> OutputFolder:
         # hidden entries: runs' temporary names and owner records (output/files.py), .DS_Store and the like
         if name.startswith(".") or name in OWN_FILES or _SHARD_MANIFEST.fullmatch(name):
             continue
-        if entry.is_dir() and ((entry / "meta.json").is_file() or (entry / "pair.npz").is_file()):
+        # a case by DoseAlign's meta.json or arrays: a user's folder with another tool's meta.json is no export of
+        # DoseAlign, plain or not (thirtieth hostile trial AD6)
+        pseudonymized, key = _pseudonymization(entry / "meta.json") if entry.is_dir() else (None, None)
+        if entry.is_dir() and (
+            pseudonymized is not None or (entry / "pair.npz").is_file() or (entry / "ct.npy").is_file()
+        ):
             problem = case_problem(entry)  # damaged outputs (a truncated pair.npz) are not complete
-            pseudonymized, key = _pseudonymization(entry / "meta.json")
             found.cases[name] = ExistingCase(name, entry, problem is None, pseudonymized, key=key, problem=problem)
         else:
             found.other.append(name + ("/" if entry.is_dir() else ""))
@@ -181,10 +188,13 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _pseudonymization(meta_path: Path) -> tuple:
-    """``(pseudonymized, key fingerprint)`` of a case's meta.json: ``(None, None)`` when it cannot be read."""
+    """``(pseudonymized, key fingerprint)`` of a case's meta.json: ``(None, None)`` when it cannot be read or is
+    not DoseAlign's (no ``dosealign_version``)."""
     try:  # a named pipe or device planted in OUT is never read, nor more than DOSEALIGN_META_MB
         data = read_back(meta_path, "DOSEALIGN_META_MB")
     except (OSError, LimitError):
+        return None, None
+    if _DOSEALIGN_META not in data:
         return None, None
     key = _KEY_FINGERPRINT.search(data)
     return _PSEUDONYMIZED_KEY in data, key.group(1).decode("ascii") if key else None
@@ -229,9 +239,108 @@ def pseudonymization_conflict(found: OutputFolder, pseudonymized: bool, key: Opt
     return None
 
 
-def _some(names: list, limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+def _some(names: list, most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+#: How many levels below OUT an export looks for what must not be shared with it (a key, a map, an identifying
+#: export), and how many levels of folders above OUT it reads as exports.
+NESTED_LEVELS = 3
+
+
+def entries_below(out_dir: Path, levels: int = NESTED_LEVELS) -> Iterator[tuple]:
+    """``(entry, level)`` for each entry of ``out_dir`` (level 0) and of its folders ``levels - 1`` deep, breadth
+    first, by name; links are not followed, unreadable folders are passed. Raises :class:`LimitError` beyond
+    ``DOSEALIGN_OUT_ENTRIES`` entries: a look cut short must not answer "nothing there" (thirtieth hostile trial
+    AD2)."""
+    most, seen = limit("DOSEALIGN_OUT_ENTRIES"), 0
+    pending = deque([(Path(out_dir), 0)])
+    while pending:
+        folder, level = pending.popleft()
+        entries = []
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    seen += 1
+                    if seen > most:
+                        raise LimitError(
+                            f"holds more than {most:.0f} entries within {levels} levels, more than are looked "
+                            "through for a pseudonym key or map, or an identifying export, that would be shared "
+                            "with this export",
+                            path=out_dir,
+                            hint="choose an output folder that holds less, or raise DOSEALIGN_OUT_ENTRIES; nothing "
+                            "was written",
+                        )
+                    entries.append(entry)
+        except OSError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            yield entry, level
+            if level + 1 < levels and entry.is_dir(follow_symlinks=False):
+                pending.append((Path(entry.path), level + 1))
+
+
+def _export_kinds(folder: Path) -> set:
+    """Whether the DoseAlign export in ``folder`` (a folder holding DoseAlign's manifest.csv) is plain,
+    pseudonymized or both, by its manifest's case ids, and else by its case folders' meta.json; empty when
+    ``folder`` holds no DoseAlign manifest."""
+    if foreign_file(folder / "manifest.csv") is not None or not os.path.isfile(folder / "manifest.csv"):
+        return set()
+    rows, _problem = read_manifest(folder / "manifest.csv")
+    kinds = {
+        "pseudonymized" if _PSEUDONYMOUS_ID.fullmatch(r.get("case_id", "")) else "plain"
+        for r in rows
+        if r.get("case_id")
+    }
+    if not kinds:
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    flag, _key = _pseudonymization(Path(entry.path) / "meta.json")
+                    if flag is not None:
+                        kinds.add("pseudonymized" if flag else "plain")
+                        break
+        except OSError:
+            pass
+    return kinds or {"export"}
+
+
+def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
+    """Why an export must not write into ``out_dir`` for what lies around it, None when it may: a plain export
+    inside a pseudonymized export's folder (any folder above, as given or with links resolved), and a pseudonymized
+    export above a plain export or case folder (:data:`NESTED_LEVELS` down). What is shared holds the folders
+    below it (thirtieth hostile trial AD5; OUT's own entries are :func:`pseudonymization_conflict`'s)."""
+    out_dir = Path(out_dir)
+    if not pseudonymized:
+        given = Path(os.path.abspath(out_dir))
+        resolved = Path(os.path.realpath(out_dir))
+        for folder in dict.fromkeys([*given.parents, *resolved.parents]):
+            if "pseudonymized" in _export_kinds(folder):
+                return (
+                    f"it lies inside {folder}, a pseudonymized export's output folder, which is meant to be shared: "
+                    "a plain export there would be shared with it (add --pseudonymize, with its key, or choose a "
+                    "folder outside it)"
+                )
+        return None
+    for entry, level in entries_below(out_dir):
+        folder = Path(entry.path).parent
+        if (
+            level >= 1
+            and entry.name == "manifest.csv"
+            and "plain" in _export_kinds(folder)
+            or level >= 2
+            and entry.name == "meta.json"
+            and _pseudonymization(Path(entry.path))[0] is False
+        ):
+            where = folder.relative_to(out_dir).as_posix()
+        else:
+            continue
+        return (
+            f"it holds a plain (not pseudonymized) export in {where}; a pseudonymized export above it would be "
+            "shared with the identifying outputs"
+        )
+    return None
 
 
 #: The end of an option's name that meta.json records as a keyed hash of another option (see above).

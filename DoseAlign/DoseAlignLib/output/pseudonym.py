@@ -51,6 +51,7 @@ from ..errors import DoseAlignError
 from ..limits import limit, open_regular
 from .cjk_variants import PAIRS as _CJK_PAIRS
 from .files import within
+from .out_folder import entries_below
 
 KEY_BYTES = 32
 DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
@@ -2970,30 +2971,14 @@ def _date_pattern(date: str):
     return pattern
 
 
-def _keys_and_maps_inside(out_dir: Path, depth: int = 3, most: int = 20_000) -> Optional[str]:
-    """A DoseAlign key file or pseudonym map (by their default names) below ``out_dir`` (``depth`` levels, ``most``
-    entries looked at; links not followed), as a path relative to it, or None."""
-    # breadth first, and not into DoseAlign's case folders (a key sits beside an export, never in a case): a large
-    # OUT's cases used the entries up before a key two levels down was reached (twenty-ninth hostile trial AC3)
-    pending, seen = [(Path(out_dir), 0)], 0
-    while pending:
-        folder, level = pending.pop(0)
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in sorted(entries, key=lambda e: e.name):
-            seen += 1
-            if seen > most:
-                return None
-            if entry.name == DEFAULT_KEY_NAME or entry.name.endswith(".pseudonym-map.csv"):
-                return Path(entry.path).relative_to(out_dir).as_posix()
-            if (
-                level + 1 < depth
-                and entry.is_dir(follow_symlinks=False)
-                and not os.path.lexists(os.path.join(entry.path, "meta.json"))
-            ):
-                pending.append((Path(entry.path), level + 1))
+def _keys_and_maps_inside(out_dir: Path) -> Optional[str]:
+    """A DoseAlign key file or pseudonym map (by their default names) within three levels of ``out_dir`` (links
+    not followed), as a path relative to it, or None. Every folder is looked into, DoseAlign's case folders and a
+    user's with a ``meta.json`` too (thirtieth hostile trial AD4); a folder too full to look through is refused
+    (:func:`~DoseAlignLib.output.out_folder.entries_below`, AD2)."""
+    for entry, _level in entries_below(Path(out_dir)):
+        if entry.name == DEFAULT_KEY_NAME or entry.name.endswith(".pseudonym-map.csv"):
+            return Path(entry.path).relative_to(out_dir).as_posix()
     return None
 
 
