@@ -115,6 +115,34 @@ def test_every_engine_module_says_what_it_is_for():
     assert not missing, f"modules without a docstring: {missing}"
 
 
+def top_level_names_bound_twice(source: str) -> list:
+    """Names a module binds twice at its top level (an assignment, a function or a class): the later one silently
+    replaces the earlier for every use, as a second ``_DECIMAL`` in output/pseudonym.py did."""
+    seen, twice = set(), []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names = [node.target.id]
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names = [node.name]
+        else:
+            names = []
+        twice += [n for n in names if n in seen]
+        seen.update(names)
+    return twice
+
+
+def test_no_module_binds_a_top_level_name_twice():
+    found = {
+        name: twice
+        for name, path in engine_modules().items()
+        if (twice := top_level_names_bound_twice(path.read_text(encoding="utf-8")))
+    }
+    assert not found, found
+    assert top_level_names_bound_twice("A = 1\ndef f(): pass\nA = 2\n") == ["A"]  # the check can fail
+
+
 def test_no_import_circles():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)

@@ -2982,7 +2982,8 @@ def _keys_and_maps_inside(out_dir: Path) -> Optional[str]:
     return None
 
 
-_DECIMAL = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+")
+#: A decimal number written as text (``33.8645``, ``-2.5e-05``); not :data:`_DECIMAL`, which it shadowed at import.
+_DECIMAL_TEXT = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+")
 
 
 #: The manifest columns (and meta.json's fields of the same names) DoseAlign fills with its own numbers.
@@ -3027,7 +3028,7 @@ def _is_number(value) -> bool:
         return False
     if isinstance(value, (int, float)):
         return True
-    return isinstance(value, str) and bool(_DECIMAL.fullmatch(value.strip()))
+    return isinstance(value, str) and bool(_DECIMAL_TEXT.fullmatch(value.strip()))
 
 
 def _export_around(path: Path) -> Optional[Path]:
