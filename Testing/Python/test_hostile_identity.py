@@ -1068,6 +1068,33 @@ def test_the_check_alone_finds_dates_in_other_spellings():
     assert guard.find("summar 2 1975") == "a date"
 
 
+def test_dates_written_as_counts_are_removed_and_found_on_both_sides(tmp_path, capsys, monkeypatch):
+    """Thirtieth hostile trial AD7: StudyDate 20230415 and PatientBirthDate 19750302 written as ISO 8601 ordinal
+    dates (``2023-105``, ``1975061``, ``105_2023``), ISO week dates (``2023-W15-6``, ``2023W156``) and a Unix time
+    (``1681516800``, 00:00 UTC; ``1681550000`` later that day; in milliseconds) passed --pseudonymize in ROI names.
+    The rewriting removes them and the check finds them, each on its own; other days, longer numbers and decimals
+    are left."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity(dates={"20230415", "19750302"})
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonym.IdentityGuard(identity)
+    counted = ["CT_2023-105", "CT_2023105", "PTV_2023-W15-6", "PTV_2023W156", "GTV_1681516800", "GTV 1681550000",
+               "t1681516800000", "CTV_1975-061", "CTV_1975061", "BOOST_105_2023", "born 162950400"]  # fmt: skip
+    for text in counted:
+        assert guard.find(text) == "a date", text
+        rewritten = rewriting.text(text)
+        assert "[removed]" in rewritten and not guard.find(rewritten), (text, rewritten)
+    others = ["CT_2023-106", "PTV_2023-W15-7", "GTV_1681603200", "x12023105", "2023.105", "0.1681516800",
+              "1681516800.5", "PTV 2023-366", "1975-000"]  # fmt: skip
+    for text in others:
+        assert guard.find(text) == "" and rewriting.text(text) == text, text
+    # the check alone, with the rewriting made to miss them
+    monkeypatch.setattr(pseudonym.Pseudonymizer, "_remove_coded_dates", lambda self, value: value)
+    with pytest.raises(pseudonym.PseudonymError, match="a date"):
+        rewriting.check(rewriting.value({"structures": {"names": ["CTV_1975061"]}}, text_keys=frozenset()))
+
+
 def test_the_birth_date_as_eight_digits_day_or_month_first_is_removed(tmp_path, capsys):
     """Seventh hostile trial G11: the birth date 19750302 as DDMMYYYY (``PTV 02031975``) and MMDDYYYY
     (``03021975_ctv``), as people write it where a planning system forbids '.' and '/' in ROI names, reached

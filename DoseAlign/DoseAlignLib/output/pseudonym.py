@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import errno
 import functools
 import hashlib
@@ -1020,9 +1021,16 @@ class Pseudonymizer:
         for date in self._dates_in_reach(value):
             if any(c.isdigit() for c in value):
                 value = self._remove_date(date, value)
+        if self.identity.dates and any(c.isdigit() for c in value):
+            value = self._outside_own(value, self._remove_coded_dates)
         if value != dated:  # an ID's digits a date held as a number's decimals stand alone now: 15.72315 (U9)
             value = self._remove_ids(value)
         return value
+
+    def _remove_coded_dates(self, value: str) -> str:
+        """``value`` without the input's dates written as counts (:data:`_CODED_DATE`)."""
+        dates = self.identity.dates
+        return _CODED_DATE.sub(lambda m: REMOVED if _coded_date(m) in dates else m.group(0), value)
 
     def _dates_in_reach(self, value: str) -> list:
         """The input's dates whose pattern (:func:`_date_pattern`) could match ``value``: every spelling holds the
@@ -2802,7 +2810,35 @@ def _dates_in(text: str) -> set:
         _add_named(found, match.group(3), match.group(1), match.group(2), match.start(), match.end(), lowered)
     for match in re.finditer(r"(\d{4})[\s./\-_,]*([a-z]{3,9})\.?[\s./\-_,]*(\d{1,2})", lowered):
         _add_named(found, match.group(1), match.group(2), match.group(3), match.start(), match.end(), lowered)
+    _add_counted(found, lowered)
     return found
+
+
+def _add_counted(found: set, lowered: str) -> None:
+    """The check's own reading of dates written as counts (thirtieth hostile trial AD7): a year and the day of it
+    (``2023-105``, ``2023105``, ``105_2023``), a year, ISO week and weekday (``2023-w15-6``), and a run of 9 or 10
+    digits (12 or 13) as seconds (milliseconds) since 1970, UTC; not inside a longer number nor a decimal one."""
+    edge = r"(?<![\d.])", r"(?![\d]|\.\d)"
+    for match in re.finditer(edge[0] + r"(\d{4})[-_ /]?(\d{3})" + edge[1], lowered):
+        _add_ordinal(found, match.group(1), match.group(2))
+    for match in re.finditer(edge[0] + r"(\d{3})[-_ /](\d{4})" + edge[1], lowered):
+        _add_ordinal(found, match.group(2), match.group(1))
+    for match in re.finditer(edge[0] + r"(\d{4})[-_ ]?w(\d{2})[-_ ]?(\d)" + edge[1], lowered):
+        with contextlib.suppress(ValueError):
+            found.add(datetime.date.fromisocalendar(*map(int, match.groups())).strftime("%Y%m%d"))
+    for match in re.finditer(edge[0] + r"(\d{9,10}|\d{12,13})" + edge[1], lowered):
+        count = int(match.group(1))
+        seconds = count // 1000 if len(match.group(1)) > 10 else count
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            found.add(time.strftime("%Y%m%d", time.gmtime(seconds)))
+
+
+def _add_ordinal(found: set, year: str, day: str) -> None:
+    with contextlib.suppress(ValueError, OverflowError):
+        first = datetime.date(max(int(year), 1), 1, 1)
+        when = first + datetime.timedelta(days=int(day) - 1)
+        if int(day) >= 1 and when.year == first.year:
+            found.add(when.strftime("%Y%m%d"))
 
 
 #: A clock time between a day and its year, with a zone (``Apr 15 09:30:00 UTC 2023``: ctime, ``date``, logs).
@@ -2901,6 +2937,37 @@ _MONTHS = (
     ],
     ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
 )
+#: The rewriting's dates written as a count: ISO 8601 ordinal (``2023-105``, ``2023105``, ``105_2023``) and week
+#: dates (``2023-W15-6``, ``2023W156``), and a Unix time in seconds or milliseconds (``1681516800``) of any moment
+#: of the day, UTC (thirtieth hostile trial AD7); none inside a longer number or a decimal one.
+_CODED_DATE = re.compile(
+    r"(?<![0-9])(?<![0-9]\.)(?:"
+    r"(?P<oy>1[89][0-9]{2}|20[0-9]{2})[-_ /]?(?P<od>[0-3][0-9]{2})"
+    r"|(?P<rd>[0-3][0-9]{2})[-_ /](?P<ry>1[89][0-9]{2}|20[0-9]{2})"
+    r"|(?P<wy>1[89][0-9]{2}|20[0-9]{2})[-_ ]?[Ww](?P<ww>[0-5][0-9])[-_ ]?(?P<wd>[1-7])"
+    r"|(?P<unix>[0-9]{9,10}|[0-9]{12,13})"
+    r")(?![0-9])(?!\.[0-9])"
+)
+
+
+def _coded_date(match) -> str:
+    """The YYYYMMDD a :data:`_CODED_DATE` match stands for ('' when it is none)."""
+    parts = match.groupdict()
+    try:
+        if parts["oy"] or parts["ry"]:
+            year, day = int(parts["oy"] or parts["ry"]), int(parts["od"] or parts["rd"])
+            when = datetime.date(year, 1, 1) + datetime.timedelta(days=day - 1)
+            return when.strftime("%Y%m%d") if day >= 1 and when.year == year else ""
+        if parts["wy"]:
+            return datetime.date.fromisocalendar(int(parts["wy"]), int(parts["ww"]), int(parts["wd"])).strftime(
+                "%Y%m%d"
+            )
+        seconds = int(parts["unix"]) // (1000 if len(parts["unix"]) > 10 else 1)
+        return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y%m%d")
+    except (ValueError, OverflowError, OSError):
+        return ""
+
+
 _DATE_PATTERNS: dict = {}
 #: The compiled date patterns kept (about 21 kB and 4 ms to compile each).
 _DATE_PATTERNS_KEPT = 4096
