@@ -2991,6 +2991,10 @@ def test_what_lies_above_and_below_out_is_looked_at_whole(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert f"it lies inside {share}, a pseudonymized export's output folder" in err, err
     assert not (share / "plain").exists()
+    (share / "manifest.csv").unlink()  # an export stopped before it wrote its manifest: told by its case folders
+    assert main(["export", str(root), str(share / "a" / "plain"), *plain]) == 2
+    assert f"it lies inside {share}, a pseudonymized export's output folder" in capsys.readouterr().err
+    assert not (share / "a").exists()
     outer = tmp_path / "outer"
     assert main(["export", str(root), str(outer / "grp" / "plain"), *plain]) == 0
     assert main(["export", str(root), str(outer), *args]) == 2

@@ -306,6 +306,40 @@ def _export_kinds(folder: Path) -> set:
     return kinds or {"export"}
 
 
+#: The name of a pseudonymized case folder (the case ids of :data:`_PSEUDONYMOUS_ID` that are cases).
+_PSEUDONYMOUS_CASE = re.compile(r"P[0-9a-f]{12}_[a-z]+_[0-9a-f]{8}")
+
+
+def _is_pseudonymized_export(folder: Path) -> bool:
+    """Whether ``folder`` holds a pseudonymized export: its DoseAlign manifest lists pseudonymous case ids, or a
+    folder in it of a pseudonymized case's name holds a pseudonymized meta.json (an export stopped before it wrote
+    its manifest). Raises :class:`LimitError` beyond ``DOSEALIGN_OUT_ENTRIES`` entries (the answer would be a
+    guess)."""
+    if "pseudonymized" in _export_kinds(folder):
+        return True
+    most, seen = limit("DOSEALIGN_OUT_ENTRIES"), 0
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                seen += 1
+                if seen > most:
+                    raise LimitError(
+                        f"{folder}, a folder above the output folder, holds more than {most:.0f} entries, more than "
+                        "are looked through for a pseudonymized export the output folder would lie inside",
+                        path=folder,
+                        hint="choose an output folder elsewhere, or raise DOSEALIGN_OUT_ENTRIES; nothing was written",
+                    )
+                if (
+                    _PSEUDONYMOUS_CASE.fullmatch(entry.name)
+                    and entry.is_dir(follow_symlinks=False)
+                    and _pseudonymization(Path(entry.path) / "meta.json")[0]
+                ):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
 def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
     """Why an export must not write into ``out_dir`` for what lies around it, None when it may: a plain export
     inside a pseudonymized export's folder (any folder above, as given or with links resolved), and a pseudonymized
@@ -316,7 +350,7 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
         given = Path(os.path.abspath(out_dir))
         resolved = Path(os.path.realpath(out_dir))
         for folder in dict.fromkeys([*given.parents, *resolved.parents]):
-            if "pseudonymized" in _export_kinds(folder):
+            if _is_pseudonymized_export(folder):
                 return (
                     f"it lies inside {folder}, a pseudonymized export's output folder, which is meant to be shared: "
                     "a plain export there would be shared with it (add --pseudonymize, with its key, or choose a "
