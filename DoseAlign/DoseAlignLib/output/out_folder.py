@@ -358,23 +358,24 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
                 )
         return None
     for entry, level in entries_below(out_dir):
-        folder = Path(entry.path).parent
-        if (
-            level >= 1
-            and entry.name == "manifest.csv"
-            and "plain" in _export_kinds(folder)
-            or level >= 2
-            and entry.name == "meta.json"
-            and _pseudonymization(Path(entry.path))[0] is False
-        ):
-            where = folder.relative_to(out_dir).as_posix()
-        else:
-            continue
-        return (
-            f"it holds a plain (not pseudonymized) export in {where}; a pseudonymized export above it would be "
-            "shared with the identifying outputs"
-        )
+        if _is_plain_content(entry, level):
+            where = Path(entry.path).parent.relative_to(out_dir).as_posix()
+            return (
+                f"it holds a plain (not pseudonymized) export in {where}; a pseudonymized export above it would be "
+                "shared with the identifying outputs"
+            )
     return None
+
+
+def _is_plain_content(entry, level: int) -> bool:
+    """Whether a directory entry found ``level`` folders below OUT marks a plain export in its folder: a DoseAlign
+    manifest of plain case ids, or a case folder's plain meta.json (OUT's own entries, level 0 and the case folders
+    at level 1, are :func:`inspect_output`'s)."""
+    if entry.name == "manifest.csv":
+        return level >= 1 and "plain" in _export_kinds(Path(entry.path).parent)
+    if entry.name == "meta.json":
+        return level >= 2 and _pseudonymization(Path(entry.path))[0] is False
+    return False
 
 
 #: The end of an option's name that meta.json records as a keyed hash of another option (see above).
