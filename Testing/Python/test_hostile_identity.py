@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import unicodedata
 
 import dicom_damage as dd
@@ -3020,6 +3021,50 @@ def test_what_lies_above_and_below_out_is_looked_at_whole(tmp_path, capsys, monk
     assert main(["export", str(root), str(crowded), *args]) == 2
     assert "holds more than 50 entries within 3 levels" in capsys.readouterr().err
     assert sorted(p.name for p in crowded.iterdir()) == [f"file{n:02d}.txt" for n in range(60)]
+
+
+def test_exports_around_out_are_told_by_shards_cases_and_links(tmp_path, capsys):
+    """Thirty-first hostile trial AE1, AE2: a pseudonymized export of --shard jobs not merged yet (no manifest.csv)
+    took a plain export inside it, and a second cohort's default key and map. AE3: a link in OUT to a plain export
+    was not followed. AE4: a plain case folder at OUT's top under a hidden name was not seen. AE14: a user's
+    meta.json recording a DoseAlign version inside was taken for a case. AE10: an ROI named ``Lung.pseudonym-map``
+    made openkbp write a file the key/map look then refused the export's own OUT for."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "NESTED-4", 99, extra_organs=1)
+    ds = dd.read(truth.struct_file)
+    ds.StructureSetROISequence[0].ROIName = "Lung.pseudonym-map"  # (openkbp writes the outline of this study)
+    dd.save(ds, truth.struct_file)
+    plain = ["--quiet", "--workers", "1", "--no-qa-png"]
+    keys = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    share = tmp_path / "share"
+    for shard in ("1/2", "2/2"):
+        assert main(["export", str(root), str(share), *plain, "--pseudonymize", *keys, "--shard", shard]) == 0
+    assert not (share / "manifest.csv").exists()
+    assert main(["export", str(root), str(share / "plain"), *plain]) == 2
+    assert f"it lies inside {share}, a pseudonymized export's output folder" in capsys.readouterr().err
+    assert main(["export", str(root), str(share / "cohortB"), *plain, "--pseudonymize"]) == 2
+    assert "which is itself a DoseAlign export's output folder" in capsys.readouterr().err
+    assert not (share / "plain").exists() and not (share / "cohortB").exists()
+    assert not (share / "dosealign-pseudonym.key").exists()
+    made = tmp_path / "made"
+    assert main(["export", str(root), str(made), *plain, "--pseudonymize", *keys, "--format", "npz,openkbp"]) == 0
+    assert list(made.glob("*/openkbp/*pseudonym-map*")), sorted(p.name for p in made.rglob("*"))
+    assert main(["export", str(root), str(made), *plain, "--pseudonymize", *keys, "--format", "npz,openkbp",
+                 "--resume"]) == 0, capsys.readouterr().err  # fmt: skip
+    identifying = tmp_path / "identifying"
+    assert main(["export", str(root), str(identifying), *plain]) == 0
+    (case,) = [p for p in identifying.iterdir() if p.is_dir()]
+    for name, place in [("linked", lambda out: (out / "old").symlink_to(identifying, target_is_directory=True)),
+                        ("hidden", lambda out: shutil.copytree(case, out / ".old"))]:  # fmt: skip
+        out = tmp_path / name
+        out.mkdir()
+        place(out)
+        assert main(["export", str(root), str(out), *plain, "--pseudonymize", *keys]) == 2, name
+        assert "it holds a plain (not pseudonymized) export in" in capsys.readouterr().err, name
+    user = tmp_path / "user"
+    (user / "unet_run1").mkdir(parents=True)
+    (user / "unet_run1" / "meta.json").write_text('{"model": "unet", "data": {"dosealign_version": "0.1.0"}}')
+    assert main(["export", str(root), str(user), *plain, "--pseudonymize", *keys]) == 0, capsys.readouterr().err
 
 
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):

@@ -36,8 +36,9 @@ OWN_FILES = ("manifest.csv", "report.html", "dataset.json", "dataset.h5")
 _SHARD_MANIFEST = re.compile(r"manifest\.shard-\d+-of-\d+\.csv")
 #: A top-level key of meta.json as json_text writes it (indent 1): only pseudonymized cases have it.
 _PSEUDONYMIZED_KEY = b'\n "pseudonymized": '
-#: What makes a meta.json DoseAlign's (its first key, as json_text writes it).
-_DOSEALIGN_META = b'"dosealign_version": '
+#: How DoseAlign's meta.json begins (its first key, as json_text writes it): a user's meta.json that records a
+#: DoseAlign version somewhere inside is not DoseAlign's (thirty-first hostile trial AE14).
+_DOSEALIGN_META = b'{\n "dosealign_version": '
 #: The key's fingerprint in meta.json's ``pseudonymized`` object (output/pseudonym.py key_fingerprint).
 _KEY_FINGERPRINT = re.compile(rb'\n "pseudonymized": \{[^{}]*?"key": "([0-9a-f]{16})"')
 #: Case ids a pseudonymized export writes: ``P<12 hex>_<summation>_<8 hex>``, and ``<kind>_<10 hex>``
@@ -194,7 +195,7 @@ def _pseudonymization(meta_path: Path) -> tuple:
         data = read_back(meta_path, "DOSEALIGN_META_MB")
     except (OSError, LimitError):
         return None, None
-    if _DOSEALIGN_META not in data:
+    if not data.startswith(_DOSEALIGN_META):
         return None, None
     key = _KEY_FINGERPRINT.search(data)
     return _PSEUDONYMIZED_KEY in data, key.group(1).decode("ascii") if key else None
@@ -249,95 +250,107 @@ def _some(names: list, most: int = 3) -> str:
 NESTED_LEVELS = 3
 
 
+def is_case_meta(path: Path) -> bool:
+    """Whether ``path`` is a meta.json DoseAlign wrote, by how it begins (only a regular file's first bytes are
+    read)."""
+    try:
+        with open_regular(path) as handle:
+            return handle.read(len(_DOSEALIGN_META)) == _DOSEALIGN_META
+    except OSError:
+        return False
+
+
+def _too_many(where: Path, most: float, what: str) -> LimitError:
+    return LimitError(
+        f"holds more than {most:.0f} entries {what}, more than are looked through for a pseudonym key or map, or "
+        "another export, that would be shared with this one",
+        path=where,
+        hint="choose an output folder elsewhere, or raise DOSEALIGN_OUT_ENTRIES; nothing was written",
+    )
+
+
 def entries_below(out_dir: Path, levels: int = NESTED_LEVELS) -> Iterator[tuple]:
     """``(entry, level)`` for each entry of ``out_dir`` (level 0) and of its folders ``levels - 1`` deep, breadth
-    first, by name; links are not followed, unreadable folders are passed. Raises :class:`LimitError` beyond
-    ``DOSEALIGN_OUT_ENTRIES`` entries: a look cut short must not answer "nothing there" (thirtieth hostile trial
-    AD2)."""
+    first, by name. Links to folders are followed, as a copy or an archive of OUT follows them (each folder once;
+    thirty-first hostile trial AE3); DoseAlign's case folders are listed but not gone into (their masks are
+    DoseAlign's, and a big cohort's filled the bound: AE5, AE10); unreadable folders are passed. Raises
+    :class:`LimitError` beyond ``DOSEALIGN_OUT_ENTRIES`` entries: a look cut short must not answer "nothing there"
+    (thirtieth hostile trial AD2)."""
     most, seen = limit("DOSEALIGN_OUT_ENTRIES"), 0
-    pending = deque([(Path(out_dir), 0)])
+    pending, visited = deque([(Path(out_dir), 0)]), set()
     while pending:
         folder, level = pending.popleft()
         entries = []
         try:
+            status = os.stat(folder)
+            if (status.st_dev, status.st_ino) in visited:
+                continue
+            visited.add((status.st_dev, status.st_ino))
             with os.scandir(folder) as listing:
                 for entry in listing:
                     seen += 1
                     if seen > most:
-                        raise LimitError(
-                            f"holds more than {most:.0f} entries within {levels} levels, more than are looked "
-                            "through for a pseudonym key or map, or an identifying export, that would be shared "
-                            "with this export",
-                            path=out_dir,
-                            hint="choose an output folder that holds less, or raise DOSEALIGN_OUT_ENTRIES; nothing "
-                            "was written",
-                        )
+                        raise _too_many(Path(out_dir), most, f"within {levels} levels")
                     entries.append(entry)
         except OSError:
             continue
-        for entry in sorted(entries, key=lambda e: e.name):
+        entries.sort(key=lambda e: e.name)
+        a_case = level >= 1 and any(e.name == "meta.json" and is_case_meta(Path(e.path)) for e in entries)
+        for entry in entries:
             yield entry, level
-            if level + 1 < levels and entry.is_dir(follow_symlinks=False):
+            if not a_case and level + 1 < levels and _is_folder(entry):
                 pending.append((Path(entry.path), level + 1))
 
 
-def _export_kinds(folder: Path) -> set:
-    """Whether the DoseAlign export in ``folder`` (a folder holding DoseAlign's manifest.csv) is plain,
-    pseudonymized or both, by its manifest's case ids, and else by its case folders' meta.json; empty when
-    ``folder`` holds no DoseAlign manifest."""
-    if foreign_file(folder / "manifest.csv") is not None or not os.path.isfile(folder / "manifest.csv"):
-        return set()
-    rows, _problem = read_manifest(folder / "manifest.csv")
-    kinds = {
+def _is_folder(entry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _manifest_kinds(path: Path) -> Optional[set]:
+    """The kinds of case ids (plain, pseudonymized) a DoseAlign manifest or shard manifest at ``path`` lists; None
+    when it is no DoseAlign manifest."""
+    if not os.path.isfile(path) or foreign_file(path) is not None:
+        return None
+    rows, _problem = read_manifest(path)
+    return {
         "pseudonymized" if _PSEUDONYMOUS_ID.fullmatch(r.get("case_id", "")) else "plain"
         for r in rows
         if r.get("case_id")
     }
-    if not kinds:
-        try:
-            with os.scandir(folder) as listing:
-                for entry in listing:
-                    flag, _key = _pseudonymization(Path(entry.path) / "meta.json")
-                    if flag is not None:
-                        kinds.add("pseudonymized" if flag else "plain")
-                        break
-        except OSError:
-            pass
-    return kinds or {"export"}
 
 
-#: The name of a pseudonymized case folder (the case ids of :data:`_PSEUDONYMOUS_ID` that are cases).
-_PSEUDONYMOUS_CASE = re.compile(r"P[0-9a-f]{12}_[a-z]+_[0-9a-f]{8}")
-
-
-def _is_pseudonymized_export(folder: Path) -> bool:
-    """Whether ``folder`` holds a pseudonymized export: its DoseAlign manifest lists pseudonymous case ids, or a
-    folder in it of a pseudonymized case's name holds a pseudonymized meta.json (an export stopped before it wrote
-    its manifest). Raises :class:`LimitError` beyond ``DOSEALIGN_OUT_ENTRIES`` entries (the answer would be a
-    guess)."""
-    if "pseudonymized" in _export_kinds(folder):
-        return True
+def export_kinds(folder: Path) -> set:
+    """What DoseAlign export ``folder`` holds: ``{"plain"}``, ``{"pseudonymized"}``, both, ``{"export"}`` (an export
+    of no case yet), or nothing. Told by its manifest.csv, its shard manifests (``--shard`` jobs not merged yet) and
+    its case folders' meta.json (an export stopped before its manifest; thirty-first hostile trial AE1, AE2). Raises
+    :class:`LimitError` beyond ``DOSEALIGN_OUT_ENTRIES`` entries (the answer would be a guess)."""
+    folder = Path(folder)
+    kinds: set = set()
+    exported = False
     most, seen = limit("DOSEALIGN_OUT_ENTRIES"), 0
     try:
         with os.scandir(folder) as listing:
             for entry in listing:
                 seen += 1
                 if seen > most:
-                    raise LimitError(
-                        f"{folder}, a folder above the output folder, holds more than {most:.0f} entries, more than "
-                        "are looked through for a pseudonymized export the output folder would lie inside",
-                        path=folder,
-                        hint="choose an output folder elsewhere, or raise DOSEALIGN_OUT_ENTRIES; nothing was written",
-                    )
-                if (
-                    _PSEUDONYMOUS_CASE.fullmatch(entry.name)
-                    and entry.is_dir(follow_symlinks=False)
-                    and _pseudonymization(Path(entry.path) / "meta.json")[0]
-                ):
-                    return True
+                    raise _too_many(folder, most, "(a folder above the output folder, read for an export)")
+                if entry.name == "manifest.csv" or _SHARD_MANIFEST.fullmatch(entry.name):
+                    found = _manifest_kinds(Path(entry.path))
+                    exported = exported or found is not None
+                    kinds |= found or set()
+                elif not entry.name.startswith(".") and _is_folder(entry):
+                    meta = Path(entry.path) / "meta.json"
+                    if is_case_meta(meta):
+                        flag, _key = _pseudonymization(meta)
+                        kinds.add("pseudonymized" if flag else "plain")
+                if kinds >= {"plain", "pseudonymized"}:
+                    break
     except OSError:
         pass
-    return False
+    return kinds or ({"export"} if exported else set())
 
 
 def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
@@ -350,7 +363,7 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
         given = Path(os.path.abspath(out_dir))
         resolved = Path(os.path.realpath(out_dir))
         for folder in dict.fromkeys([*given.parents, *resolved.parents]):
-            if _is_pseudonymized_export(folder):
+            if "pseudonymized" in export_kinds(folder):
                 return (
                     f"it lies inside {folder}, a pseudonymized export's output folder, which is meant to be shared: "
                     "a plain export there would be shared with it (add --pseudonymize, with its key, or choose a "
@@ -369,12 +382,12 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
 
 def _is_plain_content(entry, level: int) -> bool:
     """Whether a directory entry found ``level`` folders below OUT marks a plain export in its folder: a DoseAlign
-    manifest of plain case ids, or a case folder's plain meta.json (OUT's own entries, level 0 and the case folders
-    at level 1, are :func:`inspect_output`'s)."""
-    if entry.name == "manifest.csv":
-        return level >= 1 and "plain" in _export_kinds(Path(entry.path).parent)
-    if entry.name == "meta.json":
-        return level >= 2 and _pseudonymization(Path(entry.path))[0] is False
+    manifest or shard manifest of plain case ids, or a case folder's plain meta.json (at OUT's top, a case folder
+    under a hidden name too: thirty-first hostile trial AE4)."""
+    if level >= 1 and (entry.name == "manifest.csv" or _SHARD_MANIFEST.fullmatch(entry.name)):
+        return "plain" in (_manifest_kinds(Path(entry.path)) or set())
+    if level >= 1 and entry.name == "meta.json":
+        return _pseudonymization(Path(entry.path))[0] is False
     return False
 
 

@@ -52,7 +52,7 @@ from ..errors import DoseAlignError
 from ..limits import limit, open_regular
 from .cjk_variants import PAIRS as _CJK_PAIRS
 from .files import within
-from .out_folder import entries_below
+from .out_folder import entries_below, export_kinds
 
 KEY_BYTES = 32
 DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
@@ -3115,13 +3115,10 @@ def _export_around(path: Path) -> Optional[Path]:
 
 
 def _is_an_export(folder: Path) -> bool:
-    """Whether ``folder`` is a DoseAlign export's output folder: it holds a manifest.csv of DoseAlign's columns (a
-    regular file: a named pipe of that name blocked the export, twenty-eighth hostile trial AB8)."""
-    try:
-        with open_regular(Path(folder) / "manifest.csv", "manifest") as handle:
-            return handle.read(15) == b"case_id,status,"
-    except Exception:
-        return False
+    """Whether ``folder`` is a DoseAlign export's output folder: by its manifest.csv (a regular file: a named pipe
+    of that name blocked the export, twenty-eighth hostile trial AB8), its shard manifests or its case folders
+    (:func:`~DoseAlignLib.output.out_folder.export_kinds`: --shard jobs not merged yet, thirty-first AE2)."""
+    return bool(export_kinds(Path(folder)))
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -3156,7 +3153,7 @@ def make_pseudonymizer(
         # hostile trial AA8; any folder above, not only the parent: twenty-eighth AB1)
         raise PseudonymError(
             f"the key or the pseudonym map would be written inside {outer}, which is itself a DoseAlign export's "
-            "output folder (it holds its manifest.csv): what is shared would hold them",
+            "output folder (it holds its manifest, shard manifests or case folders): what is shared would hold them",
             path=out_dir,
             hint="give --key-file and --map-file outside it, or choose an output folder elsewhere; nothing was written",
         )
