@@ -1096,6 +1096,32 @@ def test_dates_written_as_counts_are_removed_and_found_on_both_sides(tmp_path, c
         rewriting.check(rewriting.value({"structures": {"names": ["CTV_1975061"]}}, text_keys=frozenset()))
 
 
+def test_order_and_procedure_step_numbers_are_identity():
+    """Thirty-first hostile trial AE9: RequestedProcedureID, the procedure-step IDs and the order numbers (an RIS
+    often sets one to the accession number; PS3.15's confidentiality profile removes them) were not taken: ROI names
+    holding them passed. They count as visit IDs (from five characters), in sequence items too."""
+    from DoseAlignLib.output import pseudonym
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = Dataset()
+    ds.PerformedProcedureStepID = "PPS66321"
+    ds.FillerOrderNumberImagingServiceRequest = "FO88765432"
+    item = Dataset()
+    item.RequestedProcedureID = "RP55432"
+    item.ScheduledProcedureStepID = "SPS44321"
+    item.PlacerOrderNumberImagingServiceRequest = "PO99"  # shorter than five characters: not removed
+    ds.RequestAttributesSequence = Sequence([item])
+    identity = pseudonym.Identity()
+    identity.add_dataset(ds)
+    assert {"PPS66321", "FO88765432", "RP55432", "SPS44321"} <= identity.identifiers
+    assert "PO99" not in identity.identifiers
+    rewriting, guard = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity), pseudonym.IdentityGuard(identity)
+    for text in ["PTV_PPS66321", "CTV RP55432", "Z SPS44321", "X FO88765432"]:
+        assert guard.find(text) == "a patient ID", text
+        assert "[removed]" in rewriting.text(text) and not guard.find(rewriting.text(text)), text
+
+
 def test_the_birth_date_as_eight_digits_day_or_month_first_is_removed(tmp_path, capsys):
     """Seventh hostile trial G11: the birth date 19750302 as DDMMYYYY (``PTV 02031975``) and MMDDYYYY
     (``03021975_ctv``), as people write it where a planning system forbids '.' and '/' in ROI names, reached
@@ -2128,6 +2154,13 @@ def test_dates_and_ids_in_the_digits_of_other_scripts_are_removed():
         assert rewritten != hostile_text and guard.find(rewritten) == "", (hostile_text, rewritten)
     for harmless in [written("PTV 16.04.2023", arabic), written("dose 70", devanagari)]:
         assert guard.find(harmless) == "" and rewriting.text(harmless) == harmless, harmless
+    # thirty-first hostile trial AE7: the patient's own ID written in those digits is also the ID in ASCII digits
+    own = Identity(patient_ids={written("MRN-1072315", arabic)})
+    guard, rewriting = IdentityGuard(own), Pseudonymizer(key=b"k" * 32, identity=own)
+    for text in ["GTV MRN-1072315", "Z_MRN1072315", "PTV_1072315", written("CTV_1072315", arabic)]:
+        assert guard.find(text) == "a patient ID", text
+        rewritten = rewriting.text(text)
+        assert "[removed]" in rewritten and not guard.find(rewritten), (text, rewritten)
 
 
 def test_an_id_a_removed_date_leaves_on_its_own_is_removed_too():

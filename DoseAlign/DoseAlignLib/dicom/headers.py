@@ -639,6 +639,15 @@ IDENTIFYING_KEYWORDS = (
     "ClinicalTrialSubjectReadingID",
     "AdmissionID",
     "ServiceEpisodeID",
+    # order and procedure-step numbers, which PS3.15's confidentiality profile removes with the accession number (an
+    # RIS often sets the requested procedure's ID to it; thirty-first hostile trial AE9)
+    "RequestedProcedureID",
+    "ScheduledProcedureStepID",
+    "PerformedProcedureStepID",
+    "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest",
+    "PlacerOrderNumberProcedure",
+    "FillerOrderNumberProcedure",
 )
 _IDENTIFYING_TAGS: dict = {}
 

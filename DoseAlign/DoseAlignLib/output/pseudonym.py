@@ -69,7 +69,18 @@ MIN_OTHER_ID_LENGTH = 5
 #: The identifying attributes whose values count from :data:`MIN_OTHER_ID_LENGTH` characters: numbers of a visit or
 #: an issuer's name (``1``, ``HIS``), which short would be found in every text; the patient's other IDs count from
 #: :data:`MIN_ID_LENGTH`, as PatientID does (an OtherPatientIDs ``Q774`` was kept: twenty-sixth hostile trial Z6).
-VISIT_KEYWORDS = ("AccessionNumber", "StudyID", "IssuerOfPatientID")
+VISIT_KEYWORDS = (
+    "AccessionNumber",
+    "StudyID",
+    "IssuerOfPatientID",
+    "RequestedProcedureID",
+    "ScheduledProcedureStepID",
+    "PerformedProcedureStepID",
+    "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest",
+    "PlacerOrderNumberProcedure",
+    "FillerOrderNumberProcedure",
+)
 #: An ID shorter than :data:`MIN_OTHER_ID_LENGTH` of this form is a decimal number, not removed from free text.
 _SHORT_DECIMAL = re.compile(r"[0-9]+[.,][0-9.,]*")
 #: A number of an ID written without its leading zeros (``0072315`` as ``72315``, as HIS exports and spreadsheets
@@ -284,6 +295,9 @@ class Identity:
         found = {i for i in self.patient_ids if len(i) >= MIN_ID_LENGTH} | {
             i for i in self.other if len(i) >= (MIN_OTHER_ID_LENGTH if i in visits else MIN_ID_LENGTH)
         }
+        # an ID written in digits of another script is also the ID in ASCII digits, as texts are read (thirty-first
+        # hostile trial AE7: MRN-١٠٧٢٣١٥ left PTV_1072315)
+        found |= {_ascii_digits(i) for i in found}
         # an ID that reads as a short decimal number (2.5, 1.0) is every step and version number in the outputs:
         # the check refused each case "please report it" (twenty-seventh hostile trial AA3)
         return {i for i in found if len(i) >= MIN_OTHER_ID_LENGTH or not _SHORT_DECIMAL.fullmatch(i)}
