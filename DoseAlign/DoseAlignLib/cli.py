@@ -185,12 +185,13 @@ def _add_pseudonym_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _pseudonymizer(args: argparse.Namespace):
-    """The export's Pseudonymizer (None without --pseudonymize); says where the key and map are."""
+def _pseudonymizer(args: argparse.Namespace) -> tuple:
+    """``(Pseudonymizer, the key file when this run created it)`` of the export (None, None without
+    --pseudonymize); says where the key and map are."""
     if not getattr(args, "pseudonymize", False):
         if args.key_file or args.keep_uids or args.map_file:
             raise ValueError("--key-file, --keep-uids and --map-file go with --pseudonymize")
-        return None
+        return None, None
     pseudonymizer, key_path, map_path, created = api.make_pseudonymizer(
         args.output, args.key_file, args.keep_uids, args.map_file, input_root=args.input
     )
@@ -198,7 +199,7 @@ def _pseudonymizer(args: argparse.Namespace):
     print(f"pseudonymized export: key {key_path} ({state}), map {map_path}; keep both out of what you share")
     if not api.key_is_private(key_path):
         print(f"warning: {key_path} is readable by other users (chmod 600 it)", file=sys.stderr)
-    return pseudonymizer
+    return pseudonymizer, (key_path if created else None)
 
 
 def _add_align_options(parser: argparse.ArgumentParser) -> None:
@@ -562,23 +563,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     progress = _ProgressLine(quiet=args.quiet)
     _announce(args, options, progress)
-    pseudonymizer = _pseudonymizer(args)
-    report = api.export_folder(
-        args.input,
-        args.output,
-        options,
-        resume=args.resume,
-        append=args.append,
-        progress=progress,
-        stage=progress.stage,
-        notify=progress.note,
-        workers=workers,
-        shard=api.parse_shard(args.shard) if args.shard else None,
-        scheduler=args.scheduler,
-        qa_png=not args.no_qa_png,
-        formats=formats,
-        pseudonymizer=pseudonymizer,
-    )
+    pseudonymizer, created_key = _pseudonymizer(args)
+    try:
+        report = api.export_folder(
+            args.input,
+            args.output,
+            options,
+            resume=args.resume,
+            append=args.append,
+            progress=progress,
+            stage=progress.stage,
+            notify=progress.note,
+            workers=workers,
+            shard=api.parse_shard(args.shard) if args.shard else None,
+            scheduler=args.scheduler,
+            qa_png=not args.no_qa_png,
+            formats=formats,
+            pseudonymizer=pseudonymizer,
+        )
+    except api.DoseAlignError as error:
+        if created_key is not None:  # a refusal after the scan: the key this run made stays, and is said to
+            # (another run started with it may use it already; thirty-first hostile trial AE8)
+            kept = f"the key file {created_key} was created by this run and is kept (delete it if no other run uses it)"
+            error.hint = f"{error.hint}; {kept}" if error.hint else kept
+        raise
     _print_summary(report, args.output)
     return report.exit_code
 

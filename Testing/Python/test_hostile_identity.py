@@ -1533,8 +1533,11 @@ def test_rois_chosen_by_a_name_holding_identity_are_refused_never_empty(
     code = main(["export", str(root), str(out), *common, "--rois", ",".join(channels)])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert f"--rois {rois[0]!r}" in err and "nothing was written" in err and "--roi-map" in err, err
+    assert f"--rois {rois[0]!r}" in err and "no case was written" in err and "--roi-map" in err, err
     assert not out.exists() or not any(out.iterdir())
+    # the key this run created stays, and the refusal says so (thirty-first hostile trial AE8: "nothing was written")
+    key = tmp_path / "share" / "dosealign-pseudonym.key"
+    assert key.exists() and f"the key file {key} was created by this run and is kept" in err, err
     mapping = {f"Organ{n}": [name] for n, name in enumerate(rois)}
     (tmp_path / "map.json").write_text(json.dumps(mapping), encoding="utf-8")
     renamed = [next((new for new, old in mapping.items() if old == [c]), c) for c in channels]
@@ -1567,7 +1570,7 @@ def test_a_roi_map_channel_holding_identity_is_refused_as_a_rois_channel_is(tmp_
     code = main(["export", str(root), str(out), *common, "--roi-map", str(tmp_path / "map.json")])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "--roi-map 'Lung_L': the channel name holds" in err and "nothing was written" in err, err
+    assert "--roi-map 'Lung_L': the channel name holds" in err and "no case was written" in err, err
     assert not out.exists() or not any(out.iterdir())
     (tmp_path / "map.json").write_text(json.dumps({"Pulmo_L": ["Lung_L"], "Heart": ["Heart"]}))
     assert main(["export", str(root), str(out), *common, "--roi-map", str(tmp_path / "map.json")]) == 0

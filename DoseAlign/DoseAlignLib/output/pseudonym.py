@@ -788,7 +788,7 @@ class Pseudonymizer:
                 raise PseudonymError(
                     f"{option} {name!r}: the channel name holds {leak or 'an identifying value'} of the input: under "
                     f"--pseudonymize it could only be written as {rewritten!r}, where a loader choosing channels by "
-                    "name finds no ROI; nothing was written",
+                    "name finds no ROI; no case was written",
                     hint=hint,
                 )
 
