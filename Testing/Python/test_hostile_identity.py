@@ -1148,10 +1148,11 @@ def test_eight_digits_are_read_as_the_inputs_dates_only_and_not_in_numbers():
     identity.dates.add("19750302")
     guard = IdentityGuard(identity)
     rewriting = Pseudonymizer(key=bytes(32), identity=identity)
-    for text in ["PTV 02031975", "03021975_ctv", "d02031975", "x-03021975-y"]:
+    # (before a point and digits too, a structure's version: thirty-first hostile trial AE15)
+    for text in ["PTV 02031975", "03021975_ctv", "d02031975", "x-03021975-y", "C_02031975.1", "H 750302.2"]:
         assert guard.find(text) == "a date", text
         assert rewriting.text(text).count("[removed]") == 1, text
-    others = ["PTV 02031976", "PTV 03031975", "102031975", "030219751", "63.02031975", "02031975.5", "0.03021975"]
+    others = ["PTV 02031976", "PTV 03031975", "102031975", "030219751", "63.02031975", "0.03021975", "1.750302"]
     for text in others:
         assert guard.find(text) == "", text
         assert rewriting.text(text) == text, text
@@ -1327,14 +1328,17 @@ def test_kana_and_variant_ideographs_never_reach_the_output(tmp_path, capsys, pa
 UNPADDED = [
     (
         "0072315",
-        ["PTV_72315", "ctv-72315-boost", "PTV72315", "72315 ring", "PTV_0072315"],
-        ["dmax 72315.5", "1.72315", "172315", "723150", "7231", "ring 72.315", "d72315.0cc_gy"],
+        ["PTV_72315", "ctv-72315-boost", "PTV72315", "72315 ring", "PTV_0072315", "dmax 72315.5"],
+        # (a number of five digits or more before a point is read as it is: thirty-first hostile trial AE13)
+        ["1.72315", "172315", "723150", "7231", "ring 72.315", "d72315.0cc_gy", "dmax 7231.5"],
     ),
     (
         "MRN0072315",
         # (thirteenth hostile trial M13: the number as written in the ID, zeros first, was kept)
         [
             "PTV_72315",
+            "CTV_72315.1",
+            "72315.5",
             "MRN72315",
             "mrn-72315",
             "boost 72315",
@@ -1343,7 +1347,7 @@ UNPADDED = [
             "CTV-0072315",
             "z_0072315_v2",
         ],
-        ["PTV72315", "x72315", "172315", "63.72315", "72315.5", "7231", "x0072315", "10072315", "0.0072315"],
+        ["PTV72315", "x72315", "172315", "63.72315", "7231", "x0072315", "10072315", "0.0072315"],
     ),
     ("AB-0004127-C", ["PTV 4127", "ab-4127-c", "AB4127C", "ctv_0004127"], ["PTV4127", "14127", "41.27", "PTV0004127"]),
     ("0000007", ["PTV 0000007"], ["PTV_7", "PTV 7"]),
@@ -1352,12 +1356,15 @@ UNPADDED = [
     # MIN_BARE_DIGITS digits (a four-digit run without zeros is too common a number to remove alone)
     (
         "MRN1072315",
-        ["PTV_1072315", "GTV 1072315", "CTV_MRN1072315", "1072315-boost"],
-        ["PTV1072315", "11072315", "1.072315", "107231", "1072315.5", "PTV_10723"],
+        ["PTV_1072315", "GTV 1072315", "CTV_MRN1072315", "1072315-boost", "PTV_1072315.1", "GTV 1072315.2"],
+        ["PTV1072315", "11072315", "1.072315", "107231", "PTV_10723"],
     ),
     ("1072315A", ["PTV_1072315", "GTV 1072315"], ["GTV1072315", "10723150"]),
-    ("10-72315", ["GTV 72315", "PTV_1072315"], ["PTV 10", "GTV72315", "172315"]),
+    ("10-72315", ["GTV 72315", "PTV_1072315", "PTV_10-72315.1", "CTV 72315.1"], ["PTV 10", "GTV72315", "172315"]),
     ("MRN1234", ["MRN 1234"], ["PTV_1234", "PTV 1234"]),
+    # thirty-first hostile trial AE6: an ID written with a point, before a version's point and digits (the case failed
+    # "please report it": the check read what the rewriting kept)
+    ("10.72315", ["PTV_10.72315.1", "PTV 1072315.5", "ITV 1072315.0", "PTV 10.72315"], ["PTV 10.72316", "x1.5"]),
 ]
 
 

@@ -90,6 +90,11 @@ MIN_UNPADDED_DIGITS = 4
 #: their own where they run to at least this many (``PTV_1072315``: an MRN printed without its letters; thirtieth
 #: hostile trial AD8); shorter runs only when they began with zeros (:data:`MIN_UNPADDED_DIGITS`).
 MIN_BARE_DIGITS = 5
+#: A number of digits only (an ID of digits, an ID's number, a date of digits) is read before a decimal point and
+#: digits where it runs to at least this many: ``PTV_1072315.1``, ``C_15042023.1`` are a structure's version, not a
+#: number DoseAlign writes (thirty-first hostile trial AE12, AE13, AE15); a shorter one there is a number's whole
+#: part (``123.5``). After a decimal point (``63.0584``) none is read.
+MIN_WHOLE_PART = 5
 #: Dict keys whose string values are input paths (relative to the input root).
 PATH_KEYS = {
     "ct_files",
@@ -2226,7 +2231,10 @@ def _id_pattern(identifier: str):
                 # (QX77415.2, a version: fifteenth hostile trial O16)
                 decimals = squeezed.isdigit()
                 lead = (r"(?<![0-9])" + (r"(?<![0-9]\.)" if decimals else "")) if squeezed[0].isdigit() else ""
-                tail = (r"(?![0-9])" + (r"(?!\.[0-9])" if decimals else "")) if squeezed[-1].isdigit() else ""
+                # before a point and digits only where the digits it ends with run as long as the check reads
+                # them there (PTV_10-72315.1: thirty-first hostile trial AE12)
+                point_after = rf"(?:(?<=[0-9]{{{MIN_WHOLE_PART}}})|(?!\.[0-9]))"
+                tail = (r"(?![0-9])" + (point_after if decimals else "")) if squeezed[-1].isdigit() else ""
             else:
                 lead, tail = r"(?<![0-9A-Za-z])", r"(?![0-9A-Za-z])"
             pattern = re.compile(lead + body + tail, re.IGNORECASE)
@@ -2275,10 +2283,12 @@ _BARE_NUMBERS: dict = {}
 
 
 def _bare_number(number: str):
-    """``number`` as a word of its own: no ASCII letter or digit beside it, and not a decimal number's part."""
+    """``number`` as a word of its own: no ASCII letter or digit beside it, and not a decimal number's part (its
+    whole part only when shorter than :data:`MIN_WHOLE_PART`)."""
     pattern = _BARE_NUMBERS.get(number)
     if pattern is None:
-        pattern = re.compile(r"(?<![0-9A-Za-z])(?<![0-9]\.)" + re.escape(number) + r"(?![0-9A-Za-z])(?!\.[0-9])")
+        tail = "" if len(number) >= MIN_WHOLE_PART else r"(?!\.[0-9])"
+        pattern = re.compile(r"(?<![0-9A-Za-z])(?<![0-9]\.)" + re.escape(number) + r"(?![0-9A-Za-z])" + tail)
         _BARE_NUMBERS[number] = pattern
     return pattern
 
@@ -2570,15 +2580,20 @@ _ASCII_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
 
 def _in_number(text: str, start: int, end: int) -> bool:
     """The check's own test: ``text[start:end]`` begins right after the decimal point of a number (``63.|0584``) or
-    ends right before one (``0584|.25``), where its edge is a digit."""
+    ends right before one (``0584|.25``), where its edge is a digit; a run of :data:`MIN_WHOLE_PART` digits or more
+    before a point is read as it is (``1072315.1``: a version, no number DoseAlign writes)."""
     before = text[start - 2 : start] if start >= 2 else ""
     after = text[end : end + 2]
+    whole = end
+    while whole > 0 and text[whole - 1] in _DIGITS:
+        whole -= 1
     return (
         text[start : start + 1] in _DIGITS
         and len(before) == 2
         and before[1] == "."
         and before[0] in _DIGITS
         or text[end - 1 : end] in _DIGITS
+        and end - whole < MIN_WHOLE_PART
         and len(after) == 2
         and after[0] == "."
         and after[1] in _DIGITS
@@ -2871,7 +2886,7 @@ _DATE_TIME = re.compile(r"(?<!\d)(\d{8})" + _DICOM_TIME + r"(?!\d)")
 #: YYMMDD and a time of at least HHMM (230415093000, as cameras and planning systems name things).
 _SHORT_TIME = r"(?:[01][0-9]|2[0-3])[0-5][0-9](?:[0-5][0-9])?"
 _SHORT_DATE_TIME = re.compile(r"(?<!\d)(\d{6})" + _SHORT_TIME + r"(?!\d)")
-_SIX_DIGITS = re.compile(r"(?<![\d.])(\d{6})(?![\d]|\.\d)|(?<=[^\d.]\.)(\d{6})(?![\d]|\.\d)")
+_SIX_DIGITS = re.compile(r"(?<![\d.])(\d{6})(?!\d)|(?<=[^\d.]\.)(\d{6})(?!\d)")
 #: The check's own table of English month names (full, three letters, and "sept").
 _MONTH_NUMBERS = {
     name: number
@@ -3017,11 +3032,14 @@ def _date_pattern(date: str):
         # forms that could be a number's digits (0.750302, 63.02031975, 2023.0415 cc): not after or before a
         # decimal point, as the check reads them
         number_like = [
-            f"{d:02d}{m:02d}{y4}",
-            f"{m:02d}{d:02d}{y4}",
             f"{y4}{sep}{m:02d}{d:02d}",  # the year apart from the month and day written together
             f"{m:02d}{d:02d}{sep}{y4}",
             f"{d:02d}{m:02d}{sep}{y4}",
+        ]
+        # six or eight digits: also before a point and digits (C_15042023.1, a version; thirty-first trial AE15)
+        whole_like = [
+            f"{d:02d}{m:02d}{y4}",
+            f"{m:02d}{d:02d}{y4}",
             f"{y2}{m:02d}{d:02d}",
             f"{d:02d}{m:02d}{y2}",
             f"{m:02d}{d:02d}{y2}",
@@ -3043,8 +3061,16 @@ def _date_pattern(date: str):
         # (fifteenth hostile trial O15: the check refused what the rewriting kept)
         body = "|".join(f"(?:{form})" for form in forms)
         guarded = "|".join(f"(?:{form})" for form in number_like)
+        whole = "|".join(f"(?:{form})" for form in whole_like)
         pattern = re.compile(
-            r"(?<![0-9])(?:" + body + r"|(?<![0-9]\.)(?:" + guarded + r")(?!\.[0-9]))(?![0-9])", re.IGNORECASE
+            r"(?<![0-9])(?:"
+            + body
+            + r"|(?<![0-9]\.)(?:"
+            + guarded
+            + r")(?!\.[0-9])|(?<![0-9]\.)(?:"
+            + whole
+            + r"))(?![0-9])",
+            re.IGNORECASE,
         )
         if len(_DATE_PATTERNS) >= _DATE_PATTERNS_KEPT:  # ~21 kB each: an input of many dates would fill memory
             _DATE_PATTERNS.clear()
