@@ -3066,7 +3066,7 @@ def test_what_lies_above_and_below_out_is_looked_at_whole(tmp_path, capsys, monk
     assert sorted(p.name for p in crowded.iterdir()) == [f"file{n:02d}.txt" for n in range(60)]
 
 
-def test_exports_around_out_are_told_by_shards_cases_and_links(tmp_path, capsys):
+def test_exports_around_out_are_told_by_shards_cases_and_links(tmp_path, capsys, monkeypatch):
     """Thirty-first hostile trial AE1, AE2: a pseudonymized export of --shard jobs not merged yet (no manifest.csv)
     took a plain export inside it, and a second cohort's default key and map. AE3: a link in OUT to a plain export
     was not followed. AE4: a plain case folder at OUT's top under a hidden name was not seen. AE14: a user's
@@ -3104,6 +3104,16 @@ def test_exports_around_out_are_told_by_shards_cases_and_links(tmp_path, capsys)
         place(out)
         assert main(["export", str(root), str(out), *plain, "--pseudonymize", *keys]) == 2, name
         assert "it holds a plain (not pseudonymized) export in" in capsys.readouterr().err, name
+    # AE16: a manifest below OUT is read only as far as its first rows (every one was read whole: 100 links to one
+    # of 50 MB held the export 319 s); one larger than DOSEALIGN_MANIFEST_MB is still told plain
+    big = tmp_path / "big"
+    (big / "old").mkdir(parents=True)
+    header, *rows = (identifying / "manifest.csv").read_text().splitlines(keepends=True)
+    (big / "old" / "manifest.csv").write_text(header + rows[0] * (2 * 2**20 // len(rows[0]) + 1))
+    monkeypatch.setenv("DOSEALIGN_MANIFEST_MB", "1")
+    assert main(["export", str(root), str(big), *plain, "--pseudonymize", *keys]) == 2
+    assert "it holds a plain (not pseudonymized) export in old" in capsys.readouterr().err
+    monkeypatch.delenv("DOSEALIGN_MANIFEST_MB")
     user = tmp_path / "user"
     (user / "unet_run1").mkdir(parents=True)
     (user / "unet_run1" / "meta.json").write_text('{"model": "unet", "data": {"dosealign_version": "0.1.0"}}')
