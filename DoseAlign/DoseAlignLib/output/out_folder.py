@@ -396,7 +396,8 @@ def _is_plain_content(entry, level: int) -> bool:
     under a hidden name too: thirty-first hostile trial AE4)."""
     if level >= 1 and (entry.name == "manifest.csv" or _SHARD_MANIFEST.fullmatch(entry.name)):
         return "plain" in (_manifest_kinds(Path(entry.path)) or set())
-    if level >= 1 and entry.name == "meta.json":
+    if entry.name == "meta.json" and (level >= 2 or level == 1 and Path(entry.path).parent.name.startswith(".")):
+        # (OUT's own case folders are read by inspect_output already: a big cohort's meta.json once, not twice)
         return _pseudonymization(Path(entry.path))[0] is False
     return False
 
