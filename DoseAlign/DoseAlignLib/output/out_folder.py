@@ -332,10 +332,11 @@ def _manifest_kinds(path: Path) -> Optional[set]:
     return {"pseudonymized" if _PSEUDONYMOUS_ID.fullmatch(row[0]) else "plain" for row in rows if row and row[0]}
 
 
-def export_kinds(folder: Path) -> set:
+def export_kinds(folder: Path, wanted: Optional[str] = None) -> set:
     """What DoseAlign export ``folder`` holds: ``{"plain"}``, ``{"pseudonymized"}``, both, ``{"export"}`` (an export
     of no case yet), or nothing. Told by its manifest.csv, its shard manifests (``--shard`` jobs not merged yet) and
-    its case folders' meta.json (an export stopped before its manifest; thirty-first hostile trial AE1, AE2). Raises
+    its case folders' meta.json (an export stopped before its manifest; thirty-first hostile trial AE1, AE2); it
+    stops looking once it holds ``wanted`` ("plain", "pseudonymized", or "export": any). Raises
     :class:`LimitError` beyond ``DOSEALIGN_OUT_ENTRIES`` entries (the answer would be a guess)."""
     folder = Path(folder)
     kinds: set = set()
@@ -356,7 +357,7 @@ def export_kinds(folder: Path) -> set:
                     if is_case_meta(meta):
                         flag, _key = _pseudonymization(meta)
                         kinds.add("pseudonymized" if flag else "plain")
-                if kinds >= {"plain", "pseudonymized"}:
+                if kinds >= {"plain", "pseudonymized"} or wanted in kinds or wanted == "export" and (kinds or exported):
                     break
     except OSError:
         pass
@@ -373,7 +374,7 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
         given = Path(os.path.abspath(out_dir))
         resolved = Path(os.path.realpath(out_dir))
         for folder in dict.fromkeys([*given.parents, *resolved.parents]):
-            if "pseudonymized" in export_kinds(folder):
+            if "pseudonymized" in export_kinds(folder, wanted="pseudonymized"):
                 return (
                     f"it lies inside {folder}, a pseudonymized export's output folder, which is meant to be shared: "
                     "a plain export there would be shared with it (add --pseudonymize, with its key, or choose a "

@@ -3158,7 +3158,7 @@ def _is_an_export(folder: Path) -> bool:
     """Whether ``folder`` is a DoseAlign export's output folder: by its manifest.csv (a regular file: a named pipe
     of that name blocked the export, twenty-eighth hostile trial AB8), its shard manifests or its case folders
     (:func:`~DoseAlignLib.output.out_folder.export_kinds`: --shard jobs not merged yet, thirty-first AE2)."""
-    return bool(export_kinds(Path(folder)))
+    return bool(export_kinds(Path(folder), wanted="export"))
 
 
 def _same_file(a: Path, b: Path) -> bool:
