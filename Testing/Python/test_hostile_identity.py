@@ -3120,6 +3120,45 @@ def test_exports_around_out_are_told_by_shards_cases_and_links(tmp_path, capsys,
     assert main(["export", str(root), str(user), *plain, "--pseudonymize", *keys]) == 0, capsys.readouterr().err
 
 
+def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, capsys):
+    """Thirty-second hostile trial AF5: one pseudonymized case folder copied into a home folder made every export
+    below it refused ("inside a pseudonymized export"). AF6: a plain case folder whose meta.json went through a CRLF
+    copy was no plain case any more. AF1: a plain case id of pseudonym shape (PatientID ``P`` + 12 hex, no plan) made
+    its own export's --resume refused. AF4: a plain manifest whose first row outgrew 64 kB was not seen below OUT."""
+    from DoseAlignLib.output import out_folder
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "NESTED-5", 100)
+    plain = ["--quiet", "--workers", "1", "--no-qa-png"]
+    keys = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    share, identifying = tmp_path / "share", tmp_path / "identifying"
+    assert main(["export", str(root), str(share), *plain, "--pseudonymize", *keys]) == 0
+    assert main(["export", str(root), str(identifying), *plain]) == 0
+    (shared_case,) = [p for p in share.iterdir() if p.is_dir()]
+    (plain_case,) = [p for p in identifying.iterdir() if p.is_dir()]
+    home = tmp_path / "home"
+    (home / "projects").mkdir(parents=True)
+    shutil.copytree(shared_case, home / shared_case.name)
+    assert main(["export", str(root), str(home / "projects" / "out"), *plain]) == 0, capsys.readouterr().err
+    assert main(["export", str(root), str(home / "cohort2"), *plain, "--pseudonymize"]) == 0, capsys.readouterr().err
+    crlf = tmp_path / "crlf"
+    shutil.copytree(plain_case, crlf / plain_case.name)
+    meta = crlf / plain_case.name / "meta.json"
+    meta.write_bytes(meta.read_bytes().replace(b"\n", b"\r\n"))
+    assert main(["export", str(root), str(crlf), *plain, "--pseudonymize", *keys]) == 2
+    assert f"it holds a plain (not pseudonymized) export: {plain_case.name}" in capsys.readouterr().err
+    lookalike = tmp_path / "lookalike"
+    shutil.copytree(plain_case, lookalike / "P3fa9b2c41d0e_rtdose_401c9558")
+    header = (identifying / "manifest.csv").read_text().splitlines()[0]
+    (lookalike / "manifest.csv").write_text(f"{header}\nP3fa9b2c41d0e_rtdose_401c9558,ok\n")
+    assert out_folder.pseudonymization_conflict(out_folder.inspect_output(lookalike), pseudonymized=False) is None
+    assert "plain" in out_folder.export_kinds(lookalike)
+    deep = tmp_path / "deep"
+    (deep / "a" / "b").mkdir(parents=True)
+    (deep / "a" / "b" / "manifest.csv").write_text(f"{header}\nID77415_plan-X_0a958107,ok,{'w' * 100_000}\n")
+    assert "plain (not pseudonymized) export in a/b" in (out_folder.nested_conflict(deep, True) or "")
+
+
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):
     """Twenty-eighth hostile trial AB6: an OtherPatientIDs ``33.8645`` that equals the case's native Dmax made that
     measure ``[removed]`` in manifest.csv, meta.json and report.html, status ok; ``0.1.0`` (the version) failed the

@@ -40,6 +40,10 @@ _PSEUDONYMIZED_KEY = b'\n "pseudonymized": '
 #: How DoseAlign's meta.json begins (its first key, as json_text writes it): a user's meta.json that records a
 #: DoseAlign version somewhere inside is not DoseAlign's (thirty-first hostile trial AE14).
 _DOSEALIGN_META = b'{\n "dosealign_version": '
+#: The same first key after a copy changed the layout (CRLF line ends, another indentation, a byte-order mark: a
+#: plain case so copied was no longer seen as one, thirty-second hostile trial AF6); such a meta.json is parsed.
+_DOSEALIGN_META_LOOSE = re.compile(rb'\A(?:\xef\xbb\xbf)?\s*\{\s*"dosealign_version"\s*:')
+_SHARD_SETTINGS = re.compile(r"manifest\.shard-\d+-of-\d+\.json")
 #: The key's fingerprint in meta.json's ``pseudonymized`` object (output/pseudonym.py key_fingerprint).
 _KEY_FINGERPRINT = re.compile(rb'\n "pseudonymized": \{[^{}]*?"key": "([0-9a-f]{16})"')
 #: Case ids a pseudonymized export writes: ``P<12 hex>_<summation>_<8 hex>``, and ``<kind>_<10 hex>``
@@ -197,9 +201,25 @@ def _pseudonymization(meta_path: Path) -> tuple:
     except (OSError, LimitError):
         return None, None
     if not data.startswith(_DOSEALIGN_META):
-        return None, None
+        return _parsed_pseudonymization(data)
     key = _KEY_FINGERPRINT.search(data)
     return _PSEUDONYMIZED_KEY in data, key.group(1).decode("ascii") if key else None
+
+
+def _parsed_pseudonymization(data: bytes) -> tuple:
+    """:func:`_pseudonymization` of a meta.json not laid out as DoseAlign writes it: parsed, DoseAlign's when its first
+    key is ``dosealign_version``."""
+    if not _DOSEALIGN_META_LOOSE.match(data):
+        return None, None
+    try:
+        meta = json.loads(data.decode("utf-8-sig"))
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(meta, dict) or next(iter(meta), None) != "dosealign_version":
+        return None, None
+    recorded = meta.get("pseudonymized")
+    key = recorded.get("key") if isinstance(recorded, dict) else None
+    return "pseudonymized" in meta, key if isinstance(key, str) and re.fullmatch(r"[0-9a-f]{16}", key) else None
 
 
 def pseudonymization_conflict(found: OutputFolder, pseudonymized: bool, key: Optional[str] = None) -> Optional[str]:
@@ -223,7 +243,10 @@ def pseudonymization_conflict(found: OutputFolder, pseudonymized: bool, key: Opt
             )
     plain = [c.case_id for c in found.cases.values() if c.pseudonymized is False]
     pseudo = [c.case_id for c in found.cases.values() if c.pseudonymized]
-    rows = [r.get("case_id", "") for r in found.manifest_rows]
+    # a row whose case folder's meta.json says what it is goes by that (a plain case id may read as a pseudonym:
+    # PatientID P3fa9b2c41d0e and no plan, thirty-second hostile trial AF1)
+    told = {c.case_id for c in found.cases.values() if c.pseudonymized is not None}
+    rows = [r.get("case_id", "") for r in found.manifest_rows if r.get("case_id", "") not in told]
     plain_rows = [r for r in rows if r and not _PSEUDONYMOUS_ID.fullmatch(r)]
     pseudo_rows = [r for r in rows if r and _PSEUDONYMOUS_ID.fullmatch(r)]
     if pseudonymized and (plain or plain_rows):
@@ -256,7 +279,7 @@ def is_case_meta(path: Path) -> bool:
     read)."""
     try:
         with open_regular(path) as handle:
-            return handle.read(len(_DOSEALIGN_META)) == _DOSEALIGN_META
+            return bool(_DOSEALIGN_META_LOOSE.match(handle.read(4096)))
     except OSError:
         return False
 
@@ -310,11 +333,16 @@ def _is_folder(entry) -> bool:
         return False
 
 
+#: At most this many of a manifest's first rows tell its kind (an export's rows are of one kind).
+_ROWS_TOLD = 10
+
+
 def _manifest_kinds(path: Path) -> Optional[set]:
-    """The kinds of case ids (plain, pseudonymized) a DoseAlign manifest or shard manifest at ``path`` lists in its
-    first :data:`_HEAD_BYTES` (an export's rows are of one kind; every manifest within three levels is read, and
-    100 links to one of 50 MB held an export 319 s: thirty-first hostile trial AE16); None when it is no DoseAlign
-    manifest."""
+    """The kinds of cases (plain, pseudonymized) a DoseAlign manifest or shard manifest at ``path`` lists in its
+    first :data:`_HEAD_BYTES`: each row's case folder beside it tells by its meta.json, else the case id's shape (a
+    plain id may read as a pseudonym: thirty-second hostile trial AF1, AF2). Only the head is read (every manifest
+    within three levels is, and 100 links to one of 50 MB held an export 319 s: thirty-first AE16); a row's first
+    cell is enough (a first row of 100 kB: AF4). None when it is no DoseAlign manifest."""
     try:
         with open_regular(path) as handle:
             head = handle.read(_HEAD_BYTES)
@@ -322,25 +350,36 @@ def _manifest_kinds(path: Path) -> Optional[set]:
         return None
     if not head.startswith(b"case_id,status,"):
         return None
-    text = head.decode("utf-8", "replace")
-    if len(head) == _HEAD_BYTES:  # a row cut short is left out
-        text = text[: text.rfind("\n") + 1]
     try:
-        rows = list(csv.reader(io.StringIO(text)))[1:]
+        rows = list(csv.reader(io.StringIO(head.decode("utf-8", "replace"))))[1:]
     except csv.Error:
         rows = []
-    return {"pseudonymized" if _PSEUDONYMOUS_ID.fullmatch(row[0]) else "plain" for row in rows if row and row[0]}
+    kinds = set()
+    for row in rows[:_ROWS_TOLD]:
+        if len(row) < 2 or not row[0]:  # (the last row, cut short before its first comma)
+            continue
+        flag = None
+        if row[0] not in (".", "..") and "/" not in row[0] and "\0" not in row[0]:
+            flag, _key = _pseudonymization(path.parent / row[0] / "meta.json")
+        if flag is None:
+            flag = bool(_PSEUDONYMOUS_ID.fullmatch(row[0]))
+        kinds.add("pseudonymized" if flag else "plain")
+    if not kinds and len(head) == _HEAD_BYTES:  # not one case id in the head: taken for plain, as unreadable
+        kinds.add("plain")
+    return kinds
 
 
 def export_kinds(folder: Path, wanted: Optional[str] = None) -> set:
     """What DoseAlign export ``folder`` holds: ``{"plain"}``, ``{"pseudonymized"}``, both, ``{"export"}`` (an export
-    of no case yet), or nothing. Told by its manifest.csv, its shard manifests (``--shard`` jobs not merged yet) and
-    its case folders' meta.json (an export stopped before its manifest; thirty-first hostile trial AE1, AE2); it
-    stops looking once it holds ``wanted`` ("plain", "pseudonymized", or "export": any). Raises
-    :class:`LimitError` beyond ``DOSEALIGN_OUT_ENTRIES`` entries (the answer would be a guess)."""
+    of no case yet), or nothing. Told by its manifest.csv or its shard manifests (``--shard`` jobs not merged yet),
+    and else by its case folders' meta.json where it holds nothing but DoseAlign's (an export stopped before its
+    manifest: thirty-first hostile trial AE1, AE2; one case folder copied into a home folder makes no export of it:
+    thirty-second AF5). It stops reading case folders once it holds ``wanted`` ("plain", "pseudonymized", or
+    "export": any). Raises :class:`LimitError` beyond ``DOSEALIGN_OUT_ENTRIES`` entries (the answer would be a
+    guess)."""
     folder = Path(folder)
     kinds: set = set()
-    exported = False
+    exported, foreign, folders = False, False, []
     most, seen = limit("DOSEALIGN_OUT_ENTRIES"), 0
     try:
         with os.scandir(folder) as listing:
@@ -348,19 +387,26 @@ def export_kinds(folder: Path, wanted: Optional[str] = None) -> set:
                 seen += 1
                 if seen > most:
                     raise _too_many(folder, most, "(a folder above the output folder, read for an export)")
-                if entry.name == "manifest.csv" or _SHARD_MANIFEST.fullmatch(entry.name):
+                name = entry.name
+                if name == "manifest.csv" or _SHARD_MANIFEST.fullmatch(name):
                     found = _manifest_kinds(Path(entry.path))
                     exported = exported or found is not None
                     kinds |= found or set()
-                elif not entry.name.startswith(".") and _is_folder(entry):
-                    meta = Path(entry.path) / "meta.json"
-                    if is_case_meta(meta):
-                        flag, _key = _pseudonymization(meta)
-                        kinds.add("pseudonymized" if flag else "plain")
-                if kinds >= {"plain", "pseudonymized"} or wanted in kinds or wanted == "export" and (kinds or exported):
-                    break
+                elif name.startswith(".") or name in OWN_FILES or _SHARD_SETTINGS.fullmatch(name):
+                    continue
+                elif _is_folder(entry) and is_case_meta(Path(entry.path) / "meta.json"):
+                    folders.append(Path(entry.path))
+                else:
+                    foreign = True
     except OSError:
         pass
+    if exported or not foreign:
+        for case in folders:
+            if kinds >= {"plain", "pseudonymized"} or wanted in kinds or wanted == "export" and kinds:
+                break
+            flag, _key = _pseudonymization(case / "meta.json")
+            if flag is not None:
+                kinds.add("pseudonymized" if flag else "plain")
     return kinds or ({"export"} if exported else set())
 
 
