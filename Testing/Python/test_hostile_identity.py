@@ -1365,6 +1365,13 @@ UNPADDED = [
     # thirty-first hostile trial AE6: an ID written with a point, before a version's point and digits (the case failed
     # "please report it": the check read what the rewriting kept)
     ("10.72315", ["PTV_10.72315.1", "PTV 1072315.5", "ITV 1072315.0", "PTV 10.72315"], ["PTV 10.72316", "x1.5"]),
+    # thirty-second hostile trial AF3: zeros added before an ID's digits, as fixed-width MRN fields print them
+    (
+        "1072315",
+        ["C 01072315", "C2 01072315_b", "C4 01072315.1", "Q_0001072315"],
+        ["101072315", "63.01072315", "0.1072315", "10072315"],
+    ),
+    ("MRN-1072315", ["C5 MRN01072315.1", "C6 MRN-01072315", "C 01072315"], ["MRN-10072315", "x101072315"]),
 ]
 
 
@@ -3157,6 +3164,32 @@ def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, cap
     (deep / "a" / "b").mkdir(parents=True)
     (deep / "a" / "b" / "manifest.csv").write_text(f"{header}\nID77415_plan-X_0a958107,ok,{'w' * 100_000}\n")
     assert "plain (not pseudonymized) export in a/b" in (out_folder.nested_conflict(deep, True) or "")
+
+
+def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refused(tmp_path):
+    """Thirty-second hostile trial AF11: with --keep-uids a UID holding the study date as a component
+    (``...2.20230415.1``) failed its case "please report it". AF8: a procedure-step ID that is a code word
+    (``PROSTATE``) removed that organ from every ROI name. AF7: a killed plain export's temporary case folder made
+    the next --pseudonymize refused. AF9: a shard's settings file was called foreign."""
+    from DoseAlignLib.output import out_folder, pseudonym
+
+    uid = "1.2.246.352.71.2.1234.20230415093000.1"
+    identity = pseudonym.Identity(dates={"20230415"}, uids={uid})
+    kept = pseudonym.IdentityGuard(identity, keep_uids=True)
+    assert kept.find(uid) == "" and kept.find(f"study {uid}") == ""
+    assert kept.find("PTV 20230415") == "a date" and kept.find(f"{uid}9") == "a date"
+    assert pseudonym.IdentityGuard(identity).find(uid) != ""
+    coded = pseudonym.Identity(other={"PROSTATE", "RP55432"}, visit_ids={"PROSTATE", "RP55432"})
+    assert "PROSTATE" not in coded.identifiers and "RP55432" in coded.identifiers
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=coded)
+    assert rewriting.text("CTV_Prostate") == "CTV_Prostate" and "[removed]" in rewriting.text("CTV RP55432")
+    out = tmp_path / "out"
+    run = out / ".tmp-dosealign-0123456789abcdef-case-1e8f6c54"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text('{\n "dosealign_version": "0.1.0",\n "case_id": "ID77415_plan_x"\n}')
+    assert out_folder.nested_conflict(out, True) is None
+    (out / "manifest.shard-1-of-2.json").write_text('{\n "formats": []\n}')
+    assert out_folder.inspect_output(out).other == []
 
 
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):

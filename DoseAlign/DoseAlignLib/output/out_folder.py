@@ -30,6 +30,7 @@ from typing import Iterator, Optional
 from ..errors import DoseAlignError
 from ..limits import LimitError, limit, open_regular, read_back
 from .case_folder import case_problem, load_meta
+from .files import is_run_entry
 from .manifest import parse_manifest
 
 #: Files an export writes at the top of OUT (beside the case folders).
@@ -100,8 +101,13 @@ def inspect_output(out_dir: Path) -> OutputFolder:
     for entry in sorted(out_dir.iterdir(), key=lambda p: p.name):
         name = entry.name
         # hidden entries: runs' temporary names and owner records (output/files.py), .DS_Store and the like
-        if name.startswith(".") or name in OWN_FILES or _SHARD_MANIFEST.fullmatch(name):
-            continue
+        if (
+            name.startswith(".")
+            or name in OWN_FILES
+            or _SHARD_MANIFEST.fullmatch(name)
+            or _SHARD_SETTINGS.fullmatch(name)
+        ):
+            continue  # (a shard's settings are DoseAlign's, for merge: thirty-second hostile trial AF9)
         # a case by DoseAlign's meta.json or arrays: a user's folder with another tool's meta.json is no export of
         # DoseAlign, plain or not (thirtieth hostile trial AD6)
         pseudonymized, key = _pseudonymization(entry / "meta.json") if entry.is_dir() else (None, None)
@@ -400,7 +406,7 @@ def export_kinds(folder: Path, wanted: Optional[str] = None) -> set:
                     foreign = True
     except OSError:
         pass
-    if exported or not foreign:
+    if not kinds and (exported or not foreign):  # (a manifest's rows tell it without reading every case)
         for case in folders:
             if kinds >= {"plain", "pseudonymized"} or wanted in kinds or wanted == "export" and kinds:
                 break
@@ -443,6 +449,8 @@ def _is_plain_content(entry, level: int) -> bool:
     under a hidden name too: thirty-first hostile trial AE4)."""
     if level >= 1 and (entry.name == "manifest.csv" or _SHARD_MANIFEST.fullmatch(entry.name)):
         return "plain" in (_manifest_kinds(Path(entry.path)) or set())
+    if is_run_entry(Path(entry.path).parent.name):  # a run's temporary case folder: a dead run's is removed by
+        return False  # the run (a killed plain export's refused the next --pseudonymize: thirty-second trial AF7)
     if entry.name == "meta.json" and (level >= 2 or level == 1 and Path(entry.path).parent.name.startswith(".")):
         # (OUT's own case folders are read by inspect_output already: a big cohort's meta.json once, not twice)
         return _pseudonymization(Path(entry.path))[0] is False

@@ -297,8 +297,14 @@ class Identity:
     def identifiers(self) -> set:
         """IDs worth removing from text: a StudyID "1" identifies nobody, and removing every "1" breaks text."""
         visits = self.visit_ids
+        # a visit's number (accession, study, order, procedure step) is one only with a digit: worklists put
+        # procedure codes there (PROSTATE, PELVIS), and every ROI of that organ lost its name (thirty-second hostile
+        # trial AF8)
         found = {i for i in self.patient_ids if len(i) >= MIN_ID_LENGTH} | {
-            i for i in self.other if len(i) >= (MIN_OTHER_ID_LENGTH if i in visits else MIN_ID_LENGTH)
+            i
+            for i in self.other
+            if len(i) >= (MIN_OTHER_ID_LENGTH if i in visits else MIN_ID_LENGTH)
+            and (i not in visits or any(c.isdigit() for c in _ascii_digits(i)))
         }
         # an ID written in digits of another script is also the ID in ASCII digits, as texts are read (thirty-first
         # hostile trial AE7: MRN-١٠٧٢٣١٥ left PTV_1072315)
@@ -2222,10 +2228,18 @@ def _id_pattern(identifier: str):
             # a decimal point between two of its digits makes them one number (63.0584): no ID there, unless the
             # ID itself is written with one
             point = "" if _DECIMAL.search(identifier) else r"(?!\.[0-9])"
+            # each run of its digits also after zeros added, as fixed-width MRN fields print it (01072315 for
+            # 1072315, MRN-01072315: thirty-second hostile trial AF3)
             body = "".join(
-                re.escape(c) + (point if c.isdigit() and d.isdigit() else "") + "[^0-9A-Za-z]*"
-                for c, d in zip(squeezed, squeezed[1:])
-            ) + re.escape(squeezed[-1])
+                ("0*" if c.isdigit() and (i == 0 or not squeezed[i - 1].isdigit()) else "")
+                + re.escape(c)
+                + (
+                    (point if c.isdigit() and squeezed[i + 1].isdigit() else "") + "[^0-9A-Za-z]*"
+                    if i + 1 < len(squeezed)
+                    else ""
+                )
+                for i, c in enumerate(squeezed)
+            )
             if any(c.isdigit() for c in squeezed):
                 # an ID of digits only may be the decimals of a number (63.0584); one that holds letters never is
                 # (QX77415.2, a version: fifteenth hostile trial O16)
@@ -2288,7 +2302,7 @@ def _bare_number(number: str):
     pattern = _BARE_NUMBERS.get(number)
     if pattern is None:
         tail = "" if len(number) >= MIN_WHOLE_PART else r"(?!\.[0-9])"
-        pattern = re.compile(r"(?<![0-9A-Za-z])(?<![0-9]\.)" + re.escape(number) + r"(?![0-9A-Za-z])" + tail)
+        pattern = re.compile(r"(?<![0-9A-Za-z])(?<![0-9]\.)0*" + re.escape(number) + r"(?![0-9A-Za-z])" + tail)
         _BARE_NUMBERS[number] = pattern
     return pattern
 
@@ -2468,6 +2482,9 @@ class IdentityGuard:
         compatibility forms are read as their plain letters and digits (``ＱＸ７７４１５``)."""
         if not text:
             return ""
+        if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
+            # component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11)
+            text = _DOTTED_RUN.sub(lambda m: " " if m.group(0) in self.uids else m.group(0), text)
         copies = [text]  # glued IDs are read as written and as NFKC (not folded: there é is a separator, not an e)
         if not text.isascii():
             plain = _ascii_digits(unicodedata.normalize("NFKC", text))
@@ -2499,6 +2516,12 @@ class IdentityGuard:
                 if before not in _ASCII_ALNUM and after not in _ASCII_ALNUM and not _in_number(lowered, start, end):
                     return "a patient ID"
                 start = lowered.find(number, start + 1)
+        # an ID's digits after zeros added (01072315, MRN-01072315 for 1072315, MRN-1072315: thirty-second hostile
+        # trial AF3): the IDs read again with each run of digits without its leading zeros (not after a point)
+        if self.ids and _PADDED_RUN.search(lowered):
+            unpadded = _PADDED_RUN.sub("", self._without_own(lowered))
+            if unpadded != lowered and self.find(unpadded, words=False, joined_names=False) == "a patient ID":
+                return "a patient ID"
         # an ID joined to its neighbours by separators (PTV_PID-7731): whole runs of letters and digits, joined
         # (not across the decimal point of a number: 63.0584 is no 630584)
         runs = [(m.group(0), m.start(), m.end()) for m in re.finditer(r"[0-9a-z]+", lowered)]
@@ -2576,6 +2599,13 @@ _GUARD_SKIPS = re.compile(
 )
 _DIGITS = frozenset("0123456789")
 _ASCII_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+#: A run of digits and points (a UID, in a text the check reads), whole.
+_DOTTED_RUN = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)+(?![0-9])(?!\.[0-9])")
+#: The zeros a run of digits begins with (``00123``'s ``00``), not after a decimal point: the check reads IDs again
+#: without them.
+_PADDED_RUN = re.compile(r"(?<![0-9.])0+(?=[0-9])")
 
 
 def _in_number(text: str, start: int, end: int) -> bool:
