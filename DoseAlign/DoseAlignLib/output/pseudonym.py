@@ -2472,11 +2472,14 @@ class IdentityGuard:
             lowered = re.sub(r"[0-9a-z]{8,}", lambda m: " " if m.group(0) in own else m.group(0), lowered)
         return lowered
 
-    def find(self, text: str, words: bool = True, own: bool = True, joined_names: bool = True) -> str:
+    def find(
+        self, text: str, words: bool = True, own: bool = True, joined_names: bool = True, padded: bool = True
+    ) -> str:
         """The kind of identifying value in ``text`` ('' when none); ``words``: also single name components;
         ``joined_names``: also names joined (with ``words=False``: IDs, dates and UIDs only);
         ``own``: ``text`` is DoseAlign's own, whose words (:data:`OWN_VOCABULARY`) are no name, else it is one name
-        the input gave (an ROI name), where they are (a surname ``Lang`` in ``PTV_Lang``).
+        the input gave (an ROI name), where they are (a surname ``Lang`` in ``PTV_Lang``); ``padded``: also IDs with
+        zeros added before their digits.
 
         Letters with marks are compared folded on both sides (``ü``, ``ue`` and ``u`` alike); fullwidth and other
         compatibility forms are read as their plain letters and digits (``ＱＸ７７４１５``)."""
@@ -2518,9 +2521,9 @@ class IdentityGuard:
                 start = lowered.find(number, start + 1)
         # an ID's digits after zeros added (01072315, MRN-01072315 for 1072315, MRN-1072315: thirty-second hostile
         # trial AF3): the IDs read again with each run of digits without its leading zeros (not after a point)
-        if self.ids and _PADDED_RUN.search(lowered):
+        if padded and self.ids and _PADDED_RUN.search(lowered):  # (once: the text read again is not read again)
             unpadded = _PADDED_RUN.sub("", self._without_own(lowered))
-            if unpadded != lowered and self.find(unpadded, words=False, joined_names=False) == "a patient ID":
+            if unpadded != lowered and self.find(unpadded, False, joined_names=False, padded=False) == "a patient ID":
                 return "a patient ID"
         # an ID joined to its neighbours by separators (PTV_PID-7731): whole runs of letters and digits, joined
         # (not across the decimal point of a number: 63.0584 is no 630584)
