@@ -282,6 +282,25 @@ def test_roi_map_is_case_insensitive_and_names_stay_unique(tmp_path):
         load_roi_map(bad)
 
 
+def test_a_renamed_duplicate_never_takes_another_rois_name():
+    """Thirty-third hostile trial AG7: ``PTV`` twice and a ``PTV_2``: the second PTV became ``PTV_2`` and the real
+    PTV_2 ``PTV_2_2``, so the channel PTV_2 held another structure (and ``--rois PTV,PTV_2`` the union of both)."""
+    contours = [("CLOSED_PLANAR", rect(0, 0, 5, 5, 0.0))]
+    ds = make_rtstruct(
+        [
+            {"number": 1, "name": "PTV", "contours": contours},
+            {"number": 2, "name": "PTV", "contours": contours},
+            {"number": 3, "name": "PTV_2", "contours": contours},
+            {"number": 4, "name": "ptv_3", "contours": contours},
+        ]
+    )
+    rois = read_structure_set(ds)
+    notes = harmonise_names(rois)
+    assert [r.name for r in rois] == ["PTV", "PTV_4", "PTV_2", "ptv_3"]
+    assert [r.mapped_unique_name for r in rois] == ["PTV", "PTV_4", "PTV_2", "ptv_3"]
+    assert len(notes) == 1 and "renamed PTV_4" in notes[0]
+
+
 def test_packed_masks_round_trip_with_odd_width():
     rois = read_structure_set(_target_rtstruct())
     grid = Grid.from_spacing((16, 45, 83), (1.0, 1.0, 1.0), (-41.3, -22.2, -1.5))

@@ -59,41 +59,44 @@ def harmonise_names(
     map write them, not as the pseudonymization rewrote them. Returns notes for the caller.
     """
     lookup = roi_name_lookup(mapping) if mapping else {}
+    mapped = [lookup.get(roi.original_name.strip().lower(), roi.original_name) for roi in rois]
+    written = [rewrite(name) if rewrite is not None else name for name in mapped]
+    # a renamed duplicate never takes a name another ROI of the set has (PTV twice and PTV_2: the second PTV was
+    # PTV_2 and the real PTV_2 became PTV_2_2; thirty-third hostile trial AG7)
+    live = [roi.skipped is None for roi in rois]
+    reserved = {name.lower() for name, ok in zip(written, live) if ok}
+    mapped_reserved = {name.lower() for name, ok in zip(mapped, live) if ok}
     taken: dict = {}
     mapped_taken: set = set()
     notes = []
-    for roi in rois:
-        new = lookup.get(roi.original_name.strip().lower(), roi.original_name)
-        if new != roi.original_name:
+    for roi, given, new in zip(rois, mapped, written):
+        if given != roi.original_name:
             roi.notes.append(f"renamed from {roi.original_name!r} by the ROI map")
-        roi.mapped_name = roi.mapped_unique_name = new
+        roi.mapped_name = roi.mapped_unique_name = given
         if roi.skipped is None:
-            roi.mapped_unique_name = _unique(new, mapped_taken)
+            roi.mapped_unique_name = _unique(given, mapped_taken, mapped_reserved)
             mapped_taken.add(roi.mapped_unique_name.lower())
-        if rewrite is not None:
-            new = rewrite(new)
         roi.harmonised_name = new
         if roi.skipped is None:
             key = new.lower()
             if key in taken:
-                n = 2
-                while f"{new}_{n}".lower() in taken:
-                    n += 1
-                notes.append(f"{roi.source}: ROI {roi.number} {new!r} renamed {new}_{n} (name already used)")
-                roi.notes.append(f"name {new!r} already used by {taken[key]}; renamed {new}_{n}")
-                new = f"{new}_{n}"
+                unique = _unique(new, set(taken), reserved)
+                notes.append(f"{roi.source}: ROI {roi.number} {new!r} renamed {unique} (name already used)")
+                roi.notes.append(f"name {new!r} already used by {taken[key]}; renamed {unique}")
+                new = unique
                 key = new.lower()
             taken[key] = f"{roi.source} ROI {roi.number}"
         roi.name = new
     return notes
 
 
-def _unique(name: str, taken: set) -> str:
-    """``name``, or ``name_2``, ``name_3``, ... when it is taken (``taken`` holds lower-case names)."""
+def _unique(name: str, taken: set, reserved: frozenset = frozenset()) -> str:
+    """``name``, or ``name_2``, ``name_3``, ... when it is taken (``taken`` holds lower-case names); a new name is
+    none of ``reserved`` either (the names other ROIs of the set have)."""
     if name.lower() not in taken:
         return name
     n = 2
-    while f"{name}_{n}".lower() in taken:
+    while f"{name}_{n}".lower() in taken or f"{name}_{n}".lower() in reserved:
         n += 1
     return f"{name}_{n}"
 
