@@ -1368,9 +1368,12 @@ UNPADDED = [
     # thirty-second hostile trial AF3: zeros added before an ID's digits, as fixed-width MRN fields print them
     (
         "1072315",
-        ["C 01072315", "C2 01072315_b", "C4 01072315.1", "Q_0001072315"],
-        ["101072315", "63.01072315", "0.1072315", "10072315"],
+        # (and an ID right after one before a point, thirty-third trial AG2; zeros inside a number are no padding,
+        # AG5)
+        ["C 01072315", "C2 01072315_b", "C4 01072315.1", "Q_0001072315", "C 1072315.1072315"],
+        ["101072315", "63.01072315", "0.1072315", "10072315", "Boost 10-07-23 15Gy", "C 10-072315", "C 107-02315"],
     ),
+    ("15423", ["PTV 015423"], ["PTV_15-04-23", "C 15-0423"]),
     ("MRN-1072315", ["C5 MRN01072315.1", "C6 MRN-01072315", "C 01072315"], ["MRN-10072315", "x101072315"]),
 ]
 
@@ -3188,6 +3191,9 @@ def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refuse
     run.mkdir(parents=True)
     (run / "meta.json").write_text('{\n "dosealign_version": "0.1.0",\n "case_id": "ID77415_plan_x"\n}')
     assert out_folder.nested_conflict(out, True) is None
+    deeper = tmp_path / "deeper"  # thirty-third hostile trial AG3: one further down is no run's of this OUT
+    shutil.copytree(out, deeper / "a")
+    assert "plain (not pseudonymized) export in a/.tmp-dosealign-" in (out_folder.nested_conflict(deeper, True) or "")
     (out / "manifest.shard-1-of-2.json").write_text('{\n "formats": []\n}')
     assert out_folder.inspect_output(out).other == []
 

@@ -449,8 +449,10 @@ def _is_plain_content(entry, level: int) -> bool:
     under a hidden name too: thirty-first hostile trial AE4)."""
     if level >= 1 and (entry.name == "manifest.csv" or _SHARD_MANIFEST.fullmatch(entry.name)):
         return "plain" in (_manifest_kinds(Path(entry.path)) or set())
-    if is_run_entry(Path(entry.path).parent.name):  # a run's temporary case folder: a dead run's is removed by
-        return False  # the run (a killed plain export's refused the next --pseudonymize: thirty-second trial AF7)
+    if level == 1 and is_run_entry(Path(entry.path).parent.name):  # a run's temporary case folder in OUT: a dead
+        # run's is removed by this run (a killed plain export's refused the next --pseudonymize: thirty-second trial
+        # AF7); one further down is no run's of this OUT, and is read (thirty-third AG3)
+        return False
     if entry.name == "meta.json" and (level >= 2 or level == 1 and Path(entry.path).parent.name.startswith(".")):
         # (OUT's own case folders are read by inspect_output already: a big cohort's meta.json once, not twice)
         return _pseudonymization(Path(entry.path))[0] is False

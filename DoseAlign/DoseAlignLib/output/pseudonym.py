@@ -1094,6 +1094,12 @@ class Pseudonymizer:
         return sorted(found)
 
     def _remove_ids(self, value: str) -> str:
+        removed = self._remove_ids_once(value)
+        # once more where something was removed: an ID right after one removed before a point (1072315.1072315)
+        # was passed over, its neighbour still a digit when it was read (thirty-third hostile trial AG2)
+        return self._remove_ids_once(removed) if removed != value else removed
+
+    def _remove_ids_once(self, value: str) -> str:
         items, needles, numbers = self._id_index
         if len(needles) > _Needles.PLAIN_LOOP:  # only the IDs whose letters and digits the text holds (X7)
             present = needles.found_in(_ascii_squeezed(value))
@@ -2527,7 +2533,8 @@ class IdentityGuard:
                 return "a patient ID"
         # an ID joined to its neighbours by separators (PTV_PID-7731): whole runs of letters and digits, joined
         # (not across the decimal point of a number: 63.0584 is no 630584)
-        runs = [(m.group(0), m.start(), m.end()) for m in re.finditer(r"[0-9a-z]+", lowered)]
+        # (not in the text read again without padded zeros: 10-07-23 is no 1072315 there, thirty-third trial AG5)
+        runs = [(m.group(0), m.start(), m.end()) for m in re.finditer(r"[0-9a-z]+", lowered)] if padded else []
         for start in range(len(runs)):  # by index: slicing runs[start:] made this quadratic in the text's length
             joined = ""
             for k in range(start, len(runs)):
@@ -2606,9 +2613,10 @@ _ASCII_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
 
 #: A run of digits and points (a UID, in a text the check reads), whole.
 _DOTTED_RUN = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)+(?![0-9])(?!\.[0-9])")
-#: The zeros a run of digits begins with (``00123``'s ``00``), not after a decimal point: the check reads IDs again
-#: without them.
-_PADDED_RUN = re.compile(r"(?<![0-9.])0+(?=[0-9])")
+#: The zeros a run of digits begins with (``00123``'s ``00``), not after a decimal point, nor after a digit and a
+#: separator (``15-04-23``: zeros inside a number, which the rewriting does not take either; thirty-third hostile
+#: trial AG5): the check reads IDs again without them.
+_PADDED_RUN = re.compile(r"(?<![0-9.])(?<![0-9][-_^])0+(?=[0-9])")
 
 
 def _in_number(text: str, start: int, end: int) -> bool:
