@@ -3198,6 +3198,27 @@ def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refuse
     assert out_folder.inspect_output(out).other == []
 
 
+def test_a_linked_case_folder_in_out_is_never_vouched_for_nor_written_through(tmp_path, capsys):
+    """Thirty-third hostile trial AG4: a case folder in OUT that is a link to another export's case folder was
+    refused by a plain export but taken as complete by --resume, which wrote NIfTI files and a new meta.json
+    through it into the other export. It is no case folder of OUT: its case fails by name, the other export is
+    left as it was."""
+    root = tmp_path / "in"
+    hostile.study(root / "p", "LINKED-1", 101)
+    args = ["--quiet", "--workers", "1", "--no-qa-png"]
+    other = tmp_path / "other"
+    assert main(["export", str(root), str(other), *args]) == 0
+    (case,) = [p for p in other.iterdir() if p.is_dir()]
+    before = {p.name: p.read_bytes() for p in case.iterdir() if p.is_file()}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / case.name).symlink_to(case, target_is_directory=True)
+    assert main(["export", str(root), str(out), *args, "--resume", "--format", "npz,nifti"]) == 1
+    assert "it is a symbolic link; it is not replaced" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in case.iterdir() if p.is_file()} == before
+    assert not (case / "masks").exists() and not list(case.glob("*.nii.gz"))
+
+
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):
     """Twenty-eighth hostile trial AB6: an OtherPatientIDs ``33.8645`` that equals the case's native Dmax made that
     measure ``[removed]`` in manifest.csv, meta.json and report.html, status ok; ``0.1.0`` (the version) failed the

@@ -110,10 +110,11 @@ def inspect_output(out_dir: Path) -> OutputFolder:
             continue  # (a shard's settings are DoseAlign's, for merge: thirty-second hostile trial AF9)
         # a case by DoseAlign's meta.json or arrays: a user's folder with another tool's meta.json is no export of
         # DoseAlign, plain or not (thirtieth hostile trial AD6)
-        pseudonymized, key = _pseudonymization(entry / "meta.json") if entry.is_dir() else (None, None)
-        if entry.is_dir() and (
-            pseudonymized is not None or (entry / "pair.npz").is_file() or (entry / "ct.npy").is_file()
-        ):
+        # (a link is no case folder of this OUT, whatever it points to: --resume vouched for another export's case
+        # through one and wrote into it; thirty-third hostile trial AG4)
+        real = entry.is_dir() and not entry.is_symlink()
+        pseudonymized, key = _pseudonymization(entry / "meta.json") if real else (None, None)
+        if real and (pseudonymized is not None or (entry / "pair.npz").is_file() or (entry / "ct.npy").is_file()):
             problem = case_problem(entry)  # damaged outputs (a truncated pair.npz) are not complete
             found.cases[name] = ExistingCase(name, entry, problem is None, pseudonymized, key=key, problem=problem)
         else:
