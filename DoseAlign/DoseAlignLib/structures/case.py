@@ -11,7 +11,7 @@ import numpy as np
 from ..dicom.rtstruct import NativeSlabs, is_structure_set_defect, plane_spacing, read_structure_set
 from ..errors import DoseAlignError, UnreadableError
 from ..geometry.resample import resample
-from ..limits import LimitError
+from ..limits import LimitError, limit
 from ..options import Interpolator
 from .body import body_from_ct
 from .masks import StructureMasks, voxel_volumes_cc
@@ -34,6 +34,30 @@ class CaseContours:
     rois: list = field(default_factory=list)
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+
+
+#: A case's ROI names together may hold this many times DOSEALIGN_IDENTITY_CHARS.
+CASE_NAME_CHARS = 64
+
+
+def _check_name_lengths(rois) -> None:
+    """Refuse a case whose ROI names are longer than ``DOSEALIGN_IDENTITY_CHARS`` each, or :data:`CASE_NAME_CHARS`
+    times that together, before they are written: dvh.csv repeats a name on each of its rows, and three names of
+    1.5 MB made a 2.7 GB dvh.csv and an 8 GB peak (thirty-third hostile trial AG6; DICOM's LO holds 64)."""
+    most = limit("DOSEALIGN_IDENTITY_CHARS")
+    lengths = [len(roi.original_name) for roi in rois]
+    if lengths and max(lengths) > most:
+        raise LimitError(
+            f"an ROI name of {max(lengths)} characters is longer than the limit of {most:g} (DOSEALIGN_IDENTITY_CHARS); "
+            "DICOM's LO holds 64",
+            hint="shorten the name in the input, or raise the limit",
+        )
+    if sum(lengths) > CASE_NAME_CHARS * most:
+        raise LimitError(
+            f"the case's ROI names hold {sum(lengths)} characters together, more than {CASE_NAME_CHARS} x "
+            "DOSEALIGN_IDENTITY_CHARS",
+            hint="shorten the names in the input, or raise the limit",
+        )
 
 
 def read_case_contours(
@@ -61,6 +85,7 @@ def read_case_contours(
             if error.path and reason.startswith(f"{error.path}: "):  # "source" names the file (input-relative)
                 reason = reason[len(error.path) + 2 :]
             contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": reason})
+    _check_name_lengths(contours.rois)
     contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None), rewrite_names)
     native = native_slabs(ct_geometry)
     if native is not None:  # uneven or missing slices: a contour on a native slice stands for that slice's slab
