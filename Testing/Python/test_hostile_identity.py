@@ -3162,6 +3162,17 @@ def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, cap
     meta.write_bytes(meta.read_bytes().replace(b"\n", b"\r\n"))
     assert main(["export", str(root), str(crlf), *plain, "--pseudonymize", *keys]) == 2
     assert f"it holds a plain (not pseudonymized) export: {plain_case.name}" in capsys.readouterr().err
+    # thirty-third hostile trial AG1: keys sorted by a tool, or meta.json gone (the folder's name is the PatientID's)
+    for how in ("sorted", "gone"):
+        other = tmp_path / how
+        shutil.copytree(plain_case, other / plain_case.name)
+        meta = other / plain_case.name / "meta.json"
+        if how == "sorted":
+            meta.write_text(json.dumps(json.loads(meta.read_text()), sort_keys=True, indent=2))
+        else:
+            meta.unlink()
+        assert main(["export", str(root), str(other), *plain, "--pseudonymize", *keys]) == 2, how
+        assert f"it holds a plain (not pseudonymized) export: {plain_case.name}" in capsys.readouterr().err
     lookalike = tmp_path / "lookalike"
     shutil.copytree(plain_case, lookalike / "P3fa9b2c41d0e_rtdose_401c9558")
     header = (identifying / "manifest.csv").read_text().splitlines()[0]

@@ -214,15 +214,16 @@ def _pseudonymization(meta_path: Path) -> tuple:
 
 
 def _parsed_pseudonymization(data: bytes) -> tuple:
-    """:func:`_pseudonymization` of a meta.json not laid out as DoseAlign writes it: parsed, DoseAlign's when its first
-    key is ``dosealign_version``."""
-    if not _DOSEALIGN_META_LOOSE.match(data):
+    """:func:`_pseudonymization` of a meta.json not laid out as DoseAlign writes it: parsed, DoseAlign's when it
+    has DoseAlign's ``dosealign_version`` and ``case_id`` at its top (keys sorted by a tool too: thirty-third hostile
+    trial AG1; a DoseAlign version recorded further in is a user's file: thirty-first AE14)."""
+    if b'"dosealign_version"' not in data:
         return None, None
     try:
         meta = json.loads(data.decode("utf-8-sig"))
     except (ValueError, RecursionError):
         return None, None
-    if not isinstance(meta, dict) or next(iter(meta), None) != "dosealign_version":
+    if not isinstance(meta, dict) or not {"dosealign_version", "case_id"} <= set(meta):
         return None, None
     recorded = meta.get("pseudonymized")
     key = recorded.get("key") if isinstance(recorded, dict) else None
@@ -248,7 +249,13 @@ def pseudonymization_conflict(found: OutputFolder, pseudonymized: bool, key: Opt
                 f"{this}): {_some(made)}; the same patient would be in it under two pseudonyms "
                 "(use --key-file with the key it was made with)"
             )
-    plain = [c.case_id for c in found.cases.values() if c.pseudonymized is False]
+    # a case folder whose meta.json tells nothing (gone, damaged) is plain unless its name is a pseudonym: a plain
+    # case's name is the PatientID's (thirty-third hostile trial AG1)
+    plain = [
+        c.case_id
+        for c in found.cases.values()
+        if c.pseudonymized is False or c.pseudonymized is None and not _PSEUDONYMOUS_ID.fullmatch(c.case_id)
+    ]
     pseudo = [c.case_id for c in found.cases.values() if c.pseudonymized]
     # a row whose case folder's meta.json says what it is goes by that (a plain case id may read as a pseudonym:
     # PatientID P3fa9b2c41d0e and no plan, thirty-second hostile trial AF1)
