@@ -3179,6 +3179,16 @@ def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, cap
     (lookalike / "manifest.csv").write_text(f"{header}\nP3fa9b2c41d0e_rtdose_401c9558,ok\n")
     assert out_folder.pseudonymization_conflict(out_folder.inspect_output(lookalike), pseudonymized=False) is None
     assert "plain" in out_folder.export_kinds(lookalike)
+    # a folder above OUT that holds anything else has no sub-folder opened (a dead network mount there hung every
+    # export below it): the home folder above is told no export by its entries' names alone
+    opened = []
+    real = out_folder.is_case_meta
+    out_folder.is_case_meta = lambda path: opened.append(path) or real(path)
+    try:
+        assert out_folder.export_kinds(home) == set() and opened == []
+        assert out_folder.export_kinds(share) == {"pseudonymized"}
+    finally:
+        out_folder.is_case_meta = real
     deep = tmp_path / "deep"
     (deep / "a" / "b").mkdir(parents=True)
     (deep / "a" / "b" / "manifest.csv").write_text(f"{header}\nID77415_plan-X_0a958107,ok,{'w' * 100_000}\n")

@@ -347,6 +347,8 @@ def _is_folder(entry) -> bool:
         return False
 
 
+#: The name of a case folder: every case id ends in 8 hex digits of its doses' paths (link/cases.py).
+_CASE_NAME = re.compile(r".+_[0-9a-f]{8}")
 #: At most this many of a manifest's first rows tell its kind (an export's rows are of one kind).
 _ROWS_TOLD = 10
 
@@ -408,12 +410,14 @@ def export_kinds(folder: Path, wanted: Optional[str] = None) -> set:
                     kinds |= found or set()
                 elif name.startswith(".") or name in OWN_FILES or _SHARD_SETTINGS.fullmatch(name):
                     continue
-                elif _is_folder(entry) and is_case_meta(Path(entry.path) / "meta.json"):
+                elif not foreign and _CASE_NAME.fullmatch(name) and _is_folder(entry):
                     folders.append(Path(entry.path))
-                else:
+                else:  # (then no sub-folder is opened: a dead network mount beside OUT hung every export below)
                     foreign = True
     except OSError:
         pass
+    if not exported and not foreign:  # a folder of case folders alone, if they are DoseAlign's
+        foreign = not all(is_case_meta(case / "meta.json") for case in folders)
     if not kinds and (exported or not foreign):  # (a manifest's rows tell it without reading every case)
         for case in folders:
             if kinds >= {"plain", "pseudonymized"} or wanted in kinds or wanted == "export" and kinds:
