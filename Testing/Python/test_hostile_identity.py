@@ -1370,7 +1370,14 @@ UNPADDED = [
         "1072315",
         # (and an ID right after one before a point, thirty-third trial AG2; zeros inside a number are no padding,
         # AG5)
-        ["C 01072315", "C2 01072315_b", "C4 01072315.1", "Q_0001072315", "C 1072315.1072315"],
+        [
+            "C 01072315",
+            "C2 01072315_b",
+            "C4 01072315.1",
+            "Q_0001072315",
+            "C 1072315.1072315",
+            "E 1072315.01072315.001072315",
+        ],
         ["101072315", "63.01072315", "0.1072315", "10072315", "Boost 10-07-23 15Gy", "C 10-072315", "C 107-02315"],
     ),
     ("15423", ["PTV 015423"], ["PTV_15-04-23", "C 15-0423"]),
@@ -3113,6 +3120,7 @@ def test_exports_around_out_are_told_by_shards_cases_and_links(tmp_path, capsys,
     assert main(["export", str(root), str(identifying), *plain]) == 0
     (case,) = [p for p in identifying.iterdir() if p.is_dir()]
     for name, place in [("linked", lambda out: (out / "old").symlink_to(identifying, target_is_directory=True)),
+                        ("case link", lambda out: (out / case.name).symlink_to(case, target_is_directory=True)),
                         ("hidden", lambda out: shutil.copytree(case, out / ".old"))]:  # fmt: skip
         out = tmp_path / name
         out.mkdir()
@@ -3195,7 +3203,7 @@ def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, cap
     assert "plain (not pseudonymized) export in a/b" in (out_folder.nested_conflict(deep, True) or "")
 
 
-def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refused(tmp_path):
+def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refused(tmp_path, monkeypatch):
     """Thirty-second hostile trial AF11: with --keep-uids a UID holding the study date as a component
     (``...2.20230415.1``) failed its case "please report it". AF8: a procedure-step ID that is a code word
     (``PROSTATE``) removed that organ from every ROI name. AF7: a killed plain export's temporary case folder made
@@ -3216,7 +3224,11 @@ def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refuse
     run = out / ".tmp-dosealign-0123456789abcdef-case-1e8f6c54"
     run.mkdir(parents=True)
     (run / "meta.json").write_text('{\n "dosealign_version": "0.1.0",\n "case_id": "ID77415_plan_x"\n}')
+    # a run not known dead (no owner record, a container's gone run) is read: thirty-fourth hostile trial AH2
+    assert "plain (not pseudonymized) export in .tmp-dosealign-" in (out_folder.nested_conflict(out, True) or "")
+    monkeypatch.setattr(out_folder, "dead_claims", lambda folder: ["0123456789abcdef"])  # a dead one is removed
     assert out_folder.nested_conflict(out, True) is None
+    monkeypatch.undo()
     deeper = tmp_path / "deeper"  # thirty-third hostile trial AG3: one further down is no run's of this OUT
     shutil.copytree(out, deeper / "a")
     assert "plain (not pseudonymized) export in a/.tmp-dosealign-" in (out_folder.nested_conflict(deeper, True) or "")

@@ -30,7 +30,7 @@ from typing import Iterator, Optional
 from ..errors import DoseAlignError
 from ..limits import LimitError, limit, open_regular, read_back
 from .case_folder import case_problem, load_meta
-from .files import is_run_entry
+from .files import dead_claims, is_run_entry
 from .manifest import parse_manifest
 
 #: Files an export writes at the top of OUT (beside the case folders).
@@ -347,6 +347,8 @@ def _is_folder(entry) -> bool:
         return False
 
 
+#: How a run's temporary entries begin (output/files.py), before the run's 16 hex digits.
+_RUN_PREFIX = ".tmp-dosealign-"
 #: The name of a case folder: every case id ends in 8 hex digits of its doses' paths (link/cases.py).
 _CASE_NAME = re.compile(r".+_[0-9a-f]{8}")
 #: At most this many of a manifest's first rows tell its kind (an export's rows are of one kind).
@@ -445,8 +447,9 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
                     "folder outside it)"
                 )
         return None
+    dead = set(dead_claims(out_dir)) if out_dir.is_dir() else set()  # (their entries this run removes)
     for entry, level in entries_below(out_dir):
-        if _is_plain_content(entry, level):
+        if _is_plain_content(entry, level, dead):
             where = Path(entry.path).parent.relative_to(out_dir).as_posix()
             return (
                 f"it holds a plain (not pseudonymized) export in {where}; a pseudonymized export above it would be "
@@ -455,18 +458,23 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
     return None
 
 
-def _is_plain_content(entry, level: int) -> bool:
+def _is_plain_content(entry, level: int, dead: frozenset = frozenset()) -> bool:
     """Whether a directory entry found ``level`` folders below OUT marks a plain export in its folder: a DoseAlign
     manifest or shard manifest of plain case ids, or a case folder's plain meta.json (at OUT's top, a case folder
     under a hidden name too: thirty-first hostile trial AE4)."""
     if level >= 1 and (entry.name == "manifest.csv" or _SHARD_MANIFEST.fullmatch(entry.name)):
         return "plain" in (_manifest_kinds(Path(entry.path)) or set())
-    if level == 1 and is_run_entry(Path(entry.path).parent.name):  # a run's temporary case folder in OUT: a dead
-        # run's is removed by this run (a killed plain export's refused the next --pseudonymize: thirty-second trial
-        # AF7); one further down is no run's of this OUT, and is read (thirty-third AG3)
+    parent = Path(entry.path).parent
+    if level == 1 and is_run_entry(parent.name) and parent.name[len(_RUN_PREFIX) :][:16] in dead:
+        # a dead run's temporary case folder in OUT: this run removes it (a killed plain export's refused the next
+        # --pseudonymize: thirty-second trial AF7); any other is read, one further down (thirty-third AG3) or of a
+        # run not known dead (a container's gone run, no owner record: thirty-fourth AH2)
         return False
-    if entry.name == "meta.json" and (level >= 2 or level == 1 and Path(entry.path).parent.name.startswith(".")):
-        # (OUT's own case folders are read by inspect_output already: a big cohort's meta.json once, not twice)
+    # OUT's own case folders are read by inspect_output already (a big cohort's meta.json once, not twice), but not
+    # those under a hidden name (AE4) nor links (inspect_output takes no link for a case: thirty-fourth AH1)
+    if entry.name == "meta.json" and (
+        level >= 2 or level == 1 and (parent.name.startswith(".") or parent.is_symlink())
+    ):
         return _pseudonymization(Path(entry.path))[0] is False
     return False
 

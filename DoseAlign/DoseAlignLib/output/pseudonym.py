@@ -1094,10 +1094,14 @@ class Pseudonymizer:
         return sorted(found)
 
     def _remove_ids(self, value: str) -> str:
-        removed = self._remove_ids_once(value)
-        # once more where something was removed: an ID right after one removed before a point (1072315.1072315)
-        # was passed over, its neighbour still a digit when it was read (thirty-third hostile trial AG2)
-        return self._remove_ids_once(removed) if removed != value else removed
+        # again while something is removed: an ID right after one removed before a point (1072315.1072315) was
+        # passed over, its neighbour still a digit when it was read (thirty-third hostile trial AG2; a third: AH3)
+        for _pass in range(64):
+            removed = self._remove_ids_once(value)
+            if removed == value:
+                break
+            value = removed
+        return value
 
     def _remove_ids_once(self, value: str) -> str:
         items, needles, numbers = self._id_index
