@@ -3255,6 +3255,21 @@ def test_a_linked_case_folder_in_out_is_never_vouched_for_nor_written_through(tm
     assert "it is a symbolic link; it is not replaced" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in case.iterdir() if p.is_file()} == before
     assert not (case / "masks").exists() and not list(case.glob("*.nii.gz"))
+    # thirty-fourth hostile trial AH1 (the other way) and AH4: a link to a pseudonymized case, and a case folder named
+    # as a pseudonym whose meta.json and manifest are gone, keep a plain export out
+    shared = tmp_path / "shared"
+    keys = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    assert main(["export", str(root), str(shared), *args, "--pseudonymize", *keys]) == 0
+    (pseudonymous,) = [p for p in shared.iterdir() if p.is_dir()]
+    linking = tmp_path / "linking"
+    linking.mkdir()
+    (linking / pseudonymous.name).symlink_to(pseudonymous, target_is_directory=True)
+    assert main(["export", str(root), str(linking), *args]) == 2
+    assert f"it holds a link to a pseudonymized case folder: {pseudonymous.name}" in capsys.readouterr().err
+    (pseudonymous / "meta.json").unlink()
+    (shared / "manifest.csv").unlink()
+    assert main(["export", str(root), str(shared), *args]) == 2
+    assert f"it holds a pseudonymized export: {pseudonymous.name}" in capsys.readouterr().err
 
 
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):

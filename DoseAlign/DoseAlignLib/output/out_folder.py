@@ -256,7 +256,11 @@ def pseudonymization_conflict(found: OutputFolder, pseudonymized: bool, key: Opt
         for c in found.cases.values()
         if c.pseudonymized is False or c.pseudonymized is None and not _PSEUDONYMOUS_ID.fullmatch(c.case_id)
     ]
-    pseudo = [c.case_id for c in found.cases.values() if c.pseudonymized]
+    pseudo = [
+        c.case_id
+        for c in found.cases.values()
+        if c.pseudonymized or c.pseudonymized is None and _PSEUDONYMOUS_ID.fullmatch(c.case_id)
+    ]  # (named as a pseudonym, its meta.json gone: the other way round of AG1, thirty-fourth hostile trial AH4)
     # a row whose case folder's meta.json says what it is goes by that (a plain case id may read as a pseudonym:
     # PatientID P3fa9b2c41d0e and no plan, thirty-second hostile trial AF1)
     told = {c.case_id for c in found.cases.values() if c.pseudonymized is not None}
@@ -437,6 +441,12 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
     below it (thirtieth hostile trial AD5; OUT's own entries are :func:`pseudonymization_conflict`'s)."""
     out_dir = Path(out_dir)
     if not pseudonymized:
+        linked = _linked_pseudonymized_cases(out_dir)
+        if linked:  # (a link is no case of OUT, but what it shows is shared with OUT: thirty-fourth trial AH1)
+            return (
+                f"it holds a link to a pseudonymized case folder: {_some(linked)}; a plain export would put "
+                "identifying outputs beside it (add --pseudonymize, with the same key)"
+            )
         given = Path(os.path.abspath(out_dir))
         resolved = Path(os.path.realpath(out_dir))
         for folder in dict.fromkeys([*given.parents, *resolved.parents]):
@@ -456,6 +466,15 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
                 "shared with the identifying outputs"
             )
     return None
+
+
+def _linked_pseudonymized_cases(out_dir: Path) -> list:
+    """The names of OUT's top-level links to a pseudonymized case folder."""
+    try:
+        entries = sorted(os.scandir(out_dir), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [e.name for e in entries if e.is_symlink() and _pseudonymization(Path(e.path) / "meta.json")[0] is True]
 
 
 def _is_plain_content(entry, level: int, dead: frozenset = frozenset()) -> bool:
