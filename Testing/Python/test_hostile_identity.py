@@ -2924,6 +2924,12 @@ def test_an_roi_name_beyond_the_length_bound_fails_its_case_under_pseudonymize(t
     # and so without --pseudonymize: dvh.csv repeats a name on each row, three names of 1.5 MB made 2.7 GB of it
     # (thirty-third hostile trial AG6)
     assert main(["export", str(root), str(tmp_path / "plain"), *args]) == 1
+    # and a --roi-map channel name (thirty-fourth hostile trial AH5: 200 000 characters made a 242 MB dvh.csv)
+    (tmp_path / "map.json").write_text(json.dumps({"C" * 2000: ["PTV"]}), encoding="utf-8")
+    mapped = tmp_path / "mapped"
+    assert main(["export", str(root / "b"), str(mapped), *args, "--roi-map", str(tmp_path / "map.json")]) == 1
+    (row,) = hostile.manifest(mapped)
+    assert "an ROI name of 2000 characters is longer than the limit of 1024" in row["reason"], row["reason"]
     rows = hostile.manifest(tmp_path / "plain")
     assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
     assert reason.split(": ", 1)[1] in [row["reason"] for row in rows if row["status"] == "failed"][0]
@@ -3197,6 +3203,21 @@ def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, cap
         assert out_folder.export_kinds(share) == {"pseudonymized"}
     finally:
         out_folder.is_case_meta = real
+    # thirty-fourth hostile trial AH7: a manifest saved again by a spreadsheet (a byte-order mark, quotes, ";"); AH6:
+    # a plain case folder whose meta.json is gone, below OUT
+    for how, text in [("bom", f"\ufeff{header}\nID77415_plan-X_0a958107,ok\n"),
+                      ("quoted", '"case_id","status"\n"ID77415_plan-X_0a958107","ok"\n'),
+                      ("semicolon", "case_id;status;files\nID77415_plan-X_0a958107;ok;x\n")]:  # fmt: skip
+        saved = tmp_path / how
+        (saved / "a").mkdir(parents=True)
+        (saved / "a" / "manifest.csv").write_text(text, encoding="utf-8")
+        assert "plain (not pseudonymized) export in a" in (out_folder.nested_conflict(saved, True) or ""), how
+    bare = tmp_path / "bare"
+    shutil.copytree(plain_case, bare / "a" / plain_case.name)
+    (bare / "a" / plain_case.name / "meta.json").unlink()
+    assert f"export in a/{plain_case.name}" in (out_folder.nested_conflict(bare, True) or "")
+    (bare / "a" / plain_case.name).rename(bare / "a" / "my_training_data")  # a user's folder of another name
+    assert out_folder.nested_conflict(bare, True) is None
     deep = tmp_path / "deep"
     (deep / "a" / "b").mkdir(parents=True)
     (deep / "a" / "b" / "manifest.csv").write_text(f"{header}\nID77415_plan-X_0a958107,ok,{'w' * 100_000}\n")

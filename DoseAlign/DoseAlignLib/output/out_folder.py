@@ -370,12 +370,18 @@ def _manifest_kinds(path: Path) -> Optional[set]:
             head = handle.read(_HEAD_BYTES)
     except OSError:
         return None
-    if not head.startswith(b"case_id,status,"):
-        return None
+    # as DoseAlign writes it, or as a spreadsheet saves it again (a byte-order mark, every field quoted, ";"
+    # between them: thirty-fourth hostile trial AH7)
+    text = head.decode("utf-8-sig", "replace")
+    first = text.split("\n", 1)[0]
+    delimiter = ";" if ";" in first and "," not in first else ","
     try:
-        rows = list(csv.reader(io.StringIO(head.decode("utf-8", "replace"))))[1:]
+        rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
     except csv.Error:
-        rows = []
+        return None
+    if not rows or [cell.strip() for cell in rows[0][:2]] != ["case_id", "status"]:
+        return None
+    rows = rows[1:]
     kinds = set()
     for row in rows[:_ROWS_TOLD]:
         if len(row) < 2 or not row[0]:  # (the last row, cut short before its first comma)
@@ -495,6 +501,10 @@ def _is_plain_content(entry, level: int, dead: frozenset = frozenset()) -> bool:
         level >= 2 or level == 1 and (parent.name.startswith(".") or parent.is_symlink())
     ):
         return _pseudonymization(Path(entry.path))[0] is False
+    if entry.name in ("pair.npz", "ct.npy") and level >= 1 and not (parent / "meta.json").exists():
+        # a case folder whose meta.json is gone is plain unless named as a pseudonym, below OUT as in it (AG1; at
+        # any depth: thirty-fourth hostile trial AH6); a folder of another name is a user's
+        return bool(_CASE_NAME.fullmatch(parent.name)) and not _PSEUDONYMOUS_ID.fullmatch(parent.name)
     return False
 
 

@@ -40,12 +40,12 @@ class CaseContours:
 CASE_NAME_CHARS = 64
 
 
-def _check_name_lengths(rois) -> None:
+def _check_name_lengths(names: list) -> None:
     """Refuse a case whose ROI names are longer than ``DOSEALIGN_IDENTITY_CHARS`` each, or :data:`CASE_NAME_CHARS`
     times that together, before they are written: dvh.csv repeats a name on each of its rows, and three names of
     1.5 MB made a 2.7 GB dvh.csv and an 8 GB peak (thirty-third hostile trial AG6; DICOM's LO holds 64)."""
     most = limit("DOSEALIGN_IDENTITY_CHARS")
-    lengths = [len(roi.original_name) for roi in rois]
+    lengths = [len(name) for name in names]
     if lengths and max(lengths) > most:
         raise LimitError(
             f"an ROI name of {max(lengths)} characters is longer than the limit of {most:g} (DOSEALIGN_IDENTITY_CHARS); "
@@ -85,8 +85,9 @@ def read_case_contours(
             if error.path and reason.startswith(f"{error.path}: "):  # "source" names the file (input-relative)
                 reason = reason[len(error.path) + 2 :]
             contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": reason})
-    _check_name_lengths(contours.rois)
+    _check_name_lengths([roi.original_name for roi in contours.rois])
     contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None), rewrite_names)
+    _check_name_lengths([roi.name for roi in contours.rois])  # (a --roi-map channel name: thirty-fourth trial AH5)
     native = native_slabs(ct_geometry)
     if native is not None:  # uneven or missing slices: a contour on a native slice stands for that slice's slab
         for roi in contours.rois:
