@@ -3207,15 +3207,22 @@ def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, cap
     # a plain case folder whose meta.json is gone, below OUT
     for how, text in [("bom", f"\ufeff{header}\nID77415_plan-X_0a958107,ok\n"),
                       ("quoted", '"case_id","status"\n"ID77415_plan-X_0a958107","ok"\n'),
-                      ("semicolon", "case_id;status;files\nID77415_plan-X_0a958107;ok;x\n")]:  # fmt: skip
+                      ("semicolon", "case_id;status;files\nID77415_plan-X_0a958107;ok;x\n"),
+                      # thirty-fifth hostile trial AI4: a Mac's CR line ends, tabs, UTF-16
+                      ("cr", f"{header}\rID77415_plan-X_0a958107,ok\r"),
+                      ("tab", "case_id\tstatus\nID77415_plan-X_0a958107\tok\n"),
+                      ("utf16", "case_id\tstatus\nID77415_plan-X_0a958107\tok\n")]:  # fmt: skip
         saved = tmp_path / how
         (saved / "a").mkdir(parents=True)
-        (saved / "a" / "manifest.csv").write_text(text, encoding="utf-8")
+        (saved / "a" / "manifest.csv").write_text(text, encoding="utf-16" if how == "utf16" else "utf-8")
         assert "plain (not pseudonymized) export in a" in (out_folder.nested_conflict(saved, True) or ""), how
     bare = tmp_path / "bare"
     shutil.copytree(plain_case, bare / "a" / plain_case.name)
     (bare / "a" / plain_case.name / "meta.json").unlink()
     assert f"export in a/{plain_case.name}" in (out_folder.nested_conflict(bare, True) or "")
+    (bare / "a" / plain_case.name / "meta.json").write_text("")  # unreadable, not gone (thirty-fifth trial AI2)
+    assert f"export in a/{plain_case.name}" in (out_folder.nested_conflict(bare, True) or "")
+    (bare / "a" / plain_case.name / "meta.json").unlink()
     (bare / "a" / plain_case.name).rename(bare / "a" / "my_training_data")  # a user's folder of another name
     assert out_folder.nested_conflict(bare, True) is None
     deep = tmp_path / "deep"
@@ -3291,6 +3298,21 @@ def test_a_linked_case_folder_in_out_is_never_vouched_for_nor_written_through(tm
     (shared / "manifest.csv").unlink()
     assert main(["export", str(root), str(shared), *args]) == 2
     assert f"it holds a pseudonymized export: {pseudonymous.name}" in capsys.readouterr().err
+
+
+def test_many_ids_in_a_row_and_a_name_read_again_after_its_rewriting():
+    """Thirty-fifth hostile trial AI1: 65 zero-padded IDs joined by points left one after 64 passes, and the check
+    passed it. AI5: a name within DOSEALIGN_IDENTITY_CHARS read again after its rewriting (``[removed]`` is longer
+    than a 7-digit ID) failed its case as too long."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity(patient_ids={"1072315"})
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    text = "E " + ".".join("0" * (n % 3) + "1072315" for n in range(70))
+    rewritten = rewriting.text(text)
+    assert "1072315" not in rewritten and rewritten.count("[removed]") == 70, rewritten[:120]
+    name = "a1072315 " * 113  # 1017 characters
+    assert len(rewriting.name(rewriting.name(name))) > 1024
 
 
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):

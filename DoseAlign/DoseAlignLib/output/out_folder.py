@@ -372,9 +372,11 @@ def _manifest_kinds(path: Path) -> Optional[set]:
         return None
     # as DoseAlign writes it, or as a spreadsheet saves it again (a byte-order mark, every field quoted, ";"
     # between them: thirty-fourth hostile trial AH7)
-    text = head.decode("utf-8-sig", "replace")
+    # (and with a Mac's CR line ends, tabs, or in UTF-16: thirty-fifth hostile trial AI4)
+    encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    text = head.decode(encoding, "replace").replace("\r\n", "\n").replace("\r", "\n")
     first = text.split("\n", 1)[0]
-    delimiter = ";" if ";" in first and "," not in first else ","
+    delimiter = next((d for d in (",", ";", "\t") if d in first), ",")
     try:
         rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
     except csv.Error:
@@ -480,7 +482,21 @@ def _linked_pseudonymized_cases(out_dir: Path) -> list:
         entries = sorted(os.scandir(out_dir), key=lambda e: e.name)
     except OSError:
         return []
-    return [e.name for e in entries if e.is_symlink() and _pseudonymization(Path(e.path) / "meta.json")[0] is True]
+    found, told = [], {}
+    for entry in entries:
+        if not entry.is_symlink():
+            continue
+        meta = Path(entry.path) / "meta.json"
+        try:  # each folder read once, however many links show it (sixty to one 30 MB meta.json: thirty-fifth AI7)
+            status = os.stat(meta)
+            flag = told.setdefault((status.st_dev, status.st_ino), _pseudonymization(meta)[0])
+        except OSError:
+            flag = None
+        # named as a pseudonym, its meta.json gone, as a case folder in OUT is told (AI3)
+        named = _PSEUDONYMOUS_ID.fullmatch(entry.name) and os.path.isfile(Path(entry.path) / "pair.npz")
+        if flag or flag is None and named:
+            found.append(entry.name)
+    return found
 
 
 def _is_plain_content(entry, level: int, dead: frozenset = frozenset()) -> bool:
@@ -501,7 +517,8 @@ def _is_plain_content(entry, level: int, dead: frozenset = frozenset()) -> bool:
         level >= 2 or level == 1 and (parent.name.startswith(".") or parent.is_symlink())
     ):
         return _pseudonymization(Path(entry.path))[0] is False
-    if entry.name in ("pair.npz", "ct.npy") and level >= 1 and not (parent / "meta.json").exists():
+    if entry.name in ("pair.npz", "ct.npy") and level >= 1 and _pseudonymization(parent / "meta.json")[0] is None:
+        # (gone, or unreadable: empty, cut short; thirty-fifth hostile trial AI2)
         # a case folder whose meta.json is gone is plain unless named as a pseudonym, below OUT as in it (AG1; at
         # any depth: thirty-fourth hostile trial AH6); a folder of another name is a user's
         return bool(_CASE_NAME.fullmatch(parent.name)) and not _PSEUDONYMOUS_ID.fullmatch(parent.name)

@@ -822,7 +822,9 @@ class Pseudonymizer:
         if not value:
             return value
         most = limit("DOSEALIGN_IDENTITY_CHARS")
-        if len(value) > most:  # each character costs the rewriting and the check: 400 kB took 140 s (AA6)
+        # each character costs the rewriting and the check: 400 kB took 140 s (AA6); the marks of an earlier
+        # rewriting are not the input's (a name of 1017 characters read again as 1242: thirty-fifth trial AI5)
+        if len(value.replace(REMOVED, "")) > most:
             raise PseudonymError(
                 f"a name the input gives (an ROI name, a label) of {len(value)} characters is longer than the "
                 f"{most:g} --pseudonymize rewrites (DOSEALIGN_IDENTITY_CHARS); DICOM's LO holds 64",
@@ -1095,8 +1097,9 @@ class Pseudonymizer:
 
     def _remove_ids(self, value: str) -> str:
         # again while something is removed: an ID right after one removed before a point (1072315.1072315) was
-        # passed over, its neighbour still a digit when it was read (thirty-third hostile trial AG2; a third: AH3)
-        for _pass in range(64):
+        # passed over, its neighbour still a digit when it was read (thirty-third hostile trial AG2; a third: AH3;
+        # each pass removes one at least, so the text's length bounds them: AI1)
+        for _pass in range(len(value) + 1):
             removed = self._remove_ids_once(value)
             if removed == value:
                 break

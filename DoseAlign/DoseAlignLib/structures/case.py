@@ -87,7 +87,9 @@ def read_case_contours(
             contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": reason})
     _check_name_lengths([roi.original_name for roi in contours.rois])
     contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None), rewrite_names)
-    _check_name_lengths([roi.name for roi in contours.rois])  # (a --roi-map channel name: thirty-fourth trial AH5)
+    # a --roi-map channel name too (thirty-fourth trial AH5), as given, not as --pseudonymize rewrote it ([removed]
+    # is longer than a short ID: a name within the bound failed, thirty-fifth AI5)
+    _check_name_lengths([roi.mapped_name for roi in contours.rois])
     native = native_slabs(ct_geometry)
     if native is not None:  # uneven or missing slices: a contour on a native slice stands for that slice's slab
         for roi in contours.rois:
