@@ -3313,6 +3313,10 @@ def test_many_ids_in_a_row_and_a_name_read_again_after_its_rewriting():
     assert "1072315" not in rewritten and rewritten.count("[removed]") == 70, rewritten[:120]
     name = "a1072315 " * 113  # 1017 characters
     assert len(rewriting.name(rewriting.name(name))) > 1024
+    # AI9: a pseudonymous case id keeps its summation label's digits (plan2)
+    from DoseAlignLib.output import out_folder
+
+    assert out_folder._PSEUDONYMOUS_ID.fullmatch("P3fa9b2c41d0e_plan2_401c9558")
 
 
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):

@@ -49,7 +49,8 @@ _SHARD_SETTINGS = re.compile(r"manifest\.shard-\d+-of-\d+\.json")
 _KEY_FINGERPRINT = re.compile(rb'\n "pseudonymized": \{[^{}]*?"key": "([0-9a-f]{16})"')
 #: Case ids a pseudonymized export writes: ``P<12 hex>_<summation>_<8 hex>``, and ``<kind>_<10 hex>``
 #: for rows that are no case (damaged files); see output/pseudonym.py.
-_PSEUDONYMOUS_ID = re.compile(r"P[0-9a-f]{12}_[a-z]+_[0-9a-f]{8}|[A-Za-z0-9.-]+_[0-9a-f]{10}")
+#: (the summation's label keeps its digits: ``_plan2_``, thirty-fifth hostile trial AI9)
+_PSEUDONYMOUS_ID = re.compile(r"P[0-9a-f]{12}_[a-z0-9]+_[0-9a-f]{8}|[A-Za-z0-9.-]+_[0-9a-f]{10}")
 
 
 @dataclass
