@@ -11,6 +11,7 @@ export whose OUT is its own input folder leaves every input file as it was.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -222,6 +223,27 @@ def test_an_owner_record_that_no_run_wrote_is_left_alone_without_a_traceback(inp
     assert "Traceback" not in capsys.readouterr().err
     assert planted.exists() and (out / ".tmp-dosealign-bbbbbbbbbbbbbbbb-keep").exists()
     assert {r["status"] for r in hostile.manifest(out)} == {"ok"}
+
+
+def test_an_empty_owner_record_of_a_run_killed_as_it_claimed_is_removed_once_old(inputs, tmp_path, capsys):
+    """A run killed between creating its owner record and writing it left an empty record that no later run
+    removed (test_killed_and_resumed_equals_uninterrupted failed once on 3.9: "temporary files left"). An empty
+    record older than EMPTY_RECORD_SECONDS with its lock free is a dead run's, removed with its entries; a young one
+    (a run making its claim now) is left alone."""
+    from DoseAlignLib.output import files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / ".tmp-dosealign-cccccccccccccccc.owner"
+    old.write_text("")
+    (out / ".tmp-dosealign-cccccccccccccccc-case-x").mkdir()
+    aged = time.time() - 2 * files.EMPTY_RECORD_SECONDS
+    os.utime(old, (aged, aged))
+    young = out / ".tmp-dosealign-dddddddddddddddd.owner"
+    young.write_text("")
+    assert _export(inputs, out) == 0, capsys.readouterr().err
+    assert not old.exists() and not (out / ".tmp-dosealign-cccccccccccccccc-case-x").exists()
+    assert young.exists()
 
 
 #: Claims OUT as a run of another host name would (``socket.gethostname`` of that process says so), reports its

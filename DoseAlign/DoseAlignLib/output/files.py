@@ -40,6 +40,8 @@ TEMP_PREFIX = ".tmp-"
 #: A run's temporary entries: ``.tmp-dosealign-<16 hex token>-...``; its owner record ``...<token>.owner``.
 RUN_PREFIX = ".tmp-dosealign-"
 OWNER_SUFFIX = ".owner"
+#: An empty owner record older than this, with its lock free, is a run killed as it made its claim.
+EMPTY_RECORD_SECONDS = 60.0
 _ENTRY = re.compile(r"^\.tmp-dosealign-([0-9a-f]{16})(\.owner|-.+)$")
 
 try:  # POSIX advisory locks; elsewhere ownership rests on pid and host alone
@@ -263,8 +265,13 @@ def _owner_state(record: Path) -> str:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return "unknown"
+        data = os.read(fd, 4096)
+        if not data:  # killed between creating its record and writing it: dead once it is old and unlocked (a
+            # live run locks and writes it at once; the killed-runs test left one for good, seen once on 3.9)
+            old = time.time() - os.fstat(fd).st_mtime > EMPTY_RECORD_SECONDS
+            return "dead" if old and _lock_state(fd) == "free" else "unknown"
         try:
-            owner = json.loads(os.read(fd, 4096).decode("utf-8"))
+            owner = json.loads(data.decode("utf-8"))
             pid = int(owner["pid"])
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError, OverflowError):
             return "unknown"
