@@ -625,6 +625,17 @@ def text(ds: Dataset, keyword: str, default: str = "") -> str:
 #: Attributes whose values identify a patient or a visit (besides every PN, DA and DT value), read at the top level
 #: and in sequences (the PatientID and IssuerOfPatientID of each OtherPatientIDsSequence item, the current form of
 #: the retired OtherPatientIDs; those of GroupOfPatientsIdentificationSequence items).
+#: Order and procedure-step numbers, which PS3.15's confidentiality profile removes with the accession number (an RIS
+#: often sets the requested procedure's ID to it; thirty-first hostile trial AE9).
+ORDER_KEYWORDS = (
+    "RequestedProcedureID",
+    "ScheduledProcedureStepID",
+    "PerformedProcedureStepID",
+    "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest",
+    "PlacerOrderNumberProcedure",
+    "FillerOrderNumberProcedure",
+)
 IDENTIFYING_KEYWORDS = (
     "PatientID",
     "OtherPatientIDs",
@@ -639,15 +650,7 @@ IDENTIFYING_KEYWORDS = (
     "ClinicalTrialSubjectReadingID",
     "AdmissionID",
     "ServiceEpisodeID",
-    # order and procedure-step numbers, which PS3.15's confidentiality profile removes with the accession number (an
-    # RIS often sets the requested procedure's ID to it; thirty-first hostile trial AE9)
-    "RequestedProcedureID",
-    "ScheduledProcedureStepID",
-    "PerformedProcedureStepID",
-    "PlacerOrderNumberImagingServiceRequest",
-    "FillerOrderNumberImagingServiceRequest",
-    "PlacerOrderNumberProcedure",
-    "FillerOrderNumberProcedure",
+    *ORDER_KEYWORDS,
 )
 _IDENTIFYING_TAGS: dict = {}
 

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from .. import __version__
-from ..dicom.headers import IDENTIFYING_KEYWORDS
+from ..dicom.headers import IDENTIFYING_KEYWORDS, ORDER_KEYWORDS
 from ..errors import DoseAlignError
 from ..limits import limit, open_regular
 from .cjk_variants import PAIRS as _CJK_PAIRS
@@ -69,18 +69,7 @@ MIN_OTHER_ID_LENGTH = 5
 #: The identifying attributes whose values count from :data:`MIN_OTHER_ID_LENGTH` characters: numbers of a visit or
 #: an issuer's name (``1``, ``HIS``), which short would be found in every text; the patient's other IDs count from
 #: :data:`MIN_ID_LENGTH`, as PatientID does (an OtherPatientIDs ``Q774`` was kept: twenty-sixth hostile trial Z6).
-VISIT_KEYWORDS = (
-    "AccessionNumber",
-    "StudyID",
-    "IssuerOfPatientID",
-    "RequestedProcedureID",
-    "ScheduledProcedureStepID",
-    "PerformedProcedureStepID",
-    "PlacerOrderNumberImagingServiceRequest",
-    "FillerOrderNumberImagingServiceRequest",
-    "PlacerOrderNumberProcedure",
-    "FillerOrderNumberProcedure",
-)
+VISIT_KEYWORDS = ("AccessionNumber", "StudyID", "IssuerOfPatientID", *ORDER_KEYWORDS)
 #: An ID shorter than :data:`MIN_OTHER_ID_LENGTH` of this form is a decimal number, not removed from free text.
 _SHORT_DECIMAL = re.compile(r"[0-9]+[.,][0-9.,]*")
 #: A number of an ID written without its leading zeros (``0072315`` as ``72315``, as HIS exports and spreadsheets
