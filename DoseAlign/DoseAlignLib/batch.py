@@ -69,6 +69,7 @@ from .output.out_folder import (
     inspect_output,
     keyed_stamps,
     nested_conflict,
+    plain_leftovers,
     pseudonymization_conflict,
     recorded_digest,
     recorded_key,
@@ -309,6 +310,15 @@ def export_folder(
     clean_temp(out_dir, stuck)  # only dead runs' leftovers: a live shard's or another run's work stays
     for name, reason in stuck:  # (fifteenth hostile trial O13: such an entry stayed without a word)
         note(f"{name}, left by an earlier DoseAlign run, could not be removed ({reason}): tried again next run")
+    plain_left = plain_leftovers(out_dir, [name for name, _reason in stuck]) if pseudonymizer is not None else []
+    if plain_left:
+        raise DoseAlignError(
+            f"the output folder cannot take this export: it holds a plain (not pseudonymized) case that an earlier "
+            f"DoseAlign run left and that could not be removed: {_some(plain_left)} ({stuck[0][1]}); a pseudonymized "
+            "export beside it would be shared with the identifying outputs",
+            path=out_dir,
+            hint="remove it (an immutable file: chattr -i), then run again; nothing was exported",
+        )
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
         settings = _shard_settings(formats, {**_input_digest(found_ids, pseudonymizer), "rows": len(own)})

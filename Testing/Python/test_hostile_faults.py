@@ -1711,6 +1711,54 @@ def test_a_replaced_case_folder_that_cannot_be_removed_is_named(cohort, tmp_path
     assert not list(out.glob(".tmp-dosealign-*")), sorted(p.name for p in out.iterdir())
 
 
+def test_a_plain_leftover_that_cannot_be_removed_keeps_a_pseudonymized_export_out(cohort, tmp_path, capsys):
+    """Thirty-fifth hostile trial AI6: a killed plain export's temporary case folder that cannot be removed (an
+    immutable file in it) was passed over as if removed: ``--pseudonymize`` into that OUT wrote its cases beside it,
+    exit 0, the only word a note that it "could not be removed". Refused now (exit 2, nothing exported); once it
+    can be removed, the export runs."""
+    out = tmp_path / "out"
+    code = (  # a plain export's process that claimed OUT, wrote a case folder's meta.json and died
+        "import json, os, sys; from DoseAlignLib.output.files import claim_folder; "
+        "temp = claim_folder(sys.argv[1]).temp('case'); temp.mkdir(); "
+        "meta = {'dosealign_version': '0.1.0', 'case_id': 'CASE-1_plan_0a1b2c3d'}; "
+        "(temp / 'meta.json').write_text(json.dumps(meta, indent=1)); os._exit(0)"
+    )
+    out.mkdir()
+    subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
+    )
+    (left,) = [p for p in out.glob(".tmp-dosealign-*") if p.is_dir()]
+    stuck = (  # rmtree of the leftover fails, as on an immutable file (chattr +i needs root)
+        "import os, shutil, sys\n"
+        "real = shutil.rmtree\n"
+        "def stuck(path, *a, **k):\n"
+        "    if os.path.basename(os.fspath(path)).startswith('.tmp-dosealign-'):\n"
+        "        raise PermissionError(1, 'Operation not permitted', os.path.join(os.fspath(path), 'meta.json'))\n"
+        "    return real(path, *a, **k)\n"
+        "shutil.rmtree = stuck\n"
+        "from DoseAlignLib.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    keys = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    args = ["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", *keys]
+    done = subprocess.run(
+        [sys.executable, "-c", stuck, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "plain (not pseudonymized) case that an earlier DoseAlign run left" in done.stderr, done.stderr
+    assert left.name in done.stderr and "meta.json in it: Operation not permitted" in done.stderr, done.stderr
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".tmp-dosealign-")) == []
+    assert main(args) == 0  # removable again: removed, and the export runs
+    capsys.readouterr()
+    assert not list(out.glob(".tmp-dosealign-*")) and len(hostile.manifest(out)) == 5
+
+
 def test_a_full_disk_during_merge_says_what_to_do_for_merge(sharded, tmp_path, capsys, monkeypatch):
     """Fourteenth hostile trial N5: merge's disk-full message advised "run again with --resume; the export stopped
     here" (merge has no --resume and is no export). It says to run merge again now, exit 4."""

@@ -477,6 +477,31 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
     return None
 
 
+def plain_leftovers(out_dir: Path, names: list) -> list:
+    """Those of ``names``, dead runs' temporary case folders in ``out_dir`` that could not be removed, whose
+    meta.json does not say pseudonymized (it says plain, or it is gone and files stay: what they hold cannot be
+    told). :func:`nested_conflict` passes over a dead run's entries, as the run removes them before it writes; one
+    that stays (an immutable file in it) stays beside the pseudonymized export (thirty-fifth hostile trial AI6)."""
+    plain = []
+    for name in names:
+        folder = Path(out_dir) / name
+        if folder.is_symlink() or not folder.is_dir():  # (a link is removed, never followed; a file is no case)
+            continue
+        flag, _key = _pseudonymization(folder / "meta.json")
+        if flag is False or flag is None and _holds_anything(folder):
+            plain.append(name)
+    return plain
+
+
+def _holds_anything(folder: Path) -> bool:
+    """Whether ``folder`` has an entry; True when it cannot be listed (what it holds cannot be told)."""
+    try:
+        with os.scandir(folder) as listing:
+            return next(listing, None) is not None
+    except OSError:
+        return True
+
+
 def _linked_pseudonymized_cases(out_dir: Path) -> list:
     """The names of OUT's top-level links to a pseudonymized case folder."""
     try:
