@@ -3264,6 +3264,29 @@ def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refuse
     assert out_folder.inspect_output(out).other == []
 
 
+def test_a_plain_case_folder_inside_a_pseudonymized_one_is_seen(tmp_path):
+    """Thirty-fifth hostile trial AI8: a plain case folder dropped into one of OUT's pseudonymized case folders was not
+    seen (the look below OUT did not go into DoseAlign's case folders), so --pseudonymize wrote beside it. A case
+    folder's own folders (masks, openkbp) are still not gone into: a big cohort's masks filled the bound (AE5)."""
+    from DoseAlignLib.output import out_folder
+
+    out = tmp_path / "out"
+    shared = out / "P0123456789ab_plan_0a1b2c3d"
+    shared.mkdir(parents=True)
+    pseudonymized = '{\n "dosealign_version": "0.1.0",\n "case_id": "P0123456789ab_plan_0a1b2c3d",\n'
+    (shared / "meta.json").write_text(pseudonymized + ' "pseudonymized": {"key": "0123456789abcdef"}\n}')
+    (shared / "masks" / "deeper").mkdir(parents=True)
+    assert out_folder.nested_conflict(out, True) is None
+    plain = '{\n "dosealign_version": "0.1.0",\n "case_id": "ID77415_plan_x_0a958107"\n}'
+    (shared / "masks" / "manifest.csv").write_text("case_id,status\nID77415_plan_x_0a958107,ok\n")
+    assert out_folder.nested_conflict(out, True) is None  # (DoseAlign's folder of the case: not read)
+    dropped = shared / "ID77415_plan_x_0a958107"
+    dropped.mkdir()
+    (dropped / "meta.json").write_text(plain)
+    found = out_folder.nested_conflict(out, True) or ""
+    assert f"plain (not pseudonymized) export in {shared.name}/{dropped.name}" in found, found
+
+
 def test_a_linked_case_folder_in_out_is_never_vouched_for_nor_written_through(tmp_path, capsys):
     """Thirty-third hostile trial AG4: a case folder in OUT that is a link to another export's case folder was
     refused by a plain export but taken as complete by --resume, which wrote NIfTI files and a new meta.json

@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 
 from ..errors import DoseAlignError
 from ..limits import LimitError, limit, open_regular, read_back
-from .case_folder import case_problem, load_meta
+from .case_folder import CASE_FOLDERS, case_problem, load_meta
 from .files import dead_claims, is_run_entry
 from .manifest import parse_manifest
 
@@ -315,8 +315,8 @@ def _too_many(where: Path, most: float, what: str) -> LimitError:
 def entries_below(out_dir: Path, levels: int = NESTED_LEVELS) -> Iterator[tuple]:
     """``(entry, level)`` for each entry of ``out_dir`` (level 0) and of its folders ``levels - 1`` deep, breadth
     first, by name. Links to folders are followed, as a copy or an archive of OUT follows them (each folder once;
-    thirty-first hostile trial AE3); DoseAlign's case folders are listed but not gone into (their masks are
-    DoseAlign's, and a big cohort's filled the bound: AE5, AE10); unreadable folders are passed. Raises
+    thirty-first hostile trial AE3); DoseAlign's case folders' own folders (``masks``, ``openkbp``) are not gone
+    into (a big cohort's masks filled the bound: AE5, AE10); unreadable folders are passed. Raises
     :class:`LimitError` beyond ``DOSEALIGN_OUT_ENTRIES`` entries: a look cut short must not answer "nothing there"
     (thirtieth hostile trial AD2)."""
     most, seen = limit("DOSEALIGN_OUT_ENTRIES"), 0
@@ -341,7 +341,10 @@ def entries_below(out_dir: Path, levels: int = NESTED_LEVELS) -> Iterator[tuple]
         a_case = level >= 1 and any(e.name == "meta.json" and is_case_meta(Path(e.path)) for e in entries)
         for entry in entries:
             yield entry, level
-            if not a_case and level + 1 < levels and _is_folder(entry):
+            # a case folder's own folders are DoseAlign's; any other in it is a user's, gone into (a plain case
+            # folder dropped into a pseudonymized one: thirty-fifth hostile trial AI8)
+            owned = a_case and entry.name in CASE_FOLDERS
+            if not owned and level + 1 < levels and _is_folder(entry):
                 pending.append((Path(entry.path), level + 1))
 
 
