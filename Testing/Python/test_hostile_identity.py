@@ -2929,7 +2929,9 @@ def test_an_roi_name_beyond_the_length_bound_fails_its_case_under_pseudonymize(t
     mapped = tmp_path / "mapped"
     assert main(["export", str(root / "b"), str(mapped), *args, "--roi-map", str(tmp_path / "map.json")]) == 1
     (row,) = hostile.manifest(mapped)
-    assert "an ROI name of 2000 characters is longer than the limit of 1024" in row["reason"], row["reason"]
+    reason_mapped = row["reason"]
+    assert "a channel name --roi-map gives of 2000 characters is longer than the limit of 1024" in reason_mapped
+    assert "shorten the name in the --roi-map file" in reason_mapped, reason_mapped
     rows = hostile.manifest(tmp_path / "plain")
     assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
     assert reason.split(": ", 1)[1] in [row["reason"] for row in rows if row["status"] == "failed"][0]

@@ -40,23 +40,25 @@ class CaseContours:
 CASE_NAME_CHARS = 64
 
 
-def _check_name_lengths(names: list) -> None:
+def _check_name_lengths(names: list, mapped: bool = False) -> None:
     """Refuse a case whose ROI names are longer than ``DOSEALIGN_IDENTITY_CHARS`` each, or :data:`CASE_NAME_CHARS`
     times that together, before they are written: dvh.csv repeats a name on each of its rows, and three names of
-    1.5 MB made a 2.7 GB dvh.csv and an 8 GB peak (thirty-third hostile trial AG6; DICOM's LO holds 64)."""
+    1.5 MB made a 2.7 GB dvh.csv and an 8 GB peak (thirty-third hostile trial AG6; DICOM's LO holds 64). ``mapped``:
+    the names as ``--roi-map`` gives them (the reason names the map, not the input: thirty-fifth trial's note)."""
     most = limit("DOSEALIGN_IDENTITY_CHARS")
     lengths = [len(name) for name in names]
+    what, where = ("a channel name --roi-map gives", "the --roi-map file") if mapped else ("an ROI name", "the input")
     if lengths and max(lengths) > most:
         raise LimitError(
-            f"an ROI name of {max(lengths)} characters is longer than the limit of {most:g} (DOSEALIGN_IDENTITY_CHARS); "
+            f"{what} of {max(lengths)} characters is longer than the limit of {most:g} (DOSEALIGN_IDENTITY_CHARS); "
             "DICOM's LO holds 64",
-            hint="shorten the name in the input, or raise the limit",
+            hint=f"shorten the name in {where}, or raise the limit",
         )
     if sum(lengths) > CASE_NAME_CHARS * most:
         raise LimitError(
-            f"the case's ROI names hold {sum(lengths)} characters together, more than {CASE_NAME_CHARS} x "
-            "DOSEALIGN_IDENTITY_CHARS",
-            hint="shorten the names in the input, or raise the limit",
+            f"the case's ROI names{' (as --roi-map gives them)' if mapped else ''} hold {sum(lengths)} characters "
+            f"together, more than {CASE_NAME_CHARS} x DOSEALIGN_IDENTITY_CHARS",
+            hint=f"shorten the names in {where}, or raise the limit",
         )
 
 
@@ -89,7 +91,7 @@ def read_case_contours(
     contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None), rewrite_names)
     # a --roi-map channel name too (thirty-fourth trial AH5), as given, not as --pseudonymize rewrote it ([removed]
     # is longer than a short ID: a name within the bound failed, thirty-fifth AI5)
-    _check_name_lengths([roi.mapped_name for roi in contours.rois])
+    _check_name_lengths([roi.mapped_name for roi in contours.rois], mapped=bool(getattr(options, "roi_map", None)))
     native = native_slabs(ct_geometry)
     if native is not None:  # uneven or missing slices: a contour on a native slice stands for that slice's slab
         for roi in contours.rois:
