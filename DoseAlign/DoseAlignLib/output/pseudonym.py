@@ -853,13 +853,16 @@ class Pseudonymizer:
         """Tell apart, with a keyed tag, this input's ROI names that rewrite to a name ``taken`` already (another
         input's channel in OUT, under --append): ``[removed]_L`` was the lung of the cases kept and the lens of the
         cases appended (twenty-eighth hostile trial AB2)."""
+        # each name rewritten once: _find_alike did it at prepare (and kept it for here only: not sent to workers)
+        rewrites = getattr(self, "_rewrites", {})
+        object.__setattr__(self, "_rewrites", {})
         taken = {str(name).casefold() for name in taken}
         if not taken:
             return
         most = limit("DOSEALIGN_IDENTITY_CHARS")
         alike = set(getattr(self, "_alike", ()))
         for roi_name in sorted(n for n in self.identity.roi_names if n and len(n) <= most):
-            rewritten = self._rewritten_name(roi_name)
+            rewritten = rewrites.get(roi_name) or self._rewritten_name(roi_name)
             if rewritten != roi_name and rewritten.casefold() in taken:
                 alike.add(rewritten.casefold())
         object.__setattr__(self, "_alike", frozenset(alike))
@@ -867,12 +870,14 @@ class Pseudonymizer:
     def _find_alike(self) -> None:
         """The rewritten ROI names (case folded) that two of the input's ROI names, other than in case, rewrite to."""
         originals: dict = {}
+        rewrites: dict = {}
         most = limit("DOSEALIGN_IDENTITY_CHARS")
         for roi_name in sorted(n for n in self.identity.roi_names if len(n) <= most):  # (longer: its case fails)
-            rewritten = self._rewritten_name(roi_name) if roi_name else roi_name
+            rewritten = rewrites[roi_name] = self._rewritten_name(roi_name) if roi_name else roi_name
             if rewritten != roi_name or REMOVED in roi_name:  # (an ROI the input named [removed]_L itself: AB9)
                 originals.setdefault(rewritten.casefold(), set()).add(roi_name.casefold())
         object.__setattr__(self, "_alike", frozenset(k for k, names in originals.items() if len(names) > 1))
+        object.__setattr__(self, "_rewrites", rewrites)
 
     def _name_piece(self, value: str) -> str:
         if not value:
