@@ -36,6 +36,7 @@ from .errors import (
 from .limits import read_back
 from .link.cases import form_cases
 from .options import AlignOptions
+from .output.around_out import nested_conflict, plain_leftovers
 from .output.case_folder import (
     CaseOutput,
     OtherCase,
@@ -68,8 +69,6 @@ from .output.out_folder import (
     input_files,
     inspect_output,
     keyed_stamps,
-    nested_conflict,
-    plain_leftovers,
     pseudonymization_conflict,
     recorded_digest,
     recorded_key,

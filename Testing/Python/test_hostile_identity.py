@@ -3156,7 +3156,7 @@ def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, cap
     below it refused ("inside a pseudonymized export"). AF6: a plain case folder whose meta.json went through a CRLF
     copy was no plain case any more. AF1: a plain case id of pseudonym shape (PatientID ``P`` + 12 hex, no plan) made
     its own export's --resume refused. AF4: a plain manifest whose first row outgrew 64 kB was not seen below OUT."""
-    from DoseAlignLib.output import out_folder
+    from DoseAlignLib.output import around_out, out_folder
 
     root = tmp_path / "in"
     hostile.study(root / "p", "NESTED-5", 100)
@@ -3194,17 +3194,17 @@ def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, cap
     header = (identifying / "manifest.csv").read_text().splitlines()[0]
     (lookalike / "manifest.csv").write_text(f"{header}\nP3fa9b2c41d0e_rtdose_401c9558,ok\n")
     assert out_folder.pseudonymization_conflict(out_folder.inspect_output(lookalike), pseudonymized=False) is None
-    assert "plain" in out_folder.export_kinds(lookalike)
+    assert "plain" in around_out.export_kinds(lookalike)
     # a folder above OUT that holds anything else has no sub-folder opened (a dead network mount there hung every
     # export below it): the home folder above is told no export by its entries' names alone
     opened = []
-    real = out_folder.is_case_meta
-    out_folder.is_case_meta = lambda path: opened.append(path) or real(path)
+    real = around_out.is_case_meta
+    around_out.is_case_meta = lambda path: opened.append(path) or real(path)
     try:
-        assert out_folder.export_kinds(home) == set() and opened == []
-        assert out_folder.export_kinds(share) == {"pseudonymized"}
+        assert around_out.export_kinds(home) == set() and opened == []
+        assert around_out.export_kinds(share) == {"pseudonymized"}
     finally:
-        out_folder.is_case_meta = real
+        around_out.is_case_meta = real
     # thirty-fourth hostile trial AH7: a manifest saved again by a spreadsheet (a byte-order mark, quotes, ";"); AH6:
     # a plain case folder whose meta.json is gone, below OUT
     for how, text in [("bom", f"\ufeff{header}\nID77415_plan-X_0a958107,ok\n"),
@@ -3217,20 +3217,20 @@ def test_an_export_is_told_by_what_its_files_say_not_by_their_look(tmp_path, cap
         saved = tmp_path / how
         (saved / "a").mkdir(parents=True)
         (saved / "a" / "manifest.csv").write_text(text, encoding="utf-16" if how == "utf16" else "utf-8")
-        assert "plain (not pseudonymized) export in a" in (out_folder.nested_conflict(saved, True) or ""), how
+        assert "plain (not pseudonymized) export in a" in (around_out.nested_conflict(saved, True) or ""), how
     bare = tmp_path / "bare"
     shutil.copytree(plain_case, bare / "a" / plain_case.name)
     (bare / "a" / plain_case.name / "meta.json").unlink()
-    assert f"export in a/{plain_case.name}" in (out_folder.nested_conflict(bare, True) or "")
+    assert f"export in a/{plain_case.name}" in (around_out.nested_conflict(bare, True) or "")
     (bare / "a" / plain_case.name / "meta.json").write_text("")  # unreadable, not gone (thirty-fifth trial AI2)
-    assert f"export in a/{plain_case.name}" in (out_folder.nested_conflict(bare, True) or "")
+    assert f"export in a/{plain_case.name}" in (around_out.nested_conflict(bare, True) or "")
     (bare / "a" / plain_case.name / "meta.json").unlink()
     (bare / "a" / plain_case.name).rename(bare / "a" / "my_training_data")  # a user's folder of another name
-    assert out_folder.nested_conflict(bare, True) is None
+    assert around_out.nested_conflict(bare, True) is None
     deep = tmp_path / "deep"
     (deep / "a" / "b").mkdir(parents=True)
     (deep / "a" / "b" / "manifest.csv").write_text(f"{header}\nID77415_plan-X_0a958107,ok,{'w' * 100_000}\n")
-    assert "plain (not pseudonymized) export in a/b" in (out_folder.nested_conflict(deep, True) or "")
+    assert "plain (not pseudonymized) export in a/b" in (around_out.nested_conflict(deep, True) or "")
 
 
 def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refused(tmp_path, monkeypatch):
@@ -3238,7 +3238,7 @@ def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refuse
     (``...2.20230415.1``) failed its case "please report it". AF8: a procedure-step ID that is a code word
     (``PROSTATE``) removed that organ from every ROI name. AF7: a killed plain export's temporary case folder made
     the next --pseudonymize refused. AF9: a shard's settings file was called foreign."""
-    from DoseAlignLib.output import out_folder, pseudonym
+    from DoseAlignLib.output import around_out, out_folder, pseudonym
 
     uid = "1.2.246.352.71.2.1234.20230415093000.1"
     identity = pseudonym.Identity(dates={"20230415"}, uids={uid})
@@ -3255,13 +3255,13 @@ def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refuse
     run.mkdir(parents=True)
     (run / "meta.json").write_text('{\n "dosealign_version": "0.1.0",\n "case_id": "ID77415_plan_x"\n}')
     # a run not known dead (no owner record, a container's gone run) is read: thirty-fourth hostile trial AH2
-    assert "plain (not pseudonymized) export in .tmp-dosealign-" in (out_folder.nested_conflict(out, True) or "")
-    monkeypatch.setattr(out_folder, "dead_claims", lambda folder: ["0123456789abcdef"])  # a dead one is removed
-    assert out_folder.nested_conflict(out, True) is None
+    assert "plain (not pseudonymized) export in .tmp-dosealign-" in (around_out.nested_conflict(out, True) or "")
+    monkeypatch.setattr(around_out, "dead_claims", lambda folder: ["0123456789abcdef"])  # a dead one is removed
+    assert around_out.nested_conflict(out, True) is None
     monkeypatch.undo()
     deeper = tmp_path / "deeper"  # thirty-third hostile trial AG3: one further down is no run's of this OUT
     shutil.copytree(out, deeper / "a")
-    assert "plain (not pseudonymized) export in a/.tmp-dosealign-" in (out_folder.nested_conflict(deeper, True) or "")
+    assert "plain (not pseudonymized) export in a/.tmp-dosealign-" in (around_out.nested_conflict(deeper, True) or "")
     (out / "manifest.shard-1-of-2.json").write_text('{\n "formats": []\n}')
     assert out_folder.inspect_output(out).other == []
 
@@ -3270,7 +3270,7 @@ def test_a_plain_case_folder_inside_a_pseudonymized_one_is_seen(tmp_path):
     """Thirty-fifth hostile trial AI8: a plain case folder dropped into one of OUT's pseudonymized case folders was not
     seen (the look below OUT did not go into DoseAlign's case folders), so --pseudonymize wrote beside it. A case
     folder's own folders (masks, openkbp) are still not gone into: a big cohort's masks filled the bound (AE5)."""
-    from DoseAlignLib.output import out_folder
+    from DoseAlignLib.output import around_out
 
     out = tmp_path / "out"
     shared = out / "P0123456789ab_plan_0a1b2c3d"
@@ -3278,14 +3278,14 @@ def test_a_plain_case_folder_inside_a_pseudonymized_one_is_seen(tmp_path):
     pseudonymized = '{\n "dosealign_version": "0.1.0",\n "case_id": "P0123456789ab_plan_0a1b2c3d",\n'
     (shared / "meta.json").write_text(pseudonymized + ' "pseudonymized": {"key": "0123456789abcdef"}\n}')
     (shared / "masks" / "deeper").mkdir(parents=True)
-    assert out_folder.nested_conflict(out, True) is None
+    assert around_out.nested_conflict(out, True) is None
     plain = '{\n "dosealign_version": "0.1.0",\n "case_id": "ID77415_plan_x_0a958107"\n}'
     (shared / "masks" / "manifest.csv").write_text("case_id,status\nID77415_plan_x_0a958107,ok\n")
-    assert out_folder.nested_conflict(out, True) is None  # (DoseAlign's folder of the case: not read)
+    assert around_out.nested_conflict(out, True) is None  # (DoseAlign's folder of the case: not read)
     dropped = shared / "ID77415_plan_x_0a958107"
     dropped.mkdir()
     (dropped / "meta.json").write_text(plain)
-    found = out_folder.nested_conflict(out, True) or ""
+    found = around_out.nested_conflict(out, True) or ""
     assert f"plain (not pseudonymized) export in {shared.name}/{dropped.name}" in found, found
 
 
@@ -3341,7 +3341,7 @@ def test_many_ids_in_a_row_and_a_name_read_again_after_its_rewriting():
     # AI9: a pseudonymous case id keeps its summation label's digits (plan2)
     from DoseAlignLib.output import out_folder
 
-    assert out_folder._PSEUDONYMOUS_ID.fullmatch("P3fa9b2c41d0e_plan2_401c9558")
+    assert out_folder.PSEUDONYMOUS_ID.fullmatch("P3fa9b2c41d0e_plan2_401c9558")
 
 
 def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_path, capsys):

@@ -50,9 +50,9 @@ from .. import __version__
 from ..dicom.headers import IDENTIFYING_KEYWORDS, ORDER_KEYWORDS
 from ..errors import DoseAlignError
 from ..limits import limit, open_regular
+from .around_out import entries_below, export_kinds
 from .cjk_variants import PAIRS as _CJK_PAIRS
 from .files import within
-from .out_folder import entries_below, export_kinds
 
 KEY_BYTES = 32
 DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
@@ -3124,7 +3124,7 @@ def _keys_and_maps_inside(out_dir: Path) -> Optional[str]:
     """A DoseAlign key file or pseudonym map (by their default names) within three levels of ``out_dir`` (links
     not followed), as a path relative to it, or None. Every folder is looked into, DoseAlign's case folders and a
     user's with a ``meta.json`` too (thirtieth hostile trial AD4); a folder too full to look through is refused
-    (:func:`~DoseAlignLib.output.out_folder.entries_below`, AD2)."""
+    (:func:`~DoseAlignLib.output.around_out.entries_below`, AD2)."""
     for entry, _level in entries_below(Path(out_dir)):
         if entry.name == DEFAULT_KEY_NAME or entry.name.endswith(".pseudonym-map.csv"):
             return Path(entry.path).relative_to(out_dir).as_posix()
@@ -3199,7 +3199,7 @@ def _export_around(path: Path) -> Optional[Path]:
 def _is_an_export(folder: Path) -> bool:
     """Whether ``folder`` is a DoseAlign export's output folder: by its manifest.csv (a regular file: a named pipe
     of that name blocked the export, twenty-eighth hostile trial AB8), its shard manifests or its case folders
-    (:func:`~DoseAlignLib.output.out_folder.export_kinds`: --shard jobs not merged yet, thirty-first AE2)."""
+    (:func:`~DoseAlignLib.output.around_out.export_kinds`: --shard jobs not merged yet, thirty-first AE2)."""
     return bool(export_kinds(Path(folder), wanted="export"))
 
 
