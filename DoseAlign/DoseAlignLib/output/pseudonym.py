@@ -3121,10 +3121,10 @@ def _date_pattern(date: str):
 
 
 def _keys_and_maps_inside(out_dir: Path) -> Optional[str]:
-    """A DoseAlign key file or pseudonym map (by their default names) within three levels of ``out_dir`` (links
-    not followed), as a path relative to it, or None. Every folder is looked into, DoseAlign's case folders and a
-    user's with a ``meta.json`` too (thirtieth hostile trial AD4); a folder too full to look through is refused
-    (:func:`~DoseAlignLib.output.around_out.entries_below`, AD2)."""
+    """A DoseAlign key file or pseudonym map (by their default names) within three levels of ``out_dir`` (links to
+    folders followed), as a path relative to it, or None. Every folder is looked into, a user's with a ``meta.json``
+    too (thirtieth hostile trial AD4), but for a case folder's own ``masks`` and ``openkbp``; a folder too full to
+    look through is refused (:func:`~DoseAlignLib.output.around_out.entries_below`, AD2)."""
     for entry, _level in entries_below(Path(out_dir)):
         if entry.name == DEFAULT_KEY_NAME or entry.name.endswith(".pseudonym-map.csv"):
             return Path(entry.path).relative_to(out_dir).as_posix()
