@@ -3502,3 +3502,37 @@ def test_the_characters_of_a_cases_roi_names_are_bounded_together(tmp_path, caps
     assert sorted(row["status"] for row in rows) == ["failed", "ok"], rows
     (reason,) = [row["reason"] for row in rows if row["status"] == "failed"]
     assert "the case's ROI names hold more than 200 characters together" in reason, reason
+
+
+def test_a_dose_summation_type_that_is_no_defined_term_is_other_in_a_pseudonymous_case_id(tmp_path, capsys):
+    """Thirty-sixth hostile trial AJ2, AJ5: the RTDOSE's DoseSummationType (input text) was the pseudonymous case id's
+    middle: the study date written there was in every folder name, meta.json, the manifest and the report, status ok
+    (the check took its 8 digits for a digest of DoseAlign's), an ID there failed its case but named it in the
+    failed row, and 300 characters made a name too long that stopped the batch (exit 4). A value DICOM does not
+    define is ``OTHER``."""
+    from DoseAlignLib.output import pseudonym
+
+    root = tmp_path / "in"
+    values = {"SUMDATE-1": None, "SUMID-22": None, "SUMLONG-3": "PLAN" + "X" * 300, "SUMOK-4": "FRACTION"}
+    for n, patient in enumerate(values):
+        truth = hostile.study(root / patient, patient, 120 + n)
+        ds = dd.read(truth.dose_files[0])
+        date = str(ds.StudyDate)
+        given = {
+            "SUMDATE-1": f"{date[:4]}-{date[4:6]}-{date[6:]}",
+            "SUMID-22": patient,
+        }.get(patient, values[patient])
+        ds.DoseSummationType = given
+        dd.save(ds, truth.dose_files[0])
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--format", "nifti,nrrd"]
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), *args, "--pseudonymize"]) == 0, capsys.readouterr()
+    rows = hostile.manifest(out)
+    assert sorted(row["case_id"].split("_")[1] for row in rows) == ["fraction", "other", "other", "other"], rows
+    assert {row["summation_type"] for row in rows} == {"FRACTION", "OTHER"}
+    leaked = _all_output_bytes(out)
+    for needle in (date, date[:4] + "-" + date[4:6], "sumid-22", "SUMID-22", "XXXXXXXXXX"):
+        assert not [where for where, data in leaked if needle.encode() in data], needle
+    # the check alone: a case id's middle is no digest of DoseAlign's, whatever its characters
+    tokens = pseudonym.own_tokens([f"P957bf5cc34b7_{date}_2d1f70a4", "d0123456789"])
+    assert date not in tokens and {"P957bf5cc34b7", "2d1f70a4", "d0123456789"} <= tokens

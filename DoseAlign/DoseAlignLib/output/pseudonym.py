@@ -54,6 +54,27 @@ from .around_out import entries_below, export_kinds
 from .cjk_variants import PAIRS as _CJK_PAIRS
 from .files import within
 
+#: DoseSummationType (3004,000A) as DICOM defines it (PS3.3 C.8.8.3), and DoseAlign's sums of doses (BEAM_SUM,
+#: PLAN_SUM): the only values a pseudonymized case id and meta.json carry; any other is ``OTHER``. The value is input
+#: text: a date or an ID there was the case id's middle, in every file and folder name (thirty-sixth hostile trial
+#: AJ2), and 300 characters of it a file name too long that stopped the batch (AJ5).
+SUMMATION_TYPES = frozenset(
+    {
+        "PLAN",
+        "MULTI_PLAN",
+        "PLAN_OVERVIEW",
+        "FRACTION",
+        "BEAM",
+        "BRACHY",
+        "FRACTION_SESSION",
+        "BEAM_SESSION",
+        "BRACHY_SESSION",
+        "CONTROL_POINT",
+        "RECORD",
+        "BEAM_SUM",
+        "PLAN_SUM",
+    }
+)
 KEY_BYTES = 32
 DEFAULT_KEY_NAME = "dosealign-pseudonym.key"
 MAP_COLUMNS = ["kind", "pseudonym", "original"]
@@ -761,6 +782,8 @@ class Pseudonymizer:
             first = case.doses[0] if case.doses else None
             fallback = first.study_uid if first is not None else original
             patient = self.patient(case.patient_id, fallback)
+            if case.summation_type and case.summation_type not in SUMMATION_TYPES:
+                case.summation_type = "OTHER"
             label = re.sub(r"[^a-z0-9]+", "", (case.summation_type or "dose").lower()) or "dose"
             case.case_id = f"{patient}_{label}_{self._digest('case', original).hex()[:8]}"
             case.patient_id = patient
@@ -2333,11 +2356,20 @@ def _is_ascii_alnum(char: str) -> bool:
 _OWN_TOKEN = re.compile(r"[dfP]?[0-9a-f]{8,12}")
 
 
+#: A case id under pseudonymization: its patient's pseudonym and its digest are DoseAlign's, its middle (the dose's
+#: summation type) is the input's.
+_CASE_PSEUDONYM = re.compile(r"(P[0-9a-f]{12})_[A-Za-z0-9]+_([0-9a-f]{8})")
+
+
 def own_tokens(pseudonyms: Iterable[str]) -> frozenset:
-    """The runs of letters and digits of ``pseudonyms`` that are hash digests (``P3fa0...``, ``d81c...``)."""
-    return frozenset(
-        run for pseudonym in pseudonyms for run in re.findall(r"[0-9A-Za-z]+", pseudonym) if _OWN_TOKEN.fullmatch(run)
-    )
+    """The runs of letters and digits of ``pseudonyms`` that are hash digests (``P3fa0...``, ``d81c...``); of a case
+    id, its first and last (a date of 8 digits as its middle was taken for a digest: thirty-sixth hostile trial AJ2)."""
+    runs: set = set()
+    for pseudonym in pseudonyms:
+        case = _CASE_PSEUDONYM.fullmatch(pseudonym)
+        parts = case.groups() if case else re.findall(r"[0-9A-Za-z]+", pseudonym)
+        runs.update(run for run in parts if _OWN_TOKEN.fullmatch(run))
+    return frozenset(runs)
 
 
 class IdentityGuard:
