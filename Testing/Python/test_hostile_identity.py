@@ -3536,3 +3536,25 @@ def test_a_dose_summation_type_that_is_no_defined_term_is_other_in_a_pseudonymou
     # the check alone: a case id's middle is no digest of DoseAlign's, whatever its characters
     tokens = pseudonym.own_tokens([f"P957bf5cc34b7_{date}_2d1f70a4", "d0123456789"])
     assert date not in tokens and {"P957bf5cc34b7", "2d1f70a4", "d0123456789"} <= tokens
+
+
+def test_a_folder_name_holding_a_semicolon_is_written_as_tokens(tmp_path, capsys):
+    """Thirty-sixth hostile trial AJ10: a path field holding several paths is split at ``;`` (the manifest's list);
+    a folder named ``Kowalski Jan;CT`` gave the part before it to the text rewriting, which knows only the headers'
+    identity: manifest.csv and meta.json named the patient in clear, status ok. Every part of a path field is a
+    path, and parts are joined again where they make one of the input's paths."""
+    from DoseAlignLib.output import pseudonym
+
+    root = tmp_path / "in"
+    hostile.study(root / "Kowalski Jan;CT", "SEMI-1", 130)
+    (root / "Nowak;Ewa.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")  # a damaged file: its own row
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 1
+    capsys.readouterr()
+    leaked = _all_output_bytes(out)
+    for needle in (b"Kowalski", b"Nowak", b"Ewa"):
+        assert not [where for where, data in leaked if needle in data], needle
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(paths={"a;b", "a;b/c.dcm"}))
+    assert rewriting._path_field("a;b/c.dcm;x/y.dcm") == f"{rewriting.path('a;b/c.dcm')};{rewriting.path('x/y.dcm')}"
+    assert rewriting._path_field("a;b") == rewriting.path("a;b")
+    assert rewriting._path_field("Kowalski;z") == f"{rewriting.path('Kowalski')};{rewriting.path('z')}"

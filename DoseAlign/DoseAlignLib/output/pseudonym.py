@@ -1200,19 +1200,33 @@ class Pseudonymizer:
         return key
 
     def _path_field(self, value: str) -> str:
-        parts = [p for p in value.split(";")]
-        out = []
-        for part in parts:
-            stripped = part.strip()
-            root = self.input_root.rstrip("/")
-            if root and stripped.startswith(root + "/"):
-                stripped = stripped[len(root) + 1 :]
-            if stripped in self.identity.paths or stripped.endswith(tuple(_FILE_SUFFIXES)) or "/" in stripped:
-                out.append(self.path(stripped))
-            elif stripped in (".", ""):
-                out.append(stripped)
-            else:
-                out.append(self.text(stripped))
+        """A path field's value as path tokens: one path, or several joined by ``;`` (the manifest's list). Every
+        part is a path; parts are joined again where they make one of the input's paths, whose names may hold ``;``
+        (a folder ``Kowalski Jan;CT``: its first part went through :meth:`text`, which knows only the headers'
+        identity, and was written in clear: thirty-sixth hostile trial AJ10)."""
+        root = self.input_root.rstrip("/")
+
+        def relative(text: str) -> str:
+            text = text.strip()
+            return text[len(root) + 1 :] if root and text.startswith(root + "/") else text
+
+        def tokens(text: str) -> str:
+            return text if text in (".", "") else self.path(text)
+
+        whole = relative(value)
+        if ";" not in value or whole in self.identity.paths:
+            return tokens(whole)
+        parts = value.split(";")
+        most = max((p.count(";") for p in self.identity.paths), default=0)  # (0 but for such names: no search)
+        out, start = [], 0
+        while start < len(parts):
+            end = start + 1
+            for longer in range(min(len(parts), start + 1 + most), start + 1, -1):
+                if relative(";".join(parts[start:longer])) in self.identity.paths:
+                    end = longer
+                    break
+            out.append(tokens(relative(";".join(parts[start:end]))))
+            start = end
         return ";".join(out)
 
     def options(self, recorded: dict) -> dict:
