@@ -253,10 +253,12 @@ def export_folder(
     if append and shard is None:  # this input's doses another input's case in OUT holds already: kept once
         differing: list = []
         same = _same_doses(cases, found, own, set(clashes), pseudonymizer, differing)
+        named = set()  # kept cases whose leak fails this input's case of the same dose
         for mine, theirs in sorted(same.items()) if pseudonymizer is not None else ():
             # the kept case, read against this input's identity (an MR naming the patient sent since: AB10)
             leak = pseudonymizer.leak_in_kept_case(found.cases[theirs].folder, found.cases[theirs].meta)
             if leak:
+                named.add(theirs)
                 del same[mine]
                 case = next(c for c in cases if c.case_id == mine)
                 case.error = case.error or (
@@ -276,6 +278,16 @@ def export_folder(
                 "same CT series as another input's case kept in the output folder: "
                 f"{_some([f'{mine} (= {theirs})' for mine, theirs in sorted(same.items())])}; manifest.csv and the "
                 "dataset files list each dose once, under the kept case's id"
+            )
+        leaking = _kept_leaks(found, carried, named, pseudonymizer) if pseudonymizer is not None else []
+        if leaking:  # (thirty-sixth and thirty-seventh hostile trials AJ12, AK1: kept without a word)
+            raise DoseAlignError(
+                f"--append: the output folder holds {len(leaking)} case(s) of other inputs whose outputs hold what "
+                f"this input tells to be identity: {_some(leaking, 3)}; they would be shared with this input's "
+                "pseudonymized cases, and they cannot be rewritten without their input",
+                path=out_dir,
+                hint="export the inputs together into a new output folder (each input's identity is then removed from "
+                "every case), or remove those cases; nothing was exported",
             )
         twice = _held_twice(found, {r.get("case_id") for r in carried} | own, pseudonymizer)
         if twice:
@@ -1043,6 +1055,31 @@ def _other_cases(
     if found.other:
         note(f"{out_dir} also holds {_some(found.other)}: left alone")
     return carried
+
+
+def _kept_leaks(found, carried: list, named: set, pseudonymizer) -> list:
+    """The other inputs' rows ``carried`` by --append (``case_id (where)``) whose case folder or manifest row holds what
+    this input tells to be identity (a surname that is an ROI name there); ``named``: kept cases whose leak fails a
+    case of this input already (the same dose, AB10)."""
+    leaking = []
+    for row in carried:
+        case_id = row.get("case_id")
+        case = found.cases.get(case_id)
+        if case_id in named:
+            continue
+        leak = next(
+            (
+                f"{pseudonymizer.guard.find(str(v))} in manifest.csv"
+                for v in row.values()
+                if v and pseudonymizer.guard.find(str(v))
+            ),
+            "",
+        )
+        if not leak and case is not None and case.complete and isinstance(case.meta, dict):
+            leak = pseudonymizer.leak_in_kept_case(case.folder, case.meta)
+        if leak:
+            leaking.append(f"{case_id} ({leak})")
+    return leaking
 
 
 def _incomplete(found, row: dict) -> Optional[str]:

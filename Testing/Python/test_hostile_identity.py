@@ -3558,3 +3558,28 @@ def test_a_folder_name_holding_a_semicolon_is_written_as_tokens(tmp_path, capsys
     assert rewriting._path_field("a;b/c.dcm;x/y.dcm") == f"{rewriting.path('a;b/c.dcm')};{rewriting.path('x/y.dcm')}"
     assert rewriting._path_field("a;b") == rewriting.path("a;b")
     assert rewriting._path_field("Kowalski;z") == f"{rewriting.path('Kowalski')};{rewriting.path('z')}"
+
+
+def test_append_refuses_beside_another_inputs_case_that_holds_this_inputs_identity(tmp_path, capsys):
+    """Thirty-sixth and thirty-seventh hostile trials AJ12, AK1: --append of a second input kept the first input's
+    cases unread, though an ROI name there (``PTV_Nowakowski``) is the surname of a patient the second input holds:
+    the shared folder named a patient beside that patient's pseudonymized case. Exported as one input the name is
+    removed. Such an --append is refused, nothing exported; one whose identity the kept cases do not hold runs."""
+    first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    truth = hostile.study(first / "p", "KEPT-NAME-1", 131, extra_organs=1)
+    ds = dd.read(truth.struct_file)
+    [roi for roi in ds.StructureSetROISequence if roi.ROIName.startswith("Organ")][0].ROIName = "PTV_Nowakowski"
+    dd.save(ds, truth.struct_file)
+    hostile.study(second / "p", "APPENDED-2", 132, patient_name="Nowakowski^Anna")
+    hostile.study(third / "p", "APPENDED-3", 133, patient_name="Lindqvist^Maja")
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(first), str(out), *args]) == 0
+    before = hostile.snapshot(out)
+    assert main(["export", str(second), str(out), *args, "--append"]) == 2
+    err = capsys.readouterr().err
+    assert "holds 1 case(s) of other inputs whose outputs hold what this input tells to be identity" in err, err
+    assert "(a patient name in meta.json)" in err and "nothing was exported" in err, err
+    assert hostile.snapshot(out) == before
+    assert main(["export", str(third), str(out), *args, "--append"]) == 0
+    assert len(hostile.manifest(out)) == 2
