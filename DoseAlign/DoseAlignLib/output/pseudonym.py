@@ -1200,18 +1200,20 @@ class Pseudonymizer:
         return key
 
     def _path_field(self, value: str) -> str:
-        """A path field's value as path tokens: one path, or several joined by ``;`` (the manifest's list). Every
-        part is a path; parts are joined again where they make one of the input's paths, whose names may hold ``;``
-        (a folder ``Kowalski Jan;CT``: its first part went through :meth:`text`, which knows only the headers'
-        identity, and was written in clear: thirty-sixth hostile trial AJ10)."""
+        """A path field's value as path tokens: one path, or several joined by ``;`` (the manifest's list), joined
+        again where parts make one of the input's paths, whose names may hold ``;`` (a folder ``Kowalski Jan;CT``:
+        its first part went through :meth:`text`, which knows only the headers' identity, and was written in clear:
+        thirty-sixth hostile trial AJ10). A part that is no path (a description) is text."""
         root = self.input_root.rstrip("/")
 
         def relative(text: str) -> str:
             text = text.strip()
             return text[len(root) + 1 :] if root and text.startswith(root + "/") else text
 
-        def tokens(text: str) -> str:
-            return text if text in (".", "") else self.path(text)
+        def tokens(text: str) -> str:  # (a field may hold a description: "ROI 'External' (...)")
+            if text in self.identity.paths or text.endswith(tuple(_FILE_SUFFIXES)) or "/" in text:
+                return self.path(text)
+            return text if text in (".", "") else self.text(text)
 
         whole = relative(value)
         if ";" not in value or whole in self.identity.paths:
