@@ -36,7 +36,7 @@ from .errors import (
 from .limits import read_back
 from .link.cases import form_cases
 from .options import AlignOptions
-from .output.around_out import nested_conflict, plain_leftovers
+from .output.around_out import leftover_conflict, nested_conflict
 from .output.case_folder import (
     CaseOutput,
     OtherCase,
@@ -321,12 +321,10 @@ def export_folder(
     clean_temp(out_dir, stuck)  # only dead runs' leftovers: a live shard's or another run's work stays
     for name, reason in stuck:  # (fifteenth hostile trial O13: such an entry stayed without a word)
         note(f"{name}, left by an earlier DoseAlign run, could not be removed ({reason}): tried again next run")
-    plain_left = plain_leftovers(out_dir, [name for name, _reason in stuck]) if pseudonymizer is not None else []
-    if plain_left:
+    left = leftover_conflict(out_dir, stuck, pseudonymizer is not None, pseudonyms if pseudonymizer else None)
+    if left:
         raise DoseAlignError(
-            f"the output folder cannot take this export: it holds a plain (not pseudonymized) case that an earlier "
-            f"DoseAlign run left and that could not be removed: {_some(plain_left)} ({stuck[0][1]}); a pseudonymized "
-            "export beside it would be shared with the identifying outputs",
+            f"the output folder cannot take this export: {left}",
             path=out_dir,
             hint="remove it (an immutable file: chattr -i), then run again; nothing was exported",
         )

@@ -1711,48 +1711,99 @@ def test_a_replaced_case_folder_that_cannot_be_removed_is_named(cohort, tmp_path
     assert not list(out.glob(".tmp-dosealign-*")), sorted(p.name for p in out.iterdir())
 
 
-def test_a_plain_leftover_that_cannot_be_removed_keeps_a_pseudonymized_export_out(cohort, tmp_path, capsys):
+#: Each leftover of a dead run: what its process wrote, the export tried beside it, and what the refusal says.
+_LEFTOVERS = {
+    # thirty-fifth hostile trial AI6: a plain case folder, a pseudonymized export beside it
+    "plain case": (
+        "temp = claim.temp('case'); temp.mkdir(); (temp / 'meta.json').write_text(json.dumps(meta, indent=1))",
+        ["--pseudonymize"],
+        "it holds plain (not pseudonymized) outputs that an earlier DoseAlign run left",
+    ),
+    # thirty-sixth AJ1: a pseudonymized case folder, a plain export beside it
+    "pseudonymized case": (
+        "temp = claim.temp('case'); temp.mkdir(); meta['pseudonymized'] = {'key': '0123456789abcdef'}; "
+        "(temp / 'meta.json').write_text(json.dumps(meta, indent=1))",
+        [],
+        "it holds a pseudonymized case or manifest that an earlier DoseAlign run left",
+    ),
+    # AJ1's other way: one of another key, a pseudonymized export beside it
+    "case of another key": (
+        "temp = claim.temp('case'); temp.mkdir(); meta['case_id'] = 'P0123456789ab_plan_0a1b2c3d'; "
+        "meta['pseudonymized'] = {'key': '0123456789abcdef'}; "
+        "(temp / 'meta.json').write_text(json.dumps(meta, indent=1))",
+        ["--pseudonymize"],
+        "it holds a pseudonymized case made with another key (key fingerprint 0123456789abcdef)",
+    ),
+    # AJ9: a plain run's temporary manifest (a file), a pseudonymized export beside it
+    "plain manifest": (
+        "claim.temp('manifest.csv').write_text('case_id,status\\nCASE-1_plan_0a1b2c3d,ok\\n')",
+        ["--pseudonymize"],
+        "it holds plain (not pseudonymized) outputs that an earlier DoseAlign run left",
+    ),
+    # AJ9: a temporary report.html, whose kind cannot be told
+    "report": (
+        "claim.temp('report.html').write_text('<html>CASE-1</html>')",
+        ["--pseudonymize"],
+        "it holds outputs that cannot be told pseudonymized that an earlier DoseAlign run left",
+    ),
+}
+
+
+@pytest.mark.parametrize("leftover", sorted(_LEFTOVERS))
+def test_a_leftover_that_cannot_be_removed_keeps_an_export_of_the_other_kind_out(leftover, cohort, tmp_path, capsys):
     """Thirty-fifth hostile trial AI6: a killed plain export's temporary case folder that cannot be removed (an
     immutable file in it) was passed over as if removed: ``--pseudonymize`` into that OUT wrote its cases beside it,
-    exit 0, the only word a note that it "could not be removed". Refused now (exit 2, nothing exported); once it
-    can be removed, the export runs."""
+    exit 0, the only word a note that it "could not be removed". Thirty-sixth AJ1: a pseudonymized one, and a plain
+    export beside it (or one of another key); AJ9: a temporary manifest (a file) of a plain run. Refused now (exit 2,
+    nothing exported); once it can be removed, the export runs."""
+    write, options, said = _LEFTOVERS[leftover]
     out = tmp_path / "out"
-    code = (  # a plain export's process that claimed OUT, wrote a case folder's meta.json and died
+    code = (  # an export's process that claimed OUT, wrote a temporary entry and died
         "import json, os, sys; from DoseAlignLib.output.files import claim_folder; "
-        "temp = claim_folder(sys.argv[1]).temp('case'); temp.mkdir(); "
-        "meta = {'dosealign_version': '0.1.0', 'case_id': 'CASE-1_plan_0a1b2c3d'}; "
-        "(temp / 'meta.json').write_text(json.dumps(meta, indent=1)); os._exit(0)"
+        "claim = claim_folder(sys.argv[1]); meta = {'dosealign_version': '0.1.0', 'case_id': 'CASE-1_plan_0a1b2c3d'}; "
+        f"{write}; print(claim.token); os._exit(0)"
     )
     out.mkdir()
-    subprocess.run(
+    token = subprocess.run(
         [sys.executable, "-c", code, str(out)],
         check=True,
+        capture_output=True,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
-    )
-    (left,) = [p for p in out.glob(".tmp-dosealign-*") if p.is_dir()]
-    stuck = (  # rmtree of the leftover fails, as on an immutable file (chattr +i needs root)
+    ).stdout.strip()
+    (left,) = [p for p in out.glob(f".tmp-dosealign-{token}-*")]
+    stuck = (  # its removal fails, as of an immutable file (chattr +i needs root)
         "import os, shutil, sys\n"
-        "real = shutil.rmtree\n"
-        "def stuck(path, *a, **k):\n"
-        "    if os.path.basename(os.fspath(path)).startswith('.tmp-dosealign-'):\n"
+        "token = os.environ['STUCK_TOKEN']\n"
+        "real_rmtree, real_unlink = shutil.rmtree, os.unlink\n"
+        "def rmtree(path, *a, **k):\n"
+        "    if token in os.fspath(path):\n"
         "        raise PermissionError(1, 'Operation not permitted', os.path.join(os.fspath(path), 'meta.json'))\n"
-        "    return real(path, *a, **k)\n"
-        "shutil.rmtree = stuck\n"
+        "    return real_rmtree(path, *a, **k)\n"
+        "def unlink(path, *a, **k):\n"
+        "    if token in os.fspath(path) and not os.fspath(path).endswith('.owner'):\n"
+        "        raise PermissionError(1, 'Operation not permitted', os.fspath(path))\n"
+        "    return real_unlink(path, *a, **k)\n"
+        "shutil.rmtree, os.unlink = rmtree, unlink\n"
         "from DoseAlignLib.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    keys = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
-    args = ["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", *keys]
+    keys = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")] if options else []
+    args = ["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", *options, *keys]
     done = subprocess.run(
         [sys.executable, "-c", stuck, *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign"),
+            "STUCK_TOKEN": token,
+        },
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "plain (not pseudonymized) case that an earlier DoseAlign run left" in done.stderr, done.stderr
-    assert left.name in done.stderr and "meta.json in it: Operation not permitted" in done.stderr, done.stderr
+    assert said in done.stderr and left.name in done.stderr, done.stderr
+    assert "Operation not permitted" in done.stderr, done.stderr
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".tmp-dosealign-")) == []
     assert main(args) == 0  # removable again: removed, and the export runs
     capsys.readouterr()

@@ -3,8 +3,8 @@ that must not be shared with this one.
 
 A pseudonymized export is meant to be shared, with the folders below it: :func:`nested_conflict` refuses a plain
 export inside one (any folder above OUT, :func:`export_kinds`), and a pseudonymized export above a plain export or
-case folder (:data:`NESTED_LEVELS` down, :func:`entries_below`); :func:`plain_leftovers` names a dead run's plain
-case folder that the run could not remove. What OUT itself holds is :mod:`.out_folder`'s.
+case folder (:data:`NESTED_LEVELS` down, :func:`entries_below`); :func:`leftover_conflict` refuses a dead run's
+leftover that the run could not remove. What OUT itself holds is :mod:`.out_folder`'s.
 """
 
 from __future__ import annotations
@@ -224,20 +224,53 @@ def nested_conflict(out_dir: Path, pseudonymized: bool) -> Optional[str]:
     return None
 
 
-def plain_leftovers(out_dir: Path, names: list) -> list:
-    """Those of ``names``, dead runs' temporary case folders in ``out_dir`` that could not be removed, whose
-    meta.json does not say pseudonymized (it says plain, or it is gone and files stay: what they hold cannot be
-    told). :func:`nested_conflict` passes over a dead run's entries, as the run removes them before it writes; one
-    that stays (an immutable file in it) stays beside the pseudonymized export (thirty-fifth hostile trial AI6)."""
-    plain = []
-    for name in names:
-        folder = Path(out_dir) / name
-        if folder.is_symlink() or not folder.is_dir():  # (a link is removed, never followed; a file is no case)
+def leftover_conflict(out_dir: Path, stuck: list, pseudonymized: bool, key: Optional[str] = None) -> Optional[str]:
+    """Why an export must not write beside ``stuck``, ``(name, reason)`` of the dead runs' temporary entries in
+    ``out_dir`` that could not be removed (an immutable file in them), None when it may. :func:`nested_conflict`
+    passes over a dead run's entries, as the run removes them before it writes; one that stays, stays beside this
+    export (thirty-fifth hostile trial AI6). A pseudonymized export (of key fingerprint ``key``) takes none that is
+    plain, of another key, or of a kind that cannot be told (a temporary report.html, a case folder whose meta.json
+    is gone: thirty-sixth AJ9); a plain export none that is pseudonymized (AJ1)."""
+    for name, reason in stuck:
+        path = Path(out_dir) / name
+        if path.is_symlink():  # (a link is removed, never followed: what it shows is not OUT's)
             continue
-        flag, _key = meta_pseudonymization(folder / "meta.json")
-        if flag is False or flag is None and _holds_anything(folder):
-            plain.append(name)
-    return plain
+        kind, its_key = _leftover_kind(path)
+        if pseudonymized and kind == "pseudonymized" and key and its_key and its_key != key:
+            what = f"a pseudonymized case made with another key (key fingerprint {its_key})"
+        elif pseudonymized and kind != "pseudonymized" and kind != "empty":
+            what = (
+                "plain (not pseudonymized) outputs" if kind == "plain" else "outputs that cannot be told pseudonymized"
+            )
+        elif not pseudonymized and kind == "pseudonymized":
+            what = "a pseudonymized case or manifest"
+        else:
+            continue
+        beside = "a pseudonymized export" if pseudonymized else "a plain export"
+        return (
+            f"it holds {what} that an earlier DoseAlign run left and that could not be removed: {name} ({reason}); "
+            f"{beside} beside it would be shared with it"
+        )
+    return None
+
+
+def _leftover_kind(path: Path) -> tuple:
+    """``(kind, key fingerprint)`` of a dead run's temporary entry: ``pseudonymized``, ``plain``, ``empty`` or
+    ``unknown``; a case folder by its meta.json, a manifest by its rows."""
+    if path.is_dir():
+        flag, key = meta_pseudonymization(path / "meta.json")
+        if flag is None:
+            return ("unknown" if _holds_anything(path) else "empty"), None
+        return ("pseudonymized" if flag else "plain"), key
+    try:
+        if path.stat().st_size == 0:
+            return "empty", None
+    except OSError:
+        return "unknown", None
+    kinds = _manifest_kinds(path) if "manifest" in path.name else None
+    if kinds == {"pseudonymized"}:
+        return "pseudonymized", None
+    return ("plain" if kinds and "plain" in kinds else "unknown"), None
 
 
 def _holds_anything(folder: Path) -> bool:
