@@ -3583,3 +3583,25 @@ def test_append_refuses_beside_another_inputs_case_that_holds_this_inputs_identi
     assert hostile.snapshot(out) == before
     assert main(["export", str(third), str(out), *args, "--append"]) == 0
     assert len(hostile.manifest(out)) == 2
+
+
+def test_the_key_and_map_under_another_name_inside_out_are_refused(tmp_path, capsys):
+    """Thirty-sixth hostile trial AJ3: the key and map in use, hard-linked into OUT under other names
+    (``notes/site-secret.txt``), were not seen: only their default names were looked for. Another name of this run's
+    key or map file within three levels of OUT (a hard link, a symbolic link) is refused as the default names are."""
+    root = tmp_path / "in"
+    hostile.study(root / "p", "LINKED-KEY-1", 134, with_structures=False)
+    out = tmp_path / "x" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    keys = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")]
+    assert main(["export", str(root), str(out), *args, *keys]) == 0
+    capsys.readouterr()
+    (out / "notes").mkdir()
+    for made, name, link in (("key", "k.key", os.link), ("map", "m.csv", os.symlink)):
+        link(tmp_path / name, out / "notes" / f"site-{made}.txt")
+        assert main(["export", str(root), str(out), *args, *keys]) == 2, made
+        err = capsys.readouterr().err
+        assert f"holds a pseudonym key or map (notes/site-{made}.txt)" in err, err
+        (out / "notes" / f"site-{made}.txt").unlink()
+    (out / "notes" / "copy.txt").write_bytes((tmp_path / "m.csv").read_bytes()[:10])  # another file: no matter
+    assert main(["export", str(root), str(out), *args, *keys]) == 0

@@ -3168,14 +3168,28 @@ def _date_pattern(date: str):
     return pattern
 
 
-def _keys_and_maps_inside(out_dir: Path) -> Optional[str]:
-    """A DoseAlign key file or pseudonym map (by their default names) within three levels of ``out_dir`` (links to
-    folders followed), as a path relative to it, or None. Every folder is looked into, a user's with a ``meta.json``
+def _keys_and_maps_inside(out_dir: Path, files: Iterable[Path] = ()) -> Optional[str]:
+    """A DoseAlign key file or pseudonym map within three levels of ``out_dir`` (links to folders followed), by their
+    default names or as another name of one of ``files`` (this run's key and map: a hard link, a link; thirty-sixth
+    hostile trial AJ3), as a path relative to it, or None. Every folder is looked into, a user's with a ``meta.json``
     too (thirtieth hostile trial AD4), but for a case folder's own ``masks`` and ``openkbp``; a folder too full to
     look through is refused (:func:`~DoseAlignLib.output.around_out.entries_below`, AD2)."""
+    wanted = set()
+    for path in files:
+        with contextlib.suppress(OSError):
+            status = os.stat(path)
+            wanted.add((status.st_dev, status.st_ino))
+    inodes = {inode for _dev, inode in wanted}
     for entry, _level in entries_below(Path(out_dir)):
         if entry.name == DEFAULT_KEY_NAME or entry.name.endswith(".pseudonym-map.csv"):
             return Path(entry.path).relative_to(out_dir).as_posix()
+        try:  # (the inode from the listing; a stat only where it is one of them, or for a link)
+            if wanted and (entry.is_symlink() or entry.inode() in inodes):
+                status = entry.stat()
+                if (status.st_dev, status.st_ino) in wanted and not entry.is_dir():
+                    return Path(entry.path).relative_to(out_dir).as_posix()
+        except OSError:
+            continue
     return None
 
 
@@ -3287,7 +3301,7 @@ def make_pseudonymizer(
             path=out_dir,
             hint="give --key-file and --map-file outside it, or choose an output folder elsewhere; nothing was written",
         )
-    held = _keys_and_maps_inside(out_dir)
+    held = _keys_and_maps_inside(out_dir, (key_path, map_path))
     if held is not None:  # an export made inside this OUT earlier left them there (twenty-eighth hostile trial AB1)
         raise PseudonymError(
             f"the output folder holds a pseudonym key or map ({held}): the key makes the pseudonyms again and the map "
