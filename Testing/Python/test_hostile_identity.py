@@ -3605,3 +3605,27 @@ def test_the_key_and_map_under_another_name_inside_out_are_refused(tmp_path, cap
         (out / "notes" / f"site-{made}.txt").unlink()
     (out / "notes" / "copy.txt").write_bytes((tmp_path / "m.csv").read_bytes()[:10])  # another file: no matter
     assert main(["export", str(root), str(out), *args, *keys]) == 0
+
+
+def test_dicom_files_below_out_keep_a_pseudonymized_export_out(tmp_path, capsys):
+    """Thirty-sixth hostile trial AJ6: a copy of the input's DICOM files two levels below OUT (``raw/ct``) was shared
+    with the pseudonymized export, every header identifying, exit 0 with a note that ``raw/`` is "left alone"; at
+    OUT's top the same files are refused. Refused below OUT too (within three levels), by name or by preamble; a
+    plain export is not refused for them."""
+    from DoseAlignLib.output import around_out
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "BELOW-1", 135, with_structures=False)
+    out = tmp_path / "out"
+    (out / "raw" / "ct").mkdir(parents=True)
+    shutil.copy(truth.ct_files[0], out / "raw" / "ct" / "1.2.826.0.1.3680043.2.1125.5")  # a UID as its name
+    args = ["--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", str(root), str(out), *args, "--pseudonymize"]) == 2
+    err = capsys.readouterr().err
+    assert "it holds DICOM files (raw/ct/1.2.826.0.1.3680043.2.1125.5)" in err, err
+    (out / "raw" / "ct" / "1.2.826.0.1.3680043.2.1125.5").rename(out / "raw" / "ct" / "slice.DCM")
+    assert "raw/ct/slice.DCM" in (around_out.nested_conflict(out, True) or "")
+    (out / "raw" / "ct" / "slice.DCM").rename(out / "raw" / "ct" / "notes.txt")
+    assert around_out.nested_conflict(out, True) is None
+    (out / "raw" / "ct" / "notes.txt").rename(out / "raw" / "ct" / "slice.dcm")
+    assert main(["export", str(root), str(out), *args]) == 0  # a plain export is not shared
