@@ -1810,6 +1810,34 @@ def test_a_leftover_that_cannot_be_removed_keeps_an_export_of_the_other_kind_out
     assert not list(out.glob(".tmp-dosealign-*")) and len(hostile.manifest(out)) == 5
 
 
+def test_a_case_folder_that_cannot_be_moved_aside_fails_its_case_only(cohort, tmp_path, capsys, monkeypatch):
+    """Thirty-sixth hostile trial AJ7: one case folder made immutable (``chattr +i``) stopped every later export of the
+    cohort as a storage fault, exit 4, "free space or fix the output folder", the other cases not exported. The
+    folder's own EPERM fails its case, named; the other cases are exported; the folder is as it was."""
+    import errno
+
+    out = tmp_path / "out"
+    base = ["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(base) == 0
+    capsys.readouterr()
+    stuck = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))[0]
+    before = hostile.snapshot(stuck)
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.fspath(src) == os.fspath(stuck):
+            raise PermissionError(errno.EPERM, "Operation not permitted", os.fspath(src))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(base) == 1  # every case exported again (no --resume)
+    monkeypatch.undo()
+    rows = {row["case_id"]: row for row in hostile.manifest(out)}
+    assert sorted(row["status"] for row in rows.values()) == ["failed", "ok", "ok", "ok", "ok"], rows
+    assert "cannot be replaced (Operation not permitted (EPERM))" in rows[stuck.name]["reason"], rows[stuck.name]
+    assert hostile.snapshot(stuck) == before and not list(out.glob(".tmp-dosealign-*"))
+
+
 def test_a_full_disk_during_merge_says_what_to_do_for_merge(sharded, tmp_path, capsys, monkeypatch):
     """Fourteenth hostile trial N5: merge's disk-full message advised "run again with --resume; the export stopped
     here" (merge has no --resume and is no export). It says to run merge again now, exit 4."""

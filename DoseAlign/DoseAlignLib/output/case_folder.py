@@ -7,6 +7,7 @@ With the ``npy`` layout each array is its own ``OUT/<case_id>/<name>.npy`` inste
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -739,14 +740,36 @@ def _files_below(folder: Path) -> list:
     return found
 
 
+#: Why a case folder cannot be moved aside that is the folder's own (its attributes, a process in it), not the disk's.
+_NOT_MOVABLE = {errno.EPERM, errno.EACCES, errno.EBUSY}
+
+
 def _replace_dir(temp: Path, final: Path, meta: Optional[dict] = None) -> None:
     if os.path.lexists(final):
         problem = replacement_problem(final, meta)
         if problem is not None:
             raise problem
         old = claim_for(final.parent).temp("old")
-        os.replace(final, old)
-        os.replace(temp, final)
+        try:
+            os.replace(final, old)
+        except OSError as error:
+            if error.errno not in _NOT_MOVABLE:
+                raise
+            # this folder, not the output: the case fails and the batch goes on (an immutable case folder stopped
+            # every --resume as if the disk were full: thirty-sixth hostile trial AJ7)
+            code = errno.errorcode.get(error.errno or 0, "")
+            raise DoseAlignError(
+                f"cannot be replaced ({error.strerror or error}{f' ({code})' if code else ''}): the case is not "
+                "exported again",
+                path=final,
+                hint="check the folder's permissions and attributes (chattr -i), or move it away; the other cases "
+                "are exported",
+            ) from None
+        try:
+            os.replace(temp, final)
+        except OSError:
+            os.replace(old, final)  # the case as it was, not a hole
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(temp, final)
