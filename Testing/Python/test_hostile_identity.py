@@ -3629,3 +3629,18 @@ def test_dicom_files_below_out_keep_a_pseudonymized_export_out(tmp_path, capsys)
     assert around_out.nested_conflict(out, True) is None
     (out / "raw" / "ct" / "notes.txt").rename(out / "raw" / "ct" / "slice.dcm")
     assert main(["export", str(root), str(out), *args]) == 0  # a plain export is not shared
+
+
+@pytest.mark.parametrize("name", ["PTV 1072315x2", "1072315x2", "GTV_1072315e2", "Body d1072315_gy", "1072315e-2"])
+def test_an_id_in_an_roi_name_of_the_shape_of_dosealigns_words_is_removed(name):
+    """Thirty-sixth hostile trial AJ8: DoseAlign's own words (sizes ``48x160x192``, DVH points ``d95_gy``, numbers
+    in exponent notation) were exempt in the names the input gave too: the patient's ID in ``PTV 1072315x2`` stayed,
+    and the check passed it. In an ROI name they are a name like any other; in DoseAlign's own text they stay."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity(patient_ids={"1072315"})
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    assert "1072315" not in rewriting.name(name), rewriting.name(name)
+    assert pseudonym.IdentityGuard(identity).find(name, own=False) == "a patient ID"
+    own = name.split()[-1].replace("1072315", "48")  # DoseAlign's word of the same shape, in its own text
+    assert rewriting.text(f"size {own}") == f"size {own}"

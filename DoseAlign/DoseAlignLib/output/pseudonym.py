@@ -1007,14 +1007,16 @@ class Pseudonymizer:
         self.add_own_digests(digest)
         return digest
 
-    def _remove_id(self, identifier: str, value: str) -> str:
+    def _remove_id(self, identifier: str, value: str, own_words: bool = True) -> str:
         """``identifier`` removed from ``value`` (:func:`_id_pattern`); where it is glued to letters, not inside
-        DoseAlign's own words (:data:`_OWN_WORDS`: ``d0.03cc_gy``, ``48x160x192``, ``1.25e-05``) or pseudonyms."""
+        DoseAlign's own words (:data:`_OWN_WORDS`: ``d0.03cc_gy``, ``48x160x192``, ``1.25e-05``; only in its own
+        text, ``own_words``: an ROI name ``PTV 1072315x2`` is the input's, thirty-sixth hostile trial AJ8) or
+        pseudonyms."""
         pattern = _id_pattern(identifier)
         if not pattern.search(value):
             return value
         own = self._own
-        kept = [m.span() for m in _OWN_WORDS.finditer(value)]
+        kept = [m.span() for m in _OWN_WORDS.finditer(value)] if own_words else []
         kept += [m.span() for m in re.finditer(r"[0-9A-Za-z]{8,}", value) if m.group(0) in own]
 
         def replace(match) -> str:
@@ -1059,7 +1061,7 @@ class Pseudonymizer:
     def _redact_text(self, value: str, own: bool = True) -> str:
         if not value:
             return value
-        value = self._remove_ids(value)
+        value = self._remove_ids(value, own)
         value = self._outside_own(value, lambda piece: self._names.redact(piece, own=own))
         dated = value
         for date in self._dates_in_reach(value):
@@ -1068,7 +1070,7 @@ class Pseudonymizer:
         if self.identity.dates and any(c.isdigit() for c in value):
             value = self._outside_own(value, self._remove_coded_dates)
         if value != dated:  # an ID's digits a date held as a number's decimals stand alone now: 15.72315 (U9)
-            value = self._remove_ids(value)
+            value = self._remove_ids(value, own)
         return value
 
     def _remove_coded_dates(self, value: str) -> str:
@@ -1112,24 +1114,24 @@ class Pseudonymizer:
                         found.append(date)
         return sorted(found)
 
-    def _remove_ids(self, value: str) -> str:
+    def _remove_ids(self, value: str, own_words: bool = True) -> str:
         # again while something is removed: an ID right after one removed before a point (1072315.1072315) was
         # passed over, its neighbour still a digit when it was read (thirty-third hostile trial AG2; a third: AH3;
         # each pass removes one at least, so the text's length bounds them: AI1)
         for _pass in range(len(value) + 1):
-            removed = self._remove_ids_once(value)
+            removed = self._remove_ids_once(value, own_words)
             if removed == value:
                 break
             value = removed
         return value
 
-    def _remove_ids_once(self, value: str) -> str:
+    def _remove_ids_once(self, value: str, own_words: bool = True) -> str:
         items, needles, numbers = self._id_index
         if len(needles) > _Needles.PLAIN_LOOP:  # only the IDs whose letters and digits the text holds (X7)
             present = needles.found_in(_ascii_squeezed(value))
             items = [(i, squeezed) for i, squeezed in items if squeezed is None or squeezed in present]
         for item, _squeezed in items:
-            value = self._remove_id(item, value)
+            value = self._remove_id(item, value, own_words)
         for number in numbers:  # the number of an ID of letters and digits, as a word of its own
             if number in value:
                 value = _bare_number(number).sub(REMOVED, value)
@@ -2516,10 +2518,12 @@ class IdentityGuard:
             return text
         return re.sub(r"[0-9A-Za-z]{8,}", lambda m: blank if m.group(0) in self.own else m.group(0), text)
 
-    def _skipped(self, lowered: str) -> str:
+    def _skipped(self, lowered: str, own_words: bool = True) -> str:
         """``lowered`` for the search of glued IDs: this run's own hash digests (:attr:`own`) and DoseAlign's own
-        words (:data:`_GUARD_SKIPS`) made blanks, where an ID glued to letters would sit by chance."""
-        lowered = _GUARD_SKIPS.sub(lambda m: " " * len(m.group(0)), lowered)
+        words (:data:`_GUARD_SKIPS`; in its own text only, ``own_words``: not in an ROI name, thirty-sixth hostile
+        trial AJ8) made blanks, where an ID glued to letters would sit by chance."""
+        if own_words:
+            lowered = _GUARD_SKIPS.sub(lambda m: " " * len(m.group(0)), lowered)
         if self.own:
             if self._own_folded[0] is not self.own:
                 self._own_folded = (self.own, {t.casefold() for t in self.own})
@@ -2551,7 +2555,7 @@ class IdentityGuard:
             text = "\n".join([text, _fold(text), *copies[1:], *([ideographs] if ideographs != plain else [])])
         lowered = text.casefold()
         if self.glued_ids and any(
-            _glued_id(self._skipped(c.casefold()), self._glued_needles, self.dotted_ids) for c in copies
+            _glued_id(self._skipped(c.casefold(), own), self._glued_needles, self.dotted_ids) for c in copies
         ):
             return "a patient ID"
         collapsed = re.sub(r"(?<=[0-9a-z])[-_^]+(?=[0-9a-z])", "", lowered)
