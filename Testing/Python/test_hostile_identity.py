@@ -1074,20 +1074,23 @@ def test_dates_written_as_counts_are_removed_and_found_on_both_sides(tmp_path, c
     dates (``2023-105``, ``1975061``, ``105_2023``), ISO week dates (``2023-W15-6``, ``2023W156``) and a Unix time
     (``1681516800``, 00:00 UTC; ``1681550000`` later that day; in milliseconds) passed --pseudonymize in ROI names.
     The rewriting removes them and the check finds them, each on its own; other days, longer numbers and decimals
-    are left."""
+    are left. A Unix time counts in any time zone, with a fraction, in micro- and nanoseconds too (AJ4)."""
     from DoseAlignLib.output import pseudonym
 
     identity = pseudonym.Identity(dates={"20230415", "19750302"})
     rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
     guard = pseudonym.IdentityGuard(identity)
     counted = ["CT_2023-105", "CT_2023105", "PTV_2023-W15-6", "PTV_2023W156", "GTV_1681516800", "GTV 1681550000",
-               "t1681516800000", "CTV_1975-061", "CTV_1975061", "BOOST_105_2023", "born 162950400"]  # fmt: skip
+               "t1681516800000", "CTV_1975-061", "CTV_1975061", "BOOST_105_2023", "born 162950400",
+               # thirty-sixth hostile trial AJ4: fractional seconds, micro- and nanoseconds, and the day's moments in
+               # other time zones (15 April 08:00 +0900 is 14 April 23:00 UTC)
+               "t1681516800.5", "t1681516800000000", "t1681516800000000000", "PTV_1681513200", "PTV_1681603200"]  # fmt: skip
     for text in counted:
         assert guard.find(text) == "a date", text
         rewritten = rewriting.text(text)
         assert "[removed]" in rewritten and not guard.find(rewritten), (text, rewritten)
-    others = ["CT_2023-106", "PTV_2023-W15-7", "GTV_1681603200", "x12023105", "2023.105", "0.1681516800",
-              "1681516800.5", "PTV 2023-366", "1975-000"]  # fmt: skip
+    others = ["CT_2023-106", "PTV_2023-W15-7", "GTV_1681700000", "x12023105", "2023.105", "0.1681516800",
+              "GTV_1681380000", "PTV 2023-366", "1975-000", "t16815168000"]  # fmt: skip
     for text in others:
         assert guard.find(text) == "" and rewriting.text(text) == text, text
     # the check alone, with the rewriting made to miss them

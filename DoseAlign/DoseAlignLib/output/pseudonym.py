@@ -1076,7 +1076,7 @@ class Pseudonymizer:
     def _remove_coded_dates(self, value: str) -> str:
         """``value`` without the input's dates written as counts (:data:`_CODED_DATE`)."""
         dates = self.identity.dates
-        return _CODED_DATE.sub(lambda m: REMOVED if _coded_date(m) in dates else m.group(0), value)
+        return _CODED_DATE.sub(lambda m: REMOVED if _coded_dates(m) & dates else m.group(0), value)
 
     def _dates_in_reach(self, value: str) -> list:
         """The input's dates whose pattern (:func:`_date_pattern`) could match ``value``: every spelling holds the
@@ -2940,7 +2940,8 @@ def _dates_in(text: str) -> set:
 def _add_counted(found: set, lowered: str) -> None:
     """The check's own reading of dates written as counts (thirtieth hostile trial AD7): a year and the day of it
     (``2023-105``, ``2023105``, ``105_2023``), a year, ISO week and weekday (``2023-w15-6``), and a run of 9 or 10
-    digits (12 or 13) as seconds (milliseconds) since 1970, UTC; not inside a longer number nor a decimal one."""
+    digits (with a fraction or not; 12 or 13, 15 or 16, 18 or 19) as a Unix time (:func:`unix_dates`); not inside a
+    longer number nor a decimal one."""
     edge = r"(?<![\d.])", r"(?![\d]|\.\d)"
     for match in re.finditer(edge[0] + r"(\d{4})[-_ /]?(\d{3})" + edge[1], lowered):
         _add_ordinal(found, match.group(1), match.group(2))
@@ -2949,11 +2950,8 @@ def _add_counted(found: set, lowered: str) -> None:
     for match in re.finditer(edge[0] + r"(\d{4})[-_ ]?w(\d{2})[-_ ]?(\d)" + edge[1], lowered):
         with contextlib.suppress(ValueError):
             found.add(datetime.date.fromisocalendar(*map(int, match.groups())).strftime("%Y%m%d"))
-    for match in re.finditer(edge[0] + r"(\d{9,10}|\d{12,13})" + edge[1], lowered):
-        count = int(match.group(1))
-        seconds = count // 1000 if len(match.group(1)) > 10 else count
-        with contextlib.suppress(ValueError, OverflowError, OSError):
-            found.add(time.strftime("%Y%m%d", time.gmtime(seconds)))
+    for match in re.finditer(edge[0] + r"(\d{9,10}(?:\.\d+)?|\d{12,13}|\d{15,16}|\d{18,19})" + edge[1], lowered):
+        found.update(unix_dates(match.group(1)))
 
 
 def _add_ordinal(found: set, year: str, day: str) -> None:
@@ -3061,34 +3059,56 @@ _MONTHS = (
     ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
 )
 #: The rewriting's dates written as a count: ISO 8601 ordinal (``2023-105``, ``2023105``, ``105_2023``) and week
-#: dates (``2023-W15-6``, ``2023W156``), and a Unix time in seconds or milliseconds (``1681516800``) of any moment
-#: of the day, UTC (thirtieth hostile trial AD7); none inside a longer number or a decimal one.
+#: dates (``2023-W15-6``, ``2023W156``), and a Unix time (``1681516800``, :func:`unix_dates`) of any moment of the
+#: day (thirtieth hostile trial AD7); none inside a longer number or a decimal one.
 _CODED_DATE = re.compile(
     r"(?<![0-9])(?<![0-9]\.)(?:"
     r"(?P<oy>1[89][0-9]{2}|20[0-9]{2})[-_ /]?(?P<od>[0-3][0-9]{2})"
     r"|(?P<rd>[0-3][0-9]{2})[-_ /](?P<ry>1[89][0-9]{2}|20[0-9]{2})"
     r"|(?P<wy>1[89][0-9]{2}|20[0-9]{2})[-_ ]?[Ww](?P<ww>[0-5][0-9])[-_ ]?(?P<wd>[1-7])"
-    r"|(?P<unix>[0-9]{9,10}|[0-9]{12,13})"
+    r"|(?P<unix>[0-9]{9,10}(?:\.[0-9]+)?|[0-9]{12,13}|[0-9]{15,16}|[0-9]{18,19})"
     r")(?![0-9])(?!\.[0-9])"
 )
+#: How many digits a Unix time has in seconds, milliseconds, microseconds and nanoseconds: the count's divisor.
+_UNIX_SCALES = {9: 1, 10: 1, 12: 10**3, 13: 10**3, 15: 10**6, 16: 10**6, 18: 10**9, 19: 10**9}
+#: The time zones' offsets from UTC, in hours (UTC-12 to UTC+14): a moment falls on a date in any of them.
+_ZONE_HOURS = (-12, 14)
 
 
-def _coded_date(match) -> str:
-    """The YYYYMMDD a :data:`_CODED_DATE` match stands for ('' when it is none)."""
+def unix_dates(count: str) -> set:
+    """The YYYYMMDD dates on which the Unix time ``count`` (seconds, with a fraction or not; milliseconds,
+    microseconds, nanoseconds: told by its digits) falls in some time zone: the study's own moment written as
+    ``date +%s`` prints it where the header's zone is (thirty-sixth hostile trial AJ4). Empty when it is none."""
+    whole = count.split(".")[0]
+    scale = _UNIX_SCALES.get(len(whole))
+    if scale is None:
+        return set()
+    seconds = int(whole) // scale
+    try:
+        first, last = (
+            datetime.datetime.fromtimestamp(seconds + hours * 3600, datetime.timezone.utc).date()
+            for hours in _ZONE_HOURS
+        )
+    except (ValueError, OverflowError, OSError):
+        return set()
+    return {(first + datetime.timedelta(days=n)).strftime("%Y%m%d") for n in range((last - first).days + 1)}
+
+
+def _coded_dates(match) -> set:
+    """The YYYYMMDD dates a :data:`_CODED_DATE` match stands for (a Unix time: one or two, by time zone)."""
     parts = match.groupdict()
     try:
         if parts["oy"] or parts["ry"]:
             year, day = int(parts["oy"] or parts["ry"]), int(parts["od"] or parts["rd"])
             when = datetime.date(year, 1, 1) + datetime.timedelta(days=day - 1)
-            return when.strftime("%Y%m%d") if day >= 1 and when.year == year else ""
+            return {when.strftime("%Y%m%d")} if day >= 1 and when.year == year else set()
         if parts["wy"]:
-            return datetime.date.fromisocalendar(int(parts["wy"]), int(parts["ww"]), int(parts["wd"])).strftime(
-                "%Y%m%d"
-            )
-        seconds = int(parts["unix"]) // (1000 if len(parts["unix"]) > 10 else 1)
-        return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y%m%d")
+            return {
+                datetime.date.fromisocalendar(int(parts["wy"]), int(parts["ww"]), int(parts["wd"])).strftime("%Y%m%d")
+            }
+        return unix_dates(parts["unix"])
     except (ValueError, OverflowError, OSError):
-        return ""
+        return set()
 
 
 _DATE_PATTERNS: dict = {}
