@@ -3647,3 +3647,31 @@ def test_an_id_in_an_roi_name_of_the_shape_of_dosealigns_words_is_removed(name):
     assert pseudonym.IdentityGuard(identity).find(name, own=False) == "a patient ID"
     own = name.split()[-1].replace("1072315", "48")  # DoseAlign's word of the same shape, in its own text
     assert rewriting.text(f"size {own}") == f"size {own}"
+
+
+def test_file_names_without_a_suffix_at_the_inputs_top_are_tokens_in_dosealigns_text(tmp_path, capsys):
+    """Thirty-sixth hostile trial AJ15: the study's files at the input's top named ``Kowalski_Jan_<n>`` (no suffix, as
+    PACS exports write them; the headers name another patient) stood in clear in meta.json's prose (``chosen via
+    RTPLAN -> RTSTRUCT Kowalski_Jan_3 -> CT``) and the audit's ``object``; a damaged one in its failed row. In
+    DoseAlign's own text such a name is a path wherever it stands whole; an ROI name equal to a file name stays."""
+    source = tmp_path / "study"
+    truth = hostile.study(source, "NOSUFFIX-1", 136)
+    root = tmp_path / "in"
+    root.mkdir()
+    for n, path in enumerate(sorted(source.rglob("*.dcm")), 1):
+        shutil.copy(path, root / f"Kowalski_Jan_{n}")
+    (root / "Nowak_Anna_RS").write_bytes(truth.struct_file.read_bytes()[:700])  # truncated: its own failed row
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 1
+    capsys.readouterr()
+    leaked = _all_output_bytes(out)
+    for needle in (b"Kowalski", b"Nowak"):
+        assert not [where for where, data in leaked if needle in data], needle
+    assert sorted(row["status"] for row in hostile.manifest(out)) == ["failed", "ok"]
+    from DoseAlignLib.output import pseudonym
+
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(paths={"Heart", "CT"}))
+    assert (
+        rewriting.name("Heart") == "Heart" and rewriting.text("RTSTRUCT Heart") == f"RTSTRUCT {rewriting.path('Heart')}"
+    )
+    assert rewriting.text("CT 'x' chosen") == "CT 'x' chosen"  # (a file named as DoseAlign's word: its word stays)

@@ -823,7 +823,7 @@ class Pseudonymizer:
         if not value:
             return value
         value = self._renamed_in(value)
-        value = self._replace_paths(value)
+        value = self._replace_paths(value, own=True)
         value = _UID.sub(lambda m: self._uid_in_text(m.group(0)), value)
         return self._redact(value)
 
@@ -937,7 +937,11 @@ class Pseudonymizer:
             return self.uid(candidate)
         return candidate
 
-    def _replace_paths(self, value: str) -> str:
+    def _replace_paths(self, value: str, own: bool = False) -> str:
+        """``value`` with the input's paths as path tokens. ``own``: DoseAlign's own text, where a file at the input's
+        top whose name has no suffix (``Kowalski_Jan_3``, as PACS exports name them) is a path wherever it stands
+        whole (it stood in clear in meta.json's prose: thirty-sixth hostile trial AJ15); in a name the input gave
+        (an ROI ``Heart`` beside a file ``Heart``) only where it is unmistakably a path, as a single folder name."""
         root = self.input_root.rstrip("/")
         candidates = []
         if root and root in value:
@@ -946,11 +950,16 @@ class Pseudonymizer:
                 if full in value:
                     candidates.append((full, rel))
         for rel in self.identity.paths:
+            if rel not in value:
+                continue
             # single folder names only where they are unmistakably paths: quoted, or as a path start
-            if rel in value and ("/" in rel or "." in rel or f"'{rel}'" in value or f"{rel}/" in value):
+            unmistakable = "/" in rel or "." in rel or f"'{rel}'" in value or f"{rel}/" in value
+            # (not a name of under 3 characters, nor one of DoseAlign's words: CT, RS, plan stay words)
+            loose = own and len(rel) >= 3 and rel not in self._folders and rel.casefold() not in OWN_VOCABULARY
+            if unmistakable or loose:
                 candidates.append((rel, rel))
         for text, rel in sorted(candidates, key=lambda c: -len(c[0])):
-            if "/" in text or "." in text:
+            if "/" in text or "." in text or own and text not in self._folders:
                 pattern = re.compile(r"(?<![\w.\-/])" + re.escape(text) + r"(?![\w\-/]|\.\w)")
             else:  # a bare folder name only where it is a path: quoted, or before a "/" (not a word of a sentence)
                 pattern = re.compile(r"(?<=')" + re.escape(text) + r"(?=')|(?<![\w.\-/])" + re.escape(text) + r"(?=/)")
