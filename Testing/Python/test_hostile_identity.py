@@ -3675,3 +3675,19 @@ def test_file_names_without_a_suffix_at_the_inputs_top_are_tokens_in_dosealigns_
         rewriting.name("Heart") == "Heart" and rewriting.text("RTSTRUCT Heart") == f"RTSTRUCT {rewriting.path('Heart')}"
     )
     assert rewriting.text("CT 'x' chosen") == "CT 'x' chosen"  # (a file named as DoseAlign's word: its word stays)
+
+
+@pytest.mark.parametrize("invisible", ["\u3164", "\u034f", "\ufe0f", "\u180e", "\U000e0101", "\u200b"])
+def test_a_name_with_an_invisible_character_inside_is_removed_and_found(invisible):
+    """Thirty-sixth hostile trial AJ19: a surname written with a Hangul filler inside (a letter that shows nothing)
+    was kept; with a combining grapheme joiner or a variation selector (no format characters, category Cf) the check
+    found what the rewriting kept, and the case failed "please report it". Both read through every character that
+    shows nothing."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.add_name("Lukasiewicz^Hieronim")
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    name = f"PTV_Lukasi{invisible}ewicz"
+    assert rewriting.name(name) == "PTV_[removed]", rewriting.name(name)
+    assert pseudonym.IdentityGuard(identity).find(name, own=False) == "a patient name"
