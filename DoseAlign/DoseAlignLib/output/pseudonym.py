@@ -122,6 +122,9 @@ PATH_KEYS = {
     "ct_folder",
 }
 _UID = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){2,}(?![\w.])")
+#: A dotted run of digits glued to letters or ``_`` (``PTV_1.2.3...``): hashed only when it is one of the input's UIDs
+#: (the check finds those there; a case with one failed "please report it": thirty-sixth hostile trial AJ22).
+_GLUED_UID = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+){2,}(?![0-9]|\.[0-9])")
 _DICOM_DEFINED_UID = "1.2.840.10008."
 _FILE_SUFFIXES = {".dcm", ".dicom", ".ima", ".img"}
 
@@ -824,7 +827,7 @@ class Pseudonymizer:
             return value
         value = self._renamed_in(value)
         value = self._replace_paths(value, own=True)
-        value = _UID.sub(lambda m: self._uid_in_text(m.group(0)), value)
+        value = self._uids_in_text(value)
         return self._redact(value)
 
     def name(self, value: str) -> str:
@@ -906,7 +909,7 @@ class Pseudonymizer:
         if not value:
             return value
         value = self._replace_paths(value)
-        value = _UID.sub(lambda m: self._uid_in_text(m.group(0)), value)
+        value = self._uids_in_text(value)
         return self._redact(value, own=False)
 
     def _renamed_in(self, value: str) -> str:
@@ -923,6 +926,14 @@ class Pseudonymizer:
                 else:
                     pattern = re.compile(r"(?<![^\W_])" + re.escape(original) + r"(?![^\W_])")
                 value = pattern.sub(lambda _m, new=renamed[original]: new, value)
+        return value
+
+    def _uids_in_text(self, value: str) -> str:
+        """``value`` with its UIDs hashed (:meth:`_uid_in_text`), and the input's own UIDs glued to letters too."""
+        value = _UID.sub(lambda m: self._uid_in_text(m.group(0)), value)
+        if self.identity.uids and "." in value:
+            uids = self.identity.uids
+            value = _GLUED_UID.sub(lambda m: self.uid(m.group(0)) if m.group(0) in uids else m.group(0), value)
         return value
 
     def _uid_in_text(self, candidate: str) -> str:
