@@ -3707,3 +3707,19 @@ def test_an_input_uid_glued_to_letters_in_an_roi_name_is_hashed(name):
     assert uid not in rewritten and rewriting.uid(uid) in rewritten, rewritten
     assert pseudonym.IdentityGuard(identity).find(rewritten, own=False) == ""
     assert rewriting.name("v1.2.3") == "v1.2.3"  # (no input UID: a version stays)
+
+
+@pytest.mark.parametrize("folder", ["Nowak\\Anna", "Kowalski\nJan"])
+def test_the_ct_folders_token_is_its_files_folder_token(folder, tmp_path, capsys):
+    """Thirty-sixth hostile trial AJ17: a folder named with a backslash (or a control character, written escaped)
+    was split at the backslash into two path components under --pseudonymize, and its last part was a file's token
+    in ``ct_folder`` but a folder's in ``files``: a reader could not find the CT's files by its folder."""
+    root = tmp_path / "in"
+    hostile.study(root / folder, "BACKSLASH-1", 137, with_structures=False)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    folders = {f.rsplit("/", 1)[0] for f in row["files"].split(";")}
+    assert row["ct_folder"] in folders and row["ct_folder"].startswith("d"), (row["ct_folder"], folders)
+    assert "Nowak" not in row["files"] and "Kowalski" not in row["files"]

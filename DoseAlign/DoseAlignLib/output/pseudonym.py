@@ -721,8 +721,10 @@ class Pseudonymizer:
         return pseudonym
 
     def path(self, rel: str) -> str:
-        """One token per path component, so files of one folder share its folder token."""
-        rel = str(rel).replace("\\", "/")
+        """One token per path component, so files of one folder share its folder token. The input's paths are
+        POSIX: a backslash is a character of a name (``Nowak\\Anna``; it was read as a separator, and the CT's folder
+        token was not its files' folder token: thirty-sixth hostile trial AJ17)."""
+        rel = str(rel)
         parts = [p for p in PurePosixPath(rel).parts if p not in ("", ".")]
         if not parts:
             return rel
