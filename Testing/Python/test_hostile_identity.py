@@ -3723,3 +3723,26 @@ def test_the_ct_folders_token_is_its_files_folder_token(folder, tmp_path, capsys
     folders = {f.rsplit("/", 1)[0] for f in row["files"].split(";")}
     assert row["ct_folder"] in folders and row["ct_folder"].startswith("d"), (row["ct_folder"], folders)
     assert "Nowak" not in row["files"] and "Kowalski" not in row["files"]
+
+
+def test_a_full_folder_above_out_is_told_by_its_manifest(tmp_path, monkeypatch):
+    """Thirty-sixth hostile trial AJ23: a folder above OUT with more than DOSEALIGN_OUT_ENTRIES entries (a home folder)
+    refused every plain export below it, though a folder that holds anything else is an export by its manifest
+    alone. It is told by its manifest.csv; a folder of that many case folders alone is still refused."""
+    from DoseAlignLib.limits import LimitError
+    from DoseAlignLib.output import around_out
+
+    monkeypatch.setenv("DOSEALIGN_OUT_ENTRIES", "100")
+    big = tmp_path / "big"
+    big.mkdir()
+    for n in range(300):
+        (big / f"note{n}.txt").write_text("x")
+    assert around_out.export_kinds(big, wanted="pseudonymized") == set()
+    assert around_out.nested_conflict(big / "out", False) is None
+    (big / "manifest.csv").write_text("case_id,status\nP0123456789ab_plan_0a1b2c3d,ok\n")
+    assert around_out.export_kinds(big, wanted="pseudonymized") == {"pseudonymized"}
+    cases = tmp_path / "cases"
+    for n in range(150):
+        (cases / f"CASE-{n}_plan_{n:08x}").mkdir(parents=True)
+    with pytest.raises(LimitError, match="more than 100 entries"):
+        around_out.export_kinds(cases)

@@ -153,8 +153,9 @@ def export_kinds(folder: Path, wanted: Optional[str] = None) -> set:
     and else by its case folders' meta.json where it holds nothing but DoseAlign's (an export stopped before its
     manifest: thirty-first hostile trial AE1, AE2; one case folder copied into a home folder makes no export of it:
     thirty-second AF5). It stops reading case folders once it holds ``wanted`` ("plain", "pseudonymized", or
-    "export": any). Raises :class:`LimitError` beyond ``DOSEALIGN_OUT_ENTRIES`` entries (the answer would be a
-    guess)."""
+    "export": any). Beyond ``DOSEALIGN_OUT_ENTRIES`` entries a folder that holds anything else is told by its
+    manifest.csv alone (its shard manifests are not looked for); one of case folders alone raises
+    :class:`LimitError` (the answer would be a guess)."""
     folder = Path(folder)
     kinds: set = set()
     exported, foreign, folders = False, False, []
@@ -164,7 +165,15 @@ def export_kinds(folder: Path, wanted: Optional[str] = None) -> set:
             for entry in listing:
                 seen += 1
                 if seen > most:
-                    raise _too_many(folder, most, "(a folder above the output folder, read for an export)")
+                    if not foreign:  # (an export of that many case folders: too many to read)
+                        raise _too_many(folder, most, "(a folder above the output folder, read for an export)")
+                    # a folder of anything is an export by its manifest alone, whose own name is looked up (a home
+                    # folder of many files refused every plain export below it: thirty-sixth hostile trial AJ23)
+                    if not exported and (folder / "manifest.csv").is_file():
+                        found = _manifest_kinds(folder / "manifest.csv")
+                        exported = found is not None
+                        kinds |= found or set()
+                    break
                 name = entry.name
                 if name == "manifest.csv" or SHARD_MANIFEST.fullmatch(name):
                     found = _manifest_kinds(Path(entry.path))
