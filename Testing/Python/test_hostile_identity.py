@@ -3746,3 +3746,21 @@ def test_a_full_folder_above_out_is_told_by_its_manifest(tmp_path, monkeypatch):
         (cases / f"CASE-{n}_plan_{n:08x}").mkdir(parents=True)
     with pytest.raises(LimitError, match="more than 100 entries"):
         around_out.export_kinds(cases)
+
+
+def test_a_patient_id_that_is_one_of_dosealigns_words_fails_no_case(tmp_path, capsys):
+    """Thirty-sixth hostile trial AJ20: a PatientID ``PLAN`` (a letters-only phantom ID that is one of DoseAlign's
+    words) failed every case under --pseudonymize, "please report it": the row's own summation type and case id hold
+    ``plan``. Such an ID is no ID in DoseAlign's own text; in the names the input gave it is removed."""
+    from DoseAlignLib.output import pseudonym
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "PLAN", 138)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
+    capsys.readouterr()
+    identity = pseudonym.Identity(patient_ids={"PLAN"})
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    assert rewriting.name("PLAN_boost") == "[removed]_boost" and rewriting.text("the plan's dose") == "the plan's dose"
+    guard = pseudonym.IdentityGuard(identity)
+    assert guard.find("PLAN_boost", own=False) == "a patient ID" and guard.find("P0123456789ab_plan_0a1b2c3d") == ""

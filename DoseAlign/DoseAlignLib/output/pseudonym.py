@@ -1151,6 +1151,8 @@ class Pseudonymizer:
             present = needles.found_in(_ascii_squeezed(value))
             items = [(i, squeezed) for i, squeezed in items if squeezed is None or squeezed in present]
         for item, _squeezed in items:
+            if own_words and item.isalpha() and item.casefold() in OWN_VOCABULARY:  # (a PatientID PLAN: AJ20)
+                continue
             value = self._remove_id(item, value, own_words)
         for number in numbers:  # the number of an ID of letters and digits, as a word of its own
             if number in value:
@@ -2473,6 +2475,9 @@ class IdentityGuard:
         self.alone_words = self.alone | self.single_cjk
         self.ids = {"".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers}
         self.ids.discard("")
+        #: IDs that are words of DoseAlign's own text (a PatientID ``PLAN``): no ID there, only in the input's names
+        #: (every case of such a patient failed "please report it": thirty-sixth hostile trial AJ20)
+        self.vocabulary_ids = {i for i in self.ids if i.isalpha() and i in OWN_VOCABULARY}
         # an ID's numbers also without their leading zeros (0072315: 72315; mrn0072315: mrn72315, and 72315 as a
         # word of its own), where MIN_UNPADDED_DIGITS digits or more remain: the check's own reading, character by
         # character
@@ -2567,6 +2572,10 @@ class IdentityGuard:
         if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
             # component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11)
             text = _DOTTED_RUN.sub(lambda m: " " if m.group(0) in self.uids else m.group(0), text)
+        if own and self.vocabulary_ids:  # (whole words only: "planning" is no "plan")
+            text = re.sub(
+                r"[A-Za-z]+", lambda m: " " if m.group(0).casefold() in self.vocabulary_ids else m.group(0), text
+            )
         copies = [text]  # glued IDs are read as written and as NFKC (not folded: there é is a separator, not an e)
         if not text.isascii():
             plain = _ascii_digits(unicodedata.normalize("NFKC", visible(text)))
