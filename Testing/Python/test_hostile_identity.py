@@ -3764,3 +3764,22 @@ def test_a_patient_id_that_is_one_of_dosealigns_words_fails_no_case(tmp_path, ca
     assert rewriting.name("PLAN_boost") == "[removed]_boost" and rewriting.text("the plan's dose") == "the plan's dose"
     guard = pseudonym.IdentityGuard(identity)
     assert guard.find("PLAN_boost", own=False) == "a patient ID" and guard.find("P0123456789ab_plan_0a1b2c3d") == ""
+
+
+def test_the_tags_of_roi_names_that_rewrite_alike_are_in_the_map_before_any_case_runs():
+    """Thirty-sixth hostile trial AJ21: the keyed tags of ROI names that rewrite alike (``Lukas0_cord``,
+    ``Lukas1_cord``: ``[removed]_cord``) were made in the workers and written with the map at the run's end only; a
+    run killed after two cases lost their rows, and --resume, which keeps those cases, never wrote them. They are
+    listed when the run prepares (and the map is written then)."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    for n in range(3):
+        identity.add_name(f"Lukas{n}^Anna")
+    identity.roi_names = {f"Lukas{n}_cord" for n in range(3)} | {"Anna", "PTV"}
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    rewriting._find_alike()  # (what prepare does before it writes the map)
+    listed = {original: tag for (kind, tag), original in rewriting.entries.items() if kind == "roi"}
+    for n in range(3):
+        channel = rewriting.name(f"Lukas{n}_cord")
+        assert channel == f"[removed]_cord_{listed[f'Lukas{n}_cord']}", (channel, listed)

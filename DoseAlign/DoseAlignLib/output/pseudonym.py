@@ -852,9 +852,7 @@ class Pseudonymizer:
             # two of the input's ROI names rewrite alike (Lung_L and Lens_L of patients Lung and Lens: [removed]_L):
             # each gets a keyed tag of itself, one channel name for one ROI in every case, where the structure set's
             # order numbered them, the lung's channel the lens in another case (twenty-second hostile trial V4)
-            tag = self._digest("roi", value.strip().casefold()).hex()[:8]
-            self.entries[("roi", tag)] = value.strip()
-            rewritten = f"{rewritten}_{tag}"
+            rewritten = f"{rewritten}_{self._roi_tag(value)}"
         if rewritten != value:
             renamed = getattr(self, "_renamed", None)
             if renamed is None:
@@ -877,6 +875,24 @@ class Pseudonymizer:
             rewritten = f"{REMOVED}_{tag}"
         return rewritten
 
+    def _roi_tag(self, value: str) -> str:
+        """The keyed tag of an ROI name that rewrites like another (see :meth:`name`), listed in the map."""
+        tag = self._digest("roi", value.strip().casefold()).hex()[:8]
+        self.entries[("roi", tag)] = value.strip()
+        return tag
+
+    def _tag_alike(self, rewrites: dict) -> bool:
+        """List in the map, now, the tags :meth:`name` gives the input's ROI names that rewrite alike (``rewrites``:
+        name -> rewritten name): the workers' own were written with the map at the run's end only, and a run killed
+        before it lost those of its finished cases, which --resume keeps and never names again (thirty-sixth hostile
+        trial AJ21). Whether any was new."""
+        before = len(self.entries)
+        alike = getattr(self, "_alike", ())
+        for roi_name, rewritten in rewrites.items():
+            if roi_name and rewritten != roi_name and rewritten.casefold() in alike:
+                self._roi_tag(roi_name)
+        return len(self.entries) != before
+
     def avoid_names(self, taken: Iterable[str]) -> None:
         """Tell apart, with a keyed tag, this input's ROI names that rewrite to a name ``taken`` already (another
         input's channel in OUT, under --append): ``[removed]_L`` was the lung of the cases kept and the lens of the
@@ -889,11 +905,14 @@ class Pseudonymizer:
             return
         most = limit("DOSEALIGN_IDENTITY_CHARS")
         alike = set(getattr(self, "_alike", ()))
+        done = {}
         for roi_name in sorted(n for n in self.identity.roi_names if n and len(n) <= most):
-            rewritten = rewrites.get(roi_name) or self._rewritten_name(roi_name)
+            rewritten = done[roi_name] = rewrites.get(roi_name) or self._rewritten_name(roi_name)
             if rewritten != roi_name and rewritten.casefold() in taken:
                 alike.add(rewritten.casefold())
         object.__setattr__(self, "_alike", frozenset(alike))
+        if self._tag_alike(done) and self.map_path:  # (the map was written at prepare: again, with them)
+            self.write_map(Path(self.map_path))
 
     def _find_alike(self) -> None:
         """The rewritten ROI names (case folded) that two of the input's ROI names, other than in case, rewrite to."""
@@ -906,6 +925,7 @@ class Pseudonymizer:
                 originals.setdefault(rewritten.casefold(), set()).add(roi_name.casefold())
         object.__setattr__(self, "_alike", frozenset(k for k, names in originals.items() if len(names) > 1))
         object.__setattr__(self, "_rewrites", rewrites)
+        self._tag_alike(rewrites)
 
     def _name_piece(self, value: str) -> str:
         if not value:
