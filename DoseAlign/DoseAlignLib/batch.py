@@ -425,6 +425,8 @@ def export_folder(
     folders_before = {index: _folder_stamp(case_dir(out_dir, case.case_id)) for index, case in to_run}
     try:
         if scheduler:
+            if scheduler != "local" and to_run:
+                _note_limits_stay_here(scheduler, note)
             run_dask(
                 task,
                 [c for _i, c in to_run],
@@ -1053,6 +1055,21 @@ def _other_cases(
     if found.other:
         note(f"{out_dir} also holds {_some(found.other)}: left alone")
     return carried
+
+
+def _note_limits_stay_here(scheduler: str, note: Callable[[str], None]) -> None:
+    """Say that the ``DOSEALIGN_*`` limits set for this command do not reach a ``--scheduler tcp://`` cluster's
+    workers, whose own environment decides them (thirty-seventh hostile trial AK3: a lowered case time limit was
+    silently not applied there)."""
+    from .limits import DEFAULTS
+
+    given = sorted(name for name in DEFAULTS if os.environ.get(name, "").strip())
+    if given:
+        note(
+            f"--scheduler {scheduler}: {', '.join(given)} set here apply to the scan and to this process only; the "
+            "cases run on the cluster's workers, whose own environment decides the limits (start `dask worker` "
+            "with the same variables)"
+        )
 
 
 def _kept_leaks(found, carried: list, named: set, pseudonymizer) -> list:

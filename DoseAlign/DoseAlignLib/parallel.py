@@ -381,6 +381,7 @@ def run_dask(
         for index, case in enumerate(cases):
             on_result(index, lost(case, reason))
         return
+    watching = threading.Event()  # set when the cases are done: the watch of the workers ends
     try:
         if cluster is None and cases:
             _wait_for_a_worker(client, scheduler, on_note or (lambda _message: None), stop)
@@ -399,6 +400,13 @@ def run_dask(
             index_of[future.key] = item[0]
             batch.add(future)
         case_of = {index: case for index, case in enumerate(cases)}
+        if cluster is None:  # the workers may leave while cases run: said, not waited for without a word
+            threading.Thread(
+                target=_watch_workers,
+                args=(lambda: len(client.scheduler_info().get("workers", {})), scheduler, on_note, watching),
+                name="dosealign-dask-workers",
+                daemon=True,
+            ).start()
         for future in batch:
             index = index_of.pop(future.key)
             try:
@@ -415,6 +423,7 @@ def run_dask(
                 index_of[nxt.key] = item[0]
                 batch.add(nxt)
     finally:
+        watching.set()
         stopped = not isinstance(sys.exc_info()[1], (Exception, type(None)))
         try:
             if stopped and cluster is not None:
@@ -515,6 +524,46 @@ def _wait_for_a_worker(client, scheduler: str, note: Callable[[str], None], stop
         except (DaskTimeoutError, TimeoutError):
             minutes = (time.monotonic() - started) / 60
             note(f"--scheduler {scheduler}: still no Dask worker after {minutes:.0f} min; the export waits")
+
+
+#: How often a running export asks its scheduler how many workers it has (seconds).
+WORKER_POLL_SECONDS = 2.0
+
+
+def _watch_workers(
+    count: Callable[[], int],
+    scheduler: str,
+    note: Optional[Callable[[str], None]],
+    done: threading.Event,
+    poll: float = WORKER_POLL_SECONDS,
+) -> None:
+    """While cases run on ``scheduler``, tell ``note`` when it has no worker left (``count()`` of them), at once and
+    then every :data:`WORKER_WAIT_NOTE_SECONDS`, and when one has joined again. The only worker killed while it ran
+    a case left the export waiting without a word and without end (thirty-seventh hostile trial AK2). Dask runs the
+    case again on a worker that joins; the export waits for one (a cluster that starts workers on demand)."""
+    if note is None:
+        return
+    gone_since, said = None, 0.0
+    while not done.wait(poll):
+        try:
+            workers = count()
+        except Exception:  # (the scheduler gone: the cases' futures fail, and say so)
+            continue
+        now = time.monotonic()
+        if workers and gone_since is not None:
+            note(f"--scheduler {scheduler}: a Dask worker joined again after {now - gone_since:.0f} s")
+            gone_since = None
+        elif not workers and gone_since is None:
+            gone_since = said = now
+            note(
+                f"--scheduler {scheduler}: no Dask worker is connected any more; the cases not finished wait for one "
+                f"(start one with `dask worker {scheduler}`; Ctrl-C stops the export)"
+            )
+        elif not workers and now - said >= WORKER_WAIT_NOTE_SECONDS:
+            said = now
+            note(
+                f"--scheduler {scheduler}: still no Dask worker after {(now - gone_since) / 60:.0f} min; the export waits"
+            )
 
 
 def check_scheduler(address: str) -> None:

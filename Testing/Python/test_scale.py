@@ -299,6 +299,51 @@ def test_a_scheduler_without_workers_is_said_while_the_export_waits(cohort, tmp_
     assert [row["status"] for row in _manifest(out / "manifest.csv")] == ["ok"] * 5
 
 
+def test_a_scheduler_whose_workers_leave_while_cases_run_is_said(monkeypatch):
+    """Thirty-seventh hostile trial AK2: the only worker of a ``--scheduler tcp://`` cluster killed while it ran a
+    case left the export waiting without a word and without end: the "no Dask worker" note came only before the
+    first case. While cases run, a scheduler without workers is said at once, again while it lasts, and a worker that
+    joins again is said too (Dask runs the case again there)."""
+    import threading
+    import time
+
+    from DoseAlignLib import parallel
+
+    monkeypatch.setattr(parallel, "WORKER_WAIT_NOTE_SECONDS", 0.2)
+    counts = iter([1, 1] + [0] * 30)
+    notes: list = []
+    done = threading.Event()
+    watch = threading.Thread(
+        target=parallel._watch_workers, args=(lambda: next(counts, 3), "tcp://h:1", notes.append, done, 0.02)
+    )
+    watch.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any("joined again" in n for n in notes):
+        time.sleep(0.02)
+    done.set()
+    watch.join(5)
+    assert not watch.is_alive()
+    assert notes[0].startswith("--scheduler tcp://h:1: no Dask worker is connected any more"), notes
+    assert any("still no Dask worker after" in n for n in notes[1:-1]), notes
+    assert "a Dask worker joined again after" in notes[-1], notes
+
+
+def test_limits_set_for_the_command_are_said_not_to_reach_a_clusters_workers(monkeypatch):
+    """Thirty-seventh hostile trial AK3: ``DOSEALIGN_CASE_SECONDS=0.001`` failed every case with ``--workers 1`` and
+    none with ``--scheduler tcp://``: the workers' own environment decides there, without a word. The run says so."""
+    from DoseAlignLib import batch
+    from DoseAlignLib.limits import DEFAULTS
+
+    notes: list = []
+    for name in DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    batch._note_limits_stay_here("tcp://h:1", notes.append)
+    assert notes == []
+    monkeypatch.setenv("DOSEALIGN_CASE_SECONDS", "0.001")
+    batch._note_limits_stay_here("tcp://h:1", notes.append)
+    assert len(notes) == 1 and "DOSEALIGN_CASE_SECONDS set here apply to the scan and to this process only" in notes[0]
+
+
 def _signal_once_preload(tmp_path: Path, signal_name: str) -> tuple:
     """``(preload script, marker)``: a Dask worker preload whose plugin sends ``signal_name`` to its own process as the
     first case of the cluster starts executing (the marker file says it was sent)."""
