@@ -1047,7 +1047,10 @@ def _other_cases(
             f"complete: {_some(incomplete, 3)}; export their input again (--resume) to make them"
         )
     listed = {r.get("case_id") for r in carried}
+    left_out = {entry.split(" (", 1)[0] for entry in incomplete}
     for case in others:  # complete cases the old manifest does not list
+        if case.case_id in left_out:  # (its row left out as damaged is not kept as "skipped": thirty-seventh AK5)
+            continue
         if case.case_id not in (listed if case.case_id in clashed else old_rows) and case.complete and case.meta:
             carried.append(row_from_meta(case.case_id, "skipped", case.meta, KEPT))
     if carried:

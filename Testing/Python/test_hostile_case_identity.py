@@ -703,3 +703,24 @@ def test_a_file_name_no_file_system_can_hold_in_meta_json_makes_the_case_damaged
     (row,) = hostile.manifest(out)
     assert row["status"] == "ok"
     assert name not in json.loads(meta_path.read_text(encoding="utf-8"))["case_files"]
+
+
+def test_append_keeps_no_damaged_case_of_another_input_as_skipped(tmp_path, capsys):
+    """Thirty-seventh hostile trial AK5: --append of an input whose case has the id of another input's case in OUT,
+    that case's pair.npz damaged: the note said its row was left out (not complete), yet manifest.csv listed it as
+    "skipped ... kept", a damaged case counted as exported. Its row is left out; this input's case fails by name."""
+    spec = {"ct_size": (48, 48, 24), "dose_size": (24, 24, 12), "shuffle_files": False}
+    hostile.study(tmp_path / "siteA" / "PAT1", "PAT1", 1, patient_name="Aaa^Bbb", **spec)
+    hostile.study(tmp_path / "siteB" / "PAT1", "PAT1", 2, patient_name="Ccc^Ddd", **spec)
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", str(tmp_path / "siteA"), str(out), *args]) == 0
+    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    data = bytearray((case / "pair.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (case / "pair.npz").write_bytes(bytes(data))
+    assert main(["export", str(tmp_path / "siteB"), str(out), *args, "--append"]) == 1
+    assert "left out of manifest.csv, their case folders not complete" in capsys.readouterr().out
+    rows = hostile.manifest(out)
+    assert [(row["case_id"], row["status"]) for row in rows] == [(case.name, "failed")], rows
+    assert "holds another input's case with this case id" in rows[0]["reason"]
