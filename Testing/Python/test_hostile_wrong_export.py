@@ -1950,7 +1950,8 @@ def test_slices_of_one_series_of_another_geometry_fail_the_case_named(clean, tmp
 @pytest.mark.parametrize("layout", ["halves", "odd and even"])
 def test_one_series_in_two_folders_is_one_ct(clean, tmp_path, capsys, layout):
     """From the tenth hostile trial (J14): one series of one geometry in two folders (a CD layout DICOM/0001,
-    DICOM/0002) was read as two CTs: half the CT exported, ok. It is one CT now (its folders both named)."""
+    DICOM/0002) was read as two CTs: half the CT exported, ok. It is one CT now (its folders both named); where the
+    folders' slices interleave the case warns (thirty-sixth hostile trial AJ14)."""
     root = _copy(clean, "plan", tmp_path)
     files = _ct_by_z(clean, root)
     for k, path in enumerate(files):
@@ -1962,6 +1963,10 @@ def test_one_series_in_two_folders_is_one_ct(clean, tmp_path, capsys, layout):
     assert code == 0
     _same_arrays_as_clean(clean, out, rows)
     assert rows[0]["ct_folder"] == "p/DICOM/0001 + p/DICOM/0002", rows[0]
+    # thirty-sixth hostile trial AJ14: folders that interleave may be two reconstructions of one extent under one
+    # SeriesInstanceUID (shifted by half a step): joined, the case says so
+    said = "p/DICOM/0001 and p/DICOM/0002, which interleave (every other slice from each)"
+    assert (said in rows[0]["warnings"]) == (layout == "odd and even"), rows[0]["warnings"]
     out = tmp_path / "chosen"  # --ct takes either folder
     assert (
         main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--ct", "p/DICOM/0002"]) == 0

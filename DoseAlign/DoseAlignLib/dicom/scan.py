@@ -92,6 +92,8 @@ class CtSeries:
     conflicts: list = field(default_factory=list)
     #: every folder the slices lie in (more than one for a series spread over folders)
     folders: list = field(default_factory=list)
+    #: the folders' slices interleave (one folder every other slice): a CD split, or two reconstructions of one extent
+    interleaved: bool = False
 
     @property
     def files(self) -> list:
@@ -862,7 +864,8 @@ def _group_ct(result: ScanResult) -> list:
         groups.setdefault(key, []).append(obj)
     series_list = []
     _merge_geometries_of_one_folder(groups)
-    folders_of = _merge_split_folders(groups)
+    interleaved: set = set()
+    folders_of = _merge_split_folders(groups, interleaved)
     for key, objects in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], str(kv[0][3]))):
         series_uid, frame_uid, folder, _ = key
         unique: dict = {}
@@ -888,6 +891,7 @@ def _group_ct(result: ScanResult) -> list:
             duplicate_files=[d.rel_path for d in duplicates],
             duplicate_objects=list(duplicates),
             folders=folders_of.get(key, [folder]),
+            interleaved=key in interleaved,
         )
         for dup in duplicates:
             first = unique[dup.sop_instance_uid]
@@ -1236,13 +1240,15 @@ def _merge_geometries_of_one_folder(groups: dict) -> None:
                 groups[largest].extend(groups.pop(key))
 
 
-def _merge_split_folders(groups: dict) -> dict:
+def _merge_split_folders(groups: dict, interleaved: Optional[set] = None) -> dict:
     """One series of one geometry and frame of reference in several folders (a CD layout DICOM/0001,
     DICOM/0002) is one CT when its slices, put together, are at least as regular as in each folder: no two
     at one position, every step a whole number of the joint step, no gap that no folder has itself, and
     the slice origins on one line along the normal. Copies of a series (positions collide) and volumes of
     other slice steps sharing the UID (the Nelms phantom's) stay apart. Returns the folders of each joined
-    group's key (the key's folder is their names joined by " + ")."""
+    group's key (the key's folder is their names joined by " + "); ``interleaved`` gets the keys of those whose
+    folders' slices interleave (two reconstructions shifted by half a step look the same: thirty-sixth hostile
+    trial AJ14)."""
     by_volume: dict = {}
     for key, objects in groups.items():
         if all("frames" not in obj.info for obj in objects):
@@ -1257,6 +1263,9 @@ def _merge_split_folders(groups: dict) -> dict:
             continue
         folders = [k[2] for k in keys]
         joined = (series_uid, frame_uid, " + ".join(folders), geometry)
+        spans = sorted((float(part[:, 0].min()), float(part[:, 0].max())) for part in parts)
+        if interleaved is not None and any(b[0] < a[1] - SAME_POSITION_MM for a, b in zip(spans, spans[1:])):
+            interleaved.add(joined)
         groups[joined] = [obj for k in keys for obj in groups.pop(k)]
         folders_of[joined] = folders
     return folders_of

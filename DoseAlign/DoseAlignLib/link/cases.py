@@ -110,6 +110,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
         if obj.kind in ("RTIMAGE", "OTHER"):
             result.orphans.append((obj.rel_path, obj.kind, "not part of a CT/dose pair"))
     _warn_of_unread(result.cases, scan)
+    _warn_of_interleaved(result.cases)
     result.cases.sort(key=lambda c: c.case_id)
     return result
 
@@ -295,6 +296,19 @@ def _case_id(patient_id: str, name: str, dose_paths: list) -> str:
     """``<patient>_<name>_<hash of the dose files' paths>``: the same input gives the same id."""
     digest = hashlib.sha1("\n".join(sorted(dose_paths)).encode()).hexdigest()[:8]
     return f"{safe_name(patient_id or 'anonymous')}_{safe_name(name)}_{digest}"
+
+
+def _warn_of_interleaved(cases: list) -> None:
+    """A CT joined from folders whose slices interleave (one folder every other slice) is one series split so, or two
+    reconstructions of one extent shifted by half a step under one SeriesInstanceUID: the case says so (joined without
+    a word, every other slice was the other reconstruction's: thirty-sixth hostile trial AJ14)."""
+    for case in cases:
+        if case.ct is not None and getattr(case.ct, "interleaved", False):
+            case.warnings.append(
+                f"its CT joins the slices of {' and '.join(case.ct.folders)}, which interleave (every other slice from "
+                "each): one series so split, or two reconstructions under one SeriesInstanceUID; if two, choose one "
+                "with --ct FOLDER"
+            )
 
 
 def _warn_of_unread(cases: list, scan: ScanResult) -> None:
