@@ -3783,3 +3783,27 @@ def test_the_tags_of_roi_names_that_rewrite_alike_are_in_the_map_before_any_case
     for n in range(3):
         channel = rewriting.name(f"Lukas{n}_cord")
         assert channel == f"[removed]_cord_{listed[f'Lukas{n}_cord']}", (channel, listed)
+
+
+def test_the_folders_of_a_joined_ct_are_tokens(tmp_path, capsys):
+    """Thirty-sixth hostile trial AJ27: a CT series split over two top-level folders named after the patient
+    (``Kowalski_CT1``, ``Kowalski_CT2``) is one CT whose folder is ``Kowalski_CT1 + Kowalski_CT2``: under
+    --pseudonymize that stood in clear in ct_folder and meta.json's prose (a bare folder name was a path only quoted
+    or before a ``/``). A folder name joined with `` + `` is a path too."""
+    source = tmp_path / "study"
+    truth = hostile.study(source, "JOINED-1", 139, with_structures=False)
+    root = tmp_path / "in"
+    cts = sorted(truth.ct_files, key=lambda p: float(dd.read(p).ImagePositionPatient[2]))
+    for k, path in enumerate(cts):
+        folder = root / ("Kowalski_CT1" if k < len(cts) // 2 else "Kowalski_CT2")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.name)
+    for path in source.rglob("*.dcm"):
+        if path not in cts:
+            shutil.copy(path, root / path.name)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert " + " in row["ct_folder"], row["ct_folder"]
+    assert not [where for where, data in _all_output_bytes(out) if b"Kowalski" in data]

@@ -985,8 +985,10 @@ class Pseudonymizer:
         for rel in self.identity.paths:
             if rel not in value:
                 continue
-            # single folder names only where they are unmistakably paths: quoted, or as a path start
+            # single folder names only where they are unmistakably paths: quoted, as a path start, or joined with
+            # " + " (a CT of several folders, ``Kowalski_CT1 + Kowalski_CT2``: thirty-sixth hostile trial AJ27)
             unmistakable = "/" in rel or "." in rel or f"'{rel}'" in value or f"{rel}/" in value
+            unmistakable = unmistakable or f"{rel} + " in value or f" + {rel}" in value
             # (not a name of under 3 characters, nor one of DoseAlign's words: CT, RS, plan stay words)
             loose = own and len(rel) >= 3 and rel not in self._folders and rel.casefold() not in OWN_VOCABULARY
             if unmistakable or loose:
@@ -994,8 +996,15 @@ class Pseudonymizer:
         for text, rel in sorted(candidates, key=lambda c: -len(c[0])):
             if "/" in text or "." in text or own and text not in self._folders:
                 pattern = re.compile(r"(?<![\w.\-/])" + re.escape(text) + r"(?![\w\-/]|\.\w)")
-            else:  # a bare folder name only where it is a path: quoted, or before a "/" (not a word of a sentence)
-                pattern = re.compile(r"(?<=')" + re.escape(text) + r"(?=')|(?<![\w.\-/])" + re.escape(text) + r"(?=/)")
+            else:  # a bare folder name only where it is a path: quoted, or before a "/", or joined with " + " (not a
+                # word of a sentence)
+                pattern = re.compile(
+                    r"(?:^|(?<=')|(?<= \+ ))"
+                    + re.escape(text)
+                    + r"(?=$|'| \+ )|(?<![\w.\-/])"
+                    + re.escape(text)
+                    + r"(?=/)"
+                )
             value = pattern.sub(lambda _m, rel=rel: self.path(rel), value)
         if root and root in value:  # the root itself, where it stands as a path (a relative "in" is no word)
             tail = r"(?=/)" if not root.startswith("/") else r"(?![\w\-.])"
