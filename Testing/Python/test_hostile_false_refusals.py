@@ -752,3 +752,25 @@ def test_a_ct_whose_values_are_not_hounsfield_units_is_said(plain, tmp_path, res
     assert said == (rescale_type != "HU"), row["warnings"]
     with np.load(new / row["case_id"] / "pair.npz") as a, np.load(out / expected["case_id"] / "pair.npz") as b:
         np.testing.assert_array_equal(a["ct"], b["ct"])
+
+
+def test_classic_ct_slices_that_carry_functional_groups_are_read_as_classic(tmp_path, capsys):
+    """Thirty-sixth hostile trial AJ26: classic CT slices (CT Image Storage, one frame, their own
+    ImagePositionPatient) that also carry a SharedFunctionalGroupsSequence (of frame content, as some converters
+    write) were read as an Enhanced CT and refused. They are classic slices: exported as without it."""
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "GROUPS-1", 140, with_structures=False)
+    plain = tmp_path / "plain"
+    assert main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    for path in truth.ct_files:
+        ds = dd.read(path)
+        ds.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
+        ds.SharedFunctionalGroupsSequence[0].FrameContentSequence = _item(FrameAcquisitionDateTime="20220214101010")
+        dd.save(ds, path)
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    capsys.readouterr()
+    (case,) = [p.name for p in out.iterdir() if p.is_dir()]
+    np.testing.assert_array_equal(np.load(out / case / "pair.npz")["ct"], np.load(plain / case / "pair.npz")["ct"])

@@ -38,12 +38,16 @@ FRAME_TAGS = {
 
 
 def is_multi_frame(ds: Dataset) -> bool:
-    """Whether a CT image keeps its geometry per frame: an Enhanced CT class, functional groups, or frames."""
+    """Whether a CT image keeps its geometry per frame: an Enhanced CT class, frames, or functional groups without
+    an ImagePositionPatient of its own."""
     if headers.quick_text(ds, "SOPClassUID") in ENHANCED_CT_CLASSES:
         return True
-    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+    if str(ds.get("NumberOfFrames", "") or "").strip() not in ("", "1"):
         return True
-    return str(ds.get("NumberOfFrames", "") or "").strip() not in ("", "1")
+    # functional groups beside a single frame's own ImagePositionPatient: a classic slice that carries them (a
+    # SharedFunctionalGroupsSequence of frame content) was refused as an Enhanced CT (thirty-sixth hostile trial AJ26)
+    groups = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    return groups and "ImagePositionPatient" not in ds
 
 
 def what_it_is(ds: Dataset) -> str:
