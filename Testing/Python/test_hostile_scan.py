@@ -635,3 +635,22 @@ def test_sigterm_ends_a_case_waiting_for_a_reader_that_never_returns(trio, tmp_p
     assert process.returncode == 143, (process.returncode, stderr)
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr, stderr
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], "temporary entries left"
+
+
+def test_a_link_to_a_folder_that_holds_the_input_or_to_a_system_folder_is_not_followed(tmp_path):
+    """Thirty-sixth hostile trial AJ25: a symbolic link in the input to ``/`` or ``/proc`` was followed: the scan walked
+    the whole machine, other processes' folders too. A link to a folder that holds the input, or into /proc, /sys or
+    /dev, is left out with the reason; the study beside it is read."""
+    from DoseAlignLib.dicom.scan import scan_folder
+
+    root = tmp_path / "outer" / "in"
+    hostile.study(root / "p", "LINKS-1", 141, with_structures=False)
+    (tmp_path / "outer" / "elsewhere").mkdir()
+    (tmp_path / "outer" / "elsewhere" / "note.txt").write_text("x")
+    (root / "up").symlink_to(tmp_path / "outer", target_is_directory=True)
+    (root / "kernel").symlink_to("/proc", target_is_directory=True)
+    scanned = scan_folder(root)
+    reasons = dict(scanned.ignored)
+    assert "a folder that holds the input: not followed" in reasons["up/"], reasons
+    assert "/proc, a system folder: not followed" in reasons["kernel/"], reasons
+    assert len(scanned.ct_series) == 1 and not any("elsewhere" in str(p) for p in scanned.skipped)
