@@ -3807,3 +3807,21 @@ def test_the_folders_of_a_joined_ct_are_tokens(tmp_path, capsys):
     (row,) = hostile.manifest(out)
     assert " + " in row["ct_folder"], row["ct_folder"]
     assert not [where for where, data in _all_output_bytes(out) if b"Kowalski" in data]
+
+
+@pytest.mark.parametrize("name", ["PTV_Lukasi[removed]ewicz", "QX77[removed]415", "CTV_2024[removed]0102"])
+def test_a_literal_removed_mark_inside_a_name_id_or_date_hides_nothing(name):
+    """Thirty-sixth hostile trial AJ18: an ROI name holding DoseAlign's own mark ``[removed]`` inside the patient's
+    name, ID or date was rewritten piece by piece and checked as written: neither saw it, and deleting the mark gave
+    the identity back. Both read the name without the marks too."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity(patient_ids={"QX77415"}, dates={"20240102"})
+    identity.add_name("Lukasiewicz^Hieronim")
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonym.IdentityGuard(identity)
+    assert guard.find(name, own=False) != ""
+    rewritten = rewriting.name(name)
+    assert not guard.find(rewritten, own=False) and not guard.find(rewritten.replace("[removed]", ""), own=False)
+    assert rewriting.name(rewritten) == rewritten  # (the marks of the rewriting stay as they are)
+    assert not guard.find(rewriting.text(f"label {name}"))

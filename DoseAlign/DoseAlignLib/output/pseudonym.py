@@ -830,7 +830,10 @@ class Pseudonymizer:
         value = self._renamed_in(value)
         value = self._replace_paths(value, own=True)
         value = self._uids_in_text(value)
-        return self._redact(value)
+        rewritten = self._redact(value)
+        if REMOVED in rewritten and self.guard.find(rewritten.replace(REMOVED, "")):  # (a mark that splits: AJ18)
+            rewritten = self._redact(value.replace(REMOVED, ""))
+        return rewritten
 
     def name(self, value: str) -> str:
         """A name the input gave (an ROI name, a label) rewritten as :meth:`text` does, but without DoseAlign's own
@@ -866,6 +869,10 @@ class Pseudonymizer:
         """:meth:`name`'s rewriting of ``value``, before names that rewrite alike are told apart."""
         pieces = value.split(REMOVED)
         rewritten = REMOVED.join(self._name_piece(piece) for piece in pieces)
+        if len(pieces) > 1 and self.guard.find(rewritten.replace(REMOVED, ""), own=False):
+            # the input's own mark inside a name, an ID or a date (PTV_Lukasi[removed]ewicz) hid it from the rewriting
+            # of each piece and from the check: read without the marks (thirty-sixth hostile trial AJ18)
+            rewritten = self._name_piece("".join(pieces))
         if rewritten != value and not _alnum(rewritten.replace(REMOVED, "")):
             # a name that was identity as a whole (an ROI named after a surname: Ring, Cord) gets a keyed tag of
             # itself: two such ROIs were [removed] and [removed]_2 by their order in each structure set, one channel
@@ -2598,6 +2605,10 @@ class IdentityGuard:
         compatibility forms are read as their plain letters and digits (``ＱＸ７７４１５``)."""
         if not text:
             return ""
+        if REMOVED in text and text.replace(REMOVED, ""):  # read without the marks too: one inside a name hid it (AJ18)
+            found = self.find(text.replace(REMOVED, ""), words, own, joined_names, padded)
+            if found:
+                return found
         if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
             # component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11)
             text = _DOTTED_RUN.sub(lambda m: " " if m.group(0) in self.uids else m.group(0), text)
