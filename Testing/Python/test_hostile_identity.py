@@ -3825,3 +3825,18 @@ def test_a_literal_removed_mark_inside_a_name_id_or_date_hides_nothing(name):
     assert not guard.find(rewritten, own=False) and not guard.find(rewritten.replace("[removed]", ""), own=False)
     assert rewriting.name(rewritten) == rewritten  # (the marks of the rewriting stay as they are)
     assert not guard.find(rewriting.text(f"label {name}"))
+
+
+def test_an_ids_digit_groups_written_together_are_the_id():
+    """Thirty-sixth hostile trial AJ13: PatientID ``AB12-34567`` written as ``1234567`` (its digits together, without
+    its letters) stayed in ROI names; each run of 5 digits or more was removed, not the runs joined. They are a
+    number of the ID, removed as a word of its own, both sides; a short ID's digits are not."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity(patient_ids={"AB12-34567"})
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonym.IdentityGuard(identity)
+    assert rewriting.name("PTV_1234567") == "PTV_[removed]" and guard.find("PTV_1234567", own=False) == "a patient ID"
+    assert rewriting.name("PTV_12345670") == "PTV_12345670"  # (another number)
+    short = pseudonym.Identity(patient_ids={"A1-2"})
+    assert pseudonym.Pseudonymizer(key=b"k" * 32, identity=short).name("PTV_12") == "PTV_12"

@@ -2382,12 +2382,19 @@ def unpadded_ids(identifiers: Iterable[str]) -> tuple:
             numbers.update(found)
             # and as written in the ID, zeros first (MRN0072315's 0072315: how the number is printed without its
             # letters; no number the export writes itself starts with a zero)
+            runs = re.findall(r"[0-9]+", unicodedata.normalize("NFKC", identifier))
             numbers.update(
-                run
-                for run in re.findall(r"[0-9]+", unicodedata.normalize("NFKC", identifier))
-                if len(run) >= (MIN_UNPADDED_DIGITS if run[0] == "0" else MIN_BARE_DIGITS)
+                run for run in runs if len(run) >= (MIN_UNPADDED_DIGITS if run[0] == "0" else MIN_BARE_DIGITS)
             )
+            numbers.update(_joined_digits(runs))
     return ids, numbers
+
+
+def _joined_digits(runs: list) -> list:
+    """An ID's runs of digits written together without what stands between them (``AB12-34567`` as ``1234567``), where
+    they are several and make :data:`MIN_BARE_DIGITS` digits or more (thirty-sixth hostile trial AJ13)."""
+    joined = "".join(runs)
+    return [joined] if len(runs) > 1 and len(joined) >= MIN_BARE_DIGITS else []
 
 
 def _unpad(match, found: list) -> str:
@@ -2543,13 +2550,11 @@ class IdentityGuard:
                     self.bare_numbers.update(dropped)
         # and the long runs of digits of an ID that holds anything else, as written (MRN1072315, 10-72315: 1072315,
         # 72315 alone; thirtieth hostile trial AD8)
-        self.bare_numbers.update(
-            run
-            for identifier in identity.identifiers
-            if not identifier.isdigit()
-            for run in re.findall(r"[0-9]+", unicodedata.normalize("NFKC", identifier))
-            if len(run) >= MIN_BARE_DIGITS
-        )
+        for identifier in identity.identifiers:
+            if not identifier.isdigit():
+                runs = re.findall(r"[0-9]+", unicodedata.normalize("NFKC", identifier))
+                self.bare_numbers.update(run for run in runs if len(run) >= MIN_BARE_DIGITS)
+                self.bare_numbers.update(_joined_digits(runs))  # (AB12-34567 as 1234567: AJ13)
         self.longest_id = max((len(i) for i in self.ids), default=0)
         # IDs that hold a digit are found glued to letters too (PTVqx77415, QX77415boost)
         self.glued_ids = {i for i in self.ids if i.isascii() and any(c in _DIGITS for c in i)}
