@@ -1084,13 +1084,15 @@ def test_dates_written_as_counts_are_removed_and_found_on_both_sides(tmp_path, c
                "t1681516800000", "CTV_1975-061", "CTV_1975061", "BOOST_105_2023", "born 162950400",
                # thirty-sixth hostile trial AJ4: fractional seconds, micro- and nanoseconds, and the day's moments in
                # other time zones (15 April 08:00 +0900 is 14 April 23:00 UTC)
-               "t1681516800.5", "t1681516800000000", "t1681516800000000000", "PTV_1681513200", "PTV_1681603200"]  # fmt: skip
+               "t1681516800.5", "t1681516800000000", "t1681516800000000000", "PTV_1681513200", "PTV_1681603200",
+               # thirty-sixth AJ24: a week of one digit between separators
+               "CTV_1975-W9-7", "CTV_1975_w9_7"]  # fmt: skip
     for text in counted:
         assert guard.find(text) == "a date", text
         rewritten = rewriting.text(text)
         assert "[removed]" in rewritten and not guard.find(rewritten), (text, rewritten)
     others = ["CT_2023-106", "PTV_2023-W15-7", "GTV_1681700000", "x12023105", "2023.105", "0.1681516800",
-              "GTV_1681380000", "PTV 2023-366", "1975-000", "t16815168000"]  # fmt: skip
+              "GTV_1681380000", "PTV 2023-366", "1975-000", "t16815168000", "CTV_1975W97"]  # fmt: skip
     for text in others:
         assert guard.find(text) == "" and rewriting.text(text) == text, text
     # the check alone, with the rewriting made to miss them

@@ -3033,7 +3033,8 @@ def _add_counted(found: set, lowered: str) -> None:
         _add_ordinal(found, match.group(1), match.group(2))
     for match in re.finditer(edge[0] + r"(\d{3})[-_ /](\d{4})" + edge[1], lowered):
         _add_ordinal(found, match.group(2), match.group(1))
-    for match in re.finditer(edge[0] + r"(\d{4})[-_ ]?w(\d{2})[-_ ]?(\d)" + edge[1], lowered):
+    # (the week also of one digit between separators: 2024-w1-2, thirty-sixth hostile trial AJ24)
+    for match in re.finditer(edge[0] + r"(\d{4})[-_ ]?w(\d{2}(?=[-_ ]?\d)|\d(?=[-_ ]\d))[-_ ]?(\d)" + edge[1], lowered):
         with contextlib.suppress(ValueError):
             found.add(datetime.date.fromisocalendar(*map(int, match.groups())).strftime("%Y%m%d"))
     for match in re.finditer(edge[0] + r"(\d{9,10}(?:\.\d+)?|\d{12,13}|\d{15,16}|\d{18,19})" + edge[1], lowered):
@@ -3151,7 +3152,7 @@ _CODED_DATE = re.compile(
     r"(?<![0-9])(?<![0-9]\.)(?:"
     r"(?P<oy>1[89][0-9]{2}|20[0-9]{2})[-_ /]?(?P<od>[0-3][0-9]{2})"
     r"|(?P<rd>[0-3][0-9]{2})[-_ /](?P<ry>1[89][0-9]{2}|20[0-9]{2})"
-    r"|(?P<wy>1[89][0-9]{2}|20[0-9]{2})[-_ ]?[Ww](?P<ww>[0-5][0-9])[-_ ]?(?P<wd>[1-7])"
+    r"|(?P<wy>1[89][0-9]{2}|20[0-9]{2})[-_ ]?[Ww](?:(?P<ww>[0-5][0-9])[-_ ]?|(?P<ww1>[1-9])[-_ ])(?P<wd>[1-7])"
     r"|(?P<unix>[0-9]{9,10}(?:\.[0-9]+)?|[0-9]{12,13}|[0-9]{15,16}|[0-9]{18,19})"
     r")(?![0-9])(?!\.[0-9])"
 )
@@ -3190,7 +3191,9 @@ def _coded_dates(match) -> set:
             return {when.strftime("%Y%m%d")} if day >= 1 and when.year == year else set()
         if parts["wy"]:
             return {
-                datetime.date.fromisocalendar(int(parts["wy"]), int(parts["ww"]), int(parts["wd"])).strftime("%Y%m%d")
+                datetime.date.fromisocalendar(
+                    int(parts["wy"]), int(parts["ww"] or parts["ww1"]), int(parts["wd"])
+                ).strftime("%Y%m%d")
             }
         return unix_dates(parts["unix"])
     except (ValueError, OverflowError, OSError):
