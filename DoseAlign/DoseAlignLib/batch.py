@@ -196,7 +196,10 @@ def export_folder(
     raise_if_stopped()  # a Ctrl-C a library swallowed while the headers were read
     linked = form_cases(scan, sum_plans=options.sum_plans, ct=options.ct)
     report.orphans, report.skipped_files, report.ignored = linked.orphans, scan.skipped, scan.ignored
-    found_ids = [c.case_id for c in linked.cases if case_filter is None or case_filter(c)]  # before pseudonyms
+    chosen = [c for c in linked.cases if case_filter is None or case_filter(c)]
+    # each case with the CT it pairs (before pseudonyms): shards whose --ct CSV paired other CTs were merged as one
+    # export (thirty-seventh hostile trial AK7)
+    found_ids = [f"{c.case_id}\t{c.ct.series_uid if c.ct else ''}\t{c.ct.folder if c.ct else ''}" for c in chosen]
     cases = [c for c in linked.cases if (case_filter is None or case_filter(c)) and in_shard(c.case_id, shard)]
     damaged = damaged_file_rows(scan)  # unreadable DICOM files: a failed row each
     extra_rows = damaged if shard is None or shard[0] == 1 else []
@@ -1186,8 +1189,9 @@ def _check_same_input(out_dir: Path, parts: list) -> None:
     if any(value != scanned[0][1] for _name, value in scanned[1:]):
         counts = ", ".join(f"{name} found {value.get('cases')} cases" for name, value in found)
         raise DoseAlignError(
-            f"the shards were exported from different inputs, or the input changed between them ({counts}, not the "
-            "same ones): merged, some cases would be in no shard",
+            f"the shards were exported from different inputs, or the input or its CT choice (--ct) changed between "
+            f"them ({counts}, not the same ones, or on other CTs): merged, some cases would be in no shard or on "
+            "another CT than the others'",
             path=out_dir,
             hint="export every shard from the same, unchanged input (--resume keeps their cases); nothing was written",
         )

@@ -2843,3 +2843,30 @@ def test_a_refusal_keeps_its_exit_code_when_stderr_cannot_be_written(tmp_path):
             timeout=120,
         )
     assert done.returncode == 2
+
+
+def test_merge_refuses_shards_whose_ct_csv_paired_other_cts(tmp_path, capsys):
+    """Thirty-seventh hostile trial AK7: shards exported with one ``--ct ct.csv`` whose content changed between them
+    (the dose paired with one CT, then another) were merged, exit 0: options record only the CSV's path, so the
+    shards looked alike. The CT each case pairs is part of what the shards must have found alike."""
+    import pydicom.uid
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "CTCSV-1", 142, with_structures=False)
+    series = pydicom.uid.generate_uid()
+    (root / "q").mkdir()
+    for path in truth.ct_files:  # a second CT series of the same frame of reference, in its own folder
+        ds = dd.read(path)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series, pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        dd.save(ds, root / "q" / path.name)
+    dose = truth.dose_files[0].relative_to(root).as_posix()
+    csv_file = tmp_path / "ct.csv"
+    out = tmp_path / "out"
+    base = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--ct", str(csv_file)]
+    for k, folder in ((1, "p"), (2, "q")):
+        csv_file.write_text(f"dose,ct\n{dose},{folder}\n")
+        assert main([*base, "--shard", f"{k}/2"]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 2
+    assert "or its CT choice (--ct) changed between them" in capsys.readouterr().err
