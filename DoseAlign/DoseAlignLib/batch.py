@@ -230,7 +230,7 @@ def export_folder(
         # without --append: a --resume of one input, then an --append of the other, met them in one manifest: AC7)
         pseudonymizer.avoid_names(_rewritten_channels(found, own))
     # case folders not to be replaced: another input's case of this id; a user's files inside
-    clashes, foreign = _not_replaced(cases, found, pseudonymizer)
+    clashes, foreign = _not_replaced(cases, found, pseudonymizer, append)
     if not resume:
         again = sorted(
             c for c in own if c in found.cases and found.cases[c].complete and c not in clashes and c not in foreign
@@ -874,7 +874,7 @@ def _recorded_source(case, pseudonymizer) -> dict:
     return pseudonymizer.value(source) if pseudonymizer is not None else source
 
 
-def _not_replaced(cases: list, found, pseudonymizer) -> tuple:
+def _not_replaced(cases: list, found, pseudonymizer, append: bool = False) -> tuple:
     """``(clashes, foreign)``: case_id -> the failed row's reason, for each case whose folder in OUT must not be
     replaced. ``clashes``: it holds another input's case (another patient, or other RTDOSEs on another CT; two
     inputs' cases may get one id: the same PatientID, or IDs that read alike in a folder name, and the same
@@ -883,6 +883,15 @@ def _not_replaced(cases: list, found, pseudonymizer) -> tuple:
     for case in cases:
         existing = found.cases.get(case.case_id)
         if existing is None:
+            continue
+        if append and existing.meta is None and os.path.isfile(existing.folder / "pair.npz"):
+            # whose case a folder holds is told by its meta.json: with it cut short, under --append (several inputs
+            # share OUT) it may be another input's, and it was replaced (thirty-seventh hostile trial AK6)
+            clashes[case.case_id] = (
+                f"{existing.folder}: its meta.json cannot be read ({existing.problem or 'damaged'}): under --append "
+                "whose case it holds cannot be told; it is left alone and this case is not exported (remove it if "
+                "it is this input's, or export its own input again with --resume)"
+            )
             continue
         source = _recorded_source(case, pseudonymizer)
         meta = {"patient_id": case.patient_id, "source": source}

@@ -724,3 +724,26 @@ def test_append_keeps_no_damaged_case_of_another_input_as_skipped(tmp_path, caps
     rows = hostile.manifest(out)
     assert [(row["case_id"], row["status"]) for row in rows] == [(case.name, "failed")], rows
     assert "holds another input's case with this case id" in rows[0]["reason"]
+
+
+def test_append_leaves_alone_a_case_folder_of_its_id_whose_meta_json_is_cut_short(tmp_path, capsys):
+    """Thirty-seventh hostile trial AK6: --append of an input whose case has the id of a case folder in OUT whose
+    meta.json is cut short replaced that folder: another input's outputs were gone. Under --append whose case such a
+    folder holds cannot be told: it is left alone, this case fails by name; without --append (one input exported
+    again) it is made again, as before."""
+    spec = {"ct_size": (48, 48, 24), "dose_size": (24, 24, 12), "shuffle_files": False}
+    hostile.study(tmp_path / "siteA" / "PAT1", "PAT1", 1, patient_name="Aaa^Bbb", **spec)
+    hostile.study(tmp_path / "siteB" / "PAT1", "PAT1", 2, patient_name="Ccc^Ddd", **spec)
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", str(tmp_path / "siteA"), str(out), *args]) == 0
+    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    (case / "meta.json").write_bytes((case / "meta.json").read_bytes()[:300])
+    before = hostile.snapshot(case)
+    assert main(["export", str(tmp_path / "siteB"), str(out), *args, "--append"]) == 1
+    capsys.readouterr()
+    assert hostile.snapshot(case) == before
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed" and "its meta.json cannot be read" in row["reason"], row
+    assert main(["export", str(tmp_path / "siteA"), str(out), *args]) == 0  # its own input: made again
+    assert json.loads((case / "meta.json").read_text(encoding="utf-8"))["case_id"] == case.name
