@@ -282,16 +282,8 @@ def export_folder(
                 f"{_some([f'{mine} (= {theirs})' for mine, theirs in sorted(same.items())])}; manifest.csv and the "
                 "dataset files list each dose once, under the kept case's id"
             )
-        leaking = _kept_leaks(found, carried, named, pseudonymizer) if pseudonymizer is not None else []
-        if leaking:  # (thirty-sixth and thirty-seventh hostile trials AJ12, AK1: kept without a word)
-            raise DoseAlignError(
-                f"--append: the output folder holds {len(leaking)} case(s) of other inputs whose outputs hold what "
-                f"this input tells to be identity: {_some(leaking, 3)}; they would be shared with this input's "
-                "pseudonymized cases, and they cannot be rewritten without their input",
-                path=out_dir,
-                hint="export the inputs together into a new output folder (each input's identity is then removed from "
-                "every case), or remove those cases; nothing was exported",
-            )
+        if pseudonymizer is not None:  # (thirty-sixth and thirty-seventh hostile trials AJ12, AK1: kept unread)
+            _refuse_kept_leaks(found, carried, named, pseudonymizer, out_dir, "--append")
         twice = _held_twice(found, {r.get("case_id") for r in carried} | own, pseudonymizer)
         if twice:
             note(
@@ -1007,6 +999,10 @@ def _other_cases(
     With ``pseudonymizer``, the other cases must be pseudonymized with its key (their options compared as their
     meta.json records them, rewritten)."""
     if shard is not None:  # shards share OUT by design: the other shards' cases are theirs
+        if pseudonymizer is not None:  # but another input's kept there is read as --append reads it (AK1's variant)
+            kept = [row_from_meta(c.case_id, "skipped", c.meta, KEPT) for c in found.cases.values()
+                    if c.case_id not in own and c.complete and isinstance(c.meta, dict)]  # fmt: skip
+            _refuse_kept_leaks(found, kept, set(), pseudonymizer, out_dir, "--shard")
         return []
     others = [c for c in found.cases.values() if c.case_id not in own]
     inputs = _input_inside(out_dir, input_root)
@@ -1084,6 +1080,20 @@ def _note_limits_stay_here(scheduler: str, note: Callable[[str], None]) -> None:
             f"--scheduler {scheduler}: {', '.join(given)} set here apply to the scan and to this process only; the "
             "cases run on the cluster's workers, whose own environment decides the limits (start `dask worker` "
             "with the same variables)"
+        )
+
+
+def _refuse_kept_leaks(found, rows: list, named: set, pseudonymizer, out_dir: Path, option: str) -> None:
+    """Refuse the run when OUT's cases of other inputs (``rows``) hold what this input tells to be identity."""
+    leaking = _kept_leaks(found, rows, named, pseudonymizer)
+    if leaking:
+        raise DoseAlignError(
+            f"{option}: the output folder holds {len(leaking)} case(s) of other inputs whose outputs hold what "
+            f"this input tells to be identity: {_some(leaking, 3)}; they would be shared with this input's "
+            "pseudonymized cases, and they cannot be rewritten without their input",
+            path=out_dir,
+            hint="export the inputs together into a new output folder (each input's identity is then removed from "
+            "every case), or remove those cases; nothing was exported",
         )
 
 

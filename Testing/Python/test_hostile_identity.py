@@ -3586,6 +3586,10 @@ def test_append_refuses_beside_another_inputs_case_that_holds_this_inputs_identi
     assert "holds 1 case(s) of other inputs whose outputs hold what this input tells to be identity" in err, err
     assert "(a patient name in meta.json)" in err and "nothing was exported" in err, err
     assert hostile.snapshot(out) == before
+    # and so as a shard (shards share OUT without --append; merge reads no identity): thirty-seventh trial AK1
+    assert main(["export", str(second), str(out), *args, "--shard", "1/2"]) == 2
+    assert "--shard: the output folder holds 1 case(s) of other inputs" in capsys.readouterr().err
+    assert hostile.snapshot(out) == before
     assert main(["export", str(third), str(out), *args, "--append"]) == 0
     assert len(hostile.manifest(out)) == 2
 
