@@ -481,6 +481,10 @@ def export_folder(
     report.rows.extend(extra_rows)
     stuck = []  # what this run made and could not remove: a replaced case folder's earlier export (a file in use)
     remove_owned(out_dir, claim.token, stuck, record_too=False)
+    if scheduler == "local":  # a Dask worker of this run killed while it ran a case left its own claim's entries,
+        # removed by the next run only (the pool's workers write under this run's token: thirty-seventh trial AK10)
+        with contextlib.suppress(OSError):
+            clean_temp(out_dir)
     for name, reason in stuck:
         note(
             f"{name}, which this run made (a case folder it replaced), could not be removed ({reason}): remove it by hand"

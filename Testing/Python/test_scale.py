@@ -383,6 +383,8 @@ def test_a_dask_worker_killed_while_it_runs_a_case_fails_that_case(cohort, tmp_p
     assert len(rows) == 5 and len(failed) == 1, rows
     assert "the Dask worker exporting this case was lost" in failed[0]["reason"], failed
     assert "Traceback" not in printed.err + printed.out, printed.err[-3000:]
+    # what the killed worker claimed in OUT goes at the run's end (thirty-seventh hostile trial AK10)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], sorted(p.name for p in out.iterdir())
 
 
 def test_a_ctrl_c_that_reaches_the_dask_workers_too_leaves_them_to_the_export(cohort, tmp_path, capfd):
