@@ -3846,3 +3846,20 @@ def test_an_ids_digit_groups_written_together_are_the_id():
     assert rewriting.name("PTV_12345670") == "PTV_12345670"  # (another number)
     short = pseudonym.Identity(patient_ids={"A1-2"})
     assert pseudonym.Pseudonymizer(key=b"k" * 32, identity=short).name("PTV_12") == "PTV_12"
+
+
+@pytest.mark.parametrize(("patient", "roi"), [("Rains^Claude", "Brain_Stem"), ("Kowalski^Jan", "PTV_Kowal ski")])
+def test_the_check_reads_a_single_name_component_across_no_separator(patient, roi):
+    """Thirty-eighth hostile trial AL7: the check joined the letters across a separator when it looked for a single
+    name component inside other words, the rewriting did not: every case of a patient Rains with the ROI
+    ``Brain_Stem`` failed "please report it". Neither reads one across a separator now (README names the split
+    surname, ``Kowal ski``, as a limit); inside one word both do (``BrainStem``)."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity()
+    identity.add_name(patient)
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonym.IdentityGuard(identity)
+    assert not guard.find(rewriting.name(roi), own=False), rewriting.name(roi)
+    joined = roi.replace("_", "").replace(" ", "")
+    assert guard.find(joined, own=False) == "a patient name" and rewriting.name(joined) != joined

@@ -2690,8 +2690,10 @@ class IdentityGuard:
             return "a patient name"
         if words:
             # a single component inside other words, not across DoseAlign's own words ("across its" holds no Rossi)
+            # nor across a separator, as the rewriting reads it: patient Rains failed every case holding the ROI
+            # Brain_Stem "please report it" (thirty-eighth hostile trial AL7)
             free = re.sub(r"[^\W\d_]+", lambda m: "\0" if m.group(0) in exempt else m.group(0), named)
-            pieces = "".join(c for c in free if c.isalnum() or c == "\0")
+            pieces = "".join(c if c.isalnum() else "\0" for c in free)
             if self.inside_parts.in_text(pieces):
                 return "a patient name"
         if self.dates and self.dates & _dates_in(self._without_own(text)):
