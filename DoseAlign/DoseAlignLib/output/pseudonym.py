@@ -1187,7 +1187,7 @@ class Pseudonymizer:
             present = needles.found_in(_ascii_squeezed(value))
             items = [(i, squeezed) for i, squeezed in items if squeezed is None or squeezed in present]
         for item, _squeezed in items:
-            if own_words and item.isalpha() and item.casefold() in OWN_VOCABULARY:  # (a PatientID PLAN: AJ20)
+            if own_words and is_own_word(item):  # (a PatientID PLAN: AJ20; D95, INT16: AL2)
                 continue
             value = self._remove_id(item, value, own_words)
         for number in numbers:  # the number of an ID of letters and digits, as a word of its own
@@ -2444,6 +2444,19 @@ _OWN_TOKEN = re.compile(r"[dfP]?[0-9a-f]{8,12}")
 _CASE_PSEUDONYM = re.compile(r"(P[0-9a-f]{12})_[A-Za-z0-9]+_([0-9a-f]{8})")
 
 
+#: DoseAlign's own words with digits (DVH points ``d95``, ``d2cc``, ``v20``, types ``int16``, units ``cm3``).
+_OWN_WORD_SHAPES = re.compile(r"d[0-9]+(?:\.[0-9]+)?(?:cc)?|v[0-9]+|u?int[0-9]+|float[0-9]+|cm[0-9]|mm[0-9]", re.I)
+
+
+def is_own_word(identifier: str) -> bool:
+    """Whether an ID is one of the words DoseAlign writes itself (``PLAN``, ``D95``, ``INT16``): no ID in DoseAlign's
+    own text, where it stands as DoseAlign's word (every case of a PatientID ``PLAN`` or ``D95`` failed "please
+    report it", and ``INT16`` was removed from meta.json's dtype: thirty-sixth and thirty-eighth hostile trials AJ20,
+    AL2); in the input's names it is removed."""
+    squeezed = "".join(c for c in identifier.casefold() if c.isalnum())
+    return (squeezed.isalpha() and squeezed in OWN_VOCABULARY) or bool(_OWN_WORD_SHAPES.fullmatch(squeezed))
+
+
 def own_tokens(pseudonyms: Iterable[str]) -> frozenset:
     """The runs of letters and digits of ``pseudonyms`` that are hash digests (``P3fa0...``, ``d81c...``); of a case
     id, its first and last (a date of 8 digits as its middle was taken for a digest: thirty-sixth hostile trial AJ2)."""
@@ -2520,7 +2533,18 @@ class IdentityGuard:
         self.ids.discard("")
         #: IDs that are words of DoseAlign's own text (a PatientID ``PLAN``): no ID there, only in the input's names
         #: (every case of such a patient failed "please report it": thirty-sixth hostile trial AJ20)
-        self.vocabulary_ids = {i for i in self.ids if i.isalpha() and i in OWN_VOCABULARY}
+        self.vocabulary_ids = {i for i in self.ids if is_own_word(i)}
+        # each written whole, with -, _ or ^ between its characters too (DoseAlign's ``cm^3``)
+        self.vocabulary_pattern = (
+            re.compile(
+                r"(?<![0-9a-z])(?:"
+                + "|".join("[-_^]?".join(map(re.escape, i)) for i in sorted(self.vocabulary_ids, key=len, reverse=True))
+                + r")(?![0-9a-z])",
+                re.IGNORECASE,
+            )
+            if self.vocabulary_ids
+            else None
+        )
         # an ID's numbers also without their leading zeros (0072315: 72315; mrn0072315: mrn72315, and 72315 as a
         # word of its own), where MIN_UNPADDED_DIGITS digits or more remain: the check's own reading, character by
         # character
@@ -2617,10 +2641,8 @@ class IdentityGuard:
         if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
             # component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11)
             text = _DOTTED_RUN.sub(lambda m: " " if m.group(0) in self.uids else m.group(0), text)
-        if own and self.vocabulary_ids:  # (whole words only: "planning" is no "plan")
-            text = re.sub(
-                r"[A-Za-z]+", lambda m: " " if m.group(0).casefold() in self.vocabulary_ids else m.group(0), text
-            )
+        if own and self.vocabulary_pattern is not None:  # (whole words only: "planning" is no "plan")
+            text = self.vocabulary_pattern.sub(" ", text)
         copies = [text]  # glued IDs are read as written and as NFKC (not folded: there é is a separator, not an e)
         if not text.isascii():
             plain = _ascii_digits(unicodedata.normalize("NFKC", visible(text)))
