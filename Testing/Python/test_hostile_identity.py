@@ -3676,7 +3676,8 @@ def test_file_names_without_a_suffix_at_the_inputs_top_are_tokens_in_dosealigns_
     assert sorted(row["status"] for row in hostile.manifest(out)) == ["failed", "ok"]
     from DoseAlignLib.output import pseudonym
 
-    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(paths={"Heart", "CT"}))
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(paths={"Heart", "CT", "120"}))
+    assert rewriting.text("CT '.' (120 slices)") == "CT '.' (120 slices)"  # (a file named as a number: AL1)
     assert (
         rewriting.name("Heart") == "Heart" and rewriting.text("RTSTRUCT Heart") == f"RTSTRUCT {rewriting.path('Heart')}"
     )

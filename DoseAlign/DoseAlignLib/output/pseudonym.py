@@ -996,8 +996,15 @@ class Pseudonymizer:
             # " + " (a CT of several folders, ``Kowalski_CT1 + Kowalski_CT2``: thirty-sixth hostile trial AJ27)
             unmistakable = "/" in rel or "." in rel or f"'{rel}'" in value or f"{rel}/" in value
             unmistakable = unmistakable or f"{rel} + " in value or f" + {rel}" in value
-            # (not a name of under 3 characters, nor one of DoseAlign's words: CT, RS, plan stay words)
-            loose = own and len(rel) >= 3 and rel not in self._folders and rel.casefold() not in OWN_VOCABULARY
+            # (not a name of under 3 characters, nor one of DoseAlign's words: CT, RS, plan stay words; nor one without
+            # a letter: files named 1 to 123 made DoseAlign's counts path tokens, thirty-eighth hostile trial AL1)
+            loose = (
+                own
+                and len(rel) >= 3
+                and any(c.isalpha() for c in rel)
+                and rel not in self._folders
+                and rel.casefold() not in OWN_VOCABULARY
+            )
             if unmistakable or loose:
                 candidates.append((rel, rel))
         for text, rel in sorted(candidates, key=lambda c: -len(c[0])):
