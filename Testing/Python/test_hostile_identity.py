@@ -3716,11 +3716,12 @@ def test_an_input_uid_glued_to_letters_in_an_roi_name_is_hashed(name):
     assert rewriting.name("v1.2.3") == "v1.2.3"  # (no input UID: a version stays)
 
 
-@pytest.mark.parametrize("folder", ["Nowak\\Anna", "Kowalski\nJan"])
+@pytest.mark.parametrize("folder", ["Nowak\\Anna", "Kowalski\nJan", "Kowalski Jan ", " Kowalski"])
 def test_the_ct_folders_token_is_its_files_folder_token(folder, tmp_path, capsys):
     """Thirty-sixth hostile trial AJ17: a folder named with a backslash (or a control character, written escaped)
     was split at the backslash into two path components under --pseudonymize, and its last part was a file's token
-    in ``ct_folder`` but a folder's in ``files``: a reader could not find the CT's files by its folder."""
+    in ``ct_folder`` but a folder's in ``files``: a reader could not find the CT's files by its folder. Thirty-eighth
+    AL3: one whose name begins or ends with a blank was written stripped, no path, in clear."""
     root = tmp_path / "in"
     hostile.study(root / folder, "BACKSLASH-1", 137, with_structures=False)
     out = tmp_path / "share" / "out"
@@ -3729,7 +3730,7 @@ def test_the_ct_folders_token_is_its_files_folder_token(folder, tmp_path, capsys
     (row,) = hostile.manifest(out)
     folders = {f.rsplit("/", 1)[0] for f in row["files"].split(";")}
     assert row["ct_folder"] in folders and row["ct_folder"].startswith("d"), (row["ct_folder"], folders)
-    assert "Nowak" not in row["files"] and "Kowalski" not in row["files"]
+    assert "Nowak" not in row["files"] and "Kowalski" not in row["files"] and "Kowalski" not in row["ct_folder"]
 
 
 def test_a_full_folder_above_out_is_told_by_its_manifest(tmp_path, monkeypatch):

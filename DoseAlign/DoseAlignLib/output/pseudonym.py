@@ -1273,9 +1273,13 @@ class Pseudonymizer:
         thirty-sixth hostile trial AJ10). A part that is no path (a description) is text."""
         root = self.input_root.rstrip("/")
 
-        def relative(text: str) -> str:
-            text = text.strip()
-            return text[len(root) + 1 :] if root and text.startswith(root + "/") else text
+        def relative(text: str) -> str:  # (blanks around it kept where they are the path's: "Kowalski Jan " was
+            # written stripped, as no path, in clear: thirty-eighth hostile trial AL3)
+            for form in (text, text.strip()):
+                form = form[len(root) + 1 :] if root and form.startswith(root + "/") else form
+                if form in self.identity.paths:
+                    return form
+            return form
 
         def tokens(text: str) -> str:  # (a field may hold a description: "ROI 'External' (...)")
             if text in self.identity.paths or text.endswith(tuple(_FILE_SUFFIXES)) or "/" in text:
