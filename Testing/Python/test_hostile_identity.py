@@ -3700,11 +3700,12 @@ def test_a_name_with_an_invisible_character_inside_is_removed_and_found(invisibl
     assert pseudonym.IdentityGuard(identity).find(name, own=False) == "a patient name"
 
 
-@pytest.mark.parametrize("name", ["PTV_{uid}", "S{uid}", "x{uid}x", "PTV {uid}"])
+@pytest.mark.parametrize("name", ["PTV_{uid}", "S{uid}", "x{uid}x", "PTV {uid}", "PTV_{uid}.1", "PTV{uid}.2.5"])
 def test_an_input_uid_glued_to_letters_in_an_roi_name_is_hashed(name):
     """Thirty-sixth hostile trial AJ22: an input UID after ``_`` or a letter in an ROI name (``PTV_<StudyUID>``) was
     not hashed by the rewriting (its pattern wanted no letter or ``_`` beside a UID) while the check found it: the
-    case failed "please report it". The input's own UIDs are hashed wherever they stand."""
+    case failed "please report it". The input's own UIDs are hashed wherever they stand, before ``.digits`` too
+    (thirty-eighth AL4: ``PTV_<StudyUID>.1`` stood in clear, unseen by the check)."""
     from DoseAlignLib.output import pseudonym
 
     uid = "1.2.826.0.1.3680043.8.498.10245567"
@@ -3712,7 +3713,8 @@ def test_an_input_uid_glued_to_letters_in_an_roi_name_is_hashed(name):
     rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
     rewritten = rewriting.name(name.format(uid=uid))
     assert uid not in rewritten and rewriting.uid(uid) in rewritten, rewritten
-    assert pseudonym.IdentityGuard(identity).find(rewritten, own=False) == ""
+    guard = pseudonym.IdentityGuard(identity)
+    assert guard.find(rewritten, own=False) == "" and guard.find(name.format(uid=uid), own=False) == "a UID"
     assert rewriting.name("v1.2.3") == "v1.2.3"  # (no input UID: a version stays)
 
 

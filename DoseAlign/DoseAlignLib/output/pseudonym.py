@@ -961,9 +961,18 @@ class Pseudonymizer:
         """``value`` with its UIDs hashed (:meth:`_uid_in_text`), and the input's own UIDs glued to letters too."""
         value = _UID.sub(lambda m: self._uid_in_text(m.group(0)), value)
         if self.identity.uids and "." in value:
-            uids = self.identity.uids
-            value = _GLUED_UID.sub(lambda m: self.uid(m.group(0)) if m.group(0) in uids else m.group(0), value)
+            value = _GLUED_UID.sub(lambda m: self._input_uid_in(m.group(0)), value)
         return value
+
+    def _input_uid_in(self, run: str) -> str:
+        """A dotted run of digits with the longest of the input's UIDs it begins with hashed (``<StudyUID>.1``, a
+        versioned name: the run is no UID of the input, and the UID stood in clear: thirty-eighth hostile trial AL4)."""
+        uids, parts = self.identity.uids, run.split(".")
+        for end in range(len(parts), 2, -1):
+            prefix = ".".join(parts[:end])
+            if prefix in uids:
+                return self.uid(prefix) + run[len(prefix) :]
+        return run
 
     def _uid_in_text(self, candidate: str) -> str:
         """A dotted run of digits in a text: hashed when it is one of the input's UIDs, or another UID as DICOM writes
@@ -2738,9 +2747,8 @@ class IdentityGuard:
                     end = start + len(uid)
                     left = text[start - 1] if start else " "
                     right = text[end] if end < len(text) else " "
-                    if not (left.isdigit() or left == ".") and not (
-                        right.isdigit() or (right == "." and text[end + 1 : end + 2].isdigit())
-                    ):
+                    # (a longer dotted run too: <StudyUID>.1 holds the UID all the same, thirty-eighth trial AL4)
+                    if not (left.isdigit() or left == ".") and not right.isdigit():
                         return "a UID"
                     start = text.find(uid, start + 1)
         return ""
