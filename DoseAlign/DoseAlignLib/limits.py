@@ -403,3 +403,13 @@ def check_case_time(path: Optional[str] = None) -> None:
     deadline = getattr(_CASE, "deadline", None)
     if deadline is not None:
         deadline.check(path)
+
+
+#: Folders of the kernel and devices (Linux): no link into them is followed, by the scan nor by the looks around OUT.
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+
+
+def is_system_folder(real: str) -> bool:
+    """Whether the resolved path ``real`` is in /proc, /sys or /dev (their "files" are the kernel's: reading
+    /proc/kmsg consumes the kernel's log; thirty-sixth and thirty-eighth hostile trials AJ25, AL8)."""
+    return any(real == top or real.startswith(top + "/") for top in SYSTEM_FOLDERS)

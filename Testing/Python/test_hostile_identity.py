@@ -3885,3 +3885,22 @@ def test_an_id_that_is_one_of_dosealigns_words_with_digits_fails_no_case(patient
     assert rewriting.text(own_text) == own_text and guard.find(own_text) == ""
     assert rewriting.name(f"PTV_{patient_id}") == "PTV_[removed]"
     assert guard.find(f"PTV_{patient_id}", own=False) == "a patient ID"
+
+
+def test_the_look_below_out_reads_nothing_of_the_system(tmp_path):
+    """Thirty-eighth hostile trial AL8: a link in OUT to /proc/self (or to /, whose /proc lies two levels down) made
+    the look below a pseudonymized OUT open and read every file there (/proc/kmsg would lose the kernel's log). Links
+    into /proc, /sys, /dev and to a folder that holds OUT are not gone into."""
+    from DoseAlignLib.output import around_out
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "procself").symlink_to("/proc/self", target_is_directory=True)
+    (out / "root").symlink_to("/", target_is_directory=True)
+    (out / "up").symlink_to(tmp_path, target_is_directory=True)
+    (out / "notes").mkdir()
+    (out / "notes" / "a.txt").write_text("x")
+    seen = [os.path.relpath(entry.path, out) for entry, _level in around_out.entries_below(out)]
+    assert "notes/a.txt" in seen and "root" in seen and "up" in seen, seen
+    assert not [name for name in seen if name.startswith(("procself", "root/", "up/"))], seen
+    assert around_out.nested_conflict(out, True) is None

@@ -42,6 +42,7 @@ from ..limits import (
     LimitError,
     SuspensionClock,
     die_with_parent,
+    is_system_folder,
     open_regular,
     scan_file_seconds,
     special_kind,
@@ -499,14 +500,6 @@ def _check_identity(ds: Dataset, path: Path) -> None:
         )
 
 
-#: Folders of the kernel and devices (Linux): links into them are not followed.
-_SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
-
-
-def _system_folder(real: str) -> bool:
-    return any(real == top or real.startswith(top + "/") for top in _SYSTEM_FOLDERS)
-
-
 def _walk(root: Path, exclude=(), ignored: Optional[list] = None, problems: Optional[list] = None):
     """Regular files below ``root``, symbolic links followed, each folder and file once.
 
@@ -584,10 +577,10 @@ def _walk(root: Path, exclude=(), ignored: Optional[list] = None, problems: Opti
                     target = display_path(Path(real), Path(real_root)) if real != real_root else "."
                     left_out.append((rel(path) + "/", f"a symbolic link to the folder {target}/, scanned there"))
                     continue
-                if link and (real_root.startswith(real.rstrip(os.sep) + os.sep) or _system_folder(real)):
+                if link and (real_root.startswith(real.rstrip(os.sep) + os.sep) or is_system_folder(real)):
                     # a link to a folder that holds the input (``/``) or to the kernel's (``/proc``) walked the whole
                     # machine, other processes' folders too (thirty-sixth hostile trial AJ25)
-                    what = "a folder that holds the input" if not _system_folder(real) else "a system folder"
+                    what = "a folder that holds the input" if not is_system_folder(real) else "a system folder"
                     left_out.append((rel(path) + "/", f"a symbolic link to {real}, {what}: not followed"))
                     continue
                 key = (info.st_dev, info.st_ino)

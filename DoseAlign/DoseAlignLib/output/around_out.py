@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..limits import LimitError, limit, open_regular
+from ..limits import LimitError, is_system_folder, limit, open_regular
 from .case_folder import CASE_FOLDERS
 from .files import RUN_PREFIX, dead_claims, is_run_entry
 from .out_folder import (
@@ -67,9 +67,14 @@ def entries_below(out_dir: Path, levels: int = NESTED_LEVELS) -> Iterator[tuple]
     (thirtieth hostile trial AD2)."""
     most, seen = limit("DOSEALIGN_OUT_ENTRIES"), 0
     pending, visited = deque([(Path(out_dir), 0)]), set()
+    top = os.path.realpath(out_dir)
     while pending:
         folder, level = pending.popleft()
         entries = []
+        if level:  # (a folder that holds OUT, reached through a link to /, or one of the kernel's: not read)
+            real = os.path.realpath(folder)
+            if is_system_folder(real) or top.startswith(real.rstrip(os.sep) + os.sep):
+                continue
         try:
             status = os.stat(folder)
             if (status.st_dev, status.st_ino) in visited:
@@ -86,12 +91,23 @@ def entries_below(out_dir: Path, levels: int = NESTED_LEVELS) -> Iterator[tuple]
         entries.sort(key=lambda e: e.name)
         a_case = level >= 1 and any(e.name == "meta.json" and is_case_meta(Path(e.path)) for e in entries)
         for entry in entries:
+            if _into_the_system(entry):  # a link into /proc, /sys or /dev: neither listed nor read (AL8)
+                continue
             yield entry, level
             # a case folder's own folders are DoseAlign's; any other in it is a user's, gone into (a plain case
             # folder dropped into a pseudonymized one: thirty-fifth hostile trial AI8)
             owned = a_case and entry.name in CASE_FOLDERS
             if not owned and level + 1 < levels and _is_folder(entry):
                 pending.append((Path(entry.path), level + 1))
+
+
+def _into_the_system(entry) -> bool:
+    """Whether a directory entry is a link into /proc, /sys or /dev: the look below a pseudonymized OUT opened every
+    file of /proc/self through one (thirty-eighth hostile trial AL8)."""
+    try:
+        return entry.is_symlink() and is_system_folder(os.path.realpath(entry.path))
+    except OSError:
+        return True
 
 
 def _is_folder(entry) -> bool:
