@@ -3904,3 +3904,18 @@ def test_the_look_below_out_reads_nothing_of_the_system(tmp_path):
     assert "notes/a.txt" in seen and "root" in seen and "up" in seen, seen
     assert not [name for name in seen if name.startswith(("procself", "root/", "up/"))], seen
     assert around_out.nested_conflict(out, True) is None
+
+
+@pytest.mark.parametrize("text", ["PTV_-277689600", "PTV_-277689600000", "dob=-277689600", "PTV-1704153600"])
+def test_a_unix_time_before_1970_is_a_birth_date(text):
+    """Thirty-eighth hostile trial AL5: a Unix time of a birth date before 1970 (negative: ``-277689600`` for
+    1961-03-15) stayed; RT patients' birth dates are nearly all before 1970. A count after a minus is read both ways
+    (a time before 1970, or a separator before a positive one), both sides."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity(dates={"19610315", "20240102"})
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonym.IdentityGuard(identity)
+    assert guard.find(text, own=False) == "a date" and "[removed]" in rewriting.name(text)
+    assert not guard.find(rewriting.name(text), own=False)
+    assert rewriting.name("PTV-1704153600").startswith("PTV-")  # (the minus a separator there: kept)

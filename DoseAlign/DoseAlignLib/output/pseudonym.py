@@ -1148,7 +1148,7 @@ class Pseudonymizer:
     def _remove_coded_dates(self, value: str) -> str:
         """``value`` without the input's dates written as counts (:data:`_CODED_DATE`)."""
         dates = self.identity.dates
-        return _CODED_DATE.sub(lambda m: REMOVED if _coded_dates(m) & dates else m.group(0), value)
+        return _CODED_DATE.sub(functools.partial(_without_coded_date, dates=dates), value)
 
     def _dates_in_reach(self, value: str) -> list:
         """The input's dates whose pattern (:func:`_date_pattern`) could match ``value``: every spelling holds the
@@ -3082,6 +3082,8 @@ def _add_counted(found: set, lowered: str) -> None:
             found.add(datetime.date.fromisocalendar(*map(int, match.groups())).strftime("%Y%m%d"))
     for match in re.finditer(edge[0] + r"(\d{9,10}(?:\.\d+)?|\d{12,13}|\d{15,16}|\d{18,19})" + edge[1], lowered):
         found.update(unix_dates(match.group(1)))
+        if match.start() and lowered[match.start() - 1] == "-":  # (or before 1970, after a minus: AL5)
+            found.update(unix_dates(match.group(1), before_1970=True))
 
 
 def _add_ordinal(found: set, year: str, day: str) -> None:
@@ -3196,7 +3198,7 @@ _CODED_DATE = re.compile(
     r"(?P<oy>1[89][0-9]{2}|20[0-9]{2})[-_ /]?(?P<od>[0-3][0-9]{2})"
     r"|(?P<rd>[0-3][0-9]{2})[-_ /](?P<ry>1[89][0-9]{2}|20[0-9]{2})"
     r"|(?P<wy>1[89][0-9]{2}|20[0-9]{2})[-_ ]?[Ww](?:(?P<ww>[0-5][0-9])[-_ ]?|(?P<ww1>[1-9])[-_ ])(?P<wd>[1-7])"
-    r"|(?P<unix>[0-9]{9,10}(?:\.[0-9]+)?|[0-9]{12,13}|[0-9]{15,16}|[0-9]{18,19})"
+    r"|(?P<usign>-)?(?P<unix>[0-9]{9,10}(?:\.[0-9]+)?|[0-9]{12,13}|[0-9]{15,16}|[0-9]{18,19})"
     r")(?![0-9])(?!\.[0-9])"
 )
 #: How many digits a Unix time has in seconds, milliseconds, microseconds and nanoseconds: the count's divisor.
@@ -3205,23 +3207,32 @@ _UNIX_SCALES = {9: 1, 10: 1, 12: 10**3, 13: 10**3, 15: 10**6, 16: 10**6, 18: 10*
 _ZONE_HOURS = (-12, 14)
 
 
-def unix_dates(count: str) -> set:
+def unix_dates(count: str, before_1970: bool = False) -> set:
     """The YYYYMMDD dates on which the Unix time ``count`` (seconds, with a fraction or not; milliseconds,
     microseconds, nanoseconds: told by its digits) falls in some time zone: the study's own moment written as
-    ``date +%s`` prints it where the header's zone is (thirty-sixth hostile trial AJ4). Empty when it is none."""
+    ``date +%s`` prints it where the header's zone is (thirty-sixth hostile trial AJ4). ``before_1970``: the count
+    written after a minus, a time before 1970 (a birth date: thirty-eighth AL5). Empty when it is none."""
     whole = count.split(".")[0]
     scale = _UNIX_SCALES.get(len(whole))
     if scale is None:
         return set()
-    seconds = int(whole) // scale
+    seconds = (-1 if before_1970 else 1) * (int(whole) // scale)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
     try:
-        first, last = (
-            datetime.datetime.fromtimestamp(seconds + hours * 3600, datetime.timezone.utc).date()
-            for hours in _ZONE_HOURS
-        )
-    except (ValueError, OverflowError, OSError):
+        first, last = ((epoch + datetime.timedelta(seconds=seconds + hours * 3600)).date() for hours in _ZONE_HOURS)
+    except (ValueError, OverflowError):
         return set()
     return {(first + datetime.timedelta(days=n)).strftime("%Y%m%d") for n in range((last - first).days + 1)}
+
+
+def _without_coded_date(match, dates: set) -> str:
+    """A :data:`_CODED_DATE` match as the rewriting writes it: removed where it is one of ``dates``; a Unix time after
+    a minus read both ways (the minus a separator, or a time before 1970), the minus kept only as a separator."""
+    if _coded_dates(match) & dates:
+        return (match.group("usign") or "") + REMOVED
+    if match.group("usign") and unix_dates(match.group("unix"), before_1970=True) & dates:
+        return REMOVED
+    return match.group(0)
 
 
 def _coded_dates(match) -> set:
