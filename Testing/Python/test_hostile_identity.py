@@ -3636,6 +3636,16 @@ def test_dicom_files_below_out_keep_a_pseudonymized_export_out(tmp_path, capsys)
     assert "raw/ct/slice.DCM" in (around_out.nested_conflict(out, True) or "")
     (out / "raw" / "ct" / "slice.DCM").rename(out / "raw" / "ct" / "notes.txt")
     assert around_out.nested_conflict(out, True) is None
+    # thirty-eighth trial AL6: a data set without the preamble and file meta, as older exports write them
+    data, position = truth.ct_files[0].read_bytes(), 132
+    while data[position : position + 2] == b"\x02\x00":  # (the file meta's elements, explicit VR)
+        if data[position + 4 : position + 6] in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+            position += 12 + int.from_bytes(data[position + 8 : position + 12], "little")
+        else:
+            position += 8 + int.from_bytes(data[position + 6 : position + 8], "little")
+    (out / "raw" / "ct" / "1.2.3.4.5").write_bytes(data[position:])
+    assert "raw/ct/1.2.3.4.5" in (around_out.nested_conflict(out, True) or "")
+    (out / "raw" / "ct" / "1.2.3.4.5").unlink()
     (out / "raw" / "ct" / "notes.txt").rename(out / "raw" / "ct" / "slice.dcm")
     assert main(["export", str(root), str(out), *args]) == 0  # a plain export is not shared
 

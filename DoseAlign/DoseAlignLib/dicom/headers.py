@@ -101,7 +101,7 @@ def read_header(
             with DicomFile(path, deadline=deadline, most_reads=most_reads) as handle:
                 head = handle.read(132)
                 preamble = head[128:132] == b"DICM"
-                if not preamble and not _starts_like_a_data_set(head):
+                if not preamble and not starts_like_a_data_set(head):
                     raise InputError("not a DICOM file", path=path)
                 deflated = preamble and _transfer_syntax(handle) == DEFLATED
                 if deflated:  # bounded first; then parsed from its inflated bytes through the same checks
@@ -439,7 +439,7 @@ class DicomFile:
         self.close()
 
 
-def _starts_like_a_data_set(head: bytes) -> bool:
+def starts_like_a_data_set(head: bytes) -> bool:
     """Whether bytes without a preamble start like a DICOM data set: a first element of the file meta
     (group 0002) or identifying (0008) group, with a VR (explicit) or a length within the file (implicit).
 
