@@ -1715,6 +1715,9 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
         preload_matplotlib()  # imported while the case is computed
     output = None
     try:
+        # a worker process's claim on OUT says whose pseudonyms it writes, as the run's does: what a killed worker
+        # leaves is told by it (thirty-eighth hostile trial AL10); in the run's own process its claim is found
+        claim_for(out_dir, {"pseudonyms": pseudonymizer.fingerprint if pseudonymizer is not None else "none"})
         output = CaseOutput(out_dir, options)  # pair.npz gets the CT and the dose while the rest is computed
         more = {"resampler": resampler} if resampler is not None else {}  # the default call stays as it was
         if pseudonymizer is not None:  # ROI names rewritten before they are made unique (one name per ROI everywhere)

@@ -2870,3 +2870,31 @@ def test_merge_refuses_shards_whose_ct_csv_paired_other_cts(tmp_path, capsys):
     capsys.readouterr()
     assert main(["merge", str(out)]) == 2
     assert "or its CT choice (--ct) changed between them" in capsys.readouterr().err
+
+
+def test_a_leftover_whose_kind_its_files_do_not_tell_is_told_by_its_runs_owner_record(tmp_path):
+    """Thirty-eighth hostile trial AL10: a pseudonymized run's own leftover that could not be removed (its meta.json
+    went first, an immutable dvh.csv stayed) refused the next pseudonymized run of the same key as "outputs that
+    cannot be told pseudonymized". Its run's owner record, which stays with it, says whose pseudonyms it wrote."""
+    from DoseAlignLib.output import around_out
+
+    out = tmp_path / "out"
+    out.mkdir()
+    code = (  # a pseudonymized run's process (its claim records the key's fingerprint) that left a case's file, died
+        "import os, sys; from DoseAlignLib.output.files import claim_folder; "
+        "claim = claim_folder(sys.argv[1], {'pseudonyms': '0123456789abcdef'}); temp = claim.temp('old'); "
+        "temp.mkdir(); (temp / 'dvh.csv').write_text('roi,dose_gy\\n'); print(temp.name); os._exit(0)"
+    )
+    name = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
+    ).stdout.strip()
+    stuck = [(name, "dvh.csv in it: Operation not permitted")]
+    assert around_out.leftover_conflict(out, stuck, True, "0123456789abcdef") is None
+    assert "made with another key (key fingerprint 0123456789abcdef)" in around_out.leftover_conflict(
+        out, stuck, True, "fedcba9876543210"
+    )
+    assert "a pseudonymized case or manifest" in around_out.leftover_conflict(out, stuck, False)

@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 from ..dicom.headers import starts_like_a_data_set
 from ..limits import LimitError, is_system_folder, limit, open_regular
 from .case_folder import CASE_FOLDERS
-from .files import RUN_PREFIX, dead_claims, is_run_entry
+from .files import RUN_PREFIX, claim_details, dead_claims, is_run_entry
 from .out_folder import (
     HEAD_BYTES,
     OWN_FILES,
@@ -318,6 +318,13 @@ def leftover_conflict(out_dir: Path, stuck: list, pseudonymized: bool, key: Opti
         if path.is_symlink():  # (a link is removed, never followed: what it shows is not OUT's)
             continue
         kind, its_key = _leftover_kind(path)
+        if kind == "unknown":  # its run's owner record tells (a case folder whose meta.json went first: AL10)
+            token = name[len(RUN_PREFIX) :][:16]
+            recorded = claim_details(out_dir, token).get("pseudonyms") if is_run_entry(name) else None
+            if recorded == "none":
+                kind = "plain"
+            elif isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{16}", recorded):
+                kind, its_key = "pseudonymized", recorded
         if pseudonymized and kind == "pseudonymized" and key and its_key and its_key != key:
             what = f"a pseudonymized case made with another key (key fingerprint {its_key})"
         elif pseudonymized and kind != "pseudonymized" and kind != "empty":

@@ -359,6 +359,26 @@ def _lock_state(fd: int) -> str:
     return "free"
 
 
+def claim_details(folder: Path, token: str) -> dict:
+    """What the owner record of run ``token`` in ``folder`` says of its run (``pseudonyms``: the key's fingerprint,
+    or "none"); {} when it cannot be read."""
+    record = Path(folder) / f"{RUN_PREFIX}{token}{OWNER_SUFFIX}"
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(str(record), flags)
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        owner = json.loads(os.read(fd, 4096).decode("utf-8"))
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+    finally:
+        os.close(fd)
+
+
 def dead_claims(folder: Path) -> list:
     """Tokens of the runs whose owner records in ``folder`` belong to provably dead processes."""
     tokens = []
