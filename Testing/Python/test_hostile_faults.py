@@ -2898,3 +2898,25 @@ def test_a_leftover_whose_kind_its_files_do_not_tell_is_told_by_its_runs_owner_r
         out, stuck, True, "fedcba9876543210"
     )
     assert "a pseudonymized case or manifest" in around_out.leftover_conflict(out, stuck, False)
+
+
+def test_an_output_folder_of_dicom_data_sets_without_the_preamble_is_refused(tmp_path, capsys):
+    """Thirty-eighth hostile trial AL9: an input folder of DICOM data sets without the preamble (named by their
+    SOPInstanceUIDs), given as OUT (the arguments swapped), was written into: only files with a preamble or a .dcm
+    name made it "an input folder". The scan reads such files; so does the look at OUT."""
+    source = tmp_path / "study"
+    truth = hostile.study(source, "NOPREAMBLE-1", 143, with_structures=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in truth.ct_files:
+        data, position = path.read_bytes(), 132
+        while data[position : position + 2] == b"\x02\x00":  # (the file meta's elements, explicit VR)
+            if data[position + 4 : position + 6] in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+                position += 12 + int.from_bytes(data[position + 8 : position + 12], "little")
+            else:
+                position += 8 + int.from_bytes(data[position + 6 : position + 8], "little")
+        (other / path.stem).write_bytes(data[position:])
+    before = hostile.snapshot(other)
+    assert main(["export", str(source), str(other), "--quiet", "--workers", "1", "--no-qa-png"]) == 2
+    assert "the output folder holds DICOM files" in capsys.readouterr().err
+    assert hostile.snapshot(other) == before

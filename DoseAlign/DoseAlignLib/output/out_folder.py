@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..dicom.headers import starts_like_a_data_set
 from ..errors import DoseAlignError
 from ..limits import LimitError, open_regular, read_back
 from .case_folder import case_problem, load_meta
@@ -183,16 +184,18 @@ def read_manifest(path: Path) -> tuple:
 
 
 def _is_dicom(path: Path) -> bool:
-    """A regular file named .dcm, or with DICOM's preamble (only its first 132 bytes are read)."""
+    """A regular file named .dcm, or with DICOM's preamble, or a data set without it as the scan reads one (only its
+    first 132 bytes are read; an input of such files given as OUT was written into: thirty-eighth hostile trial AL9)."""
     if path.is_symlink() or not path.is_file():
         return False
     if path.suffix.lower() == ".dcm" or path.name.upper() == "DICOMDIR":
         return True
     try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
+        with open_regular(path) as handle:
+            head = handle.read(132)
     except OSError:
         return False
+    return head[128:] == b"DICM" or starts_like_a_data_set(head[:8])
 
 
 def meta_pseudonymization(meta_path: Path) -> tuple:
