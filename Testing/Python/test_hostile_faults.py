@@ -1773,7 +1773,7 @@ def test_a_leftover_that_cannot_be_removed_keeps_an_export_of_the_other_kind_out
     ).stdout.strip()
     (left,) = [p for p in out.glob(f".tmp-dosealign-{token}-*")]
     stuck = (  # its removal fails, as of an immutable file (chattr +i needs root)
-        "import os, shutil, sys\n"
+        "import os, pathlib, shutil, sys\n"  # (pathlib first: on Python 3.9 it binds os.unlink as it is imported)
         "token = os.environ['STUCK_TOKEN']\n"
         "real_rmtree, real_unlink = shutil.rmtree, os.unlink\n"
         "def rmtree(path, *a, **k):\n"
