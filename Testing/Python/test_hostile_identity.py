@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import types
 import unicodedata
 
 import dicom_damage as dd
@@ -3805,17 +3806,20 @@ def test_the_tags_of_roi_names_that_rewrite_alike_are_in_the_map_before_any_case
         assert channel == f"[removed]_cord_{listed[f'Lukas{n}_cord']}", (channel, listed)
 
 
-def test_the_folders_of_a_joined_ct_are_tokens(tmp_path, capsys):
+@pytest.mark.parametrize("layout", ["halves", "odd and even"])
+def test_the_folders_of_a_joined_ct_are_tokens(layout, tmp_path, capsys):
     """Thirty-sixth hostile trial AJ27: a CT series split over two top-level folders named after the patient
     (``Kowalski_CT1``, ``Kowalski_CT2``) is one CT whose folder is ``Kowalski_CT1 + Kowalski_CT2``: under
     --pseudonymize that stood in clear in ct_folder and meta.json's prose (a bare folder name was a path only quoted
-    or before a ``/``). A folder name joined with `` + `` is a path too."""
+    or before a ``/``). A folder name joined with `` + `` is a path too; so in the warning that the folders interleave
+    (thirty-eighth AL11)."""
     source = tmp_path / "study"
     truth = hostile.study(source, "JOINED-1", 139, with_structures=False)
     root = tmp_path / "in"
     cts = sorted(truth.ct_files, key=lambda p: float(dd.read(p).ImagePositionPatient[2]))
-    for k, path in enumerate(cts):
-        folder = root / ("Kowalski_CT1" if k < len(cts) // 2 else "Kowalski_CT2")
+    for k, path in enumerate(cts):  # (odd and even: the case warns that they interleave, naming them: AL11)
+        first = k < len(cts) // 2 if layout == "halves" else k % 2 == 0
+        folder = root / ("Kowalski_CT1" if first else "Kowalski_CT2")
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, folder / path.name)
     for path in source.rglob("*.dcm"):
@@ -3826,6 +3830,7 @@ def test_the_folders_of_a_joined_ct_are_tokens(tmp_path, capsys):
     capsys.readouterr()
     (row,) = hostile.manifest(out)
     assert " + " in row["ct_folder"], row["ct_folder"]
+    assert ("which interleave" in row["warnings"]) == (layout == "odd and even"), row["warnings"]
     assert not [where for where, data in _all_output_bytes(out) if b"Kowalski" in data]
 
 
@@ -3929,3 +3934,19 @@ def test_a_unix_time_before_1970_is_a_birth_date(text):
     assert guard.find(text, own=False) == "a date" and "[removed]" in rewriting.name(text)
     assert not guard.find(rewriting.name(text), own=False)
     assert rewriting.name("PTV-1704153600").startswith("PTV-")  # (the minus a separator there: kept)
+
+
+def test_the_names_of_what_the_scan_cannot_read_are_tokens(tmp_path, capsys):
+    """Thirty-eighth hostile trial AL12: the names of folders the scan could not list (named after the patient) were
+    in clear under --pseudonymize, in their failed rows, the case's warning and report.html: they were not among the
+    paths the rewriting knows."""
+    from DoseAlignLib.output import pseudonym
+
+    scan = types.SimpleNamespace(
+        objects=[], ct_series=[], skipped=[], unreadable=[("Kowalski_notes/", "x"), ("p/Kowalski_sub/", "x")],
+        ignored=[],
+    )  # fmt: skip
+    identity = pseudonym.identity_of_scan(scan)
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in ("Kowalski_notes/: the folder cannot be listed", "p/Kowalski_sub/ could not be read (beside it)"):
+        assert "Kowalski" not in rewriting.text(text), rewriting.text(text)

@@ -1965,7 +1965,7 @@ def test_one_series_in_two_folders_is_one_ct(clean, tmp_path, capsys, layout):
     assert rows[0]["ct_folder"] == "p/DICOM/0001 + p/DICOM/0002", rows[0]
     # thirty-sixth hostile trial AJ14: folders that interleave may be two reconstructions of one extent under one
     # SeriesInstanceUID (shifted by half a step): joined, the case says so
-    said = "p/DICOM/0001 and p/DICOM/0002, which interleave (every other slice from each)"
+    said = "'p/DICOM/0001' and 'p/DICOM/0002', which interleave (slices of one folder between those of another)"
     assert (said in rows[0]["warnings"]) == (layout == "odd and even"), rows[0]["warnings"]
     out = tmp_path / "chosen"  # --ct takes either folder
     assert (

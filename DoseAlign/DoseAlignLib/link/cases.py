@@ -304,10 +304,12 @@ def _warn_of_interleaved(cases: list) -> None:
     a word, every other slice was the other reconstruction's: thirty-sixth hostile trial AJ14)."""
     for case in cases:
         if case.ct is not None and getattr(case.ct, "interleaved", False):
+            # (each folder quoted: a path, which --pseudonymize writes as its token; bare, it stood in clear: AL11)
+            folders = " and ".join("'" + folder + "'" for folder in case.ct.folders)
             case.warnings.append(
-                f"its CT joins the slices of {' and '.join(case.ct.folders)}, which interleave (every other slice from "
-                "each): one series so split, or two reconstructions under one SeriesInstanceUID; if two, choose one "
-                "with --ct FOLDER"
+                f"its CT joins the slices of {folders}, which interleave (slices "
+                "of one folder between those of another): one series so split, or two reconstructions under one "
+                "SeriesInstanceUID; if two, choose one with --ct FOLDER"
             )
 
 

@@ -612,6 +612,11 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
             ident.uids.update(u for u in obj.info.get(key, []) or [] if u)
     for rel, _reason in scan.skipped:
         ident.add_path(rel)
+    # what the scan could not read or left out is named in rows and warnings too (a folder it cannot list, named
+    # after the patient, was in clear: thirty-eighth hostile trial AL12)
+    for rel, *_rest in [*getattr(scan, "unreadable", []), *getattr(scan, "ignored", [])]:
+        if isinstance(rel, str) and rel.rstrip("/"):
+            ident.add_path(rel.rstrip("/"))
     headers = [o for o in scan.objects if o.kind != "CT"] + [s.slices[0] for s in scan.ct_series if s.slices]
     most = limit("DOSEALIGN_OTHER_NAMES")
     for obj in (o for o in headers if o.rel_path not in leave_out):
@@ -1017,17 +1022,20 @@ class Pseudonymizer:
             if unmistakable or loose:
                 candidates.append((rel, rel))
         for text, rel in sorted(candidates, key=lambda c: -len(c[0])):
-            if "/" in text or "." in text or own and text not in self._folders:
-                pattern = re.compile(r"(?<![\w.\-/])" + re.escape(text) + r"(?![\w\-/]|\.\w)")
+            # whole, and before a "/" that ends it ("Kowalski_sub/: the folder cannot be listed": thirty-eighth AL12)
+            whole = r"(?<![\w.\-/])" + re.escape(text) + r"(?![\w\-]|/[\w.\-]|\.\w)"
+            if "/" in text or "." in text:
+                pattern = re.compile(whole)
             else:  # a bare folder name only where it is a path: quoted, or before a "/", or joined with " + " (not a
-                # word of a sentence)
-                pattern = re.compile(
+                # word of a sentence); in DoseAlign's own text a file's anywhere whole (see above)
+                bare = (
                     r"(?:^|(?<=')|(?<= \+ ))"
                     + re.escape(text)
                     + r"(?=$|'| \+ )|(?<![\w.\-/])"
                     + re.escape(text)
                     + r"(?=/)"
                 )
+                pattern = re.compile(bare + ("|" + whole if own and text not in self._folders else ""))
             value = pattern.sub(lambda _m, rel=rel: self.path(rel), value)
         if root and root in value:  # the root itself, where it stands as a path (a relative "in" is no word)
             tail = r"(?=/)" if not root.startswith("/") else r"(?![\w\-.])"
