@@ -2371,3 +2371,18 @@ def test_a_case_h5_changed_in_place_is_written_again(tmp_path, capsys):
     with h5py.File(case / "case.h5", "r") as handle:
         np.testing.assert_array_equal(handle.attrs["spacing"][()], spacing)
         assert handle["dose"].attrs["units"] == units
+
+
+def test_a_case_whose_structure_set_references_ct_images_the_input_lacks_warns(tmp_path, capsys):
+    """Thirty-eighth hostile trial AL13: a case made from half its CT (the other slices missing, or in a folder that
+    could not be read elsewhere) was ok with audit flags only; nothing said that its structure set references CT
+    images of the series the input does not hold. The case warns, naming the structure set and how many."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "HALF-CT-1", 144, ct_size=(32, 32, 16))
+    slices = sorted(truth.ct_files, key=lambda p: float(dd.read(p).ImagePositionPatient[2]))
+    for path in slices[len(slices) // 2 :]:
+        path.unlink()
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 0 and rows[0]["status"] == "ok", rows
+    said = "reference CT images of this case's series that the input does not hold"
+    assert said in rows[0]["warnings"] and "(8 of 16)" in rows[0]["warnings"], rows[0]["warnings"]

@@ -111,6 +111,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
             result.orphans.append((obj.rel_path, obj.kind, "not part of a CT/dose pair"))
     _warn_of_unread(result.cases, scan)
     _warn_of_interleaved(result.cases)
+    _warn_of_missing_images(result.cases)
     result.cases.sort(key=lambda c: c.case_id)
     return result
 
@@ -296,6 +297,30 @@ def _case_id(patient_id: str, name: str, dose_paths: list) -> str:
     """``<patient>_<name>_<hash of the dose files' paths>``: the same input gives the same id."""
     digest = hashlib.sha1("\n".join(sorted(dose_paths)).encode()).hexdigest()[:8]
     return f"{safe_name(patient_id or 'anonymous')}_{safe_name(name)}_{digest}"
+
+
+def _warn_of_missing_images(cases: list) -> None:
+    """A structure set of the case drawn on its CT series that references CT images the input does not hold: the
+    CT may lack slices (missing, or in a folder that could not be read): the case says so, once (a case made from
+    half its CT was ok with audit flags only: thirty-eighth hostile trial AL13)."""
+    for case in cases:
+        if case.ct is None or not case.structs:
+            continue
+        present = {s.sop_instance_uid for s in case.ct.slices}
+        short = []
+        for struct in case.structs:
+            if set(struct.info.get("ct_series_uids") or []) != {case.ct.series_uid}:
+                continue  # (images of other series, or none named: nothing to compare)
+            referenced = set(struct.info.get("ct_image_uids") or [])
+            missing = referenced - present
+            if missing:
+                short.append(f"{struct.rel_path} ({len(missing)} of {len(referenced)})")
+        if short:
+            case.warnings.append(
+                f"the structure set(s) {', '.join(short[:3])}{f' and {len(short) - 3} more' if len(short) > 3 else ''} "
+                "reference CT images of this case's series that the input does not hold: the CT may lack slices "
+                "(missing, or in a folder that could not be read)"
+            )
 
 
 def _warn_of_interleaved(cases: list) -> None:
