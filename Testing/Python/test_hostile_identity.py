@@ -3950,3 +3950,26 @@ def test_the_names_of_what_the_scan_cannot_read_are_tokens(tmp_path, capsys):
     rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
     for text in ("Kowalski_notes/: the folder cannot be listed", "p/Kowalski_sub/ could not be read (beside it)"):
         assert "Kowalski" not in rewriting.text(text), rewriting.text(text)
+
+
+def test_a_file_at_the_inputs_top_named_like_a_meta_json_key_leaves_the_key_alone(tmp_path, capsys):
+    """Thirty-ninth hostile trial AM1: the dose file at the input's top named ``dose`` (no suffix) made meta.json's own
+    ``dose`` keys path tokens under --pseudonymize: the case failed "internal error (KeyError ...)"; named ``audit``,
+    meta.json lost its audit section, status ok. A key of DoseAlign's own shape is no path."""
+    source = tmp_path / "study"
+    truth = hostile.study(source, "KEYNAME-1", 145, with_structures=False)
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(truth.dose_files[0], root / "dose")
+    for n, path in enumerate(sorted(truth.ct_files), 1):
+        shutil.copy(path, root / f"CT.{n}")
+    for path in source.rglob("*.dcm"):
+        if path not in truth.ct_files and path not in truth.dose_files:
+            shutil.copy(path, root / "audit")  # (the plan)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert {"dose", "audit", "source", "arrays"} <= set(meta), sorted(meta)
+    assert "dose" not in meta["source"]["rtdose_files"][0]  # (the file's own name is a token)

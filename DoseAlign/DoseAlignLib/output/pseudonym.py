@@ -1275,9 +1275,12 @@ class Pseudonymizer:
         return value
 
     def _key(self, key):
-        """Keys are the writers' vocabulary: only a path or UID used as a key is replaced."""
+        """Keys are the writers' vocabulary: only a path or UID used as a key is replaced; not a key of DoseAlign's
+        own shape (a lower-case word): an input file named ``dose`` or ``audit`` at the input's top made meta.json's
+        own ``dose`` and ``audit`` keys path tokens, and a case failed "please report it" (thirty-ninth hostile trial
+        AM1)."""
         if isinstance(key, str):
-            if key in self.identity.paths:
+            if key in self.identity.paths and not _VOCABULARY.fullmatch(key):
                 return self.path(key)
             if key in self.identity.uids:
                 return self.uid(key)
