@@ -3564,6 +3564,10 @@ def test_a_folder_name_holding_a_semicolon_is_written_as_tokens(tmp_path, capsys
     assert rewriting._path_field("a;b/c.dcm;x/y.dcm") == f"{rewriting.path('a;b/c.dcm')};{rewriting.path('x/y.dcm')}"
     assert rewriting._path_field("a;b") == rewriting.path("a;b")
     assert rewriting._path_field("a description") == "a description"  # (no path: text)
+    # thirty-ninth trial AM2: a CT of two nested folders joined with " + " was read as one path, garbled
+    joined = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(paths={"D/1", "D/2", "K + J", "Z"}))
+    assert joined._path_field("D/1 + D/2") == f"{joined.path('D/1')} + {joined.path('D/2')}"
+    assert joined._path_field("K + J + Z") == f"{joined.path('K + J')} + {joined.path('Z')}"
 
 
 def test_append_refuses_beside_another_inputs_case_that_holds_this_inputs_identity(tmp_path, capsys):

@@ -1306,21 +1306,29 @@ class Pseudonymizer:
                 return self.path(text)
             return text if text in (".", "") else self.text(text)
 
+        def joined(text: str, separator: str, each) -> str:
+            """``text`` split at ``separator``, its parts joined again where they make one of the input's paths."""
+            parts = text.split(separator)
+            most = max((p.count(separator) for p in self.identity.paths), default=0)  # (0 but for such names)
+            out, start = [], 0
+            while start < len(parts):
+                end = start + 1
+                for longer in range(min(len(parts), start + 1 + most), start + 1, -1):
+                    if relative(separator.join(parts[start:longer])) in self.identity.paths:
+                        end = longer
+                        break
+                out.append(each(separator.join(parts[start:end])))
+                start = end
+            return separator.join(out)
+
         whole = relative(value)
-        if ";" not in value or whole in self.identity.paths:
+        if whole in self.identity.paths:
             return tokens(whole)
-        parts = value.split(";")
-        most = max((p.count(";") for p in self.identity.paths), default=0)  # (0 but for such names: no search)
-        out, start = [], 0
-        while start < len(parts):
-            end = start + 1
-            for longer in range(min(len(parts), start + 1 + most), start + 1, -1):
-                if relative(";".join(parts[start:longer])) in self.identity.paths:
-                    end = longer
-                    break
-            out.append(tokens(relative(";".join(parts[start:end]))))
-            start = end
-        return ";".join(out)
+        if ";" in value:
+            return joined(value, ";", self._path_field)
+        if " + " in value:  # a CT of several folders, "DICOM/0001 + DICOM/0002": each its own path (thirty-ninth AM2)
+            return joined(value, " + ", lambda part: tokens(relative(part)))
+        return tokens(whole)
 
     def options(self, recorded: dict) -> dict:
         """The options as meta.json records them under pseudonymization: the ``--roi-map`` as its channel names and
