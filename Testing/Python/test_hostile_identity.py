@@ -3977,3 +3977,24 @@ def test_a_file_at_the_inputs_top_named_like_a_meta_json_key_leaves_the_key_alon
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert {"dose", "audit", "source", "arrays"} <= set(meta), sorted(meta)
     assert "dose" not in meta["source"]["rtdose_files"][0]  # (the file's own name is a token)
+
+
+def test_one_patient_in_folders_named_ct_dose_plan_struct_exports_under_pseudonymize(tmp_path, capsys):
+    """Thirty-ninth hostile trial AM3: one patient laid out by hand as ``ct/ dose/ plan/ struct/`` at the input's top
+    failed under --pseudonymize "internal error (KeyError ...); please report it", and every --resume again: meta.json's
+    own ``dose`` and ``ct`` keys were made the folders' path tokens (a key equal to an input path was one)."""
+    source = tmp_path / "study"
+    truth = hostile.study(source, "FOLDERS-1", 146)
+    root = tmp_path / "in"
+    kinds = {"CT": "ct", "RTDOSE": "dose", "RTPLAN": "plan", "RTSTRUCT": "struct"}
+    for path in source.rglob("*.dcm"):
+        folder = root / kinds[str(dd.read(path).Modality)]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.name)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert {"ct", "dose"} <= set(meta["arrays"]) and "ct" in meta["geometry"], (meta["arrays"], meta["geometry"])
+    assert truth.struct_file is not None
