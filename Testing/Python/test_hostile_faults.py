@@ -2920,3 +2920,30 @@ def test_an_output_folder_of_dicom_data_sets_without_the_preamble_is_refused(tmp
     assert main(["export", str(source), str(other), "--quiet", "--workers", "1", "--no-qa-png"]) == 2
     assert "the output folder holds DICOM files" in capsys.readouterr().err
     assert hostile.snapshot(other) == before
+
+
+def test_a_raw_array_beside_an_export_is_no_dicom_file(tmp_path, capsys):
+    """Thirty-ninth hostile trial AM6: a split index saved with numpy's ``tofile`` in OUT (int64 2, 5, 9, 11) was taken
+    for a DICOM data set without preamble (its first bytes read as group 0002): the export was refused as "the output
+    folder holds DICOM files", and under --pseudonymize below OUT too. The looks at OUT want a data set's first
+    element, explicit or the implicit ones a data set begins with."""
+    import numpy as np
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "RAWBIN-1", 147, with_structures=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    np.array([2, 5, 9, 11], dtype=np.int64).tofile(out / "val_idx.bin")
+    np.array([8, 22, 4, 0], dtype=np.uint16).tofile(out / "volume.raw")
+    args = ["--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", str(root), str(out), *args]) == 0
+    shared = tmp_path / "shared"
+    (shared / "splits").mkdir(parents=True)
+    shutil.copy(out / "val_idx.bin", shared / "splits" / "val_idx.bin")
+    assert main(["export", str(root), str(shared), *args, "--pseudonymize"]) == 0
+    capsys.readouterr()
+    from DoseAlignLib.dicom.headers import surely_a_data_set
+
+    assert surely_a_data_set(b"\x08\x00\x05\x00\x0a\x00\x00\x00ISO_IR 100")  # implicit VR, as older exports
+    assert surely_a_data_set(b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.2\x00")  # explicit VR
+    assert not surely_a_data_set((out / "val_idx.bin").read_bytes()) and not surely_a_data_set(b"\x08\x00\x16\x00")

@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..dicom.headers import starts_like_a_data_set
+from ..dicom.headers import surely_a_data_set
 from ..limits import LimitError, is_system_folder, limit, open_regular
 from .case_folder import CASE_FOLDERS
 from .files import RUN_PREFIX, claim_details, dead_claims, is_run_entry
@@ -303,7 +303,7 @@ def _is_dicom_file(entry) -> bool:
     except OSError:
         return False
     # the preamble, or a data set without it as older exports write them (thirty-eighth hostile trial AL6)
-    return head[128:] == b"DICM" or starts_like_a_data_set(head[:8])
+    return head[128:] == b"DICM" or surely_a_data_set(head)
 
 
 def leftover_conflict(out_dir: Path, stuck: list, pseudonymized: bool, key: Optional[str] = None) -> Optional[str]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..dicom.headers import starts_like_a_data_set
+from ..dicom.headers import surely_a_data_set
 from ..errors import DoseAlignError
 from ..limits import LimitError, open_regular, read_back
 from .case_folder import case_problem, load_meta
@@ -195,7 +195,7 @@ def _is_dicom(path: Path) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return head[128:] == b"DICM" or starts_like_a_data_set(head[:8])
+    return head[128:] == b"DICM" or surely_a_data_set(head)
 
 
 def meta_pseudonymization(meta_path: Path) -> tuple:
