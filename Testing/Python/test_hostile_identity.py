@@ -3889,13 +3889,14 @@ def test_the_check_reads_a_single_name_component_across_no_separator(patient, ro
 
 
 @pytest.mark.parametrize(
-    ("patient_id", "own_text"), [("D95", "audit d95_gy"), ("INT16", "dtype int16"), ("CM3", "cm^3 and %")]
+    ("patient_id", "own_text"),
+    [("D95", "audit d95_gy"), ("INT16", "dtype int16"), ("CM3", "cm^3 and %"), ("KJI", "masks_fraction: (N, K, J, I) uint8")],
 )
 def test_an_id_that_is_one_of_dosealigns_words_with_digits_fails_no_case(patient_id, own_text):
     """Thirty-eighth hostile trial AL2: PatientIDs that are DoseAlign's words with digits (``D95``, ``INT16``, ``CM3``)
     failed every case "please report it" (meta.json's ``d95_gy``), or were removed from meta.json's own fields
     (``arrays.ct.dtype: [removed]``, read as damaged by every later --resume). As ``PLAN`` (AJ20): no ID in DoseAlign's
-    own text, removed from the input's names."""
+    own text, removed from the input's names. Thirty-ninth AM4: ``KJI`` also spelled letter by letter there."""
     from DoseAlignLib.output import pseudonym
 
     identity = pseudonym.Identity(patient_ids={patient_id})

@@ -2730,10 +2730,17 @@ class IdentityGuard:
                 if point and joined[-1] in _DIGITS and runs[k][0][0] in _DIGITS and not self.dotted_ids:
                     break
                 joined += runs[k][0]
-                if joined in self.ids and (
-                    joined in self.dotted_ids
-                    or not joined.isdigit()
-                    or not _in_number(lowered, runs[start][1], runs[k][2])
+                # (in DoseAlign's own text not of single letters apart: its axes "(N, K, J, I)" are no PatientID KJI,
+                # whose every case failed "please report it": thirty-ninth hostile trial AM4)
+                spelled = own and k > start and all(len(runs[m][0]) == 1 for m in range(start, k + 1))
+                if (
+                    joined in self.ids
+                    and not spelled
+                    and (
+                        joined in self.dotted_ids
+                        or not joined.isdigit()
+                        or not _in_number(lowered, runs[start][1], runs[k][2])
+                    )
                 ):
                     return "a patient ID"
                 if len(joined) >= self.longest_id:
