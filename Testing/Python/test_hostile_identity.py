@@ -3568,6 +3568,10 @@ def test_a_folder_name_holding_a_semicolon_is_written_as_tokens(tmp_path, capsys
     joined = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(paths={"D/1", "D/2", "K + J", "Z"}))
     assert joined._path_field("D/1 + D/2") == f"{joined.path('D/1')} + {joined.path('D/2')}"
     assert joined._path_field("K + J + Z") == f"{joined.path('K + J')} + {joined.path('Z')}"
+    # AM7: folders holding ";" or ending in a blank, joined
+    odd = pseudonym.Pseudonymizer(key=b"k" * 32, identity=pseudonym.Identity(paths={"K;1", "K;2", "K 1 ", "K 2 "}))
+    assert odd._path_field("K;1 + K;2") == f"{odd.path('K;1')} + {odd.path('K;2')}"
+    assert odd._path_field("K 1  + K 2 ") == f"{odd.path('K 1 ')} + {odd.path('K 2 ')}"
 
 
 def test_append_refuses_beside_another_inputs_case_that_holds_this_inputs_identity(tmp_path, capsys):
@@ -3890,7 +3894,12 @@ def test_the_check_reads_a_single_name_component_across_no_separator(patient, ro
 
 @pytest.mark.parametrize(
     ("patient_id", "own_text"),
-    [("D95", "audit d95_gy"), ("INT16", "dtype int16"), ("CM3", "cm^3 and %"), ("KJI", "masks_fraction: (N, K, J, I) uint8")],
+    [
+        ("D95", "audit d95_gy"),
+        ("INT16", "dtype int16"),
+        ("CM3", "cm^3 and %"),
+        ("KJI", "masks_fraction: (N, K, J, I) uint8"),
+    ],
 )
 def test_an_id_that_is_one_of_dosealigns_words_with_digits_fails_no_case(patient_id, own_text):
     """Thirty-eighth hostile trial AL2: PatientIDs that are DoseAlign's words with digits (``D95``, ``INT16``, ``CM3``)

@@ -1324,9 +1324,13 @@ class Pseudonymizer:
         whole = relative(value)
         if whole in self.identity.paths:
             return tokens(whole)
+        # a CT of several folders, "DICOM/0001 + DICOM/0002": each its own path (thirty-ninth AM2), before the split
+        # at ";" where each is one of the input's paths ("Kowalski;1 + Kowalski;2" was split at ";" first: AM7)
+        if " + " in value and all(relative(part) in self.identity.paths for part in value.split(" + ")):
+            return " + ".join(tokens(relative(part)) for part in value.split(" + "))
         if ";" in value:
             return joined(value, ";", self._path_field)
-        if " + " in value:  # a CT of several folders, "DICOM/0001 + DICOM/0002": each its own path (thirty-ninth AM2)
+        if " + " in value:
             return joined(value, " + ", lambda part: tokens(relative(part)))
         return tokens(whole)
 
