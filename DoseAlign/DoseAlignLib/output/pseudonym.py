@@ -2578,10 +2578,14 @@ class IdentityGuard:
         #: (every case of such a patient failed "please report it": thirty-sixth hostile trial AJ20)
         self.vocabulary_ids = {i for i in self.ids if is_own_word(i)}
         # each written whole, with -, _ or ^ between its characters too (DoseAlign's ``cm^3``)
+        # (with the rewriting's separators between its characters: DoseAlign's axes "(N, K, J, I)" are no PatientID
+        # KJI, whose every case failed "please report it": thirty-ninth hostile trial AM4)
         self.vocabulary_pattern = (
             re.compile(
                 r"(?<![0-9a-z])(?:"
-                + "|".join("[-_^]?".join(map(re.escape, i)) for i in sorted(self.vocabulary_ids, key=len, reverse=True))
+                + "|".join(
+                    _SEPARATORS.join(map(re.escape, i)) for i in sorted(self.vocabulary_ids, key=len, reverse=True)
+                )
                 + r")(?![0-9a-z])",
                 re.IGNORECASE,
             )
@@ -2734,17 +2738,10 @@ class IdentityGuard:
                 if point and joined[-1] in _DIGITS and runs[k][0][0] in _DIGITS and not self.dotted_ids:
                     break
                 joined += runs[k][0]
-                # (in DoseAlign's own text not of single letters apart: its axes "(N, K, J, I)" are no PatientID KJI,
-                # whose every case failed "please report it": thirty-ninth hostile trial AM4)
-                spelled = own and k > start and all(len(runs[m][0]) == 1 for m in range(start, k + 1))
-                if (
-                    joined in self.ids
-                    and not spelled
-                    and (
-                        joined in self.dotted_ids
-                        or not joined.isdigit()
-                        or not _in_number(lowered, runs[start][1], runs[k][2])
-                    )
+                if joined in self.ids and (
+                    joined in self.dotted_ids
+                    or not joined.isdigit()
+                    or not _in_number(lowered, runs[start][1], runs[k][2])
                 ):
                     return "a patient ID"
                 if len(joined) >= self.longest_id:
