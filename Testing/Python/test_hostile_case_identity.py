@@ -705,10 +705,9 @@ def test_a_file_name_no_file_system_can_hold_in_meta_json_makes_the_case_damaged
     assert name not in json.loads(meta_path.read_text(encoding="utf-8"))["case_files"]
 
 
-def test_append_keeps_no_damaged_case_of_another_input_as_skipped(tmp_path, capsys):
-    """Thirty-seventh hostile trial AK5: --append of an input whose case has the id of another input's case in OUT,
-    that case's pair.npz damaged: the note said its row was left out (not complete), yet manifest.csv listed it as
-    "skipped ... kept", a damaged case counted as exported. Its row is left out; this input's case fails by name."""
+def _site_a_exported_beside_site_b(tmp_path: Path) -> tuple:
+    """Two inputs, ``siteA`` and ``siteB``, whose one patient each has one case id (the same PatientID and layout,
+    other patients and doses); siteA exported into ``tmp_path/out``. ``(out, export args, siteA's case folder)``."""
     spec = {"ct_size": (48, 48, 24), "dose_size": (24, 24, 12), "shuffle_files": False}
     hostile.study(tmp_path / "siteA" / "PAT1", "PAT1", 1, patient_name="Aaa^Bbb", **spec)
     hostile.study(tmp_path / "siteB" / "PAT1", "PAT1", 2, patient_name="Ccc^Ddd", **spec)
@@ -716,6 +715,14 @@ def test_append_keeps_no_damaged_case_of_another_input_as_skipped(tmp_path, caps
     args = ["--quiet", "--workers", "1", "--no-qa-png"]
     assert main(["export", str(tmp_path / "siteA"), str(out), *args]) == 0
     (case,) = [p for p in out.iterdir() if p.is_dir()]
+    return out, args, case
+
+
+def test_append_keeps_no_damaged_case_of_another_input_as_skipped(tmp_path, capsys):
+    """Thirty-seventh hostile trial AK5: --append of an input whose case has the id of another input's case in OUT,
+    that case's pair.npz damaged: the note said its row was left out (not complete), yet manifest.csv listed it as
+    "skipped ... kept", a damaged case counted as exported. Its row is left out; this input's case fails by name."""
+    out, args, case = _site_a_exported_beside_site_b(tmp_path)
     data = bytearray((case / "pair.npz").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (case / "pair.npz").write_bytes(bytes(data))
@@ -731,13 +738,7 @@ def test_append_leaves_alone_a_case_folder_of_its_id_whose_meta_json_is_cut_shor
     meta.json is cut short replaced that folder: another input's outputs were gone. Under --append whose case such a
     folder holds cannot be told: it is left alone, this case fails by name; without --append (one input exported
     again) it is made again, as before."""
-    spec = {"ct_size": (48, 48, 24), "dose_size": (24, 24, 12), "shuffle_files": False}
-    hostile.study(tmp_path / "siteA" / "PAT1", "PAT1", 1, patient_name="Aaa^Bbb", **spec)
-    hostile.study(tmp_path / "siteB" / "PAT1", "PAT1", 2, patient_name="Ccc^Ddd", **spec)
-    out = tmp_path / "out"
-    args = ["--quiet", "--workers", "1", "--no-qa-png"]
-    assert main(["export", str(tmp_path / "siteA"), str(out), *args]) == 0
-    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    out, args, case = _site_a_exported_beside_site_b(tmp_path)
     (case / "meta.json").write_bytes((case / "meta.json").read_bytes()[:300])
     before = hostile.snapshot(case)
     assert main(["export", str(tmp_path / "siteB"), str(out), *args, "--append"]) == 1
