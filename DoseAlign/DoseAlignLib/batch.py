@@ -49,6 +49,7 @@ from .output.case_folder import (
     not_replaceable,
     replacement_problem,
     uid_form,
+    withdraw_case,
 )
 from .output.files import (
     DescriptorReserve,
@@ -351,7 +352,11 @@ def export_folder(
             try:
                 pseudonymizer.check_row(row)
             except DoseAlignError as error:  # the row would leak: it says only that
-                row = {**{k: "" for k in row}, "case_id": row["case_id"], "status": "failed", "reason": str(error)}
+                reason = str(error)
+                if row["status"] == "ok":  # its folder, just written, goes too: no complete folder behind a failed row
+                    kept = withdraw_case(out_dir, row["case_id"])
+                    reason = f"{reason}; {kept}" if kept else reason
+                row = {**{k: "" for k in row}, "case_id": row["case_id"], "status": "failed", "reason": reason}
         rows[index] = row
         done[0] += 1
         report.rows = [r for r in rows if r is not None]

@@ -110,6 +110,25 @@ def test_the_check_is_independent_of_the_rewriting(study, tmp_path, monkeypatch,
     assert not _squeezed_leaks(out)
 
 
+def test_a_row_that_fails_its_check_takes_its_written_folder_with_it(study, tmp_path, monkeypatch, capsys):
+    # the files pass their check and the folder is renamed into place; a row the parent then finds leaking failed
+    # the case but left the complete folder behind it (thirty-ninth trial's AM1 saw one)
+    from DoseAlignLib.output import pseudonym
+
+    def leaking(self, row):
+        raise pseudonym.PseudonymError("pseudonymization left a patient name in a manifest row")
+
+    monkeypatch.setattr(pseudonym.Pseudonymizer, "check_row", leaking)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(study["root"]), str(out), "--quiet", "--workers", "1", "--pseudonymize"])
+    capsys.readouterr()
+    assert code == 1
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed" and "in a manifest row" in row["reason"], row
+    assert not (out / row["case_id"]).exists(), "a failed row has no case folder"
+    assert not [p.name for p in out.iterdir() if p.is_dir()]
+
+
 def test_key_and_map_through_a_symlink_into_out_are_refused(study, tmp_path, capsys):
     out = tmp_path / "share" / "out"
     out.mkdir(parents=True)

@@ -775,6 +775,21 @@ def _replace_dir(temp: Path, final: Path, meta: Optional[dict] = None) -> None:
         os.replace(temp, final)
 
 
+def withdraw_case(out_dir: Path, case_id: str) -> Optional[str]:
+    """Remove the case folder this run has just written for ``case_id`` (its row then failed after the folder was
+    in place: a complete folder behind a failed row would pass for the case). None when it is gone, else why not."""
+    final = case_dir(out_dir, case_id)
+    if not os.path.isdir(final) or os.path.islink(final):
+        return None
+    aside = claim_for(final.parent).temp("old")
+    try:
+        os.replace(final, aside)  # gone at once; removing it may take a while
+    except OSError as error:
+        return f"its folder could not be removed ({error.strerror or error})"
+    shutil.rmtree(aside, ignore_errors=True)
+    return None
+
+
 class OtherCase(DoseAlignError):
     """A case folder holds another input's case under the same case id (see :func:`other_case`)."""
 
