@@ -1636,11 +1636,7 @@ def test_merge_removes_what_a_killed_merge_left_and_nothing_else(sharded, tmp_pa
         "import os, sys; from DoseAlignLib.output.files import claim_folder; "
         "temp = claim_folder(sys.argv[1]).temp('dataset.h5'); temp.write_bytes(b'partial' * 1000); os._exit(0)"
     )  # a process that claimed OUT, wrote part of a file and died (its owner record stays)
-    subprocess.run(
-        [sys.executable, "-c", code, str(out)],
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
-    )
+    hostile.python(code, str(out), check=True)
     left = sorted(p.name for p in out.glob(".tmp-dosealign-*"))
     assert len(left) == 2 and any(name.endswith(".owner") for name in left), left
     (out / ".tmp-notes-of-the-user.txt").write_text("mine", encoding="utf-8")
@@ -1693,13 +1689,7 @@ def test_a_replaced_case_folder_that_cannot_be_removed_is_named(cohort, tmp_path
         "from DoseAlignLib.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", later, *base, "--resume"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
-    )
+    done = hostile.python(later, *base, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{left[0]}, left by an earlier DoseAlign run, could not be removed" in done.stdout, done.stdout
     assert sorted(p.name for p in out.glob(".tmp-dosealign-*-old-*")) == left
@@ -1764,13 +1754,7 @@ def test_a_leftover_that_cannot_be_removed_keeps_an_export_of_the_other_kind_out
         f"{write}; print(claim.token); os._exit(0)"
     )
     out.mkdir()
-    token = subprocess.run(
-        [sys.executable, "-c", code, str(out)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
-    ).stdout.strip()
+    token = hostile.python(code, str(out), check=True).stdout.strip()
     (left,) = [p for p in out.glob(f".tmp-dosealign-{token}-*")]
     stuck = (  # its removal fails, as of an immutable file (chattr +i needs root)
         "import os, pathlib, shutil, sys\n"  # (pathlib first: on Python 3.9 it binds os.unlink as it is imported)
@@ -1790,17 +1774,7 @@ def test_a_leftover_that_cannot_be_removed_keeps_an_export_of_the_other_kind_out
     )
     keys = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "m.csv")] if options else []
     args = ["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", *options, *keys]
-    done = subprocess.run(
-        [sys.executable, "-c", stuck, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign"),
-            "STUCK_TOKEN": token,
-        },
-    )
+    done = hostile.python(stuck, *args, env={"STUCK_TOKEN": token})
     assert done.returncode == 2, done.stdout + done.stderr
     assert said in done.stderr and left.name in done.stderr, done.stderr
     assert "Operation not permitted" in done.stderr, done.stderr
@@ -2885,13 +2859,7 @@ def test_a_leftover_whose_kind_its_files_do_not_tell_is_told_by_its_runs_owner_r
         "claim = claim_folder(sys.argv[1], {'pseudonyms': '0123456789abcdef'}); temp = claim.temp('old'); "
         "temp.mkdir(); (temp / 'dvh.csv').write_text('roi,dose_gy\\n'); print(temp.name); os._exit(0)"
     )
-    name = subprocess.run(
-        [sys.executable, "-c", code, str(out)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")},
-    ).stdout.strip()
+    name = hostile.python(code, str(out), check=True).stdout.strip()
     stuck = [(name, "dvh.csv in it: Operation not permitted")]
     assert around_out.leftover_conflict(out, stuck, True, "0123456789abcdef") is None
     assert "made with another key (key fingerprint 0123456789abcdef)" in around_out.leftover_conflict(
