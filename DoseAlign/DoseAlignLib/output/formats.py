@@ -283,13 +283,16 @@ class ExportFormats:
         folder = Path(folder)
         meta = load_meta(folder)  # a damaged meta.json: DamagedOutput, the case fails
         exports = meta.get("exports") or {}
-        return [
-            f
-            for f in self.extra
-            if f not in exports
-            or not _as_written(folder, SENTINELS[f], meta)
-            or not all(_as_written(folder, rel, meta) for rel in _listed_files(exports[f]))
-        ]
+
+        def lacks(kind: str) -> bool:
+            if kind not in exports:
+                return True
+            # the sentinel first, and each file once: it is among the files listed (each read whole, a .nii.gz
+            # decompressed, to tell it complete)
+            names = dict.fromkeys([SENTINELS[kind], *_listed_files(exports[kind])])
+            return not all(_as_written(folder, rel, meta) for rel in names)
+
+        return [f for f in self.extra if lacks(f)]
 
     def _lacks_formats(self, folder: Path) -> bool:
         """Whether a finished case folder lacks a requested format (or cannot be read to tell)."""
