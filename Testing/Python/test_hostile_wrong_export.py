@@ -1319,6 +1319,26 @@ def _largest_roi_contours(ds) -> tuple:
     return names[int(item.ReferencedROINumber)], item
 
 
+def test_a_blank_value_inside_contour_data_is_damage_not_minus_one(tmp_path, capsys):
+    """Forty-first hostile trial AO1: numpy's in-place parsing read a ContourData value of blanks as -1.0 without a
+    word, so the points moved to x = -1 mm and the case was ok with a smaller mask. Such a contour is damage, as a
+    value that is no number is: left out and named in a case warning."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "BLANK-1", 15, ct_size=(32, 28, 16))
+    ds = dd.read(truth.struct_file)
+    name, item = _largest_roi_contours(ds)
+    raw = item.ContourSequence[0].get_item(0x30060050).value
+    data = Path(truth.struct_file).read_bytes()
+    assert isinstance(raw, bytes) and data.count(raw) == 1
+    parts = raw.split(b"\\")
+    parts[3] = b" " * len(parts[3])  # the x of the second point: blanks of the same length
+    Path(truth.struct_file).write_bytes(data.replace(raw, b"\\".join(parts)))
+    code, rows, out = _export(root, tmp_path / "blank", capsys)
+    (row,) = rows
+    assert row["status"] == "ok", row
+    assert f"ROI {name!r}" in row["warnings"] and "ContourData is damaged" in row["warnings"], row["warnings"]
+
+
 @pytest.mark.parametrize("damage", ["zigzag", "tilted"])
 def test_one_contour_out_of_plane_costs_that_contour_only(tmp_path, capsys, damage):
     """From the fifth hostile trial (E15): one contour whose points alternate 9 mm along z dropped the whole ROI

@@ -371,7 +371,9 @@ def _decimal_strings(text: str) -> np.ndarray:
             values = np.fromstring(text, dtype=np.float64, sep="\\")
         except (ValueError, DeprecationWarning):
             values = None
-    if values is None or values.size != text.count("\\") + 1:
+    # numpy reads a value of blanks as -1.0, silently (a contour moved to x = -1 mm: forty-first hostile trial AO1);
+    # a value that is -1.0 is read again as strings, where a blank one is no number
+    if values is None or values.size != text.count("\\") + 1 or (values == -1.0).any():
         return np.array(text.split("\\"), dtype=np.float64)  # (the strings' own error, or their numbers)
     return values
 
