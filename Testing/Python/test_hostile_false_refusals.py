@@ -754,6 +754,31 @@ def test_a_ct_whose_values_are_not_hounsfield_units_is_said(plain, tmp_path, res
         np.testing.assert_array_equal(a["ct"], b["ct"])
 
 
+@pytest.mark.parametrize("frames", ["01", "+1", " 1"])
+def test_classic_ct_slices_whose_number_of_frames_writes_one_otherwise_are_classic(tmp_path, capsys, frames):
+    """Forty-first hostile trial AO2: NumberOfFrames written '01' or '+1' (IS values of 1) was compared as text with
+    '1', and every classic slice was refused as a multi-frame image without functional groups."""
+    from DoseAlignLib.cli import main
+    from pydicom.dataelem import DataElement
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "FRAMES-1", 141, with_structures=False)
+    plain = tmp_path / "plain"
+    assert main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    for path in truth.ct_files:
+        ds = dd.read(path)
+        ds[0x00280008] = DataElement(0x00280008, "IS", frames)
+        dd.save(ds, path)
+    assert str(dd.read(truth.ct_files[0]).NumberOfFrames).strip() == frames.strip()  # (as written, not '1')
+    out = tmp_path / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"])
+    rows = hostile.manifest(out)
+    capsys.readouterr()
+    assert code == 0, rows
+    (case,) = [p.name for p in out.iterdir() if p.is_dir()]
+    np.testing.assert_array_equal(np.load(out / case / "pair.npz")["ct"], np.load(plain / case / "pair.npz")["ct"])
+
+
 def test_classic_ct_slices_that_carry_functional_groups_are_read_as_classic(tmp_path, capsys):
     """Thirty-sixth hostile trial AJ26: classic CT slices (CT Image Storage, one frame, their own
     ImagePositionPatient) that also carry a SharedFunctionalGroupsSequence (of frame content, as some converters

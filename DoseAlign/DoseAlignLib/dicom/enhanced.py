@@ -42,8 +42,13 @@ def is_multi_frame(ds: Dataset) -> bool:
     an ImagePositionPatient of its own."""
     if headers.quick_text(ds, "SOPClassUID") in ENHANCED_CT_CLASSES:
         return True
-    if str(ds.get("NumberOfFrames", "") or "").strip() not in ("", "1"):
-        return True
+    frames = str(ds.get("NumberOfFrames", "") or "").strip()
+    if frames:
+        try:  # an IS of one frame written '01' or '+1' is one frame (forty-first hostile trial AO2)
+            if int(frames) != 1:
+                return True
+        except ValueError:
+            return True  # (frame_geometry names the value)
     # functional groups beside a single frame's own ImagePositionPatient: a classic slice that carries them (a
     # SharedFunctionalGroupsSequence of frame content) was refused as an Enhanced CT (thirty-sixth hostile trial AJ26)
     groups = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
