@@ -950,6 +950,6 @@ def test_contour_data_is_parsed_in_place_with_the_same_numbers_and_refusals():
     assert np.isnan(_decimal_strings("nan\\1")[0])
     np.testing.assert_array_equal(_decimal_strings("-1\\2\\-1.0"), [-1.0, 2.0, -1.0])
     # numpy reads a value of blanks as -1.0 (forty-first hostile trial AO1): it is no number
-    for bad in ("1\\x\\3", "1\\\\3", "1\\2\\", "1,5\\2", "1\\   \\3", "1\\\t\\3", "1\\2\\ "):
+    for bad in ("1\\x\\3", "1\\\\3", "1\\2\\", "1,5\\2", "1\\   \\3", "1\\\t\\3", "1\\2\\ ", "1_5\\2"):
         with pytest.raises(ValueError):
             _decimal_strings(bad)

@@ -374,6 +374,8 @@ def _decimal_strings(text: str) -> np.ndarray:
     # numpy reads a value of blanks as -1.0, silently (a contour moved to x = -1 mm: forty-first hostile trial AO1);
     # a value that is -1.0 is read again as strings, where a blank one is no number
     if values is None or values.size != text.count("\\") + 1 or (values == -1.0).any():
+        if "_" in text:  # Python reads 1_5 as 15; a decimal string has no digit separator (AO1's neighbour)
+            raise ValueError("a decimal string holds '_'")
         return np.array(text.split("\\"), dtype=np.float64)  # (the strings' own error, or their numbers)
     return values
 
