@@ -2393,16 +2393,29 @@ def test_a_case_h5_changed_in_place_is_written_again(tmp_path, capsys):
         assert handle["dose"].attrs["units"] == units
 
 
-def test_a_case_whose_structure_set_references_ct_images_the_input_lacks_warns(tmp_path, capsys):
+@pytest.mark.parametrize("other_part", ["removed", "in another frame of reference"])
+def test_a_case_whose_structure_set_references_ct_images_the_input_lacks_warns(tmp_path, capsys, other_part):
     """Thirty-eighth hostile trial AL13: a case made from half its CT (the other slices missing, or in a folder that
     could not be read elsewhere) was ok with audit flags only; nothing said that its structure set references CT
-    images of the series the input does not hold. The case warns, naming the structure set and how many."""
+    images of the series the input does not hold. The case warns, naming the structure set and how many. Where the
+    input holds them in a folder not joined with the CT (another frame of reference), the warning said the input
+    did not hold them (forty-first hostile trial); it says where they are."""
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "HALF-CT-1", 144, ct_size=(32, 32, 16))
     slices = sorted(truth.ct_files, key=lambda p: float(dd.read(p).ImagePositionPatient[2]))
-    for path in slices[len(slices) // 2 :]:
-        path.unlink()
+    elsewhere = root / "p" / "other-part"
+    elsewhere.mkdir()
+    for path in slices[12:]:  # (a quarter: the structure set's CT is the rest, by most images referenced)
+        if other_part == "removed":
+            path.unlink()
+        else:
+            ds = dd.read(path)
+            ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.144144"
+            dd.save(ds, path)
+            path.rename(elsewhere / path.name)
     code, rows, _out = _export(root, tmp_path, capsys)
     assert code == 0 and rows[0]["status"] == "ok", rows
-    said = "reference CT images of this case's series that the input does not hold"
-    assert said in rows[0]["warnings"] and "(8 of 16)" in rows[0]["warnings"], rows[0]["warnings"]
+    said = "reference CT images of this case's series that its CT does not hold"
+    assert said in rows[0]["warnings"] and "(4 of 16)" in rows[0]["warnings"], rows[0]["warnings"]
+    held = "the input holds 4 of them outside this CT (not joined with it)" in rows[0]["warnings"]
+    assert held == (other_part != "removed"), rows[0]["warnings"]

@@ -111,7 +111,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
             result.orphans.append((obj.rel_path, obj.kind, "not part of a CT/dose pair"))
     _warn_of_unread(result.cases, scan)
     _warn_of_interleaved(result.cases)
-    _warn_of_missing_images(result.cases)
+    _warn_of_missing_images(result.cases, scan)
     result.cases.sort(key=lambda c: c.case_id)
     return result
 
@@ -299,27 +299,37 @@ def _case_id(patient_id: str, name: str, dose_paths: list) -> str:
     return f"{safe_name(patient_id or 'anonymous')}_{safe_name(name)}_{digest}"
 
 
-def _warn_of_missing_images(cases: list) -> None:
-    """A structure set of the case drawn on its CT series that references CT images the input does not hold: the
-    CT may lack slices (missing, or in a folder that could not be read): the case says so, once (a case made from
-    half its CT was ok with audit flags only: thirty-eighth hostile trial AL13)."""
+def _warn_of_missing_images(cases: list, scan: ScanResult) -> None:
+    """A structure set of the case drawn on its CT series that references CT images its CT does not hold: the CT may
+    lack slices (missing, or in a folder that could not be read, or in one the CT was not joined with): the case
+    says so, once (a case made from half its CT was ok with audit flags only: thirty-eighth hostile trial AL13)."""
+    held = None  # every CT image of the input, once a case needs them
     for case in cases:
         if case.ct is None or not case.structs:
             continue
         present = {s.sop_instance_uid for s in case.ct.slices}
-        short = []
+        short, elsewhere = [], 0
         for struct in case.structs:
             if set(struct.info.get("ct_series_uids") or []) != {case.ct.series_uid}:
                 continue  # (images of other series, or none named: nothing to compare)
             referenced = set(struct.info.get("ct_image_uids") or [])
             missing = referenced - present
             if missing:
+                if held is None:
+                    held = {s.sop_instance_uid for series in scan.ct_series for s in series.slices}
+                elsewhere += len(missing & held)
                 short.append(f"{struct.rel_path} ({len(missing)} of {len(referenced)})")
         if short:
+            # (the input may hold them in a folder not joined with this CT: another frame of reference, say; the
+            # warning said the input did not hold them: forty-first hostile trial)
+            where = (
+                f"; the input holds {elsewhere} of them outside this CT (not joined with it)"
+                if elsewhere
+                else ": the CT may lack slices (missing, or in a folder that could not be read)"
+            )
             case.warnings.append(
                 f"the structure set(s) {', '.join(short[:3])}{f' and {len(short) - 3} more' if len(short) > 3 else ''} "
-                "reference CT images of this case's series that the input does not hold: the CT may lack slices "
-                "(missing, or in a folder that could not be read)"
+                f"reference CT images of this case's series that its CT does not hold{where}"
             )
 
 
