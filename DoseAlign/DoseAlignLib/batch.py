@@ -52,6 +52,7 @@ from .output.case_folder import (
     withdraw_case,
 )
 from .output.files import (
+    RUN_PREFIX,
     DescriptorReserve,
     claim_for,
     json_text,
@@ -492,7 +493,7 @@ def export_folder(
             clean_temp(out_dir)
     for name, reason in stuck:
         note(
-            f"{name}, which this run made (a case folder it replaced), could not be removed ({reason}): remove it by hand"
+            f"{name}, which this run made ({_made_as(name, claim.token)}), could not be removed ({reason}): remove it by hand"
         )
     if progress is not None:
         progress(1.0, f"{len(cases)} cases, {len(report.failed)} failed")
@@ -1779,6 +1780,17 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
     finally:
         if output is not None:  # the case failed: its unfinished folder goes
             output.discard()
+
+
+def _made_as(name: str, token: str) -> str:
+    """What a run's temporary entry ``name`` was for, from its name (:meth:`RunClaim.temp`): a stuck temporary
+    manifest was called "a case folder it replaced" (forty-first hostile trial)."""
+    role = name[len(f"{RUN_PREFIX}{token}-") :].rsplit("-", 1)[0]
+    if role == "old":
+        return "a case folder it replaced"
+    if role == "case":
+        return "a case folder it was writing"
+    return f"its temporary {role}"
 
 
 def _stage_for(stage: Optional[Callable], case_id: str) -> Callable[[str], None]:

@@ -741,12 +741,12 @@ def _same_bytes(first: Path, second: Path) -> bool:
 
 def _print_summary(report, out_dir: Path) -> None:
     ok = [r for r in report.rows if r["status"] == "ok"]
-    manifest = report.manifest or Path(out_dir) / "manifest.csv"
     skipped = report.skipped
     line = f"{len(ok)} ok, {len(report.failed)} failed, {len(skipped)} skipped"
     if skipped:
         line += " (complete from an earlier run with the same options)"
-    print(f"{line} -> {manifest}")
+    # (a manifest that could not be written is not pointed to: forty-first hostile trial, an append-only OUT)
+    print(f"{line} -> {report.manifest}" if report.manifest else f"{line}; no manifest was written in {out_dir}")
     for row in report.rows:
         if row["status"] == "skipped" and len(skipped) > 20:
             continue  # a long resume lists what it did, not every case it kept

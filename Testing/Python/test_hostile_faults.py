@@ -2915,3 +2915,28 @@ def test_a_raw_array_beside_an_export_is_no_dicom_file(tmp_path, capsys):
     assert surely_a_data_set(b"\x08\x00\x05\x00\x0a\x00\x00\x00ISO_IR 100")  # implicit VR, as older exports
     assert surely_a_data_set(b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.2\x00")  # explicit VR
     assert not surely_a_data_set((out / "val_idx.bin").read_bytes()) and not surely_a_data_set(b"\x08\x00\x16\x00")
+
+
+def test_a_run_whose_manifest_cannot_be_written_does_not_point_to_one(cohort, tmp_path, monkeypatch, capsys):
+    """Forty-first hostile trial (an append-only OUT): when not even the manifest could be written, the summary line
+    still said ``-> OUT/manifest.csv``, and the note of a stuck temporary manifest called it "a case folder it
+    replaced". The line says no manifest was written; each stuck entry is named for what it was."""
+    import errno
+
+    from DoseAlignLib import batch
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batch, "write_manifest", full)
+    out = tmp_path / "out"
+    code = main(["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"])
+    printed = capsys.readouterr().out
+    assert code == 4, printed
+    assert f"no manifest was written in {out}" in printed and "-> " not in printed.splitlines()[-1], printed
+    assert not (out / "manifest.csv").exists()
+    token = "0123abcd"
+    prefix = f".tmp-dosealign-{token}-"
+    assert batch._made_as(f"{prefix}old-1a2b3c4d", token) == "a case folder it replaced"
+    assert batch._made_as(f"{prefix}case-1a2b3c4d", token) == "a case folder it was writing"
+    assert batch._made_as(f"{prefix}manifest.csv-1a2b3c4d", token) == "its temporary manifest.csv"
