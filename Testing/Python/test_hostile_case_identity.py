@@ -748,3 +748,41 @@ def test_append_leaves_alone_a_case_folder_of_its_id_whose_meta_json_is_cut_shor
     assert row["status"] == "failed" and "its meta.json cannot be read" in row["reason"], row
     assert main(["export", str(tmp_path / "siteA"), str(out), *args]) == 0  # its own input: made again
     assert json.loads((case / "meta.json").read_text(encoding="utf-8"))["case_id"] == case.name
+
+
+@pytest.mark.parametrize("mode", ["--append", "--shard"])
+def test_an_id_inside_another_inputs_stamps_refuses_no_append(tmp_path, capsys, mode):
+    """Fortieth hostile trial AN1: another input's kept case records each input file's size and time as a keyed hash
+    (``stamp``, 16 hex digits); a PatientID of this input that is a run of its digits (``5004613``) refused --append
+    and --shard ("holds what this input tells to be identity"). The stamps are DoseAlign's: not read for identity."""
+    import re
+
+    from DoseAlignLib.output.out_folder import keyed_stamps
+
+    key_file = tmp_path / "site.key"
+    key_file.write_text("5a" * 32, encoding="utf-8")
+    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6), "with_structures": False}
+    site_a = hostile.study(tmp_path / "siteA" / "P1", "SITEA-1", 7, patient_name="Aaa^Bbb", **spec)
+    dose = Path(site_a.dose_files[0])
+    size = dose.stat().st_size
+    for moment in range(1_700_000_000_000_000_000, 1_700_000_100_000_000_000, 1_000_000_000):
+        stamp = keyed_stamps([{"size": size, "mtime_ns": moment}], bytes.fromhex("5a" * 32))[1][0]
+        digits = re.search(r"(?<![0-9])[1-9][0-9]{6}(?![0-9])", stamp)
+        if digits:  # this dose's stamp will hold a 7-digit run: the PatientID of site B
+            break
+    assert digits, "no time found whose stamp holds seven digits"
+    os.utime(dose, ns=(moment, moment))
+    out = tmp_path / "out"
+    keys = ["--pseudonymize", "--key-file", str(key_file), "--map-file", str(tmp_path / "map.csv")]
+    args = ["--quiet", "--workers", "1", "--no-qa-png", *keys]
+    assert main(["export", str(tmp_path / "siteA"), str(out), *args]) == 0
+    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    stamps = [r["stamp"] for r in json.loads((case / "meta.json").read_text(encoding="utf-8"))["source"]["input_files"]]
+    assert stamp in stamps  # (else this test proves nothing)
+    hostile.study(tmp_path / "siteB" / "P2", digits.group(0), 8, patient_name="Ccc^Ddd", **spec)
+    extra = ["--append"] if mode == "--append" else ["--shard", "1/1"]
+    code = main(["export", str(tmp_path / "siteB"), str(out), *args, *extra])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    names = "manifest.csv" if mode == "--append" else "manifest.shard-1-of-1.csv"
+    assert [row["status"] for row in hostile.manifest(out, names)].count("ok") >= 1

@@ -1503,7 +1503,12 @@ class Pseudonymizer:
     def _leak_in_kept(self, folder: Path, meta: dict) -> str:
         trimmed = {k: v for k, v in meta.items() if k not in ("exports", "case_files", "storage", "file_sha256")}
         if isinstance(trimmed.get("source"), dict):
-            trimmed["source"] = {k: v for k, v in trimmed["source"].items() if k != "rtdose_digest"}
+            source = {k: v for k, v in trimmed["source"].items() if k != "rtdose_digest"}
+            if isinstance(source.get("input_files"), list):  # their stamps: keyed hashes written after the check
+                # (another input's stamp 7201098d867c... held a 7-digit PatientID of this one: --append and --shard
+                # were refused, fortieth hostile trial AN1); a stamp of another shape is read as text
+                source["input_files"] = [_without_stamp(record) for record in source["input_files"]]
+            trimmed["source"] = source
         leak = self._leak_in_json(trimmed)
         if leak:
             return f"{leak} in meta.json"
@@ -3385,6 +3390,17 @@ def _keys_and_maps_inside(out_dir: Path, files: Iterable[Path] = ()) -> Optional
         except OSError:
             continue
     return None
+
+
+_STAMP = re.compile(r"[0-9a-f]{16}")
+
+
+def _without_stamp(record):
+    """An ``input_files`` record of meta.json without its ``stamp`` where that is one (16 hex digits, as
+    :func:`~DoseAlignLib.output.out_folder.keyed_stamps` writes it)."""
+    if isinstance(record, dict) and isinstance(record.get("stamp"), str) and _STAMP.fullmatch(record["stamp"]):
+        return {k: v for k, v in record.items() if k != "stamp"}
+    return record
 
 
 #: A decimal number written as text (``33.8645``, ``-2.5e-05``); not :data:`_DECIMAL`, which it shadowed at import.
