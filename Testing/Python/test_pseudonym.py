@@ -635,3 +635,29 @@ def test_the_leak_search_reads_text_and_not_pixels(tmp_path):
             expected.add(f"{where}.h5")
     found = {where.split(":")[0].split("@")[0] for where, data in _all_output_bytes(out) if needle in data}
     assert found == expected
+
+
+def test_another_exports_pseudonyms_hold_no_id_of_this_input(tmp_path):
+    """Fortieth hostile trial AN1 and its neighbours: a kept case of another input (--append, --shard) was read for this
+    input's identity with its own pseudonyms taken for text: its input files' stamps, and as well its path tokens and
+    case id, whose hex digits may hold a 4-digit PatientID (``d3808abcde1``). They are DoseAlign's; the same ID in
+    its free text (an ROI name) is still found."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=Identity(patient_ids={"3808"}))
+    meta = {
+        "case_id": "P3808ab12cd34_plan_1ac1fea3",
+        "patient_id": "P3808ab12cd34",
+        "source": {
+            "ct_files": ["d3808abcde1/f0123456789.dcm"],
+            "input_files": [{"file": "f3808000aaa.dcm", "stamp": "ab3808cd12ef3456"}],
+        },
+        "links": ["CT 'd3808abcde1 + d0a1b2c3d4e' (12 slices)"],
+    }
+    assert pseudonymizer.leak_in_kept_case(tmp_path, meta) == ""
+    assert pseudonymizer.guard.find("d3808abcde1"), "outside that case the token's digits are read as before"
+    named = {**meta, "structures": {"names": ["PTV_3808"]}}
+    assert pseudonymizer.leak_in_kept_case(tmp_path, named) == "a patient ID in meta.json"
+    row = {"case_id": meta["case_id"], "files": "d3808abcde1/f0123456789.dcm", "ct_folder": "d3808abcde1"}
+    with pseudonymizer.pseudonyms_of(row):
+        assert not any(pseudonymizer.guard.find(value) for value in row.values())

@@ -42,7 +42,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -1490,15 +1490,30 @@ class Pseudonymizer:
         recorded = meta.get("pseudonymized") if isinstance(meta.get("pseudonymized"), dict) else {}
         kept = recorded.get("uids") == "kept"
         if kept == self.keep_uids:
-            return self._leak_in_kept(folder, meta)
+            with self.pseudonyms_of(meta):
+                return self._leak_in_kept(folder, meta)
         saved = self.keep_uids, getattr(self, "_guard_cache", None)
         object.__setattr__(self, "keep_uids", kept)
         object.__setattr__(self, "_guard_cache", None)
         try:
-            return self._leak_in_kept(folder, meta)
+            with self.pseudonyms_of(meta):
+                return self._leak_in_kept(folder, meta)
         finally:
             object.__setattr__(self, "keep_uids", saved[0])
             object.__setattr__(self, "_guard_cache", saved[1])
+
+    @contextlib.contextmanager
+    def pseudonyms_of(self, *written) -> Iterator[None]:
+        """While the block runs, the pseudonyms an earlier export wrote in ``written`` (its meta.json, its manifest
+        row: :func:`written_pseudonyms`) are DoseAlign's own, as this run's are: their hex digits are no ID. Another
+        input's kept case whose path token ``d3808ab12cd`` held this input's PatientID ``3808`` refused --append
+        (fortieth hostile trial, beside AN1)."""
+        saved = getattr(self, "_own_digests", frozenset())
+        self.add_own_digests(*own_tokens(written_pseudonyms(written)))
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_own_digests", saved)
 
     def _leak_in_kept(self, folder: Path, meta: dict) -> str:
         trimmed = {k: v for k, v in meta.items() if k not in ("exports", "case_files", "storage", "file_sha256")}
@@ -2503,6 +2518,34 @@ def is_own_word(identifier: str) -> bool:
     AL2); in the input's names it is removed."""
     squeezed = "".join(c for c in identifier.casefold() if c.isalnum())
     return (squeezed.isalpha() and squeezed in OWN_VOCABULARY) or bool(_OWN_WORD_SHAPES.fullmatch(squeezed))
+
+
+#: A component of a path written as tokens (``d81c0a9b3f2``, ``f3bde29a064.dcm``).
+_PATH_TOKEN = re.compile(r"[df][0-9a-f]{10}(?:\.[A-Za-z0-9]{1,12})?")
+#: What a path field of meta.json or the manifest joins tokens with.
+_PATH_JOINS = re.compile(r"/| \+ |;")
+
+
+def written_pseudonyms(value) -> set:
+    """The pseudonyms in an earlier export's meta.json or manifest row ``value`` (any JSON-like value): case ids and
+    patient pseudonyms, and the tokens of each string that is a path written as tokens and nothing else (free text
+    such as an ROI name is not read for them)."""
+    found: set = set()
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif isinstance(item, str) and item:
+            if _CASE_PSEUDONYM.fullmatch(item) or re.fullmatch(r"P[0-9a-f]{12}", item):
+                found.add(item)
+                continue
+            parts = [part for part in _PATH_JOINS.split(item) if part and part != "."]
+            if parts and all(_PATH_TOKEN.fullmatch(part) for part in parts):
+                found.update(part.split(".", 1)[0] for part in parts)
+    return found
 
 
 def own_tokens(pseudonyms: Iterable[str]) -> frozenset:
