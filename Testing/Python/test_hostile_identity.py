@@ -3738,6 +3738,25 @@ def test_a_name_with_an_invisible_character_inside_is_removed_and_found(invisibl
     assert pseudonym.IdentityGuard(identity).find(name, own=False) == "a patient name"
 
 
+@pytest.mark.parametrize(
+    "written", ["PTV_Lukasi\u20ddewicz", "PTV_Lukasiewicz\u20e3", "CTV_1958\u03000314", "CTV_19580\u0301\u0302314"]
+)
+def test_decoration_inside_a_name_or_date_is_read_through_by_both_sides(written):
+    """Fortieth hostile trial: an enclosing mark (a circle drawn around the letter before, ``\u20dd``) inside a
+    surname hid it from the rewriting and the check alike; an accent on a date's digit hid the date from the
+    rewriting only, and the case failed "please report it". Both read through them."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity(dates={"19580314"})
+    identity.add_name("Lukasiewicz^Hieronim")
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonym.IdentityGuard(identity)
+    assert guard.find(written, own=False), "the check reads it as identity"
+    rewritten = rewriting.name(written)
+    assert "[removed]" in rewritten and not any(part in rewritten for part in ("Lukasi", "1958", "0314")), rewritten
+    assert guard.find(rewritten, own=False) == "" and guard.find(rewriting.text(f"ROI {written}")) == ""
+
+
 @pytest.mark.parametrize("name", ["PTV_{uid}", "S{uid}", "x{uid}x", "PTV {uid}", "PTV_{uid}.1", "PTV{uid}.2.5"])
 def test_an_input_uid_glued_to_letters_in_an_roi_name_is_hashed(name):
     """Thirty-sixth hostile trial AJ22: an input UID after ``_`` or a letter in an ROI name (``PTV_<StudyUID>``) was

@@ -3024,11 +3024,20 @@ def _guard_first_spelling(match) -> str:
 _INVISIBLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
 
 
+#: Enclosing marks (a circle, a square drawn around the character before): decoration, no letter.
+_ENCLOSING = re.compile("[\u0488\u0489\u1abe\u20dd-\u20e0\u20e2-\u20e4\ua670-\ua672]")
+#: Combining marks on a digit: no digit carries one, so they are decoration too.
+_MARKS_ON_DIGITS = re.compile("(?<=\\d)[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
+
+
 def visible(text: str) -> str:
-    """``text`` without what shows nothing: format characters (zero-width space, soft hyphen) and :data:`_INVISIBLE`.
-    A name written with one inside (``Lukasi\u3164ewicz``) was kept, or failed its case (thirty-sixth hostile trial
-    AJ19)."""
-    return _INVISIBLE.sub("", "".join(c for c in text if unicodedata.category(c) != "Cf"))
+    """``text`` without what shows nothing: format characters (zero-width space, soft hyphen) and :data:`_INVISIBLE`;
+    and without decoration: enclosing marks, and marks on digits. A name written with one inside
+    (``Lukasi\u3164ewicz``) was kept, or failed its case (thirty-sixth hostile trial AJ19); a circle around a name's
+    letter (``Smi\u20ddth``) hid it from both sides, an accent on a date's digit (``1958\u03000314``) from the
+    rewriting, and the case failed (fortieth trial)."""
+    shown = _INVISIBLE.sub("", "".join(c for c in text if unicodedata.category(c) != "Cf"))
+    return _MARKS_ON_DIGITS.sub("", _ENCLOSING.sub("", shown))
 
 
 def _fold(text: str) -> str:
