@@ -4046,3 +4046,44 @@ def test_one_patient_in_folders_named_ct_dose_plan_struct_exports_under_pseudony
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert {"ct", "dose"} <= set(meta["arrays"]) and "ct" in meta["geometry"], (meta["arrays"], meta["geometry"])
     assert truth.struct_file is not None
+
+
+@pytest.fixture(scope="module")
+def own_words_meta(tmp_path_factory) -> str:
+    """meta.json of a pseudonymized export of a phantom with beams and structures, whose patient is no word."""
+    base = tmp_path_factory.mktemp("own-words")
+    hostile.study(base / "in" / "p", "QX-31-ZZ", 61, patient_name="Quorbeth^Ysolde", write_beam_doses=True)
+    out = base / "out"
+    assert (
+        main(["export", str(base / "in"), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]) == 0
+    )
+    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    return (case / "meta.json").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "patient_id, written",
+    [
+        ("KEY", '"key":'),
+        ("FACE", '"face":'),
+        ("LOWEST", '"ct_lowest_hu":'),
+        ("PLANS", "the plan's BEAM doses"),
+        ("SAMPLES", "each sample's volume"),
+        ("03CC", '"d0.03cc_gy":'),
+    ],
+)
+def test_a_patient_id_that_is_one_of_dosealigns_own_words_fails_no_case(
+    own_words_meta, tmp_path, capsys, patient_id, written
+):
+    """Fortieth hostile trial AN2: PatientIDs KEY, FACE, LOWEST, PLANS, SAMPLES, 03CC failed every case of their input
+    "please report it": the check read meta.json's keys ``pseudonymized.key``, ``edge_faces[].face``,
+    ``ct_lowest_hu``, ``d0.03cc_gy`` and its prose "the plan's BEAM doses", "each sample's volume" as the ID, which the
+    rewriting leaves there as DoseAlign's own words."""
+    assert written in own_words_meta  # (DoseAlign writes it: else this test proves nothing)
+    root = tmp_path / "in"
+    hostile.study(root / "p", patient_id, 61, patient_name="Quorbeth^Ysolde", write_beam_doses=True)
+    out = tmp_path / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row

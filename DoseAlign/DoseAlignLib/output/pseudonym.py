@@ -1414,8 +1414,8 @@ class Pseudonymizer:
         """The kind of identity found in a JSON-like value's strings and keys ('' when none); its numbers are
         DoseAlign's (shapes, spacings, doses), not text the input gave, and are not read."""
         keys = set(_keys(meta))
-        vocabulary = {k for k in keys if _VOCABULARY.fullmatch(k)}
-        own = {k for k in vocabulary if all(w in OWN_VOCABULARY or len(w) <= 2 for w in k.split("_"))}
+        own = {k for k in keys if _OWN_KEY.fullmatch(k) and all(map(_own_key_word, k.split("_")))}
+        vocabulary = {k for k in keys if _VOCABULARY.fullmatch(k)} | own
         # each value and key on its own: joined, two harmless ROI names read as one date or ID across them
         # ("CTV 15" and "April 2023"; "PTV 77" and "415 boost" for ID 77415), and the case was refused
         # (sixteenth hostile trial P11)
@@ -1427,7 +1427,15 @@ class Pseudonymizer:
             # keys of DoseAlign's words alone, each apart, for IDs, dates and UIDs: their words are no name, one by
             # one (a surname "Dose") nor joined (Sum^Max in beam_sum_max_diff_gy, or across two keys read joined:
             # twenty-second hostile trial V3); other keys of its form (an ROI name ptv_summax) for joined names too
-            or next((f for f in (self.guard.find(k, words=False, joined_names=False) for k in sorted(own)) if f), "")
+            # (their words of DoseAlign's shapes left out: d0.03cc_gy holds no PatientID 03CC, fortieth trial AN2)
+            or next(
+                (
+                    f
+                    for f in (self.guard.find(_own_key_text(k), words=False, joined_names=False) for k in sorted(own))
+                    if f
+                ),
+                "",
+            )
             or next((f for f in (self.guard.find(k, words=False) for k in sorted(vocabulary - own)) if f), "")
             or next((found for found in map(self.guard.find, sorted(keys - vocabulary)) if found), "")  # free text
             # the names the input gave (ROI names under name keys), each apart: no word of DoseAlign's is exempt
@@ -1777,6 +1785,21 @@ MAX_RENAMED = 4096
 
 #: Keys DoseAlign's writers use (snake_case); any other key (an ROI name used as a key) is free text.
 _VOCABULARY = re.compile(r"[a-z][a-z0-9_]*")
+#: A key DoseAlign may write of its own words alone (:func:`_own_key_word`): DVH points have a decimal point.
+_OWN_KEY = re.compile(r"[a-z][a-z0-9_.]*")
+
+
+def _own_key_word(word: str) -> bool:
+    """Whether a word of a key (split at ``_``) is DoseAlign's: one of its words, two characters or less, or of the
+    shapes of its DVH points, units and types (``d0.03cc``, ``v20``, ``int16``)."""
+    return word in OWN_VOCABULARY or len(word) <= 2 or bool(_OWN_WORD_SHAPES.fullmatch(word))
+
+
+def _own_key_text(key: str) -> str:
+    """A key of DoseAlign's words as the check reads it for IDs, dates and UIDs: the words of its shapes left out."""
+    return " ".join(" " if _OWN_WORD_SHAPES.fullmatch(word) else word for word in key.split("_"))
+
+
 #: Keys whose values are names (ROI names): where those names stand as keys, they are free text too.
 _NAME_KEYS = {"name", "names", "roi", "rois", "original_name", "roi_names", "worst_dvh_roi"}
 #: Keys whose values are names the input gave (ROI names, plan labels): rewritten and checked as names, where
@@ -1853,6 +1876,9 @@ def _has_cjk(text: str) -> bool:
 MIN_INSIDE = 5
 #: What people put between the parts of a name or an ID.
 _SEPARATORS = r"[\s_\-.^,]*"
+#: Between the characters of an ID that is one of DoseAlign's words, in its own text: :data:`_SEPARATORS` and an
+#: apostrophe (its possessives, ``plan's``, which the check reads joined).
+_VOCABULARY_SEPARATORS = r"[\s_\-.^,'\u2019]*"
 
 
 #: How German letters are written without them (other accents are dropped).
@@ -1979,39 +2005,39 @@ def _plain_views(text: str) -> list:
 #: component only where its word (its run of letters) is none of them; joined with another (``PlanJo``,
 #: ``jo_plan``) it is removed and found everywhere.
 _OWN_WORDS_TEXT = """
-    ababier above abs across affine align all allocated allow along alt and anterior apart are area array
-    arrays astype audit auto axes axial axis backend background band based beam beams between beyond big
-    binary bit bits block body bold bool border box brachy caps carry case cases ceil cell centre centred
-    centres changed channels charset check checks chosen class clipped closes closing code collapse color
-    column compared complete compress content contour contours control count counts crop csv curves custom
-    cut cuts data dataset dcm default deg degrees delta description detail details dicom diff differs
-    dimension dimensions direction directions display distance dmax dmean dmin doctype domain dose dosealign
-    doses dtype dvh each edge empty encloses encoding end endian ends engine error even every exact expected
-    export exports extents extra faces failed false family file files fill finest first flag flags flat
-    float folder follows font for form format four fraction fractional fractions frame frames from full
-    further gantry gaps generated geometry gfov gmt gradient grid gridframeoffsetvector grids group gzip had
-    half hashes hdf head header height hfs hidden holds holes href html http ijk image img increasing index
-    inferior inline input inside instance int integral interpolated interpolation interpolator interpreted
-    intervals invented islands its json kbp kept keyed kinds kji label labels lagrange lang last layers
-    layout lazy left lies limit linear links listed little loading lost lps manifest map margin marker mask
-    masks max meta method min mismatch misses missing modality mode more mtime multi name named names native
-    nearest needed neighbour net nifti nii noflag none nonzero normal not notes npz nrrd null num number
-    numeric nums numtraining numvalidation object odd off offset offsets one only onto open openkbp option
-    options order organ orientation origin original out outer outline outlines output outside over overflow
-    packbits packed padding pair part partly paths patient patients pct per performed perimeter phi physical
-    picture plan plane planes plans please plus png point points polygon position positions possible
-    posterior prescription present principal problems provided pseudonymization pseudonymized psi pynrrd
-    qform radius range ranked ras readme reason receiving record reference refined regular regularization
-    regularized related relative removed report resampled resampling result right rim roi rois round row
-    rtdose rtplan rtroi rtroiinterpretedtype rtstruct rule run runs same sample samples sampling sans scaled
-    scaling scanline scanner section sections see seed series serif session sform sha shape signed size
-    sizes skipped slab slice slices small solid sop sorted source sourceforge space spacing span sparse
-    specification split spread squared src stamp status step storage stretches structures study style sum
-    summary summation summed sums superior supersampling table tabular takes tbody teem tensor
-    tensorimagesize text than the thead their there thickness this threshold thresholds through thumb tilt
-    title tokens top training trilinear true two type uid uids uint under uneven uniform units unpack
-    unpackbits utf validate validation value values variant vector version vertical via views volume voxel
-    voxels warning warnings was way weight weighted where whose wider width with without worst written
+    ababier above abs across affine air align all allocated allow along already alt among and another anterior apart
+    are area array arrays astype audit auto away axes axial axis backend background band based beam beams between
+    beyond big binary bit bits block body bold bool border box brachy candidates caps carry case cases ceil cell
+    centre centred centres change changed channels charset check checks chooses chosen class clipped closes closing
+    code collapse color column compared complete component compress connected content contour contours control count
+    counts covers crop csv curves custom cut cuts data dataset dcm decides default deg degrees delta description
+    detail details dicom diff differs digest dimension dimensions direction directions display distance dmax dmean
+    dmin doctype domain dose dosealign doses dtype dvh each edge empty encloses encoding end endian ends engine
+    error even every exact expected export exports extents extra face faces failed false family file files fill
+    filled finest first flag flags flat float folder follows font for form format four fraction fractional fractions
+    frame frames from full further gantry gaps generated geometry gfov gmt gradient grid gridframeoffsetvector grids
+    group gzip had half hashes hdf head header height hfs hidden holds holes href html http ijk image img increasing
+    index inferior inline input inside instance int integral interpolated interpolation interpolator interpreted
+    intervals invented islands its json kbp kept key keyed kinds kji label labels lagrange lang largest last layers
+    layout lazy left lies limit linear links listed little loading lost lowest lps manifest map margin marker mask
+    masks max meta method min mismatch misses missing modality mode more most mtime multi name named names native
+    nearest needed neighbour net nifti nii noflag none nonzero normal not notes npz nrrd null num number numeric
+    nums numtraining numvalidation object odd off offset offsets one only onto open openkbp option options order
+    organ orientation origin original out outer outline outlines output outside over overflow own packbits packed
+    padding pair part partly paths patient patients pct per performed perimeter phi physical picture plan plane
+    planes planning plans please plus png point points polygon position positions possible posterior prescription
+    present principal problems provided pseudonymization pseudonymized psi pynrrd qform radius range ranked ras
+    readme reason receiving record reference referenced references refined regular regularization regularized
+    related relative removed report resampled resampling result right rim roi rois round row rtdose rtplan rtroi
+    rtroiinterpretedtype rtstruct rule run runs same sample samples sampling sans scaled scaling scanline scanner
+    scheme section sections see seed series serif session set sform sha shape signed size sizes skipped slab slice
+    slices small solid sop sorted source sourceforge space spacing span sparse specification split spread squared
+    src stamp status step storage stretches structures study style sum summary summation summed sums superior
+    supersampling table tabular takes tbody teem tensor tensorimagesize text than the thead their them there
+    thickness this threshold thresholds through thumb tilt title tokens tolerance top training trilinear true two
+    type uid uids uint under uneven uniform units unpack unpackbits utf validate validation value values variant
+    vector version vertical via views volume voxel voxels warning warnings was way weight weighted where whose wider
+    width with without worst written
 """
 OWN_VOCABULARY = frozenset(_OWN_WORDS_TEXT.split())
 
@@ -2627,12 +2653,14 @@ class IdentityGuard:
         self.vocabulary_ids = {i for i in self.ids if is_own_word(i)}
         # each written whole, with -, _ or ^ between its characters too (DoseAlign's ``cm^3``)
         # (with the rewriting's separators between its characters: DoseAlign's axes "(N, K, J, I)" are no PatientID
-        # KJI, whose every case failed "please report it": thirty-ninth hostile trial AM4)
+        # KJI, whose every case failed "please report it": thirty-ninth hostile trial AM4; and an apostrophe: "the
+        # plan's BEAM doses" is no PatientID PLANS, "each sample's volume" no SAMPLES, fortieth trial AN2)
         self.vocabulary_pattern = (
             re.compile(
                 r"(?<![0-9a-z])(?:"
                 + "|".join(
-                    _SEPARATORS.join(map(re.escape, i)) for i in sorted(self.vocabulary_ids, key=len, reverse=True)
+                    _VOCABULARY_SEPARATORS.join(map(re.escape, i))
+                    for i in sorted(self.vocabulary_ids, key=len, reverse=True)
                 )
                 + r")(?![0-9a-z])",
                 re.IGNORECASE,
