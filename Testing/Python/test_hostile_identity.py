@@ -3973,6 +3973,25 @@ def test_the_look_below_out_reads_nothing_of_the_system(tmp_path):
     assert around_out.nested_conflict(out, True) is None
 
 
+@pytest.mark.parametrize(
+    "text", ["born_45792000", "CTV_45792000000", "dob 45792000.0", "t45792000000000", "PTV 4579200", "x45835200"]
+)
+def test_a_unix_time_of_fewer_digits_is_a_date(text):
+    """Fortieth hostile trial AN3: a Unix time was read by its number of digits (9 or 10 in seconds, 12 or 13 in
+    milliseconds, ...): a birth date 1971-06-15 written ``45792000`` (8 digits) or ``45792000000`` (11 in
+    milliseconds) was removed by neither side, every date from late 1966 to early 1973. A count is read in each
+    unit; from about 11.6 days after 1970 (``4579200`` is 1970-02-23), not before (``PTV_7000`` stays)."""
+    from DoseAlignLib.output import pseudonym
+
+    identity = pseudonym.Identity(dates={"19710615", "19700223", "19710616"})
+    rewriting = pseudonym.Pseudonymizer(key=b"k" * 32, identity=identity)
+    guard = pseudonym.IdentityGuard(identity)
+    assert guard.find(text, own=False) == "a date" and "[removed]" in rewriting.name(text), rewriting.name(text)
+    assert not guard.find(rewriting.name(text), own=False)
+    for other in ("PTV_7000", "PTV_45000000", "CTV_999999", "GTV_46999999999"):  # (other days, or too few digits)
+        assert guard.find(other, own=False) == "" and rewriting.name(other) == other, other
+
+
 @pytest.mark.parametrize("text", ["PTV_-277689600", "PTV_-277689600000", "dob=-277689600", "PTV-1704153600"])
 def test_a_unix_time_before_1970_is_a_birth_date(text):
     """Thirty-eighth hostile trial AL5: a Unix time of a birth date before 1970 (negative: ``-277689600`` for

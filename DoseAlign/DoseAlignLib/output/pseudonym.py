@@ -3181,7 +3181,7 @@ def _dates_in(text: str) -> set:
 def _add_counted(found: set, lowered: str) -> None:
     """The check's own reading of dates written as counts (thirtieth hostile trial AD7): a year and the day of it
     (``2023-105``, ``2023105``, ``105_2023``), a year, ISO week and weekday (``2023-w15-6``), and a run of 9 or 10
-    digits (with a fraction or not; 12 or 13, 15 or 16, 18 or 19) as a Unix time (:func:`unix_dates`); not inside a
+    digits (with a fraction or not; 7 to 10 digits, or 11 to 19) as a Unix time (:func:`unix_dates`); not inside a
     longer number nor a decimal one."""
     edge = r"(?<![\d.])", r"(?![\d]|\.\d)"
     for match in re.finditer(edge[0] + r"(\d{4})[-_ /]?(\d{3})" + edge[1], lowered):
@@ -3192,7 +3192,7 @@ def _add_counted(found: set, lowered: str) -> None:
     for match in re.finditer(edge[0] + r"(\d{4})[-_ ]?w(\d{2}(?=[-_ ]?\d)|\d(?=[-_ ]\d))[-_ ]?(\d)" + edge[1], lowered):
         with contextlib.suppress(ValueError):
             found.add(datetime.date.fromisocalendar(*map(int, match.groups())).strftime("%Y%m%d"))
-    for match in re.finditer(edge[0] + r"(\d{9,10}(?:\.\d+)?|\d{12,13}|\d{15,16}|\d{18,19})" + edge[1], lowered):
+    for match in re.finditer(edge[0] + r"(\d{7,10}(?:\.\d+)?|\d{11,19})" + edge[1], lowered):
         found.update(unix_dates(match.group(1)))
         if match.start() and lowered[match.start() - 1] == "-":  # (or before 1970, after a minus: AL5)
             found.update(unix_dates(match.group(1), before_1970=True))
@@ -3310,11 +3310,14 @@ _CODED_DATE = re.compile(
     r"(?P<oy>1[89][0-9]{2}|20[0-9]{2})[-_ /]?(?P<od>[0-3][0-9]{2})"
     r"|(?P<rd>[0-3][0-9]{2})[-_ /](?P<ry>1[89][0-9]{2}|20[0-9]{2})"
     r"|(?P<wy>1[89][0-9]{2}|20[0-9]{2})[-_ ]?[Ww](?:(?P<ww>[0-5][0-9])[-_ ]?|(?P<ww1>[1-9])[-_ ])(?P<wd>[1-7])"
-    r"|(?P<usign>-)?(?P<unix>[0-9]{9,10}(?:\.[0-9]+)?|[0-9]{12,13}|[0-9]{15,16}|[0-9]{18,19})"
+    r"|(?P<usign>-)?(?P<unix>[0-9]{7,10}(?:\.[0-9]+)?|[0-9]{11,19})"
     r")(?![0-9])(?!\.[0-9])"
 )
-#: How many digits a Unix time has in seconds, milliseconds, microseconds and nanoseconds: the count's divisor.
-_UNIX_SCALES = {9: 1, 10: 1, 12: 10**3, 13: 10**3, 15: 10**6, 16: 10**6, 18: 10**9, 19: 10**9}
+#: The divisors of a Unix time in seconds, milliseconds, microseconds and nanoseconds: a count is read in each.
+_UNIX_SCALES = (1, 10**3, 10**6, 10**9)
+#: A Unix time is read only this far from 1970 (seconds): about 11.6 days (a smaller count is an ordinary number,
+#: ``PTV_7000``) to about 2100.
+_UNIX_SECONDS = (10**6, 4_102_444_800)
 #: The time zones' offsets from UTC, in hours (UTC-12 to UTC+14): a moment falls on a date in any of them.
 _ZONE_HOURS = (-12, 14)
 
@@ -3325,16 +3328,23 @@ def unix_dates(count: str, before_1970: bool = False) -> set:
     ``date +%s`` prints it where the header's zone is (thirty-sixth hostile trial AJ4). ``before_1970``: the count
     written after a minus, a time before 1970 (a birth date: thirty-eighth AL5). Empty when it is none."""
     whole = count.split(".")[0]
-    scale = _UNIX_SCALES.get(len(whole))
-    if scale is None:
+    if not whole.isdigit() or not 7 <= len(whole) <= 19:
         return set()
-    seconds = (-1 if before_1970 else 1) * (int(whole) // scale)
     epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-    try:
-        first, last = ((epoch + datetime.timedelta(seconds=seconds + hours * 3600)).date() for hours in _ZONE_HOURS)
-    except (ValueError, OverflowError):
-        return set()
-    return {(first + datetime.timedelta(days=n)).strftime("%Y%m%d") for n in range((last - first).days + 1)}
+    found = set()
+    # each unit where the count lands in the years read: the digits do not tell the unit (45792000 s and 45792000000
+    # ms are both 1971-06-15; a count of 8 digits was read in no unit at all: fortieth hostile trial AN3)
+    for scale in _UNIX_SCALES:
+        seconds = int(whole) // scale
+        if not _UNIX_SECONDS[0] <= seconds <= _UNIX_SECONDS[1]:
+            continue
+        seconds = -seconds if before_1970 else seconds
+        try:
+            first, last = ((epoch + datetime.timedelta(seconds=seconds + hours * 3600)).date() for hours in _ZONE_HOURS)
+        except (ValueError, OverflowError):
+            continue
+        found.update((first + datetime.timedelta(days=n)).strftime("%Y%m%d") for n in range((last - first).days + 1))
+    return found
 
 
 def _without_coded_date(match, dates: set) -> str:
@@ -3354,7 +3364,9 @@ def _coded_dates(match) -> set:
         if parts["oy"] or parts["ry"]:
             year, day = int(parts["oy"] or parts["ry"]), int(parts["od"] or parts["rd"])
             when = datetime.date(year, 1, 1) + datetime.timedelta(days=day - 1)
-            return {when.strftime("%Y%m%d")} if day >= 1 and when.year == year else set()
+            # (seven digits are a Unix time too, as the check reads them: 2012345 s is 1970-01-24)
+            counted = unix_dates(match.group(0)) if match.group(0).isdigit() else set()
+            return ({when.strftime("%Y%m%d")} if day >= 1 and when.year == year else set()) | counted
         if parts["wy"]:
             return {
                 datetime.date.fromisocalendar(
