@@ -99,3 +99,35 @@ def test_text_with_dicoms_value_delimiter_is_read_as_written(tmp_path):
         assert dicomio.text(read, keyword) == value, keyword
     assert dicomio.text(read.StructureSetROISequence[0], "ROIName") == "Rücken\\mark"
     assert dicomio.text(read, "ProtocolName", "none") == "none"
+
+
+@pytest.mark.parametrize("keyword", ["ImagePositionPatient", "NumberOfFrames"])
+def test_a_decimal_string_with_a_digit_separator_is_no_number(keyword):
+    """Forty-first hostile trial (beside AO1): Python's float() and int() read ``1_5`` as 15, and pydicom keeps the
+    value as written: an ImagePositionPatient ``1_5`` was 15 mm. A DS or IS value with ``_`` is no number, read from
+    its bytes or through pydicom; plain values read as before."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
+
+    vr, bad, good = ("DS", b"1_5\\2\\3 ", b"+1.5\\ 2\\3E0") if keyword != "NumberOfFrames" else ("IS", b"1_0 ", b"+10 ")
+    tag = Tag(pydicom.datadict.tag_for_keyword(keyword))
+
+    def read(raw: bytes):
+        ds = Dataset()
+        ds[tag] = RawDataElement(tag, vr, len(raw), raw, 0, True, True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (pydicom warns of the invalid value)
+            if keyword == "NumberOfFrames":
+                return dicomio.integer(ds, keyword, "(0028,0008)", None, 1), None
+            return list(dicomio.floats(ds, keyword, "(0020,0032)", None, 3)), dicomio.quick_floats(ds, keyword)
+
+    assert read(good) == ((10, None) if keyword == "NumberOfFrames" else ([1.5, 2.0, 3.0], [1.5, 2.0, 3.0]))
+    with pytest.raises(dicomio.InputError, match="1_"):
+        read(bad)
+    if keyword != "NumberOfFrames":
+        ds = Dataset()
+        ds[tag] = RawDataElement(tag, vr, len(bad), bad, 0, True, True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert dicomio.quick_floats(ds, keyword) is None

@@ -820,19 +820,29 @@ def quick_text(ds: Dataset, keyword: str) -> str:
     return text(ds, keyword)
 
 
+def decimal(value: Any) -> float:
+    """``float(value)`` of a DS or IS value (or its text), but a digit separator is no part of a decimal string:
+    Python reads ``1_5`` as 15, and an ImagePositionPatient ``1_5`` was 15 mm (forty-first hostile trial, beside AO1).
+    Raises ValueError for one."""
+    text = value if isinstance(value, (str, bytes)) else getattr(value, "original_string", None)
+    if isinstance(text, (str, bytes)) and ("_" in text if isinstance(text, str) else b"_" in text):
+        raise ValueError(f"{text!r} is no number: it holds '_'")
+    return float(value)
+
+
 def quick_floats(ds: Dataset, keyword: str) -> Optional[list]:
     """A DS attribute's values as floats (None when absent or not numeric), as pydicom would give them."""
     raw, vr, _little = _raw_value(ds, keyword)
     if raw is not None and vr == "DS" and raw.strip(b" \0"):
         try:
-            return [float(part) for part in raw.split(b"\\")]
+            return [decimal(part) for part in raw.split(b"\\")]
         except ValueError:
             pass  # pydicom says what it makes of it
     value = ds.get(keyword)
     if value is None:
         return None
     try:
-        return [float(v) for v in value]
+        return [decimal(v) for v in value]
     except (TypeError, ValueError):
         return None
 
@@ -852,9 +862,9 @@ def floats(ds: Dataset, keyword: str, tag: str, path: Optional[Path], count: Opt
         raise InputError(f"{keyword} is missing or empty", path=path, tag=tag)
     try:
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            values = [float(value)]
+            values = [decimal(value)]
         else:
-            values = [float(v) for v in value]
+            values = [decimal(v) for v in value]
     except (TypeError, ValueError):
         raise InputError(f"{keyword} is not numeric: {value!r}", path=path, tag=tag) from None
     array = np.array(values, dtype=np.float64)
@@ -877,9 +887,10 @@ def number(ds: Dataset, keyword: str, tag: str, path: Optional[Path], default: A
             raise InputError(f"{keyword} holds {len(value)} values, one expected: {list(value)}", path=path, tag=tag)
         value = value[0]
     try:
-        result = float(value)
+        result = decimal(value)
     except (TypeError, ValueError, IndexError):
-        raise InputError(f"{keyword} is not a number: {value!r}", path=path, tag=tag) from None
+        written = getattr(value, "original_string", None) or value  # (an IS 1_0 prints as 10)
+        raise InputError(f"{keyword} is not a number: {written!r}", path=path, tag=tag) from None
     if not np.isfinite(result):
         raise InputError(f"{keyword} is not finite: {value!r}", path=path, tag=tag)
     return result
