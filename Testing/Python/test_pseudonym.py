@@ -658,6 +658,9 @@ def test_another_exports_pseudonyms_hold_no_id_of_this_input(tmp_path):
     assert pseudonymizer.guard.find("d3808abcde1"), "outside that case the token's digits are read as before"
     named = {**meta, "structures": {"names": ["PTV_3808"]}}
     assert pseudonymizer.leak_in_kept_case(tmp_path, named) == "a patient ID in meta.json"
+    # an ROI name of a token's shape is the input's text, not a pseudonym (forty-second hostile trial AP1)
+    shaped = {**meta, "structures": {"names": ["d3808a0b1c2"]}}
+    assert pseudonymizer.leak_in_kept_case(tmp_path, shaped) == "a patient ID in meta.json"
     row = {"case_id": meta["case_id"], "files": "d3808abcde1/f0123456789.dcm", "ct_folder": "d3808abcde1"}
     with pseudonymizer.pseudonyms_of(row):
         assert not any(pseudonymizer.guard.find(value) for value in row.values())

@@ -2554,24 +2554,31 @@ _PATH_JOINS = re.compile(r"/| \+ |;")
 
 def written_pseudonyms(value) -> set:
     """The pseudonyms in an earlier export's meta.json or manifest row ``value`` (any JSON-like value): case ids and
-    patient pseudonyms, and the tokens of each string that is a path written as tokens and nothing else (free text
-    such as an ROI name is not read for them)."""
+    patient pseudonyms (under ``case_id``, ``patient_id``, ``patient``), and the tokens of path fields
+    (:data:`PATH_KEYS`) written as tokens and nothing else. Free text, ROI names among them, is not read for them:
+    an ROI name ``d1234567890`` of another input held this input's PatientID, and it was kept (forty-second hostile
+    trial AP1)."""
     found: set = set()
-    pending = [value]
+    pending = [(value, "")]
     while pending:
-        item = pending.pop()
+        item, key = pending.pop()
         if isinstance(item, dict):
-            pending.extend(item.values())
+            pending.extend((v, str(k)) for k, v in item.items())
         elif isinstance(item, (list, tuple)):
-            pending.extend(item)
+            pending.extend((v, key) for v in item)
         elif isinstance(item, str) and item:
-            if _CASE_PSEUDONYM.fullmatch(item) or re.fullmatch(r"P[0-9a-f]{12}", item):
-                found.add(item)
-                continue
-            parts = [part for part in _PATH_JOINS.split(item) if part and part != "."]
-            if parts and all(_PATH_TOKEN.fullmatch(part) for part in parts):
-                found.update(part.split(".", 1)[0] for part in parts)
+            if key in _PSEUDONYM_KEYS:
+                if _CASE_PSEUDONYM.fullmatch(item) or re.fullmatch(r"P[0-9a-f]{12}", item):
+                    found.add(item)
+            elif key in PATH_KEYS:
+                parts = [part for part in _PATH_JOINS.split(item) if part and part != "."]
+                if parts and all(_PATH_TOKEN.fullmatch(part) for part in parts):
+                    found.update(part.split(".", 1)[0] for part in parts)
     return found
+
+
+#: The keys of meta.json and the manifest whose values are a case id or a patient's pseudonym.
+_PSEUDONYM_KEYS = frozenset({"case_id", "patient_id", "patient"})
 
 
 def own_tokens(pseudonyms: Iterable[str]) -> frozenset:
