@@ -1319,6 +1319,34 @@ def _largest_roi_contours(ds) -> tuple:
     return names[int(item.ReferencedROINumber)], item
 
 
+@pytest.mark.parametrize(
+    "keyword, value", [("RescaleSlope", "1_0"), ("PixelSpacing", "2_0\\2"), ("DoseGridScaling", "0.0_1")]
+)
+def test_a_header_number_with_a_digit_separator_fails_its_case(tmp_path, capsys, keyword, value):
+    """Forty-third hostile trial AQ2: Python reads ``1_0`` as 10; a CT RescaleSlope ``1_0`` made every voxel ten
+    times its HU, a PixelSpacing ``2_0`` a 20 mm step, a DoseGridScaling ``0.0_1`` a dose ten times its own, each
+    with status ok. Such a value is no decimal string: the case fails, naming it."""
+    import warnings
+
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import DataElement
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "SEPARATOR-1", 16, with_structures=False)
+    files = truth.ct_files if keyword != "DoseGridScaling" else truth.dose_files
+    tag = tag_for_keyword(keyword)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (pydicom warns of the invalid value)
+        for path in files:
+            ds = dd.read(path)
+            ds[tag] = DataElement(tag, "DS", value)
+            dd.save(ds, path)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert code == 1 and row["status"] == "failed", row
+    assert keyword in row["reason"] and "not" in row["reason"], row["reason"]  # (not a number, not numeric)
+
+
 def test_a_blank_value_inside_contour_data_is_damage_not_minus_one(tmp_path, capsys):
     """Forty-first hostile trial AO1: numpy's in-place parsing read a ContourData value of blanks as -1.0 without a
     word, so the points moved to x = -1 mm and the case was ok with a smaller mask. Such a contour is damage, as a

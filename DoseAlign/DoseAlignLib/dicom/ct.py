@@ -399,8 +399,9 @@ def _read_in_place(obj, out_slice: np.ndarray, dtype: str, buffers: dict) -> boo
     if position is None or (rows, columns) != out_slice.shape:
         return False
     try:
-        slope = float(obj.info["rescale"][0] if obj.info["rescale"][0] not in (None, "") else 1.0)
-        intercept = float(obj.info["rescale"][1] if obj.info["rescale"][1] not in (None, "") else 0.0)
+        # (headers.decimal: a slope 1_0 is no number, and the general path names it; float() read it as 10)
+        slope = headers.decimal(obj.info["rescale"][0] if obj.info["rescale"][0] not in (None, "") else 1.0)
+        intercept = headers.decimal(obj.info["rescale"][1] if obj.info["rescale"][1] not in (None, "") else 0.0)
     except (TypeError, ValueError):
         return False  # let the general path report the bad tag
     if not (np.isfinite(slope) and np.isfinite(intercept)):
