@@ -2421,7 +2421,7 @@ def test_a_case_h5_changed_in_place_is_written_again(tmp_path, capsys):
         assert handle["dose"].attrs["units"] == units
 
 
-@pytest.mark.parametrize("other_part", ["removed", "in another frame of reference"])
+@pytest.mark.parametrize("other_part", ["removed", "in another frame of reference", "both, two structure sets"])
 def test_a_case_whose_structure_set_references_ct_images_the_input_lacks_warns(tmp_path, capsys, other_part):
     """Thirty-eighth hostile trial AL13: a case made from half its CT (the other slices missing, or in a folder that
     could not be read elsewhere) was ok with audit flags only; nothing said that its structure set references CT
@@ -2433,6 +2433,12 @@ def test_a_case_whose_structure_set_references_ct_images_the_input_lacks_warns(t
     slices = sorted(truth.ct_files, key=lambda p: float(dd.read(p).ImagePositionPatient[2]))
     elsewhere = root / "p" / "other-part"
     elsewhere.mkdir()
+    if other_part.startswith("both"):  # a second structure set referencing the same images (forty-third trial AQ4)
+        copy = dd.read(truth.struct_file)
+        copy.SOPInstanceUID = copy.SOPInstanceUID + ".7"
+        dd.save(copy, Path(truth.struct_file).with_name("second-struct.dcm"))
+        slices[15].unlink()  # and one image nowhere
+        slices = slices[:15]
     for path in slices[12:]:  # (a quarter: the structure set's CT is the rest, by most images referenced)
         if other_part == "removed":
             path.unlink()
@@ -2445,5 +2451,11 @@ def test_a_case_whose_structure_set_references_ct_images_the_input_lacks_warns(t
     assert code == 0 and rows[0]["status"] == "ok", rows
     said = "reference CT images of this case's series that its CT does not hold"
     assert said in rows[0]["warnings"] and "(4 of 16)" in rows[0]["warnings"], rows[0]["warnings"]
+    if other_part.startswith("both"):
+        assert (
+            "the input holds 3 of them outside this CT (not joined with it); the other 1 are missing"
+            in (rows[0]["warnings"])
+        ), rows[0]["warnings"]
+        return
     held = "the input holds 4 of them outside this CT (not joined with it)" in rows[0]["warnings"]
     assert held == (other_part != "removed"), rows[0]["warnings"]

@@ -308,7 +308,7 @@ def _warn_of_missing_images(cases: list, scan: ScanResult) -> None:
         if case.ct is None or not case.structs:
             continue
         present = {s.sop_instance_uid for s in case.ct.slices}
-        short, elsewhere = [], 0
+        short, elsewhere, lacking = [], set(), set()
         for struct in case.structs:
             if set(struct.info.get("ct_series_uids") or []) != {case.ct.series_uid}:
                 continue  # (images of other series, or none named: nothing to compare)
@@ -317,19 +317,24 @@ def _warn_of_missing_images(cases: list, scan: ScanResult) -> None:
             if missing:
                 if held is None:
                     held = {s.sop_instance_uid for series in scan.ct_series for s in series.slices}
-                elsewhere += len(missing & held)
+                elsewhere |= missing & held  # (an image once, however many structure sets reference it: AQ4)
+                lacking |= missing - held
                 short.append(f"{struct.rel_path} ({len(missing)} of {len(referenced)})")
         if short:
             # (the input may hold them in a folder not joined with this CT: another frame of reference, say; the
             # warning said the input did not hold them: forty-first hostile trial)
-            where = (
-                f"; the input holds {elsewhere} of them outside this CT (not joined with it)"
-                if elsewhere
-                else ": the CT may lack slices (missing, or in a folder that could not be read)"
-            )
+            where = []
+            if elsewhere:
+                where.append(f"the input holds {len(elsewhere)} of them outside this CT (not joined with it)")
+            if lacking:
+                where.append(
+                    f"the other {len(lacking)} are missing, or in a folder that could not be read"
+                    if elsewhere
+                    else "the CT may lack slices (missing, or in a folder that could not be read)"
+                )
             case.warnings.append(
                 f"the structure set(s) {', '.join(short[:3])}{f' and {len(short) - 3} more' if len(short) > 3 else ''} "
-                f"reference CT images of this case's series that its CT does not hold{where}"
+                f"reference CT images of this case's series that its CT does not hold: {'; '.join(where)}"
             )
 
 
