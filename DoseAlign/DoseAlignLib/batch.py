@@ -354,7 +354,8 @@ def export_folder(
                 pseudonymizer.check_row(row)
             except DoseAlignError as error:  # the row would leak: it says only that
                 reason = str(error)
-                if row["status"] == "ok":  # its folder, just written, goes too: no complete folder behind a failed row
+                # its folder goes too, written now or kept by --resume: no complete folder behind a failed row (AQ6)
+                if row["status"] in ("ok", "skipped"):
                     kept = withdraw_case(out_dir, row["case_id"])
                     reason = f"{reason}; {kept}" if kept else reason
                 row = {**{k: "" for k in row}, "case_id": row["case_id"], "status": "failed", "reason": reason}
@@ -487,8 +488,9 @@ def export_folder(
     report.rows.extend(extra_rows)
     stuck = []  # what this run made and could not remove: a replaced case folder's earlier export (a file in use)
     remove_owned(out_dir, claim.token, stuck, record_too=False)
-    if scheduler == "local":  # a Dask worker of this run killed while it ran a case left its own claim's entries,
-        # removed by the next run only (the pool's workers write under this run's token: thirty-seventh trial AK10)
+    if scheduler:  # a Dask worker of this run killed while it ran a case left its own claim's entries, removed by the
+        # next run only (the pool's workers write under this run's token: thirty-seventh trial AK10); a tcp:// worker
+        # on this host as well (forty-third AQ7); only a provably dead owner's entries go, so not another host's
         with contextlib.suppress(OSError):
             clean_temp(out_dir)
     for name, reason in stuck:

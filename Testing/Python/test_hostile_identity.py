@@ -110,17 +110,23 @@ def test_the_check_is_independent_of_the_rewriting(study, tmp_path, monkeypatch,
     assert not _squeezed_leaks(out)
 
 
-def test_a_row_that_fails_its_check_takes_its_written_folder_with_it(study, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("kept", [False, True], ids=["written now", "kept by --resume"])
+def test_a_row_that_fails_its_check_takes_its_written_folder_with_it(study, tmp_path, monkeypatch, capsys, kept):
     # the files pass their check and the folder is renamed into place; a row the parent then finds leaking failed
-    # the case but left the complete folder behind it (thirty-ninth trial's AM1 saw one)
+    # the case but left the complete folder behind it (thirty-ninth trial's AM1 saw one); a case kept by --resume
+    # too (forty-third AQ6)
     from DoseAlignLib.output import pseudonym
 
     def leaking(self, row):
         raise pseudonym.PseudonymError("pseudonymization left a patient name in a manifest row")
 
-    monkeypatch.setattr(pseudonym.Pseudonymizer, "check_row", leaking)
     out = tmp_path / "share" / "out"
-    code = main(["export", str(study["root"]), str(out), "--quiet", "--workers", "1", "--pseudonymize"])
+    args = ["export", str(study["root"]), str(out), "--quiet", "--workers", "1", "--pseudonymize"]
+    if kept:
+        assert main(args) == 0
+        args.append("--resume")
+    monkeypatch.setattr(pseudonym.Pseudonymizer, "check_row", leaking)
+    code = main(args)
     capsys.readouterr()
     assert code == 1
     (row,) = hostile.manifest(out)

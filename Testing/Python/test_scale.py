@@ -435,3 +435,31 @@ def test_a_scheduler_address_with_blanks_is_used_as_checked(cohort, tmp_path):
     code = main(["export", str(cohort), str(out), "--quiet", "--scheduler", " local ", "--workers", "2"])
     assert code == 0
     assert [row["status"] for row in _manifest(out / "manifest.csv")] == ["ok"] * 5
+
+
+def test_what_a_dead_tcp_worker_on_this_host_left_goes_at_the_runs_end(cohort, tmp_path, monkeypatch):
+    """Forty-third hostile trial AQ7: a ``--scheduler tcp://`` worker on this host SIGKILLed while it ran a case left
+    its temporary case folder and owner record in OUT after the run ended 0: only a ``local`` cluster's were removed
+    at the end. What a provably dead owner on this host left goes, whatever the scheduler (here the cluster is
+    stood in for: its worker is a process that claims OUT, starts a case folder and dies)."""
+    import subprocess
+    import sys
+
+    from DoseAlignLib import batch
+
+    def cluster(task, cases, scheduler, workers, on_result, **_kwargs):
+        code = (
+            "import os, sys; from DoseAlignLib.output.files import claim_folder; "
+            "claim_folder(sys.argv[1]).temp('case').mkdir(); os._exit(0)"
+        )
+        env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "DoseAlign")}
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env)
+        assert len([p for p in out.iterdir() if p.name.startswith(".tmp-dosealign-")]) >= 2  # (folder and owner)
+        for n, case in enumerate(cases):
+            on_result(n, task(case))
+
+    monkeypatch.setattr(batch, "run_dask", cluster)
+    out = tmp_path / "out"
+    report = export_folder(cohort, out, OPTIONS, workers=1, scheduler="tcp://127.0.0.1:9")
+    assert report.exit_code == 0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], sorted(p.name for p in out.iterdir())
