@@ -1768,7 +1768,9 @@ def test_an_roi_with_contours_and_an_empty_mask_is_a_case_warning(tmp_path, caps
     assert "but its mask is empty" in row["warnings"]
 
 
-@pytest.mark.parametrize("variant", ["slab thickness", "no slab thickness", "offset vector", "a 100 m slab"])
+@pytest.mark.parametrize(
+    "variant", ["slab thickness", "no slab thickness", "offset vector", "a 100 m slab", "a slab that is no number"]
+)
 def test_contours_on_every_other_slice(tmp_path, capsys, variant):
     """From the eighth hostile trial (H4): an ROI contoured on every other CT slice, each contour stating
     (3006,0044) ContourSlabThickness of two slice steps, came out on alternate slices only (half its volume), status
@@ -1776,7 +1778,10 @@ def test_contours_on_every_other_slice(tmp_path, capsys, variant):
     its planes; the contour volume and the reference DVH take the same slab); without it the stripes are the
     documented slab rule, now with a case warning; a (3006,0045) ContourOffsetVector that moves the slabs leaves the
     ROI out, named. A slab of 100 m (ninth hostile trial I6: 1e6 mm took 4 GB for one ROI) is damage: not used,
-    with a note."""
+    with a note; so is one that is no number (forty-third hostile trial AQ1: ignored without a word)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
     root, truth, plain, reference = _small_study_exported(tmp_path, capsys, "SLAB-1", 18)
     ds = dd.read(truth.struct_file)
     name, item = _largest_roi_contours(ds)
@@ -1786,7 +1791,9 @@ def test_contours_on_every_other_slice(tmp_path, capsys, variant):
     kept = [c for c in contours if round((float(c.ContourData[2]) - levels[0]) / step) % 2 == 0]
     assert len(kept) >= 4
     for contour in kept:
-        if variant != "no slab thickness":
+        if variant == "a slab that is no number":
+            contour[0x30060044] = RawDataElement(Tag(0x30060044), "DS", 4, b"abc ", 0, True, True)
+        elif variant != "no slab thickness":
             contour.ContourSlabThickness = 1e5 if variant == "a 100 m slab" else 2 * step
         if variant == "offset vector":
             contour.ContourOffsetVector = [0.0, 0.0, step]
@@ -1806,7 +1813,9 @@ def test_contours_on_every_other_slice(tmp_path, capsys, variant):
     filled = np.flatnonzero(masks[name].any(axis=(1, 2)))
     if variant == "a 100 m slab":
         assert any("beyond 1000 mm (damaged, not anatomy): not used" in note for note in entry["notes"]), entry
-    if variant in ("no slab thickness", "a 100 m slab"):
+    if variant == "a slab that is no number":
+        assert any("is not one positive number (damaged): not used" in note for note in entry["notes"]), entry
+    if variant in ("no slab thickness", "a 100 m slab", "a slab that is no number"):
         assert set(np.diff(filled).tolist()) == {2}  # the slab rule as documented: stripes
         assert f"ROI {name!r}: its contour planes lie {2 * step:.3g} mm apart" in row["warnings"], row["warnings"]
         assert "slab_thickness_mm" not in entry

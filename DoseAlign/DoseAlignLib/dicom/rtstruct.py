@@ -473,14 +473,16 @@ def _polygons_of(item: Dataset, closed_kinds: Optional[set] = None, slabs: Optio
 def _slab_of(contour: Dataset) -> tuple:
     """``(ContourSlabThickness in mm or None, whether a ContourOffsetVector moves the slab)`` of one contour.
 
-    A thickness that is not one positive number counts as not given; an offset vector that is not three numbers,
-    all zero, counts as moving the slab (where to cannot be told).
+    A thickness given that is not one positive number is NaN (damaged: :func:`_apply_slabs` notes it); an offset
+    vector that is not three numbers, all zero, counts as moving the slab (where to cannot be told).
     """
     thickness = None
     if CONTOUR_SLAB_THICKNESS in contour:
         values = _contour_data(contour, CONTOUR_SLAB_THICKNESS)
         if values is not None and values.size == 1 and np.isfinite(values[0]) and values[0] > 0:
             thickness = float(values[0])
+        elif values is None or values.size:  # (an empty value: not given)
+            thickness = math.nan
     moved = False
     if CONTOUR_OFFSET_VECTOR in contour:
         values = _contour_data(contour, CONTOUR_OFFSET_VECTOR)
@@ -500,6 +502,13 @@ def _apply_slabs(roi: RoiContours, slabs: list) -> None:
         return
     given = [thickness for thickness, _offset in slabs if thickness is not None]
     if not given:
+        return
+    damaged = sum(1 for thickness in given if math.isnan(thickness))
+    if damaged:  # (it was ignored without a word: forty-third hostile trial AQ1)
+        roi.notes.append(
+            f"(3006,0044) ContourSlabThickness of {damaged} of its {len(slabs)} contour(s) is not one positive number "
+            "(damaged): not used"
+        )
         return
     if len(given) < len(slabs):
         roi.notes.append(
