@@ -2468,3 +2468,19 @@ def test_a_case_whose_structure_set_references_ct_images_the_input_lacks_warns(t
         return
     held = "the input holds 4 of them outside this CT (not joined with it)" in rows[0]["warnings"]
     assert held == (other_part != "removed"), rows[0]["warnings"]
+
+
+def test_an_unused_structure_set_on_a_cases_ct_is_not_said_to_lie_on_no_cases_ct(tmp_path):
+    """Forty-third hostile trial AQ3: a second structure set drawn on the case's CT, which the case does not take (its
+    RTPLAN references the other), was listed "its CT is not part of any case": a user looks for a CT problem. It says
+    that the case takes the structure set its plan references; one on a CT of no case says as before."""
+    from DoseAlignLib import api
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "TWO-SETS-1", 19)
+    copy = dd.read(truth.struct_file)
+    copy.SOPInstanceUID = copy.SOPInstanceUID + ".9"
+    dd.save(copy, root / "p" / "second-struct.dcm")
+    orphans = {path: why for path, kind, why in api.form_cases(api.scan_folder(root)).orphans if kind == "RTSTRUCT"}
+    assert orphans == {"p/second-struct.dcm": "its CT is a case's CT, and that case uses the structure set its RTPLAN "
+                       "references"}, orphans  # fmt: skip
