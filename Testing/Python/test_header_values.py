@@ -131,3 +131,13 @@ def test_a_decimal_string_with_a_digit_separator_is_no_number(keyword):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert dicomio.quick_floats(ds, keyword) is None
+
+
+def test_a_decimal_string_of_another_scripts_digits_is_no_number():
+    """Forty-third hostile trial AQ9: in a slice of character set ISO_IR 192, pydicom hands a RescaleSlope of the
+    Arabic-Indic digit two over as the text '٢', and float() read it as 2 (every HU doubled, status ok). A decimal
+    string holds ASCII digits only."""
+    for text in ("\u0662", "1.\u0665", "\uff12"):  # Arabic-Indic 2, 1.5 with an Arabic-Indic 5, fullwidth 2
+        with pytest.raises(ValueError):
+            dicomio.decimal(text)
+    assert dicomio.decimal(" 2.5 ") == 2.5 and dicomio.decimal(b"+1E1") == 10.0

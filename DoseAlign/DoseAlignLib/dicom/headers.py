@@ -827,6 +827,8 @@ def decimal(value: Any) -> float:
     text = value if isinstance(value, (str, bytes)) else getattr(value, "original_string", None)
     if isinstance(text, (str, bytes)) and ("_" in text if isinstance(text, str) else b"_" in text):
         raise ValueError(f"{text!r} is no number: it holds '_'")
+    if isinstance(text, str) and not text.isascii():  # float() reads any script's digits: a slope '٢' was 2 (AQ9)
+        raise ValueError(f"{text!r} is no number: a decimal string holds ASCII digits only")
     return float(value)
 
 
