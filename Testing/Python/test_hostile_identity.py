@@ -3745,7 +3745,15 @@ def test_a_name_with_an_invisible_character_inside_is_removed_and_found(invisibl
 
 
 @pytest.mark.parametrize(
-    "written", ["PTV_Lukasi\u20ddewicz", "PTV_Lukasiewicz\u20e3", "CTV_1958\u03000314", "CTV_19580\u0301\u0302314"]
+    "written",
+    [
+        "PTV_Lukasi\u20ddewicz",
+        "PTV_Lukasiewicz\u20e3",
+        "CTV_1958\u03000314",
+        "CTV_19580\u0301\u0302314",
+        "CTV_1958\u04830314",  # a Cyrillic titlo on a digit (forty-second trial AP4)
+        "CTV_1958\u05910314",  # a Hebrew accent
+    ],
 )
 def test_decoration_inside_a_name_or_date_is_read_through_by_both_sides(written):
     """Fortieth hostile trial: an enclosing mark (a circle drawn around the letter before, ``\u20dd``) inside a
@@ -3998,7 +4006,17 @@ def test_a_unix_time_of_fewer_digits_is_a_date(text):
         assert guard.find(other, own=False) == "" and rewriting.name(other) == other, other
 
 
-@pytest.mark.parametrize("text", ["PTV_-277689600", "PTV_-277689600000", "dob=-277689600", "PTV-1704153600"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "PTV_-277689600",
+        "PTV_-277689600000",
+        "dob=-277689600",
+        "PTV-1704153600",
+        "dob \u2212277689600",  # a typographic minus, an en dash (forty-second hostile trial AP5)
+        "t\u2013277689600000",
+    ],
+)
 def test_a_unix_time_before_1970_is_a_birth_date(text):
     """Thirty-eighth hostile trial AL5: a Unix time of a birth date before 1970 (negative: ``-277689600`` for
     1961-03-15) stayed; RT patients' birth dates are nearly all before 1970. A count after a minus is read both ways

@@ -3061,8 +3061,6 @@ _INVISIBLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe0
 
 #: Enclosing marks (a circle, a square drawn around the character before): decoration, no letter.
 _ENCLOSING = re.compile("[\u0488\u0489\u1abe\u20dd-\u20e0\u20e2-\u20e4\ua670-\ua672]")
-#: Combining marks on a digit: no digit carries one, so they are decoration too.
-_MARKS_ON_DIGITS = re.compile("(?<=\\d)[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
 
 
 def visible(text: str) -> str:
@@ -3070,9 +3068,19 @@ def visible(text: str) -> str:
     and without decoration: enclosing marks, and marks on digits. A name written with one inside
     (``Lukasi\u3164ewicz``) was kept, or failed its case (thirty-sixth hostile trial AJ19); a circle around a name's
     letter (``Smi\u20ddth``) hid it from both sides, an accent on a date's digit (``1958\u03000314``) from the
-    rewriting, and the case failed (fortieth trial)."""
+    rewriting, and the case failed (fortieth trial); a mark of any script on a digit too (a Cyrillic titlo,
+    ``1958\u04830314``: forty-second trial AP4)."""
     shown = _INVISIBLE.sub("", "".join(c for c in text if unicodedata.category(c) != "Cf"))
-    return _MARKS_ON_DIGITS.sub("", _ENCLOSING.sub("", shown))
+    shown = _ENCLOSING.sub("", shown)
+    if not any(c.isdigit() for c in shown):
+        return shown
+    kept, after_digit = [], False
+    for char in shown:
+        if after_digit and unicodedata.category(char) in ("Mn", "Mc", "Me"):
+            continue  # (no digit carries a mark: decoration)
+        kept.append(char)
+        after_digit = char.isdigit()
+    return "".join(kept)
 
 
 def _fold(text: str) -> str:
@@ -3201,7 +3209,8 @@ def _add_counted(found: set, lowered: str) -> None:
             found.add(datetime.date.fromisocalendar(*map(int, match.groups())).strftime("%Y%m%d"))
     for match in re.finditer(edge[0] + r"(\d{7,10}(?:\.\d+)?|\d{11,19})" + edge[1], lowered):
         found.update(unix_dates(match.group(1)))
-        if match.start() and lowered[match.start() - 1] == "-":  # (or before 1970, after a minus: AL5)
+        # (or before 1970, after a minus: AL5; a typographic minus or dash too, forty-second trial AP5)
+        if match.start() and lowered[match.start() - 1] in "-\u2212\u2013\u2012\ufe63\uff0d":
             found.update(unix_dates(match.group(1), before_1970=True))
 
 
@@ -3317,7 +3326,7 @@ _CODED_DATE = re.compile(
     r"(?P<oy>1[89][0-9]{2}|20[0-9]{2})[-_ /]?(?P<od>[0-3][0-9]{2})"
     r"|(?P<rd>[0-3][0-9]{2})[-_ /](?P<ry>1[89][0-9]{2}|20[0-9]{2})"
     r"|(?P<wy>1[89][0-9]{2}|20[0-9]{2})[-_ ]?[Ww](?:(?P<ww>[0-5][0-9])[-_ ]?|(?P<ww1>[1-9])[-_ ])(?P<wd>[1-7])"
-    r"|(?P<usign>-)?(?P<unix>[0-9]{7,10}(?:\.[0-9]+)?|[0-9]{11,19})"
+    r"|(?P<usign>[-\u2212\u2013\u2012\ufe63\uff0d])?(?P<unix>[0-9]{7,10}(?:\.[0-9]+)?|[0-9]{11,19})"
     r")(?![0-9])(?!\.[0-9])"
 )
 #: The divisors of a Unix time in seconds, milliseconds, microseconds and nanoseconds: a count is read in each.
