@@ -4130,3 +4130,24 @@ def test_a_patient_id_that_is_one_of_dosealigns_own_words_fails_no_case(
     capsys.readouterr()
     (row,) = hostile.manifest(out)
     assert code == 0 and row["status"] == "ok", row
+
+
+def test_a_patient_already_deidentified_as_removed_fails_no_case(tmp_path, capsys):
+    """Forty-second hostile trial AP6: a patient whose PatientName and PatientID an earlier de-identification wrote as
+    ``REMOVED`` made every ``[removed]`` DoseAlign writes a leak of that "name": each case whose ROI names or prose
+    had anything rewritten failed "please report it", another patient's in the same input too. The word of
+    DoseAlign's own mark is no identity; the other patient's name is still removed."""
+    root = tmp_path / "in"
+    hostile.study(root / "a", "REMOVED", 62, patient_name="REMOVED^REMOVED")
+    smith = hostile.study(root / "b", "SMITH-62", 63, patient_name="Smith^John")
+    ds = dd.read(smith.struct_file)
+    ds.StructureSetROISequence[2].ROIName = "PTV_Smith"  # (Cord)
+    dd.save(ds, smith.struct_file)
+    out = tmp_path / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"])
+    capsys.readouterr()
+    rows = hostile.manifest(out)
+    assert code == 0 and [row["status"] for row in rows] == ["ok", "ok"], rows
+    names = [json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))["structures"]["names"]
+             for row in rows]  # fmt: skip
+    assert any("PTV_[removed]" in n for n in names) and not any("Smith" in name for n in names for name in n), names

@@ -645,7 +645,29 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
             continue
         ident.dates |= dates
     ident.uids = {u for u in ident.uids if not u.startswith(_DICOM_DEFINED_UID)}
+    _without_placeholders(ident)
     return ident
+
+
+def _is_placeholder(value: str) -> bool:
+    """Whether a name, component or ID is the word of DoseAlign's own mark (``REMOVED``, ``[Removed]``): what an
+    earlier de-identification wrote, no identity; read as one, every ``[removed]`` DoseAlign wrote was a leak and the
+    cases failed "please report it" (forty-second hostile trial AP6)."""
+    return "".join(c for c in value.casefold() if c.isalnum()) == REMOVED.strip("[]")
+
+
+def _without_placeholders(ident: Identity) -> None:
+    """``ident`` without :func:`_is_placeholder` names, components and IDs."""
+    ident.patient_ids = {i for i in ident.patient_ids if not _is_placeholder(i)}
+    ident.other = {i for i in ident.other if not _is_placeholder(i)}
+    ident.visit_ids = {i for i in ident.visit_ids if not _is_placeholder(i)}
+    ident.names = {n for n in ident.names if not _is_placeholder(n)}
+    persons = set()
+    for parts in ident.persons:
+        kept = tuple(part for part in parts if not _is_placeholder(part))
+        if kept:
+            persons.add(kept)
+    ident.persons = persons
 
 
 def _patient_key(patient_id: Optional[str]) -> str:
