@@ -366,7 +366,9 @@ def export_folder(
             report.fault = row["reason"]  # no further case is started
             stopped_by[0] = f"{fault}, at case {row['case_id']}"
         try:
-            write_rows(listed(report.rows))
+            # (the manifest this run wrote last: the summary points to it should the last writing fail, forty-third
+            # hostile trial AQ10)
+            report.manifest = write_rows(listed(report.rows))
         except OSError as error:  # the previous manifest stays as it was; the batch stops
             report.fault = report.fault or f"manifest.csv: {output_fault(error, out_dir)}"
         if progress is not None:

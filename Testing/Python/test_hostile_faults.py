@@ -2940,3 +2940,27 @@ def test_a_run_whose_manifest_cannot_be_written_does_not_point_to_one(cohort, tm
     assert batch._made_as(f"{prefix}old-1a2b3c4d", token) == "a case folder it replaced"
     assert batch._made_as(f"{prefix}case-1a2b3c4d", token) == "a case folder it was writing"
     assert batch._made_as(f"{prefix}manifest.csv-1a2b3c4d", token) == "its temporary manifest.csv"
+
+
+def test_a_run_whose_last_manifest_writing_fails_points_to_the_one_it_wrote(cohort, tmp_path, monkeypatch, capsys):
+    """Forty-third hostile trial AQ10: on a nearly full disk the manifest written after each case was there, valid
+    and complete, and only the writing at the end failed; the summary said "no manifest was written"."""
+    import errno
+
+    from DoseAlignLib import batch
+
+    real, calls = batch.write_manifest, []
+
+    def full_at_the_end(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 5:  # (one writing per case of the five, then the last)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_manifest", full_at_the_end)
+    out = tmp_path / "out"
+    code = main(["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"])
+    printed = capsys.readouterr().out
+    assert code == 4 and len(calls) == 6, printed
+    assert f"-> {out / 'manifest.csv'}" in printed and "no manifest was written" not in printed, printed
+    assert len(hostile.manifest(out)) == 5
