@@ -658,6 +658,9 @@ def test_another_exports_pseudonyms_hold_no_id_of_this_input(tmp_path):
     assert pseudonymizer.guard.find("d3808abcde1"), "outside that case the token's digits are read as before"
     named = {**meta, "structures": {"names": ["PTV_3808"]}}
     assert pseudonymizer.leak_in_kept_case(tmp_path, named) == "a patient ID in meta.json"
+    # a rewritten ROI name's keyed tag is DoseAlign's too (forty-second hostile trial AP9)
+    tagged = {**meta, "structures": {"names": ["[removed]_ab3808cd"]}, "case_files": ["masks/removed_ab3808cd.nii.gz"]}
+    assert pseudonymizer.leak_in_kept_case(tmp_path, tagged) == ""
     # an ROI name of a token's shape is the input's text, not a pseudonym (forty-second hostile trial AP1)
     shaped = {**meta, "structures": {"names": ["d3808a0b1c2"]}}
     assert pseudonymizer.leak_in_kept_case(tmp_path, shaped) == "a patient ID in meta.json"

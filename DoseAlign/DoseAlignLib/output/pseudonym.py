@@ -2589,6 +2589,9 @@ def written_pseudonyms(value) -> set:
         elif isinstance(item, (list, tuple)):
             pending.extend((v, key) for v in item)
         elif isinstance(item, str) and item:
+            tagged = _ROI_TAGGED.search(item) if "removed" in item.casefold() else None
+            if tagged:  # a rewritten ROI name's keyed tag, wherever it stands (forty-second hostile trial AP9)
+                found.add(tagged.group(1))
             if key in _PSEUDONYM_KEYS:
                 if _CASE_PSEUDONYM.fullmatch(item) or re.fullmatch(r"P[0-9a-f]{12}", item):
                     found.add(item)
@@ -2599,6 +2602,9 @@ def written_pseudonyms(value) -> set:
     return found
 
 
+#: The keyed tag :meth:`Pseudonymizer.name` gives a rewritten ROI name (``[removed]_1d791b3e``), at its end or before
+#: a file's suffix.
+_ROI_TAGGED = re.compile(r"_([0-9a-f]{8})(?:\.[A-Za-z0-9.]{1,12})?$")
 #: The keys of meta.json and the manifest whose values are a case id or a patient's pseudonym.
 _PSEUDONYM_KEYS = frozenset({"case_id", "patient_id", "patient"})
 
