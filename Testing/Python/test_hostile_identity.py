@@ -4151,3 +4151,31 @@ def test_a_patient_already_deidentified_as_removed_fails_no_case(tmp_path, capsy
     names = [json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))["structures"]["names"]
              for row in rows]  # fmt: skip
     assert any("PTV_[removed]" in n for n in names) and not any("Smith" in name for n in names for name in n), names
+
+
+def test_summed_plans_labels_stay_out_of_the_prose(tmp_path, capsys):
+    """Forty-second hostile trial AP7: with --sum-plans the note "2 plans on one CT summed (--sum-plans): Lang, ..."
+    quoted the plans' labels in DoseAlign's own prose, where a label that is the patient's surname and one of
+    DoseAlign's words (``Lang``) stood in clear under --pseudonymize. The note names where the labels are."""
+    import pydicom
+    from DoseAlignLib.phantom import PhantomSpec, write_phantom
+
+    root = tmp_path / "in"
+    truth = write_phantom(
+        root,
+        PhantomSpec(patient_id="LANG-7", patient_name="Lang^Katrin", boost_fraction=0.25, seed=64, **hostile.SMALL),
+    )
+    plan = pydicom.dcmread(str(truth.plan_file))
+    plan.RTPlanLabel = "Lang"
+    plan.save_as(str(truth.plan_file))
+    out = tmp_path / "out"
+    args = ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--sum-plans", "--pseudonymize"]
+    assert main(args) == 0
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    said = "summed (--sum-plans): their labels are in meta.json's dose.plans"
+    assert said in json.dumps(meta["links"]), meta["links"]
+    labels = [part["plan_label"] for part in meta["dose"]["plans"]]
+    assert "BOOST" in labels and any(label.startswith("[removed]") for label in labels), labels
+    assert "Lang" not in json.dumps(meta) and "Lang" not in (out / "manifest.csv").read_text(encoding="utf-8")

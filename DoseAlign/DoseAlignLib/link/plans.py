@@ -156,7 +156,9 @@ def merge_plans(cases: list, name_for) -> Case:
         for n, case in enumerate(cases)
     ]
     notes = [note for case in cases for note in case.notes]
-    notes.append(f"{len(cases)} plans on one CT summed (--sum-plans): {', '.join(labels)}")
+    # (the labels are the input's, in meta.json's dose.plans, where --pseudonymize reads them as names; in this prose
+    # a label that is a surname and one of DoseAlign's words, Lang, stood in clear: forty-second hostile trial AP7)
+    notes.append(f"{len(cases)} plans on one CT summed (--sum-plans): their labels are in meta.json's dose.plans")
     return Case(
         case_id=name_for(cases[0].patient_id, f"plansum-{'+'.join(labels)}", [d.rel_path for d in doses]),
         patient_id=cases[0].patient_id,
