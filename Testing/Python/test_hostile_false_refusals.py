@@ -754,22 +754,19 @@ def test_a_ct_whose_values_are_not_hounsfield_units_is_said(plain, tmp_path, res
         np.testing.assert_array_equal(a["ct"], b["ct"])
 
 
-@pytest.mark.parametrize("frames", ["01", "+1", " 1"])
-def test_classic_ct_slices_whose_number_of_frames_writes_one_otherwise_are_classic(tmp_path, capsys, frames):
-    """Forty-first hostile trial AO2: NumberOfFrames written '01' or '+1' (IS values of 1) was compared as text with
-    '1', and every classic slice was refused as a multi-frame image without functional groups."""
+def _ct_slices_changed_export_alike(tmp_path: Path, capsys, patient: str, seed: int, change) -> list:
+    """Export a small study, ``change(ds)`` every CT slice's header, export again: exit 0 and the same CT array.
+    Returns the CT files (as changed)."""
     from DoseAlignLib.cli import main
-    from pydicom.dataelem import DataElement
 
     root = tmp_path / "in"
-    truth = hostile.study(root / "p", "FRAMES-1", 141, with_structures=False)
+    truth = hostile.study(root / "p", patient, seed, with_structures=False)
     plain = tmp_path / "plain"
     assert main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
     for path in truth.ct_files:
         ds = dd.read(path)
-        ds[0x00280008] = DataElement(0x00280008, "IS", frames)
+        change(ds)
         dd.save(ds, path)
-    assert str(dd.read(truth.ct_files[0]).NumberOfFrames).strip() == frames.strip()  # (as written, not '1')
     out = tmp_path / "out"
     code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"])
     rows = hostile.manifest(out)
@@ -777,25 +774,29 @@ def test_classic_ct_slices_whose_number_of_frames_writes_one_otherwise_are_class
     assert code == 0, rows
     (case,) = [p.name for p in out.iterdir() if p.is_dir()]
     np.testing.assert_array_equal(np.load(out / case / "pair.npz")["ct"], np.load(plain / case / "pair.npz")["ct"])
+    return truth.ct_files
+
+
+@pytest.mark.parametrize("frames", ["01", "+1", " 1"])
+def test_classic_ct_slices_whose_number_of_frames_writes_one_otherwise_are_classic(tmp_path, capsys, frames):
+    """Forty-first hostile trial AO2: NumberOfFrames written '01' or '+1' (IS values of 1) was compared as text with
+    '1', and every classic slice was refused as a multi-frame image without functional groups."""
+    from pydicom.dataelem import DataElement
+
+    def written(ds) -> None:
+        ds[0x00280008] = DataElement(0x00280008, "IS", frames)
+
+    ct_files = _ct_slices_changed_export_alike(tmp_path, capsys, "FRAMES-1", 141, written)
+    assert str(dd.read(ct_files[0]).NumberOfFrames).strip() == frames.strip()  # (as written, not '1')
 
 
 def test_classic_ct_slices_that_carry_functional_groups_are_read_as_classic(tmp_path, capsys):
     """Thirty-sixth hostile trial AJ26: classic CT slices (CT Image Storage, one frame, their own
     ImagePositionPatient) that also carry a SharedFunctionalGroupsSequence (of frame content, as some converters
     write) were read as an Enhanced CT and refused. They are classic slices: exported as without it."""
-    from DoseAlignLib.cli import main
 
-    root = tmp_path / "in"
-    truth = hostile.study(root / "p", "GROUPS-1", 140, with_structures=False)
-    plain = tmp_path / "plain"
-    assert main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
-    for path in truth.ct_files:
-        ds = dd.read(path)
+    def grouped(ds) -> None:
         ds.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
         ds.SharedFunctionalGroupsSequence[0].FrameContentSequence = _item(FrameAcquisitionDateTime="20220214101010")
-        dd.save(ds, path)
-    out = tmp_path / "out"
-    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
-    capsys.readouterr()
-    (case,) = [p.name for p in out.iterdir() if p.is_dir()]
-    np.testing.assert_array_equal(np.load(out / case / "pair.npz")["ct"], np.load(plain / case / "pair.npz")["ct"])
+
+    _ct_slices_changed_export_alike(tmp_path, capsys, "GROUPS-1", 140, grouped)
