@@ -821,9 +821,9 @@ def quick_text(ds: Dataset, keyword: str) -> str:
 
 
 def decimal(value: Any) -> float:
-    """``float(value)`` of a DS or IS value (or its text), but a digit separator is no part of a decimal string:
-    Python reads ``1_5`` as 15, and an ImagePositionPatient ``1_5`` was 15 mm (forty-first hostile trial, beside AO1).
-    Raises ValueError for one."""
+    """``float(value)`` of a DS or IS value (or its text), but a digit separator or another script's digit is no part
+    of a decimal string: Python reads ``1_5`` as 15 and ``٢`` as 2, and an ImagePositionPatient ``1_5`` was 15 mm
+    (forty-first and forty-third hostile trials, AQ2, AQ9). Raises ValueError for either."""
     text = value if isinstance(value, (str, bytes)) else getattr(value, "original_string", None)
     if isinstance(text, (str, bytes)) and ("_" in text if isinstance(text, str) else b"_" in text):
         raise ValueError(f"{text!r} is no number: it holds '_'")
