@@ -1325,6 +1325,7 @@ def _merge_shards(out_dir: Path, notes: Optional[list]) -> Path:
     if len(totals) != 1:
         raise DoseAlignError(f"shard manifests of different splits: {sorted(p.name for p in parts)}", path=out_dir)
     expected = totals.pop()
+    check_output_folder(out_dir)  # where nothing can be removed or renamed, merge writes nothing (AQ5)
     stray = sorted(name for name, (k, _n) in numbers.items() if not 1 <= k <= expected)
     if stray:  # (a shard 3 of 2 is none of this split's: counted, it said "3 of 2 present")
         raise DoseAlignError(f"{', '.join(stray)}: no shard of a split into {expected} (a stray file?)", path=out_dir)

@@ -147,6 +147,58 @@ def test_a_storage_fault_at_the_start_up_probe_is_exit_4_staged(cohort, tmp_path
     assert "cannot write to the output folder: Permission denied" in capsys.readouterr().err
 
 
+def _probe_that_stays(monkeypatch) -> None:
+    """The start-up probe of OUT made and not removable, as in an append-only folder (``chattr +a``)."""
+    from DoseAlignLib.output import case_folder
+
+    class StuckClaim(case_folder.RunClaim):
+        def release(self) -> None:
+            os.close(self._fd)  # the owner record stays: unlink is refused in such a folder
+            self._fd = None
+
+    monkeypatch.setattr(case_folder, "RunClaim", StuckClaim)
+
+
+def test_an_out_where_nothing_can_be_removed_is_refused_before_any_case(cohort, tmp_path, monkeypatch, capsys):
+    """Forty-third hostile trial AQ5: in an append-only OUT every case failed at its rename (exit 4), and of the
+    temporary entries left one manifest was named and another was not. Such a folder is refused at the start-up
+    probe (exit 2): the probe, the one entry left, is named."""
+    _probe_that_stays(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["export", str(cohort), str(out), "--quiet", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    (left,) = list(out.iterdir())
+    assert left.name.endswith(".owner") and f"the probe {left.name} stays" in err, err
+    assert "not removed" in err and "nothing was exported" in err and "Traceback" not in err, err
+
+
+def test_merge_into_an_out_where_nothing_can_be_removed_is_refused(sharded, tmp_path, monkeypatch, capsys):
+    """AQ5 for ``merge``: its temporary manifest and owner record stayed in an append-only OUT, unnamed."""
+    out = _shards(sharded, tmp_path)
+    before = {p.name for p in out.iterdir()}
+    _probe_that_stays(monkeypatch)
+    assert main(["merge", str(out)]) == 2
+    err = capsys.readouterr().err
+    new = {p.name for p in out.iterdir()} - before
+    assert len(new) == 1 and f"the probe {new.pop()} stays" in err, err
+    assert not (out / "manifest.csv").exists()
+
+
+def test_an_append_only_out_is_refused_before_any_case(cohort, tmp_path):
+    """AQ5 with the attribute itself, where this machine lets a test set it (root, a file system with it)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if subprocess.run(["chattr", "+a", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +a is not available here")
+    try:
+        done = hostile.dosealign("export", str(cohort), str(out), "--quiet", "--workers", "1")
+        entries = [p.name for p in out.iterdir()]
+    finally:
+        subprocess.run(["chattr", "-a", str(out)], capture_output=True)
+    assert done.returncode == 2, done.stderr
+    assert len(entries) == 1 and f"the probe {entries[0]} stays" in done.stderr, (entries, done.stderr)
+
+
 def test_the_demo_on_a_full_disk_stops_cleanly_and_runs_again(tmp_path):
     """Ninth hostile trial I8: ``dosealign demo D`` on a full disk ended in ~60 lines of tracebacks (exit 1) and left a
     DICOM file cut short, which every later demo then refused as the user's edit. Now: exit 4 naming ENOSPC, each

@@ -1089,7 +1089,8 @@ def check_output_folder(out_dir: Path) -> None:
             hint="choose a folder you can write to",
         ) from None
     try:  # the probe is an owner record: if this process is killed now, the next run removes it
-        RunClaim(out_dir).release()
+        probe = RunClaim(out_dir)
+        probe.release()
     except OSError as error:
         _raise_if_storage_fault(error, out_dir)
         raise DoseAlignError(
@@ -1097,6 +1098,14 @@ def check_output_folder(out_dir: Path) -> None:
             path=out_dir,
             hint="make it writable or choose another folder; nothing was exported",
         ) from None
+    if os.path.lexists(probe.record):  # an append-only folder (chattr +a): a case folder could be written there but
+        # never renamed into place, nor its temporary entries removed (forty-third hostile trial AQ5)
+        raise DoseAlignError(
+            f"files can be made in the output folder but not removed; the probe {probe.record.name} stays there",
+            path=out_dir,
+            hint="remove the probe by hand, and make the folder one where files can be removed and renamed (not "
+            "append-only) or choose another; nothing was exported",
+        )
 
 
 def _raise_if_storage_fault(error: OSError, out_dir: Path) -> None:
