@@ -2462,7 +2462,7 @@ def test_a_case_whose_structure_set_references_ct_images_the_input_lacks_warns(t
     assert said in rows[0]["warnings"] and "(4 of 16)" in rows[0]["warnings"], rows[0]["warnings"]
     if other_part.startswith("both"):
         assert (
-            "the input holds 3 of them outside this CT (not joined with it); the other 1 are missing"
+            "the input holds 3 of them outside this CT (not joined with it); the other is missing"
             in (rows[0]["warnings"])
         ), rows[0]["warnings"]
         return

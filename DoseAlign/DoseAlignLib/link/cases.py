@@ -341,7 +341,11 @@ def _warn_of_missing_images(cases: list, scan: ScanResult) -> None:
                 where.append(f"the input holds {len(elsewhere)} of them outside this CT (not joined with it)")
             if lacking:
                 where.append(
-                    f"the other {len(lacking)} are missing, or in a folder that could not be read"
+                    (
+                        f"the other {len(lacking)} are missing, or in a folder that could not be read"
+                        if len(lacking) > 1
+                        else "the other is missing, or in a folder that could not be read"
+                    )
                     if elsewhere
                     else "the CT may lack slices (missing, or in a folder that could not be read)"
                 )
