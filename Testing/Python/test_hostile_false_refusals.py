@@ -788,6 +788,10 @@ def test_classic_ct_slices_whose_number_of_frames_writes_one_otherwise_are_class
 
     ct_files = _ct_slices_changed_export_alike(tmp_path, capsys, "FRAMES-1", 141, written)
     assert str(dd.read(ct_files[0]).NumberOfFrames).strip() == frames.strip()  # (as written, not '1')
+    # and the reader's quick path (the pixels read where they sit) takes them, not only pydicom's decoding
+    from DoseAlignLib.dicom import headers
+
+    assert headers.pixel_data_position(pydicom.dcmread(ct_files[0], defer_size=1024)) is not None
 
 
 def test_classic_ct_slices_that_carry_functional_groups_are_read_as_classic(tmp_path, capsys):

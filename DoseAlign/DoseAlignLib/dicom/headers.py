@@ -902,6 +902,14 @@ def number(ds: Dataset, keyword: str, tag: str, path: Optional[Path], default: A
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 
 
+def _frames_are(ds: Dataset, frames: int) -> bool:
+    """Whether NumberOfFrames says ``frames`` (absent or empty: one), as a number: ``01`` and ``+1`` are one frame."""
+    try:
+        return decimal(ds.get("NumberOfFrames", 1) or 1) == frames
+    except (TypeError, ValueError):
+        return False
+
+
 def pixel_data_position(ds: Dataset, frames: int = 1) -> Optional[dict]:
     """Where a plain 16-bit grey image's pixels sit in its file, or None when they must be decoded.
 
@@ -919,7 +927,7 @@ def pixel_data_position(ds: Dataset, frames: int = 1) -> Optional[dict]:
         or not isinstance(stored, int)
         or not 1 <= stored <= 16
         or quick_int(ds, "SamplesPerPixel", 1) != 1
-        or str(ds.get("NumberOfFrames", 1) or 1).strip() != str(frames)
+        or not _frames_are(ds, frames)
         or "PixelData" not in ds
     ):
         return None
