@@ -970,6 +970,27 @@ def test_the_birth_date_with_underscores_between_its_parts_is_removed(tmp_path, 
         assert guard.find(text) == "", text
 
 
+def test_the_birth_date_with_separators_a_file_name_turns_into_underscores_is_removed(tmp_path, capsys):
+    """Forty-second hostile trial AP8: an ROI name whose date has ``!``, ``#``, ``|`` or another character between its
+    parts that no one writes in a date (``CTV 1975!03!02``) was left alone by the rewriting, and its mask file name
+    (``CTV_1975_03_02``) then failed the case "please report it". The rewriting reads such a date as its file name
+    spells it, and removes it."""
+
+    rois = [
+        "CTV 1975!03!02",
+        "GTV 02#03#1975",
+        "PTV 1975|03|02",
+        "Boost 2:3:75",
+        "ring 1975 ! 03 ! 02",
+        "bd Mar!2!1975",
+    ]
+    code, row, out = _export_with_rois(tmp_path, rois)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    names = _names_of(out, row)
+    assert {f"{roi.split()[0]} [removed]" for roi in rois} <= set(names), names
+    _nowhere_in(out, ("1975_03_02", "02_03_1975", "2_3_75", "1975!03", "02#03", "03|02", "Mar_2_1975", "Mar!2"))
+
+
 def test_the_birth_date_with_typographic_or_spaced_separators_or_cjk_characters_is_removed(tmp_path, capsys):
     """Fifteenth hostile trial O1, O2, O6: the birth date written with an en dash, a minus sign, a division slash, a
     katakana middle dot, a point and a space (``2. 3. 1975``, ``1975. 03. 02.``), spaced separators (``02 / 03 /

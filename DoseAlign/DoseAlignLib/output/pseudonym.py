@@ -3157,6 +3157,9 @@ def _guard_spellings_of(part: str) -> set:
 #: (``15. 4. 2023``, ``2023. 04. 15.``, ``15 / 04 / 2023``), or spaces alone (fifteenth hostile trial O2, O6).
 _DATE_MARKS = "./-_\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2043\ufe58\ufe63\uff0d\u2215\u2044\uff0f\u30fb\u00b7\u2027\uff0e\u3002"
 _DATE_SEP = "(?:[ \t]*[" + "".join(re.escape(c) for c in _DATE_MARKS) + "][ \t]*|[ \t]+)"  # (tabs: P10)
+#: A run of characters :func:`~DoseAlignLib.output.file_names.safe_name` turns into one ``_`` in a file name (letters,
+#: digits, ``.``, ``_`` and ``-`` stay).
+_FILE_NAME_GAP = r"[^A-Za-z0-9._\-]+"
 #: A date written with the year, month and day characters of Chinese, Japanese (年月日) and Korean (년월일):
 #: ``2023年4月15日``, ``2023년 4월 15일`` (O1).
 _CJK_DATE = re.compile(r"(?<!\d)(\d{4}|\d{2}) *[年년] *(\d{1,2}) *[月월] *(\d{1,2})(?!\d)")
@@ -3442,17 +3445,22 @@ def _date_pattern(date: str):
         y4, m, d = date[:4], int(date[4:6]), int(date[6:8])
         y2 = y4[2:]
         mm, dd = f"0?{m}", f"0?{d}"
-        sep = _DATE_SEP  # (an underscore: ROI and file names, where a space is often not allowed)
+        # (an underscore: ROI and file names, where a space is often not allowed; and any run of characters a mask
+        # file name turns into one: ``CTV 1958!03!14`` is written as ``CTV_1958_03_14``, a spelling the check reads,
+        # so the rewriting reads it before: forty-second hostile trial AP8)
+        sep = f"(?:{_DATE_SEP}|{_FILE_NAME_GAP})"
         year = f"{_ELIDED}?(?:{y4}|{y2})"  # ('23: nineteenth hostile trial S2; '2023 as the check reads it: T2)
         forms = [
             f"{date}{_DICOM_TIME}",  # DICOM's date-time (DT): 20230415093000, 202304150930.5, 2023041514
             f"{y2}{m:02d}{d:02d}{_SHORT_TIME}",  # 230415093000
+            # (23年4月15日: twenty-first trial U9; before the forms with separators, which read 年 and 月 as ones and
+            # would leave the 日)
+            f"(?:{y4}|{y2}) *[年년] *{mm} *[月월] *{dd}(?: *[日일])?",
             f"{y4}{sep}{mm}{sep}{_ELIDED}?{dd}",  # (2023-04-'15, as the check reads it: twentieth trial T2)
             f"{dd}{sep}{mm}{sep}{year}",
             f"{mm}{sep}{dd}{sep}{year}",
             f"{y2}{sep}{mm}{sep}{_ELIDED}?{dd}",
             date,  # (the check reads YYYYMMDD anywhere digits end: 19750302.5 too)
-            f"(?:{y4}|{y2}) *[年년] *{mm} *[月월] *{dd}(?: *[日일])?",  # (23年4月15日: twenty-first trial U9)
         ]
         # forms that could be a number's digits (0.750302, 63.02031975, 2023.0415 cc): not after or before a
         # decimal point, as the check reads them
@@ -3474,7 +3482,7 @@ def _date_pattern(date: str):
             # (a month-first date also glued after letters, PTVApr15_2023, ReplanMar2_1975, and after an ordinal
             # day, 15thApr2023, as the check reads them: twenty-first trial U3, U9)
             month = "(?:" + "|".join(names) + r")\.?(?![A-Za-z])"
-            gap = r"[\s./\-_,]*"
+            gap = f"(?:[\\s./\\-_,]|{_FILE_NAME_GAP})*"  # (Mar!2!1975 is Mar_2_1975 in a file name: AP8)
             day = f"{dd}(?:st|nd|rd|th)?"
             forms += [
                 # (15th of April 2023, 15th day of ..., 15 Apr 09:30 2023: twentieth trial T1)
