@@ -66,6 +66,7 @@ from .output.formats import remove_stale_datasets
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import (
     DIGEST_SCHEME,
+    check_unchanged_since_scan,
     dose_digest,
     foreign_file,
     input_files,
@@ -1751,6 +1752,7 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
             result.meta["source"]["input_files"] = records
         result.meta["source"]["rtdose_digest"] = dose_digest(case, pseudonymizer.key if pseudonymizer else None)
         result.meta["source"]["rtdose_digest_scheme"] = DIGEST_SCHEME
+        check_unchanged_since_scan(case)  # after the last read of the input (AS1)
         extra = [_announced(qa_png_writer(result), say, "writing qa.png")] if qa_png else []
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result, say))

@@ -2484,3 +2484,39 @@ def test_an_unused_structure_set_on_a_cases_ct_is_not_said_to_lie_on_no_cases_ct
     orphans = {path: why for path, kind, why in api.form_cases(api.scan_folder(root)).orphans if kind == "RTSTRUCT"}
     assert orphans == {"p/second-struct.dcm": "its CT is a case's CT, and that case uses the structure set its RTPLAN "
                        "references"}, orphans  # fmt: skip
+
+
+@pytest.mark.parametrize("change", ["two slices swapped", "a slice removed", "a dose rewritten"])
+def test_an_input_file_changed_while_its_case_runs_fails_the_case(tmp_path, capsys, monkeypatch, change):
+    """Forty-fifth hostile trial AS1: two CT slice files of a case swapped names (``mv``) after the scan; the case
+    read each at the position the scan had seen for the other, status ok. A file changed, replaced or removed since
+    the scan fails its case, named; nothing of it is written."""
+    from DoseAlignLib import batch
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "CHANGED-1", 145, with_structures=False, ct_size=(32, 32, 16))
+    slices = sorted(truth.ct_files, key=lambda p: float(dd.read(p).ImagePositionPatient[2]))
+    real_run_case = batch.run_case
+
+    def changed_first(case, *args, **kwargs):
+        if change == "two slices swapped":
+            aside = slices[5].with_name("aside")
+            os.rename(slices[5], aside)
+            os.rename(slices[9], slices[5])
+            os.rename(aside, slices[9])
+        elif change == "a slice removed":
+            slices[3].unlink()
+        else:
+            ds = dd.read(truth.dose_files[0])
+            ds.DoseComment = "rewritten"
+            dd.save(ds, truth.dose_files[0])
+        return real_run_case(case, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "run_case", changed_first)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (1, "failed"), row
+    named = {"two slices swapped": slices[5], "a slice removed": slices[3], "a dose rewritten": truth.dose_files[0]}
+    assert "changed since the input was scanned" in row["reason"] or "cannot be" in row["reason"], row["reason"]
+    assert Path(named[change]).name in row["reason"], row["reason"]
+    assert not (out / row["case_id"]).exists()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..dicom.headers import surely_a_data_set
-from ..errors import DoseAlignError
+from ..errors import DoseAlignError, InputError
 from ..limits import LimitError, open_regular, read_back
 from .case_folder import case_problem, load_meta
 from .manifest import parse_manifest
@@ -354,12 +354,18 @@ def recorded_key(meta: Optional[dict]) -> Optional[str]:
     return key if isinstance(key, str) and key else None
 
 
+def _input_objects(case) -> list:
+    """The scanned objects of ``case``'s input files: its RTDOSEs, RTPLAN, RTSTRUCTs and CT files (a multi-frame
+    file once)."""
+    objects = list(case.doses) + ([case.plan] if case.plan is not None else []) + list(case.structs)
+    return objects + (list(case.ct.file_objects) if case.ct is not None else [])
+
+
 def input_files(case) -> list:
     """meta.json's ``source.input_files``: per input file of ``case`` (its RTDOSEs, RTPLAN, RTSTRUCTs and CT
     slices), the path relative to the input, the SOPInstanceUID, and the size and modification time (ns) the
     scan saw, which tell cheaply whether the file was changed since (as make and rsync tell)."""
-    objects = list(case.doses) + ([case.plan] if case.plan is not None else []) + list(case.structs)
-    objects += list(case.ct.file_objects) if case.ct is not None else []  # a multi-frame file once
+    objects = _input_objects(case)
     return [
         {
             "file": obj.rel_path,
@@ -369,6 +375,35 @@ def input_files(case) -> list:
         }
         for obj in objects
     ]
+
+
+def check_unchanged_since_scan(case) -> None:
+    """Raise :class:`~DoseAlignLib.errors.InputError` when an input file of ``case`` is not, now that the case has
+    read it, the size or modification time the scan saw: the case was formed from what the scan read, its arrays
+    from what the files hold now. A CT slice replaced by another while the export ran was read at the first one's
+    position, status ok (forty-fifth hostile trial AS1). A file gone is named as such."""
+    changed = []
+    for obj in _input_objects(case):
+        size, mtime = obj.info.get("size"), obj.info.get("mtime_ns")
+        if size is None or mtime is None:  # not from a scan of files (nothing to compare)
+            continue
+        try:
+            status = os.stat(obj.path)
+        except OSError as error:
+            changed.append((obj, f"it cannot be looked at now: {error.strerror or error}"))
+            continue
+        facts = (("size", size, status.st_size), ("modification time", mtime, status.st_mtime_ns))
+        what = [label for label, old, new in facts if old != new]
+        if what:
+            changed.append((obj, f"its {' and '.join(what)} changed"))
+    if changed:
+        first, why = changed[0]
+        more = f"; and {len(changed) - 1} more of the case's input files changed" if len(changed) > 1 else ""
+        raise InputError(
+            f"changed since the input was scanned ({why}){more}: the case may hold what the file holds now",
+            path=first.path,
+            hint="export once the input is complete and no longer written; --resume exports this case again",
+        )
 
 
 #: What :func:`dose_digest` hashes, as meta.json's ``source.rtdose_digest_scheme`` records it: 5, the grid DoseAlign
