@@ -4200,3 +4200,48 @@ def test_summed_plans_labels_stay_out_of_the_prose(tmp_path, capsys):
     labels = [part["plan_label"] for part in meta["dose"]["plans"]]
     assert "BOOST" in labels and any(label.startswith("[removed]") for label in labels), labels
     assert "Lang" not in json.dumps(meta) and "Lang" not in (out / "manifest.csv").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "birth, study, where",
+    [
+        ("14.03.1958", "15.04.2023", "every file"),
+        ("03/14/1958", "04/15/2023", "every file"),
+        ("1958/3/14", "2023-4-15", "every file"),
+        ("14.03.1958", "15.04.2023", "CT slices only"),
+    ],
+)
+def test_a_header_date_written_with_separators_is_read_as_that_date(tmp_path, capsys, birth, study, where):
+    """Forty-fourth hostile trial AR4: a DA written day-first or month-first (``14.03.1958``, ``03/14/1958``), against
+    the standard's YYYYMMDD, was taken as the date 14031958: the real birth date and study date stayed in clear in every
+    output (an ROI ``DOB 14.03.1958``, a mask file ``PTV_19580314``), case ok. The value is read as the date it
+    writes (both ways where day and month could be either), as a header and as each CT slice's own dates."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "SEPARATED-1", 146, extra_organs=3)
+    files = [*truth.ct_files] + ([truth.struct_file, *truth.dose_files] if where == "every file" else [])
+    for path in files:
+        ds = dd.read(path)
+        ds.PatientBirthDate = birth
+        ds.StudyDate = ds.ContentDate = study
+        dd.save(ds, path)
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-3:], ["DOB 14.03.1958", "PTV_19580314", "CTV 2023-04-15"]):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    assert {"DOB [removed]", "PTV_[removed]", "CTV [removed]"} <= set(_names_of(out, row)), _names_of(out, row)
+    _nowhere_in(out, ("14.03.1958", "19580314", "2023-04-15", "1958-03-14", "20230415"))
+
+
+def test_a_date_value_is_read_as_written_both_ways_where_day_and_month_could_be_either():
+    """AR4: the readings of one header value."""
+    from DoseAlignLib.dicom.headers import dates_of_value
+
+    assert "19580314" in dates_of_value("14.03.1958", "DA")
+    assert "19580314" in dates_of_value("03/14/1958", "DA")
+    assert {"20230504", "20230405"} <= set(dates_of_value("04/05/2023", "DA"))
+    assert "19580314" in dates_of_value("1958/3/14", "DA")
+    assert not {"19581403", "19580014"} & set(dates_of_value("14.03.1958", "DA"))  # (no month 14)

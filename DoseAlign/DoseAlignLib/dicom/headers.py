@@ -743,12 +743,7 @@ def _slice_values(ds: Dataset, depth: int, dates: set, ids: list, names: list) -
         if isinstance(value, (bytes, bytearray)):
             value = bytes(value).decode("ascii", "replace")
         for item in str(value_text(value) if value is not None else "").split("\\"):
-            digits = re.sub(r"\D", "", item)
-            if len(digits) >= 8:  # (2023.04.18, the old ACR-NEMA form, too)
-                dates.add(digits[:8])
-            if vr == "DA":  # each eight digits of a range (2023.04.20-2023.04.21: AB3)
-                dates.update(digits[n : n + 8] for n in range(8, len(digits) - 7, 8))
-            dates.update(run[:8] for run in re.findall(r"\d{8,}", item))  # (a range: two dates, AA9)
+            dates.update(dates_of_value(item, vr))
 
 
 OTHER_NAME_KEYWORDS = ("OtherPatientNames", "PatientBirthName", "PatientMotherBirthName")
@@ -799,13 +794,45 @@ def _raw_value(ds: Dataset, keyword: str) -> tuple:
     return None, vr, True
 
 
-def quick_date(ds: Dataset, keyword: str) -> str:
-    """The YYYYMMDD of a DA or DT attribute ('' when it holds none), decoded from its bytes when they are plain."""
+def quick_dates(ds: Dataset, keyword: str) -> set:
+    """The YYYYMMDD dates of a DA or DT attribute's first value (:func:`dates_of_value`), decoded from its bytes when
+    they are plain."""
     raw, vr, _little = _raw_value(ds, keyword)
     plain = raw is not None and vr in ("DA", "DT")
     value = raw.decode("ascii", "replace") if plain else text(ds, keyword)
-    digits = re.sub(r"\D", "", value.split("\\")[0])[:8]
-    return digits if len(digits) == 8 else ""
+    return set(dates_of_value(value.split("\\")[0], vr or "DT"))
+
+
+#: A date written with separators in a header, against the standard's YYYYMMDD: the year first (``1958/3/14``), or
+#: last, after the day or the month (``14.03.1958``, ``03/14/1958``), as local scripts and old converters write them.
+_SEPARATED_DATE = re.compile(r"(?<!\d)(?:(\d{4})([./-])(\d{1,2})\2(\d{1,2})|(\d{1,2})([./-])(\d{1,2})\6(\d{4}))(?!\d)")
+
+
+def dates_of_value(value: str, vr: str = "DT") -> list:
+    """The YYYYMMDD dates of a DA or DT value: its first eight digits (``2023.04.18``, the old ACR-NEMA form, too),
+    and the first eight of each run of at least eight digits (a range ``20230420-20230421`` holds two: twenty-seventh
+    hostile trial AA9); of a DA, each eight of its digits (a range ``2023.04.20-2023.04.21`` or
+    ``2023-04-20-2023-04-21``: twenty-eighth AB3). A date written with separators is read as written, both ways
+    when its day and month could be either (``14.03.1958`` is no ``14031958``: the birth date stayed in clear,
+    forty-fourth hostile trial AR4)."""
+    digits = re.sub(r"\D", "", value)
+    found = [digits[:8]] if len(digits) >= 8 else []
+    if vr == "DA":
+        found += [digits[n : n + 8] for n in range(8, len(digits) - 7, 8)]
+    found += [run[:8] for run in re.findall(r"\d{8,}", value)]
+    for match in _SEPARATED_DATE.finditer(value):
+        if match.group(1):
+            readings = [(match.group(1), match.group(3), match.group(4))]
+        else:  # day first, month first
+            readings = [
+                (match.group(8), match.group(7), match.group(5)),
+                (match.group(8), match.group(5), match.group(7)),
+            ]
+        for year, month, day in readings:
+            date = f"{int(year):04d}{int(month):02d}{int(day):02d}"
+            if 1 <= int(month) <= 12 and 1 <= int(day) <= 31 and date not in found:
+                found.append(date)
+    return found
 
 
 def quick_text(ds: Dataset, keyword: str) -> str:

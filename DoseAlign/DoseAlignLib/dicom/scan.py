@@ -655,7 +655,7 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         # each slice's dates, for --pseudonymize, which reads one slice a series: a scan across midnight dates its
         # later slices a day on (the twenty-first hostile trial's idea)
         dates, ids, names = headers.slice_identity(ds)  # each slice's every date, ID and name (Y4, Z1)
-        info["dates"] = sorted(dates | {headers.quick_date(ds, keyword) for keyword in _SLICE_DATE_KEYWORDS} - {""})
+        info["dates"] = sorted(dates.union(*(headers.quick_dates(ds, keyword) for keyword in _SLICE_DATE_KEYWORDS)))
         if ids:
             info["other_ids"] = sorted(set(info.get("other_ids", ())) | set(ids))
             # (numbers of a visit, an issuer: removed from text from five characters on, the patient's IDs from three)

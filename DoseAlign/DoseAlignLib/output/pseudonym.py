@@ -47,7 +47,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from .. import __version__
-from ..dicom.headers import IDENTIFYING_KEYWORDS, ORDER_KEYWORDS
+from ..dicom.headers import IDENTIFYING_KEYWORDS, ORDER_KEYWORDS, dates_of_value
 from ..errors import DoseAlignError
 from ..limits import limit, open_regular
 from .around_out import entries_below, export_kinds
@@ -398,18 +398,6 @@ class Identity:
 MAX_JOINED_PARTS = 8
 #: The components of one PN group (family, given, middle, prefix, suffix).
 _PN_GROUP = 5
-
-
-def dates_of_value(value: str, vr: str = "DT") -> list:
-    """The YYYYMMDD dates of a DA or DT value: its first eight digits (``2023.04.18``, the old ACR-NEMA form, too),
-    and the first eight of each run of at least eight digits (a range ``20230420-20230421`` holds two: twenty-seventh
-    hostile trial AA9); of a DA, each eight of its digits (a range ``2023.04.20-2023.04.21`` or
-    ``2023-04-20-2023-04-21``: twenty-eighth AB3)."""
-    digits = re.sub(r"\D", "", value)
-    found = [digits[:8]] if len(digits) >= 8 else []
-    if vr == "DA":
-        found += [digits[n : n + 8] for n in range(8, len(digits) - 7, 8)]
-    return found + [run[:8] for run in re.findall(r"\d{8,}", value)]
 
 
 def _values(value) -> list:
