@@ -243,9 +243,13 @@ def export_folder(
                 f"{len(again)} case(s) already complete in the output folder are exported again "
                 "(--resume keeps those made with this run's request)"
             )
+    this_input = set(own)
+    if shard is not None and pseudonymizer is not None:  # the other shards' cases are this input's too (AR1)
+        in_this_shard = {id(c) for c in cases}  # (their ids are pseudonyms now)
+        this_input |= {pseudonymizer.case_pseudonym(c) for c in chosen if id(c) not in in_this_shard}
     carried = _other_cases(
         found,
-        own - set(clashes),
+        this_input - set(clashes),
         options,
         append,
         shard,

@@ -786,3 +786,66 @@ def test_an_id_inside_another_inputs_stamps_refuses_no_append(tmp_path, capsys, 
     assert code == 0, printed.out + printed.err
     names = "manifest.csv" if mode == "--append" else "manifest.shard-1-of-1.csv"
     assert [row["status"] for row in hostile.manifest(out, names)].count("ok") >= 1
+
+
+def test_shards_of_one_input_keep_no_case_of_the_others_from_running(tmp_path, capsys):
+    """Forty-fourth hostile trial AR1: with ``--pseudonymize --roi-map``, a later shard of the same input was refused
+    (exit 2, "cases of other inputs ... hold what this input tells to be identity") when a PatientID of its cases was
+    a run of digits of the keyed hash ``options.roi_map.keyed_sha256`` the earlier shard's cases record: the other
+    shards' cases were read as another input's, and that keyed hash as text. Both are DoseAlign's."""
+    import hashlib
+    import hmac
+    import re
+
+    key = "5a" * 32
+    (tmp_path / "site.key").write_text(key, encoding="utf-8")
+    for n in range(500):  # a map whose keyed hash holds a run of three to five digits: a PatientID of this input
+        roi_map = {"Target": ["PTV"], f"Extra{n}": ["Marker"]}
+        canonical = json.dumps(roi_map, sort_keys=True, ensure_ascii=False)
+        digest = hmac.new(bytes.fromhex(key), f"dosealign|roi_map|{canonical}".encode(), hashlib.sha256).hexdigest()
+        run = re.search(r"(?<![0-9])[1-9][0-9]{2,4}(?![0-9])", digest)
+        if run:
+            break
+    (tmp_path / "map.json").write_text(json.dumps(roi_map), encoding="utf-8")
+    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6)}
+    for n, patient in enumerate(["SHARD-A1", run.group(0), "SHARD-A3", "SHARD-A4"]):
+        hostile.study(tmp_path / "in" / f"p{n}", patient, 150 + n, patient_name=f"Pat{'abcd'[n]}^Anna", **spec)
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+    args += ["--map-file", str(tmp_path / "map.csv"), "--roi-map", str(tmp_path / "map.json")]
+    # each shard runs once while the other's cases are in OUT, whichever holds that patient
+    for shard in (["--shard", "1/2"], ["--shard", "2/2"], ["--shard", "1/2", "--resume"]):
+        code = main(["export", str(tmp_path / "in"), str(out), *args, *shard])
+        printed = capsys.readouterr()
+        assert code == 0, (shard, printed.out + printed.err)
+    metas = [json.loads(p.read_text(encoding="utf-8")) for p in out.glob("*/meta.json")]
+    assert len(metas) == 4 and all(m["options"]["roi_map"]["keyed_sha256"] == digest for m in metas)
+    assert main(["merge", str(out)]) == 0
+    statuses = [row["status"] for row in hostile.manifest(out)]  # (shard 1's cases kept by --resume: skipped)
+    assert len(statuses) == 4 and set(statuses) <= {"ok", "skipped"} and "ok" in statuses, statuses
+
+
+def test_another_shards_case_has_the_id_its_own_shard_gives_it(tmp_path):
+    """AR1: :meth:`Pseudonymizer.case_pseudonym` of a case, unrecorded, is the id :meth:`Pseudonymizer.prepare` gives
+    it (with a PatientID, without one, of another summation type)."""
+    from DoseAlignLib.dicom.scan import scan_folder
+    from DoseAlignLib.link.cases import form_cases
+    from DoseAlignLib.output.pseudonym import Pseudonymizer
+
+    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6), "with_structures": False}
+    hostile.study(tmp_path / "in" / "a", "ONE-1", 160, **spec)
+    truth = hostile.study(tmp_path / "in" / "b", "TWO-2", 161, **spec)
+    for path in [*truth.ct_files, *truth.dose_files]:
+        ds = dd.read(path)
+        del ds.PatientID
+        if ds.Modality == "RTDOSE":
+            ds.DoseSummationType = "FRACTION"
+        dd.save(ds, path)
+    scan = scan_folder(tmp_path / "in")
+    cases = form_cases(scan).cases
+    assert len(cases) == 2
+    pseudonymizer = Pseudonymizer(key=b"k" * 32)
+    expected = [pseudonymizer.case_pseudonym(case) for case in cases]
+    assert pseudonymizer.entries == {}  # (nothing recorded)
+    pseudonymizer.prepare(scan, cases)
+    assert [case.case_id for case in cases] == expected

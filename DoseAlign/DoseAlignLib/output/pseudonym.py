@@ -799,19 +799,29 @@ class Pseudonymizer:
         for case in cases:
             _refuse_crowded(case, crowded, patients)
             original = case.case_id
-            first = case.doses[0] if case.doses else None
-            fallback = first.study_uid if first is not None else original
-            patient = self.patient(case.patient_id, fallback)
+            patient = self.patient(case.patient_id, _fallback(case))
             if case.summation_type and case.summation_type not in SUMMATION_TYPES:
                 case.summation_type = "OTHER"
-            label = re.sub(r"[^a-z0-9]+", "", (case.summation_type or "dose").lower()) or "dose"
-            case.case_id = f"{patient}_{label}_{self._digest('case', original).hex()[:8]}"
+            case.case_id = self._case_pseudonym(patient, case.summation_type, original)
             case.patient_id = patient
             self.entries[("case", case.case_id)] = original
         rows = [self.row(r) for r in extra_rows]
         if self.map_path:
             self.write_map(Path(self.map_path))
         return rows
+
+    def _case_pseudonym(self, patient: str, summation_type: Optional[str], original: str) -> str:
+        label = re.sub(r"[^a-z0-9]+", "", (summation_type or "dose").lower()) or "dose"
+        return f"{patient}_{label}_{self._digest('case', original).hex()[:8]}"
+
+    def case_pseudonym(self, case) -> str:
+        """The id :meth:`prepare` gives ``case``, without recording it: another shard's case of this input is this
+        input's, not another's (forty-fourth hostile trial AR1)."""
+        value = case.patient_id or f"(no PatientID) {_fallback(case)}"
+        patient = "P" + self._digest("patient", value).hex()[:12]
+        summation = case.summation_type
+        return self._case_pseudonym(patient, summation if summation in SUMMATION_TYPES or not summation else "OTHER",
+                                    case.case_id)  # fmt: skip
 
     def check_channels(self, channels: Iterable[str], option: str = "--rois") -> None:
         """Refuse mask channel names (``--rois``) that hold a patient's name, ID or date of the input (a surname
@@ -1535,6 +1545,9 @@ class Pseudonymizer:
 
     def _leak_in_kept(self, folder: Path, meta: dict) -> str:
         trimmed = {k: v for k, v in meta.items() if k not in ("exports", "case_files", "storage", "file_sha256")}
+        if isinstance(trimmed.get("options"), dict):  # its keyed hashes of a ROI map and a centre ROI: DoseAlign's
+            # (another input's options.roi_map.keyed_sha256 held this input's PatientID 54364: forty-fourth trial AR1)
+            trimmed["options"] = _without_keyed_hashes(trimmed["options"])
         if isinstance(trimmed.get("source"), dict):
             source = {k: v for k, v in trimmed["source"].items() if k != "rtdose_digest"}
             if isinstance(source.get("input_files"), list):  # their stamps: keyed hashes written after the check
@@ -2560,6 +2573,26 @@ def is_own_word(identifier: str) -> bool:
 _PATH_TOKEN = re.compile(r"[df][0-9a-f]{10}(?:\.[A-Za-z0-9]{1,12})?")
 #: What a path field of meta.json or the manifest joins tokens with.
 _PATH_JOINS = re.compile(r"/| \+ |;")
+
+
+def _without_keyed_hashes(value):
+    """``value`` (a JSON-like value) without the keyed SHA-256 digests it holds (keys ending in ``keyed_sha256``, a
+    value of 64 hex digits); a value of another shape stays, read as text."""
+    if isinstance(value, dict):
+        return {
+            k: _without_keyed_hashes(v)
+            for k, v in value.items()
+            if not (str(k).endswith("keyed_sha256") and isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v))
+        }
+    if isinstance(value, list):
+        return [_without_keyed_hashes(v) for v in value]
+    return value
+
+
+def _fallback(case) -> str:
+    """What names a case's patient when it has no PatientID: its first dose's study."""
+    first = case.doses[0] if case.doses else None
+    return first.study_uid if first is not None else case.case_id
 
 
 def written_pseudonyms(value) -> set:
