@@ -4153,6 +4153,31 @@ def test_a_patient_id_that_is_one_of_dosealigns_own_words_fails_no_case(
     assert code == 0 and row["status"] == "ok", row
 
 
+@pytest.mark.parametrize(
+    "options, written",
+    [
+        (["--roi-map", "MAP"], '"keyed_sha256":'),
+        (["--centre", "roi:PTV", "--spacing", "3"], '"centre_keyed_sha256":'),
+    ],
+    ids=["roi map", "centre roi"],
+)
+def test_a_patient_id_of_the_digits_of_a_keys_hash_name_fails_no_case(tmp_path, capsys, options, written):
+    """Forty-fourth hostile trial AR2: a PatientID ``256`` failed every case of its input "please report it" with
+    ``--roi-map`` or ``--centre roi:NAME``: the check read meta.json's keys ``keyed_sha256`` and
+    ``centre_keyed_sha256`` as text, and ``256`` in them as the ID."""
+    root = tmp_path / "in"
+    hostile.study(root / "p", "256", 147, patient_name="Quorbeth^Ysolde")
+    roi_map = tmp_path / "map.json"
+    roi_map.write_text(json.dumps({"Target": ["PTV"]}), encoding="utf-8")
+    out = tmp_path / "out"
+    args = [str(roi_map) if a == "MAP" else a for a in options]
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", *args])
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert code == 0 and row["status"] == "ok", row
+    assert written in (out / row["case_id"] / "meta.json").read_text(encoding="utf-8")  # (else it proves nothing)
+
+
 def test_a_patient_already_deidentified_as_removed_fails_no_case(tmp_path, capsys):
     """Forty-second hostile trial AP6: a patient whose PatientName and PatientID an earlier de-identification wrote as
     ``REMOVED`` made every ``[removed]`` DoseAlign writes a leak of that "name": each case whose ROI names or prose

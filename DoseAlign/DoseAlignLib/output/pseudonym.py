@@ -2557,7 +2557,11 @@ _CASE_PSEUDONYM = re.compile(r"(P[0-9a-f]{12})_[A-Za-z0-9]+_([0-9a-f]{8})")
 
 
 #: DoseAlign's own words with digits (DVH points ``d95``, ``d2cc``, ``v20``, types ``int16``, units ``cm3``).
-_OWN_WORD_SHAPES = re.compile(r"d[0-9]+(?:\.[0-9]+)?(?:cc)?|v[0-9]+|u?int[0-9]+|float[0-9]+|cm[0-9]|mm[0-9]", re.I)
+#: (``sha256`` of ``keyed_sha256``, ``hdf5``: a PatientID 256 failed every case with ``--roi-map``, forty-fourth
+#: hostile trial AR2)
+_OWN_WORD_SHAPES = re.compile(
+    r"d[0-9]+(?:\.[0-9]+)?(?:cc)?|v[0-9]+|u?int[0-9]+|float[0-9]+|cm[0-9]|mm[0-9]|sha[0-9]+|hdf[0-9]", re.I
+)
 
 
 def is_own_word(identifier: str) -> bool:
