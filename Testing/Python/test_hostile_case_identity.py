@@ -849,3 +849,32 @@ def test_another_shards_case_has_the_id_its_own_shard_gives_it(tmp_path):
     assert pseudonymizer.entries == {}  # (nothing recorded)
     pseudonymizer.prepare(scan, cases)
     assert [case.case_id for case in cases] == expected
+
+
+@pytest.mark.parametrize("where", ["DoseAlign's prose", "an ROI name"])
+def test_a_number_of_dosealigns_prose_in_another_inputs_case_is_no_id_of_this_input(tmp_path, capsys, where):
+    """Forty-fourth hostile trial AR3: --append of an input whose PatientID is ``110`` was refused (exit 2, "holds
+    what this input tells to be identity") because another input's kept case says "110 slices" in DoseAlign's own
+    prose; in this input's own cases such numbers are rewritten, in a kept case they cannot be. An ID of digits
+    alone is looked for in the names a kept case's input gave (an ROI ``PTV 110``: still refused), not in DoseAlign's
+    prose."""
+    spec = {"ct_size": (24, 24, 110), "dose_size": (12, 12, 20)}
+    site_a = hostile.study(tmp_path / "siteA" / "P1", "SITEA-1", 170, patient_name="Aaa^Bbb", **spec)
+    if where == "an ROI name":
+        ds = dd.read(site_a.struct_file)
+        ds.StructureSetROISequence[2].ROIName = "PTV 110"
+        dd.save(ds, site_a.struct_file)
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+    (tmp_path / "site.key").write_text("5a" * 32, encoding="utf-8")
+    assert main(["export", str(tmp_path / "siteA"), str(out), *args]) == 0
+    (case,) = [p for p in out.iterdir() if p.is_dir()]
+    assert "(110 slices" in (case / "meta.json").read_text(encoding="utf-8")  # (else this test proves nothing)
+    hostile.study(tmp_path / "siteB" / "P2", "110", 171, patient_name="Ccc^Ddd", ct_size=(24, 24, 12))
+    code = main(["export", str(tmp_path / "siteB"), str(out), *args, "--append"])
+    printed = capsys.readouterr()
+    if where == "an ROI name":
+        assert code == 2 and "hold what this input tells to be identity" in printed.err, printed.err
+        return
+    assert code == 0, printed.out + printed.err
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]  # (the kept case keeps its row)
