@@ -342,3 +342,26 @@ def _ct_corners(truth) -> np.ndarray:
                     + offset * truth.ct_normal
                 )
     return np.array(corners)
+
+
+@pytest.mark.parametrize("position", ["HFS", "FFS"])
+def test_absolute_frame_offsets_rounded_off_the_first_frames_z(tmp_path, position):
+    """Forty-fifth hostile trial AS2: absolute GridFrameOffsetVector values (patient z) whose first lies 0.02 mm from
+    the first frame's z were read as distances along the normal: a feet-first dose was mirrored along z and exported
+    a dose-extent away, status ok (head-first came out right). They are z coordinates, from the first frame's
+    position, with a warning."""
+    import dicom_damage as dd
+
+    spec = PhantomSpec(gfov_mode="absolute", patient_position=position, with_structures=False)
+    truth = write_phantom(tmp_path / "dicom", spec)
+    for path in truth.dose_files:
+        ds = dd.read(path)
+        ds.GridFrameOffsetVector = [float(v) + 0.02 for v in ds.GridFrameOffsetVector]
+        dd.save(ds, path)
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(structures=False))
+    assert [r["status"] for r in report.rows] == ["ok"], report.rows
+    arrays, meta = load_case(tmp_path / "out" / report.rows[0]["case_id"])
+    assert_dose_exact(truth, arrays, meta)
+    assert meta["dose"]["native_grids"][0]["gfov_mode"] == "absolute"
+    warnings = meta["dose"]["native_grids"][0]["warnings"]
+    assert any("0.02 mm from the first frame's z" in w for w in warnings), warnings

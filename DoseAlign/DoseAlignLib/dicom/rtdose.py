@@ -24,6 +24,9 @@ TAG_SCALING = "(3004,000E) DoseGridScaling"
 TAG_UNITS = "(3004,0002) DoseUnits"
 #: How close (mm) GFOV[0] must be to the first frame's z to be read as absolute ("option b").
 ABSOLUTE_GFOV_TOLERANCE_MM = 0.01
+#: How far (mm) GFOV[0] may be from the first frame's z and still be read as absolute, with a warning: values rounded
+#: when written (and at most a quarter of the frame step: a relative vector starting elsewhere than 0 is not that close).
+NEAR_ABSOLUTE_GFOV_MM = 0.5
 #: A dose above this (Gy) anywhere comes from a damaged DoseGridScaling or pixel data.
 MAX_DOSE_GY = 1.0e5
 #: A dose whose maximum is above 0 but below this (Gy) comes from a damaged scaling: no delivered dose is that small.
@@ -119,13 +122,25 @@ def dose_geometry(ds: Dataset, path: Path) -> DoseGeometry:
     if gfov.size > frames:
         warnings.append(f"{TAG_GFOV} has {gfov.size} values for {frames} frames; the first {frames} are used")
         gfov = gfov[:frames]
+    axial = abs(abs(normal[2]) - 1.0) < 1e-6
+    off_by = abs(gfov[0] - ipp[2])
+    steps_z = np.abs(np.diff(gfov))
     if gfov[0] == 0.0:
         mode = "relative"
         offsets = gfov
-    elif abs(gfov[0] - ipp[2]) <= ABSOLUTE_GFOV_TOLERANCE_MM and abs(abs(normal[2]) - 1.0) < 1e-6:
+    elif axial and off_by <= ABSOLUTE_GFOV_TOLERANCE_MM:
         # option b: the values are patient z coordinates; convert to distances along the normal
         mode = "absolute"
         offsets = (gfov - gfov[0]) / normal[2]
+    elif axial and off_by <= min(NEAR_ABSOLUTE_GFOV_MM, steps_z.min() / 4 if steps_z.size else 0.0):
+        # option b rounded: z coordinates still, not distances along the normal; read so, a feet-first grid was
+        # mirrored along z (forty-fifth hostile trial AS2: 0.02 mm off)
+        mode = "absolute"
+        offsets = (gfov - gfov[0]) / normal[2]
+        warnings.append(
+            f"{TAG_GFOV} starts at {gfov[0]:g}, {off_by:.3g} mm from the first frame's z {ipp[2]:g}: read as patient z "
+            "coordinates (absolute), from the first frame's position"
+        )
     else:
         mode = "relative"
         offsets = gfov - gfov[0]
