@@ -229,9 +229,15 @@ def export_folder(
                 "rewrites alike are told apart by their order in each structure set (name_2), not by a keyed tag"
             )
     own = {c.case_id for c in cases} | {r["case_id"] for r in extra_rows}
+    this_input = set(own)
+    if shard is not None and pseudonymizer is not None:  # the other shards' cases are this input's too: not read as
+        # another input's (its keyed hashes refused the shard, forty-fourth hostile trial AR1; its channels tagged this
+        # shard's ROIs otherwise than the first shard's, AR5)
+        in_this_shard = {id(c) for c in cases}  # (their ids are pseudonyms now)
+        this_input |= {pseudonymizer.case_pseudonym(c) for c in chosen if id(c) not in in_this_shard}
     if pseudonymizer is not None:  # another input's channels that read as this input's rewritten names (with or
         # without --append: a --resume of one input, then an --append of the other, met them in one manifest: AC7)
-        pseudonymizer.avoid_names(_rewritten_channels(found, own))
+        pseudonymizer.avoid_names(_rewritten_channels(found, this_input))
     # case folders not to be replaced: another input's case of this id; a user's files inside
     clashes, foreign = _not_replaced(cases, found, pseudonymizer, append)
     if not resume:
@@ -243,10 +249,6 @@ def export_folder(
                 f"{len(again)} case(s) already complete in the output folder are exported again "
                 "(--resume keeps those made with this run's request)"
             )
-    this_input = set(own)
-    if shard is not None and pseudonymizer is not None:  # the other shards' cases are this input's too (AR1)
-        in_this_shard = {id(c) for c in cases}  # (their ids are pseudonyms now)
-        this_input |= {pseudonymizer.case_pseudonym(c) for c in chosen if id(c) not in in_this_shard}
     carried = _other_cases(
         found,
         this_input - set(clashes),

@@ -878,3 +878,35 @@ def test_a_number_of_dosealigns_prose_in_another_inputs_case_is_no_id_of_this_in
         return
     assert code == 0, printed.out + printed.err
     assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]  # (the kept case keeps its row)
+
+
+def test_shards_of_one_input_name_its_rewritten_rois_as_one_export_does(tmp_path, capsys):
+    """Forty-fourth hostile trial AR5: with a patient ``Lung^Wei`` every ``Lung_L`` is written ``[removed]_L``; a later
+    shard read the earlier shard's cases as another input's, took their ``[removed]_L`` for another input's channel
+    and tagged its own (``[removed]_L_307eeb34``): one ROI had two channel names in the merged dataset. Shards name
+    each ROI as one export of the input does."""
+    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6)}
+    names = ["Lung^Wei", "Kowalski^Jan", "Novak^Eva", "Berger^Ute"]
+    for n, name in enumerate(names):
+        truth = hostile.study(tmp_path / "in" / f"p{n}", f"MRN-10{n}234", 180 + n, patient_name=name, **spec)
+        ds = dd.read(truth.struct_file)
+        ds.StructureSetROISequence[2].ROIName = "Lung_L"
+        dd.save(ds, truth.struct_file)
+    (tmp_path / "site.key").write_text("5a" * 32, encoding="utf-8")
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+
+    def structure_names(out: Path) -> dict:
+        return {
+            p.parent.name: json.loads(p.read_text(encoding="utf-8"))["structures"]["names"]
+            for p in sorted(out.glob("*/meta.json"))
+        }
+
+    assert main(["export", str(tmp_path / "in"), str(tmp_path / "whole"), *args]) == 0
+    whole = structure_names(tmp_path / "whole")
+    assert len(whole) == 4 and all("[removed]_L" in n for n in whole.values()), whole  # (else it proves nothing)
+    out = tmp_path / "out"
+    for shard in ("1/2", "2/2"):
+        assert main(["export", str(tmp_path / "in"), str(out), *args, "--shard", shard]) == 0
+    assert main(["merge", str(out)]) == 0
+    capsys.readouterr()
+    assert structure_names(out) == whole
