@@ -1019,9 +1019,11 @@ def test_a_damaged_structure_set_is_said_by_its_case(clean, tmp_path, capsys, cu
     assert "is present but damaged" in done.stdout and "is not in the input" not in done.stdout, done.stdout
 
 
-def test_a_structure_set_that_cannot_be_read_when_its_case_runs_is_said(clean, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("damage", ["cut short", "overwritten, its size and time kept"])
+def test_a_structure_set_that_cannot_be_read_when_its_case_runs_is_said(clean, tmp_path, capsys, monkeypatch, damage):
     """F6, the second way: the RTSTRUCT was readable when the input was scanned and is not when the case reads
-    it (replaced, cut short): the case's warnings say so (it was only in meta.json's structures.skipped)."""
+    it (replaced, cut short): the case's warnings say so (it was only in meta.json's structures.skipped). Cut
+    short, its size tells that it changed since the scan: the case fails, named (forty-fifth trial AS1)."""
     from DoseAlignLib import batch
 
     root = _copy(clean, "plan", tmp_path)
@@ -1030,15 +1032,24 @@ def test_a_structure_set_that_cannot_be_read_when_its_case_runs_is_said(clean, t
 
     def damaged_after_the_scan(*args, **kwargs):
         linked = real(*args, **kwargs)
-        struct.write_bytes(struct.read_bytes()[: struct.stat().st_size // 2])
+        data, status = struct.read_bytes(), struct.stat()
+        if damage == "cut short":
+            struct.write_bytes(data[: len(data) // 2])
+        else:
+            struct.write_bytes(data[: len(data) // 2] + b"\xff" * (len(data) - len(data) // 2))
+            os.utime(struct, ns=(status.st_atime_ns, status.st_mtime_ns))
         return linked
 
     monkeypatch.setattr(batch, "form_cases", damaged_after_the_scan)
     code, rows, out = _export(root, tmp_path, capsys)
     (row,) = rows
-    assert code == 0 and row["status"] == "ok" and row["n_rois"] == "0", row
     rel = struct.relative_to(root).as_posix()
-    for phrase in (f"RTSTRUCT {rel} cannot be read: (3006,0039)", "none of its ROIs"):
+    if damage == "cut short":
+        assert code == 1 and row["status"] == "failed", row
+        assert row["reason"].startswith(f"{rel}: changed since the input was scanned (its size"), row["reason"]
+        return
+    assert code == 0 and row["status"] == "ok" and row["n_rois"] == "0", row
+    for phrase in (f"RTSTRUCT {rel} cannot be read: (", "none of its ROIs"):
         assert phrase in row["warnings"], row["warnings"]
 
 
