@@ -4270,3 +4270,28 @@ def test_a_date_value_is_read_as_written_both_ways_where_day_and_month_could_be_
     assert {"20230504", "20230405"} <= set(dates_of_value("04/05/2023", "DA"))
     assert "19580314" in dates_of_value("1958/3/14", "DA")
     assert not {"19581403", "19580014"} & set(dates_of_value("14.03.1958", "DA"))  # (no month 14)
+
+
+def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
+    """Forty-fourth hostile trial AR7: a PatientID 12345678 written grouped by points (``PTV 12.345.678``, as German or
+    Dutch software prints a number) stayed in clear everywhere, case ok; grouped by commas it was removed. A number
+    of two points or more in groups of three is read as the commas' grouping, by both sides; a decimal (``12.345``)
+    stays a number."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "12345678", 148, extra_organs=3)
+    ds = dd.read(truth.struct_file)
+    rois = ["PTV 12.345.678", "CTV_12.345.678_boost", "Pat.-Nr. 12.345.678"]
+    for roi, name in zip(list(ds.StructureSetROISequence)[-3:], rois):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    assert {"PTV [removed]", "CTV_[removed]_boost", "Pat.-Nr. [removed]"} <= set(_names_of(out, row))
+    _nowhere_in(out, ("12.345.678", "12345678", "12_345_678"))
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    guard = IdentityGuard(Identity(patient_ids={"12345678"}))
+    assert all(guard.find(text) == "a patient ID" for text in rois)
+    assert not any(guard.find(text) for text in ["v 12.345", "w 12.345.679", "1.234.567", "2.5.678"])

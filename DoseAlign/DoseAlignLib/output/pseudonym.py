@@ -1162,6 +1162,9 @@ class Pseudonymizer:
     def _redact_text(self, value: str, own: bool = True) -> str:
         if not value:
             return value
+        if value.count(".") >= 2:  # an ID grouped by points as thousands (12.345.678), where commas group it alike
+            # (forty-fourth hostile trial AR7: only the commas were read)
+            value = _POINT_GROUPED.sub(lambda m: self._grouped_id_removed(m.group(0), own), value)
         value = self._remove_ids(value, own)
         value = self._outside_own(value, lambda piece: self._names.redact(piece, own=own))
         dated = value
@@ -1173,6 +1176,11 @@ class Pseudonymizer:
         if value != dated:  # an ID's digits a date held as a number's decimals stand alone now: 15.72315 (U9)
             value = self._remove_ids(value, own)
         return value
+
+    def _grouped_id_removed(self, number: str, own: bool) -> str:
+        """A number grouped by points as thousands, :data:`REMOVED` where the same number grouped by commas holds an ID."""
+        commas = number.replace(".", ",")
+        return REMOVED if self._remove_ids(commas, own) != commas else number
 
     def _remove_coded_dates(self, value: str) -> str:
         """``value`` without the input's dates written as counts (:data:`_CODED_DATE`)."""
@@ -2432,6 +2440,9 @@ class NameSpellings:
 
 
 _ID_PATTERNS: dict = {}
+#: A whole number grouped by points in thousands (``12.345.678``, as German, Dutch or Brazilian software prints one):
+#: two points at least (one is a decimal point: ``12.345``), groups of three after the first.
+_POINT_GROUPED = re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{3}){2,}(?![0-9]|\.[0-9])")
 #: A decimal point between two digits: digits on both sides of it belong to one number, never to an ID.
 _DECIMAL = re.compile(r"[0-9]\.[0-9]")
 
@@ -2841,6 +2852,11 @@ class IdentityGuard:
             found = self.find(text.replace(REMOVED, ""), words, own, joined_names, padded)
             if found:
                 return found
+        if text.count(".") >= 2:  # a whole number grouped by points (12.345.678) read as grouped by commas (AR7)
+            for match in _POINT_GROUPED.finditer(text):
+                found = self.find(match.group(0).replace(".", ","), words=False, joined_names=False, padded=padded)
+                if found:
+                    return found
         if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
             # component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11)
             text = _DOTTED_RUN.sub(lambda m: " " if m.group(0) in self.uids else m.group(0), text)
