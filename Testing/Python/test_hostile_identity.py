@@ -4295,3 +4295,27 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
     guard = IdentityGuard(Identity(patient_ids={"12345678"}))
     assert all(guard.find(text) == "a patient ID" for text in rois)
     assert not any(guard.find(text) for text in ["v 12.345", "w 12.345.679", "1.234.567", "2.5.678"])
+
+
+def test_a_name_stored_as_utf8_read_as_latin1_is_found_as_typed(tmp_path, capsys):
+    """Forty-fourth hostile trial AR6: every header held the patient's name as a planning system stores it after
+    decoding UTF-8 as Latin-1 (``MÃ¼ller^JÃ¼rgen``) while the ROI names were typed right (``PTV_Müller``): neither
+    side knew ``Müller``, and the names stayed in clear everywhere, case ok. The name as typed is the patient's too."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "MOJI-1", 149, patient_name="Doe^Jane", extra_organs=3)
+    for path in [*truth.ct_files, truth.struct_file, *truth.dose_files]:
+        ds = dd.read(path)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = "M\u00c3\u00bcller^J\u00c3\u00bcrgen"
+        dd.save(ds, path)
+    ds = dd.read(truth.struct_file)
+    rois = ["PTV_M\u00fcller", "J\u00fcrgen_boost", "Muller_CTV"]
+    for roi, name in zip(list(ds.StructureSetROISequence)[-3:], rois):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    assert {"PTV_[removed]", "[removed]_boost", "[removed]_CTV"} <= set(_names_of(out, row)), _names_of(out, row)
+    _nowhere_in(out, ("M\u00fcller", "J\u00fcrgen", "Muller", "Mueller", "M\u00c3\u00bcller"))

@@ -367,6 +367,9 @@ class Identity:
             for value in name.split("\\"):
                 self.add_name(value)
             return
+        repaired = _utf8_read_as_latin1(name)
+        if repaired is not None:  # the name as typed, where a system stored it decoded with the wrong character set
+            self.add_name(repaired)
         self.names.add(name)
         parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
         # a double-barrelled or apostrophe name (García-López, O'Brien) is written by its parts too
@@ -2622,6 +2625,22 @@ def _without_keyed_hashes(value):
     if isinstance(value, list):
         return [_without_keyed_hashes(v) for v in value]
     return value
+
+
+def _utf8_read_as_latin1(text: str) -> Optional[str]:
+    """``text`` as it was typed where it is UTF-8 read as Latin-1 or Windows-1252 (``MÃ¼ller^JÃ¼rgen`` for
+    ``Müller^Jürgen``, ``Å\x81ukasiewicz`` for ``Łukasiewicz``: a planning system's import of a CT whose names it
+    decoded so), else None. A name written right in Latin-1 (``Müller``) is no UTF-8 once encoded: None
+    (forty-fourth hostile trial AR6: the name as typed in the ROI names was found by neither side)."""
+    if text.isascii():
+        return None
+    for codec in ("cp1252", "latin-1"):
+        try:
+            repaired = text.encode(codec).decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            continue
+        return repaired if repaired != text else None
+    return None
 
 
 def _fallback(case) -> str:
