@@ -403,6 +403,13 @@ def export_folder(
                 leak = pseudonymizer.leak_in_kept_case(existing.folder, existing.meta)
                 if leak:
                     why = [f"its outputs hold what the input now tells to be identity ({leak})"]
+            if not why and pseudonymizer is not None:  # its channel names as this run's cases write them (AR8)
+                stale = pseudonymizer.untagged_alike(existing.meta)
+                if stale:
+                    why = [
+                        f"{len(stale)} of its ROI names are written with a keyed tag now (another ROI name of the "
+                        "input rewrites alike)"
+                    ]
             if not why:
                 record(index, manifest_row(case, "skipped", KEPT, existing.meta))
                 continue

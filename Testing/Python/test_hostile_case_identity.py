@@ -910,3 +910,37 @@ def test_shards_of_one_input_name_its_rewritten_rois_as_one_export_does(tmp_path
     assert main(["merge", str(out)]) == 0
     capsys.readouterr()
     assert structure_names(out) == whole
+
+
+def test_resume_after_the_input_gained_an_roi_that_rewrites_alike_names_each_roi_once(tmp_path, capsys):
+    """Forty-fourth hostile trial AR8: with a patient ``Lung^Wei`` every ``Lung_L`` is written ``[removed]_L``; the input
+    then gained a patient ``Lens`` with a ``Lens_L`` (``[removed]_L`` too, so both are told apart by keyed tags), and
+    ``--resume`` kept the earlier cases' untagged ``[removed]_L``: one ROI had two channel names in one OUT. Such a kept
+    case is exported again."""
+    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6)}
+    root = tmp_path / "in"
+
+    def patient(n: int, name: str, roi: str) -> None:
+        truth = hostile.study(root / f"p{n}", f"MRN-20{n}555", 190 + n, patient_name=name, **spec)
+        ds = dd.read(truth.struct_file)
+        ds.StructureSetROISequence[2].ROIName = roi
+        dd.save(ds, truth.struct_file)
+
+    patient(0, "Lung^Wei", "Lung_L")
+    patient(1, "Kowalski^Jan", "Lung_L")
+    (tmp_path / "site.key").write_text("5a" * 32, encoding="utf-8")
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), *args]) == 0
+    patient(2, "Lens^Maria", "Lens_L")
+    patient(3, "Novak^Eva", "Lung_L")
+    assert main(["export", str(root), str(out), *args, "--resume"]) == 0
+    capsys.readouterr()
+    written = [
+        [n for n in json.loads(p.read_text(encoding="utf-8"))["structures"]["names"] if n.startswith("[removed]_L")]
+        for p in sorted(out.glob("*/meta.json"))
+    ]
+    assert len(written) == 4 and all(len(names) == 1 for names in written), written
+    channels = sorted(names[0] for names in written)
+    assert len(set(channels)) == 2 and all(len(c) == len("[removed]_L") + 9 for c in channels), channels
+    assert sorted(channels.count(c) for c in set(channels)) == [1, 3], channels

@@ -963,6 +963,19 @@ class Pseudonymizer:
         object.__setattr__(self, "_rewrites", rewrites)
         self._tag_alike(rewrites)
 
+    def untagged_alike(self, meta: dict) -> list:
+        """The ROI names a kept case's meta.json records without the keyed tag this run gives them: two of the input's
+        ROI names rewrite to them now (the input gained Lens_L of a patient Lens beside Lung_L of a patient Lung), and
+        the case would name that ROI otherwise than this run's cases (forty-fourth hostile trial AR8)."""
+        alike = getattr(self, "_alike", frozenset())
+        structures = meta.get("structures") if isinstance(meta, dict) else None
+        if not alike or not isinstance(structures, dict):
+            return []
+        names = list(structures.get("names") or []) + [
+            s.get("name") for s in structures.get("skipped") or [] if isinstance(s, dict)
+        ]
+        return sorted({n for n in names if isinstance(n, str) and n.casefold() in alike})
+
     def _name_piece(self, value: str) -> str:
         if not value:
             return value
