@@ -4319,3 +4319,31 @@ def test_a_name_stored_as_utf8_read_as_latin1_is_found_as_typed(tmp_path, capsys
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
     assert {"PTV_[removed]", "[removed]_boost", "[removed]_CTV"} <= set(_names_of(out, row)), _names_of(out, row)
     _nowhere_in(out, ("M\u00fcller", "J\u00fcrgen", "Muller", "Mueller", "M\u00c3\u00bcller"))
+
+
+def test_no_advice_nor_channel_names_a_rewritten_roi_as_rois_cannot_select_it(tmp_path, capsys):
+    """Forty-fourth hostile trial AR9: under --pseudonymize dataset.json's ``label_note`` advised ``--rois
+    "[removed]_L,..."``, names as the export wrote them; --rois matches the input's names, so following the advice
+    gave all-zero channels, every case ok. The advice names no rewritten ROI, and a --rois channel holding DoseAlign's
+    mark that no ROI of the input (nor a --roi-map channel) is named is refused; an ROI the input itself named so
+    is still chosen."""
+    from DoseAlignLib.output.datalist import label_note
+
+    note = label_note([["[removed]_L", "Cord"], ["[removed]_R", "Heart"]], [])
+    assert "[removed]" not in note and '--rois "Cord,Heart"' in note and "--roi-map" in note, note
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "LUNG-1", 151, patient_name="Lung^Wei")
+    ds = dd.read(truth.struct_file)
+    ds.StructureSetROISequence[2].ROIName = "Lung_L"  # (Cord)
+    dd.save(ds, truth.struct_file)
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--rois"]
+    assert main(["export", str(root), str(tmp_path / "out"), *args, "PTV,[removed]_L"]) == 2
+    err = capsys.readouterr().err
+    assert "--rois '[removed]_L': no ROI of the input has this name" in err and "--roi-map" in err, err
+    ds.StructureSetROISequence[2].ROIName = "[removed]_L"  # (an earlier de-identification named it so: AB9)
+    dd.save(ds, truth.struct_file)
+    assert main(["export", str(root), str(tmp_path / "out2"), *args, "PTV,[removed]_L"]) == 0
+    capsys.readouterr()
+    (case,) = [p for p in (tmp_path / "out2").iterdir() if p.is_dir()]
+    present = json.loads((case / "meta.json").read_text(encoding="utf-8"))["structures"]["roi_present"]
+    assert present == [True, True], present

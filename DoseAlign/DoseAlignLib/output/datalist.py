@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .. import __version__
 from .files import json_text, temp_path
+from .pseudonym import REMOVED
 
 DATALIST_FILE = "dataset.json"
 
@@ -151,10 +152,21 @@ def label_note(mask_sets: list, common: list) -> str:
     """Why ``dataset.json`` has no ``label`` although cases have masks ("" when it has one or none is expected)."""
     if common or not any(mask_sets):
         return ""
-    names = sorted({n for s in mask_sets for n in s}, key=str.lower)
+    every = sorted({n for s in mask_sets for n in s}, key=str.lower)
+    # names --pseudonymize rewrote are no names --rois can select (it matches the input's names): following the
+    # advice gave all-zero channels, every case ok (forty-fourth hostile trial AR9)
+    names = [n for n in every if REMOVED not in n]
     shown = ",".join(names[:6]) + ("..." if len(names) > 6 else "")
-    return (
-        f"no ROI is common to all {len(mask_sets)} cases, so dataset.json has no 'label' key; export with "
-        f'--rois "{shown}" (the ROIs you train on, in channel order; add --roi-map to unify their names) '
+    advice = (
+        f'export with --rois "{shown}" (the ROIs you train on, in channel order; add --roi-map to unify their names) '
         "to give every case the same mask channels"
+        if names
+        else "export with --rois naming the ROIs you train on, in channel order, to give every case the same mask channels"
     )
+    rewritten = (
+        "; the ROIs whose names were rewritten are chosen by their names as the input gives them, or by a channel "
+        "name of your own with --roi-map"
+        if len(names) < len(every)
+        else ""
+    )
+    return f"no ROI is common to all {len(mask_sets)} cases, so dataset.json has no 'label' key; {advice}{rewritten}"

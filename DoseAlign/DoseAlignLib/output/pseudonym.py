@@ -790,6 +790,7 @@ class Pseudonymizer:
         self.identity = identity_of_scan(scan, leave_out=frozenset(crowded), crowded=crowded)
         self.check_channels(channels)
         self.check_channels(mapped, option="--roi-map")
+        self._check_marked_channels(channels, mapped)
         for rel in sorted(self.identity.paths):
             self.path(rel)
         if not self.keep_uids:
@@ -826,6 +827,23 @@ class Pseudonymizer:
         summation = case.summation_type
         return self._case_pseudonym(patient, summation if summation in SUMMATION_TYPES or not summation else "OTHER",
                                     case.case_id)  # fmt: skip
+
+    def _check_marked_channels(self, channels: Iterable[str], mapped: Iterable[str]) -> None:
+        """Refuse a ``--rois`` channel that holds DoseAlign's mark :data:`REMOVED` and names neither an ROI of the input
+        nor a ``--roi-map`` channel: a name as an earlier pseudonymized export wrote it (its dataset.json's advice),
+        which selects no ROI (ROIs are matched by their names before the rewriting): every channel all zeros, every
+        case ok (forty-fourth hostile trial AR9)."""
+        roi_names = self.identity.roi_names
+        if len(roi_names) >= MAX_RENAMED:  # (not all of them known)
+            return
+        known = {n.casefold() for n in roi_names} | {str(n).casefold() for n in mapped}
+        for name in channels:
+            if REMOVED in name and name.casefold() not in known:
+                raise PseudonymError(
+                    f"--rois {name!r}: no ROI of the input has this name; it is a name --pseudonymize wrote, and --rois "
+                    "selects ROIs by the names the input gives them; no case was written",
+                    hint="name the ROIs as the input does, or map them to a channel name of your own with --roi-map",
+                )
 
     def check_channels(self, channels: Iterable[str], option: str = "--rois") -> None:
         """Refuse mask channel names (``--rois``) that hold a patient's name, ID or date of the input (a surname
