@@ -4233,6 +4233,7 @@ def test_summed_plans_labels_stay_out_of_the_prose(tmp_path, capsys):
         ("14.03.1958", "15.04.2023", "every file"),
         ("03/14/1958", "04/15/2023", "every file"),
         ("1958/3/14", "2023-4-15", "every file"),
+        ("580314", "230415", "every file"),
         ("14.03.1958", "15.04.2023", "CT slices only"),
     ],
 )
@@ -4270,6 +4271,8 @@ def test_a_date_value_is_read_as_written_both_ways_where_day_and_month_could_be_
     assert {"20230504", "20230405"} <= set(dates_of_value("04/05/2023", "DA"))
     assert "19580314" in dates_of_value("1958/3/14", "DA")
     assert not {"19581403", "19580014"} & set(dates_of_value("14.03.1958", "DA"))  # (no month 14)
+    assert {"19580314", "20580314"} <= set(dates_of_value("580314", "DA"))
+    assert dates_of_value("581403", "DA") == []  # (no month 14)
 
 
 def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):

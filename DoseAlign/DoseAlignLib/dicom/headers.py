@@ -814,12 +814,20 @@ def dates_of_value(value: str, vr: str = "DT") -> list:
     hostile trial AA9); of a DA, each eight of its digits (a range ``2023.04.20-2023.04.21`` or
     ``2023-04-20-2023-04-21``: twenty-eighth AB3). A date written with separators is read as written, both ways
     when its day and month could be either (``14.03.1958`` is no ``14031958``: the birth date stayed in clear,
-    forty-fourth hostile trial AR4)."""
+    forty-fourth hostile trial AR4); six digits alone as YYMMDD, in either century (``580314``)."""
     digits = re.sub(r"\D", "", value)
     found = [digits[:8]] if len(digits) >= 8 else []
     if vr == "DA":
         found += [digits[n : n + 8] for n in range(8, len(digits) - 7, 8)]
     found += [run[:8] for run in re.findall(r"\d{8,}", value)]
+    readings_of_six = []
+    if re.fullmatch(r"\s*\d{6}\s*", value):  # YYMMDD (580314), in either century
+        six = value.strip()
+        readings_of_six = [(century + six[:2], six[2:4], six[4:]) for century in ("19", "20")]
+    for year, month, day in readings_of_six:
+        date = f"{year}{month}{day}"
+        if 1 <= int(month) <= 12 and 1 <= int(day) <= 31 and date not in found:
+            found.append(date)
     for match in _SEPARATED_DATE.finditer(value):
         if match.group(1):
             readings = [(match.group(1), match.group(3), match.group(4))]
