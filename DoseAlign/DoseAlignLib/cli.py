@@ -1004,8 +1004,8 @@ def _quiet_hdf5_closing(previous_unraisable, previous_excepthook) -> tuple:
     """``sys.unraisablehook`` and ``sys.excepthook`` while a command runs: h5py's objects of an HDF5 write that
     failed (a full disk) write again when they are let go, fail again, and h5py printed each failure's traceback
     (through the excepthook) and "Exception ignored in: ObjectID.__dealloc__" (through the unraisable hook), after
-    the write's own failure was already named (thirteenth hostile trial M2). Those two are dropped; anything else
-    goes to the previous hooks."""
+    the write's own failure was already named (thirteenth hostile trial M2). Those two are dropped, and a stop
+    (SIGTERM, Ctrl-C) lost in a callback, which is noted already; anything else goes to the previous hooks."""
 
     def from_h5py_closing(error, trace) -> bool:
         while trace is not None and trace.tb_next is not None:
@@ -1015,6 +1015,10 @@ def _quiet_hdf5_closing(previous_unraisable, previous_excepthook) -> tuple:
 
     def unraisable_hook(unraisable) -> None:
         if isinstance(unraisable.exc_value, (OSError, RuntimeError)) and "ObjectID" in repr(unraisable.object):
+            return
+        if isinstance(unraisable.exc_value, (Terminated, KeyboardInterrupt)):
+            # a SIGTERM or Ctrl-C that came while a weakref callback or __del__ ran is lost there, printed as
+            # "Exception ignored ... Traceback": its stop is noted already, and the export stops at its next step
             return
         previous_unraisable(unraisable)
 
