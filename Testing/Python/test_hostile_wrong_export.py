@@ -2497,20 +2497,32 @@ def test_an_unused_structure_set_on_a_cases_ct_is_not_said_to_lie_on_no_cases_ct
                        "references"}, orphans  # fmt: skip
 
 
-@pytest.mark.parametrize("change", ["two slices swapped", "a slice removed", "a dose rewritten"])
+@pytest.mark.parametrize(
+    "change", ["two slices swapped", "two slices of one size and time swapped", "a slice removed", "a dose rewritten"]
+)
 def test_an_input_file_changed_while_its_case_runs_fails_the_case(tmp_path, capsys, monkeypatch, change):
     """Forty-fifth hostile trial AS1: two CT slice files of a case swapped names (``mv``) after the scan; the case
     read each at the position the scan had seen for the other, status ok. A file changed, replaced or removed since
-    the scan fails its case, named; nothing of it is written."""
+    the scan fails its case, named; nothing of it is written. Also two slices of one size and modification time
+    (unpacked from one archive: forty-seventh trial AU1), told apart by their inodes."""
     from DoseAlignLib import batch
 
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "CHANGED-1", 145, with_structures=False, ct_size=(32, 32, 16))
     slices = sorted(truth.ct_files, key=lambda p: float(dd.read(p).ImagePositionPatient[2]))
+    if change == "two slices of one size and time swapped":
+        by_size: dict = {}
+        for path in slices:
+            by_size.setdefault(path.stat().st_size, []).append(path)
+        pair = max(by_size.values(), key=len)[:2]
+        assert len(pair) == 2, "no two slices of one size"
+        for path in pair:
+            os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        slices[5], slices[9] = pair
     real_run_case = batch.run_case
 
     def changed_first(case, *args, **kwargs):
-        if change == "two slices swapped":
+        if change.startswith("two slices"):
             aside = slices[5].with_name("aside")
             os.rename(slices[5], aside)
             os.rename(slices[9], slices[5])
@@ -2527,7 +2539,7 @@ def test_an_input_file_changed_while_its_case_runs_fails_the_case(tmp_path, caps
     code, rows, out = _export(root, tmp_path, capsys)
     (row,) = rows
     assert (code, row["status"]) == (1, "failed"), row
-    named = {"two slices swapped": slices[5], "a slice removed": slices[3], "a dose rewritten": truth.dose_files[0]}
+    named = {"a slice removed": slices[3], "a dose rewritten": truth.dose_files[0]}.get(change, slices[5])
     assert "changed since the input was scanned" in row["reason"] or "cannot be" in row["reason"], row["reason"]
-    assert Path(named[change]).name in row["reason"], row["reason"]
+    assert Path(named).name in row["reason"], row["reason"]
     assert not (out / row["case_id"]).exists()

@@ -247,6 +247,7 @@ def _scan_file(root: Path, path: Path):
         obj = _record(path, rel, ds)
         # what identifies the file's content cheaply (as make and rsync do): --resume compares it
         obj.info["size"], obj.info["mtime_ns"] = status.st_size, status.st_mtime_ns
+        obj.info["inode"] = (status.st_dev, status.st_ino)  # (another file moved to its path: the case compares)
         return obj
     except UnreadableError as error:
         return ("unreadable", rel, _reason(error), path)

@@ -381,7 +381,8 @@ def check_unchanged_since_scan(case) -> None:
     """Raise :class:`~DoseAlignLib.errors.InputError` when an input file of ``case`` is not, now that the case has
     read it, the size or modification time the scan saw: the case was formed from what the scan read, its arrays
     from what the files hold now. A CT slice replaced by another while the export ran was read at the first one's
-    position, status ok (forty-fifth hostile trial AS1). A file gone is named as such."""
+    position, status ok (forty-fifth hostile trial AS1); so was one of the same size and time moved in its place (its
+    inode differs: AU1). A file gone is named as such."""
     changed = []
     for obj in _input_objects(case):
         size, mtime = obj.info.get("size"), obj.info.get("mtime_ns")
@@ -394,8 +395,13 @@ def check_unchanged_since_scan(case) -> None:
             continue
         facts = (("size", size, status.st_size), ("modification time", mtime, status.st_mtime_ns))
         what = [label for label, old, new in facts if old != new]
+        inode = obj.info.get("inode")
         if what:
             changed.append((obj, f"its {' and '.join(what)} changed"))
+        elif inode is not None and tuple(inode) != (status.st_dev, status.st_ino):
+            # another file of the same size and time moved to its path (files unpacked from one archive share
+            # whole-second times: forty-seventh hostile trial AU1)
+            changed.append((obj, "another file of its size and time is in its place"))
     if changed:
         first, why = changed[0]
         more = f"; and {len(changed) - 1} more of the case's input files changed" if len(changed) > 1 else ""
