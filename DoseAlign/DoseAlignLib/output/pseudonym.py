@@ -1212,9 +1212,8 @@ class Pseudonymizer:
         return value
 
     def _grouped_id_removed(self, number: str, own: bool) -> str:
-        """A number grouped by points as thousands, :data:`REMOVED` where the same number grouped by commas holds an ID."""
-        commas = number.replace(".", ",")
-        return REMOVED if self._remove_ids(commas, own) != commas else number
+        """A number grouped by points as thousands, :data:`REMOVED` where its digits are an ID of digits."""
+        return REMOVED if _grouped_digits(number) in _digit_ids(self.identity) else number
 
     def _remove_coded_dates(self, value: str) -> str:
         """``value`` without the input's dates written as counts (:data:`_CODED_DATE`)."""
@@ -2475,8 +2474,10 @@ class NameSpellings:
 
 _ID_PATTERNS: dict = {}
 #: A whole number grouped by points in thousands (``12.345.678``, as German, Dutch or Brazilian software prints one):
-#: two points at least (one is a decimal point: ``12.345``), groups of three after the first.
-_POINT_GROUPED = re.compile(r"(?<![0-9.])[0-9]{1,3}(?:\.[0-9]{3}){2,}(?![0-9]|\.[0-9])")
+#: two points at least (one is a decimal point: ``12.345``), groups of three after the first; also after an
+#: abbreviation's point (``Nr.12.345.678``: forty-sixth hostile trial AT2). It is an ID only where all its digits are
+#: one (``1.250.000`` holds no ID 2500 across its groups: AT3), on both sides.
+_POINT_GROUPED = re.compile(r"(?<![0-9])(?<![0-9]\.)[0-9]{1,3}(?:\.[0-9]{3}){2,}(?![0-9]|\.[0-9])")
 #: A decimal point between two digits: digits on both sides of it belong to one number, never to an ID.
 _DECIMAL = re.compile(r"[0-9]\.[0-9]")
 
@@ -2674,6 +2675,22 @@ def _utf8_read_as_latin1(text: str) -> Optional[str]:
     return None
 
 
+def _grouped_digits(number: str) -> str:
+    """The digits of a number grouped by points, without its leading zeros (``0.072.315`` is 72315 too)."""
+    return number.replace(".", "").lstrip("0") or "0"
+
+
+def _digit_ids(identity: Identity) -> frozenset:
+    """The input's IDs of digits alone (as ASCII digits, without leading zeros), for numbers grouped by points."""
+    cached = getattr(identity, "_digit_ids_cache", None)
+    stamp = (len(identity.patient_ids), len(identity.other), len(identity.visit_ids))
+    if cached is None or cached[0] != stamp:
+        ids = {_ascii_digits(i) for i in identity.identifiers}
+        cached = (stamp, frozenset(i.lstrip("0") or "0" for i in ids if i.isdigit()))
+        object.__setattr__(identity, "_digit_ids_cache", cached)
+    return cached[1]
+
+
 def _fallback(case) -> str:
     """What names a case's patient when it has no PatientID: its first dose's study."""
     first = case.doses[0] if case.doses else None
@@ -2743,6 +2760,10 @@ class IdentityGuard:
     def __init__(self, identity: Identity, keep_uids: bool = False) -> None:
         self.source = identity
         self.keep_uids = keep_uids
+        #: the IDs of digits alone, without leading zeros: a number grouped by points is one where its digits are
+        self.digit_ids = frozenset(
+            d.lstrip("0") or "0" for d in (_ascii_digits(i) for i in identity.identifiers) if d.isdigit()
+        )
         self.alone = {
             "".join(c for c in part.casefold() if c.isalnum())
             for parts in identity.persons
@@ -2902,11 +2923,12 @@ class IdentityGuard:
             found = self.find(text.replace(REMOVED, ""), words, own, joined_names, padded)
             if found:
                 return found
-        if text.count(".") >= 2:  # a whole number grouped by points (12.345.678) read as grouped by commas (AR7)
-            for match in _POINT_GROUPED.finditer(text):
-                found = self.find(match.group(0).replace(".", ","), words=False, joined_names=False, padded=padded)
-                if found:
-                    return found
+        if (  # a whole number grouped by points (12.345.678: AR7)
+            text.count(".") >= 2
+            and self.digit_ids
+            and any(_grouped_digits(m.group(0)) in self.digit_ids for m in _POINT_GROUPED.finditer(text))
+        ):
+            return "a patient ID"
         if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
             # component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11)
             text = _DOTTED_RUN.sub(lambda m: " " if m.group(0) in self.uids else m.group(0), text)
