@@ -4335,6 +4335,21 @@ def test_a_name_stored_as_utf8_read_as_latin1_is_found_as_typed(tmp_path, capsys
     _nowhere_in(out, ("M\u00fcller", "J\u00fcrgen", "Muller", "Mueller", "M\u00c3\u00bcller"))
 
 
+def test_a_name_stored_mixing_latin1_and_windows1252_bytes_is_repaired():
+    """Forty-sixth hostile trial AT4: ``Wiśniewski^Łukasz`` stored as Windows decodes UTF-8 (``WiÅ›niewski^Å\x81ukasz``:
+    ``›`` only Windows-1252 maps back, U+0081 only Latin-1) was repaired by neither codec, and the name as typed stayed
+    in clear. Each character is taken back to its byte."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name("Wi\u00c5\u203aniewski^\u00c5\u0081ukasz")
+    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in ["PTV_Wi\u015bniewski", "\u0141ukasz_boost", "Wisniewski CTV", "GTV Lukasz"]:
+        assert guard.find(text) == "a patient name", text
+        assert "[removed]" in pseudonymizer.name(text), text
+    assert guard.find("PTV_Wisla") == ""
+
+
 def test_no_advice_nor_channel_names_a_rewritten_roi_as_rois_cannot_select_it(tmp_path, capsys):
     """Forty-fourth hostile trial AR9: under --pseudonymize dataset.json's ``label_note`` advised ``--rois
     "[removed]_L,..."``, names as the export wrote them; --rois matches the input's names, so following the advice

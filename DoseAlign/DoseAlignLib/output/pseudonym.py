@@ -2666,13 +2666,22 @@ def _utf8_read_as_latin1(text: str) -> Optional[str]:
     (forty-fourth hostile trial AR6: the name as typed in the ROI names was found by neither side)."""
     if text.isascii():
         return None
-    for codec in ("cp1252", "latin-1"):
-        try:
-            repaired = text.encode(codec).decode("utf-8")
-        except (UnicodeEncodeError, UnicodeDecodeError):
+    # each character back to its byte: Latin-1's own (U+0081 of Ł's 0xC5 0x81, which Windows-1252 has no character
+    # for), else Windows-1252's (› of ś's 0xC5 0x9B): a name holds both (WiÅ›niewski^Å\x81ukasz: forty-sixth AT4)
+    data = bytearray()
+    for char in text:
+        if ord(char) < 256:
+            data.append(ord(char))
             continue
-        return repaired if repaired != text else None
-    return None
+        try:
+            data += char.encode("cp1252")
+        except UnicodeEncodeError:
+            return None
+    try:
+        repaired = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return repaired if repaired != text else None
 
 
 def _grouped_digits(number: str) -> str:
