@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import itertools
@@ -335,7 +336,17 @@ def export_folder(
     manifest_name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
     if shard is not None:  # what merge_shards needs to build dataset.json / dataset.h5 like a single run
         settings = _shard_settings(formats, {**_input_digest(found_ids, pseudonymizer), "rows": len(own)})
-        write_text_atomic(out_dir / manifest_name.replace(".csv", ".json"), json_text(settings))
+        settings_file = out_dir / manifest_name.replace(".csv", ".json")
+        try:
+            write_text_atomic(settings_file, json_text(settings))
+        except OSError as error:  # a full disk (exit 4) or a file that cannot be replaced: named (forty-seventh AU2)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                raise output_fault(error, out_dir, then="run the command again; nothing was exported") from None
+            raise DoseAlignError(
+                f"{settings_file.name} cannot be written: {error.strerror or error}",
+                path=out_dir,
+                hint="make it writable (an immutable file: chattr -i), then run again; nothing was exported",
+            ) from None
     reserve = DescriptorReserve()  # for the manifest, should the run reach its open-file limit
 
     def write_rows(rows_now: list) -> Path:
@@ -503,7 +514,10 @@ def export_folder(
     report.rows = [r for r in rows if r is not None]
     report.rows.extend(extra_rows)
     stuck = []  # what this run made and could not remove: a replaced case folder's earlier export (a file in use)
-    remove_owned(out_dir, claim.token, stuck, record_too=False)
+    try:
+        remove_owned(out_dir, claim.token, stuck, record_too=False)
+    except OSError as error:  # the output folder itself is gone, moved or removed while the run wrote (AU3)
+        report.fault = report.fault or f"{out_dir}: {error.strerror or error}"
     if scheduler:  # a Dask worker of this run killed while it ran a case left its own claim's entries, removed by the
         # next run only (the pool's workers write under this run's token: thirty-seventh trial AK10); a tcp:// worker
         # on this host as well (forty-third AQ7); only a provably dead owner's entries go, so not another host's
@@ -548,11 +562,17 @@ def export_folder(
         report.fault = f"manifest.csv: {output_fault(error, out_dir)}"
         return report
     if report_html and shard is None:
-        write_report(
-            out_dir,
-            all_rows,
-            source="input: (pseudonymized)" if pseudonymizer is not None else f"input: {input_root}",
-        )
+        try:
+            write_report(
+                out_dir,
+                all_rows,
+                source="input: (pseudonymized)" if pseudonymizer is not None else f"input: {input_root}",
+            )
+        except OSError as error:  # a full disk, a report.html that cannot be replaced: named, exit 4 (AU2)
+            fault = output_fault(
+                error, out_dir, then="the cases and manifest.csv are in place; run again with --resume"
+            )
+            report.fault = f"report.html: {fault}"
     return report
 
 

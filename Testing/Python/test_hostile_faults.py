@@ -3033,3 +3033,48 @@ def test_a_stop_lost_in_a_weakref_callback_prints_no_traceback():
     for error in (Terminated(), KeyboardInterrupt(), ValueError("other")):
         hook(types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None, object=print))
     assert [type(u.exc_value) for u in printed] == [ValueError]
+
+
+@pytest.mark.parametrize("where", ["report.html", "shard settings", "OUT gone at the end"])
+def test_faults_at_the_exports_last_and_first_writes_are_named(cohort, tmp_path, monkeypatch, capsys, where):
+    """Forty-seventh hostile trial AU2, AU3: report.html that could not be written at the end of an export (a full
+    disk, an immutable file), the shard settings file at a --shard run's start, and OUT moved away while the run
+    wrote (its own clean-up then met no folder) ended in a traceback and exit 1. They are named: exit 4 for a full
+    disk or a vanished OUT, exit 2 for a file that cannot be replaced at the start."""
+    import errno
+
+    from DoseAlignLib import batch
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def immutable(*_args, **_kwargs):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    out = tmp_path / "out"
+    args = ["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    if where == "report.html":
+        monkeypatch.setattr(batch, "write_report", full)
+        assert main(args) == 4
+        printed = capsys.readouterr()
+        assert "report.html:" in printed.err and "(ENOSPC)" in printed.err and "Traceback" not in printed.err
+        assert "5 ok, 0 failed" in printed.out and len(hostile.manifest(out)) == 5, printed.out
+        return
+    if where == "shard settings":
+        for fault, code, said in [
+            (full, 4, "(ENOSPC)"),
+            (immutable, 2, "manifest.shard-1-of-2.json cannot be written"),
+        ]:
+            monkeypatch.setattr(batch, "write_text_atomic", fault)
+            assert main([*args, "--shard", "1/2"]) == code
+            err = capsys.readouterr().err
+            assert said in err and "Traceback" not in err, err
+        return
+
+    def gone(*_args, **_kwargs):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(out))
+
+    monkeypatch.setattr(batch, "remove_owned", gone)
+    assert main(args) == 4
+    err = capsys.readouterr().err
+    assert "No such file or directory" in err and "Traceback" not in err, err
