@@ -318,6 +318,7 @@ def export_folder(
     pseudonyms = pseudonymizer.fingerprint if pseudonymizer is not None else "none"
     shard_name = f"{shard[0]}/{shard[1]}" if shard is not None else None
     claim = claim_for(out_dir, {"pseudonyms": pseudonyms, "shard": shard_name})
+    out_identity = _folder_identity(out_dir)  # the folder OUT names now: checked before the run's last writes
     if shard is None:  # a run that started with this one and claimed OUT since (the claim is released on return)
         _check_no_other_run(out_dir, claimed=True)
     else:  # shards run side by side on purpose: other shards, all plain or all with one key
@@ -350,6 +351,8 @@ def export_folder(
     reserve = DescriptorReserve()  # for the manifest, should the run reach its open-file limit
 
     def write_rows(rows_now: list) -> Path:
+        if _folder_identity(out_dir) != out_identity:  # another folder behind OUT's path: not this run's to write
+            raise OSError(errno.ESTALE, REPLACED_OUT, str(out_dir))
         try:
             return write_manifest(out_dir, rows_now, manifest_name)
         except OSError as error:
@@ -535,6 +538,9 @@ def export_folder(
             report.manifest = write_rows(all_rows)
         except OSError as error:
             report.fault += f"; manifest.csv could not be written either ({error.strerror or error})"
+        return report
+    if _folder_identity(out_dir) != out_identity:  # nothing more is written there (forty-seventh trial AU4)
+        report.fault = f"{out_dir}: {REPLACED_OUT}; manifest.csv, report.html and the dataset files were not written"
         return report
     if formats is not None and shard is None:
         try:
@@ -1821,6 +1827,21 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
     finally:
         if output is not None:  # the case failed: its unfinished folder goes
             output.discard()
+
+
+#: Why a run writes no more into OUT: the folder its path names is not the one the run started in.
+REPLACED_OUT = "the output folder was replaced while the export ran (moved, removed, or a link put in its place)"
+
+
+def _folder_identity(folder: Path) -> Optional[tuple]:
+    """``(device, inode)`` of the folder ``folder`` names now (a link followed), None where there is none: a user who
+    moved OUT away and put a link to a folder of theirs in its place had its manifest.csv replaced by the run's
+    (forty-seventh hostile trial AU4)."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino)
 
 
 def _made_as(name: str, token: str) -> str:

@@ -3078,3 +3078,28 @@ def test_faults_at_the_exports_last_and_first_writes_are_named(cohort, tmp_path,
     assert main(args) == 4
     err = capsys.readouterr().err
     assert "No such file or directory" in err and "Traceback" not in err, err
+
+
+def test_an_out_replaced_by_a_link_while_the_export_runs_gets_nothing_more(cohort, tmp_path, monkeypatch, capsys):
+    """Forty-seventh hostile trial AU4: OUT moved away during the run and a link to a user's folder put in its place:
+    the run's last manifest writing replaced the user's own manifest.csv there. The run writes nothing more where
+    OUT's path names another folder than the one it started in: exit 4, named."""
+    from DoseAlignLib import batch
+
+    out, mine = tmp_path / "out", tmp_path / "mine"
+    mine.mkdir()
+    (mine / "manifest.csv").write_text("my own table\n", encoding="utf-8")
+    real_run_case = batch.run_case
+
+    def swapped_first(case, *args, **kwargs):
+        if not out.is_symlink():
+            out.rename(tmp_path / "out.moved")
+            out.symlink_to(mine, target_is_directory=True)
+        return real_run_case(case, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "run_case", swapped_first)
+    code = main(["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"])
+    err = capsys.readouterr().err
+    assert code == 4 and "the output folder was replaced while the export ran" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["manifest.csv"]
+    assert (mine / "manifest.csv").read_text(encoding="utf-8") == "my own table\n"
