@@ -4234,6 +4234,10 @@ def test_summed_plans_labels_stay_out_of_the_prose(tmp_path, capsys):
         ("03/14/1958", "04/15/2023", "every file"),
         ("1958/3/14", "2023-4-15", "every file"),
         ("580314", "230415", "every file"),
+        ("14.03.58", "15.04.23", "every file"),  # (forty-sixth trial AT1: two-digit years, spaces, month names)
+        ("14 03 1958", "15 04 2023", "every file"),
+        ("14-MAR-1958", "15-APR-2023", "every file"),
+        ("58-03-14", "23-04-15", "CT slices only"),
         ("14.03.1958", "15.04.2023", "CT slices only"),
     ],
 )
@@ -4272,6 +4276,16 @@ def test_a_date_value_is_read_as_written_both_ways_where_day_and_month_could_be_
     assert "19580314" in dates_of_value("1958/3/14", "DA")
     assert not {"19581403", "19580014"} & set(dates_of_value("14.03.1958", "DA"))  # (no month 14)
     assert {"19580314", "20580314"} <= set(dates_of_value("580314", "DA"))
+    for written in [
+        "14.03.58",
+        "58-03-14",
+        "14 03 1958",
+        "14-MAR-1958",
+        "14 March 58",
+        "1958-Mar-14",
+        "March 14, 1958",
+    ]:
+        assert "19580314" in dates_of_value(written, "DA"), written
     assert dates_of_value("581403", "DA") == []  # (no month 14)
 
 

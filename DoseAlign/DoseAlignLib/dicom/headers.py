@@ -805,40 +805,71 @@ def quick_dates(ds: Dataset, keyword: str) -> set:
 
 #: A date written with separators in a header, against the standard's YYYYMMDD: the year first (``1958/3/14``), or
 #: last, after the day or the month (``14.03.1958``, ``03/14/1958``), as local scripts and old converters write them.
-_SEPARATED_DATE = re.compile(r"(?<!\d)(?:(\d{4})([./-])(\d{1,2})\2(\d{1,2})|(\d{1,2})([./-])(\d{1,2})\6(\d{4}))(?!\d)")
+#: Between a date's parts in a header written against the standard: a point, slash or dash (spaced or not), or spaces.
+_DATE_GAP = r"(?:\s*[./-]\s*|\s+)"
+#: A date written with separators in a header, against the standard's YYYYMMDD: the year first (``1958/3/14``), or
+#: last, after the day or the month (``14.03.1958``, ``03/14/1958``, ``14 03 1958``), the year of four digits or two
+#: (``14.03.58``, ``58-03-14``), as local scripts and old converters write them.
+_SEPARATED_DATE = re.compile(
+    rf"(?<![\d.])(?:(\d{{4}}){_DATE_GAP}(\d{{1,2}}){_DATE_GAP}(\d{{1,2}})"
+    rf"|(\d{{1,2}}){_DATE_GAP}(\d{{1,2}}){_DATE_GAP}(\d{{4}}|\d{{2}}))(?![\d])"
+)
+_MONTH_ABBREVIATIONS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
+#: A date with its month's English name: ``14-MAR-1958``, ``14 March 58``, ``1958-Mar-14``, ``March 14, 1958``.
+_NAMED_DATE = re.compile(
+    rf"(?<![\d])(?:(\d{{1,2}})(?:st|nd|rd|th)?[\s./,-]*{_MONTH}[\s./,-]*(\d{{4}}|\d{{2}})"
+    rf"|(\d{{4}})[\s./,-]*{_MONTH}[\s./,-]*(\d{{1,2}})"
+    rf"|{_MONTH}[\s./,-]*(\d{{1,2}})(?:st|nd|rd|th)?[\s./,-]+(\d{{4}}))(?![\d])",
+    re.IGNORECASE,
+)
+
+
+def _years(year: str) -> list:
+    """A year as written: four digits, or two in either century."""
+    return [year] if len(year) == 4 else [f"19{year}", f"20{year}"]
 
 
 def dates_of_value(value: str, vr: str = "DT") -> list:
     """The YYYYMMDD dates of a DA or DT value: its first eight digits (``2023.04.18``, the old ACR-NEMA form, too),
     and the first eight of each run of at least eight digits (a range ``20230420-20230421`` holds two: twenty-seventh
     hostile trial AA9); of a DA, each eight of its digits (a range ``2023.04.20-2023.04.21`` or
-    ``2023-04-20-2023-04-21``: twenty-eighth AB3). A date written with separators is read as written, both ways
-    when its day and month could be either (``14.03.1958`` is no ``14031958``: the birth date stayed in clear,
-    forty-fourth hostile trial AR4); six digits alone as YYMMDD, in either century (``580314``)."""
+    ``2023-04-20-2023-04-21``: twenty-eighth AB3). A date written otherwise is read as written, every way its day,
+    month and year could be taken (``14.03.1958`` is no ``14031958``: the birth date stayed in clear, forty-fourth
+    hostile trial AR4; ``14.03.58``, ``14 03 1958``, ``14-MAR-1958``: forty-sixth AT1); six digits alone as YYMMDD,
+    in either century (``580314``)."""
     digits = re.sub(r"\D", "", value)
     found = [digits[:8]] if len(digits) >= 8 else []
     if vr == "DA":
         found += [digits[n : n + 8] for n in range(8, len(digits) - 7, 8)]
     found += [run[:8] for run in re.findall(r"\d{8,}", value)]
-    readings_of_six = []
+    readings: list = []  # (year, month, day) as written
     if re.fullmatch(r"\s*\d{6}\s*", value):  # YYMMDD (580314), in either century
         six = value.strip()
-        readings_of_six = [(century + six[:2], six[2:4], six[4:]) for century in ("19", "20")]
-    for year, month, day in readings_of_six:
-        date = f"{year}{month}{day}"
-        if 1 <= int(month) <= 12 and 1 <= int(day) <= 31 and date not in found:
-            found.append(date)
+        readings += [(year, six[2:4], six[4:]) for year in _years(six[:2])]
     for match in _SEPARATED_DATE.finditer(value):
         if match.group(1):
-            readings = [(match.group(1), match.group(3), match.group(4))]
-        else:  # day first, month first
-            readings = [
-                (match.group(8), match.group(7), match.group(5)),
-                (match.group(8), match.group(5), match.group(7)),
-            ]
-        for year, month, day in readings:
+            readings.append((match.group(1), match.group(2), match.group(3)))
+            continue
+        a, b, year = match.group(4), match.group(5), match.group(6)
+        for full in _years(year):
+            readings += [(full, b, a), (full, a, b)]  # day first, month first
+        if len(year) == 2 and len(a) == 2:  # all two digits: also the year first (58-03-14)
+            readings += [(full, b, year) for full in _years(a)]
+    for match in _NAMED_DATE.finditer(value):
+        groups = match.groups()
+        if groups[0]:  # day, month, year
+            day, month, year = groups[0], groups[1], groups[2]
+        elif groups[3]:  # year, month, day
+            year, month, day = groups[3], groups[4], groups[5]
+        else:  # month, day, year
+            month, day, year = groups[6], groups[7], groups[8]
+        number = str(_MONTH_ABBREVIATIONS.index(month.lower()) + 1)
+        readings += [(full, number, day) for full in _years(year)]
+    for year, month, day in readings:
+        if 1 <= int(month) <= 12 and 1 <= int(day) <= 31:
             date = f"{int(year):04d}{int(month):02d}{int(day):02d}"
-            if 1 <= int(month) <= 12 and 1 <= int(day) <= 31 and date not in found:
+            if date not in found:
                 found.append(date)
     return found
 
