@@ -418,11 +418,11 @@ def export_folder(
                 if leak:
                     why = [f"its outputs hold what the input now tells to be identity ({leak})"]
             if not why and pseudonymizer is not None:  # its channel names as this run's cases write them (AR8)
-                stale = pseudonymizer.untagged_alike(existing.meta)
+                stale = pseudonymizer.names_written_otherwise(existing.meta)
                 if stale:
                     why = [
-                        f"{len(stale)} of its ROI names are written with a keyed tag now (another ROI name of the "
-                        "input rewrites alike)"
+                        f"{len(stale)} of its ROI names are written otherwise now, with a keyed tag or without (the "
+                        "input's ROI names that rewrite alike changed)"
                     ]
             if not why:
                 record(index, manifest_row(case, "skipped", KEPT, existing.meta))

@@ -944,3 +944,38 @@ def test_resume_after_the_input_gained_an_roi_that_rewrites_alike_names_each_roi
     channels = sorted(names[0] for names in written)
     assert len(set(channels)) == 2 and all(len(c) == len("[removed]_L") + 9 for c in channels), channels
     assert sorted(channels.count(c) for c in set(channels)) == [1, 3], channels
+
+
+def test_resume_after_the_roi_that_rewrote_alike_left_the_input_names_each_roi_once(tmp_path, capsys):
+    """Forty-sixth hostile trial AT7, the reverse of AR8: the patient ``Lens`` whose ``Lens_L`` made every lung a
+    keyed-tag channel (``[removed]_L_307eeb34``) left the input; ``--resume`` kept the tagged lungs and wrote the new
+    case's lung untagged (``[removed]_L``). Such a kept case is exported again."""
+    import shutil
+
+    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6)}
+    root = tmp_path / "in"
+
+    def patient(n: int, name: str, roi: str) -> None:
+        truth = hostile.study(root / f"p{n}", f"MRN-30{n}555", 200 + n, patient_name=name, **spec)
+        ds = dd.read(truth.struct_file)
+        ds.StructureSetROISequence[2].ROIName = roi
+        dd.save(ds, truth.struct_file)
+
+    patient(0, "Lung^Wei", "Lung_L")
+    patient(1, "Kowalski^Jan", "Lung_L")
+    patient(2, "Lens^Maria", "Lens_L")
+    (tmp_path / "site.key").write_text("5a" * 32, encoding="utf-8")
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), *args]) == 0
+    shutil.rmtree(root / "p2")
+    patient(3, "Novak^Eva", "Lung_L")
+    assert main(["export", str(root), str(out), *args, "--resume"]) == 0
+    capsys.readouterr()
+    listed = {row["case_id"] for row in hostile.manifest(out)}
+    written = [
+        [n for n in json.loads((out / case / "meta.json").read_text(encoding="utf-8"))["structures"]["names"]
+         if n.startswith("[removed]_L")]
+        for case in sorted(listed)
+    ]  # fmt: skip
+    assert len(written) == 3 and {tuple(names) for names in written} == {("[removed]_L",)}, written

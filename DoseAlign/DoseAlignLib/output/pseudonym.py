@@ -981,18 +981,41 @@ class Pseudonymizer:
         object.__setattr__(self, "_rewrites", rewrites)
         self._tag_alike(rewrites)
 
-    def untagged_alike(self, meta: dict) -> list:
-        """The ROI names a kept case's meta.json records without the keyed tag this run gives them: two of the input's
-        ROI names rewrite to them now (the input gained Lens_L of a patient Lens beside Lung_L of a patient Lung), and
-        the case would name that ROI otherwise than this run's cases (forty-fourth hostile trial AR8)."""
-        alike = getattr(self, "_alike", frozenset())
+    def names_written_otherwise(self, meta: dict) -> list:
+        """The ROI names a kept case's meta.json records otherwise than this run writes them: without the keyed tag this
+        run gives them (two of the input's ROI names rewrite to them now: the input gained Lens_L of a patient Lens
+        beside Lung_L of a patient Lung, forty-fourth hostile trial AR8), or with one it no longer gives (the patient
+        Lens left the input: forty-sixth AT7). The case would name that ROI otherwise than this run's cases."""
         structures = meta.get("structures") if isinstance(meta, dict) else None
-        if not alike or not isinstance(structures, dict):
+        if not isinstance(structures, dict):
             return []
         names = list(structures.get("names") or []) + [
             s.get("name") for s in structures.get("skipped") or [] if isinstance(s, dict)
         ]
-        return sorted({n for n in names if isinstance(n, str) and n.casefold() in alike})
+        alike = getattr(self, "_alike", frozenset())
+        stale = set()
+        for name in (n for n in names if isinstance(n, str) and REMOVED in n):
+            if name.casefold() in alike:
+                stale.add(name)
+                continue
+            tagged = re.fullmatch(r"(.+)_([0-9a-f]{8})", name)
+            if (
+                tagged
+                and tagged.group(1) != REMOVED  # (a name that was identity as a whole is always tagged: U12)
+                and tagged.group(1).casefold() not in alike
+                and tagged.group(2) in self._roi_tags()
+            ):
+                stale.add(name)
+        return sorted(stale)
+
+    def _roi_tags(self) -> frozenset:
+        """The keyed tags of the input's ROI names (whichever of them this run tags)."""
+        cached = getattr(self, "_roi_tags_cache", None)
+        if cached is None or cached[0] is not self.identity:
+            tags = frozenset(self._digest("roi", n.strip().casefold()).hex()[:8] for n in self.identity.roi_names if n)
+            cached = (self.identity, tags)
+            object.__setattr__(self, "_roi_tags_cache", cached)
+        return cached[1]
 
     def _name_piece(self, value: str) -> str:
         if not value:
