@@ -4316,7 +4316,13 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
     # "please report it" for an ROI "MC 1.250.000" (forty-sixth trial AT3)
     from DoseAlignLib.output.pseudonym import Pseudonymizer
 
-    for patient, text in [("2500", "MC 1.250.000"), ("1000", "Ring 10.000.000"), ("12345678", "v1.12.345.678")]:
+    for patient, text in [
+        ("2500", "MC 1.250.000"),
+        ("1000", "Ring 10.000.000"),
+        ("12345678", "v1.12.345.678"),
+        ("2500", "MC 1,250,000"),  # (grouped by commas: the check read 250,000 as 250,0 with its zeros dropped)
+        ("1000", "Ring 10,000,000"),
+    ]:
         identity = Identity(patient_ids={patient})
         assert IdentityGuard(identity).find(text) == "", (patient, text)
         assert Pseudonymizer(key=b"k" * 32, identity=identity).name(text) == text, (patient, text)
