@@ -365,3 +365,28 @@ def test_absolute_frame_offsets_rounded_off_the_first_frames_z(tmp_path, positio
     assert meta["dose"]["native_grids"][0]["gfov_mode"] == "absolute"
     warnings = meta["dose"]["native_grids"][0]["warnings"]
     assert any("0.02 mm from the first frame's z" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("position", ["HFS", "FFS"])
+def test_absolute_frame_offsets_of_a_dose_tilted_off_axial(tmp_path, position):
+    """Forty-ninth hostile trial AW2: absolute GridFrameOffsetVector values (patient z) whose first equals the first
+    frame's z, of a dose whose slice normal is a tenth of a degree off z, were read as relative offsets: a feet-first
+    dose was mirrored along z, status ok. Near z (within about 5 degrees) they are z coordinates, converted to
+    distances along the normal."""
+    import dicom_damage as dd
+
+    spec = PhantomSpec(patient_position=position, dose_oblique_degrees=(0.1, 0.0, 0.0), with_structures=False)
+    truth = write_phantom(tmp_path / "dicom", spec)
+    for path in truth.dose_files:
+        ds = dd.read(path)
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        assert 0.999 < abs(normal[2]) < 1 - 1e-6  # (tilted, yet near z: else this test proves nothing)
+        z0 = float(ds.ImagePositionPatient[2])
+        ds.GridFrameOffsetVector = [f"{z0 + float(o) * normal[2]:.6f}" for o in ds.GridFrameOffsetVector]
+        dd.save(ds, path)
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(structures=False))
+    assert [r["status"] for r in report.rows] == ["ok"], report.rows
+    arrays, meta = load_case(tmp_path / "out" / report.rows[0]["case_id"])
+    assert meta["dose"]["native_grids"][0]["gfov_mode"] == "absolute"
+    assert_dose_exact(truth, arrays, meta)

@@ -24,6 +24,8 @@ TAG_SCALING = "(3004,000E) DoseGridScaling"
 TAG_UNITS = "(3004,0002) DoseUnits"
 #: How close (mm) GFOV[0] must be to the first frame's z to be read as absolute ("option b").
 ABSOLUTE_GFOV_TOLERANCE_MM = 0.01
+#: How close to z the dose's slice normal must be (its z component) for absolute offsets: within about 5 degrees.
+AXIAL_NORMAL_Z = 0.996
 #: How far (mm) GFOV[0] may be from the first frame's z and still be read as absolute, with a warning: values rounded
 #: when written (and at most a quarter of the frame step: a relative vector starting elsewhere than 0 is not that close).
 NEAR_ABSOLUTE_GFOV_MM = 0.5
@@ -122,7 +124,9 @@ def dose_geometry(ds: Dataset, path: Path) -> DoseGeometry:
     if gfov.size > frames:
         warnings.append(f"{TAG_GFOV} has {gfov.size} values for {frames} frames; the first {frames} are used")
         gfov = gfov[:frames]
-    axial = abs(abs(normal[2]) - 1.0) < 1e-6
+    # z coordinates along a normal near z (a tilt of 0.11 deg read them as relative offsets: a feet-first grid was
+    # mirrored, forty-ninth hostile trial AW2); they are converted to distances along the normal below
+    axial = abs(normal[2]) >= AXIAL_NORMAL_Z
     off_by = abs(gfov[0] - ipp[2])
     steps_z = np.abs(np.diff(gfov))
     if gfov[0] == 0.0:
