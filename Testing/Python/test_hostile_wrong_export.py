@@ -2543,3 +2543,26 @@ def test_an_input_file_changed_while_its_case_runs_fails_the_case(tmp_path, caps
     assert "changed since the input was scanned" in row["reason"] or "cannot be" in row["reason"], row["reason"]
     assert Path(named).name in row["reason"], row["reason"]
     assert not (out / row["case_id"]).exists()
+
+
+def test_a_case_read_through_another_mount_of_its_files_is_no_changed_input(tmp_path, capsys, monkeypatch):
+    """Forty-ninth hostile trial AW1: a ``tcp://`` Dask worker on another node sees the input's share under its own
+    device number; the inode check of AU1 compared (device, inode) and failed every case there "another file of its
+    size and time is in its place". The inode counts on the device the scan saw only."""
+    from DoseAlignLib import batch
+
+    root = tmp_path / "in"
+    hostile.study(root / "p", "MOUNT-1", 146, with_structures=False, ct_size=(32, 32, 16))
+    real = batch.form_cases
+
+    def seen_on_another_mount(*args, **kwargs):
+        linked = real(*args, **kwargs)
+        for case in linked.cases:
+            for obj in [*case.doses, *(case.ct.file_objects if case.ct else [])]:
+                device, inode = obj.info["inode"]
+                obj.info["inode"] = (device + 1, inode + 7)  # (another client's device; its own inode numbers)
+        return linked
+
+    monkeypatch.setattr(batch, "form_cases", seen_on_another_mount)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
