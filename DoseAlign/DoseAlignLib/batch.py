@@ -1161,15 +1161,7 @@ def _kept_leaks(found, carried: list, named: set, pseudonymizer) -> list:
         case = found.cases.get(case_id)
         if case_id in named:
             continue
-        with pseudonymizer.pseudonyms_of(row):  # (its tokens are DoseAlign's: AN1)
-            leak = next(
-                (
-                    f"{pseudonymizer.guard.find(str(v))} in manifest.csv"
-                    for v in row.values()
-                    if v and pseudonymizer.guard.find(str(v))
-                ),
-                "",
-            )
+        leak = pseudonymizer.leak_in_kept_row(row)
         if not leak and case is not None and case.complete and isinstance(case.meta, dict):
             leak = pseudonymizer.leak_in_kept_case(case.folder, case.meta)
         if leak:

@@ -979,3 +979,46 @@ def test_resume_after_the_roi_that_rewrote_alike_left_the_input_names_each_roi_o
         for case in sorted(listed)
     ]  # fmt: skip
     assert len(written) == 3 and {tuple(names) for names in written} == {("[removed]_L",)}, written
+
+
+def test_a_number_of_dosealigns_prose_in_another_inputs_failed_row_is_no_id_of_this_input(tmp_path, capsys):
+    """Forty-eighth hostile trial AV1, AR3's sibling in manifest.csv: another input's failed row says "(3004,000C)
+    GridFrameOffsetVector has 11 values for NumberOfFrames 12"; --append of an input whose PatientID is 3004 was
+    refused (exit 2). Its cells are read as the kept case's meta.json is: an ID of digits alone in its ROI name only."""
+    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 12), "with_structures": False}
+    site_a = hostile.study(tmp_path / "siteA" / "P1", "SITEA-1", 172, patient_name="Aaa^Bbb", **spec)
+    ds = dd.read(site_a.dose_files[0])
+    ds.GridFrameOffsetVector = list(ds.GridFrameOffsetVector)[:-1]
+    dd.save(ds, site_a.dose_files[0])
+    (tmp_path / "site.key").write_text("5a" * 32, encoding="utf-8")
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "siteA"), str(out), *args]) == 1
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed" and "(3004,000C)" in row["reason"], row  # (else this test proves nothing)
+    hostile.study(tmp_path / "siteB" / "P2", "3004", 173, patient_name="Ccc^Ddd", **spec)
+    code = main(["export", str(tmp_path / "siteB"), str(out), *args, "--append"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
+    assert sorted(row["status"] for row in hostile.manifest(out)) == ["failed", "ok"]
+
+
+def test_an_roi_the_input_names_with_dosealigns_mark_is_kept_by_resume(tmp_path, capsys):
+    """Forty-eighth hostile trial AV2: a case whose ROI the input itself names ``[removed]_L`` (an earlier
+    de-identification) was exported again on every --resume, "its ROI names are written otherwise now", once another
+    patient's ``Lung_L`` rewrote to the same name and was tagged: the input's own name is written as it is."""
+    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6)}
+    for n, (patient, name, roi) in enumerate(
+        [("ANON-4711", "Anon^Ymous", "[removed]_L"), ("MRN-1", "Lung^Wei", "Lung_L")]
+    ):
+        truth = hostile.study(tmp_path / "in" / f"p{n}", patient, 210 + n, patient_name=name, **spec)
+        ds = dd.read(truth.struct_file)
+        ds.StructureSetROISequence[2].ROIName = roi
+        dd.save(ds, truth.struct_file)
+    (tmp_path / "site.key").write_text("5a" * 32, encoding="utf-8")
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "in"), str(out), *args]) == 0
+    assert main(["export", str(tmp_path / "in"), str(out), *args, "--resume"]) == 0
+    capsys.readouterr()
+    assert [row["status"] for row in hostile.manifest(out)] == ["skipped", "skipped"]

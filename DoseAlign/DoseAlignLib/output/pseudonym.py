@@ -993,10 +993,13 @@ class Pseudonymizer:
             s.get("name") for s in structures.get("skipped") or [] if isinstance(s, dict)
         ]
         alike = getattr(self, "_alike", frozenset())
+        # (an ROI the input itself names with the mark, [removed]_L, is written as it is, never tagged: AV2)
+        literal = {n.strip().casefold() for n in self.identity.roi_names if REMOVED in n}
         stale = set()
         for name in (n for n in names if isinstance(n, str) and REMOVED in n):
             if name.casefold() in alike:
-                stale.add(name)
+                if name.casefold() not in literal:
+                    stale.add(name)
                 continue
             tagged = re.fullmatch(r"(.+)_([0-9a-f]{8})", name)
             if (
@@ -1610,6 +1613,19 @@ class Pseudonymizer:
         finally:
             object.__setattr__(self, "keep_uids", saved[0])
             object.__setattr__(self, "_guard_cache", saved[1])
+
+    def leak_in_kept_row(self, row: dict) -> str:
+        """Where another input's manifest row, kept by --append, holds what this input tells to be identity ('' where
+        none), as the check reads its cells: its pseudonyms are DoseAlign's (AN1), and an ID of digits alone is looked
+        for in its ROI name only; in DoseAlign's prose of a failed row's reason (``(3004,000C) GridFrameOffsetVector
+        ...``) its numbers are DoseAlign's, as in a kept case's meta.json (forty-eighth hostile trial AV1, after AR3)."""
+        with self.pseudonyms_of(row):
+            for key, value in row.items():
+                if value:
+                    found = (self.guard if key in _NAME_KEYS else self._kept_guard).find(str(value))
+                    if found:
+                        return f"{found} in manifest.csv"
+        return ""
 
     @contextlib.contextmanager
     def pseudonyms_of(self, *written) -> Iterator[None]:
