@@ -4370,6 +4370,20 @@ def test_a_name_stored_mixing_latin1_and_windows1252_bytes_is_repaired():
     assert guard.find("PTV_Wisla") == ""
 
 
+def test_a_name_stored_right_is_not_repaired_into_another():
+    """Forty-eighth hostile trial AV3: an upper-case Czech name stored right, ``PÍŠA^JAN``, encodes to bytes of UTF-8 by
+    chance (ÍŠ: 0xCD 0x8A, a combining mark), and its "repair" ``P\u034aA`` made every ROI ``PA`` (the pulmonary artery)
+    a removed name. A repair gives letters only."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    for name, word in [("P\u00cd\u0160A^JAN", "PA"), ("KN\u00cd\u017dE^PETR", "KNE"), ("M\u00cd\u0160EK^JAN", "MEK")]:
+        identity = Identity()
+        identity.add_name(name)
+        assert IdentityGuard(identity).find(f"{word}_trunk") == "", name
+        assert Pseudonymizer(key=b"k" * 32, identity=identity).name(word) == word, name
+        assert IdentityGuard(identity).find("PTV_" + name.split("^")[0].title()) == "a patient name", name
+
+
 def test_no_advice_nor_channel_names_a_rewritten_roi_as_rois_cannot_select_it(tmp_path, capsys):
     """Forty-fourth hostile trial AR9: under --pseudonymize dataset.json's ``label_note`` advised ``--rois
     "[removed]_L,..."``, names as the export wrote them; --rois matches the input's names, so following the advice

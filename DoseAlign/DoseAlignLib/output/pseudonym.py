@@ -2720,7 +2720,12 @@ def _utf8_read_as_latin1(text: str) -> Optional[str]:
         repaired = bytes(data).decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return repaired if repaired != text else None
+    # a name stored right that encodes to bytes of UTF-8 by chance (PÍŠA: 0xCD 0x8A, a combining mark) is no such
+    # name: a repair gives letters only (forty-eighth hostile trial AV3)
+    added = [c for c in repaired if not c.isascii()]
+    if repaired == text or not all(unicodedata.category(c).startswith("L") for c in added):
+        return None
+    return repaired
 
 
 def _grouped_digits(number: str) -> str:
