@@ -4322,6 +4322,9 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
         ("12345678", "v1.12.345.678"),
         ("2500", "MC 1,250,000"),  # (grouped by commas: the check read 250,000 as 250,0 with its zeros dropped)
         ("1000", "Ring 10,000,000"),
+        ("2500", "MC 1 250 000"),  # (by spaces, thin spaces, apostrophes: forty-eighth trial AV5)
+        ("2500", "MC 1\u2009250\u2009000"),
+        ("2500", "MC 1'250'000"),
     ]:
         identity = Identity(patient_ids={patient})
         assert IdentityGuard(identity).find(text) == "", (patient, text)

@@ -3109,9 +3109,10 @@ _ASCII_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
 _DOTTED_RUN = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)+(?![0-9])(?!\.[0-9])")
 #: The zeros a run of digits begins with (``00123``'s ``00``), not after a decimal point, nor after a digit and a
 #: separator (``15-04-23``: zeros inside a number, which the rewriting does not take either; thirty-third hostile
-#: trial AG5), nor after a digit and a comma (``250,000`` is no ``250,0``: a PatientID 2500 failed a case "please
-#: report it", forty-sixth trial AT3): the check reads IDs again without them.
-_PADDED_RUN = re.compile(r"(?<![0-9.])(?<![0-9][-_^,])0+(?=[0-9])")
+#: trial AG5), nor after a digit and a comma, space or apostrophe that groups thousands (``250,000``, ``250 000``,
+#: ``250'000`` are no ``250,0``: a PatientID 2500 failed a case "please report it", forty-sixth and forty-eighth
+#: trials AT3, AV5): the check reads IDs again without them.
+_PADDED_RUN = re.compile("(?<![0-9.])(?<![0-9][-_^,'\u2019 \t\u00a0\u2009\u202f])0+(?=[0-9])")
 
 
 def _in_number(text: str, start: int, end: int) -> bool:
