@@ -2498,7 +2498,14 @@ def test_an_unused_structure_set_on_a_cases_ct_is_not_said_to_lie_on_no_cases_ct
 
 
 @pytest.mark.parametrize(
-    "change", ["two slices swapped", "two slices of one size and time swapped", "a slice removed", "a dose rewritten"]
+    "change",
+    [
+        "two slices swapped",
+        "two slices of one size and time swapped",
+        "a slice rewritten in place, its size and time kept",
+        "a slice removed",
+        "a dose rewritten",
+    ],
 )
 def test_an_input_file_changed_while_its_case_runs_fails_the_case(tmp_path, capsys, monkeypatch, change):
     """Forty-fifth hostile trial AS1: two CT slice files of a case swapped names (``mv``) after the scan; the case
@@ -2510,7 +2517,7 @@ def test_an_input_file_changed_while_its_case_runs_fails_the_case(tmp_path, caps
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "CHANGED-1", 145, with_structures=False, ct_size=(32, 32, 16))
     slices = sorted(truth.ct_files, key=lambda p: float(dd.read(p).ImagePositionPatient[2]))
-    if change == "two slices of one size and time swapped":
+    if change in ("two slices of one size and time swapped", "a slice rewritten in place, its size and time kept"):
         by_size: dict = {}
         for path in slices:
             by_size.setdefault(path.stat().st_size, []).append(path)
@@ -2527,6 +2534,11 @@ def test_an_input_file_changed_while_its_case_runs_fails_the_case(tmp_path, caps
             os.rename(slices[5], aside)
             os.rename(slices[9], slices[5])
             os.rename(aside, slices[9])
+        elif change.startswith("a slice rewritten"):  # (cp -p of another slice onto it: forty-ninth trial AW4)
+            status = slices[5].stat()
+            with open(slices[5], "r+b") as handle:
+                handle.write(slices[9].read_bytes())
+            os.utime(slices[5], ns=(status.st_atime_ns, status.st_mtime_ns))
         elif change == "a slice removed":
             slices[3].unlink()
         else:

@@ -248,6 +248,7 @@ def _scan_file(root: Path, path: Path):
         # what identifies the file's content cheaply (as make and rsync do): --resume compares it
         obj.info["size"], obj.info["mtime_ns"] = status.st_size, status.st_mtime_ns
         obj.info["inode"] = (status.st_dev, status.st_ino)  # (another file moved to its path: the case compares)
+        obj.info["ctime_ns"] = status.st_ctime_ns  # (rewritten in place with its time set back, cp -p: the same)
         return obj
     except UnreadableError as error:
         return ("unreadable", rel, _reason(error), path)

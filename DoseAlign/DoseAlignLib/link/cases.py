@@ -418,7 +418,7 @@ def _conflicting_slices(case: Case) -> Optional[str]:
 
 
 #: What the scan records of a file itself, not of its contents.
-_FILE_FACTS = ("size", "mtime_ns", "inode")
+_FILE_FACTS = ("size", "mtime_ns", "inode", "ctime_ns")
 
 
 def _same_fact(first: dict, other: dict, key: str) -> bool:

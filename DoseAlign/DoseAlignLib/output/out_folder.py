@@ -403,6 +403,16 @@ def check_unchanged_since_scan(case) -> None:
             # whole-second times: forty-seventh hostile trial AU1); on the scan's device only: a Dask worker on
             # another node sees the share under its own device number, and every case failed there (AW1)
             changed.append((obj, "another file of its size and time is in its place"))
+        elif (
+            obj.info.get("ctime_ns") not in (None, status.st_ctime_ns)
+            and inode is not None
+            and inode[0] == status.st_dev
+        ):
+            # written again in place with its size and time kept (cp -p: forty-ninth hostile trial AW4); the change
+            # time of its inode tells, on the scan's device (another node's mount may keep its own)
+            changed.append(
+                (obj, "it was written again with its size and modification time kept (its change time differs)")
+            )
     if changed:
         first, why = changed[0]
         more = f"; and {len(changed) - 1} more of the case's input files changed" if len(changed) > 1 else ""
