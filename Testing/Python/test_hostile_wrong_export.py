@@ -1022,8 +1022,9 @@ def test_a_damaged_structure_set_is_said_by_its_case(clean, tmp_path, capsys, cu
 @pytest.mark.parametrize("damage", ["cut short", "overwritten, its size and time kept"])
 def test_a_structure_set_that_cannot_be_read_when_its_case_runs_is_said(clean, tmp_path, capsys, monkeypatch, damage):
     """F6, the second way: the RTSTRUCT was readable when the input was scanned and is not when the case reads
-    it (replaced, cut short): the case's warnings say so (it was only in meta.json's structures.skipped). Cut
-    short, its size tells that it changed since the scan: the case fails, named (forty-fifth trial AS1)."""
+    it (replaced, cut short): the case's warnings said so (it was only in meta.json's structures.skipped). Now the
+    case fails, named: cut short, by its size (forty-fifth trial AS1); damaged with its size and time kept, by its
+    inode's change time and the SOPInstanceUID it no longer shows (forty-ninth AW4)."""
     from DoseAlignLib import batch
 
     root = _copy(clean, "plan", tmp_path)
@@ -1044,13 +1045,9 @@ def test_a_structure_set_that_cannot_be_read_when_its_case_runs_is_said(clean, t
     code, rows, out = _export(root, tmp_path, capsys)
     (row,) = rows
     rel = struct.relative_to(root).as_posix()
-    if damage == "cut short":
-        assert code == 1 and row["status"] == "failed", row
-        assert row["reason"].startswith(f"{rel}: changed since the input was scanned (its size"), row["reason"]
-        return
-    assert code == 0 and row["status"] == "ok" and row["n_rois"] == "0", row
-    for phrase in (f"RTSTRUCT {rel} cannot be read: (", "none of its ROIs"):
-        assert phrase in row["warnings"], row["warnings"]
+    assert code == 1 and row["status"] == "failed", row
+    said = "its size" if damage == "cut short" else "its contents changed, its size and time kept"
+    assert row["reason"].startswith(f"{rel}: changed since the input was scanned ({said}"), row["reason"]
 
 
 # ---- a fixed channel that several ROIs map to --------------------------------------------------------
@@ -2576,5 +2573,34 @@ def test_a_case_read_through_another_mount_of_its_files_is_no_changed_input(tmp_
         return linked
 
     monkeypatch.setattr(batch, "form_cases", seen_on_another_mount)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
+
+
+@pytest.mark.parametrize("change", ["its mode changed", "the same bytes under a new inode"])
+def test_an_input_file_whose_inode_or_change_time_changed_but_not_its_contents_is_no_changed_input(
+    tmp_path, capsys, monkeypatch, change
+):
+    """AU1 and AW4 are told by a file's inode and its change time, which also change without its contents: a chmod,
+    a file system whose inode numbers are not kept (FAT's), a copy put back in place. The SOPInstanceUID the file holds
+    decides there: the same, the case runs (forty-ninth trial, what it could not try on vfat)."""
+    import shutil
+
+    from DoseAlignLib import batch
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "SAME-1", 147, with_structures=False, ct_size=(32, 32, 16))
+    target = sorted(truth.ct_files)[4]
+    real_run_case = batch.run_case
+
+    def touched_first(case, *args, **kwargs):
+        if change == "its mode changed":
+            os.chmod(target, 0o600)
+        else:
+            shutil.copy2(target, target.with_name("copy"))
+            os.replace(target.with_name("copy"), target)
+        return real_run_case(case, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "run_case", touched_first)
     code, rows, _out = _export(root, tmp_path, capsys)
     assert code == 0 and [r["status"] for r in rows] == ["ok"], rows

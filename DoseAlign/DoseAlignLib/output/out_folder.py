@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..dicom.headers import surely_a_data_set
+from ..dicom.headers import read_header, surely_a_data_set
 from ..errors import DoseAlignError, InputError
 from ..limits import LimitError, open_regular, read_back
 from .case_folder import case_problem, load_meta
@@ -377,6 +377,15 @@ def input_files(case) -> list:
     ]
 
 
+def _same_instance(obj) -> bool:
+    """Whether the file at ``obj``'s path holds the SOPInstanceUID the scan saw there (a header read again)."""
+    try:
+        ds = read_header(obj.path, defer_large=True)
+    except Exception:  # unreadable now: not the file the scan read
+        return False
+    return str(ds.get("SOPInstanceUID", "") or "").strip() == obj.sop_instance_uid
+
+
 def check_unchanged_since_scan(case) -> None:
     """Raise :class:`~DoseAlignLib.errors.InputError` when an input file of ``case`` is not, now that the case has
     read it, the size or modification time the scan saw: the case was formed from what the scan read, its arrays
@@ -398,21 +407,18 @@ def check_unchanged_since_scan(case) -> None:
         inode = obj.info.get("inode")
         if what:
             changed.append((obj, f"its {' and '.join(what)} changed"))
-        elif inode is not None and inode[0] == status.st_dev and inode[1] != status.st_ino:
-            # another file of the same size and time moved to its path (files unpacked from one archive share
-            # whole-second times: forty-seventh hostile trial AU1); on the scan's device only: a Dask worker on
-            # another node sees the share under its own device number, and every case failed there (AW1)
-            changed.append((obj, "another file of its size and time is in its place"))
         elif (
-            obj.info.get("ctime_ns") not in (None, status.st_ctime_ns)
-            and inode is not None
+            inode is not None
             and inode[0] == status.st_dev
+            and (inode[1] != status.st_ino or obj.info.get("ctime_ns") not in (None, status.st_ctime_ns))
+            and not _same_instance(obj)
         ):
-            # written again in place with its size and time kept (cp -p: forty-ninth hostile trial AW4); the change
-            # time of its inode tells, on the scan's device (another node's mount may keep its own)
-            changed.append(
-                (obj, "it was written again with its size and modification time kept (its change time differs)")
-            )
+            # another file of the same size and time moved to its path (files unpacked from one archive share
+            # whole-second times: forty-seventh hostile trial AU1), or written over it with its time set back (cp -p:
+            # forty-ninth AW4): its inode or the inode's change time differs, and so does the SOPInstanceUID it holds
+            # (a file system whose inode numbers change, FAT's, or a chmod, keep it: no refusal there); on the scan's
+            # device only: a Dask worker on another node sees the share under its own device number (AW1)
+            changed.append((obj, "its contents changed, its size and time kept: another SOPInstanceUID or none"))
     if changed:
         first, why = changed[0]
         more = f"; and {len(changed) - 1} more of the case's input files changed" if len(changed) > 1 else ""
