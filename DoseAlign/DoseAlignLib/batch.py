@@ -418,7 +418,7 @@ def export_folder(
                 if leak:
                     why = [f"its outputs hold what the input now tells to be identity ({leak})"]
             if not why and pseudonymizer is not None:  # its channel names as this run's cases write them (AR8)
-                stale = pseudonymizer.names_written_otherwise(existing.meta)
+                stale = pseudonymizer.names_written_otherwise(existing.meta, [s.rel_path for s in case.structs])
                 if stale:
                     why = [
                         f"{len(stale)} of its ROI names are written otherwise now, with a keyed tag or without (the "

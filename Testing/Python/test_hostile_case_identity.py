@@ -1022,3 +1022,34 @@ def test_an_roi_the_input_names_with_dosealigns_mark_is_kept_by_resume(tmp_path,
     assert main(["export", str(tmp_path / "in"), str(out), *args, "--resume"]) == 0
     capsys.readouterr()
     assert [row["status"] for row in hostile.manifest(out)] == ["skipped", "skipped"]
+
+
+def test_resume_after_a_roi_named_with_dosealigns_mark_joined_the_input_tags_the_others(tmp_path, capsys):
+    """Fiftieth hostile trial AX1, a regression of the AV2 fix: a patient ``Lung^Wei`` exported alone has his lungs as
+    ``[removed]_L``; a pre-anonymized patient whose ROI is named ``[removed]_L`` itself joined the input, and
+    --resume kept Wei's untagged name, as that ROI's literal name: one channel name for two ROIs. Only the case's own
+    structure set's names count as its literal names: Wei's case is exported again, tagged."""
+    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6)}
+    root = tmp_path / "in"
+
+    def patient(n: int, patient_id: str, name: str, roi: str) -> None:
+        truth = hostile.study(root / f"p{n}", patient_id, 220 + n, patient_name=name, **spec)
+        ds = dd.read(truth.struct_file)
+        ds.StructureSetROISequence[2].ROIName = roi
+        dd.save(ds, truth.struct_file)
+
+    patient(0, "MRN-1", "Lung^Wei", "Lung_L")
+    (tmp_path / "site.key").write_text("5a" * 32, encoding="utf-8")
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), *args]) == 0
+    patient(1, "ANON-4711", "Anon^Ymous", "[removed]_L")
+    assert main(["export", str(root), str(out), *args, "--resume"]) == 0
+    capsys.readouterr()
+    written = sorted(
+        n
+        for p in out.glob("*/meta.json")
+        for n in json.loads(p.read_text(encoding="utf-8"))["structures"]["names"]
+        if n.startswith("[removed]_L")
+    )
+    assert len(written) == 2 and written[0] == "[removed]_L" and written[1].startswith("[removed]_L_"), written

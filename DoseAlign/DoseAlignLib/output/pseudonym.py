@@ -303,6 +303,8 @@ class Identity:
     other: set = field(default_factory=set)  # accession numbers, other IDs
     visit_ids: set = field(default_factory=set)  # the values of :data:`VISIT_KEYWORDS` (also in ``other``)
     roi_names: set = field(default_factory=set)  # the ROI names of the input's structure sets (at most MAX_RENAMED)
+    #: per structure set (its path), the ROI names it gives that hold DoseAlign's mark itself (``[removed]_L``)
+    marked_roi_names: dict = field(default_factory=dict)
     uids: set = field(default_factory=set)
     paths: set = field(default_factory=set)  # relative paths (files and folders, posix)
     persons: set = field(default_factory=set)  # each PN value's components, in order (joined spellings)
@@ -625,8 +627,11 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
             ident.add_dataset(ds, dates=patient_dates[_patient_key(obj.patient_id)][0])
             if obj.kind == "RTSTRUCT":
                 for roi in ds.get("StructureSetROISequence") or []:
+                    roi_name = str(roi.get("ROIName", "") or "").strip()
                     if len(ident.roi_names) < MAX_RENAMED:
-                        ident.roi_names.add(str(roi.get("ROIName", "") or "").strip())
+                        ident.roi_names.add(roi_name)
+                    if REMOVED in roi_name:
+                        ident.marked_roi_names.setdefault(obj.rel_path, set()).add(roi_name.casefold())
         except Exception:  # a header that cannot be read again adds nothing: its scanned values are in
             continue
     for dates, files in patient_dates.values():
@@ -981,7 +986,7 @@ class Pseudonymizer:
         object.__setattr__(self, "_rewrites", rewrites)
         self._tag_alike(rewrites)
 
-    def names_written_otherwise(self, meta: dict) -> list:
+    def names_written_otherwise(self, meta: dict, struct_paths: Iterable[str] = ()) -> list:
         """The ROI names a kept case's meta.json records otherwise than this run writes them: without the keyed tag this
         run gives them (two of the input's ROI names rewrite to them now: the input gained Lens_L of a patient Lens
         beside Lung_L of a patient Lung, forty-fourth hostile trial AR8), or with one it no longer gives (the patient
@@ -993,8 +998,10 @@ class Pseudonymizer:
             s.get("name") for s in structures.get("skipped") or [] if isinstance(s, dict)
         ]
         alike = getattr(self, "_alike", frozenset())
-        # (an ROI the input itself names with the mark, [removed]_L, is written as it is, never tagged: AV2)
-        literal = {n.strip().casefold() for n in self.identity.roi_names if REMOVED in n}
+        # (an ROI the case's own structure set names with the mark, [removed]_L, is written as it is, never tagged:
+        # AV2; another case's such ROI makes no name of this case right: fiftieth hostile trial AX1)
+        marked = self.identity.marked_roi_names
+        literal = set().union(*(marked.get(path, set()) for path in struct_paths))
         stale = set()
         for name in (n for n in names if isinstance(n, str) and REMOVED in n):
             if name.casefold() in alike:
