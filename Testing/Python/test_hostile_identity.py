@@ -4373,6 +4373,33 @@ def test_a_name_stored_mixing_latin1_and_windows1252_bytes_is_repaired():
     assert guard.find("PTV_Wisla") == ""
 
 
+@pytest.mark.parametrize(
+    "typed, found",
+    [
+        ("D\u2019Angelo^Jos\u00e9", ["PTV_Jos\u00e9", "Jose_CTV", "GTV Angelo"]),
+        ("M\u00fcller\u2013L\u00fcdenscheidt^J\u00fcrgen", ["PTV_M\u00fcller", "J\u00fcrgen_boost"]),
+        ("Colom\u00b7Vidal^N\u00faria", ["ColomVidal_PTV", "N\u00faria_CTV"]),
+        ("Jose\u0301^Nu\u0301n\u0303ez", ["PTV_Jos\u00e9", "N\u00fa\u00f1ez_CTV"]),  # (typed decomposed, NFD)
+    ],
+    ids=["apostrophe", "en dash", "middle dot", "decomposed"],
+)
+def test_a_garbled_name_with_punctuation_or_decomposed_letters_is_repaired(typed, found):
+    """Fiftieth hostile trial AX2, a regression of the AV3 fix: a garbled name (UTF-8 read as Windows-1252) holding a
+    typographic apostrophe, an en dash, a middle dot, or typed decomposed, was no longer repaired (only letters were
+    allowed in a repair), and the name as typed stayed in clear. Punctuation and marks that compose are allowed."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    garbled = "".join(
+        chr(b) if b < 0x80 or b >= 0xA0 or b in (0x81, 0x8D, 0x8F, 0x90, 0x9D) else bytes([b]).decode("cp1252")
+        for b in typed.encode("utf-8")
+    )
+    identity = Identity()
+    identity.add_name(garbled)
+    guard = IdentityGuard(identity)
+    for text in found:
+        assert guard.find(text) == "a patient name", (garbled, text)
+
+
 def test_a_name_stored_right_is_not_repaired_into_another():
     """Forty-eighth hostile trial AV3: an upper-case Czech name stored right, ``PÍŠA^JAN``, encodes to bytes of UTF-8 by
     chance (ÍŠ: 0xCD 0x8A, a combining mark), and its "repair" ``P\u034aA`` made every ROI ``PA`` (the pulmonary artery)

@@ -2727,10 +2727,13 @@ def _utf8_read_as_latin1(text: str) -> Optional[str]:
         repaired = bytes(data).decode("utf-8")
     except UnicodeDecodeError:
         return None
-    # a name stored right that encodes to bytes of UTF-8 by chance (PÍŠA: 0xCD 0x8A, a combining mark) is no such
-    # name: a repair gives letters only (forty-eighth hostile trial AV3)
-    added = [c for c in repaired if not c.isascii()]
-    if repaired == text or not all(unicodedata.category(c).startswith("L") for c in added):
+    # a name stored right that encodes to bytes of UTF-8 by chance (PÍŠA: 0xCD 0x8A, a combining mark on P) is no
+    # such name: a repair gives letters, punctuation and spaces (D’Angelo, Müller–Lüdenscheidt), and marks only where
+    # they compose with their letter (José written decomposed), no control character (forty-eighth and fiftieth
+    # hostile trials AV3, AX2)
+    repaired = unicodedata.normalize("NFC", repaired)
+    added = [unicodedata.category(c) for c in repaired if not c.isascii()]
+    if repaired == text or any(category[0] in "MC" for category in added):
         return None
     return repaired
 
