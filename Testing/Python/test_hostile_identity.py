@@ -4325,6 +4325,11 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
         ("2500", "MC 1 250 000"),  # (by spaces, thin spaces, apostrophes: forty-eighth trial AV5)
         ("2500", "MC 1\u2009250\u2009000"),
         ("2500", "MC 1'250'000"),
+        ("2500", "MC \u0661\u066c\u0662\u0665\u0660\u066c\u0660\u0660\u0660"),  # (fiftieth trial AX3)
+        ("2500", "MC 1\uff0c250\uff0c000"),
+        ("2500", "MC 1\u00b7250\u00b7000"),
+        ("2500", "MC 1\u2007250\u2007000"),
+        ("2500", "MC 1\u02bc250\u02bc000"),
     ]:
         identity = Identity(patient_ids={patient})
         assert IdentityGuard(identity).find(text) == "", (patient, text)

@@ -3119,10 +3119,15 @@ _ASCII_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
 _DOTTED_RUN = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)+(?![0-9])(?!\.[0-9])")
 #: The zeros a run of digits begins with (``00123``'s ``00``), not after a decimal point, nor after a digit and a
 #: separator (``15-04-23``: zeros inside a number, which the rewriting does not take either; thirty-third hostile
-#: trial AG5), nor after a digit and a comma, space or apostrophe that groups thousands (``250,000``, ``250 000``,
-#: ``250'000`` are no ``250,0``: a PatientID 2500 failed a case "please report it", forty-sixth and forty-eighth
-#: trials AT3, AV5): the check reads IDs again without them.
-_PADDED_RUN = re.compile("(?<![0-9.])(?<![0-9][-_^,'\u2019 \t\u00a0\u2009\u202f])0+(?=[0-9])")
+#: trial AG5), nor those of a group of three digits after a digit and a comma, space, apostrophe or another mark
+#: that groups thousands (``250,000``, ``250 000``, ``250'000``, Arabic ``٢٥٠٬٠٠٠``, fullwidth ``250，000`` are no
+#: ``250,0``: a PatientID 2500 failed a case "please report it", forty-sixth, forty-eighth and fiftieth trials AT3,
+#: AV5, AX3; ``C2 01072315`` still holds 1072315): the check reads IDs again without them.
+_PADDED_RUN = re.compile(
+    "(?<![0-9.])(?<![0-9][-_^])"
+    "(?:(?<![0-9][,'\u2019\u02bc\u00b7\u066c\uff0c \t\u00a0\u2007\u2009\u202f])|(?![0-9]{3}(?![0-9])))"
+    "0+(?=[0-9])"
+)
 
 
 def _in_number(text: str, start: int, end: int) -> bool:
