@@ -2728,13 +2728,18 @@ def _utf8_read_as_latin1(text: str) -> Optional[str]:
     except UnicodeDecodeError:
         return None
     # a name stored right that encodes to bytes of UTF-8 by chance (PÍŠA: 0xCD 0x8A, a combining mark on P) is no
-    # such name: a repair gives letters, punctuation and spaces (D’Angelo, Müller–Lüdenscheidt), and marks only where
-    # they compose with their letter (José written decomposed), no control character (forty-eighth and fiftieth
-    # hostile trials AV3, AX2)
+    # such name: a repair gives letters, punctuation and spaces (D’Angelo, Müller–Lüdenscheidt), and marks on letters
+    # of their script or composed with theirs (José written decomposed) (forty-eighth and fiftieth trials AV3, AX2)
     repaired = unicodedata.normalize("NFC", repaired)
-    added = [unicodedata.category(c) for c in repaired if not c.isascii()]
-    if repaired == text or any(category[0] in "MC" for category in added):
+    if repaired == text:
         return None
+    for index, char in enumerate(repaired):
+        category = unicodedata.category(char)
+        # a mark on an ASCII letter, or on nothing, that does not compose with it (PÍŠA's U+034A on P), or a control
+        # character, is no name as typed; a mark on a letter of its script (Thai, Devanagari vowel signs) and a
+        # joiner (Persian's zero-width non-joiner) are (fifty-second hostile trial AZ2)
+        if category == "Cc" or (category[0] == "M" and (index == 0 or repaired[index - 1].isascii())):
+            return None
     return repaired
 
 
@@ -3119,13 +3124,14 @@ _ASCII_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
 _DOTTED_RUN = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)+(?![0-9])(?!\.[0-9])")
 #: The zeros a run of digits begins with (``00123``'s ``00``), not after a decimal point, nor after a digit and a
 #: separator (``15-04-23``: zeros inside a number, which the rewriting does not take either; thirty-third hostile
-#: trial AG5), nor those of a group of three digits after a digit and a comma, space, apostrophe or another mark
-#: that groups thousands (``250,000``, ``250 000``, ``250'000``, Arabic ``٢٥٠٬٠٠٠``, fullwidth ``250，000`` are no
-#: ``250,0``: a PatientID 2500 failed a case "please report it", forty-sixth, forty-eighth and fiftieth trials AT3,
-#: AV5, AX3; ``C2 01072315`` still holds 1072315): the check reads IDs again without them.
+#: trial AG5), nor after a digit and a comma, apostrophe or another mark that groups digits (``250,000``,
+#: ``250'000``, Arabic ``٢٥٠٬٠٠٠``, fullwidth ``250，000``, Indian ``1,00,000``, a decimal comma ``25,00`` are no
+#: ``250,0``: a PatientID 2500 failed a case "please report it", forty-sixth to fifty-second trials AT3, AV5, AX3,
+#: AZ1), nor those of a group of three digits after a digit and a space (``250 000``; ``C2 01072315`` still holds
+#: 1072315): the check reads IDs again without them.
 _PADDED_RUN = re.compile(
-    "(?<![0-9.])(?<![0-9][-_^])"
-    "(?:(?<![0-9][,'\u2019\u02bc\u00b7\u066c\uff0c \t\u00a0\u2007\u2009\u202f])|(?![0-9]{3}(?![0-9])))"
+    "(?<![0-9.])(?<![0-9][-_^,'\u2019\u02bc\u00b7\u066c\uff0c])"
+    "(?:(?<![0-9][ \t\u00a0\u2007\u2009\u202f])|(?![0-9]{3}(?![0-9])))"
     "0+(?=[0-9])"
 )
 
