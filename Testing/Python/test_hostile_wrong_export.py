@@ -1045,9 +1045,20 @@ def test_a_structure_set_that_cannot_be_read_when_its_case_runs_is_said(clean, t
     code, rows, out = _export(root, tmp_path, capsys)
     (row,) = rows
     rel = struct.relative_to(root).as_posix()
-    assert code == 1 and row["status"] == "failed", row
-    said = "its size" if damage == "cut short" else "its contents changed, its size and time kept"
-    assert row["reason"].startswith(f"{rel}: changed since the input was scanned ({said}"), row["reason"]
+    if damage == "cut short":
+        assert code == 1 and row["status"] == "failed", row
+        assert row["reason"].startswith(f"{rel}: changed since the input was scanned (its size"), row["reason"]
+        return
+    # damaged in place, its size and time kept: the case fails where the file no longer shows its SOPInstanceUID
+    # (pydicom 3 cannot read its header), else it runs and says the structure set cannot be read (pydicom 2.4 reads
+    # the header; parsing its ROIs met "No tag to read", an internal error before); named either way
+    if row["status"] == "failed":
+        assert code == 1, row
+        said = "changed since the input was scanned (its contents changed, its size and time kept"
+        assert row["reason"].startswith(f"{rel}: {said}"), row["reason"]
+    else:
+        assert code == 0 and row["status"] == "ok" and row["n_rois"] == "0", row
+        assert f"RTSTRUCT {rel} cannot be read: " in row["warnings"], row["warnings"]
 
 
 # ---- a fixed channel that several ROIs map to --------------------------------------------------------

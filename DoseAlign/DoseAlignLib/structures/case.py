@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..dicom.headers import one_line
 from ..dicom.rtstruct import NativeSlabs, is_structure_set_defect, plane_spacing, read_structure_set
 from ..errors import DoseAlignError, UnreadableError
 from ..geometry.resample import resample
@@ -86,6 +87,10 @@ def read_case_contours(
             reason = str(error)
             if error.path and reason.startswith(f"{error.path}: "):  # "source" names the file (input-relative)
                 reason = reason[len(error.path) + 2 :]
+            contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": reason})
+        except (OSError, ValueError, EOFError) as error:  # pydicom 2.4 parsing a sequence damaged since the scan
+            # ("No tag to read at file position ...": an internal error, "please report it")
+            reason = f"its data cannot be parsed ({type(error).__name__}: {one_line(error)})"
             contours.problems.append({"source": obj.rel_path, "number": None, "name": None, "reason": reason})
     _check_name_lengths([roi.original_name for roi in contours.rois])
     contours.notes = harmonise_names(contours.rois, getattr(options, "roi_map", None), rewrite_names)
