@@ -4227,6 +4227,20 @@ def test_summed_plans_labels_stay_out_of_the_prose(tmp_path, capsys):
     assert "Lang" not in json.dumps(meta) and "Lang" not in (out / "manifest.csv").read_text(encoding="utf-8")
 
 
+def _last_rois_renamed_and_exported(tmp_path, root, truth, names: list, capsys) -> tuple:
+    """The last ``len(names)`` ROIs of ``truth``'s structure set renamed ``names``, the input exported pseudonymized
+    in every format: ``(its one row, ok, OUT)``."""
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-len(names) :], names):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    return row, out
+
+
 @pytest.mark.parametrize(
     "birth, study, where",
     [
@@ -4254,14 +4268,9 @@ def test_a_header_date_written_with_separators_is_read_as_that_date(tmp_path, ca
         ds.PatientBirthDate = birth
         ds.StudyDate = ds.ContentDate = study
         dd.save(ds, path)
-    ds = dd.read(truth.struct_file)
-    for roi, name in zip(list(ds.StructureSetROISequence)[-3:], ["DOB 14.03.1958", "PTV_19580314", "CTV 2023-04-15"]):
-        roi.ROIName = name
-    dd.save(ds, truth.struct_file)
-    out = tmp_path / "share" / "out"
-    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
-    (row,) = hostile.manifest(out)
-    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    row, out = _last_rois_renamed_and_exported(
+        tmp_path, root, truth, ["DOB 14.03.1958", "PTV_19580314", "CTV 2023-04-15"], capsys
+    )
     assert {"DOB [removed]", "PTV_[removed]", "CTV [removed]"} <= set(_names_of(out, row)), _names_of(out, row)
     _nowhere_in(out, ("14.03.1958", "19580314", "2023-04-15", "1958-03-14", "20230415"))
 
@@ -4296,15 +4305,8 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
     stays a number."""
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "12345678", 148, extra_organs=3)
-    ds = dd.read(truth.struct_file)
     rois = ["PTV 12.345.678", "CTV_12.345.678_boost", "Pat.-Nr.12.345.678"]  # (after a point: forty-sixth AT2)
-    for roi, name in zip(list(ds.StructureSetROISequence)[-3:], rois):
-        roi.ROIName = name
-    dd.save(ds, truth.struct_file)
-    out = tmp_path / "share" / "out"
-    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
-    (row,) = hostile.manifest(out)
-    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    row, out = _last_rois_renamed_and_exported(tmp_path, root, truth, rois, capsys)
     assert {"PTV [removed]", "CTV_[removed]_boost", "Pat.-Nr.[removed]"} <= set(_names_of(out, row))
     _nowhere_in(out, ("12.345.678", "12345678", "12_345_678"))
     from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
@@ -4352,15 +4354,8 @@ def test_a_name_stored_as_utf8_read_as_latin1_is_found_as_typed(tmp_path, capsys
         ds.SpecificCharacterSet = "ISO_IR 192"
         ds.PatientName = "M\u00c3\u00bcller^J\u00c3\u00bcrgen"
         dd.save(ds, path)
-    ds = dd.read(truth.struct_file)
     rois = ["PTV_M\u00fcller", "J\u00fcrgen_boost", "Muller_CTV"]
-    for roi, name in zip(list(ds.StructureSetROISequence)[-3:], rois):
-        roi.ROIName = name
-    dd.save(ds, truth.struct_file)
-    out = tmp_path / "share" / "out"
-    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
-    (row,) = hostile.manifest(out)
-    assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
+    row, out = _last_rois_renamed_and_exported(tmp_path, root, truth, rois, capsys)
     assert {"PTV_[removed]", "[removed]_boost", "[removed]_CTV"} <= set(_names_of(out, row)), _names_of(out, row)
     _nowhere_in(out, ("M\u00fcller", "J\u00fcrgen", "Muller", "Mueller", "M\u00c3\u00bcller"))
 
