@@ -912,19 +912,23 @@ def test_shards_of_one_input_name_its_rewritten_rois_as_one_export_does(tmp_path
     assert structure_names(out) == whole
 
 
+def _patient_with_roi(folder: Path, patient_id: str, seed: int, name: str, roi: str) -> None:
+    """A small study of one patient in ``folder`` whose third ROI (Cord) is named ``roi``."""
+    truth = hostile.study(folder, patient_id, seed, patient_name=name, ct_size=(24, 24, 12), dose_size=(12, 12, 6))
+    ds = dd.read(truth.struct_file)
+    ds.StructureSetROISequence[2].ROIName = roi
+    dd.save(ds, truth.struct_file)
+
+
 def test_resume_after_the_input_gained_an_roi_that_rewrites_alike_names_each_roi_once(tmp_path, capsys):
     """Forty-fourth hostile trial AR8: with a patient ``Lung^Wei`` every ``Lung_L`` is written ``[removed]_L``; the input
     then gained a patient ``Lens`` with a ``Lens_L`` (``[removed]_L`` too, so both are told apart by keyed tags), and
     ``--resume`` kept the earlier cases' untagged ``[removed]_L``: one ROI had two channel names in one OUT. Such a kept
     case is exported again."""
-    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6)}
     root = tmp_path / "in"
 
     def patient(n: int, name: str, roi: str) -> None:
-        truth = hostile.study(root / f"p{n}", f"MRN-20{n}555", 190 + n, patient_name=name, **spec)
-        ds = dd.read(truth.struct_file)
-        ds.StructureSetROISequence[2].ROIName = roi
-        dd.save(ds, truth.struct_file)
+        _patient_with_roi(root / f"p{n}", f"MRN-20{n}555", 190 + n, name, roi)
 
     patient(0, "Lung^Wei", "Lung_L")
     patient(1, "Kowalski^Jan", "Lung_L")
@@ -952,14 +956,10 @@ def test_resume_after_the_roi_that_rewrote_alike_left_the_input_names_each_roi_o
     case's lung untagged (``[removed]_L``). Such a kept case is exported again."""
     import shutil
 
-    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6)}
     root = tmp_path / "in"
 
     def patient(n: int, name: str, roi: str) -> None:
-        truth = hostile.study(root / f"p{n}", f"MRN-30{n}555", 200 + n, patient_name=name, **spec)
-        ds = dd.read(truth.struct_file)
-        ds.StructureSetROISequence[2].ROIName = roi
-        dd.save(ds, truth.struct_file)
+        _patient_with_roi(root / f"p{n}", f"MRN-30{n}555", 200 + n, name, roi)
 
     patient(0, "Lung^Wei", "Lung_L")
     patient(1, "Kowalski^Jan", "Lung_L")
@@ -1029,14 +1029,10 @@ def test_resume_after_a_roi_named_with_dosealigns_mark_joined_the_input_tags_the
     ``[removed]_L``; a pre-anonymized patient whose ROI is named ``[removed]_L`` itself joined the input, and
     --resume kept Wei's untagged name, as that ROI's literal name: one channel name for two ROIs. Only the case's own
     structure set's names count as its literal names: Wei's case is exported again, tagged."""
-    spec = {"ct_size": (24, 24, 12), "dose_size": (12, 12, 6)}
     root = tmp_path / "in"
 
     def patient(n: int, patient_id: str, name: str, roi: str) -> None:
-        truth = hostile.study(root / f"p{n}", patient_id, 220 + n, patient_name=name, **spec)
-        ds = dd.read(truth.struct_file)
-        ds.StructureSetROISequence[2].ROIName = roi
-        dd.save(ds, truth.struct_file)
+        _patient_with_roi(root / f"p{n}", patient_id, 220 + n, name, roi)
 
     patient(0, "MRN-1", "Lung^Wei", "Lung_L")
     (tmp_path / "site.key").write_text("5a" * 32, encoding="utf-8")
