@@ -2174,26 +2174,32 @@ OWN_VOCABULARY = frozenset(_OWN_WORDS_TEXT.split())
 
 def _word_spans(text: str) -> list:
     """``(start, end)`` of the words of ``text``: runs of letters or of digits, letters also split where
-    camel case changes (``PTVDoeJohn`` -> ``PTV``, ``Doe``, ``John``)."""
+    camel case changes (``PTVDoeJohn`` -> ``PTV``, ``Doe``, ``John``). A mark or joiner after a letter is part of
+    its word (:func:`_continues_word`: ``राहुल``, not ``र``, ``ह``, ``ल``)."""
     spans = []
     start = None
+    run = ""  # the kind of the word being read: "L" letters, "D" digits
+    base = ""  # its last letter that is no mark (camel case is read on letters)
     for n, char in enumerate(text + " "):
-        kind = "L" if char.isalpha() else "D" if char.isdigit() else ""
+        kind = "L" if char.isalpha() or (run == "L" and _continues_word(char)) else "D" if char.isdigit() else ""
         if start is not None:
-            prev = text[n - 1]
-            same = kind == ("L" if prev.isalpha() else "D")
+            same = kind == run
             camel = (
                 kind == "L"
                 and same
+                and char.isalpha()
                 and (
-                    (prev.islower() and char.isupper())
-                    or (prev.isupper() and char.isupper() and n + 1 < len(text) and text[n + 1].islower())
+                    (base.islower() and char.isupper())
+                    or (base.isupper() and char.isupper() and n + 1 < len(text) and text[n + 1].islower())
                 )
             )
             if same and not camel:
+                base = char if char.isalpha() else base
                 continue
             spans.append((start, n))
             start = None
+        run = kind
+        base = char
         if kind:
             start = n
     return spans
@@ -2202,9 +2208,9 @@ def _word_spans(text: str) -> list:
 def _in_own_word(text: str, start: int, end: int) -> bool:
     """Whether ``text[start:end]`` lies inside a run of letters that is one of DoseAlign's own words
     (:data:`OWN_VOCABULARY`: ``Cross`` in ``across``)."""
-    while start and text[start - 1].isalpha():
+    while start and (text[start - 1].isalpha() or _continues_word(text[start - 1])):
         start -= 1
-    while end < len(text) and text[end].isalpha():
+    while end < len(text) and (text[end].isalpha() or _continues_word(text[end])):
         end += 1
     return text[start:end].casefold() in OWN_VOCABULARY
 
@@ -2216,6 +2222,42 @@ def _ascii_digits(text: str) -> str:
     if text.isascii():
         return text
     return "".join(str(unicodedata.decimal(c)) if c.isdecimal() and not c.isascii() else c for c in text)
+
+
+#: Joiners written inside the words of some scripts (the Persian ZWNJ, the Sinhala ZWJ).
+_JOINERS = "\u200c\u200d"
+
+
+def _continues_word(char: str) -> bool:
+    """Whether ``char`` is part of the word of the letter before it: a combining mark or a joiner. The vowel signs
+    and viramas of Devanagari, Bengali, Tamil, Thai are marks (``राहुल`` is ``र ा ह ु ल``); read as separators they
+    cut such a name into pieces of one letter, which neither side found (fifty-second hostile trial AZ3)."""
+    return char in _JOINERS or unicodedata.category(char)[0] == "M"
+
+
+@functools.lru_cache(maxsize=1)
+def _marks_class() -> str:
+    """A character class of every combining mark and joiner (``re`` has no ``\\p{M}``), for a pattern to take a
+    name's trailing vowel sign with it (``शर्मा``: its ``ा`` follows its last letter)."""
+    ranges, start, last = [], None, None
+    for code in range(0x300, 0x20000):
+        if unicodedata.category(chr(code))[0] == "M":
+            if start is None or code != last + 1:
+                if start is not None:
+                    ranges.append((start, last))
+                start = code
+            last = code
+    ranges.append((start, last))
+    spans = "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges)
+    return "[" + spans + _JOINERS + "]"
+
+
+def _word_end(text: str, end: int) -> int:
+    """``end`` moved past the marks and joiners that follow it: a span found in a view of ``text`` without its marks
+    ends at a letter, and the vowel sign after it belongs to the name (``GTV [removed]ा`` for ``GTV शर्मा``: AZ3)."""
+    while end < len(text) and _continues_word(text[end]):
+        end += 1
+    return end
 
 
 def _alnum(text: str) -> str:
@@ -2259,7 +2301,9 @@ def _part_pattern(part: str) -> str:
     chunks = re.findall(r"[^\W_]+", part)
     if not chunks:
         return re.escape(part)
-    return r"[\W_]*".join(r"[\W_]*".join(re.escape(p) for p in _name_pieces(c)) for c in chunks)
+    pattern = r"[\W_]*".join(r"[\W_]*".join(re.escape(p) for p in _name_pieces(c)) for c in chunks)
+    # (with the marks after its last letter: a vowel sign ends many names of Indic scripts, शर्मा)
+    return pattern + _marks_class() + "*" if not part.isascii() else pattern
 
 
 def _joined_key(text: str) -> str:
@@ -2500,7 +2544,7 @@ class NameSpellings:
     def redact(self, text: str, own: bool = True) -> str:
         """``text`` with every span of a name made :data:`REMOVED`; ``own``: DoseAlign's own words are no name
         (its own text), else they are (a name the input gave: ``PTV_Lang``)."""
-        spans = sorted(self.spans(text, own))
+        spans = sorted((start, _word_end(text, end)) for start, end in self.spans(text, own))
         if not spans:
             return text
         merged = [list(spans[0])]
@@ -2839,6 +2883,15 @@ class IdentityGuard:
             if len(part) >= MIN_NAME_PART or (len(part) >= 2 and _cjk(part))
         }
         self.alone |= {n.casefold() for n in identity.names if len(n) >= MIN_NAME_PART and n.isalnum()}
+        # and with their marks and joiners: the vowel signs and viramas of Devanagari, Bengali, Tamil, Thai are
+        # marks, and without them राहुल is not a word of the text (fifty-second hostile trial AZ3)
+        self.alone |= {
+            unicodedata.normalize("NFC", w)
+            for parts in identity.persons
+            for part in parts
+            for w in ["".join(c for c in part.casefold() if c.isalnum() or _continues_word(c))]
+            if len(w) >= MIN_NAME_PART and not w.isalnum() and not w.isascii()
+        }
         folded = {tuple(_fold(p) for p in parts) for parts in identity.persons}
         self.alone |= {p.casefold() for parts in folded for p in parts if len(p) >= MIN_NAME_PART and p.isalnum()}
         # CJK components in the check's own folding (_guard_cjk): of two characters or more anywhere (self.alone),
@@ -3074,7 +3127,7 @@ class IdentityGuard:
             # nor across a separator, as the rewriting reads it: patient Rains failed every case holding the ROI
             # Brain_Stem "please report it" (thirty-eighth hostile trial AL7)
             free = re.sub(r"[^\W\d_]+", lambda m: "\0" if m.group(0) in exempt else m.group(0), named)
-            pieces = "".join(c if c.isalnum() else "\0" for c in free)
+            pieces = "".join(c if c.isalnum() else "" if _continues_word(c) else "\0" for c in free)
             if self.inside_parts.in_text(pieces):
                 return "a patient name"
         if self.dates and self.dates & _dates_in(self._without_own(text)):
