@@ -4253,6 +4253,8 @@ def _last_rois_renamed_and_exported(tmp_path, root, truth, names: list, capsys) 
         ("14-MAR-1958", "15-APR-2023", "every file"),
         ("58-03-14", "23-04-15", "CT slices only"),
         ("14.03.1958", "15.04.2023", "CT slices only"),
+        ("14031958", "15042023", "every file"),  # (no separators, day or month first: fifty-third trial BA6)
+        ("03141958", "04152023", "every file"),
     ],
 )
 def test_a_header_date_written_with_separators_is_read_as_that_date(tmp_path, capsys, birth, study, where):
@@ -4296,6 +4298,9 @@ def test_a_date_value_is_read_as_written_both_ways_where_day_and_month_could_be_
     ]:
         assert "19580314" in dates_of_value(written, "DA"), written
     assert dates_of_value("581403", "DA") == []  # (no month 14)
+    # eight digits that are no YYYYMMDD: DDMMYYYY and MMDDYYYY (BA6); a YYYYMMDD stays the one date
+    assert "19580314" in dates_of_value("14031958", "DA") and "19580314" in dates_of_value("03141958", "DA")
+    assert dates_of_value("20230415", "DA") == ["20230415", "20230415"]
 
 
 def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):

@@ -837,7 +837,7 @@ def dates_of_value(value: str, vr: str = "DT") -> list:
     ``2023-04-20-2023-04-21``: twenty-eighth AB3). A date written otherwise is read as written, every way its day,
     month and year could be taken (``14.03.1958`` is no ``14031958``: the birth date stayed in clear, forty-fourth
     hostile trial AR4; ``14.03.58``, ``14 03 1958``, ``14-MAR-1958``: forty-sixth AT1); six digits alone as YYMMDD,
-    in either century (``580314``)."""
+    in either century (``580314``); eight digits alone that are no YYYYMMDD as DDMMYYYY and MMDDYYYY (``15042023``)."""
     digits = re.sub(r"\D", "", value)
     found = [digits[:8]] if len(digits) >= 8 else []
     if vr == "DA":
@@ -847,6 +847,10 @@ def dates_of_value(value: str, vr: str = "DT") -> list:
     if re.fullmatch(r"\s*\d{6}\s*", value):  # YYMMDD (580314), in either century
         six = value.strip()
         readings += [(year, six[2:4], six[4:]) for year in _years(six[:2])]
+    eight = value.strip()
+    if re.fullmatch(r"\d{8}", eight) and not (1 <= int(eight[4:6]) <= 12 and 1 <= int(eight[6:]) <= 31):
+        # no YYYYMMDD: DDMMYYYY or MMDDYYYY (15042023, 04152023: fifty-third hostile trial BA6)
+        readings += [(eight[4:], eight[2:4], eight[:2]), (eight[4:], eight[:2], eight[2:4])]
     for match in _SEPARATED_DATE.finditer(value):
         if match.group(1):
             readings.append((match.group(1), match.group(2), match.group(3)))
