@@ -4426,27 +4426,81 @@ def test_a_name_in_a_script_whose_vowel_signs_are_marks_is_removed_whole(tmp_pat
     ROI names (``PTV_\u0930\u093e\u0939\u0941\u0932``), status ok, or lost only its letters (``GTV [removed]\u093e``): both sides
     cut the name into words at its vowel signs, which are marks, not letters. A mark or joiner after a letter is now
     part of its word, on both sides; an ordinary ROI name of the script is kept."""
-    root = tmp_path / "in"
     rois = [f"PTV_{given}", f"GTV {surname}", f"{surname}_boost"]
-    truth = hostile.study(root / "p", "IN-40417", 153, extra_organs=len(rois) + 1, ct_size=(32, 28, 16))
+    out, names = _named_patient_exported(tmp_path, capsys, f"{surname}^{given}", [*rois, organ])
+    assert {"PTV_[removed]", "GTV [removed]", "[removed]_boost", organ} <= set(names), names
+    _no_letters_of(out, (surname, given))
+
+
+def _named_patient_exported(tmp_path, capsys, patient_name: str, rois: list) -> tuple:
+    """A study of the patient ``patient_name`` (UTF-8) whose last ROIs are named ``rois``, exported pseudonymized in
+    every format: ``(OUT, its one case's ROI names)``, the case ok."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "IN-40417", 153, extra_organs=len(rois), ct_size=(32, 28, 16))
     for path in sorted((root / "p").rglob("*.dcm")):
         ds = dd.read(path)
         ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.PatientName = f"{surname}^{given}"
+        ds.PatientName = patient_name
         if path == truth.struct_file:
-            for roi, name in zip(list(ds.StructureSetROISequence)[-(len(rois) + 1) :], [*rois, organ]):
+            for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
                 roi.ROIName = name
         dd.save(ds, path)
     out = tmp_path / "share" / "out"
     code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
     (row,) = hostile.manifest(out)
     assert (code, row["status"]) == (0, "ok"), (row["reason"], capsys.readouterr())
-    names = _names_of(out, row)
-    assert {"PTV_[removed]", "GTV [removed]", "[removed]_boost", organ} <= set(names), names
-    letters = ["".join(c for c in part if c.isalnum()) for part in (surname, given)]
-    escaped = [json.dumps(part)[1:-1].casefold() for part in (surname, given)]  # (as meta.json writes them)
+    return out, _names_of(out, row)
+
+
+def _no_letters_of(out, words) -> None:
+    """None of ``words``, by their letters and digits alone, in any byte written to OUT, nor as JSON escapes them."""
+    letters = ["".join(c for c in word.casefold() if c.isalnum()) for word in words]
+    escaped = [json.dumps(word)[1:-1].casefold() for word in words]  # (as meta.json writes them)
     found = _spellings_in_output(out, letters + ["".join(c for c in e if c.isalnum()) for e in escaped])
     assert not found, found[:10]
+
+
+#: Apostrophes people type in names: ASCII, the typographic one, the Ukrainian and Uzbek modifier letters, the turned
+#: comma, none.
+APOSTROPHES = ["'", "\u2019", "\u02bc", "\u02bb", "\u2018", ""]
+
+
+def test_a_name_with_an_apostrophe_of_another_keyboard_is_found_in_every_spelling():
+    """Fifty-third hostile trial BA4: a name whose apostrophe is a modifier letter (Ukrainian ``Демʼяненко``, Uzbek
+    ``Gʻulomov``) or a turned comma (``O‘Sullivan``) was one word to both sides (those apostrophes are letters to
+    Unicode): ``PTV_Gulomov``, ``GTV Мар'яна``, ``PTV_Sullivan`` stayed in clear, status ok. Any of them is read as
+    ``'`` by both sides, in the header and in the text; a middle dot parts a name too (``Colom·Vidal``, which the check
+    did not find)."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    for written in [
+        "\u0414\u0435\u043c{a}\u044f\u043d\u0435\u043d\u043a\u043e^\u041c\u0430\u0440{a}\u044f\u043d\u0430",
+        "G{a}ulomov^O{a}tkir",
+        "O{a}Sullivan^Sean",
+    ]:
+        for header in APOSTROPHES[:-1]:
+            identity = Identity()
+            identity.add_name(written.format(a=header))
+            guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+            surname, given = written.split("^")
+            for typed in APOSTROPHES:
+                for text in [f"PTV_{surname}".format(a=typed), f"GTV {given}".format(a=typed)]:
+                    assert guard.find(text, own=False) == "a patient name", (header, text)
+                    rewritten = pseudonymizer.name(text)
+                    assert "[removed]" in rewritten and not guard.find(rewritten, own=False), (header, rewritten)
+    identity = Identity()
+    identity.add_name("Colom\u00b7Vidal^N\u00faria")
+    guard = IdentityGuard(identity)
+    assert all(guard.find(t, own=False) for t in ["PTV Colom\u00b7Vidal", "Vidal_boost", "Colom Vidal"])
+    assert guard.find("PTV_Gulomov", own=False) == ""  # (another patient's name is none)
+
+
+def test_an_uzbek_name_with_its_modifier_apostrophe_leaves_no_spelling_in_the_export(tmp_path, capsys):
+    """BA4 end to end: the header writes ``Gʻulomov^Oʻtkir`` (U+02BB), the ROIs the same name as typed elsewhere."""
+    rois = ["PTV_Gulomov", "GTV O'tkir", "Otkir_boost", "PTV_G\u02bbulomov"]
+    out, names = _named_patient_exported(tmp_path, capsys, "G\u02bbulomov^O\u02bbtkir", [*rois, "Lung_L"])
+    assert sum("[removed]" in n for n in names) == len(rois) and "Lung_L" in names, names
+    _no_letters_of(out, ("Gulomov", "Otkir", "tkir"))
 
 
 def test_a_near_name_in_a_script_with_marks_is_kept_by_both_sides():

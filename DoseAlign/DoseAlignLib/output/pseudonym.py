@@ -293,6 +293,12 @@ def check_outside(path: Path, out_dir: Path, what: str, input_root: Optional[Pat
 # ---- identity of the input ---------------------------------------------------------------------
 
 
+#: Apostrophes written otherwise than ``'``, read as it by both sides: the modifier letters of Ukrainian (``ʼ``) and Uzbek
+#: or Hawaiian (``ʻ``) are letters to Unicode, and ``Gʻulomov`` was one word that neither ``Gulomov`` nor ``G'ulomov``
+#: spelt (fifty-third hostile trial BA4); also the turned comma, the prime, the grave and acute accents typed for one.
+_APOSTROPHES = str.maketrans({c: "'" for c in "\u02bc\u02bb\u02b9\u2018\u2019\u201b\u2032\u0060\u00b4"})
+
+
 @dataclass
 class Identity:
     """Everything in an input tree that identifies a patient: values to remove and values to replace."""
@@ -372,10 +378,13 @@ class Identity:
         repaired = _utf8_read_as_latin1(name)
         if repaired is not None:  # the name as typed, where a system stored it decoded with the wrong character set
             self.add_name(repaired)
+        plain = name.translate(_APOSTROPHES)
+        if plain != name:  # (also with its apostrophes as typed on another keyboard: BA4)
+            self.add_name(plain)
         self.names.add(name)
         parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
         # a double-barrelled or apostrophe name (García-López, O'Brien) is written by its parts too
-        pieces = tuple(p for part in parts for p in re.split(r"[-\u2010-\u2015'\u2019.]+", part) if p)
+        pieces = tuple(p for part in parts for p in re.split(r"[-\u2010-\u2015'\u2019.\u00b7]+", part) if p)
         spellings = {parts, *transliterations(parts)}
         if pieces != parts:
             spellings |= {pieces, *transliterations(pieces)}
@@ -2544,7 +2553,8 @@ class NameSpellings:
     def redact(self, text: str, own: bool = True) -> str:
         """``text`` with every span of a name made :data:`REMOVED`; ``own``: DoseAlign's own words are no name
         (its own text), else they are (a name the input gave: ``PTV_Lang``)."""
-        spans = sorted((start, _word_end(text, end)) for start, end in self.spans(text, own))
+        # (its apostrophes read as ``'``, one character for one: the spans are the text's)
+        spans = sorted((start, _word_end(text, end)) for start, end in self.spans(text.translate(_APOSTROPHES), own))
         if not spans:
             return text
         merged = [list(spans[0])]
@@ -3040,6 +3050,7 @@ class IdentityGuard:
         compatibility forms are read as their plain letters and digits (``ＱＸ７７４１５``)."""
         if not text:
             return ""
+        text = text.translate(_APOSTROPHES)  # (as the names are held: BA4)
         if REMOVED in text and text.replace(REMOVED, ""):  # read without the marks too: one inside a name hid it (AJ18)
             found = self.find(text.replace(REMOVED, ""), words, own, joined_names, padded)
             if found:
