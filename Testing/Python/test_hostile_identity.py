@@ -4503,6 +4503,36 @@ def test_an_uzbek_name_with_its_modifier_apostrophe_leaves_no_spelling_in_the_ex
     _no_letters_of(out, ("Gulomov", "Otkir", "tkir"))
 
 
+@pytest.mark.parametrize(
+    "header, texts",
+    [
+        ("H\u00e5konsen^\u00c5se", ["PTV_Haakonsen", "GTV Aase", "PTV_Hakonsen", "HAAKONSEN_boost"]),
+        ("Haakonsen^Aase", ["PTV_H\u00e5konsen", "GTV \u00c5se"]),
+        ("Erd\u0151s^\u00d6d\u00f6n", ["PTV_Erdoes", "PTV_Erdos", "GTV Oedoen"]),
+        ("Erdoes^Oedoen", ["PTV_Erd\u0151s", "GTV \u00d6d\u00f6n"]),
+        ("Sz\u0171cs^Anna", ["PTV_Szuecs", "PTV_Szucs"]),
+    ],
+    ids=["aa for \u00e5", "\u00e5 for aa", "oe for \u0151", "\u0151 for oe", "ue for \u0171"],
+)
+def test_a_letter_written_as_two_is_one_name_both_ways(header, texts):
+    """Fifty-third hostile trial BA7: ``å`` written ``aa`` (Håkonsen, Haakonsen) and Hungarian ``ő ű`` written ``oe``
+    ``ue`` (Erdős, Erdoes) were not one name, either way: the ROIs stayed in clear, status ok (``ü`` and ``ue`` were).
+    Both sides read them as one; ``Saad`` is still no ``Sad``."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name(header)
+    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in texts:
+        assert guard.find(text, own=False) == "a patient name", text
+        rewritten = pseudonymizer.name(text)
+        assert "[removed]" in rewritten and not guard.find(rewritten, own=False), rewritten
+    identity = Identity()
+    identity.add_name("Saad^Ali")
+    assert IdentityGuard(identity).find("PTV_Sad", own=False) == ""
+    assert Pseudonymizer(key=b"k" * 32, identity=identity).name("PTV_Sad") == "PTV_Sad"
+
+
 def test_a_near_name_in_a_script_with_marks_is_kept_by_both_sides():
     """The check of AZ3's fix reads a word of such a script with its marks: a name that differs by a vowel sign
     (\u0930\u093e\u0939\u0941\u0932\u0940 beside \u0930\u093e\u0939\u0941\u0932) is another name, kept by the rewriting and not found by the check

@@ -2020,8 +2020,13 @@ _SEPARATORS = r"[\s_\-.^,]*"
 _VOCABULARY_SEPARATORS = r"[\s_\-.^,'\u2019]*"
 
 
-#: How German letters are written without them (other accents are dropped).
-_GERMAN = {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss"}
+#: How letters are written as two where their marks cannot be typed (other accents are dropped): German ``ä ö ü ß``,
+#: Danish, Norwegian and Swedish ``å`` (``Håkonsen`` as ``Haakonsen``), Hungarian ``ő ű`` (``Erdős`` as ``Erdoes``:
+#: fifty-third hostile trial BA7).
+_GERMAN = {
+    "ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss",
+    "å": "aa", "Å": "Aa", "ő": "oe", "Ő": "Oe", "ű": "ue", "Ű": "Ue",
+}  # fmt: skip
 
 #: How the Latin letters that Unicode does not decompose into a plain letter and a mark are written without them
 #: (lower case; every usual spelling, the commonest first): Danish and Norwegian ``æ ø``, Polish ``ł``, Croatian and
@@ -3388,7 +3393,9 @@ def _fold(text: str) -> str:
     """The guard's own folding: marks dropped, letters without a decomposition read as their first plain spelling
     (``ł`` as ``l``, ``ø`` as ``o``, ``æ`` as ``ae``), and the German two-letter spellings read as one letter
     (``Müller``, ``Mueller`` and ``Muller`` all become ``muller``; ``Sørensen`` and ``Soerensen`` ``sorensen``)."""
-    text = _GUARD_NON_ASCII.sub(_guard_first_spelling, text.replace("ß", "ss"))
+    # (å as aa: Håkonsen is read as Haakonsen, and a name typed so is found, fifty-third hostile trial BA7)
+    text = text.replace("ß", "ss").replace("å", "aa").replace("Å", "Aa")
+    text = _GUARD_NON_ASCII.sub(_guard_first_spelling, text)
     plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return re.sub(r"([aouAOU])[eE]", r"\1", plain)
 
@@ -3414,7 +3421,14 @@ def _guard_spellings_of(part: str) -> set:
         decomposed = unicodedata.normalize("NFKD", char)
         base = "".join(c for c in decomposed if not unicodedata.combining(c))
         if base != char:
-            options[char] = (base, base + "e") if base in ("a", "o", "u") and "\u0308" in decomposed else (base,)
+            doubled = "\u0308" in decomposed or "\u030b" in decomposed  # (ü, and Hungarian ő ű: BA7)
+            options[char] = (
+                (base, base + "e")
+                if base in ("a", "o", "u") and doubled
+                else (base, "aa")
+                if base == "a" and "\u030a" in decomposed  # (å as aa)
+                else (base,)
+            )
     if not options:
         return set()
     letters = sorted(options)
