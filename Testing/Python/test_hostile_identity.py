@@ -4533,6 +4533,53 @@ def test_a_letter_written_as_two_is_one_name_both_ways(header, texts):
     assert Pseudonymizer(key=b"k" * 32, identity=identity).name("PTV_Sad") == "PTV_Sad"
 
 
+#: Fifty-third hostile trial BA1, BA2: an Arabic-script name as the header writes it, and as another keyboard or a
+#: stretched layout types it (Persian ی ک, alef maksura ى, ta marbuta ة, tatweel ـ).
+ARABIC_FORMS = [
+    ("\u0643\u0631\u064a\u0645\u064a^\u0639\u0644\u064a", ["PTV_\u06a9\u0631\u06cc\u0645\u06cc", "GTV \u0639\u0644\u06cc", "PTV_\u0643\u0631\u064a\u0645\u0649", "PTV_\u0639\u0640\u0640\u0644\u064a"]),
+    ("\u06a9\u0631\u06cc\u0645\u06cc^\u0639\u0644\u06cc", ["PTV_\u0643\u0631\u064a\u0645\u064a", "GTV \u0639\u0644\u064a"]),
+    ("\u0641\u0627\u0637\u0645\u0629^\u0623\u062d\u0645\u062f", ["PTV_\u0641\u0627\u0637\u0645\u0647", "GTV \u0627\u062d\u0645\u062f"]),
+    ("\u064a\u0648\u0633\u0641^\u0645\u062d\u0645\u062f", ["PTV_\u06cc\u0648\u0633\u0641", "PTV_\u064a\u0640\u0648\u0633\u0640\u0641", "\u0645\u0640\u062d\u0640\u0645\u0640\u062f_boost"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "header, texts", ARABIC_FORMS, ids=["arabic header", "persian header", "ta marbuta", "tatweel"]
+)
+def test_an_arabic_script_name_typed_on_another_keyboard_is_one_name(header, texts):
+    """BA1, BA2: ``کریمی`` typed on a Persian keyboard for a header's ``كريمي``, and ``يـوسـف`` stretched by tatweels,
+    stayed in clear, status ok. Both sides read one form of those letters, without the tatweel; another name is none."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name(header)
+    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in texts:
+        assert guard.find(text, own=False) == "a patient name", text
+        rewritten = pseudonymizer.name(text)
+        assert "[removed]" in rewritten and not guard.find(rewritten, own=False), rewritten
+        assert "\u0640" not in rewritten, rewritten
+    for other in ["PTV_\u062d\u0633\u0646", "\u0642\u0644\u0628"]:  # (Hassan, the heart)
+        assert guard.find(other, own=False) == "" and pseudonymizer.name(other) == other
+
+
+def test_an_arabic_name_typed_on_a_persian_keyboard_leaves_no_spelling_in_the_export(tmp_path, capsys):
+    """BA1 end to end: the header writes ``كريمي^علي``, the ROIs ``کریمی``, ``علی`` and a stretched ``عــلي``."""
+    header, texts = ARABIC_FORMS[0]
+    out, names = _named_patient_exported(tmp_path, capsys, header, [*texts, "\u0642\u0644\u0628"])
+    assert sum("[removed]" in n for n in names) == len(texts) and "\u0642\u0644\u0628" in names, names
+    _no_letters_of(
+        out,
+        [
+            "\u06a9\u0631\u06cc\u0645\u06cc",
+            "\u0639\u0644\u06cc",
+            "\u0643\u0631\u064a\u0645\u0649",
+            "\u0639\u0640\u0640\u0644\u064a",
+            *header.split("^"),
+        ],
+    )
+
+
 def test_a_near_name_in_a_script_with_marks_is_kept_by_both_sides():
     """The check of AZ3's fix reads a word of such a script with its marks: a name that differs by a vowel sign
     (\u0930\u093e\u0939\u0941\u0932\u0940 beside \u0930\u093e\u0939\u0941\u0932) is another name, kept by the rewriting and not found by the check

@@ -299,6 +299,17 @@ def check_outside(path: Path, out_dir: Path, what: str, input_root: Optional[Pat
 _APOSTROPHES = str.maketrans({c: "'" for c in "\u02bc\u02bb\u02b9\u2018\u2019\u201b\u2032\u0060\u00b4"})
 
 
+#: Letters of Arabic script that Arabic, Persian and Urdu keyboards type differently for one name, as one form (Persian
+#: ``ی ک`` and Arabic ``ي ك``, the alef maksura ``ى`` for a final ``ي``, the ta marbuta ``ة`` and Urdu forms of ``ه``,
+#: the alef wasla ``ٱ``), and the tatweel ``ـ`` that only stretches a word (``يـوسـف``) dropped: ``کریمی`` in an ROI name
+#: for a header's ``كريمي`` stayed in clear (fifty-third hostile trial BA1, BA2). NFKC folds none of them.
+_ARABIC_FORMS = {
+    "\u06cc": "\u064a", "\u0649": "\u064a", "\u06a9": "\u0643", "\u0629": "\u0647", "\u06c1": "\u0647",
+    "\u06be": "\u0647", "\u06d5": "\u0647", "\u0671": "\u0627", "\u0640": "",
+}  # fmt: skip
+_ARABIC_FOLD = str.maketrans(_ARABIC_FORMS)
+
+
 @dataclass
 class Identity:
     """Everything in an input tree that identifies a patient: values to remove and values to replace."""
@@ -378,8 +389,8 @@ class Identity:
         repaired = _utf8_read_as_latin1(name)
         if repaired is not None:  # the name as typed, where a system stored it decoded with the wrong character set
             self.add_name(repaired)
-        plain = name.translate(_APOSTROPHES)
-        if plain != name:  # (also with its apostrophes as typed on another keyboard: BA4)
+        plain = name.translate(_APOSTROPHES).translate(_ARABIC_FOLD)
+        if plain != name:  # (also with its apostrophes and Arabic letters as typed on another keyboard: BA4, BA1)
             self.add_name(plain)
         self.names.add(name)
         parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
@@ -2128,6 +2139,8 @@ def _plain_views(text: str) -> list:
             for n, char in enumerate(text):
                 if char.isascii():
                     spelled = char
+                elif char in _ARABIC_FORMS:  # (one form of the Arabic letters: BA1)
+                    spelled = _ARABIC_FORMS[char]
                 elif german and char in _GERMAN:
                     spelled = _GERMAN[char]
                 elif char in _PLAIN_LETTERS:
@@ -2246,7 +2259,7 @@ def _continues_word(char: str) -> bool:
     """Whether ``char`` is part of the word of the letter before it: a combining mark or a joiner. The vowel signs
     and viramas of Devanagari, Bengali, Tamil, Thai are marks (``राहुल`` is ``र ा ह ु ल``); read as separators they
     cut such a name into pieces of one letter, which neither side found (fifty-second hostile trial AZ3)."""
-    return char in _JOINERS or unicodedata.category(char)[0] == "M"
+    return char in _JOINERS or char == "\u0640" or unicodedata.category(char)[0] == "M"  # (and the tatweel)
 
 
 @functools.lru_cache(maxsize=1)
@@ -3395,6 +3408,7 @@ def _fold(text: str) -> str:
     (``Müller``, ``Mueller`` and ``Muller`` all become ``muller``; ``Sørensen`` and ``Soerensen`` ``sorensen``)."""
     # (å as aa: Håkonsen is read as Haakonsen, and a name typed so is found, fifty-third hostile trial BA7)
     text = text.replace("ß", "ss").replace("å", "aa").replace("Å", "Aa")
+    text = text.translate(_ARABIC_FOLD)  # (one form of the Arabic letters, tatweel dropped: BA1, BA2)
     text = _GUARD_NON_ASCII.sub(_guard_first_spelling, text)
     plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return re.sub(r"([aouAOU])[eE]", r"\1", plain)
