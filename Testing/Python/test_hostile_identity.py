@@ -4580,6 +4580,23 @@ def test_an_arabic_name_typed_on_a_persian_keyboard_leaves_no_spelling_in_the_ex
     )
 
 
+def test_a_one_syllable_korean_name_is_removed_only_as_a_word_of_its_own():
+    """Fifty-third hostile trial BA8: for a patient surnamed ``장`` (Jang), the organs ``심장`` (heart), ``소장``, ``대장``
+    were written ``심[removed]``...: the plain spelling of a Hangul syllable (NFKD, marks dropped) took it apart into
+    three letters, a name long enough to be removed inside words. It stays one syllable; ``장`` alone, or joined with the
+    given name, is still removed, and the check agrees."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name("\uc7a5^\ubbfc\uc218")
+    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+    for organ in ["\uc2ec\uc7a5", "\uc18c\uc7a5", "\ub300\uc7a5"]:
+        assert pseudonymizer.name(organ) == organ and guard.find(organ, own=False) == ""
+    for text in ["PTV \uc7a5", "\uc7a5\ubbfc\uc218", "PTV_\ubbfc\uc218"]:
+        assert guard.find(text, own=False) == "a patient name", text
+        assert "[removed]" in pseudonymizer.name(text), text
+
+
 def test_a_near_name_in_a_script_with_marks_is_kept_by_both_sides():
     """The check of AZ3's fix reads a word of such a script with its marks: a name that differs by a vowel sign
     (\u0930\u093e\u0939\u0941\u0932\u0940 beside \u0930\u093e\u0939\u0941\u0932) is another name, kept by the rewriting and not found by the check

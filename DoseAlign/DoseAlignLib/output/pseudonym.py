@@ -2113,7 +2113,11 @@ def transliterations(parts: tuple) -> set:
         return set()
 
     def strip(text: str) -> str:
-        return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+        # (composed again: NFKD takes a Hangul syllable apart into its letters, and 장 was then a name of three
+        # letters removed inside words, 심장 as 심[removed]: fifty-third hostile trial BA8)
+        return unicodedata.normalize(
+            "NFC", "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+        )
 
     letters = sorted({c for part in parts for c in part if c in _PLAIN_LETTERS})
     choices = itertools.islice(itertools.product(*(_PLAIN_LETTERS[c] for c in letters)), MAX_LETTER_SPELLINGS)
@@ -2147,6 +2151,7 @@ def _plain_views(text: str) -> list:
                     spelled = _PLAIN_LETTERS[char][-1 if alternate else 0]
                 else:  # marks dropped (a lone combining mark, as NFD text has them, drops out)
                     spelled = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+                    spelled = unicodedata.normalize("NFC", spelled)  # (a Hangul syllable stays one: BA8)
                 chars.append(spelled)
                 where.extend([n] * len(spelled))
             view = "".join(chars)
