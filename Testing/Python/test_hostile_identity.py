@@ -4339,6 +4339,10 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
         ("2500", "MC 1\u02bc250\u02bc000"),
         ("10000", "MC 1,00,000"),  # (Indian grouping, a decimal comma: fifty-second trial AZ1)
         ("250", "PTV 25,00 Gy"),
+        ("10000", "MC 1 00 000"),  # (groups apart by spaces, a time: fifty-third trial BA5)
+        ("250", "PTV 25\u00a000 Gy"),
+        ("1830", "Fx 1 08:30"),
+        ("1500", "Rx 1\t0500 cGy"),
     ]:
         identity = Identity(patient_ids={patient})
         assert IdentityGuard(identity).find(text) == "", (patient, text)

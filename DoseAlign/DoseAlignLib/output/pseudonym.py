@@ -3123,7 +3123,7 @@ class IdentityGuard:
         # an ID's digits after zeros added (01072315, MRN-01072315 for 1072315, MRN-1072315: thirty-second hostile
         # trial AF3): the IDs read again with each run of digits without its leading zeros (not after a point)
         if padded and self.ids and _PADDED_RUN.search(lowered):  # (once: the text read again is not read again)
-            unpadded = _PADDED_RUN.sub("", self._without_own(lowered))
+            unpadded = _unpadded_text(self._without_own(lowered))
             if unpadded != lowered and self.find(unpadded, False, joined_names=False, padded=False) == "a patient ID":
                 return "a patient ID"
         # an ID joined to its neighbours by separators (PTV_PID-7731): whole runs of letters and digits, joined
@@ -3214,13 +3214,31 @@ _DOTTED_RUN = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)+(?![0-9])(?!\.[0-9])")
 #: trial AG5), nor after a digit and a comma, apostrophe or another mark that groups digits (``250,000``,
 #: ``250'000``, Arabic ``٢٥٠٬٠٠٠``, fullwidth ``250，000``, Indian ``1,00,000``, a decimal comma ``25,00`` are no
 #: ``250,0``: a PatientID 2500 failed a case "please report it", forty-sixth to fifty-second trials AT3, AV5, AX3,
-#: AZ1), nor those of a group of three digits after a digit and a space (``250 000``; ``C2 01072315`` still holds
-#: 1072315): the check reads IDs again without them.
-_PADDED_RUN = re.compile(
-    "(?<![0-9.])(?<![0-9][-_^,'\u2019\u02bc\u00b7\u066c\uff0c])"
-    "(?:(?<![0-9][ \t\u00a0\u2007\u2009\u202f])|(?![0-9]{3}(?![0-9])))"
-    "0+(?=[0-9])"
-)
+#: AZ1); after a digit and a space only where that digit's number is glued to letters (``C2 01072315`` holds 1072315)
+#: and the zeros do not begin a group of three (``250 000``, Indian ``1 00 000``, ``Fx 1 08:30``: fifty-third trial BA5;
+#: :func:`_unpadded_text`): the check reads IDs again without them.
+_PADDED_RUN = re.compile("(?<![0-9.])(?<![0-9][-_^,'\u2019\u02bc\u00b7\u066c\uff0c])0+(?=[0-9])")
+#: The spaces a number's groups are written apart with.
+_GROUP_SPACES = " \t\u00a0\u2007\u2009\u202f"
+
+
+def _unpadded_text(text: str) -> str:
+    """``text`` without the zeros :data:`_PADDED_RUN` finds, those after a digit and a space only where that digit's
+    run of digits follows a letter and the zeros do not begin a group of three digits."""
+
+    def unpad(match) -> str:
+        start = match.start()
+        if start >= 2 and text[start - 1] in _GROUP_SPACES and text[start - 2] in _DIGITS:
+            run = start - 2
+            while run > 0 and text[run - 1] in _DIGITS:
+                run -= 1
+            glued = run > 0 and text[run - 1].isalpha()
+            group = re.match(r"[0-9]+", text[start:]).group(0)
+            if not glued or len(group) == 3:
+                return match.group(0)
+        return ""
+
+    return _PADDED_RUN.sub(unpad, text)
 
 
 def _in_number(text: str, start: int, end: int) -> bool:
