@@ -291,6 +291,34 @@ def test_a_beam_dose_the_sum_cannot_place_is_not_added_in(tmp_path, capsys, extr
     assert said in row["reason"], row["reason"]
 
 
+@pytest.mark.parametrize("doses", ["two of three", "all three", "one of three"])
+def test_beam_doses_that_name_no_beam_are_counted_against_the_plans_beams(tmp_path, capsys, doses):
+    """Fifty-fourth hostile trial BB4: BEAM doses that reference their plan but name no beam ((300C,0020)
+    ReferencedFractionGroupSequence absent in every one) were summed unchecked: two of a plan's three beams exported as
+    its dose (dmax 15.3 Gy of 30.6), status ok, no word; one alone was no "one beam's dose" either. Their number is
+    compared with the plan's treated beams now: fewer (or more) fail the case, as many is a warned sum, one alone a
+    warned case."""
+    truth = hostile.study(tmp_path / "in" / "p", "BEAM-BB4", 15, write_plan_dose=False, write_beam_doses=True)
+    beams = [Path(f) for f, beam in zip(truth.dose_files, truth.dose_beam_numbers) if beam is not None]
+    assert len(beams) == 3
+    kept = {"two of three": 2, "all three": 3, "one of three": 1}[doses]
+    for path in beams[kept:]:
+        path.unlink()
+    for path in beams[:kept]:
+        ds = dd.read(path)
+        del ds.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence
+        dd.save(ds, path)
+    code, rows, _out = _export(tmp_path / "in", tmp_path, capsys)
+    (row,) = rows
+    if doses == "two of three":
+        assert code == 1 and row["status"] == "failed", row
+        assert "the 2 BEAM doses of plan" in row["reason"] and "treats 3 beams" in row["reason"], row["reason"]
+        return
+    assert code == 0 and row["status"] == "ok", row
+    said = "taken from their number" if doses == "all three" else "one beam's dose"
+    assert said in row["warnings"], row["warnings"]
+
+
 def test_a_sum_of_one_fraction_group_of_two_is_said(tmp_path, capsys):
     """Twelfth hostile trial L2: a plan of two fraction groups (30 + 5 fractions, the same beams) with the BEAM doses
     of the first only was exported as the plan's BEAM_SUM, no word (63 Gy of a 73.6 Gy treatment). A case warning

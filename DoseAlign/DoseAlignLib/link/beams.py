@@ -202,7 +202,19 @@ def groups_without_dose(doses: list, plan: Optional[DicomObject]) -> list:
 
 
 def missing_beams(summation: str, doses: list, plan: Optional[DicomObject]) -> Optional[str]:
-    """Why a sum of BEAM doses is not the plan's dose: a treated beam of the plan has no dose."""
+    """Why a sum of BEAM doses is not the plan's dose: a treated beam of the plan has no dose; where the doses name no
+    beam, their number is not the number of beams the plan treats (fifty-fourth hostile trial BB4: two of three beams'
+    doses, naming none, were summed as the plan's dose, status ok)."""
+    if plan is not None and doses and not any(d.info.get("beam_numbers") for d in doses):
+        treated = treated_beam_count(plan)
+        if treated and len(doses) != treated:
+            return (
+                f"RTDOSE {doses[0].rel_path}: the {len(doses)} BEAM doses of plan {plan.rel_path} name no beam, and "
+                f"the plan treats {treated} beams: their sum would {'miss' if len(doses) < treated else 'double'} a "
+                "beam's dose ((300C,0020) ReferencedFractionGroupSequence is missing; add the missing doses, or export "
+                "a PLAN dose)"
+            )
+        return None
     if plan is None or any(not d.info.get("beam_numbers") for d in doses):
         return None
     if by_fraction_group(doses):  # each fraction group the doses name must hold its own treated beams
@@ -220,6 +232,15 @@ def missing_beams(summation: str, doses: list, plan: Optional[DicomObject]) -> O
         f"{_said(treated - missing)}, not {_said(missing)}: their sum would not be the plan's dose "
         "((300C,0006) ReferencedBeamNumber; a beam's dose file is missing or damaged: add it or export a PLAN dose)"
     )
+
+
+def treated_beam_count(plan: DicomObject) -> int:
+    """How many beams ``plan`` treats, over all its fraction groups (a beam treated in two groups counts twice, as it
+    has a dose in each)."""
+    by_group = plan.info.get("treated_by_group") or []
+    if by_group:
+        return sum(len(set(beams)) for _group, beams in by_group)
+    return len(set(plan.info.get("treated_beams") or []))
 
 
 def beam_doses_to_sum(doses: list) -> tuple:

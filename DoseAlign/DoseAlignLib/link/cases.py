@@ -23,6 +23,7 @@ from .beams import (
     groups_without_dose,
     missing_beams,
     overlapping_beams,
+    treated_beam_count,
     unnamed_beams,
 )
 from .case import Case, LinkResult
@@ -217,6 +218,18 @@ def _make_case(group: tuple, plans: dict) -> Case:
                     f"{treated}: one part of the treatment's dose, the other beams' doses are not in the input "
                     "((300C,0006) ReferencedBeamNumber; export the plan's PLAN dose, or all its BEAM doses)"
                 )
+            elif not beams and treated_beam_count(plan) > 1:  # (BB4: the lone dose names no beam)
+                warnings.append(
+                    f"RTDOSE {doses[0].rel_path} is one beam's dose (DoseSummationType BEAM) of plan {plan.rel_path}, "
+                    f"which treats beams {treated}, and names none of them: one part of the treatment's dose, the "
+                    "other beams' doses are not in the input ((300C,0020) ReferencedFractionGroupSequence is missing; "
+                    "export the plan's PLAN dose, or all its BEAM doses)"
+                )
+        if error is None and len(doses) > 1 and plan is not None and not any(d.info.get("beam_numbers") for d in doses):
+            warnings.append(
+                f"the {len(doses)} BEAM doses of plan {plan.rel_path} name no beam: that the sum holds each treated "
+                "beam once is taken from their number alone ((300C,0020) ReferencedFractionGroupSequence is missing)"
+            )
     label = plan.info.get("plan_label", "") if plan is not None else ""
     if summation == SUMMED_BEAMS:
         name = f"beamsum-{label or 'plan'}"
