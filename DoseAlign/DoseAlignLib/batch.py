@@ -538,6 +538,9 @@ def export_folder(
             report.manifest = write_rows(all_rows)
         except OSError as error:
             report.fault += f"; manifest.csv could not be written either ({error.strerror or error})"
+        else:
+            if shard is None and _folder_identity(out_dir) == out_identity:
+                _no_stale_summaries(out_dir, all_rows, report_html, pseudonymizer is not None, input_root, note)
         return report
     if _folder_identity(out_dir) != out_identity:  # nothing more is written there (forty-seventh trial AU4)
         report.fault = f"{out_dir}: {REPLACED_OUT}; manifest.csv, report.html and the dataset files were not written"
@@ -580,6 +583,31 @@ def export_folder(
             )
             report.fault = f"report.html: {fault}"
     return report
+
+
+def _no_stale_summaries(out_dir: Path, rows: list, report_html: bool, pseudonymized: bool, input_root, note) -> None:
+    """After an output fault, the dataset files and report.html of an earlier run that no longer describe the cases
+    are not left as if they did: the dataset files are removed where stale (as a run without a fault does), and
+    report.html is written for the rows, or removed where it cannot be (a full disk). An earlier run's dataset.h5 held
+    a case's dose from before a --resume exported it again, and its report.html said "2 ok" beside a manifest with a
+    failed case (fifty-fourth hostile trial BB2)."""
+    try:
+        for message in remove_stale_datasets(out_dir, rows, []):
+            note(message)
+    except OSError as error:
+        note(f"the dataset files could not be checked against the cases ({error.strerror or error})")
+    path = out_dir / "report.html"
+    if not report_html or path.is_symlink() or not path.is_file():
+        return
+    try:
+        write_report(out_dir, rows, source="input: (pseudonymized)" if pseudonymized else f"input: {input_root}")
+    except OSError:
+        try:
+            path.unlink()
+        except OSError as error:
+            note(f"report.html is an earlier run's and could not be removed ({error.strerror or error}): remove it")
+        else:
+            note("report.html, an earlier run's, was removed: it could not be written for this run's cases")
 
 
 def check_export_target(input_root: Path, out_dir: Path, pseudonymized: bool, key_file: Optional[Path] = None) -> None:

@@ -686,6 +686,50 @@ def test_a_full_disk_while_drawing_qa_png_stops_cleanly(cohort, tmp_path, monkey
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
+@pytest.mark.parametrize("report_too", [False, True], ids=["report written", "report removed"])
+def test_an_output_fault_leaves_no_summary_of_the_earlier_cases(cohort, tmp_path, monkeypatch, capsys, report_too):
+    """Fifty-fourth hostile trial BB2: a --resume with another interpolator exported a case again, then a full disk
+    failed the next case (exit 4): the earlier run's dataset.h5 still held the first case's old dose, and its
+    report.html said every case ok, beside a manifest with a failed case. After a fault the dataset files that no
+    longer describe the cases are removed, as after a run without one, and report.html is written for the rows (or,
+    where it cannot be, removed)."""
+    import errno
+
+    from DoseAlignLib import batch
+    from DoseAlignLib.output import qa_png
+
+    if not qa_png.matplotlib_available():
+        pytest.skip("matplotlib is not installed: no qa.png is drawn")
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--format", "npz,hdf5"]
+    assert main(["export", *args, "--no-qa-png"]) == 0
+    assert (out / "dataset.h5").is_file() and "5 ok" in (out / "report.html").read_text(encoding="utf-8")
+    real_render, calls = qa_png.render_case, []
+
+    def full_at_the_second(*call_args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_render(*call_args, **kwargs)
+
+    monkeypatch.setattr(qa_png, "render_case", full_at_the_second)
+    if report_too:
+
+        def full(*_args, **_kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(batch, "write_report", full)
+    assert main(["export", *args, "--resume", "--interpolator", "nn"]) == 4
+    rows = hostile.manifest(out)
+    assert rows[0]["status"] == "ok" and "(ENOSPC)" in rows[1]["reason"], rows  # (the first made again, with nn)
+    assert capsys.readouterr().err.count("Traceback") == 0
+    assert not (out / "dataset.h5").exists(), "the dataset file of the earlier cases is removed"
+    if report_too:
+        assert not (out / "report.html").exists()
+    else:
+        assert "1 ok, 4 failed" in (out / "report.html").read_text(encoding="utf-8")
+
+
 def test_a_full_disk_at_the_last_manifest_write_stops_cleanly(cohort, tmp_path, monkeypatch, capsys):
     """From a fourth hostile trial: a disk that filled up exactly when the batch wrote its final manifest.csv
     ended in a traceback (exit 1). Now: exit 4 with the cause, and --resume completes the manifest."""
