@@ -497,6 +497,7 @@ def test_a_deep_folder_chain_costs_work_linear_in_its_depth(store, tmp_path, mon
 #: its ``sys.argv[2]`` file (ct: a CT slice, dose, struct) replaced by a named pipe, removed, or made unreadable.
 CHANGED_AFTER_SCAN = """
 import os, sys
+import shutil
 from DoseAlignLib import batch
 from DoseAlignLib.cli import main
 patient, what, how = sys.argv[1:4]
@@ -511,6 +512,8 @@ def changed(case, *args, **kwargs):
             os.mkfifo(obj.path)
         elif how == "removed":
             os.remove(obj.path)
+        elif how == "bomb":  # (a header of many empty items, written in place: fifty-fourth trial BB3)
+            shutil.copyfile(os.environ["BOMB_FILE"], obj.path)
         else:
             os.chmod(obj.path, 0)
     return real(case, *args, **kwargs)
@@ -562,6 +565,36 @@ def test_an_input_file_changed_after_the_scan_fails_its_case_by_name(trio, tmp_p
     assert rows["TOC-1"]["status"] == "failed" and rows["TOC-1"]["reason"] == f"{changed}: {reason}", rows["TOC-1"]
     assert rows["TOC-0"]["status"] == rows["TOC-2"]["status"] == "ok", rows
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("what", ["ct", "dose", "struct"])
+def test_an_input_file_replaced_by_a_header_bomb_after_the_scan_is_refused_by_the_reads_limit(trio, tmp_path, what):
+    """Fifty-fourth hostile trial BB3: a CT slice replaced after the scan by a header of 40 M empty items was parsed by
+    its case without the limit on a header's reads (only the scan's reads were bounded): 5.3 GB, then "MemoryError".
+    Every read of a file is bounded now: the case fails naming the limit, and the next case runs."""
+    bomb = tmp_path / "bomb.dcm"
+    sop = _element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2")
+    bomb.write_bytes(_file_meta("1.2.840.10008.1.2.1") + sop + _empty_items(100_000))
+    root = tmp_path / "in"
+    shutil.copytree(trio, root)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", CHANGED_AFTER_SCAN, "TOC-1", what, "bomb"]
+        + ["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"],
+        env={**hostile.ENV, "BOMB_FILE": str(bomb), "DOSEALIGN_HEADER_READS": "50000"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limited_memory,
+    )
+    changed = done.stdout.split("CHANGED ", 1)[1].split("\n", 1)[0]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "please report" not in done.stdout + done.stderr, done.stderr
+    rows = {r["patient"]: r for r in hostile.manifest(out)}
+    reason = rows["TOC-1"]["reason"]
+    assert rows["TOC-1"]["status"] == "failed" and changed in reason, rows["TOC-1"]
+    assert "needs more than the limit of 50,000 reads" in reason and "MemoryError" not in reason, reason
+    assert rows["TOC-0"]["status"] == rows["TOC-2"]["status"] == "ok", rows
 
 
 #: ``dosealign ARGS...`` whose CT reading never ends for patient ``sys.argv[1]`` (a file system that stopped
