@@ -2616,6 +2616,48 @@ def test_a_case_read_through_another_mount_of_its_files_is_no_changed_input(tmp_
     assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
 
 
+def test_two_slices_swapped_while_read_through_another_mount_fail_their_case(tmp_path, capsys, monkeypatch):
+    """Fifty-fourth hostile trial BB1: through another mount (a ``tcp://`` worker on another node: its own device
+    number, AW1), two CT slices of one size and time swapped while the export ran were read at each other's place,
+    status ok: the inode check counted on the scan's device only, and nothing else was looked at. There the
+    SOPInstanceUID each file holds is read again."""
+    from DoseAlignLib import batch
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "MOUNT-2", 148, with_structures=False, ct_size=(32, 32, 16))
+    by_size: dict = {}
+    for path in sorted(truth.ct_files):
+        by_size.setdefault(Path(path).stat().st_size, []).append(Path(path))
+    first, second = next(paths for paths in by_size.values() if len(paths) >= 2)[:2]
+    real_form, real_run = batch.form_cases, batch.run_case
+
+    def seen_on_another_mount(*args, **kwargs):
+        linked = real_form(*args, **kwargs)
+        for case in linked.cases:
+            for obj in [*case.doses, *(case.ct.file_objects if case.ct else [])]:
+                device, inode = obj.info["inode"]
+                obj.info["inode"] = (device + 1, inode + 7)
+        return linked
+
+    def swapped_first(case, *args, **kwargs):
+        times = os.stat(first)
+        os.replace(first, first.with_name("held"))
+        os.replace(second, first)
+        os.replace(first.with_name("held"), second)
+        for path in (first, second):  # (one size, one time: only their contents tell them apart)
+            os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+        return real_run(case, *args, **kwargs)
+
+    os.utime(second, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns))
+    monkeypatch.setattr(batch, "form_cases", seen_on_another_mount)
+    monkeypatch.setattr(batch, "run_case", swapped_first)
+    code, rows, out = _export(root, tmp_path, capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (1, "failed"), row
+    assert "another SOPInstanceUID" in row["reason"], row["reason"]
+    assert not (out / row["case_id"]).exists()
+
+
 @pytest.mark.parametrize("change", ["its mode changed", "the same bytes under a new inode"])
 def test_an_input_file_whose_inode_or_change_time_changed_but_not_its_contents_is_no_changed_input(
     tmp_path, capsys, monkeypatch, change

@@ -393,6 +393,13 @@ def check_unchanged_since_scan(case) -> None:
     position, status ok (forty-fifth hostile trial AS1); so was one of the same size and time moved in its place (its
     inode differs: AU1). A file gone is named as such."""
     changed = []
+    held: dict = {}  # path -> whether it holds the SOPInstanceUID the scan saw (a multi-frame file read once)
+
+    def same_instance(obj) -> bool:
+        if obj.path not in held:
+            held[obj.path] = _same_instance(obj)
+        return held[obj.path]
+
     for obj in _input_objects(case):
         size, mtime = obj.info.get("size"), obj.info.get("mtime_ns")
         if size is None or mtime is None:  # not from a scan of files (nothing to compare)
@@ -409,15 +416,20 @@ def check_unchanged_since_scan(case) -> None:
             changed.append((obj, f"its {' and '.join(what)} changed"))
         elif (
             inode is not None
-            and inode[0] == status.st_dev
-            and (inode[1] != status.st_ino or obj.info.get("ctime_ns") not in (None, status.st_ctime_ns))
-            and not _same_instance(obj)
+            and (
+                inode[0] != status.st_dev
+                or inode[1] != status.st_ino
+                or obj.info.get("ctime_ns") not in (None, status.st_ctime_ns)
+            )
+            and not same_instance(obj)
         ):
             # another file of the same size and time moved to its path (files unpacked from one archive share
             # whole-second times: forty-seventh hostile trial AU1), or written over it with its time set back (cp -p:
             # forty-ninth AW4): its inode or the inode's change time differs, and so does the SOPInstanceUID it holds
-            # (a file system whose inode numbers change, FAT's, or a chmod, keep it: no refusal there); on the scan's
-            # device only: a Dask worker on another node sees the share under its own device number (AW1)
+            # (a file system whose inode numbers change, FAT's, or a chmod, keep it: no refusal there). A Dask worker
+            # on another node sees the share under its own device number, where inodes say nothing (AW1): there the
+            # SOPInstanceUID of every file is read again (two slices swapped were exported at each other's place:
+            # fifty-fourth trial BB1)
             changed.append((obj, "its contents changed, its size and time kept: another SOPInstanceUID or none"))
     if changed:
         first, why = changed[0]
