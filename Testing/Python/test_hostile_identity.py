@@ -3476,6 +3476,45 @@ def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_in
         assert "[removed]_L" not in meta["structures"]["names"], (row["case_id"], meta["structures"]["names"])
 
 
+def test_an_appended_inputs_own_marked_roi_name_does_not_share_another_inputs_channel(tmp_path, capsys):
+    """Fifty-third hostile trial BA3: input A (patient Lung, its Lung_L written ``[removed]_L``) exported, then input B,
+    whose structure set names its Ring ``[removed]_L`` itself, appended: ``[removed]_L`` was A's lung in one case and
+    B's ring in the other (a fresh export of both tags A's lung). The kept cases cannot be renamed; the appended
+    input's own marked name is told apart with its keyed tag, and a --resume of either input keeps every case."""
+    import json
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for root, patient, name, renamed in (
+        (first, "LUNG-3", "Lung^Wai Man", {"Cord": "Lung_L"}),
+        (second, "ANON-3", "Anonymous", {"Ring": "[removed]_L"}),
+    ):
+        truth = hostile.study(root / "p", patient, 96, patient_name=name, ct_size=(40, 36, 16))
+        ds = dd.read(truth.struct_file)
+        for item in ds.StructureSetROISequence:
+            item.ROIName = renamed.get(item.ROIName, item.ROIName)
+        dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(first), str(out), *args]) == 0
+    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
+
+    def marked() -> dict:
+        found = {}
+        for row in hostile.manifest(out):
+            meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+            found[row["patient"]] = [n for n in meta["structures"]["names"] if n.startswith("[removed]_L")]
+        return found
+
+    names = marked()
+    assert len(names) == 2 and ["[removed]_L"] in names.values(), names
+    assert any(re.fullmatch(r"\[removed\]_L_[0-9a-f]{8}", v[0]) for v in names.values() if len(v) == 1), names
+    for root, statuses in ((second, ["ok", "skipped"]), (first, ["skipped", "skipped"])):
+        # (the other input's row is kept as its run wrote it)
+        assert main(["export", str(root), str(out), *args, "--append", "--resume"]) == 0
+        assert sorted(r["status"] for r in hostile.manifest(out)) == statuses
+        assert marked() == names
+
+
 def test_append_names_a_kept_case_of_the_same_dose_that_holds_identity_the_input_tells(tmp_path, capsys):
     """Twenty-eighth hostile trial AB10: --append of an input sent again with an MR naming ``Kowalski`` took its case
     for "the same RTDOSE as another input's case kept", and that case kept its ROI ``Kowalski_PTV`` without a word.

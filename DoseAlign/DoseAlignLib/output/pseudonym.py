@@ -928,6 +928,11 @@ class Pseudonymizer:
             # each gets a keyed tag of itself, one channel name for one ROI in every case, where the structure set's
             # order numbered them, the lung's channel the lens in another case (twenty-second hostile trial V4)
             rewritten = f"{rewritten}_{self._roi_tag(value)}"
+        elif rewritten == value and value.casefold() in getattr(self, "_literal_taken", ()):
+            # the input names an ROI [removed]_L itself, and the cases of another input kept in OUT hold a channel of
+            # that name for another ROI, which cannot be renamed there (--append): this one is told apart (fifty-third
+            # hostile trial BA3: the right lung and the left were one channel)
+            return f"{value}_{self._roi_tag(value)}"
         if rewritten != value:
             renamed = getattr(self, "_renamed", None)
             if renamed is None:
@@ -985,12 +990,20 @@ class Pseudonymizer:
         most = limit("DOSEALIGN_IDENTITY_CHARS")
         alike = set(getattr(self, "_alike", ()))
         done = {}
+        literal = set()  # the input's own marked names ([removed]_L) that another input's channel holds
         for roi_name in sorted(n for n in self.identity.roi_names if n and len(n) <= most):
             rewritten = done[roi_name] = rewrites.get(roi_name) or self._rewritten_name(roi_name)
             if rewritten != roi_name and rewritten.casefold() in taken:
                 alike.add(rewritten.casefold())
+            elif rewritten == roi_name and REMOVED in roi_name and roi_name.casefold() in taken:
+                literal.add(roi_name.casefold())
         object.__setattr__(self, "_alike", frozenset(alike))
-        if self._tag_alike(done) and self.map_path:  # (the map was written at prepare: again, with them)
+        object.__setattr__(self, "_literal_taken", frozenset(literal))
+        before = len(self.entries)
+        for roi_name in done:
+            if roi_name.casefold() in literal:
+                self._roi_tag(roi_name)
+        if (self._tag_alike(done) or len(self.entries) != before) and self.map_path:  # (written at prepare: again)
             self.write_map(Path(self.map_path))
 
     def _find_alike(self) -> None:
@@ -1023,7 +1036,11 @@ class Pseudonymizer:
         marked = self.identity.marked_roi_names
         literal = set().union(*(marked.get(path, set()) for path in struct_paths))
         stale = set()
+        literal_taken = getattr(self, "_literal_taken", frozenset())
         for name in (n for n in names if isinstance(n, str) and REMOVED in n):
+            if name.casefold() in literal_taken:  # (written untagged before another input took its name: BA3)
+                stale.add(name)
+                continue
             if name.casefold() in alike:
                 if name.casefold() not in literal:
                     stale.add(name)
@@ -1033,6 +1050,7 @@ class Pseudonymizer:
                 tagged
                 and tagged.group(1) != REMOVED  # (a name that was identity as a whole is always tagged: U12)
                 and tagged.group(1).casefold() not in alike
+                and tagged.group(1).casefold() not in literal_taken
                 and tagged.group(2) in self._roi_tags()
             ):
                 stale.add(name)
