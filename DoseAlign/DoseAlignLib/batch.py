@@ -63,7 +63,7 @@ from .output.files import (
     within,
     write_text_atomic,
 )
-from .output.formats import remove_stale_datasets
+from .output.formats import remove_stale_datasets, retire_summaries
 from .output.manifest import manifest_row, relative_reason, row_from_meta, write_manifest
 from .output.out_folder import (
     DIGEST_SCHEME,
@@ -443,6 +443,9 @@ def export_folder(
         to_run.append((index, case))
     if report.exported_again:
         note(_exported_again_note(report.exported_again))
+    # the summaries of cases about to be made again go first: written anew at the end, absent if the run stops (BD1-3)
+    replacing = [case.case_id for _i, case in to_run if os.path.lexists(case_dir(out_dir, case.case_id))]
+    retired = retire_summaries(out_dir, replacing) if replacing else []
 
     task = functools.partial(
         export_case if not scheduler else functools.partial(_export_case_on_a_dask_worker, os.getpid()),
@@ -541,6 +544,7 @@ def export_folder(
         else:
             if shard is None and _folder_identity(out_dir) == out_identity:
                 _no_stale_summaries(out_dir, all_rows, report_html, pseudonymizer is not None, input_root, note)
+        _say_retired(out_dir, retired, note)
         return report
     if _folder_identity(out_dir) != out_identity:  # nothing more is written there (forty-seventh trial AU4)
         report.fault = f"{out_dir}: {REPLACED_OUT}; manifest.csv, report.html and the dataset files were not written"
@@ -569,6 +573,7 @@ def export_folder(
         report.manifest = write_rows(all_rows)
     except OSError as error:  # the cases are in place; the previous manifest stays (--resume rebuilds it)
         report.fault = f"manifest.csv: {output_fault(error, out_dir)}"
+        _say_retired(out_dir, retired, note)
         return report
     if report_html and shard is None:
         try:
@@ -582,7 +587,19 @@ def export_folder(
                 error, out_dir, then="the cases and manifest.csv are in place; run again with --resume"
             )
             report.fault = f"report.html: {fault}"
+    _say_retired(out_dir, retired, note)
     return report
+
+
+def _say_retired(out_dir: Path, retired: list, note) -> None:
+    """Name the summaries this run removed before it made their cases again (:func:`retire_summaries`) and did not
+    write anew."""
+    for name in retired:
+        if not os.path.lexists(out_dir / name):
+            note(
+                f"{name} of an earlier run was removed, as this run made cases it described again, and not written "
+                "anew: run again with --resume (with the --format that writes it) to build it"
+            )
 
 
 def _no_stale_summaries(out_dir: Path, rows: list, report_html: bool, pseudonymized: bool, input_root, note) -> None:
@@ -597,13 +614,15 @@ def _no_stale_summaries(out_dir: Path, rows: list, report_html: bool, pseudonymi
     except OSError as error:
         note(f"the dataset files could not be checked against the cases ({error.strerror or error})")
     path = out_dir / "report.html"
-    if not report_html or path.is_symlink() or not path.is_file():
+    if not report_html or path.is_symlink() or (os.path.lexists(path) and not path.is_file()):
         return
     try:
         write_report(out_dir, rows, source="input: (pseudonymized)" if pseudonymized else f"input: {input_root}")
     except OSError:
         try:
             path.unlink()
+        except FileNotFoundError:  # (none was there: the earlier one went before its cases were made again)
+            pass
         except OSError as error:
             note(f"report.html is an earlier run's and could not be removed ({error.strerror or error}): remove it")
         else:

@@ -686,17 +686,20 @@ def test_a_full_disk_while_drawing_qa_png_stops_cleanly(cohort, tmp_path, monkey
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
-@pytest.mark.parametrize("report_too", [False, True], ids=["report written", "report removed"])
-def test_an_output_fault_leaves_no_summary_of_the_earlier_cases(cohort, tmp_path, monkeypatch, capsys, report_too):
+@pytest.mark.parametrize(
+    "fault", ["a case", "a case and report.html", "dataset.h5", "the last manifest.csv", "an interrupt"]
+)
+def test_an_output_fault_leaves_no_summary_of_the_earlier_cases(cohort, tmp_path, monkeypatch, capsys, fault):
     """Fifty-fourth hostile trial BB2: a --resume with another interpolator exported a case again, then a full disk
     failed the next case (exit 4): the earlier run's dataset.h5 still held the first case's old dose, and its
-    report.html said every case ok, beside a manifest with a failed case. After a fault the dataset files that no
-    longer describe the cases are removed, as after a run without one, and report.html is written for the rows (or,
-    where it cannot be, removed)."""
+    report.html said every case ok, beside a manifest with a failed case. So after a failed dataset.h5, a manifest that
+    could not be written, and SIGTERM (fifty-sixth trial BD1-BD3). A run removes the summaries of the cases it makes
+    again before it makes them (written anew at its end); after a fault report.html is written for the rows where it
+    can be."""
     import errno
 
     from DoseAlignLib import batch
-    from DoseAlignLib.output import qa_png
+    from DoseAlignLib.output import hdf5, qa_png
 
     if not qa_png.matplotlib_available():
         pytest.skip("matplotlib is not installed: no qa.png is drawn")
@@ -704,30 +707,58 @@ def test_an_output_fault_leaves_no_summary_of_the_earlier_cases(cohort, tmp_path
     args = [str(cohort), str(out), "--quiet", "--workers", "1", "--format", "npz,hdf5"]
     assert main(["export", *args, "--no-qa-png"]) == 0
     assert (out / "dataset.h5").is_file() and "5 ok" in (out / "report.html").read_text(encoding="utf-8")
-    real_render, calls = qa_png.render_case, []
 
-    def full_at_the_second(*call_args, **kwargs):
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_render, real_write, calls = qa_png.render_case, batch.write_manifest, []
+
+    def second_fails(*call_args, **kwargs):  # (a full disk while the second case's qa.png is written)
         calls.append(1)
         if len(calls) == 2:
+            if fault == "an interrupt":
+                raise KeyboardInterrupt
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_render(*call_args, **kwargs)
 
-    monkeypatch.setattr(qa_png, "render_case", full_at_the_second)
-    if report_too:
-
-        def full(*_args, **_kwargs):
+    def last_manifest_fails(out_dir, rows, *more, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # (each case's row, then the last write)
             raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(out_dir, rows, *more, **kwargs)
 
+    if fault in ("a case", "a case and report.html", "an interrupt"):
+        monkeypatch.setattr(qa_png, "render_case", second_fails)
+    if fault == "a case and report.html":
         monkeypatch.setattr(batch, "write_report", full)
-    assert main(["export", *args, "--resume", "--interpolator", "nn"]) == 4
-    rows = hostile.manifest(out)
-    assert rows[0]["status"] == "ok" and "(ENOSPC)" in rows[1]["reason"], rows  # (the first made again, with nn)
+    if fault == "dataset.h5":
+        monkeypatch.setattr(hdf5, "build_dataset", full)
+    if fault == "the last manifest.csv":
+        monkeypatch.setattr(batch, "write_manifest", last_manifest_fails)
+    more = [] if fault.startswith("a case") or fault == "an interrupt" else ["--no-qa-png"]
+    code = main(["export", *args, *more, "--resume", "--interpolator", "nn"])
+    assert code == (130 if fault == "an interrupt" else 4)
     assert capsys.readouterr().err.count("Traceback") == 0
-    assert not (out / "dataset.h5").exists(), "the dataset file of the earlier cases is removed"
-    if report_too:
-        assert not (out / "report.html").exists()
+    rows = hostile.manifest(out)
+    assert rows[0]["status"] == "ok" and rows[0]["interpolator"] == "nn", rows  # (the first made again)
+    if fault == "the last manifest.csv":  # (dataset.h5 was built anew before the manifest: of this run's cases)
+        import h5py
+
+        with h5py.File(out / "dataset.h5", "r") as built:
+            metas = []
+            built.visititems(
+                lambda _name, item: metas.append(item.attrs["meta_json"]) if "meta_json" in item.attrs else None
+            )
+        assert metas and all(json.loads(m)["resampling"]["interpolator"] == "nn" for m in metas)
     else:
-        assert "1 ok, 4 failed" in (out / "report.html").read_text(encoding="utf-8")
+        assert not (out / "dataset.h5").exists(), "the dataset file of the earlier cases is removed"
+    report = out / "report.html"
+    if fault == "a case":
+        assert "1 ok, 4 failed" in report.read_text(encoding="utf-8")
+    elif fault == "dataset.h5":
+        assert "5 ok" in report.read_text(encoding="utf-8")  # (written for the rows, each case made again)
+    else:
+        assert not report.exists()
 
 
 def test_a_full_disk_at_the_last_manifest_write_stops_cleanly(cohort, tmp_path, monkeypatch, capsys):

@@ -477,6 +477,36 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
     return notes
 
 
+def retire_summaries(out_dir: Path, case_ids: Sequence[str]) -> list:
+    """Remove DoseAlign's dataset files and report.html that describe any of ``case_ids``, cases about to be made
+    again: should the run stop before it writes them anew (a full disk, a failed dataset.h5, SIGTERM or SIGKILL), they
+    would hold those cases as they were (fifty-sixth hostile trial BD1-BD3: dataset.h5 held a case's dose from before
+    a --resume that exported it again). Returns the names removed."""
+    out_dir = Path(out_dir)
+    wanted = set(case_ids)
+    removed = []
+    for name, fmt in (*DATASET_FILES, ("report.html", "")):
+        path = out_dir / name
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            if fmt:
+                if not _made_by_dosealign(path, fmt):
+                    continue
+                listed = _dataset_cases(path, fmt, sorted(wanted))
+                if not isinstance(listed, str) and not wanted & set(listed):
+                    continue
+            elif not any(case_id in path.read_text(encoding="utf-8", errors="replace") for case_id in wanted):
+                continue
+            path.unlink()
+        except FileNotFoundError:  # (another shard of the run removed it)
+            continue
+        except OSError:
+            continue  # left as it is: the end of the run judges it again
+        removed.append(name)
+    return removed
+
+
 #: What a later run may add to a case folder's meta.json without changing the case (see remove_stale_datasets).
 _ADDED_LATER = ("exports", "case_files", "storage", "file_sha256")
 
