@@ -354,25 +354,30 @@ def test_a_plan_structure_set_that_names_no_image_gets_no_false_warning(tmp_path
     assert meta["structures"]["rois"], "the masks were not made"
 
 
-def _without_plan_references(truth) -> list:
-    """Delete (300C,0002) ReferencedRTPlanSequence from every RTDOSE of ``truth`` (some exports drop it); the
-    BEAM doses' files, in beam order."""
+def _without_plan_references(truth, how: str = "dropped") -> list:
+    """Delete (300C,0002) ReferencedRTPlanSequence from every RTDOSE of ``truth`` (some exports drop it), or empty
+    its item's ReferencedSOPInstanceUID; the BEAM doses' files, in beam order."""
     for path in truth.dose_files:
         ds = dd.read(path)
-        del ds.ReferencedRTPlanSequence
+        if how == "dropped":
+            del ds.ReferencedRTPlanSequence
+        else:
+            ds.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID = ""
         dd.save(ds, path)
     return [Path(f) for f, beam in zip(truth.dose_files, truth.dose_beam_numbers) if beam is not None]
 
 
-def test_beam_doses_without_a_plan_reference_are_no_cases_of_their_own(tmp_path, capsys):
+@pytest.mark.parametrize("how", ["dropped", "naming no plan"])
+def test_beam_doses_without_a_plan_reference_are_no_cases_of_their_own(tmp_path, capsys, how):
     """Seventh hostile trial G3: RTDOSEs whose ReferencedRTPlanSequence was dropped exported the PLAN dose and each
     single-beam dose as a case of its own, all ok without a word (a consumer keeping ok rows trained on one beam's
     dose of the plan). Beside the PLAN dose of their patient and frame of reference the beam doses are left out,
     each listed with the reason (scan, and meta.json's dose.left_out); they do not feed the beam-sum check, since
     no reference ties them to the plan. Without a PLAN dose each stays a case, with a warning that it is one beam's
-    dose, not the treatment's."""
+    dose, not the treatment's. So for a reference whose ReferencedSOPInstanceUID is empty (fifty-sixth trial BD4:
+    each beam was an ok case of its own beside the PLAN dose, no word)."""
     truth = hostile.study(tmp_path / "in" / "p", "WRONG-G3", 8, write_beam_doses=True)
-    beams = _without_plan_references(truth)
+    beams = _without_plan_references(truth, how)
     assert len(beams) >= 2
     (plan_dose,) = [Path(f) for f, beam in zip(truth.dose_files, truth.dose_beam_numbers) if beam is None]
     code, rows, out = _export(tmp_path / "in", tmp_path, capsys)

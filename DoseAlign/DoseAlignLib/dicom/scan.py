@@ -681,8 +681,12 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["summation_type"] = headers.text(ds, "DoseSummationType").upper()
         info["dose_units"] = headers.text(ds, "DoseUnits").upper()
         info["dose_type"] = headers.text(ds, "DoseType").upper()
-        info["plan_uids"] = [
-            headers.text(item, "ReferencedSOPInstanceUID") for item in ds.get("ReferencedRTPlanSequence", [])
+        info["plan_uids"] = [  # (an item naming no plan ties the dose to none: fifty-sixth hostile trial BD4)
+            uid
+            for uid in (
+                headers.text(item, "ReferencedSOPInstanceUID") for item in ds.get("ReferencedRTPlanSequence", [])
+            )
+            if uid
         ]
         beams, groups = [], set()
         for plan_item in ds.get("ReferencedRTPlanSequence", []):

@@ -254,7 +254,7 @@ def _make_case(group: tuple, plans: dict) -> Case:
 
 
 #: Why a BEAM dose without a plan reference is no case of its own, or what its case must say.
-_NO_PLAN_REFERENCE = "(300C,0002) ReferencedRTPlanSequence is missing"
+_NO_PLAN_REFERENCE = "(300C,0002) ReferencedRTPlanSequence is missing or names no plan"
 
 
 def _beam_doses_without_plan(cases: list) -> list:
