@@ -4382,6 +4382,8 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
         ("250", "PTV 25\u00a000 Gy"),
         ("1830", "Fx 1 08:30"),
         ("1500", "Rx 1\t0500 cGy"),
+        ("1830", "Fx1 08:30"),  # (a word ending in a number before the space: fifty-fifth trial BC3)
+        ("2500", "PTV2 0500"),
     ]:
         identity = Identity(patient_ids={patient})
         assert IdentityGuard(identity).find(text) == "", (patient, text)
@@ -4638,6 +4640,80 @@ def test_a_one_syllable_korean_name_is_removed_only_as_a_word_of_its_own():
     for text in ["PTV \uc7a5", "\uc7a5\ubbfc\uc218", "PTV_\ubbfc\uc218"]:
         assert guard.find(text, own=False) == "a patient name", text
         assert "[removed]" in pseudonymizer.name(text), text
+
+
+#: Fifty-fifth hostile trial BC1, BC2, BC4-BC6, BC8: a header name, ROI names that spell it otherwise and must be
+#: removed (and found by the check), and ordinary ROI names beside it that must be kept by both sides.
+OTHER_SPELLINGS = [
+    ("\u05d7\u05f3\u05d5\u05e8\u05d9^\u05d2\u05f3\u05de\u05d0\u05dc", ["PTV_\u05d7\u05f3\u05d5\u05e8\u05d9", "PTV_\u05d7'\u05d5\u05e8\u05d9", "\u05d2\u05f3\u05de\u05d0\u05dc_boost"], ["Lung_L"]),
+    ("SMITH^JOHN=\u30b9\u30df\u30b9\u30fb\u30b8\u30e7\u30f3", ["PTV_\u30b9\u30df\u30b9", "GTV \u30b8\u30e7\u30f3"], ["PTV_70"]),
+    ("\uff27\uff21\uff32\uff23\uff29\uff21\uff0d\uff2c\uff2f\uff30\uff25\uff3a^\uff21\uff2e\uff21", ["PTV_Lopez", "GTV Garcia"], ["Lung_R"]),
+    ("\u4e70\u4e70\u63d0\u2022\u827e\u529b", ["PTV_\u827e\u529b", "\u4e70\u4e70\u63d0_boost"], ["Heart"]),
+    ("\u0d2c\u0d37\u0d40\u0d7c^\u0d05\u0d28\u0d3f\u0d7d", ["PTV_\u0d05\u0d28\u0d3f\u0d32\u0d4d\u200d", "GTV \u0d2c\u0d37\u0d40\u0d30\u0d4d\u200d"], ["Brain"]),
+    ("\u0985\u09ad\u09bf\u099c\u09bf\u09a4\u09cd\u200d^\u09a6\u09be\u09b8", ["PTV_\u0985\u09ad\u09bf\u099c\u09bf\u09ce"], ["Bladder"]),
+    ("\u0643\u0631\u064a\u0645^\u0641\u0627\u0637\u0645\u0629", ["PTV_\u0641\u0627\u0637\u0645\u06c3", "GTV \u06aa\u0631\u064a\u0645"], ["\u0642\u0644\u0628"]),
+    ("Sa\u02bfadi^Ja\u02bffar", ["PTV_Saadi", "GTV Ja'far", "Jafar_boost"], ["Rectum"]),
+    ("Sa'adi^Ja'far", ["PTV_Sa\u02bfadi", "GTV Ja\u02bffar"], ["Rectum"]),
+    ("\u05db\u05d4\u05df^\u05d3\u05d5\u05d3", ["PTV\u05d3\u05d5\u05d3", "GTV\u05db\u05d4\u05df", "\u05d3\u05d5\u05d3boost"], ["PTV\u05d3\u05d5\u05d3\u05d9"]),
+    ("\u0936\u0930\u094d\u092e\u093e^\u0930\u093e\u0939\u0941\u0932", ["PTV\u0930\u093e\u0939\u0941\u0932"], ["PTV_70Gy"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "header, spelled, kept",
+    OTHER_SPELLINGS,
+    ids=[
+        "geresh",
+        "katakana dot",
+        "fullwidth",
+        "bullet",
+        "chillu",
+        "khanda ta",
+        "urdu sindhi",
+        "ayn",
+        "ayn in roi",
+        "glued hebrew",
+        "glued devanagari",
+    ],  # fmt: skip
+)
+def test_a_name_written_with_other_characters_for_one_is_one_name(header, spelled, kept):
+    """Fifty-fifth hostile trial: a Hebrew name with a geresh (BC1), names parted by a katakana middle dot, a bullet or
+    written in fullwidth forms (BC2), Malayalam and Bengali letters written as one code point or as three (BC4), Urdu
+    and Sindhi forms of Arabic letters (BC5), the ʿayn of transliterations (BC6), and a name of a script without case
+    glued to Latin letters (BC8) stayed in clear, status ok. Both sides read each as the name; ordinary ROI names are
+    kept."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name(header)
+    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in spelled:
+        assert guard.find(text, own=False) == "a patient name", text
+        rewritten = pseudonymizer.name(text)
+        assert "[removed]" in rewritten and not guard.find(rewritten, own=False), rewritten
+    for text in kept:
+        assert guard.find(text, own=False) == "" and pseudonymizer.name(text) == text, text
+
+
+@pytest.mark.parametrize("header", ["Loew^Hans", "Haert^Jan", "Loeng^Wei", "Mueller^Jan"])
+def test_an_ascii_name_with_oe_is_not_the_word_without_its_e(header):
+    """Fifty-fifth hostile trial BC7: the check read oe, ae, ue of a header name typed in ASCII as o, a, u: a patient
+    Loew made the dose-level ROIs ``PTV_Low`` and ``CTV_Low`` his name (the rewriting kept them), and the case failed
+    "please report it"; Haert the Dutch ``Hart``, Loeng ``Long_L``. Such a name is read as typed and with its umlaut
+    (``Löw``), on both sides."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name(header)
+    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+    surname = header.split("^")[0]
+    plain = surname.replace("oe", "o").replace("ae", "a").replace("ue", "u")
+    umlaut = surname.replace("oe", "\u00f6").replace("ae", "\u00e4").replace("ue", "\u00fc")
+    for word in (f"PTV_{plain}", f"{plain}_L"):
+        assert guard.find(word, own=False) == "" and pseudonymizer.name(word) == word, word
+    for word in (f"PTV_{surname}", f"PTV_{umlaut}"):
+        assert guard.find(word, own=False) == "a patient name", word
+        assert "[removed]" in pseudonymizer.name(word), word
 
 
 def test_a_near_name_in_a_script_with_marks_is_kept_by_both_sides():

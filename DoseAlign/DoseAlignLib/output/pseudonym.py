@@ -296,7 +296,11 @@ def check_outside(path: Path, out_dir: Path, what: str, input_root: Optional[Pat
 #: Apostrophes written otherwise than ``'``, read as it by both sides: the modifier letters of Ukrainian (``ʼ``) and Uzbek
 #: or Hawaiian (``ʻ``) are letters to Unicode, and ``Gʻulomov`` was one word that neither ``Gulomov`` nor ``G'ulomov``
 #: spelt (fifty-third hostile trial BA4); also the turned comma, the prime, the grave and acute accents typed for one.
-_APOSTROPHES = str.maketrans({c: "'" for c in "\u02bc\u02bb\u02b9\u2018\u2019\u201b\u2032\u0060\u00b4"})
+#: So are the marks transliterations write for Arabic ʿayn and hamza (``Saʿadi``), the stress mark, the Latin saltillo
+#: and the Hebrew geresh (``ח׳ורי``: fifty-fifth trial BC1, BC6), and the fullwidth apostrophe.
+_APOSTROPHES = str.maketrans(
+    {c: "'" for c in "\u02bc\u02bb\u02b9\u2018\u2019\u201b\u2032\u0060\u00b4\u02bd\u02be\u02bf\u02c8\ua78c\u05f3\uff07"}
+)
 
 
 #: Letters of Arabic script that Arabic, Persian and Urdu keyboards type differently for one name, as one form (Persian
@@ -305,9 +309,38 @@ _APOSTROPHES = str.maketrans({c: "'" for c in "\u02bc\u02bb\u02b9\u2018\u2019\u2
 #: for a header's ``كريمي`` stayed in clear (fifty-third hostile trial BA1, BA2). NFKC folds none of them.
 _ARABIC_FORMS = {
     "\u06cc": "\u064a", "\u0649": "\u064a", "\u06a9": "\u0643", "\u0629": "\u0647", "\u06c1": "\u0647",
-    "\u06be": "\u0647", "\u06d5": "\u0647", "\u0671": "\u0627", "\u0640": "",
+    "\u06be": "\u0647", "\u06d5": "\u0647", "\u06c3": "\u0647", "\u06aa": "\u0643", "\u0671": "\u0627",
+    "\u0640": "",
 }  # fmt: skip
 _ARABIC_FOLD = str.maketrans(_ARABIC_FORMS)
+
+
+#: Letters of Malayalam and Bengali written in two ways, as one code point (the chillu ``ൽ``, the khanda ta ``ৎ``) or
+#: as the consonant, virama and zero width joiner: a name in one, an ROI in the other stayed in clear (fifty-fifth
+#: hostile trial BC4). A name is held in both.
+_ATOMIC_LETTERS = {
+    "\u0d7a": "\u0d23\u0d4d\u200d", "\u0d7b": "\u0d28\u0d4d\u200d", "\u0d7c": "\u0d30\u0d4d\u200d",
+    "\u0d7d": "\u0d32\u0d4d\u200d", "\u0d7e": "\u0d33\u0d4d\u200d", "\u0d7f": "\u0d15\u0d4d\u200d",
+    "\u09ce": "\u09a4\u09cd\u200d",
+}  # fmt: skip
+
+
+def _other_encodings(name: str) -> set:
+    """``name`` with each letter of :data:`_ATOMIC_LETTERS` written the other way (both ways, where it holds both)."""
+    found = set()
+    atomic = name
+    for letter, sequence in _ATOMIC_LETTERS.items():
+        atomic = atomic.replace(sequence, letter)
+    spelled = atomic
+    for letter, sequence in _ATOMIC_LETTERS.items():
+        spelled = spelled.replace(letter, sequence)
+    found.update({atomic, spelled})
+    return found - {name}
+
+
+#: What parts a double-barrelled or apostrophe name: hyphens and dashes, apostrophes, points, the middle dot, the
+#: katakana middle dot (and its halfwidth form), the Chinese interpunct and bullet, fullwidth hyphen and full stop.
+_NAME_PARTING = re.compile("[-\u2010-\u2015'\u2019.\u00b7\u30fb\uff65\u2027\u2022\uff0d\uff0e]+")
 
 
 @dataclass
@@ -392,10 +425,17 @@ class Identity:
         plain = name.translate(_APOSTROPHES).translate(_ARABIC_FOLD)
         if plain != name:  # (also with its apostrophes and Arabic letters as typed on another keyboard: BA4, BA1)
             self.add_name(plain)
+        compatible = unicodedata.normalize("NFKC", name)
+        if compatible != name:  # (fullwidth letters and marks as their plain forms: ＧＡＲＣＩＡ－ＬＯＰＥＺ, BC2)
+            self.add_name(compatible)
         self.names.add(name)
+        if any(c in name for c in "\u0d4d\u09cd\u0d7a\u0d7b\u0d7c\u0d7d\u0d7e\u0d7f\u09ce"):
+            for other in _other_encodings(name) - self.names:  # (ൽ and ല്‍, ৎ and ত্‍: BC4)
+                self.add_name(other)
         parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
         # a double-barrelled or apostrophe name (García-López, O'Brien) is written by its parts too
-        pieces = tuple(p for part in parts for p in re.split(r"[-\u2010-\u2015'\u2019.\u00b7]+", part) if p)
+        # (also parted by the dots and hyphens of other scripts and widths: スミス・ジョン, 买买提•艾力: BC2)
+        pieces = tuple(p for part in parts for p in _NAME_PARTING.split(part) if p)
         spellings = {parts, *transliterations(parts)}
         if pieces != parts:
             spellings |= {pieces, *transliterations(pieces)}
@@ -2241,6 +2281,9 @@ def _word_spans(text: str) -> list:
                 and (
                     (base.islower() and char.isupper())
                     or (base.isupper() and char.isupper() and n + 1 < len(text) and text[n + 1].islower())
+                    # (where Latin letters meet another script's: PTVדוד, as scripts without case show no camel case:
+                    # fifty-fifth hostile trial BC8)
+                    or (base.isalpha() and _latin(base) != _latin(char))
                 )
             )
             if same and not camel:
@@ -2253,6 +2296,12 @@ def _word_spans(text: str) -> list:
         if kind:
             start = n
     return spans
+
+
+@functools.lru_cache(maxsize=4096)
+def _latin(char: str) -> bool:
+    """Whether a letter is of the Latin script."""
+    return char.isascii() or unicodedata.name(char, "").startswith("LATIN")
 
 
 def _in_own_word(text: str, start: int, end: int) -> bool:
@@ -2586,7 +2635,10 @@ class NameSpellings:
             if self.cjk is not None:
                 found.extend(m.span() for m in self.cjk.finditer(folded) if m.end() > m.start())
             for n, char in enumerate(folded):
-                alone = not (n and folded[n - 1].isalpha()) and not (n + 1 < len(folded) and folded[n + 1].isalpha())
+                # (an ASCII letter beside it is another word: Lung장, as the check reads it, BC8)
+                alone = not (n and folded[n - 1].isalpha() and not folded[n - 1].isascii()) and not (
+                    n + 1 < len(folded) and folded[n + 1].isalpha() and not folded[n + 1].isascii()
+                )
                 if alone and char in self.cjk_single:
                     found.append((n, n + 1))
         return found
@@ -2943,7 +2995,14 @@ class IdentityGuard:
             for w in ["".join(c for c in part.casefold() if c.isalnum() or _continues_word(c))]
             if len(w) >= MIN_NAME_PART and not w.isalnum() and not w.isascii()
         }
-        folded = {tuple(_fold(p) for p in parts) for parts in identity.persons}
+        # (a name typed in ASCII is not folded: Loew is no Low, which an ROI PTV_Low is, the rewriting agreeing; it is
+        # also read with the letter its ae oe ue may stand for, Löw: fifty-fifth hostile trial BC7)
+        folded = {tuple(p if p.isascii() else _fold(p) for p in parts) for parts in identity.persons}
+        folded |= {
+            tuple(_UMLAUTED.sub(lambda m: _UMLAUTS[m.group(0)], p) if p.isascii() else p for p in parts)
+            for parts in identity.persons
+            if any(p.isascii() and _UMLAUTED.search(p) for p in parts)
+        }
         self.alone |= {p.casefold() for parts in folded for p in parts if len(p) >= MIN_NAME_PART and p.isalnum()}
         # CJK components in the check's own folding (_guard_cjk): of two characters or more anywhere (self.alone),
         # of one character as a word of its own, all of a name joined (張^偉: 张伟) anywhere
@@ -3140,7 +3199,9 @@ class IdentityGuard:
                 start = lowered.find(number, start + 1)
         # an ID's digits after zeros added (01072315, MRN-01072315 for 1072315, MRN-1072315: thirty-second hostile
         # trial AF3): the IDs read again with each run of digits without its leading zeros (not after a point)
-        if padded and self.ids and _PADDED_RUN.search(lowered):  # (once: the text read again is not read again)
+        if (
+            padded and self.ids and (_PADDED_RUN.search(lowered) or _PADDED_AFTER_NUMBER.search(lowered))
+        ):  # (once: the text read again is not read again)
             unpadded = _unpadded_text(self._without_own(lowered))
             if unpadded != lowered and self.find(unpadded, False, joined_names=False, padded=False) == "a patient ID":
                 return "a patient ID"
@@ -3164,6 +3225,8 @@ class IdentityGuard:
                 if len(joined) >= self.longest_id:
                     break
         camel = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
+        if not camel.isascii():  # (and where ASCII letters meet those of another script: PTVדוד, BC8)
+            camel = _SCRIPT_CHANGE.sub(" ", camel)
         found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
         exempt = OWN_VOCABULARY if own else frozenset()
         if words and (found_words - exempt) & self.alone_words:
@@ -3198,6 +3261,12 @@ class IdentityGuard:
         return ""
 
 
+#: Where an ASCII letter meets a letter of a script other than Latin, or the other way (the check's own reading).
+_SCRIPT_CHANGE = re.compile(
+    r"(?<=[A-Za-z])(?=[^\W\d_A-Za-z\u00aa-\u024f\u1e00-\u1eff])|(?<=[^\W\d_A-Za-z\u00aa-\u024f\u1e00-\u1eff])(?=[A-Za-z])"
+)
+
+
 def _guard_short(guard: IdentityGuard, camel: str, squeezed: str, own: bool) -> bool:
     """The check's search for a name of two short components (``Li^Na``): in a name the input gave, anywhere in it
     squeezed (``ptvlina``); in DoseAlign's own text, as one word (``LINA``, not one of DoseAlign's words) or as two
@@ -3229,34 +3298,26 @@ _ASCII_ALNUM = frozenset("0123456789abcdefghijklmnopqrstuvwxyz")
 _DOTTED_RUN = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+)+(?![0-9])(?!\.[0-9])")
 #: The zeros a run of digits begins with (``00123``'s ``00``), not after a decimal point, nor after a digit and a
 #: separator (``15-04-23``: zeros inside a number, which the rewriting does not take either; thirty-third hostile
-#: trial AG5), nor after a digit and a comma, apostrophe or another mark that groups digits (``250,000``,
-#: ``250'000``, Arabic ``٢٥٠٬٠٠٠``, fullwidth ``250，000``, Indian ``1,00,000``, a decimal comma ``25,00`` are no
-#: ``250,0``: a PatientID 2500 failed a case "please report it", forty-sixth to fifty-second trials AT3, AV5, AX3,
-#: AZ1); after a digit and a space only where that digit's number is glued to letters (``C2 01072315`` holds 1072315)
-#: and the zeros do not begin a group of three (``250 000``, Indian ``1 00 000``, ``Fx 1 08:30``: fifty-third trial BA5;
-#: :func:`_unpadded_text`): the check reads IDs again without them.
-_PADDED_RUN = re.compile("(?<![0-9.])(?<![0-9][-_^,'\u2019\u02bc\u00b7\u066c\uff0c])0+(?=[0-9])")
-#: The spaces a number's groups are written apart with.
-_GROUP_SPACES = " \t\u00a0\u2007\u2009\u202f"
+#: trial AG5), nor after a digit and a comma, apostrophe, space or another mark that groups digits (``250,000``,
+#: ``250'000``, Arabic ``٢٥٠٬٠٠٠``, fullwidth ``250，000``, Indian ``1,00,000``, ``1 00 000``, a decimal comma ``25,00`` are
+#: no ``250,0``: a PatientID 2500 failed a case "please report it", forty-sixth to fifty-third trials AT3, AV5, AX3,
+#: AZ1, BA5): the check reads IDs again without them (:func:`_unpadded_text`).
+_PADDED_RUN = re.compile(
+    "(?<![0-9.])(?<![0-9][-_^,'\u2019\u02bc\u00b7\u066c\uff0c \t\u00a0\u2007\u2009\u202f])0+(?=[0-9])"
+)
+#: A number (or a word ending in one: ``C2``, ``Fx1``) then a space and zeros before more digits that are no group of
+#: three: ``C2 01072315`` holds the ID 1072315 (thirty-second trial AF3), read again as `` 1072315`` without the number
+#: before it, which is another value, never joined to this one (``Fx1 08:30`` is no 1830, ``PTV2 0500`` no 2500:
+#: fifty-fifth trial BC3).
+_PADDED_AFTER_NUMBER = re.compile(
+    "(?<![0-9a-z])[a-z]*[0-9]+[ \t\u00a0\u2007\u2009\u202f](?![0-9]{3}(?![0-9]))0+(?=[0-9])"
+)
 
 
 def _unpadded_text(text: str) -> str:
-    """``text`` without the zeros :data:`_PADDED_RUN` finds, those after a digit and a space only where that digit's
-    run of digits follows a letter and the zeros do not begin a group of three digits."""
-
-    def unpad(match) -> str:
-        start = match.start()
-        if start >= 2 and text[start - 1] in _GROUP_SPACES and text[start - 2] in _DIGITS:
-            run = start - 2
-            while run > 0 and text[run - 1] in _DIGITS:
-                run -= 1
-            glued = run > 0 and text[run - 1].isalpha()
-            group = re.match(r"[0-9]+", text[start:]).group(0)
-            if not glued or len(group) == 3:
-                return match.group(0)
-        return ""
-
-    return _PADDED_RUN.sub(unpad, text)
+    """``text`` (lower case) read again without the zeros IDs are padded with (:data:`_PADDED_AFTER_NUMBER`,
+    :data:`_PADDED_RUN`)."""
+    return _PADDED_RUN.sub("", _PADDED_AFTER_NUMBER.sub(" ", text))
 
 
 def _in_number(text: str, start: int, end: int) -> bool:
@@ -3441,6 +3502,11 @@ def visible(text: str) -> str:
         kept.append(char)
         after_digit = char.isdigit()
     return "".join(kept)
+
+
+#: The two-letter spellings of German umlauts, and the letters they stand for.
+_UMLAUTS = {a + e: u for a, u in zip("aouAOU", "äöüÄÖÜ") for e in "eE"}
+_UMLAUTED = re.compile("|".join(_UMLAUTS))
 
 
 def _fold(text: str) -> str:
