@@ -445,7 +445,8 @@ def export_folder(
         note(_exported_again_note(report.exported_again))
     # the summaries of cases about to be made again go first: written anew at the end, absent if the run stops (BD1-3)
     replacing = [case.case_id for _i, case in to_run if os.path.lexists(case_dir(out_dir, case.case_id))]
-    retired = retire_summaries(out_dir, replacing) if replacing else []
+    made_as = formats.formats if formats is not None else ("npz",)
+    retired = retire_summaries(out_dir, replacing, made_as) if replacing else []
 
     task = functools.partial(
         export_case if not scheduler else functools.partial(_export_case_on_a_dask_worker, os.getpid()),
@@ -594,11 +595,11 @@ def export_folder(
 def _say_retired(out_dir: Path, retired: list, note) -> None:
     """Name the summaries this run removed before it made their cases again (:func:`retire_summaries`) and did not
     write anew."""
-    for name in retired:
+    for name, why in retired:
         if not os.path.lexists(out_dir / name):
             note(
-                f"{name} of an earlier run was removed, as this run made cases it described again, and not written "
-                "anew: run again with --resume (with the --format that writes it) to build it"
+                f"{name} of an earlier run removed: {why}, and did not write it anew; run again with --resume (with "
+                "the --format that writes it) to build it"
             )
 
 

@@ -761,6 +761,35 @@ def test_an_output_fault_leaves_no_summary_of_the_earlier_cases(cohort, tmp_path
         assert not report.exists()
 
 
+def test_a_run_that_makes_cases_again_keeps_a_users_report_and_never_reads_a_big_one(cohort, tmp_path, capsys):
+    """Fifty-eighth hostile trial BF1, BF2, regressions of the fifty-sixth's fix: a --shard run that made a case again
+    removed the user's own report.html naming a case id (only DoseAlign's is written anew); DoseAlign's report.html
+    padded to 4 GB was read whole before any case ran (MemoryError, exit 1). Only DoseAlign's is removed, told by its
+    first bytes."""
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--shard", "1/1"]) == 0
+    case_id = hostile.manifest(out, "manifest.shard-1-of-1.csv")[0]["case_id"]
+    mine = f"<html><body><p>{case_id}: contours checked by hand</p></body></html>\n"
+    (out / "report.html").write_text(mine, encoding="utf-8")
+    assert main(["export", *args, "--shard", "1/1", "--resume", "--interpolator", "nn"]) == 0
+    assert (out / "report.html").read_text(encoding="utf-8") == mine, "the user's report.html is kept"
+    (out / "report.html").unlink()
+    assert main(["export", *args, "--resume"]) == 0  # (DoseAlign's report.html, then padded to 4 GiB, sparse)
+    with open(out / "report.html", "r+b") as handle:
+        handle.truncate(4 << 30)
+    capsys.readouterr()
+
+    def limited() -> None:  # (the child may not take gigabytes whatever happens)
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    done = hostile.dosealign("export", *args, "--resume", "--interpolator", "nn", timeout=300, preexec_fn=limited)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert (out / "report.html").stat().st_size < 1 << 20, "written anew for the cases"
+
+
 def test_a_full_disk_at_the_last_manifest_write_stops_cleanly(cohort, tmp_path, monkeypatch, capsys):
     """From a fourth hostile trial: a disk that filled up exactly when the batch wrote its final manifest.csv
     ended in a traceback (exit 1). Now: exit 4 with the cause, and --resume completes the manifest."""

@@ -2598,14 +2598,21 @@ def test_an_input_file_changed_while_its_case_runs_fails_the_case(tmp_path, caps
     assert not (out / row["case_id"]).exists()
 
 
-def test_a_case_read_through_another_mount_of_its_files_is_no_changed_input(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("uid", ["one value", "two values"])
+def test_a_case_read_through_another_mount_of_its_files_is_no_changed_input(tmp_path, capsys, monkeypatch, uid):
     """Forty-ninth hostile trial AW1: a ``tcp://`` Dask worker on another node sees the input's share under its own
     device number; the inode check of AU1 compared (device, inode) and failed every case there "another file of its
-    size and time is in its place". The inode counts on the device the scan saw only."""
+    size and time is in its place". There each file's SOPInstanceUID is read again (BB1), as the scan read it: a slice
+    whose UID holds two values failed its case (fifty-eighth trial BF3)."""
     from DoseAlignLib import batch
 
     root = tmp_path / "in"
-    hostile.study(root / "p", "MOUNT-1", 146, with_structures=False, ct_size=(32, 32, 16))
+    truth = hostile.study(root / "p", "MOUNT-1", 146, with_structures=False, ct_size=(32, 32, 16))
+    if uid == "two values":
+        path = sorted(truth.ct_files)[5]
+        ds = dd.read(path)
+        ds.SOPInstanceUID = [ds.SOPInstanceUID, "1.2.3.4"]
+        dd.save(ds, path)
     real = batch.form_cases
 
     def seen_on_another_mount(*args, **kwargs):

@@ -477,11 +477,13 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
     return notes
 
 
-def retire_summaries(out_dir: Path, case_ids: Sequence[str]) -> list:
-    """Remove DoseAlign's dataset files and report.html that describe any of ``case_ids``, cases about to be made
-    again: should the run stop before it writes them anew (a full disk, a failed dataset.h5, SIGTERM or SIGKILL), they
+def retire_summaries(out_dir: Path, case_ids: Sequence[str], formats: Sequence[str] = ()) -> list:
+    """Remove DoseAlign's dataset files that describe any of ``case_ids``, cases about to be made again, and its
+    report.html: should the run stop before it writes them anew (a full disk, a failed dataset.h5, SIGTERM or SIGKILL), they
     would hold those cases as they were (fifty-sixth hostile trial BD1-BD3: dataset.h5 held a case's dose from before
-    a --resume that exported it again). Returns the names removed."""
+    a --resume that exported it again). Returns ``(name, why)`` of each removed, ``formats`` the run's own."""
+    from .out_folder import foreign_file
+
     out_dir = Path(out_dir)
     wanted = set(case_ids)
     removed = []
@@ -494,16 +496,18 @@ def retire_summaries(out_dir: Path, case_ids: Sequence[str]) -> list:
                 if not _made_by_dosealign(path, fmt):
                     continue
                 listed = _dataset_cases(path, fmt, sorted(wanted))
-                if not isinstance(listed, str) and not wanted & set(listed):
+                # (one not as DoseAlign wrote it is judged, and its reason said, at the run's end)
+                if isinstance(listed, str) or not wanted & set(listed):
                     continue
-            elif not any(case_id in path.read_text(encoding="utf-8", errors="replace") for case_id in wanted):
-                continue
+            elif foreign_file(path) is not None:  # a user's own report.html stays (fifty-eighth trial BF1); DoseAlign's
+                continue  # is written anew at the run's end (not read whole: a planted 4 GB one, BF2)
             path.unlink()
         except FileNotFoundError:  # (another shard of the run removed it)
             continue
         except OSError:
             continue  # left as it is: the end of the run judges it again
-        removed.append(name)
+        lacking = f", now without --format {fmt}" if fmt and fmt not in formats else ""
+        removed.append((name, f"this run made cases it described again{lacking}"))
     return removed
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..dicom.headers import read_header, surely_a_data_set
+from ..dicom.headers import quick_text, read_header, surely_a_data_set
 from ..errors import DoseAlignError, InputError
 from ..limits import LimitError, open_regular, read_back
 from .case_folder import case_problem, load_meta
@@ -383,7 +383,9 @@ def _same_instance(obj) -> bool:
         ds = read_header(obj.path, defer_large=True)
     except Exception:  # unreadable now: not the file the scan read
         return False
-    return str(ds.get("SOPInstanceUID", "") or "").strip() == obj.sop_instance_uid
+    # (read as the scan read it: a UID of two values is their text joined, as the scan recorded it, fifty-eighth hostile
+    # trial BF3)
+    return quick_text(ds, "SOPInstanceUID") == obj.sop_instance_uid
 
 
 def check_unchanged_since_scan(case) -> None:
