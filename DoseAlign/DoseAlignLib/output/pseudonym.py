@@ -3171,7 +3171,13 @@ class IdentityGuard:
             plain = _ascii_digits(unicodedata.normalize("NFKC", visible(text)))
             copies += [plain] if plain != text else []
             ideographs = _guard_cjk(plain) if _cjk(plain) else plain
-            text = "\n".join([text, _fold(text), *copies[1:], *([ideographs] if ideographs != plain else [])])
+            # (and with the letters written as two where their marks cannot be typed, Erdős as Erdoes, Löw as Loew: a
+            # header typed so is read as typed, BC7)
+            doubled = ""
+            if any(c in _GERMAN for c in text):
+                spelled = unicodedata.normalize("NFKD", "".join(_GERMAN.get(c, c) for c in text))
+                doubled = "".join(c for c in spelled if not unicodedata.combining(c))
+            text = "\n".join([text, _fold(text), *copies[1:], *([ideographs] if ideographs != plain else []), doubled])
         lowered = text.casefold()
         if self.glued_ids and any(
             _glued_id(self._skipped(c.casefold(), own), self._glued_needles, self.dotted_ids) for c in copies
