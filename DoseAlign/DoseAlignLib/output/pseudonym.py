@@ -338,9 +338,19 @@ def _other_encodings(name: str) -> set:
     return found - {name}
 
 
-#: What parts a double-barrelled or apostrophe name: hyphens and dashes, apostrophes, points, the middle dot, the
-#: katakana middle dot (and its halfwidth form), the Chinese interpunct and bullet, fullwidth hyphen and full stop.
-_NAME_PARTING = re.compile("[-\u2010-\u2015'\u2019.\u00b7\u30fb\uff65\u2027\u2022\uff0d\uff0e]+")
+def _name_pieces_of(part: str) -> list:
+    """A name component parted where a double-barrelled or apostrophe name is: at any punctuation, symbol or space
+    (hyphens and dashes of any script, apostrophes, points, the middle and katakana dots, bullets, the Hebrew maqaf,
+    minus: fifty-fifth and fifty-seventh hostile trials BC2, BE2, where a list of them missed the next one)."""
+    pieces, piece = [], []
+    for char in part:
+        if unicodedata.category(char)[0] in "PSZ":
+            pieces.append("".join(piece))
+            piece = []
+        else:
+            piece.append(char)
+    pieces.append("".join(piece))
+    return [p for p in pieces if p]
 
 
 @dataclass
@@ -435,7 +445,7 @@ class Identity:
         parts = tuple(p for p in re.split(r"[\^=,\s]+", name) if p)
         # a double-barrelled or apostrophe name (García-López, O'Brien) is written by its parts too
         # (also parted by the dots and hyphens of other scripts and widths: スミス・ジョン, 买买提•艾力: BC2)
-        pieces = tuple(p for part in parts for p in _NAME_PARTING.split(part) if p)
+        pieces = tuple(p for part in parts for p in _name_pieces_of(part) if p)
         spellings = {parts, *transliterations(parts)}
         if pieces != parts:
             spellings |= {pieces, *transliterations(pieces)}
@@ -2283,7 +2293,12 @@ def _word_spans(text: str) -> list:
                     or (base.isupper() and char.isupper() and n + 1 < len(text) and text[n + 1].islower())
                     # (where Latin letters meet another script's: PTVדוד, as scripts without case show no camel case:
                     # fifty-fifth hostile trial BC8)
-                    or (base.isalpha() and _latin(base) != _latin(char))
+                    # (not where both have case: Iван, typed on a keyboard without і, is one word, BE4)
+                    or (
+                        base.isalpha()
+                        and _latin(base) != _latin(char)
+                        and (base.lower() == base.upper() or char.lower() == char.upper())
+                    )
                 )
             )
             if same and not camel:
@@ -3174,8 +3189,11 @@ class IdentityGuard:
             # (and with the letters written as two where their marks cannot be typed, Erdős as Erdoes, Löw as Loew: a
             # header typed so is read as typed, BC7)
             doubled = ""
-            if any(c in _GERMAN for c in text):
-                spelled = unicodedata.normalize("NFKD", "".join(_GERMAN.get(c, c) for c in text))
+            if any(c in _GERMAN or c.lower() in _LETTER_SPELLINGS for c in text):  # (Sørensen as Soerensen too)
+                spelled = "".join(
+                    _GERMAN.get(c) or _cased(_LETTER_SPELLINGS.get(c.lower(), (c,))[-1], c.isupper()) for c in text
+                )
+                spelled = unicodedata.normalize("NFKD", spelled)
                 doubled = "".join(c for c in spelled if not unicodedata.combining(c))
             text = "\n".join([text, _fold(text), *copies[1:], *([ideographs] if ideographs != plain else []), doubled])
         lowered = text.casefold()
@@ -3231,8 +3249,8 @@ class IdentityGuard:
                 if len(joined) >= self.longest_id:
                     break
         camel = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
-        if not camel.isascii():  # (and where ASCII letters meet those of another script: PTVדוד, BC8)
-            camel = _SCRIPT_CHANGE.sub(" ", camel)
+        if not camel.isascii():  # (and where ASCII letters meet those of a script without case: PTVדוד, BC8)
+            camel = _scripts_apart(camel)
         found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
         exempt = OWN_VOCABULARY if own else frozenset()
         if words and (found_words - exempt) & self.alone_words:
@@ -3267,10 +3285,26 @@ class IdentityGuard:
         return ""
 
 
-#: Where an ASCII letter meets a letter of a script other than Latin, or the other way (the check's own reading).
-_SCRIPT_CHANGE = re.compile(
-    r"(?<=[A-Za-z])(?=[^\W\d_A-Za-z\u00aa-\u024f\u1e00-\u1eff])|(?<=[^\W\d_A-Za-z\u00aa-\u024f\u1e00-\u1eff])(?=[A-Za-z])"
-)
+def _scripts_apart(text: str) -> str:
+    """``text`` with a space where an ASCII letter meets a letter without case (the check's own reading)."""
+    out = []
+    previous = ""
+    for char in text:
+        if (
+            previous.isalpha()
+            and char.isalpha()
+            and previous.isascii() != char.isascii()
+            and _caseless(previous if char.isascii() else char)
+        ):
+            out.append(" ")
+        out.append(char)
+        previous = char
+    return "".join(out)
+
+
+def _caseless(char: str) -> bool:
+    """Whether a letter has no upper and lower case (Hebrew, Arabic, Indic, CJK, Hangul; not Cyrillic nor Greek)."""
+    return char.lower() == char.upper()
 
 
 def _guard_short(guard: IdentityGuard, camel: str, squeezed: str, own: bool) -> bool:
@@ -3316,13 +3350,18 @@ _PADDED_RUN = re.compile(
 #: before it, which is another value, never joined to this one (``Fx1 08:30`` is no 1830, ``PTV2 0500`` no 2500:
 #: fifty-fifth trial BC3).
 _PADDED_AFTER_NUMBER = re.compile(
-    "(?<![0-9a-z])[a-z]*[0-9]+[ \t\u00a0\u2007\u2009\u202f](?![0-9]{3}(?![0-9]))0+(?=[0-9])"
-)
+    "(?<![0-9a-z])[a-z]*[0-9]+[ \t\u00a0\u2007\u2009\u202f]+(?![0-9]{3}(?![0-9]))0+(?=[0-9])"
+)  # (spaces: two of them as well, BE3)
+
+
+#: Spaces between two digits, more than one.
+_SPACES_IN_NUMBER = re.compile("(?<=[0-9])[ \t\u00a0\u2007\u2009\u202f]{2,}(?=[0-9])")
 
 
 def _unpadded_text(text: str) -> str:
     """``text`` (lower case) read again without the zeros IDs are padded with (:data:`_PADDED_AFTER_NUMBER`,
     :data:`_PADDED_RUN`)."""
+    text = _SPACES_IN_NUMBER.sub(" ", text)  # (two spaces between groups read as one: BE3)
     return _PADDED_RUN.sub("", _PADDED_AFTER_NUMBER.sub(" ", text))
 
 
@@ -3510,6 +3549,11 @@ def visible(text: str) -> str:
     return "".join(kept)
 
 
+def _cased(spelling: str, upper: bool) -> str:
+    """A letter's plain spelling in the case of the letter (``Ø`` as ``Oe``)."""
+    return spelling[:1].upper() + spelling[1:] if upper else spelling
+
+
 #: The two-letter spellings of German umlauts, and the letters they stand for.
 _UMLAUTS = {a + e: u for a, u in zip("aouAOU", "äöüÄÖÜ") for e in "eE"}
 _UMLAUTED = re.compile("|".join(_UMLAUTS))
@@ -3517,14 +3561,15 @@ _UMLAUTED = re.compile("|".join(_UMLAUTS))
 
 def _fold(text: str) -> str:
     """The guard's own folding: marks dropped, letters without a decomposition read as their first plain spelling
-    (``ł`` as ``l``, ``ø`` as ``o``, ``æ`` as ``ae``), and the German two-letter spellings read as one letter
-    (``Müller``, ``Mueller`` and ``Muller`` all become ``muller``; ``Sørensen`` and ``Soerensen`` ``sorensen``)."""
+    (``ł`` as ``l``, ``ø`` as ``o``, ``æ`` as ``ae``). Two-letter spellings are not read as one letter: ``Gaëlle`` is no
+    ``Galle``, ``Bækken`` no ``Bakken``, ``Mueller`` no ``Muller`` (fifty-seventh hostile trial BE1, BE5: ROIs ``Galle``,
+    ``Bækken`` failed their cases); a name's two-letter spellings are among its own (:func:`_guard_spellings_of`) and
+    the text is also read with its letters written as two (:meth:`IdentityGuard.find`)."""
     # (å as aa: Håkonsen is read as Haakonsen, and a name typed so is found, fifty-third hostile trial BA7)
     text = text.replace("ß", "ss").replace("å", "aa").replace("Å", "Aa")
     text = text.translate(_ARABIC_FOLD)  # (one form of the Arabic letters, tatweel dropped: BA1, BA2)
     text = _GUARD_NON_ASCII.sub(_guard_first_spelling, text)
-    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return re.sub(r"([aouAOU])[eE]", r"\1", plain)
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
 #: At most this many spellings of one name component are read by the check (:func:`_guard_spellings_of`).
