@@ -4753,6 +4753,16 @@ def test_two_letters_are_not_read_as_one_where_they_are_two(header, kept, found)
         assert "[removed]" in pseudonymizer.name(text), text
 
 
+def test_a_halfwidth_kana_name_leaves_no_voiced_mark_behind():
+    """Fifty-seventh hostile trial: ``PTV_ﾔﾏﾀﾞ`` (halfwidth katakana) for a patient ヤマダ was written ``PTV_[removed]ﾞ``:
+    the voiced mark ﾞ is a letter to Unicode, not a mark, and stayed after the name it belongs to."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name("\u30e4\u30de\u30c0^\u30bf\u30ed\u30a6")
+    assert Pseudonymizer(key=b"k" * 32, identity=identity).name("PTV_\uff94\uff8f\uff80\uff9e") == "PTV_[removed]"
+
+
 def test_a_near_name_in_a_script_with_marks_is_kept_by_both_sides():
     """The check of AZ3's fix reads a word of such a script with its marks: a name that differs by a vowel sign
     (\u0930\u093e\u0939\u0941\u0932\u0940 beside \u0930\u093e\u0939\u0941\u0932) is another name, kept by the rewriting and not found by the check

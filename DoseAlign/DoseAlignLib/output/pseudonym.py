@@ -2338,8 +2338,9 @@ def _ascii_digits(text: str) -> str:
     return "".join(str(unicodedata.decimal(c)) if c.isdecimal() and not c.isascii() else c for c in text)
 
 
-#: Joiners written inside the words of some scripts (the Persian ZWNJ, the Sinhala ZWJ).
-_JOINERS = "\u200c\u200d"
+#: Joiners written inside the words of some scripts (the Persian ZWNJ, the Sinhala ZWJ), and the halfwidth katakana
+#: voiced marks, letters to Unicode that belong to the kana before them (``ﾀﾞ``: fifty-seventh trial).
+_JOINERS = "\u200c\u200d\uff9e\uff9f"
 
 
 def _continues_word(char: str) -> bool:
