@@ -1836,7 +1836,9 @@ def _export_case(case, out_dir, options, resume, qa_png, formats, pseudonymizer,
         if formats is not None and formats.extra:
             extra.append(formats.case_writer(result, say))
         if pseudonymizer is not None:  # last: every file name and clear text of the case, checked for identity
-            extra.append(_announced(pseudonymizer.check_folder, say, "checking the files for identity"))
+            structures = result.meta.get("structures") or {}
+            checked = functools.partial(pseudonymizer.check_folder, roi_names=list(structures.get("names") or []))
+            extra.append(_announced(checked, say, "checking the files for identity"))
         extra.append(lambda _folder: say("finishing pair.npz and meta.json"))  # after the others, before these
         output.finish(result, extra)
         output = None

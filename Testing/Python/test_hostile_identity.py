@@ -4386,6 +4386,8 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
         ("2500", "PTV2 0500"),
         ("1830", "Fx1  08:30"),  # (two spaces: fifty-seventh trial BE3)
         ("1250", "12  050 cGy"),
+        ("12523", "Replan 12/05/23"),  # (a mark between the numbers: fifty-ninth trial BG1)
+        ("1830", "Fx1 - 08:30"),
     ]:
         identity = Identity(patient_ids={patient})
         assert IdentityGuard(identity).find(text) == "", (patient, text)
@@ -4661,6 +4663,8 @@ OTHER_SPELLINGS = [
     ("\u05db\u05d4\u05df\u05be\u05dc\u05d5\u05d9^\u05d3\u05d5\u05d3", ["PTV_\u05dc\u05d5\u05d9", "GTV \u05db\u05d4\u05df"], ["Lung_L"]),  # (BE2)
     ("\u30b8\u30e3\u30f3\u30a0\u30ea\u30e5\u30c3\u30af^X", ["PTV_\u30ea\u30e5\u30c3\u30af", "PTV_\u30b8\u30e3\u30f3"], ["PTV_70"]),
     ("\u041a\u043e\u0432\u0430\u043b\u044c\u0447\u0443\u043a^I\u0432\u0430\u043d", ["PTV_I\u0432\u0430\u043d", "GTV I\u0432\u0430\u043d", "I\u0432\u0430\u043d_boost"], ["PTV_70"]),  # (BE4)
+    ("O'Neil-Smith^Mary-Kate", ["PTV_ONEIL", "GTV_Oneil", "PTV_Smith"], ["Lung_L"]),  # (BG5)
+    ("Hansen^Gro", ["PTV_Gro"], ["GRO\u1e9eHIRN", "Gro\u00dfhirn"]),  # (the capital sharp s: BG3)
 ]  # fmt: skip
 
 
@@ -4682,6 +4686,8 @@ OTHER_SPELLINGS = [
         "maqaf",
         "double hyphen",
         "latin I in cyrillic",
+        "apostrophe in a double-barrelled name",
+        "capital sharp s",
     ],  # fmt: skip
 )
 def test_a_name_written_with_other_characters_for_one_is_one_name(header, spelled, kept):
@@ -4761,6 +4767,29 @@ def test_a_halfwidth_kana_name_leaves_no_voiced_mark_behind():
     identity = Identity()
     identity.add_name("\u30e4\u30de\u30c0^\u30bf\u30ed\u30a6")
     assert Pseudonymizer(key=b"k" * 32, identity=identity).name("PTV_\uff94\uff8f\uff80\uff9e") == "PTV_[removed]"
+
+
+def test_a_header_date_with_a_prime_before_its_year_is_removed():
+    """Fifty-ninth hostile trial BG4: the check reads a prime or a modifier apostrophe as ``'``, the rewriting did not
+    before a two-digit year: ``CT 15.4.′23`` failed its case "please report it" (and before the check read them, it
+    left the date in clear)."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity(dates={"20230415"})
+    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in ["CT 15.4.\u203223", "PTV 15-04-\u02bb23", "CT 15.4.'23"]:
+        assert guard.find(text) == "a date", text
+        assert guard.find(pseudonymizer.name(text)) == "", pseudonymizer.name(text)
+
+
+def test_roi_names_whose_letters_a_file_name_cannot_hold_do_not_fail_the_case(tmp_path, capsys):
+    """Fifty-ninth hostile trial BG2: a mask file name writes the letters it cannot hold as ``_``: ``Weiße_Substanz``
+    as ``Wei_e_Substanz``, whose ``Wei`` is patient Wang^Wei's name, and the case failed "please report it" (so did
+    ``Großhirn`` for Hansen^Gro). A file name made of an ROI name meta.json holds is read there, not again."""
+    out, names = _named_patient_exported(
+        tmp_path, capsys, "Wang^Wei", ["Wei\u00dfe_Substanz", "Gro\u00dfhirn", "PTV_Wei"]
+    )
+    assert {"Wei\u00dfe_Substanz", "Gro\u00dfhirn", "PTV_[removed]"} <= set(names), names
 
 
 def test_a_near_name_in_a_script_with_marks_is_kept_by_both_sides():

@@ -43,7 +43,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -338,19 +338,23 @@ def _other_encodings(name: str) -> set:
     return found - {name}
 
 
-def _name_pieces_of(part: str) -> list:
+def _name_pieces_of(part: str, apostrophes: bool = True) -> list:
     """A name component parted where a double-barrelled or apostrophe name is: at any punctuation, symbol or space
     (hyphens and dashes of any script, apostrophes, points, the middle and katakana dots, bullets, the Hebrew maqaf,
     minus: fifty-fifth and fifty-seventh hostile trials BC2, BE2, where a list of them missed the next one)."""
     pieces, piece = [], []
     for char in part:
-        if unicodedata.category(char)[0] in "PSZ":
+        if unicodedata.category(char)[0] in "PSZ" and (apostrophes or char not in _APOSTROPHE_CHARS):
             pieces.append("".join(piece))
             piece = []
         else:
             piece.append(char)
     pieces.append("".join(piece))
     return [p for p in pieces if p]
+
+
+#: The apostrophe and what both sides read as one (:data:`_APOSTROPHES`).
+_APOSTROPHE_CHARS = frozenset("'" + "".join(chr(code) for code in _APOSTROPHES))
 
 
 @dataclass
@@ -446,9 +450,14 @@ class Identity:
         # a double-barrelled or apostrophe name (García-López, O'Brien) is written by its parts too
         # (also parted by the dots and hyphens of other scripts and widths: スミス・ジョン, 买买提•艾力: BC2)
         pieces = tuple(p for part in parts for p in _name_pieces_of(part) if p)
+        # and parted at all but its apostrophes: O'Neil of O'Neil-Smith is a component, PTV_ONEIL stayed in clear
+        # (fifty-ninth hostile trial BG5)
+        compounds = tuple(p for part in parts for p in _name_pieces_of(part, apostrophes=False) if p)
         spellings = {parts, *transliterations(parts)}
         if pieces != parts:
             spellings |= {pieces, *transliterations(pieces)}
+        if compounds not in (parts, pieces):
+            spellings |= {compounds, *transliterations(compounds)}
         for spelled in spellings:  # Müller also as Mueller and Muller
             for part in spelled:
                 if len(part) >= min_name_part(part):
@@ -1668,7 +1677,7 @@ class Pseudonymizer:
         if leak:
             raise PseudonymError(f"pseudonymization left {leak} in a manifest row", hint="please report it")
 
-    def check_folder(self, folder: Path) -> None:
+    def check_folder(self, folder: Path, roi_names: Optional[Iterable[str]] = None) -> None:
         """A case's files before they are renamed into place: every file name, and every text a format
         writes in the clear (JSON, CSV, NRRD headers), must hold no identity; else the case is not written.
 
@@ -1677,11 +1686,17 @@ class Pseudonymizer:
         trial W2). So NRRD fields of DoseAlign's own form, JSON numbers and CSV cells that are numbers are not
         read; every other field, string, key and cell is."""
         folder = Path(folder)
+        written = _mask_file_stems(folder, roi_names)  # (``roi_names``: meta.json's, not yet written)
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()
-            leak = self.guard.find(rel)
+            # (a file name made of an ROI name meta.json holds, read there, is not read again: the letters a file name
+            # cannot hold are _ there, and Weiße_Substanz as Wei__Substanz was patient Wei's name, fifty-ninth BG2)
+            named = rel
+            for stem in written:
+                named = named.replace(stem, "_")
+            leak = self.guard.find(named)
             if not leak and path.is_file() and path.suffix in (".json", ".csv", ".txt", ".nrrd", ".nhdr"):
-                leak = self._leak_in_file(path)
+                leak = self._leak_in_file(path, written)
             if leak:
                 raise PseudonymError(
                     f"pseudonymization left {leak} in {rel}; the case is not written", hint="please report it"
@@ -1754,21 +1769,30 @@ class Pseudonymizer:
         if leak:
             return f"{leak} in meta.json"
         folder = Path(folder)
+        written = _mask_file_stems(folder)  # (as check_folder reads them: BG2)
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()
-            leak = self.guard.find(rel)
+            named = rel
+            for stem in written:
+                named = named.replace(stem, "_")
+            leak = self.guard.find(named)
             if not leak and rel != "meta.json" and path.is_file() and path.suffix in (".json", ".csv", ".nrrd"):
-                leak = self._leak_in_file(path)
+                leak = self._leak_in_file(path, written)
             if leak:
                 return f"{leak} in {rel}"
         return ""
 
-    def _leak_in_file(self, path: Path) -> str:
+    def _leak_in_file(self, path: Path, written: Sequence[str] = ()) -> str:
+        """The identity a clear-text file of a case holds ('' when none); ``written``: the file-name forms of its ROI
+        names, which an NRRD header names too (:func:`_mask_file_stems`: BG2)."""
         nrrd = path.suffix in (".nrrd", ".nhdr")
         with open(path, "rb") as handle:
             head = handle.read(65536 if nrrd else MAX_CHECKED_JSON_BYTES if path.suffix == ".json" else 1 << 20)
         if nrrd:
-            return self.guard.find(_nrrd_free_text(head.split(b"\n\n", 1)[0].decode("utf-8", "replace")))
+            free = _nrrd_free_text(head.split(b"\n\n", 1)[0].decode("utf-8", "replace"))
+            for stem in written:
+                free = free.replace(stem, "_")
+            return self.guard.find(free)
         text = head.decode("utf-8", "replace")
         if path.suffix == ".json":
             try:
@@ -1959,6 +1983,27 @@ _NRRD_OWN_LINES = re.compile(
     r"NRRD000\d|# This NRRD file was generated by pynrrd|# on YYYY-MM-DD hh:mm:ss\(GMT\)\."
     r"|# Complete NRRD file format specification at:|# http://teem\.sourceforge\.net/nrrd/format\.html"
 )
+
+
+def _mask_file_stems(folder: Path, names: Optional[Iterable[str]] = None) -> list:
+    """The file-name forms (:func:`~DoseAlignLib.output.file_names.safe_name`) and NRRD-header forms (escaped) of
+    ``names`` (by default the ROI names a case folder's meta.json records) that differ from the names, longest first."""
+    from .file_names import safe_name
+
+    if names is None:
+        try:
+            structures = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8")).get("structures") or {}
+        except (OSError, ValueError, AttributeError):
+            return []
+        names = list(structures.get("names") or []) + [
+            s.get("name") for s in structures.get("skipped") or [] if isinstance(s, dict)
+        ]
+    names = list(names)
+    names = [n for n in names if isinstance(n, str) and n]
+    # (and as an NRRD header's ``content`` escapes them: ROI Wei\xdfe_Substanz)
+    stems = {safe_name(n) for n in names} | {n.encode("unicode_escape").decode("ascii") for n in names}
+    stems -= set(names)
+    return sorted((s for s in stems if s), key=len, reverse=True)
 
 
 def _nrrd_free_text(header: str) -> str:
@@ -3191,9 +3236,7 @@ class IdentityGuard:
             # header typed so is read as typed, BC7)
             doubled = ""
             if any(c in _GERMAN or c.lower() in _LETTER_SPELLINGS for c in text):  # (Sørensen as Soerensen too)
-                spelled = "".join(
-                    _GERMAN.get(c) or _cased(_LETTER_SPELLINGS.get(c.lower(), (c,))[-1], c.isupper()) for c in text
-                )
+                spelled = "".join(_doubled(text, n) for n in range(len(text)))
                 spelled = unicodedata.normalize("NFKD", spelled)
                 doubled = "".join(c for c in spelled if not unicodedata.combining(c))
             text = "\n".join([text, _fold(text), *copies[1:], *([ideographs] if ideographs != plain else []), doubled])
@@ -3355,14 +3398,18 @@ _PADDED_AFTER_NUMBER = re.compile(
 )  # (spaces: two of them as well, BE3)
 
 
-#: Spaces between two digits, more than one.
-_SPACES_IN_NUMBER = re.compile("(?<=[0-9])[ \t\u00a0\u2007\u2009\u202f]{2,}(?=[0-9])")
+#: What stands between two numbers (not a point: 63.0584 is one number): spaces, more than one, or marks with spaces
+#: around them or not (``12/05/23``, ``Fx1 - 08:30``), read as one space, so that the zeros after them are not dropped
+#: and the numbers joined (a PatientID 12523 failed a case holding ``Replan 12/05/23``: fifty-ninth hostile trial BG1).
+_SPACES_IN_NUMBER = re.compile(
+    "(?<=[0-9])(?:[ \t\u00a0\u2007\u2009\u202f]{2,}|[ \t\u00a0\u2007\u2009\u202f]*[/:#+&=()\u2010-\u2015-][ \t\u00a0\u2007\u2009\u202f/:#+&=()\u2010-\u2015-]*)(?=[0-9])"
+)
 
 
 def _unpadded_text(text: str) -> str:
     """``text`` (lower case) read again without the zeros IDs are padded with (:data:`_PADDED_AFTER_NUMBER`,
     :data:`_PADDED_RUN`)."""
-    text = _SPACES_IN_NUMBER.sub(" ", text)  # (two spaces between groups read as one: BE3)
+    text = _SPACES_IN_NUMBER.sub(" ", text)  # (two spaces between groups read as one: BE3; marks too: BG1)
     return _PADDED_RUN.sub("", _PADDED_AFTER_NUMBER.sub(" ", text))
 
 
@@ -3550,9 +3597,18 @@ def visible(text: str) -> str:
     return "".join(kept)
 
 
-def _cased(spelling: str, upper: bool) -> str:
-    """A letter's plain spelling in the case of the letter (``Ø`` as ``Oe``)."""
-    return spelling[:1].upper() + spelling[1:] if upper else spelling
+def _doubled(text: str, n: int) -> str:
+    """``text[n]`` written as two letters where its marks cannot be typed (``ä`` as ``ae``, ``ø`` as ``oe``), in the case
+    of the word it stands in: ``GROẞHIRN`` as ``GROSSHIRN``, ``Øystein`` as ``Oeystein`` (an upper-case ``Ss`` parted
+    ``GROẞHIRN`` into words, and a patient Gro failed the case: fifty-ninth hostile trial BG3)."""
+    char = text[n]
+    spelling = _GERMAN.get(char) or _LETTER_SPELLINGS.get(char.lower(), (char,))[-1]
+    if not char.isupper() or len(spelling) < 2:
+        return spelling
+    following = text[n + 1] if n + 1 < len(text) else ""
+    preceding = text[n - 1] if n else ""
+    shouting = following.isupper() or (not following.isalpha() and preceding.isupper())
+    return spelling.upper() if shouting else spelling[:1].upper() + spelling[1:].lower()
 
 
 #: The two-letter spellings of German umlauts, and the letters they stand for.
@@ -3720,8 +3776,9 @@ _CLOCK = (
     # (nineteenth and twentieth hostile trials S2, T1)
     r"(?:[ \t]*(?:[A-Za-z]{1,5}(?:[+-][0-9]{1,2}(?::?[0-9]{2})?)?|[+-][0-9]{2}:?[0-9]{2}))?"
 )
-#: What is written for a left-out century before a two-digit year ('23, ‘23 as word processors make it, ʼ23).
-_ELIDED = "['\u2019\u2018\u02bc`\u00b4]"
+#: What is written for a left-out century before a two-digit year ('23, ‘23 as word processors make it, ʼ23): any
+#: character both sides read as an apostrophe (a prime, ʻ23: fifty-ninth hostile trial BG4).
+_ELIDED = "['" + "".join(chr(code) for code in _APOSTROPHES) + "]"
 #: A time after a date in DICOM's date-time (DT): HH, HHMM, HHMMSS, with a fraction of a second (sixteenth hostile
 #: trial P3: the hour alone, 2023041514, was kept).
 _DICOM_TIME = r"(?:[01][0-9]|2[0-3])(?:[0-5][0-9](?:[0-5][0-9](?:\.[0-9]{1,6})?)?)?"
