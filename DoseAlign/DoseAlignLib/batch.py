@@ -444,7 +444,8 @@ def export_folder(
     if report.exported_again:
         note(_exported_again_note(report.exported_again))
     # the summaries of cases about to be made again go first: written anew at the end, absent if the run stops (BD1-3)
-    replacing = [case.case_id for _i, case in to_run if os.path.lexists(case_dir(out_dir, case.case_id))]
+    # (every case this run makes: one whose folder was removed is still in dataset.h5, sixtieth hostile trial BH1)
+    replacing = [case.case_id for _i, case in to_run]
     made_as = formats.formats if formats is not None else ("npz",)
     retired = retire_summaries(out_dir, replacing, made_as) if replacing else []
 

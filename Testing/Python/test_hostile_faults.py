@@ -761,6 +761,29 @@ def test_an_output_fault_leaves_no_summary_of_the_earlier_cases(cohort, tmp_path
         assert not report.exists()
 
 
+def test_a_case_whose_folder_was_removed_is_retired_from_the_summaries_too(cohort, tmp_path, monkeypatch, capsys):
+    """Sixtieth hostile trial BH1: a case whose folder the user removed was made again by --resume, but only cases
+    whose folder was there counted as made again: a run killed after it left dataset.h5 with that case's old dose
+    beside a manifest row "ok" for the new one. Every case the run makes counts."""
+    import shutil
+
+    from DoseAlignLib import batch
+
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--format", "npz,hdf5", "--no-qa-png"]
+    assert main(["export", *args]) == 0
+    shutil.rmtree(out / hostile.manifest(out)[0]["case_id"])
+    assert (out / "dataset.h5").is_file() and (out / "report.html").is_file()
+
+    def interrupted(*_args, **_kwargs):  # (the one case this run makes, stopped: SIGTERM, or a kill)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "export_case", interrupted)
+    assert main(["export", *args, "--resume"]) == 130
+    capsys.readouterr()
+    assert not (out / "dataset.h5").exists() and not (out / "report.html").exists()
+
+
 def test_a_run_that_makes_cases_again_keeps_a_users_report_and_never_reads_a_big_one(cohort, tmp_path, capsys):
     """Fifty-eighth hostile trial BF1, BF2, regressions of the fifty-sixth's fix: a --shard run that made a case again
     removed the user's own report.html naming a case id (only DoseAlign's is written anew); DoseAlign's report.html

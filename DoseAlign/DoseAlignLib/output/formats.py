@@ -478,8 +478,8 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
 
 
 def retire_summaries(out_dir: Path, case_ids: Sequence[str], formats: Sequence[str] = ()) -> list:
-    """Remove DoseAlign's dataset files that describe any of ``case_ids``, cases about to be made again, and its
-    report.html: should the run stop before it writes them anew (a full disk, a failed dataset.h5, SIGTERM or SIGKILL), they
+    """Remove DoseAlign's dataset files that describe any of ``case_ids``, the cases a run is about to make (again),
+    and its report.html: should the run stop before it writes them anew (a full disk, a failed dataset.h5, SIGTERM or SIGKILL), they
     would hold those cases as they were (fifty-sixth hostile trial BD1-BD3: dataset.h5 held a case's dose from before
     a --resume that exported it again). Returns ``(name, why)`` of each removed, ``formats`` the run's own."""
     from .out_folder import foreign_file
