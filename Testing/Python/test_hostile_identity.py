@@ -270,6 +270,20 @@ UNDECOMPOSED = [
 ]
 
 
+def _named_patient_study(root, name: str, rois: list, patient_id: str, seed: int, **changes) -> None:
+    """A study in ``root/p`` whose every file names the patient ``name`` (in UTF-8, ISO_IR 192, so that any script is
+    stored) and whose last ROIs are named ``rois``; ``changes`` go to the phantom."""
+    truth = hostile.study(root / "p", patient_id, seed, extra_organs=len(rois), ct_size=(32, 28, 16), **changes)
+    for path in sorted((root / "p").rglob("*.dcm")):
+        ds = dd.read(path)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = name
+        if path == truth.struct_file:
+            for roi, roi_name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
+                roi.ROIName = roi_name
+        dd.save(ds, path)
+
+
 @pytest.mark.parametrize("patient_name, rois, needles, kept", UNDECOMPOSED, ids=["pl", "da", "no", "hr"])
 def test_letters_without_a_decomposition_in_their_ascii_spellings(tmp_path, capsys, patient_name, rois, needles, kept):
     """Sixth hostile trial F1: a name holding a letter that NFKD does not decompose (ł, ø, æ, đ) reached meta.json,
@@ -277,15 +291,7 @@ def test_letters_without_a_decomposition_in_their_ascii_spellings(tmp_path, caps
     ``Łukasiewicz``). Now no spelling of it is in any output, in every format, and ROI names that merely share
     letters with it are kept."""
     root = tmp_path / "in"
-    truth = hostile.study(root / "p", "PL-88213", 65, extra_organs=len(rois) + len(kept), ct_size=(32, 28, 16))
-    for path in sorted((root / "p").rglob("*.dcm")):
-        ds = dd.read(path)
-        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: ł, đ are in no single-byte set DoseAlign's phantom uses
-        ds.PatientName = patient_name
-        if path == truth.struct_file:
-            for roi, name in zip(list(ds.StructureSetROISequence)[-(len(rois) + len(kept)) :], rois + kept):
-                roi.ROIName = name
-        dd.save(ds, path)
+    _named_patient_study(root, patient_name, rois + kept, "PL-88213", 65)  # (UTF-8: ł, đ are in no single-byte set)
     plain = tmp_path / "plain"
     assert main(["export", str(root), str(plain), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
     assert {*rois, *kept} <= set(_names_of(plain, hostile.manifest(plain)[0])), "the ROI names are exported"
@@ -315,15 +321,7 @@ def test_a_plain_name_typed_with_its_letters_is_rewritten_not_refused(tmp_path, 
     with an ROI typed with the letters (``PTV_Łukasiewicz``, ``PTV_Müller``) was found by the check but not by the
     rewriting: the case failed 'please report it'. The rewriting now reads a text's plain spellings too."""
     root = tmp_path / "in"
-    truth = hostile.study(root / "p", "PL-88214", 66, extra_organs=len(rois), ct_size=(32, 28, 16))
-    for path in sorted((root / "p").rglob("*.dcm")):
-        ds = dd.read(path)
-        ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.PatientName = patient_name
-        if path == truth.struct_file:
-            for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
-                roi.ROIName = name
-        dd.save(ds, path)
+    _named_patient_study(root, patient_name, rois, "PL-88214", 66)
     out = tmp_path / "share" / "out"
     code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", "--no-qa-png"])
     (row,) = hostile.manifest(out)
@@ -1344,15 +1342,7 @@ def test_kana_and_variant_ideographs_are_one_name_to_both_sides(patient_name, ro
 
 def _export_cjk(tmp_path, patient_name: str, rois: list) -> tuple:
     root = tmp_path / "in"
-    truth = hostile.study(root / "p", "JP-30118", 69, patient_name="X^Y", extra_organs=len(rois), ct_size=(32, 28, 16))
-    for path in sorted((root / "p").rglob("*.dcm")):
-        ds = dd.read(path)
-        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8, so that the ideographic and phonetic groups are stored
-        ds.PatientName = patient_name
-        if path == truth.struct_file:
-            for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
-                roi.ROIName = name
-        dd.save(ds, path)
+    _named_patient_study(root, patient_name, rois, "JP-30118", 69, patient_name="X^Y")  # (its groups all stored)
     out = tmp_path / "share" / "out"
     code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
     (row,) = hostile.manifest(out)
@@ -4485,15 +4475,7 @@ def _named_patient_exported(tmp_path, capsys, patient_name: str, rois: list) -> 
     """A study of the patient ``patient_name`` (UTF-8) whose last ROIs are named ``rois``, exported pseudonymized in
     every format: ``(OUT, its one case's ROI names)``, the case ok."""
     root = tmp_path / "in"
-    truth = hostile.study(root / "p", "IN-40417", 153, extra_organs=len(rois), ct_size=(32, 28, 16))
-    for path in sorted((root / "p").rglob("*.dcm")):
-        ds = dd.read(path)
-        ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.PatientName = patient_name
-        if path == truth.struct_file:
-            for roi, name in zip(list(ds.StructureSetROISequence)[-len(rois) :], rois):
-                roi.ROIName = name
-        dd.save(ds, path)
+    _named_patient_study(root, patient_name, rois, "IN-40417", 153)
     out = tmp_path / "share" / "out"
     code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()])
     (row,) = hostile.manifest(out)
