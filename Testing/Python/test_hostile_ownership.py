@@ -225,11 +225,12 @@ def test_an_owner_record_that_no_run_wrote_is_left_alone_without_a_traceback(inp
     assert {r["status"] for r in hostile.manifest(out)} == {"ok"}
 
 
-def test_an_empty_owner_record_of_a_run_killed_as_it_claimed_is_removed_once_old(inputs, tmp_path, capsys):
+def test_an_empty_owner_record_of_a_run_killed_as_it_claimed_is_removed(inputs, tmp_path, capsys):
     """A run killed between creating its owner record and writing it left an empty record that no later run
-    removed (test_killed_and_resumed_equals_uninterrupted failed once on 3.9: "temporary files left"). An empty
-    record older than EMPTY_RECORD_SECONDS with its lock free is a dead run's, removed with its entries; a young one
-    (a run making its claim now) is left alone."""
+    removed (test_killed_and_resumed_equals_uninterrupted failed on 3.9: "temporary files left"). An empty record
+    with its lock free is a dead run's, removed with its entries, once it is older than EMPTY_RECORD_SECONDS or
+    stayed empty and unlocked for EMPTY_RECORD_WAIT; one a run locks meanwhile (a run making its claim now) is
+    left alone."""
     from DoseAlignLib.output import files
 
     out = tmp_path / "out"
@@ -241,9 +242,62 @@ def test_an_empty_owner_record_of_a_run_killed_as_it_claimed_is_removed_once_old
     os.utime(old, (aged, aged))
     young = out / ".tmp-dosealign-dddddddddddddddd.owner"
     young.write_text("")
-    assert _export(inputs, out) == 0, capsys.readouterr().err
-    assert not old.exists() and not (out / ".tmp-dosealign-cccccccccccccccc-case-x").exists()
-    assert young.exists()
+    (out / ".tmp-dosealign-dddddddddddddddd-case-y").mkdir()
+    claiming = out / ".tmp-dosealign-eeeeeeeeeeeeeeee.owner"
+    claimer = subprocess.Popen(  # creates its record, and locks it only a moment later
+        [sys.executable, "-c", SLOW_CLAIMER, str(claiming)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert claimer.stdout.readline().strip() == b"created"
+        assert _export(inputs, out) == 0, capsys.readouterr().err
+        assert not old.exists() and not (out / ".tmp-dosealign-cccccccccccccccc-case-x").exists()
+        assert not young.exists() and not (out / ".tmp-dosealign-dddddddddddddddd-case-y").exists()
+        assert claiming.exists()
+    finally:
+        claimer.stdin.close()
+        claimer.wait(timeout=30)
+
+
+#: Creates an empty owner record, says so, locks it 0.5 s later and holds it until stdin closes.
+SLOW_CLAIMER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+print("created", flush=True)
+time.sleep(0.5)
+fcntl.flock(fd, fcntl.LOCK_EX)
+sys.stdin.read()
+"""
+
+#: Runs the dosealign command, SIGKILLed as it makes its first owner record (created, not yet written).
+KILLED_AS_IT_CLAIMS = """
+import os, signal, sys
+import DoseAlignLib.output.files as files
+def dying(pid):
+    os.kill(os.getpid(), signal.SIGKILL)
+files._process_start = dying
+from DoseAlignLib.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_as_it_claims_leaves_nothing_after_the_next_run(inputs, tmp_path):
+    """The killed-runs test's failure on 3.9 made on purpose: an export SIGKILLed between creating its owner
+    record and writing it, and a --resume started at once. The resume removes the empty record."""
+    out = tmp_path / "out"
+    args = ["export", str(inputs), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AS_IT_CLAIMS, *args], env=hostile.ENV, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in out.iterdir() if p.name.endswith(".owner")], "the kill did not leave a record"
+    done = subprocess.run(
+        [sys.executable, "-m", "DoseAlignLib.cli", *args, "--resume"],
+        env=hostile.ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+    assert {r["status"] for r in hostile.manifest(out)} == {"ok"}
 
 
 #: Claims OUT as a run of another host name would (``socket.gethostname`` of that process says so), reports its

@@ -42,6 +42,9 @@ RUN_PREFIX = ".tmp-dosealign-"
 OWNER_SUFFIX = ".owner"
 #: An empty owner record older than this, with its lock free, is a run killed as it made its claim.
 EMPTY_RECORD_SECONDS = 60.0
+#: A younger one is too once it stayed empty and unlocked this long (a live run locks it at once, and writes it
+#: a moment later).
+EMPTY_RECORD_WAIT = 2.0
 _ENTRY = re.compile(r"^\.tmp-dosealign-([0-9a-f]{16})(\.owner|-.+)$")
 
 try:  # POSIX advisory locks; elsewhere ownership rests on pid and host alone
@@ -93,20 +96,56 @@ def _proc_stat(pid: int) -> tuple:
         return "", ""
 
 
+def _lock_for_life(fd: int) -> None:
+    """Take the owner record's exclusive lock (held until the process and its helpers end).
+
+    Another run that judges the records of OUT takes a shared lock for a moment: that is waited for, so that a
+    claim never goes on unlocked (a filesystem without locks: pid and host still tell)."""
+    if fcntl is None:
+        return
+    end = time.monotonic() + 5.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > end:
+                return
+            time.sleep(0.001)
+        except OSError:
+            return
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named, opened = os.stat(str(path), follow_symlinks=False), os.fstat(fd)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 class RunClaim:
     """This process's claim on an output folder: the owner record and the temporary names it may use."""
 
     def __init__(self, folder: Path, details: Optional[dict] = None) -> None:
         self.folder = Path(os.path.realpath(folder))
-        self.token = secrets.token_hex(8)
         self.pid = os.getpid()
-        self.record = self.folder / f"{RUN_PREFIX}{self.token}{OWNER_SUFFIX}"
+        self._fd: Optional[int] = None
+        for _attempt in range(3):
+            self.token = secrets.token_hex(8)
+            self.record = self.folder / f"{RUN_PREFIX}{self.token}{OWNER_SUFFIX}"
+            if self._make_record(details):
+                return
+        raise OSError(f"the owner record {self.record.name} was removed as it was made")
+
+    def _make_record(self, details: Optional[dict]) -> bool:
+        """Create, lock and write the owner record; False when another run removed it meanwhile (it judged the
+        record, empty and unlocked for :data:`EMPTY_RECORD_WAIT` s, a dead run's: this process was stopped)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        self._fd: Optional[int] = os.open(str(self.record), flags, 0o644)
+        self._fd = os.open(str(self.record), flags, 0o644)
         try:
-            if fcntl is not None:
-                with contextlib.suppress(OSError):  # a filesystem without locks: pid and host still tell
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_for_life(self._fd)
             owner = {
                 "dosealign_run": self.token,
                 "pid": self.pid,
@@ -118,6 +157,11 @@ class RunClaim:
             }
             os.write(self._fd, (json.dumps(owner) + "\n").encode("utf-8"))
             self._owner = owner
+            if _same_file(self._fd, self.record):
+                return True
+            os.close(self._fd)
+            self._fd = None
+            return False
         except BaseException:
             self.release()
             raise
@@ -266,10 +310,9 @@ def _owner_state(record: Path) -> str:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return "unknown"
         data = os.read(fd, 4096)
-        if not data:  # killed between creating its record and writing it: dead once it is old and unlocked (a
-            # live run locks and writes it at once; the killed-runs test left one for good, seen once on 3.9)
-            old = time.time() - os.fstat(fd).st_mtime > EMPTY_RECORD_SECONDS
-            return "dead" if old and _lock_state(fd) == "free" else "unknown"
+        if not data:  # killed between creating its record and writing it (a live run locks it at once, then
+            # writes it): the killed-runs test's final --resume, started at once, left one (twice on 3.9)
+            return "dead" if _stays_empty_and_free(fd) else "unknown"
         try:
             owner = json.loads(data.decode("utf-8"))
             pid = int(owner["pid"])
@@ -300,6 +343,27 @@ def _owner_state(record: Path) -> str:
         return "dead" if _lock_frees(fd, seconds=5.0) else "live"
     finally:
         os.close(fd)
+
+
+def _stays_empty_and_free(fd: int) -> bool:
+    """Whether an empty owner record is a dead run's: unlocked, and older than :data:`EMPTY_RECORD_SECONDS` or
+    still empty and unlocked after :data:`EMPTY_RECORD_WAIT` s."""
+    try:
+        old = time.time() - os.fstat(fd).st_mtime > EMPTY_RECORD_SECONDS
+    except OSError:
+        return False
+    end = time.monotonic() + (0.0 if old else EMPTY_RECORD_WAIT)
+    while True:
+        if _lock_state(fd) != "free":
+            return False
+        try:
+            if os.fstat(fd).st_size:
+                return False
+        except OSError:
+            return False
+        if time.monotonic() >= end:
+            return True
+        time.sleep(0.05)
 
 
 def _made_before_boot(fd: int) -> bool:
