@@ -4647,6 +4647,9 @@ OTHER_SPELLINGS = [
     ("\u041a\u043e\u0432\u0430\u043b\u044c\u0447\u0443\u043a^I\u0432\u0430\u043d", ["PTV_I\u0432\u0430\u043d", "GTV I\u0432\u0430\u043d", "I\u0432\u0430\u043d_boost"], ["PTV_70"]),  # (BE4)
     ("O'Neil-Smith^Mary-Kate", ["PTV_ONEIL", "GTV_Oneil", "PTV_Smith"], ["Lung_L"]),  # (BG5)
     ("Hansen^Gro", ["PTV_Gro"], ["GRO\u1e9eHIRN", "Gro\u00dfhirn"]),  # (the capital sharp s: BG3)
+    ("\u0d2c\u0d37\u0d40\u0d7c^\u0d05\u0d28\u0d3f\u0d7d", ["PTV_\u0d05\u0d28\u0d3f\u0d32\u0d4d", "GTV \u0d2c\u0d37\u0d40\u0d30\u0d4d"], ["PTV_\u0d05\u0d28\u0d3f\u0d32\u0d4d\u0d32"]),
+    ("\u0d2c\u0d37\u0d40\u0d30\u0d4d^\u0d05\u0d28\u0d3f\u0d32\u0d4d", ["PTV_\u0d05\u0d28\u0d3f\u0d7d", "GTV \u0d2c\u0d37\u0d40\u0d30\u0d4d\u200d"], ["Brain"]),
+    ("\u0985\u09ad\u09bf\u099c\u09bf\u09ce^\u09a6\u09be\u09b8", ["PTV_\u0985\u09ad\u09bf\u099c\u09bf\u09a4\u09cd"], ["Bladder"]),
 ]  # fmt: skip
 
 
@@ -4670,6 +4673,9 @@ OTHER_SPELLINGS = [
         "latin I in cyrillic",
         "apostrophe in a double-barrelled name",
         "capital sharp s",
+        "chillu without joiner in roi",
+        "chillu without joiner in header",
+        "khanda ta without joiner",
     ],  # fmt: skip
 )
 def test_a_name_written_with_other_characters_for_one_is_one_name(header, spelled, kept):
@@ -4677,7 +4683,7 @@ def test_a_name_written_with_other_characters_for_one_is_one_name(header, spelle
     written in fullwidth forms (BC2), Malayalam and Bengali letters written as one code point or as three (BC4), Urdu
     and Sindhi forms of Arabic letters (BC5), the ʿayn of transliterations (BC6), and a name of a script without case
     glued to Latin letters (BC8) stayed in clear, status ok. Both sides read each as the name; ordinary ROI names are
-    kept."""
+    kept. A chillu or khanda ta written without its joiner at a word's end (older text) is the letter too."""
     from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
 
     identity = Identity()

@@ -326,15 +326,22 @@ _ATOMIC_LETTERS = {
 
 
 def _other_encodings(name: str) -> set:
-    """``name`` with each letter of :data:`_ATOMIC_LETTERS` written the other way (both ways, where it holds both)."""
+    """``name`` with each letter of :data:`_ATOMIC_LETTERS` written the other ways (one code point, three, or two,
+    without the joiner, as older text wrote it at a word's end: ``അനില്``), whichever way it holds it."""
     found = set()
     atomic = name
     for letter, sequence in _ATOMIC_LETTERS.items():
         atomic = atomic.replace(sequence, letter)
-    spelled = atomic
+        # the bare form (base and virama) is the letter only where no letter or mark follows: inside a word it
+        # starts a conjunct
+        atomic = re.sub(
+            re.escape(sequence[:2]) + r"(?![^\W\d_]|[\u0300-\u036f\u0900-\u0dff\u200c\u200d])", letter, atomic
+        )
+    spelled, bare = atomic, atomic
     for letter, sequence in _ATOMIC_LETTERS.items():
         spelled = spelled.replace(letter, sequence)
-    found.update({atomic, spelled})
+        bare = bare.replace(letter, sequence[:2])
+    found.update({atomic, spelled, bare})
     return found - {name}
 
 
