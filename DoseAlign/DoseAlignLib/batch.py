@@ -447,7 +447,15 @@ def export_folder(
     # (every case this run makes: one whose folder was removed is still in dataset.h5, sixtieth hostile trial BH1)
     replacing = [case.case_id for _i, case in to_run]
     made_as = formats.formats if formats is not None else ("npz",)
-    retired = retire_summaries(out_dir, replacing, made_as) if replacing else []
+    stuck_summaries: list = []
+    retired = retire_summaries(out_dir, replacing, made_as, shard is not None, stuck_summaries) if replacing else []
+    if stuck_summaries:  # they would describe cases as they were, once this run made them again (BJ2)
+        names = "; ".join(f"{name} ({reason})" for name, reason in stuck_summaries)
+        raise DoseAlignError(
+            f"the output folder holds summaries of cases this run would make again that cannot be removed: {names}",
+            path=out_dir,
+            hint="make them removable (or remove them), then run again; this run exported no case",
+        )
 
     task = functools.partial(
         export_case if not scheduler else functools.partial(_export_case_on_a_dask_worker, os.getpid()),
@@ -546,7 +554,7 @@ def export_folder(
         else:
             if shard is None and _folder_identity(out_dir) == out_identity:
                 _no_stale_summaries(out_dir, all_rows, report_html, pseudonymizer is not None, input_root, note)
-        _say_retired(out_dir, retired, note)
+        _say_retired(out_dir, retired, note, shard is not None)
         return report
     if _folder_identity(out_dir) != out_identity:  # nothing more is written there (forty-seventh trial AU4)
         report.fault = f"{out_dir}: {REPLACED_OUT}; manifest.csv, report.html and the dataset files were not written"
@@ -575,7 +583,7 @@ def export_folder(
         report.manifest = write_rows(all_rows)
     except OSError as error:  # the cases are in place; the previous manifest stays (--resume rebuilds it)
         report.fault = f"manifest.csv: {output_fault(error, out_dir)}"
-        _say_retired(out_dir, retired, note)
+        _say_retired(out_dir, retired, note, shard is not None)
         return report
     if report_html and shard is None:
         try:
@@ -589,19 +597,21 @@ def export_folder(
                 error, out_dir, then="the cases and manifest.csv are in place; run again with --resume"
             )
             report.fault = f"report.html: {fault}"
-    _say_retired(out_dir, retired, note)
+    _say_retired(out_dir, retired, note, shard is not None)
     return report
 
 
-def _say_retired(out_dir: Path, retired: list, note) -> None:
+def _say_retired(out_dir: Path, retired: list, note, shard: bool = False) -> None:
     """Name the summaries this run removed before it made their cases again (:func:`retire_summaries`) and did not
-    write anew."""
+    write anew, and how to build them (a shard run never does: merge does)."""
     for name, why in retired:
         if not os.path.lexists(out_dir / name):
-            note(
-                f"{name} of an earlier run removed: {why}, and did not write it anew; run again with --resume (with "
-                "the --format that writes it) to build it"
+            build = (
+                f"run dosealign merge {out_dir} once every shard has ended to build it"
+                if shard
+                else "run again with --resume (with the --format that writes it) to build it"
             )
+            note(f"{name} of an earlier run removed: {why}, and did not write it anew; {build}")
 
 
 def _no_stale_summaries(out_dir: Path, rows: list, report_html: bool, pseudonymized: bool, input_root, note) -> None:

@@ -813,6 +813,54 @@ def test_a_run_that_makes_cases_again_keeps_a_users_report_and_never_reads_a_big
     assert (out / "report.html").stat().st_size < 1 << 20, "written anew for the cases"
 
 
+def test_a_shard_run_that_makes_cases_again_removes_merges_manifest(cohort, tmp_path, capsys):
+    """Sixty-second hostile trial BJ1: a --shard --resume that made cases again removed dataset.h5 and report.html,
+    but merge's manifest.csv still listed the cases ok with their old values (the note said "run again with
+    --resume", which a shard run never builds). It is removed too, the note says to merge, and merge builds it."""
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--shard", "1/1"]) == 0
+    assert main(["merge", str(out)]) == 0
+    assert {r["interpolator"] for r in hostile.manifest(out)} == {"linear"}
+    capsys.readouterr()
+    loud = [a for a in args if a != "--quiet"]
+    assert main(["export", *loud, "--shard", "1/1", "--resume", "--interpolator", "nn"]) == 0
+    printed = capsys.readouterr()
+    printed = printed.out + printed.err
+    assert not (out / "manifest.csv").exists() and not (out / "report.html").exists()
+    assert "manifest.csv of an earlier run removed" in printed and "dosealign merge" in printed, printed
+    assert main(["merge", str(out)]) == 0
+    assert {r["interpolator"] for r in hostile.manifest(out)} == {"nn"}
+
+
+def test_a_summary_of_cases_made_again_that_cannot_be_removed_stops_the_run_first(
+    cohort, tmp_path, monkeypatch, capsys
+):
+    """Sixty-second hostile trial BJ2: a dataset.h5 (or report.html) that could not be removed (immutable) was kept
+    without a word, and a run then stopped left it with the old doses of cases it made again. The run stops before
+    any case (exit 2), naming the file; the cases stay as they were."""
+    import errno
+
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "npz,hdf5"]
+    assert main(["export", *args]) == 0
+    before = hostile.manifest(out)
+    real_unlink = Path.unlink
+
+    def immutable(self, *more, **kwargs):
+        if self.name == "dataset.h5":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+        return real_unlink(self, *more, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", immutable)
+    capsys.readouterr()
+    assert main(["export", *args, "--resume", "--interpolator", "nn"]) == 2
+    printed = capsys.readouterr().err
+    assert "dataset.h5 (Operation not permitted)" in printed and "Traceback" not in printed, printed
+    assert hostile.manifest(out) == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
 def test_a_full_disk_at_the_last_manifest_write_stops_cleanly(cohort, tmp_path, monkeypatch, capsys):
     """From a fourth hostile trial: a disk that filled up exactly when the batch wrote its final manifest.csv
     ended in a traceback (exit 1). Now: exit 4 with the cause, and --resume completes the manifest."""

@@ -477,22 +477,35 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
     return notes
 
 
-def retire_summaries(out_dir: Path, case_ids: Sequence[str], formats: Sequence[str] = ()) -> list:
+def retire_summaries(
+    out_dir: Path,
+    case_ids: Sequence[str],
+    formats: Sequence[str] = (),
+    shard: bool = False,
+    stuck: Optional[list] = None,
+) -> list:
     """Remove DoseAlign's dataset files that describe any of ``case_ids``, the cases a run is about to make (again),
-    and its report.html: should the run stop before it writes them anew (a full disk, a failed dataset.h5, SIGTERM or SIGKILL), they
-    would hold those cases as they were (fifty-sixth hostile trial BD1-BD3: dataset.h5 held a case's dose from before
-    a --resume that exported it again). Returns ``(name, why)`` of each removed, ``formats`` the run's own."""
+    and its report.html: should the run stop before it writes them anew (a full disk, a failed dataset.h5, SIGTERM or
+    SIGKILL), they would hold those cases as they were (fifty-sixth hostile trial BD1-BD3: dataset.h5 held a case's
+    dose from before a --resume that exported it again). A ``shard`` run, which writes none of them, also removes
+    merge's manifest.csv where it lists one of ``case_ids`` (sixty-second trial BJ1: its rows said ok with the old
+    dose). Returns ``(name, why)`` of each removed, ``formats`` the run's own; ``stuck`` (when given) gets
+    ``(name, reason)`` of each that describes such a case and could not be removed."""
     from .out_folder import foreign_file
 
     out_dir = Path(out_dir)
     wanted = set(case_ids)
     removed = []
-    for name, fmt in (*DATASET_FILES, ("report.html", "")):
+    summaries = (*DATASET_FILES, ("report.html", ""), *((("manifest.csv", "manifest"),) if shard else ()))
+    for name, fmt in summaries:
         path = out_dir / name
         if path.is_symlink() or not path.is_file():
             continue
         try:
-            if fmt:
+            if fmt == "manifest":
+                if foreign_file(path) is not None or not _manifest_lists(path, wanted):
+                    continue
+            elif fmt:
                 if not _made_by_dosealign(path, fmt):
                     continue
                 listed = _dataset_cases(path, fmt, sorted(wanted))
@@ -504,11 +517,28 @@ def retire_summaries(out_dir: Path, case_ids: Sequence[str], formats: Sequence[s
             path.unlink()
         except FileNotFoundError:  # (another shard of the run removed it)
             continue
-        except OSError:
-            continue  # left as it is: the end of the run judges it again
-        lacking = f", now without --format {fmt}" if fmt and fmt not in formats else ""
+        except OSError as error:  # immutable, on a read-only mount: it would describe cases as they were (BJ2)
+            if stuck is not None:
+                stuck.append((name, error.strerror or str(error)))
+            continue
+        lacking = f", now without --format {fmt}" if fmt and fmt != "manifest" and fmt not in formats else ""
         removed.append((name, f"this run made cases it described again{lacking}"))
     return removed
+
+
+def _manifest_lists(path: Path, case_ids: set) -> bool:
+    """Whether DoseAlign's manifest at ``path`` lists one of ``case_ids`` (read a line at a time; one that cannot be
+    read as a manifest counts as listing them: merge writes it anew)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("case_id") in case_ids:
+                    return True
+    except csv.Error:
+        return True
+    return False
 
 
 #: What a later run may add to a case folder's meta.json without changing the case (see remove_stale_datasets).
