@@ -450,6 +450,11 @@ class Identity:
         if compatible != name:  # (fullwidth letters and marks as their plain forms: ＧＡＲＣＩＡ－ＬＯＰＥＺ, BC2)
             self.add_name(compatible)
         self.names.add(name)
+        # a component written with a one-letter piece apart (O NEIL, D ANGELO: an apostrophe typed as a space) is
+        # also the pieces joined (ONEIL), as a letter alone is no component (sixty-first hostile trial BI3)
+        joined = re.sub(r"(?<![^\W\d_])([^\W\d_])\s+(?=[^\W\d_]{2})", r"\1", name)
+        if joined != name:
+            self.add_name(joined)
         if any(c in name for c in "\u0d4d\u09cd\u0d7a\u0d7b\u0d7c\u0d7d\u0d7e\u0d7f\u09ce"):
             for other in _other_encodings(name) - self.names:  # (ൽ and ല്‍, ৎ and ত্‍: BC4)
                 self.add_name(other)
@@ -2342,7 +2347,7 @@ def _word_spans(text: str) -> list:
                 and char.isalpha()
                 and (
                     (base.islower() and char.isupper())
-                    or (base.isupper() and char.isupper() and n + 1 < len(text) and text[n + 1].islower())
+                    or (base.isupper() and char.isupper() and n + 1 < len(text) and _has_capital(text[n + 1]))
                     # (where Latin letters meet another script's: PTVדוד, as scripts without case show no camel case:
                     # fifty-fifth hostile trial BC8)
                     # (not where both have case: Iван, typed on a keyboard without і, is one word, BE4)
@@ -2363,6 +2368,42 @@ def _word_spans(text: str) -> list:
         if kind:
             start = n
     return spans
+
+
+def _has_capital(char: str) -> bool:
+    """Whether ``char`` is a lower-case letter with a capital of its own: ``ß`` has none in use (``VOß`` is how German
+    writes Voß in capitals, one word: sixty-first hostile trial BI1)."""
+    return char.islower() and len(char.upper()) == 1
+
+
+def _letter_runs(text: str) -> list:
+    """``(start, end)`` of the runs of letters of ``text`` (with the marks and joiners that continue them), not split
+    at case changes: a name written with two capitals (``IJff``, ``ODea``, ``NDao``) is one word of the input's as the
+    header writes it (sixty-first hostile trial BI5)."""
+    spans, start = [], None
+    for n, char in enumerate(text + " "):
+        letter = char.isalpha() or (start is not None and _continues_word(char))
+        if letter and start is None:
+            start = n
+        elif not letter and start is not None:
+            spans.append((start, n))
+            start = None
+    return spans
+
+
+#: An apostrophe between two letters (text read with the look-alikes as ``'``): ``O'Brien`` read as ``OBrien`` too, for
+#: a header that writes the name without it (``OBRIEN``, as ASCII-only systems do: sixty-first hostile trial BI3).
+_APOSTROPHE_IN_WORD = re.compile(r"(?<=[^\W\d_])'(?=[^\W\d_])")
+
+
+def _without_apostrophes(text: str) -> Optional[tuple]:
+    """``(view, where)`` of ``text`` with its apostrophes between letters dropped (``where[n]``: the index in ``text``
+    of the view's character ``n``), or None where it holds none."""
+    if "'" not in text or not _APOSTROPHE_IN_WORD.search(text):
+        return None
+    dropped = {m.start() for m in _APOSTROPHE_IN_WORD.finditer(text)}
+    where = [n for n in range(len(text)) if n not in dropped]
+    return "".join(text[n] for n in where), where
 
 
 @functools.lru_cache(maxsize=4096)
@@ -2669,7 +2710,7 @@ class NameSpellings:
         if self.words:
             found.extend(
                 (a, b)
-                for a, b in _word_spans(text)
+                for a, b in {*_word_spans(text), *_letter_runs(text)}
                 if text[a:b].casefold() in self.words and not (own and text[a:b].casefold() in OWN_VOCABULARY)
             )
         if self.inside is not None:
@@ -2694,6 +2735,10 @@ class NameSpellings:
 
     def spans(self, text: str, own: bool = True) -> list:
         found = self._latin_spans(text, own)
+        unquoted = _without_apostrophes(text)
+        if unquoted is not None:  # (O'Brien for a header OBRIEN: BI3)
+            view, where = unquoted
+            found.extend((where[a], where[b - 1] + 1) for a, b in self.spans(view, own) if b > a)
         # a name held in plain letters (Lukasiewicz, Muller) that a text spells with its marks (PTV_Łukasiewicz,
         # PTV_Müller): found in the text's plain spellings, each span taken back to the text's own characters
         for view, where in _plain_views(text):
@@ -3219,6 +3264,8 @@ class IdentityGuard:
         if not text:
             return ""
         text = text.translate(_APOSTROPHES)  # (as the names are held: BA4)
+        if "'" in text and _APOSTROPHE_IN_WORD.search(text):  # and without them: O'Brien for a header OBRIEN (BI3)
+            text = text + "\n" + _APOSTROPHE_IN_WORD.sub("", text)
         if REMOVED in text and text.replace(REMOVED, ""):  # read without the marks too: one inside a name hid it (AJ18)
             found = self.find(text.replace(REMOVED, ""), words, own, joined_names, padded)
             if found:
@@ -3303,6 +3350,8 @@ class IdentityGuard:
         if not camel.isascii():  # (and where ASCII letters meet those of a script without case: PTVדוד, BC8)
             camel = _scripts_apart(camel)
         found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
+        # (and each run as a whole: a name written with two capitals, IJff, ODea, as the header writes it: BI5)
+        found_words |= {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", text) if w}
         exempt = OWN_VOCABULARY if own else frozenset()
         if words and (found_words - exempt) & self.alone_words:
             return "a patient name"
@@ -3407,9 +3456,10 @@ _PADDED_AFTER_NUMBER = re.compile(
 
 #: What stands between two numbers (not a point: 63.0584 is one number): spaces, more than one, or marks with spaces
 #: around them or not (``12/05/23``, ``Fx1 - 08:30``), read as one space, so that the zeros after them are not dropped
-#: and the numbers joined (a PatientID 12523 failed a case holding ``Replan 12/05/23``: fifty-ninth hostile trial BG1).
+#: and the numbers joined (a PatientID 12523 failed a case holding ``Replan 12/05/23``: fifty-ninth hostile trial BG1;
+#: also ``@ % * ×``: ``6%0830`` failed a PatientID 6830, sixty-first trial's note).
 _SPACES_IN_NUMBER = re.compile(
-    "(?<=[0-9])(?:[ \t\u00a0\u2007\u2009\u202f]{2,}|[ \t\u00a0\u2007\u2009\u202f]*[/:#+&=()\u2010-\u2015-][ \t\u00a0\u2007\u2009\u202f/:#+&=()\u2010-\u2015-]*)(?=[0-9])"
+    "(?<=[0-9])(?:[ \t\u00a0\u2007\u2009\u202f]{2,}|[ \t\u00a0\u2007\u2009\u202f]*[/:#+&=()@%*\u00d7\u2010-\u2015-][ \t\u00a0\u2007\u2009\u202f/:#+&=()@%*\u00d7\u2010-\u2015-]*)(?=[0-9])"
 )
 
 
@@ -3610,8 +3660,10 @@ def _doubled(text: str, n: int) -> str:
     ``GROẞHIRN`` into words, and a patient Gro failed the case: fifty-ninth hostile trial BG3)."""
     char = text[n]
     spelling = _GERMAN.get(char) or _LETTER_SPELLINGS.get(char.lower(), (char,))[-1]
-    if not char.isupper() or len(spelling) < 2:
+    if not char.isupper():
         return spelling
+    if len(spelling) < 2:  # (a capital still: GĦADAM is one word, not Gh and ADAM: sixty-first hostile trial BI2)
+        return spelling.upper()
     following = text[n + 1] if n + 1 < len(text) else ""
     preceding = text[n - 1] if n else ""
     shouting = following.isupper() or (not following.isalpha() and preceding.isupper())
@@ -3629,8 +3681,9 @@ def _fold(text: str) -> str:
     ``Galle``, ``Bækken`` no ``Bakken``, ``Mueller`` no ``Muller`` (fifty-seventh hostile trial BE1, BE5: ROIs ``Galle``,
     ``Bækken`` failed their cases); a name's two-letter spellings are among its own (:func:`_guard_spellings_of`) and
     the text is also read with its letters written as two (:meth:`IdentityGuard.find`)."""
-    # (å as aa: Håkonsen is read as Haakonsen, and a name typed so is found, fifty-third hostile trial BA7)
-    text = text.replace("ß", "ss").replace("å", "aa").replace("Å", "Aa")
+    # (å as a, its mark dropped: Håkonsen is Hakonsen here, and Haakonsen in the text's two-letter copy, where
+    # _doubled writes it aa: fifty-third hostile trial BA7; sixty-first BI4, where it was aa only here)
+    text = text.replace("ß", "ss")
     text = text.translate(_ARABIC_FOLD)  # (one form of the Arabic letters, tatweel dropped: BA1, BA2)
     text = _GUARD_NON_ASCII.sub(_guard_first_spelling, text)
     return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
