@@ -4743,6 +4743,61 @@ def test_the_sixty_first_trials_spellings_are_one_name(header, spelled, kept):
         assert guard.find(text, own=False) == "" and pseudonymizer.name(text) == text, text
 
 
+@pytest.mark.parametrize(
+    "header, spelled, kept",
+    [
+        (
+            "OBRIEN^SEAN",
+            ["PTV_O''Brien", "GTV_O''BRIEN"],
+            ["PTV_O''"],
+        ),  # (BK1: an apostrophe doubled, as SQL escapes it)
+        ("DANGELO^MARIA", ["CTV_D''Angelo"], ["Lung_L"]),
+        ("IJff^Jan", ["PTVIJff", "IJffBoost", "ptvIJff"], ["PTVIJffe", "Lung_R"]),  # (BK2: glued in camel case)
+        ("ODea^Ann", ["PTVODea", "ODeaBoost"], ["ODean", "PTV_Oden"]),
+    ],
+    ids=["doubled apostrophe", "doubled apostrophe D'", "two capitals glued", "two capitals glued O"],
+)
+def test_the_sixty_third_trials_spellings_are_one_name(header, spelled, kept):
+    """Sixty-third hostile trial BK1, BK2, the edges of the sixty-first's fixes: an apostrophe written twice
+    (``PTV_O''Brien`` for a header ``OBRIEN``) and a name of two capitals glued to other words in camel case
+    (``PTVIJff``, ``IJffBoost``) stayed in clear, status ok. Both sides read each as the name."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name(header)
+    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in spelled:
+        assert guard.find(text, own=False) == "a patient name", text
+        rewritten = pseudonymizer.name(text)
+        assert "[removed]" in rewritten and not guard.find(rewritten, own=False), rewritten
+    for text in kept:
+        assert guard.find(text, own=False) == "" and pseudonymizer.name(text) == text, text
+
+
+@pytest.mark.parametrize(
+    "patient_id, name, text",
+    [
+        ("1830", "", "30_L'Aorte_18"),
+        ("6050", "", "50\u201360"),
+        ("", "Li^Na", "Na_L'Aorte_Li"),
+        ("1830", "", "30_L\u00e9_18"),
+    ],
+    ids=["apostrophe, ID", "en dash, ID", "apostrophe, name", "accent, ID"],
+)
+def test_the_check_reads_each_reading_of_a_text_on_its_own(patient_id, name, text):
+    """Sixty-third hostile trial BK3: the check read a text and its other readings (without apostrophes, folded) joined
+    by a line break, and the last number of one with the first of the next: a PatientID 1830 failed the ROI
+    ``30_L'Aorte_18`` "please report it", a patient Li^Na the ROI ``Na_L'Aorte_Li``. Each reading is read alone."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity(patient_ids={patient_id} if patient_id else set())
+    if name:
+        identity.add_name(name)
+    guard = IdentityGuard(identity)
+    assert guard.find(text) == "" and guard.find(text, own=False) == "", text
+    assert Pseudonymizer(key=b"k" * 32, identity=identity).name(text) == text
+
+
 def test_a_name_the_header_writes_without_its_apostrophe_is_removed_from_every_format(tmp_path, capsys):
     """Sixty-first hostile trial BI3, as exported: a header ``OBRIEN^SEAN`` and ROIs ``PTV_O'Brien``, ``GTV_O'BRIEN``:
     the case was ok with the surname in meta.json, dvh.csv, the HDF5 files, dataset.json, OpenKBP and the mask file

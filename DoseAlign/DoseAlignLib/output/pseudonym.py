@@ -2376,6 +2376,11 @@ def _has_capital(char: str) -> bool:
     return char.islower() and len(char.upper()) == 1
 
 
+def _two_capitals(name: str) -> bool:
+    """Whether a name component is written with two capitals before small letters (``IJff``, ``ODea``, ``MBow``)."""
+    return len(name) >= MIN_NAME_PART and name.isalpha() and name[:2].isupper() and any(c.islower() for c in name[2:])
+
+
 def _letter_runs(text: str) -> list:
     """``(start, end)`` of the runs of letters of ``text`` (with the marks and joiners that continue them), not split
     at case changes: a name written with two capitals (``IJff``, ``ODea``, ``NDao``) is one word of the input's as the
@@ -2393,7 +2398,7 @@ def _letter_runs(text: str) -> list:
 
 #: An apostrophe between two letters (text read with the look-alikes as ``'``): ``O'Brien`` read as ``OBrien`` too, for
 #: a header that writes the name without it (``OBRIEN``, as ASCII-only systems do: sixty-first hostile trial BI3).
-_APOSTROPHE_IN_WORD = re.compile(r"(?<=[^\W\d_])'(?=[^\W\d_])")
+_APOSTROPHE_IN_WORD = re.compile(r"(?<=[^\W\d_])'+(?=[^\W\d_])")  # (doubled as SQL escapes it, O''Brien: BK1)
 
 
 def _without_apostrophes(text: str) -> Optional[tuple]:
@@ -2401,7 +2406,7 @@ def _without_apostrophes(text: str) -> Optional[tuple]:
     of the view's character ``n``), or None where it holds none."""
     if "'" not in text or not _APOSTROPHE_IN_WORD.search(text):
         return None
-    dropped = {m.start() for m in _APOSTROPHE_IN_WORD.finditer(text)}
+    dropped = {n for m in _APOSTROPHE_IN_WORD.finditer(text) for n in range(*m.span())}
     where = [n for n in range(len(text)) if n not in dropped]
     return "".join(text[n] for n in where), where
 
@@ -2670,6 +2675,10 @@ class NameSpellings:
             reverse=True,
         )
         self.inside = re.compile("|".join(_part_pattern(w) for w in long_parts), re.IGNORECASE) if long_parts else None
+        # a component written with two capitals before small letters (IJff, ODea, NDao), as the header writes it, is
+        # found glued to other words too where no small letter follows it (PTVIJff, IJffBoost: its capitals do not
+        # tell camel case where it begins; sixty-third hostile trial BK2)
+        self.capitals = sorted({n for n in identity.names if _two_capitals(n)}, key=len, reverse=True)
         # CJK names folded (hiragana/katakana, variant and simplified forms: cjk_fold), in the folded text: each
         # component of two characters or more anywhere, all components joined (two or three, any order, also of
         # one character: 張^偉 as 张伟), and a one-character component (陳) where it stands alone (no letter beside)
@@ -2715,6 +2724,13 @@ class NameSpellings:
             )
         if self.inside is not None:
             found.extend(m.span() for m in self.inside.finditer(text) if not (own and _in_own_word(text, *m.span())))
+        for name in self.capitals:
+            start = text.find(name)
+            while start >= 0:
+                end = start + len(name)
+                if end == len(text) or not (text[end].islower() or _continues_word(text[end])):
+                    found.append((start, end))
+                start = text.find(name, start + 1)
         if self.short is not None:
             found.extend(self._short_spans(text) if own else (m.span() for m in self.short_inside.finditer(text)))
         return found
@@ -3152,6 +3168,18 @@ class IdentityGuard:
         self.squeezed_names = _Needles(squeezed_names | self.joined_cjk)
         self.inside_parts = _Needles(p for p in self.alone if len(p) >= MIN_INSIDE or _cjk(p))
         self.alone_words = self.alone | self.single_cjk
+        #: components the header writes with two capitals before small letters (IJff, ODea), found as written glued to
+        #: other words, where no small letter follows (PTVIJff, IJffBoost: BK2)
+        self.capital_names = frozenset(
+            part
+            for parts in identity.persons
+            for part in parts
+            if len(part) >= MIN_NAME_PART
+            and part.isalpha()
+            and part[0].isupper()
+            and part[1].isupper()
+            and any(c.islower() for c in part[2:])
+        )
         self.ids = {"".join(c for c in i.casefold() if c.isalnum()) for i in identity.identifiers}
         self.ids.discard("")
         #: IDs that are words of DoseAlign's own text (a PatientID ``PLAN``): no ID there, only in the input's names
@@ -3264,8 +3292,6 @@ class IdentityGuard:
         if not text:
             return ""
         text = text.translate(_APOSTROPHES)  # (as the names are held: BA4)
-        if "'" in text and _APOSTROPHE_IN_WORD.search(text):  # and without them: O'Brien for a header OBRIEN (BI3)
-            text = text + "\n" + _APOSTROPHE_IN_WORD.sub("", text)
         if REMOVED in text and text.replace(REMOVED, ""):  # read without the marks too: one inside a name hid it (AJ18)
             found = self.find(text.replace(REMOVED, ""), words, own, joined_names, padded)
             if found:
@@ -3282,23 +3308,43 @@ class IdentityGuard:
         if own and self.vocabulary_pattern is not None:  # (whole words only: "planning" is no "plan")
             text = self.vocabulary_pattern.sub(" ", text)
         copies = [text]  # glued IDs are read as written and as NFKC (not folded: there é is a separator, not an e)
+        readings = [text]  # and every reading of the text on its own (joined, the last number of one and the first of
+        # the next were read as one: sixty-third hostile trial BK3)
+        if "'" in text and _APOSTROPHE_IN_WORD.search(text):  # and without them: O'Brien for a header OBRIEN (BI3)
+            readings.append(_APOSTROPHE_IN_WORD.sub("", text))
         if not text.isascii():
             plain = _ascii_digits(unicodedata.normalize("NFKC", visible(text)))
             copies += [plain] if plain != text else []
-            ideographs = _guard_cjk(plain) if _cjk(plain) else plain
-            # (and with the letters written as two where their marks cannot be typed, Erdős as Erdoes, Löw as Loew: a
-            # header typed so is read as typed, BC7)
-            doubled = ""
-            if any(c in _GERMAN or c.lower() in _LETTER_SPELLINGS for c in text):  # (Sørensen as Soerensen too)
-                spelled = "".join(_doubled(text, n) for n in range(len(text)))
-                spelled = unicodedata.normalize("NFKD", spelled)
-                doubled = "".join(c for c in spelled if not unicodedata.combining(c))
-            text = "\n".join([text, _fold(text), *copies[1:], *([ideographs] if ideographs != plain else []), doubled])
-        lowered = text.casefold()
+            for reading in list(readings):
+                readings += self._other_readings(reading)
         if self.glued_ids and any(
             _glued_id(self._skipped(c.casefold(), own), self._glued_needles, self.dotted_ids) for c in copies
         ):
             return "a patient ID"
+        for reading in dict.fromkeys(readings):
+            found = self._find_in_reading(reading, words, own, joined_names, padded)
+            if found:
+                return found
+        return ""
+
+    @staticmethod
+    def _other_readings(text: str) -> list:
+        """A text of other characters than ASCII read folded, as NFKC, its CJK variants as one, and with the letters
+        written as two where their marks cannot be typed."""
+        plain = _ascii_digits(unicodedata.normalize("NFKC", visible(text)))
+        ideographs = _guard_cjk(plain) if _cjk(plain) else plain
+        # (and with the letters written as two where their marks cannot be typed, Erdős as Erdoes, Löw as Loew: a
+        # header typed so is read as typed, BC7)
+        doubled = ""
+        if any(c in _GERMAN or c.lower() in _LETTER_SPELLINGS for c in text):  # (Sørensen as Soerensen too)
+            spelled = "".join(_doubled(text, n) for n in range(len(text)))
+            spelled = unicodedata.normalize("NFKD", spelled)
+            doubled = "".join(c for c in spelled if not unicodedata.combining(c))
+        return [r for r in (_fold(text), plain, ideographs, doubled) if r and r != text]
+
+    def _find_in_reading(self, text: str, words: bool, own: bool, joined_names: bool, padded: bool) -> str:
+        """:meth:`find` in one reading of a text (its IDs glued to letters read already)."""
+        lowered = text.casefold()
         collapsed = re.sub(r"(?<=[0-9a-z])[-_^]+(?=[0-9a-z])", "", lowered)
         for identifier in self._id_needles.found_in(collapsed):
             for match in re.finditer(re.escape(identifier), collapsed):
@@ -3355,6 +3401,15 @@ class IdentityGuard:
         exempt = OWN_VOCABULARY if own else frozenset()
         if words and (found_words - exempt) & self.alone_words:
             return "a patient name"
+        if words:
+            for name in self.capital_names:
+                at = text.find(name)
+                while at >= 0:
+                    after = text[at + len(name) : at + len(name) + 1]
+                    small = after.islower() or (bool(after) and unicodedata.category(after)[0] == "M")
+                    if not (small or after in ("\u200c", "\u200d", "\u0640", "\uff9e", "\uff9f")):
+                        return "a patient name"
+                    at = text.find(name, at + 1)
         named = self._without_own(lowered, "\0") if self.own else lowered  # names are not read inside own tokens
         squeezed = "".join(c for c in named if c.isalnum() or c == "\0")
         if joined_names and self.squeezed_names.in_text(squeezed):
