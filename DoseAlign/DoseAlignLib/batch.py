@@ -605,13 +605,15 @@ def _say_retired(out_dir: Path, retired: list, note, shard: bool = False) -> Non
     """Name the summaries this run removed before it made their cases again (:func:`retire_summaries`) and did not
     write anew, and how to build them (a shard run never does: merge does)."""
     for name, why in retired:
+        build = (
+            f"run dosealign merge {out_dir} once every shard has ended to build it"
+            if shard
+            else "run again with --resume (with the --format that writes it) to build it"
+        )
         if not os.path.lexists(out_dir / name):
-            build = (
-                f"run dosealign merge {out_dir} once every shard has ended to build it"
-                if shard
-                else "run again with --resume (with the --format that writes it) to build it"
-            )
             note(f"{name} of an earlier run removed: {why}, and did not write it anew; {build}")
+        elif shard and name == "manifest.csv":  # (its rows of other cases kept: another input's, BL4)
+            note(f"{name} of an earlier run: {why}; {build}")
 
 
 def _no_stale_summaries(out_dir: Path, rows: list, report_html: bool, pseudonymized: bool, input_root, note) -> None:
@@ -685,6 +687,14 @@ def _check_shard_siblings(out_dir: Path, shard_name: str, pseudonyms: str) -> No
     :func:`_check_found`; these start together). Both runs have claimed OUT when they look, so at least one
     sees the other."""
     for run in live_runs(out_dir):
+        if (run.get("owner") or {}).get("merge") is True:  # (BL3)
+            raise DoseAlignError(
+                f"dosealign merge (process {run['pid']}, started {run['started']}; owner record {run['record']}) is "
+                "writing this output folder's manifest.csv and dataset files: cases made now would be listed as they "
+                "were",
+                path=out_dir,
+                hint="wait until it has finished (then run this shard again with --resume); this run exported no case",
+            )
         if (run.get("owner") or {}).get("shard") == shard_name:
             raise DoseAlignError(
                 f"another DoseAlign run (process {run['pid']}, started {run['started']}; owner record "
@@ -1425,6 +1435,9 @@ def _merge_shards(out_dir: Path, notes: Optional[list]) -> Path:
         raise DoseAlignError(
             f"{len(parts)} of {expected} shard manifests present: shard(s) {_ranges(missing)} missing", path=out_dir
         )
+    # merge's owner record from here on: an export or a shard run started while it reads and writes sees it and stops
+    # (one that made cases again meanwhile was listed ok with its old values: sixty-fourth hostile trial BL3)
+    claim_for(out_dir, {"merge": True})
     _check_no_other_run(out_dir)  # a shard export still writing into OUT
     rows, listed_in, rows_of = [], {}, {}
     for part in parts:

@@ -833,6 +833,106 @@ def test_a_shard_run_that_makes_cases_again_removes_merges_manifest(cohort, tmp_
     assert {r["interpolator"] for r in hostile.manifest(out)} == {"nn"}
 
 
+def test_a_shard_run_keeps_the_rows_another_input_added_to_merges_manifest(cohort, tmp_path, capsys):
+    """Sixty-fourth hostile trial BL4, a regression of BJ1's fix: a --shard run that made cases again removed merge's
+    manifest.csv, and with it the rows of another input added with --append, which merge then could not keep. Only
+    the rows of the cases made again are taken out; merge lists all."""
+    other = tmp_path / "other"
+    hostile.study(other / "q", "OTHER-1", 77, with_structures=False, ct_size=(48, 48, 24))
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--shard", "1/1"]) == 0
+    assert main(["merge", str(out)]) == 0
+    assert main(["export", str(other), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--append"]) == 0
+    appended = [r for r in hostile.manifest(out) if r["patient"] == "OTHER-1"]
+    assert len(appended) == 1 and len(hostile.manifest(out)) == 6
+    made_again = [r["case_id"] for r in hostile.manifest(out) if r["patient"] == "FAULT-0"]
+    shutil.rmtree(out / made_again[0])  # (the user removed a case folder: the shard run makes it again)
+    assert main(["export", *args, "--shard", "1/1", "--resume"]) == 0
+    kept = [r["case_id"] for r in hostile.manifest(out)]
+    assert appended[0]["case_id"] in kept and made_again[0] not in kept and len(kept) == 5, kept
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 0
+    rows = hostile.manifest(out)
+    assert len(rows) == 6 and {r["status"] for r in rows} <= {"ok", "skipped"}, rows
+    assert [r["case_id"] for r in rows if r["patient"] == "OTHER-1"] == [appended[0]["case_id"]]
+
+
+def test_a_huge_manifest_of_merge_is_not_read_by_a_shard_run(cohort, tmp_path, capsys):
+    """Sixty-fourth hostile trial BL1: merge's manifest.csv made an 8 GiB line (sparse) was read line by line by a shard
+    run that made cases again: 5.7 GB, then a MemoryError traceback. It is read up to DOSEALIGN_MANIFEST_MB; a larger
+    one goes whole, and merge writes it anew."""
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--shard", "1/1"]) == 0
+    assert main(["merge", str(out)]) == 0
+    header = (out / "manifest.csv").read_bytes().split(b"\n")[0] + b"\n"
+    with open(out / "manifest.csv", "wb") as handle:
+        handle.write(header)
+        handle.truncate(4 << 30)  # (a hole: NULs, no line end)
+
+    def limited() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    done = hostile.dosealign(
+        "export", *args, "--shard", "1/1", "--resume", "--interpolator", "nn", timeout=300, preexec_fn=limited
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert not (out / "manifest.csv").exists()
+    assert main(["merge", str(out)]) == 0
+    assert {r["interpolator"] for r in hostile.manifest(out)} == {"nn"}
+
+
+#: Claims OUT as a running merge does (its owner record says so) and waits until stdin closes.
+MERGE_RUNNING = """
+import sys
+from DoseAlignLib.output.files import claim_folder
+claim_folder(sys.argv[1], {"merge": True})
+print("claimed", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_running_merge_is_seen_by_the_runs_that_start_meanwhile(cohort, tmp_path, monkeypatch, capsys):
+    """Sixty-fourth hostile trial BL3: merge held no owner record while it read the shards and built its files, and a
+    shard run (or an export) started meanwhile made cases again: merge then listed them ok with their old values.
+    Merge claims OUT as it starts; a shard run or an export that meets its record stops (exit 2)."""
+    from DoseAlignLib import batch
+    from DoseAlignLib.output import files
+
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--shard", "1/1"]) == 0
+    real_rows, records = batch._shard_rows, []
+
+    def rows_seen(part):  # (merge reads the shard manifests after it claimed OUT)
+        records.extend(
+            files.claim_details(out, p.name[len(files.RUN_PREFIX) : -len(files.OWNER_SUFFIX)])
+            for p in out.glob(".tmp-dosealign-*.owner")
+        )
+        return real_rows(part)
+
+    monkeypatch.setattr(batch, "_shard_rows", rows_seen)
+    assert main(["merge", str(out)]) == 0
+    assert records and all(r.get("merge") is True for r in records), records
+    monkeypatch.undo()
+    merging = subprocess.Popen(
+        [sys.executable, "-c", MERGE_RUNNING, str(out)], env=hostile.ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert merging.stdout.readline().strip() == b"claimed"
+        capsys.readouterr()
+        assert main(["export", *args, "--shard", "1/1", "--resume", "--interpolator", "nn"]) == 2
+        assert "dosealign merge (process" in capsys.readouterr().err
+        assert main(["export", *args, "--resume", "--interpolator", "nn"]) == 2
+    finally:
+        merging.stdin.close()
+        merging.wait(timeout=60)
+    assert {r["interpolator"] for r in hostile.manifest(out)} == {"linear"}
+
+
 def test_a_summary_of_cases_made_again_that_cannot_be_removed_stops_the_run_first(
     cohort, tmp_path, monkeypatch, capsys
 ):
@@ -845,19 +945,28 @@ def test_a_summary_of_cases_made_again_that_cannot_be_removed_stops_the_run_firs
     args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "npz,hdf5"]
     assert main(["export", *args]) == 0
     before = hostile.manifest(out)
-    real_unlink = Path.unlink
+    report = (out / "report.html").read_bytes()
+    real_rename, real_unlink = os.rename, Path.unlink
 
-    def immutable(self, *more, **kwargs):
+    def immutable_rename(source, *more, **kwargs):
+        if Path(source).name == "dataset.h5":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(source))
+        return real_rename(source, *more, **kwargs)
+
+    def immutable_unlink(self, *more, **kwargs):
         if self.name == "dataset.h5":
             raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
         return real_unlink(self, *more, **kwargs)
 
-    monkeypatch.setattr(Path, "unlink", immutable)
+    monkeypatch.setattr(os, "rename", immutable_rename)
+    monkeypatch.setattr(Path, "unlink", immutable_unlink)
     capsys.readouterr()
     assert main(["export", *args, "--resume", "--interpolator", "nn"]) == 2
     printed = capsys.readouterr().err
     assert "dataset.h5 (Operation not permitted)" in printed and "Traceback" not in printed, printed
     assert hostile.manifest(out) == before
+    # (and the summaries that could be removed are as they were: sixty-fourth hostile trial BL2)
+    assert (out / "report.html").read_bytes() == report
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 

@@ -26,9 +26,11 @@ before any case is computed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -37,7 +39,7 @@ from ..errors import DoseAlignError, output_fault
 from ..limits import entry_kind
 from .case_data import CaseData, require
 from .case_folder import file_digests, load_meta, recorded_files, written_files
-from .files import json_text, temp_path
+from .files import json_text, temp_path, write_text_atomic
 from .nrrd import DEFAULT_COMPRESSION as DEFAULT_NRRD_COMPRESSION
 from .openkbp import OpenKBPSettings
 
@@ -487,58 +489,140 @@ def retire_summaries(
     """Remove DoseAlign's dataset files that describe any of ``case_ids``, the cases a run is about to make (again),
     and its report.html: should the run stop before it writes them anew (a full disk, a failed dataset.h5, SIGTERM or
     SIGKILL), they would hold those cases as they were (fifty-sixth hostile trial BD1-BD3: dataset.h5 held a case's
-    dose from before a --resume that exported it again). A ``shard`` run, which writes none of them, also removes
-    merge's manifest.csv where it lists one of ``case_ids`` (sixty-second trial BJ1: its rows said ok with the old
-    dose). Returns ``(name, why)`` of each removed, ``formats`` the run's own; ``stuck`` (when given) gets
-    ``(name, reason)`` of each that describes such a case and could not be removed."""
-    from .out_folder import foreign_file
+    dose from before a --resume that exported it again). A ``shard`` run, which writes none of them, also takes the
+    rows of ``case_ids`` out of merge's manifest.csv (sixty-second trial BJ1: they said ok with the old dose); its
+    other rows stay (another input's cases added with --append, which merge keeps: sixty-fourth BL4).
 
+    All or none: each is first moved to a temporary name of this run; where one cannot be (immutable, a read-only
+    mount), every one is put back, and ``stuck`` (when given) gets ``(name, reason)`` of it (the run stops: BJ2, BL2).
+    Returns ``(name, why)`` of each removed (or rewritten), ``formats`` the run's own."""
     out_dir = Path(out_dir)
     wanted = set(case_ids)
-    removed = []
     summaries = (*DATASET_FILES, ("report.html", ""), *((("manifest.csv", "manifest"),) if shard else ()))
-    for name, fmt in summaries:
-        path = out_dir / name
-        if path.is_symlink() or not path.is_file():
-            continue
+    with _folder_lock(out_dir):  # (shards retire side by side: one reads and rewrites manifest.csv at a time)
+        chosen = [(name, fmt, kept) for name, fmt in summaries for kept in _describes(out_dir / name, fmt, wanted)]
+        aside = []
+        for name, fmt, kept in chosen:
+            temp = temp_path(out_dir / name)
+            try:
+                os.rename(out_dir / name, temp)
+            except FileNotFoundError:  # (another shard of the run removed it)
+                continue
+            except OSError as error:
+                if stuck is not None:
+                    stuck.append((name, error.strerror or str(error)))
+                continue
+            aside.append((name, fmt, kept, temp))
         try:
-            if fmt == "manifest":
-                if foreign_file(path) is not None or not _manifest_lists(path, wanted):
-                    continue
-            elif fmt:
-                if not _made_by_dosealign(path, fmt):
-                    continue
-                listed = _dataset_cases(path, fmt, sorted(wanted))
-                # (one not as DoseAlign wrote it is judged, and its reason said, at the run's end)
-                if isinstance(listed, str) or not wanted & set(listed):
-                    continue
-            elif foreign_file(path) is not None:  # a user's own report.html stays (fifty-eighth trial BF1); DoseAlign's
-                continue  # is written anew at the run's end (not read whole: a planted 4 GB one, BF2)
-            path.unlink()
-        except FileNotFoundError:  # (another shard of the run removed it)
-            continue
-        except OSError as error:  # immutable, on a read-only mount: it would describe cases as they were (BJ2)
-            if stuck is not None:
-                stuck.append((name, error.strerror or str(error)))
-            continue
-        lacking = f", now without --format {fmt}" if fmt and fmt != "manifest" and fmt not in formats else ""
-        removed.append((name, f"this run made cases it described again{lacking}"))
+            if stuck:
+                raise OSError("put back")
+            for name, _fmt, kept, _temp in aside:
+                if kept:  # the rows of other cases, written back
+                    write_text_atomic(out_dir / name, kept)
+        except OSError as error:  # none is removed where one cannot be: each put back as it was
+            if stuck is not None and not stuck:
+                stuck.append(("manifest.csv", error.strerror or str(error)))
+            for name, _fmt, _kept, temp in aside:
+                with contextlib.suppress(OSError):
+                    os.replace(temp, out_dir / name)
+            return []
+        removed = []
+        for name, fmt, kept, temp in aside:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            lacking = f", now without --format {fmt}" if fmt and fmt != "manifest" and fmt not in formats else ""
+            what = (
+                "this run makes cases it listed again: their rows were taken out"
+                if kept
+                else (f"this run made cases it described again{lacking}")
+            )
+            removed.append((name, what))
     return removed
 
 
-def _manifest_lists(path: Path, case_ids: set) -> bool:
-    """Whether DoseAlign's manifest at ``path`` lists one of ``case_ids`` (read a line at a time; one that cannot be
-    read as a manifest counts as listing them: merge writes it anew)."""
+def _describes(path: Path, fmt: str, wanted: set) -> list:
+    """``[what to write back]`` where DoseAlign's summary file at ``path`` describes any of the cases ``wanted`` (``""``:
+    nothing, it goes; for merge's manifest.csv, its header and rows of other cases, where it has any), else ``[]``."""
+    from .out_folder import foreign_file
+
+    if path.is_symlink() or not path.is_file():
+        return []
+    try:
+        if fmt == "manifest":
+            if foreign_file(path) is not None:
+                return []
+            kept = _manifest_without(path, wanted)
+            return [] if kept is None else [kept]
+        if fmt:
+            if not _made_by_dosealign(path, fmt):
+                return []
+            listed = _dataset_cases(path, fmt, sorted(wanted))
+            # (one not as DoseAlign wrote it is judged, and its reason said, at the run's end)
+            return [""] if not isinstance(listed, str) and wanted & set(listed) else []
+        # a user's own report.html stays (fifty-eighth trial BF1); DoseAlign's is written anew at the run's end (not
+        # read whole: a planted 4 GB one, BF2)
+        return [] if foreign_file(path) is not None else [""]
+    except OSError:  # (unreadable: judged, and its reason said, at the run's end)
+        return []
+
+
+def _manifest_without(path: Path, case_ids: set) -> Optional[str]:
+    """None where DoseAlign's manifest at ``path`` lists none of ``case_ids``; else its text without their rows (``""``
+    when no other row is left). Read up to DOSEALIGN_MANIFEST_MB, never line by line unbounded (an 8 GiB line took
+    5.7 GB before a MemoryError: sixty-fourth hostile trial BL1); a larger one, or one that is no CSV, goes whole
+    (merge writes it anew)."""
     import csv
+    import io
+
+    from ..limits import LimitError, read_back
 
     try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-            for row in csv.DictReader(handle):
-                if row.get("case_id") in case_ids:
-                    return True
-    except csv.Error:
-        return True
-    return False
+        text = read_back(path, "DOSEALIGN_MANIFEST_MB").decode("utf-8")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except (LimitError, UnicodeDecodeError, csv.Error):
+        return ""
+    if not rows or "case_id" not in rows[0]:
+        return ""
+    column = rows[0].index("case_id")
+    others = [row for row in rows[1:] if not (len(row) > column and row[column] in case_ids)]
+    if len(others) == len(rows) - 1:
+        return None
+    if not others:
+        return ""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([rows[0], *others])
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive lock on ``folder`` itself while the block runs (waited for up to a minute; none where folders
+    cannot be locked)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(str(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        end = time.monotonic() + 60.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    break
+                time.sleep(0.05)
+            except OSError:
+                break
+        yield
+    finally:
+        os.close(fd)
 
 
 #: What a later run may add to a case folder's meta.json without changing the case (see remove_stale_datasets).
