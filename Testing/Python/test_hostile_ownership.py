@@ -258,6 +258,34 @@ def test_an_empty_owner_record_of_a_run_killed_as_it_claimed_is_removed(inputs, 
         claimer.wait(timeout=30)
 
 
+def test_a_run_that_locks_its_record_after_it_was_judged_dead_keeps_its_work(tmp_path, monkeypatch):
+    """Sixty-fourth hostile trial BL5: run B judged run A's empty, unlocked record dead (A was stopped between creating
+    and locking it); A went on, locked and wrote it and made its case folder; B then removed A's record and live case
+    folder. The remover holds the record's lock while it removes, and removes nothing of a record locked since."""
+    from DoseAlignLib.output import case_folder, files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    record = out / ".tmp-dosealign-ffffffffffffffff.owner"
+    work = out / ".tmp-dosealign-ffffffffffffffff-case-live"
+    claimer = subprocess.Popen(  # (A: creates its record, locks it at once, then makes its case folder)
+        [sys.executable, "-c", SLOW_CLAIMER.replace("time.sleep(0.5)", "time.sleep(0)"), str(record)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert claimer.stdout.readline().strip() == b"created"
+        time.sleep(0.5)
+        work.mkdir()
+        monkeypatch.setattr(case_folder, "dead_claims", lambda _folder: ["ffffffffffffffff"])  # (judged before)
+        assert case_folder.clean_temp(out) == []
+        assert record.exists() and work.exists()
+    finally:
+        claimer.stdin.close()
+        claimer.wait(timeout=30)
+    assert sorted(files.remove_dead(out, "ffffffffffffffff")) == sorted([record.name, work.name])  # (once it is gone)
+
+
 #: Creates an empty owner record, says so, locks it 0.5 s later and holds it until stdin closes.
 SLOW_CLAIMER = """
 import fcntl, os, sys, time

@@ -27,7 +27,16 @@ from ..limits import LimitError, entry_kind, open_regular, read_back
 from .dvh_csv import write_dvh_csv
 from .file_check import format_file_problem, values_digest
 from .file_names import unique_file_names
-from .files import RunClaim, claim_for, dead_claims, fsync_path, fsync_tree, is_run_entry, json_text, remove_owned
+from .files import (
+    RunClaim,
+    claim_for,
+    dead_claims,
+    fsync_path,
+    fsync_tree,
+    is_run_entry,
+    json_text,
+    remove_dead,
+)
 from .npz import NpyStream, NpzStream
 
 
@@ -1070,7 +1079,7 @@ def clean_temp(out_dir: Path, failed: Optional[list] = None) -> list:
         return []
     removed = []
     for token in dead_claims(out_dir):
-        removed.extend(remove_owned(out_dir, token, failed))
+        removed.extend(remove_dead(out_dir, token, failed))
     return removed
 
 

@@ -99,11 +99,12 @@ def _proc_stat(pid: int) -> tuple:
 def _lock_for_life(fd: int) -> None:
     """Take the owner record's exclusive lock (held until the process and its helpers end).
 
-    Another run that judges the records of OUT takes a shared lock for a moment: that is waited for, so that a
-    claim never goes on unlocked (a filesystem without locks: pid and host still tell)."""
+    Another run that judges the records of OUT takes a shared lock for a moment, and one that removes a dead run's
+    leftovers the exclusive lock while it does (:func:`remove_dead`): that is waited for, so that a claim never goes
+    on unlocked (a filesystem without locks: pid and host still tell)."""
     if fcntl is None:
         return
-    end = time.monotonic() + 5.0
+    end = time.monotonic() + 60.0
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -527,6 +528,51 @@ def live_runs(folder: Path) -> list:
 
 def _claimed_tokens() -> set:
     return {claim.token for claim in _CLAIMS.values()}
+
+
+def remove_dead(folder: Path, token: str, failed: Optional[list] = None) -> list:
+    """Remove what run ``token``, judged dead (:func:`dead_claims`), left in ``folder`` and its owner record, holding
+    the record's lock meanwhile; nothing where the run took its lock since, or lives after all.
+
+    A run stopped between creating its record and locking it was judged dead (its record empty and unlocked for
+    :data:`EMPTY_RECORD_WAIT`); it went on, and its live case folder was removed with its record (sixty-fourth hostile
+    trial BL5). With the lock held here, such a run waits, then finds its record gone and claims anew."""
+    record = Path(folder) / f"{RUN_PREFIX}{token}{OWNER_SUFFIX}"
+    try:
+        fd = os.open(str(record), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return []
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # locked since it was judged: a live run's
+                return []
+            except OSError:
+                pass
+        if not _still_dead(fd):
+            return []
+        return remove_owned(folder, token, failed)
+    finally:
+        os.close(fd)
+
+
+def _still_dead(fd: int) -> bool:
+    """Whether an owner record judged dead, whose lock this process now holds, is still a dead run's: empty (no run
+    holds its lock), marked released, or of a process of this machine that is gone."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 4096)
+        if not data:
+            return True
+        owner = json.loads(data.decode("utf-8"))
+        if owner.get("released") is True:
+            return True
+        if owner.get("host") != socket.gethostname() or owner.get("boot_id", "") not in ("", _boot_id()):
+            return True  # (judged dead for its boot or its machine; no process here to ask)
+        return not _alive(int(owner["pid"]), owner.get("process_start") or "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError):
+        return False
 
 
 def remove_owned(folder: Path, token: str, failed: Optional[list] = None, record_too: bool = True) -> list:
