@@ -450,7 +450,10 @@ def export_folder(
     stuck_summaries: list = []
     retired = retire_summaries(out_dir, replacing, made_as, shard is not None, stuck_summaries) if replacing else []
     if stuck_summaries:  # they would describe cases as they were, once this run made them again (BJ2)
-        names = "; ".join(f"{name} ({reason})" for name, reason in stuck_summaries)
+        for _name, reason, code in stuck_summaries:  # a full disk, a file-size limit: exit 4, as later in a run (BN3)
+            if code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+                raise output_fault(OSError(code, reason), out_dir, then="run the command again; nothing was exported")
+        names = "; ".join(f"{name} ({reason})" for name, reason, _code in stuck_summaries)
         raise DoseAlignError(
             f"the output folder holds summaries of cases this run would make again that cannot be removed: {names}",
             path=out_dir,

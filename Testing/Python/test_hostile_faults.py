@@ -833,10 +833,20 @@ def test_a_shard_run_that_makes_cases_again_removes_merges_manifest(cohort, tmp_
     assert {r["interpolator"] for r in hostile.manifest(out)} == {"nn"}
 
 
-def test_a_shard_run_keeps_the_rows_another_input_added_to_merges_manifest(cohort, tmp_path, capsys):
+@pytest.mark.parametrize("long_field", [False, True], ids=["plain", "a field of 200 kB"])
+def test_a_shard_run_keeps_the_rows_another_input_added_to_merges_manifest(cohort, tmp_path, capsys, long_field):
     """Sixty-fourth hostile trial BL4, a regression of BJ1's fix: a --shard run that made cases again removed merge's
     manifest.csv, and with it the rows of another input added with --append, which merge then could not keep. Only
-    the rows of the cases made again are taken out; merge lists all."""
+    the rows of the cases made again are taken out; merge lists all. Also where a row holds a field longer than csv's
+    default limit, as DoseAlign writes for 1200 ROIs without numbers (sixty-sixth trial BN1: removed whole)."""
+
+    def rows_of(out):  # (this test's own reading: a field of 200 kB)
+        limit = csv.field_size_limit(1 << 24)
+        try:
+            return hostile.manifest(out)
+        finally:
+            csv.field_size_limit(limit)
+
     other = tmp_path / "other"
     hostile.study(other / "q", "OTHER-1", 77, with_structures=False, ct_size=(48, 48, 24))
     out = tmp_path / "out"
@@ -846,16 +856,55 @@ def test_a_shard_run_keeps_the_rows_another_input_added_to_merges_manifest(cohor
     assert main(["export", str(other), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--append"]) == 0
     appended = [r for r in hostile.manifest(out) if r["patient"] == "OTHER-1"]
     assert len(appended) == 1 and len(hostile.manifest(out)) == 6
-    made_again = [r["case_id"] for r in hostile.manifest(out) if r["patient"] == "FAULT-0"]
+    if long_field:
+        rows = hostile.manifest(out)
+        for row in rows:
+            row["warnings"] = ("ROI without ROINumber; " * 9000) if row["patient"] == "OTHER-1" else row["warnings"]
+        with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    made_again = [r["case_id"] for r in rows_of(out) if r["patient"] == "FAULT-0"]
     shutil.rmtree(out / made_again[0])  # (the user removed a case folder: the shard run makes it again)
     assert main(["export", *args, "--shard", "1/1", "--resume"]) == 0
-    kept = [r["case_id"] for r in hostile.manifest(out)]
+    kept = [r["case_id"] for r in rows_of(out)] if (out / "manifest.csv").exists() else []
     assert appended[0]["case_id"] in kept and made_again[0] not in kept and len(kept) == 5, kept
     capsys.readouterr()
     assert main(["merge", str(out)]) == 0
-    rows = hostile.manifest(out)
+    rows = rows_of(out)
     assert len(rows) == 6 and {r["status"] for r in rows} <= {"ok", "skipped"}, rows
     assert [r["case_id"] for r in rows if r["patient"] == "OTHER-1"] == [appended[0]["case_id"]]
+
+
+@pytest.mark.parametrize("fault", ["SIGTERM", "a file-size limit"])
+def test_a_shard_run_stopped_as_it_rewrites_merges_manifest_keeps_it(cohort, tmp_path, monkeypatch, capsys, fault):
+    """Sixty-sixth hostile trial BN2, BN3: a shard run moved merge's manifest.csv aside before it wrote back the rows of
+    other cases: SIGTERM there lost it whole, another input's rows with it; a file-size limit there was exit 2 "cannot
+    be removed". It is rewritten in one rename: stopped, it is as it was; a storage fault is exit 4."""
+    import errno
+
+    from DoseAlignLib.output import formats
+
+    other = tmp_path / "other"
+    hostile.study(other / "q", "OTHER-1", 77, with_structures=False, ct_size=(48, 48, 24))
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--shard", "1/1"]) == 0
+    assert main(["merge", str(out)]) == 0
+    assert main(["export", str(other), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--append"]) == 0
+    before = (out / "manifest.csv").read_bytes()
+    shutil.rmtree(out / [r["case_id"] for r in hostile.manifest(out) if r["patient"] == "FAULT-0"][0])
+
+    def stopped(*_args, **_kwargs):
+        if fault == "SIGTERM":
+            raise KeyboardInterrupt
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(formats, "write_text_atomic", stopped)
+    code = main(["export", *args, "--shard", "1/1", "--resume"])
+    assert code == (130 if fault == "SIGTERM" else 4), capsys.readouterr().err
+    assert (out / "manifest.csv").read_bytes() == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_a_huge_manifest_of_merge_is_not_read_by_a_shard_run(cohort, tmp_path, capsys):

@@ -286,6 +286,34 @@ def test_a_run_that_locks_its_record_after_it_was_judged_dead_keeps_its_work(tmp
     assert sorted(files.remove_dead(out, "ffffffffffffffff")) == sorted([record.name, work.name])  # (once it is gone)
 
 
+def test_a_dead_run_being_cleaned_up_is_no_live_run_to_others(tmp_path, monkeypatch):
+    """Sixty-sixth hostile trial BN5: while one run removed a dead run's leftovers (holding its record's lock), another
+    run that judged OUT's records waited 5 s for that lock and took the dead run for a live one: a requeued shard was
+    refused. The record is marked ended before its leftovers are removed."""
+    from DoseAlignLib.output import files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    token = "abababababababab"
+    record = out / f".tmp-dosealign-{token}.owner"
+    record.write_text(
+        json.dumps({"dosealign_run": token, "pid": 4194303, "host": socket.gethostname(), "shard": "1/2"}) + "\n"
+    )
+    (out / f".tmp-dosealign-{token}-case-x").mkdir()
+    seen = []
+    real_remove = files.remove_owned
+
+    def slow_removal(folder, removed_token, *more, **kwargs):  # (another run looks while the removal runs)
+        seen.append((files._owner_state(record), files.live_runs(out)))
+        return real_remove(folder, removed_token, *more, **kwargs)
+
+    monkeypatch.setattr(files, "remove_owned", slow_removal)
+    assert files.dead_claims(out) == [token]
+    assert files.remove_dead(out, token)
+    assert seen == [("dead", [])], seen
+    assert not record.exists()
+
+
 #: Creates an empty owner record, says so, locks it 0.5 s later and holds it until stdin closes.
 SLOW_CLAIMER = """
 import fcntl, os, sys, time

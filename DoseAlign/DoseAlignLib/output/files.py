@@ -316,6 +316,10 @@ def _owner_state(record: Path) -> str:
             return "dead" if _stays_empty_and_free(fd) else "unknown"
         try:
             owner = json.loads(data.decode("utf-8"))
+            match = _ENTRY.match(record.name)
+            if isinstance(owner, dict) and owner.get("released") is True and match:  # (an empty record marked ended
+                # by the run that removes it: remove_dead)
+                return "dead" if owner.get("dosealign_run") == match.group(1) else "unknown"
             pid = int(owner["pid"])
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError, OverflowError):
             return "unknown"
@@ -538,10 +542,14 @@ def remove_dead(folder: Path, token: str, failed: Optional[list] = None) -> list
     :data:`EMPTY_RECORD_WAIT`); it went on, and its live case folder was removed with its record (sixty-fourth hostile
     trial BL5). With the lock held here, such a run waits, then finds its record gone and claims anew."""
     record = Path(folder) / f"{RUN_PREFIX}{token}{OWNER_SUFFIX}"
+    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(str(record), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(str(record), os.O_RDWR | flags)
     except OSError:
-        return []
+        try:  # (a record this process may not write: judged all the same)
+            fd = os.open(str(record), os.O_RDONLY | flags)
+        except OSError:
+            return []
     try:
         if fcntl is not None:
             try:
@@ -552,6 +560,15 @@ def remove_dead(folder: Path, token: str, failed: Optional[list] = None) -> list
                 pass
         if not _still_dead(fd):
             return []
+        # marked ended while its lock is held here: a run that judges OUT's records meanwhile reads a dead run's
+        # record, not a live one whose lock is held (a requeued shard was refused: sixty-sixth hostile trial BN5)
+        with contextlib.suppress(OSError, ValueError):
+            os.lseek(fd, 0, os.SEEK_SET)
+            owner = json.loads(os.read(fd, 4096).decode("utf-8") or "{}")
+            if isinstance(owner, dict) and owner.get("released") is not True:
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, (json.dumps({**owner, "dosealign_run": token, "released": True}) + "\n").encode("utf-8"))
         return remove_owned(folder, token, failed)
     finally:
         os.close(fd)

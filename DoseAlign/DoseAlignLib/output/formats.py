@@ -503,6 +503,8 @@ def retire_summaries(
         chosen = [(name, fmt, kept) for name, fmt in summaries for kept in _describes(out_dir / name, fmt, wanted)]
         aside = []
         for name, fmt, kept in chosen:
+            if kept:  # (rewritten in one rename below: a kill never loses its other rows, sixty-sixth trial BN2)
+                continue
             temp = temp_path(out_dir / name)
             try:
                 os.rename(out_dir / name, temp)
@@ -510,26 +512,29 @@ def retire_summaries(
                 continue
             except OSError as error:
                 if stuck is not None:
-                    stuck.append((name, error.strerror or str(error)))
+                    stuck.append((name, error.strerror or str(error), error.errno))
                 continue
             aside.append((name, fmt, kept, temp))
         try:
             if stuck:
                 raise OSError("put back")
-            for name, _fmt, kept, _temp in aside:
-                if kept:  # the rows of other cases, written back
+            for name, fmt, kept in chosen:
+                if kept:  # the rows of other cases, written in the file's place
                     write_text_atomic(out_dir / name, kept)
+                    aside.append((name, fmt, kept, None))
         except OSError as error:  # none is removed where one cannot be: each put back as it was
             if stuck is not None and not stuck:
-                stuck.append(("manifest.csv", error.strerror or str(error)))
+                stuck.append(("manifest.csv", error.strerror or str(error), error.errno))
             for name, _fmt, _kept, temp in aside:
-                with contextlib.suppress(OSError):
-                    os.replace(temp, out_dir / name)
+                if temp is not None:
+                    with contextlib.suppress(OSError):
+                        os.replace(temp, out_dir / name)
             return []
         removed = []
         for name, fmt, kept, temp in aside:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            if temp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
             lacking = f", now without --format {fmt}" if fmt and fmt != "manifest" and fmt not in formats else ""
             what = (
                 "this run makes cases it listed again: their rows were taken out"
@@ -578,9 +583,18 @@ def _manifest_without(path: Path, case_ids: set) -> Optional[str]:
 
     try:
         text = read_back(path, "DOSEALIGN_MANIFEST_MB").decode("utf-8")
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-    except (LimitError, UnicodeDecodeError, csv.Error):
+    except (LimitError, UnicodeDecodeError):
         return ""
+    field_limit = csv.field_size_limit()
+    csv.field_size_limit(
+        max(field_limit, len(text) + 1)
+    )  # (a field as long as export wrote it: 186 kB of warnings, BN1)
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error:
+        return ""
+    finally:
+        csv.field_size_limit(field_limit)
     if not rows or "case_id" not in rows[0]:
         return ""
     column = rows[0].index("case_id")
@@ -596,8 +610,9 @@ def _manifest_without(path: Path, case_ids: set) -> Optional[str]:
 
 @contextlib.contextmanager
 def _folder_lock(folder: Path):
-    """An exclusive lock on ``folder`` itself while the block runs (waited for up to a minute; none where folders
-    cannot be locked)."""
+    """An exclusive lock on ``folder`` itself while the block runs, among DoseAlign's runs, which hold it a moment;
+    waited for two seconds at most (a user's ``flock OUT dosealign ...`` holds it for the whole run: that run goes on
+    without it, sixty-sixth hostile trial BN4; none where folders cannot be locked)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -609,7 +624,7 @@ def _folder_lock(folder: Path):
         yield
         return
     try:
-        end = time.monotonic() + 60.0
+        end = time.monotonic() + 2.0
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
