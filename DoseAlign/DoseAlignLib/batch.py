@@ -455,7 +455,8 @@ def export_folder(
                 raise output_fault(OSError(code, reason), out_dir, then="run the command again; nothing was exported")
         names = "; ".join(f"{name} ({reason})" for name, reason, _code in stuck_summaries)
         raise DoseAlignError(
-            f"the output folder holds summaries of cases this run would make again that cannot be removed: {names}",
+            f"the output folder holds summaries of cases this run would make again that cannot be removed or read: "
+            f"{names}",
             path=out_dir,
             hint="make them removable (or remove them), then run again; this run exported no case",
         )
@@ -691,6 +692,15 @@ def _check_shard_siblings(out_dir: Path, shard_name: str, pseudonyms: str) -> No
     sees the other."""
     for run in live_runs(out_dir):
         if (run.get("owner") or {}).get("merge") is True:  # (BL3)
+            if run["undecided"]:  # another machine's, whose life cannot be told here (sixty-sixth trial BN8)
+                raise DoseAlignError(
+                    f"dosealign merge (process {run['pid']} on host {run['host']}, started {run['started']}) may be "
+                    f"writing this output folder: its owner record {run['record']} is of another machine, and whether "
+                    "it still lives cannot be told from here",
+                    path=out_dir,
+                    hint=f"wait until it has finished; if it is known to be gone, remove {out_dir / run['record']}, "
+                    "then run again; this run exported no case",
+                )
             raise DoseAlignError(
                 f"dosealign merge (process {run['pid']}, started {run['started']}; owner record {run['record']}) is "
                 "writing this output folder's manifest.csv and dataset files: cases made now would be listed as they "

@@ -907,6 +907,43 @@ def test_a_shard_run_stopped_as_it_rewrites_merges_manifest_keeps_it(cohort, tmp
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
+#: Holds OUT/dataset.h5 open for writing (HDF5's lock held) until stdin closes.
+HOLDS_DATASET = """
+import sys
+import h5py
+handle = h5py.File(sys.argv[1], "a")
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_dataset_file_another_program_holds_open_stops_a_run_that_makes_cases_again(cohort, tmp_path, capsys):
+    """Sixty-sixth hostile trial BN7: a dataset.h5 another program held open for writing could not be read, was taken
+    for not DoseAlign's, and kept the old doses of the cases a --resume made again, exit 0, no note. The run stops
+    before any case (exit 2), naming it."""
+    pytest.importorskip("h5py")
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--format", "npz,hdf5"]
+    assert main(["export", *args]) == 0
+    before = hostile.manifest(out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDS_DATASET, str(out / "dataset.h5")],
+        env={**hostile.ENV, "HDF5_USE_FILE_LOCKING": "TRUE"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"open"
+        capsys.readouterr()
+        code = main(["export", *args[:-2], "--resume", "--interpolator", "nn"])
+        printed = capsys.readouterr().err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert code == 2 and "dataset.h5 (cannot be read" in printed and "Traceback" not in printed, printed
+    assert hostile.manifest(out) == before
+
+
 def test_a_huge_manifest_of_merge_is_not_read_by_a_shard_run(cohort, tmp_path, capsys):
     """Sixty-fourth hostile trial BL1: merge's manifest.csv made an 8 GiB line (sparse) was read line by line by a shard
     run that made cases again: 5.7 GB, then a MemoryError traceback. It is read up to DOSEALIGN_MANIFEST_MB; a larger

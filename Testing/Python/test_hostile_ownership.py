@@ -314,6 +314,20 @@ def test_a_dead_run_being_cleaned_up_is_no_live_run_to_others(tmp_path, monkeypa
     assert not record.exists()
 
 
+def test_a_merge_of_another_machine_that_may_be_gone_is_named_as_such(inputs, tmp_path, capsys):
+    """Sixty-sixth hostile trial BN8: a merge's owner record of another machine, whose life cannot be told here (a dead
+    node's), stopped every shard run with "dosealign merge (process 4242) is writing ...", no host, no way out. It is
+    named as another machine's that may be running, with the record to remove once it is known to be gone."""
+    out = tmp_path / "out"
+    out.mkdir()
+    token = "cdcdcdcdcdcdcdcd"
+    owner = {"dosealign_run": token, "pid": 4242, "host": "node-17", "boot_id": "another-boot", "merge": True}
+    (out / f".tmp-dosealign-{token}.owner").write_text(json.dumps(owner) + "\n")
+    assert _export(inputs, out, "--shard", "1/2") == 2
+    printed = capsys.readouterr().err
+    assert "on host node-17" in printed and "may be" in printed and f".tmp-dosealign-{token}.owner" in printed, printed
+
+
 #: Creates an empty owner record, says so, locks it 0.5 s later and holds it until stdin closes.
 SLOW_CLAIMER = """
 import fcntl, os, sys, time

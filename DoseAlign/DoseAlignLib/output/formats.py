@@ -27,6 +27,7 @@ before any case is computed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -436,6 +437,12 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
         if name in written or path.is_symlink() or not path.is_file():
             continue
         if not _made_by_dosealign(path, fmt):
+            locked = _unreadable_hdf5(path) if fmt == "hdf5" else None
+            if locked:  # (it may describe cases as they were: said, BN7)
+                notes.append(
+                    f"{name} cannot be read ({locked}): another program may hold it open; whether it describes the "
+                    "cases as they are now cannot be told: close that program and run again with --resume, or remove it"
+                )
             continue  # not DoseAlign's (or unreadable): not ours to judge
         listed = _dataset_cases(path, fmt, cases)
         if isinstance(listed, str):  # not as DoseAlign wrote it: nothing of it was read
@@ -500,7 +507,15 @@ def retire_summaries(
     wanted = set(case_ids)
     summaries = (*DATASET_FILES, ("report.html", ""), *((("manifest.csv", "manifest"),) if shard else ()))
     with _folder_lock(out_dir):  # (shards retire side by side: one reads and rewrites manifest.csv at a time)
-        chosen = [(name, fmt, kept) for name, fmt in summaries for kept in _describes(out_dir / name, fmt, wanted)]
+        chosen = []
+        for name, fmt in summaries:
+            try:
+                chosen += [(name, fmt, kept) for kept in _describes(out_dir / name, fmt, wanted)]
+            except OSError as error:
+                if stuck is not None:
+                    stuck.append((name, error.strerror or str(error), error.errno))
+        if stuck:
+            return []
         aside = []
         for name, fmt, kept in chosen:
             if kept:  # (rewritten in one rename below: a kill never loses its other rows, sixty-sixth trial BN2)
@@ -560,6 +575,9 @@ def _describes(path: Path, fmt: str, wanted: set) -> list:
             return [] if kept is None else [kept]
         if fmt:
             if not _made_by_dosealign(path, fmt):
+                locked = _unreadable_hdf5(path) if fmt == "hdf5" else None
+                if locked:  # (it may describe these cases: the run stops, BN7)
+                    raise OSError(errno.EBUSY, f"cannot be read: {locked}; another program may hold it open")
                 return []
             listed = _dataset_cases(path, fmt, sorted(wanted))
             # (one not as DoseAlign wrote it is judged, and its reason said, at the run's end)
@@ -567,7 +585,9 @@ def _describes(path: Path, fmt: str, wanted: set) -> list:
         # a user's own report.html stays (fifty-eighth trial BF1); DoseAlign's is written anew at the run's end (not
         # read whole: a planted 4 GB one, BF2)
         return [] if foreign_file(path) is not None else [""]
-    except OSError:  # (unreadable: judged, and its reason said, at the run's end)
+    except OSError as error:  # (unreadable: judged, and its reason said, at the run's end)
+        if error.errno == errno.EBUSY:  # (but one another program holds: the run stops, BN7)
+            raise
         return []
 
 
@@ -577,7 +597,6 @@ def _manifest_without(path: Path, case_ids: set) -> Optional[str]:
     5.7 GB before a MemoryError: sixty-fourth hostile trial BL1); a larger one, or one that is no CSV, goes whole
     (merge writes it anew)."""
     import csv
-    import io
 
     from ..limits import LimitError, read_back
 
@@ -589,23 +608,46 @@ def _manifest_without(path: Path, case_ids: set) -> Optional[str]:
     csv.field_size_limit(
         max(field_limit, len(text) + 1)
     )  # (a field as long as export wrote it: 186 kB of warnings, BN1)
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+    kept: list = []
+    writer = csv.writer(_Lines(kept), lineterminator="\n")
+    found = others = 0
+    try:  # row by row, the kept ones written at once (a list of 1.8 million rows took 5.7 GB: sixty-sixth trial BN6)
+        reader = csv.reader(_lines_of(text))
+        header = next(reader, [])
+        if "case_id" not in header:
+            return ""
+        column = header.index("case_id")
+        writer.writerow(header)
+        for row in reader:
+            if len(row) > column and row[column] in case_ids:
+                found += 1
+            else:
+                others += 1
+                writer.writerow(row)
     except csv.Error:
         return ""
     finally:
         csv.field_size_limit(field_limit)
-    if not rows or "case_id" not in rows[0]:
-        return ""
-    column = rows[0].index("case_id")
-    others = [row for row in rows[1:] if not (len(row) > column and row[column] in case_ids)]
-    if len(others) == len(rows) - 1:
+    if not found:
         return None
-    if not others:
-        return ""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([rows[0], *others])
-    return buffer.getvalue()
+    return "".join(kept) if others else ""
+
+
+class _Lines:
+    """A file-like object that keeps what is written as a list of strings."""
+
+    def __init__(self, parts: list) -> None:
+        self.write = parts.append
+
+
+def _lines_of(text: str):
+    """The lines of ``text`` with their line ends, one at a time (no copy of the whole text)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
 
 
 @contextlib.contextmanager
@@ -710,6 +752,24 @@ def _datalist(path: Path) -> Optional[dict]:
         if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
             return None
     return data
+
+
+def _unreadable_hdf5(path: Path) -> Optional[str]:
+    """Why an HDF5 file (by its first bytes) cannot be opened, where it cannot: another program holds it open for
+    writing (HDF5's file lock) and whether it is DoseAlign's, and what it holds, cannot be told (sixty-sixth hostile
+    trial BN7: such a dataset.h5 kept the old doses of cases made again, exit 0, no note)."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89HDF\r\n\x1a\n":
+                return None
+        import h5py
+
+        with h5py.File(path, "r"):
+            return None
+    except ImportError:
+        return None
+    except Exception as error:  # (h5py raises OSError, sometimes others, for a locked or damaged file)
+        return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
 def _made_by_dosealign(path: Path, fmt: str) -> bool:
