@@ -667,3 +667,35 @@ def test_another_exports_pseudonyms_hold_no_id_of_this_input(tmp_path):
     row = {"case_id": meta["case_id"], "files": "d3808abcde1/f0123456789.dcm", "ct_folder": "d3808abcde1"}
     with pseudonymizer.pseudonyms_of(row):
         assert not any(pseudonymizer.guard.find(value) for value in row.values())
+
+
+def test_the_rows_of_many_damaged_files_are_pseudonymized_in_linear_time(monkeypatch):
+    """Sixty-seventh hostile trial BO1: each row of a damaged file (no case) added its path tokens to the pseudonyms,
+    and every token of every pseudonym was read again for the next row, and every input path looked for in each value:
+    20 000 damaged files held a pseudonymized export for half an hour before any case. Each pseudonym is read once,
+    and a value is searched for the paths it holds in one reading."""
+    from DoseAlignLib.output import pseudonym
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    count = 300
+    identity = Identity(patient_ids={"PX-1"})
+    for n in range(count):
+        identity.add_path(f"damaged/bad{n:05d}.dcm")
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=identity)
+    pseudonymizer.input_root = "/data/in"
+    read, real = [], pseudonym.own_tokens
+
+    def counted(pseudonyms):
+        pseudonyms = list(pseudonyms)
+        read.append(len(pseudonyms))
+        return real(pseudonyms)
+
+    monkeypatch.setattr(pseudonym, "own_tokens", counted)
+    rows = [
+        pseudonymizer.row(
+            {"case_id": f"bad{n:05d}", "status": "failed", "reason": f"damaged/bad{n:05d}.dcm: not DICOM", "files": "1"}
+        )
+        for n in range(count)
+    ]
+    assert not [r for n, r in enumerate(rows) if f"bad{n:05d}" in r["reason"]], rows[:2]
+    assert sum(read) < 10 * count, f"{sum(read)} pseudonyms read for {count} rows"

@@ -1188,21 +1188,32 @@ class Pseudonymizer:
             return self.uid(candidate)
         return candidate
 
+    def _path_needles(self) -> _Needles:
+        """The input's paths (:attr:`Identity.paths`) to look for in a text, made again when they changed."""
+        cached = getattr(self, "_paths_cache", None)
+        paths = self.identity.paths
+        if cached is None or cached[0] is not paths or cached[1] != len(paths):
+            cached = (paths, len(paths), _Needles(paths))
+            object.__setattr__(self, "_paths_cache", cached)
+        return cached[2]
+
     def _replace_paths(self, value: str, own: bool = False) -> str:
         """``value`` with the input's paths as path tokens. ``own``: DoseAlign's own text, where a file at the input's
         top whose name has no suffix (``Kowalski_Jan_3``, as PACS exports name them) is a path wherever it stands
         whole (it stood in clear in meta.json's prose: thirty-sixth hostile trial AJ15); in a name the input gave
         (an ROI ``Heart`` beside a file ``Heart``) only where it is unmistakably a path, as a single folder name."""
         root = self.input_root.rstrip("/")
+        # only the paths the value holds, found in one reading of it (a loop over every path for every value was
+        # quadratic in the input's files: 20 000 damaged files held a run for half an hour, sixty-seventh trial BO1)
+        paths = self._path_needles()
+        held = sorted(paths.found_in(value)) if paths else []
         candidates = []
         if root and root in value:
-            for rel in self.identity.paths:
+            for rel in held:
                 full = f"{root}/{rel}"
                 if full in value:
                     candidates.append((full, rel))
-        for rel in self.identity.paths:
-            if rel not in value:
-                continue
+        for rel in held:
             # single folder names only where they are unmistakably paths: quoted, as a path start, or joined with
             # " + " (a CT of several folders, ``Kowalski_CT1 + Kowalski_CT2``: thirty-sixth hostile trial AJ27)
             unmistakable = "/" in rel or "." in rel or f"'{rel}'" in value or f"{rel}/" in value
@@ -1272,7 +1283,12 @@ class Pseudonymizer:
         cached = getattr(self, "_own_cache", None)
         stamp = (len(self.entries), len(extra))
         if cached is None or cached[0] != stamp:
-            cached = (stamp, own_tokens(p for _kind, p in self.entries) | {self.fingerprint} | extra)
+            # the tokens of the entries added since (read once each: every row of a damaged file added a few, and all
+            # were read again for each, quadratic: 20 000 such files took half an hour, sixty-seventh trial BO1)
+            tokens, done = getattr(self, "_own_tokens", (set(), 0))
+            tokens |= own_tokens(p for _kind, p in itertools.islice(self.entries, done, None))
+            object.__setattr__(self, "_own_tokens", (tokens, len(self.entries)))
+            cached = (stamp, frozenset(tokens) | {self.fingerprint} | extra)
             object.__setattr__(self, "_own_cache", cached)
         return cached[1]
 
