@@ -4798,6 +4798,23 @@ def test_the_check_reads_each_reading_of_a_text_on_its_own(patient_id, name, tex
     assert Pseudonymizer(key=b"k" * 32, identity=identity).name(text) == text
 
 
+def test_a_name_removed_between_the_halves_of_an_id_fails_no_case(tmp_path, capsys):
+    """Sixty-eighth hostile trial BP1, as exported: a PatientID 6030 and the ROI ``PTV 60 Smith 30`` of patient Smith:
+    the rewriting wrote ``PTV 60 [removed] 30``, and the check, reading it without the mark, joined 60 and 30 and failed
+    the case "please report it". The check reads a text without its marks for names only; the case is ok."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    guard = IdentityGuard(Identity(patient_ids={"6030"}))
+    assert guard.find("PTV_60_[removed]_30") == "" and guard.find("PTV 60 [removed] 30", own=False) == ""
+    root = tmp_path / "in"
+    _named_patient_study(root, "Smith^John", ["PTV 60 Smith 30", "PTV_60_Smith_30"], "6030", 161)
+    out = tmp_path / "share" / "out"
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", "--no-qa-png"])
+    (row,) = hostile.manifest(out)
+    assert (code, row["status"]) == (0, "ok"), row["reason"]
+    assert not [n for n in _names_of(out, row) if "smith" in n.casefold()], _names_of(out, row)
+
+
 def test_a_name_the_header_writes_without_its_apostrophe_is_removed_from_every_format(tmp_path, capsys):
     """Sixty-first hostile trial BI3, as exported: a header ``OBRIEN^SEAN`` and ROIs ``PTV_O'Brien``, ``GTV_O'BRIEN``:
     the case was ok with the surname in meta.json, dvh.csv, the HDF5 files, dataset.json, OpenKBP and the mask file

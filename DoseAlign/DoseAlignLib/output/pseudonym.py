@@ -3310,7 +3310,8 @@ class IdentityGuard:
         text = text.translate(_APOSTROPHES)  # (as the names are held: BA4)
         if REMOVED in text and text.replace(REMOVED, ""):  # read without the marks too: one inside a name hid it (AJ18)
             found = self.find(text.replace(REMOVED, ""), words, own, joined_names, padded)
-            if found:
+            if found == "a patient name":  # (names only: the numbers on both sides of a removed name or date, joined,
+                # made a PatientID, PTV_60_[removed]_30 for 6030: sixty-eighth hostile trial BP1)
                 return found
         if (  # a whole number grouped by points (12.345.678: AR7)
             text.count(".") >= 2
