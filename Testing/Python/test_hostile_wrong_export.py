@@ -633,6 +633,21 @@ def test_a_structure_set_none_of_whose_rois_is_in_the_cts_frame_is_refused(clean
     _failed_with(rows, struct.name, other, "frame of reference", "(3006,0024)")
 
 
+def test_a_ct_that_names_no_frame_is_in_its_doses_frame(clean, tmp_path, capsys):
+    """Sixty-seventh hostile trial BO3: a CT series without (0020,0052) FrameOfReferenceUID (an anonymizer dropped it)
+    switched off the check of the structure set's frame: drawn in another frame than the dose's, it was exported onto
+    the CT, ok, no warning. The CT is taken to be in its dose's frame."""
+    root, struct, other, _moved = _struct_with_a_second_frame(clean, tmp_path, other_first=False, moved="all")
+    for ct in clean["plan"].ct_files:
+        path = root / _rel(clean, "plan", ct)
+        ds = dd.read(path)
+        del ds.FrameOfReferenceUID
+        dd.save(ds, path)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, struct.name, other, "frame of reference", "names no frame", "(3006,0024)")
+
+
 def test_a_patient_paired_as_one_is_one_patient_in_the_split(tmp_path, capsys):
     """F18 (sixth trial): a second plan on COH-001's CT whose RTPLAN/RTDOSE carry PatientID 'coh-001' was paired
     as one patient (a warning), yet split as two: the same CT in training and validation for some seeds, and

@@ -574,13 +574,20 @@ def _identity_mismatch(case: Case) -> Optional[str]:
             )
     if case.ct.patient_id and case.ct.patient_id != case.patient_id:
         case.patient_id = case.ct.patient_id  # one patient: named as its CT names it (split, pseudonym, manifest)
+    # a CT that names no frame (an anonymizer dropped it) is in its dose's: a structure set of another frame was
+    # paired without a word (sixty-seventh hostile trial BO3)
+    frame = case.ct.frame_of_reference_uid or first.frame_of_reference_uid
+    where = (
+        f"its CT '{case.ct.folder or '.'}' is in {frame}"
+        if case.ct.frame_of_reference_uid
+        else f"its CT '{case.ct.folder or '.'}' names no frame and its RTDOSE {first.rel_path} is in {frame}"
+    )
     for struct in case.structs:
         frames = structure_set_frames(struct)
-        if frames and case.ct.frame_of_reference_uid and case.ct.frame_of_reference_uid not in frames:
+        if frames and frame and frame not in frames:
             return (
-                f"RTSTRUCT {struct.rel_path} is drawn in frame of reference {', '.join(frames)}, its CT "
-                f"'{case.ct.folder or '.'}' is in {case.ct.frame_of_reference_uid}: the contours would be misplaced "
-                "((3006,0024) ReferencedFrameOfReferenceUID; DoseAlign does not register)"
+                f"RTSTRUCT {struct.rel_path} is drawn in frame of reference {', '.join(frames)}, {where}: the contours "
+                "would be misplaced ((3006,0024) ReferencedFrameOfReferenceUID; DoseAlign does not register)"
             )
     return None
 
