@@ -1205,8 +1205,13 @@ class Pseudonymizer:
         root = self.input_root.rstrip("/")
         # only the paths the value holds, found in one reading of it (a loop over every path for every value was
         # quadratic in the input's files: 20 000 damaged files held a run for half an hour, sixty-seventh trial BO1)
-        paths = self._path_needles()
-        held = sorted(paths.found_in(value)) if paths else []
+        # (by a loop over the paths where they are fewer than the value's positions times their lengths: long paths
+        # of many lengths made the one reading slower than the loop, sixty-ninth trial BQ2)
+        index, every = self._path_needles(), self.identity.paths
+        if len(every) <= len(value) * max(1, len(index.lengths)):
+            held = sorted(rel for rel in every if rel in value)
+        else:
+            held = sorted(index.found_in(value))
         candidates = []
         if root and root in value:
             for rel in held:
