@@ -541,6 +541,17 @@ def _read_doses(case: Case, options: AlignOptions) -> tuple:
                 tag="(0020,0052) FrameOfReferenceUID",
                 hint="the dose was computed on another CT or registration; DoseAlign does not register",
             )
+        first = doses[0][0].grid.frame_of_reference_uid if doses else None
+        if doses and not case.ct.frame_of_reference_uid and volume.grid.frame_of_reference_uid != first:
+            # a CT that names no frame is in its first dose's: BEAM doses of two frames were summed, ok (sixty-ninth
+            # hostile trial BQ3)
+            raise LinkError(
+                f"frame of reference {volume.grid.frame_of_reference_uid} differs from the first dose's {first} "
+                f"(the CT names none)",
+                path=obj.path,
+                tag="(0020,0052) FrameOfReferenceUID",
+                hint="the doses were computed on other CTs or registrations; DoseAlign does not register",
+            )
         doses.append((volume, geometry, info))
     units = {d[2].units for d in doses}
     if len(units) > 1:

@@ -648,6 +648,39 @@ def test_a_ct_that_names_no_frame_is_in_its_doses_frame(clean, tmp_path, capsys)
     _failed_with(rows, struct.name, other, "frame of reference", "names no frame", "(3006,0024)")
 
 
+def _without_ct_frame(clean: dict, root: Path, which: str) -> None:
+    for ct in clean[which].ct_files:
+        path = root / _rel(clean, which, ct)
+        ds = dd.read(path)
+        del ds.FrameOfReferenceUID
+        dd.save(ds, path)
+
+
+def test_an_roi_in_another_frame_is_left_out_where_the_ct_names_none(clean, tmp_path, capsys):
+    """Sixty-ninth hostile trial BQ1: on a CT without FrameOfReferenceUID, an ROI drawn in another frame than the
+    dose's (3006,0024) was rasterized as if on the CT, ok, no warning (where the CT names its frame it is left out). It
+    is left out with a warning."""
+    root, _struct, other, moved = _struct_with_a_second_frame(clean, tmp_path, other_first=False)
+    _without_ct_frame(clean, root, "plan")
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 0, rows
+    (row,) = rows
+    assert row["status"] == "ok" and moved in row["warnings"] and other in row["warnings"], row
+
+
+def test_beam_doses_of_two_frames_fail_where_the_ct_names_none(clean, tmp_path, capsys):
+    """Sixty-ninth hostile trial BQ3: on a CT without FrameOfReferenceUID, BEAM doses of two frames were summed, ok
+    (where the CT names its frame, the case fails). The doses are compared with the first one's frame."""
+    root = _copy(clean, "beams", tmp_path)
+    _without_ct_frame(clean, root, "beams")
+    dd.rewrite_tags(
+        root / _rel(clean, "beams", clean["beams"].dose_files[1]), FrameOfReferenceUID="1.2.826.0.1.3680043.10.999.8"
+    )
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    _failed_with(rows, "1.2.826.0.1.3680043.10.999.8", "the CT names none", "(0020,0052)")
+
+
 def test_a_patient_paired_as_one_is_one_patient_in_the_split(tmp_path, capsys):
     """F18 (sixth trial): a second plan on COH-001's CT whose RTPLAN/RTDOSE carry PatientID 'coh-001' was paired
     as one patient (a warning), yet split as two: the same CT in training and validation for some seeds, and

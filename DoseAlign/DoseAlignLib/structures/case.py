@@ -78,7 +78,10 @@ def read_case_contours(
                     obj.path,
                     rel_path=obj.rel_path,
                     plane_normal=normal,
-                    frame_of_reference_uid=case.ct.frame_of_reference_uid or None,
+                    # (a CT that names no frame is in its dose's: sixty-ninth hostile trial BQ1)
+                    frame_of_reference_uid=case.ct.frame_of_reference_uid
+                    or (case.doses[0].frame_of_reference_uid if case.doses else None)
+                    or None,
                 )
             )
         except (LimitError, UnreadableError):  # the case's time limit, or a file gone or unreadable since the scan
