@@ -4631,6 +4631,22 @@ def test_a_one_syllable_korean_name_is_removed_only_as_a_word_of_its_own():
         assert "[removed]" in pseudonymizer.name(text), text
 
 
+def _one_name_on_both_sides(header: str, spelled: list, kept: list) -> None:
+    """For a header name: each of ``spelled`` is found by the check and rewritten by the pseudonymizer to a text the
+    check finds nothing in; each of ``kept`` is neither found nor rewritten."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name(header)
+    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in spelled:
+        assert guard.find(text, own=False) == "a patient name", text
+        rewritten = pseudonymizer.name(text)
+        assert "[removed]" in rewritten and not guard.find(rewritten, own=False), rewritten
+    for text in kept:
+        assert guard.find(text, own=False) == "" and pseudonymizer.name(text) == text, text
+
+
 #: Fifty-fifth hostile trial BC1, BC2, BC4-BC6, BC8: a header name, ROI names that spell it otherwise and must be
 #: removed (and found by the check), and ordinary ROI names beside it that must be kept by both sides.
 OTHER_SPELLINGS = [
@@ -4687,17 +4703,7 @@ def test_a_name_written_with_other_characters_for_one_is_one_name(header, spelle
     and Sindhi forms of Arabic letters (BC5), the ʿayn of transliterations (BC6), and a name of a script without case
     glued to Latin letters (BC8) stayed in clear, status ok. Both sides read each as the name; ordinary ROI names are
     kept. A chillu or khanda ta written without its joiner at a word's end (older text) is the letter too."""
-    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
-
-    identity = Identity()
-    identity.add_name(header)
-    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
-    for text in spelled:
-        assert guard.find(text, own=False) == "a patient name", text
-        rewritten = pseudonymizer.name(text)
-        assert "[removed]" in rewritten and not guard.find(rewritten, own=False), rewritten
-    for text in kept:
-        assert guard.find(text, own=False) == "" and pseudonymizer.name(text) == text, text
+    _one_name_on_both_sides(header, spelled, kept)
 
 
 #: Sixty-first hostile trial: a header name, ROI names that write it and must be removed (and found by the check), and
@@ -4730,17 +4736,7 @@ def test_the_sixty_first_trials_spellings_are_one_name(header, spelled, kept):
     ``aa`` only and missed ``Håkonsen`` for a header ``HAKONSEN`` (BI4); a name of two capitals as the header writes
     it (``IJff``, ``ODea``) stayed in clear, status ok (BI5). Both sides read each as the name; the ordinary ROI
     names beside it are kept."""
-    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
-
-    identity = Identity()
-    identity.add_name(header)
-    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
-    for text in spelled:
-        assert guard.find(text, own=False) == "a patient name", text
-        rewritten = pseudonymizer.name(text)
-        assert "[removed]" in rewritten and not guard.find(rewritten, own=False), rewritten
-    for text in kept:
-        assert guard.find(text, own=False) == "" and pseudonymizer.name(text) == text, text
+    _one_name_on_both_sides(header, spelled, kept)
 
 
 @pytest.mark.parametrize(
@@ -4761,17 +4757,7 @@ def test_the_sixty_third_trials_spellings_are_one_name(header, spelled, kept):
     """Sixty-third hostile trial BK1, BK2, the edges of the sixty-first's fixes: an apostrophe written twice
     (``PTV_O''Brien`` for a header ``OBRIEN``) and a name of two capitals glued to other words in camel case
     (``PTVIJff``, ``IJffBoost``) stayed in clear, status ok. Both sides read each as the name."""
-    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard, Pseudonymizer
-
-    identity = Identity()
-    identity.add_name(header)
-    guard, pseudonymizer = IdentityGuard(identity), Pseudonymizer(key=b"k" * 32, identity=identity)
-    for text in spelled:
-        assert guard.find(text, own=False) == "a patient name", text
-        rewritten = pseudonymizer.name(text)
-        assert "[removed]" in rewritten and not guard.find(rewritten, own=False), rewritten
-    for text in kept:
-        assert guard.find(text, own=False) == "" and pseudonymizer.name(text) == text, text
+    _one_name_on_both_sides(header, spelled, kept)
 
 
 @pytest.mark.parametrize(
