@@ -833,6 +833,19 @@ def test_a_shard_run_that_makes_cases_again_removes_merges_manifest(cohort, tmp_
     assert {r["interpolator"] for r in hostile.manifest(out)} == {"nn"}
 
 
+def _merged_shards_and_an_appended_input(cohort: Path, tmp_path: Path) -> tuple:
+    """``(OUT, export args)``: the cohort exported as shard 1/1 and merged, then another input's case added with
+    --append (manifest.csv: six rows)."""
+    other = tmp_path / "other"
+    hostile.study(other / "q", "OTHER-1", 77, with_structures=False, ct_size=(48, 48, 24))
+    out = tmp_path / "out"
+    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
+    assert main(["export", *args, "--shard", "1/1"]) == 0
+    assert main(["merge", str(out)]) == 0
+    assert main(["export", str(other), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--append"]) == 0
+    return out, args
+
+
 @pytest.mark.parametrize("long_field", [False, True], ids=["plain", "a field of 200 kB"])
 def test_a_shard_run_keeps_the_rows_another_input_added_to_merges_manifest(cohort, tmp_path, capsys, long_field):
     """Sixty-fourth hostile trial BL4, a regression of BJ1's fix: a --shard run that made cases again removed merge's
@@ -847,13 +860,7 @@ def test_a_shard_run_keeps_the_rows_another_input_added_to_merges_manifest(cohor
         finally:
             csv.field_size_limit(limit)
 
-    other = tmp_path / "other"
-    hostile.study(other / "q", "OTHER-1", 77, with_structures=False, ct_size=(48, 48, 24))
-    out = tmp_path / "out"
-    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
-    assert main(["export", *args, "--shard", "1/1"]) == 0
-    assert main(["merge", str(out)]) == 0
-    assert main(["export", str(other), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--append"]) == 0
+    out, args = _merged_shards_and_an_appended_input(cohort, tmp_path)
     appended = [r for r in hostile.manifest(out) if r["patient"] == "OTHER-1"]
     assert len(appended) == 1 and len(hostile.manifest(out)) == 6
     if long_field:
@@ -885,13 +892,7 @@ def test_a_shard_run_stopped_as_it_rewrites_merges_manifest_keeps_it(cohort, tmp
 
     from DoseAlignLib.output import formats
 
-    other = tmp_path / "other"
-    hostile.study(other / "q", "OTHER-1", 77, with_structures=False, ct_size=(48, 48, 24))
-    out = tmp_path / "out"
-    args = [str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"]
-    assert main(["export", *args, "--shard", "1/1"]) == 0
-    assert main(["merge", str(out)]) == 0
-    assert main(["export", str(other), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--append"]) == 0
+    out, args = _merged_shards_and_an_appended_input(cohort, tmp_path)
     before = (out / "manifest.csv").read_bytes()
     shutil.rmtree(out / [r["case_id"] for r in hostile.manifest(out) if r["patient"] == "FAULT-0"][0])
 
