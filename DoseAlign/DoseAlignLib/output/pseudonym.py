@@ -3314,9 +3314,14 @@ class IdentityGuard:
             return ""
         text = text.translate(_APOSTROPHES)  # (as the names are held: BA4)
         if REMOVED in text and text.replace(REMOVED, ""):  # read without the marks too: one inside a name hid it (AJ18)
+            glued = _GLUED_REMOVED.sub("", text)  # a mark inside a word (QX77[removed]415): whatever it hid
+            if glued != text:
+                found = self.find(glued, words, own, joined_names, padded)
+                if found:
+                    return found
             found = self.find(text.replace(REMOVED, ""), words, own, joined_names, padded)
-            if found == "a patient name":  # (names only: the numbers on both sides of a removed name or date, joined,
-                # made a PatientID, PTV_60_[removed]_30 for 6030: sixty-eighth hostile trial BP1)
+            if found == "a patient name":  # (else names only: the numbers on both sides of a removed name or date,
+                # apart from it, joined, made a PatientID, PTV_60_[removed]_30 for 6030: sixty-eighth trial BP1)
                 return found
         if (  # a whole number grouped by points (12.345.678: AR7)
             text.count(".") >= 2
@@ -3460,6 +3465,10 @@ class IdentityGuard:
                         return "a UID"
                     start = text.find(uid, start + 1)
         return ""
+
+
+#: A :data:`REMOVED` mark with a letter or digit right before and after it: inside a word of the input's.
+_GLUED_REMOVED = re.compile(r"(?<=[^\W_])" + re.escape(REMOVED) + r"(?=[^\W_])")
 
 
 def _scripts_apart(text: str) -> str:
