@@ -4,7 +4,7 @@ module, its batch script, the notebook and the README use.
 A case goes through the stages in this order; each name below belongs to one of them::
 
     read DICOM      scan_folder, scan_files, read_ct, ct_geometry, read_rtdose, read_structure_set
-    link            form_cases -> Case
+    link            form_cases -> Case; header_refusal (what export refuses in the dose headers)
     geometry        Grid, Volume, reference_grid, resample; Resampler (what backends differ in)
     structures      load_roi_map, unpack_masks
     audit           (inside run_case; thresholds: DEFAULT_THRESHOLDS)
@@ -50,6 +50,7 @@ _EXPORTS = {
     "read_structure_set": ".dicom.rtstruct",
     # 2. link
     "form_cases": ".link.cases",
+    "header_refusal": ".link.dose_headers",
     "Case": ".link.case",
     "safe_name": ".link.cases",
     # 3. geometry

@@ -89,6 +89,11 @@ def _get_parser() -> argparse.ArgumentParser:
     scan.add_argument("--sum-plans", action="store_true", help="list plans on one CT as one summed case")
     scan.add_argument("--ct", metavar="CT|CSV", help=CT_HELP)
     scan.add_argument(
+        "--allow-relative",
+        action="store_true",
+        help="list DoseUnits RELATIVE doses as exportable (export needs the same option)",
+    )
+    scan.add_argument(
         "--json",
         action="store_true",
         help="print one JSON document (cases, orphans, skipped files, files not read, duplicates) instead of text",
@@ -450,6 +455,9 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         raise _StdoutUnwritable(OSError(errno.EBADF, "the standard output is closed"))
     scan = api.scan_folder(args.input)
     linked = api.form_cases(scan, sum_plans=args.sum_plans, ct=args.ct)
+    for case in linked.cases:  # what export refuses from a dose's header is said here too (67th hostile trial BO4)
+        if case.error is None and case.ct is not None:
+            case.error = api.header_refusal(case, allow_relative=args.allow_relative)
     code = 1 if any(c.error for c in linked.cases) else 0
     if not linked.cases:
         code = EXIT_NOTHING

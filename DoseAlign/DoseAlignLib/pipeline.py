@@ -45,6 +45,7 @@ from .limits import (
     memory_limit_bytes,
 )
 from .link.case import Case
+from .link.dose_headers import frame_mismatch, sum_mismatch
 from .options import AlignOptions, Interpolator, ReferenceGrid
 from .structures.case import CaseContours, read_case_contours
 from .structures.regions import grid_region
@@ -530,39 +531,17 @@ def _reporter(progress: Progress) -> Callable[[float, str], None]:
 
 
 def _read_doses(case: Case, options: AlignOptions) -> tuple:
-    doses = []
+    doses, frames = [], []
     for obj in case.doses:
         volume, geometry, info = read_rtdose(obj.path, allow_relative=options.allow_relative)
-        if case.ct.frame_of_reference_uid and volume.grid.frame_of_reference_uid != case.ct.frame_of_reference_uid:
-            raise LinkError(
-                f"frame of reference {volume.grid.frame_of_reference_uid} differs from the CT's "
-                f"{case.ct.frame_of_reference_uid}",
-                path=obj.path,
-                tag="(0020,0052) FrameOfReferenceUID",
-                hint="the dose was computed on another CT or registration; DoseAlign does not register",
-            )
-        first = doses[0][0].grid.frame_of_reference_uid if doses else None
-        if doses and not case.ct.frame_of_reference_uid and volume.grid.frame_of_reference_uid != first:
-            # a CT that names no frame is in its first dose's: BEAM doses of two frames were summed, ok (sixty-ninth
-            # hostile trial BQ3)
-            raise LinkError(
-                f"frame of reference {volume.grid.frame_of_reference_uid} differs from the first dose's {first} "
-                f"(the CT names none)",
-                path=obj.path,
-                tag="(0020,0052) FrameOfReferenceUID",
-                hint="the doses were computed on other CTs or registrations; DoseAlign does not register",
-            )
+        frames.append((obj.path, volume.grid.frame_of_reference_uid))
+        error = frame_mismatch(case.ct.frame_of_reference_uid, frames)
+        if error is not None:
+            raise error
         doses.append((volume, geometry, info))
-    units = {d[2].units for d in doses}
-    if len(units) > 1:
-        raise DoseAlignError(f"doses to be summed have different units: {sorted(units)}", path=case.doses[0].path)
-    types = {d[2].dose_type for d in doses}
-    if len(types) > 1:
-        raise DoseAlignError(
-            f"doses to be summed have different DoseTypes: {sorted(types)} (physical and effective dose do not add)",
-            path=case.doses[0].path,
-            tag="(3004,0004) DoseType",
-        )
+    error = sum_mismatch([(obj.path, dose[2]) for obj, dose in zip(case.doses, doses)])
+    if error is not None:
+        raise error
     first_info = doses[0][2]
     copies = _copied_doses(case, doses)
     dose_meta = {

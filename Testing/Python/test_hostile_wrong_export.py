@@ -2745,3 +2745,52 @@ def test_an_input_file_whose_inode_or_change_time_changed_but_not_its_contents_i
     monkeypatch.setattr(batch, "run_case", touched_first)
     code, rows, _out = _export(root, tmp_path, capsys)
     assert code == 0 and [r["status"] for r in rows] == ["ok"], rows
+
+
+def _scan_json(root: Path, capsys, *options: str) -> tuple:
+    code = main(["scan", str(root), "--json", *options])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    "name, which, tags",
+    [
+        ("DoseType ERROR", "plan", {"DoseType": "ERROR"}),
+        ("DoseType undefined", "plan", {"DoseType": None}),
+        ("DoseUnits CGY", "plan", {"DoseUnits": "CGY"}),
+        ("DoseUnits RELATIVE", "plan", {"DoseUnits": "RELATIVE"}),
+        ("another frame", "plan", {"FrameOfReferenceUID": "1.2.826.0.1.3680043.10.999.4"}),
+        ("a scaling out of bounds", "plan", {"DoseGridScaling": "2e5"}),
+        ("a broken orientation", "plan", {"ImageOrientationPatient": [1, 0, 0, 1, 0, 0]}),
+        ("a beam of another DoseType", "beams", {"DoseType": "EFFECTIVE"}),
+    ],
+)
+def test_scan_says_a_case_cannot_be_exported_where_export_refuses_its_dose_header(
+    clean, tmp_path, capsys, name, which, tags
+):
+    """Sixty-seventh hostile trial BO4: ``scan`` said exit 0 and ``"exportable": true`` for doses ``export`` then
+    refused from their header values (DoseType ERROR, DoseUnits CGY, a dose of another frame than its CT's). Scan now
+    says the case cannot be exported, for the reason the export gives."""
+    root = _copy(clean, which, tmp_path)
+    dose = root / _rel(clean, which, clean[which].dose_files[-1])
+    dd.rewrite_tags(dose, **tags)
+    code, document = _scan_json(root, capsys)
+    (case,) = document["cases"]
+    assert (code, case["exportable"]) == (1, False), case
+    export_code, rows, _out = _export(root, tmp_path, capsys)
+    assert export_code == 1
+    (row,) = rows
+    assert row["status"] == "failed" and dose.name in case["error"], (case["error"], row["reason"])
+    assert case["error"] in row["reason"], (case["error"], row["reason"])
+
+
+def test_scan_lists_a_relative_dose_as_exportable_with_allow_relative(clean, tmp_path, capsys):
+    root = _copy(clean, "plan", tmp_path)
+    dd.rewrite_tags(root / _rel(clean, "plan", clean["plan"].dose_files[0]), DoseUnits="RELATIVE")
+    code, document = _scan_json(root, capsys, "--allow-relative")
+    assert (code, [c["exportable"] for c in document["cases"]]) == (0, [True])
+
+
+def test_scan_lists_a_clean_case_as_exportable(clean, capsys):
+    code, document = _scan_json(clean["base"] / "beams", capsys)
+    assert (code, [c["exportable"] for c in document["cases"]]) == (0, [True])
