@@ -56,6 +56,7 @@ from .output.files import (
     RUN_PREFIX,
     DescriptorReserve,
     claim_for,
+    given_within,
     json_text,
     live_runs,
     release_claims,
@@ -785,6 +786,8 @@ def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None],
     real_out = Path(os.path.realpath(out_dir))
     # by resolved paths and by folder identity (a bind mount shows the input under another path)
     out_in_input, input_in_out = within(out_dir, input_root), within(input_root, out_dir)
+    if out_in_input is None and given_within(out_dir, input_root):  # through a folder link inside the input (BO2)
+        out_in_input = Path(os.path.realpath(input_root))
     if out_in_input is not None and out_in_input == real_out:
         raise DoseAlignError(
             "the output folder is the input folder",
@@ -820,7 +823,9 @@ def _check_folders(input_root: Path, out_dir: Path, note: Callable[[str], None],
             f"the input folder {input_root} is inside the output folder: it is left alone and not listed in "
             "manifest.csv (better: an output folder beside the input)"
         )
-    return []
+    # the scan leaves OUT out wherever it meets it, also through a folder link of the input to OUT or one of its
+    # ancestors (the walk checks the folders below the input, never the input itself)
+    return [real_out]
 
 
 #: How deep below OUT, and through how many entries, :func:`_input_reached_from` looks.

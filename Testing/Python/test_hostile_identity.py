@@ -188,6 +188,39 @@ def test_key_and_map_are_never_written_into_the_input(study, tmp_path, capsys):
     assert hostile.snapshot(study["root"]) == before
 
 
+def test_an_output_folder_given_through_a_folder_link_inside_the_input_is_inside_it(study, tmp_path, capsys):
+    """Sixty-seventh hostile trial BO2: OUT given as ``in/link/out``, ``in/link`` a link to a folder elsewhere, was
+    taken to lie outside the input (its resolved path does), yet the input's scan follows the link: the pseudonym key
+    and map were written beside OUT, into ``in/link/``, and OUT's files were read as the input's. OUT as given lies
+    inside the input: the key and map are refused there, and OUT is left out of the scan."""
+    root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    shutil.copytree(study["root"], root)
+    elsewhere.mkdir()
+    (root / "link").symlink_to(elsewhere, target_is_directory=True)
+    before = hostile.snapshot(root)
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(root), str(root / "link" / "out"), *args]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == [] and hostile.snapshot(root) == before
+    keys = ["--key-file", str(tmp_path / "k.key"), "--map-file", str(tmp_path / "map.csv")]
+    assert main(["export", str(root), str(root / "link" / "out"), *args, *keys]) == 0
+    assert "is inside the input folder: it is left out of the scan" in capsys.readouterr().out
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["out"]
+
+
+def test_an_output_folder_the_input_reaches_through_a_folder_link_is_not_read(study, tmp_path, capsys):
+    """BO2's other side: OUT given by its own path, where a folder link of the input leads to it (or to a folder
+    holding it), was walked by the export's scan as part of the input. It is left out wherever the scan meets it."""
+    root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    shutil.copytree(study["root"], root)
+    elsewhere.mkdir()
+    (root / "link").symlink_to(elsewhere, target_is_directory=True)
+    out = elsewhere / "out"
+    for _run in range(2):
+        assert main(["export", str(root), str(out), "--workers", "1", "--no-qa-png", "--resume"]) == 0
+    assert "not read: the output folder" in capsys.readouterr().out
+
+
 def test_names_with_marks_in_their_ascii_spellings(tmp_path, capsys):
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "MJ-0815", 61, patient_name="Müller^Jürgen", extra_organs=4)

@@ -270,6 +270,18 @@ def within(path: Path, folder: Path) -> Optional[Path]:
     return None
 
 
+def given_within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or below it as written (made absolute, no link resolved).
+
+    ``in/link/out``, with ``in/link`` a link to a folder elsewhere, resolves outside ``in``, yet the scan of ``in``
+    follows the link and walks it (sixty-seventh hostile trial BO2). A path with ``..`` in it is not decided here.
+    """
+    parts, folder_parts = Path(path).absolute().parts, Path(folder).absolute().parts
+    if ".." in parts or ".." in folder_parts:
+        return False
+    return parts[: len(folder_parts)] == folder_parts
+
+
 def release_claims(folder: Optional[Path] = None) -> None:
     """Release the claims this process made (on ``folder`` and below it, or all)."""
     real = os.path.realpath(folder) if folder is not None else None

@@ -53,7 +53,7 @@ from ..errors import DoseAlignError
 from ..limits import limit, open_regular
 from .around_out import entries_below, export_kinds
 from .cjk_variants import PAIRS as _CJK_PAIRS
-from .files import within
+from .files import given_within, within
 
 #: DoseSummationType (3004,000A) as DICOM defines it (PS3.3 C.8.8.3), and DoseAlign's sums of doses (BEAM_SUM,
 #: PLAN_SUM): the only values a pseudonymized case id and meta.json carry; any other is ``OTHER``. The value is input
@@ -274,7 +274,8 @@ def check_outside(path: Path, out_dir: Path, what: str, input_root: Optional[Pat
     reaches OUT or the input through a bind mount is refused as well.
     """
     real = Path(os.path.realpath(path))
-    if within(path, out_dir) is not None:  # by resolved paths and folder identity (bind mounts)
+    # by resolved paths and folder identity (bind mounts), and as written (a folder link inside OUT)
+    if within(path, out_dir) is not None or given_within(path, out_dir):
         raise PseudonymError(
             f"the {what} would be inside the output folder {out_dir}"
             + (f" (it resolves to {real})" if real != Path(path).absolute() else "")
@@ -282,7 +283,7 @@ def check_outside(path: Path, out_dir: Path, what: str, input_root: Optional[Pat
             path=path,
             hint=f"put the {what} elsewhere",
         )
-    if input_root is not None and writes and within(path, input_root) is not None:
+    if input_root is not None and writes and (within(path, input_root) is not None or given_within(path, input_root)):
         raise PseudonymError(
             f"the {what} would be written inside the input folder {input_root}, which is never written to",
             path=path,
