@@ -155,6 +155,9 @@ def output_fault(
     if limit_reached:  # not the disk: the process's open-file limit
         cause += f": {limit_reached}"
         hint = f"raise the limit (ulimit -n) or use fewer --workers, then {then}"
+    elif error.errno == errno_names.EXDEV:  # not the disk: an overlay cannot rename its lower layer's folders (62nd)
+        cause += ": its file system cannot rename this entry in place (e.g. a folder of an overlay's lower layer)"
+        hint = f"remove the entry or choose an output folder on another file system, then {then}"
     fault = OutputFault(f"{what} failed: {cause}", path=where if where is not None else filename, hint=hint)
     fault.cause = cause
     return fault

@@ -2207,10 +2207,12 @@ def test_a_leftover_that_cannot_be_removed_keeps_an_export_of_the_other_kind_out
     assert not list(out.glob(".tmp-dosealign-*")) and len(hostile.manifest(out)) == 5
 
 
-def test_a_case_folder_that_cannot_be_moved_aside_fails_its_case_only(cohort, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("code", ["EPERM", "EXDEV"])
+def test_a_case_folder_that_cannot_be_moved_aside_fails_its_case_only(cohort, tmp_path, capsys, monkeypatch, code):
     """Thirty-sixth hostile trial AJ7: one case folder made immutable (``chattr +i``) stopped every later export of the
     cohort as a storage fault, exit 4, "free space or fix the output folder", the other cases not exported. The
-    folder's own EPERM fails its case, named; the other cases are exported; the folder is as it was."""
+    folder's own EPERM fails its case, named; the other cases are exported; the folder is as it was. So does EXDEV,
+    which an overlay file system gives for a folder of its lower layer (sixty-second trial: exit 4, "free space")."""
     import errno
 
     out = tmp_path / "out"
@@ -2223,7 +2225,7 @@ def test_a_case_folder_that_cannot_be_moved_aside_fails_its_case_only(cohort, tm
 
     def replace(src, dst, *args, **kwargs):
         if os.fspath(src) == os.fspath(stuck):
-            raise PermissionError(errno.EPERM, "Operation not permitted", os.fspath(src))
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), os.fspath(src))
         return real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", replace)
@@ -2231,7 +2233,9 @@ def test_a_case_folder_that_cannot_be_moved_aside_fails_its_case_only(cohort, tm
     monkeypatch.undo()
     rows = {row["case_id"]: row for row in hostile.manifest(out)}
     assert sorted(row["status"] for row in rows.values()) == ["failed", "ok", "ok", "ok", "ok"], rows
-    assert "cannot be replaced (Operation not permitted (EPERM))" in rows[stuck.name]["reason"], rows[stuck.name]
+    reason = rows[stuck.name]["reason"]
+    assert f"cannot be replaced ({os.strerror(getattr(errno, code))} ({code}))" in reason, reason
+    assert ("overlay" in reason) == (code == "EXDEV") and "free space" not in reason, reason
     assert hostile.snapshot(stuck) == before and not list(out.glob(".tmp-dosealign-*"))
 
 
@@ -3474,3 +3478,15 @@ def test_an_out_replaced_by_a_link_while_the_export_runs_gets_nothing_more(cohor
     assert code == 4 and "the output folder was replaced while the export ran" in err and "Traceback" not in err, err
     assert sorted(p.name for p in mine.iterdir()) == ["manifest.csv"]
     assert (mine / "manifest.csv").read_text(encoding="utf-8") == "my own table\n"
+
+
+def test_a_rename_the_file_system_cannot_make_is_not_called_a_full_disk():
+    """Sixty-second hostile trial: EXDEV (an overlay file system renaming a folder of its lower layer) was said as
+    "free space or fix the output folder"."""
+    import errno
+
+    from DoseAlignLib.errors import output_fault
+
+    said = str(output_fault(OSError(errno.EXDEV, os.strerror(errno.EXDEV), "/out/case")))
+    assert "(EXDEV)" in said and "overlay" in said and "free space" not in said, said
+    assert "free space" in str(output_fault(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/out/case")))

@@ -749,8 +749,9 @@ def _files_below(folder: Path) -> list:
     return found
 
 
-#: Why a case folder cannot be moved aside that is the folder's own (its attributes, a process in it), not the disk's.
-_NOT_MOVABLE = {errno.EPERM, errno.EACCES, errno.EBUSY}
+#: Why a case folder cannot be moved aside that is the folder's own (its attributes, a process in it, a folder of an
+#: overlay's lower layer: EXDEV, sixty-second hostile trial), not the disk's.
+_NOT_MOVABLE = {errno.EPERM, errno.EACCES, errno.EBUSY, errno.EXDEV}
 
 
 def _replace_dir(temp: Path, final: Path, meta: Optional[dict] = None) -> None:
@@ -771,8 +772,12 @@ def _replace_dir(temp: Path, final: Path, meta: Optional[dict] = None) -> None:
                 f"cannot be replaced ({error.strerror or error}{f' ({code})' if code else ''}): the case is not "
                 "exported again",
                 path=final,
-                hint="check the folder's permissions and attributes (chattr -i), or move it away; the other cases "
-                "are exported",
+                hint=(
+                    "its file system cannot rename it (a folder of an overlay's lower layer): remove it, then run again"
+                    if error.errno == errno.EXDEV
+                    else "check the folder's permissions and attributes (chattr -i), or move it away"
+                )
+                + "; the other cases are exported",
             ) from None
         try:
             os.replace(temp, final)
