@@ -4983,3 +4983,39 @@ def test_no_advice_nor_channel_names_a_rewritten_roi_as_rois_cannot_select_it(tm
     (case,) = [p for p in (tmp_path / "out2").iterdir() if p.is_dir()]
     present = json.loads((case / "meta.json").read_text(encoding="utf-8"))["structures"]["roi_present"]
     assert present == [True, True], present
+
+
+#: Seventy-first hostile trial BS1, BS2: names of four components or more whose surname has particles, written with
+#: the given name before the surname joined (``Mary Vanderberg`` for ``van der Berg^Mary``): the rewriting found the
+#: given name with the particles, then not the joined surname overlapping it, and left ``[removed]berg``: refused
+#: ("please report it"), or with a digit after it kept (``[removed]cruz2``), since the check did not read a name of
+#: three or four letters glued to digits.
+SURNAMES_WITH_PARTICLES = [
+    ("van der Berg^Mary", ["Mary Vanderberg", "MARY VANDERBERG", "PTV_Mary_Vanderberg", "Mary Vanderberg2", "Berg2"]),
+    ("de la Cruz^Juan", ["PTV_Juan_Delacruz2", "JUAN DELACRUZ1", "Juan Delacruz70Gy", "2Cruz"]),
+    ("van Dijk^Jan Willem", ["Jan Willem Vandijk", "JAN WILLEM VANDIJK1"]),
+    ("Nguyen^Thi Minh Anh", ["Nguyen Thi Minhanh", "PTV_Anh2"]),
+    ("Roth^Eva", ["PTV_Roth2", "ROTH1", "Roth70Gy", "x1eva"]),
+    ("ODea^Ann", ["PTV_ODea2", "ODea2"]),
+]
+
+
+@pytest.mark.parametrize("header, spelled", SURNAMES_WITH_PARTICLES, ids=[h for h, _s in SURNAMES_WITH_PARTICLES])
+def test_a_joined_surname_after_a_given_name_and_short_names_beside_digits(header, spelled):
+    _one_name_on_both_sides(header, spelled, kept=["PTV_70", "Lung_L", "CTV_54Gy", "D2cc", "V20Gy", "Bladder"])
+
+
+def test_a_joined_surname_with_a_digit_is_not_kept_in_clear(tmp_path, capsys):
+    """BS2 end to end: ``PTV_Juan_Delacruz2`` for ``de la Cruz^Juan`` wrote ``PTV_[removed]cruz2`` into meta.json,
+    case.h5 and dataset.h5, ok, exit 0."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "DLC-4711", 63, patient_name="de la Cruz^Juan", extra_organs=2)
+    ds = dd.read(truth.struct_file)
+    for roi, name in zip(list(ds.StructureSetROISequence)[-2:], ["PTV_Juan_Delacruz2", "JUAN DELACRUZ1"]):
+        roi.ROIName = name
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--pseudonymize", *_formats()]) == 0
+    capsys.readouterr()
+    found = [where for where, data in _all_output_bytes(out) if b"cruz" in data.lower()]
+    assert not found, found

@@ -2398,6 +2398,12 @@ def _has_capital(char: str) -> bool:
     return char.islower() and len(char.upper()) == 1
 
 
+#: A letter and a digit side by side, and what parts the words of a text at digits too (the check's reading of
+#: ``PTV_Roth2`` as ``PTV``, ``Roth``).
+_LETTER_BESIDE_DIGIT = re.compile(r"[^\W\d_]\d|\d[^\W\d_]")
+_NOT_LETTERS = re.compile(r"[^A-Za-z\u00c0-\uffff]+|[0-9\u0660-\u0669\u06f0-\u06f9\uff10-\uff19]+")
+
+
 def _two_capitals(name: str) -> bool:
     """Whether a name component is written with two capitals before small letters (``IJff``, ``ODea``, ``MBow``)."""
     return len(name) >= MIN_NAME_PART and name.isalpha() and name[:2].isupper() and any(c.islower() for c in name[2:])
@@ -2733,7 +2739,13 @@ class NameSpellings:
                 if key in keys
             }
             joined = _alternation(tuple(sorted(patterns, key=lambda p: (-len(p), p))))
-            found.extend(m.span() for m in joined.finditer(text) if m.end() > m.start())
+            # overlapping spellings each (Mary Vander and Vanderberg in Mary Vanderberg for van der Berg^Mary: found
+            # one after the other, berg was left glued to the mark: seventy-first hostile trial BS1)
+            match = joined.search(text)
+            while match is not None:
+                if match.end() > match.start():
+                    found.append(match.span())
+                match = joined.search(text, match.start() + 1)
         return found
 
     def _latin_spans(self, text: str, own: bool = True) -> list:
@@ -3426,6 +3438,10 @@ class IdentityGuard:
         found_words = {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", camel) if w}
         # (and each run as a whole: a name written with two capitals, IJff, ODea, as the header writes it: BI5)
         found_words |= {w.casefold() for w in re.split(r"[^0-9A-Za-z\u00c0-\uffff]+", text) if w}
+        if _LETTER_BESIDE_DIGIT.search(text):  # (and the letters beside digits: PTV_Roth2, JOHN1, 2Roth; this run's
+            # digests left out, whose letters are no name: seventy-first hostile trial BS2)
+            for reading in (camel, text):  # (camel case parted, and whole runs: ODea2, IJff2)
+                found_words |= {w.casefold() for w in _NOT_LETTERS.split(self._without_own(reading)) if w}
         exempt = OWN_VOCABULARY if own else frozenset()
         if words and (found_words - exempt) & self.alone_words:
             return "a patient name"
