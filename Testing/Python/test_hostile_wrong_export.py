@@ -2794,3 +2794,52 @@ def test_scan_lists_a_relative_dose_as_exportable_with_allow_relative(clean, tmp
 def test_scan_lists_a_clean_case_as_exportable(clean, capsys):
     code, document = _scan_json(clean["base"] / "beams", capsys)
     assert (code, [c["exportable"] for c in document["cases"]]) == (0, [True])
+
+
+def _modality_lut(path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    ds = dd.read(path)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    table = Dataset()
+    table.LUTDescriptor = [2, 0, 16]
+    table.ModalityLUTType = "HU"
+    table.add_new(0x00283006, "US", [0, 1])  # LUTData
+    ds.ModalityLUTSequence = [table]
+    dd.save(ds, path)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["no rescale tags", "no intercept", "an empty intercept", "no slope", "a modality LUT"],
+)
+def test_a_ct_slice_whose_rescale_is_unknown_fails_the_case(clean, tmp_path, capsys, variant):
+    """Seventieth hostile trial BR1: one CT slice without RescaleSlope/RescaleIntercept (or with an empty one, or with
+    a Modality LUT in their place) was read as slope 1, intercept 0: that slice 1024 HU off, ok, no warning."""
+    root = _copy(clean, "plan", tmp_path)
+    slice_path = root / _rel(clean, "plan", clean["plan"].ct_files[2])
+    if variant == "a modality LUT":
+        _modality_lut(slice_path)
+    else:
+        tags = {
+            "no rescale tags": {"RescaleSlope": None, "RescaleIntercept": None},
+            "no intercept": {"RescaleIntercept": None},
+            "an empty intercept": {"RescaleIntercept": ""},
+            "no slope": {"RescaleSlope": None},
+        }[variant]
+        dd.rewrite_tags(slice_path, **tags)
+    code, rows, _out = _export(root, tmp_path, capsys)
+    assert code == 1
+    tag = {"a modality LUT": "(0028,3000)", "no slope": "(0028,1053)", "no rescale tags": "(0028,1053)"}.get(
+        variant, "(0028,1052)"
+    )
+    _failed_with(rows, slice_path.name, tag)
+
+
+def test_a_ct_none_of_whose_slices_gives_a_rescale_is_read_as_stored(clean, tmp_path, capsys):
+    """The rule of BR1 is about one slice against its series: a series without any rescale tag exports as before."""
+    root = _copy(clean, "plan", tmp_path)
+    for ct in clean["plan"].ct_files:
+        dd.rewrite_tags(root / _rel(clean, "plan", ct), RescaleSlope=None, RescaleIntercept=None)
+    row, _flags, _out = _one_ok_case(root, tmp_path, capsys)
+    assert row["status"] == "ok"

@@ -292,6 +292,7 @@ def read_ct(
     (:func:`~DoseAlignLib.dicom.headers.padding_beyond_bits_stored`).
     """
     geometry = geometry or ct_geometry(series)
+    _check_rescale_given(series)
     shape = geometry.grid.shape
     out = np.empty(shape, dtype=np.int16 if dtype == "int16" else np.float32)
     reference_iop = np.array(geometry.orientation or series.slices[geometry.order[0]].info["image_orientation"])
@@ -453,6 +454,33 @@ HU_RANGE = {"int16": (-32768.0, 32767.0), "float32": (-32768.0, 65535.0)}
 SLOPE_RANGE = (0.01, 100.0)
 #: |RescaleIntercept| beyond this puts no stored value near a plausible HU.
 MAX_INTERCEPT = 32768.0
+
+
+def _check_rescale_given(series: CtSeries) -> None:
+    """A slice whose RescaleSlope or RescaleIntercept is missing or empty while other slices of its series give theirs,
+    or that gives a Modality LUT, has HU DoseAlign cannot know: read as slope 1, intercept 0, one slice was 1024 HU
+    off, ok (seventieth hostile trial BR1). A series none of whose slices gives one is read so (and its audit says
+    where it has no air)."""
+    slices = [obj for obj in series.slices if "frame" not in obj.info]  # (an Enhanced CT's frames: checked when read)
+    for obj in slices:
+        if obj.info.get("modality_lut"):
+            raise InputError(
+                "the slice's values are turned into HU by a Modality LUT, which DoseAlign does not apply",
+                path=obj.path,
+                tag="(0028,3000) ModalityLUTSequence",
+                hint="export the CT with RescaleSlope and RescaleIntercept",
+            )
+    for n, (keyword, tag) in enumerate((("RescaleSlope", "(0028,1053)"), ("RescaleIntercept", "(0028,1052)"))):
+        given = [(obj.info.get("rescale") or (None, None))[n] not in (None, "") for obj in slices]
+        if any(given) and not all(given):
+            missing = slices[given.index(False)]
+            raise InputError(
+                f"{keyword} is missing or empty on this slice, while other slices of the series give theirs: its "
+                "HU are unknown",
+                path=missing.path,
+                tag=f"{tag} {keyword}",
+                hint="restore the slice's rescale tags; DoseAlign does not guess them",
+            )
 
 
 def _check_rescale(pixels: np.ndarray, slope: float, intercept: float, dtype: str, path, frame: str = "") -> None:
