@@ -500,6 +500,19 @@ def test_plans_of_one_plan_twice_are_not_summed(tmp_path):
     assert any("same plan" in note and "twice" in note for note in meta["links"])
 
 
+@pytest.mark.parametrize("plan_file", ["boost", "first"])
+def test_a_plan_not_in_the_input_is_not_summed(tmp_path, plan_file):
+    """Seventieth hostile trial BR6: --sum-plans added a PLAN dose whose RTPLAN is not in the input to the doses of the
+    plan that is (there the same dose under another reference): 126 Gy for 63, ok, no warning. Whether such a dose is
+    another plan's, given to the patient, cannot be checked: not summed, and the warning says why."""
+    truth = write_phantom(tmp_path / "dicom", PhantomSpec(patient_id="GONE", boost_fraction=0.25, seed=9, **SMALL))
+    (truth.boost_plan_file if plan_file == "boost" else truth.plan_file).unlink()
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(sum_plans=True), qa_png=False)
+    assert sorted(r["summation_type"] for r in report.rows) == ["PLAN", "PLAN"], report.rows
+    assert all(r["status"] == "ok" for r in report.rows), report.rows
+    assert all("not in the input" in r["warnings"] and "--sum-plans" in r["warnings"] for r in report.rows)
+
+
 def _summation(path: Path) -> str:
     import pydicom
 

@@ -7,7 +7,7 @@ type :data:`PLAN_SUM`, whose doses the pipeline adds up as it adds beam doses: o
 grid when they share one, else each resampled onto the output grid first.
 
 They are merged only when the sum means something: each plan once (two doses of one plan would
-count it twice), one frame of reference (the CT's), the same DoseUnits and DoseType, no plan an
+count it twice) and in the input (else that cannot be checked), one frame of reference (the CT's), the same DoseUnits and DoseType, no plan an
 alternative to another or a verification plan (PS3.3 C.8.8.9: (300A,0055) RTPlanRelationship
 ALTERNATIVE or VERIFIED_PLAN, (300A,000A) PlanIntent VERIFICATION). Otherwise the plans stay cases of
 their own and their warnings say why. A plan derived from another of the sum (PREDECESSOR) is summed
@@ -104,6 +104,12 @@ def why_not_summed(cases: list) -> Optional[str]:
             return (
                 f"RTDOSE {case.doses[0].rel_path} and {plans[uid]} are doses of the same plan {uid}: "
                 "their sum would count it twice"
+            )
+        if case.plan is None:  # (a PLAN dose of a plan not there was summed with the BEAM doses of the same plan
+            # under another reference: 2x, ok, seventieth hostile trial BR6)
+            return (
+                f"RTDOSE {case.doses[0].rel_path} references RTPLAN {uid}, which is not in the input: whether it is "
+                "another plan than the others', given to the patient, cannot be checked"
             )
         plans[uid] = case.doses[0].rel_path
     for case in cases:
