@@ -31,6 +31,8 @@ from .errors import (
     Terminated,
     output_fault,
     raise_if_stopped,
+    resume_options,
+    set_resume_options,
     thread_not_started,
     too_many_open_files,
 )
@@ -196,6 +198,9 @@ def export_folder(
         if notify is not None:
             notify(message)
 
+    set_resume_options(
+        "--append --resume" if append else f"--shard {shard[0]}/{shard[1]} --resume" if shard else "--resume"
+    )
     exclude = _check_folders(input_root, out_dir, note, pseudonymized=pseudonymizer is not None)
     scan = scan_folder(input_root, workers=1 if scheduler else workers, exclude=exclude)
     raise_if_stopped()  # a Ctrl-C a library swallowed while the headers were read
@@ -599,7 +604,7 @@ def export_folder(
             )
         except OSError as error:  # a full disk, a report.html that cannot be replaced: named, exit 4 (AU2)
             fault = output_fault(
-                error, out_dir, then="the cases and manifest.csv are in place; run again with --resume"
+                error, out_dir, then=f"the cases and manifest.csv are in place; run again with {resume_options()}"
             )
             report.fault = f"report.html: {fault}"
     _say_retired(out_dir, retired, note, shard is not None)
@@ -613,7 +618,7 @@ def _say_retired(out_dir: Path, retired: list, note, shard: bool = False) -> Non
         build = (
             f"run dosealign merge {out_dir} once every shard has ended to build it"
             if shard
-            else "run again with --resume (with the --format that writes it) to build it"
+            else f"run again with {resume_options()} (with the --format that writes it) to build it"
         )
         if not os.path.lexists(out_dir / name):
             note(f"{name} of an earlier run removed: {why}, and did not write it anew; {build}")

@@ -40,6 +40,7 @@ from .api import (
     parse_ints,
     terminal_safe,
 )
+from .errors import resume_options
 
 
 def _demo_spec():
@@ -72,7 +73,8 @@ def _get_parser() -> argparse.ArgumentParser:
         prog="dosealign",
         description="Put DICOM CT, RTDOSE and structures on one voxel grid, geometry from the raw tags.",
         epilog="Exit codes: 0 ok, 1 some case failed, 2 usage or folder error, 3 nothing to export, "
-        "4 output could not be written (disk full), 130 interrupted, 143 stopped by SIGTERM.",
+        "4 output could not be written (disk full), 129 its terminal closed (SIGHUP), 130 interrupted, "
+        "143 stopped by SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"dosealign {api.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{scan,export,merge,demo}")
@@ -107,8 +109,8 @@ def _get_parser() -> argparse.ArgumentParser:
         "OUT/manifest.csv, OUT/report.html.",
         epilog="Exit codes: 0 every case ok or kept, 1 some case failed (see manifest.csv), 2 usage error or an input "
         "or output folder that cannot be used, 3 nothing to export, 4 the output could not be written (disk full, "
-        "I/O error: free space, run again with --resume), 130 interrupted, 143 stopped by SIGTERM (run again with "
-        "--resume).",
+        "I/O error: free space, run again with --resume), 129 its terminal closed, 130 interrupted, 143 stopped by "
+        "SIGTERM (run again with --resume; with --append or --shard as well).",
     )
     export.add_argument("input", type=Path, help="folder with DICOM files (searched recursively; never modified)")
     export.add_argument("output", type=Path, help="output folder (created; see README for the layout)")
@@ -809,6 +811,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _NOTE_STOP[:] = [api.stop_seen]  # looked up now: the handlers must import nothing
     suspensions = api.suspensions_counted()  # looked up before the handlers: no signal is deferred for it
     previous = _stop_on_sigterm()
+    previous_sighup = _stop_on_sighup()
     previous_sigint = _defer_sigint_in_imports()
     guard = sys.stdout = _GuardedStdout(sys.stdout)
     previous_unraisable, previous_excepthook = sys.unraisablehook, sys.excepthook
@@ -824,25 +827,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif "stdout" in _MISSING_STREAMS:  # started with >&- (scan stopped before): said as for a full device
             _say("dosealign: the summary could not be written to the standard output: it is closed")
         if _SIGTERM_SEEN:  # its exception was swallowed on the way (see _terminated): still said and counted
+            said, code = _stopped_by()
             print(
-                "\ndosealign: stopped by SIGTERM (it came while starting; what is in manifest.csv was done)",
+                f"\ndosealign: {said} (it came while starting; what is in manifest.csv was done)",
                 file=sys.stderr,
             )
-            return EXIT_TERMINATED
+            return code
         if _SIGINT_SEEN:  # likewise a Ctrl-C (eleventh hostile trial K1)
             print("\ndosealign: interrupted (what is in manifest.csv was done)", file=sys.stderr)
             return EXIT_INTERRUPTED
         return code
     except Interrupted as stop:  # bound at import: a Ctrl-C during an import must not make this clause import
-        said = "stopped by SIGTERM" if stop.terminated else "interrupted"
+        said, code = _stopped_by() if stop.terminated else ("interrupted", EXIT_INTERRUPTED)
         print(
-            f"\ndosealign: {said} after {stop.done} of {stop.total} cases; run again with --resume",
+            f"\ndosealign: {said} after {stop.done} of {stop.total} cases; run again with {resume_options()}",
             file=sys.stderr,
         )
-        return EXIT_TERMINATED if stop.terminated else EXIT_INTERRUPTED
+        return code
     except Terminated:
-        print("\ndosealign: stopped by SIGTERM before any case was exported", file=sys.stderr)
-        return EXIT_TERMINATED
+        said, code = _stopped_by()
+        print(f"\ndosealign: {said} before any case was exported", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("\ndosealign: interrupted before any case was exported", file=sys.stderr)
     except BrokenPipeError:  # stdout closed early (dosealign scan DIR | head): no traceback
@@ -858,6 +863,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout = guard.stream
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_sighup is not None:
+            signal.signal(signal.SIGHUP, previous_sighup)
         if previous_sigint is not None:
             early = _EARLY_SIGINT and previous_sigint is _EARLY_SIGINT[0]
             signal.signal(signal.SIGINT, signal.default_int_handler if early else previous_sigint)
@@ -916,6 +923,29 @@ def _stop_on_sigterm():
     return signal.SIG_DFL
 
 
+def _stop_on_sighup():
+    """SIGHUP (the terminal or ssh session the export runs in closed) ends the command as SIGTERM does, with exit
+    code 129: it ended it as SIGKILL does, no word, a temporary case folder left (seventieth hostile trial BR5).
+    Only where it has its default disposition (``nohup`` ignores it: the export goes on) and in the main thread;
+    returns the handler to restore, or None."""
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None or threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(hangup) is not signal.SIG_DFL:
+        return None
+    _TERMINATION_HELD[:] = [api.termination_is_held]
+    signal.signal(hangup, _terminated)
+    return signal.SIG_DFL
+
+
+def _stopped_by() -> tuple:
+    """``(words, exit code)`` for the signal that stopped the command (SIGTERM, or SIGHUP: the terminal closed)."""
+    hangup = getattr(signal, "SIGHUP", None)
+    if _SIGTERM_SEEN and hangup is not None and _SIGTERM_SEEN[0] == hangup:
+        return "stopped by SIGHUP (its terminal closed)", 128 + int(hangup)
+    return "stopped by SIGTERM", EXIT_TERMINATED
+
+
 #: Set by the SIGTERM handler: a SIGTERM whose exception was swallowed (e.g. by a library's ``except`` around an
 #: optional import) still ends the command with its exit code.
 _SIGTERM_SEEN: list = []
@@ -940,13 +970,13 @@ _TERMINATION_HELD: list = []
 SIGTERM_RETRY_SECONDS = 0.05
 
 
-def _terminated(_signum, frame) -> None:
+def _terminated(signum, frame) -> None:
     # Raised inside an import, the exception would leave half-imported modules that the clean-up then meets
     # ('partially initialized module', E35); raised inside a fork's own handlers it is printed and lost
     # ('Exception ignored in _releaseLock'), and inside a pool's start it leaves a pool that cannot be shut
     # down: the signal is sent again once that is over. Nothing is imported here either.
     if _importing(frame) or (_TERMINATION_HELD and _TERMINATION_HELD[0]()):
-        again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signal.SIGTERM))
+        again = threading.Timer(SIGTERM_RETRY_SECONDS, os.kill, (os.getpid(), signum))
         again.daemon = True
         try:  # (not api.start_thread: its lookup may import)
             again.start()
@@ -954,11 +984,14 @@ def _terminated(_signum, frame) -> None:
         except RuntimeError:  # no thread to be had: stopped here after all
             pass
     # once: `timeout` sends SIGTERM to the command and then to its process group, and a second one must not
-    # cut short the cleaning up the first one started (pool workers reset SIGTERM for themselves)
-    _SIGTERM_SEEN.append(True)
+    # cut short the cleaning up the first one started (pool workers reset SIGTERM for themselves); a SIGHUP after a
+    # SIGTERM likewise
+    _SIGTERM_SEEN.append(signum)
     if _NOTE_STOP:
         _NOTE_STOP[0](True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if getattr(signal, "SIGHUP", None) is not None and signal.getsignal(signal.SIGHUP) is _terminated:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     raise Terminated()
 
 

@@ -135,9 +135,22 @@ class OutputFault(DoseAlignError):
     written, so the batch stops after this one, with a valid manifest and its own exit code."""
 
 
-def output_fault(
-    error: OSError, where=None, then: str = "run again with --resume; the export stopped here"
-) -> OutputFault:
+#: The options an export that stopped is run again with to finish (set by each export as it starts: an --append run
+#: run again with --resume alone left the other input's rows out of manifest.csv, seventieth hostile trial BR2).
+_AGAIN = ["--resume"]
+
+
+def set_resume_options(text: str) -> None:
+    """Say how the export now starting is run again to finish (``--append --resume``, ``--shard 2/4 --resume``)."""
+    _AGAIN[0] = text
+
+
+def resume_options() -> str:
+    """How the last export started in this process is run again to finish (``--resume`` and what it needs)."""
+    return _AGAIN[0]
+
+
+def output_fault(error: OSError, where=None, then: Optional[str] = None) -> OutputFault:
     """An :class:`OutputFault` from the operating system's error: the output folder ``where`` (else the
     file), the file being written and the cause, e.g. ``No space left on device (ENOSPC)``; ``then`` says what to
     do once it is fixed (merge: run merge again)."""
@@ -150,6 +163,7 @@ def output_fault(
     cause = f"{error.strerror or error}" + (f" ({code})" if code else "")
     filename = getattr(error, "filename", None)
     what = f"writing {os.path.basename(str(filename))}" if filename and where is not None else "writing the output"
+    then = then if then is not None else f"run again with {resume_options()}; the export stopped here"
     hint = f"free space or fix the output folder, then {then}"
     limit_reached = too_many_open_files(error)
     if limit_reached:  # not the disk: the process's open-file limit

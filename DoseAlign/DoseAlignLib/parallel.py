@@ -65,6 +65,9 @@ def _init_worker(stage_queue=None, parent_pid: Optional[int] = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # an ignore the command inherited holds here too
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    hangup = getattr(signal, "SIGHUP", None)  # (as SIGTERM: seventieth hostile trial BR5)
+    if hangup is not None and signal.getsignal(hangup) not in (signal.SIG_IGN, signal.SIG_DFL):
+        signal.signal(hangup, signal.SIG_DFL)
     _STAGE_QUEUE = stage_queue
 
 

@@ -1501,6 +1501,71 @@ def test_sigterm_stops_cleanly_and_resume_finishes(slow_cohort, tmp_path, worker
     assert len(statuses) == 4 and statuses.count("skipped") >= done and set(statuses) <= {"ok", "skipped"}
 
 
+def _signal_half_way(command: list, out: Path, signum: int, mark: str, listed: int = 0) -> tuple:
+    """Run ``command`` (an export into ``out``) in a session of its own, send ``signum`` to its process group once
+    its first case is in manifest.csv (which listed ``listed`` rows before): ``(exit code, stderr)``."""
+
+    def defaults() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+    with hostile.session(command, env={mark: "1"}, preexec_fn=defaults) as process:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "manifest.csv").is_file() and len(hostile.manifest(out)) > listed:
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "the export ended before it could be stopped"
+        os.killpg(process.pid, signum)
+        _stdout, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_closed_terminal_stops_the_export_as_sigterm_does(slow_cohort, tmp_path, workers):
+    """Seventieth hostile trial BR5: SIGHUP (the terminal or ssh session closed) ended an export as SIGKILL does: exit
+    129 and no word, a temporary case folder (one per worker) and the owner record left in OUT. It stops as SIGTERM
+    does: the finished cases in manifest.csv, no temporary entry, no process left, exit 129 and a line saying so."""
+    out = tmp_path / "out"
+    mark = f"DOSEALIGN_TEST_MARK_{uuid.uuid4().hex}"
+    command = [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", str(workers)]
+    code, stderr = _signal_half_way(command, out, signal.SIGHUP, mark)
+    assert code == 129, (code, stderr)
+    assert "Traceback" not in stderr, stderr
+    line = [s for s in stderr.splitlines() if "stopped by SIGHUP" in s]
+    assert line and line[0].endswith("of 4 cases; run again with --resume"), stderr
+    deadline = time.monotonic() + 10
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _marked(mark), f"processes outlived the stopped export: {_marked(mark)}"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], "temporary entries left"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
+def test_an_append_run_stopped_says_how_to_finish_it(slow_cohort, tmp_path):
+    """Seventieth hostile trial BR2: an ``--append`` run stopped by SIGTERM said "run again with --resume"; done so,
+    manifest.csv and report.html lost the other input's rows. It says ``--append --resume``, which keeps them."""
+    other = tmp_path / "other"
+    hostile.study(other / "q", "APPEND-OTHER", 71, with_structures=False)
+    out = tmp_path / "out"
+    assert main(["export", str(other), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 0
+    mark = f"DOSEALIGN_TEST_MARK_{uuid.uuid4().hex}"
+    command = [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--append"]
+    command += ["--workers", "1", "--no-qa-png"]
+    code, stderr = _signal_half_way(command, out, signal.SIGTERM, mark, listed=1)
+    assert code == 143, (code, stderr)
+    line = [s for s in stderr.splitlines() if "stopped by SIGTERM after" in s]
+    assert line and line[0].endswith("run again with --append --resume"), stderr
+    again = line[0].rsplit("run again with ", 1)[1].split()
+    finished = subprocess.run(command + again, env=hostile.ENV, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    patients = sorted(r["patient"] for r in hostile.manifest(out))
+    assert patients == sorted(["APPEND-OTHER", "TERM-0", "TERM-1", "TERM-2", "TERM-3"]), patients
+
+
 def test_sigterm_before_any_case_ends_with_its_exit_code(tmp_path):
     """SIGTERM during the scan (before any case ran): exit code 143 and a line saying so, no traceback."""
     root = tmp_path / "in"
