@@ -131,6 +131,20 @@ def test_one_ct_for_several_studies_is_refused(tmp_path):
         form_cases(scan, ct="a")
 
 
+def test_the_plans_structure_set_is_used_on_another_ct_of_its_frame_chosen_by_ct(tmp_path):
+    """Seventieth hostile trial BR3: --ct chose the rescan, a CT series of the plan's frame of reference; the plan's
+    structure set, drawn on the planning CT, was left out without a word (0 ROIs, ok). It is used on the chosen CT,
+    whose patient coordinates it shares, with a case warning naming both CTs; a CT of another frame gets none."""
+    truth, scan = _study(tmp_path)
+    (case,) = form_cases(scan, ct="rescan").cases
+    assert case.ct.folder == "rescan"
+    assert [s.rel_path for s in case.structs] == [truth.struct_file.name]
+    (warning,) = [w for w in case.warnings if truth.struct_file.name in w]
+    assert "'rescan'" in warning and "'.'" in warning and "same frame of reference" in warning, warning
+    (case,) = form_cases(scan).cases  # the references decide: no warning
+    assert case.ct.folder == "." and not [w for w in case.warnings if truth.struct_file.name in w]
+
+
 def test_export_and_scan_take_ct(tmp_path, capsys):
     from DoseAlignLib.cli import main
 

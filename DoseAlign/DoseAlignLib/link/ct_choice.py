@@ -326,7 +326,8 @@ def structs_for(case: Case, structs: list, series_list: Optional[list] = None) -
 
     The plan's own structure set whose CT images are none of the input's (``series_list``: every CT series; a PACS
     or an anonymizer that gave the images new UIDs) is taken when it lies in the CT's frame of reference: its
-    contours are in those patient coordinates. A case warning says so (its image references were not checked)."""
+    contours are in those patient coordinates. A case warning says so (its image references were not checked). So
+    is one drawn on another CT series of the input in the CT's frame (``--ct`` chose that CT), with a warning."""
     if case.plan is not None:
         named = [s for s in structs if s.sop_instance_uid in case.plan.info.get("struct_uids", [])]
         planned = [s for s in named if case.ct in series_of_struct(s, [case.ct])]
@@ -350,6 +351,17 @@ def structs_for(case: Case, structs: list, series_list: Optional[list] = None) -
                     f"its contours are used on CT {describe_series(case.ct)}, of its frame of reference {frame}"
                 )
             return sorted(elsewhere, key=lambda s: s.rel_path)
+        # drawn on another CT series of the input in the CT's frame (--ct chose a re-scan, a 4D phase): its contours
+        # are in those coordinates; it was left out without a word, 0 ROIs, ok (seventieth hostile trial BR3)
+        beside = [s for s in named if frame and s.frame_of_reference_uid == frame and series_list is not None]
+        for struct in beside:
+            drawn_on = ", ".join(describe_series(other) for other in series_of_struct(struct, series_list))
+            case.warnings.append(
+                f"the plan's RTSTRUCT {struct.rel_path} was drawn on CT {drawn_on}: its contours are used on CT "
+                f"{describe_series(case.ct)}, of the same frame of reference {frame}"
+            )
+        if beside:
+            return sorted(beside, key=lambda s: s.rel_path)
     found = []
     for struct in structs:
         image_uids = set(struct.info.get("ct_image_uids", []))
