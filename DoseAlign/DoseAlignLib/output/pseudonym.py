@@ -1280,23 +1280,27 @@ class Pseudonymizer:
         return value
 
     @property
-    def _own(self) -> frozenset:
+    def _own(self) -> OwnTokens:
         """The hash digests of the pseudonyms made so far (see :func:`own_tokens`), the key's fingerprint and the
         keyed digests meta.json records (``options.roi_map.keyed_sha256``): their hex digits are no date and no ID.
         A fingerprint ``581006c90bf9fac6`` failed every case of an input holding a birth date 1958-10-06 "please
         report it", about one key in 25 (twenty-fifth hostile trial Y6)."""
+        own = getattr(self, "_own_cache", None)
         extra = getattr(self, "_own_digests", frozenset())
-        cached = getattr(self, "_own_cache", None)
-        stamp = (len(self.entries), len(extra))
-        if cached is None or cached[0] != stamp:
-            # the tokens of the entries added since (read once each: every row of a damaged file added a few, and all
-            # were read again for each, quadratic: 20 000 such files took half an hour, sixty-seventh trial BO1)
-            tokens, done = getattr(self, "_own_tokens", (set(), 0))
-            tokens |= own_tokens(p for _kind, p in itertools.islice(self.entries, done, None))
-            object.__setattr__(self, "_own_tokens", (tokens, len(self.entries)))
-            cached = (stamp, frozenset(tokens) | {self.fingerprint} | extra)
-            object.__setattr__(self, "_own_cache", cached)
-        return cached[1]
+        if own is None or len(extra) < own.digests_read:  # (digests taken back: pseudonyms_of's block ended)
+            own = OwnTokens()
+            object.__setattr__(self, "_own_cache", own)
+        if own.entries_read != len(self.entries) or own.digests_read != len(extra):
+            # only the entries and digests added since are read, the newest first (entries only grow): every row of
+            # a damaged file added a few, and reading or copying all of them again for each was quadratic (20 000
+            # such files took half an hour, sixty-seventh trial BO1; a copy of the set each time, 134 s, seventieth
+            # BR4)
+            new = len(self.entries) - own.entries_read
+            own.add(own_tokens(p for _kind, p in itertools.islice(reversed(self.entries), new)))
+            own.add((self.fingerprint,))
+            own.add(extra - own.tokens)
+            own.entries_read, own.digests_read = len(self.entries), len(extra)
+        return own
 
     def add_own_digests(self, *digests: str) -> None:
         """Keyed digests DoseAlign writes (the input files' stamps, the ROI map's digest): no date, no ID in them."""
@@ -3110,6 +3114,32 @@ _ROI_TAGGED = re.compile(r"_([0-9a-f]{8})(?:\.[A-Za-z0-9.]{1,12})?$")
 _PSEUDONYM_KEYS = frozenset({"case_id", "patient_id", "patient"})
 
 
+class OwnTokens:
+    """This run's own hash digests, a set that only grows (``in``, ``len``, iteration), with each also case-folded
+    (:attr:`folded`): read once each as they come, never copied whole."""
+
+    def __init__(self) -> None:
+        self.tokens: set = set()
+        self.folded: set = set()
+        self.entries_read = 0
+        self.digests_read = 0
+
+    def add(self, tokens: Iterable[str]) -> None:
+        for token in tokens:
+            if token not in self.tokens:
+                self.tokens.add(token)
+                self.folded.add(token.casefold())
+
+    def __contains__(self, token: object) -> bool:
+        return token in self.tokens
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __iter__(self):
+        return iter(self.tokens)
+
+
 def own_tokens(pseudonyms: Iterable[str]) -> frozenset:
     """The runs of letters and digits of ``pseudonyms`` that are hash digests (``P3fa0...``, ``d81c...``); of a case
     id, its first and last (a date of 8 digits as its middle was taken for a digest: thirty-sixth hostile trial AJ2)."""
@@ -3306,9 +3336,11 @@ class IdentityGuard:
         if own_words:
             lowered = _GUARD_SKIPS.sub(lambda m: " " * len(m.group(0)), lowered)
         if self.own:
-            if self._own_folded[0] is not self.own:
-                self._own_folded = (self.own, {t.casefold() for t in self.own})
-            own = self._own_folded[1]
+            own = getattr(self.own, "folded", None)  # (OwnTokens keeps them folded as they come: BR4)
+            if own is None:
+                if self._own_folded[0] is not self.own:
+                    self._own_folded = (self.own, {t.casefold() for t in self.own})
+                own = self._own_folded[1]
             lowered = re.sub(r"[0-9a-z]{8,}", lambda m: " " if m.group(0) in own else m.group(0), lowered)
         return lowered
 
