@@ -145,6 +145,35 @@ def test_the_plans_structure_set_is_used_on_another_ct_of_its_frame_chosen_by_ct
     assert case.ct.folder == "." and not [w for w in case.warnings if truth.struct_file.name in w]
 
 
+def test_a_structure_set_drawn_on_the_ct_chosen_by_ct_is_used_before_the_plans(tmp_path):
+    """Seventy-second hostile trial BT6 (a regression of BR3's fix): a re-scan with a structure set of its own, chosen
+    by --ct: the plan's, drawn on the planning CT, was used, and the re-scan's own was left out as "not part of any
+    case". A structure set drawn on the chosen CT comes first."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    truth, scan = _study(tmp_path)
+    rescan = next(s for s in scan.ct_series if s.folder == "rescan")
+    ds = pydicom.dcmread(str(truth.struct_file))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    images = sorted(rescan.sop_instance_uids)
+    for frame in ds.ReferencedFrameOfReferenceSequence:
+        for study in frame.RTReferencedStudySequence:
+            for series in study.RTReferencedSeriesSequence:
+                series.SeriesInstanceUID = rescan.series_uid
+                for k, image in enumerate(series.ContourImageSequence):
+                    image.ReferencedSOPInstanceUID = images[k % len(images)]
+    for roi in ds.ROIContourSequence:
+        for contour in roi.get("ContourSequence", []):
+            for image in contour.get("ContourImageSequence", []):
+                image.ReferencedSOPInstanceUID = images[0]
+    own = tmp_path / "in" / "rescan" / "rtstruct_rescan.dcm"
+    ds.save_as(str(own))
+    (case,) = form_cases(scan_folder(tmp_path / "in"), ct="rescan").cases
+    assert [s.rel_path for s in case.structs] == ["rescan/rtstruct_rescan.dcm"], case.structs
+    assert not [w for w in case.warnings if "RTSTRUCT" in w], case.warnings
+
+
 def test_export_and_scan_take_ct(tmp_path, capsys):
     from DoseAlignLib.cli import main
 

@@ -352,8 +352,11 @@ def structs_for(case: Case, structs: list, series_list: Optional[list] = None) -
                 )
             return sorted(elsewhere, key=lambda s: s.rel_path)
         # drawn on another CT series of the input in the CT's frame (--ct chose a re-scan, a 4D phase): its contours
-        # are in those coordinates; it was left out without a word, 0 ROIs, ok (seventieth hostile trial BR3)
+        # are in those coordinates; it was left out without a word, 0 ROIs, ok (seventieth hostile trial BR3). Not
+        # where a structure set of the chosen CT's own is there: that one is drawn on it (seventy-second BT6)
         beside = [s for s in named if frame and s.frame_of_reference_uid == frame and series_list is not None]
+        if beside and _referencing(case, structs):
+            beside = []
         for struct in beside:
             drawn_on = ", ".join(describe_series(other) for other in series_of_struct(struct, series_list))
             case.warnings.append(
@@ -362,6 +365,11 @@ def structs_for(case: Case, structs: list, series_list: Optional[list] = None) -
             )
         if beside:
             return sorted(beside, key=lambda s: s.rel_path)
+    return _referencing(case, structs)
+
+
+def _referencing(case: Case, structs: list) -> list:
+    """The structure sets that name the case's CT (its images, else its series; one naming neither, by its frame)."""
     found = []
     for struct in structs:
         image_uids = set(struct.info.get("ct_image_uids", []))
