@@ -631,6 +631,34 @@ def test_an_enhanced_ct_that_is_no_one_volume_is_refused_naming_file_frame_and_r
         assert word in row["reason"], (word, row["reason"])
 
 
+@pytest.mark.parametrize("variant", ["beside slices", "an empty item"])
+def test_an_enhanced_ct_frame_without_the_rescale_its_series_has_fails_the_case(plain, tmp_path, variant):
+    """Seventy-second hostile trial BT3: an Enhanced CT file without any rescale beside single-frame slices that give
+    theirs (or one frame whose PixelValueTransformationSequence item is empty) was read as slope 1, intercept 0: 1024
+    HU off, ok. The frame fails the case, named, as a single-frame slice does (seventieth BR1)."""
+    base, truth, _reference = plain
+    root = tmp_path / "in"
+    shutil.copytree(base / "in", root)
+    slices = [root / p.relative_to(base / "in") for p in truth.ct_files]
+    half = slices[: len(slices) // 2] if variant == "beside slices" else slices
+    ds, _frame_uids = _enhanced_ct(half, list(range(len(half))), per_frame_rescale=variant == "an empty item")
+    if variant == "beside slices":
+        del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    else:
+        item = ds.PerFrameFunctionalGroupsSequence[5].PixelValueTransformationSequence[0]
+        del item.RescaleSlope, item.RescaleIntercept
+    for path in half:
+        path.unlink()
+    enhanced = half[0].parent / "enhanced_ct.dcm"
+    dd.save(ds, enhanced)
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed" and row["reason"].startswith(enhanced.relative_to(root).as_posix()), row
+    assert "(0028,9145) PixelValueTransformationSequence" in row["reason"] and "unknown" in row["reason"], row
+
+
 def test_an_enhanced_ct_of_many_frames_gives_each_frame_its_place_rescale_and_pixels(tmp_path):
     """The scan leaves values over 64 KiB unread (the pixel data are read later in place); a per-frame functional
     group sequence of 1500 frames is such a value, and every frame's position and rescale are in it. Frames

@@ -457,12 +457,12 @@ MAX_INTERCEPT = 32768.0
 
 
 def _check_rescale_given(series: CtSeries) -> None:
-    """A slice whose RescaleSlope or RescaleIntercept is missing or empty while other slices of its series give theirs,
-    or that gives a Modality LUT, has HU DoseAlign cannot know: read as slope 1, intercept 0, one slice was 1024 HU
-    off, ok (seventieth hostile trial BR1). A series none of whose slices gives one is read so (and its audit says
-    where it has no air)."""
-    slices = [obj for obj in series.slices if "frame" not in obj.info]  # (an Enhanced CT's frames: checked when read)
-    for obj in slices:
+    """A slice (or a multi-frame file's frame) whose RescaleSlope or RescaleIntercept is missing or empty while other
+    slices of its series give theirs, or that gives a Modality LUT, has HU DoseAlign cannot know: read as slope 1,
+    intercept 0, one slice was 1024 HU off, ok (seventieth hostile trial BR1; frames of two multi-frame files, or
+    beside single-frame slices: seventy-second BT3). A series none of whose slices gives one is read so (and its
+    audit says where it has no air)."""
+    for obj in series.slices:
         if obj.info.get("modality_lut"):
             raise InputError(
                 "the slice's values are turned into HU by a Modality LUT, which DoseAlign does not apply",
@@ -470,16 +470,17 @@ def _check_rescale_given(series: CtSeries) -> None:
                 tag="(0028,3000) ModalityLUTSequence",
                 hint="export the CT with RescaleSlope and RescaleIntercept",
             )
-    for n, (keyword, tag) in enumerate((("RescaleSlope", "(0028,1053)"), ("RescaleIntercept", "(0028,1052)"))):
-        given = [(obj.info.get("rescale") or (None, None))[n] not in (None, "") for obj in slices]
+    keys = (("RescaleSlope", "(0028,1053)", "rescale_slope"), ("RescaleIntercept", "(0028,1052)", "rescale_intercept"))
+    for n, (keyword, tag, key) in enumerate(keys):
+        given = [(obj.info.get("rescale") or (None, None))[n] not in (None, "") for obj in series.slices]
         if any(given) and not all(given):
-            missing = slices[given.index(False)]
+            missing = series.slices[given.index(False)]
             raise InputError(
-                f"{keyword} is missing or empty on this slice, while other slices of the series give theirs: its "
+                f"{_frame(missing)}{keyword} is missing or empty, while other slices of the series give theirs: its "
                 "HU are unknown",
                 path=missing.path,
-                tag=f"{tag} {keyword}",
-                hint="restore the slice's rescale tags; DoseAlign does not guess them",
+                tag=_tag(missing, key, f"{tag} {keyword}"),
+                hint="restore the rescale tags; DoseAlign does not guess them",
             )
 
 
