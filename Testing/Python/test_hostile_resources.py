@@ -1020,3 +1020,33 @@ def test_a_large_element_nothing_reads_is_not_read(tmp_path):
     assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB taken: the planted element was read"
     assert compared.used is None, compared
     assert len(ds.ROIContourSequence) == len(dd.read(Path(truth.struct_file)).ROIContourSequence)
+
+
+def test_an_overlong_frame_offset_vector_is_refused_before_it_is_read(tmp_path, capsys):
+    """Seventy-second hostile trial BT9 and BT8: a GridFrameOffsetVector of many megabytes was parsed by the scan's
+    header check (20 MB: 30 s and 2.6 GB; 70 MB: a MemoryError) and by the export, and a reason quoting such a value
+    made a manifest.csv and report.html four times its size. It is refused from its length, before it is parsed, by
+    scan and export alike, and every reason is short."""
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "GFOV-LONG", 31, with_structures=False)
+    dose = Path(truth.dose_files[0])
+    dd.rewrite_tags(dose, GridFrameOffsetVector=["2.5"] * 400_000)
+    assert main(["scan", str(root), "--json"]) == 1
+    (case,) = json.loads(capsys.readouterr().out)["cases"]
+    assert "GridFrameOffsetVector is" in case["error"] and "bytes long" in case["error"], case["error"][:300]
+    out = tmp_path / "out"
+    assert main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"]) == 1
+    capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    assert row["status"] == "failed" and "bytes long" in row["reason"], row["reason"][:300]
+    assert (out / "manifest.csv").stat().st_size < 10_000
+
+
+def test_an_error_quoting_a_long_value_is_cut():
+    """BT8: reasons quoted a whole header value (a 40 MB one: 160 MB of manifest.csv and report.html, 1.3 GB)."""
+    from DoseAlignLib.errors import MAX_MESSAGE, InputError
+
+    said = str(InputError("PixelSpacing is not numeric: " + "x" * 10_000_000, path="a.dcm", tag="(0028,0030)"))
+    assert len(said) < MAX_MESSAGE + 200 and "characters left out" in said and said.startswith("a.dcm: (0028,0030)")

@@ -21,7 +21,7 @@ from pydicom.filereader import read_sequence
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from ..errors import InputError, UnreadableError, too_many_open_files
+from ..errors import InputError, UnreadableError, shortened, too_many_open_files
 from ..limits import (  # noqa: F401 (the spacing bounds are read as headers.MAX_SPACING_MM)
     MAX_SPACING_MM,
     MIN_SPACING_MM,
@@ -940,12 +940,12 @@ def floats(ds: Dataset, keyword: str, tag: str, path: Optional[Path], count: Opt
         else:
             values = [decimal(v) for v in value]
     except (TypeError, ValueError):
-        raise InputError(f"{keyword} is not numeric: {value!r}", path=path, tag=tag) from None
+        raise InputError(f"{keyword} is not numeric: {shortened(repr(value), 200)}", path=path, tag=tag) from None
     array = np.array(values, dtype=np.float64)
     if count is not None and array.size != count:
         raise InputError(f"{keyword} must have {count} values, has {array.size}", path=path, tag=tag)
     if not np.all(np.isfinite(array)):
-        raise InputError(f"{keyword} holds NaN or infinity: {values}", path=path, tag=tag)
+        raise InputError(f"{keyword} holds NaN or infinity: {shortened(str(values), 200)}", path=path, tag=tag)
     return array
 
 

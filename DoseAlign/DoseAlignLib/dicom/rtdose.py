@@ -94,6 +94,7 @@ def dose_geometry(ds: Dataset, path: Path) -> DoseGeometry:
     columns = headers.integer(ds, "Columns", "(0028,0011) Columns", path, None, 1, 65535)
     frames = headers.integer(ds, "NumberOfFrames", "(0028,0008) NumberOfFrames", path, 1, 1, headers.MAX_FRAMES)
     warnings = []
+    _check_offsets_length(ds, frames, path)
     if frames == 1:
         thickness = headers.number(ds, "SliceThickness", "(0018,0050) SliceThickness", path, None)
         if "GridFrameOffsetVector" in ds and ds.GridFrameOffsetVector not in (None, ""):
@@ -186,6 +187,28 @@ def dose_geometry(ds: Dataset, path: Path) -> DoseGeometry:
         frame_of_reference_uid=headers.text(ds, "FrameOfReferenceUID") or None,
     )
     return DoseGeometry(grid, mode, order, uniform, flipped, warnings)
+
+
+#: Bytes a GridFrameOffsetVector may take per frame (a decimal string is 16 characters at most, and its separator),
+#: and the few values more a single-frame dose may give.
+_OFFSET_BYTES, _SPARE_OFFSETS = 17, 64
+
+
+def _check_offsets_length(ds: Dataset, frames: int, path: Path) -> None:
+    """A GridFrameOffsetVector longer than NumberOfFrames values can be is refused before it is parsed: 20 MB of
+    them took 2.6 GB and 30 s to read, 70 MB ended in a MemoryError (seventy-second hostile trial BT9)."""
+    if "GridFrameOffsetVector" not in ds:
+        return
+    length = getattr(ds.get_item("GridFrameOffsetVector"), "length", None)  # of the value as stored, unparsed
+    most = _OFFSET_BYTES * (frames + _SPARE_OFFSETS)
+    if isinstance(length, int) and 0 <= length != 0xFFFFFFFF and length > most:
+        raise GeometryError(
+            f"GridFrameOffsetVector is {length} bytes long, more than the offsets of {frames} frame(s) can be "
+            f"({most} bytes at most)",
+            path=path,
+            tag=TAG_GFOV,
+            hint="(0028,0008) NumberOfFrames or the offsets are wrong",
+        )
 
 
 def dose_info(ds: Dataset, path: Path, *, allow_relative: bool = False) -> DoseInfo:
