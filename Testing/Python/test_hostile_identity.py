@@ -5019,3 +5019,36 @@ def test_a_joined_surname_with_a_digit_is_not_kept_in_clear(tmp_path, capsys):
     capsys.readouterr()
     found = [where for where, data in _all_output_bytes(out) if b"cruz" in data.lower()]
     assert not found, found
+
+
+def test_a_hash_digest_of_another_export_holds_no_short_name():
+    """Seventy-third hostile trial BU1 (a regression of BS2's fix): the check's reading of letters beside digits found
+    a patient Ada in another input's file token ``fc688ada6c9`` and damaged-file row id, and an --append run stopped
+    whole. Hash digests are left out of that reading; a name beside digits elsewhere is still found."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    identity = Identity()
+    identity.add_name("Lovelace^Ada")
+    guard = IdentityGuard(identity)
+    for text in ("f/fc688ada6c9.dcm", "damaged-file_1c74ada3b7", "3ada9c0f1b2e"):
+        assert guard.find(text, own=False) == "" and guard.find(text) == "", text
+    for text in ("PTV_Ada2", "ADA1", "Ada70Gy"):
+        assert guard.find(text, own=False) == "a patient name", text
+
+
+@pytest.mark.parametrize(
+    "header, spelled, kept",
+    [("Rem^Ove", ["PTV_Ove", "Rem_boost"], ["CTV", "Boost"]), ("Lo Re^Giuseppe", ["PTV_Lore", "Giuseppe_1"], [])],
+)
+def test_dosealigns_own_mark_spells_no_joined_name(header, spelled, kept):
+    """Seventy-third hostile trial BU2: the check read the letters of DoseAlign's own ``[removed]`` mark as part of a
+    joined name: for Rem^Ove every case where anything was removed failed ("remove"), and PTV_Lo_[removed] made Lo
+    Re's "lore". The mark is a separator to the check."""
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    _one_name_on_both_sides(header, spelled, kept)
+    identity = Identity()
+    identity.add_name(header)
+    guard = IdentityGuard(identity)
+    for text in ("CBCT_[removed]", "PTV_Lo_[removed]", "[removed]_boost"):
+        assert guard.find(text, own=False) == "" and guard.find(text) == "", text

@@ -2404,6 +2404,9 @@ def _has_capital(char: str) -> bool:
 
 #: A letter and a digit side by side, and what parts the words of a text at digits too (the check's reading of
 #: ``PTV_Roth2`` as ``PTV``, ``Roth``).
+#: A run of lower-case hex digits of 8 or more with letters and digits both: a hash digest, DoseAlign's or another
+#: export's (the check's reading of letters beside digits leaves it alone).
+_HEX_RUN = re.compile(r"(?<![0-9A-Za-z])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{8,}(?![0-9A-Za-z])")
 _LETTER_BESIDE_DIGIT = re.compile(r"[^\W\d_]\d|\d[^\W\d_]")
 _NOT_LETTERS = re.compile(r"[^A-Za-z\u00c0-\uffff]+|[0-9\u0660-\u0669\u06f0-\u06f9\uff10-\uff19]+")
 
@@ -3473,7 +3476,10 @@ class IdentityGuard:
         if _LETTER_BESIDE_DIGIT.search(text):  # (and the letters beside digits: PTV_Roth2, JOHN1, 2Roth; this run's
             # digests left out, whose letters are no name: seventy-first hostile trial BS2)
             for reading in (camel, text):  # (camel case parted, and whole runs: ODea2, IJff2)
-                found_words |= {w.casefold() for w in _NOT_LETTERS.split(self._without_own(reading)) if w}
+                # (not in what reads as a hash digest: another input's file token fc688ada6c9 named no Ada, nor does
+                # a damaged file's row id damaged-file_1c74ada3b7: seventy-third hostile trial BU1)
+                reading = _HEX_RUN.sub(" ", self._without_own(reading))
+                found_words |= {w.casefold() for w in _NOT_LETTERS.split(reading) if w}
         exempt = OWN_VOCABULARY if own else frozenset()
         if words and (found_words - exempt) & self.alone_words:
             return "a patient name"
@@ -3487,6 +3493,9 @@ class IdentityGuard:
                         return "a patient name"
                     at = text.find(name, at + 1)
         named = self._without_own(lowered, "\0") if self.own else lowered  # names are not read inside own tokens
+        # nor inside DoseAlign's own mark: Rem^Ove found "remove" in every "[removed]", PTV_Lo_[removed] made Lo Re's
+        # "lore" (seventy-third hostile trial BU2)
+        named = named.replace(REMOVED, "\0")
         squeezed = "".join(c for c in named if c.isalnum() or c == "\0")
         if joined_names and self.squeezed_names.in_text(squeezed):
             return "a patient name"
