@@ -31,7 +31,7 @@ from .errors import (
     Terminated,
     output_fault,
     raise_if_stopped,
-    resume_options,
+    resume_advice,
     set_resume_options,
     thread_not_started,
     too_many_open_files,
@@ -603,9 +603,7 @@ def export_folder(
                 source="input: (pseudonymized)" if pseudonymizer is not None else f"input: {input_root}",
             )
         except OSError as error:  # a full disk, a report.html that cannot be replaced: named, exit 4 (AU2)
-            fault = output_fault(
-                error, out_dir, then=f"the cases and manifest.csv are in place; run again with {resume_options()}"
-            )
+            fault = output_fault(error, out_dir, then=f"the cases and manifest.csv are in place; {resume_advice()}")
             report.fault = f"report.html: {fault}"
     _say_retired(out_dir, retired, note, shard is not None)
     return report
@@ -618,7 +616,7 @@ def _say_retired(out_dir: Path, retired: list, note, shard: bool = False) -> Non
         build = (
             f"run dosealign merge {out_dir} once every shard has ended to build it"
             if shard
-            else f"run again with {resume_options()} (with the --format that writes it) to build it"
+            else f"{resume_advice()} (with the --format that writes it) to build it"
         )
         if not os.path.lexists(out_dir / name):
             note(f"{name} of an earlier run removed: {why}, and did not write it anew; {build}")

@@ -12,6 +12,7 @@ ended as by Ctrl-C, the finished cases are in manifest.csv).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -40,7 +41,7 @@ from .api import (
     parse_ints,
     terminal_safe,
 )
-from .errors import resume_options
+from .errors import resume_advice, set_rerun
 
 
 def _demo_spec():
@@ -647,6 +648,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     dicom_dir = args.output / "dicom"
     export_dir = args.output / "export"
     _check_demo_folder(args.output, dicom_dir)
+    set_rerun(f"run the demo again into {args.output}")  # (it has no --resume: seventy-second hostile trial BT7)
     progress = _ProgressLine(quiet=args.quiet)
     _announce(args, options, progress)
     try:
@@ -803,6 +805,7 @@ def _not_read(ignored: list) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    set_rerun(None)
     _SIGTERM_SEEN.clear()
     _SIGINT_SEEN.clear()
     _no_missing_streams()
@@ -828,28 +831,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _say("dosealign: the summary could not be written to the standard output: it is closed")
         if _SIGTERM_SEEN:  # its exception was swallowed on the way (see _terminated): still said and counted
             said, code = _stopped_by()
-            print(
-                f"\ndosealign: {said} (it came while starting; what is in manifest.csv was done)",
-                file=sys.stderr,
-            )
+            _say(f"\ndosealign: {said} (it came while starting; what is in manifest.csv was done)")
             return code
         if _SIGINT_SEEN:  # likewise a Ctrl-C (eleventh hostile trial K1)
-            print("\ndosealign: interrupted (what is in manifest.csv was done)", file=sys.stderr)
+            _say("\ndosealign: interrupted (what is in manifest.csv was done)")
             return EXIT_INTERRUPTED
         return code
     except Interrupted as stop:  # bound at import: a Ctrl-C during an import must not make this clause import
         said, code = _stopped_by() if stop.terminated else ("interrupted", EXIT_INTERRUPTED)
-        print(
-            f"\ndosealign: {said} after {stop.done} of {stop.total} cases; run again with {resume_options()}",
-            file=sys.stderr,
-        )
+        # (its terminal may be gone: a line that cannot be written is no error, seventy-second hostile trial BT10)
+        _say(f"\ndosealign: {said} after {stop.done} of {stop.total} cases; {resume_advice()}")
         return code
     except Terminated:
         said, code = _stopped_by()
-        print(f"\ndosealign: {said} before any case was exported", file=sys.stderr)
+        _say(f"\ndosealign: {said} before any case was exported")
         return code
     except KeyboardInterrupt:
-        print("\ndosealign: interrupted before any case was exported", file=sys.stderr)
+        _say("\ndosealign: interrupted before any case was exported")
     except BrokenPipeError:  # stdout closed early (dosealign scan DIR | head): no traceback
         _silence_stdout()
         return EXIT_PIPE_CLOSED
@@ -1153,9 +1151,7 @@ def _cause(error: OSError) -> str:
 
 
 def _say(text: str) -> None:
-    """A line on stderr, unless stderr cannot be written either."""
-    import contextlib
-
+    """A line on stderr, unless stderr cannot be written either (it imports nothing: the stop handlers use it)."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         print(text, file=sys.stderr, flush=True)
 

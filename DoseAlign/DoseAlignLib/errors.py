@@ -163,6 +163,20 @@ def resume_options() -> str:
     return _AGAIN[0]
 
 
+#: What to run again instead, where the command is no export (the demo has no --resume: seventy-second trial BT7).
+_RERUN: list = [None]
+
+
+def set_rerun(advice: Optional[str]) -> None:
+    """Say what the command now starting is run again with to finish, where that is not an export's ``--resume``."""
+    _RERUN[0] = advice
+
+
+def resume_advice() -> str:
+    """``run again with --resume`` (and the options it needs), or what the command now running advises instead."""
+    return _RERUN[0] or f"run again with {_AGAIN[0]}"
+
+
 def output_fault(error: OSError, where=None, then: Optional[str] = None) -> OutputFault:
     """An :class:`OutputFault` from the operating system's error: the output folder ``where`` (else the
     file), the file being written and the cause, e.g. ``No space left on device (ENOSPC)``; ``then`` says what to
@@ -176,7 +190,7 @@ def output_fault(error: OSError, where=None, then: Optional[str] = None) -> Outp
     cause = f"{error.strerror or error}" + (f" ({code})" if code else "")
     filename = getattr(error, "filename", None)
     what = f"writing {os.path.basename(str(filename))}" if filename and where is not None else "writing the output"
-    then = then if then is not None else f"run again with {resume_options()}; the export stopped here"
+    then = then if then is not None else f"{resume_advice()}; the export stopped here"
     hint = f"free space or fix the output folder, then {then}"
     limit_reached = too_many_open_files(error)
     if limit_reached:  # not the disk: the process's open-file limit

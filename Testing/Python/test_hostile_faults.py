@@ -11,10 +11,12 @@ header readers and pool workers die with a killed export; SIGTERM ends an export
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import resource
+import select
 import shutil
 import signal
 import stat
@@ -212,6 +214,7 @@ def test_the_demo_on_a_full_disk_stops_cleanly_and_runs_again(tmp_path):
         done = hostile.dosealign("demo", str(disk / "d"), "--quiet", "--no-qa-png", timeout=600)
         assert done.returncode == 4, done.stdout + done.stderr
         assert "No space left on device (ENOSPC)" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert "run the demo again" in done.stderr and "--resume" not in done.stderr, done.stderr  # (BT7)
         written = sorted((disk / "d" / "dicom").iterdir())
         assert written and not [p.name for p in written if p.name.startswith(".")], "a partial file was left"
         for path in written:
@@ -221,6 +224,22 @@ def test_the_demo_on_a_full_disk_stops_cleanly_and_runs_again(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_the_demo_stopped_by_a_full_disk_says_to_run_the_demo_again(tmp_path, monkeypatch, capsys):
+    """Seventy-second hostile trial BT7: the demo on a full disk advised "run again with --resume", which the demo
+    refuses (an unknown option, exit 2). It says to run the demo again."""
+    import errno
+
+    from DoseAlignLib import api
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "d" / "dicom" / "x.dcm"))
+
+    monkeypatch.setattr(api, "write_phantom", full)
+    assert main(["demo", str(tmp_path / "d"), "--quiet", "--no-qa-png"]) == 4
+    err = capsys.readouterr().err
+    assert "(ENOSPC)" in err and "run the demo again" in err and "--resume" not in err, err
 
 
 def test_the_demo_into_a_file_is_a_folder_error(tmp_path):
@@ -1540,6 +1559,44 @@ def test_a_closed_terminal_stops_the_export_as_sigterm_does(slow_cohort, tmp_pat
     while _marked(mark) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _marked(mark), f"processes outlived the stopped export: {_marked(mark)}"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], "temporary entries left"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pseudo-terminals and process groups")
+def test_an_export_whose_terminal_closes_ends_with_129_and_nothing_left(slow_cohort, tmp_path):
+    """Seventy-second hostile trial BT10: on a terminal that really closes (an ssh session ends), the line saying it
+    stopped could not be written (EIO), and the export ended with exit 1 and "lost sys.stderr". It ends with 129, its
+    temporary entries removed."""
+    import fcntl
+    import pty
+    import termios
+
+    out = tmp_path / "out"
+    master, slave = pty.openpty()
+
+    def terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+    command = [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", "2"]
+    process = subprocess.Popen(
+        command, stdin=slave, stdout=slave, stderr=slave, env=hostile.ENV, preexec_fn=terminal, close_fds=True
+    )
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(OSError):
+                if select.select([master], [], [], 0.05)[0]:
+                    os.read(master, 65536)  # what the terminal shows, read so the export never blocks on it
+            if (out / "manifest.csv").is_file() and hostile.manifest(out):
+                break
+        assert process.poll() is None, "the export ended before its terminal closed"
+    finally:
+        os.close(master)  # the terminal closes: SIGHUP, and every later write to it fails
+    assert process.wait(timeout=120) == 129
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], "temporary entries left"
 
 
@@ -3555,3 +3612,19 @@ def test_a_rename_the_file_system_cannot_make_is_not_called_a_full_disk():
     said = str(output_fault(OSError(errno.EXDEV, os.strerror(errno.EXDEV), "/out/case")))
     assert "(EXDEV)" in said and "overlay" in said and "free space" not in said, said
     assert "free space" in str(output_fault(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/out/case")))
+
+
+def test_a_dataset_file_an_append_run_removes_says_append_to_build_it(tmp_path, capsys):
+    """Seventy-second hostile trial BT5: an ``--append`` run without ``--format hdf5`` removed dataset.h5 and said
+    "export with --format hdf5 --resume to build it again"; done so, manifest.csv lost the other input's rows. It says
+    ``--append --resume``."""
+    pytest.importorskip("h5py")
+    first, second, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    hostile.study(first / "p", "APPEND-A", 81, with_structures=False)
+    hostile.study(second / "q", "APPEND-B", 82, with_structures=False)
+    assert main(["export", str(first), str(out), "--format", "hdf5", "--workers", "1", "--no-qa-png"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(second), str(out), "--append", "--workers", "1", "--no-qa-png"]) == 0
+    said = capsys.readouterr().out
+    (note,) = [line for line in said.splitlines() if "dataset.h5" in line and "removed" in line]
+    assert "--format hdf5 --append --resume" in note, note

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..errors import DoseAlignError, output_fault
+from ..errors import DoseAlignError, output_fault, resume_options
 from ..limits import entry_kind
 from .case_data import CaseData, require
 from .case_folder import file_digests, load_meta, recorded_files, written_files
@@ -481,7 +481,7 @@ def remove_stale_datasets(out_dir: Path, rows: list, written: Sequence[str] = ()
             continue
         notes.append(
             f"{name} of an earlier run removed: it described cases as they were before ({why}); "
-            f"export with --format {fmt} --resume to build it again"
+            f"export with --format {fmt} {resume_options()} to build it again"
         )
     return notes
 
