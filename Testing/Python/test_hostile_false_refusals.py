@@ -631,6 +631,21 @@ def test_an_enhanced_ct_that_is_no_one_volume_is_refused_naming_file_frame_and_r
         assert word in row["reason"], (word, row["reason"])
 
 
+def test_an_enhanced_ct_whose_values_are_not_hu_is_said_so(plain, tmp_path):
+    """Seventy-second hostile trial BT11: an Enhanced CT whose functional groups give RescaleType US exported without
+    the warning single-frame slices of that type get ("not HU")."""
+    base, truth, _reference = plain
+    root = tmp_path / "in"
+    enhanced, ds = _study_with_enhanced_ct(base, truth, root, per_frame_rescale=False)
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleType = "US"
+    dd.save(ds, enhanced)
+    out = tmp_path / "out"
+    done = hostile.dosealign("export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = hostile.manifest(out)
+    assert "RescaleType is US, not HU" in row["warnings"], row["warnings"]
+
+
 @pytest.mark.parametrize("variant", ["beside slices", "an empty item"])
 def test_an_enhanced_ct_frame_without_the_rescale_its_series_has_fails_the_case(plain, tmp_path, variant):
     """Seventy-second hostile trial BT3: an Enhanced CT file without any rescale beside single-frame slices that give

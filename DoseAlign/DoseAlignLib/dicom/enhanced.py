@@ -91,6 +91,7 @@ def frame_geometry(ds: Dataset) -> dict:
         )
     top_spacing = headers.quick_floats(ds, "PixelSpacing")
     top_rescale = (ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+    top_type = headers.text(ds, "RescaleType").upper()
     frame_list: list = []
     without: list = []  # frames without a (0028,9145) PixelValueTransformationSequence, their own or shared
     for n in range(frames):
@@ -110,6 +111,10 @@ def frame_geometry(ds: Dataset) -> dict:
                     if transformation is not None
                     else top_rescale
                 ),
+                # (0028,1054) in the frame's transformation: US, say, is no HU (seventy-second hostile trial BT11)
+                "rescale_type": headers.text(transformation, "RescaleType").upper()
+                if transformation is not None
+                else top_type,
                 "slice_thickness": _one_float(measures, "SliceThickness"),
                 "spacing_between_slices": _one_float(measures, "SpacingBetweenSlices"),
             }
