@@ -29,6 +29,7 @@ from .errors import (
     NothingToExport,
     OutputFault,
     Terminated,
+    note_cases_run,
     output_fault,
     raise_if_stopped,
     resume_advice,
@@ -201,6 +202,7 @@ def export_folder(
     set_resume_options(
         "--append --resume" if append else f"--shard {shard[0]}/{shard[1]} --resume" if shard else "--resume"
     )
+    note_cases_run(None)
     exclude = _check_folders(input_root, out_dir, note, pseudonymized=pseudonymizer is not None)
     scan = scan_folder(input_root, workers=1 if scheduler else workers, exclude=exclude)
     raise_if_stopped()  # a Ctrl-C a library swallowed while the headers were read
@@ -528,6 +530,7 @@ def export_folder(
         with contextlib.suppress(DoseAlignError):
             _write_map_again(pseudonymizer, map_rows)
         raise Interrupted(done[0], len(cases), isinstance(stop, Terminated)) from None
+    note_cases_run(done[0], len(cases))  # a stop from here on comes as the summaries are written (BT1)
     try:
         _write_map_again(pseudonymizer, map_rows)  # with the pseudonyms the cases made
     except DoseAlignError as error:  # the cases are in place, their pseudonyms unmapped: exit 4, named

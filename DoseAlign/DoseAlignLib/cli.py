@@ -41,7 +41,7 @@ from .api import (
     parse_ints,
     terminal_safe,
 )
-from .errors import resume_advice, set_rerun
+from .errors import cases_run, note_cases_run, resume_advice, set_rerun
 
 
 def _demo_spec():
@@ -806,6 +806,7 @@ def _not_read(ignored: list) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     set_rerun(None)
+    note_cases_run(None)
     _SIGTERM_SEEN.clear()
     _SIGINT_SEEN.clear()
     _no_missing_streams()
@@ -844,10 +845,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code
     except Terminated:
         said, code = _stopped_by()
-        _say(f"\ndosealign: {said} before any case was exported")
+        _say(f"\ndosealign: {said} {_when_stopped()}")
         return code
     except KeyboardInterrupt:
-        _say("\ndosealign: interrupted before any case was exported")
+        _say(f"\ndosealign: interrupted {_when_stopped()}")
     except BrokenPipeError:  # stdout closed early (dosealign scan DIR | head): no traceback
         _silence_stdout()
         return EXIT_PIPE_CLOSED
@@ -1148,6 +1149,15 @@ def _cause(error: OSError) -> str:
 
     code = errno.errorcode.get(error.errno or 0, "")
     return f"{error.strerror or error}" + (f" ({code})" if code else "")
+
+
+def _when_stopped() -> str:
+    """When a stop that came outside the export's case loop came: before any case, or as the summaries were written
+    after the cases had run (then manifest.csv lists them and --resume writes the rest: BT1). Imports nothing."""
+    done = cases_run()
+    if done is None:
+        return "before any case was exported"
+    return f"after {done[0]} of {done[1]} cases, as it wrote the files that sum them up; {resume_advice()}"
 
 
 def _say(text: str) -> None:

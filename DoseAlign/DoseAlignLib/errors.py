@@ -163,6 +163,21 @@ def resume_options() -> str:
     return _AGAIN[0]
 
 
+#: ``(done, total)`` once an export's cases have all run (its summaries are written after them), else None.
+_CASES_RUN: list = [None]
+
+
+def note_cases_run(done: Optional[int], total: int = 0) -> None:
+    """Say that the export now running has run its cases (``done`` of ``total`` finished), or forget it (None)."""
+    _CASES_RUN[0] = None if done is None else (done, total)
+
+
+def cases_run() -> Optional[tuple]:
+    """``(done, total)`` when a stop came after the cases of the export had run, while it wrote its summaries: it
+    was said to have come "before any case was exported" (seventy-second hostile trial BT1)."""
+    return _CASES_RUN[0]
+
+
 #: What to run again instead, where the command is no export (the demo has no --resume: seventy-second trial BT7).
 _RERUN: list = [None]
 

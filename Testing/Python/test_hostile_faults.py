@@ -3628,3 +3628,23 @@ def test_a_dataset_file_an_append_run_removes_says_append_to_build_it(tmp_path, 
     said = capsys.readouterr().out
     (note,) = [line for line in said.splitlines() if "dataset.h5" in line and "removed" in line]
     assert "--format hdf5 --append --resume" in note, note
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C"])
+def test_a_stop_while_the_summaries_are_written_says_the_cases_ran(cohort, tmp_path, monkeypatch, capsys, stop):
+    """Seventy-second hostile trial BT1: a SIGTERM, SIGHUP or Ctrl-C after the last case, while report.html and the
+    dataset files were written, said "stopped ... before any case was exported" and no --resume, with every case in
+    manifest.csv. It says how many cases ran and how to finish."""
+    from DoseAlignLib import batch
+    from DoseAlignLib.errors import Terminated
+
+    def stopped(*_args, **_kwargs):
+        raise Terminated() if stop == "SIGTERM" else KeyboardInterrupt()
+
+    monkeypatch.setattr(batch, "write_report", stopped)
+    out = tmp_path / "out"
+    code = main(["export", str(cohort), str(out), "--quiet", "--workers", "1", "--no-qa-png"])
+    assert code == (143 if stop == "SIGTERM" else 130)
+    err = capsys.readouterr().err
+    assert "after 5 of 5 cases, as it wrote the files that sum them up; run again with --resume" in err, err
+    assert "before any case" not in err and len(hostile.manifest(out)) == 5
