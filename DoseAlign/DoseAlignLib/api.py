@@ -11,7 +11,8 @@ A case goes through the stages in this order; each name below belongs to one of 
     output          write_case_output, write_manifest, manifest_row, write_report, qa_png_writer,
                     release_claims (a long-lived process ends its hold on an output folder), ...
     one case        run_case(case, options, resampler=...) -> CaseResult: the one path of every backend
-    a folder        export_folder -> BatchReport, export_case (one case of a batch), merge_shards
+    a folder        export_folder -> BatchReport, export_case (one case of a batch), merge_shards; how a stopped
+                    export is finished: resume_advice, cases_run (set_rerun, note_cases_run for a command's own)
 
 Everything else in the package is internal and may change between releases. Names are imported on
 first use (PEP 562), so ``from DoseAlignLib.api import export_folder`` costs only what it needs.
@@ -36,6 +37,10 @@ _EXPORTS = {
     "UnitsError": ".errors",
     "LinkError": ".errors",
     "Cancelled": ".errors",
+    "resume_advice": ".errors",
+    "set_rerun": ".errors",
+    "note_cases_run": ".errors",
+    "cases_run": ".errors",
     "AlignOptions": ".options",
     "ReferenceGrid": ".options",
     "Interpolator": ".options",

@@ -34,14 +34,17 @@ from .api import (
     OutputFault,
     ReferenceGrid,
     Terminated,
+    cases_run,
+    note_cases_run,
     options_from_args,
     output_fault,
     parse_crop,
     parse_floats,
     parse_ints,
+    resume_advice,
+    set_rerun,
     terminal_safe,
 )
-from .errors import cases_run, note_cases_run, resume_advice, set_rerun
 
 
 def _demo_spec():
