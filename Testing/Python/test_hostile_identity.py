@@ -5052,3 +5052,31 @@ def test_dosealigns_own_mark_spells_no_joined_name(header, spelled, kept):
     guard = IdentityGuard(identity)
     for text in ("CBCT_[removed]", "PTV_Lo_[removed]", "[removed]_boost"):
         assert guard.find(text, own=False) == "" and guard.find(text) == "", text
+
+
+@pytest.mark.parametrize("spelling", ["dot-dot", "shell in the link", "input through a link"])
+def test_a_key_below_the_input_through_a_folder_link_is_refused_however_spelt(
+    study, tmp_path, capsys, monkeypatch, spelling
+):
+    """Seventy-second hostile trial BT2: BO2's fix was passed by ``in/link/sub/../key.csv``, by a relative key given
+    from a shell in ``in/link`` (the system names that folder by its resolved path) and by the input given through
+    a link to it: the key and map were written into what the scan of the input walks. Each is refused."""
+    root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    shutil.copytree(study["root"], root)
+    (elsewhere / "sub").mkdir(parents=True)
+    (root / "link").symlink_to(elsewhere, target_is_directory=True)
+    given = root
+    key, out = root / "link" / "key.csv", root / "link" / "out"
+    if spelling == "dot-dot":
+        key, out = root / "link" / "sub" / ".." / "key.csv", root / "link" / "sub" / ".." / "out"
+    elif spelling == "shell in the link":
+        monkeypatch.chdir(root / "link")
+        monkeypatch.setenv("PWD", str(root / "link"))
+        key, out = "key.csv", "out"
+    else:
+        given = tmp_path / "input-link"
+        given.symlink_to(root, target_is_directory=True)
+    args = ["export", str(given), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main([*args, "--key-file", str(key)]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["sub"]

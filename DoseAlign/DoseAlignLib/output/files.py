@@ -271,15 +271,36 @@ def within(path: Path, folder: Path) -> Optional[Path]:
 
 
 def given_within(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or below it as written (made absolute, no link resolved).
+    """Whether ``path`` is ``folder`` or below it as written, no link resolved (``..`` taken as written too), the
+    folder also as resolved.
 
     ``in/link/out``, with ``in/link`` a link to a folder elsewhere, resolves outside ``in``, yet the scan of ``in``
-    follows the link and walks it (sixty-seventh hostile trial BO2). A path with ``..`` in it is not decided here.
+    follows the link and walks it (sixty-seventh hostile trial BO2); so does ``in/link/sub/../out``, and ``out`` given
+    from a shell in ``in/link``, whose working folder the system names by its resolved path (seventy-second BT2).
     """
-    parts, folder_parts = Path(path).absolute().parts, Path(folder).absolute().parts
-    if ".." in parts or ".." in folder_parts:
-        return False
-    return parts[: len(folder_parts)] == folder_parts
+    paths = [_as_given(path)]
+    folders = {_as_given(folder), os.path.realpath(folder)}
+    for written in paths:
+        parts = Path(written).parts
+        for holder in folders:
+            holder_parts = Path(holder).parts
+            if parts[: len(holder_parts)] == holder_parts:
+                return True
+    return False
+
+
+def _as_given(path: Path) -> str:
+    """``path`` made absolute from the working folder as the shell names it (``$PWD``, where it is that folder),
+    ``..`` and ``.`` taken as written."""
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        here = os.environ.get("PWD") or ""
+        try:
+            logical = os.path.isabs(here) and os.path.samefile(here, os.curdir)
+        except OSError:
+            logical = False
+        text = os.path.join(here if logical else os.getcwd(), text)
+    return os.path.normpath(text)
 
 
 def release_claims(folder: Optional[Path] = None) -> None:
