@@ -278,15 +278,9 @@ def given_within(path: Path, folder: Path) -> bool:
     follows the link and walks it (sixty-seventh hostile trial BO2); so does ``in/link/sub/../out``, and ``out`` given
     from a shell in ``in/link``, whose working folder the system names by its resolved path (seventy-second BT2).
     """
-    paths = [_as_given(path)]
-    folders = {_as_given(folder), os.path.realpath(folder)}
-    for written in paths:
-        parts = Path(written).parts
-        for holder in folders:
-            holder_parts = Path(holder).parts
-            if parts[: len(holder_parts)] == holder_parts:
-                return True
-    return False
+    parts = Path(_as_given(path)).parts
+    holders = (Path(holder).parts for holder in {_as_given(folder), os.path.realpath(folder)})
+    return any(parts[: len(holder)] == holder for holder in holders)
 
 
 def _as_given(path: Path) -> str:

@@ -2402,11 +2402,11 @@ def _has_capital(char: str) -> bool:
     return char.islower() and len(char.upper()) == 1
 
 
-#: A letter and a digit side by side, and what parts the words of a text at digits too (the check's reading of
-#: ``PTV_Roth2`` as ``PTV``, ``Roth``).
 #: A run of lower-case hex digits of 8 or more with letters and digits both: a hash digest, DoseAlign's or another
 #: export's (the check's reading of letters beside digits leaves it alone).
 _HEX_RUN = re.compile(r"(?<![0-9A-Za-z])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{8,}(?![0-9A-Za-z])")
+#: A letter and a digit side by side, and what parts the words of a text at digits too (the check's reading of
+#: ``PTV_Roth2`` as ``PTV``, ``Roth``).
 _LETTER_BESIDE_DIGIT = re.compile(r"[^\W\d_]\d|\d[^\W\d_]")
 _NOT_LETTERS = re.compile(r"[^A-Za-z\u00c0-\uffff]+|[0-9\u0660-\u0669\u06f0-\u06f9\uff10-\uff19]+")
 
