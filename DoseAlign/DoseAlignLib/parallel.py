@@ -454,12 +454,28 @@ def _sigint_held_from_workers():
         yield
         return
     with contextlib.suppress(Exception):  # started here first: its start unblocks SIGINT in the thread that starts it
-        from multiprocessing import resource_tracker
-
-        resource_tracker.ensure_running()
+        _start_resource_tracker()
     before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _start_resource_tracker() -> None:
+    """Start Python's multiprocessing resource tracker with SIGHUP blocked. The tracker ignores SIGINT and SIGTERM
+    but not SIGHUP: a closing terminal killed it, and the LocalCluster's workers printed a traceback each as a new
+    one was started (seventy-second hostile trial BT4). The mask is inherited by the tracker and kept there; here a
+    SIGHUP that came meanwhile is taken once it is restored."""
+    from multiprocessing import resource_tracker
+
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None:
+        resource_tracker.ensure_running()
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {hangup})
+    try:
+        resource_tracker.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
@@ -475,18 +491,28 @@ def _end_local_workers() -> None:
     """Kill what is left of a LocalCluster's worker processes: one that never started (stopped, hung in its
     imports) ignores SIGTERM, and the interpreter's exit waited for it for good (twenty-first hostile trial U10)."""
     import atexit
-    import multiprocessing
 
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # ("reaping stray process" at exit)
+    _kill_local_workers()
+    # Dask's event loop may start one more worker after this; at exit, multiprocessing unlinks the semaphores it
+    # shares with it before it ends its children, and that worker printed a FileNotFoundError traceback as it
+    # started (Python 3.9, a SIGTERM or SIGHUP while the workers start). Registered last, this runs first.
+    atexit.register(_kill_local_workers)
+    with contextlib.suppress(Exception):  # Dask's own close at exit of a cluster that never started: a traceback
+        from distributed.deploy import spec
+
+        atexit.unregister(spec.close_clusters)
+
+
+def _kill_local_workers() -> None:
+    """SIGKILL each LocalCluster worker process of this one, and wait for it."""
+    import multiprocessing
+
     for process in multiprocessing.active_children():
         if process.name.startswith("Dask Worker process"):
             with contextlib.suppress(Exception):
                 process.kill()
                 process.join(timeout=5)
-    with contextlib.suppress(Exception):  # Dask's own close at exit of a cluster that never started: a traceback
-        from distributed.deploy import spec
-
-        atexit.unregister(spec.close_clusters)
 
 
 #: The most seconds a --scheduler local worker may take to start (less when DOSEALIGN_CASE_SECONDS is less).

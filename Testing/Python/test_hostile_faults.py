@@ -1542,14 +1542,22 @@ def _signal_half_way(command: list, out: Path, signum: int, mark: str, listed: i
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_closed_terminal_stops_the_export_as_sigterm_does(slow_cohort, tmp_path, workers):
+@pytest.mark.parametrize(
+    "run",
+    [["--workers", "1"], ["--workers", "2"], ["--scheduler", "local", "--workers", "2"]],
+    ids=["one", "pool", "dask"],
+)
+def test_a_closed_terminal_stops_the_export_as_sigterm_does(slow_cohort, tmp_path, run):
     """Seventieth hostile trial BR5: SIGHUP (the terminal or ssh session closed) ended an export as SIGKILL does: exit
     129 and no word, a temporary case folder (one per worker) and the owner record left in OUT. It stops as SIGTERM
-    does: the finished cases in manifest.csv, no temporary entry, no process left, exit 129 and a line saying so."""
+    does: the finished cases in manifest.csv, no temporary entry, no process left, exit 129 and a line saying so.
+    Seventy-second trial BT4: under a LocalCluster, Python's resource tracker died of the SIGHUP, and the workers
+    printed a traceback each as another was started."""
+    if "local" in run:
+        pytest.importorskip("dask.distributed")
     out = tmp_path / "out"
     mark = f"DOSEALIGN_TEST_MARK_{uuid.uuid4().hex}"
-    command = [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), "--workers", str(workers)]
+    command = [sys.executable, "-m", "DoseAlignLib", "export", str(slow_cohort), str(out), *run]
     code, stderr = _signal_half_way(command, out, signal.SIGHUP, mark)
     assert code == 129, (code, stderr)
     assert "Traceback" not in stderr, stderr
