@@ -498,3 +498,76 @@ def test_matplotlib_preloaded_beside_the_case_is_whole_in_a_forked_child():
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_picture_waits_for_the_matplotlib_preload(tmp_path, monkeypatch):
+    # the picture's imports ran beside the preload's: two threads importing one package at once may see it
+    # half-initialized before Python 3.12 (cpython issue 83065)
+    import threading
+    import time
+
+    pytest.importorskip("matplotlib")
+    order = []
+
+    def preload() -> None:
+        time.sleep(0.5)
+        order.append("preloaded")
+
+    drawing = qa_plot.load_fonts
+
+    def load_fonts() -> None:
+        order.append("drawn")
+        drawing()
+
+    thread = threading.Thread(target=preload)
+    monkeypatch.setattr(qa_plot, "_preloading", thread)
+    monkeypatch.setattr(qa_plot, "load_fonts", load_fonts)
+    thread.start()
+    assert qa_plot.matplotlib_available()
+    assert order == ["preloaded"]
+    order.clear()
+    thread = threading.Thread(target=preload)
+    monkeypatch.setattr(qa_plot, "_preloading", thread)
+    thread.start()
+    grid = Grid.from_spacing((4, 6, 8), (2.0, 2.0, 3.0), (0, 0, 0))
+    ct = Volume(np.zeros((4, 6, 8), dtype=np.int16), grid)
+    qa_plot.render_qa_png(tmp_path / "qa.png", ct, Volume(np.ones((4, 6, 8), dtype=np.float32), grid))
+    assert order == ["preloaded", "drawn"]
+
+
+_PRELOAD_FAILS_HALF_WAY = (
+    "import importlib.abc, sys\n"
+    "import numpy as np\n"
+    "class FailOnce(importlib.abc.MetaPathFinder):\n"
+    "    failed = False\n"
+    "    def find_spec(self, name, path, target=None):\n"
+    "        if name == 'matplotlib._fontconfig_pattern' and not FailOnce.failed:\n"
+    "            FailOnce.failed = True\n"
+    "            raise RuntimeError('an import that fails half-way')\n"
+    "sys.meta_path.insert(0, FailOnce())\n"
+    "from DoseAlignLib.geometry.grid import Grid, Volume\n"
+    "from DoseAlignLib.output import qa_png\n"
+    "assert 'matplotlib' not in sys.modules\n"
+    "qa_png.preload_matplotlib()\n"
+    "qa_png._preloading.join()\n"
+    "assert FailOnce.failed\n"
+    "grid = Grid.from_spacing((4, 6, 8), (2.0, 2.0, 3.0), (0, 0, 0))\n"
+    "ct = Volume(np.zeros((4, 6, 8), dtype=np.int16), grid)\n"
+    "qa_png.render_qa_png(sys.argv[1], ct, Volume(np.ones((4, 6, 8), dtype=np.float32), grid))\n"
+)
+
+
+def test_a_preload_that_failed_half_way_leaves_no_half_imported_matplotlib(tmp_path):
+    # the modules a failed import did load keep the package it did not finish: the picture's import then failed
+    # ("module 'matplotlib' has no attribute ...") instead of importing again
+    pytest.importorskip("matplotlib")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _PRELOAD_FAILS_HALF_WAY, str(tmp_path / "qa.png")],
+        env={**os.environ, "PYTHONPATH": str(root / "DoseAlign"), "MPLBACKEND": "Agg"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _png_size(tmp_path / "qa.png")[0] > 0

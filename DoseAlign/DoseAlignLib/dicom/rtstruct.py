@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -361,19 +361,30 @@ def _spread(polygon: np.ndarray, normal: np.ndarray) -> float:
     return float(d.max() - d.min())
 
 
+#: One decimal string as numpy reads it whole (with the blanks DICOM pads with).
+_PLAIN_NUMBER = re.compile(r" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
+
+
 def _decimal_strings(text: str) -> np.ndarray:
     """A DS value's backslash-separated decimal strings as float64, parsed in place: a list of the strings first (and
     numpy's array of them) cost some 40 times the value's bytes, a contour of 3 million points 2.5 GB (thirty-seventh
     hostile trial AK4). Raises ValueError where one is no number."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # numpy warns, and stops, at the first string that is no number
-        try:
-            values = np.fromstring(text, dtype=np.float64, sep="\\")
-        except (ValueError, DeprecationWarning):
-            values = None
+    # numpy stops at the first string that is no number, and warns. A warning filter set here ("error") is the whole
+    # process's: the matplotlib preload thread's import failed half-way, and the case's qa.png with it (Python 3.9,
+    # found beside the 72nd hostile trial's BT4). Stopped in a string before the last, numpy read fewer values than
+    # there are strings; the last string is checked on its own.
+    try:
+        values = np.fromstring(text, dtype=np.float64, sep="\\")
+    except (ValueError, DeprecationWarning):  # (numpy may come to raise; a run with warnings as errors does)
+        values = None
     # numpy reads a value of blanks as -1.0, silently (a contour moved to x = -1 mm: forty-first hostile trial AO1);
     # a value that is -1.0 is read again as strings, where a blank one is no number
-    if values is None or values.size != text.count("\\") + 1 or (values == -1.0).any():
+    if (
+        values is None
+        or values.size != text.count("\\") + 1
+        or not _PLAIN_NUMBER.fullmatch(text, text.rfind("\\") + 1)
+        or (values == -1.0).any()
+    ):
         if "_" in text:  # Python reads 1_5 as 15; a decimal string has no digit separator (AO1's neighbour)
             raise ValueError("a decimal string holds '_'")
         return np.array(text.split("\\"), dtype=np.float64)  # (the strings' own error, or their numbers)

@@ -83,6 +83,7 @@ _LETTERS = {"x": ("R", "L"), "y": ("A", "P"), "z": ("I", "S")}  # (minus end, pl
 
 def matplotlib_available() -> bool:
     """True when matplotlib can be imported."""
+    _wait_for_preload()
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -193,16 +194,32 @@ def _no_fonts(before: Optional[dict], current: str) -> str:
     return "matplotlib found no fonts to draw with" + (": " + "; ".join(told) if told else "")
 
 
+def _wait_for_preload() -> None:
+    """Wait until the preload thread is done: the picture's imports would otherwise run beside its own, and two
+    threads importing one package at once may see it half-initialized before Python 3.12 (cpython issue 83065)."""
+    preloading = _preloading
+    if preloading is not None and preloading is not threading.current_thread():
+        preloading.join()
+
+
 def _import_matplotlib() -> None:
+    before = set(sys.modules)
     try:
         load_fonts()
-    except Exception:  # the picture's own import reports it (qa_png_writer records the reason)
-        return
-    for name in _MATPLOTLIB_MODULES:
-        try:
+        for name in _MATPLOTLIB_MODULES:
             importlib.import_module(name)
-        except Exception:  # the picture's own import reports it (qa_png_writer records the reason)
-            return
+    except Exception:  # the picture's own import reports it (qa_png_writer records the reason)
+        _forget_half_imported(before)
+
+
+def _forget_half_imported(before: set) -> None:
+    """Remove the matplotlib modules an import that failed half-way left. The modules it did import keep the package
+    it did not finish: the picture's own import then failed with "module 'matplotlib' has no attribute 'rcParams'"
+    instead of trying again (its case was written without qa.png; a warning filter another thread had set to
+    "error" failed the preload's import on Python 3.9)."""
+    for name in list(sys.modules):  # (list: copied at once, while other threads may import)
+        if name not in before and (name == "matplotlib" or name.startswith(("matplotlib.", "mpl_toolkits"))):
+            sys.modules.pop(name, None)
 
 
 def _dominant(direction: np.ndarray) -> tuple:
@@ -347,6 +364,7 @@ def qa_figure(
 ) -> tuple:
     """The matplotlib Figure of :func:`render_qa_png` and its layout (what the PNG's text chunk holds:
     each panel's pixel box and mm extent, the wash's dose range, the mm per pixel)."""
+    _wait_for_preload()
     import matplotlib  # the object-oriented API only: pyplot's backend (Jupyter's, Slicer's) is left alone
 
     load_fonts()  # before matplotlib.figure imports the font list: a list of no fonts is said and not kept
