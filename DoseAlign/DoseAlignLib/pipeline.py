@@ -22,7 +22,7 @@ from .audit.case import add_structures_and_audit
 from .dicom import headers
 from .dicom.ct import ct_geometry, read_ct, regular_grid
 from .dicom.rtdose import dose_geometry, read_rtdose
-from .errors import DoseAlignError, GeometryError, LinkError, thread_not_started
+from .errors import DoseAlignError, GeometryError, LinkError, shortened, thread_not_started
 from .geometry.grid import Grid, Volume
 from .geometry.reference import (
     CROP_DOSE_FRACTION,
@@ -204,8 +204,18 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     if options.structures and contours is None:
         contours = read_case_contours(case, options, geometry, rewrite_names)
     add_structures_and_audit(result, case, options, geometry, contours if options.structures else None)
+    _shorten_warnings(result.meta)
     report(1.0, "done")
     return result
+
+
+def _shorten_warnings(meta: dict) -> None:
+    """Cut each warning as reasons are (:func:`~DoseAlignLib.errors.shortened`): one quoting a header value whole
+    made a 20 MB manifest.csv and a 60 MB meta.json, which ``--resume`` then took for damaged at every run
+    (seventy-fourth hostile trial BV4)."""
+    for part in (meta, *(value for value in meta.values() if isinstance(value, dict))):
+        if isinstance(part.get("warnings"), list):
+            part["warnings"] = [shortened(w) if isinstance(w, str) else w for w in part["warnings"]]
 
 
 #: Seconds the case's thread waits for a reading thread at a time before it looks at the time limit again (and

@@ -127,6 +127,7 @@ def read_header(
                     _charge_unparsed_items(ds, handle)
                 _fill_in_transfer_syntax(ds)
         check_not_truncated(ds, path, inflated=deflated)
+        check_value_lengths(ds, path)
         return ds
     except (InputError, LimitError):
         raise
@@ -137,6 +138,66 @@ def read_header(
         if isinstance(error, OSError):
             raise unreadable(error, path, removed) from None
         raise InputError(f"cannot be read as DICOM: {type(error).__name__}: {one_line(error)}", path=path) from None
+
+
+#: The values of the few-valued attributes DoseAlign reads as numbers or words, and the bytes one value may take as
+#: stored (a decimal string takes 16, a long string 64 characters; room is left for writers that pad or overrun).
+_FEW_VALUES = {
+    "PixelSpacing": 2,
+    "ImageOrientationPatient": 6,
+    "ImagePositionPatient": 3,
+    "SliceThickness": 1,
+    "SpacingBetweenSlices": 1,
+    "SliceLocation": 1,
+    "RescaleSlope": 1,
+    "RescaleIntercept": 1,
+    "RescaleType": 1,
+    "DoseGridScaling": 1,
+    "NumberOfFrames": 1,
+    "DoseUnits": 1,
+    "DoseType": 1,
+    "DoseSummationType": 1,
+}
+_VALUE_BYTES = 256
+
+
+def stored_length(element: Any) -> Optional[int]:
+    """The bytes of an element's value as stored, before pydicom parses it (``UNDEFINED_LENGTH`` as stored), or None
+    once it is parsed."""
+    return element.length if isinstance(element, RawDataElement) else None
+
+
+#: The length an element gives when its value runs to a delimiter (only sequences and encapsulated pixel data may).
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def check_value_lengths(ds: Dataset, path: Path) -> None:
+    """Refuse a few-valued attribute stored far longer than its values can be, or with an undefined length, before it
+    is parsed: a PixelSpacing of 20 MB took 51 s and 4.5 GB to read, 30 MB ended in a MemoryError (seventy-fourth
+    hostile trial BV2); a GridFrameOffsetVector of undefined length passed its own bound (BV5)."""
+    elements = getattr(ds, "_dict", {})
+    for keyword, values in (*_FEW_VALUES.items(), ("GridFrameOffsetVector", 0)):
+        tag = tag_for_keyword(keyword)
+        length = stored_length(elements.get(tag))
+        most = _VALUE_BYTES * (values + 1) if values else OFFSET_BYTES * (MAX_FRAMES + SPARE_OFFSETS)
+        if length is None or length <= most:
+            continue
+        if length == UNDEFINED_LENGTH:
+            why = "stored with an undefined length, which only sequences and pixel data may have"
+        else:
+            what = f"{values} value{'s' if values > 1 else ''}" if values else f"the offsets of {MAX_FRAMES:,} frames"
+            why = f"stored in {length:,} bytes, more than {what} can take ({most:,} at most)"
+        raise InputError(
+            why,
+            path=path,
+            tag=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}",
+            hint="the file is damaged or was not written by a DICOM writer",
+        )
+
+
+#: Bytes a GridFrameOffsetVector may take per frame (a decimal string is 16 characters at most, and its separator),
+#: and the few values more a single-frame dose may give.
+OFFSET_BYTES, SPARE_OFFSETS = 17, 64
 
 
 #: What a file may hold from the start of its pixel data beyond twice the bytes its header's image takes

@@ -189,19 +189,14 @@ def dose_geometry(ds: Dataset, path: Path) -> DoseGeometry:
     return DoseGeometry(grid, mode, order, uniform, flipped, warnings)
 
 
-#: Bytes a GridFrameOffsetVector may take per frame (a decimal string is 16 characters at most, and its separator),
-#: and the few values more a single-frame dose may give.
-_OFFSET_BYTES, _SPARE_OFFSETS = 17, 64
-
-
 def _check_offsets_length(ds: Dataset, frames: int, path: Path) -> None:
     """A GridFrameOffsetVector longer than NumberOfFrames values can be is refused before it is parsed: 20 MB of
     them took 2.6 GB and 30 s to read, 70 MB ended in a MemoryError (seventy-second hostile trial BT9)."""
     if "GridFrameOffsetVector" not in ds:
         return
-    length = getattr(ds.get_item("GridFrameOffsetVector"), "length", None)  # of the value as stored, unparsed
-    most = _OFFSET_BYTES * (frames + _SPARE_OFFSETS)
-    if isinstance(length, int) and 0 <= length != 0xFFFFFFFF and length > most:
+    length = headers.stored_length(ds.get_item("GridFrameOffsetVector"))  # (undefined: refused with the header's)
+    most = headers.OFFSET_BYTES * (frames + headers.SPARE_OFFSETS)
+    if length is not None and most < length != headers.UNDEFINED_LENGTH:
         raise GeometryError(
             f"GridFrameOffsetVector is {length} bytes long, more than the offsets of {frames} frame(s) can be "
             f"({most} bytes at most)",
