@@ -5080,3 +5080,32 @@ def test_a_key_below_the_input_through_a_folder_link_is_refused_however_spelt(
     assert main([*args, "--key-file", str(key)]) == 2
     assert "inside the input folder" in capsys.readouterr().err
     assert sorted(p.name for p in elsewhere.iterdir()) == ["sub"]
+
+
+@pytest.mark.parametrize("separator", ["_", "-", " ", ""])
+def test_a_uid_written_with_other_separators_never_reaches_the_output(tmp_path, capsys, separator):
+    """Seventy-fifth hostile trial BW1: the input's StudyInstanceUID written with another separator than the point
+    (``2_25_2414...``, ``2 25 2414...``, or without any) in an ROI name and a label stood in clear in meta.json,
+    dvh.csv, the mask file names, case.h5 and dataset.json, status ok, the check as blind as the rewriting; so did a
+    UID's long last component alone. Both are removed, and the check finds them on its own."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    truth = hostile.study(tmp_path / "in" / "p", "UIDSEP-1", 231, ct_size=(24, 24, 10), dose_size=(12, 12, 6))
+    uid = str(dd.read(truth.plan_file).StudyInstanceUID)
+    spelled = uid.replace(".", separator)
+    last = uid.split(".")[-1]
+    assert len(last) >= 16, uid  # (else the component alone is no needle: the test would prove less)
+    ds = dd.read(truth.struct_file)
+    ds.StructureSetROISequence[-1].ROIName = f"R{spelled}"
+    ds.StructureSetLabel = f"CT_{last}"
+    dd.save(ds, truth.struct_file)
+    (tmp_path / "site.key").write_text("5a" * 32, encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+    assert main(["export", str(tmp_path / "in"), str(out), *args, "--format", "npz,nifti,hdf5"]) == 0
+    capsys.readouterr()
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok"]
+    assert not _spellings_in_output(out, [last]), "the UID's digits are in the output"
+    identity = Identity(uids={uid})
+    guard = Pseudonymizer(key=b"k" * 32, identity=identity).guard
+    assert guard.find(f"R{spelled}", own=False) == "a UID" and guard.find(f"CT_{last}") == "a UID"

@@ -699,3 +699,30 @@ def test_the_rows_of_many_damaged_files_are_pseudonymized_in_linear_time(monkeyp
     ]
     assert not [r for n, r in enumerate(rows) if f"bad{n:05d}" in r["reason"]], rows[:2]
     assert sum(read) < 10 * count, f"{sum(read)} pseudonyms read for {count} rows"
+
+
+def test_dosealigns_tag_numbers_and_counts_in_another_inputs_row_are_no_identity_of_this_input():
+    """Seventy-fifth hostile trial BW2 and BW3: --append was refused (exit 2) because another input's kept failed row
+    said where its damaged file ended: the tag (0029,1ADA) was read as a patient Ada beside a digit, and its size
+    "(1650000 bytes)" as a Unix time of a birth date 1970-01-20 (150423 bytes: 15.04.23). In DoseAlign's prose of a
+    kept case its tag numbers and counts are no identity; this input's names and dates written there are still found,
+    and in its own outputs the check reads them as before."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    identity = Identity(dates={"19700120", "20230415"})
+    identity.add_name("Lovelace^Ada")
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=identity)
+    for reason in (
+        "f9915a0a5b0.dcm: (0029,1ADA) private tag: the file ends inside this element (1650000 bytes): it is truncated",
+        "fd242c3173f.dcm: (ADA1,0D3E) private tag: the file is 150423 bytes long",
+    ):
+        row = {"case_id": "damaged-file_dd513f2914", "status": "failed", "reason": reason}
+        assert pseudonymizer.leak_in_kept_row(row) == "", reason
+    for reason, leak in (
+        ("f99.dcm: ROI 'PTV_Ada1' is empty", "a patient name"),
+        ("f99.dcm: StudyDate 2023-04-15 is not the plan's", "a date"),
+        ("f99.dcm: written 20.01.1970", "a date"),
+    ):
+        row = {"case_id": "damaged-file_dd513f2914", "status": "failed", "reason": reason}
+        assert pseudonymizer.leak_in_kept_row(row) == f"{leak} in manifest.csv", reason
+    assert pseudonymizer.guard.find("(1650000 bytes)") == "a date", "in this input's own outputs, as before"

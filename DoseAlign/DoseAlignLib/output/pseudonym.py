@@ -1161,11 +1161,29 @@ class Pseudonymizer:
         return value
 
     def _uids_in_text(self, value: str) -> str:
-        """``value`` with its UIDs hashed (:meth:`_uid_in_text`), and the input's own UIDs glued to letters too."""
+        """``value`` with its UIDs hashed (:meth:`_uid_in_text`), and the input's own UIDs glued to letters too, and
+        written with other separators (:meth:`_uids_spelled_otherwise`)."""
         value = _UID.sub(lambda m: self._uid_in_text(m.group(0)), value)
         if self.identity.uids and "." in value:
             value = _GLUED_UID.sub(lambda m: self._input_uid_in(m.group(0)), value)
+        if self.identity.uids and not self.keep_uids:
+            value = self._uids_spelled_otherwise(value)
         return value
+
+    def _uids_spelled_otherwise(self, value: str) -> str:
+        """``value`` with each run of digits (between which short separators may stand) that holds one of the input's
+        UIDs written without its points, or one of its long components, removed: ``2_25_2414...``, ``2 25 2414...``,
+        ``22524...`` or ``...10293847561029384756`` alone stood in clear, in every output (seventy-fifth hostile trial
+        BW1)."""
+        needles = _uid_needles(self.identity.uids)
+        if not needles:
+            return value
+
+        def removed(match: re.Match) -> str:
+            digits = re.sub(r"[^0-9]", "", match.group(0))
+            return REMOVED if len(digits) >= MIN_UID_DIGITS and needles.found_in(digits) else match.group(0)
+
+        return _SPREAD_DIGITS.sub(removed, value)
 
     def _input_uid_in(self, run: str) -> str:
         """A dotted run of digits with the longest of the input's UIDs it begins with hashed (``<StudyUID>.1``, a
@@ -1688,7 +1706,8 @@ class Pseudonymizer:
 
     @property
     def _kept_guard(self) -> IdentityGuard:
-        """:attr:`guard` without the IDs of digits alone, for DoseAlign's prose in a kept case."""
+        """:attr:`guard` without the IDs of digits alone, for DoseAlign's prose in a kept case: there its tag numbers
+        and its counts are no identity (:attr:`IdentityGuard.prose`)."""
         cached = getattr(self, "_kept_guard_cache", None)
         if cached is None or cached[0] is not self.identity or cached[1].keep_uids != self.keep_uids:
             identity = self.identity
@@ -1700,6 +1719,7 @@ class Pseudonymizer:
                 visit_ids=identity.visit_ids - digits_only,
             )
             cached = (identity, IdentityGuard(trimmed, keep_uids=self.keep_uids))
+            cached[1].prose = True
             object.__setattr__(self, "_kept_guard_cache", cached)
         cached[1].own = self._own
         return cached[1]
@@ -2590,6 +2610,32 @@ def _short_joined(a: str, b: str, inside: bool) -> str:
     return re.escape(_alnum(a)) + r"(?:[\s_\-.^,]*)" + re.escape(_alnum(b))
 
 
+#: The fewest digits of a UID written without its points, or of one of its components, that is looked for alone:
+#: fewer could be any number.
+MIN_UID_DIGITS = 16
+
+#: A run of digits with separators of up to three characters between them (``2_25_2414``, ``2 25 2414``).
+_SPREAD_DIGITS = re.compile(r"[0-9](?:[-_/,.:\s]{0,3}[0-9])*")
+
+
+def _uid_needles(uids: set) -> _Needles:
+    """The input's UIDs written without their points, and their components, of :data:`MIN_UID_DIGITS` digits or more
+    (made again when ``uids`` changed)."""
+    cached = _UID_NEEDLES.get("uids")
+    if cached is None or cached[0] is not uids or cached[1] != len(uids):
+        pieces = set()
+        for uid in uids:
+            pieces.update(
+                p for p in (uid.replace(".", ""), *uid.split(".")) if len(p) >= MIN_UID_DIGITS and p.isdigit()
+            )
+        cached = (uids, len(uids), _Needles(pieces))
+        _UID_NEEDLES["uids"] = cached
+    return cached[2]
+
+
+_UID_NEEDLES: dict = {}
+
+
 class _Needles:
     """Strings to look for inside texts, found in one reading of each text: at each position, each length the
     strings have is looked up in a table. A loop over every string had the check try each of some 300 000 joined
@@ -3317,9 +3363,19 @@ class IdentityGuard:
         self._bare_needles = _Needles(self.bare_numbers)
         self.dates = set(identity.dates)
         self.uids = set(identity.uids)
+        #: each UID's digits without its points, and its long components: found in the text's digits read across
+        #: any separators (2_25_2414..., seventy-fifth hostile trial BW1)
+        self._uid_digits = _Needles(
+            piece
+            for uid in self.uids
+            for piece in ("".join(c for c in uid if c.isdigit()), *uid.split("."))
+            if len(piece) >= MIN_UID_DIGITS and piece.isdigit()
+        )
         #: Exact runs of letters and digits that are this run's own hash digests (no identity), set by the caller.
         self.own: frozenset = frozenset()
         self._own_folded: tuple = (None, set())
+        #: The texts are DoseAlign's prose of another input's case, kept as it is by --append (:meth:`find`).
+        self.prose = False
 
     def _short_name(self, camel: str, squeezed: str, own: bool) -> bool:
         return _guard_short(self, camel, squeezed, own)
@@ -3360,6 +3416,8 @@ class IdentityGuard:
         compatibility forms are read as their plain letters and digits (``ＱＸ７７４１５``)."""
         if not text:
             return ""
+        if self.prose:  # DoseAlign's tag numbers: (0029,1ADA) holds no patient Ada (seventy-fifth hostile trial BW2)
+            text = _TAG_NUMBER.sub(" ", text)
         text = text.translate(_APOSTROPHES)  # (as the names are held: BA4)
         if REMOVED in text and text.replace(REMOVED, ""):  # read without the marks too: one inside a name hid it (AJ18)
             glued = _GLUED_REMOVED.sub("", text)  # a mark inside a word (QX77[removed]415): whatever it hid
@@ -3509,7 +3567,7 @@ class IdentityGuard:
             pieces = "".join(c if c.isalnum() else "" if _continues_word(c) else "\0" for c in free)
             if self.inside_parts.in_text(pieces):
                 return "a patient name"
-        if self.dates and self.dates & _dates_in(self._without_own(text)):
+        if self.dates and self.dates & _dates_in(self._without_own(_LONE_COUNT.sub(" ", text) if self.prose else text)):
             return "a date"
         if not self.keep_uids:
             for uid in self.uids:
@@ -3522,6 +3580,11 @@ class IdentityGuard:
                     if not (left.isdigit() or left == ".") and not right.isdigit():
                         return "a UID"
                     start = text.find(uid, start + 1)
+            if self._uid_digits:
+                joined = re.sub(r"(?<=[0-9])[^0-9A-Za-z]{1,3}(?=[0-9])", "", text)
+                for run in re.findall(rf"[0-9]{{{MIN_UID_DIGITS},}}", joined):
+                    if self._uid_digits.found_in(run):
+                        return "a UID"
         return ""
 
 
@@ -3942,6 +4005,15 @@ def _dates_in(text: str) -> set:
         _add_named(found, match.group(1), match.group(2), match.group(3), match.start(), match.end(), lowered)
     _add_counted(found, lowered)
     return found
+
+
+#: A DICOM tag as DoseAlign's reasons write it, ``(0029,1ADA)``.
+_TAG_NUMBER = re.compile(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)")
+
+#: A count of six digits or more standing alone, not one group of a date written with separators: in DoseAlign's prose
+#: of another input's case a count of bytes or voxels, no date of this input (a damaged file of 1 650 000 bytes read
+#: as a Unix time of a birth date 1970-01-20, one of 150 423 bytes as 15.04.23: seventy-fifth hostile trial BW3).
+_LONE_COUNT = re.compile(r"(?<![0-9])(?<![0-9][-./_ ,:])[0-9]{6,}(?![0-9])(?![-./_ ,:][0-9])")
 
 
 def _add_counted(found: set, lowered: str) -> None:
