@@ -513,6 +513,24 @@ def test_a_plan_not_in_the_input_is_not_summed(tmp_path, plan_file):
     assert all("not in the input" in r["warnings"] and "--sum-plans" in r["warnings"] for r in report.rows)
 
 
+def test_a_plan_on_the_ct_whose_case_failed_is_said_to_be_missing_from_the_sum(tmp_path):
+    """Seventy-fourth hostile trial BV3: with --sum-plans, the first plan's BEAM sum was refused (a beam's dose
+    missing), and the boost plan on the same CT was exported alone, ok, without a word that the sum lacks a plan. Its
+    case says which case on its CT failed and was not summed."""
+    truth = write_phantom(
+        tmp_path / "dicom",
+        PhantomSpec(patient_id="PART", boost_fraction=0.25, seed=9, write_beam_doses=True, **SMALL),
+    )
+    for path, beam in zip(truth.dose_files, truth.dose_beam_numbers):
+        if beam is None or beam == max(b for b in truth.dose_beam_numbers if b is not None):
+            path.unlink()  # the first plan's PLAN dose and one beam's dose
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(sum_plans=True), qa_png=False)
+    by_status = {r["status"]: r for r in report.rows}
+    assert sorted(by_status) == ["failed", "ok"], report.rows
+    assert "not summed with the dose of case" in by_status["ok"]["warnings"], by_status["ok"]
+    assert by_status["failed"]["case_id"] in by_status["ok"]["warnings"]
+
+
 def _summation(path: Path) -> str:
     import pydicom
 
