@@ -2836,6 +2836,23 @@ def test_a_ct_slice_whose_rescale_is_unknown_fails_the_case(clean, tmp_path, cap
     _failed_with(rows, slice_path.name, tag)
 
 
+def test_an_empty_modality_lut_sequence_beside_the_rescale_is_no_table(clean, tmp_path, capsys):
+    """Seventy-fourth hostile trial BV6: slices giving RescaleSlope and RescaleIntercept and an empty (0028,3000)
+    ModalityLUTSequence (zero items, as some writers leave it) failed "turned into HU by a Modality LUT"; scan said
+    they could be exported. An empty sequence holds no table: the rescale is read."""
+    from pydicom.sequence import Sequence
+
+    root = _copy(clean, "plan", tmp_path)
+    for ct in clean["plan"].ct_files:
+        path = root / _rel(clean, "plan", ct)
+        ds = dd.read(path)
+        ds.ModalityLUTSequence = Sequence([])
+        dd.save(ds, path)
+    assert "ModalityLUTSequence" in dd.read(path)  # (else this test proves nothing)
+    row, _flags, _out = _one_ok_case(root, tmp_path, capsys)
+    assert row["status"] == "ok"
+
+
 def test_a_ct_none_of_whose_slices_gives_a_rescale_is_read_as_stored(clean, tmp_path, capsys):
     """The rule of BR1 is about one slice against its series: a series without any rescale tag exports as before."""
     root = _copy(clean, "plan", tmp_path)

@@ -674,8 +674,8 @@ def _record(path: Path, rel: str, ds: Dataset) -> DicomObject:
         info["columns"] = headers.quick_int(ds, "Columns")
         info["pixel_position"] = headers.pixel_data_position(ds)
         info["rescale"] = (ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
-        if "ModalityLUTSequence" in ds:  # (0028,3000): values to HU by a table, which DoseAlign does not apply
-            info["modality_lut"] = True
+        if ds.get("ModalityLUTSequence"):  # (0028,3000): values to HU by a table, which DoseAlign does not apply
+            info["modality_lut"] = True  # (an empty one, as some writers leave it, is no table: 74th trial BV6)
         info["rescale_type"] = headers.text(ds, "RescaleType").upper()  # (0028,1054): given only when not HU
         if enhanced.is_multi_frame(ds):  # an Enhanced CT: its geometry per frame, from the functional groups
             _record_frames(path, ds, info)
