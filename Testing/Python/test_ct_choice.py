@@ -123,6 +123,25 @@ def test_a_csv_pairing_one_dose_with_two_cts_is_refused(tmp_path):
     assert case.ct.folder == "rescan"
 
 
+def test_a_csv_pairing_the_summed_doses_of_one_case_with_two_cts_fails_the_case(tmp_path):
+    """Seventy-fourth hostile trial BV7: a --ct CSV pairing two BEAM doses of one case (summed) with two CTs: the case
+    took the CT of its first dose in path order, the other line not used, ok, no word. The case fails naming both
+    pairings; the same CT on every line is no conflict."""
+    truth, scan = _study(tmp_path, write_beam_doses=True, write_plan_dose=False)
+    beams = [p.name for p, beam in zip(truth.dose_files, truth.dose_beam_numbers) if beam is not None]
+    assert len(beams) >= 2  # (else this test proves nothing)
+    pairs = tmp_path / "pairs.csv"
+    with open(pairs, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["dose", "ct"], [beams[0], "."], [beams[1], "rescan"]])
+    (case,) = form_cases(scan, ct=str(pairs)).cases
+    assert case.error and "pairs the doses of this case" in case.error, case.error
+    assert beams[0] in case.error and beams[1] in case.error and "'rescan'" in case.error
+    with open(pairs, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["dose", "ct"], [beams[0], "rescan"], [beams[1], "rescan"]])
+    (case,) = form_cases(scan, ct=str(pairs)).cases
+    assert not case.error and case.ct.folder == "rescan", case.error
+
+
 def test_one_ct_for_several_studies_is_refused(tmp_path):
     write_phantom(tmp_path / "in" / "a", PhantomSpec(patient_id="A", seed=1))
     write_phantom(tmp_path / "in" / "b", PhantomSpec(patient_id="B", seed=2))

@@ -33,7 +33,7 @@ from ..dicom import headers
 from ..dicom.ct import ct_geometry
 from ..dicom.rtdose import dose_geometry
 from ..dicom.scan import CtSeries, DicomObject, ScanResult
-from ..errors import DoseAlignError, InputError
+from ..errors import DoseAlignError, InputError, LinkError
 from ..limits import read_option_text
 from .case import Case
 
@@ -50,11 +50,23 @@ class CtRequest:
     by_dose: dict = field(default_factory=dict)  # dose rel_path or SOPInstanceUID -> CtSeries
 
     def for_case(self, case: Case) -> Optional[CtSeries]:
+        """The CT asked for ``case``. Its doses (BEAM doses summed) paired with different CTs are refused: the first
+        dose's pairing won, and the other line was not used, without a word (seventy-fourth hostile trial BV7)."""
+        named = []
         for dose in case.doses:
             for key in (dose.rel_path, dose.sop_instance_uid):
                 if key in self.by_dose:
-                    return self.by_dose[key]
-        return self.default
+                    if not any(series is self.by_dose[key] for _dose, series in named):
+                        named.append((dose, self.by_dose[key]))
+                    break
+        if len(named) > 1:
+            pairs = "; ".join(f"RTDOSE {dose.rel_path} with CT {describe_series(series)}" for dose, series in named)
+            raise LinkError(
+                f"the --ct CSV pairs the doses of this case, which are summed, with {len(named)} CTs: {pairs}",
+                path=case.doses[0].path,
+                hint="pair every dose of the case with the same CT",
+            )
+        return named[0][1] if named else self.default
 
 
 def series_modality(series: CtSeries) -> str:
