@@ -19,6 +19,7 @@ import re
 import shutil
 import types
 import unicodedata
+from pathlib import Path
 
 import dicom_damage as dd
 import hostile
@@ -206,6 +207,31 @@ def test_an_output_folder_given_through_a_folder_link_inside_the_input_is_inside
     assert main(["export", str(root), str(root / "link" / "out"), *args, *keys]) == 0
     assert "is inside the input folder: it is left out of the scan" in capsys.readouterr().out
     assert sorted(p.name for p in elsewhere.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("given", ["through a link to the input", "from a shell there", "with the default key"])
+def test_an_output_folder_given_through_a_link_to_the_input_then_its_folder_link_is_inside_it(
+    study, tmp_path, capsys, monkeypatch, given
+):
+    """Seventy-fourth hostile trial BV1 (BT2's fix passed): OUT and the key given as ``lin/link/out``, ``lin`` a link
+    to the input and ``in/link`` a folder link of it, or relative from a shell in ``lin/link``: the key and the map
+    (the patients' names) were written into ``in/link/``, inside the input as its scan walks it, exit 0. Refused."""
+    root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    shutil.copytree(study["root"], root)
+    elsewhere.mkdir()
+    (root / "link").symlink_to(elsewhere, target_is_directory=True)
+    (tmp_path / "lin").symlink_to(root, target_is_directory=True)
+    before = hostile.snapshot(root)
+    out, key = tmp_path / "lin" / "link" / "out", ["--key-file", str(tmp_path / "lin" / "link" / "k.key")]
+    if given == "from a shell there":
+        monkeypatch.chdir(tmp_path / "lin" / "link")
+        monkeypatch.setenv("PWD", str(tmp_path / "lin" / "link"))
+        out, key = Path("out"), ["--key-file", "k.key"]
+    elif given == "with the default key":
+        key = []
+    code = main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", *key])
+    assert code == 2 and "inside the input folder" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == [] and hostile.snapshot(root) == before
 
 
 def test_an_output_folder_the_input_reaches_through_a_folder_link_is_not_read(study, tmp_path, capsys):

@@ -276,11 +276,16 @@ def given_within(path: Path, folder: Path) -> bool:
 
     ``in/link/out``, with ``in/link`` a link to a folder elsewhere, resolves outside ``in``, yet the scan of ``in``
     follows the link and walks it (sixty-seventh hostile trial BO2); so does ``in/link/sub/../out``, and ``out`` given
-    from a shell in ``in/link``, whose working folder the system names by its resolved path (seventy-second BT2).
+    from a shell in ``in/link``, whose working folder the system names by its resolved path (seventy-second BT2);
+    and ``lin/link/out`` with ``lin`` a link to ``in`` or a bind mount of it: a part of the path as written that is
+    ``folder`` (:func:`within`) holds the rest (seventy-fourth BV1).
     """
-    parts = Path(_as_given(path)).parts
+    given = Path(_as_given(path))
+    parts = given.parts
     holders = (Path(holder).parts for holder in {_as_given(folder), os.path.realpath(folder)})
-    return any(parts[: len(holder)] == holder for holder in holders)
+    if any(parts[: len(holder)] == holder for holder in holders):
+        return True
+    return any(within(Path(*parts[:end]), folder) is not None for end in range(1, len(parts)))
 
 
 def _as_given(path: Path) -> str:
