@@ -142,6 +142,20 @@ def test_a_csv_pairing_the_summed_doses_of_one_case_with_two_cts_fails_the_case(
     assert not case.error and case.ct.folder == "rescan", case.error
 
 
+def test_a_csv_line_whose_dose_is_not_exported_is_said_to_be_unused(tmp_path):
+    """BV7's neighbour: a --ct CSV whose only line pairs a BEAM dose, left out beside its plan's PLAN dose, with
+    another CT: the PLAN dose's case took its CT by the references, and the line was not used, without a word."""
+    truth, scan = _study(tmp_path, write_beam_doses=True)
+    beam = next(p.name for p, b in zip(truth.dose_files, truth.dose_beam_numbers) if b is not None)
+    pairs = tmp_path / "pairs.csv"
+    with open(pairs, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["dose", "ct"], [beam, "rescan"]])
+    (case,) = form_cases(scan, ct=str(pairs)).cases
+    assert case.summation_type == "PLAN" and case.ct.folder == "."
+    (warning,) = [w for w in case.warnings if "--ct CSV" in w]
+    assert beam in warning and "'rescan'" in warning and "not used" in warning
+
+
 def test_one_ct_for_several_studies_is_refused(tmp_path):
     write_phantom(tmp_path / "in" / "a", PhantomSpec(patient_id="A", seed=1))
     write_phantom(tmp_path / "in" / "b", PhantomSpec(patient_id="B", seed=2))

@@ -27,7 +27,7 @@ from .beams import (
     unnamed_beams,
 )
 from .case import Case, LinkResult
-from .ct_choice import choose_ct, no_ct_reason, read_ct_request, structs_for
+from .ct_choice import choose_ct, describe_series, no_ct_reason, read_ct_request, structs_for
 from .plans import WHOLE_PLAN, sum_plan_cases
 
 
@@ -114,8 +114,26 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
     _warn_of_unread(result.cases, scan)
     _warn_of_interleaved(result.cases)
     _warn_of_missing_images(result.cases, scan)
+    if request is not None and request.by_dose:
+        _warn_of_unused_pairings(result.cases, request)
     result.cases.sort(key=lambda c: c.case_id)
     return result
+
+
+def _warn_of_unused_pairings(cases: list, request) -> None:
+    """A --ct CSV line whose dose is not exported (a BEAM dose beside its plan's PLAN dose, one left out of a sum):
+    its pairing was not used, without a word (seventy-fourth hostile trial BV7's neighbour). The case that holds the
+    dose says so."""
+    for case in cases:
+        beside = [(d.rel_path, d.sop_instance_uid) for d in case.related_beam_doses]
+        beside += [(rel_path, None) for rel_path, _why in case.left_out]
+        for rel_path, uid in beside:
+            series = request.by_dose.get(rel_path) or (request.by_dose.get(uid) if uid else None)
+            if series is not None:
+                case.warnings.append(
+                    f"the --ct CSV pairs RTDOSE {rel_path} with CT {describe_series(series)}, but that dose is not "
+                    "exported (it is left out beside the doses of this case): its line is not used"
+                )
 
 
 def _dose_copies(doses: list) -> tuple:
