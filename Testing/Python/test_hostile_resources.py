@@ -1136,3 +1136,40 @@ def test_case_warnings_are_cut_as_reasons_are():
     for said in (meta["warnings"][1], meta["dose"]["warnings"][0]):
         assert len(said) < MAX_MESSAGE + 100 and "characters left out" in said
     assert meta["warnings"][1].endswith("is not a usable step")
+
+
+@pytest.mark.parametrize("length", [2_000_000, 0xFFFFFFFF])
+def test_an_enhanced_ct_frame_attribute_stored_long_is_a_frames_problem_before_it_is_parsed(length):
+    """BV2 inside an Enhanced CT's functional groups: a frame's ImagePositionPatient stored megabytes long (or with an
+    undefined length) is said of that frame, from its stored length, without being parsed."""
+    from DoseAlignLib.dicom import enhanced
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def item(**values) -> Sequence:
+        one = Dataset()
+        for keyword, value in values.items():
+            setattr(one, keyword, value)
+        return Sequence([one])
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds.NumberOfFrames = 2
+    shared = Dataset()
+    shared.PlaneOrientationSequence = item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    shared.PixelMeasuresSequence = item(PixelSpacing=[1, 1], SliceThickness=2)
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for n in range(2):
+        frame = Dataset()
+        frame.PlanePositionSequence = item(ImagePositionPatient=[0, 0, 2 * n])
+        frames.append(frame)
+    planted = frames[1].PlanePositionSequence[0]
+    value = b"1\\" * 1000  # (what is there is never read: the length decides)
+    planted._dict[0x00200032] = RawDataElement(0x00200032, "DS", length, value, 0, True, True)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    found = enhanced.frame_geometry(ds)
+    assert "frames_problem" in found, found
+    assert "frame 2" in found["frames_problem"] and "ImagePositionPatient" in found["frames_problem"]
+    assert found["frames_tag"] == "(0020,0032) ImagePositionPatient"

@@ -100,6 +100,10 @@ def frame_geometry(ds: Dataset) -> dict:
         orientation = _macro(own, shared, "PlaneOrientationSequence")
         measures = _macro(own, shared, "PixelMeasuresSequence")
         transformation = _macro(own, shared, "PixelValueTransformationSequence")
+        for item in (position, orientation, measures, transformation):  # (as a header's own: BV2)
+            overlong = headers.overlong_value(item) if item is not None else None
+            if overlong is not None:
+                return _problem(f"{kind} whose frame {n + 1} gives {overlong[0]} {overlong[1]}", overlong[0], frames)
         spacing = _floats(measures, "PixelSpacing")
         frame_list.append(
             {

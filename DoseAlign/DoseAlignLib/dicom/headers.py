@@ -175,6 +175,15 @@ def check_value_lengths(ds: Dataset, path: Path) -> None:
     """Refuse a few-valued attribute stored far longer than its values can be, or with an undefined length, before it
     is parsed: a PixelSpacing of 20 MB took 51 s and 4.5 GB to read, 30 MB ended in a MemoryError (seventy-fourth
     hostile trial BV2); a GridFrameOffsetVector of undefined length passed its own bound (BV5)."""
+    found = overlong_value(ds)
+    if found is not None:
+        tag, why = found
+        raise InputError(why, path=path, tag=tag, hint="the file is damaged or was not written by a DICOM writer")
+
+
+def overlong_value(ds: Dataset) -> Optional[tuple]:
+    """``(tag, why)`` for the first few-valued attribute of ``ds`` (a data set or a sequence item) stored longer than
+    its values can be, or with an undefined length; None when there is none."""
     elements = getattr(ds, "_dict", {})
     for keyword, values in (*_FEW_VALUES.items(), ("GridFrameOffsetVector", 0)):
         tag = tag_for_keyword(keyword)
@@ -187,12 +196,8 @@ def check_value_lengths(ds: Dataset, path: Path) -> None:
         else:
             what = f"{values} value{'s' if values > 1 else ''}" if values else f"the offsets of {MAX_FRAMES:,} frames"
             why = f"stored in {length:,} bytes, more than {what} can take ({most:,} at most)"
-        raise InputError(
-            why,
-            path=path,
-            tag=f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}",
-            hint="the file is damaged or was not written by a DICOM writer",
-        )
+        return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}", why
+    return None
 
 
 #: Bytes a GridFrameOffsetVector may take per frame (a decimal string is 16 characters at most, and its separator),
