@@ -5108,7 +5108,7 @@ def test_a_key_below_the_input_through_a_folder_link_is_refused_however_spelt(
     assert sorted(p.name for p in elsewhere.iterdir()) == ["sub"]
 
 
-@pytest.mark.parametrize("separator", ["_", "-", " ", ""])
+@pytest.mark.parametrize("separator", ["_", "-", " ", "", "^", "\uff0e", "\u00b7", " -- "])
 def test_a_uid_written_with_other_separators_never_reaches_the_output(tmp_path, capsys, separator):
     """Seventy-fifth hostile trial BW1: the input's StudyInstanceUID written with another separator than the point
     (``2_25_2414...``, ``2 25 2414...``, or without any) in an ROI name and a label stood in clear in meta.json,

@@ -726,3 +726,138 @@ def test_dosealigns_tag_numbers_and_counts_in_another_inputs_row_are_no_identity
         row = {"case_id": "damaged-file_dd513f2914", "status": "failed", "reason": reason}
         assert pseudonymizer.leak_in_kept_row(row) == f"{leak} in manifest.csv", reason
     assert pseudonymizer.guard.find("(1650000 bytes)") == "a date", "in this input's own outputs, as before"
+
+
+#: Words of the engine's string constants that are no words of DoseAlign's own text: anatomy (ROI names are the
+#: input's), month abbreviations (dates are read as dates), identity words.
+_NOT_OWN_WORDS = {
+    "ptv", "ctv", "gtv", "lung", "cord", "spinal", "heart", "external", "phantom", "target",
+    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "oct", "nov", "dec", "mother", "birth",
+}  # fmt: skip
+
+
+def test_own_vocabulary_covers_dosealigns_messages():
+    """Seventy-seventh hostile trial BY2: surnames that are words of DoseAlign's own reasons (``Long`` in "the file is
+    100 bytes long") were read as the patient's name there, and --append was refused beside another input's such row.
+    Every word of the engine's messages and keys (its string constants, docstrings and the phantom's and the
+    pseudonymizer's own tables left out) is one of DoseAlign's own words."""
+    import ast
+    import re
+
+    from DoseAlignLib.output import pseudonym
+
+    engine = Path(__file__).resolve().parents[2] / "DoseAlign" / "DoseAlignLib"
+    missing = {}
+    for path in sorted(engine.rglob("*.py")):
+        if path.name in ("phantom.py", "pseudonym.py"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                parted = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", node.value)
+                for word in re.findall(r"[A-Za-z]{3,}", parted):
+                    word = word.casefold()
+                    if word not in pseudonym.OWN_VOCABULARY and word not in _NOT_OWN_WORDS:
+                        missing.setdefault(word, path.name)
+    assert not missing, f"add to pseudonym._MESSAGE_WORDS_TEXT: {sorted(missing.items())[:40]}"
+    assert not _NOT_OWN_WORDS & pseudonym.OWN_VOCABULARY
+
+
+def test_dosealigns_own_words_are_no_surname_in_its_own_text():
+    """Seventy-seventh hostile trial BY2, BY3, BY8: patients Long, Frame and Neighbour. --append was refused beside
+    another input's row saying "the file is 100 bytes long" or "NumberOfFrames 50", and beside any ok case, whose
+    meta.json describes the DVH method ("its neighbour's section"); in the patient's own run the rewriting cut
+    "NumberOf[removed]s" and "[removed]'s". Those are DoseAlign's words; the same names in an ROI name are removed."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    prose = [
+        "fdb06a694aa.dcm: not a DICOM file; the file is 100 bytes long: it ends before the DICOM header",
+        "f4e.dcm: (7FE0,0010) PixelData: PixelData holds 503343 bytes, but Rows 84 x Columns 120 x NumberOfFrames 50",
+        "each contour encloses under 1 % of its neighbour's) the neighbour's section scaled",
+    ]
+    for name, roi in (("Long^Mei", "PTV_Long"), ("Frame^Janet", "Frame_ring"), ("Neighbour^Tom", "Neighbour_PTV")):
+        identity = Identity()
+        identity.add_name(name)
+        pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=identity)
+        for text in prose:
+            row = {"case_id": "damaged-file_02896bef92", "status": "failed", "reason": text}
+            assert pseudonymizer.leak_in_kept_row(row) == "", (name, text)
+            assert pseudonymizer.text(text) == text, (name, text)
+        surname = name.split("^")[0].casefold()
+        assert surname not in pseudonymizer.name(roi).casefold(), (name, pseudonymizer.name(roi))
+        assert pseudonymizer.guard.find(roi, own=False) == "a patient name", roi
+
+
+def test_uids_in_other_scripts_wrapped_lines_and_as_uuids_are_removed_and_found():
+    """Seventy-seventh hostile trial BY1, BY6, BY7: a vendor UID (no component of 16 digits) written with ``^`` between
+    its parts, in fullwidth digits or with fullwidth stops was found by the check but not removed (the case failed,
+    "please report it"); one wrapped across lines with an indent, and a 2.25 UID written as the UUID it holds, stood
+    in clear, ok. Each is removed, and the check finds each on its own."""
+    import uuid
+
+    from DoseAlignLib.output.pseudonym import REMOVED, Identity, Pseudonymizer
+
+    vendor = "1.3.12.2.1107.5.1.4.95999.300000230415071212345"
+    held = uuid.UUID("059f5878-b7b2-993a-b523-76e012f90ae2")
+    uuid_uid = f"2.25.{held.int}"
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=Identity(uids={vendor, uuid_uid}))
+    fullwidth = vendor.translate(
+        str.maketrans("0123456789.", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19\uff0e")
+    )
+    for text in (
+        "PTV_" + vendor.replace(".", "^"),
+        "PTV " + fullwidth,
+        "CT " + vendor.replace(".", "\uff0e"),
+        "series " + vendor[:20] + "\n        " + vendor[20:],
+        f"study {held}",
+        f"study {held.hex.upper()}",
+    ):
+        assert pseudonymizer.guard.find(text, own=False) == "a UID", text
+        rewritten = pseudonymizer.name(text)
+        assert REMOVED in rewritten and not pseudonymizer.guard.find(rewritten, own=False), (text, rewritten)
+    assert pseudonymizer.name("PTV 1.3.12 dose 45 Gy") == "PTV 1.3.12 dose 45 Gy"
+
+
+def test_a_date_of_this_input_quoted_in_another_inputs_prose_is_found_a_count_is_not():
+    """Seventy-seventh hostile trial BY4, BW3's fix too wide: every run of six digits or more in another input's
+    kept prose was taken for a count, and this input's birth date quoted there ("DoseType 19720304 is not
+    PHYSICAL") passed --append. Only a count of what it counts (bytes, voxels, ...) is no date there."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=Identity(dates={"19720304", "19700120"}))
+    row = {"case_id": "P0123456789ab_plan_01234567", "status": "failed"}
+    quoted = {**row, "reason": "f.dcm: (3004,0004) DoseType: DoseType 19720304 is not PHYSICAL or EFFECTIVE"}
+    assert pseudonymizer.leak_in_kept_row(quoted) == "a date in manifest.csv"
+    counted = {**row, "reason": "f.dcm: the file ends inside this element (1650000 bytes): it is truncated"}
+    assert pseudonymizer.leak_in_kept_row(counted) == ""
+
+
+def test_another_inputs_stamps_in_its_openkbp_geometry_are_its_own(tmp_path):
+    """Seventy-seventh hostile trial BY5: another input's keyed file stamp, read as DoseAlign's in its meta.json, was
+    read as text in its openkbp/geometry.json, where ``323660d9458abebe`` spelt a patient Abebe: --append refused."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    identity = Identity()
+    identity.add_name("Bikila^Abebe")
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=identity)
+    meta = {
+        "case_id": "Pe7424a89076a_plan_db19d423",
+        "patient_id": "Pe7424a89076a",
+        "source": {"input_files": [{"file": "f0123456789.dcm", "stamp": "323660d9458abebe"}]},
+    }
+    (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    (tmp_path / "openkbp").mkdir()
+    geometry = {"input_files": [{"file": "f0123456789.dcm", "stamp": "323660d9458abebe"}]}
+    (tmp_path / "openkbp" / "geometry.json").write_text(json.dumps(geometry), encoding="utf-8")
+    assert pseudonymizer.leak_in_kept_case(tmp_path, meta) == ""
+    geometry["note"] = "Abebe"
+    (tmp_path / "openkbp" / "geometry.json").write_text(json.dumps(geometry), encoding="utf-8")
+    assert pseudonymizer.leak_in_kept_case(tmp_path, meta) == "a patient name in openkbp/geometry.json"

@@ -1180,10 +1180,16 @@ class Pseudonymizer:
             return value
 
         def removed(match: re.Match) -> str:
-            digits = re.sub(r"[^0-9]", "", match.group(0))
+            digits = _ascii_digits(re.sub(r"\D", "", match.group(0)))
             return REMOVED if len(digits) >= MIN_UID_DIGITS and needles.found_in(digits) else match.group(0)
 
-        return _SPREAD_DIGITS.sub(removed, value)
+        value = _SPREAD_DIGITS.sub(removed, value)
+        uuids = _uid_uuids(self.identity.uids)
+        if uuids:  # a 2.25 UID written as the UUID it holds (059f5878-b7b2-...: seventy-seventh hostile trial BY6)
+            value = _UUID_RUN.sub(
+                lambda m: REMOVED if m.group(0).replace("-", "").casefold() in uuids else m.group(0), value
+            )
+        return value
 
     def _input_uid_in(self, run: str) -> str:
         """A dotted run of digits with the longest of the input's UIDs it begins with hashed (``<StudyUID>.1``, a
@@ -2372,7 +2378,85 @@ _OWN_WORDS_TEXT = """
     vector version vertical via views volume voxel voxels warning warnings was way weight weighted where whose wider
     width with without worst written
 """
-OWN_VOCABULARY = frozenset(_OWN_WORDS_TEXT.split())
+#: More of DoseAlign's own words: those of its messages, warnings and keys (its string constants, as
+#: ``test_own_vocabulary_covers_dosealigns_messages`` reads them; the anatomy, month and identity words among them left
+#: out). A surname Long beside "the file is 100 bytes long" refused every --append beside such a row (seventy-seventh
+#: hostile trial BY2).
+_MESSAGE_WORDS_TEXT = """
+    about absent absolute accepts accession acquisition action add added adding address admission advice aeiou
+    afresh after again against agg aliases alignment alike allowed alone also alternative always anatomy anew
+    anonymized anonymous answered answers any anyway api append application applied applies apply args arguments
+    ascii asked asks assumed asyncio atol attribute attributes attrs available back backslashreplace batch bbb
+    beamsum because become before being belong belongs below beside besides better bind bins biologically black
+    blank blocking bomb boost boot both bottom bound brachytherapy btime build builds but butt byte bytes cached
+    call came can cancelled candidate cannot cause cbct center chain channel char character characters chars chattr
+    checked checking chmod choice choose claims clean cli clinical close closed closedplanar closer cluster coarser
+    colour combine combined combines comes comma command common compare compressed compression compresslevel
+    computed cone conflict conformant contains contradict contradicts converted coordinates copies copy core coronal
+    cos could counted cover covering create created cropped cross ctime ctrl cube damage damaged dashboard dashed
+    dask datafile datalist date dates dead deadline decimal decode decoded decoder decodes decompression decreasing
+    deeply defined deflate deflated degenerate delete deleted delivered delivery demo dense denser derived describe
+    described describes descrip desktop deterministic dev device dicm dicomdi dicomdir dict did differ different
+    digits dir directly directory disagree disagrees disk distinct distributed document does done double doubt draw
+    drawn drop dropped duplicate duplicates during earlier early edited edquot eee effective either element elements
+    else elsewhere enabled enclose encoded ended enhanced entries entry environment episode errno escape evenly
+    everywhere exactly exist exists exit exportable exported exporting extent factor fail fails failures far fastest
+    fat fault fdd few fewer ffdl ffdr fffe ffp ffs fields figure filename filler fine fingerprint finished finishing
+    finite fit fix fixed floor follow followed fontlist fontsize fontweight forget fork found free frozen functional
+    gave generate geometric get give given gives goes gone got gray grey guess hand handle handshake harmonised has
+    have held here hfdl hfdr hfp hold hole host hounsfield how hung identifying identity ids ies ignore ignored ima
+    imaging immutable impl implicit implied importlib increase inf infinity inflate inflates info information ini
+    initial inode inserts inspect install installed instead integers intent inter intercept interleave interleaved
+    internal interpretation interrupted into invalid invalidated ion isatty iso isodose issuer item items iter itk
+    itself jet job joined joins jpeg jpg keep keeps kernel killed killer kind known lack lacks large larger latest
+    latin layer leads least leave leaves legacy len length lengths level levels libc libjpeg lie life like likely
+    limited line lines linestyles linewidths link linux list listens listing lists live lives load local location
+    locator lock locks log long longer longlong look looked loop lower lut machine made main make makes manager many
+    mappable mapped mapping marked match matplotlib matrix maximum may mean meant measure measures media median
+    medical mem member meminfo memory merge merged meterset misplaced miss mix mixes mmap modification modified
+    module monochrome mount move moved moves mpl much multiple multiprocessing must naming nan near need needs
+    negative neighbouring neither nested never new next nibabel nofollow non nonblock nor note nothing now npy
+    oblique observations often old once opened openjpeg optionally orphans orthogonal osu other others otherwise
+    overlap overlay overriding overwrite owner package paired pairings panels parallel parent parse parsed parser
+    partial pass path patheffects pdf permissions phases photometric pid pip pipe pipeline pixel pixels place placer
+    plain planar planned plansum planted plausible plugins port positive preamble predecessor preparing print
+    private probe problem proc procedure process processes program progress protocol pseudonym pseudonymize
+    pseudonymizer pseudonymizing pseudonyms pthread purpose put puts pwd pydicom pylibjpeg python pyx quiet raise
+    ran random rasterize rasterized raw rbe reach reached reaches read readable reading reads reconfigure
+    reconstructions recursively refusal refused region register registration registrations relationship release
+    released removable remove rename renamed repeat repeated replace replaced representation request requested rerun
+    resample resampler rescale rescaled rest restarted restore resume reversed rewrite rewrites rewritten rle
+    rounded roundings rtimage running safe sagittal say says scale scan scanned scheduled scheduler scl searched
+    second seconds secret seen segment semaphore sep separated separately sequence sequences service settings setup
+    several shard shards share shared sharing shm short shorten shown sig sigcont sighup sigkill sigmask sign signal
+    significant sigterm simple sinc since single six skip slicer slope slots slower slurm smaller smallest socket
+    some spaced spawn spec specific spells spline stable stack stacks standard stands start started starting starts
+    stat stay stays stderr stdout still stop stopped stops store stored stray stream strictly string strings struct
+    structure studies sub subject subnormal such summaries supported surrogateescape surrogatepass suspensions
+    symbolic synchronize syntax synthetic sys system tab tag tags take taken task tcp telecom telephone tell tells
+    temp temporary terminal terminated termination test that then these they thicker those though thread threads
+    three ties tilted time times tmp together told too took toolkits torch train transfer transformation treated
+    treatment treats trial tried truncated ttflist turned twice txt typical uchar ulimit ulonglong uncertainty
+    unchanged uncompressed uncropped undecided undefined unexpected unexpectedly unicode unify union unique unit
+    unknown unless unreadable unrecognized unsafe unscaled unsigned until upper usable usage use used users uses
+    ushort variables verification verified vertices visit wait waits wanted wash water well went were what when
+    whether which while white whole wholly why windowed within worker workers would writable write writer writes
+    writing wrong wrongly wrote xml xor xyz yellow you your yours zero zeros zigzag zip
+"""
+
+
+def _dicom_keywords() -> set:
+    """DICOM's attribute keywords, as DoseAlign's reasons name them (``NumberOfFrames``): a surname Frame read inside
+    one refused --append and was cut out of this input's own reasons (seventy-seventh hostile trial BY2, BY3)."""
+    from pydicom.datadict import keyword_dict
+
+    return {keyword.casefold() for keyword in keyword_dict if len(keyword) >= 3 and keyword.isalpha()}
+
+
+_OWN_WORDS = frozenset(_OWN_WORDS_TEXT.split()) | frozenset(_MESSAGE_WORDS_TEXT.split())
+#: DoseAlign's own words, their plurals and possessives as read without the apostrophe (a surname Neighbour in "its
+#: neighbour's section", the DVH method of every meta.json: BY8), and DICOM's keywords.
+OWN_VOCABULARY = _OWN_WORDS | frozenset(word + "s" for word in _OWN_WORDS) | frozenset(_dicom_keywords())
 
 
 def _word_spans(text: str) -> list:
@@ -2614,8 +2698,9 @@ def _short_joined(a: str, b: str, inside: bool) -> str:
 #: fewer could be any number.
 MIN_UID_DIGITS = 16
 
-#: A run of digits with separators of up to three characters between them (``2_25_2414``, ``2 25 2414``).
-_SPREAD_DIGITS = re.compile(r"[0-9](?:[-_/,.:\s]{0,3}[0-9])*")
+#: A run of digits (of any script) with up to twelve characters that are no letter or digit between them
+#: (``2_25_2414``, ``2 25 2414``, ``2^25^2414``, ``２．２５``, a line broken and indented: BY1, BY7).
+_SPREAD_DIGITS = re.compile(r"\d(?:[\W_]{0,12}\d)*")
 
 
 def _uid_needles(uids: set) -> _Needles:
@@ -2634,6 +2719,23 @@ def _uid_needles(uids: set) -> _Needles:
 
 
 _UID_NEEDLES: dict = {}
+
+#: A UUID's 32 hexadecimal digits, with its hyphens or not.
+_UUID_RUN = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{8}-?(?:[0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}(?![0-9A-Fa-f])")
+
+
+def _uid_uuids(uids: set) -> frozenset:
+    """The UUIDs (32 lower-case hexadecimal digits) the input's ``2.25.<decimal>`` UIDs hold (PS3.5 B.2)."""
+    cached = _UID_NEEDLES.get("uuids")
+    if cached is None or cached[0] is not uids or cached[1] != len(uids):
+        held = set()
+        for uid in uids:
+            number = uid[5:] if uid.startswith("2.25.") else ""
+            if number.isdigit() and int(number) < 1 << 128:
+                held.add(format(int(number), "032x"))
+        cached = (uids, len(uids), frozenset(held))
+        _UID_NEEDLES["uuids"] = cached
+    return cached[2]
 
 
 class _Needles:
@@ -3146,7 +3248,9 @@ def written_pseudonyms(value) -> set:
             tagged = _ROI_TAGGED.search(item) if "removed" in item.casefold() else None
             if tagged:  # a rewritten ROI name's keyed tag, wherever it stands (forty-second hostile trial AP9)
                 found.add(tagged.group(1))
-            if key in _PSEUDONYM_KEYS:
+            if key == "stamp" and _STAMP.fullmatch(item):  # an input file's keyed stamp, also in
+                found.add(item)  # openkbp/geometry.json (323660d9458abebe spelt Abebe: seventy-seventh trial BY5)
+            elif key in _PSEUDONYM_KEYS:
                 if _CASE_PSEUDONYM.fullmatch(item) or re.fullmatch(r"P[0-9a-f]{12}", item):
                     found.add(item)
             elif key in PATH_KEYS:
@@ -3196,7 +3300,7 @@ def own_tokens(pseudonyms: Iterable[str]) -> frozenset:
     for pseudonym in pseudonyms:
         case = _CASE_PSEUDONYM.fullmatch(pseudonym)
         parts = case.groups() if case else re.findall(r"[0-9A-Za-z]+", pseudonym)
-        runs.update(run for run in parts if _OWN_TOKEN.fullmatch(run))
+        runs.update(run for run in parts if _OWN_TOKEN.fullmatch(run) or _STAMP.fullmatch(run))
     return frozenset(runs)
 
 
@@ -3371,6 +3475,11 @@ class IdentityGuard:
             for piece in ("".join(c for c in uid if c.isdigit()), *uid.split("."))
             if len(piece) >= MIN_UID_DIGITS and piece.isdigit()
         )
+        self._uid_hex = {
+            f"{int(uid[5:]):032x}"
+            for uid in self.uids
+            if uid.startswith("2.25.") and uid[5:].isdigit() and int(uid[5:]) < 2**128
+        }
         #: Exact runs of letters and digits that are this run's own hash digests (no identity), set by the caller.
         self.own: frozenset = frozenset()
         self._own_folded: tuple = (None, set())
@@ -3581,10 +3690,14 @@ class IdentityGuard:
                         return "a UID"
                     start = text.find(uid, start + 1)
             if self._uid_digits:
-                joined = re.sub(r"(?<=[0-9])[^0-9A-Za-z]{1,3}(?=[0-9])", "", text)
+                joined = re.sub(r"(?<=[0-9])[^0-9A-Za-z]{1,12}(?=[0-9])", "", text)
                 for run in re.findall(rf"[0-9]{{{MIN_UID_DIGITS},}}", joined):
                     if self._uid_digits.found_in(run):
                         return "a UID"
+            if self._uid_hex:  # (the UUID a 2.25 UID holds, BY6)
+                squeezed = re.sub(r"(?<=[0-9a-f])-(?=[0-9a-f])", "", text.casefold())
+                if any(run in self._uid_hex for run in re.findall(r"[0-9a-f]{32}", squeezed)):
+                    return "a UID"
         return ""
 
 
@@ -4010,10 +4123,15 @@ def _dates_in(text: str) -> set:
 #: A DICOM tag as DoseAlign's reasons write it, ``(0029,1ADA)``.
 _TAG_NUMBER = re.compile(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)")
 
-#: A count of six digits or more standing alone, not one group of a date written with separators: in DoseAlign's prose
-#: of another input's case a count of bytes or voxels, no date of this input (a damaged file of 1 650 000 bytes read
-#: as a Unix time of a birth date 1970-01-20, one of 150 423 bytes as 15.04.23: seventy-fifth hostile trial BW3).
-_LONE_COUNT = re.compile(r"(?<![0-9])(?<![0-9][-./_ ,:])[0-9]{6,}(?![0-9])(?![-./_ ,:][0-9])")
+#: A count of six digits or more standing alone before what it counts: in DoseAlign's prose of another input's case
+#: a count of bytes or voxels, no date of this input (a damaged file of 1 650 000 bytes read as a Unix time of a birth
+#: date 1970-01-20, one of 150 423 bytes as 15.04.23: seventy-fifth hostile trial BW3). Other digits there may be the
+#: input's text quoted (a DoseType 19720304: seventy-seventh BY4), read as dates.
+_LONE_COUNT = re.compile(
+    r"(?<![0-9])(?<![0-9][-./_ ,:])[0-9]{6,}(?![0-9])"
+    r"(?= ?(?:bytes?|voxels?|values?|points?|pixels?|frames?|slices?|characters?|items?|contours?|files?)\b)",
+    re.IGNORECASE,
+)
 
 
 def _add_counted(found: set, lowered: str) -> None:
