@@ -1173,3 +1173,62 @@ def test_an_enhanced_ct_frame_attribute_stored_long_is_a_frames_problem_before_i
     assert "frames_problem" in found, found
     assert "frame 2" in found["frames_problem"] and "ImagePositionPatient" in found["frames_problem"]
     assert found["frames_tag"] == "(0020,0032) ImagePositionPatient"
+
+
+@pytest.mark.parametrize("where", ["RTROIInterpretedType", "ROIDisplayColor", "TargetPrescriptionDose", "dose UID"])
+def test_an_attribute_of_few_values_stored_long_in_a_sequence_is_refused_before_it_is_parsed(tmp_path, capsys, where):
+    """Seventy-sixth hostile trial BX1, BX2, BX4: the length bound read the top level of a header only. A 34 MB
+    RTROIInterpretedType or dose SOPInstanceUID was copied into meta.json (over its 32 MiB limit: --resume exported the
+    case again at every run), a 22 MB ROIDisplayColor or TargetPrescriptionDose parsed whole (3.4 GB, 98 s). Every
+    attribute of a bounded number of values, nested too, is refused from its stored length, naming it."""
+    import tracemalloc
+
+    import pydicom
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "NESTED-LONG", 41)
+    path = {"RTROIInterpretedType": truth.struct_file, "ROIDisplayColor": truth.struct_file}.get(where)
+    path = Path(path or (truth.plan_file if where == "TargetPrescriptionDose" else truth.dose_files[0]))
+    ds = dd.read(path)
+    if where == "RTROIInterpretedType":
+        ds.RTROIObservationsSequence[0].RTROIInterpretedType = "PTV" + "X" * 1_000_000
+    elif where == "ROIDisplayColor":
+        ds.ROIContourSequence[0].ROIDisplayColor = ["1"] * 500_000
+    elif where == "TargetPrescriptionDose":
+        ds.DoseReferenceSequence[0].TargetPrescriptionDose = ["60"] * 330_000
+    else:
+        ds.SOPInstanceUID = "1.2." + "3" * 1_000_000
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(path, implicit_vr=True, little_endian=True)
+    keyword = "SOPInstanceUID" if where == "dose UID" else where
+    tracemalloc.start()
+    try:
+        main(["scan", str(root)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    said = capsys.readouterr().out
+    assert f"{keyword}: stored in" in said and "more than its values can take" in said, said[-3000:]
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB taken: the value was parsed"
+    out = tmp_path / "out"
+    main(["export", str(root), str(out), "--quiet", "--workers", "1", "--no-qa-png"])
+    capsys.readouterr()
+    rows = hostile.manifest(out)
+    assert any(row["status"] == "failed" and f"{keyword}: stored in" in row["reason"] for row in rows), rows
+    for meta in out.glob("*/meta.json"):
+        assert meta.stat().st_size < 1 << 20, meta
+
+
+def test_a_scan_reason_quoting_a_long_value_is_cut(tmp_path, capsys):
+    """Seventy-sixth hostile trial BX7: scan printed a case's reason whole (one quoting an 8 MB FrameOfReferenceUID:
+    8 MB of output), where the export's manifest cuts it. Case reasons and warnings are cut where cases are formed."""
+    from DoseAlignLib.cli import main
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "LONG-FOR", 43, with_structures=False)
+    for path in truth.dose_files:
+        dd.rewrite_tags(path, FrameOfReferenceUID="1.2." + "3" * 30_000)
+    main(["scan", str(root), "--json"])
+    (case,) = json.loads(capsys.readouterr().out)["cases"]
+    assert "frame of reference" in case["error"] and len(case["error"]) < 2100, len(case["error"])

@@ -531,6 +531,22 @@ def test_a_plan_on_the_ct_whose_case_failed_is_said_to_be_missing_from_the_sum(t
     assert by_status["failed"]["case_id"] in by_status["ok"]["warnings"]
 
 
+def test_a_plan_on_the_ct_whose_case_failed_for_its_patient_id_is_said_to_be_missing(tmp_path):
+    """Seventy-sixth hostile trial BX5 (BV3's fix passed): the main plan's dose of another PatientID failed its case,
+    and the boost on the same CT was exported alone, ok, without a word (the failed case was looked for under its
+    dose's patient)."""
+    import dicom_damage as dd
+
+    truth = write_phantom(tmp_path / "dicom", PhantomSpec(patient_id="PART", boost_fraction=0.25, seed=9, **SMALL))
+    main_dose = next(p for p in truth.dose_files if Path(p) != Path(truth.boost_dose_file))
+    dd.rewrite_tags(Path(main_dose), PatientID="OTHER")
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(sum_plans=True), qa_png=False)
+    by_status = {r["status"]: r for r in report.rows}
+    assert sorted(by_status) == ["failed", "ok"], report.rows
+    assert "PatientID" in by_status["failed"]["reason"]
+    assert by_status["failed"]["case_id"] in by_status["ok"]["warnings"], by_status["ok"]
+
+
 def _summation(path: Path) -> str:
     import pydicom
 

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 from pydicom import encaps
 from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_sequence
@@ -174,11 +174,77 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 def check_value_lengths(ds: Dataset, path: Path) -> None:
     """Refuse a few-valued attribute stored far longer than its values can be, or with an undefined length, before it
     is parsed: a PixelSpacing of 20 MB took 51 s and 4.5 GB to read, 30 MB ended in a MemoryError (seventy-fourth
-    hostile trial BV2); a GridFrameOffsetVector of undefined length passed its own bound (BV5)."""
-    found = overlong_value(ds)
+    hostile trial BV2); a GridFrameOffsetVector of undefined length passed its own bound (BV5). Every attribute of a
+    bounded number of values, in the sequences too, is bounded by what its values can take (:func:`overlong_item`):
+    a 34 MB RTROIInterpretedType or SOPInstanceUID was copied into meta.json, a 22 MB ROIDisplayColor or
+    TargetPrescriptionDose parsed whole (seventy-sixth trial BX1, BX2, BX4)."""
+    found = overlong_value(ds) or overlong_item(ds)
     if found is not None:
         tag, why = found
         raise InputError(why, path=path, tag=tag, hint="the file is damaged or was not written by a DICOM writer")
+
+
+#: The characters one value of a text VR may hold (PS3.5 6.2; PN: three groups of 64), and the bytes of a binary one.
+_VR_CHARACTERS = {
+    "AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64, "LT": 10240, "PN": 194, "SH": 16,
+    "ST": 1024, "TM": 16, "UI": 64, "US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8, "SV": 8,
+}  # fmt: skip
+_MOST_BYTES: dict = {}
+
+
+def _most_bytes(tag: int) -> Optional[int]:
+    """The most bytes an attribute of a bounded number of values may take as stored (four bytes a character, as a
+    multi-byte character set may need, and room for writers that overrun; 64 KiB at least), or None where it has no
+    bound (its VM is ``n``, its VR a bulk or sequence one, or it is not in the dictionary)."""
+    if tag not in _MOST_BYTES:
+        most = None
+        try:
+            vr, vm = dictionary_VR(tag), dictionary_VM(tag)
+        except KeyError:
+            vr = vm = ""
+        last = vm.split("-")[-1]
+        if vr in _VR_CHARACTERS and last.isdigit():  # (64 KiB at least: what a short length field can give, so
+            # that an over-long description of a careless writer is no refusal; megabytes are)
+            most = max(int(last) * (4 * _VR_CHARACTERS[vr] + 1) + _VALUE_BYTES, 1 << 16)
+        _MOST_BYTES[tag] = most
+    return _MOST_BYTES[tag]
+
+
+def overlong_item(ds: Dataset, depth: int = 0) -> Optional[tuple]:
+    """``(tag, why)`` for the first attribute of ``ds`` or of its sequences' items (as far as eight deep) stored
+    longer than its values can take (:func:`_most_bytes`), or with an undefined length; None when there is none. Only
+    the lengths are read, no value is parsed."""
+    elements = getattr(ds, "_dict", {})
+    for tag in list(elements):
+        element, number = elements[tag], int(tag)
+        if isinstance(element, RawDataElement):
+            most = _most_bytes(number)
+            if most is not None and element.length > most:
+                why = (
+                    "stored with an undefined length, which only sequences and pixel data may have"
+                    if element.length == UNDEFINED_LENGTH
+                    else f"stored in {element.length:,} bytes, more than its values can take ({most:,} at most)"
+                )
+                return f"({number >> 16:04X},{number & 0xFFFF:04X}) {keyword_for_tag(number) or 'private tag'}", why
+        sequence = getattr(element, "VR", None) == "SQ" or dictionary_VR_or_none(number) == "SQ"
+        if not sequence or depth >= 8:
+            continue
+        try:
+            items = ds[tag].value
+        except Exception:  # a damaged sequence: what reads it says so
+            continue
+        for item in items or ():
+            found = overlong_item(item, depth + 1) if isinstance(item, Dataset) else None
+            if found is not None:
+                return found
+    return None
+
+
+def dictionary_VR_or_none(tag: int) -> Optional[str]:  # noqa: N802 (as pydicom names it)
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 def overlong_value(ds: Dataset) -> Optional[tuple]:

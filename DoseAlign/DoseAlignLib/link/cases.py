@@ -13,7 +13,7 @@ from typing import Optional
 
 from ..dicom import headers
 from ..dicom.scan import ScanResult, compare_structure_sets, dose_belongs_to, dose_key, same_bytes
-from ..errors import DoseAlignError
+from ..errors import DoseAlignError, shortened
 from .beams import (
     SUMMED_BEAMS,
     beam_doses_to_sum,
@@ -116,6 +116,9 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
     _warn_of_missing_images(result.cases, scan)
     if request is not None and request.by_dose:
         _warn_of_unused_pairings(result.cases, request)
+    for case in result.cases:  # cut as reasons are: scan printed one quoting an 8 MB FrameOfReferenceUID whole (BX7)
+        case.error = shortened(case.error) if case.error else case.error
+        case.warnings = [shortened(w) for w in case.warnings]
     result.cases.sort(key=lambda c: c.case_id)
     return result
 

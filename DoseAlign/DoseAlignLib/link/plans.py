@@ -39,8 +39,9 @@ def sum_plan_cases(cases: list, name_for) -> list:
     failed: dict = {}
     out = []
     for case in cases:
-        if case.error and case.ct is not None:
-            failed.setdefault((case.patient_id, case.ct.key), []).append(case)
+        if case.error and case.ct is not None:  # (by its CT alone: a dose of another PatientID failed its case, and
+            # the boost on the CT was alone again without a word, seventy-sixth hostile trial BX5)
+            failed.setdefault(case.ct.key, []).append(case)
         if case.error or case.ct is None or case.summation_type not in WHOLE_PLAN:
             out.append(case)
             continue
@@ -48,7 +49,7 @@ def sum_plan_cases(cases: list, name_for) -> list:
     for key, members in groups.items():
         # a plan on the same CT whose case failed (its BEAM doses miss a beam) is in no sum: said, not left out
         # without a word (the boost alone, ok: seventy-fourth hostile trial BV3)
-        missing = [_failed_plan_note(case) for case in failed.get(key, [])]
+        missing = [_failed_plan_note(case) for case in failed.get(key[1], [])]
         if len(members) == 1:
             members[0].warnings.extend(missing)
             out.append(members[0])
