@@ -1187,7 +1187,7 @@ class Pseudonymizer:
         uuids = _uid_uuids(self.identity.uids)
         if uuids:  # a 2.25 UID written as the UUID it holds (059f5878-b7b2-...: seventy-seventh hostile trial BY6)
             value = _UUID_RUN.sub(
-                lambda m: REMOVED if m.group(0).replace("-", "").casefold() in uuids else m.group(0), value
+                lambda m: REMOVED if re.sub(r"[-_:\s]", "", m.group(0)).casefold() in uuids else m.group(0), value
             )
         return value
 
@@ -2378,71 +2378,6 @@ _OWN_WORDS_TEXT = """
     vector version vertical via views volume voxel voxels warning warnings was way weight weighted where whose wider
     width with without worst written
 """
-#: More of DoseAlign's own words: those of its messages, warnings and keys (its string constants, as
-#: ``test_own_vocabulary_covers_dosealigns_messages`` reads them; the anatomy, month and identity words among them left
-#: out). A surname Long beside "the file is 100 bytes long" refused every --append beside such a row (seventy-seventh
-#: hostile trial BY2).
-_MESSAGE_WORDS_TEXT = """
-    about absent absolute accepts accession acquisition action add added adding address admission advice aeiou
-    afresh after again against agg aliases alignment alike allowed alone also alternative always anatomy anew
-    anonymized anonymous answered answers any anyway api append application applied applies apply args arguments
-    ascii asked asks assumed asyncio atol attribute attributes attrs available back backslashreplace batch bbb
-    beamsum because become before being belong belongs below beside besides better bind bins biologically black
-    blank blocking bomb boost boot both bottom bound brachytherapy btime build builds but butt byte bytes cached
-    call came can cancelled candidate cannot cause cbct center chain channel char character characters chars chattr
-    checked checking chmod choice choose claims clean cli clinical close closed closedplanar closer cluster coarser
-    colour combine combined combines comes comma command common compare compressed compression compresslevel
-    computed cone conflict conformant contains contradict contradicts converted coordinates copies copy core coronal
-    cos could counted cover covering create created cropped cross ctime ctrl cube damage damaged dashboard dashed
-    dask datafile datalist date dates dead deadline decimal decode decoded decoder decodes decompression decreasing
-    deeply defined deflate deflated degenerate delete deleted delivered delivery demo dense denser derived describe
-    described describes descrip desktop deterministic dev device dicm dicomdi dicomdir dict did differ different
-    digits dir directly directory disagree disagrees disk distinct distributed document does done double doubt draw
-    drawn drop dropped duplicate duplicates during earlier early edited edquot eee effective either element elements
-    else elsewhere enabled enclose encoded ended enhanced entries entry environment episode errno escape evenly
-    everywhere exactly exist exists exit exportable exported exporting extent factor fail fails failures far fastest
-    fat fault fdd few fewer ffdl ffdr fffe ffp ffs fields figure filename filler fine fingerprint finished finishing
-    finite fit fix fixed floor follow followed fontlist fontsize fontweight forget fork found free frozen functional
-    gave generate geometric get give given gives goes gone got gray grey guess hand handle handshake harmonised has
-    have held here hfdl hfdr hfp hold hole host hounsfield how hung identifying identity ids ies ignore ignored ima
-    imaging immutable impl implicit implied importlib increase inf infinity inflate inflates info information ini
-    initial inode inserts inspect install installed instead integers intent inter intercept interleave interleaved
-    internal interpretation interrupted into invalid invalidated ion isatty iso isodose issuer item items iter itk
-    itself jet job joined joins jpeg jpg keep keeps kernel killed killer kind known lack lacks large larger latest
-    latin layer leads least leave leaves legacy len length lengths level levels libc libjpeg lie life like likely
-    limited line lines linestyles linewidths link linux list listens listing lists live lives load local location
-    locator lock locks log long longer longlong look looked loop lower lut machine made main make makes manager many
-    mappable mapped mapping marked match matplotlib matrix maximum may mean meant measure measures media median
-    medical mem member meminfo memory merge merged meterset misplaced miss mix mixes mmap modification modified
-    module monochrome mount move moved moves mpl much multiple multiprocessing must naming nan near need needs
-    negative neighbouring neither nested never new next nibabel nofollow non nonblock nor note nothing now npy
-    oblique observations often old once opened openjpeg optionally orphans orthogonal osu other others otherwise
-    overlap overlay overriding overwrite owner package paired pairings panels parallel parent parse parsed parser
-    partial pass path patheffects pdf permissions phases photometric pid pip pipe pipeline pixel pixels place placer
-    plain planar planned plansum planted plausible plugins port positive preamble predecessor preparing print
-    private probe problem proc procedure process processes program progress protocol pseudonym pseudonymize
-    pseudonymizer pseudonymizing pseudonyms pthread purpose put puts pwd pydicom pylibjpeg python pyx quiet raise
-    ran random rasterize rasterized raw rbe reach reached reaches read readable reading reads reconfigure
-    reconstructions recursively refusal refused region register registration registrations relationship release
-    released removable remove rename renamed repeat repeated replace replaced representation request requested rerun
-    resample resampler rescale rescaled rest restarted restore resume reversed rewrite rewrites rewritten rle
-    rounded roundings rtimage running safe sagittal say says scale scan scanned scheduled scheduler scl searched
-    second seconds secret seen segment semaphore sep separated separately sequence sequences service settings setup
-    several shard shards share shared sharing shm short shorten shown sig sigcont sighup sigkill sigmask sign signal
-    significant sigterm simple sinc since single six skip slicer slope slots slower slurm smaller smallest socket
-    some spaced spawn spec specific spells spline stable stack stacks standard stands start started starting starts
-    stat stay stays stderr stdout still stop stopped stops store stored stray stream strictly string strings struct
-    structure studies sub subject subnormal such summaries supported surrogateescape surrogatepass suspensions
-    symbolic synchronize syntax synthetic sys system tab tag tags take taken task tcp telecom telephone tell tells
-    temp temporary terminal terminated termination test that then these they thicker those though thread threads
-    three ties tilted time times tmp together told too took toolkits torch train transfer transformation treated
-    treatment treats trial tried truncated ttflist turned twice txt typical uchar ulimit ulonglong uncertainty
-    unchanged uncompressed uncropped undecided undefined unexpected unexpectedly unicode unify union unique unit
-    unknown unless unreadable unrecognized unsafe unscaled unsigned until upper usable usage use used users uses
-    ushort variables verification verified vertices visit wait waits wanted wash water well went were what when
-    whether which while white whole wholly why windowed within worker workers would writable write writer writes
-    writing wrong wrongly wrote xml xor xyz yellow you your yours zero zeros zigzag zip
-"""
 
 
 def _dicom_keywords() -> set:
@@ -2453,9 +2388,11 @@ def _dicom_keywords() -> set:
     return {keyword.casefold() for keyword in keyword_dict if len(keyword) >= 3 and keyword.isalpha()}
 
 
-_OWN_WORDS = frozenset(_OWN_WORDS_TEXT.split()) | frozenset(_MESSAGE_WORDS_TEXT.split())
+_OWN_WORDS = frozenset(_OWN_WORDS_TEXT.split())
 #: DoseAlign's own words, their plurals and possessives as read without the apostrophe (a surname Neighbour in "its
-#: neighbour's section", the DVH method of every meta.json: BY8), and DICOM's keywords.
+#: neighbour's section", the DVH method of every meta.json: BY8), and DICOM's keywords. (Every word of its messages
+#: was tried too, and let a surname Long in an ROI name that DoseAlign's prose quotes stand in clear: seventy-ninth
+#: hostile trial CA1, CA4.)
 OWN_VOCABULARY = _OWN_WORDS | frozenset(word + "s" for word in _OWN_WORDS) | frozenset(_dicom_keywords())
 
 
@@ -2721,7 +2658,9 @@ def _uid_needles(uids: set) -> _Needles:
 _UID_NEEDLES: dict = {}
 
 #: A UUID's 32 hexadecimal digits, with its hyphens or not.
-_UUID_RUN = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{8}-?(?:[0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}(?![0-9A-Fa-f])")
+_UUID_RUN = re.compile(
+    r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{8}[-_:\s]?(?:[0-9A-Fa-f]{4}[-_:\s]?){3}[0-9A-Fa-f]{12}(?![0-9A-Fa-f])"
+)
 
 
 def _uid_uuids(uids: set) -> frozenset:
@@ -3695,7 +3634,7 @@ class IdentityGuard:
                     if self._uid_digits.found_in(run):
                         return "a UID"
             if self._uid_hex:  # (the UUID a 2.25 UID holds, BY6)
-                squeezed = re.sub(r"(?<=[0-9a-f])-(?=[0-9a-f])", "", text.casefold())
+                squeezed = re.sub(r"(?<=[0-9a-f])[-_:\s](?=[0-9a-f])", "", text.casefold())
                 if any(run in self._uid_hex for run in re.findall(r"[0-9a-f]{32}", squeezed)):
                     return "a UID"
         return ""
