@@ -209,13 +209,22 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     return result
 
 
-def _shorten_warnings(meta: dict) -> None:
-    """Cut each warning as reasons are (:func:`~DoseAlignLib.errors.shortened`): one quoting a header value whole
-    made a 20 MB manifest.csv and a 60 MB meta.json, which ``--resume`` then took for damaged at every run
-    (seventy-fourth hostile trial BV4)."""
-    for part in (meta, *(value for value in meta.values() if isinstance(value, dict))):
-        if isinstance(part.get("warnings"), list):
-            part["warnings"] = [shortened(w) if isinstance(w, str) else w for w in part["warnings"]]
+def _shorten_warnings(meta) -> None:
+    """Cut each warning and note, wherever meta.json holds them, as reasons are
+    (:func:`~DoseAlignLib.errors.shortened`): one quoting a header value whole made a 20 MB manifest.csv and a 60 MB
+    meta.json, which ``--resume`` then took for damaged at every run (seventy-fourth hostile trial BV4); so did 600
+    ROI notes quoting a colour of 64 KB each (seventy-eighth BZ3)."""
+    pending = [meta]
+    while pending:
+        part = pending.pop()
+        if isinstance(part, dict):
+            for key, value in part.items():
+                if key in ("warnings", "notes") and isinstance(value, list):
+                    part[key] = [shortened(w) if isinstance(w, str) else w for w in value]
+                elif isinstance(value, (dict, list)):
+                    pending.append(value)
+        elif isinstance(part, list):
+            pending.extend(item for item in part if isinstance(item, (dict, list)))
 
 
 #: Seconds the case's thread waits for a reading thread at a time before it looks at the time limit again (and

@@ -1232,3 +1232,39 @@ def test_a_scan_reason_quoting_a_long_value_is_cut(tmp_path, capsys):
     main(["scan", str(root), "--json"])
     (case,) = json.loads(capsys.readouterr().out)["cases"]
     assert "frame of reference" in case["error"] and len(case["error"]) < 2100, len(case["error"])
+
+
+def test_words_of_any_number_of_values_stored_megabytes_long_are_refused_before_they_are_parsed(tmp_path, capsys):
+    """Seventy-eighth hostile trial BZ1: OtherPatientIDs (LO, any number of values) of 60 MB on one CT slice, read by
+    every scan for the patient's identity, took 3.3 GB and 55 s, and the export was ok. Words and names of any number
+    of values are bounded at 4 MiB, refused from their stored length."""
+    import tracemalloc
+
+    from DoseAlignLib.cli import main
+    from DoseAlignLib.dicom import headers
+
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "MANY-IDS", 47, with_structures=False)
+    path = Path(sorted(truth.ct_files)[1])
+    _plant_long_value(path, 0x00101000, 5.0, False)  # OtherPatientIDs
+    tracemalloc.start()
+    try:
+        main(["scan", str(root)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    said = capsys.readouterr().out
+    assert "OtherPatientIDs: stored in" in said and f"({headers.MANY_VALUES_BYTES:,} at most)" in said, said[-2000:]
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB taken: the value was parsed"
+
+
+def test_notes_wherever_meta_json_holds_them_are_cut():
+    """Seventy-eighth hostile trial BZ3: 600 ROIs whose notes each quoted a colour of 64 KB (each under the bound of
+    one attribute) made a 62 MB meta.json, which --resume took for damaged. Notes are cut as warnings are."""
+    from DoseAlignLib import pipeline
+    from DoseAlignLib.errors import MAX_MESSAGE
+
+    meta = {"structures": {"rois": [{"name": "R", "notes": ["(3006,002A) ROIDisplayColor " + "1\\" * 32_000]}]}}
+    pipeline._shorten_warnings(meta)
+    (note,) = meta["structures"]["rois"][0]["notes"]
+    assert len(note) < MAX_MESSAGE + 100 and "characters left out" in note

@@ -190,6 +190,8 @@ _VR_CHARACTERS = {
     "ST": 1024, "TM": 16, "UI": 64, "US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8, "SV": 8,
 }  # fmt: skip
 _MOST_BYTES: dict = {}
+#: The most bytes of an attribute of words or names of any number of values (OtherPatientIDs, ImageType).
+MANY_VALUES_BYTES = 4 << 20
 
 
 def _most_bytes(tag: int) -> Optional[int]:
@@ -206,6 +208,10 @@ def _most_bytes(tag: int) -> Optional[int]:
         if vr in _VR_CHARACTERS and last.isdigit():  # (64 KiB at least: what a short length field can give, so
             # that an over-long description of a careless writer is no refusal; megabytes are)
             most = max(int(last) * (4 * _VR_CHARACTERS[vr] + 1) + _VALUE_BYTES, 1 << 16)
+        elif vr in _VR_CHARACTERS and vr not in ("DS", "IS") and vm:  # of any number of values, but words and
+            # names, not numbers of a contour or a grid: 4 MiB (OtherPatientIDs of 60 MB read by every scan, 3.3 GB:
+            # seventy-eighth hostile trial BZ1)
+            most = MANY_VALUES_BYTES
         _MOST_BYTES[tag] = most
     return _MOST_BYTES[tag]
 
