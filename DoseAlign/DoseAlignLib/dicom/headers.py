@@ -232,7 +232,10 @@ def overlong_item(ds: Dataset, depth: int = 0) -> Optional[tuple]:
                     else f"stored in {element.length:,} bytes, more than its values can take ({most:,} at most)"
                 )
                 return f"({number >> 16:04X},{number & 0xFFFF:04X}) {keyword_for_tag(number) or 'private tag'}", why
-        sequence = getattr(element, "VR", None) == "SQ" or dictionary_VR_or_none(number) == "SQ"
+        # a sequence as stored (or implicit VR, by the dictionary); one stored as UN is left as it is: reading it here
+        # would keep its bytes, which decode_nested_un_sequences reads as a sequence later (twelfth trial L7)
+        stored = getattr(element, "VR", None)
+        sequence = stored == "SQ" or (stored is None and dictionary_VR_or_none(number) == "SQ")
         if not sequence or depth >= 8:
             continue
         try:

@@ -2388,12 +2388,12 @@ def _dicom_keywords() -> set:
     return {keyword.casefold() for keyword in keyword_dict if len(keyword) >= 3 and keyword.isalpha()}
 
 
-_OWN_WORDS = frozenset(_OWN_WORDS_TEXT.split())
+_BASE_WORDS = frozenset(_OWN_WORDS_TEXT.split())
 #: DoseAlign's own words, their plurals and possessives as read without the apostrophe (a surname Neighbour in "its
 #: neighbour's section", the DVH method of every meta.json: BY8), and DICOM's keywords. (Every word of its messages
 #: was tried too, and let a surname Long in an ROI name that DoseAlign's prose quotes stand in clear: seventy-ninth
 #: hostile trial CA1, CA4.)
-OWN_VOCABULARY = _OWN_WORDS | frozenset(word + "s" for word in _OWN_WORDS) | frozenset(_dicom_keywords())
+OWN_VOCABULARY = _BASE_WORDS | frozenset(word + "s" for word in _BASE_WORDS) | frozenset(_dicom_keywords())
 
 
 def _word_spans(text: str) -> list:
