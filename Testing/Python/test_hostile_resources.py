@@ -1052,6 +1052,21 @@ def test_an_error_quoting_a_long_value_is_cut():
     assert len(said) < MAX_MESSAGE + 200 and "characters left out" in said and said.startswith("a.dcm: (0028,0030)")
 
 
+def _scan_with_peak(root: Path, capsys, *extra: str) -> tuple:
+    """``dosealign scan ROOT EXTRA`` in this process: ``(exit code, what it printed, the peak of memory it took)``."""
+    import tracemalloc
+
+    from DoseAlignLib.cli import main
+
+    tracemalloc.start()
+    try:
+        code = main(["scan", str(root), *extra])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return code, capsys.readouterr().out, peak
+
+
 def _plant_long_value(path: Path, tag: int, megabytes: float, undefined: bool) -> None:
     """Write ``path`` Implicit VR with the DS element ``tag`` holding ``megabytes`` of "2.5\\2.5...", its length
     given, or undefined and ended by a delimiter."""
@@ -1090,7 +1105,6 @@ def test_a_few_valued_attribute_stored_megabytes_long_is_refused_before_it_is_pa
     ImagePositionPatient of many megabytes was parsed whole before its values were counted (20 MB: the scan took 51 s
     and 4.5 GB, 30 MB a MemoryError; a CT slice's likewise), and a GridFrameOffsetVector of undefined length passed
     the bound of its length. Each is refused from its stored length, before it is parsed, naming the attribute."""
-    import tracemalloc
 
     from DoseAlignLib.cli import main
     from pydicom.datadict import tag_for_keyword
@@ -1099,13 +1113,7 @@ def test_a_few_valued_attribute_stored_megabytes_long_is_refused_before_it_is_pa
     truth = hostile.study(root / "p", "LONG-VALUE", 37, with_structures=False)
     path = Path(truth.dose_files[0]) if modality == "RTDOSE" else Path(sorted(truth.ct_files)[2])
     _plant_long_value(path, tag_for_keyword(keyword), 2.0, undefined)
-    tracemalloc.start()
-    try:
-        code = main(["scan", str(root), "--json"])
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    said = capsys.readouterr().out
+    code, said, peak = _scan_with_peak(root, capsys, "--json")
     assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB taken: the value was parsed"
     why = "stored with an undefined length" if undefined else "stored in 2,000,000 bytes, more than"
     assert f"{keyword}: {why}" in said, said[:2000]
@@ -1180,7 +1188,6 @@ def test_an_attribute_of_few_values_stored_long_in_a_sequence_is_refused_before_
     RTROIInterpretedType or dose SOPInstanceUID was copied into meta.json (over its 32 MiB limit: --resume exported the
     case again at every run), a 22 MB ROIDisplayColor or TargetPrescriptionDose parsed whole (3.4 GB, 98 s). Every
     attribute of a bounded number of values, nested too, is refused from its stored length, naming it."""
-    import tracemalloc
 
     import pydicom
     from DoseAlignLib.cli import main
@@ -1201,13 +1208,7 @@ def test_an_attribute_of_few_values_stored_long_in_a_sequence_is_refused_before_
     with dd.lenient():  # (values longer than their VR allows, as the trial wrote them)
         dd.save_encoded(ds, path, pydicom.uid.ImplicitVRLittleEndian)
     keyword = "SOPInstanceUID" if where == "dose UID" else where
-    tracemalloc.start()
-    try:
-        main(["scan", str(root)])
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    said = capsys.readouterr().out
+    _code, said, peak = _scan_with_peak(root, capsys)
     assert f"{keyword}: stored in" in said and "more than its values can take" in said, said[-3000:]
     assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB taken: the value was parsed"
     out = tmp_path / "out"
@@ -1237,22 +1238,14 @@ def test_words_of_any_number_of_values_stored_megabytes_long_are_refused_before_
     """Seventy-eighth hostile trial BZ1: OtherPatientIDs (LO, any number of values) of 60 MB on one CT slice, read by
     every scan for the patient's identity, took 3.3 GB and 55 s, and the export was ok. Words and names of any number
     of values are bounded at 4 MiB, refused from their stored length."""
-    import tracemalloc
 
-    from DoseAlignLib.cli import main
     from DoseAlignLib.dicom import headers
 
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "MANY-IDS", 47, with_structures=False)
     path = Path(sorted(truth.ct_files)[1])
     _plant_long_value(path, 0x00101000, 5.0, False)  # OtherPatientIDs
-    tracemalloc.start()
-    try:
-        main(["scan", str(root)])
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    said = capsys.readouterr().out
+    _code, said, peak = _scan_with_peak(root, capsys)
     assert "OtherPatientIDs: stored in" in said and f"({headers.MANY_VALUES_BYTES:,} at most)" in said, said[-2000:]
     assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB taken: the value was parsed"
 
