@@ -547,6 +547,33 @@ def test_a_plan_on_the_ct_whose_case_failed_for_its_patient_id_is_said_to_be_mis
     assert by_status["failed"]["case_id"] in by_status["ok"]["warnings"], by_status["ok"]
 
 
+@pytest.mark.parametrize("damage", ["file cut in its header", "DoseSummationType missing"])
+def test_a_damaged_plan_dose_on_the_ct_is_said_beside_the_sum(tmp_path, damage):
+    """Seventy-eighth hostile trial BZ2: with --sum-plans, the main plan's PLAN dose was damaged (cut inside its
+    header: a skipped file with a row of its own, no case), and the boost was exported alone, ok, without a word that
+    the sum lacks a plan. Cut further on, the dose lost its DoseSummationType and was a case of its own (failing
+    later; without the cut, exported on its own): the boost was alone again. The boost's case now names the dose
+    either way."""
+    import dicom_damage as dd
+
+    truth = write_phantom(tmp_path / "dicom", PhantomSpec(patient_id="PART", boost_fraction=0.25, seed=9, **SMALL))
+    main_dose = Path(next(p for p in truth.dose_files if Path(p) != Path(truth.boost_dose_file)))
+    if damage == "file cut in its header":
+        data = main_dose.read_bytes()
+        main_dose.write_bytes(data[: data.index(b"\x18\x00\x50\x00") + 6])  # inside (0018,0050) SliceThickness
+    else:
+        ds = dd.read(main_dose)
+        del ds.DoseSummationType
+        dd.save(ds, main_dose)
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(sum_plans=True), qa_png=False)
+    (boost,) = [r for r in report.rows if r["summation_type"] == "PLAN"]
+    assert boost["status"] == "ok", report.rows
+    assert main_dose.name in boost["warnings"] and "--sum-plans" in boost["warnings"], boost
+    assert any(main_dose.name in " ".join(map(str, r.values())) for r in report.rows if r is not boost), report.rows
+    single = export_folder(tmp_path / "dicom", tmp_path / "one-each", AlignOptions(), qa_png=False)
+    assert all(main_dose.name not in r.get("warnings", "") for r in single.rows if r["status"] == "ok")
+
+
 def _summation(path: Path) -> str:
     import pydicom
 

@@ -91,7 +91,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
 
     result.cases = _beam_doses_without_plan(result.cases)
     if sum_plans:
-        result.cases = sum_plan_cases(result.cases, _case_id)
+        result.cases = sum_plan_cases(result.cases, _case_id, getattr(scan, "damaged_doses", []))
     for plan in plans.values():
         if plan.sop_instance_uid not in used_plans:
             result.orphans.append((plan.rel_path, "RTPLAN", "no RTDOSE references this plan"))

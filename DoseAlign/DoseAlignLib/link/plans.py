@@ -18,7 +18,7 @@ per plan.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from .case import Case
 
@@ -33,23 +33,42 @@ NOT_BOTH_GIVEN = {
 }
 
 
-def sum_plan_cases(cases: list, name_for) -> list:
-    """``cases`` with those of several plans on one CT merged (see the module text); ``name_for`` makes ids."""
+def sum_plan_cases(cases: list, name_for, damaged_doses: Sequence = ()) -> list:
+    """``cases`` with those of several plans on one CT merged (see the module text); ``name_for`` makes ids.
+
+    ``damaged_doses``: the scan's damaged RTDOSE files (:func:`~..dicom.scan.damaged_object`), which may be another
+    plan's dose on a CT: the cases of their patient say so."""
     groups: dict = {}
     failed: dict = {}
+    unplaced: list = []  # doses that may be of a plan on any CT of their patient: failed before a CT was found,
+    # or damaged files (the boost was exported alone, ok, without a word: seventy-eighth hostile trial BZ2)
+    unplaced += [(dose.patient_id, dose.frame_of_reference_uid, _damaged_dose_note(dose)) for dose in damaged_doses]
+    beside: dict = {}  # the cases on a CT that are not whole plans (UNKNOWN, MULTI_PLAN, FRACTION...): in no sum
     out = []
     for case in cases:
         if case.error and case.ct is not None:  # (by its CT alone: a dose of another PatientID failed its case, and
             # the boost on the CT was alone again without a word, seventy-sixth hostile trial BX5)
             failed.setdefault(case.ct.key, []).append(case)
+        elif case.error:
+            first = case.doses[0]
+            unplaced.append((case.patient_id, first.frame_of_reference_uid, _unplaced_case_note(case)))
         if case.error or case.ct is None or case.summation_type not in WHOLE_PLAN:
+            if not case.error and case.ct is not None:  # (a dose whose DoseSummationType was cut off is a case of its
+                # own, which fails later: BZ2 again)
+                beside.setdefault((case.patient_id, case.ct.key), []).append(_not_a_plan_note(case))
             out.append(case)
             continue
         groups.setdefault((case.patient_id, case.ct.key), []).append(case)
     for key, members in groups.items():
         # a plan on the same CT whose case failed (its BEAM doses miss a beam) is in no sum: said, not left out
         # without a word (the boost alone, ok: seventy-fourth hostile trial BV3)
-        missing = [_failed_plan_note(case) for case in failed.get(key[1], [])]
+        missing = [_failed_plan_note(case) for case in failed.get(key[1], [])] + beside.get(key, [])
+        frame = members[0].ct.frame_of_reference_uid
+        missing += [
+            note
+            for patient_id, dose_frame, note in unplaced
+            if patient_id in (key[0], "") and dose_frame in (frame, "", None)
+        ]
         if len(members) == 1:
             members[0].warnings.extend(missing)
             out.append(members[0])
@@ -73,6 +92,28 @@ def _failed_plan_note(case: Case) -> str:
     return (
         f"not summed with the dose of case {case.case_id} on the same CT (--sum-plans): that case failed, so its "
         "dose is not in this one"
+    )
+
+
+def _not_a_plan_note(case: Case) -> str:
+    return (
+        f"RTDOSE {case.doses[0].rel_path} on this CT is not summed (--sum-plans sums PLAN doses and BEAM sums; its "
+        f"(3004,000A) DoseSummationType is {case.doses[0].info.get('summation_type') or 'missing'}): it is a case of "
+        f"its own ({case.case_id})"
+    )
+
+
+def _unplaced_case_note(case: Case) -> str:
+    return (
+        f"RTDOSE {case.doses[0].rel_path} of this patient failed (case {case.case_id}) before a CT was found for it: "
+        "if it is the dose of another plan on this CT, it is not in this case (--sum-plans)"
+    )
+
+
+def _damaged_dose_note(dose) -> str:
+    return (
+        f"RTDOSE {dose.rel_path} of this patient is damaged ({dose.info.get('damage', 'unreadable')}): if it is the "
+        "dose of another plan on this CT, it is not in this case (--sum-plans)"
     )
 
 
