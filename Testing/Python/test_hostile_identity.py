@@ -5108,6 +5108,37 @@ def test_a_key_below_the_input_through_a_folder_link_is_refused_however_spelt(
     assert sorted(p.name for p in elsewhere.iterdir()) == ["sub"]
 
 
+#: Digits that NFKC reads as 0-9 and Python's ``\\d`` does not (category No): subscript, superscript, circled.
+COMPATIBLE_DIGITS = {
+    "subscript": "\u2080\u2081\u2082\u2083\u2084\u2085\u2086\u2087\u2088\u2089",
+    "superscript": "\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079",
+    "circled": "\u24ea\u2460\u2461\u2462\u2463\u2464\u2465\u2466\u2467\u2468",
+}
+
+
+@pytest.mark.parametrize("digits", sorted(COMPATIBLE_DIGITS))
+def test_a_uid_written_in_compatible_digits_is_removed_and_the_case_exports(tmp_path, capsys, digits):
+    """Seventy-ninth hostile trial CA3: the input's StudyInstanceUID written in subscript or circled digits in an ROI
+    name was found by the leak check (which reads NFKC) and kept by the rewriting, so the case failed "please report
+    it". The rewriting reads each character's NFKC form too: the case is ok and the digits are nowhere."""
+    truth = hostile.study(tmp_path / "in" / "p", "UIDSUB-1", 232, ct_size=(24, 24, 10), dose_size=(12, 12, 6))
+    uid = str(dd.read(truth.plan_file).StudyInstanceUID)
+    spelled = uid.translate(str.maketrans("0123456789", COMPATIBLE_DIGITS[digits]))
+    last = uid.split(".")[-1]
+    ds = dd.read(truth.struct_file)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.StructureSetROISequence[-1].ROIName = f"R{spelled}x"
+    ds.StructureSetLabel = f"CT {spelled.split('.')[-1]}"
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--key-file", str(tmp_path / "site.key")]
+    assert main(["export", str(tmp_path / "in"), str(out), *args, "--format", "npz,nifti"]) == 0, capsys.readouterr()
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok"]
+    for where, data in _all_output_bytes(out):
+        text = "".join(c for c in unicodedata.normalize("NFKC", data.decode("utf-8", "replace")) if c.isalnum())
+        assert last not in text, f"the UID's digits are in {where}"
+
+
 @pytest.mark.parametrize("separator", ["_", "-", " ", "", "^", "\uff0e", "\u00b7", " -- "])
 def test_a_uid_written_with_other_separators_never_reaches_the_output(tmp_path, capsys, separator):
     """Seventy-fifth hostile trial BW1: the input's StudyInstanceUID written with another separator than the point
