@@ -752,6 +752,36 @@ def test_dosealigns_own_words_are_no_surname_in_its_own_text():
         assert pseudonymizer.guard.find(roi, own=False) == "a patient name", roi
 
 
+def test_dosealigns_wording_in_another_inputs_row_is_no_surname_a_quoted_roi_is():
+    """Seventy-seventh hostile trial BY2: a patient Long beside another input's kept row "the file is 100 bytes long"
+    refused --append (exit 2). Taking every word of DoseAlign's messages as its own let the surname stand in clear in
+    prose quoting an ROI 'Long' (seventy-ninth CA1, CA4), so only a word that forms a pair of DoseAlign's wording with
+    its neighbour is no name there, and never inside quotes."""
+    from DoseAlignLib.output.message_pairs import message_pairs
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    assert ("bytes", "long") in message_pairs() and ("roi", "long") not in message_pairs()
+    identity = Identity()
+    identity.add_name("Long^Wei")
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=identity)
+    row = {"case_id": "damaged-file_02896bef92", "status": "failed"}
+    for reason in (
+        "f9a.dcm: the file is 100 bytes long: it ends before the DICOM header and its (0002,0010) TransferSyntaxUID",
+        "f9a.dcm: the data set ends after (0018,0050) SliceThickness (the file is 600 bytes long)",
+    ):
+        assert pseudonymizer.leak_in_kept_row({**row, "reason": reason}) == "", reason
+    for reason in (
+        "f9a.dcm: ROI 'Long' is empty",
+        'f9a.dcm: ROI "PTV Long" is empty',
+        "f9a.dcm: the file is 100 bytes 'long'",
+        "f9a.dcm: StudyDescription Long Wei",
+    ):
+        assert pseudonymizer.leak_in_kept_row({**row, "reason": reason}) == "a patient name in manifest.csv", reason
+    assert pseudonymizer.guard.find("the file is 100 bytes long") == "a patient name", (
+        "this input's own text: as before"
+    )
+
+
 def test_uids_in_other_scripts_wrapped_lines_and_as_uuids_are_removed_and_found():
     """Seventy-seventh hostile trial BY1, BY6, BY7: a vendor UID (no component of 16 digits) written with ``^`` between
     its parts, in fullwidth digits or with fullwidth stops was found by the check but not removed (the case failed,

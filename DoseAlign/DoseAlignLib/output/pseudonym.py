@@ -54,6 +54,7 @@ from ..limits import limit, open_regular
 from .around_out import entries_below, export_kinds
 from .cjk_variants import PAIRS as _CJK_PAIRS
 from .files import given_within, within
+from .message_pairs import without_message_words
 
 #: DoseSummationType (3004,000A) as DICOM defines it (PS3.3 C.8.8.3), and DoseAlign's sums of doses (BEAM_SUM,
 #: PLAN_SUM): the only values a pseudonymized case id and meta.json carry; any other is ``OTHER``. The value is input
@@ -3486,8 +3487,10 @@ class IdentityGuard:
         compatibility forms are read as their plain letters and digits (``ＱＸ７７４１５``)."""
         if not text:
             return ""
-        if self.prose:  # DoseAlign's tag numbers: (0029,1ADA) holds no patient Ada (seventy-fifth hostile trial BW2)
-            text = _TAG_NUMBER.sub(" ", text)
+        if self.prose:  # DoseAlign's tag numbers: (0029,1ADA) holds no patient Ada (seventy-fifth hostile trial BW2),
+            # nor its wording a patient Long: "the file is 100 bytes long" (seventy-seventh BY2; its counts are read
+            # before their units are blanked)
+            text = without_message_words(_LONE_COUNT.sub(" ", _TAG_NUMBER.sub(" ", text)))
         text = text.translate(_APOSTROPHES)  # (as the names are held: BA4)
         if REMOVED in text and text.replace(REMOVED, ""):  # read without the marks too: one inside a name hid it (AJ18)
             glued = _GLUED_REMOVED.sub("", text)  # a mark inside a word (QX77[removed]415): whatever it hid
