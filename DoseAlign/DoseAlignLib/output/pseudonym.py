@@ -2946,11 +2946,13 @@ class NameSpellings:
 
 
 _ID_PATTERNS: dict = {}
-#: A whole number grouped by points in thousands (``12.345.678``, as German, Dutch or Brazilian software prints one):
-#: two points at least (one is a decimal point: ``12.345``), groups of three after the first; also after an
-#: abbreviation's point (``Nr.12.345.678``: forty-sixth hostile trial AT2). It is an ID only where all its digits are
-#: one (``1.250.000`` holds no ID 2500 across its groups: AT3), on both sides.
-_POINT_GROUPED = re.compile(r"(?<![0-9])(?<![0-9]\.)[0-9]{1,3}(?:\.[0-9]{3}){2,}(?![0-9]|\.[0-9])")
+#: A whole number grouped by points (``12.345.678``, as German, Dutch or Brazilian software prints one), or an ID in its
+#: country's dotted notation (a CPF ``123.456.789-09``, a BSN ``1234.56.782``, an AHV ``756.1234.5678.97``: eighty-first
+#: hostile trial CC3): groups of digits joined by points, hyphens or slashes, two points at least (one is a decimal
+#: point: ``12.345``; :func:`_grouped_digits` counts them); also after an abbreviation's point (``Nr.12.345.678``:
+#: forty-sixth hostile trial AT2). It is an ID only where all its digits are one (``1.250.000`` holds no ID 2500
+#: across its groups: AT3), on both sides.
+_POINT_GROUPED = re.compile(r"(?<![0-9])(?<![0-9][./-])[0-9]+(?:[./-][0-9]+){2,}(?![0-9]|[./-][0-9])")
 #: A decimal point between two digits: digits on both sides of it belong to one number, never to an ID.
 _DECIMAL = re.compile(r"[0-9]\.[0-9]")
 
@@ -3171,8 +3173,13 @@ def _utf8_read_as_latin1(text: str) -> Optional[str]:
 
 
 def _grouped_digits(number: str) -> str:
-    """The digits of a number grouped by points, without its leading zeros (``0.072.315`` is 72315 too)."""
-    return number.replace(".", "").lstrip("0") or "0"
+    """The digits of a number grouped by points (:data:`_POINT_GROUPED`), without its leading zeros (``0.072.315`` is
+    72315 too); ``""`` where it has fewer than two points or fewer than :data:`MIN_BARE_DIGITS` digits (a version
+    ``2.4.0``, a date ``1.5.23``)."""
+    digits = re.sub(r"[./-]", "", number)
+    if number.count(".") < 2 or len(digits) < MIN_BARE_DIGITS:
+        return ""
+    return digits.lstrip("0") or "0"
 
 
 def _digit_ids(identity: Identity) -> frozenset:
