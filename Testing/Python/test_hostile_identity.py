@@ -3487,6 +3487,28 @@ def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_pa
     assert len(pseudonym._other_name_words(accented)) > 1
 
 
+def test_an_appended_input_loses_the_patient_id_of_another_input_the_map_names(tmp_path, capsys):
+    """Eighty-first hostile trial CC1: a second input whose ROI names another input's patient by its PatientID
+    (``Ring_as_QX-12345``, contours copied from that patient's plan) was appended into the pseudonymized OUT of the
+    first: the ID stood in clear in meta.json and dvh.csv, ok, beside that patient's case, though the map the run
+    merges names it (exported together, it was removed). The map's PatientIDs are the run's identity too."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    hostile.study(first / "p", "QX-12345", 98, patient_name="Smithers^John", ct_size=(40, 36, 16))
+    truth = hostile.study(second / "p", "ZY-77777", 99, patient_name="Doe^Jane", ct_size=(40, 36, 16))
+    ds = dd.read(truth.struct_file)
+    for item in ds.StructureSetROISequence:
+        item.ROIName = "Ring_as_QX-12345" if item.ROIName == "Cord" else item.ROIName
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(first), str(out), *args]) == 0
+    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+    assert not _spellings_in_output(out, ["qx12345"])
+    names = [n for row in hostile.manifest(out) for n in _names_of(out, row)]
+    assert "Ring_as_[removed]" in names, names
+
+
 def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_input(tmp_path, capsys):
     """Twenty-eighth hostile trial AB2: V4's tags were decided per input, so --append of a second input into one
     pseudonymized OUT made ``[removed]_L`` the lung in the first input's case and the lens in the second's. An

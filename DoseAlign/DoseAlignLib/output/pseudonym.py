@@ -886,6 +886,10 @@ class Pseudonymizer:
         self.input_root = str(scan.root)
         crowded = crowded_files(scan)
         self.identity = identity_of_scan(scan, leave_out=frozenset(crowded), crowded=crowded)
+        if self.map_path:  # the PatientIDs of the other inputs whose pseudonyms the map holds: exported together, an
+            # ROI "Ring_as_QX-12345" naming another input's patient lost the ID; appended, it stood in clear beside
+            # that patient's case (eighty-first hostile trial CC1)
+            self.identity.patient_ids |= mapped_patient_ids(Path(self.map_path))
         self.check_channels(channels)
         self.check_channels(mapped, option="--roi-map")
         self._check_marked_channels(channels, mapped)
@@ -1978,6 +1982,16 @@ def map_lock(path: Path):
 
 #: A pseudonym map larger than this is not read (a map holds a few lines per case: ~100 bytes each).
 MAX_MAP_BYTES = 256 * 1024 * 1024
+
+
+def mapped_patient_ids(path: Path) -> set:
+    """The PatientIDs the pseudonym map at ``path`` names (those of every input exported with it); not the study UIDs
+    that stand for a patient without a PatientID (:func:`_fallback`)."""
+    return {
+        original
+        for (kind, _pseudonym), original in read_map(path).items()
+        if kind == "patient" and original.strip() and not looks_like_uid(original)
+    }
 
 
 def read_map(path: Path) -> dict:
