@@ -1516,6 +1516,47 @@ def test_one_contour_out_of_plane_costs_that_contour_only(tmp_path, capsys, dama
         np.testing.assert_array_equal(a["masks"], b["masks"])
 
 
+@pytest.mark.parametrize("damage", ["one point", "on one line", "two points", "beside a contour of its plane"])
+def test_a_contour_that_encloses_nothing_and_empties_its_plane_is_a_case_warning(tmp_path, capsys, damage):
+    """Eightieth hostile trial CB1: the target's middle contour collapsed to one point, to points on one line or to
+    two points emptied that slice of the mask (0 voxels of 280), ok, with no case warning (at most a note): a hole
+    through the target that the audit's volume check cannot see (the contour volume misses the plane too). Such a
+    contour that was all its plane had is now a case warning; beside a contour of its plane it is only noise."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "FLAT-1", 15, ct_size=(32, 28, 16))
+    ds = dd.read(truth.struct_file)
+    name, item = _largest_roi_contours(ds)
+    contours = list(item.ContourSequence)
+    target = len(contours) // 2
+    points = np.array([float(v) for v in contours[target].ContourData]).reshape(-1, 3)
+    if damage == "one point":
+        points[:] = points[0]
+    elif damage == "on one line":
+        points[:, 1] = points[0, 1]
+    elif damage == "two points":
+        points = points[:2]
+    else:  # a copy of the contour collapsed to a point, added to its plane
+        extra = copy.deepcopy(contours[target])
+        extra.ContourData = [f"{v:.4f}" for v in np.repeat(points[:1], 4, axis=0).ravel()]
+        extra.NumberOfContourPoints = 4
+        item.ContourSequence.append(extra)
+    if damage != "beside a contour of its plane":
+        contours[target].ContourData = [f"{v:.4f}" for v in points.ravel()]
+        contours[target].NumberOfContourPoints = len(points)
+    dd.save(ds, truth.struct_file)
+    code, rows, out = _export(root, tmp_path / "out", capsys)
+    (row,) = rows
+    assert code == 0 and row["status"] == "ok", row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    (roi,) = [r for r in meta["structures"]["rois"] if r["name"] == name]
+    assert "1 degenerate contour(s) ignored" in roi["notes"], roi
+    if damage == "beside a contour of its plane":
+        assert not row["warnings"], row["warnings"]
+        return
+    assert f"ROI {name!r}: 1 plane(s) of its contours" in row["warnings"], row["warnings"]
+    assert "the mask is empty there" in row["warnings"]
+
+
 def test_contours_of_a_missing_roi_number_are_named(tmp_path, capsys):
     """From the fifth hostile trial (E15's wording): contours pointing at ReferencedROINumber 99, which no ROI has,
     left their ROI out as "no contours". The reason now says where its contours point, as a case warning."""
