@@ -509,6 +509,28 @@ def test_inputs_hold_what_the_test_looks_for(study):
     assert ds.PatientBirthDate == "19610315" and ds.StudyDate == "20230718"
 
 
+def test_a_key_and_a_map_saved_with_a_byte_order_mark_are_read(tmp_path):
+    """Eighty-first hostile trial CC5: a key file or map saved with a UTF-8 byte order mark (Notepad, Excel's "CSV
+    UTF-8") refused --resume, exit 2: the key "'ascii' codec can't decode byte 0xef", the map "not DoseAlign's
+    pseudonym map" though its first line after the mark is the header. Both are read; the map is written again
+    without the mark, its rows kept."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer, load_or_create_key, read_map
+
+    key_hex = "5a" * 32
+    key = tmp_path / "site.key"
+    key.write_bytes(b"\xef\xbb\xbf" + key_hex.encode() + b"\r\n")
+    loaded, created = load_or_create_key(key)
+    assert loaded == bytes.fromhex(key_hex) and not created
+    map_path = tmp_path / "map.csv"
+    map_path.write_bytes(b"\xef\xbb\xbfkind,pseudonym,original\r\npatient,P0123456789ab,QX-77415\r\n")
+    assert read_map(map_path) == {("patient", "P0123456789ab"): "QX-77415"}
+    pseudonymizer = Pseudonymizer(key=loaded, identity=Identity(), map_path=str(map_path))
+    pseudonymizer.patient("ZY-1")
+    pseudonymizer.write_map(map_path)
+    written = map_path.read_bytes()
+    assert written.startswith(b"kind,pseudonym,original") and b"QX-77415" in written and b"ZY-1" in written
+
+
 @pytest.mark.parametrize("planted", ["fifo", "device", "dangling", "huge"])
 def test_a_key_file_that_is_no_key_is_refused_at_once(tmp_path, planted):
     """A pipe, a device, a link to nothing or a huge file where the key should be: refused with the reason,

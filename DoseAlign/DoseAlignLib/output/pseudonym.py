@@ -196,6 +196,10 @@ def load_or_create_key(path: Path) -> tuple:
 KEY_FILE_MAX_BYTES = 4096
 
 
+#: The UTF-8 byte order mark.
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _read_key_text(path: Path) -> str:
     """The key file's text, read only from a regular file of at most KEY_FILE_MAX_BYTES (a pipe, a device or a
     huge file would block or fill memory)."""
@@ -206,7 +210,14 @@ def _read_key_text(path: Path) -> str:
             raise ValueError("it is not a regular file")
         if info.st_size > KEY_FILE_MAX_BYTES:
             raise ValueError(f"it has {info.st_size} bytes, a key file has about 65")
-        return os.read(handle, KEY_FILE_MAX_BYTES + 1).decode("ascii").strip()
+        data = os.read(handle, KEY_FILE_MAX_BYTES + 1)
+        # a byte order mark, as Notepad and Excel's "CSV UTF-8" write one, is no part of the key (eighty-first
+        # hostile trial CC5: "'ascii' codec can't decode byte 0xef")
+        return (
+            data[len(_UTF8_BOM) :].decode("ascii").strip()
+            if data.startswith(_UTF8_BOM)
+            else data.decode("ascii").strip()
+        )
     finally:
         os.close(handle)
 
@@ -2014,7 +2025,7 @@ def read_map(path: Path) -> dict:
     if not data.strip():
         return {}  # an empty file holds nothing to keep
     try:
-        lines = data.decode("utf-8").splitlines()
+        lines = data.decode("utf-8-sig").splitlines()  # (a byte order mark, as a spreadsheet saves it: CC5)
         limit = csv.field_size_limit()
         csv.field_size_limit(max(limit, MAX_MAP_BYTES))
         try:
