@@ -3509,6 +3509,33 @@ def test_an_appended_input_loses_the_patient_id_of_another_input_the_map_names(t
     assert "Ring_as_[removed]" in names, names
 
 
+def test_an_appended_inputs_roi_that_is_another_inputs_patient_name_is_rewritten_in_either_order(tmp_path, capsys):
+    """Eighty-first hostile trial CC2: patient Ring^Anna appended beside a case whose ROI is ``Ring`` was refused (the
+    kept case holds her name), but the other way round, Ring first, the ROI ``Ring`` was appended in clear beside her
+    case: exported together, it is rewritten. The map now holds the patients' names too, so an appended input's ROI
+    that is another input's patient name is rewritten; the first order is refused as before (a kept case is never
+    rewritten), with the advice to export the inputs together."""
+    ring, doe = tmp_path / "ring", tmp_path / "doe"
+    hostile.study(ring / "p", "RING-1", 98, patient_name="Ring^Anna", ct_size=(40, 36, 16))
+    truth = hostile.study(doe / "p", "DOE-1", 99, patient_name="Doe^John", ct_size=(40, 36, 16))
+    ds = dd.read(truth.struct_file)
+    for item in ds.StructureSetROISequence:
+        item.ROIName = "Ring" if item.ROIName == "Cord" else item.ROIName
+    dd.save(ds, truth.struct_file)
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    out = tmp_path / "share" / "out"
+    assert main(["export", str(ring), str(out), *args]) == 0
+    assert main(["export", str(doe), str(out), *args, "--append"]) == 0, capsys.readouterr()
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+    names = [n for row in hostile.manifest(out) for n in _names_of(out, row)]
+    assert "Ring" not in names and any(WHOLE_NAME_REMOVED.fullmatch(n) for n in names), names
+    other = tmp_path / "share2" / "out"
+    assert main(["export", str(doe), str(other), *args]) == 0
+    capsys.readouterr()
+    assert main(["export", str(ring), str(other), *args, "--append"]) == 2
+    assert "export the inputs together" in capsys.readouterr().err
+
+
 def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_input(tmp_path, capsys):
     """Twenty-eighth hostile trial AB2: V4's tags were decided per input, so --append of a second input into one
     pseudonymized OUT made ``[removed]_L`` the lung in the first input's case and the lens in the second's. An

@@ -383,6 +383,7 @@ class Identity:
 
     patient_ids: set = field(default_factory=set)
     names: set = field(default_factory=set)  # full PN values and their components
+    patient_names: set = field(default_factory=set)  # the PatientName values as the headers give them (for the map)
     dates: set = field(default_factory=set)  # YYYYMMDD
     other: set = field(default_factory=set)  # accession numbers, other IDs
     visit_ids: set = field(default_factory=set)  # the values of :data:`VISIT_KEYWORDS` (also in ``other``)
@@ -698,6 +699,8 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
         if obj.rel_path in leave_out:  # (its other names: not taken, the first only where it is a name's length)
             name = name.split("\\")[0] if len(name.split("\\")[0]) <= longest else ""
         ident.add_name(name)
+        if name.strip():
+            ident.patient_names.add(name.strip())
         if obj.rel_path not in leave_out:
             for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
                 ident.add_name(name)
@@ -897,10 +900,16 @@ class Pseudonymizer:
         self.input_root = str(scan.root)
         crowded = crowded_files(scan)
         self.identity = identity_of_scan(scan, leave_out=frozenset(crowded), crowded=crowded)
-        if self.map_path:  # the PatientIDs of the other inputs whose pseudonyms the map holds: exported together, an
-            # ROI "Ring_as_QX-12345" naming another input's patient lost the ID; appended, it stood in clear beside
-            # that patient's case (eighty-first hostile trial CC1)
-            self.identity.patient_ids |= mapped_patient_ids(Path(self.map_path))
+        if self.map_path:  # the PatientIDs and names of the other inputs whose pseudonyms the map holds: exported
+            # together, an ROI "Ring_as_QX-12345" naming another input's patient lost the ID, or another patient's
+            # ROI "Ring" a patient Ring's name; appended, they stood in clear beside that patient's case (eighty-first
+            # hostile trial CC1, CC2)
+            mapped_ids, mapped_names = mapped_patients(Path(self.map_path))
+            self.identity.patient_ids |= mapped_ids
+            for name in sorted(mapped_names):
+                self.identity.add_name(name)
+            for name in sorted(self.identity.patient_names):
+                self.entries[("name", "N" + self._digest("name", name).hex()[:12])] = name
         self.check_channels(channels)
         self.check_channels(mapped, option="--roi-map")
         self._check_marked_channels(channels, mapped)
@@ -1995,14 +2004,16 @@ def map_lock(path: Path):
 MAX_MAP_BYTES = 256 * 1024 * 1024
 
 
-def mapped_patient_ids(path: Path) -> set:
-    """The PatientIDs the pseudonym map at ``path`` names (those of every input exported with it); not the study UIDs
-    that stand for a patient without a PatientID (:func:`_fallback`)."""
-    return {
+def mapped_patients(path: Path) -> tuple:
+    """``(PatientIDs, patient names)`` the pseudonym map at ``path`` names (those of every input exported with it);
+    not the study UIDs that stand for a patient without a PatientID (:func:`_fallback`)."""
+    rows = read_map(path)
+    ids = {
         original
-        for (kind, _pseudonym), original in read_map(path).items()
+        for (kind, _pseudonym), original in rows.items()
         if kind == "patient" and original.strip() and not looks_like_uid(original)
     }
+    return ids, {original for (kind, _pseudonym), original in rows.items() if kind == "name" and original.strip()}
 
 
 def read_map(path: Path) -> dict:
