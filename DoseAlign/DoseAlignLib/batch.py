@@ -227,7 +227,12 @@ def export_folder(
     map_rows = 0  # how many pseudonyms the map on disk lists (it is written again when the cases made more)
     if pseudonymizer is not None:  # pseudonymous case ids and rows from here on; the map is written now
         extra_rows = pseudonymizer.prepare(
-            scan, cases, extra_rows, channels=options.rois or (), mapped=tuple(options.roi_map or ())
+            scan,
+            cases,
+            extra_rows,
+            channels=options.rois or (),
+            mapped=tuple(options.roi_map or ()),
+            present_patients={case_id.split("_")[0] for case_id in found.cases},
         )
         map_rows = len(pseudonymizer.entries)
         from .output.pseudonym import MAX_RENAMED

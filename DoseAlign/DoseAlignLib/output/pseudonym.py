@@ -383,7 +383,8 @@ class Identity:
 
     patient_ids: set = field(default_factory=set)
     names: set = field(default_factory=set)  # full PN values and their components
-    patient_names: set = field(default_factory=set)  # the PatientName values as the headers give them (for the map)
+    #: PatientID -> its PatientName values as the headers give them (for the map)
+    patient_names: dict = field(default_factory=dict)
     dates: set = field(default_factory=set)  # YYYYMMDD
     other: set = field(default_factory=set)  # accession numbers, other IDs
     visit_ids: set = field(default_factory=set)  # the values of :data:`VISIT_KEYWORDS` (also in ``other``)
@@ -700,7 +701,7 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
             name = name.split("\\")[0] if len(name.split("\\")[0]) <= longest else ""
         ident.add_name(name)
         if name.strip():
-            ident.patient_names.add(name.strip())
+            ident.patient_names.setdefault(obj.patient_id, set()).add(name.strip())
         if obj.rel_path not in leave_out:
             for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
                 ident.add_name(name)
@@ -888,6 +889,7 @@ class Pseudonymizer:
         extra_rows: Iterable = (),
         channels: Iterable[str] = (),
         mapped: Iterable[str] = (),
+        present_patients: Optional[set] = None,
     ) -> list:
         """Learn the input's identity and give every case its pseudonymous id and patient.
 
@@ -896,6 +898,8 @@ class Pseudonymizer:
         ``channels``, the mask channel names the user chose (``--rois``), are refused first, before anything
         is written, when one holds a value that identifies a patient of the input (:meth:`check_channels`); so are
         ``mapped``, the names ``--roi-map`` gives ROIs (twenty-fourth hostile trial X2: rewritten without a word).
+        ``present_patients``: the patient pseudonyms of the cases OUT holds, whose IDs and names the map gives are
+        identity too (all the map's when None).
         """
         self.input_root = str(scan.root)
         crowded = crowded_files(scan)
@@ -904,12 +908,16 @@ class Pseudonymizer:
             # together, an ROI "Ring_as_QX-12345" naming another input's patient lost the ID, or another patient's
             # ROI "Ring" a patient Ring's name; appended, they stood in clear beside that patient's case (eighty-first
             # hostile trial CC1, CC2)
-            mapped_ids, mapped_names = mapped_patients(Path(self.map_path))
+            # (only of patients with a case in OUT: a run refused after it wrote the map named a patient OUT does
+            # not hold, and that refused the next --append)
+            mapped_ids, mapped_names = mapped_patients(Path(self.map_path), present_patients)
             self.identity.patient_ids |= mapped_ids
             for name in sorted(mapped_names):
                 self.identity.add_name(name)
-            for name in sorted(self.identity.patient_names):
-                self.entries[("name", "N" + self._digest("name", name).hex()[:12])] = name
+            for patient_id, names in sorted(self.identity.patient_names.items()):
+                patient = self.patient(patient_id) if patient_id else "P"
+                for name in sorted(names):
+                    self.entries[("name", f"{patient}.{self._digest('name', name).hex()[:8]}")] = name
         self.check_channels(channels)
         self.check_channels(mapped, option="--roi-map")
         self._check_marked_channels(channels, mapped)
@@ -2004,16 +2012,25 @@ def map_lock(path: Path):
 MAX_MAP_BYTES = 256 * 1024 * 1024
 
 
-def mapped_patients(path: Path) -> tuple:
-    """``(PatientIDs, patient names)`` the pseudonym map at ``path`` names (those of every input exported with it);
-    not the study UIDs that stand for a patient without a PatientID (:func:`_fallback`)."""
+def mapped_patients(path: Path, present: Optional[set] = None) -> tuple:
+    """``(PatientIDs, patient names)`` the pseudonym map at ``path`` names (those of every input exported with it), of
+    the patient pseudonyms ``present`` only (all when None); not the study UIDs that stand for a patient without a
+    PatientID (:func:`_fallback`)."""
     rows = read_map(path)
     ids = {
         original
-        for (kind, _pseudonym), original in rows.items()
-        if kind == "patient" and original.strip() and not looks_like_uid(original)
+        for (kind, pseudonym), original in rows.items()
+        if kind == "patient"
+        and (present is None or pseudonym in present)
+        and original.strip()
+        and not looks_like_uid(original)
     }
-    return ids, {original for (kind, _pseudonym), original in rows.items() if kind == "name" and original.strip()}
+    names = {
+        original
+        for (kind, pseudonym), original in rows.items()
+        if kind == "name" and (present is None or pseudonym.split(".")[0] in present) and original.strip()
+    }
+    return ids, names
 
 
 def read_map(path: Path) -> dict:
