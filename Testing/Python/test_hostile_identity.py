@@ -4447,6 +4447,7 @@ def test_a_date_value_is_read_as_written_both_ways_where_day_and_month_could_be_
         ("123456782", ["PTV_1234.56.782", "CTV 12.345.6782"]),  # a Dutch BSN
         ("7561234567897", ["PTV 756.1234.5678.97", "Ring_756.1234.5678.97"]),  # a Swiss AHV number
         ("58091412345", ["PTV 58.09.14-123.45"]),  # a Belgian national number
+        ("AB1234567", ["PTV AB.123.4567", "CTV AB 1.234.567"]),  # an ID with letters: no decimal number
     ],
 )
 def test_a_national_id_in_its_dotted_notation_is_removed(tmp_path, capsys, patient_id, rois):
@@ -4454,18 +4455,20 @@ def test_a_national_id_in_its_dotted_notation_is_removed(tmp_path, capsys, patie
     prints it (``123.456.789-09``, ``1234.56.782``, ``756.1234.5678.97``) stood in clear in meta.json, dvh.csv,
     case.h5 and the mask file names, ok: only groups of three were read as a grouped number, and both sides missed
     it. Groups of any size joined by points (two at least), hyphens or slashes are an ID where all their digits are
-    one; a version or a decimal stays as it is."""
+    one; a version or a decimal stays as it is. An ID with letters is found with points between its digits too
+    (``AB.123.4567``): with its letters it is no number."""
     root = tmp_path / "in"
     truth = hostile.study(root / "p", patient_id, 233, extra_organs=len(rois))
     row, out = _last_rois_renamed_and_exported(tmp_path, root, truth, rois, capsys)
-    expected = {re.sub(r"[0-9][0-9./-]*[0-9]", "[removed]", roi) for roi in rois}
+    expected = {re.sub(r"(?:AB[ .])?[0-9][0-9./-]*[0-9]", "[removed]", roi) for roi in rois}
     assert expected <= set(_names_of(out, row)), _names_of(out, row)
     _nowhere_in(out, [patient_id, *(r.split()[-1].split("_")[-1] for r in rois)])
     from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
 
     guard = IdentityGuard(Identity(patient_ids={patient_id}))
     assert all(guard.find(text) == "a patient ID" for text in rois)
-    kept = ["dose 1.2.3", "numpy 1.26.4", "v 12.345", f"PTV {patient_id[:-1]}.{patient_id[-1]}"]
+    digits = patient_id.lstrip("AB")
+    kept = ["dose 1.2.3", "numpy 1.26.4", "v 12.345", f"PTV {digits[:-1]}.{digits[-1]}"]
     assert not any(guard.find(text) for text in kept), [guard.find(text) for text in kept]
 
 

@@ -3038,8 +3038,9 @@ def _id_pattern(identifier: str):
         squeezed = "".join(c for c in identifier.casefold() if c.isalnum())
         if squeezed and squeezed.isascii():
             # a decimal point between two of its digits makes them one number (63.0584): no ID there, unless the
-            # ID itself is written with one
-            point = "" if _DECIMAL.search(identifier) else r"(?!\.[0-9])"
+            # ID itself is written with one, or holds letters (AB.123.4567 for AB1234567 is no number: eighty-first
+            # hostile trial CC3)
+            point = "" if _DECIMAL.search(identifier) or not squeezed.isdigit() else r"(?!\.[0-9])"
             # each run of its digits also after zeros added, as fixed-width MRN fields print it (01072315 for
             # 1072315, MRN-01072315: thirty-second hostile trial AF3)
             body = "".join(
@@ -3647,8 +3648,8 @@ class IdentityGuard:
             joined = ""
             for k in range(start, len(runs)):
                 point = lowered[runs[k - 1][2] : runs[k][1]] == "." if k > start else False
-                if point and joined[-1] in _DIGITS and runs[k][0][0] in _DIGITS and not self.dotted_ids:
-                    break
+                if point and joined.isdigit() and runs[k][0][0] in _DIGITS and not self.dotted_ids:
+                    break  # (a number's decimal point; after letters, AB.123.4567, no number: CC3)
                 joined += runs[k][0]
                 if joined in self.ids and (
                     joined in self.dotted_ids
@@ -3857,9 +3858,15 @@ def _glued_id(lowered: str, ids: _Needles, dotted: frozenset = frozenset()) -> b
             before = lowered[first - 1] if first else " "
             after = lowered[last + 1] if last + 1 < len(lowered) else " "
             # digits on both sides of a decimal point are one number (63.0584 holds no 0584 and no 630584)
-            inside = identifier not in dotted and any(
-                lowered[where[n] + 1 : where[n + 1]] == "." and squeezed[n] in _DIGITS and squeezed[n + 1] in _DIGITS
-                for n in range(start, start + len(identifier) - 1)
+            inside = (
+                identifier.isdigit()
+                and identifier not in dotted
+                and any(  # (AB.123.4567 is no number: CC3)
+                    lowered[where[n] + 1 : where[n + 1]] == "."
+                    and squeezed[n] in _DIGITS
+                    and squeezed[n + 1] in _DIGITS
+                    for n in range(start, start + len(identifier) - 1)
+                )
             )
             if (
                 not (identifier[0] in _DIGITS and before in _DIGITS)
