@@ -235,7 +235,7 @@ def overlong_item(ds: Dataset, depth: int = 0) -> Optional[tuple]:
         # a sequence as stored (or implicit VR, by the dictionary); one stored as UN is left as it is: reading it here
         # would keep its bytes, which decode_nested_un_sequences reads as a sequence later (twelfth trial L7)
         stored = getattr(element, "VR", None)
-        sequence = stored == "SQ" or (stored is None and dictionary_VR_or_none(number) == "SQ")
+        sequence = stored == "SQ" or (stored is None and _dictionary_vr_or_none(number) == "SQ")
         if not sequence or depth >= 8:
             continue
         try:
@@ -249,7 +249,7 @@ def overlong_item(ds: Dataset, depth: int = 0) -> Optional[tuple]:
     return None
 
 
-def dictionary_VR_or_none(tag: int) -> Optional[str]:  # noqa: N802 (as pydicom names it)
+def _dictionary_vr_or_none(tag: int) -> Optional[str]:
     try:
         return dictionary_VR(tag)
     except KeyError:
