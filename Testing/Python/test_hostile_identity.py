@@ -3536,6 +3536,28 @@ def test_an_appended_inputs_roi_that_is_another_inputs_patient_name_is_rewritten
     assert "export the inputs together" in capsys.readouterr().err
 
 
+def test_the_name_of_another_inputs_patient_without_patient_id_is_identity_of_an_append(tmp_path, capsys):
+    """Eighty-third hostile trial CE1 (CC2's fix missed it): the map's name rows of a patient without PatientID were
+    keyed by no pseudonym OUT holds (a patient without one is told by its study), so an appended input's ROI
+    ``Cord_Smithers`` stood in clear beside that patient's case."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    truth = hostile.study(first / "p", "NOID-1", 98, patient_name="Smithers^John", ct_size=(40, 36, 16))
+    for path in (first / "p").rglob("*.dcm"):
+        dd.rewrite_tags(path, PatientID="")
+    assert truth.struct_file.exists()
+    truth = hostile.study(second / "p", "ZY-77777", 99, patient_name="Brown^Alice", ct_size=(40, 36, 16))
+    ds = dd.read(truth.struct_file)
+    for item in ds.StructureSetROISequence:
+        item.ROIName = "Cord_Smithers" if item.ROIName == "Cord" else item.ROIName
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(first), str(out), *args]) == 0, capsys.readouterr()
+    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+    assert not _spellings_in_output(out, ["smithers"])
+
+
 def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_input(tmp_path, capsys):
     """Twenty-eighth hostile trial AB2: V4's tags were decided per input, so --append of a second input into one
     pseudonymized OUT made ``[removed]_L`` the lung in the first input's case and the lens in the second's. An

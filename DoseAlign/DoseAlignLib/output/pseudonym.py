@@ -383,7 +383,7 @@ class Identity:
 
     patient_ids: set = field(default_factory=set)
     names: set = field(default_factory=set)  # full PN values and their components
-    #: PatientID -> its PatientName values as the headers give them (for the map)
+    #: (PatientID, study UID where there is none) -> the PatientName values as the headers give them (for the map)
     patient_names: dict = field(default_factory=dict)
     dates: set = field(default_factory=set)  # YYYYMMDD
     other: set = field(default_factory=set)  # accession numbers, other IDs
@@ -700,8 +700,9 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
         if obj.rel_path in leave_out:  # (its other names: not taken, the first only where it is a name's length)
             name = name.split("\\")[0] if len(name.split("\\")[0]) <= longest else ""
         ident.add_name(name)
-        if name.strip():
-            ident.patient_names.setdefault(obj.patient_id, set()).add(name.strip())
+        if name.strip():  # (a patient without PatientID is told by its study, as its pseudonym is: eighty-third CE1)
+            whose = (obj.patient_id, "" if obj.patient_id else obj.study_uid)
+            ident.patient_names.setdefault(whose, set()).add(name.strip())
         if obj.rel_path not in leave_out:
             for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
                 ident.add_name(name)
@@ -914,8 +915,8 @@ class Pseudonymizer:
             self.identity.patient_ids |= mapped_ids
             for name in sorted(mapped_names):
                 self.identity.add_name(name)
-            for patient_id, names in sorted(self.identity.patient_names.items()):
-                patient = self.patient(patient_id) if patient_id else "P"
+            for (patient_id, study), names in sorted(self.identity.patient_names.items()):
+                patient = self.patient(patient_id, study)
                 for name in sorted(names):
                     self.entries[("name", f"{patient}.{self._digest('name', name).hex()[:8]}")] = name
         self.check_channels(channels)
