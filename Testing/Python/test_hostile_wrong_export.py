@@ -1516,12 +1516,15 @@ def test_one_contour_out_of_plane_costs_that_contour_only(tmp_path, capsys, dama
         np.testing.assert_array_equal(a["masks"], b["masks"])
 
 
-@pytest.mark.parametrize("damage", ["one point", "on one line", "two points", "beside a contour of its plane"])
+@pytest.mark.parametrize(
+    "damage", ["one point", "on one line", "two points", "OPEN_PLANAR", "POINT", "beside a contour of its plane"]
+)
 def test_a_contour_that_encloses_nothing_and_empties_its_plane_is_a_case_warning(tmp_path, capsys, damage):
     """Eightieth hostile trial CB1: the target's middle contour collapsed to one point, to points on one line or to
     two points emptied that slice of the mask (0 voxels of 280), ok, with no case warning (at most a note): a hole
     through the target that the audit's volume check cannot see (the contour volume misses the plane too). Such a
-    contour that was all its plane had is now a case warning; beside a contour of its plane it is only noise."""
+    contour that was all its plane had is now a case warning; beside a contour of its plane it is only noise. So is
+    the contour typed OPEN_PLANAR or POINT (eighty-second trial CD1)."""
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "FLAT-1", 15, ct_size=(32, 28, 16))
     ds = dd.read(truth.struct_file)
@@ -1535,6 +1538,8 @@ def test_a_contour_that_encloses_nothing_and_empties_its_plane_is_a_case_warning
         points[:, 1] = points[0, 1]
     elif damage == "two points":
         points = points[:2]
+    elif damage in ("OPEN_PLANAR", "POINT"):
+        contours[target].ContourGeometricType = damage
     else:  # a copy of the contour collapsed to a point, added to its plane
         extra = copy.deepcopy(contours[target])
         extra.ContourData = [f"{v:.4f}" for v in np.repeat(points[:1], 4, axis=0).ravel()]
@@ -1549,7 +1554,8 @@ def test_a_contour_that_encloses_nothing_and_empties_its_plane_is_a_case_warning
     assert code == 0 and row["status"] == "ok", row
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     (roi,) = [r for r in meta["structures"]["rois"] if r["name"] == name]
-    assert "1 degenerate contour(s) ignored" in roi["notes"], roi
+    ignored = "degenerate" if damage not in ("OPEN_PLANAR", "POINT") else damage
+    assert f"1 {ignored} contour(s) ignored" in roi["notes"], roi
     if damage == "beside a contour of its plane":
         assert not row["warnings"], row["warnings"]
         return

@@ -448,7 +448,8 @@ def _polygons_of(
 
     ``closed_kinds``, when given, receives the geometric types of the closed polygons kept; ``slabs`` each one's
     ``((3006,0044) ContourSlabThickness or None, (3006,0045) ContourOffsetVector given and not zero)``; ``flat``
-    the points of each closed contour left out as degenerate (:func:`_encloses_no_area`).
+    the points of each contour left out that encloses nothing: closed but degenerate (:func:`_encloses_no_area`), or
+    of another type (open, point).
     """
     closed, others, where = [], {}, []
     for n, contour in enumerate(item.get("ContourSequence", None) or []):
@@ -457,6 +458,8 @@ def _polygons_of(
         kind = _geometric_type(contour)
         if kind not in CLOSED_TYPES:
             others[kind] = others.get(kind, 0) + 1
+            if flat is not None:  # (an open or point contour alone in a plane empties it too: eighty-second trial CD1)
+                flat.extend(_points_of(contour))
             continue
         values = _contour_data(contour)
         if values is None:
@@ -503,10 +506,21 @@ def _encloses_no_area(points: np.ndarray) -> bool:
     return float(np.einsum("ij,ij->i", across, across).max()) <= FLAT_CONTOUR_MM**2
 
 
+def _points_of(contour: Dataset) -> list:
+    """``[points]`` of a contour whose ContourData is readable, finite and in range, else ``[]``."""
+    values = _contour_data(contour)
+    if values is None or not values.size or values.size % 3 or not np.all(np.isfinite(values)):
+        return []
+    if float(np.abs(values).max()) > MAX_CONTOUR_MM:
+        return []
+    return [values.reshape(-1, 3)]
+
+
 def _planes_lost(roi: RoiContours, flat: list) -> None:
-    """A case warning where degenerate contours (:func:`_encloses_no_area`) were all the ROI had in a plane: that
-    slice of the mask is empty. A target collapsed to one point in its middle plane lost 12 % of its voxels, ok, with
-    no word but a note (eightieth hostile trial CB1); beside a contour of its plane one is only noise."""
+    """A case warning where contours that enclose nothing (degenerate, :func:`_encloses_no_area`, or open or point
+    contours) were all the ROI had in a plane: that slice of the mask is empty. A target collapsed to one point in its
+    middle plane lost 12 % of its voxels, ok, with no word but a note (eightieth hostile trial CB1; one typed
+    OPEN_PLANAR, eighty-second CD1); beside a closed contour of its plane one is only noise."""
     kept = roi.positions
     lost = sorted(
         {
@@ -518,9 +532,9 @@ def _planes_lost(roi: RoiContours, flat: list) -> None:
     if lost:
         shown = ", ".join(f"{p:g}" for p in lost[:5]) + (", ..." if len(lost) > 5 else "")
         roi.defects.append(
-            f"{len(lost)} plane(s) of its contours (at {shown} mm along their normal) hold only contours of fewer than "
-            "three points or all on one line, which enclose nothing: the mask is empty there ((3006,0050) ContourData "
-            "is damaged)"
+            f"{len(lost)} plane(s) of its contours (at {shown} mm along their normal) hold only contours that enclose "
+            "nothing (open or point contours, or of fewer than three points or all on one line): the mask is empty "
+            "there ((3006,0042) ContourGeometricType or (3006,0050) ContourData is damaged)"
         )
 
 
