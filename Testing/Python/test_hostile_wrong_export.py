@@ -1100,6 +1100,24 @@ def test_a_damaged_structure_set_is_said_by_its_case(clean, tmp_path, capsys, cu
     assert "is present but damaged" in done.stdout and "is not in the input" not in done.stdout, done.stdout
 
 
+def test_a_damaged_copy_beside_the_whole_structure_set_is_a_note_not_a_warning(clean, tmp_path, capsys):
+    """Eighty-second hostile trial CD3: a half-written copy of the plan's RTSTRUCT (its first 60 %, the same
+    SOPInstanceUID) beside the whole file: the case used the whole file, every ROI in its masks, and warned that its
+    structure set "is present but damaged ... none of its ROIs is in this case's masks". Now a note says the damaged
+    file is a copy of the one used."""
+    root = _copy(clean, "plan", tmp_path)
+    struct = root / _rel(clean, "plan", clean["plan"].struct_file)
+    data = struct.read_bytes()
+    (struct.parent / "partial-copy.dcm").write_bytes(data[: int(len(data) * 0.6)])
+    code, rows, out = _export(root, tmp_path, capsys)
+    assert code == 1  # the damaged file's own row
+    (case,) = [r for r in rows if r["status"] == "ok"]
+    assert "present but damaged" not in case["warnings"], case["warnings"]
+    meta = json.loads((out / case["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert any("partial-copy.dcm is a damaged copy of" in n for n in meta["links"]), meta["links"]
+    assert len(meta["structures"]["names"]) >= 3
+
+
 @pytest.mark.parametrize("damage", ["cut short", "overwritten, its size and time kept"])
 def test_a_structure_set_that_cannot_be_read_when_its_case_runs_is_said(clean, tmp_path, capsys, monkeypatch, damage):
     """F6, the second way: the RTSTRUCT was readable when the input was scanned and is not when the case reads

@@ -547,7 +547,9 @@ def test_a_plan_on_the_ct_whose_case_failed_for_its_patient_id_is_said_to_be_mis
     assert by_status["failed"]["case_id"] in by_status["ok"]["warnings"], by_status["ok"]
 
 
-@pytest.mark.parametrize("damage", ["file cut in its header", "DoseSummationType missing"])
+@pytest.mark.parametrize(
+    "damage", ["file cut in its header", "file cut in its frame of reference", "DoseSummationType missing"]
+)
 def test_a_damaged_plan_dose_on_the_ct_is_said_beside_the_sum(tmp_path, damage):
     """Seventy-eighth hostile trial BZ2: with --sum-plans, the main plan's PLAN dose was damaged (cut inside its
     header: a skipped file with a row of its own, no case), and the boost was exported alone, ok, without a word that
@@ -561,6 +563,9 @@ def test_a_damaged_plan_dose_on_the_ct_is_said_beside_the_sum(tmp_path, damage):
     if damage == "file cut in its header":
         data = main_dose.read_bytes()
         main_dose.write_bytes(data[: data.index(b"\x18\x00\x50\x00") + 6])  # inside (0018,0050) SliceThickness
+    elif damage == "file cut in its frame of reference":  # its UID read cut short: another frame (82nd trial CD2)
+        data = main_dose.read_bytes()
+        main_dose.write_bytes(data[: data.index(b"\x20\x00\x52\x00UI") + 8 + 12])
     else:
         ds = dd.read(main_dose)
         del ds.DoseSummationType

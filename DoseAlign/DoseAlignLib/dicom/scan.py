@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from ..errors import (
@@ -307,7 +307,12 @@ def damaged_object(path: Path, rel: str, damage: str) -> Optional[DicomObject]:
 def _damaged_dose(path: Path, rel: str, ds, damage: str) -> DicomObject:
     """A damaged RTDOSE as far as :func:`damaged_object` needs it; a value it cannot read is left empty."""
 
+    last = max(ds.keys(), default=None)  # where a file cut short ends: its value may be cut too (a FrameOfReferenceUID
+    # cut inside read as another frame, and the plans' case said nothing: eighty-second hostile trial CD2)
+
     def readable(keyword: str) -> str:
+        if last is not None and tag_for_keyword(keyword) == last:
+            return ""
         try:
             return headers.quick_text(ds, keyword)
         except Exception:  # (the damage may be right here)

@@ -431,7 +431,15 @@ def _warn_of_damaged_structure_sets(case: Case, damaged: list) -> None:
     found = [d for d in damaged if d.sop_instance_uid in planned]
     if not any(s.sop_instance_uid in planned for s in case.structs):
         found += [d for d in structs_for(case, damaged) if d not in found]
+    used = {s.sop_instance_uid: s.rel_path for s in case.structs}
     for struct in sorted(found, key=lambda d: d.rel_path):
+        if struct.sop_instance_uid in used:  # a damaged copy beside the whole file, which is used: said, no warning
+            # (its ROIs are all in the masks: eighty-second hostile trial CD3)
+            case.notes.append(
+                f"RTSTRUCT {struct.rel_path} is a damaged copy of {used[struct.sop_instance_uid]} (the same "
+                "SOPInstanceUID), which is used"
+            )
+            continue
         whose = "the plan's structure set" if struct.sop_instance_uid in planned else "drawn on this case's CT"
         case.warnings.append(
             f"RTSTRUCT {struct.rel_path} ({whose}) is present but damaged: {struct.info.get('damage', 'unreadable')}: "
