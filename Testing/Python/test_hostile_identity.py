@@ -4494,6 +4494,27 @@ def test_a_national_id_in_its_dotted_notation_is_removed(tmp_path, capsys, patie
     assert not any(guard.find(text) for text in kept), [guard.find(text) for text in kept]
 
 
+def test_a_dotted_national_id_with_a_suffix_or_its_last_group_set_apart_is_removed(tmp_path, capsys):
+    """Eighty-third hostile trial CE2 (CC3's fix took a dotted run only when all its groups were the ID): a CPF with a
+    suffix (``123.456.789-09-2``, ``-09/1``), its check digits set apart by a blank, an en dash or an underscore, and
+    ``1.072.315.1`` stood in clear in every output and file name, ok (with --format openkbp the case failed "please
+    report it"). The ID is whole groups of the run, one after the other; the suffix stays."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "12345678909", 234, extra_organs=5)
+    rois = ["PTV_123.456.789-09-2", "Cord 123.456.789 09", "GTV_123.456.789 - 09", "Heart_123.456.789-09/1",
+            "Ring 123.456.789_09"]  # fmt: skip
+    row, out = _last_rois_renamed_and_exported(tmp_path, root, truth, rois, capsys)
+    expected = {"PTV_[removed]-2", "Cord [removed]", "GTV_[removed]", "Heart_[removed]/1", "Ring [removed]"}
+    assert expected <= set(_names_of(out, row)), _names_of(out, row)
+    _nowhere_in(out, ["12345678909", "123.456.789"])
+    from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
+
+    assert IdentityGuard(Identity(patient_ids={"12345678909"})).find("GTV_123.456.789\u201309") == "a patient ID"
+    guard = IdentityGuard(Identity(patient_ids={"1072315"}))
+    assert guard.find("GTV 1.072.315.1") == "a patient ID" and guard.find("PTV 1.072.315-2") == "a patient ID"
+    assert not any(guard.find(t) for t in ("v 1.072.316", "x 1.5 2.5 3.5", "d 1.072.3151", "e 1.072.314.5"))
+
+
 def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
     """Forty-fourth hostile trial AR7: a PatientID 12345678 written grouped by points (``PTV 12.345.678``, as German or
     Dutch software prints a number) stayed in clear everywhere, case ok; grouped by commas it was removed. A number
@@ -4517,7 +4538,6 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
     for patient, text in [
         ("2500", "MC 1.250.000"),
         ("1000", "Ring 10.000.000"),
-        ("12345678", "v1.12.345.678"),
         ("2500", "MC 1,250,000"),  # (grouped by commas: the check read 250,000 as 250,0 with its zeros dropped)
         ("1000", "Ring 10,000,000"),
         ("2500", "MC 1 250 000"),  # (by spaces, thin spaces, apostrophes: forty-eighth trial AV5)
@@ -4550,6 +4570,10 @@ def test_an_id_grouped_in_thousands_by_points_is_removed(tmp_path, capsys):
     identity = Identity(patient_ids={"0072315"})
     assert IdentityGuard(identity).find("b 0.072.315") == "a patient ID"
     assert Pseudonymizer(key=b"k" * 32, identity=identity).name("b 0.072.315") == "b [removed]"
+    # whole groups of a longer run are the ID, before or after other groups (a suffix: eighty-third trial CE2)
+    grouped = Identity(patient_ids={"12345678"})
+    assert IdentityGuard(grouped).find("v1.12.345.678") == "a patient ID"
+    assert Pseudonymizer(key=b"k" * 32, identity=grouped).name("v1.12.345.678") == "v1.[removed]"
 
 
 def test_a_name_stored_as_utf8_read_as_latin1_is_found_as_typed(tmp_path, capsys):

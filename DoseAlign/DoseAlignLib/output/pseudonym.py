@@ -1424,7 +1424,7 @@ class Pseudonymizer:
             return value
         if value.count(".") >= 2:  # an ID grouped by points as thousands (12.345.678), where commas group it alike
             # (forty-fourth hostile trial AR7: only the commas were read)
-            value = _POINT_GROUPED.sub(lambda m: self._grouped_id_removed(m.group(0), own), value)
+            value = _POINT_GROUPED.sub(lambda m: self._grouped_id_removed(m.group(0)), value)
         value = self._remove_ids(value, own)
         value = self._outside_own(value, lambda piece: self._names.redact(piece, own=own))
         dated = value
@@ -1437,9 +1437,13 @@ class Pseudonymizer:
             value = self._remove_ids(value, own)
         return value
 
-    def _grouped_id_removed(self, number: str, own: bool) -> str:
-        """A number grouped by points as thousands, :data:`REMOVED` where its digits are an ID of digits."""
-        return REMOVED if _grouped_digits(number) in _digit_ids(self.identity) else number
+    def _grouped_id_removed(self, run: str) -> str:
+        """A run of digit groups (:data:`_POINT_GROUPED`) with each sequence of its groups that is an ID of digits
+        :data:`REMOVED`."""
+        spans = _grouped_id_spans(run, _digit_ids(self.identity))
+        for start, end in reversed(spans):
+            run = run[:start] + REMOVED + run[end:]
+        return run
 
     def _remove_coded_dates(self, value: str) -> str:
         """``value`` without the input's dates written as counts (:data:`_CODED_DATE`)."""
@@ -3002,11 +3006,16 @@ class NameSpellings:
 _ID_PATTERNS: dict = {}
 #: A whole number grouped by points (``12.345.678``, as German, Dutch or Brazilian software prints one), or an ID in its
 #: country's dotted notation (a CPF ``123.456.789-09``, a BSN ``1234.56.782``, an AHV ``756.1234.5678.97``: eighty-first
-#: hostile trial CC3): groups of digits joined by points, hyphens or slashes, two points at least (one is a decimal
-#: point: ``12.345``; :func:`_grouped_digits` counts them); also after an abbreviation's point (``Nr.12.345.678``:
-#: forty-sixth hostile trial AT2). It is an ID only where all its digits are one (``1.250.000`` holds no ID 2500
-#: across its groups: AT3), on both sides.
-_POINT_GROUPED = re.compile(r"(?<![0-9])(?<![0-9][./-])[0-9]+(?:[./-][0-9]+){2,}(?![0-9]|[./-][0-9])")
+#: hostile trial CC3): groups of digits joined by points, hyphens, dashes, underscores or slashes, and then by blanks
+#: too (``123.456.789 09``), two points at least before any blank (one is a decimal point: ``12.345``; three numbers
+#: ``1.5 2.5 3.5`` are no run); also after an abbreviation's point (``Nr.12.345.678``: forty-sixth hostile trial AT2).
+#: An ID is the digits of whole groups of it, one after the other (:func:`_grouped_id_spans`): ``1.250.000`` holds no ID
+#: 2500 across its groups (AT3), ``123.456.789-09-2`` the ID 12345678909 and a suffix (eighty-third trial CE2).
+_GROUP_SEPARATORS = "./_\\-\u2010-\u2015\u2212"
+_POINT_GROUPED = re.compile(
+    rf"(?<![0-9])(?<![0-9][{_GROUP_SEPARATORS} ])[0-9]+(?:[{_GROUP_SEPARATORS}][0-9]+)+(?:(?: [{_GROUP_SEPARATORS}]? ?|[{_GROUP_SEPARATORS}] ?)[0-9]+)*"
+    rf"(?![0-9]|[{_GROUP_SEPARATORS} ][0-9])"
+)
 #: A decimal point between two digits: digits on both sides of it belong to one number, never to an ID.
 _DECIMAL = re.compile(r"[0-9]\.[0-9]")
 
@@ -3227,14 +3236,30 @@ def _utf8_read_as_latin1(text: str) -> Optional[str]:
     return repaired
 
 
-def _grouped_digits(number: str) -> str:
-    """The digits of a number grouped by points (:data:`_POINT_GROUPED`), without its leading zeros (``0.072.315`` is
-    72315 too); ``""`` where it has fewer than two points or fewer than :data:`MIN_BARE_DIGITS` digits (a version
-    ``2.4.0``, a date ``1.5.23``)."""
-    digits = re.sub(r"[./-]", "", number)
-    if number.count(".") < 2 or len(digits) < MIN_BARE_DIGITS:
-        return ""
-    return digits.lstrip("0") or "0"
+def _grouped_id_spans(run: str, ids: frozenset) -> list:
+    """``(start, end)`` in ``run`` (a match of :data:`_POINT_GROUPED`) of each sequence of its whole groups whose digits,
+    without leading zeros (``0.072.315`` is 72315 too) and :data:`MIN_BARE_DIGITS` or more, are one of ``ids``; none
+    where the run has fewer than two points before any blank (a decimal ``12.345``, a version ``2.4.0`` is too short)."""
+    if run.split(" ")[0].count(".") < 2:
+        return []
+    groups = [m.span() for m in re.finditer(r"[0-9]+", run)]
+    longest = max((len(i) for i in ids), default=0)
+    spans, first = [], 0
+    while first < len(groups):
+        digits, last = "", None
+        for end in range(first, len(groups)):
+            digits += run[groups[end][0] : groups[end][1]]
+            number = digits.lstrip("0") or "0"
+            if len(number) > longest:  # (groups beyond the longest ID: a run of 20 000 groups was quadratic)
+                break
+            if len(digits) >= MIN_BARE_DIGITS and number in ids:
+                last = end
+        if last is None:
+            first += 1
+            continue
+        spans.append((groups[first][0], groups[last][1]))
+        first = last + 1
+    return spans
 
 
 def _digit_ids(identity: Identity) -> frozenset:
@@ -3567,7 +3592,7 @@ class IdentityGuard:
         if (  # a whole number grouped by points (12.345.678: AR7)
             text.count(".") >= 2
             and self.digit_ids
-            and any(_grouped_digits(m.group(0)) in self.digit_ids for m in _POINT_GROUPED.finditer(text))
+            and any(_grouped_id_spans(m.group(0), self.digit_ids) for m in _POINT_GROUPED.finditer(text))
         ):
             return "a patient ID"
         if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
