@@ -3558,6 +3558,47 @@ def test_the_name_of_another_inputs_patient_without_patient_id_is_identity_of_an
     assert not _spellings_in_output(out, ["smithers"])
 
 
+def test_another_inputs_other_ids_and_birth_name_are_identity_of_an_append(tmp_path, capsys):
+    """Eighty-third hostile trial CE5: the map held only PatientID and PatientName, so another input's patient's
+    OtherPatientIDs and PatientBirthName in an appended input's ROI names stood in clear (exported together, they
+    are removed)."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    hostile.study(first / "p", "KOW-1", 98, patient_name="Nowak^Maria", ct_size=(40, 36, 16))
+    for path in (first / "p").rglob("*.dcm"):
+        dd.rewrite_tags(path, OtherPatientIDs="9434765919", PatientBirthName="Kowalczyk^Maria")
+    truth = hostile.study(second / "p", "ZY-77777", 99, patient_name="Brown^Alice", ct_size=(40, 36, 16))
+    ds = dd.read(truth.struct_file)
+    renamed = {"Cord": "Cord_Kowalczyk", "Ring": "GTV_9434765919"}
+    for item in ds.StructureSetROISequence:
+        item.ROIName = renamed.get(item.ROIName, item.ROIName)
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(first), str(out), *args]) == 0, capsys.readouterr()
+    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+    assert not _spellings_in_output(out, ["kowalczyk", "9434765919"])
+
+
+def test_a_patient_named_removed_in_out_refuses_no_later_append(tmp_path, capsys):
+    """Eighty-third hostile trial CE4: a patient whose name and ID are the word of DoseAlign's own mark (``REMOVED``,
+    what an earlier de-identification wrote) exports fine, as that word is no identity; but read back from the map by
+    a later --append it was identity again, and the appended case failed "please report it" (or the run was
+    refused)."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    hostile.study(first / "p", "REMOVED", 98, patient_name="[Removed]", ct_size=(40, 36, 16))
+    truth = hostile.study(second / "p", "ZY-77777", 99, patient_name="Brown^Alice", ct_size=(40, 36, 16))
+    ds = dd.read(truth.struct_file)  # (so that this input's outputs hold DoseAlign's mark)
+    for item in ds.StructureSetROISequence:
+        item.ROIName = "GTV_Brown" if item.ROIName == "Cord" else item.ROIName
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / "share" / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(first), str(out), *args]) == 0, capsys.readouterr()
+    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
+    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+
+
 def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_input(tmp_path, capsys):
     """Twenty-eighth hostile trial AB2: V4's tags were decided per input, so --append of a second input into one
     pseudonymized OUT made ``[removed]_L`` the lung in the first input's case and the lens in the second's. An

@@ -509,6 +509,25 @@ def test_inputs_hold_what_the_test_looks_for(study):
     assert ds.PatientBirthDate == "19610315" and ds.StudyDate == "20230718"
 
 
+def test_a_map_whose_values_hold_line_separators_reads_back(tmp_path):
+    """Eighty-third hostile trial CE3: a name, ID or folder holding U+2028, U+2029, U+0085, a form feed, a vertical tab
+    or U+001C was written into the map as it is, and read back by ``str.splitlines`` it broke the map: every later run
+    (--resume, --append, another OUT sharing --map-file) was refused, exit 2. The map's lines end at CR and LF only."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer, read_map
+
+    odd = "Doe\u2028John\u2029\x85\x0c\x0b\x1c^Line\nTwo"
+    map_path = tmp_path / "map.csv"
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=Identity(), map_path=str(map_path))
+    pseudonymizer.entries[("name", "P0123456789ab.01234567")] = odd
+    pseudonymizer.patient("QX\u2028-77415")
+    pseudonymizer.write_map(map_path)
+    rows = read_map(map_path)
+    assert rows[("name", "P0123456789ab.01234567")] == odd
+    assert "QX\u2028-77415" in rows.values()
+    pseudonymizer.write_map(map_path)  # (read, merged and written again: the same rows)
+    assert read_map(map_path) == rows
+
+
 def test_a_key_and_a_map_saved_with_a_byte_order_mark_are_read(tmp_path):
     """Eighty-first hostile trial CC5: a key file or map saved with a UTF-8 byte order mark (Notepad, Excel's "CSV
     UTF-8") refused --resume, exit 2: the key "'ascii' codec can't decode byte 0xef", the map "not DoseAlign's

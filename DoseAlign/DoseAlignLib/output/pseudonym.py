@@ -383,8 +383,10 @@ class Identity:
 
     patient_ids: set = field(default_factory=set)
     names: set = field(default_factory=set)  # full PN values and their components
-    #: (PatientID, study UID where there is none) -> the PatientName values as the headers give them (for the map)
+    #: (PatientID, study UID where there is none) -> the patient's names (PatientName, OtherPatientNames,
+    #: PatientBirthName) and other IDs as the headers give them (for the map)
     patient_names: dict = field(default_factory=dict)
+    patient_other_ids: dict = field(default_factory=dict)
     dates: set = field(default_factory=set)  # YYYYMMDD
     other: set = field(default_factory=set)  # accession numbers, other IDs
     visit_ids: set = field(default_factory=set)  # the values of :data:`VISIT_KEYWORDS` (also in ``other``)
@@ -700,13 +702,17 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
         if obj.rel_path in leave_out:  # (its other names: not taken, the first only where it is a name's length)
             name = name.split("\\")[0] if len(name.split("\\")[0]) <= longest else ""
         ident.add_name(name)
-        if name.strip():  # (a patient without PatientID is told by its study, as its pseudonym is: eighty-third CE1)
-            whose = (obj.patient_id, "" if obj.patient_id else obj.study_uid)
+        whose = (obj.patient_id, "" if obj.patient_id else obj.study_uid)  # (a patient without PatientID is told by
+        # its study, as its pseudonym is: eighty-third hostile trial CE1)
+        if name.strip():
             ident.patient_names.setdefault(whose, set()).add(name.strip())
         if obj.rel_path not in leave_out:
             for name in obj.info.get("other_names", ()):  # other names and IDs of every file, CT slices too
                 ident.add_name(name)
+                if name.strip():
+                    ident.patient_names.setdefault(whose, set()).add(name.strip())
             ident.other.update(obj.info.get("other_ids", ()))
+            ident.patient_other_ids.setdefault(whose, set()).update(i for i in obj.info.get("other_ids", ()) if i)
             ident.visit_ids.update(obj.info.get("visit_ids", ()))
         for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
             if uid:
@@ -911,14 +917,17 @@ class Pseudonymizer:
             # hostile trial CC1, CC2)
             # (only of patients with a case in OUT: a run refused after it wrote the map named a patient OUT does
             # not hold, and that refused the next --append)
-            mapped_ids, mapped_names = mapped_patients(Path(self.map_path), present_patients)
+            mapped_ids, mapped_names, mapped_other = mapped_patients(Path(self.map_path), present_patients)
             self.identity.patient_ids |= mapped_ids
+            self.identity.other |= mapped_other  # (their other IDs and names too: eighty-third trial CE5)
             for name in sorted(mapped_names):
                 self.identity.add_name(name)
-            for (patient_id, study), names in sorted(self.identity.patient_names.items()):
-                patient = self.patient(patient_id, study)
-                for name in sorted(names):
-                    self.entries[("name", f"{patient}.{self._digest('name', name).hex()[:8]}")] = name
+            _without_placeholders(self.identity)  # (a patient REMOVED in the map: eighty-third trial CE4)
+            for kind, held in (("name", self.identity.patient_names), ("id", self.identity.patient_other_ids)):
+                for (patient_id, study), values in sorted(held.items()):
+                    patient = self.patient(patient_id, study)
+                    for value in sorted(values):
+                        self.entries[(kind, f"{patient}.{self._digest(kind, value).hex()[:8]}")] = value
         self.check_channels(channels)
         self.check_channels(mapped, option="--roi-map")
         self._check_marked_channels(channels, mapped)
@@ -2018,9 +2027,9 @@ MAX_MAP_BYTES = 256 * 1024 * 1024
 
 
 def mapped_patients(path: Path, present: Optional[set] = None) -> tuple:
-    """``(PatientIDs, patient names)`` the pseudonym map at ``path`` names (those of every input exported with it), of
-    the patient pseudonyms ``present`` only (all when None); not the study UIDs that stand for a patient without a
-    PatientID (:func:`_fallback`)."""
+    """``(PatientIDs, patient names, other IDs)`` the pseudonym map at ``path`` names (those of every input exported
+    with it), of the patient pseudonyms ``present`` only (all when None); not the study UIDs that stand for a patient
+    without a PatientID (:func:`_fallback`)."""
     rows = read_map(path)
     ids = {
         original
@@ -2030,12 +2039,15 @@ def mapped_patients(path: Path, present: Optional[set] = None) -> tuple:
         and original.strip()
         and not looks_like_uid(original)
     }
-    names = {
-        original
-        for (kind, pseudonym), original in rows.items()
-        if kind == "name" and (present is None or pseudonym.split(".")[0] in present) and original.strip()
+    held = {
+        kind: {
+            original
+            for (row_kind, pseudonym), original in rows.items()
+            if row_kind == kind and (present is None or pseudonym.split(".")[0] in present) and original.strip()
+        }
+        for kind in ("name", "id")
     }
-    return ids, names
+    return ids, held["name"], held["id"]
 
 
 def read_map(path: Path) -> dict:
@@ -2058,11 +2070,14 @@ def read_map(path: Path) -> dict:
     if not data.strip():
         return {}  # an empty file holds nothing to keep
     try:
-        lines = data.decode("utf-8-sig").splitlines()  # (a byte order mark, as a spreadsheet saves it: CC5)
+        # (a byte order mark, as a spreadsheet saves it: CC5); lines end at CR and LF only, as csv writes them: a
+        # name or path holding U+2028 or a form feed, read by str.splitlines, broke the map for every later run
+        # (eighty-third hostile trial CE3)
+        text = data.decode("utf-8-sig")
         limit = csv.field_size_limit()
         csv.field_size_limit(max(limit, MAX_MAP_BYTES))
         try:
-            table = list(csv.reader(lines))
+            table = list(csv.reader(io.StringIO(text, newline="")))
         finally:
             csv.field_size_limit(limit)
     except (UnicodeDecodeError, csv.Error) as error:
