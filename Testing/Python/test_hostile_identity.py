@@ -3487,23 +3487,34 @@ def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_pa
     assert len(pseudonym._other_name_words(accented)) > 1
 
 
+def _appended(tmp_path, capsys, first: tuple, second: tuple, renamed: dict, first_tags=None, out_name="share"):
+    """Two inputs, ``first`` and ``second`` (PatientID, PatientName) with the second's ROIs renamed (old -> new) and
+    ``first_tags`` rewritten in every file of the first; the first exported pseudonymized into OUT, then the second
+    with --append: ``(OUT, the append's exit code)``."""
+    roots = tmp_path / "a", tmp_path / "b"
+    hostile.study(roots[0] / "p", first[0], 98, patient_name=first[1], ct_size=(40, 36, 16))
+    for path in (roots[0] / "p").rglob("*.dcm") if first_tags else ():
+        dd.rewrite_tags(path, **first_tags)
+    truth = hostile.study(roots[1] / "p", second[0], 99, patient_name=second[1], ct_size=(40, 36, 16))
+    ds = dd.read(truth.struct_file)
+    for item in ds.StructureSetROISequence:
+        item.ROIName = renamed.get(item.ROIName, item.ROIName)
+    dd.save(ds, truth.struct_file)
+    out = tmp_path / out_name / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(roots[0]), str(out), *args]) == 0, capsys.readouterr()
+    code = main(["export", str(roots[1]), str(out), *args, "--append"])
+    return out, code
+
+
 def test_an_appended_input_loses_the_patient_id_of_another_input_the_map_names(tmp_path, capsys):
     """Eighty-first hostile trial CC1: a second input whose ROI names another input's patient by its PatientID
     (``Ring_as_QX-12345``, contours copied from that patient's plan) was appended into the pseudonymized OUT of the
     first: the ID stood in clear in meta.json and dvh.csv, ok, beside that patient's case, though the map the run
     merges names it (exported together, it was removed). The map's PatientIDs are the run's identity too."""
-    first, second = tmp_path / "a", tmp_path / "b"
-    hostile.study(first / "p", "QX-12345", 98, patient_name="Smithers^John", ct_size=(40, 36, 16))
-    truth = hostile.study(second / "p", "ZY-77777", 99, patient_name="Doe^Jane", ct_size=(40, 36, 16))
-    ds = dd.read(truth.struct_file)
-    for item in ds.StructureSetROISequence:
-        item.ROIName = "Ring_as_QX-12345" if item.ROIName == "Cord" else item.ROIName
-    dd.save(ds, truth.struct_file)
-    out = tmp_path / "share" / "out"
-    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
-    assert main(["export", str(first), str(out), *args]) == 0
-    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
-    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+    first, second = ("QX-12345", "Smithers^John"), ("ZY-77777", "Doe^Jane")
+    out, code = _appended(tmp_path, capsys, first, second, {"Cord": "Ring_as_QX-12345"})
+    assert code == 0 and [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"], capsys.readouterr()
     assert not _spellings_in_output(out, ["qx12345"])
     names = [n for row in hostile.manifest(out) for n in _names_of(out, row)]
     assert "Ring_as_[removed]" in names, names
@@ -3515,88 +3526,49 @@ def test_an_appended_inputs_roi_that_is_another_inputs_patient_name_is_rewritten
     case: exported together, it is rewritten. The map now holds the patients' names too, so an appended input's ROI
     that is another input's patient name is rewritten; the first order is refused as before (a kept case is never
     rewritten), with the advice to export the inputs together."""
-    ring, doe = tmp_path / "ring", tmp_path / "doe"
-    hostile.study(ring / "p", "RING-1", 98, patient_name="Ring^Anna", ct_size=(40, 36, 16))
-    truth = hostile.study(doe / "p", "DOE-1", 99, patient_name="Doe^John", ct_size=(40, 36, 16))
-    ds = dd.read(truth.struct_file)
-    for item in ds.StructureSetROISequence:
-        item.ROIName = "Ring" if item.ROIName == "Cord" else item.ROIName
-    dd.save(ds, truth.struct_file)
-    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
-    out = tmp_path / "share" / "out"
-    assert main(["export", str(ring), str(out), *args]) == 0
-    assert main(["export", str(doe), str(out), *args, "--append"]) == 0, capsys.readouterr()
-    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+    ring, doe = ("RING-1", "Ring^Anna"), ("DOE-1", "Doe^John")
+    out, code = _appended(tmp_path, capsys, ring, doe, {"Cord": "Ring"})
+    assert code == 0 and [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"], capsys.readouterr()
     names = [n for row in hostile.manifest(out) for n in _names_of(out, row)]
     assert "Ring" not in names and any(WHOLE_NAME_REMOVED.fullmatch(n) for n in names), names
     other = tmp_path / "share2" / "out"
-    assert main(["export", str(doe), str(other), *args]) == 0
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    assert main(["export", str(tmp_path / "b"), str(other), *args]) == 0
     capsys.readouterr()
-    assert main(["export", str(ring), str(other), *args, "--append"]) == 2
+    assert main(["export", str(tmp_path / "a"), str(other), *args, "--append"]) == 2
     assert "export the inputs together" in capsys.readouterr().err
 
 
-def test_the_name_of_another_inputs_patient_without_patient_id_is_identity_of_an_append(tmp_path, capsys):
-    """Eighty-third hostile trial CE1 (CC2's fix missed it): the map's name rows of a patient without PatientID were
-    keyed by no pseudonym OUT holds (a patient without one is told by its study), so an appended input's ROI
-    ``Cord_Smithers`` stood in clear beside that patient's case."""
-    first, second = tmp_path / "a", tmp_path / "b"
-    truth = hostile.study(first / "p", "NOID-1", 98, patient_name="Smithers^John", ct_size=(40, 36, 16))
-    for path in (first / "p").rglob("*.dcm"):
-        dd.rewrite_tags(path, PatientID="")
-    assert truth.struct_file.exists()
-    truth = hostile.study(second / "p", "ZY-77777", 99, patient_name="Brown^Alice", ct_size=(40, 36, 16))
-    ds = dd.read(truth.struct_file)
-    for item in ds.StructureSetROISequence:
-        item.ROIName = "Cord_Smithers" if item.ROIName == "Cord" else item.ROIName
-    dd.save(ds, truth.struct_file)
-    out = tmp_path / "share" / "out"
-    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
-    assert main(["export", str(first), str(out), *args]) == 0, capsys.readouterr()
-    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
-    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
-    assert not _spellings_in_output(out, ["smithers"])
-
-
-def test_another_inputs_other_ids_and_birth_name_are_identity_of_an_append(tmp_path, capsys):
-    """Eighty-third hostile trial CE5: the map held only PatientID and PatientName, so another input's patient's
-    OtherPatientIDs and PatientBirthName in an appended input's ROI names stood in clear (exported together, they
-    are removed)."""
-    first, second = tmp_path / "a", tmp_path / "b"
-    hostile.study(first / "p", "KOW-1", 98, patient_name="Nowak^Maria", ct_size=(40, 36, 16))
-    for path in (first / "p").rglob("*.dcm"):
-        dd.rewrite_tags(path, OtherPatientIDs="9434765919", PatientBirthName="Kowalczyk^Maria")
-    truth = hostile.study(second / "p", "ZY-77777", 99, patient_name="Brown^Alice", ct_size=(40, 36, 16))
-    ds = dd.read(truth.struct_file)
-    renamed = {"Cord": "Cord_Kowalczyk", "Ring": "GTV_9434765919"}
-    for item in ds.StructureSetROISequence:
-        item.ROIName = renamed.get(item.ROIName, item.ROIName)
-    dd.save(ds, truth.struct_file)
-    out = tmp_path / "share" / "out"
-    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
-    assert main(["export", str(first), str(out), *args]) == 0, capsys.readouterr()
-    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
-    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
-    assert not _spellings_in_output(out, ["kowalczyk", "9434765919"])
+@pytest.mark.parametrize(
+    "first_tags, roi, needle",
+    [
+        # (eighty-third trial CE1: the map's name rows of a patient without PatientID were keyed by no pseudonym OUT
+        # holds: a patient without one is told by its study)
+        ({"PatientID": ""}, "Cord_Smithers", "smithers"),
+        # (CE5: the map held only PatientID and PatientName)
+        ({"OtherPatientIDs": "9434765919", "PatientBirthName": "Kowalczyk^Maria"}, "Cord_Kowalczyk", "kowalczyk"),
+        ({"OtherPatientIDs": "9434765919"}, "GTV_9434765919", "9434765919"),
+    ],
+)
+def test_another_inputs_patients_names_and_ids_are_identity_of_an_append(tmp_path, capsys, first_tags, roi, needle):
+    """Eighty-third hostile trial CE1 and CE5 (CC2's fix missed them): another input's patient without PatientID, and
+    another patient's OtherPatientIDs and PatientBirthName, in an appended input's ROI name stood in clear beside
+    that patient's case (exported together, they are removed)."""
+    first, second = ("NOID-1", "Smithers^John"), ("ZY-77777", "Brown^Alice")
+    out, code = _appended(tmp_path, capsys, first, second, {"Cord": roi}, first_tags=first_tags)
+    assert code == 0 and [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"], capsys.readouterr()
+    assert not _spellings_in_output(out, [needle])
 
 
 def test_a_patient_named_removed_in_out_refuses_no_later_append(tmp_path, capsys):
     """Eighty-third hostile trial CE4: a patient whose name and ID are the word of DoseAlign's own mark (``REMOVED``,
     what an earlier de-identification wrote) exports fine, as that word is no identity; but read back from the map by
-    a later --append it was identity again, and the appended case failed "please report it" (or the run was
-    refused)."""
-    first, second = tmp_path / "a", tmp_path / "b"
-    hostile.study(first / "p", "REMOVED", 98, patient_name="[Removed]", ct_size=(40, 36, 16))
-    truth = hostile.study(second / "p", "ZY-77777", 99, patient_name="Brown^Alice", ct_size=(40, 36, 16))
-    ds = dd.read(truth.struct_file)  # (so that this input's outputs hold DoseAlign's mark)
-    for item in ds.StructureSetROISequence:
-        item.ROIName = "GTV_Brown" if item.ROIName == "Cord" else item.ROIName
-    dd.save(ds, truth.struct_file)
-    out = tmp_path / "share" / "out"
-    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
-    assert main(["export", str(first), str(out), *args]) == 0, capsys.readouterr()
-    assert main(["export", str(second), str(out), *args, "--append"]) == 0, capsys.readouterr()
-    assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+    a later --append it was identity again, and the appended case (whose outputs hold the mark) failed "please report
+    it" (or the run was refused)."""
+    out, code = _appended(
+        tmp_path, capsys, ("REMOVED", "[Removed]"), ("ZY-77777", "Brown^Alice"), {"Cord": "GTV_Brown"}
+    )
+    assert code == 0 and [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"], capsys.readouterr()
 
 
 def test_an_appended_inputs_roi_names_do_not_take_a_rewritten_name_of_another_input(tmp_path, capsys):
