@@ -548,7 +548,13 @@ def test_a_plan_on_the_ct_whose_case_failed_for_its_patient_id_is_said_to_be_mis
 
 
 @pytest.mark.parametrize(
-    "damage", ["file cut in its header", "file cut in its frame of reference", "DoseSummationType missing"]
+    "damage",
+    [
+        "file cut in its header",
+        "file cut in its frame of reference",
+        "DoseSummationType missing",
+        "file cut before its patient",
+    ],
 )
 def test_a_damaged_plan_dose_on_the_ct_is_said_beside_the_sum(tmp_path, damage):
     """Seventy-eighth hostile trial BZ2: with --sum-plans, the main plan's PLAN dose was damaged (cut inside its
@@ -560,7 +566,10 @@ def test_a_damaged_plan_dose_on_the_ct_is_said_beside_the_sum(tmp_path, damage):
 
     truth = write_phantom(tmp_path / "dicom", PhantomSpec(patient_id="PART", boost_fraction=0.25, seed=9, **SMALL))
     main_dose = Path(next(p for p in truth.dose_files if Path(p) != Path(truth.boost_dose_file)))
-    if damage == "file cut in its header":
+    if damage == "file cut before its patient":  # its patient and frame unreadable: any patient's, said by its row
+        data = main_dose.read_bytes()
+        main_dose.write_bytes(data[: data.index(b"\x10\x00\x10\x00PN")])  # before (0010,0010): an RTDOSE, whose?
+    elif damage == "file cut in its header":
         data = main_dose.read_bytes()
         main_dose.write_bytes(data[: data.index(b"\x18\x00\x50\x00") + 6])  # inside (0018,0050) SliceThickness
     elif damage == "file cut in its frame of reference":  # its UID read cut short: another frame (82nd trial CD2)
@@ -573,6 +582,10 @@ def test_a_damaged_plan_dose_on_the_ct_is_said_beside_the_sum(tmp_path, damage):
     report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(sum_plans=True), qa_png=False)
     (boost,) = [r for r in report.rows if r["summation_type"] == "PLAN"]
     assert boost["status"] == "ok", report.rows
+    if damage == "file cut before its patient":  # (not said beside every plan sum of a batch)
+        assert main_dose.name not in boost["warnings"], boost
+        assert any(main_dose.name in (r.get("reason") or "") for r in report.rows if r is not boost), report.rows
+        return
     assert main_dose.name in boost["warnings"] and "--sum-plans" in boost["warnings"], boost
     assert any(main_dose.name in " ".join(map(str, r.values())) for r in report.rows if r is not boost), report.rows
     single = export_folder(tmp_path / "dicom", tmp_path / "one-each", AlignOptions(), qa_png=False)

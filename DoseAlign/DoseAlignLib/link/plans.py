@@ -67,7 +67,9 @@ def sum_plan_cases(cases: list, name_for, damaged_doses: Sequence = ()) -> list:
         missing += [
             note
             for patient_id, dose_frame, note in unplaced
-            if patient_id in (key[0], "") and dose_frame in (frame, "", None)
+            if patient_id in (key[0], "")
+            and dose_frame in (frame, "", None)
+            and (patient_id or dose_frame)  # (neither readable: a file cut in its first bytes, said by its own row)
         ]
         if len(members) == 1:
             members[0].warnings.extend(missing)
@@ -111,9 +113,10 @@ def _unplaced_case_note(case: Case) -> str:
 
 
 def _damaged_dose_note(dose) -> str:
+    whose = "of this patient" if dose.patient_id else "(its PatientID unreadable) in this CT's frame of reference"
     return (
-        f"RTDOSE {dose.rel_path} of this patient is damaged ({dose.info.get('damage', 'unreadable')}): if it is the "
-        "dose of another plan on this CT, it is not in this case (--sum-plans)"
+        f"RTDOSE {dose.rel_path} {whose} is damaged ({dose.info.get('damage', 'unreadable')}): if it is the dose of "
+        "another plan on this CT, it is not in this case (--sum-plans)"
     )
 
 
