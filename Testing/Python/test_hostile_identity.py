@@ -3487,20 +3487,21 @@ def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_pa
     assert len(pseudonym._other_name_words(accented)) > 1
 
 
-def _appended(tmp_path, capsys, first: tuple, second: tuple, renamed: dict, first_tags=None, out_name="share"):
+def _appended(tmp_path, capsys, first: tuple, second: tuple, renamed: dict, first_tags=None, rt_only=False):
     """Two inputs, ``first`` and ``second`` (PatientID, PatientName) with the second's ROIs renamed (old -> new) and
-    ``first_tags`` rewritten in every file of the first; the first exported pseudonymized into OUT, then the second
-    with --append: ``(OUT, the append's exit code)``."""
+    ``first_tags`` rewritten in every file of the first (``rt_only``: its RT objects, not its CT); the first exported
+    pseudonymized into OUT, then the second with --append: ``(OUT, the append's exit code)``."""
     roots = tmp_path / "a", tmp_path / "b"
-    hostile.study(roots[0] / "p", first[0], 98, patient_name=first[1], ct_size=(40, 36, 16))
-    for path in (roots[0] / "p").rglob("*.dcm") if first_tags else ():
-        dd.rewrite_tags(path, **first_tags)
+    truth = hostile.study(roots[0] / "p", first[0], 98, patient_name=first[1], ct_size=(40, 36, 16))
+    tagged = [truth.struct_file, truth.plan_file, *truth.dose_files] if rt_only else (roots[0] / "p").rglob("*.dcm")
+    for path in tagged if first_tags else ():
+        dd.rewrite_tags(Path(path), **first_tags)
     truth = hostile.study(roots[1] / "p", second[0], 99, patient_name=second[1], ct_size=(40, 36, 16))
     ds = dd.read(truth.struct_file)
     for item in ds.StructureSetROISequence:
         item.ROIName = renamed.get(item.ROIName, item.ROIName)
     dd.save(ds, truth.struct_file)
-    out = tmp_path / out_name / "out"
+    out = tmp_path / "share" / "out"
     args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
     assert main(["export", str(roots[0]), str(out), *args]) == 0, capsys.readouterr()
     code = main(["export", str(roots[1]), str(out), *args, "--append"])
@@ -3540,24 +3541,47 @@ def test_an_appended_inputs_roi_that_is_another_inputs_patient_name_is_rewritten
 
 
 @pytest.mark.parametrize(
-    "first_tags, roi, needle",
+    "first_tags, rt_only, roi, needle",
     [
         # (eighty-third trial CE1: the map's name rows of a patient without PatientID were keyed by no pseudonym OUT
         # holds: a patient without one is told by its study)
-        ({"PatientID": ""}, "Cord_Smithers", "smithers"),
+        ({"PatientID": ""}, False, "Cord_Smithers", "smithers"),
         # (CE5: the map held only PatientID and PatientName)
-        ({"OtherPatientIDs": "9434765919", "PatientBirthName": "Kowalczyk^Maria"}, "Cord_Kowalczyk", "kowalczyk"),
-        ({"OtherPatientIDs": "9434765919"}, "GTV_9434765919", "9434765919"),
+        (
+            {"OtherPatientIDs": "9434765919", "PatientBirthName": "Kowalczyk^Maria"},
+            False,
+            "Cord_Kowalczyk",
+            "kowalczyk",
+        ),
+        ({"OtherPatientIDs": "9434765919"}, False, "GTV_9434765919", "9434765919"),
+        # (eighty-fifth CG2: what only the RT objects hold, not the CT, was not in the map)
+        ({"AdmissionID": "ADM4471902"}, True, "GTV_ADM4471902", "adm4471902"),
+        ({"ReferringPhysicianName": "Okonkwo^Chidi"}, True, "Cord_Okonkwo", "okonkwo"),
     ],
 )
-def test_another_inputs_patients_names_and_ids_are_identity_of_an_append(tmp_path, capsys, first_tags, roi, needle):
+def test_another_inputs_patients_names_and_ids_are_identity_of_an_append(
+    tmp_path, capsys, first_tags, rt_only, roi, needle
+):
     """Eighty-third hostile trial CE1 and CE5 (CC2's fix missed them): another input's patient without PatientID, and
     another patient's OtherPatientIDs and PatientBirthName, in an appended input's ROI name stood in clear beside
-    that patient's case (exported together, they are removed)."""
+    that patient's case (exported together, they are removed). So did an AdmissionID or a person's name that only
+    the RT objects hold (eighty-fifth CG2)."""
     first, second = ("NOID-1", "Smithers^John"), ("ZY-77777", "Brown^Alice")
-    out, code = _appended(tmp_path, capsys, first, second, {"Cord": roi}, first_tags=first_tags)
+    out, code = _appended(tmp_path, capsys, first, second, {"Cord": roi}, first_tags=first_tags, rt_only=rt_only)
     assert code == 0 and [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"], capsys.readouterr()
     assert not _spellings_in_output(out, [needle])
+
+
+def test_another_inputs_visit_code_without_a_digit_refuses_no_append(tmp_path, capsys):
+    """Eighty-fifth hostile trial CG1: another input's CT StudyID ``LUNG`` (a worklist's procedure code) went into the
+    map as an ID, and read back it was one without the visit rule (a visit's number is one only with a digit): the
+    append beside that input's case holding ROIs ``Lung_L`` was refused, and an appended ROI ``Lung_L`` would be
+    ``[removed]_L``. Exported together, or the other way round, all was well."""
+    first, second = ("NOWAK-1", "Nowak^Anna"), ("ZY-77777", "Brown^Alice")
+    out, code = _appended(tmp_path, capsys, first, second, {"Cord": "Lung_L"}, first_tags={"StudyID": "LUNG"})
+    assert code == 0 and [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"], capsys.readouterr()
+    names = [n for row in hostile.manifest(out) for n in _names_of(out, row)]
+    assert "Lung_L" in names, names
 
 
 def test_a_patient_named_removed_in_out_refuses_no_later_append(tmp_path, capsys):

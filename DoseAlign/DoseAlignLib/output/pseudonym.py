@@ -384,9 +384,10 @@ class Identity:
     patient_ids: set = field(default_factory=set)
     names: set = field(default_factory=set)  # full PN values and their components
     #: (PatientID, study UID where there is none) -> the patient's names (PatientName, OtherPatientNames,
-    #: PatientBirthName) and other IDs as the headers give them (for the map)
+    #: PatientBirthName, every PN of its headers), other IDs and visit IDs as the headers give them (for the map)
     patient_names: dict = field(default_factory=dict)
     patient_other_ids: dict = field(default_factory=dict)
+    patient_visit_ids: dict = field(default_factory=dict)
     dates: set = field(default_factory=set)  # YYYYMMDD
     other: set = field(default_factory=set)  # accession numbers, other IDs
     visit_ids: set = field(default_factory=set)  # the values of :data:`VISIT_KEYWORDS` (also in ``other``)
@@ -417,30 +418,33 @@ class Identity:
         # the check refused each case "please report it" (twenty-seventh hostile trial AA3)
         return {i for i in found if len(i) >= MIN_OTHER_ID_LENGTH or not _SHORT_DECIMAL.fullmatch(i)}
 
-    def add_dataset(self, ds, dates: Optional[set] = None) -> None:
+    def add_dataset(self, ds, dates: Optional[set] = None) -> tuple:
         """Collect the identifying values of one header (top level, IDs in sequences, and PN/DA/DT anywhere);
-        its dates into ``dates`` where given (its patient's, bounded before they join :attr:`dates`)."""
+        its dates into ``dates`` where given (its patient's, bounded before they join :attr:`dates`). Returns
+        ``(other IDs, visit IDs, names)`` of the header, for the pseudonym map."""
         dates = self.dates if dates is None else dates
+        other, visits, names = set(), set(), set()
         for keyword in IDENTIFYING_KEYWORDS:
             value = ds.get(keyword)
             for item in _values(value):
                 if keyword == "PatientID":
                     self.patient_ids.add(item)
                 else:
-                    self.other.add(item)
+                    other.add(item)
                     if keyword in VISIT_KEYWORDS:
-                        self.visit_ids.add(item)
+                        visits.add(item)
         for element in _iter_elements(ds):
             vr = getattr(element, "VR", "")
             if vr == "SQ":
                 for item in element.value or []:  # an ID in a sequence (OtherPatientIDsSequence) is another ID
                     for keyword in IDENTIFYING_KEYWORDS:
-                        self.other.update(_values(item.get(keyword)))
+                        other.update(_values(item.get(keyword)))
                         if keyword in VISIT_KEYWORDS:
-                            self.visit_ids.update(_values(item.get(keyword)))
+                            visits.update(_values(item.get(keyword)))
             elif vr == "PN":
                 for item in _values(element.value):
                     self.add_name(item)
+                    names.add(item.strip())
             elif vr in ("DA", "DT"):
                 for item in _values(element.value):
                     dates.update(dates_of_value(item, vr))
@@ -448,6 +452,9 @@ class Identity:
                 for item in _values(element.value):
                     if not item.startswith(_DICOM_DEFINED_UID):
                         self.uids.add(item)
+        self.other |= other
+        self.visit_ids |= visits
+        return other, visits, {n for n in names if n}
 
     def add_name(self, name: str) -> None:
         name = name.strip()
@@ -712,7 +719,9 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
                 if name.strip():
                     ident.patient_names.setdefault(whose, set()).add(name.strip())
             ident.other.update(obj.info.get("other_ids", ()))
+            visits = set(obj.info.get("visit_ids", ()))
             ident.patient_other_ids.setdefault(whose, set()).update(i for i in obj.info.get("other_ids", ()) if i)
+            ident.patient_visit_ids.setdefault(whose, set()).update(i for i in visits if i)
             ident.visit_ids.update(obj.info.get("visit_ids", ()))
         for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
             if uid:
@@ -739,7 +748,12 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
                         "export takes of one file"
                     )
                 continue
-            ident.add_dataset(ds, dates=patient_dates[_patient_key(obj.patient_id)][0])
+            other, visits, names = ident.add_dataset(ds, dates=patient_dates[_patient_key(obj.patient_id)][0])
+            whose = (obj.patient_id, "" if obj.patient_id else obj.study_uid)  # (what only an RT header holds, an
+            # AdmissionID, a trial subject: eighty-fifth hostile trial CG2)
+            ident.patient_other_ids.setdefault(whose, set()).update(other)
+            ident.patient_visit_ids.setdefault(whose, set()).update(visits)
+            ident.patient_names.setdefault(whose, set()).update(names)
             if obj.kind == "RTSTRUCT":
                 for roi in ds.get("StructureSetROISequence") or []:
                     roi_name = str(roi.get("ROIName", "") or "").strip()
@@ -917,16 +931,28 @@ class Pseudonymizer:
             # hostile trial CC1, CC2)
             # (only of patients with a case in OUT: a run refused after it wrote the map named a patient OUT does
             # not hold, and that refused the next --append)
-            mapped_ids, mapped_names, mapped_other = mapped_patients(Path(self.map_path), present_patients)
+            mapped_ids, mapped_names, mapped_other, mapped_visits = mapped_patients(
+                Path(self.map_path), present_patients
+            )
             self.identity.patient_ids |= mapped_ids
-            self.identity.other |= mapped_other  # (their other IDs and names too: eighty-third trial CE5)
+            self.identity.other |= mapped_other | mapped_visits  # (their other IDs and names too: eighty-third CE5;
+            # a visit's number as one, only with a digit: a StudyID LUNG refused the append, eighty-fifth CG1)
+            self.identity.visit_ids |= mapped_visits
             for name in sorted(mapped_names):
                 self.identity.add_name(name)
             _without_placeholders(self.identity)  # (a patient REMOVED in the map: eighty-third trial CE4)
-            for kind, held in (("name", self.identity.patient_names), ("id", self.identity.patient_other_ids)):
+            identity = self.identity
+            for kind, held in (
+                ("name", identity.patient_names),
+                ("id", identity.patient_other_ids),
+                ("visit", identity.patient_visit_ids),
+            ):
                 for (patient_id, study), values in sorted(held.items()):
                     patient = self.patient(patient_id, study)
+                    own_visits = identity.patient_visit_ids.get((patient_id, study), set())
                     for value in sorted(values):
+                        if kind == "id" and value in own_visits:  # (written once, as a visit)
+                            continue
                         self.entries[(kind, f"{patient}.{self._digest(kind, value).hex()[:8]}")] = value
         self.check_channels(channels)
         self.check_channels(mapped, option="--roi-map")
@@ -2027,9 +2053,9 @@ MAX_MAP_BYTES = 256 * 1024 * 1024
 
 
 def mapped_patients(path: Path, present: Optional[set] = None) -> tuple:
-    """``(PatientIDs, patient names, other IDs)`` the pseudonym map at ``path`` names (those of every input exported
-    with it), of the patient pseudonyms ``present`` only (all when None); not the study UIDs that stand for a patient
-    without a PatientID (:func:`_fallback`)."""
+    """``(PatientIDs, patient names, other IDs, visit IDs)`` the pseudonym map at ``path`` names (those of every input
+    exported with it), of the patient pseudonyms ``present`` only (all when None); not the study UIDs that stand for a
+    patient without a PatientID (:func:`_fallback`)."""
     rows = read_map(path)
     ids = {
         original
@@ -2045,9 +2071,9 @@ def mapped_patients(path: Path, present: Optional[set] = None) -> tuple:
             for (row_kind, pseudonym), original in rows.items()
             if row_kind == kind and (present is None or pseudonym.split(".")[0] in present) and original.strip()
         }
-        for kind in ("name", "id")
+        for kind in ("name", "id", "visit")
     }
-    return ids, held["name"], held["id"]
+    return ids, held["name"], held["id"], held["visit"]
 
 
 def read_map(path: Path) -> dict:
