@@ -163,8 +163,21 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
             sink("ct", ct_out)
     else:
         ct_dtype = np.int16 if options.ct_dtype == "int16" else np.float32
+        # B-spline and windowed sinc overshoot the values they interpolate: near 32 767 HU (metal on an extended
+        # scale) the overshoot wrapped round in int16 to -30 000 HU, ok, without a word (eighty-fourth trial CF1);
+        # resampled as float32, it is clipped to int16 and said
+        overshoots = ct_dtype is np.int16 and options.interpolator in (Interpolator.BSPLINE, Interpolator.WINDOWED_SINC)
         source, ct_steps = _source_for(ct, resampler, regular=ct_grid, fill=options.ct_fill_hu)
-        ct_out = resampler(source, target, options.interpolator, fill=options.ct_fill_hu, dtype=ct_dtype)
+        ct_out = resampler(
+            source, target, options.interpolator, fill=options.ct_fill_hu, dtype=np.float32 if overshoots else ct_dtype
+        )
+        if overshoots:
+            ct_out, clipped = _clipped_to_int16(ct_out)
+            if clipped:
+                case.warnings.append(
+                    f"{clipped} CT voxel(s) resampled by --interpolator {Interpolator(options.interpolator).value} overshoot the "
+                    "int16 range (-32768..32767 HU) and are clipped to it (--ct-dtype float32 keeps them)"
+                )
         if sink is not None:
             sink("ct", ct_out)
     ct_volume = Volume(ct_out, target, "HU", "CT")
@@ -207,6 +220,15 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
     _shorten_warnings(result.meta)
     report(1.0, "done")
     return result
+
+
+def _clipped_to_int16(values: np.ndarray) -> tuple:
+    """``(values rounded into int16, how many lay beyond its range)``."""
+    info = np.iinfo(np.int16)
+    beyond = int(np.count_nonzero(values < info.min) + np.count_nonzero(values > info.max))
+    np.rint(values, out=values)
+    np.clip(values, info.min, info.max, out=values)
+    return values.astype(np.int16), beyond
 
 
 def _shorten_warnings(meta) -> None:
@@ -334,6 +356,8 @@ def case_memory(case: Case, options: AlignOptions, geometry) -> tuple:
     voxels = int(np.prod(target.shape))
     output = voxels * (ct_bytes + (2 if options.dose_dtype == "float16" else 4))
     parts["outputs"] = output + (voxels * 4 if options.dose_dtype == "float16" else 0)
+    if ct_bytes == 2 and options.interpolator in (Interpolator.BSPLINE, Interpolator.WINDOWED_SINC):
+        parts["CT resampled as float32 (then clipped to int16)"] = voxels * 4
     channels = mask_channels(case, options)
     if channels:  # the channels and the body, bit-packed along i (kept for pair.npz and the format writers)
         k, j, i = target.shape

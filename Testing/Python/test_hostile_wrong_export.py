@@ -2925,3 +2925,28 @@ def test_a_ct_none_of_whose_slices_gives_a_rescale_is_read_as_stored(clean, tmp_
         dd.rewrite_tags(root / _rel(clean, "plan", ct), RescaleSlope=None, RescaleIntercept=None)
     row, _flags, _out = _one_ok_case(root, tmp_path, capsys)
     assert row["status"] == "ok"
+
+
+@pytest.mark.parametrize("interpolator", ["bs", "ws"])
+def test_an_overshoot_beyond_int16_is_clipped_and_said_not_wrapped(tmp_path, capsys, interpolator):
+    """Eighty-fourth hostile trial CF1: metal at the top of an extended CT scale (32 767 HU) beside air, resampled by
+    B-spline or windowed sinc, overshoots beyond int16: those voxels wrapped round to about -30 000 HU in the default
+    int16 CT, ok, without a word. They are clipped to int16's range, and a case warning says how many."""
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "METAL-1", 7, ct_size=(40, 36, 16))
+    for path in truth.ct_files:
+        ds = dd.read(Path(path))
+        pixels = ds.pixel_array.copy()
+        pixels[14:22, 14:22] = 32767 + 1024  # (stored with RescaleIntercept -1024)
+        ds.PixelData = pixels.tobytes()
+        dd.save(ds, Path(path))
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--no-structures", "--spacing", "1.3"]
+    assert main(["export", str(root), str(out), *args, "--interpolator", interpolator]) == 0, capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    with np.load(out / row["case_id"] / "pair.npz") as pair:
+        ct = pair["ct"]
+    # (the interpolator's own ringing goes some thousand HU below air; wrapped voxels were at -30 000)
+    assert ct.dtype == np.int16 and ct.min() > -10000, ct.min()
+    assert ct.max() == 32767
+    assert "overshoot the int16 range" in row["warnings"] and "clipped" in row["warnings"], row["warnings"]
