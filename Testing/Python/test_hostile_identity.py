@@ -3367,6 +3367,38 @@ def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refuse
     assert out_folder.inspect_output(out).other == []
 
 
+@pytest.mark.parametrize(
+    "patient_id, root",
+    [("1072315", "1.2.246.352.71.2.1072315.20230415093000"), ("1136192", "1.2.840.113619.2.55.3")],
+)
+def test_kept_uids_holding_the_patient_id_as_groups_fail_no_case(tmp_path, capsys, patient_id, root):
+    """Eighty-fifth hostile trial CG3 (a regression of CE2's fix): with --keep-uids, a PatientID that is consecutive
+    components of the input's kept UIDs (a vendor's root ``1.2.840.113619.2`` for 1136192, or a UID holding the ID as a
+    component) was read there as an ID grouped by points, and every case failed "please report it". A kept UID is no
+    grouped number, on both sides."""
+    from pydicom.uid import generate_uid
+
+    truth = hostile.study(tmp_path / "in" / "p", patient_id, 235, ct_size=(24, 24, 10), dose_size=(12, 12, 6))
+    uids: dict = {}  # every UID of the input under the root, references alike
+    for path in (tmp_path / "in" / "p").rglob("*.dcm"):
+        ds = dd.read(path)
+        for element in [*ds.iterall(), *ds.file_meta]:
+            if element.VR != "UI" or str(element.value).startswith("1.2.840.10008") or element.tag == 0x00020010:
+                continue
+            values = [str(v) for v in element.value] if element.VM > 1 else [str(element.value)]
+            new = [uids.setdefault(v, generate_uid(prefix=root + ".")) if v else v for v in values]
+            element.value = new if element.VM > 1 else new[0]
+        dd.save(ds, path)
+    assert truth.struct_file.exists()
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--keep-uids"]
+    code = main(["export", str(tmp_path / "in"), str(out), *args])
+    rows = hostile.manifest(out)
+    assert code == 0 and [r["status"] for r in rows] == ["ok"], (rows, capsys.readouterr())
+    meta = (out / rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8")
+    assert root in meta  # (the UIDs kept, whole)
+
+
 def test_a_plain_case_folder_inside_a_pseudonymized_one_is_seen(tmp_path):
     """Thirty-fifth hostile trial AI8: a plain case folder dropped into one of OUT's pseudonymized case folders was not
     seen (the look below OUT did not go into DoseAlign's case folders), so --pseudonymize wrote beside it. A case

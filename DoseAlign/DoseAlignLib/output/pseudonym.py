@@ -1459,7 +1459,9 @@ class Pseudonymizer:
             return value
         if value.count(".") >= 2:  # an ID grouped by points as thousands (12.345.678), where commas group it alike
             # (forty-fourth hostile trial AR7: only the commas were read)
-            value = _POINT_GROUPED.sub(lambda m: self._grouped_id_removed(m.group(0)), value)
+            value = self._outside_kept_uids(
+                value, lambda piece: _POINT_GROUPED.sub(lambda m: self._grouped_id_removed(m.group(0)), piece)
+            )
         value = self._remove_ids(value, own)
         value = self._outside_own(value, lambda piece: self._names.redact(piece, own=own))
         dated = value
@@ -1545,6 +1547,19 @@ class Pseudonymizer:
             if number in value:
                 value = _bare_number(number).sub(REMOVED, value)
         return value
+
+    def _outside_kept_uids(self, value: str, rewrite) -> str:
+        """``rewrite`` applied to ``value`` between the input's UIDs that ``--keep-uids`` keeps, which stay as they
+        are, as the check reads them: a kept UID is not read for an ID grouped by points (1.2.246.352.71.2.1072315...
+        for a PatientID 1072315 failed every case: eighty-fifth hostile trial CG3)."""
+        if not (self.keep_uids and self.identity.uids):
+            return rewrite(value)
+        kept = [m.span() for m in _DOTTED_RUN.finditer(value) if m.group(0) in self.identity.uids]
+        pieces, start = [], 0
+        for a, b in kept:
+            pieces += [rewrite(value[start:a]) if start < a else "", value[a:b]]
+            start = b
+        return "".join(pieces) + (rewrite(value[start:]) if start < len(value) else "")
 
     def _outside_own(self, value: str, rewrite) -> str:
         """``rewrite`` applied to ``value`` between this run's own hash digests, which stay as they are: a name's
@@ -3630,15 +3645,16 @@ class IdentityGuard:
             if found == "a patient name":  # (else names only: the numbers on both sides of a removed name or date,
                 # apart from it, joined, made a PatientID, PTV_60_[removed]_30 for 6030: sixty-eighth trial BP1)
                 return found
+        if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
+            # component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11; also grouped by its
+            # points, eighty-fifth CG3)
+            text = _DOTTED_RUN.sub(lambda m: " " if m.group(0) in self.uids else m.group(0), text)
         if (  # a whole number grouped by points (12.345.678: AR7)
             text.count(".") >= 2
             and self.digit_ids
             and any(_grouped_id_spans(m.group(0), self.digit_ids) for m in _POINT_GROUPED.finditer(text))
         ):
             return "a patient ID"
-        if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
-            # component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11)
-            text = _DOTTED_RUN.sub(lambda m: " " if m.group(0) in self.uids else m.group(0), text)
         if own and self.vocabulary_pattern is not None:  # (whole words only: "planning" is no "plan")
             text = self.vocabulary_pattern.sub(" ", text)
         copies = [text]  # glued IDs are read as written and as NFKC (not folded: there é is a separator, not an e)
