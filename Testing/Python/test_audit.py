@@ -290,6 +290,22 @@ def test_beam_sum_against_the_plan_dose():
     assert [f["flag"] for f in flags] == ["beam_sum_mismatch"]
 
 
+def test_a_threshold_beyond_a_floats_range_is_a_usage_error(tmp_path, capsys):
+    """Eighty-fourth hostile trial CF3: a thresholds file giving a whole number of 400 digits (valid JSON) ended in an
+    OverflowError's traceback, exit 1; 1e400 was a named usage error. Both are now, exit 2, the number not printed
+    whole."""
+    from DoseAlignLib.cli import main
+
+    with pytest.raises(ValueError, match="must be a finite number, got a number of 401 digits"):
+        audit_thresholds.thresholds_with({"dmax_diff_pct": 10**400})
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text('{"dmax_diff_pct": 1' + "0" * 400 + "}", encoding="utf-8")
+    with pytest.raises(SystemExit) as stopped:  # (a usage error, as argparse ends one)
+        main(["demo", str(tmp_path / "demo"), "--quiet", "--audit-thresholds", str(thresholds)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "finite number" in err and "Traceback" not in err, err
+
+
 def test_thresholds_are_configurable_and_checked():
     merged = audit_thresholds.thresholds_with({"dmax_diff_pct": 5})
     assert (

@@ -85,8 +85,18 @@ def thresholds_with(overrides: Optional[dict]) -> dict:
     for name, value in (overrides or {}).items():
         if name not in DEFAULT_THRESHOLDS:
             raise ValueError(f"unknown audit threshold {name!r}; known: {', '.join(sorted(DEFAULT_THRESHOLDS))}")
-        # a number, finite: true is no threshold, NaN would switch its flag off and inf too (fourteenth trial N3)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"audit threshold {name!r} must be a finite number, got {value!r}")
+        # a number, finite: true is no threshold, NaN would switch its flag off and inf too (fourteenth trial N3); a
+        # whole number beyond a float's range too (an OverflowError's traceback: eighty-fourth trial CF3)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            shown = repr(value) if len(repr(value)) <= 40 else f"a number of {len(repr(value))} digits"
+            raise ValueError(f"audit threshold {name!r} must be a finite number, got {shown}")
         merged[name] = float(value)
     return merged
+
+
+def _finite(value) -> bool:
+    """``math.isfinite`` of an int or float; False for an int beyond a float's range."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
