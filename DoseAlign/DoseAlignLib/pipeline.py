@@ -65,6 +65,7 @@ class CaseResult:
     native_resampled: bool = False  # native_dose is a sum of doses resampled onto a grid covering theirs
     extra_arrays: dict = field(default_factory=dict)  # further arrays for pair.npz (masks, DVHs)
     ct_lowest_hu: Optional[float] = None  # the CT's lowest value as read (see lowest_value), for the audit
+    ct_grid: Optional[Grid] = None  # the CT's own grid as read, for the audit (dose where the CT has no image)
 
 
 def lowest_value(ct: np.ndarray, fill_value: Optional[float] = None) -> Optional[float]:
@@ -212,6 +213,7 @@ def _run_case(case: Case, options: AlignOptions, progress: Progress, sink, resam
         audit_native,
         native_resampled=native is None,
         ct_lowest_hu=ct_lowest,
+        ct_grid=ct.grid,
     )
     report(0.8, "structures and audit" if options.structures else "audit")
     if options.structures and contours is None:

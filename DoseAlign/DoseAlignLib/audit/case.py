@@ -83,6 +83,7 @@ def add_structures_and_audit(result, case, options, ct_geometry, contours=None) 
         native_body=native_masks.body_region if native_masks is not None else None,
         output_stats=output_stats,
         native_stats=native_stats,
+        ct_grid=getattr(result, "ct_grid", None),
     )
     beam_sum = _beam_sum(case, result.native_dose, options)
     geometry = geometry_summary(result.meta)

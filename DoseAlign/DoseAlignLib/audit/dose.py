@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..geometry.grid import Volume
+from ..geometry.grid import Grid, Volume
 from .stats import (
     DoseStats,
     dmax_location,
@@ -181,6 +181,21 @@ def interpolant_integral(native: Volume, output_grid) -> Optional[float]:
 # ---- the audit of one case -------------------------------------------------------------------
 
 
+def _integral_inside(native_dose: Volume, grid: Grid) -> float:
+    """The integral dose (Gy·L) of the native voxels whose centres lie inside ``grid``'s extent."""
+    slice_cc = per_voxel_cc(native_dose.grid, native_dose.array.shape)
+    box = inside_box(native_dose.grid, grid)
+    if box is not None:
+        inside_dose = np.zeros(native_dose.array.shape[0], dtype=np.float64)
+        part = native_dose.array[box]
+        if part.size:
+            inside_dose[box[0]] = part.sum(axis=(1, 2), dtype=np.float64)
+    else:
+        inside = inside_extent(native_dose.grid, grid)
+        inside_dose = np.where(inside, native_dose.array, 0).reshape(inside.shape[0], -1).sum(axis=1, dtype=np.float64)
+    return float(inside_dose @ slice_cc) / 1000.0
+
+
 def audit_dose(
     output_dose: Volume,
     native_dose: Optional[Volume],
@@ -189,6 +204,7 @@ def audit_dose(
     native_body=None,
     output_stats: Optional[DoseStats] = None,
     native_stats: Optional[DoseStats] = None,
+    ct_grid: Optional[Grid] = None,
 ) -> dict:
     """Dose-level comparison of the native and output doses (see :func:`dose_summary`).
 
@@ -202,7 +218,8 @@ def audit_dose(
         ``dmax_diff_pct``, ``dmax_distance_mm``, ``integral_native_inside_gy_l`` (native voxels whose
         centres lie in the output grid), ``integral_expected_gy_l`` (:func:`interpolant_integral`),
         ``integral_diff_pct`` (output against the expected integral, else the inside one),
-        ``outside_integral_pct``, ``edge_faces`` (:func:`edge_faces`), ``edge_dose_pct``.
+        ``outside_integral_pct``, ``edge_faces`` (:func:`edge_faces`), ``edge_dose_pct``; with ``ct_grid`` (the CT's
+        own grid) ``beyond_ct_integral_pct``: the native integral dose whose voxel centres lie outside the CT.
     """
     out = {"output": dose_summary(output_dose, output_body, output_stats), "native": None}
     if native_dose is None:
@@ -214,20 +231,14 @@ def audit_dose(
     out["dmax_diff_gy"] = out["output"]["dmax_gy"] - native["dmax_gy"]
     out["dmax_diff_pct"] = 100.0 * out["dmax_diff_gy"] / native["dmax_gy"] if native["dmax_gy"] > 0 else 0.0
     out["dmax_distance_mm"] = float(np.linalg.norm(np.subtract(out["output"]["dmax_lps"], native["dmax_lps"])))
-    slice_cc = per_voxel_cc(native_dose.grid, native_dose.array.shape)
-    box = inside_box(native_dose.grid, output_dose.grid)
-    if box is not None:
-        inside_dose = np.zeros(native_dose.array.shape[0], dtype=np.float64)
-        part = native_dose.array[box]
-        if part.size:
-            inside_dose[box[0]] = part.sum(axis=(1, 2), dtype=np.float64)
-    else:
-        inside = inside_extent(native_dose.grid, output_dose.grid)
-        inside_dose = np.where(inside, native_dose.array, 0).reshape(inside.shape[0], -1).sum(axis=1, dtype=np.float64)
-    inside_integral = float(inside_dose @ slice_cc) / 1000.0
+    inside_integral = _integral_inside(native_dose, output_dose.grid)
     out["integral_native_inside_gy_l"] = inside_integral
     total = native["integral_gy_l"]
     out["outside_integral_pct"] = 100.0 * (total - inside_integral) / total if total > 0 else 0.0
+    if ct_grid is not None:  # dose where the CT has no image: on the output grid it lies on the CT's fill value, a
+        # pair that teaches dose in air (--reference dose beyond a short CT: eighty-fourth hostile trial CF4)
+        beyond = total - _integral_inside(native_dose, ct_grid)
+        out["beyond_ct_integral_pct"] = 100.0 * beyond / total if total > 0 else 0.0
     # what the output's voxels should add up to: the native dose's trilinear interpolant over their cells
     # (exactly, for grids of equal axes); else the native voxels inside the output grid
     expected = interpolant_integral(native_dose, output_dose.grid)

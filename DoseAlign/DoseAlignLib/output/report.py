@@ -29,6 +29,7 @@ from .qa_png import LAYOUT_KEY
 FLAG_MEANINGS = {
     "dmax_changed": "Dmax on the output grid differs from the native Dmax by more than the threshold",
     "dose_outside_grid": "part of the integral dose lies outside the output grid (lost to the pair)",
+    "dose_beyond_ct": "part of the integral dose lies where the CT has no image: on its fill value in the pair",
     "integral_changed": "integral dose inside the output grid changed on resampling",
     "dose_grid_edge": "the native dose grid's outer faces carry dose: the grid cuts through the dose (faces named)",
     "dvh_mismatch": "the training pair's DVH of an ROI misses its reference DVH (contours + native dose)",
