@@ -3589,6 +3589,9 @@ def test_an_appended_inputs_roi_that_is_another_inputs_patient_name_is_rewritten
         # (eighty-fifth CG2: what only the RT objects hold, not the CT, was not in the map)
         ({"AdmissionID": "ADM4471902"}, True, "GTV_ADM4471902", "adm4471902"),
         ({"ReferringPhysicianName": "Okonkwo^Chidi"}, True, "Cord_Okonkwo", "okonkwo"),
+        # (eighty-fifth CG4: the RT objects spell the PatientID in lower case, the case takes the CT's: the names of
+        # the other spelling were keyed by a patient OUT does not hold)
+        ({"PatientID": "noid-1", "PatientName": "Smithers^Kowalczyk"}, True, "Cord_Kowalczyk", "kowalczyk"),
     ],
 )
 def test_another_inputs_patients_names_and_ids_are_identity_of_an_append(
@@ -4569,16 +4572,20 @@ def test_a_dotted_national_id_with_a_suffix_or_its_last_group_set_apart_is_remov
     ``1.072.315.1`` stood in clear in every output and file name, ok (with --format openkbp the case failed "please
     report it"). The ID is whole groups of the run, one after the other; the suffix stays."""
     root = tmp_path / "in"
-    truth = hostile.study(root / "p", "12345678909", 234, extra_organs=5)
+    truth = hostile.study(root / "p", "12345678909", 234, extra_organs=6)
     rois = ["PTV_123.456.789-09-2", "Cord 123.456.789 09", "GTV_123.456.789 - 09", "Heart_123.456.789-09/1",
-            "Ring 123.456.789_09"]  # fmt: skip
+            "Ring 123.456.789_09", "PTV 60 123.456.789-09"]  # fmt: skip
     row, out = _last_rois_renamed_and_exported(tmp_path, root, truth, rois, capsys)
-    expected = {"PTV_[removed]-2", "Cord [removed]", "GTV_[removed]", "Heart_[removed]/1", "Ring [removed]"}
+    expected = {"PTV_[removed]-2", "Cord [removed]", "GTV_[removed]", "Heart_[removed]/1", "Ring [removed]",
+                "PTV 60 [removed]"}  # fmt: skip
     assert expected <= set(_names_of(out, row)), _names_of(out, row)
     _nowhere_in(out, ["12345678909", "123.456.789"])
     from DoseAlignLib.output.pseudonym import Identity, IdentityGuard
 
-    assert IdentityGuard(Identity(patient_ids={"12345678909"})).find("GTV_123.456.789\u201309") == "a patient ID"
+    cpf = IdentityGuard(Identity(patient_ids={"12345678909"}))
+    assert cpf.find("GTV_123.456.789\u201309") == "a patient ID"
+    # (after a number and a blank: eighty-fifth trial CG5)
+    assert cpf.find("PTV 60 123.456.789-09") == "a patient ID" and cpf.find("PTV 2 123.456.789 09") == "a patient ID"
     guard = IdentityGuard(Identity(patient_ids={"1072315"}))
     assert guard.find("GTV 1.072.315.1") == "a patient ID" and guard.find("PTV 1.072.315-2") == "a patient ID"
     assert not any(guard.find(t) for t in ("v 1.072.316", "x 1.5 2.5 3.5", "d 1.072.3151", "e 1.072.314.5"))

@@ -923,6 +923,7 @@ class Pseudonymizer:
         identity too (all the map's when None).
         """
         self.input_root = str(scan.root)
+        cases = list(cases)
         crowded = crowded_files(scan)
         self.identity = identity_of_scan(scan, leave_out=frozenset(crowded), crowded=crowded)
         if self.map_path:  # the PatientIDs and names of the other inputs whose pseudonyms the map holds: exported
@@ -942,13 +943,15 @@ class Pseudonymizer:
                 self.identity.add_name(name)
             _without_placeholders(self.identity)  # (a patient REMOVED in the map: eighty-third trial CE4)
             identity = self.identity
+            # (a file's PatientID in another case, zy-77777 for ZY-77777, is its case's patient: eighty-fifth CG4)
+            spelled = {_patient_key(case.patient_id): case.patient_id for case in cases if case.patient_id}
             for kind, held in (
                 ("name", identity.patient_names),
                 ("id", identity.patient_other_ids),
                 ("visit", identity.patient_visit_ids),
             ):
                 for (patient_id, study), values in sorted(held.items()):
-                    patient = self.patient(patient_id, study)
+                    patient = self.patient(spelled.get(_patient_key(patient_id), patient_id), study)
                     own_visits = identity.patient_visit_ids.get((patient_id, study), set())
                     for value in sorted(values):
                         if kind == "id" and value in own_visits:  # (written once, as a visit)
@@ -3068,8 +3071,8 @@ _ID_PATTERNS: dict = {}
 #: An ID is the digits of whole groups of it, one after the other (:func:`_grouped_id_spans`): ``1.250.000`` holds no ID
 #: 2500 across its groups (AT3), ``123.456.789-09-2`` the ID 12345678909 and a suffix (eighty-third trial CE2).
 _GROUP_SEPARATORS = "./_\\-\u2010-\u2015\u2212"
-_POINT_GROUPED = re.compile(
-    rf"(?<![0-9])(?<![0-9][{_GROUP_SEPARATORS} ])[0-9]+(?:[{_GROUP_SEPARATORS}][0-9]+)+(?:(?: [{_GROUP_SEPARATORS}]? ?|[{_GROUP_SEPARATORS}] ?)[0-9]+)*"
+_POINT_GROUPED = re.compile(  # (after a number and a blank too: PTV 60 123.456.789-09, eighty-fifth trial CG5)
+    rf"(?<![0-9])(?<![0-9][{_GROUP_SEPARATORS}])[0-9]+(?:[{_GROUP_SEPARATORS}][0-9]+)+(?:(?: [{_GROUP_SEPARATORS}]? ?|[{_GROUP_SEPARATORS}] ?)[0-9]+)*"
     rf"(?![0-9]|[{_GROUP_SEPARATORS} ][0-9])"
 )
 #: A decimal point between two digits: digits on both sides of it belong to one number, never to an ID.
