@@ -24,6 +24,7 @@ folder; whoever holds them can link pseudonyms back to patients, files and UIDs.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import dataclasses
@@ -3297,16 +3298,23 @@ def _utf8_read_as_latin1(text: str) -> Optional[str]:
 
 def _grouped_id_spans(run: str, ids: frozenset) -> list:
     """``(start, end)`` in ``run`` (a match of :data:`_POINT_GROUPED`) of each sequence of its whole groups whose digits,
-    without leading zeros (``0.072.315`` is 72315 too) and :data:`MIN_BARE_DIGITS` or more, are one of ``ids``; none
-    where the run has fewer than two points before any blank (a decimal ``12.345``, a version ``2.4.0`` is too short)."""
-    if run.split(" ")[0].count(".") < 2:
+    without leading zeros (``0.072.315`` is 72315 too) and :data:`MIN_BARE_DIGITS` or more, are one of ``ids``, and
+    whose first group stands in a part of the run without blanks that has two points at least (a decimal ``12.345``,
+    ``12345-6789.09`` after ``3.10.1`` and a blank, is none: what stands before a blank does not change it, as the
+    rewriting and the check may read a name in parts; a version ``2.4.0`` is too short)."""
+    if run.count(".") < 2:
         return []
     groups = [m.span() for m in re.finditer(r"[0-9]+", run)]
+    points_of_part = {}  # each blank-free part's start -> whether it has two points
+    for part in re.finditer(r"[^ ]+", run):
+        points_of_part[part.start()] = part.group(0).count(".") >= 2
+    starts = sorted(points_of_part)
+    dotted = [points_of_part[starts[bisect.bisect_right(starts, g[0]) - 1]] for g in groups]
     longest = max((len(i) for i in ids), default=0)
     spans, first = [], 0
     while first < len(groups):
         digits, last = "", None
-        for end in range(first, len(groups)):
+        for end in range(first, len(groups) if dotted[first] else first):
             digits += run[groups[end][0] : groups[end][1]]
             number = digits.lstrip("0") or "0"
             if len(number) > longest:  # (groups beyond the longest ID: a run of 20 000 groups was quadratic)
