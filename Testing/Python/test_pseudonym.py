@@ -919,3 +919,17 @@ def test_a_uuid_of_a_uid_with_other_separators_is_removed_and_found():
         text = "PTV " + str(held).replace("-", separator)
         assert pseudonymizer.guard.find(text, own=False) == "a UID", text
         assert pseudonymizer.name(text) == f"PTV {REMOVED}", text
+
+
+def test_a_day_of_three_digits_is_no_date_on_either_side():
+    """A fuzz of the rewriting against the check (the eighty-first trial's, run again): ``006.06.2024`` was kept by
+    the rewriting (a day is one or two digits) and read as 2024-06-06 by the check, so the case failed "please report
+    it". Neither side reads a day or month of three digits; ``06.06.2024`` is the date on both."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=Identity(dates={"20240606"}))
+    for text in ("006.06.2024", "PTV_006.06.2024_b"):
+        assert pseudonymizer.name(text) == text and pseudonymizer.guard.find(text, own=False) == "", text
+    assert pseudonymizer.guard.find("PTV 06.06.2024") == "a date" and "[removed]" in pseudonymizer.name(
+        "PTV 06.06.2024"
+    )
