@@ -498,6 +498,12 @@ def test_plans_of_one_plan_twice_are_not_summed(tmp_path):
     assert [r["summation_type"] for r in report.rows] == ["PLAN", "PLAN"]
     meta = json.loads((tmp_path / "out" / report.rows[0]["case_id"] / "meta.json").read_text(encoding="utf-8"))
     assert any("same plan" in note and "twice" in note for note in meta["links"])
+    # and without --sum-plans, each of the two cases says the other holds the plan's other dose (the eighty-fourth
+    # hostile trial's note: two ok cases of one plan without a word)
+    single = export_folder(tmp_path / "dicom", tmp_path / "one-each", AlignOptions(), qa_png=False)
+    assert [r["status"] for r in single.rows] == ["ok", "ok"]
+    for row, other in zip(single.rows, reversed(single.rows)):
+        assert "has another PLAN dose" in row["warnings"] and other["case_id"] in row["warnings"], row["warnings"]
 
 
 @pytest.mark.parametrize("plan_file", ["boost", "first"])

@@ -112,6 +112,7 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
         if obj.kind in ("RTIMAGE", "OTHER"):
             result.orphans.append((obj.rel_path, obj.kind, "not part of a CT/dose pair"))
     _warn_of_unread(result.cases, scan)
+    _warn_of_plans_dosed_twice(result.cases)
     _warn_of_interleaved(result.cases)
     _warn_of_missing_images(result.cases, scan)
     if request is not None and request.by_dose:
@@ -121,6 +122,26 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
         case.warnings = [shortened(w) for w in case.warnings]
     result.cases.sort(key=lambda c: c.case_id)
     return result
+
+
+def _warn_of_plans_dosed_twice(cases: list) -> None:
+    """Two PLAN doses of one RTPLAN that are not copies (a dose recalculated or renormalized and exported again) are
+    two cases of one plan: each says which other case holds the plan's other dose. They were two ok cases without a
+    word (the eighty-fourth hostile trial's note); a training set would hold the plan twice, with two doses."""
+    by_plan: dict = {}
+    for case in cases:
+        first = case.doses[0] if case.doses else None
+        if case.summation_type == "PLAN" and first is not None and first.info.get("plan_uids"):
+            by_plan.setdefault(first.info["plan_uids"][0], []).append(case)
+    for uid, members in by_plan.items():
+        if len(members) < 2:
+            continue
+        for case in members:
+            others = ", ".join(f"{o.case_id} (RTDOSE {o.doses[0].rel_path})" for o in members if o is not case)
+            case.warnings.append(
+                f"RTPLAN {uid} has another PLAN dose, not a copy of this one: case {others}; keep the one that was "
+                "delivered (a recalculated or renormalized dose exported again is a second case of the same plan)"
+            )
 
 
 def _warn_of_unused_pairings(cases: list, request) -> None:
