@@ -933,3 +933,20 @@ def test_a_day_of_three_digits_is_no_date_on_either_side():
     assert pseudonymizer.guard.find("PTV 06.06.2024") == "a date" and "[removed]" in pseudonymizer.name(
         "PTV 06.06.2024"
     )
+
+
+def test_an_id_glued_to_a_removed_name_is_removed_too():
+    """A fuzz of the rewriting against the check (the eighty-first trial's, run again): ``Lung2024001`` for a patient
+    Lung^Wai Man with PatientID LW-2024-001 was rewritten ``[removed]2024001``: the ID's digits, glued to the surname,
+    were no word of their own, but after the surname's removal the check read them alone, and the case failed "please
+    report it". What a removal leaves standing alone is read again."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    identity = Identity(patient_ids={"LW-2024-001"})
+    identity.add_name("Lung^Wai Man")
+    pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=identity)
+    for text in ("Lung2024001", "PTV_Lung2024001", "CTV Lung2024001 boost"):
+        for rewritten in (pseudonymizer.name(text), pseudonymizer.text(text)):
+            assert "2024001" not in rewritten and not pseudonymizer.guard.find(rewritten, own=False), rewritten
+    assert pseudonymizer.name("PTV_Lung2024001") == "PTV_[removed]"
+    assert pseudonymizer.name("PTV_70_Lung") == "PTV_70_[removed]"
