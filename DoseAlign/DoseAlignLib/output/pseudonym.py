@@ -1374,6 +1374,12 @@ class Pseudonymizer:
             value = REMOVED.join(self._redact_text(piece, own) if piece else piece for piece in value.split(REMOVED))
             while REMOVED + REMOVED in value:  # (one mark where two removals meet)
                 value = value.replace(REMOVED + REMOVED, REMOVED)
+            # and a name whose components the removal brought together (Na 12345 Li for Li^Na: Na [removed] Li), as
+            # the check reads names without the marks (AJ18)
+            joined = value.replace(REMOVED, "")
+            renamed = self._outside_own(joined, lambda piece: self._names.redact(piece, own=own))
+            if renamed != joined:
+                value = renamed
         if not value.isascii():
             # NFKC composes what macOS writes decomposed (Mu\u0308ller) and reads fullwidth forms; invisible
             # characters (:func:`visible`) are dropped, as the check reads through them too
