@@ -112,6 +112,8 @@ class AlignOptions:
             raise ValueError(
                 f"the CT fill must be a number of HU from {low:g} to {high:g} with --ct-dtype {self.ct_dtype}, got {fill:g}"
             )
+        if self.ct_dtype == "int16":  # whole HU, as the CT's voxels: -2000.4 was recorded, -2000 written (84th CF6)
+            fill = float(round(fill))
         object.__setattr__(self, "ct_fill_hu", fill)
         size = tuple(int(s) for s in self.custom_size)
         if len(size) == 1:

@@ -1158,6 +1158,14 @@ IMPOSSIBLE = {
     "source files a text": lambda m: {**m, "source": {**m["source"], "rtdose_files": "a.dcm"}},
     "manifest_extra nested": lambda m: {**m, "manifest_extra": {"audit_flags": {"x": 1}}},
     "patient_id a number": lambda m: {**m, "patient_id": 7},
+    # a whole number beyond a float's range, or whose square is: an OverflowError's traceback in every later run and
+    # merge until the case was removed by hand (eighty-fourth hostile trial CF5)
+    "spacing beyond a float": lambda m: {**m, "spacing": [10**400, *m["spacing"][1:]]},
+    "ijk_to_lps beyond a float": lambda m: {**m, "ijk_to_lps": [[10**305, 0, 0, 0], *m["ijk_to_lps"][1:]]},
+    "outside value beyond a float": lambda m: {
+        **m,
+        "arrays": {**m["arrays"], "ct": {**m["arrays"]["ct"], "outside_value": 10**400}},
+    },
 }
 
 
@@ -3657,3 +3665,29 @@ def test_a_stop_while_the_summaries_are_written_says_the_cases_ran(cohort, tmp_p
     err = capsys.readouterr().err
     assert "after 5 of 5 cases, as it wrote the files that sum them up; run again with --resume" in err, err
     assert "before any case" not in err and len(hostile.manifest(out)) == 5
+
+
+def test_a_fractional_ct_fill_is_recorded_as_the_whole_hu_the_int16_ct_holds(tmp_path, capsys):
+    """Eighty-fourth hostile trial CF6: ``--ct-fill=-2000.4`` with the int16 CT wrote -2000 into the voxels outside the
+    CT and recorded -2000.4 in meta.json, so no voxel equalled the recorded outside value. The fill is whole HU there
+    (-2000.6 was written -2000 by the cast, now -2001, as recorded)."""
+    import numpy as np
+    from DoseAlignLib.options import AlignOptions
+
+    assert AlignOptions(ct_fill_hu=-2000.6).ct_fill_hu == -2001.0
+    assert AlignOptions(ct_fill_hu=-2000.6, ct_dtype="float32").ct_fill_hu == -2000.6
+    root = tmp_path / "in"
+    truth = hostile.study(root / "p", "FILL-1", 18, ct_size=(32, 28, 8))
+    for path in truth.dose_files:  # (the dose grid partly beyond the CT: voxels of the fill)
+        ds = dd.read(Path(path))
+        position = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [position[0] + 0.6 * 32 * float(truth.ct_pixel_spacing[0]), *position[1:]]
+        dd.save(ds, Path(path))
+    out = tmp_path / "out"
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--no-structures", "--reference", "dose", "--ct-fill=-2000.6"]
+    assert main(["export", str(root), str(out), *args]) == 0, capsys.readouterr()
+    (row,) = hostile.manifest(out)
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    assert meta["arrays"]["ct"]["outside_value"] == -2001.0
+    with np.load(out / row["case_id"] / "pair.npz") as pair:
+        assert (pair["ct"] == -2001).any() and not (pair["ct"] == -2000).any()

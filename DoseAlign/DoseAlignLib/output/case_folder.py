@@ -183,9 +183,6 @@ def meta_problem(meta: dict, case_id: Optional[str] = None) -> Optional[str]:
     says of the arrays is checked against their headers by :func:`case_problem`.
     """
 
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
     def texts(value, optional: bool = True) -> bool:
         return (optional and value is None) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
 
@@ -196,13 +193,13 @@ def meta_problem(meta: dict, case_id: Optional[str] = None) -> Optional[str]:
     if not (isinstance(shape, list) and len(shape) == 3 and all(_integer(n) and n >= 1 for n in shape)):
         return "shape: not three positive integers"
     spacing = meta.get("spacing")
-    if not (isinstance(spacing, list) and len(spacing) == 3 and all(number(s) and s > 0 for s in spacing)):
+    if not (isinstance(spacing, list) and len(spacing) == 3 and all(_number(s) and s > 0 for s in spacing)):
         return "spacing: not three finite numbers > 0"
     matrix = meta.get("ijk_to_lps")
     if not (
         isinstance(matrix, list)
         and len(matrix) == 4
-        and all(isinstance(row, list) and len(row) == 4 and all(number(v) for v in row) for row in matrix)
+        and all(isinstance(row, list) and len(row) == 4 and all(_number(v) for v in row) for row in matrix)
     ):
         return "ijk_to_lps: not a 4 x 4 matrix of finite numbers"
     columns = [math.sqrt(sum(matrix[r][c] ** 2 for r in range(3))) for c in range(3)]
@@ -226,7 +223,7 @@ def meta_problem(meta: dict, case_id: Optional[str] = None) -> Optional[str]:
         return "resampling"
     if not isinstance(resampling.get("backend", ""), str):
         return "resampling.backend"
-    if not number(dose.get("max_gy_output")):
+    if not _number(dose.get("max_gy_output")):
         return "dose.max_gy_output: not a finite number"
     if not all(isinstance(dose.get(k, ""), str) for k in ("summation_type", "units")):
         return "dose"
@@ -337,7 +334,15 @@ def _non_finite(meta: dict) -> Optional[str]:
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number, not a bool, of a size DoseAlign writes (under 1e300, so that its square is one too); a
+    whole number beyond a float's range is none (a kept meta.json holding one ended every later run in an
+    OverflowError's traceback: eighty-fourth hostile trial CF5)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) < 1e300
+    except OverflowError:
+        return False
 
 
 def _matrix(value) -> bool:
