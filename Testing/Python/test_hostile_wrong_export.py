@@ -492,6 +492,33 @@ def test_two_multi_beam_doses_sharing_a_beam_fail_the_beam_sum(clean, tmp_path, 
     _failed_with(rows, doses[1].name, other.name, "two different doses of beams [1, 2]")
 
 
+@pytest.mark.parametrize("whole", ["another dose", "all zero"])
+def test_a_dose_of_all_the_summed_beams_is_compared_with_the_sum(clean, tmp_path, capsys, whole):
+    """Eighty-fourth hostile trial CF2: a dose of beams [1, 2, 3] beside the single-beam doses of those beams was left
+    out of the sum ("each already in the sum") and never read: holding twice the sum, it gave no word. It is now
+    compared with the sum, as a PLAN dose is with its beams' sum (beam_sum_mismatch); an all-zero one, as the rtkit
+    phantom's, is said not compared."""
+    root = _copy(clean, "beams", tmp_path)
+    doses = _beam_doses_by_number(root)
+    extra = _recalculated_beam(doses[1], 2.0 if whole == "another dose" else 1.0)
+    _refer_to_beams(extra, [1, 2, 3])
+    if whole == "all zero":
+        ds = dd.read(extra)
+        ds.PixelData = bytes(len(ds.PixelData))
+        dd.save(ds, extra)
+    code, rows, out = _export(root, tmp_path / "out", capsys)
+    (row,) = rows
+    assert (code, row["status"]) == (0, "ok"), row
+    meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
+    beam_sum = meta["audit"]["beam_sum"]
+    assert len(beam_sum["files"]) == 3 and extra.name not in " ".join(meta["source"]["rtdose_files"])
+    if whole == "all zero":
+        assert "0 everywhere" in beam_sum["not_compared"] and "beam_sum_mismatch" not in row["audit_flags"], beam_sum
+        return
+    assert extra.name in beam_sum["compared_with"] and beam_sum["max_abs_diff_pct"] > 10, beam_sum
+    assert "beam_sum_mismatch" in row["audit_flags"], row["audit_flags"]
+
+
 def test_one_beam_dose_of_a_plan_of_several_beams_is_said(clean, tmp_path, capsys):
     """Seventh trial's G3 fix, noticed beside it: one BEAM dose of a three-beam plan, the other two doses absent and
     no PLAN dose, was an ok case with no word (a sum of two of the three fails, naming the missing beam). It stays a

@@ -157,7 +157,19 @@ def _add_references(result, out_masks, entries: list) -> Optional[dict]:
 def _beam_sum(case, native_dose, options) -> Optional[dict]:
     """The PLAN dose against the sum of the plan's BEAM doses, or what the BEAM_SUM case summed."""
     if case.summation_type == "BEAM_SUM":
-        return {"mode": "this case's dose is the sum of its BEAM doses", "files": list(case.dose_files)}
+        summed = {"mode": "this case's dose is the sum of its BEAM doses", "files": list(case.dose_files)}
+        whole = case.related_beam_doses[0] if case.related_beam_doses and native_dose is not None else None
+        if whole is None:
+            return summed
+        # a dose of all the summed beams, left out of the sum (link.cases._make_case): compared with it
+        volume, _geometry, _info = read_rtdose(whole.path, allow_relative=options.allow_relative)
+        if not volume.array.any():  # (an empty dose, as the rtkit phantom's: nothing computed, no disagreement)
+            summed["not_compared"] = f"RTDOSE {whole.rel_path}, the dose of all the summed beams, is 0 everywhere"
+            return summed
+        check = beam_sum_check(volume, [(native_dose, "the sum")])
+        check.update(summed, compared_with=f"RTDOSE {whole.rel_path} (beams {sorted(whole.info['beam_numbers'])})")
+        check["mode"] = "the sum of the BEAM doses compared with the dose of all their beams, left out of the sum"
+        return check
     if case.summation_type != "PLAN" or not case.related_beam_doses or native_dose is None:
         return None
     keep, left_out = beam_doses_to_sum(  # the same rule as the BEAM_SUM cases use

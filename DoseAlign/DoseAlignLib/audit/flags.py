@@ -187,7 +187,8 @@ def flags_for(
     if beam_pct is not None and beam_pct > t["beam_sum_diff_pct"]:
         add(
             "beam_sum_mismatch",
-            f"sum of {len(beam_sum['files'])} BEAM doses differs from the PLAN dose by up to "
+            f"sum of {len(beam_sum['files'])} BEAM doses differs from {beam_sum.get('compared_with', 'the PLAN dose')} "
+            "by up to "
             f"{beam_sum['max_abs_diff_gy']:.4g} Gy ({beam_sum['max_abs_diff_pct']:.2f} %, limit {t['beam_sum_diff_pct']:g} %)",
         )
     if geometry.get("ct_regularized"):
