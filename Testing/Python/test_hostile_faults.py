@@ -1162,6 +1162,10 @@ IMPOSSIBLE = {
     # merge until the case was removed by hand (eighty-fourth hostile trial CF5)
     "spacing beyond a float": lambda m: {**m, "spacing": [10**400, *m["spacing"][1:]]},
     "ijk_to_lps beyond a float": lambda m: {**m, "ijk_to_lps": [[10**305, 0, 0, 0], *m["ijk_to_lps"][1:]]},
+    "ijk_to_lps whose square is beyond a float": lambda m: {
+        **m,
+        "ijk_to_lps": [[1e200, 0, 0, 0], *m["ijk_to_lps"][1:]],
+    },
     "outside value beyond a float": lambda m: {
         **m,
         "arrays": {**m["arrays"], "ct": {**m["arrays"]["ct"], "outside_value": 10**400}},

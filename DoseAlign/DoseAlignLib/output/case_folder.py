@@ -334,13 +334,14 @@ def _non_finite(meta: dict) -> Optional[str]:
 
 
 def _number(value) -> bool:
-    """A finite JSON number, not a bool, of a size DoseAlign writes (under 1e300, so that its square is one too); a
-    whole number beyond a float's range is none (a kept meta.json holding one ended every later run in an
-    OverflowError's traceback: eighty-fourth hostile trial CF5)."""
+    """A finite JSON number, not a bool, of a size DoseAlign writes (under 1e150, so that its square, which the checks
+    take of a matrix's columns, is one too: 1e200 overflowed there, eighty-sixth hostile trial CH3); a whole number
+    beyond a float's range is none (a kept meta.json holding one ended every later run in an OverflowError's
+    traceback: eighty-fourth hostile trial CF5)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
-        return math.isfinite(value) and abs(value) < 1e300
+        return math.isfinite(value) and abs(value) < 1e150
     except OverflowError:
         return False
 
