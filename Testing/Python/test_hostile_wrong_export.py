@@ -2982,7 +2982,9 @@ def test_an_overshoot_beyond_int16_is_clipped_and_said_not_wrapped(tmp_path, cap
 def test_dose_beyond_the_ct_on_a_dose_grid_is_flagged(tmp_path, capsys):
     """Eighty-fourth hostile trial CF4: with --reference dose (or a custom box of the dose) the part of the dose beyond
     a short CT lay on the CT's fill value (-1000 HU) in the pair, ok, with no flag: the same input with --reference ct
-    is flagged dose_outside_grid. It is now flagged dose_beyond_ct; onto the CT grid only dose_outside_grid says it."""
+    is flagged dose_outside_grid. It is now flagged dose_beyond_ct; onto the CT grid only dose_outside_grid says it.
+    A cube partly beyond the CT (which also loses dose inside the CT) was silent again (eighty-sixth CH1): the flag
+    counts the dose the output grid holds beyond the CT."""
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "SHORT-CT-1", 17, ct_size=(32, 28, 16))
     for path in truth.dose_files:
@@ -2990,14 +2992,17 @@ def test_dose_beyond_the_ct_on_a_dose_grid_is_flagged(tmp_path, capsys):
         position = [float(v) for v in ds.ImagePositionPatient]
         ds.ImagePositionPatient = [position[0] + 0.6 * 32 * float(truth.ct_pixel_spacing[0]), *position[1:]]
         dd.save(ds, Path(path))
-    flags = {}
-    for reference in ("dose", "ct"):
-        out = tmp_path / reference
-        args = ["--quiet", "--workers", "1", "--no-qa-png", "--no-structures", "--reference", reference]
+    flags, beyond = {}, {}
+    for grid in ("dose", "ct", "cube"):
+        out = tmp_path / grid
+        args = ["--quiet", "--workers", "1", "--no-qa-png", "--no-structures"]
+        args += ["--size", "12", "--spacing", "2", "--centre", "dose"] if grid == "cube" else ["--reference", grid]
         assert main(["export", str(root), str(out), *args]) == 0, capsys.readouterr()
         (row,) = hostile.manifest(out)
-        flags[reference] = set(row["audit_flags"].split(";"))
+        flags[grid] = set(row["audit_flags"].split(";"))
         meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
-        assert meta["audit"]["dose"]["beyond_ct_integral_pct"] > 5, meta["audit"]["dose"]
+        beyond[grid] = meta["audit"]["dose"]["beyond_ct_integral_pct"]
     assert "dose_beyond_ct" in flags["dose"] and "dose_outside_grid" not in flags["dose"], flags
     assert "dose_outside_grid" in flags["ct"] and "dose_beyond_ct" not in flags["ct"], flags
+    assert "dose_beyond_ct" in flags["cube"], (flags, beyond)
+    assert beyond["dose"] > 5 and beyond["ct"] == 0 and beyond["cube"] > 1, beyond

@@ -181,9 +181,14 @@ def interpolant_integral(native: Volume, output_grid) -> Optional[float]:
 # ---- the audit of one case -------------------------------------------------------------------
 
 
-def _integral_inside(native_dose: Volume, grid: Grid) -> float:
-    """The integral dose (Gy·L) of the native voxels whose centres lie inside ``grid``'s extent."""
+def _integral_inside(native_dose: Volume, grid: Grid, outside: Optional[Grid] = None) -> float:
+    """The integral dose (Gy·L) of the native voxels whose centres lie inside ``grid``'s extent (and, given
+    ``outside``, outside that grid's extent)."""
     slice_cc = per_voxel_cc(native_dose.grid, native_dose.array.shape)
+    if outside is not None:
+        inside = inside_extent(native_dose.grid, grid) & ~inside_extent(native_dose.grid, outside)
+        inside_dose = np.where(inside, native_dose.array, 0).reshape(inside.shape[0], -1).sum(axis=1, dtype=np.float64)
+        return float(inside_dose @ slice_cc) / 1000.0
     box = inside_box(native_dose.grid, grid)
     if box is not None:
         inside_dose = np.zeros(native_dose.array.shape[0], dtype=np.float64)
@@ -235,10 +240,11 @@ def audit_dose(
     out["integral_native_inside_gy_l"] = inside_integral
     total = native["integral_gy_l"]
     out["outside_integral_pct"] = 100.0 * (total - inside_integral) / total if total > 0 else 0.0
-    if ct_grid is not None:  # dose where the CT has no image: on the output grid it lies on the CT's fill value, a
-        # pair that teaches dose in air (--reference dose beyond a short CT: eighty-fourth hostile trial CF4)
-        beyond = total - _integral_inside(native_dose, ct_grid)
-        out["beyond_ct_integral_pct"] = 100.0 * beyond / total if total > 0 else 0.0
+    if ct_grid is not None:  # dose the output grid holds where the CT has no image: it lies on the CT's fill value, a
+        # pair that teaches dose in air (--reference dose beyond a short CT: eighty-fourth hostile trial CF4; a cube
+        # partly beyond it, whose grid loses dose inside the CT too: eighty-sixth CH1)
+        kept_beyond = _integral_inside(native_dose, output_dose.grid, outside=ct_grid)
+        out["beyond_ct_integral_pct"] = 100.0 * kept_beyond / total if total > 0 else 0.0
     # what the output's voxels should add up to: the native dose's trilinear interpolant over their cells
     # (exactly, for grids of equal axes); else the native voxels inside the output grid
     expected = interpolant_integral(native_dose, output_dose.grid)

@@ -102,10 +102,10 @@ def flags_for(
                 f"(limit {t['outside_integral_pct']:g} %)",
             )
         beyond = dose_audit.get("beyond_ct_integral_pct")
-        if beyond is not None and beyond - dose_audit["outside_integral_pct"] > t["outside_integral_pct"]:
-            add(  # (on the output grid: the part the grid keeps, as dose_outside_grid tells the part it loses)
+        if beyond is not None and beyond > t["outside_integral_pct"]:
+            add(  # (the part the output grid keeps, as dose_outside_grid tells the part it loses)
                 "dose_beyond_ct",
-                f"{beyond:.2f} % of the integral dose lies where the CT has no image (on the output grid: on the CT's "
+                f"{beyond:.2f} % of the integral dose lies on the output grid where the CT has no image (on the CT's "
                 f"fill value; limit {t['outside_integral_pct']:g} %)",
             )
         if abs(dose_audit["integral_diff_pct"]) > t["integral_diff_pct"]:
