@@ -3367,6 +3367,44 @@ def test_kept_uids_procedure_codes_run_entries_and_shard_settings_are_not_refuse
     assert out_folder.inspect_output(out).other == []
 
 
+def _uids_under(folder: Path, root: str) -> None:
+    """Every UID of the files below ``folder`` (references alike) made one under ``root``, as a vendor writes them."""
+    from pydicom.uid import generate_uid
+
+    uids: dict = {}
+    for path in folder.rglob("*.dcm"):
+        ds = dd.read(path)
+        for element in [*ds.iterall(), *ds.file_meta]:
+            if element.VR != "UI" or str(element.value).startswith("1.2.840.10008") or element.tag == 0x00020010:
+                continue
+            values = [str(v) for v in element.value] if element.VM > 1 else [str(element.value)]
+            new = [uids.setdefault(v, generate_uid(prefix=root + ".")) if v else v for v in values]
+            element.value = new if element.VM > 1 else new[0]
+        dd.save(ds, path)
+
+
+def test_another_inputs_kept_uids_holding_this_inputs_day_refuse_no_append(tmp_path, capsys):
+    """Eighty-seventh hostile trial CI1: a case kept in OUT, exported with --keep-uids, whose UIDs hold their scan's
+    date-time (``1.2.246.352.71.2.417.20240102093000.n``, as README's own example), refused the --append of another
+    patient scanned that day ("a date in meta.json"): the check read that case's kept UIDs for this input's dates.
+    A kept case's kept UIDs are read whole, as UIDs."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    hostile.study(first / "p", "ZY-11111", 236, patient_name="Nowak^Anna", ct_size=(24, 24, 10), dose_size=(12, 12, 6))
+    _uids_under(first / "p", "1.2.246.352.71.2.417.20240102093000")
+    hostile.study(
+        second / "p", "ZY-77777", 237, patient_name="Brown^Alice", ct_size=(24, 24, 10), dose_size=(12, 12, 6)
+    )
+    for path in (second / "p").rglob("*.dcm"):
+        dd.rewrite_tags(path, StudyDate="20240102")
+    args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
+    for n, extra in enumerate(([], ["--keep-uids"])):
+        out = tmp_path / f"share{n}" / "out"
+        assert main(["export", str(first), str(out), *args, "--keep-uids"]) == 0, capsys.readouterr()
+        code = main(["export", str(second), str(out), *args, *extra, "--append"])
+        assert code == 0, (extra, capsys.readouterr())
+        assert [row["status"] for row in hostile.manifest(out)] == ["ok", "ok"]
+
+
 @pytest.mark.parametrize(
     "patient_id, root",
     [("1072315", "1.2.246.352.71.2.1072315.20230415093000"), ("1136192", "1.2.840.113619.2.55.3")],
@@ -3376,19 +3414,8 @@ def test_kept_uids_holding_the_patient_id_as_groups_fail_no_case(tmp_path, capsy
     components of the input's kept UIDs (a vendor's root ``1.2.840.113619.2`` for 1136192, or a UID holding the ID as a
     component) was read there as an ID grouped by points, and every case failed "please report it". A kept UID is no
     grouped number, on both sides."""
-    from pydicom.uid import generate_uid
-
     truth = hostile.study(tmp_path / "in" / "p", patient_id, 235, ct_size=(24, 24, 10), dose_size=(12, 12, 6))
-    uids: dict = {}  # every UID of the input under the root, references alike
-    for path in (tmp_path / "in" / "p").rglob("*.dcm"):
-        ds = dd.read(path)
-        for element in [*ds.iterall(), *ds.file_meta]:
-            if element.VR != "UI" or str(element.value).startswith("1.2.840.10008") or element.tag == 0x00020010:
-                continue
-            values = [str(v) for v in element.value] if element.VM > 1 else [str(element.value)]
-            new = [uids.setdefault(v, generate_uid(prefix=root + ".")) if v else v for v in values]
-            element.value = new if element.VM > 1 else new[0]
-        dd.save(ds, path)
+    _uids_under(tmp_path / "in" / "p", root)
     assert truth.struct_file.exists()
     out = tmp_path / "out"
     args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize", "--keep-uids"]

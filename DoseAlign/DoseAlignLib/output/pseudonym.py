@@ -1814,6 +1814,7 @@ class Pseudonymizer:
             guard = IdentityGuard(self.identity, keep_uids=self.keep_uids)
             object.__setattr__(self, "_guard_cache", guard)
         guard.own = self._own
+        guard.kept_case_uids = getattr(self, "_kept_case_uids", False)
         return guard
 
     @property
@@ -1834,6 +1835,7 @@ class Pseudonymizer:
             cached[1].prose = True
             object.__setattr__(self, "_kept_guard_cache", cached)
         cached[1].own = self._own
+        cached[1].kept_case_uids = getattr(self, "_kept_case_uids", False)
         return cached[1]
 
     def find_identity(self, text: str) -> str:
@@ -1881,18 +1883,24 @@ class Pseudonymizer:
         wrote them (kept with --keep-uids: no identity there)."""
         recorded = meta.get("pseudonymized") if isinstance(meta.get("pseudonymized"), dict) else {}
         kept = recorded.get("uids") == "kept"
-        if kept == self.keep_uids:
-            with self.pseudonyms_of(meta):
-                return self._leak_in_kept(folder, meta)
-        saved = self.keep_uids, getattr(self, "_guard_cache", None)
-        object.__setattr__(self, "keep_uids", kept)
-        object.__setattr__(self, "_guard_cache", None)
+        # its kept UIDs are its input's, which may be another input's: read as UIDs whole, not for this input's dates
+        # (a UID holding a scan day shared with this input's patient refused every --append: eighty-seventh CI1)
+        object.__setattr__(self, "_kept_case_uids", kept)
         try:
-            with self.pseudonyms_of(meta):
-                return self._leak_in_kept(folder, meta)
+            if kept == self.keep_uids:
+                with self.pseudonyms_of(meta):
+                    return self._leak_in_kept(folder, meta)
+            saved = self.keep_uids, getattr(self, "_guard_cache", None)
+            object.__setattr__(self, "keep_uids", kept)
+            object.__setattr__(self, "_guard_cache", None)
+            try:
+                with self.pseudonyms_of(meta):
+                    return self._leak_in_kept(folder, meta)
+            finally:
+                object.__setattr__(self, "keep_uids", saved[0])
+                object.__setattr__(self, "_guard_cache", saved[1])
         finally:
-            object.__setattr__(self, "keep_uids", saved[0])
-            object.__setattr__(self, "_guard_cache", saved[1])
+            object.__setattr__(self, "_kept_case_uids", False)
 
     def leak_in_kept_row(self, row: dict) -> str:
         """Where another input's manifest row, kept by --append, holds what this input tells to be identity ('' where
@@ -3615,6 +3623,8 @@ class IdentityGuard:
         self._own_folded: tuple = (None, set())
         #: The texts are DoseAlign's prose of another input's case, kept as it is by --append (:meth:`find`).
         self.prose = False
+        #: The texts are a kept case's exported with --keep-uids: every UID in them is its input's, kept whole.
+        self.kept_case_uids = False
 
     def _short_name(self, camel: str, squeezed: str, own: bool) -> bool:
         return _guard_short(self, camel, squeezed, own)
@@ -3670,10 +3680,17 @@ class IdentityGuard:
             if found == "a patient name":  # (else names only: the numbers on both sides of a removed name or date,
                 # apart from it, joined, made a PatientID, PTV_60_[removed]_30 for 6030: sixty-eighth trial BP1)
                 return found
-        if self.keep_uids and self.uids and "." in text:  # a kept UID keeps the date or number it holds as a
-            # component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11; also grouped by its
-            # points, eighty-fifth CG3)
-            text = _DOTTED_RUN.sub(lambda m: " " if m.group(0) in self.uids else m.group(0), text)
+        if self.keep_uids and (self.uids or self.kept_case_uids) and "." in text:  # a kept UID keeps the date or
+            # number it holds as a component (1.2.246.352.71.2.1234.20230415093000.1: thirty-second hostile trial AF11;
+            # also grouped by its points, eighty-fifth CG3); in a kept case of --keep-uids, any UID (CI1)
+            text = _DOTTED_RUN.sub(
+                lambda m: (
+                    " "
+                    if m.group(0) in self.uids or (self.kept_case_uids and looks_like_uid(m.group(0)))
+                    else m.group(0)
+                ),
+                text,
+            )
         if (  # a whole number grouped by points (12.345.678: AR7)
             text.count(".") >= 2
             and self.digit_ids
