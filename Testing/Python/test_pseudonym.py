@@ -950,3 +950,21 @@ def test_an_id_glued_to_a_removed_name_is_removed_too():
             assert "2024001" not in rewritten and not pseudonymizer.guard.find(rewritten, own=False), rewritten
     assert pseudonymizer.name("PTV_Lung2024001") == "PTV_[removed]"
     assert pseudonymizer.name("PTV_70_Lung") == "PTV_70_[removed]"
+
+
+def test_a_date_whose_month_name_carries_a_mark_is_removed():
+    """Eighty-seventh hostile trial CI2: a birth date written with a month's abbreviation that carries a mark (German
+    ``14. Mär 1958``, French ``24 déc. 1958``, ``24-DÉC-1958``) was read by the check, which reads dates folded, and
+    kept by the rewriting: the case failed "please report it". The rewriting reads them folded too."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    for date, text in (
+        ("19580314", "GTV 14. Mär 1958"),
+        ("19581224", "PTV 24 déc. 1958"),
+        ("19581224", "PTV_24-DÉC-1958"),
+    ):
+        pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=Identity(dates={date}))
+        for rewritten in (pseudonymizer.name(text), pseudonymizer.text(text)):
+            assert "1958" not in rewritten and not pseudonymizer.guard.find(rewritten, own=False), rewritten
+    innocent = Pseudonymizer(key=b"k" * 32, identity=Identity(dates={"19581224"}))
+    assert innocent.name("Cœur déc 1957") == "Cœur déc 1957"  # (another year: no date of the input, marks kept)

@@ -1380,6 +1380,16 @@ class Pseudonymizer:
             renamed = self._outside_own(joined, lambda piece: self._names.redact(piece, own=own))
             if renamed != joined:
                 value = renamed
+        if not value.isascii() and self.identity.dates:
+            # a month's name with a mark (14. Mär 1958, 24 déc. 1958): the check reads dates folded, so the rewriting
+            # reads them so too (eighty-seventh hostile trial CI2: the case failed "please report it")
+            folded = "".join(_marks_dropped(c) for c in value)
+            if folded != value:
+                dated = folded
+                for date in self._dates_in_reach(folded):
+                    dated = self._remove_date(date, dated)
+                if dated != folded:
+                    value = self._redact_text(folded, own)
         if not value.isascii():
             # NFKC composes what macOS writes decomposed (Mu\u0308ller) and reads fullwidth forms; invisible
             # characters (:func:`visible`) are dropped, as the check reads through them too
@@ -4149,6 +4159,12 @@ def _doubled(text: str, n: int) -> str:
 #: The two-letter spellings of German umlauts, and the letters they stand for.
 _UMLAUTS = {a + e: u for a, u in zip("aouAOU", "äöüÄÖÜ") for e in "eE"}
 _UMLAUTED = re.compile("|".join(_UMLAUTS))
+
+
+def _marks_dropped(char: str) -> str:
+    """``char`` without its marks where that leaves one letter (``ä`` as ``a``, ``É`` as ``E``), else as it is."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+    return plain if len(plain) == 1 else char
 
 
 def _fold(text: str) -> str:
