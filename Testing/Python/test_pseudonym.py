@@ -968,3 +968,22 @@ def test_a_date_whose_month_name_carries_a_mark_is_removed():
             assert "1958" not in rewritten and not pseudonymizer.guard.find(rewritten, own=False), rewritten
     innocent = Pseudonymizer(key=b"k" * 32, identity=Identity(dates={"19581224"}))
     assert innocent.name("Cœur déc 1957") == "Cœur déc 1957"  # (another year: no date of the input, marks kept)
+
+
+def test_an_id_of_digits_in_groups_with_a_version_after_it_is_removed_and_found():
+    """Eighty-seventh hostile trial CI3: a PatientID ``1234-5678`` in an ROI name ``PTV_1234-5678.1`` (a version after
+    it) stood in clear in every output and file name, ok: ``5678.1`` was read as a number by both sides; with a blank
+    before it the check found it and the case failed "please report it". A separator among an ID's last digits makes
+    the point after them no decimal point."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    for patient_id, texts in (
+        ("1234-5678", ("PTV_1234-5678.1", "PTV 1234-5678.1", "PTV_1234-5678.2_Boost")),
+        ("12345678", ("PTV 1234/5678.1", "PTV_1234/5678.1")),
+    ):
+        pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=Identity(patient_ids={patient_id}))
+        for text in texts:
+            assert pseudonymizer.guard.find(text, own=False) == "a patient ID", text
+            rewritten = pseudonymizer.name(text)
+            assert "[removed]" in rewritten and not pseudonymizer.guard.find(rewritten, own=False), rewritten
+        assert pseudonymizer.name("d 5678.1") == "d 5678.1" and pseudonymizer.name("v 1234.5678") == "v 1234.5678"

@@ -3162,7 +3162,10 @@ def _id_pattern(identifier: str):
                 lead = (r"(?<![0-9])" + (r"(?<![0-9]\.)" if decimals else "")) if squeezed[0].isdigit() else ""
                 # before a point and digits only where the digits it ends with run as long as the check reads
                 # them there (PTV_10-72315.1: thirty-first hostile trial AE12)
-                point_after = rf"(?:(?<=[0-9]{{{MIN_WHOLE_PART}}})|(?!\.[0-9]))"
+                # (or where a separator stands among its last digits: 1234-5678.1 is the ID and a version, no
+                # number 5678.1: eighty-seventh hostile trial CI3)
+                apart = "|".join(f"(?<=[^0-9A-Za-z.\\s][0-9]{{{n}}})" for n in range(1, MIN_WHOLE_PART))
+                point_after = rf"(?:(?<=[0-9]{{{MIN_WHOLE_PART}}})|{apart}|(?!\.[0-9]))"
                 tail = (r"(?![0-9])" + (point_after if decimals else "")) if squeezed[-1].isdigit() else ""
             else:
                 lead, tail = r"(?<![0-9A-Za-z])", r"(?![0-9A-Za-z])"
@@ -3959,6 +3962,9 @@ def _in_number(text: str, start: int, end: int) -> bool:
     whole = end
     while whole > 0 and text[whole - 1] in _DIGITS:
         whole -= 1
+    # (a separator among the last digits, inside the span, makes the point after them no decimal point: 1234-5678.1
+    # is an ID and a version: eighty-seventh hostile trial CI3)
+    apart = start < whole and not text[whole - 1].isalpha() and text[whole - 1] not in ". \t\n"
     return (
         text[start : start + 1] in _DIGITS
         and len(before) == 2
@@ -3966,6 +3972,7 @@ def _in_number(text: str, start: int, end: int) -> bool:
         and before[0] in _DIGITS
         or text[end - 1 : end] in _DIGITS
         and end - whole < MIN_WHOLE_PART
+        and not apart
         and len(after) == 2
         and after[0] == "."
         and after[1] in _DIGITS
