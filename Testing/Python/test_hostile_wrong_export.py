@@ -1562,14 +1562,25 @@ def test_one_contour_out_of_plane_costs_that_contour_only(tmp_path, capsys, dama
 
 
 @pytest.mark.parametrize(
-    "damage", ["one point", "on one line", "two points", "OPEN_PLANAR", "POINT", "beside a contour of its plane"]
+    "damage",
+    [
+        "one point",
+        "on one line",
+        "two points",
+        "OPEN_PLANAR",
+        "POINT",
+        "out and back",
+        "twice",
+        "beside a contour of its plane",
+    ],
 )
 def test_a_contour_that_encloses_nothing_and_empties_its_plane_is_a_case_warning(tmp_path, capsys, damage):
     """Eightieth hostile trial CB1: the target's middle contour collapsed to one point, to points on one line or to
     two points emptied that slice of the mask (0 voxels of 280), ok, with no case warning (at most a note): a hole
     through the target that the audit's volume check cannot see (the contour volume misses the plane too). Such a
     contour that was all its plane had is now a case warning; beside a contour of its plane it is only noise. So is
-    the contour typed OPEN_PLANAR or POINT (eighty-second trial CD1)."""
+    the contour typed OPEN_PLANAR or POINT (eighty-second trial CD1), and one traced out and back or twice, which
+    the even-odd rule fills with nothing (eighty-sixth CH2)."""
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "FLAT-1", 15, ct_size=(32, 28, 16))
     ds = dd.read(truth.struct_file)
@@ -1585,6 +1596,10 @@ def test_a_contour_that_encloses_nothing_and_empties_its_plane_is_a_case_warning
         points = points[:2]
     elif damage in ("OPEN_PLANAR", "POINT"):
         contours[target].ContourGeometricType = damage
+    elif damage == "out and back":  # p1..pn, then pn-1..p2: a polyline there and back (eighty-sixth trial CH2)
+        points = np.concatenate([points, points[-2:0:-1]])
+    elif damage == "twice":  # the loop written twice, one after the other
+        points = np.concatenate([points, points])
     else:  # a copy of the contour collapsed to a point, added to its plane
         extra = copy.deepcopy(contours[target])
         extra.ContourData = [f"{v:.4f}" for v in np.repeat(points[:1], 4, axis=0).ravel()]

@@ -448,8 +448,8 @@ def _polygons_of(
 
     ``closed_kinds``, when given, receives the geometric types of the closed polygons kept; ``slabs`` each one's
     ``((3006,0044) ContourSlabThickness or None, (3006,0045) ContourOffsetVector given and not zero)``; ``flat``
-    the points of each contour left out that encloses nothing: closed but degenerate (:func:`_encloses_no_area`), or
-    of another type (open, point).
+    the points of each contour left out that encloses nothing: closed but degenerate (:func:`_encloses_no_area`,
+    :func:`_traced_twice`), or of another type (open, point).
     """
     closed, others, where = [], {}, []
     for n, contour in enumerate(item.get("ContourSequence", None) or []):
@@ -475,7 +475,7 @@ def _polygons_of(
         points = values.reshape(-1, 3)
         if points.shape[0] > 1 and _repeats_first(points):
             points = points[:-1]  # some systems repeat the first vertex at the end
-        if points.shape[0] < 3 or _encloses_no_area(points):
+        if points.shape[0] < 3 or _encloses_no_area(points) or _traced_twice(points):
             others["degenerate"] = others.get("degenerate", 0) + 1
             if flat is not None and points.shape[0]:
                 flat.append(points)
@@ -506,6 +506,22 @@ def _encloses_no_area(points: np.ndarray) -> bool:
     return float(np.einsum("ij,ij->i", across, across).max()) <= FLAT_CONTOUR_MM**2
 
 
+def _traced_twice(points: np.ndarray) -> bool:
+    """Whether every edge of the closed contour ``points`` is traced an even number of times (out and back along one
+    path, or the loop written twice): the even-odd rule then fills nothing, and its area is none (a converter writing
+    a polyline there and back emptied the target's middle slice, ok, silent: eighty-sixth hostile trial CH2). Only
+    contours of those two shapes are looked at edge by edge."""
+    n = points.shape[0]
+    if n % 2 or not (np.array_equal(points[1], points[-1]) or np.array_equal(points[: n // 2], points[n // 2 :])):
+        return False
+    _unique, index = np.unique(points, axis=0, return_inverse=True)
+    index = index.reshape(-1)
+    ends = np.sort(np.stack([index, np.roll(index, -1)], axis=1), axis=1)
+    ends = ends[ends[:, 0] != ends[:, 1]]  # (an edge of no length draws nothing)
+    _edges, counts = np.unique(ends, axis=0, return_counts=True)
+    return bool(np.all(counts % 2 == 0))
+
+
 def _points_of(contour: Dataset) -> list:
     """``[points]`` of a contour whose ContourData is readable, finite and in range, else ``[]``."""
     values = _contour_data(contour)
@@ -533,8 +549,8 @@ def _planes_lost(roi: RoiContours, flat: list) -> None:
         shown = ", ".join(f"{p:g}" for p in lost[:5]) + (", ..." if len(lost) > 5 else "")
         roi.defects.append(
             f"{len(lost)} plane(s) of its contours (at {shown} mm along their normal) hold only contours that enclose "
-            "nothing (open or point contours, or of fewer than three points or all on one line): the mask is empty "
-            "there ((3006,0042) ContourGeometricType or (3006,0050) ContourData is damaged)"
+            "nothing (open or point contours, or of fewer than three points, all on one line or traced twice): the mask "
+            "is empty there ((3006,0042) ContourGeometricType or (3006,0050) ContourData is damaged)"
         )
 
 
