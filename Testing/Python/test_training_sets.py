@@ -503,7 +503,7 @@ def test_plans_of_one_plan_twice_are_not_summed(tmp_path):
     single = export_folder(tmp_path / "dicom", tmp_path / "one-each", AlignOptions(), qa_png=False)
     assert [r["status"] for r in single.rows] == ["ok", "ok"]
     for row, other in zip(single.rows, reversed(single.rows)):
-        assert "has another PLAN dose" in row["warnings"] and other["case_id"] in row["warnings"], row["warnings"]
+        assert "has 1 other PLAN dose" in row["warnings"] and other["case_id"] in row["warnings"], row["warnings"]
 
 
 @pytest.mark.parametrize("plan_file", ["boost", "first"])
@@ -656,3 +656,22 @@ def test_demo_looks_like_a_patient_and_earns_no_flag(tmp_path, capsys):
     values = set(np.unique(arrays["ct"]).tolist())
     assert {-1000, -820, -90, 40, 260, 700, 250, -850} <= values  # air, lung, fat, tissue, bone, couch
     assert (tmp_path / "demo" / "export" / row["case_id"] / "qa.png").is_file() or "qa_png" in meta
+
+
+def test_many_plan_doses_of_one_plan_name_a_few_each():
+    """Eighty-sixth hostile trial CH5: the warning of a plan's other PLAN doses named every other case, so M doses of
+    one plan made M warnings of M names (7000 doses took 3 GB and ended in a MemoryError before any case). Each names
+    a few and how many more."""
+    import types
+
+    from DoseAlignLib.link.cases import _warn_of_plans_dosed_twice
+
+    def case(n):
+        dose = types.SimpleNamespace(info={"plan_uids": ["1.2.3"]}, rel_path=f"d{n:05d}.dcm")
+        return types.SimpleNamespace(summation_type="PLAN", doses=[dose], case_id=f"P_plan_{n:05d}", warnings=[])
+
+    cases = [case(n) for n in range(2000)]
+    _warn_of_plans_dosed_twice(cases)
+    for item in cases:
+        (warning,) = item.warnings
+        assert "1999 other PLAN dose(s)" in warning and "and 1996 more" in warning and len(warning) < 600, warning

@@ -124,6 +124,10 @@ def form_cases(scan: ScanResult, sum_plans: bool = False, ct: Optional[str] = No
     return result
 
 
+#: How many other cases a warning names (then their number).
+NAMED_OTHERS = 3
+
+
 def _warn_of_plans_dosed_twice(cases: list) -> None:
     """Two PLAN doses of one RTPLAN that are not copies (a dose recalculated or renormalized and exported again) are
     two cases of one plan: each says which other case holds the plan's other dose. They were two ok cases without a
@@ -136,11 +140,17 @@ def _warn_of_plans_dosed_twice(cases: list) -> None:
     for uid, members in by_plan.items():
         if len(members) < 2:
             continue
-        for case in members:
-            others = ", ".join(f"{o.case_id} (RTDOSE {o.doses[0].rel_path})" for o in members if o is not case)
+        for n, case in enumerate(members):
+            # (a few named, and how many: every other named made each warning as long as the list, 7000 doses of one
+            # plan took 3 GB before any case, eighty-sixth hostile trial CH5)
+            others = [members[m] for m in range(len(members)) if m != n][:NAMED_OTHERS]
+            named = ", ".join(f"{o.case_id} (RTDOSE {o.doses[0].rel_path})" for o in others)
+            more = len(members) - 1 - len(others)
             case.warnings.append(
-                f"RTPLAN {uid} has another PLAN dose, not a copy of this one: case {others}; keep the one that was "
-                "delivered (a recalculated or renormalized dose exported again is a second case of the same plan)"
+                f"RTPLAN {uid} has {len(members) - 1} other PLAN dose(s), not copies of this one: case {named}"
+                + (f" and {more} more" if more else "")
+                + "; keep the one that was delivered (a recalculated or renormalized dose exported again is a second "
+                "case of the same plan)"
             )
 
 
