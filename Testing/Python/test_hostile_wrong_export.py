@@ -1571,6 +1571,7 @@ def test_one_contour_out_of_plane_costs_that_contour_only(tmp_path, capsys, dama
         "POINT",
         "out and back",
         "twice",
+        "beside a small island",
         "beside a contour of its plane",
     ],
 )
@@ -1580,7 +1581,8 @@ def test_a_contour_that_encloses_nothing_and_empties_its_plane_is_a_case_warning
     through the target that the audit's volume check cannot see (the contour volume misses the plane too). Such a
     contour that was all its plane had is now a case warning; beside a contour of its plane it is only noise. So is
     the contour typed OPEN_PLANAR or POINT (eighty-second trial CD1), and one traced out and back or twice, which
-    the even-odd rule fills with nothing (eighty-sixth CH2)."""
+    the even-odd rule fills with nothing (eighty-sixth CH2); and one beside a far smaller closed contour of its plane,
+    an island at its centre, which alone is kept there (CH6)."""
     root = tmp_path / "in"
     truth = hostile.study(root / "p", "FLAT-1", 15, ct_size=(32, 28, 16))
     ds = dd.read(truth.struct_file)
@@ -1600,12 +1602,22 @@ def test_a_contour_that_encloses_nothing_and_empties_its_plane_is_a_case_warning
         points = np.concatenate([points, points[-2:0:-1]])
     elif damage == "twice":  # the loop written twice, one after the other
         points = np.concatenate([points, points])
+    elif damage == "beside a small island":  # typed OPEN_PLANAR beside a 3 mm closed triangle at its centre (CH6)
+        contours[target].ContourGeometricType = "OPEN_PLANAR"
+        island = copy.deepcopy(contours[target])
+        island.ContourGeometricType = "CLOSED_PLANAR"
+        centre = points.mean(axis=0)
+        triangle = centre + np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+        triangle[:, 2] = points[0, 2]
+        island.ContourData = [f"{v:.4f}" for v in triangle.ravel()]
+        island.NumberOfContourPoints = 3
+        item.ContourSequence.append(island)
     else:  # a copy of the contour collapsed to a point, added to its plane
         extra = copy.deepcopy(contours[target])
         extra.ContourData = [f"{v:.4f}" for v in np.repeat(points[:1], 4, axis=0).ravel()]
         extra.NumberOfContourPoints = 4
         item.ContourSequence.append(extra)
-    if damage != "beside a contour of its plane":
+    if damage not in ("beside a contour of its plane", "beside a small island"):
         contours[target].ContourData = [f"{v:.4f}" for v in points.ravel()]
         contours[target].NumberOfContourPoints = len(points)
     dd.save(ds, truth.struct_file)
@@ -1614,10 +1626,13 @@ def test_a_contour_that_encloses_nothing_and_empties_its_plane_is_a_case_warning
     assert code == 0 and row["status"] == "ok", row
     meta = json.loads((out / row["case_id"] / "meta.json").read_text(encoding="utf-8"))
     (roi,) = [r for r in meta["structures"]["rois"] if r["name"] == name]
-    ignored = "degenerate" if damage not in ("OPEN_PLANAR", "POINT") else damage
-    assert f"1 {ignored} contour(s) ignored" in roi["notes"], roi
+    ignored = {"OPEN_PLANAR": "OPEN_PLANAR", "POINT": "POINT", "beside a small island": "OPEN_PLANAR"}
+    assert f"1 {ignored.get(damage, 'degenerate')} contour(s) ignored" in roi["notes"], roi
     if damage == "beside a contour of its plane":
         assert not row["warnings"], row["warnings"]
+        return
+    if damage == "beside a small island":
+        assert "more than twice as wide as the closed contours kept there" in row["warnings"], row["warnings"]
         return
     assert f"ROI {name!r}: 1 plane(s) of its contours" in row["warnings"], row["warnings"]
     assert "the mask is empty there" in row["warnings"]
