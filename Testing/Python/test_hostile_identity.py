@@ -3546,6 +3546,14 @@ def test_decimal_cells_are_dosealign_numbers_and_da_ranges_give_each_date(tmp_pa
     assert len(pseudonym._other_name_words(accented)) > 1
 
 
+def _rename_rois(struct_file: Path, renamed: dict) -> None:
+    """The ROIs of ``struct_file`` renamed (old name -> new name); the others as they are."""
+    ds = dd.read(struct_file)
+    for item in ds.StructureSetROISequence:
+        item.ROIName = renamed.get(item.ROIName, item.ROIName)
+    dd.save(ds, struct_file)
+
+
 def _appended(tmp_path, capsys, first: tuple, second: tuple, renamed: dict, first_tags=None, rt_only=False):
     """Two inputs, ``first`` and ``second`` (PatientID, PatientName) with the second's ROIs renamed (old -> new) and
     ``first_tags`` rewritten in every file of the first (``rt_only``: its RT objects, not its CT); the first exported
@@ -3556,10 +3564,7 @@ def _appended(tmp_path, capsys, first: tuple, second: tuple, renamed: dict, firs
     for path in tagged if first_tags else ():
         dd.rewrite_tags(Path(path), **first_tags)
     truth = hostile.study(roots[1] / "p", second[0], 99, patient_name=second[1], ct_size=(40, 36, 16))
-    ds = dd.read(truth.struct_file)
-    for item in ds.StructureSetROISequence:
-        item.ROIName = renamed.get(item.ROIName, item.ROIName)
-    dd.save(ds, truth.struct_file)
+    _rename_rois(truth.struct_file, renamed)
     out = tmp_path / "share" / "out"
     args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
     assert main(["export", str(roots[0]), str(out), *args]) == 0, capsys.readouterr()
@@ -3708,10 +3713,7 @@ def test_an_appended_inputs_own_marked_roi_name_does_not_share_another_inputs_ch
         (second, "ANON-3", "Anonymous", {"Ring": "[removed]_L"}),
     ):
         truth = hostile.study(root / "p", patient, 96, patient_name=name, ct_size=(40, 36, 16))
-        ds = dd.read(truth.struct_file)
-        for item in ds.StructureSetROISequence:
-            item.ROIName = renamed.get(item.ROIName, item.ROIName)
-        dd.save(ds, truth.struct_file)
+        _rename_rois(truth.struct_file, renamed)
     out = tmp_path / "share" / "out"
     args = ["--quiet", "--workers", "1", "--no-qa-png", "--pseudonymize"]
     assert main(["export", str(first), str(out), *args]) == 0
