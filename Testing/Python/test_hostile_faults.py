@@ -1166,6 +1166,7 @@ IMPOSSIBLE = {
         **m,
         "ijk_to_lps": [[1e200, 0, 0, 0], *m["ijk_to_lps"][1:]],
     },
+    "spacing_kji beyond a float": lambda m: {**m, "spacing_kji": [10**400, *m["spacing_kji"][1:]]},
     "outside value beyond a float": lambda m: {
         **m,
         "arrays": {**m["arrays"], "ct": {**m["arrays"]["ct"], "outside_value": 10**400}},

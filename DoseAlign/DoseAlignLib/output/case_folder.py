@@ -355,7 +355,9 @@ def _matrix(value) -> bool:
 
 
 def _close(a: Sequence, b: Sequence, atol: float) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= atol for x, y in zip(a, b))
+    """Whether the numbers of ``a`` are within ``atol`` of ``b``'s; a value of ``a`` that is no number :func:`_number`
+    takes is not (a whole number of 400 digits in spacing_kji overflowed here: eighty-sixth hostile trial CH3)."""
+    return len(a) == len(b) and all(_number(x) and _number(y) and abs(x - y) <= atol for x, y in zip(a, b))
 
 
 def _grid_disagreement(grid: dict, where: str, ras: bool = True) -> Optional[str]:
