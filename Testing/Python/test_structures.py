@@ -988,3 +988,25 @@ def test_contour_parsing_sets_no_warning_filter_for_other_threads(monkeypatch):
         with pytest.raises(ValueError):
             rtstruct._decimal_strings("1\\2 3")  # garbage after the last number, which numpy reads as 1, 2
     assert not raised, raised
+
+
+def test_contours_sharing_a_corner_are_not_compared_pair_by_pair(monkeypatch):
+    """Eighty-sixth hostile trial CH8: contours written twice are found among those of a plane with as many vertices
+    and a bounding-box corner in a neighbouring cell, so 5000 triangles sharing their lowest corner were compared pair
+    by pair (511 s past a 60 s case limit). They are keyed by their centroid now: a copy's centroid lies as close as
+    its vertices, and triangles of other shapes are not compared. Copies are still found."""
+    from DoseAlignLib.dicom import rtstruct
+    from DoseAlignLib.dicom.rtstruct import ContourPlane, RoiContours
+
+    calls = []
+    real = rtstruct._same_polygon
+    monkeypatch.setattr(rtstruct, "_same_polygon", lambda a, b: calls.append(1) or real(a, b))
+    triangles = [
+        np.array([[0.0, 0.0, 0.0], [10.0 + 0.25 * n, 0.0, 0.0], [0.0, 5.0 + 0.25 * n, 0.0]]) for n in range(2000)
+    ]
+    copies = [triangles[7][::-1] + 0.01, triangles[1500].copy()]
+    roi = RoiContours(1, "many", "many", "ORGAN", None, "rs.dcm", np.array([0.0, 0.0, 1.0]))
+    roi.planes = [ContourPlane(0.0, triangles + copies)]
+    rtstruct._drop_repeated_contours(roi)
+    assert len(roi.planes[0].polygons) == 2000 and "2 contour(s) dropped" in roi.notes[0]
+    assert len(calls) < 50_000, len(calls)  # (pair by pair: two million)

@@ -688,10 +688,13 @@ def _drop_repeated_contours(roi: RoiContours) -> None:
 
     Merged or copied structure sets write a contour twice, exactly or rounded otherwise; read by the even-odd rule
     the copy would cut the contour out as a hole (every contour written twice: an empty mask; a near copy: a
-    sliver). A contour is compared only with those of its plane with as many vertices and a bounding-box corner
-    in the same or a neighbouring cell of :data:`COPY_TOLERANCE_MM`.
+    sliver). A contour is compared only with those of its plane with as many vertices and a centroid in the same or a
+    neighbouring cell of :data:`COPY_TOLERANCE_MM` (a copy's centroid lies as close as its vertices; a bounding-box
+    corner, the key before, was one for 5000 triangles sharing it, compared pair by pair for 511 s: eighty-sixth
+    hostile trial CH8). The case's time limit is looked at as the comparisons go.
     """
     dropped = 0
+    compared = 0
     neighbours = [np.array(d) for d in itertools.product((-1, 0, 1), repeat=3)]
     for plane in roi.planes:
         if len(plane.polygons) < 2:
@@ -699,14 +702,18 @@ def _drop_repeated_contours(roi: RoiContours) -> None:
         kept: list = []
         seen: dict = {}
         for polygon in plane.polygons:
-            corner = np.floor(polygon.min(axis=0) / COPY_TOLERANCE_MM).astype(np.int64)
-            twins = (
-                other for step in neighbours for other in seen.get((polygon.shape[0], *(corner + step).tolist()), ())
-            )
+            cell = np.floor(polygon.mean(axis=0) / COPY_TOLERANCE_MM).astype(np.int64)
+            twins = [
+                other for step in neighbours for other in seen.get((polygon.shape[0], *(cell + step).tolist()), ())
+            ]
+            compared += len(twins)
+            if compared > 4096:
+                compared = 0
+                check_case_time()
             if any(_same_polygon(polygon, other) for other in twins):
                 dropped += 1
                 continue
-            seen.setdefault((polygon.shape[0], *corner.tolist()), []).append(polygon)
+            seen.setdefault((polygon.shape[0], *cell.tolist()), []).append(polygon)
             kept.append(polygon)
         plane.polygons = kept
     if dropped:
