@@ -1383,7 +1383,8 @@ class Pseudonymizer:
         if not value.isascii() and self.identity.dates:
             # a month's name with a mark (14. Mär 1958, 24 déc. 1958): the check reads dates folded, so the rewriting
             # reads them so too (eighty-seventh hostile trial CI2: the case failed "please report it")
-            folded = "".join(_marks_dropped(c) for c in value)
+            folded = "".join(_marks_dropped(c) for c in unicodedata.normalize("NFC", value))  # (decomposed, as macOS
+            # writes it, Ma\u0308r, composed first: eighty-eighth trial CJ1)
             if folded != value:
                 dated = folded
                 for date in self._dates_in_reach(folded):
@@ -3964,7 +3965,7 @@ def _in_number(text: str, start: int, end: int) -> bool:
         whole -= 1
     # (a separator among the last digits, inside the span, makes the point after them no decimal point: 1234-5678.1
     # is an ID and a version: eighty-seventh hostile trial CI3)
-    apart = start < whole and not text[whole - 1].isalpha() and text[whole - 1] not in ". \t\n"
+    apart = start < whole and not text[whole - 1].isalpha() and text[whole - 1] != "." and not text[whole - 1].isspace()
     return (
         text[start : start + 1] in _DIGITS
         and len(before) == 2
