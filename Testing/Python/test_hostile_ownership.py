@@ -818,3 +818,22 @@ def test_a_record_of_this_host_name_and_another_boot_is_another_machines_while_y
     capsys.readouterr()
     assert not record.exists() and not (out / f".tmp-dosealign-{token}-case-aaaaaaaa").exists()
     assert [(r["status"], r["reason"]) for r in hostile.manifest(out)] == [("skipped", batch.KEPT)]
+
+
+def test_a_users_file_named_as_the_maps_lock_is_left_as_it_is(tmp_path):
+    """Eighty-eighth hostile trial CJ8: a file of the user's named ``.<map>.lock`` beside ``--map-file`` was locked,
+    used and deleted at the end of the run (the holder removes its lock file as it lets go). A file of that name
+    holding other bytes is not DoseAlign's lock: refused, named, left as it is; an empty or DoseAlign's own (a run
+    killed while holding it) is used and removed as before."""
+    from DoseAlignLib.output.pseudonym import PseudonymError, map_lock, map_lock_path
+
+    map_file = tmp_path / "shared.map.csv"
+    lock = map_lock_path(map_file)
+    lock.write_text("my notes\n", encoding="utf-8")
+    with pytest.raises(PseudonymError, match="not DoseAlign's lock file"), map_lock(map_file):
+        pass
+    assert lock.read_text(encoding="utf-8") == "my notes\n"
+    lock.write_bytes(b"")  # (a lock a killed run left, before it wrote anything)
+    with map_lock(map_file):
+        assert lock.read_bytes().startswith(b"dosealign")
+    assert not lock.exists()

@@ -2019,6 +2019,10 @@ class Pseudonymizer:
         return path
 
 
+#: What DoseAlign writes into a map's lock file while it holds it (a file of that name holding other bytes is not its).
+_LOCK_MARK = b"dosealign pseudonym map lock\n"
+
+
 def map_lock_path(path: Path) -> Path:
     """The lock file of a pseudonym map: ``.<map name>.lock`` beside it, there only while a run holds it."""
     path = Path(path)
@@ -2091,6 +2095,19 @@ def map_lock(path: Path):
         if now is None or (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):  # removed by its last holder
             os.close(handle)
             continue
+        # a file of that name that is not DoseAlign's lock (it holds other bytes) is left as it is: the holder removes
+        # its lock file as it lets go, and a user's file was deleted (eighty-eighth hostile trial CJ8)
+        held = os.pread(handle, len(_LOCK_MARK) + 1, 0)
+        if held not in (b"", _LOCK_MARK):
+            os.close(handle)
+            raise PseudonymError(
+                f"{lock.name} beside the pseudonym map is not DoseAlign's lock file (it holds other bytes): it is left "
+                "as it is, and the map is not written",
+                path=path,
+                hint="move that file away, or give --map-file elsewhere",
+            )
+        if not held:
+            os.pwrite(handle, _LOCK_MARK, 0)
         try:
             yield
         finally:
