@@ -667,7 +667,7 @@ def test_many_plan_doses_of_one_plan_name_a_few_each():
     from DoseAlignLib.link.cases import _warn_of_plans_dosed_twice
 
     def case(n):
-        dose = types.SimpleNamespace(info={"plan_uids": ["1.2.3"]}, rel_path=f"d{n:05d}.dcm")
+        dose = types.SimpleNamespace(info={"plan_uids": ["1.2.3"]}, rel_path=f"d{n:05d}.dcm", sop_instance_uid=f"9.{n}")
         return types.SimpleNamespace(summation_type="PLAN", doses=[dose], case_id=f"P_plan_{n:05d}", warnings=[])
 
     cases = [case(n) for n in range(2000)]
@@ -675,3 +675,17 @@ def test_many_plan_doses_of_one_plan_name_a_few_each():
     for item in cases:
         (warning,) = item.warnings
         assert "1999 other PLAN dose(s)" in warning and "and 1996 more" in warning and len(warning) < 600, warning
+
+
+def test_a_damaged_copy_of_the_plan_dose_is_no_other_plan_dose(tmp_path):
+    """Eighty-sixth hostile trial CH7: a truncated copy of the plan's RTDOSE (the same SOPInstanceUID, an interrupted
+    copy) failed on its own, right, but the ok case was told its plan "has another PLAN dose, not a copy of this
+    one". A file of the same SOPInstanceUID is a copy: no warning of another dose."""
+    truth = write_phantom(tmp_path / "dicom", PhantomSpec(patient_id="CUT", seed=11, **SMALL))
+    plan_dose = next(p for p in (tmp_path / "dicom").iterdir() if "PLAN" in _summation(p))
+    data = plan_dose.read_bytes()
+    (tmp_path / "dicom" / "zz-partial-copy.dcm").write_bytes(data[: len(data) - 200])
+    report = export_folder(tmp_path / "dicom", tmp_path / "out", AlignOptions(), qa_png=False)
+    ok = [r for r in report.rows if r["status"] == "ok"]
+    assert len(ok) == 1 and "other PLAN dose" not in ok[0]["warnings"], report.rows
+    assert truth.plan_file.exists()

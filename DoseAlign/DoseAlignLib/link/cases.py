@@ -140,14 +140,19 @@ def _warn_of_plans_dosed_twice(cases: list) -> None:
     for uid, members in by_plan.items():
         if len(members) < 2:
             continue
-        for n, case in enumerate(members):
-            # (a few named, and how many: every other named made each warning as long as the list, 7000 doses of one
+        for case in members:
+            # (a file of the same SOPInstanceUID is a copy, a damaged one failing on its own: no other dose, CH7; a
+            # few named, and how many: every other named made each warning as long as the list, 7000 doses of one
             # plan took 3 GB before any case, eighty-sixth hostile trial CH5)
-            others = [members[m] for m in range(len(members)) if m != n][:NAMED_OTHERS]
+            uid_of = case.doses[0].sop_instance_uid
+            different = [o for o in members if o is not case and o.doses[0].sop_instance_uid != uid_of]
+            if not different:
+                continue
+            others = different[:NAMED_OTHERS]
             named = ", ".join(f"{o.case_id} (RTDOSE {o.doses[0].rel_path})" for o in others)
-            more = len(members) - 1 - len(others)
+            more = len(different) - len(others)
             case.warnings.append(
-                f"RTPLAN {uid} has {len(members) - 1} other PLAN dose(s), not copies of this one: case {named}"
+                f"RTPLAN {uid} has {len(different)} other PLAN dose(s), not copies of this one: case {named}"
                 + (f" and {more} more" if more else "")
                 + "; keep the one that was delivered (a recalculated or renormalized dose exported again is a second "
                 "case of the same plan)"
