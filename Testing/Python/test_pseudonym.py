@@ -993,3 +993,17 @@ def test_an_id_of_digits_in_groups_with_a_version_after_it_is_removed_and_found(
     grouped = Pseudonymizer(key=b"k" * 32, identity=Identity(patient_ids={"1234-5678"}))
     for text in ("PTV 1234\u00a05678.1", "PTV 1234\u20095678.1"):
         assert not grouped.guard.find(grouped.name(text), own=False), text
+
+
+def test_an_id_of_digit_groups_written_with_points_is_removed_and_found():
+    """Eighty-eighth hostile trial CJ7: a PatientID stored with dashes (``123-456-789``) and written with points in an
+    ROI name (``PTV 123.456.789``) stood in clear in every output and file name, ok: only IDs of digits alone were
+    looked for as numbers grouped by points. An ID of digit groups is one too."""
+    from DoseAlignLib.output.pseudonym import Identity, Pseudonymizer
+
+    for patient_id, text in (("123-456-789", "PTV 123.456.789"), ("1234-5678", "PTV 12.345.678")):
+        pseudonymizer = Pseudonymizer(key=b"k" * 32, identity=Identity(patient_ids={patient_id}))
+        assert pseudonymizer.guard.find(text, own=False) == "a patient ID", text
+        rewritten = pseudonymizer.name(text)
+        assert rewritten == "PTV [removed]" and not pseudonymizer.guard.find(rewritten, own=False), rewritten
+        assert pseudonymizer.name("x 1.234.567") == "x 1.234.567"

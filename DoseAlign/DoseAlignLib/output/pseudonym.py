@@ -3388,7 +3388,9 @@ def _digit_ids(identity: Identity) -> frozenset:
     stamp = (len(identity.patient_ids), len(identity.other), len(identity.visit_ids))
     if cached is None or cached[0] != stamp:
         ids = {_ascii_digits(i) for i in identity.identifiers}
-        cached = (stamp, frozenset(i.lstrip("0") or "0" for i in ids if i.isdigit()))
+        # (and the digits of an ID of digit groups, 123-456-789 written 123.456.789: eighty-eighth trial CJ7)
+        digits = {re.sub(r"[^0-9]", "", i) for i in ids if re.fullmatch(r"[0-9]+(?:[^0-9A-Za-z]+[0-9]+)*", i)}
+        cached = (stamp, frozenset(i.lstrip("0") or "0" for i in digits))
         object.__setattr__(identity, "_digit_ids_cache", cached)
     return cached[1]
 
@@ -3491,8 +3493,10 @@ class IdentityGuard:
         self.source = identity
         self.keep_uids = keep_uids
         #: the IDs of digits alone, without leading zeros: a number grouped by points is one where its digits are
-        self.digit_ids = frozenset(
-            d.lstrip("0") or "0" for d in (_ascii_digits(i) for i in identity.identifiers) if d.isdigit()
+        self.digit_ids = frozenset(  # (IDs of digits alone, or of digit groups: 123-456-789, CJ7)
+            re.sub(r"\D", "", d).lstrip("0") or "0"
+            for d in (_ascii_digits(i) for i in identity.identifiers)
+            if re.fullmatch(r"\d+(?:[\W_]+\d+)*", d)
         )
         self.alone = {
             "".join(c for c in part.casefold() if c.isalnum())
