@@ -214,11 +214,7 @@ def _read_key_text(path: Path) -> str:
         data = os.read(handle, KEY_FILE_MAX_BYTES + 1)
         # a byte order mark, as Notepad and Excel's "CSV UTF-8" write one, is no part of the key (eighty-first
         # hostile trial CC5: "'ascii' codec can't decode byte 0xef")
-        return (
-            data[len(_UTF8_BOM) :].decode("ascii").strip()
-            if data.startswith(_UTF8_BOM)
-            else data.decode("ascii").strip()
-        )
+        return data.removeprefix(_UTF8_BOM).decode("ascii").strip()
     finally:
         os.close(handle)
 
@@ -723,7 +719,7 @@ def identity_of_scan(scan, read_header=None, leave_out=frozenset(), crowded: Opt
             visits = set(obj.info.get("visit_ids", ()))
             ident.patient_other_ids.setdefault(whose, set()).update(i for i in obj.info.get("other_ids", ()) if i)
             ident.patient_visit_ids.setdefault(whose, set()).update(i for i in visits if i)
-            ident.visit_ids.update(obj.info.get("visit_ids", ()))
+            ident.visit_ids.update(visits)
         for uid in (obj.sop_instance_uid, obj.series_uid, obj.study_uid, obj.frame_of_reference_uid):
             if uid:
                 ident.uids.add(uid)
@@ -927,37 +923,8 @@ class Pseudonymizer:
         cases = list(cases)
         crowded = crowded_files(scan)
         self.identity = identity_of_scan(scan, leave_out=frozenset(crowded), crowded=crowded)
-        if self.map_path:  # the PatientIDs and names of the other inputs whose pseudonyms the map holds: exported
-            # together, an ROI "Ring_as_QX-12345" naming another input's patient lost the ID, or another patient's
-            # ROI "Ring" a patient Ring's name; appended, they stood in clear beside that patient's case (eighty-first
-            # hostile trial CC1, CC2)
-            # (only of patients with a case in OUT: a run refused after it wrote the map named a patient OUT does
-            # not hold, and that refused the next --append)
-            mapped_ids, mapped_names, mapped_other, mapped_visits = mapped_patients(
-                Path(self.map_path), present_patients
-            )
-            self.identity.patient_ids |= mapped_ids
-            self.identity.other |= mapped_other | mapped_visits  # (their other IDs and names too: eighty-third CE5;
-            # a visit's number as one, only with a digit: a StudyID LUNG refused the append, eighty-fifth CG1)
-            self.identity.visit_ids |= mapped_visits
-            for name in sorted(mapped_names):
-                self.identity.add_name(name)
-            _without_placeholders(self.identity)  # (a patient REMOVED in the map: eighty-third trial CE4)
-            identity = self.identity
-            # (a file's PatientID in another case, zy-77777 for ZY-77777, is its case's patient: eighty-fifth CG4)
-            spelled = {_patient_key(case.patient_id): case.patient_id for case in cases if case.patient_id}
-            for kind, held in (
-                ("name", identity.patient_names),
-                ("id", identity.patient_other_ids),
-                ("visit", identity.patient_visit_ids),
-            ):
-                for (patient_id, study), values in sorted(held.items()):
-                    patient = self.patient(spelled.get(_patient_key(patient_id), patient_id), study)
-                    own_visits = identity.patient_visit_ids.get((patient_id, study), set())
-                    for value in sorted(values):
-                        if kind == "id" and value in own_visits:  # (written once, as a visit)
-                            continue
-                        self.entries[(kind, f"{patient}.{self._digest(kind, value).hex()[:8]}")] = value
+        if self.map_path:
+            self._take_mapped_patients(cases, present_patients)
         self.check_channels(channels)
         self.check_channels(mapped, option="--roi-map")
         self._check_marked_channels(channels, mapped)
@@ -1014,6 +981,37 @@ class Pseudonymizer:
                     "selects ROIs by the names the input gives them; no case was written",
                     hint="name the ROIs as the input does, or map them to a channel name of your own with --roi-map",
                 )
+
+    def _take_mapped_patients(self, cases: list, present_patients: Optional[set]) -> None:
+        """The PatientIDs, names, other IDs and visit numbers the map gives of the patients with a case in OUT are
+        identity too, and this input's patients' are written to it (see :meth:`prepare`)."""
+        # exported together, an ROI "Ring_as_QX-12345" naming another input's patient lost the ID, or another patient's
+        # ROI "Ring" a patient Ring's name; appended, they stood in clear beside that patient's case (eighty-first
+        # hostile trial CC1, CC2); only of patients with a case in OUT: a run refused after it wrote the map named a
+        # patient OUT does not hold, and that refused the next --append
+        mapped_ids, mapped_names, mapped_other, mapped_visits = mapped_patients(Path(self.map_path), present_patients)
+        self.identity.patient_ids |= mapped_ids
+        self.identity.other |= mapped_other | mapped_visits  # (their other IDs and names too: eighty-third CE5;
+        # a visit's number as one, only with a digit: a StudyID LUNG refused the append, eighty-fifth CG1)
+        self.identity.visit_ids |= mapped_visits
+        for name in sorted(mapped_names):
+            self.identity.add_name(name)
+        _without_placeholders(self.identity)  # (a patient REMOVED in the map: eighty-third trial CE4)
+        identity = self.identity
+        # (a file's PatientID in another case, zy-77777 for ZY-77777, is its case's patient: eighty-fifth CG4)
+        spelled = {_patient_key(case.patient_id): case.patient_id for case in cases if case.patient_id}
+        for kind, held in (
+            ("name", identity.patient_names),
+            ("id", identity.patient_other_ids),
+            ("visit", identity.patient_visit_ids),
+        ):
+            for (patient_id, study), values in sorted(held.items()):
+                patient = self.patient(spelled.get(_patient_key(patient_id), patient_id), study)
+                own_visits = identity.patient_visit_ids.get((patient_id, study), set())
+                for value in sorted(values):
+                    if kind == "id" and value in own_visits:  # (written once, as a visit)
+                        continue
+                    self.entries[(kind, f"{patient}.{self._digest(kind, value).hex()[:8]}")] = value
 
     def check_channels(self, channels: Iterable[str], option: str = "--rois") -> None:
         """Refuse mask channel names (``--rois``) that hold a patient's name, ID or date of the input (a surname
@@ -3117,8 +3115,8 @@ _ID_PATTERNS: dict = {}
 #: A whole number grouped by points (``12.345.678``, as German, Dutch or Brazilian software prints one), or an ID in its
 #: country's dotted notation (a CPF ``123.456.789-09``, a BSN ``1234.56.782``, an AHV ``756.1234.5678.97``: eighty-first
 #: hostile trial CC3): groups of digits joined by points, hyphens, dashes, underscores or slashes, and then by blanks
-#: too (``123.456.789 09``), two points at least before any blank (one is a decimal point: ``12.345``; three numbers
-#: ``1.5 2.5 3.5`` are no run); also after an abbreviation's point (``Nr.12.345.678``: forty-sixth hostile trial AT2).
+#: too (``123.456.789 09``), two points at least in the blank-free part where an ID's first group stands (one is a
+#: decimal point: ``12.345``; three numbers ``1.5 2.5 3.5`` hold none); also after an abbreviation's point (``Nr.12.345.678``: forty-sixth hostile trial AT2).
 #: An ID is the digits of whole groups of it, one after the other (:func:`_grouped_id_spans`): ``1.250.000`` holds no ID
 #: 2500 across its groups (AT3), ``123.456.789-09-2`` the ID 12345678909 and a suffix (eighty-third trial CE2).
 _GROUP_SEPARATORS = "./_\\-\u2010-\u2015\u2212"
